@@ -1,0 +1,667 @@
+//! `config.yaml`: serde structs that reject unknown keys, then `validate()` into `Config`.
+//!
+//! Every error names the key, the bad value and the fix. Defaults are the `DEFAULT_*`
+//! constants below; the README's config reference lists the same values.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shorter than the common backend keep-alive timeouts (Node.js 5 s, Go 90 s, NGINX 75 s),
+/// so the gateway, not the backend, closes an idle pooled connection.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+pub const DEFAULT_POOL_MAX_IDLE: usize = 64;
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 32 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+pub const DEFAULT_MAX_TARGET_BYTES: usize = 8 * 1024;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest breaker threshold the packed breaker word can count to.
+pub const MAX_FAILURE_THRESHOLD: u32 = 1000;
+
+/// A config that failed to load or validate; the message is meant for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The typed, validated configuration the gateway runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Resolved worker count (never 0).
+    pub workers: usize,
+    pub pin_workers: bool,
+    pub admin: Option<SocketAddr>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub pool: PoolSettings,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// TCP connect to a backend (504 when exceeded).
+    pub connect: Duration,
+    /// From the request being sent until the backend's response head arrives (504).
+    pub response: Duration,
+    /// From the first byte of a request head until the whole head arrived (408).
+    pub client_header: Duration,
+    /// An idle keep-alive client connection is closed after this.
+    pub client_idle: Duration,
+    /// Longest pause while reading or writing a body, either side.
+    pub body: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_target_bytes: usize,
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolSettings {
+    pub max_idle_per_backend: usize,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub backends: Vec<BackendUrl>,
+    pub breaker: BreakerSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerSettings {
+    pub failure_threshold: u32,
+    pub cooldown: Duration,
+    /// Statuses (500..=599) that count as failures, as a bit set over `status - 500`.
+    pub failure_statuses: u128,
+}
+
+impl BreakerSettings {
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        (500..600).contains(&status) && self.failure_statuses & (1u128 << (status - 500)) != 0
+    }
+}
+
+/// A backend as written in the config, resolved once at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    /// The URL exactly as configured (the breaker's identity across reloads).
+    pub url: String,
+    pub addr: SocketAddr,
+    /// `host[:port]` as written, sent upstream as `Host`.
+    pub authority: String,
+    /// Path prefix without a trailing slash (may be empty).
+    pub path_prefix: String,
+}
+
+// ---- raw serde structs ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    workers: Option<usize>,
+    pin_workers: Option<bool>,
+    admin: Option<String>,
+    breaker: Option<RawBreaker>,
+    timeouts: Option<RawTimeouts>,
+    limits: Option<RawLimits>,
+    pool: Option<RawPool>,
+    services: Option<BTreeMap<String, serde_yaml_ng::Value>>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    failure_threshold: Option<u32>,
+    cooldown: Option<String>,
+    failure_statuses: Option<Vec<u16>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<String>,
+    response: Option<String>,
+    client_header: Option<String>,
+    client_idle: Option<String>,
+    body: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_head_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_target_bytes: Option<usize>,
+    max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    max_idle_per_backend: Option<usize>,
+    idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    backends: Vec<String>,
+    breaker: Option<RawBreaker>,
+}
+
+/// Parses `500ms`, `2s`, `1m`, `1h` into a duration.
+pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("invalid duration {v:?}: write a whole number with a unit, e.g. 500ms, 2s, 1m"),
+        )
+    })?;
+    let d =
+        match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(invalid(
+                key,
+                format!(
+                    "invalid duration {v:?}: the unit must be ms, s, m or h, e.g. 500ms, 2s, 1m"
+                ),
+            )),
+        };
+    Ok(d)
+}
+
+fn duration_or(key: &str, v: Option<&String>, default: Duration) -> Result<Duration, ConfigError> {
+    let d = match v {
+        Some(s) => parse_duration(key, s)?,
+        None => default,
+    };
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero, e.g. 2s"));
+    }
+    Ok(d)
+}
+
+fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("invalid address {v:?}: write IP:PORT, e.g. 127.0.0.1:8000 or 0.0.0.0:8000"),
+        )
+    })
+}
+
+/// Service names are URL path segments: `^[a-z0-9][a-z0-9-]{0,62}$`.
+pub fn valid_service_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name[0] != b'-'
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Parses `http://host[:port][/prefix]` and resolves the host once.
+pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError> {
+    let fix = "write it as http://HOST:PORT or http://HOST:PORT/prefix";
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        return Err(invalid(
+            key,
+            format!("{url:?}: https backends are not supported; use http:// (TLS to backends is not implemented)"),
+        ));
+    } else {
+        return Err(invalid(key, format!("{url:?} is not an http URL: {fix}")));
+    };
+    let slash = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(slash);
+    if authority.is_empty() || authority.contains('@') || path.contains(['?', '#']) {
+        return Err(invalid(key, format!("{url:?}: {fix}")));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port: u16 = p.parse().map_err(|_| {
+                invalid(key, format!("{url:?}: port {p:?} is not a number 1-65535"))
+            })?;
+            (h, port)
+        }
+        _ => (authority, 80),
+    };
+    if port == 0 {
+        return Err(invalid(
+            key,
+            format!("{url:?}: port 0 is not a backend port"),
+        ));
+    }
+    let host_for_lookup = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = (host_for_lookup, port)
+        .to_socket_addrs()
+        .map_err(|e| invalid(key, format!("{url:?}: cannot resolve {host:?}: {e}")))?
+        .collect();
+    // Prefer IPv4 for names like `localhost` that resolve to both: local backends
+    // commonly bind 127.0.0.1 only.
+    let addr = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| invalid(key, format!("{url:?}: {host:?} resolves to no address")))?;
+    Ok(BackendUrl {
+        url: url.to_string(),
+        addr,
+        authority: authority.to_string(),
+        path_prefix: path.trim_end_matches('/').to_string(),
+    })
+}
+
+fn breaker_settings(
+    key: &str,
+    raw: Option<&RawBreaker>,
+    base: &BreakerSettings,
+) -> Result<BreakerSettings, ConfigError> {
+    let Some(raw) = raw else { return Ok(*base) };
+    let mut out = *base;
+    if let Some(t) = raw.failure_threshold {
+        if t == 0 || t > MAX_FAILURE_THRESHOLD {
+            return Err(invalid(
+                format!("{key}.failure_threshold"),
+                format!("{t} is out of range: use 1 to {MAX_FAILURE_THRESHOLD}"),
+            ));
+        }
+        out.failure_threshold = t;
+    }
+    out.cooldown = duration_or(
+        &format!("{key}.cooldown"),
+        raw.cooldown.as_ref(),
+        base.cooldown,
+    )?;
+    if let Some(list) = &raw.failure_statuses {
+        let mut set = 0u128;
+        for &s in list {
+            if !(500..600).contains(&s) {
+                return Err(invalid(
+                    format!("{key}.failure_statuses"),
+                    format!("{s} is not a 5xx status: list codes from 500 to 599"),
+                ));
+            }
+            set |= 1u128 << (s - 500);
+        }
+        out.failure_statuses = set;
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: "config".into(),
+            message: e.to_string(),
+        })?;
+        validate(raw)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// A human summary, printed by `--check` and at startup.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = fmt::Write::write_fmt(
+            &mut s,
+            format_args!(
+                "listen {} | workers {} (pinned: {}) | admin {} | timeouts connect {:?} response {:?}\n",
+                self.listen,
+                self.workers,
+                self.pin_workers,
+                self.admin.map_or("off".to_string(), |a| a.to_string()),
+                self.timeouts.connect,
+                self.timeouts.response,
+            ),
+        );
+        for svc in &self.services {
+            let urls: Vec<&str> = svc.backends.iter().map(|b| b.url.as_str()).collect();
+            let _ = fmt::Write::write_fmt(
+                &mut s,
+                format_args!(
+                    "service {} -> [{}] (breaker: {} failures, cooldown {:?})\n",
+                    svc.name,
+                    urls.join(", "),
+                    svc.breaker.failure_threshold,
+                    svc.breaker.cooldown
+                ),
+            );
+        }
+        s
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let listen = parse_addr("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+    let workers = match raw.workers.unwrap_or(0) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n if n > 1024 => {
+            return Err(invalid(
+                "workers",
+                format!("{n} is too many: use 0 (one per core) or 1-1024"),
+            ))
+        }
+        n => n,
+    };
+    let admin = raw
+        .admin
+        .as_deref()
+        .map(|a| parse_addr("admin", a))
+        .transpose()?;
+    let t = raw.timeouts.unwrap_or_default();
+    let timeouts = Timeouts {
+        connect: duration_or(
+            "timeouts.connect",
+            t.connect.as_ref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        )?,
+        response: duration_or(
+            "timeouts.response",
+            t.response.as_ref(),
+            DEFAULT_RESPONSE_TIMEOUT,
+        )?,
+        client_header: duration_or(
+            "timeouts.client_header",
+            t.client_header.as_ref(),
+            DEFAULT_CLIENT_HEADER_TIMEOUT,
+        )?,
+        client_idle: duration_or(
+            "timeouts.client_idle",
+            t.client_idle.as_ref(),
+            DEFAULT_CLIENT_IDLE_TIMEOUT,
+        )?,
+        body: duration_or("timeouts.body", t.body.as_ref(), DEFAULT_BODY_TIMEOUT)?,
+    };
+    let l = raw.limits.unwrap_or_default();
+    let limits = Limits {
+        max_head_bytes: l.max_head_bytes.unwrap_or(DEFAULT_MAX_HEAD_BYTES),
+        max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
+        max_target_bytes: l.max_target_bytes.unwrap_or(DEFAULT_MAX_TARGET_BYTES),
+        max_body_bytes: l.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+    };
+    if !(1024..=1024 * 1024).contains(&limits.max_head_bytes) {
+        return Err(invalid(
+            "limits.max_head_bytes",
+            format!(
+                "{} is out of range: use 1024 to 1048576",
+                limits.max_head_bytes
+            ),
+        ));
+    }
+    if !(1..=crate::h1::MAX_HEADERS).contains(&limits.max_headers) {
+        return Err(invalid(
+            "limits.max_headers",
+            format!(
+                "{} is out of range: use 1 to {}",
+                limits.max_headers,
+                crate::h1::MAX_HEADERS
+            ),
+        ));
+    }
+    if limits.max_target_bytes < 64 || limits.max_target_bytes >= limits.max_head_bytes {
+        return Err(invalid(
+            "limits.max_target_bytes",
+            format!(
+                "{} is out of range: use 64 up to below limits.max_head_bytes",
+                limits.max_target_bytes
+            ),
+        ));
+    }
+    let p = raw.pool.unwrap_or_default();
+    let pool = PoolSettings {
+        max_idle_per_backend: p.max_idle_per_backend.unwrap_or(DEFAULT_POOL_MAX_IDLE),
+        idle_timeout: duration_or(
+            "pool.idle_timeout",
+            p.idle_timeout.as_ref(),
+            DEFAULT_POOL_IDLE_TIMEOUT,
+        )?,
+    };
+    let defaults = BreakerSettings {
+        failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+        cooldown: DEFAULT_COOLDOWN,
+        failure_statuses: !0u128 >> 28, // 500..=599
+    };
+    let global_breaker = breaker_settings("breaker", raw.breaker.as_ref(), &defaults)?;
+    let raw_services = raw.services.unwrap_or_default();
+    if raw_services.is_empty() {
+        return Err(invalid(
+            "services",
+            "no services configured: add at least one, e.g.\nservices:\n  user-service:\n    - http://127.0.0.1:8001",
+        ));
+    }
+    let mut services = Vec::with_capacity(raw_services.len());
+    for (name, value) in raw_services {
+        let key = format!("services.{name}");
+        if !valid_service_name(name.as_bytes()) {
+            return Err(invalid(
+                &key,
+                format!("invalid service name {name:?}: use lowercase letters, digits and '-', starting with a letter or digit, at most 63"),
+            ));
+        }
+        let (urls, breaker) = match value {
+            serde_yaml_ng::Value::Sequence(_) => {
+                let urls: Vec<String> = serde_yaml_ng::from_value(value)
+                    .map_err(|e| invalid(&key, format!("{e}: list backend URLs as strings")))?;
+                (urls, global_breaker)
+            }
+            serde_yaml_ng::Value::Mapping(_) => {
+                let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
+                    invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`)"))
+                })?;
+                let b = breaker_settings(&format!("{key}.breaker"), full.breaker.as_ref(), &global_breaker)?;
+                (full.backends, b)
+            }
+            other => {
+                return Err(invalid(
+                    &key,
+                    format!("{other:?} is not a service: give a list of backend URLs, or a map with `backends:`"),
+                ))
+            }
+        };
+        if urls.is_empty() {
+            return Err(invalid(
+                &key,
+                "has no backends: list at least one URL, e.g. - http://127.0.0.1:8001",
+            ));
+        }
+        let mut backends: Vec<BackendUrl> = Vec::with_capacity(urls.len());
+        for (i, u) in urls.iter().enumerate() {
+            let b = parse_backend_url(&format!("{key}[{i}]"), u)?;
+            if backends.iter().any(|x| x.url == b.url) {
+                return Err(invalid(
+                    format!("{key}[{i}]"),
+                    format!("{u:?} is listed twice: remove the duplicate"),
+                ));
+            }
+            backends.push(b);
+        }
+        services.push(ServiceConfig {
+            name,
+            backends,
+            breaker,
+        });
+    }
+    Ok(Config {
+        listen,
+        workers,
+        pin_workers: raw.pin_workers.unwrap_or(true),
+        admin,
+        timeouts,
+        limits,
+        pool,
+        services,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn shipped_config_parses() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml")).unwrap();
+        let c = Config::parse(&text).unwrap();
+        let users = c.service("user-service").unwrap();
+        assert_eq!(users.backends.len(), 2);
+        assert_eq!(users.backends[0].addr.port(), 8001);
+        assert_eq!(users.backends[1].addr.port(), 8002);
+        assert_eq!(
+            c.service("payment-service").unwrap().backends[0]
+                .addr
+                .port(),
+            8003
+        );
+        assert_eq!(users.breaker.failure_threshold, 5);
+        assert_eq!(users.breaker.cooldown, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn full_form_overrides_breaker() {
+        let c = Config::parse(
+            "breaker: {failure_threshold: 4}\nservices:\n  a: [http://127.0.0.1:1]\n  b:\n    backends: [http://127.0.0.1:2/api/]\n    breaker: { failure_threshold: 3, cooldown: 10s }\n",
+        )
+        .unwrap();
+        assert_eq!(c.service("a").unwrap().breaker.failure_threshold, 4);
+        let b = c.service("b").unwrap();
+        assert_eq!(b.breaker.failure_threshold, 3);
+        assert_eq!(b.breaker.cooldown, Duration::from_secs(10));
+        assert_eq!(b.backends[0].path_prefix, "/api");
+        assert_eq!(b.backends[0].authority, "127.0.0.1:2");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("k", "500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_duration("k", "2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("k", "1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("k", "5")
+            .unwrap_err()
+            .to_string()
+            .contains("500ms"));
+        assert!(parse_duration("k", "1.5s").is_err());
+    }
+
+    #[test]
+    fn errors_name_key_value_and_fix() {
+        let e = err("services:\n  a: [http://127.0.0.1:1]\ntimeout: 1s\n");
+        assert!(
+            e.contains("unknown field `timeout`") && e.contains("timeouts"),
+            "{e}"
+        );
+        let e = err("timeouts: {connect: fast}\nservices:\n  a: [http://127.0.0.1:1]\n");
+        assert!(
+            e.contains("timeouts.connect") && e.contains("\"fast\"") && e.contains("2s"),
+            "{e}"
+        );
+        let e = err("services:\n  Bad_Name: [http://127.0.0.1:1]\n");
+        assert!(
+            e.contains("services.Bad_Name") && e.contains("lowercase"),
+            "{e}"
+        );
+        let e = err("services:\n  a: [ftp://x]\n");
+        assert!(
+            e.contains("services.a[0]") && e.contains("http://HOST:PORT"),
+            "{e}"
+        );
+        let e = err("services:\n  a:\n    backend: [http://127.0.0.1:1]\n");
+        assert!(e.contains("unknown field `backend`"), "{e}");
+        let e = err("breaker: {failure_threshold: 0}\nservices:\n  a: [http://127.0.0.1:1]\n");
+        assert!(
+            e.contains("breaker.failure_threshold") && e.contains("1 to 1000"),
+            "{e}"
+        );
+        let e = err("services: {}\n");
+        assert!(e.contains("no services"), "{e}");
+    }
+
+    #[test]
+    fn failure_statuses_default_to_all_5xx() {
+        let c = Config::parse("services:\n  a: [http://127.0.0.1:1]\n").unwrap();
+        let b = c.services[0].breaker;
+        assert!(b.is_failure_status(500) && b.is_failure_status(599) && !b.is_failure_status(499));
+        let c = Config::parse(
+            "breaker: {failure_statuses: [502, 503]}\nservices:\n  a: [http://127.0.0.1:1]\n",
+        )
+        .unwrap();
+        let b = c.services[0].breaker;
+        assert!(b.is_failure_status(503) && !b.is_failure_status(500));
+    }
+
+    #[test]
+    fn service_names() {
+        assert!(valid_service_name(b"user-service"));
+        assert!(valid_service_name(b"a1"));
+        for bad in [&b""[..], b"-a", b"A", b"a.b", b"a_b", b"..", b"a%2e"] {
+            assert!(!valid_service_name(bad));
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Responses the gateway makes itself: one small `Copy` kind per row of the error contract.
+//!
+//! Each kind has a status, a stable `error` code for the JSON body (and, later, metrics and
+//! the access log) and says whether it counts against the backend's breaker.
+
+use crate::h1::{push_dec, RequestError};
+use crate::router::RouteError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayError {
+    /// 400: malformed or ambiguous request; the detail names the rule.
+    BadRequest(&'static str),
+    /// 404: path not under `/v1/proxy/`.
+    RouteNotFound,
+    /// 404: unknown or invalid service name.
+    ServiceNotFound,
+    /// 405: a method we do not forward.
+    MethodNotAllowed,
+    /// 408: the request head did not arrive in time.
+    RequestTimeout,
+    /// 413: body over `limits.max_body_bytes`.
+    BodyTooLarge,
+    /// 414: target over `limits.max_target_bytes`.
+    UriTooLong,
+    /// 417: an expectation other than 100-continue.
+    ExpectationFailed,
+    /// 431: header section over the limits.
+    HeadersTooLarge,
+    /// 502: connect refused or reset.
+    ConnectFailed,
+    /// 502: backend closed or reset before a complete response head.
+    BackendClosed,
+    /// 502: backend sent something that is not a valid HTTP/1.1 response head.
+    BadResponse(&'static str),
+    /// 503: every backend of the service has an open circuit.
+    NoBackend,
+    /// 504: connecting to the backend timed out.
+    ConnectTimeout,
+    /// 504: the response head did not arrive in time.
+    ResponseTimeout,
+}
+
+impl GatewayError {
+    pub fn status(self) -> u16 {
+        use GatewayError::*;
+        match self {
+            BadRequest(_) => 400,
+            RouteNotFound | ServiceNotFound => 404,
+            MethodNotAllowed => 405,
+            RequestTimeout => 408,
+            BodyTooLarge => 413,
+            UriTooLong => 414,
+            ExpectationFailed => 417,
+            HeadersTooLarge => 431,
+            ConnectFailed | BackendClosed | BadResponse(_) => 502,
+            NoBackend => 503,
+            ConnectTimeout | ResponseTimeout => 504,
+        }
+    }
+
+    /// The stable `error` code of the JSON body.
+    pub fn code(self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            BadRequest(_) => "bad_request",
+            RouteNotFound => "route_not_found",
+            ServiceNotFound => "service_not_found",
+            MethodNotAllowed => "method_not_allowed",
+            RequestTimeout => "request_timeout",
+            BodyTooLarge => "body_too_large",
+            UriTooLong => "uri_too_long",
+            ExpectationFailed => "expectation_failed",
+            HeadersTooLarge => "headers_too_large",
+            ConnectFailed => "backend_connect_failed",
+            BackendClosed => "backend_closed",
+            BadResponse(_) => "backend_bad_response",
+            NoBackend => "no_backend_available",
+            ConnectTimeout => "backend_connect_timeout",
+            ResponseTimeout => "backend_timeout",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self.status() {
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            413 => "Content Too Large",
+            414 => "URI Too Long",
+            417 => "Expectation Failed",
+            431 => "Request Header Fields Too Large",
+            502 => "Bad Gateway",
+            503 => "Service Unavailable",
+            _ => "Gateway Timeout",
+        }
+    }
+
+    /// True for outcomes that count as a backend failure for its breaker.
+    pub fn is_backend_failure(self) -> bool {
+        matches!(self.status(), 502 | 504)
+    }
+
+    /// Writes the complete response (head and JSON body) into `out`.
+    ///
+    /// `service` is included when known to be a valid name; `retry_after` (seconds) goes
+    /// with 503; `close` adds `Connection: close`.
+    pub fn write_response(
+        self,
+        out: &mut Vec<u8>,
+        service: Option<&[u8]>,
+        retry_after: Option<u64>,
+        close: bool,
+    ) {
+        let (svc_open, svc, svc_close): (&[u8], &[u8], &[u8]) = match service {
+            Some(s) => (b",\"service\":\"", s, b"\""),
+            None => (b"", b"", b""),
+        };
+        let (detail_open, detail, detail_close): (&[u8], &[u8], &[u8]) = match self {
+            GatewayError::BadRequest(d) | GatewayError::BadResponse(d) => {
+                (b",\"detail\":\"", d.as_bytes(), b"\"")
+            }
+            _ => (b"", b"", b""),
+        };
+        let body: [&[u8]; 9] = [
+            b"{\"error\":\"",
+            self.code().as_bytes(),
+            b"\"",
+            svc_open,
+            svc,
+            svc_close,
+            detail_open,
+            detail,
+            detail_close,
+        ];
+        let body_len = body.iter().map(|p| p.len()).sum::<usize>() + 2;
+        let status = self.status();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_dec(out, u64::from(status));
+        out.push(b' ');
+        out.extend_from_slice(self.reason().as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+        push_dec(out, body_len as u64);
+        out.extend_from_slice(b"\r\n");
+        if let Some(secs) = retry_after {
+            out.extend_from_slice(b"retry-after: ");
+            push_dec(out, secs);
+            out.extend_from_slice(b"\r\n");
+        }
+        if self == GatewayError::MethodNotAllowed {
+            out.extend_from_slice(b"allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        for piece in body {
+            out.extend_from_slice(piece);
+        }
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+impl From<RequestError> for GatewayError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Bad(why) => GatewayError::BadRequest(why),
+            RequestError::MethodNotAllowed => GatewayError::MethodNotAllowed,
+            RequestError::UriTooLong => GatewayError::UriTooLong,
+            RequestError::HeadersTooLarge => GatewayError::HeadersTooLarge,
+            RequestError::Expectation => GatewayError::ExpectationFailed,
+        }
+    }
+}
+
+impl From<RouteError> for GatewayError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::NotFound => GatewayError::RouteNotFound,
+            RouteError::BadService => GatewayError::ServiceNotFound,
+            RouteError::BadPath => GatewayError::BadRequest("unsafe_path"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_body_and_head() {
+        let mut out = b"prefix".to_vec();
+        GatewayError::NoBackend.write_response(&mut out, Some(b"users"), Some(7), false);
+        let text = String::from_utf8(out).unwrap();
+        let body = "{\"error\":\"no_backend_available\",\"service\":\"users\"}\n";
+        assert!(
+            text.starts_with("prefixHTTP/1.1 503 Service Unavailable\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("retry-after: 7\r\n"));
+        assert!(text.contains(&format!("content-length: {}\r\n", body.len())));
+        assert!(text.ends_with(&format!("\r\n\r\n{body}")));
+    }
+
+    #[test]
+    fn detail_and_close() {
+        let mut out = Vec::new();
+        GatewayError::BadRequest("missing_host").write_response(&mut out, None, None, true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("connection: close\r\n"));
+        assert!(text.ends_with("{\"error\":\"bad_request\",\"detail\":\"missing_host\"}\n"));
+    }
+}

@@ -1,0 +1,1124 @@
+//! HTTP/1.1 message syntax and framing (RFC 9112): request and response heads, chunked coding.
+//!
+//! Everything here is synchronous and allocation-free: it looks at bytes already read and
+//! decides what they mean. Every ambiguity is an error, never a guess: the caller turns a
+//! request error into a 4xx and closes, a response error into a 502.
+
+/// Most header lines we accept in one message (the `headers` array lives on the stack).
+pub const MAX_HEADERS: usize = 128;
+
+/// The request methods the gateway forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Patch,
+    Options,
+}
+
+impl Method {
+    pub fn from_bytes(m: &[u8]) -> Option<Method> {
+        Some(match m {
+            b"GET" => Method::Get,
+            b"HEAD" => Method::Head,
+            b"POST" => Method::Post,
+            b"PUT" => Method::Put,
+            b"DELETE" => Method::Delete,
+            b"PATCH" => Method::Patch,
+            b"OPTIONS" => Method::Options,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+            Method::Options => "OPTIONS",
+        }
+    }
+
+    /// RFC 9110 §9.2.2: only these may be retried automatically.
+    pub fn is_idempotent(self) -> bool {
+        !matches!(self, Method::Post | Method::Patch)
+    }
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the sender closes the connection (responses only).
+    UntilClose,
+}
+
+/// Why a request head was refused. Each maps to one status in `error.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestError {
+    /// Malformed or ambiguous; the static string says which rule (400).
+    Bad(&'static str),
+    /// Method we do not forward (405).
+    MethodNotAllowed,
+    /// Request target longer than the limit (414).
+    UriTooLong,
+    /// Header section bigger than the limit or too many fields (431).
+    HeadersTooLarge,
+    /// An `Expect` other than `100-continue` (417).
+    Expectation,
+}
+
+/// Limits applied while parsing a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_target_bytes: usize,
+}
+
+/// Validated facts about a request head; the header lines stay in the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub method: Method,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    pub framing: Framing,
+    /// The client wants the connection kept open after this exchange.
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+/// True for bytes that may appear in a field name (RFC 9110 `tchar`).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Every line ending in a head must be CRLF: a bare CR or a bare LF is refused (httparse
+/// accepts bare LF, which lets two parsers disagree about where a header ends).
+pub fn has_bare_cr_or_lf(head: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for (i, &b) in head.iter().enumerate() {
+        if b == b'\n' && prev != b'\r' {
+            return true;
+        }
+        if b == b'\r' && head.get(i + 1) != Some(&b'\n') {
+            return true;
+        }
+        prev = b;
+    }
+    false
+}
+
+/// Parses a decimal Content-Length value: `1*DIGIT`, no sign, no spaces, fits u64.
+pub fn parse_content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 {
+        // 19 digits always fit in u64; longer values are refused rather than risk overflow.
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(n)
+}
+
+/// Trims optional whitespace (SP / HTAB) at both ends.
+pub fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// Splits a comma-separated field value into trimmed, non-empty elements.
+pub fn list_elements(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|e| !e.is_empty())
+}
+
+/// Folds every Content-Length line (and comma-separated element) into one value.
+/// Identical duplicates collapse; any difference or invalid element is an error.
+fn fold_content_length(acc: &mut Option<u64>, value: &[u8]) -> Result<(), ()> {
+    let mut any = false;
+    for part in value.split(|&b| b == b',') {
+        let n = parse_content_length(trim_ows(part)).ok_or(())?;
+        any = true;
+        match *acc {
+            Some(prev) if prev != n => return Err(()),
+            _ => *acc = Some(n),
+        }
+    }
+    if any {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// Checks a Host value: `uri-host [ ":" port ]` with no userinfo, path, list or spaces.
+pub fn valid_host(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+;=:[]%".contains(&b))
+        && !v.contains(&b',')
+}
+
+/// Framing-relevant header names, compared case-insensitively.
+pub fn name_is(name: &str, want: &str) -> bool {
+    name.eq_ignore_ascii_case(want)
+}
+
+/// Result of parsing a request head.
+pub struct ParsedRequest<'h, 'b> {
+    pub info: RequestInfo,
+    /// Length of the head in bytes, including the final CRLF CRLF.
+    pub head_len: usize,
+    /// The raw request target (origin-form; absolute-form already reduced to its path).
+    pub target: &'b str,
+    /// The Host header (or absolute-form authority), if any.
+    pub host: Option<&'b [u8]>,
+    pub headers: &'h [httparse::Header<'b>],
+}
+
+/// Parses and validates a request head at the start of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed (and the limits are not yet exceeded).
+pub fn parse_request<'h, 'b>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+    limits: &HeadLimits,
+) -> Result<Option<ParsedRequest<'h, 'b>>, RequestError> {
+    let mut req = httparse::Request::new(&mut headers[..]);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            // Before the head is complete, tell a too-long target apart from a too-long head.
+            if req.path.is_none() && first_line_len(buf) > limits.max_target_bytes + 32 {
+                return Err(RequestError::UriTooLong);
+            }
+            if buf.len() >= limits.max_head_bytes {
+                return Err(if req.path.is_none() {
+                    RequestError::UriTooLong
+                } else {
+                    RequestError::HeadersTooLarge
+                });
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeadersTooLarge),
+        Err(httparse::Error::Version) => return Err(RequestError::Bad("invalid_version")),
+        Err(httparse::Error::Token) => return Err(RequestError::Bad("invalid_method")),
+        Err(httparse::Error::HeaderName) => return Err(RequestError::Bad("invalid_header_name")),
+        Err(httparse::Error::HeaderValue) => return Err(RequestError::Bad("invalid_header_value")),
+        Err(_) => return Err(RequestError::Bad("malformed_request_line")),
+    };
+    if head_len > limits.max_head_bytes {
+        return Err(RequestError::HeadersTooLarge);
+    }
+    let head = &buf[..head_len];
+    if has_bare_cr_or_lf(skip_leading_crlf(head)) {
+        return Err(RequestError::Bad("bare_cr_or_lf"));
+    }
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(RequestError::Bad("malformed_request_line"));
+    };
+    if req.headers.len() > limits.max_headers {
+        return Err(RequestError::HeadersTooLarge);
+    }
+    if target.len() > limits.max_target_bytes {
+        return Err(RequestError::UriTooLong);
+    }
+    let method = match Method::from_bytes(method.as_bytes()) {
+        Some(m) => m,
+        // Methods are case-sensitive: `gET` is not GET but almost surely a parser probe.
+        None if method.bytes().any(|b| b.is_ascii_lowercase()) => {
+            return Err(RequestError::Bad("invalid_method"))
+        }
+        None => return Err(RequestError::MethodNotAllowed),
+    };
+    let mut host: Option<&[u8]> = None;
+    let mut host_count = 0usize;
+    let mut content_length: Option<u64> = None;
+    let mut saw_cl = false;
+    let mut saw_te = false;
+    let mut te_ok = true;
+    let mut te_count = 0usize;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Err(RequestError::Bad("invalid_header_name"));
+        }
+        if h.value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+            return Err(RequestError::Bad("invalid_header_value"));
+        }
+        match name.len() {
+            4 if name_is(name, "host") => {
+                host_count += 1;
+                host = Some(trim_ows(h.value));
+            }
+            14 if name_is(name, "content-length") => {
+                saw_cl = true;
+                if fold_content_length(&mut content_length, h.value).is_err() {
+                    return Err(RequestError::Bad("invalid_content_length"));
+                }
+            }
+            17 if name_is(name, "transfer-encoding") => {
+                saw_te = true;
+                for coding in h.value.split(|&b| b == b',') {
+                    te_count += 1;
+                    if !trim_ows(coding).eq_ignore_ascii_case(b"chunked") {
+                        te_ok = false;
+                    }
+                }
+            }
+            10 if name_is(name, "connection") => {
+                for opt in list_elements(h.value) {
+                    if opt.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if opt.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive_token = true;
+                    }
+                }
+            }
+            6 if name_is(name, "expect") => {
+                if trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
+                    expect_continue = true;
+                } else {
+                    return Err(RequestError::Expectation);
+                }
+            }
+            _ => {}
+        }
+    }
+    // Framing (RFC 9112 §6.1, §6.3): exactly one unambiguous way to find the body's end.
+    let framing = if saw_te {
+        if saw_cl {
+            return Err(RequestError::Bad("content_length_and_transfer_encoding"));
+        }
+        if minor == 0 {
+            return Err(RequestError::Bad("transfer_encoding_in_http10"));
+        }
+        if !te_ok || te_count != 1 {
+            return Err(RequestError::Bad("unsupported_transfer_encoding"));
+        }
+        Framing::Chunked
+    } else {
+        match content_length {
+            Some(0) | None => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    };
+    // Request target: origin-form, or absolute-form reduced to its path (RFC 9112 §3.2).
+    let (target, authority) = split_target(target)?;
+    if minor == 1 {
+        if host_count != 1 {
+            return Err(RequestError::Bad(if host_count == 0 {
+                "missing_host"
+            } else {
+                "duplicate_host"
+            }));
+        }
+    } else if host_count > 1 {
+        return Err(RequestError::Bad("duplicate_host"));
+    }
+    if let Some(h) = host {
+        if !valid_host(h) {
+            return Err(RequestError::Bad("invalid_host"));
+        }
+    }
+    let host = authority.or(host);
+    let keep_alive = if minor == 1 {
+        !close
+    } else {
+        keep_alive_token && !close
+    };
+    Ok(Some(ParsedRequest {
+        info: RequestInfo {
+            method,
+            minor,
+            framing,
+            keep_alive,
+            expect_continue: expect_continue && minor == 1 && framing != Framing::None,
+        },
+        head_len,
+        target,
+        host,
+        headers: req.headers,
+    }))
+}
+
+fn skip_leading_crlf(head: &[u8]) -> &[u8] {
+    head.strip_prefix(b"\r\n").unwrap_or(head)
+}
+
+fn first_line_len(buf: &[u8]) -> usize {
+    buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len())
+}
+
+/// Reduces the target to origin-form; returns it with the absolute-form authority, if any.
+fn split_target(target: &str) -> Result<(&str, Option<&[u8]>), RequestError> {
+    if target.contains('#') {
+        return Err(RequestError::Bad("fragment_in_target"));
+    }
+    if target.starts_with('/') {
+        return Ok((target, None));
+    }
+    let lower_has = |p: &str| {
+        target.len() >= p.len() && target.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    };
+    let rest = if lower_has("http://") {
+        &target[7..]
+    } else if lower_has("https://") {
+        &target[8..]
+    } else {
+        // authority-form (CONNECT) and asterisk-form: we are a gateway, not a forward proxy.
+        return Err(RequestError::Bad("unsupported_target_form"));
+    };
+    let slash = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(slash);
+    if authority.is_empty() || !valid_host(authority.as_bytes()) || authority.contains('@') {
+        return Err(RequestError::Bad("invalid_host"));
+    }
+    if !path.starts_with('/') {
+        return Err(RequestError::Bad("unsupported_target_form"));
+    }
+    Ok((path, Some(authority.as_bytes())))
+}
+
+/// Facts about a response head from a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseInfo {
+    pub status: u16,
+    pub minor: u8,
+    pub framing: Framing,
+    /// The backend allows reusing this connection afterwards.
+    pub reusable: bool,
+    pub head_len: usize,
+}
+
+/// Why a backend's response head was refused (all become 502).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseError(pub &'static str);
+
+pub struct ParsedResponse<'h, 'b> {
+    pub info: ResponseInfo,
+    /// The validated Content-Length, if one was sent (kept for HEAD and 304 responses).
+    pub content_length: Option<u64>,
+    pub reason: &'b str,
+    pub headers: &'h [httparse::Header<'b>],
+}
+
+/// Parses a backend's response head; `head_request` says whether the request was HEAD.
+pub fn parse_response<'h, 'b>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+    head_request: bool,
+    max_head_bytes: usize,
+) -> Result<Option<ParsedResponse<'h, 'b>>, ResponseError> {
+    let mut res = httparse::Response::new(&mut headers[..]);
+    let head_len = match httparse::ParserConfig::default()
+        .allow_spaces_after_header_name_in_responses(true)
+        .parse_response(&mut res, buf)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max_head_bytes => {
+            return Err(ResponseError("response_head_too_large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ResponseError("malformed_response")),
+    };
+    if head_len > max_head_bytes {
+        return Err(ResponseError("response_head_too_large"));
+    }
+    if has_bare_cr_or_lf(&buf[..head_len]) {
+        return Err(ResponseError("bare_cr_or_lf"));
+    }
+    let (Some(status), Some(minor)) = (res.code, res.version) else {
+        return Err(ResponseError("malformed_response"));
+    };
+    if !(100..=999).contains(&status) {
+        return Err(ResponseError("invalid_status"));
+    }
+    let mut content_length = None;
+    let mut saw_cl = false;
+    let mut saw_te = false;
+    let mut te_ok = true;
+    let mut te_count = 0usize;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    for h in res.headers.iter() {
+        if h.value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+            return Err(ResponseError("invalid_header_value"));
+        }
+        let name = h.name;
+        if name_is(name, "content-length") {
+            saw_cl = true;
+            if fold_content_length(&mut content_length, h.value).is_err() {
+                return Err(ResponseError("invalid_content_length"));
+            }
+        } else if name_is(name, "transfer-encoding") {
+            saw_te = true;
+            for coding in h.value.split(|&b| b == b',') {
+                te_count += 1;
+                if !trim_ows(coding).eq_ignore_ascii_case(b"chunked") {
+                    te_ok = false;
+                }
+            }
+        } else if name_is(name, "connection") {
+            for opt in list_elements(h.value) {
+                if opt.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if opt.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_token = true;
+                }
+            }
+        }
+    }
+    let bodyless = head_request || status < 200 || status == 204 || status == 304;
+    // A response with both is response splitting (RFC 9112 §11.1): never guess.
+    if saw_cl && saw_te {
+        return Err(ResponseError("content_length_and_transfer_encoding"));
+    }
+    if saw_te && (!te_ok || te_count != 1) {
+        return Err(ResponseError("unsupported_transfer_encoding"));
+    }
+    let framing = if bodyless {
+        Framing::None
+    } else if saw_te {
+        Framing::Chunked
+    } else {
+        match content_length {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    let reusable = framing != Framing::UntilClose
+        && !close
+        && (minor == 1 || keep_alive_token)
+        && status != 101;
+    Ok(Some(ParsedResponse {
+        info: ResponseInfo {
+            status,
+            minor,
+            framing,
+            reusable,
+            head_len,
+        },
+        content_length,
+        reason: res.reason.unwrap_or(""),
+        headers: res.headers,
+    }))
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and the framing fields we always rewrite ourselves.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    const HOP: [&str; 10] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "content-length",
+    ];
+    HOP.iter()
+        .any(|h| name.len() == h.len() && name_is(name, h))
+}
+
+/// Names listed in the `Connection` fields of a head (the per-message hop-by-hop set).
+pub struct ConnectionOptions<'b> {
+    names: [&'b [u8]; 16],
+    len: usize,
+    /// More names than we track: every header not on the allow list is dropped.
+    overflow: bool,
+}
+
+impl<'b> ConnectionOptions<'b> {
+    pub fn collect(headers: &[httparse::Header<'b>]) -> Self {
+        let mut me = ConnectionOptions {
+            names: [&[][..]; 16],
+            len: 0,
+            overflow: false,
+        };
+        for h in headers.iter().filter(|h| name_is(h.name, "connection")) {
+            for opt in list_elements(h.value) {
+                if opt.eq_ignore_ascii_case(b"close") || opt.eq_ignore_ascii_case(b"keep-alive") {
+                    continue;
+                }
+                if me.len < me.names.len() {
+                    me.names[me.len] = opt;
+                    me.len += 1;
+                } else {
+                    me.overflow = true;
+                }
+            }
+        }
+        me
+    }
+
+    /// True when `name` must not be forwarded because `Connection` names it.
+    pub fn names(&self, name: &str) -> bool {
+        self.overflow
+            || self.names[..self.len]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+/// Appends `n` in decimal without allocating.
+pub fn push_dec(out: &mut Vec<u8>, n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+/// Appends one chunk (`size CRLF data CRLF`) in our own chunked encoding.
+pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let mut tmp = [0u8; 16];
+    let mut i = tmp.len();
+    let mut v = data.len();
+    loop {
+        i -= 1;
+        tmp[i] = b"0123456789abcdef"[v & 15];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk with no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Why a chunked body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkError(pub &'static str);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading hex digits of a chunk size; `digits` seen so far.
+    Size {
+        digits: u8,
+    },
+    /// In a chunk extension, until CR.
+    Ext,
+    /// Saw CR after the size line; need LF.
+    SizeLf,
+    /// Inside chunk data, this many bytes left.
+    Data,
+    /// After data; need CR then LF.
+    DataCr,
+    DataLf,
+    /// After the last chunk: at the start of a trailer line (or the final CRLF).
+    TrailerStart,
+    /// Inside a trailer line.
+    Trailer,
+    /// Saw CR at the end of a trailer line.
+    TrailerLf,
+    /// Saw CR on an empty line: need the final LF.
+    EndLf,
+    Done,
+}
+
+/// Incremental chunked-coding decoder: feed it bytes split anywhere, it yields data spans.
+///
+/// Extensions are validated and dropped; trailers are validated, bounded and dropped.
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    size: u64,
+    line_len: usize,
+    trailer_bytes: usize,
+    total: u64,
+}
+
+/// Longest chunk-size line (size + extensions) we accept.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Most trailer bytes we read (and drop).
+const MAX_TRAILERS: usize = 16 * 1024;
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkedDecoder {
+    pub fn new() -> Self {
+        ChunkedDecoder {
+            state: ChunkState::Size { digits: 0 },
+            size: 0,
+            line_len: 0,
+            trailer_bytes: 0,
+            total: 0,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Decoded body bytes so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Decodes from `input`, calling `data` for each span of body bytes. Returns how many
+    /// input bytes were consumed; it stops right after the final CRLF, so whatever follows
+    /// (a pipelined message) is left unconsumed.
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                ChunkState::Size { digits } => {
+                    let v = match b {
+                        b'0'..=b'9' => b - b'0',
+                        b'a'..=b'f' => b - b'a' + 10,
+                        b'A'..=b'F' => b - b'A' + 10,
+                        b'\r' | b';' if digits > 0 => {
+                            self.state = if b == b'\r' {
+                                ChunkState::SizeLf
+                            } else {
+                                ChunkState::Ext
+                            };
+                            self.line_len += 1;
+                            i += 1;
+                            continue;
+                        }
+                        _ => return Err(ChunkError("invalid_chunk_size")),
+                    };
+                    if digits >= 16 {
+                        return Err(ChunkError("chunk_size_overflow"));
+                    }
+                    self.size = (self.size << 4) | u64::from(v);
+                    self.state = ChunkState::Size { digits: digits + 1 };
+                    self.line_len += 1;
+                    i += 1;
+                }
+                ChunkState::Ext => {
+                    match b {
+                        b'\r' => self.state = ChunkState::SizeLf,
+                        0 | b'\n' => return Err(ChunkError("invalid_chunk_extension")),
+                        _ => {}
+                    }
+                    self.line_len += 1;
+                    if self.line_len > MAX_CHUNK_LINE {
+                        return Err(ChunkError("chunk_extension_too_long"));
+                    }
+                    i += 1;
+                }
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("bare_cr_in_chunk_line"));
+                    }
+                    i += 1;
+                    self.line_len = 0;
+                    if self.size == 0 {
+                        self.state = ChunkState::TrailerStart;
+                    } else {
+                        self.total = self
+                            .total
+                            .checked_add(self.size)
+                            .ok_or(ChunkError("chunk_size_overflow"))?;
+                        self.state = ChunkState::Data;
+                    }
+                }
+                ChunkState::Data => {
+                    let avail = (input.len() - i) as u64;
+                    let take = avail.min(self.size) as usize;
+                    data(&input[i..i + take]);
+                    i += take;
+                    self.size -= take as u64;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                }
+                ChunkState::DataCr => {
+                    if b != b'\r' {
+                        return Err(ChunkError("missing_crlf_after_chunk"));
+                    }
+                    self.state = ChunkState::DataLf;
+                    i += 1;
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("missing_crlf_after_chunk"));
+                    }
+                    self.state = ChunkState::Size { digits: 0 };
+                    i += 1;
+                }
+                ChunkState::TrailerStart => {
+                    i += 1;
+                    match b {
+                        b'\r' => self.state = ChunkState::EndLf,
+                        b'\n' => return Err(ChunkError("bare_lf_in_trailer")),
+                        _ if is_tchar(b) => self.state = ChunkState::Trailer,
+                        _ => return Err(ChunkError("invalid_trailer")),
+                    }
+                    self.count_trailer()?;
+                }
+                ChunkState::Trailer => {
+                    i += 1;
+                    match b {
+                        b'\r' => self.state = ChunkState::TrailerLf,
+                        0 | b'\n' => return Err(ChunkError("invalid_trailer")),
+                        _ => {}
+                    }
+                    self.count_trailer()?;
+                }
+                ChunkState::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("bare_cr_in_trailer"));
+                    }
+                    i += 1;
+                    self.state = ChunkState::TrailerStart;
+                }
+                ChunkState::EndLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("bare_cr_in_trailer"));
+                    }
+                    i += 1;
+                    self.state = ChunkState::Done;
+                    return Ok(i);
+                }
+                ChunkState::Done => return Ok(i),
+            }
+        }
+        Ok(i)
+    }
+
+    fn count_trailer(&mut self) -> Result<(), ChunkError> {
+        self.trailer_bytes += 1;
+        if self.trailer_bytes > MAX_TRAILERS {
+            return Err(ChunkError("trailers_too_large"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_head_bytes: 8192,
+        max_headers: 64,
+        max_target_bytes: 2048,
+    };
+
+    fn parse(raw: &[u8]) -> Result<Option<RequestInfo>, RequestError> {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        parse_request(raw, &mut h, &LIMITS).map(|o| o.map(|p| p.info))
+    }
+
+    fn bad(raw: &[u8]) -> &'static str {
+        match parse(raw) {
+            Err(RequestError::Bad(why)) => why,
+            other => panic!(
+                "expected 400 for {:?}, got {other:?}",
+                String::from_utf8_lossy(raw)
+            ),
+        }
+    }
+
+    #[test]
+    fn simple_get_is_keep_alive_without_body() {
+        let info = parse(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.method, Method::Get);
+        assert_eq!(info.framing, Framing::None);
+        assert!(info.keep_alive);
+    }
+
+    #[test]
+    fn partial_head_needs_more() {
+        assert_eq!(parse(b"GET /a HTTP/1.1\r\nHost: x\r\n").unwrap(), None);
+    }
+
+    #[test]
+    fn smuggling_vectors_are_refused() {
+        assert_eq!(
+            bad(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            "content_length_and_transfer_encoding"
+        );
+        assert_eq!(
+            bad(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            "invalid_content_length"
+        );
+        assert_eq!(
+            bad(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n"),
+            "invalid_content_length"
+        );
+        for v in [
+            "+3",
+            "-0",
+            "0x10",
+            "1_0",
+            "3 4",
+            "\x0c3",
+            "",
+            "99999999999999999999",
+        ] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {v}\r\n\r\n");
+            assert!(parse(raw.as_bytes()).is_err(), "CL {v:?} accepted");
+        }
+        for te in [
+            "gzip",
+            "chunked, gzip",
+            "chunked, chunked",
+            "identity",
+            "",
+            "\x08chunked",
+        ] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert!(parse(raw.as_bytes()).is_err(), "TE {te:?} accepted");
+        }
+        assert_eq!(
+            bad(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            "transfer_encoding_in_http10"
+        );
+    }
+
+    #[test]
+    fn identical_duplicate_content_lengths_collapse() {
+        let info =
+            parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(info.framing, Framing::Length(5));
+    }
+
+    #[test]
+    fn syntax_vectors_are_refused() {
+        assert!(parse(b"GET / HTTP/1.1\r\nHost : x\r\n\r\n").is_err());
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\nA: b\r\n c\r\n\r\n").is_err());
+        assert_eq!(bad(b"GET / HTTP/1.1\nHost: x\n\n"), "bare_cr_or_lf");
+        assert!(parse(b"gET / HTTP/1.1\r\nHost: x\r\n\r\n").is_err());
+        assert!(parse(b"GET / HTP/1.1\r\nHost: x\r\n\r\n").is_err());
+        assert!(parse(b"GET / HTTP/1.32\r\nHost: x\r\n\r\n").is_err());
+        assert_eq!(
+            bad(b"GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n"),
+            "fragment_in_target"
+        );
+        assert_eq!(bad(b"GET / HTTP/1.1\r\n\r\n"), "missing_host");
+        assert_eq!(
+            bad(b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            "duplicate_host"
+        );
+        assert_eq!(bad(b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n"), "invalid_host");
+        assert_eq!(
+            parse(b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Err(RequestError::MethodNotAllowed)
+        );
+        assert_eq!(
+            bad(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "unsupported_target_form"
+        );
+    }
+
+    #[test]
+    fn limits_map_to_their_statuses() {
+        let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(3000));
+        assert_eq!(parse(long.as_bytes()), Err(RequestError::UriTooLong));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nA: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
+        assert_eq!(parse(big.as_bytes()), Err(RequestError::HeadersTooLarge));
+        let many: String = (0..70).map(|i| format!("H{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        assert_eq!(parse(raw.as_bytes()), Err(RequestError::HeadersTooLarge));
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"),
+            Err(RequestError::Expectation)
+        );
+    }
+
+    #[test]
+    fn absolute_form_uses_its_authority() {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let p = parse_request(
+            b"GET http://gw.example/v1/x?q HTTP/1.1\r\nHost: other\r\n\r\n",
+            &mut h,
+            &LIMITS,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(p.target, "/v1/x?q");
+        assert_eq!(p.host, Some(&b"gw.example"[..]));
+    }
+
+    #[test]
+    fn http10_keep_alive_only_when_asked() {
+        let a = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!a.keep_alive);
+        let b = parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(b.keep_alive);
+    }
+
+    fn decode_all(input: &[u8]) -> Result<(Vec<u8>, usize), ChunkError> {
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        let n = d.decode(input, |s| out.extend_from_slice(s))?;
+        assert!(
+            d.is_done(),
+            "not done after {:?}",
+            String::from_utf8_lossy(input)
+        );
+        Ok((out, n))
+    }
+
+    #[test]
+    fn chunked_decodes_and_stops_at_the_end() {
+        let (body, n) =
+            decode_all(b"5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nX-T: 1\r\n\r\nGET").unwrap();
+        assert_eq!(body, b"hello!");
+        assert_eq!(n, 35);
+    }
+
+    #[test]
+    fn chunked_same_result_for_every_split() {
+        let input = b"a\r\n0123456789\r\n3;x\r\nabc\r\n0\r\n\r\n";
+        for split in 0..input.len() {
+            let mut d = ChunkedDecoder::new();
+            let mut out = Vec::new();
+            let a = d
+                .decode(&input[..split], |s| out.extend_from_slice(s))
+                .unwrap();
+            assert_eq!(a, split);
+            d.decode(&input[split..], |s| out.extend_from_slice(s))
+                .unwrap();
+            assert!(d.is_done());
+            assert_eq!(out, b"0123456789abc");
+        }
+    }
+
+    #[test]
+    fn chunked_rejects_bad_sizes_and_terminators() {
+        for v in [
+            &b"0x5\r\nhello\r\n0\r\n\r\n"[..],
+            b"_\r\n",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"-1\r\n",
+            b";\r\n",
+            b"FFFFFFFFFFFFFFFF0\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"0\n\n",
+            b"5\r\nhello\r\n0\r\n\n",
+            b"3;a\0b\r\nabc\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                decode_all(v).is_err(),
+                "accepted {:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
+
+    #[test]
+    fn large_chunk_sizes_are_not_truncated() {
+        let mut d = ChunkedDecoder::new();
+        let mut got = 0usize;
+        d.decode(b"100000005\r\nhello", |s| got += s.len()).unwrap();
+        assert_eq!(got, 5);
+        assert!(!d.is_done());
+        assert_eq!(d.total(), 0x1_0000_0005);
+    }
+
+    #[test]
+    fn response_framing() {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+            &mut h,
+            false,
+            8192,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.info.framing, Framing::Length(3));
+        assert!(r.info.reusable);
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", &mut h, false, 8192)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.info.framing, Framing::UntilClose);
+        assert!(!r.info.reusable);
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let r = parse_response(
+            b"HTTP/1.1 204 No\r\nContent-Length: 3\r\n\r\n",
+            &mut h,
+            false,
+            8192,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.info.framing, Framing::None);
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        assert!(parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &mut h,
+            false,
+            8192
+        )
+        .is_err());
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        assert!(parse_response(
+            b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n",
+            &mut h,
+            false,
+            8192
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! `gateway` command line: parse arguments, load the config, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use gateway::Config;
+
+const USAGE: &str = "\
+usage: gateway [--config PATH]           run (default ./config.yaml) until SIGTERM/SIGINT
+       gateway --check [--config PATH]   validate the config, print a summary, exit 0 or 1
+       gateway --version | --help
+
+environment: RUST_LOG=error|warn|info|debug|trace (default info)";
+
+fn main() -> ExitCode {
+    let mut config = PathBuf::from("config.yaml");
+    let mut check = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--config" | "-c" => match args.next() {
+                Some(p) => config = PathBuf::from(p),
+                None => return usage_error("--config needs a path"),
+            },
+            "--check" => check = true,
+            "--version" | "-V" => {
+                println!("gateway {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => return usage_error(&format!("unknown argument {other:?}")),
+        }
+    }
+    gateway::logging::init();
+    let cfg = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gateway: invalid config: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if check {
+        print!("{}: OK\n{}", config.display(), cfg.summary());
+        return ExitCode::SUCCESS;
+    }
+    match gateway::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("gateway: {msg}\n{USAGE}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,83 @@
+//! Per-worker pool of idle keep-alive connections to backends: no locks, most recent first.
+//!
+//! Only connections whose last exchange ended cleanly (framed response fully read, no
+//! extra bytes, backend did not ask to close) are put back. Idle connections expire after
+//! `pool.idle_timeout`, chosen shorter than common backend keep-alive timeouts so that the
+//! gateway, not the backend, is the one that closes them.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+pub struct Pool {
+    /// Indexed by backend slot (see `state::Backend::slot`).
+    slots: RefCell<Vec<VecDeque<Idle>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            slots: RefCell::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// The most recently used live connection to `slot`, if any.
+    pub fn take(&self, slot: usize) -> Option<TcpStream> {
+        let mut slots = self.slots.borrow_mut();
+        let q = slots.get_mut(slot)?;
+        let idle = q.pop_back()?;
+        if idle.since.elapsed() >= self.idle_timeout {
+            // The newest is expired, so all older ones are too.
+            q.clear();
+            return None;
+        }
+        Some(idle.stream)
+    }
+
+    /// Returns a connection whose exchange finished cleanly.
+    pub fn put(&self, slot: usize, stream: TcpStream) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let mut slots = self.slots.borrow_mut();
+        if slots.len() <= slot {
+            slots.resize_with(slot + 1, VecDeque::new);
+        }
+        let q = &mut slots[slot];
+        if q.len() >= self.max_idle {
+            q.pop_front(); // evict the least recently used
+        }
+        q.push_back(Idle {
+            stream,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes expired connections and those of backends `keep` no longer wants.
+    pub fn sweep(&self, keep: impl Fn(usize) -> bool) {
+        let mut slots = self.slots.borrow_mut();
+        for (slot, q) in slots.iter_mut().enumerate() {
+            if !keep(slot) {
+                q.clear();
+            } else {
+                q.retain(|i| i.since.elapsed() < self.idle_timeout);
+            }
+        }
+    }
+
+    /// Idle connections held for `slot`.
+    pub fn idle(&self, slot: usize) -> usize {
+        self.slots.borrow().get(slot).map_or(0, VecDeque::len)
+    }
+}
