@@ -194,19 +194,20 @@ pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
             format!("invalid duration {v:?}: write a whole number with a unit, e.g. 500ms, 2s, 1m"),
         )
     })?;
-    let d =
-        match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            _ => return Err(invalid(
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => {
+            return Err(invalid(
                 key,
                 format!(
                     "invalid duration {v:?}: the unit must be ms, s, m or h, e.g. 500ms, 2s, 1m"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     Ok(d)
 }
 

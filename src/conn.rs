@@ -28,6 +28,8 @@ pub struct Conn {
     pub out: Vec<u8>,
     /// The request as sent upstream (kept until the response head arrives, for one retry).
     pub up_out: Vec<u8>,
+    /// The part of the request body that arrived with the head, already re-framed.
+    pub up_body: Vec<u8>,
     /// Forwarded header lines of the current request, framing included, ending in CRLF CRLF.
     pub fwd: Vec<u8>,
     /// What to append to the backend's path prefix (starts with `/`).
@@ -60,6 +62,7 @@ impl Conn {
             start: 0,
             out: Vec::with_capacity(BUF_SIZE),
             up_out: Vec::with_capacity(BUF_SIZE),
+            up_body: Vec::with_capacity(BUF_SIZE),
             fwd: Vec::with_capacity(1024),
             path: Vec::with_capacity(256),
             service: Vec::with_capacity(64),

@@ -7,9 +7,26 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+
+/// True when nothing is waiting to be read on the socket (no data, no EOF, no error).
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a valid fd owned by `stream`, a one-byte buffer we own; MSG_PEEK consumes
+    // nothing and MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
 
 struct Idle {
     stream: TcpStream,
@@ -33,16 +50,24 @@ impl Pool {
     }
 
     /// The most recently used live connection to `slot`, if any.
+    ///
+    /// A connection that became readable while idle is dropped: either the backend closed
+    /// it, or it sent bytes nobody asked for (which must never be read as the answer to
+    /// the next request). One non-blocking peek per reuse is the price of that guarantee.
     pub fn take(&self, slot: usize) -> Option<TcpStream> {
         let mut slots = self.slots.borrow_mut();
         let q = slots.get_mut(slot)?;
-        let idle = q.pop_back()?;
-        if idle.since.elapsed() >= self.idle_timeout {
-            // The newest is expired, so all older ones are too.
-            q.clear();
-            return None;
+        while let Some(idle) = q.pop_back() {
+            if idle.since.elapsed() >= self.idle_timeout {
+                // The newest is expired, so all older ones are too.
+                q.clear();
+                return None;
+            }
+            if is_quiet(&idle.stream) {
+                return Some(idle.stream);
+            }
         }
-        Some(idle.stream)
+        None
     }
 
     /// Returns a connection whose exchange finished cleanly.

@@ -353,16 +353,29 @@ pub async fn forward(worker: &Worker, view: &View, c: &mut Conn, req: Request) -
     let service = &snap.services[req.svc];
     let timeouts = cfg.timeouts;
     let info = req.info;
+    // Re-frame the part of the body already in hand before choosing a backend: a request
+    // whose framing is broken there never reaches one.
+    let mut relay = BodyRelay::new(
+        info.framing,
+        info.framing == Framing::Chunked,
+        cfg.limits.max_body_bytes,
+    );
+    c.up_body.clear();
+    match relay.feed(&c.buf[c.start..], &mut c.up_body) {
+        Ok(used) => c.start += used,
+        Err(e) => return reply_body_error(c, e, timeouts.body).await,
+    }
     let mut exclude = None;
     let mut last_err = None;
     // At most two attempts: a refused connect (nothing sent) moves on to the next backend.
     for _ in 0..2 {
+        let keep = info.keep_alive && relay.done;
         let (idx, ticket) = match view.pick(req.svc, exclude) {
             Pick::Backend { idx, ticket } => (idx, ticket),
             Pick::AllOpen { retry_after_secs } => {
                 let err = last_err.unwrap_or(GatewayError::NoBackend);
                 let retry = (err == GatewayError::NoBackend).then_some(retry_after_secs);
-                return reply_error(c, info, err, retry, timeouts.body).await;
+                return reply_error(c, keep, err, retry, timeouts.body).await;
             }
         };
         let backend = &service.backends[idx];
@@ -382,25 +395,24 @@ pub async fn forward(worker: &Worker, view: &View, c: &mut Conn, req: Request) -
                         exclude = Some(idx);
                         continue;
                     }
-                    return reply_error(c, info, err, None, timeouts.body).await;
+                    return reply_error(c, keep, err, None, timeouts.body).await;
                 }
             },
         };
-        return exchange(worker, view, c, req, attempt, up, reused).await;
+        return exchange(worker, view, c, req, relay, attempt, (up, reused)).await;
     }
     let err = last_err.unwrap_or(GatewayError::ConnectFailed);
-    reply_error(c, info, err, None, timeouts.body).await
+    reply_error(c, info.keep_alive && relay.done, err, None, timeouts.body).await
 }
 
-/// Answers with a gateway error; keeps the connection only if the request body was consumed.
+/// Answers with a gateway error; `keep` only if the whole request was consumed.
 async fn reply_error(
     c: &mut Conn,
-    info: RequestInfo,
+    keep: bool,
     err: GatewayError,
     retry_after: Option<u64>,
     timeout: Duration,
 ) -> bool {
-    let keep = info.keep_alive && info.framing == Framing::None;
     c.reply(err, true, retry_after, !keep, timeout).await && keep
 }
 
@@ -442,9 +454,9 @@ async fn exchange(
     view: &View,
     c: &mut Conn,
     req: Request,
+    mut relay: BodyRelay,
     mut attempt: Attempt<'_>,
-    mut up: TcpStream,
-    mut reused: bool,
+    (mut up, mut reused): (TcpStream, bool),
 ) -> bool {
     let cfg = &view.snapshot.config;
     let timeouts = cfg.timeouts;
@@ -452,19 +464,7 @@ async fn exchange(
     let backend = attempt.backend;
 
     write_request_head(c, info.method, backend);
-    let mut relay = BodyRelay::new(
-        info.framing,
-        info.framing == Framing::Chunked,
-        cfg.limits.max_body_bytes,
-    );
-    match relay.feed(&c.buf[c.start..], &mut c.up_out) {
-        Ok(used) => c.start += used,
-        Err(e) => {
-            // Nothing was sent: the backend never sees this request.
-            drop(attempt);
-            return reply_body_error(c, e, timeouts.body).await;
-        }
-    }
+    c.up_out.extend_from_slice(&c.up_body);
     if info.expect_continue && !relay.done {
         c.out.clear();
         c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -507,7 +507,7 @@ async fn exchange(
                             attempt.failure();
                             return reply_error(
                                 c,
-                                info,
+                                info.keep_alive && relay.done,
                                 GatewayError::BackendClosed,
                                 None,
                                 timeouts.body,
@@ -539,18 +539,32 @@ async fn exchange(
                     Ok(s) => up = s,
                     Err(err) => {
                         attempt.failure();
-                        return reply_error(c, info, err, None, timeouts.body).await;
+                        return reply_error(
+                            c,
+                            info.keep_alive && relay.done,
+                            err,
+                            None,
+                            timeouts.body,
+                        )
+                        .await;
                     }
                 }
             }
             Err(HeadFail::Stale) => {
                 attempt.failure();
-                return reply_error(c, info, GatewayError::BackendClosed, None, timeouts.body)
-                    .await;
+                return reply_error(
+                    c,
+                    info.keep_alive && relay.done,
+                    GatewayError::BackendClosed,
+                    None,
+                    timeouts.body,
+                )
+                .await;
             }
             Err(HeadFail::Err(err)) => {
                 attempt.failure();
-                return reply_error(c, info, err, None, timeouts.body).await;
+                return reply_error(c, info.keep_alive && relay.done, err, None, timeouts.body)
+                    .await;
             }
         }
     };

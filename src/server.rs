@@ -222,15 +222,11 @@ fn worker_main(
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
-                    let w = worker.clone();
-                    monoio::spawn(async move {
-                        if let Err(panic) = CatchUnwind(crate::conn::serve(w, stream, peer)).await {
-                            log::error!(
-                                "worker {index}: connection from {peer} panicked: {}",
-                                panic_message(&panic)
-                            );
-                        }
-                    });
+                    spawn_guarded(
+                        index,
+                        peer,
+                        crate::conn::serve(worker.clone(), stream, peer),
+                    );
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -238,6 +234,18 @@ fn worker_main(
                     monoio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
+        }
+    });
+}
+
+/// Spawns a connection task whose panic is logged and contained to that connection.
+fn spawn_guarded(worker: usize, peer: SocketAddr, task: impl Future<Output = ()> + 'static) {
+    monoio::spawn(async move {
+        if let Err(panic) = CatchUnwind(task).await {
+            log::error!(
+                "worker {worker}: connection from {peer} panicked: {}",
+                panic_message(&panic)
+            );
         }
     });
 }
@@ -273,4 +281,34 @@ fn panic_message(p: &Box<dyn Any + Send>) -> &str {
         .copied()
         .or_else(|| p.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(non-string panic)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_panicking_connection_does_not_take_the_worker_down() {
+        let mut rt = build_runtime().expect("runtime");
+        let after = Rc::new(Cell::new(0));
+        let seen = after.clone();
+        rt.block_on(async move {
+            let peer: SocketAddr = ([127, 0, 0, 1], 9).into();
+            // Silence the default hook's message for this deliberate panic.
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(|_| {}));
+            spawn_guarded(0, peer, async { panic!("boom") });
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            std::panic::set_hook(hook);
+            let a = after.clone();
+            spawn_guarded(0, peer, async move { a.set(a.get() + 1) });
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        });
+        assert_eq!(
+            seen.get(),
+            1,
+            "the worker stopped running tasks after a panic"
+        );
+    }
 }

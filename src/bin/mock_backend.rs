@@ -450,6 +450,11 @@ async fn respond(s: &mut TcpStream, out: &mut Vec<u8>, plan: &Plan) -> bool {
         }
     };
     encode(out, &body[..half]);
+    let extra: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nsmuggle";
+    if plan.fault == Some(Fault::ExtraBytes) && half == body.len() {
+        // In the same write as the response, as a backend with a wrong length would.
+        out.extend_from_slice(extra);
+    }
     if gio::write_all(s, out, LONG).await.is_err() {
         return false;
     }
@@ -469,8 +474,8 @@ async fn respond(s: &mut TcpStream, out: &mut Vec<u8>, plan: &Plan) -> bool {
     if chunked && !bodyless {
         out.extend_from_slice(h1::LAST_CHUNK);
     }
-    if plan.fault == Some(Fault::ExtraBytes) {
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nsmuggle");
+    if plan.fault == Some(Fault::ExtraBytes) && half < body.len() {
+        out.extend_from_slice(extra);
     }
     if !out.is_empty() && gio::write_all(s, out, LONG).await.is_err() {
         return false;

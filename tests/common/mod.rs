@@ -1,0 +1,435 @@
+//! Test harness: real gateway and mock-backend processes on ephemeral ports, a raw-socket
+//! HTTP/1.1 client, and a recording backend that shows exactly what reached it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A child process stopped (by its own PID) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Config file of a gateway, removed on drop.
+    pub config: Option<std::path::PathBuf>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(p) = &self.config {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Starts `cmd` and waits for its `listening on ADDR` line.
+fn start(mut cmd: Command) -> (Child, SocketAddr) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read startup line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected startup line {line:?}"))
+        .parse()
+        .expect("address");
+    (child, addr)
+}
+
+pub fn mock_backend() -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mock-backend"));
+    cmd.arg("0");
+    let (child, addr) = start(cmd);
+    Proc {
+        child,
+        addr,
+        config: None,
+    }
+}
+
+static CONFIG_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts a gateway on `yaml` (which should say `listen: 127.0.0.1:0`).
+pub fn gateway(yaml: &str) -> Proc {
+    let path = std::env::temp_dir().join(format!(
+        "gateway-test-{}-{}.yaml",
+        std::process::id(),
+        CONFIG_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, yaml).expect("write config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.arg("--config").arg(&path).env("RUST_LOG", "warn");
+    let (child, addr) = start(cmd);
+    Proc {
+        child,
+        addr,
+        config: Some(path),
+    }
+}
+
+/// A gateway config with sensible test defaults and the given services block.
+pub fn config(workers: usize, extra: &str, services: &str) -> String {
+    format!("listen: 127.0.0.1:0\nworkers: {workers}\npin_workers: false\n{extra}\nservices:\n{services}")
+}
+
+/// A parsed response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The echo's received headers as (lowercase name, value) pairs.
+    pub fn echoed_headers(&self) -> Vec<(String, String)> {
+        self.json()["headers"]
+            .as_array()
+            .expect("headers")
+            .iter()
+            .map(|h| {
+                (
+                    h[0].as_str().unwrap_or_default().to_ascii_lowercase(),
+                    h[1].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn echoed(&self, name: &str) -> Vec<String> {
+        self.echoed_headers()
+            .into_iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
+
+/// A raw keep-alive client connection.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut tmp = [0u8; 65536];
+        match self.stream.read(&mut tmp) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&tmp[..n]);
+                n
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    /// Reads one response; `head` says whether it answers a HEAD request.
+    pub fn read_response_to(&mut self, head: bool) -> Response {
+        self.try_read_response(head)
+            .expect("connection closed before a complete response")
+    }
+
+    pub fn read_response(&mut self) -> Response {
+        self.read_response_to(false)
+    }
+
+    /// Like `read_response`, but `Err` with the bytes seen if the connection ends first.
+    pub fn try_read_response(&mut self, head: bool) -> Result<Response, Vec<u8>> {
+        loop {
+            let mut hs = [httparse::EMPTY_HEADER; 128];
+            let mut r = httparse::Response::new(&mut hs);
+            if let Ok(httparse::Status::Complete(n)) = r.parse(&self.buf) {
+                let status = r.code.unwrap_or(0);
+                let headers: Vec<(String, String)> = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                self.buf.drain(..n);
+                let get = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.clone())
+                };
+                let body = if head || status < 200 || status == 204 || status == 304 {
+                    Vec::new()
+                } else if get("transfer-encoding").is_some() {
+                    self.read_chunked()?
+                } else if let Some(cl) = get("content-length") {
+                    let cl: usize = cl.trim().parse().expect("content-length");
+                    while self.buf.len() < cl {
+                        if self.fill() == 0 {
+                            return Err(std::mem::take(&mut self.buf));
+                        }
+                    }
+                    self.buf.drain(..cl).collect()
+                } else {
+                    while self.fill() > 0 {}
+                    std::mem::take(&mut self.buf)
+                };
+                return Ok(Response {
+                    status,
+                    headers,
+                    body,
+                });
+            }
+            if self.fill() == 0 {
+                return Err(std::mem::take(&mut self.buf));
+            }
+        }
+    }
+
+    fn read_chunked(&mut self) -> Result<Vec<u8>, Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break p;
+                }
+                if self.fill() == 0 {
+                    return Err(body);
+                }
+            };
+            let line = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .expect("chunk size");
+            self.buf.drain(..line_end + 2);
+            while self.buf.len() < size + 2 {
+                if self.fill() == 0 {
+                    return Err(body);
+                }
+            }
+            if size == 0 {
+                // No trailers expected from the gateway.
+                assert_eq!(&self.buf[..2], b"\r\n", "gateway sent trailers");
+                self.buf.drain(..2);
+                return Ok(body);
+            }
+            body.extend_from_slice(&self.buf[..size]);
+            assert_eq!(&self.buf[size..size + 2], b"\r\n");
+            self.buf.drain(..size + 2);
+        }
+    }
+
+    /// True when the peer closed (EOF or reset) within `wait`, with nothing more sent.
+    pub fn closed_within(&mut self, wait: Duration) -> bool {
+        self.stream.set_read_timeout(Some(wait)).expect("timeout");
+        let mut tmp = [0u8; 1024];
+        let r = match self.stream.read(&mut tmp) {
+            Ok(0) => true,
+            Ok(n) => panic!(
+                "unexpected bytes after response: {:?}",
+                String::from_utf8_lossy(&tmp[..n])
+            ),
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ),
+        };
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        r
+    }
+
+    /// Reads until the peer ends the connection: `Ok(bytes)` on a clean FIN, `Err(bytes)`
+    /// on a reset.
+    pub fn read_until_end(&mut self) -> Result<Vec<u8>, Vec<u8>> {
+        let mut tmp = [0u8; 65536];
+        loop {
+            match self.stream.read(&mut tmp) {
+                Ok(0) => return Ok(std::mem::take(&mut self.buf)),
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Err(std::mem::take(&mut self.buf))
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+}
+
+/// One request on a fresh connection.
+pub fn request(addr: SocketAddr, raw: &str) -> Response {
+    let mut c = Client::connect(addr);
+    c.send(raw.as_bytes());
+    c.read_response_to(raw.starts_with("HEAD "))
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    request(addr, &format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n"))
+}
+
+/// How the recording backend answers.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Answer each request head with these bytes.
+    Reply(Vec<u8>),
+    /// Answer the first request of each connection with these bytes; close on the
+    /// second without answering (a backend that dropped a keep-alive connection just as
+    /// the next request was sent on it).
+    OnePerConnection(Vec<u8>),
+    /// Read but never answer.
+    Hang,
+}
+
+/// A backend that records every byte it receives and answers as told.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub received: Arc<Mutex<Vec<u8>>>,
+    pub requests: Arc<AtomicUsize>,
+    pub mode: Arc<Mutex<Mode>>,
+}
+
+impl Recorder {
+    pub fn start(mode: Mode) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let r = Recorder {
+            addr,
+            connections: Arc::default(),
+            received: Arc::default(),
+            requests: Arc::default(),
+            mode: Arc::new(Mutex::new(mode)),
+        };
+        let (conns, received, requests, mode) = (
+            r.connections.clone(),
+            r.received.clone(),
+            r.requests.clone(),
+            r.mode.clone(),
+        );
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (received, requests, mode) = (received.clone(), requests.clone(), mode.clone());
+                std::thread::spawn(move || {
+                    let mut pending = Vec::new();
+                    let mut served = 0usize;
+                    let mut tmp = [0u8; 65536];
+                    while let Ok(n) = s.read(&mut tmp) {
+                        if n == 0 {
+                            break;
+                        }
+                        received.lock().unwrap().extend_from_slice(&tmp[..n]);
+                        pending.extend_from_slice(&tmp[..n]);
+                        // Bodyless requests only: one head = one request.
+                        while let Some(p) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            pending.drain(..p + 4);
+                            requests.fetch_add(1, Ordering::SeqCst);
+                            let m = mode.lock().unwrap().clone();
+                            match m {
+                                Mode::Reply(bytes) => {
+                                    if s.write_all(&bytes).is_err() {
+                                        return;
+                                    }
+                                }
+                                Mode::OnePerConnection(bytes) => {
+                                    served += 1;
+                                    if served > 1 || s.write_all(&bytes).is_err() {
+                                        return;
+                                    }
+                                }
+                                Mode::Hang => {}
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        r
+    }
+
+    pub fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+pub fn reply(status: u16) -> Mode {
+    let body = format!("{{\"status\":{status}}}");
+    Mode::Reply(
+        format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+/// A port with nothing listening on it.
+pub fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Polls `f` until it is true or `within` passes.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}

@@ -1,0 +1,275 @@
+//! The error contract: 404 / 502 / 503 / 504 and the 4xx family, each with its JSON body,
+//! and malformed requests that never reach a backend.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn error_code(r: &Response) -> String {
+    r.json()["error"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn unknown_service_and_foreign_paths_are_404() {
+    let b = mock_backend();
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
+    let r = get(g.addr, "/v1/proxy/nope/x");
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (404, "service_not_found".into())
+    );
+    assert_eq!(r.json()["service"], "nope");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    for path in [
+        "/",
+        "/v1/other/svc",
+        "/v1/proxy",
+        "/v1/proxyx/svc/a",
+        "/healthz",
+    ] {
+        let r = get(g.addr, path);
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (404, "route_not_found".into()),
+            "{path}"
+        );
+    }
+    for path in [
+        "/v1/proxy/../admin",
+        "/v1/proxy/%2e%2e/x",
+        "/v1/proxy/a%2f..%2fb/x",
+        "/v1/proxy//svc",
+        "/v1/proxy/SVC/",
+        "/v1/proxy/svc;x=1/",
+        "/v1/proxy/svc%00/",
+    ] {
+        let r = get(g.addr, path);
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (404, "service_not_found".into()),
+            "{path}"
+        );
+    }
+    let r = get(g.addr, "/v1/proxy/svc/a/../../b");
+    assert_eq!(
+        (r.status, r.json()["detail"].clone()),
+        (400, "unsafe_path".into())
+    );
+}
+
+#[test]
+fn refused_connection_is_502() {
+    let dead = closed_port();
+    let g = gateway(&config(1, "", &format!("  svc: [http://{dead}]\n")));
+    let r = get(g.addr, "/v1/proxy/svc/x");
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (502, "backend_connect_failed".into())
+    );
+    assert_eq!(r.json()["service"], "svc");
+}
+
+#[test]
+fn refused_connect_is_retried_once_on_the_next_backend() {
+    let dead = closed_port();
+    let live = mock_backend();
+    let g = gateway(&config(
+        1,
+        "",
+        &format!("  svc: [http://{dead}, http://{}]\n", live.addr),
+    ));
+    for _ in 0..4 {
+        let r = get(g.addr, "/v1/proxy/svc/x");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["port"], live.addr.port());
+    }
+}
+
+#[test]
+fn broken_backend_responses_are_502_and_keep_the_client() {
+    let b = mock_backend();
+    // A high threshold: this test is about each fault's status, not about the breaker.
+    let g = gateway(&config(
+        1,
+        "breaker: {failure_threshold: 1000}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let mut c = Client::connect(g.addr);
+    for (fault, code) in [
+        ("garbage", "backend_bad_response"),
+        ("close-before-head", "backend_closed"),
+        ("reset-before-head", "backend_closed"),
+        ("half-close", "backend_closed"),
+        ("cl-te", "backend_bad_response"),
+        ("bad-cl", "backend_bad_response"),
+        ("obs-fold", "backend_bad_response"),
+        ("oversized-head", "backend_bad_response"),
+    ] {
+        c.send(
+            format!("GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-fault: {fault}\r\n\r\n")
+                .as_bytes(),
+        );
+        let r = c.read_response();
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (502, code.to_string()),
+            "{fault}"
+        );
+    }
+    // Bytes after a complete response poison only that backend connection.
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-fault: extra-bytes\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    for _ in 0..3 {
+        c.send(b"GET /v1/proxy/svc/after HTTP/1.1\r\nHost: g\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.json()["path"], "/after", "a smuggled response was served");
+    }
+}
+
+#[test]
+fn backend_that_never_answers_is_504() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "timeouts: {response: 300ms}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let t = Instant::now();
+    let r = request(
+        g.addr,
+        "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-fault: hang\r\n\r\n",
+    );
+    assert_eq!((r.status, error_code(&r)), (504, "backend_timeout".into()));
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let r = request(
+        g.addr,
+        "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 100\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "a slow but timely backend is fine");
+}
+
+#[test]
+fn malformed_requests_get_400_close_and_never_reach_a_backend() {
+    let rec = Recorder::start(reply(200));
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", rec.addr)));
+    let vectors: &[(&str, &str)] = &[
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nContent-Length: 31\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n", "content_length_and_transfer_encoding"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "invalid_content_length"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nContent-Length: 3, 4\r\n\r\nabcd", "invalid_content_length"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nContent-Length: +3\r\n\r\nabc", "invalid_content_length"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: gzip\r\n\r\nabc", "unsupported_transfer_encoding"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", "unsupported_transfer_encoding"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n", "invalid_chunk_size"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n", "missing_crlf_after_chunk"),
+        ("GET /v1/proxy/svc/a HTTP/1.1\r\nHost : g\r\n\r\n", "invalid_header_name"),
+        ("GET /v1/proxy/svc/a HTTP/1.1\r\n\r\n", "missing_host"),
+        ("GET /v1/proxy/svc/a HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", "duplicate_host"),
+        ("GET /v1/proxy/svc/a HTTP/1.1\nHost: g\n\n", "bare_cr_or_lf"),
+        ("GET /v1/proxy/svc/a#frag HTTP/1.1\r\nHost: g\r\n\r\n", "fragment_in_target"),
+        ("gET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n", "invalid_method"),
+    ];
+    for (raw, detail) in vectors {
+        let mut c = Client::connect(g.addr);
+        c.send(raw.as_bytes());
+        let r = c.read_response();
+        assert_eq!(r.status, 400, "{raw:?}");
+        assert_eq!(r.json()["detail"], *detail, "{raw:?}");
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(
+            c.closed_within(Duration::from_secs(2)),
+            "connection left open after {raw:?}"
+        );
+    }
+    // A bad request pipelined before a good one: one 400, close, the good one never forwarded.
+    let mut c = Client::connect(g.addr);
+    c.send(b"GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nGET /v1/proxy/svc/b HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(c.read_response().status, 400);
+    assert!(c.closed_within(Duration::from_secs(2)));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        rec.connections.load(Ordering::SeqCst),
+        0,
+        "a backend was contacted"
+    );
+    assert!(rec.received().is_empty());
+}
+
+#[test]
+fn limits_give_413_414_431_and_408() {
+    let rec = Recorder::start(reply(200));
+    let g = gateway(&config(
+        1,
+        "limits: {max_body_bytes: 1000, max_target_bytes: 1024, max_head_bytes: 4096, max_headers: 20}\ntimeouts: {client_header: 300ms}",
+        &format!("  svc: [http://{}]\n", rec.addr),
+    ));
+    let r = request(
+        g.addr,
+        "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nContent-Length: 1001\r\n\r\n",
+    );
+    assert_eq!((r.status, error_code(&r)), (413, "body_too_large".into()));
+    let chunk = format!("{:x}\r\n{}\r\n", 1001, "a".repeat(1001));
+    let r = request(g.addr, &format!("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}0\r\n\r\n"));
+    assert_eq!(r.status, 413);
+    let r = get(g.addr, &format!("/v1/proxy/svc/{}", "a".repeat(1100)));
+    assert_eq!((r.status, error_code(&r)), (414, "uri_too_long".into()));
+    let r = request(
+        g.addr,
+        &format!(
+            "GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(5000)
+        ),
+    );
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (431, "headers_too_large".into())
+    );
+    let many: String = (0..25).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let r = request(
+        g.addr,
+        &format!("GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n{many}\r\n"),
+    );
+    assert_eq!(r.status, 431);
+    // Slowloris: a head that does not finish in time gets 408 and a close.
+    let mut c = Client::connect(g.addr);
+    c.send(b"GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n");
+    let t = Instant::now();
+    let r = c.read_response();
+    assert_eq!((r.status, error_code(&r)), (408, "request_timeout".into()));
+    assert!(t.elapsed() >= Duration::from_millis(250));
+    assert!(c.closed_within(Duration::from_secs(2)));
+    assert_eq!(rec.connections.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn unsupported_methods_and_expectations() {
+    let b = mock_backend();
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
+    let r = request(g.addr, "TRACE /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (405, "method_not_allowed".into())
+    );
+    assert!(r.header("allow").is_some_and(|a| a.contains("GET")));
+    let r = request(g.addr, "CONNECT svc:443 HTTP/1.1\r\nHost: svc:443\r\n\r\n");
+    assert_eq!(r.status, 405);
+    let r = request(
+        g.addr,
+        "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\nx",
+    );
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (417, "expectation_failed".into())
+    );
+}
+
+#[test]
+fn a_404_keeps_the_connection_for_the_next_request() {
+    let b = mock_backend();
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
+    let mut c = Client::connect(g.addr);
+    c.send(b"GET /v1/proxy/nope/x HTTP/1.1\r\nHost: g\r\n\r\nGET /v1/proxy/svc/y HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(c.read_response().status, 404);
+    assert_eq!(c.read_response().json()["path"], "/y");
+}

@@ -1,0 +1,137 @@
+//! Loom model of the packed breaker word: every interleaving of concurrent admissions and
+//! outcomes, on loom's atomics, running the very code the gateway runs.
+
+use gateway::breaker::{self, Policy, Snapshot, Word, CLOSED, HALF_OPEN, OPEN};
+use loom::sync::atomic::{AtomicU64, Ordering};
+use loom::sync::Arc;
+
+struct LoomWord(AtomicU64);
+
+impl Word for LoomWord {
+    fn load(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
+        self.0
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+    }
+}
+
+const P: Policy = Policy {
+    threshold: 3,
+    cooldown_ms: 100,
+    lease_ms: 50,
+};
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(f);
+}
+
+fn open_word() -> u64 {
+    Snapshot {
+        state: OPEN,
+        failures: 0,
+        epoch: 7,
+        time_ms: 0,
+    }
+    .encode()
+}
+
+#[test]
+fn exactly_one_probe_is_admitted() {
+    model(|| {
+        let w = Arc::new(LoomWord(AtomicU64::new(open_word())));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let w = w.clone();
+                loom::thread::spawn(move || breaker::admit(&*w, 200, &P).is_some())
+            })
+            .collect();
+        let admitted = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|&a| a)
+            .count();
+        assert_eq!(admitted, 1);
+        assert_eq!(Snapshot::decode(w.load()).state, HALF_OPEN);
+    });
+}
+
+#[test]
+fn no_failure_count_is_lost() {
+    model(|| {
+        let w = Arc::new(LoomWord(AtomicU64::new(0)));
+        let t0 = breaker::admit(&*w, 0, &P).unwrap();
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let w = w.clone();
+                loom::thread::spawn(move || {
+                    breaker::failure(&*w, t0, 0, &P);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let s = Snapshot::decode(w.load());
+        assert_eq!((s.state, s.failures), (CLOSED, 2));
+    });
+}
+
+#[test]
+fn concurrent_failures_open_exactly_once_and_a_racing_success_is_consistent() {
+    model(|| {
+        let w = Arc::new(LoomWord(AtomicU64::new(0)));
+        // Two failures already counted; one more opens.
+        for _ in 0..2 {
+            let t = breaker::admit(&*w, 0, &P).unwrap();
+            breaker::failure(&*w, t, 0, &P);
+        }
+        let t = breaker::admit(&*w, 0, &P).unwrap();
+        let (w1, w2) = (w.clone(), w.clone());
+        let a = loom::thread::spawn(move || breaker::failure(&*w1, t, 5, &P));
+        let b = loom::thread::spawn(move || breaker::failure(&*w2, t, 5, &P));
+        let c = breaker::success(&*w, t, 5);
+        let opened = [a.join().unwrap(), b.join().unwrap()]
+            .iter()
+            .filter(|&&tr| tr == breaker::Transition::Opened)
+            .count();
+        let s = Snapshot::decode(w.load());
+        // The success may land first (reset to 0, then 2 failures: still closed) or in
+        // between; either way at most one transition to OPEN, and the word is coherent.
+        assert!(opened <= 1);
+        assert_eq!(c, breaker::Transition::None);
+        match s.state {
+            OPEN => assert_eq!(opened, 1),
+            CLOSED => assert_eq!(opened, 0),
+            other => panic!("unexpected state {other}"),
+        }
+    });
+}
+
+#[test]
+fn probe_outcome_and_lease_takeover_race_safely() {
+    model(|| {
+        let w = Arc::new(LoomWord(AtomicU64::new(open_word())));
+        let probe = breaker::admit(&*w, 200, &P).unwrap();
+        assert!(probe.is_probe());
+        let w1 = w.clone();
+        // A second worker sees the lease expired and takes over while the first reports.
+        let taker = loom::thread::spawn(move || breaker::admit(&*w1, 260, &P));
+        breaker::success(&*w, probe, 260);
+        let took = taker
+            .join()
+            .unwrap()
+            .expect("admitted either as probe or into a closed circuit");
+        let s = Snapshot::decode(w.load());
+        if took.is_probe() {
+            // The takeover landed first: the old probe's success was stale and ignored.
+            assert_eq!(s.state, HALF_OPEN);
+        } else {
+            // The success landed first and closed the circuit.
+            assert_eq!(s.state, CLOSED);
+        }
+    });
+}

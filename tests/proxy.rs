@@ -1,0 +1,394 @@
+//! End to end through real processes: what the client sends arrives intact at the backend,
+//! what the backend answers arrives intact at the client, balanced round-robin.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn fnv(data: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn one_backend(prefix: &str) -> (Proc, Proc) {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "",
+        &format!("  svc: [http://{}{prefix}]\n", b.addr),
+    ));
+    (b, g)
+}
+
+#[test]
+fn every_method_path_query_header_and_body_arrive_intact() {
+    let (b, g) = one_backend("/api");
+    let mut c = Client::connect(g.addr);
+    for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+        let body = format!("body of {method}");
+        c.send(
+            format!(
+                "{method} /v1/proxy/svc/a/b%20c?x=1&y=%2F HTTP/1.1\r\nHost: gw.example\r\nX-Custom: v 1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{method}");
+        let j = r.json();
+        assert_eq!(j["method"], method);
+        assert_eq!(j["path"], "/api/a/b%20c");
+        assert_eq!(j["query"], "x=1&y=%2F");
+        assert_eq!(j["port"], b.addr.port());
+        assert_eq!(j["body_len"], body.len());
+        assert_eq!(j["body_fnv"], fnv(body.as_bytes()));
+        assert_eq!(r.echoed("x-custom"), ["v 1"]);
+        assert_eq!(
+            r.echoed("host"),
+            [b.addr.to_string()],
+            "backend authority as Host"
+        );
+        assert_eq!(r.echoed("content-length"), [body.len().to_string()]);
+    }
+    // The service root and a bare query map to the prefix.
+    let r = get(g.addr, "/v1/proxy/svc");
+    assert_eq!(r.json()["path"], "/api/");
+    let r = get(g.addr, "/v1/proxy/svc?q=1");
+    assert_eq!(
+        (r.json()["path"].clone(), r.json()["query"].clone()),
+        ("/api/".into(), "q=1".into())
+    );
+}
+
+#[test]
+fn empty_small_large_and_chunked_bodies_arrive_intact() {
+    let (_b, g) = one_backend("");
+    let mut c = Client::connect(g.addr);
+    // Empty and small, Content-Length framed.
+    for body in [&b""[..], b"x", b"hello world"] {
+        let mut raw = format!(
+            "POST /v1/proxy/svc/u HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(body);
+        c.send(&raw);
+        let j = c.read_response().json();
+        assert_eq!(j["body_len"], body.len());
+        assert_eq!(j["body_fnv"], fnv(body));
+    }
+    // 10 MiB, streamed (never buffered whole by the gateway).
+    let big: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    c.send(
+        format!(
+            "PUT /v1/proxy/svc/big HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        )
+        .as_bytes(),
+    );
+    for part in big.chunks(1 << 20) {
+        c.send(part);
+    }
+    let j = c.read_response().json();
+    assert_eq!(j["body_len"], big.len());
+    assert_eq!(j["body_fnv"], fnv(&big));
+    // Chunked, with extensions and a trailer, sent in pieces; re-framed by the gateway.
+    c.send(b"POST /v1/proxy/svc/c HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n");
+    std::thread::sleep(Duration::from_millis(20));
+    c.send(b"6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n");
+    let r = c.read_response();
+    let j = r.json();
+    assert_eq!(j["body_len"], 11);
+    assert_eq!(j["body_fnv"], fnv(b"hello world"));
+    assert_eq!(r.echoed("transfer-encoding"), ["chunked"]);
+    assert!(r.echoed("x-trailer").is_empty());
+    // Still usable afterwards.
+    c.send(b"GET /v1/proxy/svc/after HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(c.read_response().json()["path"], "/after");
+}
+
+#[test]
+fn response_status_headers_and_body_arrive_intact() {
+    let (_b, g) = one_backend("");
+    let mut c = Client::connect(g.addr);
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-status: 201\r\nx-mock-header: X-Resp: abc\r\nx-mock-header: Set-Cookie: a=1\r\nx-mock-body-bytes: 100000\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("x-resp"), Some("abc"));
+    assert_eq!(r.header("set-cookie"), Some("a=1"));
+    assert_eq!(r.header("content-length"), Some("100000"));
+    assert_eq!(r.body, vec![b'x'; 100000]);
+    // A chunked response is re-chunked by the gateway.
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-fault: chunked\r\nx-mock-body-bytes: 70000\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body.len(), 70000);
+    // A close-delimited response becomes chunked for an HTTP/1.1 client, which keeps its connection.
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-fault: no-length\r\nx-mock-body-bytes: 5000\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body.len(), 5000);
+    c.send(b"GET /v1/proxy/svc/again HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+}
+
+#[test]
+fn head_204_and_304_carry_no_body_and_keep_the_connection() {
+    let (_b, g) = one_backend("");
+    let mut c = Client::connect(g.addr);
+    c.send(b"HEAD /v1/proxy/svc/h HTTP/1.1\r\nHost: g\r\nx-mock-body-bytes: 1234\r\n\r\n");
+    let r = c.read_response_to(true);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some("1234"),
+        "HEAD keeps the length"
+    );
+    for status in [204, 304] {
+        c.send(
+            format!("GET /v1/proxy/svc/s HTTP/1.1\r\nHost: g\r\nx-mock-status: {status}\r\n\r\n")
+                .as_bytes(),
+        );
+        let r = c.read_response();
+        assert_eq!(r.status, status);
+        assert!(r.body.is_empty());
+        assert_eq!(r.header("transfer-encoding"), None);
+    }
+    // No stray body bytes were left on the connection: the next response parses cleanly.
+    c.send(b"GET /v1/proxy/svc/next HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(c.read_response().json()["path"], "/next");
+}
+
+#[test]
+fn hop_by_hop_headers_are_stripped_both_ways() {
+    let (_b, g) = one_backend("");
+    let r = request(
+        g.addr,
+        "GET /v1/proxy/svc/h HTTP/1.1\r\nHost: g\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: websocket\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic Zm9v\r\nX-Kept: yes\r\n\
+x-mock-header: Connection: X-Resp-Secret\r\nx-mock-header: X-Resp-Secret: 1\r\nx-mock-header: Keep-Alive: timeout=5\r\nx-mock-header: Proxy-Authenticate: Basic\r\nx-mock-header: Upgrade: h2c\r\nx-mock-header: Trailer: X-T\r\nx-mock-header: X-Resp-Kept: yes\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let sent: Vec<String> = r.echoed_headers().into_iter().map(|(n, _)| n).collect();
+    for gone in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+    ] {
+        assert!(
+            !sent.contains(&gone.to_string()),
+            "{gone} reached the backend: {sent:?}"
+        );
+    }
+    assert_eq!(r.echoed("x-kept"), ["yes"]);
+    for gone in [
+        "connection",
+        "x-resp-secret",
+        "keep-alive",
+        "proxy-authenticate",
+        "upgrade",
+        "trailer",
+    ] {
+        assert_eq!(r.header(gone), None, "{gone} reached the client");
+    }
+    assert_eq!(r.header("x-resp-kept"), Some("yes"));
+}
+
+#[test]
+fn forwarding_headers_are_appended() {
+    let (b, g) = one_backend("");
+    let r = request(
+        g.addr,
+        "GET /v1/proxy/svc/f HTTP/1.1\r\nHost: public.example\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\nVia: 1.1 edge\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\r\n",
+    );
+    assert_eq!(r.echoed("x-forwarded-for"), ["1.2.3.4, 5.6.7.8, 127.0.0.1"]);
+    assert_eq!(r.echoed("via"), ["1.1 edge, 1.1 gateway"]);
+    assert_eq!(r.echoed("x-forwarded-proto"), ["http"]);
+    assert_eq!(r.echoed("x-forwarded-host"), ["public.example"]);
+    assert_eq!(r.echoed("host"), [b.addr.to_string()]);
+    // A client listing X-Forwarded-For in Connection cannot make us drop our own entry.
+    let r = request(g.addr, "GET /v1/proxy/svc/f HTTP/1.1\r\nHost: h\r\nConnection: X-Forwarded-For, Host\r\nX-Forwarded-For: 9.9.9.9\r\n\r\n");
+    assert_eq!(r.echoed("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(r.echoed("host"), [b.addr.to_string()]);
+}
+
+#[test]
+fn round_robin_alternates_on_one_keep_alive_connection() {
+    let (b1, b2) = (mock_backend(), mock_backend());
+    let g = gateway(&config(
+        1,
+        "",
+        &format!("  svc: [http://{}, http://{}]\n", b1.addr, b2.addr),
+    ));
+    let mut c = Client::connect(g.addr);
+    let mut ports = Vec::new();
+    for _ in 0..10 {
+        c.send(b"GET /v1/proxy/svc/rr HTTP/1.1\r\nHost: g\r\n\r\n");
+        ports.push(c.read_response().json()["port"].as_u64().unwrap());
+    }
+    for w in ports.windows(2) {
+        assert_ne!(w[0], w[1], "not alternating: {ports:?}");
+    }
+}
+
+#[test]
+fn round_robin_is_even_over_many_connections_and_workers() {
+    let (b1, b2, b3) = (mock_backend(), mock_backend(), mock_backend());
+    let workers = 2;
+    let g = gateway(&config(
+        workers,
+        "",
+        &format!(
+            "  svc: [http://{}, http://{}, http://{}]\n",
+            b1.addr, b2.addr, b3.addr
+        ),
+    ));
+    let mut counts: HashMap<u64, usize> = HashMap::new();
+    let n = 150;
+    for _ in 0..n {
+        let r = get(g.addr, "/v1/proxy/svc/spread");
+        *counts
+            .entry(r.json()["port"].as_u64().unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    let (min, max) = (
+        counts.values().min().unwrap(),
+        counts.values().max().unwrap(),
+    );
+    // Each worker's own rotation is exact, so the totals differ by at most one per worker.
+    assert!(max - min <= workers, "uneven split {counts:?}");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let (_b, g) = one_backend("");
+    let mut c = Client::connect(g.addr);
+    c.send(b"GET /v1/proxy/svc/1 HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 50\r\n\r\nPOST /v1/proxy/svc/2 HTTP/1.1\r\nHost: g\r\nContent-Length: 3\r\n\r\nabcGET /v1/proxy/svc/3 HTTP/1.1\r\nHost: g\r\n\r\n");
+    for (path, len) in [("/1", 0), ("/2", 3), ("/3", 0)] {
+        let j = c.read_response().json();
+        assert_eq!(j["path"], path);
+        assert_eq!(j["body_len"], len);
+    }
+}
+
+#[test]
+fn http10_clients_are_served() {
+    let (_b, g) = one_backend("");
+    // No Host needed; the connection closes after the response unless kept alive.
+    let mut c = Client::connect(g.addr);
+    c.send(b"GET /v1/proxy/svc/old HTTP/1.0\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed("via"), ["1.0 gateway"]);
+    assert!(c.closed_within(Duration::from_secs(2)));
+    let mut c = Client::connect(g.addr);
+    for _ in 0..2 {
+        c.send(b"GET /v1/proxy/svc/ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+    }
+    // A body the backend sends unframed is close-delimited for an HTTP/1.0 client.
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.0\r\nConnection: keep-alive\r\nx-mock-fault: chunked\r\nx-mock-body-bytes: 3000\r\n\r\n");
+    let raw = c
+        .read_until_end()
+        .expect("clean end of a close-delimited body");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert!(!text.to_ascii_lowercase().contains("transfer-encoding"));
+    assert!(raw.ends_with(&[b'x'; 3000]));
+}
+
+#[test]
+fn expect_100_continue_is_honoured() {
+    let (_b, g) = one_backend("");
+    let mut c = Client::connect(g.addr);
+    c.send(b"POST /v1/proxy/svc/e HTTP/1.1\r\nHost: g\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    let interim = c.read_response();
+    assert_eq!(interim.status, 100);
+    c.send(b"hello");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 5);
+    assert!(r.echoed("expect").is_empty(), "Expect was forwarded");
+}
+
+#[test]
+fn interim_1xx_responses_are_relayed() {
+    let (_b, g) = one_backend("");
+    let mut c = Client::connect(g.addr);
+    c.send(b"GET /v1/proxy/svc/hints HTTP/1.1\r\nHost: g\r\nx-mock-fault: early-hints\r\n\r\n");
+    let first = c.read_response();
+    assert_eq!(first.status, 103);
+    assert!(first.header("link").is_some());
+    assert_eq!(c.read_response().status, 200);
+}
+
+#[test]
+fn backend_dying_mid_body_aborts_the_client_connection() {
+    let (_b, g) = one_backend("");
+    for fault in ["close-mid-body", "reset-mid-body"] {
+        let mut c = Client::connect(g.addr);
+        c.send(format!("GET /v1/proxy/svc/d HTTP/1.1\r\nHost: g\r\nx-mock-fault: {fault}\r\nx-mock-body-bytes: 200000\r\n\r\n").as_bytes());
+        let end = c.read_until_end();
+        let raw = end.clone().unwrap_or_else(|e| e);
+        assert!(raw.starts_with(b"HTTP/1.1 200"), "{fault}");
+        assert!(raw.len() < 200000, "{fault}: the whole body arrived");
+        assert!(
+            end.is_err(),
+            "{fault}: the client saw a clean close, not an abort"
+        );
+    }
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_for_idempotent_requests_only() {
+    // Every pooled connection dies when its second request arrives.
+    let rec = Recorder::start(Mode::OnePerConnection(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+    ));
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", rec.addr)));
+    let mut c = Client::connect(g.addr);
+    for _ in 0..3 {
+        c.send(b"GET /v1/proxy/svc/s HTTP/1.1\r\nHost: g\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    }
+    // 1 fresh, then twice: reused (dies) + retried on a fresh connection.
+    assert_eq!(rec.connections.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(rec.requests(), 5);
+    // A POST is never resent (the backend may have acted on it): 502.
+    c.send(b"POST /v1/proxy/svc/s HTTP/1.1\r\nHost: g\r\nContent-Length: 1\r\n\r\nx");
+    let r = c.read_response();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "backend_closed");
+    assert_eq!(rec.requests(), 6);
+}
+
+#[test]
+fn pooled_connection_closed_while_idle_is_detected_before_reuse() {
+    let b = mock_backend();
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
+    let mut c = Client::connect(g.addr);
+    c.send(b"GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    // The backend goes away, closing the idle pooled connection.
+    drop(b);
+    std::thread::sleep(Duration::from_millis(50));
+    // The gateway must notice the close before sending on it: the POST is not lost on a
+    // dead connection (backend_closed) but reported as the refused connect it now is.
+    c.send(b"POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nContent-Length: 1\r\n\r\nx");
+    let r = c.read_response();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "backend_connect_failed");
+}
