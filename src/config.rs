@@ -19,6 +19,7 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shorter than the common backend keep-alive timeouts (Node.js 5 s, Go 90 s, NGINX 75 s),
 /// so the gateway, not the backend, closes an idle pooled connection.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
@@ -59,6 +60,7 @@ pub struct Config {
     pub workers: usize,
     pub pin_workers: bool,
     pub admin: Option<SocketAddr>,
+    pub access_log: crate::accesslog::Sink,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub pool: PoolSettings,
@@ -77,6 +79,8 @@ pub struct Timeouts {
     pub client_idle: Duration,
     /// Longest pause while reading or writing a body, either side.
     pub body: Duration,
+    /// On SIGTERM, how long in-flight requests may take before the process exits anyway.
+    pub drain: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -135,6 +139,7 @@ struct RawConfig {
     workers: Option<usize>,
     pin_workers: Option<bool>,
     admin: Option<String>,
+    access_log: Option<String>,
     breaker: Option<RawBreaker>,
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
@@ -158,6 +163,7 @@ struct RawTimeouts {
     client_header: Option<String>,
     client_idle: Option<String>,
     body: Option<String>,
+    drain: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -367,11 +373,16 @@ impl Config {
         let _ = fmt::Write::write_fmt(
             &mut s,
             format_args!(
-                "listen {} | workers {} (pinned: {}) | admin {} | timeouts connect {:?} response {:?}\n",
+                "listen {} | workers {} (pinned: {}) | admin {} | access log {} | timeouts connect {:?} response {:?}\n",
                 self.listen,
                 self.workers,
                 self.pin_workers,
                 self.admin.map_or("off".to_string(), |a| a.to_string()),
+                match &self.access_log {
+                    crate::accesslog::Sink::Off => "off".to_string(),
+                    crate::accesslog::Sink::Stdout => "stdout".to_string(),
+                    crate::accesslog::Sink::File(p) => p.display().to_string(),
+                },
                 self.timeouts.connect,
                 self.timeouts.response,
             ),
@@ -433,6 +444,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             DEFAULT_CLIENT_IDLE_TIMEOUT,
         )?,
         body: duration_or("timeouts.body", t.body.as_ref(), DEFAULT_BODY_TIMEOUT)?,
+        drain: duration_or("timeouts.drain", t.drain.as_ref(), DEFAULT_DRAIN_TIMEOUT)?,
     };
     let l = raw.limits.unwrap_or_default();
     let limits = Limits {
@@ -543,11 +555,23 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             breaker,
         });
     }
+    let access_log = match raw.access_log.as_deref().map(str::trim) {
+        None | Some("off") => crate::accesslog::Sink::Off,
+        Some("stdout") => crate::accesslog::Sink::Stdout,
+        Some("") => {
+            return Err(invalid(
+                "access_log",
+                "is empty: use off, stdout, or a file path",
+            ))
+        }
+        Some(path) => crate::accesslog::Sink::File(path.into()),
+    };
     Ok(Config {
         listen,
         workers,
         pin_workers: raw.pin_workers.unwrap_or(true),
         admin,
+        access_log,
         timeouts,
         limits,
         pool,

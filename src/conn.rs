@@ -1,12 +1,15 @@
 //! One client connection: read a request head within its deadline, route it, hand it to the
 //! proxy, and loop for the next one (keep-alive and pipelining, answered in order).
 
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::accesslog;
 use crate::balancer::View;
 use crate::error::GatewayError;
 use crate::h1::{self, Framing, HeadLimits};
@@ -39,6 +42,22 @@ pub struct Conn {
     /// Bytes read from the backend; `ubuf[ustart..]` is not yet consumed.
     pub ubuf: Vec<u8>,
     pub ustart: usize,
+    /// The current request's target, kept only when the access log is on.
+    pub target: Vec<u8>,
+    /// What happened to the current request, for metrics and the access log.
+    pub log: Exchange,
+}
+
+/// The facts about one request that metrics and the access log need.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Exchange {
+    pub status: u16,
+    /// Bytes written to the client (heads and bodies).
+    pub bytes: u64,
+    /// Index of the backend within its service, once one was picked.
+    pub backend: Option<usize>,
+    pub upstream_us: Option<u64>,
+    pub error: Option<GatewayError>,
 }
 
 /// What the next bytes on the connection amount to.
@@ -49,6 +68,7 @@ enum Next {
         err: GatewayError,
         keep_alive: bool,
         with_service: bool,
+        method: Option<h1::Method>,
     },
     Close,
 }
@@ -68,6 +88,8 @@ impl Conn {
             service: Vec::with_capacity(64),
             ubuf: Vec::with_capacity(BUF_SIZE),
             ustart: 0,
+            target: Vec::new(),
+            log: Exchange::default(),
         }
     }
 
@@ -94,32 +116,83 @@ impl Conn {
 /// Serves one client connection until it closes, errs or times out.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let registration = worker.register(stream.as_raw_fd());
     let mut c = Conn::new(stream, peer);
-    loop {
+    while !worker.draining() {
         let view = worker.view();
-        match next_request(&mut c, &view).await {
-            Next::Forward(req) => {
-                if !proxy::forward(&worker, &view, &mut c, req).await {
-                    return;
+        c.log = Exchange::default();
+        let next = next_request(&mut c, &view, &registration.idle, worker.access.enabled()).await;
+        let started = Instant::now();
+        let keep = match next {
+            Next::Forward(mut req) => {
+                if worker.draining() {
+                    req.info.keep_alive = false; // the response says `Connection: close`
                 }
+                let keep = proxy::forward(&worker, &view, &mut c, req).await;
+                finish(
+                    &worker,
+                    &view,
+                    &c,
+                    Some(req.svc),
+                    Some(req.info.method),
+                    started,
+                );
+                keep
             }
             Next::Reject {
                 err,
                 keep_alive,
                 with_service,
+                method,
             } => {
                 let timeout = view.snapshot.config.timeouts.body;
-                if !c.reply(err, with_service, None, !keep_alive, timeout).await || !keep_alive {
-                    return;
-                }
+                let sent = c.reply(err, with_service, None, !keep_alive, timeout).await;
+                finish(&worker, &view, &c, None, method, started);
+                sent && keep_alive
             }
-            Next::Close => return,
+            Next::Close => false,
+        };
+        if !keep {
+            break;
         }
     }
 }
 
+/// Counts the finished request and writes its access log line.
+fn finish(
+    worker: &Worker,
+    view: &View,
+    c: &Conn,
+    svc: Option<usize>,
+    method: Option<h1::Method>,
+    started: Instant,
+) {
+    let service = svc.map(|i| &view.snapshot.services[i]);
+    worker
+        .metrics
+        .response(service.map(|s| s.id), c.log.status, c.log.error);
+    if worker.access.enabled() {
+        let backend = match (service, c.log.backend) {
+            (Some(s), Some(b)) => Some(s.backends[b].url.url.as_str()),
+            _ => None,
+        };
+        worker.access.record(&accesslog::Entry {
+            client: c.peer.ip(),
+            method: method.map_or("-", h1::Method::as_str),
+            target: if c.target.is_empty() { b"-" } else { &c.target },
+            service: service.map(|s| s.name.as_str()),
+            backend,
+            status: c.log.status,
+            bytes: c.log.bytes,
+            upstream_us: c.log.upstream_us,
+            total_us: started.elapsed().as_micros() as u64,
+            error: c.log.error.map(GatewayError::code),
+        });
+    }
+}
+
 /// Reads until a complete head is buffered, then parses, routes and prepares it.
-async fn next_request(c: &mut Conn, view: &View) -> Next {
+async fn next_request(c: &mut Conn, view: &View, idle: &Cell<bool>, keep_target: bool) -> Next {
     let cfg = &view.snapshot.config;
     let limits = HeadLimits {
         max_head_bytes: cfg.limits.max_head_bytes,
@@ -135,6 +208,10 @@ async fn next_request(c: &mut Conn, view: &View) -> Next {
                 Ok(Some(parsed)) => {
                     let head_len = parsed.head_len;
                     let info = parsed.info;
+                    c.target.clear();
+                    if keep_target {
+                        c.target.extend_from_slice(parsed.target.as_bytes());
+                    }
                     let result = proxy::prepare(
                         &parsed,
                         view,
@@ -152,6 +229,7 @@ async fn next_request(c: &mut Conn, view: &View) -> Next {
                             keep_alive: info.keep_alive && info.framing == Framing::None,
                             with_service: err == GatewayError::ServiceNotFound
                                 && !c.service.is_empty(),
+                            method: Some(info.method),
                         },
                     };
                 }
@@ -161,6 +239,7 @@ async fn next_request(c: &mut Conn, view: &View) -> Next {
                         err: e.into(),
                         keep_alive: false,
                         with_service: false,
+                        method: None,
                     }
                 }
             }
@@ -169,13 +248,18 @@ async fn next_request(c: &mut Conn, view: &View) -> Next {
             None => cfg.timeouts.client_idle,
             Some(d) => d.saturating_duration_since(Instant::now()),
         };
-        match io::read_more(&mut c.stream, &mut c.buf, &mut c.start, BUF_SIZE / 2, wait).await {
+        // Idle (between requests) connections are closed at once by a graceful shutdown.
+        idle.set(deadline.is_none());
+        let read = io::read_more(&mut c.stream, &mut c.buf, &mut c.start, BUF_SIZE / 2, wait).await;
+        idle.set(false);
+        match read {
             Read::Data(_) => {}
             Read::Timeout if deadline.is_some() => {
                 return Next::Reject {
                     err: GatewayError::RequestTimeout,
                     keep_alive: false,
                     with_service: false,
+                    method: None,
                 }
             }
             Read::Timeout | Read::Eof | Read::Err(_) => return Next::Close,

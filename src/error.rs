@@ -41,6 +41,47 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// One of each kind, in `index` order (for metrics).
+    pub const ALL: [GatewayError; 15] = [
+        GatewayError::BadRequest(""),
+        GatewayError::RouteNotFound,
+        GatewayError::ServiceNotFound,
+        GatewayError::MethodNotAllowed,
+        GatewayError::RequestTimeout,
+        GatewayError::BodyTooLarge,
+        GatewayError::UriTooLong,
+        GatewayError::ExpectationFailed,
+        GatewayError::HeadersTooLarge,
+        GatewayError::ConnectFailed,
+        GatewayError::BackendClosed,
+        GatewayError::BadResponse(""),
+        GatewayError::NoBackend,
+        GatewayError::ConnectTimeout,
+        GatewayError::ResponseTimeout,
+    ];
+
+    /// Position of this kind in [`GatewayError::ALL`].
+    pub fn index(self) -> usize {
+        use GatewayError::*;
+        match self {
+            BadRequest(_) => 0,
+            RouteNotFound => 1,
+            ServiceNotFound => 2,
+            MethodNotAllowed => 3,
+            RequestTimeout => 4,
+            BodyTooLarge => 5,
+            UriTooLong => 6,
+            ExpectationFailed => 7,
+            HeadersTooLarge => 8,
+            ConnectFailed => 9,
+            BackendClosed => 10,
+            BadResponse(_) => 11,
+            NoBackend => 12,
+            ConnectTimeout => 13,
+            ResponseTimeout => 14,
+        }
+    }
+
     pub fn status(self) -> u16 {
         use GatewayError::*;
         match self {
@@ -186,6 +227,13 @@ impl From<RouteError> for GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_is_in_index_order() {
+        for (i, e) in GatewayError::ALL.iter().enumerate() {
+            assert_eq!(e.index(), i);
+        }
+    }
 
     #[test]
     fn json_body_and_head() {

@@ -15,6 +15,8 @@
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
 //! registry behind one `ArcSwap`). Side: [`logging`].
 
+pub mod accesslog;
+pub mod admin;
 pub mod balancer;
 pub mod breaker;
 pub mod config;
@@ -23,24 +25,64 @@ pub mod error;
 pub mod h1;
 pub mod io;
 pub mod logging;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod state;
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 pub use config::Config;
 pub use state::Shared;
 
-/// Starts the gateway on `config` and blocks while it runs.
-pub fn run(config: Config) -> Result<(), server::StartError> {
+/// Starts the gateway on `config` (read from `path`, re-read on SIGHUP) and runs until
+/// SIGTERM/SIGINT and a graceful drain. A second SIGTERM/SIGINT exits at once.
+pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
+    // Signals first, so that none arriving during startup takes the default action.
+    let mut signals =
+        Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(server::StartError::Thread)?;
     let shared = Shared::new(config);
     let server = server::start(shared.clone())?;
     log_startup(&shared, server.local_addr);
-    server.join();
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            on_sighup(&shared, &path);
+        } else {
+            break;
+        }
+    }
+    let drain = shared.current.load().config.timeouts.drain;
+    log::info!("draining: no new connections; in-flight requests have up to {drain:?} (signal again to exit now)");
+    shared.draining.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + drain + Duration::from_secs(1);
+    while !server.finished() && Instant::now() < deadline {
+        if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
+            log::warn!("second signal: exiting without waiting for in-flight requests");
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log::info!("drained; exiting");
     Ok(())
+}
+
+fn on_sighup(shared: &Shared, path: &Path) {
+    match reload::reload(shared, path) {
+        Ok(changes) => log::info!("reload: {changes}"),
+        Err(e) => log::error!(
+            "reload failed, still serving generation {}: {e}",
+            shared.current.load().generation
+        ),
+    }
 }
 
 fn log_startup(shared: &Arc<Shared>, addr: std::net::SocketAddr) {

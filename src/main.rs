@@ -43,10 +43,11 @@ fn main() -> ExitCode {
         }
     };
     if check {
-        print!("{}: OK\n{}", config.display(), cfg.summary());
+        let changes = gateway::reload::diff(None, &cfg);
+        print!("{}: OK\n{}{changes}\n", config.display(), cfg.summary());
         return ExitCode::SUCCESS;
     }
-    match gateway::run(cfg) {
+    match gateway::run(cfg, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway: {e}");

@@ -5,12 +5,15 @@
 //! `pool.idle_timeout`, chosen shorter than common backend keep-alive timeouts so that the
 //! gateway, not the backend, is the one that closes them.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+
+use crate::metrics::WorkerCell;
 
 /// True when nothing is waiting to be read on the socket (no data, no EOF, no error).
 fn is_quiet(stream: &TcpStream) -> bool {
@@ -36,17 +39,34 @@ struct Idle {
 pub struct Pool {
     /// Indexed by backend slot (see `state::Backend::slot`).
     slots: RefCell<Vec<VecDeque<Idle>>>,
-    max_idle: usize,
-    idle_timeout: Duration,
+    max_idle: Cell<usize>,
+    idle_timeout: Cell<Duration>,
+    /// Idle connections over all slots, mirrored into the metrics gauge.
+    total: Cell<usize>,
+    metrics: Arc<WorkerCell>,
 }
 
 impl Pool {
-    pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
+    pub fn new(max_idle: usize, idle_timeout: Duration, metrics: Arc<WorkerCell>) -> Pool {
         Pool {
             slots: RefCell::new(Vec::new()),
-            max_idle,
-            idle_timeout,
+            max_idle: Cell::new(max_idle),
+            idle_timeout: Cell::new(idle_timeout),
+            total: Cell::new(0),
+            metrics,
         }
+    }
+
+    /// Applies reloaded pool settings.
+    pub fn configure(&self, max_idle: usize, idle_timeout: Duration) {
+        self.max_idle.set(max_idle);
+        self.idle_timeout.set(idle_timeout);
+    }
+
+    fn recount(&self, slots: &[VecDeque<Idle>]) {
+        let n = slots.iter().map(VecDeque::len).sum();
+        self.total.set(n);
+        self.metrics.pool_idle.set(n as u64);
     }
 
     /// The most recently used live connection to `slot`, if any.
@@ -57,22 +77,28 @@ impl Pool {
     pub fn take(&self, slot: usize) -> Option<TcpStream> {
         let mut slots = self.slots.borrow_mut();
         let q = slots.get_mut(slot)?;
+        if q.is_empty() {
+            return None;
+        }
+        let mut found = None;
         while let Some(idle) = q.pop_back() {
-            if idle.since.elapsed() >= self.idle_timeout {
+            if idle.since.elapsed() >= self.idle_timeout.get() {
                 // The newest is expired, so all older ones are too.
                 q.clear();
-                return None;
+                break;
             }
             if is_quiet(&idle.stream) {
-                return Some(idle.stream);
+                found = Some(idle.stream);
+                break;
             }
         }
-        None
+        self.recount(&slots);
+        found
     }
 
     /// Returns a connection whose exchange finished cleanly.
     pub fn put(&self, slot: usize, stream: TcpStream) {
-        if self.max_idle == 0 {
+        if self.max_idle.get() == 0 {
             return;
         }
         let mut slots = self.slots.borrow_mut();
@@ -80,25 +106,30 @@ impl Pool {
             slots.resize_with(slot + 1, VecDeque::new);
         }
         let q = &mut slots[slot];
-        if q.len() >= self.max_idle {
+        while q.len() >= self.max_idle.get() {
             q.pop_front(); // evict the least recently used
+            self.total.set(self.total.get() - 1);
         }
         q.push_back(Idle {
             stream,
             since: Instant::now(),
         });
+        self.total.set(self.total.get() + 1);
+        self.metrics.pool_idle.set(self.total.get() as u64);
     }
 
     /// Closes expired connections and those of backends `keep` no longer wants.
     pub fn sweep(&self, keep: impl Fn(usize) -> bool) {
         let mut slots = self.slots.borrow_mut();
+        let timeout = self.idle_timeout.get();
         for (slot, q) in slots.iter_mut().enumerate() {
             if !keep(slot) {
                 q.clear();
             } else {
-                q.retain(|i| i.since.elapsed() < self.idle_timeout);
+                q.retain(|i| i.since.elapsed() < timeout);
             }
         }
+        self.recount(&slots);
     }
 
     /// Idle connections held for `slot`.

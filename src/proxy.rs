@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::balancer::{Pick, View};
-use crate::breaker::{self, Ticket};
+use crate::breaker::{self, Ticket, Transition};
 use crate::conn::Conn;
 use crate::error::GatewayError;
 use crate::h1::{
     self, ChunkedDecoder, ConnectionOptions, Framing, Method, ParsedRequest, RequestInfo,
 };
 use crate::io::{self, Read};
+use crate::metrics::{Counter, WorkerMetrics};
 use crate::router;
 use crate::server::Worker;
 use crate::state::{now_ms, Backend, Service};
@@ -171,18 +172,38 @@ struct Attempt<'a> {
     backend: &'a Backend,
     service: &'a Service,
     ticket: Option<Ticket>,
+    metrics: &'a WorkerMetrics,
 }
 
 impl<'a> Attempt<'a> {
     fn success(&mut self) {
         if let Some(t) = self.ticket.take() {
-            breaker::success(&**self.backend.breaker, t, now_ms());
+            let tr = breaker::success(&**self.backend.breaker, t, now_ms());
+            self.report(false, tr);
         }
     }
 
     fn failure(&mut self) {
         if let Some(t) = self.ticket.take() {
-            breaker::failure(&**self.backend.breaker, t, now_ms(), &self.service.policy);
+            let tr = breaker::failure(&**self.backend.breaker, t, now_ms(), &self.service.policy);
+            self.report(true, tr);
+        }
+    }
+
+    fn report(&self, failure: bool, tr: Transition) {
+        self.metrics.outcome(self.backend.slot, failure);
+        if tr != Transition::None {
+            self.metrics.transition(self.backend.slot);
+            let what = match tr {
+                Transition::Opened => "opened",
+                Transition::Closed => "closed (probe succeeded)",
+                _ => "re-opened (probe failed)",
+            };
+            log::warn!(
+                "breaker: {} {} {what}",
+                self.service.name,
+                self.backend.url.url
+            );
         }
     }
 }
@@ -321,7 +342,8 @@ async fn pump(
     dst: &mut TcpStream,
     out: &mut Vec<u8>,
     timeout: Duration,
-) -> Result<(), BodyError> {
+) -> Result<u64, BodyError> {
+    let mut written = 0u64;
     while !relay.done {
         match io::read_more(src, buf, start, 16 * 1024, timeout).await {
             Read::Data(_) => {
@@ -339,10 +361,27 @@ async fn pump(
             io::write_all(dst, out, timeout)
                 .await
                 .map_err(|_| BodyError::DstIo)?;
+            written += out.len() as u64;
             out.clear();
         }
     }
-    Ok(())
+    Ok(written)
+}
+
+/// Counts an upstream connection in use for as long as it lives.
+struct Active<'a>(&'a Counter);
+
+impl<'a> Active<'a> {
+    fn new(c: &'a Counter) -> Active<'a> {
+        c.add(1);
+        Active(c)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.add(u64::MAX); // single writer: wrapping add of -1
+    }
 }
 
 /// Forwards one request and relays its response. Returns whether the client connection
@@ -383,21 +422,25 @@ pub async fn forward(worker: &Worker, view: &View, c: &mut Conn, req: Request) -
             backend,
             service,
             ticket: Some(ticket),
+            metrics: &worker.metrics,
         };
+        c.log.backend = Some(idx);
         let (up, reused) = match worker.pool.take(backend.slot) {
             Some(s) => (s, true),
-            None => match connect(backend.url.addr, timeouts.connect).await {
-                Ok(s) => (s, false),
-                Err(err) => {
-                    attempt.failure();
-                    last_err = Some(err);
-                    if err == GatewayError::ConnectFailed {
-                        exclude = Some(idx);
-                        continue;
+            None => {
+                match timed_connect(worker, service, backend.url.addr, timeouts.connect).await {
+                    Ok(s) => (s, false),
+                    Err(err) => {
+                        attempt.failure();
+                        last_err = Some(err);
+                        if err == GatewayError::ConnectFailed {
+                            exclude = Some(idx);
+                            continue;
+                        }
+                        return reply_error(c, keep, err, None, timeouts.body).await;
                     }
-                    return reply_error(c, keep, err, None, timeouts.body).await;
                 }
-            },
+            }
         };
         return exchange(worker, view, c, req, relay, attempt, (up, reused)).await;
     }
@@ -414,6 +457,24 @@ async fn reply_error(
     timeout: Duration,
 ) -> bool {
     c.reply(err, true, retry_after, !keep, timeout).await && keep
+}
+
+/// Connects and records the time it took in the service's connect histogram.
+async fn timed_connect(
+    worker: &Worker,
+    service: &Service,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, GatewayError> {
+    let t = Instant::now();
+    let r = connect(addr, timeout).await;
+    if r.is_ok() {
+        worker
+            .metrics
+            .connect
+            .observe(service.id, t.elapsed().as_micros() as u64);
+    }
+    r
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, GatewayError> {
@@ -463,6 +524,7 @@ async fn exchange(
     let info = req.info;
     let backend = attempt.backend;
 
+    let _active = Active::new(&worker.metrics.upstream_active);
     write_request_head(c, info.method, backend);
     c.up_out.extend_from_slice(&c.up_body);
     if info.expect_continue && !relay.done {
@@ -483,6 +545,7 @@ async fn exchange(
     // once by a fresh one when the request can be resent.
     c.ustart = 0;
     c.ubuf.clear();
+    let mut sent_at = Instant::now();
     let parsed = loop {
         let sent = io::write_all(&mut up, &mut c.up_out, timeouts.body).await;
         let result = match sent {
@@ -502,7 +565,7 @@ async fn exchange(
                     )
                     .await
                     {
-                        Ok(()) => {}
+                        Ok(_) => {}
                         Err(BodyError::DstIo) => {
                             attempt.failure();
                             return reply_error(
@@ -535,7 +598,10 @@ async fn exchange(
             Ok(p) => break p,
             Err(HeadFail::Stale) if reused && resendable => {
                 reused = false;
-                match connect(backend.url.addr, timeouts.connect).await {
+                sent_at = Instant::now();
+                match timed_connect(worker, attempt.service, backend.url.addr, timeouts.connect)
+                    .await
+                {
                     Ok(s) => up = s,
                     Err(err) => {
                         attempt.failure();
@@ -569,10 +635,14 @@ async fn exchange(
         }
     };
     let resp = parsed;
-    if view.snapshot.services[req.svc]
-        .settings
-        .is_failure_status(resp.status)
-    {
+    let upstream_us = sent_at.elapsed().as_micros() as u64;
+    worker
+        .metrics
+        .response
+        .observe(attempt.service.id, upstream_us);
+    c.log.upstream_us = Some(upstream_us);
+    c.log.status = resp.status;
+    if attempt.service.settings.is_failure_status(resp.status) {
         attempt.failure();
     } else {
         attempt.success();
@@ -597,6 +667,7 @@ async fn exchange(
         }
     };
     c.ustart += used;
+    c.log.bytes += c.out.len() as u64;
     if io::write_all(&mut c.stream, &mut c.out, timeouts.body)
         .await
         .is_err()
@@ -618,7 +689,7 @@ async fn exchange(
         .await;
         c.out = out;
         match r {
-            Ok(()) => {}
+            Ok(n) => c.log.bytes += n,
             Err(BodyError::DstIo) => return false,
             Err(_) => {
                 // The backend failed mid-body: the client must see an aborted response.

@@ -3,44 +3,74 @@
 //! except the `Arc<Shared>` they read.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::{FusionDriver, FusionRuntime, LegacyDriver, RuntimeBuilder};
 
+use crate::accesslog::{self, AccessLog};
 use crate::balancer::View;
+use crate::metrics::{WorkerCell, WorkerMetrics};
 use crate::pool::Pool;
 use crate::state::Shared;
 
-/// Everything one worker owns. Only touched by its own thread.
+/// A client connection's fd and its "idle between requests" flag.
+type OpenConn = (RawFd, Rc<Cell<bool>>);
+
+/// Everything one worker owns. Only touched by its own thread (the metrics table is also
+/// read by the admin thread).
 pub struct Worker {
     pub index: usize,
     shared: Arc<Shared>,
     view: RefCell<Rc<View>>,
     pub pool: Pool,
+    pub metrics: Arc<WorkerCell>,
+    pub access: AccessLog,
+    /// Open client connections: their fd and whether they wait idle for a next request
+    /// (those are shut down at once when draining).
+    conns: RefCell<HashMap<u64, OpenConn>>,
+    next_conn: Cell<u64>,
 }
 
 impl Worker {
-    fn new(index: usize, shared: Arc<Shared>) -> Worker {
+    fn new(index: usize, shared: Arc<Shared>, log: Option<accesslog::Writer>) -> Worker {
         let snapshot = shared.current.load_full();
+        let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
+        shared
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(metrics.clone());
         let pool = Pool::new(
             snapshot.config.pool.max_idle_per_backend,
             snapshot.config.pool.idle_timeout,
+            metrics.clone(),
         );
         Worker {
             index,
             view: RefCell::new(Rc::new(View::new(snapshot, index))),
             shared,
             pool,
+            metrics,
+            access: AccessLog::new(log),
+            conns: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(0),
         }
+    }
+
+    /// True once a graceful shutdown started.
+    pub fn draining(&self) -> bool {
+        self.shared.is_draining()
     }
 
     /// This worker's view of the current snapshot; rebuilt only when a reload stored a new
@@ -54,21 +84,64 @@ impl Worker {
             }
         }
         let fresh = Rc::new(View::new(arc_swap::Guard::into_inner(current), self.index));
-        let slots = fresh.snapshot.slot_count();
-        let live: Vec<bool> = {
-            let mut live = vec![false; slots];
-            for s in &fresh.snapshot.services {
-                for b in &s.backends {
-                    live[b.slot] = true;
-                }
+        let mut live = vec![false; fresh.snapshot.slot_count()];
+        for s in &fresh.snapshot.services {
+            for b in &s.backends {
+                live[b.slot] = true;
             }
-            live
-        };
+        }
+        let pool = &fresh.snapshot.config.pool;
+        self.pool
+            .configure(pool.max_idle_per_backend, pool.idle_timeout);
         // Close idle connections of backends that left the config.
         self.pool
             .sweep(|slot| live.get(slot).copied().unwrap_or(false));
         *self.view.borrow_mut() = fresh.clone();
         fresh
+    }
+
+    /// Registers a client connection; the returned flag says whether it is idle.
+    pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let idle = Rc::new(Cell::new(false));
+        self.conns.borrow_mut().insert(id, (fd, idle.clone()));
+        self.metrics
+            .client_connections
+            .set(self.conns.borrow().len() as u64);
+        ConnGuard {
+            worker: self.clone(),
+            id,
+            idle,
+        }
+    }
+
+    /// Shuts down the sockets of idle connections so their pending reads end now.
+    fn close_idle(&self) {
+        for (fd, idle) in self.conns.borrow().values() {
+            if idle.get() {
+                // SAFETY: the fd belongs to a live connection (it deregisters before closing).
+                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+            }
+        }
+    }
+}
+
+/// A registered client connection; deregisters on drop.
+pub struct ConnGuard {
+    worker: Rc<Worker>,
+    id: u64,
+    pub idle: Rc<Cell<bool>>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut conns = self.worker.conns.borrow_mut();
+        conns.remove(&self.id);
+        self.worker
+            .metrics
+            .client_connections
+            .set(conns.len() as u64);
     }
 }
 
@@ -85,6 +158,11 @@ impl Server {
             let _ = t.join();
         }
     }
+
+    /// True once every worker has finished (after a drain).
+    pub fn finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
 }
 
 /// Why the server could not start.
@@ -98,6 +176,8 @@ pub enum StartError {
     },
     #[error("cannot start worker thread: {0}")]
     Thread(io::Error),
+    #[error("cannot open the access log: {0} (check `access_log`)")]
+    AccessLog(io::Error),
 }
 
 fn bind_error(addr: SocketAddr, source: io::Error) -> StartError {
@@ -139,14 +219,19 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         addr = l.local_addr().map_err(|e| bind_error(addr, e))?;
         listeners.push(l);
     }
+    let log = accesslog::start(&config.access_log).map_err(StartError::AccessLog)?;
+    if let Some(admin) = config.admin {
+        crate::admin::start(admin, shared.clone()).map_err(|e| bind_error(admin, e))?;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
+        let log = log.clone();
         let pin = config.pin_workers.then_some(index % cores);
         let t = std::thread::Builder::new()
             .name(format!("worker-{index}"))
-            .spawn(move || worker_main(index, pin, shared, listener))
+            .spawn(move || worker_main(index, pin, shared, listener, log))
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
@@ -188,6 +273,7 @@ fn worker_main(
     pin: Option<usize>,
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
+    log: Option<accesslog::Writer>,
 ) {
     if let Some(core) = pin {
         if let Err(e) = monoio::utils::bind_to_cpu_set([core]) {
@@ -217,17 +303,23 @@ fn worker_main(
                 return;
             }
         };
-        let worker = Rc::new(Worker::new(index, shared));
-        monoio::spawn(sweep_pool(worker.clone()));
+        let worker = Rc::new(Worker::new(index, shared, log));
+        monoio::spawn(housekeeping(worker.clone()));
+        let canceller = monoio::io::Canceller::new();
+        let handle = canceller.handle();
+        monoio::spawn(cancel_on_drain(worker.clone(), canceller));
         loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
+            match listener.cancelable_accept(handle.clone()).await {
+                Ok((stream, peer)) if !worker.draining() => {
+                    worker.metrics.accepted.inc();
                     spawn_guarded(
                         index,
                         peer,
                         crate::conn::serve(worker.clone(), stream, peer),
                     );
                 }
+                Ok(_) => break, // accepted while the drain began: refuse it
+                Err(_) if worker.draining() => break,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     log::warn!("worker {index}: accept failed: {e}");
@@ -235,7 +327,40 @@ fn worker_main(
                 }
             }
         }
+        // Draining: new connections are refused from here on.
+        drop(listener);
+        drain(&worker).await;
     });
+}
+
+/// Cancels the pending accept once the process starts draining (checked every 100 ms:
+/// monoio cannot be woken from another thread without its `sync` feature).
+async fn cancel_on_drain(worker: Rc<Worker>, canceller: monoio::io::Canceller) {
+    while !worker.draining() {
+        monoio::time::sleep(Duration::from_millis(100)).await;
+    }
+    canceller.cancel();
+}
+
+/// Lets in-flight requests finish (each connection closes after its current response),
+/// closes idle ones, and returns when none is left or the drain deadline passed.
+async fn drain(worker: &Worker) {
+    let deadline = Instant::now() + worker.view().snapshot.config.timeouts.drain;
+    loop {
+        worker.close_idle();
+        if worker.conns.borrow().is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.access.flush();
+    let left = worker.conns.borrow().len();
+    if left > 0 {
+        log::warn!(
+            "worker {}: drain deadline passed with {left} connections open",
+            worker.index
+        );
+    }
 }
 
 /// Spawns a connection task whose panic is logged and contained to that connection.
@@ -250,11 +375,14 @@ fn spawn_guarded(worker: usize, peer: SocketAddr, task: impl Future<Output = ()>
     });
 }
 
-/// Closes expired idle upstream connections once a second.
-async fn sweep_pool(worker: Rc<Worker>) {
+/// Once a second: pick up a reloaded config (closing pooled connections of removed
+/// backends), close expired idle upstream connections, flush the access log.
+async fn housekeeping(worker: Rc<Worker>) {
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
+        let _ = worker.view();
         worker.pool.sweep(|_| true);
+        worker.access.flush();
     }
 }
 

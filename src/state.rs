@@ -7,7 +7,7 @@
 //!   stays. The registry's mutex is taken only when a snapshot is built, never per request.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::breaker::Policy;
 use crate::config::{BackendUrl, BreakerSettings, Config};
+use crate::metrics::WorkerCell;
 
 /// The process clock the breakers count in (ms since first use).
 pub fn now_ms() -> u64 {
@@ -39,6 +40,8 @@ pub struct Backend {
 
 #[derive(Debug)]
 pub struct Service {
+    /// Stable id of this service name for the life of the process (metrics index).
+    pub id: usize,
     pub name: String,
     pub backends: Vec<Backend>,
     pub settings: BreakerSettings,
@@ -75,11 +78,25 @@ impl Snapshot {
     }
 }
 
-/// Breaker cells by (service, URL), surviving reloads.
+/// Breaker cells by (service, URL) and service ids by name, surviving reloads.
 #[derive(Default)]
 struct Registry {
     cells: HashMap<(String, String), (usize, Arc<BreakerCell>)>,
     next_slot: usize,
+    /// Every service name ever configured, in id order.
+    services: Vec<String>,
+}
+
+impl Registry {
+    fn service_id(&mut self, name: &str) -> usize {
+        match self.services.iter().position(|n| n == name) {
+            Some(id) => id,
+            None => {
+                self.services.push(name.to_string());
+                self.services.len() - 1
+            }
+        }
+    }
 }
 
 /// What a snapshot build kept, added and removed (for the reload log line).
@@ -90,10 +107,24 @@ pub struct BuildReport {
     pub backends_removed: usize,
 }
 
-/// Shared by all workers and the control thread.
+/// Outcome counters of reloads (control path only).
+#[derive(Default)]
+pub struct ReloadStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    /// The last reload's error, empty after a success.
+    pub last_error: Mutex<String>,
+}
+
+/// Shared by all workers, the admin thread and the control thread.
 pub struct Shared {
     pub current: ArcSwap<Snapshot>,
     registry: Mutex<Registry>,
+    /// Set once on SIGTERM/SIGINT; workers stop accepting and finish what they have.
+    pub draining: AtomicBool,
+    /// Every worker's metrics table, registered at start, read by the admin thread.
+    pub workers: Mutex<Vec<Arc<WorkerCell>>>,
+    pub reloads: ReloadStats,
 }
 
 fn policy(s: &BreakerSettings, cfg: &Config) -> Policy {
@@ -114,7 +145,20 @@ impl Shared {
         Arc::new(Shared {
             current: ArcSwap::from_pointee(snapshot),
             registry: Mutex::new(registry),
+            draining: AtomicBool::new(false),
+            workers: Mutex::new(Vec::new()),
+            reloads: ReloadStats::default(),
         })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Every service name ever configured, with its id.
+    pub fn service_names(&self) -> Vec<(usize, String)> {
+        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        reg.services.iter().cloned().enumerate().collect()
     }
 
     /// Builds a complete snapshot from `config` and stores it in one swap.
@@ -162,6 +206,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                 })
                 .collect();
             Service {
+                id: reg.service_id(&sc.name),
                 name: sc.name.clone(),
                 backends,
                 settings: sc.breaker,

@@ -1,0 +1,419 @@
+//! Per-worker counters on the worker's own cache lines, summed only when scraped.
+//!
+//! Each worker owns one [`WorkerMetrics`]; only that worker writes it, with plain
+//! load+store (no locked read-modify-write: there is a single writer), so counting costs
+//! no shared cache-line traffic. The admin thread reads all workers' tables with relaxed
+//! loads and renders Prometheus text.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use crate::error::GatewayError;
+
+/// Services and backend slots that get their own series; ids are never reused, so a
+/// process that sees more over its lifetime stops counting the newest (and says so).
+pub const MAX_SERVICES: usize = 256;
+pub const MAX_SLOTS: usize = 1024;
+
+/// Upper bounds of the latency histogram buckets, in microseconds (+Inf is implicit).
+pub const BUCKETS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+const NB: usize = BUCKETS_US.len() + 1;
+
+/// A counter with a single writer.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: a plain load and store, no lock prefix.
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+fn counters(n: usize) -> Box<[Counter]> {
+    (0..n).map(|_| Counter::default()).collect()
+}
+
+/// A latency histogram per service: NB bucket counters (non-cumulative) and a sum.
+pub struct Histograms {
+    buckets: Box<[Counter]>,
+    sum_us: Box<[Counter]>,
+}
+
+impl Histograms {
+    fn new() -> Histograms {
+        Histograms {
+            buckets: counters(MAX_SERVICES * NB),
+            sum_us: counters(MAX_SERVICES),
+        }
+    }
+
+    #[inline]
+    pub fn observe(&self, service: usize, us: u64) {
+        if service >= MAX_SERVICES {
+            return;
+        }
+        let b = BUCKETS_US.iter().position(|&le| us <= le).unwrap_or(NB - 1);
+        self.buckets[service * NB + b].inc();
+        self.sum_us[service].add(us);
+    }
+}
+
+/// Everything one worker counts.
+pub struct WorkerMetrics {
+    pub accepted: Counter,
+    /// `service * 5 + (status / 100 - 1)`: responses by service and status class.
+    requests: Box<[Counter]>,
+    /// Responses the gateway made itself, by `GatewayError::index`.
+    pub errors: Box<[Counter]>,
+    pub connect: Histograms,
+    pub response: Histograms,
+    /// Per backend slot: outcomes reported to its breaker, and transitions it caused.
+    pub backend_success: Box<[Counter]>,
+    pub backend_failure: Box<[Counter]>,
+    pub transitions: Box<[Counter]>,
+    /// Gauges.
+    pub pool_idle: Counter,
+    pub upstream_active: Counter,
+    pub client_connections: Counter,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        WorkerMetrics {
+            accepted: Counter::default(),
+            requests: counters(MAX_SERVICES * 5),
+            errors: counters(GatewayError::ALL.len()),
+            connect: Histograms::new(),
+            response: Histograms::new(),
+            backend_success: counters(MAX_SLOTS),
+            backend_failure: counters(MAX_SLOTS),
+            transitions: counters(MAX_SLOTS),
+            pool_idle: Counter::default(),
+            upstream_active: Counter::default(),
+            client_connections: Counter::default(),
+        }
+    }
+}
+
+impl WorkerMetrics {
+    /// Counts one response to the client. `service` is `None` when the request did not
+    /// route to one.
+    #[inline]
+    pub fn response(&self, service: Option<usize>, status: u16, error: Option<GatewayError>) {
+        if let Some(s) = service.filter(|&s| s < MAX_SERVICES) {
+            let class = (status / 100).clamp(1, 5) as usize - 1;
+            self.requests[s * 5 + class].inc();
+        }
+        if let Some(e) = error {
+            self.errors[e.index()].inc();
+        }
+    }
+
+    #[inline]
+    pub fn outcome(&self, slot: usize, failure: bool) {
+        if slot < MAX_SLOTS {
+            if failure {
+                self.backend_failure[slot].inc();
+            } else {
+                self.backend_success[slot].inc();
+            }
+        }
+    }
+
+    #[inline]
+    pub fn transition(&self, slot: usize) {
+        if slot < MAX_SLOTS {
+            self.transitions[slot].inc();
+        }
+    }
+}
+
+/// One worker's table, padded so that neighbouring allocations never share its lines.
+pub type WorkerCell = CachePadded<WorkerMetrics>;
+
+/// Sums of a counter array over all workers.
+fn sum(workers: &[&WorkerMetrics], f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+    workers.iter().map(|w| f(w)).sum()
+}
+
+/// What the renderer needs to know about names (from the state registry).
+pub struct Names<'a> {
+    /// (service id, name), every service ever configured.
+    pub services: &'a [(usize, String)],
+    /// (slot, service, url, breaker state 0/1/2), the backends of the running config.
+    pub backends: &'a [(usize, String, String, u64)],
+    pub generation: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_reload_ok: bool,
+    pub draining: bool,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders the Prometheus text exposition format (version 0.0.4).
+pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
+    let mut o = String::with_capacity(16 * 1024);
+    let w = &mut o;
+    let _ = writeln!(
+        w,
+        "# HELP gateway_requests_total Responses sent to clients, by service and status class."
+    );
+    let _ = writeln!(w, "# TYPE gateway_requests_total counter");
+    for (id, name) in names.services.iter().filter(|(id, _)| *id < MAX_SERVICES) {
+        for class in 0..5 {
+            let v = sum(workers, |m| m.requests[id * 5 + class].get());
+            let _ = writeln!(
+                w,
+                "gateway_requests_total{{service=\"{}\",class=\"{}xx\"}} {v}",
+                escape(name),
+                class + 1
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "# HELP gateway_errors_total Responses the gateway made itself, by error code."
+    );
+    let _ = writeln!(w, "# TYPE gateway_errors_total counter");
+    for e in GatewayError::ALL {
+        let v = sum(workers, |m| m.errors[e.index()].get());
+        let _ = writeln!(
+            w,
+            "gateway_errors_total{{code=\"{}\",status=\"{}\"}} {v}",
+            e.code(),
+            e.status()
+        );
+    }
+    for (metric, help, pick) in [
+        (
+            "gateway_upstream_connect_seconds",
+            "Time to establish a new backend connection.",
+            (|m: &WorkerMetrics| &m.connect) as fn(&WorkerMetrics) -> &Histograms,
+        ),
+        (
+            "gateway_upstream_response_seconds",
+            "Time from sending the request to the backend's response head.",
+            |m: &WorkerMetrics| &m.response,
+        ),
+    ] {
+        let _ = writeln!(w, "# HELP {metric} {help}");
+        let _ = writeln!(w, "# TYPE {metric} histogram");
+        for (id, name) in names.services.iter().filter(|(id, _)| *id < MAX_SERVICES) {
+            let mut cumulative = 0u64;
+            for (b, le) in BUCKETS_US.iter().enumerate() {
+                cumulative += sum(workers, |m| pick(m).buckets[id * NB + b].get());
+                let _ = writeln!(
+                    w,
+                    "{metric}_bucket{{service=\"{}\",le=\"{}\"}} {cumulative}",
+                    escape(name),
+                    *le as f64 / 1e6
+                );
+            }
+            cumulative += sum(workers, |m| pick(m).buckets[id * NB + NB - 1].get());
+            let _ = writeln!(
+                w,
+                "{metric}_bucket{{service=\"{}\",le=\"+Inf\"}} {cumulative}",
+                escape(name)
+            );
+            let s = sum(workers, |m| pick(m).sum_us[*id].get());
+            let _ = writeln!(
+                w,
+                "{metric}_sum{{service=\"{}\"}} {}",
+                escape(name),
+                s as f64 / 1e6
+            );
+            let _ = writeln!(
+                w,
+                "{metric}_count{{service=\"{}\"}} {cumulative}",
+                escape(name)
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "# HELP gateway_breaker_state Circuit state per backend: 0 closed, 1 open, 2 half-open."
+    );
+    let _ = writeln!(w, "# TYPE gateway_breaker_state gauge");
+    for (_, svc, url, state) in names.backends {
+        let _ = writeln!(
+            w,
+            "gateway_breaker_state{{service=\"{}\",backend=\"{}\"}} {state}",
+            escape(svc),
+            escape(url)
+        );
+    }
+    for (metric, help, pick) in [
+        (
+            "gateway_breaker_transitions_total",
+            "Circuit state changes caused by outcomes, per backend.",
+            (|m: &WorkerMetrics| &m.transitions) as fn(&WorkerMetrics) -> &Box<[Counter]>,
+        ),
+        (
+            "gateway_backend_success_total",
+            "Outcomes counted as success, per backend.",
+            |m: &WorkerMetrics| &m.backend_success,
+        ),
+        (
+            "gateway_backend_failure_total",
+            "Outcomes counted as failure, per backend.",
+            |m: &WorkerMetrics| &m.backend_failure,
+        ),
+    ] {
+        let _ = writeln!(w, "# HELP {metric} {help}");
+        let _ = writeln!(w, "# TYPE {metric} counter");
+        for (slot, svc, url, _) in names.backends.iter().filter(|b| b.0 < MAX_SLOTS) {
+            let v = sum(workers, |m| pick(m)[*slot].get());
+            let _ = writeln!(
+                w,
+                "{metric}{{service=\"{}\",backend=\"{}\"}} {v}",
+                escape(svc),
+                escape(url)
+            );
+        }
+    }
+    let _ = writeln!(w, "# HELP gateway_pool_connections Upstream connections: idle in the pools, or carrying a request.");
+    let _ = writeln!(w, "# TYPE gateway_pool_connections gauge");
+    let _ = writeln!(
+        w,
+        "gateway_pool_connections{{state=\"idle\"}} {}",
+        sum(workers, |m| m.pool_idle.get())
+    );
+    let _ = writeln!(
+        w,
+        "gateway_pool_connections{{state=\"active\"}} {}",
+        sum(workers, |m| m.upstream_active.get())
+    );
+    let _ = writeln!(
+        w,
+        "# HELP gateway_client_connections Open client connections."
+    );
+    let _ = writeln!(w, "# TYPE gateway_client_connections gauge");
+    let _ = writeln!(
+        w,
+        "gateway_client_connections {}",
+        sum(workers, |m| m.client_connections.get())
+    );
+    let _ = writeln!(
+        w,
+        "# HELP gateway_accepted_connections_total Client connections accepted, per worker."
+    );
+    let _ = writeln!(w, "# TYPE gateway_accepted_connections_total counter");
+    for (i, m) in workers.iter().enumerate() {
+        let _ = writeln!(
+            w,
+            "gateway_accepted_connections_total{{worker=\"{i}\"}} {}",
+            m.accepted.get()
+        );
+    }
+    let _ = writeln!(w, "# HELP gateway_config_generation Generation of the running config (1 at start, +1 per successful reload).");
+    let _ = writeln!(w, "# TYPE gateway_config_generation gauge");
+    let _ = writeln!(w, "gateway_config_generation {}", names.generation);
+    let _ = writeln!(
+        w,
+        "# HELP gateway_config_reloads_total Reload attempts by result."
+    );
+    let _ = writeln!(w, "# TYPE gateway_config_reloads_total counter");
+    let _ = writeln!(
+        w,
+        "gateway_config_reloads_total{{result=\"success\"}} {}",
+        names.reloads_ok
+    );
+    let _ = writeln!(
+        w,
+        "gateway_config_reloads_total{{result=\"failure\"}} {}",
+        names.reloads_failed
+    );
+    let _ = writeln!(w, "# HELP gateway_config_last_reload_success 1 if the last reload succeeded (or none happened).");
+    let _ = writeln!(w, "# TYPE gateway_config_last_reload_success gauge");
+    let _ = writeln!(
+        w,
+        "gateway_config_last_reload_success {}",
+        u8::from(names.last_reload_ok)
+    );
+    let _ = writeln!(
+        w,
+        "# HELP gateway_draining 1 while shutting down gracefully."
+    );
+    let _ = writeln!(w, "# TYPE gateway_draining gauge");
+    let _ = writeln!(w, "gateway_draining {}", u8::from(names.draining));
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_workers_and_renders_cumulative_buckets() {
+        let (a, b) = (WorkerMetrics::default(), WorkerMetrics::default());
+        a.response(Some(0), 200, None);
+        b.response(Some(0), 204, None);
+        b.response(Some(0), 503, Some(GatewayError::NoBackend));
+        a.response.observe(0, 700);
+        b.response.observe(0, 20_000_000);
+        let services = vec![(0, "svc".to_string())];
+        let backends = vec![(0, "svc".to_string(), "http://127.0.0.1:1".to_string(), 1)];
+        let text = render(
+            &[&a, &b],
+            &Names {
+                services: &services,
+                backends: &backends,
+                generation: 3,
+                reloads_ok: 2,
+                reloads_failed: 1,
+                last_reload_ok: false,
+                draining: false,
+            },
+        );
+        assert!(
+            text.contains("gateway_requests_total{service=\"svc\",class=\"2xx\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("gateway_requests_total{service=\"svc\",class=\"5xx\"} 1\n"));
+        assert!(
+            text.contains("gateway_errors_total{code=\"no_backend_available\",status=\"503\"} 1\n")
+        );
+        assert!(text.contains(
+            "gateway_upstream_response_seconds_bucket{service=\"svc\",le=\"0.0005\"} 0\n"
+        ));
+        assert!(text.contains(
+            "gateway_upstream_response_seconds_bucket{service=\"svc\",le=\"0.001\"} 1\n"
+        ));
+        assert!(text
+            .contains("gateway_upstream_response_seconds_bucket{service=\"svc\",le=\"10\"} 1\n"));
+        assert!(text
+            .contains("gateway_upstream_response_seconds_bucket{service=\"svc\",le=\"+Inf\"} 2\n"));
+        assert!(text.contains("gateway_upstream_response_seconds_count{service=\"svc\"} 2\n"));
+        assert!(text
+            .contains("gateway_breaker_state{service=\"svc\",backend=\"http://127.0.0.1:1\"} 1\n"));
+        assert!(text.contains("gateway_config_generation 3\n"));
+        assert!(text.contains("gateway_config_last_reload_success 0\n"));
+    }
+}
