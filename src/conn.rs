@@ -105,6 +105,9 @@ impl Conn {
         self.out.clear();
         let service = with_service.then_some(&self.service[..]);
         err.write_response(&mut self.out, service, retry_after, close);
+        self.log.status = err.status();
+        self.log.error = Some(err);
+        self.log.bytes += self.out.len() as u64;
         let ok = io::write_all(&mut self.stream, &mut self.out, timeout)
             .await
             .is_ok();

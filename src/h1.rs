@@ -230,6 +230,10 @@ pub fn parse_request<'h, 'b>(
         Err(httparse::Error::HeaderValue) => return Err(RequestError::Bad("invalid_header_value")),
         Err(_) => return Err(RequestError::Bad("malformed_request_line")),
     };
+    // An over-long target is 414 whether or not the head arrived in one read.
+    if req.path.is_some_and(|t| t.len() > limits.max_target_bytes) {
+        return Err(RequestError::UriTooLong);
+    }
     if head_len > limits.max_head_bytes {
         return Err(RequestError::HeadersTooLarge);
     }
@@ -967,6 +971,9 @@ mod tests {
     fn limits_map_to_their_statuses() {
         let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(3000));
         assert_eq!(parse(long.as_bytes()), Err(RequestError::UriTooLong));
+        // A complete head whose target alone exceeds the head limit is still 414.
+        let huge = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000));
+        assert_eq!(parse(huge.as_bytes()), Err(RequestError::UriTooLong));
         let big = format!(
             "GET / HTTP/1.1\r\nHost: x\r\nA: {}\r\n\r\n",
             "a".repeat(9000)

@@ -112,3 +112,19 @@ pub fn set_reset_on_close(stream: &TcpStream) {
         );
     }
 }
+
+/// True when nothing is waiting to be read on the socket (no data, no EOF, no error).
+pub fn is_quiet(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte buffer we own; MSG_PEEK consumes nothing and MSG_DONTWAIT never
+    // blocks. An invalid fd just reports an error (not quiet).
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}

@@ -52,7 +52,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
         Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(server::StartError::Thread)?;
     let shared = Shared::new(config);
     let server = server::start(shared.clone())?;
-    log_startup(&shared, server.local_addr);
+    log_startup(&shared, &server);
     for sig in signals.forever() {
         if sig == SIGHUP {
             on_sighup(&shared, &path);
@@ -85,12 +85,17 @@ fn on_sighup(shared: &Shared, path: &Path) {
     }
 }
 
-fn log_startup(shared: &Arc<Shared>, addr: std::net::SocketAddr) {
+fn log_startup(shared: &Arc<Shared>, server: &server::Server) {
+    let addr = server.local_addr;
     let snap = shared.current.load();
     log::info!("gateway {} listening on {addr}", env!("CARGO_PKG_VERSION"));
     for line in snap.config.summary().lines() {
         log::info!("{line}");
     }
-    // The one line on stdout: scripts and tests read the bound address from it.
+    // stdout says where we listen (scripts and tests read the bound addresses from it);
+    // everything else goes to the log on stderr.
     println!("listening on {addr}");
+    if let Some(admin) = server.admin_addr {
+        println!("admin on {admin}");
+    }
 }

@@ -15,22 +15,6 @@ use monoio::net::TcpStream;
 
 use crate::metrics::WorkerCell;
 
-/// True when nothing is waiting to be read on the socket (no data, no EOF, no error).
-fn is_quiet(stream: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: a valid fd owned by `stream`, a one-byte buffer we own; MSG_PEEK consumes
-    // nothing and MSG_DONTWAIT never blocks.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
-}
-
 struct Idle {
     stream: TcpStream,
     since: Instant,
@@ -87,7 +71,7 @@ impl Pool {
                 q.clear();
                 break;
             }
-            if is_quiet(&idle.stream) {
+            if crate::io::is_quiet(idle.stream.as_raw_fd()) {
                 found = Some(idle.stream);
                 break;
             }

@@ -584,6 +584,7 @@ async fn exchange(
                     }
                 }
                 read_response_head(
+                    worker,
                     c,
                     &mut up,
                     info,
@@ -649,7 +650,7 @@ async fn exchange(
     }
 
     // Relay the response: the head is in `c.out`; add whatever body is in hand, one write.
-    let keep_client = info.keep_alive && !resp.close_delimited;
+    let keep_client = info.keep_alive && !resp.close_delimited && !resp.closing;
     let mut body = BodyRelay::new(resp.framing, resp.client_chunked, u64::MAX);
     let used = match body.feed(&c.ubuf[c.ustart..], &mut c.out) {
         Ok(n) => n,
@@ -726,10 +727,13 @@ struct ResponseHead {
     client_chunked: bool,
     /// The client (HTTP/1.0) gets a close-delimited body.
     close_delimited: bool,
+    /// The head told the client `Connection: close`.
+    closing: bool,
 }
 
 /// Reads the backend's response head within `timeout`, relaying 1xx interim responses.
 async fn read_response_head(
+    worker: &Worker,
     c: &mut Conn,
     up: &mut TcpStream,
     info: RequestInfo,
@@ -771,14 +775,17 @@ async fn read_response_head(
                 }
                 let framing = p.info.framing;
                 let unframed = matches!(framing, Framing::Chunked | Framing::UntilClose);
+                let close_delimited = info.minor == 0 && unframed;
+                // A drain that began while we waited closes this connection after the response.
+                let keep = info.keep_alive && !close_delimited && !worker.draining();
                 let head = ResponseHead {
                     status,
                     framing,
                     reusable: p.info.reusable,
                     client_chunked: info.minor == 1 && unframed,
-                    close_delimited: info.minor == 0 && unframed,
+                    close_delimited,
+                    closing: !keep,
                 };
-                let keep = info.keep_alive && !head.close_delimited;
                 c.out.clear();
                 write_response_head(&mut c.out, &p, info, head.client_chunked, keep);
                 c.ustart += p.info.head_len;

@@ -116,10 +116,11 @@ impl Worker {
         }
     }
 
-    /// Shuts down the sockets of idle connections so their pending reads end now.
+    /// Shuts down the sockets of idle connections so their pending reads end now; one
+    /// whose next request already arrived is left to be served (with `Connection: close`).
     fn close_idle(&self) {
         for (fd, idle) in self.conns.borrow().values() {
-            if idle.get() {
+            if idle.get() && crate::io::is_quiet(*fd) {
                 // SAFETY: the fd belongs to a live connection (it deregisters before closing).
                 unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
             }
@@ -148,6 +149,8 @@ impl Drop for ConnGuard {
 /// A started server: its address and worker threads.
 pub struct Server {
     pub local_addr: SocketAddr,
+    /// Where the admin API listens, if enabled.
+    pub admin_addr: Option<SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -220,9 +223,12 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         listeners.push(l);
     }
     let log = accesslog::start(&config.access_log).map_err(StartError::AccessLog)?;
-    if let Some(admin) = config.admin {
-        crate::admin::start(admin, shared.clone()).map_err(|e| bind_error(admin, e))?;
-    }
+    let admin_addr = match config.admin {
+        Some(admin) => {
+            Some(crate::admin::start(admin, shared.clone()).map_err(|e| bind_error(admin, e))?)
+        }
+        None => None,
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -237,6 +243,7 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
     }
     Ok(Server {
         local_addr: addr,
+        admin_addr,
         threads,
     })
 }

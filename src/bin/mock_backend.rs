@@ -363,6 +363,24 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Reads and discards until the peer closes or `limit` passes, so a connection we never
+/// answer is still released as soon as the gateway gives up on it.
+async fn drain_until_close(s: &mut TcpStream, limit: Duration) {
+    let end = std::time::Instant::now() + limit;
+    let mut buf = Vec::with_capacity(4096);
+    let mut start = 0;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match gio::read_more(s, &mut buf, &mut start, 4096, left).await {
+            Read::Data(_) => start = buf.len(),
+            _ => return,
+        }
+    }
+}
+
 /// Writes the planned response. Returns false when the connection must end.
 async fn respond(s: &mut TcpStream, out: &mut Vec<u8>, plan: &Plan) -> bool {
     if plan.delay_ms > 0 {
@@ -375,12 +393,12 @@ async fn respond(s: &mut TcpStream, out: &mut Vec<u8>, plan: &Plan) -> bool {
             return false;
         }
         Some(Fault::Hang) => {
-            monoio::time::sleep(LONG).await;
+            drain_until_close(s, LONG).await;
             return false;
         }
         Some(Fault::HalfClose) => {
             let _ = s.shutdown().await;
-            monoio::time::sleep(Duration::from_secs(30)).await;
+            drain_until_close(s, Duration::from_secs(30)).await;
             return false;
         }
         Some(Fault::Garbage) => {

@@ -28,24 +28,36 @@ impl Drop for Proc {
 }
 
 /// Starts `cmd` and waits for its `listening on ADDR` line.
-fn start(mut cmd: Command) -> (Child, SocketAddr) {
+fn start(cmd: Command) -> (Child, SocketAddr) {
+    let (child, addr, _) = start_with(cmd, false);
+    (child, addr)
+}
+
+/// Starts `cmd`, reads `listening on ADDR` and, if asked, `admin on ADDR`.
+fn start_with(mut cmd: Command, admin: bool) -> (Child, SocketAddr, Option<SocketAddr>) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read startup line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected startup line {line:?}"))
-        .parse()
-        .expect("address");
-    (child, addr)
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut read = |prefix: &str| -> SocketAddr {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read startup line");
+        line.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("unexpected startup line {line:?}"))
+            .parse()
+            .expect("address")
+    };
+    let addr = read("listening on ");
+    let admin = admin.then(|| read("admin on "));
+    // Keep draining stdout so that later output never hits a closed pipe.
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = stdout.read_to_end(&mut sink);
+    });
+    (child, addr, admin)
 }
 
 pub fn mock_backend() -> Proc {
@@ -60,6 +72,45 @@ pub fn mock_backend() -> Proc {
 }
 
 static CONFIG_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A gateway with its admin API (the config must say `admin: 127.0.0.1:0`).
+pub struct AdminGateway {
+    pub proc: Proc,
+    pub admin: SocketAddr,
+}
+
+/// Writes `yaml` to a fresh temp file.
+pub fn write_config(yaml: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "gateway-test-{}-{}.yaml",
+        std::process::id(),
+        CONFIG_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, yaml).expect("write config");
+    path
+}
+
+/// Starts a gateway with an admin listener on the config at `path`.
+pub fn gateway_at(path: &std::path::Path) -> AdminGateway {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.arg("--config").arg(path).env("RUST_LOG", "warn");
+    let (child, addr, admin) = start_with(cmd, true);
+    AdminGateway {
+        proc: Proc {
+            child,
+            addr,
+            config: Some(path.to_path_buf()),
+        },
+        admin: admin.expect("admin address"),
+    }
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    let r = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(r, 0, "kill failed");
+}
 
 /// Starts a gateway on `yaml` (which should say `listen: 127.0.0.1:0`).
 pub fn gateway(yaml: &str) -> Proc {

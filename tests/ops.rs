@@ -1,0 +1,457 @@
+//! Operating the gateway: hot reload under load, broken reloads, graceful drain, the admin
+//! API, Prometheus metrics and the access log — against real processes and signals.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn admin_get(admin: std::net::SocketAddr, path: &str) -> Response {
+    let mut c = Client::connect(admin);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes());
+    c.read_response()
+}
+
+fn generation(admin: std::net::SocketAddr) -> u64 {
+    admin_get(admin, "/admin/config").json()["generation"]
+        .as_u64()
+        .unwrap()
+}
+
+fn wait_generation(admin: std::net::SocketAddr, want: u64) {
+    assert!(
+        eventually(Duration::from_secs(5), || generation(admin) >= want),
+        "reload to generation {want} did not happen"
+    );
+}
+
+/// Validates the Prometheus text format (0.0.4) strictly enough to catch what a scraper
+/// would reject, and returns the samples as `name{labels}` -> value.
+fn parse_prometheus(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    let mut types: HashMap<String, String> = HashMap::new();
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name) = (parts.next().unwrap(), parts.next().expect("metric name"));
+            assert!(name_ok(name), "bad metric name in {line:?}");
+            if kind == "TYPE" {
+                let t = parts.next().expect("type");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                    "{line}"
+                );
+                assert!(
+                    types.insert(name.to_string(), t.to_string()).is_none(),
+                    "duplicate TYPE {name}"
+                );
+            } else {
+                assert_eq!(kind, "HELP", "{line}");
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line:?}"));
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(name_ok(name), "bad sample name in {line:?}");
+        let family = ["_bucket", "_sum", "_count", "_total"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| types.contains_key(*f)))
+            .unwrap_or(name);
+        assert!(
+            types.contains_key(family) || types.contains_key(name),
+            "sample without TYPE: {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                let inner = labels
+                    .strip_prefix('{')
+                    .and_then(|l| l.strip_suffix('}'))
+                    .expect("braces");
+                for pair in inner.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                    assert!(name_ok(k), "bad label name in {line:?}");
+                    assert!(!v.trim_end_matches('"').contains('\n'));
+                }
+            }
+        }
+        assert!(
+            samples.insert(series.to_string(), v).is_none(),
+            "duplicate series {series}"
+        );
+    }
+    // Histograms: cumulative buckets ending in +Inf == _count.
+    for (family, t) in &types {
+        if t != "histogram" {
+            continue;
+        }
+        let mut by_labels: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
+        for (series, v) in &samples {
+            if let Some(labels) = series.strip_prefix(&format!("{family}_bucket{{")) {
+                let (rest, le) = labels.rsplit_once("le=\"").expect("le label");
+                let le: f64 = match le.trim_end_matches("\"}") {
+                    "+Inf" => f64::INFINITY,
+                    x => x.parse().expect("le"),
+                };
+                by_labels
+                    .entry(rest.to_string())
+                    .or_default()
+                    .push((le, *v));
+            }
+        }
+        for (labels, mut buckets) in by_labels {
+            buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{family} buckets not cumulative"
+            );
+            let last = buckets.last().unwrap();
+            assert!(last.0.is_infinite(), "{family} lacks +Inf");
+            let count_key = format!("{family}_count{{{}}}", labels.trim_end_matches(','));
+            assert_eq!(samples.get(&count_key), Some(&last.1), "{count_key}");
+        }
+    }
+    samples
+}
+
+#[test]
+fn reload_under_load_loses_nothing_and_keeps_open_breakers() {
+    let (b1, b2, b3) = (mock_backend(), mock_backend(), mock_backend());
+    let flaky = Recorder::start(reply(503));
+    let base = |extra: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nworkers: 2\npin_workers: false\nadmin: 127.0.0.1:0\n\
+             services:\n  svc: [http://{}, {}]\n  flaky:\n    backends: [http://{}]\n    breaker: {{failure_threshold: 1, cooldown: 1m}}\n{extra}",
+            b1.addr, extra_backend(extra, b2.addr, b3.addr), flaky.addr
+        )
+    };
+    fn extra_backend(extra: &str, b2: std::net::SocketAddr, b3: std::net::SocketAddr) -> String {
+        // v1: svc = [b1, b2]; v2: svc = [b1, b3] plus a new service.
+        if extra.is_empty() {
+            format!("http://{b2}")
+        } else {
+            format!("http://{b3}")
+        }
+    }
+    let v1 = base("");
+    let v2 = base(&format!("  extra: [http://{}]\n", b3.addr));
+    let path = write_config(&v1);
+    let g = gateway_at(&path);
+    // Open flaky's breaker before any reload.
+    assert_eq!(get(g.proc.addr, "/v1/proxy/flaky/x").status, 503);
+    let r = get(g.proc.addr, "/v1/proxy/flaky/x");
+    assert_eq!(r.json()["error"], "no_backend_available");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let addr = g.proc.addr;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, ok) = (stop.clone(), ok.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    c.send(b"POST /v1/proxy/svc/load HTTP/1.1\r\nHost: g\r\nContent-Length: 4\r\n\r\nbody");
+                    match c.try_read_response(false) {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => failures.push(format!("status {} {:?}", r.status, String::from_utf8_lossy(&r.body))),
+                        Err(bytes) => {
+                            failures.push(format!("connection ended: {:?}", String::from_utf8_lossy(&bytes)));
+                            c = Client::connect(addr);
+                        }
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    for i in 0..60u64 {
+        std::fs::write(&path, if i % 2 == 0 { &v2 } else { &v1 }).unwrap();
+        signal(&g.proc.child, libc::SIGHUP);
+        wait_generation(g.admin, i + 2);
+        if i % 2 == 0 {
+            let r = get(g.proc.addr, "/v1/proxy/extra/x");
+            assert_eq!(r.status, 200, "new service did not answer after reload {i}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "too little load: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    // The open breaker survived 60 reloads of a config that kept its backend.
+    assert_eq!(
+        get(g.proc.addr, "/v1/proxy/flaky/x").json()["error"],
+        "no_backend_available"
+    );
+    assert_eq!(flaky.requests(), 1);
+    let backends = admin_get(g.admin, "/admin/backends").json();
+    let flaky_state = backends["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "flaky")
+        .map(|s| s["backends"][0]["state"].clone());
+    assert_eq!(flaky_state, Some("open".into()));
+}
+
+#[test]
+fn a_broken_reload_keeps_serving_the_old_config_and_reports_why() {
+    let b = mock_backend();
+    let good = format!("listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\nservices:\n  svc: [http://{}]\n", b.addr);
+    let path = write_config(&good);
+    let g = gateway_at(&path);
+    std::fs::write(&path, format!("{good}  broken: [ftp://nowhere]\n")).unwrap();
+    signal(&g.proc.child, libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(5), || {
+        !admin_get(g.admin, "/admin/config").json()["last_reload_error"].is_null()
+    }));
+    let cfg = admin_get(g.admin, "/admin/config").json();
+    assert_eq!(cfg["generation"], 1);
+    let err = cfg["last_reload_error"].as_str().unwrap().to_string();
+    assert!(
+        err.contains("services.broken[0]") && err.contains("http://HOST:PORT"),
+        "{err}"
+    );
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 200);
+    let m = parse_prometheus(&String::from_utf8(admin_get(g.admin, "/metrics").body).unwrap());
+    assert_eq!(m["gateway_config_last_reload_success"], 0.0);
+    assert_eq!(m["gateway_config_reloads_total{result=\"failure\"}"], 1.0);
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
+    let b = mock_backend();
+    let path = write_config(&format!(
+        "listen: 127.0.0.1:0\nworkers: 2\npin_workers: false\nadmin: 127.0.0.1:0\nservices:\n  svc: [http://{}]\n",
+        b.addr
+    ));
+    let mut g = gateway_at(&path);
+    let addr = g.proc.addr;
+    // An idle keep-alive connection, closed by the drain.
+    let mut idle = Client::connect(addr);
+    idle.send(b"GET /v1/proxy/svc/warm HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(idle.read_response().status, 200);
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.send(
+                    b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 1000\r\n\r\n",
+                );
+                c.read_response()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGTERM);
+    assert!(
+        eventually(Duration::from_secs(2), || admin_get(g.admin, "/healthz")
+            .status
+            == 503),
+        "healthz did not report draining"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || std::net::TcpStream::connect(
+            addr
+        )
+        .is_err()),
+        "new connections are still accepted while draining"
+    );
+    assert!(
+        idle.closed_within(Duration::from_secs(2)),
+        "idle connection left open"
+    );
+    for t in slow {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "an in-flight request was cut");
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    let status = loop {
+        if let Some(s) = g.proc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "gateway did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn metrics_parse_and_count_what_was_sent_and_admin_shows_breaker_history() {
+    let b = mock_backend();
+    let rec = Recorder::start(reply(500));
+    let log = std::env::temp_dir().join(format!("gateway-ops-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let path = write_config(&format!(
+        "listen: 127.0.0.1:0\nworkers: 2\npin_workers: false\nadmin: 127.0.0.1:0\naccess_log: {}\n\
+         services:\n  svc: [http://{}]\n  flaky:\n    backends: [http://{}]\n    breaker: {{failure_threshold: 2, cooldown: 300ms}}\n",
+        log.display(),
+        b.addr,
+        rec.addr
+    ));
+    let g = gateway_at(&path);
+    let healthz = admin_get(g.admin, "/healthz");
+    assert_eq!(
+        (healthz.status, healthz.json()["status"].clone()),
+        (200, "serving".into())
+    );
+    for _ in 0..7 {
+        assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(get(g.proc.addr, "/v1/proxy/nope/x").status, 404);
+    }
+    // Open flaky, check the admin view, then let a probe close it.
+    for _ in 0..2 {
+        assert_eq!(get(g.proc.addr, "/v1/proxy/flaky/x").status, 500);
+    }
+    assert_eq!(get(g.proc.addr, "/v1/proxy/flaky/x").status, 503);
+    let flaky = |v: serde_json::Value| {
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "flaky")
+            .unwrap()["backends"][0]
+            .clone()
+    };
+    let open = flaky(admin_get(g.admin, "/admin/backends").json());
+    assert_eq!(open["state"], "open");
+    assert_eq!(open["failures"], 2);
+    assert!(open["last_transition"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    assert!(open["next_probe_in_ms"]
+        .as_u64()
+        .is_some_and(|ms| ms <= 300));
+    rec.set(reply(200));
+    std::thread::sleep(Duration::from_millis(350));
+    assert_eq!(get(g.proc.addr, "/v1/proxy/flaky/x").status, 200);
+    let closed = flaky(admin_get(g.admin, "/admin/backends").json());
+    assert_eq!(closed["state"], "closed");
+    assert_eq!(closed["transitions"], 2);
+    assert_eq!(closed["successes"], 1);
+    assert!(closed["next_probe_in_ms"].is_null());
+
+    // A response is counted right after it is written: give the last one a moment.
+    let scrape =
+        || parse_prometheus(&String::from_utf8(admin_get(g.admin, "/metrics").body).unwrap());
+    assert!(eventually(Duration::from_secs(2), || {
+        scrape().get("gateway_requests_total{service=\"flaky\",class=\"2xx\"}") == Some(&1.0)
+    }));
+    let m = scrape();
+    assert_eq!(
+        m["gateway_requests_total{service=\"svc\",class=\"2xx\"}"],
+        7.0
+    );
+    let dump: Vec<_> = m
+        .iter()
+        .filter(|(k, _)| k.contains("requests_total") || k.contains("errors_total"))
+        .collect();
+    assert_eq!(
+        m["gateway_requests_total{service=\"flaky\",class=\"5xx\"}"], 3.0,
+        "{dump:?}"
+    );
+    assert_eq!(
+        m["gateway_requests_total{service=\"flaky\",class=\"2xx\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["gateway_errors_total{code=\"service_not_found\",status=\"404\"}"],
+        2.0
+    );
+    assert_eq!(
+        m["gateway_errors_total{code=\"no_backend_available\",status=\"503\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["gateway_upstream_response_seconds_count{service=\"svc\"}"],
+        7.0
+    );
+    let flaky_backend = format!("service=\"flaky\",backend=\"http://{}\"", rec.addr);
+    assert_eq!(m[&format!("gateway_breaker_state{{{flaky_backend}}}")], 0.0);
+    assert_eq!(
+        m[&format!("gateway_breaker_transitions_total{{{flaky_backend}}}")],
+        2.0
+    );
+    let accepted: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("gateway_accepted_connections_total"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(accepted >= 13.0, "{accepted}");
+    assert_eq!(m["gateway_config_generation"], 1.0);
+
+    // The access log has one line per request with every field.
+    assert!(eventually(Duration::from_secs(3), || {
+        std::fs::read_to_string(&log)
+            .map(|t| t.lines().count() >= 13)
+            .unwrap_or(false)
+    }));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let line = text
+        .lines()
+        .find(|l| l.contains("/v1/proxy/svc/x"))
+        .unwrap();
+    let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!(f.len(), 11, "{line}");
+    assert_eq!(
+        (f[1], f[2], f[3], f[4], f[6]),
+        ("127.0.0.1", "GET", "/v1/proxy/svc/x", "svc", "200")
+    );
+    assert_eq!(f[5], format!("http://{}", b.addr));
+    assert_eq!(f[10], "-");
+    let nf = text
+        .lines()
+        .find(|l| l.contains("/v1/proxy/nope/x"))
+        .unwrap();
+    assert!(
+        nf.ends_with(" service_not_found") && nf.contains(" - - 404 "),
+        "{nf}"
+    );
+}
