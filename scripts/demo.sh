@@ -22,7 +22,8 @@ for port in 8001 8002 8003; do
   pids+=($!)
 done
 "$bin/gateway" --config config.yaml &
-pids+=($!)
+gw_pid=$!
+pids+=($gw_pid)
 
 # Wait until the gateway answers (bounded).
 for _ in $(seq 1 50); do
@@ -30,7 +31,7 @@ for _ in $(seq 1 50); do
   sleep 0.1
 done
 
-cat <<'TXT'
+cat <<TXT
 
 gateway on http://127.0.0.1:8000, mock backends on 8001 8002 8003. Try:
 
@@ -41,6 +42,9 @@ gateway on http://127.0.0.1:8000, mock backends on 8001 8002 8003. Try:
   curl -si -H 'x-mock-status: 503' localhost:8000/v1/proxy/payment-service/x   # 5 of these open the circuit...
   curl -si localhost:8000/v1/proxy/payment-service/x                  # ...then 503 no_backend_available
   curl -si -H 'x-mock-fault: hang' localhost:8000/v1/proxy/user-service/x    # 504 after 30 s
+  curl -s localhost:9901/admin/backends                               # breaker state per backend
+  curl -s localhost:9901/metrics | grep gateway_requests_total         # Prometheus metrics
+  kill -HUP ${gw_pid}                                                 # reload config.yaml
 
 Faults on demand (request headers for mock-backend): x-mock-status, x-mock-delay-ms,
 x-mock-body-bytes, x-mock-fault: garbage|close-before-head|hang|close-mid-body|chunked|...

@@ -29,19 +29,14 @@ pub struct Changes {
 
 impl fmt::Display for Changes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |v: &[String]| {
-            if v.is_empty() {
-                "-".to_string()
-            } else {
-                v.join(",")
-            }
-        };
+        if self.generation > 0 {
+            write!(f, "generation {}: ", self.generation)?;
+        }
         write!(
             f,
-            "generation {}: services +[{}] -[{}] ={}; backends +{} -{} ={}; breakers carried over: {} ({} not closed)",
-            self.generation,
-            list(&self.services_added),
-            list(&self.services_removed),
+            "services +[{}] -[{}] ={}; backends +{} -{} ={}; breakers carried over: {} ({} not closed)",
+            self.services_added.join(","),
+            self.services_removed.join(","),
             self.services_kept,
             self.backends_added,
             self.backends_removed,
