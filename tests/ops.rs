@@ -455,3 +455,72 @@ fn metrics_parse_and_count_what_was_sent_and_admin_shows_breaker_history() {
         "{nf}"
     );
 }
+
+#[test]
+fn a_reload_closes_pooled_connections_of_removed_backends() {
+    let keep = mock_backend();
+    let gone = Recorder::start(reply(200));
+    let v1 = format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\nservices:\n  svc: [http://{}]\n  old: [http://{}]\n",
+        keep.addr, gone.addr
+    );
+    let path = write_config(&v1);
+    let g = gateway_at(&path);
+    assert_eq!(get(g.proc.addr, "/v1/proxy/old/x").status, 200);
+    assert_eq!(gone.connections.load(Ordering::SeqCst), 1);
+    std::fs::write(
+        &path,
+        v1.replace(&format!("  old: [http://{}]\n", gone.addr), ""),
+    )
+    .unwrap();
+    signal(&g.proc.child, libc::SIGHUP);
+    wait_generation(g.admin, 2);
+    assert_eq!(get(g.proc.addr, "/v1/proxy/old/x").status, 404);
+    assert!(
+        eventually(Duration::from_secs(3), || gone
+            .closed
+            .load(Ordering::SeqCst)
+            == 1),
+        "the removed backend's pooled connection is still open"
+    );
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let b = mock_backend();
+    let path = write_config(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\nservices:\n  svc: [http://{}]\n",
+        b.addr
+    ));
+    let mut g = gateway_at(&path);
+    let addr = g.proc.addr;
+    let slow = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.send(b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 10000\r\n\r\n");
+        c.try_read_response(false).is_err()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&g.proc.child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        g.proc.child.try_wait().unwrap().is_none(),
+        "exited before the slow request finished"
+    );
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGTERM);
+    let status = loop {
+        if let Some(s) = g.proc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "second signal did not exit at once"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        slow.join().unwrap(),
+        "the in-flight request was not cut by the forced exit"
+    );
+}

@@ -392,3 +392,84 @@ fn pooled_connection_closed_while_idle_is_detected_before_reuse() {
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"], "backend_connect_failed");
 }
+
+#[test]
+fn pooled_connections_are_reused_then_expire() {
+    let rec = Recorder::start(reply(200));
+    let g = gateway(&config(
+        1,
+        "pool: {idle_timeout: 300ms}",
+        &format!("  svc: [http://{}]\n", rec.addr),
+    ));
+    let conns = || rec.connections.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..5 {
+        assert_eq!(get(g.addr, "/v1/proxy/svc/x").status, 200);
+    }
+    assert_eq!(conns(), 1, "the idle connection was not reused");
+    // Past the idle timeout the gateway closes it (the sweep runs every second) and the
+    // next request opens a new one.
+    assert!(eventually(Duration::from_secs(3), || rec
+        .closed
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 1));
+    assert_eq!(get(g.addr, "/v1/proxy/svc/x").status, 200);
+    assert_eq!(conns(), 2);
+}
+
+#[test]
+fn idle_client_connections_are_closed_after_client_idle() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "timeouts: {client_idle: 300ms}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let mut c = Client::connect(g.addr);
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    let t = std::time::Instant::now();
+    assert!(c.closed_within(Duration::from_secs(3)));
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "closed too early: {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn epoll_fallback_serves_the_same() {
+    let b = mock_backend();
+    let path = write_config(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.arg("--config")
+        .arg(&path)
+        .env("MONOIO_FORCE_LEGACY_DRIVER", "1")
+        .env("RUST_LOG", "info");
+    cmd.stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut c = Client::connect(addr);
+    for i in 0..5 {
+        c.send(
+            format!("POST /v1/proxy/svc/{i} HTTP/1.1\r\nHost: g\r\nContent-Length: 3\r\n\r\nabc")
+                .as_bytes(),
+        );
+        let r = c.read_response();
+        assert_eq!((r.status, r.json()["body_len"].as_u64()), (200, Some(3)));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(err.contains("driver epoll"), "{err}");
+}

@@ -382,6 +382,8 @@ pub struct Recorder {
     pub received: Arc<Mutex<Vec<u8>>>,
     pub requests: Arc<AtomicUsize>,
     pub mode: Arc<Mutex<Mode>>,
+    /// Connections the gateway closed (EOF seen by the backend).
+    pub closed: Arc<AtomicUsize>,
 }
 
 impl Recorder {
@@ -394,24 +396,32 @@ impl Recorder {
             received: Arc::default(),
             requests: Arc::default(),
             mode: Arc::new(Mutex::new(mode)),
+            closed: Arc::default(),
         };
-        let (conns, received, requests, mode) = (
+        let (conns, received, requests, mode, closed) = (
             r.connections.clone(),
             r.received.clone(),
             r.requests.clone(),
             r.mode.clone(),
+            r.closed.clone(),
         );
         std::thread::spawn(move || {
             for s in listener.incoming() {
                 let Ok(mut s) = s else { continue };
                 conns.fetch_add(1, Ordering::SeqCst);
-                let (received, requests, mode) = (received.clone(), requests.clone(), mode.clone());
+                let (received, requests, mode, closed) = (
+                    received.clone(),
+                    requests.clone(),
+                    mode.clone(),
+                    closed.clone(),
+                );
                 std::thread::spawn(move || {
                     let mut pending = Vec::new();
                     let mut served = 0usize;
                     let mut tmp = [0u8; 65536];
                     while let Ok(n) = s.read(&mut tmp) {
                         if n == 0 {
+                            closed.fetch_add(1, Ordering::SeqCst);
                             break;
                         }
                         received.lock().unwrap().extend_from_slice(&tmp[..n]);
