@@ -41,7 +41,6 @@ impl View {
         let n = service.backends.len();
         let cursor = &self.cursors[svc];
         let start = cursor.get();
-        let mut now = None;
         let mut retry_ms = u64::MAX;
         for i in 0..n {
             let idx = (start + i) % n;
@@ -49,13 +48,13 @@ impl View {
                 continue;
             }
             let cell = &*service.backends[idx].breaker;
-            let now = *now.get_or_insert_with(now_ms);
-            if let Some(ticket) = breaker::admit(&**cell, now, &service.policy) {
+            // The clock is read only for a circuit that is not CLOSED.
+            if let Some(ticket) = breaker::admit_with(&**cell, now_ms, &service.policy) {
                 cursor.set((idx + 1) % n);
                 return Pick::Backend { idx, ticket };
             }
             let word = breaker::Word::load(&**cell);
-            retry_ms = retry_ms.min(breaker::retry_after_ms(word, now, &service.policy));
+            retry_ms = retry_ms.min(breaker::retry_after_ms(word, now_ms(), &service.policy));
         }
         Pick::AllOpen {
             retry_after_secs: retry_ms.div_ceil(1000).max(1),

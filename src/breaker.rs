@@ -139,7 +139,15 @@ pub enum Transition {
 /// Asks to send a request to this backend. `None` means skip it.
 #[inline]
 pub fn admit<W: Word>(w: &W, now: u64, p: &Policy) -> Option<Ticket> {
+    admit_with(w, || now, p)
+}
+
+/// [`admit`] that reads the clock only when the circuit is not CLOSED.
+#[inline]
+pub fn admit_with<W: Word>(w: &W, now: impl FnOnce() -> u64, p: &Policy) -> Option<Ticket> {
     let mut cur = w.load();
+    let mut now = Some(now);
+    let mut at = 0;
     loop {
         let s = Snapshot::decode(cur);
         let wait = match s.state {
@@ -153,10 +161,13 @@ pub fn admit<W: Word>(w: &W, now: u64, p: &Policy) -> Option<Ticket> {
             OPEN => p.cooldown_ms,
             _ => p.lease_ms,
         };
-        if now.saturating_sub(s.time_ms) < wait {
+        if let Some(read_clock) = now.take() {
+            at = read_clock();
+        }
+        if at.saturating_sub(s.time_ms) < wait {
             return None;
         }
-        let next = s.transition(HALF_OPEN, now);
+        let next = s.transition(HALF_OPEN, at);
         match w.compare_exchange(cur, next) {
             Ok(_) => {
                 return Some(Ticket {

@@ -24,6 +24,8 @@ const BUF_SIZE: usize = 8 * 1024;
 pub struct Conn {
     pub stream: TcpStream,
     pub peer: SocketAddr,
+    /// The client's IP as text, formatted once for `X-Forwarded-For`.
+    pub peer_ip: Vec<u8>,
     /// Bytes read from the client; `buf[start..]` is not yet consumed.
     pub buf: Vec<u8>,
     pub start: usize,
@@ -78,6 +80,7 @@ impl Conn {
         Conn {
             stream,
             peer,
+            peer_ip: proxy::format_ip(peer.ip()),
             buf: Vec::with_capacity(BUF_SIZE),
             start: 0,
             out: Vec::with_capacity(BUF_SIZE),
@@ -125,7 +128,8 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         let view = worker.view();
         c.log = Exchange::default();
         let next = next_request(&mut c, &view, &registration.idle, worker.access.enabled()).await;
-        let started = Instant::now();
+        // Only the access log reports the total time; skip the clock read otherwise.
+        let started = worker.access.enabled().then(Instant::now);
         let keep = match next {
             Next::Forward(mut req) => {
                 if worker.draining() {
@@ -168,7 +172,7 @@ fn finish(
     c: &Conn,
     svc: Option<usize>,
     method: Option<h1::Method>,
-    started: Instant,
+    started: Option<Instant>,
 ) {
     let service = svc.map(|i| &view.snapshot.services[i]);
     worker
@@ -188,7 +192,7 @@ fn finish(
             status: c.log.status,
             bytes: c.log.bytes,
             upstream_us: c.log.upstream_us,
-            total_us: started.elapsed().as_micros() as u64,
+            total_us: started.map_or(0, |t| t.elapsed().as_micros() as u64),
             error: c.log.error.map(GatewayError::code),
         });
     }
@@ -202,10 +206,10 @@ async fn next_request(c: &mut Conn, view: &View, idle: &Cell<bool>, keep_target:
         max_headers: cfg.limits.max_headers,
         max_target_bytes: cfg.limits.max_target_bytes,
     };
+    // Set when part of a head has arrived; the rest must follow by then (408).
     let mut deadline: Option<Instant> = None;
     loop {
         if c.start < c.buf.len() {
-            deadline.get_or_insert_with(|| Instant::now() + cfg.timeouts.client_header);
             let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
             match h1::parse_request(&c.buf[c.start..], &mut headers, &limits) {
                 Ok(Some(parsed)) => {
@@ -218,7 +222,7 @@ async fn next_request(c: &mut Conn, view: &View, idle: &Cell<bool>, keep_target:
                     let result = proxy::prepare(
                         &parsed,
                         view,
-                        c.peer,
+                        &c.peer_ip,
                         &mut c.fwd,
                         &mut c.path,
                         &mut c.service,
@@ -247,7 +251,12 @@ async fn next_request(c: &mut Conn, view: &View, idle: &Cell<bool>, keep_target:
                 }
             }
         }
+        let partial = c.start < c.buf.len();
         let wait = match deadline {
+            None if partial => {
+                deadline = Some(Instant::now() + cfg.timeouts.client_header);
+                cfg.timeouts.client_header
+            }
             None => cfg.timeouts.client_idle,
             Some(d) => d.saturating_duration_since(Instant::now()),
         };

@@ -43,7 +43,7 @@ const VIA_10: &[u8] = b"1.0 gateway";
 pub fn prepare(
     p: &ParsedRequest<'_, '_>,
     view: &View,
-    peer: SocketAddr,
+    peer_ip: &[u8],
     fwd: &mut Vec<u8>,
     path: &mut Vec<u8>,
     service: &mut Vec<u8>,
@@ -124,7 +124,7 @@ pub fn prepare(
         }
         match ours {
             Some(v) => fwd.extend_from_slice(v),
-            None => push_ip(fwd, peer.ip()),
+            None => fwd.extend_from_slice(peer_ip),
         }
         fwd.extend_from_slice(b"\r\n");
     }
@@ -157,13 +157,13 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    use std::io::Write;
+/// The client address as written in `X-Forwarded-For` (IPv4-mapped IPv6 as IPv4).
+pub fn format_ip(ip: IpAddr) -> Vec<u8> {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
-    let _ = write!(out, "{ip}");
+    ip.to_string().into_bytes()
 }
 
 /// The breaker ticket of one attempt: reports the outcome once, and hands an unresolved
@@ -741,7 +741,8 @@ async fn read_response_head(
     timeout: Duration,
     max_head: usize,
 ) -> Result<ResponseHead, HeadFail> {
-    let deadline = Instant::now() + timeout;
+    // The whole head must arrive within `timeout` of the first read.
+    let mut deadline: Option<Instant> = None;
     let mut got_any = false;
     loop {
         if c.ustart < c.ubuf.len() {
@@ -792,7 +793,13 @@ async fn read_response_head(
                 return Ok(head);
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = match deadline {
+            None => {
+                deadline = Some(Instant::now() + timeout);
+                timeout
+            }
+            Some(d) => d.saturating_duration_since(Instant::now()),
+        };
         match io::read_more(up, &mut c.ubuf, &mut c.ustart, 4096, left).await {
             Read::Data(_) => got_any = true,
             Read::Timeout => return Err(HeadFail::Err(GatewayError::ResponseTimeout)),

@@ -254,8 +254,8 @@ type Runtime = FusionRuntime<
 >;
 
 /// io_uring with SINGLE_ISSUER + COOP_TASKRUN (no cross-core interrupts for completions;
-/// see design.md §7), then plain io_uring, then epoll.
-fn build_runtime() -> io::Result<Runtime> {
+/// see design.md §7), then plain io_uring, then epoll. Returns the runtime and its name.
+fn build_runtime() -> io::Result<(Runtime, &'static str)> {
     let mut urb = io_uring::IoUring::builder();
     urb.setup_single_issuer().setup_coop_taskrun();
     let tuned = RuntimeBuilder::<FusionDriver>::new()
@@ -263,16 +263,25 @@ fn build_runtime() -> io::Result<Runtime> {
         .with_entries(1024)
         .uring_builder(urb)
         .build();
-    if let Ok(rt) = tuned {
-        return Ok(rt);
+    match tuned {
+        Ok(rt @ FusionRuntime::Uring(_)) => {
+            return Ok((rt, "io_uring (single issuer, coop taskrun)"))
+        }
+        Ok(rt) => return Ok((rt, "epoll")),
+        Err(e) => log::debug!("io_uring with SINGLE_ISSUER|COOP_TASKRUN unavailable: {e}"),
     }
     if let Ok(rt) = RuntimeBuilder::<FusionDriver>::new().enable_timer().build() {
-        return Ok(rt);
+        let name = if matches!(rt, FusionRuntime::Uring(_)) {
+            "io_uring"
+        } else {
+            "epoll"
+        };
+        return Ok((rt, name));
     }
     RuntimeBuilder::<LegacyDriver>::new()
         .enable_timer()
         .build()
-        .map(FusionRuntime::Legacy)
+        .map(|rt| (FusionRuntime::Legacy(rt), "epoll"))
 }
 
 fn worker_main(
@@ -287,16 +296,12 @@ fn worker_main(
             log::warn!("worker {index}: cannot pin to core {core}: {e:?}; running unpinned");
         }
     }
-    let mut rt = match build_runtime() {
+    let (mut rt, driver) = match build_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             log::error!("worker {index}: cannot build a runtime: {e}");
             return;
         }
-    };
-    let driver = match rt {
-        FusionRuntime::Uring(_) => "io_uring",
-        FusionRuntime::Legacy(_) => "epoll",
     };
     log::info!(
         "worker {index}: driver {driver}, {}",
@@ -425,7 +430,7 @@ mod tests {
 
     #[test]
     fn a_panicking_connection_does_not_take_the_worker_down() {
-        let mut rt = build_runtime().expect("runtime");
+        let (mut rt, _) = build_runtime().expect("runtime");
         let after = Rc::new(Cell::new(0));
         let seen = after.clone();
         rt.block_on(async move {
