@@ -125,9 +125,9 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let registration = worker.register(stream.as_raw_fd());
     let mut c = Conn::new(stream, peer);
     while !worker.draining() {
-        let view = worker.view();
         c.log = Exchange::default();
-        let next = next_request(&mut c, &view, &registration.idle, worker.access.enabled()).await;
+        let (next, view) =
+            next_request(&mut c, &worker, &registration.idle, worker.access.enabled()).await;
         // Only the access log reports the total time; skip the clock read otherwise.
         let started = worker.access.enabled().then(Instant::now);
         let keep = match next {
@@ -199,17 +199,26 @@ fn finish(
 }
 
 /// Reads until a complete head is buffered, then parses, routes and prepares it.
-async fn next_request(c: &mut Conn, view: &View, idle: &Cell<bool>, keep_target: bool) -> Next {
-    let cfg = &view.snapshot.config;
-    let limits = HeadLimits {
-        max_head_bytes: cfg.limits.max_head_bytes,
-        max_headers: cfg.limits.max_headers,
-        max_target_bytes: cfg.limits.max_target_bytes,
-    };
+///
+/// The config view is taken when the bytes are there, not when the wait began, so a
+/// connection that sat idle across a reload serves its next request on the new config.
+async fn next_request(
+    c: &mut Conn,
+    worker: &Worker,
+    idle: &Cell<bool>,
+    keep_target: bool,
+) -> (Next, Rc<View>) {
     // Set when part of a head has arrived; the rest must follow by then (408).
     let mut deadline: Option<Instant> = None;
     loop {
+        let view = worker.view();
+        let cfg = &view.snapshot.config;
         if c.start < c.buf.len() {
+            let limits = HeadLimits {
+                max_head_bytes: cfg.limits.max_head_bytes,
+                max_headers: cfg.limits.max_headers,
+                max_target_bytes: cfg.limits.max_target_bytes,
+            };
             let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
             match h1::parse_request(&c.buf[c.start..], &mut headers, &limits) {
                 Ok(Some(parsed)) => {
@@ -221,14 +230,14 @@ async fn next_request(c: &mut Conn, view: &View, idle: &Cell<bool>, keep_target:
                     }
                     let result = proxy::prepare(
                         &parsed,
-                        view,
+                        &view,
                         &c.peer_ip,
                         &mut c.fwd,
                         &mut c.path,
                         &mut c.service,
                     );
                     c.start += head_len;
-                    return match result {
+                    let next = match result {
                         Ok(svc) => Next::Forward(Request { info, svc }),
                         Err(err) => Next::Reject {
                             err,
@@ -239,15 +248,17 @@ async fn next_request(c: &mut Conn, view: &View, idle: &Cell<bool>, keep_target:
                             method: Some(info.method),
                         },
                     };
+                    return (next, view);
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    return Next::Reject {
+                    let next = Next::Reject {
                         err: e.into(),
                         keep_alive: false,
                         with_service: false,
                         method: None,
-                    }
+                    };
+                    return (next, view);
                 }
             }
         }
@@ -262,19 +273,21 @@ async fn next_request(c: &mut Conn, view: &View, idle: &Cell<bool>, keep_target:
         };
         // Idle (between requests) connections are closed at once by a graceful shutdown.
         idle.set(deadline.is_none());
+        drop(view); // an idle connection must not pin an old snapshot
         let read = io::read_more(&mut c.stream, &mut c.buf, &mut c.start, BUF_SIZE / 2, wait).await;
         idle.set(false);
         match read {
             Read::Data(_) => {}
             Read::Timeout if deadline.is_some() => {
-                return Next::Reject {
+                let next = Next::Reject {
                     err: GatewayError::RequestTimeout,
                     keep_alive: false,
                     with_service: false,
                     method: None,
-                }
+                };
+                return (next, worker.view());
             }
-            Read::Timeout | Read::Eof | Read::Err(_) => return Next::Close,
+            Read::Timeout | Read::Eof | Read::Err(_) => return (Next::Close, worker.view()),
         }
     }
 }

@@ -524,3 +524,27 @@ fn a_second_signal_exits_at_once() {
         "the in-flight request was not cut by the forced exit"
     );
 }
+
+#[test]
+fn an_idle_keep_alive_connection_uses_the_reloaded_config() {
+    let b = mock_backend();
+    let v1 = format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\nservices:\n  svc: [http://{}]\n",
+        b.addr
+    );
+    let path = write_config(&v1);
+    let g = gateway_at(&path);
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    // While this connection waits for its next request, a new service appears.
+    std::fs::write(&path, format!("{v1}  extra: [http://{}]\n", b.addr)).unwrap();
+    signal(&g.proc.child, libc::SIGHUP);
+    wait_generation(g.admin, 2);
+    c.send(b"GET /v1/proxy/extra/x HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(
+        c.read_response().status,
+        200,
+        "served on the config from before the reload"
+    );
+}
