@@ -28,6 +28,8 @@ pub const DEFAULT_MAX_HEAD_BYTES: usize = 32 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_TARGET_BYTES: usize = 8 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest duration any setting accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// Largest breaker threshold the packed breaker word can count to.
 pub const MAX_FAILURE_THRESHOLD: u32 = 1000;
 
@@ -200,11 +202,11 @@ pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
             format!("invalid duration {v:?}: write a whole number with a unit, e.g. 500ms, 2s, 1m"),
         )
     })?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+    let ms_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
         _ => {
             return Err(invalid(
                 key,
@@ -214,7 +216,14 @@ pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
             ))
         }
     };
-    Ok(d)
+    // Bounded so that `Instant + timeout` can never overflow at run time.
+    match n.checked_mul(ms_per_unit) {
+        Some(ms) if ms <= MAX_DURATION.as_millis() as u64 => Ok(Duration::from_millis(ms)),
+        _ => Err(invalid(
+            key,
+            format!("duration {v:?} is too long: use at most 24h"),
+        )),
+    }
 }
 
 fn duration_or(key: &str, v: Option<&String>, default: Duration) -> Result<Duration, ConfigError> {
@@ -633,6 +642,15 @@ mod tests {
             .to_string()
             .contains("500ms"));
         assert!(parse_duration("k", "1.5s").is_err());
+        // Regression: these overflowed (`n * 60`) or were accepted and then overflowed
+        // `Instant + timeout` in a worker.
+        assert!(parse_duration("k", "307445734561825861m")
+            .unwrap_err()
+            .to_string()
+            .contains("at most 24h"));
+        assert!(parse_duration("k", "18446744073709551615s").is_err());
+        assert!(parse_duration("k", "25h").is_err());
+        assert_eq!(parse_duration("k", "24h").unwrap(), MAX_DURATION);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Conn {
     /// Bytes read from the backend; `ubuf[ustart..]` is not yet consumed.
     pub ubuf: Vec<u8>,
     pub ustart: usize,
+    /// The current request is HEAD (gateway-made answers then carry no body).
+    pub head: bool,
     /// The current request's target, kept only when the access log is on.
     pub target: Vec<u8>,
     /// What happened to the current request, for metrics and the access log.
@@ -91,6 +93,7 @@ impl Conn {
             service: Vec::with_capacity(64),
             ubuf: Vec::with_capacity(BUF_SIZE),
             ustart: 0,
+            head: false,
             target: Vec::new(),
             log: Exchange::default(),
         }
@@ -107,7 +110,7 @@ impl Conn {
     ) -> bool {
         self.out.clear();
         let service = with_service.then_some(&self.service[..]);
-        err.write_response(&mut self.out, service, retry_after, close);
+        err.write_response(&mut self.out, service, retry_after, close, self.head);
         self.log.status = err.status();
         self.log.error = Some(err);
         self.log.bytes += self.out.len() as u64;
@@ -126,6 +129,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let mut c = Conn::new(stream, peer);
     while !worker.draining() {
         c.log = Exchange::default();
+        c.head = false;
         let (next, view) =
             next_request(&mut c, &worker, &registration.idle, worker.access.enabled()).await;
         // Only the access log reports the total time; skip the clock read otherwise.
@@ -224,6 +228,7 @@ async fn next_request(
                 Ok(Some(parsed)) => {
                     let head_len = parsed.head_len;
                     let info = parsed.info;
+                    c.head = info.method == h1::Method::Head;
                     c.target.clear();
                     if keep_target {
                         c.target.extend_from_slice(parsed.target.as_bytes());
@@ -241,8 +246,11 @@ async fn next_request(
                         Ok(svc) => Next::Forward(Request { info, svc }),
                         Err(err) => Next::Reject {
                             err,
-                            // Safe to go on only if no body is left unread.
-                            keep_alive: info.keep_alive && info.framing == Framing::None,
+                            // Safe to go on only if no body is left unread; every
+                            // 400 closes (the contract: a malformed request ends it).
+                            keep_alive: info.keep_alive
+                                && info.framing == Framing::None
+                                && err.status() != 400,
                             with_service: err == GatewayError::ServiceNotFound
                                 && !c.service.is_empty(),
                             method: Some(info.method),

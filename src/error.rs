@@ -145,13 +145,15 @@ impl GatewayError {
     /// Writes the complete response (head and JSON body) into `out`.
     ///
     /// `service` is included when known to be a valid name; `retry_after` (seconds) goes
-    /// with 503; `close` adds `Connection: close`.
+    /// with 503; `close` adds `Connection: close`; `head` (a HEAD request) keeps the
+    /// `Content-Length` but leaves the body out.
     pub fn write_response(
         self,
         out: &mut Vec<u8>,
         service: Option<&[u8]>,
         retry_after: Option<u64>,
         close: bool,
+        head: bool,
     ) {
         let (svc_open, svc, svc_close): (&[u8], &[u8], &[u8]) = match service {
             Some(s) => (b",\"service\":\"", s, b"\""),
@@ -195,6 +197,9 @@ impl GatewayError {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
+        if head {
+            return;
+        }
         for piece in body {
             out.extend_from_slice(piece);
         }
@@ -229,6 +234,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn head_responses_keep_the_length_but_carry_no_body() {
+        let (mut get, mut head) = (Vec::new(), Vec::new());
+        GatewayError::ServiceNotFound.write_response(&mut get, Some(b"x"), None, false, false);
+        GatewayError::ServiceNotFound.write_response(&mut head, Some(b"x"), None, false, true);
+        let get = String::from_utf8(get).unwrap();
+        let (get_head, _) = get.split_once("\r\n\r\n").unwrap();
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            format!("{get_head}\r\n\r\n")
+        );
+    }
+
+    #[test]
     fn all_is_in_index_order() {
         for (i, e) in GatewayError::ALL.iter().enumerate() {
             assert_eq!(e.index(), i);
@@ -238,7 +256,7 @@ mod tests {
     #[test]
     fn json_body_and_head() {
         let mut out = b"prefix".to_vec();
-        GatewayError::NoBackend.write_response(&mut out, Some(b"users"), Some(7), false);
+        GatewayError::NoBackend.write_response(&mut out, Some(b"users"), Some(7), false, false);
         let text = String::from_utf8(out).unwrap();
         let body = "{\"error\":\"no_backend_available\",\"service\":\"users\"}\n";
         assert!(
@@ -253,7 +271,7 @@ mod tests {
     #[test]
     fn detail_and_close() {
         let mut out = Vec::new();
-        GatewayError::BadRequest("missing_host").write_response(&mut out, None, None, true);
+        GatewayError::BadRequest("missing_host").write_response(&mut out, None, None, true, false);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("connection: close\r\n"));
         assert!(text.ends_with("{\"error\":\"bad_request\",\"detail\":\"missing_host\"}\n"));
