@@ -506,7 +506,10 @@ fn write_request_head(c: &mut Conn, method: Method, backend: &Backend) {
 enum HeadFail {
     /// Nothing at all came back on a reused connection: it was stale.
     Stale,
+    /// The backend failed.
     Err(GatewayError),
+    /// Streaming the request body failed on the client's side.
+    Client(BodyError),
 }
 
 /// One exchange with one backend, from sending the request to the end of the response.
@@ -547,14 +550,15 @@ async fn exchange(
     c.ubuf.clear();
     let mut sent_at = Instant::now();
     let parsed = loop {
-        let sent = io::write_all(&mut up, &mut c.up_out, timeouts.body).await;
-        let result = match sent {
+        let result = match io::write_all(&mut up, &mut c.up_out, timeouts.body).await {
             Err(_) if reused => Err(HeadFail::Stale),
             Err(_) => Err(HeadFail::Err(GatewayError::BackendClosed)),
             Ok(()) => {
-                if !relay.done {
+                let streamed = if relay.done {
+                    Ok(0)
+                } else {
                     c.out.clear();
-                    match pump(
+                    pump(
                         &mut relay,
                         &mut c.stream,
                         &mut c.buf,
@@ -564,39 +568,27 @@ async fn exchange(
                         timeouts.body,
                     )
                     .await
-                    {
-                        Ok(_) => {}
-                        Err(BodyError::DstIo) => {
-                            attempt.failure();
-                            return reply_error(
-                                c,
-                                info.keep_alive && relay.done,
-                                GatewayError::BackendClosed,
-                                None,
-                                timeouts.body,
-                            )
-                            .await;
-                        }
-                        Err(e) => {
-                            drop(attempt); // the client's fault: no verdict on the backend
-                            return reply_body_error(c, e, timeouts.body).await;
-                        }
+                };
+                match streamed {
+                    Ok(_) => {
+                        read_response_head(
+                            worker,
+                            c,
+                            &mut up,
+                            info,
+                            reused,
+                            timeouts.response,
+                            cfg.limits.max_head_bytes,
+                        )
+                        .await
                     }
+                    Err(BodyError::DstIo) => Err(HeadFail::Err(GatewayError::BackendClosed)),
+                    Err(e) => Err(HeadFail::Client(e)),
                 }
-                read_response_head(
-                    worker,
-                    c,
-                    &mut up,
-                    info,
-                    reused,
-                    timeouts.response,
-                    cfg.limits.max_head_bytes,
-                )
-                .await
             }
         };
         match result {
-            Ok(p) => break p,
+            Ok(p) => break Ok(p),
             Err(HeadFail::Stale) if reused && resendable => {
                 reused = false;
                 sent_at = Instant::now();
@@ -604,38 +596,24 @@ async fn exchange(
                     .await
                 {
                     Ok(s) => up = s,
-                    Err(err) => {
-                        attempt.failure();
-                        return reply_error(
-                            c,
-                            info.keep_alive && relay.done,
-                            err,
-                            None,
-                            timeouts.body,
-                        )
-                        .await;
-                    }
+                    Err(err) => break Err(err),
                 }
             }
-            Err(HeadFail::Stale) => {
-                attempt.failure();
-                return reply_error(
-                    c,
-                    info.keep_alive && relay.done,
-                    GatewayError::BackendClosed,
-                    None,
-                    timeouts.body,
-                )
-                .await;
-            }
-            Err(HeadFail::Err(err)) => {
-                attempt.failure();
-                return reply_error(c, info.keep_alive && relay.done, err, None, timeouts.body)
-                    .await;
+            Err(HeadFail::Stale) => break Err(GatewayError::BackendClosed),
+            Err(HeadFail::Err(err)) => break Err(err),
+            Err(HeadFail::Client(e)) => {
+                drop(attempt); // the client's fault: no verdict on the backend
+                return reply_body_error(c, e, timeouts.body).await;
             }
         }
     };
-    let resp = parsed;
+    let resp = match parsed {
+        Ok(resp) => resp,
+        Err(err) => {
+            attempt.failure();
+            return reply_error(c, info.keep_alive && relay.done, err, None, timeouts.body).await;
+        }
+    };
     let upstream_us = sent_at.elapsed().as_micros() as u64;
     worker
         .metrics
