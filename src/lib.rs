@@ -15,6 +15,11 @@
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
 //! registry behind one `ArcSwap`). Side: [`logging`].
 
+// Lint policy: never unwrap on the request path (network input must not panic a worker),
+// and say why every unsafe block is sound.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod accesslog;
 pub mod admin;
 pub mod balancer;
