@@ -107,17 +107,11 @@ fn is_tchar(b: u8) -> bool {
 /// Every line ending in a head must be CRLF: a bare CR or a bare LF is refused (httparse
 /// accepts bare LF, which lets two parsers disagree about where a header ends).
 pub fn has_bare_cr_or_lf(head: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for (i, &b) in head.iter().enumerate() {
-        if b == b'\n' && prev != b'\r' {
-            return true;
-        }
-        if b == b'\r' && head.get(i + 1) != Some(&b'\n') {
-            return true;
-        }
-        prev = b;
-    }
-    false
+    // Visits only the CR and LF bytes (SIMD search), about two per line.
+    memchr::memchr2_iter(b'\r', b'\n', head).any(|i| match head[i] {
+        b'\n' => i == 0 || head[i - 1] != b'\r',
+        _ => head.get(i + 1) != Some(&b'\n'),
+    })
 }
 
 /// Parses a decimal Content-Length value: `1*DIGIT`, no sign, no spaces, fits u64.
@@ -268,14 +262,10 @@ pub fn parse_request<'h, 'b>(
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
+    // httparse has already refused field names that are not tokens and values with
+    // control characters (NUL, CR, LF, ...): the conformance corpus holds it to that.
     for h in req.headers.iter() {
         let name = h.name;
-        if name.is_empty() || !name.bytes().all(is_tchar) {
-            return Err(RequestError::Bad("invalid_header_name"));
-        }
-        if h.value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
-            return Err(RequestError::Bad("invalid_header_value"));
-        }
         match name.len() {
             4 if name_is(name, "host") => {
                 host_count += 1;
@@ -472,9 +462,6 @@ pub fn parse_response<'h, 'b>(
     let mut close = false;
     let mut keep_alive_token = false;
     for h in res.headers.iter() {
-        if h.value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
-            return Err(ResponseError("invalid_header_value"));
-        }
         let name = h.name;
         if name_is(name, "content-length") {
             saw_cl = true;
