@@ -1,0 +1,251 @@
+//! Micro benchmarks of the per-request hot path: request-head parsing, routing, and the
+//! balancer's pick with its breaker check.
+//!
+//!     cargo bench --bench hot_path            # all sections
+//!     cargo bench --bench hot_path -- route   # sections whose name contains "route"
+//!
+//! No benchmark framework: each case is timed with `std::time::Instant` over batches sized
+//! to take ~50 ms, seven batches, and the report gives ns/op of the fastest and the median
+//! batch. Inputs and outputs go through `black_box` so the work cannot be hoisted or
+//! dropped. Numbers are single-threaded and cache-hot: they bound what these steps can cost
+//! per request, next to the ~20-30 µs of kernel TCP work a proxied request costs (see
+//! bench/results/*/report.md).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateway::balancer::{Pick, View};
+use gateway::breaker;
+use gateway::config::Config;
+use gateway::h1::{self, HeadLimits, MAX_HEADERS};
+use gateway::router;
+use gateway::state::{now_ms, Shared, Snapshot};
+
+const BATCH_TARGET: Duration = Duration::from_millis(50);
+const BATCHES: usize = 7;
+
+/// Times `f` and prints one line: name, fastest batch and median batch in ns/op.
+fn bench(filter: &[String], name: &str, mut f: impl FnMut()) {
+    if !filter.is_empty() && !filter.iter().any(|w| name.contains(w.as_str())) {
+        return;
+    }
+    // Calibrate: grow the batch until it takes at least BATCH_TARGET / 10.
+    let mut iters: u64 = 1;
+    loop {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        let el = t.elapsed();
+        if el >= BATCH_TARGET / 10 {
+            let per = el.as_nanos() as f64 / iters as f64;
+            iters = ((BATCH_TARGET.as_nanos() as f64 / per) as u64).max(1);
+            break;
+        }
+        iters *= 4;
+    }
+    let mut per_op: Vec<f64> = (0..BATCHES)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            t.elapsed().as_nanos() as f64 / iters as f64
+        })
+        .collect();
+    per_op.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{name:<66} {:>9.1} ns/op  (median {:>8.1}, {iters} iters x {BATCHES})",
+        per_op[0],
+        per_op[BATCHES / 2]
+    );
+}
+
+fn snapshot(yaml: &str) -> Arc<Snapshot> {
+    Shared::new(Config::parse(yaml).expect("bench config"))
+        .current
+        .load_full()
+}
+
+fn limits(snap: &Snapshot) -> HeadLimits {
+    let l = &snap.config.limits;
+    HeadLimits {
+        max_head_bytes: l.max_head_bytes,
+        max_headers: l.max_headers,
+        max_target_bytes: l.max_target_bytes,
+    }
+}
+
+/// The head loadgen sends in scripts/bench.sh (GET, Host, no body).
+const HEAD_MIN: &[u8] = b"GET /v1/proxy/bench/hello HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n";
+
+/// A browser-like API request: 12 header lines, ~650 bytes.
+const HEAD_TYPICAL: &[u8] = b"GET /v1/proxy/user-service/users/42/orders?limit=20&cursor=eyJpZCI6MTIzfQ HTTP/1.1\r\n\
+Host: api.example.com\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36\r\n\
+Accept: application/json, text/plain, */*\r\n\
+Accept-Language: en-US,en;q=0.9\r\n\
+Accept-Encoding: gzip, deflate, br\r\n\
+Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U\r\n\
+Cookie: session=4f2a9c1e8b7d6a5f; theme=dark\r\n\
+X-Request-Id: 7b3e9f2a-1c4d-4e8f-9a6b-2d5c8e1f0a3b\r\n\
+X-Forwarded-For: 203.0.113.7\r\n\
+Referer: https://app.example.com/orders\r\n\
+Connection: keep-alive\r\n\
+Cache-Control: no-cache\r\n\r\n";
+
+/// A POST with a Content-Length body (only the head is parsed).
+const HEAD_POST: &[u8] = b"POST /v1/proxy/payment-service/pay HTTP/1.1\r\n\
+Host: api.example.com\r\n\
+Content-Type: application/json\r\n\
+Content-Length: 16384\r\n\
+X-Request-Id: 7b3e9f2a-1c4d-4e8f-9a6b-2d5c8e1f0a3b\r\n\r\n";
+
+fn parse_section(filter: &[String]) {
+    // parse: gateway::h1::parse_request (httparse plus the gateway's strictness checks:
+    // bare CR/LF, framing, Host, Connection, Expect, limits) against bare
+    // httparse::Request::parse on the same bytes. The difference is what validation costs.
+    let snap = snapshot("services:\n  bench: [http://127.0.0.1:19001]\n");
+    let lim = limits(&snap);
+    for (what, head) in [
+        ("minimal GET (2 lines)", HEAD_MIN),
+        ("typical GET (12 headers)", HEAD_TYPICAL),
+        ("POST with Content-Length", HEAD_POST),
+    ] {
+        // Sanity: the gateway accepts these heads whole.
+        {
+            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let p = h1::parse_request(head, &mut hs, &lim);
+            assert!(
+                matches!(p, Ok(Some(ref r)) if r.head_len == head.len()),
+                "{what}"
+            );
+        }
+        bench(filter, &format!("parse: h1::parse_request, {what}"), || {
+            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let r = h1::parse_request(black_box(head), &mut hs, &lim);
+            black_box(r.map(|p| p.map(|p| p.head_len)).ok());
+        });
+        bench(filter, &format!("parse: bare httparse, {what}"), || {
+            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut hs);
+            black_box(req.parse(black_box(head)).ok());
+        });
+    }
+}
+
+fn route_section(filter: &[String]) {
+    // route: gateway::router::route(target) (prefix, service-name and path-safety checks on
+    // the raw target) followed by Snapshot::service_index (binary search by name), with 3
+    // and with 200 configured services; and the path-safety check on a long query-less
+    // path with percent-encoding, its slowest ordinary case.
+    let small = snapshot(
+        "services:\n  bench: [http://127.0.0.1:19001]\n  orders: [http://127.0.0.1:19002]\n  user-service: [http://127.0.0.1:19003]\n",
+    );
+    let mut yaml = String::from("services:\n");
+    for i in 0..200 {
+        yaml.push_str(&format!("  svc-{i:03}: [http://127.0.0.1:{}]\n", 20000 + i));
+    }
+    let big = snapshot(&yaml);
+    let cases: [(&str, &Arc<Snapshot>, &str); 4] = [
+        (
+            "3 services, /v1/proxy/bench/hello",
+            &small,
+            "/v1/proxy/bench/hello",
+        ),
+        (
+            "3 services, query string",
+            &small,
+            "/v1/proxy/user-service/users/42/orders?limit=20&cursor=eyJpZCI6MTIzfQ",
+        ),
+        (
+            "200 services, /v1/proxy/svc-137/x/y",
+            &big,
+            "/v1/proxy/svc-137/x/y",
+        ),
+        (
+            "3 services, percent-encoded path",
+            &small,
+            "/v1/proxy/orders/items/caf%C3%A9/r%C3%A9sum%C3%A9/2024/%E2%9C%93",
+        ),
+    ];
+    for (what, snap, target) in cases {
+        let r = router::route(target).expect(what);
+        assert!(snap.service_index(r.service).is_some(), "{what}");
+        bench(
+            filter,
+            &format!("route: route + service_index, {what}"),
+            || {
+                let idx = match router::route(black_box(target)) {
+                    Ok(r) => snap.service_index(r.service).map(|i| (i, r.rest.len())),
+                    Err(_) => None,
+                };
+                black_box(idx);
+            },
+        );
+    }
+}
+
+fn pick_section(filter: &[String]) {
+    // pick: gateway::balancer::View::pick(svc, None), the round-robin step plus the breaker
+    // admission (one shared atomic load while CLOSED), with all three circuits closed and
+    // with one of three open (it is skipped); then pick + breaker::success, which is what a
+    // request that gets its response does (success writes nothing while the count is 0).
+    let yaml = "services:\n  bench: [http://127.0.0.1:19001, http://127.0.0.1:19002, http://127.0.0.1:19003]\n";
+    let closed = snapshot(yaml);
+    let svc = closed.service_index(b"bench").expect("bench service");
+    let view = View::new(closed.clone(), 0);
+    bench(filter, "pick: View::pick, 3 backends all closed", || {
+        black_box(view.pick(black_box(svc), None));
+    });
+    bench(
+        filter,
+        "pick: View::pick + breaker::success, all closed",
+        || {
+            if let Pick::Backend { idx, ticket } = view.pick(black_box(svc), None) {
+                let cell = &*view.snapshot.services[svc].backends[idx].breaker;
+                black_box(breaker::success(&**cell, ticket, now_ms()));
+            }
+        },
+    );
+
+    let one_open = snapshot(yaml);
+    let service = &one_open.services[svc];
+    let policy = service.policy;
+    let now = now_ms();
+    for _ in 0..policy.threshold {
+        let cell = &*service.backends[1].breaker;
+        let t = breaker::admit(&**cell, now, &policy).expect("closed circuit admits");
+        breaker::failure(&**cell, t, now, &policy);
+    }
+    let view = View::new(one_open.clone(), 0);
+    // Sanity: backend 1 is skipped for the whole run (the cooldown is 60 s).
+    for _ in 0..6 {
+        assert!(!matches!(
+            view.pick(svc, None),
+            Pick::Backend { idx: 1, .. }
+        ));
+    }
+    bench(
+        filter,
+        "pick: View::pick, 3 backends, 1 open (skipped)",
+        || {
+            black_box(view.pick(black_box(svc), None));
+        },
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; other non-flag arguments filter by name.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    println!(
+        "hot_path: ns/op, fastest of {BATCHES} batches of ~{BATCH_TARGET:?} (median in brackets)"
+    );
+    parse_section(&filter);
+    route_section(&filter);
+    pick_section(&filter);
+}

@@ -1,0 +1,437 @@
+#!/usr/bin/env bash
+# Benchmark the gateway against NGINX and HAProxy on this machine, in one run.
+#
+#   scripts/bench.sh            # full: 6 scenarios x 3 interleaved rounds (~10 min on 2 cores)
+#   scripts/bench.sh --quick    # GET c64, open loop, breaker; 1 round, short runs (< 2 min)
+#
+# Builds release (gateway, mock-backend, loadgen), starts 3 mock backends and the three
+# proxies, and measures with the same load, interleaved per scenario (A B C D A B C D ...):
+#   direct   loadgen -> mock-backend :19001 (the ceiling)
+#   gateway  1 worker                 :18080
+#   nginx    1 worker                 :18081  (bench/peers/nginx.conf)
+#   haproxy  1 thread                 :18082  (bench/peers/haproxy.cfg)
+# Pinning: loadgen (1 thread) and the mock backends on core 0, the proxy under test alone
+# on core 1 (all three proxies run all the time, idle when not measured).
+#
+# For every run it records the proxy process's CPU time (utime+stime of the process and
+# its children from /proc/PID/stat) over loadgen's measurement window, divided by the
+# requests loadgen reports (the primary figure), and the utilization of core 0 (load) and
+# core 1 (proxy) from /proc/stat over the same window.
+#
+# Output: bench/results/<YYYY-MM-DD>/ (--quick: <YYYY-MM-DD>-quick/): report.md, the
+# loadgen .json/.hgrm files (<scenario>/r<N>/<target>.*), plot-<scenario>.svg, runs.tsv;
+# process logs and rendered configs in tmp/ (git-ignored).
+#
+# Environment: BENCH_OUT (result directory), BENCH_RATE (open-loop req/s; default 60% of
+# the slowest proxy's 64-connection GET throughput in round 1), BENCH_ROUNDS,
+# BENCH_DURATION / BENCH_WARMUP (seconds per run), BENCH_MAX_SECONDS (watchdog, 1800),
+# BENCH_PERF=1 (one extra gateway run under perf record -g), BENCH_NOTE (text for the report),
+# BENCH_NICE (nice level for every benchmark process, e.g. -5 on a shared machine),
+# BENCH_SCENARIOS (space-separated subset of: get-c1 get-c64 get-c256 post16k-c64
+# open-loop breaker),
+# CARGO_TARGET_DIR (honoured). Needs: cargo, python3, taskset, nginx, haproxy (installed
+# with apt-get when missing), 2+ cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+quick=0
+for a in "$@"; do
+  case "$a" in
+    --quick) quick=1 ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    *) echo "bench.sh: unknown argument $a (use --quick)" >&2; exit 2 ;;
+  esac
+done
+
+# Ports (all on 127.0.0.1).
+GW_PORT=18080
+NGINX_PORT=18081
+HAPROXY_PORT=18082
+B1=19001 B2=19002 B3=19003
+BDOWN=19004 # nothing listens here: the "down" backend of the breaker scenario
+LOAD_CORE=0
+PROXY_CORE=1
+
+if ((quick)); then
+  rounds=${BENCH_ROUNDS:-1} warmup=${BENCH_WARMUP:-1} duration=${BENCH_DURATION:-3}
+  scenarios=(get-c64 open-loop breaker)
+else
+  rounds=${BENCH_ROUNDS:-3} warmup=${BENCH_WARMUP:-2} duration=${BENCH_DURATION:-6}
+  scenarios=(get-c1 get-c64 get-c256 post16k-c64 open-loop breaker)
+fi
+if [[ -n "${BENCH_SCENARIOS:-}" ]]; then
+  read -r -a scenarios <<<"$BENCH_SCENARIOS"
+fi
+max_seconds=${BENCH_MAX_SECONDS:-1800}
+# BENCH_NICE=-5 (say) runs every benchmark process at that priority, so that other work on
+# a shared machine takes less of the two cores; the same for every target.
+nice_cmd=()
+[[ -n "${BENCH_NICE:-}" ]] && nice_cmd=(nice -n "$BENCH_NICE")
+date_dir=$(date -u +%F)
+((quick)) && date_dir="$date_dir-quick"
+out=${BENCH_OUT:-bench/results/$date_dir}
+command_line="scripts/bench.sh${*:+ $*}"
+for v in CARGO_TARGET_DIR BENCH_OUT BENCH_RATE BENCH_ROUNDS BENCH_DURATION BENCH_WARMUP \
+  BENCH_SCENARIOS BENCH_NICE BENCH_PERF; do
+  [[ -n "${!v:-}" ]] && command_line="$v=${!v@Q} $command_line"
+done
+
+if (($(nproc) < 2)); then
+  echo "bench.sh: needs at least 2 cores (load on core $LOAD_CORE, proxy on core $PROXY_CORE)" >&2
+  exit 1
+fi
+
+# --- tools ------------------------------------------------------------------------------
+need_pkgs=()
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need_pkgs+=(nginx)
+command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || need_pkgs+=(haproxy)
+if ((${#need_pkgs[@]})); then
+  echo "installing ${need_pkgs[*]} (apt-get)..."
+  sudo_cmd=()
+  ((EUID == 0)) || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+PATH="$PATH:/usr/sbin:/sbin"
+for t in python3 taskset nginx haproxy cargo; do
+  command -v "$t" >/dev/null || { echo "bench.sh: $t not found" >&2; exit 1; }
+done
+
+echo "building (release)..."
+build_log=$(mktemp)
+if ! cargo build --release --locked --bins -p gateway -p loadgen >"$build_log" 2>&1; then
+  tail -n 30 "$build_log" >&2
+  rm -f "$build_log"
+  echo "bench.sh: build failed" >&2
+  exit 1
+fi
+tail -n 1 "$build_log"
+rm -f "$build_log"
+bin="${CARGO_TARGET_DIR:-target}/release"
+[[ "$bin" == /* ]] || bin="$root/$bin"
+loadgen="$bin/loadgen"
+
+# --- processes --------------------------------------------------------------------------
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+tmp="$out/tmp"
+rm -rf "$tmp"
+mkdir -p "$tmp"
+rm -f "$out"/runs.tsv "$out"/plot-*.svg "$out"/report.md "$out"/meta.txt "$out"/profile-gateway-c64.txt
+for s in "${scenarios[@]}"; do rm -rf "${out:?}/$s"; done
+
+pids=()
+backend_pids=()
+lg_pid=
+cleanup() {
+  local rc=$?
+  if [[ -n "$lg_pid" ]]; then kill "$lg_pid" 2>/dev/null || true; fi
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# Watchdog: the whole run is bounded in time.
+(
+  sleep "$max_seconds" &
+  s=$!
+  trap 'kill $s 2>/dev/null; exit 0' TERM
+  wait $s && echo "bench.sh: over ${max_seconds}s, stopping" >&2 && kill -TERM $$
+) &
+pids+=($!)
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $B1 $B2 $B3 $BDOWN; do
+  port_free "$p" || { echo "bench.sh: port $p is in use on 127.0.0.1" >&2; exit 1; }
+done
+
+# wait_listening PORT NAME: poll until a TCP connect succeeds (bounded: 10 s).
+wait_listening() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "bench.sh: $2 did not start listening on $1 (logs in $tmp)" >&2
+  exit 1
+}
+
+render() { # template -> rendered file
+  sed -e "s|@DIR@|$tmp|g" -e "s/@B1@/$B1/g" -e "s/@B2@/$B2/g" -e "s/@B3@/$B3/g" \
+    -e "s/@BDOWN@/$BDOWN/g" -e "s/@NGINX_PORT@/$NGINX_PORT/g" \
+    -e "s/@HAPROXY_PORT@/$HAPROXY_PORT/g" "$1" >"$2"
+}
+
+for p in $B1 $B2 $B3; do
+  "${nice_cmd[@]}" taskset -c "$LOAD_CORE" "$bin/mock-backend" "$p" >"$tmp/mock-$p.log" 2>&1 &
+  pids+=($!)
+  backend_pids+=($!)
+  wait_listening "$p" "mock-backend"
+done
+
+cat >"$tmp/gateway.yaml" <<YAML
+listen: 127.0.0.1:$GW_PORT
+workers: 1
+pin_workers: false
+services:
+  bench:
+    - http://127.0.0.1:$B1
+    - http://127.0.0.1:$B2
+    - http://127.0.0.1:$B3
+  bench-down:
+    - http://127.0.0.1:$B1
+    - http://127.0.0.1:$B2
+    - http://127.0.0.1:$BDOWN
+YAML
+RUST_LOG=warn "${nice_cmd[@]}" taskset -c "$PROXY_CORE" "$bin/gateway" --config "$tmp/gateway.yaml" \
+  >"$tmp/gateway.log" 2>&1 &
+gw_pid=$!
+pids+=($gw_pid)
+wait_listening $GW_PORT gateway
+
+render bench/peers/nginx.conf "$tmp/nginx.conf"
+mkdir -p "$tmp/nginx-client-body" "$tmp/nginx-proxy-temp"
+"${nice_cmd[@]}" taskset -c "$PROXY_CORE" nginx -p "$tmp/" -e "$tmp/nginx-error.log" -c "$tmp/nginx.conf" \
+  >"$tmp/nginx.out" 2>&1 &
+nginx_pid=$!
+pids+=($nginx_pid)
+wait_listening $NGINX_PORT nginx
+
+render bench/peers/haproxy.cfg "$tmp/haproxy.cfg"
+"${nice_cmd[@]}" taskset -c "$PROXY_CORE" haproxy -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy.log" 2>&1 &
+haproxy_pid=$!
+pids+=($haproxy_pid)
+wait_listening $HAPROXY_PORT haproxy
+
+# --- measurement helpers ----------------------------------------------------------------
+# cpu_ticks PID: utime+stime (fields 14+15 of /proc/PID/stat) of PID and its children.
+cpu_ticks() {
+  local total=0 p s rest
+  local list=("$1")
+  if [[ -r "/proc/$1/task/$1/children" ]]; then
+    read -r -a rest <"/proc/$1/task/$1/children" || true
+    list+=("${rest[@]}")
+  fi
+  for p in "${list[@]}"; do
+    [[ -r "/proc/$p/stat" ]] || continue
+    s=$(<"/proc/$p/stat")
+    s=${s##*) }           # drop "pid (comm) "; field 3 (state) is now the first
+    read -r -a rest <<<"$s"
+    total=$((total + rest[11] + rest[12]))
+  done
+  echo "$total"
+}
+backend_ticks() {
+  local t=0 p
+  for p in "${backend_pids[@]}"; do t=$((t + $(cpu_ticks "$p"))); done
+  echo "$t"
+}
+# core_idle CORE: idle + iowait of cpuN from /proc/stat, in clock ticks. With NO_HZ these
+# two are measured (not sampled at timer ticks), so busy = wall time - idle is accurate;
+# the user/system columns are tick samples and can miss time in a VM. (io_uring waits are
+# counted as iowait, hence both.)
+core_idle() {
+  local line f
+  line=$(grep "^cpu$1 " /proc/stat)
+  read -r -a f <<<"$line"
+  echo $((f[4] + f[5]))
+}
+util() { # idle_before idle_after window_s -> percent busy
+  awk -v a="$1" -v b="$2" -v w="$3" -v hz="$clk_tck" \
+    'BEGIN { u = 100 * (1 - (b - a) / (w * hz)); if (u < 0) u = 0; printf "%.1f", u }'
+}
+
+clk_tck=$(getconf CLK_TCK)
+runs="$out/runs.tsv"
+printf 'scenario\tround\ttarget\tjson\tproxy_ticks\tbackend_ticks\tloadgen_ticks\tclk_tck\tload_core_util\tproxy_core_util\tbusy_ticks\twindow_s\n' >"$runs"
+
+target_pid() {
+  case "$1" in
+    gateway*) echo "$gw_pid" ;; nginx*) echo "$nginx_pid" ;; haproxy*) echo "$haproxy_pid" ;;
+    *) echo "" ;;
+  esac
+}
+target_url() {
+  local path=$2
+  case "$1" in
+    direct) echo "http://127.0.0.1:$B1/$path" ;;
+    gateway) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench/$path" ;;
+    nginx) echo "http://127.0.0.1:$NGINX_PORT/v1/proxy/bench/$path" ;;
+    haproxy) echo "http://127.0.0.1:$HAPROXY_PORT/v1/proxy/bench/$path" ;;
+    gateway-1down) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench-down/$path" ;;
+    nginx-1down) echo "http://127.0.0.1:$NGINX_PORT/v1/proxy/bench-down/$path" ;;
+    haproxy-1down) echo "http://127.0.0.1:$HAPROXY_PORT/v1/proxy/bench-down/$path" ;;
+  esac
+}
+
+rate=${BENCH_RATE:-}
+
+# scenario_args SCENARIO -> loadgen flags (one per line)
+scenario_args() {
+  case "$1" in
+    get-c1) printf '%s\n' --connections 1 ;;
+    get-c64 | breaker) printf '%s\n' --connections 64 ;;
+    get-c256) printf '%s\n' --connections 256 ;;
+    post16k-c64) printf '%s\n' --connections 64 --method POST --body-size 16384 ;;
+    open-loop) printf '%s\n' --connections 64 --rate "$rate" ;;
+  esac
+}
+scenario_targets() {
+  case "$1" in
+    breaker) echo "gateway-1down nginx-1down haproxy-1down" ;;
+    get-c1 | get-c64 | get-c256 | post16k-c64 | open-loop) echo "direct gateway nginx haproxy" ;;
+    *) echo "bench.sh: unknown scenario $1" >&2; exit 2 ;;
+  esac
+}
+
+# children_cpu_ms FILE: user+sys CPU, in ms, of this shell's reaped children as recorded in
+# FILE by `times >FILE` (which must run in this shell: a forked subshell starts from zero).
+children_cpu_ms() {
+  awk 'NR == 2 {
+    n = 0
+    for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += (a[1] * 60 + a[2]) * 1000 }
+    printf "%d", n
+  }' "$1"
+}
+
+# measure SCENARIO ROUND TARGET
+measure() {
+  local scen=$1 round=$2 target=$3 dir pid url args p0 p1 b0 b1 g0 k0 k1 t0 t1
+  local i0 i1 j0 j1
+  dir="$out/$scen/r$round"
+  mkdir -p "$dir"
+  url=$(target_url "$target" hello)
+  mapfile -t args < <(scenario_args "$scen")
+  pid=$(target_pid "$target")
+  times >"$tmp/times0.txt"
+  "${nice_cmd[@]}" "$loadgen" --url "$url" "${args[@]}" --threads 1 --cores "$LOAD_CORE" \
+    --warmup "${warmup}s" --duration "${duration}s" --label "$target" --out-dir "$dir" \
+    >"$dir/$target.txt" 2>&1 &
+  lg_pid=$!
+  # The window starts when loadgen's warm-up ends (connection setup adds a few ms).
+  sleep "$warmup"
+  t0=$(date +%s.%N)
+  i0=$(core_idle "$LOAD_CORE")
+  j0=$(core_idle "$PROXY_CORE")
+  p0=$([[ -n "$pid" ]] && cpu_ticks "$pid" || echo 0)
+  b0=$(backend_ticks)
+  g0=$(cpu_ticks "$lg_pid")
+  if ! wait "$lg_pid"; then
+    echo "bench.sh: loadgen failed for $scen/$target (see $dir/$target.txt)" >&2
+    cat "$dir/$target.txt" >&2
+    exit 1
+  fi
+  lg_pid=
+  p1=$([[ -n "$pid" ]] && cpu_ticks "$pid" || echo 0)
+  b1=$(backend_ticks)
+  i1=$(core_idle "$LOAD_CORE")
+  j1=$(core_idle "$PROXY_CORE")
+  t1=$(date +%s.%N)
+  times >"$tmp/times1.txt"
+  k0=$(children_cpu_ms "$tmp/times0.txt")
+  k1=$(children_cpu_ms "$tmp/times1.txt")
+  # loadgen's CPU in the window: its total (reaped) minus what it had used at the window
+  # start. The few ms of the helper subshells reaped meanwhile are counted with it.
+  local lg_ticks window busy
+  lg_ticks=$(awk -v k="$((k1 - k0))" -v g="$g0" -v hz="$clk_tck" \
+    'BEGIN { v = k * hz / 1000 - g; printf "%d", (v > 0 ? v : 0) }')
+  window=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+  # Busy ticks of the two cores together: 2 x wall time - idle.
+  busy=$(awk -v w="$window" -v hz="$clk_tck" -v idle="$(((i1 - i0) + (j1 - j0)))" \
+    'BEGIN { printf "%d", 2 * w * hz - idle }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$round" "$target" \
+    "${dir#"$out"/}/$target.json" $((p1 - p0)) $((b1 - b0)) "$lg_ticks" "$clk_tck" \
+    "$(util "$i0" "$i1" "$window")" "$(util "$j0" "$j1" "$window")" "$busy" "$window" >>"$runs"
+  printf '  %-12s %-14s r%s  %s\n' "$scen" "$target" "$round" \
+    "$(grep -m1 "^$target: " "$dir/$target.txt" | cut -d' ' -f2-)"
+}
+
+# open-loop rate: 60% of the slowest proxy's GET c64 throughput in round 1, in 500s.
+pick_rate() {
+  python3 - "$out/get-c64/r1" <<'PY'
+import json, sys, os
+d = sys.argv[1]
+rps = [json.load(open(os.path.join(d, t + ".json")))["ok_rps"] for t in ("gateway", "nginx", "haproxy")]
+print(max(1000, int(min(rps) * 0.6) // 500 * 500))
+PY
+}
+
+# --- machine description ----------------------------------------------------------------
+{
+  echo "date_utc=$(date -u '+%F %T')"
+  echo "command=$command_line"
+  echo "nproc=$(nproc)"
+  echo "cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "kernel=$(uname -sr)"
+  echo "rustc=$(rustc --version 2>/dev/null || echo '?')"
+  echo "nginx=$(nginx -v 2>&1 | sed 's/^nginx version: //')"
+  echo "haproxy=$(haproxy -v 2>&1 | head -n 1)"
+  echo "git=$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
+  echo "note=${BENCH_NOTE:-}"
+  echo "nice=${BENCH_NICE:-0}"
+  echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "clk_tck=$clk_tck"
+  echo "rounds=$rounds"
+  echo "warmup_s=$warmup"
+  echo "duration_s=$duration"
+  echo "quick=$quick"
+  echo "load_core=$LOAD_CORE"
+  echo "proxy_core=$PROXY_CORE"
+  echo "ports=gateway $GW_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, backends $B1 $B2 $B3, down $BDOWN"
+} >"$out/meta.txt"
+
+# --- the run ----------------------------------------------------------------------------
+start=$(date +%s)
+echo "results in $out; ${rounds} round(s), ${warmup}s warm-up + ${duration}s per run"
+for ((round = 1; round <= rounds; round++)); do
+  echo "round $round/$rounds"
+  for scen in "${scenarios[@]}"; do
+    if [[ "$scen" == open-loop && -z "$rate" ]]; then
+      if [[ ! -f "$out/get-c64/r1/gateway.json" ]]; then
+        rate=10000
+      else
+        rate=$(pick_rate)
+      fi
+      echo "  open-loop rate: $rate req/s"
+    fi
+    for target in $(scenario_targets "$scen"); do
+      measure "$scen" "$round" "$target"
+    done
+  done
+done
+echo "open_loop_rate=$rate" >>"$out/meta.txt"
+
+# Optional (BENCH_PERF=1): one extra, unrecorded GET c64 run of the gateway under
+# `perf record -g` (perf itself on the load core), after the measured rounds.
+if [[ "${BENCH_PERF:-0}" == 1 ]] && command -v perf >/dev/null; then
+  echo "profiling the gateway (perf record -g, GET c64)..."
+  "${nice_cmd[@]}" "$loadgen" --url "$(target_url gateway hello)" --connections 64 --threads 1 \
+    --cores "$LOAD_CORE" --warmup "${warmup}s" --duration "${duration}s" \
+    --label gateway-perf --out-dir "$tmp" >"$tmp/gateway-perf.txt" 2>&1 &
+  lg_pid=$!
+  sleep "$warmup"
+  taskset -c "$LOAD_CORE" perf record -F 999 -g -p "$gw_pid" -o "$tmp/perf.data" \
+    -- sleep "$duration" >"$tmp/perf-record.log" 2>&1 || true
+  wait "$lg_pid" || true
+  lg_pid=
+  {
+    tidy() { grep -v '^#' | grep -v '^$' | sed -e 's/[[:space:]]*-[[:space:]]*-[[:space:]]*$//'; }
+    echo "# by shared object (self time)"
+    perf report -i "$tmp/perf.data" --no-children --sort dso --stdio -g none \
+      --percent-limit 0.5 2>/dev/null | tidy || true
+    echo
+    echo "# by symbol (self time, >= 0.7%)"
+    perf report -i "$tmp/perf.data" --no-children --sort symbol --stdio -g none \
+      --percent-limit 0.7 2>/dev/null | tidy | head -n 40 || true
+    echo
+    echo "# inclusive (self + callees, >= 4%): where the kernel time is spent"
+    perf report -i "$tmp/perf.data" --children --sort symbol --stdio -g none \
+      --percent-limit 4 2>/dev/null | tidy | head -n 60 || true
+  } >"$out/profile-gateway-c64.txt"
+fi
+echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/meta.txt"
+echo "elapsed_s=$(($(date +%s) - start))" >>"$out/meta.txt"
+
+python3 scripts/bench_report.py "$out" --loadgen "$loadgen"
+echo "report: $out/report.md"
