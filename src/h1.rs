@@ -169,10 +169,23 @@ fn fold_content_length(acc: &mut Option<u64>, value: &[u8]) -> Result<(), ()> {
 
 /// Checks a Host value: `uri-host [ ":" port ]` with no userinfo, path, list or spaces.
 pub fn valid_host(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+;=:[]%".contains(&b))
-        && !v.contains(&b',')
+    const HOST_BYTES: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let b = i as u8;
+            t[i] = b.is_ascii_alphanumeric();
+            i += 1;
+        }
+        let extra = b"-._~!$&'()*+;=:[]%";
+        let mut j = 0;
+        while j < extra.len() {
+            t[extra[j] as usize] = true;
+            j += 1;
+        }
+        t
+    };
+    !v.is_empty() && v.iter().all(|&b| HOST_BYTES[b as usize])
 }
 
 /// Framing-relevant header names, compared case-insensitively.
@@ -190,6 +203,8 @@ pub struct ParsedRequest<'h, 'b> {
     /// The Host header (or absolute-form authority), if any.
     pub host: Option<&'b [u8]>,
     pub headers: &'h [httparse::Header<'b>],
+    /// The raw head; every header slice points into it.
+    pub head: &'b [u8],
 }
 
 /// Parses and validates a request head at the start of `buf`.
@@ -359,6 +374,7 @@ pub fn parse_request<'h, 'b>(
         target,
         host,
         headers: req.headers,
+        head: &buf[..head_len],
     }))
 }
 
@@ -421,6 +437,8 @@ pub struct ParsedResponse<'h, 'b> {
     pub content_length: Option<u64>,
     pub reason: &'b str,
     pub headers: &'h [httparse::Header<'b>],
+    /// The raw head; every header slice points into it.
+    pub head: &'b [u8],
 }
 
 /// Parses a backend's response head; `head_request` says whether the request was HEAD.
@@ -520,6 +538,7 @@ pub fn parse_response<'h, 'b>(
         content_length,
         reason: res.reason.unwrap_or(""),
         headers: res.headers,
+        head: &buf[..head_len],
     }))
 }
 
