@@ -36,7 +36,8 @@ pub struct Writer {
 }
 
 /// Starts the writer thread for `sink`; `None` when the log is off.
-pub fn start(sink: &Sink) -> std::io::Result<Option<Writer>> {
+/// `dropped` counts batches given up because the writer fell behind (exported in /metrics).
+pub fn start(sink: &Sink, dropped: Arc<AtomicU64>) -> std::io::Result<Option<Writer>> {
     let mut out: Box<dyn Write + Send> = match sink {
         Sink::Off => return Ok(None),
         Sink::Stdout => Box::new(std::io::stdout()),
@@ -57,10 +58,7 @@ pub fn start(sink: &Sink) -> std::io::Result<Option<Writer>> {
                 }
             }
         })?;
-    Ok(Some(Writer {
-        tx,
-        dropped: Arc::new(AtomicU64::new(0)),
-    }))
+    Ok(Some(Writer { tx, dropped }))
 }
 
 /// One request, as logged.
@@ -167,7 +165,7 @@ mod tests {
     fn lines_reach_the_file_with_every_field() {
         let path = std::env::temp_dir().join(format!("gateway-access-{}.log", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let w = start(&Sink::File(path.clone())).unwrap();
+        let w = start(&Sink::File(path.clone()), Arc::default()).unwrap();
         let log = AccessLog::new(w);
         log.record(&Entry {
             client: [10, 0, 0, 1].into(),

@@ -169,6 +169,7 @@ pub struct Names<'a> {
     pub reloads_failed: u64,
     pub last_reload_ok: bool,
     pub draining: bool,
+    pub access_log_dropped: u64,
 }
 
 fn escape(v: &str) -> String {
@@ -363,6 +364,13 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
     );
     let _ = writeln!(w, "# TYPE gateway_draining gauge");
     let _ = writeln!(w, "gateway_draining {}", u8::from(names.draining));
+    let _ = writeln!(w, "# HELP gateway_access_log_dropped_batches_total Access log batches dropped because the writer fell behind.");
+    let _ = writeln!(w, "# TYPE gateway_access_log_dropped_batches_total counter");
+    let _ = writeln!(
+        w,
+        "gateway_access_log_dropped_batches_total {}",
+        names.access_log_dropped
+    );
     o
 }
 
@@ -390,6 +398,7 @@ mod tests {
                 reloads_failed: 1,
                 last_reload_ok: false,
                 draining: false,
+                access_log_dropped: 4,
             },
         );
         assert!(
@@ -415,5 +424,6 @@ mod tests {
             .contains("gateway_breaker_state{service=\"svc\",backend=\"http://127.0.0.1:1\"} 1\n"));
         assert!(text.contains("gateway_config_generation 3\n"));
         assert!(text.contains("gateway_config_last_reload_success 0\n"));
+        assert!(text.contains("gateway_access_log_dropped_batches_total 4\n"));
     }
 }

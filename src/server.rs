@@ -222,7 +222,8 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         addr = l.local_addr().map_err(|e| bind_error(addr, e))?;
         listeners.push(l);
     }
-    let log = accesslog::start(&config.access_log).map_err(StartError::AccessLog)?;
+    let log = accesslog::start(&config.access_log, shared.access_log_dropped.clone())
+        .map_err(StartError::AccessLog)?;
     let admin_addr = match config.admin {
         Some(admin) => {
             Some(crate::admin::start(admin, shared.clone()).map_err(|e| bind_error(admin, e))?)

@@ -125,6 +125,8 @@ pub struct Shared {
     /// Every worker's metrics table, registered at start, read by the admin thread.
     pub workers: Mutex<Vec<Arc<WorkerCell>>>,
     pub reloads: ReloadStats,
+    /// Access log batches dropped because its writer fell behind.
+    pub access_log_dropped: Arc<AtomicU64>,
 }
 
 fn policy(s: &BreakerSettings, cfg: &Config) -> Policy {
@@ -148,6 +150,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             workers: Mutex::new(Vec::new()),
             reloads: ReloadStats::default(),
+            access_log_dropped: Arc::default(),
         })
     }
 
