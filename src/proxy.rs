@@ -686,7 +686,7 @@ async fn exchange(
     }
 
     // Relay the response: the head is in `c.out`; add whatever body is in hand, one write.
-    let keep_client = info.keep_alive && !resp.close_delimited && !resp.closing;
+    let keep_client = resp.keep_client;
     let mut body = BodyRelay::new(resp.framing, resp.client_chunked, u64::MAX);
     let used = match body.feed(&c.ubuf[c.ustart..], &mut c.out) {
         Ok(n) => n,
@@ -761,10 +761,8 @@ struct ResponseHead {
     reusable: bool,
     /// We re-encode the body as chunked for the client.
     client_chunked: bool,
-    /// The client (HTTP/1.0) gets a close-delimited body.
-    close_delimited: bool,
-    /// The head told the client `Connection: close`.
-    closing: bool,
+    /// The client connection stays open afterwards (else the head said `Connection: close`).
+    keep_client: bool,
 }
 
 /// Reads the backend's response head within `timeout`, relaying 1xx interim responses.
@@ -821,8 +819,7 @@ async fn read_response_head(
                     framing,
                     reusable: p.info.reusable,
                     client_chunked: info.minor == 1 && unframed,
-                    close_delimited,
-                    closing: !keep,
+                    keep_client: keep,
                 };
                 c.out.clear();
                 write_response_head(&mut c.out, &p, info, head.client_chunked, keep);
