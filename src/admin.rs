@@ -200,7 +200,7 @@ fn backends(shared: &Shared) -> Value {
                     json!({
                         "url": b.url.url,
                         "state": w.state_name(),
-                        "consecutive_failures": w.failures,
+                        "consecutive_failures": if w.state == CLOSED { w.count } else { 0 },
                         "last_transition": changed.then(|| wall(w.time_ms, now)),
                         "next_probe_in_ms": (w.state != CLOSED).then(|| retry_after_ms(word, now, &s.policy)),
                         "successes": total(b.slot, |m| &m.backend_success),

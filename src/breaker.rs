@@ -2,22 +2,33 @@
 //!
 //! # The word
 //!
-//! | bits   | field    | meaning                                                              |
-//! |--------|----------|----------------------------------------------------------------------|
-//! | 0..2   | state    | 0 CLOSED, 1 OPEN, 2 HALF_OPEN                                        |
-//! | 2..12  | failures | consecutive failures while CLOSED (saturates at 1023)                |
-//! | 12..24 | epoch    | +1 (wrapping) on every state change: outcomes carry the epoch they were admitted in, so a stale one is recognised and ignored |
-//! | 24..64 | time     | ms on the registry clock of the last state change: when it opened (OPEN) or when the probe was admitted (HALF_OPEN, the lease start) |
+//! | bits   | field | meaning                                                                 |
+//! |--------|-------|-------------------------------------------------------------------------|
+//! | 0..2   | state | 0 CLOSED, 1 OPEN, 2 HALF_OPEN, 3 BACKOFF (open after an abandoned probe)  |
+//! | 2..12  | count | CLOSED: consecutive failures; otherwise: consecutive abandoned probes (saturates at 1023) |
+//! | 12..24 | epoch | +1 (wrapping) on every state change                                     |
+//! | 24..64 | time  | ms on the registry clock of the last state change (or lease renewal); never decreases |
+//!
+//! A [`Ticket`] carries the word's *stamp*, epoch and time together (bits 12..64). An outcome
+//! counts only if the stamp still matches, so a stale one is recognised for any number of
+//! transitions: the time never decreases, and every transition that can follow another
+//! within the same millisecond must first wait for a cooldown, backoff or lease of at least
+//! 1 ms, so at most three transitions share one time value and the 12-bit epoch can never
+//! come round to the same stamp.
 //!
 //! Transitions (each one compare-and-swap on the whole word, so exactly one thread wins):
-//! - CLOSED: a failure increments `failures`; at the threshold the word becomes OPEN.
-//!   A success resets `failures`, and writes nothing when it is already zero.
+//! - CLOSED: a failure increments `count`; at the threshold the word becomes OPEN.
+//!   A success resets `count`, and writes nothing when it is already zero.
 //! - OPEN: skipped until `cooldown` has passed; then the first admission turns it HALF_OPEN
 //!   and is the single probe.
-//! - HALF_OPEN: skipped, unless the probe's lease ran out, in which case the next admission
-//!   takes a fresh lease (new epoch: the old probe's outcome is now stale).
-//!   Probe success → CLOSED; probe failure → OPEN (cooldown restarts); a probe dropped
-//!   without an outcome → OPEN, immediately eligible for a new probe.
+//! - HALF_OPEN: skipped, unless the probe's lease ran out (a lost task: every live probe
+//!   renews its lease as it makes progress), in which case the next admission takes a fresh
+//!   lease (new stamp: the old probe's outcome is now stale).
+//!   Probe success → CLOSED; probe failure → OPEN (cooldown restarts); a probe abandoned
+//!   before its request was sent whole (the client vanished) → BACKOFF.
+//! - BACKOFF: like OPEN, but the next probe may go after [`PROBE_BACKOFF_MS`], doubled for
+//!   every consecutive abandoned probe, never longer than the cooldown. Clients that keep
+//!   abandoning probes get a handful of partial requests through, then one per cooldown.
 //!
 //! The functions take `now` in milliseconds so tests drive the clock by hand, and they work
 //! on any [`Word`], so the loom test can run the very same code on loom's atomics.
@@ -27,14 +38,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const CLOSED: u64 = 0;
 pub const OPEN: u64 = 1;
 pub const HALF_OPEN: u64 = 2;
+pub const BACKOFF: u64 = 3;
+
+/// The wait after the first abandoned probe before the next may go (doubles per repeat).
+pub const PROBE_BACKOFF_MS: u64 = 1000;
 
 const STATE_MASK: u64 = 0b11;
-const FAIL_SHIFT: u32 = 2;
-const FAIL_MAX: u64 = (1 << 10) - 1;
+const COUNT_SHIFT: u32 = 2;
+const COUNT_MAX: u64 = (1 << 10) - 1;
 const EPOCH_SHIFT: u32 = 12;
 const EPOCH_MASK: u64 = (1 << 12) - 1;
 const TIME_SHIFT: u32 = 24;
 const TIME_MAX: u64 = (1 << 40) - 1;
+/// Epoch and time: what a ticket must still match for its outcome to count.
+const STAMP_MASK: u64 = !((1 << EPOCH_SHIFT) - 1);
 
 /// The atomic operations the breaker needs; implemented for `AtomicU64` and, in tests,
 /// for loom's.
@@ -59,7 +76,8 @@ impl Word for AtomicU64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Snapshot {
     pub state: u64,
-    pub failures: u64,
+    /// Consecutive failures (CLOSED) or consecutive abandoned probes (other states).
+    pub count: u64,
     pub epoch: u64,
     pub time_ms: u64,
 }
@@ -69,7 +87,7 @@ impl Snapshot {
     pub fn decode(w: u64) -> Snapshot {
         Snapshot {
             state: w & STATE_MASK,
-            failures: (w >> FAIL_SHIFT) & FAIL_MAX,
+            count: (w >> COUNT_SHIFT) & COUNT_MAX,
             epoch: (w >> EPOCH_SHIFT) & EPOCH_MASK,
             time_ms: w >> TIME_SHIFT,
         }
@@ -77,21 +95,21 @@ impl Snapshot {
 
     #[inline]
     pub fn encode(self) -> u64 {
-        debug_assert!(self.state <= HALF_OPEN);
-        self.state
-            | (self.failures.min(FAIL_MAX) << FAIL_SHIFT)
+        (self.state & STATE_MASK)
+            | (self.count.min(COUNT_MAX) << COUNT_SHIFT)
             | ((self.epoch & EPOCH_MASK) << EPOCH_SHIFT)
             | (self.time_ms.min(TIME_MAX) << TIME_SHIFT)
     }
 
-    /// The same word moved to `state` at `now`, with a new epoch and no failures.
+    /// The same word moved to `state` at `now` (never earlier than its last change), with a
+    /// new epoch and the given count.
     #[inline]
-    fn transition(self, state: u64, now: u64) -> u64 {
+    fn transition(self, state: u64, count: u64, now: u64) -> u64 {
         Snapshot {
             state,
-            failures: 0,
+            count,
             epoch: self.epoch.wrapping_add(1),
-            time_ms: now,
+            time_ms: now.max(self.time_ms),
         }
         .encode()
     }
@@ -99,8 +117,8 @@ impl Snapshot {
     pub fn state_name(&self) -> &'static str {
         match self.state {
             CLOSED => "closed",
-            OPEN => "open",
-            _ => "half_open",
+            HALF_OPEN => "half_open",
+            _ => "open",
         }
     }
 }
@@ -109,21 +127,47 @@ impl Snapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     pub threshold: u64,
+    /// At least 1 (see the stamp argument in the module docs).
     pub cooldown_ms: u64,
-    /// How long a probe may stay unresolved before another request may probe instead.
+    /// How long a probe may go without progress before another request may probe instead;
+    /// at least 1.
     pub lease_ms: u64,
 }
 
-/// Proof of admission: which epoch the request was admitted in and whether it is the probe.
+impl Policy {
+    /// How long a circuit in `state` with `count` waits before admitting a probe.
+    #[inline]
+    fn wait_ms(&self, state: u64, count: u64) -> u64 {
+        let cooldown = self.cooldown_ms.max(1);
+        match state {
+            OPEN => cooldown,
+            HALF_OPEN => self.lease_ms.max(1),
+            _ => {
+                let doublings = count.saturating_sub(1).min(32) as u32;
+                PROBE_BACKOFF_MS
+                    .min(cooldown)
+                    .saturating_mul(1 << doublings)
+                    .min(cooldown)
+            }
+        }
+    }
+}
+
+/// Proof of admission: the stamp the request was admitted under and whether it is the probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
-    epoch: u64,
+    stamp: u64,
     probe: bool,
 }
 
 impl Ticket {
     pub fn is_probe(&self) -> bool {
         self.probe
+    }
+
+    #[inline]
+    fn matches(&self, word: u64) -> bool {
+        word & STAMP_MASK == self.stamp
     }
 }
 
@@ -134,6 +178,8 @@ pub enum Transition {
     Opened,
     Closed,
     Reopened,
+    /// A probe was abandoned before its request was sent whole.
+    BackedOff,
 }
 
 /// Asks to send a request to this backend. `None` means skip it.
@@ -150,28 +196,26 @@ pub fn admit_with<W: Word>(w: &W, now: impl FnOnce() -> u64, p: &Policy) -> Opti
     let mut at = 0;
     loop {
         let s = Snapshot::decode(cur);
-        let wait = match s.state {
+        if s.state == CLOSED {
             // The hot path: one load, no write.
-            CLOSED => {
-                return Some(Ticket {
-                    epoch: s.epoch,
-                    probe: false,
-                })
-            }
-            OPEN => p.cooldown_ms,
-            _ => p.lease_ms,
-        };
+            return Some(Ticket {
+                stamp: cur & STAMP_MASK,
+                probe: false,
+            });
+        }
         if let Some(read_clock) = now.take() {
             at = read_clock();
         }
-        if at.saturating_sub(s.time_ms) < wait {
+        if at.saturating_sub(s.time_ms) < p.wait_ms(s.state, s.count) {
             return None;
         }
-        let next = s.transition(HALF_OPEN, at);
+        // The abandon count carries into the probe, so that abandoning it backs off longer.
+        let count = if s.state == OPEN { 0 } else { s.count };
+        let next = s.transition(HALF_OPEN, count, at);
         match w.compare_exchange(cur, next) {
             Ok(_) => {
                 return Some(Ticket {
-                    epoch: Snapshot::decode(next).epoch,
+                    stamp: next & STAMP_MASK,
                     probe: true,
                 })
             }
@@ -181,25 +225,52 @@ pub fn admit_with<W: Word>(w: &W, now: impl FnOnce() -> u64, p: &Policy) -> Opti
     }
 }
 
+/// Extends a live probe's lease to `now` (it is making progress). Returns false, and leaves
+/// the word alone, when the ticket is no probe or is stale (the probe lost its lease).
+#[inline]
+pub fn renew<W: Word>(w: &W, t: &mut Ticket, now: u64) -> bool {
+    if !t.probe {
+        return false;
+    }
+    let cur = w.load();
+    let s = Snapshot::decode(cur);
+    if s.state != HALF_OPEN || !t.matches(cur) {
+        return false;
+    }
+    if now <= s.time_ms {
+        return true;
+    }
+    let next = Snapshot { time_ms: now, ..s }.encode();
+    // Only the probe itself writes a HALF_OPEN word with its stamp, and a takeover or
+    // outcome changes the epoch: losing this CAS means the probe is stale.
+    match w.compare_exchange(cur, next) {
+        Ok(_) => {
+            t.stamp = next & STAMP_MASK;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Reports a success. Writes nothing unless it changes something.
 #[inline]
 pub fn success<W: Word>(w: &W, t: Ticket, now: u64) -> Transition {
     let mut cur = w.load();
     loop {
-        let s = Snapshot::decode(cur);
-        if s.epoch != t.epoch {
+        if !t.matches(cur) {
             return Transition::None; // stale: the circuit moved on since admission
         }
+        let s = Snapshot::decode(cur);
         let next = if t.probe {
             if s.state != HALF_OPEN {
                 return Transition::None;
             }
-            s.transition(CLOSED, now)
+            s.transition(CLOSED, 0, now)
         } else {
-            if s.state != CLOSED || s.failures == 0 {
+            if s.state != CLOSED || s.count == 0 {
                 return Transition::None;
             }
-            Snapshot { failures: 0, ..s }.encode()
+            Snapshot { count: 0, ..s }.encode()
         };
         match w.compare_exchange(cur, next) {
             Ok(_) => {
@@ -219,24 +290,31 @@ pub fn success<W: Word>(w: &W, t: Ticket, now: u64) -> Transition {
 pub fn failure<W: Word>(w: &W, t: Ticket, now: u64, p: &Policy) -> Transition {
     let mut cur = w.load();
     loop {
-        let s = Snapshot::decode(cur);
-        if s.epoch != t.epoch {
+        if !t.matches(cur) {
             return Transition::None;
         }
+        let s = Snapshot::decode(cur);
         let (next, tr) = if t.probe {
             if s.state != HALF_OPEN {
                 return Transition::None;
             }
-            (s.transition(OPEN, now), Transition::Reopened)
+            (s.transition(OPEN, 0, now), Transition::Reopened)
         } else {
             if s.state != CLOSED {
                 return Transition::None;
             }
-            let failures = s.failures + 1;
+            let failures = s.count + 1;
             if failures >= p.threshold {
-                (s.transition(OPEN, now), Transition::Opened)
+                (s.transition(OPEN, 0, now), Transition::Opened)
             } else {
-                (Snapshot { failures, ..s }.encode(), Transition::None)
+                (
+                    Snapshot {
+                        count: failures,
+                        ..s
+                    }
+                    .encode(),
+                    Transition::None,
+                )
             }
         };
         match w.compare_exchange(cur, next) {
@@ -246,29 +324,32 @@ pub fn failure<W: Word>(w: &W, t: Ticket, now: u64, p: &Policy) -> Transition {
     }
 }
 
-/// A probe that ends with no outcome (client gone, task dropped) hands the circuit back to
-/// OPEN, already past its cooldown, so the next request probes again.
-pub fn abandon<W: Word>(w: &W, t: Ticket, now: u64, p: &Policy) {
+/// A probe abandoned before its request was sent whole (the client vanished or sent a
+/// broken body) hands the circuit to BACKOFF: the next probe waits a short, growing backoff.
+pub fn abandon<W: Word>(w: &W, t: Ticket, now: u64) -> Transition {
     if !t.probe {
-        return;
+        return Transition::None;
     }
     let cur = w.load();
     let s = Snapshot::decode(cur);
-    if s.state == HALF_OPEN && s.epoch == t.epoch {
-        // Losing this CAS means someone else already moved the circuit on: nothing to undo.
-        let _ = w.compare_exchange(cur, s.transition(OPEN, now.saturating_sub(p.cooldown_ms)));
+    if s.state != HALF_OPEN || !t.matches(cur) {
+        return Transition::None;
+    }
+    let next = s.transition(BACKOFF, s.count + 1, now);
+    // Losing this CAS means someone else already moved the circuit on: nothing to undo.
+    match w.compare_exchange(cur, next) {
+        Ok(_) => Transition::BackedOff,
+        Err(_) => Transition::None,
     }
 }
 
-/// Milliseconds until an OPEN circuit admits a probe (0 if it would now).
+/// Milliseconds until a circuit admits a probe (0 if closed or it would now).
 pub fn retry_after_ms(word: u64, now: u64, p: &Policy) -> u64 {
     let s = Snapshot::decode(word);
-    let wait = match s.state {
-        CLOSED => return 0,
-        OPEN => p.cooldown_ms,
-        _ => p.lease_ms,
-    };
-    (s.time_ms + wait).saturating_sub(now)
+    if s.state == CLOSED {
+        return 0;
+    }
+    (s.time_ms + p.wait_ms(s.state, s.count)).saturating_sub(now)
 }
 
 #[cfg(test)]
@@ -288,8 +369,8 @@ mod tests {
     #[test]
     fn word_round_trips() {
         let s = Snapshot {
-            state: HALF_OPEN,
-            failures: 7,
+            state: BACKOFF,
+            count: 7,
             epoch: 4095,
             time_ms: TIME_MAX,
         };
@@ -302,7 +383,7 @@ mod tests {
         for i in 1..P.threshold {
             let t = admit(&w, 10, &P).unwrap();
             assert_eq!(failure(&w, t, 10, &P), Transition::None);
-            assert_eq!(Snapshot::decode(Word::load(&w)).failures, i);
+            assert_eq!(Snapshot::decode(Word::load(&w)).count, i);
         }
         let t = admit(&w, 10, &P).unwrap();
         assert_eq!(failure(&w, t, 10, &P), Transition::Opened);
@@ -317,7 +398,7 @@ mod tests {
         failure(&w, t, 0, &P);
         let t = admit(&w, 0, &P).unwrap();
         success(&w, t, 0);
-        assert_eq!(Snapshot::decode(Word::load(&w)).failures, 0);
+        assert_eq!(Snapshot::decode(Word::load(&w)).count, 0);
         // A word that refuses every write proves a success at zero failures does not write.
         struct NoWrite(u64);
         impl Word for NoWrite {
@@ -378,13 +459,78 @@ mod tests {
     }
 
     #[test]
-    fn abandoned_probe_lets_the_next_request_probe() {
+    fn a_renewed_lease_keeps_a_slow_probe_the_only_one() {
         let w = AtomicU64::new(0);
         open(&w, 0);
-        let probe = admit(&w, 5000, &P).unwrap();
-        abandon(&w, probe, 5000, &P);
-        assert_eq!(state(&w), OPEN);
-        assert!(admit(&w, 5000, &P).unwrap().is_probe());
+        let mut probe = admit(&w, 1000, &P).unwrap();
+        // Progress every 200 ms for far longer than one lease.
+        for now in (1200..=3000).step_by(200) {
+            assert!(admit(&w, now, &P).is_none(), "second probe at {now}");
+            assert!(renew(&w, &mut probe, now));
+        }
+        assert_eq!(success(&w, probe, 3100), Transition::Closed);
+        // A probe that lost its lease cannot renew it back, nor report.
+        open(&w, 4000);
+        let mut lost = admit(&w, 5000, &P).unwrap();
+        let taker = admit(&w, 5000 + P.lease_ms, &P).unwrap();
+        assert!(!renew(&w, &mut lost, 5400));
+        assert_eq!(failure(&w, lost, 5400, &P), Transition::None);
+        assert_eq!(success(&w, taker, 5400), Transition::Closed);
+        // Tickets of requests admitted while CLOSED are no probes: renewing does nothing.
+        let mut plain = admit(&w, 5500, &P).unwrap();
+        assert!(!renew(&w, &mut plain, 5600));
+    }
+
+    #[test]
+    fn abandoned_probes_back_off_growing_up_to_the_cooldown() {
+        let p = Policy {
+            threshold: 1,
+            cooldown_ms: 60_000,
+            lease_ms: 300,
+        };
+        let w = AtomicU64::new(0);
+        let t = admit(&w, 0, &p).unwrap();
+        failure(&w, t, 0, &p);
+        let mut now = p.cooldown_ms;
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let probe = admit(&w, now, &p).unwrap();
+            assert!(probe.is_probe());
+            assert_eq!(abandon(&w, probe, now), Transition::BackedOff);
+            assert_eq!(state(&w), BACKOFF);
+            let wait = retry_after_ms(Word::load(&w), now, &p);
+            assert!(admit(&w, now + wait - 1, &p).is_none());
+            waits.push(wait);
+            now += wait;
+        }
+        assert_eq!(
+            waits,
+            [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
+        );
+        // A probe that ends with a verdict resets the backoff.
+        let probe = admit(&w, now, &p).unwrap();
+        assert_eq!(failure(&w, probe, now, &p), Transition::Reopened);
+        let probe = admit(&w, now + p.cooldown_ms, &p).unwrap();
+        abandon(&w, probe, now + p.cooldown_ms);
+        assert_eq!(
+            retry_after_ms(Word::load(&w), now + p.cooldown_ms, &p),
+            1000
+        );
+    }
+
+    #[test]
+    fn backoff_is_never_longer_than_a_short_cooldown() {
+        let p = Policy {
+            threshold: 1,
+            cooldown_ms: 200,
+            lease_ms: 300,
+        };
+        let w = AtomicU64::new(0);
+        let t = admit(&w, 0, &p).unwrap();
+        failure(&w, t, 0, &p);
+        let probe = admit(&w, 200, &p).unwrap();
+        abandon(&w, probe, 200);
+        assert_eq!(retry_after_ms(Word::load(&w), 200, &p), 200);
     }
 
     #[test]
@@ -396,7 +542,82 @@ mod tests {
         success(&w, probe, 1000);
         // `early` was admitted before the circuit opened and closed again.
         assert_eq!(failure(&w, early, 1000, &P), Transition::None);
-        assert_eq!(Snapshot::decode(Word::load(&w)).failures, 0);
+        assert_eq!(Snapshot::decode(Word::load(&w)).count, 0);
+    }
+
+    /// Drives the circuit through `cycles` open → probe → close cycles (3 transitions each),
+    /// as fast as the policy allows.
+    fn cycle(w: &AtomicU64, p: &Policy, now: &mut u64, cycles: usize) {
+        for _ in 0..cycles {
+            for _ in 0..p.threshold {
+                let t = admit(w, *now, p).unwrap();
+                failure(w, t, *now, p);
+            }
+            *now += p.cooldown_ms;
+            let probe = admit(w, *now, p).unwrap();
+            assert_eq!(success(w, probe, *now), Transition::Closed);
+        }
+    }
+
+    #[test]
+    fn a_stale_ticket_never_counts_again_after_the_epoch_wraps() {
+        let p = Policy {
+            threshold: 1,
+            cooldown_ms: 1,
+            lease_ms: 1,
+        };
+        for cycles in [4096 / 3, 4096, 4096 * 2 + 1, 4096 * 3] {
+            let w = AtomicU64::new(0);
+            let mut now = 5;
+            let early = admit(&w, now, &p).unwrap();
+            cycle(&w, &p, &mut now, cycles);
+            let s = Snapshot::decode(Word::load(&w));
+            assert_eq!(s.state, CLOSED);
+            assert_eq!(
+                failure(&w, early, now, &p),
+                Transition::None,
+                "a ticket from {} transitions ago counted",
+                cycles * 3
+            );
+            assert_eq!(state(&w), CLOSED);
+        }
+    }
+
+    #[test]
+    fn transitions_in_one_millisecond_are_bounded() {
+        // The stamp argument: with the clock stopped, no sequence of calls gets more than
+        // three transitions out of the word.
+        let p = Policy {
+            threshold: 1,
+            cooldown_ms: 1,
+            lease_ms: 1,
+        };
+        let w = AtomicU64::new(0);
+        let start = Snapshot::decode(Word::load(&w)).epoch;
+        // Get to HALF_OPEN at t = 10, then hammer at t = 10 only.
+        let t = admit(&w, 9, &p).unwrap();
+        failure(&w, t, 9, &p);
+        for _ in 0..10_000 {
+            if let Some(t) = admit(&w, 10, &p) {
+                if t.is_probe() {
+                    success(&w, t, 10);
+                } else {
+                    failure(&w, t, 10, &p);
+                }
+            }
+        }
+        let moved = Snapshot::decode(Word::load(&w)).epoch.wrapping_sub(start) & EPOCH_MASK;
+        assert!(moved <= 5, "{moved} transitions with the clock stopped");
+    }
+
+    #[test]
+    fn time_never_goes_back() {
+        let w = AtomicU64::new(0);
+        open(&w, 5000);
+        // A worker that read the clock a little earlier reports after the transition.
+        let probe = admit(&w, 6000, &P).unwrap();
+        failure(&w, probe, 5990, &P);
+        assert_eq!(Snapshot::decode(Word::load(&w)).time_ms, 6000);
     }
 
     #[test]
@@ -408,9 +629,10 @@ mod tests {
     }
 
     mod model {
-        //! Property test: the packed word against a plain, obviously correct state machine.
+        //! Property test: the packed word against a plain, obviously correct state machine
+        //! with ids instead of stamps (so it is immune to wrap-around by construction).
         use super::super::*;
-        use super::P;
+        use super::{cycle, P};
         use proptest::prelude::*;
 
         #[derive(Debug, Clone)]
@@ -418,36 +640,60 @@ mod tests {
             Admit,
             Succeed(usize),
             Fail(usize),
-            Drop(usize),
+            Abandon(usize),
+            Renew(usize),
             Advance(u64),
+            /// Exactly 4096 transitions (a full epoch turn) through both.
+            Wrap,
         }
 
         #[derive(Debug, Clone, Copy, PartialEq)]
         enum MState {
             Closed(u64),
             Open(u64),
-            HalfOpen(u64, u64), // (lease start, probe id)
+            HalfOpen(u64, u64), // (lease start, abandons so far)
+            Backoff(u64, u64),  // (since, abandons)
         }
 
-        /// The reference: an enum and a counter, with ids instead of epochs.
+        /// The reference: an enum and a counter.
         struct Model {
             st: MState,
             period: u64,
         }
 
+        impl Model {
+            fn wait(&self) -> Option<(u64, u64)> {
+                match self.st {
+                    MState::Closed(_) => None,
+                    MState::Open(t) => Some((t, P.cooldown_ms)),
+                    MState::HalfOpen(t, _) => Some((t, P.lease_ms)),
+                    MState::Backoff(t, n) => {
+                        let mut b = PROBE_BACKOFF_MS.min(P.cooldown_ms);
+                        for _ in 1..n {
+                            b = (b * 2).min(P.cooldown_ms);
+                        }
+                        Some((t, b))
+                    }
+                }
+            }
+        }
+
         fn op() -> impl Strategy<Value = Op> {
             prop_oneof![
-                3 => Just(Op::Admit),
+                4 => Just(Op::Admit),
                 2 => (0usize..8).prop_map(Op::Succeed),
                 3 => (0usize..8).prop_map(Op::Fail),
-                1 => (0usize..8).prop_map(Op::Drop),
-                2 => (0u64..700).prop_map(Op::Advance),
+                2 => (0usize..8).prop_map(Op::Abandon),
+                1 => (0usize..8).prop_map(Op::Renew),
+                3 => (0u64..1200).prop_map(Op::Advance),
+                1 => Just(Op::Wrap),
             ]
         }
 
         proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
             #[test]
-            fn packed_word_matches_reference(ops in proptest::collection::vec(op(), 1..200)) {
+            fn packed_word_matches_reference(ops in proptest::collection::vec(op(), 1..120)) {
                 let w = AtomicU64::new(0);
                 let mut m = Model { st: MState::Closed(0), period: 0 };
                 let mut now = 0u64;
@@ -456,18 +702,27 @@ mod tests {
                 for o in ops {
                     match o {
                         Op::Advance(d) => now += d,
+                        // Only from CLOSED with no failures counted, so both sides agree.
+                        Op::Wrap if m.st == MState::Closed(0) => {
+                            let before = Snapshot::decode(Word::load(&w)).epoch;
+                            // 1365 cycles of 3 transitions, then one more open: 4096.
+                            cycle(&w, &P, &mut now, 1365);
+                            for _ in 0..P.threshold {
+                                let t = admit(&w, now, &P).unwrap();
+                                failure(&w, t, now, &P);
+                            }
+                            prop_assert_eq!(Snapshot::decode(Word::load(&w)).epoch, before);
+                            m.period += 4096;
+                            m.st = MState::Open(now);
+                        }
                         Op::Admit => {
                             let real = admit(&w, now, &P);
-                            let expect = match m.st {
-                                MState::Closed(_) => Some(false),
-                                MState::Open(t) if now - t >= P.cooldown_ms => {
+                            let expect = match (m.st, m.wait()) {
+                                (MState::Closed(_), _) => Some(false),
+                                (st, Some((t, wait))) if now - t >= wait => {
+                                    let n = match st { MState::HalfOpen(_, n) | MState::Backoff(_, n) => n, _ => 0 };
                                     m.period += 1;
-                                    m.st = MState::HalfOpen(now, m.period);
-                                    Some(true)
-                                }
-                                MState::HalfOpen(t, _) if now - t >= P.lease_ms => {
-                                    m.period += 1;
-                                    m.st = MState::HalfOpen(now, m.period);
+                                    m.st = MState::HalfOpen(now, n);
                                     Some(true)
                                 }
                                 _ => None,
@@ -477,7 +732,16 @@ mod tests {
                                 tickets.push((t, m.period, t.is_probe()));
                             }
                         }
-                        Op::Succeed(i) | Op::Fail(i) | Op::Drop(i) if i < tickets.len() => {
+                        Op::Renew(i) if i < tickets.len() => {
+                            let (mut t, period, probe) = tickets[i];
+                            let current = period == m.period && probe && matches!(m.st, MState::HalfOpen(..));
+                            prop_assert_eq!(renew(&w, &mut t, now), current);
+                            if current {
+                                if let MState::HalfOpen(s, n) = m.st { m.st = MState::HalfOpen(s.max(now), n); }
+                            }
+                            tickets[i].0 = t;
+                        }
+                        Op::Succeed(i) | Op::Fail(i) | Op::Abandon(i) if i < tickets.len() => {
                             let (t, period, probe) = tickets.remove(i);
                             let current = period == m.period;
                             match o {
@@ -497,17 +761,17 @@ mod tests {
                                         m.st = match m.st {
                                             MState::Closed(f) if !probe && f + 1 >= P.threshold => { m.period += 1; MState::Open(now) }
                                             MState::Closed(f) if !probe => MState::Closed(f + 1),
-                                            MState::HalfOpen(..) if probe => { m.period += 1; MState::Open(now) }
+                                            MState::HalfOpen(s, _) if probe => { m.period += 1; MState::Open(now.max(s)) }
                                             s => s,
                                         };
                                     }
                                 }
                                 _ => {
-                                    abandon(&w, t, now, &P);
+                                    abandon(&w, t, now);
                                     if current && probe {
-                                        if let MState::HalfOpen(..) = m.st {
+                                        if let MState::HalfOpen(s, n) = m.st {
                                             m.period += 1;
-                                            m.st = MState::Open(now.saturating_sub(P.cooldown_ms));
+                                            m.st = MState::Backoff(now.max(s), n + 1);
                                         }
                                     }
                                 }
@@ -517,9 +781,10 @@ mod tests {
                     }
                     let s = Snapshot::decode(Word::load(&w));
                     match m.st {
-                        MState::Closed(f) => { prop_assert_eq!(s.state, CLOSED); prop_assert_eq!(s.failures, f); }
+                        MState::Closed(f) => { prop_assert_eq!(s.state, CLOSED); prop_assert_eq!(s.count, f); }
                         MState::Open(t) => { prop_assert_eq!(s.state, OPEN); prop_assert_eq!(s.time_ms, t); }
-                        MState::HalfOpen(t, _) => { prop_assert_eq!(s.state, HALF_OPEN); prop_assert_eq!(s.time_ms, t); }
+                        MState::HalfOpen(t, n) => { prop_assert_eq!(s.state, HALF_OPEN); prop_assert_eq!(s.time_ms, t); prop_assert_eq!(s.count, n); }
+                        MState::Backoff(t, n) => { prop_assert_eq!(s.state, BACKOFF); prop_assert_eq!(s.time_ms, t); prop_assert_eq!(s.count, n); }
                     }
                 }
             }

@@ -263,7 +263,7 @@ impl<'a> Attempt<'a> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if let Some(t) = self.ticket.take() {
-            breaker::abandon(&**self.backend.breaker, t, now_ms(), &self.service.policy);
+            breaker::abandon(&**self.backend.breaker, t, now_ms());
         }
     }
 }

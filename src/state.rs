@@ -132,7 +132,12 @@ pub struct Shared {
 fn policy(s: &BreakerSettings, cfg: &Config) -> Policy {
     // A probe's outcome is known once its response head arrives, so its lease is the
     // longest that can take, plus a second of slack.
-    let lease = cfg.timeouts.connect + cfg.timeouts.response + Duration::from_secs(1);
+    let lease = cfg
+        .timeouts
+        .connect
+        .max(cfg.timeouts.response)
+        .max(cfg.timeouts.body)
+        + Duration::from_secs(1);
     Policy {
         threshold: u64::from(s.failure_threshold),
         cooldown_ms: s.cooldown.as_millis() as u64,

@@ -1,7 +1,9 @@
 //! Loom model of the packed breaker word: every interleaving of concurrent admissions and
 //! outcomes, on loom's atomics, running the very code the gateway runs.
 
-use gateway::breaker::{self, Policy, Snapshot, Word, CLOSED, HALF_OPEN, OPEN};
+use gateway::breaker::{
+    self, Policy, Snapshot, Transition, Word, BACKOFF, CLOSED, HALF_OPEN, OPEN,
+};
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
 
@@ -29,11 +31,13 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     b.check(f);
 }
 
+/// An open word one transition short of the epoch wrapping round: every test below that
+/// transitions crosses from epoch 4095 to 0, so the wrap is inside every interleaving.
 fn open_word() -> u64 {
     Snapshot {
         state: OPEN,
-        failures: 0,
-        epoch: 7,
+        count: 0,
+        epoch: 4095,
         time_ms: 0,
     }
     .encode()
@@ -76,7 +80,7 @@ fn no_failure_count_is_lost() {
             t.join().unwrap();
         }
         let s = Snapshot::decode(w.load());
-        assert_eq!((s.state, s.failures), (CLOSED, 2));
+        assert_eq!((s.state, s.count), (CLOSED, 2));
     });
 }
 
@@ -133,5 +137,49 @@ fn probe_outcome_and_lease_takeover_race_safely() {
             // The success landed first and closed the circuit.
             assert_eq!(s.state, CLOSED);
         }
+    });
+}
+
+#[test]
+fn an_abandon_racing_a_lease_takeover_never_frees_a_second_probe() {
+    model(|| {
+        let w = Arc::new(LoomWord(AtomicU64::new(open_word())));
+        let probe = breaker::admit(&*w, 200, &P).unwrap();
+        assert_eq!(Snapshot::decode(w.load()).epoch, 0, "the epoch wrapped");
+        let w1 = w.clone();
+        let taker = loom::thread::spawn(move || breaker::admit(&*w1, 250, &P));
+        let tr = breaker::abandon(&*w, probe, 250);
+        let took = taker.join().unwrap();
+        let s = Snapshot::decode(w.load());
+        match (tr, took) {
+            // The abandon landed first: BACKOFF, and 50 ms is inside the backoff.
+            (Transition::BackedOff, None) => assert_eq!(s.state, BACKOFF),
+            // The takeover landed first: the abandon was stale and did nothing.
+            (Transition::None, Some(t)) => {
+                assert!(t.is_probe());
+                assert_eq!(s.state, HALF_OPEN);
+            }
+            other => panic!("inconsistent outcome {other:?} with state {}", s.state),
+        }
+    });
+}
+
+#[test]
+fn a_renewing_probe_and_a_takeover_agree_on_one_probe() {
+    model(|| {
+        let w = Arc::new(LoomWord(AtomicU64::new(open_word())));
+        let mut probe = breaker::admit(&*w, 200, &P).unwrap();
+        let w1 = w.clone();
+        // At 250 the lease (50 ms from 200) has just run out.
+        let taker = loom::thread::spawn(move || breaker::admit(&*w1, 250, &P));
+        let renewed = breaker::renew(&*w, &mut probe, 250);
+        let took = taker.join().unwrap();
+        // Exactly one of them holds the probe afterwards.
+        assert!(
+            renewed != took.is_some(),
+            "renewed {renewed}, took {took:?}"
+        );
+        let closed = breaker::success(&*w, probe, 260) == Transition::Closed;
+        assert_eq!(closed, renewed, "only a live probe may close the circuit");
     });
 }
