@@ -3,65 +3,35 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 
 use crate::accesslog;
 use crate::balancer::View;
+use crate::downstream::{After, Downstream, Record, BUF_SIZE};
 use crate::error::GatewayError;
+use crate::exchange::{self, Prepared, Request};
 use crate::h1::{self, Framing, HeadLimits};
 use crate::io::{self, Read};
-use crate::proxy::{self, Request};
-use crate::server::Worker;
+use crate::rewrite;
+use crate::worker::Worker;
 
-/// Initial size of each connection's buffers; they grow only for big heads.
-const BUF_SIZE: usize = 8 * 1024;
-
-/// A client connection and the buffers its requests reuse (no per-request allocation).
+/// A client connection: its side of the wire and the buffers its requests reuse (no
+/// per-request allocation).
 pub struct Conn {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
+    pub down: Downstream,
     /// The client's IP as text, formatted once for `X-Forwarded-For`.
     pub peer_ip: Vec<u8>,
-    /// Bytes read from the client; `buf[start..]` is not yet consumed.
-    pub buf: Vec<u8>,
-    pub start: usize,
-    /// Bytes to write to the client.
-    pub out: Vec<u8>,
-    /// The request as sent upstream (kept until the response head arrives, for one retry).
-    pub up_out: Vec<u8>,
-    /// The part of the request body that arrived with the head, already re-framed.
-    pub up_body: Vec<u8>,
     /// Forwarded header lines of the current request, framing included, ending in CRLF CRLF.
     pub fwd: Vec<u8>,
     /// What to append to the backend's path prefix (starts with `/`).
     pub path: Vec<u8>,
     /// The current request's service segment, for error bodies.
     pub service: Vec<u8>,
-    /// Bytes read from the backend; `ubuf[ustart..]` is not yet consumed.
-    pub ubuf: Vec<u8>,
-    pub ustart: usize,
-    /// The current request is HEAD (gateway-made answers then carry no body).
-    pub head: bool,
     /// The current request's target, kept only when the access log is on.
     pub target: Vec<u8>,
-    /// What happened to the current request, for metrics and the access log.
-    pub log: Exchange,
-}
-
-/// The facts about one request that metrics and the access log need.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Exchange {
-    pub status: u16,
-    /// Bytes written to the client (heads and bodies).
-    pub bytes: u64,
-    /// Index of the backend within its service, once one was picked.
-    pub backend: Option<usize>,
-    pub upstream_us: Option<u64>,
-    pub error: Option<GatewayError>,
 }
 
 /// What the next bytes on the connection amount to.
@@ -80,66 +50,39 @@ enum Next {
 impl Conn {
     fn new(stream: TcpStream, peer: SocketAddr) -> Conn {
         Conn {
-            stream,
-            peer,
-            peer_ip: proxy::format_ip(peer.ip()),
-            buf: Vec::with_capacity(BUF_SIZE),
-            start: 0,
-            out: Vec::with_capacity(BUF_SIZE),
-            up_out: Vec::with_capacity(BUF_SIZE),
-            up_body: Vec::with_capacity(BUF_SIZE),
+            down: Downstream::new(stream, peer),
+            peer_ip: rewrite::format_ip(peer.ip()),
             fwd: Vec::with_capacity(1024),
             path: Vec::with_capacity(256),
             service: Vec::with_capacity(64),
-            ubuf: Vec::with_capacity(BUF_SIZE),
-            ustart: 0,
-            head: false,
             target: Vec::new(),
-            log: Exchange::default(),
         }
-    }
-
-    /// Sends a gateway-made error response. Returns false if the client is gone.
-    pub async fn reply(
-        &mut self,
-        err: GatewayError,
-        with_service: bool,
-        retry_after: Option<u64>,
-        close: bool,
-        timeout: Duration,
-    ) -> bool {
-        self.out.clear();
-        let service = with_service.then_some(&self.service[..]);
-        err.write_response(&mut self.out, service, retry_after, close, self.head);
-        self.log.status = err.status();
-        self.log.error = Some(err);
-        self.log.bytes += self.out.len() as u64;
-        let ok = io::write_all(&mut self.stream, &mut self.out, timeout)
-            .await
-            .is_ok();
-        self.out.clear();
-        ok
     }
 }
 
 /// Serves one client connection until it closes, errs or times out.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let registration = worker.register(stream.as_raw_fd());
+    let registration = worker.register(std::os::fd::AsRawFd::as_raw_fd(&stream));
     let mut c = Conn::new(stream, peer);
     while !worker.draining() {
-        c.log = Exchange::default();
-        c.head = false;
+        c.down.record = Record::default();
+        c.down.head = false;
+        c.target.clear();
         let (next, view) =
             next_request(&mut c, &worker, &registration.idle, worker.access.enabled()).await;
         // Only the access log reports the total time; skip the clock read otherwise.
         let started = worker.access.enabled().then(Instant::now);
-        let keep = match next {
+        let after = match next {
             Next::Forward(mut req) => {
                 if worker.draining() {
                     req.info.keep_alive = false; // the response says `Connection: close`
                 }
-                let keep = proxy::forward(&worker, &view, &mut c, req).await;
+                let prep = Prepared {
+                    fwd: &c.fwd,
+                    path: &c.path,
+                    service: &c.service,
+                };
+                let after = exchange::forward(&worker, &view, &mut c.down, req, prep).await;
                 finish(
                     &worker,
                     &view,
@@ -148,7 +91,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     Some(req.info.method),
                     started,
                 );
-                keep
+                after
             }
             Next::Reject {
                 err,
@@ -157,14 +100,24 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 method,
             } => {
                 let timeout = view.snapshot.config.timeouts.body;
-                let sent = c.reply(err, with_service, None, !keep_alive, timeout).await;
+                let service = with_service.then_some(&c.service[..]);
+                let sent = c.down.reply(err, service, None, !keep_alive, timeout).await;
                 finish(&worker, &view, &c, None, method, started);
-                sent && keep_alive
+                if sent && keep_alive {
+                    After::Keep
+                } else {
+                    After::Close
+                }
             }
-            Next::Close => false,
+            Next::Close => After::Close,
         };
-        if !keep {
-            break;
+        match after {
+            After::Keep => {}
+            After::Close => break,
+            After::Linger => {
+                c.down.linger().await;
+                break;
+            }
         }
     }
 }
@@ -179,25 +132,26 @@ fn finish(
     started: Option<Instant>,
 ) {
     let service = svc.map(|i| &view.snapshot.services[i]);
+    let rec = &c.down.record;
     worker
         .metrics
-        .response(service.map(|s| s.id), c.log.status, c.log.error);
+        .response(service.map(|s| s.id), rec.status, rec.error);
     if worker.access.enabled() {
-        let backend = match (service, c.log.backend) {
+        let backend = match (service, rec.backend) {
             (Some(s), Some(b)) => Some(s.backends[b].url.url.as_str()),
             _ => None,
         };
         worker.access.record(&accesslog::Entry {
-            client: c.peer.ip(),
+            client: c.down.peer.ip(),
             method: method.map_or("-", h1::Method::as_str),
             target: if c.target.is_empty() { b"-" } else { &c.target },
             service: service.map(|s| s.name.as_str()),
             backend,
-            status: c.log.status,
-            bytes: c.log.bytes,
-            upstream_us: c.log.upstream_us,
+            status: rec.status,
+            bytes: rec.bytes,
+            upstream_us: rec.upstream_us,
             total_us: started.map_or(0, |t| t.elapsed().as_micros() as u64),
-            error: c.log.error.map(GatewayError::code),
+            error: rec.error.map(GatewayError::code),
         });
     }
 }
@@ -217,23 +171,23 @@ async fn next_request(
     loop {
         let view = worker.view();
         let cfg = &view.snapshot.config;
-        if c.start < c.buf.len() {
+        let d = &mut c.down;
+        if d.start < d.buf.len() {
             let limits = HeadLimits {
                 max_head_bytes: cfg.limits.max_head_bytes,
                 max_headers: cfg.limits.max_headers,
                 max_target_bytes: cfg.limits.max_target_bytes,
             };
             let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
-            match h1::parse_request(&c.buf[c.start..], &mut headers, &limits) {
+            match h1::parse_request(&d.buf[d.start..], &mut headers, &limits) {
                 Ok(Some(parsed)) => {
                     let head_len = parsed.head_len;
                     let info = parsed.info;
-                    c.head = info.method == h1::Method::Head;
-                    c.target.clear();
+                    d.head = info.method == h1::Method::Head;
                     if keep_target {
                         c.target.extend_from_slice(parsed.target.as_bytes());
                     }
-                    let result = proxy::prepare(
+                    let result = rewrite::prepare(
                         &parsed,
                         &view,
                         &c.peer_ip,
@@ -241,7 +195,7 @@ async fn next_request(
                         &mut c.path,
                         &mut c.service,
                     );
-                    c.start += head_len;
+                    d.start += head_len;
                     let next = match result {
                         Ok(svc) => Next::Forward(Request { info, svc }),
                         Err(err) => Next::Reject {
@@ -270,7 +224,8 @@ async fn next_request(
                 }
             }
         }
-        let partial = c.start < c.buf.len();
+        let d = &mut c.down;
+        let partial = d.start < d.buf.len();
         let wait = match deadline {
             None if partial => {
                 deadline = Some(Instant::now() + cfg.timeouts.client_header);
@@ -282,7 +237,7 @@ async fn next_request(
         // Idle (between requests) connections are closed at once by a graceful shutdown.
         idle.set(deadline.is_none());
         drop(view); // an idle connection must not pin an old snapshot
-        let read = io::read_more(&mut c.stream, &mut c.buf, &mut c.start, BUF_SIZE / 2, wait).await;
+        let read = io::read_more(d.sock.r(), &mut d.buf, &mut d.start, BUF_SIZE / 2, wait).await;
         idle.set(false);
         match read {
             Read::Data(_) => {}

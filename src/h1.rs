@@ -561,43 +561,38 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 }
 
 /// Names listed in the `Connection` fields of a head (the per-message hop-by-hop set).
-pub struct ConnectionOptions<'b> {
-    names: [&'b [u8]; 16],
-    len: usize,
-    /// More names than we track: every header not on the allow list is dropped.
-    overflow: bool,
+///
+/// Any number of names is honoured: the fields are kept by reference and searched when
+/// asked, after a fast check that any name besides `close`/`keep-alive` is listed at all.
+pub struct ConnectionOptions<'h, 'b> {
+    headers: &'h [httparse::Header<'b>],
+    any: bool,
 }
 
-impl<'b> ConnectionOptions<'b> {
-    pub fn collect(headers: &[httparse::Header<'b>]) -> Self {
-        let mut me = ConnectionOptions {
-            names: [&[][..]; 16],
-            len: 0,
-            overflow: false,
-        };
-        for h in headers.iter().filter(|h| name_is(h.name, "connection")) {
-            for opt in list_elements(h.value) {
-                if opt.eq_ignore_ascii_case(b"close") || opt.eq_ignore_ascii_case(b"keep-alive") {
-                    continue;
-                }
-                if me.len < me.names.len() {
-                    me.names[me.len] = opt;
-                    me.len += 1;
-                } else {
-                    me.overflow = true;
-                }
-            }
-        }
-        me
+impl<'h, 'b> ConnectionOptions<'h, 'b> {
+    pub fn collect(headers: &'h [httparse::Header<'b>]) -> Self {
+        let any = headers
+            .iter()
+            .filter(|h| name_is(h.name, "connection"))
+            .flat_map(|h| list_elements(h.value))
+            .any(|opt| !is_close_or_keep_alive(opt));
+        ConnectionOptions { headers, any }
     }
 
     /// True when `name` must not be forwarded because `Connection` names it.
     pub fn names(&self, name: &str) -> bool {
-        self.overflow
-            || self.names[..self.len]
+        self.any
+            && self
+                .headers
                 .iter()
-                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+                .filter(|h| name_is(h.name, "connection"))
+                .flat_map(|h| list_elements(h.value))
+                .any(|opt| opt.eq_ignore_ascii_case(name.as_bytes()))
     }
+}
+
+fn is_close_or_keep_alive(opt: &[u8]) -> bool {
+    opt.eq_ignore_ascii_case(b"close") || opt.eq_ignore_ascii_case(b"keep-alive")
 }
 
 /// Appends `n` in decimal without allocating.
@@ -1133,5 +1128,30 @@ mod tests {
             8192
         )
         .is_err());
+    }
+
+    #[test]
+    fn connection_options_honour_any_number_of_names() {
+        let names: Vec<String> = (1..=40).map(|i| format!("o{i}")).collect();
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nConnection: close, {}\r\nConnection: extra\r\n\r\n",
+            names.join(", ")
+        );
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let p = parse_response(raw.as_bytes(), &mut h, false, 8192)
+            .unwrap()
+            .unwrap();
+        let opts = ConnectionOptions::collect(p.headers);
+        for n in &names {
+            assert!(opts.names(n), "{n} not recognised");
+        }
+        assert!(opts.names("EXTRA"));
+        for kept in ["content-type", "authorization", "user-agent", "o41"] {
+            assert!(!opts.names(kept), "{kept} would be dropped");
+        }
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let plain = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\n\r\n";
+        let p = parse_response(plain, &mut h, false, 8192).unwrap().unwrap();
+        assert!(!ConnectionOptions::collect(p.headers).names("keep-alive-x"));
     }
 }

@@ -1,18 +1,85 @@
-//! Owned-buffer socket I/O with deadlines, on monoio's rent-style API.
+//! Owned-buffer socket I/O with deadlines, on monoio's rent-style API, and the split socket
+//! that lets one task read and write the same connection at once.
 //!
 //! monoio takes buffers by value for the duration of an operation (io_uring writes into
 //! them asynchronously). These helpers lend a connection's `Vec` to one read or write and
 //! put it back. When a deadline fires the in-flight operation is dropped and its buffer
-//! with it; the caller then closes the connection, which is the only safe thing to do
-//! with a socket that may have lost bytes (see design.md §6).
+//! with it (the `Vec` is left empty, with fresh capacity); the caller then closes the
+//! connection, which is the only safe thing to do with a socket that may have lost or
+//! half-sent bytes (see design.md §6). A timeout is never mistaken for a closed peer.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::buf::IoBufMut;
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
 use monoio::net::TcpStream;
+
+/// The reading side of a [`Socket`].
+pub type ReadHalf = OwnedReadHalf<TcpStream>;
+/// The writing side of a [`Socket`].
+pub type WriteHalf = OwnedWriteHalf<TcpStream>;
+
+/// A TCP connection split once, when it is opened, into halves that can be in flight at the
+/// same time (a request body going up while the response comes down).
+///
+/// Dropping it closes the connection with a plain close: the halves are reunited first,
+/// because monoio's write half sends FIN when dropped on its own, which would turn an
+/// intended reset (see [`set_reset_on_close`]) into a clean end.
+pub struct Socket {
+    r: ManuallyDrop<ReadHalf>,
+    w: ManuallyDrop<WriteHalf>,
+    fd: RawFd,
+}
+
+impl Socket {
+    pub fn new(stream: TcpStream) -> Socket {
+        let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
+        let (r, w) = stream.into_split();
+        Socket {
+            r: ManuallyDrop::new(r),
+            w: ManuallyDrop::new(w),
+            fd,
+        }
+    }
+
+    pub fn r(&mut self) -> &mut ReadHalf {
+        &mut self.r
+    }
+
+    pub fn w(&mut self) -> &mut WriteHalf {
+        &mut self.w
+    }
+
+    /// Both halves, to be used at once.
+    pub fn split(&mut self) -> (&mut ReadHalf, &mut WriteHalf) {
+        (&mut self.r, &mut self.w)
+    }
+
+    /// The descriptor, for socket options and non-blocking checks (valid while `self` lives).
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: each field is taken exactly once, here, and never used again.
+        let (r, w) = unsafe {
+            (
+                ManuallyDrop::take(&mut self.r),
+                ManuallyDrop::take(&mut self.w),
+            )
+        };
+        // Reuniting succeeds (both halves of one stream); the stream then closes normally.
+        drop(r.reunite(w));
+    }
+}
 
 /// How a read ended.
 #[derive(Debug)]
@@ -27,8 +94,8 @@ pub enum Read {
 
 /// Appends what the socket has to `buf[..]`, first discarding the consumed prefix
 /// `buf[..*start]` when room is needed, and keeping at least `min_free` bytes of room.
-pub async fn read_more(
-    stream: &mut TcpStream,
+pub async fn read_more<R: AsyncReadRent>(
+    stream: &mut R,
     buf: &mut Vec<u8>,
     start: &mut usize,
     min_free: usize,
@@ -56,55 +123,47 @@ pub async fn read_more(
                 Err(e) => Read::Err(e),
             }
         }
-        Err(_) => Read::Timeout,
+        Err(_) => {
+            *buf = Vec::with_capacity(cap);
+            *start = 0;
+            Read::Timeout
+        }
     }
 }
 
-/// Writes all of `out`; `out` keeps its contents (a caller may need to resend them).
-pub async fn write_all(
-    stream: &mut TcpStream,
+/// Writes all of `out`; on success `out` keeps its contents. On timeout the error kind is
+/// `TimedOut` and `out` is empty (its bytes may be half sent: close the connection).
+pub async fn write_all<W: AsyncWriteRent>(
+    stream: &mut W,
     out: &mut Vec<u8>,
     deadline: Duration,
 ) -> io::Result<()> {
     let b = std::mem::take(out);
+    let cap = b.capacity();
     match monoio::time::timeout(deadline, stream.write_all(b)).await {
         Ok((res, b)) => {
             *out = b;
             res.map(|_| ())
         }
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
-    }
-}
-
-/// Writes `buf[range]` without copying it.
-pub async fn write_range(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    from: usize,
-    to: usize,
-    deadline: Duration,
-) -> io::Result<()> {
-    let b = std::mem::take(buf);
-    match monoio::time::timeout(deadline, stream.write_all(b.slice(from..to))).await {
-        Ok((res, slice)) => {
-            *buf = slice.into_inner();
-            res.map(|_| ())
+        Err(_) => {
+            *out = Vec::with_capacity(cap);
+            Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
         }
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
     }
 }
 
 /// Makes the coming close send RST instead of FIN, so the peer sees an aborted message
 /// rather than a clean end of a close-delimited body.
-pub fn set_reset_on_close(stream: &TcpStream) {
+pub fn set_reset_on_close(fd: RawFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: valid fd owned by `stream`; the option value is a plain struct of the right size.
+    // SAFETY: `fd` is a live socket owned by the caller; the option value is a plain struct
+    // of the right size.
     unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&linger as *const libc::linger).cast(),
@@ -113,8 +172,14 @@ pub fn set_reset_on_close(stream: &TcpStream) {
     }
 }
 
+/// Sends FIN (no more bytes from us) while the connection stays open for reading.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: plain shutdown(2) on a live socket owned by the caller.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
 /// True when nothing is waiting to be read on the socket (no data, no EOF, no error).
-pub fn is_quiet(fd: std::os::fd::RawFd) -> bool {
+pub fn is_quiet(fd: RawFd) -> bool {
     let mut byte = 0u8;
     // SAFETY: a one-byte buffer we own; MSG_PEEK consumes nothing and MSG_DONTWAIT never
     // blocks. An invalid fd just reports an error (not quiet).

@@ -2,15 +2,19 @@
 //!
 //! ## Layout, in the order a request meets it
 //! - [`server`]: worker threads, one pinned monoio runtime and SO_REUSEPORT listener each
+//! - [`worker`]: one worker's context (config view, pool, buffers, open connections)
 //! - [`conn`]: one client connection: head deadline, keep-alive, pipelining
+//! - [`downstream`]: the client's side of the wire, gateway-made replies, lingering close
 //! - [`h1`]: HTTP/1.1 parsing and framing decisions, chunked coding
+//! - [`rewrite`]: routing and the heads as the other side sees them
 //! - [`router`]: `/v1/proxy/{service}/{rest}` on the raw target
+//! - [`exchange`]: one trip to a backend, phase by phase, the outcome settled in one place
 //! - [`balancer`]: per-worker round-robin that skips open circuits
 //! - [`breaker`]: the packed per-backend circuit breaker word
-//! - [`pool`]: per-worker idle upstream connections
-//! - [`proxy`]: forward, stream both bodies, classify the outcome
+//! - [`pool`]: per-worker idle upstream connections, checked clean when handed out
+//! - [`relay`]: bodies streamed and re-framed
 //! - [`error`]: the responses the gateway makes itself
-//! - [`io`]: owned-buffer socket reads and writes with deadlines
+//! - [`io`]: split sockets, owned-buffer reads and writes with deadlines
 //!
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
 //! registry behind one `ArcSwap`). Side: [`logging`].
@@ -29,17 +33,21 @@ pub mod balancer;
 pub mod breaker;
 pub mod config;
 pub mod conn;
+pub mod downstream;
 pub mod error;
+pub mod exchange;
 pub mod h1;
 pub mod io;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
-pub mod proxy;
+pub mod relay;
 pub mod reload;
+pub mod rewrite;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

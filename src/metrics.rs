@@ -85,6 +85,8 @@ pub struct WorkerMetrics {
     pub accepted: Counter,
     /// `service * 5 + (status / 100 - 1)`: responses by service and status class.
     requests: Box<[Counter]>,
+    /// Per service: requests that ended with no response sent (the client went away).
+    aborted: Box<[Counter]>,
     /// Responses the gateway made itself, by `GatewayError::index`.
     pub errors: Box<[Counter]>,
     pub connect: Histograms,
@@ -104,6 +106,7 @@ impl Default for WorkerMetrics {
         WorkerMetrics {
             accepted: Counter::default(),
             requests: counters(MAX_SERVICES * 5),
+            aborted: counters(MAX_SERVICES),
             errors: counters(GatewayError::ALL.len()),
             connect: Histograms::new(),
             response: Histograms::new(),
@@ -123,8 +126,12 @@ impl WorkerMetrics {
     #[inline]
     pub fn response(&self, service: Option<usize>, status: u16, error: Option<GatewayError>) {
         if let Some(s) = service.filter(|&s| s < MAX_SERVICES) {
-            let class = (status / 100).clamp(1, 5) as usize - 1;
-            self.requests[s * 5 + class].inc();
+            if status == 0 {
+                self.aborted[s].inc();
+            } else {
+                let class = (status / 100).clamp(1, 5) as usize - 1;
+                self.requests[s * 5 + class].inc();
+            }
         }
         if let Some(e) = error {
             self.errors[e.index()].inc();
@@ -197,6 +204,19 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
                 class + 1
             );
         }
+    }
+    let _ = writeln!(
+        w,
+        "# HELP gateway_requests_aborted_total Requests that ended with no response sent: the client went away first."
+    );
+    let _ = writeln!(w, "# TYPE gateway_requests_aborted_total counter");
+    for (id, name) in names.services.iter().filter(|(id, _)| *id < MAX_SERVICES) {
+        let v = sum(workers, |m| m.aborted[*id].get());
+        let _ = writeln!(
+            w,
+            "gateway_requests_aborted_total{{service=\"{}\"}} {v}",
+            escape(name)
+        );
     }
     let _ = writeln!(
         w,
@@ -384,6 +404,8 @@ mod tests {
         a.response(Some(0), 200, None);
         b.response(Some(0), 204, None);
         b.response(Some(0), 503, Some(GatewayError::NoBackend));
+        // The client went away before any response: aborted, not a status class.
+        a.response(Some(0), 0, None);
         a.response.observe(0, 700);
         b.response.observe(0, 20_000_000);
         let services = vec![(0, "svc".to_string())];
@@ -406,6 +428,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("gateway_requests_total{service=\"svc\",class=\"5xx\"} 1\n"));
+        assert!(text.contains("gateway_requests_total{service=\"svc\",class=\"1xx\"} 0\n"));
+        assert!(text.contains("gateway_requests_aborted_total{service=\"svc\"} 1\n"));
         assert!(
             text.contains("gateway_errors_total{code=\"no_backend_available\",status=\"503\"} 1\n")
         );

@@ -1,29 +1,24 @@
 //! Per-worker pool of idle keep-alive connections to backends: no locks, most recent first.
 //!
-//! Only connections whose last exchange ended cleanly (framed response fully read, no
-//! extra bytes, backend did not ask to close) are put back. Idle connections expire after
-//! `pool.idle_timeout`, chosen shorter than common backend keep-alive timeouts so that the
-//! gateway, not the backend, is the one that closes them.
+//! Only connections whose last exchange ended cleanly (request sent whole, framed response
+//! fully read, no extra bytes, backend did not ask to close) are put back. A connection is
+//! clean when it is handed out: [`Pool::take`] checks every one, however briefly it sat
+//! idle, and drops it if any byte or EOF arrived meanwhile (stray bytes after a response
+//! must never be read as the next client's answer). The housekeeping sweep runs the same
+//! check once a second, so connections the backend closed do not linger. Idle connections
+//! expire after `pool.idle_timeout`, chosen shorter than common backend keep-alive timeouts
+//! so that the gateway, not the backend, is the one that closes them.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
-
+use crate::io::{is_quiet, Socket};
 use crate::metrics::WorkerCell;
 
-/// Connections idle at least this long are peeked before reuse. Under load a connection
-/// is back in use within microseconds of its last response, where a close or stray bytes
-/// from the backend are all but impossible, so the syscall (~1.3 µs, the largest
-/// user-visible cost on the request path in the profile) is spent only where it matters:
-/// on connections the backend may have closed while they sat idle.
-const PEEK_AFTER: Duration = Duration::from_millis(1);
-
 struct Idle {
-    stream: TcpStream,
+    socket: Socket,
     since: Instant,
 }
 
@@ -60,12 +55,13 @@ impl Pool {
         self.metrics.pool_idle.set(n as u64);
     }
 
-    /// The most recently used live connection to `slot`, if any.
+    /// The most recently used clean connection to `slot`, if any.
     ///
-    /// A connection idle for [`PEEK_AFTER`] or more is peeked first and dropped if it became
+    /// Every candidate is checked with a non-blocking peek and dropped if it became
     /// readable: either the backend closed it, or it sent bytes nobody asked for (which must
-    /// never be read as the answer to the next request).
-    pub fn take(&self, slot: usize) -> Option<TcpStream> {
+    /// never be read as the answer to the next request). There is no time window in which
+    /// the check is skipped.
+    pub fn take(&self, slot: usize) -> Option<Socket> {
         let mut slots = self.slots.borrow_mut();
         let q = slots.get_mut(slot)?;
         if q.is_empty() {
@@ -79,8 +75,8 @@ impl Pool {
                 q.clear();
                 break;
             }
-            if idle_for < PEEK_AFTER || crate::io::is_quiet(idle.stream.as_raw_fd()) {
-                found = Some(idle.stream);
+            if is_quiet(idle.socket.fd()) {
+                found = Some(idle.socket);
                 break;
             }
         }
@@ -89,7 +85,7 @@ impl Pool {
     }
 
     /// Returns a connection whose exchange finished cleanly.
-    pub fn put(&self, slot: usize, stream: TcpStream) {
+    pub fn put(&self, slot: usize, socket: Socket) {
         if self.max_idle.get() == 0 {
             return;
         }
@@ -103,14 +99,15 @@ impl Pool {
             self.total.set(self.total.get() - 1);
         }
         q.push_back(Idle {
-            stream,
+            socket,
             since: Instant::now(),
         });
         self.total.set(self.total.get() + 1);
         self.metrics.pool_idle.set(self.total.get() as u64);
     }
 
-    /// Closes expired connections and those of backends `keep` no longer wants.
+    /// Closes expired connections, those the backend closed or wrote to while idle, and
+    /// those of backends `keep` no longer wants.
     pub fn sweep(&self, keep: impl Fn(usize) -> bool) {
         let mut slots = self.slots.borrow_mut();
         let timeout = self.idle_timeout.get();
@@ -118,7 +115,7 @@ impl Pool {
             if !keep(slot) {
                 q.clear();
             } else {
-                q.retain(|i| i.since.elapsed() < timeout);
+                q.retain(|i| i.since.elapsed() < timeout && is_quiet(i.socket.fd()));
             }
         }
         self.recount(&slots);

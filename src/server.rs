@@ -3,12 +3,9 @@
 //! except the `Arc<Shared>` they read.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -18,133 +15,9 @@ use std::time::{Duration, Instant};
 
 use monoio::{FusionDriver, FusionRuntime, LegacyDriver, RuntimeBuilder};
 
-use crate::accesslog::{self, AccessLog};
-use crate::balancer::View;
-use crate::metrics::{WorkerCell, WorkerMetrics};
-use crate::pool::Pool;
+use crate::accesslog;
 use crate::state::Shared;
-
-/// A client connection's fd and its "idle between requests" flag.
-type OpenConn = (RawFd, Rc<Cell<bool>>);
-
-/// Everything one worker owns. Only touched by its own thread (the metrics table is also
-/// read by the admin thread).
-pub struct Worker {
-    pub index: usize,
-    shared: Arc<Shared>,
-    view: RefCell<Rc<View>>,
-    pub pool: Pool,
-    pub metrics: Arc<WorkerCell>,
-    pub access: AccessLog,
-    /// Open client connections: their fd and whether they wait idle for a next request
-    /// (those are shut down at once when draining).
-    conns: RefCell<HashMap<u64, OpenConn>>,
-    next_conn: Cell<u64>,
-}
-
-impl Worker {
-    fn new(index: usize, shared: Arc<Shared>, log: Option<accesslog::Writer>) -> Worker {
-        let snapshot = shared.current.load_full();
-        let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
-        shared
-            .workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(metrics.clone());
-        let pool = Pool::new(
-            snapshot.config.pool.max_idle_per_backend,
-            snapshot.config.pool.idle_timeout,
-            metrics.clone(),
-        );
-        Worker {
-            index,
-            view: RefCell::new(Rc::new(View::new(snapshot, index))),
-            shared,
-            pool,
-            metrics,
-            access: AccessLog::new(log),
-            conns: RefCell::new(HashMap::new()),
-            next_conn: Cell::new(0),
-        }
-    }
-
-    /// True once a graceful shutdown started.
-    pub fn draining(&self) -> bool {
-        self.shared.is_draining()
-    }
-
-    /// This worker's view of the current snapshot; rebuilt only when a reload stored a new
-    /// one. A request keeps the view it started with until it ends.
-    pub fn view(&self) -> Rc<View> {
-        let current = self.shared.current.load();
-        {
-            let v = self.view.borrow();
-            if Arc::ptr_eq(&v.snapshot, &current) {
-                return v.clone();
-            }
-        }
-        let fresh = Rc::new(View::new(arc_swap::Guard::into_inner(current), self.index));
-        let mut live = vec![false; fresh.snapshot.slot_count()];
-        for s in &fresh.snapshot.services {
-            for b in &s.backends {
-                live[b.slot] = true;
-            }
-        }
-        let pool = &fresh.snapshot.config.pool;
-        self.pool
-            .configure(pool.max_idle_per_backend, pool.idle_timeout);
-        // Close idle connections of backends that left the config.
-        self.pool
-            .sweep(|slot| live.get(slot).copied().unwrap_or(false));
-        *self.view.borrow_mut() = fresh.clone();
-        fresh
-    }
-
-    /// Registers a client connection; the returned flag says whether it is idle.
-    pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
-        let id = self.next_conn.get();
-        self.next_conn.set(id + 1);
-        let idle = Rc::new(Cell::new(false));
-        self.conns.borrow_mut().insert(id, (fd, idle.clone()));
-        self.metrics
-            .client_connections
-            .set(self.conns.borrow().len() as u64);
-        ConnGuard {
-            worker: self.clone(),
-            id,
-            idle,
-        }
-    }
-
-    /// Shuts down the sockets of idle connections so their pending reads end now; one
-    /// whose next request already arrived is left to be served (with `Connection: close`).
-    fn close_idle(&self) {
-        for (fd, idle) in self.conns.borrow().values() {
-            if idle.get() && crate::io::is_quiet(*fd) {
-                // SAFETY: the fd belongs to a live connection (it deregisters before closing).
-                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
-            }
-        }
-    }
-}
-
-/// A registered client connection; deregisters on drop.
-pub struct ConnGuard {
-    worker: Rc<Worker>,
-    id: u64,
-    pub idle: Rc<Cell<bool>>,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        let mut conns = self.worker.conns.borrow_mut();
-        conns.remove(&self.id);
-        self.worker
-            .metrics
-            .client_connections
-            .set(conns.len() as u64);
-    }
-}
+use crate::worker::Worker;
 
 /// A started server: its address and worker threads.
 pub struct Server {
@@ -361,13 +234,13 @@ async fn drain(worker: &Worker) {
     let deadline = Instant::now() + worker.view().snapshot.config.timeouts.drain;
     loop {
         worker.close_idle();
-        if worker.conns.borrow().is_empty() || Instant::now() >= deadline {
+        if worker.open_connections() == 0 || Instant::now() >= deadline {
             break;
         }
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     worker.access.flush();
-    let left = worker.conns.borrow().len();
+    let left = worker.open_connections();
     if left > 0 {
         log::warn!(
             "worker {}: drain deadline passed with {left} connections open",

@@ -14,6 +14,7 @@
 //! | `x-mock-fault: KIND`          | see [`Fault`]                                             |
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -389,7 +390,7 @@ async fn respond(s: &mut TcpStream, out: &mut Vec<u8>, plan: &Plan) -> bool {
     match plan.fault {
         Some(Fault::CloseBeforeHead) => return false,
         Some(Fault::ResetBeforeHead) => {
-            gio::set_reset_on_close(s);
+            gio::set_reset_on_close(s.as_raw_fd());
             return false;
         }
         Some(Fault::Hang) => {
@@ -480,7 +481,7 @@ async fn respond(s: &mut TcpStream, out: &mut Vec<u8>, plan: &Plan) -> bool {
     match plan.fault {
         Some(Fault::CloseMidBody) => return false,
         Some(Fault::ResetMidBody) => {
-            gio::set_reset_on_close(s);
+            gio::set_reset_on_close(s.as_raw_fd());
             return false;
         }
         _ => {}

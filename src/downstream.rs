@@ -1,0 +1,123 @@
+//! The client's side of a connection as `conn` keeps it between requests and an exchange
+//! borrows it: the socket, unconsumed input, the output buffer, gateway-made replies and the
+//! record of the current request.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::error::GatewayError;
+use crate::io::{self, Read, Socket};
+
+/// Initial size of a connection's buffers; they grow only for big heads.
+pub const BUF_SIZE: usize = 8 * 1024;
+
+/// After an early response (the backend answered before the request body was all read),
+/// the rest of the body is read and discarded for at most this long before the connection
+/// closes, so that closing with unread bytes does not reset the connection before the client
+/// has read its answer (NGINX's lingering close).
+pub const LINGER: Duration = Duration::from_secs(2);
+/// ... and at most this many bytes.
+pub const LINGER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What happened to one request, for metrics and the access log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Record {
+    /// The status sent to the client; 0 when nothing was (the client went away first).
+    pub status: u16,
+    /// Bytes written to the client (heads and bodies).
+    pub bytes: u64,
+    /// Index of the backend within its service, once one was picked.
+    pub backend: Option<usize>,
+    pub upstream_us: Option<u64>,
+    pub error: Option<GatewayError>,
+}
+
+/// The client connection's state that outlives one request.
+pub struct Downstream {
+    pub sock: Socket,
+    pub peer: SocketAddr,
+    /// Bytes read from the client; `buf[start..]` is not yet consumed.
+    pub buf: Vec<u8>,
+    pub start: usize,
+    /// Bytes to write to the client.
+    pub out: Vec<u8>,
+    /// The current request is HEAD (gateway-made answers then carry no body).
+    pub head: bool,
+    pub record: Record,
+}
+
+/// What the client connection does after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Read the next request.
+    Keep,
+    /// Close now.
+    Close,
+    /// Unread request body may follow: stop sending, discard input for a while, then close.
+    Linger,
+}
+
+impl Downstream {
+    pub fn new(stream: TcpStream, peer: SocketAddr) -> Downstream {
+        Downstream {
+            sock: Socket::new(stream),
+            peer,
+            buf: Vec::with_capacity(BUF_SIZE),
+            start: 0,
+            out: Vec::with_capacity(BUF_SIZE),
+            head: false,
+            record: Record::default(),
+        }
+    }
+
+    /// Sends a gateway-made error response. Returns false if the client is gone.
+    pub async fn reply(
+        &mut self,
+        err: GatewayError,
+        service: Option<&[u8]>,
+        retry_after: Option<u64>,
+        close: bool,
+        timeout: Duration,
+    ) -> bool {
+        self.out.clear();
+        err.write_response(&mut self.out, service, retry_after, close, self.head);
+        self.record.status = err.status();
+        self.record.error = Some(err);
+        self.record.bytes += self.out.len() as u64;
+        let ok = io::write_all(self.sock.w(), &mut self.out, timeout)
+            .await
+            .is_ok();
+        self.out.clear();
+        ok
+    }
+
+    /// Ends the connection after an early response: FIN first (the response is queued ahead
+    /// of it), then what the client still sends is read and dropped until it stops, or
+    /// [`LINGER`] or [`LINGER_BYTES`] runs out.
+    pub async fn linger(&mut self) {
+        io::shutdown_write(self.sock.fd());
+        let end = Instant::now() + LINGER;
+        let mut seen = 0u64;
+        while seen < LINGER_BYTES {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.start = self.buf.len();
+            match io::read_more(
+                self.sock.r(),
+                &mut self.buf,
+                &mut self.start,
+                BUF_SIZE,
+                left,
+            )
+            .await
+            {
+                Read::Data(n) => seen += n as u64,
+                Read::Eof | Read::Timeout | Read::Err(_) => break,
+            }
+        }
+    }
+}

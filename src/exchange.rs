@@ -1,0 +1,762 @@
+//! One request's trip to a backend, phase by phase: pick → connect or reuse → send the head
+//! → stream the body while reading the response → relay → settle the outcome.
+//!
+//! The exchange owns its upstream state (the connection, what goes up, what came down);
+//! the client side is borrowed from `conn` as a [`Downstream`]. It is full duplex: while a
+//! request body streams up, the backend's response is read, so a backend that answers early
+//! (a 413 or 401 after the head) is heard at once; its answer is relayed, the upload stops,
+//! the backend connection is not reused, and the client connection closes after a lingering
+//! read. What the breaker hears is decided in one place, [`Attempt::settle`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::balancer::{Pick, View};
+use crate::breaker::{self, Ticket, Transition};
+use crate::config::Timeouts;
+use crate::downstream::{After, Downstream};
+use crate::error::GatewayError;
+use crate::h1::{self, Framing, Method, RequestInfo};
+use crate::io::{self, Read, ReadHalf, Socket, WriteHalf};
+use crate::metrics::{Counter, WorkerMetrics};
+use crate::relay::{pump, BodyError, BodyRelay};
+use crate::rewrite;
+use crate::state::{now_ms, Backend, Service};
+use crate::worker::Worker;
+
+/// A parsed, routed request ready to forward.
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    pub info: RequestInfo,
+    /// Index of the service in the snapshot.
+    pub svc: usize,
+}
+
+/// The pieces of the rewritten request head that `conn` prepared (see `rewrite::prepare`).
+#[derive(Clone, Copy)]
+pub struct Prepared<'a> {
+    /// Header lines for the backend, framing included, ending in CRLF CRLF.
+    pub fwd: &'a [u8],
+    /// What to append to the backend's path prefix (starts with `/`).
+    pub path: &'a [u8],
+    /// The service segment, for error bodies.
+    pub service: &'a [u8],
+}
+
+/// Forwards one request and relays its response; says what the client connection does next.
+pub async fn forward(
+    worker: &Worker,
+    view: &View,
+    down: &mut Downstream,
+    req: Request,
+    prep: Prepared<'_>,
+) -> After {
+    let cfg = &view.snapshot.config;
+    let timeouts = cfg.timeouts;
+    let info = req.info;
+    // Re-frame the part of the body already in hand before choosing a backend: a request
+    // whose framing is broken there never reaches one.
+    let mut relay = BodyRelay::new(
+        info.framing,
+        info.framing == Framing::Chunked,
+        cfg.limits.max_body_bytes,
+    );
+    let mut up_out = worker.buffer();
+    let mut in_hand = worker.buffer();
+    let after = match relay.feed(&down.buf[down.start..], &mut in_hand) {
+        Err(e) => reply_body_error(down, e, timeouts.body).await,
+        Ok(used) => {
+            down.start += used;
+            match connect_or_reuse(worker, view, down, req, prep, &relay).await {
+                Err(after) => after,
+                Ok((attempt, up, reused)) => {
+                    rewrite::write_request_head(
+                        &mut up_out,
+                        info.method,
+                        attempt.backend,
+                        prep.path,
+                        prep.fwd,
+                    );
+                    up_out.extend_from_slice(&in_hand);
+                    let mut ex = Exchange {
+                        worker,
+                        timeouts,
+                        max_head: cfg.limits.max_head_bytes,
+                        info,
+                        service: prep.service,
+                        attempt,
+                        up,
+                        reused,
+                        up_out,
+                        ubuf: worker.buffer(),
+                        ustart: 0,
+                        relay,
+                        sent_whole: false,
+                        sent_at: Instant::now(),
+                        pool_it: false,
+                    };
+                    let after = ex.run(down).await;
+                    if ex.pool_it {
+                        worker.pool.put(ex.attempt.backend.slot, ex.up);
+                    }
+                    worker.recycle(ex.ubuf);
+                    up_out = ex.up_out;
+                    after
+                }
+            }
+        }
+    };
+    worker.recycle(in_hand);
+    worker.recycle(up_out);
+    after
+}
+
+/// Picks a backend and gets a connection to it: a clean pooled one, or a new one. A refused
+/// connect (nothing sent) moves on to the next backend once. On failure the client has been
+/// answered and the result says what the connection does next.
+async fn connect_or_reuse<'v>(
+    worker: &'v Worker,
+    view: &'v View,
+    down: &mut Downstream,
+    req: Request,
+    prep: Prepared<'_>,
+    relay: &BodyRelay,
+) -> Result<(Attempt<'v>, Socket, bool), After> {
+    let service = &view.snapshot.services[req.svc];
+    let timeouts = view.snapshot.config.timeouts;
+    let keep = req.info.keep_alive && relay.done;
+    let mut exclude = None;
+    let mut last_err = GatewayError::ConnectFailed;
+    for _ in 0..2 {
+        let (idx, ticket) = match view.pick(req.svc, exclude) {
+            Pick::Backend { idx, ticket } => (idx, ticket),
+            Pick::AllOpen { retry_after_secs } => {
+                let (err, retry) = match exclude {
+                    // The only other backend refused: say so, not "all open".
+                    Some(_) => (last_err, None),
+                    None => (GatewayError::NoBackend, Some(retry_after_secs)),
+                };
+                return Err(reply_error(down, keep, err, prep.service, retry, timeouts.body).await);
+            }
+        };
+        let backend = &service.backends[idx];
+        let mut attempt = Attempt {
+            backend,
+            service,
+            ticket: Some(ticket),
+            metrics: &worker.metrics,
+        };
+        down.record.backend = Some(idx);
+        if let Some(s) = worker.pool.take(backend.slot) {
+            return Ok((attempt, s, true));
+        }
+        match timed_connect(worker, service, backend.url.addr, timeouts.connect).await {
+            Ok(s) => {
+                attempt.renew();
+                return Ok((attempt, s, false));
+            }
+            Err(err) => {
+                attempt.settle(Outcome::Failed);
+                last_err = err;
+                if err != GatewayError::ConnectFailed {
+                    break;
+                }
+                exclude = Some(idx);
+            }
+        }
+    }
+    Err(reply_error(down, keep, last_err, prep.service, None, timeouts.body).await)
+}
+
+/// How the backend's side of an exchange ended, as the breaker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// A final response head arrived (early or not): judged by its status.
+    Answered(u16),
+    /// Connect, send, timeout, garbage or close before a complete head.
+    Failed,
+    /// The client vanished or sent a broken body before the request was sent whole: no
+    /// verdict on the backend (a probe backs off).
+    NotSent,
+}
+
+/// The breaker ticket of one attempt: reports the outcome once, and hands an unresolved
+/// probe back when dropped (task cancelled), so it cannot wedge the circuit.
+struct Attempt<'a> {
+    backend: &'a Backend,
+    service: &'a Service,
+    ticket: Option<Ticket>,
+    metrics: &'a WorkerMetrics,
+}
+
+impl Attempt<'_> {
+    /// The one place an exchange's outcome becomes a breaker verdict.
+    fn settle(&mut self, outcome: Outcome) {
+        let Some(t) = self.ticket.take() else { return };
+        let cell = &**self.backend.breaker;
+        let now = now_ms();
+        let (failure, tr) = match outcome {
+            Outcome::Answered(status) if self.service.settings.is_failure_status(status) => {
+                (true, breaker::failure(cell, t, now, &self.service.policy))
+            }
+            Outcome::Answered(_) => (false, breaker::success(cell, t, now)),
+            Outcome::Failed => (true, breaker::failure(cell, t, now, &self.service.policy)),
+            Outcome::NotSent => {
+                self.log(breaker::abandon(cell, t, now));
+                return;
+            }
+        };
+        self.metrics.outcome(self.backend.slot, failure);
+        self.log(tr);
+    }
+
+    /// A probe made progress: extend its lease so no second probe is admitted meanwhile.
+    fn renew(&mut self) {
+        if let Some(t) = self.ticket.as_mut().filter(|t| t.is_probe()) {
+            breaker::renew(&**self.backend.breaker, t, now_ms());
+        }
+    }
+
+    fn log(&self, tr: Transition) {
+        if tr == Transition::None {
+            return;
+        }
+        self.metrics.transition(self.backend.slot);
+        let what = match tr {
+            Transition::Opened => "opened",
+            Transition::Closed => "closed (probe succeeded)",
+            Transition::Reopened => "re-opened (probe failed)",
+            _ => "kept open (probe abandoned by its client; next probe after a backoff)",
+        };
+        log::warn!(
+            "breaker: {} {} {what}",
+            self.service.name,
+            self.backend.url.url
+        );
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.settle(Outcome::NotSent);
+    }
+}
+
+/// One exchange with one backend, from sending the request to the end of the response.
+struct Exchange<'a> {
+    worker: &'a Worker,
+    timeouts: Timeouts,
+    max_head: usize,
+    info: RequestInfo,
+    /// The service segment, for error bodies.
+    service: &'a [u8],
+    attempt: Attempt<'a>,
+    up: Socket,
+    /// `up` came from the pool (a failure before any response byte means it went stale).
+    reused: bool,
+    /// The request head and the body in hand, as sent upstream (kept for one resend).
+    up_out: Vec<u8>,
+    /// Bytes read from the backend; `ubuf[ustart..]` is not yet consumed.
+    ubuf: Vec<u8>,
+    ustart: usize,
+    /// The rest of the request body, streamed from the client.
+    relay: BodyRelay,
+    /// The whole request reached the backend's socket.
+    sent_whole: bool,
+    /// When it did (the response timeout and latency start here).
+    sent_at: Instant,
+    /// The exchange ended cleanly: the connection goes back to the pool.
+    pool_it: bool,
+}
+
+/// Why no response head came, short of success.
+enum HeadFail {
+    /// Nothing at all came back on a reused connection: it was stale.
+    Stale,
+    /// The backend failed.
+    Backend(GatewayError),
+    /// Streaming the request body failed on the client's side.
+    Client(BodyError),
+}
+
+/// Facts about the final response head; its client-bound copy (all but the connection
+/// field and the blank line) is in `Downstream::out`.
+#[derive(Debug, Clone, Copy)]
+struct ResponseHead {
+    status: u16,
+    framing: Framing,
+    reusable: bool,
+    /// We re-encode the body as chunked for the client.
+    client_chunked: bool,
+    /// The body's framing lets the client connection stay open afterwards (an HTTP/1.0
+    /// client only learns where an unframed body ends from the close).
+    framed_for_client: bool,
+}
+
+impl Exchange<'_> {
+    async fn run(&mut self, down: &mut Downstream) -> After {
+        let _active = Active::new(&self.worker.metrics.upstream_active);
+        if self.info.expect_continue && !self.relay.done {
+            // We forward no `Expect`; the client may start its body now.
+            down.out.clear();
+            down.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            if io::write_all(down.sock.w(), &mut down.out, self.timeouts.body)
+                .await
+                .is_err()
+            {
+                return After::Close; // the attempt's drop hands a probe back
+            }
+            down.out.clear();
+        }
+        let head = match self.send_and_read_head(down).await {
+            Ok(head) => head,
+            Err(HeadFail::Client(e)) => {
+                self.attempt.settle(Outcome::NotSent);
+                return reply_body_error(down, e, self.timeouts.body).await;
+            }
+            // A pooled connection the backend closed, and the request cannot be resent: the
+            // backend did nothing wrong, so no verdict (a probe backs off).
+            Err(HeadFail::Stale) => {
+                self.attempt.settle(Outcome::NotSent);
+                return self.reply(down, GatewayError::BackendClosed).await;
+            }
+            Err(HeadFail::Backend(err)) => {
+                self.attempt.settle(Outcome::Failed);
+                return self.reply(down, err).await;
+            }
+        };
+        let upstream_us = self.sent_at.elapsed().as_micros() as u64;
+        self.worker
+            .metrics
+            .response
+            .observe(self.attempt.service.id, upstream_us);
+        down.record.upstream_us = Some(upstream_us);
+        down.record.status = head.status;
+        self.attempt.settle(Outcome::Answered(head.status));
+        self.relay_response(down, head).await
+    }
+
+    /// No response head: answer the client ourselves. The connection stays only if the
+    /// client's request was read whole.
+    async fn reply(&mut self, down: &mut Downstream, err: GatewayError) -> After {
+        let keep = self.info.keep_alive && self.relay.done;
+        reply_error(down, keep, err, self.service, None, self.timeouts.body).await
+    }
+
+    /// Sends the request and reads the final response head; a stale pooled connection is
+    /// replaced once by a fresh one when the whole request is still in hand and idempotent.
+    async fn send_and_read_head(
+        &mut self,
+        down: &mut Downstream,
+    ) -> Result<ResponseHead, HeadFail> {
+        let resendable = self.relay.done && self.info.method.is_idempotent();
+        loop {
+            let result = self.send_once(down).await;
+            match result {
+                Err(HeadFail::Stale) if self.reused && resendable => {
+                    let a = &self.attempt;
+                    let addr = a.backend.url.addr;
+                    match timed_connect(self.worker, a.service, addr, self.timeouts.connect).await {
+                        Ok(s) => {
+                            self.up = s;
+                            self.reused = false;
+                            self.ubuf.clear();
+                            self.ustart = 0;
+                            self.attempt.renew();
+                        }
+                        Err(err) => return Err(HeadFail::Backend(err)),
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One try: write the head and the body in hand, stream the rest while watching for the
+    /// response, then wait for the response head.
+    async fn send_once(&mut self, down: &mut Downstream) -> Result<ResponseHead, HeadFail> {
+        match io::write_all(self.up.w(), &mut self.up_out, self.timeouts.body).await {
+            Ok(()) => {}
+            // The backend did not take the request in time: it is alive but not reading.
+            // Never a stale connection, never resent (the buffer may be half sent).
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(HeadFail::Backend(GatewayError::ResponseTimeout))
+            }
+            // EPIPE or reset: read what the backend already sent before deciding.
+            Err(_) => return self.await_head(down).await,
+        }
+        if self.relay.done {
+            self.request_sent();
+            return self.await_head(down).await;
+        }
+        self.attempt.renew();
+        self.upload_while_reading(down).await
+    }
+
+    fn request_sent(&mut self) {
+        self.sent_whole = true;
+        self.sent_at = Instant::now();
+        self.attempt.renew();
+    }
+
+    /// The response head with the response timeout, the request being sent (or the send
+    /// having failed).
+    async fn await_head(&mut self, down: &mut Downstream) -> Result<ResponseHead, HeadFail> {
+        let timeout = self.timeouts.response;
+        read_head(
+            self.up.r(),
+            &mut self.ubuf,
+            &mut self.ustart,
+            HeadCtx {
+                down_w: down.sock.w(),
+                out: &mut down.out,
+                info: self.info,
+                reused: self.reused,
+                max_head: self.max_head,
+                write_timeout: self.timeouts.body,
+            },
+            Some(timeout),
+        )
+        .await
+    }
+
+    /// Streams the request body up while the response is read. Whichever ends first decides:
+    /// a body sent whole → wait for the head with the response timeout; a response head
+    /// first → it is an early answer; a failed send → read what the backend said.
+    async fn upload_while_reading(
+        &mut self,
+        down: &mut Downstream,
+    ) -> Result<ResponseHead, HeadFail> {
+        let timeouts = self.timeouts;
+        let Exchange {
+            up,
+            ubuf,
+            ustart,
+            relay,
+            attempt,
+            info,
+            reused,
+            max_head,
+            worker,
+            sent_whole,
+            sent_at,
+            ..
+        } = self;
+        let Downstream {
+            sock,
+            buf,
+            start,
+            out,
+            ..
+        } = down;
+        let mut chunk = worker.buffer();
+        let (up_r, up_w) = up.split();
+        let (down_r, down_w) = sock.split();
+        let head = read_head(
+            up_r,
+            ubuf,
+            ustart,
+            HeadCtx {
+                down_w,
+                out,
+                info: *info,
+                reused: *reused,
+                max_head: *max_head,
+                write_timeout: timeouts.body,
+            },
+            None,
+        );
+        let mut head = pin!(head);
+        let result = {
+            let upload = pump(
+                relay,
+                down_r,
+                buf,
+                start,
+                up_w,
+                &mut chunk,
+                timeouts.body,
+                || attempt.renew(),
+            );
+            let upload = pin!(upload);
+            Race(upload, head.as_mut()).await
+        };
+        worker.recycle(chunk);
+        match result {
+            // An early answer: the upload future is dropped, nothing more goes up.
+            Either::Right(early) => return early,
+            Either::Left(Ok(_)) => {
+                *sent_whole = true;
+                *sent_at = Instant::now();
+                attempt.renew();
+            }
+            // The backend stopped taking the body (closed, reset, or not reading within the
+            // body timeout): its answer may already be on the way.
+            Either::Left(Err(BodyError::DstIo)) => {}
+            Either::Left(Err(e)) => return Err(HeadFail::Client(e)),
+        }
+        match monoio::time::timeout(timeouts.response, head).await {
+            Ok(r) => r,
+            Err(_) => Err(HeadFail::Backend(GatewayError::ResponseTimeout)),
+        }
+    }
+
+    /// Relays the response: the head is in `down.out`; whatever body is in hand goes in the
+    /// same write; the rest streams. Then decides about both connections.
+    async fn relay_response(&mut self, down: &mut Downstream, head: ResponseHead) -> After {
+        let timeout = self.timeouts.body;
+        let early = !self.sent_whole;
+        // An early answer, or a drain that began while we waited, closes the client
+        // connection after this response.
+        let keep_client =
+            self.info.keep_alive && head.framed_for_client && !early && !self.worker.draining();
+        rewrite::end_response_head(&mut down.out, keep_client, self.info.minor);
+        let mut body = BodyRelay::new(head.framing, head.client_chunked, u64::MAX);
+        let used = match body.feed(&self.ubuf[self.ustart..], &mut down.out) {
+            Ok(n) => n,
+            Err(_) => {
+                // Broken framing before anything reached the client: a clean 502 is possible.
+                let err = GatewayError::BadResponse("invalid_chunked_body");
+                reply_error(down, false, err, self.service, None, timeout).await;
+                return After::Close;
+            }
+        };
+        self.ustart += used;
+        down.record.bytes += down.out.len() as u64;
+        if io::write_all(down.sock.w(), &mut down.out, timeout)
+            .await
+            .is_err()
+        {
+            return After::Close;
+        }
+        down.out.clear();
+        if !body.done {
+            let mut out = std::mem::take(&mut down.out);
+            let r = pump(
+                &mut body,
+                self.up.r(),
+                &mut self.ubuf,
+                &mut self.ustart,
+                down.sock.w(),
+                &mut out,
+                timeout,
+                || {},
+            )
+            .await;
+            down.out = out;
+            match r {
+                Ok(n) => down.record.bytes += n,
+                Err(BodyError::DstIo) => return After::Close,
+                Err(_) => {
+                    // The backend failed mid-body: the client must see an aborted response.
+                    io::set_reset_on_close(down.sock.fd());
+                    return After::Close;
+                }
+            }
+        }
+        // Reuse the backend connection only after a clean, fully framed exchange.
+        self.pool_it = head.reusable && !early && body.done && self.ustart == self.ubuf.len();
+        match (early, keep_client) {
+            (true, _) => After::Linger,
+            (false, true) => After::Keep,
+            (false, false) => After::Close,
+        }
+    }
+}
+
+/// What reading a response head needs besides the upstream read side.
+struct HeadCtx<'a> {
+    /// Interim (1xx) responses are relayed through it as they come.
+    down_w: &'a mut WriteHalf,
+    /// Receives the client-bound copy of the final head.
+    out: &'a mut Vec<u8>,
+    info: RequestInfo,
+    reused: bool,
+    max_head: usize,
+    /// For relaying interim responses.
+    write_timeout: Duration,
+}
+
+/// Reads the backend's final response head, relaying 1xx interim responses. With `timeout`
+/// the whole head must arrive within it; without, it waits (the caller bounds it).
+async fn read_head(
+    up: &mut ReadHalf,
+    ubuf: &mut Vec<u8>,
+    ustart: &mut usize,
+    cx: HeadCtx<'_>,
+    timeout: Option<Duration>,
+) -> Result<ResponseHead, HeadFail> {
+    /// Stands for "no deadline": longer than any caller waits.
+    const FOREVER: Duration = Duration::from_secs(24 * 3600);
+    let info = cx.info;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut first_read = true;
+    let mut got_any = false;
+    loop {
+        if *ustart < ubuf.len() {
+            let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+            let parsed = h1::parse_response(
+                &ubuf[*ustart..],
+                &mut headers,
+                info.method == Method::Head,
+                cx.max_head,
+            )
+            .map_err(|e| HeadFail::Backend(GatewayError::BadResponse(e.0)))?;
+            if let Some(p) = parsed {
+                let status = p.info.status;
+                if status == 101 {
+                    let err = GatewayError::BadResponse("unexpected_upgrade");
+                    return Err(HeadFail::Backend(err));
+                }
+                let head_len = p.info.head_len;
+                if status < 200 {
+                    // Interim response: pass it on to HTTP/1.1 clients, then read on.
+                    if info.minor == 1 {
+                        cx.out.clear();
+                        cx.out.extend_from_slice(&ubuf[*ustart..*ustart + head_len]);
+                        let _ = io::write_all(cx.down_w, cx.out, cx.write_timeout).await;
+                        cx.out.clear();
+                    }
+                    *ustart += head_len;
+                    continue;
+                }
+                let framing = p.info.framing;
+                let unframed = matches!(framing, Framing::Chunked | Framing::UntilClose);
+                let close_delimited = info.minor == 0 && unframed;
+                let head = ResponseHead {
+                    status,
+                    framing,
+                    reusable: p.info.reusable && !doubtful(&p, info),
+                    client_chunked: info.minor == 1 && unframed,
+                    framed_for_client: !close_delimited,
+                };
+                cx.out.clear();
+                rewrite::write_response_head(cx.out, &p, info, head.client_chunked);
+                *ustart += head_len;
+                return Ok(head);
+            }
+        }
+        let left = match (first_read, deadline) {
+            (_, None) => FOREVER,
+            (true, Some(_)) => timeout.unwrap_or(FOREVER),
+            (false, Some(d)) => d.saturating_duration_since(Instant::now()),
+        };
+        first_read = false;
+        match io::read_more(up, ubuf, ustart, 4096, left).await {
+            Read::Data(_) => got_any = true,
+            Read::Timeout => return Err(HeadFail::Backend(GatewayError::ResponseTimeout)),
+            Read::Eof | Read::Err(_) if cx.reused && !got_any => return Err(HeadFail::Stale),
+            Read::Eof | Read::Err(_) => return Err(HeadFail::Backend(GatewayError::BackendClosed)),
+        }
+    }
+}
+
+/// A bodyless response that looks as if the backend meant to send a body (a HEAD answer
+/// announcing a length, a 204 with a length or a transfer coding): if the body follows
+/// later, it must find the connection closed, not the next request waiting on it.
+fn doubtful(p: &h1::ParsedResponse<'_, '_>, info: RequestInfo) -> bool {
+    let head_with_length = info.method == Method::Head && p.content_length.is_some_and(|n| n > 0);
+    let framed = || {
+        p.headers.iter().any(|h| {
+            h1::name_is(h.name, "content-length") || h1::name_is(h.name, "transfer-encoding")
+        })
+    };
+    head_with_length
+        || (info.method == Method::Head && framed() && p.content_length.is_none())
+        || (p.info.status == 204 && framed())
+}
+
+/// Polls two futures until one finishes, without dropping the other (the caller decides
+/// what to do with it). `A` is polled first.
+struct Race<A, B>(A, B);
+
+enum Either<L, R> {
+    Left(L),
+    Right(R),
+}
+
+impl<A: Future + Unpin, B: Future + Unpin> Future for Race<A, B> {
+    type Output = Either<A::Output, B::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(a) = Pin::new(&mut self.0).poll(cx) {
+            return Poll::Ready(Either::Left(a));
+        }
+        if let Poll::Ready(b) = Pin::new(&mut self.1).poll(cx) {
+            return Poll::Ready(Either::Right(b));
+        }
+        Poll::Pending
+    }
+}
+
+/// Answers with a gateway error; `keep` only if the whole request was consumed.
+async fn reply_error(
+    down: &mut Downstream,
+    keep: bool,
+    err: GatewayError,
+    service: &[u8],
+    retry_after: Option<u64>,
+    timeout: Duration,
+) -> After {
+    let service = (!service.is_empty()).then_some(service);
+    if down.reply(err, service, retry_after, !keep, timeout).await && keep {
+        After::Keep
+    } else {
+        After::Close
+    }
+}
+
+/// Answers a request whose body could not be read from the client.
+async fn reply_body_error(down: &mut Downstream, e: BodyError, timeout: Duration) -> After {
+    let err = match e {
+        BodyError::Framing(why) => GatewayError::BadRequest(why),
+        BodyError::TooLarge => GatewayError::BodyTooLarge,
+        BodyError::SrcIo => GatewayError::RequestTimeout,
+        BodyError::Truncated | BodyError::DstIo => return After::Close,
+    };
+    down.reply(err, None, None, true, timeout).await;
+    After::Close
+}
+
+/// Counts an upstream connection in use for as long as it lives.
+struct Active<'a>(&'a Counter);
+
+impl<'a> Active<'a> {
+    fn new(c: &'a Counter) -> Active<'a> {
+        c.add(1);
+        Active(c)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.add(u64::MAX); // single writer: wrapping add of -1
+    }
+}
+
+/// Connects and records the time it took in the service's connect histogram.
+async fn timed_connect(
+    worker: &Worker,
+    service: &Service,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Socket, GatewayError> {
+    let t = Instant::now();
+    let r = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(s)) => Ok(Socket::new(s)),
+        Ok(Err(_)) => Err(GatewayError::ConnectFailed),
+        Err(_) => Err(GatewayError::ConnectTimeout),
+    };
+    if r.is_ok() {
+        worker
+            .metrics
+            .connect
+            .observe(service.id, t.elapsed().as_micros() as u64);
+    }
+    r
+}

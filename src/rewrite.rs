@@ -1,0 +1,296 @@
+//! The heads as the other side will see them: the request head rewritten for the backend
+//! (routing, hop-by-hop fields dropped, forwarding fields added, our own framing) and the
+//! response head rewritten for the client.
+
+use std::net::IpAddr;
+
+use crate::balancer::View;
+use crate::error::GatewayError;
+use crate::h1::{self, ConnectionOptions, Framing, Method, ParsedRequest, RequestInfo};
+use crate::router;
+use crate::state::Backend;
+
+const VIA_11: &[u8] = b"1.1 gateway";
+const VIA_10: &[u8] = b"1.0 gateway";
+
+/// Routes the request and writes the header block to send upstream into `fwd`
+/// (everything after the request line and `Host`), and the path suffix into `path`.
+///
+/// Hop-by-hop fields and those named in `Connection` are dropped first, then our own
+/// `X-Forwarded-*` and `Via` are added, then our framing: nothing the client sent can
+/// remove or replace them.
+pub fn prepare(
+    p: &ParsedRequest<'_, '_>,
+    view: &View,
+    peer_ip: &[u8],
+    fwd: &mut Vec<u8>,
+    path: &mut Vec<u8>,
+    service: &mut Vec<u8>,
+) -> Result<usize, GatewayError> {
+    service.clear();
+    let route = router::route(p.target);
+    if let Ok(r) = &route {
+        service.extend_from_slice(r.service);
+    } else if let Some(seg) = p.target.strip_prefix(router::PREFIX) {
+        let seg = &seg[..seg.find(['/', '?']).unwrap_or(seg.len())];
+        if crate::config::valid_service_name(seg.as_bytes()) {
+            service.extend_from_slice(seg.as_bytes());
+        }
+    }
+    let route = route?;
+    let svc = view
+        .snapshot
+        .service_index(route.service)
+        .ok_or(GatewayError::ServiceNotFound)?;
+    if let Framing::Length(n) = p.info.framing {
+        if n > view.snapshot.config.limits.max_body_bytes {
+            return Err(GatewayError::BodyTooLarge);
+        }
+    }
+    path.clear();
+    if !route.rest.starts_with('/') {
+        path.push(b'/');
+    }
+    path.extend_from_slice(route.rest.as_bytes());
+
+    fwd.clear();
+    let conn_opts = ConnectionOptions::collect(p.headers);
+    let mut xff_seen = false;
+    let mut via_seen = false;
+    copy_headers(fwd, p.head, p.headers, |name| {
+        !(h1::is_hop_by_hop(name)
+            || conn_opts.names(name)
+            || h1::name_is(name, "host")
+            || h1::name_is(name, "expect")
+            || h1::name_is(name, "x-forwarded-proto")
+            || h1::name_is(name, "x-forwarded-host")
+            // merged below into one line each:
+            || h1::name_is(name, "x-forwarded-for")
+            || h1::name_is(name, "via"))
+    });
+    // X-Forwarded-For and Via: append to what earlier hops wrote (all lines, in order),
+    // unless the client listed them in Connection (then theirs are dropped).
+    for (field, ours) in [
+        ("x-forwarded-for", None),
+        ("via", Some(if p.info.minor == 1 { VIA_11 } else { VIA_10 })),
+    ] {
+        fwd.extend_from_slice(field.as_bytes());
+        fwd.extend_from_slice(b": ");
+        let seen = if field == "via" {
+            &mut via_seen
+        } else {
+            &mut xff_seen
+        };
+        if !conn_opts.names(field) {
+            for h in p.headers.iter().filter(|h| h1::name_is(h.name, field)) {
+                let v = h1::trim_ows(h.value);
+                if !v.is_empty() {
+                    if *seen {
+                        fwd.extend_from_slice(b", ");
+                    }
+                    fwd.extend_from_slice(v);
+                    *seen = true;
+                }
+            }
+        }
+        if *seen {
+            fwd.extend_from_slice(b", ");
+        }
+        match ours {
+            Some(v) => fwd.extend_from_slice(v),
+            None => fwd.extend_from_slice(peer_ip),
+        }
+        fwd.extend_from_slice(b"\r\n");
+    }
+    fwd.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    if let Some(host) = p.host {
+        push_header(fwd, b"x-forwarded-host", host);
+    }
+    match p.info.framing {
+        Framing::Length(n) => {
+            fwd.extend_from_slice(b"content-length: ");
+            h1::push_dec(fwd, n);
+            fwd.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => fwd.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::UntilClose => {
+            // A body-carrying method without a body still states its length (RFC 9110 §8.6).
+            if matches!(p.info.method, Method::Post | Method::Put | Method::Patch) {
+                fwd.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+    }
+    fwd.extend_from_slice(b"\r\n");
+    Ok(svc)
+}
+
+/// Appends the header lines `keep` selects. Runs of consecutive kept lines are copied
+/// from the raw head in one piece (a typical head is 2-3 copies instead of 4 per field);
+/// a line with whitespace before its colon (tolerated in responses) is rewritten clean.
+fn copy_headers(
+    out: &mut Vec<u8>,
+    head: &[u8],
+    headers: &[httparse::Header<'_>],
+    keep: impl Fn(&str) -> bool,
+) {
+    let base = head.as_ptr() as usize;
+    // Where header i's line starts in `head`; one past the last is the final CRLF.
+    let start = |i: usize| -> Option<usize> {
+        match headers.get(i) {
+            Some(h) => (h.name.as_ptr() as usize)
+                .checked_sub(base)
+                .filter(|&o| o < head.len()),
+            None => head.len().checked_sub(2),
+        }
+    };
+    let mut run: Option<usize> = None;
+    for (i, h) in headers.iter().enumerate() {
+        let kept = keep(h.name);
+        let clean = start(i).is_some_and(|s| head.get(s + h.name.len()) == Some(&b':'));
+        if kept && clean {
+            run.get_or_insert(i);
+            continue;
+        }
+        if let Some(r) = run.take() {
+            push_run(out, head, &headers[r..i], start(r), start(i));
+        }
+        if kept {
+            push_header(out, h.name.as_bytes(), h.value);
+        }
+    }
+    if let Some(r) = run {
+        push_run(out, head, &headers[r..], start(r), start(headers.len()));
+    }
+}
+
+/// Copies the lines of `run` as one slice of `head`, or one by one if it cannot be located.
+fn push_run(
+    out: &mut Vec<u8>,
+    head: &[u8],
+    run: &[httparse::Header<'_>],
+    from: Option<usize>,
+    to: Option<usize>,
+) {
+    match from.zip(to).and_then(|(a, b)| head.get(a..b)) {
+        Some(lines) => out.extend_from_slice(lines),
+        None => {
+            for h in run {
+                push_header(out, h.name.as_bytes(), h.value);
+            }
+        }
+    }
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The client address as written in `X-Forwarded-For` (IPv4-mapped IPv6 as IPv4).
+pub fn format_ip(ip: IpAddr) -> Vec<u8> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    ip.to_string().into_bytes()
+}
+
+/// Writes the request line and `Host` for `backend`, then the prepared header block `fwd`.
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    method: Method,
+    backend: &Backend,
+    path: &[u8],
+    fwd: &[u8],
+) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(backend.url.path_prefix.as_bytes());
+    out.extend_from_slice(path);
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(backend.url.authority.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(fwd);
+}
+
+/// Writes the client-bound response head: the backend's status and end-to-end fields,
+/// then our framing; [`end_response_head`] adds the connection field and the blank line
+/// once the exchange knows whether the client connection stays.
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    p: &h1::ParsedResponse<'_, '_>,
+    info: RequestInfo,
+    chunked: bool,
+) {
+    let status = p.info.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    h1::push_dec(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(p.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let opts = ConnectionOptions::collect(p.headers);
+    copy_headers(out, p.head, p.headers, |name| {
+        !(h1::is_hop_by_hop(name) || opts.names(name))
+    });
+    match p.info.framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            h1::push_dec(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::None => {
+            let is_head = info.method == Method::Head;
+            match p.content_length {
+                // HEAD and 304 keep the length the full response would have had.
+                Some(n) if is_head || status == 304 => {
+                    out.extend_from_slice(b"content-length: ");
+                    h1::push_dec(out, n);
+                    out.extend_from_slice(b"\r\n");
+                }
+                _ if is_head || status == 204 || status == 304 || status < 200 => {}
+                _ => out.extend_from_slice(b"content-length: 0\r\n"),
+            }
+        }
+        Framing::Chunked | Framing::UntilClose if chunked => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        Framing::Chunked | Framing::UntilClose => {}
+    }
+}
+
+/// Finishes a head begun by [`write_response_head`].
+pub fn end_response_head(out: &mut Vec<u8>, keep: bool, minor: u8) {
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_headers_copies_runs_and_cleans_space_before_colon() {
+        let raw =
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nB:  2 \r\nDrop: x\r\nC : 3\r\nD: 4\r\nE: 5\r\n\r\nbody";
+        let mut h = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+        let p = h1::parse_response(raw, &mut h, false, 8192)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        copy_headers(&mut out, p.head, p.headers, |n| n != "Drop");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "A: 1\r\nB:  2 \r\nC: 3\r\nD: 4\r\nE: 5\r\n"
+        );
+        let mut out = Vec::new();
+        copy_headers(&mut out, p.head, p.headers, |n| n == "E" || n == "A");
+        assert_eq!(String::from_utf8(out).unwrap(), "A: 1\r\nE: 5\r\n");
+    }
+}

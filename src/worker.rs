@@ -1,0 +1,174 @@
+//! One worker's context: its view of the config, upstream pool, metrics, access log,
+//! spare buffers and the registry of its open client connections. Touched only by its own
+//! thread (the metrics table is also read by the admin thread).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::accesslog::{self, AccessLog};
+use crate::balancer::View;
+use crate::metrics::{WorkerCell, WorkerMetrics};
+use crate::pool::Pool;
+use crate::state::Shared;
+
+/// A client connection's fd and its "idle between requests" flag.
+type OpenConn = (RawFd, Rc<Cell<bool>>);
+
+/// Everything one worker owns. Only touched by its own thread (the metrics table is also
+/// read by the admin thread).
+pub struct Worker {
+    pub index: usize,
+    shared: Arc<Shared>,
+    view: RefCell<Rc<View>>,
+    pub pool: Pool,
+    pub metrics: Arc<WorkerCell>,
+    pub access: AccessLog,
+    /// Open client connections: their fd and whether they wait idle for a next request
+    /// (those are shut down at once when draining).
+    conns: RefCell<HashMap<u64, OpenConn>>,
+    next_conn: Cell<u64>,
+    /// Spare I/O buffers, lent to one exchange at a time (no allocation per request).
+    spare: RefCell<Vec<Vec<u8>>>,
+}
+
+/// Capacity of a buffer lent by [`Worker::buffer`]; bigger ones are trimmed back on return.
+pub const BUF_SIZE: usize = 8 * 1024;
+/// Spare buffers a worker keeps; more are freed.
+const MAX_SPARE: usize = 256;
+
+impl Worker {
+    pub fn new(index: usize, shared: Arc<Shared>, log: Option<accesslog::Writer>) -> Worker {
+        let snapshot = shared.current.load_full();
+        let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
+        shared
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(metrics.clone());
+        let pool = Pool::new(
+            snapshot.config.pool.max_idle_per_backend,
+            snapshot.config.pool.idle_timeout,
+            metrics.clone(),
+        );
+        Worker {
+            index,
+            view: RefCell::new(Rc::new(View::new(snapshot, index))),
+            shared,
+            pool,
+            metrics,
+            access: AccessLog::new(log),
+            conns: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(0),
+            spare: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// True once a graceful shutdown started.
+    pub fn draining(&self) -> bool {
+        self.shared.is_draining()
+    }
+
+    /// This worker's view of the current snapshot; rebuilt only when a reload stored a new
+    /// one. A request keeps the view it started with until it ends.
+    pub fn view(&self) -> Rc<View> {
+        let current = self.shared.current.load();
+        {
+            let v = self.view.borrow();
+            if Arc::ptr_eq(&v.snapshot, &current) {
+                return v.clone();
+            }
+        }
+        let fresh = Rc::new(View::new(arc_swap::Guard::into_inner(current), self.index));
+        let mut live = vec![false; fresh.snapshot.slot_count()];
+        for s in &fresh.snapshot.services {
+            for b in &s.backends {
+                live[b.slot] = true;
+            }
+        }
+        let pool = &fresh.snapshot.config.pool;
+        self.pool
+            .configure(pool.max_idle_per_backend, pool.idle_timeout);
+        // Close idle connections of backends that left the config.
+        self.pool
+            .sweep(|slot| live.get(slot).copied().unwrap_or(false));
+        *self.view.borrow_mut() = fresh.clone();
+        fresh
+    }
+
+    /// An empty buffer of at least [`BUF_SIZE`] bytes of capacity; give it back with
+    /// [`Worker::recycle`].
+    pub fn buffer(&self) -> Vec<u8> {
+        self.spare
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+    }
+
+    /// Takes a buffer back for the next exchange (grown ones are trimmed, lost ones replaced).
+    pub fn recycle(&self, mut buf: Vec<u8>) {
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() >= MAX_SPARE {
+            return;
+        }
+        buf.clear();
+        if buf.capacity() > 4 * BUF_SIZE {
+            buf.shrink_to(BUF_SIZE);
+        } else if buf.capacity() < BUF_SIZE {
+            buf.reserve(BUF_SIZE);
+        }
+        spare.push(buf);
+    }
+
+    /// Open client connections.
+    pub fn open_connections(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Registers a client connection; the returned flag says whether it is idle.
+    pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let idle = Rc::new(Cell::new(false));
+        self.conns.borrow_mut().insert(id, (fd, idle.clone()));
+        self.metrics
+            .client_connections
+            .set(self.conns.borrow().len() as u64);
+        ConnGuard {
+            worker: self.clone(),
+            id,
+            idle,
+        }
+    }
+
+    /// Shuts down the sockets of idle connections so their pending reads end now; one
+    /// whose next request already arrived is left to be served (with `Connection: close`).
+    pub fn close_idle(&self) {
+        for (fd, idle) in self.conns.borrow().values() {
+            if idle.get() && crate::io::is_quiet(*fd) {
+                // SAFETY: the fd belongs to a live connection (it deregisters before closing).
+                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+            }
+        }
+    }
+}
+
+/// A registered client connection; deregisters on drop.
+pub struct ConnGuard {
+    worker: Rc<Worker>,
+    id: u64,
+    pub idle: Rc<Cell<bool>>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut conns = self.worker.conns.borrow_mut();
+        conns.remove(&self.id);
+        self.worker
+            .metrics
+            .client_connections
+            .set(conns.len() as u64);
+    }
+}
