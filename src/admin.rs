@@ -134,7 +134,11 @@ fn render_metrics(shared: &Shared) -> String {
         .iter()
         .flat_map(|s| {
             s.backends.iter().map(move |b| {
-                let state = Word::decode(breaker::Word::load(&**b.breaker)).state;
+                // The gauge's values: 0 closed, 1 open (a probe backoff is open too), 2 half-open.
+                let state = match Word::decode(breaker::Word::load(&**b.breaker)).state {
+                    breaker::BACKOFF => breaker::OPEN,
+                    other => other,
+                };
                 (b.slot, s.name.clone(), b.url.url.clone(), state)
             })
         })
