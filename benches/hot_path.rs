@@ -1,5 +1,6 @@
-//! Micro benchmarks of the per-request hot path: request-head parsing, routing, and the
-//! balancer's pick with its breaker check.
+//! Micro benchmarks of the per-request hot path: request-head parsing, routing, the
+//! balancer's pick with its breaker check, and the clean-connection check the pool makes on
+//! every reuse.
 //!
 //!     cargo bench --bench hot_path            # all sections
 //!     cargo bench --bench hot_path -- route   # sections whose name contains "route"
@@ -248,4 +249,23 @@ fn main() {
     parse_section(&filter);
     route_section(&filter);
     pick_section(&filter);
+    pool_section(&filter);
+}
+
+/// The pool's check of an idle upstream connection before reuse: one non-blocking
+/// `recv(MSG_PEEK)` on a connected loopback socket with nothing to read (the common case).
+/// This is what a pooled request pays for "no stray byte ever reaches the next client".
+fn pool_section(filter: &[String]) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let client =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (_server, _) = listener.accept().expect("accept");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&client);
+    bench(
+        filter,
+        "pool: is_quiet(fd) on an idle connection (MSG_PEEK)",
+        || {
+            black_box(gateway::io::is_quiet(black_box(fd)));
+        },
+    );
 }
