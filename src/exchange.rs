@@ -383,9 +383,14 @@ impl Exchange<'_> {
         match io::write_all(self.up.w(), &mut self.up_out, self.timeouts.body).await {
             Ok(()) => {}
             // The backend did not take the request in time: it is alive but not reading.
-            // Never a stale connection, never resent (the buffer may be half sent).
+            // Never a stale connection, never resent (the buffer may be half sent); if it
+            // has already answered, the answer is read, else it is a timeout.
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(HeadFail::Backend(GatewayError::ResponseTimeout))
+                if io::is_quiet(self.up.fd()) {
+                    return Err(HeadFail::Backend(GatewayError::ResponseTimeout));
+                }
+                self.reused = false; // whatever comes now is no sign of staleness
+                return self.await_head(down).await;
             }
             // EPIPE or reset: read what the backend already sent before deciding.
             Err(_) => return self.await_head(down).await,

@@ -130,14 +130,11 @@ pub struct Shared {
 }
 
 fn policy(s: &BreakerSettings, cfg: &Config) -> Policy {
-    // A probe's outcome is known once its response head arrives, so its lease is the
-    // longest that can take, plus a second of slack.
-    let lease = cfg
-        .timeouts
-        .connect
-        .max(cfg.timeouts.response)
-        .max(cfg.timeouts.body)
-        + Duration::from_secs(1);
+    // A live probe renews its lease whenever it makes progress (connected, a body chunk
+    // read from the client and written upstream, request sent whole); the lease is the
+    // longest gap between two renewals, plus a second of slack.
+    let t = &cfg.timeouts;
+    let lease = t.connect.max(t.response).max(t.body * 2) + Duration::from_secs(1);
     Policy {
         threshold: u64::from(s.failure_threshold),
         cooldown_ms: s.cooldown.as_millis() as u64,
