@@ -242,8 +242,10 @@ async fn drain(worker: &Worker) {
     worker.access.flush();
     let left = worker.open_connections();
     if left > 0 {
+        // What is still in flight is cut: reset, never a clean end.
+        worker.reset_open();
         log::warn!(
-            "worker {}: drain deadline passed with {left} connections open",
+            "worker {}: drain deadline passed with {left} connections open; resetting them",
             worker.index
         );
     }

@@ -143,6 +143,15 @@ impl Worker {
         }
     }
 
+    /// Makes every open client connection end with a reset when it closes: used when the
+    /// drain deadline passes, so a response cut short can never look complete (a clean FIN
+    /// after a close-delimited body would).
+    pub fn reset_open(&self) {
+        for (fd, _) in self.conns.borrow().values() {
+            crate::io::set_reset_on_close(*fd);
+        }
+    }
+
     /// Shuts down the sockets of idle connections so their pending reads end now; one
     /// whose next request already arrived is left to be served (with `Connection: close`).
     pub fn close_idle(&self) {

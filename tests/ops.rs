@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -318,6 +319,41 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_response_cut_by_the_drain_deadline_is_reset_never_ended_cleanly() {
+    // Regression: an HTTP/1.0 client, a response without a length (close-delimited) and a
+    // drain deadline in the middle of it: the client got a clean FIN after half the body,
+    // which for a close-delimited body reads as complete.
+    let b = mock_backend();
+    let path = write_config(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\n\
+         timeouts: {{drain: 1s}}\nservices:\n  svc: [http://{}]\n",
+        b.addr
+    ));
+    let g = gateway_at(&path);
+    let mut c = Client::connect(g.proc.addr);
+    c.send(
+        b"GET /v1/proxy/svc/x HTTP/1.0\r\nx-mock-fault: no-length\r\n\
+          x-mock-body-bytes: 100000\r\nx-mock-body-delay-ms: 8000\r\n\r\n",
+    );
+    // The head and the first half are through before the drain starts.
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 65536];
+    while got.len() < 50_000 {
+        let n = c.stream.read(&mut tmp).expect("first half");
+        assert!(n > 0, "closed before the first half");
+        got.extend_from_slice(&tmp[..n]);
+    }
+    signal(&g.proc.child, libc::SIGTERM);
+    match c.read_until_end() {
+        Err(_) => {}
+        Ok(rest) => panic!(
+            "the cut response ended with a clean FIN after {} more bytes",
+            rest.len()
+        ),
+    }
 }
 
 #[test]
