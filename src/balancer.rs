@@ -35,6 +35,29 @@ impl View {
         View { snapshot, cursors }
     }
 
+    /// A view of a new snapshot that goes on from `old`'s round-robin position for every
+    /// service whose backends (same slots, same order) did not change, so a reload does not
+    /// send the next request of every worker back to the same backend.
+    pub fn after(snapshot: Arc<Snapshot>, worker: usize, old: &View) -> View {
+        let view = View::new(snapshot, worker);
+        for (svc, cursor) in view.snapshot.services.iter().zip(&view.cursors) {
+            let Some(i) = old.snapshot.service_index(svc.name.as_bytes()) else {
+                continue;
+            };
+            let before = &old.snapshot.services[i];
+            let same = before.backends.len() == svc.backends.len()
+                && before
+                    .backends
+                    .iter()
+                    .zip(&svc.backends)
+                    .all(|(a, b)| a.slot == b.slot);
+            if same {
+                cursor.set(old.cursors[i].get());
+            }
+        }
+        view
+    }
+
     /// Next backend of service `svc` whose breaker admits a request, skipping `exclude`.
     pub fn pick(&self, svc: usize, exclude: Option<usize>) -> Pick {
         let service = &self.snapshot.services[svc];
@@ -83,6 +106,33 @@ mod tests {
             Pick::Backend { idx, .. } => idx,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_reload_keeps_the_round_robin_position_of_unchanged_services() {
+        let shared = Shared::new(
+            Config::parse(
+                "services:\n  a: [http://127.0.0.1:1, http://127.0.0.1:2, http://127.0.0.1:3]\n  b: [http://127.0.0.1:4, http://127.0.0.1:5]\n",
+            )
+            .unwrap(),
+        );
+        let mut v = View::new(shared.current.load_full(), 0);
+        let mut got = Vec::new();
+        // A reload between every request: the rotation goes on as if there were none.
+        for _ in 0..6 {
+            got.push(idx(v.pick(0, None)));
+            shared.install(
+                Config::parse(
+                    "services:\n  a: [http://127.0.0.1:1, http://127.0.0.1:2, http://127.0.0.1:3]\n  b: [http://127.0.0.1:4, http://127.0.0.1:6]\n",
+                )
+                .unwrap(),
+            );
+            v = View::after(shared.current.load_full(), 0, &v);
+        }
+        assert_eq!(got, [0, 1, 2, 0, 1, 2]);
+        // A service whose backends changed starts over from the worker's offset.
+        let b = v.snapshot.service_index(b"b").unwrap();
+        assert_eq!(idx(v.pick(b, None)), 0);
     }
 
     #[test]

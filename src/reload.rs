@@ -1,8 +1,9 @@
 //! SIGHUP: validate the file, keep what cannot change without a restart, build and store
 //! one new snapshot, and say in one line what changed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -19,6 +20,8 @@ pub struct Changes {
     pub services_kept: usize,
     pub backends_added: usize,
     pub backends_removed: usize,
+    /// Backends whose host name now resolves to another address: new slot, fresh breaker.
+    pub backends_readdressed: usize,
     /// Backends that stay, and so keep their breaker state.
     pub breakers_carried: usize,
     /// Of those, the ones not CLOSED right now.
@@ -44,6 +47,13 @@ impl fmt::Display for Changes {
             self.breakers_carried,
             self.breakers_carried_open,
         )?;
+        if self.backends_readdressed > 0 {
+            write!(
+                f,
+                "; re-resolved to a new address: {}",
+                self.backends_readdressed
+            )?;
+        }
         if !self.ignored_until_restart.is_empty() {
             write!(
                 f,
@@ -61,17 +71,25 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
         c.map(|c| c.services.iter().map(|s| s.name.clone()).collect())
             .unwrap_or_default()
     };
-    let pairs = |c: Option<&Config>| -> BTreeSet<(String, String)> {
+    let pairs = |c: Option<&Config>| -> BTreeMap<(String, String), SocketAddr> {
         c.map(|c| {
             c.services
                 .iter()
-                .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.url.clone())))
+                .flat_map(|s| {
+                    s.backends
+                        .iter()
+                        .map(|b| ((s.name.clone(), b.url.clone()), b.addr))
+                })
                 .collect()
         })
         .unwrap_or_default()
     };
     let (old_names, new_names) = (names(old), names(Some(new)));
     let (old_pairs, new_pairs) = (pairs(old), pairs(Some(new)));
+    let readdressed = new_pairs
+        .iter()
+        .filter(|(k, addr)| old_pairs.get(*k).is_some_and(|old| old != *addr))
+        .count();
     let mut ignored = Vec::new();
     if let Some(old) = old {
         if old.listen != new.listen {
@@ -95,9 +113,20 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
         services_added: new_names.difference(&old_names).cloned().collect(),
         services_removed: old_names.difference(&new_names).cloned().collect(),
         services_kept: new_names.intersection(&old_names).count(),
-        backends_added: new_pairs.difference(&old_pairs).count(),
-        backends_removed: old_pairs.difference(&new_pairs).count(),
-        breakers_carried: new_pairs.intersection(&old_pairs).count(),
+        backends_added: new_pairs
+            .keys()
+            .filter(|k| !old_pairs.contains_key(*k))
+            .count(),
+        backends_removed: old_pairs
+            .keys()
+            .filter(|k| !new_pairs.contains_key(*k))
+            .count(),
+        backends_readdressed: readdressed,
+        breakers_carried: new_pairs
+            .keys()
+            .filter(|k| old_pairs.contains_key(*k))
+            .count()
+            - readdressed,
         breakers_carried_open: 0,
         ignored_until_restart: ignored,
     }

@@ -7,6 +7,7 @@
 //!   stays. The registry's mutex is taken only when a snapshot is built, never per request.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -78,10 +79,13 @@ impl Snapshot {
     }
 }
 
-/// Breaker cells by (service, URL) and service ids by name, surviving reloads.
+/// Breaker cells and pool slots by (service, URL), with the address the URL resolved to,
+/// and service ids by name, surviving reloads. A URL that resolves to a new address on a
+/// reload is a new backend: new slot (so no pooled connection to the old address is ever
+/// used again) and a fresh breaker (the old address's circuit says nothing about the new).
 #[derive(Default)]
 struct Registry {
-    cells: HashMap<(String, String), (usize, Arc<BreakerCell>)>,
+    cells: HashMap<(String, String), (usize, Arc<BreakerCell>, SocketAddr)>,
     next_slot: usize,
     /// Every service name ever configured, in id order.
     services: Vec<String>,
@@ -105,6 +109,8 @@ pub struct BuildReport {
     pub backends_kept: usize,
     pub backends_added: usize,
     pub backends_removed: usize,
+    /// Same (service, URL), but the host name now resolves to another address.
+    pub backends_readdressed: usize,
 }
 
 /// Outcome counters of reloads (control path only).
@@ -178,7 +184,7 @@ impl Shared {
 
 fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, BuildReport) {
     let mut report = BuildReport::default();
-    let mut live: HashMap<(String, String), (usize, Arc<BreakerCell>)> = HashMap::new();
+    let mut live: HashMap<(String, String), (usize, Arc<BreakerCell>, SocketAddr)> = HashMap::new();
     let mut services: Vec<Service> = config
         .services
         .iter()
@@ -188,21 +194,26 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                 .iter()
                 .map(|b| {
                     let key = (sc.name.clone(), b.url.clone());
-                    let (slot, cell) = match reg.cells.get(&key) {
-                        Some(existing) => {
+                    let (slot, cell, _) = match reg.cells.get(&key) {
+                        Some(existing) if existing.2 == b.addr => {
                             report.backends_kept += 1;
                             existing.clone()
                         }
-                        None => {
-                            report.backends_added += 1;
+                        other => {
+                            if other.is_some() {
+                                report.backends_readdressed += 1;
+                            } else {
+                                report.backends_added += 1;
+                            }
                             reg.next_slot += 1;
                             (
                                 reg.next_slot - 1,
                                 Arc::new(CachePadded::new(AtomicU64::new(0))),
+                                b.addr,
                             )
                         }
                     };
-                    live.insert(key, (slot, cell.clone()));
+                    live.insert(key, (slot, cell.clone(), b.addr));
                     Backend {
                         url: b.clone(),
                         slot,
@@ -220,7 +231,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
         })
         .collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
-    report.backends_removed = reg.cells.len() - report.backends_kept;
+    report.backends_removed = reg.cells.len() - report.backends_kept - report.backends_readdressed;
     reg.cells = live;
     (
         Snapshot {
@@ -262,7 +273,8 @@ mod tests {
             BuildReport {
                 backends_kept: 1,
                 backends_added: 2,
-                backends_removed: 1
+                backends_removed: 1,
+                backends_readdressed: 0,
             }
         );
         let snap2 = shared.current.load_full();
@@ -276,5 +288,46 @@ mod tests {
         assert_ne!(a2.backends[1].slot, a.backends[1].slot);
         assert!(snap2.service(b"b").is_some());
         assert!(snap2.service(b"c").is_none());
+    }
+
+    #[test]
+    fn a_backend_whose_name_resolves_elsewhere_is_a_new_backend() {
+        // Regression: pool slots were keyed by (service, URL) only, so after a reload that
+        // re-resolved a host name to a new address, pooled connections to the old address
+        // kept serving steady traffic, and the reload said `backends +0 -0`.
+        let text = "services:\n  a: [http://127.0.0.1:1, http://127.0.0.1:2]\n";
+        let shared = Shared::new(cfg(text));
+        let before = shared.current.load_full();
+        let a = before.service(b"a").unwrap();
+        let p = a.policy;
+        for _ in 0..p.threshold {
+            let t = breaker::admit(&**a.backends[0].breaker, 0, &p).unwrap();
+            breaker::failure(&**a.backends[0].breaker, t, 0, &p);
+        }
+        // The same file, but the first URL's host now resolves to another address.
+        let mut moved = cfg(text);
+        moved.services[0].backends[0].addr = "127.0.0.9:1".parse().unwrap();
+        let (_, report) = shared.install(moved);
+        assert_eq!(
+            report,
+            BuildReport {
+                backends_kept: 1,
+                backends_added: 0,
+                backends_removed: 0,
+                backends_readdressed: 1,
+            }
+        );
+        let after = shared.current.load_full();
+        let a2 = after.service(b"a").unwrap();
+        assert_ne!(
+            a2.backends[0].slot, a.backends[0].slot,
+            "old pooled connections would be reused"
+        );
+        assert!(
+            breaker::admit(&**a2.backends[0].breaker, 1, &p).is_some(),
+            "the old address's open circuit carried over"
+        );
+        assert_eq!(a2.backends[1].slot, a.backends[1].slot);
+        assert!(Arc::ptr_eq(&a.backends[1].breaker, &a2.backends[1].breaker));
     }
 }

@@ -81,7 +81,12 @@ impl Worker {
                 return v.clone();
             }
         }
-        let fresh = Rc::new(View::new(arc_swap::Guard::into_inner(current), self.index));
+        let old = self.view.borrow().clone();
+        let fresh = Rc::new(View::after(
+            arc_swap::Guard::into_inner(current),
+            self.index,
+            &old,
+        ));
         let mut live = vec![false; fresh.snapshot.slot_count()];
         for s in &fresh.snapshot.services {
             for b in &s.backends {

@@ -322,6 +322,32 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
 }
 
 #[test]
+fn round_robin_goes_on_across_reloads() {
+    // Regression: each reload restarted every worker's cursor at its index, so with a
+    // SIGHUP between requests every request went to the same backend.
+    let (b1, b2) = (mock_backend(), mock_backend());
+    let path = write_config(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\n\
+         services:\n  svc: [http://{}, http://{}]\n",
+        b1.addr, b2.addr
+    ));
+    let g = gateway_at(&path);
+    let mut ports = Vec::new();
+    for generation in 2..=7 {
+        let r = get(g.proc.addr, "/v1/proxy/svc/x");
+        assert_eq!(r.status, 200);
+        ports.push(r.json()["port"].as_u64().expect("port"));
+        signal(&g.proc.child, libc::SIGHUP);
+        assert!(eventually(Duration::from_secs(5), || {
+            admin_get(g.admin, "/admin/config").json()["generation"] == generation
+        }));
+    }
+    let firsts = ports.iter().filter(|&&p| p == ports[0]).count();
+    assert_eq!(firsts, 3, "not alternating across reloads: {ports:?}");
+    assert!(ports.windows(2).all(|w| w[0] != w[1]), "{ports:?}");
+}
+
+#[test]
 fn a_response_cut_by_the_drain_deadline_is_reset_never_ended_cleanly() {
     // Regression: an HTTP/1.0 client, a response without a length (close-delimited) and a
     // drain deadline in the middle of it: the client got a clean FIN after half the body,
