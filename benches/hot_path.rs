@@ -250,6 +250,7 @@ fn main() {
     route_section(&filter);
     pick_section(&filter);
     pool_section(&filter);
+    split_head_section(&filter);
 }
 
 /// The pool's check of an idle upstream connection before reuse: one non-blocking
@@ -266,6 +267,51 @@ fn pool_section(filter: &[String]) {
         "pool: is_quiet(fd) on an idle connection (MSG_PEEK)",
         || {
             black_box(gateway::io::is_quiet(black_box(fd)));
+        },
+    );
+}
+
+/// A 29 KB head arriving two bytes at a time (a slow or hostile client): what the gateway
+/// spends finding and parsing it, gated by `h1::HeadScan` (parse only when the request line
+/// or the head completes), against parsing from the start on every arrival as before. The
+/// gated cost grows with the head's size; the ungated one with its square.
+fn split_head_section(filter: &[String]) {
+    let mut lim = limits(&snapshot("services:\n  bench: [http://127.0.0.1:19001]\n"));
+    lim.max_head_bytes = 64 * 1024;
+    let mut head = b"GET /v1/proxy/bench/x HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for i in 0..100 {
+        head.extend_from_slice(format!("x-pad-{i}: {}\r\n", "v".repeat(270)).as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    let head = &head[..];
+    let parse = |end: usize| {
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        black_box(
+            h1::parse_request(&head[..end], &mut hs, &lim)
+                .ok()
+                .flatten()
+                .is_some(),
+        )
+    };
+    bench(
+        filter,
+        "split head: 29 KB in 2-byte pieces, HeadScan-gated",
+        || {
+            let mut scan = h1::HeadScan::default();
+            for end in (2..head.len()).step_by(2).chain([head.len()]) {
+                if scan.ready(&head[..end], &lim) {
+                    parse(end);
+                }
+            }
+        },
+    );
+    bench(
+        filter,
+        "split head: 29 KB in 2-byte pieces, parsed on every piece",
+        || {
+            for end in (2..head.len()).step_by(2).chain([head.len()]) {
+                parse(end);
+            }
         },
     );
 }

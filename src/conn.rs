@@ -168,16 +168,19 @@ async fn next_request(
 ) -> (Next, Rc<View>) {
     // Set when part of a head has arrived; the rest must follow by then (408).
     let mut deadline: Option<Instant> = None;
+    // Parse only when it can decide something: the work stays linear in the head's size
+    // however it is split.
+    let mut scan = h1::HeadScan::default();
     loop {
         let view = worker.view();
         let cfg = &view.snapshot.config;
         let d = &mut c.down;
-        if d.start < d.buf.len() {
-            let limits = HeadLimits {
-                max_head_bytes: cfg.limits.max_head_bytes,
-                max_headers: cfg.limits.max_headers,
-                max_target_bytes: cfg.limits.max_target_bytes,
-            };
+        let limits = HeadLimits {
+            max_head_bytes: cfg.limits.max_head_bytes,
+            max_headers: cfg.limits.max_headers,
+            max_target_bytes: cfg.limits.max_target_bytes,
+        };
+        if d.start < d.buf.len() && scan.ready(&d.buf[d.start..], &limits) {
             let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
             match h1::parse_request(&d.buf[d.start..], &mut headers, &limits) {
                 Ok(Some(parsed)) => {
