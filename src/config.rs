@@ -28,6 +28,8 @@ pub const DEFAULT_MAX_HEAD_BYTES: usize = 32 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_TARGET_BYTES: usize = 8 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// Upper bound of `limits.buffer_request_body`: what one request may hold in memory.
+pub const MAX_BUFFER_REQUEST_BODY: u64 = 16 * 1024 * 1024;
 /// Longest duration any setting accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// Largest breaker threshold the packed breaker word can count to.
@@ -91,6 +93,8 @@ pub struct Limits {
     pub max_headers: usize,
     pub max_target_bytes: usize,
     pub max_body_bytes: u64,
+    /// Request body bytes read before a backend is picked (0: stream from the start).
+    pub buffer_request_body: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -175,6 +179,7 @@ struct RawLimits {
     max_headers: Option<usize>,
     max_target_bytes: Option<usize>,
     max_body_bytes: Option<u64>,
+    buffer_request_body: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -461,7 +466,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
         max_target_bytes: l.max_target_bytes.unwrap_or(DEFAULT_MAX_TARGET_BYTES),
         max_body_bytes: l.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        buffer_request_body: l.buffer_request_body.unwrap_or(0),
     };
+    if limits.buffer_request_body > MAX_BUFFER_REQUEST_BODY {
+        return Err(invalid(
+            "limits.buffer_request_body",
+            format!(
+                "{} is out of range: use 0 (stream) up to {MAX_BUFFER_REQUEST_BODY} bytes",
+                limits.buffer_request_body
+            ),
+        ));
+    }
     if !(1024..=1024 * 1024).contains(&limits.max_head_bytes) {
         return Err(invalid(
             "limits.max_head_bytes",
@@ -697,6 +712,23 @@ mod tests {
         .unwrap();
         let b = c.services[0].breaker;
         assert!(b.is_failure_status(503) && !b.is_failure_status(500));
+    }
+
+    #[test]
+    fn buffer_request_body_is_off_by_default_and_bounded() {
+        let c = Config::parse("services:\n  a: [http://127.0.0.1:1]\n").unwrap();
+        assert_eq!(c.limits.buffer_request_body, 0);
+        let c = Config::parse(
+            "limits: {buffer_request_body: 65536}\nservices:\n  a: [http://127.0.0.1:1]\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.buffer_request_body, 65536);
+        let e =
+            err("limits: {buffer_request_body: 16777217}\nservices:\n  a: [http://127.0.0.1:1]\n");
+        assert!(
+            e.contains("limits.buffer_request_body") && e.contains("16777216"),
+            "{e}"
+        );
     }
 
     #[test]

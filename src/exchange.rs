@@ -18,7 +18,7 @@ use monoio::net::TcpStream;
 
 use crate::balancer::{Pick, View};
 use crate::breaker::{self, Ticket, Transition};
-use crate::config::Timeouts;
+use crate::config::{Config, Timeouts};
 use crate::downstream::{After, Downstream};
 use crate::error::GatewayError;
 use crate::h1::{self, Framing, Method, RequestInfo};
@@ -53,25 +53,23 @@ pub async fn forward(
     worker: &Worker,
     view: &View,
     down: &mut Downstream,
-    req: Request,
+    mut req: Request,
     prep: Prepared<'_>,
 ) -> After {
     let cfg = &view.snapshot.config;
     let timeouts = cfg.timeouts;
-    let info = req.info;
-    // Re-frame the part of the body already in hand before choosing a backend: a request
-    // whose framing is broken there never reaches one.
+    let framing = req.info.framing;
     let mut relay = BodyRelay::new(
-        info.framing,
-        info.framing == Framing::Chunked,
+        framing,
+        framing == Framing::Chunked,
         cfg.limits.max_body_bytes,
     );
     let mut up_out = worker.buffer();
     let mut in_hand = worker.buffer();
-    let after = match relay.feed(&down.buf[down.start..], &mut in_hand) {
-        Err(e) => reply_body_error(down, e, timeouts.body).await,
-        Ok(used) => {
-            down.start += used;
+    let after = match buffer_body(down, &mut req, &mut relay, &mut in_hand, cfg).await {
+        Err(after) => after,
+        Ok(()) => {
+            let info = req.info;
             match connect_or_reuse(worker, view, down, req, prep, &relay).await {
                 Err(after) => after,
                 Ok((attempt, up, reused)) => {
@@ -114,6 +112,63 @@ pub async fn forward(
     worker.recycle(in_hand);
     worker.recycle(up_out);
     after
+}
+
+/// Re-frames the body bytes already in hand into `in_hand`; with
+/// `limits.buffer_request_body`, first waits for up to that many body bytes (or the whole of
+/// a smaller body, each read within `timeouts.body`), so that a slow upload holds no backend
+/// connection while it trickles in. A body whose framing is broken there never reaches a
+/// backend. On error the client has been answered.
+async fn buffer_body(
+    down: &mut Downstream,
+    req: &mut Request,
+    relay: &mut BodyRelay,
+    in_hand: &mut Vec<u8>,
+    cfg: &Config,
+) -> Result<(), After> {
+    let timeout = cfg.timeouts.body;
+    let fed = relay.feed(&down.buf[down.start..], in_hand);
+    let used = match fed {
+        Ok(used) => used,
+        Err(e) => return Err(reply_body_error(down, e, timeout).await),
+    };
+    down.start += used;
+    let want = cfg.limits.buffer_request_body;
+    if want == 0 || relay.done || in_hand.len() as u64 >= want {
+        return Ok(());
+    }
+    if req.info.expect_continue {
+        // The client waits for this before sending the body we are about to wait for.
+        down.out.clear();
+        down.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        if io::write_all(down.sock.w(), &mut down.out, timeout)
+            .await
+            .is_err()
+        {
+            return Err(After::Close);
+        }
+        down.out.clear();
+        req.info.expect_continue = false;
+    }
+    while !relay.done && (in_hand.len() as u64) < want {
+        let read = io::read_more(
+            down.sock.r(),
+            &mut down.buf,
+            &mut down.start,
+            16 * 1024,
+            timeout,
+        );
+        let fed = match read.await {
+            Read::Data(_) => relay.feed(&down.buf[down.start..], in_hand),
+            Read::Eof => relay.eof(in_hand).map(|()| 0),
+            Read::Timeout | Read::Err(_) => Err(BodyError::SrcIo),
+        };
+        match fed {
+            Ok(used) => down.start += used,
+            Err(e) => return Err(reply_body_error(down, e, timeout).await),
+        }
+    }
+    Ok(())
 }
 
 /// Picks a backend and gets a connection to it: a clean pooled one, or a new one. A refused

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 fn fnv(data: &[u8]) -> String {
@@ -472,4 +473,48 @@ fn epoll_fallback_serves_the_same() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     let _ = std::fs::remove_file(&path);
     assert!(err.contains("driver epoll"), "{err}");
+}
+
+#[test]
+fn buffered_request_bodies_hold_no_backend_connection_while_they_trickle_in() {
+    // Regression: 1000 slow-body clients held ~1000 backend connections (the body was
+    // streamed as it trickled in). With `limits.buffer_request_body`, a backend is picked
+    // only once that much of the body (or all of a smaller one) is in hand.
+    let rec = Recorder::start(reply(200));
+    let g = gateway(&config(
+        1,
+        "limits: {buffer_request_body: 65536}",
+        &format!("  svc: [http://{}]\n", rec.addr),
+    ));
+    let mut slow: Vec<Client> = (0..50)
+        .map(|_| {
+            let mut c = Client::connect(g.addr);
+            c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789");
+            c
+        })
+        .collect();
+    // A request served meanwhile shows the gateway has seen the slow ones.
+    assert_eq!(get(g.addr, "/v1/proxy/svc/x").status, 200);
+    assert_eq!(
+        rec.connections.load(Ordering::SeqCst),
+        1,
+        "slow uploads took backend connections"
+    );
+    // One upload completes: it reaches the backend whole, in one piece.
+    slow[0].send(&[b'a'; 990]);
+    assert_eq!(slow[0].read_response().status, 200);
+    let received = rec.received();
+    let at = received
+        .windows(9)
+        .position(|w| w == b"POST /up ")
+        .expect("the upload reached the backend");
+    let rest = &received[at..];
+    let head_end = rest
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head")
+        + 4;
+    assert!(rest[head_end..].starts_with(b"0123456789aaaa"));
+    assert_eq!(rest.len() - head_end, 1000);
+    assert!(rec.connections.load(Ordering::SeqCst) <= 2);
 }
