@@ -1,11 +1,17 @@
-//! Admin listener on its own thread, off the workers' hot path: `/healthz`, `/metrics`,
-//! `/admin/backends`, `/admin/config`. Plain blocking I/O, one short request per connection.
+//! Admin listener, off the workers' hot path: `/healthz`, `/metrics`, `/admin/backends`,
+//! `/admin/config`. Plain blocking I/O, one short request per connection, one short-lived
+//! thread per connection so that no client can hold up another: the whole request head
+//! must arrive within [`HEAD_DEADLINE`] and the whole answer leave within
+//! [`WRITE_DEADLINE`], and at most [`MAX_CONNECTIONS`] are served at once. At the cap a new
+//! connection evicts the oldest one, preferring one still sending its head (a slow or
+//! silent client: a probe sends its head at once), so a flood of idle or trickling
+//! connections cannot lock `/healthz` out.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
@@ -13,29 +19,185 @@ use crate::breaker::{self, retry_after_ms, Snapshot as Word, CLOSED};
 use crate::metrics::{self, WorkerMetrics};
 use crate::state::{now_ms, Shared};
 
-/// Binds `addr` and serves it on a new thread.
+/// Admin connections served at once. At the cap a new connection evicts the oldest one
+/// (see [`Conns::admit`]).
+pub const MAX_CONNECTIONS: usize = 64;
+/// The whole request head must arrive within this, counted from accept, however slowly
+/// it trickles in; then the connection is closed without an answer.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+/// The whole answer must be written within this, however slowly the client reads.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(2);
+/// Largest request head; a longer one is answered 400.
+pub const MAX_HEAD_BYTES: usize = 8192;
+
+/// Binds `addr` and serves it from a new acceptor thread.
 pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    let conns = Arc::new(Conns::new(MAX_CONNECTIONS));
     std::thread::Builder::new()
         .name("admin".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Err(e) = handle(stream, &shared) {
-                    log::debug!("admin: {e}");
-                }
-            }
-        })?;
+        .spawn(move || accept_loop(&listener, &shared, &conns))?;
     log::info!("admin listening on {bound}");
     Ok(bound)
 }
 
-fn handle(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+/// Accepts for ever; never blocks on a client (admission and eviction are a lock held
+/// for a scan of at most `2 * MAX_CONNECTIONS` slots, a `dup`, a `shutdown` and a spawn).
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, conns: &Arc<Conns>) {
+    loop {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                log::debug!("admin: accept: {e}");
+                // Out of descriptors or the like: do not spin.
+                if !matches!(
+                    e.kind(),
+                    ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                ) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
+        };
+        let accepted = Instant::now();
+        let Some(id) = conns.admit(&stream) else {
+            log::debug!("admin: connection closed at once: at the cap, evictions still finishing");
+            continue; // dropped: closed at once
+        };
+        let (shared, owner) = (shared.clone(), conns.clone());
+        let spawned = std::thread::Builder::new()
+            .name("admin-conn".into())
+            .spawn(move || {
+                let _slot = Release(&owner, id);
+                if let Err(e) = handle(stream, accepted, &shared, &owner, id) {
+                    log::debug!("admin: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("admin: cannot start a connection thread: {e}");
+            conns.release(id);
+        }
+    }
+}
+
+/// One admitted connection.
+#[derive(Debug)]
+struct Slot {
+    /// Admission order: lower is older.
+    id: u64,
+    /// A second handle on the socket, to shut it down when evicted.
+    handle: TcpStream,
+    /// Still reading the request head (false once answering).
+    in_head: bool,
+    /// Shut down to make room; its thread is finishing and will release the slot.
+    evicted: bool,
+}
+
+/// The admin connections being served, oldest first.
+#[derive(Debug)]
+struct Conns {
+    cap: usize,
+    slots: Mutex<(u64, Vec<Slot>)>,
+}
+
+/// Releases a connection's slot when its thread ends, however it ends.
+struct Release<'a>(&'a Conns, u64);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
+}
+
+impl Conns {
+    fn new(cap: usize) -> Conns {
+        Conns {
+            cap,
+            slots: Mutex::new((0, Vec::new())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (u64, Vec<Slot>)> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits `s`, returning its slot id. At the cap the oldest connection still reading
+    /// its head is shut down to make room, or failing that the oldest one still writing
+    /// its answer; evicted connections end at once (their blocked read or write returns)
+    /// and release their slot. `None` (close `s` at once) only if `cap` evicted
+    /// connections have not finished yet, which bounds the threads to `2 * cap`.
+    fn admit(&self, s: &TcpStream) -> Option<u64> {
+        let handle = s.try_clone().ok()?;
+        let mut guard = self.lock();
+        let (next, slots) = &mut *guard;
+        let active = slots.iter().filter(|x| !x.evicted).count();
+        if active >= self.cap {
+            if slots.len() >= 2 * self.cap {
+                return None;
+            }
+            let victim = match slots.iter().position(|x| !x.evicted && x.in_head) {
+                Some(i) => i,
+                None => slots.iter().position(|x| !x.evicted)?,
+            };
+            let victim = &mut slots[victim];
+            victim.evicted = true;
+            let _ = victim.handle.shutdown(Shutdown::Both);
+        }
+        let id = *next;
+        *next += 1;
+        slots.push(Slot {
+            id,
+            handle,
+            in_head: true,
+            evicted: false,
+        });
+        Some(id)
+    }
+
+    /// The connection's head is in: it is now answered, and evicted only as a last resort.
+    fn answering(&self, id: u64) {
+        if let Some(x) = self.lock().1.iter_mut().find(|x| x.id == id) {
+            x.in_head = false;
+        }
+    }
+
+    fn release(&self, id: u64) {
+        self.lock().1.retain(|x| x.id != id);
+    }
+
+    /// Connections served and not evicted.
+    #[cfg(test)]
+    fn active(&self) -> usize {
+        self.lock().1.iter().filter(|x| !x.evicted).count()
+    }
+}
+
+fn handle(
+    mut s: TcpStream,
+    accepted: Instant,
+    shared: &Shared,
+    conns: &Conns,
+    id: u64,
+) -> std::io::Result<()> {
+    let head_deadline = accepted + HEAD_DEADLINE;
     let mut buf = Vec::with_capacity(1024);
     let mut tmp = [0u8; 1024];
-    let path = loop {
-        let n = s.read(&mut tmp)?;
+    let head = loop {
+        // One deadline for the whole head: each read gets only what is left of it.
+        let left = head_deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                ErrorKind::TimedOut,
+                "request head not complete within the head deadline",
+            ));
+        }
+        s.set_read_timeout(Some(left))?;
+        let n = match s.read(&mut tmp) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -45,26 +207,23 @@ fn handle(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
                 if req.method != Some("GET") {
-                    return respond(
-                        &mut s,
-                        405,
-                        "application/json",
-                        b"{\"error\":\"method_not_allowed\"}\n",
-                    );
+                    break Err((405, &b"{\"error\":\"method_not_allowed\"}\n"[..]));
                 }
                 let p = req.path.unwrap_or("/");
-                break p.split('?').next().unwrap_or("/").to_string();
+                break Ok(p.split('?').next().unwrap_or("/").to_string());
             }
-            Ok(httparse::Status::Partial) if buf.len() < 8192 => continue,
-            _ => {
-                return respond(
-                    &mut s,
-                    400,
-                    "application/json",
-                    b"{\"error\":\"bad_request\"}\n",
-                )
-            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => continue,
+            _ => break Err((400, &b"{\"error\":\"bad_request\"}\n"[..])),
         }
+    };
+    conns.answering(id);
+    let mut out = Out {
+        s: &mut s,
+        deadline: Instant::now() + WRITE_DEADLINE,
+    };
+    let path = match head {
+        Ok(path) => path,
+        Err((status, body)) => return respond(&mut out, status, "application/json", body),
     };
     match path.as_str() {
         "/healthz" => {
@@ -77,7 +236,7 @@ fn handle(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 )
             };
             respond(
-                &mut s,
+                &mut out,
                 status,
                 "application/json",
                 body.to_string().as_bytes(),
@@ -86,16 +245,16 @@ fn handle(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
         "/metrics" => {
             let text = render_metrics(shared);
             respond(
-                &mut s,
+                &mut out,
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
                 text.as_bytes(),
             )
         }
-        "/admin/backends" => respond_json(&mut s, &backends(shared)),
-        "/admin/config" => respond_json(&mut s, &config(shared)),
+        "/admin/backends" => respond_json(&mut out, &backends(shared)),
+        "/admin/config" => respond_json(&mut out, &config(shared)),
         _ => respond(
-            &mut s,
+            &mut out,
             404,
             "application/json",
             b"{\"error\":\"not_found\"}\n",
@@ -103,13 +262,43 @@ fn handle(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
     }
 }
 
-fn respond_json(s: &mut TcpStream, v: &Value) -> std::io::Result<()> {
+/// The client connection and when the answer must be written by.
+struct Out<'a> {
+    s: &'a mut TcpStream,
+    deadline: Instant,
+}
+
+impl Out<'_> {
+    /// `write_all` within the deadline: each write gets only what is left of it, so a
+    /// client reading a byte at a time cannot stretch it.
+    fn write_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    "answer not written within the write deadline",
+                ));
+            }
+            self.s.set_write_timeout(Some(left))?;
+            match self.s.write(bytes) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn respond_json(s: &mut Out<'_>, v: &Value) -> std::io::Result<()> {
     let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
     body.push(b'\n');
     respond(s, 200, "application/json", &body)
 }
 
-fn respond(s: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) -> std::io::Result<()> {
+fn respond(s: &mut Out<'_>, status: u16, content_type: &str, body: &[u8]) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -284,4 +473,118 @@ fn config(shared: &Shared) -> Value {
         },
         "services": services,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair over 127.0.0.1: (the client's end, the server's end).
+    fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    }
+
+    /// True when the client's end sees the server's end shut down (EOF or reset).
+    fn shut(c: &mut TcpStream) -> bool {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        match c.read(&mut [0u8; 16]) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+            ),
+        }
+    }
+
+    /// True when nothing arrives and the connection stays open for a short while.
+    fn open(c: &mut TcpStream) -> bool {
+        c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        matches!(c.read(&mut [0u8; 16]), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut))
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_head_reader_is_evicted_first() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let conns = Conns::new(3);
+        let mut held: Vec<(TcpStream, TcpStream, u64)> = (0..3)
+            .map(|_| {
+                let (c, s) = pair(&l);
+                let id = conns.admit(&s).expect("under the cap");
+                (c, s, id)
+            })
+            .collect();
+        // The oldest is answering: the next oldest, still reading its head, goes first.
+        conns.answering(held[0].2);
+        let (mut c3, s3) = pair(&l);
+        let id3 = conns.admit(&s3).expect("admitted by eviction");
+        assert!(
+            shut(&mut held[1].0),
+            "the oldest head reader was not shut down"
+        );
+        assert!(
+            open(&mut held[0].0),
+            "an answering connection was evicted first"
+        );
+        assert!(open(&mut held[2].0));
+        assert_eq!(conns.active(), 3);
+        // Its thread ends and releases the slot.
+        conns.release(held[1].2);
+        // Next: the remaining head readers by age (held[2], then the new one)...
+        conns.answering(id3);
+        let (mut c4, s4) = pair(&l);
+        let id4 = conns.admit(&s4).unwrap();
+        assert!(shut(&mut held[2].0));
+        assert!(open(&mut c3));
+        // ...and when every other one is answering, the oldest answering one.
+        conns.release(held[2].2);
+        conns.answering(id4);
+        let (_c5, s5) = pair(&l);
+        conns.admit(&s5).unwrap();
+        assert!(
+            shut(&mut held[0].0),
+            "the oldest answering one was not evicted"
+        );
+        assert!(open(&mut c3));
+        assert!(open(&mut c4));
+        assert_eq!(conns.active(), 3);
+    }
+
+    #[test]
+    fn evicted_connections_still_finishing_bound_the_admissions() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let conns = Conns::new(2);
+        let mut keep = Vec::new();
+        // 2 served + 2 evicted whose threads have not released yet.
+        for _ in 0..4 {
+            let (c, s) = pair(&l);
+            assert!(conns.admit(&s).is_some());
+            keep.push((c, s));
+        }
+        let (_c, s) = pair(&l);
+        assert_eq!(conns.admit(&s), None, "more than 2 * cap slots");
+        // One evicted connection finishes: room again.
+        conns.release(0);
+        assert!(conns.admit(&s).is_some());
+        assert_eq!(conns.active(), 2);
+    }
+
+    #[test]
+    fn a_released_slot_is_reused_without_eviction() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let conns = Conns::new(2);
+        let (mut c0, s0) = pair(&l);
+        let (mut c1, s1) = pair(&l);
+        let id0 = conns.admit(&s0).unwrap();
+        conns.admit(&s1).unwrap();
+        conns.release(id0);
+        drop(s0);
+        let (_c2, s2) = pair(&l);
+        conns.admit(&s2).unwrap();
+        assert!(open(&mut c1), "a connection was evicted below the cap");
+        assert!(shut(&mut c0));
+        assert_eq!(conns.active(), 2);
+    }
 }

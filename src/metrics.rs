@@ -2,8 +2,8 @@
 //!
 //! Each worker owns one [`WorkerMetrics`]; only that worker writes it, with plain
 //! load+store (no locked read-modify-write: there is a single writer), so counting costs
-//! no shared cache-line traffic. The admin thread reads all workers' tables with relaxed
-//! loads and renders Prometheus text.
+//! no shared cache-line traffic. The admin threads read all workers' tables with relaxed
+//! loads and render Prometheus text.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};

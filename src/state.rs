@@ -122,13 +122,13 @@ pub struct ReloadStats {
     pub last_error: Mutex<String>,
 }
 
-/// Shared by all workers, the admin thread and the control thread.
+/// Shared by all workers, the admin threads and the control thread.
 pub struct Shared {
     pub current: ArcSwap<Snapshot>,
     registry: Mutex<Registry>,
     /// Set once on SIGTERM/SIGINT; workers stop accepting and finish what they have.
     pub draining: AtomicBool,
-    /// Every worker's metrics table, registered at start, read by the admin thread.
+    /// Every worker's metrics table, registered at start, read by the admin threads.
     pub workers: Mutex<Vec<Arc<WorkerCell>>>,
     pub reloads: ReloadStats,
     /// Access log batches dropped because its writer fell behind.

@@ -1,6 +1,6 @@
 //! One worker's context: its view of the config, upstream pool, metrics, access log,
 //! spare buffers and the registry of its open client connections. Touched only by its own
-//! thread (the metrics table is also read by the admin thread).
+//! thread (the metrics table is also read by the admin threads).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use crate::state::Shared;
 type OpenConn = (RawFd, Rc<Cell<bool>>);
 
 /// Everything one worker owns. Only touched by its own thread (the metrics table is also
-/// read by the admin thread).
+/// read by the admin threads).
 pub struct Worker {
     pub index: usize,
     shared: Arc<Shared>,

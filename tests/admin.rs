@@ -1,0 +1,264 @@
+//! The admin port under hostile clients: slow (a byte at a time) and silent connections
+//! must not keep `/healthz` from answering, a trickled request head is cut off at the head
+//! deadline, and connections over the cap do not lock the port. Real sockets on 127.0.0.1;
+//! every assertion counts answers, waits are only hang detectors.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gateway::admin::MAX_CONNECTIONS as CAP;
+
+fn admin_gateway() -> AdminGateway {
+    let b = mock_backend();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\nservices:\n  svc: [http://{}]\n",
+        b.addr
+    );
+    // The backend is never used; the gateway only needs a valid config.
+    drop(b);
+    gateway_at(&write_config(&yaml))
+}
+
+/// One `GET /healthz` on a fresh connection with a 5 s client read timeout: the status,
+/// or why there was none.
+fn healthz(admin: SocketAddr) -> Result<u16, String> {
+    let mut s = TcpStream::connect(admin).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        let mut hs = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut hs);
+        if let Ok(httparse::Status::Complete(_)) = r.parse(&buf) {
+            return Ok(r.code.unwrap_or(0));
+        }
+        match s.read(&mut tmp) {
+            Ok(0) => return Err(format!("closed after {} bytes", buf.len())),
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// True when the peer ends the connection (EOF or reset) within `wait`.
+fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    let end = Instant::now() + wait;
+    let mut tmp = [0u8; 1024];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).expect("timeout");
+        match s.read(&mut tmp) {
+            Ok(0) => return true,
+            // Whatever the gateway says before closing (nothing today) is not the point.
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return true
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A request head that never ends: trickled a byte at a time, it stays incomplete.
+const ENDLESS_HEAD: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: admin\r\nX-Slow: ";
+
+/// A client that keeps one admin connection busy until `stop`: it trickles a never-ending
+/// head one byte per `every` (or, with `every == None`, connects and sends nothing), and
+/// reconnects whenever the gateway closes it. Returns how many connections it opened.
+fn attacker(
+    admin: SocketAddr,
+    every: Option<Duration>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut opened = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(mut s) = TcpStream::connect(admin) else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            opened += 1;
+            let mut sent = 0usize;
+            s.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            let mut next = Instant::now();
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    return opened;
+                }
+                if let Some(every) = every {
+                    if Instant::now() >= next {
+                        let byte = ENDLESS_HEAD.get(sent).copied().unwrap_or(b'a');
+                        if s.write_all(&[byte]).is_err() {
+                            break;
+                        }
+                        sent += 1;
+                        next += every;
+                    }
+                }
+                // Closed by the gateway (EOF or reset): connect again.
+                let mut tmp = [0u8; 256];
+                match s.read(&mut tmp) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        opened
+    })
+}
+
+#[test]
+fn healthz_answers_while_slow_and_silent_clients_hold_admin_connections() {
+    let g = admin_gateway();
+    assert_eq!(healthz(g.admin), Ok(200), "healthz before the attack");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for _ in 0..20 {
+        attackers.push(attacker(
+            g.admin,
+            Some(Duration::from_millis(500)),
+            stop.clone(),
+        ));
+        attackers.push(attacker(g.admin, None, stop.clone()));
+    }
+    // Let every attacker connect and start trickling before probing.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut answered = 0;
+    let mut failures = Vec::new();
+    for i in 0..20 {
+        match healthz(g.admin) {
+            Ok(200) => answered += 1,
+            other => {
+                failures.push((i, other));
+                // One timed-out probe is enough to show the port is blocked.
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let opened: usize = attackers.into_iter().map(|a| a.join().unwrap()).sum();
+    assert!(
+        opened >= 40,
+        "only {opened} attacker connections were opened"
+    );
+    assert_eq!(
+        answered, 20,
+        "healthz probes answered 200: {answered}/20; failures: {failures:?}"
+    );
+}
+
+#[test]
+fn a_trickling_admin_client_is_closed_after_the_head_deadline() {
+    let g = admin_gateway();
+    let mut s = TcpStream::connect(g.admin).expect("connect");
+    let mut w = s.try_clone().expect("clone");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    // One byte every 300 ms: each read sees progress well within any per-read timeout,
+    // so only a deadline for the whole head ends it.
+    let trickle = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let byte = ENDLESS_HEAD.get(i).copied().unwrap_or(b'a');
+                if w.write_all(&[byte]).is_err() {
+                    return;
+                }
+                i += 1;
+                sent.store(i, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let closed = closed_within(&mut s, Duration::from_secs(10));
+    stop.store(true, Ordering::Relaxed);
+    trickle.join().unwrap();
+    assert!(
+        closed,
+        "a client trickling a head (sent {} bytes) was still connected after 10 s",
+        sent.load(Ordering::Relaxed)
+    );
+    // The port still works afterwards.
+    assert_eq!(healthz(g.admin), Ok(200));
+}
+
+#[test]
+fn over_the_cap_idle_connections_do_not_lock_out_healthz() {
+    let g = admin_gateway();
+    // cap + 10 connections that send nothing, all accepted before the probes.
+    let mut idle: Vec<TcpStream> = (0..CAP + 10)
+        .map(|_| TcpStream::connect(g.admin).expect("connect"))
+        .collect();
+    let mut answered = 0;
+    for _ in 0..5 {
+        if healthz(g.admin) == Ok(200) {
+            answered += 1;
+        }
+    }
+    assert_eq!(
+        answered, 5,
+        "healthz probes answered with cap + 10 idle connections held"
+    );
+    // Every idle connection is let go (evicted for a newer one, or at the head deadline).
+    let mut still_open = 0;
+    for s in &mut idle {
+        if !closed_within(s, Duration::from_secs(10)) {
+            still_open += 1;
+        }
+    }
+    assert_eq!(still_open, 0, "idle admin connections never closed");
+}
+
+#[test]
+fn every_admin_endpoint_still_answers_with_connection_close() {
+    let g = admin_gateway();
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/metrics", 200),
+        ("/admin/backends", 200),
+        ("/admin/config", 200),
+        ("/healthz?verbose=1", 200),
+        ("/nope", 404),
+    ] {
+        let mut c = Client::connect(g.admin);
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes());
+        let r = c.read_response();
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(r.header("connection"), Some("close"), "{path}");
+        assert!(c.closed_within(Duration::from_secs(10)), "{path} left open");
+    }
+    let mut c = Client::connect(g.admin);
+    c.send(b"POST /healthz HTTP/1.1\r\nHost: admin\r\ncontent-length: 0\r\n\r\n");
+    assert_eq!(c.read_response().status, 405);
+    let mut c = Client::connect(g.admin);
+    c.send(b"GET /\x01 HTTP/1.1\r\n\r\n");
+    assert_eq!(c.read_response().status, 400);
+}
