@@ -18,10 +18,17 @@ use crate::io::{self, Read};
 use crate::rewrite;
 use crate::worker::Worker;
 
-/// A client connection: its side of the wire and the buffers its requests reuse (no
-/// per-request allocation).
+/// A client connection: its side of the wire and the buffers its requests use.
+///
+/// An idle connection holds only a small read buffer ([`IDLE_BUF`] bytes, in the read that
+/// waits for its next request); every bigger buffer (input, output, the rewritten head) is
+/// lent by the worker while a request is in flight and given back after it, so thousands
+/// of idle keep-alive connections cost little, and one that carried a large head gives its
+/// memory back when it goes idle.
 pub struct Conn {
     pub down: Downstream,
+    /// The small buffer an idle connection waits with, while `down.buf` is a lent one.
+    idle_buf: Vec<u8>,
     /// The client's IP as text, formatted once for `X-Forwarded-For`.
     pub peer_ip: Vec<u8>,
     /// Forwarded header lines of the current request, framing included, ending in CRLF CRLF.
@@ -49,16 +56,55 @@ enum Next {
 
 impl Conn {
     fn new(stream: TcpStream, peer: SocketAddr) -> Conn {
+        let mut down = Downstream::new(stream, peer);
+        down.buf = Vec::with_capacity(IDLE_BUF);
         Conn {
-            down: Downstream::new(stream, peer),
+            down,
+            idle_buf: Vec::new(),
             peer_ip: rewrite::format_ip(peer.ip()),
-            fwd: Vec::with_capacity(1024),
-            path: Vec::with_capacity(256),
+            fwd: Vec::new(),
+            path: Vec::new(),
             service: Vec::with_capacity(64),
             target: Vec::new(),
         }
     }
+
+    /// Between requests: with nothing pipelined left, the lent input buffer goes back to the
+    /// worker and the small one waits for the next request.
+    fn park(&mut self, worker: &Worker) {
+        worker.recycle(std::mem::take(&mut self.down.out));
+        worker.recycle(std::mem::take(&mut self.fwd));
+        worker.recycle(std::mem::take(&mut self.path));
+        let d = &mut self.down;
+        if d.start == d.buf.len() && d.buf.capacity() > IDLE_BUF {
+            let mut small = std::mem::take(&mut self.idle_buf);
+            if small.capacity() == 0 {
+                small.reserve_exact(IDLE_BUF);
+            }
+            worker.recycle(std::mem::replace(&mut d.buf, small));
+            d.start = 0;
+        }
+    }
+
+    /// Bytes arrived in the small buffer: move them to a lent one for the rest of the
+    /// request (its head, the body, the next pipelined request).
+    fn unpark(&mut self, worker: &Worker) {
+        let d = &mut self.down;
+        if d.buf.capacity() > IDLE_BUF {
+            return;
+        }
+        let mut big = worker.buffer();
+        big.extend_from_slice(&d.buf[d.start..]);
+        let mut small = std::mem::replace(&mut d.buf, big);
+        small.clear();
+        self.idle_buf = small;
+        d.start = 0;
+    }
 }
+
+/// The read buffer of an idle connection: a typical request head fits in one read; a
+/// bigger one continues in a lent buffer.
+const IDLE_BUF: usize = 1024;
 
 /// Serves one client connection until it closes, errs or times out.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
@@ -68,8 +114,12 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         c.down.record = Record::default();
         c.down.head = false;
         c.target.clear();
+        c.park(&worker);
         let (next, view) =
             next_request(&mut c, &worker, &registration.idle, worker.access.enabled()).await;
+        if c.down.out.capacity() == 0 {
+            c.down.out = worker.buffer();
+        }
         // Only the access log reports the total time; skip the clock read otherwise.
         let started = worker.access.enabled().then(Instant::now);
         let after = match next {
@@ -82,7 +132,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     path: &c.path,
                     service: &c.service,
                 };
-                let after = exchange::forward(&worker, &view, &mut c.down, req, prep).await;
+                // Boxed: the exchange's state lives only while a request is in flight, so an
+                // idle connection's task stays small.
+                let after =
+                    Box::pin(exchange::forward(&worker, &view, &mut c.down, req, prep)).await;
                 finish(
                     &worker,
                     &view,
@@ -190,6 +243,10 @@ async fn next_request(
                     if keep_target {
                         c.target.extend_from_slice(parsed.target.as_bytes());
                     }
+                    if c.fwd.capacity() == 0 {
+                        c.fwd = worker.buffer();
+                        c.path = worker.buffer();
+                    }
                     let result = rewrite::prepare(
                         &parsed,
                         &view,
@@ -240,10 +297,16 @@ async fn next_request(
         // Idle (between requests) connections are closed at once by a graceful shutdown.
         idle.set(deadline.is_none());
         drop(view); // an idle connection must not pin an old snapshot
-        let read = io::read_more(d.sock.r(), &mut d.buf, &mut d.start, BUF_SIZE / 2, wait).await;
+                    // A parked connection reads into its small buffer as it is; a lent one keeps room.
+        let min_free = if d.buf.capacity() <= IDLE_BUF {
+            1
+        } else {
+            BUF_SIZE / 2
+        };
+        let read = io::read_more(d.sock.r(), &mut d.buf, &mut d.start, min_free, wait).await;
         idle.set(false);
         match read {
-            Read::Data(_) => {}
+            Read::Data(_) => c.unpark(worker),
             Read::Timeout if deadline.is_some() => {
                 let next = Next::Reject {
                     err: GatewayError::RequestTimeout,

@@ -64,9 +64,10 @@ impl Downstream {
         Downstream {
             sock: Socket::new(stream),
             peer,
-            buf: Vec::with_capacity(BUF_SIZE),
+            // The caller lends buffers as requests need them (see `conn`).
+            buf: Vec::new(),
             start: 0,
-            out: Vec::with_capacity(BUF_SIZE),
+            out: Vec::new(),
             head: false,
             record: Record::default(),
         }

@@ -119,7 +119,7 @@ impl Worker {
             return;
         }
         buf.clear();
-        if buf.capacity() > 4 * BUF_SIZE {
+        if buf.capacity() > 2 * BUF_SIZE {
             buf.shrink_to(BUF_SIZE);
         } else if buf.capacity() < BUF_SIZE {
             buf.reserve(BUF_SIZE);
