@@ -48,9 +48,9 @@ enum Next {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, peer: SocketAddr) -> Conn {
+    fn new(stream: TcpStream, peer: SocketAddr, worker: &Worker) -> Conn {
         Conn {
-            down: Downstream::new(stream, peer),
+            down: Downstream::new(stream, peer, worker.date.clone()),
             peer_ip: rewrite::format_ip(peer.ip()),
             fwd: Vec::with_capacity(1024),
             path: Vec::with_capacity(256),
@@ -63,7 +63,7 @@ impl Conn {
 /// Serves one client connection until it closes, errs or times out.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let registration = worker.register(std::os::fd::AsRawFd::as_raw_fd(&stream));
-    let mut c = Conn::new(stream, peer);
+    let mut c = Conn::new(stream, peer, &worker);
     while !worker.draining() {
         c.down.record = Record::default();
         c.down.head = false;

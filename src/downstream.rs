@@ -3,10 +3,12 @@
 //! record of the current request.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::date::DateCache;
 use crate::error::GatewayError;
 use crate::io::{self, Read, Socket};
 
@@ -46,6 +48,8 @@ pub struct Downstream {
     /// The current request is HEAD (gateway-made answers then carry no body).
     pub head: bool,
     pub record: Record,
+    /// The worker's `Date` line, for every response this connection sends.
+    pub date: Rc<DateCache>,
 }
 
 /// What the client connection does after a request.
@@ -60,7 +64,7 @@ pub enum After {
 }
 
 impl Downstream {
-    pub fn new(stream: TcpStream, peer: SocketAddr) -> Downstream {
+    pub fn new(stream: TcpStream, peer: SocketAddr, date: Rc<DateCache>) -> Downstream {
         Downstream {
             sock: Socket::new(stream),
             peer,
@@ -69,6 +73,7 @@ impl Downstream {
             out: Vec::with_capacity(BUF_SIZE),
             head: false,
             record: Record::default(),
+            date,
         }
     }
 
@@ -82,7 +87,8 @@ impl Downstream {
         timeout: Duration,
     ) -> bool {
         self.out.clear();
-        err.write_response(&mut self.out, service, retry_after, close, self.head);
+        let date = self.date.line();
+        err.write_response(&mut self.out, &date, service, retry_after, close, self.head);
         self.record.status = err.status();
         self.record.error = Some(err);
         self.record.bytes += self.out.len() as u64;

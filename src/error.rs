@@ -3,6 +3,7 @@
 //! Each kind has a status, a stable `error` code for the JSON body (and, later, metrics and
 //! the access log) and says whether it counts against the backend's breaker.
 
+use crate::date::LINE_LEN;
 use crate::h1::{push_dec, RequestError};
 use crate::router::RouteError;
 
@@ -144,12 +145,14 @@ impl GatewayError {
 
     /// Writes the complete response (head and JSON body) into `out`.
     ///
-    /// `service` is included when known to be a valid name; `retry_after` (seconds) goes
-    /// with 503; `close` adds `Connection: close`; `head` (a HEAD request) keeps the
-    /// `Content-Length` but leaves the body out.
+    /// `date` is the worker's current `date: ...` line; `service` is included when known to
+    /// be a valid name; `retry_after` (seconds) goes with 503; `close` adds
+    /// `Connection: close`; `head` (a HEAD request) keeps the `Content-Length` but leaves
+    /// the body out.
     pub fn write_response(
         self,
         out: &mut Vec<u8>,
+        date: &[u8; LINE_LEN],
         service: Option<&[u8]>,
         retry_after: Option<u64>,
         close: bool,
@@ -182,7 +185,9 @@ impl GatewayError {
         push_dec(out, u64::from(status));
         out.push(b' ');
         out.extend_from_slice(self.reason().as_bytes());
-        out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
         push_dec(out, body_len as u64);
         out.extend_from_slice(b"\r\n");
         if let Some(secs) = retry_after {
@@ -233,11 +238,27 @@ impl From<RouteError> for GatewayError {
 mod tests {
     use super::*;
 
+    const DATE: &[u8; LINE_LEN] = b"date: Sun, 06 Nov 1994 08:49:37 GMT\r\n";
+
     #[test]
     fn head_responses_keep_the_length_but_carry_no_body() {
         let (mut get, mut head) = (Vec::new(), Vec::new());
-        GatewayError::ServiceNotFound.write_response(&mut get, Some(b"x"), None, false, false);
-        GatewayError::ServiceNotFound.write_response(&mut head, Some(b"x"), None, false, true);
+        GatewayError::ServiceNotFound.write_response(
+            &mut get,
+            DATE,
+            Some(b"x"),
+            None,
+            false,
+            false,
+        );
+        GatewayError::ServiceNotFound.write_response(
+            &mut head,
+            DATE,
+            Some(b"x"),
+            None,
+            false,
+            true,
+        );
         let get = String::from_utf8(get).unwrap();
         let (get_head, _) = get.split_once("\r\n\r\n").unwrap();
         assert_eq!(
@@ -256,7 +277,14 @@ mod tests {
     #[test]
     fn json_body_and_head() {
         let mut out = b"prefix".to_vec();
-        GatewayError::NoBackend.write_response(&mut out, Some(b"users"), Some(7), false, false);
+        GatewayError::NoBackend.write_response(
+            &mut out,
+            DATE,
+            Some(b"users"),
+            Some(7),
+            false,
+            false,
+        );
         let text = String::from_utf8(out).unwrap();
         let body = "{\"error\":\"no_backend_available\",\"service\":\"users\"}\n";
         assert!(
@@ -269,9 +297,25 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_carries_one_date_after_the_status_line() {
+        for e in GatewayError::ALL {
+            for head in [false, true] {
+                let mut out = Vec::new();
+                e.write_response(&mut out, DATE, None, Some(1), true, head);
+                let text = String::from_utf8(out).unwrap();
+                let mut lines = text.split("\r\n");
+                assert!(lines.next().unwrap().starts_with("HTTP/1.1 "));
+                assert_eq!(lines.next(), Some("date: Sun, 06 Nov 1994 08:49:37 GMT"));
+                assert_eq!(text.matches("date: ").count(), 1, "{text}");
+            }
+        }
+    }
+
+    #[test]
     fn detail_and_close() {
         let mut out = Vec::new();
-        GatewayError::BadRequest("missing_host").write_response(&mut out, None, None, true, false);
+        GatewayError::BadRequest("missing_host")
+            .write_response(&mut out, DATE, None, None, true, false);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("connection: close\r\n"));
         assert!(text.ends_with("{\"error\":\"bad_request\",\"detail\":\"missing_host\"}\n"));

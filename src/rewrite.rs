@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use crate::balancer::View;
+use crate::date::LINE_LEN;
 use crate::error::GatewayError;
 use crate::h1::{self, ConnectionOptions, Framing, Method, ParsedRequest, RequestInfo};
 use crate::router;
@@ -217,13 +218,15 @@ pub fn write_request_head(
 }
 
 /// Writes the client-bound response head: the backend's status and end-to-end fields,
-/// then our framing; [`end_response_head`] adds the connection field and the blank line
-/// once the exchange knows whether the client connection stays.
+/// `date` (the worker's `date: ...` line) if the backend sent no `Date`, then our framing;
+/// [`end_response_head`] adds the connection field and the blank line once the exchange
+/// knows whether the client connection stays.
 pub fn write_response_head(
     out: &mut Vec<u8>,
     p: &h1::ParsedResponse<'_, '_>,
     info: RequestInfo,
     chunked: bool,
+    date: &[u8; LINE_LEN],
 ) {
     let status = p.info.status;
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -235,6 +238,16 @@ pub fn write_response_head(
     copy_headers(out, p.head, p.headers, |name| {
         !(h1::is_hop_by_hop(name) || opts.names(name))
     });
+    // RFC 9110 §6.6.1: a proxy with a clock adds `Date` to a response that has none; the
+    // backend's own is kept (unless `Connection` named it, which dropped it above).
+    let has_date = p
+        .headers
+        .iter()
+        .any(|h| h.name.len() == 4 && h1::name_is(h.name, "date"))
+        && !opts.names("date");
+    if !has_date {
+        out.extend_from_slice(date);
+    }
     match p.info.framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");

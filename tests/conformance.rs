@@ -1219,6 +1219,11 @@ fn run(g: SocketAddr, rec: &StrictBackend, t: &V, strict: bool) -> Vec<String> {
             fails.push(format!("detail {}, want {d}", r.json()["detail"]));
         }
     }
+    if let Some(r) = &r {
+        // RFC 9110 §6.6.1: every response, gateway-made or forwarded (the recording backend
+        // sends no Date), carries exactly one Date.
+        fails.extend(date_problem(r));
+    }
     if t.close_bug && !strict {
         // Checked by `known_bugs` only.
     } else if t.close {
@@ -1516,6 +1521,8 @@ fn response_vectors(g: SocketAddr, script: &Script, tally: &mut Tally) {
         ("/hop", "GET", 200, Some(b"ok")),
         ("/1xx", "GET", 200, Some(b"ok")),
         ("/no-length", "GET", 200, Some(b"until close")),
+        ("/own-date", "GET", 200, Some(b"ok")),
+        ("/conn-date", "GET", 200, Some(b"ok")),
     ];
     for (path, method, status, body) in cases {
         let mut c = Client::connect(g);
@@ -1531,6 +1538,13 @@ fn response_vectors(g: SocketAddr, script: &Script, tally: &mut Tally) {
         };
         match &r {
             Some(r) if r.status == *status => {
+                // One Date on every final response: the backend's own when it sent one,
+                // else ours (RFC 9110 §6.6.1).
+                fails.extend(date_problem(r));
+                let own = r.header("date") == Some(BACKEND_DATE);
+                if own != (*path == "/own-date") {
+                    fails.push(format!("Date {:?}", r.header("date")));
+                }
                 if let Some(b) = body {
                     if &r.body[..] != *b {
                         fails.push(format!("body {:?}", String::from_utf8_lossy(&r.body)));
@@ -1600,7 +1614,7 @@ fn response_vectors(g: SocketAddr, script: &Script, tally: &mut Tally) {
     }
     let reused = script.reused_after_poison.lock().unwrap().clone();
     let conns = script.connections.load(Ordering::SeqCst);
-    let poisoned = cases.len() - 3; // hop, 1xx and space-colon are clean
+    let poisoned = script_replies().iter().filter(|r| r.2).count();
     let mut fails = Vec::new();
     if !reused.is_empty() {
         fails.push(format!("poisoned backend connections reused: {reused:?}"));
@@ -1617,6 +1631,9 @@ fn response_vectors(g: SocketAddr, script: &Script, tally: &mut Tally) {
         false,
     );
 }
+
+/// The Date the scripted backend sends on `/own-date`.
+const BACKEND_DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
 
 fn script_replies() -> Vec<Reply> {
     let r = |p: &'static str, b: &[u8], poison: bool| (p, b.to_vec(), poison);
@@ -1643,6 +1660,9 @@ fn script_replies() -> Vec<Reply> {
         r("/space-colon", b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\nhello", false),
         r("/hop", b"HTTP/1.1 200 OK\r\nConnection: x-b\r\nX-B: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nUpgrade: h2c\r\nTrailer: X-T\r\nContent-Length: 2\r\n\r\nok", false),
         r("/1xx", b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+        r("/own-date", b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok", false),
+        // A Date the backend named in Connection is dropped like any hop-by-hop field: ours replaces it.
+        r("/conn-date", b"HTTP/1.1 200 OK\r\nConnection: date\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok", false),
     ]
 }
 

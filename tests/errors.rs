@@ -265,6 +265,52 @@ fn unsupported_methods_and_expectations() {
 }
 
 #[test]
+fn every_response_carries_one_date() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "",
+        &format!(
+            "  svc: [http://{}]\n  down: [http://{}]\n",
+            b.addr,
+            closed_port()
+        ),
+    ));
+    for (what, raw) in [
+        ("route not found", "GET /nope HTTP/1.1\r\nHost: g\r\n\r\n"),
+        (
+            "service not found",
+            "GET /v1/proxy/nope/a HTTP/1.1\r\nHost: g\r\n\r\n",
+        ),
+        (
+            "not found, to HEAD",
+            "HEAD /v1/proxy/nope/a HTTP/1.1\r\nHost: g\r\n\r\n",
+        ),
+        ("bad request", "GET /v1/proxy/svc/a HTTP/1.1\r\n\r\n"),
+        ("TRACE", "TRACE /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n"),
+        (
+            "unknown method",
+            "FOO /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n",
+        ),
+        (
+            "backend down",
+            "GET /v1/proxy/down/a HTTP/1.1\r\nHost: g\r\n\r\n",
+        ),
+        (
+            "forwarded, no Date from the backend",
+            "GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n",
+        ),
+        (
+            "forwarded HEAD",
+            "HEAD /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n",
+        ),
+    ] {
+        let r = request(g.addr, raw);
+        assert_eq!(date_problem(&r), None, "{what}: {:?}", r.headers);
+    }
+}
+
+#[test]
 fn a_404_keeps_the_connection_for_the_next_request() {
     let b = mock_backend();
     let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
