@@ -424,6 +424,7 @@ fn framing_vectors() -> Vec<V> {
         "",
         "99999999999999999999",
         "18446744073709551616",
+        "000000000018446744073709551616",
         "1.0",
         "5a",
         "abc",
@@ -459,7 +460,10 @@ fn framing_vectors() -> Vec<V> {
         ("chunk-size 0x5", &b"0x5\r\nhello\r\n0\r\n\r\n"[..]),
         ("chunk-size _", b"_\r\nx\r\n0\r\n\r\n"),
         ("chunk-size leading SP", b" 5\r\nhello\r\n0\r\n\r\n"),
-        ("chunk-size trailing SP", b"5 \r\nhello\r\n0\r\n\r\n"),
+        (
+            "chunk-size trailing SP (BWS must precede ;)",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+        ),
         ("chunk-size -1", b"-1\r\nx\r\n0\r\n\r\n"),
         ("chunk-size bare ;", b";\r\nx\r\n0\r\n\r\n"),
         ("chunk-size empty", b"\r\nx\r\n0\r\n\r\n"),
@@ -483,6 +487,56 @@ fn framing_vectors() -> Vec<V> {
         ("trailer with invalid name", b"0\r\n[x]: 1\r\n\r\n"),
         ("trailer with NUL", b"0\r\nX-T: a\0b\r\n\r\n"),
         ("trailer starting with SP", b"0\r\n X-T: 1\r\n\r\n"),
+        // RFC 9112 §7.1.1: chunk-ext-name is a token, chunk-ext-val a token or a complete
+        // quoted-string, BWS only before `;` and `=` (Http11Probe, HTTP Garden).
+        (
+            "chunk extension with empty name (5;)",
+            b"5;\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk extension with empty name after BWS",
+            b"5 ; \r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "last chunk with empty extension (0;)",
+            b"5\r\nhello\r\n0;\r\n\r\n",
+        ),
+        (
+            "chunk extension unterminated quoted string",
+            b"5;a=\"x\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk extension quote left open by \\\"",
+            b"5;a=\"x\\\"\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("chunk extension empty value", b"5;a=\r\nhello\r\n0\r\n\r\n"),
+        (
+            "chunk extension value then junk",
+            b"5;a=\"x\"y\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk extension name with space inside",
+            b"5;a b\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk extension control byte in quotes",
+            b"5;a=\"\x01\"\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk-size then BWS then junk",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+        ),
+        // A trailer line is a field line: name, colon, value.
+        (
+            "trailer line without colon",
+            b"5\r\nhello\r\n0\r\nNoColon\r\n\r\n",
+        ),
+        (
+            "trailer line without colon after a good one",
+            b"0\r\nX-T: 1\r\nNoColon\r\n\r\n",
+        ),
+        ("trailer with SP before colon", b"0\r\nX-T : 1\r\n\r\n"),
+        ("trailer with control byte", b"0\r\nX-T: a\x01b\r\n\r\n"),
     ] {
         t.push(bad(name, chunked(body)));
     }
@@ -491,6 +545,23 @@ fn framing_vectors() -> Vec<V> {
         "chunk extension over 4 KiB",
         chunked(long_ext.as_bytes()),
     ));
+    let endless_zeros = format!("{}1\r\nx\r\n0\r\n\r\n", "0".repeat(5000));
+    t.push(bad(
+        "chunk-size line of zeros over 4 KiB",
+        chunked(endless_zeros.as_bytes()),
+    ));
+    for (name, body) in [
+        (
+            "chunk-size overflow behind leading zeros",
+            &b"00000000000000000000FFFFFFFFFFFFFFFF0\r\nx\r\n0\r\n\r\n"[..],
+        ),
+        (
+            "chunk-size 17 significant digits",
+            b"10000000000000000\r\nx\r\n0\r\n\r\n",
+        ),
+    ] {
+        t.push(bad(name, chunked(body)).detail("chunk_size_overflow"));
+    }
     // Accepted chunked bodies, re-chunked by the gateway (extensions, trailers dropped).
     let fwd = |name: &str, body: &[u8], want: &[u8]| {
         v(name, chunked(body), 200, false, Up::Chunked(want.to_vec())).lacks(&["trailer", "x-t"])
@@ -520,6 +591,41 @@ fn framing_vectors() -> Vec<V> {
         fwd(
             "leading zeros normalised",
             b"0005\r\nhello\r\n000\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "24-digit chunk-size with leading zeros accepted",
+            b"000000000000000000000005\r\nhello\r\n00000000000000000000000\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "token chunk extension 5;a=b",
+            b"5;a=b\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "quoted-pair chunk extension 5;a=\"q\\\"x\"",
+            b"5;a=\"q\\\"x\"\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "BWS before ; (5 ;a=b)",
+            b"5 ;a=b\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "HTAB BWS around ; and = (5\\t;\\ta\\t=\\tb)",
+            b"5\t;\ta\t=\tb\r\nhello\r\n0 ;z\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "several extensions, valueless and empty quoted",
+            b"5;a;b=\"\";c=d\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "empty trailer value dropped",
+            b"5\r\nhello\r\n0\r\nX-T:\r\n\r\n",
             b"5\r\nhello\r\n0\r\n\r\n",
         ),
         fwd(
@@ -609,6 +715,22 @@ fn framing_vectors() -> Vec<V> {
             Up::Len(b"hello".to_vec()),
         )
         .has("content-length", "5"),
+        v(
+            "CL with 28 digits, leading zeros",
+            post("Content-Length: 0000000000000000000000000001\r\n", b"h"),
+            200,
+            false,
+            Up::Len(b"h".to_vec()),
+        )
+        .has("content-length", "1"),
+        v(
+            "CL of only zeros",
+            post(&format!("Content-Length: {}\r\n", "0".repeat(40)), b""),
+            200,
+            false,
+            Up::Len(Vec::new()),
+        )
+        .has("content-length", "0"),
         v(
             "CL with OWS",
             post("Content-Length:\t5 \r\n", b"hello"),
@@ -1398,6 +1520,9 @@ fn scenarios(g: SocketAddr, rec: &StrictBackend, tally: &mut Tally) {
         ("pipelined after CL+TE", "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         ("pipelined after bad chunk", "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
         ("pipelined after obs-fold", "GET /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nX: a\r\n b\r\n\r\n"),
+        ("pipelined after empty chunk extension", "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5;\r\nhello\r\n0\r\n\r\n"),
+        ("pipelined after unterminated quoted extension", "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\"x\r\nhello\r\n0\r\n\r\n"),
+        ("pipelined after trailer without colon", "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nNoColon\r\n\r\n"),
     ] {
         bad_then_good(g, rec, tally, name, bad);
     }
@@ -1521,6 +1646,11 @@ fn response_vectors(g: SocketAddr, script: &Script, tally: &mut Tally) {
         ("/hop", "GET", 200, Some(b"ok")),
         ("/1xx", "GET", 200, Some(b"ok")),
         ("/no-length", "GET", 200, Some(b"until close")),
+        ("/bad-chunk-ext", "GET", 502, None),
+        ("/unterminated-chunk-ext", "GET", 502, None),
+        ("/trailer-no-colon", "GET", 502, None),
+        ("/chunk-bws-zeros", "GET", 200, Some(b"hello")),
+        ("/cl-zeros", "GET", 200, Some(b"ok")),
         ("/own-date", "GET", 200, Some(b"ok")),
         ("/conn-date", "GET", 200, Some(b"ok")),
     ];
@@ -1660,6 +1790,11 @@ fn script_replies() -> Vec<Reply> {
         r("/space-colon", b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\nhello", false),
         r("/hop", b"HTTP/1.1 200 OK\r\nConnection: x-b\r\nX-B: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nUpgrade: h2c\r\nTrailer: X-T\r\nContent-Length: 2\r\n\r\nok", false),
         r("/1xx", b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+        r("/bad-chunk-ext", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;\r\nhello\r\n0\r\n\r\n", true),
+        r("/unterminated-chunk-ext", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\"x\r\nhello\r\n0\r\n\r\n", true),
+        r("/trailer-no-colon", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nNoColon\r\n\r\n", true),
+        r("/chunk-bws-zeros", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n000000000000000000000005 ;a=\"q\\\"x\"\r\nhello\r\n0\r\n\r\n", false),
+        r("/cl-zeros", b"HTTP/1.1 200 OK\r\nContent-Length: 0000000000000000000000000002\r\n\r\nok", false),
         r("/own-date", b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok", false),
         // A Date the backend named in Connection is dropped like any hop-by-hop field: ours replaces it.
         r("/conn-date", b"HTTP/1.1 200 OK\r\nConnection: date\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok", false),

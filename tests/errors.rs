@@ -169,6 +169,9 @@ fn malformed_requests_get_400_close_and_never_reach_a_backend() {
         ("GET /v1/proxy/svc/a HTTP/1.1\nHost: g\n\n", "bare_cr_or_lf"),
         ("GET /v1/proxy/svc/a#frag HTTP/1.1\r\nHost: g\r\n\r\n", "fragment_in_target"),
         ("gET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n", "invalid_method"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n5;\r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\"x\r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nNoColon\r\n\r\n", "trailer_without_colon"),
     ];
     for (raw, detail) in vectors {
         let mut c = Client::connect(g.addr);
