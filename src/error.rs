@@ -15,7 +15,7 @@ pub enum GatewayError {
     RouteNotFound,
     /// 404: unknown or invalid service name.
     ServiceNotFound,
-    /// 405: a method we do not forward.
+    /// 405: a method we know but do not forward (TRACE, CONNECT).
     MethodNotAllowed,
     /// 408: the request head did not arrive in time.
     RequestTimeout,
@@ -27,6 +27,8 @@ pub enum GatewayError {
     ExpectationFailed,
     /// 431: header section over the limits.
     HeadersTooLarge,
+    /// 501: a method we do not know (RFC 9110 §9.1).
+    NotImplemented,
     /// 502: connect refused or reset.
     ConnectFailed,
     /// 502: backend closed or reset before a complete response head.
@@ -43,7 +45,7 @@ pub enum GatewayError {
 
 impl GatewayError {
     /// One of each kind, in `index` order (for metrics).
-    pub const ALL: [GatewayError; 15] = [
+    pub const ALL: [GatewayError; 16] = [
         GatewayError::BadRequest(""),
         GatewayError::RouteNotFound,
         GatewayError::ServiceNotFound,
@@ -53,6 +55,7 @@ impl GatewayError {
         GatewayError::UriTooLong,
         GatewayError::ExpectationFailed,
         GatewayError::HeadersTooLarge,
+        GatewayError::NotImplemented,
         GatewayError::ConnectFailed,
         GatewayError::BackendClosed,
         GatewayError::BadResponse(""),
@@ -74,12 +77,13 @@ impl GatewayError {
             UriTooLong => 6,
             ExpectationFailed => 7,
             HeadersTooLarge => 8,
-            ConnectFailed => 9,
-            BackendClosed => 10,
-            BadResponse(_) => 11,
-            NoBackend => 12,
-            ConnectTimeout => 13,
-            ResponseTimeout => 14,
+            NotImplemented => 9,
+            ConnectFailed => 10,
+            BackendClosed => 11,
+            BadResponse(_) => 12,
+            NoBackend => 13,
+            ConnectTimeout => 14,
+            ResponseTimeout => 15,
         }
     }
 
@@ -94,6 +98,7 @@ impl GatewayError {
             UriTooLong => 414,
             ExpectationFailed => 417,
             HeadersTooLarge => 431,
+            NotImplemented => 501,
             ConnectFailed | BackendClosed | BadResponse(_) => 502,
             NoBackend => 503,
             ConnectTimeout | ResponseTimeout => 504,
@@ -113,6 +118,7 @@ impl GatewayError {
             UriTooLong => "uri_too_long",
             ExpectationFailed => "expectation_failed",
             HeadersTooLarge => "headers_too_large",
+            NotImplemented => "not_implemented",
             ConnectFailed => "backend_connect_failed",
             BackendClosed => "backend_closed",
             BadResponse(_) => "backend_bad_response",
@@ -132,6 +138,7 @@ impl GatewayError {
             414 => "URI Too Long",
             417 => "Expectation Failed",
             431 => "Request Header Fields Too Large",
+            501 => "Not Implemented",
             502 => "Bad Gateway",
             503 => "Service Unavailable",
             _ => "Gateway Timeout",
@@ -217,6 +224,7 @@ impl From<RequestError> for GatewayError {
         match e {
             RequestError::Bad(why) => GatewayError::BadRequest(why),
             RequestError::MethodNotAllowed => GatewayError::MethodNotAllowed,
+            RequestError::NotImplemented => GatewayError::NotImplemented,
             RequestError::UriTooLong => GatewayError::UriTooLong,
             RequestError::HeadersTooLarge => GatewayError::HeadersTooLarge,
             RequestError::Expectation => GatewayError::ExpectationFailed,
@@ -309,6 +317,30 @@ mod tests {
                 assert_eq!(text.matches("date: ").count(), 1, "{text}");
             }
         }
+    }
+
+    #[test]
+    fn unknown_method_is_501_not_implemented() {
+        let e = GatewayError::from(RequestError::NotImplemented);
+        assert_eq!((e.status(), e.code()), (501, "not_implemented"));
+        assert!(!e.is_backend_failure());
+        let mut out = Vec::new();
+        e.write_response(&mut out, DATE, None, None, true, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 501 Not Implemented\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("allow:"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\n{\"error\":\"not_implemented\"}\n"),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        GatewayError::MethodNotAllowed.write_response(&mut out, DATE, None, None, true, false);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("\r\nallow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n"));
     }
 
     #[test]

@@ -69,8 +69,10 @@ pub enum Framing {
 pub enum RequestError {
     /// Malformed or ambiguous; the static string says which rule (400).
     Bad(&'static str),
-    /// Method we do not forward (405).
+    /// A method we know but do not forward: TRACE, CONNECT (405).
     MethodNotAllowed,
+    /// A method we do not know (any other token, `FOO` or `get`; RFC 9110 §9.1) (501).
+    NotImplemented,
     /// Request target longer than the limit (414).
     UriTooLong,
     /// Header section bigger than the limit or too many fields (431).
@@ -262,13 +264,14 @@ pub fn parse_request<'h, 'b>(
     if target.len() > limits.max_target_bytes {
         return Err(RequestError::UriTooLong);
     }
+    // httparse has checked that the method is a token. Methods are case-sensitive, so
+    // `get` is not GET but a method we do not know, like any other unregistered token.
     let method = match Method::from_bytes(method.as_bytes()) {
         Some(m) => m,
-        // Methods are case-sensitive: `gET` is not GET but almost surely a parser probe.
-        None if method.bytes().any(|b| b.is_ascii_lowercase()) => {
-            return Err(RequestError::Bad("invalid_method"))
+        None if matches!(method, "TRACE" | "CONNECT") => {
+            return Err(RequestError::MethodNotAllowed)
         }
-        None => return Err(RequestError::MethodNotAllowed),
+        None => return Err(RequestError::NotImplemented),
     };
     let mut host: Option<&[u8]> = None;
     let mut host_count = 0usize;
@@ -1095,6 +1098,30 @@ mod tests {
             bad(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
             "unsupported_target_form"
         );
+    }
+
+    #[test]
+    fn unknown_methods_are_501_known_unforwarded_ones_405() {
+        for m in [
+            "FOO", "get", "gET", "PROPFIND", "M-SEARCH", "Get", "TRACEX", "connect",
+        ] {
+            let raw = format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(
+                parse(raw.as_bytes()),
+                Err(RequestError::NotImplemented),
+                "{m}"
+            );
+        }
+        for m in ["TRACE", "CONNECT"] {
+            let raw = format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(
+                parse(raw.as_bytes()),
+                Err(RequestError::MethodNotAllowed),
+                "{m}"
+            );
+        }
+        // Not a token at all: still a syntax error.
+        assert_eq!(bad(b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n"), "invalid_method");
     }
 
     #[test]

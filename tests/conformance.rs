@@ -278,6 +278,10 @@ struct V {
     lacks: Vec<String>,
     /// Expected `detail` of a 400.
     detail: Option<&'static str>,
+    /// Expected `error` code of a gateway-made answer.
+    code: Option<&'static str>,
+    /// (header, exact value) the client's response must carry.
+    resp_has: Vec<(String, String)>,
     /// Known gateway bug about the close: checked only by the ignored `known_bugs` test.
     close_bug: bool,
 }
@@ -293,6 +297,8 @@ fn v(name: &str, raw: impl Into<Vec<u8>>, status: u16, close: bool, up: Up) -> V
         has: Vec::new(),
         lacks: Vec::new(),
         detail: None,
+        code: None,
+        resp_has: Vec::new(),
         close_bug: false,
     }
 }
@@ -312,6 +318,14 @@ impl V {
     }
     fn detail(mut self, d: &'static str) -> V {
         self.detail = Some(d);
+        self
+    }
+    fn code(mut self, c: &'static str) -> V {
+        self.code = Some(c);
+        self
+    }
+    fn resp_has(mut self, n: &str, val: &str) -> V {
+        self.resp_has.push((n.to_string(), val.to_string()));
         self
     }
     fn close_bug(mut self) -> V {
@@ -858,15 +872,28 @@ fn syntax_vectors() -> Vec<V> {
         bad("empty field name", get_with(": b\r\n")),
         bad("missing colon", get_with("NoColon\r\n")),
         bad("quote in name", get_with("X\"A: b\r\n")),
-        bad(
-            "lowercase method gET",
+        // RFC 9110 §9.1: methods are case-sensitive, so `gET` is a method we do not know.
+        v(
+            "mixed-case method gET is 501",
             format!("gET {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
+            501,
+            true,
+            Up::Nothing,
+        )
+        .code("not_implemented"),
+        v(
+            "lowercase method get is 501",
+            format!("get {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
+            501,
+            true,
+            Up::Nothing,
+        )
+        .code("not_implemented"),
+        bad(
+            "method that is no token",
+            format!("G(T {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
         )
         .detail("invalid_method"),
-        bad(
-            "lowercase method get",
-            format!("get {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
-        ),
         bad(
             "version HTP/1.1",
             format!("GET {P} HTP/1.1\r\nHost: gw\r\n\r\n"),
@@ -931,21 +958,33 @@ fn syntax_vectors() -> Vec<V> {
             405,
             true,
             Up::Nothing,
-        ),
+        )
+        .code("method_not_allowed")
+        .resp_has("allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
         v(
-            "unknown method FOO is 405",
+            "unknown method FOO is 501",
             format!("FOO {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
-            405,
+            501,
             true,
             Up::Nothing,
-        ),
+        )
+        .code("not_implemented"),
         v(
-            "PROPFIND is 405",
-            format!("PROPFIND {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
-            405,
+            "unknown method with a body is 501",
+            format!("FOO {P} HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n\r\nabc"),
+            501,
             true,
             Up::Nothing,
-        ),
+        )
+        .code("not_implemented"),
+        v(
+            "PROPFIND (not ours) is 501",
+            format!("PROPFIND {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
+            501,
+            true,
+            Up::Nothing,
+        )
+        .code("not_implemented"),
         ok_get(
             "one leading CRLF is ignored",
             format!("\r\nGET {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
@@ -1341,10 +1380,20 @@ fn run(g: SocketAddr, rec: &StrictBackend, t: &V, strict: bool) -> Vec<String> {
             fails.push(format!("detail {}, want {d}", r.json()["detail"]));
         }
     }
+    if let (Some(code), Some(r)) = (t.code, &r) {
+        if r.json()["error"] != code {
+            fails.push(format!("error {}, want {code}", r.json()["error"]));
+        }
+    }
     if let Some(r) = &r {
         // RFC 9110 §6.6.1: every response, gateway-made or forwarded (the recording backend
         // sends no Date), carries exactly one Date.
         fails.extend(date_problem(r));
+        for (n, val) in &t.resp_has {
+            if r.header(n) != Some(val.as_str()) {
+                fails.push(format!("response {n}: {:?}, want {val:?}", r.header(n)));
+            }
+        }
     }
     if t.close_bug && !strict {
         // Checked by `known_bugs` only.
