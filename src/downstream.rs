@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::date::DateCache;
-use crate::error::GatewayError;
+use crate::error::{self, GatewayError};
 use crate::io::{self, Read, Socket};
+use crate::rewrite;
 
 /// Initial size of a connection's buffers; they grow only for big heads.
 pub const BUF_SIZE: usize = 8 * 1024;
@@ -91,6 +92,21 @@ impl Downstream {
         err.write_response(&mut self.out, &date, service, retry_after, close, self.head);
         self.record.status = err.status();
         self.record.error = Some(err);
+        self.send_out(timeout).await
+    }
+
+    /// Answers `OPTIONS *` (204 with `Allow`). `keep` says whether the connection stays;
+    /// `minor` is the request's HTTP minor version. Returns false if the client is gone.
+    pub async fn reply_options(&mut self, keep: bool, minor: u8, timeout: Duration) -> bool {
+        self.out.clear();
+        error::write_options_head(&mut self.out, &self.date.line());
+        rewrite::end_response_head(&mut self.out, keep, minor);
+        self.record.status = 204;
+        self.send_out(timeout).await
+    }
+
+    /// Writes `out` whole and counts it; false if the client is gone.
+    async fn send_out(&mut self, timeout: Duration) -> bool {
         self.record.bytes += self.out.len() as u64;
         let ok = io::write_all(self.sock.w(), &mut self.out, timeout)
             .await

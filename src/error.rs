@@ -1,7 +1,8 @@
 //! Responses the gateway makes itself: one small `Copy` kind per row of the error contract.
 //!
 //! Each kind has a status, a stable `error` code for the JSON body (and, later, metrics and
-//! the access log) and says whether it counts against the backend's breaker.
+//! the access log) and says whether it counts against the backend's breaker. The one
+//! gateway-made answer that is no error, to `OPTIONS *`, is here too.
 
 use crate::date::LINE_LEN;
 use crate::h1::{push_dec, RequestError};
@@ -203,7 +204,7 @@ impl GatewayError {
             out.extend_from_slice(b"\r\n");
         }
         if self == GatewayError::MethodNotAllowed {
-            out.extend_from_slice(b"allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n");
+            out.extend_from_slice(ALLOW);
         }
         if close {
             out.extend_from_slice(b"connection: close\r\n");
@@ -217,6 +218,19 @@ impl GatewayError {
         }
         out.extend_from_slice(b"}\n");
     }
+}
+
+/// The methods we forward, as the `Allow` line of a 405 and of the answer to `OPTIONS *`.
+pub const ALLOW: &[u8] = b"allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n";
+
+/// Writes the head of the answer to `OPTIONS *` (RFC 9112 §3.2.4: a question about the
+/// server itself, which we answer rather than pick a backend for): `204 No Content` with
+/// `Allow`, and no body and so no `Content-Length` (RFC 9110 §8.6). The caller ends it with
+/// the connection field and the blank line (`rewrite::end_response_head`).
+pub fn write_options_head(out: &mut Vec<u8>, date: &[u8; LINE_LEN]) {
+    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\n");
+    out.extend_from_slice(date);
+    out.extend_from_slice(ALLOW);
 }
 
 impl From<RequestError> for GatewayError {
@@ -341,6 +355,16 @@ mod tests {
         assert!(String::from_utf8(out)
             .unwrap()
             .contains("\r\nallow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n"));
+    }
+
+    #[test]
+    fn options_asterisk_head() {
+        let mut out = Vec::new();
+        write_options_head(&mut out, DATE);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 204 No Content\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\nallow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n"
+        );
     }
 
     #[test]

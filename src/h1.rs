@@ -203,7 +203,8 @@ pub struct ParsedRequest<'h, 'b> {
     pub info: RequestInfo,
     /// Length of the head in bytes, including the final CRLF CRLF.
     pub head_len: usize,
-    /// The raw request target (origin-form; absolute-form already reduced to its path).
+    /// The raw request target (origin-form; absolute-form already reduced to its path), or
+    /// `*` for `OPTIONS *`.
     pub target: &'b str,
     /// The Host header (or absolute-form authority), if any.
     pub host: Option<&'b [u8]>,
@@ -344,8 +345,9 @@ pub fn parse_request<'h, 'b>(
             Some(n) => Framing::Length(n),
         }
     };
-    // Request target: origin-form, or absolute-form reduced to its path (RFC 9112 §3.2).
-    let (target, authority) = split_target(target)?;
+    // Request target: origin-form, absolute-form reduced to its path (RFC 9112 §3.2), or
+    // `*` for OPTIONS.
+    let (target, authority) = split_target(target, method)?;
     if minor == 1 {
         if host_count != 1 {
             return Err(RequestError::Bad(if host_count == 0 {
@@ -393,11 +395,13 @@ fn first_line_len(buf: &[u8]) -> usize {
 }
 
 /// Reduces the target to origin-form; returns it with the absolute-form authority, if any.
-fn split_target(target: &str) -> Result<(&str, Option<&[u8]>), RequestError> {
+/// The asterisk-form `*` is passed on as it is, for OPTIONS only (RFC 9112 §3.2.4): the
+/// caller answers it itself, as it concerns the gateway and no backend.
+fn split_target(target: &str, method: Method) -> Result<(&str, Option<&[u8]>), RequestError> {
     if target.contains('#') {
         return Err(RequestError::Bad("fragment_in_target"));
     }
-    if target.starts_with('/') {
+    if target.starts_with('/') || (target == "*" && method == Method::Options) {
         return Ok((target, None));
     }
     let lower_has = |p: &str| {
@@ -408,7 +412,8 @@ fn split_target(target: &str) -> Result<(&str, Option<&[u8]>), RequestError> {
     } else if lower_has("https://") {
         &target[8..]
     } else {
-        // authority-form (CONNECT) and asterisk-form: we are a gateway, not a forward proxy.
+        // authority-form (CONNECT) and asterisk-form with another method: we are a gateway,
+        // not a forward proxy.
         return Err(RequestError::Bad("unsupported_target_form"));
     };
     let slash = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -1095,9 +1100,24 @@ mod tests {
             Err(RequestError::MethodNotAllowed)
         );
         assert_eq!(
-            bad(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
+            bad(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"),
             "unsupported_target_form"
         );
+    }
+
+    #[test]
+    fn options_asterisk_is_parsed_for_the_gateway_to_answer() {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let p = parse_request(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", &mut h, &LIMITS)
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.info.method, p.target), (Method::Options, "*"));
+        // Still a request like any other: Host rules apply.
+        assert_eq!(bad(b"OPTIONS * HTTP/1.1\r\n\r\n"), "missing_host");
+        for m in ["GET", "HEAD", "POST", "DELETE"] {
+            let raw = format!("{m} * HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(bad(raw.as_bytes()), "unsupported_target_form", "{m} *");
+        }
     }
 
     #[test]

@@ -1134,12 +1134,56 @@ fn host_vectors() -> Vec<V> {
             true,
             Up::Nothing,
         ),
-        bad(
-            "OPTIONS * is refused",
+        // RFC 9112 §3.2.4: asterisk-form asks about the server; the gateway answers itself.
+        v(
+            "OPTIONS * answered by the gateway, kept alive",
             "OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n",
+            204,
+            false,
+            Up::Nothing,
         )
-        .detail("unsupported_target_form"),
-        bad("GET * is refused", "GET * HTTP/1.1\r\nHost: gw\r\n\r\n"),
+        .resp_has("allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+        v(
+            "OPTIONS * with Connection: close",
+            "OPTIONS * HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+            204,
+            true,
+            Up::Nothing,
+        )
+        .resp_has("connection", "close"),
+        v(
+            "OPTIONS * HTTP/1.0 closes",
+            "OPTIONS * HTTP/1.0\r\n\r\n",
+            204,
+            true,
+            Up::Nothing,
+        ),
+        v(
+            "OPTIONS * HTTP/1.0 keep-alive",
+            "OPTIONS * HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            204,
+            false,
+            Up::Nothing,
+        )
+        .resp_has("connection", "keep-alive"),
+        v(
+            "OPTIONS * with a body answers and closes (body unread)",
+            "OPTIONS * HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nhello",
+            204,
+            true,
+            Up::Nothing,
+        ),
+        bad("OPTIONS * without Host", "OPTIONS * HTTP/1.1\r\n\r\n").detail("missing_host"),
+        bad(
+            "OPTIONS *x is refused",
+            "OPTIONS *x HTTP/1.1\r\nHost: gw\r\n\r\n",
+        ),
+        bad("GET * is refused", "GET * HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .detail("unsupported_target_form"),
+        bad(
+            "POST * is refused",
+            "POST * HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n",
+        ),
         bad(
             "authority-form with GET",
             "GET gw:80 HTTP/1.1\r\nHost: gw\r\n\r\n",
@@ -1394,6 +1438,9 @@ fn run(g: SocketAddr, rec: &StrictBackend, t: &V, strict: bool) -> Vec<String> {
                 fails.push(format!("response {n}: {:?}, want {val:?}", r.header(n)));
             }
         }
+        if status == 204 && (!r.body.is_empty() || r.header("content-length").is_some()) {
+            fails.push("204 with a body or a Content-Length".into());
+        }
     }
     if t.close_bug && !strict {
         // Checked by `known_bugs` only.
@@ -1575,6 +1622,37 @@ fn scenarios(g: SocketAddr, rec: &StrictBackend, tally: &mut Tally) {
     ] {
         bad_then_good(g, rec, tally, name, bad);
     }
+
+    // OPTIONS * between two forwarded requests on one connection: answered in order, by
+    // the gateway itself, and the connection goes on.
+    let before = rec.count();
+    let mut c = Client::connect(g);
+    c.send(b"GET /v1/proxy/svc/o1 HTTP/1.1\r\nHost: gw\r\n\r\nOPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\nGET /v1/proxy/svc/o2 HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let mut fails = Vec::new();
+    let rs: Vec<Option<Response>> = (0..3).map(|_| final_response(&mut c, false)).collect();
+    let statuses: Vec<Option<u16>> = rs.iter().map(|r| r.as_ref().map(|r| r.status)).collect();
+    if statuses != [Some(200), Some(204), Some(200)] {
+        fails.push(format!("statuses {statuses:?}"));
+    }
+    if let Some(Some(r)) = rs.get(1) {
+        if r.header("allow") != Some("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS") {
+            fails.push(format!("Allow {:?}", r.header("allow")));
+        }
+    }
+    eventually(Duration::from_secs(2), || rec.count() >= before + 2);
+    if rec.count() != before + 2 {
+        fails.push(format!("{} forwarded, want 2", rec.count() - before));
+    } else if !rec.nth(before).head.starts_with("GET /o1 ")
+        || !rec.nth(before + 1).head.starts_with("GET /o2 ")
+    {
+        fails.push("forwarded out of order".into());
+    }
+    tally.record(
+        "OPTIONS * pipelined between forwarded requests",
+        false,
+        fails,
+        false,
+    );
 
     // Good then bad, pipelined: 200, then 400 and close; only the first forwarded.
     let before = rec.count();

@@ -283,6 +283,27 @@ fn unsupported_methods_and_expectations() {
 }
 
 #[test]
+fn options_asterisk_is_answered_by_the_gateway_and_keeps_the_connection() {
+    let rec = Recorder::start(reply(200));
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", rec.addr)));
+    let mut c = Client::connect(g.addr);
+    c.send(b"OPTIONS * HTTP/1.1\r\nHost: g\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("allow"),
+        Some("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")
+    );
+    assert_eq!(r.header("content-length"), None);
+    assert_eq!(r.header("connection"), None);
+    assert_eq!(date_problem(&r), None);
+    // Same connection, next request: forwarded as usual.
+    c.send(b"GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    assert_eq!(rec.requests(), 1, "OPTIONS * reached the backend");
+}
+
+#[test]
 fn every_response_carries_one_date() {
     let b = mock_backend();
     let g = gateway(&config(
