@@ -571,6 +571,40 @@ pub fn is_hop_by_hop(name: &str) -> bool {
         .any(|h| name.len() == h.len() && name_is(name, h))
 }
 
+/// True for a field name with `_` that, read with `_` as `-`, is a framing, hop-by-hop or
+/// routing field (`Transfer_Encoding`, `Content_Length`, `Proxy_Authorization`, ...).
+///
+/// CGI and WSGI backends turn both `-` and `_` into `_` (`HTTP_TRANSFER_ENCODING`), so they
+/// would act on such a field as if it were the real one, which we removed or rewrote. Only
+/// names with a `-` can have an alias, but the list is the full set we control.
+pub fn is_underscore_alias(name: &str) -> bool {
+    const CONTROLLED: [&str; 10] = [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "host",
+        "proxy-authorization",
+    ];
+    let n = name.as_bytes();
+    // Most names have no `_`: one short scan and done.
+    memchr::memchr(b'_', n).is_some()
+        && CONTROLLED.iter().any(|c| {
+            c.len() == n.len()
+                && n.iter().zip(c.bytes()).all(|(&a, b)| {
+                    if a == b'_' {
+                        b == b'-'
+                    } else {
+                        a.eq_ignore_ascii_case(&b)
+                    }
+                })
+        })
+}
+
 /// Names listed in the `Connection` fields of a head (the per-message hop-by-hop set).
 ///
 /// Any number of names is honoured: the fields are kept by reference and searched when
@@ -1175,6 +1209,35 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(info.framing, Framing::Length(1));
+    }
+
+    #[test]
+    fn underscore_aliases_of_controlled_fields_are_recognised() {
+        for n in [
+            "Transfer_Encoding",
+            "content_length",
+            "CONTENT_LENGTH",
+            "Keep_Alive",
+            "Proxy_Connection",
+            "proxy_authorization",
+            "Content-Length_".trim_end_matches('_'),
+        ]
+        .iter()
+        .filter(|n| n.contains('_'))
+        {
+            assert!(is_underscore_alias(n), "{n}");
+        }
+        for n in [
+            "Transfer-Encoding", // the real one is handled as hop-by-hop, not here
+            "X_Custom",
+            "content__length",
+            "Content_Length_",
+            "Transfer_Encodin",
+            "_te",
+            "Host",
+        ] {
+            assert!(!is_underscore_alias(n), "{n}");
+        }
     }
 
     #[test]

@@ -17,9 +17,10 @@ const VIA_10: &[u8] = b"1.0 gateway";
 /// Routes the request and writes the header block to send upstream into `fwd`
 /// (everything after the request line and `Host`), and the path suffix into `path`.
 ///
-/// Hop-by-hop fields and those named in `Connection` are dropped first, then our own
-/// `X-Forwarded-*` and `Via` are added, then our framing: nothing the client sent can
-/// remove or replace them.
+/// Hop-by-hop fields, those named in `Connection` and underscore aliases of framing and
+/// hop-by-hop fields (`Transfer_Encoding`, which a CGI/WSGI backend reads as
+/// `Transfer-Encoding`) are dropped first, then our own `X-Forwarded-*` and `Via` are
+/// added, then our framing: nothing the client sent can remove or replace them.
 pub fn prepare(
     p: &ParsedRequest<'_, '_>,
     view: &View,
@@ -61,6 +62,7 @@ pub fn prepare(
     copy_headers(fwd, p.head, p.headers, |name| {
         !(h1::is_hop_by_hop(name)
             || conn_opts.names(name)
+            || h1::is_underscore_alias(name)
             || h1::name_is(name, "host")
             || h1::name_is(name, "expect")
             || h1::name_is(name, "x-forwarded-proto")

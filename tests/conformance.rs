@@ -1301,6 +1301,18 @@ fn hop_vectors() -> Vec<V> {
           200, true, Up::Len(b"hello".to_vec()))
             .has("x-forwarded-for", "127.0.0.1").has("content-length", "5").has("via", "1.1 gateway"),
         ok_get("Expect not forwarded", get_with("Expect: 100-continue\r\n")).lacks(&["expect"]),
+        // A CGI/WSGI backend maps `_` to `-` (HTTP_TRANSFER_ENCODING): such aliases of
+        // framing and hop-by-hop fields never reach it; other underscore fields do.
+        ok_get("Transfer_Encoding dropped", get_with("Transfer_Encoding: chunked\r\n")).lacks(&["transfer_encoding", "transfer-encoding"]),
+        v("Content_Length dropped, real CL kept",
+          post("Content-Length: 5\r\nContent_Length: 50\r\n", b"hello"),
+          200, false, Up::Len(b"hello".to_vec()))
+            .lacks(&["content_length"]).has("content-length", "5"),
+        ok_get("CONTENT_LENGTH dropped on GET", get_with("CONTENT_LENGTH: 5\r\n")).lacks(&["content_length", "content-length"]),
+        ok_get("Keep_Alive dropped", get_with("Keep_Alive: timeout=5\r\n")).lacks(&["keep_alive"]),
+        ok_get("Proxy_Connection dropped", get_with("Proxy_Connection: close\r\n")).lacks(&["proxy_connection"]),
+        ok_get("Proxy_Authorization dropped", get_with("Proxy_Authorization: Basic eDp5\r\n")).lacks(&["proxy_authorization"]),
+        ok_get("other underscore fields forwarded", get_with("X_Custom: 1\r\nContent_Type_X: 2\r\n")).has("x_custom", "1").has("content_type_x", "2"),
     ]
 }
 
