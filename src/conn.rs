@@ -44,6 +44,12 @@ pub struct Conn {
 /// What the next bytes on the connection amount to.
 enum Next {
     Forward(Request),
+    /// `OPTIONS *`: answered by the gateway itself; keep the connection if the request was
+    /// complete and bodyless and the client wants it kept.
+    Options {
+        keep_alive: bool,
+        minor: u8,
+    },
     /// Answer with this error; keep the connection if the request was complete and framed.
     Reject {
         err: GatewayError,
@@ -55,8 +61,8 @@ enum Next {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, peer: SocketAddr) -> Conn {
-        let mut down = Downstream::new(stream, peer);
+    fn new(stream: TcpStream, peer: SocketAddr, worker: &Worker) -> Conn {
+        let mut down = Downstream::new(stream, peer, worker.date.clone());
         down.buf = Vec::with_capacity(IDLE_BUF);
         Conn {
             down,
@@ -109,7 +115,7 @@ const IDLE_BUF: usize = 1024;
 /// Serves one client connection until it closes, errs or times out.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let registration = worker.register(std::os::fd::AsRawFd::as_raw_fd(&stream));
-    let mut c = Conn::new(stream, peer);
+    let mut c = Conn::new(stream, peer, &worker);
     while !worker.draining() {
         c.down.record = Record::default();
         c.down.head = false;
@@ -145,6 +151,17 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     started,
                 );
                 after
+            }
+            Next::Options { keep_alive, minor } => {
+                let timeout = view.snapshot.config.timeouts.body;
+                let keep = keep_alive && !worker.draining();
+                let sent = c.down.reply_options(keep, minor, timeout).await;
+                finish(&worker, &view, &c, None, Some(h1::Method::Options), started);
+                if sent && keep {
+                    After::Keep
+                } else {
+                    After::Close
+                }
             }
             Next::Reject {
                 err,
@@ -242,6 +259,16 @@ async fn next_request(
                     d.head = info.method == h1::Method::Head;
                     if keep_target {
                         c.target.extend_from_slice(parsed.target.as_bytes());
+                    }
+                    if parsed.target == "*" {
+                        // `OPTIONS *` (h1 passes `*` for OPTIONS only): about us, not a
+                        // backend. A body it may have is not read, so then we close.
+                        d.start += head_len;
+                        let next = Next::Options {
+                            keep_alive: info.keep_alive && info.framing == Framing::None,
+                            minor: info.minor,
+                        };
+                        return (next, view);
                     }
                     if c.fwd.capacity() == 0 {
                         c.fwd = worker.buffer();

@@ -3,12 +3,15 @@
 //! record of the current request.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::error::GatewayError;
+use crate::date::DateCache;
+use crate::error::{self, GatewayError};
 use crate::io::{self, Read, Socket};
+use crate::rewrite;
 
 /// Initial size of a connection's buffers; they grow only for big heads.
 pub const BUF_SIZE: usize = 8 * 1024;
@@ -46,6 +49,8 @@ pub struct Downstream {
     /// The current request is HEAD (gateway-made answers then carry no body).
     pub head: bool,
     pub record: Record,
+    /// The worker's `Date` line, for every response this connection sends.
+    pub date: Rc<DateCache>,
 }
 
 /// What the client connection does after a request.
@@ -60,7 +65,7 @@ pub enum After {
 }
 
 impl Downstream {
-    pub fn new(stream: TcpStream, peer: SocketAddr) -> Downstream {
+    pub fn new(stream: TcpStream, peer: SocketAddr, date: Rc<DateCache>) -> Downstream {
         Downstream {
             sock: Socket::new(stream),
             peer,
@@ -70,6 +75,7 @@ impl Downstream {
             out: Vec::new(),
             head: false,
             record: Record::default(),
+            date,
         }
     }
 
@@ -83,9 +89,25 @@ impl Downstream {
         timeout: Duration,
     ) -> bool {
         self.out.clear();
-        err.write_response(&mut self.out, service, retry_after, close, self.head);
+        let date = self.date.line();
+        err.write_response(&mut self.out, &date, service, retry_after, close, self.head);
         self.record.status = err.status();
         self.record.error = Some(err);
+        self.send_out(timeout).await
+    }
+
+    /// Answers `OPTIONS *` (204 with `Allow`). `keep` says whether the connection stays;
+    /// `minor` is the request's HTTP minor version. Returns false if the client is gone.
+    pub async fn reply_options(&mut self, keep: bool, minor: u8, timeout: Duration) -> bool {
+        self.out.clear();
+        error::write_options_head(&mut self.out, &self.date.line());
+        rewrite::end_response_head(&mut self.out, keep, minor);
+        self.record.status = 204;
+        self.send_out(timeout).await
+    }
+
+    /// Writes `out` whole and counts it; false if the client is gone.
+    async fn send_out(&mut self, timeout: Duration) -> bool {
         self.record.bytes += self.out.len() as u64;
         let ok = io::write_all(self.sock.w(), &mut self.out, timeout)
             .await

@@ -1,8 +1,10 @@
 //! Responses the gateway makes itself: one small `Copy` kind per row of the error contract.
 //!
 //! Each kind has a status, a stable `error` code for the JSON body (and, later, metrics and
-//! the access log) and says whether it counts against the backend's breaker.
+//! the access log) and says whether it counts against the backend's breaker. The one
+//! gateway-made answer that is no error, to `OPTIONS *`, is here too.
 
+use crate::date::LINE_LEN;
 use crate::h1::{push_dec, RequestError};
 use crate::router::RouteError;
 
@@ -14,7 +16,7 @@ pub enum GatewayError {
     RouteNotFound,
     /// 404: unknown or invalid service name.
     ServiceNotFound,
-    /// 405: a method we do not forward.
+    /// 405: a method we know but do not forward (TRACE, CONNECT).
     MethodNotAllowed,
     /// 408: the request head did not arrive in time.
     RequestTimeout,
@@ -26,6 +28,8 @@ pub enum GatewayError {
     ExpectationFailed,
     /// 431: header section over the limits.
     HeadersTooLarge,
+    /// 501: a method we do not know (RFC 9110 §9.1).
+    NotImplemented,
     /// 502: connect refused or reset.
     ConnectFailed,
     /// 502: backend closed or reset before a complete response head.
@@ -42,7 +46,7 @@ pub enum GatewayError {
 
 impl GatewayError {
     /// One of each kind, in `index` order (for metrics).
-    pub const ALL: [GatewayError; 15] = [
+    pub const ALL: [GatewayError; 16] = [
         GatewayError::BadRequest(""),
         GatewayError::RouteNotFound,
         GatewayError::ServiceNotFound,
@@ -52,6 +56,7 @@ impl GatewayError {
         GatewayError::UriTooLong,
         GatewayError::ExpectationFailed,
         GatewayError::HeadersTooLarge,
+        GatewayError::NotImplemented,
         GatewayError::ConnectFailed,
         GatewayError::BackendClosed,
         GatewayError::BadResponse(""),
@@ -73,12 +78,13 @@ impl GatewayError {
             UriTooLong => 6,
             ExpectationFailed => 7,
             HeadersTooLarge => 8,
-            ConnectFailed => 9,
-            BackendClosed => 10,
-            BadResponse(_) => 11,
-            NoBackend => 12,
-            ConnectTimeout => 13,
-            ResponseTimeout => 14,
+            NotImplemented => 9,
+            ConnectFailed => 10,
+            BackendClosed => 11,
+            BadResponse(_) => 12,
+            NoBackend => 13,
+            ConnectTimeout => 14,
+            ResponseTimeout => 15,
         }
     }
 
@@ -93,6 +99,7 @@ impl GatewayError {
             UriTooLong => 414,
             ExpectationFailed => 417,
             HeadersTooLarge => 431,
+            NotImplemented => 501,
             ConnectFailed | BackendClosed | BadResponse(_) => 502,
             NoBackend => 503,
             ConnectTimeout | ResponseTimeout => 504,
@@ -112,6 +119,7 @@ impl GatewayError {
             UriTooLong => "uri_too_long",
             ExpectationFailed => "expectation_failed",
             HeadersTooLarge => "headers_too_large",
+            NotImplemented => "not_implemented",
             ConnectFailed => "backend_connect_failed",
             BackendClosed => "backend_closed",
             BadResponse(_) => "backend_bad_response",
@@ -131,6 +139,7 @@ impl GatewayError {
             414 => "URI Too Long",
             417 => "Expectation Failed",
             431 => "Request Header Fields Too Large",
+            501 => "Not Implemented",
             502 => "Bad Gateway",
             503 => "Service Unavailable",
             _ => "Gateway Timeout",
@@ -144,12 +153,14 @@ impl GatewayError {
 
     /// Writes the complete response (head and JSON body) into `out`.
     ///
-    /// `service` is included when known to be a valid name; `retry_after` (seconds) goes
-    /// with 503; `close` adds `Connection: close`; `head` (a HEAD request) keeps the
-    /// `Content-Length` but leaves the body out.
+    /// `date` is the worker's current `date: ...` line; `service` is included when known to
+    /// be a valid name; `retry_after` (seconds) goes with 503; `close` adds
+    /// `Connection: close`; `head` (a HEAD request) keeps the `Content-Length` but leaves
+    /// the body out.
     pub fn write_response(
         self,
         out: &mut Vec<u8>,
+        date: &[u8; LINE_LEN],
         service: Option<&[u8]>,
         retry_after: Option<u64>,
         close: bool,
@@ -182,7 +193,9 @@ impl GatewayError {
         push_dec(out, u64::from(status));
         out.push(b' ');
         out.extend_from_slice(self.reason().as_bytes());
-        out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
         push_dec(out, body_len as u64);
         out.extend_from_slice(b"\r\n");
         if let Some(secs) = retry_after {
@@ -191,7 +204,7 @@ impl GatewayError {
             out.extend_from_slice(b"\r\n");
         }
         if self == GatewayError::MethodNotAllowed {
-            out.extend_from_slice(b"allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n");
+            out.extend_from_slice(ALLOW);
         }
         if close {
             out.extend_from_slice(b"connection: close\r\n");
@@ -207,11 +220,25 @@ impl GatewayError {
     }
 }
 
+/// The methods we forward, as the `Allow` line of a 405 and of the answer to `OPTIONS *`.
+pub const ALLOW: &[u8] = b"allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n";
+
+/// Writes the head of the answer to `OPTIONS *` (RFC 9112 §3.2.4: a question about the
+/// server itself, which we answer rather than pick a backend for): `204 No Content` with
+/// `Allow`, and no body and so no `Content-Length` (RFC 9110 §8.6). The caller ends it with
+/// the connection field and the blank line (`rewrite::end_response_head`).
+pub fn write_options_head(out: &mut Vec<u8>, date: &[u8; LINE_LEN]) {
+    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\n");
+    out.extend_from_slice(date);
+    out.extend_from_slice(ALLOW);
+}
+
 impl From<RequestError> for GatewayError {
     fn from(e: RequestError) -> Self {
         match e {
             RequestError::Bad(why) => GatewayError::BadRequest(why),
             RequestError::MethodNotAllowed => GatewayError::MethodNotAllowed,
+            RequestError::NotImplemented => GatewayError::NotImplemented,
             RequestError::UriTooLong => GatewayError::UriTooLong,
             RequestError::HeadersTooLarge => GatewayError::HeadersTooLarge,
             RequestError::Expectation => GatewayError::ExpectationFailed,
@@ -233,11 +260,27 @@ impl From<RouteError> for GatewayError {
 mod tests {
     use super::*;
 
+    const DATE: &[u8; LINE_LEN] = b"date: Sun, 06 Nov 1994 08:49:37 GMT\r\n";
+
     #[test]
     fn head_responses_keep_the_length_but_carry_no_body() {
         let (mut get, mut head) = (Vec::new(), Vec::new());
-        GatewayError::ServiceNotFound.write_response(&mut get, Some(b"x"), None, false, false);
-        GatewayError::ServiceNotFound.write_response(&mut head, Some(b"x"), None, false, true);
+        GatewayError::ServiceNotFound.write_response(
+            &mut get,
+            DATE,
+            Some(b"x"),
+            None,
+            false,
+            false,
+        );
+        GatewayError::ServiceNotFound.write_response(
+            &mut head,
+            DATE,
+            Some(b"x"),
+            None,
+            false,
+            true,
+        );
         let get = String::from_utf8(get).unwrap();
         let (get_head, _) = get.split_once("\r\n\r\n").unwrap();
         assert_eq!(
@@ -256,7 +299,14 @@ mod tests {
     #[test]
     fn json_body_and_head() {
         let mut out = b"prefix".to_vec();
-        GatewayError::NoBackend.write_response(&mut out, Some(b"users"), Some(7), false, false);
+        GatewayError::NoBackend.write_response(
+            &mut out,
+            DATE,
+            Some(b"users"),
+            Some(7),
+            false,
+            false,
+        );
         let text = String::from_utf8(out).unwrap();
         let body = "{\"error\":\"no_backend_available\",\"service\":\"users\"}\n";
         assert!(
@@ -269,9 +319,59 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_carries_one_date_after_the_status_line() {
+        for e in GatewayError::ALL {
+            for head in [false, true] {
+                let mut out = Vec::new();
+                e.write_response(&mut out, DATE, None, Some(1), true, head);
+                let text = String::from_utf8(out).unwrap();
+                let mut lines = text.split("\r\n");
+                assert!(lines.next().unwrap().starts_with("HTTP/1.1 "));
+                assert_eq!(lines.next(), Some("date: Sun, 06 Nov 1994 08:49:37 GMT"));
+                assert_eq!(text.matches("date: ").count(), 1, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_method_is_501_not_implemented() {
+        let e = GatewayError::from(RequestError::NotImplemented);
+        assert_eq!((e.status(), e.code()), (501, "not_implemented"));
+        assert!(!e.is_backend_failure());
+        let mut out = Vec::new();
+        e.write_response(&mut out, DATE, None, None, true, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 501 Not Implemented\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("allow:"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\n{\"error\":\"not_implemented\"}\n"),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        GatewayError::MethodNotAllowed.write_response(&mut out, DATE, None, None, true, false);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("\r\nallow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n"));
+    }
+
+    #[test]
+    fn options_asterisk_head() {
+        let mut out = Vec::new();
+        write_options_head(&mut out, DATE);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 204 No Content\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\nallow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n"
+        );
+    }
+
+    #[test]
     fn detail_and_close() {
         let mut out = Vec::new();
-        GatewayError::BadRequest("missing_host").write_response(&mut out, None, None, true, false);
+        GatewayError::BadRequest("missing_host")
+            .write_response(&mut out, DATE, None, None, true, false);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("connection: close\r\n"));
         assert!(text.ends_with("{\"error\":\"bad_request\",\"detail\":\"missing_host\"}\n"));

@@ -19,6 +19,7 @@ use monoio::net::TcpStream;
 use crate::balancer::{Pick, View};
 use crate::breaker::{self, Ticket, Transition};
 use crate::config::{Config, Timeouts};
+use crate::date::DateCache;
 use crate::downstream::{After, Downstream};
 use crate::error::GatewayError;
 use crate::h1::{self, Framing, Method, RequestInfo};
@@ -479,6 +480,7 @@ impl Exchange<'_> {
                 reused: self.reused,
                 max_head: self.max_head,
                 write_timeout: self.timeouts.body,
+                date: &self.worker.date,
             },
             Some(timeout),
         )
@@ -528,6 +530,7 @@ impl Exchange<'_> {
                 reused: *reused,
                 max_head: *max_head,
                 write_timeout: timeouts.body,
+                date: &worker.date,
             },
             None,
         );
@@ -640,6 +643,8 @@ struct HeadCtx<'a> {
     max_head: usize,
     /// For relaying interim responses.
     write_timeout: Duration,
+    /// The worker's `Date` line, for a final head that lacks one.
+    date: &'a DateCache,
 }
 
 /// Reads the backend's final response head, relaying 1xx interim responses. With `timeout`
@@ -696,7 +701,8 @@ async fn read_head(
                     framed_for_client: !close_delimited,
                 };
                 cx.out.clear();
-                rewrite::write_response_head(cx.out, &p, info, head.client_chunked);
+                let date = cx.date.line();
+                rewrite::write_response_head(cx.out, &p, info, head.client_chunked, &date);
                 *ustart += head_len;
                 return Ok(head);
             }

@@ -69,8 +69,10 @@ pub enum Framing {
 pub enum RequestError {
     /// Malformed or ambiguous; the static string says which rule (400).
     Bad(&'static str),
-    /// Method we do not forward (405).
+    /// A method we know but do not forward: TRACE, CONNECT (405).
     MethodNotAllowed,
+    /// A method we do not know (any other token, `FOO` or `get`; RFC 9110 §9.1) (501).
+    NotImplemented,
     /// Request target longer than the limit (414).
     UriTooLong,
     /// Header section bigger than the limit or too many fields (431).
@@ -115,9 +117,12 @@ pub fn has_bare_cr_or_lf(head: &[u8]) -> bool {
 }
 
 /// Parses a decimal Content-Length value: `1*DIGIT`, no sign, no spaces, fits u64.
+///
+/// Leading zeros are valid digits (`0000000000000000000000000001` is 1) and do not count
+/// toward overflow; any value above `u64::MAX` is refused by checked arithmetic, whatever
+/// its length.
 pub fn parse_content_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 {
-        // 19 digits always fit in u64; longer values are refused rather than risk overflow.
+    if v.is_empty() {
         return None;
     }
     let mut n: u64 = 0;
@@ -198,7 +203,8 @@ pub struct ParsedRequest<'h, 'b> {
     pub info: RequestInfo,
     /// Length of the head in bytes, including the final CRLF CRLF.
     pub head_len: usize,
-    /// The raw request target (origin-form; absolute-form already reduced to its path).
+    /// The raw request target (origin-form; absolute-form already reduced to its path), or
+    /// `*` for `OPTIONS *`.
     pub target: &'b str,
     /// The Host header (or absolute-form authority), if any.
     pub host: Option<&'b [u8]>,
@@ -259,13 +265,14 @@ pub fn parse_request<'h, 'b>(
     if target.len() > limits.max_target_bytes {
         return Err(RequestError::UriTooLong);
     }
+    // httparse has checked that the method is a token. Methods are case-sensitive, so
+    // `get` is not GET but a method we do not know, like any other unregistered token.
     let method = match Method::from_bytes(method.as_bytes()) {
         Some(m) => m,
-        // Methods are case-sensitive: `gET` is not GET but almost surely a parser probe.
-        None if method.bytes().any(|b| b.is_ascii_lowercase()) => {
-            return Err(RequestError::Bad("invalid_method"))
+        None if matches!(method, "TRACE" | "CONNECT") => {
+            return Err(RequestError::MethodNotAllowed)
         }
-        None => return Err(RequestError::MethodNotAllowed),
+        None => return Err(RequestError::NotImplemented),
     };
     let mut host: Option<&[u8]> = None;
     let mut host_count = 0usize;
@@ -338,8 +345,9 @@ pub fn parse_request<'h, 'b>(
             Some(n) => Framing::Length(n),
         }
     };
-    // Request target: origin-form, or absolute-form reduced to its path (RFC 9112 §3.2).
-    let (target, authority) = split_target(target)?;
+    // Request target: origin-form, absolute-form reduced to its path (RFC 9112 §3.2), or
+    // `*` for OPTIONS.
+    let (target, authority) = split_target(target, method)?;
     if minor == 1 {
         if host_count != 1 {
             return Err(RequestError::Bad(if host_count == 0 {
@@ -387,11 +395,13 @@ fn first_line_len(buf: &[u8]) -> usize {
 }
 
 /// Reduces the target to origin-form; returns it with the absolute-form authority, if any.
-fn split_target(target: &str) -> Result<(&str, Option<&[u8]>), RequestError> {
+/// The asterisk-form `*` is passed on as it is, for OPTIONS only (RFC 9112 §3.2.4): the
+/// caller answers it itself, as it concerns the gateway and no backend.
+fn split_target(target: &str, method: Method) -> Result<(&str, Option<&[u8]>), RequestError> {
     if target.contains('#') {
         return Err(RequestError::Bad("fragment_in_target"));
     }
-    if target.starts_with('/') {
+    if target.starts_with('/') || (target == "*" && method == Method::Options) {
         return Ok((target, None));
     }
     let lower_has = |p: &str| {
@@ -402,7 +412,8 @@ fn split_target(target: &str) -> Result<(&str, Option<&[u8]>), RequestError> {
     } else if lower_has("https://") {
         &target[8..]
     } else {
-        // authority-form (CONNECT) and asterisk-form: we are a gateway, not a forward proxy.
+        // authority-form (CONNECT) and asterisk-form with another method: we are a gateway,
+        // not a forward proxy.
         return Err(RequestError::Bad("unsupported_target_form"));
     };
     let slash = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -560,6 +571,40 @@ pub fn is_hop_by_hop(name: &str) -> bool {
         .any(|h| name.len() == h.len() && name_is(name, h))
 }
 
+/// True for a field name with `_` that, read with `_` as `-`, is a framing, hop-by-hop or
+/// routing field (`Transfer_Encoding`, `Content_Length`, `Proxy_Authorization`, ...).
+///
+/// CGI and WSGI backends turn both `-` and `_` into `_` (`HTTP_TRANSFER_ENCODING`), so they
+/// would act on such a field as if it were the real one, which we removed or rewrote. Only
+/// names with a `-` can have an alias, but the list is the full set we control.
+pub fn is_underscore_alias(name: &str) -> bool {
+    const CONTROLLED: [&str; 10] = [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "host",
+        "proxy-authorization",
+    ];
+    let n = name.as_bytes();
+    // Most names have no `_`: one short scan and done.
+    memchr::memchr(b'_', n).is_some()
+        && CONTROLLED.iter().any(|c| {
+            c.len() == n.len()
+                && n.iter().zip(c.bytes()).all(|(&a, b)| {
+                    if a == b'_' {
+                        b == b'-'
+                    } else {
+                        a.eq_ignore_ascii_case(&b)
+                    }
+                })
+        })
+}
+
 /// Names listed in the `Connection` fields of a head (the per-message hop-by-hop set).
 ///
 /// Any number of names is honoured: the fields are kept by reference and searched when
@@ -642,12 +687,12 @@ pub struct ChunkError(pub &'static str);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
-    /// Reading hex digits of a chunk size; `digits` seen so far.
+    /// Reading hex digits of a chunk size; `any` once at least one was seen.
     Size {
-        digits: u8,
+        any: bool,
     },
-    /// In a chunk extension, until CR.
-    Ext,
+    /// In the rest of the chunk-size line (whitespace and extensions), until CR.
+    Ext(Ext),
     /// Saw CR after the size line; need LF.
     SizeLf,
     /// Inside chunk data, this many bytes left.
@@ -657,13 +702,68 @@ enum ChunkState {
     DataLf,
     /// After the last chunk: at the start of a trailer line (or the final CRLF).
     TrailerStart,
-    /// Inside a trailer line.
-    Trailer,
+    /// Inside a trailer field name, before its colon.
+    TrailerName,
+    /// Inside a trailer field value, until CR.
+    TrailerValue,
     /// Saw CR at the end of a trailer line.
     TrailerLf,
     /// Saw CR on an empty line: need the final LF.
     EndLf,
     Done,
+}
+
+/// Where a chunk-size line is in
+/// `chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )`,
+/// `chunk-ext-val = token / quoted-string` (RFC 9112 §7.1.1). Extensions are dropped, but
+/// only well-formed ones: a recipient that reads `5;a="x` differently from us (where does
+/// the quoted string end?) must never get a body we framed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    /// Whitespace after the size or a value: only more whitespace or `;` may follow.
+    Bws,
+    /// After `;`: optional whitespace, then a name (an empty name is refused).
+    PreName,
+    Name,
+    /// Whitespace after a name: `=` or `;` must follow.
+    AfterName,
+    /// After `=`: optional whitespace, then a token or a quoted string.
+    PreValue,
+    Token,
+    Quoted,
+    /// After a backslash inside a quoted string.
+    QuotedPair,
+    /// After the closing quote.
+    AfterQuoted,
+}
+
+impl Ext {
+    /// The state after byte `b`, or `None` if `b` is not allowed here.
+    fn step(self, b: u8) -> Option<ChunkState> {
+        use Ext::*;
+        let ws = b == b' ' || b == b'\t';
+        let next = match (self, b) {
+            (Quoted, b'"') => AfterQuoted,
+            (Quoted, b'\\') => QuotedPair,
+            (Quoted, _) if ws || b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80 => Quoted,
+            (QuotedPair, _) if ws || (0x21..=0x7e).contains(&b) || b >= 0x80 => Quoted,
+            // CR, LF, NUL and other controls never belong in a quoted string: `5;a="x` CRLF
+            // is an unterminated string, not the end of the line.
+            (Quoted | QuotedPair, _) => return None,
+            // The line ends only after a name or a value, never after `;`, `=` or BWS.
+            (Name | Token | AfterQuoted, b'\r') => return Some(ChunkState::SizeLf),
+            (Bws | Name | AfterName | Token | AfterQuoted, b';') => PreName,
+            (Name | AfterName, b'=') => PreValue,
+            (Bws | PreName | AfterName | PreValue, _) if ws => self,
+            (Name, _) if ws => AfterName,
+            (Token | AfterQuoted, _) if ws => Bws,
+            (PreName | Name, _) if is_tchar(b) => Name,
+            (PreValue | Token, _) if is_tchar(b) => Token,
+            (PreValue, b'"') => Quoted,
+            _ => return None,
+        };
+        Some(ChunkState::Ext(next))
+    }
 }
 
 /// Incremental chunked-coding decoder: feed it bytes split anywhere, it yields data spans.
@@ -678,7 +778,7 @@ pub struct ChunkedDecoder {
     total: u64,
 }
 
-/// Longest chunk-size line (size + extensions) we accept.
+/// Longest chunk-size line (size, leading zeros included, + extensions) we accept.
 const MAX_CHUNK_LINE: usize = 4096;
 /// Most trailer bytes we read (and drop).
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -692,7 +792,7 @@ impl Default for ChunkedDecoder {
 impl ChunkedDecoder {
     pub fn new() -> Self {
         ChunkedDecoder {
-            state: ChunkState::Size { digits: 0 },
+            state: ChunkState::Size { any: false },
             size: 0,
             line_len: 0,
             trailer_bytes: 0,
@@ -721,42 +821,40 @@ impl ChunkedDecoder {
         while i < input.len() {
             let b = input[i];
             match self.state {
-                ChunkState::Size { digits } => {
+                ChunkState::Size { any } => {
+                    self.count_line_byte()?;
+                    i += 1;
                     let v = match b {
                         b'0'..=b'9' => b - b'0',
                         b'a'..=b'f' => b - b'a' + 10,
                         b'A'..=b'F' => b - b'A' + 10,
-                        b'\r' | b';' if digits > 0 => {
-                            self.state = if b == b'\r' {
-                                ChunkState::SizeLf
-                            } else {
-                                ChunkState::Ext
-                            };
-                            self.line_len += 1;
-                            i += 1;
+                        b'\r' if any => {
+                            self.state = ChunkState::SizeLf;
+                            continue;
+                        }
+                        b';' if any => {
+                            self.state = ChunkState::Ext(Ext::PreName);
+                            continue;
+                        }
+                        // BWS before `;` (RFC 9112 §7.1.1); it must lead to an extension.
+                        b' ' | b'\t' if any => {
+                            self.state = ChunkState::Ext(Ext::Bws);
                             continue;
                         }
                         _ => return Err(ChunkError("invalid_chunk_size")),
                     };
-                    if digits >= 16 {
+                    // Leading zeros leave the size at 0 and so never overflow; a 17th
+                    // significant digit always does.
+                    if self.size > u64::MAX >> 4 {
                         return Err(ChunkError("chunk_size_overflow"));
                     }
                     self.size = (self.size << 4) | u64::from(v);
-                    self.state = ChunkState::Size { digits: digits + 1 };
-                    self.line_len += 1;
-                    i += 1;
+                    self.state = ChunkState::Size { any: true };
                 }
-                ChunkState::Ext => {
-                    match b {
-                        b'\r' => self.state = ChunkState::SizeLf,
-                        0 | b'\n' => return Err(ChunkError("invalid_chunk_extension")),
-                        _ => {}
-                    }
-                    self.line_len += 1;
-                    if self.line_len > MAX_CHUNK_LINE {
-                        return Err(ChunkError("chunk_extension_too_long"));
-                    }
+                ChunkState::Ext(ext) => {
+                    self.count_line_byte()?;
                     i += 1;
+                    self.state = ext.step(b).ok_or(ChunkError("invalid_chunk_extension"))?;
                 }
                 ChunkState::SizeLf => {
                     if b != b'\n' {
@@ -795,7 +893,7 @@ impl ChunkedDecoder {
                     if b != b'\n' {
                         return Err(ChunkError("missing_crlf_after_chunk"));
                     }
-                    self.state = ChunkState::Size { digits: 0 };
+                    self.state = ChunkState::Size { any: false };
                     i += 1;
                 }
                 ChunkState::TrailerStart => {
@@ -803,16 +901,30 @@ impl ChunkedDecoder {
                     match b {
                         b'\r' => self.state = ChunkState::EndLf,
                         b'\n' => return Err(ChunkError("bare_lf_in_trailer")),
-                        _ if is_tchar(b) => self.state = ChunkState::Trailer,
+                        _ if is_tchar(b) => self.state = ChunkState::TrailerName,
                         _ => return Err(ChunkError("invalid_trailer")),
                     }
                     self.count_trailer()?;
                 }
-                ChunkState::Trailer => {
+                ChunkState::TrailerName => {
+                    i += 1;
+                    match b {
+                        b':' => self.state = ChunkState::TrailerValue,
+                        _ if is_tchar(b) => {}
+                        // A line with no colon is no field at all; dropping it silently
+                        // would accept what another parser may read differently.
+                        b'\r' => return Err(ChunkError("trailer_without_colon")),
+                        _ => return Err(ChunkError("invalid_trailer")),
+                    }
+                    self.count_trailer()?;
+                }
+                ChunkState::TrailerValue => {
                     i += 1;
                     match b {
                         b'\r' => self.state = ChunkState::TrailerLf,
-                        0 | b'\n' => return Err(ChunkError("invalid_trailer")),
+                        // The same rule httparse applies to header values: no controls but HTAB.
+                        b'\t' => {}
+                        0..=0x1f | 0x7f => return Err(ChunkError("invalid_trailer")),
                         _ => {}
                     }
                     self.count_trailer()?;
@@ -836,6 +948,15 @@ impl ChunkedDecoder {
             }
         }
         Ok(i)
+    }
+
+    /// Counts one byte of a chunk-size line against [`MAX_CHUNK_LINE`].
+    fn count_line_byte(&mut self) -> Result<(), ChunkError> {
+        self.line_len += 1;
+        if self.line_len > MAX_CHUNK_LINE {
+            return Err(ChunkError("chunk_line_too_long"));
+        }
+        Ok(())
     }
 
     fn count_trailer(&mut self) -> Result<(), ChunkError> {
@@ -1013,9 +1134,110 @@ mod tests {
             Err(RequestError::MethodNotAllowed)
         );
         assert_eq!(
-            bad(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
+            bad(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"),
             "unsupported_target_form"
         );
+    }
+
+    #[test]
+    fn options_asterisk_is_parsed_for_the_gateway_to_answer() {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let p = parse_request(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", &mut h, &LIMITS)
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.info.method, p.target), (Method::Options, "*"));
+        // Still a request like any other: Host rules apply.
+        assert_eq!(bad(b"OPTIONS * HTTP/1.1\r\n\r\n"), "missing_host");
+        for m in ["GET", "HEAD", "POST", "DELETE"] {
+            let raw = format!("{m} * HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(bad(raw.as_bytes()), "unsupported_target_form", "{m} *");
+        }
+    }
+
+    #[test]
+    fn unknown_methods_are_501_known_unforwarded_ones_405() {
+        for m in [
+            "FOO", "get", "gET", "PROPFIND", "M-SEARCH", "Get", "TRACEX", "connect",
+        ] {
+            let raw = format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(
+                parse(raw.as_bytes()),
+                Err(RequestError::NotImplemented),
+                "{m}"
+            );
+        }
+        for m in ["TRACE", "CONNECT"] {
+            let raw = format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(
+                parse(raw.as_bytes()),
+                Err(RequestError::MethodNotAllowed),
+                "{m}"
+            );
+        }
+        // Not a token at all: still a syntax error.
+        assert_eq!(bad(b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n"), "invalid_method");
+    }
+
+    #[test]
+    fn content_length_leading_zeros_do_not_count_toward_overflow() {
+        assert_eq!(
+            parse_content_length(b"0000000000000000000000000001"),
+            Some(1)
+        );
+        assert_eq!(parse_content_length(&[b'0'; 300]), Some(0));
+        assert_eq!(
+            parse_content_length(b"00000018446744073709551615"),
+            Some(u64::MAX)
+        );
+        for v in [
+            &b"18446744073709551616"[..],
+            b"000018446744073709551616",
+            b"99999999999999999999",
+            b"",
+            b"0x1",
+        ] {
+            assert_eq!(
+                parse_content_length(v),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+        let info = parse(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0000000000000000000000000001\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(info.framing, Framing::Length(1));
+    }
+
+    #[test]
+    fn underscore_aliases_of_controlled_fields_are_recognised() {
+        for n in [
+            "Transfer_Encoding",
+            "content_length",
+            "CONTENT_LENGTH",
+            "Keep_Alive",
+            "Proxy_Connection",
+            "proxy_authorization",
+            "Content-Length_".trim_end_matches('_'),
+        ]
+        .iter()
+        .filter(|n| n.contains('_'))
+        {
+            assert!(is_underscore_alias(n), "{n}");
+        }
+        for n in [
+            "Transfer-Encoding", // the real one is handled as hop-by-hop, not here
+            "X_Custom",
+            "content__length",
+            "Content_Length_",
+            "Transfer_Encodin",
+            "_te",
+            "Host",
+        ] {
+            assert!(!is_underscore_alias(n), "{n}");
+        }
     }
 
     #[test]
@@ -1120,6 +1342,139 @@ mod tests {
                 "accepted {:?}",
                 String::from_utf8_lossy(v)
             );
+        }
+    }
+
+    /// Decodes `input` whole and split at every point: all must agree (verdict and body).
+    fn decode_every_split(input: &[u8]) -> Result<Vec<u8>, ChunkError> {
+        let whole = decode_all(input).map(|(body, _)| body);
+        for split in 0..=input.len() {
+            let mut d = ChunkedDecoder::new();
+            let mut out = Vec::new();
+            let r = d
+                .decode(&input[..split], |s| out.extend_from_slice(s))
+                .and_then(|_| d.decode(&input[split..], |s| out.extend_from_slice(s)));
+            let got = r.map(|_| out);
+            match (&whole, &got) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "split at {split}"),
+                (Err(_), Err(_)) => {}
+                _ => panic!(
+                    "split at {split} of {:?}: {whole:?} vs {got:?}",
+                    String::from_utf8_lossy(input)
+                ),
+            }
+        }
+        whole
+    }
+
+    #[test]
+    fn chunk_extensions_follow_the_grammar() {
+        for ok in [
+            &b"5;a=b\r\nhello\r\n0\r\n\r\n"[..],
+            b"5;a=\"q\\\"x\"\r\nhello\r\n0\r\n\r\n",
+            b"5 ;a=b\r\nhello\r\n0\r\n\r\n",
+            b"5\t;a=b\r\nhello\r\n0\r\n\r\n",
+            b"5; a = b ;c\r\nhello\r\n0\r\n\r\n",
+            b"5;a;b=\"\";c=\"x y\"\r\nhello\r\n0;z\r\n\r\n",
+            b"5;a=\"\\\\\" ;b\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"caf\xe9\"\r\nhello\r\n0\r\n\r\n",
+            b"5;!#$%&'*+-.^_`|~=x\r\nhello\r\n0\r\n\r\n",
+        ] {
+            let body = decode_every_split(ok)
+                .unwrap_or_else(|e| panic!("{:?} refused: {e:?}", String::from_utf8_lossy(ok)));
+            assert_eq!(body, b"hello");
+        }
+        for (bad, why) in [
+            (&b"5;\r\nhello\r\n0\r\n\r\n"[..], "invalid_chunk_extension"),
+            (b"5;a=\"x\r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+            (
+                b"5;a=\"x\\\r\nhello\r\n0\r\n\r\n",
+                "invalid_chunk_extension",
+            ),
+            (b"5; \r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+            (b"5;=b\r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+            (b"5;a=\r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+            (b"5;a=b=c\r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+            (b"5;a b\r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+            (
+                b"5;a=\"x\"y\r\nhello\r\n0\r\n\r\n",
+                "invalid_chunk_extension",
+            ),
+            (b"5;a=b \r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+            (b"5;;a\r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+            (b"5;[a]\r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+            (
+                b"5;a=\"\x01\"\r\nhello\r\n0\r\n\r\n",
+                "invalid_chunk_extension",
+            ),
+            (b"5 \r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+            (b"5 x\r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+            (b"0;\r\n\r\n", "invalid_chunk_extension"),
+        ] {
+            assert_eq!(
+                decode_every_split(bad),
+                Err(ChunkError(why)),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_take_leading_zeros_without_overflowing() {
+        let body =
+            decode_every_split(b"000000000000000000000005\r\nhello\r\n0000000000000000000\r\n\r\n")
+                .unwrap();
+        assert_eq!(body, b"hello");
+        let zeros = format!("{}5\r\nhello\r\n0\r\n\r\n", "0".repeat(4000));
+        assert_eq!(decode_all(zeros.as_bytes()).unwrap().0, b"hello");
+        // Real overflow is still refused, leading zeros or not.
+        for v in [
+            &b"10000000000000000\r\n"[..],
+            b"00000000FFFFFFFFFFFFFFFF0\r\n",
+        ] {
+            assert_eq!(
+                decode_every_split(v),
+                Err(ChunkError("chunk_size_overflow")),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+        // The line stays bounded.
+        let endless = format!("{}5\r\n", "0".repeat(5000));
+        assert_eq!(
+            decode_all(endless.as_bytes()),
+            Err(ChunkError("chunk_line_too_long"))
+        );
+        let mut d = ChunkedDecoder::new();
+        d.decode(b"0000FFFFFFFFFFFFFFFF\r\n", |_| {}).unwrap();
+        assert_eq!(d.size, u64::MAX);
+    }
+
+    #[test]
+    fn trailer_lines_need_a_colon() {
+        assert_eq!(
+            decode_every_split(b"5\r\nhello\r\n0\r\nNoColon\r\n\r\n"),
+            Err(ChunkError("trailer_without_colon"))
+        );
+        for bad in [
+            &b"0\r\nX-T : 1\r\n\r\n"[..],
+            b"0\r\nX-T: a\x01b\r\n\r\n",
+            b"0\r\nX-T: a\x7fb\r\n\r\n",
+            b"0\r\nX-T: 1\r\nNoColon\r\n\r\n",
+        ] {
+            assert!(
+                decode_every_split(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for ok in [
+            &b"0\r\nX-T: 1\r\n\r\n"[..],
+            b"0\r\nX-T:\r\n\r\n",
+            b"0\r\nX-T: a\tb \xff\r\nY:z\r\n\r\n",
+        ] {
+            assert_eq!(decode_every_split(ok).unwrap(), b"");
         }
     }
 

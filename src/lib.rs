@@ -14,6 +14,7 @@
 //! - [`pool`]: per-worker idle upstream connections, checked clean when handed out
 //! - [`relay`]: bodies streamed and re-framed
 //! - [`error`]: the responses the gateway makes itself
+//! - [`date`]: the `Date` header line, formatted once a second per worker
 //! - [`io`]: split sockets, owned-buffer reads and writes with deadlines
 //!
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
@@ -33,6 +34,7 @@ pub mod balancer;
 pub mod breaker;
 pub mod config;
 pub mod conn;
+pub mod date;
 pub mod downstream;
 pub mod error;
 pub mod exchange;

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use crate::balancer::View;
+use crate::date::LINE_LEN;
 use crate::error::GatewayError;
 use crate::h1::{self, ConnectionOptions, Framing, Method, ParsedRequest, RequestInfo};
 use crate::router;
@@ -16,9 +17,10 @@ const VIA_10: &[u8] = b"1.0 gateway";
 /// Routes the request and writes the header block to send upstream into `fwd`
 /// (everything after the request line and `Host`), and the path suffix into `path`.
 ///
-/// Hop-by-hop fields and those named in `Connection` are dropped first, then our own
-/// `X-Forwarded-*` and `Via` are added, then our framing: nothing the client sent can
-/// remove or replace them.
+/// Hop-by-hop fields, those named in `Connection` and underscore aliases of framing and
+/// hop-by-hop fields (`Transfer_Encoding`, which a CGI/WSGI backend reads as
+/// `Transfer-Encoding`) are dropped first, then our own `X-Forwarded-*` and `Via` are
+/// added, then our framing: nothing the client sent can remove or replace them.
 pub fn prepare(
     p: &ParsedRequest<'_, '_>,
     view: &View,
@@ -60,6 +62,7 @@ pub fn prepare(
     copy_headers(fwd, p.head, p.headers, |name| {
         !(h1::is_hop_by_hop(name)
             || conn_opts.names(name)
+            || h1::is_underscore_alias(name)
             || h1::name_is(name, "host")
             || h1::name_is(name, "expect")
             || h1::name_is(name, "x-forwarded-proto")
@@ -217,13 +220,15 @@ pub fn write_request_head(
 }
 
 /// Writes the client-bound response head: the backend's status and end-to-end fields,
-/// then our framing; [`end_response_head`] adds the connection field and the blank line
-/// once the exchange knows whether the client connection stays.
+/// `date` (the worker's `date: ...` line) if the backend sent no `Date`, then our framing;
+/// [`end_response_head`] adds the connection field and the blank line once the exchange
+/// knows whether the client connection stays.
 pub fn write_response_head(
     out: &mut Vec<u8>,
     p: &h1::ParsedResponse<'_, '_>,
     info: RequestInfo,
     chunked: bool,
+    date: &[u8; LINE_LEN],
 ) {
     let status = p.info.status;
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -235,6 +240,16 @@ pub fn write_response_head(
     copy_headers(out, p.head, p.headers, |name| {
         !(h1::is_hop_by_hop(name) || opts.names(name))
     });
+    // RFC 9110 §6.6.1: a proxy with a clock adds `Date` to a response that has none; the
+    // backend's own is kept (unless `Connection` named it, which dropped it above).
+    let has_date = p
+        .headers
+        .iter()
+        .any(|h| h.name.len() == 4 && h1::name_is(h.name, "date"))
+        && !opts.names("date");
+    if !has_date {
+        out.extend_from_slice(date);
+    }
     match p.info.framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");

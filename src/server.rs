@@ -263,11 +263,14 @@ fn spawn_guarded(worker: usize, peer: SocketAddr, task: impl Future<Output = ()>
     });
 }
 
-/// Once a second: pick up a reloaded config (closing pooled connections of removed
-/// backends), close expired idle upstream connections, flush the access log.
+/// Once a second, just after the wall clock's second turns: refresh the `Date` line, pick
+/// up a reloaded config (closing pooled connections of removed backends), close expired
+/// idle upstream connections, flush the access log.
 async fn housekeeping(worker: Rc<Worker>) {
     loop {
-        monoio::time::sleep(Duration::from_secs(1)).await;
+        // Aligned to the second so `Date` is late by a timer's lag, not up to a second.
+        monoio::time::sleep(crate::date::until_next_second()).await;
+        worker.date.refresh();
         let _ = worker.view();
         worker.pool.sweep(|_| true);
         worker.access.flush();

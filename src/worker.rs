@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::accesslog::{self, AccessLog};
 use crate::balancer::View;
+use crate::date::DateCache;
 use crate::metrics::{WorkerCell, WorkerMetrics};
 use crate::pool::Pool;
 use crate::state::Shared;
@@ -26,6 +27,9 @@ pub struct Worker {
     pub pool: Pool,
     pub metrics: Arc<WorkerCell>,
     pub access: AccessLog,
+    /// The `Date` line of every response this worker sends; refreshed by housekeeping as
+    /// each second turns (connections hold a clone).
+    pub date: Rc<DateCache>,
     /// Open client connections: their fd and whether they wait idle for a next request
     /// (those are shut down at once when draining).
     conns: RefCell<HashMap<u64, OpenConn>>,
@@ -60,6 +64,7 @@ impl Worker {
             pool,
             metrics,
             access: AccessLog::new(log),
+            date: Rc::new(DateCache::new()),
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
             spare: RefCell::new(Vec::new()),

@@ -278,6 +278,10 @@ struct V {
     lacks: Vec<String>,
     /// Expected `detail` of a 400.
     detail: Option<&'static str>,
+    /// Expected `error` code of a gateway-made answer.
+    code: Option<&'static str>,
+    /// (header, exact value) the client's response must carry.
+    resp_has: Vec<(String, String)>,
     /// Known gateway bug about the close: checked only by the ignored `known_bugs` test.
     close_bug: bool,
 }
@@ -293,6 +297,8 @@ fn v(name: &str, raw: impl Into<Vec<u8>>, status: u16, close: bool, up: Up) -> V
         has: Vec::new(),
         lacks: Vec::new(),
         detail: None,
+        code: None,
+        resp_has: Vec::new(),
         close_bug: false,
     }
 }
@@ -312,6 +318,14 @@ impl V {
     }
     fn detail(mut self, d: &'static str) -> V {
         self.detail = Some(d);
+        self
+    }
+    fn code(mut self, c: &'static str) -> V {
+        self.code = Some(c);
+        self
+    }
+    fn resp_has(mut self, n: &str, val: &str) -> V {
+        self.resp_has.push((n.to_string(), val.to_string()));
         self
     }
     fn close_bug(mut self) -> V {
@@ -424,6 +438,7 @@ fn framing_vectors() -> Vec<V> {
         "",
         "99999999999999999999",
         "18446744073709551616",
+        "000000000018446744073709551616",
         "1.0",
         "5a",
         "abc",
@@ -459,7 +474,10 @@ fn framing_vectors() -> Vec<V> {
         ("chunk-size 0x5", &b"0x5\r\nhello\r\n0\r\n\r\n"[..]),
         ("chunk-size _", b"_\r\nx\r\n0\r\n\r\n"),
         ("chunk-size leading SP", b" 5\r\nhello\r\n0\r\n\r\n"),
-        ("chunk-size trailing SP", b"5 \r\nhello\r\n0\r\n\r\n"),
+        (
+            "chunk-size trailing SP (BWS must precede ;)",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+        ),
         ("chunk-size -1", b"-1\r\nx\r\n0\r\n\r\n"),
         ("chunk-size bare ;", b";\r\nx\r\n0\r\n\r\n"),
         ("chunk-size empty", b"\r\nx\r\n0\r\n\r\n"),
@@ -483,6 +501,56 @@ fn framing_vectors() -> Vec<V> {
         ("trailer with invalid name", b"0\r\n[x]: 1\r\n\r\n"),
         ("trailer with NUL", b"0\r\nX-T: a\0b\r\n\r\n"),
         ("trailer starting with SP", b"0\r\n X-T: 1\r\n\r\n"),
+        // RFC 9112 §7.1.1: chunk-ext-name is a token, chunk-ext-val a token or a complete
+        // quoted-string, BWS only before `;` and `=` (Http11Probe, HTTP Garden).
+        (
+            "chunk extension with empty name (5;)",
+            b"5;\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk extension with empty name after BWS",
+            b"5 ; \r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "last chunk with empty extension (0;)",
+            b"5\r\nhello\r\n0;\r\n\r\n",
+        ),
+        (
+            "chunk extension unterminated quoted string",
+            b"5;a=\"x\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk extension quote left open by \\\"",
+            b"5;a=\"x\\\"\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("chunk extension empty value", b"5;a=\r\nhello\r\n0\r\n\r\n"),
+        (
+            "chunk extension value then junk",
+            b"5;a=\"x\"y\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk extension name with space inside",
+            b"5;a b\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk extension control byte in quotes",
+            b"5;a=\"\x01\"\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk-size then BWS then junk",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+        ),
+        // A trailer line is a field line: name, colon, value.
+        (
+            "trailer line without colon",
+            b"5\r\nhello\r\n0\r\nNoColon\r\n\r\n",
+        ),
+        (
+            "trailer line without colon after a good one",
+            b"0\r\nX-T: 1\r\nNoColon\r\n\r\n",
+        ),
+        ("trailer with SP before colon", b"0\r\nX-T : 1\r\n\r\n"),
+        ("trailer with control byte", b"0\r\nX-T: a\x01b\r\n\r\n"),
     ] {
         t.push(bad(name, chunked(body)));
     }
@@ -491,6 +559,23 @@ fn framing_vectors() -> Vec<V> {
         "chunk extension over 4 KiB",
         chunked(long_ext.as_bytes()),
     ));
+    let endless_zeros = format!("{}1\r\nx\r\n0\r\n\r\n", "0".repeat(5000));
+    t.push(bad(
+        "chunk-size line of zeros over 4 KiB",
+        chunked(endless_zeros.as_bytes()),
+    ));
+    for (name, body) in [
+        (
+            "chunk-size overflow behind leading zeros",
+            &b"00000000000000000000FFFFFFFFFFFFFFFF0\r\nx\r\n0\r\n\r\n"[..],
+        ),
+        (
+            "chunk-size 17 significant digits",
+            b"10000000000000000\r\nx\r\n0\r\n\r\n",
+        ),
+    ] {
+        t.push(bad(name, chunked(body)).detail("chunk_size_overflow"));
+    }
     // Accepted chunked bodies, re-chunked by the gateway (extensions, trailers dropped).
     let fwd = |name: &str, body: &[u8], want: &[u8]| {
         v(name, chunked(body), 200, false, Up::Chunked(want.to_vec())).lacks(&["trailer", "x-t"])
@@ -520,6 +605,41 @@ fn framing_vectors() -> Vec<V> {
         fwd(
             "leading zeros normalised",
             b"0005\r\nhello\r\n000\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "24-digit chunk-size with leading zeros accepted",
+            b"000000000000000000000005\r\nhello\r\n00000000000000000000000\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "token chunk extension 5;a=b",
+            b"5;a=b\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "quoted-pair chunk extension 5;a=\"q\\\"x\"",
+            b"5;a=\"q\\\"x\"\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "BWS before ; (5 ;a=b)",
+            b"5 ;a=b\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "HTAB BWS around ; and = (5\\t;\\ta\\t=\\tb)",
+            b"5\t;\ta\t=\tb\r\nhello\r\n0 ;z\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "several extensions, valueless and empty quoted",
+            b"5;a;b=\"\";c=d\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        fwd(
+            "empty trailer value dropped",
+            b"5\r\nhello\r\n0\r\nX-T:\r\n\r\n",
             b"5\r\nhello\r\n0\r\n\r\n",
         ),
         fwd(
@@ -609,6 +729,22 @@ fn framing_vectors() -> Vec<V> {
             Up::Len(b"hello".to_vec()),
         )
         .has("content-length", "5"),
+        v(
+            "CL with 28 digits, leading zeros",
+            post("Content-Length: 0000000000000000000000000001\r\n", b"h"),
+            200,
+            false,
+            Up::Len(b"h".to_vec()),
+        )
+        .has("content-length", "1"),
+        v(
+            "CL of only zeros",
+            post(&format!("Content-Length: {}\r\n", "0".repeat(40)), b""),
+            200,
+            false,
+            Up::Len(Vec::new()),
+        )
+        .has("content-length", "0"),
         v(
             "CL with OWS",
             post("Content-Length:\t5 \r\n", b"hello"),
@@ -736,15 +872,28 @@ fn syntax_vectors() -> Vec<V> {
         bad("empty field name", get_with(": b\r\n")),
         bad("missing colon", get_with("NoColon\r\n")),
         bad("quote in name", get_with("X\"A: b\r\n")),
-        bad(
-            "lowercase method gET",
+        // RFC 9110 §9.1: methods are case-sensitive, so `gET` is a method we do not know.
+        v(
+            "mixed-case method gET is 501",
             format!("gET {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
+            501,
+            true,
+            Up::Nothing,
+        )
+        .code("not_implemented"),
+        v(
+            "lowercase method get is 501",
+            format!("get {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
+            501,
+            true,
+            Up::Nothing,
+        )
+        .code("not_implemented"),
+        bad(
+            "method that is no token",
+            format!("G(T {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
         )
         .detail("invalid_method"),
-        bad(
-            "lowercase method get",
-            format!("get {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
-        ),
         bad(
             "version HTP/1.1",
             format!("GET {P} HTP/1.1\r\nHost: gw\r\n\r\n"),
@@ -809,21 +958,33 @@ fn syntax_vectors() -> Vec<V> {
             405,
             true,
             Up::Nothing,
-        ),
+        )
+        .code("method_not_allowed")
+        .resp_has("allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
         v(
-            "unknown method FOO is 405",
+            "unknown method FOO is 501",
             format!("FOO {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
-            405,
+            501,
             true,
             Up::Nothing,
-        ),
+        )
+        .code("not_implemented"),
         v(
-            "PROPFIND is 405",
-            format!("PROPFIND {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
-            405,
+            "unknown method with a body is 501",
+            format!("FOO {P} HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n\r\nabc"),
+            501,
             true,
             Up::Nothing,
-        ),
+        )
+        .code("not_implemented"),
+        v(
+            "PROPFIND (not ours) is 501",
+            format!("PROPFIND {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
+            501,
+            true,
+            Up::Nothing,
+        )
+        .code("not_implemented"),
         ok_get(
             "one leading CRLF is ignored",
             format!("\r\nGET {P} HTTP/1.1\r\nHost: gw\r\n\r\n"),
@@ -973,12 +1134,56 @@ fn host_vectors() -> Vec<V> {
             true,
             Up::Nothing,
         ),
-        bad(
-            "OPTIONS * is refused",
+        // RFC 9112 §3.2.4: asterisk-form asks about the server; the gateway answers itself.
+        v(
+            "OPTIONS * answered by the gateway, kept alive",
             "OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n",
+            204,
+            false,
+            Up::Nothing,
         )
-        .detail("unsupported_target_form"),
-        bad("GET * is refused", "GET * HTTP/1.1\r\nHost: gw\r\n\r\n"),
+        .resp_has("allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+        v(
+            "OPTIONS * with Connection: close",
+            "OPTIONS * HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+            204,
+            true,
+            Up::Nothing,
+        )
+        .resp_has("connection", "close"),
+        v(
+            "OPTIONS * HTTP/1.0 closes",
+            "OPTIONS * HTTP/1.0\r\n\r\n",
+            204,
+            true,
+            Up::Nothing,
+        ),
+        v(
+            "OPTIONS * HTTP/1.0 keep-alive",
+            "OPTIONS * HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            204,
+            false,
+            Up::Nothing,
+        )
+        .resp_has("connection", "keep-alive"),
+        v(
+            "OPTIONS * with a body answers and closes (body unread)",
+            "OPTIONS * HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nhello",
+            204,
+            true,
+            Up::Nothing,
+        ),
+        bad("OPTIONS * without Host", "OPTIONS * HTTP/1.1\r\n\r\n").detail("missing_host"),
+        bad(
+            "OPTIONS *x is refused",
+            "OPTIONS *x HTTP/1.1\r\nHost: gw\r\n\r\n",
+        ),
+        bad("GET * is refused", "GET * HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .detail("unsupported_target_form"),
+        bad(
+            "POST * is refused",
+            "POST * HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n",
+        ),
         bad(
             "authority-form with GET",
             "GET gw:80 HTTP/1.1\r\nHost: gw\r\n\r\n",
@@ -1096,6 +1301,18 @@ fn hop_vectors() -> Vec<V> {
           200, true, Up::Len(b"hello".to_vec()))
             .has("x-forwarded-for", "127.0.0.1").has("content-length", "5").has("via", "1.1 gateway"),
         ok_get("Expect not forwarded", get_with("Expect: 100-continue\r\n")).lacks(&["expect"]),
+        // A CGI/WSGI backend maps `_` to `-` (HTTP_TRANSFER_ENCODING): such aliases of
+        // framing and hop-by-hop fields never reach it; other underscore fields do.
+        ok_get("Transfer_Encoding dropped", get_with("Transfer_Encoding: chunked\r\n")).lacks(&["transfer_encoding", "transfer-encoding"]),
+        v("Content_Length dropped, real CL kept",
+          post("Content-Length: 5\r\nContent_Length: 50\r\n", b"hello"),
+          200, false, Up::Len(b"hello".to_vec()))
+            .lacks(&["content_length"]).has("content-length", "5"),
+        ok_get("CONTENT_LENGTH dropped on GET", get_with("CONTENT_LENGTH: 5\r\n")).lacks(&["content_length", "content-length"]),
+        ok_get("Keep_Alive dropped", get_with("Keep_Alive: timeout=5\r\n")).lacks(&["keep_alive"]),
+        ok_get("Proxy_Connection dropped", get_with("Proxy_Connection: close\r\n")).lacks(&["proxy_connection"]),
+        ok_get("Proxy_Authorization dropped", get_with("Proxy_Authorization: Basic eDp5\r\n")).lacks(&["proxy_authorization"]),
+        ok_get("other underscore fields forwarded", get_with("X_Custom: 1\r\nContent_Type_X: 2\r\n")).has("x_custom", "1").has("content_type_x", "2"),
     ]
 }
 
@@ -1217,6 +1434,24 @@ fn run(g: SocketAddr, rec: &StrictBackend, t: &V, strict: bool) -> Vec<String> {
     if let (Some(d), Some(r)) = (t.detail, &r) {
         if status == 400 && r.json()["detail"] != d {
             fails.push(format!("detail {}, want {d}", r.json()["detail"]));
+        }
+    }
+    if let (Some(code), Some(r)) = (t.code, &r) {
+        if r.json()["error"] != code {
+            fails.push(format!("error {}, want {code}", r.json()["error"]));
+        }
+    }
+    if let Some(r) = &r {
+        // RFC 9110 §6.6.1: every response, gateway-made or forwarded (the recording backend
+        // sends no Date), carries exactly one Date.
+        fails.extend(date_problem(r));
+        for (n, val) in &t.resp_has {
+            if r.header(n) != Some(val.as_str()) {
+                fails.push(format!("response {n}: {:?}, want {val:?}", r.header(n)));
+            }
+        }
+        if status == 204 && (!r.body.is_empty() || r.header("content-length").is_some()) {
+            fails.push("204 with a body or a Content-Length".into());
         }
     }
     if t.close_bug && !strict {
@@ -1393,9 +1628,43 @@ fn scenarios(g: SocketAddr, rec: &StrictBackend, tally: &mut Tally) {
         ("pipelined after CL+TE", "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         ("pipelined after bad chunk", "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
         ("pipelined after obs-fold", "GET /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nX: a\r\n b\r\n\r\n"),
+        ("pipelined after empty chunk extension", "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5;\r\nhello\r\n0\r\n\r\n"),
+        ("pipelined after unterminated quoted extension", "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\"x\r\nhello\r\n0\r\n\r\n"),
+        ("pipelined after trailer without colon", "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nNoColon\r\n\r\n"),
     ] {
         bad_then_good(g, rec, tally, name, bad);
     }
+
+    // OPTIONS * between two forwarded requests on one connection: answered in order, by
+    // the gateway itself, and the connection goes on.
+    let before = rec.count();
+    let mut c = Client::connect(g);
+    c.send(b"GET /v1/proxy/svc/o1 HTTP/1.1\r\nHost: gw\r\n\r\nOPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\nGET /v1/proxy/svc/o2 HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let mut fails = Vec::new();
+    let rs: Vec<Option<Response>> = (0..3).map(|_| final_response(&mut c, false)).collect();
+    let statuses: Vec<Option<u16>> = rs.iter().map(|r| r.as_ref().map(|r| r.status)).collect();
+    if statuses != [Some(200), Some(204), Some(200)] {
+        fails.push(format!("statuses {statuses:?}"));
+    }
+    if let Some(Some(r)) = rs.get(1) {
+        if r.header("allow") != Some("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS") {
+            fails.push(format!("Allow {:?}", r.header("allow")));
+        }
+    }
+    eventually(Duration::from_secs(2), || rec.count() >= before + 2);
+    if rec.count() != before + 2 {
+        fails.push(format!("{} forwarded, want 2", rec.count() - before));
+    } else if !rec.nth(before).head.starts_with("GET /o1 ")
+        || !rec.nth(before + 1).head.starts_with("GET /o2 ")
+    {
+        fails.push("forwarded out of order".into());
+    }
+    tally.record(
+        "OPTIONS * pipelined between forwarded requests",
+        false,
+        fails,
+        false,
+    );
 
     // Good then bad, pipelined: 200, then 400 and close; only the first forwarded.
     let before = rec.count();
@@ -1516,6 +1785,13 @@ fn response_vectors(g: SocketAddr, script: &Script, tally: &mut Tally) {
         ("/hop", "GET", 200, Some(b"ok")),
         ("/1xx", "GET", 200, Some(b"ok")),
         ("/no-length", "GET", 200, Some(b"until close")),
+        ("/bad-chunk-ext", "GET", 502, None),
+        ("/unterminated-chunk-ext", "GET", 502, None),
+        ("/trailer-no-colon", "GET", 502, None),
+        ("/chunk-bws-zeros", "GET", 200, Some(b"hello")),
+        ("/cl-zeros", "GET", 200, Some(b"ok")),
+        ("/own-date", "GET", 200, Some(b"ok")),
+        ("/conn-date", "GET", 200, Some(b"ok")),
     ];
     for (path, method, status, body) in cases {
         let mut c = Client::connect(g);
@@ -1531,6 +1807,13 @@ fn response_vectors(g: SocketAddr, script: &Script, tally: &mut Tally) {
         };
         match &r {
             Some(r) if r.status == *status => {
+                // One Date on every final response: the backend's own when it sent one,
+                // else ours (RFC 9110 §6.6.1).
+                fails.extend(date_problem(r));
+                let own = r.header("date") == Some(BACKEND_DATE);
+                if own != (*path == "/own-date") {
+                    fails.push(format!("Date {:?}", r.header("date")));
+                }
                 if let Some(b) = body {
                     if &r.body[..] != *b {
                         fails.push(format!("body {:?}", String::from_utf8_lossy(&r.body)));
@@ -1600,7 +1883,7 @@ fn response_vectors(g: SocketAddr, script: &Script, tally: &mut Tally) {
     }
     let reused = script.reused_after_poison.lock().unwrap().clone();
     let conns = script.connections.load(Ordering::SeqCst);
-    let poisoned = cases.len() - 3; // hop, 1xx and space-colon are clean
+    let poisoned = script_replies().iter().filter(|r| r.2).count();
     let mut fails = Vec::new();
     if !reused.is_empty() {
         fails.push(format!("poisoned backend connections reused: {reused:?}"));
@@ -1617,6 +1900,9 @@ fn response_vectors(g: SocketAddr, script: &Script, tally: &mut Tally) {
         false,
     );
 }
+
+/// The Date the scripted backend sends on `/own-date`.
+const BACKEND_DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
 
 fn script_replies() -> Vec<Reply> {
     let r = |p: &'static str, b: &[u8], poison: bool| (p, b.to_vec(), poison);
@@ -1643,6 +1929,14 @@ fn script_replies() -> Vec<Reply> {
         r("/space-colon", b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\nhello", false),
         r("/hop", b"HTTP/1.1 200 OK\r\nConnection: x-b\r\nX-B: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nUpgrade: h2c\r\nTrailer: X-T\r\nContent-Length: 2\r\n\r\nok", false),
         r("/1xx", b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+        r("/bad-chunk-ext", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;\r\nhello\r\n0\r\n\r\n", true),
+        r("/unterminated-chunk-ext", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\"x\r\nhello\r\n0\r\n\r\n", true),
+        r("/trailer-no-colon", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nNoColon\r\n\r\n", true),
+        r("/chunk-bws-zeros", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n000000000000000000000005 ;a=\"q\\\"x\"\r\nhello\r\n0\r\n\r\n", false),
+        r("/cl-zeros", b"HTTP/1.1 200 OK\r\nContent-Length: 0000000000000000000000000002\r\n\r\nok", false),
+        r("/own-date", b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok", false),
+        // A Date the backend named in Connection is dropped like any hop-by-hop field: ours replaces it.
+        r("/conn-date", b"HTTP/1.1 200 OK\r\nConnection: date\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok", false),
     ]
 }
 

@@ -168,7 +168,10 @@ fn malformed_requests_get_400_close_and_never_reach_a_backend() {
         ("GET /v1/proxy/svc/a HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", "duplicate_host"),
         ("GET /v1/proxy/svc/a HTTP/1.1\nHost: g\n\n", "bare_cr_or_lf"),
         ("GET /v1/proxy/svc/a#frag HTTP/1.1\r\nHost: g\r\n\r\n", "fragment_in_target"),
-        ("gET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n", "invalid_method"),
+        ("G(T /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n", "invalid_method"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n5;\r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\"x\r\nhello\r\n0\r\n\r\n", "invalid_chunk_extension"),
+        ("POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nNoColon\r\n\r\n", "trailer_without_colon"),
     ];
     for (raw, detail) in vectors {
         let mut c = Client::connect(g.addr);
@@ -254,6 +257,21 @@ fn unsupported_methods_and_expectations() {
     assert!(r.header("allow").is_some_and(|a| a.contains("GET")));
     let r = request(g.addr, "CONNECT svc:443 HTTP/1.1\r\nHost: svc:443\r\n\r\n");
     assert_eq!(r.status, 405);
+    // RFC 9110 §9.1: a method we do not know is 501, whatever its case; the connection
+    // closes (its body, if any, is not read) and nothing reaches the backend.
+    for m in ["FOO", "get", "PROPFIND"] {
+        let mut c = Client::connect(g.addr);
+        c.send(format!("{m} /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n").as_bytes());
+        let r = c.read_response();
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (501, "not_implemented".into()),
+            "{m}"
+        );
+        assert_eq!(r.body, b"{\"error\":\"not_implemented\"}\n");
+        assert_eq!(r.header("allow"), None);
+        assert!(c.closed_within(Duration::from_secs(2)), "{m}: left open");
+    }
     let r = request(
         g.addr,
         "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\nx",
@@ -262,6 +280,73 @@ fn unsupported_methods_and_expectations() {
         (r.status, error_code(&r)),
         (417, "expectation_failed".into())
     );
+}
+
+#[test]
+fn options_asterisk_is_answered_by_the_gateway_and_keeps_the_connection() {
+    let rec = Recorder::start(reply(200));
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", rec.addr)));
+    let mut c = Client::connect(g.addr);
+    c.send(b"OPTIONS * HTTP/1.1\r\nHost: g\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("allow"),
+        Some("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")
+    );
+    assert_eq!(r.header("content-length"), None);
+    assert_eq!(r.header("connection"), None);
+    assert_eq!(date_problem(&r), None);
+    // Same connection, next request: forwarded as usual.
+    c.send(b"GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    assert_eq!(rec.requests(), 1, "OPTIONS * reached the backend");
+}
+
+#[test]
+fn every_response_carries_one_date() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "",
+        &format!(
+            "  svc: [http://{}]\n  down: [http://{}]\n",
+            b.addr,
+            closed_port()
+        ),
+    ));
+    for (what, raw) in [
+        ("route not found", "GET /nope HTTP/1.1\r\nHost: g\r\n\r\n"),
+        (
+            "service not found",
+            "GET /v1/proxy/nope/a HTTP/1.1\r\nHost: g\r\n\r\n",
+        ),
+        (
+            "not found, to HEAD",
+            "HEAD /v1/proxy/nope/a HTTP/1.1\r\nHost: g\r\n\r\n",
+        ),
+        ("bad request", "GET /v1/proxy/svc/a HTTP/1.1\r\n\r\n"),
+        ("TRACE", "TRACE /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n"),
+        (
+            "unknown method",
+            "FOO /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n",
+        ),
+        (
+            "backend down",
+            "GET /v1/proxy/down/a HTTP/1.1\r\nHost: g\r\n\r\n",
+        ),
+        (
+            "forwarded, no Date from the backend",
+            "GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n",
+        ),
+        (
+            "forwarded HEAD",
+            "HEAD /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n",
+        ),
+    ] {
+        let r = request(g.addr, raw);
+        assert_eq!(date_problem(&r), None, "{what}: {:?}", r.headers);
+    }
 }
 
 #[test]

@@ -494,3 +494,45 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// True for an RFC 9110 IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn is_imf_fixdate(v: &str) -> bool {
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let b = v.as_bytes();
+    let num = |r: std::ops::Range<usize>, max: u32| {
+        b[r.clone()].iter().all(u8::is_ascii_digit) && v[r].parse::<u32>().is_ok_and(|n| n <= max)
+    };
+    v.is_ascii()
+        && b.len() == 29
+        && DAYS.contains(&&v[0..3])
+        && &v[3..5] == ", "
+        && num(5..7, 31)
+        && b[7] == b' '
+        && MONTHS.contains(&&v[8..11])
+        && b[11] == b' '
+        && num(12..16, 9999)
+        && b[16] == b' '
+        && num(17..19, 23)
+        && b[19] == b':'
+        && num(20..22, 59)
+        && b[22] == b':'
+        && num(23..25, 60)
+        && &v[25..] == " GMT"
+}
+
+/// Every `Date` value of a response (there must be exactly one, an IMF-fixdate).
+pub fn date_problem(r: &Response) -> Option<String> {
+    let dates: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("date"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    match dates[..] {
+        [d] if is_imf_fixdate(d) => None,
+        _ => Some(format!("Date fields {dates:?}, want one IMF-fixdate")),
+    }
+}
