@@ -253,13 +253,12 @@ async fn drain(worker: &Worker) {
 
 /// Spawns a connection task whose panic is logged and contained to that connection.
 fn spawn_guarded(worker: usize, peer: SocketAddr, task: impl Future<Output = ()> + 'static) {
-    monoio::spawn(async move {
-        if let Err(panic) = CatchUnwind(task).await {
-            log::error!(
-                "worker {worker}: connection from {peer} panicked: {}",
-                panic_message(&panic)
-            );
-        }
+    // A plain future, not an `async` block around one: the block would keep room for the
+    // captured task beside the running one, doubling every connection's task.
+    monoio::spawn(Guarded {
+        inner: task,
+        worker,
+        peer,
     });
 }
 
@@ -277,20 +276,30 @@ async fn housekeeping(worker: Rc<Worker>) {
     }
 }
 
-/// Runs a future, turning a panic inside it into an `Err`: one connection's bug must not
-/// take down the worker and every other connection on its core.
-struct CatchUnwind<F>(F);
+/// Runs a connection's future, turning a panic inside it into a log line: one connection's
+/// bug must not take down the worker and every other connection on its core.
+struct Guarded<F> {
+    inner: F,
+    worker: usize,
+    peer: SocketAddr,
+}
 
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
+impl<F: Future<Output = ()>> Future for Guarded<F> {
+    type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let (worker, peer) = (self.worker, self.peer);
         // SAFETY: structural pinning; the inner future is never moved out of `self`.
-        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
+        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.inner) };
         match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(panic) => Poll::Ready(Err(panic)),
+            Ok(p) => p,
+            Err(panic) => {
+                log::error!(
+                    "worker {worker}: connection from {peer} panicked: {}",
+                    panic_message(&panic)
+                );
+                Poll::Ready(())
+            }
         }
     }
 }
