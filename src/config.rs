@@ -68,6 +68,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub pool: PoolSettings,
+    /// Re-resolve backend host names this often (None: only at start and on SIGHUP).
+    pub dns_refresh: Option<Duration>,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -150,6 +152,7 @@ struct RawConfig {
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
     pool: Option<RawPool>,
+    dns_refresh: Option<String>,
     services: Option<BTreeMap<String, serde_yaml_ng::Value>>,
 }
 
@@ -279,40 +282,57 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
     if authority.is_empty() || authority.contains('@') || path.contains(['?', '#']) {
         return Err(invalid(key, format!("{url:?}: {fix}")));
     }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            let port: u16 = p.parse().map_err(|_| {
-                invalid(key, format!("{url:?}: port {p:?} is not a number 1-65535"))
-            })?;
-            (h, port)
-        }
-        _ => (authority, 80),
-    };
+    let (host, port) = split_authority(authority)
+        .map_err(|p| invalid(key, format!("{url:?}: port {p:?} is not a number 1-65535")))?;
     if port == 0 {
         return Err(invalid(
             key,
             format!("{url:?}: port 0 is not a backend port"),
         ));
     }
-    let host_for_lookup = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<SocketAddr> = (host_for_lookup, port)
-        .to_socket_addrs()
-        .map_err(|e| invalid(key, format!("{url:?}: cannot resolve {host:?}: {e}")))?
-        .collect();
-    // Prefer IPv4 for names like `localhost` that resolve to both: local backends
-    // commonly bind 127.0.0.1 only.
-    let addr = addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or_else(|| addrs.first())
-        .copied()
-        .ok_or_else(|| invalid(key, format!("{url:?}: {host:?} resolves to no address")))?;
+    let addr = lookup(host, port).map_err(|e| invalid(key, format!("{url:?}: {e}")))?;
     Ok(BackendUrl {
         url: url.to_string(),
         addr,
         authority: authority.to_string(),
         path_prefix: path.trim_end_matches('/').to_string(),
     })
+}
+
+/// `host[:port]` (IPv6 literals in brackets) as host and port (80 when absent); `Err` holds
+/// a port that is not a number.
+fn split_authority(authority: &str) -> Result<(&str, u16), &str> {
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            p.parse().map(|port| (h, port)).map_err(|_| p)
+        }
+        _ => Ok((authority, 80)),
+    }
+}
+
+/// Resolves `host`, preferring IPv4 for names like `localhost` that resolve to both (local
+/// backends commonly bind 127.0.0.1 only).
+fn lookup(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let host_for_lookup = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = (host_for_lookup, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
+}
+
+impl BackendUrl {
+    /// Resolves the URL's host again (`dns_refresh`).
+    pub fn resolve(&self) -> Result<SocketAddr, String> {
+        let (host, port) =
+            split_authority(&self.authority).map_err(|p| format!("port {p:?} is not a number"))?;
+        lookup(host, port)
+    }
 }
 
 fn breaker_settings(
@@ -590,6 +610,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         Some(path) => crate::accesslog::Sink::File(path.into()),
     };
+    let dns_refresh = match raw.dns_refresh.as_deref() {
+        None | Some("off") => None,
+        Some(v) => {
+            let d = parse_duration("dns_refresh", v)?;
+            if d < Duration::from_secs(1) {
+                return Err(invalid(
+                    "dns_refresh",
+                    format!("{v:?} is too short: use at least 1s, or off"),
+                ));
+            }
+            Some(d)
+        }
+    };
     Ok(Config {
         listen,
         workers,
@@ -599,6 +632,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         timeouts,
         limits,
         pool,
+        dns_refresh,
         services,
     })
 }
@@ -728,6 +762,27 @@ mod tests {
         assert!(
             e.contains("limits.buffer_request_body") && e.contains("16777216"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn dns_refresh_is_off_unless_set() {
+        let svc = "services:\n  a: [http://localhost:1]\n";
+        assert_eq!(Config::parse(svc).unwrap().dns_refresh, None);
+        let off = Config::parse(&format!("dns_refresh: off\n{svc}")).unwrap();
+        assert_eq!(off.dns_refresh, None);
+        let on = Config::parse(&format!("dns_refresh: 30s\n{svc}")).unwrap();
+        assert_eq!(on.dns_refresh, Some(Duration::from_secs(30)));
+        let e = err(&format!("dns_refresh: 500ms\n{svc}"));
+        assert!(
+            e.contains("dns_refresh") && e.contains("at least 1s"),
+            "{e}"
+        );
+        let b = &on.services[0].backends[0];
+        assert_eq!(
+            b.resolve().unwrap(),
+            b.addr,
+            "localhost resolves as it did at load"
         );
     }
 

@@ -70,6 +70,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
         Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(server::StartError::Thread)?;
     let shared = Shared::new(config);
     let server = server::start(shared.clone())?;
+    start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
     log_startup(&shared, &server);
     for sig in signals.forever() {
         if sig == SIGHUP {
@@ -91,6 +92,21 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     }
     log::info!("drained; exiting");
     Ok(())
+}
+
+/// `dns_refresh`: a thread that re-resolves backend host names at the configured interval
+/// (read again each round, so a SIGHUP can turn it on, off or change it).
+fn start_dns_refresh(shared: Arc<Shared>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("dns-refresh".into())
+        .spawn(move || loop {
+            let every = shared.current.load().config.dns_refresh;
+            std::thread::sleep(every.unwrap_or(Duration::from_secs(1)));
+            if every.is_some() && !shared.is_draining() {
+                reload::refresh_dns(&shared, config::BackendUrl::resolve);
+            }
+        })
+        .map(|_| ())
 }
 
 fn on_sighup(shared: &Shared, path: &Path) {

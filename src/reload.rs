@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use crate::breaker::{Snapshot as Word, CLOSED};
-use crate::config::{Config, ConfigError};
+use crate::config::{BackendUrl, Config, ConfigError};
 use crate::state::Shared;
 
 /// What a reload (or `--check`) changed, relative to the running config.
@@ -135,6 +135,7 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
 /// Loads `path` and, if it is valid, makes it the running config. On error nothing
 /// changes and the error is returned (and remembered for `/metrics` and `/admin/config`).
 pub fn reload(shared: &Shared, path: &Path) -> Result<Changes, ConfigError> {
+    let _control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
     let result = Config::load(path).map(|mut new| {
         let old = shared.current.load_full();
         let mut changes = diff(Some(&old.config), &new);
@@ -175,6 +176,54 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<Changes, ConfigError> {
         }
     }
     result
+}
+
+/// `dns_refresh`: resolves every backend host name of the running config again and, if any
+/// now resolves to another address, installs a snapshot with the new addresses (each such
+/// backend gets a new pool slot and a fresh breaker, as on a SIGHUP). Lookups happen before
+/// the control lock is taken; a name that fails to resolve keeps its address. Returns the
+/// number of backends whose address changed.
+pub fn refresh_dns(
+    shared: &Shared,
+    resolve: impl Fn(&BackendUrl) -> Result<SocketAddr, String>,
+) -> usize {
+    let before = shared.current.load_full();
+    let mut found: BTreeMap<(String, String), SocketAddr> = BTreeMap::new();
+    for s in &before.config.services {
+        for b in &s.backends {
+            match resolve(b) {
+                Ok(addr) => {
+                    found.insert((s.name.clone(), b.url.clone()), addr);
+                }
+                Err(e) => log::warn!("dns: {} {}: {e}; keeping {}", s.name, b.url, b.addr),
+            }
+        }
+    }
+    let _control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
+    // The running config may have been reloaded meanwhile: apply to the current one.
+    let mut config = shared.current.load().config.clone();
+    let mut changed = 0;
+    for s in &mut config.services {
+        for b in &mut s.backends {
+            if let Some(&addr) = found.get(&(s.name.clone(), b.url.clone())) {
+                if addr != b.addr {
+                    log::info!(
+                        "dns: {} {} now resolves to {addr} (was {})",
+                        s.name,
+                        b.url,
+                        b.addr
+                    );
+                    b.addr = addr;
+                    changed += 1;
+                }
+            }
+        }
+    }
+    if changed > 0 {
+        let (generation, _) = shared.install(config);
+        log::info!("dns: generation {generation}: re-resolved to a new address: {changed}");
+    }
+    changed
 }
 
 #[cfg(test)]
@@ -243,5 +292,39 @@ mod tests {
         assert_eq!(shared.reloads.failed.load(Ordering::Relaxed), 1);
         assert!(!shared.reloads.last_error.lock().unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dns_refresh_installs_new_addresses_only_when_they_change() {
+        let text = "services:\n  a: [http://127.0.0.1:1, http://127.0.0.1:2]\n";
+        let shared = Shared::new(Config::parse(text).unwrap());
+        let slot = |s: &Shared, i: usize| s.current.load().service(b"a").unwrap().backends[i].slot;
+        let (slot0, slot1) = (slot(&shared, 0), slot(&shared, 1));
+        // Same answers: nothing is installed.
+        assert_eq!(refresh_dns(&shared, |b| Ok(b.addr)), 0);
+        assert_eq!(shared.current.load().generation, 1);
+        // The first name moves; the second fails to resolve and keeps its address.
+        let moved: SocketAddr = "127.0.0.9:1".parse().unwrap();
+        let n = refresh_dns(&shared, |b| {
+            if b.url.ends_with(":1") {
+                Ok(moved)
+            } else {
+                Err("no such host".into())
+            }
+        });
+        assert_eq!(n, 1);
+        let snap = shared.current.load();
+        assert_eq!(snap.generation, 2);
+        let a = snap.service(b"a").unwrap();
+        assert_eq!(a.backends[0].url.addr, moved);
+        assert_ne!(
+            a.backends[0].slot, slot0,
+            "pooled connections to the old address would be reused"
+        );
+        assert_eq!(a.backends[1].slot, slot1);
+        assert_eq!(
+            a.backends[1].url.addr,
+            "127.0.0.1:2".parse::<SocketAddr>().unwrap()
+        );
     }
 }

@@ -131,6 +131,9 @@ pub struct Shared {
     /// Every worker's metrics table, registered at start, read by the admin threads.
     pub workers: Mutex<Vec<Arc<WorkerCell>>>,
     pub reloads: ReloadStats,
+    /// Held by whatever builds a new snapshot from the current one (a SIGHUP reload, a DNS
+    /// refresh), so neither can undo the other. Never taken on the request path.
+    pub control: Mutex<()>,
     /// Access log batches dropped because its writer fell behind.
     pub access_log_dropped: Arc<AtomicU64>,
 }
@@ -158,6 +161,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             workers: Mutex::new(Vec::new()),
             reloads: ReloadStats::default(),
+            control: Mutex::new(()),
             access_log_dropped: Arc::default(),
         })
     }
