@@ -456,7 +456,9 @@ impl Exchange<'_> {
             return self.await_head(down).await;
         }
         self.attempt.renew();
-        self.upload_while_reading(down).await
+        // Boxed: only requests with a body still to stream need this state (two futures
+        // side by side); every other request would carry and copy it for nothing.
+        Box::pin(self.upload_while_reading(down)).await
     }
 
     fn request_sent(&mut self) {
