@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Resident memory per idle keep-alive client connection: the gateway and NGINX, measured
-# the same way in one run (bench/idle/idle_rss.py: N connections, one GET each, then idle).
+# What hostile clients cost: the gateway and NGINX, measured the same way in one run.
+# 1. Resident memory per idle keep-alive client connection (idle_rss.py: N connections,
+#    one GET each, then idle): the growth of the serving process's RSS divided by N, after
+#    small requests and after requests with a 20 KB header.
+# 2. Parse cost of heads that arrive a few bytes at a time (split_head.py: 20 heads of
+#    29 KB sent 2 bytes at a time, round-robin over 20 connections): the proxy's CPU time
+#    per head.
 #
-#   bench/idle/idle_rss.sh [N ...]      # default: 1000 10000
+#   bench/hostile/run.sh [N ...]      # idle connection counts; default: 1000 10000
 #
-# Each proxy runs one worker with a fresh process per measurement; the number is the
-# growth of that process's RSS divided by N, after small requests and after requests with
-# a 20 KB header. Needs: cargo, python3, nginx (apt-get install -y nginx), an open-file
+# Each proxy runs one worker, a fresh process per measurement. Needs: cargo, python3, nginx (apt-get install -y nginx), an open-file
 # limit above N + 100 (`ulimit -n`). Everything binds 127.0.0.1 and is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,7 +26,9 @@ target/release/mock-backend "$BACKEND" >"$tmp/mock.log" 2>&1 &
 pids+=($!)
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 wait_port "$BACKEND"
-printf 'listen: 127.0.0.1:%s\nworkers: 1\npin_workers: false\nlimits: {max_head_bytes: 65536}\nservices:\n  svc: [http://127.0.0.1:%s]\n' "$GW" "$BACKEND" >"$tmp/gw.yaml"
+# The gateway gets NGINX's default header deadline (client_header_timeout 60s), so a head sent
+# slowly is parsed by both rather than cut off by one.
+printf 'listen: 127.0.0.1:%s\nworkers: 1\npin_workers: false\nlimits: {max_head_bytes: 65536}\ntimeouts: {client_header: 60s}\nservices:\n  svc: [http://127.0.0.1:%s]\n' "$GW" "$BACKEND" >"$tmp/gw.yaml"
 mkdir -p "$tmp/ng"
 cat >"$tmp/ng/nginx.conf" <<NGINX
 worker_processes 1;
@@ -57,14 +62,28 @@ for n in "${counts[@]}"; do
   for pad in 0 20000; do
     RUST_LOG=warn target/release/gateway --config "$tmp/gw.yaml" >"$tmp/gw.log" 2>&1 &
     gw=$!; pids+=("$gw"); wait_port "$GW"
-    read -r _ _ b a per < <(python3 bench/idle/idle_rss.py "$GW" "$gw" "$n" "$pad")
+    read -r _ _ b a per < <(python3 bench/hostile/idle_rss.py "$GW" "$gw" "$n" "$pad")
     echo "| gateway | $n | $pad | $b | $a | $per |"
     kill "$gw"; wait "$gw" 2>/dev/null || true
     nginx -p "$tmp/ng/" -c "$tmp/ng/nginx.conf" -e "$tmp/ng/error.log" &
     master=$!; pids+=("$master"); wait_port "$NG"
     worker=$(pgrep -P "$master" | head -1)
-    read -r _ _ b a per < <(python3 bench/idle/idle_rss.py "$NG" "$worker" "$n" "$pad")
+    read -r _ _ b a per < <(python3 bench/hostile/idle_rss.py "$NG" "$worker" "$n" "$pad")
     echo "| nginx | $n | $pad | $b | $a | $per |"
     kill "$master"; wait "$master" 2>/dev/null || true
   done
 done
+echo
+echo "| proxy | heads | head bytes | answered 200 | CPU ms per head (2-byte pieces) |"
+echo "|---|---|---|---|---|"
+RUST_LOG=warn target/release/gateway --config "$tmp/gw.yaml" >"$tmp/gw.log" 2>&1 &
+gw=$!; pids+=("$gw"); wait_port "$GW"
+read -r k len ok ms < <(python3 bench/hostile/split_head.py "$GW" "$gw" 20)
+echo "| gateway | $k | $len | $ok | $ms |"
+kill "$gw"; wait "$gw" 2>/dev/null || true
+nginx -p "$tmp/ng/" -c "$tmp/ng/nginx.conf" -e "$tmp/ng/error.log" &
+master=$!; pids+=("$master"); wait_port "$NG"
+worker=$(pgrep -P "$master" | head -1)
+read -r k len ok ms < <(python3 bench/hostile/split_head.py "$NG" "$worker" 20)
+echo "| nginx | $k | $len | $ok | $ms |"
+kill "$master"; wait "$master" 2>/dev/null || true
