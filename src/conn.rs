@@ -138,8 +138,8 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     path: &c.path,
                     service: &c.service,
                 };
-                // Boxed: the exchange's state lives only while a request is in flight, so an
-                // idle connection's task stays small.
+                // Boxed, like every step that holds a timer: their state lives only while
+                // they run, so an idle connection's task stays small.
                 let after =
                     Box::pin(exchange::forward(&worker, &view, &mut c.down, req, prep)).await;
                 finish(
@@ -155,7 +155,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             Next::Options { keep_alive, minor } => {
                 let timeout = view.snapshot.config.timeouts.body;
                 let keep = keep_alive && !worker.draining();
-                let sent = c.down.reply_options(keep, minor, timeout).await;
+                let sent = Box::pin(c.down.reply_options(keep, minor, timeout)).await;
                 finish(&worker, &view, &c, None, Some(h1::Method::Options), started);
                 if sent && keep {
                     After::Keep
@@ -171,7 +171,8 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             } => {
                 let timeout = view.snapshot.config.timeouts.body;
                 let service = with_service.then_some(&c.service[..]);
-                let sent = c.down.reply(err, service, None, !keep_alive, timeout).await;
+                let reply = c.down.reply(err, service, None, !keep_alive, timeout);
+                let sent = Box::pin(reply).await;
                 finish(&worker, &view, &c, None, method, started);
                 if sent && keep_alive {
                     After::Keep
@@ -185,7 +186,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             After::Keep => {}
             After::Close => break,
             After::Linger => {
-                c.down.linger().await;
+                Box::pin(c.down.linger()).await;
                 break;
             }
         }
@@ -233,7 +234,7 @@ fn finish(
 async fn next_request(
     c: &mut Conn,
     worker: &Worker,
-    idle: &Cell<bool>,
+    idle: &Cell<Option<Instant>>,
     keep_target: bool,
 ) -> (Next, Rc<View>) {
     // Set when part of a head has arrived; the rest must follow by then (408).
@@ -321,8 +322,9 @@ async fn next_request(
             None => cfg.timeouts.client_idle,
             Some(d) => d.saturating_duration_since(Instant::now()),
         };
-        // Idle (between requests) connections are closed at once by a graceful shutdown.
-        idle.set(deadline.is_none());
+        // Idle (between requests) connections are ended by the worker's sweep after
+        // `client_idle`, and at once by a graceful shutdown.
+        idle.set(deadline.is_none().then(Instant::now));
         drop(view); // an idle connection must not pin an old snapshot
                     // A parked connection reads into its small buffer as it is; a lent one keeps room.
         let min_free = if d.buf.capacity() <= IDLE_BUF {
@@ -330,8 +332,14 @@ async fn next_request(
         } else {
             BUF_SIZE / 2
         };
-        let read = io::read_more(d.sock.r(), &mut d.buf, &mut d.start, min_free, wait).await;
-        idle.set(false);
+        let read = if deadline.is_none() {
+            // No timer of its own (see `Worker::close_expired_idle`): the idle task stays small.
+            io::read_more_untimed(d.sock.r(), &mut d.buf, &mut d.start, min_free).await
+        } else {
+            let timed = io::read_more(d.sock.r(), &mut d.buf, &mut d.start, min_free, wait);
+            Box::pin(timed).await
+        };
+        idle.set(None);
         match read {
             Read::Data(_) => c.unpark(worker),
             Read::Timeout if deadline.is_some() => {

@@ -101,6 +101,39 @@ pub async fn read_more<R: AsyncReadRent>(
     min_free: usize,
     deadline: Duration,
 ) -> Read {
+    make_room(buf, start, min_free);
+    let b = std::mem::take(buf);
+    let (len, cap) = (b.len(), b.capacity());
+    match monoio::time::timeout(deadline, stream.read(b.slice_mut(len..cap))).await {
+        Ok((res, slice)) => {
+            *buf = slice.into_inner();
+            read_result(res)
+        }
+        Err(_) => {
+            *buf = Vec::with_capacity(cap);
+            *start = 0;
+            Read::Timeout
+        }
+    }
+}
+
+/// [`read_more`] without a deadline, for a wait that something else bounds (an idle
+/// connection is ended by its worker's once-a-second sweep): no timer, a smaller future.
+pub async fn read_more_untimed<R: AsyncReadRent>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    start: &mut usize,
+    min_free: usize,
+) -> Read {
+    make_room(buf, start, min_free);
+    let b = std::mem::take(buf);
+    let (len, cap) = (b.len(), b.capacity());
+    let (res, slice) = stream.read(b.slice_mut(len..cap)).await;
+    *buf = slice.into_inner();
+    read_result(res)
+}
+
+fn make_room(buf: &mut Vec<u8>, start: &mut usize, min_free: usize) {
     if *start == buf.len() {
         buf.clear();
         *start = 0;
@@ -112,22 +145,13 @@ pub async fn read_more<R: AsyncReadRent>(
     if buf.capacity() - buf.len() < min_free {
         buf.reserve(min_free);
     }
-    let b = std::mem::take(buf);
-    let (len, cap) = (b.len(), b.capacity());
-    match monoio::time::timeout(deadline, stream.read(b.slice_mut(len..cap))).await {
-        Ok((res, slice)) => {
-            *buf = slice.into_inner();
-            match res {
-                Ok(0) => Read::Eof,
-                Ok(n) => Read::Data(n),
-                Err(e) => Read::Err(e),
-            }
-        }
-        Err(_) => {
-            *buf = Vec::with_capacity(cap);
-            *start = 0;
-            Read::Timeout
-        }
+}
+
+fn read_result(res: io::Result<usize>) -> Read {
+    match res {
+        Ok(0) => Read::Eof,
+        Ok(n) => Read::Data(n),
+        Err(e) => Read::Err(e),
     }
 }
 

@@ -270,7 +270,9 @@ async fn housekeeping(worker: Rc<Worker>) {
         // Aligned to the second so `Date` is late by a timer's lag, not up to a second.
         monoio::time::sleep(crate::date::until_next_second()).await;
         worker.date.refresh();
-        let _ = worker.view();
+        let view = worker.view();
+        worker.close_expired_idle(view.snapshot.config.timeouts.client_idle);
+        drop(view);
         worker.pool.sweep(|_| true);
         worker.access.flush();
     }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::accesslog::{self, AccessLog};
 use crate::balancer::View;
@@ -15,8 +16,8 @@ use crate::metrics::{WorkerCell, WorkerMetrics};
 use crate::pool::Pool;
 use crate::state::Shared;
 
-/// A client connection's fd and its "idle between requests" flag.
-type OpenConn = (RawFd, Rc<Cell<bool>>);
+/// A client connection's fd and, while it waits idle for its next request, since when.
+type OpenConn = (RawFd, Rc<Cell<Option<Instant>>>);
 
 /// Everything one worker owns. Only touched by its own thread (the metrics table is also
 /// read by the admin threads).
@@ -141,7 +142,7 @@ impl Worker {
     pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
-        let idle = Rc::new(Cell::new(false));
+        let idle = Rc::new(Cell::new(None));
         self.conns.borrow_mut().insert(id, (fd, idle.clone()));
         self.metrics
             .client_connections
@@ -162,11 +163,24 @@ impl Worker {
         }
     }
 
+    /// Ends the connections that have waited idle for `max` or longer (their pending read
+    /// returns at once and the connection closes). Run once a second: an idle connection
+    /// then needs no timer of its own, which keeps its task small.
+    pub fn close_expired_idle(&self, max: std::time::Duration) {
+        for (fd, idle) in self.conns.borrow().values() {
+            let expired = idle.get().is_some_and(|since| since.elapsed() >= max);
+            if expired && crate::io::is_quiet(*fd) {
+                // SAFETY: the fd belongs to a live connection (it deregisters before closing).
+                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+            }
+        }
+    }
+
     /// Shuts down the sockets of idle connections so their pending reads end now; one
     /// whose next request already arrived is left to be served (with `Connection: close`).
     pub fn close_idle(&self) {
         for (fd, idle) in self.conns.borrow().values() {
-            if idle.get() && crate::io::is_quiet(*fd) {
+            if idle.get().is_some() && crate::io::is_quiet(*fd) {
                 // SAFETY: the fd belongs to a live connection (it deregisters before closing).
                 unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
             }
@@ -178,7 +192,8 @@ impl Worker {
 pub struct ConnGuard {
     worker: Rc<Worker>,
     id: u64,
-    pub idle: Rc<Cell<bool>>,
+    /// Set (to when the wait began) while the connection waits for its next request.
+    pub idle: Rc<Cell<Option<Instant>>>,
 }
 
 impl Drop for ConnGuard {
