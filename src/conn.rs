@@ -10,11 +10,11 @@ use monoio::net::TcpStream;
 
 use crate::accesslog;
 use crate::balancer::View;
-use crate::downstream::{After, Downstream, Record, BUF_SIZE};
+use crate::downstream::{After, Downstream, Record};
 use crate::error::GatewayError;
 use crate::exchange::{self, Prepared, Request};
 use crate::h1::{self, Framing, HeadLimits};
-use crate::io::{self, Read};
+use crate::io::{self, Read, BUF_SIZE};
 use crate::rewrite;
 use crate::worker::Worker;
 
@@ -234,7 +234,7 @@ fn finish(
 async fn next_request(
     c: &mut Conn,
     worker: &Worker,
-    idle: &Cell<Option<Instant>>,
+    idle: &Cell<Option<u64>>,
     keep_target: bool,
 ) -> (Next, Rc<View>) {
     // Set when part of a head has arrived; the rest must follow by then (408).
@@ -313,18 +313,10 @@ async fn next_request(
             }
         }
         let d = &mut c.down;
-        let partial = d.start < d.buf.len();
-        let wait = match deadline {
-            None if partial => {
-                deadline = Some(Instant::now() + cfg.timeouts.client_header);
-                cfg.timeouts.client_header
-            }
-            None => cfg.timeouts.client_idle,
-            Some(d) => d.saturating_duration_since(Instant::now()),
-        };
-        // Idle (between requests) connections are ended by the worker's sweep after
-        // `client_idle`, and at once by a graceful shutdown.
-        idle.set(deadline.is_none().then(Instant::now));
+        if deadline.is_none() && d.start < d.buf.len() {
+            // Part of a head has arrived: the rest must follow by then (408).
+            deadline = Some(Instant::now() + cfg.timeouts.client_header);
+        }
         drop(view); // an idle connection must not pin an old snapshot
                     // A parked connection reads into its small buffer as it is; a lent one keeps room.
         let min_free = if d.buf.capacity() <= IDLE_BUF {
@@ -332,12 +324,19 @@ async fn next_request(
         } else {
             BUF_SIZE / 2
         };
-        let read = if deadline.is_none() {
-            // No timer of its own (see `Worker::close_expired_idle`): the idle task stays small.
-            io::read_more_untimed(d.sock.r(), &mut d.buf, &mut d.start, min_free).await
-        } else {
-            let timed = io::read_more(d.sock.r(), &mut d.buf, &mut d.start, min_free, wait);
-            Box::pin(timed).await
+        let read = match deadline {
+            Some(end) => {
+                let wait = end.saturating_duration_since(Instant::now());
+                let timed = io::read_more(d.sock.r(), &mut d.buf, &mut d.start, min_free, wait);
+                Box::pin(timed).await
+            }
+            None => {
+                // Between requests: no timer of its own, so the idle task stays small. The
+                // worker's sweep ends it after `client_idle` (see
+                // `Worker::close_expired_idle`), a graceful shutdown at once.
+                idle.set(Some(worker.tick()));
+                io::read_more_untimed(d.sock.r(), &mut d.buf, &mut d.start, min_free).await
+            }
         };
         idle.set(None);
         match read {

@@ -10,11 +10,8 @@ use monoio::net::TcpStream;
 
 use crate::date::DateCache;
 use crate::error::{self, GatewayError};
-use crate::io::{self, Read, Socket};
+use crate::io::{self, Read, Socket, BUF_SIZE};
 use crate::rewrite;
-
-/// Initial size of a connection's buffers; they grow only for big heads.
-pub const BUF_SIZE: usize = 8 * 1024;
 
 /// After an early response (the backend answered before the request body was all read),
 /// the rest of the body is read and discarded for at most this long before the connection

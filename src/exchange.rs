@@ -66,7 +66,12 @@ pub async fn forward(
         cfg.limits.max_body_bytes,
     );
     let mut up_out = worker.buffer();
-    let mut in_hand = worker.buffer();
+    // Only a request with a body has any of it in hand.
+    let mut in_hand = if framing == Framing::None {
+        Vec::new()
+    } else {
+        worker.buffer()
+    };
     let after = match buffer_body(down, &mut req, &mut relay, &mut in_hand, cfg).await {
         Err(after) => after,
         Ok(()) => {
@@ -420,6 +425,7 @@ impl Exchange<'_> {
                     match timed_connect(self.worker, a.service, addr, self.timeouts.connect).await {
                         Ok(s) => {
                             self.up = s;
+                            self.sent_at = Instant::now();
                             self.reused = false;
                             self.ubuf.clear();
                             self.ustart = 0;
@@ -461,9 +467,9 @@ impl Exchange<'_> {
         Box::pin(self.upload_while_reading(down)).await
     }
 
+    /// The whole request went out in the first write (`sent_at` was taken just before it).
     fn request_sent(&mut self) {
         self.sent_whole = true;
-        self.sent_at = Instant::now();
         self.attempt.renew();
     }
 
@@ -484,7 +490,7 @@ impl Exchange<'_> {
                 write_timeout: self.timeouts.body,
                 date: &self.worker.date,
             },
-            Some(timeout),
+            Some((self.sent_at, timeout)),
         )
         .await
     }
@@ -656,12 +662,11 @@ async fn read_head(
     ubuf: &mut Vec<u8>,
     ustart: &mut usize,
     cx: HeadCtx<'_>,
-    timeout: Option<Duration>,
+    limit: Option<(Instant, Duration)>,
 ) -> Result<ResponseHead, HeadFail> {
     /// Stands for "no deadline": longer than any caller waits.
     const FOREVER: Duration = Duration::from_secs(24 * 3600);
     let info = cx.info;
-    let deadline = timeout.map(|t| Instant::now() + t);
     let mut first_read = true;
     let mut got_any = false;
     loop {
@@ -709,10 +714,14 @@ async fn read_head(
                 return Ok(head);
             }
         }
-        let left = match (first_read, deadline) {
+        // The first read starts right when the request went out, so only later reads
+        // need the clock.
+        let left = match (first_read, limit) {
             (_, None) => FOREVER,
-            (true, Some(_)) => timeout.unwrap_or(FOREVER),
-            (false, Some(d)) => d.saturating_duration_since(Instant::now()),
+            (true, Some((_, timeout))) => timeout,
+            (false, Some((since, timeout))) => {
+                (since + timeout).saturating_duration_since(Instant::now())
+            }
         };
         first_read = false;
         match io::read_more(up, ubuf, ustart, 4096, left).await {

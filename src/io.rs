@@ -19,6 +19,9 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
+/// Capacity of the I/O buffers a worker lends to requests.
+pub const BUF_SIZE: usize = 8 * 1024;
+
 /// The reading side of a [`Socket`].
 pub type ReadHalf = OwnedReadHalf<TcpStream>;
 /// The writing side of a [`Socket`].

@@ -7,17 +7,19 @@ use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use crate::accesslog::{self, AccessLog};
 use crate::balancer::View;
 use crate::date::DateCache;
+use crate::io::BUF_SIZE;
 use crate::metrics::{WorkerCell, WorkerMetrics};
 use crate::pool::Pool;
 use crate::state::Shared;
 
-/// A client connection's fd and, while it waits idle for its next request, since when.
-type OpenConn = (RawFd, Rc<Cell<Option<Instant>>>);
+/// A client connection's fd and, while it waits idle for its next request, the worker's
+/// tick when the wait began.
+type OpenConn = (RawFd, Rc<Cell<Option<u64>>>);
 
 /// Everything one worker owns. Only touched by its own thread (the metrics table is also
 /// read by the admin threads).
@@ -35,12 +37,12 @@ pub struct Worker {
     /// (those are shut down at once when draining).
     conns: RefCell<HashMap<u64, OpenConn>>,
     next_conn: Cell<u64>,
+    /// Seconds of housekeeping so far (see [`Worker::tick`]).
+    ticks: Cell<u64>,
     /// Spare I/O buffers, lent to one exchange at a time (no allocation per request).
     spare: RefCell<Vec<Vec<u8>>>,
 }
 
-/// Capacity of a buffer lent by [`Worker::buffer`]; bigger ones are trimmed back on return.
-pub const BUF_SIZE: usize = 8 * 1024;
 /// Spare buffers a worker keeps; more are freed.
 const MAX_SPARE: usize = 256;
 
@@ -68,6 +70,7 @@ impl Worker {
             date: Rc::new(DateCache::new()),
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
+            ticks: Cell::new(0),
             spare: RefCell::new(Vec::new()),
         }
     }
@@ -118,10 +121,11 @@ impl Worker {
             .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
     }
 
-    /// Takes a buffer back for the next exchange (grown ones are trimmed, lost ones replaced).
+    /// Takes a buffer back for the next exchange (grown ones are trimmed, small ones
+    /// topped up). One that was never taken (no capacity) is ignored.
     pub fn recycle(&self, mut buf: Vec<u8>) {
         let mut spare = self.spare.borrow_mut();
-        if spare.len() >= MAX_SPARE {
+        if spare.len() >= MAX_SPARE || buf.capacity() == 0 {
             return;
         }
         buf.clear();
@@ -163,12 +167,24 @@ impl Worker {
         }
     }
 
-    /// Ends the connections that have waited idle for `max` or longer (their pending read
-    /// returns at once and the connection closes). Run once a second: an idle connection
-    /// then needs no timer of its own, which keeps its task small.
-    pub fn close_expired_idle(&self, max: std::time::Duration) {
+    /// The worker's coarse clock: housekeeping advances it once a second. Marking a
+    /// connection idle with it costs no clock read on the request path.
+    pub fn tick(&self) -> u64 {
+        self.ticks.get()
+    }
+
+    /// Advances [`Worker::tick`], then ends the connections that have waited idle for `max`
+    /// or longer (their pending read returns at once and the connection closes). Run once a
+    /// second: an idle connection then needs no timer of its own, which keeps its task
+    /// small. A wait that began within tick `t` has lasted more than `n - 1` seconds at tick
+    /// `t + n`, so with `n` = whole seconds of `max` rounded up, plus one, no connection is
+    /// ended early, and none more than about a second late.
+    pub fn close_expired_idle(&self, max: Duration) {
+        let now = self.ticks.get() + 1;
+        self.ticks.set(now);
+        let n = max.as_secs() + u64::from(max.subsec_nanos() > 0) + 1;
         for (fd, idle) in self.conns.borrow().values() {
-            let expired = idle.get().is_some_and(|since| since.elapsed() >= max);
+            let expired = idle.get().is_some_and(|since| now - since >= n);
             if expired && crate::io::is_quiet(*fd) {
                 // SAFETY: the fd belongs to a live connection (it deregisters before closing).
                 unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
@@ -193,7 +209,7 @@ pub struct ConnGuard {
     worker: Rc<Worker>,
     id: u64,
     /// Set (to when the wait began) while the connection waits for its next request.
-    pub idle: Rc<Cell<Option<Instant>>>,
+    pub idle: Rc<Cell<Option<u64>>>,
 }
 
 impl Drop for ConnGuard {
