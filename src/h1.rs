@@ -607,33 +607,65 @@ pub fn is_underscore_alias(name: &str) -> bool {
 
 /// Names listed in the `Connection` fields of a head (the per-message hop-by-hop set).
 ///
-/// Any number of names is honoured: the fields are kept by reference and searched when
-/// asked, after a fast check that any name besides `close`/`keep-alive` is listed at all.
-pub struct ConnectionOptions<'h, 'b> {
-    headers: &'h [httparse::Header<'b>],
-    any: bool,
+/// Any number of names is honoured. Up to [`FEW_OPTIONS`] are kept inline and searched in
+/// turn (the usual case, no allocation); past that (hardly ever legitimate) they go into one
+/// vector sorted without regard to case and are found by binary search, so checking every
+/// field of a head stays O(fields × log names), never fields × names.
+pub struct ConnectionOptions<'b> {
+    few: [&'b [u8]; FEW_OPTIONS],
+    len: usize,
+    /// Every name, once there are more than `FEW_OPTIONS` (else empty, unallocated).
+    many: Vec<&'b [u8]>,
 }
 
-impl<'h, 'b> ConnectionOptions<'h, 'b> {
-    pub fn collect(headers: &'h [httparse::Header<'b>]) -> Self {
-        let any = headers
+const FEW_OPTIONS: usize = 16;
+
+impl<'b> ConnectionOptions<'b> {
+    pub fn collect(headers: &[httparse::Header<'b>]) -> Self {
+        let mut me = ConnectionOptions {
+            few: [&[][..]; FEW_OPTIONS],
+            len: 0,
+            many: Vec::new(),
+        };
+        let names = headers
             .iter()
             .filter(|h| name_is(h.name, "connection"))
             .flat_map(|h| list_elements(h.value))
-            .any(|opt| !is_close_or_keep_alive(opt));
-        ConnectionOptions { headers, any }
+            .filter(|opt| !is_close_or_keep_alive(opt));
+        for opt in names {
+            if me.len < FEW_OPTIONS {
+                me.few[me.len] = opt;
+                me.len += 1;
+            } else {
+                if me.many.is_empty() {
+                    me.many.extend_from_slice(&me.few);
+                }
+                me.many.push(opt);
+            }
+        }
+        me.many.sort_unstable_by(|a, b| cmp_ignore_case(a, b));
+        me
     }
 
     /// True when `name` must not be forwarded because `Connection` names it.
     pub fn names(&self, name: &str) -> bool {
-        self.any
-            && self
-                .headers
+        let name = name.as_bytes();
+        if self.many.is_empty() {
+            self.few[..self.len]
                 .iter()
-                .filter(|h| name_is(h.name, "connection"))
-                .flat_map(|h| list_elements(h.value))
-                .any(|opt| opt.eq_ignore_ascii_case(name.as_bytes()))
+                .any(|n| n.eq_ignore_ascii_case(name))
+        } else {
+            self.many
+                .binary_search_by(|n| cmp_ignore_case(n, name))
+                .is_ok()
+        }
     }
+}
+
+fn cmp_ignore_case(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.iter()
+        .map(u8::to_ascii_lowercase)
+        .cmp(b.iter().map(u8::to_ascii_lowercase))
 }
 
 fn is_close_or_keep_alive(opt: &[u8]) -> bool {
@@ -1558,6 +1590,13 @@ mod tests {
         let plain = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\n\r\n";
         let p = parse_response(plain, &mut h, false, 8192).unwrap().unwrap();
         assert!(!ConnectionOptions::collect(p.headers).names("keep-alive-x"));
+        // A few names: kept inline, matched regardless of case.
+        let few = b"HTTP/1.1 200 OK\r\nConnection: close, X-One\r\nConnection: x-two\r\n\r\n";
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let p = parse_response(few, &mut h, false, 8192).unwrap().unwrap();
+        let opts = ConnectionOptions::collect(p.headers);
+        assert!(opts.names("x-one") && opts.names("X-TWO") && !opts.names("close"));
+        assert!(!opts.names("x-three"));
     }
 
     #[test]
