@@ -183,20 +183,20 @@ impl Worker {
         let now = self.ticks.get() + 1;
         self.ticks.set(now);
         let n = max.as_secs() + u64::from(max.subsec_nanos() > 0) + 1;
-        for (fd, idle) in self.conns.borrow().values() {
-            let expired = idle.get().is_some_and(|since| now - since >= n);
-            if expired && crate::io::is_quiet(*fd) {
-                // SAFETY: the fd belongs to a live connection (it deregisters before closing).
-                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
-            }
-        }
+        self.shut_idle(|since| now - since >= n);
     }
 
     /// Shuts down the sockets of idle connections so their pending reads end now; one
     /// whose next request already arrived is left to be served (with `Connection: close`).
     pub fn close_idle(&self) {
+        self.shut_idle(|_| true);
+    }
+
+    /// Shuts down idle connections whose wait (the tick it began) `ended` says is over,
+    /// unless bytes of a next request are already there.
+    fn shut_idle(&self, ended: impl Fn(u64) -> bool) {
         for (fd, idle) in self.conns.borrow().values() {
-            if idle.get().is_some() && crate::io::is_quiet(*fd) {
+            if idle.get().is_some_and(&ended) && crate::io::is_quiet(*fd) {
                 // SAFETY: the fd belongs to a live connection (it deregisters before closing).
                 unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
             }
@@ -208,7 +208,7 @@ impl Worker {
 pub struct ConnGuard {
     worker: Rc<Worker>,
     id: u64,
-    /// Set (to when the wait began) while the connection waits for its next request.
+    /// Set (to the tick the wait began) while the connection waits for its next request.
     pub idle: Rc<Cell<Option<u64>>>,
 }
 
