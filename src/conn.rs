@@ -20,15 +20,13 @@ use crate::worker::Worker;
 
 /// A client connection: its side of the wire and the buffers its requests use.
 ///
-/// An idle connection holds only a small read buffer ([`IDLE_BUF`] bytes, in the read that
-/// waits for its next request); every bigger buffer (input, output, the rewritten head) is
-/// lent by the worker while a request is in flight and given back after it, so thousands
-/// of idle keep-alive connections cost little, and one that carried a large head gives its
-/// memory back when it goes idle.
+/// An idle connection holds no buffer: it waits for readiness (a poll on the socket), and
+/// only then borrows an input buffer from the worker. Every buffer (input, output, the
+/// rewritten head) is lent while a request is in flight and given back after it, so
+/// thousands of idle keep-alive connections cost little, and one that carried a large head
+/// gives its memory back when it goes idle.
 pub struct Conn {
     pub down: Downstream,
-    /// The small buffer an idle connection waits with, while `down.buf` is a lent one.
-    idle_buf: Vec<u8>,
     /// The client's IP as text, formatted once for `X-Forwarded-For`.
     pub peer_ip: Vec<u8>,
     /// Forwarded header lines of the current request, framing included, ending in CRLF CRLF.
@@ -62,11 +60,9 @@ enum Next {
 
 impl Conn {
     fn new(stream: TcpStream, peer: SocketAddr, worker: &Worker) -> Conn {
-        let mut down = Downstream::new(stream, peer, worker.date.clone());
-        down.buf = Vec::with_capacity(IDLE_BUF);
+        let down = Downstream::new(stream, peer, worker.date.clone());
         Conn {
             down,
-            idle_buf: Vec::new(),
             peer_ip: rewrite::format_ip(peer.ip()),
             fwd: Vec::new(),
             path: Vec::new(),
@@ -75,42 +71,19 @@ impl Conn {
         }
     }
 
-    /// Between requests: with nothing pipelined left, the lent input buffer goes back to the
-    /// worker and the small one waits for the next request.
+    /// Between requests: every lent buffer goes back to the worker, the input one too when
+    /// nothing pipelined is left in it.
     fn park(&mut self, worker: &Worker) {
         worker.recycle(std::mem::take(&mut self.down.out));
         worker.recycle(std::mem::take(&mut self.fwd));
         worker.recycle(std::mem::take(&mut self.path));
         let d = &mut self.down;
-        if d.start == d.buf.len() && d.buf.capacity() > IDLE_BUF {
-            let mut small = std::mem::take(&mut self.idle_buf);
-            if small.capacity() == 0 {
-                small.reserve_exact(IDLE_BUF);
-            }
-            worker.recycle(std::mem::replace(&mut d.buf, small));
+        if d.start == d.buf.len() {
+            worker.recycle(std::mem::take(&mut d.buf));
             d.start = 0;
         }
     }
-
-    /// Bytes arrived in the small buffer: move them to a lent one for the rest of the
-    /// request (its head, the body, the next pipelined request).
-    fn unpark(&mut self, worker: &Worker) {
-        let d = &mut self.down;
-        if d.buf.capacity() > IDLE_BUF {
-            return;
-        }
-        let mut big = worker.buffer();
-        big.extend_from_slice(&d.buf[d.start..]);
-        let mut small = std::mem::replace(&mut d.buf, big);
-        small.clear();
-        self.idle_buf = small;
-        d.start = 0;
-    }
 }
-
-/// The read buffer of an idle connection: a typical request head fits in one read; a
-/// bigger one continues in a lent buffer.
-const IDLE_BUF: usize = 1024;
 
 /// Serves one client connection until it closes, errs or times out.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
@@ -318,29 +291,39 @@ async fn next_request(
             deadline = Some(Instant::now() + cfg.timeouts.client_header);
         }
         drop(view); // an idle connection must not pin an old snapshot
-                    // A parked connection reads into its small buffer as it is; a lent one keeps room.
-        let min_free = if d.buf.capacity() <= IDLE_BUF {
-            1
-        } else {
-            BUF_SIZE / 2
-        };
         let read = match deadline {
             Some(end) => {
                 let wait = end.saturating_duration_since(Instant::now());
-                let timed = io::read_more(d.sock.r(), &mut d.buf, &mut d.start, min_free, wait);
+                let timed = io::read_more(d.sock.r(), &mut d.buf, &mut d.start, BUF_SIZE / 2, wait);
                 Box::pin(timed).await
             }
             None => {
                 // Between requests: no timer of its own, so the idle task stays small. The
                 // worker's sweep ends it after `client_idle` (see
                 // `Worker::close_expired_idle`), a graceful shutdown at once.
+                // The first few idle connections of a worker read with a lent buffer; the
+                // others wait for readiness holding none, then borrow one to read into.
                 idle.set(Some(worker.tick()));
-                io::read_more_untimed(d.sock.r(), &mut d.buf, &mut d.start, min_free).await
+                let mut lent = None;
+                if d.buf.capacity() == 0 {
+                    lent = worker.lend_idle_read();
+                    if lent.is_none() && d.sock.readable().await.is_err() {
+                        idle.set(None);
+                        return (Next::Close, worker.view());
+                    }
+                    d.buf = worker.buffer();
+                    d.start = 0;
+                }
+                let read =
+                    io::read_more_untimed(d.sock.r(), &mut d.buf, &mut d.start, BUF_SIZE / 2);
+                let read = read.await;
+                drop(lent);
+                read
             }
         };
         idle.set(None);
         match read {
-            Read::Data(_) => c.unpark(worker),
+            Read::Data(_) => {}
             Read::Timeout if deadline.is_some() => {
                 let next = Next::Reject {
                     err: GatewayError::RequestTimeout,

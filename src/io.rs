@@ -64,6 +64,16 @@ impl Socket {
         (&mut self.r, &mut self.w)
     }
 
+    /// Waits until the connection has bytes to read (or was closed or shut down), holding no
+    /// buffer meanwhile: an idle connection's wait costs no memory of its own.
+    pub async fn readable(&self) -> io::Result<()> {
+        // SAFETY: a shared borrow of the stream both halves own (`OwnedReadHalf` exposes its
+        // `Rc<UnsafeCell<_>>`); `readable` only submits a poll on the descriptor, and no
+        // operation on the halves can take it mutably while `&self` is held.
+        let stream: &TcpStream = unsafe { &*self.r.0.get() };
+        stream.readable(false).await
+    }
+
     /// The descriptor, for socket options and non-blocking checks (valid while `self` lives).
     pub fn fd(&self) -> RawFd {
         self.fd

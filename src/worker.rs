@@ -41,7 +41,16 @@ pub struct Worker {
     ticks: Cell<u64>,
     /// Spare I/O buffers, lent to one exchange at a time (no allocation per request).
     spare: RefCell<Vec<Vec<u8>>>,
+    /// Idle connections whose read for a next request holds a lent buffer (see
+    /// [`Worker::lend_idle_read`]).
+    idle_reads: Rc<Cell<usize>>,
 }
+
+/// Idle connections per worker that may wait with a lent buffer in their read (one ring
+/// operation); beyond these, an idle connection first waits for readiness with no buffer
+/// (one more operation when its request comes). Bounds what idle connections hold in
+/// buffers to this many × `BUF_SIZE` per worker, whatever their number.
+const MAX_IDLE_READS: usize = 128;
 
 /// Spare buffers a worker keeps; more are freed.
 const MAX_SPARE: usize = 256;
@@ -72,6 +81,7 @@ impl Worker {
             next_conn: Cell::new(0),
             ticks: Cell::new(0),
             spare: RefCell::new(Vec::new()),
+            idle_reads: Rc::new(Cell::new(0)),
         }
     }
 
@@ -121,20 +131,30 @@ impl Worker {
             .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
     }
 
-    /// Takes a buffer back for the next exchange (grown ones are trimmed, small ones
+    /// Takes a buffer back for the next exchange (grown ones are freed, small ones
     /// topped up). One that was never taken (no capacity) is ignored.
     pub fn recycle(&self, mut buf: Vec<u8>) {
         let mut spare = self.spare.borrow_mut();
-        if spare.len() >= MAX_SPARE || buf.capacity() == 0 {
+        // A grown buffer is freed whole rather than shrunk in place, which would leave a hole
+        // in the heap between the small allocations of idle connections.
+        if spare.len() >= MAX_SPARE || buf.capacity() == 0 || buf.capacity() > 2 * BUF_SIZE {
             return;
         }
         buf.clear();
-        if buf.capacity() > 2 * BUF_SIZE {
-            buf.shrink_to(BUF_SIZE);
-        } else if buf.capacity() < BUF_SIZE {
+        if buf.capacity() < BUF_SIZE {
             buf.reserve(BUF_SIZE);
         }
         spare.push(buf);
+    }
+
+    /// A ticket for an idle connection to wait for its next request with a lent buffer in
+    /// its read, while fewer than [`MAX_IDLE_READS`] do; `None`: wait for readiness first.
+    pub fn lend_idle_read(&self) -> Option<IdleRead> {
+        let n = self.idle_reads.get();
+        (n < MAX_IDLE_READS).then(|| {
+            self.idle_reads.set(n + 1);
+            IdleRead(self.idle_reads.clone())
+        })
     }
 
     /// Open client connections.
@@ -201,6 +221,15 @@ impl Worker {
                 unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
             }
         }
+    }
+}
+
+/// An idle read that holds a lent buffer; counted until dropped.
+pub struct IdleRead(Rc<Cell<usize>>);
+
+impl Drop for IdleRead {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 

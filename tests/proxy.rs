@@ -518,3 +518,40 @@ fn buffered_request_bodies_hold_no_backend_connection_while_they_trickle_in() {
     assert_eq!(rest.len() - head_end, 1000);
     assert!(rec.connections.load(Ordering::SeqCst) <= 2);
 }
+
+/// More idle keep-alive connections than a worker lets wait with a lent buffer
+/// (`MAX_IDLE_READS`, 128): the rest wait for readiness with none, and every one is served
+/// its next request, however the head is split, and then closed after `client_idle`.
+#[test]
+fn idle_connections_beyond_the_lent_reads_are_served_and_closed() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "timeouts: {client_idle: 2s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let mut clients: Vec<Client> = (0..300).map(|_| Client::connect(g.addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("GET /v1/proxy/svc/first/{i} HTTP/1.1\r\nHost: g\r\n\r\n").as_bytes());
+        assert_eq!(c.read_response().status, 200);
+    }
+    // All 300 are idle now. Half the next head first, the rest after every half arrived.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("GET /v1/proxy/svc/second/{i} HT").as_bytes());
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(b"TP/1.1\r\nHost: g\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "connection {i}");
+        assert_eq!(r.json()["path"], format!("/second/{i}"), "connection {i}");
+    }
+    let t = std::time::Instant::now();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let left = Duration::from_secs(6).saturating_sub(t.elapsed());
+        assert!(
+            c.closed_within(left),
+            "connection {i} still open after client_idle"
+        );
+    }
+}
