@@ -332,6 +332,15 @@ fn render_metrics(shared: &Shared) -> String {
             })
         })
         .collect();
+    let in_flight: Vec<(String, u64)> = snap
+        .services
+        .iter()
+        .filter(|s| s.admission.max_in_flight.is_some())
+        .map(|s| {
+            let n = s.admission.in_flight.load(Ordering::Relaxed);
+            (s.name.clone(), n)
+        })
+        .collect();
     let workers = shared
         .workers
         .lock()
@@ -354,6 +363,7 @@ fn render_metrics(shared: &Shared) -> String {
                 .unwrap_or(true),
             draining: shared.is_draining(),
             access_log_dropped: shared.access_log_dropped.load(Ordering::Relaxed),
+            in_flight: &in_flight,
         },
     )
 }
@@ -432,6 +442,16 @@ fn config(shared: &Shared) -> Value {
                     "cooldown": d(s.breaker.cooldown),
                     "failure_statuses": failure_statuses,
                 },
+                "rate_limit": s.rate_limit.as_ref().map_or(Value::String("off".into()), |l| json!({
+                    "rate": format!("{}/{}", l.count, match l.per_secs { 1 => "s", 60 => "m", _ => "h" }),
+                    "burst": l.burst,
+                    "key": match &l.key {
+                        crate::admission::LimitKey::Service => "service".to_string(),
+                        crate::admission::LimitKey::ClientIp => "client_ip".to_string(),
+                        crate::admission::LimitKey::Header(h) => format!("header:{h}"),
+                    },
+                })),
+                "max_in_flight": s.max_in_flight,
             })
         })
         .collect();
@@ -453,6 +473,9 @@ fn config(shared: &Shared) -> Value {
             crate::accesslog::Sink::Stdout => "stdout".to_string(),
             crate::accesslog::Sink::File(p) => p.display().to_string(),
         },
+        "rate_limit_headers": c.admission.headers,
+        "rate_limit_table": c.admission.table_cells,
+        "trusted_proxies": c.admission.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         "timeouts": {
             "connect": d(c.timeouts.connect),
             "response": d(c.timeouts.response),

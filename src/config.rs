@@ -49,7 +49,7 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -70,6 +70,8 @@ pub struct Config {
     pub pool: PoolSettings,
     /// Re-resolve backend host names this often (None: only at start and on SIGHUP).
     pub dns_refresh: Option<Duration>,
+    /// `rate_limit_headers`, `rate_limit_table`, `trusted_proxies`.
+    pub admission: crate::admission::Settings,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -110,6 +112,10 @@ pub struct ServiceConfig {
     pub name: String,
     pub backends: Vec<BackendUrl>,
     pub breaker: BreakerSettings,
+    /// The effective rate limit (the service's own, else the top-level one; None: off).
+    pub rate_limit: Option<crate::admission::RateLimit>,
+    /// Requests to this service in flight at once, all workers together.
+    pub max_in_flight: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -153,6 +159,10 @@ struct RawConfig {
     limits: Option<RawLimits>,
     pool: Option<RawPool>,
     dns_refresh: Option<String>,
+    rate_limit: Option<serde_yaml_ng::Value>,
+    rate_limit_headers: Option<bool>,
+    rate_limit_table: Option<usize>,
+    trusted_proxies: Option<Vec<String>>,
     services: Option<BTreeMap<String, serde_yaml_ng::Value>>,
 }
 
@@ -197,6 +207,8 @@ struct RawPool {
 struct RawService {
     backends: Vec<String>,
     breaker: Option<RawBreaker>,
+    rate_limit: Option<serde_yaml_ng::Value>,
+    max_in_flight: Option<u64>,
 }
 
 /// Parses `500ms`, `2s`, `1m`, `1h` into a duration.
@@ -426,11 +438,24 @@ impl Config {
             let _ = fmt::Write::write_fmt(
                 &mut s,
                 format_args!(
-                    "service {} -> [{}] (breaker: {} failures, cooldown {:?})\n",
+                    "service {} -> [{}] (breaker: {} failures, cooldown {:?}; rate limit: {}; max in flight: {})\n",
                     svc.name,
                     urls.join(", "),
                     svc.breaker.failure_threshold,
-                    svc.breaker.cooldown
+                    svc.breaker.cooldown,
+                    svc.rate_limit.as_ref().map_or("off".to_string(), |l| l.to_string()),
+                    svc.max_in_flight.map_or("off".to_string(), |n| n.to_string()),
+                ),
+            );
+        }
+        let table = crate::admission::Registry::table_bytes(self);
+        if table > 0 {
+            let _ = fmt::Write::write_fmt(
+                &mut s,
+                format_args!(
+                    "rate-limit table: {} cells, {} KiB (keyed budgets share it; a collision makes two keys share a budget)\n",
+                    self.admission.table_cells,
+                    table / 1024
                 ),
             );
         }
@@ -547,6 +572,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "no services configured: add at least one, e.g.\nservices:\n  user-service:\n    - http://127.0.0.1:8001",
         ));
     }
+    let global_limit = match &raw.rate_limit {
+        Some(v) => crate::admission::parse_rate_limit("rate_limit", v)?,
+        None => None,
+    };
+    let admission = admission_settings(
+        raw.rate_limit_headers,
+        raw.rate_limit_table,
+        raw.trusted_proxies.as_deref(),
+    )?;
     let mut services = Vec::with_capacity(raw_services.len());
     for (name, value) in raw_services {
         let key = format!("services.{name}");
@@ -556,18 +590,29 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("invalid service name {name:?}: use lowercase letters, digits and '-', starting with a letter or digit, at most 63"),
             ));
         }
-        let (urls, breaker) = match value {
+        let (urls, breaker, rate_limit, max_in_flight) = match value {
             serde_yaml_ng::Value::Sequence(_) => {
                 let urls: Vec<String> = serde_yaml_ng::from_value(value)
                     .map_err(|e| invalid(&key, format!("{e}: list backend URLs as strings")))?;
-                (urls, global_breaker)
+                (urls, global_breaker, global_limit.clone(), None)
             }
             serde_yaml_ng::Value::Mapping(_) => {
                 let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
                     invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`)"))
                 })?;
                 let b = breaker_settings(&format!("{key}.breaker"), full.breaker.as_ref(), &global_breaker)?;
-                (full.backends, b)
+                let limit = match &full.rate_limit {
+                    Some(v) => crate::admission::parse_rate_limit(&format!("{key}.rate_limit"), v)?,
+                    None => global_limit.clone(),
+                };
+                let max = crate::admission::MAX_IN_FLIGHT;
+                if let Some(n) = full.max_in_flight.filter(|n| !(1..=max).contains(n)) {
+                    return Err(invalid(
+                        format!("{key}.max_in_flight"),
+                        format!("{n} is out of range: use 1 to {max}, or leave it out for no limit"),
+                    ));
+                }
+                (full.backends, b, limit, full.max_in_flight)
             }
             other => {
                 return Err(invalid(
@@ -597,6 +642,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             name,
             backends,
             breaker,
+            rate_limit,
+            max_in_flight,
         });
     }
     let access_log = match raw.access_log.as_deref().map(str::trim) {
@@ -633,7 +680,34 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         limits,
         pool,
         dns_refresh,
+        admission,
         services,
+    })
+}
+
+fn admission_settings(
+    headers: Option<bool>,
+    table: Option<usize>,
+    trusted: Option<&[String]>,
+) -> Result<crate::admission::Settings, ConfigError> {
+    use crate::admission::{Cidr, Settings, MAX_TABLE_CELLS, MIN_TABLE_CELLS};
+    let table_cells = table.unwrap_or(crate::admission::DEFAULT_TABLE_CELLS);
+    if !(MIN_TABLE_CELLS..=MAX_TABLE_CELLS).contains(&table_cells) {
+        return Err(invalid(
+            "rate_limit_table",
+            format!("{table_cells} is out of range: use {MIN_TABLE_CELLS} to {MAX_TABLE_CELLS} cells (8 bytes each)"),
+        ));
+    }
+    let trusted_proxies = trusted
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Cidr::parse(&format!("trusted_proxies[{i}]"), c))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Settings {
+        headers: headers.unwrap_or(false),
+        table_cells,
+        trusted_proxies,
     })
 }
 

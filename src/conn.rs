@@ -9,6 +9,7 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use crate::accesslog;
+use crate::admission::{Caller, Verdict};
 use crate::balancer::View;
 use crate::downstream::{After, Downstream, Record};
 use crate::error::GatewayError;
@@ -41,7 +42,12 @@ pub struct Conn {
 
 /// What the next bytes on the connection amount to.
 enum Next {
-    Forward(Request),
+    /// Forward it; `held`: admission took an in-flight slot of the service, to release
+    /// when the exchange ends.
+    Forward {
+        req: Request,
+        held: bool,
+    },
     /// `OPTIONS *`: answered by the gateway itself; keep the connection if the request was
     /// complete and bodyless and the client wants it kept.
     Options {
@@ -54,6 +60,9 @@ enum Next {
         keep_alive: bool,
         with_service: bool,
         method: Option<h1::Method>,
+        /// The service, when the request was routed to one (metrics and the access log).
+        svc: Option<usize>,
+        retry_after: Option<u64>,
     },
     Close,
 }
@@ -91,6 +100,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let mut c = Conn::new(stream, peer, &worker);
     while !worker.draining() {
         c.down.record = Record::default();
+        c.down.fields.clear();
         c.down.head = false;
         c.target.clear();
         c.park(&worker);
@@ -102,7 +112,9 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         // Only the access log reports the total time; skip the clock read otherwise.
         let started = worker.access.enabled().then(Instant::now);
         let after = match next {
-            Next::Forward(mut req) => {
+            Next::Forward { mut req, held } => {
+                // Admission's in-flight slot is released whatever way the exchange ends.
+                let _slot = held.then(|| Release(&view.snapshot.services[req.svc].admission));
                 if worker.draining() {
                     req.info.keep_alive = false; // the response says `Connection: close`
                 }
@@ -141,12 +153,16 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 keep_alive,
                 with_service,
                 method,
+                svc,
+                retry_after,
             } => {
                 let timeout = view.snapshot.config.timeouts.body;
                 let service = with_service.then_some(&c.service[..]);
-                let reply = c.down.reply(err, service, None, !keep_alive, timeout);
+                let reply = c
+                    .down
+                    .reply(err, service, retry_after, !keep_alive, timeout);
                 let sent = Box::pin(reply).await;
-                finish(&worker, &view, &c, None, method, started);
+                finish(&worker, &view, &c, svc, method, started);
                 if sent && keep_alive {
                     After::Keep
                 } else {
@@ -163,6 +179,15 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 break;
             }
         }
+    }
+}
+
+/// Gives back an in-flight slot of a service when dropped.
+struct Release<'a>(&'a crate::admission::Admission);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
@@ -197,6 +222,30 @@ fn finish(
             total_us: started.map_or(0, |t| t.elapsed().as_micros() as u64),
             error: rec.error.map(GatewayError::code),
         });
+    }
+}
+
+/// Admission control for a routed request (`admission.rs`): forward it, or answer 429 or
+/// 503 `overloaded` without touching a backend or a breaker.
+fn admit(view: &View, caller: &Caller<'_>, fields: &mut Vec<u8>, req: Request) -> Next {
+    let service = &view.snapshot.services[req.svc];
+    if !service.admission.is_limited() {
+        return Next::Forward { req, held: false };
+    }
+    let trusted = &view.snapshot.config.admission.trusted_proxies;
+    let (err, retry_after) = match service.admission.admit(caller, trusted, fields) {
+        Verdict::Admit { held } => return Next::Forward { req, held },
+        Verdict::Limited { retry_after } => (GatewayError::RateLimited, retry_after),
+        Verdict::Overloaded => (GatewayError::Overloaded, 1),
+    };
+    Next::Reject {
+        err,
+        // A body it may have is not read: then the connection closes.
+        keep_alive: req.info.keep_alive && req.info.framing == Framing::None,
+        with_service: true,
+        method: Some(req.info.method),
+        svc: Some(req.svc),
+        retry_after: Some(retry_after),
     }
 }
 
@@ -258,7 +307,13 @@ async fn next_request(
                     );
                     d.start += head_len;
                     let next = match result {
-                        Ok(svc) => Next::Forward(Request { info, svc }),
+                        Ok(svc) => {
+                            let caller = Caller {
+                                peer: d.peer.ip(),
+                                headers: parsed.headers,
+                            };
+                            admit(&view, &caller, &mut d.fields, Request { info, svc })
+                        }
                         Err(err) => Next::Reject {
                             err,
                             // Safe to go on only if no body is left unread; every
@@ -269,6 +324,8 @@ async fn next_request(
                             with_service: err == GatewayError::ServiceNotFound
                                 && !c.service.is_empty(),
                             method: Some(info.method),
+                            svc: None,
+                            retry_after: None,
                         },
                     };
                     return (next, view);
@@ -280,6 +337,8 @@ async fn next_request(
                         keep_alive: false,
                         with_service: false,
                         method: None,
+                        svc: None,
+                        retry_after: None,
                     };
                     return (next, view);
                 }
@@ -330,6 +389,8 @@ async fn next_request(
                     keep_alive: false,
                     with_service: false,
                     method: None,
+                    svc: None,
+                    retry_after: None,
                 };
                 return (next, worker.view());
             }

@@ -48,6 +48,9 @@ pub struct Downstream {
     pub record: Record,
     /// The worker's `Date` line, for every response this connection sends.
     pub date: Rc<DateCache>,
+    /// Header lines (each ending in CRLF) for the current request's response, made or
+    /// relayed: the RateLimit fields. Usually empty.
+    pub fields: Vec<u8>,
 }
 
 /// What the client connection does after a request.
@@ -73,6 +76,7 @@ impl Downstream {
             head: false,
             record: Record::default(),
             date,
+            fields: Vec::new(),
         }
     }
 
@@ -87,7 +91,11 @@ impl Downstream {
     ) -> bool {
         self.out.clear();
         let date = self.date.line();
-        err.write_response(&mut self.out, &date, service, retry_after, close, self.head);
+        let extra = error::Extra {
+            retry_after,
+            fields: &self.fields,
+        };
+        err.write_response(&mut self.out, &date, service, extra, close, self.head);
         self.record.status = err.status();
         self.record.error = Some(err);
         self.send_out(timeout).await

@@ -30,6 +30,10 @@ pub enum GatewayError {
     HeadersTooLarge,
     /// 501: a method we do not know (RFC 9110 §9.1).
     NotImplemented,
+    /// 429: over the service's rate limit.
+    RateLimited,
+    /// 503: the service is at `max_in_flight`.
+    Overloaded,
     /// 502: connect refused or reset.
     ConnectFailed,
     /// 502: backend closed or reset before a complete response head.
@@ -46,7 +50,7 @@ pub enum GatewayError {
 
 impl GatewayError {
     /// One of each kind, in `index` order (for metrics).
-    pub const ALL: [GatewayError; 16] = [
+    pub const ALL: [GatewayError; 18] = [
         GatewayError::BadRequest(""),
         GatewayError::RouteNotFound,
         GatewayError::ServiceNotFound,
@@ -63,6 +67,8 @@ impl GatewayError {
         GatewayError::NoBackend,
         GatewayError::ConnectTimeout,
         GatewayError::ResponseTimeout,
+        GatewayError::RateLimited,
+        GatewayError::Overloaded,
     ];
 
     /// Position of this kind in [`GatewayError::ALL`].
@@ -85,6 +91,8 @@ impl GatewayError {
             NoBackend => 13,
             ConnectTimeout => 14,
             ResponseTimeout => 15,
+            RateLimited => 16,
+            Overloaded => 17,
         }
     }
 
@@ -100,8 +108,9 @@ impl GatewayError {
             ExpectationFailed => 417,
             HeadersTooLarge => 431,
             NotImplemented => 501,
+            RateLimited => 429,
             ConnectFailed | BackendClosed | BadResponse(_) => 502,
-            NoBackend => 503,
+            NoBackend | Overloaded => 503,
             ConnectTimeout | ResponseTimeout => 504,
         }
     }
@@ -126,6 +135,8 @@ impl GatewayError {
             NoBackend => "no_backend_available",
             ConnectTimeout => "backend_connect_timeout",
             ResponseTimeout => "backend_timeout",
+            RateLimited => "rate_limited",
+            Overloaded => "overloaded",
         }
     }
 
@@ -138,6 +149,7 @@ impl GatewayError {
             413 => "Content Too Large",
             414 => "URI Too Long",
             417 => "Expectation Failed",
+            429 => "Too Many Requests",
             431 => "Request Header Fields Too Large",
             501 => "Not Implemented",
             502 => "Bad Gateway",
@@ -154,7 +166,7 @@ impl GatewayError {
     /// Writes the complete response (head and JSON body) into `out`.
     ///
     /// `date` is the worker's current `date: ...` line; `service` is included when known to
-    /// be a valid name; `retry_after` (seconds) goes with 503; `close` adds
+    /// be a valid name; `extra` adds `Retry-After` and other header lines; `close` adds
     /// `Connection: close`; `head` (a HEAD request) keeps the `Content-Length` but leaves
     /// the body out.
     pub fn write_response(
@@ -162,7 +174,7 @@ impl GatewayError {
         out: &mut Vec<u8>,
         date: &[u8; LINE_LEN],
         service: Option<&[u8]>,
-        retry_after: Option<u64>,
+        extra: Extra<'_>,
         close: bool,
         head: bool,
     ) {
@@ -198,11 +210,12 @@ impl GatewayError {
         out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
         push_dec(out, body_len as u64);
         out.extend_from_slice(b"\r\n");
-        if let Some(secs) = retry_after {
+        if let Some(secs) = extra.retry_after {
             out.extend_from_slice(b"retry-after: ");
             push_dec(out, secs);
             out.extend_from_slice(b"\r\n");
         }
+        out.extend_from_slice(extra.fields);
         if self == GatewayError::MethodNotAllowed {
             out.extend_from_slice(ALLOW);
         }
@@ -217,6 +230,29 @@ impl GatewayError {
             out.extend_from_slice(piece);
         }
         out.extend_from_slice(b"}\n");
+    }
+}
+
+/// Header lines a gateway-made response may carry beyond the fixed ones.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra<'a> {
+    /// `Retry-After` in seconds (503, 429).
+    pub retry_after: Option<u64>,
+    /// Whole lines, each ending in CRLF (the RateLimit fields of a 429).
+    pub fields: &'a [u8],
+}
+
+impl Extra<'_> {
+    pub const NONE: Extra<'static> = Extra {
+        retry_after: None,
+        fields: b"",
+    };
+
+    pub fn retry_after(secs: u64) -> Extra<'static> {
+        Extra {
+            retry_after: Some(secs),
+            fields: b"",
+        }
     }
 }
 
@@ -269,7 +305,7 @@ mod tests {
             &mut get,
             DATE,
             Some(b"x"),
-            None,
+            Extra::NONE,
             false,
             false,
         );
@@ -277,7 +313,7 @@ mod tests {
             &mut head,
             DATE,
             Some(b"x"),
-            None,
+            Extra::NONE,
             false,
             true,
         );
@@ -303,7 +339,7 @@ mod tests {
             &mut out,
             DATE,
             Some(b"users"),
-            Some(7),
+            Extra::retry_after(7),
             false,
             false,
         );
@@ -323,7 +359,7 @@ mod tests {
         for e in GatewayError::ALL {
             for head in [false, true] {
                 let mut out = Vec::new();
-                e.write_response(&mut out, DATE, None, Some(1), true, head);
+                e.write_response(&mut out, DATE, None, Extra::retry_after(1), true, head);
                 let text = String::from_utf8(out).unwrap();
                 let mut lines = text.split("\r\n");
                 assert!(lines.next().unwrap().starts_with("HTTP/1.1 "));
@@ -339,7 +375,7 @@ mod tests {
         assert_eq!((e.status(), e.code()), (501, "not_implemented"));
         assert!(!e.is_backend_failure());
         let mut out = Vec::new();
-        e.write_response(&mut out, DATE, None, None, true, false);
+        e.write_response(&mut out, DATE, None, Extra::NONE, true, false);
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.starts_with("HTTP/1.1 501 Not Implemented\r\n"),
@@ -351,7 +387,14 @@ mod tests {
             "{text}"
         );
         let mut out = Vec::new();
-        GatewayError::MethodNotAllowed.write_response(&mut out, DATE, None, None, true, false);
+        GatewayError::MethodNotAllowed.write_response(
+            &mut out,
+            DATE,
+            None,
+            Extra::NONE,
+            true,
+            false,
+        );
         assert!(String::from_utf8(out)
             .unwrap()
             .contains("\r\nallow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n"));
@@ -370,8 +413,14 @@ mod tests {
     #[test]
     fn detail_and_close() {
         let mut out = Vec::new();
-        GatewayError::BadRequest("missing_host")
-            .write_response(&mut out, DATE, None, None, true, false);
+        GatewayError::BadRequest("missing_host").write_response(
+            &mut out,
+            DATE,
+            None,
+            Extra::NONE,
+            true,
+            false,
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("connection: close\r\n"));
         assert!(text.ends_with("{\"error\":\"bad_request\",\"detail\":\"missing_host\"}\n"));

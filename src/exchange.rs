@@ -586,6 +586,7 @@ impl Exchange<'_> {
         // connection after this response.
         let keep_client =
             self.info.keep_alive && head.framed_for_client && !early && !self.worker.draining();
+        down.out.extend_from_slice(&down.fields);
         rewrite::end_response_head(&mut down.out, keep_client, self.info.minor);
         let mut body = BodyRelay::new(head.framing, head.client_chunked, u64::MAX);
         let used = match body.feed(&self.ubuf[self.ustart..], &mut down.out) {

@@ -102,7 +102,7 @@ pub struct RequestInfo {
 }
 
 /// True for bytes that may appear in a field name (RFC 9110 `tchar`).
-fn is_tchar(b: u8) -> bool {
+pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

@@ -30,6 +30,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod admission;
 pub mod balancer;
 pub mod breaker;
 pub mod config;

@@ -87,6 +87,8 @@ pub struct WorkerMetrics {
     requests: Box<[Counter]>,
     /// Per service: requests that ended with no response sent (the client went away).
     aborted: Box<[Counter]>,
+    /// `service * 2`: answered 429 (rate limited); `+ 1`: 503 overloaded.
+    admission: Box<[Counter]>,
     /// Responses the gateway made itself, by `GatewayError::index`.
     pub errors: Box<[Counter]>,
     pub connect: Histograms,
@@ -107,6 +109,7 @@ impl Default for WorkerMetrics {
             accepted: Counter::default(),
             requests: counters(MAX_SERVICES * 5),
             aborted: counters(MAX_SERVICES),
+            admission: counters(MAX_SERVICES * 2),
             errors: counters(GatewayError::ALL.len()),
             connect: Histograms::new(),
             response: Histograms::new(),
@@ -131,6 +134,11 @@ impl WorkerMetrics {
             } else {
                 let class = (status / 100).clamp(1, 5) as usize - 1;
                 self.requests[s * 5 + class].inc();
+            }
+            match error {
+                Some(GatewayError::RateLimited) => self.admission[s * 2].inc(),
+                Some(GatewayError::Overloaded) => self.admission[s * 2 + 1].inc(),
+                _ => {}
             }
         }
         if let Some(e) = error {
@@ -177,6 +185,8 @@ pub struct Names<'a> {
     pub last_reload_ok: bool,
     pub draining: bool,
     pub access_log_dropped: u64,
+    /// (service, requests in flight) for the services with `max_in_flight`.
+    pub in_flight: &'a [(String, u64)],
 }
 
 fn escape(v: &str) -> String {
@@ -217,6 +227,33 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
             "gateway_requests_aborted_total{{service=\"{}\"}} {v}",
             escape(name)
         );
+    }
+    for (metric, help, k) in [
+        (
+            "gateway_rate_limited_total",
+            "Requests answered 429: over the service's rate limit.",
+            0,
+        ),
+        (
+            "gateway_overloaded_total",
+            "Requests answered 503 overloaded: the service was at max_in_flight.",
+            1,
+        ),
+    ] {
+        let _ = writeln!(w, "# HELP {metric} {help}");
+        let _ = writeln!(w, "# TYPE {metric} counter");
+        for (id, name) in names.services.iter().filter(|(id, _)| *id < MAX_SERVICES) {
+            let v = sum(workers, |m| m.admission[id * 2 + k].get());
+            let _ = writeln!(w, "{metric}{{service=\"{}\"}} {v}", escape(name));
+        }
+    }
+    let _ = writeln!(
+        w,
+        "# HELP gateway_in_flight Requests admitted and not finished, for services with max_in_flight."
+    );
+    let _ = writeln!(w, "# TYPE gateway_in_flight gauge");
+    for (name, v) in names.in_flight {
+        let _ = writeln!(w, "gateway_in_flight{{service=\"{}\"}} {v}", escape(name));
     }
     let _ = writeln!(
         w,
@@ -406,6 +443,7 @@ mod tests {
         b.response(Some(0), 503, Some(GatewayError::NoBackend));
         // The client went away before any response: aborted, not a status class.
         a.response(Some(0), 0, None);
+        b.response(Some(0), 429, Some(GatewayError::RateLimited));
         a.response.observe(0, 700);
         b.response.observe(0, 20_000_000);
         let services = vec![(0, "svc".to_string())];
@@ -421,7 +459,20 @@ mod tests {
                 last_reload_ok: false,
                 draining: false,
                 access_log_dropped: 4,
+                in_flight: &[("svc".to_string(), 3)],
             },
+        );
+        assert!(
+            text.contains("gateway_in_flight{service=\"svc\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_rate_limited_total{service=\"svc\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_overloaded_total{service=\"svc\"} 0\n"),
+            "{text}"
         );
         assert!(
             text.contains("gateway_requests_total{service=\"svc\",class=\"2xx\"} 2\n"),

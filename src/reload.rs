@@ -26,6 +26,8 @@ pub struct Changes {
     pub breakers_carried: usize,
     /// Of those, the ones not CLOSED right now.
     pub breakers_carried_open: usize,
+    /// Rate-limit budgets carried over (same service, limit and key) and started fresh.
+    pub budgets: crate::admission::BudgetReport,
     /// Keys whose new value only applies after a restart.
     pub ignored_until_restart: Vec<&'static str>,
 }
@@ -47,6 +49,13 @@ impl fmt::Display for Changes {
             self.breakers_carried,
             self.breakers_carried_open,
         )?;
+        if self.budgets.kept + self.budgets.fresh > 0 {
+            write!(
+                f,
+                "; rate-limit budgets carried over: {}, fresh: {}",
+                self.budgets.kept, self.budgets.fresh
+            )?;
+        }
         if self.backends_readdressed > 0 {
             write!(
                 f,
@@ -128,6 +137,7 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
             .count()
             - readdressed,
         breakers_carried_open: 0,
+        budgets: Default::default(),
         ignored_until_restart: ignored,
     }
 }
@@ -145,8 +155,9 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<Changes, ConfigError> {
         new.pin_workers = old.config.pin_workers;
         new.admin = old.config.admin;
         new.access_log = old.config.access_log.clone();
-        let (generation, _) = shared.install(new);
+        let (generation, report) = shared.install(new);
         changes.generation = generation;
+        changes.budgets = report.budgets;
         let snap = shared.current.load();
         changes.breakers_carried_open = snap
             .services

@@ -47,6 +47,8 @@ pub struct Service {
     pub backends: Vec<Backend>,
     pub settings: BreakerSettings,
     pub policy: Policy,
+    /// Rate and concurrency limits (see `admission.rs`).
+    pub admission: crate::admission::Admission,
 }
 
 /// Everything that must change together on a reload.
@@ -89,6 +91,7 @@ struct Registry {
     next_slot: usize,
     /// Every service name ever configured, in id order.
     services: Vec<String>,
+    admission: crate::admission::Registry,
 }
 
 impl Registry {
@@ -111,6 +114,8 @@ pub struct BuildReport {
     pub backends_removed: usize,
     /// Same (service, URL), but the host name now resolves to another address.
     pub backends_readdressed: usize,
+    /// Rate-limit budgets carried over (same service, limit and key) and started fresh.
+    pub budgets: crate::admission::BudgetReport,
 }
 
 /// Outcome counters of reloads (control path only).
@@ -189,10 +194,13 @@ impl Shared {
 fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, BuildReport) {
     let mut report = BuildReport::default();
     let mut live: HashMap<(String, String), (usize, Arc<BreakerCell>, SocketAddr)> = HashMap::new();
+    let (admissions, budgets) = reg.admission.build(&config);
+    report.budgets = budgets;
     let mut services: Vec<Service> = config
         .services
         .iter()
-        .map(|sc| {
+        .zip(admissions)
+        .map(|(sc, admission)| {
             let backends = sc
                 .backends
                 .iter()
@@ -231,6 +239,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                 backends,
                 settings: sc.breaker,
                 policy: policy(&sc.breaker, &config),
+                admission,
             }
         })
         .collect();
@@ -279,6 +288,7 @@ mod tests {
                 backends_added: 2,
                 backends_removed: 1,
                 backends_readdressed: 0,
+                budgets: Default::default(),
             }
         );
         let snap2 = shared.current.load_full();
@@ -319,6 +329,7 @@ mod tests {
                 backends_added: 0,
                 backends_removed: 0,
                 backends_readdressed: 1,
+                budgets: Default::default(),
             }
         );
         let after = shared.current.load_full();

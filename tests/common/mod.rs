@@ -203,6 +203,27 @@ impl Client {
         }
     }
 
+    /// Connects from a chosen local address (e.g. 127.0.0.2, to be another client IP).
+    pub fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> Client {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        sock.bind(&SocketAddr::new(local, 0).into()).expect("bind");
+        sock.connect(&addr.into()).expect("connect");
+        let stream: TcpStream = sock.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");
     }

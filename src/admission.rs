@@ -1,0 +1,784 @@
+//! Admission control: GCRA rate limits on shared atomic words, and concurrency limits.
+//!
+//! A budget is one word: its theoretical arrival time (TAT, ns on the process clock). A
+//! request is admitted when pushing the TAT one emission interval further keeps it within
+//! `burst` intervals of now; the push is a CAS loop on an `AtomicU64` that every worker
+//! shares, so a limit is exact across cores and takes no lock. A budget keyed by the
+//! service is one word per service; keyed budgets (`client_ip`, `header:NAME`) are cells
+//! of one fixed table, indexed by a hash with a per-process random key: nobody can aim at
+//! a cell, and a collision only makes two keys share a budget (stricter, never looser).
+//! `max_in_flight` is a counter per service, held from admission to the response's end.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+
+use crate::config::ConfigError;
+use crate::h1;
+
+/// Default number of cells of the keyed-budget table.
+pub const DEFAULT_TABLE_CELLS: usize = 65536;
+/// Bounds of `rate_limit_table` (8 B per cell: 8 KiB to 128 MiB).
+pub const MIN_TABLE_CELLS: usize = 1024;
+pub const MAX_TABLE_CELLS: usize = 16 * 1024 * 1024;
+/// Largest `max_in_flight`.
+pub const MAX_IN_FLIGHT: u64 = 1_000_000;
+/// Largest `burst`.
+pub const MAX_BURST: u64 = 1_000_000;
+/// Largest number of requests per unit in `rate`.
+pub const MAX_RATE: u64 = 1_000_000_000;
+
+const NS: u64 = 1_000_000_000;
+
+/// What a budget is kept per.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    /// One budget for the whole service.
+    Service,
+    /// One per client address (see `trusted_proxies`).
+    ClientIp,
+    /// One per value of this request header (lowercase name); requests without it share one.
+    Header(String),
+}
+
+/// A configured rate limit: `count` requests per `per_secs`, `burst` at once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    pub count: u64,
+    pub per_secs: u64,
+    pub burst: u64,
+    pub key: LimitKey,
+}
+
+impl RateLimit {
+    /// Nanoseconds between two requests at the steady rate (at least 1).
+    pub fn interval_ns(&self) -> u64 {
+        ((u128::from(self.per_secs) * u128::from(NS)) / u128::from(self.count)).max(1) as u64
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per_secs {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit} burst {} key ", self.count, self.burst)?;
+        match &self.key {
+            LimitKey::Service => f.write_str("service"),
+            LimitKey::ClientIp => f.write_str("client_ip"),
+            LimitKey::Header(h) => write!(f, "header:{h}"),
+        }
+    }
+}
+
+/// A network (`trusted_proxies` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(key: &str, text: &str) -> Result<Cidr, ConfigError> {
+        let bad = |why: &str| {
+            crate::config::invalid(
+                key,
+                format!("{text:?} {why}: write an address or a network, e.g. 10.0.0.0/8, 192.168.1.7 or fd00::/8"),
+            )
+        };
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = ip.trim().parse().map_err(|_| bad("is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(p) if p <= max => p,
+                _ => return Err(bad("has a bad prefix length")),
+            },
+        };
+        Ok(Cidr {
+            addr: canonical(addr),
+            prefix: if addr.is_ipv4() || canonical(addr) == addr {
+                prefix
+            } else {
+                prefix.saturating_sub(96)
+            },
+        })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Process-wide admission settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Add the RateLimit fields to admitted responses of limited services too.
+    pub headers: bool,
+    /// Cells of the keyed-budget table.
+    pub table_cells: usize,
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            headers: false,
+            table_cells: DEFAULT_TABLE_CELLS,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Parses a `rate_limit` value: `off` (Ok(None)) or `{ rate, burst, key }`.
+pub fn parse_rate_limit(
+    key: &str,
+    value: &serde_yaml_ng::Value,
+) -> Result<Option<RateLimit>, ConfigError> {
+    use crate::config::invalid;
+    use serde_yaml_ng::Value;
+    let map = match value {
+        Value::String(s) if s == "off" => return Ok(None),
+        Value::Bool(false) => return Ok(None),
+        Value::Mapping(m) => m,
+        other => {
+            return Err(invalid(
+                key,
+                format!("{other:?} is not a rate limit: write {{ rate: 100/s, burst: 20, key: service }} or off"),
+            ))
+        }
+    };
+    let mut rate = None;
+    let mut burst = None;
+    let mut limit_key = LimitKey::Service;
+    for (k, v) in map {
+        let name = k.as_str().unwrap_or("");
+        let sub = format!("{key}.{name}");
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            other => {
+                return Err(invalid(
+                    &sub,
+                    format!("{other:?} is not a value: see the README's admission control section"),
+                ))
+            }
+        };
+        match name {
+            "rate" => rate = Some(parse_rate(&sub, &text)?),
+            "burst" => match text.trim().parse::<u64>() {
+                Ok(b) if (1..=MAX_BURST).contains(&b) => burst = Some(b),
+                _ => {
+                    return Err(invalid(
+                        &sub,
+                        format!("{text:?} is out of range: use a whole number from 1 to {MAX_BURST} (requests that may arrive at once)"),
+                    ))
+                }
+            },
+            "key" => limit_key = parse_key(&sub, text.trim())?,
+            "scope" => {
+                return Err(invalid(
+                    &sub,
+                    "is not supported yet: budgets are per instance (remove the key)",
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    &sub,
+                    "is not a rate_limit key: use rate, burst and key",
+                ))
+            }
+        }
+    }
+    let Some((count, per_secs)) = rate else {
+        return Err(invalid(
+            format!("{key}.rate"),
+            "is missing: write e.g. rate: 100/s (or N/m, N/h)",
+        ));
+    };
+    // Default burst: one second's worth, at least 1.
+    let burst = burst.unwrap_or_else(|| (count / per_secs).clamp(1, MAX_BURST));
+    Ok(Some(RateLimit {
+        count,
+        per_secs,
+        burst,
+        key: limit_key,
+    }))
+}
+
+fn parse_rate(key: &str, text: &str) -> Result<(u64, u64), ConfigError> {
+    let bad = |why: &str| {
+        crate::config::invalid(
+            key,
+            format!(
+                "{text:?} {why}: write N/s, N/m or N/h with N from 1 to {MAX_RATE}, e.g. 100/s"
+            ),
+        )
+    };
+    let (n, unit) = text
+        .trim()
+        .split_once('/')
+        .ok_or_else(|| bad("has no unit"))?;
+    let per_secs = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(bad("has a bad unit")),
+    };
+    match n.trim().parse::<u64>() {
+        Ok(n) if (1..=MAX_RATE).contains(&n) => Ok((n, per_secs)),
+        _ => Err(bad("is not a positive rate")),
+    }
+}
+
+fn parse_key(key: &str, text: &str) -> Result<LimitKey, ConfigError> {
+    match text {
+        "service" => Ok(LimitKey::Service),
+        "client_ip" => Ok(LimitKey::ClientIp),
+        _ => match text.strip_prefix("header:") {
+            Some(name) if !name.is_empty() && name.bytes().all(h1::is_tchar) => {
+                Ok(LimitKey::Header(name.to_ascii_lowercase()))
+            }
+            _ => Err(crate::config::invalid(
+                key,
+                format!("{text:?} is not a key: use service, client_ip or header:NAME (a valid header name, e.g. header:x-api-key)"),
+            )),
+        },
+    }
+}
+
+// ---- the request path ----
+
+/// Nanoseconds on the process clock (never 0 after start, so a fresh word means "no TAT").
+fn now_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + NS
+}
+
+/// The GCRA step on one budget word: Ok(TAT after this request) if admitted, else
+/// Err(ns until a request would be).
+#[inline]
+fn gcra(word: &AtomicU64, now: u64, interval: u64, tolerance: u64) -> Result<u64, u64> {
+    let mut tat = word.load(Ordering::Relaxed);
+    loop {
+        let next = tat.max(now) + interval;
+        if next - now > tolerance {
+            return Err(next - now - tolerance);
+        }
+        match word.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Ok(next),
+            Err(seen) => tat = seen,
+        }
+    }
+}
+
+/// The keyed-budget cells, shared by every keyed budget of every service.
+pub struct Table {
+    cells: Box<[AtomicU64]>,
+    hasher: RandomState,
+}
+
+impl fmt::Debug for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Table({} cells)", self.cells.len())
+    }
+}
+
+impl Table {
+    fn new(cells: usize) -> Table {
+        Table {
+            cells: (0..cells).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn cell(&self, budget: u64, tag: u8, key: &[u8]) -> &AtomicU64 {
+        let mut h = self.hasher.build_hasher();
+        budget.hash(&mut h);
+        tag.hash(&mut h);
+        key.hash(&mut h);
+        // Lemire's reduction: uniform over any table size.
+        let i = ((u128::from(h.finish()) * self.cells.len() as u128) >> 64) as usize;
+        &self.cells[i]
+    }
+}
+
+/// One service's rate limit, as the request path uses it.
+#[derive(Debug)]
+pub struct Limiter {
+    pub limit: RateLimit,
+    interval: u64,
+    tolerance: u64,
+    /// The service's word (`key: service`).
+    word: Option<Arc<CachePadded<AtomicU64>>>,
+    /// For keyed budgets: the table, and this budget's identity in the hash (the same for
+    /// the same service, limit and key, so an unchanged budget keeps its cells on reload).
+    table: Option<Arc<Table>>,
+    budget: u64,
+    /// `ratelimit-policy: ...\r\n`, formatted once.
+    policy_line: Box<[u8]>,
+}
+
+/// What admission decided.
+pub enum Verdict {
+    /// Go on. `held` says whether an in-flight slot was taken (release it with
+    /// [`Admission::release`] when the response ends).
+    Admit { held: bool },
+    /// Over the rate limit: answer 429 with `Retry-After` (seconds).
+    Limited { retry_after: u64 },
+    /// At `max_in_flight`: answer 503 `overloaded`.
+    Overloaded,
+}
+
+/// A service's admission state.
+#[derive(Debug)]
+pub struct Admission {
+    pub limiter: Option<Limiter>,
+    pub max_in_flight: Option<u64>,
+    /// Requests admitted and not yet finished (kept by service name across reloads, so
+    /// requests that started on an older snapshot release the same counter).
+    pub in_flight: Arc<CachePadded<AtomicU64>>,
+    headers: bool,
+}
+
+/// What identifies the client and the request for keyed budgets.
+pub struct Caller<'a> {
+    pub peer: IpAddr,
+    pub headers: &'a [httparse::Header<'a>],
+}
+
+impl Admission {
+    /// Whether this service has any limit (the request path skips everything else).
+    #[inline]
+    pub fn is_limited(&self) -> bool {
+        self.limiter.is_some() || self.max_in_flight.is_some()
+    }
+
+    /// Decides about one request. `fields` receives the RateLimit header lines to send
+    /// with the answer (on a 429 always, on admitted responses with `rate_limit_headers`).
+    pub fn admit(&self, caller: &Caller<'_>, trusted: &[Cidr], fields: &mut Vec<u8>) -> Verdict {
+        let held = match self.max_in_flight {
+            Some(max) => {
+                if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+                    self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    return Verdict::Overloaded;
+                }
+                true
+            }
+            None => false,
+        };
+        let Some(l) = &self.limiter else {
+            return Verdict::Admit { held };
+        };
+        let now = now_ns();
+        let word: &AtomicU64 = match (&l.word, &l.table) {
+            (Some(w), _) => w,
+            (None, Some(table)) => match &l.limit.key {
+                LimitKey::ClientIp => {
+                    let ip = client_ip(caller.peer, caller.headers, trusted);
+                    match ip {
+                        IpAddr::V4(v4) => table.cell(l.budget, 4, &v4.octets()),
+                        IpAddr::V6(v6) => table.cell(l.budget, 6, &v6.octets()),
+                    }
+                }
+                LimitKey::Header(name) => {
+                    match caller.headers.iter().find(|h| h1::name_is(h.name, name)) {
+                        Some(h) => table.cell(l.budget, 1, h1::trim_ows(h.value)),
+                        None => table.cell(l.budget, 0, b""),
+                    }
+                }
+                LimitKey::Service => unreachable!("a service budget has its own word"),
+            },
+            (None, None) => unreachable!("a limiter has a word or a table"),
+        };
+        match gcra(word, now, l.interval, l.tolerance) {
+            Ok(tat) => {
+                if self.headers {
+                    let used = tat - now;
+                    let remaining = (l.tolerance - used) / l.interval;
+                    l.write_fields(fields, remaining, used.div_ceil(NS));
+                }
+                Verdict::Admit { held }
+            }
+            Err(wait) => {
+                if held {
+                    self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+                let retry_after = wait.div_ceil(NS).max(1);
+                l.write_fields(fields, 0, retry_after);
+                Verdict::Limited { retry_after }
+            }
+        }
+    }
+
+    /// Ends a request that [`Admission::admit`] admitted with `held`.
+    #[inline]
+    pub fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Limiter {
+    /// `RateLimit-Policy` and `RateLimit` as in draft-ietf-httpapi-ratelimit-headers (-09
+    /// and later): the policy is the steady rate (`q` requests per `w` seconds); `r` is how
+    /// many more requests would be admitted right now, `t` the seconds until the budget is
+    /// whole again (on a 429: until the next request is admitted).
+    fn write_fields(&self, out: &mut Vec<u8>, remaining: u64, reset: u64) {
+        out.extend_from_slice(&self.policy_line);
+        out.extend_from_slice(b"ratelimit: \"default\";r=");
+        h1::push_dec(out, remaining);
+        out.extend_from_slice(b";t=");
+        h1::push_dec(out, reset);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The client's address for `key: client_ip`: the peer, or, when the peer is a trusted
+/// proxy, the rightmost address in `X-Forwarded-For` that is not trusted (all lines, in
+/// order). When every listed address is trusted, the leftmost; an entry that is not an
+/// address stops the walk at the last trusted one.
+pub fn client_ip(peer: IpAddr, headers: &[httparse::Header<'_>], trusted: &[Cidr]) -> IpAddr {
+    let peer = canonical(peer);
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for h in headers
+        .iter()
+        .rev()
+        .filter(|h| h1::name_is(h.name, "x-forwarded-for"))
+    {
+        for entry in h.value.rsplit(|&b| b == b',') {
+            let text = std::str::from_utf8(h1::trim_ows(entry)).unwrap_or("");
+            let Some(ip) = parse_forwarded_ip(text) else {
+                return client;
+            };
+            client = canonical(ip);
+            if !is_trusted(client) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+/// An address as proxies write it in `X-Forwarded-For`: bare, or with a port.
+fn parse_forwarded_ip(text: &str) -> Option<IpAddr> {
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+}
+
+// ---- built on each snapshot, carried over reloads ----
+
+/// Budgets and in-flight counters by service, surviving reloads.
+#[derive(Default)]
+pub struct Registry {
+    /// `key: service` words by (service, limit).
+    words: HashMap<(String, RateLimit), Arc<CachePadded<AtomicU64>>>,
+    /// Keyed limits in use by (service, limit) (their cells live in the table).
+    keyed: HashMap<(String, RateLimit), u64>,
+    table: Option<Arc<Table>>,
+    in_flight: HashMap<String, Arc<CachePadded<AtomicU64>>>,
+    next_budget: u64,
+}
+
+/// Budgets a snapshot build kept and started fresh.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetReport {
+    pub kept: usize,
+    pub fresh: usize,
+}
+
+impl Registry {
+    /// The admission state of every service of `cfg`, in `cfg.services` order; budgets
+    /// whose service, limit and key did not change carry over.
+    pub fn build(&mut self, cfg: &crate::config::Config) -> (Vec<Admission>, BudgetReport) {
+        let mut report = BudgetReport::default();
+        let settings = &cfg.admission;
+        let table_changed = self
+            .table
+            .as_ref()
+            .is_some_and(|t| t.cells.len() != settings.table_cells);
+        let needs_table = cfg.services.iter().any(|s| {
+            s.rate_limit
+                .as_ref()
+                .is_some_and(|l| l.key != LimitKey::Service)
+        });
+        if !needs_table {
+            self.table = None;
+        } else if self.table.is_none() || table_changed {
+            self.table = Some(Arc::new(Table::new(settings.table_cells)));
+            self.keyed.clear();
+        }
+        let mut words = HashMap::new();
+        let mut keyed = HashMap::new();
+        let mut in_flight = HashMap::new();
+        let mut out = Vec::with_capacity(cfg.services.len());
+        for s in &cfg.services {
+            let counter = self
+                .in_flight
+                .get(&s.name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(CachePadded::new(AtomicU64::new(0))));
+            in_flight.insert(s.name.clone(), counter.clone());
+            let limiter = s.rate_limit.as_ref().map(|limit| {
+                let id = (s.name.clone(), limit.clone());
+                let (word, table, budget) = if limit.key == LimitKey::Service {
+                    let w = match self.words.get(&id) {
+                        Some(w) => {
+                            report.kept += 1;
+                            w.clone()
+                        }
+                        None => {
+                            report.fresh += 1;
+                            Arc::new(CachePadded::new(AtomicU64::new(0)))
+                        }
+                    };
+                    words.insert(id, w.clone());
+                    (Some(w), None, 0)
+                } else {
+                    let budget = match self.keyed.get(&id) {
+                        Some(&b) => {
+                            report.kept += 1;
+                            b
+                        }
+                        None => {
+                            report.fresh += 1;
+                            self.next_budget += 1;
+                            self.next_budget
+                        }
+                    };
+                    keyed.insert(id, budget);
+                    (None, self.table.clone(), budget)
+                };
+                let interval = limit.interval_ns();
+                let mut policy_line = b"ratelimit-policy: \"default\";q=".to_vec();
+                h1::push_dec(&mut policy_line, limit.count);
+                policy_line.extend_from_slice(b";w=");
+                h1::push_dec(&mut policy_line, limit.per_secs);
+                policy_line.extend_from_slice(b"\r\n");
+                Limiter {
+                    interval,
+                    tolerance: interval.saturating_mul(limit.burst),
+                    limit: limit.clone(),
+                    word,
+                    table,
+                    budget,
+                    policy_line: policy_line.into_boxed_slice(),
+                }
+            });
+            out.push(Admission {
+                limiter,
+                max_in_flight: s.max_in_flight,
+                in_flight: counter,
+                headers: settings.headers,
+            });
+        }
+        self.words = words;
+        self.keyed = keyed;
+        // A service that left keeps its counter only while requests on old snapshots hold
+        // it (they own an `Arc` through their snapshot); a service that comes back starts
+        // from those still in flight being unknown: a fresh counter.
+        self.in_flight = in_flight;
+        (out, report)
+    }
+
+    /// Bytes the keyed-budget table takes (0 when no service uses one).
+    pub fn table_bytes(cfg: &crate::config::Config) -> usize {
+        let keyed = cfg.services.iter().any(|s| {
+            s.rate_limit
+                .as_ref()
+                .is_some_and(|l| l.key != LimitKey::Service)
+        });
+        if keyed {
+            cfg.admission.table_cells * std::mem::size_of::<AtomicU64>()
+        } else {
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(text: &str) -> Result<Option<RateLimit>, String> {
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
+        parse_rate_limit("rate_limit", &v).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn rate_limits_parse_with_defaults_and_errors_name_the_fix() {
+        let l = limit("{rate: 50/s, burst: 10, key: client_ip}")
+            .unwrap()
+            .unwrap();
+        assert_eq!((l.count, l.per_secs, l.burst), (50, 1, 10));
+        assert_eq!(l.key, LimitKey::ClientIp);
+        assert_eq!(l.interval_ns(), 20_000_000);
+        let l = limit("{rate: 120/m}").unwrap().unwrap();
+        assert_eq!((l.burst, l.key.clone()), (2, LimitKey::Service));
+        assert_eq!(limit("{rate: 10/h}").unwrap().unwrap().burst, 1);
+        assert_eq!(
+            limit("{rate: 5/s, key: header:X-Api-Key}")
+                .unwrap()
+                .unwrap()
+                .key,
+            LimitKey::Header("x-api-key".into())
+        );
+        assert_eq!(limit("off").unwrap(), None);
+        for (bad, says) in [
+            (
+                "{rate: 0/s}",
+                "rate_limit.rate: \"0/s\" is not a positive rate",
+            ),
+            ("{rate: 5/d}", "has a bad unit"),
+            ("{rate: 5}", "has no unit"),
+            (
+                "{rate: 5/s, burst: 0}",
+                "rate_limit.burst: \"0\" is out of range",
+            ),
+            ("{rate: 5/s, burst: 2000000}", "out of range"),
+            ("{rate: 5/s, key: \"header:bad name\"}", "is not a key"),
+            (
+                "{rate: 5/s, key: ip}",
+                "use service, client_ip or header:NAME",
+            ),
+            ("{burst: 5}", "rate_limit.rate: is missing"),
+            ("{rate: 5/s, per: 1}", "is not a rate_limit key"),
+            ("on", "is not a rate limit"),
+        ] {
+            let e = limit(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn gcra_admits_the_burst_then_the_rate() {
+        let w = AtomicU64::new(0);
+        let (t, tol) = (1000, 5 * 1000); // burst 5
+        let now = 1_000_000;
+        for _ in 0..5 {
+            assert!(gcra(&w, now, t, tol).is_ok());
+        }
+        assert_eq!(gcra(&w, now, t, tol), Err(1000));
+        // One interval later, one more.
+        assert!(gcra(&w, now + 1000, t, tol).is_ok());
+        assert!(gcra(&w, now + 1000, t, tol).is_err());
+        // Over a long idle time the budget refills to the burst, never beyond.
+        let later = now + 1_000_000;
+        let admitted = (0..100).filter(|_| gcra(&w, later, t, tol).is_ok()).count();
+        assert_eq!(admitted, 5);
+    }
+
+    #[test]
+    fn gcra_is_exact_across_threads() {
+        // 4 threads, 10 000 attempts each at one instant: exactly the burst gets in.
+        let w = Arc::new(AtomicU64::new(0));
+        let admitted: usize = (0..4)
+            .map(|_| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    (0..10_000)
+                        .filter(|_| gcra(&w, 5_000, 10, 10 * 777).is_ok())
+                        .count()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(admitted, 777);
+    }
+
+    #[test]
+    fn cidrs_and_the_client_behind_trusted_proxies() {
+        let trusted = [
+            Cidr::parse("t", "10.0.0.0/8").unwrap(),
+            Cidr::parse("t", "::1").unwrap(),
+        ];
+        assert!(trusted[0].contains("10.1.2.3".parse().unwrap()));
+        assert!(trusted[0].contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!trusted[0].contains("11.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("t", "10.0.0.0/33").is_err());
+        assert!(Cidr::parse("t", "nope").is_err());
+        assert!(Cidr::parse("t", "0.0.0.0/0")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
+        let xff = |v: &'static str| {
+            [httparse::Header {
+                name: "X-Forwarded-For",
+                value: v.as_bytes(),
+            }]
+        };
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_ip(ip("192.0.2.1"), &xff("1.1.1.1"), &trusted),
+            ip("192.0.2.1")
+        );
+        // Rightmost untrusted address.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &xff("6.6.6.6, 1.1.1.1, 10.9.9.9"), &trusted),
+            ip("1.1.1.1")
+        );
+        // All trusted: the leftmost.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &xff("10.0.0.7, 10.0.0.8"), &trusted),
+            ip("10.0.0.7")
+        );
+        // Garbage stops the walk at the last trusted address.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &xff("1.1.1.1, junk, 10.0.0.9"), &trusted),
+            ip("10.0.0.9")
+        );
+        // No header: the peer.
+        assert_eq!(client_ip(ip("::1"), &[], &trusted), ip("::1"));
+        // A port is allowed.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &xff("1.1.1.1:5555"), &trusted),
+            ip("1.1.1.1")
+        );
+    }
+}

@@ -1,0 +1,401 @@
+//! Admission control over real sockets: rate limits (service, client IP, header keys),
+//! concurrency limits, the 429/503 contract, breakers untouched, budgets across reloads.
+
+mod common;
+
+use common::*;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+trait BodyText {
+    fn body_string(&self) -> String;
+}
+
+impl BodyText for Response {
+    fn body_string(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn admin_get(admin: SocketAddr, path: &str) -> Response {
+    let mut c = Client::connect(admin);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes());
+    c.read_response()
+}
+
+/// Sends `n` GETs on one keep-alive connection and returns their statuses.
+fn statuses(c: &mut Client, n: usize, extra: &str) -> Vec<u16> {
+    (0..n)
+        .map(|i| {
+            c.send(format!("GET /v1/proxy/svc/{i} HTTP/1.1\r\nHost: g\r\n{extra}\r\n").as_bytes());
+            c.read_response().status
+        })
+        .collect()
+}
+
+fn count(v: &[u16], status: u16) -> usize {
+    v.iter().filter(|&&s| s == status).count()
+}
+
+#[test]
+fn a_service_budget_admits_burst_plus_rate_times_elapsed_and_nothing_more_reaches_the_backend() {
+    let rec = Recorder::start(reply(200));
+    let g = gateway(&config(
+        2,
+        "",
+        &format!(
+            "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 20/s, burst: 5, key: service}}\n",
+            rec.addr
+        ),
+    ));
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let limited = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let run = Duration::from_millis(1500);
+    let last_sent = Arc::new(std::sync::Mutex::new(start));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (admitted, limited, last_sent) =
+                (admitted.clone(), limited.clone(), last_sent.clone());
+            let addr = g.addr;
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                while start.elapsed() < run {
+                    let sent = Instant::now();
+                    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+                    let r = c.read_response();
+                    {
+                        let mut l = last_sent.lock().unwrap();
+                        *l = (*l).max(sent);
+                    }
+                    match r.status {
+                        200 => admitted.fetch_add(1, Ordering::SeqCst),
+                        429 => {
+                            assert_eq!(
+                                r.json(),
+                                serde_json::json!({"error": "rate_limited", "service": "svc"})
+                            );
+                            let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                            assert!(retry >= 1);
+                            limited.fetch_add(1, Ordering::SeqCst)
+                        }
+                        s => panic!("unexpected status {s}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // The window in which requests were sent: from before the first to the last one sent.
+    let elapsed = last_sent
+        .lock()
+        .unwrap()
+        .duration_since(start)
+        .as_secs_f64();
+    let admitted = admitted.load(Ordering::SeqCst) as f64;
+    let expected = 5.0 + 20.0 * elapsed;
+    assert!(
+        (admitted - expected).abs() <= 1.0 + 1e-9 || (admitted - expected.floor()).abs() <= 1.0,
+        "admitted {admitted}, expected {expected:.2} (elapsed {elapsed:.3} s)"
+    );
+    assert!(limited.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        rec.requests() as f64,
+        admitted,
+        "a limited request reached the backend"
+    );
+}
+
+#[test]
+fn client_ip_budgets_are_per_source_address_and_believe_forwarded_for_only_from_trusted_peers() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "trusted_proxies: [127.0.0.3/32]",
+        &format!(
+            "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 1/h, burst: 2, key: client_ip}}\n",
+            b.addr
+        ),
+    ));
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let mut one = Client::connect_from(ip("127.0.0.1"), g.addr);
+    let mut two = Client::connect_from(ip("127.0.0.2"), g.addr);
+    assert_eq!(statuses(&mut one, 3, ""), [200, 200, 429]);
+    // Another source address has a budget of its own; its X-Forwarded-For is not believed.
+    assert_eq!(
+        statuses(&mut two, 3, "X-Forwarded-For: 9.9.9.9\r\n"),
+        [200, 200, 429]
+    );
+    // A trusted proxy: each forwarded client has its own budget, the proxy's address none.
+    let mut proxy = Client::connect_from(ip("127.0.0.3"), g.addr);
+    assert_eq!(
+        statuses(&mut proxy, 3, "X-Forwarded-For: 203.0.113.7\r\n"),
+        [200, 200, 429]
+    );
+    assert_eq!(
+        statuses(&mut proxy, 2, "X-Forwarded-For: 203.0.113.8, 127.0.0.3\r\n"),
+        [200, 200]
+    );
+    // ... and a forwarded address is the same client as that address connecting directly.
+    assert_eq!(
+        statuses(&mut proxy, 1, "X-Forwarded-For: 127.0.0.2\r\n"),
+        [429]
+    );
+}
+
+#[test]
+fn header_budgets_are_per_value_with_one_shared_budget_for_requests_without_it() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "rate_limit: {rate: 1/h, burst: 1, key: \"header:X-Api-Key\"}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let mut c = Client::connect(g.addr);
+    assert_eq!(statuses(&mut c, 2, "x-api-key: alpha\r\n"), [200, 429]);
+    assert_eq!(statuses(&mut c, 2, "X-API-KEY:  beta \r\n"), [200, 429]);
+    assert_eq!(statuses(&mut c, 2, ""), [200, 429]);
+    assert_eq!(statuses(&mut c, 1, "x-api-key: alpha\r\n"), [429]);
+}
+
+#[test]
+fn max_in_flight_answers_overloaded_beyond_the_limit_and_frees_slots_when_responses_end() {
+    let b = mock_backend();
+    let g = gateway_at(&write_config(&config(
+        2,
+        "admin: 127.0.0.1:0",
+        &format!(
+            "  svc:\n    backends: [http://{}]\n    max_in_flight: 2\n",
+            b.addr
+        ),
+    )));
+    let addr = g.proc.addr;
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.send(
+                    b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 1500\r\n\r\n",
+                );
+                c.read_response()
+            })
+        })
+        .collect();
+    let answers: Vec<Response> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = answers.iter().filter(|r| r.status == 200).count();
+    let over: Vec<&Response> = answers.iter().filter(|r| r.status == 503).collect();
+    assert_eq!((ok, over.len()), (2, 4), "{answers:?}");
+    for r in over {
+        assert_eq!(
+            r.json(),
+            serde_json::json!({"error": "overloaded", "service": "svc"})
+        );
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    // The slots came back: the next two are admitted at once.
+    let m = admin_get(g.admin, "/metrics").body_string();
+    assert!(m.contains("gateway_in_flight{service=\"svc\"} 0\n"), "{m}");
+    assert!(
+        m.contains("gateway_overloaded_total{service=\"svc\"} 4\n"),
+        "{m}"
+    );
+    assert_eq!(get(addr, "/v1/proxy/svc/a").status, 200);
+}
+
+#[test]
+fn a_flood_of_429s_reaches_no_backend_and_never_touches_a_breaker() {
+    let rec = Recorder::start(reply(200));
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 60s}",
+        &format!(
+            "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 1/h, burst: 1}}\n",
+            rec.addr
+        ),
+    )));
+    let mut c = Client::connect(g.proc.addr);
+    let got = statuses(&mut c, 200, "");
+    assert_eq!((count(&got, 200), count(&got, 429)), (1, 199));
+    assert_eq!(rec.requests(), 1);
+    let text = admin_get(g.admin, "/admin/backends").json().to_string();
+    for want in [
+        "\"state\":\"closed\"",
+        "\"consecutive_failures\":0",
+        "\"failures\":0",
+        "\"transitions\":0",
+        "\"successes\":1",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    let m = admin_get(g.admin, "/metrics").body_string();
+    assert!(
+        m.contains("gateway_rate_limited_total{service=\"svc\"} 199\n"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_reload_keeps_unchanged_budgets_and_starts_changed_ones_fresh() {
+    let b = mock_backend();
+    let services = |burst: u32| {
+        format!(
+            "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 1/h, burst: {burst}}}\n  ip:\n    backends: [http://{}]\n    rate_limit: {{rate: 1/h, burst: 1, key: client_ip}}\n",
+            b.addr, b.addr
+        )
+    };
+    let path = write_config(&config(1, "admin: 127.0.0.1:0", &services(2)));
+    let g = gateway_at(&path);
+    let mut c = Client::connect(g.proc.addr);
+    assert_eq!(statuses(&mut c, 3, ""), [200, 200, 429]);
+    let ip_get = |c: &mut Client| {
+        c.send(b"GET /v1/proxy/ip/x HTTP/1.1\r\nHost: g\r\n\r\n");
+        c.read_response().status
+    };
+    assert_eq!((ip_get(&mut c), ip_get(&mut c)), (200, 429));
+    let generation = |n: u64| {
+        assert!(eventually(Duration::from_secs(5), || admin_get(
+            g.admin,
+            "/admin/config"
+        )
+        .json()["generation"]
+            == n));
+    };
+    // The same limits (and a new service): no fresh burst for anyone.
+    std::fs::write(
+        &path,
+        config(
+            1,
+            "admin: 127.0.0.1:0",
+            &format!("{}  other: [http://{}]\n", services(2), b.addr),
+        ),
+    )
+    .unwrap();
+    signal(&g.proc.child, libc::SIGHUP);
+    generation(2);
+    assert_eq!(statuses(&mut c, 1, ""), [429]);
+    assert_eq!(ip_get(&mut c), 429);
+    // A changed limit starts fresh; the unchanged keyed one still carries over.
+    std::fs::write(&path, config(1, "admin: 127.0.0.1:0", &services(3))).unwrap();
+    signal(&g.proc.child, libc::SIGHUP);
+    generation(3);
+    assert_eq!(statuses(&mut c, 4, ""), [200, 200, 200, 429]);
+    assert_eq!(ip_get(&mut c), 429);
+    let cfg = admin_get(g.admin, "/admin/config").json();
+    let svc = &cfg["services"].as_array().unwrap()[1];
+    assert_eq!(svc["name"], "svc");
+    assert_eq!(
+        svc["rate_limit"],
+        serde_json::json!({"rate": "1/h", "burst": 3, "key": "service"})
+    );
+}
+
+#[test]
+fn ratelimit_fields_on_429s_and_with_rate_limit_headers_on_admitted_responses() {
+    let b = mock_backend();
+    let services = format!(
+        "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 10/m, burst: 3}}\n  open:\n    backends: [http://{}]\n    rate_limit: off\n",
+        b.addr, b.addr
+    );
+    for headers in [false, true] {
+        let g = gateway(&config(
+            1,
+            &format!("rate_limit_headers: {headers}\nrate_limit: {{rate: 5/s}}"),
+            &services,
+        ));
+        let mut c = Client::connect(g.addr);
+        for i in 0..4 {
+            c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+            let r = c.read_response();
+            let policy = r.header("ratelimit-policy");
+            let state = r.header("ratelimit");
+            if i < 3 {
+                assert_eq!(r.status, 200);
+                if headers {
+                    assert_eq!(policy, Some("\"default\";q=10;w=60"));
+                    let want = format!("\"default\";r={};t=", 2 - i);
+                    assert!(state.unwrap().starts_with(&want), "{state:?}");
+                } else {
+                    assert_eq!((policy, state), (None, None));
+                }
+            } else {
+                assert_eq!(r.status, 429);
+                assert_eq!(policy, Some("\"default\";q=10;w=60"));
+                let retry = r.header("retry-after").unwrap();
+                assert_eq!(state, Some(format!("\"default\";r=0;t={retry}").as_str()));
+                // One more request every 6 s.
+                let secs: u64 = retry.parse().unwrap();
+                assert!((1..=6).contains(&secs), "{secs}");
+            }
+        }
+        // `rate_limit: off` overrides the top-level default.
+        for _ in 0..10 {
+            c.send(b"GET /v1/proxy/open/x HTTP/1.1\r\nHost: g\r\n\r\n");
+            let r = c.read_response();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("ratelimit"), None);
+        }
+    }
+}
+
+#[test]
+fn check_rejects_bad_limits_naming_the_key_and_shows_the_table() {
+    let run = |yaml: &str| {
+        let path = write_config(yaml);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .arg("--check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let svc = "  svc:\n    backends: [http://127.0.0.1:9]\n";
+    for (extra, says) in [
+        ("rate_limit: {rate: 0/s}", "rate_limit.rate: \"0/s\""),
+        ("rate_limit: {rate: 5/day}", "has a bad unit"),
+        ("rate_limit: {rate: 5/s, burst: 0}", "rate_limit.burst"),
+        (
+            "rate_limit: {rate: 5/s, key: \"header:a b\"}",
+            "rate_limit.key",
+        ),
+        (
+            "rate_limit_table: 10",
+            "rate_limit_table: 10 is out of range",
+        ),
+        ("trusted_proxies: [10.0.0.0/40]", "trusted_proxies[0]"),
+    ] {
+        let (ok, text) = run(&config(1, extra, svc));
+        assert!(!ok && text.contains(says), "{extra}: {text}");
+    }
+    let (ok, text) = run(&config(
+        1,
+        "",
+        &format!("{svc}    rate_limit: {{rate: 5/s, key: client_ip}}\n    max_in_flight: 0\n"),
+    ));
+    assert!(
+        !ok && text.contains("services.svc.max_in_flight: 0 is out of range"),
+        "{text}"
+    );
+    let (ok, text) = run(&config(
+        1,
+        "rate_limit_table: 4096",
+        &format!("{svc}    rate_limit: {{rate: 5/s, key: client_ip}}\n    max_in_flight: 8\n"),
+    ));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("rate limit: 5/s burst 5 key client_ip; max in flight: 8"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rate-limit table: 4096 cells, 32 KiB"),
+        "{text}"
+    );
+}
