@@ -192,7 +192,10 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    fn over(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -213,15 +216,7 @@ impl Client {
         .expect("socket");
         sock.bind(&SocketAddr::new(local, 0).into()).expect("bind");
         sock.connect(&addr.into()).expect("connect");
-        let stream: TcpStream = sock.into();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
+        Client::over(sock.into())
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
