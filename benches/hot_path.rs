@@ -1,6 +1,6 @@
 //! Micro benchmarks of the per-request hot path: request-head parsing, routing, the
-//! balancer's pick with its breaker check, and the clean-connection check the pool makes on
-//! every reuse.
+//! balancer's pick with its breaker check, the clean-connection check the pool makes on
+//! every reuse, and admission control.
 //!
 //!     cargo bench --bench hot_path            # all sections
 //!     cargo bench --bench hot_path -- route   # sections whose name contains "route"
@@ -251,6 +251,74 @@ fn main() {
     pick_section(&filter);
     pool_section(&filter);
     split_head_section(&filter);
+    admission_section(&filter);
+}
+
+/// Admission control for one request (`Admission::admit`, then `release` when it held an
+/// in-flight slot), with budgets far above the load so every request is admitted: a
+/// service-wide budget (a clock read and one CAS), `max_in_flight` (two atomic adds), both,
+/// and keyed budgets (a SipHash of the client address or the header value, then the CAS).
+/// Single-threaded: the CAS never retries here; across cores the shared line moves.
+fn admission_section(filter: &[String]) {
+    let yaml = "services:
+  svc:
+    backends: [http://127.0.0.1:19001]
+    rate_limit: {rate: 1000000000/s, burst: 1000000}
+  both:
+    backends: [http://127.0.0.1:19001]
+    rate_limit: {rate: 1000000000/s, burst: 1000000}
+    max_in_flight: 1000000
+  flight:
+    backends: [http://127.0.0.1:19001]
+    max_in_flight: 1000000
+  ip:
+    backends: [http://127.0.0.1:19001]
+    rate_limit: {rate: 1000000000/s, burst: 1000000, key: client_ip}
+  hdr:
+    backends: [http://127.0.0.1:19001]
+    rate_limit: {rate: 1000000000/s, burst: 1000000, key: \"header:x-api-key\"}
+  none: [http://127.0.0.1:19001]
+";
+    let snap = snapshot(yaml);
+    let headers = [
+        httparse::Header {
+            name: "Host",
+            value: b"gateway",
+        },
+        httparse::Header {
+            name: "X-Api-Key",
+            value: b"k-0123456789abcdef",
+        },
+    ];
+    let caller = gateway::admission::Caller {
+        peer: "192.0.2.7".parse().expect("ip"),
+        headers: &headers,
+    };
+    let mut fields = Vec::with_capacity(256);
+    for (name, svc) in [
+        ("admission: no limits (is_limited only)", "none"),
+        ("admission: rate limit, key service", "svc"),
+        ("admission: max_in_flight", "flight"),
+        ("admission: rate limit + max_in_flight", "both"),
+        ("admission: rate limit, key client_ip", "ip"),
+        ("admission: rate limit, key header:x-api-key", "hdr"),
+    ] {
+        let a = &snap.service(svc.as_bytes()).expect("service").admission;
+        bench(filter, name, || {
+            if !black_box(a).is_limited() {
+                return;
+            }
+            fields.clear();
+            match a.admit(black_box(&caller), &[], &mut fields) {
+                gateway::admission::Verdict::Admit { held } => {
+                    if held {
+                        a.release();
+                    }
+                }
+                _ => panic!("{svc}: a budget far above the load refused a request"),
+            }
+        });
+    }
 }
 
 /// The pool's check of an idle upstream connection before reuse: one non-blocking

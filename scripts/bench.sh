@@ -28,7 +28,8 @@
 # BENCH_PERF=1 (one extra gateway run under perf record -g), BENCH_NOTE (text for the report),
 # BENCH_NICE (nice level for every benchmark process, e.g. -5 on a shared machine),
 # BENCH_SCENARIOS (space-separated subset of: get-c1 get-c64 get-c256 post16k-c64
-# open-loop breaker),
+# open-loop breaker limits; `limits` is the gateway with and without a service-wide rate
+# limit and max_in_flight above the load, not in the default set),
 # CARGO_TARGET_DIR (honoured). Needs: cargo, python3, taskset, nginx, haproxy (installed
 # with apt-get when missing), 2+ cores.
 set -euo pipefail
@@ -183,6 +184,10 @@ services:
     - http://127.0.0.1:$B1
     - http://127.0.0.1:$B2
     - http://127.0.0.1:$BDOWN
+  bench-limited:
+    backends: [http://127.0.0.1:$B1, http://127.0.0.1:$B2, http://127.0.0.1:$B3]
+    rate_limit: { rate: 1000000000/s, burst: 1000000, key: service }
+    max_in_flight: 1000000
 YAML
 RUST_LOG=warn "${nice_cmd[@]}" taskset -c "$PROXY_CORE" "$bin/gateway" --config "$tmp/gateway.yaml" \
   >"$tmp/gateway.log" 2>&1 &
@@ -260,6 +265,7 @@ target_url() {
     nginx) echo "http://127.0.0.1:$NGINX_PORT/v1/proxy/bench/$path" ;;
     haproxy) echo "http://127.0.0.1:$HAPROXY_PORT/v1/proxy/bench/$path" ;;
     gateway-1down) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench-down/$path" ;;
+    gateway-limited) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench-limited/$path" ;;
     nginx-1down) echo "http://127.0.0.1:$NGINX_PORT/v1/proxy/bench-down/$path" ;;
     haproxy-1down) echo "http://127.0.0.1:$HAPROXY_PORT/v1/proxy/bench-down/$path" ;;
   esac
@@ -271,7 +277,7 @@ rate=${BENCH_RATE:-}
 scenario_args() {
   case "$1" in
     get-c1) printf '%s\n' --connections 1 ;;
-    get-c64 | breaker) printf '%s\n' --connections 64 ;;
+    get-c64 | breaker | limits) printf '%s\n' --connections 64 ;;
     get-c256) printf '%s\n' --connections 256 ;;
     post16k-c64) printf '%s\n' --connections 64 --method POST --body-size 16384 ;;
     open-loop) printf '%s\n' --connections 64 --rate "$rate" ;;
@@ -280,6 +286,7 @@ scenario_args() {
 scenario_targets() {
   case "$1" in
     breaker) echo "gateway-1down nginx-1down haproxy-1down" ;;
+    limits) echo "gateway gateway-limited" ;;
     get-c1 | get-c64 | get-c256 | post16k-c64 | open-loop) echo "direct gateway nginx haproxy" ;;
     *) echo "bench.sh: unknown scenario $1" >&2; exit 2 ;;
   esac

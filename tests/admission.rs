@@ -216,9 +216,14 @@ fn max_in_flight_answers_overloaded_beyond_the_limit_and_frees_slots_when_respon
 #[test]
 fn a_flood_of_429s_reaches_no_backend_and_never_touches_a_breaker() {
     let rec = Recorder::start(reply(200));
+    let log = std::env::temp_dir().join(format!("gateway-429-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
     let g = gateway_at(&write_config(&config(
         1,
-        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 60s}",
+        &format!(
+            "admin: 127.0.0.1:0\naccess_log: {}\nbreaker: {{failure_threshold: 1, cooldown: 60s}}",
+            log.display()
+        ),
         &format!(
             "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 1/h, burst: 1}}\n",
             rec.addr
@@ -243,6 +248,20 @@ fn a_flood_of_429s_reaches_no_backend_and_never_touches_a_breaker() {
         m.contains("gateway_rate_limited_total{service=\"svc\"} 199\n"),
         "{m}"
     );
+    // The access log names the service and the code of every 429.
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    let logged =
+        |l: &str| l.contains(" 429 ") && l.contains(" svc ") && l.ends_with("rate_limited");
+    assert!(
+        eventually(Duration::from_secs(5), || lines()
+            .lines()
+            .filter(|l| logged(l))
+            .count()
+            == 199),
+        "{}",
+        lines()
+    );
+    let _ = std::fs::remove_file(&log);
 }
 
 #[test]
