@@ -63,6 +63,9 @@ enum Next {
         /// The service, when the request was routed to one (metrics and the access log).
         svc: Option<usize>,
         retry_after: Option<u64>,
+        /// A body follows that will not be read: close lingering (`Downstream::linger`),
+        /// so that the client reads the answer rather than a reset.
+        linger: bool,
     },
     Close,
 }
@@ -155,6 +158,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 method,
                 svc,
                 retry_after,
+                linger,
             } => {
                 let timeout = view.snapshot.config.timeouts.body;
                 let service = with_service.then_some(&c.service[..]);
@@ -163,10 +167,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                     .reply(err, service, retry_after, !keep_alive, timeout);
                 let sent = Box::pin(reply).await;
                 finish(&worker, &view, &c, svc, method, started);
-                if sent && keep_alive {
-                    After::Keep
-                } else {
-                    After::Close
+                match (sent, keep_alive, linger) {
+                    (true, true, _) => After::Keep,
+                    (true, false, true) => After::Linger,
+                    _ => After::Close,
                 }
             }
             Next::Close => After::Close,
@@ -246,6 +250,7 @@ fn admit(view: &View, caller: &Caller<'_>, fields: &mut Vec<u8>, req: Request) -
         method: Some(req.info.method),
         svc: Some(req.svc),
         retry_after: Some(retry_after),
+        linger: req.info.framing != Framing::None,
     }
 }
 
@@ -326,6 +331,7 @@ async fn next_request(
                             method: Some(info.method),
                             svc: None,
                             retry_after: None,
+                            linger: info.framing != Framing::None,
                         },
                     };
                     return (next, view);
@@ -339,6 +345,7 @@ async fn next_request(
                         method: None,
                         svc: None,
                         retry_after: None,
+                        linger: false,
                     };
                     return (next, view);
                 }
@@ -391,6 +398,7 @@ async fn next_request(
                     method: None,
                     svc: None,
                     retry_after: None,
+                    linger: false,
                 };
                 return (next, worker.view());
             }

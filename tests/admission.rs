@@ -425,3 +425,43 @@ fn check_rejects_bad_limits_naming_the_key_and_shows_the_table() {
         "{text}"
     );
 }
+
+/// Regression: a request refused with its body unread used to be closed at once: the
+/// unread bytes turn the close into a reset, which breaks the client's upload and can
+/// destroy the 429 still in flight. The connection now closes lingering (FIN after the
+/// answer, the rest of the body read and dropped): the upload completes, the answer is read.
+#[test]
+fn a_refused_upload_gets_its_429_not_a_reset() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "",
+        &format!(
+            "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 1/h, burst: 1}}\n",
+            b.addr
+        ),
+    ));
+    let mut c = Client::connect(g.addr);
+    assert_eq!(statuses(&mut c, 1, ""), [200]);
+    for _ in 0..5 {
+        let mut c = Client::connect(g.addr);
+        let body = vec![b'x'; 4 << 20];
+        let mut w = c.stream.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let head = format!(
+                "POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            w.write_all(head.as_bytes())?;
+            w.write_all(&body)
+        });
+        // The client reads only once it has sent everything, as simple clients do; the
+        // gateway takes (and drops) the body instead of resetting the connection under it.
+        let sent = writer.join().unwrap();
+        assert!(sent.is_ok(), "the upload was reset: {sent:?}");
+        let r = c.read_response();
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+}
