@@ -128,8 +128,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 };
                 // Boxed, like every step that holds a timer: their state lives only while
                 // they run, so an idle connection's task stays small.
-                let after =
-                    Box::pin(exchange::forward(&worker, &view, &mut c.down, req, prep)).await;
+                let after = worker
+                    .boxes
+                    .pin(exchange::forward(&worker, &view, &mut c.down, req, prep))
+                    .await;
                 finish(
                     &worker,
                     &view,
@@ -143,7 +145,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             Next::Options { keep_alive, minor } => {
                 let timeout = view.snapshot.config.timeouts.body;
                 let keep = keep_alive && !worker.draining();
-                let sent = Box::pin(c.down.reply_options(keep, minor, timeout)).await;
+                let sent = worker
+                    .boxes
+                    .pin(c.down.reply_options(keep, minor, timeout))
+                    .await;
                 finish(&worker, &view, &c, None, Some(h1::Method::Options), started);
                 if sent && keep {
                     After::Keep
@@ -165,7 +170,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 let reply = c
                     .down
                     .reply(err, service, retry_after, !keep_alive, timeout);
-                let sent = Box::pin(reply).await;
+                let sent = worker.boxes.pin(reply).await;
                 finish(&worker, &view, &c, svc, method, started);
                 match (sent, keep_alive, linger) {
                     (true, true, _) => After::Keep,
@@ -179,7 +184,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             After::Keep => {}
             After::Close => break,
             After::Linger => {
-                Box::pin(c.down.linger()).await;
+                worker.boxes.pin(c.down.linger()).await;
                 break;
             }
         }
@@ -361,7 +366,7 @@ async fn next_request(
             Some(end) => {
                 let wait = end.saturating_duration_since(Instant::now());
                 let timed = io::read_more(d.sock.r(), &mut d.buf, &mut d.start, BUF_SIZE / 2, wait);
-                Box::pin(timed).await
+                worker.boxes.pin(timed).await
             }
             None => {
                 // Between requests: no timer of its own, so the idle task stays small. The

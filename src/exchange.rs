@@ -65,13 +65,14 @@ pub async fn forward(
         framing == Framing::Chunked,
         cfg.limits.max_body_bytes,
     );
-    let mut up_out = worker.buffer();
-    // Only a request with a body has any of it in hand.
+    // Only a request with a body has any of it in hand; re-framing what is in hand takes
+    // about as much room as it takes in the input.
     let mut in_hand = if framing == Framing::None {
         Vec::new()
     } else {
-        worker.buffer()
+        worker.buffer_for(down.buf.len() - down.start + 64)
     };
+    let mut up_out = Vec::new();
     let after = match buffer_body(down, &mut req, &mut relay, &mut in_hand, cfg).await {
         Err(after) => after,
         Ok(()) => {
@@ -79,6 +80,9 @@ pub async fn forward(
             match connect_or_reuse(worker, view, down, req, prep, &relay).await {
                 Err(after) => after,
                 Ok((attempt, up, reused)) => {
+                    // The head and the body in hand go up in one write.
+                    let head = prep.fwd.len() + prep.path.len() + attempt.backend.url.url.len();
+                    up_out = worker.buffer_for(head + in_hand.len() + 256);
                     rewrite::write_request_head(
                         &mut up_out,
                         info.method,
@@ -464,7 +468,7 @@ impl Exchange<'_> {
         self.attempt.renew();
         // Boxed: only requests with a body still to stream need this state (two futures
         // side by side); every other request would carry and copy it for nothing.
-        Box::pin(self.upload_while_reading(down)).await
+        self.worker.boxes.pin(self.upload_while_reading(down)).await
     }
 
     /// The whole request went out in the first write (`sent_at` was taken just before it).

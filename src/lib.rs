@@ -32,6 +32,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod admission;
 pub mod balancer;
+pub mod boxes;
 pub mod breaker;
 pub mod config;
 pub mod conn;

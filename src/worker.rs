@@ -41,6 +41,11 @@ pub struct Worker {
     ticks: Cell<u64>,
     /// Spare I/O buffers, lent to one exchange at a time (no allocation per request).
     spare: RefCell<Vec<Vec<u8>>>,
+    /// Spare buffers that grew past `2 × BUF_SIZE` (up to [`MAX_LARGE`]), lent only to
+    /// whoever asks for that much room ([`Worker::buffer_for`]).
+    large: RefCell<Vec<Vec<u8>>>,
+    /// Recycled heap blocks for the boxed steps of requests (see `boxes.rs`).
+    pub boxes: crate::boxes::BoxPool,
     /// Idle connections whose read for a next request holds a lent buffer (see
     /// [`Worker::lend_idle_read`]).
     idle_reads: Rc<Cell<usize>>,
@@ -54,6 +59,9 @@ const MAX_IDLE_READS: usize = 128;
 
 /// Spare buffers a worker keeps; more are freed.
 const MAX_SPARE: usize = 256;
+/// Largest buffer kept for reuse, and how many such a worker keeps (at most 2 MiB).
+const MAX_LARGE: usize = 64 * 1024;
+const MAX_LARGE_SPARE: usize = 32;
 
 impl Worker {
     pub fn new(index: usize, shared: Arc<Shared>, log: Option<accesslog::Writer>) -> Worker {
@@ -81,7 +89,9 @@ impl Worker {
             next_conn: Cell::new(0),
             ticks: Cell::new(0),
             spare: RefCell::new(Vec::new()),
+            large: RefCell::new(Vec::new()),
             idle_reads: Rc::new(Cell::new(0)),
+            boxes: Default::default(),
         }
     }
 
@@ -131,13 +141,36 @@ impl Worker {
             .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
     }
 
-    /// Takes a buffer back for the next exchange (grown ones are freed, small ones
-    /// topped up). One that was never taken (no capacity) is ignored.
+    /// A buffer with room for `n` bytes: a plain one when that fits, else a large spare one
+    /// big enough (or a new one, which later joins the large spares).
+    pub fn buffer_for(&self, n: usize) -> Vec<u8> {
+        if n <= BUF_SIZE {
+            return self.buffer();
+        }
+        let mut large = self.large.borrow_mut();
+        match large.iter().position(|b| b.capacity() >= n) {
+            Some(i) => large.swap_remove(i),
+            None => Vec::with_capacity(n.next_power_of_two()),
+        }
+    }
+
+    /// Takes a buffer back for the next exchange (small ones topped up, grown ones kept
+    /// apart up to [`MAX_LARGE`], bigger ones freed). One that was never taken (no
+    /// capacity) is ignored.
     pub fn recycle(&self, mut buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap > 2 * BUF_SIZE {
+            // A grown buffer is kept whole or freed whole: shrinking it in place would leave
+            // a hole in the heap between the small allocations of idle connections.
+            let mut large = self.large.borrow_mut();
+            if cap <= MAX_LARGE && large.len() < MAX_LARGE_SPARE {
+                buf.clear();
+                large.push(buf);
+            }
+            return;
+        }
         let mut spare = self.spare.borrow_mut();
-        // A grown buffer is freed whole rather than shrunk in place, which would leave a hole
-        // in the heap between the small allocations of idle connections.
-        if spare.len() >= MAX_SPARE || buf.capacity() == 0 || buf.capacity() > 2 * BUF_SIZE {
+        if spare.len() >= MAX_SPARE || cap == 0 {
             return;
         }
         buf.clear();
