@@ -54,6 +54,8 @@ enum Next {
         keep_alive: bool,
         with_service: bool,
         method: Option<h1::Method>,
+        /// The configured service the target routed to (the request is counted for it).
+        svc: Option<usize>,
     },
     Close,
 }
@@ -141,12 +143,13 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 keep_alive,
                 with_service,
                 method,
+                svc,
             } => {
                 let timeout = view.snapshot.config.timeouts.body;
                 let service = with_service.then_some(&c.service[..]);
                 let reply = c.down.reply(err, service, None, !keep_alive, timeout);
                 let sent = Box::pin(reply).await;
-                finish(&worker, &view, &c, None, method, started);
+                finish(&worker, &view, &c, svc, method, started);
                 if sent && keep_alive {
                     After::Keep
                 } else {
@@ -259,7 +262,7 @@ async fn next_request(
                     d.start += head_len;
                     let next = match result {
                         Ok(svc) => Next::Forward(Request { info, svc }),
-                        Err(err) => Next::Reject {
+                        Err(rewrite::Refused { err, svc }) => Next::Reject {
                             err,
                             // Safe to go on only if no body is left unread; every
                             // 400 closes (the contract: a malformed request ends it).
@@ -269,6 +272,7 @@ async fn next_request(
                             with_service: err == GatewayError::ServiceNotFound
                                 && !c.service.is_empty(),
                             method: Some(info.method),
+                            svc,
                         },
                     };
                     return (next, view);
@@ -280,6 +284,7 @@ async fn next_request(
                         keep_alive: false,
                         with_service: false,
                         method: None,
+                        svc: None,
                     };
                     return (next, view);
                 }
@@ -330,6 +335,7 @@ async fn next_request(
                     keep_alive: false,
                     with_service: false,
                     method: None,
+                    svc: None,
                 };
                 return (next, worker.view());
             }
