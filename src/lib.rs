@@ -18,7 +18,7 @@
 //! - [`io`]: split sockets, owned-buffer reads and writes with deadlines
 //!
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
-//! registry behind one `ArcSwap`). Side: [`logging`].
+//! registry behind one `ArcSwap`). Side: [`logging`], [`redact`] (no credentials in messages).
 
 // Lint policy: never unwrap on the request path (network input must not panic a worker),
 // and say why every unsafe block is sound.
@@ -43,6 +43,7 @@ pub mod io;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
+pub mod redact;
 pub mod relay;
 pub mod reload;
 pub mod rewrite;

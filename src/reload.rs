@@ -172,7 +172,8 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<Changes, ConfigError> {
         }
         Err(e) => {
             shared.reloads.failed.fetch_add(1, Ordering::Relaxed);
-            *last = e.to_string();
+            // Shown by the unauthenticated /admin/config: no credentials.
+            *last = crate::redact::userinfo(&e.to_string()).into_owned();
         }
     }
     result

@@ -52,12 +52,13 @@ fn a_413_counts_for_its_service_whether_found_by_length_or_in_a_chunked_body() {
         &format!("POST /v1/proxy/svc/chunked HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}0\r\n\r\n"),
     );
     assert_eq!(r.status, 413);
-    let m = metrics(g.admin);
-    assert_eq!(
-        sample(&m, "gateway_requests_total{service=\"svc\",class=\"4xx\"}"),
-        Some(2.0),
-        "{m}"
-    );
+    // Counted just after the answer is sent: poll until both are in.
+    let mut m = String::new();
+    let counted = eventually(Duration::from_secs(5), || {
+        m = metrics(g.admin);
+        sample(&m, "gateway_requests_total{service=\"svc\",class=\"4xx\"}") == Some(2.0)
+    });
+    assert!(counted, "{m}");
     assert_eq!(
         sample(
             &m,
@@ -79,5 +80,91 @@ fn a_413_counts_for_its_service_whether_found_by_length_or_in_a_chunked_body() {
             ("svc", "413", "body_too_large"),
             "{line}"
         );
+    }
+}
+
+/// A gateway whose stderr (its log) goes to `log`, with `RUST_LOG=info`; returns it and its
+/// admin address. Stopped (by its own PID) when the `Proc` drops.
+fn gateway_logging_to(
+    config: &std::path::Path,
+    log: &std::path::Path,
+) -> (Proc, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let err = std::fs::File::create(log).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .expect("spawn");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut addr = |prefix: &str| -> std::net::SocketAddr {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("startup line");
+        line.trim()
+            .strip_prefix(prefix)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected startup line {line:?}"))
+    };
+    let listen = addr("listening on ");
+    let admin = addr("admin on ");
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let proc = Proc {
+        child,
+        addr: listen,
+        config: Some(config.to_path_buf()),
+    };
+    (proc, admin)
+}
+
+#[test]
+fn a_backend_url_with_credentials_is_never_echoed_whole() {
+    // Regression: the rejected URL was quoted whole in the log and in the unauthenticated
+    // /admin/config `last_reload_error`, password included.
+    let b = mock_backend();
+    let good = config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://{}]\n", b.addr),
+    );
+    let path = write_config(&good);
+    let log = temp_path("redact.log");
+    let (g, admin) = gateway_logging_to(&path, &log);
+    let secret = "s3cr3t-pa55";
+    let bad = config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://admin:{secret}@{}]\n", b.addr),
+    );
+    std::fs::write(&path, &bad).expect("write config");
+    signal(&g.child, libc::SIGHUP);
+    let mut err = String::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        let cfg = admin_get(admin, "/admin/config").json();
+        err = cfg["last_reload_error"].as_str().unwrap_or("").to_string();
+        !err.is_empty()
+    }));
+    assert!(!err.contains(secret), "{err}");
+    assert!(err.contains(&format!("http://***@{}", b.addr)), "{err}");
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("reload failed"))
+    }));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(!text.contains(secret), "{text}");
+    assert!(text.contains("http://***@"), "{text}");
+    // `--check` and a failed start print the error with the same redaction.
+    for args in [&["--check", "--config"][..], &["--config"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(args)
+            .arg(&path)
+            .output()
+            .expect("run gateway");
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains(secret), "{text}");
+        assert!(text.contains("http://***@"), "{text}");
     }
 }
