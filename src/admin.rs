@@ -353,7 +353,8 @@ fn render_metrics(shared: &Shared) -> String {
                 .map(|e| e.is_empty())
                 .unwrap_or(true),
             draining: shared.is_draining(),
-            access_log_dropped: shared.access_log_dropped.load(Ordering::Relaxed),
+            access_log_dropped: shared.access_log.dropped.load(Ordering::Relaxed),
+            access_log_errors: shared.access_log.errors.load(Ordering::Relaxed),
         },
     )
 }

@@ -177,6 +177,7 @@ pub struct Names<'a> {
     pub last_reload_ok: bool,
     pub draining: bool,
     pub access_log_dropped: u64,
+    pub access_log_errors: u64,
 }
 
 fn escape(v: &str) -> String {
@@ -391,6 +392,13 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         "gateway_access_log_dropped_batches_total {}",
         names.access_log_dropped
     );
+    let _ = writeln!(w, "# HELP gateway_access_log_errors_total Access log batches that failed to be written (their lines are lost), and failed reopens.");
+    let _ = writeln!(w, "# TYPE gateway_access_log_errors_total counter");
+    let _ = writeln!(
+        w,
+        "gateway_access_log_errors_total {}",
+        names.access_log_errors
+    );
     o
 }
 
@@ -421,6 +429,7 @@ mod tests {
                 last_reload_ok: false,
                 draining: false,
                 access_log_dropped: 4,
+                access_log_errors: 5,
             },
         );
         assert!(
@@ -449,5 +458,6 @@ mod tests {
         assert!(text.contains("gateway_config_generation 3\n"));
         assert!(text.contains("gateway_config_last_reload_success 0\n"));
         assert!(text.contains("gateway_access_log_dropped_batches_total 4\n"));
+        assert!(text.contains("gateway_access_log_errors_total 5\n"));
     }
 }

@@ -134,8 +134,8 @@ pub struct Shared {
     /// Held by whatever builds a new snapshot from the current one (a SIGHUP reload, a DNS
     /// refresh), so neither can undo the other. Never taken on the request path.
     pub control: Mutex<()>,
-    /// Access log batches dropped because its writer fell behind.
-    pub access_log_dropped: Arc<AtomicU64>,
+    /// What the access log writer counts (dropped batches, write errors).
+    pub access_log: Arc<crate::accesslog::Counters>,
 }
 
 fn policy(s: &BreakerSettings, cfg: &Config) -> Policy {
@@ -162,7 +162,7 @@ impl Shared {
             workers: Mutex::new(Vec::new()),
             reloads: ReloadStats::default(),
             control: Mutex::new(()),
-            access_log_dropped: Arc::default(),
+            access_log: Arc::default(),
         })
     }
 

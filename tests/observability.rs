@@ -25,22 +25,29 @@ fn temp_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("gateway-obs-{}-{name}", std::process::id()))
 }
 
+/// A mock backend and a one-worker gateway with an admin listener serving it as `svc`,
+/// with `extra` config lines.
+fn svc_gateway(extra: &str) -> (Proc, AdminGateway) {
+    let b = mock_backend();
+    let path = write_config(&config(
+        1,
+        &format!("admin: 127.0.0.1:0\n{extra}"),
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let g = gateway_at(&path);
+    (b, g)
+}
+
 #[test]
 fn a_413_counts_for_its_service_whether_found_by_length_or_in_a_chunked_body() {
     // Regression: a 413 found by Content-Length (before a backend is picked) was counted
     // and logged with no service, one found in a chunked body with it.
-    let b = mock_backend();
     let log = temp_path("413.log");
     let _ = std::fs::remove_file(&log);
-    let path = write_config(&config(
-        1,
-        &format!(
-            "admin: 127.0.0.1:0\naccess_log: {}\nlimits: {{max_body_bytes: 1000}}",
-            log.display()
-        ),
-        &format!("  svc: [http://{}]\n", b.addr),
+    let (_b, g) = svc_gateway(&format!(
+        "access_log: {}\nlimits: {{max_body_bytes: 1000}}",
+        log.display()
     ));
-    let g = gateway_at(&path);
     let r = request(
         g.proc.addr,
         "POST /v1/proxy/svc/by-length HTTP/1.1\r\nHost: g\r\nContent-Length: 1001\r\n\r\n",
@@ -167,4 +174,64 @@ fn a_backend_url_with_credentials_is_never_echoed_whole() {
         assert!(!text.contains(secret), "{text}");
         assert!(text.contains("http://***@"), "{text}");
     }
+}
+
+#[test]
+fn the_access_log_is_reopened_after_a_rotation_on_sigusr1_and_on_sighup() {
+    let dir = temp_path("rotate");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("access.log");
+    let (_b, g) = svc_gateway(&format!("access_log: {}", log.display()));
+    let logged = |file: &std::path::Path, target: &str| {
+        std::fs::read_to_string(file).is_ok_and(|t| t.contains(target))
+    };
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/first").status, 200);
+    assert!(eventually(Duration::from_secs(5), || logged(
+        &log,
+        "/svc/first"
+    )));
+    for (sig, rotated, target) in [
+        (libc::SIGUSR1, "access.log.1", "/svc/after-usr1"),
+        (libc::SIGHUP, "access.log.2", "/svc/after-hup"),
+    ] {
+        let rotated = dir.join(rotated);
+        std::fs::rename(&log, &rotated).expect("rotate");
+        signal(&g.proc.child, sig);
+        // Reopened: created again at once, without waiting for a line.
+        assert!(
+            eventually(Duration::from_secs(5), || log.exists()),
+            "not reopened after signal {sig}"
+        );
+        assert_eq!(get(g.proc.addr, &format!("/v1/proxy{target}")).status, 200);
+        assert!(
+            eventually(Duration::from_secs(5), || logged(&log, target)),
+            "{target} not in the new file"
+        );
+        assert!(
+            !logged(&rotated, target),
+            "{target} went to the rotated file"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn access_log_write_errors_are_counted() {
+    let (_b, g) = svc_gateway("access_log: /dev/full");
+    assert_eq!(
+        sample(&metrics(g.admin), "gateway_access_log_errors_total"),
+        Some(0.0)
+    );
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 200);
+    let mut m = String::new();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            m = metrics(g.admin);
+            sample(&m, "gateway_access_log_errors_total").is_some_and(|v| v >= 1.0)
+        }),
+        "{m}"
+    );
+    // Serving goes on.
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/y").status, 200);
 }
