@@ -317,7 +317,11 @@ fn respond(s: &mut Out<'_>, status: u16, content_type: &str, body: &[u8]) -> std
 
 fn render_metrics(shared: &Shared) -> String {
     let snap = shared.current.load_full();
-    let services = shared.service_names();
+    let services: Vec<(usize, String)> = snap
+        .services
+        .iter()
+        .map(|s| (s.id, s.name.clone()))
+        .collect();
     let backends: Vec<(usize, String, String, u64)> = snap
         .services
         .iter()
@@ -355,6 +359,7 @@ fn render_metrics(shared: &Shared) -> String {
             draining: shared.is_draining(),
             access_log_dropped: shared.access_log.dropped.load(Ordering::Relaxed),
             access_log_errors: shared.access_log.errors.load(Ordering::Relaxed),
+            ids_exhausted: shared.metric_ids_exhausted(),
         },
     )
 }
@@ -372,11 +377,9 @@ fn backends(shared: &Shared) -> Value {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let total = |slot: usize, f: fn(&WorkerMetrics) -> &Box<[metrics::Counter]>| -> u64 {
-        if slot >= metrics::MAX_SLOTS {
-            return 0;
-        }
-        workers.iter().map(|w| f(w)[slot].get()).sum()
+    // A backend over the metrics limit is not counted: null, never a false 0.
+    let total = |slot: usize, f: fn(&WorkerMetrics) -> &Box<[metrics::Counter]>| {
+        (slot < metrics::MAX_SLOTS).then(|| workers.iter().map(|w| f(w)[slot].get()).sum::<u64>())
     };
     let now = now_ms();
     let services: Vec<Value> = snap

@@ -235,3 +235,70 @@ fn access_log_write_errors_are_counted() {
     // Serving goes on.
     assert_eq!(get(g.proc.addr, "/v1/proxy/svc/y").status, 200);
 }
+
+#[test]
+fn metric_series_follow_renames_far_past_the_old_limits() {
+    // Regression: service ids (256) and backend slots (1024) were never reused, so after
+    // enough renames new services got no series and /admin/backends showed 0 successes
+    // for a service that served traffic. 30 reloads of 40 new services with 4 backends
+    // each: 1200 names and 4800 backends over the process's life.
+    let b = mock_backend();
+    let services = |generation: usize| -> String {
+        (0..40)
+            .map(|j| {
+                let urls: Vec<String> = (0..4).map(|p| format!("http://{}/p{p}", b.addr)).collect();
+                format!("  s{generation}-{j}: [{}]\n", urls.join(", "))
+            })
+            .collect()
+    };
+    let path = write_config(&config(1, "admin: 127.0.0.1:0", &services(0)));
+    let g = gateway_at(&path);
+    let generation = || admin_get(g.admin, "/healthz").json()["generation"].as_u64();
+    for k in 1..30 {
+        std::fs::write(&path, config(1, "admin: 127.0.0.1:0", &services(k))).expect("write config");
+        signal(&g.proc.child, libc::SIGHUP);
+        assert!(
+            eventually(Duration::from_secs(10), || generation()
+                == Some(k as u64 + 1)),
+            "reload {k}"
+        );
+        // The worker takes up the new snapshot with its next request.
+        assert_eq!(get(g.proc.addr, &format!("/v1/proxy/s{k}-0/x")).status, 200);
+    }
+    for _ in 0..8 {
+        assert_eq!(get(g.proc.addr, "/v1/proxy/s29-0/x").status, 200);
+    }
+    let mut m = String::new();
+    let counted = eventually(Duration::from_secs(5), || {
+        m = metrics(g.admin);
+        sample(
+            &m,
+            "gateway_requests_total{service=\"s29-0\",class=\"2xx\"}",
+        ) == Some(9.0)
+    });
+    assert!(counted, "{m}");
+    let successes: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("gateway_backend_success_total{service=\"s29-0\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(successes, 9.0, "{m}");
+    for kind in ["service", "backend"] {
+        let series = format!("gateway_metric_ids_exhausted_total{{kind=\"{kind}\"}}");
+        assert_eq!(sample(&m, &series), Some(0.0), "{m}");
+    }
+    // Only the running config's services are exported.
+    assert!(!m.contains("service=\"s28-0\""), "{m}");
+    assert_eq!(m.matches("gateway_requests_aborted_total{").count(), 40);
+    let admin = admin_get(g.admin, "/admin/backends").json();
+    let svc = admin["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "s29-0"))
+        .cloned()
+        .unwrap_or_default();
+    let admin_successes: u64 = svc["backends"]
+        .as_array()
+        .map(|b| b.iter().filter_map(|b| b["successes"].as_u64()).sum())
+        .unwrap_or(0);
+    assert_eq!(admin_successes, 9, "{svc}");
+}
