@@ -4,7 +4,10 @@
 //!   once. Workers read it without locks; requests keep the snapshot they started with.
 //! - Each backend's breaker is a `CachePadded<AtomicU64>` (see `breaker.rs`), kept in a
 //!   registry keyed by (service, URL) so that a reload hands the same cell to a backend that
-//!   stays. The registry's mutex is taken only when a snapshot is built, never per request.
+//!   stays. The registry's mutex is taken only when a snapshot is built (and by a scrape
+//!   for one counter), never per request.
+//! - The registry also hands out service ids and backend slots (metrics and pool indexes)
+//!   and reuses those that left once no snapshot that had them is alive (see `Ids`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
