@@ -591,4 +591,22 @@ mod tests {
         assert!(shut(&mut c0));
         assert_eq!(conns.active(), 2);
     }
+
+    #[test]
+    fn a_backend_over_the_metrics_limit_shows_null_counts_never_zero() {
+        let urls: Vec<String> = (0..=metrics::MAX_SLOTS)
+            .map(|i| format!("http://127.0.0.{}:{}", 1 + i / 60000, 1 + i % 60000))
+            .collect();
+        let text = format!("services:\n  a: [{}]\n", urls.join(", "));
+        let shared = Shared::new(crate::Config::parse(&text).unwrap());
+        let v = backends(&shared);
+        let list = v["services"][0]["backends"].as_array().unwrap();
+        assert_eq!(list.len(), metrics::MAX_SLOTS + 1);
+        assert_eq!(list[0]["successes"], 0);
+        let over = &list[metrics::MAX_SLOTS];
+        for field in ["successes", "failures", "transitions"] {
+            assert!(over[field].is_null(), "{over}");
+        }
+        assert_eq!(shared.metric_ids_exhausted().backends, 1);
+    }
 }

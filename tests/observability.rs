@@ -302,3 +302,57 @@ fn metric_series_follow_renames_far_past_the_old_limits() {
         .unwrap_or(0);
     assert_eq!(admin_successes, 9, "{svc}");
 }
+
+#[test]
+fn the_reload_log_line_names_changed_settings_in_one_line_with_1000_services() {
+    let b = mock_backend();
+    let keep = |cooldown: &str| {
+        format!(
+            "  keep:\n    backends: [http://{}]\n    breaker: {{cooldown: {cooldown}}}\n",
+            b.addr
+        )
+    };
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\ntimeouts: {connect: 2s}",
+        &keep("10s"),
+    ));
+    let log = temp_path("reload-line.log");
+    let (g, admin) = gateway_logging_to(&path, &log);
+    let many: String = (0..1000)
+        .map(|i| format!("  s{i:04}: [http://127.0.0.1:{}]\n", 1 + i))
+        .collect();
+    std::fs::write(
+        &path,
+        config(
+            1,
+            "admin: 127.0.0.1:0\ntimeouts: {connect: 5s}",
+            &(keep("20s") + &many),
+        ),
+    )
+    .expect("write config");
+    signal(&g.child, libc::SIGHUP);
+    let mut line = String::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        line = text
+            .lines()
+            .find(|l| l.contains("reload: generation 2"))
+            .unwrap_or("")
+            .to_string();
+        !line.is_empty()
+    }));
+    let _ = std::fs::remove_file(&log);
+    assert!(line.len() < 600, "{line}");
+    for part in [
+        "services +1000 [s0000, s0001, s0002, s0003, s0004 +995 more] -0 =1;",
+        "settings changed: timeouts.connect 2s -> 5s;",
+        "breaker (cooldown) changed for services: 1 [keep]",
+    ] {
+        assert!(line.contains(part), "{part} not in {line}");
+    }
+    assert_eq!(
+        admin_get(admin, "/healthz").json()["generation"].as_u64(),
+        Some(2)
+    );
+}
