@@ -6,11 +6,16 @@
 //! e.g. `2026-11-28T06:01:02.345Z 127.0.0.1 GET /v1/proxy/users/1 users http://127.0.0.1:8001 200 412 0.000310 0.000402 -`.
 //! If the writer falls behind by more than [`MAX_PENDING`] batches, batches are dropped and
 //! counted rather than blocking a worker.
+//!
+//! Rotation: [`Writer::reopen`] (on SIGHUP and SIGUSR1) makes the writer thread open the
+//! path again, creating it if it was moved away; a file truncated in place (`copytruncate`)
+//! needs nothing, as it is opened for appending. A failed write or reopen is counted
+//! ([`Counters::errors`]) and warned about once per run of failures.
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,37 +33,98 @@ const FLUSH_BYTES: usize = 32 * 1024;
 /// Batches queued to the writer before new ones are dropped.
 pub const MAX_PENDING: usize = 256;
 
-/// The writer side, shared by all workers.
+/// What the access log counts, exported in /metrics; shared with the admin threads.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Batches given up because the writer fell behind.
+    pub dropped: AtomicU64,
+    /// Batches that failed to be written, and reopens that failed.
+    pub errors: AtomicU64,
+}
+
+/// The writer side, shared by all workers (and the signal thread, to reopen).
 #[derive(Clone)]
 pub struct Writer {
     tx: SyncSender<Vec<u8>>,
-    pub dropped: Arc<AtomicU64>,
+    counters: Arc<Counters>,
+    /// Set by [`Writer::reopen`]; the writer thread reopens before its next write.
+    reopen: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Asks the writer thread to open the file again (after a rotation moved it away);
+    /// returns at once. A no-op for stdout.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+        // An empty batch wakes the thread now; if the queue is full, it sees the flag
+        // before writing the next batch anyway.
+        let _ = self.tx.try_send(Vec::new());
+    }
+}
+
+fn open(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 /// Starts the writer thread for `sink`; `None` when the log is off.
-/// `dropped` counts batches given up because the writer fell behind (exported in /metrics).
-pub fn start(sink: &Sink, dropped: Arc<AtomicU64>) -> std::io::Result<Option<Writer>> {
-    let mut out: Box<dyn Write + Send> = match sink {
+pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Option<Writer>> {
+    let (mut out, path): (Box<dyn Write + Send>, Option<PathBuf>) = match sink {
         Sink::Off => return Ok(None),
-        Sink::Stdout => Box::new(std::io::stdout()),
-        Sink::File(p) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)?,
-        ),
+        Sink::Stdout => (Box::new(std::io::stdout()), None),
+        Sink::File(p) => (Box::new(open(p)?), Some(p.clone())),
     };
     let (tx, rx): (SyncSender<Vec<u8>>, Receiver<Vec<u8>>) = mpsc::sync_channel(MAX_PENDING);
+    let reopen = Arc::new(AtomicBool::new(false));
+    let writer = Writer {
+        tx,
+        counters: counters.clone(),
+        reopen: reopen.clone(),
+    };
     std::thread::Builder::new()
         .name("access-log".into())
         .spawn(move || {
+            let mut failing = false;
             for batch in rx {
-                if out.write_all(&batch).and_then(|_| out.flush()).is_err() {
-                    log::warn!("access log: write failed; lines lost");
+                if reopen.swap(false, Ordering::Acquire) {
+                    if let Some(p) = &path {
+                        match open(p) {
+                            Ok(f) => {
+                                out = Box::new(f);
+                                log::info!("access log: reopened {}", p.display());
+                            }
+                            Err(e) => {
+                                counters.errors.fetch_add(1, Ordering::Relaxed);
+                                log::error!(
+                                    "access log: cannot reopen {}: {e}; still writing to the file open before",
+                                    p.display()
+                                );
+                            }
+                        }
+                    }
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                match out.write_all(&batch).and_then(|_| out.flush()) {
+                    Err(e) => {
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                        if !failing {
+                            log::warn!("access log: write failed: {e}; lines are lost until a write succeeds (counted in gateway_access_log_errors_total)");
+                        }
+                        failing = true;
+                    }
+                    Ok(()) if failing => {
+                        log::info!("access log: writing again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
                 }
             }
         })?;
-    Ok(Some(Writer { tx, dropped }))
+    Ok(Some(writer))
 }
 
 /// One request, as logged.
@@ -151,7 +217,7 @@ impl AccessLog {
         match w.tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                w.dropped.fetch_add(1, Ordering::Relaxed);
+                w.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

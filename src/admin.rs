@@ -317,7 +317,11 @@ fn respond(s: &mut Out<'_>, status: u16, content_type: &str, body: &[u8]) -> std
 
 fn render_metrics(shared: &Shared) -> String {
     let snap = shared.current.load_full();
-    let services = shared.service_names();
+    let services: Vec<(usize, String)> = snap
+        .services
+        .iter()
+        .map(|s| (s.id, s.name.clone()))
+        .collect();
     let backends: Vec<(usize, String, String, u64)> = snap
         .services
         .iter()
@@ -362,8 +366,10 @@ fn render_metrics(shared: &Shared) -> String {
                 .map(|e| e.is_empty())
                 .unwrap_or(true),
             draining: shared.is_draining(),
-            access_log_dropped: shared.access_log_dropped.load(Ordering::Relaxed),
             in_flight: &in_flight,
+            access_log_dropped: shared.access_log.dropped.load(Ordering::Relaxed),
+            access_log_errors: shared.access_log.errors.load(Ordering::Relaxed),
+            ids_exhausted: shared.metric_ids_exhausted(),
         },
     )
 }
@@ -381,11 +387,9 @@ fn backends(shared: &Shared) -> Value {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let total = |slot: usize, f: fn(&WorkerMetrics) -> &Box<[metrics::Counter]>| -> u64 {
-        if slot >= metrics::MAX_SLOTS {
-            return 0;
-        }
-        workers.iter().map(|w| f(w)[slot].get()).sum()
+    // A backend over the metrics limit is not counted: null, never a false 0.
+    let total = |slot: usize, f: fn(&WorkerMetrics) -> &Box<[metrics::Counter]>| {
+        (slot < metrics::MAX_SLOTS).then(|| workers.iter().map(|w| f(w)[slot].get()).sum::<u64>())
     };
     let now = now_ms();
     let services: Vec<Value> = snap
@@ -609,5 +613,23 @@ mod tests {
         assert!(open(&mut c1), "a connection was evicted below the cap");
         assert!(shut(&mut c0));
         assert_eq!(conns.active(), 2);
+    }
+
+    #[test]
+    fn a_backend_over_the_metrics_limit_shows_null_counts_never_zero() {
+        let urls: Vec<String> = (0..=metrics::MAX_SLOTS)
+            .map(|i| format!("http://127.0.0.{}:{}", 1 + i / 60000, 1 + i % 60000))
+            .collect();
+        let text = format!("services:\n  a: [{}]\n", urls.join(", "));
+        let shared = Shared::new(crate::Config::parse(&text).unwrap());
+        let v = backends(&shared);
+        let list = v["services"][0]["backends"].as_array().unwrap();
+        assert_eq!(list.len(), metrics::MAX_SLOTS + 1);
+        assert_eq!(list[0]["successes"], 0);
+        let over = &list[metrics::MAX_SLOTS];
+        for field in ["successes", "failures", "transitions"] {
+            assert!(over[field].is_null(), "{over}");
+        }
+        assert_eq!(shared.metric_ids_exhausted().backends, 1);
     }
 }

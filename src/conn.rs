@@ -60,7 +60,7 @@ enum Next {
         keep_alive: bool,
         with_service: bool,
         method: Option<h1::Method>,
-        /// The service, when the request was routed to one (metrics and the access log).
+        /// The configured service the target routed to (the request is counted for it).
         svc: Option<usize>,
         retry_after: Option<u64>,
         /// A body follows that will not be read: close lingering (`Downstream::linger`),
@@ -324,7 +324,7 @@ async fn next_request(
                             };
                             admit(&view, &caller, &mut d.fields, Request { info, svc })
                         }
-                        Err(err) => Next::Reject {
+                        Err(rewrite::Refused { err, svc }) => Next::Reject {
                             err,
                             // Safe to go on only if no body is left unread; every
                             // 400 closes (the contract: a malformed request ends it).
@@ -334,7 +334,7 @@ async fn next_request(
                             with_service: err == GatewayError::ServiceNotFound
                                 && !c.service.is_empty(),
                             method: Some(info.method),
-                            svc: None,
+                            svc,
                             retry_after: None,
                             linger: info.framing != Framing::None,
                         },

@@ -18,7 +18,7 @@
 //! - [`io`]: split sockets, owned-buffer reads and writes with deadlines
 //!
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
-//! registry behind one `ArcSwap`). Side: [`logging`].
+//! registry behind one `ArcSwap`). Side: [`logging`], [`redact`] (no credentials in messages).
 
 // Lint policy: never unwrap on the request path (network input must not panic a worker),
 // and say why every unsafe block is sound.
@@ -45,6 +45,7 @@ pub mod io;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
+pub mod redact;
 pub mod relay;
 pub mod reload;
 pub mod rewrite;
@@ -58,27 +59,32 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 pub use config::Config;
 pub use state::Shared;
 
-/// Starts the gateway on `config` (read from `path`, re-read on SIGHUP) and runs until
-/// SIGTERM/SIGINT and a graceful drain. A second SIGTERM/SIGINT exits at once.
+/// Starts the gateway on `config` (read from `path`, re-read on SIGHUP; the access log is
+/// reopened on SIGHUP and SIGUSR1) and runs until SIGTERM/SIGINT and a graceful drain. A
+/// second SIGTERM/SIGINT exits at once.
 pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     // Signals first, so that none arriving during startup takes the default action.
     let mut signals =
-        Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(server::StartError::Thread)?;
+        Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1]).map_err(server::StartError::Thread)?;
     let shared = Shared::new(config);
     let server = server::start(shared.clone())?;
     start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
     log_startup(&shared, &server);
     for sig in signals.forever() {
-        if sig == SIGHUP {
-            on_sighup(&shared, &path);
-        } else {
-            break;
+        match sig {
+            SIGHUP => on_sighup(&shared, &path),
+            SIGUSR1 => {}
+            _ => break,
+        }
+        // SIGHUP and SIGUSR1 both reopen the access log (after a rotation moved it).
+        if let Some(log) = &server.access_log {
+            log.reopen();
         }
     }
     let drain = shared.current.load().config.timeouts.drain;

@@ -26,6 +26,8 @@ impl Log for Logger {
             r.target(),
             r.args()
         );
+        // No credentials in the log, whatever the message quotes.
+        let line = crate::redact::userinfo(&line);
         // One write per line so lines from different workers do not interleave.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }

@@ -38,7 +38,8 @@ fn main() -> ExitCode {
     let cfg = match Config::load(&config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("gateway: invalid config: {e}");
+            let e = e.to_string();
+            eprintln!("gateway: invalid config: {}", gateway::redact::userinfo(&e));
             return ExitCode::FAILURE;
         }
     };

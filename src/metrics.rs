@@ -3,7 +3,8 @@
 //! Each worker owns one [`WorkerMetrics`]; only that worker writes it, with plain
 //! load+store (no locked read-modify-write: there is a single writer), so counting costs
 //! no shared cache-line traffic. The admin threads read all workers' tables with relaxed
-//! loads and render Prometheus text.
+//! loads and render Prometheus text. The one other write: before a service id or backend
+//! slot is reused, the control thread zeroes its counters, once no worker can write them.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,10 +13,13 @@ use crossbeam_utils::CachePadded;
 
 use crate::error::GatewayError;
 
-/// Services and backend slots that get their own series; ids are never reused, so a
-/// process that sees more over its lifetime stops counting the newest (and says so).
-pub const MAX_SERVICES: usize = 256;
-pub const MAX_SLOTS: usize = 1024;
+/// Services and backend slots that get their own series. Ids are reused once no request
+/// can count on them any more (see `state::Ids`), so these bound what is configured at
+/// once (plus what left it and is still in flight), not what a process ever saw; beyond
+/// them a service or backend is served but not counted, which is logged once and counted
+/// in `gateway_metric_ids_exhausted_total`. Their tables cost about 400 KiB per worker.
+pub const MAX_SERVICES: usize = 1024;
+pub const MAX_SLOTS: usize = 4096;
 
 /// Upper bounds of the latency histogram buckets, in microseconds (+Inf is implicit).
 pub const BUCKETS_US: [u64; 14] = [
@@ -157,6 +161,33 @@ impl WorkerMetrics {
         }
     }
 
+    /// Zeroes a service id's counters before the id is reused. Only for an id that no
+    /// worker can write any more (see `state::Ids`): the single writer is gone.
+    pub fn clear_service(&self, id: usize) {
+        if id >= MAX_SERVICES {
+            return;
+        }
+        let rows = [
+            &self.requests[id * 5..id * 5 + 5],
+            &self.aborted[id..=id],
+            &self.admission[id * 2..id * 2 + 2],
+            &self.connect.buckets[id * NB..id * NB + NB],
+            &self.connect.sum_us[id..=id],
+            &self.response.buckets[id * NB..id * NB + NB],
+            &self.response.sum_us[id..=id],
+        ];
+        rows.iter().flat_map(|r| r.iter()).for_each(|c| c.set(0));
+    }
+
+    /// Zeroes a backend slot's counters before the slot is reused (as [`Self::clear_service`]).
+    pub fn clear_slot(&self, slot: usize) {
+        if slot < MAX_SLOTS {
+            self.backend_success[slot].set(0);
+            self.backend_failure[slot].set(0);
+            self.transitions[slot].set(0);
+        }
+    }
+
     #[inline]
     pub fn transition(&self, slot: usize) {
         if slot < MAX_SLOTS {
@@ -175,7 +206,7 @@ fn sum(workers: &[&WorkerMetrics], f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
 
 /// What the renderer needs to know about names (from the state registry).
 pub struct Names<'a> {
-    /// (service id, name), every service ever configured.
+    /// (service id, name), the services of the running config.
     pub services: &'a [(usize, String)],
     /// (slot, service, url, breaker state 0/1/2), the backends of the running config.
     pub backends: &'a [(usize, String, String, u64)],
@@ -187,6 +218,8 @@ pub struct Names<'a> {
     pub access_log_dropped: u64,
     /// (service, requests in flight) for the services with `max_in_flight`.
     pub in_flight: &'a [(String, u64)],
+    pub access_log_errors: u64,
+    pub ids_exhausted: crate::state::MetricIdsExhausted,
 }
 
 fn escape(v: &str) -> String {
@@ -428,6 +461,24 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         "gateway_access_log_dropped_batches_total {}",
         names.access_log_dropped
     );
+    let _ = writeln!(w, "# HELP gateway_access_log_errors_total Access log batches that failed to be written (their lines are lost), and failed reopens.");
+    let _ = writeln!(w, "# TYPE gateway_access_log_errors_total counter");
+    let _ = writeln!(
+        w,
+        "gateway_access_log_errors_total {}",
+        names.access_log_errors
+    );
+    let _ = writeln!(w, "# HELP gateway_metric_ids_exhausted_total Services and backends installed with no series of their own: more than {MAX_SERVICES} services or {MAX_SLOTS} backends at once.");
+    let _ = writeln!(w, "# TYPE gateway_metric_ids_exhausted_total counter");
+    for (kind, v) in [
+        ("service", names.ids_exhausted.services),
+        ("backend", names.ids_exhausted.backends),
+    ] {
+        let _ = writeln!(
+            w,
+            "gateway_metric_ids_exhausted_total{{kind=\"{kind}\"}} {v}"
+        );
+    }
     o
 }
 
@@ -460,6 +511,11 @@ mod tests {
                 draining: false,
                 access_log_dropped: 4,
                 in_flight: &[("svc".to_string(), 3)],
+                access_log_errors: 5,
+                ids_exhausted: crate::state::MetricIdsExhausted {
+                    services: 6,
+                    backends: 0,
+                },
             },
         );
         assert!(
@@ -500,5 +556,7 @@ mod tests {
         assert!(text.contains("gateway_config_generation 3\n"));
         assert!(text.contains("gateway_config_last_reload_success 0\n"));
         assert!(text.contains("gateway_access_log_dropped_batches_total 4\n"));
+        assert!(text.contains("gateway_access_log_errors_total 5\n"));
+        assert!(text.contains("gateway_metric_ids_exhausted_total{kind=\"service\"} 6\n"));
     }
 }

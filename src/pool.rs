@@ -27,6 +27,10 @@ pub struct Pool {
     slots: RefCell<Vec<VecDeque<Idle>>>,
     max_idle: Cell<usize>,
     idle_timeout: Cell<Duration>,
+    /// Slots of the worker's current config: a connection to any other is not pooled. A
+    /// request that began before a reload may finish after it; its connection must not
+    /// be left under a slot that could later be reused for another backend.
+    live: RefCell<Vec<bool>>,
     /// Idle connections over all slots, mirrored into the metrics gauge.
     total: Cell<usize>,
     metrics: Arc<WorkerCell>,
@@ -38,6 +42,7 @@ impl Pool {
             slots: RefCell::new(Vec::new()),
             max_idle: Cell::new(max_idle),
             idle_timeout: Cell::new(idle_timeout),
+            live: RefCell::new(Vec::new()),
             total: Cell::new(0),
             metrics,
         }
@@ -86,7 +91,7 @@ impl Pool {
 
     /// Returns a connection whose exchange finished cleanly.
     pub fn put(&self, slot: usize, socket: Socket) {
-        if self.max_idle.get() == 0 {
+        if self.max_idle.get() == 0 || !self.live.borrow().get(slot).copied().unwrap_or(false) {
             return;
         }
         let mut slots = self.slots.borrow_mut();
@@ -121,8 +126,59 @@ impl Pool {
         self.recount(&slots);
     }
 
+    /// Makes `live` (indexed by slot) the slots whose connections are pooled; closes the
+    /// idle connections of the others.
+    pub fn keep_only(&self, live: Vec<bool>) {
+        *self.live.borrow_mut() = live;
+        let live = self.live.borrow();
+        self.sweep(|slot| live.get(slot).copied().unwrap_or(false));
+    }
+
     /// Idle connections held for `slot`.
     pub fn idle(&self, slot: usize) -> usize {
         self.slots.borrow().get(slot).map_or(0, VecDeque::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::WorkerMetrics;
+
+    #[test]
+    fn connections_of_slots_outside_the_current_config_are_never_pooled() {
+        // A request that began before a reload may hand its connection back after the
+        // worker moved on; its slot may be reused for another backend later, so the
+        // connection must be closed, not pooled under it.
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let connect = || async {
+                let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
+                    .await
+                    .unwrap();
+                let (peer, _) = l.accept().unwrap();
+                (Socket::new(s), peer)
+            };
+            let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
+            let pool = Pool::new(4, Duration::from_secs(60), metrics);
+            pool.keep_only(vec![true, false]);
+            let (a, _pa) = connect().await;
+            let (b, _pb) = connect().await;
+            pool.put(0, a);
+            pool.put(1, b);
+            pool.put(7, connect().await.0);
+            assert_eq!((pool.idle(0), pool.idle(1), pool.idle(7)), (1, 0, 0));
+            // A reload drops slot 0 and adds slot 1: slot 0's idle connection is closed.
+            pool.keep_only(vec![false, true]);
+            assert_eq!(pool.idle(0), 0);
+            pool.put(0, connect().await.0);
+            assert_eq!(pool.idle(0), 0);
+            pool.put(1, connect().await.0);
+            assert_eq!(pool.idle(1), 1);
+        });
     }
 }

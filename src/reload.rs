@@ -30,6 +30,27 @@ pub struct Changes {
     pub budgets: crate::admission::BudgetReport,
     /// Keys whose new value only applies after a restart.
     pub ignored_until_restart: Vec<&'static str>,
+    /// Timeouts, limits, pool and DNS settings that changed, as `key old -> new`.
+    pub settings_changed: Vec<String>,
+    /// Services that stay and whose breaker settings changed, and which of those fields.
+    pub breaker_changed: Vec<String>,
+    pub breaker_fields_changed: Vec<&'static str>,
+}
+
+/// Names shown in the reload line before the rest is summed up as `+N more`, so the line
+/// stays one readable line with a thousand services.
+const MAX_NAMES: usize = 5;
+
+/// `n [a, b, c, d, e +995 more]`, or `0`.
+fn counted_list(names: &[String]) -> String {
+    if names.is_empty() {
+        return "0".into();
+    }
+    let shown = names[..names.len().min(MAX_NAMES)].join(", ");
+    match names.len().saturating_sub(MAX_NAMES) {
+        0 => format!("{} [{shown}]", names.len()),
+        more => format!("{} [{shown} +{more} more]", names.len()),
+    }
 }
 
 impl fmt::Display for Changes {
@@ -39,9 +60,9 @@ impl fmt::Display for Changes {
         }
         write!(
             f,
-            "services +[{}] -[{}] ={}; backends +{} -{} ={}; breakers carried over: {} ({} not closed)",
-            self.services_added.join(","),
-            self.services_removed.join(","),
+            "services +{} -{} ={}; backends +{} -{} ={}; breakers carried over: {} ({} not closed)",
+            counted_list(&self.services_added),
+            counted_list(&self.services_removed),
             self.services_kept,
             self.backends_added,
             self.backends_removed,
@@ -61,6 +82,21 @@ impl fmt::Display for Changes {
                 f,
                 "; re-resolved to a new address: {}",
                 self.backends_readdressed
+            )?;
+        }
+        if !self.settings_changed.is_empty() {
+            write!(
+                f,
+                "; settings changed: {}",
+                self.settings_changed.join(", ")
+            )?;
+        }
+        if !self.breaker_changed.is_empty() {
+            write!(
+                f,
+                "; breaker ({}) changed for services: {}",
+                self.breaker_fields_changed.join(", "),
+                counted_list(&self.breaker_changed)
             )?;
         }
         if !self.ignored_until_restart.is_empty() {
@@ -99,6 +135,8 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
         .iter()
         .filter(|(k, addr)| old_pairs.get(*k).is_some_and(|old| old != *addr))
         .count();
+    let (breaker_changed, breaker_fields) =
+        old.map(|o| breakers_changed(o, new)).unwrap_or_default();
     let mut ignored = Vec::new();
     if let Some(old) = old {
         if old.listen != new.listen {
@@ -139,7 +177,98 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
         breakers_carried_open: 0,
         budgets: Default::default(),
         ignored_until_restart: ignored,
+        settings_changed: old.map(|o| settings_changed(o, new)).unwrap_or_default(),
+        breaker_changed,
+        breaker_fields_changed: breaker_fields,
     }
+}
+
+/// `key old -> new` for each timeout, limit, pool and DNS setting that differs.
+fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
+    let d = |v: std::time::Duration| format!("{v:?}");
+    let n = |v: u64| v.to_string();
+    let (a, b) = (&old.timeouts, &new.timeouts);
+    let (la, lb) = (&old.limits, &new.limits);
+    let dns = |c: &Config| c.dns_refresh.map_or("off".to_string(), d);
+    let pairs = [
+        ("timeouts.connect", d(a.connect), d(b.connect)),
+        ("timeouts.response", d(a.response), d(b.response)),
+        (
+            "timeouts.client_header",
+            d(a.client_header),
+            d(b.client_header),
+        ),
+        ("timeouts.client_idle", d(a.client_idle), d(b.client_idle)),
+        ("timeouts.body", d(a.body), d(b.body)),
+        ("timeouts.drain", d(a.drain), d(b.drain)),
+        (
+            "limits.max_head_bytes",
+            n(la.max_head_bytes as u64),
+            n(lb.max_head_bytes as u64),
+        ),
+        (
+            "limits.max_headers",
+            n(la.max_headers as u64),
+            n(lb.max_headers as u64),
+        ),
+        (
+            "limits.max_target_bytes",
+            n(la.max_target_bytes as u64),
+            n(lb.max_target_bytes as u64),
+        ),
+        (
+            "limits.max_body_bytes",
+            n(la.max_body_bytes),
+            n(lb.max_body_bytes),
+        ),
+        (
+            "limits.buffer_request_body",
+            n(la.buffer_request_body),
+            n(lb.buffer_request_body),
+        ),
+        (
+            "pool.max_idle_per_backend",
+            n(old.pool.max_idle_per_backend as u64),
+            n(new.pool.max_idle_per_backend as u64),
+        ),
+        (
+            "pool.idle_timeout",
+            d(old.pool.idle_timeout),
+            d(new.pool.idle_timeout),
+        ),
+        ("dns_refresh", dns(old), dns(new)),
+    ];
+    pairs
+        .into_iter()
+        .filter(|(_, x, y)| x != y)
+        .map(|(key, x, y)| format!("{key} {x} -> {y}"))
+        .collect()
+}
+
+/// Services in both configs whose breaker settings differ (sorted), and which fields did.
+fn breakers_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static str>) {
+    let mut names = Vec::new();
+    let mut fields = BTreeSet::new();
+    for s in &new.services {
+        let Some(o) = old.service(&s.name) else {
+            continue;
+        };
+        let (a, b) = (&o.breaker, &s.breaker);
+        let changed = [
+            (
+                "failure_threshold",
+                a.failure_threshold != b.failure_threshold,
+            ),
+            ("cooldown", a.cooldown != b.cooldown),
+            ("failure_statuses", a.failure_statuses != b.failure_statuses),
+        ];
+        if changed.iter().any(|(_, c)| *c) {
+            names.push(s.name.clone());
+            fields.extend(changed.iter().filter(|(_, c)| *c).map(|(f, _)| *f));
+        }
+    }
+    names.sort();
+    (names, fields.into_iter().collect())
 }
 
 /// Loads `path` and, if it is valid, makes it the running config. On error nothing
@@ -183,7 +312,8 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<Changes, ConfigError> {
         }
         Err(e) => {
             shared.reloads.failed.fetch_add(1, Ordering::Relaxed);
-            *last = e.to_string();
+            // Shown by the unauthenticated /admin/config: no credentials.
+            *last = crate::redact::userinfo(&e.to_string()).into_owned();
         }
     }
     result
@@ -273,7 +403,8 @@ mod tests {
         assert_eq!(ch.ignored_until_restart, ["listen"]);
         let line = ch.to_string();
         assert!(
-            line.contains("services +[c] -[b]") && line.contains("ignored until restart: listen"),
+            line.contains("services +1 [c] -1 [b] =1")
+                && line.contains("ignored until restart: listen"),
             "{line}"
         );
         let now = shared.current.load_full();
@@ -337,5 +468,46 @@ mod tests {
             a.backends[1].url.addr,
             "127.0.0.1:2".parse::<SocketAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn the_reload_line_names_changed_settings_and_stays_one_line_with_1000_services() {
+        let services = |prefix: &str, n: usize, cooldown: &str| -> String {
+            (0..n)
+                .map(|i| {
+                    format!("  {prefix}{i:04}:\n    backends: [http://127.0.0.1:{}]\n    breaker: {{cooldown: {cooldown}}}\n", 1 + i)
+                })
+                .collect()
+        };
+        let old = Config::parse(&format!(
+            "timeouts: {{connect: 2s}}\nlimits: {{max_body_bytes: 1000}}\nservices:\n{}{}",
+            services("keep", 3, "10s"),
+            services("old", 1000, "10s")
+        ))
+        .unwrap();
+        let new = Config::parse(&format!(
+            "timeouts: {{connect: 5s}}\nlimits: {{max_body_bytes: 2000}}\nservices:\n{}{}",
+            services("keep", 3, "20s"),
+            services("new", 1000, "10s")
+        ))
+        .unwrap();
+        let mut ch = diff(Some(&old), &new);
+        ch.generation = 2;
+        let line = ch.to_string();
+        assert!(!line.contains('\n') && line.len() < 600, "{line}");
+        for part in [
+            "generation 2: services +1000 [new0000, new0001, new0002, new0003, new0004 +995 more] -1000 [old0000, old0001, old0002, old0003, old0004 +995 more] =3;",
+            "settings changed: timeouts.connect 2s -> 5s, limits.max_body_bytes 1000 -> 2000;",
+            "breaker (cooldown) changed for services: 3 [keep0000, keep0001, keep0002]",
+        ] {
+            assert!(line.contains(part), "{part} not in {line}");
+        }
+        // Nothing changed: no settings part at all.
+        let same = diff(Some(&new), &new).to_string();
+        assert!(
+            !same.contains("settings") && !same.contains("breaker ("),
+            "{same}"
+        );
+        assert!(same.starts_with("services +0 -0 =1003;"), "{same}");
     }
 }

@@ -21,6 +21,10 @@ const VIA_10: &[u8] = b"1.0 gateway";
 /// hop-by-hop fields (`Transfer_Encoding`, which a CGI/WSGI backend reads as
 /// `Transfer-Encoding`) are dropped first, then our own `X-Forwarded-*` and `Via` are
 /// added, then our framing: nothing the client sent can remove or replace them.
+///
+/// A refused request names the service (its index in the snapshot) whenever its target
+/// routed to a configured one, so it is counted for that service whichever check refused
+/// it (a 413 found here by `Content-Length` counts like one found later in a chunked body).
 pub fn prepare(
     p: &ParsedRequest<'_, '_>,
     view: &View,
@@ -28,7 +32,7 @@ pub fn prepare(
     fwd: &mut Vec<u8>,
     path: &mut Vec<u8>,
     service: &mut Vec<u8>,
-) -> Result<usize, GatewayError> {
+) -> Result<usize, Refused> {
     service.clear();
     let route = router::route(p.target);
     if let Ok(r) = &route {
@@ -39,14 +43,17 @@ pub fn prepare(
             service.extend_from_slice(seg.as_bytes());
         }
     }
-    let route = route?;
+    let route = route.map_err(|e| Refused::from(GatewayError::from(e)))?;
     let svc = view
         .snapshot
         .service_index(route.service)
-        .ok_or(GatewayError::ServiceNotFound)?;
+        .ok_or(Refused::from(GatewayError::ServiceNotFound))?;
     if let Framing::Length(n) = p.info.framing {
         if n > view.snapshot.config.limits.max_body_bytes {
-            return Err(GatewayError::BodyTooLarge);
+            return Err(Refused {
+                err: GatewayError::BodyTooLarge,
+                svc: Some(svc),
+            });
         }
     }
     path.clear();
@@ -125,6 +132,20 @@ pub fn prepare(
     }
     fwd.extend_from_slice(b"\r\n");
     Ok(svc)
+}
+
+/// Why [`prepare`] refused a request, and the service it routed to, if it got that far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub err: GatewayError,
+    /// Index of the service in the snapshot.
+    pub svc: Option<usize>,
+}
+
+impl From<GatewayError> for Refused {
+    fn from(err: GatewayError) -> Refused {
+        Refused { err, svc: None }
+    }
 }
 
 /// Appends the header lines `keep` selects. Runs of consecutive kept lines are copied

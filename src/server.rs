@@ -24,6 +24,8 @@ pub struct Server {
     pub local_addr: SocketAddr,
     /// Where the admin API listens, if enabled.
     pub admin_addr: Option<SocketAddr>,
+    /// The access log's writer, to reopen the file on SIGHUP/SIGUSR1 (None when off).
+    pub access_log: Option<accesslog::Writer>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -95,7 +97,7 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         addr = l.local_addr().map_err(|e| bind_error(addr, e))?;
         listeners.push(l);
     }
-    let log = accesslog::start(&config.access_log, shared.access_log_dropped.clone())
+    let log = accesslog::start(&config.access_log, shared.access_log.clone())
         .map_err(StartError::AccessLog)?;
     let admin_addr = match config.admin {
         Some(admin) => {
@@ -105,6 +107,7 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::with_capacity(listeners.len());
+    let access_log = log.clone();
     for (index, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let log = log.clone();
@@ -118,6 +121,7 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
     Ok(Server {
         local_addr: addr,
         admin_addr,
+        access_log,
         threads,
     })
 }

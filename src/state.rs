@@ -4,12 +4,15 @@
 //!   once. Workers read it without locks; requests keep the snapshot they started with.
 //! - Each backend's breaker is a `CachePadded<AtomicU64>` (see `breaker.rs`), kept in a
 //!   registry keyed by (service, URL) so that a reload hands the same cell to a backend that
-//!   stays. The registry's mutex is taken only when a snapshot is built, never per request.
+//!   stays. The registry's mutex is taken only when a snapshot is built (and by a scrape
+//!   for one counter), never per request.
+//! - The registry also hands out service ids and backend slots (metrics and pool indexes)
+//!   and reuses those that left once no snapshot that had them is alive (see `Ids`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -17,7 +20,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::breaker::Policy;
 use crate::config::{BackendUrl, BreakerSettings, Config};
-use crate::metrics::WorkerCell;
+use crate::metrics::{WorkerCell, MAX_SERVICES, MAX_SLOTS};
 
 /// The process clock the breakers count in (ms since first use).
 pub fn now_ms() -> u64 {
@@ -71,13 +74,60 @@ impl Snapshot {
             .ok()
     }
 
-    /// Highest backend slot in this snapshot, for sizing per-worker tables.
-    pub fn slot_count(&self) -> usize {
-        self.services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(|b| b.slot + 1))
-            .max()
-            .unwrap_or(0)
+    /// Which backend slots this snapshot uses, indexed by slot.
+    pub fn live_slots(&self) -> Vec<bool> {
+        let mut live = Vec::new();
+        for b in self.services.iter().flat_map(|s| &s.backends) {
+            if live.len() <= b.slot {
+                live.resize(b.slot + 1, false);
+            }
+            live[b.slot] = true;
+        }
+        live
+    }
+}
+
+/// Dense ids (service ids, backend slots) that are reused once nothing can use them.
+///
+/// An id that leaves the config at generation `g` is *parked*: requests in flight on an
+/// older snapshot, and a worker that has not yet picked up the new one, may still count
+/// on it (or, for a slot, pool a connection under it). It becomes free once no snapshot
+/// older than `g` is alive; only then are its counters zeroed in every worker's table
+/// (nothing writes them any more) and the id handed out again, lowest first, so a reused
+/// id starts from zero in the exported series.
+#[derive(Default)]
+struct Ids {
+    next: usize,
+    free: BTreeSet<usize>,
+    /// (first generation that no longer uses the id, id).
+    parked: Vec<(u64, usize)>,
+}
+
+impl Ids {
+    fn take(&mut self) -> usize {
+        self.free.pop_first().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    fn park(&mut self, id: usize, generation: u64) {
+        self.parked.push((generation, id));
+    }
+
+    /// Frees the parked ids no snapshot of generation `oldest_alive` or later uses, and
+    /// returns them (their counters must be zeroed before the next snapshot is stored).
+    fn release(&mut self, oldest_alive: u64) -> Vec<usize> {
+        let mut freed = Vec::new();
+        self.parked.retain(|&(generation, id)| {
+            let done = generation <= oldest_alive;
+            if done {
+                freed.push(id);
+            }
+            !done
+        });
+        self.free.extend(&freed);
+        freed
     }
 }
 
@@ -88,21 +138,43 @@ impl Snapshot {
 #[derive(Default)]
 struct Registry {
     cells: HashMap<(String, String), (usize, Arc<BreakerCell>, SocketAddr)>,
-    next_slot: usize,
-    /// Every service name ever configured, in id order.
-    services: Vec<String>,
+    /// Ids of the services of the running config, by name.
+    services: HashMap<String, usize>,
+    service_ids: Ids,
+    slots: Ids,
+    /// Every snapshot installed and maybe still alive (a worker's view, a request in
+    /// flight): parked ids wait for the older ones to go.
+    snapshots: Vec<(u64, Weak<Snapshot>)>,
+    /// Services and backends given an id at or over the metrics limit (no series).
+    exhausted: MetricIdsExhausted,
     admission: crate::admission::Registry,
 }
 
+/// Services and backends that got no series of their own because more than
+/// [`MAX_SERVICES`] services or [`MAX_SLOTS`] backends were configured at once.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MetricIdsExhausted {
+    pub services: u64,
+    pub backends: u64,
+}
+
 impl Registry {
-    fn service_id(&mut self, name: &str) -> usize {
-        match self.services.iter().position(|n| n == name) {
-            Some(id) => id,
-            None => {
-                self.services.push(name.to_string());
-                self.services.len() - 1
-            }
-        }
+    /// Generation of the oldest installed snapshot still alive; forgets the dead ones.
+    fn oldest_alive(&mut self) -> u64 {
+        self.snapshots.retain(|(_, w)| w.strong_count() > 0);
+        // Pairs with the release in `Arc::drop` of the last holder of each snapshot seen
+        // dead above: the counter writes of its requests happen before our zeroing.
+        std::sync::atomic::fence(Ordering::Acquire);
+        self.snapshots
+            .iter()
+            .map(|(g, _)| *g)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    fn remember(&mut self, snapshot: &Arc<Snapshot>) {
+        self.snapshots
+            .push((snapshot.generation, Arc::downgrade(snapshot)));
     }
 }
 
@@ -139,8 +211,8 @@ pub struct Shared {
     /// Held by whatever builds a new snapshot from the current one (a SIGHUP reload, a DNS
     /// refresh), so neither can undo the other. Never taken on the request path.
     pub control: Mutex<()>,
-    /// Access log batches dropped because its writer fell behind.
-    pub access_log_dropped: Arc<AtomicU64>,
+    /// What the access log writer counts (dropped batches, write errors).
+    pub access_log: Arc<crate::accesslog::Counters>,
 }
 
 fn policy(s: &BreakerSettings, cfg: &Config) -> Policy {
@@ -160,14 +232,16 @@ impl Shared {
     pub fn new(config: Config) -> Arc<Shared> {
         let mut registry = Registry::default();
         let (snapshot, _) = build(&mut registry, config, 1);
+        let snapshot = Arc::new(snapshot);
+        registry.remember(&snapshot);
         Arc::new(Shared {
-            current: ArcSwap::from_pointee(snapshot),
+            current: ArcSwap::new(snapshot),
             registry: Mutex::new(registry),
             draining: AtomicBool::new(false),
             workers: Mutex::new(Vec::new()),
             reloads: ReloadStats::default(),
             control: Mutex::new(()),
-            access_log_dropped: Arc::default(),
+            access_log: Arc::default(),
         })
     }
 
@@ -175,18 +249,33 @@ impl Shared {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Every service name ever configured, with its id.
-    pub fn service_names(&self) -> Vec<(usize, String)> {
-        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        reg.services.iter().cloned().enumerate().collect()
+    /// Services and backends that got no series of their own (see [`MetricIdsExhausted`]).
+    pub fn metric_ids_exhausted(&self) -> MetricIdsExhausted {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .exhausted
     }
 
-    /// Builds a complete snapshot from `config` and stores it in one swap.
+    /// Builds a complete snapshot from `config` and stores it in one swap. Ids that no
+    /// alive snapshot uses any more are freed first, their counters zeroed.
     pub fn install(&self, config: Config) -> (u64, BuildReport) {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.current.load().generation + 1;
+        let oldest = reg.oldest_alive();
+        let services = reg.service_ids.release(oldest);
+        let slots = reg.slots.release(oldest);
+        if !services.is_empty() || !slots.is_empty() {
+            let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            for w in workers.iter() {
+                services.iter().for_each(|&id| w.clear_service(id));
+                slots.iter().for_each(|&slot| w.clear_slot(slot));
+            }
+        }
         let (snapshot, report) = build(&mut reg, config, generation);
-        self.current.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        reg.remember(&snapshot);
+        self.current.store(snapshot);
         (generation, report)
     }
 }
@@ -196,6 +285,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
     let mut live: HashMap<(String, String), (usize, Arc<BreakerCell>, SocketAddr)> = HashMap::new();
     let (admissions, budgets) = reg.admission.build(&config);
     report.budgets = budgets;
+    let mut live_services: HashMap<String, usize> = HashMap::new();
     let mut services: Vec<Service> = config
         .services
         .iter()
@@ -217,9 +307,8 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                             } else {
                                 report.backends_added += 1;
                             }
-                            reg.next_slot += 1;
                             (
-                                reg.next_slot - 1,
+                                reg.slots.take(),
                                 Arc::new(CachePadded::new(AtomicU64::new(0))),
                                 b.addr,
                             )
@@ -233,8 +322,13 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                     }
                 })
                 .collect();
+            let id = match reg.services.get(&sc.name) {
+                Some(&id) => id,
+                None => reg.service_ids.take(),
+            };
+            live_services.insert(sc.name.clone(), id);
             Service {
-                id: reg.service_id(&sc.name),
+                id,
                 name: sc.name.clone(),
                 backends,
                 settings: sc.breaker,
@@ -245,7 +339,21 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
         .collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
     report.backends_removed = reg.cells.len() - report.backends_kept - report.backends_readdressed;
+    // What left the config (a re-addressed backend's old slot too) waits until no older
+    // snapshot is alive before its id is reused.
+    for (key, (slot, ..)) in &reg.cells {
+        if live.get(key).is_none_or(|l| l.0 != *slot) {
+            reg.slots.park(*slot, generation);
+        }
+    }
+    for (name, id) in &reg.services {
+        if !live_services.contains_key(name) {
+            reg.service_ids.park(*id, generation);
+        }
+    }
     reg.cells = live;
+    reg.services = live_services;
+    count_exhausted(reg, &services);
     (
         Snapshot {
             generation,
@@ -254,6 +362,26 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
         },
         report,
     )
+}
+
+/// Counts, and logs the first time, the services and backends of a new snapshot whose ids
+/// are over the metrics limits (they are served, but get no series of their own).
+fn count_exhausted(reg: &mut Registry, services: &[Service]) {
+    let over_s = services.iter().filter(|s| s.id >= MAX_SERVICES).count() as u64;
+    let over_b = services
+        .iter()
+        .flat_map(|s| &s.backends)
+        .filter(|b| b.slot >= MAX_SLOTS)
+        .count() as u64;
+    let e = &mut reg.exhausted;
+    if over_s > 0 && e.services == 0 {
+        log::warn!("metrics: more than {MAX_SERVICES} services at once: {over_s} get no series of their own (gateway_metric_ids_exhausted_total{{kind=\"service\"}})");
+    }
+    if over_b > 0 && e.backends == 0 {
+        log::warn!("metrics: more than {MAX_SLOTS} backends at once: {over_b} get no series of their own (gateway_metric_ids_exhausted_total{{kind=\"backend\"}})");
+    }
+    e.services += over_s;
+    e.backends += over_b;
 }
 
 #[cfg(test)]
@@ -344,5 +472,108 @@ mod tests {
         );
         assert_eq!(a2.backends[1].slot, a.backends[1].slot);
         assert!(Arc::ptr_eq(&a.backends[1].breaker, &a2.backends[1].breaker));
+    }
+
+    fn one(name: &str, port: u16) -> Config {
+        cfg(&format!("services:\n  {name}: [http://127.0.0.1:{port}]\n"))
+    }
+
+    /// (service id, slot) of the only service of the running config.
+    fn ids(shared: &Shared) -> (usize, usize) {
+        let snap = shared.current.load();
+        (snap.services[0].id, snap.services[0].backends[0].slot)
+    }
+
+    #[test]
+    fn ids_that_left_are_reused_once_no_older_snapshot_is_alive_and_start_from_zero() {
+        use crate::metrics::{render, Names, WorkerMetrics};
+        let shared = Shared::new(one("a", 1));
+        let table = Arc::new(WorkerCell::new(WorkerMetrics::default()));
+        shared.workers.lock().unwrap().push(table.clone());
+        let (a, a_slot) = ids(&shared);
+        table.response(Some(a), 200, None);
+        table.outcome(a_slot, false);
+        // A request still in flight on generation 1 holds it: `a`'s ids stay parked.
+        let in_flight = shared.current.load_full();
+        shared.install(one("b", 2));
+        shared.install(one("c", 3));
+        let (c, c_slot) = ids(&shared);
+        assert!(
+            c != a && c_slot != a_slot,
+            "reused while a request could count on it"
+        );
+        drop(in_flight);
+        shared.install(one("d", 4));
+        assert_eq!(ids(&shared), (a, a_slot), "the lowest free ids are reused");
+        // The reused ids start from zero.
+        assert_eq!(table.backend_success[a_slot].get(), 0);
+        let services = vec![(a, "d".to_string())];
+        let text = render(
+            &[&**table],
+            &Names {
+                services: &services,
+                backends: &[],
+                generation: 4,
+                reloads_ok: 3,
+                reloads_failed: 0,
+                last_reload_ok: true,
+                draining: false,
+                access_log_dropped: 0,
+                access_log_errors: 0,
+                ids_exhausted: shared.metric_ids_exhausted(),
+                in_flight: &[],
+            },
+        );
+        assert!(
+            text.contains("gateway_requests_total{service=\"d\",class=\"2xx\"} 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn renames_without_end_keep_ids_few_and_a_service_that_stays_keeps_its_id() {
+        let shared = Shared::new(one("s0", 1));
+        for i in 1..3000u16 {
+            shared.install(one(&format!("s{i}"), 1 + i % 7));
+            let (id, slot) = ids(&shared);
+            assert!(id < 2 && slot < 2, "rename {i}: id {id}, slot {slot}");
+        }
+        assert_eq!(shared.metric_ids_exhausted(), MetricIdsExhausted::default());
+        // A service that stays keeps its id across reloads that change the others.
+        let two = |other: &str| {
+            cfg(&format!(
+                "services:\n  keep: [http://127.0.0.1:9]\n  {other}: [http://127.0.0.1:8]\n"
+            ))
+        };
+        shared.install(two("x"));
+        let keep = shared.current.load().service(b"keep").unwrap().id;
+        for other in ["y", "z", "w"] {
+            shared.install(two(other));
+            assert_eq!(shared.current.load().service(b"keep").unwrap().id, keep);
+        }
+    }
+
+    #[test]
+    fn services_and_backends_over_the_limits_are_counted() {
+        let mut text = String::from("services:\n");
+        for i in 0..MAX_SERVICES + 3 {
+            text.push_str(&format!("  s{i}: [http://127.0.0.1:{}]\n", 1 + i % 60000));
+        }
+        let shared = Shared::new(cfg(&text));
+        assert_eq!(
+            shared.metric_ids_exhausted(),
+            MetricIdsExhausted {
+                services: 3,
+                backends: 0
+            }
+        );
+        let snap = shared.current.load();
+        assert_eq!(
+            snap.services
+                .iter()
+                .filter(|s| s.id >= MAX_SERVICES)
+                .count(),
+            3
+        );
     }
 }

@@ -77,6 +77,7 @@ impl Worker {
             snapshot.config.pool.idle_timeout,
             metrics.clone(),
         );
+        pool.keep_only(snapshot.live_slots());
         Worker {
             index,
             view: RefCell::new(Rc::new(View::new(snapshot, index))),
@@ -116,18 +117,12 @@ impl Worker {
             self.index,
             &old,
         ));
-        let mut live = vec![false; fresh.snapshot.slot_count()];
-        for s in &fresh.snapshot.services {
-            for b in &s.backends {
-                live[b.slot] = true;
-            }
-        }
         let pool = &fresh.snapshot.config.pool;
         self.pool
             .configure(pool.max_idle_per_backend, pool.idle_timeout);
-        // Close idle connections of backends that left the config.
-        self.pool
-            .sweep(|slot| live.get(slot).copied().unwrap_or(false));
+        // Close idle connections of backends that left the config, and pool none for them
+        // from now on (their slot may be reused once no older snapshot is alive).
+        self.pool.keep_only(fresh.snapshot.live_slots());
         *self.view.borrow_mut() = fresh.clone();
         fresh
     }

@@ -1,0 +1,358 @@
+//! What an operator reads: metric series that never silently stop, access log rotation and write errors, secrets kept out of logs and the admin API, one attribution per error, and the reload line.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn admin_get(admin: std::net::SocketAddr, path: &str) -> Response {
+    let mut c = Client::connect(admin);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes());
+    c.read_response()
+}
+
+fn metrics(admin: std::net::SocketAddr) -> String {
+    String::from_utf8_lossy(&admin_get(admin, "/metrics").body).into_owned()
+}
+
+/// The value of the sample `series` (`name{labels}`) in `text`, if exported.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("gateway-obs-{}-{name}", std::process::id()))
+}
+
+/// A mock backend and a one-worker gateway with an admin listener serving it as `svc`,
+/// with `extra` config lines.
+fn svc_gateway(extra: &str) -> (Proc, AdminGateway) {
+    let b = mock_backend();
+    let path = write_config(&config(
+        1,
+        &format!("admin: 127.0.0.1:0\n{extra}"),
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let g = gateway_at(&path);
+    (b, g)
+}
+
+#[test]
+fn a_413_counts_for_its_service_whether_found_by_length_or_in_a_chunked_body() {
+    // Regression: a 413 found by Content-Length (before a backend is picked) was counted
+    // and logged with no service, one found in a chunked body with it.
+    let log = temp_path("413.log");
+    let _ = std::fs::remove_file(&log);
+    let (_b, g) = svc_gateway(&format!(
+        "access_log: {}\nlimits: {{max_body_bytes: 1000}}",
+        log.display()
+    ));
+    let r = request(
+        g.proc.addr,
+        "POST /v1/proxy/svc/by-length HTTP/1.1\r\nHost: g\r\nContent-Length: 1001\r\n\r\n",
+    );
+    assert_eq!(r.status, 413);
+    let chunk = format!("{:x}\r\n{}\r\n", 1001, "a".repeat(1001));
+    let r = request(
+        g.proc.addr,
+        &format!("POST /v1/proxy/svc/chunked HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}0\r\n\r\n"),
+    );
+    assert_eq!(r.status, 413);
+    // Counted just after the answer is sent: poll until both are in.
+    let mut m = String::new();
+    let counted = eventually(Duration::from_secs(5), || {
+        m = metrics(g.admin);
+        sample(&m, "gateway_requests_total{service=\"svc\",class=\"4xx\"}") == Some(2.0)
+    });
+    assert!(counted, "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            "gateway_errors_total{code=\"body_too_large\",status=\"413\"}"
+        ),
+        Some(2.0)
+    );
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 2)
+    }));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    for target in ["/v1/proxy/svc/by-length", "/v1/proxy/svc/chunked"] {
+        let line = text.lines().find(|l| l.contains(target)).unwrap_or("");
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 11, "{text}");
+        assert_eq!(
+            (f[4], f[6], f[10]),
+            ("svc", "413", "body_too_large"),
+            "{line}"
+        );
+    }
+}
+
+/// A gateway whose stderr (its log) goes to `log`, with `RUST_LOG=info`; returns it and its
+/// admin address. Stopped (by its own PID) when the `Proc` drops.
+fn gateway_logging_to(
+    config: &std::path::Path,
+    log: &std::path::Path,
+) -> (Proc, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let err = std::fs::File::create(log).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .expect("spawn");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut addr = |prefix: &str| -> std::net::SocketAddr {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("startup line");
+        line.trim()
+            .strip_prefix(prefix)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected startup line {line:?}"))
+    };
+    let listen = addr("listening on ");
+    let admin = addr("admin on ");
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let proc = Proc {
+        child,
+        addr: listen,
+        config: Some(config.to_path_buf()),
+    };
+    (proc, admin)
+}
+
+#[test]
+fn a_backend_url_with_credentials_is_never_echoed_whole() {
+    // Regression: the rejected URL was quoted whole in the log and in the unauthenticated
+    // /admin/config `last_reload_error`, password included.
+    let b = mock_backend();
+    let good = config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://{}]\n", b.addr),
+    );
+    let path = write_config(&good);
+    let log = temp_path("redact.log");
+    let (g, admin) = gateway_logging_to(&path, &log);
+    let secret = "s3cr3t-pa55";
+    let bad = config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://admin:{secret}@{}]\n", b.addr),
+    );
+    std::fs::write(&path, &bad).expect("write config");
+    signal(&g.child, libc::SIGHUP);
+    let mut err = String::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        let cfg = admin_get(admin, "/admin/config").json();
+        err = cfg["last_reload_error"].as_str().unwrap_or("").to_string();
+        !err.is_empty()
+    }));
+    assert!(!err.contains(secret), "{err}");
+    assert!(err.contains(&format!("http://***@{}", b.addr)), "{err}");
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("reload failed"))
+    }));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(!text.contains(secret), "{text}");
+    assert!(text.contains("http://***@"), "{text}");
+    // `--check` and a failed start print the error with the same redaction.
+    for args in [&["--check", "--config"][..], &["--config"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(args)
+            .arg(&path)
+            .output()
+            .expect("run gateway");
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains(secret), "{text}");
+        assert!(text.contains("http://***@"), "{text}");
+    }
+}
+
+#[test]
+fn the_access_log_is_reopened_after_a_rotation_on_sigusr1_and_on_sighup() {
+    let dir = temp_path("rotate");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("access.log");
+    let (_b, g) = svc_gateway(&format!("access_log: {}", log.display()));
+    let logged = |file: &std::path::Path, target: &str| {
+        std::fs::read_to_string(file).is_ok_and(|t| t.contains(target))
+    };
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/first").status, 200);
+    assert!(eventually(Duration::from_secs(5), || logged(
+        &log,
+        "/svc/first"
+    )));
+    for (sig, rotated, target) in [
+        (libc::SIGUSR1, "access.log.1", "/svc/after-usr1"),
+        (libc::SIGHUP, "access.log.2", "/svc/after-hup"),
+    ] {
+        let rotated = dir.join(rotated);
+        std::fs::rename(&log, &rotated).expect("rotate");
+        signal(&g.proc.child, sig);
+        // Reopened: created again at once, without waiting for a line.
+        assert!(
+            eventually(Duration::from_secs(5), || log.exists()),
+            "not reopened after signal {sig}"
+        );
+        assert_eq!(get(g.proc.addr, &format!("/v1/proxy{target}")).status, 200);
+        assert!(
+            eventually(Duration::from_secs(5), || logged(&log, target)),
+            "{target} not in the new file"
+        );
+        assert!(
+            !logged(&rotated, target),
+            "{target} went to the rotated file"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn access_log_write_errors_are_counted() {
+    let (_b, g) = svc_gateway("access_log: /dev/full");
+    assert_eq!(
+        sample(&metrics(g.admin), "gateway_access_log_errors_total"),
+        Some(0.0)
+    );
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 200);
+    let mut m = String::new();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            m = metrics(g.admin);
+            sample(&m, "gateway_access_log_errors_total").is_some_and(|v| v >= 1.0)
+        }),
+        "{m}"
+    );
+    // Serving goes on.
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/y").status, 200);
+}
+
+#[test]
+fn metric_series_follow_renames_far_past_the_old_limits() {
+    // Regression: service ids (256) and backend slots (1024) were never reused, so after
+    // enough renames new services got no series and /admin/backends showed 0 successes
+    // for a service that served traffic. 30 reloads of 40 new services with 4 backends
+    // each: 1200 names and 4800 backends over the process's life.
+    let b = mock_backend();
+    let services = |generation: usize| -> String {
+        (0..40)
+            .map(|j| {
+                let urls: Vec<String> = (0..4).map(|p| format!("http://{}/p{p}", b.addr)).collect();
+                format!("  s{generation}-{j}: [{}]\n", urls.join(", "))
+            })
+            .collect()
+    };
+    let path = write_config(&config(1, "admin: 127.0.0.1:0", &services(0)));
+    let g = gateway_at(&path);
+    let generation = || admin_get(g.admin, "/healthz").json()["generation"].as_u64();
+    for k in 1..30 {
+        std::fs::write(&path, config(1, "admin: 127.0.0.1:0", &services(k))).expect("write config");
+        signal(&g.proc.child, libc::SIGHUP);
+        assert!(
+            eventually(Duration::from_secs(10), || generation()
+                == Some(k as u64 + 1)),
+            "reload {k}"
+        );
+        // The worker takes up the new snapshot with its next request.
+        assert_eq!(get(g.proc.addr, &format!("/v1/proxy/s{k}-0/x")).status, 200);
+    }
+    for _ in 0..8 {
+        assert_eq!(get(g.proc.addr, "/v1/proxy/s29-0/x").status, 200);
+    }
+    let mut m = String::new();
+    let counted = eventually(Duration::from_secs(5), || {
+        m = metrics(g.admin);
+        sample(
+            &m,
+            "gateway_requests_total{service=\"s29-0\",class=\"2xx\"}",
+        ) == Some(9.0)
+    });
+    assert!(counted, "{m}");
+    let successes: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("gateway_backend_success_total{service=\"s29-0\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(successes, 9.0, "{m}");
+    for kind in ["service", "backend"] {
+        let series = format!("gateway_metric_ids_exhausted_total{{kind=\"{kind}\"}}");
+        assert_eq!(sample(&m, &series), Some(0.0), "{m}");
+    }
+    // Only the running config's services are exported.
+    assert!(!m.contains("service=\"s28-0\""), "{m}");
+    assert_eq!(m.matches("gateway_requests_aborted_total{").count(), 40);
+    let admin = admin_get(g.admin, "/admin/backends").json();
+    let svc = admin["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "s29-0"))
+        .cloned()
+        .unwrap_or_default();
+    let admin_successes: u64 = svc["backends"]
+        .as_array()
+        .map(|b| b.iter().filter_map(|b| b["successes"].as_u64()).sum())
+        .unwrap_or(0);
+    assert_eq!(admin_successes, 9, "{svc}");
+}
+
+#[test]
+fn the_reload_log_line_names_changed_settings_in_one_line_with_1000_services() {
+    let b = mock_backend();
+    let keep = |cooldown: &str| {
+        format!(
+            "  keep:\n    backends: [http://{}]\n    breaker: {{cooldown: {cooldown}}}\n",
+            b.addr
+        )
+    };
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\ntimeouts: {connect: 2s}",
+        &keep("10s"),
+    ));
+    let log = temp_path("reload-line.log");
+    let (g, admin) = gateway_logging_to(&path, &log);
+    let many: String = (0..1000)
+        .map(|i| format!("  s{i:04}: [http://127.0.0.1:{}]\n", 1 + i))
+        .collect();
+    std::fs::write(
+        &path,
+        config(
+            1,
+            "admin: 127.0.0.1:0\ntimeouts: {connect: 5s}",
+            &(keep("20s") + &many),
+        ),
+    )
+    .expect("write config");
+    signal(&g.child, libc::SIGHUP);
+    let mut line = String::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        line = text
+            .lines()
+            .find(|l| l.contains("reload: generation 2"))
+            .unwrap_or("")
+            .to_string();
+        !line.is_empty()
+    }));
+    let _ = std::fs::remove_file(&log);
+    assert!(line.len() < 600, "{line}");
+    for part in [
+        "services +1000 [s0000, s0001, s0002, s0003, s0004 +995 more] -0 =1;",
+        "settings changed: timeouts.connect 2s -> 5s;",
+        "breaker (cooldown) changed for services: 1 [keep]",
+    ] {
+        assert!(line.contains(part), "{part} not in {line}");
+    }
+    assert_eq!(
+        admin_get(admin, "/healthz").json()["generation"].as_u64(),
+        Some(2)
+    );
+}
