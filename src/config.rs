@@ -335,6 +335,14 @@ fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// Whether two listeners would fight over one port: same port (not 0), and the same IP or
+/// either one the wildcard address.
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// Service names are URL path segments: `^[a-z0-9][a-z0-9-]{0,62}$`.
 pub fn valid_service_name(name: &[u8]) -> bool {
     !name.is_empty()
@@ -552,6 +560,34 @@ impl Config {
         self.services.iter().find(|s| s.name == name)
     }
 
+    /// `--check`: whether the access log file can be opened for appending, as the gateway
+    /// will at start. An existing file is opened without truncating it; for a missing one
+    /// the directory is checked for write access, so that `--check` creates nothing.
+    pub fn check_access_log(&self) -> Result<(), ConfigError> {
+        let crate::accesslog::Sink::File(path) = &self.access_log else {
+            return Ok(());
+        };
+        let opened = match std::fs::OpenOptions::new().append(true).open(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dir = match path.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => Path::new("."),
+                };
+                writable_dir(dir)
+            }
+            other => other.map(drop),
+        };
+        opened.map_err(|e| {
+            invalid(
+                "access_log",
+                format!(
+                    "cannot open the access log {}: {e}: fix the path or its permissions, or use stdout or off",
+                    path.display()
+                ),
+            )
+        })
+    }
+
     /// A human summary, printed by `--check` and at startup.
     pub fn summary(&self) -> String {
         let mut s = String::new();
@@ -589,6 +625,20 @@ impl Config {
     }
 }
 
+/// `access(2)`: may this process create files in `dir`?
+fn writable_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let r = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let listen = parse_addr("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
     let workers = match raw.workers.unwrap_or(0) {
@@ -606,6 +656,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .as_deref()
         .map(|a| parse_addr("admin", a))
         .transpose()?;
+    if let Some(a) = admin.filter(|a| same_port(*a, listen)) {
+        return Err(invalid(
+            "admin",
+            format!("{a} is the gateway's own `listen` address {listen}: give the admin API another port, e.g. 127.0.0.1:9901"),
+        ));
+    }
     let t = raw.timeouts.unwrap_or_default();
     let timeouts = Timeouts {
         connect: duration_or(

@@ -44,25 +44,37 @@ impl Server {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}{hint}")]
+    #[error("cannot listen on {addr} (`{key}`): {source}{hint}")]
     Bind {
+        /// The config key of the address: `listen` or `admin`.
+        key: &'static str,
         addr: SocketAddr,
         source: io::Error,
-        hint: &'static str,
+        hint: String,
     },
     #[error("cannot start worker thread: {0}")]
     Thread(io::Error),
-    #[error("cannot open the access log: {0} (check `access_log`)")]
-    AccessLog(io::Error),
+    #[error("cannot open the access log {path}: {source} (check `access_log`)")]
+    AccessLog { path: String, source: io::Error },
 }
 
-fn bind_error(addr: SocketAddr, source: io::Error) -> StartError {
-    let hint = if source.kind() == io::ErrorKind::AddrInUse {
-        " (is another gateway or server already running on this port? stop it or change `listen`)"
-    } else {
-        ""
+/// A bind failure for the address configured as `key`, with what to do about it.
+pub fn bind_error(key: &'static str, addr: SocketAddr, source: io::Error) -> StartError {
+    let hint = match source.kind() {
+        io::ErrorKind::AddrInUse => format!(
+            " (is another gateway or server already running on this port? stop it or change `{key}`)"
+        ),
+        io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            " (ports below 1024 need root or the CAP_NET_BIND_SERVICE capability, e.g. `setcap cap_net_bind_service=+ep` on the binary; or set `{key}` to a port from 1024 up)"
+        ),
+        _ => String::new(),
     };
-    StartError::Bind { addr, source, hint }
+    StartError::Bind {
+        key,
+        addr,
+        source,
+        hint,
+    }
 }
 
 /// One SO_REUSEPORT listener; the kernel spreads new connections across them.
@@ -86,21 +98,29 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
     if addr.port() != 0 {
         // SO_REUSEPORT would let us silently share the port with another running gateway:
         // a plain bind first proves the port is free.
-        std::net::TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
+        std::net::TcpListener::bind(addr).map_err(|e| bind_error("listen", addr, e))?;
     }
     let mut listeners = Vec::with_capacity(config.workers);
     for _ in 0..config.workers {
-        let l = reuseport_listener(addr).map_err(|e| bind_error(addr, e))?;
+        let l = reuseport_listener(addr).map_err(|e| bind_error("listen", addr, e))?;
         // With port 0 the first bind picks the port; the others join it.
-        addr = l.local_addr().map_err(|e| bind_error(addr, e))?;
+        addr = l.local_addr().map_err(|e| bind_error("listen", addr, e))?;
         listeners.push(l);
     }
-    let log = accesslog::start(&config.access_log, shared.access_log_dropped.clone())
-        .map_err(StartError::AccessLog)?;
+    let log = accesslog::start(&config.access_log, shared.access_log_dropped.clone()).map_err(
+        |source| StartError::AccessLog {
+            path: match &config.access_log {
+                accesslog::Sink::File(p) => p.display().to_string(),
+                _ => "stdout".to_string(),
+            },
+            source,
+        },
+    )?;
     let admin_addr = match config.admin {
-        Some(admin) => {
-            Some(crate::admin::start(admin, shared.clone()).map_err(|e| bind_error(admin, e))?)
-        }
+        Some(admin) => Some(
+            crate::admin::start(admin, shared.clone())
+                .map_err(|e| bind_error("admin", admin, e))?,
+        ),
         None => None,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -317,6 +337,23 @@ fn panic_message(p: &Box<dyn Any + Send>) -> &str {
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    #[test]
+    fn bind_errors_name_the_key_and_the_fix() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 80).into();
+        let e = bind_error("admin", addr, io::ErrorKind::AddrInUse.into()).to_string();
+        assert!(e.contains("`admin`") && e.contains("change `admin`"), "{e}");
+        let e = bind_error("listen", addr, io::ErrorKind::PermissionDenied.into()).to_string();
+        assert!(
+            e.contains("below 1024")
+                && e.contains("CAP_NET_BIND_SERVICE")
+                && e.contains("`listen`"),
+            "{e}"
+        );
+        let high: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        let e = bind_error("listen", high, io::ErrorKind::PermissionDenied.into()).to_string();
+        assert!(!e.contains("below 1024"), "{e}");
+    }
 
     #[test]
     fn a_panicking_connection_does_not_take_the_worker_down() {
