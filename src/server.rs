@@ -6,6 +6,7 @@ use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -25,6 +26,8 @@ pub struct Server {
     /// Where the admin API listens, if enabled.
     pub admin_addr: Option<SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Closed by [`Server::wake_for_drain`]: every worker reads the EOF at once.
+    drain_signal: Option<UnixStream>,
 }
 
 impl Server {
@@ -38,6 +41,12 @@ impl Server {
     /// True once every worker has finished (after a drain).
     pub fn finished(&self) -> bool {
         self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// Wakes every worker to see that the process is draining (set `Shared::draining`
+    /// first): closing our end of the socket pair ends each worker's pending read of it.
+    pub fn wake_for_drain(&mut self) {
+        self.drain_signal = None;
     }
 }
 
@@ -124,14 +133,16 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         None => None,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (drain_signal, drain_seen) = UnixStream::pair().map_err(StartError::Thread)?;
     let mut threads = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let log = log.clone();
         let pin = config.pin_workers.then_some(index % cores);
+        let drain = drain_seen.try_clone().map_err(StartError::Thread)?;
         let t = std::thread::Builder::new()
             .name(format!("worker-{index}"))
-            .spawn(move || worker_main(index, pin, shared, listener, log))
+            .spawn(move || worker_main(index, pin, shared, listener, log, drain))
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
@@ -139,6 +150,7 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         local_addr: addr,
         admin_addr,
         threads,
+        drain_signal: Some(drain_signal),
     })
 }
 
@@ -184,6 +196,7 @@ fn worker_main(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
     log: Option<accesslog::Writer>,
+    drain_signal: UnixStream,
 ) {
     if let Some(core) = pin {
         if let Err(e) = monoio::utils::bind_to_cpu_set([core]) {
@@ -213,7 +226,7 @@ fn worker_main(
         monoio::spawn(housekeeping(worker.clone()));
         let canceller = monoio::io::Canceller::new();
         let handle = canceller.handle();
-        monoio::spawn(cancel_on_drain(worker.clone(), canceller));
+        monoio::spawn(cancel_on_drain(worker.clone(), canceller, drain_signal));
         loop {
             match listener.cancelable_accept(handle.clone()).await {
                 Ok((stream, peer)) if !worker.draining() => {
@@ -239,13 +252,37 @@ fn worker_main(
     });
 }
 
-/// Cancels the pending accept once the process starts draining (checked every 100 ms:
-/// monoio cannot be woken from another thread without its `sync` feature).
-async fn cancel_on_drain(worker: Rc<Worker>, canceller: monoio::io::Canceller) {
+/// Cancels the pending accept once the process starts draining. monoio cannot be woken
+/// from another thread without its `sync` feature, so the worker waits in a read of its end
+/// of a socket pair instead, which the control thread's [`Server::wake_for_drain`] ends
+/// (EOF): no timer, no wake-up until then.
+async fn cancel_on_drain(worker: Rc<Worker>, canceller: monoio::io::Canceller, drain: UnixStream) {
+    if let Err(e) = until_closed(drain).await {
+        log::warn!(
+            "worker {}: cannot wait for the drain signal ({e}); checking every 100 ms",
+            worker.index
+        );
+    }
+    // The signal ends only once the flag is set; this loop is for the error case above.
     while !worker.draining() {
         monoio::time::sleep(Duration::from_millis(100)).await;
     }
     canceller.cancel();
+}
+
+/// Returns when the other end of `s` is closed.
+async fn until_closed(s: UnixStream) -> io::Result<()> {
+    use monoio::io::AsyncReadRent;
+    s.set_nonblocking(true)?;
+    let mut s = monoio::net::UnixStream::from_std(s)?;
+    let mut buf = vec![0u8; 1];
+    loop {
+        let (r, b) = s.read(buf).await;
+        buf = b;
+        if r? == 0 {
+            return Ok(());
+        }
+    }
 }
 
 /// Lets in-flight requests finish (each connection closes after its current response),

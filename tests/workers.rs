@@ -1,0 +1,63 @@
+//! Worker threads as the kernel sees them (`/proc/PID/task`): which CPUs each may run on, and
+//! how often an idle one wakes up.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// `(thread name, /proc status text)` of the process's `worker-N` threads.
+fn worker_threads(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        if comm.starts_with("worker-") {
+            out.push((comm.trim().to_string(), status));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A field of a `/proc/.../status` text, e.g. `Cpus_allowed_list`.
+fn field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map_or("", str::trim)
+}
+
+fn voluntary_switches(pid: u32) -> Vec<u64> {
+    worker_threads(pid)
+        .iter()
+        .map(|(_, s)| field(s, "voluntary_ctxt_switches").parse().unwrap_or(0))
+        .collect()
+}
+
+/// Regression: each worker woke every 100 ms to see whether the drain had begun (31% of a
+/// core at 1024 idle workers). Now an idle worker sleeps until its once-a-second
+/// housekeeping; the drain still wakes it at once (the process exits on SIGTERM).
+#[test]
+fn idle_workers_do_not_poll_for_the_drain() {
+    let g = gateway(&config(2, "", "  a: [http://127.0.0.1:1]\n"));
+    let pid = g.child.id();
+    // Let startup settle, then count how often each worker blocked over two seconds.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = voluntary_switches(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = voluntary_switches(pid);
+    assert_eq!(before.len(), 2, "two worker threads");
+    for (b, a) in before.iter().zip(&after) {
+        // Housekeeping wakes a worker about twice in two seconds; polling every 100 ms
+        // made it 20 or more.
+        assert!(a - b < 12, "an idle worker woke {} times in 2 s", a - b);
+    }
+    let mut g = g;
+    signal(&g.child, libc::SIGTERM);
+    let status = g.child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+}
