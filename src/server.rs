@@ -132,13 +132,27 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         ),
         None => None,
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
+    if config.workers > cpus.len() && !cpus.is_empty() {
+        log::warn!(
+            "workers: {} workers but this process may run on {} CPU(s) ({}): workers share cores; set `workers` to {} or 0",
+            config.workers,
+            cpus.len(),
+            cpu_list(&cpus),
+            cpus.len()
+        );
+    }
     let (drain_signal, drain_seen) = UnixStream::pair().map_err(StartError::Thread)?;
     let mut threads = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let log = log.clone();
-        let pin = config.pin_workers.then_some(index % cores);
+        // Worker i on the i-th CPU the process was started with (`taskset`, a cpuset), not
+        // on core i, which may be one the operator kept it off.
+        let pin = config
+            .pin_workers
+            .then(|| cpus.get(index % cpus.len().max(1)).copied())
+            .flatten();
         let drain = drain_seen.try_clone().map_err(StartError::Thread)?;
         let t = std::thread::Builder::new()
             .name(format!("worker-{index}"))
@@ -152,6 +166,45 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         threads,
         drain_signal: Some(drain_signal),
     })
+}
+
+/// The CPUs this process may run on (`sched_getaffinity` of the calling thread, as
+/// `taskset` or a cgroup cpuset left it), in increasing order; empty if it cannot be read.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero `cpu_set_t` is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable `cpu_set_t` of the size passed.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        log::warn!(
+            "cannot read the CPUs this process may use: {}; pinning is off",
+            io::Error::last_os_error()
+        );
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the number of CPUs a `cpu_set_t` holds.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// `0-3,6` style, as in `/proc/PID/status`.
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
+            i += 1;
+        }
+        out.push(if cpus[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", cpus[i])
+        });
+        i += 1;
+    }
+    out.join(",")
 }
 
 type Runtime = FusionRuntime<
@@ -374,6 +427,14 @@ fn panic_message(p: &Box<dyn Any + Send>) -> &str {
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    #[test]
+    fn cpu_lists_read_like_proc() {
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 6]), "0-3,6");
+        assert_eq!(cpu_list(&[1]), "1");
+        assert_eq!(cpu_list(&[0, 2, 3]), "0,2-3");
+        assert!(!allowed_cpus().is_empty());
+    }
 
     #[test]
     fn bind_errors_name_the_key_and_the_fix() {

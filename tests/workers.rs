@@ -61,3 +61,66 @@ fn idle_workers_do_not_poll_for_the_drain() {
     let status = g.child.wait().expect("wait");
     assert!(status.success(), "{status:?}");
 }
+
+/// The last CPU this test process may run on.
+fn last_allowed_cpu() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = field(&status, "Cpus_allowed_list").to_string();
+    let last = list.rsplit([',', '-']).next()?.to_string();
+    Some(last)
+}
+
+/// Regression: under `taskset -c 1`, worker 0 was pinned to core 0 (outside the set the
+/// operator chose). Now worker i runs on the i-th allowed CPU, and more workers than
+/// allowed CPUs is a warning.
+#[test]
+fn pinned_workers_stay_on_the_cpus_the_process_was_given() {
+    use std::io::{BufRead, Read};
+    let Some(cpu) = last_allowed_cpu() else {
+        eprintln!("skipped: no /proc/self/status");
+        return;
+    };
+    if std::process::Command::new("taskset")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: taskset is not installed");
+        return;
+    }
+    let path = write_config(
+        "listen: 127.0.0.1:0\nworkers: 2\npin_workers: true\nservices:\n  a: [http://127.0.0.1:1]\n",
+    );
+    let mut child = std::process::Command::new("taskset")
+        .args(["-c", &cpu])
+        .arg(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn taskset");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("startup line");
+    assert!(line.starts_with("listening on"), "{line}");
+    let threads = worker_threads(child.id());
+    signal(&child, libc::SIGTERM);
+    let mut err = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(threads.len(), 2, "{threads:?}");
+    for (name, status) in &threads {
+        assert_eq!(field(status, "Cpus_allowed_list"), cpu, "{name}");
+    }
+    assert!(
+        err.contains("2 workers but this process may run on 1 CPU(s)"),
+        "{err}"
+    );
+}
