@@ -1,5 +1,4 @@
-//! Worker threads as the kernel sees them (`/proc/PID/task`): which CPUs each may run on, and
-//! how often an idle one wakes up.
+//! Worker threads as the kernel sees them in `/proc/PID/task`: CPU pinning and idle wake-ups.
 
 mod common;
 

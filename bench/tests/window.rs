@@ -1,5 +1,4 @@
-//! loadgen as `scripts/bench.sh` runs it: the measurement window is announced on stderr, and
-//! the summary says what its percentiles leave out.
+//! loadgen as `scripts/bench.sh` runs it: window markers on stderr, what percentiles omit.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
