@@ -30,6 +30,20 @@ fn field<'a>(status: &'a str, name: &str) -> &'a str {
         .map_or("", str::trim)
 }
 
+/// The worker threads once `n` of them exist and `ready` holds for each (a thread is named
+/// and pins itself only once it runs), or as they are after 10 s.
+fn workers_when(pid: u32, n: usize, ready: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+    let mut threads = worker_threads(pid);
+    for _ in 0..500 {
+        if threads.len() == n && threads.iter().all(|(_, s)| ready(s)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        threads = worker_threads(pid);
+    }
+    threads
+}
+
 fn voluntary_switches(pid: u32) -> Vec<u64> {
     worker_threads(pid)
         .iter()
@@ -45,6 +59,11 @@ fn idle_workers_do_not_poll_for_the_drain() {
     let g = gateway(&config(2, "", "  a: [http://127.0.0.1:1]\n"));
     let pid = g.child.id();
     // Let startup settle, then count how often each worker blocked over two seconds.
+    assert_eq!(
+        workers_when(pid, 2, |_| true).len(),
+        2,
+        "two worker threads"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let before = voluntary_switches(pid);
     std::thread::sleep(Duration::from_secs(2));
@@ -104,7 +123,7 @@ fn pinned_workers_stay_on_the_cpus_the_process_was_given() {
     let mut line = String::new();
     stdout.read_line(&mut line).expect("startup line");
     assert!(line.starts_with("listening on"), "{line}");
-    let threads = worker_threads(child.id());
+    let threads = workers_when(child.id(), 2, |s| field(s, "Cpus_allowed_list") == cpu);
     signal(&child, libc::SIGTERM);
     let mut err = String::new();
     let _ = child
