@@ -128,7 +128,7 @@ impl BreakerSettings {
 /// A backend as written in the config, resolved once at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendUrl {
-    /// The URL exactly as configured (the breaker's identity across reloads).
+    /// The URL as configured minus any trailing slash (the breaker's identity across reloads).
     pub url: String,
     pub addr: SocketAddr,
     /// `host[:port]` as written, sent upstream as `Host`.
