@@ -14,7 +14,8 @@
 # on core 1 (all three proxies run all the time, idle when not measured).
 #
 # For every run it records the proxy process's CPU time (utime+stime of the process and
-# its children from /proc/PID/stat) over loadgen's measurement window, divided by the
+# its children from /proc/PID/stat) over loadgen's measurement window (from its
+# `loadgen: window start` line to its `loadgen: window end` line), divided by the
 # requests loadgen reports (the primary figure), and the utilization of core 0 (load) and
 # core 1 (proxy) from /proc/stat over the same window.
 #
@@ -302,6 +303,16 @@ children_cpu_ms() {
   }' "$1"
 }
 
+# wait_for_line FILE TEXT PID: returns once a line of FILE starts with TEXT (loadgen's
+# window markers), or 1 if PID ended first. It polls every 5 ms: call it only when the
+# line is due (after sleeping most of the wait), so its forks do not disturb the run.
+wait_for_line() {
+  until grep -q "^$2" "$1" 2>/dev/null; do
+    kill -0 "$3" 2>/dev/null || return 1
+    sleep 0.005
+  done
+}
+
 # measure SCENARIO ROUND TARGET
 measure() {
   local scen=$1 round=$2 target=$3 dir pid url args p0 p1 b0 b1 g0 k0 k1 t0 t1
@@ -316,25 +327,29 @@ measure() {
     --warmup "${warmup}s" --duration "${duration}s" --label "$target" --out-dir "$dir" \
     >"$dir/$target.txt" 2>&1 &
   lg_pid=$!
-  # The window starts when loadgen's warm-up ends (connection setup adds a few ms).
+  # The window is loadgen's own: it opens when its setup (~300 ms) and warm-up are over and
+  # the recorded requests start, and closes when the last of them has finished.
   sleep "$warmup"
+  wait_for_line "$dir/$target.txt" "loadgen: window start" "$lg_pid" || true
   t0=$(date +%s.%N)
   i0=$(core_idle "$LOAD_CORE")
   j0=$(core_idle "$PROXY_CORE")
   p0=$([[ -n "$pid" ]] && cpu_ticks "$pid" || echo 0)
   b0=$(backend_ticks)
   g0=$(cpu_ticks "$lg_pid")
+  sleep "$duration"
+  wait_for_line "$dir/$target.txt" "loadgen: window end" "$lg_pid" || true
+  p1=$([[ -n "$pid" ]] && cpu_ticks "$pid" || echo 0)
+  b1=$(backend_ticks)
+  i1=$(core_idle "$LOAD_CORE")
+  j1=$(core_idle "$PROXY_CORE")
+  t1=$(date +%s.%N)
   if ! wait "$lg_pid"; then
     echo "bench.sh: loadgen failed for $scen/$target (see $dir/$target.txt)" >&2
     cat "$dir/$target.txt" >&2
     exit 1
   fi
   lg_pid=
-  p1=$([[ -n "$pid" ]] && cpu_ticks "$pid" || echo 0)
-  b1=$(backend_ticks)
-  i1=$(core_idle "$LOAD_CORE")
-  j1=$(core_idle "$PROXY_CORE")
-  t1=$(date +%s.%N)
   times >"$tmp/times1.txt"
   k0=$(children_cpu_ms "$tmp/times0.txt")
   k1=$(children_cpu_ms "$tmp/times1.txt")
@@ -418,6 +433,7 @@ if [[ "${BENCH_PERF:-0}" == 1 ]] && command -v perf >/dev/null; then
     --label gateway-perf --out-dir "$tmp" >"$tmp/gateway-perf.txt" 2>&1 &
   lg_pid=$!
   sleep "$warmup"
+  wait_for_line "$tmp/gateway-perf.txt" "loadgen: window start" "$lg_pid" || true
   taskset -c "$LOAD_CORE" perf record -F 999 -g -p "$gw_pid" -o "$tmp/perf.data" \
     -- sleep "$duration" >"$tmp/perf-record.log" 2>&1 || true
   wait "$lg_pid" || true

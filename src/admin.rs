@@ -181,6 +181,7 @@ fn handle(
     id: u64,
 ) -> std::io::Result<()> {
     let head_deadline = accepted + HEAD_DEADLINE;
+    let mut head_only = false;
     let mut buf = Vec::with_capacity(1024);
     let mut tmp = [0u8; 1024];
     let head = loop {
@@ -206,7 +207,9 @@ fn handle(
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
-                if req.method != Some("GET") {
+                // HEAD gets GET's head without the body (RFC 9110 §9.3.2).
+                head_only = req.method == Some("HEAD");
+                if req.method != Some("GET") && !head_only {
                     break Err((405, &b"{\"error\":\"method_not_allowed\"}\n"[..]));
                 }
                 let p = req.path.unwrap_or("/");
@@ -220,6 +223,7 @@ fn handle(
     let mut out = Out {
         s: &mut s,
         deadline: Instant::now() + WRITE_DEADLINE,
+        head_only,
     };
     let path = match head {
         Ok(path) => path,
@@ -266,6 +270,8 @@ fn handle(
 struct Out<'a> {
     s: &'a mut TcpStream,
     deadline: Instant,
+    /// A HEAD request: the same head as for GET (`content-length` included), no body.
+    head_only: bool,
 }
 
 impl Out<'_> {
@@ -306,12 +312,20 @@ fn respond(s: &mut Out<'_>, status: u16, content_type: &str, body: &[u8]) -> std
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
     };
+    // 405 says what is allowed (RFC 9110 §15.5.6).
+    let allow = if status == 405 {
+        "allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{allow}connection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
-    out.extend_from_slice(body);
+    if !s.head_only {
+        out.extend_from_slice(body);
+    }
     s.write_all(&out)
 }
 

@@ -3,7 +3,6 @@
 //! Every error names the key, the bad value and the fix. Defaults are the `DEFAULT_*`
 //! constants below; the README's config reference lists the same values.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -135,7 +134,7 @@ impl BreakerSettings {
 /// A backend as written in the config, resolved once at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendUrl {
-    /// The URL exactly as configured (the breaker's identity across reloads).
+    /// The URL as configured minus any trailing slash (the breaker's identity across reloads).
     pub url: String,
     pub addr: SocketAddr,
     /// `host[:port]` as written, sent upstream as `Host`.
@@ -163,7 +162,89 @@ struct RawConfig {
     rate_limit_headers: Option<bool>,
     rate_limit_table: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
-    services: Option<BTreeMap<String, serde_yaml_ng::Value>>,
+    services: Option<ServiceEntries>,
+}
+
+/// The `services` map in file order, duplicates kept, so that `Config::parse` can reject a
+/// name given twice with both line numbers (a `BTreeMap` would silently keep the last).
+#[derive(Debug, Default)]
+struct ServiceEntries(Vec<(String, serde_yaml_ng::Value)>);
+
+impl<'de> Deserialize<'de> for ServiceEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = ServiceEntries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of service names to backends")
+            }
+            fn visit_unit<E>(self) -> Result<ServiceEntries, E> {
+                Ok(ServiceEntries::default())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ServiceEntries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(ServiceEntries(out))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+/// The first service name given twice, with the 1-based lines of its first two keys in
+/// `text` (found by a scan of the block under `services:`; `None` when the map is written
+/// in flow style, `{a: ..., a: ...}`).
+fn duplicate_service(
+    text: &str,
+    entries: &ServiceEntries,
+) -> Option<(String, Option<(usize, usize)>)> {
+    let names = &entries.0;
+    let dup = names
+        .iter()
+        .enumerate()
+        .find(|(i, (n, _))| names[..*i].iter().any(|(m, _)| m == n))
+        .map(|(_, (n, _))| n.clone())?;
+    let lines = service_key_lines(text, &dup);
+    let pair = (lines.len() >= 2).then(|| (lines[0], lines[1]));
+    Some((dup, pair))
+}
+
+/// 1-based line numbers of `name:` keys directly under a top-level block `services:`.
+fn service_key_lines(text: &str, name: &str) -> Vec<usize> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let meaningful = |l: &str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
+    let mut found = Vec::new();
+    let mut lines = text.lines().enumerate();
+    let Some(_) = lines.by_ref().find(|(_, l)| {
+        l.strip_prefix("services:")
+            .is_some_and(|rest| rest.trim().is_empty() || rest.trim_start().starts_with('#'))
+    }) else {
+        return found;
+    };
+    let mut child_indent = None;
+    for (i, l) in lines {
+        if !meaningful(l) {
+            continue;
+        }
+        let ind = indent(l);
+        if ind == 0 {
+            break; // the next top-level key
+        }
+        let child = *child_indent.get_or_insert(ind);
+        if ind != child {
+            continue;
+        }
+        let key = l.trim_start().split(':').next().unwrap_or("").trim();
+        if key.trim_matches(['"', '\'']) == name {
+            found.push(i + 1);
+        }
+    }
+    found
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -266,6 +347,14 @@ fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// Whether two listeners would fight over one port: same port (not 0), and the same IP or
+/// either one the wildcard address.
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// Service names are URL path segments: `^[a-z0-9][a-z0-9-]{0,62}$`.
 pub fn valid_service_name(name: &[u8]) -> bool {
     !name.is_empty()
@@ -289,13 +378,42 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
     } else {
         return Err(invalid(key, format!("{url:?} is not an http URL: {fix}")));
     };
-    let slash = rest.find('/').unwrap_or(rest.len());
+    // The path goes into every request head sent upstream: a space, a control character
+    // (CR/LF would start a new header line) or a non-ASCII byte must never get there.
+    if let Some((i, b)) = rest
+        .bytes()
+        .enumerate()
+        .find(|(_, b)| !b.is_ascii_graphic())
+    {
+        return Err(invalid(
+            key,
+            format!("{url:?}: byte 0x{b:02x} at position {} is a space, control or non-ASCII character: percent-encode it (e.g. %20) or remove it", i + "http://".len()),
+        ));
+    }
+    let slash = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(slash);
-    if authority.is_empty() || authority.contains('@') || path.contains(['?', '#']) {
+    if let Some(at) = path.find(['?', '#']) {
+        // Rejected rather than stripped: the client's own query is what is appended, and a
+        // silently dropped part of a URL is a surprise found in production.
+        return Err(invalid(
+            key,
+            format!("{url:?}: a backend URL cannot carry a query string or fragment ({:?}): the client's query is passed on as it is; remove it", &path[at..]),
+        ));
+    }
+    if authority.is_empty() || authority.contains('@') {
         return Err(invalid(key, format!("{url:?}: {fix}")));
     }
-    let (host, port) = split_authority(authority)
-        .map_err(|p| invalid(key, format!("{url:?}: port {p:?} is not a number 1-65535")))?;
+    let (host, port) = split_authority(authority).map_err(|e| {
+        invalid(
+            key,
+            match e {
+                AuthorityError::Port(p) => format!("{url:?}: port {p:?} is not a number 1-65535"),
+                AuthorityError::Ipv6 => {
+                    format!("{url:?}: an IPv6 address goes in brackets, e.g. http://[::1]:8001")
+                }
+            },
+        )
+    })?;
     if port == 0 {
         return Err(invalid(
             key,
@@ -303,22 +421,50 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
         ));
     }
     let addr = lookup(host, port).map_err(|e| invalid(key, format!("{url:?}: {e}")))?;
+    let path_prefix = path.trim_end_matches('/').to_string();
     Ok(BackendUrl {
-        url: url.to_string(),
+        // `http://h:1` and `http://h:1/` are one backend (one breaker, one pool slot).
+        url: format!("http://{authority}{path_prefix}"),
         addr,
         authority: authority.to_string(),
-        path_prefix: path.trim_end_matches('/').to_string(),
+        path_prefix,
     })
 }
 
-/// `host[:port]` (IPv6 literals in brackets) as host and port (80 when absent); `Err` holds
-/// a port that is not a number.
-fn split_authority(authority: &str) -> Result<(&str, u16), &str> {
-    match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            p.parse().map(|port| (h, port)).map_err(|_| p)
+/// Why an authority could not be split.
+#[derive(Debug, PartialEq)]
+enum AuthorityError<'a> {
+    /// The port is not a number 1-65535.
+    Port(&'a str),
+    /// An IPv6 address without brackets, or a bracket not closed.
+    Ipv6,
+}
+
+/// `host[:port]` (IPv6 literals in brackets) as host and port (80 when absent, for a name,
+/// an IPv4 or an IPv6 address alike).
+fn split_authority(authority: &str) -> Result<(&str, u16), AuthorityError<'_>> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']').ok_or(AuthorityError::Ipv6)? + 1;
+        match &authority[end..] {
+            "" => (&authority[..end], None),
+            rest => match rest.strip_prefix(':') {
+                Some(p) => (&authority[..end], Some(p)),
+                None => return Err(AuthorityError::Ipv6),
+            },
         }
-        _ => Ok((authority, 80)),
+    } else {
+        match authority.split_once(':') {
+            Some((_, p)) if p.contains(':') => return Err(AuthorityError::Ipv6),
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    match port {
+        None => Ok((host, 80)),
+        Some(p) => p
+            .parse()
+            .map(|n| (host, n))
+            .map_err(|_| AuthorityError::Port(p)),
     }
 }
 
@@ -341,8 +487,8 @@ fn lookup(host: &str, port: u16) -> Result<SocketAddr, String> {
 impl BackendUrl {
     /// Resolves the URL's host again (`dns_refresh`).
     pub fn resolve(&self) -> Result<SocketAddr, String> {
-        let (host, port) =
-            split_authority(&self.authority).map_err(|p| format!("port {p:?} is not a number"))?;
+        let (host, port) = split_authority(&self.authority)
+            .map_err(|e| format!("{e:?} in {:?}", self.authority))?;
         lookup(host, port)
     }
 }
@@ -368,6 +514,8 @@ fn breaker_settings(
         raw.cooldown.as_ref(),
         base.cooldown,
     )?;
+    // An empty list is allowed on purpose: no status counts, only transport failures
+    // (refused or reset connects, timeouts, broken responses) do.
     if let Some(list) = &raw.failure_statuses {
         let mut set = 0u128;
         for &s in list {
@@ -406,11 +554,50 @@ impl Config {
             path: "config".into(),
             message: e.to_string(),
         })?;
+        if let Some((name, lines)) = raw
+            .services
+            .as_ref()
+            .and_then(|e| duplicate_service(text, e))
+        {
+            let at = lines.map_or(String::new(), |(a, b)| format!(" (lines {a} and {b})"));
+            return Err(invalid(
+                format!("services.{name}"),
+                format!("is defined twice{at}: the second would silently replace the first; merge their backends into one entry or rename one"),
+            ));
+        }
         validate(raw)
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// `--check`: whether the access log file can be opened for appending, as the gateway
+    /// will at start. An existing file is opened without truncating it; for a missing one
+    /// the directory is checked for write access, so that `--check` creates nothing.
+    pub fn check_access_log(&self) -> Result<(), ConfigError> {
+        let crate::accesslog::Sink::File(path) = &self.access_log else {
+            return Ok(());
+        };
+        let opened = match std::fs::OpenOptions::new().append(true).open(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dir = match path.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => Path::new("."),
+                };
+                writable_dir(dir)
+            }
+            other => other.map(drop),
+        };
+        opened.map_err(|e| {
+            invalid(
+                "access_log",
+                format!(
+                    "cannot open the access log {}: {e}: fix the path or its permissions, or use stdout or off",
+                    path.display()
+                ),
+            )
+        })
     }
 
     /// A human summary, printed by `--check` and at startup.
@@ -463,6 +650,20 @@ impl Config {
     }
 }
 
+/// `access(2)`: may this process create files in `dir`?
+fn writable_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let r = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let listen = parse_addr("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
     let workers = match raw.workers.unwrap_or(0) {
@@ -480,6 +681,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .as_deref()
         .map(|a| parse_addr("admin", a))
         .transpose()?;
+    if let Some(a) = admin.filter(|a| same_port(*a, listen)) {
+        return Err(invalid(
+            "admin",
+            format!("{a} is the gateway's own `listen` address {listen}: give the admin API another port, e.g. 127.0.0.1:9901"),
+        ));
+    }
     let t = raw.timeouts.unwrap_or_default();
     let timeouts = Timeouts {
         connect: duration_or(
@@ -565,7 +772,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         failure_statuses: !0u128 >> 28, // 500..=599
     };
     let global_breaker = breaker_settings("breaker", raw.breaker.as_ref(), &defaults)?;
-    let raw_services = raw.services.unwrap_or_default();
+    let mut raw_services = raw.services.unwrap_or_default().0;
+    // Sorted by name, as before (a map): the order of the file does not matter.
+    raw_services.sort_by(|a, b| a.0.cmp(&b.0));
     if raw_services.is_empty() {
         return Err(invalid(
             "services",
@@ -647,8 +856,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         });
     }
     let access_log = match raw.access_log.as_deref().map(str::trim) {
-        None | Some("off") => crate::accesslog::Sink::Off,
+        // YAML reads an unquoted `false` as a boolean, which serde hands us as "false":
+        // it means off, never a file named `false` (write `./false` for that).
+        None | Some("off" | "false") => crate::accesslog::Sink::Off,
         Some("stdout") => crate::accesslog::Sink::Stdout,
+        Some("true") => {
+            return Err(invalid(
+                "access_log",
+                "true is not a destination: use stdout or a file path (or off)",
+            ))
+        }
         Some("") => {
             return Err(invalid(
                 "access_log",
@@ -858,6 +1075,146 @@ mod tests {
             b.addr,
             "localhost resolves as it did at load"
         );
+    }
+
+    /// Regression: a service name given twice was accepted and the last one won,
+    /// silently dropping the first one's backends.
+    #[test]
+    fn a_service_defined_twice_is_rejected_with_both_lines() {
+        let e = err("listen: 127.0.0.1:0\nservices:\n  a: [http://127.0.0.1:1]\n  # a comment\n  b:\n    backends: [http://127.0.0.1:2]\n    breaker: {cooldown: 1s}\n  a:\n    - http://127.0.0.1:3\n");
+        assert!(
+            e.contains("services.a") && e.contains("twice") && e.contains("lines 3 and 8"),
+            "{e}"
+        );
+        let e = err("services:\n    \"x\": [http://127.0.0.1:1]\n    x: [http://127.0.0.1:1]\n");
+        assert!(
+            e.contains("services.x") && e.contains("lines 2 and 3"),
+            "{e}"
+        );
+        // Flow style: no lines to point at, still an error.
+        let e = err("services: {a: [http://127.0.0.1:1], a: [http://127.0.0.1:2]}\n");
+        assert!(e.contains("services.a") && e.contains("twice"), "{e}");
+        // Same names at other depths are not duplicates; order does not matter.
+        let c = Config::parse(
+            "services:\n  b: [http://127.0.0.1:1]\n  a:\n    backends: [http://127.0.0.1:2]\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    /// Regression: `http://h:1/x\r\nX-Evil: 1` was accepted and went into request heads.
+    #[test]
+    fn backend_urls_with_spaces_or_controls_are_rejected() {
+        for bad in [
+            "http://127.0.0.1:1/a b",
+            "http://127.0.0.1:1/x\r\nX-Evil: 1",
+            "http://127.0.0.1:1/x\n",
+            "http://127.0.0.1:1/\t",
+            "http://127.0.0.1:1/\u{7f}",
+            "http://127.0.0.1:1/caf\u{e9}",
+            "http://127.0.0.1 :1/",
+        ] {
+            let e = parse_backend_url("k", bad).unwrap_err().to_string();
+            assert!(e.contains("percent-encode"), "{bad:?}: {e}");
+            assert!(
+                !e.contains('\r') && !e.contains('\n'),
+                "{bad:?}: the message must not carry it raw: {e}"
+            );
+        }
+        assert_eq!(
+            parse_backend_url("k", "http://127.0.0.1:1/a%20b")
+                .unwrap()
+                .path_prefix,
+            "/a%20b"
+        );
+    }
+
+    #[test]
+    fn ipv6_backends_parse_and_default_to_port_80_like_names() {
+        let b = parse_backend_url("k", "http://[::1]:8001/api").unwrap();
+        assert_eq!(b.addr, "[::1]:8001".parse().unwrap());
+        assert_eq!(
+            (b.authority.as_str(), b.path_prefix.as_str()),
+            ("[::1]:8001", "/api")
+        );
+        assert_eq!(b.resolve().unwrap(), b.addr);
+        // No port: 80, as for http://localhost and http://127.0.0.1.
+        let b = parse_backend_url("k", "http://[::1]").unwrap();
+        assert_eq!(b.addr, "[::1]:80".parse().unwrap());
+        assert_eq!(
+            parse_backend_url("k", "http://127.0.0.1")
+                .unwrap()
+                .addr
+                .port(),
+            80
+        );
+        for bad in [
+            "http://::1:8001",
+            "http://[::1:8001",
+            "http://[::1]8001",
+            "http://::1",
+        ] {
+            let e = parse_backend_url("k", bad).unwrap_err().to_string();
+            assert!(
+                e.contains("brackets") && e.contains("http://[::1]:8001"),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse_backend_url("k", "http://[::1]:x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port \"x\""), "{e}");
+    }
+
+    #[test]
+    fn a_query_string_in_a_backend_url_is_rejected_clearly() {
+        for (bad, part) in [
+            ("http://127.0.0.1:1/api?v=2", "?v=2"),
+            ("http://127.0.0.1:1?v=2", "?v=2"),
+            ("http://127.0.0.1:1/#top", "#top"),
+        ] {
+            let e = parse_backend_url("k", bad).unwrap_err().to_string();
+            assert!(e.contains("query string") && e.contains(part), "{bad}: {e}");
+        }
+    }
+
+    /// `host:port` and `host:port/` are one backend: listing both is a duplicate, and a
+    /// reload from one to the other keeps the breaker (the identity is the same URL).
+    #[test]
+    fn a_trailing_slash_does_not_make_another_backend() {
+        let a = parse_backend_url("k", "http://127.0.0.1:1").unwrap();
+        let b = parse_backend_url("k", "http://127.0.0.1:1/").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.url, "http://127.0.0.1:1");
+        let p = parse_backend_url("k", "http://127.0.0.1:1/api//").unwrap();
+        assert_eq!(p.url, "http://127.0.0.1:1/api");
+        let e = err("services:\n  a: [http://127.0.0.1:1, http://127.0.0.1:1/]\n");
+        assert!(e.contains("services.a[1]") && e.contains("twice"), "{e}");
+    }
+
+    /// Regression: `access_log: false` created a file named `false`.
+    #[test]
+    fn access_log_false_is_off_and_true_is_an_error() {
+        let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+        for off in ["false", "off", "\"false\""] {
+            let c = Config::parse(&format!("access_log: {off}\n{svc}")).unwrap();
+            assert_eq!(c.access_log, crate::accesslog::Sink::Off, "{off}");
+        }
+        let e = err(&format!("access_log: true\n{svc}"));
+        assert!(e.contains("access_log") && e.contains("stdout"), "{e}");
+    }
+
+    /// Decided: `failure_statuses: []` means no status counts as a failure (transport
+    /// failures still do); see the README.
+    #[test]
+    fn empty_failure_statuses_mean_no_status_counts() {
+        let c = Config::parse(
+            "breaker: {failure_statuses: []}\nservices:\n  a: [http://127.0.0.1:1]\n",
+        )
+        .unwrap();
+        let b = c.services[0].breaker;
+        assert!((100..600).all(|s| !b.is_failure_status(s)));
     }
 
     #[test]

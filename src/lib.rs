@@ -73,7 +73,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     let mut signals =
         Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1]).map_err(server::StartError::Thread)?;
     let shared = Shared::new(config);
-    let server = server::start(shared.clone())?;
+    let mut server = server::start(shared.clone())?;
     start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
     log_startup(&shared, &server);
     for sig in signals.forever() {
@@ -90,6 +90,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     let drain = shared.current.load().config.timeouts.drain;
     log::info!("draining: no new connections; in-flight requests have up to {drain:?} (signal again to exit now)");
     shared.draining.store(true, Ordering::SeqCst);
+    server.wake_for_drain();
     let deadline = Instant::now() + drain + Duration::from_secs(1);
     while !server.finished() && Instant::now() < deadline {
         if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {

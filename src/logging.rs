@@ -1,48 +1,128 @@
 //! A small stderr logger for the `log` facade: UTC timestamp, level, target, message.
 //!
-//! The level comes from `RUST_LOG` (`error`, `warn`, `info`, `debug`, `trace`; default
-//! `info`), following the convention of the `log` ecosystem.
+//! The level comes from `RUST_LOG`: a level (`off`, `error`, `warn`, `info`, `debug`,
+//! `trace`; default `info`), and/or `module=level` items, comma-separated, as in the `log`
+//! ecosystem: `warn,gateway::admin=debug`. A module covers itself and everything below it.
+//! Anything else is reported on stderr at start and ignored.
 
 use std::io::Write;
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-struct Logger;
+/// Levels by module, as `RUST_LOG` sets them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    /// For targets no module item covers.
+    pub default: LevelFilter,
+    /// `(module, level)`, most specific first.
+    pub modules: Vec<(String, LevelFilter)>,
+}
+
+impl Filter {
+    /// Parses a `RUST_LOG` value; the `Vec` holds one message per item that was ignored.
+    pub fn parse(spec: &str) -> (Filter, Vec<String>) {
+        let mut f = Filter {
+            default: LevelFilter::Info,
+            modules: Vec::new(),
+        };
+        let mut problems = Vec::new();
+        let levels = "off, error, warn, info, debug or trace";
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (module, level) = match item.split_once('=') {
+                Some((m, l)) => (Some(m.trim()), l.trim()),
+                None => (None, item),
+            };
+            let Ok(level) = level.parse::<LevelFilter>() else {
+                problems.push(match module {
+                    None => format!("RUST_LOG: unknown level {item:?} (ignored): use {levels}, or MODULE=LEVEL such as gateway::admin=debug"),
+                    Some(_) => format!("RUST_LOG: unknown level {level:?} in {item:?} (ignored): use {levels}"),
+                });
+                continue;
+            };
+            match module {
+                None => f.default = level,
+                Some(m) if m == "gateway" || m.starts_with("gateway::") => {
+                    f.modules.push((m.to_string(), level))
+                }
+                Some(_) => problems.push(format!(
+                    "RUST_LOG: {item:?} names no module of the gateway (ignored): its modules are gateway and gateway::NAME, e.g. gateway=debug or gateway::admin=debug"
+                )),
+            }
+        }
+        // Longest first, so the first match is the most specific one.
+        f.modules.sort_by_key(|m| std::cmp::Reverse(m.0.len()));
+        (f, problems)
+    }
+
+    /// The level that applies to `target`.
+    pub fn level_for(&self, target: &str) -> LevelFilter {
+        self.modules
+            .iter()
+            .find(|(m, _)| {
+                target
+                    .strip_prefix(m.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+            })
+            .map_or(self.default, |(_, l)| *l)
+    }
+
+    /// The most verbose level any target can get.
+    fn max(&self) -> LevelFilter {
+        self.modules
+            .iter()
+            .map(|(_, l)| *l)
+            .fold(self.default, Ord::max)
+    }
+}
+
+struct Logger {
+    filter: Filter,
+}
 
 impl Log for Logger {
     fn enabled(&self, m: &Metadata<'_>) -> bool {
-        m.level() <= log::max_level()
+        m.level() <= self.filter.level_for(m.target())
     }
 
     fn log(&self, r: &Record<'_>) {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let line = format!(
-            "{} {:5} {}: {}\n",
-            timestamp(SystemTime::now()),
-            r.level(),
-            r.target(),
-            r.args()
-        );
-        // No credentials in the log, whatever the message quotes.
-        let line = crate::redact::userinfo(&line);
-        // One write per line so lines from different workers do not interleave.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        write_line(r.level(), r.target(), r.args());
     }
 
     fn flush(&self) {}
 }
 
-/// Installs the logger; the level is read from `RUST_LOG`.
+fn write_line(level: Level, target: &str, message: impl std::fmt::Display) {
+    let line = format!(
+        "{} {:5} {}: {}\n",
+        timestamp(SystemTime::now()),
+        level,
+        target,
+        message
+    );
+    // No credentials in the log, whatever the message quotes.
+    let line = crate::redact::userinfo(&line);
+    // One write per line so lines from different workers do not interleave.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+
+/// Installs the logger with the levels `RUST_LOG` asks for. What it cannot understand is
+/// reported as a warning whatever the level, and ignored.
 pub fn init() {
-    let level = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.trim().parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::Info);
-    if log::set_logger(&Logger).is_ok() {
-        log::set_max_level(level);
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let (filter, problems) = Filter::parse(&spec);
+    for p in &problems {
+        write_line(Level::Warn, module_path!(), p);
+    }
+    let max = filter.max();
+    if log::set_logger(LOGGER.get_or_init(|| Logger { filter })).is_ok() {
+        log::set_max_level(max);
     }
 }
 
@@ -70,6 +150,41 @@ pub fn enabled(level: Level) -> bool {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn rust_log_takes_levels_and_module_items() {
+        let (f, p) = Filter::parse("warn,gateway::admin=debug, gateway=error");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(f.level_for("gateway::admin"), LevelFilter::Debug);
+        assert_eq!(f.level_for("gateway::administer"), LevelFilter::Error);
+        assert_eq!(f.level_for("gateway::server"), LevelFilter::Error);
+        assert_eq!(f.level_for("gateway"), LevelFilter::Error);
+        assert_eq!(f.level_for("other"), LevelFilter::Warn);
+        assert_eq!(f.max(), LevelFilter::Debug);
+        let (f, p) = Filter::parse("");
+        assert_eq!((f.default, p.len()), (LevelFilter::Info, 0));
+        let (f, p) = Filter::parse("DEBUG");
+        assert_eq!((f.default, p.len()), (LevelFilter::Debug, 0));
+    }
+
+    #[test]
+    fn unknown_rust_log_items_are_reported_and_ignored() {
+        let (f, p) = Filter::parse("verbose,gatway=debug,gateway=loud,error");
+        assert_eq!(f.default, LevelFilter::Error);
+        assert!(f.modules.is_empty());
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p[0].contains("\"verbose\"") && p[0].contains("trace"),
+            "{}",
+            p[0]
+        );
+        assert!(
+            p[1].contains("gatway=debug") && p[1].contains("gateway=debug"),
+            "{}",
+            p[1]
+        );
+        assert!(p[2].contains("\"loud\""), "{}", p[2]);
+    }
 
     #[test]
     fn timestamps_are_rfc3339() {

@@ -10,7 +10,8 @@ usage: gateway [--config PATH]           run (default ./config.yaml) until SIGTE
        gateway --check [--config PATH]   validate the config, print a summary, exit 0 or 1
        gateway --version | --help
 
-environment: RUST_LOG=error|warn|info|debug|trace (default info)";
+environment: RUST_LOG=LEVEL[,MODULE=LEVEL...], LEVEL one of off|error|warn|info|debug|trace
+             (default info), e.g. RUST_LOG=warn,gateway::admin=debug";
 
 fn main() -> ExitCode {
     let mut config = PathBuf::from("config.yaml");
@@ -44,6 +45,10 @@ fn main() -> ExitCode {
         }
     };
     if check {
+        if let Err(e) = cfg.check_access_log() {
+            eprintln!("gateway: invalid config: {e}");
+            return ExitCode::FAILURE;
+        }
         let changes = gateway::reload::diff(None, &cfg);
         print!("{}: OK\n{}{changes}\n", config.display(), cfg.summary());
         return ExitCode::SUCCESS;

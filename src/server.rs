@@ -6,6 +6,7 @@ use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -27,6 +28,8 @@ pub struct Server {
     /// The access log's writer, to reopen the file on SIGHUP/SIGUSR1 (None when off).
     pub access_log: Option<accesslog::Writer>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Closed by [`Server::wake_for_drain`]: every worker reads the EOF at once.
+    drain_signal: Option<UnixStream>,
 }
 
 impl Server {
@@ -41,30 +44,48 @@ impl Server {
     pub fn finished(&self) -> bool {
         self.threads.iter().all(|t| t.is_finished())
     }
+
+    /// Wakes every worker to see that the process is draining (set `Shared::draining`
+    /// first): closing our end of the socket pair ends each worker's pending read of it.
+    pub fn wake_for_drain(&mut self) {
+        self.drain_signal = None;
+    }
 }
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}{hint}")]
+    #[error("cannot listen on {addr} (`{key}`): {source}{hint}")]
     Bind {
+        /// The config key of the address: `listen` or `admin`.
+        key: &'static str,
         addr: SocketAddr,
         source: io::Error,
-        hint: &'static str,
+        hint: String,
     },
     #[error("cannot start worker thread: {0}")]
     Thread(io::Error),
-    #[error("cannot open the access log: {0} (check `access_log`)")]
-    AccessLog(io::Error),
+    #[error("cannot open the access log {path}: {source} (check `access_log`)")]
+    AccessLog { path: String, source: io::Error },
 }
 
-fn bind_error(addr: SocketAddr, source: io::Error) -> StartError {
-    let hint = if source.kind() == io::ErrorKind::AddrInUse {
-        " (is another gateway or server already running on this port? stop it or change `listen`)"
-    } else {
-        ""
+/// A bind failure for the address configured as `key`, with what to do about it.
+pub fn bind_error(key: &'static str, addr: SocketAddr, source: io::Error) -> StartError {
+    let hint = match source.kind() {
+        io::ErrorKind::AddrInUse => format!(
+            " (is another gateway or server already running on this port? stop it or change `{key}`)"
+        ),
+        io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            " (ports below 1024 need root or the CAP_NET_BIND_SERVICE capability, e.g. `setcap cap_net_bind_service=+ep` on the binary; or set `{key}` to a port from 1024 up)"
+        ),
+        _ => String::new(),
     };
-    StartError::Bind { addr, source, hint }
+    StartError::Bind {
+        key,
+        addr,
+        source,
+        hint,
+    }
 }
 
 /// One SO_REUSEPORT listener; the kernel spreads new connections across them.
@@ -88,33 +109,58 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
     if addr.port() != 0 {
         // SO_REUSEPORT would let us silently share the port with another running gateway:
         // a plain bind first proves the port is free.
-        std::net::TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
+        std::net::TcpListener::bind(addr).map_err(|e| bind_error("listen", addr, e))?;
     }
     let mut listeners = Vec::with_capacity(config.workers);
     for _ in 0..config.workers {
-        let l = reuseport_listener(addr).map_err(|e| bind_error(addr, e))?;
+        let l = reuseport_listener(addr).map_err(|e| bind_error("listen", addr, e))?;
         // With port 0 the first bind picks the port; the others join it.
-        addr = l.local_addr().map_err(|e| bind_error(addr, e))?;
+        addr = l.local_addr().map_err(|e| bind_error("listen", addr, e))?;
         listeners.push(l);
     }
-    let log = accesslog::start(&config.access_log, shared.access_log.clone())
-        .map_err(StartError::AccessLog)?;
+    let log =
+        accesslog::start(&config.access_log, shared.access_log.clone()).map_err(|source| {
+            StartError::AccessLog {
+                path: match &config.access_log {
+                    accesslog::Sink::File(p) => p.display().to_string(),
+                    _ => "stdout".to_string(),
+                },
+                source,
+            }
+        })?;
     let admin_addr = match config.admin {
-        Some(admin) => {
-            Some(crate::admin::start(admin, shared.clone()).map_err(|e| bind_error(admin, e))?)
-        }
+        Some(admin) => Some(
+            crate::admin::start(admin, shared.clone())
+                .map_err(|e| bind_error("admin", admin, e))?,
+        ),
         None => None,
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
+    if config.workers > cpus.len() && !cpus.is_empty() {
+        log::warn!(
+            "workers: {} workers but this process may run on {} CPU(s) ({}): workers share cores; set `workers` to {} or 0",
+            config.workers,
+            cpus.len(),
+            cpu_list(&cpus),
+            cpus.len()
+        );
+    }
+    let (drain_signal, drain_seen) = UnixStream::pair().map_err(StartError::Thread)?;
     let mut threads = Vec::with_capacity(listeners.len());
     let access_log = log.clone();
     for (index, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let log = log.clone();
-        let pin = config.pin_workers.then_some(index % cores);
+        // Worker i on the i-th CPU the process was started with (`taskset`, a cpuset), not
+        // on core i, which may be one the operator kept it off.
+        let pin = config
+            .pin_workers
+            .then(|| cpus.get(index % cpus.len().max(1)).copied())
+            .flatten();
+        let drain = drain_seen.try_clone().map_err(StartError::Thread)?;
         let t = std::thread::Builder::new()
             .name(format!("worker-{index}"))
-            .spawn(move || worker_main(index, pin, shared, listener, log))
+            .spawn(move || worker_main(index, pin, shared, listener, log, drain))
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
@@ -123,7 +169,47 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         admin_addr,
         access_log,
         threads,
+        drain_signal: Some(drain_signal),
     })
+}
+
+/// The CPUs this process may run on (`sched_getaffinity` of the calling thread, as
+/// `taskset` or a cgroup cpuset left it), in increasing order; empty if it cannot be read.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero `cpu_set_t` is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable `cpu_set_t` of the size passed.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        log::warn!(
+            "cannot read the CPUs this process may use: {}; pinning is off",
+            io::Error::last_os_error()
+        );
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the number of CPUs a `cpu_set_t` holds.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// `0-3,6` style, as in `/proc/PID/status`.
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
+            i += 1;
+        }
+        out.push(if cpus[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", cpus[i])
+        });
+        i += 1;
+    }
+    out.join(",")
 }
 
 type Runtime = FusionRuntime<
@@ -168,6 +254,7 @@ fn worker_main(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
     log: Option<accesslog::Writer>,
+    drain_signal: UnixStream,
 ) {
     if let Some(core) = pin {
         if let Err(e) = monoio::utils::bind_to_cpu_set([core]) {
@@ -197,7 +284,7 @@ fn worker_main(
         monoio::spawn(housekeeping(worker.clone()));
         let canceller = monoio::io::Canceller::new();
         let handle = canceller.handle();
-        monoio::spawn(cancel_on_drain(worker.clone(), canceller));
+        monoio::spawn(cancel_on_drain(worker.clone(), canceller, drain_signal));
         loop {
             match listener.cancelable_accept(handle.clone()).await {
                 Ok((stream, peer)) if !worker.draining() => {
@@ -223,13 +310,37 @@ fn worker_main(
     });
 }
 
-/// Cancels the pending accept once the process starts draining (checked every 100 ms:
-/// monoio cannot be woken from another thread without its `sync` feature).
-async fn cancel_on_drain(worker: Rc<Worker>, canceller: monoio::io::Canceller) {
+/// Cancels the pending accept once the process starts draining. monoio cannot be woken
+/// from another thread without its `sync` feature, so the worker waits in a read of its end
+/// of a socket pair instead, which the control thread's [`Server::wake_for_drain`] ends
+/// (EOF): no timer, no wake-up until then.
+async fn cancel_on_drain(worker: Rc<Worker>, canceller: monoio::io::Canceller, drain: UnixStream) {
+    if let Err(e) = until_closed(drain).await {
+        log::warn!(
+            "worker {}: cannot wait for the drain signal ({e}); checking every 100 ms",
+            worker.index
+        );
+    }
+    // The signal ends only once the flag is set; this loop is for the error case above.
     while !worker.draining() {
         monoio::time::sleep(Duration::from_millis(100)).await;
     }
     canceller.cancel();
+}
+
+/// Returns when the other end of `s` is closed.
+async fn until_closed(s: UnixStream) -> io::Result<()> {
+    use monoio::io::AsyncReadRent;
+    s.set_nonblocking(true)?;
+    let mut s = monoio::net::UnixStream::from_std(s)?;
+    let mut buf = vec![0u8; 1];
+    loop {
+        let (r, b) = s.read(buf).await;
+        buf = b;
+        if r? == 0 {
+            return Ok(());
+        }
+    }
 }
 
 /// Lets in-flight requests finish (each connection closes after its current response),
@@ -321,6 +432,31 @@ fn panic_message(p: &Box<dyn Any + Send>) -> &str {
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    #[test]
+    fn cpu_lists_read_like_proc() {
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 6]), "0-3,6");
+        assert_eq!(cpu_list(&[1]), "1");
+        assert_eq!(cpu_list(&[0, 2, 3]), "0,2-3");
+        assert!(!allowed_cpus().is_empty());
+    }
+
+    #[test]
+    fn bind_errors_name_the_key_and_the_fix() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 80).into();
+        let e = bind_error("admin", addr, io::ErrorKind::AddrInUse.into()).to_string();
+        assert!(e.contains("`admin`") && e.contains("change `admin`"), "{e}");
+        let e = bind_error("listen", addr, io::ErrorKind::PermissionDenied.into()).to_string();
+        assert!(
+            e.contains("below 1024")
+                && e.contains("CAP_NET_BIND_SERVICE")
+                && e.contains("`listen`"),
+            "{e}"
+        );
+        let high: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        let e = bind_error("listen", high, io::ErrorKind::PermissionDenied.into()).to_string();
+        assert!(!e.contains("below 1024"), "{e}");
+    }
 
     #[test]
     fn a_panicking_connection_does_not_take_the_worker_down() {

@@ -262,3 +262,36 @@ fn every_admin_endpoint_still_answers_with_connection_close() {
     c.send(b"GET /\x01 HTTP/1.1\r\n\r\n");
     assert_eq!(c.read_response().status, 400);
 }
+
+/// Regression: HEAD was a 405, and the 405 did not say what is allowed.
+#[test]
+fn head_gets_the_get_head_without_a_body_and_405_carries_allow() {
+    let g = admin_gateway();
+    for path in ["/healthz", "/admin/config", "/nope"] {
+        let get = request(
+            g.admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n"),
+        );
+        let mut c = Client::connect(g.admin);
+        c.send(format!("HEAD {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes());
+        let raw = c.read_until_end().expect("a clean close");
+        let text = String::from_utf8_lossy(&raw);
+        assert!(
+            text.ends_with("\r\n\r\n"),
+            "{path}: a body after the head: {text:?}"
+        );
+        let status: u16 = text[9..12].parse().expect("status");
+        assert_eq!(status, get.status, "{path}");
+        let length = format!("content-length: {}\r\n", get.body.len());
+        assert!(text.contains(&length), "{path}: {text:?} lacks {length:?}");
+    }
+    for method in ["POST", "DELETE", "OPTIONS"] {
+        let r = request(
+            g.admin,
+            &format!("{method} /healthz HTTP/1.1\r\nHost: admin\r\ncontent-length: 0\r\n\r\n"),
+        );
+        assert_eq!(r.status, 405, "{method}");
+        assert_eq!(r.header("allow"), Some("GET, HEAD"), "{method}");
+        assert_eq!(r.json()["error"], "method_not_allowed");
+    }
+}

@@ -133,3 +133,26 @@ fn per_service_overrides_apply() {
     assert_eq!(get(g.addr, "/v1/proxy/strict/x").status, 503);
     assert_eq!(rec.requests(), 1);
 }
+
+/// Decided (README, breaker settings): `failure_statuses: []` means that no status counts
+/// as a failure; a backend answering 5xx keeps serving, a refused connect still counts.
+#[test]
+fn empty_failure_statuses_never_open_on_a_status() {
+    let bad = Recorder::start(reply(503));
+    let down = closed_port();
+    let g = gateway(&config(
+        1,
+        "breaker: {failure_threshold: 1, cooldown: 60s, failure_statuses: []}",
+        &format!("  svc: [http://{}]\n  gone: [http://{down}]\n", bad.addr),
+    ));
+    for _ in 0..10 {
+        assert_eq!(get(g.addr, "/v1/proxy/svc/x").status, 503);
+    }
+    assert_eq!(bad.requests(), 10, "every request reached the 5xx backend");
+    assert_eq!(get(g.addr, "/v1/proxy/gone/x").status, 502);
+    let r = get(g.addr, "/v1/proxy/gone/x");
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (503, "no_backend_available".into())
+    );
+}

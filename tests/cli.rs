@@ -30,14 +30,21 @@ fn check_accepts_the_shipped_config_and_prints_a_summary() {
     );
 }
 
-#[test]
-fn check_rejects_a_broken_config_naming_key_value_and_fix() {
-    let path = std::env::temp_dir().join(format!("gateway-cli-{}.yaml", std::process::id()));
-    std::fs::write(
-        &path,
-        "timeouts: {connect: soon}\nservices:\n  a: [http://127.0.0.1:1]\n",
-    )
-    .unwrap();
+/// Writes `yaml` to a fresh temp file.
+fn temp_config(yaml: &str) -> std::path::PathBuf {
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "gateway-cli-{}-{}.yaml",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Runs `gateway --check` on `yaml`: the exit code and stdout + stderr.
+fn check(yaml: &str) -> (Option<i32>, String) {
+    let path = temp_config(yaml);
     let out = gateway()
         .arg("--check")
         .arg("--config")
@@ -45,8 +52,15 @@ fn check_rejects_a_broken_config_naming_key_value_and_fix() {
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&path);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[test]
+fn check_rejects_a_broken_config_naming_key_value_and_fix() {
+    let (code, err) = check("timeouts: {connect: soon}\nservices:\n  a: [http://127.0.0.1:1]\n");
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("timeouts.connect") && err.contains("\"soon\"") && err.contains("500ms"),
         "{err}"
@@ -87,4 +101,210 @@ fn refuses_to_share_a_port_with_a_running_server() {
         err.contains("cannot listen on") && err.contains("another"),
         "{err}"
     );
+}
+
+/// Regressions: a service given twice silently lost the first one's backends, and a
+/// CR/LF in a backend path was accepted (and sent in request heads).
+#[test]
+fn check_rejects_a_service_defined_twice_and_a_crlf_in_a_backend_path() {
+    let (code, text) = check("services:\n  a: [http://127.0.0.1:1]\n  b: [http://127.0.0.1:2]\n  a: [http://127.0.0.1:3]\n");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("services.a") && text.contains("lines 2 and 4"),
+        "{text}"
+    );
+    let (code, text) = check("services:\n  a: [\"http://127.0.0.1:1/x\\r\\nX-Evil: 1\"]\n");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("services.a[0]") && text.contains("0x0d"),
+        "{text}"
+    );
+    let (code, text) = check("services:\n  a: [\"http://[::1]:8001/\", \"http://[::1]:8002\"]\n");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("service a -> [http://[::1]:8001, http://[::1]:8002]"),
+        "{text}"
+    );
+}
+
+/// Runs the gateway on `yaml` until it exits by itself (a startup error) or, once it says
+/// where it listens, until SIGTERM ends it: the exit code and stderr.
+fn run_until_ready(yaml: &str, env: &[(&str, &str)], wrap: &[&str]) -> (Option<i32>, String) {
+    use std::io::{BufRead, Read};
+    let path = temp_config(yaml);
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_gateway"));
+            c
+        }
+        None => gateway(),
+    };
+    cmd.arg("--config")
+        .arg(&path)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    if stdout.read_line(&mut line).unwrap_or(0) > 0 {
+        assert!(line.starts_with("listening on"), "{line}");
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_file(&path);
+    (status.code(), err)
+}
+
+const SVC: &str = "services:\n  a: [http://127.0.0.1:1]\n";
+
+#[test]
+fn check_rejects_admin_on_the_listen_port() {
+    for (listen, admin) in [
+        ("127.0.0.1:8000", "127.0.0.1:8000"),
+        ("0.0.0.0:8000", "127.0.0.1:8000"),
+        ("127.0.0.1:8000", "0.0.0.0:8000"),
+    ] {
+        let (code, text) = check(&format!("listen: {listen}\nadmin: {admin}\n{SVC}"));
+        assert_eq!(code, Some(1), "{text}");
+        assert!(
+            text.contains("admin: ") && text.contains("`listen`"),
+            "{text}"
+        );
+    }
+    let (code, text) = check(&format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{SVC}"));
+    assert_eq!(code, Some(0), "port 0 twice is two ports: {text}");
+}
+
+/// Regression: a taken admin port was reported as `listen`'s problem.
+#[test]
+fn a_taken_admin_port_names_admin() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (code, err) = run_until_ready(
+        &format!("listen: 127.0.0.1:0\nadmin: {addr}\nworkers: 1\n{SVC}"),
+        &[],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr} (`admin`)"))
+            && err.contains("change `admin`"),
+        "{err}"
+    );
+}
+
+/// A port below 1024 without the right to bind it says so (run as `nobody` when we are
+/// root; skipped where unprivileged processes may bind low ports).
+#[test]
+fn a_privileged_port_says_why_it_is_refused() {
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .unwrap_or(1024);
+    if start <= 81 {
+        eprintln!("skipped: unprivileged processes may bind port 81 here");
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let wrap: &[&str] = if root {
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ]
+    } else {
+        &[]
+    };
+    let (code, err) = run_until_ready(
+        &format!("listen: 127.0.0.1:81\nworkers: 1\n{SVC}"),
+        &[],
+        wrap,
+    );
+    if root && err.contains("setpriv") {
+        eprintln!("skipped: cannot drop privileges here: {err}");
+        return;
+    }
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("(`listen`)")
+            && err.contains("below 1024")
+            && err.contains("CAP_NET_BIND_SERVICE"),
+        "{err}"
+    );
+}
+
+/// `--check` opens the access log as the gateway would (without truncating it), and the
+/// error names the path, at `--check` and at start.
+#[test]
+fn the_access_log_is_checked_and_named() {
+    let bad = "/nonexistent-gateway-dir/access.log";
+    let (code, text) = check(&format!("access_log: {bad}\n{SVC}"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("cannot open the access log {bad}")),
+        "{text}"
+    );
+    let (code, err) = run_until_ready(
+        &format!("listen: 127.0.0.1:0\nworkers: 1\naccess_log: {bad}\n{SVC}"),
+        &[],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot open the access log {bad}")),
+        "{err}"
+    );
+
+    let dir = std::env::temp_dir();
+    let existing = dir.join(format!("gateway-cli-log-{}.log", std::process::id()));
+    std::fs::write(&existing, "kept\n").unwrap();
+    let missing = dir.join(format!("gateway-cli-log-{}-new.log", std::process::id()));
+    for path in [&existing, &missing] {
+        let (code, text) = check(&format!("access_log: {}\n{SVC}", path.display()));
+        assert_eq!(code, Some(0), "{text}");
+    }
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "kept\n");
+    assert!(!missing.exists(), "--check created the log file");
+    let _ = std::fs::remove_file(&existing);
+}
+
+#[test]
+fn rust_log_problems_are_reported_and_module_filters_work() {
+    let out = gateway()
+        .args([
+            "--check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml"),
+        ])
+        .env("RUST_LOG", "verbose,gatway=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RUST_LOG: unknown level \"verbose\""), "{err}");
+    assert!(err.contains("\"gatway=debug\" names no module"), "{err}");
+
+    // Only gateway::server speaks at info: its worker lines, not the startup summary.
+    let (code, err) = run_until_ready(
+        &format!("listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\n{SVC}"),
+        &[("RUST_LOG", "error,gateway::server=info")],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("gateway::server: worker 0: driver"), "{err}");
+    assert!(!err.contains("service a ->"), "{err}");
 }

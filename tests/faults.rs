@@ -334,3 +334,39 @@ fn fault_matrix() {
         started.elapsed()
     );
 }
+
+/// Regression: an unknown `x-mock-fault` or an `x-mock-status` outside 200–599 was a
+/// silent 200 (or a 500), and the mock's 400 body was not valid JSON.
+#[test]
+fn mock_backend_rejects_what_it_cannot_honour_with_json() {
+    let b = mock_backend();
+    let mut c = Client::connect(b.addr);
+    for (header, value) in [
+        ("x-mock-fault", "no-such-fault"),
+        ("x-mock-fault", "hang\"}"),
+        ("x-mock-status", "99"),
+        ("x-mock-status", "600"),
+        ("x-mock-status", "abc"),
+    ] {
+        c.send(format!("GET /x HTTP/1.1\r\nHost: m\r\n{header}: {value}\r\n\r\n").as_bytes());
+        let r = c.read_response();
+        assert_eq!(r.status, 400, "{header}: {value}");
+        let j = r.json();
+        assert!(
+            j["mock_error"].as_str().is_some_and(|m| m.contains(header)),
+            "{j}"
+        );
+        assert_eq!(j["value"], value, "{j}");
+    }
+    // The connection is still usable, and known values still work.
+    c.send(b"GET /x HTTP/1.1\r\nHost: m\r\nx-mock-status: 599\r\n\r\n");
+    assert_eq!(c.read_response().status, 599);
+    c.send(b"GET /x HTTP/1.1\r\nHost: m\r\nx-mock-fault: chunked\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    // A request the mock cannot parse gets a JSON 400 too.
+    let mut c = Client::connect(b.addr);
+    c.send(b"GET /x HTTP/1.1\r\nHost: m\r\nbad header\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 400);
+    assert!(r.json()["mock_error"].is_string());
+}

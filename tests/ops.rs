@@ -283,7 +283,18 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // The drain begins only once all four are in flight (upstream connections carrying a
+    // request): a client still connecting when it begins is refused, as it should be.
+    let active = |admin| {
+        parse_prometheus(&String::from_utf8_lossy(&admin_get(admin, "/metrics").body))
+            .get("gateway_pool_connections{state=\"active\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || active(g.admin) >= 4.0),
+        "the slow requests never reached the backend"
+    );
     let t = Instant::now();
     signal(&g.proc.child, libc::SIGTERM);
     assert!(

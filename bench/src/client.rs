@@ -110,7 +110,8 @@ impl ErrorCounts {
 /// What one thread (and, merged, the whole run) observed.
 #[derive(Debug, Clone)]
 pub struct Stats {
-    /// Latency of 2xx responses started inside the measurement window, in microseconds.
+    /// Latency of 2xx responses started inside the measurement window, in microseconds;
+    /// open loop: plus every unsent slot, at what it had waited when the run ended.
     pub hist: Histogram<u64>,
     /// Open loop: actual write time minus intended send time, in microseconds, for requests
     /// in the window (generator lateness plus waiting behind a slow previous response).
@@ -125,7 +126,7 @@ pub struct Stats {
     /// Connections re-opened after a close, error or timeout.
     pub reconnects: u64,
     /// Open loop: scheduled sends inside the window that never went out because the
-    /// connection was still behind schedule when the run ended.
+    /// connection was still behind schedule when the run ended (each also in `hist`).
     pub unsent: u64,
     /// Open loop: whether sends were paced with the precise timer (false = 1 ms timer wheel).
     pub precise_pacing: bool,
@@ -172,6 +173,31 @@ impl Stats {
         self.precise_pacing &= o.precise_pacing;
         for m in &o.samples {
             self.note(m.clone());
+        }
+    }
+
+    /// Open loop: counts the slots from the `k`-th (intended at `intended`) to the end of
+    /// the run that were never sent, and records those in the window in the latency
+    /// histogram at what they had waited by `now`: a lower bound of the latency a user saw.
+    fn record_unsent(
+        &mut self,
+        plan: &Plan,
+        intended: u64,
+        iv: f64,
+        k: u64,
+        offset: f64,
+        now: u64,
+    ) {
+        let mut slot = intended;
+        let mut k = k;
+        while slot < plan.end_ns {
+            if slot >= plan.measure_ns {
+                self.unsent += 1;
+                let us = (now.saturating_sub(slot) / 1000).max(1);
+                self.hist.saturating_record(us.min(HIST_MAX_US));
+            }
+            k += 1;
+            slot = plan.start_ns + (offset + iv * k as f64) as u64;
         }
     }
 
@@ -292,10 +318,11 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, index: usize) {
                 }
                 let now = now_ns();
                 if now >= plan.end_ns {
-                    // Still behind schedule at the end: count the slots we never sent.
-                    let from = intended.max(plan.measure_ns);
-                    let missed = ((plan.end_ns - from) as f64 / iv).ceil() as u64;
-                    stats.borrow_mut().unsent += missed;
+                    // Still behind schedule at the end: the slots never sent are requests
+                    // a user would have waited for, at least until now.
+                    stats
+                        .borrow_mut()
+                        .record_unsent(&plan, intended, iv, k - 1, offset, now);
                     break;
                 }
                 // Never send early; if late, the lateness is part of the latency.
@@ -613,7 +640,28 @@ mod tests {
             assert!((78..=82).contains(&scheduled), "scheduled {scheduled}");
             assert!(stats.precise_pacing || !monoio::utils::detect_uring());
             assert_eq!(stats.lag.len(), stats.requests);
+            assert_eq!(stats.hist.len(), stats.ok + stats.unsent);
         });
+    }
+
+    /// Regression: slots an open-loop connection never sent (it was stuck behind a response
+    /// that never came) were counted but left out of the latency tail.
+    #[test]
+    fn unsent_open_loop_slots_are_in_the_latency_tail() {
+        // A listener that never accepts: connects and writes succeed, no answer ever comes.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut p = plan(silent.local_addr().unwrap(), Some(10_000_000.0), 1);
+        p.timeout = Duration::from_millis(300);
+        let stats = run_thread(Arc::new(p), vec![0], None).unwrap();
+        assert_eq!(stats.ok, 0);
+        assert!(stats.unsent > 0, "the connection never fell behind");
+        assert_eq!(
+            stats.hist.len(),
+            stats.unsent,
+            "every unsent slot is a sample"
+        );
+        assert!(stats.errors.timeout + stats.warmup_errors.timeout > 0);
+        drop(silent);
     }
 
     #[test]

@@ -16,6 +16,10 @@ use client::{Plan, Stats};
 
 /// Time between spawning the threads and the first request, for opening connections.
 const SETUP: Duration = Duration::from_millis(300);
+/// Printed on stderr when the measurement window opens (setup and warm-up are over).
+const WINDOW_START: &str = "loadgen: window start";
+/// Printed on stderr when the last recorded request has finished.
+const WINDOW_END: &str = "loadgen: window end";
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -87,6 +91,12 @@ fn run(cfg: &RunConfig) -> ExitCode {
             }
         }
     }
+    // Tell a harness measuring the server's CPU (scripts/bench.sh) when the recorded
+    // requests start and end, so that neither the setup nor the warm-up falls inside its
+    // window. After the joins, every recorded request has finished.
+    let wait = plan.measure_ns.saturating_sub(clock::now_ns());
+    std::thread::sleep(Duration::from_nanos(wait));
+    eprintln!("{WINDOW_START}");
     let mut stats = Stats::new();
     for h in handles {
         match h.join() {
@@ -102,6 +112,7 @@ fn run(cfg: &RunConfig) -> ExitCode {
         }
     }
 
+    eprintln!("{WINDOW_END}");
     let rep = report::build(cfg, &stats);
     println!("{}", report::summary_line(&rep));
     print!("{}", report::details(&rep));

@@ -114,8 +114,18 @@ pub struct Report {
     pub rps: f64,
     /// `ok / duration_s`.
     pub ok_rps: f64,
-    /// Latency of 2xx responses, microseconds. Open loop: measured from the intended send time.
+    /// Latency of 2xx responses, microseconds. Open loop: measured from the intended send
+    /// time, and unsent slots are in it too (at what they had waited when the run ended).
     pub latency_us: Latency,
+    /// Samples behind `latency_us`: `ok`, plus `unsent` in open loop.
+    #[serde(default)]
+    pub latency_samples: u64,
+    /// Complete responses outside 2xx (not in `latency_us`).
+    #[serde(default)]
+    pub non_2xx: u64,
+    /// Requests with no complete response within `timeout_s` (not in `latency_us`).
+    #[serde(default)]
+    pub timeouts: u64,
     pub errors: Errors,
     /// Errors during connection setup and warm-up (not part of the measurement).
     pub warmup_errors: Errors,
@@ -172,6 +182,9 @@ pub fn build(cfg: &RunConfig, stats: &Stats) -> Report {
             p99_99: q(0.9999),
             max: if h.is_empty() { 0 } else { h.max() },
         },
+        latency_samples: h.len(),
+        non_2xx: stats.errors.statuses().map(|(_, n)| n).sum(),
+        timeouts: stats.errors.timeout,
         errors: Errors::from(&stats.errors),
         warmup_errors: Errors::from(&stats.warmup_errors),
         reconnects: stats.reconnects,
@@ -222,7 +235,7 @@ pub fn summary_line(r: &Report) -> String {
     if r.mode == "open" {
         let _ = write!(s, " (target {:.1})", r.rate);
     }
-    if r.ok == 0 {
+    if r.latency_samples == 0 {
         let _ = write!(s, ", latency n/a (no 2xx responses)");
     } else {
         let _ = write!(
@@ -234,7 +247,28 @@ pub fn summary_line(r: &Report) -> String {
             human_us(l.max)
         );
     }
+    let _ = write!(s, " {}", beside_percentiles(r));
     let _ = write!(s, ", errors: {}", r.errors.describe());
+    s
+}
+
+/// What the percentiles cover and what they leave out, to print next to them:
+/// `(2xx: 980; unsent 20 in them; not in them: non-2xx 3, timeouts 1)`.
+pub fn beside_percentiles(r: &Report) -> String {
+    let mut s = format!("(2xx: {}", r.ok);
+    if r.mode == "open" {
+        let _ = write!(s, "; unsent {} in them", r.unsent);
+    }
+    let other = r.errors.total.saturating_sub(r.non_2xx + r.timeouts);
+    let _ = write!(
+        s,
+        "; not in them: non-2xx {}, timeouts {}",
+        r.non_2xx, r.timeouts
+    );
+    if other > 0 {
+        let _ = write!(s, ", other errors {other}");
+    }
+    s.push(')');
     s
 }
 
@@ -242,10 +276,18 @@ pub fn summary_line(r: &Report) -> String {
 pub fn details(r: &Report) -> String {
     let l = &r.latency_us;
     let mut s = String::new();
+    let covered = if r.mode == "open" {
+        format!(
+            "latency of 2xx responses and unsent slots ({} + {} samples; an unsent slot at what it had waited when the run ended)",
+            r.ok, r.unsent
+        )
+    } else {
+        format!("latency of 2xx responses ({} samples)", r.ok)
+    };
     let _ = writeln!(
         s,
-        "  {} loop, {} connections, {} thread(s), 2xx latency ({} samples):",
-        r.mode, r.connections, r.threads, r.ok
+        "  {} loop, {} connections, {} thread(s), {covered}:",
+        r.mode, r.connections, r.threads
     );
     let _ = writeln!(s, "  {:>10}  {:>12}", "percentile", "latency ms");
     for (name, v) in [
@@ -258,6 +300,7 @@ pub fn details(r: &Report) -> String {
     ] {
         let _ = writeln!(s, "  {name:>10}  {:>12.3}", v as f64 / 1e3);
     }
+    let _ = writeln!(s, "  next to them: {}", beside_percentiles(r));
     if r.warmup_errors.total > 0 {
         let _ = writeln!(
             s,
@@ -268,7 +311,7 @@ pub fn details(r: &Report) -> String {
     if r.unsent > 0 {
         let _ = writeln!(
             s,
-            "  open loop fell behind: {} scheduled requests were never sent",
+            "  open loop fell behind: {} scheduled requests were never sent (counted in the percentiles)",
             r.unsent
         );
     }
@@ -446,6 +489,43 @@ mod tests {
         e.status[503] = 10;
         e.timeout = 2;
         assert_eq!(Errors::from(&e).describe(), "12 (status 503=10, timeout=2)");
+    }
+
+    #[test]
+    fn what_the_percentiles_leave_out_is_said_next_to_them() {
+        let mut stats = Stats::new();
+        stats.ok = 980;
+        stats.requests = 983;
+        stats.unsent = 20;
+        stats.errors.status[503] = 3;
+        stats.errors.timeout = 1;
+        stats.errors.reset = 2;
+        let mut cfg = crate::args::parse(&[
+            "--url".into(),
+            "http://127.0.0.1:1/".into(),
+            "--rate".into(),
+            "100".into(),
+        ])
+        .map(|c| match c {
+            crate::args::Command::Run(c) => c,
+            _ => unreachable!(),
+        })
+        .unwrap();
+        let open = build(&cfg, &stats);
+        assert_eq!((open.non_2xx, open.timeouts), (3, 1));
+        assert_eq!(
+            beside_percentiles(&open),
+            "(2xx: 980; unsent 20 in them; not in them: non-2xx 3, timeouts 1, other errors 2)"
+        );
+        assert!(summary_line(&open).contains("unsent 20 in them"));
+        assert!(details(&open).contains("2xx responses and unsent slots (980 + 20 samples"));
+        cfg.rate = 0.0;
+        stats.errors.reset = 0;
+        let closed = build(&cfg, &stats);
+        assert_eq!(
+            beside_percentiles(&closed),
+            "(2xx: 980; not in them: non-2xx 3, timeouts 1)"
+        );
     }
 
     #[test]

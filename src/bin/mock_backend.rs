@@ -6,12 +6,15 @@
 //!
 //! | header                        | effect                                                    |
 //! |-------------------------------|-----------------------------------------------------------|
-//! | `x-mock-status: 503`          | answer with this status                                   |
+//! | `x-mock-status: 503`          | answer with this status (200–599)                         |
 //! | `x-mock-delay-ms: 200`        | wait before sending the response head                     |
 //! | `x-mock-body-bytes: 65536`    | a body of this many `x` bytes instead of the echo         |
 //! | `x-mock-body-delay-ms: 200`   | send half the body, wait, send the rest                   |
 //! | `x-mock-header: Name: value`  | add a response header (repeatable)                        |
 //! | `x-mock-fault: KIND`          | see [`Fault`]                                             |
+//!
+//! A value it cannot honour (an unknown fault, a status outside 200–599) is answered
+//! `400` with `{"mock_error":"...","value":"..."}`, never silently ignored.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -95,6 +98,8 @@ struct Plan {
     framing: Framing,
     /// Extra response header lines, CRLF-terminated.
     extra: Vec<u8>,
+    /// A fault header we do not understand: answered 400 with this JSON body instead.
+    rejected: Option<Vec<u8>>,
     /// The JSON echo, minus the body fields (filled in after the body is read).
     echo: Vec<u8>,
 }
@@ -199,10 +204,11 @@ async fn connection(mut s: TcpStream, port: u16) {
                     Ok(None) => {}
                     Err(e) => {
                         out.clear();
-                        let body = format!("{{\"mock_error\":\"{e:?}\"}}");
+                        let body = mock_error(&format!("{e:?}"), b"");
                         out.extend_from_slice(
-                            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+                            format!("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes(),
                         );
+                        out.extend_from_slice(&body);
                         let _ = gio::write_all(&mut s, &mut out, LONG).await;
                         return;
                     }
@@ -297,6 +303,7 @@ fn make_plan(p: &h1::ParsedRequest<'_, '_>, port: u16) -> Plan {
         keep_alive: p.info.keep_alive,
         framing: p.info.framing,
         extra: Vec::new(),
+        rejected: None,
         echo: Vec::with_capacity(512),
     };
     let num = |v: &[u8]| {
@@ -328,15 +335,27 @@ fn make_plan(p: &h1::ParsedRequest<'_, '_>, port: u16) -> Plan {
         e.push(b']');
         let name = h.name.to_ascii_lowercase();
         match name.as_str() {
-            "x-mock-status" => {
-                plan.status = num(h.value)
-                    .and_then(|n| u16::try_from(n).ok())
-                    .unwrap_or(500)
-            }
+            "x-mock-status" => match num(h.value) {
+                Some(n @ 200..=599) => plan.status = n as u16,
+                _ => {
+                    plan.rejected = Some(mock_error(
+                        "x-mock-status must be a number from 200 to 599",
+                        h.value,
+                    ))
+                }
+            },
             "x-mock-delay-ms" => plan.delay_ms = num(h.value).unwrap_or(0),
             "x-mock-body-bytes" => plan.body_bytes = num(h.value).map(|n| n as usize),
             "x-mock-body-delay-ms" => plan.body_delay_ms = num(h.value).unwrap_or(0),
-            "x-mock-fault" => plan.fault = Fault::parse(h1::trim_ows(h.value)),
+            "x-mock-fault" => match Fault::parse(h1::trim_ows(h.value)) {
+                Some(f) => plan.fault = Some(f),
+                None => {
+                    plan.rejected = Some(mock_error(
+                        "unknown x-mock-fault (see mock-backend's documentation for the list)",
+                        h.value,
+                    ))
+                }
+            },
             "x-mock-header" => {
                 plan.extra.extend_from_slice(h.value);
                 plan.extra.extend_from_slice(b"\r\n");
@@ -346,6 +365,16 @@ fn make_plan(p: &h1::ParsedRequest<'_, '_>, port: u16) -> Plan {
     }
     e.push(b']');
     plan
+}
+
+/// The JSON body of the mock's own 400: `{"mock_error":"...","value":"..."}`.
+fn mock_error(message: &str, value: &[u8]) -> Vec<u8> {
+    let mut body = b"{\"mock_error\":".to_vec();
+    json_str(&mut body, message.as_bytes());
+    body.extend_from_slice(b",\"value\":");
+    json_str(&mut body, value);
+    body.extend_from_slice(b"}\n");
+    body
 }
 
 fn reason(status: u16) -> &'static str {
@@ -384,6 +413,22 @@ async fn drain_until_close(s: &mut TcpStream, limit: Duration) {
 
 /// Writes the planned response. Returns false when the connection must end.
 async fn respond(s: &mut TcpStream, out: &mut Vec<u8>, plan: &Plan) -> bool {
+    if let Some(body) = &plan.rejected {
+        // A request the mock cannot honour is the tester's mistake: say so, never a 200.
+        out.clear();
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n",
+                body.len(),
+                if plan.keep_alive { "" } else { "connection: close\r\n" }
+            )
+            .as_bytes(),
+        );
+        if !plan.head_request {
+            out.extend_from_slice(body);
+        }
+        return gio::write_all(s, out, LONG).await.is_ok();
+    }
     if plan.delay_ms > 0 {
         monoio::time::sleep(Duration::from_millis(plan.delay_ms)).await;
     }

@@ -1,0 +1,144 @@
+//! Worker threads as the kernel sees them in `/proc/PID/task`: CPU pinning and idle wake-ups.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// `(thread name, /proc status text)` of the process's `worker-N` threads.
+fn worker_threads(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        if comm.starts_with("worker-") {
+            out.push((comm.trim().to_string(), status));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A field of a `/proc/.../status` text, e.g. `Cpus_allowed_list`.
+fn field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map_or("", str::trim)
+}
+
+/// The worker threads once `n` of them exist and `ready` holds for each (a thread is named
+/// and pins itself only once it runs), or as they are after 10 s.
+fn workers_when(pid: u32, n: usize, ready: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+    let mut threads = worker_threads(pid);
+    for _ in 0..500 {
+        if threads.len() == n && threads.iter().all(|(_, s)| ready(s)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        threads = worker_threads(pid);
+    }
+    threads
+}
+
+fn voluntary_switches(pid: u32) -> Vec<u64> {
+    worker_threads(pid)
+        .iter()
+        .map(|(_, s)| field(s, "voluntary_ctxt_switches").parse().unwrap_or(0))
+        .collect()
+}
+
+/// Regression: each worker woke every 100 ms to see whether the drain had begun (31% of a
+/// core at 1024 idle workers). Now an idle worker sleeps until its once-a-second
+/// housekeeping; the drain still wakes it at once (the process exits on SIGTERM).
+#[test]
+fn idle_workers_do_not_poll_for_the_drain() {
+    let g = gateway(&config(2, "", "  a: [http://127.0.0.1:1]\n"));
+    let pid = g.child.id();
+    // Let startup settle, then count how often each worker blocked over two seconds.
+    assert_eq!(
+        workers_when(pid, 2, |_| true).len(),
+        2,
+        "two worker threads"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let before = voluntary_switches(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = voluntary_switches(pid);
+    assert_eq!(before.len(), 2, "two worker threads");
+    for (b, a) in before.iter().zip(&after) {
+        // Housekeeping wakes a worker about twice in two seconds; polling every 100 ms
+        // made it 20 or more.
+        assert!(a - b < 12, "an idle worker woke {} times in 2 s", a - b);
+    }
+    let mut g = g;
+    signal(&g.child, libc::SIGTERM);
+    let status = g.child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
+/// The last CPU this test process may run on.
+fn last_allowed_cpu() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = field(&status, "Cpus_allowed_list").to_string();
+    let last = list.rsplit([',', '-']).next()?.to_string();
+    Some(last)
+}
+
+/// Regression: under `taskset -c 1`, worker 0 was pinned to core 0 (outside the set the
+/// operator chose). Now worker i runs on the i-th allowed CPU, and more workers than
+/// allowed CPUs is a warning.
+#[test]
+fn pinned_workers_stay_on_the_cpus_the_process_was_given() {
+    use std::io::{BufRead, Read};
+    let Some(cpu) = last_allowed_cpu() else {
+        eprintln!("skipped: no /proc/self/status");
+        return;
+    };
+    if std::process::Command::new("taskset")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: taskset is not installed");
+        return;
+    }
+    let path = write_config(
+        "listen: 127.0.0.1:0\nworkers: 2\npin_workers: true\nservices:\n  a: [http://127.0.0.1:1]\n",
+    );
+    let mut child = std::process::Command::new("taskset")
+        .args(["-c", &cpu])
+        .arg(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn taskset");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("startup line");
+    assert!(line.starts_with("listening on"), "{line}");
+    let threads = workers_when(child.id(), 2, |s| field(s, "Cpus_allowed_list") == cpu);
+    signal(&child, libc::SIGTERM);
+    let mut err = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(threads.len(), 2, "{threads:?}");
+    for (name, status) in &threads {
+        assert_eq!(field(status, "Cpus_allowed_list"), cpu, "{name}");
+    }
+    assert!(
+        err.contains("2 workers but this process may run on 1 CPU(s)"),
+        "{err}"
+    );
+}
