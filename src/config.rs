@@ -71,6 +71,8 @@ pub struct Config {
     /// Re-resolve backend host names this often (None: only at start and on SIGHUP).
     pub dns_refresh: Option<Duration>,
     pub services: Vec<ServiceConfig>,
+    /// Shared circuit state through Redis (None: this instance alone, as before).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -153,6 +155,7 @@ struct RawConfig {
     limits: Option<RawLimits>,
     pool: Option<RawPool>,
     dns_refresh: Option<String>,
+    cluster: Option<crate::cluster::RawCluster>,
     services: Option<BTreeMap<String, serde_yaml_ng::Value>>,
 }
 
@@ -434,6 +437,17 @@ impl Config {
                 ),
             );
         }
+        if let Some(c) = &self.cluster {
+            let _ = fmt::Write::write_fmt(
+                &mut s,
+                format_args!(
+                    "cluster {} on {} (open quorum {})\n",
+                    c.name,
+                    crate::cluster::redact(&c.redis),
+                    c.open_quorum
+                ),
+            );
+        }
         s
     }
 }
@@ -634,6 +648,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         pool,
         dns_refresh,
         services,
+        cluster: raw.cluster.map(crate::cluster::validate).transpose()?,
     })
 }
 

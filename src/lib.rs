@@ -18,7 +18,7 @@
 //! - [`io`]: split sockets, owned-buffer reads and writes with deadlines
 //!
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
-//! registry behind one `ArcSwap`). Side: [`logging`].
+//! registry behind one `ArcSwap`). Side: [`logging`], [`cluster`] (its config section).
 
 // Lint policy: never unwrap on the request path (network input must not panic a worker),
 // and say why every unsafe block is sound.
@@ -32,6 +32,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod balancer;
 pub mod breaker;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod date;
