@@ -18,7 +18,8 @@
 //! - [`io`]: split sockets, owned-buffer reads and writes with deadlines
 //!
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
-//! registry behind one `ArcSwap`). Side: [`logging`], [`cluster`] (its config section).
+//! registry behind one `ArcSwap`). Side: [`logging`], [`cluster`] (a thread that shares
+//! circuit state with other instances through Redis; never on the request path).
 
 // Lint policy: never unwrap on the request path (network input must not panic a worker),
 // and say why every unsafe block is sound.
@@ -70,6 +71,8 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     let mut signals =
         Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(server::StartError::Thread)?;
     let shared = Shared::new(config);
+    // With `cluster:`, the fleet's circuit states are read before anything is served.
+    cluster::start(&shared).map_err(server::StartError::Thread)?;
     let server = server::start(shared.clone())?;
     start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
     log_startup(&shared, &server);

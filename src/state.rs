@@ -136,6 +136,9 @@ pub struct Shared {
     pub control: Mutex<()>,
     /// Access log batches dropped because its writer fell behind.
     pub access_log_dropped: Arc<AtomicU64>,
+    /// The cluster thread's status, set once at start when the config has `cluster:`; read
+    /// by the admin threads only.
+    pub cluster: OnceLock<Arc<crate::cluster::Status>>,
 }
 
 fn policy(s: &BreakerSettings, cfg: &Config) -> Policy {
@@ -163,6 +166,7 @@ impl Shared {
             reloads: ReloadStats::default(),
             control: Mutex::new(()),
             access_log_dropped: Arc::default(),
+            cluster: OnceLock::new(),
         })
     }
 
