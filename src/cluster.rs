@@ -623,7 +623,6 @@ impl Node {
             t.fleet = Some(f);
             return false;
         }
-        t.lease = None;
         let cur = breaker::Word::load(&**t.cell);
         let s = Word::decode(cur);
         let next = if f.open {
@@ -661,6 +660,7 @@ impl Node {
         t.seen = next;
         t.fleet = Some(f);
         t.local = None;
+        t.lease = None;
         t.source = Source::Remote;
         true
     }
@@ -893,6 +893,122 @@ mod tests {
             sources: Mutex::default(),
         };
         assert_eq!(s.redis_display(), "redis://***@127.0.0.1:6379/0");
+    }
+
+    /// A node on one service `a` with one backend, never connected (nothing listens on
+    /// port 1, and nothing here tries).
+    fn node() -> Node {
+        let config = crate::Config::parse(
+            "cluster: {redis: redis://127.0.0.1:1/0}\n\
+             breaker: {failure_threshold: 1, cooldown: 10s}\n\
+             services:\n  a: [http://127.0.0.1:1]\n",
+        )
+        .unwrap();
+        let cluster = config.cluster.clone().unwrap();
+        let status = Arc::new(Status {
+            config: cluster,
+            instance: "me".into(),
+            up: AtomicBool::new(false),
+            last_sync_unix_ms: AtomicU64::new(0),
+            peers: Mutex::default(),
+            sources: Mutex::default(),
+        });
+        let mut n = Node::new(Shared::new(config), status);
+        n.sync_tracks();
+        n
+    }
+
+    fn word(n: &Node) -> Word {
+        Word::decode(breaker::Word::load(&**n.tracks[0].cell))
+    }
+
+    fn kind(n: &Node) -> Option<Kind> {
+        n.tracks[0].local.map(|l| l.kind)
+    }
+
+    #[test]
+    fn local_transitions_are_found_by_diffing_the_words() {
+        let mut n = node();
+        let (cell, p) = (n.tracks[0].cell.clone(), n.tracks[0].policy);
+        let t0 = now_ms();
+        n.scan();
+        assert_eq!(kind(&n), None);
+        let t = breaker::admit(&**cell, t0, &p).unwrap();
+        breaker::failure(&**cell, t, t0, &p);
+        n.scan();
+        assert_eq!(kind(&n), Some(Kind::Open));
+        assert_eq!(n.tracks[0].local.unwrap().at, t0 + n.offset);
+        // The probe going out is no transition for the fleet; its failure is a re-open.
+        let probe = breaker::admit(&**cell, t0 + p.cooldown_ms, &p).unwrap();
+        n.tracks[0].local = None;
+        n.scan();
+        assert_eq!(kind(&n), None);
+        breaker::failure(&**cell, probe, t0 + p.cooldown_ms, &p);
+        n.scan();
+        assert_eq!(kind(&n), Some(Kind::Reopen));
+        let probe = breaker::admit(&**cell, t0 + 2 * p.cooldown_ms, &p).unwrap();
+        breaker::success(&**cell, probe, t0 + 2 * p.cooldown_ms);
+        n.scan();
+        assert_eq!(kind(&n), Some(Kind::Closed));
+        assert_eq!(n.tracks[0].source, Source::Local);
+    }
+
+    fn fleet(open: bool, at: u64, instance: &str) -> Fleet {
+        Fleet {
+            open,
+            at,
+            instance: instance.into(),
+        }
+    }
+
+    #[test]
+    fn a_remote_open_opens_with_the_fleets_time_and_a_remote_close_closes_it() {
+        let mut n = node();
+        let at = unix_ms();
+        assert!(n.apply(0, fleet(true, at, "other")));
+        let w = word(&n);
+        assert_eq!((w.state, w.time_ms), (OPEN, n.to_local(at)));
+        assert_eq!(n.tracks[0].source, Source::Remote);
+        // What this thread wrote is no local transition.
+        n.scan();
+        assert_eq!(kind(&n), None);
+        // The same record again changes nothing.
+        assert!(!n.apply(0, fleet(true, at, "other")));
+        assert!(n.apply(0, fleet(false, at + 5, "other")));
+        assert_eq!(word(&n).state, CLOSED);
+        n.scan();
+        assert_eq!(kind(&n), None);
+    }
+
+    #[test]
+    fn a_remote_close_leaves_a_circuit_opened_below_the_quorum() {
+        let mut n = node();
+        let (cell, p) = (n.tracks[0].cell.clone(), n.tracks[0].policy);
+        // The fleet is closed; this instance alone opens (quorum not reached).
+        assert!(!n.apply(0, fleet(false, 1, "other")));
+        let t = breaker::admit(&**cell, now_ms(), &p).unwrap();
+        breaker::failure(&**cell, t, now_ms(), &p);
+        n.scan();
+        assert!(!n.apply(0, fleet(false, unix_ms() + 1000, "other")));
+        assert_eq!(word(&n).state, OPEN);
+        assert_eq!(n.tracks[0].source, Source::Local);
+    }
+
+    #[test]
+    fn an_own_newer_transition_is_not_overwritten() {
+        let mut n = node();
+        let (cell, p) = (n.tracks[0].cell.clone(), n.tracks[0].policy);
+        assert!(n.apply(0, fleet(true, unix_ms() - 20_000, "other")));
+        // Our probe (say, while Redis was away) closed it; an older fleet record arrives.
+        let probe = breaker::admit(&**cell, now_ms() + p.cooldown_ms, &p).unwrap();
+        breaker::success(&**cell, probe, now_ms());
+        n.scan();
+        assert_eq!(kind(&n), Some(Kind::Closed));
+        assert!(!n.apply(0, fleet(true, unix_ms() - 10_000, "other")));
+        assert_eq!(word(&n).state, CLOSED);
+        // Our own record echoed back is only noted.
+        assert!(!n.apply(0, fleet(true, unix_ms() + 10_000, "me")));
+        assert_eq!(word(&n).state, CLOSED);
     }
 
     #[test]
