@@ -297,8 +297,12 @@ return redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
 ";
 
 /// Takes the probe lease if free, or renews it if this instance holds it: 1 if held.
-/// KEYS: lease. ARGV: instance, px.
+/// Refused (0) when the fleet's record moved past the one this instance acted on: the
+/// lease of an episode that just ended (a probe's outcome deletes the lease together with
+/// publishing it) must not go to an instance that has not read that outcome yet.
+/// KEYS: lease, hash. ARGV: instance, px, the fleet `at` this instance knows.
 const LEASE: &str = r"
+if (tonumber(redis.call('HGET', KEYS[2], 'at')) or 0) > tonumber(ARGV[3]) then return 0 end
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
@@ -686,7 +690,7 @@ impl Node {
             if s.state == HALF_OPEN {
                 // Our probe runs: keep the lease for as long as a probe may take.
                 if t.lease.is_some() {
-                    let ours = lease(con, &t.lease_key, &self.status.instance, t.policy.lease_ms)?;
+                    let ours = lease(con, t, &self.status.instance, t.policy.lease_ms)?;
                     t.lease = ours.then_some(unix);
                 }
                 continue;
@@ -716,7 +720,7 @@ impl Node {
                 }
                 continue;
             }
-            if lease(con, &t.lease_key, &self.status.instance, GRANT_MS)? {
+            if lease(con, t, &self.status.instance, GRANT_MS)? {
                 t.lease = Some(unix);
                 continue;
             }
@@ -833,19 +837,22 @@ fn release(con: &mut redis::Connection, key: &str, instance: &str) -> redis::Red
         .query(con)
 }
 
-/// Takes or renews the probe lease for `px` ms; true if this instance holds it.
+/// Takes or renews `t`'s probe lease for `px` ms; true if this instance holds it.
 fn lease(
     con: &mut redis::Connection,
-    key: &str,
+    t: &Track,
     instance: &str,
     px: u64,
 ) -> redis::RedisResult<bool> {
+    let known = t.fleet.as_ref().map_or(0, |f| f.at);
     let held: i64 = redis::cmd("EVAL")
         .arg(LEASE)
-        .arg(1)
-        .arg(key)
+        .arg(2)
+        .arg(&t.lease_key)
+        .arg(&t.hash)
         .arg(instance)
         .arg(px.max(1))
+        .arg(known)
         .query(con)?;
     Ok(held == 1)
 }
