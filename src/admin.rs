@@ -1,5 +1,5 @@
 //! Admin listener, off the workers' hot path: `/healthz`, `/metrics`, `/admin/backends`,
-//! `/admin/config`. Plain blocking I/O, one short request per connection, one short-lived
+//! `/admin/config`, `/admin/cluster`. Plain blocking I/O, one short request per connection, one short-lived
 //! thread per connection so that no client can hold up another: the whole request head
 //! must arrive within [`HEAD_DEADLINE`] and the whole answer leave within
 //! [`WRITE_DEADLINE`], and at most [`MAX_CONNECTIONS`] are served at once. At the cap a new
@@ -256,6 +256,7 @@ fn handle(
             )
         }
         "/admin/backends" => respond_json(&mut out, &backends(shared)),
+        "/admin/cluster" => respond_json(&mut out, &cluster(shared)),
         "/admin/config" => respond_json(&mut out, &config(shared)),
         _ => respond(
             &mut out,
@@ -330,6 +331,17 @@ fn respond(s: &mut Out<'_>, status: u16, content_type: &str, body: &[u8]) -> std
 }
 
 fn render_metrics(shared: &Shared) -> String {
+    let mut text = render_core_metrics(shared);
+    if let Some(c) = shared.cluster.get() {
+        let up = u8::from(c.up.load(Ordering::Relaxed));
+        text.push_str(&format!(
+            "# HELP gateway_cluster_up 1 while the cluster thread reaches Redis, 0 while every circuit is decided locally.\n# TYPE gateway_cluster_up gauge\ngateway_cluster_up {up}\n"
+        ));
+    }
+    text
+}
+
+fn render_core_metrics(shared: &Shared) -> String {
     let snap = shared.current.load_full();
     let services: Vec<(usize, String)> = snap
         .services
@@ -418,9 +430,14 @@ fn backends(shared: &Shared) -> Value {
                     let w = Word::decode(word);
                     // A circuit that never changed state has no transition time.
                     let changed = w.state != CLOSED || w.epoch != 0;
+                    let source = shared
+                        .cluster
+                        .get()
+                        .map_or(crate::cluster::Source::Local, |c| c.source(&s.name, &b.url.url));
                     json!({
                         "url": b.url.url,
                         "state": w.state_name(),
+                        "source": source.name(),
                         "consecutive_failures": if w.state == CLOSED { w.count } else { 0 },
                         "last_transition": changed.then(|| wall(w.time_ms, now)),
                         "next_probe_in_ms": (w.state != CLOSED).then(|| retry_after_ms(word, now, &s.policy)),
@@ -439,6 +456,30 @@ fn backends(shared: &Shared) -> Value {
         })
         .collect();
     json!({"generation": snap.generation, "services": services})
+}
+
+/// `/admin/cluster`: this instance in the fleet (`{"enabled": false}` without `cluster:`).
+fn cluster(shared: &Shared) -> Value {
+    let Some(c) = shared.cluster.get() else {
+        return json!({"enabled": false});
+    };
+    let last = c.last_sync_unix_ms.load(Ordering::Relaxed);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    json!({
+        "enabled": true,
+        "instance": c.instance,
+        "name": c.config.name,
+        "open_quorum": c.config.open_quorum,
+        "redis": {
+            "url": c.redis_display(),
+            "state": if c.up.load(Ordering::Relaxed) { "up" } else { "down" },
+        },
+        "peers": *c.peers.lock().unwrap_or_else(|e| e.into_inner()),
+        "last_sync": (last > 0).then(|| crate::logging::timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(last))),
+        "last_sync_ms_ago": (last > 0).then(|| now.saturating_sub(last)),
+    })
 }
 
 fn config(shared: &Shared) -> Value {

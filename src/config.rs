@@ -72,6 +72,8 @@ pub struct Config {
     /// `rate_limit_headers`, `rate_limit_table`, `trusted_proxies`.
     pub admission: crate::admission::Settings,
     pub services: Vec<ServiceConfig>,
+    /// Shared circuit state through Redis (None: this instance alone, as before).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -162,6 +164,7 @@ struct RawConfig {
     rate_limit_headers: Option<bool>,
     rate_limit_table: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
+    cluster: Option<crate::cluster::RawCluster>,
     services: Option<ServiceEntries>,
 }
 
@@ -646,6 +649,17 @@ impl Config {
                 ),
             );
         }
+        if let Some(c) = &self.cluster {
+            let _ = fmt::Write::write_fmt(
+                &mut s,
+                format_args!(
+                    "cluster {} on {} (open quorum {})\n",
+                    c.name,
+                    crate::cluster::redact(&c.redis),
+                    c.open_quorum
+                ),
+            );
+        }
         s
     }
 }
@@ -899,6 +913,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         dns_refresh,
         admission,
         services,
+        cluster: raw.cluster.map(crate::cluster::validate).transpose()?,
     })
 }
 

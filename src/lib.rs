@@ -18,7 +18,9 @@
 //! - [`io`]: split sockets, owned-buffer reads and writes with deadlines
 //!
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
-//! registry behind one `ArcSwap`). Side: [`logging`], [`redact`] (no credentials in messages).
+//! registry behind one `ArcSwap`). Side: [`logging`], [`redact`] (no credentials in messages),
+//! [`cluster`] (a thread that shares circuit state with other instances through Redis; never
+//! on the request path).
 
 // Lint policy: never unwrap on the request path (network input must not panic a worker),
 // and say why every unsafe block is sound.
@@ -34,6 +36,7 @@ pub mod admission;
 pub mod balancer;
 pub mod boxes;
 pub mod breaker;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod date;
@@ -73,6 +76,8 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     let mut signals =
         Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1]).map_err(server::StartError::Thread)?;
     let shared = Shared::new(config);
+    // With `cluster:`, the fleet's circuit states are read before anything is served.
+    cluster::start(&shared).map_err(server::StartError::Thread)?;
     let mut server = server::start(shared.clone())?;
     start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
     log_startup(&shared, &server);

@@ -154,6 +154,9 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
         if old.access_log != new.access_log {
             ignored.push("access_log");
         }
+        if old.cluster != new.cluster {
+            ignored.push("cluster");
+        }
     }
     Changes {
         generation: 0,

@@ -213,6 +213,9 @@ pub struct Shared {
     pub control: Mutex<()>,
     /// What the access log writer counts (dropped batches, write errors).
     pub access_log: Arc<crate::accesslog::Counters>,
+    /// The cluster thread's status, set once at start when the config has `cluster:`; read
+    /// by the admin threads only.
+    pub cluster: OnceLock<Arc<crate::cluster::Status>>,
 }
 
 fn policy(s: &BreakerSettings, cfg: &Config) -> Policy {
@@ -242,6 +245,7 @@ impl Shared {
             reloads: ReloadStats::default(),
             control: Mutex::new(()),
             access_log: Arc::default(),
+            cluster: OnceLock::new(),
         })
     }
 

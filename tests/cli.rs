@@ -308,3 +308,47 @@ fn rust_log_problems_are_reported_and_module_filters_work() {
     assert!(err.contains("gateway::server: worker 0: driver"), "{err}");
     assert!(!err.contains("service a ->"), "{err}");
 }
+
+#[test]
+fn check_validates_the_cluster_section_without_contacting_redis() {
+    let path =
+        std::env::temp_dir().join(format!("gateway-cli-cluster-{}.yaml", std::process::id()));
+    let check = |cluster: &str| {
+        std::fs::write(
+            &path,
+            format!("cluster: {cluster}\nservices:\n  a: [http://127.0.0.1:1]\n"),
+        )
+        .unwrap();
+        gateway()
+            .arg("--check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    // Port 1: nothing listens there, and --check must not try.
+    let ok = check("{redis: redis://127.0.0.1:1/0, name: edge-eu, open_quorum: 2}");
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{text}");
+    assert!(
+        text.contains("cluster edge-eu on redis://127.0.0.1:1/0 (open quorum 2)"),
+        "{text}"
+    );
+    for (bad, key) in [
+        ("{redis: http://127.0.0.1:6379}", "cluster.redis"),
+        (
+            "{redis: redis://127.0.0.1:6379, name: 'a b'}",
+            "cluster.name",
+        ),
+        (
+            "{redis: redis://127.0.0.1:6379, open_quorum: 0}",
+            "cluster.open_quorum",
+        ),
+    ] {
+        let out = check(bad);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
+        assert!(err.contains(key), "{bad}: {err}");
+    }
+    let _ = std::fs::remove_file(&path);
+}

@@ -1,0 +1,1032 @@
+//! Several instances, one view: a thread per process shares circuit state through Redis.
+//!
+//! Workers never see this module: they keep touching only their breaker words. One `cluster`
+//! thread per process, started only when the config has a `cluster:` section, does the rest
+//! every [`TICK`]:
+//!
+//! 1. **Learn local transitions** by loading every breaker word and diffing it against the
+//!    word it saw (or wrote) last: CLOSED → not CLOSED is an *open*, not CLOSED → CLOSED a
+//!    *close*, a new OPEN epoch after a probe a *reopen*. No worker writes anything new.
+//! 2. **Publish** each one with one Lua script (atomic on the Redis side): the instance joins
+//!    the backend's `opens` sorted set (instance → open time, trimmed to one cooldown), and the
+//!    backend's hash `{state, at, instance}` becomes open once `open_quorum` distinct
+//!    instances are in it; a close or reopen by the probe's owner moves the hash whatever the
+//!    quorum. The newer `at` always wins. A message goes to `<name>:breaker` for observers.
+//! 3. **Read the fleet** (one pipelined `HMGET` per backend) and apply what changed by CAS on
+//!    the local word: a fleet open sets the word OPEN with the fleet's open time; a fleet
+//!    close closes a word opened in that fleet episode. An instance's own newer transition
+//!    is not overwritten: it has published it and the newer one wins there.
+//! 4. **Gate the probe**: while the fleet says open, a local circuit whose cooldown is about
+//!    to end asks for the backend's lease (`SET NX PX` semantics, renewed by its owner while
+//!    the probe runs). The owner lets its word admit the probe; every other instance keeps
+//!    pushing its word's time forward ("holding") so that it stays OPEN without any worker
+//!    waiting on anything. Holds are renewed every tick and reach at most [`MAX_HOLD_MS`]
+//!    ahead, so a thread that cannot reach Redis (or stalls) leaves the breakers to decide
+//!    locally again within that time.
+//!
+//! Redis down or slow: every command has a short timeout; the first failure logs one
+//! warning, sets `up` to false (`gateway_cluster_up 0`), and the thread retries with a
+//! doubling backoff. Local transitions made meanwhile are kept and published on return,
+//! then merged with the fleet's (newer wins).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use crate::breaker::{self, Policy, Snapshot as Word, CLOSED, HALF_OPEN, OPEN};
+use crate::config::ConfigError;
+use crate::state::{now_ms, BreakerCell, Shared};
+
+pub const DEFAULT_NAME: &str = "gateway";
+pub const DEFAULT_OPEN_QUORUM: u32 = 1;
+/// How often the thread scans the words and reads the fleet.
+pub const TICK: Duration = Duration::from_millis(20);
+/// Longest a non-owner holds its circuit ahead of the clock.
+pub const MAX_HOLD_MS: u64 = 1000;
+/// Longest the startup read may take before the workers start serving.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(1);
+/// Timeout of one Redis command (connect, read, write).
+const IO_TIMEOUT: Duration = Duration::from_millis(250);
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Peers are instances that wrote a heartbeat within this.
+const PEER_TTL_MS: u64 = 5000;
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long the lease's winner may take to admit its probe before the lease lapses.
+const GRANT_MS: u64 = 3000;
+
+/// `cluster:` as validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://HOST[:PORT][/DB]`.
+    pub redis: String,
+    /// Key prefix: several fleets can share one Redis.
+    pub name: String,
+    /// Distinct instances that must have opened a circuit within one cooldown before the
+    /// whole fleet treats it as open.
+    pub open_quorum: u32,
+}
+
+/// `cluster:` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    redis: Option<String>,
+    name: Option<String>,
+    open_quorum: Option<u32>,
+}
+
+/// Checks a `cluster:` section (no network: the URL is only parsed).
+pub fn validate(raw: RawCluster) -> Result<ClusterConfig, ConfigError> {
+    let bad = |key: &str, message: String| ConfigError::Invalid {
+        key: format!("cluster.{key}"),
+        message,
+    };
+    let redis = raw.redis.ok_or_else(|| {
+        bad(
+            "redis",
+            "is missing: write the Redis URL, e.g. redis://127.0.0.1:6379/0".into(),
+        )
+    })?;
+    if !redis.starts_with("redis://") {
+        return Err(bad(
+            "redis",
+            format!("{redis:?} is not a redis:// URL: write e.g. redis://127.0.0.1:6379/0"),
+        ));
+    }
+    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(redis.as_str()) {
+        return Err(bad(
+            "redis",
+            format!("{redis:?}: {e}: write e.g. redis://127.0.0.1:6379/0"),
+        ));
+    }
+    let name = raw.name.unwrap_or_else(|| DEFAULT_NAME.to_string());
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(bad(
+            "name",
+            format!("{name:?}: use 1-64 characters of A-Z a-z 0-9 _ -, e.g. gateway"),
+        ));
+    }
+    let open_quorum = raw.open_quorum.unwrap_or(DEFAULT_OPEN_QUORUM);
+    if open_quorum == 0 {
+        return Err(bad(
+            "open_quorum",
+            "0: use 1 (any instance opens the fleet's circuit) or more".into(),
+        ));
+    }
+    Ok(ClusterConfig {
+        redis,
+        name,
+        open_quorum,
+    })
+}
+
+/// Where a backend's current circuit state came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// This instance's own requests (or nothing happened yet).
+    Local,
+    /// Another instance, through Redis.
+    Remote,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Remote => "remote",
+        }
+    }
+}
+
+/// What the admin API shows of the cluster thread; written by it, read by the admin threads.
+pub struct Status {
+    pub config: ClusterConfig,
+    pub instance: String,
+    /// Redis answered the last command.
+    pub up: AtomicBool,
+    /// Unix ms of the last complete read of the fleet (0: never).
+    pub last_sync_unix_ms: AtomicU64,
+    /// Other instances with a recent heartbeat.
+    pub peers: Mutex<Vec<String>>,
+    /// Per (service, URL): where the state came from (absent: local).
+    pub sources: Mutex<HashMap<(String, String), Source>>,
+}
+
+impl Status {
+    pub fn source(&self, service: &str, url: &str) -> Source {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(service.to_string(), url.to_string()))
+            .copied()
+            .unwrap_or(Source::Local)
+    }
+
+    /// The Redis URL without a password.
+    pub fn redis_display(&self) -> String {
+        redact(&self.config.redis)
+    }
+}
+
+/// A Redis URL fit for logs and the admin API: user and password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A new id per process start: unix ms and pid, so a restarted instance is a new peer.
+fn instance_id() -> String {
+    format!("{:x}-{}", unix_ms(), std::process::id())
+}
+
+/// Starts the cluster thread if the config asks for one, after reading the fleet's circuit
+/// states (at most [`STARTUP_WAIT`]); returns without Redis if it cannot be reached.
+pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
+    let Some(config) = shared.current.load().config.cluster.clone() else {
+        return Ok(());
+    };
+    let status = Arc::new(Status {
+        config,
+        instance: instance_id(),
+        up: AtomicBool::new(false),
+        last_sync_unix_ms: AtomicU64::new(0),
+        peers: Mutex::default(),
+        sources: Mutex::default(),
+    });
+    let _ = shared.cluster.set(status.clone());
+    let mut node = Node::new(shared.clone(), status);
+    node.startup();
+    std::thread::Builder::new()
+        .name("cluster".into())
+        .spawn(move || node.run())
+        .map(|_| ())
+}
+
+/// The fleet's record of one backend (the Redis hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fleet {
+    open: bool,
+    /// Unix ms of the transition.
+    at: u64,
+    instance: String,
+}
+
+/// A transition this instance made, kept until Redis has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Local {
+    kind: Kind,
+    at: u64,
+    published: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Open,
+    /// A probe failed: re-opens the fleet whatever the quorum.
+    Reopen,
+    Closed,
+}
+
+impl Kind {
+    fn arg(self) -> &'static str {
+        match self {
+            Kind::Open => "open",
+            Kind::Reopen => "reopen",
+            Kind::Closed => "closed",
+        }
+    }
+}
+
+struct Track {
+    service: String,
+    url: String,
+    cell: Arc<BreakerCell>,
+    policy: Policy,
+    /// The word as this thread last saw or wrote it.
+    seen: u64,
+    fleet: Option<Fleet>,
+    local: Option<Local>,
+    source: Source,
+    /// This instance owns the probe lease (since this unix ms).
+    lease: Option<u64>,
+    hash: String,
+    opens: String,
+    lease_key: String,
+}
+
+/// Publishes one transition; returns the fleet's record after it.
+/// KEYS: hash, opens, lease. ARGV: instance, kind, at, window ms, quorum, channel.
+const PUBLISH: &str = r"
+local me, kind, at, win, q = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local cur = redis.call('HMGET', KEYS[1], 'state', 'at')
+local cur_at = tonumber(cur[2]) or 0
+local state = nil
+if kind == 'closed' then
+  redis.call('ZREM', KEYS[2], me)
+  if at > cur_at then state = 'closed' end
+else
+  redis.call('ZADD', KEYS[2], at, me)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (at - win))
+  redis.call('PEXPIRE', KEYS[2], win + 60000)
+  local n = redis.call('ZCARD', KEYS[2])
+  if at > cur_at and (n >= q or (kind == 'reopen' and cur[1] == 'open')) then state = 'open' end
+end
+if state then
+  redis.call('HSET', KEYS[1], 'state', state, 'at', at, 'instance', me)
+  redis.call('PUBLISH', ARGV[6], KEYS[1] .. ' ' .. state .. ' ' .. at .. ' ' .. me)
+end
+if redis.call('GET', KEYS[3]) == me then redis.call('DEL', KEYS[3]) end
+return redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
+";
+
+/// Takes the probe lease if free, or renews it if this instance holds it: 1 if held.
+/// Refused (0) when the fleet's record moved past the one this instance acted on: the
+/// lease of an episode that just ended (a probe's outcome deletes the lease together with
+/// publishing it) must not go to an instance that has not read that outcome yet.
+/// KEYS: lease, hash. ARGV: instance, px, the fleet `at` this instance knows.
+const LEASE: &str = r"
+if (tonumber(redis.call('HGET', KEYS[2], 'at')) or 0) > tonumber(ARGV[3]) then return 0 end
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+";
+
+type Record = (Option<String>, Option<String>, Option<String>);
+
+fn parse_fleet(r: Record) -> Option<Fleet> {
+    let (state, at, instance) = r;
+    Some(Fleet {
+        open: state? == "open",
+        at: at?.parse().ok()?,
+        instance: instance.unwrap_or_default(),
+    })
+}
+
+/// How far ahead a non-owner holds its circuit: short enough to give the decision back to
+/// the local breaker soon when the thread stops renewing, shorter than the cooldown.
+fn hold_ms(p: &Policy) -> u64 {
+    (p.cooldown_ms / 2).clamp(1, MAX_HOLD_MS)
+}
+
+struct Node {
+    shared: Arc<Shared>,
+    status: Arc<Status>,
+    client: Option<redis::Client>,
+    con: Option<redis::Connection>,
+    /// `unix_ms() - now_ms()`: converts between the fleet's clock and the breakers'.
+    offset: u64,
+    tracks: Vec<Track>,
+    generation: u64,
+    retry_at: Instant,
+    backoff: Duration,
+    /// A warning was logged for the current outage.
+    warned: bool,
+    /// Last heartbeat (None: not yet).
+    heartbeat_at: Option<Instant>,
+}
+
+impl Node {
+    fn new(shared: Arc<Shared>, status: Arc<Status>) -> Node {
+        let client = match redis::Client::open(status.config.redis.as_str()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log::warn!("cluster: bad Redis URL {}: {e}", status.redis_display());
+                None
+            }
+        };
+        let offset = unix_ms().saturating_sub(now_ms());
+        Node {
+            shared,
+            status,
+            client,
+            con: None,
+            offset,
+            tracks: Vec::new(),
+            generation: 0,
+            retry_at: Instant::now(),
+            backoff: RECONNECT_MIN,
+            warned: false,
+            heartbeat_at: None,
+        }
+    }
+
+    fn to_local(&self, unix: u64) -> u64 {
+        unix.saturating_sub(self.offset)
+    }
+
+    /// Before the workers serve: connect and apply the fleet's states, within
+    /// [`STARTUP_WAIT`].
+    fn startup(&mut self) {
+        let deadline = Instant::now() + STARTUP_WAIT;
+        self.sync_tracks();
+        if self.connect() {
+            if let Err(e) = self.read_fleet(Some(deadline)) {
+                self.down(&e);
+            }
+        }
+        let open = self
+            .tracks
+            .iter()
+            .filter(|t| t.fleet.as_ref().is_some_and(|f| f.open))
+            .count();
+        log::info!(
+            "cluster: instance {} on {} ({}); {open} circuit(s) open in the fleet",
+            self.status.instance,
+            self.status.redis_display(),
+            if self.con.is_some() {
+                "connected"
+            } else {
+                "unreachable, deciding locally"
+            }
+        );
+    }
+
+    fn run(mut self) {
+        loop {
+            let started = Instant::now();
+            if self.shared.is_draining() {
+                return;
+            }
+            self.tick();
+            std::thread::sleep(TICK.saturating_sub(started.elapsed()));
+        }
+    }
+
+    fn tick(&mut self) {
+        self.sync_tracks();
+        self.scan();
+        if self.con.is_none() && !self.reconnect() {
+            return;
+        }
+        let result = self
+            .publish_pending()
+            .and_then(|()| self.read_fleet(None))
+            .and_then(|()| self.gate_probes())
+            .and_then(|()| {
+                if self.heartbeat_at.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
+                    self.heartbeat()
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = result {
+            self.down(&e);
+        }
+    }
+
+    /// Follows the snapshot's backends (a reload adds and removes some).
+    fn sync_tracks(&mut self) {
+        let snap = self.shared.current.load();
+        if snap.generation == self.generation {
+            return;
+        }
+        self.generation = snap.generation;
+        let mut old: HashMap<(String, String), Track> = self
+            .tracks
+            .drain(..)
+            .map(|t| ((t.service.clone(), t.url.clone()), t))
+            .collect();
+        let prefix = &self.status.config.name;
+        for s in &snap.services {
+            for b in &s.backends {
+                let key = (s.name.clone(), b.url.url.clone());
+                let track = match old.remove(&key) {
+                    Some(t) if Arc::ptr_eq(&t.cell, &b.breaker) => Track {
+                        policy: s.policy,
+                        ..t
+                    },
+                    _ => {
+                        let hash = format!("{prefix}:breaker:{}:{}", s.name, b.url.url);
+                        Track {
+                            service: s.name.clone(),
+                            url: b.url.url.clone(),
+                            cell: b.breaker.clone(),
+                            policy: s.policy,
+                            seen: breaker::Word::load(&**b.breaker),
+                            fleet: None,
+                            local: None,
+                            source: Source::Local,
+                            lease: None,
+                            opens: format!("{hash}:opens"),
+                            lease_key: format!("{hash}:probe"),
+                            hash,
+                        }
+                    }
+                };
+                self.tracks.push(track);
+            }
+        }
+        self.publish_sources();
+    }
+
+    fn publish_sources(&self) {
+        let map = self
+            .tracks
+            .iter()
+            .map(|t| ((t.service.clone(), t.url.clone()), t.source))
+            .collect();
+        *self
+            .status
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
+    /// Step 1: local transitions, found by diffing each word with the last one seen.
+    fn scan(&mut self) {
+        let offset = self.offset;
+        let mut changed = false;
+        for t in &mut self.tracks {
+            let cur = breaker::Word::load(&**t.cell);
+            if cur == t.seen {
+                continue;
+            }
+            let (was, now) = (Word::decode(t.seen), Word::decode(cur));
+            t.seen = cur;
+            let kind = match (was.state, now.state) {
+                (CLOSED, CLOSED) => None,
+                (CLOSED, _) => Some(Kind::Open),
+                (_, CLOSED) => Some(Kind::Closed),
+                // A new OPEN period after a probe (or missed in between): the probe failed.
+                (_, OPEN) if was.epoch != now.epoch => Some(Kind::Reopen),
+                _ => None,
+            };
+            let Some(kind) = kind else { continue };
+            let at = if kind == Kind::Closed {
+                unix_ms()
+            } else {
+                now.time_ms + offset
+            };
+            t.local = Some(Local {
+                kind,
+                at,
+                published: false,
+            });
+            t.lease = None;
+            if t.source != Source::Local {
+                t.source = Source::Local;
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish_sources();
+        }
+    }
+
+    /// Step 2: every local transition Redis does not have yet (after an outage: the latest
+    /// of each backend).
+    fn publish_pending(&mut self) -> redis::RedisResult<()> {
+        let Some(con) = self.con.as_mut() else {
+            return Ok(());
+        };
+        let cfg = &self.status.config;
+        let channel = format!("{}:breaker", cfg.name);
+        for t in &mut self.tracks {
+            let Some(local) = t.local.as_mut().filter(|l| !l.published) else {
+                continue;
+            };
+            let record: Record = redis::cmd("EVAL")
+                .arg(PUBLISH)
+                .arg(3)
+                .arg(&t.hash)
+                .arg(&t.opens)
+                .arg(&t.lease_key)
+                .arg(&self.status.instance)
+                .arg(local.kind.arg())
+                .arg(local.at)
+                .arg(t.policy.cooldown_ms)
+                .arg(cfg.open_quorum)
+                .arg(&channel)
+                .query(con)?;
+            local.published = true;
+            let fleet = parse_fleet(record);
+            // Our own record: nothing to apply; anything else is merged by `read_fleet`.
+            if fleet
+                .as_ref()
+                .is_some_and(|f| f.instance == self.status.instance && f.at == local.at)
+            {
+                t.fleet = fleet;
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 3: the fleet's records, applied to the local words.
+    fn read_fleet(&mut self, deadline: Option<Instant>) -> redis::RedisResult<()> {
+        let Some(con) = self.con.as_mut() else {
+            return Ok(());
+        };
+        if self.tracks.is_empty() {
+            return Ok(());
+        }
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            con.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        }
+        let mut pipe = redis::pipe();
+        for t in &self.tracks {
+            pipe.cmd("HMGET")
+                .arg(&t.hash)
+                .arg("state")
+                .arg("at")
+                .arg("instance");
+        }
+        let records: Vec<Record> = pipe.query(con)?;
+        if deadline.is_some() {
+            con.set_read_timeout(Some(IO_TIMEOUT))?;
+        }
+        self.status
+            .last_sync_unix_ms
+            .store(unix_ms(), Ordering::Relaxed);
+        let mut changed = false;
+        for (i, record) in records.into_iter().enumerate() {
+            let Some(f) = parse_fleet(record) else {
+                continue;
+            };
+            if self.apply(i, f) {
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish_sources();
+        }
+        Ok(())
+    }
+
+    /// Applies one fleet record to track `i`; true if the local word changed.
+    fn apply(&mut self, i: usize, f: Fleet) -> bool {
+        let me = &self.status.instance;
+        let to_local = self.to_local(f.at);
+        let t = &mut self.tracks[i];
+        if t.fleet.as_ref() == Some(&f) {
+            return false;
+        }
+        let in_episode = t.fleet.as_ref().is_some_and(|p| p.open);
+        // Our own record, or older than our own latest transition (which wins in Redis once
+        // published): note it, change nothing.
+        let ours_newer = t.local.is_some_and(|l| l.at >= f.at);
+        if f.instance == *me || ours_newer {
+            t.fleet = Some(f);
+            return false;
+        }
+        let cur = breaker::Word::load(&**t.cell);
+        let s = Word::decode(cur);
+        let next = if f.open {
+            // A probe of ours is in flight: its outcome decides, and is published.
+            if s.state == HALF_OPEN || (s.state == OPEN && s.time_ms >= to_local) {
+                t.fleet = Some(f);
+                return false;
+            }
+            Word {
+                state: OPEN,
+                count: 0,
+                epoch: s.epoch.wrapping_add(1),
+                time_ms: to_local.max(s.time_ms),
+            }
+        } else {
+            // A close ends the fleet episode this word is in; a circuit this instance opened
+            // on its own (below the quorum) stays its own business.
+            if s.state == CLOSED || !in_episode {
+                t.fleet = Some(f);
+                return false;
+            }
+            Word {
+                state: CLOSED,
+                count: 0,
+                epoch: s.epoch.wrapping_add(1),
+                time_ms: now_ms().max(s.time_ms),
+            }
+        }
+        .encode();
+        // Losing the CAS means a worker moved the word: leave `fleet` as it was, so the next
+        // tick (after the scan has seen the worker's change) decides again.
+        if breaker::Word::compare_exchange(&**t.cell, cur, next).is_err() {
+            return false;
+        }
+        t.seen = next;
+        t.fleet = Some(f);
+        t.local = None;
+        t.lease = None;
+        t.source = Source::Remote;
+        true
+    }
+
+    /// Step 4: one probe per cooldown across the fleet.
+    fn gate_probes(&mut self) -> redis::RedisResult<()> {
+        let Some(con) = self.con.as_mut() else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let unix = unix_ms();
+        for t in &mut self.tracks {
+            if !t.fleet.as_ref().is_some_and(|f| f.open) {
+                t.lease = None;
+                continue;
+            }
+            let cur = breaker::Word::load(&**t.cell);
+            let s = Word::decode(cur);
+            if s.state == CLOSED {
+                t.lease = None;
+                continue;
+            }
+            if s.state == HALF_OPEN {
+                // Our probe runs: keep the lease for as long as a probe may take.
+                if t.lease.is_some() {
+                    let ours = lease(con, t, &self.status.instance, t.policy.lease_ms)?;
+                    t.lease = ours.then_some(unix);
+                }
+                continue;
+            }
+            let hold = hold_ms(&t.policy);
+            let remaining = breaker::retry_after_ms(cur, now, &t.policy);
+            if remaining > hold {
+                continue;
+            }
+            let next = Word {
+                time_ms: s.time_ms + (hold - remaining),
+                ..s
+            }
+            .encode();
+            if let Some(since) = t.lease {
+                // Won: the lease (taken for GRANT_MS) is ours until then.
+                if unix.saturating_sub(since) < GRANT_MS {
+                    continue;
+                }
+                // No request came to probe within the grant: hold, then hand the lease back
+                // so that an instance with traffic probes. Losing the CAS means a worker just
+                // moved the word (most likely it armed the probe): keep the lease.
+                if breaker::Word::compare_exchange(&**t.cell, cur, next).is_ok() {
+                    t.seen = next;
+                    t.lease = None;
+                    release(con, &t.lease_key, &self.status.instance)?;
+                }
+                continue;
+            }
+            if lease(con, t, &self.status.instance, GRANT_MS)? {
+                t.lease = Some(unix);
+                continue;
+            }
+            // Another instance probes: hold ours OPEN for `hold` more ms. Losing the CAS
+            // means a worker moved the word: decide again next tick.
+            if breaker::Word::compare_exchange(&**t.cell, cur, next).is_ok() {
+                t.seen = next;
+            }
+        }
+        Ok(())
+    }
+
+    fn heartbeat(&mut self) -> redis::RedisResult<()> {
+        self.heartbeat_at = Some(Instant::now());
+        let Some(con) = self.con.as_mut() else {
+            return Ok(());
+        };
+        let key = format!("{}:instances", self.status.config.name);
+        let unix = unix_ms();
+        let (_, _, members): ((), (), Vec<String>) = redis::pipe()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg(unix)
+            .arg(&self.status.instance)
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(unix.saturating_sub(PEER_TTL_MS))
+            .cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query(con)?;
+        let peers = members
+            .into_iter()
+            .filter(|m| *m != self.status.instance)
+            .collect();
+        *self.status.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
+        Ok(())
+    }
+
+    fn connect(&mut self) -> bool {
+        let Some(client) = &self.client else {
+            return false;
+        };
+        let con = client
+            .get_connection_with_timeout(IO_TIMEOUT)
+            .and_then(|c| {
+                c.set_read_timeout(Some(IO_TIMEOUT))?;
+                c.set_write_timeout(Some(IO_TIMEOUT))?;
+                Ok(c)
+            });
+        match con {
+            Ok(c) => {
+                self.con = Some(c);
+                self.status.up.store(true, Ordering::Relaxed);
+                self.backoff = RECONNECT_MIN;
+                true
+            }
+            Err(e) => {
+                self.down(&e);
+                false
+            }
+        }
+    }
+
+    /// After an outage: reconnect (with backoff); then republish every local transition's
+    /// latest state and merge (both done by the next steps of the tick).
+    fn reconnect(&mut self) -> bool {
+        if Instant::now() < self.retry_at || !self.connect() {
+            return false;
+        }
+        if self.warned {
+            log::info!(
+                "cluster: Redis at {} is back; publishing local transitions and merging",
+                self.status.redis_display()
+            );
+            self.warned = false;
+        }
+        for t in &mut self.tracks {
+            t.lease = None;
+            if let Some(l) = t.local.as_mut() {
+                l.published = false;
+            }
+        }
+        true
+    }
+
+    fn down(&mut self, e: &redis::RedisError) {
+        self.con = None;
+        self.status.up.store(false, Ordering::Relaxed);
+        for t in &mut self.tracks {
+            t.lease = None;
+        }
+        if !self.warned {
+            log::warn!(
+                "cluster: Redis at {} unreachable ({e}); each circuit is decided locally until it returns",
+                self.status.redis_display()
+            );
+            self.warned = true;
+        }
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// Gives the probe lease back if this instance holds it.
+fn release(con: &mut redis::Connection, key: &str, instance: &str) -> redis::RedisResult<()> {
+    redis::cmd("EVAL")
+        .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end")
+        .arg(1)
+        .arg(key)
+        .arg(instance)
+        .query(con)
+}
+
+/// Takes or renews `t`'s probe lease for `px` ms; true if this instance holds it.
+fn lease(
+    con: &mut redis::Connection,
+    t: &Track,
+    instance: &str,
+    px: u64,
+) -> redis::RedisResult<bool> {
+    let known = t.fleet.as_ref().map_or(0, |f| f.at);
+    let held: i64 = redis::cmd("EVAL")
+        .arg(LEASE)
+        .arg(2)
+        .arg(&t.lease_key)
+        .arg(&t.hash)
+        .arg(instance)
+        .arg(px.max(1))
+        .arg(known)
+        .query(con)?;
+    Ok(held == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(yaml: &str) -> Result<ClusterConfig, String> {
+        let raw: RawCluster = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
+        validate(raw).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_defaults_and_errors() {
+        let c = raw("redis: redis://127.0.0.1:6379/0").unwrap();
+        assert_eq!(c.name, DEFAULT_NAME);
+        assert_eq!(c.open_quorum, 1);
+        for (yaml, key) in [
+            ("name: x", "cluster.redis"),
+            ("redis: http://127.0.0.1:6379", "cluster.redis"),
+            ("redis: redis://127.0.0.1:6379\nname: ''", "cluster.name"),
+            ("redis: redis://127.0.0.1:6379\nname: a.b", "cluster.name"),
+            (
+                "redis: redis://127.0.0.1:6379\nopen_quorum: 0",
+                "cluster.open_quorum",
+            ),
+        ] {
+            let e = raw(yaml).unwrap_err();
+            assert!(e.starts_with(key), "{yaml:?}: {e}");
+        }
+        assert!(raw("redis: redis://h:1\ncolour: red")
+            .unwrap_err()
+            .contains("unknown field"));
+    }
+
+    #[test]
+    fn the_password_is_not_shown() {
+        let s = Status {
+            config: raw("redis: redis://user:secret@127.0.0.1:6379/0").unwrap(),
+            instance: instance_id(),
+            up: AtomicBool::new(false),
+            last_sync_unix_ms: AtomicU64::new(0),
+            peers: Mutex::default(),
+            sources: Mutex::default(),
+        };
+        assert_eq!(s.redis_display(), "redis://***@127.0.0.1:6379/0");
+    }
+
+    /// A node on one service `a` with one backend, never connected (nothing listens on
+    /// port 1, and nothing here tries).
+    fn node() -> Node {
+        let config = crate::Config::parse(
+            "cluster: {redis: redis://127.0.0.1:1/0}\n\
+             breaker: {failure_threshold: 1, cooldown: 10s}\n\
+             services:\n  a: [http://127.0.0.1:1]\n",
+        )
+        .unwrap();
+        let cluster = config.cluster.clone().unwrap();
+        let status = Arc::new(Status {
+            config: cluster,
+            instance: "me".into(),
+            up: AtomicBool::new(false),
+            last_sync_unix_ms: AtomicU64::new(0),
+            peers: Mutex::default(),
+            sources: Mutex::default(),
+        });
+        let mut n = Node::new(Shared::new(config), status);
+        n.sync_tracks();
+        n
+    }
+
+    fn word(n: &Node) -> Word {
+        Word::decode(breaker::Word::load(&**n.tracks[0].cell))
+    }
+
+    fn kind(n: &Node) -> Option<Kind> {
+        n.tracks[0].local.map(|l| l.kind)
+    }
+
+    #[test]
+    fn local_transitions_are_found_by_diffing_the_words() {
+        let mut n = node();
+        let (cell, p) = (n.tracks[0].cell.clone(), n.tracks[0].policy);
+        let t0 = now_ms();
+        n.scan();
+        assert_eq!(kind(&n), None);
+        let t = breaker::admit(&**cell, t0, &p).unwrap();
+        breaker::failure(&**cell, t, t0, &p);
+        n.scan();
+        assert_eq!(kind(&n), Some(Kind::Open));
+        assert_eq!(n.tracks[0].local.unwrap().at, t0 + n.offset);
+        // The probe going out is no transition for the fleet; its failure is a re-open.
+        let probe = breaker::admit(&**cell, t0 + p.cooldown_ms, &p).unwrap();
+        n.tracks[0].local = None;
+        n.scan();
+        assert_eq!(kind(&n), None);
+        breaker::failure(&**cell, probe, t0 + p.cooldown_ms, &p);
+        n.scan();
+        assert_eq!(kind(&n), Some(Kind::Reopen));
+        let probe = breaker::admit(&**cell, t0 + 2 * p.cooldown_ms, &p).unwrap();
+        breaker::success(&**cell, probe, t0 + 2 * p.cooldown_ms);
+        n.scan();
+        assert_eq!(kind(&n), Some(Kind::Closed));
+        assert_eq!(n.tracks[0].source, Source::Local);
+    }
+
+    fn fleet(open: bool, at: u64, instance: &str) -> Fleet {
+        Fleet {
+            open,
+            at,
+            instance: instance.into(),
+        }
+    }
+
+    #[test]
+    fn a_remote_open_opens_with_the_fleets_time_and_a_remote_close_closes_it() {
+        let mut n = node();
+        let at = unix_ms();
+        assert!(n.apply(0, fleet(true, at, "other")));
+        let w = word(&n);
+        assert_eq!((w.state, w.time_ms), (OPEN, n.to_local(at)));
+        assert_eq!(n.tracks[0].source, Source::Remote);
+        // What this thread wrote is no local transition.
+        n.scan();
+        assert_eq!(kind(&n), None);
+        // The same record again changes nothing.
+        assert!(!n.apply(0, fleet(true, at, "other")));
+        assert!(n.apply(0, fleet(false, at + 5, "other")));
+        assert_eq!(word(&n).state, CLOSED);
+        n.scan();
+        assert_eq!(kind(&n), None);
+    }
+
+    #[test]
+    fn a_remote_close_leaves_a_circuit_opened_below_the_quorum() {
+        let mut n = node();
+        let (cell, p) = (n.tracks[0].cell.clone(), n.tracks[0].policy);
+        // The fleet is closed; this instance alone opens (quorum not reached).
+        assert!(!n.apply(0, fleet(false, 1, "other")));
+        let t = breaker::admit(&**cell, now_ms(), &p).unwrap();
+        breaker::failure(&**cell, t, now_ms(), &p);
+        n.scan();
+        assert!(!n.apply(0, fleet(false, unix_ms() + 1000, "other")));
+        assert_eq!(word(&n).state, OPEN);
+        assert_eq!(n.tracks[0].source, Source::Local);
+    }
+
+    #[test]
+    fn an_own_newer_transition_is_not_overwritten() {
+        let mut n = node();
+        let (cell, p) = (n.tracks[0].cell.clone(), n.tracks[0].policy);
+        assert!(n.apply(0, fleet(true, unix_ms() - 20_000, "other")));
+        // Our probe (say, while Redis was away) closed it; an older fleet record arrives.
+        let probe = breaker::admit(&**cell, now_ms() + p.cooldown_ms, &p).unwrap();
+        breaker::success(&**cell, probe, now_ms());
+        n.scan();
+        assert_eq!(kind(&n), Some(Kind::Closed));
+        assert!(!n.apply(0, fleet(true, unix_ms() - 10_000, "other")));
+        assert_eq!(word(&n).state, CLOSED);
+        // Our own record echoed back is only noted.
+        assert!(!n.apply(0, fleet(true, unix_ms() + 10_000, "me")));
+        assert_eq!(word(&n).state, CLOSED);
+    }
+
+    #[test]
+    fn a_hold_stays_shorter_than_the_cooldown() {
+        let p = |cooldown_ms| Policy {
+            threshold: 1,
+            cooldown_ms,
+            lease_ms: 1000,
+        };
+        assert_eq!(hold_ms(&p(60_000)), MAX_HOLD_MS);
+        assert_eq!(hold_ms(&p(400)), 200);
+        assert_eq!(hold_ms(&p(1)), 1);
+    }
+}

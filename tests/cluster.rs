@@ -1,0 +1,349 @@
+//! Several gateway processes sharing circuit state through a real `redis-server`.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Long enough for anything that should happen within a few hundred ms on a loaded machine.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A `redis-server` on a free loopback port, without persistence, killed (by PID) on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Redis {
+    fn start() -> Redis {
+        Redis::on(free_port())
+    }
+
+    fn on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): these tests need a real Redis; \
+                     install it (apt-get install -y redis-server, as .ci/run does)"
+                )
+            });
+        let r = Redis { child, port };
+        assert!(
+            eventually(WAIT, || r.ping()),
+            "redis-server did not answer on port {port}"
+        );
+        r
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A fleet member: admin on, the given breaker and quorum, one service `svc` on `backend`.
+fn member(
+    redis: &Redis,
+    fleet: &str,
+    quorum: u32,
+    breaker: &str,
+    backend: SocketAddr,
+) -> AdminGateway {
+    gateway_at(&write_config(&config(
+        2,
+        &format!(
+            "admin: 127.0.0.1:0\nbreaker: {breaker}\ntimeouts: {{response: 2s}}\n\
+             cluster: {{redis: {}, name: {fleet}, open_quorum: {quorum}}}",
+            redis.url()
+        ),
+        &format!("  svc: [http://{backend}]\n"),
+    )))
+}
+
+fn fleet_name(test: &str) -> String {
+    format!("t{}-{test}", std::process::id())
+}
+
+fn status(g: &AdminGateway) -> u16 {
+    get(g.proc.addr, "/v1/proxy/svc/x").status
+}
+
+/// The backend's state and source as `/admin/backends` shows them.
+fn backend(g: &AdminGateway) -> (String, String) {
+    let v = get(g.admin, "/admin/backends").json();
+    let b = &v["services"][0]["backends"][0];
+    (
+        b["state"].as_str().unwrap_or_default().to_string(),
+        b["source"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn cluster(g: &AdminGateway) -> serde_json::Value {
+    get(g.admin, "/admin/cluster").json()
+}
+
+fn metrics(g: &AdminGateway) -> String {
+    String::from_utf8_lossy(&get(g.admin, "/metrics").body).into_owned()
+}
+
+fn cluster_up(g: &AdminGateway) -> bool {
+    cluster(g)["redis"]["state"] == "up"
+}
+
+/// Sends `n` requests to `g`, each expected to reach the backend and fail.
+fn fail(g: &AdminGateway, n: usize) {
+    for _ in 0..n {
+        assert_eq!(status(g), 500, "request did not reach the failing backend");
+    }
+}
+
+#[test]
+fn an_open_circuit_reaches_every_instance_and_admin_says_whence() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("propagate");
+    let breaker = "{failure_threshold: 2, cooldown: 30s}";
+    let a = member(&redis, &name, 1, breaker, rec.addr);
+    let b = member(&redis, &name, 1, breaker, rec.addr);
+    assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
+    fail(&a, 2);
+    assert_eq!(
+        status(&a),
+        503,
+        "circuit did not open on the failing instance"
+    );
+    // Watch through the admin API, so that the watching sends nothing to the backend.
+    assert!(
+        eventually(WAIT, || backend(&b).0 == "open"),
+        "the open circuit never reached the other instance"
+    );
+    assert_eq!(status(&b), 503);
+    assert_eq!(rec.requests(), 2, "the other instance still sent requests");
+    assert_eq!(backend(&a), ("open".into(), "local".into()));
+    assert_eq!(backend(&b), ("open".into(), "remote".into()));
+    let ca = cluster(&a);
+    let cb = cluster(&b);
+    assert_eq!(ca["enabled"], true);
+    assert_ne!(ca["instance"], cb["instance"]);
+    assert!(eventually(WAIT, || cluster(&a)["peers"]
+        .as_array()
+        .is_some_and(|p| p.contains(&cb["instance"]))));
+    assert!(cb["last_sync"].is_string(), "{cb}");
+    let text = metrics(&a);
+    assert!(text.contains("gateway_cluster_up 1"), "{text}");
+}
+
+#[test]
+fn one_probe_per_cooldown_across_the_fleet_under_load() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("probe");
+    let breaker = "{failure_threshold: 2, cooldown: 2s}";
+    let fleet: Vec<AdminGateway> = (0..3)
+        .map(|_| member(&redis, &name, 1, breaker, rec.addr))
+        .collect();
+    assert!(eventually(WAIT, || fleet.iter().all(cluster_up)));
+    fail(&fleet[0], 2);
+    assert!(eventually(WAIT, || fleet.iter().all(|g| status(g) == 503)));
+    let opened = rec.requests();
+    // Every instance under steady load, for the cooldown and well into the next one.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let loaders: Vec<_> = fleet
+        .iter()
+        .flat_map(|g| [g.proc.addr, g.proc.addr])
+        .map(|addr| {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = get(addr, "/v1/proxy/svc/x");
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let probed = eventually(WAIT, || rec.requests() > opened);
+    // The probe failed: every instance re-opened with a fresh 2 s cooldown. Keep the load on
+    // for a while inside that cooldown: no second probe may come.
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        let _ = l.join();
+    }
+    assert!(probed, "no probe reached the backend");
+    assert_eq!(
+        rec.requests() - opened,
+        1,
+        "probes reaching the backend while {} requests were sent",
+        sent.load(Ordering::Relaxed)
+    );
+    // A successful probe closes the circuit everywhere.
+    rec.set(reply(200));
+    // Traffic on every instance each round (an instance without requests cannot probe).
+    assert!(
+        eventually(WAIT, || fleet.iter().map(status).collect::<Vec<_>>()
+            == [200; 3]),
+        "the fleet did not close after a successful probe"
+    );
+}
+
+#[test]
+fn the_fleet_opens_once_the_quorum_of_instances_has_opened() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("quorum");
+    let breaker = "{failure_threshold: 2, cooldown: 30s}";
+    let fleet: Vec<AdminGateway> = (0..3)
+        .map(|_| member(&redis, &name, 2, breaker, rec.addr))
+        .collect();
+    assert!(eventually(WAIT, || fleet.iter().all(cluster_up)));
+    // One instance with a bad path of its own opens locally only.
+    fail(&fleet[0], 2);
+    assert_eq!(status(&fleet[0]), 503);
+    // Give the cluster threads many rounds to (wrongly) propagate it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        backend(&fleet[2]).0,
+        "closed",
+        "one instance opened the fleet"
+    );
+    fail(&fleet[1], 2);
+    let before = rec.requests();
+    assert!(
+        eventually(WAIT, || backend(&fleet[2]).0 == "open"),
+        "two instances did not open the fleet"
+    );
+    assert_eq!(status(&fleet[2]), 503);
+    assert_eq!(rec.requests(), before);
+    assert_eq!(backend(&fleet[2]).1, "remote");
+}
+
+#[test]
+fn without_redis_every_instance_serves_and_decides_alone_then_merges() {
+    let mut redis = Redis::start();
+    let rec = Recorder::start(reply(200));
+    let name = fleet_name("outage");
+    let breaker = "{failure_threshold: 2, cooldown: 30s}";
+    let a = member(&redis, &name, 1, breaker, rec.addr);
+    let b = member(&redis, &name, 1, breaker, rec.addr);
+    assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
+    let port = redis.port;
+    redis.stop();
+    // Both keep serving, and say that Redis is gone.
+    for g in [&a, &b] {
+        assert_eq!(status(g), 200);
+    }
+    assert!(eventually(WAIT, || !cluster_up(&a) && !cluster_up(&b)));
+    let text = metrics(&a);
+    assert!(text.contains("gateway_cluster_up 0"), "{text}");
+    // Local breakers still work, each on its own.
+    rec.set(reply(500));
+    fail(&a, 2);
+    assert_eq!(status(&a), 503);
+    fail(&b, 1);
+    // Redis returns (empty): A republishes its open circuit and B merges it.
+    let _back = Redis::on(port);
+    assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
+    // Watched through the admin API: a request to B would count as B's own second failure.
+    assert!(
+        eventually(WAIT, || backend(&b) == ("open".into(), "remote".into())),
+        "the open circuit was not merged after Redis returned"
+    );
+    assert_eq!(status(&b), 503);
+}
+
+#[test]
+fn a_restarted_instance_starts_with_the_fleets_open_circuit() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("restart");
+    let breaker = "{failure_threshold: 2, cooldown: 30s}";
+    let a = member(&redis, &name, 1, breaker, rec.addr);
+    let b = member(&redis, &name, 1, breaker, rec.addr);
+    assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
+    fail(&a, 2);
+    assert!(eventually(WAIT, || backend(&b).0 == "open"));
+    drop(b);
+    let before = rec.requests();
+    let b = member(&redis, &name, 1, breaker, rec.addr);
+    // The very first request after the restart already finds the circuit open.
+    assert_eq!(status(&b), 503);
+    assert_eq!(
+        rec.requests(),
+        before,
+        "the restarted instance hit the backend"
+    );
+    assert_eq!(backend(&b), ("open".into(), "remote".into()));
+}
+
+#[test]
+fn a_stalled_redis_never_stalls_a_request() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(200));
+    let name = fleet_name("stall");
+    let a = member(
+        &redis,
+        &name,
+        1,
+        "{failure_threshold: 2, cooldown: 30s}",
+        rec.addr,
+    );
+    assert!(eventually(WAIT, || cluster_up(&a)));
+    // SIGSTOP: connections stay open but nothing is answered (the worst case for a client).
+    signal(&redis.child, libc::SIGSTOP);
+    for _ in 0..20 {
+        assert_eq!(status(&a), 200);
+    }
+    assert!(eventually(WAIT, || !cluster_up(&a)));
+    rec.set(reply(500));
+    fail(&a, 2);
+    assert_eq!(status(&a), 503, "the local breaker did not open");
+    signal(&redis.child, libc::SIGCONT);
+    assert!(eventually(WAIT, || cluster_up(&a)));
+}
+
+#[test]
+fn without_cluster_config_there_is_no_cluster() {
+    let rec = Recorder::start(reply(200));
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://{}]\n", rec.addr),
+    )));
+    assert_eq!(cluster(&g)["enabled"], false);
+    assert_eq!(backend(&g).1, "local");
+    assert!(!metrics(&g).contains("gateway_cluster_up"));
+}
