@@ -8,6 +8,8 @@
 //! of one fixed table, indexed by a hash with a per-process random key: nobody can aim at
 //! a cell, and a collision only makes two keys share a budget (stricter, never looser).
 //! `max_in_flight` is a counter per service, held from admission to the response's end.
+//! A `scope: cluster` budget is shared by every instance of a fleet: the cluster thread
+//! takes slices of it from Redis into a local allowance, which requests only decrement.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -54,6 +56,8 @@ pub struct RateLimit {
     pub per_secs: u64,
     pub burst: u64,
     pub key: LimitKey,
+    /// `scope: cluster`: one budget for the whole fleet (see [`FleetBudget`]).
+    pub fleet: bool,
 }
 
 impl RateLimit {
@@ -72,10 +76,14 @@ impl fmt::Display for RateLimit {
         };
         write!(f, "{}/{unit} burst {} key ", self.count, self.burst)?;
         match &self.key {
-            LimitKey::Service => f.write_str("service"),
-            LimitKey::ClientIp => f.write_str("client_ip"),
-            LimitKey::Header(h) => write!(f, "header:{h}"),
+            LimitKey::Service => f.write_str("service")?,
+            LimitKey::ClientIp => f.write_str("client_ip")?,
+            LimitKey::Header(h) => write!(f, "header:{h}")?,
         }
+        if self.fleet {
+            f.write_str(" scope cluster")?;
+        }
+        Ok(())
     }
 }
 
@@ -191,6 +199,7 @@ pub fn parse_rate_limit(
     let mut rate = None;
     let mut burst = None;
     let mut limit_key = LimitKey::Service;
+    let mut fleet = false;
     for (k, v) in map {
         let name = k.as_str().unwrap_or("");
         let sub = format!("{key}.{name}");
@@ -217,15 +226,21 @@ pub fn parse_rate_limit(
             },
             "key" => limit_key = parse_key(&sub, text.trim())?,
             "scope" => {
-                return Err(invalid(
-                    &sub,
-                    "is not supported yet: budgets are per instance (remove the key)",
-                ))
+                fleet = match text.trim() {
+                    "instance" => false,
+                    "cluster" => true,
+                    other => {
+                        return Err(invalid(
+                            &sub,
+                            format!("{other:?} is not a scope: use instance (the default) or cluster (one budget for the fleet, needs `cluster:`)"),
+                        ))
+                    }
+                }
             }
             _ => {
                 return Err(invalid(
                     &sub,
-                    "is not a rate_limit key: use rate, burst and key",
+                    "is not a rate_limit key: use rate, burst, key and scope",
                 ))
             }
         }
@@ -236,6 +251,12 @@ pub fn parse_rate_limit(
             "is missing: write e.g. rate: 100/s (or N/m, N/h)",
         ));
     };
+    if fleet && limit_key != LimitKey::Service {
+        return Err(invalid(
+            format!("{key}.scope"),
+            "cluster works with key: service only (a fleet-wide budget per client or header value is not supported): use key: service, or scope: instance",
+        ));
+    }
     // Default burst: one second's worth, at least 1.
     let burst = burst.unwrap_or_else(|| (count / per_secs).clamp(1, MAX_BURST));
     Ok(Some(RateLimit {
@@ -243,6 +264,7 @@ pub fn parse_rate_limit(
         per_secs,
         burst,
         key: limit_key,
+        fleet,
     }))
 }
 
@@ -349,8 +371,11 @@ pub struct Limiter {
     pub limit: RateLimit,
     interval: u64,
     tolerance: u64,
-    /// The service's word (`key: service`).
+    /// The service's word (`key: service`; for a fleet budget, the fallback while Redis is
+    /// out of reach).
     word: Option<Arc<CachePadded<AtomicU64>>>,
+    /// `scope: cluster`: the local allowance the cluster thread fills from Redis.
+    pub fleet: Option<Arc<FleetBudget>>,
     /// For keyed budgets: the table, and this budget's identity in the hash (the same for
     /// the same service, limit and key, so an unchanged budget keeps its cells on reload).
     table: Option<Arc<Table>>,
@@ -410,6 +435,27 @@ impl Admission {
         let Some(l) = &self.limiter else {
             return Verdict::Admit { held };
         };
+        if let Some(fleet) = l
+            .fleet
+            .as_ref()
+            .filter(|f| f.online.load(Ordering::Acquire))
+        {
+            return match fleet.take() {
+                Ok(left) => {
+                    if self.headers {
+                        l.write_fields(fields, left, 1);
+                    }
+                    Verdict::Admit { held }
+                }
+                Err(retry_after) => {
+                    if held {
+                        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    l.write_fields(fields, 0, retry_after);
+                    Verdict::Limited { retry_after }
+                }
+            };
+        }
         let now = now_ns();
         let word: &AtomicU64 = match (&l.word, &l.table) {
             (Some(w), _) => w,
@@ -455,6 +501,72 @@ impl Admission {
     #[inline]
     pub fn release(&self) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A budget shared by a fleet (`scope: cluster`). The fleet's GCRA word lives in Redis;
+/// the cluster thread takes slices of it (several requests' worth at a time) and adds them
+/// to `allowance`, which requests decrement: the request path never waits on Redis. What
+/// the fleet admits is what Redis granted, so it stays within `burst + rate × T` except for
+/// grants still unused when a window ends: at most one slice per instance.
+#[derive(Debug)]
+pub struct FleetBudget {
+    pub limit: RateLimit,
+    /// The Redis key suffix: the service and the limit, so a changed limit is a new budget.
+    pub key: String,
+    /// Requests this instance may still admit from its slices.
+    pub allowance: CachePadded<AtomicU64>,
+    /// Redis answers: use the allowance. Otherwise the limit applies per instance (the
+    /// service's own word), the way breakers fall back to local decisions.
+    pub online: std::sync::atomic::AtomicBool,
+    /// When Redis last refused a slice: ms until the fleet's budget has room again.
+    pub wait_ms: AtomicU64,
+}
+
+impl FleetBudget {
+    fn new(service: &str, limit: &RateLimit) -> FleetBudget {
+        FleetBudget {
+            limit: limit.clone(),
+            key: format!(
+                "{service}:{}:{}:{}",
+                limit.count, limit.per_secs, limit.burst
+            ),
+            allowance: CachePadded::new(AtomicU64::new(0)),
+            online: std::sync::atomic::AtomicBool::new(false),
+            wait_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests one slice holds: 50 ms at the steady rate, at least 1, at most the burst.
+    pub fn slice(&self) -> u64 {
+        let l = &self.limit;
+        (l.count * 50 / (l.per_secs * 1000)).clamp(1, l.burst)
+    }
+
+    /// Nanoseconds between two requests at the steady rate, and the tolerance (burst).
+    pub fn gcra(&self) -> (u64, u64) {
+        let t = self.limit.interval_ns();
+        (t, t.saturating_mul(self.limit.burst))
+    }
+
+    /// One request's worth of the allowance: Ok(what is left) or Err(Retry-After seconds).
+    fn take(&self) -> Result<u64, u64> {
+        let mut n = self.allowance.load(Ordering::Relaxed);
+        loop {
+            if n == 0 {
+                let wait = self.wait_ms.load(Ordering::Relaxed);
+                return Err(wait.div_ceil(1000).max(1));
+            }
+            match self.allowance.compare_exchange_weak(
+                n,
+                n - 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(n - 1),
+                Err(seen) => n = seen,
+            }
+        }
     }
 }
 
@@ -517,6 +629,8 @@ fn parse_forwarded_ip(text: &str) -> Option<IpAddr> {
 pub struct Registry {
     /// `key: service` words by (service, limit).
     words: HashMap<(String, RateLimit), Arc<CachePadded<AtomicU64>>>,
+    /// `scope: cluster` budgets by (service, limit).
+    fleets: HashMap<(String, RateLimit), Arc<FleetBudget>>,
     /// Keyed limits in use by (service, limit) (their cells live in the table).
     keyed: HashMap<(String, RateLimit), u64>,
     table: Option<Arc<Table>>,
@@ -553,6 +667,7 @@ impl Registry {
             self.keyed.clear();
         }
         let mut words = HashMap::new();
+        let mut fleets = HashMap::new();
         let mut keyed = HashMap::new();
         let mut in_flight = HashMap::new();
         let mut out = Vec::with_capacity(cfg.services.len());
@@ -565,6 +680,15 @@ impl Registry {
             in_flight.insert(s.name.clone(), counter.clone());
             let limiter = s.rate_limit.as_ref().map(|limit| {
                 let id = (s.name.clone(), limit.clone());
+                let fleet = limit.fleet.then(|| {
+                    let f = self
+                        .fleets
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(FleetBudget::new(&s.name, limit)));
+                    fleets.insert(id.clone(), f.clone());
+                    f
+                });
                 let (word, table, budget) = if limit.key == LimitKey::Service {
                     let w = match self.words.get(&id) {
                         Some(w) => {
@@ -604,6 +728,7 @@ impl Registry {
                     tolerance: interval.saturating_mul(limit.burst),
                     limit: limit.clone(),
                     word,
+                    fleet,
                     table,
                     budget,
                     policy_line: policy_line.into_boxed_slice(),
@@ -617,6 +742,7 @@ impl Registry {
             });
         }
         self.words = words;
+        self.fleets = fleets;
         self.keyed = keyed;
         // A service that left keeps its counter only while requests on old snapshots hold
         // it (they own an `Arc` through their snapshot); a service that comes back starts
@@ -668,6 +794,22 @@ mod tests {
             LimitKey::Header("x-api-key".into())
         );
         assert_eq!(limit("off").unwrap(), None);
+        assert!(limit("{rate: 5/s, scope: cluster}").unwrap().unwrap().fleet);
+        assert!(
+            !limit("{rate: 5/s, scope: instance}")
+                .unwrap()
+                .unwrap()
+                .fleet
+        );
+        let e = crate::config::Config::parse(
+            "services:\n  a:\n    backends: [http://127.0.0.1:1]\n    rate_limit: {rate: 5/s, scope: cluster}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("services.a.rate_limit.scope: cluster needs a `cluster:` section"),
+            "{e}"
+        );
         for (bad, says) in [
             (
                 "{rate: 0/s}",
@@ -688,6 +830,11 @@ mod tests {
             ("{burst: 5}", "rate_limit.rate: is missing"),
             ("{rate: 5/s, per: 1}", "is not a rate_limit key"),
             ("on", "is not a rate limit"),
+            (
+                "{rate: 5/s, key: client_ip, scope: cluster}",
+                "cluster works with key: service only",
+            ),
+            ("{rate: 5/s, scope: galaxy}", "is not a scope"),
         ] {
             let e = limit(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

@@ -301,6 +301,29 @@ return redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
 /// lease of an episode that just ended (a probe's outcome deletes the lease together with
 /// publishing it) must not go to an instance that has not read that outcome yet.
 /// KEYS: lease, hash. ARGV: instance, px, the fleet `at` this instance knows.
+/// GCRA on the fleet's word, several requests at a time: grants up to ARGV[3] requests
+/// (interval ARGV[1] µs, tolerance ARGV[2] µs = burst × interval) by Redis's clock, moves
+/// the theoretical arrival time past them, and returns {granted, µs until one more fits}.
+const TAKE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local k = math.floor((tolerance - (tat - now)) / interval)
+if k > want then k = want end
+if k < 0 then k = 0 end
+if k > 0 then
+  tat = tat + k * interval
+  redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
+local wait = 0
+if k == 0 then wait = math.ceil(tat + interval - now - tolerance) end
+return {k, wait}
+";
+
 const LEASE: &str = r"
 if (tonumber(redis.call('HGET', KEYS[2], 'at')) or 0) > tonumber(ARGV[3]) then return 0 end
 local v = redis.call('GET', KEYS[1])
@@ -341,6 +364,8 @@ struct Node {
     warned: bool,
     /// Last heartbeat (None: not yet).
     heartbeat_at: Option<Instant>,
+    /// Fleet-wide rate-limit budgets of the running config (`scope: cluster`).
+    budgets: Vec<Arc<crate::admission::FleetBudget>>,
 }
 
 impl Node {
@@ -365,6 +390,7 @@ impl Node {
             backoff: RECONNECT_MIN,
             warned: false,
             heartbeat_at: None,
+            budgets: Vec::new(),
         }
     }
 
@@ -420,6 +446,7 @@ impl Node {
             .publish_pending()
             .and_then(|()| self.read_fleet(None))
             .and_then(|()| self.gate_probes())
+            .and_then(|()| self.fill_budgets())
             .and_then(|()| {
                 if self.heartbeat_at.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
                     self.heartbeat()
@@ -439,6 +466,16 @@ impl Node {
             return;
         }
         self.generation = snap.generation;
+        self.budgets = snap
+            .services
+            .iter()
+            .filter_map(|s| s.admission.limiter.as_ref()?.fleet.clone())
+            .collect();
+        if self.con.is_some() {
+            for b in &self.budgets {
+                b.online.store(true, Ordering::Release);
+            }
+        }
         let mut old: HashMap<(String, String), Track> = self
             .tracks
             .drain(..)
@@ -733,6 +770,36 @@ impl Node {
         Ok(())
     }
 
+    /// Tops up each fleet budget's local allowance to one slice, taking what the fleet's
+    /// GCRA word in Redis grants (one script call per budget that runs low).
+    fn fill_budgets(&mut self) -> redis::RedisResult<()> {
+        let Some(con) = self.con.as_mut() else {
+            return Ok(());
+        };
+        for b in &self.budgets {
+            let have = b.allowance.load(Ordering::Relaxed);
+            let slice = b.slice();
+            if have > slice / 2 {
+                continue;
+            }
+            let (interval_ns, tolerance_ns) = b.gcra();
+            let key = format!("{}:ratelimit:{}", self.status.config.name, b.key);
+            let (granted, wait_us): (u64, u64) = redis::cmd("EVAL")
+                .arg(TAKE)
+                .arg(1)
+                .arg(key)
+                .arg(interval_ns as f64 / 1000.0)
+                .arg(tolerance_ns as f64 / 1000.0)
+                .arg(slice - have)
+                .query(con)?;
+            b.wait_ms.store(wait_us.div_ceil(1000), Ordering::Relaxed);
+            if granted > 0 {
+                b.allowance.fetch_add(granted, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
     fn heartbeat(&mut self) -> redis::RedisResult<()> {
         self.heartbeat_at = Some(Instant::now());
         let Some(con) = self.con.as_mut() else {
@@ -777,6 +844,9 @@ impl Node {
             Ok(c) => {
                 self.con = Some(c);
                 self.status.up.store(true, Ordering::Relaxed);
+                for b in &self.budgets {
+                    b.online.store(true, Ordering::Release);
+                }
                 self.backoff = RECONNECT_MIN;
                 true
             }
@@ -812,6 +882,10 @@ impl Node {
     fn down(&mut self, e: &redis::RedisError) {
         self.con = None;
         self.status.up.store(false, Ordering::Relaxed);
+        // Fleet budgets fall back to per-instance limits (each service's own word).
+        for b in &self.budgets {
+            b.online.store(false, Ordering::Release);
+        }
         for t in &mut self.tracks {
             t.lease = None;
         }

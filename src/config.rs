@@ -901,6 +901,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Some(d)
         }
     };
+    let cluster = raw.cluster.map(crate::cluster::validate).transpose()?;
+    if cluster.is_none() {
+        if let Some(s) = services
+            .iter()
+            .find(|s| s.rate_limit.as_ref().is_some_and(|l| l.fleet))
+        {
+            return Err(invalid(
+                format!("services.{}.rate_limit.scope", s.name),
+                "cluster needs a `cluster:` section (the Redis that holds the fleet's budget): add one, or use scope: instance",
+            ));
+        }
+    }
     Ok(Config {
         listen,
         workers,
@@ -913,7 +925,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         dns_refresh,
         admission,
         services,
-        cluster: raw.cluster.map(crate::cluster::validate).transpose()?,
+        cluster,
     })
 }
 

@@ -347,3 +347,78 @@ fn without_cluster_config_there_is_no_cluster() {
     assert_eq!(backend(&g).1, "local");
     assert!(!metrics(&g).contains("gateway_cluster_up"));
 }
+
+/// A `scope: cluster` budget of 100/s, burst 10, shared by two instances under uneven load
+/// (three clients on one, one on the other) for 3 s: together they admit
+/// `burst + rate × T`, within 5% (the documented slack is one 50 ms slice per instance),
+/// and the backend sees exactly the admitted requests. With Redis gone each instance
+/// falls back to the limit on its own.
+#[test]
+fn a_fleet_budget_is_shared_under_uneven_load() {
+    let mut redis = Redis::start();
+    let rec = Recorder::start(reply(200));
+    let name = fleet_name("budget");
+    let start = |redis: &Redis| {
+        gateway_at(&write_config(&config(
+            2,
+            &format!(
+                "admin: 127.0.0.1:0\ncluster: {{redis: {}, name: {name}}}",
+                redis.url()
+            ),
+            &format!(
+                "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 100/s, burst: 10, scope: cluster}}\n",
+                rec.addr
+            ),
+        )))
+    };
+    let a = start(&redis);
+    let b = start(&redis);
+    assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
+    std::thread::sleep(Duration::from_millis(300)); // the first slices are taken
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let limited = Arc::new(AtomicUsize::new(0));
+    let t0 = std::time::Instant::now();
+    let run = Duration::from_secs(3);
+    let threads: Vec<_> = [a.proc.addr, a.proc.addr, a.proc.addr, b.proc.addr]
+        .into_iter()
+        .map(|addr| {
+            let (admitted, limited) = (admitted.clone(), limited.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                while t0.elapsed() < run {
+                    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+                    match c.read_response().status {
+                        200 => admitted.fetch_add(1, Ordering::SeqCst),
+                        429 => limited.fetch_add(1, Ordering::SeqCst),
+                        s => panic!("unexpected status {s}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let want = 10.0 + 100.0 * secs;
+    let got = admitted.load(Ordering::SeqCst) as f64;
+    println!("fleet budget: admitted {got} in {secs:.2} s (expected {want:.0})");
+    assert!(
+        (got - want).abs() <= 0.05 * want,
+        "admitted {got} in {secs:.2} s, expected {want:.0} ± 5% ({} answered 429)",
+        limited.load(Ordering::SeqCst)
+    );
+    assert!(limited.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        rec.requests() as f64,
+        got,
+        "a refused request reached the backend"
+    );
+    // Redis gone: each instance limits on its own, and keeps serving.
+    redis.stop();
+    assert!(eventually(WAIT, || !cluster_up(&a) && !cluster_up(&b)));
+    std::thread::sleep(Duration::from_millis(200)); // the local budgets refill
+    for g in [&a, &b] {
+        assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 200);
+    }
+}
