@@ -217,22 +217,32 @@ type Runtime = FusionRuntime<
     monoio::time::TimeDriver<LegacyDriver>,
 >;
 
-/// io_uring with SINGLE_ISSUER + COOP_TASKRUN (no cross-core interrupts for completions;
-/// see design.md §7), then plain io_uring, then epoll. Returns the runtime and its name.
+/// io_uring with SINGLE_ISSUER + DEFER_TASKRUN (completions are processed only when the
+/// worker asks for them, in one batch, never by interrupting it: Linux 6.1+), else
+/// SINGLE_ISSUER + COOP_TASKRUN (no cross-core interrupts for completions; see design.md
+/// §7), then plain io_uring, then epoll. Returns the runtime and its name.
 fn build_runtime() -> io::Result<(Runtime, &'static str)> {
-    let mut urb = io_uring::IoUring::builder();
-    urb.setup_single_issuer().setup_coop_taskrun();
-    let tuned = RuntimeBuilder::<FusionDriver>::new()
-        .enable_timer()
-        .with_entries(1024)
-        .uring_builder(urb)
-        .build();
-    match tuned {
-        Ok(rt @ FusionRuntime::Uring(_)) => {
-            return Ok((rt, "io_uring (single issuer, coop taskrun)"))
+    for (defer, name) in [
+        (true, "io_uring (single issuer, defer taskrun)"),
+        (false, "io_uring (single issuer, coop taskrun)"),
+    ] {
+        let mut urb = io_uring::IoUring::builder();
+        urb.setup_single_issuer();
+        if defer {
+            urb.setup_defer_taskrun();
+        } else {
+            urb.setup_coop_taskrun();
         }
-        Ok(rt) => return Ok((rt, "epoll")),
-        Err(e) => log::debug!("io_uring with SINGLE_ISSUER|COOP_TASKRUN unavailable: {e}"),
+        let tuned = RuntimeBuilder::<FusionDriver>::new()
+            .enable_timer()
+            .with_entries(1024)
+            .uring_builder(urb)
+            .build();
+        match tuned {
+            Ok(rt @ FusionRuntime::Uring(_)) => return Ok((rt, name)),
+            Ok(rt) => return Ok((rt, "epoll")),
+            Err(e) => log::debug!("{name} unavailable: {e}"),
+        }
     }
     if let Ok(rt) = RuntimeBuilder::<FusionDriver>::new().enable_timer().build() {
         let name = if matches!(rt, FusionRuntime::Uring(_)) {
