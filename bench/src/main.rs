@@ -57,6 +57,7 @@ fn run(cfg: &RunConfig) -> ExitCode {
         timeout: cfg.timeout,
         interval_ns: (cfg.rate > 0.0).then(|| 1e9 * cfg.connections as f64 / cfg.rate),
         connections: cfg.connections,
+        connect_batch: client::CONNECT_BATCH,
     });
     eprintln!(
         "loadgen: {}: {} {} with {} connections on {} thread(s), {}, warm-up {:.1}s, duration {:.1}s",
