@@ -196,10 +196,19 @@ for p in $B1 $B2 $B3; do
   wait_listening "$p" "mock-backend"
 done
 
+# timeouts.connect 10s (default 2s): at 10k connections a proxy opens thousands of backend
+# connections within a second; the mock backends' accept queues (1024) drop SYNs that the
+# kernel retries after 1 s and 3 s. In a trial (before loadgen spread its first requests)
+# those connects failed with 504 after 2 s and the breaker opened every backend: 503 for
+# 60 s, into the following scenarios. The peers wait as long: nginx's
+# proxy_connect_timeout is 60 s, HAProxy's 2 s connect is retried 3 times. No other
+# scenario ever waits for a connect.
 cat >"$tmp/gateway.yaml" <<YAML
 listen: 127.0.0.1:$GW_PORT
 workers: 1
 pin_workers: false
+timeouts:
+  connect: 10s
 services:
   bench:
     - http://127.0.0.1:$B1
@@ -333,9 +342,10 @@ scenario_path() {
   esac
 }
 # scenario_warmup SCENARIO -> warm-up seconds. At 10k connections the proxies take a few
-# seconds to settle after the first wave of 10000 requests (each opens up to one backend
-# connection per request in flight; HAProxy ran at 40% of its rate after a 3 s warm-up),
-# hence at least 5 s. (loadgen opens the connections 256 at a time, during its setup.)
+# seconds to settle (each opens up to one backend connection per request in flight; in a
+# trial HAProxy ran at 40% of its rate after a 3 s warm-up), hence at least 5 s. loadgen
+# opens the connections 256 at a time during its setup and, in closed loop, spreads the
+# first requests over the first second of the warm-up (half of it at most).
 scenario_warmup() {
   case "$1" in
     get-c10k) awk -v w="$warmup" 'BEGIN { print (w < 5 ? 5 : w) }' ;;

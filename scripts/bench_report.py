@@ -627,14 +627,16 @@ def main():
             L.append("")
         if scen == "get-c10k":
             L.append("10000 keep-alive connections (loadgen opens them 256 at a time during "
-                     "its setup), a warm-up of at least 5 s for the proxies to settle after "
-                     "the first wave of 10000 requests, loadgen's timeout raised to 30 s (a "
-                     "request waits ~10000 / throughput on average). Each proxy may open a "
-                     "backend connection per request in flight, so clients plus backend "
-                     "connections approach the open-file limit (20000 here): nginx has "
-                     "`worker_connections 19950` (when they run out it closes idle client "
-                     "connections: *warm-up errors*, resets), HAProxy queues above 3000 per "
-                     f"backend. No {RELAY} here: it needs two descriptors per connection.")
+                     "its setup and spreads their first requests over the first second of the "
+                     "warm-up), a warm-up of at least 5 s for the proxies to settle, loadgen's "
+                     "timeout raised to 30 s (a request waits ~10000 / throughput on "
+                     "average), the gateway's connect timeout 10 s (as long as the peers "
+                     "wait). Each proxy may open a backend connection per request in flight, "
+                     "so clients plus backend connections approach the open-file limit "
+                     "(20000 here): nginx has `worker_connections 19950` (when they run out "
+                     "it closes idle client connections: *warm-up errors*, resets), HAProxy "
+                     f"queues above 3000 per backend. No {RELAY} here: it needs two "
+                     "descriptors per connection.")
             L.append("")
         lines, notes = scenario_table(scen, targets, summary)
         L += lines

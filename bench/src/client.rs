@@ -46,6 +46,18 @@ pub struct Plan {
     pub connections: usize,
     /// Initial connects a thread has in flight at once (see [`CONNECT_BATCH`]).
     pub connect_batch: usize,
+    /// Closed loop: the first requests of the connections are spread evenly over this
+    /// many nanoseconds after `start_ns` (see [`first_send_ns`]); 0 = all at the start.
+    pub ramp_ns: u64,
+}
+
+/// When connection `index` sends its first request in closed loop. Spread over
+/// `ramp_ns` (part of the warm-up), so that 10000 connections do not send 10000 requests
+/// in the same instant: a thundering herd that exists only at a benchmark's start and
+/// makes a proxy open a backend connection per request at once.
+pub fn first_send_ns(plan: &Plan, index: usize) -> u64 {
+    let n = plan.connections.max(1) as u128;
+    plan.start_ns + (u128::from(plan.ramp_ns) * index as u128 / n) as u64
 }
 
 /// How many initial connects a thread starts at once; the next batch starts when these
@@ -329,7 +341,11 @@ async fn connection(
             None
         }
     };
-    sleep_until_ns(plan.start_ns).await;
+    if plan.interval_ns.is_none() {
+        sleep_until_ns(first_send_ns(&plan, index)).await;
+    } else {
+        sleep_until_ns(plan.start_ns).await;
+    }
 
     // Open loop: connection `index` sends at start + offset + k * interval, with offsets
     // staggered so that the connections together send at evenly spaced instants.
@@ -617,7 +633,21 @@ mod tests {
             interval_ns,
             connections,
             connect_batch: CONNECT_BATCH,
+            ramp_ns: 0,
         }
+    }
+
+    #[test]
+    fn closed_loop_first_sends_are_spread_over_the_ramp() {
+        let mut p = plan("127.0.0.1:1".parse().unwrap(), None, 4);
+        assert_eq!(
+            first_send_ns(&p, 3),
+            p.start_ns,
+            "no ramp: all at the start"
+        );
+        p.ramp_ns = 1_000_000_000;
+        let at: Vec<u64> = (0..4).map(|i| first_send_ns(&p, i) - p.start_ns).collect();
+        assert_eq!(at, vec![0, 250_000_000, 500_000_000, 750_000_000]);
     }
 
     fn with_server(f: impl FnOnce(SocketAddr)) {
@@ -661,6 +691,7 @@ mod tests {
         with_server(|addr| {
             let mut p = plan(addr, None, 21);
             p.connect_batch = 4;
+            p.ramp_ns = 20_000_000;
             let stats = run_thread(Arc::new(p), (0..21).collect(), None).unwrap();
             // The server answers every third request with a 503: no other error is expected.
             for e in [&stats.warmup_errors, &stats.errors] {
