@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
 # Benchmark the gateway against NGINX and HAProxy on this machine, in one run.
 #
-#   scripts/bench.sh            # full: 6 scenarios x 3 interleaved rounds (~10 min on 2 cores)
+#   scripts/bench.sh            # full: 9 scenarios x 3 interleaved rounds, ~20 min on 2 cores
+#                               # (3 x 41 runs of ~8.5 s, get-c10k ~12 s; ~10 min before the
+#                               # TCP relay, 1 MiB and 10k scenarios)
 #   scripts/bench.sh --quick    # GET c64, open loop, breaker; 1 round, short runs (< 2 min)
 #
-# Builds release (gateway, mock-backend, loadgen), starts 3 mock backends and the three
+# Builds release (gateway, mock-backend, loadgen), starts 3 mock backends and the four
 # proxies, and measures with the same load, interleaved per scenario (A B C D A B C D ...):
-#   direct   loadgen -> mock-backend :19001 (the ceiling)
-#   gateway  1 worker                 :18080
-#   nginx    1 worker                 :18081  (bench/peers/nginx.conf)
-#   haproxy  1 thread                 :18082  (bench/peers/haproxy.cfg)
+#   direct     loadgen -> mock-backend :19001 (the ceiling)
+#   gateway    1 worker                 :18080
+#   nginx      1 worker                 :18081  (bench/peers/nginx.conf)
+#   haproxy    1 thread                 :18082  (bench/peers/haproxy.cfg)
+#   tcp-relay  1 thread                 :18083  (bench/peers/haproxy-tcp.cfg: HAProxy in
+#              mode tcp, a blind relay that does no HTTP work: the floor, not a peer)
 # Pinning: loadgen (1 thread) and the mock backends on core 0, the proxy under test alone
-# on core 1 (all three proxies run all the time, idle when not measured).
+# on core 1 (all four proxies run all the time, idle when not measured).
+#
+# Scenarios (closed loop unless said): get-c1, get-c64, get-c256 (GET at 1/64/256
+# connections), post16k-c64 (POST, 16 KiB body), open-loop (GET at a fixed rate, 64
+# connections), breaker (one of three backends down), upload-1m (POST, 1 MiB body, 16
+# connections), download-1m (GET answered with 1 MiB, 16 connections; the request carries
+# `x-mock-body-bytes: 1048576`), get-c10k (GET at 10000 connections, warm-up at least 5 s,
+# loadgen timeout 30 s; no tcp-relay there: it needs two descriptors per connection, over
+# the open-file limit of 20000 here).
 #
 # For every run it records the proxy process's CPU time (utime+stime of the process and
 # its children from /proc/PID/stat) over loadgen's measurement window (from its
@@ -25,14 +37,15 @@
 #
 # Environment: BENCH_OUT (result directory), BENCH_RATE (open-loop req/s; default 60% of
 # the slowest proxy's 64-connection GET throughput in round 1), BENCH_ROUNDS,
-# BENCH_DURATION / BENCH_WARMUP (seconds per run), BENCH_MAX_SECONDS (watchdog, 1800),
+# BENCH_DURATION / BENCH_WARMUP (seconds per run), BENCH_MAX_SECONDS (watchdog, 3600),
 # BENCH_PERF=1 (one extra gateway run under perf record -g), BENCH_NOTE (text for the report),
 # BENCH_NICE (nice level for every benchmark process, e.g. -5 on a shared machine),
 # BENCH_SCENARIOS (space-separated subset of: get-c1 get-c64 get-c256 post16k-c64
-# open-loop breaker limits; `limits` is the gateway with and without a service-wide rate
-# limit and max_in_flight above the load, not in the default set),
-# CARGO_TARGET_DIR (honoured). Needs: cargo, python3, taskset, nginx, haproxy (installed
-# with apt-get when missing), 2+ cores.
+# open-loop breaker upload-1m download-1m get-c10k limits; `limits` is the gateway with
+# and without a service-wide rate limit and max_in_flight above the load, not in the
+# default set), CARGO_TARGET_DIR (honoured). Needs: cargo, python3, taskset, nginx,
+# haproxy (installed with apt-get when missing), 2+ cores, and an open-file limit
+# (ulimit -n) of at least 20000 for get-c10k.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -50,6 +63,7 @@ done
 GW_PORT=18080
 NGINX_PORT=18081
 HAPROXY_PORT=18082
+TCP_PORT=18083 # HAProxy in mode tcp: the tcp-relay target
 B1=19001 B2=19002 B3=19003
 BDOWN=19004 # nothing listens here: the "down" backend of the breaker scenario
 LOAD_CORE=0
@@ -60,12 +74,12 @@ if ((quick)); then
   scenarios=(get-c64 open-loop breaker)
 else
   rounds=${BENCH_ROUNDS:-3} warmup=${BENCH_WARMUP:-2} duration=${BENCH_DURATION:-6}
-  scenarios=(get-c1 get-c64 get-c256 post16k-c64 open-loop breaker)
+  scenarios=(get-c1 get-c64 get-c256 post16k-c64 open-loop breaker upload-1m download-1m get-c10k)
 fi
 if [[ -n "${BENCH_SCENARIOS:-}" ]]; then
   read -r -a scenarios <<<"$BENCH_SCENARIOS"
 fi
-max_seconds=${BENCH_MAX_SECONDS:-1800}
+max_seconds=${BENCH_MAX_SECONDS:-3600}
 # BENCH_NICE=-5 (say) runs every benchmark process at that priority, so that other work on
 # a shared machine takes less of the two cores; the same for every target.
 nice_cmd=()
@@ -78,6 +92,16 @@ for v in CARGO_TARGET_DIR BENCH_OUT BENCH_RATE BENCH_ROUNDS BENCH_DURATION BENCH
   BENCH_SCENARIOS BENCH_NICE BENCH_PERF; do
   [[ -n "${!v:-}" ]] && command_line="$v=${!v@Q} $command_line"
 done
+
+# get-c10k: 10000 client connections plus the proxies' backend connections. Every
+# process started from here inherits the soft limit, raised to the hard one.
+if [[ " ${scenarios[*]} " == *" get-c10k "* ]]; then
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  if [[ "$(ulimit -n)" != unlimited ]] && (($(ulimit -n) < 20000)); then
+    echo "bench.sh: get-c10k needs an open-file limit of 20000 (ulimit -n is $(ulimit -n))" >&2
+    exit 1
+  fi
+fi
 
 if (($(nproc) < 2)); then
   echo "bench.sh: needs at least 2 cores (load on core $LOAD_CORE, proxy on core $PROXY_CORE)" >&2
@@ -145,7 +169,7 @@ trap 'exit 130' INT TERM
 pids+=($!)
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $B1 $B2 $B3 $BDOWN; do
+for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $TCP_PORT $B1 $B2 $B3 $BDOWN; do
   port_free "$p" || { echo "bench.sh: port $p is in use on 127.0.0.1" >&2; exit 1; }
 done
 
@@ -162,7 +186,7 @@ wait_listening() {
 render() { # template -> rendered file
   sed -e "s|@DIR@|$tmp|g" -e "s/@B1@/$B1/g" -e "s/@B2@/$B2/g" -e "s/@B3@/$B3/g" \
     -e "s/@BDOWN@/$BDOWN/g" -e "s/@NGINX_PORT@/$NGINX_PORT/g" \
-    -e "s/@HAPROXY_PORT@/$HAPROXY_PORT/g" "$1" >"$2"
+    -e "s/@HAPROXY_PORT@/$HAPROXY_PORT/g" -e "s/@TCP_PORT@/$TCP_PORT/g" "$1" >"$2"
 }
 
 for p in $B1 $B2 $B3; do
@@ -172,10 +196,19 @@ for p in $B1 $B2 $B3; do
   wait_listening "$p" "mock-backend"
 done
 
+# timeouts.connect 10s (default 2s): at 10k connections a proxy opens thousands of backend
+# connections within a second; the mock backends' accept queues (1024) drop SYNs that the
+# kernel retries after 1 s and 3 s. In a trial (before loadgen spread its first requests)
+# those connects failed with 504 after 2 s and the breaker opened every backend: 503 for
+# 60 s, into the following scenarios. The peers wait as long: nginx's
+# proxy_connect_timeout is 60 s, HAProxy's 2 s connect is retried 3 times. No other
+# scenario ever waits for a connect.
 cat >"$tmp/gateway.yaml" <<YAML
 listen: 127.0.0.1:$GW_PORT
 workers: 1
 pin_workers: false
+timeouts:
+  connect: 10s
 services:
   bench:
     - http://127.0.0.1:$B1
@@ -209,6 +242,13 @@ render bench/peers/haproxy.cfg "$tmp/haproxy.cfg"
 haproxy_pid=$!
 pids+=($haproxy_pid)
 wait_listening $HAPROXY_PORT haproxy
+
+render bench/peers/haproxy-tcp.cfg "$tmp/haproxy-tcp.cfg"
+"${nice_cmd[@]}" taskset -c "$PROXY_CORE" haproxy -db -f "$tmp/haproxy-tcp.cfg" \
+  >"$tmp/haproxy-tcp.log" 2>&1 &
+tcp_pid=$!
+pids+=($tcp_pid)
+wait_listening $TCP_PORT tcp-relay
 
 # --- measurement helpers ----------------------------------------------------------------
 # cpu_ticks PID: utime+stime (fields 14+15 of /proc/PID/stat) of PID and its children.
@@ -255,7 +295,7 @@ printf 'scenario\tround\ttarget\tjson\tproxy_ticks\tbackend_ticks\tloadgen_ticks
 target_pid() {
   case "$1" in
     gateway*) echo "$gw_pid" ;; nginx*) echo "$nginx_pid" ;; haproxy*) echo "$haproxy_pid" ;;
-    *) echo "" ;;
+    tcp-relay) echo "$tcp_pid" ;; *) echo "" ;;
   esac
 }
 target_url() {
@@ -265,6 +305,8 @@ target_url() {
     gateway) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench/$path" ;;
     nginx) echo "http://127.0.0.1:$NGINX_PORT/v1/proxy/bench/$path" ;;
     haproxy) echo "http://127.0.0.1:$HAPROXY_PORT/v1/proxy/bench/$path" ;;
+    # The relay passes the path on unchanged (no prefix strip): the backend answers any path.
+    tcp-relay) echo "http://127.0.0.1:$TCP_PORT/v1/proxy/bench/$path" ;;
     gateway-1down) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench-down/$path" ;;
     gateway-limited) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench-limited/$path" ;;
     nginx-1down) echo "http://127.0.0.1:$NGINX_PORT/v1/proxy/bench-down/$path" ;;
@@ -282,13 +324,41 @@ scenario_args() {
     get-c256) printf '%s\n' --connections 256 ;;
     post16k-c64) printf '%s\n' --connections 64 --method POST --body-size 16384 ;;
     open-loop) printf '%s\n' --connections 64 --rate "$rate" ;;
+    upload-1m) printf '%s\n' --connections 16 --method POST --body-size 1048576 ;;
+    download-1m) printf '%s\n' --connections 16 --header 'x-mock-body-bytes: 1048576' ;;
+    # At 10k connections in closed loop a request waits ~10000 / throughput (~1 s) on
+    # average: loadgen's 5 s default timeout would turn the tail into errors and
+    # reconnects; 30 s is the gateway's response timeout and HAProxy's server timeout.
+    get-c10k) printf '%s\n' --connections 10000 --timeout 30s ;;
+  esac
+}
+# scenario_path SCENARIO -> the path after the proxy prefix. The 1 MiB scenarios use big/,
+# where nginx streams bodies through in memory (bench/peers/nginx.conf); the gateway,
+# HAProxy and the backends treat every path alike.
+scenario_path() {
+  case "$1" in
+    upload-1m | download-1m) echo big/hello ;;
+    *) echo hello ;;
+  esac
+}
+# scenario_warmup SCENARIO -> warm-up seconds. At 10k connections the proxies take a few
+# seconds to settle (each opens up to one backend connection per request in flight; in a
+# trial HAProxy ran at 40% of its rate after a 3 s warm-up), hence at least 5 s. loadgen
+# opens the connections 256 at a time during its setup and, in closed loop, spreads the
+# first requests over the first second of the warm-up (half of it at most).
+scenario_warmup() {
+  case "$1" in
+    get-c10k) awk -v w="$warmup" 'BEGIN { print (w < 5 ? 5 : w) }' ;;
+    *) echo "$warmup" ;;
   esac
 }
 scenario_targets() {
   case "$1" in
     breaker) echo "gateway-1down nginx-1down haproxy-1down" ;;
     limits) echo "gateway gateway-limited" ;;
-    get-c1 | get-c64 | get-c256 | post16k-c64 | open-loop) echo "direct gateway nginx haproxy" ;;
+    get-c1 | get-c64 | get-c256 | post16k-c64 | upload-1m | download-1m)
+      echo "direct gateway nginx haproxy tcp-relay" ;;
+    open-loop | get-c10k) echo "direct gateway nginx haproxy" ;;
     *) echo "bench.sh: unknown scenario $1" >&2; exit 2 ;;
   esac
 }
@@ -316,20 +386,21 @@ wait_for_line() {
 # measure SCENARIO ROUND TARGET
 measure() {
   local scen=$1 round=$2 target=$3 dir pid url args p0 p1 b0 b1 g0 k0 k1 t0 t1
-  local i0 i1 j0 j1
+  local i0 i1 j0 j1 wu
   dir="$out/$scen/r$round"
   mkdir -p "$dir"
-  url=$(target_url "$target" hello)
+  url=$(target_url "$target" "$(scenario_path "$scen")")
   mapfile -t args < <(scenario_args "$scen")
+  wu=$(scenario_warmup "$scen")
   pid=$(target_pid "$target")
   times >"$tmp/times0.txt"
   "${nice_cmd[@]}" "$loadgen" --url "$url" "${args[@]}" --threads 1 --cores "$LOAD_CORE" \
-    --warmup "${warmup}s" --duration "${duration}s" --label "$target" --out-dir "$dir" \
+    --warmup "${wu}s" --duration "${duration}s" --label "$target" --out-dir "$dir" \
     >"$dir/$target.txt" 2>&1 &
   lg_pid=$!
   # The window is loadgen's own: it opens when its setup (~300 ms) and warm-up are over and
   # the recorded requests start, and closes when the last of them has finished.
-  sleep "$warmup"
+  sleep "$wu"
   wait_for_line "$dir/$target.txt" "loadgen: window start" "$lg_pid" || true
   t0=$(date +%s.%N)
   i0=$(core_idle "$LOAD_CORE")
@@ -385,7 +456,13 @@ PY
   echo "command=$command_line"
   echo "nproc=$(nproc)"
   echo "cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  # Family/model/stepping name the CPU generation when the model name does not (VMs often
+  # show a generic one); `hypervisor` in the flags means a VM.
+  echo "cpu_id=$(awk -F': *' '/^cpu family/ { f = $2 } /^model\t/ { m = $2 } /^stepping/ { s = $2 }
+    /^flags/ { v = ($2 ~ /(^| )hypervisor( |$)/) ? ", VM" : ""; exit }
+    END { printf "family %s, model %s, stepping %s%s", f, m, s, v }' /proc/cpuinfo)"
   echo "kernel=$(uname -sr)"
+  echo "nofile=$(ulimit -Sn)/$(ulimit -Hn)"
   echo "rustc=$(rustc --version 2>/dev/null || echo '?')"
   echo "nginx=$(nginx -v 2>&1 | sed 's/^nginx version: //')"
   echo "haproxy=$(haproxy -v 2>&1 | head -n 1)"
@@ -400,7 +477,7 @@ PY
   echo "quick=$quick"
   echo "load_core=$LOAD_CORE"
   echo "proxy_core=$PROXY_CORE"
-  echo "ports=gateway $GW_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, backends $B1 $B2 $B3, down $BDOWN"
+  echo "ports=gateway $GW_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, tcp-relay $TCP_PORT, backends $B1 $B2 $B3, down $BDOWN"
 } >"$out/meta.txt"
 
 # --- the run ----------------------------------------------------------------------------

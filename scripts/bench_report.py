@@ -16,6 +16,8 @@ import subprocess
 import sys
 
 PEERS = ("nginx", "haproxy")
+# The blind TCP relay (HAProxy in mode tcp): a floor for the CPU cost, never a peer.
+RELAY = "tcp-relay"
 
 SCENARIOS = {
     "get-c1": "GET, 1 connection (closed loop)",
@@ -26,7 +28,13 @@ SCENARIOS = {
     "breaker": "GET, 64 connections, one of three backends down (nothing listening)",
     "limits": "GET, 64 connections, the gateway without and with admission control "
               "(a service-wide rate limit and max_in_flight far above the load)",
+    "upload-1m": "POST with a 1 MiB body, 16 connections (closed loop)",
+    "download-1m": "GET answered with a 1 MiB body, 16 connections (closed loop)",
+    "get-c10k": "GET, 10000 connections (closed loop)",
 }
+
+# MiB of body per request in the scenarios whose cost is reported per MiB.
+MIB_PER_REQUEST = {"upload-1m": 1.0, "download-1m": 1.0}
 
 
 def load_meta(path):
@@ -114,6 +122,7 @@ def summarize(runs):
                 "rps", "p50", "p99", "p999", "cpu_us", "backend_us", "load_util",
                 "proxy_util", "send_lag_p99", "other_pct")}
             m["errors"] = sum(r["errors"] for r in rs)
+            m["warmup_errors"] = sum(r["warmup_errors"] for r in rs)
             m["unsent"] = sum(r["unsent"] for r in rs)
             m["reconnects"] = sum(r["reconnects"] for r in rs)
             m["rounds"] = len(rs)
@@ -195,11 +204,15 @@ def scenario_table(scen, targets, summary):
     p99_best, p99_who = better_peer(targets, "p99", False, suffix)
     p999_best, p999_who = better_peer(targets, "p999", False, suffix)
     direct = targets.get("direct")
+    relay = targets.get(RELAY)
+    mib = MIB_PER_REQUEST.get(scen)
     open_loop = scen == "open-loop"
-    head = [
-        "target", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/req",
-        "CPU vs better peer", "req/s vs better peer",
-    ]
+    head = ["target", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/req"]
+    if mib:
+        head += ["MiB/s", "CPU µs/MiB"]
+    head += ["CPU vs better peer", "req/s vs better peer"]
+    if relay:
+        head += ["CPU vs TCP relay"]
     if open_loop:
         head += ["p99.9 vs better peer", "send lag p99 µs", "unsent"]
     else:
@@ -220,9 +233,18 @@ def scenario_table(scen, targets, summary):
             ms(m["p99"]),
             ms(m["p999"]),
             num(m["cpu_us"], "{:.1f}"),
+        ]
+        if mib:
+            row += [
+                num(m["rps"] * mib if m["rps"] is not None else None),
+                num(m["cpu_us"] / mib if m["cpu_us"] is not None else None, "{:.0f}"),
+            ]
+        row += [
             fx(ratio(m["cpu_us"], cpu_best)),
             fx(ratio(m["rps"], rps_best)),
         ]
+        if relay:
+            row += [fx(ratio(m["cpu_us"], relay["cpu_us"]))]
         if open_loop:
             row += [fx(ratio(m["p999"], p999_best)), num(m["send_lag_p99"]), str(m["unsent"])]
         else:
@@ -251,6 +273,12 @@ def scenario_table(scen, targets, summary):
     if cpu_who:
         notes.append(f"better peer: CPU {cpu_who}, req/s {rps_who}, p99 {p99_who}"
                      + (f", p99.9 {p999_who}" if open_loop else ""))
+    if relay:
+        notes.append(f"{RELAY} is a blind TCP relay (HAProxy in mode tcp), a floor and not a "
+                     "peer: it does no HTTP work at all (no parsing, no routing, no header "
+                     "rewrite, no prefix strip: the backend receives /v1/proxy/bench/... "
+                     "unchanged, which the mock backend answers like any path) and keeps no "
+                     "upstream pool (one backend connection per client connection)")
     return lines, notes
 
 
@@ -279,6 +307,15 @@ def targets_section(summary):
             f"gateway {gw['cpu_us']:.1f} µs vs {who} {best:.1f} µs = {r:.2f}×" if r else "—",
             (verdict(r <= 0.7) + disturbed_note(gw, c64.get(who))) if r else verdict(None),
         ))
+        tr = c64.get(RELAY)
+        if tr:
+            r = ratio(gw["cpu_us"], tr["cpu_us"])
+            rows.append((
+                "CPU per request ≤ 0.95× the TCP relay (GET, 64 conns)",
+                f"gateway {gw['cpu_us']:.1f} µs vs {RELAY} {tr['cpu_us']:.1f} µs = {r:.2f}×"
+                if r else "—",
+                (verdict(r <= 0.95) + disturbed_note(gw, tr)) if r else verdict(None),
+            ))
         best, who = better_peer(c64, "rps", True)
         r = ratio(gw["rps"], best)
         rows.append((
@@ -305,6 +342,21 @@ def targets_section(summary):
         rows.append((
             "CPU per request vs the better peer, every scenario (for reference)",
             "; ".join(per_scen),
+            "measured",
+        ))
+    rows += added_latency_rows(summary)
+    rows += per_mib_rows(summary)
+    rows += connections_rows(summary)
+    relay_scen = []
+    for scen, s in summary.items():
+        g, tr = s.get("gateway"), s.get(RELAY)
+        r = ratio(g["cpu_us"], tr["cpu_us"]) if g and tr else None
+        if r is not None:
+            relay_scen.append(f"{scen} {g['cpu_us']:.1f} vs {tr['cpu_us']:.1f} µs = {r:.2f}×")
+    if relay_scen:
+        rows.append((
+            "CPU per request vs the TCP relay, every scenario (for reference)",
+            "; ".join(relay_scen),
             "measured",
         ))
     ol = summary.get("open-loop", {})
@@ -357,6 +409,83 @@ def targets_section(summary):
     return lines
 
 
+def added_latency_rows(summary):
+    """get-c1: the latency a proxy adds over direct, at p50, gateway vs the better peer."""
+    s = summary.get("get-c1", {})
+    g, d = s.get("gateway"), s.get("direct")
+    if not g or not d or g["p50"] is None or d["p50"] is None:
+        return []
+    added = {t: s[t]["p50"] - d["p50"] for t in (*PEERS, RELAY)
+             if t in s and s[t]["p50"] is not None}
+    peers = [(added[p], p) for p in PEERS if p in added]
+    if not peers:
+        return []
+    best, who = min(peers)
+    mine = g["p50"] - d["p50"]
+    r = ratio(mine, best) if best > 0 else None
+    relay = (f"; {RELAY} adds {added[RELAY]:.0f} µs" if RELAY in added else "")
+    return [(
+        "Added latency at 1 conn: gateway p50 − direct p50 ≤ 0.5× (better peer p50 − direct "
+        "p50) (get-c1)",
+        f"gateway +{mine:.0f} µs vs {who} +{best:.0f} µs over direct {ms(d['p50'])} ms"
+        + (f" = {r:.2f}×" if r is not None else "") + relay,
+        (verdict(r <= 0.5) + disturbed_note(g, s.get(who), d)) if r is not None
+        else verdict(None),
+    )]
+
+
+def per_mib_rows(summary):
+    """upload-1m / download-1m: CPU per MiB of body vs the better peer."""
+    rows = []
+    for scen, mib in MIB_PER_REQUEST.items():
+        s = summary.get(scen, {})
+        g = s.get("gateway")
+        if not g or g["cpu_us"] is None:
+            continue
+        best, who = better_peer(s, "cpu_us", False)
+        r = ratio(g["cpu_us"], best)
+        tr = s.get(RELAY)
+        relay = (f"; {RELAY} {tr['cpu_us'] / mib:.0f} µs"
+                 if tr and tr["cpu_us"] is not None else "")
+        rows.append((
+            f"CPU per MiB ≤ 0.8× the better peer ({scen})",
+            f"gateway {g['cpu_us'] / mib:.0f} µs/MiB vs {who} {best / mib:.0f} µs/MiB = "
+            f"{r:.2f}×{relay}" if r else "—",
+            (verdict(r <= 0.8) + disturbed_note(g, s.get(who))) if r else verdict(None),
+        ))
+    return rows
+
+
+def connections_rows(summary):
+    """get-c256 / get-c10k: CPU per request ≤ 0.9× and p99 ≤ 1× the better peer."""
+    rows = []
+    for scen, n in (("get-c256", "256"), ("get-c10k", "10k")):
+        s = summary.get(scen, {})
+        g = s.get("gateway")
+        if not g:
+            continue
+        best, who = better_peer(s, "cpu_us", False)
+        r = ratio(g["cpu_us"], best)
+        rows.append((
+            f"CPU per request ≤ 0.9× the better peer (GET, {n} conns)",
+            f"gateway {g['cpu_us']:.1f} µs vs {who} {best:.1f} µs = {r:.2f}×" if r else "—",
+            (verdict(r <= 0.9) + disturbed_note(g, s.get(who))) if r else verdict(None),
+        ))
+        best, who = better_peer(s, "p99", False)
+        r = ratio(g["p99"], best)
+        errs = "".join(f", {t} {s[t]['errors']} errors" for t in ("gateway", *PEERS)
+                       if t in s and s[t]["errors"])
+        errs += "".join(f", {t} {s[t]['warmup_errors']} warm-up errors"
+                        for t in ("gateway", *PEERS) if t in s and s[t]["warmup_errors"])
+        rows.append((
+            f"p99 ≤ the better peer (GET, {n} conns)",
+            (f"gateway {ms(g['p99'])} ms vs {who} {ms(best)} ms = {r:.2f}×" if r else "—")
+            + errs,
+            (verdict(r <= 1.0) + disturbed_note(g, s.get(who))) if r else verdict(None),
+        ))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
@@ -378,8 +507,10 @@ def main():
     L.append("## Command and machine")
     L.append("")
     L.append(f"- command: `{meta.get('command', '?')}`")
-    L.append(f"- `nproc`: {meta.get('nproc', '?')}; CPU: {meta.get('cpu_model', '?')}; "
-             f"kernel: {meta.get('kernel', '?')}")
+    cpu = meta.get("cpu_model", "?") + (f" ({meta['cpu_id']})" if meta.get("cpu_id") else "")
+    L.append(f"- `nproc`: {meta.get('nproc', '?')}; CPU: {cpu}; "
+             f"kernel: {meta.get('kernel', '?')}"
+             + (f"; open files (soft/hard): {meta['nofile']}" if meta.get("nofile") else ""))
     L.append(f"- {meta.get('rustc', '?')}; {meta.get('nginx', '?')}; "
              f"{meta.get('haproxy', '?')}")
     L.append(f"- gateway commit {meta.get('git', '?')}")
@@ -402,7 +533,13 @@ def main():
     L.append("- Targets: *direct* = loadgen straight to one mock backend (the ceiling); the "
              "proxies round-robin over 3 backends with upstream keep-alive "
              "(`bench/peers/nginx.conf`, `bench/peers/haproxy.cfg`, the gateway config is "
-             "written by the script).")
+             "written by the script)."
+             + (f" *{RELAY}* = HAProxy in `mode tcp` (`bench/peers/haproxy-tcp.cfg`, 1 thread, "
+                "round-robin over the same 3 backends per connection, no health checks): a blind "
+                "TCP relay that does no HTTP work (the backend receives the request as sent, "
+                "`/v1/proxy/bench/...` included), the floor for moving the bytes through a "
+                "process; not a peer, never the *better peer*."
+                if any(r["target"] == RELAY for r in runs) else ""))
     L.append(f"- {meta.get('rounds')} round(s), interleaved (every target of a scenario in turn, "
              f"then the next scenario, then the next round); each run {meta.get('warmup_s')} s "
              f"warm-up + {meta.get('duration_s')} s measured.")
@@ -478,6 +615,28 @@ def main():
                      "`proxy_next_upstream error`. HAProxy: health checks every 1 s plus "
                      "`observe layer4 error-limit 5 on-error mark-down`, `option redispatch 1`. "
                      "*vs 3-up* compares with the same proxy in get-c64.")
+            L.append("")
+        if scen in MIB_PER_REQUEST:
+            L.append("Requests go to `/v1/proxy/bench/big/hello` (direct: `/big/hello`), where "
+                     "nginx streams bodies through in memory (`proxy_request_buffering off`, "
+                     "16 × 16 KiB response buffers, no temp file); the gateway and HAProxy "
+                     "stream every body. *CPU µs/MiB* is the proxy's CPU per MiB of body "
+                     "(1 MiB per request). The mock backends hash every uploaded byte and build "
+                     "every 1 MiB answer afresh, on the load core, so the load side caps "
+                     "throughput here: compare the proxies by CPU µs/MiB.")
+            L.append("")
+        if scen == "get-c10k":
+            L.append("10000 keep-alive connections (loadgen opens them 256 at a time during "
+                     "its setup and spreads their first requests over the first second of the "
+                     "warm-up), a warm-up of at least 5 s for the proxies to settle, loadgen's "
+                     "timeout raised to 30 s (a request waits ~10000 / throughput on "
+                     "average), the gateway's connect timeout 10 s (as long as the peers "
+                     "wait). Each proxy may open a backend connection per request in flight, "
+                     "so clients plus backend connections approach the open-file limit "
+                     "(20000 here): nginx has `worker_connections 19950` (when they run out "
+                     "it closes idle client connections: *warm-up errors*, resets), HAProxy "
+                     f"queues above 3000 per backend. No {RELAY} here: it needs two "
+                     "descriptors per connection.")
             L.append("")
         lines, notes = scenario_table(scen, targets, summary)
         L += lines

@@ -44,7 +44,28 @@ pub struct Plan {
     pub interval_ns: Option<f64>,
     /// Total connections over all threads (used to stagger open-loop schedules).
     pub connections: usize,
+    /// Initial connects a thread has in flight at once (see [`CONNECT_BATCH`]).
+    pub connect_batch: usize,
+    /// Closed loop: the first requests of the connections are spread evenly over this
+    /// many nanoseconds after `start_ns` (see [`first_send_ns`]); 0 = all at the start.
+    pub ramp_ns: u64,
 }
+
+/// When connection `index` sends its first request in closed loop. Spread over
+/// `ramp_ns` (part of the warm-up), so that 10000 connections do not send 10000 requests
+/// in the same instant: a thundering herd that exists only at a benchmark's start and
+/// makes a proxy open a backend connection per request at once.
+pub fn first_send_ns(plan: &Plan, index: usize) -> u64 {
+    let n = plan.connections.max(1) as u128;
+    plan.start_ns + (u128::from(plan.ramp_ns) * index as u128 / n) as u64
+}
+
+/// How many initial connects a thread starts at once; the next batch starts when these
+/// are done. Thousands of SYNs at once overflow the target's accept queue (listen
+/// backlogs of 1024 are common), and a dropped SYN is retried only after 1 s, 3 s, 7 s:
+/// 10000 connections then took ~10 s to open, well into the measured window. In batches
+/// of 256 they open in a fraction of a second.
+pub const CONNECT_BATCH: usize = 256;
 
 /// Error counts by kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,10 +259,27 @@ pub fn run_thread(plan: Arc<Plan>, conns: Vec<usize>, core: Option<usize>) -> io
         .build()?;
     Ok(rt.block_on(async move {
         let shared = Rc::new(RefCell::new(Stats::new()));
-        let handles: Vec<_> = conns
-            .into_iter()
-            .map(|i| monoio::spawn(connection(plan.clone(), shared.clone(), i)))
-            .collect();
+        // Open the connections batch by batch (before the start, so that setup is not
+        // measured); each one's request loop starts as soon as its batch is open.
+        let mut handles = Vec::with_capacity(conns.len());
+        for batch in conns.chunks(plan.connect_batch.max(1)) {
+            let opening: Vec<_> = batch
+                .iter()
+                .map(|_| {
+                    let plan = plan.clone();
+                    monoio::spawn(async move { connect(&plan).await })
+                })
+                .collect();
+            for (&i, opened) in batch.iter().zip(opening) {
+                let first = opened.await;
+                handles.push(monoio::spawn(connection(
+                    plan.clone(),
+                    shared.clone(),
+                    i,
+                    first,
+                )));
+            }
+        }
         for h in handles {
             h.await;
         }
@@ -280,8 +318,13 @@ async fn sleep_until_ns(deadline_ns: u64) {
     }
 }
 
-/// One connection's request loop.
-async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, index: usize) {
+/// One connection's request loop; `first` is its initial connect.
+async fn connection(
+    plan: Arc<Plan>,
+    stats: Rc<RefCell<Stats>>,
+    index: usize,
+    first: io::Result<TcpStream>,
+) {
     let mut req = plan.request.clone();
     let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
     let mut pacer = plan.interval_ns.map(|_| Pacer::new());
@@ -289,8 +332,7 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, index: usize) {
         stats.borrow_mut().precise_pacing &= p.is_precise();
     }
 
-    // Open the connection before the start so that setup is not measured.
-    let mut stream = match connect(&plan).await {
+    let mut stream = match first {
         Ok(s) => Some(s),
         Err(e) => {
             let mut st = stats.borrow_mut();
@@ -299,7 +341,11 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, index: usize) {
             None
         }
     };
-    sleep_until_ns(plan.start_ns).await;
+    if plan.interval_ns.is_none() {
+        sleep_until_ns(first_send_ns(&plan, index)).await;
+    } else {
+        sleep_until_ns(plan.start_ns).await;
+    }
 
     // Open loop: connection `index` sends at start + offset + k * interval, with offsets
     // staggered so that the connections together send at evenly spaced instants.
@@ -586,7 +632,22 @@ mod tests {
             timeout: Duration::from_secs(2),
             interval_ns,
             connections,
+            connect_batch: CONNECT_BATCH,
+            ramp_ns: 0,
         }
+    }
+
+    #[test]
+    fn closed_loop_first_sends_are_spread_over_the_ramp() {
+        let mut p = plan("127.0.0.1:1".parse().unwrap(), None, 4);
+        assert_eq!(
+            first_send_ns(&p, 3),
+            p.start_ns,
+            "no ramp: all at the start"
+        );
+        p.ramp_ns = 1_000_000_000;
+        let at: Vec<u64> = (0..4).map(|i| first_send_ns(&p, i) - p.start_ns).collect();
+        assert_eq!(at, vec![0, 250_000_000, 500_000_000, 750_000_000]);
     }
 
     fn with_server(f: impl FnOnce(SocketAddr)) {
@@ -620,6 +681,26 @@ mod tests {
                 stats.samples
             );
             assert_eq!(stats.reconnects, 0);
+        });
+    }
+
+    /// The initial connects go in batches: every connection of every batch (the last one
+    /// partial) is opened once and serves requests, none is left out or opened twice.
+    #[test]
+    fn connections_open_in_batches() {
+        with_server(|addr| {
+            let mut p = plan(addr, None, 21);
+            p.connect_batch = 4;
+            p.ramp_ns = 20_000_000;
+            let stats = run_thread(Arc::new(p), (0..21).collect(), None).unwrap();
+            // The server answers every third request with a 503: no other error is expected.
+            for e in [&stats.warmup_errors, &stats.errors] {
+                let io = e.connect + e.reset + e.closed + e.timeout + e.parse;
+                assert_eq!(io, 0, "{:?}", stats.samples);
+            }
+            assert_eq!(stats.reconnects, 0);
+            // 21 connections in a 400 ms window, each answered within a few ms.
+            assert!(stats.requests > 21 * 5, "requests {}", stats.requests);
         });
     }
 

@@ -16,6 +16,8 @@ use client::{Plan, Stats};
 
 /// Time between spawning the threads and the first request, for opening connections.
 const SETUP: Duration = Duration::from_millis(300);
+/// Longest spread of the closed-loop connections' first requests (half the warm-up at most).
+const RAMP: Duration = Duration::from_secs(1);
 /// Printed on stderr when the measurement window opens (setup and warm-up are over).
 const WINDOW_START: &str = "loadgen: window start";
 /// Printed on stderr when the last recorded request has finished.
@@ -57,6 +59,13 @@ fn run(cfg: &RunConfig) -> ExitCode {
         timeout: cfg.timeout,
         interval_ns: (cfg.rate > 0.0).then(|| 1e9 * cfg.connections as f64 / cfg.rate),
         connections: cfg.connections,
+        connect_batch: client::CONNECT_BATCH,
+        // Closed loop: the first requests spread over up to 1 s of the warm-up.
+        ramp_ns: if cfg.rate > 0.0 {
+            0
+        } else {
+            (cfg.warmup / 2).min(RAMP).as_nanos() as u64
+        },
     });
     eprintln!(
         "loadgen: {}: {} {} with {} connections on {} thread(s), {}, warm-up {:.1}s, duration {:.1}s",
