@@ -65,6 +65,21 @@ pub async fn forward(
         framing == Framing::Chunked,
         cfg.limits.max_body_bytes,
     );
+    // A small body that is already in the socket (typically sent with the head) is taken
+    // now, without waiting, so that the head and the whole body go up in one write.
+    if let Framing::Length(n) = framing {
+        let have = (down.buf.len() - down.start) as u64;
+        if have < n && n <= MAX_TAKE_NOW && cfg.limits.buffer_request_body == 0 {
+            let want = (n - have) as usize;
+            if down.buf.capacity() - down.buf.len() < want {
+                let mut big = worker.buffer_for(down.buf.len() - down.start + want);
+                big.extend_from_slice(&down.buf[down.start..]);
+                worker.recycle(std::mem::replace(&mut down.buf, big));
+                down.start = 0;
+            }
+            io::read_ready(down.sock.fd(), &mut down.buf, want);
+        }
+    }
     // Only a request with a body has any of it in hand; re-framing what is in hand takes
     // about as much room as it takes in the input.
     let mut in_hand = if framing == Framing::None {
@@ -123,6 +138,10 @@ pub async fn forward(
     worker.recycle(up_out);
     after
 }
+
+/// Largest `Content-Length` body taken from the socket with the head when it is already
+/// there (see `forward`).
+const MAX_TAKE_NOW: u64 = 48 * 1024;
 
 /// Re-frames the body bytes already in hand into `in_hand`; with
 /// `limits.buffer_request_body`, first waits for up to that many body bytes (or the whole of

@@ -215,6 +215,33 @@ pub fn shutdown_write(fd: RawFd) {
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
 }
 
+/// Appends what the socket already holds, up to `max` bytes, without waiting (non-blocking
+/// `recv` into the spare capacity of `buf`, which the caller has reserved). Returns the
+/// bytes read; an empty socket, EOF or an error read nothing here and are left for the
+/// next read to find. Only for a socket with no read in flight.
+pub fn read_ready(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> usize {
+    let mut total = 0;
+    while total < max {
+        let room = (buf.capacity() - buf.len()).min(max - total);
+        if room == 0 {
+            break;
+        }
+        // SAFETY: writes at most `room` bytes into the vector's spare capacity, and the
+        // length is extended only by what recv reports written.
+        let n = unsafe {
+            let end = buf.as_mut_ptr().add(buf.len());
+            libc::recv(fd, end.cast(), room, libc::MSG_DONTWAIT)
+        };
+        if n <= 0 {
+            break;
+        }
+        // SAFETY: recv initialised these `n` bytes (n <= room).
+        unsafe { buf.set_len(buf.len() + n as usize) };
+        total += n as usize;
+    }
+    total
+}
+
 /// True when nothing is waiting to be read on the socket (no data, no EOF, no error).
 pub fn is_quiet(fd: RawFd) -> bool {
     let mut byte = 0u8;

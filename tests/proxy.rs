@@ -99,6 +99,26 @@ fn empty_small_large_and_chunked_bodies_arrive_intact() {
     let j = c.read_response().json();
     assert_eq!(j["body_len"], big.len());
     assert_eq!(j["body_fnv"], fnv(&big));
+    // Bodies of 8 to 60 KiB sent in one write with the head (the gateway takes what is
+    // already in the socket with the head), then the next request on the same connection.
+    for kib in [8, 15, 16, 17, 47, 48, 49, 60] {
+        let body: Vec<u8> = (0..kib * 1024).map(|i| (i * 13 % 249) as u8).collect();
+        let mut raw = format!(
+            "POST /v1/proxy/svc/k{kib} HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&body);
+        raw.extend_from_slice(b"GET /v1/proxy/svc/after HTTP/1.1\r\nHost: g\r\n\r\n");
+        c.send(&raw);
+        let j = c.read_response().json();
+        assert_eq!(
+            (j["body_len"].as_u64(), j["body_fnv"].clone()),
+            (Some(body.len() as u64), serde_json::Value::from(fnv(&body))),
+            "{kib} KiB"
+        );
+        assert_eq!(c.read_response().json()["path"], "/after", "{kib} KiB");
+    }
     // Chunked, with extensions and a trailer, sent in pieces; re-framed by the gateway.
     c.send(b"POST /v1/proxy/svc/c HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n");
     std::thread::sleep(Duration::from_millis(20));
