@@ -371,17 +371,24 @@ pub struct Limiter {
     pub limit: RateLimit,
     interval: u64,
     tolerance: u64,
-    /// The service's word (`key: service`; for a fleet budget, the fallback while Redis is
-    /// out of reach).
-    word: Option<Arc<CachePadded<AtomicU64>>>,
+    /// Where the budget's word is (for a fleet budget: the fallback while Redis is out of
+    /// reach).
+    budget: Budget,
     /// `scope: cluster`: the local allowance the cluster thread fills from Redis.
     pub fleet: Option<Arc<FleetBudget>>,
-    /// For keyed budgets: the table, and this budget's identity in the hash (the same for
-    /// the same service, limit and key, so an unchanged budget keeps its cells on reload).
-    table: Option<Arc<Table>>,
-    budget: u64,
     /// `ratelimit-policy: ...\r\n`, formatted once.
     policy_line: Box<[u8]>,
+}
+
+/// Where a limit's GCRA words are.
+#[derive(Debug)]
+enum Budget {
+    /// `key: service`: the service's own word.
+    Word(Arc<CachePadded<AtomicU64>>),
+    /// `client_ip` / `header:NAME`: cells of the table; `id` is this budget's identity in
+    /// the hash (the same for the same service, limit and key, so an unchanged budget keeps
+    /// its cells on reload).
+    Keyed { table: Arc<Table>, id: u64 },
 }
 
 /// What admission decided.
@@ -457,25 +464,22 @@ impl Admission {
             };
         }
         let now = now_ns();
-        let word: &AtomicU64 = match (&l.word, &l.table) {
-            (Some(w), _) => w,
-            (None, Some(table)) => match &l.limit.key {
-                LimitKey::ClientIp => {
-                    let ip = client_ip(caller.peer, caller.headers, trusted);
-                    match ip {
-                        IpAddr::V4(v4) => table.cell(l.budget, 4, &v4.octets()),
-                        IpAddr::V6(v6) => table.cell(l.budget, 6, &v6.octets()),
-                    }
+        let word: &AtomicU64 = match (&l.budget, &l.limit.key) {
+            (Budget::Word(w), _) => w,
+            (Budget::Keyed { table, id }, LimitKey::ClientIp) => {
+                match client_ip(caller.peer, caller.headers, trusted) {
+                    IpAddr::V4(v4) => table.cell(*id, 4, &v4.octets()),
+                    IpAddr::V6(v6) => table.cell(*id, 6, &v6.octets()),
                 }
-                LimitKey::Header(name) => {
-                    match caller.headers.iter().find(|h| h1::name_is(h.name, name)) {
-                        Some(h) => table.cell(l.budget, 1, h1::trim_ows(h.value)),
-                        None => table.cell(l.budget, 0, b""),
-                    }
+            }
+            (Budget::Keyed { table, id }, LimitKey::Header(name)) => {
+                match caller.headers.iter().find(|h| h1::name_is(h.name, name)) {
+                    Some(h) => table.cell(*id, 1, h1::trim_ows(h.value)),
+                    None => table.cell(*id, 0, b""),
                 }
-                LimitKey::Service => unreachable!("a service budget has its own word"),
-            },
-            (None, None) => unreachable!("a limiter has a word or a table"),
+            }
+            // Not built (a service key always gets its own word); one shared cell would do.
+            (Budget::Keyed { table, id }, LimitKey::Service) => table.cell(*id, 2, b""),
         };
         match gcra(word, now, l.interval, l.tolerance) {
             Ok(tat) => {
@@ -689,7 +693,7 @@ impl Registry {
                     fleets.insert(id.clone(), f.clone());
                     f
                 });
-                let (word, table, budget) = if limit.key == LimitKey::Service {
+                let budget = if limit.key == LimitKey::Service {
                     let w = match self.words.get(&id) {
                         Some(w) => {
                             report.kept += 1;
@@ -701,7 +705,7 @@ impl Registry {
                         }
                     };
                     words.insert(id, w.clone());
-                    (Some(w), None, 0)
+                    Budget::Word(w)
                 } else {
                     let budget = match self.keyed.get(&id) {
                         Some(&b) => {
@@ -715,7 +719,12 @@ impl Registry {
                         }
                     };
                     keyed.insert(id, budget);
-                    (None, self.table.clone(), budget)
+                    let cells = settings.table_cells;
+                    let table = self
+                        .table
+                        .get_or_insert_with(|| Arc::new(Table::new(cells)))
+                        .clone();
+                    Budget::Keyed { table, id: budget }
                 };
                 let interval = limit.interval_ns();
                 let mut policy_line = b"ratelimit-policy: \"default\";q=".to_vec();
@@ -727,10 +736,8 @@ impl Registry {
                     interval,
                     tolerance: interval.saturating_mul(limit.burst),
                     limit: limit.clone(),
-                    word,
-                    fleet,
-                    table,
                     budget,
+                    fleet,
                     policy_line: policy_line.into_boxed_slice(),
                 }
             });
