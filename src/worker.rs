@@ -41,7 +41,7 @@ pub struct Worker {
     ticks: Cell<u64>,
     /// Spare I/O buffers, lent to one exchange at a time (no allocation per request).
     spare: RefCell<Vec<Vec<u8>>>,
-    /// Spare buffers that grew past `2 × BUF_SIZE` (up to [`MAX_LARGE`]), lent only to
+    /// Spare buffers bigger than `BUF_SIZE` (up to [`MAX_LARGE`]), lent only to
     /// whoever asks for that much room ([`Worker::buffer_for`]).
     large: RefCell<Vec<Vec<u8>>>,
     /// Recycled heap blocks for the boxed steps of requests (see `boxes.rs`).
@@ -154,7 +154,7 @@ impl Worker {
     /// capacity) is ignored.
     pub fn recycle(&self, mut buf: Vec<u8>) {
         let cap = buf.capacity();
-        if cap > 2 * BUF_SIZE {
+        if cap > BUF_SIZE {
             // A grown buffer is kept whole or freed whole: shrinking it in place would leave
             // a hole in the heap between the small allocations of idle connections.
             let mut large = self.large.borrow_mut();

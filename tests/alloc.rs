@@ -133,9 +133,12 @@ fn a_proxied_request_allocates_nothing_in_steady_state() {
         chunked.extend_from_slice(b"\r\n");
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
-    let cases: [(&str, &[u8]); 4] = [
+    let mut post10 = b"POST /v1/proxy/svc/upload HTTP/1.1\r\nHost: g\r\nx-mock-body-bytes: 16\r\nContent-Length: 10240\r\n\r\n".to_vec();
+    post10.resize(post10.len() + 10240, b'z');
+    let cases: [(&str, &[u8]); 5] = [
         ("GET", get),
         ("GET, rate limit and max_in_flight", limited),
+        ("POST 10 KiB", &post10),
         ("POST 16 KiB", &post),
         ("POST chunked", &chunked),
     ];
