@@ -628,6 +628,15 @@ fn parse_forwarded_ip(text: &str) -> Option<IpAddr> {
 
 // ---- built on each snapshot, carried over reloads ----
 
+/// Whether any service of `cfg` has a keyed budget (and so needs the table).
+fn uses_table(cfg: &crate::config::Config) -> bool {
+    cfg.services.iter().any(|s| {
+        s.rate_limit
+            .as_ref()
+            .is_some_and(|l| l.key != LimitKey::Service)
+    })
+}
+
 /// Budgets and in-flight counters by service, surviving reloads.
 #[derive(Default)]
 pub struct Registry {
@@ -659,12 +668,7 @@ impl Registry {
             .table
             .as_ref()
             .is_some_and(|t| t.cells.len() != settings.table_cells);
-        let needs_table = cfg.services.iter().any(|s| {
-            s.rate_limit
-                .as_ref()
-                .is_some_and(|l| l.key != LimitKey::Service)
-        });
-        if !needs_table {
+        if !uses_table(cfg) {
             self.table = None;
         } else if self.table.is_none() || table_changed {
             self.table = Some(Arc::new(Table::new(settings.table_cells)));
@@ -760,12 +764,7 @@ impl Registry {
 
     /// Bytes the keyed-budget table takes (0 when no service uses one).
     pub fn table_bytes(cfg: &crate::config::Config) -> usize {
-        let keyed = cfg.services.iter().any(|s| {
-            s.rate_limit
-                .as_ref()
-                .is_some_and(|l| l.key != LimitKey::Service)
-        });
-        if keyed {
+        if uses_table(cfg) {
             cfg.admission.table_cells * std::mem::size_of::<AtomicU64>()
         } else {
             0

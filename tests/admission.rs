@@ -4,26 +4,10 @@
 mod common;
 
 use common::*;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-trait BodyText {
-    fn body_string(&self) -> String;
-}
-
-impl BodyText for Response {
-    fn body_string(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn admin_get(admin: SocketAddr, path: &str) -> Response {
-    let mut c = Client::connect(admin);
-    c.send(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes());
-    c.read_response()
-}
 
 /// Sends `n` GETs on one keep-alive connection and returns their statuses.
 fn statuses(c: &mut Client, n: usize, extra: &str) -> Vec<u16> {
@@ -200,7 +184,7 @@ fn max_in_flight_answers_overloaded_beyond_the_limit_and_frees_slots_when_respon
     }
     // The slots came back: the next two are admitted at once.
     // (A worker releases its slot just after the response's last byte is written.)
-    let metrics = || admin_get(g.admin, "/metrics").body_string();
+    let metrics = || get(g.admin, "/metrics").text();
     let released = eventually(Duration::from_secs(5), || {
         metrics().contains("gateway_in_flight{service=\"svc\"} 0\n")
     });
@@ -233,7 +217,7 @@ fn a_flood_of_429s_reaches_no_backend_and_never_touches_a_breaker() {
     let got = statuses(&mut c, 200, "");
     assert_eq!((count(&got, 200), count(&got, 429)), (1, 199));
     assert_eq!(rec.requests(), 1);
-    let text = admin_get(g.admin, "/admin/backends").json().to_string();
+    let text = get(g.admin, "/admin/backends").json().to_string();
     for want in [
         "\"state\":\"closed\"",
         "\"consecutive_failures\":0",
@@ -243,7 +227,7 @@ fn a_flood_of_429s_reaches_no_backend_and_never_touches_a_breaker() {
     ] {
         assert!(text.contains(want), "{want}: {text}");
     }
-    let m = admin_get(g.admin, "/metrics").body_string();
+    let m = get(g.admin, "/metrics").text();
     assert!(
         m.contains("gateway_rate_limited_total{service=\"svc\"} 199\n"),
         "{m}"
@@ -283,7 +267,7 @@ fn a_reload_keeps_unchanged_budgets_and_starts_changed_ones_fresh() {
     };
     assert_eq!((ip_get(&mut c), ip_get(&mut c)), (200, 429));
     let generation = |n: u64| {
-        assert!(eventually(Duration::from_secs(5), || admin_get(
+        assert!(eventually(Duration::from_secs(5), || get(
             g.admin,
             "/admin/config"
         )
@@ -310,7 +294,7 @@ fn a_reload_keeps_unchanged_budgets_and_starts_changed_ones_fresh() {
     generation(3);
     assert_eq!(statuses(&mut c, 4, ""), [200, 200, 200, 429]);
     assert_eq!(ip_get(&mut c), 429);
-    let cfg = admin_get(g.admin, "/admin/config").json();
+    let cfg = get(g.admin, "/admin/config").json();
     let svc = &cfg["services"].as_array().unwrap()[1];
     assert_eq!(svc["name"], "svc");
     assert_eq!(

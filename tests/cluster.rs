@@ -116,7 +116,7 @@ fn cluster(g: &AdminGateway) -> serde_json::Value {
 }
 
 fn metrics(g: &AdminGateway) -> String {
-    String::from_utf8_lossy(&get(g.admin, "/metrics").body).into_owned()
+    get(g.admin, "/metrics").text()
 }
 
 fn cluster_up(g: &AdminGateway) -> bool {

@@ -5,14 +5,8 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-fn admin_get(admin: std::net::SocketAddr, path: &str) -> Response {
-    let mut c = Client::connect(admin);
-    c.send(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes());
-    c.read_response()
-}
-
 fn metrics(admin: std::net::SocketAddr) -> String {
-    String::from_utf8_lossy(&admin_get(admin, "/metrics").body).into_owned()
+    String::from_utf8_lossy(&get(admin, "/metrics").body).into_owned()
 }
 
 /// The value of the sample `series` (`name{labels}`) in `text`, if exported.
@@ -149,7 +143,7 @@ fn a_backend_url_with_credentials_is_never_echoed_whole() {
     signal(&g.child, libc::SIGHUP);
     let mut err = String::new();
     assert!(eventually(Duration::from_secs(5), || {
-        let cfg = admin_get(admin, "/admin/config").json();
+        let cfg = get(admin, "/admin/config").json();
         err = cfg["last_reload_error"].as_str().unwrap_or("").to_string();
         !err.is_empty()
     }));
@@ -253,7 +247,7 @@ fn metric_series_follow_renames_far_past_the_old_limits() {
     };
     let path = write_config(&config(1, "admin: 127.0.0.1:0", &services(0)));
     let g = gateway_at(&path);
-    let generation = || admin_get(g.admin, "/healthz").json()["generation"].as_u64();
+    let generation = || get(g.admin, "/healthz").json()["generation"].as_u64();
     for k in 1..30 {
         std::fs::write(&path, config(1, "admin: 127.0.0.1:0", &services(k))).expect("write config");
         signal(&g.proc.child, libc::SIGHUP);
@@ -290,7 +284,7 @@ fn metric_series_follow_renames_far_past_the_old_limits() {
     // Only the running config's services are exported.
     assert!(!m.contains("service=\"s28-0\""), "{m}");
     assert_eq!(m.matches("gateway_requests_aborted_total{").count(), 40);
-    let admin = admin_get(g.admin, "/admin/backends").json();
+    let admin = get(g.admin, "/admin/backends").json();
     let svc = admin["services"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["name"] == "s29-0"))
@@ -352,7 +346,7 @@ fn the_reload_log_line_names_changed_settings_in_one_line_with_1000_services() {
         assert!(line.contains(part), "{part} not in {line}");
     }
     assert_eq!(
-        admin_get(admin, "/healthz").json()["generation"].as_u64(),
+        get(admin, "/healthz").json()["generation"].as_u64(),
         Some(2)
     );
 }

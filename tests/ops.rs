@@ -10,14 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn admin_get(admin: std::net::SocketAddr, path: &str) -> Response {
-    let mut c = Client::connect(admin);
-    c.send(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes());
-    c.read_response()
-}
-
 fn generation(admin: std::net::SocketAddr) -> u64 {
-    admin_get(admin, "/admin/config").json()["generation"]
+    get(admin, "/admin/config").json()["generation"]
         .as_u64()
         .unwrap()
 }
@@ -225,7 +219,7 @@ fn reload_under_load_loses_nothing_and_keeps_open_breakers() {
         "no_backend_available"
     );
     assert_eq!(flaky.requests(), 1);
-    let backends = admin_get(g.admin, "/admin/backends").json();
+    let backends = get(g.admin, "/admin/backends").json();
     let flaky_state = backends["services"]
         .as_array()
         .unwrap()
@@ -244,9 +238,9 @@ fn a_broken_reload_keeps_serving_the_old_config_and_reports_why() {
     std::fs::write(&path, format!("{good}  broken: [ftp://nowhere]\n")).unwrap();
     signal(&g.proc.child, libc::SIGHUP);
     assert!(eventually(Duration::from_secs(5), || {
-        !admin_get(g.admin, "/admin/config").json()["last_reload_error"].is_null()
+        !get(g.admin, "/admin/config").json()["last_reload_error"].is_null()
     }));
-    let cfg = admin_get(g.admin, "/admin/config").json();
+    let cfg = get(g.admin, "/admin/config").json();
     assert_eq!(cfg["generation"], 1);
     let err = cfg["last_reload_error"].as_str().unwrap().to_string();
     assert!(
@@ -254,7 +248,7 @@ fn a_broken_reload_keeps_serving_the_old_config_and_reports_why() {
         "{err}"
     );
     assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 200);
-    let m = parse_prometheus(&String::from_utf8(admin_get(g.admin, "/metrics").body).unwrap());
+    let m = parse_prometheus(&String::from_utf8(get(g.admin, "/metrics").body).unwrap());
     assert_eq!(m["gateway_config_last_reload_success"], 0.0);
     assert_eq!(m["gateway_config_reloads_total{result=\"failure\"}"], 1.0);
 }
@@ -286,7 +280,7 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
     // The drain begins only once all four are in flight (upstream connections carrying a
     // request): a client still connecting when it begins is refused, as it should be.
     let active = |admin| {
-        parse_prometheus(&String::from_utf8_lossy(&admin_get(admin, "/metrics").body))
+        parse_prometheus(&String::from_utf8_lossy(&get(admin, "/metrics").body))
             .get("gateway_pool_connections{state=\"active\"}")
             .copied()
             .unwrap_or(0.0)
@@ -298,8 +292,7 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
     let t = Instant::now();
     signal(&g.proc.child, libc::SIGTERM);
     assert!(
-        eventually(Duration::from_secs(2), || admin_get(g.admin, "/healthz")
-            .status
+        eventually(Duration::from_secs(2), || get(g.admin, "/healthz").status
             == 503),
         "healthz did not report draining"
     );
@@ -350,7 +343,7 @@ fn round_robin_goes_on_across_reloads() {
         ports.push(r.json()["port"].as_u64().expect("port"));
         signal(&g.proc.child, libc::SIGHUP);
         assert!(eventually(Duration::from_secs(5), || {
-            admin_get(g.admin, "/admin/config").json()["generation"] == generation
+            get(g.admin, "/admin/config").json()["generation"] == generation
         }));
     }
     let firsts = ports.iter().filter(|&&p| p == ports[0]).count();
@@ -407,7 +400,7 @@ fn metrics_parse_and_count_what_was_sent_and_admin_shows_breaker_history() {
         rec.addr
     ));
     let g = gateway_at(&path);
-    let healthz = admin_get(g.admin, "/healthz");
+    let healthz = get(g.admin, "/healthz");
     assert_eq!(
         (healthz.status, healthz.json()["status"].clone()),
         (200, "serving".into())
@@ -432,7 +425,7 @@ fn metrics_parse_and_count_what_was_sent_and_admin_shows_breaker_history() {
             .unwrap()["backends"][0]
             .clone()
     };
-    let open = flaky(admin_get(g.admin, "/admin/backends").json());
+    let open = flaky(get(g.admin, "/admin/backends").json());
     assert_eq!(open["state"], "open");
     assert_eq!(open["failures"], 2);
     assert!(open["last_transition"]
@@ -444,15 +437,14 @@ fn metrics_parse_and_count_what_was_sent_and_admin_shows_breaker_history() {
     rec.set(reply(200));
     std::thread::sleep(Duration::from_millis(350));
     assert_eq!(get(g.proc.addr, "/v1/proxy/flaky/x").status, 200);
-    let closed = flaky(admin_get(g.admin, "/admin/backends").json());
+    let closed = flaky(get(g.admin, "/admin/backends").json());
     assert_eq!(closed["state"], "closed");
     assert_eq!(closed["transitions"], 2);
     assert_eq!(closed["successes"], 1);
     assert!(closed["next_probe_in_ms"].is_null());
 
     // A response is counted right after it is written: give the last one a moment.
-    let scrape =
-        || parse_prometheus(&String::from_utf8(admin_get(g.admin, "/metrics").body).unwrap());
+    let scrape = || parse_prometheus(&String::from_utf8(get(g.admin, "/metrics").body).unwrap());
     assert!(eventually(Duration::from_secs(2), || {
         scrape().get("gateway_requests_total{service=\"flaky\",class=\"2xx\"}") == Some(&1.0)
     }));

@@ -123,16 +123,10 @@ fn error_code(r: &Response) -> String {
         .unwrap_or_default()
 }
 
-fn admin_get(admin: SocketAddr, path: &str) -> Response {
-    let mut c = Client::connect(admin);
-    c.send(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes());
-    c.read_response()
-}
-
 /// The circuit state `/admin/backends` shows for the backend at `addr`.
 fn circuit(admin: SocketAddr, addr: SocketAddr) -> String {
     let url = format!("http://{addr}");
-    let v = admin_get(admin, "/admin/backends").json();
+    let v = get(admin, "/admin/backends").json();
     v["services"]
         .as_array()
         .expect("services")
@@ -827,7 +821,7 @@ fn aborted_requests_are_not_counted_as_1xx() {
     c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\n0123456789");
     drop(c);
     let metric = |key: &str| -> f64 {
-        let metrics = String::from_utf8(admin_get(g.admin, "/metrics").body).unwrap();
+        let metrics = String::from_utf8(get(g.admin, "/metrics").body).unwrap();
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(key))
