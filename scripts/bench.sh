@@ -14,6 +14,8 @@
 #   haproxy    1 thread                 :18082  (bench/peers/haproxy.cfg)
 #   tcp-relay  1 thread                 :18083  (bench/peers/haproxy-tcp.cfg: HAProxy in
 #              mode tcp, a blind relay that does no HTTP work: the floor, not a peer)
+#   gateway-spin  1 worker, busy_poll: 200us  :18084  (get-c1 only: the opt-in setting that
+#              polls the ring instead of sleeping between requests; idle otherwise)
 # Pinning: loadgen (1 thread) and the mock backends on core 0, the proxy under test alone
 # on core 1 (all four proxies run all the time, idle when not measured).
 #
@@ -64,6 +66,8 @@ GW_PORT=18080
 NGINX_PORT=18081
 HAPROXY_PORT=18082
 TCP_PORT=18083 # HAProxy in mode tcp: the tcp-relay target
+SPIN_PORT=18084 # the gateway with busy_poll: the gateway-spin target
+SPIN_POLL=200us
 B1=19001 B2=19002 B3=19003
 BDOWN=19004 # nothing listens here: the "down" backend of the breaker scenario
 LOAD_CORE=0
@@ -169,7 +173,7 @@ trap 'exit 130' INT TERM
 pids+=($!)
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $TCP_PORT $B1 $B2 $B3 $BDOWN; do
+for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $TCP_PORT $SPIN_PORT $B1 $B2 $B3 $BDOWN; do
   port_free "$p" || { echo "bench.sh: port $p is in use on 127.0.0.1" >&2; exit 1; }
 done
 
@@ -228,6 +232,16 @@ RUST_LOG=warn "${nice_cmd[@]}" taskset -c "$PROXY_CORE" "$bin/gateway" --config 
 gw_pid=$!
 pids+=($gw_pid)
 wait_listening $GW_PORT gateway
+
+# The same gateway with busy_poll (its own process, so that the setting, which is bound at
+# start, does not touch the other scenarios).
+sed -e "s/^listen: .*/listen: 127.0.0.1:$SPIN_PORT/" -e "1i busy_poll: $SPIN_POLL" \
+  "$tmp/gateway.yaml" >"$tmp/gateway-spin.yaml"
+RUST_LOG=warn "${nice_cmd[@]}" taskset -c "$PROXY_CORE" "$bin/gateway" \
+  --config "$tmp/gateway-spin.yaml" >"$tmp/gateway-spin.log" 2>&1 &
+spin_pid=$!
+pids+=($spin_pid)
+wait_listening $SPIN_PORT gateway-spin
 
 render bench/peers/nginx.conf "$tmp/nginx.conf"
 mkdir -p "$tmp/nginx-client-body" "$tmp/nginx-proxy-temp"
@@ -294,6 +308,7 @@ printf 'scenario\tround\ttarget\tjson\tproxy_ticks\tbackend_ticks\tloadgen_ticks
 
 target_pid() {
   case "$1" in
+    gateway-spin) echo "$spin_pid" ;;
     gateway*) echo "$gw_pid" ;; nginx*) echo "$nginx_pid" ;; haproxy*) echo "$haproxy_pid" ;;
     tcp-relay) echo "$tcp_pid" ;; *) echo "" ;;
   esac
@@ -308,6 +323,7 @@ target_url() {
     # The relay passes the path on unchanged (no prefix strip): the backend answers any path.
     tcp-relay) echo "http://127.0.0.1:$TCP_PORT/v1/proxy/bench/$path" ;;
     gateway-1down) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench-down/$path" ;;
+    gateway-spin) echo "http://127.0.0.1:$SPIN_PORT/v1/proxy/bench/$path" ;;
     gateway-limited) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench-limited/$path" ;;
     nginx-1down) echo "http://127.0.0.1:$NGINX_PORT/v1/proxy/bench-down/$path" ;;
     haproxy-1down) echo "http://127.0.0.1:$HAPROXY_PORT/v1/proxy/bench-down/$path" ;;
@@ -356,7 +372,8 @@ scenario_targets() {
   case "$1" in
     breaker) echo "gateway-1down nginx-1down haproxy-1down" ;;
     limits) echo "gateway gateway-limited" ;;
-    get-c1 | get-c64 | get-c256 | post16k-c64 | upload-1m | download-1m)
+    get-c1) echo "direct gateway gateway-spin nginx haproxy tcp-relay" ;;
+    get-c64 | get-c256 | post16k-c64 | upload-1m | download-1m)
       echo "direct gateway nginx haproxy tcp-relay" ;;
     open-loop | get-c10k) echo "direct gateway nginx haproxy" ;;
     *) echo "bench.sh: unknown scenario $1" >&2; exit 2 ;;
@@ -477,7 +494,7 @@ PY
   echo "quick=$quick"
   echo "load_core=$LOAD_CORE"
   echo "proxy_core=$PROXY_CORE"
-  echo "ports=gateway $GW_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, tcp-relay $TCP_PORT, backends $B1 $B2 $B3, down $BDOWN"
+  echo "ports=gateway $GW_PORT, gateway-spin $SPIN_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, tcp-relay $TCP_PORT, backends $B1 $B2 $B3, down $BDOWN"
 } >"$out/meta.txt"
 
 # --- the run ----------------------------------------------------------------------------

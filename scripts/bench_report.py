@@ -18,6 +18,8 @@ import sys
 PEERS = ("nginx", "haproxy")
 # The blind TCP relay (HAProxy in mode tcp): a floor for the CPU cost, never a peer.
 RELAY = "tcp-relay"
+SPIN = "gateway-spin"  # the gateway with busy_poll (get-c1)
+SPIN_POLL = "200us"
 
 SCENARIOS = {
     "get-c1": "GET, 1 connection (closed loop)",
@@ -431,6 +433,26 @@ def added_latency_rows(summary):
         + (f" = {r:.2f}×" if r is not None else "") + relay,
         (verdict(r <= 0.5) + disturbed_note(g, s.get(who), d)) if r is not None
         else verdict(None),
+    )] + spin_rows(s, d, best, who)
+
+
+def spin_rows(s, d, best, who):
+    """get-c1 with `busy_poll` (the gateway-spin target): added latency and what it costs."""
+    sp, g = s.get(SPIN), s.get("gateway")
+    if not sp or sp["p50"] is None or best <= 0:
+        return []
+    mine = sp["p50"] - d["p50"]
+    r = ratio(mine, best)
+    cost = ""
+    if sp["cpu_us"] is not None and g and g["cpu_us"] is not None:
+        cost = (f"; CPU {sp['cpu_us']:.1f} µs/req (off: {g['cpu_us']:.1f}), "
+                f"proxy core {sp['proxy_util']:.0f}% busy (off: {g['proxy_util']:.0f}%), "
+                f"{sp['rps']:.0f} req/s (off: {g['rps']:.0f})")
+    return [(
+        f"Added latency at 1 conn with `busy_poll: {SPIN_POLL}` (opt-in): ≤ 0.5× the better "
+        "peer's (get-c1)",
+        f"{SPIN} +{mine:.0f} µs vs {who} +{best:.0f} µs = {r:.2f}×{cost}",
+        verdict(r <= 0.5) + disturbed_note(sp, s.get(who), d),
     )]
 
 

@@ -69,6 +69,9 @@ pub struct Config {
     pub pool: PoolSettings,
     /// Re-resolve backend host names this often (None: only at start and on SIGHUP).
     pub dns_refresh: Option<Duration>,
+    /// Keep polling the ring for this long after the last request began or ended before
+    /// a worker sleeps (None: sleep at once). Bound at start.
+    pub busy_poll: Option<Duration>,
     /// `rate_limit_headers`, `rate_limit_table`, `trusted_proxies`.
     pub admission: crate::admission::Settings,
     pub services: Vec<ServiceConfig>,
@@ -160,6 +163,7 @@ struct RawConfig {
     limits: Option<RawLimits>,
     pool: Option<RawPool>,
     dns_refresh: Option<String>,
+    busy_poll: Option<String>,
     rate_limit: Option<serde_yaml_ng::Value>,
     rate_limit_headers: Option<bool>,
     rate_limit_table: Option<usize>,
@@ -913,6 +917,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let busy_poll = match raw.busy_poll.as_deref().map(str::trim) {
+        None | Some("off") | Some("0") => None,
+        Some(v) => Some(parse_busy_poll(v)?),
+    };
     Ok(Config {
         listen,
         workers,
@@ -923,10 +931,33 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         limits,
         pool,
         dns_refresh,
+        busy_poll,
         admission,
         services,
         cluster,
     })
+}
+
+/// `busy_poll`: microseconds (`200us`) or milliseconds (`1ms`), at most 100 ms.
+fn parse_busy_poll(v: &str) -> Result<Duration, ConfigError> {
+    let bad = || {
+        invalid(
+            "busy_poll",
+            format!("{v:?} is not a spin time: use off, or 1us to 100ms, e.g. 200us"),
+        )
+    };
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "us" | "µs" => Duration::from_micros(n),
+        "ms" => Duration::from_millis(n),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() || d > Duration::from_millis(100) {
+        return Err(bad());
+    }
+    Ok(d)
 }
 
 fn admission_settings(
@@ -1081,6 +1112,27 @@ mod tests {
             e.contains("limits.buffer_request_body") && e.contains("16777216"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn busy_poll_is_off_unless_set_and_bounded() {
+        let svc = "services:\n  a: [http://localhost:1]\n";
+        assert_eq!(Config::parse(svc).unwrap().busy_poll, None);
+        for (v, want) in [
+            ("200us", Some(Duration::from_micros(200))),
+            ("2ms", Some(Duration::from_millis(2))),
+            ("off", None),
+        ] {
+            let c = Config::parse(&format!("busy_poll: {v}\n{svc}")).unwrap();
+            assert_eq!(c.busy_poll, want, "{v}");
+        }
+        for bad in ["0us", "101ms", "1s", "fast"] {
+            let e = err(&format!("busy_poll: {bad}\n{svc}"));
+            assert!(
+                e.contains("busy_poll") && e.contains("1us to 100ms"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         c.park(&worker);
         let (next, view) =
             next_request(&mut c, &worker, &registration.idle, worker.access.enabled()).await;
+        worker.poke(); // a request began (for `busy_poll`)
         if c.down.out.capacity() == 0 {
             c.down.out = worker.buffer();
         }
@@ -180,6 +181,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             }
             Next::Close => After::Close,
         };
+        worker.poke(); // ... and ended
         match after {
             After::Keep => {}
             After::Close => break,

@@ -154,6 +154,9 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
         if old.access_log != new.access_log {
             ignored.push("access_log");
         }
+        if old.busy_poll != new.busy_poll {
+            ignored.push("busy_poll");
+        }
         if old.cluster != new.cluster {
             ignored.push("cluster");
         }
@@ -287,6 +290,7 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<Changes, ConfigError> {
         new.pin_workers = old.config.pin_workers;
         new.admin = old.config.admin;
         new.access_log = old.config.access_log.clone();
+        new.busy_poll = old.config.busy_poll;
         let (generation, report) = shared.install(new);
         changes.generation = generation;
         changes.budgets = report.budgets;

@@ -292,6 +292,12 @@ fn worker_main(
         };
         let worker = Rc::new(Worker::new(index, shared, log));
         monoio::spawn(housekeeping(worker.clone()));
+        if let Some(spin) = worker.view().snapshot.config.busy_poll {
+            log::info!("worker {index}: busy_poll {}us", spin.as_micros());
+            let w = worker.clone();
+            let uring = driver != "epoll";
+            monoio::spawn(async move { w.busy_poll(spin, uring).await });
+        }
         let canceller = monoio::io::Canceller::new();
         let handle = canceller.handle();
         monoio::spawn(cancel_on_drain(worker.clone(), canceller, drain_signal));

@@ -44,6 +44,10 @@ pub struct Worker {
     /// Spare buffers bigger than `BUF_SIZE` (up to [`MAX_LARGE`]), lent only to
     /// whoever asks for that much room ([`Worker::buffer_for`]).
     large: RefCell<Vec<Vec<u8>>>,
+    /// Requests begun or ended so far, and the busy-poll task's waker while it sleeps
+    /// (see [`Worker::poke`]).
+    activity: Cell<u64>,
+    spinner: Cell<Option<std::task::Waker>>,
     /// Recycled heap blocks for the boxed steps of requests (see `boxes.rs`).
     pub boxes: crate::boxes::BoxPool,
     /// Idle connections whose read for a next request holds a lent buffer (see
@@ -93,6 +97,8 @@ impl Worker {
             large: RefCell::new(Vec::new()),
             idle_reads: Rc::new(Cell::new(0)),
             boxes: Default::default(),
+            activity: Cell::new(0),
+            spinner: Cell::new(None),
         }
     }
 
@@ -183,6 +189,75 @@ impl Worker {
             self.idle_reads.set(n + 1);
             IdleRead(self.idle_reads.clone())
         })
+    }
+
+    /// Notes that a request began or ended, waking the busy-poll task if it sleeps (a
+    /// counter and one check when `busy_poll` is off).
+    #[inline]
+    pub fn poke(&self) {
+        self.activity.set(self.activity.get().wrapping_add(1));
+        if let Some(w) = self.spinner.take() {
+            w.wake();
+        }
+    }
+
+    /// `busy_poll`: after each burst of requests, keep the worker polling its ring until no
+    /// request began or ended for `spin`, then sleep until the next one. A request or a
+    /// backend's answer that arrives meanwhile is found by a poll, not by a wake-up of a
+    /// sleeping core (on a VM, tens of µs each).
+    ///
+    /// Each turn of the spin must make the runtime enter the kernel *and reap*: a task that
+    /// only yields does not, since monoio then submits without asking for completions (and
+    /// with DEFER_TASKRUN nothing completes without that). So on io_uring a turn waits for
+    /// a poll for writability on an idle UDP socket, which completes at once, in the same
+    /// `io_uring_enter` that collects every other completion. On epoll a yield is enough
+    /// (the runtime then polls with a zero timeout).
+    pub async fn busy_poll(&self, spin: Duration, uring: bool) {
+        let probe = if uring {
+            match std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(monoio::net::udp::UdpSocket::from_std)
+            {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    log::warn!("worker {}: busy_poll off: {e}", self.index);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        loop {
+            let seen = self.activity.get();
+            std::future::poll_fn(|cx| {
+                if self.activity.get() != seen || self.draining() {
+                    std::task::Poll::Ready(())
+                } else {
+                    self.spinner.set(Some(cx.waker().clone()));
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+            if self.draining() {
+                return;
+            }
+            let mut seen = self.activity.get();
+            let mut quiet_since = std::time::Instant::now();
+            while quiet_since.elapsed() < spin {
+                match &probe {
+                    Some(p) => {
+                        if p.writable(true).await.is_err() {
+                            yield_now().await;
+                        }
+                    }
+                    None => yield_now().await,
+                }
+                let now = self.activity.get();
+                if now != seen {
+                    seen = now;
+                    quiet_since = std::time::Instant::now();
+                }
+            }
+        }
     }
 
     /// Open client connections.
@@ -278,4 +353,19 @@ impl Drop for ConnGuard {
             .client_connections
             .set(conns.len() as u64);
     }
+}
+
+/// Lets every other ready task run, and the runtime poll its ring, before going on.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }

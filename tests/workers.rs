@@ -142,3 +142,48 @@ fn pinned_workers_stay_on_the_cpus_the_process_was_given() {
         "{err}"
     );
 }
+
+/// `busy_poll`: while requests keep coming, the worker polls its ring instead of sleeping
+/// between them (few voluntary context switches for many requests; without it, about one
+/// per request), and once they stop it sleeps again (the thread's state is `S`).
+#[test]
+fn busy_poll_keeps_the_worker_awake_between_requests_and_lets_it_sleep_when_idle() {
+    let b = mock_backend();
+    let run = |extra: &str| -> u64 {
+        let g = gateway(&config(1, extra, &format!("  svc: [http://{}]\n", b.addr)));
+        let pid = g.child.id();
+        assert_eq!(workers_when(pid, 1, |_| true).len(), 1);
+        let mut c = Client::connect(g.addr);
+        let mut one = || {
+            c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+            assert_eq!(c.read_response().status, 200);
+        };
+        for _ in 0..50 {
+            one();
+        }
+        let before = voluntary_switches(pid)[0];
+        for _ in 0..400 {
+            one();
+        }
+        let switches = voluntary_switches(pid)[0] - before;
+        // Idle again: the worker sleeps (in the ring's wait) within a moment.
+        let asleep = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            worker_threads(pid)
+                .first()
+                .is_some_and(|(_, s)| field(s, "State").starts_with('S'))
+        });
+        assert!(
+            asleep,
+            "the worker never went to sleep after the requests ({extra})"
+        );
+        switches
+    };
+    let polling = run("busy_poll: 5ms");
+    let sleeping = run("");
+    println!("voluntary switches for 400 requests: {polling} with busy_poll, {sleeping} without");
+    assert!(
+        polling * 4 < sleeping,
+        "busy_poll: {polling} voluntary switches for 400 requests, {sleeping} without"
+    );
+}
