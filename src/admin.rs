@@ -526,6 +526,7 @@ fn config(shared: &Shared) -> Value {
         "listen": c.listen.to_string(),
         "workers": c.workers,
         "pin_workers": c.pin_workers,
+        "splice": c.splice,
         "busy_poll": c.busy_poll.map_or("off".to_string(), |b| format!("{}us", b.as_micros())),
         "admin": c.admin.map(|a| a.to_string()),
         "access_log": match &c.access_log {

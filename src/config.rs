@@ -72,6 +72,8 @@ pub struct Config {
     /// Keep polling the ring for this long after the last request began or ended before
     /// a worker sleeps (None: sleep at once). Bound at start.
     pub busy_poll: Option<Duration>,
+    /// Splice long Content-Length bodies socket to socket (see `splice.rs`). Bound at start.
+    pub splice: bool,
     /// `rate_limit_headers`, `rate_limit_table`, `trusted_proxies`.
     pub admission: crate::admission::Settings,
     pub services: Vec<ServiceConfig>,
@@ -164,6 +166,7 @@ struct RawConfig {
     pool: Option<RawPool>,
     dns_refresh: Option<String>,
     busy_poll: Option<String>,
+    splice: Option<bool>,
     rate_limit: Option<serde_yaml_ng::Value>,
     rate_limit_headers: Option<bool>,
     rate_limit_table: Option<usize>,
@@ -932,6 +935,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         pool,
         dns_refresh,
         busy_poll,
+        splice: raw.splice.unwrap_or(true),
         admission,
         services,
         cluster,
@@ -1112,6 +1116,18 @@ mod tests {
             e.contains("limits.buffer_request_body") && e.contains("16777216"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn splice_is_on_unless_turned_off() {
+        let svc = "services:\n  a: [http://localhost:1]\n";
+        assert!(Config::parse(svc).unwrap().splice);
+        assert!(
+            !Config::parse(&format!("splice: false\n{svc}"))
+                .unwrap()
+                .splice
+        );
+        assert!(err(&format!("splice: sometimes\n{svc}")).contains("splice"));
     }
 
     #[test]

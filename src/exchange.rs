@@ -575,6 +575,7 @@ impl Exchange<'_> {
                 up_w,
                 &mut chunk,
                 timeouts.body,
+                &worker.pipes,
                 || attempt.renew(),
             );
             let upload = pin!(upload);
@@ -640,6 +641,7 @@ impl Exchange<'_> {
                 down.sock.w(),
                 &mut out,
                 timeout,
+                &self.worker.pipes,
                 || {},
             )
             .await;

@@ -13,7 +13,7 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use monoio::buf::IoBufMut;
+use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
@@ -184,6 +184,29 @@ pub async fn write_all<W: AsyncWriteRent>(
         }
         Err(_) => {
             *out = Vec::with_capacity(cap);
+            Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
+        }
+    }
+}
+
+/// Writes all of `buf[from..to]`; on success `buf` keeps its contents. On timeout the error
+/// kind is `TimedOut` and `buf` is empty (close the connection, as with [`write_all`]).
+pub async fn write_range<W: AsyncWriteRent>(
+    stream: &mut W,
+    buf: &mut Vec<u8>,
+    from: usize,
+    to: usize,
+    deadline: Duration,
+) -> io::Result<()> {
+    let b = std::mem::take(buf);
+    let cap = b.capacity();
+    match monoio::time::timeout(deadline, stream.write_all(b.slice(from..to))).await {
+        Ok((res, s)) => {
+            *buf = s.into_inner();
+            res.map(|_| ())
+        }
+        Err(_) => {
+            *buf = Vec::with_capacity(cap);
             Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
         }
     }

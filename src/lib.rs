@@ -54,6 +54,7 @@ pub mod reload;
 pub mod rewrite;
 pub mod router;
 pub mod server;
+pub mod splice;
 pub mod state;
 pub mod worker;
 

@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
-
 use crate::h1::{self, ChunkedDecoder, Framing};
-use crate::io::{self, Read};
+use crate::io::{self, Read, ReadHalf, WriteHalf};
+use crate::splice::{Pipes, SpliceError, MIN_SPLICE};
 
 /// Re-frames a body as it streams: decodes what it reads, encodes what it writes.
 pub struct BodyRelay {
@@ -113,6 +112,40 @@ impl BodyRelay {
         }
     }
 
+    /// For a body that goes out as it came in (Content-Length or until close, not
+    /// re-encoded as chunked): counts up to `avail` bytes just read as body and returns how
+    /// many belong to it, which the caller writes straight from its read buffer (no copy
+    /// into an output buffer). None for a body that must be decoded or encoded.
+    fn take_raw(&mut self, avail: usize) -> Option<usize> {
+        if self.chunked_out || self.done {
+            return None;
+        }
+        match self.framing {
+            Framing::Length(_) => {
+                let take = (avail as u64).min(self.remaining) as usize;
+                self.remaining -= take as u64;
+                self.done = self.remaining == 0;
+                Some(take)
+            }
+            Framing::UntilClose => {
+                self.total += avail as u64;
+                Some(avail)
+            }
+            Framing::None | Framing::Chunked => None,
+        }
+    }
+
+    /// Bytes of a Content-Length body, still to come, that may be spliced: all of them
+    /// when the body goes out unchanged and is long enough, else 0.
+    fn spliceable(&self) -> u64 {
+        match self.framing {
+            Framing::Length(_) if !self.chunked_out && self.remaining >= MIN_SPLICE => {
+                self.remaining
+            }
+            _ => 0,
+        }
+    }
+
     /// The sender closed: the end for a close-delimited body, a truncation otherwise.
     pub fn eof(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
         if self.framing == Framing::UntilClose {
@@ -127,21 +160,58 @@ impl BodyRelay {
 /// Streams the rest of a body from `src` to `dst` until `relay` is done, calling
 /// `progress` after each write. `out` is empty on entry; bytes after the body stay in
 /// `buf[*start..]`. Every read and write has `timeout`.
+///
+/// A body that goes out unchanged is written from the buffer it was read into; a long
+/// Content-Length one with nothing of it in hand is spliced (see `splice.rs`).
 #[allow(clippy::too_many_arguments)]
-pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
+pub async fn pump(
     relay: &mut BodyRelay,
-    src: &mut R,
+    src: &mut ReadHalf,
     buf: &mut Vec<u8>,
     start: &mut usize,
-    dst: &mut W,
+    dst: &mut WriteHalf,
     out: &mut Vec<u8>,
     timeout: Duration,
+    pipes: &Pipes,
     mut progress: impl FnMut(),
 ) -> Result<u64, BodyError> {
     let mut written = 0u64;
     while !relay.done {
+        let long = relay.spliceable();
+        if long > 0 && *start == buf.len() {
+            match pipes
+                .transfer(src, dst, long, timeout, |n| {
+                    written += n;
+                    progress();
+                })
+                .await
+            {
+                Ok(()) => {
+                    relay.remaining = 0;
+                    relay.done = true;
+                    break;
+                }
+                Err(None) => {} // no pipe to be had: copy as usual
+                Err(Some(SpliceError::Src)) => return Err(BodyError::SrcIo),
+                Err(Some(SpliceError::Dst)) => return Err(BodyError::DstIo),
+            }
+        }
         match io::read_more(src, buf, start, 16 * 1024, timeout).await {
             Read::Data(_) => {
+                if let Some(take) = relay.take_raw(buf.len() - *start) {
+                    let sent = io::write_range(dst, buf, *start, *start + take, timeout).await;
+                    if sent.is_err() {
+                        // The connection ends here, and what the buffer held with it (a
+                        // timed-out write took the buffer: keep `start` in bounds).
+                        buf.clear();
+                        *start = 0;
+                        return Err(BodyError::DstIo);
+                    }
+                    *start += take;
+                    written += take as u64;
+                    progress();
+                    continue;
+                }
                 out.clear();
                 let used = relay.feed(&buf[*start..], out)?;
                 *start += used;

@@ -157,6 +157,9 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
         if old.busy_poll != new.busy_poll {
             ignored.push("busy_poll");
         }
+        if old.splice != new.splice {
+            ignored.push("splice");
+        }
         if old.cluster != new.cluster {
             ignored.push("cluster");
         }
@@ -291,6 +294,7 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<Changes, ConfigError> {
         new.admin = old.config.admin;
         new.access_log = old.config.access_log.clone();
         new.busy_poll = old.config.busy_poll;
+        new.splice = old.config.splice;
         let (generation, report) = shared.install(new);
         changes.generation = generation;
         changes.budgets = report.budgets;

@@ -292,6 +292,7 @@ fn worker_main(
         };
         let worker = Rc::new(Worker::new(index, shared, log));
         monoio::spawn(housekeeping(worker.clone()));
+        worker.pipes.off.set(!worker.view().snapshot.config.splice);
         if let Some(spin) = worker.view().snapshot.config.busy_poll {
             log::info!("worker {index}: busy_poll {}us", spin.as_micros());
             let w = worker.clone();

@@ -50,6 +50,8 @@ pub struct Worker {
     spinner: Cell<Option<std::task::Waker>>,
     /// Recycled heap blocks for the boxed steps of requests (see `boxes.rs`).
     pub boxes: crate::boxes::BoxPool,
+    /// Empty pipes for bodies spliced from socket to socket (see `splice.rs`).
+    pub pipes: crate::splice::Pipes,
     /// Idle connections whose read for a next request holds a lent buffer (see
     /// [`Worker::lend_idle_read`]).
     idle_reads: Rc<Cell<usize>>,
@@ -97,6 +99,7 @@ impl Worker {
             large: RefCell::new(Vec::new()),
             idle_reads: Rc::new(Cell::new(0)),
             boxes: Default::default(),
+            pipes: Default::default(),
             activity: Cell::new(0),
             spinner: Cell::new(None),
         }

@@ -1,0 +1,193 @@
+//! Long Content-Length bodies, which the gateway splices socket to socket: they end exactly
+//! at their length on both sides, an aborted one never leaves bytes for the next.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+fn fnv(data: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in data {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+/// A response with a body of `len` bytes, all `fill`.
+fn big_response(len: usize, fill: u8) -> Vec<u8> {
+    let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").into_bytes();
+    r.resize(r.len() + len, fill);
+    r
+}
+
+/// Uploads of 64 KiB to 1 MiB, the next request in the same write as the body's last
+/// bytes and split at every kind of place: each body arrives whole and alone, and the next
+/// request is answered. The same with `splice: false` (read and written by the gateway).
+#[test]
+fn a_spliced_upload_ends_at_its_length_and_the_next_request_is_served() {
+    for extra in ["", "splice: false\n"] {
+        upload_then_next_request(extra);
+    }
+}
+
+fn upload_then_next_request(extra: &str) {
+    let b = mock_backend();
+    let g = gateway(&config(1, extra, &format!("  svc: [http://{}]\n", b.addr)));
+    let mut c = Client::connect(g.addr);
+    for (kib, split) in [(64, 1), (65, 4096), (200, 65536), (1024, 7), (300, 0)] {
+        let body: Vec<u8> = (0..kib * 1024).map(|i| (i * 31 % 253) as u8).collect();
+        let mut raw = format!(
+            "POST /v1/proxy/svc/k{kib} HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        let head_len = raw.len();
+        raw.extend_from_slice(&body);
+        raw.extend_from_slice(b"GET /v1/proxy/svc/after HTTP/1.1\r\nHost: g\r\n\r\n");
+        // The head alone first (so the body is not in hand with it), then the body in two
+        // writes, the second ending with the next request.
+        c.send(&raw[..head_len]);
+        std::thread::sleep(Duration::from_millis(20));
+        let cut = head_len + body.len() - split;
+        c.send(&raw[head_len..cut]);
+        std::thread::sleep(Duration::from_millis(5));
+        c.send(&raw[cut..]);
+        let j = c.read_response().json();
+        assert_eq!(
+            (j["body_len"].as_u64(), j["body_fnv"].clone()),
+            (Some(body.len() as u64), serde_json::Value::from(fnv(&body))),
+            "{kib} KiB, next request {split} bytes before the body's end ({extra:?})"
+        );
+        assert_eq!(
+            c.read_response().json()["path"],
+            "/after",
+            "{kib} KiB: the request after the body"
+        );
+    }
+}
+
+/// A backend that sends more than its Content-Length after a long body: the client gets
+/// the body only, and the extra bytes are never read as the answer to a later request.
+#[test]
+fn bytes_a_backend_sends_past_a_long_body_reach_no_one() {
+    let mut reply = big_response(300 * 1024, b'a');
+    reply.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nEVIL!");
+    let rec = Recorder::start(Mode::Reply(reply));
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", rec.addr)));
+    let mut c = Client::connect(g.addr);
+    for i in 0..3 {
+        c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body.len(), 300 * 1024, "request {i}");
+        assert!(
+            r.body.iter().all(|&b| b == b'a'),
+            "request {i}: foreign bytes"
+        );
+    }
+    // Nothing else came down the connection.
+    c.stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut extra = [0u8; 64];
+    match c.stream.read(&mut extra) {
+        Ok(n) => assert_eq!(n, 0, "unexpected bytes: {:?}", &extra[..n]),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
+}
+
+/// A backend that closes in the middle of a long body: the client sees an aborted
+/// response (fewer bytes than announced, then the connection ends), never a clean one.
+#[test]
+fn a_long_body_cut_by_the_backend_reaches_the_client_as_aborted() {
+    let mut reply = big_response(1024 * 1024, b'c');
+    reply.truncate(reply.len() - 700 * 1024);
+    // Answers each connection's first request with the cut reply, then closes it.
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in backend.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = s.write_all(&reply);
+        }
+    });
+    let g = gateway(&config(1, "", &format!("  svc: [http://{addr}]\n")));
+    let mut s = TcpStream::connect(g.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 65536];
+    loop {
+        match s.read(&mut tmp) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("read: {e} after {} bytes", got.len()),
+        }
+    }
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let body = &got[head_end..];
+    assert!(body.len() < 1024 * 1024, "the cut body looked complete");
+    assert!(body.iter().all(|&b| b == b'c'));
+}
+
+/// A download the client abandons mid-way leaves the worker's pipe holding bytes; they
+/// must never reach the next client. One worker, so both transfers share its pipes.
+#[test]
+fn an_abandoned_download_leaves_nothing_for_the_next_one() {
+    let a = Recorder::start(Mode::Reply(big_response(8 * 1024 * 1024, b'A')));
+    let b = Recorder::start(Mode::Reply(big_response(1024 * 1024, b'B')));
+    let g = gateway(&config(
+        1,
+        "",
+        &format!("  a: [http://{}]\n  b: [http://{}]\n", a.addr, b.addr),
+    ));
+    for round in 0..5 {
+        // Ask for 8 MiB, read a little, stop reading until the gateway is stuck on a full
+        // socket (its pipe full too), then reset the connection.
+        let mut s = TcpStream::connect(g.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /v1/proxy/a/x HTTP/1.1\r\nHost: g\r\n\r\n")
+            .unwrap();
+        let mut tmp = [0u8; 100 * 1024];
+        s.read_exact(&mut tmp).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        let _ = s.shutdown(Shutdown::Read);
+        drop(s);
+        // The next download on the same worker is exactly its own body.
+        let mut c = Client::connect(g.addr);
+        c.send(b"GET /v1/proxy/b/x HTTP/1.1\r\nHost: g\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "round {round}");
+        assert_eq!(r.body.len(), 1024 * 1024, "round {round}");
+        let foreign = r.body.iter().filter(|&&b| b != b'B').count();
+        assert_eq!(
+            foreign, 0,
+            "round {round}: {foreign} bytes of another response"
+        );
+    }
+}
