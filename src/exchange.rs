@@ -80,15 +80,27 @@ pub async fn forward(
             io::read_ready(down.sock.fd(), &mut down.buf, want);
         }
     }
-    // Only a request with a body has any of it in hand; re-framing what is in hand takes
-    // about as much room as it takes in the input.
-    let mut in_hand = if framing == Framing::None {
+    // A Content-Length body in hand goes up unchanged: it is counted now and copied once,
+    // from the client's buffer to just after the head (`down.buf` is not touched until
+    // then). Any other body in hand is re-framed into `in_hand` first; that takes about as
+    // much room as it takes in the input.
+    let direct = matches!(framing, Framing::Length(_)) && cfg.limits.buffer_request_body == 0;
+    let mut body_in_hand = down.start..down.start;
+    let mut in_hand = if framing == Framing::None || direct {
         Vec::new()
     } else {
         worker.buffer_for(down.buf.len() - down.start + 64)
     };
+    let buffered = if direct {
+        let used = relay.take_raw(down.buf.len() - down.start).unwrap_or(0);
+        down.start += used;
+        body_in_hand.end = down.start;
+        Ok(())
+    } else {
+        buffer_body(down, &mut req, &mut relay, &mut in_hand, cfg).await
+    };
     let mut up_out = Vec::new();
-    let after = match buffer_body(down, &mut req, &mut relay, &mut in_hand, cfg).await {
+    let after = match buffered {
         Err(after) => after,
         Ok(()) => {
             let info = req.info;
@@ -97,7 +109,8 @@ pub async fn forward(
                 Ok((attempt, up, reused)) => {
                     // The head and the body in hand go up in one write.
                     let head = prep.fwd.len() + prep.path.len() + attempt.backend.url.url.len();
-                    up_out = worker.buffer_for(head + in_hand.len() + 256);
+                    let body = in_hand.len() + body_in_hand.len();
+                    up_out = worker.buffer_for(head + body + 256);
                     rewrite::write_request_head(
                         &mut up_out,
                         info.method,
@@ -106,6 +119,7 @@ pub async fn forward(
                         prep.fwd,
                     );
                     up_out.extend_from_slice(&in_hand);
+                    up_out.extend_from_slice(&down.buf[body_in_hand]);
                     let mut ex = Exchange {
                         worker,
                         timeouts,

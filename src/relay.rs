@@ -116,7 +116,7 @@ impl BodyRelay {
     /// re-encoded as chunked): counts up to `avail` bytes just read as body and returns how
     /// many belong to it, which the caller writes straight from its read buffer (no copy
     /// into an output buffer). None for a body that must be decoded or encoded.
-    fn take_raw(&mut self, avail: usize) -> Option<usize> {
+    pub fn take_raw(&mut self, avail: usize) -> Option<usize> {
         if self.chunked_out || self.done {
             return None;
         }
