@@ -116,7 +116,7 @@ fn parse_section(filter: &[String]) {
     ] {
         // Sanity: the gateway accepts these heads whole.
         {
-            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut hs = h1::header_slots();
             let p = h1::parse_request(head, &mut hs, &lim);
             assert!(
                 matches!(p, Ok(Some(ref r)) if r.head_len == head.len()),
@@ -124,7 +124,7 @@ fn parse_section(filter: &[String]) {
             );
         }
         bench(filter, &format!("parse: h1::parse_request, {what}"), || {
-            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut hs = h1::header_slots();
             let r = h1::parse_request(black_box(head), &mut hs, &lim);
             black_box(r.map(|p| p.map(|p| p.head_len)).ok());
         });
@@ -353,7 +353,7 @@ fn split_head_section(filter: &[String]) {
     head.extend_from_slice(b"\r\n");
     let head = &head[..];
     let parse = |end: usize| {
-        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut hs = h1::header_slots();
         black_box(
             h1::parse_request(&head[..end], &mut hs, &lim)
                 .ok()

@@ -286,7 +286,7 @@ async fn next_request(
             max_target_bytes: cfg.limits.max_target_bytes,
         };
         if d.start < d.buf.len() && scan.ready(&d.buf[d.start..], &limits) {
-            let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+            let mut headers = h1::header_slots();
             match h1::parse_request(&d.buf[d.start..], &mut headers, &limits) {
                 Ok(Some(parsed)) => {
                     let head_len = parsed.head_len;

@@ -711,7 +711,7 @@ async fn read_head(
     let mut got_any = false;
     loop {
         if *ustart < ubuf.len() {
-            let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+            let mut headers = h1::header_slots();
             let parsed = h1::parse_response(
                 &ubuf[*ustart..],
                 &mut headers,

@@ -4,8 +4,19 @@
 //! decides what they mean. Every ambiguity is an error, never a guess: the caller turns a
 //! request error into a 4xx and closes, a response error into a 502.
 
+use std::mem::MaybeUninit;
+
 /// Most header lines we accept in one message (the `headers` array lives on the stack).
 pub const MAX_HEADERS: usize = 128;
+
+/// Room for the headers of one head, left uninitialised: the parser writes the ones it
+/// finds (initialising all 128 would cost 4 KiB of stores per head parsed).
+pub type HeaderSlots<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
+
+/// Empty [`HeaderSlots`].
+pub fn header_slots<'b>() -> HeaderSlots<'b> {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
 
 /// The request methods the gateway forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,11 +229,13 @@ pub struct ParsedRequest<'h, 'b> {
 /// Returns `Ok(None)` when more bytes are needed (and the limits are not yet exceeded).
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+    headers: &'h mut HeaderSlots<'b>,
     limits: &HeadLimits,
 ) -> Result<Option<ParsedRequest<'h, 'b>>, RequestError> {
-    let mut req = httparse::Request::new(&mut headers[..]);
-    let head_len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let parsed =
+        httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, headers);
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             // Before the head is complete, tell a too-long target apart from a too-long head.
@@ -455,14 +468,14 @@ pub struct ParsedResponse<'h, 'b> {
 /// Parses a backend's response head; `head_request` says whether the request was HEAD.
 pub fn parse_response<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+    headers: &'h mut HeaderSlots<'b>,
     head_request: bool,
     max_head_bytes: usize,
 ) -> Result<Option<ParsedResponse<'h, 'b>>, ResponseError> {
-    let mut res = httparse::Response::new(&mut headers[..]);
+    let mut res = httparse::Response::new(&mut []);
     let head_len = match httparse::ParserConfig::default()
         .allow_spaces_after_header_name_in_responses(true)
-        .parse_response(&mut res, buf)
+        .parse_response_with_uninit_headers(&mut res, buf, headers)
     {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= max_head_bytes => {
@@ -1061,7 +1074,7 @@ mod tests {
     };
 
     fn parse(raw: &[u8]) -> Result<Option<RequestInfo>, RequestError> {
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = header_slots();
         parse_request(raw, &mut h, &LIMITS).map(|o| o.map(|p| p.info))
     }
 
@@ -1173,7 +1186,7 @@ mod tests {
 
     #[test]
     fn options_asterisk_is_parsed_for_the_gateway_to_answer() {
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = header_slots();
         let p = parse_request(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", &mut h, &LIMITS)
             .unwrap()
             .unwrap();
@@ -1295,7 +1308,7 @@ mod tests {
 
     #[test]
     fn absolute_form_uses_its_authority() {
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = header_slots();
         let p = parse_request(
             b"GET http://gw.example/v1/x?q HTTP/1.1\r\nHost: other\r\n\r\n",
             &mut h,
@@ -1522,7 +1535,7 @@ mod tests {
 
     #[test]
     fn response_framing() {
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = header_slots();
         let r = parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
             &mut h,
@@ -1533,13 +1546,13 @@ mod tests {
         .unwrap();
         assert_eq!(r.info.framing, Framing::Length(3));
         assert!(r.info.reusable);
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = header_slots();
         let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", &mut h, false, 8192)
             .unwrap()
             .unwrap();
         assert_eq!(r.info.framing, Framing::UntilClose);
         assert!(!r.info.reusable);
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = header_slots();
         let r = parse_response(
             b"HTTP/1.1 204 No\r\nContent-Length: 3\r\n\r\n",
             &mut h,
@@ -1549,7 +1562,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(r.info.framing, Framing::None);
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = header_slots();
         assert!(parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             &mut h,
@@ -1557,7 +1570,7 @@ mod tests {
             8192
         )
         .is_err());
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = header_slots();
         assert!(parse_response(
             b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n",
             &mut h,
@@ -1574,7 +1587,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nConnection: close, {}\r\nConnection: extra\r\n\r\n",
             names.join(", ")
         );
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = header_slots();
         let p = parse_response(raw.as_bytes(), &mut h, false, 8192)
             .unwrap()
             .unwrap();
@@ -1586,13 +1599,13 @@ mod tests {
         for kept in ["content-type", "authorization", "user-agent", "o41"] {
             assert!(!opts.names(kept), "{kept} would be dropped");
         }
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = header_slots();
         let plain = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\n\r\n";
         let p = parse_response(plain, &mut h, false, 8192).unwrap().unwrap();
         assert!(!ConnectionOptions::collect(p.headers).names("keep-alive-x"));
         // A few names: kept inline, matched regardless of case.
         let few = b"HTTP/1.1 200 OK\r\nConnection: close, X-One\r\nConnection: x-two\r\n\r\n";
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = header_slots();
         let p = parse_response(few, &mut h, false, 8192).unwrap().unwrap();
         let opts = ConnectionOptions::collect(p.headers);
         assert!(opts.names("x-one") && opts.names("X-TWO") && !opts.names("close"));
@@ -1620,7 +1633,7 @@ mod tests {
                 end = (end + piece).min(head.len());
                 if scan.ready(&head[..end], &limits) {
                     parses += 1;
-                    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let mut h = header_slots();
                     complete = parse_request(&head[..end], &mut h, &limits)
                         .expect("valid head")
                         .is_some();

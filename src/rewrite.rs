@@ -315,7 +315,7 @@ mod tests {
     fn copy_headers_copies_runs_and_cleans_space_before_colon() {
         let raw =
             b"HTTP/1.1 200 OK\r\nA: 1\r\nB:  2 \r\nDrop: x\r\nC : 3\r\nD: 4\r\nE: 5\r\n\r\nbody";
-        let mut h = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+        let mut h = h1::header_slots();
         let p = h1::parse_response(raw, &mut h, false, 8192)
             .unwrap()
             .unwrap();

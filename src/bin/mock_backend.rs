@@ -194,7 +194,7 @@ async fn connection(mut s: TcpStream, port: u16) {
         // Read and parse a head.
         let mut plan = loop {
             if start < buf.len() {
-                let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+                let mut headers = h1::header_slots();
                 match h1::parse_request(&buf[start..], &mut headers, &limits) {
                     Ok(Some(p)) => {
                         let plan = make_plan(&p, port);
