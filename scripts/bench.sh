@@ -16,6 +16,8 @@
 #              mode tcp, a blind relay that does no HTTP work: the floor, not a peer)
 #   gateway-spin  1 worker, busy_poll: 200us  :18084  (get-c1 only: the opt-in setting that
 #              polls the ring instead of sleeping between requests; idle otherwise)
+#   gateway-splice  1 worker, splice: true    :18085  (1 MiB scenarios only: the opt-in
+#              setting that splices long bodies socket to socket)
 # Pinning: loadgen (1 thread) and the mock backends on core 0, the proxy under test alone
 # on core 1 (all four proxies run all the time, idle when not measured).
 #
@@ -33,7 +35,8 @@
 # requests loadgen reports (the primary figure), and the utilization of core 0 (load) and
 # core 1 (proxy) from /proc/stat over the same window.
 #
-# Output: bench/results/<YYYY-MM-DD>/ (--quick: <YYYY-MM-DD>-quick/): report.md, the
+# Output: bench/results/<YYYY-MM-DD>/ (--quick: <YYYY-MM-DD>-quick/; a later run the same day
+# -2, -3, ...: never overwritten): report.md, the
 # loadgen .json/.hgrm files (<scenario>/r<N>/<target>.*), plot-<scenario>.svg, runs.tsv;
 # process logs and rendered configs in tmp/ (git-ignored).
 #
@@ -68,6 +71,7 @@ HAPROXY_PORT=18082
 TCP_PORT=18083 # HAProxy in mode tcp: the tcp-relay target
 SPIN_PORT=18084 # the gateway with busy_poll: the gateway-spin target
 SPIN_POLL=200us
+SPLICE_PORT=18085 # the gateway with splice: true: the gateway-splice target
 B1=19001 B2=19002 B3=19003
 BDOWN=19004 # nothing listens here: the "down" backend of the breaker scenario
 LOAD_CORE=0
@@ -91,6 +95,11 @@ nice_cmd=()
 date_dir=$(date -u +%F)
 ((quick)) && date_dir="$date_dir-quick"
 out=${BENCH_OUT:-bench/results/$date_dir}
+# A second run on the same day gets its own directory (…-2, …-3): never overwrite results.
+if [[ -z "${BENCH_OUT:-}" ]]; then
+  n=2
+  while [[ -e "$out" ]]; do out="bench/results/$date_dir-$n" n=$((n + 1)); done
+fi
 command_line="scripts/bench.sh${*:+ $*}"
 for v in CARGO_TARGET_DIR BENCH_OUT BENCH_RATE BENCH_ROUNDS BENCH_DURATION BENCH_WARMUP \
   BENCH_SCENARIOS BENCH_NICE BENCH_PERF; do
@@ -173,7 +182,7 @@ trap 'exit 130' INT TERM
 pids+=($!)
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $TCP_PORT $SPIN_PORT $B1 $B2 $B3 $BDOWN; do
+for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $TCP_PORT $SPIN_PORT $SPLICE_PORT $B1 $B2 $B3 $BDOWN; do
   port_free "$p" || { echo "bench.sh: port $p is in use on 127.0.0.1" >&2; exit 1; }
 done
 
@@ -242,6 +251,13 @@ RUST_LOG=warn "${nice_cmd[@]}" taskset -c "$PROXY_CORE" "$bin/gateway" \
 spin_pid=$!
 pids+=($spin_pid)
 wait_listening $SPIN_PORT gateway-spin
+sed -e "s/^listen: .*/listen: 127.0.0.1:$SPLICE_PORT/" -e "1i splice: true" \
+  "$tmp/gateway.yaml" >"$tmp/gateway-splice.yaml"
+RUST_LOG=warn "${nice_cmd[@]}" taskset -c "$PROXY_CORE" "$bin/gateway" \
+  --config "$tmp/gateway-splice.yaml" >"$tmp/gateway-splice.log" 2>&1 &
+splice_pid=$!
+pids+=($splice_pid)
+wait_listening $SPLICE_PORT gateway-splice
 
 render bench/peers/nginx.conf "$tmp/nginx.conf"
 mkdir -p "$tmp/nginx-client-body" "$tmp/nginx-proxy-temp"
@@ -309,6 +325,7 @@ printf 'scenario\tround\ttarget\tjson\tproxy_ticks\tbackend_ticks\tloadgen_ticks
 target_pid() {
   case "$1" in
     gateway-spin) echo "$spin_pid" ;;
+    gateway-splice) echo "$splice_pid" ;;
     gateway*) echo "$gw_pid" ;; nginx*) echo "$nginx_pid" ;; haproxy*) echo "$haproxy_pid" ;;
     tcp-relay) echo "$tcp_pid" ;; *) echo "" ;;
   esac
@@ -324,6 +341,7 @@ target_url() {
     tcp-relay) echo "http://127.0.0.1:$TCP_PORT/v1/proxy/bench/$path" ;;
     gateway-1down) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench-down/$path" ;;
     gateway-spin) echo "http://127.0.0.1:$SPIN_PORT/v1/proxy/bench/$path" ;;
+    gateway-splice) echo "http://127.0.0.1:$SPLICE_PORT/v1/proxy/bench/$path" ;;
     gateway-limited) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench-limited/$path" ;;
     nginx-1down) echo "http://127.0.0.1:$NGINX_PORT/v1/proxy/bench-down/$path" ;;
     haproxy-1down) echo "http://127.0.0.1:$HAPROXY_PORT/v1/proxy/bench-down/$path" ;;
@@ -373,8 +391,8 @@ scenario_targets() {
     breaker) echo "gateway-1down nginx-1down haproxy-1down" ;;
     limits) echo "gateway gateway-limited" ;;
     get-c1) echo "direct gateway gateway-spin nginx haproxy tcp-relay" ;;
-    get-c64 | get-c256 | post16k-c64 | upload-1m | download-1m)
-      echo "direct gateway nginx haproxy tcp-relay" ;;
+    get-c64 | get-c256 | post16k-c64) echo "direct gateway nginx haproxy tcp-relay" ;;
+    upload-1m | download-1m) echo "direct gateway gateway-splice nginx haproxy tcp-relay" ;;
     open-loop | get-c10k) echo "direct gateway nginx haproxy" ;;
     *) echo "bench.sh: unknown scenario $1" >&2; exit 2 ;;
   esac
@@ -494,7 +512,7 @@ PY
   echo "quick=$quick"
   echo "load_core=$LOAD_CORE"
   echo "proxy_core=$PROXY_CORE"
-  echo "ports=gateway $GW_PORT, gateway-spin $SPIN_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, tcp-relay $TCP_PORT, backends $B1 $B2 $B3, down $BDOWN"
+  echo "ports=gateway $GW_PORT, gateway-spin $SPIN_PORT, gateway-splice $SPLICE_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, tcp-relay $TCP_PORT, backends $B1 $B2 $B3, down $BDOWN"
 } >"$out/meta.txt"
 
 # --- the run ----------------------------------------------------------------------------

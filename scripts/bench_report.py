@@ -20,6 +20,7 @@ PEERS = ("nginx", "haproxy")
 RELAY = "tcp-relay"
 SPIN = "gateway-spin"  # the gateway with busy_poll (get-c1)
 SPIN_POLL = "200us"
+SPLICE = "gateway-splice"  # the gateway with splice: true (1 MiB scenarios)
 
 SCENARIOS = {
     "get-c1": "GET, 1 connection (closed loop)",
@@ -457,25 +458,37 @@ def spin_rows(s, d, best, who):
 
 
 def per_mib_rows(summary):
-    """upload-1m / download-1m: CPU per MiB of body vs the better peer."""
+    """upload-1m / download-1m: CPU per MiB of body vs the better peer (the gateway as
+    configured by default, then with `splice: true`, the gateway-splice target)."""
     rows = []
     for scen, mib in MIB_PER_REQUEST.items():
         s = summary.get(scen, {})
-        g = s.get("gateway")
-        if not g or g["cpu_us"] is None:
-            continue
-        best, who = better_peer(s, "cpu_us", False)
-        r = ratio(g["cpu_us"], best)
-        tr = s.get(RELAY)
-        relay = (f"; {RELAY} {tr['cpu_us'] / mib:.0f} µs"
-                 if tr and tr["cpu_us"] is not None else "")
-        rows.append((
-            f"CPU per MiB ≤ 0.8× the better peer ({scen})",
-            f"gateway {g['cpu_us'] / mib:.0f} µs/MiB vs {who} {best / mib:.0f} µs/MiB = "
-            f"{r:.2f}×{relay}" if r else "—",
-            (verdict(r <= 0.8) + disturbed_note(g, s.get(who))) if r else verdict(None),
-        ))
+        rows += mib_rows(scen, mib, s, "gateway")
+        rows += mib_rows(scen, mib, s, SPLICE)
     return rows
+
+
+def mib_rows(scen, mib, s, target):
+    """One CPU-per-MiB row for `target` (gateway or gateway-splice), with req/s beside it:
+    splicing moves work to the senders, which share the load core here."""
+    g = s.get(target)
+    if not g or g["cpu_us"] is None:
+        return []
+    best, who = better_peer(s, "cpu_us", False)
+    r = ratio(g["cpu_us"], best)
+    tr = s.get(RELAY)
+    relay = (f"; {RELAY} {tr['cpu_us'] / mib:.0f} µs"
+             if tr and tr["cpu_us"] is not None else "")
+    rps_best, rps_who = better_peer(s, "rps", True)
+    rps = (f"; req/s {g['rps']:.0f} vs {rps_who} {rps_best:.0f}"
+           if rps_best and g["rps"] is not None else "")
+    label = "" if target == "gateway" else " with `splice: true` (opt-in)"
+    return [(
+        f"CPU per MiB ≤ 0.8× the better peer ({scen}){label}",
+        f"{target} {g['cpu_us'] / mib:.0f} µs/MiB vs {who} {best / mib:.0f} µs/MiB = "
+        f"{r:.2f}×{relay}{rps}" if r else "—",
+        (verdict(r <= 0.8) + disturbed_note(g, s.get(who))) if r else verdict(None),
+    )]
 
 
 def connections_rows(summary):

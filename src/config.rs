@@ -72,7 +72,8 @@ pub struct Config {
     /// Keep polling the ring for this long after the last request began or ended before
     /// a worker sleeps (None: sleep at once). Bound at start.
     pub busy_poll: Option<Duration>,
-    /// Splice long Content-Length bodies socket to socket (see `splice.rs`). Bound at start.
+    /// Splice long Content-Length bodies socket to socket (see `splice.rs`; off unless
+    /// set). Bound at start.
     pub splice: bool,
     /// `rate_limit_headers`, `rate_limit_table`, `trusted_proxies`.
     pub admission: crate::admission::Settings,
@@ -935,7 +936,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         pool,
         dns_refresh,
         busy_poll,
-        splice: raw.splice.unwrap_or(true),
+        splice: raw.splice.unwrap_or(false),
         admission,
         services,
         cluster,
@@ -1119,11 +1120,11 @@ mod tests {
     }
 
     #[test]
-    fn splice_is_on_unless_turned_off() {
+    fn splice_is_off_unless_turned_on() {
         let svc = "services:\n  a: [http://localhost:1]\n";
-        assert!(Config::parse(svc).unwrap().splice);
+        assert!(!Config::parse(svc).unwrap().splice);
         assert!(
-            !Config::parse(&format!("splice: false\n{svc}"))
+            Config::parse(&format!("splice: true\n{svc}"))
                 .unwrap()
                 .splice
         );

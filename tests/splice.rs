@@ -1,5 +1,6 @@
-//! Long Content-Length bodies, which the gateway splices socket to socket: they end exactly
-//! at their length on both sides, an aborted one never leaves bytes for the next.
+//! Long Content-Length bodies, which the gateway splices socket to socket with `splice:
+//! true` (and reads and writes without): they end exactly at their length on both sides,
+//! an aborted one never leaves bytes for the next.
 
 mod common;
 
@@ -18,6 +19,8 @@ fn fnv(data: &[u8]) -> String {
     format!("{h:016x}")
 }
 
+const SPLICE: &str = "splice: true\n";
+
 /// A response with a body of `len` bytes, all `fill`.
 fn big_response(len: usize, fill: u8) -> Vec<u8> {
     let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").into_bytes();
@@ -27,10 +30,10 @@ fn big_response(len: usize, fill: u8) -> Vec<u8> {
 
 /// Uploads of 64 KiB to 1 MiB, the next request in the same write as the body's last
 /// bytes and split at every kind of place: each body arrives whole and alone, and the next
-/// request is answered. The same with `splice: false` (read and written by the gateway).
+/// request is answered. The same without `splice` (read and written by the gateway).
 #[test]
 fn a_spliced_upload_ends_at_its_length_and_the_next_request_is_served() {
-    for extra in ["", "splice: false\n"] {
+    for extra in [SPLICE, ""] {
         upload_then_next_request(extra);
     }
 }
@@ -75,10 +78,20 @@ fn upload_then_next_request(extra: &str) {
 /// the body only, and the extra bytes are never read as the answer to a later request.
 #[test]
 fn bytes_a_backend_sends_past_a_long_body_reach_no_one() {
+    for extra in [SPLICE, ""] {
+        past_the_body(extra);
+    }
+}
+
+fn past_the_body(extra: &str) {
     let mut reply = big_response(300 * 1024, b'a');
     reply.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nEVIL!");
     let rec = Recorder::start(Mode::Reply(reply));
-    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", rec.addr)));
+    let g = gateway(&config(
+        1,
+        extra,
+        &format!("  svc: [http://{}]\n", rec.addr),
+    ));
     let mut c = Client::connect(g.addr);
     for i in 0..3 {
         c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
@@ -127,7 +140,7 @@ fn a_long_body_cut_by_the_backend_reaches_the_client_as_aborted() {
             let _ = s.write_all(&reply);
         }
     });
-    let g = gateway(&config(1, "", &format!("  svc: [http://{addr}]\n")));
+    let g = gateway(&config(1, SPLICE, &format!("  svc: [http://{addr}]\n")));
     let mut s = TcpStream::connect(g.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n")
@@ -160,7 +173,7 @@ fn an_abandoned_download_leaves_nothing_for_the_next_one() {
     let b = Recorder::start(Mode::Reply(big_response(1024 * 1024, b'B')));
     let g = gateway(&config(
         1,
-        "",
+        SPLICE,
         &format!("  a: [http://{}]\n  b: [http://{}]\n", a.addr, b.addr),
     ));
     for round in 0..5 {
