@@ -13,6 +13,7 @@
 //! - [`breaker`]: the packed per-backend circuit breaker word
 //! - [`pool`]: per-worker idle upstream connections, checked clean when handed out
 //! - [`relay`]: bodies streamed and re-framed
+//! - [`splice`]: long bodies moved socket to socket in the kernel (`splice: true`)
 //! - [`error`]: the responses the gateway makes itself
 //! - [`date`]: the `Date` header line, formatted once a second per worker
 //! - [`io`]: split sockets, owned-buffer reads and writes with deadlines
