@@ -221,7 +221,16 @@ type Runtime = FusionRuntime<
 /// worker asks for them, in one batch, never by interrupting it: Linux 6.1+), else
 /// SINGLE_ISSUER + COOP_TASKRUN (no cross-core interrupts for completions; see design.md
 /// §7), then plain io_uring, then epoll. Returns the runtime and its name.
+///
+/// `GATEWAY_DRIVER=epoll` in the environment skips io_uring: the fallback a kernel without
+/// it (or a seccomp profile that forbids it) gets, on demand, to test or compare.
 fn build_runtime() -> io::Result<(Runtime, &'static str)> {
+    if std::env::var_os("GATEWAY_DRIVER").is_some_and(|v| v == "epoll") {
+        return RuntimeBuilder::<LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|rt| (FusionRuntime::Legacy(rt), "epoll"));
+    }
     for (defer, name) in [
         (true, "io_uring (single issuer, defer taskrun)"),
         (false, "io_uring (single issuer, coop taskrun)"),

@@ -39,8 +39,15 @@ fn a_spliced_upload_ends_at_its_length_and_the_next_request_is_served() {
 }
 
 fn upload_then_next_request(extra: &str) {
+    upload_then_next_request_on(extra, &[]);
+}
+
+fn upload_then_next_request_on(extra: &str, env: &[(&str, &str)]) {
     let b = mock_backend();
-    let g = gateway(&config(1, extra, &format!("  svc: [http://{}]\n", b.addr)));
+    let g = gateway_with_env(
+        &config(1, extra, &format!("  svc: [http://{}]\n", b.addr)),
+        env,
+    );
     let mut c = Client::connect(g.addr);
     for (kib, split) in [(64, 1), (65, 4096), (200, 65536), (1024, 7), (300, 0)] {
         let body: Vec<u8> = (0..kib * 1024).map(|i| (i * 31 % 253) as u8).collect();
@@ -169,13 +176,20 @@ fn a_long_body_cut_by_the_backend_reaches_the_client_as_aborted() {
 /// must never reach the next client. One worker, so both transfers share its pipes.
 #[test]
 fn an_abandoned_download_leaves_nothing_for_the_next_one() {
+    abandoned_then_next(SPLICE, &[]);
+}
+
+fn abandoned_then_next(extra: &str, env: &[(&str, &str)]) {
     let a = Recorder::start(Mode::Reply(big_response(8 * 1024 * 1024, b'A')));
     let b = Recorder::start(Mode::Reply(big_response(1024 * 1024, b'B')));
-    let g = gateway(&config(
-        1,
-        SPLICE,
-        &format!("  a: [http://{}]\n  b: [http://{}]\n", a.addr, b.addr),
-    ));
+    let g = gateway_with_env(
+        &config(
+            1,
+            extra,
+            &format!("  a: [http://{}]\n  b: [http://{}]\n", a.addr, b.addr),
+        ),
+        env,
+    );
     for round in 0..5 {
         // Ask for 8 MiB, read a little, stop reading until the gateway is stuck on a full
         // socket (its pipe full too), then reset the connection.
@@ -203,4 +217,44 @@ fn an_abandoned_download_leaves_nothing_for_the_next_one() {
             "round {round}: {foreign} bytes of another response"
         );
     }
+}
+
+/// Descriptors of `pid` that are io_uring instances.
+fn io_urings(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|t| t.to_string_lossy().contains("io_uring"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The epoll fallback (`GATEWAY_DRIVER=epoll`, what a kernel without io_uring gets) with
+/// `splice` and `busy_poll` on: uploads end at their length, an abandoned download leaves
+/// nothing behind, and the gateway really runs without a ring.
+#[test]
+fn splice_and_busy_poll_hold_on_the_epoll_fallback() {
+    let env = [("GATEWAY_DRIVER", "epoll")];
+    let extra = "splice: true\nbusy_poll: 200us\n";
+    let b = mock_backend();
+    let g = gateway_with_env(
+        &config(1, extra, &format!("  svc: [http://{}]\n", b.addr)),
+        &env,
+    );
+    // Once a request went through, the worker's runtime exists: it must have no ring.
+    assert_eq!(get(g.addr, "/v1/proxy/svc/x").status, 200);
+    assert_eq!(
+        io_urings(g.child.id()),
+        0,
+        "GATEWAY_DRIVER=epoll still made a ring"
+    );
+    let ring = gateway(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
+    assert_eq!(get(ring.addr, "/v1/proxy/svc/x").status, 200);
+    assert!(
+        io_urings(ring.child.id()) > 0,
+        "the check sees no ring at all"
+    );
+    upload_then_next_request_on(extra, &env);
+    abandoned_then_next(extra, &env);
 }

@@ -145,12 +145,16 @@ fn pinned_workers_stay_on_the_cpus_the_process_was_given() {
 
 /// `busy_poll`: while requests keep coming, the worker polls its ring instead of sleeping
 /// between them (few voluntary context switches for many requests; without it, about one
-/// per request), and once they stop it sleeps again (the thread's state is `S`).
+/// per request), and once they stop it sleeps again (the thread's state is `S`). The same on
+/// the epoll fallback (`GATEWAY_DRIVER=epoll`).
 #[test]
 fn busy_poll_keeps_the_worker_awake_between_requests_and_lets_it_sleep_when_idle() {
     let b = mock_backend();
-    let run = |extra: &str| -> u64 {
-        let g = gateway(&config(1, extra, &format!("  svc: [http://{}]\n", b.addr)));
+    let run = |extra: &str, env: &[(&str, &str)]| -> u64 {
+        let g = gateway_with_env(
+            &config(1, extra, &format!("  svc: [http://{}]\n", b.addr)),
+            env,
+        );
         let pid = g.child.id();
         assert_eq!(workers_when(pid, 1, |_| true).len(), 1);
         let mut c = Client::connect(g.addr);
@@ -179,11 +183,14 @@ fn busy_poll_keeps_the_worker_awake_between_requests_and_lets_it_sleep_when_idle
         );
         switches
     };
-    let polling = run("busy_poll: 5ms");
-    let sleeping = run("");
-    println!("voluntary switches for 400 requests: {polling} with busy_poll, {sleeping} without");
-    assert!(
-        polling * 4 < sleeping,
-        "busy_poll: {polling} voluntary switches for 400 requests, {sleeping} without"
-    );
+    let epoll = [("GATEWAY_DRIVER", "epoll")];
+    for env in [&[][..], &epoll[..]] {
+        let polling = run("busy_poll: 5ms", env);
+        let sleeping = run("", env);
+        println!("voluntary switches for 400 requests ({env:?}): {polling} with busy_poll, {sleeping} without");
+        assert!(
+            polling * 4 < sleeping,
+            "busy_poll ({env:?}): {polling} voluntary switches for 400 requests, {sleeping} without"
+        );
+    }
 }

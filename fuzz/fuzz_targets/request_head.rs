@@ -13,12 +13,12 @@ const LIMITS: HeadLimits = HeadLimits {
 };
 
 fn parse(data: &[u8]) -> Result<Option<(RequestInfo, usize)>, h1::RequestError> {
-    let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+    let mut headers = h1::header_slots();
     h1::parse_request(data, &mut headers, &LIMITS).map(|o| o.map(|p| (p.info, p.head_len)))
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+    let mut headers = h1::header_slots();
     let Ok(Some(p)) = h1::parse_request(data, &mut headers, &LIMITS) else {
         return;
     };

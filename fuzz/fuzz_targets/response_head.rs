@@ -11,7 +11,7 @@ const MAX_HEAD: usize = 8192;
 fuzz_target!(|data: &[u8]| {
     let [flag, buf @ ..] = data else { return };
     let head_request = flag & 1 == 1;
-    let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+    let mut headers = h1::header_slots();
     let Ok(Some(p)) = h1::parse_response(buf, &mut headers, head_request, MAX_HEAD) else {
         return;
     };
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         Framing::None => {}
     }
     let info2 = {
-        let mut h2 = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+        let mut h2 = h1::header_slots();
         h1::parse_response(&buf[..info.head_len], &mut h2, head_request, MAX_HEAD)
             .map(|o| o.map(|p| p.info))
     };

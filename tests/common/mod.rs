@@ -114,6 +114,11 @@ pub fn signal(child: &Child, sig: i32) {
 
 /// Starts a gateway on `yaml` (which should say `listen: 127.0.0.1:0`).
 pub fn gateway(yaml: &str) -> Proc {
+    gateway_with_env(yaml, &[])
+}
+
+/// [`gateway`] with extra environment variables (e.g. `GATEWAY_DRIVER=epoll`).
+pub fn gateway_with_env(yaml: &str, env: &[(&str, &str)]) -> Proc {
     let path = std::env::temp_dir().join(format!(
         "gateway-test-{}-{}.yaml",
         std::process::id(),
@@ -122,6 +127,7 @@ pub fn gateway(yaml: &str) -> Proc {
     std::fs::write(&path, yaml).expect("write config");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
     cmd.arg("--config").arg(&path).env("RUST_LOG", "warn");
+    cmd.envs(env.iter().copied());
     let (child, addr) = start(cmd);
     Proc {
         child,
