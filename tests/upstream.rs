@@ -878,3 +878,56 @@ fn a_400_is_logged_with_its_own_target() {
         "the 400 was logged with the previous request's target: {line}"
     );
 }
+
+/// A burst of 150 concurrent requests opens about 150 backend connections; they are kept
+/// (the default pool holds up to 4096 idle per backend per worker) and the next burst
+/// reuses them instead of connecting again. With the old default of 64, every burst
+/// closed 86 connections and opened them again: at 256 and 10 000 client connections that
+/// churn was the gateway's p99 (bench: 11–18k connects in 5 s at 256 connections).
+#[test]
+fn a_second_burst_of_concurrent_requests_reuses_the_first_ones_connections() {
+    let b = mock_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let connects = || -> f64 {
+        let metrics = String::from_utf8(get(g.admin, "/metrics").body).unwrap();
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("gateway_upstream_connect_seconds_count{service=\"svc\"} ")
+            })
+            .map_or(0.0, |v| v.trim().parse().expect("value"))
+    };
+    let burst = || {
+        let addr = g.proc.addr;
+        let threads: Vec<_> = (0..150)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    c.send(
+                        b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 300\r\n\r\n",
+                    );
+                    c.read_response().status
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), 200);
+        }
+    };
+    burst();
+    let first = connects();
+    assert!(
+        first >= 100.0,
+        "the first burst opened only {first} connections"
+    );
+    burst();
+    let second = connects() - first;
+    assert!(
+        second <= 15.0,
+        "the second burst opened {second} more connections (first: {first})"
+    );
+}
