@@ -175,18 +175,8 @@ pub async fn write_all<W: AsyncWriteRent>(
     out: &mut Vec<u8>,
     deadline: Duration,
 ) -> io::Result<()> {
-    let b = std::mem::take(out);
-    let cap = b.capacity();
-    match monoio::time::timeout(deadline, stream.write_all(b)).await {
-        Ok((res, b)) => {
-            *out = b;
-            res.map(|_| ())
-        }
-        Err(_) => {
-            *out = Vec::with_capacity(cap);
-            Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
-        }
-    }
+    let len = out.len();
+    write_range(stream, out, 0, len, deadline).await
 }
 
 /// Writes all of `buf[from..to]`; on success `buf` keeps its contents. On timeout the error

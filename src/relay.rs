@@ -67,8 +67,7 @@ impl BodyRelay {
         let used = match self.framing {
             Framing::None => 0,
             Framing::Length(_) => {
-                let take = (input.len() as u64).min(self.remaining) as usize;
-                self.remaining -= take as u64;
+                let take = self.count_length(input.len());
                 self.emit(out, &input[..take]);
                 if self.remaining == 0 {
                     self.finish(out);
@@ -112,6 +111,13 @@ impl BodyRelay {
         }
     }
 
+    /// Counts up to `avail` bytes of a Content-Length body as read; returns how many.
+    fn count_length(&mut self, avail: usize) -> usize {
+        let take = (avail as u64).min(self.remaining) as usize;
+        self.remaining -= take as u64;
+        take
+    }
+
     /// For a body that goes out as it came in (Content-Length or until close, not
     /// re-encoded as chunked): counts up to `avail` bytes just read as body and returns how
     /// many belong to it, which the caller writes straight from its read buffer (no copy
@@ -122,8 +128,7 @@ impl BodyRelay {
         }
         match self.framing {
             Framing::Length(_) => {
-                let take = (avail as u64).min(self.remaining) as usize;
-                self.remaining -= take as u64;
+                let take = self.count_length(avail);
                 self.done = self.remaining == 0;
                 Some(take)
             }
@@ -178,7 +183,7 @@ pub async fn pump(
     let mut written = 0u64;
     while !relay.done {
         let long = relay.spliceable();
-        if long > 0 && *start == buf.len() {
+        if long > 0 && *start == buf.len() && pipes.on() {
             match pipes
                 .transfer(src, dst, long, timeout, |n| {
                     written += n;
@@ -191,7 +196,7 @@ pub async fn pump(
                     relay.done = true;
                     break;
                 }
-                Err(None) => {} // no pipe to be had: copy as usual
+                Err(None) => {} // no pipe to be had (EMFILE): copy as usual
                 Err(Some(SpliceError::Src)) => return Err(BodyError::SrcIo),
                 Err(Some(SpliceError::Dst)) => return Err(BodyError::DstIo),
             }

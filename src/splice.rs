@@ -83,6 +83,11 @@ pub enum SpliceError {
 }
 
 impl Pipes {
+    /// Whether this worker splices at all (`splice: true`).
+    pub fn on(&self) -> bool {
+        !self.off.get()
+    }
+
     fn lease(&self) -> io::Result<Lease<'_>> {
         let pipe = match self.spare.borrow_mut().pop() {
             Some(p) => p,
@@ -96,8 +101,8 @@ impl Pipes {
     }
 
     /// Moves exactly `len` bytes from `src` to `dst`, calling `progress` after each part
-    /// written; every wait for either side is bounded by `timeout`. Err(None) when splicing
-    /// is off or no pipe could be had (nothing was moved: the caller copies instead).
+    /// written; every wait for either side is bounded by `timeout`. Err(None) when no pipe
+    /// could be had (nothing was moved: the caller copies instead).
     pub async fn transfer(
         &self,
         src: &mut ReadHalf,
@@ -106,9 +111,6 @@ impl Pipes {
         timeout: Duration,
         mut progress: impl FnMut(u64),
     ) -> Result<(), Option<SpliceError>> {
-        if self.off.get() {
-            return Err(None);
-        }
         let mut lease = self.lease().map_err(|_| None)?;
         let (pr, pw) = match &lease.pipe {
             Some(p) => (p.r.as_raw_fd(), p.w.as_raw_fd()),

@@ -258,3 +258,38 @@ fn splice_and_busy_poll_hold_on_the_epoll_fallback() {
     upload_then_next_request_on(extra, &env);
     abandoned_then_next(extra, &env);
 }
+
+/// Pipes the process holds (both ends count).
+fn pipes(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|t| t.to_string_lossy().starts_with("pipe:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// With `splice: true` a long download goes through a pipe, which stays in the worker's
+/// pool afterwards (two more pipe ends in the process, however many bodies followed);
+/// without it, no pipe is made.
+#[test]
+fn a_long_body_goes_through_a_pipe_only_with_splice_on() {
+    let rec = Recorder::start(Mode::Reply(big_response(1024 * 1024, b'p')));
+    for (extra, more) in [(SPLICE, 2), ("", 0)] {
+        let g = gateway(&config(
+            1,
+            extra,
+            &format!("  svc: [http://{}]\n", rec.addr),
+        ));
+        std::thread::sleep(Duration::from_millis(200)); // the worker is up
+        let before = pipes(g.child.id());
+        let mut c = Client::connect(g.addr);
+        for _ in 0..3 {
+            c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+            let r = c.read_response();
+            assert!(r.body.len() == 1024 * 1024 && r.body.iter().all(|&b| b == b'p'));
+        }
+        assert_eq!(pipes(g.child.id()), before + more, "{extra:?}");
+    }
+}
