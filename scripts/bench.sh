@@ -242,22 +242,21 @@ gw_pid=$!
 pids+=($gw_pid)
 wait_listening $GW_PORT gateway
 
-# The same gateway with busy_poll (its own process, so that the setting, which is bound at
-# start, does not touch the other scenarios).
-sed -e "s/^listen: .*/listen: 127.0.0.1:$SPIN_PORT/" -e "1i busy_poll: $SPIN_POLL" \
-  "$tmp/gateway.yaml" >"$tmp/gateway-spin.yaml"
-RUST_LOG=warn "${nice_cmd[@]}" taskset -c "$PROXY_CORE" "$bin/gateway" \
-  --config "$tmp/gateway-spin.yaml" >"$tmp/gateway-spin.log" 2>&1 &
-spin_pid=$!
-pids+=($spin_pid)
-wait_listening $SPIN_PORT gateway-spin
-sed -e "s/^listen: .*/listen: 127.0.0.1:$SPLICE_PORT/" -e "1i splice: true" \
-  "$tmp/gateway.yaml" >"$tmp/gateway-splice.yaml"
-RUST_LOG=warn "${nice_cmd[@]}" taskset -c "$PROXY_CORE" "$bin/gateway" \
-  --config "$tmp/gateway-splice.yaml" >"$tmp/gateway-splice.log" 2>&1 &
-splice_pid=$!
-pids+=($splice_pid)
-wait_listening $SPLICE_PORT gateway-splice
+# start_variant NAME PORT SETTING: the same gateway with one more setting, in its own process
+# (busy_poll and splice are bound at start, so they must not touch the other scenarios).
+# Sets variant_pid.
+start_variant() {
+  sed -e "s/^listen: .*/listen: 127.0.0.1:$2/" -e "1i $3" "$tmp/gateway.yaml" >"$tmp/$1.yaml"
+  RUST_LOG=warn "${nice_cmd[@]}" taskset -c "$PROXY_CORE" "$bin/gateway" \
+    --config "$tmp/$1.yaml" >"$tmp/$1.log" 2>&1 &
+  variant_pid=$!
+  pids+=($variant_pid)
+  wait_listening "$2" "$1"
+}
+start_variant gateway-spin $SPIN_PORT "busy_poll: $SPIN_POLL"
+spin_pid=$variant_pid
+start_variant gateway-splice $SPLICE_PORT "splice: true"
+splice_pid=$variant_pid
 
 render bench/peers/nginx.conf "$tmp/nginx.conf"
 mkdir -p "$tmp/nginx-client-body" "$tmp/nginx-proxy-temp"

@@ -25,7 +25,7 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Idle upstream connections kept per worker per backend. It never raises the peak number
 /// of connections (the pool opens none by itself; these were all in use a moment ago), it
 /// only decides whether a burst's connections are kept for the next burst (until
-/// `idle_timeout`) or closed and opened again. 64 made the gateway reconnect for ~10% of
+/// `idle_timeout`) or closed and opened again. 64 made the gateway reconnect for 4–8% of
 /// requests at 256 client connections; HAProxy and Envoy keep idle connections uncapped.
 pub const DEFAULT_POOL_MAX_IDLE: usize = 4096;
 pub const DEFAULT_MAX_HEAD_BYTES: usize = 32 * 1024;
