@@ -219,12 +219,13 @@ fn abandoned_then_next(extra: &str, env: &[(&str, &str)]) {
     }
 }
 
-/// Descriptors of `pid` that are io_uring instances.
-fn io_urings(pid: u32) -> usize {
+/// Descriptors of `pid` whose link (e.g. `anon_inode:[io_uring]`, `pipe:[123]`) contains
+/// `what`.
+fn fds_of(pid: u32, what: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter(|t| t.to_string_lossy().contains("io_uring"))
+                .filter(|t| t.to_string_lossy().contains(what))
                 .count()
         })
         .unwrap_or(0)
@@ -245,29 +246,18 @@ fn splice_and_busy_poll_hold_on_the_epoll_fallback() {
     // Once a request went through, the worker's runtime exists: it must have no ring.
     assert_eq!(get(g.addr, "/v1/proxy/svc/x").status, 200);
     assert_eq!(
-        io_urings(g.child.id()),
+        fds_of(g.child.id(), "io_uring"),
         0,
         "GATEWAY_DRIVER=epoll still made a ring"
     );
     let ring = gateway(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
     assert_eq!(get(ring.addr, "/v1/proxy/svc/x").status, 200);
     assert!(
-        io_urings(ring.child.id()) > 0,
+        fds_of(ring.child.id(), "io_uring") > 0,
         "the check sees no ring at all"
     );
     upload_then_next_request_on(extra, &env);
     abandoned_then_next(extra, &env);
-}
-
-/// Pipes the process holds (both ends count).
-fn pipes(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter(|t| t.to_string_lossy().starts_with("pipe:"))
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 /// With `splice: true` a long download goes through a pipe, which stays in the worker's
@@ -283,13 +273,13 @@ fn a_long_body_goes_through_a_pipe_only_with_splice_on() {
             &format!("  svc: [http://{}]\n", rec.addr),
         ));
         std::thread::sleep(Duration::from_millis(200)); // the worker is up
-        let before = pipes(g.child.id());
+        let before = fds_of(g.child.id(), "pipe:");
         let mut c = Client::connect(g.addr);
         for _ in 0..3 {
             c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
             let r = c.read_response();
             assert!(r.body.len() == 1024 * 1024 && r.body.iter().all(|&b| b == b'p'));
         }
-        assert_eq!(pipes(g.child.id()), before + more, "{extra:?}");
+        assert_eq!(fds_of(g.child.id(), "pipe:"), before + more, "{extra:?}");
     }
 }
