@@ -361,6 +361,7 @@ fn check_rejects_bad_limits_naming_the_key_and_shows_the_table() {
             .arg(&path)
             .output()
             .unwrap();
+        let _ = std::fs::remove_file(&path);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).to_string()
