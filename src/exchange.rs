@@ -609,7 +609,7 @@ impl Exchange<'_> {
             Either::Left(Err(BodyError::DstIo)) => {}
             Either::Left(Err(e)) => return Err(HeadFail::Client(e)),
         }
-        match monoio::time::timeout(timeouts.response, head).await {
+        match io::timed(timeouts.response, head).await {
             Ok(r) => r,
             Err(_) => Err(HeadFail::Backend(GatewayError::ResponseTimeout)),
         }
@@ -864,7 +864,7 @@ async fn timed_connect(
     timeout: Duration,
 ) -> Result<Socket, GatewayError> {
     let t = Instant::now();
-    let r = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+    let r = match io::timed(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => Ok(Socket::new(s)),
         Ok(Err(_)) => Err(GatewayError::ConnectFailed),
         Err(_) => Err(GatewayError::ConnectTimeout),

@@ -225,6 +225,7 @@ type Runtime = FusionRuntime<
 /// `GATEWAY_DRIVER=epoll` in the environment skips io_uring: the fallback a kernel without
 /// it (or a seccomp profile that forbids it) gets, on demand, to test or compare.
 fn build_runtime() -> io::Result<(Runtime, &'static str)> {
+    crate::io::forget_spare_timers();
     if std::env::var_os("GATEWAY_DRIVER").is_some_and(|v| v == "epoll") {
         return RuntimeBuilder::<LegacyDriver>::new()
             .enable_timer()

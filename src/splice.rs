@@ -133,7 +133,7 @@ impl Pipes {
                     Ok(0) => return Err(Some(SpliceError::Src)), // closed before the end
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        match monoio::time::timeout(timeout, sin.readable(false)).await {
+                        match crate::io::timed(timeout, sin.readable(false)).await {
                             Ok(Ok(())) => {}
                             _ => return Err(Some(SpliceError::Src)),
                         }
@@ -152,7 +152,7 @@ impl Pipes {
                         progress(m as u64);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        match monoio::time::timeout(timeout, sout.writable(false)).await {
+                        match crate::io::timed(timeout, sout.writable(false)).await {
                             Ok(Ok(())) => {}
                             _ => return Err(Some(SpliceError::Dst)),
                         }
