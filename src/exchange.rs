@@ -711,22 +711,12 @@ async fn read_head(
     let mut got_any = false;
     loop {
         if *ustart < ubuf.len() {
-            let mut headers = h1::header_slots();
-            let parsed = h1::parse_response(
-                &ubuf[*ustart..],
-                &mut headers,
-                info.method == Method::Head,
-                cx.max_head,
-            )
-            .map_err(|e| HeadFail::Backend(GatewayError::BadResponse(e.0)))?;
-            if let Some(p) = parsed {
-                let status = p.info.status;
-                if status == 101 {
-                    let err = GatewayError::BadResponse("unexpected_upgrade");
-                    return Err(HeadFail::Backend(err));
+            match parse_head(&ubuf[*ustart..], info, cx.max_head, cx.date, cx.out)? {
+                Parsed::Final(head, head_len) => {
+                    *ustart += head_len;
+                    return Ok(head);
                 }
-                let head_len = p.info.head_len;
-                if status < 200 {
+                Parsed::Interim(head_len) => {
                     // Interim response: pass it on to HTTP/1.1 clients, then read on.
                     if info.minor == 1 {
                         cx.out.clear();
@@ -737,21 +727,7 @@ async fn read_head(
                     *ustart += head_len;
                     continue;
                 }
-                let framing = p.info.framing;
-                let unframed = matches!(framing, Framing::Chunked | Framing::UntilClose);
-                let close_delimited = info.minor == 0 && unframed;
-                let head = ResponseHead {
-                    status,
-                    framing,
-                    reusable: p.info.reusable && !doubtful(&p, info),
-                    client_chunked: info.minor == 1 && unframed,
-                    framed_for_client: !close_delimited,
-                };
-                cx.out.clear();
-                let date = cx.date.line();
-                rewrite::write_response_head(cx.out, &p, info, head.client_chunked, &date);
-                *ustart += head_len;
-                return Ok(head);
+                Parsed::Partial => {}
             }
         }
         // The first read starts right when the request went out, so only later reads
@@ -771,6 +747,57 @@ async fn read_head(
             Read::Eof | Read::Err(_) => return Err(HeadFail::Backend(GatewayError::BackendClosed)),
         }
     }
+}
+
+/// What the bytes in hand hold of a response head.
+enum Parsed {
+    /// The final head (written to the client-bound buffer) and its length.
+    Final(ResponseHead, usize),
+    /// A 1xx head of this length.
+    Interim(usize),
+    /// Not a whole head yet.
+    Partial,
+}
+
+/// Parses the response head at the start of `bytes`; a final one is rewritten into `out`.
+/// Kept out of [`read_head`]'s future: the header slots (4 KiB) would otherwise live in it,
+/// and in every future that awaits it, which are moved around per request.
+fn parse_head(
+    bytes: &[u8],
+    info: RequestInfo,
+    max_head: usize,
+    date: &DateCache,
+    out: &mut Vec<u8>,
+) -> Result<Parsed, HeadFail> {
+    let mut headers = h1::header_slots();
+    let parsed = h1::parse_response(bytes, &mut headers, info.method == Method::Head, max_head)
+        .map_err(|e| HeadFail::Backend(GatewayError::BadResponse(e.0)))?;
+    let Some(p) = parsed else {
+        return Ok(Parsed::Partial);
+    };
+    let status = p.info.status;
+    if status == 101 {
+        let err = GatewayError::BadResponse("unexpected_upgrade");
+        return Err(HeadFail::Backend(err));
+    }
+    let head_len = p.info.head_len;
+    if status < 200 {
+        return Ok(Parsed::Interim(head_len));
+    }
+    let framing = p.info.framing;
+    let unframed = matches!(framing, Framing::Chunked | Framing::UntilClose);
+    let close_delimited = info.minor == 0 && unframed;
+    let head = ResponseHead {
+        status,
+        framing,
+        reusable: p.info.reusable && !doubtful(&p, info),
+        client_chunked: info.minor == 1 && unframed,
+        framed_for_client: !close_delimited,
+    };
+    out.clear();
+    let date = date.line();
+    rewrite::write_response_head(out, &p, info, head.client_chunked, &date);
+    Ok(Parsed::Final(head, head_len))
 }
 
 /// A bodyless response that looks as if the backend meant to send a body (a HEAD answer
