@@ -5,9 +5,10 @@
 //! clean when it is handed out: [`Pool::take`] checks every one, however briefly it sat
 //! idle, and drops it if any byte or EOF arrived meanwhile (stray bytes after a response
 //! must never be read as the next client's answer). The housekeeping sweep runs the same
-//! check once a second, so connections the backend closed do not linger. Idle connections
-//! expire after `pool.idle_timeout`, chosen shorter than common backend keep-alive timeouts
-//! so that the gateway, not the backend, is the one that closes them.
+//! check once a second on the oldest few of each backend, so connections a backend closed
+//! (its keep-alive timeout ends the oldest first) do not linger. Idle connections expire
+//! after `pool.idle_timeout`, chosen shorter than common backend keep-alive timeouts so
+//! that the gateway, not the backend, is the one that closes them.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -21,6 +22,10 @@ struct Idle {
     socket: Socket,
     since: Instant,
 }
+
+/// The most idle connections per backend the sweep peeks at (one system call each). With
+/// thousands idle, peeking at all of them once a second would stall the worker for ms.
+const SWEEP_PEEKS: usize = 64;
 
 pub struct Pool {
     /// Indexed by backend slot (see `state::Backend::slot`).
@@ -111,17 +116,30 @@ impl Pool {
         self.metrics.pool_idle.set(self.total.get() as u64);
     }
 
-    /// Closes expired connections, those the backend closed or wrote to while idle, and
-    /// those of backends `keep` no longer wants.
+    /// Closes expired connections, those of backends `keep` no longer wants, and of the
+    /// [`SWEEP_PEEKS`] oldest of each backend, those the backend closed or wrote to while
+    /// idle. Whatever the sweep did not look at, [`Pool::take`] checks before use.
     pub fn sweep(&self, keep: impl Fn(usize) -> bool) {
         let mut slots = self.slots.borrow_mut();
         let timeout = self.idle_timeout.get();
+        let now = Instant::now();
         for (slot, q) in slots.iter_mut().enumerate() {
             if !keep(slot) {
                 q.clear();
-            } else {
-                q.retain(|i| i.since.elapsed() < timeout && is_quiet(i.socket.fd()));
+                continue;
             }
+            // Oldest first, so the expired ones are a prefix.
+            while q
+                .front()
+                .is_some_and(|i| now.saturating_duration_since(i.since) >= timeout)
+            {
+                q.pop_front();
+            }
+            let mut peeked = 0;
+            q.retain(|i| {
+                peeked += 1;
+                peeked > SWEEP_PEEKS || is_quiet(i.socket.fd())
+            });
         }
         self.recount(&slots);
     }
@@ -145,15 +163,36 @@ mod tests {
     use super::*;
     use crate::metrics::WorkerMetrics;
 
+    fn runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+    }
+
+    /// A pool keeping slot 0.
+    fn pool(max_idle: usize, idle_timeout: Duration) -> Pool {
+        let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
+        let pool = Pool::new(max_idle, idle_timeout, metrics);
+        pool.keep_only(vec![true]);
+        pool
+    }
+
+    /// A connection to `l`: our end, pooled in slot 0, and the backend's.
+    async fn pooled(pool: &Pool, l: &std::net::TcpListener) -> std::net::TcpStream {
+        let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        pool.put(0, Socket::new(s));
+        l.accept().unwrap().0
+    }
+
     #[test]
     fn connections_of_slots_outside_the_current_config_are_never_pooled() {
         // A request that began before a reload may hand its connection back after the
         // worker moved on; its slot may be reused for another backend later, so the
         // connection must be closed, not pooled under it.
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
+        let mut rt = runtime();
         rt.block_on(async {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let connect = || async {
@@ -179,6 +218,62 @@ mod tests {
             assert_eq!(pool.idle(0), 0);
             pool.put(1, connect().await.0);
             assert_eq!(pool.idle(1), 1);
+        });
+    }
+
+    #[test]
+    fn the_sweep_closes_what_backends_closed_oldest_first_and_take_checks_the_rest() {
+        let mut rt = runtime();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let pool = pool(4096, Duration::from_secs(60));
+            let n = SWEEP_PEEKS + 36;
+            let mut peers = Vec::new();
+            for _ in 0..n {
+                peers.push(pooled(&pool, &l).await);
+            }
+            // The backend closes every idle connection; let the FINs arrive.
+            drop(peers);
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            pool.sweep(|_| true);
+            assert_eq!(
+                pool.idle(0),
+                n - SWEEP_PEEKS,
+                "the oldest were checked first"
+            );
+            pool.sweep(|_| true);
+            assert_eq!(pool.idle(0), 0);
+
+            // The rest, unchecked by a sweep, are never handed out.
+            let mut peers = Vec::new();
+            for _ in 0..3 {
+                peers.push(pooled(&pool, &l).await);
+            }
+            drop(peers);
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            assert!(pool.take(0).is_none());
+            assert_eq!(pool.idle(0), 0);
+        });
+    }
+
+    #[test]
+    fn the_sweep_ends_expired_connections_without_looking_at_them() {
+        let mut rt = runtime();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let pool = pool(4096, Duration::from_millis(100));
+            let mut peers = Vec::new();
+            for i in 0..(2 * SWEEP_PEEKS) {
+                if i == SWEEP_PEEKS {
+                    monoio::time::sleep(Duration::from_millis(120)).await;
+                }
+                peers.push(pooled(&pool, &l).await);
+            }
+            // The first half is past its idle timeout, the second is not: one sweep ends
+            // exactly the first.
+            pool.sweep(|_| true);
+            assert_eq!(pool.idle(0), SWEEP_PEEKS);
+            assert!(pool.take(0).is_some());
         });
     }
 }
