@@ -211,9 +211,12 @@ pub async fn write_range<W: AsyncWriteRent>(
 const MAX_SPARE_TIMERS: usize = 4096;
 
 thread_local! {
-    /// This thread's spare timers: unregistered, holding no waker, bound to this thread's
-    /// runtime. They spare each timed operation an allocation, and keep the timer (large
-    /// and cache-line aligned) out of the operation's future, which is moved around.
+    /// This thread's spare timers, bound to this thread's runtime. They spare each timed
+    /// operation an allocation, and keep the timer (large and cache-line aligned) out of the
+    /// operation's future, which is moved around. A spare timer may still be registered and
+    /// hold the waker of the task that used it last: it lets go when it is reused or fires
+    /// (one timeout later at most), so a finished task's memory outlives it by that long at
+    /// most, and a task may be woken once for nothing.
     static SPARE_TIMERS: RefCell<Vec<Pin<Box<Sleep>>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -284,13 +287,12 @@ impl<F: Future> Future for Timed<F> {
 
 impl<F> Drop for Timed<F> {
     fn drop(&mut self) {
-        let Some(mut timer) = self.timer.take() else {
+        let Some(timer) = self.timer.take() else {
             return;
         };
-        // Deregister it and let go of this task's waker now (a spare timer must never keep
-        // a finished task alive): what is kept is a timer never polled.
-        let at = timer.deadline();
-        timer.set(monoio::time::sleep_until(at));
+        // Kept as it is: rebuilding it here would need the runtime's context, which a task
+        // dropped with its runtime (or with the thread) no longer has. A timer not kept is
+        // deregistered by its own drop, which needs no context.
         let _ = SPARE_TIMERS.try_with(|t| {
             let mut t = t.borrow_mut();
             if t.len() < MAX_SPARE_TIMERS {
@@ -498,25 +500,56 @@ mod tests {
         fn wake(self: Arc<Self>) {}
     }
 
+    /// Polls a timed operation that never completes once with `task`'s waker, then drops it.
+    fn used_by(task: &Arc<Counted>, after: Duration) {
+        let waker = Waker::from(task.clone());
+        let mut op = Box::pin(timed(after, std::future::pending::<()>()));
+        let polled = op.as_mut().poll(&mut Context::from_waker(&waker));
+        assert!(polled.is_pending());
+    }
+
     #[test]
-    fn a_spare_timer_keeps_no_waker_of_the_task_that_used_it() {
+    fn a_spare_timer_lets_go_of_the_last_task_when_reused_or_fired() {
         on_each_driver(|| async {
+            // Reused: the next operation's timer replaces the old one and its waker.
             let task = Arc::new(Counted);
-            let waker = Waker::from(task.clone());
-            let mut op = Box::pin(timed(Duration::from_secs(60), std::future::pending::<()>()));
-            let polled = op.as_mut().poll(&mut Context::from_waker(&waker));
-            assert!(polled.is_pending());
-            assert!(
-                Arc::strong_count(&task) > 2,
-                "the timer holds the waker while used"
-            );
-            drop(op);
-            drop(waker);
+            used_by(&task, Duration::from_secs(60));
+            assert_eq!(spare_timers(), 1);
+            let r = timed(Duration::from_secs(5), async {}).await;
+            assert!(r.is_ok());
+            assert_eq!(Arc::strong_count(&task), 1, "a reused timer kept the waker");
+            // Not reused: it lets go when it fires, one timeout later.
+            let task = Arc::new(Counted);
+            used_by(&task, Duration::from_millis(20));
+            monoio::time::sleep(Duration::from_millis(60)).await;
             assert_eq!(
                 Arc::strong_count(&task),
                 1,
-                "a spare timer still holds the waker"
+                "a fired spare timer kept the waker"
             );
         });
+    }
+
+    #[test]
+    fn a_timed_operation_dropped_outside_its_runtime_does_not_panic() {
+        // A task still alive when its runtime goes is dropped after the runtime's context
+        // is gone: its timer must not need that context.
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        // Returned inside an `Option` so that the block is not mistaken for awaiting it.
+        let op = rt.block_on(async {
+            let mut op = Box::pin(timed(Duration::from_secs(60), std::future::pending::<()>()));
+            let _ = std::future::poll_fn(|cx| {
+                let _ = op.as_mut().poll(cx);
+                Poll::Ready(())
+            })
+            .await;
+            Some(op)
+        });
+        drop(op);
+        drop(rt);
+        forget_spare_timers();
     }
 }
