@@ -261,11 +261,11 @@ mod tests {
         let mut rt = runtime();
         rt.block_on(async {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let pool = pool(4096, Duration::from_millis(100));
+            let pool = pool(4096, Duration::from_millis(300));
             let mut peers = Vec::new();
             for i in 0..(2 * SWEEP_PEEKS) {
                 if i == SWEEP_PEEKS {
-                    monoio::time::sleep(Duration::from_millis(120)).await;
+                    monoio::time::sleep(Duration::from_millis(350)).await;
                 }
                 peers.push(pooled(&pool, &l).await);
             }
