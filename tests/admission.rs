@@ -159,18 +159,9 @@ fn max_in_flight_answers_overloaded_beyond_the_limit_and_frees_slots_when_respon
             b.addr
         ),
     )));
+    let raw = b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 1500\r\n\r\n";
     let addr = g.proc.addr;
-    let threads: Vec<_> = (0..6)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                c.send(
-                    b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 1500\r\n\r\n",
-                );
-                c.read_response()
-            })
-        })
-        .collect();
+    let threads = spawn_requests(addr, 6, raw);
     let answers: Vec<Response> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let ok = answers.iter().filter(|r| r.status == 200).count();
     let over: Vec<&Response> = answers.iter().filter(|r| r.status == 503).collect();

@@ -5,16 +5,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-fn metrics(admin: std::net::SocketAddr) -> String {
-    String::from_utf8_lossy(&get(admin, "/metrics").body).into_owned()
-}
-
-/// The value of the sample `series` (`name{labels}`) in `text`, if exported.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn temp_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("gateway-obs-{}-{name}", std::process::id()))
 }

@@ -266,17 +266,8 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
     let mut idle = Client::connect(addr);
     idle.send(b"GET /v1/proxy/svc/warm HTTP/1.1\r\nHost: g\r\n\r\n");
     assert_eq!(idle.read_response().status, 200);
-    let slow: Vec<_> = (0..4)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                c.send(
-                    b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 1000\r\n\r\n",
-                );
-                c.read_response()
-            })
-        })
-        .collect();
+    let raw = b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 1000\r\n\r\n";
+    let slow = spawn_requests(addr, 4, raw);
     // The drain begins only once all four are in flight (upstream connections carrying a
     // request): a client still connecting when it begins is refused, as it should be.
     let active = |admin| {

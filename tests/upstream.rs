@@ -892,30 +892,14 @@ fn a_second_burst_of_concurrent_requests_reuses_the_first_ones_connections() {
         "admin: 127.0.0.1:0",
         &format!("  svc: [http://{}]\n", b.addr),
     )));
-    let connects = || -> f64 {
-        let metrics = String::from_utf8(get(g.admin, "/metrics").body).unwrap();
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("gateway_upstream_connect_seconds_count{service=\"svc\"} ")
-            })
-            .map_or(0.0, |v| v.trim().parse().expect("value"))
+    let connects = || {
+        let series = "gateway_upstream_connect_seconds_count{service=\"svc\"}";
+        sample(&metrics(g.admin), series).unwrap_or(0.0)
     };
     let burst = || {
-        let addr = g.proc.addr;
-        let threads: Vec<_> = (0..150)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    let mut c = Client::connect(addr);
-                    c.send(
-                        b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 300\r\n\r\n",
-                    );
-                    c.read_response().status
-                })
-            })
-            .collect();
-        for t in threads {
-            assert_eq!(t.join().unwrap(), 200);
+        let raw = b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 300\r\n\r\n";
+        for t in spawn_requests(g.proc.addr, 150, raw) {
+            assert_eq!(t.join().unwrap().status, 200);
         }
     };
     burst();

@@ -119,12 +119,7 @@ pub fn gateway(yaml: &str) -> Proc {
 
 /// [`gateway`] with extra environment variables (e.g. `GATEWAY_DRIVER=epoll`).
 pub fn gateway_with_env(yaml: &str, env: &[(&str, &str)]) -> Proc {
-    let path = std::env::temp_dir().join(format!(
-        "gateway-test-{}-{}.yaml",
-        std::process::id(),
-        CONFIG_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&path, yaml).expect("write config");
+    let path = write_config(yaml);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
     cmd.arg("--config").arg(&path).env("RUST_LOG", "warn");
     cmd.envs(env.iter().copied());
@@ -387,6 +382,35 @@ pub fn request(addr: SocketAddr, raw: &str) -> Response {
 
 pub fn get(addr: SocketAddr, path: &str) -> Response {
     request(addr, &format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n"))
+}
+
+/// The Prometheus text of the admin API at `admin`.
+pub fn metrics(admin: SocketAddr) -> String {
+    String::from_utf8_lossy(&get(admin, "/metrics").body).into_owned()
+}
+
+/// The value of the sample `series` (`name{labels}`) in `text`, if exported.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Sends `raw` on `n` new connections at once, one thread each; join the handles for the
+/// responses.
+pub fn spawn_requests(
+    addr: SocketAddr,
+    n: usize,
+    raw: &'static [u8],
+) -> Vec<std::thread::JoinHandle<Response>> {
+    (0..n)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.send(raw);
+                c.read_response()
+            })
+        })
+        .collect()
 }
 
 /// How the recording backend answers.
