@@ -66,22 +66,23 @@ pub async fn forward(
         cfg.limits.max_body_bytes,
     );
     // A small body that is already in the socket (typically sent with the head) is taken
-    // now, without waiting, so that the head and the whole body go up in one write.
+    // now, without waiting, so that the head and the whole body go up in one write. What
+    // does not fit behind the head in the client's buffer is read into `rest`.
+    let mut rest = Vec::new();
     if let Framing::Length(n) = framing {
         let have = (down.buf.len() - down.start) as u64;
         if have < n && n <= MAX_TAKE_NOW && cfg.limits.buffer_request_body == 0 {
             let want = (n - have) as usize;
-            if down.buf.capacity() - down.buf.len() < want {
-                let mut big = worker.buffer_for(down.buf.len() - down.start + want);
-                big.extend_from_slice(&down.buf[down.start..]);
-                worker.recycle(std::mem::replace(&mut down.buf, big));
-                down.start = 0;
+            if down.buf.capacity() - down.buf.len() >= want {
+                io::read_ready(down.sock.fd(), &mut down.buf, want);
+            } else {
+                rest = worker.buffer_for(want);
+                io::read_ready(down.sock.fd(), &mut rest, want);
             }
-            io::read_ready(down.sock.fd(), &mut down.buf, want);
         }
     }
-    // A Content-Length body in hand goes up unchanged: it is counted now and copied once,
-    // from the client's buffer to just after the head (`down.buf` is not touched until
+    // A Content-Length body in hand goes up unchanged, from where it was read: it is counted
+    // now, and written behind the head in one `writev` (`down.buf` is not touched until
     // then). Any other body in hand is re-framed into `in_hand` first; that takes about as
     // much room as it takes in the input.
     let direct = matches!(framing, Framing::Length(_)) && cfg.limits.buffer_request_body == 0;
@@ -95,6 +96,10 @@ pub async fn forward(
         let used = relay.take_raw(down.buf.len() - down.start).unwrap_or(0);
         down.start += used;
         body_in_hand.end = down.start;
+        // `rest` holds body bytes only: it was read after all of the client's buffer, at
+        // most what the body still lacked.
+        let more = relay.take_raw(rest.len()).unwrap_or(0);
+        rest.truncate(more);
         Ok(())
     } else {
         buffer_body(down, &mut req, &mut relay, &mut in_hand, cfg).await
@@ -107,10 +112,18 @@ pub async fn forward(
             match connect_or_reuse(worker, view, down, req, prep, &relay).await {
                 Err(after) => after,
                 Ok((attempt, up, reused)) => {
-                    // The head and the body in hand go up in one write.
+                    // The head and the body in hand go up in one write. The client's buffer
+                    // is lent to that write only when nothing follows the body in it: a
+                    // write that times out loses the buffers it was lent, and a pipelined
+                    // request must not go with them. Otherwise the body is copied behind the
+                    // head.
+                    let lend = down.start == down.buf.len();
                     let head = prep.fwd.len() + prep.path.len() + attempt.backend.url.url.len();
-                    let body = in_hand.len() + body_in_hand.len();
-                    up_out = worker.buffer_for(head + body + 256);
+                    let copied = match lend {
+                        true => in_hand.len(),
+                        false => in_hand.len() + body_in_hand.len() + rest.len(),
+                    };
+                    up_out = worker.buffer_for(head + copied + 256);
                     rewrite::write_request_head(
                         &mut up_out,
                         info.method,
@@ -119,7 +132,12 @@ pub async fn forward(
                         prep.fwd,
                     );
                     up_out.extend_from_slice(&in_hand);
-                    up_out.extend_from_slice(&down.buf[body_in_hand]);
+                    if !lend {
+                        up_out.extend_from_slice(&down.buf[body_in_hand.clone()]);
+                        up_out.extend_from_slice(&rest);
+                        body_in_hand.end = body_in_hand.start;
+                        rest.clear();
+                    }
                     let mut ex = Exchange {
                         worker,
                         timeouts,
@@ -130,6 +148,8 @@ pub async fn forward(
                         up,
                         reused,
                         up_out,
+                        body_in_hand,
+                        rest: std::mem::take(&mut rest),
                         ubuf: worker.buffer(),
                         ustart: 0,
                         relay,
@@ -143,6 +163,7 @@ pub async fn forward(
                     }
                     worker.recycle(ex.ubuf);
                     up_out = ex.up_out;
+                    rest = ex.rest;
                     after
                 }
             }
@@ -150,6 +171,7 @@ pub async fn forward(
     };
     worker.recycle(in_hand);
     worker.recycle(up_out);
+    worker.recycle(rest);
     after
 }
 
@@ -357,8 +379,13 @@ struct Exchange<'a> {
     up: Socket,
     /// `up` came from the pool (a failure before any response byte means it went stale).
     reused: bool,
-    /// The request head and the body in hand, as sent upstream (kept for one resend).
+    /// The request head (and a re-framed body in hand), as sent upstream; it, the body in
+    /// hand and `rest` are kept for one resend.
     up_out: Vec<u8>,
+    /// Body bytes in hand in the client's buffer, sent right after `up_out`.
+    body_in_hand: std::ops::Range<usize>,
+    /// Body bytes read after those, sent right after them.
+    rest: Vec<u8>,
     /// Bytes read from the backend; `ubuf[ustart..]` is not yet consumed.
     ubuf: Vec<u8>,
     ustart: usize,
@@ -479,7 +506,26 @@ impl Exchange<'_> {
     /// One try: write the head and the body in hand, stream the rest while watching for the
     /// response, then wait for the response head.
     async fn send_once(&mut self, down: &mut Downstream) -> Result<ResponseHead, HeadFail> {
-        match io::write_all(self.up.w(), &mut self.up_out, self.timeouts.body).await {
+        let timeout = self.timeouts.body;
+        let sent = if self.body_in_hand.is_empty() && self.rest.is_empty() {
+            io::write_all(self.up.w(), &mut self.up_out, timeout).await
+        } else {
+            let ranges = [
+                0..self.up_out.len(),
+                self.body_in_hand.clone(),
+                0..self.rest.len(),
+            ];
+            let bufs = [&mut self.up_out, &mut down.buf, &mut self.rest];
+            let sent = io::write_gather(self.up.w(), bufs, ranges, timeout).await;
+            if down.start > down.buf.len() {
+                // Lent to a write that timed out, and gone with it; nothing followed the
+                // body in it (see `forward`).
+                down.start = 0;
+                self.body_in_hand = 0..0;
+            }
+            sent
+        };
+        match sent {
             Ok(()) => {}
             // The backend did not take the request in time: it is alive but not reading.
             // Never a stale connection, never resent (the buffer may be half sent); if it

@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::mem::ManuallyDrop;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -203,6 +204,137 @@ pub async fn write_range<W: AsyncWriteRent>(
         Err(_) => {
             *buf = Vec::with_capacity(cap);
             Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
+        }
+    }
+}
+
+/// Writes `bufs[i][ranges[i]]`, in order, with one `writev` when the socket takes it all
+/// (the rest, if not, with plain writes): a request head and the body bytes in hand go up
+/// together without the body being copied behind the head. On success the buffers keep
+/// their contents; on timeout the error kind is `TimedOut` and all three are empty (close
+/// the connection, as with [`write_all`]).
+pub async fn write_gather<W: AsyncWriteRent>(
+    stream: &mut W,
+    mut bufs: [&mut Vec<u8>; 3],
+    ranges: [Range<usize>; 3],
+    deadline: Duration,
+) -> io::Result<()> {
+    let total: usize = ranges.iter().map(|r| r.len()).sum();
+    let gather = Gather::new(bufs.each_mut().map(|b| std::mem::take(&mut **b)), &ranges);
+    let caps = gather.bufs.each_ref().map(|b| b.capacity());
+    let (res, gather) = match timed(deadline, stream.writev(gather)).await {
+        Ok(done) => done,
+        Err(_) => {
+            for (buf, cap) in bufs.into_iter().zip(caps) {
+                *buf = Vec::with_capacity(cap);
+            }
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
+        }
+    };
+    for (buf, part) in bufs.iter_mut().zip(gather.into_bufs()) {
+        **buf = part;
+    }
+    let mut sent = res?;
+    if sent == total {
+        return Ok(());
+    }
+    // A short write (a full send buffer): the rest part by part.
+    for (i, range) in ranges.into_iter().enumerate() {
+        let skip = sent.min(range.len());
+        sent -= skip;
+        if skip == range.len() {
+            continue;
+        }
+        let r = write_range(stream, bufs[i], range.start + skip, range.end, deadline).await;
+        if let Err(e) = r {
+            if e.kind() == io::ErrorKind::TimedOut {
+                // As when the first write timed out: nothing is left to resend by mistake.
+                bufs.iter_mut().for_each(|b| b.clear());
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The most spare iovec arrays a thread keeps for [`write_gather`]; more are freed.
+const MAX_SPARE_IOVECS: usize = 1024;
+
+thread_local! {
+    /// This thread's spare iovec arrays (see [`Gather`]). Boxed, unlike what clippy would
+    /// have: each array is lent out on its own, and must not move while it is.
+    #[allow(clippy::vec_box)]
+    static SPARE_IOVECS: RefCell<Vec<Box<[libc::iovec; 3]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Owned buffers lent to one `writev`, with the iovecs that point into them. The iovecs are
+/// boxed: monoio takes their address before it moves the operation (and this with it) into
+/// place. The boxes are reused per thread, so a gathered write allocates nothing.
+struct Gather {
+    /// Always `Some` until dropped.
+    iov: Option<Box<[libc::iovec; 3]>>,
+    /// How many iovecs are in use (empty parts are left out).
+    n: usize,
+    bufs: [Vec<u8>; 3],
+}
+
+impl Gather {
+    fn new(bufs: [Vec<u8>; 3], ranges: &[Range<usize>; 3]) -> Gather {
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let mut iov = SPARE_IOVECS
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| Box::new([empty; 3]));
+        let mut n = 0;
+        for (buf, range) in bufs.iter().zip(ranges) {
+            if range.is_empty() {
+                continue;
+            }
+            // Checked like a slice index: a range outside the buffer panics here, before
+            // the kernel could read outside it.
+            let part = &buf[range.clone()];
+            iov[n] = libc::iovec {
+                iov_base: part.as_ptr() as *mut libc::c_void,
+                iov_len: part.len(),
+            };
+            n += 1;
+        }
+        Gather {
+            iov: Some(iov),
+            n,
+            bufs,
+        }
+    }
+
+    fn into_bufs(mut self) -> [Vec<u8>; 3] {
+        std::mem::take(&mut self.bufs)
+    }
+}
+
+// SAFETY: the iovecs point into the heap blocks of `bufs`, which are neither touched nor
+// freed while the runtime owns the value (moving a `Vec` does not move its block), and they
+// live in a box whose address does not change when the value moves.
+unsafe impl monoio::buf::IoVecBuf for Gather {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov.as_ref().map_or(std::ptr::null(), |b| b.as_ptr())
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        self.n
+    }
+}
+
+impl Drop for Gather {
+    fn drop(&mut self) {
+        if let Some(iov) = self.iov.take() {
+            let _ = SPARE_IOVECS.try_with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < MAX_SPARE_IOVECS {
+                    s.push(iov);
+                }
+            });
         }
     }
 }
@@ -492,6 +624,134 @@ mod tests {
             // This task's deadline, on the same timer, must wake this task.
             time_out_after(40).await;
             assert_eq!(spare_timers(), 1);
+        });
+    }
+
+    /// A monoio stream connected to a plain one, its peer.
+    async fn pair() -> (TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (peer, _) = l.accept().unwrap();
+        (s, peer)
+    }
+
+    /// Shrinks a socket's send buffer, so that a large write is taken only in part.
+    fn small_send_buffer(s: &TcpStream) {
+        let size: libc::c_int = 4096;
+        // SAFETY: setsockopt on a live socket, with a pointer to a c_int of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+
+    fn pattern(len: usize, seed: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i * 13 + seed) % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_gathered_write_sends_the_ranges_in_order_and_keeps_the_buffers() {
+        on_each_driver(|| async {
+            let (mut s, mut peer) = pair().await;
+            let (mut a, mut b, mut c) = (b"head:".to_vec(), b"..body..".to_vec(), b"rest".to_vec());
+            let bufs = [&mut a, &mut b, &mut c];
+            write_gather(&mut s, bufs, [0..5, 2..6, 0..4], Duration::from_secs(5))
+                .await
+                .unwrap();
+            // An empty part is left out.
+            let mut none = Vec::new();
+            let bufs = [&mut a, &mut none, &mut c];
+            write_gather(&mut s, bufs, [0..5, 0..0, 1..4], Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(
+                (&a[..], &b[..], &c[..]),
+                (&b"head:"[..], &b"..body.."[..], &b"rest"[..])
+            );
+            let spare = SPARE_IOVECS.with(|s| s.borrow().len());
+            assert_eq!(spare, 1, "the iovec box was not reused");
+            // Read exactly that much: a dropped monoio stream is closed only when its
+            // runtime runs again, which this blocking read would prevent.
+            let mut got = [0u8; 21];
+            std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+            assert_eq!(&got, b"head:bodyresthead:est");
+        });
+    }
+
+    #[test]
+    fn a_short_gathered_write_is_finished_part_by_part() {
+        on_each_driver(|| async {
+            let (mut s, peer) = pair().await;
+            small_send_buffer(&s);
+            let (mut a, mut b, mut c) = (
+                pattern(300_000, 1),
+                pattern(300_000, 2),
+                pattern(300_000, 3),
+            );
+            let ranges = [10..250_000, 0..300_000, 5..299_999];
+            let mut want = a[ranges[0].clone()].to_vec();
+            want.extend_from_slice(&b[ranges[1].clone()]);
+            want.extend_from_slice(&c[ranges[2].clone()]);
+            let len = want.len();
+            let reader = std::thread::spawn(move || {
+                let mut peer = peer;
+                let mut got = vec![0u8; len];
+                std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+                got
+            });
+            let bufs = [&mut a, &mut b, &mut c];
+            write_gather(&mut s, bufs, ranges, Duration::from_secs(10))
+                .await
+                .unwrap();
+            let got = reader.join().unwrap();
+            assert_eq!(got.len(), want.len());
+            assert!(got == want, "the bytes arrived out of order");
+        });
+    }
+
+    #[test]
+    fn a_gathered_write_that_fails_keeps_its_buffers_for_a_resend() {
+        on_each_driver(|| async {
+            let (mut s, peer) = pair().await;
+            // The peer resets the connection.
+            socket2::SockRef::from(&peer)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(peer);
+            monoio::time::sleep(Duration::from_millis(20)).await;
+            let (mut a, mut b, mut c) = (b"head".to_vec(), b"body".to_vec(), b"rest".to_vec());
+            let bufs = [&mut a, &mut b, &mut c];
+            let r = write_gather(&mut s, bufs, [0..4, 0..4, 0..4], Duration::from_secs(5)).await;
+            let kind = r
+                .expect_err("a write to a reset connection succeeded")
+                .kind();
+            assert_ne!(kind, io::ErrorKind::TimedOut);
+            assert_eq!(
+                (&a[..], &b[..], &c[..]),
+                (&b"head"[..], &b"body"[..], &b"rest"[..])
+            );
+        });
+    }
+
+    #[test]
+    fn a_gathered_write_that_times_out_empties_its_buffers() {
+        on_each_driver(|| async {
+            let (mut s, _peer) = pair().await; // the peer never reads
+            small_send_buffer(&s);
+            let (mut a, mut b, mut c) =
+                (vec![1u8; 1 << 20], vec![2u8; 1 << 20], vec![3u8; 1 << 20]);
+            let bufs = [&mut a, &mut b, &mut c];
+            let ranges = [0..1 << 20, 0..1 << 20, 0..1 << 20];
+            let r = write_gather(&mut s, bufs, ranges, Duration::from_millis(100)).await;
+            assert_eq!(r.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+            // The bytes may be half sent: nothing is left to resend by mistake.
+            assert_eq!((a.len(), b.len(), c.len()), (0, 0, 0));
         });
     }
 

@@ -397,6 +397,38 @@ fn stale_pooled_connection_is_retried_for_idempotent_requests_only() {
 }
 
 #[test]
+fn a_request_resent_after_a_stale_connection_carries_its_whole_body() {
+    // Every pooled connection dies when its second request arrives. The body is longer than
+    // the gateway's first read, so it goes up from two buffers behind the head, and must go
+    // up again, whole and in order, on the fresh connection.
+    let rec = Recorder::start(Mode::OnePerConnection(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+    ));
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", rec.addr)));
+    let body: Vec<u8> = (0..20_000).map(|i| (i * 13 % 249) as u8 | 1).collect();
+    let mut raw = format!(
+        "PUT /v1/proxy/svc/p HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    let mut c = Client::connect(g.addr);
+    for _ in 0..2 {
+        c.send(&raw);
+        let r = c.read_response();
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    }
+    // 1 fresh, then reused (dies) + resent on a fresh connection.
+    assert_eq!(rec.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(rec.requests(), 3);
+    let whole = || rec.received().ends_with(&body);
+    assert!(
+        eventually(Duration::from_secs(3), whole),
+        "the resent request lacked its body"
+    );
+}
+
+#[test]
 fn pooled_connection_closed_while_idle_is_detected_before_reuse() {
     let b = mock_backend();
     let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
