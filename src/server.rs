@@ -406,7 +406,7 @@ fn spawn_guarded(worker: usize, peer: SocketAddr, task: impl Future<Output = ()>
 
 /// Once a second, just after the wall clock's second turns: refresh the `Date` line, pick
 /// up a reloaded config (closing pooled connections of removed backends), close expired
-/// idle upstream connections, flush the access log.
+/// idle upstream connections, free the spare buffers nothing needed, flush the access log.
 async fn housekeeping(worker: Rc<Worker>) {
     loop {
         // Aligned to the second so `Date` is late by a timer's lag, not up to a second.
@@ -416,6 +416,7 @@ async fn housekeeping(worker: Rc<Worker>) {
         worker.close_expired_idle(view.snapshot.config.timeouts.client_idle);
         drop(view);
         worker.pool.sweep(|_| true);
+        worker.trim_spares();
         worker.access.flush();
     }
 }

@@ -44,6 +44,10 @@ pub struct Worker {
     /// Spare buffers bigger than `BUF_SIZE` (up to [`MAX_LARGE`]), lent only to
     /// whoever asks for that much room ([`Worker::buffer_for`]).
     large: RefCell<Vec<Vec<u8>>>,
+    /// The fewest spare buffers there were since the last trim: that many went unused.
+    spare_low: Cell<usize>,
+    /// Capacity of the buffers in `large`, in bytes.
+    large_bytes: Cell<usize>,
     /// Requests begun or ended so far, and the busy-poll task's waker while it sleeps
     /// (see [`Worker::poke`]).
     activity: Cell<u64>,
@@ -63,11 +67,14 @@ pub struct Worker {
 /// buffers to this many × `BUF_SIZE` per worker, whatever their number.
 const MAX_IDLE_READS: usize = 128;
 
-/// Spare buffers a worker keeps; more are freed.
-const MAX_SPARE: usize = 256;
-/// Largest buffer kept for reuse, and how many such a worker keeps (at most 2 MiB).
+/// Spare buffers a worker keeps at most (32 MiB); more are freed. Those a burst leaves
+/// behind are freed within two seconds (see [`Worker::trim_spares`]).
+const MAX_SPARE: usize = 4096;
+/// Largest buffer kept for reuse, and the most room a worker keeps in such buffers: a
+/// budget in bytes, not a count, so that many bodies of a few tens of KiB in flight at once
+/// (64 connections uploading 16 KiB each) find their buffers again.
 const MAX_LARGE: usize = 64 * 1024;
-const MAX_LARGE_SPARE: usize = 32;
+const MAX_LARGE_SPARE_BYTES: usize = 2 * 1024 * 1024;
 
 impl Worker {
     pub fn new(index: usize, shared: Arc<Shared>, log: Option<accesslog::Writer>) -> Worker {
@@ -97,6 +104,8 @@ impl Worker {
             ticks: Cell::new(0),
             spare: RefCell::new(Vec::new()),
             large: RefCell::new(Vec::new()),
+            spare_low: Cell::new(0),
+            large_bytes: Cell::new(0),
             idle_reads: Rc::new(Cell::new(0)),
             boxes: Default::default(),
             pipes: Default::default(),
@@ -139,10 +148,22 @@ impl Worker {
     /// An empty buffer of at least [`BUF_SIZE`] bytes of capacity; give it back with
     /// [`Worker::recycle`].
     pub fn buffer(&self) -> Vec<u8> {
-        self.spare
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+        let mut spare = self.spare.borrow_mut();
+        let buf = spare.pop();
+        self.spare_low.set(self.spare_low.get().min(spare.len()));
+        buf.unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+    }
+
+    /// Frees the spare buffers that no request needed since the last trim (as many as the
+    /// fewest spares there were meanwhile). A steady load keeps what it cycles through, so
+    /// 64 requests in flight allocate nothing, and what a burst left behind is gone after
+    /// two trims. Housekeeping runs it once a second.
+    pub fn trim_spares(&self) {
+        let mut spare = self.spare.borrow_mut();
+        let unused = self.spare_low.get().min(spare.len());
+        let keep = spare.len() - unused;
+        spare.truncate(keep);
+        self.spare_low.set(keep);
     }
 
     /// A buffer with room for `n` bytes: a plain one when that fits, else a large spare one
@@ -153,7 +174,12 @@ impl Worker {
         }
         let mut large = self.large.borrow_mut();
         match large.iter().position(|b| b.capacity() >= n) {
-            Some(i) => large.swap_remove(i),
+            Some(i) => {
+                let buf = large.swap_remove(i);
+                self.large_bytes
+                    .set(self.large_bytes.get() - buf.capacity());
+                buf
+            }
             None => Vec::with_capacity(n.next_power_of_two()),
         }
     }
@@ -167,9 +193,11 @@ impl Worker {
             // A grown buffer is kept whole or freed whole: shrinking it in place would leave
             // a hole in the heap between the small allocations of idle connections.
             let mut large = self.large.borrow_mut();
-            if cap <= MAX_LARGE && large.len() < MAX_LARGE_SPARE {
+            let kept = self.large_bytes.get() + cap;
+            if cap <= MAX_LARGE && kept <= MAX_LARGE_SPARE_BYTES {
                 buf.clear();
                 large.push(buf);
+                self.large_bytes.set(kept);
             }
             return;
         }
@@ -371,4 +399,67 @@ async fn yield_now() {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn worker() -> Worker {
+        let yaml = "listen: 127.0.0.1:0\nservices:\n  svc: [http://127.0.0.1:9]\n";
+        let config = Config::parse(yaml).expect("config");
+        Worker::new(0, Shared::new(config), None)
+    }
+
+    #[test]
+    fn spare_buffers_a_steady_load_cycles_through_are_kept_and_a_burst_is_freed() {
+        let w = worker();
+        // A burst: 1000 buffers out at once, all back.
+        let burst: Vec<_> = (0..1000).map(|_| w.buffer()).collect();
+        burst.into_iter().for_each(|b| w.recycle(b));
+        assert_eq!(w.spare.borrow().len(), 1000);
+        w.trim_spares(); // all of them were needed since the start
+        assert_eq!(w.spare.borrow().len(), 1000);
+        // Then a steady 64 in flight, for a second.
+        for _ in 0..10 {
+            let out: Vec<_> = (0..64).map(|_| w.buffer()).collect();
+            out.into_iter().for_each(|b| w.recycle(b));
+        }
+        w.trim_spares();
+        assert_eq!(
+            w.spare.borrow().len(),
+            64,
+            "the unused were kept, or the used freed"
+        );
+        // The next second, the same load takes the same buffers: none is made anew.
+        let before: Vec<*const u8> = w.spare.borrow().iter().map(|b| b.as_ptr()).collect();
+        let out: Vec<_> = (0..64).map(|_| w.buffer()).collect();
+        assert!(out.iter().all(|b| before.contains(&b.as_ptr())));
+        out.into_iter().for_each(|b| w.recycle(b));
+        // Idle: gone after the next trim.
+        w.trim_spares();
+        w.trim_spares();
+        assert_eq!(w.spare.borrow().len(), 0);
+    }
+
+    #[test]
+    fn large_spare_buffers_are_kept_up_to_a_byte_budget() {
+        let w = worker();
+        // 64 bodies of 16 KiB in flight at once all find their buffer again...
+        let out: Vec<_> = (0..64).map(|_| w.buffer_for(16 * 1024)).collect();
+        out.into_iter().for_each(|b| w.recycle(b));
+        assert_eq!(w.large.borrow().len(), 64);
+        assert_eq!(w.large_bytes.get(), 64 * 16 * 1024);
+        let again: Vec<_> = (0..64).map(|_| w.buffer_for(16 * 1024)).collect();
+        assert_eq!(w.large.borrow().len(), 0);
+        assert_eq!(w.large_bytes.get(), 0);
+        again.into_iter().for_each(|b| w.recycle(b));
+        // ...while 64 KiB ones are kept only up to 2 MiB in all.
+        let big: Vec<_> = (0..64).map(|_| w.buffer_for(64 * 1024)).collect();
+        big.into_iter().for_each(|b| w.recycle(b));
+        assert!(w.large_bytes.get() <= MAX_LARGE_SPARE_BYTES);
+        let held: usize = w.large.borrow().iter().map(|b| b.capacity()).sum();
+        assert_eq!(held, w.large_bytes.get());
+    }
 }
