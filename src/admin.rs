@@ -20,7 +20,7 @@ use crate::metrics::{self, WorkerMetrics};
 use crate::state::{now_ms, Shared};
 
 /// Admin connections served at once. At the cap a new connection evicts the oldest one
-/// (see [`Conns::admit`]).
+/// (see `Conns::admit`).
 pub const MAX_CONNECTIONS: usize = 64;
 /// The whole request head must arrive within this, counted from accept, however slowly
 /// it trickles in; then the connection is closed without an answer.

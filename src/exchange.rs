@@ -6,7 +6,7 @@
 //! request body streams up, the backend's response is read, so a backend that answers early
 //! (a 413 or 401 after the head) is heard at once; its answer is relayed, the upload stops,
 //! the backend connection is not reused, and the client connection closes after a lingering
-//! read. What the breaker hears is decided in one place, [`Attempt::settle`].
+//! read. What the breaker hears is decided in one place, `Attempt::settle`.
 
 use std::future::Future;
 use std::net::SocketAddr;

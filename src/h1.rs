@@ -622,7 +622,7 @@ pub fn is_underscore_alias(name: &str) -> bool {
 
 /// Names listed in the `Connection` fields of a head (the per-message hop-by-hop set).
 ///
-/// Any number of names is honoured. Up to [`FEW_OPTIONS`] are kept inline and searched in
+/// Any number of names is honoured. Up to `FEW_OPTIONS` are kept inline and searched in
 /// turn (the usual case, no allocation); past that (hardly ever legitimate) they go into one
 /// vector sorted without regard to case and are found by binary search, so checking every
 /// field of a head stays O(fields × log names), never fields × names.

@@ -117,7 +117,7 @@ impl Pool {
     }
 
     /// Closes expired connections, those of backends `keep` no longer wants, and of the
-    /// [`SWEEP_PEEKS`] oldest of each backend, those the backend closed or wrote to while
+    /// `SWEEP_PEEKS` oldest of each backend, those the backend closed or wrote to while
     /// idle. Whatever the sweep did not look at, [`Pool::take`] checks before use.
     pub fn sweep(&self, keep: impl Fn(usize) -> bool) {
         let mut slots = self.slots.borrow_mut();

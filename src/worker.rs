@@ -185,7 +185,7 @@ impl Worker {
     }
 
     /// Takes a buffer back for the next exchange (small ones topped up, grown ones kept
-    /// apart up to [`MAX_LARGE`], bigger ones freed). One that was never taken (no
+    /// apart up to `MAX_LARGE`, bigger ones freed). One that was never taken (no
     /// capacity) is ignored.
     pub fn recycle(&self, mut buf: Vec<u8>) {
         let cap = buf.capacity();
@@ -213,7 +213,7 @@ impl Worker {
     }
 
     /// A ticket for an idle connection to wait for its next request with a lent buffer in
-    /// its read, while fewer than [`MAX_IDLE_READS`] do; `None`: wait for readiness first.
+    /// its read, while fewer than `MAX_IDLE_READS` do; `None`: wait for readiness first.
     pub fn lend_idle_read(&self) -> Option<IdleRead> {
         let n = self.idle_reads.get();
         (n < MAX_IDLE_READS).then(|| {
