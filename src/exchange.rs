@@ -281,7 +281,7 @@ async fn connect_or_reuse<'v>(
                 return Ok((attempt, s, false));
             }
             Err(err) => {
-                attempt.settle(Outcome::Failed);
+                attempt.settle(verdict(err));
                 last_err = err;
                 if err != GatewayError::ConnectFailed {
                     break;
@@ -290,7 +290,8 @@ async fn connect_or_reuse<'v>(
             }
         }
     }
-    Err(reply_error(down, keep, last_err, prep.service, None, timeouts.body).await)
+    let retry = retry_after(last_err);
+    Err(reply_error(down, keep, last_err, prep.service, retry, timeouts.body).await)
 }
 
 /// How the backend's side of an exchange ended, as the breaker sees it.
@@ -451,7 +452,7 @@ impl Exchange<'_> {
                 return self.reply(down, GatewayError::BackendClosed).await;
             }
             Err(HeadFail::Backend(err)) => {
-                self.attempt.settle(Outcome::Failed);
+                self.attempt.settle(verdict(err));
                 return self.reply(down, err).await;
             }
         };
@@ -470,7 +471,8 @@ impl Exchange<'_> {
     /// client's request was read whole.
     async fn reply(&mut self, down: &mut Downstream, err: GatewayError) -> After {
         let keep = self.info.keep_alive && self.relay.done;
-        reply_error(down, keep, err, self.service, None, self.timeouts.body).await
+        let retry = retry_after(err);
+        reply_error(down, keep, err, self.service, retry, self.timeouts.body).await
     }
 
     /// Sends the request and reads the final response head; a stale pooled connection is
@@ -929,7 +931,32 @@ impl Drop for Active<'_> {
     }
 }
 
-/// Connects and records the time it took in the service's connect histogram.
+/// What the breaker hears of a failure before any response: nothing when the gateway ran
+/// out of its own resources, which says nothing about the backend (else a client that
+/// exhausts our descriptors would open every healthy backend's circuit).
+fn verdict(err: GatewayError) -> Outcome {
+    match err {
+        GatewayError::Overloaded => Outcome::NotSent,
+        _ => Outcome::Failed,
+    }
+}
+
+/// `Retry-After` for a failure of our own (1 s, as for `max_in_flight`); none otherwise.
+fn retry_after(err: GatewayError) -> Option<u64> {
+    (err == GatewayError::Overloaded).then_some(1)
+}
+
+/// Whether a failed connect failed on our side: out of descriptors, memory or local
+/// ports. The backend was never reached.
+fn local_failure(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
+/// Connects and records the time it took in the service's connect histogram. A connect
+/// that failed on our side (see [`local_failure`]) is `Overloaded`: a 503, no verdict.
 async fn timed_connect(
     worker: &Worker,
     service: &Service,
@@ -939,6 +966,7 @@ async fn timed_connect(
     let t = Instant::now();
     let r = match io::timed(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => Ok(Socket::new(s)),
+        Ok(Err(e)) if local_failure(&e) => Err(GatewayError::Overloaded),
         Ok(Err(_)) => Err(GatewayError::ConnectFailed),
         Err(_) => Err(GatewayError::ConnectTimeout),
     };

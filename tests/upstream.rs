@@ -915,3 +915,109 @@ fn a_second_burst_of_concurrent_requests_reuses_the_first_ones_connections() {
         "the second burst opened {second} more connections (first: {first})"
     );
 }
+
+// ---- 7. The gateway out of descriptors ----
+
+/// The descriptor numbers the process `pid` has open.
+fn fds(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The descriptor limit that leaves the process `pid` exactly `k` more descriptors (a
+/// limit is on the numbers, and new descriptors take the lowest free ones).
+fn limit_leaving(pid: u32, k: usize) -> u64 {
+    let open = fds(pid);
+    (0u64..)
+        .filter(|n| !open.contains(n))
+        .nth(k - 1)
+        .map(|n| n + 1)
+        .unwrap_or(u64::MAX)
+}
+
+/// Sets the process's soft limit on open descriptors (the hard one stays, so it can be
+/// raised again).
+fn limit_fds(pid: u32, n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on a child of ours, reading its limit into `lim`.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut lim,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    lim.rlim_cur = n.min(lim.rlim_max);
+    // SAFETY: as above, setting a soft limit no higher than the hard one.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn running_out_of_descriptors_is_a_503_and_opens_no_healthy_circuit() {
+    // A client that holds enough connections to exhaust the gateway's descriptors made
+    // every upstream connect fail (EMFILE): each a 502 and a breaker failure, so five of
+    // them opened a healthy backend's circuit, and every client got 503s for the whole
+    // cooldown. Seen in a 10 000-connection benchmark run at a limit of 20 000.
+    let b = mock_backend();
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
+    let pid = g.child.id();
+    // Warm up (the descriptors a first request opens, one pooled connection), then open
+    // idle clients and lower the limit to what they left.
+    // On a connection kept open: one that closes would leave the count below while the
+    // gateway closes its side.
+    let mut warm = Client::connect(g.addr);
+    warm.send(b"GET /v1/proxy/svc/warm HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(warm.read_response().status, 200);
+    let mut clients: Vec<Client> = Vec::new();
+    let k = 10;
+    let base = fds(pid).len();
+    for _ in 0..k {
+        clients.push(Client::connect(g.addr));
+    }
+    assert!(
+        eventually(Duration::from_secs(3), || fds(pid).len() >= base + k),
+        "the clients were not all accepted: {} open, {base} before",
+        fds(pid).len()
+    );
+    // Then the limit: one descriptor to spare, so at most one more upstream connection.
+    limit_fds(pid, limit_leaving(pid, 1));
+    // Each request needs a connection of its own (one may reuse the pooled one).
+    for c in clients.iter_mut() {
+        c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 300\r\n\r\n");
+    }
+    let mut statuses = Vec::new();
+    for c in clients.iter_mut() {
+        let r = c.read_response();
+        if r.status != 200 {
+            assert_eq!(
+                (r.status, r.json()["error"].clone()),
+                (503, "overloaded".into())
+            );
+            assert_eq!(r.header("retry-after"), Some("1"));
+        }
+        statuses.push(r.status);
+    }
+    let refused = statuses.iter().filter(|&&s| s == 503).count();
+    assert!(refused >= 5, "too few connects hit the limit: {statuses:?}");
+    drop(clients);
+    drop(warm);
+    limit_fds(pid, 4096);
+    // The backend did nothing wrong: its circuit is still closed.
+    let r = get(g.addr, "/v1/proxy/svc/after");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
