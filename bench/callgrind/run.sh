@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 B=19701 GW=19780
-wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+. bench/lib.sh
 target/release/mock-backend "$B" >/dev/null 2>&1 &
 pids+=($!)
 printf 'listen: 127.0.0.1:%s\nworkers: 1\npin_workers: false\naccess_log: false\nservices:\n  svc: [http://127.0.0.1:%s]\n' \
@@ -35,8 +35,8 @@ valgrind --tool=callgrind --callgrind-out-file="$tmp/out" "$bin" --config "$tmp/
   >/dev/null 2>"$tmp/valgrind.log" &
 vg=$!
 pids+=($vg)
-wait_port "$B"
-wait_port "$GW"
+wait_port "$B" 300
+wait_port "$GW" 300
 url="http://127.0.0.1:$GW/v1/proxy/svc/x"
 script=()
 if ((body > 0)); then

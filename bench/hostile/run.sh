@@ -24,7 +24,7 @@ trap cleanup EXIT
 BACKEND=19201 GW=19280 NG=19281
 target/release/mock-backend "$BACKEND" >"$tmp/mock.log" 2>&1 &
 pids+=($!)
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+. bench/lib.sh
 wait_port "$BACKEND"
 # The gateway gets NGINX's default header deadline (client_header_timeout 60s), so a head sent
 # slowly is parsed by both rather than cut off by one.

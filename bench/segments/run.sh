@@ -19,11 +19,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
 trap cleanup EXIT
 B1=19501 B2=19502 GW=19580 RELAY=19583
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-for b in $B1 $B2; do
-  taskset -c 0 target/release/mock-backend "$b" >/dev/null 2>&1 &
-  pids+=($!)
-done
+. bench/lib.sh
+start_mock_backends $B1 $B2
 printf 'listen: 127.0.0.1:%s\nworkers: 1\npin_workers: false\naccess_log: false\nservices:\n  svc: [http://127.0.0.1:%s, http://127.0.0.1:%s]\n' \
   "$GW" "$B1" "$B2" >"$tmp/gateway.yaml"
 cat >"$tmp/relay.cfg" <<EOF
