@@ -955,6 +955,15 @@ fn local_failure(e: &std::io::Error) -> bool {
     )
 }
 
+/// Idle pooled connections closed when a connect runs out of descriptors: a few, so that
+/// the requests right behind this one find some too.
+const SHED_ON_EMFILE: usize = 8;
+
+/// Whether `e` says the process or the system has no descriptor left.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 /// Connects and records the time it took in the service's connect histogram. A connect
 /// that failed on our side (see [`local_failure`]) is `Overloaded`: a 503, no verdict.
 async fn timed_connect(
@@ -964,7 +973,19 @@ async fn timed_connect(
     timeout: Duration,
 ) -> Result<Socket, GatewayError> {
     let t = Instant::now();
-    let r = match io::timed(timeout, TcpStream::connect_addr(addr)).await {
+    let mut connect = io::timed(timeout, TcpStream::connect_addr(addr)).await;
+    if let Ok(Err(e)) = &connect {
+        // Out of descriptors: idle pooled connections (to any backend) hold some. Close a
+        // few and try once more, or this request fails for the sake of idle ones.
+        if out_of_descriptors(e) && worker.pool.shed(SHED_ON_EMFILE) > 0 {
+            // With io_uring a socket is closed by an operation on the ring: wait until the
+            // runtime submitted them (it does before it next sleeps; a yield may not get
+            // that far).
+            monoio::time::sleep(Duration::from_millis(1)).await;
+            connect = io::timed(timeout, TcpStream::connect_addr(addr)).await;
+        }
+    }
+    let r = match connect {
         Ok(Ok(s)) => Ok(Socket::new(s)),
         Ok(Err(e)) if local_failure(&e) => Err(GatewayError::Overloaded),
         Ok(Err(_)) => Err(GatewayError::ConnectFailed),

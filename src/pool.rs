@@ -152,6 +152,28 @@ impl Pool {
         self.sweep(|slot| live.get(slot).copied().unwrap_or(false));
     }
 
+    /// Closes up to `n` idle connections, the least recently used of each backend first,
+    /// taking from every backend in turn; returns how many it closed. Used when a connect
+    /// ran out of descriptors: idle connections must never be what keeps a request from
+    /// its backend.
+    pub fn shed(&self, n: usize) -> usize {
+        let mut slots = self.slots.borrow_mut();
+        let mut shed = 0;
+        while shed < n {
+            let before = shed;
+            for q in slots.iter_mut() {
+                if shed < n && q.pop_front().is_some() {
+                    shed += 1;
+                }
+            }
+            if shed == before {
+                break;
+            }
+        }
+        self.recount(&slots);
+        shed
+    }
+
     /// Idle connections held for `slot`.
     pub fn idle(&self, slot: usize) -> usize {
         self.slots.borrow().get(slot).map_or(0, VecDeque::len)
@@ -253,6 +275,40 @@ mod tests {
             monoio::time::sleep(Duration::from_millis(50)).await;
             assert!(pool.take(0).is_none());
             assert_eq!(pool.idle(0), 0);
+        });
+    }
+
+    #[test]
+    fn shedding_closes_the_oldest_idle_connections_of_every_backend_in_turn() {
+        let mut rt = runtime();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
+            let pool = Pool::new(16, Duration::from_secs(60), metrics.clone());
+            pool.keep_only(vec![true, true]);
+            let mut peers = Vec::new();
+            for slot in [0, 0, 0, 0, 1] {
+                let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
+                    .await
+                    .unwrap();
+                pool.put(slot, Socket::new(s));
+                peers.push(l.accept().unwrap().0);
+            }
+            // Three from five: one of each backend, then the next oldest of slot 0.
+            assert_eq!(pool.shed(3), 3);
+            assert_eq!((pool.idle(0), pool.idle(1)), (2, 0));
+            assert_eq!(metrics.pool_idle.get(), 2);
+            // The closed ones are the oldest: the first two peers see EOF, the last two
+            // of slot 0 do not.
+            let eof = |p: &mut std::net::TcpStream| {
+                p.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                matches!(std::io::Read::read(p, &mut [0u8; 1]), Ok(0))
+            };
+            let closed: Vec<bool> = peers.iter_mut().map(eof).collect();
+            assert_eq!(closed, [true, true, false, false, true]);
+            assert_eq!(pool.shed(10), 2);
+            assert_eq!(pool.shed(1), 0);
         });
     }
 

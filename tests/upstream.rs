@@ -1021,3 +1021,55 @@ fn running_out_of_descriptors_is_a_503_and_opens_no_healthy_circuit() {
     let r = get(g.addr, "/v1/proxy/svc/after");
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn out_of_descriptors_a_connect_closes_idle_pooled_connections_and_succeeds() {
+    // Idle pooled connections to one backend held every descriptor left; a request to
+    // another backend then got 503 overloaded, for the sake of connections nobody used.
+    // (No admin listener here: its thread's blocking accept reserves a descriptor number,
+    // which the limit arithmetic below would count as free.)
+    let (b1, b2) = (mock_backend(), mock_backend());
+    let services = format!("  a: [http://{}]\n  b: [http://{}]\n", b1.addr, b2.addr);
+    let g = gateway(&config(1, "", &services));
+    let pid = g.child.id();
+    let at_start = fds(pid);
+    // Four requests at once to `a`: four upstream connections, then idle in the pool.
+    let slow: &'static [u8] =
+        b"GET /v1/proxy/a/x HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 200\r\n\r\n";
+    for h in spawn_requests(g.addr, 4, slow) {
+        assert_eq!(h.join().expect("request").status, 200);
+    }
+    let mut client = Client::connect(g.addr);
+    client.send(b"GET /v1/proxy/a/warm HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(client.read_response().status, 200);
+    let pooled: Vec<u64> = fds(pid)
+        .into_iter()
+        .filter(|fd| !at_start.contains(fd))
+        .collect();
+    assert!(
+        pooled.len() >= 5,
+        "four pooled and the client's: {pooled:?}"
+    );
+    // No descriptor to spare: the connect to `b` fails with EMFILE unless idle ones go.
+    // A limit is on descriptor numbers, and the pooled ones may sit above holes the
+    // closed clients left: fill those with clients first, then set the limit to the
+    // lowest free number.
+    let highest = *pooled.iter().max().expect("pooled");
+    let mut fillers = Vec::new();
+    while limit_leaving(pid, 1) - 1 <= highest {
+        let open = fds(pid).len();
+        fillers.push(Client::connect(g.addr));
+        assert!(eventually(Duration::from_secs(3), || fds(pid).len() > open));
+    }
+    limit_fds(pid, limit_leaving(pid, 1) - 1);
+    let open = fds(pid).len();
+    client.send(b"GET /v1/proxy/b/x HTTP/1.1\r\nHost: g\r\n\r\n");
+    let r = client.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The four idle connections to `a` went; one to `b` came.
+    assert!(fds(pid).len() <= open - 3, "{open} before, {:?}", fds(pid));
+    limit_fds(pid, 4096);
+    // `a` still works: a new connection.
+    client.send(b"GET /v1/proxy/a/after HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(client.read_response().status, 200);
+}
