@@ -396,6 +396,8 @@ fn render_core_metrics(shared: &Shared) -> String {
             access_log_dropped: shared.access_log.dropped.load(Ordering::Relaxed),
             access_log_errors: shared.access_log.errors.load(Ordering::Relaxed),
             ids_exhausted: shared.metric_ids_exhausted(),
+            max_fds: crate::fdlimit::current(),
+            open_fds: crate::fdlimit::open(),
         },
     )
 }

@@ -34,6 +34,8 @@ pub const DEFAULT_MAX_TARGET_BYTES: usize = 8 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 /// Upper bound of `limits.buffer_request_body`: what one request may hold in memory.
 pub const MAX_BUFFER_REQUEST_BODY: u64 = 16 * 1024 * 1024;
+/// Largest `limits.max_connections`.
+pub const MAX_CONNECTIONS: u64 = 100_000_000;
 /// Longest duration any setting accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// Largest breaker threshold the packed breaker word can count to.
@@ -111,6 +113,9 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Request body bytes read before a backend is picked (0: stream from the start).
     pub buffer_request_body: u64,
+    /// Client connections the process accepts at once; `None`: what the descriptor limit
+    /// allows (see `fdlimit.rs`).
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -290,6 +295,15 @@ struct RawLimits {
     max_target_bytes: Option<usize>,
     max_body_bytes: Option<u64>,
     buffer_request_body: Option<u64>,
+    max_connections: Option<MaxConnections>,
+}
+
+/// `limits.max_connections`: a number, or `auto` (what the descriptor limit allows).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum MaxConnections {
+    Count(u64),
+    Other(serde_yaml_ng::Value),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -622,10 +636,13 @@ impl Config {
         let _ = fmt::Write::write_fmt(
             &mut s,
             format_args!(
-                "listen {} | workers {} (pinned: {}) | admin {} | access log {} | timeouts connect {:?} response {:?}\n",
+                "listen {} | workers {} (pinned: {}) | max connections {} | admin {} | access log {} | timeouts connect {:?} response {:?}\n",
                 self.listen,
                 self.workers,
                 self.pin_workers,
+                self.limits
+                    .max_connections
+                    .map_or("auto".to_string(), |n| n.to_string()),
                 self.admin.map_or("off".to_string(), |a| a.to_string()),
                 match &self.access_log {
                     crate::accesslog::Sink::Off => "off".to_string(),
@@ -746,7 +763,32 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         max_target_bytes: l.max_target_bytes.unwrap_or(DEFAULT_MAX_TARGET_BYTES),
         max_body_bytes: l.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         buffer_request_body: l.buffer_request_body.unwrap_or(0),
+        max_connections: match l.max_connections {
+            None | Some(MaxConnections::Other(_)) => None,
+            Some(MaxConnections::Count(n)) => Some(n),
+        },
     };
+    if let Some(MaxConnections::Other(v)) = &l.max_connections {
+        if v.as_str() != Some("auto") {
+            let v = serde_yaml_ng::to_string(v).unwrap_or_default();
+            return Err(invalid(
+                "limits.max_connections",
+                format!(
+                    "{} is out of range: use auto or 1 to {MAX_CONNECTIONS}",
+                    v.trim()
+                ),
+            ));
+        }
+    }
+    if let Some(n) = limits
+        .max_connections
+        .filter(|n| !(1..=MAX_CONNECTIONS).contains(n))
+    {
+        return Err(invalid(
+            "limits.max_connections",
+            format!("{n} is out of range: use auto or 1 to {MAX_CONNECTIONS}"),
+        ));
+    }
     if limits.buffer_request_body > MAX_BUFFER_REQUEST_BODY {
         return Err(invalid(
             "limits.buffer_request_body",
@@ -1134,6 +1176,23 @@ mod tests {
                 .splice
         );
         assert!(err(&format!("splice: sometimes\n{svc}")).contains("splice"));
+    }
+
+    #[test]
+    fn max_connections_is_auto_unless_set_and_bounded() {
+        let svc = "services:\n  a: [http://localhost:1]\n";
+        assert_eq!(Config::parse(svc).unwrap().limits.max_connections, None);
+        for (v, want) in [("auto", None), ("1", Some(1)), ("50000", Some(50_000))] {
+            let c = Config::parse(&format!("limits:\n  max_connections: {v}\n{svc}")).unwrap();
+            assert_eq!(c.limits.max_connections, want, "{v}");
+        }
+        for bad in ["0", "100000001", "lots", "-1"] {
+            let e = err(&format!("limits:\n  max_connections: {bad}\n{svc}"));
+            assert!(
+                e.contains("limits.max_connections") && e.contains("auto or 1 to 100000000"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

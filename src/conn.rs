@@ -17,7 +17,7 @@ use crate::exchange::{self, Prepared, Request};
 use crate::h1::{self, Framing, HeadLimits};
 use crate::io::{self, Read, BUF_SIZE};
 use crate::rewrite;
-use crate::worker::Worker;
+use crate::worker::{ConnGuard, Worker};
 
 /// A client connection: its side of the wire and the buffers its requests use.
 ///
@@ -97,9 +97,15 @@ impl Conn {
     }
 }
 
-/// Serves one client connection until it closes, errs or times out.
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
-    let registration = worker.register(std::os::fd::AsRawFd::as_raw_fd(&stream));
+/// Serves one client connection until it closes, errs or times out. `registration` is its
+/// entry in the worker's registry, made when it was accepted (so the count of open
+/// connections is exact at the next accept); it is released when this returns.
+pub async fn serve(
+    worker: Rc<Worker>,
+    registration: ConnGuard,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let mut c = Conn::new(stream, peer, &worker);
     while !worker.draining() {
         c.down.record = Record::default();
@@ -377,6 +383,7 @@ async fn next_request(
                 // The first few idle connections of a worker read with a lent buffer; the
                 // others wait for readiness holding none, then borrow one to read into.
                 idle.set(Some(worker.tick()));
+                worker.wake_acceptor(); // one may wait to close an idle connection
                 let mut lent = None;
                 if d.buf.capacity() == 0 {
                     lent = worker.lend_idle_read();

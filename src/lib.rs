@@ -17,6 +17,7 @@
 //! - [`error`]: the responses the gateway makes itself
 //! - [`date`]: the `Date` header line, formatted once a second per worker
 //! - [`io`]: split sockets, owned-buffer reads and writes with deadlines
+//! - [`fdlimit`]: the descriptor limit raised at start, and the client connections it allows
 //!
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
 //! registry behind one `ArcSwap`). Side: [`logging`], [`redact`] (no credentials in messages),
@@ -44,6 +45,7 @@ pub mod date;
 pub mod downstream;
 pub mod error;
 pub mod exchange;
+pub mod fdlimit;
 pub mod h1;
 pub mod io;
 pub mod logging;
@@ -77,12 +79,14 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     // Signals first, so that none arriving during startup takes the default action.
     let mut signals =
         Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1]).map_err(server::StartError::Thread)?;
+    // Before anything opens descriptors or reads the limit (`Shared::fd_limit`).
+    let fds = fdlimit::raise();
     let shared = Shared::new(config);
     // With `cluster:`, the fleet's circuit states are read before anything is served.
     cluster::start(&shared).map_err(server::StartError::Thread)?;
     let mut server = server::start(shared.clone())?;
     start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
-    log_startup(&shared, &server);
+    log_startup(&shared, &server, fds);
     for sig in signals.forever() {
         match sig {
             SIGHUP => on_sighup(&shared, &path),
@@ -135,17 +139,46 @@ fn on_sighup(shared: &Shared, path: &Path) {
     }
 }
 
-fn log_startup(shared: &Arc<Shared>, server: &server::Server) {
+fn log_startup(
+    shared: &Arc<Shared>,
+    server: &server::Server,
+    fds: std::io::Result<fdlimit::Raised>,
+) {
     let addr = server.local_addr;
     let snap = shared.current.load();
     log::info!("gateway {} listening on {addr}", env!("CARGO_PKG_VERSION"));
     for line in snap.config.summary().lines() {
         log::info!("{line}");
     }
+    log_connection_budget(shared, &snap.config, fds);
     // stdout says where we listen (scripts and tests read the bound addresses from it);
     // everything else goes to the log on stderr.
     println!("listening on {addr}");
     if let Some(admin) = server.admin_addr {
         println!("admin on {admin}");
+    }
+}
+
+/// Says how many client connections the process accepts and what that rests on, and warns
+/// when a `limits.max_connections` set by hand outgrows the descriptor limit.
+fn log_connection_budget(shared: &Shared, config: &Config, fds: std::io::Result<fdlimit::Raised>) {
+    let limit = match fds {
+        Ok(r) if r.now > r.before => format!("{} (raised from {})", r.now, r.before),
+        Ok(r) => r.now.to_string(),
+        Err(e) => format!("{} (could not raise it: {e})", shared.fd_limit),
+    };
+    let max = shared.max_connections(config);
+    log::info!(
+        "descriptors: limit {limit}; accepting up to {max} client connections ({} per worker; limits.max_connections: {})",
+        fdlimit::per_worker(max, config.workers),
+        config.limits.max_connections.map_or("auto".to_string(), |n| n.to_string()),
+    );
+    let allowed = fdlimit::auto_max_connections(shared.fd_limit, config.workers, config.splice);
+    if config.limits.max_connections.is_some_and(|n| n > allowed) {
+        log::warn!(
+            "limits.max_connections {max} needs about {} descriptors but the limit is {}: past {allowed} connections, requests may get 503 overloaded (raise `ulimit -n`, or lower limits.max_connections)",
+            max.saturating_mul(fdlimit::per_connection(config.splice)),
+            shared.fd_limit
+        );
     }
 }

@@ -105,6 +105,12 @@ pub struct WorkerMetrics {
     pub pool_idle: Counter,
     pub upstream_active: Counter,
     pub client_connections: Counter,
+    /// This worker's share of `limits.max_connections`.
+    pub connection_limit: Counter,
+    /// Times the worker stopped accepting at that share, and idle client connections it
+    /// closed to make room (see `Worker::make_room`).
+    pub accept_paused: Counter,
+    pub idle_evicted: Counter,
 }
 
 impl Default for WorkerMetrics {
@@ -123,6 +129,9 @@ impl Default for WorkerMetrics {
             pool_idle: Counter::default(),
             upstream_active: Counter::default(),
             client_connections: Counter::default(),
+            connection_limit: Counter::default(),
+            accept_paused: Counter::default(),
+            idle_evicted: Counter::default(),
         }
     }
 }
@@ -220,6 +229,9 @@ pub struct Names<'a> {
     pub in_flight: &'a [(String, u64)],
     pub access_log_errors: u64,
     pub ids_exhausted: crate::state::MetricIdsExhausted,
+    /// The process's descriptors: its limit, and how many are open (`None`: unreadable).
+    pub max_fds: u64,
+    pub open_fds: Option<u64>,
 }
 
 fn escape(v: &str) -> String {
@@ -413,6 +425,32 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
     );
     let _ = writeln!(
         w,
+        "# HELP gateway_client_connections_limit Client connections accepted at once (limits.max_connections, spread over the workers)."
+    );
+    let _ = writeln!(w, "# TYPE gateway_client_connections_limit gauge");
+    let _ = writeln!(
+        w,
+        "gateway_client_connections_limit {}",
+        sum(workers, |m| m.connection_limit.get())
+    );
+    for (metric, help, pick) in [
+        (
+            "gateway_accept_paused_total",
+            "Times a worker stopped accepting at its share of limits.max_connections.",
+            (|m: &WorkerMetrics| &m.accept_paused) as fn(&WorkerMetrics) -> &Counter,
+        ),
+        (
+            "gateway_idle_evicted_total",
+            "Idle client connections closed to make room for a new one.",
+            |m: &WorkerMetrics| &m.idle_evicted,
+        ),
+    ] {
+        let _ = writeln!(w, "# HELP {metric} {help}");
+        let _ = writeln!(w, "# TYPE {metric} counter");
+        let _ = writeln!(w, "{metric} {}", sum(workers, |m| pick(m).get()));
+    }
+    let _ = writeln!(
+        w,
         "# HELP gateway_accepted_connections_total Client connections accepted, per worker."
     );
     let _ = writeln!(w, "# TYPE gateway_accepted_connections_total counter");
@@ -479,6 +517,21 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
             "gateway_metric_ids_exhausted_total{{kind=\"{kind}\"}} {v}"
         );
     }
+    // The names Prometheus client libraries give these (process collector).
+    let _ = writeln!(
+        w,
+        "# HELP process_max_fds Maximum number of open file descriptors."
+    );
+    let _ = writeln!(w, "# TYPE process_max_fds gauge");
+    let _ = writeln!(w, "process_max_fds {}", names.max_fds);
+    if let Some(open) = names.open_fds {
+        let _ = writeln!(
+            w,
+            "# HELP process_open_fds Number of open file descriptors."
+        );
+        let _ = writeln!(w, "# TYPE process_open_fds gauge");
+        let _ = writeln!(w, "process_open_fds {open}");
+    }
     o
 }
 
@@ -516,12 +569,16 @@ mod tests {
                     services: 6,
                     backends: 0,
                 },
+                max_fds: 20_000,
+                open_fds: Some(42),
             },
         );
         assert!(
             text.contains("gateway_in_flight{service=\"svc\"} 3\n"),
             "{text}"
         );
+        assert!(text.contains("process_max_fds 20000\n"), "{text}");
+        assert!(text.contains("process_open_fds 42\n"), "{text}");
         assert!(
             text.contains("gateway_rate_limited_total{service=\"svc\"} 1\n"),
             "{text}"

@@ -236,6 +236,11 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
             n(lb.buffer_request_body),
         ),
         (
+            "limits.max_connections",
+            la.max_connections.map_or("auto".to_string(), n),
+            lb.max_connections.map_or("auto".to_string(), n),
+        ),
+        (
             "pool.max_idle_per_backend",
             n(old.pool.max_idle_per_backend as u64),
             n(new.pool.max_idle_per_backend as u64),

@@ -6,6 +6,7 @@ use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -313,13 +314,22 @@ fn worker_main(
         let handle = canceller.handle();
         monoio::spawn(cancel_on_drain(worker.clone(), canceller, drain_signal));
         loop {
+            // At this worker's share of `limits.max_connections`, stop reading the
+            // listener until a connection ends (see `Worker::make_room`).
+            worker
+                .make_room(worker.connection_cap(), listener.as_raw_fd())
+                .await;
+            if worker.draining() {
+                break;
+            }
             match listener.cancelable_accept(handle.clone()).await {
                 Ok((stream, peer)) if !worker.draining() => {
                     worker.metrics.accepted.inc();
+                    let registration = worker.register(std::os::fd::AsRawFd::as_raw_fd(&stream));
                     spawn_guarded(
                         index,
                         peer,
-                        crate::conn::serve(worker.clone(), stream, peer),
+                        crate::conn::serve(worker.clone(), registration, stream, peer),
                     );
                 }
                 Ok(_) => break, // accepted while the drain began: refuse it
@@ -353,6 +363,7 @@ async fn cancel_on_drain(worker: Rc<Worker>, canceller: monoio::io::Canceller, d
         monoio::time::sleep(Duration::from_millis(100)).await;
     }
     canceller.cancel();
+    worker.wake_acceptor();
 }
 
 /// Returns when the other end of `s` is closed.

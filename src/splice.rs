@@ -20,7 +20,7 @@ pub const MIN_SPLICE: u64 = 64 * 1024;
 const PIPE_SIZE: usize = 256 * 1024;
 
 /// Pipes a worker keeps for the next bodies; more are closed.
-const MAX_SPARE: usize = 16;
+pub const MAX_SPARE: usize = 16;
 
 /// A worker's empty pipes, and whether it splices at all (`splice`, bound at start).
 #[derive(Default)]

@@ -216,6 +216,9 @@ pub struct Shared {
     /// The cluster thread's status, set once at start when the config has `cluster:`; read
     /// by the admin threads only.
     pub cluster: OnceLock<Arc<crate::cluster::Status>>,
+    /// The soft limit on open descriptors when the process started serving (after
+    /// [`crate::fdlimit::raise`]); what `limits.max_connections: auto` derives from.
+    pub fd_limit: u64,
 }
 
 fn policy(s: &BreakerSettings, cfg: &Config) -> Policy {
@@ -246,11 +249,20 @@ impl Shared {
             control: Mutex::new(()),
             access_log: Arc::default(),
             cluster: OnceLock::new(),
+            fd_limit: crate::fdlimit::current(),
         })
     }
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Client connections the whole process accepts at once under `config`: the setting, or
+    /// what the descriptor limit allows.
+    pub fn max_connections(&self, config: &Config) -> u64 {
+        config.limits.max_connections.unwrap_or_else(|| {
+            crate::fdlimit::auto_max_connections(self.fd_limit, config.workers, config.splice)
+        })
     }
 
     /// Services and backends that got no series of their own (see [`MetricIdsExhausted`]).
@@ -526,6 +538,8 @@ mod tests {
                 access_log_errors: 0,
                 ids_exhausted: shared.metric_ids_exhausted(),
                 in_flight: &[],
+                max_fds: 1024,
+                open_fds: None,
             },
         );
         assert!(

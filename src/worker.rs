@@ -59,6 +59,9 @@ pub struct Worker {
     /// Idle connections whose read for a next request holds a lent buffer (see
     /// [`Worker::lend_idle_read`]).
     idle_reads: Rc<Cell<usize>>,
+    /// The accept loop's waker while it waits for a client connection to end (at its
+    /// share of `limits.max_connections`; see [`Worker::make_room`]).
+    acceptor: Cell<Option<std::task::Waker>>,
 }
 
 /// Idle connections per worker that may wait with a lent buffer in their read (one ring
@@ -111,6 +114,7 @@ impl Worker {
             pipes: Default::default(),
             activity: Cell::new(0),
             spinner: Cell::new(None),
+            acceptor: Cell::new(None),
         }
     }
 
@@ -296,6 +300,76 @@ impl Worker {
         self.conns.borrow().len()
     }
 
+    /// This worker's share of `limits.max_connections` under the current config.
+    pub fn connection_cap(&self) -> usize {
+        let view = self.view();
+        let config = &view.snapshot.config;
+        let cap = crate::fdlimit::per_worker(self.shared.max_connections(config), config.workers);
+        self.metrics.connection_limit.set(cap as u64);
+        cap
+    }
+
+    /// Returns once fewer than `cap` client connections are open, or the process drains.
+    /// Until then the listener (`listener`, its fd) is not read: new clients wait in its
+    /// backlog, as with HAProxy's `maxconn`. When one waits there, the connection idle the
+    /// longest is closed to make room (as NGINX reuses idle keep-alive connections when it
+    /// runs out): without that, clients that hold idle connections would keep everyone else
+    /// out. Wakes when a connection closes or goes idle, and every 10 ms to look at the
+    /// backlog (the only timer, and only while paused).
+    pub async fn make_room(&self, cap: usize, listener: RawFd) {
+        if self.open_connections() < cap {
+            return;
+        }
+        self.metrics.accept_paused.inc();
+        loop {
+            if self.open_connections() < cap || self.draining() {
+                return;
+            }
+            if crate::io::accept_pending(listener) && self.evict_longest_idle() {
+                self.metrics.idle_evicted.inc();
+            }
+            let mut woken = false;
+            let woken_up = std::future::poll_fn(|cx| {
+                if woken {
+                    std::task::Poll::Ready(())
+                } else {
+                    woken = true;
+                    self.acceptor.set(Some(cx.waker().clone()));
+                    std::task::Poll::Pending
+                }
+            });
+            let _ = monoio::time::timeout(Duration::from_millis(10), woken_up).await;
+            self.acceptor.set(None);
+        }
+    }
+
+    /// Wakes the accept loop if it waits in [`Worker::make_room`]: called when a client
+    /// connection closes or starts to wait idle.
+    pub fn wake_acceptor(&self) {
+        if let Some(w) = self.acceptor.take() {
+            w.wake();
+        }
+    }
+
+    /// Shuts down the client connection that has waited longest for its next (or first)
+    /// request (of those idle since the same second, the oldest connection), unless it is
+    /// already shut or bytes of a request are there. False if none was closed.
+    fn evict_longest_idle(&self) -> bool {
+        let conns = self.conns.borrow();
+        let oldest = conns
+            .iter()
+            .filter_map(|(id, (fd, idle))| Some(((idle.get()?, *id), *fd)))
+            .min_by_key(|&(age, _)| age);
+        match oldest {
+            Some((_, fd)) if crate::io::is_quiet(fd) => {
+                // SAFETY: the fd belongs to a live connection (it deregisters before closing).
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Registers a client connection; the returned flag says whether it is idle.
     pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
         let id = self.next_conn.get();
@@ -383,6 +457,8 @@ impl Drop for ConnGuard {
             .metrics
             .client_connections
             .set(conns.len() as u64);
+        drop(conns);
+        self.worker.wake_acceptor();
     }
 }
 

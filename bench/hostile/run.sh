@@ -27,8 +27,9 @@ pids+=($!)
 . bench/lib.sh
 wait_port "$BACKEND"
 # The gateway gets NGINX's default header deadline (client_header_timeout 60s), so a head sent
-# slowly is parsed by both rather than cut off by one.
-printf 'listen: 127.0.0.1:%s\nworkers: 1\npin_workers: false\nlimits: {max_head_bytes: 65536}\ntimeouts: {client_header: 60s}\nservices:\n  svc: [http://127.0.0.1:%s]\n' "$GW" "$BACKEND" >"$tmp/gw.yaml"
+# slowly is parsed by both rather than cut off by one. Idle connections hold no upstream
+# descriptor, so the connection cap is lifted (auto would halve the descriptor limit).
+printf 'listen: 127.0.0.1:%s\nworkers: 1\npin_workers: false\nlimits: {max_head_bytes: 65536, max_connections: 1000000}\ntimeouts: {client_header: 60s}\nservices:\n  svc: [http://127.0.0.1:%s]\n' "$GW" "$BACKEND" >"$tmp/gw.yaml"
 mkdir -p "$tmp/ng"
 cat >"$tmp/ng/nginx.conf" <<NGINX
 worker_processes 1;

@@ -92,8 +92,16 @@ pub fn write_config(yaml: &str) -> std::path::PathBuf {
 
 /// Starts a gateway with an admin listener on the config at `path`.
 pub fn gateway_at(path: &std::path::Path) -> AdminGateway {
+    start_admin_gateway(gateway_command(path), path)
+}
+
+fn gateway_command(path: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
     cmd.arg("--config").arg(path).env("RUST_LOG", "warn");
+    cmd
+}
+
+fn start_admin_gateway(cmd: Command, path: &std::path::Path) -> AdminGateway {
     let (child, addr, admin) = start_with(cmd, true);
     AdminGateway {
         proc: Proc {
@@ -103,6 +111,26 @@ pub fn gateway_at(path: &std::path::Path) -> AdminGateway {
         },
         admin: admin.expect("admin address"),
     }
+}
+
+/// [`gateway_at`], started with its soft and hard limits on open descriptors set to these.
+pub fn gateway_at_with_fd_limit(path: &std::path::Path, soft: u64, hard: u64) -> AdminGateway {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = gateway_command(path);
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    start_admin_gateway(cmd, path)
 }
 
 /// Sends a signal to a child process.

@@ -1,0 +1,138 @@
+//! The descriptor budget: the soft `RLIMIT_NOFILE` raised to the hard limit at start, and
+//! the number of client connections that budget allows.
+//!
+//! A proxied connection costs two descriptors (the client's, and the upstream connection
+//! its request holds), four with `splice` (a pipe per body in flight). Accepting clients
+//! until `accept` fails would leave none for the upstream side: every connect would fail
+//! with EMFILE, a 503 for each request. So each worker stops accepting at its share of
+//! `limits.max_connections`, by default what the limit leaves after a reserve, halved (as
+//! HAProxy derives `maxconn` from `ulimit -n`).
+
+use std::io;
+
+/// Descriptors kept for everything that is not a connection: stdio, the access log, the
+/// admin listener and its clients, the cluster's Redis connection, DNS lookups.
+const RESERVED: u64 = 64;
+/// Per worker: its listener, its ring, the drain signal.
+const PER_WORKER: u64 = 8;
+
+/// The soft limit on open descriptors before and after [`raise`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raised {
+    pub before: u64,
+    pub now: u64,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (capped at the kernel's `nr_open`,
+/// above which the call fails), as NGINX's `worker_rlimit_nofile` and HAProxy do. The soft
+/// limit is often 1024 for compatibility with `select(2)`, which we never use.
+pub fn raise() -> io::Result<Raised> {
+    let mut lim = get()?;
+    let before = lim.rlim_cur;
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    let target = lim.rlim_max.min(ceiling);
+    if target > lim.rlim_cur {
+        lim.rlim_cur = target;
+        // SAFETY: setrlimit reads the struct we pass; RLIMIT_NOFILE is a valid resource.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(Raised {
+        before,
+        now: current(),
+    })
+}
+
+/// The soft limit on open descriptors now (`u64::MAX` if unlimited or unreadable).
+pub fn current() -> u64 {
+    get().map_or(u64::MAX, |l| l.rlim_cur)
+}
+
+/// Descriptors open now (entries of `/proc/self/fd`, less the one reading it).
+pub fn open() -> Option<u64> {
+    let n = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(n.saturating_sub(1))
+}
+
+fn get() -> io::Result<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; RLIMIT_NOFILE is a valid resource.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim)
+}
+
+/// Descriptors one proxied client connection may hold at once.
+pub fn per_connection(splice: bool) -> u64 {
+    if splice {
+        4
+    } else {
+        2
+    }
+}
+
+/// The client connections `fd_limit` descriptors carry without an upstream connect running
+/// out of them: at least one per worker.
+pub fn auto_max_connections(fd_limit: u64, workers: usize, splice: bool) -> u64 {
+    let workers = workers.max(1) as u64;
+    let mut reserve = RESERVED + PER_WORKER * workers;
+    if splice {
+        reserve += 2 * crate::splice::MAX_SPARE as u64 * workers;
+    }
+    (fd_limit.saturating_sub(reserve) / per_connection(splice)).max(workers)
+}
+
+/// One worker's share of `total`: connections are spread over workers by the kernel's
+/// SO_REUSEPORT hash, and a share per worker needs no counter shared between cores.
+pub fn per_worker(total: u64, workers: usize) -> usize {
+    let share = total / workers.max(1) as u64;
+    usize::try_from(share).unwrap_or(usize::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_budgeted_two_descriptors_after_the_reserve() {
+        // 20 000 descriptors, two workers: 64 + 16 reserved, the rest halved.
+        assert_eq!(auto_max_connections(20_000, 2, false), 9_960);
+        // splice: a pipe per body in flight too, and the workers' spare pipes reserved.
+        assert_eq!(
+            auto_max_connections(20_000, 2, true),
+            (20_000 - 80 - 2 * 2 * crate::splice::MAX_SPARE as u64) / 4
+        );
+        // A limit below the reserve still lets every worker accept one client.
+        assert_eq!(auto_max_connections(50, 4, false), 4);
+        assert_eq!(
+            auto_max_connections(u64::MAX, 1, false),
+            (u64::MAX - 72) / 2
+        );
+    }
+
+    #[test]
+    fn the_share_of_a_worker_is_at_least_one() {
+        assert_eq!(per_worker(9_960, 2), 4_980);
+        assert_eq!(per_worker(5, 2), 2);
+        assert_eq!(per_worker(1, 4), 1);
+        assert_eq!(per_worker(u64::MAX, 1), usize::MAX);
+    }
+
+    #[test]
+    fn raising_never_lowers_the_soft_limit() {
+        let before = current();
+        let r = raise().expect("getrlimit/setrlimit on ourselves");
+        assert_eq!(r.before, before);
+        assert!(r.now >= r.before);
+        let lim = get().expect("getrlimit");
+        assert_eq!(r.now, lim.rlim_cur);
+    }
+}

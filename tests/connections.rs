@@ -1,0 +1,150 @@
+//! The client-connection budget: the descriptor limit raised at start, `limits.max_connections`
+//! derived from it, and what a worker does at its share (waits, or closes the longest idle
+//! connection for a client waiting in the backlog).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn svc(b: &Proc) -> String {
+    format!("  svc: [http://{}]\n", b.addr)
+}
+
+const GET: &[u8] = b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n";
+
+/// A keep-alive client that got one 200 and now waits idle.
+fn idle_client(g: &Proc) -> Client {
+    let mut c = Client::connect(g.addr);
+    c.send(GET);
+    assert_eq!(c.read_response().status, 200);
+    c
+}
+
+fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
+    sample(&metrics(admin), series).unwrap_or_else(|| panic!("{series} not exported"))
+}
+
+#[test]
+fn the_soft_descriptor_limit_is_raised_to_the_hard_one_and_sets_the_connection_cap() {
+    // A soft limit of 1024 (a common default) would cap a gateway at ~480 clients.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit on ourselves, into a struct we own.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let hard = lim.rlim_max.min(4096);
+    let soft = 256.min(hard);
+    let b = mock_backend();
+    let path = write_config(&config(2, "admin: 127.0.0.1:0", &svc(&b)));
+    let g = gateway_at_with_fd_limit(&path, soft, hard);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", g.proc.child.id()))
+        .expect("/proc/PID/limits");
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files")
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[3..5], [hard.to_string(), hard.to_string()]);
+    let want = gateway::fdlimit::auto_max_connections(hard, 2, false);
+    assert!(
+        want < hard / 2,
+        "two descriptors per connection and a reserve"
+    );
+    // Each worker publishes its share once its accept loop runs.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            sample(&metrics(g.admin), "gateway_client_connections_limit") == Some(want as f64)
+        }),
+        "{}",
+        metrics(g.admin)
+    );
+    let m = metrics(g.admin);
+    assert_eq!(sample(&m, "process_max_fds"), Some(hard as f64));
+    let open = sample(&m, "process_open_fds").expect("process_open_fds");
+    assert!(open > 4.0 && open < 100.0, "{open}");
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 200);
+}
+
+#[test]
+fn at_the_cap_a_client_waiting_to_be_accepted_closes_the_longest_idle_connection() {
+    let b = mock_backend();
+    let extra = "admin: 127.0.0.1:0\nlimits:\n  max_connections: 3";
+    let path = write_config(&config(1, extra, &svc(&b)));
+    let g = gateway_at(&path);
+    let mut clients: Vec<Client> = (0..3).map(|_| idle_client(&g.proc)).collect();
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(g.admin, "gateway_accept_paused_total") == 1.0
+    }));
+    // At the cap with nobody waiting, no idle connection is closed.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 0.0);
+    // A fourth client gets in: the first, idle the longest, makes room.
+    let mut d = Client::connect(g.proc.addr);
+    d.send(GET);
+    assert_eq!(d.read_response().status, 200);
+    assert!(clients[0].closed_within(Duration::from_secs(5)));
+    // Only that one: the others still serve requests.
+    for c in clients[1..].iter_mut() {
+        c.send(GET);
+        assert_eq!(c.read_response().status, 200);
+    }
+    let m = metrics(g.admin);
+    assert_eq!(sample(&m, "gateway_idle_evicted_total"), Some(1.0));
+    assert_eq!(sample(&m, "gateway_client_connections_limit"), Some(3.0));
+    assert_eq!(sample(&m, "gateway_client_connections"), Some(3.0));
+    assert_eq!(
+        sample(&m, "gateway_accepted_connections_total{worker=\"0\"}"),
+        Some(4.0)
+    );
+}
+
+#[test]
+fn at_the_cap_with_every_connection_busy_a_new_client_waits_for_one_to_finish() {
+    let b = mock_backend();
+    let extra = "admin: 127.0.0.1:0\nlimits:\n  max_connections: 2";
+    let path = write_config(&config(1, extra, &svc(&b)));
+    let g = gateway_at(&path);
+    let addr = g.proc.addr;
+    // Two clients whose requests take a while: nothing is idle to close.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = Client::connect(addr);
+            c.send(b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 1500\r\n\r\n");
+            std::thread::spawn(move || {
+                let r = c.read_response();
+                (r.status, Instant::now(), c)
+            })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(g.admin, "gateway_accept_paused_total") == 1.0
+    }));
+    // A third client connects (the kernel completes the handshake into the backlog) and
+    // is answered only once a busy one finished and went idle, which makes room for it.
+    let mut c = Client::connect(addr);
+    c.send(GET);
+    let r = c.read_response();
+    let answered = Instant::now();
+    assert_eq!(r.status, 200);
+    let mut done: Vec<(u16, Instant, Client)> = busy
+        .into_iter()
+        .map(|t| t.join().expect("busy client"))
+        .collect();
+    assert!(done.iter().all(|(status, _, _)| *status == 200));
+    let first = done.iter().map(|(_, at, _)| *at).min().expect("two");
+    assert!(
+        answered >= first,
+        "the third client was served before a slot freed"
+    );
+    // The one that went idle first was closed for it; the other is still open.
+    let closed = done
+        .iter_mut()
+        .filter_map(|(_, _, c)| c.closed_within(Duration::from_millis(300)).then_some(()))
+        .count();
+    assert_eq!(closed, 1);
+    assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 1.0);
+}
