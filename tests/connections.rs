@@ -148,3 +148,34 @@ fn at_the_cap_with_every_connection_busy_a_new_client_waits_for_one_to_finish() 
     assert_eq!(closed, 1);
     assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 1.0);
 }
+
+#[test]
+fn a_worker_waiting_at_the_cap_still_drains_and_exits_on_sigterm() {
+    let b = mock_backend();
+    let extra = "admin: 127.0.0.1:0\nlimits:\n  max_connections: 1";
+    let path = write_config(&config(1, extra, &svc(&b)));
+    let mut g = gateway_at(&path);
+    let mut busy = Client::connect(g.proc.addr);
+    busy.send(b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 800\r\n\r\n");
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(g.admin, "gateway_accept_paused_total") == 1.0
+    }));
+    // A client waits in the backlog; then the drain begins.
+    let mut waiting = Client::connect(g.proc.addr);
+    waiting.send(GET);
+    signal(&g.proc.child, libc::SIGTERM);
+    let t = Instant::now();
+    let r = busy.read_response();
+    assert_eq!(r.status, 200, "the request in flight was cut");
+    assert_eq!(r.header("connection"), Some("close"));
+    // The waiting client is never served: its connection ends with the listener.
+    assert!(waiting.try_read_response(false).is_err());
+    let status = loop {
+        if let Some(s) = g.proc.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "gateway did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
