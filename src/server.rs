@@ -325,7 +325,7 @@ fn worker_main(
             match listener.cancelable_accept(handle.clone()).await {
                 Ok((stream, peer)) if !worker.draining() => {
                     worker.metrics.accepted.inc();
-                    let registration = worker.register(std::os::fd::AsRawFd::as_raw_fd(&stream));
+                    let registration = worker.register(stream.as_raw_fd());
                     spawn_guarded(
                         index,
                         peer,

@@ -174,7 +174,10 @@ fn a_worker_waiting_at_the_cap_still_drains_and_exits_on_sigterm() {
         if let Some(s) = g.proc.child.try_wait().expect("wait") {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "gateway did not exit");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "gateway did not exit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
