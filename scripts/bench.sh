@@ -217,8 +217,8 @@ done
 # proxy_connect_timeout is 60 s, HAProxy's 2 s connect is retried 3 times. No other
 # scenario ever waits for a connect.
 # limits.max_connections 10100, as HAProxy's maxconn (bench/peers/haproxy.cfg): the
-# default (auto) would be half the open-file limit less a reserve (9964 at 20000), and
-# 36 of the 10000 clients would wait. The gateway logs a warning that 10100 connections
+# default (auto) would be half the open-file limit less a reserve (9900 at 20000), and
+# 100 of the 10000 clients would wait. The gateway logs a warning that 10100 connections
 # could need more descriptors than the limit; a connect that runs out first closes idle
 # pooled connections, then answers 503.
 cat >"$tmp/gateway.yaml" <<YAML

@@ -10,9 +10,10 @@
 
 use std::io;
 
-/// Descriptors kept for everything that is not a connection: stdio, the access log, the
-/// admin listener and its clients, the cluster's Redis connection, DNS lookups.
-const RESERVED: u64 = 64;
+/// Descriptors kept for everything that is not a client connection: stdio, the access log,
+/// the cluster's Redis connection, DNS lookups (64), and the admin API's connections (two
+/// each: the socket and the handle that can shut it down).
+const RESERVED: u64 = 64 + 2 * crate::admin::MAX_CONNECTIONS as u64;
 /// Per worker: its listener, its ring, the drain signal.
 const PER_WORKER: u64 = 8;
 
@@ -103,24 +104,25 @@ mod tests {
 
     #[test]
     fn a_connection_is_budgeted_two_descriptors_after_the_reserve() {
-        // 20 000 descriptors, two workers: 64 + 16 reserved, the rest halved.
-        assert_eq!(auto_max_connections(20_000, 2, false), 9_960);
+        // 20 000 descriptors, two workers: 64 + 2 x 64 (admin) + 2 x 8 reserved, the rest
+        // halved.
+        assert_eq!(auto_max_connections(20_000, 2, false), 9_896);
         // splice: a pipe per body in flight too, and the workers' spare pipes reserved.
         assert_eq!(
             auto_max_connections(20_000, 2, true),
-            (20_000 - 80 - 2 * 2 * crate::splice::MAX_SPARE as u64) / 4
+            (20_000 - 208 - 2 * 2 * crate::splice::MAX_SPARE as u64) / 4
         );
         // A limit below the reserve still lets every worker accept one client.
         assert_eq!(auto_max_connections(50, 4, false), 4);
         assert_eq!(
             auto_max_connections(u64::MAX, 1, false),
-            (u64::MAX - 72) / 2
+            (u64::MAX - 200) / 2
         );
     }
 
     #[test]
     fn the_share_of_a_worker_is_at_least_one() {
-        assert_eq!(per_worker(9_960, 2), 4_980);
+        assert_eq!(per_worker(9_896, 2), 4_948);
         assert_eq!(per_worker(5, 2), 2);
         assert_eq!(per_worker(1, 4), 1);
         assert_eq!(per_worker(u64::MAX, 1), usize::MAX);
