@@ -66,6 +66,11 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one_and_sets_the_connection_c
     assert_eq!(sample(&m, "process_max_fds"), Some(hard as f64));
     let open = sample(&m, "process_open_fds").expect("process_open_fds");
     assert!(open > 4.0 && open < 100.0, "{open}");
+    let config = get(g.admin, "/admin/config").json();
+    let limits = &config["limits"];
+    assert_eq!(limits["max_connections"], "auto");
+    assert_eq!(limits["max_connections_in_effect"], want);
+    assert_eq!(limits["descriptor_limit"], hard);
     assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 200);
 }
 
@@ -95,6 +100,9 @@ fn at_the_cap_a_client_waiting_to_be_accepted_closes_the_longest_idle_connection
     let m = metrics(g.admin);
     assert_eq!(sample(&m, "gateway_idle_evicted_total"), Some(1.0));
     assert_eq!(sample(&m, "gateway_client_connections_limit"), Some(3.0));
+    let config = get(g.admin, "/admin/config").json();
+    assert_eq!(config["limits"]["max_connections"], 3);
+    assert_eq!(config["limits"]["max_connections_in_effect"], 3);
     assert_eq!(sample(&m, "gateway_client_connections"), Some(3.0));
     assert_eq!(
         sample(&m, "gateway_accepted_connections_total{worker=\"0\"}"),
