@@ -316,9 +316,7 @@ fn worker_main(
         loop {
             // At this worker's share of `limits.max_connections`, stop reading the
             // listener until a connection ends (see `Worker::make_room`).
-            worker
-                .make_room(worker.connection_cap(), listener.as_raw_fd())
-                .await;
+            worker.make_room(listener.as_raw_fd()).await;
             if worker.draining() {
                 break;
             }

@@ -309,20 +309,22 @@ impl Worker {
         cap
     }
 
-    /// Returns once fewer than `cap` client connections are open, or the process drains.
+    /// Returns once fewer client connections than this worker's share of
+    /// `limits.max_connections` ([`Worker::connection_cap`]) are open, or the process drains.
     /// Until then the listener (`listener`, its fd) is not read: new clients wait in its
     /// backlog, as with HAProxy's `maxconn`. When one waits there, the connection idle the
     /// longest is closed to make room (as NGINX reuses idle keep-alive connections when it
     /// runs out): without that, clients that hold idle connections would keep everyone else
     /// out. Wakes when a connection closes or goes idle, and every 10 ms to look at the
     /// backlog (the only timer, and only while paused).
-    pub async fn make_room(&self, cap: usize, listener: RawFd) {
-        if self.open_connections() < cap {
+    pub async fn make_room(&self, listener: RawFd) {
+        if self.open_connections() < self.connection_cap() {
             return;
         }
         self.metrics.accept_paused.inc();
         loop {
-            if self.open_connections() < cap || self.draining() {
+            // Read again each time: a reload may have changed it.
+            if self.open_connections() < self.connection_cap() || self.draining() {
                 return;
             }
             if crate::io::accept_pending(listener) && self.evict_longest_idle() {

@@ -190,3 +190,44 @@ fn a_worker_waiting_at_the_cap_still_drains_and_exits_on_sigterm() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_reload_that_raises_the_cap_lets_a_waiting_client_in_at_once() {
+    let b = mock_backend();
+    let yaml = |n: u64| {
+        config(
+            1,
+            &format!("admin: 127.0.0.1:0\nlimits:\n  max_connections: {n}"),
+            &svc(&b),
+        )
+    };
+    let path = write_config(&yaml(1));
+    let g = gateway_at(&path);
+    // The one connection allowed is busy for a while: nothing idle to close.
+    let mut busy = Client::connect(g.proc.addr);
+    busy.send(b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 3000\r\n\r\n");
+    let busy = std::thread::spawn(move || {
+        let r = busy.read_response();
+        (r.status, Instant::now())
+    });
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(g.admin, "gateway_accept_paused_total") == 1.0
+    }));
+    let mut waiting = Client::connect(g.proc.addr);
+    waiting.send(GET);
+    std::fs::write(&path, yaml(2)).expect("rewrite config");
+    signal(&g.proc.child, libc::SIGHUP);
+    // Served while the busy one still waits for its backend: the raised cap applied to
+    // the worker already waiting at the old one.
+    let r = waiting.read_response();
+    let served = Instant::now();
+    assert_eq!(r.status, 200);
+    let (status, busy_done) = busy.join().expect("busy client");
+    assert_eq!(status, 200);
+    assert!(
+        served < busy_done,
+        "the waiting client was let in only when a slot freed"
+    );
+    assert_eq!(metric(g.admin, "gateway_client_connections_limit"), 2.0);
+    assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 0.0);
+}
