@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The gateway alone at 10 000 client connections, watched from inside: each second the
+# descriptors it holds, the upstream connects it made so far, its idle and active upstream
+# connections and its own error responses (from /metrics), then loadgen's latency. What
+# bench.sh's get-c10k measures with three other proxies on the machine, without them.
+#
+#   bench/c10k/run.sh            # CONNS=10000 WARMUP=5s DURATION=6s MAX_CONNECTIONS=10100
+#
+# A connect after the warm-up, or a descriptor count near the limit, points at the pool or
+# the connection cap; neither means the tail is the load side (loadgen and the backends
+# share core 0). Needs: cargo, taskset, curl, 2 cores, an open-file limit of 20000.
+# Everything binds 127.0.0.1 and is stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+conns=${CONNS:-10000} warmup=${WARMUP:-5s} duration=${DURATION:-6s}
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cargo build --release --quiet --locked --bins -p gateway -p loadgen
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+B1=19701 B2=19702 B3=19703 GW=19780 ADMIN=19790
+. bench/lib.sh
+start_mock_backends $B1 $B2 $B3
+cat >"$tmp/gateway.yaml" <<YAML
+listen: 127.0.0.1:$GW
+workers: 1
+pin_workers: false
+admin: 127.0.0.1:$ADMIN
+timeouts:
+  connect: 10s
+limits:
+  max_connections: ${MAX_CONNECTIONS:-10100}
+services:
+  bench: [http://127.0.0.1:$B1, http://127.0.0.1:$B2, http://127.0.0.1:$B3]
+YAML
+wait_port $B1 && wait_port $B2 && wait_port $B3
+taskset -c 1 target/release/gateway --config "$tmp/gateway.yaml" >"$tmp/gateway.log" 2>&1 &
+gw=$!
+pids+=($gw)
+wait_port $GW
+echo "open-file limit $(ulimit -n); $(grep -o 'descriptors: .*' "$tmp/gateway.log" || true)"
+taskset -c 0 target/release/loadgen --url "http://127.0.0.1:$GW/v1/proxy/bench/hello" \
+  --connections "$conns" --warmup "$warmup" --duration "$duration" --threads 1 \
+  --out-dir "$tmp/lg" >"$tmp/loadgen.txt" 2>&1 &
+lg=$!
+pids+=($lg)
+sample() {
+  curl -s "127.0.0.1:$ADMIN/metrics" | awk '
+    /^gateway_upstream_connect_seconds_count/ { c += $2 }
+    /^gateway_pool_connections\{state="idle"\}/ { i = $2 }
+    /^gateway_pool_connections\{state="active"\}/ { a = $2 }
+    /^gateway_client_connections / { cl = $2 }
+    /^gateway_errors_total/ { e += $2 }
+    /^process_open_fds/ { f = $2 }
+    END { printf "clients %d  fds %d  upstream connects %d  idle %d  active %d  errors %d\n", cl, f, c, i, a, e }'
+}
+t=0
+while kill -0 "$lg" 2>/dev/null; do
+  sleep 1
+  t=$((t + 1))
+  echo "t=${t}s  $(sample)"
+done
+grep "requests in" "$tmp/loadgen.txt" | head -1
