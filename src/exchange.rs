@@ -158,7 +158,7 @@ pub async fn forward(
                         pool_it: false,
                     };
                     let after = ex.run(down).await;
-                    if ex.pool_it {
+                    if ex.pool_it && worker.may_pool() {
                         worker.pool.put(ex.attempt.backend.slot, ex.up);
                     }
                     worker.recycle(ex.ubuf);

@@ -80,15 +80,29 @@ pub fn per_connection(splice: bool) -> u64 {
     }
 }
 
-/// The client connections `fd_limit` descriptors carry without an upstream connect running
-/// out of them: at least one per worker.
-pub fn auto_max_connections(fd_limit: u64, workers: usize, splice: bool) -> u64 {
+/// The descriptors left for connections (client, upstream, pipes) once the reserve is
+/// taken from `fd_limit`.
+fn for_connections(fd_limit: u64, workers: usize, splice: bool) -> u64 {
     let workers = workers.max(1) as u64;
     let mut reserve = RESERVED + PER_WORKER * workers;
     if splice {
         reserve += 2 * crate::splice::MAX_SPARE as u64 * workers;
     }
-    (fd_limit.saturating_sub(reserve) / per_connection(splice)).max(workers)
+    fd_limit.saturating_sub(reserve)
+}
+
+/// The client connections `fd_limit` descriptors carry without an upstream connect running
+/// out of them: at least one per worker.
+pub fn auto_max_connections(fd_limit: u64, workers: usize, splice: bool) -> u64 {
+    let n = for_connections(fd_limit, workers, splice) / per_connection(splice);
+    n.max(workers.max(1) as u64)
+}
+
+/// One worker's share of the descriptors left for connections: what its client
+/// connections, its upstream connections (active and idle) and its pipes may hold
+/// together. Idle upstream connections are pooled only within it (`Worker::may_pool`).
+pub fn worker_descriptors(fd_limit: u64, workers: usize, splice: bool) -> usize {
+    per_worker(for_connections(fd_limit, workers, splice), workers)
 }
 
 /// One worker's share of `total`: connections are spread over workers by the kernel's
@@ -118,6 +132,17 @@ mod tests {
             auto_max_connections(u64::MAX, 1, false),
             (u64::MAX - 200) / 2
         );
+    }
+
+    #[test]
+    fn a_worker_gets_an_equal_share_of_the_descriptors_left_for_connections() {
+        assert_eq!(worker_descriptors(20_000, 1, false), 20_000 - 200);
+        assert_eq!(worker_descriptors(20_000, 2, false), (20_000 - 208) / 2);
+        assert_eq!(
+            worker_descriptors(20_000, 2, true),
+            (20_000 - 208 - 2 * 2 * crate::splice::MAX_SPARE) / 2
+        );
+        assert_eq!(worker_descriptors(100, 1, false), 1);
     }
 
     #[test]

@@ -174,6 +174,11 @@ impl Pool {
         shed
     }
 
+    /// Idle connections over all backends.
+    pub fn total(&self) -> usize {
+        self.total.get()
+    }
+
     /// Idle connections held for `slot`.
     pub fn idle(&self, slot: usize) -> usize {
         self.slots.borrow().get(slot).map_or(0, VecDeque::len)

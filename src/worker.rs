@@ -62,6 +62,12 @@ pub struct Worker {
     /// The accept loop's waker while it waits for a client connection to end (at its
     /// share of `limits.max_connections`; see [`Worker::make_room`]).
     acceptor: Cell<Option<std::task::Waker>>,
+    /// This worker's share of the descriptors left for connections (see
+    /// [`Worker::may_pool`]); `workers`, `splice` and the limit are fixed at start.
+    descriptors: usize,
+    /// Descriptors an active upstream exchange may hold: its connection, and a pipe with
+    /// `splice`.
+    per_exchange: usize,
 }
 
 /// Idle connections per worker that may wait with a lent buffer in their read (one ring
@@ -96,8 +102,7 @@ impl Worker {
         pool.keep_only(snapshot.live_slots());
         Worker {
             index,
-            view: RefCell::new(Rc::new(View::new(snapshot, index))),
-            shared,
+            view: RefCell::new(Rc::new(View::new(snapshot.clone(), index))),
             pool,
             metrics,
             access: AccessLog::new(log),
@@ -115,6 +120,13 @@ impl Worker {
             activity: Cell::new(0),
             spinner: Cell::new(None),
             acceptor: Cell::new(None),
+            descriptors: crate::fdlimit::worker_descriptors(
+                shared.fd_limit,
+                snapshot.config.workers,
+                snapshot.config.splice,
+            ),
+            per_exchange: if snapshot.config.splice { 3 } else { 1 },
+            shared,
         }
     }
 
@@ -343,6 +355,17 @@ impl Worker {
             let _ = monoio::time::timeout(Duration::from_millis(10), woken_up).await;
             self.acceptor.set(None);
         }
+    }
+
+    /// Whether an upstream connection whose exchange just ended may be kept idle: only if
+    /// it fits in this worker's share of the descriptors with its client connections and
+    /// active exchanges. Idle connections beyond it would take the descriptors a client
+    /// or a connect needs next (a connect that finds none closes idle ones first, then
+    /// answers 503; an accept that finds none waits 50 ms).
+    pub fn may_pool(&self) -> bool {
+        let active = self.metrics.upstream_active.get() as usize * self.per_exchange;
+        let used = self.open_connections() + active + self.pool.total();
+        used < self.descriptors
     }
 
     /// Wakes the accept loop if it waits in [`Worker::make_room`]: called when a client

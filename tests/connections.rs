@@ -231,3 +231,44 @@ fn a_reload_that_raises_the_cap_lets_a_waiting_client_in_at_once() {
     assert_eq!(metric(g.admin, "gateway_client_connections_limit"), 2.0);
     assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 0.0);
 }
+
+#[test]
+fn idle_upstream_connections_are_kept_only_within_the_descriptor_share() {
+    // Idle pooled connections beyond what the descriptors allow next to the clients would
+    // make the next accept or connect fail (EMFILE). Here the share left for connections
+    // is 100 descriptors (a limit of 300 less the reserve); the cap is set above it.
+    let share = gateway::fdlimit::worker_descriptors(300, 1, false);
+    let b = mock_backend();
+    let extra = "admin: 127.0.0.1:0\nlimits:\n  max_connections: 1000";
+    let path = write_config(&config(1, extra, &svc(&b)));
+    let g = gateway_at_with_fd_limit(&path, 300, 300);
+    let idle = || metric(g.admin, "gateway_pool_connections{state=\"idle\"}") as usize;
+    // 40 requests at once: 40 upstream connections, all kept (40 clients + 40 < share).
+    let slow: &'static [u8] =
+        b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 300\r\n\r\n";
+    for h in spawn_requests(g.proc.addr, 40, slow) {
+        assert_eq!(h.join().expect("request").status, 200);
+    }
+    assert!(eventually(Duration::from_secs(3), || idle() == 40));
+    // 70 clients now hold descriptors: idle connections that come back beyond the share
+    // are closed, down to what is left next to the clients.
+    let clients = 70;
+    let mut held: Vec<Client> = (0..clients).map(|_| Client::connect(g.proc.addr)).collect();
+    assert!(eventually(Duration::from_secs(3), || {
+        metric(g.admin, "gateway_client_connections") == clients as f64
+    }));
+    for _ in 0..20 {
+        held[0].send(GET);
+        assert_eq!(held[0].read_response().status, 200);
+    }
+    assert_eq!(idle(), share - clients);
+    // Once the clients leave, the pool may grow again.
+    drop(held);
+    assert!(eventually(Duration::from_secs(3), || {
+        metric(g.admin, "gateway_client_connections") == 0.0
+    }));
+    for h in spawn_requests(g.proc.addr, 40, slow) {
+        assert_eq!(h.join().expect("request").status, 200);
+    }
+    assert!(eventually(Duration::from_secs(3), || idle() == 40));
+}
