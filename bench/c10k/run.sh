@@ -5,6 +5,7 @@
 # bench.sh's get-c10k measures with three other proxies on the machine, without them.
 #
 #   bench/c10k/run.sh            # CONNS=10000 WARMUP=5s DURATION=6s MAX_CONNECTIONS=10100
+#                                # GATEWAY_BIN=path (another build, for an A/B)
 #
 # A connect after the warm-up, or a descriptor count near the limit, points at the pool or
 # the connection cap; neither means the tail is the load side (loadgen and the backends
@@ -17,7 +18,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --quiet --locked --bins -p gateway -p loadgen
 tmp=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true # the gateway drains first: the next run needs its port
+  rm -rf "$tmp"
+}
 trap cleanup EXIT
 B1=19701 B2=19702 B3=19703 GW=19780 ADMIN=19790
 . bench/lib.sh
@@ -35,7 +40,7 @@ services:
   bench: [http://127.0.0.1:$B1, http://127.0.0.1:$B2, http://127.0.0.1:$B3]
 YAML
 wait_port $B1 && wait_port $B2 && wait_port $B3
-taskset -c 1 target/release/gateway --config "$tmp/gateway.yaml" >"$tmp/gateway.log" 2>&1 &
+taskset -c 1 "${GATEWAY_BIN:-target/release/gateway}" --config "$tmp/gateway.yaml" >"$tmp/gateway.log" 2>&1 &
 gw=$!
 pids+=($gw)
 wait_port $GW
