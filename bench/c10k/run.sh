@@ -60,10 +60,18 @@ sample() {
     /^process_open_fds/ { f = $2 }
     END { printf "clients %d  fds %d  upstream connects %d  idle %d  active %d  errors %d\n", cl, f, c, i, a, e }'
 }
+ticks() { awk '{print $14 + $15}' "/proc/$gw/stat"; }
+warm=${warmup%s}
 t=0
 while kill -0 "$lg" 2>/dev/null; do
   sleep 1
   t=$((t + 1))
+  [[ $t == "$warm" ]] && t0=$(ticks)
   echo "t=${t}s  $(sample)"
 done
-grep "requests in" "$tmp/loadgen.txt" | head -1
+t1=$(ticks)
+line=$(grep "requests in" "$tmp/loadgen.txt" | head -1)
+echo "$line"
+n=$(echo "$line" | grep -o '[0-9]* requests in' | awk '{print $1}')
+# utime+stime in clock ticks (100 Hz) from the end of the warm-up (to the second) to the end.
+[[ -n "${t0:-}" && -n "$n" ]] && awk -v a="$t0" -v b="$t1" -v n="$n"   'BEGIN { printf "gateway CPU per request after the warm-up: %.1f µs\n", (b - a) * 10000 / n }'
