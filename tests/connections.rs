@@ -76,10 +76,19 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one_and_sets_the_connection_c
 
 #[test]
 fn at_the_cap_a_client_waiting_to_be_accepted_closes_the_longest_idle_connection() {
+    closes_the_longest_idle_connection_for_a_waiting_client(&[]);
+}
+
+#[test]
+fn at_the_cap_a_waiting_client_closes_the_longest_idle_connection_with_epoll_too() {
+    closes_the_longest_idle_connection_for_a_waiting_client(&[("GATEWAY_DRIVER", "epoll")]);
+}
+
+fn closes_the_longest_idle_connection_for_a_waiting_client(env: &[(&str, &str)]) {
     let b = mock_backend();
     let extra = "admin: 127.0.0.1:0\nlimits:\n  max_connections: 3";
     let path = write_config(&config(1, extra, &svc(&b)));
-    let g = gateway_at(&path);
+    let g = gateway_at_with_env(&path, env);
     let mut clients: Vec<Client> = (0..3).map(|_| idle_client(&g.proc)).collect();
     assert!(eventually(Duration::from_secs(5), || {
         metric(g.admin, "gateway_accept_paused_total") == 1.0

@@ -95,6 +95,13 @@ pub fn gateway_at(path: &std::path::Path) -> AdminGateway {
     start_admin_gateway(gateway_command(path), path)
 }
 
+/// [`gateway_at`] with extra environment variables (e.g. `GATEWAY_DRIVER=epoll`).
+pub fn gateway_at_with_env(path: &std::path::Path, env: &[(&str, &str)]) -> AdminGateway {
+    let mut cmd = gateway_command(path);
+    cmd.envs(env.iter().copied());
+    start_admin_gateway(cmd, path)
+}
+
 fn gateway_command(path: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
     cmd.arg("--config").arg(path).env("RUST_LOG", "warn");
