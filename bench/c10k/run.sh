@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The gateway alone at 10 000 client connections, watched from inside: each second the
 # descriptors it holds, the upstream connects it made so far, its idle and active upstream
-# connections and its own error responses (from /metrics), then loadgen's latency. What
-# bench.sh's get-c10k measures with three other proxies on the machine, without them.
+# connections and its own error responses (from /metrics), then loadgen's latency and the
+# gateway's CPU per request. What bench.sh's get-c10k measures with three other proxies on
+# the machine, without them.
 #
 #   bench/c10k/run.sh            # CONNS=10000 WARMUP=5s DURATION=6s MAX_CONNECTIONS=10100
 #                                # GATEWAY_BIN=path (another build, for an A/B)
 #
-# A connect after the warm-up, or a descriptor count near the limit, points at the pool or
-# the connection cap; neither means the tail is the load side (loadgen and the backends
-# share core 0). Needs: cargo, taskset, curl, 2 cores, an open-file limit of 20000.
+# Connects after the warm-up, or descriptors near the limit, point at the pool or the
+# connection cap; with neither, a long tail comes from how evenly the connections are
+# served (loadgen and the backends share core 0). Needs: cargo, taskset, curl, 2 cores, an
+# open-file limit of 20000.
 # Everything binds 127.0.0.1 and is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
