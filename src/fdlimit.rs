@@ -30,11 +30,7 @@ pub struct Raised {
 pub fn raise() -> io::Result<Raised> {
     let mut lim = get()?;
     let before = lim.rlim_cur;
-    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
-        .unwrap_or(1 << 20);
-    let target = lim.rlim_max.min(ceiling);
+    let target = raised_to(&lim);
     if target > lim.rlim_cur {
         lim.rlim_cur = target;
         // SAFETY: setrlimit reads the struct we pass; RLIMIT_NOFILE is a valid resource.
@@ -46,6 +42,43 @@ pub fn raise() -> io::Result<Raised> {
         before,
         now: current(),
     })
+}
+
+/// The soft limit [`raise`] sets from `lim`: the hard one, at most the kernel's `nr_open`.
+fn raised_to(lim: &libc::rlimit) -> u64 {
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    lim.rlim_max.min(ceiling).max(lim.rlim_cur)
+}
+
+/// The limit a gateway started from this process would run with (after [`raise`]), for
+/// `--check`; `u64::MAX` if unreadable.
+pub fn would_run_with() -> u64 {
+    get().map_or(u64::MAX, |l| raised_to(&l))
+}
+
+/// What the process accepts under `config` with `fd_limit` descriptors, in one line, and
+/// a warning when a `limits.max_connections` set by hand outgrows them.
+pub fn budget(config: &crate::Config, fd_limit: u64) -> (String, Option<String>) {
+    let allowed = auto_max_connections(fd_limit, config.workers, config.splice);
+    let max = config.limits.max_connections.unwrap_or(allowed);
+    let line = format!(
+        "accepting up to {max} client connections ({} per worker; limits.max_connections: {})",
+        per_worker(max, config.workers),
+        config
+            .limits
+            .max_connections
+            .map_or("auto".to_string(), |n| n.to_string()),
+    );
+    let warning = (max > allowed).then(|| {
+        format!(
+            "limits.max_connections {max} needs about {} descriptors but the limit is {fd_limit}: past {allowed} connections, requests may get 503 overloaded (raise `ulimit -n`, or lower limits.max_connections)",
+            max.saturating_mul(per_connection(config.splice)),
+        )
+    });
+    (line, warning)
 }
 
 /// The soft limit on open descriptors now (`u64::MAX` if unlimited or unreadable).

@@ -167,18 +167,9 @@ fn log_connection_budget(shared: &Shared, config: &Config, fds: std::io::Result<
         Ok(r) => r.now.to_string(),
         Err(e) => format!("{} (could not raise it: {e})", shared.fd_limit),
     };
-    let max = shared.max_connections(config);
-    log::info!(
-        "descriptors: limit {limit}; accepting up to {max} client connections ({} per worker; limits.max_connections: {})",
-        fdlimit::per_worker(max, config.workers),
-        config.limits.max_connections.map_or("auto".to_string(), |n| n.to_string()),
-    );
-    let allowed = fdlimit::auto_max_connections(shared.fd_limit, config.workers, config.splice);
-    if config.limits.max_connections.is_some_and(|n| n > allowed) {
-        log::warn!(
-            "limits.max_connections {max} needs about {} descriptors but the limit is {}: past {allowed} connections, requests may get 503 overloaded (raise `ulimit -n`, or lower limits.max_connections)",
-            max.saturating_mul(fdlimit::per_connection(config.splice)),
-            shared.fd_limit
-        );
+    let (line, warning) = fdlimit::budget(config, shared.fd_limit);
+    log::info!("descriptors: limit {limit}; {line}");
+    if let Some(w) = warning {
+        log::warn!("{w}");
     }
 }

@@ -51,6 +51,14 @@ fn main() -> ExitCode {
         }
         let changes = gateway::reload::diff(None, &cfg);
         print!("{}: OK\n{}{changes}\n", config.display(), cfg.summary());
+        // What the descriptor limit of this shell allows (the gateway raises its soft
+        // limit to the hard one at start).
+        let fds = gateway::fdlimit::would_run_with();
+        let (line, warning) = gateway::fdlimit::budget(&cfg, fds);
+        println!("descriptors: a gateway started here would have a limit of {fds}; {line}");
+        if let Some(w) = warning {
+            println!("warning: {w}");
+        }
         return ExitCode::SUCCESS;
     }
     match gateway::run(cfg, config) {

@@ -30,6 +30,43 @@ fn check_accepts_the_shipped_config_and_prints_a_summary() {
     );
 }
 
+#[test]
+fn check_says_how_many_connections_the_descriptor_limit_allows() {
+    let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+    let (code, text) = check(&format!("workers: 1\n{svc}"));
+    assert_eq!(code, Some(0), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("descriptors: "))
+        .unwrap_or_else(|| panic!("no descriptors line: {text}"));
+    assert!(line.contains("limits.max_connections: auto"), "{line}");
+    assert!(!text.contains("warning:"), "{text}");
+    // One more than the limit here allows is accepted, with a warning. (`--check` runs
+    // with this process's limits: the child inherits them.)
+    let allowed =
+        gateway::fdlimit::auto_max_connections(gateway::fdlimit::would_run_with(), 1, false);
+    let n = allowed + 1;
+    let (code, text) = check(&format!(
+        "workers: 1\nlimits: {{max_connections: {n}}}\n{svc}"
+    ));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("accepting up to {n} client connections")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "warning: limits.max_connections {n} needs about {} descriptors",
+            2 * n
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("past {allowed} connections")),
+        "{text}"
+    );
+}
+
 /// Writes `yaml` to a fresh temp file.
 fn temp_config(yaml: &str) -> std::path::PathBuf {
     static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
