@@ -303,16 +303,12 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
         assert_eq!(r.status, 200, "an in-flight request was cut");
         assert_eq!(r.header("connection"), Some("close"));
     }
-    let status = loop {
-        if let Some(s) = g.proc.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "gateway did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_status(
+        &mut g.proc.child,
+        t,
+        Duration::from_secs(10),
+        "gateway did not exit",
+    );
     assert_eq!(status.code(), Some(0));
 }
 
@@ -564,16 +560,12 @@ fn a_second_signal_exits_at_once() {
     );
     let t = Instant::now();
     signal(&g.proc.child, libc::SIGTERM);
-    let status = loop {
-        if let Some(s) = g.proc.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "second signal did not exit at once"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = exit_status(
+        &mut g.proc.child,
+        t,
+        Duration::from_secs(2),
+        "second signal did not exit at once",
+    );
     assert_eq!(status.code(), Some(1));
     assert!(
         slow.join().unwrap(),

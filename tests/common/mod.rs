@@ -140,6 +140,23 @@ pub fn gateway_at_with_fd_limit(path: &std::path::Path, soft: u64, hard: u64) ->
     start_admin_gateway(cmd, path)
 }
 
+/// The exit status of `child` once it exits, counting `within` from `since`; panics with
+/// `what` if it is still running then.
+pub fn exit_status(
+    child: &mut Child,
+    since: Instant,
+    within: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(since.elapsed() < within, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Sends a signal to a child process.
 pub fn signal(child: &Child, sig: i32) {
     // SAFETY: plain kill(2) on our own child's pid.
