@@ -63,7 +63,7 @@ pub fn would_run_with() -> u64 {
 /// a warning when a `limits.max_connections` set by hand outgrows them.
 pub fn budget(config: &crate::Config, fd_limit: u64) -> (String, Option<String>) {
     let allowed = auto_max_connections(fd_limit, config.workers, config.splice);
-    let max = config.limits.max_connections.unwrap_or(allowed);
+    let max = max_connections(config, fd_limit);
     let line = format!(
         "accepting up to {max} client connections ({} per worker; limits.max_connections: {})",
         per_worker(max, config.workers),
@@ -129,6 +129,15 @@ fn for_connections(fd_limit: u64, workers: usize, splice: bool) -> u64 {
 pub fn auto_max_connections(fd_limit: u64, workers: usize, splice: bool) -> u64 {
     let n = for_connections(fd_limit, workers, splice) / per_connection(splice);
     n.max(workers.max(1) as u64)
+}
+
+/// Client connections the whole process accepts at once under `config`: the setting, or
+/// what `fd_limit` allows.
+pub fn max_connections(config: &crate::Config, fd_limit: u64) -> u64 {
+    config
+        .limits
+        .max_connections
+        .unwrap_or_else(|| auto_max_connections(fd_limit, config.workers, config.splice))
 }
 
 /// One worker's share of the descriptors left for connections: what its client

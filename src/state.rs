@@ -260,9 +260,7 @@ impl Shared {
     /// Client connections the whole process accepts at once under `config`: the setting, or
     /// what the descriptor limit allows.
     pub fn max_connections(&self, config: &Config) -> u64 {
-        config.limits.max_connections.unwrap_or_else(|| {
-            crate::fdlimit::auto_max_connections(self.fd_limit, config.workers, config.splice)
-        })
+        crate::fdlimit::max_connections(config, self.fd_limit)
     }
 
     /// Services and backends that got no series of their own (see [`MetricIdsExhausted`]).
