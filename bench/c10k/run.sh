@@ -59,8 +59,10 @@ sample() {
     /^gateway_pool_connections\{state="active"\}/ { a = $2 }
     /^gateway_client_connections / { cl = $2 }
     /^gateway_errors_total/ { e += $2 }
+    /^gateway_requests_total/ { r += $2 }
+    /^gateway_in_flight/ { fl += $2 }
     /^process_open_fds/ { f = $2 }
-    END { printf "clients %d  fds %d  upstream connects %d  idle %d  active %d  errors %d\n", cl, f, c, i, a, e }'
+    END { printf "requests %d  in flight %d  clients %d  fds %d  upstream connects %d  idle %d  active %d  errors %d\n", r, fl, cl, f, c, i, a, e }'
 }
 ticks() { awk '{print $14 + $15}' "/proc/$gw/stat"; }
 warm=${warmup%s}
@@ -74,6 +76,7 @@ done
 t1=$(ticks)
 line=$(grep "requests in" "$tmp/loadgen.txt" | head -1)
 echo "$line"
+grep "per connection" "$tmp/loadgen.txt" || true
 n=$(echo "$line" | grep -o '[0-9]* requests in' | awk '{print $1}')
 # utime+stime in clock ticks (100 Hz) from the end of the warm-up (to the second) to the end.
 [[ -n "${t0:-}" && -n "$n" ]] && awk -v a="$t0" -v b="$t1" -v n="$n"   'BEGIN { printf "gateway CPU per request after the warm-up: %.1f µs\n", (b - a) * 10000 / n }'

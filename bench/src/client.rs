@@ -153,6 +153,10 @@ pub struct Stats {
     pub precise_pacing: bool,
     /// First few distinct error messages, for diagnosis.
     pub samples: Vec<String>,
+    /// 2xx responses in the measurement window per connection, by global connection
+    /// index (a thread fills only its own). How evenly a server serves its connections:
+    /// in closed loop a connection served less often waits longer for each response.
+    pub per_conn: Vec<u32>,
 }
 
 impl Stats {
@@ -168,6 +172,7 @@ impl Stats {
             unsent: 0,
             precise_pacing: true,
             samples: Vec::new(),
+            per_conn: Vec::new(),
         }
     }
 
@@ -194,6 +199,12 @@ impl Stats {
         self.precise_pacing &= o.precise_pacing;
         for m in &o.samples {
             self.note(m.clone());
+        }
+        if self.per_conn.len() < o.per_conn.len() {
+            self.per_conn.resize(o.per_conn.len(), 0);
+        }
+        for (mine, theirs) in self.per_conn.iter_mut().zip(&o.per_conn) {
+            *mine += theirs;
         }
     }
 
@@ -259,6 +270,7 @@ pub fn run_thread(plan: Arc<Plan>, conns: Vec<usize>, core: Option<usize>) -> io
         .build()?;
     Ok(rt.block_on(async move {
         let shared = Rc::new(RefCell::new(Stats::new()));
+        shared.borrow_mut().per_conn = vec![0; plan.connections];
         // Open the connections batch by batch (before the start, so that setup is not
         // measured); each one's request loop starts as soon as its batch is open.
         let mut handles = Vec::with_capacity(conns.len());
@@ -432,6 +444,9 @@ async fn connection(
                             st.requests += 1;
                             if (200..300).contains(&resp.status) {
                                 st.ok += 1;
+                                if let Some(n) = st.per_conn.get_mut(index) {
+                                    *n += 1;
+                                }
                                 let us = (done.saturating_sub(start) / 1000).max(1);
                                 st.hist.saturating_record(us.min(HIST_MAX_US));
                             }
@@ -673,6 +688,17 @@ mod tests {
             // Every third response is a 503; connections start at different offsets.
             assert!(bad * 3 + 4 >= stats.requests && bad * 3 <= stats.requests + 4);
             assert_eq!(stats.hist.len(), stats.ok);
+            // Each connection's 2xx are counted under its own index.
+            assert_eq!(stats.per_conn.len(), 2);
+            assert_eq!(
+                stats.per_conn.iter().map(|&n| u64::from(n)).sum::<u64>(),
+                stats.ok
+            );
+            assert!(
+                stats.per_conn.iter().all(|&n| n > 0),
+                "{:?}",
+                stats.per_conn
+            );
             let e = &stats.errors;
             assert_eq!(
                 e.connect + e.reset + e.closed + e.timeout + e.parse,

@@ -36,6 +36,40 @@ pub struct Lag {
     pub max: u64,
 }
 
+/// How evenly the connections were served: quantiles, over the connections, of the 2xx
+/// responses each got in the measurement window. In closed loop a connection's mean
+/// latency is the window divided by its count, so a low p1 beside a high p50 is a tail
+/// made by a few connections served less often, not by slow requests spread evenly.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PerConnection {
+    pub min: u32,
+    pub p1: u32,
+    pub p10: u32,
+    pub p50: u32,
+    pub p90: u32,
+    pub max: u32,
+}
+
+impl PerConnection {
+    /// `None` when there is nothing to summarise.
+    pub fn from_counts(counts: &[u32]) -> Option<PerConnection> {
+        if counts.is_empty() {
+            return None;
+        }
+        let mut v = counts.to_vec();
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Some(PerConnection {
+            min: v[0],
+            p1: at(0.01),
+            p10: at(0.1),
+            p50: at(0.5),
+            p90: at(0.9),
+            max: v[v.len() - 1],
+        })
+    }
+}
+
 /// Error counts by kind.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Errors {
@@ -141,6 +175,9 @@ pub struct Report {
     pub error_samples: Vec<String>,
     /// `[quantile (0..=1), latency_us]` at the `.hgrm` iteration points.
     pub distribution: Vec<[f64; 2]>,
+    /// Closed loop: how evenly the connections were served (see [`PerConnection`]).
+    #[serde(default)]
+    pub per_connection: Option<PerConnection>,
 }
 
 /// Build the report from the merged stats.
@@ -201,6 +238,11 @@ pub fn build(cfg: &RunConfig, stats: &Stats) -> Report {
         },
         error_samples: stats.samples.clone(),
         distribution: distribution(h),
+        per_connection: if cfg.rate > 0.0 {
+            None
+        } else {
+            PerConnection::from_counts(&stats.per_conn)
+        },
     }
 }
 
@@ -329,6 +371,13 @@ pub fn details(r: &Report) -> String {
         let _ = writeln!(
             s,
             "  note: pacing used the 1 ms timer wheel (no io_uring); latencies include up to ~1 ms of send lateness"
+        );
+    }
+    if let Some(c) = &r.per_connection {
+        let _ = writeln!(
+            s,
+            "  2xx per connection in the window: min {} p1 {} p10 {} p50 {} p90 {} max {}",
+            c.min, c.p1, c.p10, c.p50, c.p90, c.max
         );
     }
     if r.reconnects > 0 {
@@ -526,6 +575,29 @@ mod tests {
             beside_percentiles(&closed),
             "(2xx: 980; not in them: non-2xx 3, timeouts 1)"
         );
+    }
+
+    #[test]
+    fn per_connection_quantiles() {
+        assert_eq!(PerConnection::from_counts(&[]), None);
+        // 200 connections: one starved (1), one favoured (500), the rest 10..=207.
+        let mut counts: Vec<u32> = (10..208).collect();
+        counts.push(500);
+        counts.push(1);
+        let c = PerConnection::from_counts(&counts).unwrap();
+        assert_eq!((c.min, c.max), (1, 500));
+        assert_eq!(c.p1, 11, "the 3rd lowest of 200");
+        assert_eq!(c.p50, 109);
+        assert!(c.p10 < c.p50 && c.p50 < c.p90 && c.p90 < c.max);
+        let mut stats = Stats::new();
+        stats.per_conn = counts;
+        let cfg = match crate::args::parse(&["--url".into(), "http://127.0.0.1:1/".into()]) {
+            Ok(crate::args::Command::Run(c)) => c,
+            _ => unreachable!(),
+        };
+        let r = build(&cfg, &stats);
+        assert_eq!(r.per_connection, Some(c));
+        assert!(details(&r).contains("2xx per connection in the window: min 1 p1 11"));
     }
 
     #[test]
