@@ -515,6 +515,33 @@ pub fn accept_pending(fd: RawFd) -> bool {
     n > 0 && p.revents & libc::POLLIN != 0
 }
 
+/// Accepts one connection waiting on the non-blocking listening socket `fd` without
+/// waiting: `None` when none waits. The new socket is close-on-exec, and non-blocking only
+/// if `nonblocking` (the epoll driver needs that; io_uring's own accept leaves it blocking,
+/// and so does this for it).
+pub fn accept_now(
+    fd: RawFd,
+    nonblocking: bool,
+) -> Option<io::Result<(std::net::TcpStream, std::net::SocketAddr)>> {
+    // SAFETY: `fd` is the caller's open listening socket, borrowed for this call only.
+    let listener = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let accepted = socket2::SockRef::from(&listener)
+        .accept()
+        .and_then(|(s, peer)| {
+            if nonblocking {
+                s.set_nonblocking(true)?;
+            }
+            let peer = peer.as_socket().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP address")
+            })?;
+            Ok((std::net::TcpStream::from(s), peer))
+        });
+    match accepted {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        other => Some(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -823,5 +850,41 @@ mod tests {
         drop(op);
         drop(rt);
         forget_spare_timers();
+    }
+
+    /// Every connection waiting in the backlog is taken, one per call, close-on-exec and
+    /// with the blocking mode asked for; then `None`, without waiting.
+    #[test]
+    fn accept_now_takes_what_waits_and_never_waits() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(accept_now(listener.as_raw_fd(), false).is_none());
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut peers = Vec::new();
+        for nonblocking in [false, true, false] {
+            let (s, peer) = accept_now(listener.as_raw_fd(), nonblocking)
+                .expect("a connection waits")
+                .unwrap();
+            let fd = s.as_raw_fd();
+            // SAFETY: fcntl reads the flags of a descriptor we own.
+            let (fl, fdfl) = unsafe {
+                (
+                    libc::fcntl(fd, libc::F_GETFL),
+                    libc::fcntl(fd, libc::F_GETFD),
+                )
+            };
+            assert_eq!(fl & libc::O_NONBLOCK != 0, nonblocking);
+            assert!(fdfl & libc::FD_CLOEXEC != 0);
+            peers.push(peer);
+        }
+        let mut expected: Vec<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+        expected.sort();
+        peers.sort();
+        assert_eq!(peers, expected);
+        assert!(accept_now(listener.as_raw_fd(), false).is_none());
     }
 }

@@ -6,7 +6,7 @@ use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -89,6 +89,12 @@ pub fn bind_error(key: &'static str, addr: SocketAddr, source: io::Error) -> Sta
     }
 }
 
+/// Connections a listener holds for the accept loop. The kernel caps it at
+/// `net.core.somaxconn` (4096 by default since Linux 5.4), so this asks for as deep a queue
+/// as the machine allows, as Go does: a burst of connects beyond the backlog has its SYNs
+/// dropped and retried only after 1 s, 3 s, 7 s.
+const LISTEN_BACKLOG: i32 = 65_535;
+
 /// One SO_REUSEPORT listener; the kernel spreads new connections across them.
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
@@ -98,7 +104,7 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     s.set_nonblocking(true)?;
     s.set_nodelay(true)?;
     s.bind(&addr.into())?;
-    s.listen(1024)?;
+    s.listen(LISTEN_BACKLOG)?;
     Ok(s.into())
 }
 
@@ -304,10 +310,10 @@ fn worker_main(
         let worker = Rc::new(Worker::new(index, shared, log));
         monoio::spawn(housekeeping(worker.clone()));
         worker.pipes.off.set(!worker.view().snapshot.config.splice);
+        let uring = driver != "epoll";
         if let Some(spin) = worker.view().snapshot.config.busy_poll {
             log::info!("worker {index}: busy_poll {}us", spin.as_micros());
             let w = worker.clone();
-            let uring = driver != "epoll";
             monoio::spawn(async move { w.busy_poll(spin, uring).await });
         }
         let canceller = monoio::io::Canceller::new();
@@ -322,13 +328,8 @@ fn worker_main(
             }
             match listener.cancelable_accept(handle.clone()).await {
                 Ok((stream, peer)) if !worker.draining() => {
-                    worker.metrics.accepted.inc();
-                    let registration = worker.register(stream.as_raw_fd());
-                    spawn_guarded(
-                        index,
-                        peer,
-                        crate::conn::serve(worker.clone(), registration, stream, peer),
-                    );
+                    admit(&worker, stream, peer);
+                    accept_waiting(&worker, listener.as_raw_fd(), !uring);
                 }
                 Ok(_) => break, // accepted while the drain began: refuse it
                 Err(_) if worker.draining() => break,
@@ -343,6 +344,52 @@ fn worker_main(
         drop(listener);
         drain(&worker).await;
     });
+}
+
+/// Most connections one turn of the accept loop takes: one through the ring, the rest
+/// straight from the backlog (HAProxy's `tune.maxaccept` default).
+const ACCEPT_BATCH: usize = 64;
+
+/// Registers an accepted connection and starts serving it.
+fn admit(worker: &Rc<Worker>, stream: monoio::net::TcpStream, peer: SocketAddr) {
+    worker.metrics.accepted.inc();
+    let registration = worker.register(stream.as_raw_fd());
+    spawn_guarded(
+        worker.index,
+        peer,
+        crate::conn::serve(worker.clone(), registration, stream, peer),
+    );
+}
+
+/// After an accept, takes the connections already waiting in the backlog (up to
+/// [`ACCEPT_BATCH`] in all, and never past the worker's connection cap) with `accept4`
+/// instead of one ring operation each. Each ring accept completes only in the next turn
+/// of the event loop, and under load a turn runs every ready connection's task: with
+/// 10 000 busy connections a worker took in a few dozen new ones per second, so a burst of
+/// clients overflowed the backlog and waited for SYN retransmits. The cost when none
+/// waits: one `accept4` that returns EAGAIN per accepted connection.
+fn accept_waiting(worker: &Rc<Worker>, listener: RawFd, nonblocking: bool) {
+    for _ in 1..ACCEPT_BATCH {
+        if worker.draining() || worker.open_connections() >= worker.connection_cap() {
+            return;
+        }
+        match crate::io::accept_now(listener, nonblocking) {
+            None => return,
+            Some(Ok((stream, peer))) => match monoio::net::TcpStream::from_std(stream) {
+                Ok(stream) => admit(worker, stream, peer),
+                Err(e) => {
+                    log::warn!("worker {}: cannot register a connection: {e}", worker.index);
+                    return;
+                }
+            },
+            // A client that gave up, or no descriptor left: the ring accept that comes
+            // next meets it again and backs off if it lasts.
+            Some(Err(e)) => {
+                log::debug!("worker {}: accept: {e}", worker.index);
+                return;
+            }
+        }
+    }
 }
 
 /// Cancels the pending accept once the process starts draining. monoio cannot be woken

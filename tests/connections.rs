@@ -167,6 +167,68 @@ fn at_the_cap_with_every_connection_busy_a_new_client_waits_for_one_to_finish() 
 }
 
 #[test]
+fn connections_queued_in_the_backlog_are_taken_together_up_to_the_cap() {
+    takes_queued_connections_up_to_the_cap(&[]);
+}
+
+#[test]
+fn connections_queued_in_the_backlog_are_taken_together_up_to_the_cap_with_epoll_too() {
+    takes_queued_connections_up_to_the_cap(&[("GATEWAY_DRIVER", "epoll")]);
+}
+
+/// One accept takes the connections already waiting with it (regression: one per turn of
+/// the event loop starved new clients under load), never past the cap, each with its own
+/// peer address, and each served on the driver in use.
+fn takes_queued_connections_up_to_the_cap(env: &[(&str, &str)]) {
+    let b = mock_backend();
+    let extra = "admin: 127.0.0.1:0\nlimits:\n  max_connections: 6";
+    let path = write_config(&config(1, extra, &svc(&b)));
+    let g = gateway_at_with_env(&path, env);
+    // Stopped, the gateway accepts nothing: 12 clients, each from its own address, queue
+    // in its backlog with a slow request, and the first accept finds 11 more waiting.
+    signal(&g.proc.child, libc::SIGSTOP);
+    let slow = b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 1500\r\n\r\n";
+    let clients: Vec<(String, Client)> = (0..12u8)
+        .map(|i| {
+            let ip = std::net::IpAddr::from([127, 0, 0, 10 + i]);
+            let mut c = Client::connect_from(ip, g.proc.addr);
+            c.send(slow);
+            (ip.to_string(), c)
+        })
+        .collect();
+    signal(&g.proc.child, libc::SIGCONT);
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(g.admin, "gateway_accept_paused_total") >= 1.0
+    }));
+    // Six are in, all busy for 1.5 s; the other six wait in the backlog.
+    let m = metrics(g.admin);
+    assert_eq!(sample(&m, "gateway_client_connections"), Some(6.0));
+    assert_eq!(
+        sample(&m, "gateway_accepted_connections_total{worker=\"0\"}"),
+        Some(6.0)
+    );
+    // Every client is answered, and the gateway saw each one's own address.
+    let answers: Vec<_> = clients
+        .into_iter()
+        .map(|(ip, mut c)| {
+            std::thread::spawn(move || {
+                let r = c.read_response();
+                (ip, r.status, r.echoed("x-forwarded-for"))
+            })
+        })
+        .collect();
+    for a in answers {
+        let (ip, status, forwarded) = a.join().expect("client");
+        assert_eq!(status, 200, "client {ip}");
+        assert_eq!(forwarded, vec![ip]);
+    }
+    assert_eq!(
+        metric(g.admin, "gateway_accepted_connections_total{worker=\"0\"}"),
+        12.0
+    );
+}
+
+#[test]
 fn a_worker_waiting_at_the_cap_still_drains_and_exits_on_sigterm() {
     let b = mock_backend();
     let extra = "admin: 127.0.0.1:0\nlimits:\n  max_connections: 1";
