@@ -20,3 +20,29 @@ start_mock_backends() {
     pids+=($!)
   done
 }
+
+# start_gateway_alone: the rig of bench/c10k and bench/accept. Three mock backends on
+# core 0 (ports 19701-19703) and one gateway worker on core 1 (${GATEWAY_BIN:-the release
+# build}) on 127.0.0.1:19780, admin :19790, with `limits.max_connections: 10100` (as
+# bench.sh) and the caller's extra top-level YAML in $GATEWAY_EXTRA; sets GW, ADMIN and
+# gw (its PID, also appended to `pids`). Needs the caller's `tmp` directory.
+start_gateway_alone() {
+  B1=19701 B2=19702 B3=19703 GW=19780 ADMIN=19790
+  start_mock_backends $B1 $B2 $B3
+  cat >"$tmp/gateway.yaml" <<YAML
+listen: 127.0.0.1:$GW
+workers: 1
+pin_workers: false
+admin: 127.0.0.1:$ADMIN
+${GATEWAY_EXTRA:-}
+limits:
+  max_connections: ${MAX_CONNECTIONS:-10100}
+services:
+  bench: [http://127.0.0.1:$B1, http://127.0.0.1:$B2, http://127.0.0.1:$B3]
+YAML
+  wait_port $B1 && wait_port $B2 && wait_port $B3
+  taskset -c 1 "${GATEWAY_BIN:-target/release/gateway}" --config "$tmp/gateway.yaml" >"$tmp/gateway.log" 2>&1 &
+  gw=$!
+  pids+=($gw)
+  wait_port $GW
+}

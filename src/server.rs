@@ -224,25 +224,40 @@ type Runtime = FusionRuntime<
     monoio::time::TimeDriver<LegacyDriver>,
 >;
 
-/// io_uring with SINGLE_ISSUER + DEFER_TASKRUN (completions are processed only when the
-/// worker asks for them, in one batch, never by interrupting it: Linux 6.1+), else
-/// SINGLE_ISSUER + COOP_TASKRUN (no cross-core interrupts for completions; see design.md
+/// io_uring with SINGLE_ISSUER + COOP_TASKRUN (no cross-core interrupt for a completion:
+/// the kernel finishes it the next time the worker enters it; Linux 5.19+, see design.md
 /// §7), then plain io_uring, then epoll. Returns the runtime and its name.
 ///
-/// `GATEWAY_DRIVER=epoll` in the environment skips io_uring: the fallback a kernel without
-/// it (or a seccomp profile that forbids it) gets, on demand, to test or compare.
+/// Not DEFER_TASKRUN, which finishes completions only when the worker waits for them: monoio
+/// enters the kernel without waiting (to submit) as long as tasks are ready, so under load
+/// the operations that complete at once kept a share of the connections going round while
+/// the rest waited for the ring to run dry. At 10 000 connections 15–18% of them got ~1.6×
+/// the others' responses in about half the runs, and the p99 doubled (`bench/c10k/run.sh`,
+/// see the README's performance section); with COOP_TASKRUN every run was even, at the same
+/// CPU per request there and at 1, 64 and 256 connections.
+///
+/// `GATEWAY_DRIVER` in the environment, for tests and comparisons: `epoll` skips io_uring
+/// (the fallback a kernel without it, or a seccomp profile that forbids it, gets); `defer`
+/// tries SINGLE_ISSUER + DEFER_TASKRUN first.
 fn build_runtime() -> io::Result<(Runtime, &'static str)> {
     crate::io::forget_spare_timers();
-    if std::env::var_os("GATEWAY_DRIVER").is_some_and(|v| v == "epoll") {
+    let driver = std::env::var_os("GATEWAY_DRIVER");
+    if driver.as_ref().is_some_and(|v| v == "epoll") {
         return RuntimeBuilder::<LegacyDriver>::new()
             .enable_timer()
             .build()
             .map(|rt| (FusionRuntime::Legacy(rt), "epoll"));
     }
-    for (defer, name) in [
-        (true, "io_uring (single issuer, defer taskrun)"),
-        (false, "io_uring (single issuer, coop taskrun)"),
-    ] {
+    let defer = driver.as_ref().is_some_and(|v| v == "defer");
+    let tuned: &[(bool, &'static str)] = if defer {
+        &[
+            (true, "io_uring (single issuer, defer taskrun)"),
+            (false, "io_uring (single issuer, coop taskrun)"),
+        ]
+    } else {
+        &[(false, "io_uring (single issuer, coop taskrun)")]
+    };
+    for &(defer, name) in tuned {
         let mut urb = io_uring::IoUring::builder();
         urb.setup_single_issuer();
         if defer {
@@ -347,8 +362,11 @@ fn worker_main(
 }
 
 /// Most connections one turn of the accept loop takes: one through the ring, the rest
-/// straight from the backlog (HAProxy's `tune.maxaccept` default).
-const ACCEPT_BATCH: usize = 64;
+/// straight from the backlog. HAProxy takes 64 per turn of its poll loop, but a turn of
+/// ours runs every ready task and lasts tens of ms under thousands of busy connections: at
+/// 64 a burst of 3000 new clients took 1.1–3.8 s to get in at 5000 busy connections, at
+/// 1024 (a few ms of accepts) 0.2–0.3 s (`bench/accept/run.sh`).
+const ACCEPT_BATCH: usize = 1024;
 
 /// Registers an accepted connection and starts serving it.
 fn admit(worker: &Rc<Worker>, stream: monoio::net::TcpStream, peer: SocketAddr) {
@@ -367,7 +385,7 @@ fn admit(worker: &Rc<Worker>, stream: monoio::net::TcpStream, peer: SocketAddr) 
 /// of the event loop, and under load a turn runs every ready connection's task: with
 /// 10 000 busy connections a worker took in a few dozen new ones per second, so a burst of
 /// clients overflowed the backlog and waited for SYN retransmits. The cost when none
-/// waits: one `accept4` that returns EAGAIN per accepted connection.
+/// waits: one `accept4` that returns EAGAIN per ring accept.
 fn accept_waiting(worker: &Rc<Worker>, listener: RawFd, nonblocking: bool) {
     for _ in 1..ACCEPT_BATCH {
         if worker.draining() || worker.open_connections() >= worker.connection_cap() {

@@ -255,10 +255,10 @@ impl Worker {
     ///
     /// Each turn of the spin must make the runtime enter the kernel *and reap*: a task that
     /// only yields does not, since monoio then submits without asking for completions (and
-    /// with DEFER_TASKRUN nothing completes without that). So on io_uring a turn waits for
-    /// a poll for writability on an idle UDP socket, which completes at once, in the same
-    /// `io_uring_enter` that collects every other completion. On epoll a yield is enough
-    /// (the runtime then polls with a zero timeout).
+    /// with DEFER_TASKRUN, `GATEWAY_DRIVER=defer`, nothing completes without that). So on
+    /// io_uring a turn waits for a poll for writability on an idle UDP socket, which
+    /// completes at once, in the same `io_uring_enter` that collects every other
+    /// completion. On epoll a yield is enough (the runtime then polls with a zero timeout).
     pub async fn busy_poll(&self, spin: Duration, uring: bool) {
         let probe = if uring {
             match std::net::UdpSocket::bind("127.0.0.1:0")

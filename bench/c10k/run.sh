@@ -26,26 +26,8 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-B1=19701 B2=19702 B3=19703 GW=19780 ADMIN=19790
 . bench/lib.sh
-start_mock_backends $B1 $B2 $B3
-cat >"$tmp/gateway.yaml" <<YAML
-listen: 127.0.0.1:$GW
-workers: 1
-pin_workers: false
-admin: 127.0.0.1:$ADMIN
-timeouts:
-  connect: 10s
-limits:
-  max_connections: ${MAX_CONNECTIONS:-10100}
-services:
-  bench: [http://127.0.0.1:$B1, http://127.0.0.1:$B2, http://127.0.0.1:$B3]
-YAML
-wait_port $B1 && wait_port $B2 && wait_port $B3
-taskset -c 1 "${GATEWAY_BIN:-target/release/gateway}" --config "$tmp/gateway.yaml" >"$tmp/gateway.log" 2>&1 &
-gw=$!
-pids+=($gw)
-wait_port $GW
+GATEWAY_EXTRA=$'timeouts:\n  connect: 10s' start_gateway_alone
 echo "open-file limit $(ulimit -n); $(grep -o 'descriptors: .*' "$tmp/gateway.log" || true)"
 taskset -c 0 target/release/loadgen --url "http://127.0.0.1:$GW/v1/proxy/bench/hello" \
   --connections "$conns" --warmup "$warmup" --duration "$duration" --threads 1 \
