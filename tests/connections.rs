@@ -176,9 +176,9 @@ fn connections_queued_in_the_backlog_are_taken_together_up_to_the_cap_with_epoll
     takes_queued_connections_up_to_the_cap(&[("GATEWAY_DRIVER", "epoll")]);
 }
 
-/// One accept takes the connections already waiting with it (regression: one per turn of
-/// the event loop starved new clients under load), never past the cap, each with its own
-/// peer address, and each served on the driver in use.
+/// One accept takes the connections already waiting with it (`server::accept_waiting`;
+/// how much faster under load is for `bench/accept/run.sh` to show, not a test), never
+/// past the cap, each with its own peer address, and each served on the driver in use.
 fn takes_queued_connections_up_to_the_cap(env: &[(&str, &str)]) {
     let b = mock_backend();
     let extra = "admin: 127.0.0.1:0\nlimits:\n  max_connections: 6";
