@@ -8,7 +8,7 @@ seconds="${DEMO_SECONDS:-600}"
 
 echo "building (release)..."
 cargo build --release --locked --bins 2>&1 | tail -n 1
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 
 pids=()
 cleanup() {
