@@ -21,12 +21,19 @@ start_mock_backends() {
   done
 }
 
-# start_gateway_alone: the rig of bench/c10k and bench/accept. Three mock backends on
-# core 0 (ports 19701-19703) and one gateway worker on core 1 (${GATEWAY_BIN:-the release
-# build}) on 127.0.0.1:19780, admin :19790, with `limits.max_connections: 10100` (as
-# bench.sh) and the caller's extra top-level YAML in $GATEWAY_EXTRA; sets GW, ADMIN and
-# gw (its PID, also appended to `pids`). Needs the caller's `tmp` directory.
+# start_gateway_alone: the rig of bench/c10k and bench/accept. Raises the open-file limit,
+# builds the gateway and loadgen, makes `tmp` and arranges that on exit every PID in `pids`
+# is stopped (the gateway drains first: the next run needs its port) and `tmp` removed.
+# Then three mock backends on core 0 (ports 19701-19703) and one gateway worker on core 1
+# (${GATEWAY_BIN:-the release build}) on 127.0.0.1:19780, admin :19790, with
+# `limits.max_connections: 10100` (as bench.sh) and the caller's extra top-level YAML in
+# $GATEWAY_EXTRA; sets GW, ADMIN and gw (its PID).
 start_gateway_alone() {
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  cargo build --release --quiet --locked --bins -p gateway -p loadgen
+  tmp=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
   B1=19701 B2=19702 B3=19703 GW=19780 ADMIN=19790
   start_mock_backends $B1 $B2 $B3
   cat >"$tmp/gateway.yaml" <<YAML

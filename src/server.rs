@@ -248,8 +248,7 @@ fn build_runtime() -> io::Result<(Runtime, &'static str)> {
             .build()
             .map(|rt| (FusionRuntime::Legacy(rt), "epoll"));
     }
-    let defer = driver.as_ref().is_some_and(|v| v == "defer");
-    let tuned: &[(bool, &'static str)] = if defer {
+    let tuned: &[(bool, &'static str)] = if driver.as_ref().is_some_and(|v| v == "defer") {
         &[
             (true, "io_uring (single issuer, defer taskrun)"),
             (false, "io_uring (single issuer, coop taskrun)"),

@@ -125,7 +125,8 @@ impl Worker {
                 snapshot.config.workers,
                 snapshot.config.splice,
             ),
-            per_exchange: if snapshot.config.splice { 3 } else { 1 },
+            // All a proxied connection holds but the client's own descriptor.
+            per_exchange: crate::fdlimit::per_connection(snapshot.config.splice) as usize - 1,
             shared,
         }
     }

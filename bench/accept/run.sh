@@ -11,16 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 load=${LOAD:-5000} burst=${BURST:-3000}
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --quiet --locked --bins -p gateway -p loadgen
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 . bench/lib.sh
 start_gateway_alone
 taskset -c 0 target/release/loadgen --url "http://127.0.0.1:$GW/v1/proxy/bench/hello" \

@@ -16,16 +16,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 conns=${CONNS:-10000} warmup=${WARMUP:-5s} duration=${DURATION:-6s}
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --quiet --locked --bins -p gateway -p loadgen
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true # the gateway drains first: the next run needs its port
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 . bench/lib.sh
 GATEWAY_EXTRA=$'timeouts:\n  connect: 10s' start_gateway_alone
 echo "open-file limit $(ulimit -n); $(grep -o 'descriptors: .*' "$tmp/gateway.log" || true)"
