@@ -18,6 +18,7 @@ import sys
 PEERS = ("nginx", "haproxy")
 # The blind TCP relay (HAProxy in mode tcp): a floor for the CPU cost, never a peer.
 RELAY = "tcp-relay"
+SPELL_US = 2000  # a 10-ms slice of the open loop with a request this slow is a spell
 SPIN = "gateway-spin"  # the gateway with busy_poll (get-c1)
 SPIN_POLL = "200us"
 SPLICE = "gateway-splice"  # the gateway with splice: true (1 MiB scenarios)
@@ -80,6 +81,10 @@ def load_runs(out):
                     "unsent": j.get("unsent", 0),
                     "send_lag_p99": j.get("send_lag_us", {}).get("p99", 0),
                     "rate": j.get("rate", 0),
+                    # 10-ms bins of the window whose slowest request took ≥ 2 ms (loadgen's
+                    # timeline; None in results from before it had one).
+                    "spells": sum(1 for us in (j.get("timeline") or {}).get("max_us", [])
+                                  if us >= SPELL_US) if j.get("timeline") else None,
                     # The direct target has no proxy process: no CPU figure.
                     "cpu_us": (proxy_ticks / tck * 1e6 / req)
                     if (req and not row["target"].startswith("direct"))
@@ -123,7 +128,7 @@ def summarize(runs):
         for target, rs in targets.items():
             m = {k: med([r[k] for r in rs]) for k in (
                 "rps", "p50", "p99", "p999", "cpu_us", "backend_us", "load_util",
-                "proxy_util", "send_lag_p99", "other_pct")}
+                "proxy_util", "send_lag_p99", "other_pct", "spells")}
             m["errors"] = sum(r["errors"] for r in rs)
             m["warmup_errors"] = sum(r["warmup_errors"] for r in rs)
             m["unsent"] = sum(r["unsent"] for r in rs)
@@ -217,7 +222,8 @@ def scenario_table(scen, targets, summary):
     if relay:
         head += ["CPU vs TCP relay"]
     if open_loop:
-        head += ["p99 vs better peer", "p99.9 vs better peer", "send lag p99 µs", "unsent"]
+        head += ["p99 vs better peer", "p99.9 vs better peer", "send lag p99 µs", "unsent",
+                 "spells ≥ 2 ms"]
     else:
         head += ["p99 vs better peer"]
     if direct:
@@ -250,7 +256,7 @@ def scenario_table(scen, targets, summary):
             row += [fx(ratio(m["cpu_us"], relay["cpu_us"]))]
         if open_loop:
             row += [fx(ratio(m["p99"], p99_best)), fx(ratio(m["p999"], p999_best)),
-                    num(m["send_lag_p99"]), str(m["unsent"])]
+                    num(m["send_lag_p99"]), str(m["unsent"]), num(m["spells"])]
         else:
             row += [fx(ratio(m["p99"], p99_best))]
         if direct:
@@ -647,7 +653,11 @@ def main():
                      "bench.sh's default is 10000, a rate the load core sustains with room "
                      "to spare). *direct* is the tail of the load side alone: loadgen and "
                      "the backends share core 0, so no proxy's tail can be below it. "
-                     "*gateway-spin* is the gateway with `busy_poll: 200us`.")
+                     "*gateway-spin* is the gateway with `busy_poll: 200us`. *spells ≥ 2 ms*: "
+                     "how many 10-ms slices of the window had a request that took 2 ms or "
+                     "more (loadgen's `timeline`; its text output names the worst slices): "
+                     "a tail made of a few spells is a stall, one spread over many is "
+                     "queueing.")
             L.append("")
         if scen == "breaker":
             L.append("Services with backends 19001, 19002 and 19004 (nothing listens on 19004). "

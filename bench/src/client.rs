@@ -157,7 +157,14 @@ pub struct Stats {
     /// index (a thread fills only its own). How evenly a server serves its connections:
     /// in closed loop a connection served less often waits longer for each response.
     pub per_conn: Vec<u32>,
+    /// The slowest 2xx latency (µs) of the requests that started in each
+    /// [`TIMELINE_BIN_NS`] of the window, in order: when the tail happened (a spell every
+    /// second, a burst after a stall, or spread evenly) says where it comes from.
+    pub timeline: Vec<u32>,
 }
+
+/// Width of one [`Stats::timeline`] bin: 10 ms.
+pub const TIMELINE_BIN_NS: u64 = 10_000_000;
 
 impl Stats {
     pub fn new() -> Stats {
@@ -173,7 +180,19 @@ impl Stats {
             precise_pacing: true,
             samples: Vec::new(),
             per_conn: Vec::new(),
+            timeline: Vec::new(),
         }
+    }
+
+    /// Records a 2xx latency of `us` for a request that started at `start` (in the window).
+    fn record_ok(&mut self, plan: &Plan, start: u64, us: u64) {
+        self.hist.saturating_record(us.min(HIST_MAX_US));
+        let bin = (start.saturating_sub(plan.measure_ns) / TIMELINE_BIN_NS) as usize;
+        if bin >= self.timeline.len() {
+            self.timeline.resize(bin + 1, 0);
+        }
+        let us = u32::try_from(us).unwrap_or(u32::MAX);
+        self.timeline[bin] = self.timeline[bin].max(us);
     }
 
     /// Remember an error message (only the first few distinct ones are kept).
@@ -205,6 +224,12 @@ impl Stats {
         }
         for (mine, theirs) in self.per_conn.iter_mut().zip(&o.per_conn) {
             *mine += theirs;
+        }
+        if self.timeline.len() < o.timeline.len() {
+            self.timeline.resize(o.timeline.len(), 0);
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(&o.timeline) {
+            *mine = (*mine).max(*theirs);
         }
     }
 
@@ -448,7 +473,7 @@ async fn connection(
                                     *n += 1;
                                 }
                                 let us = (done.saturating_sub(start) / 1000).max(1);
-                                st.hist.saturating_record(us.min(HIST_MAX_US));
+                                st.record_ok(&plan, start, us);
                             }
                         }
                         if !(200..300).contains(&resp.status) {
@@ -681,7 +706,8 @@ mod tests {
     #[test]
     fn closed_loop_frames_responses_and_counts_statuses() {
         with_server(|addr| {
-            let stats = run_thread(Arc::new(plan(addr, None, 2)), vec![0, 1], None).unwrap();
+            let p = Arc::new(plan(addr, None, 2));
+            let stats = run_thread(p.clone(), vec![0, 1], None).unwrap();
             assert!(stats.requests > 20, "requests {}", stats.requests);
             let bad = stats.errors.status[503];
             assert_eq!(stats.requests, stats.ok + bad);
@@ -707,6 +733,20 @@ mod tests {
                 stats.samples
             );
             assert_eq!(stats.reconnects, 0);
+            // Every 2xx lands in the timeline bin of its start: the slowest bin holds the
+            // slowest request, and no bin lies beyond the run.
+            let worst = stats.timeline.iter().copied().max().unwrap_or(0);
+            assert!(
+                stats.hist.equivalent(u64::from(worst), stats.hist.max()),
+                "timeline max {worst} µs vs histogram max {} µs",
+                stats.hist.max()
+            );
+            let bins = (p.end_ns - p.measure_ns).div_ceil(TIMELINE_BIN_NS) as usize;
+            assert!(
+                !stats.timeline.is_empty() && stats.timeline.len() <= bins,
+                "{} bins, at most {bins}",
+                stats.timeline.len()
+            );
         });
     }
 

@@ -178,6 +178,37 @@ pub struct Report {
     /// Closed loop: how evenly the connections were served (see [`PerConnection`]).
     #[serde(default)]
     pub per_connection: Option<PerConnection>,
+    /// When the slow requests started (see [`Timeline`]).
+    #[serde(default)]
+    pub timeline: Option<Timeline>,
+}
+
+/// The slowest 2xx latency of the requests that started in each `bin_ms` of the window,
+/// in order (`max_us[i]` covers `i * bin_ms` to `(i + 1) * bin_ms` after the window
+/// opened; 0 = no 2xx started there). Whether the tail comes in spells at a period (a
+/// housekeeping tick), after stalls, or spread evenly.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Timeline {
+    pub bin_ms: u64,
+    pub max_us: Vec<u32>,
+}
+
+/// How many of a timeline's worst bins the text report names.
+const WORST_BINS: usize = 6;
+
+impl Timeline {
+    /// The `n` bins with the slowest requests, as `(start ms, µs)`, in time order.
+    pub fn worst(&self, n: usize) -> Vec<(u64, u32)> {
+        let mut v: Vec<(u64, u32)> = (0u64..)
+            .zip(self.max_us.iter().copied())
+            .filter(|&(_, us)| us > 0)
+            .map(|(i, us)| (i * self.bin_ms, us))
+            .collect();
+        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(n);
+        v.sort_unstable();
+        v
+    }
 }
 
 /// Build the report from the merged stats.
@@ -243,6 +274,10 @@ pub fn build(cfg: &RunConfig, stats: &Stats) -> Report {
         } else {
             PerConnection::from_counts(&stats.per_conn)
         },
+        timeline: (!stats.timeline.is_empty()).then(|| Timeline {
+            bin_ms: crate::client::TIMELINE_BIN_NS / 1_000_000,
+            max_us: stats.timeline.clone(),
+        }),
     }
 }
 
@@ -378,6 +413,19 @@ pub fn details(r: &Report) -> String {
             s,
             "  2xx per connection in the window: min {} p1 {} p10 {} p50 {} p90 {} max {}",
             c.min, c.p1, c.p10, c.p50, c.p90, c.max
+        );
+    }
+    if let Some(t) = &r.timeline {
+        let worst: Vec<String> = t
+            .worst(WORST_BINS)
+            .iter()
+            .map(|&(ms, us)| format!("+{ms}ms {}", human_us(u64::from(us))))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  slowest {}-ms spells (start in the window, worst latency): {}",
+            t.bin_ms,
+            worst.join(", ")
         );
     }
     if r.reconnects > 0 {
@@ -574,6 +622,38 @@ mod tests {
         assert_eq!(
             beside_percentiles(&closed),
             "(2xx: 980; not in them: non-2xx 3, timeouts 1)"
+        );
+    }
+
+    #[test]
+    fn timeline_names_the_slowest_bins_in_time_order() {
+        let t = Timeline {
+            bin_ms: 10,
+            max_us: vec![300, 0, 9000, 250, 0, 7000, 9000, 100],
+        };
+        assert_eq!(t.worst(3), vec![(20, 9000), (50, 7000), (60, 9000)]);
+        assert_eq!(t.worst(100).len(), 6, "empty bins are never named");
+        let mut stats = Stats::new();
+        stats.timeline = t.max_us.clone();
+        let mut other = Stats::new();
+        other.timeline = vec![400, 0, 10, 0, 0, 0, 0, 0, 0, 5000];
+        stats.merge(&other);
+        assert_eq!(
+            stats.timeline,
+            vec![400, 0, 9000, 250, 0, 7000, 9000, 100, 0, 5000],
+            "merged bin by bin, the slower of the two"
+        );
+        let cfg = match crate::args::parse(&["--url".into(), "http://127.0.0.1:1/".into()]) {
+            Ok(crate::args::Command::Run(c)) => c,
+            _ => unreachable!(),
+        };
+        let text = details(&build(&cfg, &stats));
+        assert!(
+            text.contains(
+                "slowest 10-ms spells (start in the window, worst latency): +0ms 400µs, \
+                 +20ms 9.00ms, +30ms 250µs, +50ms 7.00ms, +60ms 9.00ms, +90ms 5.00ms\n"
+            ),
+            "{text}"
         );
     }
 
