@@ -19,7 +19,7 @@ PEERS = ("nginx", "haproxy")
 # The blind TCP relay (HAProxy in mode tcp): a floor for the CPU cost, never a peer.
 RELAY = "tcp-relay"
 SPELL_US = 2000  # a 10-ms slice of the open loop with a request this slow is a spell
-SPIN = "gateway-spin"  # the gateway with busy_poll (get-c1)
+SPIN = "gateway-spin"  # the gateway with busy_poll (get-c1, open-loop)
 SPIN_POLL = "200us"
 SPLICE = "gateway-splice"  # the gateway with splice: true (1 MiB scenarios)
 
@@ -652,7 +652,7 @@ def main():
             L.append(f"Fixed rate {rate:.0f} req/s over 64 connections (`BENCH_RATE`; "
                      "bench.sh's default is 10000, a rate the load core sustains with room "
                      "to spare). *direct* is the tail of the load side alone: loadgen and "
-                     "the backends share core 0, so no proxy's tail can be below it. "
+                     "the backends share core 0, so it is a floor for every proxy's tail. "
                      "*gateway-spin* is the gateway with `busy_poll: 200us`. *spells ≥ 2 ms*: "
                      "how many 10-ms slices of the window had a request that took 2 ms or "
                      "more (loadgen's `timeline`; its text output names the worst slices): "
