@@ -25,9 +25,9 @@
 # connections), post16k-c64 (POST, 16 KiB body), open-loop (GET at a fixed rate, 10k
 # req/s unless BENCH_RATE, 64 connections), breaker (one of three backends down),
 # upload-1m (POST, 1 MiB body, 16 connections), download-1m (GET answered with 1 MiB, 16
-# connections; the request carries `x-mock-body-bytes: 1048576`), get-c10k (GET at 10000 connections, warm-up at least 5 s,
-# loadgen timeout 30 s; no tcp-relay there: it needs two descriptors per connection, over
-# the open-file limit of 20000 here).
+# connections; the request carries `x-mock-body-bytes: 1048576`), get-c10k (GET at 10000
+# connections, warm-up at least 5 s, loadgen timeout 30 s; no tcp-relay there: it needs
+# two descriptors per connection, over the open-file limit of 20000 here).
 #
 # For every run it records the proxy process's CPU time (utime+stime of the process and
 # its children from /proc/PID/stat) over loadgen's measurement window (from its
