@@ -358,7 +358,7 @@ target_url() {
 # the three backends) keeps up without queueing: at 60% of the slowest proxy's GET c64
 # throughput (this script's default until 2026-11-30, 19.5-22.5k req/s on the Intel Xeon
 # VM) and at 15k that core was 96-99% busy with every proxy and the proxies' p99.9 moved
-# 2-3x between rounds; at 10k it is 75-91% busy (40-52% direct), and `direct` shows the tail
+# 2-3x between rounds; at 10k it is 75-90% busy (40-52% direct), and `direct` shows the tail
 # the load side adds by itself. 10k req/s is also the rate issue 12 measured at.
 OPEN_LOOP_RATE=10000
 rate=${BENCH_RATE:-$OPEN_LOOP_RATE}
