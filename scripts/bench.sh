@@ -41,7 +41,7 @@
 # process logs and rendered configs in tmp/ (git-ignored).
 #
 # Environment: BENCH_OUT (result directory), BENCH_RATE (open-loop req/s; default 10000, a
-# rate the load core sustains with room to spare, see OPEN_LOOP_RATE), BENCH_ROUNDS,
+# rate the load core sustains without saturating, see OPEN_LOOP_RATE), BENCH_ROUNDS,
 # BENCH_DURATION / BENCH_WARMUP (seconds per run), BENCH_MAX_SECONDS (watchdog, 3600),
 # BENCH_PERF=1 (one extra gateway run under perf record -g), BENCH_NOTE (text for the report),
 # BENCH_NICE (nice level for every benchmark process, e.g. -5 on a shared machine),

@@ -83,8 +83,8 @@ def load_runs(out):
                     "rate": j.get("rate", 0),
                     # 10-ms bins of the window whose slowest request took ≥ 2 ms (loadgen's
                     # timeline; None in results from before it had one).
-                    "spells": sum(1 for us in (j.get("timeline") or {}).get("max_us", [])
-                                  if us >= SPELL_US) if j.get("timeline") else None,
+                    "spells": sum(us >= SPELL_US for us in j["timeline"]["max_us"])
+                    if j.get("timeline") else None,
                     # The direct target has no proxy process: no CPU figure.
                     "cpu_us": (proxy_ticks / tck * 1e6 / req)
                     if (req and not row["target"].startswith("direct"))
@@ -650,8 +650,8 @@ def main():
         if scen == "open-loop":
             rate = next(iter(targets.values()))["rate"]
             L.append(f"Fixed rate {rate:.0f} req/s over 64 connections (`BENCH_RATE`; "
-                     "bench.sh's default is 10000, a rate the load core sustains with room "
-                     "to spare). *direct* is the tail of the load side alone: loadgen and "
+                     "bench.sh's default is 10000, a rate the load core sustains without "
+                     "saturating). *direct* is the tail of the load side alone: loadgen and "
                      "the backends share core 0, so it is a floor for every proxy's tail. "
                      "*gateway-spin* is the gateway with `busy_poll: 200us`. *spells ≥ 2 ms*: "
                      "how many 10-ms slices of the window had a request that took 2 ms or "
