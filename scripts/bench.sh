@@ -152,6 +152,12 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 loadgen="$bin/loadgen"
 
 # --- processes --------------------------------------------------------------------------
+# Checked before the result directory exists: a run that cannot start leaves nothing behind
+# (an empty directory would push the next run of the day to a "-2" name).
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $TCP_PORT $SPIN_PORT $SPLICE_PORT $B1 $B2 $B3 $BDOWN; do
+  port_free "$p" || { echo "bench.sh: port $p is in use on 127.0.0.1" >&2; exit 1; }
+done
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 tmp="$out/tmp"
@@ -181,10 +187,6 @@ trap 'exit 130' INT TERM
 ) &
 pids+=($!)
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $TCP_PORT $SPIN_PORT $SPLICE_PORT $B1 $B2 $B3 $BDOWN; do
-  port_free "$p" || { echo "bench.sh: port $p is in use on 127.0.0.1" >&2; exit 1; }
-done
 
 # wait_listening PORT NAME: poll until a TCP connect succeeds (bounded: 10 s).
 wait_listening() {
