@@ -120,10 +120,36 @@ pub async fn read_more<R: AsyncReadRent>(
     min_free: usize,
     deadline: Duration,
 ) -> Read {
+    read_into(stream, buf, start, min_free, usize::MAX, deadline).await
+}
+
+/// [`read_more`] asking for exactly `room` bytes (at least that much room is made), however
+/// much more spare capacity the buffer has: what is read is written on whole, and a write
+/// must stay below the largest segment (see `relay::ReadRoom`).
+pub async fn read_at_most<R: AsyncReadRent>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    start: &mut usize,
+    room: usize,
+    deadline: Duration,
+) -> Read {
+    read_into(stream, buf, start, room, room, deadline).await
+}
+
+/// One read of at most `max` bytes into the buffer's spare capacity, after making room.
+async fn read_into<R: AsyncReadRent>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    start: &mut usize,
+    min_free: usize,
+    max: usize,
+    deadline: Duration,
+) -> Read {
     make_room(buf, start, min_free);
     let b = std::mem::take(buf);
     let (len, cap) = (b.len(), b.capacity());
-    match timed(deadline, stream.read(b.slice_mut(len..cap))).await {
+    let end = cap.min(len.saturating_add(max));
+    match timed(deadline, stream.read(b.slice_mut(len..end))).await {
         Ok((res, slice)) => {
             *buf = slice.into_inner();
             read_result(res)
@@ -692,6 +718,38 @@ mod tests {
 
     fn pattern(len: usize, seed: usize) -> Vec<u8> {
         (0..len).map(|i| ((i * 13 + seed) % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_capped_read_takes_no_more_than_its_room_whatever_the_capacity() {
+        on_each_driver(|| async {
+            let (mut s, mut peer) = pair().await;
+            let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            std::io::Write::write_all(&mut peer, &sent).unwrap();
+            // A recycled buffer with far more spare capacity than the room asked for, and
+            // bytes before `start` that were already consumed.
+            let mut buf = Vec::with_capacity(128 * 1024);
+            buf.extend_from_slice(b"old");
+            let mut start = 3;
+            let mut got = Vec::new();
+            while got.len() < sent.len() {
+                match read_at_most(&mut s, &mut buf, &mut start, 1000, Duration::from_secs(5)).await
+                {
+                    Read::Data(n) => {
+                        assert!(n <= 1000, "read {n} bytes for a room of 1000");
+                        assert_eq!(buf.len() - start, n);
+                        got.extend_from_slice(&buf[start..]);
+                        start = buf.len();
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(got, sent);
+            assert!(
+                buf.capacity() >= 128 * 1024,
+                "the buffer was not reallocated"
+            );
+        });
     }
 
     #[test]
