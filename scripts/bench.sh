@@ -187,7 +187,6 @@ trap 'exit 130' INT TERM
 ) &
 pids+=($!)
 
-
 # wait_listening PORT NAME: poll until a TCP connect succeeds (bounded: 10 s).
 wait_listening() {
   for _ in $(seq 1 100); do
