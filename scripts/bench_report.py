@@ -533,6 +533,35 @@ def connections_rows(summary):
     return rows
 
 
+def per_round_section(summary):
+    """The gateway against the better peer of the same round, round by round: the targets
+    take ratios of medians, and one slow round moves a median of few rounds a lot."""
+    L = ["### Round by round", "",
+         "The gateway's CPU per request (and, in the open loop, its p99) over the better "
+         "peer's in the same round, in round order; the targets above take ratios of "
+         "medians instead.", "",
+         "| scenario | per round | range | median |", "|---|---|---|---|"]
+    for scen, targets in summary.items():
+        suffix = "-1down" if scen == "breaker" else ""
+        gw = targets.get("gateway" + suffix)
+        peers = [targets[p + suffix] for p in ("nginx", "haproxy") if p + suffix in targets]
+        if not gw or not peers:
+            continue
+        metrics = [("cpu_us", "CPU")] + ([("p99", "p99")] if scen == "open-loop" else [])
+        for metric, label in metrics:
+            ratios = []
+            for r in sorted(gw["runs"], key=lambda r: r["round"]):
+                best = [x[metric] for p in peers for x in p["runs"]
+                        if x["round"] == r["round"] and x[metric]]
+                if r[metric] and best:
+                    ratios.append(r[metric] / min(best))
+            if ratios:
+                L.append(f"| {scen} {label} | {' '.join(f'{x:.2f}' for x in ratios)} "
+                         f"| {min(ratios):.2f}–{max(ratios):.2f}× "
+                         f"| {statistics.median(ratios):.2f}× |")
+    return L
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
@@ -622,6 +651,8 @@ def main():
              + (f", worst {max(r['other_pct'] for r in runs):.0f}%." if runs else "."))
     L.append("")
     L += targets_section(summary)
+    L.append("")
+    L += per_round_section(summary)
     L.append("")
     quiet = [r for r in runs if r["other_pct"] < 10]
     if quiet and len(quiet) < len(runs):
