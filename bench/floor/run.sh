@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Floors for the gateway's CPU per request: the gateway (defaults, access log on, 1 worker)
-# against blind TCP relays that do no HTTP work: HAProxy `mode tcp` (bench.sh's tcp-relay,
+# and NGINX (bench.sh's equal-work peer, bench/peers/nginx.conf) against blind TCP relays
+# that do no HTTP work: HAProxy `mode tcp` (bench.sh's tcp-relay,
 # epoll), `ring-relay` written straight on io_uring, `ring-relay --monoio` on the gateway's
 # runtime and ring setup, and `ring-relay --monoio-epoll` on that runtime's epoll driver
-# (bench/src/bin/ring_relay.rs). All five run at once on core 1, idle when
+# (bench/src/bin/ring_relay.rs). All six run at once on core 1, idle when
 # not measured; three mock backends and loadgen (1 thread) on core 0. Each round measures
 # every target once, in turn: loadgen's 5 s window, the target's utime+stime over exactly
 # that window (sampled when loadgen prints its window start and end), divided by the
@@ -11,10 +12,12 @@
 #
 #   bench/floor/run.sh                    # ROUNDS=5 CONNS=64 SECONDS_PER_RUN=5
 #   CONNS=1 ROUNDS=3 bench/floor/run.sh   # another load; LOADGEN_ARGS="--rate 10000" too
+#   GATEWAY_B=path/to/other/gateway bench/floor/run.sh   # also an A/B: that build as gateway-b
+#   ONLY="gateway gateway-b nginx" bench/floor/run.sh     # measure only these targets
 #
 # Prints one line per target per round, then each target's median and its median ratio to
 # the others; writes raw loadgen output to $OUT (default: a temporary directory, removed).
-# Needs: cargo, haproxy, taskset, 2 cores. Everything binds 127.0.0.1 and is stopped by PID.
+# Needs: cargo, haproxy, nginx, taskset, 2 cores. Everything binds 127.0.0.1 and is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . bench/lib.sh
@@ -30,7 +33,8 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-B1=19501 B2=19502 B3=19503 GW=19580 TCP=19583 RAW=19584 MONO=19585 EPOLL=19586
+B1=19501 B2=19502 B3=19503 BDOWN=19504 GW=19580 GWB=19581 NGINX=19582 TCP=19583 RAW=19584 MONO=19585
+EPOLL=19586
 start_mock_backends $B1 $B2 $B3
 wait_port $B1 && wait_port $B2 && wait_port $B3
 cat >"$tmp/gateway.yaml" <<YAML
@@ -43,6 +47,20 @@ YAML
 RUST_LOG=warn taskset -c 1 target/release/gateway --config "$tmp/gateway.yaml" >"$tmp/gateway.log" 2>&1 &
 gw=$!
 pids+=($gw)
+targets=("gateway $GW $gw")
+if [[ -n ${GATEWAY_B:-} ]]; then
+  sed -e "s/^listen: .*/listen: 127.0.0.1:$GWB/" "$tmp/gateway.yaml" >"$tmp/gateway-b.yaml"
+  RUST_LOG=warn taskset -c 1 "$GATEWAY_B" --config "$tmp/gateway-b.yaml" >"$tmp/gateway-b.log" 2>&1 &
+  pids+=($!)
+  targets+=("gateway-b $GWB $!")
+  wait_port $GWB
+fi
+mkdir -p "$tmp/nginx-client-body" "$tmp/nginx-proxy-temp"
+sed -e "s|@DIR@|$tmp|g; s/@B1@/$B1/g; s/@B2@/$B2/g; s/@B3@/$B3/g; s/@BDOWN@/$BDOWN/g; s/@NGINX_PORT@/$NGINX/g" \
+  bench/peers/nginx.conf >"$tmp/nginx.conf"
+taskset -c 1 nginx -p "$tmp/" -e "$tmp/nginx-error.log" -c "$tmp/nginx.conf" >"$tmp/nginx.log" 2>&1 &
+ng=$!
+pids+=($ng)
 sed -e "s/@TCP_PORT@/$TCP/; s/@B1@/$B1/; s/@B2@/$B2/; s/@B3@/$B3/" bench/peers/haproxy-tcp.cfg >"$tmp/tcp.cfg"
 taskset -c 1 haproxy -db -f "$tmp/tcp.cfg" >"$tmp/haproxy.log" 2>&1 &
 hp=$!
@@ -56,16 +74,23 @@ pids+=($mono)
 taskset -c 1 target/release/ring-relay --monoio-epoll $EPOLL $B1 $B2 $B3 >"$tmp/epoll.log" 2>&1 &
 epoll=$!
 pids+=($epoll)
-for p in $GW $TCP $RAW $MONO $EPOLL; do wait_port $p; done
+for p in $GW $NGINX $TCP $RAW $MONO $EPOLL; do wait_port $p; done
+targets+=("nginx $NGINX $ng" "haproxy-tcp $TCP $hp" "ring-relay $RAW $raw" "monoio-relay $MONO $mono"
+  "monoio-epoll-relay $EPOLL $epoll")
 
-# ticks PID: its user and system time so far, in clock ticks ("utime stime").
+# ticks PID: the user and system time so far of PID and its children (NGINX's worker), in
+# clock ticks ("utime stime").
 ticks() {
-  local s
-  s=$(<"/proc/$1/stat")
-  s=${s##*) }
-  local -a f
-  read -r -a f <<<"$s"
-  echo "${f[11]} ${f[12]}"
+  local u=0 k=0 p s kids=()
+  [[ -r /proc/$1/task/$1/children ]] && read -r -a kids <"/proc/$1/task/$1/children" || true
+  for p in "$1" "${kids[@]}"; do
+    s=$(<"/proc/$p/stat") || continue
+    s=${s##*) }
+    local -a f
+    read -r -a f <<<"$s"
+    u=$((u + f[11])) k=$((k + f[12]))
+  done
+  echo "$u $k"
 }
 hz=$(getconf CLK_TCK)
 # measure LABEL PORT PID: one loadgen run; prints "LABEL us_per_req req_per_s user_us sys_us"
@@ -99,7 +124,8 @@ echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *
 echo "GET, $conns connections, loadgen 1 thread ${LOADGEN_ARGS:-}; per target: CPU µs per request over loadgen's ${secs} s window, req/s, user µs, system µs"
 results=()
 for round in $(seq "$rounds"); do
-  for t in "gateway $GW $gw" "haproxy-tcp $TCP $hp" "ring-relay $RAW $raw" "monoio-relay $MONO $mono" "monoio-epoll-relay $EPOLL $epoll"; do
+  for t in "${targets[@]}"; do
+    [[ -z ${ONLY:-} || " $ONLY " == *" ${t%% *} "* ]] || continue
     # shellcheck disable=SC2086
     line=$(measure $t)
     echo "round $round: $line"
@@ -122,7 +148,7 @@ for n in names:
     print(f"  {n}: user {u:.2f}, system {k:.2f} µs per request (medians), {r:.0f} req/s")
 for a in names:
     for b in names:
-        if a < b:
+        if names.index(a) < names.index(b):
             per = [by[a][r] / by[b][r] for r in sorted(by[a]) if r in by[b]]
             print(f"  {a} / {b}: {med[a] / med[b]:.2f}x (per round {min(per):.2f}-{max(per):.2f})")
 '
