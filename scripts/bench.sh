@@ -14,6 +14,10 @@
 #   haproxy    1 thread                 :18082  (bench/peers/haproxy.cfg)
 #   tcp-relay  1 thread                 :18083  (bench/peers/haproxy-tcp.cfg: HAProxy in
 #              mode tcp, a blind relay that does no HTTP work: the floor, not a peer)
+#   ring-relay 1 thread                 :18086  (ring-relay from bench/: the same blind relay
+#              straight on io_uring with the gateway's ring setup, the floor for a proxy
+#              on the ring; bench/README.md, *Floors*; GET and POST 16 KiB only: its reads
+#              are 16 KiB, so it says nothing about long bodies)
 #   gateway-spin  1 worker, busy_poll: 200us  :18084  (get-c1 and open-loop only: the opt-in
 #              setting that polls the ring instead of sleeping between requests)
 #   gateway-splice  1 worker, splice: true    :18085  (1 MiB scenarios only: the opt-in
@@ -72,6 +76,7 @@ TCP_PORT=18083 # HAProxy in mode tcp: the tcp-relay target
 SPIN_PORT=18084 # the gateway with busy_poll: the gateway-spin target
 SPIN_POLL=200us
 SPLICE_PORT=18085 # the gateway with splice: true: the gateway-splice target
+RING_PORT=18086 # bench/src/bin/ring_relay.rs: the ring-relay target
 B1=19001 B2=19002 B3=19003
 BDOWN=19004 # nothing listens here: the "down" backend of the breaker scenario
 LOAD_CORE=0
@@ -155,7 +160,7 @@ loadgen="$bin/loadgen"
 # Checked before the result directory exists: a run that cannot start leaves nothing behind
 # (an empty directory would push the next run of the day to a "-2" name).
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $TCP_PORT $SPIN_PORT $SPLICE_PORT $B1 $B2 $B3 $BDOWN; do
+for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $TCP_PORT $SPIN_PORT $SPLICE_PORT $RING_PORT $B1 $B2 $B3 $BDOWN; do
   port_free "$p" || { echo "bench.sh: port $p is in use on 127.0.0.1" >&2; exit 1; }
 done
 mkdir -p "$out"
@@ -287,6 +292,12 @@ tcp_pid=$!
 pids+=($tcp_pid)
 wait_listening $TCP_PORT tcp-relay
 
+"${nice_cmd[@]}" taskset -c "$PROXY_CORE" "$bin/ring-relay" $RING_PORT $B1 $B2 $B3 \
+  >"$tmp/ring-relay.log" 2>&1 &
+ring_pid=$!
+pids+=($ring_pid)
+wait_listening $RING_PORT ring-relay
+
 # --- measurement helpers ----------------------------------------------------------------
 # cpu_ticks PID: utime+stime (fields 14+15 of /proc/PID/stat) of PID and its children.
 cpu_ticks() {
@@ -334,7 +345,7 @@ target_pid() {
     gateway-spin) echo "$spin_pid" ;;
     gateway-splice) echo "$splice_pid" ;;
     gateway*) echo "$gw_pid" ;; nginx*) echo "$nginx_pid" ;; haproxy*) echo "$haproxy_pid" ;;
-    tcp-relay) echo "$tcp_pid" ;; *) echo "" ;;
+    tcp-relay) echo "$tcp_pid" ;; ring-relay) echo "$ring_pid" ;; *) echo "" ;;
   esac
 }
 target_url() {
@@ -346,6 +357,7 @@ target_url() {
     haproxy) echo "http://127.0.0.1:$HAPROXY_PORT/v1/proxy/bench/$path" ;;
     # The relay passes the path on unchanged (no prefix strip): the backend answers any path.
     tcp-relay) echo "http://127.0.0.1:$TCP_PORT/v1/proxy/bench/$path" ;;
+    ring-relay) echo "http://127.0.0.1:$RING_PORT/v1/proxy/bench/$path" ;;
     gateway-1down) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench-down/$path" ;;
     gateway-spin) echo "http://127.0.0.1:$SPIN_PORT/v1/proxy/bench/$path" ;;
     gateway-splice) echo "http://127.0.0.1:$SPLICE_PORT/v1/proxy/bench/$path" ;;
@@ -404,8 +416,8 @@ scenario_targets() {
   case "$1" in
     breaker) echo "gateway-1down nginx-1down haproxy-1down" ;;
     limits) echo "gateway gateway-limited" ;;
-    get-c1) echo "direct gateway gateway-spin nginx haproxy tcp-relay" ;;
-    get-c64 | get-c256 | post16k-c64) echo "direct gateway nginx haproxy tcp-relay" ;;
+    get-c1) echo "direct gateway gateway-spin nginx haproxy tcp-relay ring-relay" ;;
+    get-c64 | get-c256 | post16k-c64) echo "direct gateway nginx haproxy tcp-relay ring-relay" ;;
     upload-1m | download-1m) echo "direct gateway gateway-splice nginx haproxy tcp-relay" ;;
     open-loop) echo "direct gateway gateway-spin nginx haproxy" ;;
     get-c10k) echo "direct gateway nginx haproxy" ;;
@@ -517,7 +529,7 @@ measure() {
   echo "quick=$quick"
   echo "load_core=$LOAD_CORE"
   echo "proxy_core=$PROXY_CORE"
-  echo "ports=gateway $GW_PORT, gateway-spin $SPIN_PORT, gateway-splice $SPLICE_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, tcp-relay $TCP_PORT, backends $B1 $B2 $B3, down $BDOWN"
+  echo "ports=gateway $GW_PORT, gateway-spin $SPIN_PORT, gateway-splice $SPLICE_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, tcp-relay $TCP_PORT, ring-relay $RING_PORT, backends $B1 $B2 $B3, down $BDOWN"
 } >"$out/meta.txt"
 
 # --- the run ----------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import sys
 PEERS = ("nginx", "haproxy")
 # The blind TCP relay (HAProxy in mode tcp): a floor for the CPU cost, never a peer.
 RELAY = "tcp-relay"
+# A blind relay straight on io_uring (bench/src/bin/ring_relay.rs): the floor for a proxy on the ring.
+RING = "ring-relay"
 SPELL_US = 2000  # a 10-ms slice of the open loop with a request this slow is a spell
 SPIN = "gateway-spin"  # the gateway with busy_poll (get-c1, open-loop)
 SPIN_POLL = "200us"
@@ -213,6 +215,7 @@ def scenario_table(scen, targets, summary):
     p999_best, p999_who = better_peer(targets, "p999", False, suffix)
     direct = targets.get("direct")
     relay = targets.get(RELAY)
+    ring = targets.get(RING)
     mib = MIB_PER_REQUEST.get(scen)
     open_loop = scen == "open-loop"
     head = ["target", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/req"]
@@ -221,6 +224,8 @@ def scenario_table(scen, targets, summary):
     head += ["CPU vs better peer", "req/s vs better peer"]
     if relay:
         head += ["CPU vs TCP relay"]
+    if ring:
+        head += ["CPU vs ring relay"]
     if open_loop:
         head += ["p99 vs better peer", "p99.9 vs better peer", "send lag p99 µs", "unsent",
                  "spells ≥ 2 ms"]
@@ -254,6 +259,8 @@ def scenario_table(scen, targets, summary):
         ]
         if relay:
             row += [fx(ratio(m["cpu_us"], relay["cpu_us"]))]
+        if ring:
+            row += [fx(ratio(m["cpu_us"], ring["cpu_us"]))]
         if open_loop:
             row += [fx(ratio(m["p99"], p99_best)), fx(ratio(m["p999"], p999_best)),
                     num(m["send_lag_p99"]), str(m["unsent"]), num(m["spells"])]
@@ -289,6 +296,10 @@ def scenario_table(scen, targets, summary):
                      "rewrite, no prefix strip: the backend receives /v1/proxy/bench/... "
                      "unchanged, which the mock backend answers like any path) and keeps no "
                      "upstream pool (one backend connection per client connection)")
+    if ring:
+        notes.append(f"{RING} is the same kind of blind relay written straight on io_uring, "
+                     "the ring set up as the gateway's (bench/src/bin/ring_relay.rs): the "
+                     "floor for a proxy on the ring, where HAProxy's relay runs on epoll")
     return lines, notes
 
 
@@ -325,6 +336,16 @@ def targets_section(summary):
                 f"gateway {gw['cpu_us']:.1f} µs vs {RELAY} {tr['cpu_us']:.1f} µs = {r:.2f}×"
                 if r else "—",
                 (verdict(r <= 0.95) + disturbed_note(gw, tr)) if r else verdict(None),
+            ))
+        rr = c64.get(RING)
+        if rr:
+            r = ratio(gw["cpu_us"], rr["cpu_us"])
+            rows.append((
+                "CPU per request against the ring relay (GET, 64 conns; no target, the floor "
+                "on the ring)",
+                f"gateway {gw['cpu_us']:.1f} µs vs {RING} {rr['cpu_us']:.1f} µs = {r:.2f}×"
+                if r else "—",
+                "information",
             ))
         best, who = better_peer(c64, "rps", True)
         r = ratio(gw["rps"], best)
