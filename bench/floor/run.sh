@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Floors for the gateway's CPU per request: the gateway (defaults, access log on, 1 worker)
+# Floors for the gateway's CPU per request: the gateway (defaults: 1 worker, no access log)
 # and NGINX (bench.sh's equal-work peer, bench/peers/nginx.conf) against blind TCP relays
 # that do no HTTP work: HAProxy `mode tcp` (bench.sh's tcp-relay,
 # epoll), `ring-relay` written straight on io_uring, `ring-relay --monoio` on the gateway's
