@@ -19,8 +19,8 @@
 //! stops at the first error of its own (a failed accept or connect ends the process).
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
@@ -93,10 +93,10 @@ mod raw {
     /// `user_data` of the accept.
     const ACCEPT: u64 = u64::MAX;
 
-    /// One client connection and its backend connection.
+    /// One client connection and its backend connection (closed when the pair is dropped).
     struct Pair {
         /// `[client, backend]`.
-        fds: [RawFd; 2],
+        socks: [TcpStream; 2],
         /// Per direction (0: client → backend, 1: backend → client): its buffer, and the
         /// bytes in it still to send as `from..to`.
         bufs: [Box<[u8]>; 2],
@@ -146,33 +146,29 @@ mod raw {
             // SAFETY: `from < to <= BUF`: `to` is what a receive put in the buffer, and
             // `from` only grows by what a send took, up to `to`.
             let ptr = unsafe { p.bufs[dir].as_ptr().add(from) };
-            opcode::Send::new(types::Fd(p.fds[1 - dir]), ptr, (to - from) as u32).build()
+            let fd = types::Fd(p.socks[1 - dir].as_raw_fd());
+            opcode::Send::new(fd, ptr, (to - from) as u32).build()
         } else {
             let buf = p.bufs[dir].as_mut_ptr();
-            opcode::Recv::new(types::Fd(p.fds[dir]), buf, BUF as u32).build()
+            opcode::Recv::new(types::Fd(p.socks[dir].as_raw_fd()), buf, BUF as u32).build()
         };
         p.in_flight += 1;
         push(ring, &e.user_data(tag(slot, dir, send)))
     }
 
     /// Ends a pair: both sockets are shut down, which completes whatever is in flight;
-    /// the descriptors are closed and the slot freed when the last completion is in.
+    /// the pair (and with it its sockets) goes when the last completion is in.
     fn end(pairs: &mut [Option<Pair>], free: &mut Vec<usize>, slot: usize) {
         let Some(p) = pairs[slot].as_mut() else {
             return;
         };
         if !p.closing {
             p.closing = true;
-            for fd in p.fds {
-                // SAFETY: shutdown(2) on descriptors this pair owns.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            for s in &p.socks {
+                let _ = s.shutdown(Shutdown::Both);
             }
         }
         if p.in_flight == 0 {
-            for fd in p.fds {
-                // SAFETY: closing descriptors this pair owns, with nothing in flight on them.
-                unsafe { libc::close(fd) };
-            }
             pairs[slot] = None;
             free.push(slot);
         }
@@ -201,21 +197,12 @@ mod raw {
                     if res < 0 {
                         return Err(io::Error::from_raw_os_error(-res));
                     }
-                    let client = res;
-                    let backend = connect(&backends, &mut next)?.into_raw_fd();
-                    let on: libc::c_int = 1;
-                    // SAFETY: a plain int option on the socket just accepted.
-                    unsafe {
-                        libc::setsockopt(
-                            client,
-                            libc::IPPROTO_TCP,
-                            libc::TCP_NODELAY,
-                            (&on as *const libc::c_int).cast(),
-                            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                        )
-                    };
+                    // SAFETY: the accept just returned this descriptor; nothing else owns it.
+                    let client = unsafe { TcpStream::from_raw_fd(res) };
+                    client.set_nodelay(true)?;
+                    let backend = connect(&backends, &mut next)?;
                     let pair = Pair {
-                        fds: [client, backend],
+                        socks: [client, backend],
                         bufs: [
                             vec![0; BUF].into_boxed_slice(),
                             vec![0; BUF].into_boxed_slice(),
