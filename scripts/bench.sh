@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Benchmark the gateway against NGINX and HAProxy on this machine, in one run.
 #
-#   scripts/bench.sh            # full: 9 scenarios x 3 interleaved rounds, ~20 min on 2 cores
-#                               # (3 x 41 runs of ~8.5 s, get-c10k ~12 s; ~10 min before the
-#                               # TCP relay, 1 MiB and 10k scenarios)
+#   scripts/bench.sh            # full: 9 scenarios x 3 interleaved rounds, ~22 min on 2 cores
+#                               # (3 x 49 runs of ~8.5 s, get-c10k ~12 s; BENCH_ROUNDS=5,
+#                               # the README's runs: ~36 min)
 #   scripts/bench.sh --quick    # GET c64, open loop, breaker; 1 round, short runs (< 2 min)
 #
-# Builds release (gateway, mock-backend, loadgen), starts 3 mock backends and the four
-# proxies, and measures with the same load, interleaved per scenario (A B C D A B C D ...):
+# Builds release (gateway, mock-backend, loadgen, ring-relay), starts 3 mock backends and
+# every target below, and measures with the same load, interleaved per scenario (A B C D A B C D ...):
 #   direct     loadgen -> mock-backend :19001 (the ceiling)
 #   gateway    1 worker                 :18080
 #   nginx      1 worker                 :18081  (bench/peers/nginx.conf)
@@ -23,7 +23,7 @@
 #   gateway-splice  1 worker, splice: true    :18085  (1 MiB scenarios only: the opt-in
 #              setting that splices long bodies socket to socket)
 # Pinning: loadgen (1 thread) and the mock backends on core 0, the proxy under test alone
-# on core 1 (all four proxies run all the time, idle when not measured).
+# on core 1 (every target runs all the time, idle when not measured).
 #
 # Scenarios (closed loop unless said): get-c1, get-c64, get-c256 (GET at 1/64/256
 # connections), post16k-c64 (POST, 16 KiB body), open-loop (GET at a fixed rate, 10k
