@@ -297,9 +297,11 @@ async fn connect_or_reuse<'v>(
 /// How the backend's side of an exchange ended, as the breaker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    /// A final response head arrived (early or not): judged by its status.
+    /// A final response arrived (early or not) and its body was not broken by the backend:
+    /// judged by its status.
     Answered(u16),
-    /// Connect, send, timeout, garbage or close before a complete head.
+    /// Connect, send, timeout, garbage or close before a complete head; or a body the
+    /// backend broke (bad framing, closed or stalled before its end).
     Failed,
     /// The client vanished or sent a broken body before the request was sent whole: no
     /// verdict on the backend (a probe backs off).
@@ -334,6 +336,11 @@ impl Attempt<'_> {
         };
         self.metrics.outcome(self.backend.slot, failure);
         self.log(tr);
+    }
+
+    /// The attempt is the circuit's probe and still unjudged.
+    fn is_probe(&self) -> bool {
+        self.ticket.is_some_and(|t| t.is_probe())
     }
 
     /// A probe made progress: extend its lease so no second probe is admitted meanwhile.
@@ -408,6 +415,17 @@ enum HeadFail {
     Backend(GatewayError),
     /// Streaming the request body failed on the client's side.
     Client(BodyError),
+    /// The backend closed or reset before the request was sent whole, with no response.
+    Abandoned,
+}
+
+/// How a response body ended, as far as the backend is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// Relayed whole, or cut short by the client.
+    Relayed,
+    /// The backend broke it: bad framing, or closed, reset or stalled before its end.
+    Broken,
 }
 
 /// Facts about the final response head; its client-bound copy (all but the connection
@@ -451,6 +469,12 @@ impl Exchange<'_> {
                 self.attempt.settle(Outcome::NotSent);
                 return self.reply(down, GatewayError::BackendClosed).await;
             }
+            // The backend hung up while the client was still sending the body: it may have
+            // given up on a slow client, so no verdict (a client must not open a circuit).
+            Err(HeadFail::Abandoned) => {
+                self.attempt.settle(Outcome::NotSent);
+                return self.reply(down, GatewayError::BackendClosed).await;
+            }
             Err(HeadFail::Backend(err)) => {
                 self.attempt.settle(verdict(err));
                 return self.reply(down, err).await;
@@ -463,8 +487,19 @@ impl Exchange<'_> {
             .observe(self.attempt.service.id, upstream_us);
         down.record.upstream_us = Some(upstream_us);
         down.record.status = head.status;
-        self.attempt.settle(Outcome::Answered(head.status));
-        self.relay_response(down, head).await
+        let status = head.status;
+        // A failure status is judged now, and so is a probe, so that a long response does not
+        // hold the circuit half-open; anything else once the body has ended, because a
+        // backend that breaks its bodies is failing even when its heads look fine.
+        if self.attempt.is_probe() || self.attempt.service.settings.is_failure_status(status) {
+            self.attempt.settle(Outcome::Answered(status));
+        }
+        let (after, body) = self.relay_response(down, head).await;
+        self.attempt.settle(match body {
+            Body::Broken => Outcome::Failed,
+            Body::Relayed => Outcome::Answered(status),
+        });
+        after
     }
 
     /// No response head: answer the client ourselves. The connection stays only if the
@@ -645,6 +680,9 @@ impl Exchange<'_> {
         };
         worker.recycle(chunk);
         match result {
+            Either::Right(Err(HeadFail::Backend(GatewayError::BackendClosed))) => {
+                return Err(HeadFail::Abandoned)
+            }
             // An early answer: the upload future is dropped, nothing more goes up.
             Either::Right(early) => return early,
             Either::Left(Ok(_)) => {
@@ -658,14 +696,19 @@ impl Exchange<'_> {
             Either::Left(Err(e)) => return Err(HeadFail::Client(e)),
         }
         match io::timed(timeouts.response, head).await {
+            // The backend stopped taking the body and hung up without an answer.
+            Ok(Err(HeadFail::Backend(GatewayError::BackendClosed))) if !*sent_whole => {
+                Err(HeadFail::Abandoned)
+            }
             Ok(r) => r,
             Err(_) => Err(HeadFail::Backend(GatewayError::ResponseTimeout)),
         }
     }
 
     /// Relays the response: the head is in `down.out`; whatever body is in hand goes in the
-    /// same write; the rest streams. Then decides about both connections.
-    async fn relay_response(&mut self, down: &mut Downstream, head: ResponseHead) -> After {
+    /// same write; the rest streams. Then decides about both connections, and says whether
+    /// the backend broke the body.
+    async fn relay_response(&mut self, down: &mut Downstream, head: ResponseHead) -> (After, Body) {
         let timeout = self.timeouts.body;
         let early = !self.sent_whole;
         // An early answer, or a drain that began while we waited, closes the client
@@ -681,7 +724,7 @@ impl Exchange<'_> {
                 // Broken framing before anything reached the client: a clean 502 is possible.
                 let err = GatewayError::BadResponse("invalid_chunked_body");
                 reply_error(down, false, err, self.service, None, timeout).await;
-                return After::Close;
+                return (After::Close, Body::Broken);
             }
         };
         self.ustart += used;
@@ -690,7 +733,7 @@ impl Exchange<'_> {
             .await
             .is_err()
         {
-            return After::Close;
+            return (After::Close, Body::Relayed);
         }
         down.out.clear();
         if !body.done {
@@ -710,21 +753,22 @@ impl Exchange<'_> {
             down.out = out;
             match r {
                 Ok(n) => down.record.bytes += n,
-                Err(BodyError::DstIo) => return After::Close,
+                Err(BodyError::DstIo) => return (After::Close, Body::Relayed),
                 Err(_) => {
                     // The backend failed mid-body: the client must see an aborted response.
                     io::set_reset_on_close(down.sock.fd());
-                    return After::Close;
+                    return (After::Close, Body::Broken);
                 }
             }
         }
         // Reuse the backend connection only after a clean, fully framed exchange.
         self.pool_it = head.reusable && !early && body.done && self.ustart == self.ubuf.len();
-        match (early, keep_client) {
+        let after = match (early, keep_client) {
             (true, _) => After::Linger,
             (false, true) => After::Keep,
             (false, false) => After::Close,
-        }
+        };
+        (after, Body::Relayed)
     }
 }
 
@@ -848,18 +892,20 @@ fn parse_head(
     Ok(Parsed::Final(head, head_len))
 }
 
-/// A bodyless response that looks as if the backend meant to send a body (a HEAD answer
-/// announcing a length, a 204 with a length or a transfer coding): if the body follows
+/// A bodyless response that looks as if the backend meant to send a body (a HEAD or 304
+/// answer announcing a length or a transfer coding, a 204 with either): if the body follows
 /// later, it must find the connection closed, not the next request waiting on it.
 fn doubtful(p: &h1::ParsedResponse<'_, '_>, info: RequestInfo) -> bool {
-    let head_with_length = info.method == Method::Head && p.content_length.is_some_and(|n| n > 0);
     let framed = || {
         p.headers.iter().any(|h| {
             h1::name_is(h.name, "content-length") || h1::name_is(h.name, "transfer-encoding")
         })
     };
-    head_with_length
-        || (info.method == Method::Head && framed() && p.content_length.is_none())
+    // A HEAD or 304 answer may announce the length a GET or 200 would have had, so it is
+    // allowed, but the bytes it announces may still come.
+    let like_head = info.method == Method::Head || p.info.status == 304;
+    (like_head && p.content_length.is_some_and(|n| n > 0))
+        || (like_head && framed() && p.content_length.is_none())
         || (p.info.status == 204 && framed())
 }
 

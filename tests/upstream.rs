@@ -916,7 +916,7 @@ fn a_second_burst_of_concurrent_requests_reuses_the_first_ones_connections() {
     );
 }
 
-// ---- 7. The gateway out of descriptors ----
+// ---- 8. The gateway out of descriptors ----
 
 /// The descriptor numbers the process `pid` has open.
 fn fds(pid: u32) -> Vec<u64> {
@@ -1072,4 +1072,260 @@ fn out_of_descriptors_a_connect_closes_idle_pooled_connections_and_succeeds() {
     // `a` still works: a new connection.
     client.send(b"GET /v1/proxy/a/after HTTP/1.1\r\nHost: g\r\n\r\n");
     assert_eq!(client.read_response().status, 200);
+}
+
+// ---- 9. What the breaker hears about bodies ----
+
+/// Answers GET `/ok` with `200 ok`; any other request with a 200 head whose body it then
+/// breaks as `how` says.
+fn body_breaker(how: &'static str) -> RawBackend {
+    RawBackend::start(move |mut s, _| {
+        let mut pending = Vec::new();
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            if head.starts_with("GET /ok ") {
+                if s.write_all(&response("200 OK", "ok")).is_err() {
+                    return;
+                }
+                continue;
+            }
+            let broken: &[u8] = match how {
+                // Bad framing in the first bytes: a clean 502 is still possible.
+                "bad-chunk" => {
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n"
+                }
+                // Closed before the length it announced.
+                "short" => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b",
+                // Closed before the last chunk.
+                "no-last-chunk" => {
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                }
+                _ => unreachable!(),
+            };
+            let _ = s.write_all(broken);
+            return;
+        }
+    })
+}
+
+/// A 200 head with an 8 MiB body, for clients that leave halfway.
+fn big_body_backend() -> RawBackend {
+    RawBackend::start(move |mut s, _| {
+        let mut pending = Vec::new();
+        while let Some(_head) = read_head(&mut s, &mut pending) {
+            let size = 8usize << 20;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+            if s.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let piece = vec![b'b'; 64 << 10];
+            for _ in 0..size / piece.len() {
+                if s.write_all(&piece).is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn a_body_the_backend_breaks_is_a_breaker_failure_and_a_client_that_leaves_is_not() {
+    let (bad, short, nolast, big) = (
+        body_breaker("bad-chunk"),
+        body_breaker("short"),
+        body_breaker("no-last-chunk"),
+        big_body_backend(),
+    );
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 3, cooldown: 60s}",
+        &format!(
+            "  bad: [http://{}]\n  short: [http://{}]\n  nolast: [http://{}]\n  big: [http://{}]\n",
+            bad.addr, short.addr, nolast.addr, big.addr
+        ),
+    )));
+    let mut wrong = Vec::new();
+    for (svc, b) in [("bad", &bad), ("short", &short), ("nolast", &nolast)] {
+        // A healthy answer first: a success in between must not hide what follows.
+        match exchange(
+            g.proc.addr,
+            &format!("GET /v1/proxy/{svc}/ok HTTP/1.1\r\nHost: gw\r\n\r\n"),
+        ) {
+            Ok(r) if r.status == 200 && text(&r) == "ok" => {}
+            other => wrong.push(format!("{svc}: healthy GET: {other:?}")),
+        }
+        for i in 0..3 {
+            let r = exchange(
+                g.proc.addr,
+                &format!("GET /v1/proxy/{svc}/x{i} HTTP/1.1\r\nHost: gw\r\n\r\n"),
+            );
+            match (svc, r) {
+                // Caught before anything reached the client: a clean 502.
+                ("bad", Ok(r)) if r.status == 502 && error_code(&r) == "backend_bad_response" => {}
+                // Caught after the head went out: the client's response is cut short.
+                ("short" | "nolast", Err(_)) => {}
+                (_, other) => wrong.push(format!("{svc} #{i}: {other:?}")),
+            }
+        }
+        let state = circuit(g.admin, b.addr);
+        if state != "open" {
+            wrong.push(format!(
+                "{svc}: circuit {state} after 3 broken bodies (threshold 3)"
+            ));
+        }
+        match exchange(
+            g.proc.addr,
+            &format!("GET /v1/proxy/{svc}/ok HTTP/1.1\r\nHost: gw\r\n\r\n"),
+        ) {
+            Ok(r) if r.status == 503 => {}
+            other => wrong.push(format!("{svc}: after the circuit opened: {other:?}")),
+        }
+    }
+    // Clients that read a little of a long body and leave: the backend did nothing wrong.
+    for i in 0..4 {
+        let mut c = TcpStream::connect(g.proc.addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        c.write_all(format!("GET /v1/proxy/big/{i} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+            .expect("send");
+        let mut got = vec![0u8; 100_000];
+        let mut n = 0;
+        while n < got.len() {
+            match c.read(&mut got[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        if !got.starts_with(b"HTTP/1.1 200") {
+            wrong.push(format!(
+                "big #{i}: {:?}",
+                String::from_utf8_lossy(&got[..n.min(60)])
+            ));
+        }
+        drop(c);
+    }
+    let left = eventually(Duration::from_secs(10), || {
+        let v = get(g.admin, "/admin/backends").json();
+        v.to_string().contains(&format!("http://{}", big.addr))
+            && circuit(g.admin, big.addr) == "closed"
+    });
+    if !left {
+        wrong.push(format!(
+            "big: circuit {} after clients left mid-body",
+            circuit(g.admin, big.addr)
+        ));
+    }
+    match exchange(
+        g.proc.addr,
+        "HEAD /v1/proxy/big/after HTTP/1.1\r\nHost: gw\r\n\r\n",
+    ) {
+        Ok(r) if r.status == 200 => {}
+        other => wrong.push(format!("big: HEAD after: {other:?}")),
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Answers GET with `200 ok`; for anything else reads the head, waits for the body as a
+/// server with a short body-read timeout would, and hangs up without answering.
+fn impatient_backend() -> RawBackend {
+    RawBackend::start(move |mut s, _| {
+        let mut pending = Vec::new();
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            if head.starts_with("GET ") {
+                if s.write_all(&response("200 OK", "ok")).is_err() {
+                    return;
+                }
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            return; // body bytes unread: the close is a reset
+        }
+    })
+}
+
+#[test]
+fn a_backend_that_hangs_up_on_a_stalled_upload_opens_no_circuit() {
+    let b = impatient_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 2, cooldown: 60s}\ntimeouts: {body: 10s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let mut wrong = Vec::new();
+    for i in 0..4 {
+        // Ten bytes of a hundred, then nothing: the client is the one who stalls.
+        let mut c = Client::connect(g.proc.addr);
+        c.send(
+            b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: gw\r\ncontent-length: 100\r\n\r\n0123456789",
+        );
+        match c.try_read_response(false) {
+            Ok(r) if r.status == 502 && error_code(&r) == "backend_closed" => {}
+            Ok(r) => wrong.push(format!("upload #{i}: {} {:?}", r.status, text(&r))),
+            Err(b) => wrong.push(format!(
+                "upload #{i}: ended after {:?}",
+                String::from_utf8_lossy(&b)
+            )),
+        }
+    }
+    let state = circuit(g.admin, b.addr);
+    if state != "closed" {
+        wrong.push(format!(
+            "circuit {state} after 4 stalled uploads (threshold 2)"
+        ));
+    }
+    match exchange(
+        g.proc.addr,
+        "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: gw\r\n\r\n",
+    ) {
+        Ok(r) if r.status == 200 && text(&r) == "ok" => {}
+        other => wrong.push(format!("GET after: {other:?}")),
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn a_304_announcing_a_body_is_never_reused_for_the_next_request() {
+    // Each connection: a 304 announcing 5 bytes (or a transfer coding), then, after the next
+    // request has had time to be written on it, a whole forged response; later requests on
+    // it get `fresh`. A pooled connection would hand the forgery to the next client.
+    for first in [
+        "HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
+        "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
+    ] {
+        let backend = RawBackend::start(move |mut s, _| {
+            let mut pending = Vec::new();
+            let mut answered = false;
+            while let Some(_head) = read_head(&mut s, &mut pending) {
+                if answered {
+                    if s.write_all(FRESH.as_bytes()).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                answered = true;
+                let _ = s.write_all(first.as_bytes());
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = s.write_all(EVIL.as_bytes());
+            }
+        });
+        let g = gateway_at(&write_config(&config(
+            1,
+            "admin: 127.0.0.1:0",
+            &format!("  svc: [http://{}]\n", backend.addr),
+        )));
+        let mut c = Client::connect(g.proc.addr);
+        for i in 0..3 {
+            c.send(format!("GET /v1/proxy/svc/{i} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes());
+            let r = c.read_response();
+            assert_eq!(
+                (r.status, text(&r).as_str()),
+                (304, ""),
+                "{first:?}: request {i} got another answer"
+            );
+        }
+        assert_eq!(
+            backend.conns.load(Ordering::SeqCst),
+            3,
+            "{first:?}: a backend connection was reused after a 304 announcing a body"
+        );
+    }
 }
