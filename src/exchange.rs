@@ -983,6 +983,11 @@ impl Drop for Active<'_> {
 fn verdict(err: GatewayError) -> Outcome {
     match err {
         GatewayError::Overloaded => Outcome::NotSent,
+        // Over our own limits, which a client can push a backend over (one that echoes a
+        // header back, say): a verdict would let one client open a healthy circuit.
+        GatewayError::BadResponse(h1::RESPONSE_HEAD_TOO_LARGE | h1::TOO_MANY_RESPONSE_HEADERS) => {
+            Outcome::NotSent
+        }
         _ => Outcome::Failed,
     }
 }

@@ -467,6 +467,11 @@ pub struct ParsedResponse<'h, 'b> {
     pub head: &'b [u8],
 }
 
+/// A response head over `limits.max_head_bytes`.
+pub const RESPONSE_HEAD_TOO_LARGE: &str = "response_head_too_large";
+/// A response head with more fields than we have slots for ([`MAX_HEADERS`]).
+pub const TOO_MANY_RESPONSE_HEADERS: &str = "too_many_response_headers";
+
 /// Parses a backend's response head; `head_request` says whether the request was HEAD.
 pub fn parse_response<'h, 'b>(
     buf: &'b [u8],
@@ -481,13 +486,16 @@ pub fn parse_response<'h, 'b>(
     {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= max_head_bytes => {
-            return Err(ResponseError("response_head_too_large"))
+            return Err(ResponseError(RESPONSE_HEAD_TOO_LARGE))
         }
         Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ResponseError(TOO_MANY_RESPONSE_HEADERS))
+        }
         Err(_) => return Err(ResponseError("malformed_response")),
     };
     if head_len > max_head_bytes {
-        return Err(ResponseError("response_head_too_large"));
+        return Err(ResponseError(RESPONSE_HEAD_TOO_LARGE));
     }
     if has_bare_cr_or_lf(&buf[..head_len]) {
         return Err(ResponseError("bare_cr_or_lf"));

@@ -1329,3 +1329,67 @@ fn a_304_announcing_a_body_is_never_reused_for_the_next_request() {
         );
     }
 }
+
+/// Echoes every `x-` field of the request back in its response head, with a few of its
+/// own, as some backends do with request ids.
+fn echo_backend() -> RawBackend {
+    RawBackend::start(move |mut s, _| {
+        let mut pending = Vec::new();
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            let mut out = String::from("HTTP/1.1 200 OK\r\n");
+            for line in head.lines().skip(1) {
+                if line.to_ascii_lowercase().starts_with("x-") {
+                    out.push_str(line);
+                    out.push_str("\r\n");
+                }
+            }
+            for i in 0..30 {
+                out.push_str(&format!("x-own-{i}: {}\r\n", "o".repeat(40)));
+            }
+            out.push_str("content-length: 2\r\n\r\nok");
+            if s.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn a_response_head_a_client_pushed_over_our_limits_opens_no_circuit() {
+    let b = echo_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 2, cooldown: 60s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    // Just under the request limits (32 KiB, 100 fields); the echo takes the response over.
+    let big = format!("x-big: {}\r\n", "b".repeat(32 * 1024 - 200));
+    let many: String = (0..98).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let mut wrong = Vec::new();
+    for (what, fields, detail) in [
+        ("one big field", &big, "response_head_too_large"),
+        ("many fields", &many, "too_many_response_headers"),
+    ] {
+        for i in 0..3 {
+            let raw = format!("GET /v1/proxy/svc/{i} HTTP/1.1\r\nHost: gw\r\n{fields}\r\n");
+            match exchange(g.proc.addr, &raw) {
+                Ok(r) if r.status == 502 && r.json()["detail"] == detail => {}
+                other => wrong.push(format!("{what} #{i}: {other:?}")),
+            }
+        }
+    }
+    let state = circuit(g.admin, b.addr);
+    if state != "closed" {
+        wrong.push(format!(
+            "circuit {state} after 6 echoed heads over the limits (threshold 2)"
+        ));
+    }
+    match exchange(
+        g.proc.addr,
+        "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: gw\r\n\r\n",
+    ) {
+        Ok(r) if r.status == 200 && text(&r) == "ok" => {}
+        other => wrong.push(format!("GET after: {other:?}")),
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
