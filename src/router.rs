@@ -47,22 +47,40 @@ pub fn route(target: &str) -> Result<Route<'_>, RouteError> {
     })
 }
 
-/// Refuses `.`/`..` segments (also as `%2e`), `\`, `%5c` and `%00` in a path.
+/// Refuses, in a path: `\`, `%5c`, `%2f`, `%00`; a `.` or `..` segment, also as `%2e`,
+/// and also with path parameters (`..;x`: Tomcat, Spring and Jetty drop `;x` before they
+/// resolve dot segments). Encodings that some backend decodes further are taken as what
+/// they decode to: `%25` as `%` (double encoding), and the overlong UTF-8 forms `%c0%ae`
+/// (`.`) and `%c0%af` (`/`); IIS's `%uXXXX` is refused outright.
 fn path_is_safe(path: &str) -> bool {
     let b = path.as_bytes();
     if b.contains(&b'\\') {
         return false;
     }
-    if b.contains(&b'%') {
-        let lower = path.to_ascii_lowercase();
-        if lower.contains("%5c") || lower.contains("%00") || lower.contains("%2f") {
-            return false;
-        }
-        return lower
-            .split('/')
-            .all(|seg| !matches!(seg.replace("%2e", ".").as_str(), "." | ".."));
+    let dotty = |seg: &str| {
+        let seg = seg.split(';').next().unwrap_or(seg);
+        matches!(seg, "." | "..")
+    };
+    if !b.contains(&b'%') {
+        return !path.split('/').any(dotty);
     }
-    path.split('/').all(|seg| seg != "." && seg != "..")
+    let lower = path.to_ascii_lowercase().replace("%25", "%");
+    if ["%5c", "%00", "%2f", "%c0%af"]
+        .iter()
+        .any(|bad| lower.contains(bad))
+    {
+        return false;
+    }
+    let iis = |at: usize| {
+        let code = lower.as_bytes().get(at + 2..at + 6);
+        code.is_some_and(|c| c.iter().all(u8::is_ascii_hexdigit))
+    };
+    if lower.match_indices("%u").any(|(at, _)| iis(at)) {
+        return false;
+    }
+    !lower
+        .split('/')
+        .any(|seg| dotty(&seg.replace("%2e", ".").replace("%c0%ae", ".")))
 }
 
 #[cfg(test)]
@@ -103,9 +121,27 @@ mod tests {
             "/v1/proxy/a/x\\y",
             "/v1/proxy/a/x%00",
             "/v1/proxy/a/x%2f..",
+            // Path parameters on a dot segment (outside audit: Tomcat serves /pb/secret).
+            "/v1/proxy/a/..;/pb/secret",
+            "/v1/proxy/a/x/..;jsessionid=1/..;/admin",
+            "/v1/proxy/a/.;x/y",
+            "/v1/proxy/a/%2e%2e;x/y",
+            // Double encoding, overlong UTF-8, IIS's %u.
+            "/v1/proxy/a/%252e%252e/y",
+            "/v1/proxy/a/x%252f..%252fy",
+            "/v1/proxy/a/%c0%ae%c0%ae/y",
+            "/v1/proxy/a/x%c0%afy",
+            "/v1/proxy/a/%u002e%u002e/y",
+            "/v1/proxy/a/x%255c",
         ] {
             assert_eq!(route(t), Err(RouteError::BadPath), "{t}");
         }
+        // Parameters and percent signs elsewhere are fine.
+        assert!(route("/v1/proxy/a/x;v=1/y").is_ok());
+        assert!(route("/v1/proxy/a/..x;/y").is_ok());
+        assert!(route("/v1/proxy/a/100%25/y").is_ok());
+        assert!(route("/v1/proxy/a/100%25use/y").is_ok());
+        assert!(route("/v1/proxy/a/%2e%2ex/y").is_ok());
         // Dots inside names and in the query are fine.
         assert!(route("/v1/proxy/a/file.txt?p=../x").is_ok());
         assert!(route("/v1/proxy/a/.well-known/x").is_ok());

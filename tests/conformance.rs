@@ -1385,6 +1385,11 @@ fn path_vectors() -> Vec<V> {
         "/v1/proxy/svc/x%2fy",
         "/v1/proxy/svc/a/./b",
         "/v1/proxy/svc/..",
+        "/v1/proxy/svc/..;/other/secret",
+        "/v1/proxy/svc/x/..;jsessionid=1/..;/admin",
+        "/v1/proxy/svc/%252e%252e/x",
+        "/v1/proxy/svc/%c0%ae%c0%ae/x",
+        "/v1/proxy/svc/%u002e%u002e/x",
     ] {
         t.push(
             bad(&format!("unsafe rest {p}"), get_target(p))
