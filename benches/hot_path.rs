@@ -198,13 +198,13 @@ fn pick_section(filter: &[String]) {
     let svc = closed.service_index(b"bench").expect("bench service");
     let view = View::new(closed.clone(), 0);
     bench(filter, "pick: View::pick, 3 backends all closed", || {
-        black_box(view.pick(black_box(svc), None));
+        black_box(view.pick(black_box(svc), None, false));
     });
     bench(
         filter,
         "pick: View::pick + breaker::success, all closed",
         || {
-            if let Pick::Backend { idx, ticket } = view.pick(black_box(svc), None) {
+            if let Pick::Backend { idx, ticket } = view.pick(black_box(svc), None, false) {
                 let cell = &*view.snapshot.services[svc].backends[idx].breaker;
                 black_box(breaker::success(&**cell, ticket, now_ms()));
             }
@@ -224,7 +224,7 @@ fn pick_section(filter: &[String]) {
     // Sanity: backend 1 is skipped for the whole run (the cooldown is 60 s).
     for _ in 0..6 {
         assert!(!matches!(
-            view.pick(svc, None),
+            view.pick(svc, None, false),
             Pick::Backend { idx: 1, .. }
         ));
     }
@@ -232,7 +232,7 @@ fn pick_section(filter: &[String]) {
         filter,
         "pick: View::pick, 3 backends, 1 open (skipped)",
         || {
-            black_box(view.pick(black_box(svc), None));
+            black_box(view.pick(black_box(svc), None, false));
         },
     );
 }

@@ -185,12 +185,21 @@ pub enum Transition {
 /// Asks to send a request to this backend. `None` means skip it.
 #[inline]
 pub fn admit<W: Word>(w: &W, now: u64, p: &Policy) -> Option<Ticket> {
-    admit_with(w, || now, p)
+    admit_with(w, || now, p, false)
 }
 
-/// [`admit`] that reads the clock only when the circuit is not CLOSED.
+/// [`admit`] that reads the clock only when the circuit is not CLOSED. A `streaming`
+/// request (its body still to come from the client) becomes the probe only once the
+/// circuit has waited a further cooldown with no other taker: a probe's lease is renewed
+/// by each body chunk, so a slow uploader as the probe would keep the circuit half-open,
+/// and every other request out, for as long as it pleased.
 #[inline]
-pub fn admit_with<W: Word>(w: &W, now: impl FnOnce() -> u64, p: &Policy) -> Option<Ticket> {
+pub fn admit_with<W: Word>(
+    w: &W,
+    now: impl FnOnce() -> u64,
+    p: &Policy,
+    streaming: bool,
+) -> Option<Ticket> {
     let mut cur = w.load();
     let mut now = Some(now);
     let mut at = 0;
@@ -206,7 +215,12 @@ pub fn admit_with<W: Word>(w: &W, now: impl FnOnce() -> u64, p: &Policy) -> Opti
         if let Some(read_clock) = now.take() {
             at = read_clock();
         }
-        if at.saturating_sub(s.time_ms) < p.wait_ms(s.state, s.count) {
+        let wait = p.wait_ms(s.state, s.count);
+        let wait = match streaming {
+            true => wait.saturating_add(p.cooldown_ms.max(1)),
+            false => wait,
+        };
+        if at.saturating_sub(s.time_ms) < wait {
             return None;
         }
         // The abandon count carries into the probe, so that abandoning it backs off longer.
@@ -420,6 +434,24 @@ mod tests {
             failure(w, t, now, &P);
         }
         assert_eq!(state(w), OPEN);
+    }
+
+    #[test]
+    fn a_streaming_request_probes_only_after_a_further_cooldown() {
+        let w = AtomicU64::new(0);
+        open(&w, 1000);
+        let due = 1000 + P.cooldown_ms;
+        // Due for a probe: a request with its body in hand takes it, a streaming one not.
+        assert!(admit_with(&w, || due, &P, true).is_none());
+        assert!(admit_with(&w, || due + P.cooldown_ms - 1, &P, true).is_none());
+        assert_eq!(state(&w), OPEN);
+        // Nobody else came for a whole further cooldown: the streaming request may probe.
+        let t = admit_with(&w, || due + P.cooldown_ms, &P, true).unwrap();
+        assert!(t.is_probe());
+        assert_eq!(state(&w), HALF_OPEN);
+        // A closed circuit admits streaming requests as any other.
+        assert_eq!(success(&w, t, due + P.cooldown_ms), Transition::Closed);
+        assert!(admit_with(&w, || 0, &P, true).is_some_and(|t| !t.is_probe()));
     }
 
     #[test]

@@ -253,7 +253,7 @@ async fn connect_or_reuse<'v>(
     let mut exclude = None;
     let mut last_err = GatewayError::ConnectFailed;
     for _ in 0..2 {
-        let (idx, ticket) = match view.pick(req.svc, exclude) {
+        let (idx, ticket) = match view.pick(req.svc, exclude, !relay.done) {
             Pick::Backend { idx, ticket } => (idx, ticket),
             Pick::AllOpen { retry_after_secs } => {
                 let (err, retry) = match exclude {

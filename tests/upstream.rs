@@ -560,7 +560,9 @@ fn a_slow_probe_keeps_its_lease() {
     assert_eq!(circuit(g.admin, b.addr), "open");
     ok.store(true, Ordering::SeqCst);
     events.lock().unwrap().clear();
-    std::thread::sleep(Duration::from_millis(400)); // past the cooldown
+    // Past two cooldowns: with no other taker, a request still streaming its body may
+    // probe (one cooldown after the circuit was due).
+    std::thread::sleep(Duration::from_millis(700));
 
     // Client A: the probe, a PUT whose 10 body bytes come one per 400 ms (lease: 3 s).
     let (nine_tx, nine_rx) = mpsc::channel::<()>();
@@ -1392,4 +1394,57 @@ fn a_response_head_a_client_pushed_over_our_limits_opens_no_circuit() {
         other => wrong.push(format!("GET after: {other:?}")),
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn a_slow_upload_cannot_hold_the_probe_and_uploads_alone_still_close_the_circuit() {
+    let heads = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicBool::new(false));
+    let b = counting_backend(heads.clone(), ok.clone(), Arc::default());
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\ntimeouts: {body: 10s}\nbreaker: {failure_threshold: 1, cooldown: 1s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let addr = g.proc.addr;
+    assert_eq!(get(addr, "/v1/proxy/svc/x").status, 500);
+    assert_eq!(circuit(g.admin, b.addr), "open");
+    ok.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1200)); // due for a probe; not yet for uploads
+
+    // A slow uploader comes first: ten bytes of a hundred, then nothing.
+    let mut slow = Client::connect(addr);
+    slow.send(
+        b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: gw\r\ncontent-length: 100\r\n\r\n0123456789",
+    );
+    let r = slow.try_read_response(false);
+    assert!(
+        matches!(&r, Ok(r) if r.status == 503 && error_code(r) == "no_backend_available"),
+        "a request still streaming its body was let in as the probe: {r:?}"
+    );
+    // The next request with its body in hand probes, and closes the circuit.
+    let r = get(addr, "/v1/proxy/svc/x");
+    assert_eq!(
+        (r.status, text(&r).as_str()),
+        (200, "ok"),
+        "the probe after a slow uploader"
+    );
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+
+    // Open it again; with nothing but streamed uploads coming, one probes a cooldown later.
+    ok.store(false, Ordering::SeqCst);
+    assert_eq!(get(addr, "/v1/proxy/svc/x").status, 500);
+    assert_eq!(circuit(g.admin, b.addr), "open");
+    ok.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(2200));
+    let mut up = Client::connect(addr);
+    up.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: gw\r\ncontent-length: 20\r\n\r\n0123456789");
+    std::thread::sleep(Duration::from_millis(100));
+    up.send(b"0123456789");
+    let r = up.try_read_response(false);
+    assert!(
+        matches!(&r, Ok(r) if r.status == 200 && text(r) == "ok"),
+        "a streamed upload did not probe after two cooldowns: {r:?}"
+    );
+    assert_eq!(circuit(g.admin, b.addr), "closed");
 }
