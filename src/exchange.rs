@@ -809,13 +809,12 @@ async fn read_head(
                     return Ok(head);
                 }
                 Parsed::Interim(head_len) => {
-                    // Interim response: pass it on to HTTP/1.1 clients, then read on.
+                    // Interim response (rewritten into `out`): pass it on to HTTP/1.1
+                    // clients, then read on.
                     if info.minor == 1 {
-                        cx.out.clear();
-                        cx.out.extend_from_slice(&ubuf[*ustart..*ustart + head_len]);
                         let _ = io::write_all(cx.down_w, cx.out, cx.write_timeout).await;
-                        cx.out.clear();
                     }
+                    cx.out.clear();
                     *ustart += head_len;
                     continue;
                 }
@@ -845,7 +844,7 @@ async fn read_head(
 enum Parsed {
     /// The final head (written to the client-bound buffer) and its length.
     Final(ResponseHead, usize),
-    /// A 1xx head of this length.
+    /// A 1xx head of this length (its client-bound copy written to `out`).
     Interim(usize),
     /// Not a whole head yet.
     Partial,
@@ -874,6 +873,8 @@ fn parse_head(
     }
     let head_len = p.info.head_len;
     if status < 200 {
+        out.clear();
+        rewrite::write_interim_head(out, &p);
         return Ok(Parsed::Interim(head_len));
     }
     let framing = p.info.framing;

@@ -503,7 +503,8 @@ pub fn parse_response<'h, 'b>(
     let (Some(status), Some(minor)) = (res.code, res.version) else {
         return Err(ResponseError("malformed_response"));
     };
-    if !(100..=999).contains(&status) {
+    // RFC 9110 §15: every valid status code is within 100 to 599.
+    if !(100..=599).contains(&status) {
         return Err(ResponseError("invalid_status"));
     }
     let mut content_length = None;
@@ -557,9 +558,12 @@ pub fn parse_response<'h, 'b>(
             None => Framing::UntilClose,
         }
     };
+    // An HTTP/1.0 message with Transfer-Encoding has faulty framing: relay it, then close
+    // (RFC 9112 §6.1).
     let reusable = framing != Framing::UntilClose
         && !close
         && (minor == 1 || keep_alive_token)
+        && !(minor == 0 && saw_te)
         && status != 101;
     Ok(Some(ParsedResponse {
         info: ResponseInfo {
@@ -1628,6 +1632,41 @@ mod tests {
             8192
         )
         .is_err());
+    }
+
+    #[test]
+    fn an_http_1_0_response_with_transfer_encoding_is_relayed_but_not_reused() {
+        let mut h = header_slots();
+        let raw =
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n";
+        let r = parse_response(raw, &mut h, false, 8192).unwrap().unwrap();
+        assert_eq!(r.info.framing, Framing::Chunked);
+        assert!(!r.info.reusable, "RFC 9112 §6.1: close after it");
+        let mut h = header_slots();
+        let raw = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
+        assert!(
+            parse_response(raw, &mut h, false, 8192)
+                .unwrap()
+                .unwrap()
+                .info
+                .reusable
+        );
+    }
+
+    #[test]
+    fn status_codes_outside_100_to_599_are_refused() {
+        for (code, ok) in [
+            ("100", true),
+            ("599", true),
+            ("600", false),
+            ("999", false),
+            ("099", false),
+        ] {
+            let raw = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            let mut h = header_slots();
+            let got = parse_response(raw.as_bytes(), &mut h, false, 8192);
+            assert_eq!(got.is_ok(), ok, "{code}: {:?}", got.err());
+        }
     }
 
     #[test]

@@ -297,6 +297,22 @@ pub fn write_response_head(
     }
 }
 
+/// Writes an interim (1xx) head for the client, whole: its status line and end-to-end
+/// fields, without the hop-by-hop ones (RFC 9110 §7.6.1 holds for every message) and with
+/// no `Date` (a 1xx may go without one).
+pub fn write_interim_head(out: &mut Vec<u8>, p: &h1::ParsedResponse<'_, '_>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    h1::push_dec(out, u64::from(p.info.status));
+    out.push(b' ');
+    out.extend_from_slice(p.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let opts = ConnectionOptions::collect(p.headers);
+    copy_headers(out, p.head, p.headers, |name| {
+        !(h1::is_hop_by_hop(name) || opts.names(name))
+    });
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Finishes a head begun by [`write_response_head`].
 pub fn end_response_head(out: &mut Vec<u8>, keep: bool, minor: u8) {
     if !keep {

@@ -1448,3 +1448,67 @@ fn a_slow_upload_cannot_hold_the_probe_and_uploads_alone_still_close_the_circuit
     );
     assert_eq!(circuit(g.admin, b.addr), "closed");
 }
+
+#[test]
+fn an_interim_response_reaches_the_client_without_hop_by_hop_fields() {
+    let b = RawBackend::start(move |mut s, _| {
+        let mut pending = Vec::new();
+        while let Some(_head) = read_head(&mut s, &mut pending) {
+            let interim = "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\
+                Connection: close, X-Secret\r\nX-Secret: s\r\nTransfer-Encoding: chunked\r\n\
+                Proxy-Authenticate: x\r\nKeep-Alive: timeout=5\r\n\r\n";
+            if s.write_all(interim.as_bytes()).is_err()
+                || s.write_all(&response("200 OK", "ok")).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let mut c = TcpStream::connect(g.proc.addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    for i in 0..2 {
+        c.write_all(format!("GET /v1/proxy/svc/{i} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+            .expect("send");
+        let mut got = Vec::new();
+        let mut tmp = [0u8; 4096];
+        while !got.ends_with(b"\r\n\r\nok") {
+            match c.read(&mut tmp) {
+                Ok(0) | Err(_) => panic!(
+                    "request {i}: ended after {:?}",
+                    String::from_utf8_lossy(&got)
+                ),
+                Ok(n) => got.extend_from_slice(&tmp[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        let interim = &text[..text.find("\r\n\r\n").expect("interim head") + 4];
+        assert!(
+            interim.starts_with("http/1.1 103 early hints\r\n"),
+            "{interim:?}"
+        );
+        assert!(
+            interim.contains("link: </s.css>; rel=preload\r\n"),
+            "{interim:?}"
+        );
+        for hop in [
+            "connection",
+            "x-secret",
+            "transfer-encoding",
+            "proxy-authenticate",
+            "keep-alive",
+            "content-length",
+        ] {
+            assert!(
+                !interim.contains(&format!("\r\n{hop}:")),
+                "{hop} in {interim:?}"
+            );
+        }
+        assert!(text.contains("http/1.1 200 ok\r\n"), "{text:?}");
+    }
+}
