@@ -358,7 +358,10 @@ async fn next_request(
                         method: None,
                         svc: None,
                         retry_after: None,
-                        linger: false,
+                        // The rest of a refused head (431, 414) or whatever follows a
+                        // malformed one may still be coming: closing on unread bytes
+                        // would reset the connection, maybe before the client read why.
+                        linger: true,
                     };
                     return (next, view);
                 }

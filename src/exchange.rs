@@ -952,14 +952,18 @@ async fn reply_error(
 
 /// Answers a request whose body could not be read from the client.
 async fn reply_body_error(down: &mut Downstream, e: BodyError, timeout: Duration) -> After {
-    let err = match e {
-        BodyError::Framing(why) => GatewayError::BadRequest(why),
-        BodyError::TooLarge => GatewayError::BodyTooLarge,
-        BodyError::SrcIo => GatewayError::RequestTimeout,
+    let (err, after) = match e {
+        // The rest of the body may still be coming: linger, so that the client reads the
+        // answer rather than a reset.
+        BodyError::Framing(why) => (GatewayError::BadRequest(why), After::Linger),
+        BodyError::TooLarge => (GatewayError::BodyTooLarge, After::Linger),
+        BodyError::SrcIo => (GatewayError::RequestTimeout, After::Close),
         BodyError::Truncated | BodyError::DstIo => return After::Close,
     };
-    down.reply(err, None, None, true, timeout).await;
-    After::Close
+    match down.reply(err, None, None, true, timeout).await {
+        true => after,
+        false => After::Close,
+    }
 }
 
 /// Counts an upstream connection in use for as long as it lives.

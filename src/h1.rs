@@ -255,6 +255,11 @@ pub fn parse_request<'h, 'b>(
         }
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeadersTooLarge),
         Err(httparse::Error::Version) => return Err(RequestError::Bad("invalid_version")),
+        // httparse fills in the method before it parses the target: a token error after it
+        // is a byte the target may not hold (a control, DEL or non-ASCII byte).
+        Err(httparse::Error::Token) if req.method.is_some() => {
+            return Err(RequestError::Bad("invalid_target"))
+        }
         Err(httparse::Error::Token) => return Err(RequestError::Bad("invalid_method")),
         Err(httparse::Error::HeaderName) => return Err(RequestError::Bad("invalid_header_name")),
         Err(httparse::Error::HeaderValue) => return Err(RequestError::Bad("invalid_header_value")),
@@ -1275,6 +1280,9 @@ mod tests {
         }
         // Not a token at all: still a syntax error.
         assert_eq!(bad(b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n"), "invalid_method");
+        // A byte the target may not hold is named as such, not as the method.
+        assert_eq!(bad(b"GET /a\x7fb HTTP/1.1\r\nHost: a\r\n\r\n"), "invalid_target");
+        assert_eq!(bad(b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n"), "invalid_target");
     }
 
     #[test]

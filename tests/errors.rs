@@ -358,3 +358,81 @@ fn a_404_keeps_the_connection_for_the_next_request() {
     assert_eq!(c.read_response().status, 404);
     assert_eq!(c.read_response().json()["path"], "/y");
 }
+
+/// Sends `raw` (from another thread: it may be more than the socket takes at once), then
+/// reads until the connection ends. Returns what was read and whether it ended cleanly
+/// (EOF) rather than with a reset.
+fn send_and_read_to_end(addr: std::net::SocketAddr, raw: Vec<u8>) -> (String, Result<(), String>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&raw);
+    });
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 65536];
+    let end = loop {
+        match s.read(&mut tmp) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+    (String::from_utf8_lossy(&got).into_owned(), end)
+}
+
+#[test]
+fn a_refused_request_with_more_bytes_coming_ends_in_a_close_not_a_reset() {
+    let rec = Recorder::start(reply(200));
+    let g = gateway(&config(
+        1,
+        "limits: {max_body_bytes: 1000, max_target_bytes: 1024, max_head_bytes: 4096}",
+        &format!("  svc: [http://{}]\n", rec.addr),
+    ));
+    let junk = "j".repeat(200_000);
+    let cases = [
+        (
+            "431, a 200 KB head in one write",
+            format!("GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nX-Big: {junk}\r\n\r\n"),
+            "HTTP/1.1 431 ",
+        ),
+        (
+            "414, a 200 KB target",
+            format!("GET /v1/proxy/svc/{junk} HTTP/1.1\r\nHost: g\r\n\r\n"),
+            "HTTP/1.1 414 ",
+        ),
+        (
+            "413 found in a chunked body, more of it coming",
+            format!(
+                "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{junk}\r\n0\r\n\r\n",
+                junk.len()
+            ),
+            "HTTP/1.1 413 ",
+        ),
+        (
+            "400 for a broken chunk, more of it coming",
+            format!(
+                "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{junk}"
+            ),
+            "HTTP/1.1 400 ",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, raw, want) in cases {
+        let (got, end) = send_and_read_to_end(g.addr, raw.into_bytes());
+        if !got.starts_with(want) {
+            wrong.push(format!("{what}: got {:?}", &got[..got.len().min(80)]));
+        }
+        if let Err(e) = end {
+            wrong.push(format!(
+                "{what}: the connection ended with {e}, not a close"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert_eq!(rec.connections.load(Ordering::SeqCst), 0);
+}
