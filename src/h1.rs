@@ -1281,8 +1281,14 @@ mod tests {
         // Not a token at all: still a syntax error.
         assert_eq!(bad(b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n"), "invalid_method");
         // A byte the target may not hold is named as such, not as the method.
-        assert_eq!(bad(b"GET /a\x7fb HTTP/1.1\r\nHost: a\r\n\r\n"), "invalid_target");
-        assert_eq!(bad(b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n"), "invalid_target");
+        assert_eq!(
+            bad(b"GET /a\x7fb HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "invalid_target"
+        );
+        assert_eq!(
+            bad(b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "invalid_target"
+        );
     }
 
     #[test]

@@ -57,12 +57,10 @@ fn path_is_safe(path: &str) -> bool {
     if b.contains(&b'\\') {
         return false;
     }
-    let dotty = |seg: &str| {
-        let seg = seg.split(';').next().unwrap_or(seg);
-        matches!(seg, "." | "..")
-    };
     if !b.contains(&b'%') {
-        return !path.split('/').any(dotty);
+        // Only a segment that starts with a dot can be one; most paths have few dots.
+        return !memchr::memchr_iter(b'.', b)
+            .any(|at| (at == 0 || b[at - 1] == b'/') && dot_segment(&b[at..]));
     }
     let lower = path.to_ascii_lowercase().replace("%25", "%");
     if ["%5c", "%00", "%2f", "%c0%af"]
@@ -78,14 +76,38 @@ fn path_is_safe(path: &str) -> bool {
     if lower.match_indices("%u").any(|(at, _)| iis(at)) {
         return false;
     }
-    !lower
-        .split('/')
-        .any(|seg| dotty(&seg.replace("%2e", ".").replace("%c0%ae", ".")))
+    lower.split('/').all(|seg| {
+        let seg = seg.replace("%2e", ".").replace("%c0%ae", ".");
+        !(seg.starts_with('.') && dot_segment(seg.as_bytes()))
+    })
+}
+
+/// Whether `s`, which starts with `.`, begins with a `.` or `..` segment: the dots end the
+/// segment, or path parameters follow them (`..;x`).
+fn dot_segment(s: &[u8]) -> bool {
+    let rest = match s {
+        [b'.', b'.', rest @ ..] => rest,
+        [b'.', rest @ ..] => rest,
+        _ => return false,
+    };
+    matches!(rest.first(), None | Some(b'/' | b';'))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The scan over dots decides as the definition does: some `/`-separated segment
+        /// whose part before `;` is `.` or `..`.
+        #[test]
+        fn plain_paths_are_judged_by_their_segments(path in "[/.;ax]{0,12}") {
+            let dotty = path
+                .split('/')
+                .any(|seg| matches!(seg.split(';').next(), Some("." | "..")));
+            proptest::prop_assert_eq!(path_is_safe(&path), !dotty, "{:?}", path);
+        }
+    }
 
     #[test]
     fn routes_service_and_rest() {
