@@ -8,6 +8,7 @@
 //! the backend connection is not reused, and the client connection closes after a lingering
 //! read. What the breaker hears is decided in one place, `Attempt::settle`.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
@@ -226,7 +227,8 @@ async fn buffer_body(
         let fed = match read.await {
             Read::Data(_) => relay.feed(&down.buf[down.start..], in_hand),
             Read::Eof => relay.eof(in_hand).map(|()| 0),
-            Read::Timeout | Read::Err(_) => Err(BodyError::SrcIo),
+            Read::Timeout => Err(BodyError::SrcTimeout),
+            Read::Err(_) => Err(BodyError::SrcIo),
         };
         match fed {
             Ok(used) => down.start += used,
@@ -415,17 +417,38 @@ enum HeadFail {
     Backend(GatewayError),
     /// Streaming the request body failed on the client's side.
     Client(BodyError),
-    /// The backend closed or reset before the request was sent whole, with no response.
+    /// The backend closed or reset with no response while we waited for more of the body
+    /// from the client, having given the backend all of it we had.
     Abandoned,
 }
 
 /// How a response body ended, as far as the backend is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Body {
-    /// Relayed whole, or cut short by the client.
+    /// Relayed whole.
     Relayed,
-    /// The backend broke it: bad framing, or closed, reset or stalled before its end.
+    /// The backend broke it: bad framing, or no byte of it for `timeouts.body` while we
+    /// waited for one.
     Broken,
+    /// Cut short, by either side: the client left or stopped reading, or the backend
+    /// closed or reset before the end, which a backend with a send deadline does to a
+    /// client that reads too slowly, and the kernel does to an early answer when the
+    /// backend closes on an upload it did not read. Or over our own trailer limit, which a
+    /// backend that echoes a request field into a trailer can be pushed over. No verdict.
+    Unjudged,
+}
+
+impl Body {
+    /// What a failed relay of the backend's body says about the backend.
+    fn after(e: BodyError) -> Body {
+        match e {
+            BodyError::Framing(h1::TRAILERS_TOO_LARGE) => Body::Unjudged,
+            BodyError::Framing(_) | BodyError::SrcTimeout => Body::Broken,
+            BodyError::Truncated | BodyError::SrcIo | BodyError::DstIo | BodyError::TooLarge => {
+                Body::Unjudged
+            }
+        }
+    }
 }
 
 /// Facts about the final response head; its client-bound copy (all but the connection
@@ -496,8 +519,9 @@ impl Exchange<'_> {
         }
         let (after, body) = self.relay_response(down, head).await;
         self.attempt.settle(match body {
-            Body::Broken => Outcome::Failed,
             Body::Relayed => Outcome::Answered(status),
+            Body::Broken => Outcome::Failed,
+            Body::Unjudged => Outcome::NotSent,
         });
         after
     }
@@ -663,6 +687,10 @@ impl Exchange<'_> {
             None,
         );
         let mut head = pin!(head);
+        // Whether the upload holds body bytes the backend has not taken: a hang-up then is
+        // the backend's doing; one while we wait on the client alone may be a server giving
+        // up on a slow client.
+        let owed = Cell::new(false);
         let result = {
             let upload = pump(
                 relay,
@@ -673,6 +701,7 @@ impl Exchange<'_> {
                 &mut chunk,
                 timeouts.body,
                 &worker.pipes,
+                &owed,
                 || attempt.renew(),
             );
             let upload = pin!(upload);
@@ -680,7 +709,7 @@ impl Exchange<'_> {
         };
         worker.recycle(chunk);
         match result {
-            Either::Right(Err(HeadFail::Backend(GatewayError::BackendClosed))) => {
+            Either::Right(Err(HeadFail::Backend(GatewayError::BackendClosed))) if !owed.get() => {
                 return Err(HeadFail::Abandoned)
             }
             // An early answer: the upload future is dropped, nothing more goes up.
@@ -696,8 +725,11 @@ impl Exchange<'_> {
             Either::Left(Err(e)) => return Err(HeadFail::Client(e)),
         }
         match io::timed(timeouts.response, head).await {
-            // The backend stopped taking the body and hung up without an answer.
-            Ok(Err(HeadFail::Backend(GatewayError::BackendClosed))) if !*sent_whole => {
+            // The backend hung up without an answer, before the request was sent whole,
+            // while we waited on the client alone.
+            Ok(Err(HeadFail::Backend(GatewayError::BackendClosed)))
+                if !*sent_whole && !owed.get() =>
+            {
                 Err(HeadFail::Abandoned)
             }
             Ok(r) => r,
@@ -720,11 +752,11 @@ impl Exchange<'_> {
         let mut body = BodyRelay::new(head.framing, head.client_chunked, u64::MAX);
         let used = match body.feed(&self.ubuf[self.ustart..], &mut down.out) {
             Ok(n) => n,
-            Err(_) => {
+            Err(e) => {
                 // Broken framing before anything reached the client: a clean 502 is possible.
                 let err = GatewayError::BadResponse("invalid_chunked_body");
                 reply_error(down, false, err, self.service, None, timeout).await;
-                return (After::Close, Body::Broken);
+                return (After::Close, Body::after(e));
             }
         };
         self.ustart += used;
@@ -733,7 +765,7 @@ impl Exchange<'_> {
             .await
             .is_err()
         {
-            return (After::Close, Body::Relayed);
+            return (After::Close, Body::Unjudged);
         }
         down.out.clear();
         if !body.done {
@@ -747,17 +779,18 @@ impl Exchange<'_> {
                 &mut out,
                 timeout,
                 &self.worker.pipes,
+                &Cell::new(false),
                 || {},
             )
             .await;
             down.out = out;
             match r {
                 Ok(n) => down.record.bytes += n,
-                Err(BodyError::DstIo) => return (After::Close, Body::Relayed),
-                Err(_) => {
+                Err(BodyError::DstIo) => return (After::Close, Body::Unjudged),
+                Err(e) => {
                     // The backend failed mid-body: the client must see an aborted response.
                     io::set_reset_on_close(down.sock.fd());
-                    return (After::Close, Body::Broken);
+                    return (After::Close, Body::after(e));
                 }
             }
         }
@@ -957,8 +990,8 @@ async fn reply_body_error(down: &mut Downstream, e: BodyError, timeout: Duration
         // answer rather than a reset.
         BodyError::Framing(why) => (GatewayError::BadRequest(why), After::Linger),
         BodyError::TooLarge => (GatewayError::BodyTooLarge, After::Linger),
-        BodyError::SrcIo => (GatewayError::RequestTimeout, After::Close),
-        BodyError::Truncated | BodyError::DstIo => return After::Close,
+        BodyError::SrcTimeout => (GatewayError::RequestTimeout, After::Close),
+        BodyError::SrcIo | BodyError::Truncated | BodyError::DstIo => return After::Close,
     };
     match down.reply(err, None, None, true, timeout).await {
         true => after,

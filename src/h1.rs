@@ -472,6 +472,8 @@ pub struct ParsedResponse<'h, 'b> {
     pub head: &'b [u8],
 }
 
+/// A trailer section over [`MAX_TRAILERS`].
+pub const TRAILERS_TOO_LARGE: &str = "trailers_too_large";
 /// A response head over `limits.max_head_bytes`.
 pub const RESPONSE_HEAD_TOO_LARGE: &str = "response_head_too_large";
 /// A response head with more fields than we have slots for ([`MAX_HEADERS`]).
@@ -1026,7 +1028,7 @@ impl ChunkedDecoder {
     fn count_trailer(&mut self) -> Result<(), ChunkError> {
         self.trailer_bytes += 1;
         if self.trailer_bytes > MAX_TRAILERS {
-            return Err(ChunkError("trailers_too_large"));
+            return Err(ChunkError(TRAILERS_TOO_LARGE));
         }
         Ok(())
     }

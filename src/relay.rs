@@ -1,6 +1,7 @@
 //! A body streamed from one side to the other and re-framed by us: decoded as it is read
 //! (Content-Length, chunked or until close), encoded as it is written.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use crate::h1::{self, ChunkedDecoder, Framing};
@@ -29,8 +30,10 @@ pub enum BodyError {
     TooLarge,
     /// The sender closed before the end.
     Truncated,
-    /// Reading from the sender failed or timed out.
+    /// Reading from the sender failed (a reset).
     SrcIo,
+    /// The sender sent nothing for the body timeout.
+    SrcTimeout,
     /// Writing to the receiver failed or timed out.
     DstIo,
 }
@@ -191,7 +194,8 @@ impl ReadRoom {
 
 /// Streams the rest of a body from `src` to `dst` until `relay` is done, calling
 /// `progress` after each write. `out` is empty on entry; bytes after the body stay in
-/// `buf[*start..]`. Every read and write has `timeout`.
+/// `buf[*start..]`. Every read and write has `timeout`. `owed` is true while bytes taken
+/// from `src` have not all gone to `dst` (so false while it waits on `src` alone).
 ///
 /// A body that goes out unchanged is written from the buffer it was read into; a long
 /// Content-Length one with nothing of it in hand is spliced (see `splice.rs`).
@@ -205,6 +209,7 @@ pub async fn pump(
     out: &mut Vec<u8>,
     timeout: Duration,
     pipes: &Pipes,
+    owed: &Cell<bool>,
     mut progress: impl FnMut(),
 ) -> Result<u64, BodyError> {
     let mut written = 0u64;
@@ -213,7 +218,7 @@ pub async fn pump(
         let long = relay.spliceable();
         if long > 0 && *start == buf.len() && pipes.on() {
             match pipes
-                .transfer(src, dst, long, timeout, |n| {
+                .transfer(src, dst, long, timeout, owed, |n| {
                     written += n;
                     progress();
                 })
@@ -226,6 +231,7 @@ pub async fn pump(
                 }
                 Err(None) => {} // no pipe to be had (EMFILE): copy as usual
                 Err(Some(SpliceError::Src)) => return Err(BodyError::SrcIo),
+                Err(Some(SpliceError::SrcTimeout)) => return Err(BodyError::SrcTimeout),
                 Err(Some(SpliceError::Dst)) => return Err(BodyError::DstIo),
             }
         }
@@ -233,6 +239,7 @@ pub async fn pump(
             Read::Data(n) => {
                 room.after(n);
                 if let Some(take) = relay.take_raw(buf.len() - *start) {
+                    owed.set(take > 0);
                     let sent = io::write_range(dst, buf, *start, *start + take, timeout).await;
                     if sent.is_err() {
                         // The connection ends here, and what the buffer held with it (a
@@ -243,6 +250,7 @@ pub async fn pump(
                     }
                     *start += take;
                     written += take as u64;
+                    owed.set(false);
                     progress();
                     continue;
                 }
@@ -254,14 +262,17 @@ pub async fn pump(
                 out.clear();
                 relay.eof(out)?;
             }
-            Read::Timeout | Read::Err(_) => return Err(BodyError::SrcIo),
+            Read::Timeout => return Err(BodyError::SrcTimeout),
+            Read::Err(_) => return Err(BodyError::SrcIo),
         }
         if !out.is_empty() {
+            owed.set(true);
             io::write_all(dst, out, timeout)
                 .await
                 .map_err(|_| BodyError::DstIo)?;
             written += out.len() as u64;
             out.clear();
+            owed.set(false);
             progress();
         }
     }

@@ -7,6 +7,7 @@
 //! never taken; the pipe is handed to the next body only when it is empty, and a transfer
 //! that ends any other way (an error, a timeout, the future dropped) closes it.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -76,8 +77,10 @@ impl Drop for Lease<'_> {
 /// Why a splice transfer ended early.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SpliceError {
-    /// Reading failed, timed out, or the sender closed before the end.
+    /// Reading failed, or the sender closed before the end.
     Src,
+    /// The sender sent nothing for the timeout.
+    SrcTimeout,
     /// Writing failed or timed out.
     Dst,
 }
@@ -101,7 +104,8 @@ impl Pipes {
     }
 
     /// Moves exactly `len` bytes from `src` to `dst`, calling `progress` after each part
-    /// written; every wait for either side is bounded by `timeout`. Err(None) when no pipe
+    /// written; every wait for either side is bounded by `timeout`. `owed` is true while
+    /// the pipe holds bytes taken from `src` that `dst` has not got. Err(None) when no pipe
     /// could be had (nothing was moved: the caller copies instead).
     pub async fn transfer(
         &self,
@@ -109,6 +113,7 @@ impl Pipes {
         dst: &mut WriteHalf,
         len: u64,
         timeout: Duration,
+        owed: &Cell<bool>,
         mut progress: impl FnMut(u64),
     ) -> Result<(), Option<SpliceError>> {
         let mut lease = self.lease().map_err(|_| None)?;
@@ -135,13 +140,15 @@ impl Pipes {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         match crate::io::timed(timeout, sin.readable(false)).await {
                             Ok(Ok(())) => {}
-                            _ => return Err(Some(SpliceError::Src)),
+                            Ok(Err(_)) => return Err(Some(SpliceError::Src)),
+                            Err(_) => return Err(Some(SpliceError::SrcTimeout)),
                         }
                     }
                     Err(_) => return Err(Some(SpliceError::Src)),
                 }
             };
             lease.held += n;
+            owed.set(true);
             left -= n as u64;
             // Drain: everything in the pipe goes to `dst`.
             while lease.held > 0 {
@@ -160,6 +167,7 @@ impl Pipes {
                     Err(_) => return Err(Some(SpliceError::Dst)),
                 }
             }
+            owed.set(false);
         }
         Ok(())
     }

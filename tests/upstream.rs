@@ -1095,6 +1095,12 @@ fn body_breaker(how: &'static str) -> RawBackend {
                 "bad-chunk" => {
                     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n"
                 }
+                // Bad framing after the head went out.
+                "bad-later" => {
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                }
+                // Then nothing, the connection open: a stall.
+                "stall" => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b",
                 // Closed before the length it announced.
                 "short" => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b",
                 // Closed before the last chunk.
@@ -1104,6 +1110,15 @@ fn body_breaker(how: &'static str) -> RawBackend {
                 _ => unreachable!(),
             };
             let _ = s.write_all(broken);
+            match how {
+                "bad-later" => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let _ = s.write_all(b"not-a-size\r\n");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                "stall" => std::thread::sleep(Duration::from_secs(2)),
+                _ => {}
+            }
             return;
         }
     })
@@ -1130,23 +1145,23 @@ fn big_body_backend() -> RawBackend {
 }
 
 #[test]
-fn a_body_the_backend_breaks_is_a_breaker_failure_and_a_client_that_leaves_is_not() {
-    let (bad, short, nolast, big) = (
-        body_breaker("bad-chunk"),
-        body_breaker("short"),
-        body_breaker("no-last-chunk"),
-        big_body_backend(),
-    );
+fn a_body_the_backend_breaks_is_a_breaker_failure_and_one_cut_short_is_no_verdict() {
+    let names = ["bad-chunk", "bad-later", "stall", "short", "no-last-chunk"];
+    let backends: Vec<RawBackend> = names.iter().map(|n| body_breaker(n)).collect();
+    let big = big_body_backend();
+    let mut services: String = names
+        .iter()
+        .zip(&backends)
+        .map(|(n, b)| format!("  {n}: [http://{}]\n", b.addr))
+        .collect();
+    services.push_str(&format!("  big: [http://{}]\n", big.addr));
     let g = gateway_at(&write_config(&config(
         1,
-        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 3, cooldown: 60s}",
-        &format!(
-            "  bad: [http://{}]\n  short: [http://{}]\n  nolast: [http://{}]\n  big: [http://{}]\n",
-            bad.addr, short.addr, nolast.addr, big.addr
-        ),
+        "admin: 127.0.0.1:0\ntimeouts: {body: 500ms}\nbreaker: {failure_threshold: 3, cooldown: 60s}",
+        &services,
     )));
     let mut wrong = Vec::new();
-    for (svc, b) in [("bad", &bad), ("short", &short), ("nolast", &nolast)] {
+    for (svc, b) in names.iter().zip(&backends) {
         // A healthy answer first: a success in between must not hide what follows.
         match exchange(
             g.proc.addr,
@@ -1160,26 +1175,26 @@ fn a_body_the_backend_breaks_is_a_breaker_failure_and_a_client_that_leaves_is_no
                 g.proc.addr,
                 &format!("GET /v1/proxy/{svc}/x{i} HTTP/1.1\r\nHost: gw\r\n\r\n"),
             );
-            match (svc, r) {
+            match (*svc, r) {
                 // Caught before anything reached the client: a clean 502.
-                ("bad", Ok(r)) if r.status == 502 && error_code(&r) == "backend_bad_response" => {}
+                ("bad-chunk", Ok(r))
+                    if r.status == 502 && error_code(&r) == "backend_bad_response" => {}
                 // Caught after the head went out: the client's response is cut short.
-                ("short" | "nolast", Err(_)) => {}
+                (_, Err(_)) if *svc != "bad-chunk" => {}
                 (_, other) => wrong.push(format!("{svc} #{i}: {other:?}")),
             }
         }
+        // Bad framing and a stall are the backend's; a body cut short may be the client's
+        // doing (a backend with a send deadline and a slow reader), so no verdict.
+        let want = match *svc {
+            "bad-chunk" | "bad-later" | "stall" => "open",
+            _ => "closed",
+        };
         let state = circuit(g.admin, b.addr);
-        if state != "open" {
+        if state != want {
             wrong.push(format!(
-                "{svc}: circuit {state} after 3 broken bodies (threshold 3)"
+                "{svc}: circuit {state} after 3 broken bodies (threshold 3), want {want}"
             ));
-        }
-        match exchange(
-            g.proc.addr,
-            &format!("GET /v1/proxy/{svc}/ok HTTP/1.1\r\nHost: gw\r\n\r\n"),
-        ) {
-            Ok(r) if r.status == 503 => {}
-            other => wrong.push(format!("{svc}: after the circuit opened: {other:?}")),
         }
     }
     // Clients that read a little of a long body and leave: the backend did nothing wrong.
@@ -1205,23 +1220,10 @@ fn a_body_the_backend_breaks_is_a_breaker_failure_and_a_client_that_leaves_is_no
         }
         drop(c);
     }
-    let left = eventually(Duration::from_secs(10), || {
-        let v = get(g.admin, "/admin/backends").json();
-        v.to_string().contains(&format!("http://{}", big.addr))
-            && circuit(g.admin, big.addr) == "closed"
-    });
-    if !left {
-        wrong.push(format!(
-            "big: circuit {} after clients left mid-body",
-            circuit(g.admin, big.addr)
-        ));
-    }
-    match exchange(
-        g.proc.addr,
-        "HEAD /v1/proxy/big/after HTTP/1.1\r\nHost: gw\r\n\r\n",
-    ) {
-        Ok(r) if r.status == 200 => {}
-        other => wrong.push(format!("big: HEAD after: {other:?}")),
+    std::thread::sleep(Duration::from_millis(700)); // the relays notice and end
+    let state = circuit(g.admin, big.addr);
+    if state != "closed" {
+        wrong.push(format!("big: circuit {state} after clients left mid-body"));
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
@@ -1510,5 +1512,70 @@ fn an_interim_response_reaches_the_client_without_hop_by_hop_fields() {
             );
         }
         assert!(text.contains("http/1.1 200 ok\r\n"), "{text:?}");
+    }
+}
+
+#[test]
+fn a_backend_that_hangs_up_on_uploads_sent_at_full_speed_is_a_failure() {
+    // Reads the head, then closes: the body it never read makes the close a reset.
+    let b = RawBackend::start(move |mut s, _| {
+        let mut pending = Vec::new();
+        if read_head(&mut s, &mut pending).is_some() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 2, cooldown: 60s}\nlimits: {max_body_bytes: 67108864}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        match upload(g.proc.addr, "/v1/proxy/svc/up", false) {
+            Ok(r) => got.push(format!("{} {}", r.status, error_code(&r))),
+            Err(e) => got.push(e),
+        }
+    }
+    assert_eq!(
+        circuit(g.admin, b.addr),
+        "open",
+        "a backend that hung up on three uploads the client sent as fast as it could: {got:?}"
+    );
+}
+
+#[test]
+fn trailers_a_client_pushed_over_our_limit_open_no_circuit() {
+    // Echoes the request's x-echo field into a trailer, as a status message might.
+    let b = RawBackend::start(move |mut s, _| {
+        let mut pending = Vec::new();
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            let echo = header_value(&head, "x-echo").unwrap_or("").to_string();
+            let out = format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-echo: {echo}\r\n\r\n"
+            );
+            if s.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 2, cooldown: 60s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let raw = format!(
+        "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: gw\r\nx-echo: {}\r\n\r\n",
+        "e".repeat(20_000)
+    );
+    for _ in 0..4 {
+        let _ = exchange(g.proc.addr, &raw); // cut short: the trailer is over our limit
+    }
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+    match exchange(
+        g.proc.addr,
+        "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: gw\r\n\r\n",
+    ) {
+        Ok(r) => assert_eq!((r.status, text(&r).as_str()), (200, "ok")),
+        Err(e) => panic!("a short echo: {e}"),
     }
 }
