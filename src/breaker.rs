@@ -188,11 +188,19 @@ pub fn admit<W: Word>(w: &W, now: u64, p: &Policy) -> Option<Ticket> {
     admit_with(w, || now, p, false)
 }
 
+/// How much longer than others a request still streaming its body waits to become the
+/// probe (at most a cooldown). A second: requests with their body in hand take the probe
+/// first wherever traffic is not sparse, and a clustered instance, which has the fleet's
+/// probe for `cluster::GRANT_MS` (3 s) with its circuit due within `MAX_HOLD_MS` (1 s),
+/// still lets an upload probe within that grant.
+pub const STREAMING_PROBE_WAIT_MS: u64 = 1000;
+
 /// [`admit`] that reads the clock only when the circuit is not CLOSED. A `streaming`
 /// request (its body still to come from the client) becomes the probe only once the
-/// circuit has waited a further cooldown with no other taker: a probe's lease is renewed
-/// by each body chunk, so a slow uploader as the probe would keep the circuit half-open,
-/// and every other request out, for as long as it pleased.
+/// circuit has been due for [`STREAMING_PROBE_WAIT_MS`] (or a cooldown, if shorter) with
+/// no other taker: a probe's lease is renewed by each body chunk, so a slow uploader as the
+/// probe would keep the circuit half-open, and every other request out, for as long as it
+/// pleased.
 #[inline]
 pub fn admit_with<W: Word>(
     w: &W,
@@ -217,7 +225,7 @@ pub fn admit_with<W: Word>(
         }
         let wait = p.wait_ms(s.state, s.count);
         let wait = match streaming {
-            true => wait.saturating_add(p.cooldown_ms.max(1)),
+            true => wait.saturating_add(p.cooldown_ms.clamp(1, STREAMING_PROBE_WAIT_MS)),
             false => wait,
         };
         if at.saturating_sub(s.time_ms) < wait {
@@ -437,20 +445,21 @@ mod tests {
     }
 
     #[test]
-    fn a_streaming_request_probes_only_after_a_further_cooldown() {
+    fn a_streaming_request_probes_only_after_a_further_wait() {
+        let extra = P.cooldown_ms.min(STREAMING_PROBE_WAIT_MS);
         let w = AtomicU64::new(0);
         open(&w, 1000);
         let due = 1000 + P.cooldown_ms;
         // Due for a probe: a request with its body in hand takes it, a streaming one not.
         assert!(admit_with(&w, || due, &P, true).is_none());
-        assert!(admit_with(&w, || due + P.cooldown_ms - 1, &P, true).is_none());
+        assert!(admit_with(&w, || due + extra - 1, &P, true).is_none());
         assert_eq!(state(&w), OPEN);
-        // Nobody else came for a whole further cooldown: the streaming request may probe.
-        let t = admit_with(&w, || due + P.cooldown_ms, &P, true).unwrap();
+        // Nobody else came for the further wait: the streaming request may probe.
+        let t = admit_with(&w, || due + extra, &P, true).unwrap();
         assert!(t.is_probe());
         assert_eq!(state(&w), HALF_OPEN);
         // A closed circuit admits streaming requests as any other.
-        assert_eq!(success(&w, t, due + P.cooldown_ms), Transition::Closed);
+        assert_eq!(success(&w, t, due + extra), Transition::Closed);
         assert!(admit_with(&w, || 0, &P, true).is_some_and(|t| !t.is_probe()));
     }
 

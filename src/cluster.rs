@@ -57,6 +57,9 @@ const PEER_TTL_MS: u64 = 5000;
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long the lease's winner may take to admit its probe before the lease lapses.
 const GRANT_MS: u64 = 3000;
+// An upload waits this much longer than others to probe (see `breaker::admit_with`); the
+// instance that holds the fleet's probe must still be holding it by then.
+const _: () = assert!(MAX_HOLD_MS + crate::breaker::STREAMING_PROBE_WAIT_MS + 500 < GRANT_MS);
 
 /// `cluster:` as validated.
 #[derive(Debug, Clone, PartialEq, Eq)]

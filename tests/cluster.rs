@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Long enough for anything that should happen within a few hundred ms on a loaded machine.
 const WAIT: Duration = Duration::from_secs(10);
@@ -421,4 +421,45 @@ fn a_fleet_budget_is_shared_under_uneven_load() {
     for g in [&a, &b] {
         assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 200);
     }
+}
+
+#[test]
+fn uploads_alone_still_get_the_fleet_probe() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("uploads");
+    let breaker = "{failure_threshold: 1, cooldown: 3s}";
+    let fleet: Vec<AdminGateway> = (0..2)
+        .map(|_| member(&redis, &name, 1, breaker, rec.addr))
+        .collect();
+    assert!(eventually(WAIT, || fleet.iter().all(cluster_up)));
+    fail(&fleet[0], 1);
+    assert!(eventually(WAIT, || fleet.iter().all(|g| status(g) == 503)));
+    rec.set(reply(200));
+    // From now on only uploads whose body follows the head: never in hand when a backend
+    // is picked, so each may probe only once the circuit has been due a while.
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    let recovered = loop {
+        if started.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        let g = &fleet[answers.len() % 2];
+        let mut c = Client::connect(g.proc.addr);
+        c.send(
+            b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: gw\r\ncontent-length: 20\r\n\r\n0123456789",
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        c.send(b"0123456789");
+        let status = c.try_read_response(false).map(|r| r.status).unwrap_or(0);
+        answers.push(status);
+        if status == 200 {
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        recovered,
+        "no upload probed in 20 s (cooldown 3 s): {answers:?}"
+    );
 }
