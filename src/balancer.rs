@@ -79,7 +79,8 @@ impl View {
                 return Pick::Backend { idx, ticket };
             }
             let word = breaker::Word::load(&**cell);
-            retry_ms = retry_ms.min(breaker::retry_after_ms(word, now_ms(), &service.policy));
+            let wait = breaker::retry_after_for(word, now_ms(), &service.policy, streaming);
+            retry_ms = retry_ms.min(wait);
         }
         Pick::AllOpen {
             retry_after_secs: retry_ms.div_ceil(1000).max(1),

@@ -135,6 +135,16 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// How much longer a `streaming` request waits to become the probe (see
+    /// [`admit_with`]).
+    #[inline]
+    pub fn streaming_extra_ms(&self, streaming: bool) -> u64 {
+        match streaming {
+            true => self.cooldown_ms.clamp(1, STREAMING_PROBE_WAIT_MS),
+            false => 0,
+        }
+    }
+
     /// How long a circuit in `state` with `count` waits before admitting a probe.
     #[inline]
     fn wait_ms(&self, state: u64, count: u64) -> u64 {
@@ -223,11 +233,7 @@ pub fn admit_with<W: Word>(
         if let Some(read_clock) = now.take() {
             at = read_clock();
         }
-        let wait = p.wait_ms(s.state, s.count);
-        let wait = match streaming {
-            true => wait.saturating_add(p.cooldown_ms.clamp(1, STREAMING_PROBE_WAIT_MS)),
-            false => wait,
-        };
+        let wait = p.wait_ms(s.state, s.count) + p.streaming_extra_ms(streaming);
         if at.saturating_sub(s.time_ms) < wait {
             return None;
         }
@@ -367,11 +373,16 @@ pub fn abandon<W: Word>(w: &W, t: Ticket, now: u64) -> Transition {
 
 /// Milliseconds until a circuit admits a probe (0 if closed or it would now).
 pub fn retry_after_ms(word: u64, now: u64, p: &Policy) -> u64 {
+    retry_after_for(word, now, p, false)
+}
+
+/// [`retry_after_ms`] for a request that is `streaming` its body (see [`admit_with`]).
+pub fn retry_after_for(word: u64, now: u64, p: &Policy, streaming: bool) -> u64 {
     let s = Snapshot::decode(word);
     if s.state == CLOSED {
         return 0;
     }
-    (s.time_ms + p.wait_ms(s.state, s.count)).saturating_sub(now)
+    (s.time_ms + p.wait_ms(s.state, s.count) + p.streaming_extra_ms(streaming)).saturating_sub(now)
 }
 
 #[cfg(test)]
@@ -450,7 +461,14 @@ mod tests {
         let w = AtomicU64::new(0);
         open(&w, 1000);
         let due = 1000 + P.cooldown_ms;
-        // Due for a probe: a request with its body in hand takes it, a streaming one not.
+        // Due for a probe: a request with its body in hand takes it, a streaming one not,
+        // and each is told when it may.
+        assert_eq!(retry_after_ms(Word::load(&w), due, &P), 0);
+        assert_eq!(retry_after_for(Word::load(&w), due, &P, true), extra);
+        assert_eq!(
+            retry_after_for(Word::load(&w), due + 10, &P, true),
+            extra - 10
+        );
         assert!(admit_with(&w, || due, &P, true).is_none());
         assert!(admit_with(&w, || due + extra - 1, &P, true).is_none());
         assert_eq!(state(&w), OPEN);
