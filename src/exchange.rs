@@ -709,6 +709,8 @@ impl Exchange<'_> {
         };
         worker.recycle(chunk);
         match result {
+            // The backend hung up without an answer while we waited on the client alone.
+            // (After a failed send, below, bytes were still owed: that hang-up is judged.)
             Either::Right(Err(HeadFail::Backend(GatewayError::BackendClosed))) if !owed.get() => {
                 return Err(HeadFail::Abandoned)
             }
@@ -725,13 +727,6 @@ impl Exchange<'_> {
             Either::Left(Err(e)) => return Err(HeadFail::Client(e)),
         }
         match io::timed(timeouts.response, head).await {
-            // The backend hung up without an answer, before the request was sent whole,
-            // while we waited on the client alone.
-            Ok(Err(HeadFail::Backend(GatewayError::BackendClosed)))
-                if !*sent_whole && !owed.get() =>
-            {
-                Err(HeadFail::Abandoned)
-            }
             Ok(r) => r,
             Err(_) => Err(HeadFail::Backend(GatewayError::ResponseTimeout)),
         }

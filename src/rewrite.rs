@@ -252,15 +252,8 @@ pub fn write_response_head(
     date: &[u8; LINE_LEN],
 ) {
     let status = p.info.status;
-    out.extend_from_slice(b"HTTP/1.1 ");
-    h1::push_dec(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(p.reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
     let opts = ConnectionOptions::collect(p.headers);
-    copy_headers(out, p.head, p.headers, |name| {
-        !(h1::is_hop_by_hop(name) || opts.names(name))
-    });
+    write_status_and_fields(out, p, &opts);
     // RFC 9110 §6.6.1: a proxy with a clock adds `Date` to a response that has none; the
     // backend's own is kept (unless `Connection` named it, which dropped it above).
     let has_date = p
@@ -301,16 +294,26 @@ pub fn write_response_head(
 /// fields, without the hop-by-hop ones (RFC 9110 §7.6.1 holds for every message) and with
 /// no `Date` (a 1xx may go without one).
 pub fn write_interim_head(out: &mut Vec<u8>, p: &h1::ParsedResponse<'_, '_>) {
+    write_status_and_fields(out, p, &ConnectionOptions::collect(p.headers));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The status line and the end-to-end fields of a backend's response: hop-by-hop ones and
+/// those its `Connection` options (`opts`) name are left out.
+#[inline(always)]
+fn write_status_and_fields(
+    out: &mut Vec<u8>,
+    p: &h1::ParsedResponse<'_, '_>,
+    opts: &ConnectionOptions<'_>,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     h1::push_dec(out, u64::from(p.info.status));
     out.push(b' ');
     out.extend_from_slice(p.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let opts = ConnectionOptions::collect(p.headers);
     copy_headers(out, p.head, p.headers, |name| {
         !(h1::is_hop_by_hop(name) || opts.names(name))
     });
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Finishes a head begun by [`write_response_head`].

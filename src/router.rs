@@ -58,9 +58,7 @@ fn path_is_safe(path: &str) -> bool {
         return false;
     }
     if !b.contains(&b'%') {
-        // Only a segment that starts with a dot can be one; most paths have few dots.
-        return !memchr::memchr_iter(b'.', b)
-            .any(|at| (at == 0 || b[at - 1] == b'/') && dot_segment(&b[at..]));
+        return !has_dot_segment(b);
     }
     let lower = path.to_ascii_lowercase().replace("%25", "%");
     if ["%5c", "%00", "%2f", "%c0%af"]
@@ -76,10 +74,15 @@ fn path_is_safe(path: &str) -> bool {
     if lower.match_indices("%u").any(|(at, _)| iis(at)) {
         return false;
     }
-    lower.split('/').all(|seg| {
-        let seg = seg.replace("%2e", ".").replace("%c0%ae", ".");
-        !(seg.starts_with('.') && dot_segment(seg.as_bytes()))
-    })
+    let dots = lower.replace("%2e", ".").replace("%c0%ae", ".");
+    !has_dot_segment(dots.as_bytes())
+}
+
+/// Whether a `/`-separated segment of `b` is `.` or `..`, alone or with path parameters.
+/// Only a segment that starts with a dot can be one; most paths have few dots.
+#[inline]
+fn has_dot_segment(b: &[u8]) -> bool {
+    memchr::memchr_iter(b'.', b).any(|at| (at == 0 || b[at - 1] == b'/') && dot_segment(&b[at..]))
 }
 
 /// Whether `s`, which starts with `.`, begins with a `.` or `..` segment: the dots end the
