@@ -303,6 +303,7 @@ pub fn parse_request<'h, 'b>(
     let mut te_count = 0usize;
     let mut close = false;
     let mut keep_alive_token = false;
+    let mut options = 0usize;
     let mut expect_continue = false;
     // httparse has already refused field names that are not tokens and values with
     // control characters (NUL, CR, LF, ...): the conformance corpus holds it to that.
@@ -334,6 +335,11 @@ pub fn parse_request<'h, 'b>(
                         close = true;
                     } else if opt.eq_ignore_ascii_case(b"keep-alive") {
                         keep_alive_token = true;
+                    } else {
+                        options += 1;
+                        if options > MAX_CONNECTION_OPTIONS {
+                            return Err(RequestError::Bad(TOO_MANY_CONNECTION_OPTIONS));
+                        }
                     }
                 }
             }
@@ -521,6 +527,7 @@ pub fn parse_response<'h, 'b>(
     let mut te_count = 0usize;
     let mut close = false;
     let mut keep_alive_token = false;
+    let mut options = 0usize;
     for h in res.headers.iter() {
         let name = h.name;
         if name_is(name, "content-length") {
@@ -542,6 +549,11 @@ pub fn parse_response<'h, 'b>(
                     close = true;
                 } else if opt.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive_token = true;
+                } else {
+                    options += 1;
+                    if options > MAX_CONNECTION_OPTIONS {
+                        return Err(ResponseError(TOO_MANY_CONNECTION_OPTIONS));
+                    }
                 }
             }
         }
@@ -639,67 +651,63 @@ pub fn is_underscore_alias(name: &str) -> bool {
         })
 }
 
+/// Most names one head's `Connection` fields may list besides `close` and `keep-alive`:
+/// a request with more is a 400, a response a 502 ([`TOO_MANY_CONNECTION_OPTIONS`]).
+/// Real heads list one or two (`Upgrade`, `TE`, `HTTP2-Settings`); without a bound, one
+/// head of thousands of names made every field's check cost a search, 13× the work on an
+/// ordinary head of the same size (`cargo bench --bench hot_path -- hostile`).
+pub const MAX_CONNECTION_OPTIONS: usize = 16;
+/// A head whose `Connection` fields list more than [`MAX_CONNECTION_OPTIONS`] names.
+pub const TOO_MANY_CONNECTION_OPTIONS: &str = "too_many_connection_options";
+
 /// Names listed in the `Connection` fields of a head (the per-message hop-by-hop set).
 ///
-/// Any number of names is honoured. Up to `FEW_OPTIONS` are kept inline and searched in
-/// turn (the usual case, no allocation); past that (hardly ever legitimate) they go into one
-/// vector sorted without regard to case and are found by binary search, so checking every
-/// field of a head stays O(fields × log names), never fields × names.
-pub struct ConnectionOptions<'b> {
-    few: [&'b [u8]; FEW_OPTIONS],
+/// Heads come here parsed, so there are at most [`MAX_CONNECTION_OPTIONS`]: kept inline,
+/// no allocation, searched in turn.
+pub struct ConnectionOptions<'h, 'b> {
+    names: [&'b [u8]; MAX_CONNECTION_OPTIONS],
     len: usize,
-    /// Every name, once there are more than `FEW_OPTIONS` (else empty, unallocated).
-    many: Vec<&'b [u8]>,
+    /// Set when the fields list more names than a parsed head can: then every lookup
+    /// reads them all again (slow, but never wrong; the parsers keep this from happening).
+    unbounded: Option<&'h [httparse::Header<'b>]>,
 }
 
-const FEW_OPTIONS: usize = 16;
-
-impl<'b> ConnectionOptions<'b> {
-    pub fn collect(headers: &[httparse::Header<'b>]) -> Self {
+impl<'h, 'b> ConnectionOptions<'h, 'b> {
+    pub fn collect(headers: &'h [httparse::Header<'b>]) -> Self {
         let mut me = ConnectionOptions {
-            few: [&[][..]; FEW_OPTIONS],
+            names: [&[][..]; MAX_CONNECTION_OPTIONS],
             len: 0,
-            many: Vec::new(),
+            unbounded: None,
         };
-        let names = headers
+        for opt in Self::listed(headers) {
+            if me.len == MAX_CONNECTION_OPTIONS {
+                me.unbounded = Some(headers);
+                break;
+            }
+            me.names[me.len] = opt;
+            me.len += 1;
+        }
+        me
+    }
+
+    fn listed(headers: &'h [httparse::Header<'b>]) -> impl Iterator<Item = &'b [u8]> + 'h {
+        headers
             .iter()
             .filter(|h| name_is(h.name, "connection"))
             .flat_map(|h| list_elements(h.value))
-            .filter(|opt| !is_close_or_keep_alive(opt));
-        for opt in names {
-            if me.len < FEW_OPTIONS {
-                me.few[me.len] = opt;
-                me.len += 1;
-            } else {
-                if me.many.is_empty() {
-                    me.many.extend_from_slice(&me.few);
-                }
-                me.many.push(opt);
-            }
-        }
-        me.many.sort_unstable_by(|a, b| cmp_ignore_case(a, b));
-        me
+            .filter(|opt| !is_close_or_keep_alive(opt))
     }
 
     /// True when `name` must not be forwarded because `Connection` names it.
     pub fn names(&self, name: &str) -> bool {
         let name = name.as_bytes();
-        if self.many.is_empty() {
-            self.few[..self.len]
+        match self.unbounded {
+            None => self.names[..self.len]
                 .iter()
-                .any(|n| n.eq_ignore_ascii_case(name))
-        } else {
-            self.many
-                .binary_search_by(|n| cmp_ignore_case(n, name))
-                .is_ok()
+                .any(|n| n.eq_ignore_ascii_case(name)),
+            Some(headers) => Self::listed(headers).any(|n| n.eq_ignore_ascii_case(name)),
         }
     }
-}
-
-fn cmp_ignore_case(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
-    a.iter()
-        .map(u8::to_ascii_lowercase)
-        .cmp(b.iter().map(u8::to_ascii_lowercase))
 }
 
 fn is_close_or_keep_alive(opt: &[u8]) -> bool {
@@ -1686,11 +1694,16 @@ mod tests {
     }
 
     #[test]
-    fn connection_options_honour_any_number_of_names() {
-        let names: Vec<String> = (1..=40).map(|i| format!("o{i}")).collect();
+    fn connection_options_are_honoured_up_to_the_bound_and_refused_past_it() {
+        let names: Vec<String> = (1..=MAX_CONNECTION_OPTIONS)
+            .map(|i| format!("o{i}"))
+            .collect();
+        // `close` and `keep-alive` do not count; the names may spread over several lines.
+        let (first, last) = names.split_at(MAX_CONNECTION_OPTIONS - 1);
         let raw = format!(
-            "HTTP/1.1 200 OK\r\nConnection: close, {}\r\nConnection: extra\r\n\r\n",
-            names.join(", ")
+            "HTTP/1.1 200 OK\r\nConnection: close, keep-alive, {}\r\nConnection: {}\r\n\r\n",
+            first.join(", "),
+            last.join(", ")
         );
         let mut h = header_slots();
         let p = parse_response(raw.as_bytes(), &mut h, false, 8192)
@@ -1699,22 +1712,43 @@ mod tests {
         let opts = ConnectionOptions::collect(p.headers);
         for n in &names {
             assert!(opts.names(n), "{n} not recognised");
+            assert!(opts.names(&n.to_uppercase()), "{n} in capitals");
         }
-        assert!(opts.names("EXTRA"));
-        for kept in ["content-type", "authorization", "user-agent", "o41"] {
+        for kept in [
+            "content-type",
+            "authorization",
+            "user-agent",
+            "o17",
+            "close",
+        ] {
             assert!(!opts.names(kept), "{kept} would be dropped");
         }
+        // One more name: a 502 for a response, a 400 for a request.
+        let over = raw.replace("\r\n\r\n", ", one-more\r\n\r\n");
         let mut h = header_slots();
-        let plain = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\n\r\n";
-        let p = parse_response(plain, &mut h, false, 8192).unwrap().unwrap();
-        assert!(!ConnectionOptions::collect(p.headers).names("keep-alive-x"));
-        // A few names: kept inline, matched regardless of case.
-        let few = b"HTTP/1.1 200 OK\r\nConnection: close, X-One\r\nConnection: x-two\r\n\r\n";
-        let mut h = header_slots();
-        let p = parse_response(few, &mut h, false, 8192).unwrap().unwrap();
-        let opts = ConnectionOptions::collect(p.headers);
-        assert!(opts.names("x-one") && opts.names("X-TWO") && !opts.names("close"));
-        assert!(!opts.names("x-three"));
+        assert_eq!(
+            parse_response(over.as_bytes(), &mut h, false, 8192).err(),
+            Some(ResponseError(TOO_MANY_CONNECTION_OPTIONS))
+        );
+        let request = over.replace("HTTP/1.1 200 OK", "GET / HTTP/1.1\r\nHost: a");
+        assert!(matches!(
+            parse(request.as_bytes()),
+            Err(RequestError::Bad(TOO_MANY_CONNECTION_OPTIONS))
+        ));
+        let at_bound = raw.replace("HTTP/1.1 200 OK", "GET / HTTP/1.1\r\nHost: a");
+        assert!(matches!(parse(at_bound.as_bytes()), Ok(Some(_))));
+        // Headers that never went through a parser: past the bound, still exactly the names.
+        let fields: Vec<String> = (0..=MAX_CONNECTION_OPTIONS)
+            .map(|i| format!("x{i}"))
+            .collect();
+        let value = fields.join(",");
+        let hs = [httparse::Header {
+            name: "Connection",
+            value: value.as_bytes(),
+        }];
+        let opts = ConnectionOptions::collect(&hs);
+        assert!(fields.iter().all(|f| opts.names(f)));
+        assert!(!opts.names("content-type") && !opts.names("x17x"));
     }
 
     #[test]

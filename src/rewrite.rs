@@ -304,7 +304,7 @@ pub fn write_interim_head(out: &mut Vec<u8>, p: &h1::ParsedResponse<'_, '_>) {
 fn write_status_and_fields(
     out: &mut Vec<u8>,
     p: &h1::ParsedResponse<'_, '_>,
-    opts: &ConnectionOptions<'_>,
+    opts: &ConnectionOptions<'_, '_>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     h1::push_dec(out, u64::from(p.info.status));

@@ -656,19 +656,27 @@ fn a_slow_probe_keeps_its_lease() {
 // ---- 5. Connection with many options ----
 
 #[test]
-fn more_than_sixteen_connection_tokens_do_not_drop_end_to_end_headers() {
+fn sixteen_connection_options_are_honoured_and_more_are_refused_on_both_sides() {
     let echo = mock_backend();
-    let names = |p: &str| (1..=20).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
-    let (o, p) = (names("o"), names("p"));
-    let p_head = format!(
-        "HTTP/1.1 200 OK\r\nConnection: {}\r\n{}content-type: text/plain\r\ncontent-length: 2\r\n\r\nok",
-        p.join(", "),
-        p.iter().map(|n| format!("{n}: x\r\n")).collect::<String>()
-    );
+    let names = |p: &str, n: usize| (1..=n).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
+    let (o, p) = (names("o", 16), names("p", 16));
+    let head_listing = |names: &[String]| {
+        format!(
+            "HTTP/1.1 200 OK\r\nConnection: {}\r\n{}content-type: text/plain\r\ncontent-length: 2\r\n\r\nok",
+            names.join(", "),
+            names.iter().map(|n| format!("{n}: x\r\n")).collect::<String>()
+        )
+    };
+    let (p_head, over_head) = (head_listing(&p), head_listing(&names("q", 17)));
     let raw = RawBackend::start(move |mut s, _| {
         let mut pending = Vec::new();
-        while read_head(&mut s, &mut pending).is_some() {
-            if s.write_all(p_head.as_bytes()).is_err() {
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            let reply = if head.contains("/over") {
+                &over_head
+            } else {
+                &p_head
+            };
+            if s.write_all(reply.as_bytes()).is_err() {
                 return;
             }
         }
@@ -681,14 +689,14 @@ fn more_than_sixteen_connection_tokens_do_not_drop_end_to_end_headers() {
             echo.addr, raw.addr
         ),
     )));
-    let r = request(
-        g.proc.addr,
-        &format!(
-            "GET /v1/proxy/echo/x HTTP/1.1\r\nHost: gw\r\nConnection: {}\r\n{}Authorization: Bearer t\r\nContent-Type: text/plain\r\nUser-Agent: ua\r\n\r\n",
-            o.join(", "),
-            o.iter().map(|n| format!("{n}: x\r\n")).collect::<String>()
-        ),
-    );
+    let listing = |names: &[String]| {
+        format!(
+            "GET /v1/proxy/echo/x HTTP/1.1\r\nHost: gw\r\nConnection: close, {}\r\n{}Authorization: Bearer t\r\nContent-Type: text/plain\r\nUser-Agent: ua\r\n\r\n",
+            names.join(", "),
+            names.iter().map(|n| format!("{n}: x\r\n")).collect::<String>()
+        )
+    };
+    let r = request(g.proc.addr, &listing(&o));
     assert_eq!(r.status, 200);
     let got = r.echoed_headers();
     for (name, value) in [
@@ -708,6 +716,22 @@ fn more_than_sixteen_connection_tokens_do_not_drop_end_to_end_headers() {
         "Connection options forwarded: {leaked:?}"
     );
 
+    // A 17th name: refused before routing, so the backend sees nothing.
+    let before = sample(
+        &metrics(g.admin),
+        "gateway_requests_total{service=\"echo\",class=\"2xx\"}",
+    );
+    let r = request(g.proc.addr, &listing(&names("o", 17)));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["detail"], "too_many_connection_options");
+    assert_eq!(
+        sample(
+            &metrics(g.admin),
+            "gateway_requests_total{service=\"echo\",class=\"2xx\"}"
+        ),
+        before
+    );
+
     let r = get(g.proc.addr, "/v1/proxy/raw/x");
     assert_eq!((r.status, text(&r)), (200, "ok".to_string()));
     assert_eq!(
@@ -718,6 +742,12 @@ fn more_than_sixteen_connection_tokens_do_not_drop_end_to_end_headers() {
     );
     let leaked: Vec<_> = p.iter().filter(|n| r.header(n).is_some()).collect();
     assert!(leaked.is_empty(), "Connection options relayed: {leaked:?}");
+
+    // A backend listing 17: a 502 naming why, none of its fields relayed.
+    let r = get(g.proc.addr, "/v1/proxy/raw/over");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["detail"], "too_many_connection_options");
+    assert!(r.header("q1").is_none());
 }
 
 // ---- 6. A write timeout on a reused connection ----
