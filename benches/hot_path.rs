@@ -253,7 +253,71 @@ fn main() {
     pool_section(&filter);
     split_head_section(&filter);
     hostile_head_section(&filter);
+    chunked_section(&filter);
     admission_section(&filter);
+}
+
+/// A chunked body re-framed as the gateway streams it (`BodyRelay::feed`, decoding and
+/// re-chunking, over 60 KiB reads): 1 MiB of wire bytes in chunks of 16 KiB, of 1 byte,
+/// and of 1 byte with a 100-byte extension each (the framing a hostile client chooses).
+/// ns per op = per wire MiB; the decoded bytes per wire MiB are in the name.
+fn chunked_section(filter: &[String]) {
+    use gateway::relay::BodyRelay;
+    let wire_mib = |chunk: &[u8]| {
+        let mut body = Vec::with_capacity(1 << 20);
+        let mut decoded = 0usize;
+        while body.len() + chunk.len() + 5 <= 1 << 20 {
+            body.extend_from_slice(chunk);
+            decoded += 1;
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        (body, decoded)
+    };
+    let big = {
+        let mut c = b"4000\r\n".to_vec();
+        c.extend(std::iter::repeat_n(b'x', 16 * 1024));
+        c.extend_from_slice(b"\r\n");
+        c
+    };
+    let ext = format!("1;e={}\r\nx\r\n", "v".repeat(98));
+    for (what, chunk, per) in [
+        ("16 KiB chunks", &big[..], 16 * 1024),
+        ("1-byte chunks", &b"1\r\nx\r\n"[..], 1),
+        ("1-byte chunks, 100-byte extensions", ext.as_bytes(), 1),
+    ] {
+        let (body, n) = wire_mib(chunk);
+        let mut out = Vec::with_capacity(1 << 17);
+        // Wire bytes consumed before the body ended or was refused, and whether it ended.
+        let mut run = || {
+            let mut relay = BodyRelay::new(h1::Framing::Chunked, true, u64::MAX);
+            let mut wire = 0;
+            for piece in body.chunks(60 * 1024) {
+                out.clear();
+                match relay.feed(black_box(piece), &mut out) {
+                    Ok(used) => wire += used,
+                    Err(_) => return (wire, false),
+                }
+                black_box(&out);
+            }
+            (wire, relay.done)
+        };
+        let (wire, done) = run();
+        let outcome = if done {
+            "relayed".to_string()
+        } else {
+            format!("refused within {} KiB", (wire + 60 * 1024) / 1024)
+        };
+        bench(
+            filter,
+            &format!(
+                "chunked: 1 MiB wire, {what} ({} KiB decoded), {outcome}",
+                n * per / 1024
+            ),
+            || {
+                black_box(run());
+            },
+        );
+    }
 }
 
 /// The whole work on a head (parse, then `rewrite::prepare`: routing, dropping hop-by-hop

@@ -735,21 +735,100 @@ pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
         return;
     }
-    let mut tmp = [0u8; 16];
-    let mut i = tmp.len();
-    let mut v = data.len();
-    loop {
-        i -= 1;
-        tmp[i] = b"0123456789abcdef"[v & 15];
-        v >>= 4;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&tmp[i..]);
+    push_hex(out, data.len());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
+}
+
+fn push_hex(out: &mut Vec<u8>, n: usize) {
+    let mut tmp = [0u8; 16];
+    let i = tmp.len() - hex_width(n);
+    write_hex(&mut tmp[i..], n);
+    out.extend_from_slice(&tmp[i..]);
+}
+
+/// Digits of `n` in hexadecimal, without leading zeros (1 for 0).
+fn hex_width(n: usize) -> usize {
+    (usize::BITS - n.leading_zeros()).div_ceil(4).max(1) as usize
+}
+
+/// Writes `n` in hexadecimal into all of `dst`.
+fn write_hex(dst: &mut [u8], mut n: usize) {
+    for d in dst.iter_mut().rev() {
+        *d = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+    }
+}
+
+/// Re-chunks decoded data so that small spans in a row go out as one chunk: a body sent
+/// in chunks of one byte is not forwarded as one, so the framing we write, and what the
+/// receiver parses, stays small whatever the sender chose. Spans of [`RUN_LIMIT`] bytes
+/// or more go out as their own chunk, as they came. Call [`ChunkRun::close`] before `out`
+/// is sent.
+#[derive(Default)]
+pub struct ChunkRun {
+    /// The chunk still open for more small spans: where its size line starts in `out`, and
+    /// its data so far. The line is written when the chunk closes.
+    open: Option<(usize, usize)>,
+}
+
+/// Largest chunk [`ChunkRun`] builds from small spans: its size fits [`RUN_DIGITS`].
+const RUN_LIMIT: usize = 0xfff;
+const RUN_DIGITS: usize = 3;
+
+impl ChunkRun {
+    /// Appends `data` to `out`, to the open chunk if it still fits.
+    pub fn push(&mut self, out: &mut Vec<u8>, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        match &mut self.open {
+            Some((_, len)) if *len + data.len() <= RUN_LIMIT => {
+                *len += data.len();
+                extend_small(out, data);
+            }
+            _ => {
+                self.close(out);
+                if data.len() < RUN_LIMIT {
+                    // Room for the size line; `close` fills it in.
+                    self.open = Some((out.len(), data.len()));
+                    out.extend_from_slice(b"000\r\n");
+                    extend_small(out, data);
+                } else {
+                    push_chunk(out, data);
+                }
+            }
+        }
+    }
+
+    /// Ends the open chunk: its size, without leading zeros, and the CRLF after its data.
+    pub fn close(&mut self, out: &mut Vec<u8>) {
+        let Some((at, len)) = self.open.take() else {
+            return;
+        };
+        let width = hex_width(len);
+        if width < RUN_DIGITS {
+            // A chunk under 256 bytes: move it up to its shorter size line.
+            out.copy_within(at + RUN_DIGITS.., at + width);
+            out.truncate(out.len() - (RUN_DIGITS - width));
+        }
+        write_hex(&mut out[at..at + width], len);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// `out.extend_from_slice(data)`, without a call to `memcpy` for a span of a few bytes
+/// (most of the cost of a body sent a byte per chunk).
+fn extend_small(out: &mut Vec<u8>, data: &[u8]) {
+    if data.len() <= 16 {
+        out.reserve(data.len());
+        for &b in data {
+            out.push(b);
+        }
+    } else {
+        out.extend_from_slice(data);
+    }
 }
 
 /// The last chunk with no trailers.
@@ -850,10 +929,21 @@ pub struct ChunkedDecoder {
     line_len: usize,
     trailer_bytes: usize,
     total: u64,
+    /// Framing bytes beyond what the chunks so far are allowed (see [`MAX_EXCESS`]).
+    excess: u64,
 }
 
 /// Longest chunk-size line (size, leading zeros included, + extensions) we accept.
 const MAX_CHUNK_LINE: usize = 4096;
+/// Framing a chunked body may carry beyond its allowance, the rule Go's `net/http` adopted
+/// for CVE-2023-39326: each chunk may spend 16 bytes plus twice its size on framing (its
+/// size line, extensions and CRLFs); what a body spends beyond that accumulates (never
+/// below 0), and more than this is refused. Chunks of one byte pass (5 bytes of framing);
+/// a body that is mostly extensions, whose wire bytes would otherwise be unbounded by
+/// `max_body_bytes` (4 KiB of size line per byte of data), does not.
+const MAX_EXCESS: u64 = 16 * 1024;
+/// A chunked body whose framing exceeds its allowance by more than [`MAX_EXCESS`].
+pub const CHUNK_OVERHEAD_TOO_LARGE: &str = "chunk_overhead_too_large";
 /// Most trailer bytes we read (and drop).
 const MAX_TRAILERS: usize = 16 * 1024;
 
@@ -871,6 +961,7 @@ impl ChunkedDecoder {
             line_len: 0,
             trailer_bytes: 0,
             total: 0,
+            excess: 0,
         }
     }
 
@@ -935,6 +1026,13 @@ impl ChunkedDecoder {
                         return Err(ChunkError("bare_cr_in_chunk_line"));
                     }
                     i += 1;
+                    // The line as counted (its CR included), its LF and the CRLF after
+                    // the data, against 16 bytes plus twice the data.
+                    self.excess = (self.excess + self.line_len as u64 + 3)
+                        .saturating_sub(self.size.saturating_mul(2).saturating_add(16));
+                    if self.excess > MAX_EXCESS {
+                        return Err(ChunkError(CHUNK_OVERHEAD_TOO_LARGE));
+                    }
                     self.line_len = 0;
                     if self.size == 0 {
                         self.state = ChunkState::TrailerStart;
@@ -1488,6 +1586,87 @@ mod tests {
             }
         }
         whole
+    }
+
+    #[test]
+    fn small_spans_go_out_as_few_chunks_without_leading_zeros() {
+        // 10 000 spans of one byte, then one of 5000 and a few more small ones.
+        let mut spans: Vec<Vec<u8>> = (0..10_000).map(|i| vec![b'a' + (i % 26) as u8]).collect();
+        spans.push(vec![b'L'; 5000]);
+        spans.extend((0..300).map(|i| vec![b'0' + (i % 10) as u8; 1 + i % 3]));
+        let mut run = ChunkRun::default();
+        let mut out = Vec::new();
+        for s in &spans {
+            run.push(&mut out, s);
+        }
+        run.close(&mut out);
+        out.extend_from_slice(LAST_CHUNK);
+        let (body, used) = decode_all(&out).expect("our own chunked encoding decodes");
+        assert_eq!(used, out.len());
+        assert_eq!(body, spans.concat());
+        // Chunks as we wrote them: sizes without leading zeros, none of the small spans
+        // alone, none over the run limit unless it came that way.
+        let mut sizes = Vec::new();
+        let mut rest = &out[..];
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let line = &rest[..eol];
+            assert!(
+                line == b"0" || line[0] != b'0',
+                "leading zero in {:?}",
+                String::from_utf8_lossy(line)
+            );
+            let n = usize::from_str_radix(std::str::from_utf8(line).unwrap(), 16).unwrap();
+            sizes.push(n);
+            if n == 0 {
+                break;
+            }
+            rest = &rest[eol + 2 + n + 2..];
+        }
+        assert_eq!(sizes, vec![4095, 4095, 1810, 5000, 600, 0]);
+        // Runs of every size up to the limit: short ones get short size lines.
+        for n in [1, 15, 16, 255, 256, 4094, 4095, 4096] {
+            let mut run = ChunkRun::default();
+            let mut out = Vec::new();
+            for _ in 0..n {
+                run.push(&mut out, b"z");
+            }
+            run.close(&mut out);
+            run.close(&mut out); // nothing left open
+            out.extend_from_slice(LAST_CHUNK);
+            assert_eq!(decode_all(&out).map(|(b, _)| b), Ok(vec![b'z'; n]), "{n}");
+            let first = format!("{:x}\r\n", n.min(RUN_LIMIT));
+            assert!(out.starts_with(first.as_bytes()), "{n}");
+        }
+    }
+
+    #[test]
+    fn framing_beyond_its_allowance_is_refused() {
+        // One-byte chunks (5 bytes of framing each) pass, however many.
+        let mut ok = b"1\r\nx\r\n".repeat(50_000);
+        ok.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(decode_all(&ok).map(|(b, _)| b.len()), Ok(50_000));
+        // So do extensions as long as the data they come with allows.
+        let mut ok = format!("40;{}\r\n{}\r\n", "e".repeat(100), "x".repeat(64)).repeat(1000);
+        ok.push_str("0\r\n\r\n");
+        assert!(decode_all(ok.as_bytes()).is_ok());
+        // Long extensions on one-byte chunks: refused after about 16 KiB of excess.
+        let one = format!("1;{}\r\nx\r\n", "e".repeat(100));
+        let mut bad = one.repeat(1000);
+        bad.push_str("0\r\n\r\n");
+        assert_eq!(
+            decode_all(bad.as_bytes()).err(),
+            Some(ChunkError(CHUNK_OVERHEAD_TOO_LARGE))
+        );
+        let mut d = ChunkedDecoder::new();
+        let mut refused_at = None;
+        for k in 0..1000 {
+            if d.decode(one.as_bytes(), |_| {}).is_err() {
+                refused_at = Some(k);
+                break;
+            }
+        }
+        // Each such chunk is 106 bytes of framing over an allowance of 18.
+        assert_eq!(refused_at, Some((16 * 1024) / (106 - 18)));
     }
 
     #[test]

@@ -84,16 +84,18 @@ impl BodyRelay {
             }
             Framing::Chunked => {
                 let chunked_out = self.chunked_out;
+                let mut run = h1::ChunkRun::default();
                 let used = self
                     .decoder
                     .decode(input, |data| {
                         if chunked_out {
-                            h1::push_chunk(out, data);
+                            run.push(out, data);
                         } else {
                             out.extend_from_slice(data);
                         }
                     })
                     .map_err(|e| BodyError::Framing(e.0))?;
+                run.close(out);
                 self.total = self.decoder.total();
                 if self.total > self.limit {
                     return Err(BodyError::TooLarge);

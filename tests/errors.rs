@@ -151,6 +151,51 @@ fn backend_that_never_answers_is_504() {
 }
 
 #[test]
+fn a_chunked_body_that_is_mostly_framing_is_refused() {
+    // 100-byte extensions on one-byte chunks: 106 bytes on the wire per byte of body. Such a
+    // body stayed under `max_body_bytes` for 4 KiB of wire per byte (the size-line limit)
+    // and kept a connection busy at full speed for as long as its sender liked.
+    let rec = Recorder::start(reply(200));
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", rec.addr)));
+    let mut c = Client::connect(g.addr);
+    c.send(b"POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let stuffed = format!("1;{}\r\nx\r\n", "e".repeat(100)).repeat(400);
+    c.send(stuffed.as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["detail"], "chunk_overhead_too_large");
+    assert!(c.closed_within(Duration::from_secs(3)));
+    // The same body with plain one-byte chunks is relayed whole, as one chunk.
+    let mut c = Client::connect(g.addr);
+    let mut plain =
+        b"POST /v1/proxy/svc/b HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    plain.extend_from_slice(&b"1\r\nx\r\n".repeat(400));
+    plain.extend_from_slice(b"0\r\n\r\n");
+    c.send(&plain);
+    assert_eq!(c.read_response().status, 200);
+    let got = String::from_utf8_lossy(&rec.received()).into_owned();
+    let body = got
+        .split("/b HTTP/1.1")
+        .nth(1)
+        .and_then(|h| h.split_once("\r\n\r\n"))
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    // However the reads fell: every chunk carries many bytes (one read: one chunk of 400).
+    let (mut data, mut chunks, mut rest) = (String::new(), 0, body);
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size, 16).expect("chunk size");
+        if n == 0 {
+            break;
+        }
+        data.push_str(&after[..n]);
+        rest = &after[n + 2..];
+        chunks += 1;
+    }
+    assert_eq!(data, "x".repeat(400), "{got:?}");
+    assert!(chunks <= 4, "{chunks} chunks: {body:?}");
+}
+
+#[test]
 fn malformed_requests_get_400_close_and_never_reach_a_backend() {
     let rec = Recorder::start(reply(200));
     let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", rec.addr)));
