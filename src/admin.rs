@@ -553,6 +553,7 @@ fn config(shared: &Shared) -> Value {
             "max_target_bytes": c.limits.max_target_bytes,
             "max_body_bytes": c.limits.max_body_bytes,
             "buffer_request_body": c.limits.buffer_request_body,
+            "min_body_rate": c.limits.min_body_rate,
             "max_connections": c.limits.max_connections.map_or(Value::String("auto".into()), Value::from),
             // What the workers apply: the setting, or what the descriptor limit allows.
             "max_connections_in_effect": shared.max_connections(c),

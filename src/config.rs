@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_HEAD_BYTES: usize = 32 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_TARGET_BYTES: usize = 8 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// `limits.min_body_rate`, bytes per second: Kestrel's default is 240, Apache's
+/// `mod_reqtimeout` 500.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 256;
 /// Upper bound of `limits.buffer_request_body`: what one request may hold in memory.
 pub const MAX_BUFFER_REQUEST_BODY: u64 = 16 * 1024 * 1024;
 /// Largest `limits.max_connections`.
@@ -113,6 +116,9 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Request body bytes read before a backend is picked (0: stream from the start).
     pub buffer_request_body: u64,
+    /// Bytes per second a body to or from a client must average over the time the gateway
+    /// waits on that client, once it has waited `timeouts.body` in all (0: no minimum).
+    pub min_body_rate: u64,
     /// Client connections the process accepts at once; `None`: what the descriptor limit
     /// allows (see `fdlimit.rs`).
     pub max_connections: Option<u64>,
@@ -295,6 +301,7 @@ struct RawLimits {
     max_target_bytes: Option<usize>,
     max_body_bytes: Option<u64>,
     buffer_request_body: Option<u64>,
+    min_body_rate: Option<u64>,
     max_connections: Option<MaxConnections>,
 }
 
@@ -763,6 +770,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         max_target_bytes: l.max_target_bytes.unwrap_or(DEFAULT_MAX_TARGET_BYTES),
         max_body_bytes: l.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         buffer_request_body: l.buffer_request_body.unwrap_or(0),
+        min_body_rate: l.min_body_rate.unwrap_or(DEFAULT_MIN_BODY_RATE),
         max_connections: match l.max_connections {
             None | Some(MaxConnections::Other(_)) => None,
             Some(MaxConnections::Count(n)) => Some(n),

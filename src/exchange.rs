@@ -26,7 +26,7 @@ use crate::error::GatewayError;
 use crate::h1::{self, Framing, Method, RequestInfo};
 use crate::io::{self, Read, ReadHalf, Socket, WriteHalf};
 use crate::metrics::{Counter, WorkerMetrics};
-use crate::relay::{pump, BodyError, BodyRelay};
+use crate::relay::{pump, BodyError, BodyRelay, Pace, Side};
 use crate::rewrite;
 use crate::state::{now_ms, Backend, Service};
 use crate::worker::Worker;
@@ -65,7 +65,12 @@ pub async fn forward(
         framing,
         framing == Framing::Chunked,
         cfg.limits.max_body_bytes,
-    );
+    )
+    .paced(Pace::new(
+        Side::Src,
+        cfg.limits.min_body_rate,
+        timeouts.body,
+    ));
     // A small body that is already in the socket (typically sent with the head) is taken
     // now, without waiting, so that the head and the whole body go up in one write. What
     // does not fit behind the head in the client's buffer is read into `rest`.
@@ -143,6 +148,7 @@ pub async fn forward(
                         worker,
                         timeouts,
                         max_head: cfg.limits.max_head_bytes,
+                        min_body_rate: cfg.limits.min_body_rate,
                         info,
                         service: prep.service,
                         attempt,
@@ -217,15 +223,23 @@ async fn buffer_body(
         req.info.expect_continue = false;
     }
     while !relay.done && (in_hand.len() as u64) < want {
+        let Ok((limit, since)) = relay.pace.wait(Side::Src, timeout) else {
+            return Err(reply_body_error(down, BodyError::SrcTimeout, timeout).await);
+        };
         let read = io::read_more(
             down.sock.r(),
             &mut down.buf,
             &mut down.start,
             16 * 1024,
-            timeout,
+            limit,
         );
         let fed = match read.await {
-            Read::Data(_) => relay.feed(&down.buf[down.start..], in_hand),
+            Read::Data(n) => {
+                if let Some(since) = since {
+                    relay.pace.note(since, n);
+                }
+                relay.feed(&down.buf[down.start..], in_hand)
+            }
             Read::Eof => relay.eof(in_hand).map(|()| 0),
             Read::Timeout => Err(BodyError::SrcTimeout),
             Read::Err(_) => Err(BodyError::SrcIo),
@@ -382,6 +396,8 @@ struct Exchange<'a> {
     worker: &'a Worker,
     timeouts: Timeouts,
     max_head: usize,
+    /// `limits.min_body_rate`, for the response body.
+    min_body_rate: u64,
     info: RequestInfo,
     /// The service segment, for error bodies.
     service: &'a [u8],
@@ -744,7 +760,8 @@ impl Exchange<'_> {
             self.info.keep_alive && head.framed_for_client && !early && !self.worker.draining();
         down.out.extend_from_slice(&down.fields);
         rewrite::end_response_head(&mut down.out, keep_client, self.info.minor);
-        let mut body = BodyRelay::new(head.framing, head.client_chunked, u64::MAX);
+        let mut body = BodyRelay::new(head.framing, head.client_chunked, u64::MAX)
+            .paced(Pace::new(Side::Dst, self.min_body_rate, timeout));
         let used = match body.feed(&self.ubuf[self.ustart..], &mut down.out) {
             Ok(n) => n,
             Err(e) => {
@@ -781,7 +798,13 @@ impl Exchange<'_> {
             down.out = out;
             match r {
                 Ok(n) => down.record.bytes += n,
-                Err(BodyError::DstIo) => return (After::Close, Body::Unjudged),
+                Err(BodyError::DstIo) => {
+                    // The client is gone, or too slow (`Pace`): a reset frees what our send
+                    // buffer still holds for it at once, and a close-delimited body cut here
+                    // cannot look complete.
+                    io::set_reset_on_close(down.sock.fd());
+                    return (After::Close, Body::Unjudged);
+                }
                 Err(e) => {
                     // The backend failed mid-body: the client must see an aborted response.
                     io::set_reset_on_close(down.sock.fd());

@@ -2,7 +2,7 @@
 //! (Content-Length, chunked or until close), encoded as it is written.
 
 use std::cell::Cell;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::h1::{self, ChunkedDecoder, Framing};
 use crate::io::{self, Read, ReadHalf, WriteHalf};
@@ -19,6 +19,106 @@ pub struct BodyRelay {
     pub done: bool,
     total: u64,
     limit: u64,
+    /// How slowly the client may move this body.
+    pub pace: Pace,
+}
+
+/// Which end of a body the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sends it (a request body).
+    Src,
+    /// The client receives it (a response body).
+    Dst,
+}
+
+/// A client that has fallen behind its [`Pace`], or a wait on it that timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Late;
+
+/// The least rate at which a client must move a body (`limits.min_body_rate`): it may fall
+/// at most `timeouts.body` behind it.
+///
+/// A leaky bucket of time: the body starts with `timeouts.body` of credit; waiting on the
+/// client spends it, each byte the client moves earns `1 / rate` s of it back, and credit
+/// never exceeds `timeouts.body` (so a burst, or a kernel buffer filling at once, cannot buy
+/// a long stall later). Only time spent waiting on the client counts, for its bytes or for
+/// room to write to it, never time spent waiting on the backend. `timeouts.body` alone
+/// bounds each pause, so a client sending a byte every 29 s held its request, its backend
+/// connection and a `max_in_flight` slot for as long as it liked; now it is a 408 (or,
+/// receiving, a closed connection) once it falls behind. Like Kestrel's
+/// `MinRequestBodyDataRate` and Apache's `mod_reqtimeout` `MinRate`.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// The client's end; None: no minimum.
+    side: Option<Side>,
+    /// Bytes per second.
+    rate: u64,
+    /// The most credit (`timeouts.body`).
+    cap: Duration,
+    /// The credit left: how much longer the client may keep the gateway waiting.
+    ahead: Duration,
+}
+
+impl Pace {
+    /// No minimum.
+    pub const NONE: Pace = Pace {
+        side: None,
+        rate: 0,
+        cap: Duration::ZERO,
+        ahead: Duration::ZERO,
+    };
+
+    /// `rate` bytes per second (0: none) for the client at `side`, at most `cap` behind.
+    pub fn new(side: Side, rate: u64, cap: Duration) -> Pace {
+        Pace {
+            side: (rate > 0).then_some(side),
+            rate,
+            cap,
+            ahead: cap,
+        }
+    }
+
+    /// The longest the next wait on `side` may last: `pause`, or the credit left when that
+    /// is less (zero once the client has fallen behind). None when `side` is not the
+    /// client's.
+    pub fn limit(&self, side: Side, pause: Duration) -> Option<Duration> {
+        (self.side == Some(side)).then(|| pause.min(self.ahead))
+    }
+
+    /// One wait on `side`: its timeout, and when it began if the client's pace is watched
+    /// there. `Late` when the client has fallen behind already.
+    pub fn wait(&self, side: Side, pause: Duration) -> Result<(Duration, Option<Instant>), Late> {
+        match self.limit(side, pause) {
+            None => Ok((pause, None)),
+            Some(d) if d.is_zero() => Err(Late),
+            Some(d) => Ok((d, Some(Instant::now()))),
+        }
+    }
+
+    /// Counts a wait on the client that began at `since` and moved `bytes`.
+    pub fn note(&mut self, since: Instant, bytes: usize) {
+        self.spend(since.elapsed(), bytes);
+    }
+
+    /// Counts a wait of `waited` on the client that moved `bytes`.
+    fn spend(&mut self, waited: Duration, bytes: usize) {
+        self.ahead = self.ahead.saturating_sub(waited);
+        self.earn(bytes);
+    }
+
+    /// Counts `bytes` moved at `side` without a wait (a splice that found them ready).
+    pub fn note_bytes(&mut self, side: Side, bytes: usize) {
+        if self.side == Some(side) {
+            self.earn(bytes);
+        }
+    }
+
+    fn earn(&mut self, bytes: usize) {
+        let ns = u128::from(bytes as u64) * 1_000_000_000 / u128::from(self.rate.max(1));
+        let earned = Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX));
+        self.ahead = self.ahead.saturating_add(earned).min(self.cap);
+    }
 }
 
 /// Why a body could not be relayed.
@@ -51,7 +151,14 @@ impl BodyRelay {
             done: framing == Framing::None,
             total: 0,
             limit,
+            pace: Pace::NONE,
         }
+    }
+
+    /// Watches the client's pace on this body (see [`Pace`]).
+    pub fn paced(mut self, pace: Pace) -> BodyRelay {
+        self.pace = pace;
+        self
     }
 
     fn emit(&mut self, out: &mut Vec<u8>, data: &[u8]) {
@@ -220,7 +327,7 @@ pub async fn pump(
         let long = relay.spliceable();
         if long > 0 && *start == buf.len() && pipes.on() {
             match pipes
-                .transfer(src, dst, long, timeout, owed, |n| {
+                .transfer(src, dst, long, timeout, &mut relay.pace, owed, |n| {
                     written += n;
                     progress();
                 })
@@ -237,13 +344,29 @@ pub async fn pump(
                 Err(Some(SpliceError::Dst)) => return Err(BodyError::DstIo),
             }
         }
-        match io::read_at_most(src, buf, start, room.0, timeout).await {
+        let (limit, since) = relay
+            .pace
+            .wait(Side::Src, timeout)
+            .map_err(|Late| BodyError::SrcTimeout)?;
+        match io::read_at_most(src, buf, start, room.0, limit).await {
             Read::Data(n) => {
+                if let Some(since) = since {
+                    relay.pace.note(since, n);
+                }
                 room.after(n);
                 if let Some(take) = relay.take_raw(buf.len() - *start) {
                     owed.set(take > 0);
-                    let sent = io::write_range(dst, buf, *start, *start + take, timeout).await;
-                    if sent.is_err() {
+                    let sent = match relay.pace.wait(Side::Dst, timeout) {
+                        Err(Late) => false,
+                        Ok((limit, since)) => {
+                            let r = io::write_range(dst, buf, *start, *start + take, limit).await;
+                            if let Some(since) = since {
+                                relay.pace.note(since, take);
+                            }
+                            r.is_ok()
+                        }
+                    };
+                    if !sent {
                         // The connection ends here, and what the buffer held with it (a
                         // timed-out write took the buffer: keep `start` in bounds).
                         buf.clear();
@@ -269,9 +392,15 @@ pub async fn pump(
         }
         if !out.is_empty() {
             owed.set(true);
-            io::write_all(dst, out, timeout)
-                .await
-                .map_err(|_| BodyError::DstIo)?;
+            let (limit, since) = relay
+                .pace
+                .wait(Side::Dst, timeout)
+                .map_err(|Late| BodyError::DstIo)?;
+            let sent = io::write_all(dst, out, limit).await;
+            if let Some(since) = since {
+                relay.pace.note(since, out.len());
+            }
+            sent.map_err(|_| BodyError::DstIo)?;
             written += out.len() as u64;
             out.clear();
             owed.set(false);
@@ -284,6 +413,41 @@ pub async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn a_client_may_fall_at_most_the_body_timeout_behind_the_minimum_rate() {
+        // 100 bytes/s, at most 1 s behind: each byte earns 10 ms of waiting.
+        let mut p = Pace::new(Side::Src, 100, MS(1000));
+        assert_eq!(p.limit(Side::Src, MS(30_000)), Some(MS(1000)));
+        assert_eq!(p.limit(Side::Dst, MS(30_000)), None, "not the client's end");
+        assert_eq!(
+            p.limit(Side::Src, MS(300)),
+            Some(MS(300)),
+            "the pause limit when shorter"
+        );
+        // A byte every 250 ms: 240 ms behind each time, so the 5th wait finds no credit.
+        for left in [760, 520, 280, 40] {
+            p.spend(MS(250), 1);
+            assert_eq!(p.limit(Side::Src, MS(30_000)), Some(MS(left)));
+        }
+        p.spend(MS(40), 0);
+        assert_eq!(p.limit(Side::Src, MS(30_000)), Some(Duration::ZERO));
+        // At the rate or above it never runs out, and a burst earns no more than the cap.
+        let mut p = Pace::new(Side::Dst, 100, MS(1000));
+        for _ in 0..1000 {
+            p.spend(MS(250), 25);
+        }
+        assert_eq!(p.limit(Side::Dst, MS(30_000)), Some(MS(1000)));
+        p.note_bytes(Side::Dst, 4 << 20);
+        p.spend(MS(900), 0);
+        assert_eq!(p.limit(Side::Dst, MS(30_000)), Some(MS(100)));
+        // Off: no limit beyond the pause.
+        let off = Pace::new(Side::Src, 0, MS(1000));
+        assert_eq!(off.limit(Side::Src, MS(30_000)), None);
+        assert_eq!(Pace::NONE.limit(Side::Src, MS(5)), None);
+    }
 
     #[test]
     fn reads_grow_once_a_sender_fills_them_and_stay_below_a_segment() {

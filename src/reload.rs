@@ -236,6 +236,11 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
             n(lb.buffer_request_body),
         ),
         (
+            "limits.min_body_rate",
+            n(la.min_body_rate),
+            n(lb.min_body_rate),
+        ),
+        (
             "limits.max_connections",
             la.max_connections.map_or("auto".to_string(), n),
             lb.max_connections.map_or("auto".to_string(), n),

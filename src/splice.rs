@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::io::{ReadHalf, WriteHalf};
+use crate::relay::{Late, Pace, Side};
 
 /// Bodies with at least this much still to come are spliced; shorter ones are read and
 /// written (a pipe and readiness polls cost more than they save below this).
@@ -107,12 +108,14 @@ impl Pipes {
     /// written; every wait for either side is bounded by `timeout`. `owed` is true while
     /// the pipe holds bytes taken from `src` that `dst` has not got. Err(None) when no pipe
     /// could be had (nothing was moved: the caller copies instead).
+    #[allow(clippy::too_many_arguments)]
     pub async fn transfer(
         &self,
         src: &mut ReadHalf,
         dst: &mut WriteHalf,
         len: u64,
         timeout: Duration,
+        pace: &mut Pace,
         owed: &Cell<bool>,
         mut progress: impl FnMut(u64),
     ) -> Result<(), Option<SpliceError>> {
@@ -138,16 +141,17 @@ impl Pipes {
                     Ok(0) => return Err(Some(SpliceError::Src)), // closed before the end
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        match crate::io::timed(timeout, sin.readable(false)).await {
+                        match paced(pace, Side::Src, timeout, sin.readable(false)).await {
                             Ok(Ok(())) => {}
                             Ok(Err(_)) => return Err(Some(SpliceError::Src)),
-                            Err(_) => return Err(Some(SpliceError::SrcTimeout)),
+                            Err(Late) => return Err(Some(SpliceError::SrcTimeout)),
                         }
                     }
                     Err(_) => return Err(Some(SpliceError::Src)),
                 }
             };
             lease.held += n;
+            pace.note_bytes(Side::Src, n);
             owed.set(true);
             left -= n as u64;
             // Drain: everything in the pipe goes to `dst`.
@@ -156,10 +160,11 @@ impl Pipes {
                     Ok(0) => return Err(Some(SpliceError::Dst)),
                     Ok(m) => {
                         lease.held -= m;
+                        pace.note_bytes(Side::Dst, m);
                         progress(m as u64);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        match crate::io::timed(timeout, sout.writable(false)).await {
+                        match paced(pace, Side::Dst, timeout, sout.writable(false)).await {
                             Ok(Ok(())) => {}
                             _ => return Err(Some(SpliceError::Dst)),
                         }
@@ -197,4 +202,20 @@ fn set_nonblocking(fd: RawFd) {
     let on: libc::c_int = 1;
     // SAFETY: FIONBIO on a live socket the caller owns, with a pointer to an int.
     unsafe { libc::ioctl(fd, libc::FIONBIO, &on) };
+}
+
+/// Waits for a socket to be ready on `side` within `timeout`, or less when the client at
+/// that side is short of pace, and counts the wait.
+async fn paced<F: std::future::Future<Output = io::Result<()>>>(
+    pace: &mut Pace,
+    side: Side,
+    timeout: Duration,
+    ready: F,
+) -> Result<io::Result<()>, Late> {
+    let (limit, since) = pace.wait(side, timeout)?;
+    let r = crate::io::timed(limit, ready).await;
+    if let Some(since) = since {
+        pace.note(since, 0);
+    }
+    r.map_err(|_| Late)
 }

@@ -441,3 +441,126 @@ fn a_refused_upload_gets_its_429_not_a_reset() {
         assert_eq!(r.header("connection"), Some("close"));
     }
 }
+
+/// A gateway with `max_in_flight: 1`, `timeouts.body: 1s` and `min_body_rate: 100`, and
+/// `splice` as given (long Content-Length bodies then go socket to socket).
+fn paced_gateway(b: &Proc, splice: bool) -> AdminGateway {
+    gateway_at(&write_config(&config(
+        1,
+        &format!("admin: 127.0.0.1:0\nsplice: {splice}\ntimeouts: {{body: 1s}}\nlimits: {{min_body_rate: 100}}"),
+        &format!(
+            "  svc:\n    backends: [http://{}]\n    max_in_flight: 1\n",
+            b.addr
+        ),
+    )))
+}
+
+/// Starts a POST of `len` body bytes and sends them `piece` at a time every `every`, on
+/// its own thread, until they are all sent or the gateway stops taking them.
+fn trickle(c: &Client, len: usize, piece: usize, every: Duration) -> std::thread::JoinHandle<()> {
+    let mut s = c.stream.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let head =
+            format!("POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\nContent-Length: {len}\r\n\r\n");
+        if s.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let mut sent = 0;
+        while sent < len {
+            std::thread::sleep(every);
+            let n = piece.min(len - sent);
+            if s.write_all(&vec![b'u'; n]).is_err() {
+                return;
+            }
+            sent += n;
+        }
+    })
+}
+
+#[test]
+fn an_upload_below_min_body_rate_gets_408_and_gives_its_slot_back() {
+    // A byte every 250 ms: never a pause of `timeouts.body`, so before `min_body_rate` this
+    // upload held the service's only slot for as long as its bytes took (here 28 hours).
+    // With `splice`, a body of 64 KiB or more is moved by splice(2): paced the same way.
+    for splice in [false, true] {
+        let b = mock_backend();
+        let g = paced_gateway(&b, splice);
+        let mut slow = Client::connect(g.proc.addr);
+        let sender = trickle(&slow, 100_000, 1, Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(400));
+        let r = get(g.proc.addr, "/v1/proxy/svc/x");
+        assert_eq!(r.status, 503, "the upload holds the slot: {}", r.text());
+        // 4 bytes/s against 100: the 1 s of credit lasts about 1 s of trickling.
+        let r = slow.read_response();
+        assert_eq!(r.status, 408, "splice {splice}: {}", r.text());
+        assert_eq!(r.json()["error"], "request_timeout");
+        assert!(slow.closed_within(Duration::from_secs(3)));
+        sender.join().unwrap();
+        let free = eventually(Duration::from_secs(3), || {
+            get(g.proc.addr, "/v1/proxy/svc/x").status == 200
+        });
+        assert!(free, "splice {splice}: the slot was not given back");
+    }
+}
+
+#[test]
+fn an_upload_at_min_body_rate_or_above_is_relayed_whole_however_long_it_takes() {
+    // 50 bytes every 150 ms (333 bytes/s) for 3 s: three times the 1 s of credit.
+    let b = mock_backend();
+    let g = paced_gateway(&b, false);
+    let mut c = Client::connect(g.proc.addr);
+    let sender = trickle(&c, 1000, 50, Duration::from_millis(150));
+    let r = c.read_response();
+    sender.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body_len"], 1000);
+}
+
+#[test]
+fn a_client_too_slow_to_read_is_reset_and_gives_its_slot_back() {
+    // A client that reads 8 KB every 80 ms (about 100 KB/s) of a 32 MiB answer. Once the
+    // socket buffers are full the gateway waits on it, and cuts it off (`timeouts.body`
+    // per write, or `min_body_rate`, here 1 MB/s). The cut was a graceful close, which
+    // left megabytes queued for the client in the kernel: it went on reading for minutes,
+    // and a close-delimited body would have looked complete. Now it is a reset.
+    let b = mock_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\ntimeouts: {body: 1s}\nlimits: {min_body_rate: 1000000}",
+        &format!(
+            "  svc:\n    backends: [http://{}]\n    max_in_flight: 1\n",
+            b.addr
+        ),
+    )));
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(65536).expect("SO_RCVBUF");
+    sock.connect(&g.proc.addr.into()).expect("connect");
+    let mut s: std::net::TcpStream = sock.into();
+    use std::io::{Read, Write};
+    s.write_all(
+        b"GET /v1/proxy/svc/big HTTP/1.1\r\nHost: g\r\nx-mock-body-bytes: 33554432\r\n\r\n",
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let start = Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 8192];
+    let ended = loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break true,
+            Ok(n) => got += n,
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(80));
+    };
+    assert!(ended, "still reading after 20 s ({got} bytes)");
+    assert!(got < 32 << 20, "the whole body arrived");
+    let free = eventually(Duration::from_secs(3), || {
+        get(g.proc.addr, "/v1/proxy/svc/x").status == 200
+    });
+    assert!(free, "the slot was not given back");
+}
