@@ -132,6 +132,11 @@ pub struct Policy {
     /// How long a probe may go without progress before another request may probe instead;
     /// at least 1.
     pub lease_ms: u64,
+    /// The lease of the config before the last reload, kept until `prior_until_ms` (registry
+    /// clock) when it is longer: a probe admitted under it runs on that config's timeouts,
+    /// and a reload that shortened them must not let a second probe in beside it.
+    pub prior_lease_ms: u64,
+    pub prior_until_ms: u64,
 }
 
 impl Policy {
@@ -145,13 +150,22 @@ impl Policy {
         }
     }
 
-    /// How long a circuit in `state` with `count` waits before admitting a probe.
+    /// The lease in force at `now` (see [`Policy::prior_lease_ms`]).
     #[inline]
-    fn wait_ms(&self, state: u64, count: u64) -> u64 {
+    pub fn lease_at(&self, now: u64) -> u64 {
+        match now < self.prior_until_ms {
+            true => self.lease_ms.max(self.prior_lease_ms),
+            false => self.lease_ms,
+        }
+    }
+
+    /// How long a circuit in `state` with `count` waits at `now` before admitting a probe.
+    #[inline]
+    fn wait_ms(&self, state: u64, count: u64, now: u64) -> u64 {
         let cooldown = self.cooldown_ms.max(1);
         match state {
             OPEN => cooldown,
-            HALF_OPEN => self.lease_ms.max(1),
+            HALF_OPEN => self.lease_at(now).max(1),
             _ => {
                 let doublings = count.saturating_sub(1).min(32) as u32;
                 PROBE_BACKOFF_MS
@@ -233,7 +247,7 @@ pub fn admit_with<W: Word>(
         if let Some(read_clock) = now.take() {
             at = read_clock();
         }
-        let wait = p.wait_ms(s.state, s.count) + p.streaming_extra_ms(streaming);
+        let wait = p.wait_ms(s.state, s.count, at) + p.streaming_extra_ms(streaming);
         if at.saturating_sub(s.time_ms) < wait {
             return None;
         }
@@ -382,7 +396,8 @@ pub fn retry_after_for(word: u64, now: u64, p: &Policy, streaming: bool) -> u64 
     if s.state == CLOSED {
         return 0;
     }
-    (s.time_ms + p.wait_ms(s.state, s.count) + p.streaming_extra_ms(streaming)).saturating_sub(now)
+    (s.time_ms + p.wait_ms(s.state, s.count, now) + p.streaming_extra_ms(streaming))
+        .saturating_sub(now)
 }
 
 #[cfg(test)]
@@ -393,6 +408,8 @@ mod tests {
         threshold: 5,
         cooldown_ms: 1000,
         lease_ms: 300,
+        prior_lease_ms: 0,
+        prior_until_ms: 0,
     };
 
     fn state(w: &AtomicU64) -> u64 {
@@ -518,6 +535,25 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_owed_from_before_a_reload_holds_until_it_ends() {
+        let w = AtomicU64::new(0);
+        open(&w, 0);
+        let p = Policy {
+            prior_lease_ms: 3000,
+            prior_until_ms: 10_000,
+            ..P
+        };
+        let _probe = admit(&w, 1000, &p).unwrap();
+        assert!(admit(&w, 1000 + p.lease_ms, &p).is_none());
+        assert!(admit(&w, 3999, &p).is_none());
+        assert!(admit(&w, 4000, &p).unwrap().is_probe());
+        assert_eq!(retry_after_ms(w.load(Ordering::Relaxed), 4000, &p), 3000);
+        // After `prior_until_ms`, the policy's own lease.
+        assert_eq!(p.lease_at(9_999), 3000);
+        assert_eq!(p.lease_at(10_000), p.lease_ms);
+    }
+
+    #[test]
     fn a_renewed_lease_keeps_a_slow_probe_the_only_one() {
         let w = AtomicU64::new(0);
         open(&w, 0);
@@ -546,6 +582,8 @@ mod tests {
             threshold: 1,
             cooldown_ms: 60_000,
             lease_ms: 300,
+            prior_lease_ms: 0,
+            prior_until_ms: 0,
         };
         let w = AtomicU64::new(0);
         let t = admit(&w, 0, &p).unwrap();
@@ -583,6 +621,8 @@ mod tests {
             threshold: 1,
             cooldown_ms: 200,
             lease_ms: 300,
+            prior_lease_ms: 0,
+            prior_until_ms: 0,
         };
         let w = AtomicU64::new(0);
         let t = admit(&w, 0, &p).unwrap();
@@ -624,6 +664,8 @@ mod tests {
             threshold: 1,
             cooldown_ms: 1,
             lease_ms: 1,
+            prior_lease_ms: 0,
+            prior_until_ms: 0,
         };
         for cycles in [4096 / 3, 4096, 4096 * 2 + 1, 4096 * 3] {
             let w = AtomicU64::new(0);
@@ -650,6 +692,8 @@ mod tests {
             threshold: 1,
             cooldown_ms: 1,
             lease_ms: 1,
+            prior_lease_ms: 0,
+            prior_until_ms: 0,
         };
         let w = AtomicU64::new(0);
         let start = Snapshot::decode(Word::load(&w)).epoch;

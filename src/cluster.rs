@@ -730,7 +730,7 @@ impl Node {
             if s.state == HALF_OPEN {
                 // Our probe runs: keep the lease for as long as a probe may take.
                 if t.lease.is_some() {
-                    let ours = lease(con, t, &self.status.instance, t.policy.lease_ms)?;
+                    let ours = lease(con, t, &self.status.instance, t.policy.lease_at(now))?;
                     t.lease = ours.then_some(unix);
                 }
                 continue;
@@ -1101,6 +1101,8 @@ mod tests {
             threshold: 1,
             cooldown_ms,
             lease_ms: 1000,
+            prior_lease_ms: 0,
+            prior_until_ms: 0,
         };
         assert_eq!(hold_ms(&p(60_000)), MAX_HOLD_MS);
         assert_eq!(hold_ms(&p(400)), 200);

@@ -148,6 +148,10 @@ struct Registry {
     /// Services and backends given an id at or over the metrics limit (no series).
     exhausted: MetricIdsExhausted,
     admission: crate::admission::Registry,
+    /// The probe lease of the running config, and the longer one still owed to probes
+    /// admitted before the last reload (lease, until; see [`Policy::prior_lease_ms`]).
+    lease_ms: Option<u64>,
+    prior_lease: (u64, u64),
 }
 
 /// Services and backends that got no series of their own because more than
@@ -221,16 +225,24 @@ pub struct Shared {
     pub fd_limit: u64,
 }
 
-fn policy(s: &BreakerSettings, cfg: &Config) -> Policy {
-    // A live probe renews its lease whenever it makes progress (connected, a body chunk
-    // read from the client and written upstream, request sent whole); the lease is the
-    // longest gap between two renewals, plus a second of slack.
+/// The probe lease under `cfg`. A live probe renews its lease whenever it makes progress
+/// (connected, a body chunk read from the client and written upstream, request sent
+/// whole); the lease is the longest gap between two renewals, plus a second of slack.
+fn lease_ms(cfg: &Config) -> u64 {
     let t = &cfg.timeouts;
     let lease = t.connect.max(t.response).max(t.body * 2) + Duration::from_secs(1);
+    lease.as_millis() as u64
+}
+
+/// The breaker policy of a service; `prior` is the longer lease owed to probes admitted
+/// before a reload, and until when (see [`Policy::prior_lease_ms`]).
+fn policy(s: &BreakerSettings, cfg: &Config, prior: (u64, u64)) -> Policy {
     Policy {
         threshold: u64::from(s.failure_threshold),
         cooldown_ms: s.cooldown.as_millis() as u64,
-        lease_ms: lease.as_millis() as u64,
+        lease_ms: lease_ms(cfg),
+        prior_lease_ms: prior.0,
+        prior_until_ms: prior.1,
     }
 }
 
@@ -299,6 +311,15 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
     let mut live: HashMap<(String, String), (usize, Arc<BreakerCell>, SocketAddr)> = HashMap::new();
     let (admissions, budgets) = reg.admission.build(&config);
     report.budgets = budgets;
+    // A probe admitted before this reload runs on the old timeouts: its lease stays the
+    // longer of the two for one old lease from now.
+    let now = now_ms();
+    if let Some(old) = reg.lease_ms.replace(lease_ms(&config)) {
+        let (owed, until) = reg.prior_lease;
+        let longest = if now < until { old.max(owed) } else { old };
+        reg.prior_lease = (longest, now + longest);
+    }
+    let prior = reg.prior_lease;
     let mut live_services: HashMap<String, usize> = HashMap::new();
     let mut services: Vec<Service> = config
         .services
@@ -346,7 +367,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                 name: sc.name.clone(),
                 backends,
                 settings: sc.breaker,
-                policy: policy(&sc.breaker, &config),
+                policy: policy(&sc.breaker, &config, prior),
                 admission,
             }
         })
@@ -405,6 +426,56 @@ mod tests {
 
     fn cfg(text: &str) -> Config {
         Config::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_reload_that_shortens_the_timeouts_keeps_a_probe_in_flight_the_only_one() {
+        // Lease under the defaults: max(2 s, 30 s, 2 x 30 s) + 1 s = 61 s; after the reload
+        // max(1 s, 2 s, 2 x 1 s) + 1 s = 3 s.
+        let svc = "breaker: {failure_threshold: 1, cooldown: 1ms}\nservices:\n  a: [http://127.0.0.1:1]\n";
+        let shared = Shared::new(cfg(svc));
+        let snap = shared.current.load_full();
+        let (cell, p) = (
+            &**snap.services[0].backends[0].breaker,
+            snap.services[0].policy,
+        );
+        assert_eq!(p.lease_ms, 61_000);
+        let t0 = now_ms();
+        for _ in 0..p.threshold {
+            let t = breaker::admit(cell, t0, &p).unwrap();
+            breaker::failure(cell, t, t0, &p);
+        }
+        let opened = t0 + p.cooldown_ms;
+        let probe = breaker::admit(cell, opened, &p).expect("the probe");
+        assert!(probe.is_probe());
+        shared.install(cfg(&format!(
+            "timeouts: {{connect: 1s, response: 2s, body: 1s}}\n{svc}"
+        )));
+        let short = shared.current.load_full().services[0].policy;
+        assert_eq!(short.lease_ms, 3_000);
+        // The probe admitted under the old config may go 61 s without progress.
+        let now = now_ms();
+        assert!(short.lease_at(now) >= 61_000);
+        assert!(
+            breaker::admit(cell, opened + 3_000, &short).is_none(),
+            "a second probe"
+        );
+        assert!(
+            breaker::admit(cell, opened + 60_000, &short).is_none(),
+            "a second probe"
+        );
+        // Once an old lease has passed since the reload, the new one applies.
+        assert_eq!(short.lease_at(now + 61_001), 3_000);
+        // A second reload within that time keeps what is still owed.
+        shared.install(cfg(&format!(
+            "timeouts: {{connect: 1s, response: 1s, body: 1s}}\n{svc}"
+        )));
+        let again = shared.current.load_full().services[0].policy;
+        assert!(again.lease_at(now_ms()) >= 61_000);
+        // Lengthening: the new lease is the longer one.
+        shared.install(cfg(svc));
+        let long = shared.current.load_full().services[0].policy;
+        assert_eq!(long.lease_at(now_ms()), 61_000);
     }
 
     #[test]

@@ -23,6 +23,8 @@ const P: Policy = Policy {
     threshold: 3,
     cooldown_ms: 100,
     lease_ms: 50,
+    prior_lease_ms: 0,
+    prior_until_ms: 0,
 };
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
