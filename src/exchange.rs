@@ -234,11 +234,16 @@ async fn buffer_body(
             limit,
         );
         let fed = match read.await {
-            Read::Data(n) => {
+            Read::Data(_) => {
                 if let Some(since) = since {
-                    relay.pace.note(since, n);
+                    relay.pace.note(since, 0);
                 }
-                relay.feed(&down.buf[down.start..], in_hand)
+                let before = relay.body_bytes();
+                let fed = relay.feed(&down.buf[down.start..], in_hand);
+                relay
+                    .pace
+                    .note_bytes(Side::Src, (relay.body_bytes() - before) as usize);
+                fed
             }
             Read::Eof => relay.eof(in_hand).map(|()| 0),
             Read::Timeout => Err(BodyError::SrcTimeout),

@@ -107,7 +107,8 @@ impl Pace {
         self.earn(bytes);
     }
 
-    /// Counts `bytes` moved at `side` without a wait (a splice that found them ready).
+    /// Counts `bytes` of body moved at `side` apart from a wait (a splice that found them
+    /// ready; the body in what a wait brought).
     pub fn note_bytes(&mut self, side: Side, bytes: usize) {
         if self.side == Some(side) {
             self.earn(bytes);
@@ -152,6 +153,14 @@ impl BodyRelay {
             total: 0,
             limit,
             pace: Pace::NONE,
+        }
+    }
+
+    /// Body bytes read so far (decoded: chunk framing does not count).
+    pub fn body_bytes(&self) -> u64 {
+        match self.framing {
+            Framing::Length(n) => n - self.remaining,
+            _ => self.total,
         }
     }
 
@@ -350,11 +359,14 @@ pub async fn pump(
             .map_err(|Late| BodyError::SrcTimeout)?;
         match io::read_at_most(src, buf, start, room.0, limit).await {
             Read::Data(n) => {
+                // The wait counts now; what the client earns by it, once we know how much
+                // of it was body (chunk framing earns nothing).
                 if let Some(since) = since {
-                    relay.pace.note(since, n);
+                    relay.pace.note(since, 0);
                 }
                 room.after(n);
                 if let Some(take) = relay.take_raw(buf.len() - *start) {
+                    relay.pace.note_bytes(Side::Src, take);
                     owed.set(take > 0);
                     let sent = match relay.pace.wait(Side::Dst, timeout) {
                         Err(Late) => false,
@@ -380,8 +392,12 @@ pub async fn pump(
                     continue;
                 }
                 out.clear();
+                let before = relay.body_bytes();
                 let used = relay.feed(&buf[*start..], out)?;
                 *start += used;
+                relay
+                    .pace
+                    .note_bytes(Side::Src, (relay.body_bytes() - before) as usize);
             }
             Read::Eof => {
                 out.clear();

@@ -505,6 +505,51 @@ fn an_upload_below_min_body_rate_gets_408_and_gives_its_slot_back() {
 }
 
 #[test]
+fn chunk_framing_earns_no_pace() {
+    // Chunks of one byte with 18 bytes of framing (within the framing allowance) every
+    // 100 ms: 190 bytes/s on the wire, 10 of them body, against a minimum of 100. When
+    // every byte on the wire counted, this upload held its slot for as long as it liked.
+    let b = mock_backend();
+    let g = paced_gateway(&b, false);
+    let mut c = Client::connect(g.proc.addr);
+    let mut s = c.stream.try_clone().expect("clone");
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = finished.clone();
+    let sender = std::thread::spawn(move || {
+        let _flag = Flag(done);
+        use std::io::Write;
+        let head =
+            b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if s.write_all(head).is_err() {
+            return;
+        }
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(100));
+            if s.write_all(b"1;aaaaaaaaaaaa\r\nZ\r\n").is_err() {
+                return;
+            }
+        }
+    });
+    let r = c.read_response();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "answered only after the client stopped sending"
+    );
+    assert!(c.closed_within(Duration::from_secs(3)));
+    sender.join().unwrap();
+}
+
+/// Sets its flag when dropped (a thread that ends, however it ends).
+struct Flag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Flag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
 fn an_upload_at_min_body_rate_or_above_is_relayed_whole_however_long_it_takes() {
     // 50 bytes every 150 ms (333 bytes/s) for 3 s: three times the 1 s of credit.
     let b = mock_backend();
