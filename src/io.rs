@@ -234,6 +234,33 @@ pub async fn write_range<W: AsyncWriteRent>(
     }
 }
 
+/// One write of `buf[from..to]`, or of as much of it as the socket takes now; returns how
+/// many bytes went. On timeout the error kind is `TimedOut` and `buf` is empty (close the
+/// connection, as with [`write_all`]).
+pub async fn write_some<W: AsyncWriteRent>(
+    stream: &mut W,
+    buf: &mut Vec<u8>,
+    from: usize,
+    to: usize,
+    deadline: Duration,
+) -> io::Result<usize> {
+    let b = std::mem::take(buf);
+    let cap = b.capacity();
+    match timed(deadline, stream.write(b.slice(from..to))).await {
+        Ok((res, s)) => {
+            *buf = s.into_inner();
+            match res {
+                Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+                r => r,
+            }
+        }
+        Err(_) => {
+            *buf = Vec::with_capacity(cap);
+            Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
+        }
+    }
+}
+
 /// Writes `bufs[i][ranges[i]]`, in order, with one `writev` when the socket takes it all
 /// (the rest, if not, with plain writes): a request head and the body bytes in hand go up
 /// together without the body being copied behind the head. On success the buffers keep

@@ -310,6 +310,35 @@ impl ReadRoom {
     }
 }
 
+/// Writes `buf[from..to]` to `dst`, each write within `pause` of the last one's progress
+/// (a partial write counts: `timeouts.body` bounds a pause, not a write), or less when the
+/// client at that end is short of pace. False when a write failed or timed out (then
+/// `buf` may be empty: close the connection).
+async fn write_body(
+    dst: &mut WriteHalf,
+    buf: &mut Vec<u8>,
+    from: usize,
+    to: usize,
+    pause: Duration,
+    pace: &mut Pace,
+) -> bool {
+    let mut at = from;
+    while at < to {
+        let Ok((limit, since)) = pace.wait(Side::Dst, pause) else {
+            return false;
+        };
+        let wrote = io::write_some(dst, buf, at, to, limit).await;
+        if let Some(since) = since {
+            pace.note(since, *wrote.as_ref().unwrap_or(&0));
+        }
+        match wrote {
+            Ok(n) => at += n,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 /// Streams the rest of a body from `src` to `dst` until `relay` is done, calling
 /// `progress` after each write. `out` is empty on entry; bytes after the body stay in
 /// `buf[*start..]`. Every read and write has `timeout`. `owed` is true while bytes taken
@@ -368,16 +397,8 @@ pub async fn pump(
                 if let Some(take) = relay.take_raw(buf.len() - *start) {
                     relay.pace.note_bytes(Side::Src, take);
                     owed.set(take > 0);
-                    let sent = match relay.pace.wait(Side::Dst, timeout) {
-                        Err(Late) => false,
-                        Ok((limit, since)) => {
-                            let r = io::write_range(dst, buf, *start, *start + take, limit).await;
-                            if let Some(since) = since {
-                                relay.pace.note(since, take);
-                            }
-                            r.is_ok()
-                        }
-                    };
+                    let end = *start + take;
+                    let sent = write_body(dst, buf, *start, end, timeout, &mut relay.pace).await;
                     if !sent {
                         // The connection ends here, and what the buffer held with it (a
                         // timed-out write took the buffer: keep `start` in bounds).
@@ -408,15 +429,10 @@ pub async fn pump(
         }
         if !out.is_empty() {
             owed.set(true);
-            let (limit, since) = relay
-                .pace
-                .wait(Side::Dst, timeout)
-                .map_err(|Late| BodyError::DstIo)?;
-            let sent = io::write_all(dst, out, limit).await;
-            if let Some(since) = since {
-                relay.pace.note(since, out.len());
+            let len = out.len();
+            if !write_body(dst, out, 0, len, timeout, &mut relay.pace).await {
+                return Err(BodyError::DstIo);
             }
-            sent.map_err(|_| BodyError::DstIo)?;
             written += out.len() as u64;
             out.clear();
             owed.set(false);

@@ -95,6 +95,17 @@ pub fn bind_error(key: &'static str, addr: SocketAddr, source: io::Error) -> Sta
 /// dropped and retried only after 1 s, 3 s, 7 s.
 const LISTEN_BACKLOG: i32 = 65_535;
 
+/// `TCP_NOTSENT_LOWAT` of every client connection (accepted sockets inherit it from the
+/// listener): the bytes the kernel holds for a client beyond what is in flight to it. By
+/// default it holds up to the whole send buffer (4 MiB here) and lets the writer in again
+/// only once a third of it has drained, so a client reading 20 KB/s looked stalled for
+/// `timeouts.body` and was cut off, and every slow reader cost megabytes of kernel memory.
+/// At 16 KiB, the gateway sees a client's progress every 8 KiB it reads (so a download
+/// needs about 8 KiB per `timeouts.body`, near `min_body_rate`'s default), and holds at
+/// most that much unsent for it. A fast reader on loopback drains it at once, so nothing
+/// waits on this. Cloudflare uses the same value for its HTTP/2 edge.
+const CLIENT_NOTSENT_LOWAT: libc::c_int = 16 * 1024;
+
 /// One SO_REUSEPORT listener; the kernel spreads new connections across them.
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
@@ -103,6 +114,22 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.set_nodelay(true)?;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&CLIENT_NOTSENT_LOWAT as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        log::warn!(
+            "TCP_NOTSENT_LOWAT not set on {addr} ({}): slow readers of long responses are cut off sooner",
+            io::Error::last_os_error()
+        );
+    }
     s.bind(&addr.into())?;
     s.listen(LISTEN_BACKLOG)?;
     Ok(s.into())

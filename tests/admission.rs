@@ -609,3 +609,39 @@ fn a_client_too_slow_to_read_is_reset_and_gives_its_slot_back() {
     });
     assert!(free, "the slot was not given back");
 }
+
+#[test]
+fn a_client_reading_well_above_min_body_rate_gets_the_whole_answer() {
+    // 6 MiB read 64 KiB every 100 ms (640 KB/s) through a 256 KiB receive buffer, with
+    // `timeouts.body: 1s`. The kernel held up to 4 MiB for the client and let the gateway
+    // write again only once a third of that had drained, about 2 s at this rate: the
+    // write looked stalled and the download was reset, whatever `min_body_rate` said.
+    let b = mock_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\ntimeouts: {body: 1s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(256 * 1024).expect("SO_RCVBUF");
+    sock.connect(&g.proc.addr.into()).expect("connect");
+    let mut s: std::net::TcpStream = sock.into();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /v1/proxy/svc/big HTTP/1.1\r\nHost: g\r\nConnection: close\r\nx-mock-body-bytes: 6291456\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("after {} bytes: {e}", got.len()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(got.len() - head_end, 6 << 20, "the whole body");
+}
