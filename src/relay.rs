@@ -46,7 +46,7 @@ pub struct Late;
 /// room to write to it, never time spent waiting on the backend. `timeouts.body` alone
 /// bounds each pause, so a client sending a byte every 29 s held its request, its backend
 /// connection and a `max_in_flight` slot for as long as it liked; now it is a 408 (or,
-/// receiving, a closed connection) once it falls behind. Like Kestrel's
+/// receiving, a reset connection) once it falls behind. Like Kestrel's
 /// `MinRequestBodyDataRate` and Apache's `mod_reqtimeout` `MinRate`.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
@@ -341,7 +341,8 @@ async fn write_body(
 
 /// Streams the rest of a body from `src` to `dst` until `relay` is done, calling
 /// `progress` after each write. `out` is empty on entry; bytes after the body stay in
-/// `buf[*start..]`. Every read and write has `timeout`. `owed` is true while bytes taken
+/// `buf[*start..]`. Every wait on either side is bounded by `timeout` (a pause), and on the
+/// client's side by its [`Pace`] too. `owed` is true while bytes taken
 /// from `src` have not all gone to `dst` (so false while it waits on `src` alone).
 ///
 /// A body that goes out unchanged is written from the buffer it was read into; a long
