@@ -100,9 +100,9 @@ const LISTEN_BACKLOG: i32 = 65_535;
 /// default it holds up to the whole send buffer (4 MiB here) and lets the writer in again
 /// only once a third of it has drained, so a client reading 20 KB/s looked stalled for
 /// `timeouts.body` and was cut off, and every slow reader cost megabytes of kernel memory.
-/// At 128 KiB the gateway sees a reader's progress every 64 KiB (so a download must read
-/// about 64 KiB per `timeouts.body`: 2.2 KB/s at the default 30 s), and holds at most that
-/// much unsent for it. 16 KiB (Cloudflare's value) cost 1.06-1.12x the CPU per 1 MiB
+/// At 128 KiB the gateway sees a reader's progress every 64 KiB or so (a steady reader
+/// needs about 2-3 x 64 KiB per `timeouts.body`; README, `min_body_rate`), and holds at
+/// most that much unsent for it. 16 KiB (Cloudflare's value) cost 1.06-1.12x the CPU per 1 MiB
 /// download on loopback; 128 KiB cost nothing measurable (0.92x, 0.97x; 5-round A/Bs
 /// with `bench/floor/run.sh`, AMD EPYC VM).
 const CLIENT_NOTSENT_LOWAT: libc::c_int = 128 * 1024;
