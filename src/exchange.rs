@@ -238,12 +238,7 @@ async fn buffer_body(
                 if let Some(since) = since {
                     relay.pace.note(since, 0);
                 }
-                let before = relay.body_bytes();
-                let fed = relay.feed(&down.buf[down.start..], in_hand);
-                relay
-                    .pace
-                    .note_bytes(Side::Src, (relay.body_bytes() - before) as usize);
-                fed
+                relay.feed(&down.buf[down.start..], in_hand)
             }
             Read::Eof => relay.eof(in_hand).map(|()| 0),
             Read::Timeout => Err(BodyError::SrcTimeout),

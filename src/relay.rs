@@ -157,7 +157,7 @@ impl BodyRelay {
     }
 
     /// Body bytes read so far (decoded: chunk framing does not count).
-    pub fn body_bytes(&self) -> u64 {
+    fn body_bytes(&self) -> u64 {
         match self.framing {
             Framing::Length(n) => n - self.remaining,
             _ => self.total,
@@ -179,10 +179,12 @@ impl BodyRelay {
     }
 
     /// Encodes as much of `input` as belongs to this body into `out`; returns bytes consumed.
+    /// The body bytes among them earn a sending client's pace (chunk framing earns nothing).
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, BodyError> {
         if self.done || input.is_empty() {
             return Ok(0);
         }
+        let before = self.body_bytes();
         let used = match self.framing {
             Framing::None => 0,
             Framing::Length(_) => {
@@ -222,6 +224,8 @@ impl BodyRelay {
                 used
             }
         };
+        let body = self.body_bytes() - before;
+        self.pace.note_bytes(Side::Src, body as usize);
         Ok(used)
     }
 
@@ -251,10 +255,12 @@ impl BodyRelay {
             Framing::Length(_) => {
                 let take = self.count_length(avail);
                 self.done = self.remaining == 0;
+                self.pace.note_bytes(Side::Src, take);
                 Some(take)
             }
             Framing::UntilClose => {
                 self.total += avail as u64;
+                self.pace.note_bytes(Side::Src, avail);
                 Some(avail)
             }
             Framing::None | Framing::Chunked => None,
@@ -396,7 +402,6 @@ pub async fn pump(
                 }
                 room.after(n);
                 if let Some(take) = relay.take_raw(buf.len() - *start) {
-                    relay.pace.note_bytes(Side::Src, take);
                     owed.set(take > 0);
                     let end = *start + take;
                     let sent = write_body(dst, buf, *start, end, timeout, &mut relay.pace).await;
@@ -414,12 +419,8 @@ pub async fn pump(
                     continue;
                 }
                 out.clear();
-                let before = relay.body_bytes();
                 let used = relay.feed(&buf[*start..], out)?;
                 *start += used;
-                relay
-                    .pace
-                    .note_bytes(Side::Src, (relay.body_bytes() - before) as usize);
             }
             Read::Eof => {
                 out.clear();
