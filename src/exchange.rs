@@ -265,7 +265,7 @@ async fn connect_or_reuse<'v>(
 ) -> Result<(Attempt<'v>, Socket, bool), After> {
     let service = &view.snapshot.services[req.svc];
     let timeouts = view.snapshot.config.timeouts;
-    let keep = req.info.keep_alive && relay.done;
+    let request = (req.info.keep_alive, relay.done);
     let mut exclude = None;
     let mut last_err = GatewayError::ConnectFailed;
     for _ in 0..2 {
@@ -277,7 +277,9 @@ async fn connect_or_reuse<'v>(
                     Some(_) => (last_err, None),
                     None => (GatewayError::NoBackend, Some(retry_after_secs)),
                 };
-                return Err(reply_error(down, keep, err, prep.service, retry, timeouts.body).await);
+                return Err(
+                    reply_error(down, request, err, prep.service, retry, timeouts.body).await,
+                );
             }
         };
         let backend = &service.backends[idx];
@@ -307,7 +309,7 @@ async fn connect_or_reuse<'v>(
         }
     }
     let retry = retry_after(last_err);
-    Err(reply_error(down, keep, last_err, prep.service, retry, timeouts.body).await)
+    Err(reply_error(down, request, last_err, prep.service, retry, timeouts.body).await)
 }
 
 /// How the backend's side of an exchange ended, as the breaker sees it.
@@ -543,11 +545,12 @@ impl Exchange<'_> {
     }
 
     /// No response head: answer the client ourselves. The connection stays only if the
-    /// client's request was read whole.
+    /// client's request was read whole; if some of its body is still to come, it closes
+    /// lingering, so that the client reads the answer rather than a reset.
     async fn reply(&mut self, down: &mut Downstream, err: GatewayError) -> After {
-        let keep = self.info.keep_alive && self.relay.done;
+        let request = (self.info.keep_alive, self.relay.done);
         let retry = retry_after(err);
-        reply_error(down, keep, err, self.service, retry, self.timeouts.body).await
+        reply_error(down, request, err, self.service, retry, self.timeouts.body).await
     }
 
     /// Sends the request and reads the final response head; a stale pooled connection is
@@ -767,8 +770,9 @@ impl Exchange<'_> {
             Err(e) => {
                 // Broken framing before anything reached the client: a clean 502 is possible.
                 let err = GatewayError::BadResponse("invalid_chunked_body");
-                reply_error(down, false, err, self.service, None, timeout).await;
-                return (After::Close, Body::after(e));
+                let request = (false, self.relay.done);
+                let after = reply_error(down, request, err, self.service, None, timeout).await;
+                return (after, Body::after(e));
             }
         };
         self.ustart += used;
@@ -984,20 +988,24 @@ impl<A: Future + Unpin, B: Future + Unpin> Future for Race<A, B> {
     }
 }
 
-/// Answers with a gateway error; `keep` only if the whole request was consumed.
+/// Answers with a gateway error. The connection stays if the client wants it and the
+/// whole request was read (`whole`); if some of its body is still to come, it closes
+/// lingering, so that the client reads the answer rather than a reset.
 async fn reply_error(
     down: &mut Downstream,
-    keep: bool,
+    (keep_alive, whole): (bool, bool),
     err: GatewayError,
     service: &[u8],
     retry_after: Option<u64>,
     timeout: Duration,
 ) -> After {
     let service = (!service.is_empty()).then_some(service);
-    if down.reply(err, service, retry_after, !keep, timeout).await && keep {
-        After::Keep
-    } else {
-        After::Close
+    let keep = keep_alive && whole;
+    match down.reply(err, service, retry_after, !keep, timeout).await {
+        false => After::Close,
+        true if keep => After::Keep,
+        true if !whole => After::Linger,
+        true => After::Close,
     }
 }
 
@@ -1008,7 +1016,8 @@ async fn reply_body_error(down: &mut Downstream, e: BodyError, timeout: Duration
         // answer rather than a reset.
         BodyError::Framing(why) => (GatewayError::BadRequest(why), After::Linger),
         BodyError::TooLarge => (GatewayError::BodyTooLarge, After::Linger),
-        BodyError::SrcTimeout => (GatewayError::RequestTimeout, After::Close),
+        // A client that stalled may yet send the rest: linger too (bounded by `LINGER`).
+        BodyError::SrcTimeout => (GatewayError::RequestTimeout, After::Linger),
         BodyError::SrcIo | BodyError::Truncated | BodyError::DstIo => return After::Close,
     };
     match down.reply(err, None, None, true, timeout).await {

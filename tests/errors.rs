@@ -481,3 +481,73 @@ fn a_refused_request_with_more_bytes_coming_ends_in_a_close_not_a_reset() {
     assert!(wrong.is_empty(), "{wrong:#?}");
     assert_eq!(rec.connections.load(Ordering::SeqCst), 0);
 }
+
+/// Sends a POST head with `len` body bytes, pausing `pause` after the first `first` of
+/// them, then reads the answer only once every byte is written, as simple clients do.
+/// Returns how the upload ended and the answer (or what broke reading it).
+fn upload_then_read(
+    addr: std::net::SocketAddr,
+    len: usize,
+    first: usize,
+    pause: Duration,
+) -> (Result<(), String>, Result<Response, String>) {
+    use std::io::Write;
+    let mut c = Client::connect(addr);
+    let mut w = c.stream.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let head =
+            format!("POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\nContent-Length: {len}\r\n\r\n");
+        w.write_all(head.as_bytes())?;
+        let body = vec![b'u'; len];
+        w.write_all(&body[..first])?;
+        std::thread::sleep(pause);
+        w.write_all(&body[first..])
+    });
+    let sent = writer.join().expect("writer").map_err(|e| e.to_string());
+    let answer = c
+        .try_read_response(false)
+        .map_err(|got| format!("no answer: {:?}", String::from_utf8_lossy(&got)));
+    (sent, answer)
+}
+
+/// Regression: an answer the gateway made while the client was still uploading (502, 504,
+/// 408) used to end in a close with the body unread, which the kernel turns into a reset:
+/// the client's upload failed, and a client stack that drops what it received on a reset
+/// lost the answer. They now close lingering, as the 4xx refusals already did.
+#[test]
+fn an_answer_made_while_the_client_is_still_uploading_ends_in_a_close_not_a_reset() {
+    // A backend that accepts and then neither reads nor answers.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mute_addr = mute.local_addr().expect("addr");
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for s in mute.incoming().flatten() {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let cases = [
+        ("502, backend refuses", closed_port(), 0, 0, 502),
+        ("504, backend never reads", mute_addr, 0, 0, 504),
+        ("408, client pauses mid-body", mute_addr, 1000, 1500, 408),
+    ];
+    let mut wrong = Vec::new();
+    for (what, backend, first, pause_ms, want) in cases {
+        let g = gateway(&config(
+            1,
+            "timeouts: {response: 500ms, body: 500ms}\nlimits: {buffer_request_body: 4096}",
+            &format!("  svc: [http://{backend}]\n"),
+        ));
+        let (sent, answer) =
+            upload_then_read(g.addr, 16 << 20, first, Duration::from_millis(pause_ms));
+        if let Err(e) = sent {
+            wrong.push(format!("{what}: the upload broke: {e}"));
+        }
+        match answer {
+            Ok(r) if r.status == want && r.header("connection") == Some("close") => {}
+            Ok(r) => wrong.push(format!("{what}: got {} {:?}", r.status, r.text())),
+            Err(e) => wrong.push(format!("{what}: {e}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
