@@ -192,7 +192,8 @@ pub async fn serve(
             After::Keep => {}
             After::Close => break,
             After::Linger => {
-                worker.boxes.pin(c.down.linger()).await;
+                let min_rate = view.snapshot.config.limits.min_body_rate;
+                worker.boxes.pin(c.down.linger(min_rate)).await;
                 break;
             }
         }

@@ -11,13 +11,18 @@ use monoio::net::TcpStream;
 use crate::date::DateCache;
 use crate::error::{self, GatewayError};
 use crate::io::{self, Read, Socket, BUF_SIZE};
+use crate::relay::{Pace, Side};
 use crate::rewrite;
 
-/// After an early response (the backend answered before the request body was all read),
-/// the rest of the body is read and discarded for at most this long before the connection
-/// closes, so that closing with unread bytes does not reset the connection before the client
-/// has read its answer (NGINX's lingering close).
-pub const LINGER: Duration = Duration::from_secs(2);
+/// After an early response (one made before the request body was all read), the rest of
+/// the body is read and discarded for at most this long before the connection closes, so
+/// that closing with unread bytes does not reset the connection before the client has read
+/// its answer (NGINX's `lingering_time`, 30 s by default) ...
+pub const LINGER: Duration = Duration::from_secs(30);
+/// ... as long as each read brings something within this (NGINX's `lingering_timeout` is
+/// 5 s, Apache's 2 s), and the client keeps up `limits.min_body_rate`, falling at most this
+/// far behind it (so a client answered 408 for its pace cannot trickle on for 30 s) ...
+pub const LINGER_PAUSE: Duration = Duration::from_secs(2);
 /// ... and at most this many bytes.
 pub const LINGER_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -122,28 +127,37 @@ impl Downstream {
     }
 
     /// Ends the connection after an early response: FIN first (the response is queued ahead
-    /// of it), then what the client still sends is read and dropped until it stops, or
-    /// [`LINGER`] or [`LINGER_BYTES`] runs out.
-    pub async fn linger(&mut self) {
+    /// of it), then what the client still sends is read and dropped until it stops (EOF, or
+    /// nothing for [`LINGER_PAUSE`], or slower than `min_rate` bytes/s), or [`LINGER`] or
+    /// [`LINGER_BYTES`] runs out.
+    pub async fn linger(&mut self, min_rate: u64) {
         io::shutdown_write(self.sock.fd());
         let end = Instant::now() + LINGER;
+        let mut pace = Pace::new(Side::Src, min_rate, LINGER_PAUSE);
         let mut seen = 0u64;
         while seen < LINGER_BYTES {
             let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let Ok((wait, since)) = pace.wait(Side::Src, left.min(LINGER_PAUSE)) else {
+                break; // fallen behind `min_rate`
+            };
+            if wait.is_zero() {
                 break;
             }
             self.start = self.buf.len();
-            match io::read_more(
+            let read = io::read_more(
                 self.sock.r(),
                 &mut self.buf,
                 &mut self.start,
                 BUF_SIZE,
-                left,
-            )
-            .await
-            {
-                Read::Data(n) => seen += n as u64,
+                wait,
+            );
+            match read.await {
+                Read::Data(n) => {
+                    seen += n as u64;
+                    if let Some(since) = since {
+                        pace.note(since, n);
+                    }
+                }
                 Read::Eof | Read::Timeout | Read::Err(_) => break,
             }
         }

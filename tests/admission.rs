@@ -496,7 +496,15 @@ fn an_upload_below_min_body_rate_gets_408_and_gives_its_slot_back() {
         assert_eq!(r.status, 408, "splice {splice}: {}", r.text());
         assert_eq!(r.json()["error"], "request_timeout");
         assert!(slow.closed_within(Duration::from_secs(3)));
+        // The connection closes lingering, but a client still below the rate is not
+        // read for the lingering's 30 s: it is cut off within about `timeouts.body`.
+        let answered = Instant::now();
         sender.join().unwrap();
+        assert!(
+            answered.elapsed() < Duration::from_secs(6),
+            "splice {splice}: the gateway took the trickle for {:?} after its 408",
+            answered.elapsed()
+        );
         let free = eventually(Duration::from_secs(3), || {
             get(g.proc.addr, "/v1/proxy/svc/x").status == 200
         });
