@@ -28,6 +28,16 @@ pub enum Sink {
     File(PathBuf),
 }
 
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sink::Off => f.write_str("off"),
+            Sink::Stdout => f.write_str("stdout"),
+            Sink::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// A worker flushes its buffer once it holds this much (and once a second).
 const FLUSH_BYTES: usize = 32 * 1024;
 /// Batches queued to the writer before new ones are dropped.

@@ -531,11 +531,7 @@ fn config(shared: &Shared) -> Value {
         "splice": c.splice,
         "busy_poll": c.busy_poll.map_or("off".to_string(), |b| format!("{}us", b.as_micros())),
         "admin": c.admin.map(|a| a.to_string()),
-        "access_log": match &c.access_log {
-            crate::accesslog::Sink::Off => "off".to_string(),
-            crate::accesslog::Sink::Stdout => "stdout".to_string(),
-            crate::accesslog::Sink::File(p) => p.display().to_string(),
-        },
+        "access_log": c.access_log.to_string(),
         "rate_limit_headers": c.admission.headers,
         "rate_limit_table": c.admission.table_cells,
         "trusted_proxies": c.admission.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),

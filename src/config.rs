@@ -651,11 +651,7 @@ impl Config {
                     .max_connections
                     .map_or("auto".to_string(), |n| n.to_string()),
                 self.admin.map_or("off".to_string(), |a| a.to_string()),
-                match &self.access_log {
-                    crate::accesslog::Sink::Off => "off".to_string(),
-                    crate::accesslog::Sink::Stdout => "stdout".to_string(),
-                    crate::accesslog::Sink::File(p) => p.display().to_string(),
-                },
+                self.access_log,
                 self.timeouts.connect,
                 self.timeouts.response,
             ),
@@ -933,23 +929,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         });
     }
     let access_log = match raw.access_log.as_deref().map(str::trim) {
-        // YAML reads an unquoted `false` as a boolean, which serde hands us as "false":
-        // it means off, never a file named `false` (write `./false` for that).
-        None | Some("off" | "false") => crate::accesslog::Sink::Off,
-        Some("stdout") => crate::accesslog::Sink::Stdout,
-        Some("true") => {
-            return Err(invalid(
-                "access_log",
-                "true is not a destination: use stdout or a file path (or off)",
-            ))
-        }
-        Some("") => {
-            return Err(invalid(
-                "access_log",
-                "is empty: use off, stdout, or a file path",
-            ))
-        }
-        Some(path) => crate::accesslog::Sink::File(path.into()),
+        None => crate::accesslog::Sink::Off,
+        Some(v) => access_log_sink(v)?,
     };
     let dns_refresh = match raw.dns_refresh.as_deref() {
         None | Some("off") => None,
@@ -1044,6 +1025,30 @@ fn admission_settings(
         table_cells,
         trusted_proxies,
     })
+}
+
+/// `access_log`'s value. YAML reads unquoted `false`, `no`, `off` and their kin as booleans,
+/// which serde hands us as words; a word a user meant as a switch must never become a file
+/// of that name in the working directory (write `./on` for that).
+fn access_log_sink(v: &str) -> Result<crate::accesslog::Sink, ConfigError> {
+    use crate::accesslog::Sink;
+    let word = v.to_ascii_lowercase();
+    match word.as_str() {
+        "off" | "false" => Ok(Sink::Off),
+        "stdout" => Ok(Sink::Stdout),
+        "" => Err(invalid("access_log", "is empty: use off, stdout, or a file path")),
+        "stderr" => Err(invalid(
+            "access_log",
+            "stderr is for the gateway's own logs: use stdout, /dev/stderr, or a file path",
+        )),
+        "on" | "true" | "yes" | "no" | "none" | "null" | "y" | "n" | "~" => Err(invalid(
+            "access_log",
+            format!(
+                "{v} is not a destination: use stdout or a file path (or off); write ./{v} for a file of that name"
+            ),
+        )),
+        _ => Ok(Sink::File(v.into())),
+    }
 }
 
 #[cfg(test)]
@@ -1371,6 +1376,32 @@ mod tests {
         }
         let e = err(&format!("access_log: true\n{svc}"));
         assert!(e.contains("access_log") && e.contains("stdout"), "{e}");
+    }
+
+    /// Regression: `access_log: on` (or `yes`, `no`, `none`, `OFF`, `stderr`) passed
+    /// `--check` and wrote the log to a file named after the word.
+    #[test]
+    fn access_log_words_are_never_file_names() {
+        let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+        for off in ["OFF", "Off", "FALSE"] {
+            let c = Config::parse(&format!("access_log: {off}\n{svc}")).unwrap();
+            assert_eq!(c.access_log, crate::accesslog::Sink::Off, "{off}");
+        }
+        for word in ["on", "On", "yes", "no", "None", "stderr", "y"] {
+            let e = err(&format!("access_log: {word}\n{svc}"));
+            assert!(
+                e.contains("access_log") && e.contains("stdout"),
+                "{word}: {e}"
+            );
+        }
+        for path in ["./on", "access.log", "/dev/stderr"] {
+            let c = Config::parse(&format!("access_log: {path}\n{svc}")).unwrap();
+            assert_eq!(
+                c.access_log,
+                crate::accesslog::Sink::File(path.into()),
+                "{path}"
+            );
+        }
     }
 
     /// Decided: `failure_statuses: []` means no status counts as a failure (transport

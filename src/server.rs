@@ -156,10 +156,7 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
     let log =
         accesslog::start(&config.access_log, shared.access_log.clone()).map_err(|source| {
             StartError::AccessLog {
-                path: match &config.access_log {
-                    accesslog::Sink::File(p) => p.display().to_string(),
-                    _ => "stdout".to_string(),
-                },
+                path: config.access_log.to_string(),
                 source,
             }
         })?;
