@@ -589,7 +589,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax {
             path: "config".into(),
-            message: e.to_string(),
+            message: plain_syntax_error(&e.to_string(), text),
         })?;
         if let Some((name, lines)) = raw
             .services
@@ -882,7 +882,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
                     invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`)"))
                 })?;
-                let b = breaker_settings(&format!("{key}.breaker"), full.breaker.as_ref(), &global_breaker)?;
+                let b = breaker_settings(
+                    &format!("{key}.breaker"),
+                    full.breaker.as_ref(),
+                    &global_breaker,
+                )?;
                 let limit = match &full.rate_limit {
                     Some(v) => crate::admission::parse_rate_limit(&format!("{key}.rate_limit"), v)?,
                     None => global_limit.clone(),
@@ -891,16 +895,25 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 if let Some(n) = full.max_in_flight.filter(|n| !(1..=max).contains(n)) {
                     return Err(invalid(
                         format!("{key}.max_in_flight"),
-                        format!("{n} is out of range: use 1 to {max}, or leave it out for no limit"),
+                        format!(
+                            "{n} is out of range: use 1 to {max}, or leave it out for no limit"
+                        ),
                     ));
                 }
                 (full.backends, b, limit, full.max_in_flight)
             }
-            other => {
+            serde_yaml_ng::Value::Null => {
                 return Err(invalid(
                     &key,
-                    format!("{other:?} is not a service: give a list of backend URLs, or a map with `backends:`"),
+                    "is empty: give a list of backend URLs, or a map with `backends:`",
                 ))
+            }
+            other => {
+                let what = serde_yaml_ng::to_string(&other).unwrap_or_default();
+                return Err(invalid(
+                    &key,
+                    format!("{:?} is not a service: give a list of backend URLs, or a map with `backends:`", what.trim()),
+                ));
             }
         };
         if urls.is_empty() {
@@ -946,6 +959,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
     let cluster = raw.cluster.map(crate::cluster::validate).transpose()?;
+    if cluster.is_none() && global_limit.as_ref().is_some_and(|l| l.fleet) {
+        return Err(invalid(
+            "rate_limit.scope",
+            "cluster needs a `cluster:` section (the Redis that holds the fleet's budget): add one, or use scope: instance",
+        ));
+    }
     if cluster.is_none() {
         if let Some(s) = services
             .iter()
@@ -1025,6 +1044,27 @@ fn admission_settings(
         table_cells,
         trusted_proxies,
     })
+}
+
+/// A YAML error in words a config's reader uses: Rust's integer type names become "a whole
+/// number", and an unknown top-level key gets the line it is on (serde_yaml_ng gives nested
+/// ones a position, top-level ones none).
+fn plain_syntax_error(message: &str, text: &str) -> String {
+    let mut m = message.to_string();
+    for t in ["usize", "u64", "u32", "u16", "u8", "i64", "i32"] {
+        m = m.replace(&format!("expected {t}"), "expected a whole number");
+    }
+    if let Some(rest) = m.strip_prefix("unknown field `") {
+        let key = rest.split('`').next().unwrap_or_default();
+        let line = text.lines().position(|l| {
+            l.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+        });
+        if let (Some(n), false) = (line, m.contains(" at line ")) {
+            m = format!("line {}: {m}", n + 1);
+        }
+    }
+    m
 }
 
 /// `access_log`'s value. YAML reads unquoted `false`, `no`, `off` and their kin as booleans,
@@ -1376,6 +1416,35 @@ mod tests {
         }
         let e = err(&format!("access_log: true\n{svc}"));
         assert!(e.contains("access_log") && e.contains("stdout"), "{e}");
+    }
+
+    /// Config errors in a reader's words: no Rust type names, a line for every unknown key,
+    /// no `Null`, and the top-level key a top-level mistake is in.
+    #[test]
+    fn config_errors_speak_the_readers_language() {
+        let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+        let e = err(&format!("workers: two\n{svc}"));
+        assert!(
+            e.contains("expected a whole number") && !e.contains("usize"),
+            "{e}"
+        );
+        let e = err(&format!("{svc}bogus: 1\n"));
+        assert!(e.contains("line 3") && e.contains("bogus"), "{e}");
+        let e = err("services:\n  a:\n");
+        assert!(
+            e.contains("services.a") && e.contains("is empty") && !e.contains("Null"),
+            "{e}"
+        );
+        let e = err("services:\n  a: 5\n");
+        assert!(e.contains("\"5\" is not a service"), "{e}");
+        let e = err(&format!(
+            "rate_limit: {{rate: 10/s, scope: cluster}}\n{svc}"
+        ));
+        assert!(
+            e.starts_with("rate_limit.scope") || e.contains(" rate_limit.scope"),
+            "{e}"
+        );
+        assert!(!e.contains("services.a"), "{e}");
     }
 
     /// Regression: `access_log: on` (or `yes`, `no`, `none`, `OFF`, `stderr`) passed

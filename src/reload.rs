@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use crate::breaker::{Snapshot as Word, CLOSED};
-use crate::config::{BackendUrl, Config, ConfigError};
+use crate::config::{BackendUrl, Config, ConfigError, ServiceConfig};
 use crate::state::Shared;
 
 /// What a reload (or `--check`) changed, relative to the running config.
@@ -35,6 +35,9 @@ pub struct Changes {
     /// Services that stay and whose breaker settings changed, and which of those fields.
     pub breaker_changed: Vec<String>,
     pub breaker_fields_changed: Vec<&'static str>,
+    /// Services that stay and whose `rate_limit` or `max_in_flight` changed, and which.
+    pub admission_changed: Vec<String>,
+    pub admission_fields_changed: Vec<&'static str>,
 }
 
 /// Names shown in the reload line before the rest is summed up as `+N more`, so the line
@@ -99,6 +102,14 @@ impl fmt::Display for Changes {
                 counted_list(&self.breaker_changed)
             )?;
         }
+        if !self.admission_changed.is_empty() {
+            write!(
+                f,
+                "; admission ({}) changed for services: {}",
+                self.admission_fields_changed.join(", "),
+                counted_list(&self.admission_changed)
+            )?;
+        }
         if !self.ignored_until_restart.is_empty() {
             write!(
                 f,
@@ -137,6 +148,8 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
         .count();
     let (breaker_changed, breaker_fields) =
         old.map(|o| breakers_changed(o, new)).unwrap_or_default();
+    let (admission_changed, admission_fields) =
+        old.map(|o| admission_changed(o, new)).unwrap_or_default();
     let mut ignored = Vec::new();
     if let Some(old) = old {
         if old.listen != new.listen {
@@ -189,6 +202,8 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
         settings_changed: old.map(|o| settings_changed(o, new)).unwrap_or_default(),
         breaker_changed,
         breaker_fields_changed: breaker_fields,
+        admission_changed,
+        admission_fields_changed: admission_fields,
     }
 }
 
@@ -264,23 +279,45 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
         .collect()
 }
 
-/// Services in both configs whose breaker settings differ (sorted), and which fields did.
+/// Services that stay and whose breaker settings changed, and which fields.
 fn breakers_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static str>) {
-    let mut names = Vec::new();
-    let mut fields = BTreeSet::new();
-    for s in &new.services {
-        let Some(o) = old.service(&s.name) else {
-            continue;
-        };
-        let (a, b) = (&o.breaker, &s.breaker);
-        let changed = [
+    services_changed(old, new, |a, b| {
+        let (a, b) = (&a.breaker, &b.breaker);
+        [
             (
                 "failure_threshold",
                 a.failure_threshold != b.failure_threshold,
             ),
             ("cooldown", a.cooldown != b.cooldown),
             ("failure_statuses", a.failure_statuses != b.failure_statuses),
-        ];
+        ]
+    })
+}
+
+/// Services that stay and whose admission settings changed, and which fields.
+fn admission_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static str>) {
+    services_changed(old, new, |a, b| {
+        [
+            ("rate_limit", a.rate_limit != b.rate_limit),
+            ("max_in_flight", a.max_in_flight != b.max_in_flight),
+        ]
+    })
+}
+
+/// The services in both configs for which `compare` finds a field changed (sorted), and
+/// the union of those fields.
+fn services_changed<const N: usize>(
+    old: &Config,
+    new: &Config,
+    compare: impl Fn(&ServiceConfig, &ServiceConfig) -> [(&'static str, bool); N],
+) -> (Vec<String>, Vec<&'static str>) {
+    let mut names = Vec::new();
+    let mut fields = BTreeSet::new();
+    for s in &new.services {
+        let Some(o) = old.service(&s.name) else {
+            continue;
+        };
+        let changed = compare(o, s);
         if changed.iter().any(|(_, c)| *c) {
             names.push(s.name.clone());
             fields.extend(changed.iter().filter(|(_, c)| *c).map(|(f, _)| *f));
@@ -530,5 +567,26 @@ mod tests {
             "{same}"
         );
         assert!(same.starts_with("services +0 -0 =1003;"), "{same}");
+    }
+
+    /// Regression: a reload that changed a service's `rate_limit` or `max_in_flight` said
+    /// nothing about it (only, for a new limit, an unnamed "fresh" budget).
+    #[test]
+    fn the_line_names_services_whose_admission_changed() {
+        let cfg = |a: &str, b: &str| {
+            Config::parse(&format!(
+                "services:\n  a: {{backends: [http://127.0.0.1:1]{a}}}\n  b: {{backends: [http://127.0.0.1:2]{b}}}\n  c: [http://127.0.0.1:3]\n"
+            ))
+            .unwrap()
+        };
+        let old = cfg(", rate_limit: {rate: 2/s}", ", max_in_flight: 1");
+        let new = cfg(", rate_limit: off", ", max_in_flight: 100");
+        let line = diff(Some(&old), &new).to_string();
+        assert!(
+            line.contains("admission (max_in_flight, rate_limit) changed for services: 2 [a, b]"),
+            "{line}"
+        );
+        let same = diff(Some(&new), &new).to_string();
+        assert!(!same.contains("admission"), "{same}");
     }
 }
