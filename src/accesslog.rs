@@ -148,7 +148,9 @@ pub struct Entry<'a> {
     pub bytes: u64,
     pub upstream_us: Option<u64>,
     pub total_us: u64,
-    pub error: Option<&'static str>,
+    /// Written as its code, with the rule it names for a 400 or a bad response
+    /// (`bad_request:unsafe_path`).
+    pub error: Option<crate::error::GatewayError>,
 }
 
 /// A worker's buffer.
@@ -204,13 +206,23 @@ impl AccessLog {
             }
             None => b.push(b'-'),
         }
-        let _ = writeln!(
+        let _ = write!(
             b,
-            " {}.{:06} {}",
+            " {}.{:06} ",
             e.total_us / 1_000_000,
             e.total_us % 1_000_000,
-            e.error.unwrap_or("-")
         );
+        match e.error {
+            Some(err) => match err.detail() {
+                Some(d) => {
+                    let _ = writeln!(b, "{}:{d}", err.code());
+                }
+                None => {
+                    let _ = writeln!(b, "{}", err.code());
+                }
+            },
+            None => b.extend_from_slice(b"-\n"),
+        }
         if b.len() >= FLUSH_BYTES {
             drop(b);
             self.flush();

@@ -38,6 +38,9 @@ pub struct Conn {
     pub service: Vec<u8>,
     /// The current request's target, kept only when the access log is on.
     pub target: Vec<u8>,
+    /// For the access log: the method of a refused head that [`h1::Method`] does not
+    /// name (empty otherwise; allocated only then).
+    pub method: Vec<u8>,
 }
 
 /// What the next bytes on the connection amount to.
@@ -80,6 +83,7 @@ impl Conn {
             path: Vec::new(),
             service: Vec::with_capacity(64),
             target: Vec::new(),
+            method: Vec::new(),
         }
     }
 
@@ -112,6 +116,7 @@ pub async fn serve(
         c.down.fields.clear();
         c.down.head = false;
         c.target.clear();
+        c.method.clear();
         c.park(&worker);
         let (next, view) =
             next_request(&mut c, &worker, &registration.idle, worker.access.enabled()).await;
@@ -230,7 +235,12 @@ fn finish(
         };
         worker.access.record(&accesslog::Entry {
             client: c.down.peer.ip(),
-            method: method.map_or("-", h1::Method::as_str),
+            method: match method {
+                Some(m) => m.as_str(),
+                // A refused head's method, if its request line was plain (`h1::request_line`).
+                None if !c.method.is_empty() => std::str::from_utf8(&c.method).unwrap_or("-"),
+                None => "-",
+            },
             target: if c.target.is_empty() { b"-" } else { &c.target },
             service: service.map(|s| s.name.as_str()),
             backend,
@@ -238,7 +248,7 @@ fn finish(
             bytes: rec.bytes,
             upstream_us: rec.upstream_us,
             total_us: started.map_or(0, |t| t.elapsed().as_micros() as u64),
-            error: rec.error.map(GatewayError::code),
+            error: rec.error,
         });
     }
 }
@@ -352,12 +362,30 @@ async fn next_request(
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // What the access log and the service's counts can still say about it.
+                    let (method, svc) = match h1::request_line(&d.buf[d.start..]) {
+                        Some((method, target)) => {
+                            if keep_target {
+                                c.target.extend_from_slice(target.as_bytes());
+                                c.method.extend_from_slice(method);
+                            }
+                            let route = crate::router::route(target).ok();
+                            let svc = route.and_then(|r| {
+                                let i = view.snapshot.service_index(r.service)?;
+                                c.service.clear();
+                                c.service.extend_from_slice(r.service);
+                                Some(i)
+                            });
+                            (h1::Method::from_bytes(method), svc)
+                        }
+                        None => (None, None),
+                    };
                     let next = Next::Reject {
                         err: e.into(),
                         keep_alive: false,
-                        with_service: false,
-                        method: None,
-                        svc: None,
+                        with_service: svc.is_some(),
+                        method,
+                        svc,
                         retry_after: None,
                         // The rest of a refused head (431, 414) or whatever follows a
                         // malformed one may still be coming: closing on unread bytes

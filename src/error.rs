@@ -116,6 +116,14 @@ impl GatewayError {
     }
 
     /// The stable `error` code of the JSON body.
+    /// The rule a 400 or a 502 `backend_bad_response` names, if any.
+    pub fn detail(self) -> Option<&'static str> {
+        match self {
+            GatewayError::BadRequest(d) | GatewayError::BadResponse(d) if !d.is_empty() => Some(d),
+            _ => None,
+        }
+    }
+
     pub fn code(self) -> &'static str {
         use GatewayError::*;
         match self {

@@ -117,6 +117,23 @@ pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The method and target of a request line that is whole and plainly formed: a token of at
+/// most 32 bytes, a target of visible ASCII, `HTTP/1.0` or `HTTP/1.1`, single spaces. What
+/// the access log and the service's counts can say about a head [`parse_request`] refused;
+/// None for anything less plain (never logged raw).
+pub fn request_line(buf: &[u8]) -> Option<(&[u8], &str)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let mut parts = buf[..end].split(|&b| b == b' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let plain = parts.next().is_none()
+        && (1..=32).contains(&method.len())
+        && method.iter().all(|&b| is_tchar(b))
+        && !target.is_empty()
+        && target.iter().all(|b| (0x21..=0x7e).contains(b))
+        && matches!(version, b"HTTP/1.0" | b"HTTP/1.1");
+    plain.then_some((method, std::str::from_utf8(target).ok()?))
+}
+
 /// Every line ending in a head must be CRLF: a bare CR or a bare LF is refused (httparse
 /// accepts bare LF, which lets two parsers disagree about where a header ends).
 pub fn has_bare_cr_or_lf(head: &[u8]) -> bool {

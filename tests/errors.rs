@@ -313,7 +313,10 @@ fn unsupported_methods_and_expectations() {
             (501, "not_implemented".into()),
             "{m}"
         );
-        assert_eq!(r.body, b"{\"error\":\"not_implemented\"}\n");
+        assert_eq!(
+            r.body,
+            b"{\"error\":\"not_implemented\",\"service\":\"svc\"}\n"
+        );
         assert_eq!(r.header("allow"), None);
         assert!(c.closed_within(Duration::from_secs(2)), "{m}: left open");
     }

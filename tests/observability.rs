@@ -74,6 +74,66 @@ fn a_413_counts_for_its_service_whether_found_by_length_or_in_a_chunked_body() {
     }
 }
 
+/// Regression: a request the parser refused (405, 501, 417, a 400 for its framing) was
+/// logged with `-` for method, target and service and counted for no service, and a 400's
+/// log line did not say which rule it broke. A plain request line now gives the log its
+/// method and target and, when it routes to a configured service, the service; the error
+/// field names the rule (`bad_request:missing_host`). Bytes that are not plain are never
+/// logged raw.
+#[test]
+fn a_refused_head_is_logged_and_counted_with_what_its_request_line_says() {
+    let log = temp_path("refused.log");
+    let _ = std::fs::remove_file(&log);
+    let (_b, g) = svc_gateway(&format!("access_log: {}", log.display()));
+    let cases = [
+        ("TRACE /v1/proxy/svc/t HTTP/1.1\r\nHost: g\r\n\r\n", 405, "TRACE", "method_not_allowed"),
+        ("FOO /v1/proxy/svc/f HTTP/1.1\r\nHost: g\r\n\r\n", 501, "FOO", "not_implemented"),
+        ("GET /v1/proxy/svc/e HTTP/1.1\r\nHost: g\r\nExpect: nope\r\n\r\n", 417, "GET", "expectation_failed"),
+        ("GET /v1/proxy/svc/h HTTP/1.1\r\n\r\n", 400, "GET", "bad_request:missing_host"),
+        ("POST /v1/proxy/svc/c HTTP/1.1\r\nHost: g\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "POST", "bad_request:"),
+    ];
+    for (raw, status, _, _) in cases {
+        let r = request(g.proc.addr, raw);
+        assert_eq!(r.status, status, "{raw}");
+        assert_eq!(r.json()["service"], "svc", "{raw}: {}", r.text());
+    }
+    // Not plain: a control byte in the target. Refused, and logged with `-`.
+    let r = request(
+        g.proc.addr,
+        "GET /v1/proxy/svc/\x01x HTTP/1.1\r\nHost: g\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+    let mut m = String::new();
+    let counted = eventually(Duration::from_secs(5), || {
+        m = metrics(g.admin);
+        sample(&m, "gateway_requests_total{service=\"svc\",class=\"4xx\"}") == Some(4.0)
+            && sample(&m, "gateway_requests_total{service=\"svc\",class=\"5xx\"}") == Some(1.0)
+    });
+    assert!(counted, "{m}");
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 6)
+    }));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    for (raw, status, method, error) in cases {
+        let target = raw.split(' ').nth(1).unwrap_or_default();
+        let line = text.lines().find(|l| l.contains(target)).unwrap_or("");
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 11, "{text}");
+        assert_eq!(
+            (f[2], f[4], f[6]),
+            (method, "svc", &*status.to_string()),
+            "{line}"
+        );
+        assert!(f[10].starts_with(error), "{line}");
+    }
+    let odd = text
+        .lines()
+        .find(|l| l.contains(" 400 ") && l.contains(" - - - - "))
+        .unwrap_or("");
+    assert!(!odd.is_empty() && !odd.contains('\x01'), "{text}");
+}
+
 /// A gateway whose stderr (its log) goes to `log`, with `RUST_LOG=info`; returns it and its
 /// admin address. Stopped (by its own PID) when the `Proc` drops.
 fn gateway_logging_to(
