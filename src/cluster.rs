@@ -702,6 +702,13 @@ impl Node {
             return false;
         }
         t.seen = next;
+        log::warn!(
+            "breaker: {} {} {} by instance {} (through the cluster)",
+            t.service,
+            t.url,
+            if f.open { "opened" } else { "closed" },
+            f.instance
+        );
         t.fleet = Some(f);
         t.local = None;
         t.lease = None;

@@ -319,8 +319,9 @@ enum Outcome {
     /// judged by its status.
     Answered(u16),
     /// Connect, send, timeout, garbage or close before a complete head; or a body the
-    /// backend broke (bad framing, closed or stalled before its end).
-    Failed,
+    /// backend broke (bad framing, closed or stalled before its end). Says which, for the
+    /// log line of a circuit that opens on it.
+    Failed(&'static str),
     /// The client vanished or sent a broken body before the request was sent whole: no
     /// verdict on the backend (a probe backs off).
     NotSent,
@@ -346,14 +347,14 @@ impl Attempt<'_> {
                 (true, breaker::failure(cell, t, now, &self.service.policy))
             }
             Outcome::Answered(_) => (false, breaker::success(cell, t, now)),
-            Outcome::Failed => (true, breaker::failure(cell, t, now, &self.service.policy)),
+            Outcome::Failed(_) => (true, breaker::failure(cell, t, now, &self.service.policy)),
             Outcome::NotSent => {
-                self.log(breaker::abandon(cell, t, now));
+                self.log(breaker::abandon(cell, t, now), outcome);
                 return;
             }
         };
         self.metrics.outcome(self.backend.slot, failure);
-        self.log(tr);
+        self.log(tr, outcome);
     }
 
     /// The attempt is the circuit's probe and still unjudged.
@@ -368,22 +369,32 @@ impl Attempt<'_> {
         }
     }
 
-    fn log(&self, tr: Transition) {
+    /// Logs a transition, with the outcome that caused it.
+    fn log(&self, tr: Transition, outcome: Outcome) {
         if tr == Transition::None {
             return;
         }
         self.metrics.transition(self.backend.slot);
-        let what = match tr {
-            Transition::Opened => "opened",
-            Transition::Closed => "closed (probe succeeded)",
-            Transition::Reopened => "re-opened (probe failed)",
-            _ => "kept open (probe abandoned by its client; next probe after a backoff)",
-        };
-        log::warn!(
-            "breaker: {} {} {what}",
-            self.service.name,
-            self.backend.url.url
-        );
+        let (svc, url) = (&self.service.name, &self.backend.url.url);
+        let threshold = self.service.settings.failure_threshold;
+        match (tr, outcome) {
+            (Transition::Opened, Outcome::Answered(status)) => log::warn!(
+                "breaker: {svc} {url} opened after {threshold} consecutive failures, the last: status {status}"
+            ),
+            (Transition::Opened, Outcome::Failed(why)) => log::warn!(
+                "breaker: {svc} {url} opened after {threshold} consecutive failures, the last: {why}"
+            ),
+            (Transition::Reopened, Outcome::Answered(status)) => {
+                log::warn!("breaker: {svc} {url} re-opened (probe failed: status {status})")
+            }
+            (Transition::Reopened, Outcome::Failed(why)) => {
+                log::warn!("breaker: {svc} {url} re-opened (probe failed: {why})")
+            }
+            (Transition::Closed, _) => log::warn!("breaker: {svc} {url} closed (probe succeeded)"),
+            _ => log::warn!(
+                "breaker: {svc} {url} kept open (probe abandoned by its client; next probe after a backoff)"
+            ),
+        }
     }
 }
 
@@ -538,7 +549,7 @@ impl Exchange<'_> {
         let (after, body) = self.relay_response(down, head).await;
         self.attempt.settle(match body {
             Body::Relayed => Outcome::Answered(status),
-            Body::Broken => Outcome::Failed,
+            Body::Broken => Outcome::Failed("broken_response_body"),
             Body::Unjudged => Outcome::NotSent,
         });
         after
@@ -1053,7 +1064,7 @@ fn verdict(err: GatewayError) -> Outcome {
         GatewayError::BadResponse(h1::RESPONSE_HEAD_TOO_LARGE | h1::TOO_MANY_RESPONSE_HEADERS) => {
             Outcome::NotSent
         }
-        _ => Outcome::Failed,
+        _ => Outcome::Failed(err.code()),
     }
 }
 

@@ -82,7 +82,18 @@ fn member(
     breaker: &str,
     backend: SocketAddr,
 ) -> AdminGateway {
-    gateway_at(&write_config(&config(
+    gateway_at(&member_config(redis, fleet, quorum, breaker, backend))
+}
+
+/// [`member`]'s config file.
+fn member_config(
+    redis: &Redis,
+    fleet: &str,
+    quorum: u32,
+    breaker: &str,
+    backend: SocketAddr,
+) -> std::path::PathBuf {
+    write_config(&config(
         2,
         &format!(
             "admin: 127.0.0.1:0\nbreaker: {breaker}\ntimeouts: {{response: 2s}}\n\
@@ -90,7 +101,7 @@ fn member(
             redis.url()
         ),
         &format!("  svc: [http://{backend}]\n"),
-    )))
+    ))
 }
 
 fn fleet_name(test: &str) -> String {
@@ -137,7 +148,9 @@ fn an_open_circuit_reaches_every_instance_and_admin_says_whence() {
     let name = fleet_name("propagate");
     let breaker = "{failure_threshold: 2, cooldown: 30s}";
     let a = member(&redis, &name, 1, breaker, rec.addr);
-    let b = member(&redis, &name, 1, breaker, rec.addr);
+    // b's log: it says which instance opened the circuit it follows.
+    let log = std::env::temp_dir().join(format!("gateway-cluster-{}-b.log", std::process::id()));
+    let b = gateway_at_logging_to(&member_config(&redis, &name, 1, breaker, rec.addr), &log);
     assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
     fail(&a, 2);
     assert_eq!(
@@ -164,6 +177,14 @@ fn an_open_circuit_reaches_every_instance_and_admin_says_whence() {
     assert!(cb["last_sync"].is_string(), "{cb}");
     let text = metrics(&a);
     assert!(text.contains("gateway_cluster_up 1"), "{text}");
+    let said = format!(
+        "breaker: svc http://{} opened by instance {} (through the cluster)",
+        rec.addr,
+        ca["instance"].as_str().unwrap_or("?")
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(logged.contains(&said), "{said} not in {logged}");
 }
 
 #[test]

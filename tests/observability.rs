@@ -170,6 +170,41 @@ fn gateway_logging_to(
     (proc, admin)
 }
 
+/// Regression: the log line of a circuit that opened did not say why; it now names the
+/// threshold and the last failure (an error code, or the failure status).
+#[test]
+fn a_circuit_that_opens_says_why_in_the_log() {
+    let log = temp_path("why.log");
+    let refused = closed_port();
+    let rec = Recorder::start(reply(503));
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 2, cooldown: 60s}",
+        &format!(
+            "  down: [http://{refused}]\n  failing: [http://{}]\n",
+            rec.addr
+        ),
+    ));
+    let (g, _admin) = gateway_logging_to(&path, &log);
+    for svc in ["down", "failing"] {
+        for _ in 0..2 {
+            get(g.addr, &format!("/v1/proxy/{svc}/x"));
+        }
+    }
+    let wanted = [
+        format!("breaker: down http://{refused} opened after 2 consecutive failures, the last: backend_connect_failed"),
+        format!("breaker: failing http://{} opened after 2 consecutive failures, the last: status 503", rec.addr),
+    ];
+    let mut text = String::new();
+    let found = eventually(Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        wanted.iter().all(|w| text.contains(w.as_str()))
+    });
+    drop(g);
+    let _ = std::fs::remove_file(&log);
+    assert!(found, "{wanted:#?} not in {text}");
+}
+
 #[test]
 fn a_backend_url_with_credentials_is_never_echoed_whole() {
     // Regression: the rejected URL was quoted whole in the log and in the unauthenticated

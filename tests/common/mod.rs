@@ -29,15 +29,19 @@ impl Drop for Proc {
 
 /// Starts `cmd` and waits for its `listening on ADDR` line.
 fn start(cmd: Command) -> (Child, SocketAddr) {
-    let (child, addr, _) = start_with(cmd, false);
+    let (child, addr, _) = start_with(cmd, false, Stdio::inherit());
     (child, addr)
 }
 
 /// Starts `cmd`, reads `listening on ADDR` and, if asked, `admin on ADDR`.
-fn start_with(mut cmd: Command, admin: bool) -> (Child, SocketAddr, Option<SocketAddr>) {
+fn start_with(
+    mut cmd: Command,
+    admin: bool,
+    stderr: Stdio,
+) -> (Child, SocketAddr, Option<SocketAddr>) {
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
@@ -108,8 +112,20 @@ fn gateway_command(path: &std::path::Path) -> Command {
     cmd
 }
 
+/// [`gateway_at`] with its log (stderr, at `RUST_LOG=info`) going to the file `log`.
+pub fn gateway_at_logging_to(path: &std::path::Path, log: &std::path::Path) -> AdminGateway {
+    let mut cmd = gateway_command(path);
+    cmd.env("RUST_LOG", "info");
+    let file = std::fs::File::create(log).expect("log file");
+    start_admin_gateway_to(cmd, path, Stdio::from(file))
+}
+
 fn start_admin_gateway(cmd: Command, path: &std::path::Path) -> AdminGateway {
-    let (child, addr, admin) = start_with(cmd, true);
+    start_admin_gateway_to(cmd, path, Stdio::inherit())
+}
+
+fn start_admin_gateway_to(cmd: Command, path: &std::path::Path, stderr: Stdio) -> AdminGateway {
+    let (child, addr, admin) = start_with(cmd, true, stderr);
     AdminGateway {
         proc: Proc {
             child,
