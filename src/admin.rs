@@ -398,6 +398,7 @@ fn render_core_metrics(shared: &Shared) -> String {
             ids_exhausted: shared.metric_ids_exhausted(),
             max_fds: crate::fdlimit::current(),
             open_fds: crate::fdlimit::open(),
+            process: crate::procstat::read(),
         },
     )
 }

@@ -21,6 +21,7 @@
 //!
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
 //! registry behind one `ArcSwap`). Side: [`logging`], [`redact`] (no credentials in messages),
+//! [`procstat`] (the process's CPU, memory and start time for `/metrics`),
 //! [`cluster`] (a thread that shares circuit state with other instances through Redis; never
 //! on the request path).
 
@@ -51,6 +52,7 @@ pub mod io;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
+pub mod procstat;
 pub mod redact;
 pub mod relay;
 pub mod reload;

@@ -232,6 +232,8 @@ pub struct Names<'a> {
     /// The process's descriptors: its limit, and how many are open (`None`: unreadable).
     pub max_fds: u64,
     pub open_fds: Option<u64>,
+    /// CPU, memory, threads and start time (`None`: `/proc` unreadable).
+    pub process: Option<crate::procstat::ProcStat>,
 }
 
 fn escape(v: &str) -> String {
@@ -532,6 +534,54 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         let _ = writeln!(w, "# TYPE process_open_fds gauge");
         let _ = writeln!(w, "process_open_fds {open}");
     }
+    if let Some(p) = names.process {
+        for (metric, kind, help, value) in [
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                p.cpu_seconds,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                p.resident_bytes as f64,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                p.virtual_bytes as f64,
+            ),
+            (
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds.",
+                p.start_time_seconds,
+            ),
+            (
+                "process_threads",
+                "gauge",
+                "Number of OS threads in the process.",
+                p.threads as f64,
+            ),
+        ] {
+            let _ = writeln!(w, "# HELP {metric} {help}");
+            let _ = writeln!(w, "# TYPE {metric} {kind}");
+            let _ = writeln!(w, "{metric} {value}");
+        }
+    }
+    let _ = writeln!(
+        w,
+        "# HELP gateway_build_info The running gateway's version (the value is always 1)."
+    );
+    let _ = writeln!(w, "# TYPE gateway_build_info gauge");
+    let _ = writeln!(
+        w,
+        "gateway_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
     o
 }
 
@@ -571,6 +621,13 @@ mod tests {
                 },
                 max_fds: 20_000,
                 open_fds: Some(42),
+                process: Some(crate::procstat::ProcStat {
+                    cpu_seconds: 1.5,
+                    resident_bytes: 8192,
+                    virtual_bytes: 65536,
+                    start_time_seconds: 1_764_600_000.25,
+                    threads: 4,
+                }),
             },
         );
         assert!(
@@ -579,6 +636,16 @@ mod tests {
         );
         assert!(text.contains("process_max_fds 20000\n"), "{text}");
         assert!(text.contains("process_open_fds 42\n"), "{text}");
+        for line in [
+            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.5\n",
+            "process_resident_memory_bytes 8192\n",
+            "process_virtual_memory_bytes 65536\n",
+            "process_start_time_seconds 1764600000.25\n",
+            "process_threads 4\n",
+            "# TYPE gateway_build_info gauge\ngateway_build_info{version=\"",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
         assert!(
             text.contains("gateway_rate_limited_total{service=\"svc\"} 1\n"),
             "{text}"

@@ -609,6 +609,7 @@ mod tests {
                 in_flight: &[],
                 max_fds: 1024,
                 open_fds: None,
+                process: None,
             },
         );
         assert!(

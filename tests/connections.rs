@@ -65,6 +65,25 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one_and_sets_the_connection_c
     let m = metrics(g.admin);
     assert_eq!(sample(&m, "process_max_fds"), Some(hard as f64));
     let open = sample(&m, "process_open_fds").expect("process_open_fds");
+    // The rest of the process collector's series, from /proc.
+    let started = sample(&m, "process_start_time_seconds").expect("process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        started <= now + 1.0 && started > now - 300.0,
+        "started {started}, now {now}"
+    );
+    assert!(
+        sample(&m, "process_resident_memory_bytes").is_some_and(|v| v > 0.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "process_threads").is_some_and(|v| v >= 2.0),
+        "{m}"
+    );
+    assert!(sample(&m, "process_cpu_seconds_total").is_some(), "{m}");
     assert!(open > 4.0 && open < 100.0, "{open}");
     let config = get(g.admin, "/admin/config").json();
     let limits = &config["limits"];
