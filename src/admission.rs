@@ -525,7 +525,15 @@ pub struct FleetBudget {
     pub online: std::sync::atomic::AtomicBool,
     /// When Redis last refused a slice: ms until the fleet's budget has room again.
     pub wait_ms: AtomicU64,
+    /// How much time one slice covers, in ms: twice how often the cluster thread gets to
+    /// top the allowance up (at least [`MIN_SLICE_MS`], at most [`MAX_SLICE_MS`]).
+    pub slice_ms: AtomicU64,
 }
+
+/// A slice covers at least this much time at the steady rate ...
+pub const MIN_SLICE_MS: u64 = 50;
+/// ... and at most this much, however slowly Redis answers.
+pub const MAX_SLICE_MS: u64 = 1000;
 
 impl FleetBudget {
     fn new(service: &str, limit: &RateLimit) -> FleetBudget {
@@ -538,13 +546,18 @@ impl FleetBudget {
             allowance: CachePadded::new(AtomicU64::new(0)),
             online: std::sync::atomic::AtomicBool::new(false),
             wait_ms: AtomicU64::new(0),
+            slice_ms: AtomicU64::new(MIN_SLICE_MS),
         }
     }
 
-    /// Requests one slice holds: 50 ms at the steady rate, at least 1, at most the burst.
+    /// Requests one slice holds: `slice_ms` at the steady rate, at least 1, at most the
+    /// burst. When Redis answers slowly the thread tops up less often, so a slice covers
+    /// more time: with a fixed 50 ms a Redis taking 60 ms per command cut a 100/s fleet to
+    /// 67/s, and at 200 ms to 12/s, while it still counted as up.
     pub fn slice(&self) -> u64 {
         let l = &self.limit;
-        (l.count * 50 / (l.per_secs * 1000)).clamp(1, l.burst)
+        let ms = self.slice_ms.load(Ordering::Relaxed);
+        (l.count * ms / (l.per_secs * 1000)).clamp(1, l.burst)
     }
 
     /// Nanoseconds between two requests at the steady rate, and the tolerance (burst).
@@ -779,6 +792,25 @@ mod tests {
     fn limit(text: &str) -> Result<Option<RateLimit>, String> {
         let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
         parse_rate_limit("rate_limit", &v).map_err(|e| e.to_string())
+    }
+
+    /// Regression: slices covered a fixed 50 ms, so a Redis answering in 60 ms (topped up
+    /// every ~140 ms) cut a 100/s fleet budget to two thirds while it counted as up.
+    #[test]
+    fn a_fleet_slice_covers_twice_the_top_up_period_within_its_bounds() {
+        let l = limit("{rate: 100/s, burst: 50, scope: cluster}")
+            .unwrap()
+            .unwrap();
+        let b = FleetBudget::new("svc", &l);
+        assert_eq!(b.slice(), 5, "50 ms at 100/s");
+        b.slice_ms.store(280, Ordering::Relaxed);
+        assert_eq!(b.slice(), 28);
+        b.slice_ms.store(MAX_SLICE_MS, Ordering::Relaxed);
+        assert_eq!(b.slice(), 50, "never more than the burst");
+        let slow = limit("{rate: 1/s, burst: 3, scope: cluster}")
+            .unwrap()
+            .unwrap();
+        assert_eq!(FleetBudget::new("svc", &slow).slice(), 1, "at least one");
     }
 
     #[test]

@@ -38,6 +38,7 @@ use serde::Deserialize;
 
 use crate::breaker::{self, Policy, Snapshot as Word, CLOSED, HALF_OPEN, OPEN};
 use crate::config::ConfigError;
+use crate::redis_link::Link;
 use crate::state::{now_ms, BreakerCell, Shared};
 
 pub const DEFAULT_NAME: &str = "gateway";
@@ -48,9 +49,11 @@ pub const TICK: Duration = Duration::from_millis(20);
 pub const MAX_HOLD_MS: u64 = 1000;
 /// Longest the startup read may take before the workers start serving.
 pub const STARTUP_WAIT: Duration = Duration::from_secs(1);
-/// Timeout of one Redis command (connect, read, write).
+/// Timeout of one Redis request: a connect, or a command or pipeline and all its replies.
 const IO_TIMEOUT: Duration = Duration::from_millis(250);
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Longest part of a Redis error's text that goes to the log.
+const MAX_ERROR_TEXT: usize = 200;
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Peers are instances that wrote a heartbeat within this.
 const PEER_TTL_MS: u64 = 5000;
@@ -280,6 +283,10 @@ const PUBLISH: &str = r"
 local me, kind, at, win, q = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local cur = redis.call('HMGET', KEYS[1], 'state', 'at')
 local cur_at = tonumber(cur[2]) or 0
+-- A record stamped over a minute ahead of Redis's clock (an instance's clock running fast,
+-- or a stray writer) must not outrank every real transition until that time comes.
+local t = redis.call('TIME')
+if cur_at > tonumber(t[1]) * 1000 + 60000 then cur_at = 0 end
 local state = nil
 if kind == 'closed' then
   redis.call('ZREM', KEYS[2], me)
@@ -346,6 +353,15 @@ fn parse_fleet(r: Record) -> Option<Fleet> {
     })
 }
 
+/// At most [`MAX_ERROR_TEXT`] characters of an error's text: a reply can be megabytes, and
+/// every byte of it would go to the log.
+fn short(text: &str) -> String {
+    match text.char_indices().nth(MAX_ERROR_TEXT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 /// How far ahead a non-owner holds its circuit: short enough to give the decision back to
 /// the local breaker soon when the thread stops renewing, shorter than the cooldown.
 fn hold_ms(p: &Policy) -> u64 {
@@ -355,8 +371,9 @@ fn hold_ms(p: &Policy) -> u64 {
 struct Node {
     shared: Arc<Shared>,
     status: Arc<Status>,
-    client: Option<redis::Client>,
-    con: Option<redis::Connection>,
+    /// The parsed `cluster.redis` URL (None: unusable, said once at start).
+    info: Option<redis::ConnectionInfo>,
+    con: Option<Link>,
     /// `unix_ms() - now_ms()`: converts between the fleet's clock and the breakers'.
     offset: u64,
     tracks: Vec<Track>,
@@ -373,18 +390,19 @@ struct Node {
 
 impl Node {
     fn new(shared: Arc<Shared>, status: Arc<Status>) -> Node {
-        let client = match redis::Client::open(status.config.redis.as_str()) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                log::warn!("cluster: bad Redis URL {}: {e}", status.redis_display());
-                None
-            }
-        };
+        let info =
+            match redis::IntoConnectionInfo::into_connection_info(status.config.redis.as_str()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    log::warn!("cluster: bad Redis URL {}: {e}", status.redis_display());
+                    None
+                }
+            };
         let offset = unix_ms().saturating_sub(now_ms());
         Node {
             shared,
             status,
-            client,
+            info,
             con: None,
             offset,
             tracks: Vec::new(),
@@ -407,8 +425,9 @@ impl Node {
         let deadline = Instant::now() + STARTUP_WAIT;
         self.sync_tracks();
         if self.connect() {
-            if let Err(e) = self.read_fleet(Some(deadline)) {
-                self.down(&e);
+            match self.read_fleet(Some(deadline)) {
+                Ok(()) => self.synced(),
+                Err(e) => self.down(&e),
             }
         }
         let open = self
@@ -429,10 +448,21 @@ impl Node {
     }
 
     fn run(mut self) {
+        let mut last = Instant::now();
         loop {
             let started = Instant::now();
             if self.shared.is_draining() {
                 return;
+            }
+            // How often the allowances get topped up decides how long a slice must last.
+            let period = started.duration_since(last).as_millis() as u64;
+            last = started;
+            let slice_ms = (2 * period).clamp(
+                crate::admission::MIN_SLICE_MS,
+                crate::admission::MAX_SLICE_MS,
+            );
+            for b in &self.budgets {
+                b.slice_ms.store(slice_ms, Ordering::Relaxed);
             }
             self.tick();
             std::thread::sleep(TICK.saturating_sub(started.elapsed()));
@@ -457,8 +487,29 @@ impl Node {
                     Ok(())
                 }
             });
-        if let Err(e) = result {
-            self.down(&e);
+        match result {
+            Ok(()) => self.synced(),
+            Err(e) => self.down(&e),
+        }
+    }
+
+    /// A whole round of requests was answered in time: Redis is up. The backoff starts
+    /// over, and the end of an outage is said once, only now: a Redis that accepts
+    /// connections and then fails every command (no permission, out of memory) is still
+    /// down, and must not log "back" every time the thread reconnects.
+    fn synced(&mut self) {
+        if !self.status.up.swap(true, Ordering::Relaxed) {
+            for b in &self.budgets {
+                b.online.store(true, Ordering::Release);
+            }
+        }
+        self.backoff = RECONNECT_MIN;
+        if self.warned {
+            log::info!(
+                "cluster: Redis at {} is back; local transitions published and merged",
+                self.status.redis_display()
+            );
+            self.warned = false;
         }
     }
 
@@ -474,7 +525,7 @@ impl Node {
             .iter()
             .filter_map(|s| s.admission.limiter.as_ref()?.fleet.clone())
             .collect();
-        if self.con.is_some() {
+        if self.status.up.load(Ordering::Relaxed) {
             for b in &self.budgets {
                 b.online.store(true, Ordering::Release);
             }
@@ -619,7 +670,7 @@ impl Node {
         }
         if let Some(d) = deadline {
             let left = d.saturating_duration_since(Instant::now());
-            con.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            con.set_deadline(left.max(Duration::from_millis(1)));
         }
         let mut pipe = redis::pipe();
         for t in &self.tracks {
@@ -631,7 +682,7 @@ impl Node {
         }
         let records: Vec<Record> = pipe.query(con)?;
         if deadline.is_some() {
-            con.set_read_timeout(Some(IO_TIMEOUT))?;
+            con.set_deadline(IO_TIMEOUT);
         }
         self.status
             .last_sync_unix_ms
@@ -654,7 +705,9 @@ impl Node {
     /// Applies one fleet record to track `i`; true if the local word changed.
     fn apply(&mut self, i: usize, f: Fleet) -> bool {
         let me = &self.status.instance;
-        let to_local = self.to_local(f.at);
+        // An open stamped in the future (a fast clock elsewhere) counts from now: else its
+        // cooldown, and the blackout, would last until that time plus a cooldown.
+        let to_local = self.to_local(f.at.min(unix_ms()));
         let t = &mut self.tracks[i];
         if t.fleet.as_ref() == Some(&f) {
             return false;
@@ -840,24 +893,14 @@ impl Node {
     }
 
     fn connect(&mut self) -> bool {
-        let Some(client) = &self.client else {
+        let Some(info) = &self.info else {
             return false;
         };
-        let con = client
-            .get_connection_with_timeout(IO_TIMEOUT)
-            .and_then(|c| {
-                c.set_read_timeout(Some(IO_TIMEOUT))?;
-                c.set_write_timeout(Some(IO_TIMEOUT))?;
-                Ok(c)
-            });
+        let con = Link::connect(info, IO_TIMEOUT);
         match con {
+            // Not up yet: that takes a whole round of requests answered in time (`synced`).
             Ok(c) => {
                 self.con = Some(c);
-                self.status.up.store(true, Ordering::Relaxed);
-                for b in &self.budgets {
-                    b.online.store(true, Ordering::Release);
-                }
-                self.backoff = RECONNECT_MIN;
                 true
             }
             Err(e) => {
@@ -872,13 +915,6 @@ impl Node {
     fn reconnect(&mut self) -> bool {
         if Instant::now() < self.retry_at || !self.connect() {
             return false;
-        }
-        if self.warned {
-            log::info!(
-                "cluster: Redis at {} is back; publishing local transitions and merging",
-                self.status.redis_display()
-            );
-            self.warned = false;
         }
         for t in &mut self.tracks {
             t.lease = None;
@@ -901,8 +937,9 @@ impl Node {
         }
         if !self.warned {
             log::warn!(
-                "cluster: Redis at {} unreachable ({e}); each circuit is decided locally until it returns",
-                self.status.redis_display()
+                "cluster: Redis at {} unreachable ({}); each circuit is decided locally until it returns",
+                self.status.redis_display(),
+                short(&e.to_string())
             );
             self.warned = true;
         }
@@ -912,7 +949,7 @@ impl Node {
 }
 
 /// Gives the probe lease back if this instance holds it.
-fn release(con: &mut redis::Connection, key: &str, instance: &str) -> redis::RedisResult<()> {
+fn release(con: &mut Link, key: &str, instance: &str) -> redis::RedisResult<()> {
     redis::cmd("EVAL")
         .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end")
         .arg(1)
@@ -922,12 +959,7 @@ fn release(con: &mut redis::Connection, key: &str, instance: &str) -> redis::Red
 }
 
 /// Takes or renews `t`'s probe lease for `px` ms; true if this instance holds it.
-fn lease(
-    con: &mut redis::Connection,
-    t: &Track,
-    instance: &str,
-    px: u64,
-) -> redis::RedisResult<bool> {
+fn lease(con: &mut Link, t: &Track, instance: &str, px: u64) -> redis::RedisResult<bool> {
     let known = t.fleet.as_ref().map_or(0, |f| f.at);
     let held: i64 = redis::cmd("EVAL")
         .arg(LEASE)
@@ -1050,6 +1082,28 @@ mod tests {
             at,
             instance: instance.into(),
         }
+    }
+
+    /// Regression: an open stamped ten minutes ahead (a fast clock on another instance)
+    /// kept the circuit open, with no probe, for those ten minutes plus a cooldown.
+    #[test]
+    fn a_remote_open_from_the_future_counts_from_now() {
+        let mut n = node();
+        let now = unix_ms();
+        assert!(n.apply(0, fleet(true, now + 600_000, "fast")));
+        let w = word(&n);
+        assert_eq!(w.state, OPEN);
+        assert!(w.time_ms <= n.to_local(unix_ms()), "{w:?}");
+        let cooldown = n.tracks[0].policy.cooldown_ms;
+        let wait = breaker::retry_after_ms(
+            breaker::Word::load(&**n.tracks[0].cell),
+            now_ms(),
+            &n.tracks[0].policy,
+        );
+        assert!(
+            wait <= cooldown,
+            "{wait} ms to the probe, cooldown {cooldown}"
+        );
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub mod metrics;
 pub mod pool;
 pub mod procstat;
 pub mod redact;
+pub mod redis_link;
 pub mod relay;
 pub mod reload;
 pub mod rewrite;

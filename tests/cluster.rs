@@ -30,9 +30,15 @@ impl Redis {
     }
 
     fn on(port: u16) -> Redis {
+        Redis::with(port, &[])
+    }
+
+    /// A Redis on `port` with extra command-line settings (e.g. `--requirepass`).
+    fn with(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -49,13 +55,33 @@ impl Redis {
         r
     }
 
+    /// Sends `commands` (RESP inline, one per line) and returns what came back once `until`
+    /// has.
+    fn send(&self, commands: &str, until: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("redis");
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        s.write_all(commands.as_bytes()).expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(until) {
+            let n = s.read(&mut buf).expect("read");
+            assert!(n > 0, "{:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
     fn ping(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        // `+PONG`, or `-NOAUTH` from one that wants a password: up either way.
+        let mut buf = [0u8; 5];
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read_exact(&mut buf).is_ok()
+            && (&buf == b"+PONG" || &buf == b"-NOAU")
     }
 
     fn url(&self) -> String {
@@ -482,5 +508,227 @@ fn uploads_alone_still_get_the_fleet_probe() {
     assert!(
         recovered,
         "no upload probed in 20 s (cooldown 3 s): {answers:?}"
+    );
+}
+
+/// The cluster thread speaks to Redis through its own bounded link (`redis_link.rs`),
+/// which does the handshake itself: a password and a database number must still work.
+#[test]
+fn a_fleet_behind_a_password_and_a_database_number_shares_its_circuits() {
+    let port = free_port();
+    let _redis = Redis::with(port, &["--requirepass", "s3cret"]);
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("auth");
+    let member = || {
+        gateway_at(&write_config(&config(
+            2,
+            &format!(
+                "admin: 127.0.0.1:0\nbreaker: {{failure_threshold: 2, cooldown: 30s}}\n\
+                 cluster: {{redis: \"redis://:s3cret@127.0.0.1:{port}/3\", name: {name}}}"
+            ),
+            &format!("  svc: [http://{}]\n", rec.addr),
+        )))
+    };
+    let (a, b) = (member(), member());
+    assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
+    fail(&a, 2);
+    assert!(
+        eventually(WAIT, || backend(&b) == ("open".into(), "remote".into())),
+        "the open circuit never reached the other instance"
+    );
+    // Written to database 3, not 0.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("redis");
+    s.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    s.write_all(b"AUTH s3cret\r\nSELECT 3\r\nDBSIZE\r\nSELECT 0\r\nDBSIZE\r\n")
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&got).ends_with(":0\r\n") {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "{:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("+OK\r\n+OK\r\n:") && !text.starts_with("+OK\r\n+OK\r\n:0\r\n"),
+        "{text}"
+    );
+}
+
+/// Regression: a fleet record stamped ten minutes ahead (an instance whose clock runs fast,
+/// simulated by writing it) kept every instance's circuit open, with no probe, for those ten
+/// minutes, and outranked every real transition in Redis. Now it counts from now, and the
+/// probe's close replaces it.
+#[test]
+fn an_open_stamped_in_the_future_lasts_one_cooldown() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(200));
+    let name = fleet_name("future");
+    let a = member(
+        &redis,
+        &name,
+        1,
+        "{failure_threshold: 2, cooldown: 1s}",
+        rec.addr,
+    );
+    assert!(eventually(WAIT, || cluster_up(&a)));
+    let future = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        + 600_000;
+    let key = format!("{name}:breaker:svc:http://{}", rec.addr);
+    let said = redis.send(
+        &format!("HSET {key} state open at {future} instance fast\r\n"),
+        ":",
+    );
+    assert!(said.starts_with(':'), "{said}");
+    assert!(
+        eventually(WAIT, || backend(&a).0 == "open"),
+        "the record was not applied"
+    );
+    // One cooldown later the probe goes through, closes the circuit, and the close wins.
+    assert!(
+        eventually(Duration::from_secs(5), || status(&a) == 200),
+        "still refused: {:?}",
+        backend(&a)
+    );
+    assert!(eventually(WAIT, || redis
+        .send(&format!("HGET {key} state\r\n"), "\r\n")
+        .contains("closed")));
+}
+
+/// Regression: a Redis (or anything posing as one) that announced a two-billion-element
+/// array made the `redis` crate's parser allocate until the process aborted, taking the
+/// traffic with it, while `/admin/cluster` still said `up`. The reply is now refused as it
+/// is framed; the instance goes `down` and serves on, deciding locally.
+#[test]
+fn a_hostile_redis_reply_neither_grows_memory_nor_stops_the_gateway() {
+    let fake = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = fake.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in fake.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 4096];
+                while matches!(s.read(&mut b), Ok(n) if n > 0) {
+                    // Announce a huge array, then trickle elements forever.
+                    if s.write_all(b"*2000000000\r\n").is_err() {
+                        return;
+                    }
+                    for _ in 0..200 {
+                        if s.write_all(&b":1\r\n".repeat(1000)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let rec = Recorder::start(reply(200));
+    let g = gateway_at(&write_config(&config(
+        1,
+        &format!(
+            "admin: 127.0.0.1:0\ncluster: {{redis: redis://127.0.0.1:{port}/0, name: {}}}",
+            fleet_name("hostile")
+        ),
+        &format!("  svc: [http://{}]\n", rec.addr),
+    )));
+    let rss =
+        |g: &AdminGateway| sample(&metrics(g), "process_resident_memory_bytes").unwrap_or(0.0);
+    let before = rss(&g);
+    let end = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < end {
+        assert_eq!(status(&g), 200);
+        assert!(!cluster_up(&g), "{}", cluster(&g));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = rss(&g);
+    assert!(
+        after < before + 64.0 * 1024.0 * 1024.0,
+        "resident memory grew from {before} to {after}"
+    );
+}
+
+/// A TCP proxy in front of Redis that holds each reply chunk `delay` before passing it on:
+/// a Redis that answers, slowly.
+fn slow_redis(redis: &Redis, delay: Duration) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let target = redis.port;
+    std::thread::spawn(move || {
+        for client in l.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut s_out);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = s_in.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    std::thread::sleep(delay);
+                    if c_out.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Regression: slices of a fleet budget covered a fixed 50 ms, and the cluster thread tops
+/// the allowance up once per tick: with Redis answering in 60 ms, one instance admitted
+/// about a third of a 100/s budget (a review measured 336 of 510 for two), and at 200 ms
+/// an eighth, while the instance reported the cluster up. A slice now covers twice the
+/// time between top-ups.
+#[test]
+fn a_slow_redis_does_not_starve_a_fleet_budget() {
+    let redis = Redis::start();
+    let port = slow_redis(&redis, Duration::from_millis(60));
+    let rec = Recorder::start(reply(200));
+    let g = gateway_at(&write_config(&config(
+        1,
+        &format!(
+            "admin: 127.0.0.1:0\ncluster: {{redis: redis://127.0.0.1:{port}/0, name: {}}}",
+            fleet_name("slow")
+        ),
+        &format!(
+            "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 100/s, burst: 50, scope: cluster}}\n",
+            rec.addr
+        ),
+    )));
+    assert!(eventually(WAIT, || cluster_up(&g)));
+    std::thread::sleep(Duration::from_millis(500)); // the first slices are taken
+    let t0 = std::time::Instant::now();
+    let mut c = Client::connect(g.proc.addr);
+    let mut admitted = 0usize;
+    while t0.elapsed() < Duration::from_secs(3) {
+        c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+        match c.read_response().status {
+            200 => admitted += 1,
+            429 => std::thread::sleep(Duration::from_millis(1)),
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let most = 50.0 + 100.0 * secs;
+    println!("slow redis: admitted {admitted} in {secs:.2} s, at most {most:.0}");
+    assert!(cluster_up(&g), "{}", cluster(&g));
+    // What the fleet's word allows, less what a slow top-up leaves unused at the edges.
+    assert!(
+        admitted as f64 >= 0.75 * most,
+        "admitted {admitted} in {secs:.2} s, the budget allows {most:.0}"
     );
 }

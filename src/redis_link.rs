@@ -1,0 +1,418 @@
+//! The cluster thread's Redis connection, bounded: each request's replies must arrive whole
+//! within one deadline and within fixed sizes, or the request fails and the link is dropped.
+//!
+//! `redis::Connection` bounds each socket read, not a reply: a server answering one byte
+//! every 150 ms kept a command going for seconds, and one announcing a two-billion-element
+//! array made the parser allocate until the process aborted. Here the bytes of a reply are
+//! first framed by [`Scan`] (which checks the bounds as it goes and never allocates per
+//! element), and only a reply that is whole and within them is handed to the `redis`
+//! crate's parser. Commands and pipelines are still built with the `redis` crate:
+//! [`Link`] implements its `ConnectionLike`.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use redis::{
+    ConnectionAddr, ConnectionInfo, ConnectionLike, ErrorKind, RedisError, RedisResult, Value,
+};
+
+/// Largest reply (one command's) in bytes. Ours are a few fields each.
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
+/// Most values in one reply, nested ones included.
+pub const MAX_VALUES: u64 = 1 << 16;
+/// Deepest nesting of arrays in a reply (ours nest at most 2).
+pub const MAX_DEPTH: usize = 8;
+/// Longest line (a status, an error, a length).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// One connection to Redis.
+pub struct Link {
+    stream: TcpStream,
+    /// Bytes read and not yet handed out.
+    buf: Vec<u8>,
+    db: i64,
+    /// How long one request (a command, or a pipeline and all its replies) may take.
+    deadline: Duration,
+    /// False once a request failed: the stream may hold the rest of a reply.
+    open: bool,
+}
+
+fn error(kind: ErrorKind, what: &'static str) -> RedisError {
+    RedisError::from((kind, what))
+}
+
+impl Link {
+    /// Connects to `info`'s TCP address (within `deadline`) and authenticates and selects
+    /// its database, each within `deadline`.
+    pub fn connect(info: &ConnectionInfo, deadline: Duration) -> RedisResult<Link> {
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Err(error(
+                ErrorKind::InvalidClientConfig,
+                "only redis://HOST:PORT is supported",
+            ));
+        };
+        let mut last = None;
+        let mut stream = None;
+        for addr in (host.as_str(), *port).to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, deadline) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let stream = match (stream, last) {
+            (Some(s), _) => s,
+            (None, Some(e)) => return Err(e.into()),
+            (None, None) => return Err(error(ErrorKind::Io, "the host name resolved to nothing")),
+        };
+        stream.set_nodelay(true)?;
+        let settings = info.redis_settings();
+        let mut link = Link {
+            stream,
+            buf: Vec::new(),
+            db: settings.db(),
+            deadline,
+            open: true,
+        };
+        if let Some(password) = settings.password() {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = settings.username() {
+                auth.arg(user);
+            }
+            auth.arg(password).query::<()>(&mut link)?;
+        }
+        if link.db != 0 {
+            redis::cmd("SELECT").arg(link.db).query::<()>(&mut link)?;
+        }
+        Ok(link)
+    }
+
+    /// How long each later request may take.
+    pub fn set_deadline(&mut self, deadline: Duration) {
+        self.deadline = deadline;
+    }
+
+    /// Writes `bytes` and reads `count` replies, all before one deadline.
+    fn request(&mut self, bytes: &[u8], count: usize) -> RedisResult<Vec<Value>> {
+        if !self.open {
+            return Err(error(ErrorKind::Io, "the link failed before"));
+        }
+        let end = Instant::now() + self.deadline;
+        let result = self.exchange(bytes, count, end);
+        if result.is_err() {
+            self.open = false;
+        }
+        result
+    }
+
+    fn exchange(&mut self, bytes: &[u8], count: usize, end: Instant) -> RedisResult<Vec<Value>> {
+        self.stream.set_write_timeout(Some(left(end)?))?;
+        self.stream.write_all(bytes)?;
+        let mut replies = Vec::with_capacity(count.min(1024));
+        while replies.len() < count {
+            let len = self.frame(end)?;
+            let value = redis::parse_redis_value(&self.buf[..len]);
+            self.buf.drain(..len);
+            replies.push(value?);
+        }
+        Ok(replies)
+    }
+
+    /// Reads until `buf` starts with one whole reply within the bounds; its length.
+    fn frame(&mut self, end: Instant) -> RedisResult<usize> {
+        let mut scan = Scan::default();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match scan.step(&self.buf) {
+                Ok(Some(len)) => return Ok(len),
+                Ok(None) => {}
+                Err(what) => return Err(error(ErrorKind::Parse, what)),
+            }
+            self.stream.set_read_timeout(Some(left(end)?))?;
+            let n = match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(error(ErrorKind::Io, "Redis closed the connection")),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// What is left until `end`; an error once it has passed.
+fn left(end: Instant) -> RedisResult<Duration> {
+    let d = end.saturating_duration_since(Instant::now());
+    if d.is_zero() {
+        return Err(error(
+            ErrorKind::Io,
+            "Redis did not answer within the deadline",
+        ));
+    }
+    Ok(d)
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        let mut v = self.request(cmd, 1)?;
+        v.pop().ok_or_else(|| error(ErrorKind::Client, "no reply"))
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        let mut v = self.request(cmd, offset + count)?;
+        Ok(v.split_off(offset))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.db
+    }
+
+    fn check_connection(&mut self) -> bool {
+        redis::cmd("PING").query::<String>(self).is_ok()
+    }
+
+    fn is_open(&self) -> bool {
+        self.open
+    }
+}
+
+/// Frames one RESP2 reply at the start of a buffer, resumably and within the bounds above:
+/// call [`Scan::step`] again with the same buffer, grown, after `Ok(None)`.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Where the next unread value starts.
+    pos: usize,
+    /// Values still to come in each array being read, outermost first.
+    open: Vec<u64>,
+    /// Values seen so far.
+    values: u64,
+}
+
+impl Scan {
+    /// `Ok(Some(len))` once `buf[..len]` is one whole reply, `Ok(None)` while more bytes are
+    /// needed, `Err` for a reply that breaks the protocol or a bound.
+    fn step(&mut self, buf: &[u8]) -> Result<Option<usize>, &'static str> {
+        loop {
+            let rest = &buf[self.pos..];
+            let Some(eol) = memchr::memmem::find(&rest[..rest.len().min(MAX_LINE + 2)], b"\r\n")
+            else {
+                if rest.len() > MAX_LINE {
+                    return Err("Redis sent a line over the limit");
+                }
+                if buf.len() > MAX_REPLY_BYTES {
+                    return Err("Redis sent a reply over the size limit");
+                }
+                return Ok(None);
+            };
+            let line = &rest[1..eol];
+            let after = self.pos + eol + 2;
+            self.values += 1;
+            if self.values > MAX_VALUES {
+                return Err("Redis sent a reply with too many values");
+            }
+            let next = match rest[0] {
+                b'+' | b'-' => after,
+                b':' => {
+                    number(line)?;
+                    after
+                }
+                b'$' => match number(line)? {
+                    -1 => after,
+                    n if n < 0 || n as u64 > MAX_REPLY_BYTES as u64 => {
+                        return Err("Redis sent a string over the size limit")
+                    }
+                    n => {
+                        let end = after + n as usize + 2;
+                        if end > MAX_REPLY_BYTES {
+                            return Err("Redis sent a reply over the size limit");
+                        }
+                        if buf.len() < end {
+                            return Ok(None);
+                        }
+                        if &buf[end - 2..end] != b"\r\n" {
+                            return Err("Redis sent a string without its CRLF");
+                        }
+                        end
+                    }
+                },
+                b'*' => match number(line)? {
+                    -1 | 0 => after,
+                    n if n < 0 || n as u64 > MAX_VALUES => {
+                        return Err("Redis sent an array over the size limit")
+                    }
+                    n => {
+                        if self.open.len() >= MAX_DEPTH {
+                            return Err("Redis sent a reply nested too deeply");
+                        }
+                        self.open.push(n as u64);
+                        self.pos = after;
+                        continue;
+                    }
+                },
+                _ => return Err("Redis sent a reply of an unknown type"),
+            };
+            if next > MAX_REPLY_BYTES {
+                return Err("Redis sent a reply over the size limit");
+            }
+            self.pos = next;
+            // One value done: it completes the arrays it ends, innermost first.
+            loop {
+                match self.open.last_mut() {
+                    None => return Ok(Some(self.pos)),
+                    Some(left) => {
+                        *left -= 1;
+                        if *left > 0 {
+                            break;
+                        }
+                        self.open.pop();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A RESP length or integer line.
+fn number(line: &[u8]) -> Result<i64, &'static str> {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or("Redis sent a malformed number")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(bytes: &[u8]) -> Result<Option<usize>, &'static str> {
+        Scan::default().step(bytes)
+    }
+
+    #[test]
+    fn frames_whole_replies_and_waits_for_the_rest() {
+        let cases: [&[u8]; 7] = [
+            b"+OK\r\n",
+            b"-ERR wrong\r\n",
+            b":42\r\n",
+            b"$5\r\nhello\r\n",
+            b"$-1\r\n",
+            b"*3\r\n$4\r\nopen\r\n$13\r\n1764600000000\r\n$-1\r\n",
+            b"*2\r\n*2\r\n:1\r\n:2\r\n*0\r\n",
+        ];
+        for whole in cases {
+            let mut tail = whole.to_vec();
+            tail.extend_from_slice(b"+NEXT\r\n");
+            assert_eq!(frame(&tail), Ok(Some(whole.len())), "{whole:?}");
+            // Every split: nothing until the last byte, then the same length, resumed.
+            for cut in 0..whole.len() {
+                let mut s = Scan::default();
+                assert_eq!(s.step(&whole[..cut]), Ok(None), "{whole:?} cut at {cut}");
+                assert_eq!(
+                    s.step(whole),
+                    Ok(Some(whole.len())),
+                    "{whole:?} resumed at {cut}"
+                );
+            }
+            assert!(redis::parse_redis_value(whole).is_ok());
+        }
+    }
+
+    /// Regression: the `redis` crate's parser, fed `*2000000000`, allocated until the
+    /// process aborted; a reply trickled a byte at a time kept a command going for seconds.
+    #[test]
+    fn refuses_what_breaks_a_bound_before_reading_it() {
+        assert!(frame(b"*2000000000\r\n").is_err());
+        assert!(frame(b"$2000000000\r\n").is_err());
+        assert!(frame(b"*1\r\n".repeat(MAX_DEPTH + 1).as_slice()).is_err());
+        assert!(frame(b"?what\r\n").is_err());
+        assert!(frame(b":1x\r\n").is_err());
+        assert!(frame(b"$3\r\nabcde\r\n").is_err());
+        let long_line = [b"+".as_slice(), &vec![b'a'; MAX_LINE + 10]].concat();
+        assert!(frame(&long_line).is_err());
+        // Many small values: refused once past the count, however they are framed.
+        let many = [
+            format!("*{}\r\n", MAX_VALUES).into_bytes(),
+            b":1\r\n".repeat(MAX_VALUES as usize),
+        ]
+        .concat();
+        assert!(frame(&many).is_err());
+        // Within the bounds, a large reply is fine.
+        let big = [
+            format!("${}\r\n", MAX_REPLY_BYTES - 64).into_bytes(),
+            vec![b'x'; MAX_REPLY_BYTES - 64],
+            b"\r\n".to_vec(),
+        ]
+        .concat();
+        assert_eq!(frame(&big), Ok(Some(big.len())));
+    }
+
+    /// A fake Redis on a thread: answers each read with `reply`, sent `pace` apart a byte
+    /// at a time when `pace` is set.
+    fn fake(reply: &'static [u8], pace: Option<Duration>) -> std::net::SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut b = [0u8; 4096];
+            while matches!(s.read(&mut b), Ok(n) if n > 0) {
+                let sent = match pace {
+                    None => s.write_all(reply),
+                    Some(p) => reply.iter().try_for_each(|c| {
+                        std::thread::sleep(p);
+                        s.write_all(&[*c])
+                    }),
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    fn link(addr: std::net::SocketAddr) -> Link {
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(format!("redis://{addr}/0").as_str())
+                .expect("url");
+        Link::connect(&info, Duration::from_millis(250)).expect("connect")
+    }
+
+    #[test]
+    fn a_reply_must_arrive_whole_within_the_deadline() {
+        let mut fast = link(fake(b"$4\r\nopen\r\n", None));
+        let v: String = redis::cmd("GET").arg("k").query(&mut fast).expect("reply");
+        assert_eq!(v, "open");
+        // 11 bytes at 40 ms each: every read is quick, the reply is not.
+        let mut slow = link(fake(b"$4\r\nopen\r\n", Some(Duration::from_millis(40))));
+        let t = Instant::now();
+        let r = redis::cmd("GET").arg("k").query::<String>(&mut slow);
+        assert!(r.is_err(), "{r:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(!slow.is_open());
+        // A hostile announcement is refused at once, nothing allocated for it.
+        let mut hostile = link(fake(b"*2000000000\r\n", None));
+        assert!(redis::cmd("GET")
+            .arg("k")
+            .query::<Vec<String>>(&mut hostile)
+            .is_err());
+        // A server error is a reply: the link stays usable.
+        let mut err = link(fake(b"-WRONGTYPE Operation against a key\r\n", None));
+        assert!(redis::cmd("GET")
+            .arg("k")
+            .query::<String>(&mut err)
+            .is_err());
+        assert!(err.is_open());
+    }
+}
