@@ -233,6 +233,9 @@ fn handle(
         "/healthz" => {
             let (status, body) = if shared.is_draining() {
                 (503, json!({"status": "draining"}))
+            } else if shared.is_stopping() {
+                // `timeouts.drain_grace`: still serving, but tell balancers to stop sending.
+                (503, json!({"status": "stopping"}))
             } else {
                 (
                     200,
@@ -391,7 +394,7 @@ fn render_core_metrics(shared: &Shared) -> String {
                 .lock()
                 .map(|e| e.is_empty())
                 .unwrap_or(true),
-            draining: shared.is_draining(),
+            draining: shared.is_stopping(),
             in_flight: &in_flight,
             access_log_dropped: shared.access_log.dropped.load(Ordering::Relaxed),
             access_log_errors: shared.access_log.errors.load(Ordering::Relaxed),
@@ -543,6 +546,7 @@ fn config(shared: &Shared) -> Value {
             "client_idle": d(c.timeouts.client_idle),
             "body": d(c.timeouts.body),
             "drain": d(c.timeouts.drain),
+            "drain_grace": d(c.timeouts.drain_grace),
         },
         "limits": {
             "max_head_bytes": c.limits.max_head_bytes,

@@ -106,6 +106,9 @@ pub struct Timeouts {
     pub body: Duration,
     /// On SIGTERM, how long in-flight requests may take before the process exits anyway.
     pub drain: Duration,
+    /// On SIGTERM, how long to go on accepting and serving as usual, `/healthz` answering
+    /// 503, before the drain begins: time for a load balancer to stop sending (0: none).
+    pub drain_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -291,6 +294,7 @@ struct RawTimeouts {
     client_idle: Option<String>,
     body: Option<String>,
     drain: Option<String>,
+    drain_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -758,6 +762,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )?,
         body: duration_or("timeouts.body", t.body.as_ref(), DEFAULT_BODY_TIMEOUT)?,
         drain: duration_or("timeouts.drain", t.drain.as_ref(), DEFAULT_DRAIN_TIMEOUT)?,
+        drain_grace: match &t.drain_grace {
+            Some(v) => parse_duration("timeouts.drain_grace", v)?,
+            None => Duration::ZERO,
+        },
     };
     let l = raw.limits.unwrap_or_default();
     let limits = Limits {

@@ -101,6 +101,19 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
             log.reopen();
         }
     }
+    shared.stopping.store(true, Ordering::SeqCst);
+    let grace = shared.current.load().config.timeouts.drain_grace;
+    if !grace.is_zero() {
+        log::info!("stopping: /healthz answers 503; serving as usual for {grace:?} (timeouts.drain_grace), then draining (signal again to exit now)");
+        let end = Instant::now() + grace;
+        while Instant::now() < end {
+            if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
+                log::warn!("second signal: exiting without draining");
+                std::process::exit(1);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let drain = shared.current.load().config.timeouts.drain;
     log::info!("draining: no new connections; in-flight requests have up to {drain:?} (signal again to exit now)");
     shared.draining.store(true, Ordering::SeqCst);

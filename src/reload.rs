@@ -225,6 +225,7 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
         ("timeouts.client_idle", d(a.client_idle), d(b.client_idle)),
         ("timeouts.body", d(a.body), d(b.body)),
         ("timeouts.drain", d(a.drain), d(b.drain)),
+        ("timeouts.drain_grace", d(a.drain_grace), d(b.drain_grace)),
         (
             "limits.max_head_bytes",
             n(la.max_head_bytes as u64),

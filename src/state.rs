@@ -208,6 +208,8 @@ pub struct Shared {
     pub current: ArcSwap<Snapshot>,
     registry: Mutex<Registry>,
     /// Set once on SIGTERM/SIGINT; workers stop accepting and finish what they have.
+    /// Set on SIGTERM/SIGINT, `timeouts.drain_grace` before `draining`.
+    pub stopping: AtomicBool,
     pub draining: AtomicBool,
     /// Every worker's metrics table, registered at start, read by the admin threads.
     pub workers: Mutex<Vec<Arc<WorkerCell>>>,
@@ -256,6 +258,7 @@ impl Shared {
             current: ArcSwap::new(snapshot),
             registry: Mutex::new(registry),
             draining: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             workers: Mutex::new(Vec::new()),
             reloads: ReloadStats::default(),
             control: Mutex::new(()),
@@ -263,6 +266,12 @@ impl Shared {
             cluster: OnceLock::new(),
             fd_limit: crate::fdlimit::current(),
         })
+    }
+
+    /// True from SIGTERM on: during `timeouts.drain_grace` (serving as usual) and the drain.
+    /// `/healthz` answers 503 from then on.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     pub fn is_draining(&self) -> bool {

@@ -312,6 +312,60 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// `timeouts.drain_grace`: after SIGTERM, `/healthz` says 503 at once while new
+/// connections are still accepted and served as usual (a load balancer's time to stop
+/// sending: Envoy's drain time, HAProxy's `grace`); then the drain begins.
+#[test]
+fn sigterm_with_a_drain_grace_fails_healthz_first_and_keeps_serving_until_it_ends() {
+    let b = mock_backend();
+    let path = write_config(&format!(
+        "listen: 127.0.0.1:0\nworkers: 2\npin_workers: false\nadmin: 127.0.0.1:0\ntimeouts: {{drain_grace: 1500ms}}\nservices:\n  svc: [http://{}]\n",
+        b.addr
+    ));
+    let mut g = gateway_at(&path);
+    let addr = g.proc.addr;
+    assert_eq!(get(g.admin, "/healthz").status, 200);
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGTERM);
+    assert!(
+        eventually(Duration::from_secs(1), || get(g.admin, "/healthz").status
+            == 503),
+        "healthz did not fail at once"
+    );
+    assert_eq!(get(g.admin, "/healthz").json()["status"], "stopping");
+    // Within the grace: a new connection is accepted and kept alive as usual.
+    let mut c = Client::connect(addr);
+    for _ in 0..2 {
+        c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), None, "closed during the grace");
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1200),
+        "too slow to test the grace"
+    );
+    // After it: the drain, as without a grace.
+    assert!(
+        eventually(Duration::from_secs(3), || std::net::TcpStream::connect(
+            addr
+        )
+        .is_err()),
+        "new connections are still accepted after the grace"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "the drain began early"
+    );
+    let status = exit_status(
+        &mut g.proc.child,
+        t,
+        Duration::from_secs(10),
+        "gateway did not exit",
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
 #[test]
 fn round_robin_goes_on_across_reloads() {
     // Regression: each reload restarted every worker's cursor at its index, so with a
