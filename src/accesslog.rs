@@ -52,10 +52,18 @@ pub struct Counters {
     pub errors: AtomicU64,
 }
 
+/// What the writer thread is handed.
+enum Msg {
+    /// Lines to write (empty: only a wake-up, to reopen).
+    Batch(Vec<u8>),
+    /// Answered once everything queued before it is written.
+    Sync(mpsc::Sender<()>),
+}
+
 /// The writer side, shared by all workers (and the signal thread, to reopen).
 #[derive(Clone)]
 pub struct Writer {
-    tx: SyncSender<Vec<u8>>,
+    tx: SyncSender<Msg>,
     counters: Arc<Counters>,
     /// Set by [`Writer::reopen`]; the writer thread reopens before its next write.
     reopen: Arc<AtomicBool>,
@@ -68,7 +76,29 @@ impl Writer {
         self.reopen.store(true, Ordering::Release);
         // An empty batch wakes the thread now; if the queue is full, it sees the flag
         // before writing the next batch anyway.
-        let _ = self.tx.try_send(Vec::new());
+        let _ = self.tx.try_send(Msg::Batch(Vec::new()));
+    }
+
+    /// Waits (at most `within`) until every line handed over so far is written: at exit,
+    /// so that the last lines (those of requests the drain deadline cut, say) are not lost
+    /// with the writer thread.
+    pub fn sync(&self, within: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + within;
+        let (ack, done) = mpsc::channel();
+        let mut msg = Msg::Sync(ack);
+        // Never blocks past `end`, even on a writer stuck on a dead disk.
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < end => {
+                    msg = m;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        done.recv_timeout(left).is_ok()
     }
 }
 
@@ -86,7 +116,7 @@ pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Option<Wri
         Sink::Stdout => (Box::new(std::io::stdout()), None),
         Sink::File(p) => (Box::new(open(p)?), Some(p.clone())),
     };
-    let (tx, rx): (SyncSender<Vec<u8>>, Receiver<Vec<u8>>) = mpsc::sync_channel(MAX_PENDING);
+    let (tx, rx): (SyncSender<Msg>, Receiver<Msg>) = mpsc::sync_channel(MAX_PENDING);
     let reopen = Arc::new(AtomicBool::new(false));
     let writer = Writer {
         tx,
@@ -97,7 +127,14 @@ pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Option<Wri
         .name("access-log".into())
         .spawn(move || {
             let mut failing = false;
-            for batch in rx {
+            for msg in rx {
+                let batch = match msg {
+                    Msg::Batch(b) => b,
+                    Msg::Sync(ack) => {
+                        let _ = ack.send(());
+                        continue;
+                    }
+                };
                 if reopen.swap(false, Ordering::Acquire) {
                     if let Some(p) = &path {
                         match open(p) {
@@ -151,6 +188,9 @@ pub struct Entry<'a> {
     /// Written as its code, with the rule it names for a 400 or a bad response
     /// (`bad_request:unsafe_path`).
     pub error: Option<crate::error::GatewayError>,
+    /// Cut by the drain deadline: status and bytes are unknown (`-`), the error field reads
+    /// `drain_deadline`.
+    pub cut: bool,
 }
 
 /// A worker's buffer.
@@ -194,12 +234,15 @@ impl AccessLog {
         b.extend_from_slice(e.target);
         let _ = write!(
             b,
-            " {} {} {} {} ",
+            " {} {} ",
             e.service.unwrap_or("-"),
-            e.backend.unwrap_or("-"),
-            e.status,
-            e.bytes
+            e.backend.unwrap_or("-")
         );
+        if e.cut {
+            b.extend_from_slice(b"- - ");
+        } else {
+            let _ = write!(b, "{} {} ", e.status, e.bytes);
+        }
         match e.upstream_us {
             Some(us) => {
                 let _ = write!(b, "{}.{:06}", us / 1_000_000, us % 1_000_000);
@@ -213,6 +256,7 @@ impl AccessLog {
             e.total_us % 1_000_000,
         );
         match e.error {
+            _ if e.cut => b.extend_from_slice(b"drain_deadline\n"),
             Some(err) => match err.detail() {
                 Some(d) => {
                     let _ = writeln!(b, "{}:{d}", err.code());
@@ -236,7 +280,7 @@ impl AccessLog {
         if batch.is_empty() {
             return;
         }
-        match w.tx.try_send(batch) {
+        match w.tx.try_send(Msg::Batch(batch)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 w.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -266,6 +310,7 @@ mod tests {
             upstream_us: Some(1_500),
             total_us: 2_000_001,
             error: None,
+            cut: false,
         });
         log.flush();
         let mut text = String::new();

@@ -17,7 +17,7 @@ use crate::exchange::{self, Prepared, Request};
 use crate::h1::{self, Framing, HeadLimits};
 use crate::io::{self, Read, BUF_SIZE};
 use crate::rewrite;
-use crate::worker::{ConnGuard, Worker};
+use crate::worker::{ConnGuard, InFlight, Worker};
 
 /// A client connection: its side of the wire and the buffers its requests use.
 ///
@@ -118,8 +118,13 @@ pub async fn serve(
         c.target.clear();
         c.method.clear();
         c.park(&worker);
-        let (next, view) =
-            next_request(&mut c, &worker, &registration.idle, worker.access.enabled()).await;
+        let (next, view) = next_request(
+            &mut c,
+            &worker,
+            &registration.live.idle,
+            worker.access.enabled(),
+        )
+        .await;
         worker.poke(); // a request began (for `busy_poll`)
         if c.down.out.capacity() == 0 {
             c.down.out = worker.buffer();
@@ -133,6 +138,18 @@ pub async fn serve(
                 if worker.draining() {
                     req.info.keep_alive = false; // the response says `Connection: close`
                 }
+                // With the access log on, the worker can write this request's line if the
+                // drain deadline cuts it (`Worker::log_cut`).
+                if let Some(started) = started {
+                    *registration.live.request.borrow_mut() = Some(InFlight {
+                        client: c.down.peer.ip(),
+                        method: req.info.method,
+                        target: std::mem::take(&mut c.target),
+                        view: view.clone(),
+                        svc: req.svc,
+                        started,
+                    });
+                }
                 let prep = Prepared {
                     fwd: &c.fwd,
                     path: &c.path,
@@ -144,6 +161,9 @@ pub async fn serve(
                     .boxes
                     .pin(exchange::forward(&worker, &view, &mut c.down, req, prep))
                     .await;
+                if let Some(f) = registration.live.request.borrow_mut().take() {
+                    c.target = f.target;
+                }
                 finish(
                     &worker,
                     &view,
@@ -249,6 +269,7 @@ fn finish(
             upstream_us: rec.upstream_us,
             total_us: started.map_or(0, |t| t.elapsed().as_micros() as u64),
             error: rec.error,
+            cut: false,
         });
     }
 }

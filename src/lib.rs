@@ -126,6 +126,11 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The last lines, those of requests the deadline cut among them, are written before the
+    // writer thread goes with the process.
+    if let Some(log) = &server.access_log {
+        log.sync(Duration::from_secs(1));
+    }
     log::info!("drained; exiting");
     Ok(())
 }

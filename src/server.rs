@@ -479,16 +479,18 @@ async fn drain(worker: &Worker) {
         }
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
-    worker.access.flush();
     let left = worker.open_connections();
     if left > 0 {
-        // What is still in flight is cut: reset, never a clean end.
+        // What is still in flight is cut: logged (its task never finishes to write its own
+        // line), and reset, never a clean end.
+        worker.log_cut();
         worker.reset_open();
         log::warn!(
             "worker {}: drain deadline passed with {left} connections open; resetting them",
             worker.index
         );
     }
+    worker.access.flush();
 }
 
 /// Spawns a connection task whose panic is logged and contained to that connection.

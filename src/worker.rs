@@ -17,9 +17,29 @@ use crate::metrics::{WorkerCell, WorkerMetrics};
 use crate::pool::Pool;
 use crate::state::Shared;
 
-/// A client connection's fd and, while it waits idle for its next request, the worker's
-/// tick when the wait began.
-type OpenConn = (RawFd, Rc<Cell<Option<u64>>>);
+/// A client connection's fd and what its task shares with the worker.
+type OpenConn = (RawFd, Rc<Live>);
+
+/// What a connection's task shares with its worker.
+#[derive(Default)]
+pub struct Live {
+    /// Set (to the tick the wait began) while the connection waits for its next request.
+    pub idle: Cell<Option<u64>>,
+    /// The request it serves, while the access log is on: the worker writes its line if the
+    /// drain deadline cuts it (the task then never finishes to write its own).
+    pub request: RefCell<Option<InFlight>>,
+}
+
+/// A request in flight, as the access log needs it.
+pub struct InFlight {
+    pub client: std::net::IpAddr,
+    pub method: crate::h1::Method,
+    /// The connection's target buffer, lent for the time of the request.
+    pub target: Vec<u8>,
+    pub view: Rc<View>,
+    pub svc: usize,
+    pub started: std::time::Instant,
+}
 
 /// Everything one worker owns. Only touched by its own thread (the metrics table is also
 /// read by the admin threads).
@@ -399,16 +419,41 @@ impl Worker {
     pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
-        let idle = Rc::new(Cell::new(None));
-        self.conns.borrow_mut().insert(id, (fd, idle.clone()));
+        let live = Rc::new(Live::default());
+        self.conns.borrow_mut().insert(id, (fd, live.clone()));
         self.metrics
             .client_connections
             .set(self.conns.borrow().len() as u64);
         ConnGuard {
             worker: self.clone(),
             id,
-            idle,
+            live,
         }
+    }
+
+    /// Writes the access log line of every request still in flight, as cut by the drain
+    /// deadline (their tasks never finish to write their own); returns how many.
+    pub fn log_cut(&self) -> usize {
+        let mut n = 0;
+        for (_, live) in self.conns.borrow().values() {
+            let request = live.request.borrow();
+            let Some(f) = request.as_ref() else { continue };
+            self.access.record(&crate::accesslog::Entry {
+                client: f.client,
+                method: f.method.as_str(),
+                target: if f.target.is_empty() { b"-" } else { &f.target },
+                service: f.view.snapshot.services.get(f.svc).map(|s| s.name.as_str()),
+                backend: None,
+                status: 0,
+                bytes: 0,
+                upstream_us: None,
+                total_us: f.started.elapsed().as_micros() as u64,
+                error: None,
+                cut: true,
+            });
+            n += 1;
+        }
+        n
     }
 
     /// Makes every open client connection end with a reset when it closes: used when the
@@ -448,8 +493,8 @@ impl Worker {
     /// Shuts down idle connections whose wait (the tick it began) `ended` says is over,
     /// unless bytes of a next request are already there.
     fn shut_idle(&self, ended: impl Fn(u64) -> bool) {
-        for (fd, idle) in self.conns.borrow().values() {
-            if idle.get().is_some_and(&ended) && crate::io::is_quiet(*fd) {
+        for (fd, live) in self.conns.borrow().values() {
+            if live.idle.get().is_some_and(&ended) && crate::io::is_quiet(*fd) {
                 // SAFETY: the fd belongs to a live connection (it deregisters before closing).
                 unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
             }
@@ -489,7 +534,7 @@ impl EvictQueue {
         }
         for scanned in [false, true] {
             while let Some((since, id, fd)) = self.batch.pop() {
-                let same = |(f, idle): &OpenConn| *f == fd && idle.get() == Some(since);
+                let same = |(f, live): &OpenConn| *f == fd && live.idle.get() == Some(since);
                 if conns.get(&id).is_some_and(same) && quiet(fd) {
                     shut(fd);
                     self.shut = Some(id);
@@ -508,7 +553,7 @@ impl EvictQueue {
         self.batch.extend(
             conns
                 .iter()
-                .filter_map(|(id, (fd, idle))| Some((idle.get()?, *id, *fd))),
+                .filter_map(|(id, (fd, live))| Some((live.idle.get()?, *id, *fd))),
         );
         if self.batch.len() > EVICT_BATCH {
             self.batch.select_nth_unstable(EVICT_BATCH - 1);
@@ -532,8 +577,8 @@ impl Drop for IdleRead {
 pub struct ConnGuard {
     worker: Rc<Worker>,
     id: u64,
-    /// Set (to the tick the wait began) while the connection waits for its next request.
-    pub idle: Rc<Cell<Option<u64>>>,
+    /// Shared with the worker (see [`Live`]).
+    pub live: Rc<Live>,
 }
 
 impl Drop for ConnGuard {
@@ -582,7 +627,9 @@ mod tests {
         let mut conns: HashMap<u64, OpenConn> = (0..1000u64)
             .map(|id| {
                 let idle = (id % 2 == 0).then_some(1000 - id);
-                (id, (id as RawFd + 1000, Rc::new(Cell::new(idle))))
+                let live = Live::default();
+                live.idle.set(idle);
+                (id, (id as RawFd + 1000, Rc::new(live)))
             })
             .collect();
         let mut q = EvictQueue::default();
@@ -605,8 +652,8 @@ mod tests {
         assert_eq!(q.batch.len(), EVICT_BATCH - 3, "one scan, kept for later");
         // Served since the scan (no longer idle), idle again in a later second, closed, or
         // with bytes of a request waiting: passed over, the order otherwise kept.
-        conns[&992].1.set(None);
-        conns[&990].1.set(Some(5000));
+        conns[&992].1.idle.set(None);
+        conns[&990].1.idle.set(Some(5000));
         conns.remove(&988);
         assert_eq!(evict(&mut q, &mut conns, &[1986]), Some(1984));
         // Every idle connection comes out once, oldest first: the rest of the batch, then
@@ -623,7 +670,9 @@ mod tests {
             .collect();
         assert_eq!(rest, want);
         // Idle connections none of which is quiet: no eviction, and no endless rescan.
-        conns.insert(5, (1005, Rc::new(Cell::new(Some(1)))));
+        let live = Live::default();
+        live.idle.set(Some(1));
+        conns.insert(5, (1005, Rc::new(live)));
         assert_eq!(evict(&mut q, &mut conns, &[1005]), None);
     }
 

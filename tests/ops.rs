@@ -427,6 +427,74 @@ fn a_response_cut_by_the_drain_deadline_is_reset_never_ended_cleanly() {
     }
 }
 
+/// Regression: a request the drain deadline cut never reached the access log (its task
+/// never finished to write the line), so the requests a deploy broke left no trace. The
+/// worker now writes their lines itself, and the process waits for the log writer.
+#[test]
+fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
+    let b = mock_backend();
+    let log = std::env::temp_dir().join(format!("gateway-ops-{}-cut.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let path = write_config(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\n\
+         access_log: {}\ntimeouts: {{drain: 1s, response: 20s}}\nservices:\n  svc: [http://{}]\n",
+        log.display(),
+        b.addr
+    ));
+    let mut g = gateway_at(&path);
+    let quick = spawn_requests(
+        g.proc.addr,
+        1,
+        b"GET /v1/proxy/svc/quick HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 300\r\n\r\n",
+    );
+    let mut slow = Client::connect(g.proc.addr);
+    slow.send(b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 8000\r\n\r\n");
+    assert!(eventually(Duration::from_secs(5), || {
+        sample(
+            &metrics(g.admin),
+            "gateway_pool_connections{state=\"active\"}",
+        ) == Some(2.0)
+    }));
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGTERM);
+    for q in quick {
+        assert_eq!(q.join().unwrap().status, 200);
+    }
+    assert!(
+        slow.read_until_end().is_err(),
+        "the cut request was not reset"
+    );
+    let status = exit_status(
+        &mut g.proc.child,
+        t,
+        Duration::from_secs(10),
+        "gateway did not exit",
+    );
+    assert_eq!(status.code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    let line = |target: &str| {
+        text.lines()
+            .find(|l| l.contains(target))
+            .unwrap_or("")
+            .to_string()
+    };
+    let quick = line("/v1/proxy/svc/quick");
+    assert!(quick.contains(" 200 ") && quick.ends_with(" -"), "{text}");
+    let cut: Vec<String> = line("/v1/proxy/svc/slow")
+        .split(' ')
+        .map(String::from)
+        .collect();
+    assert_eq!(cut.len(), 11, "{text}");
+    assert_eq!(
+        (&*cut[2], &*cut[4], &*cut[6], &*cut[7], &*cut[10]),
+        ("GET", "svc", "-", "-", "drain_deadline"),
+        "{text}"
+    );
+    let took: f64 = cut[9].parse().expect("total seconds");
+    assert!((0.9..5.0).contains(&took), "{text}");
+}
+
 #[test]
 fn metrics_parse_and_count_what_was_sent_and_admin_shows_breaker_history() {
     let b = mock_backend();
