@@ -161,8 +161,10 @@ pub async fn serve(
                     .boxes
                     .pin(exchange::forward(&worker, &view, &mut c.down, req, prep))
                     .await;
-                if let Some(f) = registration.live.request.borrow_mut().take() {
-                    c.target = f.target;
+                if started.is_some() {
+                    if let Some(f) = registration.live.request.borrow_mut().take() {
+                        c.target = f.target;
+                    }
                 }
                 finish(
                     &worker,
