@@ -491,7 +491,7 @@ fn cluster(shared: &Shared) -> Value {
 fn config(shared: &Shared) -> Value {
     let snap = shared.current.load_full();
     let c = &snap.config;
-    let d = |d: Duration| format!("{}ms", d.as_millis());
+    let d = duration_text;
     let services: Vec<Value> = c
         .services
         .iter()
@@ -534,6 +534,12 @@ fn config(shared: &Shared) -> Value {
         "pin_workers": c.pin_workers,
         "splice": c.splice,
         "busy_poll": c.busy_poll.map_or("off".to_string(), |b| format!("{}us", b.as_micros())),
+        "dns_refresh": c.dns_refresh.map_or("off".to_string(), d),
+        "cluster": c.cluster.as_ref().map(|k| json!({
+            "redis": crate::cluster::redact(&k.redis),
+            "name": k.name,
+            "open_quorum": k.open_quorum,
+        })),
         "admin": c.admin.map(|a| a.to_string()),
         "access_log": c.access_log.to_string(),
         "rate_limit_headers": c.admission.headers,
@@ -568,9 +574,36 @@ fn config(shared: &Shared) -> Value {
     })
 }
 
+/// A duration as one would write it in the config: in the largest unit that divides it
+/// (`30s`, `1500ms`, `2m`), not always in milliseconds.
+fn duration_text(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".into(),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_written() {
+        for (ms, text) in [
+            (0, "0s"),
+            (1500, "1500ms"),
+            (30_000, "30s"),
+            (120_000, "2m"),
+            (7_200_000, "2h"),
+            (90_000, "90s"),
+        ] {
+            assert_eq!(duration_text(Duration::from_millis(ms)), text);
+        }
+    }
 
     /// A connected pair over 127.0.0.1: (the client's end, the server's end).
     fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {

@@ -531,6 +531,14 @@ fn a_fleet_behind_a_password_and_a_database_number_shares_its_circuits() {
     };
     let (a, b) = (member(), member());
     assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
+    // /admin/config shows the cluster section, the password masked.
+    let shown = get(a.admin, "/admin/config").json();
+    assert_eq!(
+        shown["cluster"]["redis"],
+        format!("redis://***@127.0.0.1:{port}/3"),
+        "{shown}"
+    );
+    assert_eq!(shown["timeouts"]["response"], "30s", "{shown}");
     fail(&a, 2);
     assert!(
         eventually(WAIT, || backend(&b) == ("open".into(), "remote".into())),
