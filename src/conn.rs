@@ -373,7 +373,9 @@ async fn next_request(
                             keep_alive: info.keep_alive
                                 && info.framing == Framing::None
                                 && err.status() != 400,
-                            with_service: err == GatewayError::ServiceNotFound
+                            // The service it named: unknown (404), or configured and
+                            // refused for another reason (a 413 by `Content-Length`).
+                            with_service: (err == GatewayError::ServiceNotFound || svc.is_some())
                                 && !c.service.is_empty(),
                             method: Some(info.method),
                             svc,

@@ -108,7 +108,7 @@ pub async fn forward(
         rest.truncate(more);
         Ok(())
     } else {
-        buffer_body(down, &mut req, &mut relay, &mut in_hand, cfg).await
+        buffer_body(down, &mut req, &mut relay, &mut in_hand, cfg, prep.service).await
     };
     let mut up_out = Vec::new();
     let after = match buffered {
@@ -197,12 +197,13 @@ async fn buffer_body(
     relay: &mut BodyRelay,
     in_hand: &mut Vec<u8>,
     cfg: &Config,
+    service: &[u8],
 ) -> Result<(), After> {
     let timeout = cfg.timeouts.body;
     let fed = relay.feed(&down.buf[down.start..], in_hand);
     let used = match fed {
         Ok(used) => used,
-        Err(e) => return Err(reply_body_error(down, e, timeout).await),
+        Err(e) => return Err(reply_body_error(down, e, service, timeout).await),
     };
     down.start += used;
     let want = cfg.limits.buffer_request_body;
@@ -224,7 +225,7 @@ async fn buffer_body(
     }
     while !relay.done && (in_hand.len() as u64) < want {
         let Ok((limit, since)) = relay.pace.wait(Side::Src, timeout) else {
-            return Err(reply_body_error(down, BodyError::SrcTimeout, timeout).await);
+            return Err(reply_body_error(down, BodyError::SrcTimeout, service, timeout).await);
         };
         let read = io::read_more(
             down.sock.r(),
@@ -246,7 +247,7 @@ async fn buffer_body(
         };
         match fed {
             Ok(used) => down.start += used,
-            Err(e) => return Err(reply_body_error(down, e, timeout).await),
+            Err(e) => return Err(reply_body_error(down, e, service, timeout).await),
         }
     }
     Ok(())
@@ -513,7 +514,7 @@ impl Exchange<'_> {
             Ok(head) => head,
             Err(HeadFail::Client(e)) => {
                 self.attempt.settle(Outcome::NotSent);
-                return reply_body_error(down, e, self.timeouts.body).await;
+                return reply_body_error(down, e, self.service, self.timeouts.body).await;
             }
             // A pooled connection the backend closed, and the request cannot be resent: the
             // backend did nothing wrong, so no verdict (a probe backs off).
@@ -1021,7 +1022,12 @@ async fn reply_error(
 }
 
 /// Answers a request whose body could not be read from the client.
-async fn reply_body_error(down: &mut Downstream, e: BodyError, timeout: Duration) -> After {
+async fn reply_body_error(
+    down: &mut Downstream,
+    e: BodyError,
+    service: &[u8],
+    timeout: Duration,
+) -> After {
     let (err, after) = match e {
         // The rest of the body may still be coming: linger, so that the client reads the
         // answer rather than a reset.
@@ -1031,7 +1037,8 @@ async fn reply_body_error(down: &mut Downstream, e: BodyError, timeout: Duration
         BodyError::SrcTimeout => (GatewayError::RequestTimeout, After::Linger),
         BodyError::SrcIo | BodyError::Truncated | BodyError::DstIo => return After::Close,
     };
-    match down.reply(err, None, None, true, timeout).await {
+    let service = (!service.is_empty()).then_some(service);
+    match down.reply(err, service, None, true, timeout).await {
         true => after,
         false => After::Close,
     }

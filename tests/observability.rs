@@ -37,12 +37,14 @@ fn a_413_counts_for_its_service_whether_found_by_length_or_in_a_chunked_body() {
         "POST /v1/proxy/svc/by-length HTTP/1.1\r\nHost: g\r\nContent-Length: 1001\r\n\r\n",
     );
     assert_eq!(r.status, 413);
+    assert_eq!(r.json()["service"], "svc", "{}", r.text());
     let chunk = format!("{:x}\r\n{}\r\n", 1001, "a".repeat(1001));
     let r = request(
         g.proc.addr,
         &format!("POST /v1/proxy/svc/chunked HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}0\r\n\r\n"),
     );
     assert_eq!(r.status, 413);
+    assert_eq!(r.json()["service"], "svc", "{}", r.text());
     // Counted just after the answer is sent: poll until both are in.
     let mut m = String::new();
     let counted = eventually(Duration::from_secs(5), || {
