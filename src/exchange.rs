@@ -377,13 +377,16 @@ impl Attempt<'_> {
         }
         self.metrics.transition(self.backend.slot);
         let (svc, url) = (&self.service.name, &self.backend.url.url);
-        let threshold = self.service.settings.failure_threshold;
+        let failures = match self.service.settings.failure_threshold {
+            1 => "1 failure".to_string(),
+            n => format!("{n} consecutive failures"),
+        };
         match (tr, outcome) {
             (Transition::Opened, Outcome::Answered(status)) => log::warn!(
-                "breaker: {svc} {url} opened after {threshold} consecutive failures, the last: status {status}"
+                "breaker: {svc} {url} opened after {failures}, the last: status {status}"
             ),
             (Transition::Opened, Outcome::Failed(why)) => log::warn!(
-                "breaker: {svc} {url} opened after {threshold} consecutive failures, the last: {why}"
+                "breaker: {svc} {url} opened after {failures}, the last: {why}"
             ),
             (Transition::Reopened, Outcome::Answered(status)) => {
                 log::warn!("breaker: {svc} {url} re-opened (probe failed: status {status})")
