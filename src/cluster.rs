@@ -283,10 +283,10 @@ const PUBLISH: &str = r"
 local me, kind, at, win, q = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local cur = redis.call('HMGET', KEYS[1], 'state', 'at')
 local cur_at = tonumber(cur[2]) or 0
--- A record stamped over a minute ahead of Redis's clock (an instance's clock running fast,
--- or a stray writer) must not outrank every real transition until that time comes.
+-- A record stamped over 10 s ahead of Redis's clock (an instance's clock running fast, or a
+-- stray writer) must not outrank every real transition until that time comes.
 local t = redis.call('TIME')
-if cur_at > tonumber(t[1]) * 1000 + 60000 then cur_at = 0 end
+if cur_at > tonumber(t[1]) * 1000 + 10000 then cur_at = 0 end
 local state = nil
 if kind == 'closed' then
   redis.call('ZREM', KEYS[2], me)
@@ -353,13 +353,24 @@ fn parse_fleet(r: Record) -> Option<Fleet> {
     })
 }
 
-/// At most [`MAX_ERROR_TEXT`] characters of an error's text: a reply can be megabytes, and
-/// every byte of it would go to the log.
+/// Text from Redis (an error, an instance name), fit for one log line: at most
+/// [`MAX_ERROR_TEXT`] characters (a reply can be megabytes, and every byte of it would go to
+/// the log), control characters escaped (a line feed in it forged a log line of its own,
+/// an escape sequence reached the terminal).
 fn short(text: &str) -> String {
-    match text.char_indices().nth(MAX_ERROR_TEXT) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_ERROR_TEXT {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
+    out
 }
 
 /// How far ahead a non-owner holds its circuit: short enough to give the decision back to
@@ -386,6 +397,8 @@ struct Node {
     heartbeat_at: Option<Instant>,
     /// Fleet-wide rate-limit budgets of the running config (`scope: cluster`).
     budgets: Vec<Arc<crate::admission::FleetBudget>>,
+    /// Keys of the budgets said to starve (see `watch_starving`).
+    starving: std::collections::HashSet<String>,
 }
 
 impl Node {
@@ -412,6 +425,7 @@ impl Node {
             warned: false,
             heartbeat_at: None,
             budgets: Vec::new(),
+            starving: Default::default(),
         }
     }
 
@@ -464,6 +478,7 @@ impl Node {
             for b in &self.budgets {
                 b.slice_ms.store(slice_ms, Ordering::Relaxed);
             }
+            self.watch_starving(slice_ms);
             self.tick();
             std::thread::sleep(TICK.saturating_sub(started.elapsed()));
         }
@@ -479,7 +494,6 @@ impl Node {
             .publish_pending()
             .and_then(|()| self.read_fleet(None))
             .and_then(|()| self.gate_probes())
-            .and_then(|()| self.fill_budgets())
             .and_then(|()| {
                 if self.heartbeat_at.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
                     self.heartbeat()
@@ -490,6 +504,41 @@ impl Node {
         match result {
             Ok(()) => self.synced(),
             Err(e) => self.down(&e),
+        }
+    }
+
+    /// Says (once per episode) when a fleet budget cannot get its rate: one top-up grants at
+    /// most the burst, so a burst smaller than what the rate asks for between two top-ups
+    /// (`slice_ms` covers two) starves the instance while Redis still counts as up (a
+    /// review: burst 10 at 100/s admitted 77% of the budget with 60 ms per round, 20% with
+    /// 240 ms).
+    fn watch_starving(&mut self, slice_ms: u64) {
+        if !self.status.up.load(Ordering::Relaxed) {
+            return;
+        }
+        for b in &self.budgets {
+            let l = &b.limit;
+            // What the rate asks for between two top-ups (half a slice's time).
+            let wants = l.count * slice_ms / 2 / (l.per_secs * 1000);
+            let starving = wants > l.burst;
+            match (starving, self.starving.contains(&b.key)) {
+                (true, false) => {
+                    log::warn!(
+                        "cluster: fleet budget {}: Redis takes about {} ms per round, and a burst of {} covers only {} ms at this rate: it admits less than its rate until Redis is faster (a burst of {} or more would not)",
+                        b.key,
+                        slice_ms / 2,
+                        l.burst,
+                        l.burst * l.per_secs * 1000 / l.count.max(1),
+                        wants
+                    );
+                    self.starving.insert(b.key.clone());
+                }
+                (false, true) => {
+                    log::info!("cluster: fleet budget {}: Redis keeps up again", b.key);
+                    self.starving.remove(&b.key);
+                }
+                _ => {}
+            }
         }
     }
 
@@ -660,12 +709,24 @@ impl Node {
         Ok(())
     }
 
-    /// Step 3: the fleet's records, applied to the local words.
+    /// Step 3: the fleet's records, applied to the local words; in the same round trip,
+    /// the slices of the fleet budgets that run low (the GCRA script on Redis's clock; a
+    /// second round trip for them halved how often a slow Redis could top them up).
     fn read_fleet(&mut self, deadline: Option<Instant>) -> redis::RedisResult<()> {
         let Some(con) = self.con.as_mut() else {
             return Ok(());
         };
-        if self.tracks.is_empty() {
+        // The budgets that want a slice, and how many requests' worth each.
+        let wanted: Vec<(usize, u64)> = self
+            .budgets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let (have, slice) = (b.allowance.load(Ordering::Relaxed), b.slice());
+                (have <= slice / 2).then(|| (i, slice - have))
+            })
+            .collect();
+        if self.tracks.is_empty() && wanted.is_empty() {
             return Ok(());
         }
         if let Some(d) = deadline {
@@ -680,15 +741,42 @@ impl Node {
                 .arg("at")
                 .arg("instance");
         }
-        let records: Vec<Record> = pipe.query(con)?;
+        for &(i, want) in &wanted {
+            let b = &self.budgets[i];
+            let (interval_ns, tolerance_ns) = b.gcra();
+            pipe.cmd("EVAL")
+                .arg(TAKE)
+                .arg(1)
+                .arg(format!("{}:ratelimit:{}", self.status.config.name, b.key))
+                .arg(interval_ns as f64 / 1000.0)
+                .arg(tolerance_ns as f64 / 1000.0)
+                .arg(want);
+        }
+        let mut values: Vec<redis::Value> = pipe.query(con)?;
         if deadline.is_some() {
             con.set_deadline(IO_TIMEOUT);
+        }
+        if values.len() != self.tracks.len() + wanted.len() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "Redis answered a round with the wrong number of replies",
+            )));
+        }
+        let grants = values.split_off(self.tracks.len());
+        for (&(i, _), v) in wanted.iter().zip(grants) {
+            let (granted, wait_us): (u64, u64) = redis::from_redis_value(v)?;
+            let b = &self.budgets[i];
+            b.wait_ms.store(wait_us.div_ceil(1000), Ordering::Relaxed);
+            if granted > 0 {
+                b.allowance.fetch_add(granted, Ordering::Relaxed);
+            }
         }
         self.status
             .last_sync_unix_ms
             .store(unix_ms(), Ordering::Relaxed);
         let mut changed = false;
-        for (i, record) in records.into_iter().enumerate() {
+        for (i, v) in values.into_iter().enumerate() {
+            let record: Record = redis::from_redis_value(v)?;
             let Some(f) = parse_fleet(record) else {
                 continue;
             };
@@ -760,7 +848,7 @@ impl Node {
             t.service,
             t.url,
             if f.open { "opened" } else { "closed" },
-            f.instance
+            short(&f.instance)
         );
         t.fleet = Some(f);
         t.local = None;
@@ -828,36 +916,6 @@ impl Node {
             // means a worker moved the word: decide again next tick.
             if breaker::Word::compare_exchange(&**t.cell, cur, next).is_ok() {
                 t.seen = next;
-            }
-        }
-        Ok(())
-    }
-
-    /// Tops up each fleet budget's local allowance to one slice, taking what the fleet's
-    /// GCRA word in Redis grants (one script call per budget that runs low).
-    fn fill_budgets(&mut self) -> redis::RedisResult<()> {
-        let Some(con) = self.con.as_mut() else {
-            return Ok(());
-        };
-        for b in &self.budgets {
-            let have = b.allowance.load(Ordering::Relaxed);
-            let slice = b.slice();
-            if have > slice / 2 {
-                continue;
-            }
-            let (interval_ns, tolerance_ns) = b.gcra();
-            let key = format!("{}:ratelimit:{}", self.status.config.name, b.key);
-            let (granted, wait_us): (u64, u64) = redis::cmd("EVAL")
-                .arg(TAKE)
-                .arg(1)
-                .arg(key)
-                .arg(interval_ns as f64 / 1000.0)
-                .arg(tolerance_ns as f64 / 1000.0)
-                .arg(slice - have)
-                .query(con)?;
-            b.wait_ms.store(wait_us.div_ceil(1000), Ordering::Relaxed);
-            if granted > 0 {
-                b.allowance.fetch_add(granted, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -935,6 +993,9 @@ impl Node {
         for t in &mut self.tracks {
             t.lease = None;
         }
+        // The round that ends the outage includes every kind of request, the heartbeat too:
+        // else a Redis too slow for one kind flapped between "unreachable" and "back".
+        self.heartbeat_at = None;
         if !self.warned {
             log::warn!(
                 "cluster: Redis at {} unreachable ({}); each circuit is decided locally until it returns",
@@ -945,6 +1006,23 @@ impl Node {
         }
         self.retry_at = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// A cluster thread that panics (a bug) must not leave the instance looking synced: it
+/// falls back to deciding alone, as with Redis out of reach, and says so.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.status.up.store(false, Ordering::Relaxed);
+        for b in &self.budgets {
+            b.online.store(false, Ordering::Release);
+        }
+        log::error!(
+            "cluster: the cluster thread stopped; this instance decides every circuit and budget alone until restarted"
+        );
     }
 }
 
@@ -1082,6 +1160,25 @@ mod tests {
             at,
             instance: instance.into(),
         }
+    }
+
+    /// Regression: Redis-supplied text (an error reply, a record's instance name) reached the
+    /// log raw: a line feed forged a log line, an escape sequence reached the terminal, a
+    /// 100 KB name made a 100 KB line.
+    #[test]
+    fn text_from_redis_is_one_short_line() {
+        let forged = "x\n2026-12-01T00:00:00.000Z ERROR gateway: FORGED\x1b[31m";
+        let s = short(forged);
+        assert!(!s.contains('\n') && !s.contains('\x1b'), "{s}");
+        assert!(s.contains("\\n") && s.contains("FORGED"), "{s}");
+        let long = "é".repeat(100_000);
+        let s = short(&long);
+        assert_eq!(
+            s.chars().count(),
+            MAX_ERROR_TEXT + 1,
+            "cut, with an ellipsis"
+        );
+        assert_eq!(short("plain"), "plain");
     }
 
     /// Regression: an open stamped ten minutes ahead (a fast clock on another instance)

@@ -100,6 +100,16 @@ impl Link {
         if !self.open {
             return Err(error(ErrorKind::Io, "the link failed before"));
         }
+        // Bytes nobody asked for (an extra reply slipped into the stream) would be read as
+        // the answer to this request, and every later one shifted by one.
+        let unasked = match self.waiting() {
+            _ if !self.buf.is_empty() => Some("Redis sent bytes nobody asked for"),
+            w => w,
+        };
+        if let Some(what) = unasked {
+            self.open = false;
+            return Err(error(ErrorKind::Parse, what));
+        }
         let end = Instant::now() + self.deadline;
         let result = self.exchange(bytes, count, end);
         if result.is_err() {
@@ -136,9 +146,43 @@ impl Link {
                 Ok(0) => return Err(error(ErrorKind::Io, "Redis closed the connection")),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(error(
+                        ErrorKind::Io,
+                        "Redis did not answer within the deadline",
+                    ))
+                }
                 Err(e) => return Err(e.into()),
             };
             self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+impl Link {
+    /// What waits on the socket between requests, without waiting for it: nothing (None),
+    /// bytes nobody asked for, or the peer's close.
+    fn waiting(&self) -> Option<&'static str> {
+        use std::os::fd::AsRawFd;
+        let mut b = 0u8;
+        // SAFETY: a one-byte peek into a local, on a socket this link owns.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut b as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => Some("Redis closed the connection"),
+            n if n > 0 => Some("Redis sent bytes nobody asked for"),
+            _ => None,
         }
     }
 }
@@ -407,6 +451,19 @@ mod tests {
             .arg("k")
             .query::<Vec<String>>(&mut hostile)
             .is_err());
+        // An extra reply nobody asked for: caught before the next request, not read as its
+        // answer (a review's fake Redis shifted every reply by one that way).
+        let mut extra = link(fake(b":1\r\n:2\r\n", None));
+        assert_eq!(
+            redis::cmd("GET")
+                .arg("k")
+                .query::<i64>(&mut extra)
+                .expect("first"),
+            1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(redis::cmd("GET").arg("k").query::<i64>(&mut extra).is_err());
+        assert!(!extra.is_open());
         // A server error is a reply: the link stays usable.
         let mut err = link(fake(b"-WRONGTYPE Operation against a key\r\n", None));
         assert!(redis::cmd("GET")
