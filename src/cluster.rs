@@ -399,6 +399,51 @@ struct Node {
     budgets: Vec<Arc<crate::admission::FleetBudget>>,
     /// Keys of the budgets said to starve (see `watch_starving`).
     starving: std::collections::HashSet<String>,
+    /// Keys found holding another type.
+    bad_keys: BadKeys,
+}
+
+/// Keys under the fleet's prefix that hold another type (another application's, or a
+/// backend URL that ends in `:opens` beside the same URL without it): Redis answers
+/// `WRONGTYPE` for them. Only what touches such a key is skipped, said once per key; it
+/// used to fail the whole round, and so take every circuit and budget of the instance out
+/// of the fleet.
+#[derive(Default)]
+struct BadKeys(std::collections::HashSet<String>);
+
+impl BadKeys {
+    /// The value, None if Redis refused it for `key`'s type, or the error for anything
+    /// else (which fails the round, as before).
+    fn check<T: redis::FromRedisValue>(
+        &mut self,
+        key: &str,
+        r: redis::RedisResult<T>,
+    ) -> redis::RedisResult<Option<T>> {
+        match r {
+            Ok(v) => {
+                if self.0.remove(key) {
+                    log::info!("cluster: Redis key {} is usable again", short(key));
+                }
+                Ok(Some(v))
+            }
+            Err(e) if e.to_string().contains("WRONGTYPE") => {
+                if self.0.insert(key.to_string()) {
+                    log::warn!(
+                        "cluster: Redis key {} (or one beside it) holds another type ({}); what uses it is decided locally until it is removed",
+                        short(key),
+                        short(&e.to_string())
+                    );
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One reply of a pipeline read with `ignore_errors`, as a typed result.
+fn value_of<T: redis::FromRedisValue>(v: redis::Value) -> redis::RedisResult<T> {
+    Ok(redis::from_redis_value(v.extract_error()?)?)
 }
 
 impl Node {
@@ -426,6 +471,7 @@ impl Node {
             heartbeat_at: None,
             budgets: Vec::new(),
             starving: Default::default(),
+            bad_keys: BadKeys::default(),
         }
     }
 
@@ -683,7 +729,7 @@ impl Node {
             let Some(local) = t.local.as_mut().filter(|l| !l.published) else {
                 continue;
             };
-            let record: Record = redis::cmd("EVAL")
+            let published = redis::cmd("EVAL")
                 .arg(PUBLISH)
                 .arg(3)
                 .arg(&t.hash)
@@ -695,8 +741,11 @@ impl Node {
                 .arg(t.policy.cooldown_ms)
                 .arg(cfg.open_quorum)
                 .arg(&channel)
-                .query(con)?;
+                .query(con);
             local.published = true;
+            let Some(record) = self.bad_keys.check::<Record>(&t.hash, published)? else {
+                continue;
+            };
             let fleet = parse_fleet(record);
             // Our own record: nothing to apply; anything else is merged by `read_fleet`.
             if fleet
@@ -752,7 +801,7 @@ impl Node {
                 .arg(tolerance_ns as f64 / 1000.0)
                 .arg(want);
         }
-        let mut values: Vec<redis::Value> = pipe.query(con)?;
+        let mut values: Vec<redis::Value> = pipe.ignore_errors().query(con)?;
         if deadline.is_some() {
             con.set_deadline(IO_TIMEOUT);
         }
@@ -764,8 +813,12 @@ impl Node {
         }
         let grants = values.split_off(self.tracks.len());
         for (&(i, _), v) in wanted.iter().zip(grants) {
-            let (granted, wait_us): (u64, u64) = redis::from_redis_value(v)?;
             let b = &self.budgets[i];
+            let key = format!("{}:ratelimit:{}", self.status.config.name, b.key);
+            let Some((granted, wait_us)) = self.bad_keys.check::<(u64, u64)>(&key, value_of(v))?
+            else {
+                continue;
+            };
             b.wait_ms.store(wait_us.div_ceil(1000), Ordering::Relaxed);
             if granted > 0 {
                 b.allowance.fetch_add(granted, Ordering::Relaxed);
@@ -776,7 +829,10 @@ impl Node {
             .store(unix_ms(), Ordering::Relaxed);
         let mut changed = false;
         for (i, v) in values.into_iter().enumerate() {
-            let record: Record = redis::from_redis_value(v)?;
+            let hash = self.tracks[i].hash.clone();
+            let Some(record) = self.bad_keys.check::<Record>(&hash, value_of(v))? else {
+                continue;
+            };
             let Some(f) = parse_fleet(record) else {
                 continue;
             };
@@ -878,7 +934,8 @@ impl Node {
             if s.state == HALF_OPEN {
                 // Our probe runs: keep the lease for as long as a probe may take.
                 if t.lease.is_some() {
-                    let ours = lease(con, t, &self.status.instance, t.policy.lease_at(now))?;
+                    let held = lease(con, t, &self.status.instance, t.policy.lease_at(now));
+                    let ours = self.bad_keys.check(&t.lease_key, held)?.unwrap_or(false);
                     t.lease = ours.then_some(unix);
                 }
                 continue;
@@ -904,13 +961,21 @@ impl Node {
                 if breaker::Word::compare_exchange(&**t.cell, cur, next).is_ok() {
                     t.seen = next;
                     t.lease = None;
-                    release(con, &t.lease_key, &self.status.instance)?;
+                    let released = release(con, &t.lease_key, &self.status.instance);
+                    self.bad_keys.check(&t.lease_key, released)?;
                 }
                 continue;
             }
-            if lease(con, t, &self.status.instance, GRANT_MS)? {
-                t.lease = Some(unix);
-                continue;
+            let held = lease(con, t, &self.status.instance, GRANT_MS);
+            match self.bad_keys.check(&t.lease_key, held)? {
+                Some(true) => {
+                    t.lease = Some(unix);
+                    continue;
+                }
+                Some(false) => {}
+                // No lease to be had: holding would keep the circuit open with no probe
+                // anywhere; the local breaker decides instead.
+                None => continue,
             }
             // Another instance probes: hold ours OPEN for `hold` more ms. Losing the CAS
             // means a worker moved the word: decide again next tick.

@@ -777,3 +777,56 @@ fn a_fleet_budget_too_small_for_a_slow_redis_is_reported() {
     let _ = std::fs::remove_file(&log);
     assert!(said, "{text}");
 }
+
+/// Regression: one key of the wrong type under the fleet's prefix (another application's,
+/// say) made Redis answer WRONGTYPE, which failed every round: the instance went down for
+/// every circuit and budget and flapped. Now only what uses that key is decided locally.
+#[test]
+fn a_key_of_the_wrong_type_takes_out_only_what_uses_it() {
+    let redis = Redis::start();
+    let other = Recorder::start(reply(200));
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("wrongtype");
+    let said = redis.send(
+        &format!(
+            "SET {name}:breaker:other:http://{} not-a-hash\r\n",
+            other.addr
+        ),
+        "\r\n",
+    );
+    assert!(said.starts_with("+OK"), "{said}");
+    let member = || {
+        gateway_at(&write_config(&config(
+            2,
+            &format!(
+                "admin: 127.0.0.1:0\nbreaker: {{failure_threshold: 2, cooldown: 30s}}\n\
+                 cluster: {{redis: {}, name: {name}}}",
+                redis.url()
+            ),
+            &format!(
+                "  other: [http://{}]\n  svc: [http://{}]\n",
+                other.addr, rec.addr
+            ),
+        )))
+    };
+    let (a, b) = (member(), member());
+    assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
+    fail(&a, 2);
+    let svc_state = |g: &AdminGateway| {
+        let v = get(g.admin, "/admin/backends").json();
+        let s = v["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "svc").cloned())
+            .unwrap_or_default();
+        s["backends"][0]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        eventually(WAIT, || svc_state(&b) == "open"),
+        "the open circuit never reached the other instance"
+    );
+    assert!(cluster_up(&a) && cluster_up(&b), "{}", cluster(&a));
+    assert_eq!(get(b.proc.addr, "/v1/proxy/other/x").status, 200);
+}
