@@ -43,7 +43,8 @@ use crate::state::{now_ms, BreakerCell, Shared};
 
 pub const DEFAULT_NAME: &str = "gateway";
 pub const DEFAULT_OPEN_QUORUM: u32 = 1;
-/// How often the thread scans the words and reads the fleet.
+/// How often the thread scans the words and reads the fleet, on average (each round is
+/// jittered between half and one and a half of it: see `Node::next_tick`).
 pub const TICK: Duration = Duration::from_millis(20);
 /// Longest a non-owner holds its circuit ahead of the clock.
 pub const MAX_HOLD_MS: u64 = 1000;
