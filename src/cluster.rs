@@ -53,9 +53,9 @@ pub const STARTUP_WAIT: Duration = Duration::from_secs(1);
 /// Timeout of one Redis request: a connect, or a command or pipeline and all its replies.
 const IO_TIMEOUT: Duration = Duration::from_millis(250);
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
-/// Longest part of a Redis error's text that goes to the log.
-const MAX_ERROR_TEXT: usize = 200;
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Longest part of a text from Redis (an error, an instance name) that goes to the log.
+const MAX_ERROR_TEXT: usize = 200;
 /// Peers are instances that wrote a heartbeat within this.
 const PEER_TTL_MS: u64 = 5000;
 const HEARTBEAT: Duration = Duration::from_secs(1);
