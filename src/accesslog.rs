@@ -190,7 +190,10 @@ pub struct Entry<'a> {
     pub error: Option<crate::error::GatewayError>,
     /// Cut by the drain deadline: status and bytes are unknown (`-`), the error field reads
     /// `drain_deadline`.
-    pub cut: bool,
+    pub drained: bool,
+    /// The body was cut short after the head went out: the error field reads
+    /// `response_cut_short` (unless a gateway error says more).
+    pub truncated: bool,
 }
 
 /// A worker's buffer.
@@ -238,7 +241,7 @@ impl AccessLog {
             e.service.unwrap_or("-"),
             e.backend.unwrap_or("-")
         );
-        if e.cut {
+        if e.drained {
             b.extend_from_slice(b"- - ");
         } else {
             let _ = write!(b, "{} {} ", e.status, e.bytes);
@@ -256,7 +259,8 @@ impl AccessLog {
             e.total_us % 1_000_000,
         );
         match e.error {
-            _ if e.cut => b.extend_from_slice(b"drain_deadline\n"),
+            _ if e.drained => b.extend_from_slice(b"drain_deadline\n"),
+            None if e.truncated => b.extend_from_slice(b"response_cut_short\n"),
             Some(err) => match err.detail() {
                 Some(d) => {
                     let _ = writeln!(b, "{}:{d}", err.code());
@@ -310,7 +314,8 @@ mod tests {
             upstream_us: Some(1_500),
             total_us: 2_000_001,
             error: None,
-            cut: false,
+            drained: false,
+            truncated: false,
         });
         log.flush();
         let mut text = String::new();

@@ -271,7 +271,8 @@ fn finish(
             upstream_us: rec.upstream_us,
             total_us: started.map_or(0, |t| t.elapsed().as_micros() as u64),
             error: rec.error,
-            cut: false,
+            drained: false,
+            truncated: rec.cut,
         });
     }
 }

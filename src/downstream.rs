@@ -37,6 +37,9 @@ pub struct Record {
     pub backend: Option<usize>,
     pub upstream_us: Option<u64>,
     pub error: Option<GatewayError>,
+    /// The response's body was cut short after its head went out (the client left or was
+    /// too slow, or the backend broke it): `bytes` is what got through.
+    pub cut: bool,
 }
 
 /// The client connection's state that outlives one request.

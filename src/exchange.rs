@@ -736,7 +736,7 @@ impl Exchange<'_> {
                 timeouts.body,
                 &worker.pipes,
                 &owed,
-                || attempt.renew(),
+                |_| attempt.renew(),
             );
             let upload = pin!(upload);
             Race(upload, head.as_mut()).await
@@ -801,6 +801,8 @@ impl Exchange<'_> {
         down.out.clear();
         if !body.done {
             let mut out = std::mem::take(&mut down.out);
+            // Counted as it goes: a body cut short is logged with what reached the client.
+            let sent = Cell::new(0u64);
             let r = pump(
                 &mut body,
                 self.up.r(),
@@ -811,12 +813,16 @@ impl Exchange<'_> {
                 timeout,
                 &self.worker.pipes,
                 &Cell::new(false),
-                || {},
+                |n| sent.set(sent.get() + n),
             )
             .await;
             down.out = out;
+            down.record.bytes += sent.get();
+            if r.is_err() {
+                down.record.cut = true;
+            }
             match r {
-                Ok(n) => down.record.bytes += n,
+                Ok(_) => {}
                 Err(BodyError::DstIo) => {
                     // The client is gone, or too slow (`Pace`): a reset frees what our send
                     // buffer still holds for it at once, and a close-delimited body cut here

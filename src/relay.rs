@@ -346,7 +346,7 @@ async fn write_body(
 }
 
 /// Streams the rest of a body from `src` to `dst` until `relay` is done, calling
-/// `progress` after each write. `out` is empty on entry; bytes after the body stay in
+/// `progress` with the bytes of each write. `out` is empty on entry; bytes after the body stay in
 /// `buf[*start..]`. Every wait on either side is bounded by `timeout` (a pause), and on the
 /// client's side by its [`Pace`] too. `owed` is true while bytes taken
 /// from `src` have not all gone to `dst` (so false while it waits on `src` alone).
@@ -364,7 +364,7 @@ pub async fn pump(
     timeout: Duration,
     pipes: &Pipes,
     owed: &Cell<bool>,
-    mut progress: impl FnMut(),
+    mut progress: impl FnMut(u64),
 ) -> Result<u64, BodyError> {
     let mut written = 0u64;
     let mut room = ReadRoom::new();
@@ -374,7 +374,7 @@ pub async fn pump(
             match pipes
                 .transfer(src, dst, long, timeout, &mut relay.pace, owed, |n| {
                     written += n;
-                    progress();
+                    progress(n);
                 })
                 .await
             {
@@ -415,7 +415,7 @@ pub async fn pump(
                     *start += take;
                     written += take as u64;
                     owed.set(false);
-                    progress();
+                    progress(take as u64);
                     continue;
                 }
                 out.clear();
@@ -436,9 +436,9 @@ pub async fn pump(
                 return Err(BodyError::DstIo);
             }
             written += out.len() as u64;
+            progress(out.len() as u64);
             out.clear();
             owed.set(false);
-            progress();
         }
     }
     Ok(written)

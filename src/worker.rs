@@ -449,7 +449,8 @@ impl Worker {
                 upstream_us: None,
                 total_us: f.started.elapsed().as_micros() as u64,
                 error: None,
-                cut: true,
+                drained: true,
+                truncated: false,
             });
             n += 1;
         }

@@ -136,6 +136,47 @@ fn a_refused_head_is_logged_and_counted_with_what_its_request_line_says() {
     assert!(!odd.is_empty() && !odd.contains('\x01'), "{text}");
 }
 
+/// Regression: a response cut short after its head (here the client reads 2 MiB of 20 MB
+/// and resets) was logged with the bytes of its head alone and no error, like a complete
+/// one. Its line now has the bytes that got through and `response_cut_short`.
+#[test]
+fn a_response_cut_short_is_logged_with_what_got_through() {
+    use std::io::Read;
+    let log = temp_path("cut-short.log");
+    let _ = std::fs::remove_file(&log);
+    let (_b, g) = svc_gateway(&format!("access_log: {}", log.display()));
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"GET /v1/proxy/svc/big HTTP/1.1\r\nHost: g\r\nx-mock-body-bytes: 20000000\r\n\r\n");
+    let mut got = 0usize;
+    let mut buf = [0u8; 65536];
+    while got < 2 << 20 {
+        let n = c.stream.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early");
+        got += n;
+    }
+    socket2::SockRef::from(&c.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(c);
+    let mut text = String::new();
+    let logged = eventually(Duration::from_secs(10), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("/v1/proxy/svc/big")
+    });
+    let _ = std::fs::remove_file(&log);
+    assert!(logged, "no line: {text}");
+    let f: Vec<&str> = text
+        .lines()
+        .find(|l| l.contains("/big"))
+        .unwrap_or("")
+        .split(' ')
+        .collect();
+    assert_eq!(f.len(), 11, "{text}");
+    let bytes: u64 = f[7].parse().expect("bytes");
+    assert!((2 << 20..20_000_000).contains(&bytes), "{text}");
+    assert_eq!((f[6], f[10]), ("200", "response_cut_short"), "{text}");
+}
+
 /// A gateway whose stderr (its log) goes to `log`, with `RUST_LOG=info`; returns it and its
 /// admin address. Stopped (by its own PID) when the `Proc` drops.
 fn gateway_logging_to(
