@@ -135,7 +135,7 @@ pub async fn serve(
             Next::Forward { mut req, held } => {
                 // Admission's in-flight slot is released whatever way the exchange ends.
                 let _slot = held.then(|| Release(&view.snapshot.services[req.svc].admission));
-                if worker.draining() {
+                if worker.stopping() {
                     req.info.keep_alive = false; // the response says `Connection: close`
                 }
                 // With the access log on, the worker can write this request's line if the
@@ -178,7 +178,7 @@ pub async fn serve(
             }
             Next::Options { keep_alive, minor } => {
                 let timeout = view.snapshot.config.timeouts.body;
-                let keep = keep_alive && !worker.draining();
+                let keep = keep_alive && !worker.stopping();
                 let sent = worker
                     .boxes
                     .pin(c.down.reply_options(keep, minor, timeout))
@@ -219,8 +219,12 @@ pub async fn serve(
             After::Keep => {}
             After::Close => break,
             After::Linger => {
+                // Its answer is out: the drain closes it (at once if it is quiet) rather
+                // than wait for it, and eviction at the connection cap may take it.
+                registration.live.idle.set(Some(worker.tick()));
                 let min_rate = view.snapshot.config.limits.min_body_rate;
-                worker.boxes.pin(c.down.linger(min_rate)).await;
+                let stop = || worker.draining();
+                worker.boxes.pin(c.down.linger(min_rate, stop)).await;
                 break;
             }
         }

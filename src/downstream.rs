@@ -132,13 +132,14 @@ impl Downstream {
     /// Ends the connection after an early response: FIN first (the response is queued ahead
     /// of it), then what the client still sends is read and dropped until it stops (EOF, or
     /// nothing for [`LINGER_PAUSE`], or slower than `min_rate` bytes/s), or [`LINGER`] or
-    /// [`LINGER_BYTES`] runs out.
-    pub async fn linger(&mut self, min_rate: u64) {
+    /// [`LINGER_BYTES`] runs out, or `stop` says so (the process drains: a lingering
+    /// connection held the drain, and the exit, until its deadline).
+    pub async fn linger(&mut self, min_rate: u64, stop: impl Fn() -> bool) {
         io::shutdown_write(self.sock.fd());
         let end = Instant::now() + LINGER;
         let mut pace = Pace::new(Side::Src, min_rate, LINGER_PAUSE);
         let mut seen = 0u64;
-        while seen < LINGER_BYTES {
+        while seen < LINGER_BYTES && !stop() {
             let left = end.saturating_duration_since(Instant::now());
             let Ok((wait, since)) = pace.wait(Side::Src, left.min(LINGER_PAUSE)) else {
                 break; // fallen behind `min_rate`

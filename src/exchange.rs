@@ -775,7 +775,7 @@ impl Exchange<'_> {
         // An early answer, or a drain that began while we waited, closes the client
         // connection after this response.
         let keep_client =
-            self.info.keep_alive && head.framed_for_client && !early && !self.worker.draining();
+            self.info.keep_alive && head.framed_for_client && !early && !self.worker.stopping();
         down.out.extend_from_slice(&down.fields);
         rewrite::end_response_head(&mut down.out, keep_client, self.info.minor);
         let mut body = BodyRelay::new(head.framing, head.client_chunked, u64::MAX)

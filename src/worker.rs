@@ -159,6 +159,12 @@ impl Worker {
         self.shared.is_draining()
     }
 
+    /// True from SIGTERM on, `timeouts.drain_grace` included: responses then say
+    /// `Connection: close`, so that keep-alive clients move on before the drain.
+    pub fn stopping(&self) -> bool {
+        self.shared.is_stopping()
+    }
+
     /// This worker's view of the current snapshot; rebuilt only when a reload stored a new
     /// one. A request keeps the view it started with until it ends.
     pub fn view(&self) -> Rc<View> {

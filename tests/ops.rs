@@ -333,13 +333,14 @@ fn sigterm_with_a_drain_grace_fails_healthz_first_and_keeps_serving_until_it_end
         "healthz did not fail at once"
     );
     assert_eq!(get(g.admin, "/healthz").json()["status"], "stopping");
-    // Within the grace: a new connection is accepted and kept alive as usual.
-    let mut c = Client::connect(addr);
+    // Within the grace: new connections are accepted and served, each answer saying
+    // `Connection: close` so that keep-alive clients move on before the drain.
     for _ in 0..2 {
+        let mut c = Client::connect(addr);
         c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
         let r = c.read_response();
         assert_eq!(r.status, 200);
-        assert_eq!(r.header("connection"), None, "closed during the grace");
+        assert_eq!(r.header("connection"), Some("close"));
     }
     assert!(
         t.elapsed() < Duration::from_millis(1200),
@@ -364,6 +365,49 @@ fn sigterm_with_a_drain_grace_fails_healthz_first_and_keeps_serving_until_it_end
         "gateway did not exit",
     );
     assert_eq!(status.code(), Some(0));
+}
+
+/// Regression: a lingering connection (its answer sent, the client still uploading) held
+/// the drain, and the exit, until the drain deadline, and was then reset. The drain now
+/// ends it at once.
+#[test]
+fn a_lingering_connection_does_not_hold_the_drain() {
+    use std::io::Write;
+    let b = mock_backend();
+    let path = write_config(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\ntimeouts: {{drain: 10s}}\nservices:\n  svc: [http://{}]\n",
+        b.addr
+    ));
+    let mut g = gateway_at(&path);
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"POST /v1/proxy/nope/x HTTP/1.1\r\nHost: g\r\nContent-Length: 100000000\r\n\r\n");
+    assert_eq!(c.read_response().status, 404);
+    // Keep uploading, well above min_body_rate: the gateway lingers, reading and dropping.
+    let mut w = c.stream.try_clone().expect("clone");
+    let uploader = std::thread::spawn(move || {
+        for _ in 0..200 {
+            if w.write_all(&[b'u'; 16384]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGTERM);
+    let status = exit_status(
+        &mut g.proc.child,
+        t,
+        Duration::from_secs(15),
+        "gateway did not exit",
+    );
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the lingering connection held the drain for {:?}",
+        t.elapsed()
+    );
+    let _ = uploader.join();
 }
 
 #[test]
