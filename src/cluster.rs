@@ -98,16 +98,28 @@ pub fn validate(raw: RawCluster) -> Result<ClusterConfig, ConfigError> {
             "is missing: write the Redis URL, e.g. redis://127.0.0.1:6379/0".into(),
         )
     })?;
+    // Messages show the URL with its userinfo masked and without its query, which is
+    // refused: `?password=` is a way of writing a password that `redact` would not mask.
+    let shown = redact(redis.split('?').next().unwrap_or_default());
     if !redis.starts_with("redis://") {
         return Err(bad(
             "redis",
-            format!("{redis:?} is not a redis:// URL: write e.g. redis://127.0.0.1:6379/0"),
+            format!("{shown:?} is not a redis:// URL: write e.g. redis://127.0.0.1:6379/0"),
+        ));
+    }
+    if redis.contains('?') {
+        return Err(bad(
+            "redis",
+            format!("{shown:?}: a query string is not supported: write a password as redis://:PASSWORD@HOST:PORT/DB"),
         ));
     }
     if let Err(e) = redis::IntoConnectionInfo::into_connection_info(redis.as_str()) {
         return Err(bad(
             "redis",
-            format!("{redis:?}: {e}: write e.g. redis://127.0.0.1:6379/0"),
+            format!(
+                "{shown:?}: {}: write e.g. redis://127.0.0.1:6379/0",
+                short(&e.to_string())
+            ),
         ));
     }
     let name = raw.name.unwrap_or_else(|| DEFAULT_NAME.to_string());
@@ -1167,6 +1179,19 @@ mod tests {
         assert!(raw("redis: redis://h:1\ncolour: red")
             .unwrap_err()
             .contains("unknown field"));
+        // Regression: a password in the query was echoed, in --check and in the reload
+        // error, and shown in /admin/config.
+        for url in [
+            "redis://127.0.0.1:6379/0?password=QSECRET",
+            "redis+unix:///tmp/x.sock?pass=QSECRET",
+            "redis://u:QSECRET@127.0.0.1:notaport/0",
+        ] {
+            let e = raw(&format!("redis: \"{url}\"")).unwrap_err();
+            assert!(
+                e.starts_with("cluster.redis") && !e.contains("QSECRET"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -343,6 +343,7 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<Changes, ConfigError> {
         new.access_log = old.config.access_log.clone();
         new.busy_poll = old.config.busy_poll;
         new.splice = old.config.splice;
+        new.cluster = old.config.cluster.clone();
         let (generation, report) = shared.install(new);
         changes.generation = generation;
         changes.budgets = report.budgets;
@@ -447,10 +448,13 @@ mod tests {
         }
         std::fs::write(
             &path,
-            "listen: 127.0.0.1:9\nservices:\n  a: [http://127.0.0.1:1, http://127.0.0.1:4]\n  c: [http://127.0.0.1:5]\n",
+            "listen: 127.0.0.1:9\ncluster: {redis: redis://127.0.0.1:7/0}\nservices:\n  a: [http://127.0.0.1:1, http://127.0.0.1:4]\n  c: [http://127.0.0.1:5]\n",
         )
         .unwrap();
         let ch = reload(&shared, &path).unwrap();
+        // Regression: the cluster section was reported as ignored, yet installed, so
+        // /admin/config showed a Redis the instance was not using.
+        assert_eq!(shared.current.load().config.cluster, None);
         assert_eq!(ch.generation, 2);
         assert_eq!(ch.services_added, ["c"]);
         assert_eq!(ch.services_removed, ["b"]);
@@ -459,11 +463,11 @@ mod tests {
             (2, 2, 1)
         );
         assert_eq!(ch.breakers_carried_open, 1);
-        assert_eq!(ch.ignored_until_restart, ["listen"]);
+        assert_eq!(ch.ignored_until_restart, ["listen", "cluster"]);
         let line = ch.to_string();
         assert!(
             line.contains("services +1 [c] -1 [b] =1")
-                && line.contains("ignored until restart: listen"),
+                && line.contains("ignored until restart: listen, cluster"),
             "{line}"
         );
         let now = shared.current.load_full();
