@@ -589,8 +589,10 @@ impl Config {
         })
     }
 
-    /// Parses and validates YAML text.
+    /// Parses and validates YAML text (a leading UTF-8 byte-order mark, which some editors
+    /// write, is skipped: YAML took it for a second document).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax {
             path: "config".into(),
             message: plain_syntax_error(&e.to_string(), text),
@@ -780,6 +782,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Some(MaxConnections::Count(n)) => Some(n),
         },
     };
+    // Above this no client could keep up, and every body would end in a 408 or a reset.
+    const MAX_MIN_BODY_RATE: u64 = 1 << 30;
+    if limits.min_body_rate > MAX_MIN_BODY_RATE {
+        return Err(invalid(
+            "limits.min_body_rate",
+            format!(
+                "{} is out of range: use 0 (no minimum) to {MAX_MIN_BODY_RATE} bytes/s; the default is {DEFAULT_MIN_BODY_RATE}",
+                limits.min_body_rate
+            ),
+        ));
+    }
     if let Some(MaxConnections::Other(v)) = &l.max_connections {
         if v.as_str() != Some("auto") {
             let v = serde_yaml_ng::to_string(v).unwrap_or_default();
@@ -1058,7 +1071,18 @@ fn admission_settings(
 /// number", and an unknown top-level key gets the line it is on (serde_yaml_ng gives nested
 /// ones a position, top-level ones none).
 fn plain_syntax_error(message: &str, text: &str) -> String {
-    let mut m = message.to_string();
+    // A key or value quoted back may hold control characters: one log line stays one.
+    let mut m: String = message
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
     for t in ["usize", "u64", "u32", "u16", "u8", "i64", "i32"] {
         m = m.replace(&format!("expected {t}"), "expected a whole number");
     }
@@ -1089,12 +1113,17 @@ fn access_log_sink(v: &str) -> Result<crate::accesslog::Sink, ConfigError> {
             "access_log",
             "stderr is for the gateway's own logs: use stdout, /dev/stderr, or a file path",
         )),
-        "on" | "true" | "yes" | "no" | "none" | "null" | "y" | "n" | "~" => Err(invalid(
+        // Switch words, and numbers (YAML's 0 and 1), are never file names.
+        w if matches!(w, "on" | "true" | "yes" | "no" | "none" | "null" | "y" | "n" | "~")
+            || w.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Err(invalid(
             "access_log",
             format!(
                 "{v} is not a destination: use stdout or a file path (or off); write ./{v} for a file of that name"
             ),
-        )),
+        ))
+        }
         _ => Ok(Sink::File(v.into())),
     }
 }
@@ -1426,6 +1455,23 @@ mod tests {
         assert!(e.contains("access_log") && e.contains("stdout"), "{e}");
     }
 
+    /// Regression: a file starting with a byte-order mark failed ("more than one document"),
+    /// a key holding a control character was quoted back raw (a forged log line on SIGHUP),
+    /// and `min_body_rate: 1000000000000` was accepted (every body would fail).
+    #[test]
+    fn odd_files_and_values_get_plain_answers() {
+        let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+        assert!(Config::parse(&format!("\u{feff}{svc}")).is_ok());
+        let e = err(&format!("{svc}\"bad\\nkey\": 1\n"));
+        assert!(!e.contains('\n') && e.contains("unknown field"), "{e}");
+        let e = err(&format!("limits: {{min_body_rate: 1000000000000}}\n{svc}"));
+        assert!(
+            e.contains("limits.min_body_rate") && e.contains("out of range"),
+            "{e}"
+        );
+        assert!(Config::parse(&format!("limits: {{min_body_rate: 0}}\n{svc}")).is_ok());
+    }
+
     /// Config errors in a reader's words: no Rust type names, a line for every unknown key,
     /// no `Null`, and the top-level key a top-level mistake is in.
     #[test]
@@ -1464,7 +1510,7 @@ mod tests {
             let c = Config::parse(&format!("access_log: {off}\n{svc}")).unwrap();
             assert_eq!(c.access_log, crate::accesslog::Sink::Off, "{off}");
         }
-        for word in ["on", "On", "yes", "no", "None", "stderr", "y"] {
+        for word in ["on", "On", "yes", "no", "None", "stderr", "y", "0", "1"] {
             let e = err(&format!("access_log: {word}\n{svc}"));
             assert!(
                 e.contains("access_log") && e.contains("stdout"),

@@ -393,7 +393,10 @@ async fn next_request(
                 Ok(None) => {}
                 Err(e) => {
                     // What the access log and the service's counts can still say about it.
-                    let (method, svc) = match h1::request_line(&d.buf[d.start..]) {
+                    // A target over the limit (a 414) is not quoted back.
+                    let line = h1::request_line(&d.buf[d.start..])
+                        .filter(|(_, t)| t.len() <= limits.max_target_bytes);
+                    let (method, svc) = match line {
                         Some((method, target)) => {
                             if keep_target {
                                 c.target.extend_from_slice(target.as_bytes());

@@ -118,9 +118,10 @@ pub fn is_tchar(b: u8) -> bool {
 }
 
 /// The method and target of a request line that is whole and plainly formed: a token of at
-/// most 32 bytes, a target of visible ASCII, `HTTP/1.0` or `HTTP/1.1`, single spaces. What
-/// the access log and the service's counts can say about a head [`parse_request`] refused;
-/// None for anything less plain (never logged raw).
+/// most 32 bytes, a target of visible ASCII, `HTTP/1.0` or `HTTP/1.1`, single spaces; an
+/// absolute-form target reduced to its path, as for a request served. What the access log
+/// and the service's counts can say about a head [`parse_request`] refused; None for
+/// anything less plain (never logged raw).
 pub fn request_line(buf: &[u8]) -> Option<(&[u8], &str)> {
     let end = buf.windows(2).position(|w| w == b"\r\n")?;
     let mut parts = buf[..end].split(|&b| b == b' ');
@@ -131,7 +132,12 @@ pub fn request_line(buf: &[u8]) -> Option<(&[u8], &str)> {
         && !target.is_empty()
         && target.iter().all(|b| (0x21..=0x7e).contains(b))
         && matches!(version, b"HTTP/1.0" | b"HTTP/1.1");
-    plain.then_some((method, std::str::from_utf8(target).ok()?))
+    if !plain {
+        return None;
+    }
+    let target = std::str::from_utf8(target).ok()?;
+    let path = split_target(target, Method::Get).map_or(target, |(path, _)| path);
+    Some((method, path))
 }
 
 /// Every line ending in a head must be CRLF: a bare CR or a bare LF is refused (httparse

@@ -99,6 +99,15 @@ fn a_refused_head_is_logged_and_counted_with_what_its_request_line_says() {
         assert_eq!(r.status, status, "{raw}");
         assert_eq!(r.json()["service"], "svc", "{raw}: {}", r.text());
     }
+    // Absolute-form: reduced to its path, as for a request served, and routed.
+    let r = request(
+        g.proc.addr,
+        "TRACE http://evil/v1/proxy/svc/abs HTTP/1.1\r\nHost: g\r\n\r\n",
+    );
+    assert_eq!(
+        (r.status, &r.json()["service"]),
+        (405, &serde_json::json!("svc"))
+    );
     // Not plain: a control byte in the target. Refused, and logged with `-`.
     let r = request(
         g.proc.addr,
@@ -108,12 +117,12 @@ fn a_refused_head_is_logged_and_counted_with_what_its_request_line_says() {
     let mut m = String::new();
     let counted = eventually(Duration::from_secs(5), || {
         m = metrics(g.admin);
-        sample(&m, "gateway_requests_total{service=\"svc\",class=\"4xx\"}") == Some(4.0)
+        sample(&m, "gateway_requests_total{service=\"svc\",class=\"4xx\"}") == Some(5.0)
             && sample(&m, "gateway_requests_total{service=\"svc\",class=\"5xx\"}") == Some(1.0)
     });
     assert!(counted, "{m}");
     assert!(eventually(Duration::from_secs(5), || {
-        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 6)
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 7)
     }));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
@@ -129,6 +138,11 @@ fn a_refused_head_is_logged_and_counted_with_what_its_request_line_says() {
         );
         assert!(f[10].starts_with(error), "{line}");
     }
+    let abs = text
+        .lines()
+        .find(|l| l.contains(" TRACE /v1/proxy/svc/abs svc "))
+        .unwrap_or("");
+    assert!(!abs.is_empty() && !abs.contains("evil"), "{text}");
     let odd = text
         .lines()
         .find(|l| l.contains(" 400 ") && l.contains(" - - - - "))
