@@ -23,7 +23,8 @@ type OpenConn = (RawFd, Rc<Live>);
 /// What a connection's task shares with its worker.
 #[derive(Default)]
 pub struct Live {
-    /// Set (to the tick the wait began) while the connection waits for its next request.
+    /// Set (to the tick the wait began) while the connection waits for its next request,
+    /// or lingers after its last answer (`Downstream::linger`).
     pub idle: Cell<Option<u64>>,
     /// The request it serves, while the access log is on: the worker writes its line if the
     /// drain deadline cuts it (the task then never finishes to write its own).
