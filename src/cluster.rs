@@ -371,19 +371,7 @@ fn parse_fleet(r: Record) -> Option<Fleet> {
 /// the log), control characters escaped (a line feed in it forged a log line of its own,
 /// an escape sequence reached the terminal).
 fn short(text: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == MAX_ERROR_TEXT {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::logging::one_line(text, MAX_ERROR_TEXT)
 }
 
 /// How far ahead a non-owner holds its circuit: short enough to give the decision back to

@@ -1072,17 +1072,7 @@ fn admission_settings(
 /// ones a position, top-level ones none).
 fn plain_syntax_error(message: &str, text: &str) -> String {
     // A key or value quoted back may hold control characters: one log line stays one.
-    let mut m: String = message
-        .chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect();
+    let mut m = crate::logging::one_line(message, usize::MAX);
     for t in ["usize", "u64", "u32", "u16", "u8", "i64", "i32"] {
         m = m.replace(&format!("expected {t}"), "expected a whole number");
     }

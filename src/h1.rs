@@ -123,7 +123,7 @@ pub fn is_tchar(b: u8) -> bool {
 /// and the service's counts can say about a head [`parse_request`] refused; None for
 /// anything less plain (never logged raw).
 pub fn request_line(buf: &[u8]) -> Option<(&[u8], &str)> {
-    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let end = memchr::memmem::find(buf, b"\r\n")?;
     let mut parts = buf[..end].split(|&b| b == b' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
     let plain = parts.next().is_none()

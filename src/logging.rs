@@ -126,6 +126,25 @@ pub fn init() {
     }
 }
 
+/// `text` made fit for one log line: control characters escaped (`\n`, `\u{1b}`), so that
+/// text from outside (a Redis reply, a config key) cannot forge a line or drive the
+/// terminal, and at most `max_chars` characters, then `…`.
+pub fn one_line(text: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max_chars {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// RFC 3339 UTC time with milliseconds, e.g. `2026-11-28T06:01:02.345Z`.
 pub fn timestamp(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

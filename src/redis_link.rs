@@ -102,13 +102,13 @@ impl Link {
         }
         // Bytes nobody asked for (an extra reply slipped into the stream) would be read as
         // the answer to this request, and every later one shifted by one.
-        let unasked = match self.waiting() {
-            _ if !self.buf.is_empty() => Some("Redis sent bytes nobody asked for"),
-            w => w,
-        };
-        if let Some(what) = unasked {
+        use std::os::fd::AsRawFd;
+        if !self.buf.is_empty() || !crate::io::is_quiet(self.stream.as_raw_fd()) {
             self.open = false;
-            return Err(error(ErrorKind::Parse, what));
+            return Err(error(
+                ErrorKind::Parse,
+                "Redis sent bytes nobody asked for, or closed the connection",
+            ));
         }
         let end = Instant::now() + self.deadline;
         let result = self.exchange(bytes, count, end);
@@ -160,29 +160,6 @@ impl Link {
                 Err(e) => return Err(e.into()),
             };
             self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
-
-impl Link {
-    /// What waits on the socket between requests, without waiting for it: nothing (None),
-    /// bytes nobody asked for, or the peer's close.
-    fn waiting(&self) -> Option<&'static str> {
-        use std::os::fd::AsRawFd;
-        let mut b = 0u8;
-        // SAFETY: a one-byte peek into a local, on a socket this link owns.
-        let n = unsafe {
-            libc::recv(
-                self.stream.as_raw_fd(),
-                (&mut b as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => Some("Redis closed the connection"),
-            n if n > 0 => Some("Redis sent bytes nobody asked for"),
-            _ => None,
         }
     }
 }
