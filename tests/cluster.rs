@@ -516,7 +516,7 @@ fn uploads_alone_still_get_the_fleet_probe() {
 #[test]
 fn a_fleet_behind_a_password_and_a_database_number_shares_its_circuits() {
     let port = free_port();
-    let _redis = Redis::with(port, &["--requirepass", "s3cret"]);
+    let redis = Redis::with(port, &["--requirepass", "s3cret"]);
     let rec = Recorder::start(reply(500));
     let name = fleet_name("auth");
     let member = || {
@@ -545,19 +545,10 @@ fn a_fleet_behind_a_password_and_a_database_number_shares_its_circuits() {
         "the open circuit never reached the other instance"
     );
     // Written to database 3, not 0.
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("redis");
-    s.set_read_timeout(Some(Duration::from_secs(1)))
-        .expect("timeout");
-    s.write_all(b"AUTH s3cret\r\nSELECT 3\r\nDBSIZE\r\nSELECT 0\r\nDBSIZE\r\n")
-        .expect("write");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&got).ends_with(":0\r\n") {
-        let n = s.read(&mut buf).expect("read");
-        assert!(n > 0, "{:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&got);
+    let text = redis.send(
+        "AUTH s3cret\r\nSELECT 3\r\nDBSIZE\r\nSELECT 0\r\nDBSIZE\r\n",
+        ":0\r\n",
+    );
     assert!(
         text.starts_with("+OK\r\n+OK\r\n:") && !text.starts_with("+OK\r\n+OK\r\n:0\r\n"),
         "{text}"

@@ -303,13 +303,7 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
         assert_eq!(r.status, 200, "an in-flight request was cut");
         assert_eq!(r.header("connection"), Some("close"));
     }
-    let status = exit_status(
-        &mut g.proc.child,
-        t,
-        Duration::from_secs(10),
-        "gateway did not exit",
-    );
-    assert_eq!(status.code(), Some(0));
+    exits_cleanly(&mut g.proc.child, t);
 }
 
 /// `timeouts.drain_grace`: after SIGTERM, `/healthz` says 503 at once while new
@@ -318,9 +312,10 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
 #[test]
 fn sigterm_with_a_drain_grace_fails_healthz_first_and_keeps_serving_until_it_ends() {
     let b = mock_backend();
-    let path = write_config(&format!(
-        "listen: 127.0.0.1:0\nworkers: 2\npin_workers: false\nadmin: 127.0.0.1:0\ntimeouts: {{drain_grace: 1500ms}}\nservices:\n  svc: [http://{}]\n",
-        b.addr
+    let path = write_config(&config(
+        2,
+        "admin: 127.0.0.1:0\ntimeouts: {drain_grace: 1500ms}",
+        &format!("  svc: [http://{}]\n", b.addr),
     ));
     let mut g = gateway_at(&path);
     let addr = g.proc.addr;
@@ -358,13 +353,7 @@ fn sigterm_with_a_drain_grace_fails_healthz_first_and_keeps_serving_until_it_end
         t.elapsed() >= Duration::from_millis(1500),
         "the drain began early"
     );
-    let status = exit_status(
-        &mut g.proc.child,
-        t,
-        Duration::from_secs(10),
-        "gateway did not exit",
-    );
-    assert_eq!(status.code(), Some(0));
+    exits_cleanly(&mut g.proc.child, t);
 }
 
 /// Regression: a lingering connection (its answer sent, the client still uploading) held
@@ -374,9 +363,10 @@ fn sigterm_with_a_drain_grace_fails_healthz_first_and_keeps_serving_until_it_end
 fn a_lingering_connection_does_not_hold_the_drain() {
     use std::io::Write;
     let b = mock_backend();
-    let path = write_config(&format!(
-        "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\ntimeouts: {{drain: 10s}}\nservices:\n  svc: [http://{}]\n",
-        b.addr
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\ntimeouts: {drain: 10s}",
+        &format!("  svc: [http://{}]\n", b.addr),
     ));
     let mut g = gateway_at(&path);
     let mut c = Client::connect(g.proc.addr);
@@ -479,11 +469,13 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
     let b = mock_backend();
     let log = std::env::temp_dir().join(format!("gateway-ops-{}-cut.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
-    let path = write_config(&format!(
-        "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\n\
-         access_log: {}\ntimeouts: {{drain: 1s, response: 20s}}\nservices:\n  svc: [http://{}]\n",
-        log.display(),
-        b.addr
+    let path = write_config(&config(
+        1,
+        &format!(
+            "admin: 127.0.0.1:0\naccess_log: {}\ntimeouts: {{drain: 1s, response: 20s}}",
+            log.display()
+        ),
+        &format!("  svc: [http://{}]\n", b.addr),
     ));
     let mut g = gateway_at(&path);
     let quick = spawn_requests(
@@ -508,13 +500,7 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
         slow.read_until_end().is_err(),
         "the cut request was not reset"
     );
-    let status = exit_status(
-        &mut g.proc.child,
-        t,
-        Duration::from_secs(10),
-        "gateway did not exit",
-    );
-    assert_eq!(status.code(), Some(0));
+    exits_cleanly(&mut g.proc.child, t);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     let line = |target: &str| {

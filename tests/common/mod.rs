@@ -158,6 +158,17 @@ pub fn gateway_at_with_fd_limit(path: &std::path::Path, soft: u64, hard: u64) ->
 
 /// The exit status of `child` once it exits, counting `within` from `since`; panics with
 /// `what` if it is still running then.
+/// Waits (up to 10 s from `since`) for a gateway told to stop, and checks it exited 0.
+pub fn exits_cleanly(child: &mut Child, since: Instant) {
+    let status = exit_status(
+        child,
+        since,
+        Duration::from_secs(10),
+        "gateway did not exit",
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
 pub fn exit_status(
     child: &mut Child,
     since: Instant,
