@@ -539,6 +539,7 @@ fn a_fleet_behind_a_password_and_a_database_number_shares_its_circuits() {
         "{shown}"
     );
     assert_eq!(shown["timeouts"]["response"], "30s", "{shown}");
+    assert_eq!(shown["dns_refresh"], "off", "{shown}");
     fail(&a, 2);
     assert!(
         eventually(WAIT, || backend(&b) == ("open".into(), "remote".into())),
