@@ -791,11 +791,19 @@ impl Exchange<'_> {
             }
         };
         self.ustart += used;
+        let before = down.record.bytes;
         down.record.bytes += down.out.len() as u64;
-        if io::write_all(down.sock.w(), &mut down.out, timeout)
-            .await
-            .is_err()
-        {
+        if let Err(e) = io::write_all(down.sock.w(), &mut down.out, timeout).await {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                // Some of the head may have gone: an answer cut short.
+                down.record.cut = true;
+            } else {
+                // The client reset its connection while the backend worked: no answer
+                // reached it, so it is logged and counted as aborted (status 0), not as
+                // the backend's status (a review saw such clients counted as 200s).
+                down.record.status = 0;
+                down.record.bytes = before;
+            }
             return (After::Close, Body::Unjudged);
         }
         down.out.clear();

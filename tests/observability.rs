@@ -168,27 +168,63 @@ fn a_response_cut_short_is_logged_with_what_got_through() {
         assert!(n > 0, "closed early");
         got += n;
     }
-    socket2::SockRef::from(&c.stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("linger");
-    drop(c);
-    let mut text = String::new();
-    let logged = eventually(Duration::from_secs(10), || {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        text.contains("/v1/proxy/svc/big")
-    });
-    let _ = std::fs::remove_file(&log);
-    assert!(logged, "no line: {text}");
-    let f: Vec<&str> = text
-        .lines()
-        .find(|l| l.contains("/big"))
-        .unwrap_or("")
-        .split(' ')
-        .collect();
+    reset(c);
+    let (text, f) = logged_line(&log, "/v1/proxy/svc/big");
+    let f: Vec<&str> = f.iter().map(String::as_str).collect();
     assert_eq!(f.len(), 11, "{text}");
     let bytes: u64 = f[7].parse().expect("bytes");
     assert!((2 << 20..20_000_000).contains(&bytes), "{text}");
     assert_eq!((f[6], f[10]), ("200", "response_cut_short"), "{text}");
+}
+
+/// Regression: a client that reset its connection while the backend was still working was
+/// logged `200` with the head's bytes and counted as a 2xx, although no answer reached it
+/// (a review). It is now what the contract says: status 0, bytes 0, counted as aborted.
+#[test]
+fn a_client_that_resets_before_the_answer_is_logged_and_counted_as_aborted() {
+    let log = temp_path("reset-abort.log");
+    let _ = std::fs::remove_file(&log);
+    let (_b, g) = svc_gateway(&format!("access_log: {}", log.display()));
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 300\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(50));
+    reset(c);
+    let (text, f) = logged_line(&log, "/v1/proxy/svc/slow");
+    assert!(f.len() >= 8, "{text}");
+    assert_eq!((f[6].as_str(), f[7].as_str()), ("0", "0"), "{text}");
+    let m = metrics(g.admin);
+    assert_eq!(
+        sample(&m, "gateway_requests_aborted_total{service=\"svc\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "gateway_requests_total{service=\"svc\",class=\"2xx\"}").unwrap_or(0.0) == 0.0,
+        "{m}"
+    );
+}
+
+/// Closes `c` with a reset (`SO_LINGER` 0), as a client that gives up does.
+fn reset(c: Client) {
+    socket2::SockRef::from(&c.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(c);
+}
+
+/// Waits up to 10 s for the access log at `log` to have a line containing `needle`, then
+/// removes the file; returns the whole text and that line's fields.
+fn logged_line(log: &std::path::Path, needle: &str) -> (String, Vec<String>) {
+    let mut text = String::new();
+    let logged = eventually(Duration::from_secs(10), || {
+        text = std::fs::read_to_string(log).unwrap_or_default();
+        text.contains(needle)
+    });
+    let _ = std::fs::remove_file(log);
+    assert!(logged, "no line: {text}");
+    let line = text.lines().find(|l| l.contains(needle)).unwrap_or("");
+    let fields = line.split(' ').map(str::to_string).collect();
+    (text, fields)
 }
 
 /// A gateway whose stderr (its log) goes to `log`, with `RUST_LOG=info`; returns it and its
