@@ -91,14 +91,8 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
     log_startup(&shared, &server, fds);
     for sig in signals.forever() {
-        match sig {
-            SIGHUP => on_sighup(&shared, &path),
-            SIGUSR1 => {}
-            _ => break,
-        }
-        // SIGHUP and SIGUSR1 both reopen the access log (after a rotation moved it).
-        if let Some(log) = &server.access_log {
-            log.reopen();
+        if !on_signal(sig, &shared, &path, &server) {
+            break;
         }
     }
     shared.stopping.store(true, Ordering::SeqCst);
@@ -107,10 +101,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
         log::info!("stopping: /healthz answers 503; serving as usual for {grace:?} (timeouts.drain_grace), then draining (signal again to exit now)");
         let end = Instant::now() + grace;
         while Instant::now() < end {
-            if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
-                log::warn!("second signal: exiting without draining");
-                std::process::exit(1);
-            }
+            stopping_signals(&mut signals, &shared, &path, &server, "without draining");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -120,10 +111,8 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     server.wake_for_drain();
     let deadline = Instant::now() + drain + Duration::from_secs(1);
     while !server.finished() && Instant::now() < deadline {
-        if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
-            log::warn!("second signal: exiting without waiting for in-flight requests");
-            std::process::exit(1);
-        }
+        let what = "without waiting for in-flight requests";
+        stopping_signals(&mut signals, &shared, &path, &server, what);
         std::thread::sleep(Duration::from_millis(20));
     }
     // The last lines, those of requests the deadline cut among them, are written before the
@@ -133,6 +122,41 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     }
     log::info!("drained; exiting");
     Ok(())
+}
+
+/// Acts on one signal; false for SIGTERM/SIGINT (stop). SIGHUP reloads; SIGHUP and SIGUSR1
+/// both reopen the access log (after a rotation moved it).
+fn on_signal(sig: i32, shared: &Shared, path: &Path, server: &server::Server) -> bool {
+    match sig {
+        SIGHUP => on_sighup(shared, path),
+        SIGUSR1 => {}
+        _ => return false,
+    }
+    if let Some(log) = &server.access_log {
+        log.reopen();
+    }
+    true
+}
+
+/// The signals that arrived while stopping: SIGHUP and SIGUSR1 act as usual (a drain grace
+/// or a drain can be long, and a log rotated meanwhile must still be reopened); a second
+/// SIGTERM/SIGINT exits at once, every connection reset so that no answer it cuts, a
+/// close-delimited body above all, can look complete to its client.
+fn stopping_signals(
+    signals: &mut Signals,
+    shared: &Shared,
+    path: &Path,
+    server: &server::Server,
+    what: &str,
+) {
+    let pending: Vec<i32> = signals.pending().collect();
+    for sig in pending {
+        if !on_signal(sig, shared, path, server) {
+            let n = io::reset_every_connection();
+            log::warn!("second signal: exiting {what} ({n} connections reset)");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// `dns_refresh`: a thread that re-resolves backend host names at the configured interval

@@ -438,26 +438,37 @@ fn a_response_cut_by_the_drain_deadline_is_reset_never_ended_cleanly() {
         b.addr
     ));
     let g = gateway_at(&path);
-    let mut c = Client::connect(g.proc.addr);
+    // The head and the first half are through before the drain starts.
+    let c = half_a_close_delimited_body(g.proc.addr);
+    signal(&g.proc.child, libc::SIGTERM);
+    ends_in_a_reset(c);
+}
+
+/// An HTTP/1.0 client through the gateway at `addr`, with the first half of a 100 000-byte
+/// close-delimited body read (the rest comes 8 s later).
+fn half_a_close_delimited_body(addr: std::net::SocketAddr) -> Client {
+    let mut c = Client::connect(addr);
     c.send(
         b"GET /v1/proxy/svc/x HTTP/1.0\r\nx-mock-fault: no-length\r\n\
           x-mock-body-bytes: 100000\r\nx-mock-body-delay-ms: 8000\r\n\r\n",
     );
-    // The head and the first half are through before the drain starts.
-    let mut got = Vec::new();
+    let mut got = 0;
     let mut tmp = [0u8; 65536];
-    while got.len() < 50_000 {
+    while got < 50_000 {
         let n = c.stream.read(&mut tmp).expect("first half");
         assert!(n > 0, "closed before the first half");
-        got.extend_from_slice(&tmp[..n]);
+        got += n;
     }
-    signal(&g.proc.child, libc::SIGTERM);
-    match c.read_until_end() {
-        Err(_) => {}
-        Ok(rest) => panic!(
+    c
+}
+
+/// The rest of `c`'s response must end in an error (a reset), never a clean FIN.
+fn ends_in_a_reset(mut c: Client) {
+    if let Ok(rest) = c.read_until_end() {
+        panic!(
             "the cut response ended with a clean FIN after {} more bytes",
             rest.len()
-        ),
+        );
     }
 }
 
@@ -722,6 +733,87 @@ fn a_second_signal_exits_at_once() {
     assert!(
         slow.join().unwrap(),
         "the in-flight request was not cut by the forced exit"
+    );
+}
+
+/// Regression: a second signal exited with every connection closed cleanly, so an HTTP/1.0
+/// client in the middle of a close-delimited body got a FIN, which reads as the whole body
+/// (a review: 2–3 MB of 50 MB). It now gets a reset, as at the drain deadline.
+#[test]
+fn a_second_signal_resets_a_close_delimited_response_it_cuts() {
+    let b = mock_backend();
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\ntimeouts: {drain: 30s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let mut g = gateway_at(&path);
+    let c = half_a_close_delimited_body(g.proc.addr);
+    signal(&g.proc.child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGTERM);
+    let status = exit_status(&mut g.proc.child, t, Duration::from_secs(2), "no exit");
+    assert_eq!(status.code(), Some(1));
+    ends_in_a_reset(c);
+}
+
+/// Regression: during `timeouts.drain_grace` (and the drain) SIGHUP and SIGUSR1 were
+/// ignored, so a reload did nothing and a log rotated meanwhile was written on in its old
+/// place, although the grace is documented as serving as usual.
+#[test]
+fn sighup_and_sigusr1_still_work_during_the_drain_grace() {
+    let b = mock_backend();
+    let log = std::env::temp_dir().join(format!("gateway-ops-{}-grace.log", std::process::id()));
+    let rotated = log.with_extension("log.1");
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&rotated);
+    let services = format!("  svc: [http://{}]\n", b.addr);
+    let extra = format!(
+        "admin: 127.0.0.1:0\naccess_log: {}\ntimeouts: {{drain_grace: 10s}}",
+        log.display()
+    );
+    let path = write_config(&config(1, &extra, &services));
+    let g = gateway_at(&path);
+    signal(&g.proc.child, libc::SIGTERM);
+    assert!(
+        eventually(Duration::from_secs(2), || get(g.admin, "/healthz").status
+            == 503),
+        "not stopping"
+    );
+    let before = generation(g.admin);
+    std::fs::write(
+        &path,
+        config(
+            1,
+            &extra,
+            &format!("{services}  other: [http://{}]\n", b.addr),
+        ),
+    )
+    .expect("rewrite config");
+    signal(&g.proc.child, libc::SIGHUP);
+    wait_generation(g.admin, before + 1);
+    std::fs::rename(&log, &rotated).expect("rotate");
+    signal(&g.proc.child, libc::SIGUSR1);
+    assert!(
+        eventually(Duration::from_secs(5), || log.exists()),
+        "the log was not reopened"
+    );
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"GET /v1/proxy/other/after HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(
+        c.read_response().status,
+        200,
+        "the reloaded service is not served"
+    );
+    let logged = eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/v1/proxy/other/after"))
+    });
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&rotated);
+    assert!(
+        logged,
+        "the request after the rotation is not in the new file"
     );
 }
 
