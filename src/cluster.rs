@@ -389,7 +389,8 @@ struct Node {
     /// `unix_ms() - now_ms()`: converts between the fleet's clock and the breakers'.
     offset: u64,
     tracks: Vec<Track>,
-    generation: u64,
+    /// The epoch of the snapshot the tracks follow.
+    epoch: u64,
     retry_at: Instant,
     backoff: Duration,
     /// A warning was logged for the current outage.
@@ -467,7 +468,7 @@ impl Node {
             con: None,
             offset,
             tracks: Vec::new(),
-            generation: 0,
+            epoch: 0,
             retry_at: Instant::now(),
             backoff: RECONNECT_MIN,
             warned: false,
@@ -632,10 +633,10 @@ impl Node {
     /// Follows the snapshot's backends (a reload adds and removes some).
     fn sync_tracks(&mut self) {
         let snap = self.shared.current.load();
-        if snap.generation == self.generation {
+        if snap.epoch == self.epoch {
             return;
         }
-        self.generation = snap.generation;
+        self.epoch = snap.epoch;
         self.budgets = snap
             .services
             .iter()

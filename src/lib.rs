@@ -160,15 +160,27 @@ fn stopping_signals(
 }
 
 /// `dns_refresh`: a thread that re-resolves backend host names at the configured interval
-/// (read again each round, so a SIGHUP can turn it on, off or change it).
+/// (read again each round, so a SIGHUP can turn it on, off or change it). Every second it
+/// also gives services and backends without metric series ids that have them, once a
+/// reload's parked ids are free ([`reload::rehome_ids`]).
 fn start_dns_refresh(shared: Arc<Shared>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("dns-refresh".into())
-        .spawn(move || loop {
-            let every = shared.current.load().config.dns_refresh;
-            std::thread::sleep(every.unwrap_or(Duration::from_secs(1)));
-            if every.is_some() && !shared.is_draining() {
-                reload::refresh_dns(&shared, config::BackendUrl::resolve);
+        .spawn(move || {
+            let mut last = Instant::now();
+            loop {
+                let every = shared.current.load().config.dns_refresh;
+                let next = every.map_or(Duration::MAX, |e| e.saturating_sub(last.elapsed()));
+                std::thread::sleep(next.clamp(Duration::from_millis(10), Duration::from_secs(1)));
+                if shared.is_draining() {
+                    continue;
+                }
+                reload::rehome_ids(&shared);
+                let every = shared.current.load().config.dns_refresh;
+                if every.is_some_and(|e| last.elapsed() >= e) {
+                    last = Instant::now();
+                    reload::refresh_dns(&shared, config::BackendUrl::resolve);
+                }
             }
         })
         .map(|_| ())

@@ -379,6 +379,27 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<Changes, ConfigError> {
     result
 }
 
+/// Re-homes services and backends that got no metric series (see
+/// [`Shared::rehome_ids`]), under the control lock; run about once a second.
+pub fn rehome_ids(shared: &Shared) {
+    let _control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
+    if shared.rehome_ids() {
+        let snap = shared.current.load();
+        let (s, b) = (
+            snap.services
+                .iter()
+                .filter(|s| s.id >= crate::metrics::MAX_SERVICES)
+                .count(),
+            snap.services
+                .iter()
+                .flat_map(|s| &s.backends)
+                .filter(|b| b.slot >= crate::metrics::MAX_SLOTS)
+                .count(),
+        );
+        log::info!("metrics: ids freed by the last reload re-used; services still without series: {s}, backends: {b}");
+    }
+}
+
 /// `dns_refresh`: resolves every backend host name of the running config again and, if any
 /// now resolves to another address, installs a snapshot with the new addresses (each such
 /// backend gets a new pool slot and a fresh breaker, as on a SIGHUP). Lookups happen before

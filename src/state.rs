@@ -57,7 +57,11 @@ pub struct Service {
 /// Everything that must change together on a reload.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The config's generation: 1 at start, +1 per reload or DNS refresh that installed one.
     pub generation: u64,
+    /// +1 per snapshot built, whatever the reason (a re-homing of ids keeps the generation):
+    /// what parked ids wait on, and how a follower tells a new snapshot from the last.
+    pub epoch: u64,
     pub config: Config,
     /// Sorted by name for binary search.
     pub services: Vec<Service>,
@@ -89,17 +93,17 @@ impl Snapshot {
 
 /// Dense ids (service ids, backend slots) that are reused once nothing can use them.
 ///
-/// An id that leaves the config at generation `g` is *parked*: requests in flight on an
+/// An id that leaves the config at snapshot epoch `e` is *parked*: requests in flight on an
 /// older snapshot, and a worker that has not yet picked up the new one, may still count
 /// on it (or, for a slot, pool a connection under it). It becomes free once no snapshot
-/// older than `g` is alive; only then are its counters zeroed in every worker's table
+/// older than `e` is alive; only then are its counters zeroed in every worker's table
 /// (nothing writes them any more) and the id handed out again, lowest first, so a reused
 /// id starts from zero in the exported series.
 #[derive(Default)]
 struct Ids {
     next: usize,
     free: BTreeSet<usize>,
-    /// (first generation that no longer uses the id, id).
+    /// (first epoch that no longer uses the id, id).
     parked: Vec<(u64, usize)>,
 }
 
@@ -111,16 +115,21 @@ impl Ids {
         })
     }
 
-    fn park(&mut self, id: usize, generation: u64) {
-        self.parked.push((generation, id));
+    /// Whether an id below `limit` (one with series) is free.
+    fn free_below(&self, limit: usize) -> bool {
+        self.free.first().is_some_and(|&id| id < limit)
     }
 
-    /// Frees the parked ids no snapshot of generation `oldest_alive` or later uses, and
+    fn park(&mut self, id: usize, epoch: u64) {
+        self.parked.push((epoch, id));
+    }
+
+    /// Frees the parked ids no snapshot of epoch `oldest_alive` or later uses, and
     /// returns them (their counters must be zeroed before the next snapshot is stored).
     fn release(&mut self, oldest_alive: u64) -> Vec<usize> {
         let mut freed = Vec::new();
-        self.parked.retain(|&(generation, id)| {
-            let done = generation <= oldest_alive;
+        self.parked.retain(|&(epoch, id)| {
+            let done = epoch <= oldest_alive;
             if done {
                 freed.push(id);
             }
@@ -143,8 +152,10 @@ struct Registry {
     service_ids: Ids,
     slots: Ids,
     /// Every snapshot installed and maybe still alive (a worker's view, a request in
-    /// flight): parked ids wait for the older ones to go.
+    /// flight), by epoch: parked ids wait for the older ones to go.
     snapshots: Vec<(u64, Weak<Snapshot>)>,
+    /// The last snapshot's epoch.
+    epoch: u64,
     /// Services and backends given an id at or over the metrics limit (no series).
     exhausted: MetricIdsExhausted,
     admission: crate::admission::Registry,
@@ -163,7 +174,7 @@ pub struct MetricIdsExhausted {
 }
 
 impl Registry {
-    /// Generation of the oldest installed snapshot still alive; forgets the dead ones.
+    /// Epoch of the oldest installed snapshot still alive; forgets the dead ones.
     fn oldest_alive(&mut self) -> u64 {
         self.snapshots.retain(|(_, w)| w.strong_count() > 0);
         // Pairs with the release in `Arc::drop` of the last holder of each snapshot seen
@@ -178,7 +189,7 @@ impl Registry {
 
     fn remember(&mut self, snapshot: &Arc<Snapshot>) {
         self.snapshots
-            .push((snapshot.generation, Arc::downgrade(snapshot)));
+            .push((snapshot.epoch, Arc::downgrade(snapshot)));
     }
 }
 
@@ -297,6 +308,46 @@ impl Shared {
     pub fn install(&self, config: Config) -> (u64, BuildReport) {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.current.load().generation + 1;
+        self.free_parked(&mut reg);
+        let (snapshot, report) = build(&mut reg, config, generation);
+        let snapshot = Arc::new(snapshot);
+        reg.remember(&snapshot);
+        self.current.store(snapshot);
+        (generation, report)
+    }
+
+    /// Gives the running config's services and backends that got no series (their ids were
+    /// over the limits when they came, e.g. while a reload that renamed hundreds of
+    /// services still had the old names' ids parked) ids with series, once some are free:
+    /// the same config is installed again under the same generation. Called about once a
+    /// second by the control side, with the control lock held; true if it installed.
+    pub fn rehome_ids(&self) -> bool {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.load_full();
+        let over_s = current.services.iter().any(|s| s.id >= MAX_SERVICES);
+        let over_b = current
+            .services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .any(|b| b.slot >= MAX_SLOTS);
+        if !over_s && !over_b {
+            return false;
+        }
+        self.free_parked(&mut reg);
+        let room = (over_s && reg.service_ids.free_below(MAX_SERVICES))
+            || (over_b && reg.slots.free_below(MAX_SLOTS));
+        if !room {
+            return false;
+        }
+        let (snapshot, _) = build(&mut reg, current.config.clone(), current.generation);
+        let snapshot = Arc::new(snapshot);
+        reg.remember(&snapshot);
+        self.current.store(snapshot);
+        true
+    }
+
+    /// Frees the ids that no alive snapshot uses any more and zeroes their counters.
+    fn free_parked(&self, reg: &mut Registry) {
         let oldest = reg.oldest_alive();
         let services = reg.service_ids.release(oldest);
         let slots = reg.slots.release(oldest);
@@ -307,15 +358,12 @@ impl Shared {
                 slots.iter().for_each(|&slot| w.clear_slot(slot));
             }
         }
-        let (snapshot, report) = build(&mut reg, config, generation);
-        let snapshot = Arc::new(snapshot);
-        reg.remember(&snapshot);
-        self.current.store(snapshot);
-        (generation, report)
     }
 }
 
 fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, BuildReport) {
+    reg.epoch += 1;
+    let epoch = reg.epoch;
     let mut report = BuildReport::default();
     let mut live: HashMap<(String, String), (usize, Arc<BreakerCell>, SocketAddr)> = HashMap::new();
     let (admissions, budgets) = reg.admission.build(&config);
@@ -343,7 +391,14 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                     let (slot, cell, _) = match reg.cells.get(&key) {
                         Some(existing) if existing.2 == b.addr => {
                             report.backends_kept += 1;
-                            existing.clone()
+                            let (slot, cell, addr) = existing.clone();
+                            // One with no series moves to a free slot that has them (its
+                            // idle pooled connections go with the old slot).
+                            if slot >= MAX_SLOTS && reg.slots.free_below(MAX_SLOTS) {
+                                (reg.slots.take(), cell, addr)
+                            } else {
+                                (slot, cell, addr)
+                            }
                         }
                         other => {
                             if other.is_some() {
@@ -367,8 +422,9 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                 })
                 .collect();
             let id = match reg.services.get(&sc.name) {
-                Some(&id) => id,
-                None => reg.service_ids.take(),
+                // One with no series moves to a free id that has them.
+                Some(&id) if id < MAX_SERVICES || !reg.service_ids.free_below(MAX_SERVICES) => id,
+                _ => reg.service_ids.take(),
             };
             live_services.insert(sc.name.clone(), id);
             Service {
@@ -383,16 +439,17 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
         .collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
     report.backends_removed = reg.cells.len() - report.backends_kept - report.backends_readdressed;
-    // What left the config (a re-addressed backend's old slot too) waits until no older
-    // snapshot is alive before its id is reused.
+    // What left the config (a re-addressed or re-homed backend's old slot too, and a
+    // re-homed service's old id) waits until no older snapshot is alive before its id is
+    // reused.
     for (key, (slot, ..)) in &reg.cells {
         if live.get(key).is_none_or(|l| l.0 != *slot) {
-            reg.slots.park(*slot, generation);
+            reg.slots.park(*slot, epoch);
         }
     }
     for (name, id) in &reg.services {
-        if !live_services.contains_key(name) {
-            reg.service_ids.park(*id, generation);
+        if live_services.get(name) != Some(id) {
+            reg.service_ids.park(*id, epoch);
         }
     }
     reg.cells = live;
@@ -401,6 +458,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
     (
         Snapshot {
             generation,
+            epoch,
             config,
             services,
         },
@@ -648,6 +706,61 @@ mod tests {
             shared.install(two(other));
             assert_eq!(shared.current.load().service(b"keep").unwrap().id, keep);
         }
+    }
+
+    /// Regression: one reload renaming 600 services (their 600 ids parked while requests
+    /// on the old snapshot could still count on them, 600 new ones taken) left 176 of them
+    /// without series for good, as a review found; their backends likewise. Once the old
+    /// ids are free, the same config is installed again with ids that have series.
+    #[test]
+    fn services_renamed_in_bulk_get_series_once_the_old_ids_are_free() {
+        use std::collections::HashSet;
+        let named = |prefix: &str| {
+            let mut text = String::from("services:\n");
+            for i in 0..600 {
+                let urls: Vec<String> = (1..=4).map(|p| format!("http://127.0.0.1:{p}")).collect();
+                text.push_str(&format!("  {prefix}{i}: [{}]\n", urls.join(", ")));
+            }
+            cfg(&text)
+        };
+        let over = |shared: &Shared| {
+            let snap = shared.current.load();
+            let s = snap
+                .services
+                .iter()
+                .filter(|s| s.id >= MAX_SERVICES)
+                .count();
+            let b = snap.services.iter().flat_map(|s| &s.backends);
+            (s, b.filter(|b| b.slot >= MAX_SLOTS).count())
+        };
+        let shared = Shared::new(named("a"));
+        let in_flight = shared.current.load_full();
+        shared.install(named("b"));
+        assert_eq!(over(&shared), (1200 - MAX_SERVICES, 4800 - MAX_SLOTS));
+        let b0 = shared.current.load().service(b"b0").unwrap().backends[0]
+            .breaker
+            .clone();
+        assert!(
+            !shared.rehome_ids(),
+            "re-homed while the old ids were in use"
+        );
+        drop(in_flight);
+        let generation = shared.current.load().generation;
+        assert!(shared.rehome_ids());
+        assert_eq!(over(&shared), (0, 0));
+        let snap = shared.current.load();
+        assert_eq!(snap.generation, generation, "a re-homing is no reload");
+        let ids: HashSet<usize> = snap.services.iter().map(|s| s.id).collect();
+        let slots: HashSet<usize> = snap
+            .services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .map(|b| b.slot)
+            .collect();
+        assert_eq!((ids.len(), slots.len()), (600, 2400), "ids shared");
+        let kept = &snap.service(b"b0").unwrap().backends[0].breaker;
+        assert!(Arc::ptr_eq(kept, &b0), "a breaker was lost");
+        assert!(!shared.rehome_ids(), "nothing left to re-home");
     }
 
     #[test]
