@@ -108,7 +108,13 @@ pub async fn forward(
         rest.truncate(more);
         Ok(())
     } else {
-        buffer_body(down, &mut req, &mut relay, &mut in_hand, cfg, prep.service).await
+        let buffered =
+            buffer_body(down, &mut req, &mut relay, &mut in_hand, cfg, prep.service).await;
+        // Re-framed bytes are all in `in_hand`; none are lent from the client's buffer, whose
+        // consumed prefix a read may have dropped meanwhile (a range into it from before the
+        // reads, sliced behind a pipelined request's bytes, panicked: a review).
+        body_in_hand = down.start..down.start;
+        buffered
     };
     let mut up_out = Vec::new();
     let after = match buffered {

@@ -571,6 +571,53 @@ fn buffered_request_bodies_hold_no_backend_connection_while_they_trickle_in() {
     assert!(rec.connections.load(Ordering::SeqCst) <= 2);
 }
 
+/// Regression: with `limits.buffer_request_body`, a body whose last read also carried the
+/// next pipelined request, and was shorter than the head, panicked the connection's task
+/// (a range into the client's buffer from before the reads): the client got a FIN and no
+/// answer, even after a `100 Continue`, and the backend nothing (a review). Every split of
+/// the body's last segment and a request behind it is served now.
+#[test]
+fn a_buffered_body_followed_by_a_pipelined_request_is_served_both_ways() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "limits: {buffer_request_body: 65536}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let next = b"GET /v1/proxy/svc/next HTTP/1.1\r\nHost: g\r\n\r\n";
+    for (expect, head) in [
+        (false, &b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\n\r\n"[..]),
+        (true, &b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"[..]),
+        (false, &b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n"[..]),
+    ] {
+        let body: &[u8] = if head.ends_with(b"chunked\r\n\r\n") {
+            b"5\r\nhello\r\n0\r\n\r\n"
+        } else {
+            b"hello"
+        };
+        for cut in [0, 2, next.len()] {
+            let mut c = Client::connect(g.addr);
+            c.send(head);
+            if expect {
+                assert_eq!(c.read_response().status, 100);
+            } else {
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            let mut last = body.to_vec();
+            last.extend_from_slice(&next[..cut]);
+            c.send(&last);
+            if cut < next.len() {
+                std::thread::sleep(Duration::from_millis(30));
+                c.send(&next[cut..]);
+            }
+            let r = c.read_response();
+            assert_eq!((r.status, r.json()["body_len"].as_u64()), (200, Some(5)), "cut {cut}");
+            let r = c.read_response();
+            assert_eq!((r.status, r.json()["path"].as_str()), (200, Some("/next")), "cut {cut}");
+        }
+    }
+}
+
 /// More idle keep-alive connections than a worker lets wait with a lent buffer
 /// (`MAX_IDLE_READS`, 128): the rest wait for readiness with none, and every one is served
 /// its next request, however the head is split, and then closed after `client_idle`.
