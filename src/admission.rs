@@ -4,9 +4,9 @@
 //! request is admitted when pushing the TAT one emission interval further keeps it within
 //! `burst` intervals of now; the push is a CAS loop on an `AtomicU64` that every worker
 //! shares, so a limit is exact across cores and takes no lock. A budget keyed by the
-//! service is one word per service; keyed budgets (`client_ip`, `header:NAME`) are cells
-//! of one fixed table, indexed by a hash with a per-process random key: nobody can aim at
-//! a cell, and a collision only makes two keys share a budget (stricter, never looser).
+//! service is one word per service; keyed budgets (`client_ip`, `header:NAME`) are tagged
+//! cells of one fixed table, in buckets chosen by a hash with a per-process random key:
+//! nobody can aim at a bucket, and no budget ever runs on another budget's cell.
 //! `max_in_flight` is a counter per service, held from admission to the response's end.
 //! A `scope: cluster` budget is shared by every instance of a fleet: the cluster thread
 //! takes slices of it from Redis into a local allowance, which requests only decrement.
@@ -334,7 +334,63 @@ fn gcra(word: &AtomicU64, now: u64, interval: u64, tolerance: u64) -> Result<u64
     }
 }
 
-/// The keyed-budget cells, shared by every keyed budget of every service.
+/// Cells per bucket of the keyed-budget table.
+const WAYS: usize = 4;
+/// A keyed cell: the key's 16-bit tag above its TAT in µs on the process clock (48 bits:
+/// 8.9 years of uptime). 0 is an empty cell, and any TAT in the past a full budget.
+const TAT_BITS: u32 = 48;
+const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
+
+/// The GCRA step for key `tag` in its table bucket (times in µs): Ok(TAT after this
+/// request) if admitted, else Err(µs until a request would be).
+///
+/// The key's cell is the one with its tag, unless that cell's TAT is further ahead than
+/// this budget can ever put it (tolerance plus one interval): then it belongs to another
+/// budget whose key has the same tag, and is not ours. A key without a cell takes the one
+/// with the earliest TAT: an empty or expired one (a full budget: nothing is lost), or, when
+/// all are in use, the budget nearest to full, whose key starts afresh when it comes back.
+/// Until 2026-12-01 cells had no tags: two keys of any budgets that hashed alike shared one
+/// word, and one of a slow budget (1/h) locked the other out for hours (a review).
+#[inline]
+fn gcra_keyed(
+    bucket: &[AtomicU64],
+    tag: u64,
+    now: u64,
+    interval: u64,
+    tolerance: u64,
+) -> Result<u64, u64> {
+    loop {
+        // (cell, its word, the TAT this key starts from there).
+        let mut own = None;
+        let mut victim = (0, 0, u64::MAX);
+        for (i, c) in bucket.iter().enumerate() {
+            let w = c.load(Ordering::Relaxed);
+            let tat = w & TAT_MASK;
+            if w >> TAT_BITS == tag && tat <= now + tolerance + interval {
+                own = Some((i, w, tat));
+                break;
+            }
+            if tat < victim.2 {
+                victim = (i, w, tat);
+            }
+        }
+        let (i, w, tat) = own.unwrap_or((victim.0, victim.1, 0));
+        let next = tat.max(now) + interval;
+        if next - now > tolerance {
+            return Err(next - now - tolerance);
+        }
+        let new = tag << TAT_BITS | next;
+        if bucket[i]
+            .compare_exchange_weak(w, new, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Ok(next);
+        }
+    }
+}
+
+/// The keyed-budget cells, shared by every keyed budget of every service, in buckets of
+/// [`WAYS`].
 pub struct Table {
     cells: Box<[AtomicU64]>,
     hasher: RandomState,
@@ -349,19 +405,26 @@ impl fmt::Debug for Table {
 impl Table {
     fn new(cells: usize) -> Table {
         Table {
-            cells: (0..cells).map(|_| AtomicU64::new(0)).collect(),
+            cells: (0..cells.div_ceil(WAYS) * WAYS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             hasher: RandomState::new(),
         }
     }
 
-    fn cell(&self, budget: u64, tag: u8, key: &[u8]) -> &AtomicU64 {
+    /// The bucket of a key of `budget` (`kind` tells the key's kinds apart) and its tag
+    /// (never 0, which marks an empty cell).
+    fn bucket(&self, budget: u64, kind: u8, key: &[u8]) -> (&[AtomicU64], u64) {
         let mut h = self.hasher.build_hasher();
         budget.hash(&mut h);
-        tag.hash(&mut h);
+        kind.hash(&mut h);
         key.hash(&mut h);
-        // Lemire's reduction: uniform over any table size.
-        let i = ((u128::from(h.finish()) * self.cells.len() as u128) >> 64) as usize;
-        &self.cells[i]
+        let h = h.finish();
+        // Lemire's reduction (the high bits): uniform over any number of buckets; the tag
+        // comes from the low bits.
+        let buckets = self.cells.len() / WAYS;
+        let i = ((u128::from(h) * buckets as u128) >> 64) as usize * WAYS;
+        (&self.cells[i..i + WAYS], (h & 0xffff).max(1))
     }
 }
 
@@ -464,27 +527,37 @@ impl Admission {
             };
         }
         let now = now_ns();
-        let word: &AtomicU64 = match (&l.budget, &l.limit.key) {
-            (Budget::Word(w), _) => w,
+        let (bucket, tag) = match (&l.budget, &l.limit.key) {
+            (Budget::Word(w), _) => (std::slice::from_ref(&***w), 0),
             (Budget::Keyed { table, id }, LimitKey::ClientIp) => {
                 match client_ip(caller.peer, caller.headers, trusted) {
-                    IpAddr::V4(v4) => table.cell(*id, 4, &v4.octets()),
-                    IpAddr::V6(v6) => table.cell(*id, 6, &v6.octets()),
+                    IpAddr::V4(v4) => table.bucket(*id, 4, &v4.octets()),
+                    IpAddr::V6(v6) => table.bucket(*id, 6, &v6.octets()),
                 }
             }
             (Budget::Keyed { table, id }, LimitKey::Header(name)) => {
                 match caller.headers.iter().find(|h| h1::name_is(h.name, name)) {
-                    Some(h) => table.cell(*id, 1, h1::trim_ows(h.value)),
-                    None => table.cell(*id, 0, b""),
+                    Some(h) => table.bucket(*id, 1, h1::trim_ows(h.value)),
+                    None => table.bucket(*id, 0, b""),
                 }
             }
-            // Not built (a service key always gets its own word); one shared cell would do.
-            (Budget::Keyed { table, id }, LimitKey::Service) => table.cell(*id, 2, b""),
+            // Not built (a service key always gets its own word); one shared key would do.
+            (Budget::Keyed { table, id }, LimitKey::Service) => table.bucket(*id, 2, b""),
         };
-        match gcra(word, now, l.interval, l.tolerance) {
-            Ok(tat) => {
+        // Service words keep ns; keyed cells hold µs (see `gcra_keyed`): both answer in ns.
+        let step = if tag == 0 {
+            gcra(&bucket[0], now, l.interval, l.tolerance).map(|tat| tat - now)
+        } else {
+            let (now_us, interval_us) = (now / 1000, (l.interval / 1000).max(1));
+            let tolerance_us = (l.tolerance / 1000).max(interval_us);
+            gcra_keyed(bucket, tag, now_us, interval_us, tolerance_us)
+                .map(|tat| (tat - now_us) * 1000)
+                .map_err(|wait| wait * 1000)
+        };
+        match step {
+            Ok(used) => {
                 if self.headers {
-                    let used = tat - now;
+                    let used = used.min(l.tolerance);
                     let remaining = (l.tolerance - used) / l.interval;
                     l.write_fields(fields, remaining, used.div_ceil(NS));
                 }
@@ -895,6 +968,69 @@ mod tests {
         let later = now + 1_000_000;
         let admitted = (0..100).filter(|_| gcra(&w, later, t, tol).is_ok()).count();
         assert_eq!(admitted, 5);
+    }
+
+    /// One request of `key` of `budget` at `now` (µs) under a limit of `interval` µs and
+    /// burst `burst`.
+    fn keyed(t: &Table, budget: u64, key: &[u8], now: u64, interval: u64, burst: u64) -> bool {
+        let (bucket, tag) = t.bucket(budget, 1, key);
+        gcra_keyed(bucket, tag, now, interval, interval * burst).is_ok()
+    }
+
+    /// Regression: keyed budgets shared untagged cells, so a key of a slow budget (1/h)
+    /// locked every key of any budget that hashed to its cell out for hours, and one client
+    /// sending fresh keys could fill the whole table that way (a review: new users of an
+    /// unrelated 100/m service got 429 with Retry-After 7175). Now a budget only ever runs
+    /// on its own key's cell, whatever the table holds.
+    #[test]
+    fn a_slow_budget_filling_the_table_never_refuses_another_budgets_keys() {
+        let t = Table::new(64);
+        let now = 1_000_000;
+        let hour = 3_600_000_000;
+        // 10 000 fresh keys of a 1/h budget, burst 2: every cell holds an hour-long TAT.
+        for i in 0..10_000u32 {
+            assert!(
+                keyed(&t, 1, &i.to_be_bytes(), now, hour, 2),
+                "a fresh key was refused"
+            );
+        }
+        // Every new key of a 100/m budget (burst 20) gets its burst.
+        for i in 0..500u32 {
+            let key = format!("user{i}");
+            for n in 0..20 {
+                assert!(
+                    keyed(&t, 2, key.as_bytes(), now + 10, 600_000, 20),
+                    "user{i} refused at {n}"
+                );
+            }
+        }
+    }
+
+    /// A key keeps its own budget in a table that has room (no other key can take its cell
+    /// while a free or expired one is in the bucket), and a full bucket gives up the cell of
+    /// the budget nearest to full, never that of the busiest.
+    #[test]
+    fn a_key_keeps_its_budget_and_a_full_bucket_evicts_the_one_nearest_to_full() {
+        let t = Table::new(4); // one bucket
+        let now = 1_000_000;
+        for _ in 0..3 {
+            assert!(keyed(&t, 1, b"busy", now, 1000, 3));
+        }
+        assert!(!keyed(&t, 1, b"busy", now, 1000, 3), "over its burst");
+        // Three more keys take the other cells; one of them used little.
+        for _ in 0..2 {
+            assert!(keyed(&t, 1, b"b", now, 1000, 3));
+            assert!(keyed(&t, 1, b"c", now, 1000, 3));
+        }
+        assert!(keyed(&t, 1, b"light", now, 1000, 3));
+        // A fifth key takes the light key's cell, not the busy one's.
+        assert!(keyed(&t, 1, b"fifth", now, 1000, 3));
+        assert!(
+            !keyed(&t, 1, b"busy", now, 1000, 3),
+            "the busiest budget was evicted"
+        );
+        // After the busy key's budget refilled, its cell is as good as free.
+        assert!(keyed(&t, 1, b"busy", now + 3000, 1000, 3));
     }
 
     #[test]

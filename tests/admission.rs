@@ -148,6 +148,51 @@ fn header_budgets_are_per_value_with_one_shared_budget_for_requests_without_it()
     assert_eq!(statuses(&mut c, 1, "x-api-key: alpha\r\n"), [429]);
 }
 
+/// Regression: keyed budgets of all services shared untagged table cells, so one client
+/// sending a fresh `X-Api-Key` per request to a 1/h service filled the table with
+/// hour-long TATs, and every new user of other keyed services got 429 with a Retry-After
+/// of about two hours (a review). Each key now runs on its own tagged cell.
+#[test]
+fn fresh_keys_flooding_a_slow_budget_never_lock_out_other_services_keys() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "rate_limit_table: 1024",
+        &format!(
+            "  hdr:\n    backends: [http://{0}]\n    rate_limit: {{rate: 1/h, burst: 2, key: \"header:X-Api-Key\"}}\n\
+             \x20 other:\n    backends: [http://{0}]\n    rate_limit: {{rate: 100/m, burst: 20, key: \"header:X-User\"}}\n\
+             \x20 ipsvc:\n    backends: [http://{0}]\n    rate_limit: {{rate: 100/m, burst: 20, key: client_ip}}\n",
+            b.addr
+        ),
+    ));
+    let mut c = Client::connect(g.addr);
+    for i in 0..3000 {
+        c.send(
+            format!("GET /v1/proxy/hdr/x HTTP/1.1\r\nHost: g\r\nx-api-key: k{i}\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(c.read_response().status, 200, "fresh key {i}");
+    }
+    for i in 0..40 {
+        c.send(
+            format!("GET /v1/proxy/other/x HTTP/1.1\r\nHost: g\r\nx-user: u{i}\r\n\r\n").as_bytes(),
+        );
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "new user {i}: {:?}", r.header("retry-after"));
+    }
+    c.send(b"GET /v1/proxy/ipsvc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    // The flooded budget still holds a key to its own budget: the latest key's cell is the
+    // last any newcomer takes (a full bucket gives up the budget nearest to full; the
+    // table here holds 1024 cells for 3000 keys, so the earliest keys did start afresh).
+    let last = "x-api-key: k2999\r\n";
+    let mut again = || {
+        c.send(format!("GET /v1/proxy/hdr/x HTTP/1.1\r\nHost: g\r\n{last}\r\n").as_bytes());
+        c.read_response().status
+    };
+    assert_eq!((again(), again()), (200, 429));
+}
+
 #[test]
 fn max_in_flight_answers_overloaded_beyond_the_limit_and_frees_slots_when_responses_end() {
     let b = mock_backend();
