@@ -144,6 +144,12 @@ pub struct ServiceConfig {
     pub max_in_flight: Option<u64>,
 }
 
+/// Statuses that count as a backend failure by default: every 5xx but 501 (Not
+/// Implemented) and 505 (HTTP Version Not Supported), which answer what a client sent: a
+/// backend that answers 501 to a method it does not serve let any client open its circuit
+/// with three such requests (a review). HAProxy's `observe layer7` leaves both out too.
+pub const DEFAULT_FAILURE_STATUSES: u128 = (!0u128 >> 28) & !(1 << 1) & !(1 << 5);
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerSettings {
     pub failure_threshold: u32,
@@ -912,7 +918,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let defaults = BreakerSettings {
         failure_threshold: DEFAULT_FAILURE_THRESHOLD,
         cooldown: DEFAULT_COOLDOWN,
-        failure_statuses: !0u128 >> 28, // 500..=599
+        failure_statuses: DEFAULT_FAILURE_STATUSES,
     };
     let global_breaker = breaker_settings("breaker", raw.breaker.as_ref(), &defaults)?;
     let mut raw_services = raw.services.unwrap_or_default().0;
@@ -1266,10 +1272,20 @@ mod tests {
     }
 
     #[test]
-    fn failure_statuses_default_to_all_5xx() {
+    fn failure_statuses_default_to_every_5xx_but_501_and_505() {
         let c = Config::parse("services:\n  a: [http://127.0.0.1:1]\n").unwrap();
         let b = c.services[0].breaker;
         assert!(b.is_failure_status(500) && b.is_failure_status(599) && !b.is_failure_status(499));
+        assert!(b.is_failure_status(502) && b.is_failure_status(504));
+        assert!(!b.is_failure_status(501) && !b.is_failure_status(505));
+        let c = Config::parse(
+            "breaker: {failure_statuses: [501]}\nservices:\n  a: [http://127.0.0.1:1]\n",
+        )
+        .unwrap();
+        assert!(
+            c.services[0].breaker.is_failure_status(501),
+            "a listed 501 counts"
+        );
         let c = Config::parse(
             "breaker: {failure_statuses: [502, 503]}\nservices:\n  a: [http://127.0.0.1:1]\n",
         )
