@@ -8,7 +8,7 @@
 //! the backend connection is not reused, and the client connection closes after a lingering
 //! read. What the breaker hears is decided in one place, `Attempt::settle`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
@@ -21,7 +21,7 @@ use crate::balancer::{Pick, View};
 use crate::breaker::{self, Ticket, Transition};
 use crate::config::{Config, Timeouts};
 use crate::date::DateCache;
-use crate::downstream::{After, Downstream};
+use crate::downstream::{After, Downstream, Record};
 use crate::error::GatewayError;
 use crate::h1::{self, Framing, Method, RequestInfo};
 use crate::io::{self, Read, ReadHalf, Socket, WriteHalf};
@@ -459,6 +459,10 @@ enum HeadFail {
     /// The backend closed or reset with no response while we waited for more of the body
     /// from the client, having given the backend all of it we had.
     Abandoned,
+    /// Not a failure: the backend answered, keeping its connection, while the body was
+    /// still going up; the response was relayed while the upload went on (full duplex),
+    /// and the exchange is over, judged and logged. What the client connection does next.
+    Duplex(After),
 }
 
 /// How a response body ended, as far as the backend is concerned.
@@ -504,6 +508,40 @@ struct ResponseHead {
     framed_for_client: bool,
 }
 
+impl Body {
+    /// The breaker's verdict on a response of `status` whose body ended this way.
+    fn outcome(self, status: u16) -> Outcome {
+        match self {
+            Body::Relayed => Outcome::Answered(status),
+            Body::Broken => Outcome::Failed("broken_response_body"),
+            Body::Unjudged => Outcome::NotSent,
+        }
+    }
+}
+
+/// A final response head arrived: counts its latency, records its status, and judges now a
+/// failure status, or a probe, so that a long response does not hold the circuit half-open;
+/// anything else once the body has ended, because a backend that breaks its bodies is
+/// failing even when its heads look fine.
+fn note_head(
+    worker: &Worker,
+    attempt: &mut Attempt<'_>,
+    record: &mut Record,
+    sent_at: Instant,
+    status: u16,
+) {
+    let upstream_us = sent_at.elapsed().as_micros() as u64;
+    worker
+        .metrics
+        .response
+        .observe(attempt.service.id, upstream_us);
+    record.upstream_us = Some(upstream_us);
+    record.status = status;
+    if attempt.is_probe() || attempt.service.settings.is_failure_status(status) {
+        attempt.settle(Outcome::Answered(status));
+    }
+}
+
 impl Exchange<'_> {
     async fn run(&mut self, down: &mut Downstream) -> After {
         let _active = Active::new(&self.worker.metrics.upstream_active);
@@ -541,27 +579,19 @@ impl Exchange<'_> {
                 self.attempt.settle(verdict(err));
                 return self.reply(down, err).await;
             }
+            // Answered while the body still went up, both relayed at once.
+            Err(HeadFail::Duplex(after)) => return after,
         };
-        let upstream_us = self.sent_at.elapsed().as_micros() as u64;
-        self.worker
-            .metrics
-            .response
-            .observe(self.attempt.service.id, upstream_us);
-        down.record.upstream_us = Some(upstream_us);
-        down.record.status = head.status;
         let status = head.status;
-        // A failure status is judged now, and so is a probe, so that a long response does not
-        // hold the circuit half-open; anything else once the body has ended, because a
-        // backend that breaks its bodies is failing even when its heads look fine.
-        if self.attempt.is_probe() || self.attempt.service.settings.is_failure_status(status) {
-            self.attempt.settle(Outcome::Answered(status));
-        }
+        note_head(
+            self.worker,
+            &mut self.attempt,
+            &mut down.record,
+            self.sent_at,
+            status,
+        );
         let (after, body) = self.relay_response(down, head).await;
-        self.attempt.settle(match body {
-            Body::Relayed => Outcome::Answered(status),
-            Body::Broken => Outcome::Failed("broken_response_body"),
-            Body::Unjudged => Outcome::NotSent,
-        });
+        self.attempt.settle(body.outcome(status));
         after
     }
 
@@ -680,13 +710,18 @@ impl Exchange<'_> {
     }
 
     /// Streams the request body up while the response is read. Whichever ends first decides:
-    /// a body sent whole → wait for the head with the response timeout; a response head
-    /// first → it is an early answer; a failed send → read what the backend said.
+    /// a body sent whole → wait for the head with the response timeout; a failed send → read
+    /// what the backend said; a response head first → an early answer. An early answer that
+    /// keeps the backend's connection is relayed while the body goes on going up (full
+    /// duplex: a backend may send its head, even stream its body, before it reads the
+    /// request's, and RFC 9112 §9.5 stops an upload only for a server that is closing);
+    /// one that closes it ends the upload.
     async fn upload_while_reading(
         &mut self,
         down: &mut Downstream,
     ) -> Result<ResponseHead, HeadFail> {
         let timeouts = self.timeouts;
+        let min_body_rate = self.min_body_rate;
         let Exchange {
             up,
             ubuf,
@@ -699,6 +734,7 @@ impl Exchange<'_> {
             worker,
             sent_whole,
             sent_at,
+            pool_it,
             ..
         } = self;
         let Downstream {
@@ -706,27 +742,16 @@ impl Exchange<'_> {
             buf,
             start,
             out,
+            fields,
+            record,
             ..
         } = down;
+        let down_fd = sock.fd();
+        let worker: &Worker = worker;
         let mut chunk = worker.buffer();
         let (up_r, up_w) = up.split();
         let (down_r, down_w) = sock.split();
-        let head = read_head(
-            up_r,
-            ubuf,
-            ustart,
-            HeadCtx {
-                down_w,
-                out,
-                info: *info,
-                reused: *reused,
-                max_head: *max_head,
-                write_timeout: timeouts.body,
-                date: &worker.date,
-            },
-            None,
-        );
-        let mut head = pin!(head);
+        let attempt = RefCell::new(attempt);
         // Whether the upload holds body bytes the backend has not taken: a hang-up then is
         // the backend's doing; one while we wait on the client alone may be a server giving
         // up on a slow client.
@@ -742,123 +767,293 @@ impl Exchange<'_> {
                 timeouts.body,
                 &worker.pipes,
                 &owed,
-                |_| attempt.renew(),
+                |_| attempt.borrow_mut().renew(),
             );
-            let upload = pin!(upload);
-            Race(upload, head.as_mut()).await
+            let mut upload = pin!(upload);
+            let first = {
+                let head = read_head(
+                    &mut *up_r,
+                    &mut *ubuf,
+                    &mut *ustart,
+                    HeadCtx {
+                        down_w: &mut *down_w,
+                        out: &mut *out,
+                        info: *info,
+                        reused: *reused,
+                        max_head: *max_head,
+                        write_timeout: timeouts.body,
+                        date: &worker.date,
+                    },
+                    None,
+                );
+                let mut head = pin!(head);
+                match Race(upload.as_mut(), head.as_mut()).await {
+                    Either::Right(Ok(h)) if h.reusable => Ok(h),
+                    // The backend hung up without an answer while we waited on the client
+                    // alone. (After a failed send, below, bytes were still owed: that
+                    // hang-up is judged.)
+                    Either::Right(Err(HeadFail::Backend(GatewayError::BackendClosed)))
+                        if !owed.get() =>
+                    {
+                        Err(Err(HeadFail::Abandoned))
+                    }
+                    // An early answer that closes: nothing more goes up.
+                    Either::Right(early) => Err(early),
+                    Either::Left(Err(e)) if e != BodyError::DstIo => Err(Err(HeadFail::Client(e))),
+                    // Sent whole; or the backend stopped taking the body (closed, reset, or
+                    // not reading within the body timeout): its answer may be on the way.
+                    Either::Left(uploaded) => {
+                        if uploaded.is_ok() {
+                            *sent_whole = true;
+                            *sent_at = Instant::now();
+                            attempt.borrow_mut().renew();
+                        }
+                        Err(match io::timed(timeouts.response, head).await {
+                            Ok(r) => r,
+                            Err(_) => Err(HeadFail::Backend(GatewayError::ResponseTimeout)),
+                        })
+                    }
+                }
+            };
+            match first {
+                Err(done) => done,
+                Ok(head) => {
+                    let status = head.status;
+                    note_head(worker, &mut attempt.borrow_mut(), record, *sent_at, status);
+                    let keep_client =
+                        info.keep_alive && head.framed_for_client && !worker.stopping();
+                    let raced = {
+                        let relayed = to_client(
+                            ToClient {
+                                up_r,
+                                ubuf: &mut *ubuf,
+                                ustart: &mut *ustart,
+                                down_w,
+                                down_fd,
+                                out,
+                                fields,
+                                record,
+                                pipes: &worker.pipes,
+                                timeout: timeouts.body,
+                                min_body_rate,
+                                minor: info.minor,
+                            },
+                            &head,
+                            keep_client,
+                        );
+                        let mut relayed = pin!(relayed);
+                        match Race(relayed.as_mut(), upload.as_mut()).await {
+                            Either::Left(r) => Some((r, false)),
+                            Either::Right(Ok(_)) => Some((relayed.await, true)),
+                            // The backend stopped taking the body: its answer goes on alone.
+                            Either::Right(Err(BodyError::DstIo)) => Some((relayed.await, false)),
+                            // The client broke its upload (gone, too slow, bad framing) with
+                            // the answer under way.
+                            Either::Right(Err(_)) => None,
+                        }
+                    };
+                    let Some((relayed, uploaded)) = raced else {
+                        // No answer of ours can follow: the connection is reset; no
+                        // verdict on the backend.
+                        io::set_reset_on_close(down_fd);
+                        attempt.borrow_mut().settle(Outcome::NotSent);
+                        return Err(HeadFail::Duplex(After::Close));
+                    };
+                    *sent_whole = uploaded;
+                    let body = match relayed {
+                        Relayed::Whole => Body::Relayed,
+                        Relayed::Cut(body) => body,
+                        // Nothing went to the client, but its upload is under way: no
+                        // clean answer is possible.
+                        Relayed::BadFraming(e) => {
+                            io::set_reset_on_close(down_fd);
+                            Body::after(e)
+                        }
+                    };
+                    attempt.borrow_mut().settle(body.outcome(status));
+                    let whole = body == Body::Relayed;
+                    *pool_it = whole && uploaded && *ustart == ubuf.len();
+                    Err(HeadFail::Duplex(match (whole, uploaded, keep_client) {
+                        (false, _, _) => After::Close,
+                        (true, false, _) => After::Linger,
+                        (true, true, true) => After::Keep,
+                        (true, true, false) => After::Close,
+                    }))
+                }
+            }
         };
         worker.recycle(chunk);
-        match result {
-            // The backend hung up without an answer while we waited on the client alone.
-            // (After a failed send, below, bytes were still owed: that hang-up is judged.)
-            Either::Right(Err(HeadFail::Backend(GatewayError::BackendClosed))) if !owed.get() => {
-                return Err(HeadFail::Abandoned)
-            }
-            // An early answer: the upload future is dropped, nothing more goes up.
-            Either::Right(early) => return early,
-            Either::Left(Ok(_)) => {
-                *sent_whole = true;
-                *sent_at = Instant::now();
-                attempt.renew();
-            }
-            // The backend stopped taking the body (closed, reset, or not reading within the
-            // body timeout): its answer may already be on the way.
-            Either::Left(Err(BodyError::DstIo)) => {}
-            Either::Left(Err(e)) => return Err(HeadFail::Client(e)),
-        }
-        match io::timed(timeouts.response, head).await {
-            Ok(r) => r,
-            Err(_) => Err(HeadFail::Backend(GatewayError::ResponseTimeout)),
-        }
+        result
     }
 
     /// Relays the response: the head is in `down.out`; whatever body is in hand goes in the
     /// same write; the rest streams. Then decides about both connections, and says whether
     /// the backend broke the body.
     async fn relay_response(&mut self, down: &mut Downstream, head: ResponseHead) -> (After, Body) {
-        let timeout = self.timeouts.body;
         let early = !self.sent_whole;
         // An early answer, or a drain that began while we waited, closes the client
         // connection after this response.
         let keep_client =
             self.info.keep_alive && head.framed_for_client && !early && !self.worker.stopping();
-        down.out.extend_from_slice(&down.fields);
-        rewrite::end_response_head(&mut down.out, keep_client, self.info.minor);
-        let mut body = BodyRelay::new(head.framing, head.client_chunked, u64::MAX)
-            .paced(Pace::new(Side::Dst, self.min_body_rate, timeout));
-        let used = match body.feed(&self.ubuf[self.ustart..], &mut down.out) {
-            Ok(n) => n,
-            Err(e) => {
+        let fd = down.sock.fd();
+        let relayed = to_client(
+            ToClient {
+                up_r: self.up.r(),
+                ubuf: &mut self.ubuf,
+                ustart: &mut self.ustart,
+                down_w: down.sock.w(),
+                down_fd: fd,
+                out: &mut down.out,
+                fields: &down.fields,
+                record: &mut down.record,
+                pipes: &self.worker.pipes,
+                timeout: self.timeouts.body,
+                min_body_rate: self.min_body_rate,
+                minor: self.info.minor,
+            },
+            &head,
+            keep_client,
+        )
+        .await;
+        match relayed {
+            Relayed::Whole => {}
+            Relayed::Cut(body) => return (After::Close, body),
+            Relayed::BadFraming(e) => {
                 // Broken framing before anything reached the client: a clean 502 is possible.
                 let err = GatewayError::BadResponse("invalid_chunked_body");
                 let request = (false, self.relay.done);
+                let timeout = self.timeouts.body;
                 let after = reply_error(down, request, err, self.service, None, timeout).await;
                 return (after, Body::after(e));
             }
-        };
-        self.ustart += used;
-        let before = down.record.bytes;
-        down.record.bytes += down.out.len() as u64;
-        if let Err(e) = io::write_all(down.sock.w(), &mut down.out, timeout).await {
-            if e.kind() == std::io::ErrorKind::TimedOut {
-                // Some of the head may have gone: an answer cut short.
-                down.record.cut = true;
-            } else {
-                // The client reset its connection while the backend worked: no answer
-                // reached it, so it is logged and counted as aborted (status 0), not as
-                // the backend's status (a review saw such clients counted as 200s).
-                down.record.status = 0;
-                down.record.bytes = before;
-            }
-            return (After::Close, Body::Unjudged);
-        }
-        down.out.clear();
-        if !body.done {
-            let mut out = std::mem::take(&mut down.out);
-            // Counted as it goes: a body cut short is logged with what reached the client.
-            let sent = Cell::new(0u64);
-            let r = pump(
-                &mut body,
-                self.up.r(),
-                &mut self.ubuf,
-                &mut self.ustart,
-                down.sock.w(),
-                &mut out,
-                timeout,
-                &self.worker.pipes,
-                &Cell::new(false),
-                |n| sent.set(sent.get() + n),
-            )
-            .await;
-            down.out = out;
-            down.record.bytes += sent.get();
-            if r.is_err() {
-                down.record.cut = true;
-            }
-            match r {
-                Ok(_) => {}
-                Err(BodyError::DstIo) => {
-                    // The client is gone, or too slow (`Pace`): a reset frees what our send
-                    // buffer still holds for it at once, and a close-delimited body cut here
-                    // cannot look complete.
-                    io::set_reset_on_close(down.sock.fd());
-                    return (After::Close, Body::Unjudged);
-                }
-                Err(e) => {
-                    // The backend failed mid-body: the client must see an aborted response.
-                    io::set_reset_on_close(down.sock.fd());
-                    return (After::Close, Body::after(e));
-                }
-            }
         }
         // Reuse the backend connection only after a clean, fully framed exchange.
-        self.pool_it = head.reusable && !early && body.done && self.ustart == self.ubuf.len();
+        self.pool_it = head.reusable && !early && self.ustart == self.ubuf.len();
         let after = match (early, keep_client) {
             (true, _) => After::Linger,
             (false, true) => After::Keep,
             (false, false) => After::Close,
         };
         (after, Body::Relayed)
+    }
+}
+
+/// What relaying a response to the client uses of an exchange and of its client
+/// connection, borrowed apart from the upload that may still run beside it (full duplex).
+struct ToClient<'r> {
+    up_r: &'r mut ReadHalf,
+    ubuf: &'r mut Vec<u8>,
+    ustart: &'r mut usize,
+    down_w: &'r mut WriteHalf,
+    down_fd: std::os::fd::RawFd,
+    /// Holds the client-bound copy of the response head.
+    out: &'r mut Vec<u8>,
+    /// Fields the gateway adds to the response head.
+    fields: &'r [u8],
+    record: &'r mut Record,
+    pipes: &'r crate::splice::Pipes,
+    timeout: Duration,
+    min_body_rate: u64,
+    minor: u8,
+}
+
+/// How relaying a response to the client ended.
+enum Relayed {
+    /// The whole body went, and ended cleanly.
+    Whole,
+    /// Cut short (the client's connection is then set to reset): by the client (no verdict)
+    /// or by the backend.
+    Cut(Body),
+    /// The body bytes in hand break its framing: nothing was sent, so a clean 502 is
+    /// possible.
+    BadFraming(BodyError),
+}
+
+/// Completes the response head in `out` (our fields, the connection decision), writes it
+/// with the body in hand, then streams the rest of the body, counting what reached the
+/// client in its record.
+async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> Relayed {
+    let ToClient {
+        up_r,
+        ubuf,
+        ustart,
+        down_w,
+        down_fd,
+        out,
+        fields,
+        record,
+        pipes,
+        timeout,
+        min_body_rate,
+        minor,
+    } = t;
+    let before = out.len();
+    out.extend_from_slice(fields);
+    rewrite::end_response_head(out, keep_client, minor);
+    let mut body = BodyRelay::new(head.framing, head.client_chunked, u64::MAX).paced(Pace::new(
+        Side::Dst,
+        min_body_rate,
+        timeout,
+    ));
+    let used = match body.feed(&ubuf[*ustart..], out) {
+        Ok(n) => n,
+        Err(e) => {
+            out.truncate(before);
+            return Relayed::BadFraming(e);
+        }
+    };
+    *ustart += used;
+    let sent_before = record.bytes;
+    record.bytes += out.len() as u64;
+    if let Err(e) = io::write_all(down_w, out, timeout).await {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            // Some of the head may have gone: an answer cut short.
+            record.cut = true;
+        } else {
+            // The client reset its connection while the backend worked: no answer
+            // reached it, so it is logged and counted as aborted (status 0), not as
+            // the backend's status (a review saw such clients counted as 200s).
+            record.status = 0;
+            record.bytes = sent_before;
+        }
+        return Relayed::Cut(Body::Unjudged);
+    }
+    out.clear();
+    if body.done {
+        return Relayed::Whole;
+    }
+    let mut buf = std::mem::take(out);
+    // Counted as it goes: a body cut short is logged with what reached the client.
+    let sent = Cell::new(0u64);
+    let r = pump(
+        &mut body,
+        up_r,
+        ubuf,
+        ustart,
+        down_w,
+        &mut buf,
+        timeout,
+        pipes,
+        &Cell::new(false),
+        |n| sent.set(sent.get() + n),
+    )
+    .await;
+    *out = buf;
+    record.bytes += sent.get();
+    match r {
+        Ok(_) => Relayed::Whole,
+        Err(e) => {
+            record.cut = true;
+            // The client gone or too slow (`Pace`): a reset frees what our send buffer
+            // still holds for it at once, and a close-delimited body cut here cannot look
+            // complete. The backend failed mid-body: the client must see an aborted
+            // response.
+            io::set_reset_on_close(down_fd);
+            Relayed::Cut(match e {
+                BodyError::DstIo => Body::Unjudged,
+                e => Body::after(e),
+            })
+        }
     }
 }
 

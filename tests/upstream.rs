@@ -1601,3 +1601,155 @@ fn trailers_a_client_pushed_over_our_limit_open_no_circuit() {
     let wrong = still_healthy(&g, b.addr, "4 trailers over the limit (threshold 2)");
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+// ---- Full duplex: backends that answer before they read the body ----
+
+/// Answers every request at once with a head announcing 20 bytes, then reads the whole
+/// Content-Length body, then sends its length as those 20 bytes; or (`echo`) answers with
+/// a head announcing the body's length and echoes the body as it reads it.
+fn head_first_backend(echo: bool) -> RawBackend {
+    RawBackend::start(move |mut s, _| {
+        let mut pending = Vec::new();
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            let len: usize = header_value(&head, "content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let announced = if echo { len } else { 20 };
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {announced}\r\n\r\n");
+            if s.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let mut left = len;
+            let mut tmp = vec![0u8; 16384];
+            while left > 0 {
+                let n = if pending.is_empty() {
+                    match s.read(&mut tmp[..left.min(16384)]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    }
+                } else {
+                    let n = pending.len().min(left).min(16384);
+                    tmp[..n].copy_from_slice(&pending[..n]);
+                    pending.drain(..n);
+                    n
+                };
+                left -= n;
+                if echo && s.write_all(&tmp[..n]).is_err() {
+                    return;
+                }
+            }
+            if !echo && s.write_all(format!("{len:020}").as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Regression: a backend that sends its head before reading the body (a handler that
+/// flushes early) got no more of the body once its head arrived: the gateway took the head
+/// for an early answer and stopped the upload, both sides waited, the client got the head
+/// and a reset after `timeouts.body`, and the breaker counted a failure, so three clients
+/// whose bodies came after a pause, or with `Expect: 100-continue`, opened a healthy
+/// backend's circuit (a review). The upload now goes on beside the answer.
+#[test]
+fn a_backend_that_answers_before_it_reads_the_body_gets_it_and_the_client_the_answer() {
+    let b = head_first_backend(false);
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 60s}\ntimeouts: {body: 3s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    for (i, expect) in [false, true, false, true].into_iter().enumerate() {
+        let mut c = Client::connect(g.proc.addr);
+        let continue_line = if expect {
+            "expect: 100-continue\r\n"
+        } else {
+            ""
+        };
+        c.send(
+            format!("POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\n{continue_line}content-length: 100000\r\n\r\n")
+                .as_bytes(),
+        );
+        if expect {
+            assert_eq!(c.read_response().status, 100, "request {i}");
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.send(&[b'x'; 100_000]);
+        let r = c.read_response();
+        assert_eq!(
+            (r.status, text(&r)),
+            (200, format!("{:020}", 100_000)),
+            "request {i}"
+        );
+        // The exchange was whole on both sides: the client connection is kept.
+        c.send(b"POST /v1/proxy/svc/again HTTP/1.1\r\nHost: g\r\ncontent-length: 3\r\n\r\nabc");
+        let r = c.read_response();
+        assert_eq!(
+            (r.status, text(&r)),
+            (200, format!("{:020}", 3)),
+            "request {i}, again"
+        );
+    }
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+}
+
+/// A backend that streams its answer while it reads the body (an echo) gets all of a body
+/// far larger than the sockets' buffers, and the client all of the answer.
+#[test]
+fn a_streaming_echo_gets_the_whole_body_while_the_client_reads_the_answer() {
+    const SIZE: usize = 16 << 20;
+    let b = head_first_backend(true);
+    let g = gateway(&config(
+        1,
+        "limits: {max_body_bytes: 67108864}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let mut s = TcpStream::connect(g.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        let head = format!(
+            "POST /v1/proxy/svc/echo HTTP/1.1\r\nHost: g\r\ncontent-length: {SIZE}\r\n\r\n"
+        );
+        w.write_all(head.as_bytes()).expect("head");
+        let piece: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        for _ in 0..SIZE / piece.len() {
+            w.write_all(&piece).expect("body");
+        }
+    });
+    let mut got = Vec::new();
+    let mut tmp = vec![0u8; 65536];
+    let head_end = loop {
+        if let Some(p) = find(&got, b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut tmp).expect("head");
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&tmp[..n]);
+    };
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..head_end])
+    );
+    while got.len() - head_end < SIZE {
+        let n = s.read(&mut tmp).expect("the echo stalled");
+        assert!(
+            n > 0,
+            "closed after {} bytes of the echo",
+            got.len() - head_end
+        );
+        got.extend_from_slice(&tmp[..n]);
+    }
+    writer.join().expect("writer");
+    let body = &got[head_end..];
+    assert_eq!(body.len(), SIZE);
+    assert!(
+        body.iter()
+            .enumerate()
+            .all(|(i, &v)| v == ((i % 65536) % 251) as u8),
+        "the echo differs"
+    );
+}
