@@ -927,7 +927,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw_services.is_empty() {
         return Err(invalid(
             "services",
-            "no services configured: add at least one, e.g.\nservices:\n  user-service:\n    - http://127.0.0.1:8001",
+            "no services configured: add at least one, e.g. `services: {user-service: [http://127.0.0.1:8001]}`",
         ));
     }
     let global_limit = match &raw.rate_limit {
@@ -1269,6 +1269,12 @@ mod tests {
         );
         let e = err("services: {}\n");
         assert!(e.contains("no services"), "{e}");
+        // Regression: this one spanned four lines, and so did the reload line quoting it
+        // (an operator review); every error is one line.
+        for text in ["", "services: {}\n", "listen: x\n"] {
+            let e = err(text);
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 
     #[test]

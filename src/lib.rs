@@ -189,9 +189,11 @@ fn start_dns_refresh(shared: Arc<Shared>) -> std::io::Result<()> {
 fn on_sighup(shared: &Shared, path: &Path) {
     match reload::reload(shared, path) {
         Ok(changes) => log::info!("reload: {changes}"),
+        // One line, whatever the error says (a log line per event).
         Err(e) => log::error!(
-            "reload failed, still serving generation {}: {e}",
-            shared.current.load().generation
+            "reload failed, still serving generation {}: {}",
+            shared.current.load().generation,
+            logging::one_line(&e.to_string(), usize::MAX)
         ),
     }
 }
