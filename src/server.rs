@@ -505,8 +505,9 @@ fn spawn_guarded(worker: usize, peer: SocketAddr, task: impl Future<Output = ()>
 }
 
 /// Once a second, just after the wall clock's second turns: refresh the `Date` line, pick
-/// up a reloaded config (closing pooled connections of removed backends), close expired
-/// idle upstream connections, free the spare buffers nothing needed, flush the access log.
+/// up a reloaded config (closing pooled connections of removed backends, and showing a new
+/// connection limit in the metrics), close expired idle upstream connections, free the
+/// spare buffers nothing needed, flush the access log.
 async fn housekeeping(worker: Rc<Worker>) {
     loop {
         // Aligned to the second so `Date` is late by a timer's lag, not up to a second.
@@ -515,6 +516,8 @@ async fn housekeeping(worker: Rc<Worker>) {
         let view = worker.view();
         worker.close_expired_idle(view.snapshot.config.timeouts.client_idle);
         drop(view);
+        // Sets the gauge: a reload's new limit used to show only after the next accept.
+        worker.connection_cap();
         worker.pool.sweep(|_| true);
         worker.trim_spares();
         worker.access.flush();

@@ -352,3 +352,36 @@ fn idle_upstream_connections_are_kept_only_within_the_descriptor_share() {
     }
     assert!(eventually(Duration::from_secs(3), || idle() == 40));
 }
+
+/// Regression: after a reload lowered `limits.max_connections`, the limit gauge kept the old
+/// value until the next accept (an operator review): with clients idle, for good.
+#[test]
+fn the_connection_limit_gauge_follows_a_reload_without_new_clients() {
+    let b = mock_backend();
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nlimits:\n  max_connections: 50",
+        &svc(&b),
+    ));
+    let g = gateway_at(&path);
+    assert!(eventually(Duration::from_secs(3), || {
+        metric(g.admin, "gateway_client_connections_limit") == 50.0
+    }));
+    std::fs::write(
+        &path,
+        config(
+            1,
+            "admin: 127.0.0.1:0\nlimits:\n  max_connections: 5",
+            &svc(&b),
+        ),
+    )
+    .expect("rewrite");
+    signal(&g.proc.child, libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            metric(g.admin, "gateway_client_connections_limit") == 5.0
+        }),
+        "the gauge still says {}",
+        metric(g.admin, "gateway_client_connections_limit")
+    );
+}
