@@ -129,8 +129,17 @@ pub async fn serve(
         if c.down.out.capacity() == 0 {
             c.down.out = worker.buffer();
         }
-        // Only the access log reports the total time; skip the clock read otherwise.
-        let started = worker.access.enabled().then(Instant::now);
+        // Only the access log reports the total time; skip the clock read otherwise. A head
+        // that timed out began `client_header` ago.
+        let mut started = worker.access.enabled().then(Instant::now);
+        if let Next::Reject {
+            err: GatewayError::RequestTimeout,
+            ..
+        } = next
+        {
+            let header = view.snapshot.config.timeouts.client_header;
+            started = started.map(|t| t.checked_sub(header).unwrap_or(t));
+        }
         let after = match next {
             Next::Forward { mut req, held } => {
                 // Admission's in-flight slot is released whatever way the exchange ends.
@@ -240,6 +249,40 @@ impl Drop for Release<'_> {
     }
 }
 
+/// What the access log and the service's counts can still say about a head that was
+/// refused or never completed: its method and configured service, from its request line
+/// when that is plain (`h1::request_line`; the target is kept for the log line). A target
+/// over the limit (a 414) is not quoted back.
+fn refused_line(
+    c: &mut Conn,
+    view: &View,
+    keep_target: bool,
+    max_target: usize,
+) -> (Option<h1::Method>, Option<usize>) {
+    let d = &c.down;
+    let line = h1::request_line(&d.buf[d.start..]).filter(|(_, t)| t.len() <= max_target);
+    let Some((method, target)) = line else {
+        return (None, None);
+    };
+    if keep_target {
+        c.target.clear();
+        c.method.clear();
+        c.target.extend_from_slice(target.as_bytes());
+        c.method.extend_from_slice(method);
+    }
+    let svc = service_of(target, view, &mut c.service);
+    (h1::Method::from_bytes(method), svc)
+}
+
+/// The configured service `target` routes to, if any (its name then in `service`).
+fn service_of(target: &str, view: &View, service: &mut Vec<u8>) -> Option<usize> {
+    let r = crate::router::route(target).ok()?;
+    let i = view.snapshot.service_index(r.service)?;
+    service.clear();
+    service.extend_from_slice(r.service);
+    Some(i)
+}
+
 /// Counts the finished request and writes its access log line.
 fn finish(
     worker: &Worker,
@@ -338,6 +381,8 @@ async fn next_request(
                     let info = parsed.info;
                     d.head = info.method == h1::Method::Head;
                     if keep_target {
+                        c.method.clear(); // kept while the head came (for a 408)
+                        c.target.clear();
                         c.target.extend_from_slice(parsed.target.as_bytes());
                     }
                     if parsed.target == "*" {
@@ -392,27 +437,8 @@ async fn next_request(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    // What the access log and the service's counts can still say about it.
-                    // A target over the limit (a 414) is not quoted back.
-                    let line = h1::request_line(&d.buf[d.start..])
-                        .filter(|(_, t)| t.len() <= limits.max_target_bytes);
-                    let (method, svc) = match line {
-                        Some((method, target)) => {
-                            if keep_target {
-                                c.target.extend_from_slice(target.as_bytes());
-                                c.method.extend_from_slice(method);
-                            }
-                            let route = crate::router::route(target).ok();
-                            let svc = route.and_then(|r| {
-                                let i = view.snapshot.service_index(r.service)?;
-                                c.service.clear();
-                                c.service.extend_from_slice(r.service);
-                                Some(i)
-                            });
-                            (h1::Method::from_bytes(method), svc)
-                        }
-                        None => (None, None),
-                    };
+                    let max_target = limits.max_target_bytes;
+                    let (method, svc) = refused_line(c, &view, keep_target, max_target);
                     let next = Next::Reject {
                         err: e.into(),
                         keep_alive: false,
@@ -434,9 +460,20 @@ async fn next_request(
             // Part of a head has arrived: the rest must follow by then (408).
             deadline = Some(Instant::now() + cfg.timeouts.client_header);
         }
+        let max_target = cfg.limits.max_target_bytes;
         drop(view); // an idle connection must not pin an old snapshot
         let read = match deadline {
             Some(end) => {
+                // The read's buffer is gone if it times out: a whole request line is kept
+                // now for the 408's log line and counts (a review saw `-` for it).
+                if keep_target && c.method.is_empty() {
+                    if let Some((method, target)) = h1::request_line(&d.buf[d.start..]) {
+                        if target.len() <= max_target {
+                            c.method.extend_from_slice(method);
+                            c.target.extend_from_slice(target.as_bytes());
+                        }
+                    }
+                }
                 let wait = end.saturating_duration_since(Instant::now());
                 let timed = io::read_more(d.sock.r(), &mut d.buf, &mut d.start, BUF_SIZE / 2, wait);
                 worker.boxes.pin(timed).await
@@ -470,16 +507,22 @@ async fn next_request(
         match read {
             Read::Data(_) => {}
             Read::Timeout if deadline.is_some() => {
+                // Logged and counted with its request line when that came whole (a
+                // review saw `-` for a head that stopped in its fields).
+                let view = worker.view();
+                let method = h1::Method::from_bytes(&c.method);
+                let target = std::str::from_utf8(&c.target).unwrap_or_default();
+                let svc = service_of(target, &view, &mut c.service);
                 let next = Next::Reject {
                     err: GatewayError::RequestTimeout,
                     keep_alive: false,
-                    with_service: false,
-                    method: None,
-                    svc: None,
+                    with_service: svc.is_some(),
+                    method,
+                    svc,
                     retry_after: None,
                     linger: false,
                 };
-                return (next, worker.view());
+                return (next, view);
             }
             Read::Timeout | Read::Eof | Read::Err(_) => return (Next::Close, worker.view()),
         }

@@ -43,7 +43,11 @@ pub fn prepare(
             service.extend_from_slice(seg.as_bytes());
         }
     }
-    let route = route.map_err(|e| Refused::from(GatewayError::from(e)))?;
+    // A target refused under a configured service (an unsafe path) counts for it too.
+    let route = route.map_err(|e| Refused {
+        err: GatewayError::from(e),
+        svc: view.snapshot.service_index(service),
+    })?;
     let svc = view
         .snapshot
         .service_index(route.service)

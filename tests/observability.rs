@@ -204,6 +204,48 @@ fn a_client_that_resets_before_the_answer_is_logged_and_counted_as_aborted() {
     );
 }
 
+/// Regression (an operator review): a 400 for an unsafe path under a configured service
+/// named no service (body, log, counts), and a 408 for a head that stopped in its fields
+/// was logged with `-` for method and target and a total time near 0 instead of the
+/// `client_header` it waited.
+#[test]
+fn a_timed_out_head_and_an_unsafe_path_are_logged_and_counted_for_their_service() {
+    let log = temp_path("408.log");
+    let _ = std::fs::remove_file(&log);
+    let extra = format!(
+        "access_log: {}\ntimeouts: {{client_header: 1s}}",
+        log.display()
+    );
+    let (_b, g) = svc_gateway(&extra);
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"GET /v1/proxy/svc/slowhead HTTP/1.1\r\nHo");
+    assert_eq!(c.read_response().status, 408);
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"GET /v1/proxy/svc/../x HTTP/1.1\r\nHost: g\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!((r.status, r.json()["service"].as_str()), (400, Some("svc")));
+    // One worker writes its lines in order: the later one's arrival brings the first.
+    let (text, _) = logged_line(&log, "/../x");
+    let f: Vec<&str> = text
+        .lines()
+        .find(|l| l.contains("slowhead"))
+        .unwrap_or("")
+        .split(' ')
+        .collect();
+    assert!(f.len() >= 10, "{text}");
+    assert_eq!((f[2], f[4], f[6]), ("GET", "svc", "408"), "{text}");
+    let total: f64 = f[9].parse().expect("total");
+    assert!(total >= 0.9, "{text}");
+    let unsafe_line = text.lines().find(|l| l.contains("/../x")).unwrap_or("");
+    assert!(unsafe_line.contains(" svc - 400 "), "{text}");
+    let m = metrics(g.admin);
+    assert_eq!(
+        sample(&m, "gateway_requests_total{service=\"svc\",class=\"4xx\"}"),
+        Some(2.0),
+        "{m}"
+    );
+}
+
 /// Closes `c` with a reset (`SO_LINGER` 0), as a client that gives up does.
 fn reset(c: Client) {
     socket2::SockRef::from(&c.stream)
