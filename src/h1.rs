@@ -208,17 +208,22 @@ fn fold_content_length(acc: &mut Option<u64>, value: &[u8]) -> Result<(), ()> {
     }
 }
 
-/// Checks a Host value: `uri-host [ ":" port ]` with no userinfo, path, list or spaces.
+/// Checks a Host value (or an absolute-form authority): `uri-host [ ":" port ]` with no
+/// userinfo, path, list or spaces. The host is a bracketed IPv6 literal or a non-empty
+/// name of letters, digits and `-._~!$&'()*+;=` (no `%`: a percent-encoded name such as
+/// `h%2f` is no name any resolver knows, and a backend that builds URLs from
+/// `X-Forwarded-Host` would decode it); the port, if any, at most 65535. RFC 9110 §4.2.1:
+/// an http URI with an empty host is invalid (`:80` was accepted until 2026-12-01, as were
+/// `h:99999` and `h%2f`: a review).
 pub fn valid_host(v: &[u8]) -> bool {
-    const HOST_BYTES: [bool; 256] = {
+    const NAME_BYTES: [bool; 256] = {
         let mut t = [false; 256];
         let mut i = 0;
         while i < 256 {
-            let b = i as u8;
-            t[i] = b.is_ascii_alphanumeric();
+            t[i] = (i as u8).is_ascii_alphanumeric();
             i += 1;
         }
-        let extra = b"-._~!$&'()*+;=:[]%";
+        let extra = b"-._~!$&'()*+;=";
         let mut j = 0;
         while j < extra.len() {
             t[extra[j] as usize] = true;
@@ -226,7 +231,37 @@ pub fn valid_host(v: &[u8]) -> bool {
         }
         t
     };
-    !v.is_empty() && v.iter().all(|&b| HOST_BYTES[b as usize])
+    let (host_ok, port) = if v.first() == Some(&b'[') {
+        let Some(end) = v.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &v[1..end];
+        let ok = literal.contains(&b':')
+            && literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+        (ok, &v[end + 1..])
+    } else {
+        let colon = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+        let name = &v[..colon];
+        (
+            !name.is_empty() && name.iter().all(|&b| NAME_BYTES[b as usize]),
+            &v[colon..],
+        )
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => {
+            digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && digits
+                    .iter()
+                    .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'))
+                    <= 65535
+        }
+        _ => false,
+    };
+    host_ok && port_ok
 }
 
 /// Framing-relevant header names, compared case-insensitively.
@@ -1364,6 +1399,33 @@ mod tests {
             "duplicate_host"
         );
         assert_eq!(bad(b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n"), "invalid_host");
+        // An empty host, a port no socket has, a percent-encoded name, a bare IPv6 address
+        // (a review: all were forwarded as X-Forwarded-Host).
+        for host in [
+            ":80", "h:99999", "h%2f", "a:b", "::1", "[]", "[::1", "[::1]x", "[a.b]", "a,b", "h:-1",
+        ] {
+            let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert_eq!(bad(req.as_bytes()), "invalid_host", "{host}");
+            let req = format!("GET http://{host}/v1/proxy/a/x HTTP/1.1\r\nHost: g\r\n\r\n");
+            assert_eq!(bad(req.as_bytes()), "invalid_host", "absolute-form {host}");
+        }
+        for host in [
+            "h",
+            "h:",
+            "h:65535",
+            "127.0.0.1:0",
+            "[::1]",
+            "[::1]:8080",
+            "[::ffff:1.2.3.4]",
+            "a-b.c_d~e",
+        ] {
+            let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let mut headers = header_slots();
+            assert!(
+                parse_request(req.as_bytes(), &mut headers, &LIMITS).is_ok(),
+                "{host}"
+            );
+        }
         assert_eq!(
             parse(b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"),
             Err(RequestError::MethodNotAllowed)
