@@ -822,6 +822,7 @@ impl Exchange<'_> {
                     note_head(worker, &mut attempt.borrow_mut(), record, *sent_at, status);
                     let keep_client =
                         info.keep_alive && head.framed_for_client && !worker.stopping();
+                    let sent = Cell::new(0);
                     let raced = {
                         let relayed = to_client(
                             ToClient {
@@ -832,7 +833,8 @@ impl Exchange<'_> {
                                 down_fd,
                                 out,
                                 fields,
-                                record,
+                                record: &mut *record,
+                                sent: &sent,
                                 pipes: &worker.pipes,
                                 timeout: timeouts.body,
                                 min_body_rate,
@@ -852,9 +854,11 @@ impl Exchange<'_> {
                             Either::Right(Err(_)) => None,
                         }
                     };
+                    record.bytes += sent.get();
                     let Some((relayed, uploaded)) = raced else {
-                        // No answer of ours can follow: the connection is reset; no
-                        // verdict on the backend.
+                        // No answer of ours can follow: the connection is reset, the answer
+                        // logged as cut short; no verdict on the backend.
+                        record.cut = true;
                         io::set_reset_on_close(down_fd);
                         attempt.borrow_mut().settle(Outcome::NotSent);
                         return Err(HeadFail::Duplex(After::Close));
@@ -862,12 +866,17 @@ impl Exchange<'_> {
                     *sent_whole = uploaded;
                     let body = match relayed {
                         Relayed::Whole => Body::Relayed,
+                        // While the body still goes up, a backend that stops sending may be
+                        // waiting for more of it: the client's pace, not a failure (a
+                        // review opened circuits with slow and stalled uploads).
+                        Relayed::Stalled if !uploaded => Body::Unjudged,
+                        Relayed::Stalled => Body::Broken,
                         Relayed::Cut(body) => body,
-                        // Nothing went to the client, but its upload is under way: no
-                        // clean answer is possible.
-                        Relayed::BadFraming(e) => {
-                            io::set_reset_on_close(down_fd);
-                            Body::after(e)
+                        // Nothing reached the client: a clean 502, closing lingering, as
+                        // for any early answer broken that way.
+                        Relayed::BadFraming(_) => {
+                            let err = GatewayError::BadResponse("invalid_chunked_body");
+                            return Err(HeadFail::Backend(err));
                         }
                     };
                     attempt.borrow_mut().settle(body.outcome(status));
@@ -896,6 +905,7 @@ impl Exchange<'_> {
         let keep_client =
             self.info.keep_alive && head.framed_for_client && !early && !self.worker.stopping();
         let fd = down.sock.fd();
+        let sent = Cell::new(0);
         let relayed = to_client(
             ToClient {
                 up_r: self.up.r(),
@@ -906,6 +916,7 @@ impl Exchange<'_> {
                 out: &mut down.out,
                 fields: &down.fields,
                 record: &mut down.record,
+                sent: &sent,
                 pipes: &self.worker.pipes,
                 timeout: self.timeouts.body,
                 min_body_rate: self.min_body_rate,
@@ -915,9 +926,11 @@ impl Exchange<'_> {
             keep_client,
         )
         .await;
+        down.record.bytes += sent.get();
         match relayed {
             Relayed::Whole => {}
             Relayed::Cut(body) => return (After::Close, body),
+            Relayed::Stalled => return (After::Close, Body::Broken),
             Relayed::BadFraming(e) => {
                 // Broken framing before anything reached the client: a clean 502 is possible.
                 let err = GatewayError::BadResponse("invalid_chunked_body");
@@ -951,6 +964,9 @@ struct ToClient<'r> {
     /// Fields the gateway adds to the response head.
     fields: &'r [u8],
     record: &'r mut Record,
+    /// Body bytes that reached the client (the caller adds them to the record: a relay
+    /// dropped mid-body still counts what went).
+    sent: &'r Cell<u64>,
     pipes: &'r crate::splice::Pipes,
     timeout: Duration,
     min_body_rate: u64,
@@ -964,6 +980,10 @@ enum Relayed {
     /// Cut short (the client's connection is then set to reset): by the client (no verdict)
     /// or by the backend.
     Cut(Body),
+    /// Cut short because the backend sent nothing for `timeouts.body` (the client's
+    /// connection is then set to reset): a broken body, unless the backend may be waiting
+    /// for the rest of the request's.
+    Stalled,
     /// The body bytes in hand break its framing: nothing was sent, so a clean 502 is
     /// possible.
     BadFraming(BodyError),
@@ -982,6 +1002,7 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
         out,
         fields,
         record,
+        sent,
         pipes,
         timeout,
         min_body_rate,
@@ -1024,7 +1045,6 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
     }
     let mut buf = std::mem::take(out);
     // Counted as it goes: a body cut short is logged with what reached the client.
-    let sent = Cell::new(0u64);
     let r = pump(
         &mut body,
         up_r,
@@ -1039,7 +1059,6 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
     )
     .await;
     *out = buf;
-    record.bytes += sent.get();
     match r {
         Ok(_) => Relayed::Whole,
         Err(e) => {
@@ -1049,10 +1068,11 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
             // complete. The backend failed mid-body: the client must see an aborted
             // response.
             io::set_reset_on_close(down_fd);
-            Relayed::Cut(match e {
-                BodyError::DstIo => Body::Unjudged,
-                e => Body::after(e),
-            })
+            match e {
+                BodyError::DstIo => Relayed::Cut(Body::Unjudged),
+                BodyError::SrcTimeout => Relayed::Stalled,
+                e => Relayed::Cut(Body::after(e)),
+            }
         }
     }
 }

@@ -1753,3 +1753,102 @@ fn a_streaming_echo_gets_the_whole_body_while_the_client_reads_the_answer() {
         "the echo differs"
     );
 }
+
+/// Regression (a re-review of the full-duplex change): while the body still went up, a
+/// backend waiting for more of it before it sent more of its answer was judged a failure
+/// once `timeouts.body` passed, so three clients that stalled their uploads opened its
+/// circuit. Such a stall is the client's pace: the client's connection is reset, with no
+/// verdict.
+#[test]
+fn clients_stalling_their_uploads_under_a_head_first_answer_open_no_circuit() {
+    let b = head_first_backend(false);
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 3, cooldown: 60s}\ntimeouts: {body: 1s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    for i in 0..4 {
+        let mut c = Client::connect(g.proc.addr);
+        c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\ncontent-length: 6000\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(50));
+        c.send(&[b'x'; 100]);
+        // Then nothing: the backend has its head out and waits for the rest.
+        let got = c.read_until_end();
+        assert!(
+            got.is_err() || got.as_ref().is_ok_and(|b| b.len() < 200),
+            "request {i}"
+        );
+    }
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+}
+
+/// Regression (the same re-review): a keep-alive early answer whose chunked framing was
+/// broken in the bytes that came with its head reset the uploading client, logged as a
+/// 200; nothing had reached the client, so it is the contract's clean 502, closing
+/// lingering.
+#[test]
+fn an_early_answer_with_broken_framing_is_a_502_while_the_client_uploads() {
+    let b = RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        if read_head(&mut s, &mut pending).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
+    let mut c = Client::connect(g.addr);
+    c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\ncontent-length: 100000\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(&[b'x'; 1000]);
+    let r = c.read_response();
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (502, "backend_bad_response".to_string())
+    );
+}
+
+/// Regression (the same re-review): a client that reset its connection in the middle of a
+/// full-duplex exchange was logged as a complete 200 with the head's bytes alone: the
+/// relay's count went with it. The line now has the bytes that got through and
+/// `response_cut_short`.
+#[test]
+fn a_client_that_resets_mid_duplex_is_logged_cut_short_with_its_bytes() {
+    let b = head_first_backend(true);
+    let log = std::env::temp_dir().join(format!("gateway-up-{}-duplex.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let g = gateway(&config(
+        1,
+        &format!("access_log: {}", log.display()),
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let mut c = Client::connect(g.addr);
+    c.send(b"POST /v1/proxy/svc/duplex HTTP/1.1\r\nHost: g\r\ncontent-length: 1000000\r\n\r\n");
+    c.send(&[b'x'; 300_000]);
+    let mut got = 0;
+    let mut tmp = [0u8; 65536];
+    while got < 200_000 {
+        let n = c.stream.read(&mut tmp).expect("echo");
+        assert!(n > 0, "closed early");
+        got += n;
+    }
+    socket2::SockRef::from(&c.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(c);
+    let mut line = String::new();
+    let logged = eventually(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        line = text
+            .lines()
+            .find(|l| l.contains("/duplex"))
+            .unwrap_or("")
+            .to_string();
+        !line.is_empty()
+    });
+    let _ = std::fs::remove_file(&log);
+    assert!(logged, "no line");
+    let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!((f[6], f[10]), ("200", "response_cut_short"), "{line}");
+    let bytes: u64 = f[7].parse().expect("bytes");
+    assert!(bytes >= 200_000, "{line}");
+}
