@@ -345,7 +345,8 @@ const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
 /// request) if admitted, else Err(µs until a request would be).
 ///
 /// The key's cell is the one with its tag, unless that cell's TAT is further ahead than
-/// this budget can ever put it (tolerance plus one interval): then it belongs to another
+/// this budget can ever put it (tolerance plus one interval, plus a second for clocks read
+/// at different moments by different workers): then it belongs to another
 /// budget whose key has the same tag, and is not ours. A key without a cell takes the one
 /// with the earliest TAT: an empty or expired one (a full budget: nothing is lost), or, when
 /// all are in use, the budget nearest to full, whose key starts afresh when it comes back.
@@ -366,7 +367,8 @@ fn gcra_keyed(
         for (i, c) in bucket.iter().enumerate() {
             let w = c.load(Ordering::Relaxed);
             let tat = w & TAT_MASK;
-            if w >> TAT_BITS == tag && tat <= now + tolerance + interval {
+            // A second of slack: another worker may have read its clock a little later.
+            if w >> TAT_BITS == tag && tat <= now + tolerance + interval + 1_000_000 {
                 own = Some((i, w, tat));
                 break;
             }

@@ -145,10 +145,12 @@ pub struct ServiceConfig {
 }
 
 /// Statuses that count as a backend failure by default: every 5xx but 501 (Not
-/// Implemented) and 505 (HTTP Version Not Supported), which answer what a client sent: a
-/// backend that answers 501 to a method it does not serve let any client open its circuit
-/// with three such requests (a review). HAProxy's `observe layer7` leaves both out too.
-pub const DEFAULT_FAILURE_STATUSES: u128 = (!0u128 >> 28) & !(1 << 1) & !(1 << 5);
+/// Implemented), which answers the method a client chose: a backend that answers 501 to a
+/// method it does not serve let any client open its circuit with three such requests (a
+/// review). HAProxy's `observe layer7` leaves 501 out too, and 505 as well, but the gateway
+/// always speaks HTTP/1.1 upstream, so a 505 says the backend cannot take what every
+/// request is (a second review), and still counts.
+pub const DEFAULT_FAILURE_STATUSES: u128 = (!0u128 >> 28) & !(1 << 1);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerSettings {
@@ -1278,12 +1280,12 @@ mod tests {
     }
 
     #[test]
-    fn failure_statuses_default_to_every_5xx_but_501_and_505() {
+    fn failure_statuses_default_to_every_5xx_but_501() {
         let c = Config::parse("services:\n  a: [http://127.0.0.1:1]\n").unwrap();
         let b = c.services[0].breaker;
         assert!(b.is_failure_status(500) && b.is_failure_status(599) && !b.is_failure_status(499));
-        assert!(b.is_failure_status(502) && b.is_failure_status(504));
-        assert!(!b.is_failure_status(501) && !b.is_failure_status(505));
+        assert!(b.is_failure_status(502) && b.is_failure_status(504) && b.is_failure_status(505));
+        assert!(!b.is_failure_status(501));
         let c = Config::parse(
             "breaker: {failure_statuses: [501]}\nservices:\n  a: [http://127.0.0.1:1]\n",
         )
