@@ -142,7 +142,10 @@ fn dot_segment(s: &[u8]) -> bool {
         [b'.', rest @ ..] => rest,
         _ => return false,
     };
-    let blanks = rest.iter().take_while(|&&c| matches!(c, b' ' | b'\t')).count();
+    let blanks = rest
+        .iter()
+        .take_while(|&&c| matches!(c, b' ' | b'\t'))
+        .count();
     matches!(rest.get(blanks), None | Some(b'/' | b';'))
 }
 
