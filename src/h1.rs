@@ -231,7 +231,8 @@ pub fn valid_host(v: &[u8]) -> bool {
         }
         t
     };
-    let (host_ok, port) = if v.first() == Some(&b'[') {
+    // One pass over the name (this runs for every request).
+    let port = if v.first() == Some(&b'[') {
         let Some(end) = v.iter().position(|&b| b == b']') else {
             return false;
         };
@@ -240,28 +241,34 @@ pub fn valid_host(v: &[u8]) -> bool {
             && literal
                 .iter()
                 .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
-        (ok, &v[end + 1..])
+        if !ok {
+            return false;
+        }
+        &v[end + 1..]
     } else {
-        let colon = v.iter().position(|&b| b == b':').unwrap_or(v.len());
-        let name = &v[..colon];
-        (
-            !name.is_empty() && name.iter().all(|&b| NAME_BYTES[b as usize]),
-            &v[colon..],
-        )
+        let mut i = 0;
+        while i < v.len() && NAME_BYTES[v[i] as usize] {
+            i += 1;
+        }
+        if i == 0 {
+            return false;
+        }
+        &v[i..]
     };
-    let port_ok = match port {
+    match port {
         [] => true,
-        [b':', digits @ ..] => {
-            digits.len() <= 5
-                && digits.iter().all(u8::is_ascii_digit)
-                && digits
-                    .iter()
-                    .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'))
-                    <= 65535
+        [b':', digits @ ..] if digits.len() <= 5 => {
+            let mut n = 0u32;
+            for &d in digits {
+                if !d.is_ascii_digit() {
+                    return false;
+                }
+                n = n * 10 + u32::from(d - b'0');
+            }
+            n <= 65535
         }
         _ => false,
-    };
-    host_ok && port_ok
+    }
 }
 
 /// Framing-relevant header names, compared case-insensitively.
