@@ -93,8 +93,9 @@ ticks() {
   echo "$u $k"
 }
 hz=$(getconf CLK_TCK)
-# measure LABEL PORT PID: one loadgen run; prints "LABEL us_per_req req_per_s user_us sys_us"
-# (CPU µs per request: all, then its user and system parts).
+# measure LABEL PORT PID: one loadgen run; prints "LABEL us_per_req req_per_s user_us sys_us
+# p99_us p999_us" (CPU µs per request: all, then its user and system parts; then loadgen's
+# latency percentiles, in µs).
 measure() {
   local label=$1 port=$2 pid=$3 log="$out/$1-r$round.txt" a b n rps
   # shellcheck disable=SC2086
@@ -116,12 +117,20 @@ measure() {
   grep -q 'non-2xx 0, timeouts 0), errors: none' "$log" || echo "$label: loadgen saw failures ($log)" >&2
   n=$(grep -m1 'requests in' "$log" | awk '{ print $2 }')
   rps=$(grep -m1 -oE '[0-9.]+ req/s' "$log" | awk '{ print $1 }')
-  awk -v l="$label" -v a="$a" -v b="$b" -v hz="$hz" -v n="$n" -v r="$rps" 'BEGIN {
+  p99=$(us "$(grep -m1 -oE ' p99 [0-9.]+(µs|ms|s)' "$log" | awk '{ print $2 }')")
+  p999=$(us "$(grep -m1 -oE ' p99\.9 [0-9.]+(µs|ms|s)' "$log" | awk '{ print $2 }')")
+  awk -v l="$label" -v a="$a" -v b="$b" -v hz="$hz" -v n="$n" -v r="$rps" -v p="$p99 $p999" 'BEGIN {
     split(a, x, " "); split(b, y, " "); u = (y[1] - x[1]) * 1e6 / hz / n; k = (y[2] - x[2]) * 1e6 / hz / n
-    printf "%s %.2f %s %.2f %.2f\n", l, u + k, r, u, k }'
+    printf "%s %.2f %s %.2f %.2f %s\n", l, u + k, r, u, k, p }'
+}
+# us 6.17ms: a loadgen duration in µs.
+us() {
+  awk -v d="$1" 'BEGIN {
+    m = 1; if (d ~ /µs$/) m = 1; else if (d ~ /ms$/) m = 1e3; else if (d ~ /s$/) m = 1e6
+    sub(/(µs|ms|s)$/, "", d); printf "%.0f", d * m }'
 }
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') (family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | tr -d ' ')), $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "GET, $conns connections, loadgen 1 thread ${LOADGEN_ARGS:-}; per target: CPU µs per request over loadgen's ${secs} s window, req/s, user µs, system µs"
+echo "GET, $conns connections, loadgen 1 thread ${LOADGEN_ARGS:-}; per target: CPU µs per request over loadgen's ${secs} s window, req/s, user µs, system µs, p99 µs, p99.9 µs"
 results=()
 for round in $(seq "$rounds"); do
   for t in "${targets[@]}"; do
@@ -137,15 +146,20 @@ import sys, statistics as st
 rows = [l.split() for l in sys.stdin if l.strip()]
 by = {}
 parts = {}
-for r, label, us, rps, user, sys_ in rows:
+lat = {}
+for r, label, us, rps, user, sys_, p99, p999 in rows:
     by.setdefault(label, {})[int(r)] = float(us)
     parts.setdefault(label, []).append((float(user), float(sys_), float(rps)))
+    lat.setdefault(label, []).append((float(p99), float(p999)))
 names = list(by)
 med = {n: st.median(by[n].values()) for n in names}
 print("medians, µs per request: " + ", ".join(f"{n} {med[n]:.2f}" for n in names))
 for n in names:
     u, k, r = (st.median(p[i] for p in parts[n]) for i in range(3))
     print(f"  {n}: user {u:.2f}, system {k:.2f} µs per request (medians), {r:.0f} req/s")
+for n in names:
+    p = sorted(x[0] for x in lat[n]); q = sorted(x[1] for x in lat[n])
+    print(f"  {n}: p99 {st.median(p):.0f} µs (rounds {p[0]:.0f}-{p[-1]:.0f}), p99.9 {st.median(q):.0f} µs (rounds {q[0]:.0f}-{q[-1]:.0f})")
 for a in names:
     for b in names:
         if names.index(a) < names.index(b):
