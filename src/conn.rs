@@ -111,7 +111,11 @@ pub async fn serve(
     peer: SocketAddr,
 ) {
     let mut c = Conn::new(stream, peer, &worker);
-    while !worker.draining() {
+    // A connection taken from the backlog when the drain began is served its first request
+    // (its answer says `Connection: close`); after that, none is read once draining.
+    let mut first = true;
+    while first || !worker.draining() {
+        first = false;
         c.down.record = Record::default();
         c.down.fields.clear();
         c.down.head = false;

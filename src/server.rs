@@ -366,11 +366,14 @@ fn worker_main(
                 break;
             }
             match listener.cancelable_accept(handle.clone()).await {
-                Ok((stream, peer)) if !worker.draining() => {
+                Ok((stream, peer)) => {
+                    // One accepted as the drain began is served once, as the backlog is.
                     admit(&worker, stream, peer);
+                    if worker.draining() {
+                        break;
+                    }
                     accept_waiting(&worker, listener.as_raw_fd(), !uring);
                 }
-                Ok(_) => break, // accepted while the drain began: refuse it
                 Err(_) if worker.draining() => break,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -379,7 +382,11 @@ fn worker_main(
                 }
             }
         }
-        // Draining: new connections are refused from here on.
+        // Draining: new connections are refused from here on. Those already in the backlog
+        // finished their handshake and may have sent a request: closing the listener would
+        // reset them (an operator review saw uploads reset at every restart), so they are
+        // taken and served once, past the connection cap.
+        take_backlog(&worker, listener.as_raw_fd(), !uring);
         drop(listener);
         drain(&worker).await;
     });
@@ -401,6 +408,20 @@ fn admit(worker: &Rc<Worker>, stream: monoio::net::TcpStream, peer: SocketAddr) 
         peer,
         crate::conn::serve(worker.clone(), registration, stream, peer),
     );
+}
+
+/// When the drain begins: takes every connection waiting in the backlog (up to
+/// [`ACCEPT_BATCH`]) to serve its first request.
+fn take_backlog(worker: &Rc<Worker>, listener: RawFd, nonblocking: bool) {
+    for _ in 0..ACCEPT_BATCH {
+        match crate::io::accept_now(listener, nonblocking) {
+            Some(Ok((stream, peer))) => match monoio::net::TcpStream::from_std(stream) {
+                Ok(stream) => admit(worker, stream, peer),
+                Err(_) => return,
+            },
+            None | Some(Err(_)) => return,
+        }
+    }
 }
 
 /// After an accept, takes the connections already waiting in the backlog (up to

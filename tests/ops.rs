@@ -736,6 +736,49 @@ fn a_second_signal_exits_at_once() {
     );
 }
 
+/// Regression: clients waiting in the accept backlog when the drain began (here: the one
+/// worker at its connection cap) had finished their handshake and sent their requests,
+/// and were reset when the listener closed (an operator review: requests reset at every
+/// restart, not safely retryable). They are now served once, with `Connection: close`.
+#[test]
+fn requests_waiting_in_the_backlog_when_the_drain_begins_are_served_not_reset() {
+    let b = mock_backend();
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nlimits:\n  max_connections: 1",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let mut g = gateway_at(&path);
+    let addr = g.proc.addr;
+    // The one connection the cap allows, busy for a second.
+    let slow = spawn_requests(
+        addr,
+        1,
+        b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 1000\r\n\r\n",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    // Two more wait in the backlog with their requests sent.
+    let mut waiting: Vec<Client> = (0..2)
+        .map(|i| {
+            let mut c = Client::connect(addr);
+            c.send(format!("GET /v1/proxy/svc/w{i} HTTP/1.1\r\nHost: g\r\n\r\n").as_bytes());
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGTERM);
+    for (i, c) in waiting.iter_mut().enumerate() {
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "waiting client {i}");
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    for s in slow {
+        assert_eq!(s.join().unwrap().status, 200);
+    }
+    exits_cleanly(&mut g.proc.child, t);
+}
+
 /// Regression: a second signal exited with every connection closed cleanly, so an HTTP/1.0
 /// client in the middle of a close-delimited body got a FIN, which reads as the whole body
 /// (a review: 2–3 MB of 50 MB). It now gets a reset, as at the drain deadline.
