@@ -739,7 +739,7 @@ impl Config {
             let _ = fmt::Write::write_fmt(
                 &mut s,
                 format_args!(
-                    "rate-limit table: {} cells, {} KiB (keyed budgets share it; a collision makes two keys share a budget)\n",
+                    "rate-limit table: {} cells, {} KiB (keyed budgets share it, 4 cells per bucket; a key whose bucket is full takes the cell of the budget nearest to full)\n",
                     self.admission.table_cells,
                     table / 1024
                 ),
@@ -1133,15 +1133,25 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
     for t in ["usize", "u64", "u32", "u16", "u8", "i64", "i32"] {
         m = m.replace(&format!("expected {t}"), "expected a whole number");
     }
-    if let Some(rest) = m.strip_prefix("unknown field `") {
+    // A top-level key: the line of its first (unknown) or second (duplicate) occurrence.
+    let at = |rest: &str, nth: usize| {
         let key = rest.split('`').next().unwrap_or_default();
-        let line = text.lines().position(|l| {
+        let mut lines = text.lines().enumerate().filter(|(_, l)| {
             l.strip_prefix(key)
                 .is_some_and(|r| r.trim_start().starts_with(':'))
         });
-        if let (Some(n), false) = (line, m.contains(" at line ")) {
-            m = format!("line {}: {m}", n + 1);
-        }
+        lines.nth(nth).map(|(n, _)| n + 1)
+    };
+    let line = match (
+        m.strip_prefix("unknown field `"),
+        m.strip_prefix("duplicate field `"),
+    ) {
+        (Some(rest), _) => at(rest, 0),
+        (_, Some(rest)) => at(rest, 1),
+        _ => None,
+    };
+    if let (Some(n), false) = (line, m.contains(" at line ")) {
+        m = format!("line {n}: {m}");
     }
     m
 }
@@ -1547,6 +1557,14 @@ mod tests {
         );
         let e = err(&format!("{svc}bogus: 1\n"));
         assert!(e.contains("line 3") && e.contains("bogus"), "{e}");
+        // A top-level key given twice: the line of the second (a review saw none).
+        let e = err(&format!(
+            "timeouts: {{connect: 1s}}\n{svc}timeouts: {{body: 2s}}\n"
+        ));
+        assert!(
+            e.contains("line 4") && e.contains("duplicate field `timeouts`"),
+            "{e}"
+        );
         let e = err("services:\n  a:\n");
         assert!(
             e.contains("services.a") && e.contains("is empty") && !e.contains("Null"),
