@@ -118,7 +118,13 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     // The last lines, those of requests the deadline cut among them, are written before the
     // writer thread goes with the process.
     if let Some(log) = &server.access_log {
-        log.sync(Duration::from_secs(1));
+        if !log.sync(Duration::from_secs(1)) {
+            // A writer stuck on a pipe nobody reads or a dead disk: what it still holds goes
+            // with the process, and says so (a review saw it lost silently).
+            log::warn!(
+                "access log: the writer did not catch up within 1 s; lines it still held are lost"
+            );
+        }
     }
     log::info!("drained; exiting");
     Ok(())

@@ -246,6 +246,54 @@ fn a_timed_out_head_and_an_unsafe_path_are_logged_and_counted_for_their_service(
     );
 }
 
+/// Regression: with `access_log: stdout` into a pipe nobody reads, the lines the writer
+/// still held at exit were lost without a word (an operator review). The exit now says so.
+#[test]
+fn access_log_lines_a_stuck_writer_holds_at_exit_are_reported_lost() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let b = mock_backend();
+    let path = write_config(&config(
+        1,
+        "access_log: stdout\ntimeouts: {drain: 1s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let log = temp_path("stuck-stdout.err");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
+        .spawn()
+        .expect("spawn");
+    // Read the startup line for the address, then never read stdout again.
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("startup line");
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .parse()
+        .expect("addr");
+    let mut c = Client::connect(addr);
+    let long = "x".repeat(400);
+    for i in 0..600 {
+        c.send(format!("GET /v1/proxy/svc/{long}/{i} HTTP/1.1\r\nHost: g\r\n\r\n").as_bytes());
+        assert_eq!(c.read_response().status, 200);
+    }
+    drop(c);
+    std::thread::sleep(Duration::from_millis(1500)); // the writer takes its batches and blocks
+    signal(&child, libc::SIGTERM);
+    let t = std::time::Instant::now();
+    let _ = exit_status(&mut child, t, Duration::from_secs(10), "no exit");
+    drop(out);
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(err.contains("did not catch up"), "{err}");
+}
+
 /// Closes `c` with a reset (`SO_LINGER` 0), as a client that gives up does.
 fn reset(c: Client) {
     socket2::SockRef::from(&c.stream)
