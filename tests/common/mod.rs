@@ -666,3 +666,13 @@ pub fn date_problem(r: &Response) -> Option<String> {
         _ => Some(format!("Date fields {dates:?}, want one IMF-fixdate")),
     }
 }
+
+/// Resident memory of process `pid`, in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
