@@ -844,18 +844,21 @@ impl Exchange<'_> {
                             keep_client,
                         );
                         let mut relayed = pin!(relayed);
+                        // (relayed, uploaded whole, the backend held the upload up).
                         match Race(relayed.as_mut(), upload.as_mut()).await {
-                            Either::Left(r) => Some((r, false)),
-                            Either::Right(Ok(_)) => Some((relayed.await, true)),
+                            Either::Left(r) => Some((r, false, owed.get())),
+                            Either::Right(Ok(_)) => Some((relayed.await, true, false)),
                             // The backend stopped taking the body: its answer goes on alone.
-                            Either::Right(Err(BodyError::DstIo)) => Some((relayed.await, false)),
+                            Either::Right(Err(BodyError::DstIo)) => {
+                                Some((relayed.await, false, true))
+                            }
                             // The client broke its upload (gone, too slow, bad framing) with
                             // the answer under way.
                             Either::Right(Err(_)) => None,
                         }
                     };
                     record.bytes += sent.get();
-                    let Some((relayed, uploaded)) = raced else {
+                    let Some((relayed, uploaded, held_up)) = raced else {
                         // No answer of ours can follow: the connection is reset, the answer
                         // logged as cut short; no verdict on the backend.
                         record.cut = true;
@@ -866,10 +869,11 @@ impl Exchange<'_> {
                     *sent_whole = uploaded;
                     let body = match relayed {
                         Relayed::Whole => Body::Relayed,
-                        // While the body still goes up, a backend that stops sending may be
-                        // waiting for more of it: the client's pace, not a failure (a
-                        // review opened circuits with slow and stalled uploads).
-                        Relayed::Stalled if !uploaded => Body::Unjudged,
+                        // While the body still goes up, waiting on the client, a backend that
+                        // stops sending may be waiting for more of it: the client's pace, not
+                        // a failure (a review opened circuits with slow and stalled uploads).
+                        // One that also stopped taking the body is judged (a third review).
+                        Relayed::Stalled if !uploaded && !held_up => Body::Unjudged,
                         Relayed::Stalled => Body::Broken,
                         Relayed::Cut(body) => body,
                         // Nothing reached the client: a clean 502, closing lingering, as

@@ -1852,3 +1852,37 @@ fn a_client_that_resets_mid_duplex_is_logged_cut_short_with_its_bytes() {
     let bytes: u64 = f[7].parse().expect("bytes");
     assert!(bytes >= 200_000, "{line}");
 }
+
+/// Regression (a third review): once a stalled answer during an upload was no verdict, a
+/// backend that sent an early head and then neither read the body nor sent more was
+/// never judged when the body was large. Only a stall while the upload waits on the
+/// client is excused; one that also holds the upload up is a failure.
+#[test]
+fn a_backend_that_stops_reading_and_sending_after_an_early_head_is_judged() {
+    let b = RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        if read_head(&mut s, &mut pending).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789");
+            std::thread::sleep(Duration::from_secs(6));
+        }
+    });
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 2, cooldown: 60s}\ntimeouts: {body: 1s}\nlimits: {max_body_bytes: 67108864}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    for i in 0..2 {
+        let r = upload(g.proc.addr, "/v1/proxy/svc/up", false);
+        assert!(
+            r.is_err() || r.as_ref().is_ok_and(|r| r.status == 200),
+            "upload {i}: {:?}",
+            r.err()
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(3), || circuit(g.admin, b.addr)
+            == "open"),
+        "the stalled backend was not judged: {}",
+        circuit(g.admin, b.addr)
+    );
+}
