@@ -236,12 +236,12 @@ pub fn valid_host(v: &[u8]) -> bool {
         let Some(end) = v.iter().position(|&b| b == b']') else {
             return false;
         };
-        let literal = &v[1..end];
-        let ok = literal.contains(&b':')
-            && literal
-                .iter()
-                .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
-        if !ok {
+        // An IPv6 address, parsed (a review found `[:]` and `[....:]` accepted).
+        let literal = std::str::from_utf8(&v[1..end]).ok();
+        if literal
+            .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+            .is_none()
+        {
             return false;
         }
         &v[end + 1..]
@@ -1409,7 +1409,20 @@ mod tests {
         // An empty host, a port no socket has, a percent-encoded name, a bare IPv6 address
         // (a review: all were forwarded as X-Forwarded-Host).
         for host in [
-            ":80", "h:99999", "h%2f", "a:b", "::1", "[]", "[::1", "[::1]x", "[a.b]", "a,b", "h:-1",
+            ":80",
+            "h:99999",
+            "h%2f",
+            "a:b",
+            "::1",
+            "[]",
+            "[::1",
+            "[::1]x",
+            "[a.b]",
+            "a,b",
+            "h:-1",
+            "[:]",
+            "[....:]",
+            "[1:2:3:4:5:6:7:8:9:10:11]",
         ] {
             let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
             assert_eq!(bad(req.as_bytes()), "invalid_host", "{host}");

@@ -63,16 +63,19 @@ fn path_is_safe(path: &str) -> bool {
     if !b.contains(&b'%') {
         return !has_dot_segment(b);
     }
-    let lower = path.to_ascii_lowercase();
-    let iis = |at: usize| {
-        let code = lower.as_bytes().get(at + 2..at + 6);
-        code.is_some_and(|c| c.iter().all(u8::is_ascii_hexdigit))
+    // IIS's %uXXXX, in the path as sent or in any form it decodes to.
+    let iis = |v: &[u8]| {
+        v.windows(6).any(|w| {
+            w[0] == b'%'
+                && w[1].eq_ignore_ascii_case(&b'u')
+                && w[2..].iter().all(u8::is_ascii_hexdigit)
+        })
     };
-    if lower.match_indices("%u").any(|(at, _)| iis(at)) {
-        return false;
-    }
     let mut bytes = b.to_vec();
     for round in 0..=MAX_DECODES {
+        if iis(&bytes) {
+            return false;
+        }
         match percent_decode(&bytes) {
             Some(next) if round == MAX_DECODES => return next == bytes,
             Some(next) => bytes = next,
@@ -114,13 +117,17 @@ fn percent_decode(b: &[u8]) -> Option<Vec<u8>> {
     changed.then_some(out)
 }
 
-/// Whether `b` holds an overlong UTF-8 sequence: a lead byte `C0`/`C1` (any two-byte one),
-/// `E0` before `80`–`9F` (three bytes), `F0` before `80`–`8F` (four bytes). No encoder
-/// makes them; lenient decoders read them as ASCII (`%c0%ae` as `.`).
+/// Whether `b` holds an overlong UTF-8 sequence, or the start of one: a lead byte before a
+/// continuation byte (`80`–`BF`) that can only begin an overlong form or no valid one:
+/// `C0`/`C1` (two bytes), `E0` before `80`–`9F` (three), `F0` before `80`–`8F` (four),
+/// `F8`–`FF` (the old five- and six-byte forms). No encoder makes them; lenient decoders
+/// read them as ASCII (`%c0%ae` as `.`). The same bytes before anything else are left
+/// alone: Latin-1 names (`%C0la`, "Àla") are not UTF-8 at all.
 fn overlong_utf8(b: &[u8]) -> bool {
     b.iter().enumerate().any(|(i, &c)| {
         let next = b.get(i + 1).copied().unwrap_or(0);
-        matches!(c, 0xc0 | 0xc1)
+        let cont = (0x80..0xc0).contains(&next);
+        (matches!(c, 0xc0 | 0xc1 | 0xf8..=0xff) && cont)
             || (c == 0xe0 && (0x80..0xa0).contains(&next))
             || (c == 0xf0 && (0x80..0x90).contains(&next))
     })
@@ -146,7 +153,9 @@ fn dot_segment(s: &[u8]) -> bool {
         .iter()
         .take_while(|&&c| matches!(c, b' ' | b'\t'))
         .count();
-    matches!(rest.get(blanks), None | Some(b'/' | b';'))
+    // `?` and `#` only come from decoding (`..%3f`): a backend that decodes, then splits
+    // the path there again, sees `..`.
+    matches!(rest.get(blanks), None | Some(b'/' | b';' | b'?' | b'#'))
 }
 
 #[cfg(test)]
@@ -222,6 +231,15 @@ mod tests {
             "/v1/proxy/a/%2%65%2%65/y",
             "/v1/proxy/a/..%20/y",
             "/v1/proxy/a/..%09/y",
+            // A third review: %u in a decoded form, five- and six-byte overlong forms,
+            // dots ended by a decoded ? or #.
+            "/v1/proxy/a/%25u002e%25u002e/secret",
+            "/v1/proxy/a/%%75002e%%75002e/secret",
+            "/v1/proxy/a/%f8%80%80%80%ae%f8%80%80%80%ae/y",
+            "/v1/proxy/a/%fc%80%80%80%80%ae/y",
+            "/v1/proxy/a/..%3f/secret",
+            "/v1/proxy/a/..%23/secret",
+            "/v1/proxy/a/..%253f/secret",
             // Encoded more often than it is decoded: refused, whatever it hides.
             "/v1/proxy/a/x%25252525252e",
         ] {
@@ -237,6 +255,10 @@ mod tests {
         assert!(route("/v1/proxy/a/caf%c3%a9/%e2%82%ac/%f0%9f%98%80").is_ok());
         assert!(route("/v1/proxy/a/50%/x%zz").is_ok());
         assert!(route("/v1/proxy/a/..%20x/y").is_ok());
+        // Latin-1 names (not UTF-8): refused only where they take the shape of an
+        // overlong form.
+        assert!(route("/v1/proxy/a/%C0la/voil%E0/%F6l/%FFx").is_ok());
+        assert!(route("/v1/proxy/a/x%3fy/%23z").is_ok());
         // Dots inside names and in the query are fine.
         assert!(route("/v1/proxy/a/file.txt?p=../x").is_ok());
         assert!(route("/v1/proxy/a/.well-known/x").is_ok());
