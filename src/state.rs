@@ -236,6 +236,8 @@ pub struct Shared {
     /// The soft limit on open descriptors when the process started serving (after
     /// [`crate::fdlimit::raise`]); what `limits.max_connections: auto` derives from.
     pub fd_limit: u64,
+    /// A worker saw a burst of connections end: the heap should be trimmed.
+    pub heap_trim: AtomicBool,
 }
 
 /// The probe lease under `cfg`. A live probe renews its lease whenever it makes progress
@@ -276,7 +278,20 @@ impl Shared {
             access_log: Arc::default(),
             cluster: OnceLock::new(),
             fd_limit: crate::fdlimit::current(),
+            heap_trim: AtomicBool::new(false),
         })
+    }
+
+    /// Gives the allocator's free memory back to the system if a worker asked for it
+    /// ([`crate::worker::Worker::trim_heap`]); off the workers, about once a second.
+    pub fn trim_heap_if_asked(&self) {
+        if self.heap_trim.swap(false, Ordering::Relaxed) {
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim(3) has no preconditions; it only returns free memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
 
     /// True from SIGTERM on: during `timeouts.drain_grace` (serving as usual) and the drain.
