@@ -59,6 +59,9 @@ fn main() -> ExitCode {
         if let Some(w) = warning {
             println!("warning: {w}");
         }
+        for w in gateway::server::start_warnings(&cfg) {
+            println!("warning: {w}");
+        }
         return ExitCode::SUCCESS;
     }
     match gateway::run(cfg, config) {

@@ -167,16 +167,10 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         ),
         None => None,
     };
-    let cpus = allowed_cpus();
-    if config.workers > cpus.len() && !cpus.is_empty() {
-        log::warn!(
-            "workers: {} workers but this process may run on {} CPU(s) ({}): workers share cores; set `workers` to {} or 0",
-            config.workers,
-            cpus.len(),
-            cpu_list(&cpus),
-            cpus.len()
-        );
+    for w in start_warnings(&config) {
+        log::warn!("{w}");
     }
+    let cpus = allowed_cpus();
     let (drain_signal, drain_seen) = UnixStream::pair().map_err(StartError::Thread)?;
     let mut threads = Vec::with_capacity(listeners.len());
     let access_log = log.clone();
@@ -242,6 +236,30 @@ fn cpu_list(cpus: &[usize]) -> String {
         i += 1;
     }
     out.join(",")
+}
+
+/// What is legal in `config` but likely a mistake on this machine: more workers than the
+/// CPUs the process may run on, and a drain grace with no admin port for a load balancer
+/// to see `/healthz` fail. Logged at start, printed by `--check` (which said nothing of
+/// them: a review).
+pub fn start_warnings(config: &crate::config::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let cpus = allowed_cpus();
+    if config.workers > cpus.len() && !cpus.is_empty() {
+        out.push(format!(
+            "workers: {} workers but this process may run on {} CPU(s) ({}): workers share cores; set `workers` to {} or 0",
+            config.workers,
+            cpus.len(),
+            cpu_list(&cpus),
+            cpus.len()
+        ));
+    }
+    if config.admin.is_none() && !config.timeouts.drain_grace.is_zero() {
+        out.push(
+            "timeouts.drain_grace is set but there is no `admin` port: nothing can see /healthz fail during the grace, so it only delays the drain".to_string(),
+        );
+    }
+    out
 }
 
 type Runtime = FusionRuntime<

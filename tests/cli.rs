@@ -389,3 +389,26 @@ fn check_validates_the_cluster_section_without_contacting_redis() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+/// Regression: `--check` said nothing of what the start warns about (an operator review):
+/// more workers than the CPUs the process may use, and a drain grace that no load balancer
+/// can see because there is no admin port.
+#[test]
+fn check_warns_as_the_start_does() {
+    let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (code, text) = check(&format!(
+        "workers: {}\ntimeouts: {{drain_grace: 5s}}\n{svc}",
+        cpus + 1
+    ));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("warning: workers:"), "{text}");
+    assert!(
+        text.contains("warning: timeouts.drain_grace is set but there is no `admin` port"),
+        "{text}"
+    );
+    let (_, text) = check(&format!(
+        "workers: 1\nadmin: 127.0.0.1:0\ntimeouts: {{drain_grace: 5s}}\n{svc}"
+    ));
+    assert!(!text.contains("warning:"), "{text}");
+}
