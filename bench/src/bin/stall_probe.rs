@@ -64,15 +64,6 @@ fn steal() -> Vec<u64> {
         .collect()
 }
 
-fn pin(core: usize) -> bool {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
-}
-
 /// Spins for `run`, returning each gap above `threshold` as (offset from start, length).
 fn spin(start: Instant, run: Duration, threshold: Duration) -> Vec<(Duration, Duration)> {
     let mut gaps = Vec::new();
@@ -111,7 +102,7 @@ fn main() {
         .iter()
         .map(|&core| {
             std::thread::spawn(move || {
-                if !pin(core) {
+                if monoio::utils::bind_to_cpu_set([core]).is_err() {
                     eprintln!("stall-probe: cannot pin to core {core}");
                     std::process::exit(1);
                 }
