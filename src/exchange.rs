@@ -820,8 +820,7 @@ impl Exchange<'_> {
                 Ok(head) => {
                     let status = head.status;
                     note_head(worker, &mut attempt.borrow_mut(), record, *sent_at, status);
-                    let keep_client =
-                        info.keep_alive && head.framed_for_client && !worker.stopping();
+                    let keep_client = keeps_client(*info, &head, worker);
                     let sent = Cell::new(0);
                     let raced = {
                         let relayed = to_client(
@@ -886,11 +885,9 @@ impl Exchange<'_> {
                     attempt.borrow_mut().settle(body.outcome(status));
                     let whole = body == Body::Relayed;
                     *pool_it = whole && uploaded && *ustart == ubuf.len();
-                    Err(HeadFail::Duplex(match (whole, uploaded, keep_client) {
-                        (false, _, _) => After::Close,
-                        (true, false, _) => After::Linger,
-                        (true, true, true) => After::Keep,
-                        (true, true, false) => After::Close,
+                    Err(HeadFail::Duplex(match whole {
+                        false => After::Close,
+                        true => after_relayed(uploaded, keep_client),
                     }))
                 }
             }
@@ -906,8 +903,7 @@ impl Exchange<'_> {
         let early = !self.sent_whole;
         // An early answer, or a drain that began while we waited, closes the client
         // connection after this response.
-        let keep_client =
-            self.info.keep_alive && head.framed_for_client && !early && !self.worker.stopping();
+        let keep_client = !early && keeps_client(self.info, &head, self.worker);
         let fd = down.sock.fd();
         let sent = Cell::new(0);
         let relayed = to_client(
@@ -946,12 +942,23 @@ impl Exchange<'_> {
         }
         // Reuse the backend connection only after a clean, fully framed exchange.
         self.pool_it = head.reusable && !early && self.ustart == self.ubuf.len();
-        let after = match (early, keep_client) {
-            (true, _) => After::Linger,
-            (false, true) => After::Keep,
-            (false, false) => After::Close,
-        };
-        (after, Body::Relayed)
+        (after_relayed(!early, keep_client), Body::Relayed)
+    }
+}
+
+/// Whether the client connection may stay after this response, the request having been
+/// read whole: the client wants it, the body's framing lets it, and no drain began.
+fn keeps_client(info: RequestInfo, head: &ResponseHead, worker: &Worker) -> bool {
+    info.keep_alive && head.framed_for_client && !worker.stopping()
+}
+
+/// What the client connection does after a response relayed whole: lingers while its
+/// request body may still be coming (not `uploaded` whole), else stays or closes.
+fn after_relayed(uploaded: bool, keep_client: bool) -> After {
+    match (uploaded, keep_client) {
+        (false, _) => After::Linger,
+        (true, true) => After::Keep,
+        (true, false) => After::Close,
     }
 }
 
