@@ -294,29 +294,6 @@ fn access_log_lines_a_stuck_writer_holds_at_exit_are_reported_lost() {
     assert!(err.contains("did not catch up"), "{err}");
 }
 
-/// Closes `c` with a reset (`SO_LINGER` 0), as a client that gives up does.
-fn reset(c: Client) {
-    socket2::SockRef::from(&c.stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("linger");
-    drop(c);
-}
-
-/// Waits up to 10 s for the access log at `log` to have a line containing `needle`, then
-/// removes the file; returns the whole text and that line's fields.
-fn logged_line(log: &std::path::Path, needle: &str) -> (String, Vec<String>) {
-    let mut text = String::new();
-    let logged = eventually(Duration::from_secs(10), || {
-        text = std::fs::read_to_string(log).unwrap_or_default();
-        text.contains(needle)
-    });
-    let _ = std::fs::remove_file(log);
-    assert!(logged, "no line: {text}");
-    let line = text.lines().find(|l| l.contains(needle)).unwrap_or("");
-    let fields = line.split(' ').map(str::to_string).collect();
-    (text, fields)
-}
-
 /// A gateway whose stderr (its log) goes to `log`, with `RUST_LOG=info`; returns it and its
 /// admin address. Stopped (by its own PID) when the `Proc` drops.
 fn gateway_logging_to(

@@ -1831,26 +1831,15 @@ fn a_client_that_resets_mid_duplex_is_logged_cut_short_with_its_bytes() {
         assert!(n > 0, "closed early");
         got += n;
     }
-    socket2::SockRef::from(&c.stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("linger");
-    drop(c);
-    let mut line = String::new();
-    let logged = eventually(Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        line = text
-            .lines()
-            .find(|l| l.contains("/duplex"))
-            .unwrap_or("")
-            .to_string();
-        !line.is_empty()
-    });
-    let _ = std::fs::remove_file(&log);
-    assert!(logged, "no line");
-    let f: Vec<&str> = line.split(' ').collect();
-    assert_eq!((f[6], f[10]), ("200", "response_cut_short"), "{line}");
+    reset(c);
+    let (text, f) = logged_line(&log, "/duplex");
+    assert_eq!(
+        (f[6].as_str(), f[10].as_str()),
+        ("200", "response_cut_short"),
+        "{text}"
+    );
     let bytes: u64 = f[7].parse().expect("bytes");
-    assert!(bytes >= 200_000, "{line}");
+    assert!(bytes >= 200_000, "{text}");
 }
 
 /// Regression (a third review): once a stalled answer during an upload was no verdict, a

@@ -676,3 +676,26 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Closes `c` with a reset (`SO_LINGER` 0), as a client that gives up does.
+pub fn reset(c: Client) {
+    socket2::SockRef::from(&c.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(c);
+}
+
+/// Waits up to 10 s for the access log at `log` to have a line containing `needle`, then
+/// removes the file; returns the whole text and that line's fields.
+pub fn logged_line(log: &std::path::Path, needle: &str) -> (String, Vec<String>) {
+    let mut text = String::new();
+    let logged = eventually(Duration::from_secs(10), || {
+        text = std::fs::read_to_string(log).unwrap_or_default();
+        text.contains(needle)
+    });
+    let _ = std::fs::remove_file(log);
+    assert!(logged, "no line: {text}");
+    let line = text.lines().find(|l| l.contains(needle)).unwrap_or("");
+    let fields = line.split(' ').map(str::to_string).collect();
+    (text, fields)
+}
