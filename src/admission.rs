@@ -465,6 +465,8 @@ pub enum Verdict {
     Limited { retry_after: u64 },
     /// At `max_in_flight`: answer 503 `overloaded`.
     Overloaded,
+    /// The `header:NAME` key came on more than one line: answer 400.
+    Ambiguous,
 }
 
 /// A service's admission state.
@@ -534,13 +536,24 @@ impl Admission {
             (Budget::Keyed { table, id }, LimitKey::ClientIp) => {
                 match client_ip(caller.peer, caller.headers, trusted) {
                     IpAddr::V4(v4) => table.bucket(*id, 4, &v4.octets()),
-                    IpAddr::V6(v6) => table.bucket(*id, 6, &v6.octets()),
+                    // A /64 is one subscriber's: keying by /128 would let any client
+                    // with a prefix rotate addresses for fresh budgets.
+                    IpAddr::V6(v6) => table.bucket(*id, 6, &v6.octets()[..8]),
                 }
             }
             (Budget::Keyed { table, id }, LimitKey::Header(name)) => {
-                match caller.headers.iter().find(|h| h1::name_is(h.name, name)) {
-                    Some(h) => table.bucket(*id, 1, h1::trim_ows(h.value)),
-                    None => table.bucket(*id, 0, b""),
+                let mut lines = caller.headers.iter().filter(|h| h1::name_is(h.name, name));
+                match (lines.next(), lines.next()) {
+                    (Some(h), None) => table.bucket(*id, 1, h1::trim_ows(h.value)),
+                    (None, _) => table.bucket(*id, 0, b""),
+                    // Which line would the backend believe? Keying on one lets a client
+                    // vary the other for fresh budgets; refuse, as for a repeated Host.
+                    (Some(_), Some(_)) => {
+                        if held {
+                            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        return Verdict::Ambiguous;
+                    }
                 }
             }
             // Not built (a service key always gets its own word); one shared key would do.

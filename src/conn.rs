@@ -338,8 +338,9 @@ fn admit(view: &View, caller: &Caller<'_>, fields: &mut Vec<u8>, req: Request) -
     let trusted = &view.snapshot.config.admission.trusted_proxies;
     let (err, retry_after) = match service.admission.admit(caller, trusted, fields) {
         Verdict::Admit { held } => return Next::Forward { req, held },
-        Verdict::Limited { retry_after } => (GatewayError::RateLimited, retry_after),
-        Verdict::Overloaded => (GatewayError::Overloaded, 1),
+        Verdict::Limited { retry_after } => (GatewayError::RateLimited, Some(retry_after)),
+        Verdict::Overloaded => (GatewayError::Overloaded, Some(1)),
+        Verdict::Ambiguous => (GatewayError::BadRequest("repeated_rate_limit_key"), None),
     };
     Next::Reject {
         err,
@@ -348,7 +349,7 @@ fn admit(view: &View, caller: &Caller<'_>, fields: &mut Vec<u8>, req: Request) -
         with_service: true,
         method: Some(req.info.method),
         svc: Some(req.svc),
-        retry_after: Some(retry_after),
+        retry_after,
         linger: req.info.framing != Framing::None,
     }
 }

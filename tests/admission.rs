@@ -131,6 +131,24 @@ fn client_ip_budgets_are_per_source_address_and_believe_forwarded_for_only_from_
         statuses(&mut proxy, 1, "X-Forwarded-For: 127.0.0.2\r\n"),
         [429]
     );
+    // Regression: IPv6 clients were keyed by /128, so one with a /64 (every subscriber
+    // has one) rotated addresses for fresh budgets. A /64 is one client.
+    assert_eq!(
+        statuses(&mut proxy, 2, "X-Forwarded-For: 2001:db8:1:2::1\r\n"),
+        [200, 200]
+    );
+    assert_eq!(
+        statuses(
+            &mut proxy,
+            1,
+            "X-Forwarded-For: 2001:db8:1:2:ffff:1:2:3\r\n"
+        ),
+        [429]
+    );
+    assert_eq!(
+        statuses(&mut proxy, 1, "X-Forwarded-For: 2001:db8:1:3::1\r\n"),
+        [200]
+    );
 }
 
 #[test]
@@ -146,6 +164,38 @@ fn header_budgets_are_per_value_with_one_shared_budget_for_requests_without_it()
     assert_eq!(statuses(&mut c, 2, "X-API-KEY:  beta \r\n"), [200, 429]);
     assert_eq!(statuses(&mut c, 2, ""), [200, 429]);
     assert_eq!(statuses(&mut c, 1, "x-api-key: alpha\r\n"), [429]);
+}
+
+/// Regression: the key was the header's first line, so a client could send a fresh value
+/// first and the key its backend believes second, for a fresh budget on every request.
+#[test]
+fn a_header_key_on_two_lines_is_refused_before_any_budget_or_backend() {
+    let rec = Recorder::start(reply(200));
+    let g = gateway(&config(
+        1,
+        "rate_limit: {rate: 1/h, burst: 1, key: \"header:X-Api-Key\"}",
+        &format!("  svc: [http://{}]\n", rec.addr),
+    ));
+    let mut c = Client::connect(g.addr);
+    assert_eq!(statuses(&mut c, 1, "x-api-key: alpha\r\n"), [200]);
+    for fresh in ["one", "two", "three"] {
+        c.send(
+            format!(
+                "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nX-Api-Key: {fresh}\r\nx-api-key: alpha\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let r = c.read_response();
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.json(),
+            serde_json::json!({"error": "bad_request", "detail": "repeated_rate_limit_key", "service": "svc"})
+        );
+        assert!(r.header("retry-after").is_none());
+    }
+    // The connection stays usable, alpha's budget is untouched by the refusals and spent.
+    assert_eq!(statuses(&mut c, 1, "x-api-key: alpha\r\n"), [429]);
+    assert_eq!(rec.requests(), 1);
 }
 
 /// Regression: keyed budgets of all services shared untagged table cells, so one client
