@@ -4,9 +4,9 @@
 //! The exchange owns its upstream state (the connection, what goes up, what came down);
 //! the client side is borrowed from `conn` as a [`Downstream`]. It is full duplex: while a
 //! request body streams up, the backend's response is read, so a backend that answers early
-//! (a 413 or 401 after the head) is heard at once; its answer is relayed, the upload stops,
-//! the backend connection is not reused, and the client connection closes after a lingering
-//! read. What the breaker hears is decided in one place, `Attempt::settle`.
+//! is heard at once. An answer that closes (a 413 or 401 after the head) stops the upload;
+//! one that keeps the connection is relayed while the upload goes on, its waits held open
+//! until the upload ends. What the breaker hears is decided in one place, `Attempt::settle`.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -191,6 +191,9 @@ pub async fn forward(
 /// Largest `Content-Length` body taken from the socket with the head when it is already
 /// there (see `forward`).
 const MAX_TAKE_NOW: u64 = 48 * 1024;
+
+/// How far ahead a running upload holds its answer's waits open: for as long as it runs.
+const LIVE: Duration = Duration::from_secs(1 << 30);
 
 /// Re-frames the body bytes already in hand into `in_hand`; with
 /// `limits.buffer_request_body`, first waits for up to that many body bytes (or the whole of
@@ -765,6 +768,7 @@ impl Exchange<'_> {
                 up_w,
                 &mut chunk,
                 timeouts.body,
+                None,
                 &worker.pipes,
                 &owed,
                 |_| attempt.borrow_mut().renew(),
@@ -822,6 +826,10 @@ impl Exchange<'_> {
                     note_head(worker, &mut attempt.borrow_mut(), record, *sent_at, status);
                     let keep_client = keeps_client(*info, &head, worker);
                     let sent = Cell::new(0);
+                    // While the upload runs, a backend that stops sending may be waiting
+                    // for the rest of the body: its answer's waits go on (the upload's own
+                    // bound the exchange); from the upload's end, `timeouts.body` again.
+                    let hold = io::Hold::new(Instant::now().checked_add(LIVE));
                     let raced = {
                         let relayed = to_client(
                             ToClient {
@@ -836,6 +844,7 @@ impl Exchange<'_> {
                                 sent: &sent,
                                 pipes: &worker.pipes,
                                 timeout: timeouts.body,
+                                hold: Some(&hold),
                                 min_body_rate,
                                 minor: info.minor,
                             },
@@ -843,13 +852,18 @@ impl Exchange<'_> {
                             keep_client,
                         );
                         let mut relayed = pin!(relayed);
-                        // (relayed, uploaded whole, the backend held the upload up).
+                        // (relayed, uploaded whole).
                         match Race(relayed.as_mut(), upload.as_mut()).await {
-                            Either::Left(r) => Some((r, false, owed.get())),
-                            Either::Right(Ok(_)) => Some((relayed.await, true, false)),
-                            // The backend stopped taking the body: its answer goes on alone.
+                            Either::Left(r) => Some((r, false)),
+                            Either::Right(Ok(_)) => {
+                                hold.set(Instant::now().checked_add(timeouts.body));
+                                Some((relayed.await, true))
+                            }
+                            // The backend stopped taking the body: its answer goes on alone,
+                            // within the wait it was in.
                             Either::Right(Err(BodyError::DstIo)) => {
-                                Some((relayed.await, false, true))
+                                hold.set(None);
+                                Some((relayed.await, false))
                             }
                             // The client broke its upload (gone, too slow, bad framing) with
                             // the answer under way.
@@ -857,7 +871,7 @@ impl Exchange<'_> {
                         }
                     };
                     record.bytes += sent.get();
-                    let Some((relayed, uploaded, held_up)) = raced else {
+                    let Some((relayed, uploaded)) = raced else {
                         // No answer of ours can follow: the connection is reset, the answer
                         // logged as cut short; no verdict on the backend.
                         record.cut = true;
@@ -868,12 +882,11 @@ impl Exchange<'_> {
                     *sent_whole = uploaded;
                     let body = match relayed {
                         Relayed::Whole => Body::Relayed,
-                        // While the body still goes up, waiting on the client, a backend that
-                        // stops sending may be waiting for more of it: the client's pace, not
-                        // a failure (a review opened circuits with slow and stalled uploads).
-                        // One that also stopped taking the body is judged (a third review).
-                        Relayed::Stalled if !uploaded && !held_up => Body::Unjudged,
-                        Relayed::Stalled => Body::Broken,
+                        // Its waits held open while the body went up (a review opened
+                        // circuits with slow and stalled uploads, another saw answers cut
+                        // when an upload outlasted `timeouts.body`), a stall is the
+                        // backend's: silent for that long with the whole body, or having
+                        // stopped taking it (a third review).
                         Relayed::Cut(body) => body,
                         // Nothing reached the client: a clean 502, closing lingering, as
                         // for any early answer broken that way.
@@ -919,6 +932,7 @@ impl Exchange<'_> {
                 sent: &sent,
                 pipes: &self.worker.pipes,
                 timeout: self.timeouts.body,
+                hold: None,
                 min_body_rate: self.min_body_rate,
                 minor: self.info.minor,
             },
@@ -930,7 +944,6 @@ impl Exchange<'_> {
         match relayed {
             Relayed::Whole => {}
             Relayed::Cut(body) => return (After::Close, body),
-            Relayed::Stalled => return (After::Close, Body::Broken),
             Relayed::BadFraming(e) => {
                 // Broken framing before anything reached the client: a clean 502 is possible.
                 let err = GatewayError::BadResponse("invalid_chunked_body");
@@ -980,6 +993,8 @@ struct ToClient<'r> {
     sent: &'r Cell<u64>,
     pipes: &'r crate::splice::Pipes,
     timeout: Duration,
+    /// Stretches the waits on the backend (see [`io::timed_held`]).
+    hold: Option<&'r io::Hold>,
     min_body_rate: u64,
     minor: u8,
 }
@@ -989,12 +1004,8 @@ enum Relayed {
     /// The whole body went, and ended cleanly.
     Whole,
     /// Cut short (the client's connection is then set to reset): by the client (no verdict)
-    /// or by the backend.
+    /// or by the backend (silent for `timeouts.body` beyond any `hold`, or broken).
     Cut(Body),
-    /// Cut short because the backend sent nothing for `timeouts.body` (the client's
-    /// connection is then set to reset): a broken body, unless the backend may be waiting
-    /// for the rest of the request's.
-    Stalled,
     /// The body bytes in hand break its framing: nothing was sent, so a clean 502 is
     /// possible.
     BadFraming(BodyError),
@@ -1016,6 +1027,7 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
         sent,
         pipes,
         timeout,
+        hold,
         min_body_rate,
         minor,
     } = t;
@@ -1064,6 +1076,7 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
         down_w,
         &mut buf,
         timeout,
+        hold,
         pipes,
         &Cell::new(false),
         |n| sent.set(sent.get() + n),
@@ -1079,11 +1092,10 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
             // complete. The backend failed mid-body: the client must see an aborted
             // response.
             io::set_reset_on_close(down_fd);
-            match e {
-                BodyError::DstIo => Relayed::Cut(Body::Unjudged),
-                BodyError::SrcTimeout => Relayed::Stalled,
-                e => Relayed::Cut(Body::after(e)),
-            }
+            Relayed::Cut(match e {
+                BodyError::DstIo => Body::Unjudged,
+                e => Body::after(e),
+            })
         }
     }
 }

@@ -8,7 +8,7 @@
 //! connection, which is the only safe thing to do with a socket that may have lost or
 //! half-sent bytes (see design.md §6). A timeout is never mistaken for a closed peer.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::mem::ManuallyDrop;
@@ -125,15 +125,26 @@ pub async fn read_more<R: AsyncReadRent>(
 
 /// [`read_more`] asking for exactly `room` bytes (at least that much room is made), however
 /// much more spare capacity the buffer has: what is read is written on whole, and a write
-/// must stay below the largest segment (see `relay::ReadRoom`).
+/// must stay below the largest segment (see `relay::ReadRoom`). `hold` may push the
+/// deadline back (see [`timed_held`]).
 pub async fn read_at_most<R: AsyncReadRent>(
     stream: &mut R,
     buf: &mut Vec<u8>,
     start: &mut usize,
     room: usize,
     deadline: Duration,
+    hold: Option<&Hold>,
 ) -> Read {
-    read_into(stream, buf, start, room, room, deadline).await
+    make_room(buf, start, room);
+    let b = std::mem::take(buf);
+    let (len, cap) = (b.len(), b.capacity());
+    let end = cap.min(len.saturating_add(room));
+    let read = stream.read(b.slice_mut(len..end));
+    let done = match hold {
+        None => timed(deadline, read).await,
+        Some(hold) => timed_held(deadline, hold, read).await,
+    };
+    read_done(done, cap, buf, start)
 }
 
 /// One read of at most `max` bytes into the buffer's spare capacity, after making room.
@@ -149,7 +160,19 @@ async fn read_into<R: AsyncReadRent>(
     let b = std::mem::take(buf);
     let (len, cap) = (b.len(), b.capacity());
     let end = cap.min(len.saturating_add(max));
-    match timed(deadline, stream.read(b.slice_mut(len..end))).await {
+    let done = timed(deadline, stream.read(b.slice_mut(len..end))).await;
+    read_done(done, cap, buf, start)
+}
+
+/// Puts a read's buffer back (or, after a timeout, a fresh one: the old went with the
+/// operation) and says how it ended.
+fn read_done(
+    done: Result<monoio::BufResult<usize, monoio::buf::SliceMut<Vec<u8>>>, Elapsed>,
+    cap: usize,
+    buf: &mut Vec<u8>,
+    start: &mut usize,
+) -> Read {
+    match done {
         Ok((res, slice)) => {
             *buf = slice.into_inner();
             read_result(res)
@@ -437,6 +460,39 @@ pub fn timed<F: Future>(after: Duration, fut: F) -> Timed<F> {
         fut,
         timer: Some(timer),
     }
+}
+
+/// A wait's floor that another task sets: while it holds an instant still to come, a wait
+/// under [`timed_held`] goes on until then. The full-duplex upload holds the response's
+/// waits open while it runs: a backend may answer only once it has the whole body.
+pub type Hold = Cell<Option<std::time::Instant>>;
+
+/// [`timed`], except that when `after` passes while `hold` is later than now, `fut` is
+/// kept and the wait goes on, at most `after` at a time, until then. The operation is
+/// never dropped in between, so no bytes it may have taken are lost.
+pub async fn timed_held<F: Future>(
+    after: Duration,
+    hold: &Hold,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    let mut wait = after;
+    loop {
+        match timed(wait, fut.as_mut()).await {
+            Ok(v) => return Ok(v),
+            Err(Elapsed) => match held_for(Some(hold), after) {
+                Some(more) => wait = more,
+                None => return Err(Elapsed),
+            },
+        }
+    }
+}
+
+/// Whether `hold` stretches a wait that has just run out, and by how much.
+pub fn held_for(hold: Option<&Hold>, after: Duration) -> Option<Duration> {
+    let until = hold?.get()?;
+    let now = std::time::Instant::now();
+    (until > now).then(|| (until - now).min(after))
 }
 
 /// A deadline passed (see [`timed`]).
@@ -803,7 +859,15 @@ mod tests {
             let mut start = 3;
             let mut got = Vec::new();
             while got.len() < sent.len() {
-                match read_at_most(&mut s, &mut buf, &mut start, 1000, Duration::from_secs(5)).await
+                match read_at_most(
+                    &mut s,
+                    &mut buf,
+                    &mut start,
+                    1000,
+                    Duration::from_secs(5),
+                    None,
+                )
+                .await
                 {
                     Read::Data(n) => {
                         assert!(n <= 1000, "read {n} bytes for a room of 1000");

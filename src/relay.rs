@@ -348,7 +348,8 @@ async fn write_body(
 /// Streams the rest of a body from `src` to `dst` until `relay` is done, calling
 /// `progress` with the bytes of each write. `out` is empty on entry; bytes after the body stay in
 /// `buf[*start..]`. Every wait on either side is bounded by `timeout` (a pause), and on the
-/// client's side by its [`Pace`] too. `owed` is true while bytes taken
+/// client's side by its [`Pace`] too; `hold` may stretch the waits on `src` (see
+/// [`io::timed_held`]). `owed` is true while bytes taken
 /// from `src` have not all gone to `dst` (so false while it waits on `src` alone).
 ///
 /// A body that goes out unchanged is written from the buffer it was read into; a long
@@ -362,6 +363,7 @@ pub async fn pump(
     dst: &mut WriteHalf,
     out: &mut Vec<u8>,
     timeout: Duration,
+    hold: Option<&io::Hold>,
     pipes: &Pipes,
     owed: &Cell<bool>,
     mut progress: impl FnMut(u64),
@@ -372,7 +374,7 @@ pub async fn pump(
         let long = relay.spliceable();
         if long > 0 && *start == buf.len() && pipes.on() {
             match pipes
-                .transfer(src, dst, long, timeout, &mut relay.pace, owed, |n| {
+                .transfer(src, dst, long, timeout, hold, &mut relay.pace, owed, |n| {
                     written += n;
                     progress(n);
                 })
@@ -393,7 +395,7 @@ pub async fn pump(
             .pace
             .wait(Side::Src, timeout)
             .map_err(|Late| BodyError::SrcTimeout)?;
-        match io::read_at_most(src, buf, start, room.0, limit).await {
+        match io::read_at_most(src, buf, start, room.0, limit, hold).await {
             Read::Data(n) => {
                 // The wait counts now; what the client earns by it, once we know how much
                 // of it was body (chunk framing earns nothing).

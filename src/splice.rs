@@ -105,7 +105,8 @@ impl Pipes {
     }
 
     /// Moves exactly `len` bytes from `src` to `dst`, calling `progress` after each part
-    /// written; every wait for either side is bounded by `timeout`. `owed` is true while
+    /// written; every wait for either side is bounded by `timeout`, and `hold` may stretch
+    /// the waits on `src` (see [`crate::io::timed_held`]). `owed` is true while
     /// the pipe holds bytes taken from `src` that `dst` has not got. Err(None) when no pipe
     /// could be had (nothing was moved: the caller copies instead).
     #[allow(clippy::too_many_arguments)]
@@ -115,6 +116,7 @@ impl Pipes {
         dst: &mut WriteHalf,
         len: u64,
         timeout: Duration,
+        hold: Option<&crate::io::Hold>,
         pace: &mut Pace,
         owed: &Cell<bool>,
         mut progress: impl FnMut(u64),
@@ -141,10 +143,17 @@ impl Pipes {
                     Ok(0) => return Err(Some(SpliceError::Src)), // closed before the end
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        match paced(pace, Side::Src, timeout, sin.readable(false)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => return Err(Some(SpliceError::Src)),
-                            Err(Late) => return Err(Some(SpliceError::SrcTimeout)),
+                        let mut wait = timeout;
+                        // A readiness wait takes no bytes: stretched, it is simply redone.
+                        loop {
+                            match paced(pace, Side::Src, wait, sin.readable(false)).await {
+                                Ok(Ok(())) => break,
+                                Ok(Err(_)) => return Err(Some(SpliceError::Src)),
+                                Err(Late) => match crate::io::held_for(hold, timeout) {
+                                    Some(more) => wait = more,
+                                    None => return Err(Some(SpliceError::SrcTimeout)),
+                                },
+                            }
                         }
                     }
                     Err(_) => return Err(Some(SpliceError::Src)),

@@ -1875,3 +1875,114 @@ fn a_backend_that_stops_reading_and_sending_after_an_early_head_is_judged() {
         circuit(g.admin, b.addr)
     );
 }
+
+/// Regression: a backend that sends its head at once and the rest of its answer once it
+/// has the whole body cut the client off when the upload took longer than `timeouts.body`:
+/// the answer's wait ran out while the body still went up at a steady pace (a reset, no
+/// verdict). Its waits now stay open while the upload runs, and `timeouts.body` counts
+/// again from the upload's end. A long answer is spliced with `splice: true`: its waits
+/// are held the same way.
+#[test]
+fn an_answer_that_waits_for_an_upload_longer_than_the_body_timeout_arrives_whole() {
+    const ANSWER: usize = 200_000;
+    let b = RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            let len: usize = header_value(&head, "content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {ANSWER}\r\n\r\n");
+            if s.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let mut got = std::mem::take(&mut pending).len();
+            let mut tmp = [0u8; 4096];
+            while got < len {
+                match s.read(&mut tmp[..(len - got).min(4096)]) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
+            }
+            let answer: Vec<u8> = (0..ANSWER).map(|i| (i % 249) as u8).collect();
+            if s.write_all(&answer).is_err() {
+                return;
+            }
+        }
+    });
+    for extra in ["", "\nsplice: true"] {
+        let g = gateway_at(&write_config(&config(
+            1,
+            &format!("admin: 127.0.0.1:0\nbreaker: {{failure_threshold: 1, cooldown: 60s}}\ntimeouts: {{body: 1s}}{extra}"),
+            &format!("  svc: [http://{}]\n", b.addr),
+        )));
+        let mut c = Client::connect(g.proc.addr);
+        c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\ncontent-length: 1000\r\n\r\n");
+        // 3 s of upload, never 1 s without a byte.
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(300));
+            c.send(&[b'x'; 100]);
+        }
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{extra:?}");
+        assert!(
+            r.body.len() == ANSWER
+                && r.body
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &v)| v == (i % 249) as u8),
+            "{extra:?}: {} bytes",
+            r.body.len()
+        );
+        // Whole on both sides: the client connection is kept, the backend not blamed.
+        c.send(b"POST /v1/proxy/svc/again HTTP/1.1\r\nHost: g\r\ncontent-length: 3\r\n\r\nabc");
+        assert_eq!(c.read_response().body.len(), ANSWER, "{extra:?}");
+        assert_eq!(circuit(g.admin, b.addr), "closed", "{extra:?}");
+    }
+}
+
+/// The other side of the regression above: once the backend has the whole body, it gets
+/// `timeouts.body` for the rest of its answer and no more, and is judged.
+#[test]
+fn an_answer_that_stays_silent_after_the_whole_upload_is_judged_at_the_body_timeout() {
+    let b = RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        if read_head(&mut s, &mut pending).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789");
+            let mut tmp = [0u8; 4096];
+            let mut got = pending.len();
+            while got < 1000 {
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
+            }
+            std::thread::sleep(Duration::from_secs(8));
+        }
+    });
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 60s}\ntimeouts: {body: 1s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\ncontent-length: 1000\r\n\r\n");
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
+        c.send(&[b'x'; 200]);
+    }
+    let uploaded = Instant::now();
+    let got = c.read_until_end();
+    let waited = uploaded.elapsed();
+    // 10 of 100 bytes and a reset: an answer that cannot look complete.
+    assert!(got.is_err(), "{got:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "cut {waited:?} after the upload's end"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || circuit(g.admin, b.addr)
+            == "open"),
+        "the silent backend was not judged: {}",
+        circuit(g.admin, b.addr)
+    );
+}
