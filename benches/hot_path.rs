@@ -363,10 +363,16 @@ fn hostile_head_section(filter: &[String]) {
         let mut work = || {
             let mut hs = h1::header_slots();
             match h1::parse_request(black_box(head), &mut hs, &lim) {
-                Ok(Some(p)) => {
-                    rewrite::prepare(&p, &view, b"127.0.0.1", &mut fwd, &mut path, &mut service)
-                        .is_ok()
-                }
+                Ok(Some(p)) => rewrite::prepare(
+                    &p,
+                    &view,
+                    b"127.0.0.1",
+                    None,
+                    &mut fwd,
+                    &mut path,
+                    &mut service,
+                )
+                .is_ok(),
                 _ => false,
             }
         };

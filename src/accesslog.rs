@@ -2,7 +2,8 @@
 //! batches to a writer thread, so a request never waits on log I/O.
 //!
 //! Line format (space-separated, `-` for an absent field):
-//! `time client method target service backend status bytes upstream_s total_s error`
+//! `time client method target service backend status bytes upstream_s total_s error`, and
+//! with `request_id: true` the request ID last.
 //! e.g. `2026-11-28T06:01:02.345Z 127.0.0.1 GET /v1/proxy/users/1 users http://127.0.0.1:8001 200 412 0.000310 0.000402 -`.
 //! If the writer falls behind by more than [`MAX_PENDING`] batches, batches are dropped and
 //! counted rather than blocking a worker.
@@ -194,6 +195,9 @@ pub struct Entry<'a> {
     /// The body was cut short after the head went out: the error field reads
     /// `response_cut_short` (unless a gateway error says more).
     pub truncated: bool,
+    /// With `request_id: true`: a last field, the request's ID (`-` for a head that was
+    /// refused before it had one).
+    pub request_id: Option<&'a [u8]>,
 }
 
 /// A worker's buffer.
@@ -259,18 +263,25 @@ impl AccessLog {
             e.total_us % 1_000_000,
         );
         match e.error {
-            _ if e.drained => b.extend_from_slice(b"drain_deadline\n"),
-            None if e.truncated => b.extend_from_slice(b"response_cut_short\n"),
+            _ if e.drained => b.extend_from_slice(b"drain_deadline"),
+            None if e.truncated => b.extend_from_slice(b"response_cut_short"),
             Some(err) => match err.detail() {
                 Some(d) => {
-                    let _ = writeln!(b, "{}:{d}", err.code());
+                    let _ = write!(b, "{}:{d}", err.code());
                 }
-                None => {
-                    let _ = writeln!(b, "{}", err.code());
-                }
+                None => b.extend_from_slice(err.code().as_bytes()),
             },
-            None => b.extend_from_slice(b"-\n"),
+            None => b.push(b'-'),
         }
+        match e.request_id {
+            Some([]) => b.extend_from_slice(b" -"),
+            Some(id) => {
+                b.push(b' ');
+                b.extend_from_slice(id);
+            }
+            None => {}
+        }
+        b.push(b'\n');
         if b.len() >= FLUSH_BYTES {
             drop(b);
             self.flush();
@@ -303,31 +314,43 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let w = start(&Sink::File(path.clone()), Arc::default()).unwrap();
         let log = AccessLog::new(w);
-        log.record(&Entry {
-            client: [10, 0, 0, 1].into(),
-            method: "GET",
-            target: b"/v1/proxy/svc/a?b=1",
-            service: Some("svc"),
-            backend: Some("http://127.0.0.1:1"),
-            status: 200,
-            bytes: 42,
-            upstream_us: Some(1_500),
-            total_us: 2_000_001,
-            error: None,
-            drained: false,
-            truncated: false,
-        });
+        // Without `request_id`, then with an ID, then with none yet (a refused head).
+        for request_id in [None, Some(&b"4bf92f3577b34da6"[..]), Some(&b""[..])] {
+            log.record(&Entry {
+                client: [10, 0, 0, 1].into(),
+                method: "GET",
+                target: b"/v1/proxy/svc/a?b=1",
+                service: Some("svc"),
+                backend: Some("http://127.0.0.1:1"),
+                status: 200,
+                bytes: 42,
+                upstream_us: Some(1_500),
+                total_us: 2_000_001,
+                error: None,
+                drained: false,
+                truncated: false,
+                request_id,
+            });
+        }
         log.flush();
         let mut text = String::new();
         for _ in 0..100 {
             text = std::fs::read_to_string(&path).unwrap_or_default();
-            if !text.is_empty() {
+            if text.lines().count() == 3 {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let _ = std::fs::remove_file(&path);
-        let fields: Vec<&str> = text.trim_end().split(' ').collect();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(
+            lines[1].strip_suffix(" 4bf92f3577b34da6"),
+            Some(lines[0]),
+            "{text}"
+        );
+        assert_eq!(lines[2].strip_suffix(" -"), Some(lines[0]), "{text}");
+        let fields: Vec<&str> = lines[0].split(' ').collect();
         assert_eq!(fields.len(), 11, "{text}");
         assert!(fields[0].ends_with('Z') && fields[0].len() == 24, "{text}");
         assert_eq!(
@@ -371,6 +394,7 @@ mod tests {
                 error: None,
                 drained: i % 2 == 0,
                 truncated: i % 3 == 0,
+                request_id: None,
             });
         }
         log.flush();

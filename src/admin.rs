@@ -533,6 +533,7 @@ fn config(shared: &Shared) -> Value {
         "workers": c.workers,
         "pin_workers": c.pin_workers,
         "splice": c.splice,
+        "request_id": c.request_id,
         "busy_poll": c.busy_poll.map_or("off".to_string(), |b| format!("{}us", b.as_micros())),
         "dns_refresh": c.dns_refresh.map_or("off".to_string(), d),
         "cluster": c.cluster.as_ref().map(|k| json!({

@@ -85,6 +85,8 @@ pub struct Config {
     /// Splice long Content-Length bodies socket to socket (see `splice.rs`; off unless
     /// set). Bound at start.
     pub splice: bool,
+    /// Give every routed request an `X-Request-Id` (see `reqid.rs`; off unless set).
+    pub request_id: bool,
     /// `rate_limit_headers`, `rate_limit_table`, `trusted_proxies`.
     pub admission: crate::admission::Settings,
     pub services: Vec<ServiceConfig>,
@@ -195,6 +197,7 @@ struct RawConfig {
     dns_refresh: Option<String>,
     busy_poll: Option<String>,
     splice: Option<bool>,
+    request_id: Option<bool>,
     rate_limit: Option<serde_yaml_ng::Value>,
     rate_limit_headers: Option<bool>,
     rate_limit_table: Option<usize>,
@@ -1070,6 +1073,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         dns_refresh,
         busy_poll,
         splice: raw.splice.unwrap_or(false),
+        request_id: raw.request_id.unwrap_or(false),
         admission,
         services,
         cluster,
@@ -1327,6 +1331,15 @@ mod tests {
             e.contains("limits.buffer_request_body") && e.contains("16777216"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn request_ids_are_off_unless_turned_on() {
+        let svc = "services:\n  a: [http://localhost:1]\n";
+        assert!(!Config::parse(svc).unwrap().request_id);
+        let on = Config::parse(&format!("request_id: true\n{svc}")).unwrap();
+        assert!(on.request_id);
+        assert!(err(&format!("request_id: uuid\n{svc}")).contains("request_id"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::error::GatewayError;
 use crate::exchange::{self, Prepared, Request};
 use crate::h1::{self, Framing, HeadLimits};
 use crate::io::{self, Read, BUF_SIZE};
+use crate::reqid;
 use crate::rewrite;
 use crate::worker::{ConnGuard, InFlight, Worker};
 
@@ -41,6 +42,9 @@ pub struct Conn {
     /// For the access log: the method of a refused head that [`h1::Method`] does not
     /// name (empty otherwise; allocated only then).
     pub method: Vec<u8>,
+    /// A copy of the request ID lent to the worker with the request (access log and
+    /// `request_id` on), for a line the drain deadline may have to write.
+    pub logged_id: Vec<u8>,
 }
 
 /// What the next bytes on the connection amount to.
@@ -84,6 +88,7 @@ impl Conn {
             service: Vec::with_capacity(64),
             target: Vec::new(),
             method: Vec::new(),
+            logged_id: Vec::new(),
         }
     }
 
@@ -118,6 +123,7 @@ pub async fn serve(
         first = false;
         c.down.record = Record::default();
         c.down.fields.clear();
+        c.down.request_id.clear();
         c.down.head = false;
         c.target.clear();
         c.method.clear();
@@ -161,6 +167,12 @@ pub async fn serve(
                         view: view.clone(),
                         svc: req.svc,
                         started,
+                        request_id: {
+                            let mut copy = std::mem::take(&mut c.logged_id);
+                            copy.clear();
+                            copy.extend_from_slice(&c.down.request_id);
+                            copy
+                        },
                     });
                 }
                 let prep = Prepared {
@@ -177,6 +189,7 @@ pub async fn serve(
                 if started.is_some() {
                     if let Some(f) = registration.live.request.borrow_mut().take() {
                         c.target = f.target;
+                        c.logged_id = f.request_id;
                     }
                 }
                 finish(
@@ -324,6 +337,11 @@ fn finish(
             error: rec.error,
             drained: false,
             truncated: rec.cut,
+            request_id: view
+                .snapshot
+                .config
+                .request_id
+                .then_some(&c.down.request_id[..]),
         });
     }
 }
@@ -404,10 +422,20 @@ async fn next_request(
                         c.fwd = worker.buffer();
                         c.path = worker.buffer();
                     }
+                    let request_id = if cfg.request_id {
+                        let trusted = &cfg.admission.trusted_proxies;
+                        let trusted = trusted.iter().any(|t| t.contains(d.peer.ip()));
+                        reqid::choose(&mut d.request_id, parsed.headers, trusted, &worker.ids);
+                        rewrite::push_header(&mut d.fields, reqid::FIELD.as_bytes(), &d.request_id);
+                        Some(&d.request_id[..])
+                    } else {
+                        None
+                    };
                     let result = rewrite::prepare(
                         &parsed,
                         &view,
                         &c.peer_ip,
+                        request_id,
                         &mut c.fwd,
                         &mut c.path,
                         &mut c.service,

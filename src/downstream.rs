@@ -57,8 +57,10 @@ pub struct Downstream {
     /// The worker's `Date` line, for every response this connection sends.
     pub date: Rc<DateCache>,
     /// Header lines (each ending in CRLF) for the current request's response, made or
-    /// relayed: the RateLimit fields. Usually empty.
+    /// relayed: the request ID and the RateLimit fields. Usually empty.
     pub fields: Vec<u8>,
+    /// The current request's ID (`request_id: true`; empty otherwise).
+    pub request_id: Vec<u8>,
 }
 
 /// What the client connection does after a request.
@@ -85,6 +87,7 @@ impl Downstream {
             record: Record::default(),
             date,
             fields: Vec::new(),
+            request_id: Vec::new(),
         }
     }
 

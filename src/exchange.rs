@@ -706,6 +706,7 @@ impl Exchange<'_> {
                 max_head: self.max_head,
                 write_timeout: self.timeouts.body,
                 date: &self.worker.date,
+                own_id: !down.request_id.is_empty(),
             },
             Some((self.sent_at, timeout)),
         )
@@ -747,6 +748,7 @@ impl Exchange<'_> {
             out,
             fields,
             record,
+            request_id,
             ..
         } = down;
         let down_fd = sock.fd();
@@ -787,6 +789,7 @@ impl Exchange<'_> {
                         max_head: *max_head,
                         write_timeout: timeouts.body,
                         date: &worker.date,
+                        own_id: !request_id.is_empty(),
                     },
                     None,
                 );
@@ -1113,6 +1116,9 @@ struct HeadCtx<'a> {
     write_timeout: Duration,
     /// The worker's `Date` line, for a final head that lacks one.
     date: &'a DateCache,
+    /// The gateway gives the request's ID (`request_id: true`): the backend's own
+    /// `X-Request-Id` is left out, ours is among the added fields.
+    own_id: bool,
 }
 
 /// Reads the backend's final response head, relaying 1xx interim responses. With `timeout`
@@ -1131,7 +1137,13 @@ async fn read_head(
     let mut got_any = false;
     loop {
         if *ustart < ubuf.len() {
-            match parse_head(&ubuf[*ustart..], info, cx.max_head, cx.date, cx.out)? {
+            match parse_head(
+                &ubuf[*ustart..],
+                info,
+                cx.max_head,
+                (cx.date, cx.own_id),
+                cx.out,
+            )? {
                 Parsed::Final(head, head_len) => {
                     *ustart += head_len;
                     return Ok(head);
@@ -1185,7 +1197,7 @@ fn parse_head(
     bytes: &[u8],
     info: RequestInfo,
     max_head: usize,
-    date: &DateCache,
+    (date, own_id): (&DateCache, bool),
     out: &mut Vec<u8>,
 ) -> Result<Parsed, HeadFail> {
     let mut headers = h1::header_slots();
@@ -1217,7 +1229,7 @@ fn parse_head(
     };
     out.clear();
     let date = date.line();
-    rewrite::write_response_head(out, &p, info, head.client_chunked, &date);
+    rewrite::write_response_head(out, &p, info, head.client_chunked, &date, own_id);
     Ok(Parsed::Final(head, head_len))
 }
 

@@ -57,6 +57,7 @@ pub mod redact;
 pub mod redis_link;
 pub mod relay;
 pub mod reload;
+pub mod reqid;
 pub mod rewrite;
 pub mod router;
 pub mod server;

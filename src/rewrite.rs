@@ -29,6 +29,7 @@ pub fn prepare(
     p: &ParsedRequest<'_, '_>,
     view: &View,
     peer_ip: &[u8],
+    request_id: Option<&[u8]>,
     fwd: &mut Vec<u8>,
     path: &mut Vec<u8>,
     service: &mut Vec<u8>,
@@ -78,6 +79,7 @@ pub fn prepare(
             || h1::name_is(name, "expect")
             || h1::name_is(name, "x-forwarded-proto")
             || h1::name_is(name, "x-forwarded-host")
+            || (request_id.is_some() && h1::name_is(name, crate::reqid::FIELD))
             // merged below into one line each:
             || h1::name_is(name, "x-forwarded-for")
             || h1::name_is(name, "via"))
@@ -117,6 +119,9 @@ pub fn prepare(
         fwd.extend_from_slice(b"\r\n");
     }
     fwd.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    if let Some(id) = request_id {
+        push_header(fwd, crate::reqid::FIELD.as_bytes(), id);
+    }
     if let Some(host) = p.host {
         push_header(fwd, b"x-forwarded-host", host);
     }
@@ -209,7 +214,8 @@ fn push_run(
     }
 }
 
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends one `name: value` line.
+pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -247,17 +253,20 @@ pub fn write_request_head(
 /// Writes the client-bound response head: the backend's status and end-to-end fields,
 /// `date` (the worker's `date: ...` line) if the backend sent no `Date`, then our framing;
 /// [`end_response_head`] adds the connection field and the blank line once the exchange
-/// knows whether the client connection stays.
+/// knows whether the client connection stays. With `own_id` the backend's `X-Request-Id`
+/// is left out: the gateway's goes with its other fields (as Envoy's
+/// `always_set_request_id_in_response` does).
 pub fn write_response_head(
     out: &mut Vec<u8>,
     p: &h1::ParsedResponse<'_, '_>,
     info: RequestInfo,
     chunked: bool,
     date: &[u8; LINE_LEN],
+    own_id: bool,
 ) {
     let status = p.info.status;
     let opts = ConnectionOptions::collect(p.headers);
-    write_status_and_fields(out, p, &opts);
+    write_status_and_fields(out, p, &opts, own_id);
     // RFC 9110 §6.6.1: a proxy with a clock adds `Date` to a response that has none; the
     // backend's own is kept (unless `Connection` named it, which dropped it above).
     let has_date = p
@@ -298,17 +307,19 @@ pub fn write_response_head(
 /// fields, without the hop-by-hop ones (RFC 9110 §7.6.1 holds for every message) and with
 /// no `Date` (a 1xx may go without one).
 pub fn write_interim_head(out: &mut Vec<u8>, p: &h1::ParsedResponse<'_, '_>) {
-    write_status_and_fields(out, p, &ConnectionOptions::collect(p.headers));
+    write_status_and_fields(out, p, &ConnectionOptions::collect(p.headers), false);
     out.extend_from_slice(b"\r\n");
 }
 
 /// The status line and the end-to-end fields of a backend's response: hop-by-hop ones and
-/// those its `Connection` options (`opts`) name are left out.
+/// those its `Connection` options (`opts`) name are left out, and its `X-Request-Id` with
+/// `own_id`.
 #[inline(always)]
 fn write_status_and_fields(
     out: &mut Vec<u8>,
     p: &h1::ParsedResponse<'_, '_>,
     opts: &ConnectionOptions<'_, '_>,
+    own_id: bool,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     h1::push_dec(out, u64::from(p.info.status));
@@ -316,7 +327,9 @@ fn write_status_and_fields(
     out.extend_from_slice(p.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     copy_headers(out, p.head, p.headers, |name| {
-        !(h1::is_hop_by_hop(name) || opts.names(name))
+        !(h1::is_hop_by_hop(name)
+            || opts.names(name)
+            || (own_id && h1::name_is(name, crate::reqid::FIELD)))
     });
 }
 

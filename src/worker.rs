@@ -40,6 +40,9 @@ pub struct InFlight {
     pub view: Rc<View>,
     pub svc: usize,
     pub started: std::time::Instant,
+    /// A copy of the request's ID, in a buffer the connection lends likewise (empty
+    /// without `request_id`).
+    pub request_id: Vec<u8>,
 }
 
 /// Everything one worker owns. Only touched by its own thread (the metrics table is also
@@ -81,6 +84,8 @@ pub struct Worker {
     pub boxes: crate::boxes::BoxPool,
     /// Empty pipes for bodies spliced from socket to socket (see `splice.rs`).
     pub pipes: crate::splice::Pipes,
+    /// Makes request IDs (`request_id: true`).
+    pub ids: crate::reqid::Ids,
     /// Idle connections whose read for a next request holds a lent buffer (see
     /// [`Worker::lend_idle_read`]).
     idle_reads: Rc<Cell<usize>>,
@@ -144,6 +149,7 @@ impl Worker {
             idle_reads: Rc::new(Cell::new(0)),
             boxes: Default::default(),
             pipes: Default::default(),
+            ids: crate::reqid::Ids::new(index),
             activity: Cell::new(0),
             spinner: Cell::new(None),
             acceptor: Cell::new(None),
@@ -482,6 +488,12 @@ impl Worker {
                 error: None,
                 drained: true,
                 truncated: false,
+                request_id: f
+                    .view
+                    .snapshot
+                    .config
+                    .request_id
+                    .then_some(&f.request_id[..]),
             });
             n += 1;
         }

@@ -116,7 +116,7 @@ fn a_proxied_request_allocates_nothing_in_steady_state() {
     // request) is the one thing here that allocates (monoio's close op).
     let yaml = common::config(
         1,
-        "pool: {idle_timeout: 60s}",
+        "pool: {idle_timeout: 60s}\nrequest_id: true",
         &format!(
             "  svc: [http://{}, http://{}]\n  limited:\n    backends: [http://{}]\n    rate_limit: {{rate: 1000000000/s, burst: 1000000, key: client_ip}}\n    max_in_flight: 1000\n",
             a.addr, b.addr, a.addr

@@ -595,3 +595,123 @@ fn the_reload_log_line_names_changed_settings_in_one_line_with_1000_services() {
         Some(2)
     );
 }
+
+/// The `X-Request-Id` lines of the request heads a recorder got, in order.
+fn forwarded_ids(rec: &Recorder) -> Vec<Vec<String>> {
+    let got = String::from_utf8_lossy(&rec.received()).into_owned();
+    got.split("\r\n\r\n")
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            h.lines()
+                .filter_map(|l| l.split_once(':'))
+                .filter(|(n, _)| n.eq_ignore_ascii_case("x-request-id"))
+                .map(|(_, v)| v.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// With `request_id: true` every routed request gets one ID, the same in the backend's
+/// request, the client's response (the backend's own replaced) and the access log line;
+/// an ID is taken from a trusted proxy only, and only a plain one.
+#[test]
+fn request_ids_reach_the_backend_the_client_and_the_log_as_one() {
+    let rec = Recorder::start(Mode::Reply(
+        b"HTTP/1.1 200 OK\r\nx-request-id: the-backends-own\r\ncontent-length: 2\r\n\r\nok"
+            .to_vec(),
+    ));
+    let log = temp_path("request-id.log");
+    let _ = std::fs::remove_file(&log);
+    let g = gateway(&config(
+        1,
+        &format!(
+            "request_id: true\ntrusted_proxies: [127.0.0.3/32]\naccess_log: {}",
+            log.display()
+        ),
+        &format!("  svc: [http://{}]\n", rec.addr),
+    ));
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let mut client = Client::connect_from(ip("127.0.0.1"), g.addr);
+    let mut proxy = Client::connect_from(ip("127.0.0.3"), g.addr);
+    let mut answered = Vec::new();
+    for (from_proxy, i, sent) in [
+        (false, 0, ""),
+        (false, 1, "X-Request-Id: chosen-by-a-client\r\n"),
+        (true, 2, "X-Request-Id: edge-7f3a:1@eu\r\n"),
+        (true, 3, "X-Request-Id: has space\r\n"),
+        (true, 4, "X-Request-Id: a\r\nX-Request-Id: b\r\n"),
+    ] {
+        let c = if from_proxy { &mut proxy } else { &mut client };
+        c.send(format!("GET /v1/proxy/svc/r{i} HTTP/1.1\r\nHost: g\r\n{sent}\r\n").as_bytes());
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        let ids: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "x-request-id")
+            .collect();
+        assert_eq!(ids.len(), 1, "request {i}: {:?}", r.headers);
+        answered.push(ids[0].1.clone());
+    }
+    // A gateway-made answer carries one too.
+    client.send(b"GET /v1/proxy/nope/x HTTP/1.1\r\nHost: g\r\n\r\n");
+    let r = client.read_response();
+    assert_eq!(r.status, 404);
+    let refused = r
+        .header("x-request-id")
+        .expect("an ID on a 404")
+        .to_string();
+
+    let made = |id: &str| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    assert_eq!(
+        answered[2], "edge-7f3a:1@eu",
+        "a trusted proxy's ID is kept"
+    );
+    for i in [0, 1, 3, 4] {
+        assert!(made(&answered[i]), "request {i} got {:?}", answered[i]);
+    }
+    assert!(made(&refused));
+    let mut all = answered.clone();
+    all.push(refused.clone());
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 6, "IDs repeat: {answered:?} {refused}");
+    // The backend saw exactly the ID the client got, on one line.
+    let forwarded = forwarded_ids(&rec);
+    assert_eq!(forwarded.len(), 5, "{forwarded:?}");
+    for (i, f) in forwarded.iter().enumerate() {
+        assert_eq!(f, &[answered[i].clone()], "request {i}");
+    }
+    // The log's last field.
+    for (i, id) in answered.iter().enumerate() {
+        let mut text = String::new();
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.contains(&format!("/v1/proxy/svc/r{i} "))
+            }),
+            "{text}"
+        );
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("/v1/proxy/svc/r{i} ")))
+            .unwrap();
+        assert_eq!(line.split(' ').count(), 12, "{line}");
+        assert!(line.ends_with(&format!(" - {id}")), "{line}");
+    }
+    let (text, f) = logged_line(&log, "/v1/proxy/nope/x");
+    assert_eq!((f.len(), f[11].as_str()), (12, refused.as_str()), "{text}");
+}
+
+/// Without `request_id` nothing is added and a client's `X-Request-Id` passes as it came.
+#[test]
+fn without_request_id_a_clients_id_passes_untouched_and_none_is_added() {
+    let rec = Recorder::start(reply(200));
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", rec.addr)));
+    let mut c = Client::connect(g.addr);
+    c.send(b"GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert!(c.read_response().header("x-request-id").is_none());
+    c.send(b"GET /v1/proxy/svc/b HTTP/1.1\r\nHost: g\r\nX-Request-Id: mine\r\n\r\n");
+    assert!(c.read_response().header("x-request-id").is_none());
+    assert_eq!(forwarded_ids(&rec), [vec![], vec!["mine".to_string()]]);
+}

@@ -483,7 +483,7 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
     let path = write_config(&config(
         1,
         &format!(
-            "admin: 127.0.0.1:0\naccess_log: {}\ntimeouts: {{drain: 1s, response: 20s}}",
+            "admin: 127.0.0.1:0\naccess_log: {}\ntimeouts: {{drain: 1s, response: 20s}}\nrequest_id: true",
             log.display()
         ),
         &format!("  svc: [http://{}]\n", b.addr),
@@ -504,8 +504,11 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
     }));
     let t = Instant::now();
     signal(&g.proc.child, libc::SIGTERM);
+    let mut quick_id = String::new();
     for q in quick {
-        assert_eq!(q.join().unwrap().status, 200);
+        let r = q.join().unwrap();
+        assert_eq!(r.status, 200);
+        quick_id = r.header("x-request-id").unwrap_or_default().to_string();
     }
     assert!(
         slow.read_until_end().is_err(),
@@ -521,17 +524,24 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
             .to_string()
     };
     let quick = line("/v1/proxy/svc/quick");
-    assert!(quick.contains(" 200 ") && quick.ends_with(" -"), "{text}");
+    assert!(
+        quick.contains(" 200 ")
+            && quick.ends_with(&format!(" - {quick_id}"))
+            && quick_id.len() == 32,
+        "{text}"
+    );
     let cut: Vec<String> = line("/v1/proxy/svc/slow")
         .split(' ')
         .map(String::from)
         .collect();
-    assert_eq!(cut.len(), 11, "{text}");
+    assert_eq!(cut.len(), 12, "{text}");
     assert_eq!(
         (&*cut[2], &*cut[4], &*cut[6], &*cut[7], &*cut[10]),
         ("GET", "svc", "-", "-", "drain_deadline"),
         "{text}"
     );
+    // Its own ID, kept with the request the worker logs for it.
+    assert!(cut[11].len() == 32 && cut[11] != quick_id, "{text}");
     let took: f64 = cut[9].parse().expect("total seconds");
     assert!((0.9..5.0).contains(&took), "{text}");
 }
