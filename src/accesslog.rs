@@ -176,6 +176,7 @@ pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Option<Wri
 }
 
 /// One request, as logged.
+#[derive(Clone, Copy)]
 pub struct Entry<'a> {
     pub client: std::net::IpAddr,
     pub method: &'a str,
@@ -221,7 +222,8 @@ impl AccessLog {
         self.writer.is_some()
     }
 
-    pub fn record(&self, e: &Entry<'_>) {
+    /// Formats `e` as a line of `format` into the worker's buffer.
+    pub fn record(&self, e: &Entry<'_>, format: Format) {
         if self.writer.is_none() {
             return;
         }
@@ -236,52 +238,10 @@ impl AccessLog {
             self.second.set((secs, text));
         }
         let mut b = self.buf.borrow_mut();
-        b.extend_from_slice(&text);
-        let _ = write!(b, ".{millis:03}Z {} {} ", e.client, e.method);
-        b.extend_from_slice(e.target);
-        let _ = write!(
-            b,
-            " {} {} ",
-            e.service.unwrap_or("-"),
-            e.backend.unwrap_or("-")
-        );
-        if e.drained {
-            b.extend_from_slice(b"- - ");
-        } else {
-            let _ = write!(b, "{} {} ", e.status, e.bytes);
+        match format {
+            Format::Text => text_line(&mut b, &text, millis, e),
+            Format::Json => json_line(&mut b, &text, millis, e),
         }
-        match e.upstream_us {
-            Some(us) => {
-                let _ = write!(b, "{}.{:06}", us / 1_000_000, us % 1_000_000);
-            }
-            None => b.push(b'-'),
-        }
-        let _ = write!(
-            b,
-            " {}.{:06} ",
-            e.total_us / 1_000_000,
-            e.total_us % 1_000_000,
-        );
-        match e.error {
-            _ if e.drained => b.extend_from_slice(b"drain_deadline"),
-            None if e.truncated => b.extend_from_slice(b"response_cut_short"),
-            Some(err) => match err.detail() {
-                Some(d) => {
-                    let _ = write!(b, "{}:{d}", err.code());
-                }
-                None => b.extend_from_slice(err.code().as_bytes()),
-            },
-            None => b.push(b'-'),
-        }
-        match e.request_id {
-            Some([]) => b.extend_from_slice(b" -"),
-            Some(id) => {
-                b.push(b' ');
-                b.extend_from_slice(id);
-            }
-            None => {}
-        }
-        b.push(b'\n');
         if b.len() >= FLUSH_BYTES {
             drop(b);
             self.flush();
@@ -304,6 +264,138 @@ impl AccessLog {
     }
 }
 
+/// How lines are written (`access_log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Space-separated fields, `-` for an absent one.
+    #[default]
+    Text,
+    /// One JSON object per line, `null` for an absent field.
+    Json,
+}
+
+/// The error field's text: a gateway error (with the rule it names), or what cut the
+/// request; None when the request ended well.
+fn error_text(e: &Entry<'_>, out: &mut Vec<u8>) -> bool {
+    match e.error {
+        _ if e.drained => out.extend_from_slice(b"drain_deadline"),
+        None if e.truncated => out.extend_from_slice(b"response_cut_short"),
+        Some(err) => {
+            out.extend_from_slice(err.code().as_bytes());
+            if let Some(d) = err.detail() {
+                out.push(b':');
+                out.extend_from_slice(d.as_bytes());
+            }
+        }
+        None => return false,
+    }
+    true
+}
+
+fn push_seconds(b: &mut Vec<u8>, us: u64) {
+    let _ = write!(b, "{}.{:06}", us / 1_000_000, us % 1_000_000);
+}
+
+fn text_line(b: &mut Vec<u8>, second: &[u8; 19], millis: u32, e: &Entry<'_>) {
+    b.extend_from_slice(second);
+    let _ = write!(b, ".{millis:03}Z {} {} ", e.client, e.method);
+    b.extend_from_slice(e.target);
+    let _ = write!(
+        b,
+        " {} {} ",
+        e.service.unwrap_or("-"),
+        e.backend.unwrap_or("-")
+    );
+    if e.drained {
+        b.extend_from_slice(b"- - ");
+    } else {
+        let _ = write!(b, "{} {} ", e.status, e.bytes);
+    }
+    match e.upstream_us {
+        Some(us) => push_seconds(b, us),
+        None => b.push(b'-'),
+    }
+    b.push(b' ');
+    push_seconds(b, e.total_us);
+    b.push(b' ');
+    if !error_text(e, b) {
+        b.push(b'-');
+    }
+    match e.request_id {
+        Some([]) => b.extend_from_slice(b" -"),
+        Some(id) => {
+            b.push(b' ');
+            b.extend_from_slice(id);
+        }
+        None => {}
+    }
+    b.push(b'\n');
+}
+
+/// `{"time":…,"client":…,"method":…,"target":…,"service":…,"backend":…,"status":…,
+/// "bytes":…,"upstream_seconds":…,"total_seconds":…,"error":…}` and `"request_id"` with
+/// `request_id: true`; the same fields as a text line, `null` for `-`.
+fn json_line(b: &mut Vec<u8>, second: &[u8; 19], millis: u32, e: &Entry<'_>) {
+    b.extend_from_slice(b"{\"time\":\"");
+    b.extend_from_slice(second);
+    let _ = write!(b, ".{millis:03}Z\",\"client\":\"{}\",\"method\":", e.client);
+    json_str(b, Some(e.method.as_bytes()).filter(|m| *m != b"-"));
+    b.extend_from_slice(b",\"target\":");
+    json_str(b, Some(e.target).filter(|t| *t != b"-"));
+    b.extend_from_slice(b",\"service\":");
+    json_str(b, e.service.map(str::as_bytes));
+    b.extend_from_slice(b",\"backend\":");
+    json_str(b, e.backend.map(str::as_bytes));
+    if e.drained {
+        b.extend_from_slice(b",\"status\":null,\"bytes\":null");
+    } else {
+        let _ = write!(b, ",\"status\":{},\"bytes\":{}", e.status, e.bytes);
+    }
+    b.extend_from_slice(b",\"upstream_seconds\":");
+    match e.upstream_us {
+        Some(us) => push_seconds(b, us),
+        None => b.extend_from_slice(b"null"),
+    }
+    b.extend_from_slice(b",\"total_seconds\":");
+    push_seconds(b, e.total_us);
+    b.extend_from_slice(b",\"error\":");
+    let mark = b.len();
+    b.push(b'"');
+    if error_text(e, b) {
+        b.push(b'"'); // codes and rules are plain ASCII words
+    } else {
+        b.truncate(mark);
+        b.extend_from_slice(b"null");
+    }
+    if let Some(id) = e.request_id {
+        b.extend_from_slice(b",\"request_id\":");
+        json_str(b, Some(id).filter(|id| !id.is_empty()));
+    }
+    b.extend_from_slice(b"}\n");
+}
+
+/// A JSON string of `v` (`null` for None). Bytes that are not printable ASCII are escaped
+/// as `\u00XX`: a target is ASCII (h1 refuses others), and any other byte is kept
+/// visible rather than made into invalid UTF-8.
+fn json_str(b: &mut Vec<u8>, v: Option<&[u8]>) {
+    let Some(v) = v else {
+        b.extend_from_slice(b"null");
+        return;
+    };
+    b.push(b'"');
+    for &c in v {
+        match c {
+            b'"' => b.extend_from_slice(b"\\\""),
+            b'\\' => b.extend_from_slice(b"\\\\"),
+            0x20..=0x7e => b.push(c),
+            _ => {
+                let _ = write!(b, "\\u{:04x}", c);
+            }
+        }
+    }
+    b.push(b'"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,21 +408,24 @@ mod tests {
         let log = AccessLog::new(w);
         // Without `request_id`, then with an ID, then with none yet (a refused head).
         for request_id in [None, Some(&b"4bf92f3577b34da6"[..]), Some(&b""[..])] {
-            log.record(&Entry {
-                client: [10, 0, 0, 1].into(),
-                method: "GET",
-                target: b"/v1/proxy/svc/a?b=1",
-                service: Some("svc"),
-                backend: Some("http://127.0.0.1:1"),
-                status: 200,
-                bytes: 42,
-                upstream_us: Some(1_500),
-                total_us: 2_000_001,
-                error: None,
-                drained: false,
-                truncated: false,
-                request_id,
-            });
+            log.record(
+                &Entry {
+                    client: [10, 0, 0, 1].into(),
+                    method: "GET",
+                    target: b"/v1/proxy/svc/a?b=1",
+                    service: Some("svc"),
+                    backend: Some("http://127.0.0.1:1"),
+                    status: 200,
+                    bytes: 42,
+                    upstream_us: Some(1_500),
+                    total_us: 2_000_001,
+                    error: None,
+                    drained: false,
+                    truncated: false,
+                    request_id,
+                },
+                Format::Text,
+            );
         }
         log.flush();
         let mut text = String::new();
@@ -370,6 +465,110 @@ mod tests {
         );
     }
 
+    #[test]
+    fn json_lines_parse_with_every_field_and_null_for_what_is_absent() {
+        use crate::error::GatewayError;
+        let path =
+            std::env::temp_dir().join(format!("gateway-access-json-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let w = start(&Sink::File(path.clone()), Arc::default()).unwrap();
+        let log = AccessLog::new(w);
+        let base = Entry {
+            client: [10, 0, 0, 1].into(),
+            method: "GET",
+            target: b"/v1/proxy/svc/a?q=\"x\"\\y\x01\xff",
+            service: Some("svc"),
+            backend: Some("http://127.0.0.1:1"),
+            status: 200,
+            bytes: 42,
+            upstream_us: Some(1_500),
+            total_us: 2_000_001,
+            error: None,
+            drained: false,
+            truncated: false,
+            request_id: None,
+        };
+        let entries = [
+            base,
+            Entry {
+                request_id: Some(b"4bf92f35"),
+                truncated: true,
+                ..base
+            },
+            Entry {
+                method: "-",
+                target: b"-",
+                service: None,
+                backend: None,
+                status: 400,
+                upstream_us: None,
+                error: Some(GatewayError::BadRequest("missing_host")),
+                request_id: Some(b""),
+                ..base
+            },
+            Entry {
+                drained: true,
+                upstream_us: None,
+                ..base
+            },
+        ];
+        for e in &entries {
+            log.record(e, Format::Json);
+        }
+        log.flush();
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == entries.len() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        let time = lines[0]["time"].as_str().unwrap_or_default();
+        assert!(time.ends_with('Z') && time.len() == 24, "{text}");
+        let mut first = lines[0].clone();
+        first.as_object_mut().map(|o| o.remove("time"));
+        assert_eq!(
+            first,
+            serde_json::json!({
+                "client": "10.0.0.1", "method": "GET",
+                "target": "/v1/proxy/svc/a?q=\"x\"\\y\u{1}\u{ff}",
+                "service": "svc", "backend": "http://127.0.0.1:1", "status": 200, "bytes": 42,
+                "upstream_seconds": 0.0015, "total_seconds": 2.000001, "error": null
+            })
+        );
+        assert_eq!(
+            (&lines[1]["error"], &lines[1]["request_id"]),
+            (
+                &serde_json::json!("response_cut_short"),
+                &serde_json::json!("4bf92f35")
+            )
+        );
+        let refused = &lines[2];
+        for field in [
+            "method",
+            "target",
+            "service",
+            "backend",
+            "upstream_seconds",
+            "request_id",
+        ] {
+            assert!(refused[field].is_null(), "{field}: {refused}");
+        }
+        assert_eq!(refused["error"], "bad_request:missing_host");
+        assert_eq!(refused["status"], 400);
+        let cut = &lines[3];
+        assert!(cut["status"].is_null() && cut["bytes"].is_null(), "{cut}");
+        assert_eq!(cut["error"], "drain_deadline");
+        assert!(cut.get("request_id").is_none(), "{cut}");
+    }
+
     /// `Writer::sync` answers only once every batch handed over before it is written: the
     /// process relies on it at exit, or its last lines (those the drain deadline cut among
     /// them) went with the writer thread.
@@ -381,21 +580,24 @@ mod tests {
         let w = start(&Sink::File(path.clone()), Arc::default()).unwrap();
         let log = AccessLog::new(w.clone());
         for i in 0..2000u64 {
-            log.record(&Entry {
-                client: [10, 0, 0, 1].into(),
-                method: "GET",
-                target: b"/v1/proxy/svc/a",
-                service: Some("svc"),
-                backend: None,
-                status: 200,
-                bytes: i,
-                upstream_us: None,
-                total_us: 1,
-                error: None,
-                drained: i % 2 == 0,
-                truncated: i % 3 == 0,
-                request_id: None,
-            });
+            log.record(
+                &Entry {
+                    client: [10, 0, 0, 1].into(),
+                    method: "GET",
+                    target: b"/v1/proxy/svc/a",
+                    service: Some("svc"),
+                    backend: None,
+                    status: 200,
+                    bytes: i,
+                    upstream_us: None,
+                    total_us: 1,
+                    error: None,
+                    drained: i % 2 == 0,
+                    truncated: i % 3 == 0,
+                    request_id: None,
+                },
+                Format::Text,
+            );
         }
         log.flush();
         let synced = w

@@ -543,6 +543,10 @@ fn config(shared: &Shared) -> Value {
         })),
         "admin": c.admin.map(|a| a.to_string()),
         "access_log": c.access_log.to_string(),
+        "access_log_format": match c.access_log_format {
+            crate::accesslog::Format::Text => "text",
+            crate::accesslog::Format::Json => "json",
+        },
         "rate_limit_headers": c.admission.headers,
         "rate_limit_table": c.admission.table_cells,
         "trusted_proxies": c.admission.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),

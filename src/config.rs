@@ -74,6 +74,7 @@ pub struct Config {
     pub pin_workers: bool,
     pub admin: Option<SocketAddr>,
     pub access_log: crate::accesslog::Sink,
+    pub access_log_format: crate::accesslog::Format,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub pool: PoolSettings,
@@ -190,6 +191,7 @@ struct RawConfig {
     pin_workers: Option<bool>,
     admin: Option<String>,
     access_log: Option<String>,
+    access_log_format: Option<String>,
     breaker: Option<RawBreaker>,
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
@@ -1057,6 +1059,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let access_log_format = match raw.access_log_format.as_deref().map(str::trim) {
+        None | Some("text") => crate::accesslog::Format::Text,
+        Some("json") => crate::accesslog::Format::Json,
+        Some(v) => {
+            return Err(invalid(
+                "access_log_format",
+                format!("{v:?} is not a format: use text or json"),
+            ))
+        }
+    };
     let busy_poll = match raw.busy_poll.as_deref().map(str::trim) {
         None | Some("off") | Some("0") => None,
         Some(v) => Some(parse_busy_poll(v)?),
@@ -1067,6 +1079,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         pin_workers: raw.pin_workers.unwrap_or(true),
         admin,
         access_log,
+        access_log_format,
         timeouts,
         limits,
         pool,
@@ -1329,6 +1342,22 @@ mod tests {
             err("limits: {buffer_request_body: 16777217}\nservices:\n  a: [http://127.0.0.1:1]\n");
         assert!(
             e.contains("limits.buffer_request_body") && e.contains("16777216"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn access_log_format_is_text_unless_json() {
+        use crate::accesslog::Format;
+        let svc = "services:\n  a: [http://localhost:1]\n";
+        assert_eq!(Config::parse(svc).unwrap().access_log_format, Format::Text);
+        for (v, want) in [("text", Format::Text), ("json", Format::Json)] {
+            let c = Config::parse(&format!("access_log_format: {v}\n{svc}")).unwrap();
+            assert_eq!(c.access_log_format, want, "{v}");
+        }
+        let e = err(&format!("access_log_format: logfmt\n{svc}"));
+        assert!(
+            e.contains("access_log_format") && e.contains("text or json"),
             "{e}"
         );
     }

@@ -319,7 +319,7 @@ fn finish(
             (Some(s), Some(b)) => Some(s.backends[b].url.url.as_str()),
             _ => None,
         };
-        worker.access.record(&accesslog::Entry {
+        let entry = accesslog::Entry {
             client: c.down.peer.ip(),
             method: match method {
                 Some(m) => m.as_str(),
@@ -342,7 +342,10 @@ fn finish(
                 .config
                 .request_id
                 .then_some(&c.down.request_id[..]),
-        });
+        };
+        worker
+            .access
+            .record(&entry, view.snapshot.config.access_log_format);
     }
 }
 

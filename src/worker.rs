@@ -475,7 +475,7 @@ impl Worker {
         for (_, live) in self.conns.borrow().values() {
             let request = live.request.borrow();
             let Some(f) = request.as_ref() else { continue };
-            self.access.record(&crate::accesslog::Entry {
+            let entry = crate::accesslog::Entry {
                 client: f.client,
                 method: f.method.as_str(),
                 target: if f.target.is_empty() { b"-" } else { &f.target },
@@ -494,7 +494,9 @@ impl Worker {
                     .config
                     .request_id
                     .then_some(&f.request_id[..]),
-            });
+            };
+            self.access
+                .record(&entry, f.view.snapshot.config.access_log_format);
             n += 1;
         }
         n

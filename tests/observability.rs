@@ -715,3 +715,45 @@ fn without_request_id_a_clients_id_passes_untouched_and_none_is_added() {
     assert!(c.read_response().header("x-request-id").is_none());
     assert_eq!(forwarded_ids(&rec), [vec![], vec!["mine".to_string()]]);
 }
+
+/// `access_log_format: json`: a real request's line is one JSON object with its fields.
+#[test]
+fn a_json_access_log_line_parses_with_the_requests_fields() {
+    let b = mock_backend();
+    let log = temp_path("json.log");
+    let _ = std::fs::remove_file(&log);
+    let g = gateway(&config(
+        1,
+        &format!("access_log: {}\naccess_log_format: json", log.display()),
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let r = get(g.addr, "/v1/proxy/svc/j?a=1");
+    assert_eq!(r.status, 200);
+    let (text, _) = logged_line(&log, "/v1/proxy/svc/j");
+    let line = text
+        .lines()
+        .find(|l| l.contains("/v1/proxy/svc/j"))
+        .unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(
+        (
+            &v["method"],
+            &v["target"],
+            &v["service"],
+            &v["status"],
+            &v["error"]
+        ),
+        (
+            &serde_json::json!("GET"),
+            &serde_json::json!("/v1/proxy/svc/j?a=1"),
+            &serde_json::json!("svc"),
+            &serde_json::json!(200),
+            &serde_json::Value::Null
+        ),
+        "{line}"
+    );
+    assert_eq!(v["backend"], format!("http://{}", b.addr), "{line}");
+    assert!(v["bytes"].as_u64().is_some_and(|n| n > 0), "{line}");
+    assert!(v["upstream_seconds"].as_f64().is_some() && v["total_seconds"].as_f64().is_some());
+    assert!(v.get("request_id").is_none(), "{line}");
+}
