@@ -76,6 +76,9 @@ pub struct Worker {
     conns_high: Cell<usize>,
     /// Capacity of the buffers in `large`, in bytes.
     large_bytes: Cell<usize>,
+    /// Bytes of buffers [`Worker::recycle`] freed rather than kept, since the last
+    /// [`Worker::trim_heap`].
+    dropped: Cell<usize>,
     /// Requests begun or ended so far, and the busy-poll task's waker while it sleeps
     /// (see [`Worker::poke`]).
     activity: Cell<u64>,
@@ -146,6 +149,7 @@ impl Worker {
             spare_low: Cell::new(0),
             conns_high: Cell::new(0),
             large_bytes: Cell::new(0),
+            dropped: Cell::new(0),
             idle_reads: Rc::new(Cell::new(0)),
             boxes: Default::default(),
             pipes: Default::default(),
@@ -225,18 +229,24 @@ impl Worker {
     }
 
     /// Once a burst of connections has ended (at least 256 were open at once, and a quarter
-    /// of that or fewer are now), or `freed` bytes of spare buffers (8 MiB or more) were
-    /// just let go, asks for the memory to go back to the system: the allocator keeps what
-    /// was freed in the middle of its heap, so after 3000 clients came and went together a
-    /// worker held 95 MB, where trimming left 24 MB (a review). Called once a second. The
-    /// trim itself runs on the dns-refresh thread ([`Shared::trim_heap_if_asked`]): on the
-    /// worker it held the worker for about 30 ms (a review).
+    /// of that or fewer are now), or 8 MiB or more of buffers were let go since the last
+    /// trim (`freed` spares now, and grown or surplus buffers as requests gave them back),
+    /// asks for the memory to go back to the system: the allocator keeps what was freed in
+    /// the middle of its heap, so after 3000 clients came and went together a worker held
+    /// 95 MB, where trimming left 24 MB (a review); and 3000 clients that sent a 20 KB head
+    /// at once and then stayed idle held 88 KiB each for as long as they stayed, each
+    /// connection's grown buffers freed but not returned (a later review). Called once a
+    /// second. The trim itself runs on the dns-refresh thread
+    /// ([`Shared::trim_heap_if_asked`]): on the worker it held the worker for about 30 ms
+    /// (a review).
     pub fn trim_heap(&self, freed: usize) {
         let (open, high) = (self.open_connections(), self.conns_high.get());
         let burst_over = high >= 256 && open <= high / 4;
-        if !burst_over && freed < 8 << 20 {
+        let let_go = freed + self.dropped.get();
+        if !burst_over && let_go < 8 << 20 {
             return;
         }
+        self.dropped.set(0);
         self.conns_high.set(open);
         self.shared
             .heap_trim
@@ -275,11 +285,17 @@ impl Worker {
                 buf.clear();
                 large.push(buf);
                 self.large_bytes.set(kept);
+            } else {
+                self.dropped.set(self.dropped.get() + cap);
             }
             return;
         }
         let mut spare = self.spare.borrow_mut();
-        if spare.len() >= MAX_SPARE || cap == 0 {
+        if cap == 0 {
+            return;
+        }
+        if spare.len() >= MAX_SPARE {
+            self.dropped.set(self.dropped.get() + cap);
             return;
         }
         buf.clear();
@@ -771,5 +787,31 @@ mod tests {
         assert!(w.large_bytes.get() <= MAX_LARGE_SPARE_BYTES);
         let held: usize = w.large.borrow().iter().map(|b| b.capacity()).sum();
         assert_eq!(held, w.large_bytes.get());
+    }
+
+    /// Regression: 3000 clients that sent a large head at once and stayed idle held 88 KiB
+    /// each: the grown buffers their requests gave back were freed, not kept, and so never
+    /// counted towards a heap trim, which only a burst's end or trimmed spares asked for.
+    #[test]
+    fn grown_buffers_freed_as_requests_end_ask_for_a_heap_trim() {
+        let w = worker();
+        let trim_asked = || {
+            w.shared
+                .heap_trim
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+        };
+        w.trim_heap(0);
+        assert!(!trim_asked());
+        // 32 KiB input buffers of 400 requests: 2 MiB kept for reuse, the rest freed.
+        let grown: Vec<_> = (0..400).map(|_| w.buffer_for(20_000)).collect();
+        grown.into_iter().for_each(|b| w.recycle(b));
+        assert!(w.large_bytes.get() <= MAX_LARGE_SPARE_BYTES);
+        w.trim_heap(0);
+        assert!(trim_asked(), "10.5 MiB freed and no trim asked for");
+        // Counted afresh after a trim: a few more do not ask again.
+        let few: Vec<_> = (0..10).map(|_| w.buffer_for(100_000)).collect();
+        few.into_iter().for_each(|b| w.recycle(b));
+        w.trim_heap(0);
+        assert!(!trim_asked());
     }
 }
