@@ -356,6 +356,14 @@ impl Attempt<'_> {
             Outcome::Answered(status) if self.service.settings.is_failure_status(status) => {
                 (true, breaker::failure(cell, t, now, &self.service.policy))
             }
+            // A 4xx (or a 5xx not counted, such as 501) answers what the client asked: no
+            // sign of health either, so it leaves the count of consecutive failures alone
+            // (a review kept a failing backend's circuit closed with 404s in between). A
+            // probe it answers shows the backend is back.
+            Outcome::Answered(status) if status >= 400 && !t.is_probe() => {
+                self.metrics.outcome(self.backend.slot, false);
+                return;
+            }
             Outcome::Answered(_) => (false, breaker::success(cell, t, now)),
             Outcome::Failed(_) => (true, breaker::failure(cell, t, now, &self.service.policy)),
             Outcome::NotSent => {

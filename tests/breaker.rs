@@ -152,6 +152,47 @@ fn a_501_never_opens_a_circuit_by_default() {
     assert_eq!(rec.requests(), 5, "a 501 opened the circuit");
 }
 
+/// Regression: any answer that was not a failure reset the count of consecutive failures,
+/// so a client sending requests its failing backend answers 404 kept that backend's circuit
+/// closed however many 500s it gave everyone else (a review: 60 500s, a 404 between every
+/// two, and the circuit stayed closed). A 4xx now leaves the count alone; a 2xx or 3xx
+/// resets it; a probe answered 4xx closes the circuit (the backend is answering).
+#[test]
+fn client_errors_between_failures_neither_reset_the_count_nor_keep_a_circuit_closed() {
+    let b = mock_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 3, cooldown: 1s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let ask = |status: u16| {
+        let mut c = Client::connect(g.proc.addr);
+        c.send(
+            format!("GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-status: {status}\r\n\r\n")
+                .as_bytes(),
+        );
+        c.read_response().status
+    };
+    // A success between failures resets the count, as before.
+    for status in [500, 500, 200, 500, 500] {
+        assert_eq!(ask(status), status);
+    }
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+    // Two failures counted; 4xx answers (and a 501) leave them counted ...
+    for status in [404, 401, 429, 501] {
+        assert_eq!(ask(status), status);
+    }
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+    // ... so the third failure opens the circuit.
+    assert_eq!(ask(500), 500);
+    assert_eq!(circuit(g.admin, b.addr), "open");
+    assert_eq!(ask(200), 503, "the circuit let a request through");
+    // After the cooldown, a probe answered 404 closes it.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(ask(404), 404);
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+}
+
 /// Decided (README, breaker settings): `failure_statuses: []` means that no status counts
 /// as a failure; a backend answering 5xx keeps serving, a refused connect still counts.
 #[test]

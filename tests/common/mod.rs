@@ -699,3 +699,17 @@ pub fn logged_line(log: &std::path::Path, needle: &str) -> (String, Vec<String>)
     let fields = line.split(' ').map(str::to_string).collect();
     (text, fields)
 }
+
+/// The circuit state `/admin/backends` shows for the backend at `addr`.
+pub fn circuit(admin: SocketAddr, addr: SocketAddr) -> String {
+    let url = format!("http://{addr}");
+    let v = get(admin, "/admin/backends").json();
+    v["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .flat_map(|s| s["backends"].as_array().cloned().unwrap_or_default())
+        .find(|b| b["url"] == url.as_str())
+        .and_then(|b| b["state"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("{url} not in /admin/backends"))
+}
