@@ -1,7 +1,6 @@
 //! One client connection: read a request head within its deadline, route it, hand it to the
 //! proxy, and loop for the next one (keep-alive and pipelining, answered in order).
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
@@ -18,7 +17,7 @@ use crate::h1::{self, Framing, HeadLimits};
 use crate::io::{self, Read, BUF_SIZE};
 use crate::reqid;
 use crate::rewrite;
-use crate::worker::{ConnGuard, InFlight, Worker};
+use crate::worker::{ConnGuard, InFlight, Live, Worker};
 
 /// A client connection: its side of the wire and the buffers its requests use.
 ///
@@ -128,13 +127,9 @@ pub async fn serve(
         c.target.clear();
         c.method.clear();
         c.park(&worker);
-        let (next, view) = next_request(
-            &mut c,
-            &worker,
-            &registration.live.idle,
-            worker.access.enabled(),
-        )
-        .await;
+        let (next, view) =
+            next_request(&mut c, &worker, &registration.live, worker.access.enabled()).await;
+        registration.live.head.set(None);
         worker.poke(); // a request began (for `busy_poll`)
         if c.down.out.capacity() == 0 {
             c.down.out = worker.buffer();
@@ -382,9 +377,10 @@ fn admit(view: &View, caller: &Caller<'_>, fields: &mut Vec<u8>, req: Request) -
 async fn next_request(
     c: &mut Conn,
     worker: &Worker,
-    idle: &Cell<Option<u64>>,
+    live: &Live,
     keep_target: bool,
 ) -> (Next, Rc<View>) {
+    let idle = &live.idle;
     // Set when part of a head has arrived; the rest must follow by then (408).
     let mut deadline: Option<Instant> = None;
     // Parse only when it can decide something: the work stays linear in the head's size
@@ -493,8 +489,10 @@ async fn next_request(
         }
         let d = &mut c.down;
         if deadline.is_none() && d.start < d.buf.len() {
-            // Part of a head has arrived: the rest must follow by then (408).
+            // Part of a head has arrived: the rest must follow by then (408). At the
+            // connection cap, one still arriving a second later may be evicted.
             deadline = Some(Instant::now() + cfg.timeouts.client_header);
+            live.head.set(Some(worker.tick()));
         }
         let max_target = cfg.limits.max_target_bytes;
         drop(view); // an idle connection must not pin an old snapshot

@@ -443,7 +443,7 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         ),
         (
             "gateway_idle_evicted_total",
-            "Idle client connections closed to make room for a new one.",
+            "Client connections closed to make room for a new one: idle, or a head arriving for a second or more.",
             |m: &WorkerMetrics| &m.idle_evicted,
         ),
     ] {

@@ -26,6 +26,8 @@ pub struct Live {
     /// Set (to the tick the wait began) while the connection waits for its next request,
     /// or lingers after its last answer (`Downstream::linger`).
     pub idle: Cell<Option<u64>>,
+    /// Set (to the tick its first byte came) while a request head is arriving.
+    pub head: Cell<Option<u64>>,
     /// The request it serves, while the access log is on: the worker writes its line if the
     /// drain deadline cuts it (the task then never finishes to write its own).
     pub request: RefCell<Option<InFlight>>,
@@ -453,16 +455,16 @@ impl Worker {
         }
     }
 
-    /// Shuts down the client connection that has waited longest for its next (or first)
-    /// request (of those idle since the same second, the oldest connection) and is quiet:
-    /// one whose next request has begun to arrive is about to be served, and is passed
-    /// over. False if none was closed, or if the one closed last has not deregistered yet
-    /// (its room is on the way).
+    /// Shuts down the quiet client connection the worker has waited on longest: for its next
+    /// (or first) request, or for the rest of a head that began to arrive a second or more
+    /// ago (of those since the same second, the oldest connection). A head that began
+    /// within the last second is about to be served and is passed over. False if none was
+    /// closed, or if the one closed last has not deregistered yet (its room is on the way).
     fn evict_longest_idle(&self) -> bool {
         let conns = self.conns.borrow();
         self.evict
             .borrow_mut()
-            .evict(&conns, crate::io::is_quiet, |fd| {
+            .evict(&conns, self.tick(), crate::io::is_quiet, |fd| {
                 // SAFETY: the fd belongs to a live connection (it deregisters before closing).
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             })
@@ -573,8 +575,8 @@ impl Worker {
 /// that went idle after it is younger than every candidate, so the order holds.
 #[derive(Default)]
 struct EvictQueue {
-    /// (idle since, connection id, fd), the oldest last.
-    batch: Vec<(u64, u64, RawFd)>,
+    /// (waited on since, connection id, fd, waits for the rest of a head), the oldest last.
+    batch: Vec<(u64, u64, RawFd, bool)>,
     /// The connection shut last, until it deregisters.
     shut: Option<u64>,
 }
@@ -588,6 +590,7 @@ impl EvictQueue {
     fn evict(
         &mut self,
         conns: &HashMap<u64, OpenConn>,
+        now: u64,
         quiet: impl Fn(RawFd) -> bool,
         shut: impl FnOnce(RawFd),
     ) -> bool {
@@ -595,8 +598,11 @@ impl EvictQueue {
             return false;
         }
         for scanned in [false, true] {
-            while let Some((since, id, fd)) = self.batch.pop() {
-                let same = |(f, live): &OpenConn| *f == fd && live.idle.get() == Some(since);
+            while let Some((since, id, fd, head)) = self.batch.pop() {
+                let same = |(f, live): &OpenConn| {
+                    let waits = if head { &live.head } else { &live.idle };
+                    *f == fd && waits.get() == Some(since)
+                };
                 if conns.get(&id).is_some_and(same) && quiet(fd) {
                     shut(fd);
                     self.shut = Some(id);
@@ -604,19 +610,24 @@ impl EvictQueue {
                 }
             }
             if !scanned {
-                self.scan(conns);
+                self.scan(conns, now);
             }
         }
         false
     }
 
-    fn scan(&mut self, conns: &HashMap<u64, OpenConn>) {
+    fn scan(&mut self, conns: &HashMap<u64, OpenConn>, now: u64) {
         self.batch.clear();
-        self.batch.extend(
-            conns
-                .iter()
-                .filter_map(|(id, (fd, live))| Some((live.idle.get()?, *id, *fd))),
-        );
+        // A head that began in the last tick may be a second old or a microsecond.
+        let slow = |since: u64| since + 2 <= now;
+        self.batch
+            .extend(conns.iter().filter_map(|(id, (fd, live))| {
+                match (live.idle.get(), live.head.get()) {
+                    (Some(since), _) => Some((since, *id, *fd, false)),
+                    (None, Some(since)) if slow(since) => Some((since, *id, *fd, true)),
+                    _ => None,
+                }
+            }));
         if self.batch.len() > EVICT_BATCH {
             self.batch.select_nth_unstable(EVICT_BATCH - 1);
             self.batch.truncate(EVICT_BATCH);
@@ -698,11 +709,11 @@ mod tests {
         // Evicts one, which then closes (deregisters) before the next is asked for.
         let evict = |q: &mut EvictQueue, conns: &mut HashMap<u64, OpenConn>, loud: &[RawFd]| {
             let mut got = None;
-            let evicted = q.evict(conns, |fd| !loud.contains(&fd), |fd| got = Some(fd));
+            let evicted = q.evict(conns, 10_000, |fd| !loud.contains(&fd), |fd| got = Some(fd));
             assert_eq!(evicted, got.is_some());
             if let Some(fd) = got {
                 // Until it deregisters, nothing more is evicted.
-                assert!(!q.evict(conns, |_| true, |_| panic!("evicted twice")));
+                assert!(!q.evict(conns, 10_000, |_| true, |_| panic!("evicted twice")));
                 conns.remove(&(fd as u64 - 1000));
             }
             got
@@ -736,6 +747,52 @@ mod tests {
         live.idle.set(Some(1));
         conns.insert(5, (1005, Rc::new(live)));
         assert_eq!(evict(&mut q, &mut conns, &[1005]), None);
+    }
+
+    /// Regression: at the cap, connections that had sent a byte of a head were never
+    /// evicted, so clients sending one byte per connection and reconnecting after each 408
+    /// kept a worker full and every new client waiting up to `client_header` (a review:
+    /// 0.5 new clients a second got in, against 5). A head that began a second or more ago
+    /// is now waited on like an idle connection, in the same order.
+    #[test]
+    fn heads_arriving_for_a_second_or_more_are_evicted_in_order_with_idle_ones() {
+        // (id, idle since, head since); now is tick 100.
+        let waits = [
+            (1, None, Some(99)), // a head of this second or the last: about to be served
+            (2, None, Some(98)), // over a second old
+            (3, Some(60), None), // idle
+            (4, None, Some(50)), // the oldest head
+            (5, Some(40), None), // the longest idle
+            (6, None, None),     // busy
+            (7, None, Some(70)), // a head, but bytes of it wait to be read
+        ];
+        let mut conns: HashMap<u64, OpenConn> = waits
+            .iter()
+            .map(|&(id, idle, head)| {
+                let live = Live::default();
+                live.idle.set(idle);
+                live.head.set(head);
+                (id, (id as RawFd + 1000, Rc::new(live)))
+            })
+            .collect();
+        let mut q = EvictQueue::default();
+        let mut order = Vec::new();
+        loop {
+            let mut got = None;
+            q.evict(&conns, 100, |fd| fd != 1007, |fd| got = Some(fd));
+            let Some(fd) = got else { break };
+            conns.remove(&(fd as u64 - 1000));
+            order.push(fd - 1000);
+        }
+        assert_eq!(order, [5, 4, 3, 2]);
+        // A head evicted for its tick is passed over once it completed (no longer waited on).
+        let live = Live::default();
+        live.head.set(Some(10));
+        conns.insert(8, (1008, Rc::new(live)));
+        q.scan(&conns, 100);
+        conns[&8].1.head.set(None);
+        let quiet = |fd| fd != 1007;
+        assert!(!q.evict(&conns, 100, quiet, |_| panic!("a served head was evicted")));
     }
 
     #[test]

@@ -138,6 +138,48 @@ fn closes_the_longest_idle_connection_for_a_waiting_client(env: &[(&str, &str)])
     );
 }
 
+/// Regression: at the cap, a connection that had sent one byte of a head was never
+/// closed to make room, so clients doing only that (and reconnecting after each 408) kept
+/// new clients waiting up to `client_header` (a review: 0.5 new clients a second got in,
+/// against 5). A head still arriving a second after it began is now closed for a waiting
+/// client, the one waited on longest first; younger heads, and busy connections, are not.
+#[test]
+fn at_the_cap_a_head_arriving_for_over_a_second_makes_room_for_a_waiting_client() {
+    let b = mock_backend();
+    let extra = "admin: 127.0.0.1:0\ntimeouts: {client_header: 30s}\nlimits:\n  max_connections: 2";
+    let path = write_config(&config(1, extra, &svc(&b)));
+    let g = gateway_at(&path);
+    let mut slow = Client::connect(g.proc.addr);
+    slow.send(b"G");
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(g.admin, "gateway_client_connections") == 1.0
+    }));
+    // The waiting client's own head has to wait more than a second, so it comes later.
+    std::thread::sleep(Duration::from_millis(2200));
+    let mut young = Client::connect(g.proc.addr);
+    young.send(b"GET /v1/proxy/svc/young HTTP/1.1\r\n");
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(g.admin, "gateway_accept_paused_total") == 1.0
+    }));
+    let started = Instant::now();
+    let mut waiting = Client::connect(g.proc.addr);
+    waiting.send(GET);
+    assert_eq!(waiting.read_response().status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "served after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        slow.closed_within(Duration::from_secs(2)),
+        "the oldest head was kept"
+    );
+    assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 1.0);
+    // The younger head was left to finish, and is served.
+    young.send(b"Host: g\r\n\r\n");
+    assert_eq!(young.read_response().status, 200);
+}
+
 #[test]
 fn at_the_cap_with_every_connection_busy_a_new_client_waits_for_one_to_finish() {
     let b = mock_backend();
