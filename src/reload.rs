@@ -207,9 +207,19 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
     }
 }
 
-/// `key old -> new` for each timeout, limit, pool and DNS setting that differs.
+/// `key old -> new` for each timeout, limit, pool, DNS and other process-wide setting that
+/// differs and applies at once.
 fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
     let d = |v: std::time::Duration| format!("{v:?}");
+    let proxies = |c: &Config| {
+        let list: Vec<String> = c
+            .admission
+            .trusted_proxies
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        format!("[{}]", list.join(", "))
+    };
     let n = |v: u64| v.to_string();
     let (a, b) = (&old.timeouts, &new.timeouts);
     let (la, lb) = (&old.limits, &new.limits);
@@ -272,6 +282,27 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
             d(new.pool.idle_timeout),
         ),
         ("dns_refresh", dns(old), dns(new)),
+        ("trusted_proxies", proxies(old), proxies(new)),
+        (
+            "rate_limit_headers",
+            old.admission.headers.to_string(),
+            new.admission.headers.to_string(),
+        ),
+        (
+            "rate_limit_table",
+            n(old.admission.table_cells as u64),
+            n(new.admission.table_cells as u64),
+        ),
+        (
+            "request_id",
+            old.request_id.to_string(),
+            new.request_id.to_string(),
+        ),
+        (
+            "access_log_format",
+            format!("{:?}", old.access_log_format).to_lowercase(),
+            format!("{:?}", new.access_log_format).to_lowercase(),
+        ),
     ];
     pairs
         .into_iter()
@@ -564,13 +595,13 @@ mod tests {
                 .collect()
         };
         let old = Config::parse(&format!(
-            "timeouts: {{connect: 2s}}\nlimits: {{max_body_bytes: 1000}}\nservices:\n{}{}",
+            "timeouts: {{connect: 2s}}\nlimits: {{max_body_bytes: 1000}}\ntrusted_proxies: [10.0.0.0/8]\nservices:\n{}{}",
             services("keep", 3, "10s"),
             services("old", 1000, "10s")
         ))
         .unwrap();
         let new = Config::parse(&format!(
-            "timeouts: {{connect: 5s}}\nlimits: {{max_body_bytes: 2000}}\nservices:\n{}{}",
+            "timeouts: {{connect: 5s}}\nlimits: {{max_body_bytes: 2000}}\ntrusted_proxies: [10.0.0.0/8, 192.0.2.1/32]\nrequest_id: true\naccess_log_format: json\nservices:\n{}{}",
             services("keep", 3, "20s"),
             services("new", 1000, "10s")
         ))
@@ -578,10 +609,10 @@ mod tests {
         let mut ch = diff(Some(&old), &new);
         ch.generation = 2;
         let line = ch.to_string();
-        assert!(!line.contains('\n') && line.len() < 600, "{line}");
+        assert!(!line.contains('\n') && line.len() < 800, "{line}");
         for part in [
             "generation 2: services +1000 [new0000, new0001, new0002, new0003, new0004 +995 more] -1000 [old0000, old0001, old0002, old0003, old0004 +995 more] =3;",
-            "settings changed: timeouts.connect 2s -> 5s, limits.max_body_bytes 1000 -> 2000;",
+            "settings changed: timeouts.connect 2s -> 5s, limits.max_body_bytes 1000 -> 2000, trusted_proxies [10.0.0.0/8] -> [10.0.0.0/8, 192.0.2.1/32], request_id false -> true, access_log_format text -> json;",
             "breaker (cooldown) changed for services: 3 [keep0000, keep0001, keep0002]",
         ] {
             assert!(line.contains(part), "{part} not in {line}");
