@@ -6,8 +6,10 @@
 //! - [`conn`]: one client connection: head deadline, keep-alive, pipelining
 //! - [`downstream`]: the client's side of the wire, gateway-made replies, lingering close
 //! - [`h1`]: HTTP/1.1 parsing and framing decisions, chunked coding
+//! - [`reqid`]: the request's `X-Request-Id` (`request_id: true`)
 //! - [`rewrite`]: routing and the heads as the other side sees them
 //! - [`router`]: `/v1/proxy/{service}/{rest}` on the raw target
+//! - [`admission`]: rate and concurrency limits, before a backend is picked
 //! - [`exchange`]: one trip to a backend, phase by phase, the outcome settled in one place
 //! - [`balancer`]: per-worker round-robin that skips open circuits
 //! - [`breaker`]: the packed per-backend circuit breaker word
@@ -20,7 +22,9 @@
 //! - [`fdlimit`]: the descriptor limit raised at start, and the client connections it allows
 //!
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
-//! registry behind one `ArcSwap`). Side: [`logging`], [`redact`] (no credentials in messages),
+//! registry behind one `ArcSwap`), [`reload`] (SIGHUP: diff, validate, swap). Side:
+//! [`accesslog`], [`metrics`] and [`admin`] (what operators read), [`logging`], [`redact`]
+//! (no credentials in messages),
 //! [`procstat`] (the process's CPU, memory and start time for `/metrics`),
 //! [`cluster`] (a thread that shares circuit state with other instances through Redis; never
 //! on the request path).
