@@ -542,13 +542,24 @@ impl Admission {
                 }
             }
             (Budget::Keyed { table, id }, LimitKey::Header(name)) => {
-                let mut lines = caller.headers.iter().filter(|h| h1::name_is(h.name, name));
-                match (lines.next(), lines.next()) {
-                    (Some(h), None) => table.bucket(*id, 1, h1::trim_ows(h.value)),
-                    (None, _) => table.bucket(*id, 0, b""),
-                    // Which line would the backend believe? Keying on one lets a client
-                    // vary the other for fresh budgets; refuse, as for a repeated Host.
-                    (Some(_), Some(_)) => {
+                // `X_Api_Key` too: a CGI or WSGI backend reads it as `X-Api-Key`.
+                let mut lines = caller
+                    .headers
+                    .iter()
+                    .filter(|h| h1::name_is_cgi(h.name, name));
+                let value = match (lines.next(), lines.next()) {
+                    (Some(h), None) => Ok(h1::trim_ows(h.value)),
+                    (None, _) => Ok(&b""[..]),
+                    (Some(_), Some(_)) => Err(()),
+                };
+                match value {
+                    // An empty value is no key, as an absent one.
+                    Ok([]) => table.bucket(*id, 0, b""),
+                    // A list (`k, other`) is several lines in one (RFC 9110 §5.3).
+                    Ok(v) if !v.contains(&b',') => table.bucket(*id, 1, v),
+                    // Which value would the backend believe? Keying on one lets a client
+                    // vary another for fresh budgets; refuse, as for a repeated Host.
+                    _ => {
                         if held {
                             self.in_flight.fetch_sub(1, Ordering::AcqRel);
                         }

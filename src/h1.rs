@@ -689,7 +689,7 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 /// would act on such a field as if it were the real one, which we removed or rewrote. Only
 /// names with a `-` can have an alias, but the list is the full set we control.
 pub fn is_underscore_alias(name: &str) -> bool {
-    const CONTROLLED: [&str; 10] = [
+    const CONTROLLED: [&str; 13] = [
         "content-length",
         "transfer-encoding",
         "connection",
@@ -700,20 +700,26 @@ pub fn is_underscore_alias(name: &str) -> bool {
         "proxy-connection",
         "host",
         "proxy-authorization",
+        // The forwarding fields the gateway writes (a review: `X_Forwarded_Proto` reached
+        // backends beside ours).
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
     ];
-    let n = name.as_bytes();
     // Most names have no `_`: one short scan and done.
-    memchr::memchr(b'_', n).is_some()
-        && CONTROLLED.iter().any(|c| {
-            c.len() == n.len()
-                && n.iter().zip(c.bytes()).all(|(&a, b)| {
-                    if a == b'_' {
-                        b == b'-'
-                    } else {
-                        a.eq_ignore_ascii_case(&b)
-                    }
-                })
-        })
+    memchr::memchr(b'_', name.as_bytes()).is_some()
+        && CONTROLLED.iter().any(|c| name_is_cgi(name, c))
+}
+
+/// Whether `name` is `want` as a CGI or WSGI backend reads it: any case, `_` and `-` alike
+/// (`want` is lower case).
+pub fn name_is_cgi(name: &str, want: &str) -> bool {
+    let dash = |c: u8| c == b'-' || c == b'_';
+    name.len() == want.len()
+        && name
+            .bytes()
+            .zip(want.bytes())
+            .all(|(a, b)| a.to_ascii_lowercase() == b || (dash(a) && dash(b)))
 }
 
 /// Most names one head's `Connection` fields may list besides `close` and `keep-alive`:
@@ -1546,6 +1552,9 @@ mod tests {
             "Keep_Alive",
             "Proxy_Connection",
             "proxy_authorization",
+            "X_Forwarded_Proto",
+            "x_forwarded_for",
+            "X-Forwarded_Host",
             "Content-Length_".trim_end_matches('_'),
         ]
         .iter()
@@ -1561,9 +1570,12 @@ mod tests {
             "Transfer_Encodin",
             "_te",
             "Host",
+            "X_Request_Id", // only with `request_id: true`, in `rewrite::prepare`
         ] {
             assert!(!is_underscore_alias(n), "{n}");
         }
+        assert!(name_is_cgi("X_Api_KEY", "x-api-key") && name_is_cgi("x-api-key", "x-api-key"));
+        assert!(!name_is_cgi("x-api-keys", "x-api-key") && !name_is_cgi("x_api", "x-api-key"));
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub fn prepare(
             || h1::name_is(name, "expect")
             || h1::name_is(name, "x-forwarded-proto")
             || h1::name_is(name, "x-forwarded-host")
-            || (request_id.is_some() && h1::name_is(name, crate::reqid::FIELD))
+            || (request_id.is_some() && h1::name_is_cgi(name, crate::reqid::FIELD))
             // merged below into one line each:
             || h1::name_is(name, "x-forwarded-for")
             || h1::name_is(name, "via"))

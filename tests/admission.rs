@@ -19,6 +19,10 @@ fn statuses(c: &mut Client, n: usize, extra: &str) -> Vec<u16> {
         .collect()
 }
 
+fn error_detail(r: &Response) -> String {
+    r.json()["detail"].as_str().unwrap_or_default().to_string()
+}
+
 fn count(v: &[u16], status: u16) -> usize {
     v.iter().filter(|&&s| s == status).count()
 }
@@ -193,9 +197,28 @@ fn a_header_key_on_two_lines_is_refused_before_any_budget_or_backend() {
         );
         assert!(r.header("retry-after").is_none());
     }
+    // Regression (a re-review): the same as a list on one line, and as an underscore
+    // alias, which a CGI or WSGI backend reads as the same field.
+    for sent in [
+        "X-Api-Key: one, alpha\r\n",
+        "X-Api-Key: alpha,two\r\n",
+        "X-Api-Key: three\r\nX_Api_Key: alpha\r\n",
+    ] {
+        c.send(format!("GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n{sent}\r\n").as_bytes());
+        let r = c.read_response();
+        assert_eq!(
+            (r.status, error_detail(&r)),
+            (400, "repeated_rate_limit_key".into()),
+            "{sent:?}"
+        );
+    }
     // The connection stays usable, alpha's budget is untouched by the refusals and spent.
     assert_eq!(statuses(&mut c, 1, "x-api-key: alpha\r\n"), [429]);
-    assert_eq!(rec.requests(), 1);
+    // An alias alone is the key; an empty value is no key, as an absent one.
+    assert_eq!(statuses(&mut c, 1, "X_API_KEY: alpha\r\n"), [429]);
+    assert_eq!(statuses(&mut c, 2, "X-Api-Key: \r\n"), [200, 429]);
+    assert_eq!(statuses(&mut c, 1, ""), [429]);
+    assert_eq!(rec.requests(), 2);
 }
 
 /// Regression: keyed budgets of all services shared untagged table cells, so one client
