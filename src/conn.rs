@@ -295,6 +295,16 @@ fn service_of(target: &str, view: &View, service: &mut Vec<u8>) -> Option<usize>
     Some(i)
 }
 
+/// With `request_id: true`, gives a head refused before it parsed (or that never came
+/// whole) an ID made here, for its answer and its log line.
+fn fresh_id(d: &mut Downstream, worker: &Worker, on: bool) {
+    if on {
+        d.request_id.clear();
+        worker.ids.make(&mut d.request_id);
+        rewrite::push_header(&mut d.fields, reqid::FIELD.as_bytes(), &d.request_id);
+    }
+}
+
 /// Counts the finished request and writes its access log line.
 fn finish(
     worker: &Worker,
@@ -407,6 +417,12 @@ async fn next_request(
                         c.target.clear();
                         c.target.extend_from_slice(parsed.target.as_bytes());
                     }
+                    if cfg.request_id {
+                        let trusted = &cfg.admission.trusted_proxies;
+                        let trusted = trusted.iter().any(|t| t.contains(d.peer.ip()));
+                        reqid::choose(&mut d.request_id, parsed.headers, trusted, &worker.ids);
+                        rewrite::push_header(&mut d.fields, reqid::FIELD.as_bytes(), &d.request_id);
+                    }
                     if parsed.target == "*" {
                         // `OPTIONS *` (h1 passes `*` for OPTIONS only): about us, not a
                         // backend. A body it may have is not read, so then we close.
@@ -421,15 +437,7 @@ async fn next_request(
                         c.fwd = worker.buffer();
                         c.path = worker.buffer();
                     }
-                    let request_id = if cfg.request_id {
-                        let trusted = &cfg.admission.trusted_proxies;
-                        let trusted = trusted.iter().any(|t| t.contains(d.peer.ip()));
-                        reqid::choose(&mut d.request_id, parsed.headers, trusted, &worker.ids);
-                        rewrite::push_header(&mut d.fields, reqid::FIELD.as_bytes(), &d.request_id);
-                        Some(&d.request_id[..])
-                    } else {
-                        None
-                    };
+                    let request_id = cfg.request_id.then_some(&d.request_id[..]);
                     let result = rewrite::prepare(
                         &parsed,
                         &view,
@@ -470,6 +478,7 @@ async fn next_request(
                 Ok(None) => {}
                 Err(e) => {
                     let max_target = limits.max_target_bytes;
+                    fresh_id(&mut c.down, worker, cfg.request_id);
                     let (method, svc) = refused_line(c, &view, keep_target, max_target);
                     let next = Next::Reject {
                         err: e.into(),
@@ -544,6 +553,7 @@ async fn next_request(
                 // Logged and counted with its request line when that came whole (a
                 // review saw `-` for a head that stopped in its fields).
                 let view = worker.view();
+                fresh_id(&mut c.down, worker, view.snapshot.config.request_id);
                 let method = h1::Method::from_bytes(&c.method);
                 let target = std::str::from_utf8(&c.target).unwrap_or_default();
                 let svc = service_of(target, &view, &mut c.service);

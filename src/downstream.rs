@@ -117,6 +117,7 @@ impl Downstream {
     pub async fn reply_options(&mut self, keep: bool, minor: u8, timeout: Duration) -> bool {
         self.out.clear();
         error::write_options_head(&mut self.out, &self.date.line());
+        self.out.extend_from_slice(&self.fields);
         rewrite::end_response_head(&mut self.out, keep, minor);
         self.record.status = 204;
         self.send_out(timeout).await

@@ -1222,7 +1222,7 @@ fn parse_head(
     let head_len = p.info.head_len;
     if status < 200 {
         out.clear();
-        rewrite::write_interim_head(out, &p);
+        rewrite::write_interim_head(out, &p, own_id);
         return Ok(Parsed::Interim(head_len));
     }
     let framing = p.info.framing;

@@ -304,10 +304,11 @@ pub fn write_response_head(
 }
 
 /// Writes an interim (1xx) head for the client, whole: its status line and end-to-end
-/// fields, without the hop-by-hop ones (RFC 9110 §7.6.1 holds for every message) and with
-/// no `Date` (a 1xx may go without one).
-pub fn write_interim_head(out: &mut Vec<u8>, p: &h1::ParsedResponse<'_, '_>) {
-    write_status_and_fields(out, p, &ConnectionOptions::collect(p.headers), false);
+/// fields, without the hop-by-hop ones (RFC 9110 §7.6.1 holds for every message), without
+/// the backend's `X-Request-Id` with `own_id`, and with no `Date` (a 1xx may go without
+/// one).
+pub fn write_interim_head(out: &mut Vec<u8>, p: &h1::ParsedResponse<'_, '_>, own_id: bool) {
+    write_status_and_fields(out, p, &ConnectionOptions::collect(p.headers), own_id);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -757,3 +757,79 @@ fn a_json_access_log_line_parses_with_the_requests_fields() {
     assert!(v["upstream_seconds"].as_f64().is_some() && v["total_seconds"].as_f64().is_some());
     assert!(v.get("request_id").is_none(), "{line}");
 }
+
+/// Regression (a re-review): with `request_id: true`, answers to heads refused before
+/// routing (405, 501, 417, a 400) and to `OPTIONS *` carried no ID, and a backend's 103
+/// was relayed with the backend's own `X-Request-Id`. Every answer now carries one ID, the
+/// gateway's, and so does every log line.
+#[test]
+fn every_answer_carries_the_gateways_request_id_and_interim_ones_no_other() {
+    let rec = Recorder::start(Mode::Reply(
+        b"HTTP/1.1 103 Early Hints\r\nx-request-id: backend-103\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+    ));
+    let log = temp_path("request-id-refused.log");
+    let _ = std::fs::remove_file(&log);
+    let g = gateway(&config(
+        1,
+        &format!("request_id: true\naccess_log: {}", log.display()),
+        &format!("  svc: [http://{}]\n", rec.addr),
+    ));
+    let mut ids = Vec::new();
+    for (head, status) in [
+        ("TRACE /v1/proxy/svc/t HTTP/1.1\r\nHost: g\r\n\r\n", 405),
+        ("FOO /v1/proxy/svc/f HTTP/1.1\r\nHost: g\r\n\r\n", 501),
+        (
+            "GET /v1/proxy/svc/e HTTP/1.1\r\nHost: g\r\nExpect: teapot\r\n\r\n",
+            417,
+        ),
+        ("GET /v1/proxy/svc/h HTTP/1.1\r\n\r\n", 400),
+        ("OPTIONS * HTTP/1.1\r\nHost: g\r\n\r\n", 204),
+    ] {
+        let mut c = Client::connect(g.addr);
+        c.send(head.as_bytes());
+        let r = c.read_response();
+        assert_eq!(r.status, status, "{head:?}");
+        let got: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "x-request-id")
+            .collect();
+        assert_eq!(got.len(), 1, "{head:?}: {:?}", r.headers);
+        assert_eq!(got[0].1.len(), 32, "{head:?}");
+        ids.push(got[0].1.clone());
+    }
+    let mut c = Client::connect(g.addr);
+    c.send(b"GET /v1/proxy/svc/hints HTTP/1.1\r\nHost: g\r\n\r\n");
+    let interim = c.read_response();
+    assert_eq!(interim.status, 103);
+    assert!(
+        interim.header("x-request-id").is_none(),
+        "{:?}",
+        interim.headers
+    );
+    assert_eq!(interim.header("link"), Some("</a>"));
+    let last = c.read_response();
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("x-request-id").map(str::len), Some(32));
+    // Each line ends with its answer's ID (OPTIONS * is logged too).
+    for (needle, id) in [
+        ("/v1/proxy/svc/t ", &ids[0]),
+        ("/v1/proxy/svc/f ", &ids[1]),
+        ("/v1/proxy/svc/e ", &ids[2]),
+    ] {
+        let mut text = String::new();
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.lines().any(|l| l.contains(needle))
+            }),
+            "{text}"
+        );
+        let line = text
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_default();
+        assert!(line.ends_with(&format!(" {id}")), "{line}");
+    }
+    let _ = std::fs::remove_file(&log);
+}
