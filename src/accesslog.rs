@@ -374,20 +374,23 @@ fn json_line(b: &mut Vec<u8>, second: &[u8; 19], millis: u32, e: &Entry<'_>) {
     b.extend_from_slice(b"}\n");
 }
 
-/// A JSON string of `v` (`null` for None). Bytes that are not printable ASCII are escaped
-/// as `\u00XX`: a target is ASCII (h1 refuses others), and any other byte is kept
-/// visible rather than made into invalid UTF-8.
+/// A JSON string of `v` (`null` for None): `"`, `\\` and control bytes escaped; UTF-8
+/// kept as it is when `v` is valid UTF-8 (a target may carry raw UTF-8: httparse takes
+/// bytes above 0x7F), otherwise each byte above 0x7F escaped as `\u00XX`, so a line is
+/// always valid JSON.
 fn json_str(b: &mut Vec<u8>, v: Option<&[u8]>) {
     let Some(v) = v else {
         b.extend_from_slice(b"null");
         return;
     };
+    let utf8 = std::str::from_utf8(v).is_ok();
     b.push(b'"');
     for &c in v {
         match c {
             b'"' => b.extend_from_slice(b"\\\""),
             b'\\' => b.extend_from_slice(b"\\\\"),
             0x20..=0x7e => b.push(c),
+            0x80.. if utf8 => b.push(c),
             _ => {
                 let _ = write!(b, "\\u{:04x}", c);
             }
@@ -514,6 +517,10 @@ mod tests {
                 upstream_us: None,
                 ..base
             },
+            Entry {
+                target: "/v1/proxy/svc/caf\u{e9}\u{2028}".as_bytes(),
+                ..base
+            },
         ];
         for e in &entries {
             log.record(e, Format::Json);
@@ -532,7 +539,9 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect();
-        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines.len(), 5, "{text}");
+        // Valid UTF-8 stays itself (invalid bytes, as in the first target, are escaped).
+        assert_eq!(lines[4]["target"], "/v1/proxy/svc/caf\u{e9}\u{2028}");
         let time = lines[0]["time"].as_str().unwrap_or_default();
         assert!(time.ends_with('Z') && time.len() == 24, "{text}");
         let mut first = lines[0].clone();
