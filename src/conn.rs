@@ -507,6 +507,7 @@ async fn next_request(
         drop(view); // an idle connection must not pin an old snapshot
         let read = match deadline {
             Some(end) => {
+                live.head_bytes.set(d.buf.len() - d.start);
                 // The read's buffer is gone if it times out: a whole request line is kept
                 // now for the 408's log line and counts (a review saw `-` for it).
                 if keep_target && c.method.is_empty() {

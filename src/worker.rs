@@ -26,8 +26,10 @@ pub struct Live {
     /// Set (to the tick the wait began) while the connection waits for its next request,
     /// or lingers after its last answer (`Downstream::linger`).
     pub idle: Cell<Option<u64>>,
-    /// Set (to the tick its first byte came) while a request head is arriving.
+    /// Set (to the tick its first byte came) while a request head is arriving ...
     pub head: Cell<Option<u64>>,
+    /// ... and how much of it has come.
+    pub head_bytes: Cell<usize>,
     /// The request it serves, while the access log is on: the worker writes its line if the
     /// drain deadline cuts it (the task then never finishes to write its own).
     pub request: RefCell<Option<InFlight>>,
@@ -455,11 +457,14 @@ impl Worker {
         }
     }
 
-    /// Shuts down the quiet client connection the worker has waited on longest: for its next
-    /// (or first) request, or for the rest of a head that began to arrive a second or more
-    /// ago (of those since the same second, the oldest connection). A head that began
-    /// within the last second is about to be served and is passed over. False if none was
-    /// closed, or if the one closed last has not deregistered yet (its room is on the way).
+    /// Shuts down a quiet client connection the worker waits on: the one idle longest (for
+    /// its next or first request; of those since the same second, the oldest connection),
+    /// else, if none is idle, the one whose head has brought the fewest bytes of those that
+    /// began to arrive a second or more ago (then the oldest): an idle client loses nothing
+    /// but its connection, a head its request, and a slowloris sends as little as it can.
+    /// A head that began within the last second is about to be served and is passed over.
+    /// False if none was closed, or if the one closed last has not deregistered yet (its
+    /// room is on the way).
     fn evict_longest_idle(&self) -> bool {
         let conns = self.conns.borrow();
         self.evict
@@ -575,14 +580,26 @@ impl Worker {
 /// that went idle after it is younger than every candidate, so the order holds.
 #[derive(Default)]
 struct EvictQueue {
-    /// (waited on since, connection id, fd, waits for the rest of a head), the oldest last.
-    batch: Vec<(u64, u64, RawFd, bool)>,
+    /// Candidates, the next to evict last.
+    batch: Vec<Candidate>,
     /// The connection shut last, until it deregisters.
     shut: Option<u64>,
 }
 
 /// Candidates one scan takes.
 const EVICT_BATCH: usize = 256;
+
+/// An eviction candidate, in eviction order: idle ones (by the tick they went idle), then
+/// heads (by bytes come, then the tick they began); then the connection id. `since` is the
+/// tick the candidate was found with (it is passed over if that changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    head: bool,
+    bytes: usize,
+    since: u64,
+    id: u64,
+    fd: RawFd,
+}
 
 impl EvictQueue {
     /// Shuts (`shut`) the longest idle connection that is `quiet`, scanning at most once;
@@ -598,14 +615,14 @@ impl EvictQueue {
             return false;
         }
         for scanned in [false, true] {
-            while let Some((since, id, fd, head)) = self.batch.pop() {
+            while let Some(c) = self.batch.pop() {
                 let same = |(f, live): &OpenConn| {
-                    let waits = if head { &live.head } else { &live.idle };
-                    *f == fd && waits.get() == Some(since)
+                    let waits = if c.head { &live.head } else { &live.idle };
+                    *f == c.fd && waits.get() == Some(c.since)
                 };
-                if conns.get(&id).is_some_and(same) && quiet(fd) {
-                    shut(fd);
-                    self.shut = Some(id);
+                if conns.get(&c.id).is_some_and(same) && quiet(c.fd) {
+                    shut(c.fd);
+                    self.shut = Some(c.id);
                     return true;
                 }
             }
@@ -621,12 +638,19 @@ impl EvictQueue {
         // A head that began in the last tick may be a second old or a microsecond.
         let slow = |since: u64| since + 2 <= now;
         self.batch
-            .extend(conns.iter().filter_map(|(id, (fd, live))| {
-                match (live.idle.get(), live.head.get()) {
-                    (Some(since), _) => Some((since, *id, *fd, false)),
-                    (None, Some(since)) if slow(since) => Some((since, *id, *fd, true)),
-                    _ => None,
-                }
+            .extend(conns.iter().filter_map(|(&id, (fd, live))| {
+                let (head, bytes, since) = match (live.idle.get(), live.head.get()) {
+                    (Some(since), _) => (false, 0, since),
+                    (None, Some(since)) if slow(since) => (true, live.head_bytes.get(), since),
+                    _ => return None,
+                };
+                Some(Candidate {
+                    head,
+                    bytes,
+                    since,
+                    id,
+                    fd: *fd,
+                })
             }));
         if self.batch.len() > EVICT_BATCH {
             self.batch.select_nth_unstable(EVICT_BATCH - 1);
@@ -753,25 +777,30 @@ mod tests {
     /// evicted, so clients sending one byte per connection and reconnecting after each 408
     /// kept a worker full and every new client waiting up to `client_header` (a review:
     /// 0.5 new clients a second got in, against 5). A head that began a second or more ago
-    /// is now waited on like an idle connection, in the same order.
+    /// is now evictable: after every idle connection (oldest first), the one that brought
+    /// the fewest bytes (then the oldest), so a slowloris goes before a client whose large
+    /// head comes slowly (a re-review: with one-byte heads churning at 10 a second, every
+    /// such client was closed while the order was by age alone).
     #[test]
-    fn heads_arriving_for_a_second_or_more_are_evicted_in_order_with_idle_ones() {
-        // (id, idle since, head since); now is tick 100.
+    fn heads_arriving_for_a_second_or_more_are_evicted_after_idle_ones_fewest_bytes_first() {
+        // (id, idle since, head since, head bytes); now is tick 100.
         let waits = [
-            (1, None, Some(99)), // a head of this second or the last: about to be served
-            (2, None, Some(98)), // over a second old
-            (3, Some(60), None), // idle
-            (4, None, Some(50)), // the oldest head
-            (5, Some(40), None), // the longest idle
-            (6, None, None),     // busy
-            (7, None, Some(70)), // a head, but bytes of it wait to be read
+            (1, None, Some(99), 1), // a head of this second or the last: about to be served
+            (2, None, Some(98), 1), // over a second old, one byte
+            (3, Some(60), None, 0), // idle
+            (4, None, Some(50), 900), // the oldest head, but a large one
+            (5, Some(40), None, 0), // the longest idle
+            (6, None, None, 0),     // busy
+            (7, None, Some(70), 1), // a head, but bytes of it wait to be read
+            (9, None, Some(90), 1), // one byte, older than 2
         ];
         let mut conns: HashMap<u64, OpenConn> = waits
             .iter()
-            .map(|&(id, idle, head)| {
+            .map(|&(id, idle, head, bytes)| {
                 let live = Live::default();
                 live.idle.set(idle);
                 live.head.set(head);
+                live.head_bytes.set(bytes);
                 (id, (id as RawFd + 1000, Rc::new(live)))
             })
             .collect();
@@ -784,7 +813,7 @@ mod tests {
             conns.remove(&(fd as u64 - 1000));
             order.push(fd - 1000);
         }
-        assert_eq!(order, [5, 4, 3, 2]);
+        assert_eq!(order, [5, 3, 9, 2, 4]);
         // A head evicted for its tick is passed over once it completed (no longer waited on).
         let live = Live::default();
         live.head.set(Some(10));

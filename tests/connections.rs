@@ -142,17 +142,29 @@ fn closes_the_longest_idle_connection_for_a_waiting_client(env: &[(&str, &str)])
 /// closed to make room, so clients doing only that (and reconnecting after each 408) kept
 /// new clients waiting up to `client_header` (a review: 0.5 new clients a second got in,
 /// against 5). A head still arriving a second after it began is now closed for a waiting
-/// client, the one waited on longest first; younger heads, and busy connections, are not.
+/// client, the one that brought the fewest bytes first (a re-review: by age alone, a
+/// client whose large head came in pieces went before fresh one-byte heads); younger
+/// heads, and busy connections, are not.
 #[test]
 fn at_the_cap_a_head_arriving_for_over_a_second_makes_room_for_a_waiting_client() {
     let b = mock_backend();
-    let extra = "admin: 127.0.0.1:0\ntimeouts: {client_header: 30s}\nlimits:\n  max_connections: 2";
+    let extra = "admin: 127.0.0.1:0\ntimeouts: {client_header: 30s}\nlimits:\n  max_connections: 3";
     let path = write_config(&config(1, extra, &svc(&b)));
     let g = gateway_at(&path);
+    // The oldest: a large head coming in pieces.
+    let mut large = Client::connect(g.proc.addr);
+    large.send(
+        format!(
+            "GET /v1/proxy/svc/large HTTP/1.1\r\nHost: g\r\nx-pad: {}\r\n",
+            "p".repeat(900)
+        )
+        .as_bytes(),
+    );
+    std::thread::sleep(Duration::from_millis(100));
     let mut slow = Client::connect(g.proc.addr);
     slow.send(b"G");
     assert!(eventually(Duration::from_secs(5), || {
-        metric(g.admin, "gateway_client_connections") == 1.0
+        metric(g.admin, "gateway_client_connections") == 2.0
     }));
     // The waiting client's own head has to wait more than a second, so it comes later.
     std::thread::sleep(Duration::from_millis(2200));
@@ -172,12 +184,17 @@ fn at_the_cap_a_head_arriving_for_over_a_second_makes_room_for_a_waiting_client(
     );
     assert!(
         slow.closed_within(Duration::from_secs(2)),
-        "the oldest head was kept"
+        "the one-byte head was kept"
     );
     assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 1.0);
-    // The younger head was left to finish, and is served.
-    young.send(b"Host: g\r\n\r\n");
-    assert_eq!(young.read_response().status, 200);
+    // The large and the younger heads were left to finish, and are served.
+    for (c, rest) in [
+        (&mut large, "x-end: 1\r\n\r\n"),
+        (&mut young, "Host: g\r\n\r\n"),
+    ] {
+        c.send(rest.as_bytes());
+        assert_eq!(c.read_response().status, 200);
+    }
 }
 
 #[test]
