@@ -629,6 +629,14 @@ pub struct FleetBudget {
     pub slice_ms: AtomicU64,
 }
 
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 /// A slice covers at least this much time at the steady rate ...
 pub const MIN_SLICE_MS: u64 = 50;
 /// ... and at most this much, however slowly Redis answers.
@@ -638,10 +646,17 @@ impl FleetBudget {
     fn new(service: &str, limit: &RateLimit) -> FleetBudget {
         FleetBudget {
             limit: limit.clone(),
-            key: format!(
-                "{service}:{}:{}:{}",
-                limit.count, limit.per_secs, limit.burst
-            ),
+            // The rate in lowest terms: `100/s` and `6000/m` are one budget across instances
+            // that spell it differently (a review saw them run as two, doubling the fleet's).
+            key: {
+                let g = gcd(limit.count, limit.per_secs).max(1);
+                format!(
+                    "{service}:{}:{}:{}",
+                    limit.count / g,
+                    limit.per_secs / g,
+                    limit.burst
+                )
+            },
             allowance: CachePadded::new(AtomicU64::new(0)),
             online: std::sync::atomic::AtomicBool::new(false),
             wait_ms: AtomicU64::new(0),
@@ -910,6 +925,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(FleetBudget::new("svc", &slow).slice(), 1, "at least one");
+    }
+
+    /// Regression: `100/s` on one instance and `6000/m` on another ran as two fleet budgets
+    /// (a review: 1023 admitted where 510 were due).
+    #[test]
+    fn one_rate_spelled_two_ways_is_one_fleet_budget() {
+        let key = |text: &str| FleetBudget::new("svc", &limit(text).unwrap().unwrap()).key;
+        let per_s = key("{rate: 100/s, burst: 10, scope: cluster}");
+        assert_eq!(per_s, "svc:100:1:10");
+        assert_eq!(key("{rate: 6000/m, burst: 10, scope: cluster}"), per_s);
+        assert_eq!(key("{rate: 360000/h, burst: 10, scope: cluster}"), per_s);
+        assert_eq!(key("{rate: 90/m, burst: 10, scope: cluster}"), "svc:3:2:10");
+        assert_ne!(key("{rate: 100/s, burst: 11, scope: cluster}"), per_s);
     }
 
     #[test]

@@ -334,7 +334,11 @@ local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
+-- Past: the budget is whole. Not a number (nan, garbage), or further ahead than a grant
+-- can put it (a stray writer, inf): no record of this budget's, which starts afresh (a
+-- review turned a fleet's limit off with nan, and starved it for an hour with a TAT
+-- written an hour ahead).
+if tat == nil or tat ~= tat or tat < now or tat > now + tolerance + interval then tat = now end
 local k = math.floor((tolerance - (tat - now)) / interval)
 if k > want then k = want end
 if k < 0 then k = 0 end
@@ -351,7 +355,12 @@ const LEASE: &str = r"
 if (tonumber(redis.call('HGET', KEYS[2], 'at')) or 0) > tonumber(ARGV[3]) then return 0 end
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+-- Every lease is taken with an expiry: one without (a stray writer) would keep the fleet's
+-- circuit open, with no probe, for good (a review).
+if not v or redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
 return 0
 ";
 
@@ -408,10 +417,12 @@ struct Node {
 }
 
 /// Keys under the fleet's prefix that hold another type (another application's, or a
-/// backend URL that ends in `:opens` beside the same URL without it): Redis answers
-/// `WRONGTYPE` for them. Only what touches such a key is skipped, said once per key; it
-/// used to fail the whole round, and so take every circuit and budget of the instance out
-/// of the fleet.
+/// backend URL that ends in `:opens` beside the same URL without it), for which Redis
+/// answers `WRONGTYPE`, or anything else Redis refuses for one key, or a reply that does
+/// not read as what was asked. Only what touches such a key is skipped, said once per key;
+/// it used to fail the whole round, and so take every circuit and budget of the instance
+/// out of the fleet (a review, with `abc` in a budget's key). A failure of the connection
+/// itself still fails the round.
 #[derive(Default)]
 struct BadKeys(std::collections::HashSet<String>);
 
@@ -430,10 +441,10 @@ impl BadKeys {
                 }
                 Ok(Some(v))
             }
-            Err(e) if e.to_string().contains("WRONGTYPE") => {
+            Err(e) if !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) => {
                 if self.0.insert(key.to_string()) {
                     log::warn!(
-                        "cluster: Redis key {} (or one beside it) holds another type ({}); what uses it is decided locally until it is removed",
+                        "cluster: Redis key {} (or one beside it) holds what cannot be used ({}); what uses it is decided locally until it is removed",
                         short(key),
                         short(&e.to_string())
                     );
@@ -834,7 +845,7 @@ impl Node {
             )));
         }
         let grants = values.split_off(self.tracks.len());
-        for (&(i, _), v) in wanted.iter().zip(grants) {
+        for (&(i, want), v) in wanted.iter().zip(grants) {
             let b = &self.budgets[i];
             let key = format!("{}:ratelimit:{}", self.status.config.name, b.key);
             let Some((granted, wait_us)) = self.bad_keys.check::<(u64, u64)>(&key, value_of(v))?
@@ -842,6 +853,8 @@ impl Node {
                 continue;
             };
             b.wait_ms.store(wait_us.div_ceil(1000), Ordering::Relaxed);
+            // Never more than was asked for, whatever the reply says.
+            let granted = granted.min(want);
             if granted > 0 {
                 b.allowance.fetch_add(granted, Ordering::Relaxed);
             }

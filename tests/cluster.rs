@@ -877,3 +877,87 @@ fn a_contended_fleet_budget_is_split_about_evenly() {
         );
     }
 }
+
+/// Regression: what a stray writer leaves in a fleet budget's key broke the budget. `nan`
+/// turned the limit off on every instance for good (a review: about 7900 admitted per 5 s
+/// against 510, even after the key was deleted); `abc` took the whole instance out of the
+/// fleet (the script failed the round); a TAT an hour ahead, or `inf`, starved the fleet
+/// with `Retry-After: 3597`. Each is now no record of the budget, which starts afresh, and
+/// the instance stays up.
+#[test]
+fn garbage_in_a_fleet_budgets_key_neither_lifts_nor_starves_the_limit() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(200));
+    let name = fleet_name("poison");
+    let g = gateway_at(&write_config(&config(
+        2,
+        &format!(
+            "admin: 127.0.0.1:0\ncluster: {{redis: {}, name: {name}}}",
+            redis.url()
+        ),
+        &format!(
+            "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 100/s, burst: 10, scope: cluster}}\n",
+            rec.addr
+        ),
+    )));
+    assert!(eventually(WAIT, || cluster_up(&g)));
+    let key = format!("{name}:ratelimit:svc:100:1:10");
+    let hour_ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros()
+        + 3_600_000_000;
+    for poison in ["nan", "abc", "inf", &hour_ahead.to_string()] {
+        let said = redis.send(&format!("SET {key} {poison}\r\n"), "\r\n");
+        assert!(said.starts_with("+OK"), "{said}");
+        let t0 = std::time::Instant::now();
+        let mut admitted = 0usize;
+        let mut c = Client::connect(g.proc.addr);
+        while t0.elapsed() < Duration::from_millis(1500) {
+            c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+            match c.read_response().status {
+                200 => admitted += 1,
+                429 => {}
+                s => panic!("{poison}: unexpected status {s}"),
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        // The burst, a fresh one when the poison is found, the rate, and a slice of slack.
+        let (low, high) = (100.0 * secs * 0.8, 2.0 * 10.0 + 100.0 * secs * 1.15 + 10.0);
+        assert!(
+            (low..=high).contains(&(admitted as f64)),
+            "{poison}: admitted {admitted} in {secs:.2} s, expected {low:.0} to {high:.0}"
+        );
+        assert!(cluster_up(&g), "{poison}: {}", cluster(&g));
+    }
+}
+
+/// Regression: a probe lease written without an expiry (a stray writer) kept the fleet's
+/// open circuit from ever being probed (a review: no probe and not one 200 in 45 s with a
+/// 2 s cooldown). A lease without an expiry is taken as free.
+#[test]
+fn a_probe_lease_without_an_expiry_does_not_keep_a_circuit_open() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("lease");
+    let a = member(
+        &redis,
+        &name,
+        1,
+        "{failure_threshold: 2, cooldown: 1s}",
+        rec.addr,
+    );
+    assert!(eventually(WAIT, || cluster_up(&a)));
+    fail(&a, 2);
+    assert!(eventually(WAIT, || backend(&a).0 == "open"));
+    let lease = format!("{name}:breaker:svc:http://{}:probe", rec.addr);
+    let said = redis.send(&format!("SET {lease} evil\r\n"), "\r\n");
+    assert!(said.starts_with("+OK"), "{said}");
+    rec.set(reply(200));
+    assert!(
+        eventually(Duration::from_secs(8), || status(&a) == 200),
+        "never probed: {:?}",
+        backend(&a)
+    );
+    assert!(cluster_up(&a));
+}
