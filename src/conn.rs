@@ -370,8 +370,9 @@ fn admit(view: &View, caller: &Caller<'_>, fields: &mut Vec<u8>, req: Request) -
     };
     Next::Reject {
         err,
-        // A body it may have is not read: then the connection closes.
-        keep_alive: req.info.keep_alive && req.info.framing == Framing::None,
+        // A body it may have is not read: then the connection closes; as after any 400
+        // (the contract: an ambiguous request ends it).
+        keep_alive: req.info.keep_alive && req.info.framing == Framing::None && err.status() != 400,
         with_service: true,
         method: Some(req.info.method),
         svc: Some(req.svc),

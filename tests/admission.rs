@@ -183,6 +183,7 @@ fn a_header_key_on_two_lines_is_refused_before_any_budget_or_backend() {
     let mut c = Client::connect(g.addr);
     assert_eq!(statuses(&mut c, 1, "x-api-key: alpha\r\n"), [200]);
     for fresh in ["one", "two", "three"] {
+        let mut c = Client::connect(g.addr);
         c.send(
             format!(
                 "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nX-Api-Key: {fresh}\r\nx-api-key: alpha\r\n\r\n"
@@ -196,6 +197,9 @@ fn a_header_key_on_two_lines_is_refused_before_any_budget_or_backend() {
             serde_json::json!({"error": "bad_request", "detail": "repeated_rate_limit_key", "service": "svc"})
         );
         assert!(r.header("retry-after").is_none());
+        // A 400 ends the connection, as the contract has it.
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(c.closed_within(Duration::from_secs(2)));
     }
     // Regression (a re-review): the same as a list on one line, and as an underscore
     // alias, which a CGI or WSGI backend reads as the same field.
@@ -204,6 +208,7 @@ fn a_header_key_on_two_lines_is_refused_before_any_budget_or_backend() {
         "X-Api-Key: alpha,two\r\n",
         "X-Api-Key: three\r\nX_Api_Key: alpha\r\n",
     ] {
+        let mut c = Client::connect(g.addr);
         c.send(format!("GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n{sent}\r\n").as_bytes());
         let r = c.read_response();
         assert_eq!(
@@ -212,7 +217,7 @@ fn a_header_key_on_two_lines_is_refused_before_any_budget_or_backend() {
             "{sent:?}"
         );
     }
-    // The connection stays usable, alpha's budget is untouched by the refusals and spent.
+    // Alpha's budget is untouched by the refusals, and spent.
     assert_eq!(statuses(&mut c, 1, "x-api-key: alpha\r\n"), [429]);
     // An alias alone is the key; an empty value is no key, as an absent one.
     assert_eq!(statuses(&mut c, 1, "X_API_KEY: alpha\r\n"), [429]);
