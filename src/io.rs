@@ -120,7 +120,7 @@ pub async fn read_more<R: AsyncReadRent>(
     min_free: usize,
     deadline: Duration,
 ) -> Read {
-    read_into(stream, buf, start, min_free, usize::MAX, deadline).await
+    read_into(stream, buf, start, min_free, usize::MAX, deadline, None).await
 }
 
 /// [`read_more`] asking for exactly `room` bytes (at least that much room is made), however
@@ -135,19 +135,11 @@ pub async fn read_at_most<R: AsyncReadRent>(
     deadline: Duration,
     hold: Option<&Hold>,
 ) -> Read {
-    make_room(buf, start, room);
-    let b = std::mem::take(buf);
-    let (len, cap) = (b.len(), b.capacity());
-    let end = cap.min(len.saturating_add(room));
-    let read = stream.read(b.slice_mut(len..end));
-    let done = match hold {
-        None => timed(deadline, read).await,
-        Some(hold) => timed_held(deadline, hold, read).await,
-    };
-    read_done(done, cap, buf, start)
+    read_into(stream, buf, start, room, room, deadline, hold).await
 }
 
-/// One read of at most `max` bytes into the buffer's spare capacity, after making room.
+/// One read of at most `max` bytes into the buffer's spare capacity, after making room;
+/// `hold` may push the deadline back.
 async fn read_into<R: AsyncReadRent>(
     stream: &mut R,
     buf: &mut Vec<u8>,
@@ -155,28 +147,23 @@ async fn read_into<R: AsyncReadRent>(
     min_free: usize,
     max: usize,
     deadline: Duration,
+    hold: Option<&Hold>,
 ) -> Read {
     make_room(buf, start, min_free);
     let b = std::mem::take(buf);
     let (len, cap) = (b.len(), b.capacity());
     let end = cap.min(len.saturating_add(max));
-    let done = timed(deadline, stream.read(b.slice_mut(len..end))).await;
-    read_done(done, cap, buf, start)
-}
-
-/// Puts a read's buffer back (or, after a timeout, a fresh one: the old went with the
-/// operation) and says how it ended.
-fn read_done(
-    done: Result<monoio::BufResult<usize, monoio::buf::SliceMut<Vec<u8>>>, Elapsed>,
-    cap: usize,
-    buf: &mut Vec<u8>,
-    start: &mut usize,
-) -> Read {
+    let read = stream.read(b.slice_mut(len..end));
+    let done = match hold {
+        None => timed(deadline, read).await,
+        hold => timed_held(deadline, hold, read).await,
+    };
     match done {
         Ok((res, slice)) => {
             *buf = slice.into_inner();
             read_result(res)
         }
+        // The buffer went with the operation: a fresh one in its place.
         Err(_) => {
             *buf = Vec::with_capacity(cap);
             *start = 0;
@@ -472,7 +459,7 @@ pub type Hold = Cell<Option<std::time::Instant>>;
 /// never dropped in between, so no bytes it may have taken are lost.
 pub async fn timed_held<F: Future>(
     after: Duration,
-    hold: &Hold,
+    hold: Option<&Hold>,
     fut: F,
 ) -> Result<F::Output, Elapsed> {
     let mut fut = std::pin::pin!(fut);
@@ -480,7 +467,7 @@ pub async fn timed_held<F: Future>(
     loop {
         match timed(wait, fut.as_mut()).await {
             Ok(v) => return Ok(v),
-            Err(Elapsed) => match held_for(Some(hold), after) {
+            Err(Elapsed) => match held_for(hold, after) {
                 Some(more) => wait = more,
                 None => return Err(Elapsed),
             },
