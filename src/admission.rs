@@ -506,8 +506,21 @@ impl Admission {
             }
             None => false,
         };
+        match self.rate(caller, trusted, fields) {
+            Verdict::Admit { .. } => Verdict::Admit { held },
+            refused => {
+                if held {
+                    self.release();
+                }
+                refused
+            }
+        }
+    }
+
+    /// The rate limit's part of [`Admission::admit`] (`held` in its answer means nothing).
+    fn rate(&self, caller: &Caller<'_>, trusted: &[Cidr], fields: &mut Vec<u8>) -> Verdict {
         let Some(l) = &self.limiter else {
-            return Verdict::Admit { held };
+            return Verdict::Admit { held: false };
         };
         if let Some(fleet) = l
             .fleet
@@ -519,12 +532,9 @@ impl Admission {
                     if self.headers {
                         l.write_fields(fields, left, 1);
                     }
-                    Verdict::Admit { held }
+                    Verdict::Admit { held: false }
                 }
                 Err(retry_after) => {
-                    if held {
-                        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    }
                     l.write_fields(fields, 0, retry_after);
                     Verdict::Limited { retry_after }
                 }
@@ -559,12 +569,7 @@ impl Admission {
                     Ok(v) if !v.contains(&b',') => table.bucket(*id, 1, v),
                     // Which value would the backend believe? Keying on one lets a client
                     // vary another for fresh budgets; refuse, as for a repeated Host.
-                    _ => {
-                        if held {
-                            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                        }
-                        return Verdict::Ambiguous;
-                    }
+                    _ => return Verdict::Ambiguous,
                 }
             }
             // Not built (a service key always gets its own word); one shared key would do.
@@ -587,12 +592,9 @@ impl Admission {
                     let remaining = (l.tolerance - used) / l.interval;
                     l.write_fields(fields, remaining, used.div_ceil(NS));
                 }
-                Verdict::Admit { held }
+                Verdict::Admit { held: false }
             }
             Err(wait) => {
-                if held {
-                    self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                }
                 let retry_after = wait.div_ceil(NS).max(1);
                 l.write_fields(fields, 0, retry_after);
                 Verdict::Limited { retry_after }
@@ -722,7 +724,7 @@ impl Limiter {
 /// address stops the walk at the last trusted one.
 pub fn client_ip(peer: IpAddr, headers: &[httparse::Header<'_>], trusted: &[Cidr]) -> IpAddr {
     let peer = canonical(peer);
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    let is_trusted = |ip: IpAddr| is_trusted(ip, trusted);
     if !is_trusted(peer) {
         return peer;
     }
@@ -744,6 +746,11 @@ pub fn client_ip(peer: IpAddr, headers: &[httparse::Header<'_>], trusted: &[Cidr
         }
     }
     client
+}
+
+/// Whether `ip` is in `trusted_proxies`.
+pub fn is_trusted(ip: IpAddr, trusted: &[Cidr]) -> bool {
+    trusted.iter().any(|c| c.contains(ip))
 }
 
 /// An address as proxies write it in `X-Forwarded-For`: bare, or with a port.

@@ -420,7 +420,7 @@ async fn next_request(
                     }
                     if cfg.request_id {
                         let trusted = &cfg.admission.trusted_proxies;
-                        let trusted = trusted.iter().any(|t| t.contains(d.peer.ip()));
+                        let trusted = crate::admission::is_trusted(d.peer.ip(), trusted);
                         reqid::choose(&mut d.request_id, parsed.headers, trusted, &worker.ids);
                         rewrite::push_header(&mut d.fields, reqid::FIELD.as_bytes(), &d.request_id);
                     }
