@@ -403,6 +403,39 @@ fn json_str(b: &mut Vec<u8>, v: Option<&[u8]>) {
 mod tests {
     use super::*;
 
+    /// A served request's entry, every field present.
+    fn served(target: &'static [u8]) -> Entry<'static> {
+        Entry {
+            client: [10, 0, 0, 1].into(),
+            method: "GET",
+            target,
+            service: Some("svc"),
+            backend: Some("http://127.0.0.1:1"),
+            status: 200,
+            bytes: 42,
+            upstream_us: Some(1_500),
+            total_us: 2_000_001,
+            error: None,
+            drained: false,
+            truncated: false,
+            request_id: None,
+        }
+    }
+
+    /// The file's text once it holds `n` lines (or after a second), the file removed.
+    fn lines_of(path: &Path, n: usize) -> String {
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.lines().count() == n {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(path);
+        text
+    }
+
     #[test]
     fn lines_reach_the_file_with_every_field() {
         let path = std::env::temp_dir().join(format!("gateway-access-{}.log", std::process::id()));
@@ -411,35 +444,14 @@ mod tests {
         let log = AccessLog::new(w);
         // Without `request_id`, then with an ID, then with none yet (a refused head).
         for request_id in [None, Some(&b"4bf92f3577b34da6"[..]), Some(&b""[..])] {
-            log.record(
-                &Entry {
-                    client: [10, 0, 0, 1].into(),
-                    method: "GET",
-                    target: b"/v1/proxy/svc/a?b=1",
-                    service: Some("svc"),
-                    backend: Some("http://127.0.0.1:1"),
-                    status: 200,
-                    bytes: 42,
-                    upstream_us: Some(1_500),
-                    total_us: 2_000_001,
-                    error: None,
-                    drained: false,
-                    truncated: false,
-                    request_id,
-                },
-                Format::Text,
-            );
+            let e = Entry {
+                request_id,
+                ..served(b"/v1/proxy/svc/a?b=1")
+            };
+            log.record(&e, Format::Text);
         }
         log.flush();
-        let mut text = String::new();
-        for _ in 0..100 {
-            text = std::fs::read_to_string(&path).unwrap_or_default();
-            if text.lines().count() == 3 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let _ = std::fs::remove_file(&path);
+        let text = lines_of(&path, 3);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         // The same fields after the time (which may differ by a millisecond), then the ID.
@@ -479,21 +491,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let w = start(&Sink::File(path.clone()), Arc::default()).unwrap();
         let log = AccessLog::new(w);
-        let base = Entry {
-            client: [10, 0, 0, 1].into(),
-            method: "GET",
-            target: b"/v1/proxy/svc/a?q=\"x\"\\y\x01\xff",
-            service: Some("svc"),
-            backend: Some("http://127.0.0.1:1"),
-            status: 200,
-            bytes: 42,
-            upstream_us: Some(1_500),
-            total_us: 2_000_001,
-            error: None,
-            drained: false,
-            truncated: false,
-            request_id: None,
-        };
+        let base = served(b"/v1/proxy/svc/a?q=\"x\"\\y\x01\xff");
         let entries = [
             base,
             Entry {
@@ -526,15 +524,7 @@ mod tests {
             log.record(e, Format::Json);
         }
         log.flush();
-        let mut text = String::new();
-        for _ in 0..100 {
-            text = std::fs::read_to_string(&path).unwrap_or_default();
-            if text.lines().count() == entries.len() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let _ = std::fs::remove_file(&path);
+        let text = lines_of(&path, entries.len());
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
