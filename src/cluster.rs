@@ -24,6 +24,10 @@
 //!    ahead, so a thread that cannot reach Redis (or stalls) leaves the breakers to decide
 //!    locally again within that time.
 //!
+//! Every time the fleet shares (a transition's stamp, a heartbeat) is on Redis's clock
+//! (`TIME`, read on connect and with every heartbeat: see `Node::offset`), so instances
+//! whose own clocks disagree still order their transitions alike.
+//!
 //! Redis down or slow: every command has a short timeout; the first failure logs one
 //! warning, sets `up` to false (`gateway_cluster_up 0`), and the thread retries with a
 //! doubling backoff. Local transitions made meanwhile are kept and published on return,
@@ -56,9 +60,13 @@ const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Longest part of a text from Redis (an error, an instance name) that goes to the log.
 const MAX_ERROR_TEXT: usize = 200;
-/// Peers are instances that wrote a heartbeat within this.
+/// Peers are instances that wrote a heartbeat within this (by Redis's clock).
 const PEER_TTL_MS: u64 = 5000;
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A reading of Redis's clock whose round trip took longer than this is not used to
+/// correct the fleet clock (the first one after a connect always is): half the round trip
+/// is its error.
+const CLOCK_RTT_MAX: Duration = Duration::from_millis(20);
 /// How long the lease's winner may take to admit its probe before the lease lapses.
 const GRANT_MS: u64 = 3000;
 // An upload waits this much longer than others to probe (see `breaker::admit_with`); the
@@ -242,7 +250,7 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fleet {
     open: bool,
-    /// Unix ms of the transition.
+    /// Fleet ms of the transition (Redis's clock: see `Node::offset`).
     at: u64,
     instance: String,
 }
@@ -296,8 +304,8 @@ const PUBLISH: &str = r"
 local me, kind, at, win, q = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local cur = redis.call('HMGET', KEYS[1], 'state', 'at')
 local cur_at = tonumber(cur[2]) or 0
--- A record stamped over 10 s ahead of Redis's clock (an instance's clock running fast, or a
--- stray writer) must not outrank every real transition until that time comes.
+-- A record stamped over 10 s ahead of Redis's clock (a stray writer, or an older instance
+-- stamping with its own fast clock) must not outrank every real transition until that time comes.
 local t = redis.call('TIME')
 if cur_at > tonumber(t[1]) * 1000 + 10000 then cur_at = 0 end
 local state = nil
@@ -317,6 +325,19 @@ if state then
 end
 if redis.call('GET', KEYS[3]) == me then redis.call('DEL', KEYS[3]) end
 return redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
+";
+
+/// The heartbeat, on Redis's clock: joins the fleet's instances, forgets those silent for
+/// the peers' TTL, and returns Redis's time with every instance whose heartbeat is within
+/// the TTL of it either way (one stamped further ahead is a stray writer's).
+/// KEYS: instances. ARGV: instance, ttl ms.
+const HEARTBEAT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - ttl))
+return {t[1], t[2], redis.call('ZRANGEBYSCORE', KEYS[1], now - ttl, now + ttl)}
 ";
 
 /// Takes the probe lease if free, or renews it if this instance holds it: 1 if held.
@@ -395,7 +416,12 @@ struct Node {
     /// The parsed `cluster.redis` URL (None: unusable, said once at start).
     info: Option<redis::ConnectionInfo>,
     con: Option<Link>,
-    /// `unix_ms() - now_ms()`: converts between the fleet's clock and the breakers'.
+    /// `fleet ms - now_ms()`: converts between the fleet's clock and the breakers'. The
+    /// fleet's clock is Redis's (`TIME`, read on every connect and with every heartbeat),
+    /// so that instances compare transitions on one clock whatever their own: one whose
+    /// clock ran a minute fast stamped its transitions a minute ahead, and ignored the
+    /// others' real opens as older than its own (a review). Before the first connect: this
+    /// host's wall clock.
     offset: u64,
     tracks: Vec<Track>,
     /// The epoch of the snapshot the tracks follow.
@@ -491,8 +517,29 @@ impl Node {
         }
     }
 
-    fn to_local(&self, unix: u64) -> u64 {
-        unix.saturating_sub(self.offset)
+    fn to_local(&self, fleet: u64) -> u64 {
+        fleet.saturating_sub(self.offset)
+    }
+
+    /// Now on the fleet's clock.
+    fn fleet_now(&self) -> u64 {
+        now_ms() + self.offset
+    }
+
+    /// Sets the fleet clock from a reading of Redis's `TIME` (seconds, microseconds) whose
+    /// round trip took `rtt` and ended just now, if that round trip was short enough or
+    /// `first` (after a connect).
+    fn set_clock(&mut self, secs: &str, micros: &str, rtt: Duration, first: bool) {
+        if !first && rtt > CLOCK_RTT_MAX {
+            return;
+        }
+        let (Ok(secs), Ok(micros)) = (secs.parse::<u64>(), micros.parse::<u64>()) else {
+            return;
+        };
+        let redis_ms = secs * 1000 + micros / 1000;
+        // Redis read its clock halfway through the round trip, at best guess: half of it ago.
+        let redis_now = redis_ms + rtt.as_millis() as u64 / 2;
+        self.offset = redis_now.saturating_sub(now_ms());
     }
 
     /// Before the workers serve: connect and apply the fleet's states, within
@@ -712,6 +759,7 @@ impl Node {
     /// Step 1: local transitions, found by diffing each word with the last one seen.
     fn scan(&mut self) {
         let offset = self.offset;
+        let fleet_now = self.fleet_now();
         let mut changed = false;
         for t in &mut self.tracks {
             let cur = breaker::Word::load(&**t.cell);
@@ -730,7 +778,7 @@ impl Node {
             };
             let Some(kind) = kind else { continue };
             let at = if kind == Kind::Closed {
-                unix_ms()
+                fleet_now
             } else {
                 now.time_ms + offset
             };
@@ -884,9 +932,9 @@ impl Node {
     /// Applies one fleet record to track `i`; true if the local word changed.
     fn apply(&mut self, i: usize, f: Fleet) -> bool {
         let me = &self.status.instance;
-        // An open stamped in the future (a fast clock elsewhere) counts from now: else its
+        // An open stamped in the future (a stray writer) counts from now: else its
         // cooldown, and the blackout, would last until that time plus a cooldown.
-        let to_local = self.to_local(f.at.min(unix_ms()));
+        let to_local = self.to_local(f.at.min(self.fleet_now()));
         let t = &mut self.tracks[i];
         if t.fleet.as_ref() == Some(&f) {
             return false;
@@ -954,7 +1002,6 @@ impl Node {
             return Ok(());
         };
         let now = now_ms();
-        let unix = unix_ms();
         for t in &mut self.tracks {
             if !t.fleet.as_ref().is_some_and(|f| f.open) {
                 t.lease = None;
@@ -971,7 +1018,7 @@ impl Node {
                 if t.lease.is_some() {
                     let held = lease(con, t, &self.status.instance, t.policy.lease_at(now));
                     let ours = self.bad_keys.check(&t.lease_key, held)?.unwrap_or(false);
-                    t.lease = ours.then_some(unix);
+                    t.lease = ours.then_some(now);
                 }
                 continue;
             }
@@ -987,7 +1034,7 @@ impl Node {
             .encode();
             if let Some(since) = t.lease {
                 // Won: the lease (taken for GRANT_MS) is ours until then.
-                if unix.saturating_sub(since) < GRANT_MS {
+                if now.saturating_sub(since) < GRANT_MS {
                     continue;
                 }
                 // No request came to probe within the grant: hold, then hand the lease back
@@ -1004,7 +1051,7 @@ impl Node {
             let held = lease(con, t, &self.status.instance, GRANT_MS);
             match self.bad_keys.check(&t.lease_key, held)? {
                 Some(true) => {
-                    t.lease = Some(unix);
+                    t.lease = Some(now);
                     continue;
                 }
                 Some(false) => {}
@@ -1027,21 +1074,15 @@ impl Node {
             return Ok(());
         };
         let key = format!("{}:instances", self.status.config.name);
-        let unix = unix_ms();
-        let (_, _, members): ((), (), Vec<String>) = redis::pipe()
-            .cmd("ZADD")
+        let sent = Instant::now();
+        let (secs, micros, members): (String, String, Vec<String>) = redis::cmd("EVAL")
+            .arg(HEARTBEAT_SCRIPT)
+            .arg(1)
             .arg(&key)
-            .arg(unix)
             .arg(&self.status.instance)
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg("-inf")
-            .arg(unix.saturating_sub(PEER_TTL_MS))
-            .cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
+            .arg(PEER_TTL_MS)
             .query(con)?;
+        self.set_clock(&secs, &micros, sent.elapsed(), false);
         let peers = members
             .into_iter()
             .filter(|m| *m != self.status.instance)
@@ -1054,10 +1095,16 @@ impl Node {
         let Some(info) = &self.info else {
             return false;
         };
-        let con = Link::connect(info, IO_TIMEOUT);
+        // The fleet's clock first: what this instance publishes and applies is on it.
+        let con = Link::connect(info, IO_TIMEOUT).and_then(|mut c| {
+            let sent = Instant::now();
+            let (secs, micros): (String, String) = redis::cmd("TIME").query(&mut c)?;
+            Ok((c, secs, micros, sent.elapsed()))
+        });
         match con {
             // Not up yet: that takes a whole round of requests answered in time (`synced`).
-            Ok(c) => {
+            Ok((c, secs, micros, rtt)) => {
+                self.set_clock(&secs, &micros, rtt, true);
                 self.con = Some(c);
                 true
             }
@@ -1093,6 +1140,13 @@ impl Node {
         for t in &mut self.tracks {
             t.lease = None;
         }
+        // Peers are what Redis says: nothing while it says nothing (the list used to stay
+        // as it was when Redis went away).
+        self.status
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         // The round that ends the outage includes every kind of request, the heartbeat too:
         // else a Redis too slow for one kind flapped between "unreachable" and "back".
         self.heartbeat_at = None;
@@ -1379,6 +1433,32 @@ mod tests {
         // Our own record echoed back is only noted.
         assert!(!n.apply(0, fleet(true, unix_ms() + 10_000, "me")));
         assert_eq!(word(&n).state, CLOSED);
+    }
+
+    #[test]
+    fn the_fleet_clock_is_redis_read_over_a_short_round_trip() {
+        let mut n = node();
+        let before = n.offset;
+        let redis_ms = unix_ms() + 3_600_000;
+        let (secs, micros) = (
+            (redis_ms / 1000).to_string(),
+            (redis_ms % 1000 * 1000).to_string(),
+        );
+        // A slow reading is not used, except the first after a connect.
+        n.set_clock(&secs, &micros, Duration::from_millis(300), false);
+        assert_eq!(n.offset, before);
+        n.set_clock(&secs, &micros, Duration::from_millis(300), true);
+        let fleet = n.fleet_now();
+        assert!(
+            fleet.abs_diff(redis_ms + 150) < 100,
+            "{fleet} against {redis_ms}"
+        );
+        n.set_clock(&secs, &micros, Duration::from_millis(2), false);
+        assert!(n.fleet_now().abs_diff(redis_ms) < 50);
+        // Garbage changes nothing.
+        let kept = n.offset;
+        n.set_clock("x", "1", Duration::ZERO, true);
+        assert_eq!(n.offset, kept);
     }
 
     #[test]

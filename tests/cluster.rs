@@ -307,6 +307,9 @@ fn without_redis_every_instance_serves_and_decides_alone_then_merges() {
     let a = member(&redis, &name, 1, breaker, rec.addr);
     let b = member(&redis, &name, 1, breaker, rec.addr);
     assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
+    assert!(eventually(WAIT, || !cluster(&a)["peers"]
+        .as_array()
+        .is_none_or(|p| p.is_empty())));
     let port = redis.port;
     redis.stop();
     // Both keep serving, and say that Redis is gone.
@@ -314,6 +317,8 @@ fn without_redis_every_instance_serves_and_decides_alone_then_merges() {
         assert_eq!(status(g), 200);
     }
     assert!(eventually(WAIT, || !cluster_up(&a) && !cluster_up(&b)));
+    // With Redis gone, no peer is known (the list used to stay as it was).
+    assert_eq!(cluster(&a)["peers"], serde_json::json!([]));
     let text = metrics(&a);
     assert!(text.contains("gateway_cluster_up 0"), "{text}");
     // Local breakers still work, each on its own.
@@ -960,4 +965,109 @@ fn a_probe_lease_without_an_expiry_does_not_keep_a_circuit_open() {
         backend(&a)
     );
     assert!(cluster_up(&a));
+}
+
+/// An `LD_PRELOAD` library that moves `CLOCK_REALTIME` by `CLOCK_SKEW_MS` milliseconds, built
+/// with the C compiler the Rust toolchain links with.
+fn clock_shim() -> std::path::PathBuf {
+    const SHIM: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <time.h>
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    int r = real(id, ts);
+    const char *skew = getenv("CLOCK_SKEW_MS");
+    if (r == 0 && skew && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) {
+        long long ns = ts->tv_sec * 1000000000LL + ts->tv_nsec + atoll(skew) * 1000000LL;
+        ts->tv_sec = ns / 1000000000LL;
+        ts->tv_nsec = ns % 1000000000LL;
+    }
+    return r;
+}
+"#;
+    let dir = std::env::temp_dir().join(format!("gateway-clock-shim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("shim dir");
+    let (src, lib) = (dir.join("skew.c"), dir.join("skew.so"));
+    std::fs::write(&src, SHIM).expect("shim source");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("cc (the C compiler Rust links with) must be installed");
+    assert!(built.success(), "the clock shim did not build");
+    lib
+}
+
+/// Regression (a review of the fleet): each instance stamped its transitions with its own
+/// wall clock. One whose clock ran a minute fast stamped a close a minute ahead, and then
+/// ignored the other instances' real opens as older than its own close, sending traffic to
+/// a backend the fleet had opened; its heartbeat, a minute ahead too, trimmed the others
+/// out of its peers. The fleet's clock is now Redis's.
+#[test]
+fn an_instance_whose_clock_runs_fast_still_follows_the_fleet() {
+    let shim = clock_shim();
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("skew");
+    let breaker = "{failure_threshold: 2, cooldown: 1s}";
+    let a = member(&redis, &name, 1, breaker, rec.addr);
+    let shim_path = shim.to_string_lossy().into_owned();
+    let fast = gateway_at_with_env(
+        &member_config(&redis, &name, 1, breaker, rec.addr),
+        &[("LD_PRELOAD", &shim_path), ("CLOCK_SKEW_MS", "60000")],
+    );
+    assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&fast)));
+    // The shim works: the instance id starts with the process's wall clock, in hex.
+    let id = cluster(&fast)["instance"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let started = u64::from_str_radix(id.split('-').next().unwrap_or(""), 16).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    assert!(started > now + 50_000, "the clock shim did not move {id}");
+    // A heartbeat written ten minutes ahead of Redis's clock is a stray writer's.
+    let said = redis.send(
+        &format!("ZADD {name}:instances {} forged\r\n", now + 600_000),
+        ":",
+    );
+    assert!(said.starts_with(':'), "{said}");
+    let ida = cluster(&a)["instance"].clone();
+    for (g, other) in [(&fast, &ida), (&a, &serde_json::json!(id))] {
+        assert!(
+            eventually(WAIT, || cluster(g)["peers"]
+                .as_array()
+                .is_some_and(|p| p.contains(other))),
+            "an instance does not list the other: {}",
+            cluster(g)
+        );
+        assert_eq!(cluster(g)["peers"].as_array().map(Vec::len), Some(1));
+    }
+    // The fast instance opens and, a cooldown later, closes: both stamped by its clock.
+    fail(&fast, 2);
+    assert!(eventually(WAIT, || backend(&a).0 == "open"));
+    rec.set(reply(200));
+    assert!(
+        eventually(WAIT, || status(&fast) == 200 && status(&a) == 200),
+        "the fleet did not close: {:?} {:?}",
+        backend(&fast),
+        backend(&a)
+    );
+    // The other instance opens now: the fast one must follow.
+    rec.set(reply(500));
+    fail(&a, 2);
+    assert!(
+        eventually(WAIT, || backend(&fast).0 == "open"),
+        "the fast instance ignored the fleet's open: {:?}",
+        backend(&fast)
+    );
+    assert_eq!(backend(&fast).1, "remote");
+    let _ = std::fs::remove_dir_all(shim.parent().unwrap_or(&shim));
 }
