@@ -67,6 +67,8 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// correct the fleet clock (the first one after a connect always is): half the round trip
 /// is its error.
 const CLOCK_RTT_MAX: Duration = Duration::from_millis(20);
+/// A starving fleet budget is said to keep up again after this long without starving.
+const STARVING_QUIET: Duration = Duration::from_secs(10);
 /// How long the lease's winner may take to admit its probe before the lease lapses.
 const GRANT_MS: u64 = 3000;
 // An upload waits this much longer than others to probe (see `breaker::admit_with`); the
@@ -434,8 +436,8 @@ struct Node {
     heartbeat_at: Option<Instant>,
     /// Fleet-wide rate-limit budgets of the running config (`scope: cluster`).
     budgets: Vec<Arc<crate::admission::FleetBudget>>,
-    /// Keys of the budgets said to starve (see `watch_starving`).
-    starving: std::collections::HashSet<String>,
+    /// Budgets said to starve, with when they last did (see `watch_starving`).
+    starving: HashMap<String, Instant>,
     /// Keys found holding another type.
     bad_keys: BadKeys,
     /// State of the generator behind [`Node::next_tick`] (never 0).
@@ -587,7 +589,7 @@ impl Node {
             for b in &self.budgets {
                 b.slice_ms.store(slice_ms, Ordering::Relaxed);
             }
-            self.watch_starving(slice_ms);
+            self.watch_starving(slice_ms, period);
             self.tick();
             let wait = self.next_tick();
             std::thread::sleep(wait.saturating_sub(started.elapsed()));
@@ -633,12 +635,13 @@ impl Node {
         }
     }
 
-    /// Says (once per episode) when a fleet budget cannot get its rate: one top-up grants at
+    /// Says (once per episode, which ends after [`STARVING_QUIET`] without starving) when a
+    /// fleet budget cannot get its rate: one top-up grants at
     /// most the burst, so a burst smaller than what the rate asks for between two top-ups
     /// (`slice_ms` covers two) starves the instance while Redis still counts as up (a
     /// review: burst 10 at 100/s admitted 77% of the budget with 60 ms per round, 20% with
     /// 240 ms).
-    fn watch_starving(&mut self, slice_ms: u64) {
+    fn watch_starving(&mut self, slice_ms: u64, period_ms: u64) {
         if !self.status.up.load(Ordering::Relaxed) {
             return;
         }
@@ -647,19 +650,24 @@ impl Node {
             // What the rate asks for between two top-ups (half a slice's time).
             let wants = l.count * slice_ms / 2 / (l.per_secs * 1000);
             let starving = wants > l.burst;
-            match (starving, self.starving.contains(&b.key)) {
-                (true, false) => {
+            match (starving, self.starving.get(&b.key)) {
+                (true, Some(_)) => {
+                    self.starving.insert(b.key.clone(), Instant::now());
+                }
+                (true, None) => {
                     log::warn!(
                         "cluster: fleet budget {}: Redis takes about {} ms per round, and a burst of {} covers only {} ms at this rate: it admits less than its rate until Redis is faster (a burst of {} or more would not)",
                         b.key,
-                        slice_ms / 2,
+                        period_ms,
                         l.burst,
                         l.burst * l.per_secs * 1000 / l.count.max(1),
                         wants
                     );
-                    self.starving.insert(b.key.clone());
+                    self.starving.insert(b.key.clone(), Instant::now());
                 }
-                (false, true) => {
+                // Rounds with the heartbeat take longer: without a quiet spell first, a
+                // Redis near the edge had the warning and its end said once a second.
+                (false, Some(at)) if at.elapsed() >= STARVING_QUIET => {
                     log::info!("cluster: fleet budget {}: Redis keeps up again", b.key);
                     self.starving.remove(&b.key);
                 }
