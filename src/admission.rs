@@ -707,11 +707,14 @@ impl Limiter {
     /// `RateLimit-Policy` and `RateLimit` as in draft-ietf-httpapi-ratelimit-headers (-09
     /// and later): the policy is the steady rate (`q` requests per `w` seconds); `r` is how
     /// many more requests would be admitted right now, `t` the seconds until the budget is
-    /// whole again (on a 429: until the next request is admitted).
+    /// whole again (on a 429: until the next request is admitted). A burst larger than the
+    /// quota can leave more than `q` requests to admit; `r` says at most `q`, which the
+    /// policy promises every window (a client reading `r=50` beside `q=10` was told more
+    /// than the policy it was given).
     fn write_fields(&self, out: &mut Vec<u8>, remaining: u64, reset: u64) {
         out.extend_from_slice(&self.policy_line);
         out.extend_from_slice(b"ratelimit: \"default\";r=");
-        h1::push_dec(out, remaining);
+        h1::push_dec(out, remaining.min(self.limit.count));
         out.extend_from_slice(b";t=");
         h1::push_dec(out, reset);
         out.extend_from_slice(b"\r\n");

@@ -418,6 +418,34 @@ fn a_reload_keeps_unchanged_budgets_and_starts_changed_ones_fresh() {
 }
 
 #[test]
+fn ratelimit_remaining_is_never_above_the_quota() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "rate_limit_headers: true",
+        &format!(
+            "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 2/m, burst: 5}}\n",
+            b.addr
+        ),
+    ));
+    let mut c = Client::connect(g.addr);
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("ratelimit-policy"), Some("\"default\";q=2;w=60"));
+        seen.push(r.header("ratelimit").unwrap_or_default().to_string());
+    }
+    // The burst of 5 leaves 4, 3, 2, 1, 0: said as at most the quota of 2.
+    let r: Vec<&str> = seen
+        .iter()
+        .map(|s| s.split(';').nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(r, ["r=2", "r=2", "r=2", "r=1", "r=0"], "{seen:?}");
+}
+
+#[test]
 fn ratelimit_fields_on_429s_and_with_rate_limit_headers_on_admitted_responses() {
     let b = mock_backend();
     let services = format!(
