@@ -94,9 +94,10 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     cluster::start(&shared).map_err(server::StartError::Thread)?;
     let mut server = server::start(shared.clone())?;
     start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
+    let reloads = Reloader::start(shared.clone(), path).map_err(server::StartError::Thread)?;
     log_startup(&shared, &server, fds);
     for sig in signals.forever() {
-        if !on_signal(sig, &shared, &path, &server) {
+        if !on_signal(sig, &reloads, &server) {
             break;
         }
     }
@@ -106,7 +107,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
         log::info!("stopping: /healthz answers 503; serving as usual for {grace:?} (timeouts.drain_grace), then draining (signal again to exit now)");
         let end = Instant::now() + grace;
         while Instant::now() < end {
-            stopping_signals(&mut signals, &shared, &path, &server, "without draining");
+            stopping_signals(&mut signals, &reloads, &server, "without draining");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -117,7 +118,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     let deadline = Instant::now() + drain + Duration::from_secs(1);
     while !server.finished() && Instant::now() < deadline {
         let what = "without waiting for in-flight requests";
-        stopping_signals(&mut signals, &shared, &path, &server, what);
+        stopping_signals(&mut signals, &reloads, &server, what);
         std::thread::sleep(Duration::from_millis(20));
     }
     // The last lines, those of requests the deadline cut among them, are written before the
@@ -135,11 +136,11 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     Ok(())
 }
 
-/// Acts on one signal; false for SIGTERM/SIGINT (stop). SIGHUP reloads; SIGHUP and SIGUSR1
-/// both reopen the access log (after a rotation moved it).
-fn on_signal(sig: i32, shared: &Shared, path: &Path, server: &server::Server) -> bool {
+/// Acts on one signal; false for SIGTERM/SIGINT (stop). SIGHUP asks for a reload; SIGHUP and
+/// SIGUSR1 both reopen the access log (after a rotation moved it).
+fn on_signal(sig: i32, reloads: &Reloader, server: &server::Server) -> bool {
     match sig {
-        SIGHUP => on_sighup(shared, path),
+        SIGHUP => reloads.ask(),
         SIGUSR1 => {}
         _ => return false,
     }
@@ -155,14 +156,13 @@ fn on_signal(sig: i32, shared: &Shared, path: &Path, server: &server::Server) ->
 /// close-delimited body above all, can look complete to its client.
 fn stopping_signals(
     signals: &mut Signals,
-    shared: &Shared,
-    path: &Path,
+    reloads: &Reloader,
     server: &server::Server,
     what: &str,
 ) {
     let pending: Vec<i32> = signals.pending().collect();
     for sig in pending {
-        if !on_signal(sig, shared, path, server) {
+        if !on_signal(sig, reloads, server) {
             let n = io::reset_every_connection();
             log::warn!("second signal: exiting {what} ({n} connections reset)");
             std::process::exit(1);
@@ -197,6 +197,32 @@ fn start_dns_refresh(shared: Arc<Shared>) -> std::io::Result<()> {
             }
         })
         .map(|_| ())
+}
+
+/// Reloads run on a thread of their own, so that the signal loop never waits for one: a
+/// reload reads a file (which can be slow: a pipe, a network mount, a deeply nested YAML
+/// document) and looks up every backend name, and a SIGTERM sent meanwhile used to wait for
+/// it, the instance answering `/healthz` as serving all that time (a review: 5–7 s).
+struct Reloader(std::sync::mpsc::SyncSender<()>);
+
+impl Reloader {
+    fn start(shared: Arc<Shared>, path: PathBuf) -> std::io::Result<Reloader> {
+        // One reload waiting behind the running one is enough: it reads the newest file.
+        let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                for () in asked {
+                    on_sighup(&shared, &path);
+                }
+            })?;
+        Ok(Reloader(ask))
+    }
+
+    fn ask(&self) {
+        // Full: a reload is already waiting, and will read the file as it is now.
+        let _ = self.0.try_send(());
+    }
 }
 
 fn on_sighup(shared: &Shared, path: &Path) {

@@ -253,6 +253,45 @@ fn a_broken_reload_keeps_serving_the_old_config_and_reports_why() {
     assert_eq!(m["gateway_config_reloads_total{result=\"failure\"}"], 1.0);
 }
 
+/// Regression (an operator review): signals were handled one at a time on one thread, so a
+/// SIGTERM sent during a slow reload (a deeply nested file took 5–7 s) waited for it: the
+/// instance said `serving` on `/healthz` all that time, and a second SIGTERM merged with
+/// the first. Reloads now run on their own thread. Here the file is a FIFO nobody writes,
+/// so the reload never ends.
+#[test]
+fn sigterm_is_not_held_up_by_a_reload_that_never_ends() {
+    let b = mock_backend();
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let mut g = gateway_at(&path);
+    std::fs::remove_file(&path).expect("remove config");
+    let fifo = std::ffi::CString::new(path.to_string_lossy().as_bytes()).expect("path");
+    // SAFETY: mkfifo(3) on a path we own.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+    signal(&g.proc.child, libc::SIGHUP);
+    // The reload is now waiting for a writer on the FIFO; requests go on meanwhile.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 200);
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGTERM);
+    let stopped = eventually(Duration::from_secs(5), || {
+        g.proc.child.try_wait().ok().flatten().is_some() || get(g.admin, "/healthz").status == 503
+    });
+    // Let a reload still waiting (without the fix) end, so the process can go.
+    // SAFETY: open(2) with O_NONBLOCK fails at once when no reader has the FIFO open.
+    let w = unsafe { libc::open(fifo.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK) };
+    if w >= 0 {
+        // SAFETY: closing the descriptor just opened.
+        unsafe { libc::close(w) };
+    }
+    let _ = std::fs::remove_file(&path);
+    assert!(stopped, "SIGTERM waited for the reload");
+    exits_cleanly(&mut g.proc.child, t);
+}
+
 #[test]
 fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
     let b = mock_backend();
