@@ -629,6 +629,8 @@ pub struct FleetBudget {
     /// How much time one slice covers, in ms: twice how often the cluster thread gets to
     /// top the allowance up (at least [`MIN_SLICE_MS`], at most [`MAX_SLICE_MS`]).
     pub slice_ms: AtomicU64,
+    /// The service's own word: the limit while offline.
+    local: Arc<CachePadded<AtomicU64>>,
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -645,8 +647,9 @@ pub const MIN_SLICE_MS: u64 = 50;
 pub const MAX_SLICE_MS: u64 = 1000;
 
 impl FleetBudget {
-    fn new(service: &str, limit: &RateLimit) -> FleetBudget {
+    fn new(service: &str, limit: &RateLimit, local: Arc<CachePadded<AtomicU64>>) -> FleetBudget {
         FleetBudget {
+            local,
             limit: limit.clone(),
             // The rate in lowest terms: `100/s` and `6000/m` are one budget across instances
             // that spell it differently (a review saw them run as two, doubling the fleet's).
@@ -674,6 +677,29 @@ impl FleetBudget {
         let l = &self.limit;
         let ms = self.slice_ms.load(Ordering::Relaxed);
         (l.count * ms / (l.per_secs * 1000)).clamp(1, l.burst)
+    }
+
+    /// Redis answers for this budget again: requests take from the allowance (topped up in
+    /// the round that found Redis answering).
+    pub fn go_online(&self) {
+        self.online.store(true, Ordering::Release);
+    }
+
+    /// Redis does not answer for this budget: the limit applies per instance, on the
+    /// service's own word, which starts with what the allowance still held rather than a
+    /// whole burst. A Redis flapping between up and down handed out a fresh burst at each
+    /// switch (a review: 1.45× the fleet's limit on one instance).
+    pub fn go_offline(&self) {
+        if !self.online.load(Ordering::Acquire) {
+            return;
+        }
+        let (interval, tolerance) = self.gcra();
+        let left = self.allowance.load(Ordering::Acquire).min(self.limit.burst);
+        // A word whose TAT is `tolerance - left × interval` ahead admits `left` at once.
+        let tat = now_ns() + tolerance - left * interval;
+        self.local.fetch_max(tat, Ordering::AcqRel);
+        self.online.store(false, Ordering::Release);
+        self.allowance.store(0, Ordering::Release);
     }
 
     /// Nanoseconds between two requests at the steady rate, and the tolerance (burst).
@@ -825,15 +851,6 @@ impl Registry {
             in_flight.insert(s.name.clone(), counter.clone());
             let limiter = s.rate_limit.as_ref().map(|limit| {
                 let id = (s.name.clone(), limit.clone());
-                let fleet = limit.fleet.then(|| {
-                    let f = self
-                        .fleets
-                        .get(&id)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(FleetBudget::new(&s.name, limit)));
-                    fleets.insert(id.clone(), f.clone());
-                    f
-                });
                 let budget = if limit.key == LimitKey::Service {
                     let w = match self.words.get(&id) {
                         Some(w) => {
@@ -845,7 +862,7 @@ impl Registry {
                             Arc::new(CachePadded::new(AtomicU64::new(0)))
                         }
                     };
-                    words.insert(id, w.clone());
+                    words.insert(id.clone(), w.clone());
                     Budget::Word(w)
                 } else {
                     let budget = match self.keyed.get(&id) {
@@ -859,13 +876,24 @@ impl Registry {
                             self.next_budget
                         }
                     };
-                    keyed.insert(id, budget);
+                    keyed.insert(id.clone(), budget);
                     let cells = settings.table_cells;
                     let table = self
                         .table
                         .get_or_insert_with(|| Arc::new(Table::new(cells)))
                         .clone();
                     Budget::Keyed { table, id: budget }
+                };
+                // `scope: cluster` is for `key: service` only (checked with the config).
+                let fleet = match (&budget, limit.fleet) {
+                    (Budget::Word(w), true) => {
+                        let f = self.fleets.get(&id).cloned().unwrap_or_else(|| {
+                            Arc::new(FleetBudget::new(&s.name, limit, w.clone()))
+                        });
+                        fleets.insert(id, f.clone());
+                        Some(f)
+                    }
+                    _ => None,
                 };
                 let interval = limit.interval_ns();
                 let mut policy_line = b"ratelimit-policy: \"default\";q=".to_vec();
@@ -925,7 +953,7 @@ mod tests {
         let l = limit("{rate: 100/s, burst: 50, scope: cluster}")
             .unwrap()
             .unwrap();
-        let b = FleetBudget::new("svc", &l);
+        let b = FleetBudget::new("svc", &l, Default::default());
         assert_eq!(b.slice(), 5, "50 ms at 100/s");
         b.slice_ms.store(280, Ordering::Relaxed);
         assert_eq!(b.slice(), 28);
@@ -934,14 +962,20 @@ mod tests {
         let slow = limit("{rate: 1/s, burst: 3, scope: cluster}")
             .unwrap()
             .unwrap();
-        assert_eq!(FleetBudget::new("svc", &slow).slice(), 1, "at least one");
+        assert_eq!(
+            FleetBudget::new("svc", &slow, Default::default()).slice(),
+            1,
+            "at least one"
+        );
     }
 
     /// Regression: `100/s` on one instance and `6000/m` on another ran as two fleet budgets
     /// (a review: 1023 admitted where 510 were due).
     #[test]
     fn one_rate_spelled_two_ways_is_one_fleet_budget() {
-        let key = |text: &str| FleetBudget::new("svc", &limit(text).unwrap().unwrap()).key;
+        let key = |text: &str| {
+            FleetBudget::new("svc", &limit(text).unwrap().unwrap(), Default::default()).key
+        };
         let per_s = key("{rate: 100/s, burst: 10, scope: cluster}");
         assert_eq!(per_s, "svc:100:1:10");
         assert_eq!(key("{rate: 6000/m, burst: 10, scope: cluster}"), per_s);

@@ -306,6 +306,8 @@ const PUBLISH: &str = r"
 local me, kind, at, win, q = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local cur = redis.call('HMGET', KEYS[1], 'state', 'at')
 local cur_at = tonumber(cur[2]) or 0
+-- nan (a stray writer) is above nothing and below nothing: no transition would ever win.
+if cur_at ~= cur_at then cur_at = 0 end
 -- A record stamped over 10 s ahead of Redis's clock (a stray writer, or an older instance
 -- stamping with its own fast clock) must not outrank every real transition until that time comes.
 local t = redis.call('TIME')
@@ -346,7 +348,8 @@ return {t[1], t[2], redis.call('ZRANGEBYSCORE', KEYS[1], now - ttl, now + ttl)}
 /// Refused (0) when the fleet's record moved past the one this instance acted on: the
 /// lease of an episode that just ended (a probe's outcome deletes the lease together with
 /// publishing it) must not go to an instance that has not read that outcome yet.
-/// KEYS: lease, hash. ARGV: instance, px, the fleet `at` this instance knows.
+/// KEYS: lease, hash, instances. ARGV: instance, px, the fleet `at` this instance knows,
+/// the peers' TTL.
 /// GCRA on the fleet's word, several requests at a time: grants up to ARGV[3] requests
 /// (interval ARGV[1] µs, tolerance ARGV[2] µs = burst × interval) by Redis's clock, moves
 /// the theoretical arrival time past them, and returns {granted, µs until one more fits}.
@@ -378,9 +381,17 @@ const LEASE: &str = r"
 if (tonumber(redis.call('HGET', KEYS[2], 'at')) or 0) > tonumber(ARGV[3]) then return 0 end
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
--- Every lease is taken with an expiry: one without (a stray writer) would keep the fleet's
--- circuit open, with no probe, for good (a review).
-if not v or redis.call('PTTL', KEYS[1]) == -1 then
+-- Every lease is taken with an expiry, by an instance that keeps a heartbeat: one without
+-- an expiry, or held by no live instance (a stray writer's, 'ghost' for a day) would keep
+-- the fleet's circuit open, with no probe, until it lapsed (reviews).
+local free = not v or redis.call('PTTL', KEYS[1]) == -1
+if not free then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local seen = tonumber(redis.call('ZSCORE', KEYS[3], v))
+  free = not seen or seen < now - tonumber(ARGV[4])
+end
+if free then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
@@ -618,17 +629,18 @@ impl Node {
         if self.con.is_none() && !self.reconnect() {
             return;
         }
+        // The heartbeat before the leases: a lease held by an instance without one is free.
         let result = self
             .publish_pending()
             .and_then(|()| self.read_fleet(None))
-            .and_then(|()| self.gate_probes())
             .and_then(|()| {
                 if self.heartbeat_at.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
                     self.heartbeat()
                 } else {
                     Ok(())
                 }
-            });
+            })
+            .and_then(|()| self.gate_probes());
         match result {
             Ok(()) => self.synced(),
             Err(e) => self.down(&e),
@@ -682,9 +694,7 @@ impl Node {
     /// down, and must not log "back" every time the thread reconnects.
     fn synced(&mut self) {
         if !self.status.up.swap(true, Ordering::Relaxed) {
-            for b in &self.budgets {
-                b.online.store(true, Ordering::Release);
-            }
+            self.budgets_online();
         }
         self.backoff = RECONNECT_MIN;
         if self.warned {
@@ -693,6 +703,19 @@ impl Node {
                 self.status.redis_display()
             );
             self.warned = false;
+        }
+    }
+
+    /// Every fleet budget whose key Redis answers for takes from its allowance.
+    fn budgets_online(&self) {
+        for b in &self.budgets {
+            if !self
+                .bad_keys
+                .0
+                .contains(&budget_key(&self.status.config.name, b))
+            {
+                b.go_online();
+            }
         }
     }
 
@@ -709,9 +732,7 @@ impl Node {
             .filter_map(|s| s.admission.limiter.as_ref()?.fleet.clone())
             .collect();
         if self.status.up.load(Ordering::Relaxed) {
-            for b in &self.budgets {
-                b.online.store(true, Ordering::Release);
-            }
+            self.budgets_online();
         }
         let mut old: HashMap<(String, String), Track> = self
             .tracks
@@ -885,7 +906,7 @@ impl Node {
             pipe.cmd("EVAL")
                 .arg(TAKE)
                 .arg(1)
-                .arg(format!("{}:ratelimit:{}", self.status.config.name, b.key))
+                .arg(budget_key(&self.status.config.name, b))
                 .arg(interval_ns as f64 / 1000.0)
                 .arg(tolerance_ns as f64 / 1000.0)
                 .arg(want);
@@ -901,18 +922,37 @@ impl Node {
             )));
         }
         let grants = values.split_off(self.tracks.len());
+        let up = self.status.up.load(Ordering::Relaxed);
         for (&(i, want), v) in wanted.iter().zip(grants) {
             let b = &self.budgets[i];
-            let key = format!("{}:ratelimit:{}", self.status.config.name, b.key);
-            let Some((granted, wait_us)) = self.bad_keys.check::<(u64, u64)>(&key, value_of(v))?
-            else {
+            let key = budget_key(&self.status.config.name, b);
+            let reply = value_of::<(i64, i64)>(v).and_then(|(granted, wait_us)| {
+                match (u64::try_from(granted), u64::try_from(wait_us)) {
+                    (Ok(g), Ok(w)) => Ok((g, w)),
+                    _ => Err(redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "a negative grant or wait",
+                    ))),
+                }
+            });
+            let Some((granted, wait_us)) = self.bad_keys.check(&key, reply)? else {
+                // No budget to be had from Redis for this key: the limit applies per
+                // instance, as with Redis away (it used to starve the service instead).
+                b.go_offline();
                 continue;
             };
-            b.wait_ms.store(wait_us.div_ceil(1000), Ordering::Relaxed);
-            // Never more than was asked for, whatever the reply says.
+            // Never longer than the script can ask for (the burst and two intervals), nor
+            // more than was asked for, whatever the reply says.
+            let (interval_ns, tolerance_ns) = b.gcra();
+            let longest_us = (tolerance_ns + 2 * interval_ns) / 1000;
+            b.wait_ms
+                .store(wait_us.min(longest_us).div_ceil(1000), Ordering::Relaxed);
             let granted = granted.min(want);
             if granted > 0 {
                 b.allowance.fetch_add(granted, Ordering::Relaxed);
+            }
+            if up {
+                b.go_online();
             }
         }
         self.status
@@ -1024,7 +1064,7 @@ impl Node {
             if s.state == HALF_OPEN {
                 // Our probe runs: keep the lease for as long as a probe may take.
                 if t.lease.is_some() {
-                    let held = lease(con, t, &self.status.instance, t.policy.lease_at(now));
+                    let held = lease(con, t, &self.status, t.policy.lease_at(now));
                     let ours = self.bad_keys.check(&t.lease_key, held)?.unwrap_or(false);
                     t.lease = ours.then_some(now);
                 }
@@ -1056,7 +1096,7 @@ impl Node {
                 }
                 continue;
             }
-            let held = lease(con, t, &self.status.instance, GRANT_MS);
+            let held = lease(con, t, &self.status, GRANT_MS);
             match self.bad_keys.check(&t.lease_key, held)? {
                 Some(true) => {
                     t.lease = Some(now);
@@ -1081,7 +1121,7 @@ impl Node {
         let Some(con) = self.con.as_mut() else {
             return Ok(());
         };
-        let key = format!("{}:instances", self.status.config.name);
+        let key = instances_key(&self.status.config.name);
         let sent = Instant::now();
         let (secs, micros, members): (String, String, Vec<String>) = redis::cmd("EVAL")
             .arg(HEARTBEAT_SCRIPT)
@@ -1143,7 +1183,7 @@ impl Node {
         self.status.up.store(false, Ordering::Relaxed);
         // Fleet budgets fall back to per-instance limits (each service's own word).
         for b in &self.budgets {
-            b.online.store(false, Ordering::Release);
+            b.go_offline();
         }
         for t in &mut self.tracks {
             t.lease = None;
@@ -1180,12 +1220,22 @@ impl Drop for Node {
         }
         self.status.up.store(false, Ordering::Relaxed);
         for b in &self.budgets {
-            b.online.store(false, Ordering::Release);
+            b.go_offline();
         }
         log::error!(
             "cluster: the cluster thread stopped; this instance decides every circuit and budget alone until restarted"
         );
     }
+}
+
+/// The sorted set of the fleet's instances, by last heartbeat.
+fn instances_key(fleet: &str) -> String {
+    format!("{fleet}:instances")
+}
+
+/// The Redis key of a fleet budget.
+fn budget_key(fleet: &str, b: &crate::admission::FleetBudget) -> String {
+    format!("{fleet}:ratelimit:{}", b.key)
 }
 
 /// Gives the probe lease back if this instance holds it.
@@ -1199,16 +1249,18 @@ fn release(con: &mut Link, key: &str, instance: &str) -> redis::RedisResult<()> 
 }
 
 /// Takes or renews `t`'s probe lease for `px` ms; true if this instance holds it.
-fn lease(con: &mut Link, t: &Track, instance: &str, px: u64) -> redis::RedisResult<bool> {
+fn lease(con: &mut Link, t: &Track, status: &Status, px: u64) -> redis::RedisResult<bool> {
     let known = t.fleet.as_ref().map_or(0, |f| f.at);
     let held: i64 = redis::cmd("EVAL")
         .arg(LEASE)
-        .arg(2)
+        .arg(3)
         .arg(&t.lease_key)
         .arg(&t.hash)
-        .arg(instance)
+        .arg(instances_key(&status.config.name))
+        .arg(&status.instance)
         .arg(px.max(1))
         .arg(known)
+        .arg(PEER_TTL_MS)
         .query(con)?;
     Ok(held == 1)
 }
