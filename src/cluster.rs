@@ -1428,11 +1428,11 @@ mod tests {
     #[test]
     fn a_remote_open_from_the_future_counts_from_now() {
         let mut n = node();
-        let now = unix_ms();
+        let now = n.fleet_now();
         assert!(n.apply(0, fleet(true, now + 600_000, "fast")));
         let w = word(&n);
         assert_eq!(w.state, OPEN);
-        assert!(w.time_ms <= n.to_local(unix_ms()), "{w:?}");
+        assert!(w.time_ms <= n.to_local(n.fleet_now()), "{w:?}");
         let cooldown = n.tracks[0].policy.cooldown_ms;
         let wait = breaker::retry_after_ms(
             breaker::Word::load(&**n.tracks[0].cell),
@@ -1448,7 +1448,7 @@ mod tests {
     #[test]
     fn a_remote_open_opens_with_the_fleets_time_and_a_remote_close_closes_it() {
         let mut n = node();
-        let at = unix_ms();
+        let at = n.fleet_now();
         assert!(n.apply(0, fleet(true, at, "other")));
         let w = word(&n);
         assert_eq!((w.state, w.time_ms), (OPEN, n.to_local(at)));
@@ -1473,7 +1473,7 @@ mod tests {
         let t = breaker::admit(&**cell, now_ms(), &p).unwrap();
         breaker::failure(&**cell, t, now_ms(), &p);
         n.scan();
-        assert!(!n.apply(0, fleet(false, unix_ms() + 1000, "other")));
+        assert!(!n.apply(0, fleet(false, n.fleet_now() + 1000, "other")));
         assert_eq!(word(&n).state, OPEN);
         assert_eq!(n.tracks[0].source, Source::Local);
     }
@@ -1482,16 +1482,16 @@ mod tests {
     fn an_own_newer_transition_is_not_overwritten() {
         let mut n = node();
         let (cell, p) = (n.tracks[0].cell.clone(), n.tracks[0].policy);
-        assert!(n.apply(0, fleet(true, unix_ms() - 20_000, "other")));
+        assert!(n.apply(0, fleet(true, n.fleet_now() - 20_000, "other")));
         // Our probe (say, while Redis was away) closed it; an older fleet record arrives.
         let probe = breaker::admit(&**cell, now_ms() + p.cooldown_ms, &p).unwrap();
         breaker::success(&**cell, probe, now_ms());
         n.scan();
         assert_eq!(kind(&n), Some(Kind::Closed));
-        assert!(!n.apply(0, fleet(true, unix_ms() - 10_000, "other")));
+        assert!(!n.apply(0, fleet(true, n.fleet_now() - 10_000, "other")));
         assert_eq!(word(&n).state, CLOSED);
         // Our own record echoed back is only noted.
-        assert!(!n.apply(0, fleet(true, unix_ms() + 10_000, "me")));
+        assert!(!n.apply(0, fleet(true, n.fleet_now() + 10_000, "me")));
         assert_eq!(word(&n).state, CLOSED);
     }
 
