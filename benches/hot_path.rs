@@ -190,7 +190,7 @@ fn route_section(filter: &[String]) {
 }
 
 fn pick_section(filter: &[String]) {
-    // pick: gateway::balancer::View::pick(svc, None), the round-robin step plus the breaker
+    // pick: gateway::balancer::View::pick(svc, &[]), the round-robin step plus the breaker
     // admission (one shared atomic load while CLOSED), with all three circuits closed and
     // with one of three open (it is skipped); then pick + breaker::success, which is what a
     // request that gets its response does (success writes nothing while the count is 0).
@@ -199,13 +199,13 @@ fn pick_section(filter: &[String]) {
     let svc = closed.service_index(b"bench").expect("bench service");
     let view = View::new(closed.clone(), 0);
     bench(filter, "pick: View::pick, 3 backends all closed", || {
-        black_box(view.pick(black_box(svc), None, false));
+        black_box(view.pick(black_box(svc), &[], false));
     });
     bench(
         filter,
         "pick: View::pick + breaker::success, all closed",
         || {
-            if let Pick::Backend { idx, ticket } = view.pick(black_box(svc), None, false) {
+            if let Pick::Backend { idx, ticket } = view.pick(black_box(svc), &[], false) {
                 let cell = &*view.snapshot.services[svc].backends[idx].breaker;
                 black_box(breaker::success(&**cell, ticket, now_ms()));
             }
@@ -225,7 +225,7 @@ fn pick_section(filter: &[String]) {
     // Sanity: backend 1 is skipped for the whole run (the cooldown is 60 s).
     for _ in 0..6 {
         assert!(!matches!(
-            view.pick(svc, None, false),
+            view.pick(svc, &[], false),
             Pick::Backend { idx: 1, .. }
         ));
     }
@@ -233,7 +233,7 @@ fn pick_section(filter: &[String]) {
         filter,
         "pick: View::pick, 3 backends, 1 open (skipped)",
         || {
-            black_box(view.pick(black_box(svc), None, false));
+            black_box(view.pick(black_box(svc), &[], false));
         },
     );
 }

@@ -58,10 +58,11 @@ impl View {
         view
     }
 
-    /// Next backend of service `svc` whose breaker admits a request, skipping `exclude`;
+    /// Next backend of service `svc` whose breaker admits a request, skipping those in
+    /// `exclude` (backends this request already failed to connect to);
     /// `streaming`: the request's body is still to come from the client (see
     /// [`breaker::admit_with`]).
-    pub fn pick(&self, svc: usize, exclude: Option<usize>, streaming: bool) -> Pick {
+    pub fn pick(&self, svc: usize, exclude: &[usize], streaming: bool) -> Pick {
         let service = &self.snapshot.services[svc];
         let n = service.backends.len();
         let cursor = &self.cursors[svc];
@@ -69,7 +70,7 @@ impl View {
         let mut retry_ms = u64::MAX;
         for i in 0..n {
             let idx = (start + i) % n;
-            if Some(idx) == exclude {
+            if exclude.contains(&idx) {
                 continue;
             }
             let cell = &*service.backends[idx].breaker;
@@ -123,7 +124,7 @@ mod tests {
         let mut got = Vec::new();
         // A reload between every request: the rotation goes on as if there were none.
         for _ in 0..6 {
-            got.push(idx(v.pick(0, None, false)));
+            got.push(idx(v.pick(0, &[], false)));
             shared.install(
                 Config::parse(
                     "services:\n  a: [http://127.0.0.1:1, http://127.0.0.1:2, http://127.0.0.1:3]\n  b: [http://127.0.0.1:4, http://127.0.0.1:6]\n",
@@ -135,13 +136,13 @@ mod tests {
         assert_eq!(got, [0, 1, 2, 0, 1, 2]);
         // A service whose backends changed starts over from the worker's offset.
         let b = v.snapshot.service_index(b"b").unwrap();
-        assert_eq!(idx(v.pick(b, None, false)), 0);
+        assert_eq!(idx(v.pick(b, &[], false)), 0);
     }
 
     #[test]
     fn rotates_from_the_worker_offset() {
         let v = view(1);
-        let got: Vec<usize> = (0..6).map(|_| idx(v.pick(0, None, false))).collect();
+        let got: Vec<usize> = (0..6).map(|_| idx(v.pick(0, &[], false))).collect();
         assert_eq!(got, [1, 2, 0, 1, 2, 0]);
     }
 
@@ -155,10 +156,10 @@ mod tests {
             let t = breaker::admit(&**svc.backends[1].breaker, now, &p).unwrap();
             breaker::failure(&**svc.backends[1].breaker, t, now, &p);
         }
-        let got: Vec<usize> = (0..4).map(|_| idx(v.pick(0, None, false))).collect();
+        let got: Vec<usize> = (0..4).map(|_| idx(v.pick(0, &[], false))).collect();
         assert_eq!(got, [0, 2, 0, 2]);
-        assert_eq!(idx(v.pick(0, Some(0), false)), 2);
-        match v.pick(0, Some(2), false) {
+        assert_eq!(idx(v.pick(0, &[0], false)), 2);
+        match v.pick(0, &[2], false) {
             Pick::Backend { idx, .. } => assert_eq!(idx, 0),
             other => panic!("{other:?}"),
         }
@@ -176,7 +177,7 @@ mod tests {
                 breaker::failure(&**b.breaker, t, now, &p);
             }
         }
-        match v.pick(0, None, false) {
+        match v.pick(0, &[], false) {
             Pick::AllOpen { retry_after_secs } => assert!((59..=60).contains(&retry_after_secs)),
             other => panic!("{other:?}"),
         }

@@ -262,9 +262,17 @@ async fn buffer_body(
     Ok(())
 }
 
-/// Picks a backend and gets a connection to it: a clean pooled one, or a new one. A refused
-/// connect (nothing sent) moves on to the next backend once. On failure the client has been
-/// answered and the result says what the connection does next.
+/// Backends one request tries to connect to when connects fail (refused, unreachable or
+/// timed out: nothing was sent, so any method may move on), as HAProxy's `retries 3`;
+/// NGINX's `proxy_next_upstream error timeout` tries every server.
+const CONNECT_TRIES: usize = 3;
+
+/// Picks a backend and gets a connection to it: a clean pooled one, or a new one. A connect
+/// that fails (nothing sent) moves on to the next backend, up to [`CONNECT_TRIES`] in all:
+/// one dead backend of three used to fail every other request it was picked for after one
+/// more try, and a connect timeout was never tried elsewhere (an operator review: 502s and
+/// 504s until the circuit opened, and again after every probe). On failure the client has
+/// been answered and the result says what the connection does next.
 async fn connect_or_reuse<'v>(
     worker: &'v Worker,
     view: &'v View,
@@ -276,16 +284,17 @@ async fn connect_or_reuse<'v>(
     let service = &view.snapshot.services[req.svc];
     let timeouts = view.snapshot.config.timeouts;
     let request = (req.info.keep_alive, relay.done);
-    let mut exclude = None;
+    let mut tried = [usize::MAX; CONNECT_TRIES];
     let mut last_err = GatewayError::ConnectFailed;
-    for _ in 0..2 {
-        let (idx, ticket) = match view.pick(req.svc, exclude, !relay.done) {
+    for n in 0..CONNECT_TRIES {
+        let (idx, ticket) = match view.pick(req.svc, &tried[..n], !relay.done) {
             Pick::Backend { idx, ticket } => (idx, ticket),
             Pick::AllOpen { retry_after_secs } => {
-                let (err, retry) = match exclude {
-                    // The only other backend refused: say so, not "all open".
-                    Some(_) => (last_err, None),
-                    None => (GatewayError::NoBackend, Some(retry_after_secs)),
+                let (err, retry) = if n > 0 {
+                    // The other backends failed too: say how, not "all open".
+                    (last_err, None)
+                } else {
+                    (GatewayError::NoBackend, Some(retry_after_secs))
                 };
                 return Err(
                     reply_error(down, request, err, prep.service, retry, timeouts.body).await,
@@ -311,10 +320,13 @@ async fn connect_or_reuse<'v>(
             Err(err) => {
                 attempt.settle(verdict(err));
                 last_err = err;
-                if err != GatewayError::ConnectFailed {
+                if !matches!(
+                    err,
+                    GatewayError::ConnectFailed | GatewayError::ConnectTimeout
+                ) {
                     break;
                 }
-                exclude = Some(idx);
+                tried[n] = idx;
             }
         }
     }

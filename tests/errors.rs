@@ -72,7 +72,7 @@ fn refused_connection_is_502() {
 }
 
 #[test]
-fn refused_connect_is_retried_once_on_the_next_backend() {
+fn refused_connect_is_tried_on_the_next_backend() {
     let dead = closed_port();
     let live = mock_backend();
     let g = gateway(&config(
@@ -85,6 +85,53 @@ fn refused_connect_is_retried_once_on_the_next_backend() {
         assert_eq!(r.status, 200);
         assert_eq!(r.json()["port"], live.addr.port());
     }
+}
+
+/// Regression (an operator review): a refused connect moved on to one more backend only,
+/// and a connect timeout to none, so with one dead and one silent backend of three every
+/// request picked for them failed (502s and 504s until their circuits opened, and again
+/// after every probe). Up to three backends are tried now, whatever the method: nothing
+/// was sent.
+#[test]
+fn a_failed_connect_moves_on_to_the_next_backends() {
+    let dead = closed_port();
+    let silent = unanswered_port();
+    let live = mock_backend();
+    let g = gateway(&config(
+        1,
+        "timeouts: {connect: 300ms}\nbreaker: {failure_threshold: 1000}",
+        &format!(
+            "  svc: [http://{dead}, http://{}, http://{}]\n",
+            silent.addr, live.addr
+        ),
+    ));
+    for method in ["GET", "POST", "GET", "POST"] {
+        let mut c = Client::connect(g.addr);
+        c.send(
+            format!("{method} /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\ncontent-length: 0\r\n\r\n")
+                .as_bytes(),
+        );
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{method}: {:?}", r.json());
+        assert_eq!(r.json()["port"], live.addr.port());
+    }
+    // With none left, the last failure is the answer.
+    let g = gateway(&config(
+        1,
+        "timeouts: {connect: 300ms}",
+        &format!("  svc: [http://{dead}, http://{}]\n", silent.addr),
+    ));
+    let r = get(g.addr, "/v1/proxy/svc/x");
+    assert!(
+        [
+            (502, "backend_connect_failed"),
+            (504, "backend_connect_timeout")
+        ]
+        .contains(&(r.status, error_code(&r).as_str())),
+        "{} {}",
+        r.status,
+        error_code(&r)
+    );
 }
 
 #[test]

@@ -613,6 +613,35 @@ pub fn closed_port() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
+/// A port whose listener completes no more handshakes: its accept queue (backlog 0) is
+/// full, so the kernel drops new SYNs and a connect to it times out. Lives as long as the
+/// value.
+pub struct Unanswered {
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+pub fn unanswered_port() -> Unanswered {
+    use std::os::fd::AsRawFd;
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    // SAFETY: listen(2) again on our own socket, only to shrink its backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0, "listen");
+    let addr = l.local_addr().expect("addr");
+    let queued = (0..3)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .collect();
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err(),
+        "the accept queue is not full"
+    );
+    Unanswered {
+        addr,
+        _listener: l,
+        _queued: queued,
+    }
+}
+
 /// Polls `f` until it is true or `within` passes.
 pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + within;
