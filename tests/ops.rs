@@ -345,6 +345,31 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
     exits_cleanly(&mut g.proc.child, t);
 }
 
+/// Regression (an operator review): an answer the gateway made itself for a request in
+/// flight when the drain began (here a 504) did not say `Connection: close`, where a
+/// relayed one did; the client then learnt of the close only by reading it.
+#[test]
+fn a_gateway_error_during_the_drain_says_connection_close() {
+    let b = mock_backend();
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\ntimeouts: {response: 1s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let mut g = gateway_at(&path);
+    let raw = b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 5000\r\n\r\n";
+    let slow = spawn_requests(g.proc.addr, 1, raw);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGTERM);
+    for t in slow {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 504);
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    exits_cleanly(&mut g.proc.child, t);
+}
+
 /// `timeouts.drain_grace`: after SIGTERM, `/healthz` says 503 at once while new
 /// connections are still accepted and served as usual (a load balancer's time to stop
 /// sending: Envoy's drain time, HAProxy's `grace`); then the drain begins.
