@@ -1255,7 +1255,15 @@ impl HeadScan {
                 return true;
             }
         }
+        // A request line that cannot be one from its first byte on (a TLS handshake sent to
+        // the plain port begins with 0x16) is refused at once: it waited for the 408 (an
+        // operator review: 10 s).
+        let hopeless = !self.first_line_done
+            && head
+                .get(self.line_start)
+                .is_some_and(|&b| b != b'\r' && b != b'\n' && !is_tchar(b));
         decide
+            || hopeless
             || head.len() >= limits.max_head_bytes
             || !self.first_line_done && head.len() > limits.max_target_bytes + 32
     }
@@ -2109,6 +2117,21 @@ mod tests {
         assert!(
             scan.ready(big.as_bytes(), &limits),
             "over the head limit: 431 now"
+        );
+        // A TLS handshake on the plain port: no request line starts with 0x16.
+        let hello = b"\x16\x03\x01\x00\xc8\x01\x00";
+        let mut scan = HeadScan::default();
+        assert!(
+            scan.ready(hello, &limits),
+            "a hopeless first byte is judged"
+        );
+        assert!(parse_request(hello, &mut header_slots(), &limits).is_err());
+        let mut scan = HeadScan::default();
+        assert!(scan.ready(b"\r\n\x16", &limits), "after an empty line too");
+        let mut scan = HeadScan::default();
+        assert!(
+            !scan.ready(b"G", &limits),
+            "a method's first byte decides nothing"
         );
         let mut scan = HeadScan::default();
         assert!(scan.ready(b"GET / HTTP/1.1\nHost: a\n", &limits));

@@ -337,6 +337,12 @@ fn limits_give_413_414_431_and_408() {
     assert_eq!((r.status, error_code(&r)), (408, "request_timeout".into()));
     assert!(t.elapsed() >= Duration::from_millis(250));
     assert!(c.closed_within(Duration::from_secs(2)));
+    // A TLS handshake sent to the plain port cannot be a request from its first byte: a 400
+    // at once, where it waited for the 408 (an operator review).
+    let mut c = Client::connect(g.addr);
+    c.send(b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03");
+    let r = c.read_response();
+    assert_eq!((r.status, error_code(&r)), (400, "bad_request".into()));
     assert_eq!(rec.connections.load(Ordering::SeqCst), 0);
 }
 
