@@ -156,7 +156,7 @@ pub async fn serve(
                 // drain deadline cuts it (`Worker::log_cut`).
                 if let Some(started) = started {
                     *registration.live.request.borrow_mut() = Some(InFlight {
-                        client: c.down.peer.ip(),
+                        client: c.down.record.client.unwrap_or(c.down.peer.ip()),
                         method: req.info.method,
                         target: std::mem::take(&mut c.target),
                         view: view.clone(),
@@ -325,7 +325,7 @@ fn finish(
             _ => None,
         };
         let entry = accesslog::Entry {
-            client: c.down.peer.ip(),
+            client: rec.client.unwrap_or(c.down.peer.ip()),
             method: match method {
                 Some(m) => m.as_str(),
                 // A refused head's method, if its request line was plain (`h1::request_line`).
@@ -417,6 +417,14 @@ async fn next_request(
                         c.method.clear(); // kept while the head came (for a 408)
                         c.target.clear();
                         c.target.extend_from_slice(parsed.target.as_bytes());
+                        // Behind a trusted proxy the log names the client it forwards for,
+                        // as NGINX's realip does (it named the proxy: an operator review).
+                        let trusted = &cfg.admission.trusted_proxies;
+                        if crate::admission::is_trusted(d.peer.ip(), trusted) {
+                            let ip =
+                                crate::admission::client_ip(d.peer.ip(), parsed.headers, trusted);
+                            d.record.client = Some(ip);
+                        }
                     }
                     if cfg.request_id {
                         let trusted = &cfg.admission.trusted_proxies;

@@ -40,6 +40,9 @@ pub struct Record {
     /// The response's body was cut short after its head went out (the client left or was
     /// too slow, or the backend broke it): `bytes` is what got through.
     pub cut: bool,
+    /// The client behind a trusted proxy (as `client_ip` finds it), for the access log;
+    /// None: the peer itself.
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// The client connection's state that outlives one request.

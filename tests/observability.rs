@@ -150,6 +150,34 @@ fn a_refused_head_is_logged_and_counted_with_what_its_request_line_says() {
     assert!(!odd.is_empty() && !odd.contains('\x01'), "{text}");
 }
 
+/// Regression (an operator review): behind a load balancer listed in `trusted_proxies`, the
+/// access log named the balancer, never the client, where NGINX's realip names the client.
+/// It now names the client `client_ip` finds (the rightmost untrusted `X-Forwarded-For`
+/// entry); an untrusted peer's `X-Forwarded-For` is not believed.
+#[test]
+fn behind_a_trusted_proxy_the_log_names_its_client() {
+    for (trusted, want) in [
+        ("trusted_proxies: [127.0.0.1/32]\n", "203.0.113.7"),
+        ("", "127.0.0.1"),
+    ] {
+        let log = temp_path("realip.log");
+        let _ = std::fs::remove_file(&log);
+        let (_b, g) = svc_gateway(&format!("{trusted}access_log: {}", log.display()));
+        let r = request(
+            g.proc.addr,
+            "GET /v1/proxy/svc/xff HTTP/1.1\r\nHost: g\r\nX-Forwarded-For: 198.51.100.1, 203.0.113.7\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+        assert!(eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/xff"))
+        }));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        let line = text.lines().find(|l| l.contains("/xff")).unwrap_or("");
+        assert_eq!(line.split(' ').nth(1), Some(want), "{trusted}: {line}");
+    }
+}
+
 /// Regression: a response cut short after its head (here the client reads 2 MiB of 20 MB
 /// and resets) was logged with the bytes of its head alone and no error, like a complete
 /// one. Its line now has the bytes that got through and `response_cut_short`.
