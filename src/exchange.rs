@@ -25,7 +25,7 @@ use crate::downstream::{After, Downstream, Record};
 use crate::error::GatewayError;
 use crate::h1::{self, Framing, Method, RequestInfo};
 use crate::io::{self, Read, ReadHalf, Socket, WriteHalf};
-use crate::metrics::{Counter, WorkerMetrics};
+use crate::metrics::Counter;
 use crate::relay::{pump, BodyError, BodyRelay, Pace, Side};
 use crate::rewrite;
 use crate::state::{now_ms, Backend, Service};
@@ -308,7 +308,7 @@ async fn connect_or_reuse<'v>(
             backend,
             service,
             ticket: Some(ticket),
-            metrics: &worker.metrics,
+            worker,
         };
         down.record.backend = Some(idx);
         if let Some(s) = worker.pool.take(backend.slot) {
@@ -357,7 +357,7 @@ struct Attempt<'a> {
     backend: &'a Backend,
     service: &'a Service,
     ticket: Option<Ticket>,
-    metrics: &'a WorkerMetrics,
+    worker: &'a Worker,
 }
 
 impl Attempt<'_> {
@@ -375,7 +375,7 @@ impl Attempt<'_> {
             // (a review kept a failing backend's circuit closed with 404s in between). A
             // probe it answers shows the backend is back.
             Outcome::Answered(status) if status >= 400 && !t.is_probe() => {
-                self.metrics.outcome(self.backend.slot, false);
+                self.worker.metrics.outcome(self.backend.slot, false);
                 return;
             }
             Outcome::Answered(_) => (false, breaker::success(cell, t, now)),
@@ -385,7 +385,21 @@ impl Attempt<'_> {
                 return;
             }
         };
-        self.metrics.outcome(self.backend.slot, failure);
+        self.worker.metrics.outcome(self.backend.slot, failure);
+        if failure {
+            let (svc, url) = (&self.service.name, &self.backend.url.url);
+            match outcome {
+                Outcome::Answered(status) => {
+                    self.worker
+                        .say_backend_failure(svc, url, format_args!("status {status}"))
+                }
+                Outcome::Failed(why) => {
+                    self.worker
+                        .say_backend_failure(svc, url, format_args!("{why}"))
+                }
+                Outcome::NotSent => {}
+            }
+        }
         self.log(tr, outcome);
     }
 
@@ -406,7 +420,7 @@ impl Attempt<'_> {
         if tr == Transition::None {
             return;
         }
-        self.metrics.transition(self.backend.slot);
+        self.worker.metrics.transition(self.backend.slot);
         let (svc, url) = (&self.service.name, &self.backend.url.url);
         let failures = match self.service.settings.failure_threshold {
             1 => "1 failure".to_string(),

@@ -69,6 +69,10 @@ pub struct Worker {
     next_conn: Cell<u64>,
     /// Seconds of housekeeping so far (see [`Worker::tick`]).
     ticks: Cell<u64>,
+    /// When the next backend failure may be said, and how many were not said since the
+    /// last (see [`Worker::say_backend_failure`]).
+    failure_said_next: Cell<u64>,
+    failures_unsaid: Cell<u64>,
     /// Spare I/O buffers, lent to one exchange at a time (no allocation per request).
     spare: RefCell<Vec<Vec<u8>>>,
     /// Spare buffers bigger than `BUF_SIZE` (up to [`MAX_LARGE`]), lent only to
@@ -148,6 +152,8 @@ impl Worker {
             evict: RefCell::new(EvictQueue::default()),
             next_conn: Cell::new(0),
             ticks: Cell::new(0),
+            failure_said_next: Cell::new(0),
+            failures_unsaid: Cell::new(0),
             spare: RefCell::new(Vec::new()),
             large: RefCell::new(Vec::new()),
             spare_low: Cell::new(0),
@@ -185,6 +191,26 @@ impl Worker {
 
     /// This worker's view of the current snapshot; rebuilt only when a reload stored a new
     /// one. A request keeps the view it started with until it ends.
+    /// Says a backend failure (one the breaker counts) in the log, at most one line a second
+    /// per worker, with how many went unsaid since the last: an operator saw backend
+    /// failures only in the metrics (the access log is off by default), where NGINX's
+    /// error log has a line for each.
+    pub fn say_backend_failure(&self, service: &str, url: &str, what: std::fmt::Arguments<'_>) {
+        let now = crate::state::now_ms();
+        if now < self.failure_said_next.get() {
+            self.failures_unsaid.set(self.failures_unsaid.get() + 1);
+            return;
+        }
+        self.failure_said_next.set(now + 1000);
+        match self.failures_unsaid.replace(0) {
+            0 => log::warn!("backend: {service} {url}: {what}"),
+            n => log::warn!(
+                "backend: {service} {url}: {what} (and {n} more backend failures on worker {} since its last such line)",
+                self.index
+            ),
+        }
+    }
+
     pub fn view(&self) -> Rc<View> {
         let current = self.shared.current.load();
         {

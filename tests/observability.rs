@@ -150,6 +150,44 @@ fn a_refused_head_is_logged_and_counted_with_what_its_request_line_says() {
     assert!(!odd.is_empty() && !odd.contains('\x01'), "{text}");
 }
 
+/// Regression (an operator review): backend failures reached the log only when a circuit
+/// opened, so with the access log off (the default) an operator saw them in the metrics
+/// alone, where NGINX's error log has a line for each. Each worker now says one a second,
+/// and how many it did not say.
+#[test]
+fn backend_failures_are_said_in_the_log_once_a_second() {
+    let rec = Recorder::start(reply(500));
+    let log = temp_path("failures.log");
+    let g = gateway_at_logging_to(
+        &write_config(&config(
+            1,
+            "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1000}",
+            &format!("  svc: [http://{}]\n", rec.addr),
+        )),
+        &log,
+    );
+    let said = format!("backend: svc http://{}: status 500", rec.addr);
+    for _ in 0..3 {
+        assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 500);
+    }
+    // A second later the next one is said, with the two left unsaid.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 500);
+    let mut text = String::new();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.matches(&said).count() == 2
+        }),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        text.contains(&format!("{said} (and 2 more backend failures on worker 0")),
+        "{text}"
+    );
+}
+
 /// Regression (an operator review): behind a load balancer listed in `trusted_proxies`, the
 /// access log named the balancer, never the client, where NGINX's realip names the client.
 /// It now names the client `client_ip` finds (the rightmost untrusted `X-Forwarded-For`
