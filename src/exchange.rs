@@ -616,6 +616,9 @@ impl Exchange<'_> {
             }
             Err(HeadFail::Backend(err)) => {
                 self.attempt.settle(verdict(err));
+                // The log's upstream time is how long the backend was waited on, as NGINX's
+                // `$upstream_response_time` (a 504 said `-` after its whole timeout).
+                down.record.upstream_us = Some(self.sent_at.elapsed().as_micros() as u64);
                 return self.reply(down, err).await;
             }
             // Answered while the body still went up, both relayed at once.

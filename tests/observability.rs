@@ -150,6 +150,36 @@ fn a_refused_head_is_logged_and_counted_with_what_its_request_line_says() {
     assert!(!odd.is_empty() && !odd.contains('\x01'), "{text}");
 }
 
+/// Regression (an operator review): a 504 after the whole response timeout was logged with
+/// `-` for its upstream time; it is now the time the backend was waited on.
+#[test]
+fn a_backend_timeout_is_logged_with_the_time_waited() {
+    let log = temp_path("upstream-time.log");
+    let _ = std::fs::remove_file(&log);
+    let (_b, g) = svc_gateway(&format!(
+        "timeouts: {{response: 300ms}}\naccess_log: {}",
+        log.display()
+    ));
+    let r = request(
+        g.proc.addr,
+        "GET /v1/proxy/svc/late HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 2000\r\n\r\n",
+    );
+    assert_eq!(r.status, 504);
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/late"))
+    }));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    let line = text.lines().find(|l| l.contains("/late")).unwrap_or("");
+    let waited: f64 = line
+        .split(' ')
+        .nth(8)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0.0);
+    // The timeout cannot fire early: at least its 300 ms were waited.
+    assert!(waited >= 0.29, "{line}");
+}
+
 /// Regression (an operator review): backend failures reached the log only when a circuit
 /// opened, so with the access log off (the default) an operator saw them in the metrics
 /// alone, where NGINX's error log has a line for each. Each worker now says one a second,
