@@ -362,11 +362,10 @@ fn services_changed<const N: usize>(
 /// Loads `path` and, if it is valid, makes it the running config. On error nothing
 /// changes and the error is returned (and remembered for `/metrics` and `/admin/config`).
 pub fn reload(shared: &Shared, path: &Path) -> Result<Changes, ConfigError> {
-    // Read and checked before the lock: a slow file (a pipe, a network mount) or slow name
-    // lookups must not hold up the DNS refresh or metric re-homing meanwhile.
-    let loaded = Config::load(path);
+    // Read, and its names looked up, under the lock: a reload that resolved before a DNS
+    // refresh and stored after it put the stale addresses back (a re-review).
     let _control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
-    let result = loaded.map(|mut new| {
+    let result = Config::load(path).map(|mut new| {
         let old = shared.current.load_full();
         let mut changes = diff(Some(&old.config), &new);
         // Settings bound at start stay as they are until a restart.
