@@ -119,12 +119,22 @@ fn member_config(
     breaker: &str,
     backend: SocketAddr,
 ) -> std::path::PathBuf {
+    member_config_at(&redis.url(), fleet, quorum, breaker, backend)
+}
+
+/// [`member_config`] for the Redis at `url`, which need not be up.
+fn member_config_at(
+    url: &str,
+    fleet: &str,
+    quorum: u32,
+    breaker: &str,
+    backend: SocketAddr,
+) -> std::path::PathBuf {
     write_config(&config(
         2,
         &format!(
             "admin: 127.0.0.1:0\nbreaker: {breaker}\ntimeouts: {{response: 2s}}\n\
-             cluster: {{redis: {}, name: {fleet}, open_quorum: {quorum}}}",
-            redis.url()
+             cluster: {{redis: {url}, name: {fleet}, open_quorum: {quorum}}}"
         ),
         &format!("  svc: [http://{backend}]\n"),
     ))
@@ -1032,7 +1042,15 @@ fn a_forged_probe_lease_does_not_keep_a_circuit_open() {
     let lease = format!("{name}:breaker:svc:http://{}:probe", rec.addr);
     // Without an expiry; then with a day's, by an instance with no heartbeat (it held the
     // circuit open without a probe for that day).
-    for forged in ["evil", "ghost PX 86400000"] {
+    for (forged, beat) in [
+        ("evil", ""),
+        ("ghost PX 86400000", ""),
+        // A heartbeat for the ghost, forged ten years ahead (a re-review).
+        (
+            "ghost PX 86400000",
+            "ZADD {name}:instances 2000000000000 ghost",
+        ),
+    ] {
         rec.set(reply(500));
         assert!(eventually(WAIT, || {
             if backend(&a).0 == "closed" {
@@ -1040,6 +1058,11 @@ fn a_forged_probe_lease_does_not_keep_a_circuit_open() {
             }
             backend(&a).0 == "open"
         }));
+        // The heartbeat first: a lease without one is taken over at once.
+        if !beat.is_empty() {
+            let said = redis.send(&format!("{}\r\n", beat.replace("{name}", &name)), "\r\n");
+            assert!(said.starts_with(':'), "{said}");
+        }
         let said = redis.send(&format!("SET {lease} {forged}\r\n"), "\r\n");
         assert!(said.starts_with("+OK"), "{said}");
         rec.set(reply(200));
@@ -1076,6 +1099,45 @@ fn a_breaker_record_stamped_nan_does_not_stop_sharing() {
         "the open did not reach the other instance: {:?}",
         backend(&b)
     );
+}
+
+/// Regression (a re-review): an instance that started with Redis away and its clock an hour
+/// fast stamped its own open and close by that clock; once Redis came, the clock was
+/// corrected but the stamps were not, and the close, an hour "ahead", outranked the other
+/// instance's later open: it kept sending traffic to the backend the fleet had opened.
+/// Stamps are now kept on the breakers' clock and turned into fleet time when used.
+#[test]
+fn stamps_made_before_the_fleet_clock_was_known_follow_its_correction() {
+    let shim = clock_shim();
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("late");
+    let breaker = "{failure_threshold: 2, cooldown: 1s}";
+    let shim_path = shim.to_string_lossy().into_owned();
+    let fast = gateway_at_with_env(
+        &member_config_at(&url, &name, 1, breaker, rec.addr),
+        &[("LD_PRELOAD", &shim_path), ("CLOCK_SKEW_MS", "3600000")],
+    );
+    // Alone: it opens, and a cooldown later closes, on its own.
+    fail(&fast, 2);
+    rec.set(reply(200));
+    assert!(
+        eventually(WAIT, || status(&fast) == 200),
+        "{:?}",
+        backend(&fast)
+    );
+    let redis = Redis::on(port);
+    let other = member(&redis, &name, 1, breaker, rec.addr);
+    assert!(eventually(WAIT, || cluster_up(&fast) && cluster_up(&other)));
+    rec.set(reply(500));
+    fail(&other, 2);
+    assert!(
+        eventually(WAIT, || backend(&fast) == ("open".into(), "remote".into())),
+        "the fast instance ignored the fleet's open: {:?}",
+        backend(&fast)
+    );
+    let _ = std::fs::remove_dir_all(shim.parent().unwrap_or(&shim));
 }
 
 /// An `LD_PRELOAD` library that moves `CLOCK_REALTIME` by `CLOCK_SKEW_MS` milliseconds, built
