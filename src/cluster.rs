@@ -350,12 +350,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. (now + ttl), '+inf')
 return {t[1], t[2], redis.call('ZRANGEBYSCORE', KEYS[1], now - ttl, now + ttl)}
 ";
 
-/// Takes the probe lease if free, or renews it if this instance holds it: 1 if held.
-/// Refused (0) when the fleet's record moved past the one this instance acted on: the
-/// lease of an episode that just ended (a probe's outcome deletes the lease together with
-/// publishing it) must not go to an instance that has not read that outcome yet.
-/// KEYS: lease, hash, instances. ARGV: instance, px, the fleet `at` this instance knows,
-/// the peers' TTL.
 /// GCRA on the fleet's word, several requests at a time: grants up to ARGV[3] requests
 /// (interval ARGV[1] µs, tolerance ARGV[2] µs = burst × interval) by Redis's clock, moves
 /// the theoretical arrival time past them, and returns {granted, µs until one more fits}.
@@ -383,6 +377,12 @@ if k == 0 then wait = math.ceil(tat + interval - now - tolerance) end
 return {k, wait}
 ";
 
+/// Takes the probe lease if free, or renews it if this instance holds it: 1 if held.
+/// Refused (0) when the fleet's record moved past the one this instance acted on: the
+/// lease of an episode that just ended (a probe's outcome deletes the lease together with
+/// publishing it) must not go to an instance that has not read that outcome yet.
+/// KEYS: lease, hash, instances. ARGV: instance, px, the fleet `at` this instance knows,
+/// the peers' TTL.
 const LEASE: &str = r"
 if (tonumber(redis.call('HGET', KEYS[2], 'at')) or 0) > tonumber(ARGV[3]) then return 0 end
 local v = redis.call('GET', KEYS[1])

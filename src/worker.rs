@@ -189,8 +189,6 @@ impl Worker {
         self.shared.is_stopping()
     }
 
-    /// This worker's view of the current snapshot; rebuilt only when a reload stored a new
-    /// one. A request keeps the view it started with until it ends.
     /// Says a backend failure (one the breaker counts) in the log, at most one line a second
     /// per worker, with how many went unsaid since the last: an operator saw backend
     /// failures only in the metrics (the access log is off by default), where NGINX's
@@ -211,6 +209,8 @@ impl Worker {
         }
     }
 
+    /// This worker's view of the current snapshot; rebuilt only when a reload stored a new
+    /// one. A request keeps the view it started with until it ends.
     pub fn view(&self) -> Rc<View> {
         let current = self.shared.current.load();
         {
