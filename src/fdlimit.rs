@@ -72,14 +72,25 @@ pub fn budget(config: &crate::Config, fd_limit: u64) -> (String, Option<String>)
             .max_connections
             .map_or("auto".to_string(), |n| n.to_string()),
     );
-    let warning = (max > allowed).then(|| {
-        format!(
+    let warning = if max > allowed {
+        Some(format!(
             "limits.max_connections {max} needs about {} descriptors but the limit is {fd_limit}: past {allowed} connections, requests may get 503 overloaded (raise `ulimit -n`, or lower limits.max_connections)",
             max.saturating_mul(per_connection(config.splice)),
-        )
-    });
+        ))
+    } else if config.limits.max_connections.is_none() && max < FEW_CONNECTIONS {
+        // `auto` under a small descriptor limit: said only as the info line above, an
+        // operator review's `ulimit -n 200` ran with one client connection unwarned.
+        Some(format!(
+            "the descriptor limit {fd_limit} leaves room for only {max} client connections (limits.max_connections: auto): raise `ulimit -n` (LimitNOFILE= under systemd)"
+        ))
+    } else {
+        None
+    };
     (line, warning)
 }
+
+/// Below this many client connections, `auto` is warned about.
+const FEW_CONNECTIONS: u64 = 256;
 
 /// The soft limit on open descriptors now (`u64::MAX` if unlimited or unreadable).
 pub fn current() -> u64 {
@@ -193,6 +204,25 @@ mod tests {
         assert_eq!(per_worker(5, 2), 2);
         assert_eq!(per_worker(1, 4), 1);
         assert_eq!(per_worker(u64::MAX, 1), usize::MAX);
+    }
+
+    #[test]
+    fn a_small_automatic_connection_limit_is_warned_about() {
+        let svc = "services:\n  s: [http://127.0.0.1:1]\n";
+        let auto = crate::Config::parse(&format!("workers: 1\n{svc}")).unwrap();
+        let (_, warning) = budget(&auto, 200);
+        let w = warning.expect("a warning");
+        assert!(
+            w.contains("leaves room for only") && w.contains("ulimit -n"),
+            "{w}"
+        );
+        assert_eq!(budget(&auto, 20_000).1, None);
+        // Set by hand below the limit: the operator's choice, not warned about.
+        let set = crate::Config::parse(&format!(
+            "workers: 1\nlimits: {{max_connections: 10}}\n{svc}"
+        ))
+        .unwrap();
+        assert_eq!(budget(&set, 20_000).1, None);
     }
 
     #[test]

@@ -227,7 +227,17 @@ impl Reloader {
 
 fn on_sighup(shared: &Shared, path: &Path) {
     match reload::reload(shared, path) {
-        Ok(changes) => log::info!("reload: {changes}"),
+        Ok(changes) => {
+            log::info!("reload: {changes}");
+            // Also said on its own at `warn`: inside the long info line it was easy to miss
+            // (an operator review).
+            if !changes.ignored_until_restart.is_empty() {
+                log::warn!(
+                    "reload: {} changed in the file but take effect only at a restart; the running values stay",
+                    changes.ignored_until_restart.join(", ")
+                );
+            }
+        }
         // One line, whatever the error says (a log line per event).
         Err(e) => log::error!(
             "reload failed, still serving generation {}: {}",

@@ -254,6 +254,14 @@ pub fn start_warnings(config: &crate::config::Config) -> Vec<String> {
             cpus.len()
         ));
     }
+    if let Some(admin) = config.admin.filter(|a| a.ip().is_unspecified()) {
+        // NGINX's stub_status and HAProxy's stats page are usually kept to localhost; this
+        // one shows the config and the backends, and an operator review bound it to
+        // 0.0.0.0 without a word.
+        out.push(format!(
+            "admin: {admin} listens on every interface: /admin/config, /admin/backends and /metrics have no authentication; bind it to 127.0.0.1, or to a private address behind a firewall"
+        ));
+    }
     if config.admin.is_none() && !config.timeouts.drain_grace.is_zero() {
         out.push(
             "timeouts.drain_grace is set but there is no `admin` port: nothing can see /healthz fail during the grace, so it only delays the drain".to_string(),

@@ -411,4 +411,11 @@ fn check_warns_as_the_start_does() {
         "workers: 1\nadmin: 127.0.0.1:0\ntimeouts: {{drain_grace: 5s}}\n{svc}"
     ));
     assert!(!text.contains("warning:"), "{text}");
+    // An admin API on every interface (an operator review: no word of it).
+    let (code, text) = check(&format!("workers: 1\nadmin: 0.0.0.0:9901\n{svc}"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warning: admin: 0.0.0.0:9901 listens on every interface"),
+        "{text}"
+    );
 }

@@ -229,6 +229,33 @@ fn reload_under_load_loses_nothing_and_keeps_open_breakers() {
     assert_eq!(flaky_state, Some("open".into()));
 }
 
+/// Regression (an operator review): a reload that changed a setting bound at start
+/// (`workers`, `listen`, ...) said so only inside its long info line, easy to miss. It is
+/// also said on its own at `warn`.
+#[test]
+fn a_reload_says_at_warn_what_waits_for_a_restart() {
+    let b = mock_backend();
+    let svc = format!("services:\n  svc: [http://{}]\n", b.addr);
+    let head = "listen: 127.0.0.1:0\npin_workers: false\nadmin: 127.0.0.1:0\n";
+    let path = write_config(&format!("{head}workers: 1\n{svc}"));
+    let log = std::env::temp_dir().join(format!("gateway-ops-{}-restart.log", std::process::id()));
+    let g = gateway_at_logging_to(&path, &log);
+    std::fs::write(&path, format!("{head}workers: 2\n{svc}")).unwrap();
+    signal(&g.proc.child, libc::SIGHUP);
+    let mut text = String::new();
+    let said = eventually(Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().any(|l| {
+            l.contains(" WARN ")
+                && l.contains(
+                    "reload: workers changed in the file but take effect only at a restart",
+                )
+        })
+    });
+    let _ = std::fs::remove_file(&log);
+    assert!(said, "{text}");
+}
+
 #[test]
 fn a_broken_reload_keeps_serving_the_old_config_and_reports_why() {
     let b = mock_backend();
