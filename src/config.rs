@@ -362,13 +362,78 @@ struct RawTimeouts {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
-    max_head_bytes: Option<usize>,
+    max_head_bytes: Option<RawSize>,
     max_headers: Option<usize>,
-    max_target_bytes: Option<usize>,
-    max_body_bytes: Option<u64>,
-    buffer_request_body: Option<u64>,
-    min_body_rate: Option<u64>,
+    max_target_bytes: Option<RawSize>,
+    max_body_bytes: Option<RawSize>,
+    buffer_request_body: Option<RawSize>,
+    min_body_rate: Option<RawSize>,
     max_connections: Option<MaxConnections>,
+}
+
+/// A size in bytes: a number, or a number with a unit (`64k`, `64KiB`, `8m`, `8MiB`, `1g`,
+/// `1GiB`: all powers of 1024, as NGINX's `k` and `m`). An operator review wrote `64MiB`
+/// and was told only "expected a whole number".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Other(serde_yaml_ng::Value),
+}
+
+/// The bytes `raw` says, or `default`; `key` names it in an error.
+fn size_or(key: &str, raw: Option<&RawSize>, default: u64) -> Result<u64, ConfigError> {
+    let text = match raw {
+        None => return Ok(default),
+        Some(RawSize::Bytes(n)) => return Ok(*n),
+        Some(RawSize::Other(v)) => match v.as_str() {
+            Some(t) => t.trim(),
+            None => {
+                let v = serde_yaml_ng::to_string(v).unwrap_or_default();
+                return Err(invalid(
+                    key,
+                    format!("{} is not a size: write a whole number of bytes, or with k/KiB, m/MiB or g/GiB, e.g. 65536, 64KiB, 1MiB", v.trim()),
+                ));
+            }
+        },
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "kb" | "mb" | "gb" => {
+            return Err(invalid(
+                key,
+                format!("{text:?}: write KiB, MiB or GiB (powers of 1024), or k, m, g, e.g. 64KiB, 1MiB"),
+            ))
+        }
+        _ => {
+            return Err(invalid(
+                key,
+                format!("{text:?} is not a size: write bytes, or a whole number with k/KiB, m/MiB or g/GiB, e.g. 65536, 64KiB, 1MiB"),
+            ))
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!("{text:?} is not a size: write a whole number of bytes (at most 2^64 - 1), or with k/KiB, m/MiB or g/GiB, e.g. 64KiB"),
+            )
+        })
+}
+
+/// [`size_or`] for a size that must fit in memory.
+fn size_usize(key: &str, raw: Option<&RawSize>, default: usize) -> Result<usize, ConfigError> {
+    let n = size_or(key, raw, default as u64)?;
+    usize::try_from(n).map_err(|_| invalid(key, format!("{n} is out of range")))
 }
 
 /// `limits.max_connections`: a number, or `auto` (what the descriptor limit allows).
@@ -400,12 +465,24 @@ pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
     let v = v.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        invalid(
-            key,
-            format!("invalid duration {v:?}: write a whole number with a unit, e.g. 500ms, 2s, 1m"),
-        )
-    })?;
+    let n: u64 =
+        match num.parse() {
+            Ok(n) => n,
+            // All digits, but more than a u64 holds: too long, not malformed (an operator review
+            // was told to write a whole number with a unit, which it was).
+            Err(_) if !num.is_empty() => {
+                return Err(invalid(
+                    key,
+                    format!("duration {v:?} is too long: use at most 24h"),
+                ))
+            }
+            Err(_) => return Err(invalid(
+                key,
+                format!(
+                    "invalid duration {v:?}: write a whole number with a unit, e.g. 500ms, 2s, 1m"
+                ),
+            )),
+        };
     let ms_per_unit: u64 = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -833,12 +910,32 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     let l = raw.limits.unwrap_or_default();
     let limits = Limits {
-        max_head_bytes: l.max_head_bytes.unwrap_or(DEFAULT_MAX_HEAD_BYTES),
+        max_head_bytes: size_usize(
+            "limits.max_head_bytes",
+            l.max_head_bytes.as_ref(),
+            DEFAULT_MAX_HEAD_BYTES,
+        )?,
         max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
-        max_target_bytes: l.max_target_bytes.unwrap_or(DEFAULT_MAX_TARGET_BYTES),
-        max_body_bytes: l.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
-        buffer_request_body: l.buffer_request_body.unwrap_or(0),
-        min_body_rate: l.min_body_rate.unwrap_or(DEFAULT_MIN_BODY_RATE),
+        max_target_bytes: size_usize(
+            "limits.max_target_bytes",
+            l.max_target_bytes.as_ref(),
+            DEFAULT_MAX_TARGET_BYTES,
+        )?,
+        max_body_bytes: size_or(
+            "limits.max_body_bytes",
+            l.max_body_bytes.as_ref(),
+            DEFAULT_MAX_BODY_BYTES,
+        )?,
+        buffer_request_body: size_or(
+            "limits.buffer_request_body",
+            l.buffer_request_body.as_ref(),
+            0,
+        )?,
+        min_body_rate: size_or(
+            "limits.min_body_rate",
+            l.min_body_rate.as_ref(),
+            DEFAULT_MIN_BODY_RATE,
+        )?,
         max_connections: match l.max_connections {
             None | Some(MaxConnections::Other(_)) => None,
             Some(MaxConnections::Count(n)) => Some(n),
@@ -1381,6 +1478,42 @@ mod tests {
                 .splice
         );
         assert!(err(&format!("splice: sometimes\n{svc}")).contains("splice"));
+    }
+
+    #[test]
+    fn sizes_take_units_of_1024_and_say_what_is_wrong() {
+        let svc = "services:\n  s: [http://127.0.0.1:1]\n";
+        let body = |v: &str| {
+            Config::parse(&format!("limits:\n  max_body_bytes: {v}\n{svc}"))
+                .map(|c| c.limits.max_body_bytes)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(body("1000"), Ok(1000));
+        assert_eq!(body("64MiB"), Ok(64 << 20));
+        assert_eq!(body("64m"), Ok(64 << 20));
+        assert_eq!(body("\"8 KiB\""), Ok(8 << 10));
+        assert_eq!(body("1g"), Ok(1 << 30));
+        for (bad, says) in [
+            ("64MB", "KiB, MiB or GiB"),
+            ("lots", "is not a size"),
+            ("-5", "is not a size"),
+            ("1.5m", "is not a size"),
+            ("99999999999999999999", "99999999999999999999"),
+            ("[1]", "is not a size"),
+        ] {
+            let e = body(bad).unwrap_err();
+            assert!(
+                e.contains("limits.max_body_bytes") && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
+        let head = Config::parse(&format!("limits: {{max_head_bytes: 16KiB}}\n{svc}")).unwrap();
+        assert_eq!(head.limits.max_head_bytes, 16 << 10);
+        // A duration too long for a u64 is too long, not malformed.
+        let e = err(&format!(
+            "timeouts: {{connect: 99999999999999999999h}}\n{svc}"
+        ));
+        assert!(e.contains("too long"), "{e}");
     }
 
     #[test]
