@@ -465,24 +465,25 @@ pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
     let v = v.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: u64 =
-        match num.parse() {
-            Ok(n) => n,
-            // All digits, but more than a u64 holds: too long, not malformed (an operator review
-            // was told to write a whole number with a unit, which it was).
-            Err(_) if !num.is_empty() => {
-                return Err(invalid(
-                    key,
-                    format!("duration {v:?} is too long: use at most 24h"),
-                ))
-            }
-            Err(_) => return Err(invalid(
+    let n: u64 = match num.parse() {
+        Ok(n) => n,
+        // All digits, but more than a u64 holds: too long, not malformed (an operator review
+        // was told to write a whole number with a unit, which it was).
+        Err(_) if !num.is_empty() => {
+            return Err(invalid(
+                key,
+                format!("duration {v:?} is too long: use at most 24h"),
+            ))
+        }
+        Err(_) => {
+            return Err(invalid(
                 key,
                 format!(
                     "invalid duration {v:?}: write a whole number with a unit, e.g. 500ms, 2s, 1m"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let ms_per_unit: u64 = match unit {
         "ms" => 1,
         "s" => 1_000,

@@ -8,20 +8,28 @@ use gateway::Config;
 const USAGE: &str = "\
 usage: gateway [--config PATH]           run (default ./config.yaml) until SIGTERM/SIGINT
        gateway --check [--config PATH]   validate the config, print a summary, exit 0 or 1
+       (-c PATH and --config=PATH work too)
        gateway --version | --help
 
 environment: RUST_LOG=LEVEL[,MODULE=LEVEL...], LEVEL one of off|error|warn|info|debug|trace
              (default info), e.g. RUST_LOG=warn,gateway::admin=debug";
 
 fn main() -> ExitCode {
-    let mut config = PathBuf::from("config.yaml");
+    let mut config: Option<PathBuf> = None;
     let mut check = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        // `--config=PATH` as most tools take it (an operator review had it refused).
+        let (a, inline) = match a.split_once('=') {
+            Some(("--config", p)) => ("--config".to_string(), Some(p.to_string())),
+            _ => (a, None),
+        };
         match a.as_str() {
-            "--config" | "-c" => match args.next() {
-                Some(p) => config = PathBuf::from(p),
-                None => return usage_error("--config needs a path"),
+            "--config" | "-c" => match inline.or_else(|| args.next()) {
+                // A second one silently won: say which was meant instead.
+                Some(_) if config.is_some() => return usage_error("--config given twice"),
+                Some(p) if !p.is_empty() => config = Some(PathBuf::from(p)),
+                _ => return usage_error("--config needs a path"),
             },
             "--check" => check = true,
             "--version" | "-V" => {
@@ -35,6 +43,7 @@ fn main() -> ExitCode {
             other => return usage_error(&format!("unknown argument {other:?}")),
         }
     }
+    let config = config.unwrap_or_else(|| PathBuf::from("config.yaml"));
     gateway::logging::init();
     let cfg = match Config::load(&config) {
         Ok(c) => c,

@@ -120,6 +120,29 @@ fn unknown_arguments_are_usage_errors() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("gateway "));
 }
 
+/// Regression (an operator review): `--config=PATH` was refused as an unknown argument, and
+/// of two `--config` the last silently won.
+#[test]
+fn config_takes_the_equals_form_once() {
+    let path = temp_config("services:\n  a: [http://127.0.0.1:1]\n");
+    let out = gateway()
+        .arg("--check")
+        .arg(format!("--config={}", path.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = gateway()
+        .args(["--check", "-c"])
+        .arg(&path)
+        .arg("--config")
+        .arg("/nonexistent.yaml")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config given twice"));
+}
+
 #[test]
 fn refuses_to_share_a_port_with_a_running_server() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
