@@ -284,8 +284,9 @@ async fn connect_or_reuse<'v>(
     let service = &view.snapshot.services[req.svc];
     let timeouts = view.snapshot.config.timeouts;
     // A drain that began meanwhile closes the connection after the answer, as it does after
-    // a relayed one (an operator review saw a 504 in the drain without `Connection: close`).
-    let request = (req.info.keep_alive && !worker.stopping(), relay.done);
+    // a relayed one (an operator review saw a 504 in the drain without `Connection: close`);
+    // asked when the answer goes, since connects can take three connect timeouts.
+    let request = || (req.info.keep_alive && !worker.stopping(), relay.done);
     let mut tried = [usize::MAX; CONNECT_TRIES];
     let mut last_err = GatewayError::ConnectFailed;
     for n in 0..CONNECT_TRIES {
@@ -299,7 +300,7 @@ async fn connect_or_reuse<'v>(
                     (GatewayError::NoBackend, Some(retry_after_secs))
                 };
                 return Err(
-                    reply_error(down, request, err, prep.service, retry, timeouts.body).await,
+                    reply_error(down, request(), err, prep.service, retry, timeouts.body).await,
                 );
             }
         };
@@ -333,7 +334,15 @@ async fn connect_or_reuse<'v>(
         }
     }
     let retry = retry_after(last_err);
-    Err(reply_error(down, request, last_err, prep.service, retry, timeouts.body).await)
+    Err(reply_error(
+        down,
+        request(),
+        last_err,
+        prep.service,
+        retry,
+        timeouts.body,
+    )
+    .await)
 }
 
 /// How the backend's side of an exchange ended, as the breaker sees it.

@@ -569,6 +569,7 @@ async fn housekeeping(worker: Rc<Worker>) {
         let freed = worker.trim_spares();
         worker.trim_heap(freed);
         worker.access.flush();
+        worker.say_unsaid_failures();
     }
 }
 

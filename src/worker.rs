@@ -211,6 +211,22 @@ impl Worker {
 
     /// This worker's view of the current snapshot; rebuilt only when a reload stored a new
     /// one. A request keeps the view it started with until it ends.
+    /// Says the backend failures [`Worker::say_backend_failure`] held back, once a second
+    /// has passed without a line: they used to wait for the next failure, which may never
+    /// come (a re-review: a second backend's failures were never counted).
+    pub fn say_unsaid_failures(&self) {
+        let n = self.failures_unsaid.get();
+        if n == 0 || crate::state::now_ms() < self.failure_said_next.get() {
+            return;
+        }
+        self.failures_unsaid.set(0);
+        self.failure_said_next.set(crate::state::now_ms() + 1000);
+        log::warn!(
+            "backend: {n} more backend failures on worker {} since its last such line",
+            self.index
+        );
+    }
+
     pub fn view(&self) -> Rc<View> {
         let current = self.shared.current.load();
         {

@@ -216,6 +216,28 @@ fn backend_failures_are_said_in_the_log_once_a_second() {
         text.contains(&format!("{said} (and 2 more backend failures on worker 0")),
         "{text}"
     );
+    // Failures held back are said within about a second even when no more come (a
+    // re-review: they waited for the next failure).
+    let log2 = temp_path("failures2.log");
+    let g2 = gateway_at_logging_to(
+        &write_config(&config(
+            1,
+            "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1000}",
+            &format!("  svc: [http://{}]\n", rec.addr),
+        )),
+        &log2,
+    );
+    for _ in 0..3 {
+        assert_eq!(get(g2.proc.addr, "/v1/proxy/svc/x").status, 500);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            text = std::fs::read_to_string(&log2).unwrap_or_default();
+            text.contains("backend: 2 more backend failures on worker 0 since its last such line")
+        }),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&log2);
 }
 
 /// Regression (an operator review): behind a load balancer listed in `trusted_proxies`, the

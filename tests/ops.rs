@@ -395,6 +395,26 @@ fn a_gateway_error_during_the_drain_says_connection_close() {
         assert_eq!(r.header("connection"), Some("close"));
     }
     exits_cleanly(&mut g.proc.child, t);
+    // The same for a connect that times out across the SIGTERM (a re-review: the answer's
+    // keep-alive was decided before the connects began).
+    let silent = unanswered_port();
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\ntimeouts: {connect: 1s}",
+        &format!("  svc: [http://{}]\n", silent.addr),
+    ));
+    let mut g = gateway_at(&path);
+    let raw = b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n";
+    let waiting = spawn_requests(g.proc.addr, 1, raw);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGTERM);
+    for w in waiting {
+        let r = w.join().unwrap();
+        assert_eq!(r.status, 504);
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    exits_cleanly(&mut g.proc.child, t);
 }
 
 /// `timeouts.drain_grace`: after SIGTERM, `/healthz` says 503 at once while new
