@@ -991,8 +991,13 @@ fn garbage_in_a_fleet_budgets_key_neither_lifts_nor_starves_the_limit() {
     // per instance (it starved the service instead: 1 of 301 admitted in 5 s).
     for poison in ["nan", "abc", "inf", &hour_ahead.to_string(), "hash"] {
         if poison == "hash" {
-            redis.send(&format!("DEL {key}\r\n"), "\r\n");
-            let said = redis.send(&format!("HSET {key} a b\r\n"), "\r\n");
+            // In one step: the instance's next top-up would write the key between two.
+            let said = redis.send(
+                &format!(
+                    "EVAL \"redis.call('DEL', KEYS[1]) return redis.call('HSET', KEYS[1], 'a', 'b')\" 1 {key}\r\n"
+                ),
+                "\r\n",
+            );
             assert!(said.starts_with(":1"), "{said}");
         } else {
             let said = redis.send(&format!("SET {key} {poison}\r\n"), "\r\n");
