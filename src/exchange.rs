@@ -283,10 +283,7 @@ async fn connect_or_reuse<'v>(
 ) -> Result<(Attempt<'v>, Socket, bool), After> {
     let service = &view.snapshot.services[req.svc];
     let timeouts = view.snapshot.config.timeouts;
-    // A drain that began meanwhile closes the connection after the answer, as it does after
-    // a relayed one (an operator review saw a 504 in the drain without `Connection: close`);
-    // asked when the answer goes, since connects can take three connect timeouts.
-    let request = || (req.info.keep_alive && !worker.stopping(), relay.done);
+    let request = (req.info.keep_alive, relay.done);
     let mut tried = [usize::MAX; CONNECT_TRIES];
     let mut last_err = GatewayError::ConnectFailed;
     for n in 0..CONNECT_TRIES {
@@ -299,9 +296,16 @@ async fn connect_or_reuse<'v>(
                 } else {
                     (GatewayError::NoBackend, Some(retry_after_secs))
                 };
-                return Err(
-                    reply_error(down, request(), err, prep.service, retry, timeouts.body).await,
-                );
+                return Err(reply_error(
+                    worker,
+                    down,
+                    request,
+                    err,
+                    prep.service,
+                    retry,
+                    timeouts.body,
+                )
+                .await);
             }
         };
         let backend = &service.backends[idx];
@@ -335,8 +339,9 @@ async fn connect_or_reuse<'v>(
     }
     let retry = retry_after(last_err);
     Err(reply_error(
+        worker,
         down,
-        request(),
+        request,
         last_err,
         prep.service,
         retry,
@@ -650,12 +655,19 @@ impl Exchange<'_> {
     /// client's request was read whole; if some of its body is still to come, it closes
     /// lingering, so that the client reads the answer rather than a reset.
     async fn reply(&mut self, down: &mut Downstream, err: GatewayError) -> After {
-        let request = (
-            self.info.keep_alive && !self.worker.stopping(),
-            self.relay.done,
-        );
+        let request = (self.info.keep_alive, self.relay.done);
         let retry = retry_after(err);
-        reply_error(down, request, err, self.service, retry, self.timeouts.body).await
+        let timeout = self.timeouts.body;
+        reply_error(
+            self.worker,
+            down,
+            request,
+            err,
+            self.service,
+            retry,
+            timeout,
+        )
+        .await
     }
 
     /// Sends the request and reads the final response head; a stale pooled connection is
@@ -1003,7 +1015,8 @@ impl Exchange<'_> {
                 let err = GatewayError::BadResponse("invalid_chunked_body");
                 let request = (false, self.relay.done);
                 let timeout = self.timeouts.body;
-                let after = reply_error(down, request, err, self.service, None, timeout).await;
+                let after =
+                    reply_error(self.worker, down, request, err, self.service, None, timeout).await;
                 return (after, Body::after(e));
             }
         }
@@ -1324,10 +1337,13 @@ impl<A: Future + Unpin, B: Future + Unpin> Future for Race<A, B> {
     }
 }
 
-/// Answers with a gateway error. The connection stays if the client wants it and the
-/// whole request was read (`whole`); if some of its body is still to come, it closes
-/// lingering, so that the client reads the answer rather than a reset.
+/// Answers with a gateway error. The connection stays if the client wants it, the whole
+/// request was read (`whole`) and no drain has begun by the time the answer goes (as after
+/// a relayed answer: reviews saw a 504 in the drain without `Connection: close`, once
+/// decided before up to three connect timeouts); if some of its body is still to come, it
+/// closes lingering, so that the client reads the answer rather than a reset.
 async fn reply_error(
+    worker: &Worker,
     down: &mut Downstream,
     (keep_alive, whole): (bool, bool),
     err: GatewayError,
@@ -1336,7 +1352,7 @@ async fn reply_error(
     timeout: Duration,
 ) -> After {
     let service = (!service.is_empty()).then_some(service);
-    let keep = keep_alive && whole;
+    let keep = keep_alive && whole && !worker.stopping();
     match down.reply(err, service, retry_after, !keep, timeout).await {
         false => After::Close,
         true if keep => After::Keep,
