@@ -1113,16 +1113,14 @@ fn a_breaker_record_stamped_nan_does_not_stop_sharing() {
 /// Stamps are now kept on the breakers' clock and turned into fleet time when used.
 #[test]
 fn stamps_made_before_the_fleet_clock_was_known_follow_its_correction() {
-    let shim = clock_shim();
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/0");
     let rec = Recorder::start(reply(500));
     let name = fleet_name("late");
     let breaker = "{failure_threshold: 2, cooldown: 1s}";
-    let shim_path = shim.to_string_lossy().into_owned();
-    let fast = gateway_at_with_env(
+    let fast = with_clock_ahead(
         &member_config_at(&url, &name, 1, breaker, rec.addr),
-        &[("LD_PRELOAD", &shim_path), ("CLOCK_SKEW_MS", "3600000")],
+        3_600_000,
     );
     // Alone: it opens, and a cooldown later closes, on its own.
     fail(&fast, 2);
@@ -1142,7 +1140,19 @@ fn stamps_made_before_the_fleet_clock_was_known_follow_its_correction() {
         "the fast instance ignored the fleet's open: {:?}",
         backend(&fast)
     );
+}
+
+/// A gateway on `config` whose wall clock (`CLOCK_REALTIME`) runs `ms` ahead, through
+/// [`clock_shim`]; the library is removed once the process has loaded it.
+fn with_clock_ahead(config: &std::path::Path, ms: u64) -> AdminGateway {
+    let shim = clock_shim();
+    let path = shim.to_string_lossy().into_owned();
+    let g = gateway_at_with_env(
+        config,
+        &[("LD_PRELOAD", &path), ("CLOCK_SKEW_MS", &ms.to_string())],
+    );
     let _ = std::fs::remove_dir_all(shim.parent().unwrap_or(&shim));
+    g
 }
 
 /// An `LD_PRELOAD` library that moves `CLOCK_REALTIME` by `CLOCK_SKEW_MS` milliseconds, built
@@ -1166,7 +1176,13 @@ int clock_gettime(clockid_t id, struct timespec *ts) {
     return r;
 }
 "#;
-    let dir = std::env::temp_dir().join(format!("gateway-clock-shim-{}", std::process::id()));
+    // One directory per call: tests run side by side, and each removes its own.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "gateway-clock-shim-{}-{}",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).expect("shim dir");
     let (src, lib) = (dir.join("skew.c"), dir.join("skew.so"));
     std::fs::write(&src, SHIM).expect("shim source");
@@ -1188,17 +1204,12 @@ int clock_gettime(clockid_t id, struct timespec *ts) {
 /// out of its peers. The fleet's clock is now Redis's.
 #[test]
 fn an_instance_whose_clock_runs_fast_still_follows_the_fleet() {
-    let shim = clock_shim();
     let redis = Redis::start();
     let rec = Recorder::start(reply(500));
     let name = fleet_name("skew");
     let breaker = "{failure_threshold: 2, cooldown: 1s}";
     let a = member(&redis, &name, 1, breaker, rec.addr);
-    let shim_path = shim.to_string_lossy().into_owned();
-    let fast = gateway_at_with_env(
-        &member_config(&redis, &name, 1, breaker, rec.addr),
-        &[("LD_PRELOAD", &shim_path), ("CLOCK_SKEW_MS", "60000")],
-    );
+    let fast = with_clock_ahead(&member_config(&redis, &name, 1, breaker, rec.addr), 60_000);
     assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&fast)));
     // The shim works: the instance id starts with the process's wall clock, in hex.
     let id = cluster(&fast)["instance"]
@@ -1247,5 +1258,4 @@ fn an_instance_whose_clock_runs_fast_still_follows_the_fleet() {
         backend(&fast)
     );
     assert_eq!(backend(&fast).1, "remote");
-    let _ = std::fs::remove_dir_all(shim.parent().unwrap_or(&shim));
 }
