@@ -750,7 +750,8 @@ impl Limiter {
 /// The client's address for `key: client_ip`: the peer, or, when the peer is a trusted
 /// proxy, the rightmost address in `X-Forwarded-For` that is not trusted (all lines, in
 /// order). When every listed address is trusted, the leftmost; an entry that is not an
-/// address stops the walk at the last trusted one.
+/// address stops the walk at the last trusted one. Empty elements (`a, , b`, a trailing
+/// comma, an empty line) are skipped, as RFC 9110 §5.6.1 requires of list recipients.
 pub fn client_ip(peer: IpAddr, headers: &[httparse::Header<'_>], trusted: &[Cidr]) -> IpAddr {
     let peer = canonical(peer);
     let is_trusted = |ip: IpAddr| is_trusted(ip, trusted);
@@ -764,7 +765,11 @@ pub fn client_ip(peer: IpAddr, headers: &[httparse::Header<'_>], trusted: &[Cidr
         .filter(|h| h1::name_is(h.name, "x-forwarded-for"))
     {
         for entry in h.value.rsplit(|&b| b == b',') {
-            let text = std::str::from_utf8(h1::trim_ows(entry)).unwrap_or("");
+            let entry = h1::trim_ows(entry);
+            if entry.is_empty() {
+                continue;
+            }
+            let text = std::str::from_utf8(entry).unwrap_or("");
             let Some(ip) = parse_forwarded_ip(text) else {
                 return client;
             };
@@ -1199,5 +1204,29 @@ mod tests {
             client_ip(ip("10.0.0.1"), &xff("1.1.1.1:5555"), &trusted),
             ip("1.1.1.1")
         );
+        // Empty elements are skipped, not taken for garbage (RFC 9110 §5.6.1).
+        for v in [
+            "1.1.1.1 , ",
+            "1.1.1.1,,10.0.0.9,",
+            ",1.1.1.1, ,",
+            "1.1.1.1,\t,",
+        ] {
+            assert_eq!(
+                client_ip(ip("10.0.0.1"), &xff(v), &trusted),
+                ip("1.1.1.1"),
+                "{v:?}"
+            );
+        }
+        let lines = [
+            httparse::Header {
+                name: "X-Forwarded-For",
+                value: b"1.1.1.1",
+            },
+            httparse::Header {
+                name: "X-Forwarded-For",
+                value: b"",
+            },
+        ];
+        assert_eq!(client_ip(ip("10.0.0.1"), &lines, &trusted), ip("1.1.1.1"));
     }
 }
