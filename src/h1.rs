@@ -1258,10 +1258,14 @@ impl HeadScan {
         // A request line that cannot be one from its first byte on (a TLS handshake sent to
         // the plain port begins with 0x16) is refused at once: it waited for the 408 (an
         // operator review: 10 s).
+        // So is one after a bare CR (`\r\x16`): a leading empty line must be CR LF, and an LF
+        // there would have ended that line above.
         let hopeless = !self.first_line_done
-            && head
-                .get(self.line_start)
-                .is_some_and(|&b| b != b'\r' && b != b'\n' && !is_tchar(b));
+            && match head.get(self.line_start..).unwrap_or_default() {
+                [b'\r', _, ..] => true,
+                [b, ..] => *b != b'\r' && *b != b'\n' && !is_tchar(*b),
+                [] => false,
+            };
         decide
             || hopeless
             || head.len() >= limits.max_head_bytes
@@ -2128,6 +2132,17 @@ mod tests {
         assert!(parse_request(hello, &mut header_slots(), &limits).is_err());
         let mut scan = HeadScan::default();
         assert!(scan.ready(b"\r\n\x16", &limits), "after an empty line too");
+        for bare_cr in [&b"\r\x16\x03"[..], b"\r\n\rG", b"\rGET / HTTP/1.1"] {
+            let mut scan = HeadScan::default();
+            assert!(scan.ready(bare_cr, &limits), "a bare CR: {bare_cr:?}");
+            assert!(parse_request(bare_cr, &mut header_slots(), &limits).is_err());
+        }
+        let mut scan = HeadScan::default();
+        assert!(
+            !scan.ready(b"\r", &limits),
+            "a CR alone decides nothing yet"
+        );
+        assert!(!scan.ready(b"\r\n\r", &limits));
         let mut scan = HeadScan::default();
         assert!(
             !scan.ready(b"G", &limits),
