@@ -531,9 +531,10 @@ fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
 /// Whether two listeners would fight over one port: same port (not 0), and the same IP or
 /// either one the wildcard address.
 fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
-        && a.port() != 0
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    a.port() == b.port() && a.port() != 0 && {
+        let (a, b) = (a.ip().to_canonical(), b.ip().to_canonical());
+        a == b || a.is_unspecified() || b.is_unspecified()
+    }
 }
 
 /// Service names are URL path segments: `^[a-z0-9][a-z0-9-]{0,62}$`.

@@ -254,10 +254,13 @@ pub fn start_warnings(config: &crate::config::Config) -> Vec<String> {
             cpus.len()
         ));
     }
-    if let Some(admin) = config.admin.filter(|a| a.ip().is_unspecified()) {
+    if let Some(admin) = config
+        .admin
+        .filter(|a| a.ip().to_canonical().is_unspecified())
+    {
         // NGINX's stub_status and HAProxy's stats page are usually kept to localhost; this
         // one shows the config and the backends, and an operator review bound it to
-        // 0.0.0.0 without a word.
+        // 0.0.0.0 without a word. `[::ffff:0.0.0.0]` is every IPv4 interface too.
         out.push(format!(
             "admin: {admin} listens on every interface: /admin/config, /admin/backends and /metrics have no authentication; bind it to 127.0.0.1, or to a private address behind a firewall"
         ));

@@ -233,6 +233,8 @@ fn check_rejects_admin_on_the_listen_port() {
         ("127.0.0.1:8000", "127.0.0.1:8000"),
         ("0.0.0.0:8000", "127.0.0.1:8000"),
         ("127.0.0.1:8000", "0.0.0.0:8000"),
+        ("\"[::ffff:0.0.0.0]:8000\"", "127.0.0.1:8000"),
+        ("127.0.0.1:8000", "\"[::ffff:127.0.0.1]:8000\""),
     ] {
         let (code, text) = check(&format!("listen: {listen}\nadmin: {admin}\n{SVC}"));
         assert_eq!(code, Some(1), "{text}");
@@ -439,6 +441,15 @@ fn check_warns_as_the_start_does() {
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("warning: admin: 0.0.0.0:9901 listens on every interface"),
+        "{text}"
+    );
+    // Every IPv4 interface, written as an IPv4-mapped IPv6 address (a review: no warning).
+    let (code, text) = check(&format!(
+        "workers: 1\nadmin: \"[::ffff:0.0.0.0]:9901\"\n{svc}"
+    ));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warning: admin: [::ffff:0.0.0.0]:9901 listens on every interface"),
         "{text}"
     );
 }
