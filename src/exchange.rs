@@ -980,6 +980,7 @@ impl Exchange<'_> {
     /// the backend broke the body.
     async fn relay_response(&mut self, down: &mut Downstream, head: ResponseHead) -> (After, Body) {
         let early = !self.sent_whole;
+        let status = head.status;
         // An early answer, or a drain that began while we waited, closes the client
         // connection after this response.
         let keep_client = !early && keeps_client(self.info, &head, self.worker);
@@ -1012,12 +1013,16 @@ impl Exchange<'_> {
             Relayed::Cut(body) => return (After::Close, body),
             Relayed::BadFraming(e) => {
                 // Broken framing before anything reached the client: a clean 502 is possible.
+                // The verdict comes first: a client that retries at once on the 502 must find
+                // the failure counted (CI caught the circuit still closed after the third).
+                let body = Body::after(e);
+                self.attempt.settle(body.outcome(status));
                 let err = GatewayError::BadResponse("invalid_chunked_body");
                 let request = (false, self.relay.done);
                 let timeout = self.timeouts.body;
                 let after =
                     reply_error(self.worker, down, request, err, self.service, None, timeout).await;
-                return (after, Body::after(e));
+                return (after, body);
             }
         }
         // Reuse the backend connection only after a clean, fully framed exchange.
