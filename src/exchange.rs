@@ -920,7 +920,17 @@ impl Exchange<'_> {
                         let mut relayed = pin!(relayed);
                         // (relayed, uploaded whole).
                         match Race(relayed.as_mut(), upload.as_mut()).await {
-                            Either::Left(r) => Some((r, false)),
+                            // The answer ended first. The upload may have ended in the same
+                            // turn (a spliced answer moves whole in one poll): one more poll
+                            // of it tells, so that a client that sent everything keeps its
+                            // connection (CI saw it closed after a whole exchange).
+                            Either::Left(r) => {
+                                let now = std::future::poll_fn(|cx| {
+                                    Poll::Ready(upload.as_mut().poll(cx))
+                                })
+                                .await;
+                                Some((r, matches!(now, Poll::Ready(Ok(_)))))
+                            }
                             Either::Right(Ok(_)) => {
                                 hold.set(Instant::now().checked_add(timeouts.body));
                                 Some((relayed.await, true))

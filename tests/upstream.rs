@@ -1867,7 +1867,10 @@ fn a_backend_that_stops_reading_and_sending_after_an_early_head_is_judged() {
 /// the answer's wait ran out while the body still went up at a steady pace (a reset, no
 /// verdict). Its waits now stay open while the upload runs, and `timeouts.body` counts
 /// again from the upload's end. A long answer is spliced with `splice: true`: its waits
-/// are held the same way.
+/// are held the same way. Under CI load this test also caught the spliced answer and the
+/// upload ending in the same turn of the worker, the answer winning the race and the client
+/// connection closed as if the upload had been cut (`Race` of the two in the exchange now
+/// polls the upload once more).
 #[test]
 fn an_answer_that_waits_for_an_upload_longer_than_the_body_timeout_arrives_whole() {
     const ANSWER: usize = 200_000;
