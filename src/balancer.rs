@@ -80,7 +80,7 @@ impl View {
                 return Pick::Backend { idx, ticket };
             }
             let word = breaker::Word::load(&**cell);
-            let wait = breaker::retry_after_for(word, now_ms(), &service.policy, streaming);
+            let wait = breaker::retry_hint_ms(word, now_ms(), &service.policy, streaming);
             retry_ms = retry_ms.min(wait);
         }
         Pick::AllOpen {

@@ -400,6 +400,19 @@ pub fn retry_after_for(word: u64, now: u64, p: &Policy, streaming: bool) -> u64 
         .saturating_sub(now)
 }
 
+/// What a 503's `Retry-After` tells clients: [`retry_after_for`], except while a probe is in
+/// flight (HALF_OPEN), when it says 1 s. The probe's lease is only how long a lost probe
+/// may hold the circuit (up to 61 s with the default timeouts), and a live one usually
+/// settles it within its response time: a client told the lease came back half a minute
+/// after the circuit had closed (an operator review).
+pub fn retry_hint_ms(word: u64, now: u64, p: &Policy, streaming: bool) -> u64 {
+    let wait = retry_after_for(word, now, p, streaming);
+    match Snapshot::decode(word).state {
+        HALF_OPEN => wait.min(1000),
+        _ => wait,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,6 +483,29 @@ mod tests {
             failure(w, t, now, &P);
         }
         assert_eq!(state(w), OPEN);
+    }
+
+    /// Regression (an operator review): with a probe in flight, 503s told clients to come
+    /// back after the probe's lease (61 s with the default timeouts), though the probe
+    /// usually settles the circuit within its response time.
+    #[test]
+    fn a_half_open_circuit_asks_clients_back_within_a_second() {
+        let p = Policy {
+            lease_ms: 61_000,
+            ..P
+        };
+        let w = AtomicU64::new(0);
+        open(&w, 1000);
+        let due = 1000 + p.cooldown_ms;
+        assert_eq!(
+            retry_hint_ms(Word::load(&w), 1000, &p, false),
+            p.cooldown_ms
+        );
+        assert!(admit(&w, due, &p).is_some_and(|t| t.is_probe()));
+        assert_eq!(state(&w), HALF_OPEN);
+        assert_eq!(retry_after_ms(Word::load(&w), due, &p), 61_000);
+        assert_eq!(retry_hint_ms(Word::load(&w), due, &p, false), 1000);
+        assert_eq!(retry_hint_ms(Word::load(&w), due + 60_500, &p, false), 500);
     }
 
     #[test]
