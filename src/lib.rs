@@ -74,7 +74,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 pub use config::Config;
@@ -85,8 +85,11 @@ pub use state::Shared;
 /// second SIGTERM/SIGINT exits at once.
 pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     // Signals first, so that none arriving during startup takes the default action.
-    let mut signals =
-        Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1]).map_err(server::StartError::Thread)?;
+    // SIGQUIT drains like SIGTERM (NGINX's graceful shutdown) and SIGUSR2 reloads like
+    // SIGHUP (HAProxy's master-worker reload): left to their defaults, an operator's habit
+    // from either killed every connection at once (an operator review).
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2])
+        .map_err(server::StartError::Thread)?;
     // Before anything opens descriptors or reads the limit (`Shared::fd_limit`).
     let fds = fdlimit::raise();
     let shared = Shared::new(config);
@@ -136,11 +139,11 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     Ok(())
 }
 
-/// Acts on one signal; false for SIGTERM/SIGINT (stop). SIGHUP asks for a reload; SIGHUP and
-/// SIGUSR1 both reopen the access log (after a rotation moved it).
+/// Acts on one signal; false for SIGTERM/SIGINT/SIGQUIT (stop). SIGHUP (or SIGUSR2) asks for
+/// a reload; they and SIGUSR1 reopen the access log (after a rotation moved it).
 fn on_signal(sig: i32, reloads: &Reloader, server: &server::Server) -> bool {
     match sig {
-        SIGHUP => reloads.ask(),
+        SIGHUP | SIGUSR2 => reloads.ask(),
         SIGUSR1 => {}
         _ => return false,
     }

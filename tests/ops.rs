@@ -372,6 +372,45 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
     exits_cleanly(&mut g.proc.child, t);
 }
 
+/// Regression (an operator review): SIGQUIT (NGINX's graceful stop) and SIGUSR2 (HAProxy's
+/// master-worker reload) had their default actions: the process died at once, every
+/// connection with it. SIGUSR2 now reloads like SIGHUP, and SIGQUIT drains like SIGTERM.
+#[test]
+fn sigusr2_reloads_and_sigquit_drains() {
+    let b = mock_backend();
+    let yaml = |svc: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\nservices:\n  {svc}: [http://{}]\n",
+            b.addr
+        )
+    };
+    let path = write_config(&yaml("svc"));
+    let mut g = gateway_at(&path);
+    let addr = g.proc.addr;
+    std::fs::write(&path, yaml("other")).expect("rewrite config");
+    signal(&g.proc.child, libc::SIGUSR2);
+    wait_generation(g.admin, 2);
+    assert_eq!(get(addr, "/v1/proxy/other/x").status, 200);
+    let raw = b"GET /v1/proxy/other/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 1000\r\n\r\n";
+    let slow = spawn_requests(addr, 1, raw);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            parse_prometheus(&String::from_utf8_lossy(&get(g.admin, "/metrics").body))
+                .get("gateway_pool_connections{state=\"active\"}")
+                .is_some_and(|&n| n >= 1.0)
+        }),
+        "the slow request never reached the backend"
+    );
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGQUIT);
+    for t in slow {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "the in-flight request was cut");
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    exits_cleanly(&mut g.proc.child, t);
+}
+
 /// Regression (an operator review): an answer the gateway made itself for a request in
 /// flight when the drain began (here a 504) did not say `Connection: close`, where a
 /// relayed one did; the client then learnt of the close only by reading it.
