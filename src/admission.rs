@@ -190,10 +190,13 @@ pub fn parse_rate_limit(
         Value::Bool(false) => return Ok(None),
         Value::Mapping(m) => m,
         other => {
+            // As written in the file (`"on"`, `true`, `5`), not as the parser holds it (an
+            // operator review was shown `String("on")`).
+            let what = serde_yaml_ng::to_string(other).unwrap_or_default();
             return Err(invalid(
                 key,
-                format!("{other:?} is not a rate limit: write {{ rate: 100/s, burst: 20, key: service }} or off"),
-            ))
+                format!("{:?} is not a rate limit: write {{ rate: 100/s, burst: 20, key: service }} or off", what.trim()),
+            ));
         }
     };
     let mut rate = None;
@@ -207,10 +210,14 @@ pub fn parse_rate_limit(
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             other => {
+                let what = serde_yaml_ng::to_string(other).unwrap_or_default();
                 return Err(invalid(
                     &sub,
-                    format!("{other:?} is not a value: see the README's admission control section"),
-                ))
+                    format!(
+                        "{:?} is not a value: see the README's admission control section",
+                        what.trim()
+                    ),
+                ));
             }
         };
         match name {

@@ -550,9 +550,14 @@ pub fn valid_service_name(name: &[u8]) -> bool {
 /// Parses `http://host[:port][/prefix]` and resolves the host once.
 pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError> {
     let fix = "write it as http://HOST:PORT or http://HOST:PORT/prefix";
-    let rest = if let Some(r) = url.strip_prefix("http://") {
+    // Schemes are case-insensitive (RFC 3986 §3.1): `HTTP://` is http.
+    let scheme = url.get(..7).filter(|s| s.eq_ignore_ascii_case("http://"));
+    let rest = if let Some(r) = scheme.and_then(|_| url.get(7..)) {
         r
-    } else if url.starts_with("https://") {
+    } else if url
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    {
         return Err(invalid(
             key,
             format!("{url:?}: https backends are not supported; use http:// (TLS to backends is not implemented)"),
@@ -1665,6 +1670,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("port \"x\""), "{e}");
+    }
+
+    /// Schemes are case-insensitive (RFC 3986 §3.1); a review saw `HTTP://` refused.
+    #[test]
+    fn the_scheme_is_read_in_any_case() {
+        let a = parse_backend_url("k", "HTTP://127.0.0.1:1/api").unwrap();
+        assert_eq!(a, parse_backend_url("k", "http://127.0.0.1:1/api").unwrap());
+        assert_eq!(a.url, "http://127.0.0.1:1/api");
+        let e = parse_backend_url("k", "HTTPS://127.0.0.1:1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("https backends are not supported"), "{e}");
+        let e = parse_backend_url("k", "http:/x").unwrap_err().to_string();
+        assert!(e.contains("is not an http URL"), "{e}");
+        let e = Config::parse(
+            "services:\n  a:\n    backends: [http://127.0.0.1:1]\n    rate_limit: \"on\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"on\" is not a rate limit"), "{e}");
     }
 
     #[test]
