@@ -283,7 +283,7 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         ),
         (
             "gateway_overloaded_total",
-            "Requests answered 503 overloaded: the service was at max_in_flight.",
+            "Requests answered 503 overloaded: the service was at max_in_flight, or the gateway ran out of descriptors, memory or local ports to connect.",
             1,
         ),
     ] {

@@ -296,6 +296,19 @@ type Runtime = FusionRuntime<
 fn build_runtime() -> io::Result<(Runtime, &'static str)> {
     crate::io::forget_spare_timers();
     let driver = std::env::var_os("GATEWAY_DRIVER");
+    if driver
+        .as_ref()
+        .is_some_and(|v| v != "epoll" && v != "defer")
+    {
+        // Like a `RUST_LOG` typo, one that is said (a review saw `bogus` ignored silently).
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            log::warn!(
+                "GATEWAY_DRIVER={:?} is not a driver (epoll, defer): using io_uring",
+                driver.as_deref().unwrap_or_default()
+            )
+        });
+    }
     if driver.as_ref().is_some_and(|v| v == "epoll") {
         return RuntimeBuilder::<LegacyDriver>::new()
             .enable_timer()

@@ -369,6 +369,20 @@ fn rust_log_problems_are_reported_and_module_filters_work() {
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("gateway::server: worker 0: driver"), "{err}");
     assert!(!err.contains("service a ->"), "{err}");
+
+    // An unknown GATEWAY_DRIVER is said once, not ignored (a review).
+    let (code, err) = run_until_ready(
+        &format!("listen: 127.0.0.1:0\nworkers: 2\npin_workers: false\n{SVC}"),
+        &[("GATEWAY_DRIVER", "bogus")],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        err.matches("GATEWAY_DRIVER=\"bogus\" is not a driver (epoll, defer): using io_uring")
+            .count(),
+        1,
+        "{err}"
+    );
 }
 
 #[test]
