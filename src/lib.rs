@@ -229,9 +229,18 @@ impl Reloader {
 }
 
 fn on_sighup(shared: &Shared, path: &Path) {
+    let before = shared.current.load().config.limits.max_connections;
     match reload::reload(shared, path) {
         Ok(changes) => {
             log::info!("reload: {changes}");
+            // A new connection cap the descriptor limit cannot carry is warned about as at
+            // start (an operator review saw it applied with an info line only).
+            let config = &shared.current.load().config;
+            if config.limits.max_connections != before {
+                if let (_, Some(w)) = fdlimit::budget(config, shared.fd_limit) {
+                    log::warn!("reload: {w}");
+                }
+            }
             // Also said on its own at `warn`: inside the long info line it was easy to miss
             // (an operator review).
             if !changes.ignored_until_restart.is_empty() {

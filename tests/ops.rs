@@ -252,6 +252,22 @@ fn a_reload_says_at_warn_what_waits_for_a_restart() {
                 )
         })
     });
+    assert!(said, "{text}");
+    // A connection cap the descriptor limit cannot carry is warned about as at start (an
+    // operator review saw it applied with an info line only).
+    std::fs::write(
+        &path,
+        format!("{head}workers: 2\nlimits: {{max_connections: 100000000}}\n{svc}"),
+    )
+    .unwrap();
+    signal(&g.proc.child, libc::SIGHUP);
+    let said = eventually(Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().any(|l| {
+            l.contains(" WARN ")
+                && l.contains("reload: limits.max_connections 100000000 needs about")
+        })
+    });
     let _ = std::fs::remove_file(&log);
     assert!(said, "{text}");
 }
