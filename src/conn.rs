@@ -318,7 +318,7 @@ fn finish(
     let rec = &c.down.record;
     worker
         .metrics
-        .response(service.map(|s| s.id), rec.status, rec.error);
+        .response(service.map(|s| s.id), rec.status, rec.error, rec.cut);
     if worker.access.enabled() {
         let backend = match (service, rec.backend) {
             (Some(s), Some(b)) => Some(s.backends[b].url.url.as_str()),

@@ -91,6 +91,8 @@ pub struct WorkerMetrics {
     requests: Box<[Counter]>,
     /// Per service: requests that ended with no response sent (the client went away).
     aborted: Box<[Counter]>,
+    /// Per service: responses cut short after their head went out (also counted by status).
+    cut: Box<[Counter]>,
     /// `service * 2`: answered 429 (rate limited); `+ 1`: 503 overloaded.
     admission: Box<[Counter]>,
     /// Responses the gateway made itself, by `GatewayError::index`.
@@ -119,6 +121,7 @@ impl Default for WorkerMetrics {
             accepted: Counter::default(),
             requests: counters(MAX_SERVICES * 5),
             aborted: counters(MAX_SERVICES),
+            cut: counters(MAX_SERVICES),
             admission: counters(MAX_SERVICES * 2),
             errors: counters(GatewayError::ALL.len()),
             connect: Histograms::new(),
@@ -140,13 +143,22 @@ impl WorkerMetrics {
     /// Counts one response to the client. `service` is `None` when the request did not
     /// route to one.
     #[inline]
-    pub fn response(&self, service: Option<usize>, status: u16, error: Option<GatewayError>) {
+    pub fn response(
+        &self,
+        service: Option<usize>,
+        status: u16,
+        error: Option<GatewayError>,
+        cut: bool,
+    ) {
         if let Some(s) = service.filter(|&s| s < MAX_SERVICES) {
             if status == 0 {
                 self.aborted[s].inc();
             } else {
                 let class = (status / 100).clamp(1, 5) as usize - 1;
                 self.requests[s * 5 + class].inc();
+                if cut {
+                    self.cut[s].inc();
+                }
             }
             match error {
                 Some(GatewayError::RateLimited) => self.admission[s * 2].inc(),
@@ -179,6 +191,7 @@ impl WorkerMetrics {
         let rows = [
             &self.requests[id * 5..id * 5 + 5],
             &self.aborted[id..=id],
+            &self.cut[id..=id],
             &self.admission[id * 2..id * 2 + 2],
             &self.connect.buckets[id * NB..id * NB + NB],
             &self.connect.sum_us[id..=id],
@@ -272,6 +285,19 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         let _ = writeln!(
             w,
             "gateway_requests_aborted_total{{service=\"{}\"}} {v}",
+            escape(name)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "# HELP gateway_responses_cut_total Responses cut short after their head went out (the backend closed, reset or stalled mid-body, or the client left or read too slowly); also counted in gateway_requests_total by status."
+    );
+    let _ = writeln!(w, "# TYPE gateway_responses_cut_total counter");
+    for (id, name) in names.services.iter().filter(|(id, _)| *id < MAX_SERVICES) {
+        let v = sum(workers, |m| m.cut[*id].get());
+        let _ = writeln!(
+            w,
+            "gateway_responses_cut_total{{service=\"{}\"}} {v}",
             escape(name)
         );
     }
@@ -592,12 +618,12 @@ mod tests {
     #[test]
     fn sums_workers_and_renders_cumulative_buckets() {
         let (a, b) = (WorkerMetrics::default(), WorkerMetrics::default());
-        a.response(Some(0), 200, None);
-        b.response(Some(0), 204, None);
-        b.response(Some(0), 503, Some(GatewayError::NoBackend));
+        a.response(Some(0), 200, None, false);
+        b.response(Some(0), 204, None, true);
+        b.response(Some(0), 503, Some(GatewayError::NoBackend), false);
         // The client went away before any response: aborted, not a status class.
-        a.response(Some(0), 0, None);
-        b.response(Some(0), 429, Some(GatewayError::RateLimited));
+        a.response(Some(0), 0, None, false);
+        b.response(Some(0), 429, Some(GatewayError::RateLimited), false);
         a.response.observe(0, 700);
         b.response.observe(0, 20_000_000);
         let services = vec![(0, "svc".to_string())];
@@ -629,6 +655,10 @@ mod tests {
                     threads: 4,
                 }),
             },
+        );
+        assert!(
+            text.contains("gateway_responses_cut_total{service=\"svc\"} 1\n"),
+            "{text}"
         );
         assert!(
             text.contains("gateway_in_flight{service=\"svc\"} 3\n"),

@@ -658,7 +658,7 @@ mod tests {
         let table = Arc::new(WorkerCell::new(WorkerMetrics::default()));
         shared.workers.lock().unwrap().push(table.clone());
         let (a, a_slot) = ids(&shared);
-        table.response(Some(a), 200, None);
+        table.response(Some(a), 200, None, false);
         table.outcome(a_slot, false);
         // A request still in flight on generation 1 holds it: `a`'s ids stay parked.
         let in_flight = shared.current.load_full();

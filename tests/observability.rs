@@ -300,6 +300,25 @@ fn a_response_cut_short_is_logged_with_what_got_through() {
     let bytes: u64 = f[7].parse().expect("bytes");
     assert!((2 << 20..20_000_000).contains(&bytes), "{text}");
     assert_eq!((f[6], f[10]), ("200", "response_cut_short"), "{text}");
+    // Cut responses are counted apart too (an operator review: a backend crashing
+    // mid-response showed in no metric): this one, and one the backend closes mid-body.
+    let mut r = Client::connect(g.proc.addr);
+    r.send(b"GET /v1/proxy/svc/cut HTTP/1.1\r\nHost: g\r\nx-mock-fault: close-mid-body\r\nx-mock-body-bytes: 100000\r\n\r\n");
+    assert!(
+        r.read_until_end().is_err(),
+        "a cut body must end in a reset"
+    );
+    let cut = || {
+        sample(
+            &metrics(g.admin),
+            "gateway_responses_cut_total{service=\"svc\"}",
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || cut() == Some(2.0)),
+        "{:?}",
+        cut()
+    );
 }
 
 /// Regression: a client that reset its connection while the backend was still working was
