@@ -169,6 +169,7 @@ pub async fn forward(
                         sent_whole: false,
                         sent_at: Instant::now(),
                         pool_it: false,
+                        answered_waiting_on_client: false,
                     };
                     let after = ex.run(down).await;
                     if ex.pool_it && worker.may_pool() {
@@ -363,6 +364,12 @@ enum Outcome {
     /// The client vanished or sent a broken body before the request was sent whole: no
     /// verdict on the backend (a probe backs off).
     NotSent,
+    /// The backend answered with a head we do not judge: over our own limits, which a
+    /// client can push a backend over (one that echoes a header back). No verdict, as for
+    /// a 4xx; but, as a 4xx does, it shows a probed backend is back. (It used to hand the
+    /// probe back, so a client that sent such a request whenever a probe was due kept a
+    /// healthy circuit open for good: a review.)
+    Responded,
 }
 
 /// The breaker ticket of one attempt: reports the outcome once, and hands an unresolved
@@ -392,7 +399,11 @@ impl Attempt<'_> {
                 self.worker.metrics.outcome(self.backend.slot, false);
                 return;
             }
-            Outcome::Answered(_) => (false, breaker::success(cell, t, now)),
+            Outcome::Responded if !t.is_probe() => {
+                self.worker.metrics.outcome(self.backend.slot, false);
+                return;
+            }
+            Outcome::Answered(_) | Outcome::Responded => (false, breaker::success(cell, t, now)),
             Outcome::Failed(_) => (true, breaker::failure(cell, t, now, &self.service.policy)),
             Outcome::NotSent => {
                 self.log(breaker::abandon(cell, t, now), outcome);
@@ -411,7 +422,7 @@ impl Attempt<'_> {
                     self.worker
                         .say_backend_failure(svc, url, format_args!("{why}"))
                 }
-                Outcome::NotSent => {}
+                Outcome::NotSent | Outcome::Responded => {}
             }
         }
         self.log(tr, outcome);
@@ -499,6 +510,9 @@ struct Exchange<'a> {
     sent_at: Instant,
     /// The exchange ended cleanly: the connection goes back to the pool.
     pool_it: bool,
+    /// The response head came while the upload waited on the client, the backend having
+    /// all of the body we had: a failure status then is no verdict (see [`note_head`]).
+    answered_waiting_on_client: bool,
 }
 
 /// Why no response head came, short of success.
@@ -576,12 +590,19 @@ impl Body {
 /// failure status, or a probe, so that a long response does not hold the circuit half-open;
 /// anything else once the body has ended, because a backend that breaks its bodies is
 /// failing even when its heads look fine.
+///
+/// A failure status that came while the backend waited on the client for the body
+/// (`waiting_on_client`: it had all we had) is no verdict: it is how many servers give up
+/// on a slow or stalled upload (Go's `TimeoutHandler` and Express's `connect-timeout` answer
+/// 503), so counting it let a client open a healthy circuit with three paused uploads (a
+/// review). A probe answered that way is handed back, as for a client that leaves.
 fn note_head(
     worker: &Worker,
     attempt: &mut Attempt<'_>,
     record: &mut Record,
     sent_at: Instant,
     status: u16,
+    waiting_on_client: bool,
 ) {
     let upstream_us = sent_at.elapsed().as_micros() as u64;
     worker
@@ -590,7 +611,10 @@ fn note_head(
         .observe(attempt.service.id, upstream_us);
     record.upstream_us = Some(upstream_us);
     record.status = status;
-    if attempt.is_probe() || attempt.service.settings.is_failure_status(status) {
+    let failure = attempt.service.settings.is_failure_status(status);
+    if failure && waiting_on_client {
+        attempt.settle(Outcome::NotSent);
+    } else if failure || attempt.is_probe() {
         attempt.settle(Outcome::Answered(status));
     }
 }
@@ -645,6 +669,7 @@ impl Exchange<'_> {
             &mut down.record,
             self.sent_at,
             status,
+            self.answered_waiting_on_client,
         );
         let (after, body) = self.relay_response(down, head).await;
         self.attempt.settle(body.outcome(status));
@@ -802,6 +827,7 @@ impl Exchange<'_> {
             sent_whole,
             sent_at,
             pool_it,
+            answered_waiting_on_client,
             ..
         } = self;
         let Downstream {
@@ -857,7 +883,11 @@ impl Exchange<'_> {
                     None,
                 );
                 let mut head = pin!(head);
-                match Race(upload.as_mut(), head.as_mut()).await {
+                let first = Race(upload.as_mut(), head.as_mut()).await;
+                // An answer while the backend had all we had of the body: it was waiting on
+                // the client, as were we.
+                *answered_waiting_on_client = matches!(first, Either::Right(Ok(_))) && !owed.get();
+                match first {
                     Either::Right(Ok(h)) if h.reusable => Ok(h),
                     // The backend hung up without an answer while we waited on the client
                     // alone. (After a failed send, below, bytes were still owed: that
@@ -889,7 +919,14 @@ impl Exchange<'_> {
                 Err(done) => done,
                 Ok(head) => {
                     let status = head.status;
-                    note_head(worker, &mut attempt.borrow_mut(), record, *sent_at, status);
+                    note_head(
+                        worker,
+                        &mut attempt.borrow_mut(),
+                        record,
+                        *sent_at,
+                        status,
+                        *answered_waiting_on_client,
+                    );
                     let keep_client = keeps_client(*info, &head, worker);
                     let sent = Cell::new(0);
                     // While the upload runs, a backend that stops sending may be waiting
@@ -1176,6 +1213,13 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
             io::set_reset_on_close(down_fd);
             Relayed::Cut(match e {
                 BodyError::DstIo => Body::Unjudged,
+                // A stream (chunked or until close: server-sent events, a long poll) may
+                // pause longer than `timeouts.body` by design: a stall there is no verdict,
+                // or clients subscribing to a quiet stream opened its circuit (a review).
+                // A Content-Length body that stops is a backend that broke it.
+                BodyError::SrcTimeout if !matches!(head.framing, Framing::Length(_)) => {
+                    Body::Unjudged
+                }
                 e => Body::after(e),
             })
         }
@@ -1424,7 +1468,7 @@ fn verdict(err: GatewayError) -> Outcome {
         // Over our own limits, which a client can push a backend over (one that echoes a
         // header back, say): a verdict would let one client open a healthy circuit.
         GatewayError::BadResponse(h1::RESPONSE_HEAD_TOO_LARGE | h1::TOO_MANY_RESPONSE_HEADERS) => {
-            Outcome::NotSent
+            Outcome::Responded
         }
         _ => Outcome::Failed(err.code()),
     }

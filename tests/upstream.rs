@@ -1976,3 +1976,188 @@ fn an_answer_that_stays_silent_after_the_whole_upload_is_judged_at_the_body_time
         circuit(g.admin, b.addr)
     );
 }
+
+/// Answers `GET /fail` with a 500 and `GET /ok` with a 200; for a request with a body, waits
+/// 300 ms for all of it and answers 503 if it does not come (how Go's `TimeoutHandler` or
+/// Express's `connect-timeout` give up on a slow upload), 200 if it does (503 with `x-fail`,
+/// a failing backend); a request with
+/// `x-big` gets a 200 whose head is over the gateway's 32 KiB limit (a CORS handler that
+/// echoes what it is sent).
+fn judging_backend() -> RawBackend {
+    RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            let len: usize = header_value(&head, "content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let answer = if head.starts_with("GET /fail ") {
+                response("500 Internal Server Error", "no")
+            } else if header_value(&head, "x-big").is_some() {
+                let pad = "p".repeat(40_000);
+                format!("HTTP/1.1 200 OK\r\nx-pad: {pad}\r\ncontent-length: 2\r\n\r\nok")
+                    .into_bytes()
+            } else if header_value(&head, "transfer-encoding").is_some() {
+                // Chunked: the whole body is there once its last chunk is.
+                let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+                let mut tmp = [0u8; 4096];
+                while find(&pending, b"0\r\n\r\n").is_none() {
+                    match s.read(&mut tmp) {
+                        Ok(n) if n > 0 => pending.extend_from_slice(&tmp[..n]),
+                        _ => break,
+                    }
+                }
+                let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+                match find(&pending, b"0\r\n\r\n") {
+                    None => response("503 Service Unavailable", "slow body"),
+                    Some(p) => {
+                        pending.drain(..p + 5);
+                        response("200 OK", "ok")
+                    }
+                }
+            } else if len > 0 {
+                let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+                let mut tmp = [0u8; 4096];
+                while pending.len() < len {
+                    match s.read(&mut tmp) {
+                        Ok(n) if n > 0 => pending.extend_from_slice(&tmp[..n]),
+                        _ => break,
+                    }
+                }
+                let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+                if pending.len() < len {
+                    response("503 Service Unavailable", "slow body")
+                } else {
+                    pending.drain(..len);
+                    match header_value(&head, "x-fail") {
+                        Some(_) => response("503 Service Unavailable", "failing"),
+                        None => response("200 OK", "ok"),
+                    }
+                }
+            } else {
+                response("200 OK", "ok")
+            };
+            if s.write_all(&answer).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Regression (a hostile-client review): a backend that gives up on a stalled upload with a
+/// 503 had each counted as a failure, so a client pausing three uploads opened a healthy
+/// backend's circuit for everyone. A failure status that comes while the backend waits on
+/// the client is no verdict now; one that comes with the whole body in hand still counts.
+#[test]
+fn a_client_that_stalls_its_uploads_cannot_open_a_circuit() {
+    let b = judging_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 3, cooldown: 60s}\ntimeouts: {body: 2s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    for (i, raw) in [
+        "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabc",
+        "POST /v1/proxy/svc/b HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n",
+        "POST /v1/proxy/svc/c HTTP/1.1\r\nHost: g\r\nContent-Length: 10\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        "POST /v1/proxy/svc/d HTTP/1.1\r\nHost: g\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabc",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut c = Client::connect(g.proc.addr);
+        c.send(raw.as_bytes());
+        let mut r = c.read_response();
+        if r.status == 100 {
+            r = c.read_response();
+        }
+        assert_eq!((r.status, text(&r).as_str()), (503, "slow body"), "#{i}");
+    }
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+    assert_eq!(
+        exchange(
+            g.proc.addr,
+            "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n"
+        )
+        .map(|r| r.status),
+        Ok(200)
+    );
+    // A 503 to a whole upload is the backend's: three open the circuit.
+    for i in 0..3 {
+        let r = exchange(
+            g.proc.addr,
+            &format!("POST /v1/proxy/svc/w{i} HTTP/1.1\r\nHost: g\r\nx-fail: 1\r\nContent-Length: 3\r\n\r\nabc"),
+        );
+        assert_eq!(r.map(|r| r.status), Ok(503), "#{i}");
+    }
+    assert_eq!(circuit(g.admin, b.addr), "open");
+}
+
+/// Regression (a hostile-client review): a probe whose answer's head was over the gateway's
+/// limits was handed back like an abandoned one, the circuit kept open with a backoff; a
+/// client that sent such a request whenever a probe was due (its 503s say when) kept a
+/// healthy backend out of service for good. The backend answered: the probe closes it, as
+/// a 4xx does; outside a probe it is still no verdict.
+#[test]
+fn a_probe_answered_with_an_oversized_head_closes_the_circuit() {
+    let b = judging_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 300ms}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let big = "GET /v1/proxy/svc/cors HTTP/1.1\r\nHost: g\r\nx-big: 1\r\n\r\n";
+    // Closed: no verdict, the circuit stays closed.
+    let r = exchange(g.proc.addr, big).expect("answer");
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (502, "backend_bad_response".to_string())
+    );
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+    // Opened by a real failure; the probe, when due, is the oversized one.
+    let r = exchange(
+        g.proc.addr,
+        "GET /v1/proxy/svc/fail HTTP/1.1\r\nHost: g\r\n\r\n",
+    );
+    assert_eq!(r.map(|r| r.status), Ok(500));
+    assert_eq!(circuit(g.admin, b.addr), "open");
+    std::thread::sleep(Duration::from_millis(400));
+    let r = exchange(g.proc.addr, big).expect("answer");
+    assert_eq!(r.status, 502, "{}", text(&r));
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+    let r = exchange(
+        g.proc.addr,
+        "GET /v1/proxy/svc/ok HTTP/1.1\r\nHost: g\r\n\r\n",
+    );
+    assert_eq!(r.map(|r| r.status), Ok(200));
+}
+
+/// Regression (a hostile-client review): a stream whose events come further apart than
+/// `timeouts.body` (server-sent events, a chunked long poll) was judged broken at each
+/// stall, so three subscribers opened a healthy backend's circuit. A stall in a chunked or
+/// close-delimited body is no verdict now; a Content-Length body that stops still is one
+/// (`a_body_the_backend_breaks_is_a_breaker_failure_and_one_cut_short_is_no_verdict`).
+#[test]
+fn quiet_streams_cut_at_the_body_timeout_do_not_open_a_circuit() {
+    let b = RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        if read_head(&mut s, &mut pending).is_some() {
+            let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n3\r\n:\n\n\r\n";
+            if s.write_all(head).is_ok() {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+        }
+    });
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 3, cooldown: 60s}\ntimeouts: {body: 500ms}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    for i in 0..3 {
+        let r = exchange(
+            g.proc.addr,
+            &format!("GET /v1/proxy/svc/events{i} HTTP/1.1\r\nHost: g\r\n\r\n"),
+        );
+        assert!(r.is_err(), "#{i}: the stream must be cut: {r:?}");
+    }
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+}
