@@ -133,29 +133,46 @@ fn overlong_utf8(b: &[u8]) -> bool {
     })
 }
 
-/// Whether a `/`-separated segment of `b` is `.` or `..`, alone or with path parameters.
-/// Only a segment that starts with a dot can be one; most paths have few dots.
+/// Whether a `/`-separated segment of `b` is `.` or `..`, alone or with path parameters,
+/// and with any blanks around it. Only a segment whose first byte that is not a blank is a
+/// dot can be one; most paths have few dots.
 #[inline]
 fn has_dot_segment(b: &[u8]) -> bool {
-    memchr::memchr_iter(b'.', b).any(|at| (at == 0 || b[at - 1] == b'/') && dot_segment(&b[at..]))
+    memchr::memchr_iter(b'.', b).any(|at| {
+        let before = &b[..at];
+        let start = before.iter().rposition(|&c| c == b'/').map_or(0, |p| p + 1);
+        trim_blanks_start(&before[start..]).is_empty() && dot_segment(&b[at..])
+    })
 }
 
 /// Whether `s`, which starts with `.`, begins with a `.` or `..` segment: the dots end the
-/// segment, or path parameters follow them (`..;x`), or blanks that Windows trims
-/// (`.. `, `..\t`; only a decoded path has them).
+/// segment, or path parameters follow them (`..;x`), or blanks do (only a decoded path has
+/// them): Windows trims trailing spaces and dots' blanks, Java's `String.trim` every byte up
+/// to a space, Python's `str.strip` Unicode white space too (`..%0a`, `..%c2%a0`: a review).
 fn dot_segment(s: &[u8]) -> bool {
     let rest = match s {
         [b'.', b'.', rest @ ..] => rest,
         [b'.', rest @ ..] => rest,
         _ => return false,
     };
-    let blanks = rest
-        .iter()
-        .take_while(|&&c| matches!(c, b' ' | b'\t'))
-        .count();
     // `?` and `#` only come from decoding (`..%3f`): a backend that decodes, then splits
     // the path there again, sees `..`.
-    matches!(rest.get(blanks), None | Some(b'/' | b';' | b'?' | b'#'))
+    matches!(
+        trim_blanks_start(rest).first(),
+        None | Some(b'/' | b';' | b'?' | b'#')
+    )
+}
+
+/// `s` without the blanks it starts with: bytes up to a space, DEL, and the UTF-8 forms of
+/// NEL and NO-BREAK SPACE (what `trim` and `strip` functions take off).
+fn trim_blanks_start(mut s: &[u8]) -> &[u8] {
+    loop {
+        s = match s {
+            [c, rest @ ..] if *c <= b' ' || *c == 0x7f => rest,
+            [0xc2, 0x85 | 0xa0, rest @ ..] => rest,
+            _ => return s,
+        };
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +259,21 @@ mod tests {
             "/v1/proxy/a/..%253f/secret",
             // Encoded more often than it is decoded: refused, whatever it hides.
             "/v1/proxy/a/x%25252525252e",
+            // A fourth review: blanks that Java's trim or Python's strip take off, after
+            // the dots or before them.
+            "/v1/proxy/a/..%0a/secret",
+            "/v1/proxy/a/..%0d/secret",
+            "/v1/proxy/a/..%0b/secret",
+            "/v1/proxy/a/..%0c/secret",
+            "/v1/proxy/a/..%01/secret",
+            "/v1/proxy/a/..%1f/secret",
+            "/v1/proxy/a/..%7f/secret",
+            "/v1/proxy/a/%20../secret",
+            "/v1/proxy/a/%09%20..%20/secret",
+            "/v1/proxy/a/..%c2%a0/secret",
+            "/v1/proxy/a/%c2%a0../secret",
+            "/v1/proxy/a/..%c2%85/secret",
+            "/v1/proxy/a/%20./secret",
         ] {
             assert_eq!(route(t), Err(RouteError::BadPath), "{t}");
         }
@@ -255,6 +287,10 @@ mod tests {
         assert!(route("/v1/proxy/a/caf%c3%a9/%e2%82%ac/%f0%9f%98%80").is_ok());
         assert!(route("/v1/proxy/a/50%/x%zz").is_ok());
         assert!(route("/v1/proxy/a/..%20x/y").is_ok());
+        assert!(route("/v1/proxy/a/%20x../y").is_ok());
+        assert!(route("/v1/proxy/a/a%20../y").is_ok());
+        assert!(route("/v1/proxy/a/..%c2%a3/y").is_ok());
+        assert!(route("/v1/proxy/a/file.json").is_ok());
         // Latin-1 names (not UTF-8): refused only where they take the shape of an
         // overlong form.
         assert!(route("/v1/proxy/a/%C0la/voil%E0/%F6l/%FFx").is_ok());
