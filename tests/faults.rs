@@ -338,6 +338,12 @@ fn mock_backend_rejects_what_it_cannot_honour_with_json() {
         ("x-mock-status", "99"),
         ("x-mock-status", "600"),
         ("x-mock-status", "abc"),
+        // A review: these were ignored, answered 200, or made a malformed response.
+        ("x-mock-delay-ms", "abc"),
+        ("x-mock-body-bytes", "-1"),
+        ("x-mock-body-delay-ms", "1.5"),
+        ("x-mock-header", "nocolon"),
+        ("x-mock-header", ": no name"),
     ] {
         c.send(format!("GET /x HTTP/1.1\r\nHost: m\r\n{header}: {value}\r\n\r\n").as_bytes());
         let r = c.read_response();
@@ -360,4 +366,15 @@ fn mock_backend_rejects_what_it_cannot_honour_with_json() {
     let r = c.read_response();
     assert_eq!(r.status, 400);
     assert!(r.json()["mock_error"].is_string());
+    // A second mock-backend on a port in use fails, instead of taking half its
+    // connections (SO_REUSEPORT let it, a review).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mock-backend"))
+        .arg(b.addr.port().to_string())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot listen"),
+        "{out:?}"
+    );
 }

@@ -123,18 +123,28 @@ fn main() {
         std::process::exit(2);
     };
     let mut addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // One listening socket, shared by the worker threads: with SO_REUSEPORT a second
+    // mock-backend started on a port in use took half its connections without a word (a
+    // review).
+    let first = match listener(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mock-backend: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
+    };
+    addr = first.local_addr().unwrap_or(addr);
     let mut listeners = Vec::new();
-    for _ in 0..workers {
-        let l = match listener(addr) {
-            Ok(l) => l,
+    for _ in 1..workers {
+        match first.try_clone() {
+            Ok(l) => listeners.push(l),
             Err(e) => {
-                eprintln!("mock-backend: cannot listen on {addr}: {e}");
+                eprintln!("mock-backend: cannot share the listener on {addr}: {e}");
                 std::process::exit(1);
             }
-        };
-        addr = l.local_addr().unwrap_or(addr);
-        listeners.push(l);
+        }
     }
+    listeners.push(first);
     println!("listening on {addr}");
     let threads: Vec<_> = listeners
         .into_iter()
@@ -159,7 +169,6 @@ fn main() {
 fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(1024)?;
@@ -344,9 +353,21 @@ fn make_plan(p: &h1::ParsedRequest<'_, '_>, port: u16) -> Plan {
                     ))
                 }
             },
-            "x-mock-delay-ms" => plan.delay_ms = num(h.value).unwrap_or(0),
-            "x-mock-body-bytes" => plan.body_bytes = num(h.value).map(|n| n as usize),
-            "x-mock-body-delay-ms" => plan.body_delay_ms = num(h.value).unwrap_or(0),
+            // A value that is not a number is a 400, never ignored (a review saw
+            // `x-mock-delay-ms: abc` answered at once with a 200).
+            "x-mock-delay-ms" | "x-mock-body-bytes" | "x-mock-body-delay-ms" => {
+                match num(h.value) {
+                    Some(n) if name == "x-mock-delay-ms" => plan.delay_ms = n,
+                    Some(n) if name == "x-mock-body-bytes" => plan.body_bytes = Some(n as usize),
+                    Some(n) => plan.body_delay_ms = n,
+                    None => {
+                        plan.rejected = Some(mock_error(
+                            "x-mock-delay-ms, x-mock-body-bytes and x-mock-body-delay-ms take a whole number",
+                            h.value,
+                        ))
+                    }
+                }
+            }
             "x-mock-fault" => match Fault::parse(h1::trim_ows(h.value)) {
                 Some(f) => plan.fault = Some(f),
                 None => {
@@ -356,10 +377,20 @@ fn make_plan(p: &h1::ParsedRequest<'_, '_>, port: u16) -> Plan {
                     ))
                 }
             },
-            "x-mock-header" => {
-                plan.extra.extend_from_slice(h.value);
-                plan.extra.extend_from_slice(b"\r\n");
-            }
+            // `Name: value`, with a name a response may carry; anything else would make a
+            // malformed response (the gateway's 502), not the test the sender meant.
+            "x-mock-header" => match h.value.iter().position(|&b| b == b':') {
+                Some(colon) if colon > 0 && h.value[..colon].iter().all(|&b| h1::is_tchar(b)) => {
+                    plan.extra.extend_from_slice(h.value);
+                    plan.extra.extend_from_slice(b"\r\n");
+                }
+                _ => {
+                    plan.rejected = Some(mock_error(
+                        "x-mock-header must be `Name: value`",
+                        h.value,
+                    ))
+                }
+            },
             _ => {}
         }
     }
