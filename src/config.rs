@@ -455,7 +455,9 @@ struct RawPool {
 #[serde(deny_unknown_fields)]
 struct RawService {
     backends: Vec<String>,
-    breaker: Option<RawBreaker>,
+    /// Read on its own, so that its errors name `services.NAME.breaker` (a review saw an
+    /// unknown key in it reported at the service, with a hint about the service's form).
+    breaker: Option<serde_yaml_ng::Value>,
     rate_limit: Option<serde_yaml_ng::Value>,
     max_in_flight: Option<u64>,
 }
@@ -1067,13 +1069,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             serde_yaml_ng::Value::Mapping(_) => {
                 let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
-                    invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`)"))
+                    invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`)"))
                 })?;
-                let b = breaker_settings(
-                    &format!("{key}.breaker"),
-                    full.breaker.as_ref(),
-                    &global_breaker,
-                )?;
+                let breaker_key = format!("{key}.breaker");
+                let raw_breaker: Option<RawBreaker> = full
+                    .breaker
+                    .map(serde_yaml_ng::from_value)
+                    .transpose()
+                    .map_err(|e| invalid(&breaker_key, e.to_string()))?;
+                let b = breaker_settings(&breaker_key, raw_breaker.as_ref(), &global_breaker)?;
                 let limit = match &full.rate_limit {
                     Some(v) => crate::admission::parse_rate_limit(&format!("{key}.rate_limit"), v)?,
                     None => global_limit.clone(),
@@ -1670,6 +1674,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("port \"x\""), "{e}");
+    }
+
+    /// A review: an unknown key in a service's `breaker:` was reported at the service, with a
+    /// hint about the service's own form.
+    #[test]
+    fn a_bad_key_in_a_service_breaker_is_named_there() {
+        let e = Config::parse(
+            "services:\n  a:\n    backends: [http://127.0.0.1:1]\n    breaker:\n      failure_treshold: 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("services.a.breaker") && e.contains("failure_treshold"),
+            "{e}"
+        );
+        assert!(!e.contains("a service is a list"), "{e}");
+        let c = Config::parse(
+            "services:\n  a:\n    backends: [http://127.0.0.1:1]\n    breaker: {failure_threshold: 3}\n",
+        )
+        .unwrap();
+        assert_eq!(c.services[0].breaker.failure_threshold, 3);
     }
 
     /// Schemes are case-insensitive (RFC 3986 §3.1); a review saw `HTTP://` refused.
