@@ -322,8 +322,15 @@ fn respond(s: &mut Out<'_>, status: u16, content_type: &str, body: &[u8]) -> std
     } else {
         ""
     };
+    // `Date`, as on every answer the gateway makes (RFC 9110 §6.6.1; an operator review
+    // found the admin API's without one).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let date = crate::date::imf_fixdate(now);
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{allow}connection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\ndate: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{allow}connection: close\r\n\r\n",
+        String::from_utf8_lossy(&date),
         body.len()
     )
     .into_bytes();
