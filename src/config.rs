@@ -459,7 +459,8 @@ struct RawService {
     /// unknown key in it reported at the service, with a hint about the service's form).
     breaker: Option<serde_yaml_ng::Value>,
     rate_limit: Option<serde_yaml_ng::Value>,
-    max_in_flight: Option<u64>,
+    /// A number, or `off` (as `rate_limit: off`; a review was told `expected u64`).
+    max_in_flight: Option<serde_yaml_ng::Value>,
 }
 
 /// Parses `500ms`, `2s`, `1m`, `1h` into a duration.
@@ -1083,15 +1084,26 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     None => global_limit.clone(),
                 };
                 let max = crate::admission::MAX_IN_FLIGHT;
-                if let Some(n) = full.max_in_flight.filter(|n| !(1..=max).contains(n)) {
-                    return Err(invalid(
-                        format!("{key}.max_in_flight"),
-                        format!(
-                            "{n} is out of range: use 1 to {max}, or leave it out for no limit"
-                        ),
-                    ));
-                }
-                (full.backends, b, limit, full.max_in_flight)
+                let in_flight_key = format!("{key}.max_in_flight");
+                let max_in_flight = match &full.max_in_flight {
+                    None | Some(serde_yaml_ng::Value::Null) => None,
+                    Some(serde_yaml_ng::Value::String(s)) if s == "off" => None,
+                    Some(serde_yaml_ng::Value::Bool(false)) => None,
+                    Some(v) => match v.as_u64() {
+                        Some(n) if (1..=max).contains(&n) => Some(n),
+                        _ => {
+                            let what = serde_yaml_ng::to_string(v).unwrap_or_default();
+                            return Err(invalid(
+                                in_flight_key,
+                                format!(
+                                    "{} is out of range: use 1 to {max}, or off (the default) for no limit",
+                                    what.trim()
+                                ),
+                            ));
+                        }
+                    },
+                };
+                (full.backends, b, limit, max_in_flight)
             }
             serde_yaml_ng::Value::Null => {
                 return Err(invalid(
@@ -1695,6 +1707,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.services[0].breaker.failure_threshold, 3);
+    }
+
+    /// `max_in_flight: off` is no limit, as `rate_limit: off` (a review was told `expected u64`).
+    #[test]
+    fn max_in_flight_takes_off() {
+        let svc = |v: &str| {
+            Config::parse(&format!(
+                "services:\n  a:\n    backends: [http://127.0.0.1:1]\n    max_in_flight: {v}\n"
+            ))
+        };
+        assert_eq!(svc("off").unwrap().services[0].max_in_flight, None);
+        assert_eq!(svc("12").unwrap().services[0].max_in_flight, Some(12));
+        for bad in ["0", "on", "-1", "2.5", "1000001"] {
+            let e = svc(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("services.a.max_in_flight: {bad} is out of range")),
+                "{e}"
+            );
+        }
     }
 
     /// Schemes are case-insensitive (RFC 3986 §3.1); a review saw `HTTP://` refused.
