@@ -1226,6 +1226,11 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
     }
 }
 
+/// Most interim (1xx) responses one request may get before its final one; more is a 502
+/// [`TOO_MANY_INTERIM`].
+const MAX_INTERIM: usize = 16;
+const TOO_MANY_INTERIM: &str = "too_many_interim_responses";
+
 /// What reading a response head needs besides the upstream read side.
 struct HeadCtx<'a> {
     /// Interim (1xx) responses are relayed through it as they come.
@@ -1258,6 +1263,7 @@ async fn read_head(
     let info = cx.info;
     let mut first_read = true;
     let mut got_any = false;
+    let mut interim = 0usize;
     loop {
         if *ustart < ubuf.len() {
             match parse_head(
@@ -1272,6 +1278,13 @@ async fn read_head(
                     return Ok(head);
                 }
                 Parsed::Interim(head_len) => {
+                    // Real answers send one or two (100, 103); a backend sending a flood
+                    // made us parse and relay each, 40 MB of them in 8 s (a review).
+                    interim += 1;
+                    if interim > MAX_INTERIM {
+                        let err = GatewayError::BadResponse(TOO_MANY_INTERIM);
+                        return Err(HeadFail::Backend(err));
+                    }
                     // Interim response (rewritten into `out`): pass it on to HTTP/1.1
                     // clients, then read on.
                     if info.minor == 1 {
