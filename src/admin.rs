@@ -524,6 +524,7 @@ fn config(shared: &Shared) -> Value {
                     },
                 })),
                 "max_in_flight": s.max_in_flight,
+                "websocket": s.websocket,
             })
         })
         .collect();
@@ -565,6 +566,7 @@ fn config(shared: &Shared) -> Value {
             "body": d(c.timeouts.body),
             "drain": d(c.timeouts.drain),
             "drain_grace": d(c.timeouts.drain_grace),
+            "tunnel": d(c.timeouts.tunnel),
         },
         "limits": {
             "max_head_bytes": c.limits.max_head_bytes,

@@ -18,6 +18,9 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A WebSocket tunnel with no byte either way for this long is closed (HAProxy's
+/// `timeout tunnel`; Envoy's stream idle timeout is 5 min, its connection's 1 h).
+pub const DEFAULT_TUNNEL_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shorter than the common backend keep-alive timeouts (Node.js 5 s, Go 90 s, NGINX 75 s),
 /// so the gateway, not the backend, closes an idle pooled connection.
@@ -112,6 +115,8 @@ pub struct Timeouts {
     /// On SIGTERM, how long to go on accepting and serving as usual, `/healthz` answering
     /// 503, before the drain begins: time for a load balancer to stop sending (0: none).
     pub drain_grace: Duration,
+    /// A WebSocket tunnel with no byte in either direction for this long is closed.
+    pub tunnel: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -145,6 +150,8 @@ pub struct ServiceConfig {
     pub rate_limit: Option<crate::admission::RateLimit>,
     /// Requests to this service in flight at once, all workers together.
     pub max_in_flight: Option<u64>,
+    /// WebSocket upgrades are forwarded, and a backend's `101` opens a tunnel.
+    pub websocket: bool,
 }
 
 /// Statuses that count as a backend failure by default: every 5xx but 501 (Not
@@ -357,6 +364,7 @@ struct RawTimeouts {
     body: Option<String>,
     drain: Option<String>,
     drain_grace: Option<String>,
+    tunnel: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -461,6 +469,7 @@ struct RawService {
     rate_limit: Option<serde_yaml_ng::Value>,
     /// A number, or `off` (as `rate_limit: off`; a review was told `expected u64`).
     max_in_flight: Option<serde_yaml_ng::Value>,
+    websocket: Option<bool>,
 }
 
 /// Parses `500ms`, `2s`, `1m`, `1h` into a duration.
@@ -816,13 +825,14 @@ impl Config {
             let _ = fmt::Write::write_fmt(
                 &mut s,
                 format_args!(
-                    "service {} -> [{}] (breaker: {} failures, cooldown {:?}; rate limit: {}; max in flight: {})\n",
+                    "service {} -> [{}] (breaker: {} failures, cooldown {:?}; rate limit: {}; max in flight: {}{})\n",
                     svc.name,
                     urls.join(", "),
                     svc.breaker.failure_threshold,
                     svc.breaker.cooldown,
                     svc.rate_limit.as_ref().map_or("off".to_string(), |l| l.to_string()),
                     svc.max_in_flight.map_or("off".to_string(), |n| n.to_string()),
+                    if svc.websocket { "; websocket" } else { "" },
                 ),
             );
         }
@@ -917,6 +927,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Some(v) => parse_duration("timeouts.drain_grace", v)?,
             None => Duration::ZERO,
         },
+        tunnel: duration_or("timeouts.tunnel", t.tunnel.as_ref(), DEFAULT_TUNNEL_TIMEOUT)?,
     };
     let l = raw.limits.unwrap_or_default();
     let limits = Limits {
@@ -1062,15 +1073,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("invalid service name {name:?}: use lowercase letters, digits and '-', starting with a letter or digit, at most 63"),
             ));
         }
-        let (urls, breaker, rate_limit, max_in_flight) = match value {
+        let (urls, breaker, rate_limit, max_in_flight, websocket) = match value {
             serde_yaml_ng::Value::Sequence(_) => {
                 let urls: Vec<String> = serde_yaml_ng::from_value(value)
                     .map_err(|e| invalid(&key, format!("{e}: list backend URLs as strings")))?;
-                (urls, global_breaker, global_limit.clone(), None)
+                (urls, global_breaker, global_limit.clone(), None, false)
             }
             serde_yaml_ng::Value::Mapping(_) => {
                 let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
-                    invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`)"))
+                    invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`)"))
                 })?;
                 let breaker_key = format!("{key}.breaker");
                 let raw_breaker: Option<RawBreaker> = full
@@ -1103,7 +1114,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                         }
                     },
                 };
-                (full.backends, b, limit, max_in_flight)
+                let websocket = full.websocket.unwrap_or(false);
+                (full.backends, b, limit, max_in_flight, websocket)
             }
             serde_yaml_ng::Value::Null => {
                 return Err(invalid(
@@ -1142,6 +1154,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             breaker,
             rate_limit,
             max_in_flight,
+            websocket,
         });
     }
     let access_log = match raw.access_log.as_deref().map(str::trim) {

@@ -459,6 +459,9 @@ async fn next_request(
                     d.start += head_len;
                     let next = match result {
                         Ok(svc) => {
+                            let mut info = info;
+                            info.upgrade =
+                                rewrite::forwards_upgrade(info, &view.snapshot.services[svc]);
                             let caller = Caller {
                                 peer: d.peer.ip(),
                                 headers: parsed.headers,

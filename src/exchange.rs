@@ -671,9 +671,59 @@ impl Exchange<'_> {
             status,
             self.answered_waiting_on_client,
         );
+        if status == 101 {
+            return self.tunnel(down).await;
+        }
         let (after, body) = self.relay_response(down, head).await;
         self.attempt.settle(body.outcome(status));
         after
+    }
+
+    /// The backend switched to WebSocket (`parse_head` let only that `101` through): its
+    /// head goes to the client with whatever followed it, the client's bytes behind its
+    /// handshake go up, then the two connections are joined until the tunnel ends. Neither
+    /// connection is used for HTTP again.
+    async fn tunnel(&mut self, down: &mut Downstream) -> After {
+        // The backend did what was asked; what happens in the tunnel is not HTTP, and is no
+        // verdict on it.
+        self.attempt.settle(Outcome::Answered(101));
+        let out = &mut down.out;
+        out.extend_from_slice(&down.fields);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.ubuf[self.ustart..]);
+        self.ustart = self.ubuf.len();
+        let timeout = self.timeouts.body;
+        if io::write_all(down.sock.w(), out, timeout).await.is_err() {
+            down.record.status = 0; // no answer reached the client
+            return After::Close;
+        }
+        down.record.bytes += out.len() as u64;
+        out.clear();
+        let early = down.start..down.buf.len();
+        down.start = down.buf.len();
+        if !early.is_empty() {
+            let mut up = std::mem::take(&mut self.up_out);
+            up.clear();
+            up.extend_from_slice(&down.buf[early]);
+            let sent = io::write_all(self.up.w(), &mut up, timeout).await;
+            self.up_out = up;
+            if sent.is_err() {
+                return After::Close;
+            }
+        }
+        let mut up_buf = self.worker.buffer();
+        let idle = self.timeouts.tunnel;
+        let moved = crate::tunnel::relay(
+            &mut down.sock,
+            &mut self.up,
+            [&mut up_buf, &mut self.ubuf],
+            idle,
+        )
+        .await;
+        self.ustart = 0;
+        self.worker.recycle(up_buf);
+        down.record.bytes += moved.to_client;
+        After::Close
     }
 
     /// No response head: answer the client ourselves. The connection stays only if the
@@ -1343,11 +1393,26 @@ fn parse_head(
         return Ok(Parsed::Partial);
     };
     let status = p.info.status;
-    if status == 101 {
-        let err = GatewayError::BadResponse("unexpected_upgrade");
-        return Err(HeadFail::Backend(err));
-    }
     let head_len = p.info.head_len;
+    if status == 101 {
+        // Only a WebSocket handshake we forwarded as one may be answered by switching, and
+        // only to the protocol it asked for (RFC 9110 §15.2.2: a 101 names it in `Upgrade`).
+        // Anything else would leave us relaying bytes we cannot frame: a 502.
+        if !(info.upgrade && switches_to_websocket(&p)) {
+            let err = GatewayError::BadResponse("unexpected_upgrade");
+            return Err(HeadFail::Backend(err));
+        }
+        out.clear();
+        rewrite::write_switch_head(out, &p, own_id);
+        let head = ResponseHead {
+            status,
+            framing: Framing::None,
+            reusable: false,
+            client_chunked: false,
+            framed_for_client: false,
+        };
+        return Ok(Parsed::Final(head, head_len));
+    }
     if status < 200 {
         out.clear();
         rewrite::write_interim_head(out, &p, own_id);
@@ -1367,6 +1432,15 @@ fn parse_head(
     let date = date.line();
     rewrite::write_response_head(out, &p, info, head.client_chunked, &date, own_id);
     Ok(Parsed::Final(head, head_len))
+}
+
+/// Whether a `101`'s one `Upgrade` field names `websocket`.
+fn switches_to_websocket(p: &h1::ParsedResponse<'_, '_>) -> bool {
+    let mut upgrades = p.headers.iter().filter(|h| h1::name_is(h.name, "upgrade"));
+    upgrades
+        .next()
+        .is_some_and(|h| h1::trim_ows(h.value).eq_ignore_ascii_case(b"websocket"))
+        && upgrades.next().is_none()
 }
 
 /// A bodyless response that looks as if the backend meant to send a body (a HEAD or 304

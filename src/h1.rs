@@ -110,6 +110,10 @@ pub struct RequestInfo {
     /// The client wants the connection kept open after this exchange.
     pub keep_alive: bool,
     pub expect_continue: bool,
+    /// A WebSocket handshake (RFC 6455 §4.1): an HTTP/1.1 GET without a body whose one
+    /// `Upgrade` field says `websocket` and whose `Connection` lists `upgrade`. Forwarded as
+    /// one only to a service with `websocket: true` (`rewrite::prepare` clears it otherwise).
+    pub upgrade: bool,
 }
 
 /// True for bytes that may appear in a field name (RFC 9110 `tchar`).
@@ -370,6 +374,9 @@ pub fn parse_request<'h, 'b>(
     let mut keep_alive_token = false;
     let mut options = 0usize;
     let mut expect_continue = false;
+    let mut upgrade_option = false;
+    let mut upgrade_fields = 0usize;
+    let mut websocket = false;
     // httparse has already refused field names that are not tokens and values with
     // control characters (NUL, CR, LF, ...): the conformance corpus holds it to that.
     for h in req.headers.iter() {
@@ -401,12 +408,17 @@ pub fn parse_request<'h, 'b>(
                     } else if opt.eq_ignore_ascii_case(b"keep-alive") {
                         keep_alive_token = true;
                     } else {
+                        upgrade_option |= opt.eq_ignore_ascii_case(b"upgrade");
                         options += 1;
                         if options > MAX_CONNECTION_OPTIONS {
                             return Err(RequestError::Bad(TOO_MANY_CONNECTION_OPTIONS));
                         }
                     }
                 }
+            }
+            7 if name_is(name, "upgrade") => {
+                upgrade_fields += 1;
+                websocket = trim_ows(h.value).eq_ignore_ascii_case(b"websocket");
             }
             6 if name_is(name, "expect") => {
                 if trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
@@ -468,6 +480,12 @@ pub fn parse_request<'h, 'b>(
             framing,
             keep_alive,
             expect_continue: expect_continue && minor == 1 && framing != Framing::None,
+            upgrade: websocket
+                && upgrade_fields == 1
+                && upgrade_option
+                && method == Method::Get
+                && minor == 1
+                && framing == Framing::None,
         },
         head_len,
         target,

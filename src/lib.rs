@@ -15,6 +15,7 @@
 //! - [`breaker`]: the packed per-backend circuit breaker word
 //! - [`pool`]: per-worker idle upstream connections, checked clean when handed out
 //! - [`relay`]: bodies streamed and re-framed
+//! - [`tunnel`]: a WebSocket after the backend's `101`, bytes relayed both ways
 //! - [`splice`]: long bodies moved socket to socket in the kernel (`splice: true`)
 //! - [`error`]: the responses the gateway makes itself
 //! - [`date`]: the `Date` header line, formatted once a second per worker
@@ -67,6 +68,7 @@ pub mod router;
 pub mod server;
 pub mod splice;
 pub mod state;
+pub mod tunnel;
 pub mod worker;
 
 use std::path::{Path, PathBuf};

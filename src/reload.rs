@@ -236,6 +236,7 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
         ("timeouts.body", d(a.body), d(b.body)),
         ("timeouts.drain", d(a.drain), d(b.drain)),
         ("timeouts.drain_grace", d(a.drain_grace), d(b.drain_grace)),
+        ("timeouts.tunnel", d(a.tunnel), d(b.tunnel)),
         (
             "limits.max_head_bytes",
             n(la.max_head_bytes as u64),
@@ -326,12 +327,14 @@ fn breakers_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static st
     })
 }
 
-/// Services that stay and whose admission settings changed, and which fields.
+/// Services that stay and whose admission settings (what they let through: limits, and
+/// WebSocket tunnels) changed, and which fields.
 fn admission_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static str>) {
     services_changed(old, new, |a, b| {
         [
             ("rate_limit", a.rate_limit != b.rate_limit),
             ("max_in_flight", a.max_in_flight != b.max_in_flight),
+            ("websocket", a.websocket != b.websocket),
         ]
     })
 }

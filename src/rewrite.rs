@@ -119,6 +119,11 @@ pub fn prepare(
         fwd.extend_from_slice(b"\r\n");
     }
     fwd.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    // A WebSocket handshake to a service that takes them: the two hop-by-hop fields it
+    // needs, as we write them (the client's were dropped above with the others).
+    if forwards_upgrade(p.info, &view.snapshot.services[svc]) {
+        fwd.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+    }
     if let Some(id) = request_id {
         push_header(fwd, crate::reqid::FIELD.as_bytes(), id);
     }
@@ -141,6 +146,13 @@ pub fn prepare(
     }
     fwd.extend_from_slice(b"\r\n");
     Ok(svc)
+}
+
+/// Whether `info` is a WebSocket handshake that goes to `service` as one: the service takes
+/// them. Otherwise its `Upgrade` is dropped like any hop-by-hop field, and a `101` answer
+/// is a 502.
+pub fn forwards_upgrade(info: RequestInfo, service: &crate::state::Service) -> bool {
+    info.upgrade && service.websocket
 }
 
 /// Why [`prepare`] refused a request, and the service it routed to, if it got that far.
@@ -310,6 +322,14 @@ pub fn write_response_head(
 pub fn write_interim_head(out: &mut Vec<u8>, p: &h1::ParsedResponse<'_, '_>, own_id: bool) {
     write_status_and_fields(out, p, &ConnectionOptions::collect(p.headers), own_id);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Begins the client-bound head of a backend's `101` to a WebSocket handshake: its status
+/// line and end-to-end fields, and the upgrade pair as we write it. The caller adds its own
+/// fields and the blank line.
+pub fn write_switch_head(out: &mut Vec<u8>, p: &h1::ParsedResponse<'_, '_>, own_id: bool) {
+    write_status_and_fields(out, p, &ConnectionOptions::collect(p.headers), own_id);
+    out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
 }
 
 /// The status line and the end-to-end fields of a backend's response: hop-by-hop ones and

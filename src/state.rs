@@ -52,6 +52,8 @@ pub struct Service {
     pub policy: Policy,
     /// Rate and concurrency limits (see `admission.rs`).
     pub admission: crate::admission::Admission,
+    /// WebSocket upgrades are forwarded (`websocket: true`).
+    pub websocket: bool,
 }
 
 /// Everything that must change together on a reload.
@@ -449,6 +451,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                 settings: sc.breaker,
                 policy: policy(&sc.breaker, &config, prior),
                 admission,
+                websocket: sc.websocket,
             }
         })
         .collect();

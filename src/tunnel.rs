@@ -1,0 +1,116 @@
+//! A switched connection (a WebSocket after the backend's `101`): bytes relayed both ways as
+//! they come, never parsed, until both sides have closed, either one fails, or no byte has
+//! moved either way for `timeouts.tunnel`.
+
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use crate::io::{self, Read, ReadHalf, Socket, WriteHalf};
+
+/// What went through a tunnel, each way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub to_client: u64,
+    pub to_backend: u64,
+}
+
+/// Relays between `client` and `backend` until the tunnel ends (see the module's line).
+/// `bufs` are the two directions' buffers (their contents are discarded); `idle` is
+/// `timeouts.tunnel`. A side's FIN is passed on as a FIN, so a half-closed conversation
+/// goes on in the other direction; a failure on either side ends both, and the callers'
+/// close of both sockets follows.
+pub async fn relay(
+    client: &mut Socket,
+    backend: &mut Socket,
+    bufs: [&mut Vec<u8>; 2],
+    idle: Duration,
+) -> Moved {
+    let (client_fd, backend_fd) = (client.fd(), backend.fd());
+    let (client_r, client_w) = client.split();
+    let (backend_r, backend_w) = backend.split();
+    let last = Cell::new(Instant::now());
+    let [up_buf, down_buf] = bufs;
+    let (up, down) = (Cell::new(0), Cell::new(0));
+    let mut up_way = pin!(one_way(
+        client_r, backend_w, backend_fd, up_buf, idle, &last, &up
+    ));
+    let mut down_way = pin!(one_way(
+        backend_r, client_w, client_fd, down_buf, idle, &last, &down
+    ));
+    let (mut up_end, mut down_end) = (None, None);
+    poll_fn(|cx| {
+        if up_end.is_none() {
+            if let Poll::Ready(r) = up_way.as_mut().poll(cx) {
+                up_end = Some(r);
+            }
+        }
+        if down_end.is_none() {
+            if let Poll::Ready(r) = down_way.as_mut().poll(cx) {
+                down_end = Some(r);
+            }
+        }
+        match (up_end, down_end) {
+            (Some(End::Failed), _) | (_, Some(End::Failed)) => Poll::Ready(()),
+            (Some(End::Closed), Some(End::Closed)) => Poll::Ready(()),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    Moved {
+        to_client: down.get(),
+        to_backend: up.get(),
+    }
+}
+
+/// How one direction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Its sender closed, and the FIN was passed on.
+    Closed,
+    /// Reset, refused, or idle too long (both ways), or its receiver took nothing for
+    /// `idle`.
+    Failed,
+}
+
+/// One direction: what `src` sends goes to `dst` until `src` closes or fails. `last` is when
+/// a byte last moved either way: a read that times out waits on while the other direction
+/// moves. `moved` counts what reached `dst`.
+async fn one_way(
+    src: &mut ReadHalf,
+    dst: &mut WriteHalf,
+    dst_fd: std::os::fd::RawFd,
+    buf: &mut Vec<u8>,
+    idle: Duration,
+    last: &Cell<Instant>,
+    moved: &Cell<u64>,
+) -> End {
+    loop {
+        let left = idle.saturating_sub(last.get().elapsed());
+        if left.is_zero() {
+            return End::Failed;
+        }
+        let mut start = 0;
+        buf.clear();
+        match io::read_more(src, buf, &mut start, io::BUF_SIZE, left).await {
+            Read::Data(_) => {
+                last.set(Instant::now());
+                let n = buf.len() as u64;
+                if io::write_all(dst, buf, idle).await.is_err() {
+                    return End::Failed;
+                }
+                moved.set(moved.get() + n);
+                last.set(Instant::now());
+            }
+            Read::Eof => {
+                io::shutdown_write(dst_fd);
+                return End::Closed;
+            }
+            // Quiet this way: end only if the other way was quiet as long.
+            Read::Timeout => {}
+            Read::Err(_) => return End::Failed,
+        }
+    }
+}
