@@ -672,7 +672,12 @@ impl Exchange<'_> {
             self.answered_waiting_on_client,
         );
         if status == 101 {
-            return self.tunnel(down).await;
+            // Boxed, and behind a `dyn`: the tunnel's state (two directions' reads, writes
+            // and timers) and code would otherwise be laid out inside every exchange's
+            // future and its poll, which then no longer inlined into the connection's
+            // (+1.7% instructions per plain GET, callgrind).
+            let tunnel: Pin<Box<dyn Future<Output = After> + '_>> = Box::pin(self.tunnel(down));
+            return tunnel.await;
         }
         let (after, body) = self.relay_response(down, head).await;
         self.attempt.settle(body.outcome(status));
