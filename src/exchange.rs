@@ -728,6 +728,8 @@ impl Exchange<'_> {
         self.ustart = 0;
         self.worker.recycle(up_buf);
         down.record.bytes += moved.to_client;
+        // Logged and counted as cut short, as a response broken mid-body is.
+        down.record.cut = !moved.clean;
         After::Close
     }
 

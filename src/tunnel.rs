@@ -10,18 +10,23 @@ use std::time::{Duration, Instant};
 
 use crate::io::{self, Read, ReadHalf, Socket, WriteHalf};
 
-/// What went through a tunnel, each way.
+/// What went through a tunnel, each way, and how it ended.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Moved {
     pub to_client: u64,
     pub to_backend: u64,
+    /// Both sides closed. Otherwise one failed, or the tunnel was idle too long: both
+    /// connections are then set to end in a reset, so that neither side can take a cut
+    /// conversation for a finished one (a review saw a backend's reset reach the client as
+    /// a clean FIN).
+    pub clean: bool,
 }
 
 /// Relays between `client` and `backend` until the tunnel ends (see the module's line).
 /// `bufs` are the two directions' buffers (their contents are discarded); `idle` is
 /// `timeouts.tunnel`. A side's FIN is passed on as a FIN, so a half-closed conversation
-/// goes on in the other direction; a failure on either side ends both, and the callers'
-/// close of both sockets follows.
+/// goes on in the other direction; a failure on either side ends both with a reset when
+/// the callers close the sockets.
 pub async fn relay(
     client: &mut Socket,
     backend: &mut Socket,
@@ -59,9 +64,15 @@ pub async fn relay(
         }
     })
     .await;
+    let clean = up_end == Some(End::Closed) && down_end == Some(End::Closed);
+    if !clean {
+        io::set_reset_on_close(client_fd);
+        io::set_reset_on_close(backend_fd);
+    }
     Moved {
         to_client: down.get(),
         to_backend: up.get(),
+        clean,
     }
 }
 

@@ -24,6 +24,8 @@ enum Answer {
     Refuse,
     /// A handshake gets a `101` and then, every 100 ms, `tick` (25 times), reading nothing.
     Push,
+    /// A handshake gets a `101` and `hello`, then the connection is reset.
+    SwitchThenReset,
 }
 
 /// A backend that records every head it receives and the bytes that follow a `101`.
@@ -116,6 +118,12 @@ fn serve(mut s: TcpStream, answer: Answer, heads: &Mutex<Vec<String>>, tunnelled
             Answer::Refuse if handshake => {
                 let _ =
                     s.write_all(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 4\r\n\r\nnope");
+            }
+            Answer::SwitchThenReset if handshake => {
+                switch(&mut s, "websocket");
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                return;
             }
             Answer::Push if handshake => {
                 switch(&mut s, "websocket");
@@ -388,12 +396,56 @@ fn an_idle_tunnel_closes_and_a_busy_one_stays() {
     let mut want = b"hello".to_vec();
     want.extend_from_slice(&b"tick".repeat(25));
     assert_eq!(read_n(&mut c, want.len()), want);
-    // Then silence both ways: closed after about a second.
+    // Then silence both ways: cut after about a second, with a reset (a tunnel that did
+    // not end by both sides closing never ends in a clean FIN).
     let mut rest = Vec::new();
     c.set_read_timeout(Some(Duration::from_secs(8)))
         .expect("timeout");
     let ended = c.read_to_end(&mut rest);
-    assert!(ended.is_ok() && rest.is_empty(), "{ended:?} {rest:?}");
+    assert!(
+        ended
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
+            && rest.is_empty(),
+        "{ended:?} {rest:?}"
+    );
+}
+
+/// Regression (a review): a backend's reset mid-tunnel reached the client as a clean FIN,
+/// so a cut conversation looked finished; the log line said nothing either. The client now
+/// gets a reset, and the line says `response_cut_short`.
+#[test]
+fn a_backend_reset_reaches_the_client_as_a_reset() {
+    let b = WsBackend::start(Answer::SwitchThenReset);
+    let services = format!(
+        "  ws:\n    backends: [http://{}]\n    websocket: true\n",
+        b.addr
+    );
+    let log = std::env::temp_dir().join(format!("gateway-ws-reset-{}.log", std::process::id()));
+    let g = gateway_at(&write_config(&config(
+        1,
+        &format!("admin: 127.0.0.1:0\naccess_log: {}", log.display()),
+        &services,
+    )));
+    let (mut c, head) = handshake(&g, b"");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let mut got = Vec::new();
+    let ended = c.read_to_end(&mut got);
+    assert_eq!(got, b"hello");
+    assert!(
+        ended.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the client must see a reset"
+    );
+    let (_, fields) = logged_line(&log, "/v1/proxy/ws/chat");
+    assert!(
+        fields.iter().any(|f| f == "response_cut_short"),
+        "{fields:?}"
+    );
+    let cut = sample(
+        &metrics(g.admin),
+        "gateway_responses_cut_total{service=\"ws\"}",
+    );
+    assert_eq!(cut, Some(1.0));
 }
 
 /// A client that resets its end of a tunnel ends it: the backend connection is closed,
