@@ -1102,12 +1102,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     Some(serde_yaml_ng::Value::Bool(false)) => None,
                     Some(v) => match v.as_u64() {
                         Some(n) if (1..=max).contains(&n) => Some(n),
-                        _ => {
+                        n => {
                             let what = serde_yaml_ng::to_string(v).unwrap_or_default();
+                            let problem = match n {
+                                Some(_) => "is out of range",
+                                None => "is not a limit",
+                            };
                             return Err(invalid(
                                 in_flight_key,
                                 format!(
-                                    "{} is out of range: use 1 to {max}, or off (the default) for no limit",
+                                    "{} {problem}: use 1 to {max}, or off (the default) for no limit",
                                     what.trim()
                                 ),
                             ));
@@ -1732,10 +1736,17 @@ mod tests {
         };
         assert_eq!(svc("off").unwrap().services[0].max_in_flight, None);
         assert_eq!(svc("12").unwrap().services[0].max_in_flight, Some(12));
-        for bad in ["0", "on", "-1", "2.5", "1000001"] {
+        for bad in ["0", "1000001"] {
             let e = svc(bad).unwrap_err().to_string();
             assert!(
                 e.contains(&format!("services.a.max_in_flight: {bad} is out of range")),
+                "{e}"
+            );
+        }
+        for bad in ["on", "Off", "-1", "2.5"] {
+            let e = svc(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("services.a.max_in_flight: {bad} is not a limit")),
                 "{e}"
             );
         }

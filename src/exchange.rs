@@ -193,6 +193,12 @@ pub async fn forward(
 /// there (see `forward`).
 const MAX_TAKE_NOW: u64 = 48 * 1024;
 
+/// How long after the request head a failure status that comes while the backend waits on
+/// the client for the body is taken for the backend giving up on a slow upload (no
+/// verdict); before that, it is the backend's (see [`note_head`]). Servers' own body
+/// timeouts are seconds (Express's `connect-timeout` 5 s); failing fast takes milliseconds.
+const STALLED_UPLOAD: Duration = Duration::from_secs(1);
+
 /// How far ahead a running upload holds its answer's waits open: for as long as it runs.
 const LIVE: Duration = Duration::from_secs(1 << 30);
 
@@ -364,12 +370,14 @@ enum Outcome {
     /// The client vanished or sent a broken body before the request was sent whole: no
     /// verdict on the backend (a probe backs off).
     NotSent,
-    /// The backend answered with a head we do not judge: over our own limits, which a
-    /// client can push a backend over (one that echoes a header back). No verdict, as for
-    /// a 4xx; but, as a 4xx does, it shows a probed backend is back. (It used to hand the
-    /// probe back, so a client that sent such a request whenever a probe was due kept a
-    /// healthy circuit open for good: a review.)
-    Responded,
+    /// The backend answered with a head we do not relay: over our own limits, which a
+    /// client can push a backend over (one that echoes a header back), or after a flood of
+    /// interim responses. Judged by its status when its status line could be read and says
+    /// failure; otherwise no verdict, as for a 4xx, but, as a 4xx does, it shows a probed
+    /// backend is back. (It used to hand the probe back, so a client that sent such a
+    /// request whenever a probe was due kept a healthy circuit open for good; and closing
+    /// on it whatever the status let a client close a failing backend's circuit: reviews.)
+    Responded(Option<u16>),
 }
 
 /// The breaker ticket of one attempt: reports the outcome once, and hands an unresolved
@@ -385,6 +393,13 @@ impl Attempt<'_> {
     /// The one place an exchange's outcome becomes a breaker verdict.
     fn settle(&mut self, outcome: Outcome) {
         let Some(t) = self.ticket.take() else { return };
+        // A head we do not relay whose status says failure is a failure like any other.
+        let outcome = match outcome {
+            Outcome::Responded(Some(status)) if self.service.settings.is_failure_status(status) => {
+                Outcome::Answered(status)
+            }
+            other => other,
+        };
         let cell = &**self.backend.breaker;
         let now = now_ms();
         let (failure, tr) = match outcome {
@@ -399,11 +414,11 @@ impl Attempt<'_> {
                 self.worker.metrics.outcome(self.backend.slot, false);
                 return;
             }
-            Outcome::Responded if !t.is_probe() => {
+            Outcome::Responded(_) if !t.is_probe() => {
                 self.worker.metrics.outcome(self.backend.slot, false);
                 return;
             }
-            Outcome::Answered(_) | Outcome::Responded => (false, breaker::success(cell, t, now)),
+            Outcome::Answered(_) | Outcome::Responded(_) => (false, breaker::success(cell, t, now)),
             Outcome::Failed(_) => (true, breaker::failure(cell, t, now, &self.service.policy)),
             Outcome::NotSent => {
                 self.log(breaker::abandon(cell, t, now), outcome);
@@ -422,7 +437,7 @@ impl Attempt<'_> {
                     self.worker
                         .say_backend_failure(svc, url, format_args!("{why}"))
                 }
-                Outcome::NotSent | Outcome::Responded => {}
+                Outcome::NotSent | Outcome::Responded(_) => {}
             }
         }
         self.log(tr, outcome);
@@ -521,6 +536,9 @@ enum HeadFail {
     Stale,
     /// The backend failed.
     Backend(GatewayError),
+    /// The backend answered with a head we do not relay (see [`Outcome::Responded`]): the
+    /// error for the client, and the head's status if its status line could be read.
+    Unjudged(GatewayError, Option<u16>),
     /// Streaming the request body failed on the client's side.
     Client(BodyError),
     /// The backend closed or reset with no response while we waited for more of the body
@@ -592,10 +610,11 @@ impl Body {
 /// failing even when its heads look fine.
 ///
 /// A failure status that came while the backend waited on the client for the body
-/// (`waiting_on_client`: it had all we had) is no verdict: it is how many servers give up
-/// on a slow or stalled upload (Go's `TimeoutHandler` and Express's `connect-timeout` answer
-/// 503), so counting it let a client open a healthy circuit with three paused uploads (a
-/// review). A probe answered that way is handed back, as for a client that leaves.
+/// (`waiting_on_client`: it had all we had, and had had the head for [`STALLED_UPLOAD`]) is
+/// no verdict: it is how many servers give up on a slow or stalled upload (Go's
+/// `TimeoutHandler` and Express's `connect-timeout` answer 503), so counting it let a client
+/// open a healthy circuit with three paused uploads (a review). A probe answered that way
+/// is handed back, as for a client that leaves.
 fn note_head(
     worker: &Worker,
     attempt: &mut Attempt<'_>,
@@ -651,6 +670,11 @@ impl Exchange<'_> {
             Err(HeadFail::Abandoned) => {
                 self.attempt.settle(Outcome::NotSent);
                 return self.reply(down, GatewayError::BackendClosed).await;
+            }
+            Err(HeadFail::Unjudged(err, status)) => {
+                self.attempt.settle(Outcome::Responded(status));
+                down.record.upstream_us = Some(self.sent_at.elapsed().as_micros() as u64);
+                return self.reply(down, err).await;
             }
             Err(HeadFail::Backend(err)) => {
                 self.attempt.settle(verdict(err));
@@ -941,9 +965,14 @@ impl Exchange<'_> {
                 );
                 let mut head = pin!(head);
                 let first = Race(upload.as_mut(), head.as_mut()).await;
-                // An answer while the backend had all we had of the body: it was waiting on
-                // the client, as were we.
-                *answered_waiting_on_client = matches!(first, Either::Right(Ok(_))) && !owed.get();
+                // An answer while the backend had all we had of the body, and had had the
+                // request for a while: it gave up waiting on the client, as servers do with
+                // a stalled upload. One within `STALLED_UPLOAD` of the head is the backend's
+                // own (a re-review: a backend failing fast on every upload was never judged
+                // when the body came a few ms after the head).
+                *answered_waiting_on_client = matches!(first, Either::Right(Ok(_)))
+                    && !owed.get()
+                    && sent_at.elapsed() >= STALLED_UPLOAD;
                 match first {
                     Either::Right(Ok(h)) if h.reusable => Ok(h),
                     // The backend hung up without an answer while we waited on the client
@@ -1283,9 +1312,9 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
     }
 }
 
-/// Most interim (1xx) responses one request may get before its final one; more is a 502
-/// [`TOO_MANY_INTERIM`].
-const MAX_INTERIM: usize = 16;
+/// Most bytes of interim (1xx) responses one request may get before its final one (about
+/// 2000 `102 Processing` heads); more is a 502 [`TOO_MANY_INTERIM`].
+const MAX_INTERIM_BYTES: usize = 64 * 1024;
 const TOO_MANY_INTERIM: &str = "too_many_interim_responses";
 
 /// What reading a response head needs besides the upstream read side.
@@ -1320,7 +1349,7 @@ async fn read_head(
     let info = cx.info;
     let mut first_read = true;
     let mut got_any = false;
-    let mut interim = 0usize;
+    let mut interim = 0usize; // bytes of interim heads
     loop {
         if *ustart < ubuf.len() {
             match parse_head(
@@ -1335,12 +1364,14 @@ async fn read_head(
                     return Ok(head);
                 }
                 Parsed::Interim(head_len) => {
-                    // Real answers send one or two (100, 103); a backend sending a flood
-                    // made us parse and relay each, 40 MB of them in 8 s (a review).
-                    interim += 1;
-                    if interim > MAX_INTERIM {
+                    // Real answers send one or two (100, 103), or a 102 now and then on a
+                    // long operation; a backend sending a flood made us parse and relay
+                    // each, 40 MB of them in 8 s (a review). Not judged: a long operation
+                    // with 102s is not a failing backend, and a client may choose one.
+                    interim += head_len;
+                    if interim > MAX_INTERIM_BYTES {
                         let err = GatewayError::BadResponse(TOO_MANY_INTERIM);
-                        return Err(HeadFail::Backend(err));
+                        return Err(HeadFail::Unjudged(err, None));
                     }
                     // Interim response (rewritten into `out`): pass it on to HTTP/1.1
                     // clients, then read on.
@@ -1395,7 +1426,12 @@ fn parse_head(
 ) -> Result<Parsed, HeadFail> {
     let mut headers = h1::header_slots();
     let parsed = h1::parse_response(bytes, &mut headers, info.method == Method::Head, max_head)
-        .map_err(|e| HeadFail::Backend(GatewayError::BadResponse(e.0)))?;
+        .map_err(|e| match e.0 {
+            h1::RESPONSE_HEAD_TOO_LARGE | h1::TOO_MANY_RESPONSE_HEADERS => {
+                HeadFail::Unjudged(GatewayError::BadResponse(e.0), status_code(bytes))
+            }
+            why => HeadFail::Backend(GatewayError::BadResponse(why)),
+        })?;
     let Some(p) = parsed else {
         return Ok(Parsed::Partial);
     };
@@ -1439,6 +1475,20 @@ fn parse_head(
     let date = date.line();
     rewrite::write_response_head(out, &p, info, head.client_chunked, &date, own_id);
     Ok(Parsed::Final(head, head_len))
+}
+
+/// The status code of a head that starts `HTTP/1.x NNN `, whatever follows.
+fn status_code(head: &[u8]) -> Option<u16> {
+    match head.strip_prefix(b"HTTP/1.")? {
+        [_, b' ', code @ ..] if code.len() >= 3 && code[..3].iter().all(u8::is_ascii_digit) => {
+            Some(
+                code[..3]
+                    .iter()
+                    .fold(0, |n, d| n * 10 + u16::from(d - b'0')),
+            )
+        }
+        _ => None,
+    }
 }
 
 /// Whether a `101`'s one `Upgrade` field names `websocket`.
@@ -1562,7 +1612,7 @@ fn verdict(err: GatewayError) -> Outcome {
         // Over our own limits, which a client can push a backend over (one that echoes a
         // header back, say): a verdict would let one client open a healthy circuit.
         GatewayError::BadResponse(h1::RESPONSE_HEAD_TOO_LARGE | h1::TOO_MANY_RESPONSE_HEADERS) => {
-            Outcome::Responded
+            Outcome::Responded(None)
         }
         _ => Outcome::Failed(err.code()),
     }

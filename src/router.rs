@@ -163,13 +163,21 @@ fn dot_segment(s: &[u8]) -> bool {
     )
 }
 
-/// `s` without the blanks it starts with: bytes up to a space, DEL, and the UTF-8 forms of
-/// NEL and NO-BREAK SPACE (what `trim` and `strip` functions take off).
+/// `s` without the blanks it starts with, as `trim` and `strip` functions take them off:
+/// bytes up to a space and DEL (Java's `String.trim`); every Unicode white space in UTF-8
+/// (Python's `str.strip`, Go's `strings.TrimSpace`: NEL, NO-BREAK SPACE, OGHAM SPACE MARK,
+/// U+2000 to U+200A, the line and paragraph separators, NARROW NO-BREAK SPACE, MEDIUM
+/// MATHEMATICAL SPACE, IDEOGRAPHIC SPACE); and NEL and NO-BREAK SPACE as Latin-1 bytes
+/// (`85`, `A0`: continuation bytes, which no UTF-8 segment starts with, nor has after a dot).
 fn trim_blanks_start(mut s: &[u8]) -> &[u8] {
     loop {
         s = match s {
-            [c, rest @ ..] if *c <= b' ' || *c == 0x7f => rest,
-            [0xc2, 0x85 | 0xa0, rest @ ..] => rest,
+            [c, rest @ ..] if *c <= b' ' || matches!(*c, 0x7f | 0x85 | 0xa0) => rest,
+            [0xc2, 0x85 | 0xa0, rest @ ..]
+            | [0xe1, 0x9a, 0x80, rest @ ..]
+            | [0xe2, 0x80, 0x80..=0x8a | 0xa8 | 0xa9 | 0xaf, rest @ ..]
+            | [0xe2, 0x81, 0x9f, rest @ ..]
+            | [0xe3, 0x80, 0x80, rest @ ..] => rest,
             _ => return s,
         };
     }
@@ -274,6 +282,20 @@ mod tests {
             "/v1/proxy/a/%c2%a0../secret",
             "/v1/proxy/a/..%c2%85/secret",
             "/v1/proxy/a/%20./secret",
+            // A re-review: Unicode spaces Python's strip and Go's TrimSpace take off, and
+            // Latin-1 ones.
+            "/v1/proxy/a/x/..%e3%80%80/secret",
+            "/v1/proxy/a/%e3%80%80../secret",
+            "/v1/proxy/a/..%e2%80%80/secret",
+            "/v1/proxy/a/..%e2%80%8a/secret",
+            "/v1/proxy/a/..%e2%80%af/secret",
+            "/v1/proxy/a/..%e1%9a%80/secret",
+            "/v1/proxy/a/..%e2%81%9f/secret",
+            "/v1/proxy/a/..%e2%80%a8/secret",
+            "/v1/proxy/a/..%e2%80%a9/secret",
+            "/v1/proxy/a/..%a0/secret",
+            "/v1/proxy/a/..%85/secret",
+            "/v1/proxy/a/%a0../secret",
         ] {
             assert_eq!(route(t), Err(RouteError::BadPath), "{t}");
         }
@@ -290,6 +312,8 @@ mod tests {
         assert!(route("/v1/proxy/a/%20x../y").is_ok());
         assert!(route("/v1/proxy/a/a%20../y").is_ok());
         assert!(route("/v1/proxy/a/..%c2%a3/y").is_ok());
+        assert!(route("/v1/proxy/a/..%e2%80%8b/y").is_ok()); // ZERO WIDTH SPACE: not white space
+        assert!(route("/v1/proxy/a/%e3%80%80x/y").is_ok());
         assert!(route("/v1/proxy/a/file.json").is_ok());
         // Latin-1 names (not UTF-8): refused only where they take the shape of an
         // overlong form.

@@ -1978,11 +1978,12 @@ fn an_answer_that_stays_silent_after_the_whole_upload_is_judged_at_the_body_time
 }
 
 /// Answers `GET /fail` with a 500 and `GET /ok` with a 200; for a request with a body, waits
-/// 300 ms for all of it and answers 503 if it does not come (how Go's `TimeoutHandler` or
+/// 1.2 s for all of it and answers 503 if it does not come (how Go's `TimeoutHandler` or
 /// Express's `connect-timeout` give up on a slow upload), 200 if it does (503 with `x-fail`,
 /// a failing backend); a request with
-/// `x-big` gets a 200 whose head is over the gateway's 32 KiB limit (a CORS handler that
-/// echoes what it is sent).
+/// `x-big: STATUS` gets that status with a head over the gateway's 32 KiB limit (a CORS
+/// handler that echoes what it is sent); one with `x-fail-fast` a 500 at once, its body
+/// unread, and a close.
 fn judging_backend() -> RawBackend {
     RawBackend::start(|mut s, _| {
         let mut pending = Vec::new();
@@ -1992,13 +1993,17 @@ fn judging_backend() -> RawBackend {
                 .unwrap_or(0);
             let answer = if head.starts_with("GET /fail ") {
                 response("500 Internal Server Error", "no")
-            } else if header_value(&head, "x-big").is_some() {
+            } else if header_value(&head, "x-fail-fast").is_some() {
+                // A dependency down: 500 on the head, the body never read.
+                let _ = s.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno");
+                return;
+            } else if let Some(status) = header_value(&head, "x-big") {
                 let pad = "p".repeat(40_000);
-                format!("HTTP/1.1 200 OK\r\nx-pad: {pad}\r\ncontent-length: 2\r\n\r\nok")
+                format!("HTTP/1.1 {status} X\r\nx-pad: {pad}\r\ncontent-length: 2\r\n\r\nok")
                     .into_bytes()
             } else if header_value(&head, "transfer-encoding").is_some() {
                 // Chunked: the whole body is there once its last chunk is.
-                let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+                let _ = s.set_read_timeout(Some(Duration::from_millis(1200)));
                 let mut tmp = [0u8; 4096];
                 while find(&pending, b"0\r\n\r\n").is_none() {
                     match s.read(&mut tmp) {
@@ -2015,7 +2020,7 @@ fn judging_backend() -> RawBackend {
                     }
                 }
             } else if len > 0 {
-                let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+                let _ = s.set_read_timeout(Some(Duration::from_millis(1200)));
                 let mut tmp = [0u8; 4096];
                 while pending.len() < len {
                     match s.read(&mut tmp) {
@@ -2081,7 +2086,29 @@ fn a_client_that_stalls_its_uploads_cannot_open_a_circuit() {
         .map(|r| r.status),
         Ok(200)
     );
-    // A 503 to a whole upload is the backend's: three open the circuit.
+    // A 500 on the head from a backend failing fast is the backend's, the body coming a
+    // few ms later (a re-review: never judged when the no-verdict rule took any answer
+    // before the body's end): three open the circuit.
+    for i in 0..3 {
+        let mut c = Client::connect(g.proc.addr);
+        c.send(b"POST /v1/proxy/svc/ff HTTP/1.1\r\nHost: g\r\nx-fail-fast: 1\r\nContent-Length: 5\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(20));
+        let _ = c.stream.write_all(b"hello");
+        let r = c.read_response();
+        assert_eq!(r.status, 500, "#{i}");
+    }
+    assert_eq!(circuit(g.admin, b.addr), "open");
+}
+
+/// The other side of the rule above: a 503 to a whole upload is the backend's.
+#[test]
+fn a_failure_status_to_a_whole_upload_counts() {
+    let b = judging_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 3, cooldown: 60s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
     for i in 0..3 {
         let r = exchange(
             g.proc.addr,
@@ -2105,7 +2132,7 @@ fn a_probe_answered_with_an_oversized_head_closes_the_circuit() {
         "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 300ms}",
         &format!("  svc: [http://{}]\n", b.addr),
     )));
-    let big = "GET /v1/proxy/svc/cors HTTP/1.1\r\nHost: g\r\nx-big: 1\r\n\r\n";
+    let big = "GET /v1/proxy/svc/cors HTTP/1.1\r\nHost: g\r\nx-big: 200\r\n\r\n";
     // Closed: no verdict, the circuit stays closed.
     let r = exchange(g.proc.addr, big).expect("answer");
     assert_eq!(
@@ -2129,6 +2156,18 @@ fn a_probe_answered_with_an_oversized_head_closes_the_circuit() {
         "GET /v1/proxy/svc/ok HTTP/1.1\r\nHost: g\r\n\r\n",
     );
     assert_eq!(r.map(|r| r.status), Ok(200));
+    // An oversized head whose status says failure is a failure, probe or not (a re-review:
+    // it closed a failing backend's circuit).
+    let big500 = "GET /v1/proxy/svc/cors HTTP/1.1\r\nHost: g\r\nx-big: 500\r\n\r\n";
+    assert_eq!(exchange(g.proc.addr, big500).map(|r| r.status), Ok(502));
+    assert_eq!(circuit(g.admin, b.addr), "open");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(exchange(g.proc.addr, big500).map(|r| r.status), Ok(502));
+    assert_eq!(
+        circuit(g.admin, b.addr),
+        "open",
+        "the probe failed: re-opened"
+    );
 }
 
 /// Regression (a hostile-client review): a stream whose events come further apart than
@@ -2164,9 +2203,10 @@ fn quiet_streams_cut_at_the_body_timeout_do_not_open_a_circuit() {
 
 /// Regression (a review): a backend could send any number of interim responses before its
 /// final one, each parsed and relayed (a million 103s: 40 MB, 4.4 s of the worker's CPU).
-/// Sixteen are relayed; a seventeenth is a 502 `too_many_interim_responses`.
+/// Up to 64 KiB of them are relayed; more is a 502 `too_many_interim_responses`, with no
+/// verdict (a long operation sending 102s is no failing backend).
 #[test]
-fn a_flood_of_interim_responses_is_cut_at_sixteen() {
+fn a_flood_of_interim_responses_is_cut_at_64_kib() {
     let b = RawBackend::start(|mut s, _| {
         let mut pending = Vec::new();
         while let Some(head) = read_head(&mut s, &mut pending) {
@@ -2182,18 +2222,19 @@ fn a_flood_of_interim_responses_is_cut_at_sixteen() {
     });
     let g = gateway_at(&write_config(&config(
         1,
-        "admin: 127.0.0.1:0",
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 60s}",
         &format!("  svc: [http://{}]\n", b.addr),
     )));
     let mut c = Client::connect(g.proc.addr);
-    c.send(b"GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nx-hints: 16\r\n\r\n");
-    for i in 0..16 {
+    // 1000 heads of 44 bytes: 44 000, within the limit.
+    c.send(b"GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nx-hints: 1000\r\n\r\n");
+    for i in 0..1000 {
         assert_eq!(c.read_response().status, 103, "#{i}");
     }
     let r = c.read_response();
     assert_eq!((r.status, text(&r).as_str()), (200, "ok"));
     let mut c = Client::connect(g.proc.addr);
-    c.send(b"GET /v1/proxy/svc/b HTTP/1.1\r\nHost: g\r\nx-hints: 1000\r\n\r\n");
+    c.send(b"GET /v1/proxy/svc/b HTTP/1.1\r\nHost: g\r\nx-hints: 2000\r\n\r\n");
     let mut r = c.read_response();
     while r.status == 103 {
         r = c.read_response();
@@ -2202,4 +2243,5 @@ fn a_flood_of_interim_responses_is_cut_at_sixteen() {
     let detail =
         serde_json::from_slice::<serde_json::Value>(&r.body).expect("json")["detail"].clone();
     assert_eq!(detail, "too_many_interim_responses");
+    assert_eq!(circuit(g.admin, b.addr), "closed", "no verdict");
 }
