@@ -169,7 +169,7 @@ pub async fn forward(
                         sent_whole: false,
                         sent_at: Instant::now(),
                         pool_it: false,
-                        answered_waiting_on_client: false,
+                        paced_by_client: false,
                     };
                     let after = ex.run(down).await;
                     if ex.pool_it && worker.may_pool() {
@@ -525,9 +525,10 @@ struct Exchange<'a> {
     sent_at: Instant,
     /// The exchange ended cleanly: the connection goes back to the pool.
     pool_it: bool,
-    /// The response head came while the upload waited on the client, the backend having
-    /// all of the body we had: a failure status then is no verdict (see [`note_head`]).
-    answered_waiting_on_client: bool,
+    /// The client's pace set the backend's clock: the response head came while the upload
+    /// waited on the client, or after an upload the client took [`STALLED_UPLOAD`] or more to
+    /// deliver. A failure status then is no verdict (see [`note_head`]).
+    paced_by_client: bool,
 }
 
 /// Why no response head came, short of success.
@@ -609,19 +610,20 @@ impl Body {
 /// anything else once the body has ended, because a backend that breaks its bodies is
 /// failing even when its heads look fine.
 ///
-/// A failure status that came while the backend waited on the client for the body
-/// (`waiting_on_client`: it had all we had, and had had the head for [`STALLED_UPLOAD`]) is
-/// no verdict: it is how many servers give up on a slow or stalled upload (Go's
-/// `TimeoutHandler` and Express's `connect-timeout` answer 503), so counting it let a client
-/// open a healthy circuit with three paused uploads (a review). A probe answered that way
-/// is handed back, as for a client that leaves.
+/// A failure status whose timing the client's pace decided (`paced_by_client`: it came
+/// while the backend waited on the client for the body, [`STALLED_UPLOAD`] or more after the
+/// head, or after an upload the client took that long to deliver) is no verdict: it is how
+/// servers give up on a slow or stalled upload (Go's `TimeoutHandler` and Express's
+/// `connect-timeout` answer 503), so counting it let a client open a healthy circuit with
+/// three paused uploads (reviews). A probe answered that way is handed back, as for a client
+/// that leaves.
 fn note_head(
     worker: &Worker,
     attempt: &mut Attempt<'_>,
     record: &mut Record,
     sent_at: Instant,
     status: u16,
-    waiting_on_client: bool,
+    paced_by_client: bool,
 ) {
     let upstream_us = sent_at.elapsed().as_micros() as u64;
     worker
@@ -631,7 +633,7 @@ fn note_head(
     record.upstream_us = Some(upstream_us);
     record.status = status;
     let failure = attempt.service.settings.is_failure_status(status);
-    if failure && waiting_on_client {
+    if failure && paced_by_client {
         attempt.settle(Outcome::NotSent);
     } else if failure || attempt.is_probe() {
         attempt.settle(Outcome::Answered(status));
@@ -693,7 +695,7 @@ impl Exchange<'_> {
             &mut down.record,
             self.sent_at,
             status,
-            self.answered_waiting_on_client,
+            self.paced_by_client,
         );
         if status == 101 {
             // Boxed, and behind a `dyn`: the tunnel's state (two directions' reads, writes
@@ -908,7 +910,7 @@ impl Exchange<'_> {
             sent_whole,
             sent_at,
             pool_it,
-            answered_waiting_on_client,
+            paced_by_client,
             ..
         } = self;
         let Downstream {
@@ -970,7 +972,7 @@ impl Exchange<'_> {
                 // a stalled upload. One within `STALLED_UPLOAD` of the head is the backend's
                 // own (a re-review: a backend failing fast on every upload was never judged
                 // when the body came a few ms after the head).
-                *answered_waiting_on_client = matches!(first, Either::Right(Ok(_)))
+                *paced_by_client = matches!(first, Either::Right(Ok(_)))
                     && !owed.get()
                     && sent_at.elapsed() >= STALLED_UPLOAD;
                 match first {
@@ -991,6 +993,11 @@ impl Exchange<'_> {
                     Either::Left(uploaded) => {
                         if uploaded.is_ok() {
                             *sent_whole = true;
+                            // An upload the client took `STALLED_UPLOAD` or more to deliver
+                            // set the backend's clock too: a server with a deadline for the
+                            // whole request may answer 5xx just after it (a re-review: half
+                            // the body, a 1.9 s pause, the rest, against a 2 s deadline).
+                            *paced_by_client |= sent_at.elapsed() >= STALLED_UPLOAD;
                             *sent_at = Instant::now();
                             attempt.borrow_mut().renew();
                         }
@@ -1011,7 +1018,7 @@ impl Exchange<'_> {
                         record,
                         *sent_at,
                         status,
-                        *answered_waiting_on_client,
+                        *paced_by_client,
                     );
                     let keep_client = keeps_client(*info, &head, worker);
                     let sent = Cell::new(0);

@@ -2020,7 +2020,13 @@ fn judging_backend() -> RawBackend {
                     }
                 }
             } else if len > 0 {
-                let _ = s.set_read_timeout(Some(Duration::from_millis(1200)));
+                let began = std::time::Instant::now();
+                // With a deadline for the whole request, the body is waited for longer.
+                let wait = match header_value(&head, "x-deadline-ms") {
+                    Some(_) => Duration::from_secs(5),
+                    None => Duration::from_millis(1200),
+                };
+                let _ = s.set_read_timeout(Some(wait));
                 let mut tmp = [0u8; 4096];
                 while pending.len() < len {
                     match s.read(&mut tmp) {
@@ -2033,8 +2039,13 @@ fn judging_backend() -> RawBackend {
                     response("503 Service Unavailable", "slow body")
                 } else {
                     pending.drain(..len);
+                    // A deadline for the whole request, as Go's TimeoutHandler has.
+                    let late = header_value(&head, "x-deadline-ms")
+                        .and_then(|v| v.parse().ok())
+                        .is_some_and(|ms| began.elapsed() > Duration::from_millis(ms));
                     match header_value(&head, "x-fail") {
                         Some(_) => response("503 Service Unavailable", "failing"),
+                        None if late => response("503 Service Unavailable", "deadline"),
                         None => response("200 OK", "ok"),
                     }
                 }
@@ -2076,6 +2087,21 @@ fn a_client_that_stalls_its_uploads_cannot_open_a_circuit() {
             r = c.read_response();
         }
         assert_eq!((r.status, text(&r).as_str()), (503, "slow body"), "#{i}");
+    }
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+    // Half the body, a pause, the rest: whole, but past the backend's deadline for the
+    // request (a re-review opened the circuit with three).
+    for i in 0..3 {
+        let mut c = Client::connect(g.proc.addr);
+        c.send(b"POST /v1/proxy/svc/late HTTP/1.1\r\nHost: g\r\nx-deadline-ms: 1000\r\nContent-Length: 10\r\n\r\nhello");
+        std::thread::sleep(Duration::from_millis(1300));
+        c.send(b"world");
+        let r = c.read_response();
+        assert_eq!(
+            (r.status, text(&r).as_str()),
+            (503, "deadline"),
+            "late #{i}"
+        );
     }
     assert_eq!(circuit(g.admin, b.addr), "closed");
     assert_eq!(
