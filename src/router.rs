@@ -139,9 +139,12 @@ fn overlong_utf8(b: &[u8]) -> bool {
 #[inline]
 fn has_dot_segment(b: &[u8]) -> bool {
     memchr::memchr_iter(b'.', b).any(|at| {
-        let before = &b[..at];
-        let start = before.iter().rposition(|&c| c == b'/').map_or(0, |p| p + 1);
-        trim_blanks_start(&before[start..]).is_empty() && dot_segment(&b[at..])
+        // The dots' end first: it rules out a file extension without looking back.
+        dot_segment(&b[at..]) && {
+            let before = &b[..at];
+            let start = before.iter().rposition(|&c| c == b'/').map_or(0, |p| p + 1);
+            trim_blanks_start(&before[start..]).is_empty()
+        }
     })
 }
 
