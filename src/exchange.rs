@@ -997,8 +997,9 @@ impl Exchange<'_> {
                             // set the backend's clock too: a server with a deadline for the
                             // whole request may answer 5xx just after it (a re-review: half
                             // the body, a 1.9 s pause, the rest, against a 2 s deadline).
-                            *paced_by_client |= sent_at.elapsed() >= STALLED_UPLOAD;
-                            *sent_at = Instant::now();
+                            let now = Instant::now();
+                            *paced_by_client |= now.duration_since(*sent_at) >= STALLED_UPLOAD;
+                            *sent_at = now;
                             attempt.borrow_mut().renew();
                         }
                         Err(match io::timed(timeouts.response, head).await {
