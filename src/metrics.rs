@@ -275,31 +275,26 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
             );
         }
     }
-    let _ = writeln!(
-        w,
-        "# HELP gateway_requests_aborted_total Requests that ended with no response sent: the client went away first."
-    );
-    let _ = writeln!(w, "# TYPE gateway_requests_aborted_total counter");
-    for (id, name) in names.services.iter().filter(|(id, _)| *id < MAX_SERVICES) {
-        let v = sum(workers, |m| m.aborted[*id].get());
-        let _ = writeln!(
-            w,
-            "gateway_requests_aborted_total{{service=\"{}\"}} {v}",
-            escape(name)
-        );
-    }
-    let _ = writeln!(
-        w,
-        "# HELP gateway_responses_cut_total Responses cut short after their head went out (the backend closed, reset or stalled mid-body, or the client left or read too slowly); also counted in gateway_requests_total by status."
-    );
-    let _ = writeln!(w, "# TYPE gateway_responses_cut_total counter");
-    for (id, name) in names.services.iter().filter(|(id, _)| *id < MAX_SERVICES) {
-        let v = sum(workers, |m| m.cut[*id].get());
-        let _ = writeln!(
-            w,
-            "gateway_responses_cut_total{{service=\"{}\"}} {v}",
-            escape(name)
-        );
+    type PerService = fn(&WorkerMetrics) -> &[Counter];
+    let per_service: [(&str, &str, PerService); 2] = [
+        (
+            "gateway_requests_aborted_total",
+            "Requests that ended with no response sent: the client went away first.",
+            |m| &m.aborted,
+        ),
+        (
+            "gateway_responses_cut_total",
+            "Responses cut short after their head went out (the backend closed, reset or stalled mid-body, or the client left or read too slowly); also counted in gateway_requests_total by status.",
+            |m| &m.cut,
+        ),
+    ];
+    for (metric, help, counters) in per_service {
+        let _ = writeln!(w, "# HELP {metric} {help}");
+        let _ = writeln!(w, "# TYPE {metric} counter");
+        for (id, name) in names.services.iter().filter(|(id, _)| *id < MAX_SERVICES) {
+            let v = sum(workers, |m| counters(m)[*id].get());
+            let _ = writeln!(w, "{metric}{{service=\"{}\"}} {v}", escape(name));
+        }
     }
     for (metric, help, k) in [
         (
