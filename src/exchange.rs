@@ -559,11 +559,19 @@ enum Body {
     /// The backend broke it: bad framing, or no byte of it for `timeouts.body` while we
     /// waited for one.
     Broken,
-    /// Cut short, by either side: the client left or stopped reading, or the backend
-    /// closed or reset before the end, which a backend with a send deadline does to a
-    /// client that reads too slowly, and the kernel does to an early answer when the
-    /// backend closes on an upload it did not read. Or over our own trailer limit, which a
-    /// backend that echoes a request field into a trailer can be pushed over. No verdict.
+    /// The backend closed (not reset) before the end while the client kept up: the gateway
+    /// waited less than [`STALLED_UPLOAD`] in all on the client while relaying the answer,
+    /// and the client's upload, if any, was whole and quick (see [`ToClient::judge_cuts`]).
+    /// A backend that dies mid-body (a crash, a cursor that fails halfway) is failing even
+    /// when its heads look fine.
+    Cut,
+    /// Cut short where the client may have set it off: the client left or stopped
+    /// reading, or the backend closed or reset before the end after the client kept the
+    /// gateway waiting (a backend with a send deadline cuts a slow reader's body, or one
+    /// with a deadline for the whole exchange a slow uploader's), and the kernel does that
+    /// to an early answer when the backend closes on an upload it did not read. Or over
+    /// our own trailer limit, which a backend that echoes a request field into a trailer
+    /// can be pushed over. No verdict.
     Unjudged,
 }
 
@@ -600,6 +608,7 @@ impl Body {
         match self {
             Body::Relayed => Outcome::Answered(status),
             Body::Broken => Outcome::Failed("broken_response_body"),
+            Body::Cut => Outcome::Failed("response_body_cut"),
             Body::Unjudged => Outcome::NotSent,
         }
     }
@@ -624,8 +633,9 @@ fn note_head(
     sent_at: Instant,
     status: u16,
     paced_by_client: bool,
-) {
-    let upstream_us = sent_at.elapsed().as_micros() as u64;
+) -> Instant {
+    let now = Instant::now();
+    let upstream_us = now.saturating_duration_since(sent_at).as_micros() as u64;
     worker
         .metrics
         .response
@@ -638,6 +648,7 @@ fn note_head(
     } else if failure || attempt.is_probe() {
         attempt.settle(Outcome::Answered(status));
     }
+    now
 }
 
 impl Exchange<'_> {
@@ -689,7 +700,7 @@ impl Exchange<'_> {
             Err(HeadFail::Duplex(after)) => return after,
         };
         let status = head.status;
-        note_head(
+        let head_at = note_head(
             self.worker,
             &mut self.attempt,
             &mut down.record,
@@ -705,7 +716,7 @@ impl Exchange<'_> {
             let tunnel: Pin<Box<dyn Future<Output = After> + '_>> = Box::pin(self.tunnel(down));
             return tunnel.await;
         }
-        let (after, body) = self.relay_response(down, head).await;
+        let (after, body) = self.relay_response(down, head, head_at).await;
         self.attempt.settle(body.outcome(status));
         after
     }
@@ -1013,7 +1024,7 @@ impl Exchange<'_> {
                 Err(done) => done,
                 Ok(head) => {
                     let status = head.status;
-                    note_head(
+                    let head_at = note_head(
                         worker,
                         &mut attempt.borrow_mut(),
                         record,
@@ -1044,6 +1055,10 @@ impl Exchange<'_> {
                                 hold: Some(&hold),
                                 min_body_rate,
                                 minor: info.minor,
+                                head_at,
+                                // Answered while the upload went on: the backend may cut
+                                // its answer over how the client uploads.
+                                judge_cuts: false,
                             },
                             &head,
                             keep_client,
@@ -1119,7 +1134,12 @@ impl Exchange<'_> {
     /// Relays the response: the head is in `down.out`; whatever body is in hand goes in the
     /// same write; the rest streams. Then decides about both connections, and says whether
     /// the backend broke the body.
-    async fn relay_response(&mut self, down: &mut Downstream, head: ResponseHead) -> (After, Body) {
+    async fn relay_response(
+        &mut self,
+        down: &mut Downstream,
+        head: ResponseHead,
+        head_at: Instant,
+    ) -> (After, Body) {
         let early = !self.sent_whole;
         let status = head.status;
         // An early answer, or a drain that began while we waited, closes the client
@@ -1143,6 +1163,8 @@ impl Exchange<'_> {
                 hold: None,
                 min_body_rate: self.min_body_rate,
                 minor: self.info.minor,
+                head_at,
+                judge_cuts: !early && !self.paced_by_client,
             },
             &head,
             keep_client,
@@ -1210,6 +1232,14 @@ struct ToClient<'r> {
     hold: Option<&'r io::Hold>,
     min_body_rate: u64,
     minor: u8,
+    /// When the response head arrived.
+    head_at: Instant,
+    /// A body the backend cuts short is judged ([`Body::Cut`]) if the client kept up with
+    /// it: false when the upload, if any, was not whole and quick (an early answer, one
+    /// relayed while the upload went on, or after an upload the client took
+    /// [`STALLED_UPLOAD`] or more to deliver), since a server with a deadline for the whole
+    /// exchange (Go's `WriteTimeout`) cuts its answer when the upload used it up.
+    judge_cuts: bool,
 }
 
 /// How relaying a response to the client ended.
@@ -1243,6 +1273,8 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
         hold,
         min_body_rate,
         minor,
+        head_at,
+        judge_cuts,
     } = t;
     let before = out.len();
     out.extend_from_slice(fields);
@@ -1279,6 +1311,9 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
     if body.done {
         return Relayed::Whole;
     }
+    // Waiting to write the head counts as waiting on the client: a client that does not
+    // read holds it up as it holds up the body.
+    body.pace.spend(head_at.elapsed(), 0);
     let mut buf = std::mem::take(out);
     // Counted as it goes: a body cut short is logged with what reached the client.
     let r = pump(
@@ -1313,6 +1348,14 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
                 // A Content-Length body that stops is a backend that broke it.
                 BodyError::SrcTimeout if !matches!(head.framing, Framing::Length(_)) => {
                     Body::Unjudged
+                }
+                // The backend closed mid-body (a review: one that sent a good head and then
+                // died every time stayed in service), and the client did not keep the
+                // gateway waiting. A reset stays no verdict: it is also how a backend's
+                // kernel ends a connection whose request body the backend did not read,
+                // whatever it had still to send of an early 413.
+                BodyError::Truncated if judge_cuts && body.pace.waited() < STALLED_UPLOAD => {
+                    Body::Cut
                 }
                 e => Body::after(e),
             })

@@ -50,49 +50,55 @@ pub struct Late;
 /// `MinRequestBodyDataRate` and Apache's `mod_reqtimeout` `MinRate`.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
-    /// The client's end; None: no minimum.
+    /// The client's end; None: not a client's body.
     side: Option<Side>,
-    /// Bytes per second.
+    /// Bytes per second; 0: no minimum (the waits are still counted in `waited`).
     rate: u64,
     /// The most credit (`timeouts.body`).
     cap: Duration,
     /// The credit left: how much longer the client may keep the gateway waiting.
     ahead: Duration,
+    /// All the time spent waiting on the client so far.
+    waited: Duration,
 }
 
 impl Pace {
-    /// No minimum.
+    /// Not a client's body.
     pub const NONE: Pace = Pace {
         side: None,
         rate: 0,
         cap: Duration::ZERO,
         ahead: Duration::ZERO,
+        waited: Duration::ZERO,
     };
 
     /// `rate` bytes per second (0: none) for the client at `side`, at most `cap` behind.
     pub fn new(side: Side, rate: u64, cap: Duration) -> Pace {
         Pace {
-            side: (rate > 0).then_some(side),
+            side: Some(side),
             rate,
             cap,
             ahead: cap,
+            waited: Duration::ZERO,
         }
     }
 
     /// The longest the next wait on `side` may last: `pause`, or the credit left when that
     /// is less (zero once the client has fallen behind). None when `side` is not the
-    /// client's.
+    /// client's or there is no minimum.
     pub fn limit(&self, side: Side, pause: Duration) -> Option<Duration> {
-        (self.side == Some(side)).then(|| pause.min(self.ahead))
+        (self.side == Some(side) && self.rate > 0).then(|| pause.min(self.ahead))
     }
 
-    /// One wait on `side`: its timeout, and when it began if the client's pace is watched
-    /// there. `Late` when the client has fallen behind already.
+    /// One wait on `side`: its timeout, and when it began if `side` is the client's (to be
+    /// passed to [`Pace::note`]). `Late` when the client has fallen behind already.
     pub fn wait(&self, side: Side, pause: Duration) -> Result<(Duration, Option<Instant>), Late> {
+        if self.side != Some(side) {
+            return Ok((pause, None));
+        }
         match self.limit(side, pause) {
-            None => Ok((pause, None)),
             Some(d) if d.is_zero() => Err(Late),
-            Some(d) => Ok((d, Some(Instant::now()))),
+            limit => Ok((limit.unwrap_or(pause), Some(Instant::now()))),
         }
     }
 
@@ -102,9 +108,15 @@ impl Pace {
     }
 
     /// Counts a wait of `waited` on the client that moved `bytes`.
-    fn spend(&mut self, waited: Duration, bytes: usize) {
+    pub fn spend(&mut self, waited: Duration, bytes: usize) {
+        self.waited = self.waited.saturating_add(waited);
         self.ahead = self.ahead.saturating_sub(waited);
         self.earn(bytes);
+    }
+
+    /// All the time spent waiting on the client so far.
+    pub fn waited(&self) -> Duration {
+        self.waited
     }
 
     /// Counts `bytes` of body moved at `side` apart from a wait (a splice that found them
@@ -116,6 +128,9 @@ impl Pace {
     }
 
     fn earn(&mut self, bytes: usize) {
+        if self.rate == 0 {
+            return;
+        }
         let ns = u128::from(bytes as u64) * 1_000_000_000 / u128::from(self.rate.max(1));
         let earned = Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX));
         self.ahead = self.ahead.saturating_add(earned).min(self.cap);
@@ -483,6 +498,32 @@ mod tests {
         let off = Pace::new(Side::Src, 0, MS(1000));
         assert_eq!(off.limit(Side::Src, MS(30_000)), None);
         assert_eq!(Pace::NONE.limit(Side::Src, MS(5)), None);
+    }
+
+    #[test]
+    fn every_wait_on_the_client_is_counted_with_or_without_a_minimum_rate() {
+        for rate in [0, 100] {
+            let mut p = Pace::new(Side::Dst, rate, MS(1000));
+            let (limit, since) = p.wait(Side::Dst, MS(300)).expect("credit");
+            assert_eq!(limit, MS(300), "rate {rate}");
+            assert!(
+                since.is_some(),
+                "rate {rate}: a wait on the client is timed"
+            );
+            assert_eq!(
+                p.wait(Side::Src, MS(300)),
+                Ok((MS(300), None)),
+                "not the client"
+            );
+            p.spend(MS(250), 25);
+            p.spend(MS(900), 0);
+            assert_eq!(p.waited(), MS(1150), "rate {rate}");
+        }
+        // Off, a client far behind any rate is never late.
+        let mut off = Pace::new(Side::Src, 0, MS(1000));
+        off.spend(MS(60_000), 0);
+        assert_eq!(off.wait(Side::Src, MS(300)).map(|w| w.0), Ok(MS(300)));
+        assert_eq!(Pace::NONE.wait(Side::Dst, MS(5)), Ok((MS(5), None)));
     }
 
     #[test]

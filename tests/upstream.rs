@@ -1179,7 +1179,7 @@ fn big_body_backend() -> RawBackend {
 }
 
 #[test]
-fn a_body_the_backend_breaks_is_a_breaker_failure_and_one_cut_short_is_no_verdict() {
+fn a_body_the_backend_breaks_is_a_breaker_failure_and_clients_leaving_are_no_verdict() {
     let names = ["bad-chunk", "bad-later", "stall", "short", "no-last-chunk"];
     let backends: Vec<RawBackend> = names.iter().map(|n| body_breaker(n)).collect();
     let big = big_body_backend();
@@ -1218,16 +1218,13 @@ fn a_body_the_backend_breaks_is_a_breaker_failure_and_one_cut_short_is_no_verdic
                 (_, other) => wrong.push(format!("{svc} #{i}: {other:?}")),
             }
         }
-        // Bad framing and a stall are the backend's; a body cut short may be the client's
-        // doing (a backend with a send deadline and a slow reader), so no verdict.
-        let want = match *svc {
-            "bad-chunk" | "bad-later" | "stall" => "open",
-            _ => "closed",
-        };
+        // Bad framing, a stall, and a body cut short while the client kept up are the
+        // backend's (a review: one that sent a good head and then died every time stayed in
+        // service). A slow reader's cut is not (below).
         let state = circuit(g.admin, b.addr);
-        if state != want {
+        if state != "open" {
             wrong.push(format!(
-                "{svc}: circuit {state} after 3 broken bodies (threshold 3), want {want}"
+                "{svc}: circuit {state} after 3 broken bodies (threshold 3), want open"
             ));
         }
     }
@@ -2270,4 +2267,112 @@ fn a_flood_of_interim_responses_is_cut_at_64_kib() {
         serde_json::from_slice::<serde_json::Value>(&r.body).expect("json")["detail"].clone();
     assert_eq!(detail, "too_many_interim_responses");
     assert_eq!(circuit(g.admin, b.addr), "closed", "no verdict");
+}
+
+/// A backend that cuts its answers short: `GET /deadline` streams a long body with a
+/// deadline of 1.5 s for it, as servers have for slow readers (Go's `WriteTimeout`), and
+/// hangs up when it passes; anything else gets ten bytes of a 100-byte body, after the whole request body.
+fn cutting_backend() -> RawBackend {
+    RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        let Some(head) = read_head(&mut s, &mut pending) else {
+            return;
+        };
+        if head.starts_with("GET /deadline") {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n");
+            let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+            let piece = vec![b'd'; 64 << 10];
+            let end = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < end && s.write_all(&piece).is_ok() {}
+            return;
+        }
+        let len: usize = header_value(&head, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut tmp = [0u8; 4096];
+        while pending.len() < len {
+            match s.read(&mut tmp) {
+                Ok(n) if n > 0 => pending.extend_from_slice(&tmp[..n]),
+                _ => return,
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b");
+    })
+}
+
+/// Regression (a re-review of the breaker's rules): a body the backend closed or reset
+/// mid-way was never a verdict, so a backend that sent a good head and then died every time
+/// stayed in service. It counts now when the client kept up; not when the client kept the
+/// gateway waiting 1 s or more (a backend's send deadline cuts a slow reader), nor after an
+/// upload the client took that long to deliver (a deadline for the whole exchange).
+#[test]
+fn a_body_cut_while_the_client_kept_up_counts_and_one_a_slow_client_set_off_does_not() {
+    let b = cutting_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 3, cooldown: 60s}\ntimeouts: {body: 5s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let addr = g.proc.addr;
+    // Three slow readers at once: each reads nothing for 2.5 s, then all it can.
+    let readers: Vec<_> = (0..3)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).expect("connect");
+                c.set_read_timeout(Some(Duration::from_secs(15)))
+                    .expect("timeout");
+                c.write_all(
+                    format!("GET /v1/proxy/svc/deadline/{i} HTTP/1.1\r\nHost: g\r\n\r\n")
+                        .as_bytes(),
+                )
+                .expect("send");
+                std::thread::sleep(Duration::from_millis(2500));
+                let mut first = [0u8; 12];
+                let head = c.read_exact(&mut first).ok().map(|()| first);
+                let mut total = 12u64;
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n @ 1..) = c.read(&mut buf) {
+                    total += n as u64;
+                }
+                (head, total)
+            })
+        })
+        .collect();
+    for (i, r) in readers.into_iter().enumerate() {
+        let (head, total) = r.join().expect("reader");
+        assert_eq!(
+            head.as_ref().map(|h| &h[..]),
+            Some(&b"HTTP/1.1 200"[..]),
+            "#{i}"
+        );
+        assert!(
+            total < 1 << 30,
+            "#{i}: the backend cut it, yet {total} bytes came"
+        );
+    }
+    assert_eq!(circuit(g.admin, b.addr), "closed", "slow readers' cuts");
+    // Half the body, a pause, the rest: the backend answers the whole upload and cuts.
+    for i in 0..3 {
+        let mut c = Client::connect(addr);
+        c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\nContent-Length: 10\r\n\r\nhello");
+        std::thread::sleep(Duration::from_millis(1200));
+        c.send(b"world");
+        let mut got = Vec::new();
+        let _ = c.stream.read_to_end(&mut got);
+        assert!(got.starts_with(b"HTTP/1.1 200"), "upload #{i}");
+        assert!(got.ends_with(b"only ten b"), "upload #{i}: cut short");
+    }
+    assert_eq!(circuit(g.admin, b.addr), "closed", "slow uploaders' cuts");
+    // Clients that kept up: three cuts open the circuit.
+    for i in 0..3 {
+        let r = exchange(
+            addr,
+            &format!("GET /v1/proxy/svc/{i} HTTP/1.1\r\nHost: g\r\n\r\n"),
+        );
+        assert!(
+            r.is_err(),
+            "#{i}: the answer must reach the client cut: {r:?}"
+        );
+    }
+    assert_eq!(circuit(g.admin, b.addr), "open");
 }
