@@ -59,6 +59,14 @@ pub enum ConfigError {
     Syntax { path: String, message: String },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+    /// An [`ConfigError::Invalid`] found in a file, which it names (an operator review: a
+    /// reload's error named the key but not the file).
+    #[error("{path}: {key}: {message}")]
+    InFile {
+        path: String,
+        key: String,
+        message: String,
+    },
 }
 
 pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -497,6 +505,13 @@ pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
         }
     };
     let ms_per_unit: u64 = match unit {
+        // `1.5s` (an operator review was told the unit was wrong).
+        _ if unit.starts_with(['.', ',']) => {
+            return Err(invalid(
+                key,
+                format!("invalid duration {v:?}: fractions are not taken; use a smaller unit, e.g. 1500ms for 1.5s"),
+            ))
+        }
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
@@ -731,6 +746,8 @@ fn breaker_settings(
     Ok(out)
 }
 
+const NO_SERVICES: &str = "no services configured: add at least one, e.g. `services: {user-service: [http://127.0.0.1:8001]}`";
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -738,11 +755,10 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
+        let path = path.display().to_string();
         Config::parse(&text).map_err(|e| match e {
-            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
-                path: path.display().to_string(),
-                message,
-            },
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax { path, message },
+            ConfigError::Invalid { key, message } => ConfigError::InFile { path, key, message },
             other => other,
         })
     }
@@ -751,6 +767,18 @@ impl Config {
     /// write, is skipped: YAML took it for a second document).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        // Say it is empty, not only what is missing (an operator review: a truncated file read
+        // as one without services).
+        let blank = |l: &str| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+        };
+        if text.lines().all(blank) {
+            return Err(invalid(
+                "services",
+                format!("the file is empty (nothing but blank lines and comments): {NO_SERVICES}"),
+            ));
+        }
         let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax {
             path: "config".into(),
             message: plain_syntax_error(&e.to_string(), text),
@@ -1050,10 +1078,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     // Sorted by name, as before (a map): the order of the file does not matter.
     raw_services.sort_by(|a, b| a.0.cmp(&b.0));
     if raw_services.is_empty() {
-        return Err(invalid(
-            "services",
-            "no services configured: add at least one, e.g. `services: {user-service: [http://127.0.0.1:8001]}`",
-        ));
+        return Err(invalid("services", NO_SERVICES));
     }
     let global_limit = match &raw.rate_limit {
         Some(v) => crate::admission::parse_rate_limit("rate_limit", v)?,
@@ -1392,7 +1417,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("500ms"));
-        assert!(parse_duration("k", "1.5s").is_err());
+        assert!(parse_duration("k", "1.5s")
+            .unwrap_err()
+            .to_string()
+            .contains("1500ms"));
         // Regression: these overflowed (`n * 60`) or were accepted and then overflowed
         // `Instant + timeout` in a worker.
         assert!(parse_duration("k", "307445734561825861m")

@@ -82,13 +82,19 @@ fn temp_config(yaml: &str) -> std::path::PathBuf {
 /// Runs `gateway --check` on `yaml`: the exit code and stdout + stderr.
 fn check(yaml: &str) -> (Option<i32>, String) {
     let path = temp_config(yaml);
+    let r = check_file(&path);
+    let _ = std::fs::remove_file(&path);
+    r
+}
+
+/// Runs `gateway --check` on the file at `path`: the exit code and stdout + stderr.
+fn check_file(path: &std::path::Path) -> (Option<i32>, String) {
     let out = gateway()
         .arg("--check")
         .arg("--config")
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
-    let _ = std::fs::remove_file(&path);
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code(), text)
@@ -109,6 +115,33 @@ fn check_rejects_a_broken_config_naming_key_value_and_fix() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/config.yaml"));
+}
+
+/// Regression (an operator review): an error in a value named the key but not the file,
+/// at start and in a reload's log line; an empty file was said to have no services; `1.5s`
+/// was said to have a wrong unit.
+#[test]
+fn check_names_the_file_an_empty_file_and_a_fraction() {
+    let path = temp_config("timeouts: {connect: 1.5s}\nservices:\n  a: [http://127.0.0.1:1]\n");
+    let (code, err) = check_file(&path);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, Some(1));
+    let want = format!(
+        "{}: timeouts.connect: invalid duration \"1.5s\": fractions",
+        path.display()
+    );
+    assert!(err.contains(&want) && err.contains("1500ms"), "{err}");
+    for empty in ["", "\n# nothing yet\n\n", "---\n"] {
+        let (code, err) = check(empty);
+        assert_eq!(code, Some(1), "{empty:?}");
+        assert!(err.contains("the file is empty"), "{empty:?}: {err}");
+    }
+    let (code, err) = check("{}\n");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("no services configured") && !err.contains("empty"),
+        "{err}"
+    );
 }
 
 #[test]
