@@ -17,14 +17,16 @@ use crate::error::GatewayError;
 /// can count on them any more (see `state::Ids`), so these bound what is configured at
 /// once (plus what left it and is still in flight), not what a process ever saw; beyond
 /// them a service or backend is served but not counted, which is logged once and counted
-/// in `gateway_metric_ids_exhausted_total`. Their tables cost about 400 KiB per worker.
+/// in `gateway_metric_ids_exhausted_total`. Their tables cost about 430 KiB per worker.
 pub const MAX_SERVICES: usize = 1024;
 pub const MAX_SLOTS: usize = 4096;
 
-/// Upper bounds of the latency histogram buckets, in microseconds (+Inf is implicit).
-pub const BUCKETS_US: [u64; 14] = [
+/// Upper bounds of the latency histogram buckets, in microseconds (+Inf is implicit). Up to
+/// 60 s: the default `timeouts.response` is 30 s (an operator review found every answer
+/// between 10 and 30 s in `+Inf`).
+pub const BUCKETS_US: [u64; 16] = [
     500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-    2_500_000, 5_000_000, 10_000_000,
+    2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
 ];
 const NB: usize = BUCKETS_US.len() + 1;
 
@@ -697,6 +699,11 @@ mod tests {
         ));
         assert!(text
             .contains("gateway_upstream_response_seconds_bucket{service=\"svc\",le=\"10\"} 1\n"));
+        // 20 s, within the default response timeout, is in a bucket of its own.
+        assert!(text
+            .contains("gateway_upstream_response_seconds_bucket{service=\"svc\",le=\"30\"} 2\n"));
+        assert!(text
+            .contains("gateway_upstream_response_seconds_bucket{service=\"svc\",le=\"60\"} 2\n"));
         assert!(text
             .contains("gateway_upstream_response_seconds_bucket{service=\"svc\",le=\"+Inf\"} 2\n"));
         assert!(text.contains("gateway_upstream_response_seconds_count{service=\"svc\"} 2\n"));
