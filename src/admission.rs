@@ -463,6 +463,12 @@ enum Budget {
     Keyed { table: Arc<Table>, id: u64 },
 }
 
+/// The 400's detail for a `header:NAME` key on more than one line, or a list.
+pub const REPEATED_KEY: &str = "repeated_rate_limit_key";
+/// The 400's detail for a `header:NAME` key that `Connection` names (so it is not
+/// forwarded).
+pub const HOP_BY_HOP_KEY: &str = "hop_by_hop_rate_limit_key";
+
 /// What admission decided.
 pub enum Verdict {
     /// Go on. `held` says whether an in-flight slot was taken (release it with
@@ -472,8 +478,10 @@ pub enum Verdict {
     Limited { retry_after: u64 },
     /// At `max_in_flight`: answer 503 `overloaded`.
     Overloaded,
-    /// The `header:NAME` key came on more than one line: answer 400.
-    Ambiguous,
+    /// The `header:NAME` key is not what the backend will see: on more than one line
+    /// ([`REPEATED_KEY`]), or named by `Connection`, so never forwarded ([`HOP_BY_HOP_KEY`]).
+    /// Answer 400 with that detail.
+    Ambiguous(&'static str),
 }
 
 /// A service's admission state.
@@ -565,6 +573,14 @@ impl Admission {
                     .iter()
                     .filter(|h| h1::name_is_cgi(h.name, name));
                 let value = match (lines.next(), lines.next()) {
+                    // `Connection: X-Api-Key` drops the key on its way to the backend, which
+                    // then sees a keyless request that never paid from the keyless budget (a
+                    // review: a fresh key and that option on every request, never limited).
+                    (Some(h), None)
+                        if h1::ConnectionOptions::collect(caller.headers).names(h.name) =>
+                    {
+                        return Verdict::Ambiguous(HOP_BY_HOP_KEY)
+                    }
                     (Some(h), None) => Ok(h1::trim_ows(h.value)),
                     (None, _) => Ok(&b""[..]),
                     (Some(_), Some(_)) => Err(()),
@@ -576,7 +592,7 @@ impl Admission {
                     Ok(v) if !v.contains(&b',') => table.bucket(*id, 1, v),
                     // Which value would the backend believe? Keying on one lets a client
                     // vary another for fresh budgets; refuse, as for a repeated Host.
-                    _ => return Verdict::Ambiguous,
+                    _ => return Verdict::Ambiguous(REPEATED_KEY),
                 }
             }
             // Not built (a service key always gets its own word); one shared key would do.

@@ -366,7 +366,7 @@ fn admit(view: &View, caller: &Caller<'_>, fields: &mut Vec<u8>, req: Request) -
         Verdict::Admit { held } => return Next::Forward { req, held },
         Verdict::Limited { retry_after } => (GatewayError::RateLimited, Some(retry_after)),
         Verdict::Overloaded => (GatewayError::Overloaded, Some(1)),
-        Verdict::Ambiguous => (GatewayError::BadRequest("repeated_rate_limit_key"), None),
+        Verdict::Ambiguous(detail) => (GatewayError::BadRequest(detail), None),
     };
     Next::Reject {
         err,

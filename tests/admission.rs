@@ -217,6 +217,23 @@ fn a_header_key_on_two_lines_is_refused_before_any_budget_or_backend() {
             "{sent:?}"
         );
     }
+    // Regression (a hostile-client review): the key named by `Connection` is dropped on
+    // its way, so the backend saw a keyless request that never paid from the keyless
+    // budget; a fresh key per request was never limited.
+    for sent in [
+        "X-Api-Key: four\r\nConnection: X-Api-Key\r\n",
+        "x-api-key: five\r\nConnection: keep-alive, X-API-KEY\r\n",
+        "X_Api_Key: six\r\nConnection: close\r\nConnection: x_api_key\r\n",
+    ] {
+        let mut c = Client::connect(g.addr);
+        c.send(format!("GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n{sent}\r\n").as_bytes());
+        let r = c.read_response();
+        assert_eq!(
+            (r.status, error_detail(&r)),
+            (400, "hop_by_hop_rate_limit_key".into()),
+            "{sent:?}"
+        );
+    }
     // Alpha's budget is untouched by the refusals, and spent.
     assert_eq!(statuses(&mut c, 1, "x-api-key: alpha\r\n"), [429]);
     // An alias alone is the key; an empty value is no key, as an absent one.
