@@ -61,6 +61,17 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    /// The same limit with its rate in lowest terms (`6000/m` is `100/s`): what makes two
+    /// limits one budget.
+    pub fn in_lowest_terms(&self) -> RateLimit {
+        let g = gcd(self.count, self.per_secs).max(1);
+        RateLimit {
+            count: self.count / g,
+            per_secs: self.per_secs / g,
+            ..self.clone()
+        }
+    }
+
     /// Nanoseconds between two requests at the steady rate (at least 1).
     pub fn interval_ns(&self) -> u64 {
         ((u128::from(self.per_secs) * u128::from(NS)) / u128::from(self.count)).max(1) as u64
@@ -677,13 +688,8 @@ impl FleetBudget {
             // The rate in lowest terms: `100/s` and `6000/m` are one budget across instances
             // that spell it differently (a review saw them run as two, doubling the fleet's).
             key: {
-                let g = gcd(limit.count, limit.per_secs).max(1);
-                format!(
-                    "{service}:{}:{}:{}",
-                    limit.count / g,
-                    limit.per_secs / g,
-                    limit.burst
-                )
+                let l = limit.in_lowest_terms();
+                format!("{service}:{}:{}:{}", l.count, l.per_secs, l.burst)
             },
             allowance: CachePadded::new(AtomicU64::new(0)),
             online: std::sync::atomic::AtomicBool::new(false),
@@ -878,7 +884,9 @@ impl Registry {
                 .unwrap_or_else(|| Arc::new(CachePadded::new(AtomicU64::new(0))));
             in_flight.insert(s.name.clone(), counter.clone());
             let limiter = s.rate_limit.as_ref().map(|limit| {
-                let id = (s.name.clone(), limit.clone());
+                // `100/s` rewritten as `6000/m` is the same budget (a review: a reload that
+                // did so handed out a fresh burst).
+                let id = (s.name.clone(), limit.in_lowest_terms());
                 let budget = if limit.key == LimitKey::Service {
                     let w = match self.words.get(&id) {
                         Some(w) => {
@@ -1108,6 +1116,29 @@ mod tests {
     /// sending fresh keys could fill the whole table that way (a review: new users of an
     /// unrelated 100/m service got 429 with Retry-After 7175). Now a budget only ever runs
     /// on its own key's cell, whatever the table holds.
+    #[test]
+    fn a_reload_that_writes_the_same_rate_in_other_units_keeps_the_budget() {
+        // Regression (a fleet review): `100/s` rewritten as `6000/m` handed out a fresh
+        // burst at every reload.
+        let cfg = |rate: &str, key: &str| {
+            crate::config::Config::parse(&format!(
+                "services:\n  a:\n    backends: [http://127.0.0.1:1]\n    rate_limit: {{rate: {rate}, burst: 10, key: {key}}}\n"
+            ))
+            .unwrap()
+        };
+        for key in ["service", "client_ip"] {
+            let mut r = Registry::default();
+            let (_, first) = r.build(&cfg("100/s", key));
+            assert_eq!(first, BudgetReport { kept: 0, fresh: 1 }, "{key}");
+            for rate in ["6000/m", "360000/h", "100/s"] {
+                let (_, again) = r.build(&cfg(rate, key));
+                assert_eq!(again, BudgetReport { kept: 1, fresh: 0 }, "{key} {rate}");
+            }
+            let (_, other) = r.build(&cfg("101/s", key));
+            assert_eq!(other, BudgetReport { kept: 0, fresh: 1 }, "{key}");
+        }
+    }
+
     #[test]
     fn a_slow_budget_filling_the_table_never_refuses_another_budgets_keys() {
         let t = Table::new(64);
