@@ -339,9 +339,14 @@ return redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
 /// The heartbeat, on Redis's clock: joins the fleet's instances, forgets those silent for
 /// the peers' TTL, and returns Redis's time with every instance whose heartbeat is within
 /// the TTL of it either way (one stamped further ahead is a stray writer's, and is removed).
+/// With the instances key holding another type, Redis's time and no list (nil): the clock
+/// is still the fleet's (a review: `SET fleet:instances x` failed every heartbeat, and so
+/// took every instance out of the fleet).
 /// KEYS: instances. ARGV: instance, ttl ms.
 const HEARTBEAT_SCRIPT: &str = r"
 local t = redis.call('TIME')
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'zset' and kind ~= 'none' then return {t[1], t[2], false} end
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
@@ -499,6 +504,22 @@ impl BadKeys {
                 Ok(None)
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+impl BadKeys {
+    /// Notes whether `key` holds what cannot be used (`why`), said once each way.
+    fn mark(&mut self, key: &str, bad: bool, why: &str) {
+        if !bad {
+            if self.0.remove(key) {
+                log::info!("cluster: Redis key {} is usable again", short(key));
+            }
+        } else if self.0.insert(key.to_string()) {
+            log::warn!(
+                "cluster: Redis key {} {why}; what uses it is decided locally until it is removed",
+                short(key)
+            );
         }
     }
 }
@@ -1130,7 +1151,7 @@ impl Node {
         };
         let key = instances_key(&self.status.config.name);
         let sent = Instant::now();
-        let (secs, micros, members): (String, String, Vec<String>) = redis::cmd("EVAL")
+        let (secs, micros, members): (String, String, Option<Vec<String>>) = redis::cmd("EVAL")
             .arg(HEARTBEAT_SCRIPT)
             .arg(1)
             .arg(&key)
@@ -1138,7 +1159,12 @@ impl Node {
             .arg(PEER_TTL_MS)
             .query(con)?;
         self.set_clock(&secs, &micros, sent.elapsed(), false);
+        // Not a list of instances: no peers known, said once, as for any key of another
+        // type (a probe lease another instance holds is then decided locally too).
+        self.bad_keys
+            .mark(&key, members.is_none(), "is not a sorted set of instances");
         let peers = members
+            .unwrap_or_default()
             .into_iter()
             .filter(|m| *m != self.status.instance)
             .collect();

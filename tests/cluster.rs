@@ -822,7 +822,8 @@ fn a_fleet_budget_too_small_for_a_slow_redis_is_reported() {
 
 /// Regression: one key of the wrong type under the fleet's prefix (another application's,
 /// say) made Redis answer WRONGTYPE, which failed every round: the instance went down for
-/// every circuit and budget and flapped. Now only what uses that key is decided locally.
+/// every circuit and budget and flapped. Now only what uses that key is decided locally;
+/// a list of instances of the wrong type leaves the instances without known peers.
 #[test]
 fn a_key_of_the_wrong_type_takes_out_only_what_uses_it() {
     let redis = Redis::start();
@@ -836,6 +837,10 @@ fn a_key_of_the_wrong_type_takes_out_only_what_uses_it() {
         ),
         "\r\n",
     );
+    assert!(said.starts_with("+OK"), "{said}");
+    // And the fleet's list of instances (a review: every heartbeat failed, and so took the
+    // whole fleet out of sharing).
+    let said = redis.send(&format!("SET {name}:instances garbage\r\n"), "\r\n");
     assert!(said.starts_with("+OK"), "{said}");
     let member = || {
         gateway_at(&write_config(&config(
