@@ -472,3 +472,43 @@ fn memory_taken_by_a_burst_of_clients_is_given_back_once_they_leave() {
         rss_kib(pid)
     );
 }
+
+/// Regression (a hostile-client review): clients that sent requests and never read their
+/// answers were busy, never evicted, so a few of them held every connection at the cap
+/// until `timeouts.body` (30 s by default) and locked everyone else out. A client whose
+/// answer has been stuck behind its closed receive window for a second or so is now evicted
+/// for a waiting client, after any idle connection and slow head.
+#[test]
+fn at_the_cap_a_client_that_stopped_reading_makes_room_for_a_waiting_client() {
+    for driver in ["io_uring", "epoll"] {
+        let b = mock_backend();
+        let extra = "admin: 127.0.0.1:0\ntimeouts: {body: 30s}\nlimits:\n  max_connections: 2";
+        let path = write_config(&config(1, extra, &svc(&b)));
+        let g = gateway_at_with_env(&path, &[("GATEWAY_DRIVER", driver)]);
+        let hogs: Vec<Client> = (0..2)
+            .map(|_| {
+                let mut c = Client::connect(g.proc.addr);
+                c.send(b"GET /v1/proxy/svc/big HTTP/1.1\r\nHost: g\r\nx-mock-body-bytes: 50000000\r\n\r\n");
+                c
+            })
+            .collect();
+        assert!(eventually(Duration::from_secs(5), || {
+            metric(g.admin, "gateway_client_connections") == 2.0
+        }));
+        let started = Instant::now();
+        let mut waiting = Client::connect(g.proc.addr);
+        waiting.send(GET);
+        assert_eq!(waiting.read_response().status, 200, "{driver}");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{driver}: served after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            metric(g.admin, "gateway_idle_evicted_total"),
+            1.0,
+            "{driver}"
+        );
+        drop(hogs);
+    }
+}
