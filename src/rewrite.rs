@@ -298,8 +298,10 @@ pub fn write_response_head(
         Framing::None => {
             let is_head = info.method == Method::Head;
             match p.content_length {
-                // HEAD and 304 keep the length the full response would have had.
-                Some(n) if is_head || status == 304 => {
+                // HEAD and 304 keep the length the full response would have had; a 204
+                // never has one, whatever the method (RFC 9110 §8.6; a review saw a HEAD's
+                // 204 keep the backend's).
+                Some(n) if (is_head && status != 204) || status == 304 => {
                     out.extend_from_slice(b"content-length: ");
                     h1::push_dec(out, n);
                     out.extend_from_slice(b"\r\n");
@@ -385,5 +387,40 @@ mod tests {
         let mut out = Vec::new();
         copy_headers(&mut out, p.head, p.headers, |n| n == "E" || n == "A");
         assert_eq!(String::from_utf8(out).unwrap(), "A: 1\r\nE: 5\r\n");
+    }
+
+    /// A HEAD keeps the length a GET would have had, a 304 the length of what it stands
+    /// for; a 204 never has one (RFC 9110 §8.6), whatever the method (a review saw a HEAD's
+    /// 204 keep the backend's `Content-Length`).
+    #[test]
+    fn bodyless_answers_keep_a_length_only_where_it_means_something() {
+        let date = [b'd'; LINE_LEN];
+        for (method, status, kept) in [
+            (Method::Head, 200, true),
+            (Method::Get, 304, true),
+            (Method::Head, 304, true),
+            (Method::Get, 204, false),
+            (Method::Head, 204, false),
+        ] {
+            let raw = format!("HTTP/1.1 {status} X\r\nContent-Length: 5\r\n\r\n");
+            let mut h = h1::header_slots();
+            let p = h1::parse_response(raw.as_bytes(), &mut h, method == Method::Head, 8192)
+                .unwrap()
+                .unwrap();
+            let info = RequestInfo {
+                method,
+                minor: 1,
+                framing: Framing::None,
+                keep_alive: true,
+                expect_continue: false,
+                upgrade: false,
+            };
+            let mut out = Vec::new();
+            write_response_head(&mut out, &p, info, false, &date, false);
+            let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+            let want = if kept { "content-length: 5\r\n" } else { "" };
+            let got = text.find("content-length").map_or("", |i| &text[i..i + 19]);
+            assert_eq!(got, want, "{method:?} {status}: {text:?}");
+        }
     }
 }
