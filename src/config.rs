@@ -1332,6 +1332,13 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
     if let (Some(n), false) = (line, m.contains(" at line ")) {
         m = format!("line {n}: {m}");
     }
+    // `[http://[::1]:8001]`: YAML reads the address's `[` as a nested list (an operator
+    // review, told only of a missing ',' or ']').
+    if m.contains("while parsing a flow") && text.contains("://[") {
+        m.push_str(
+            " (an IPv6 URL inside [...] must be quoted: [\"http://[::1]:8001\"], or listed one per `- ` line)",
+        );
+    }
     m
 }
 
@@ -1430,6 +1437,14 @@ mod tests {
         assert!(parse_duration("k", "18446744073709551615s").is_err());
         assert!(parse_duration("k", "25h").is_err());
         assert_eq!(parse_duration("k", "24h").unwrap(), MAX_DURATION);
+    }
+
+    #[test]
+    fn an_unquoted_ipv6_url_in_a_flow_list_is_told_to_be_quoted() {
+        let e = err("services:\n  a: [http://[::1]:8001]\n");
+        assert!(e.contains("must be quoted") && e.contains("line 2"), "{e}");
+        let c = Config::parse("services:\n  a: [\"http://[::1]:8001\"]\n").unwrap();
+        assert_eq!(c.services[0].backends[0].authority, "[::1]:8001");
     }
 
     #[test]
