@@ -477,7 +477,8 @@ struct RawService {
     rate_limit: Option<serde_yaml_ng::Value>,
     /// A number, or `off` (as `rate_limit: off`; a review was told `expected u64`).
     max_in_flight: Option<serde_yaml_ng::Value>,
-    websocket: Option<bool>,
+    /// `true` or `false` (a review was told `expected a boolean` without the key).
+    websocket: Option<serde_yaml_ng::Value>,
 }
 
 /// Parses `500ms`, `2s`, `1m`, `1h` into a duration.
@@ -1113,7 +1114,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     .breaker
                     .map(serde_yaml_ng::from_value)
                     .transpose()
-                    .map_err(|e| invalid(&breaker_key, e.to_string()))?;
+                    .map_err(|e| invalid(&breaker_key, no_type_names(&e.to_string())))?;
                 let b = breaker_settings(&breaker_key, raw_breaker.as_ref(), &global_breaker)?;
                 let limit = match &full.rate_limit {
                     Some(v) => crate::admission::parse_rate_limit(&format!("{key}.rate_limit"), v)?,
@@ -1143,7 +1144,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                         }
                     },
                 };
-                let websocket = full.websocket.unwrap_or(false);
+                let websocket = match &full.websocket {
+                    None | Some(serde_yaml_ng::Value::Null) => false,
+                    Some(serde_yaml_ng::Value::Bool(b)) => *b,
+                    Some(v) => {
+                        let what = serde_yaml_ng::to_string(v).unwrap_or_default();
+                        return Err(invalid(
+                            format!("{key}.websocket"),
+                            format!("{:?} is not true or false", what.trim_end()),
+                        ));
+                    }
+                };
                 (full.backends, b, limit, max_in_flight, websocket)
             }
             serde_yaml_ng::Value::Null => {
@@ -1306,9 +1317,24 @@ fn admission_settings(
 /// A YAML error in words a config's reader uses: Rust's integer type names become "a whole
 /// number", and an unknown top-level key gets the line it is on (serde_yaml_ng gives nested
 /// ones a position, top-level ones none).
+/// `expected struct RawBreaker` (serde's words for one of our types) as a user would say it
+/// (an operator review saw the type's name).
+fn no_type_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("struct Raw") {
+        out.push_str(&rest[..i]);
+        out.push_str("a map of its settings");
+        let after = &rest[i + "struct Raw".len()..];
+        rest = after.trim_start_matches(|c: char| c.is_ascii_alphanumeric());
+    }
+    out.push_str(rest);
+    out
+}
+
 fn plain_syntax_error(message: &str, text: &str) -> String {
     // A key or value quoted back may hold control characters: one log line stays one.
-    let mut m = crate::logging::one_line(message, usize::MAX);
+    let mut m = no_type_names(&crate::logging::one_line(message, usize::MAX));
     for t in ["usize", "u64", "u32", "u16", "u8", "i64", "i32"] {
         m = m.replace(&format!("expected {t}"), "expected a whole number");
     }
@@ -1437,6 +1463,34 @@ mod tests {
         assert!(parse_duration("k", "18446744073709551615s").is_err());
         assert!(parse_duration("k", "25h").is_err());
         assert_eq!(parse_duration("k", "24h").unwrap(), MAX_DURATION);
+    }
+
+    #[test]
+    fn a_section_or_switch_of_the_wrong_type_is_named_in_the_users_words() {
+        for (text, want) in [
+            (
+                "breaker: 5\nservices:\n  a: [http://127.0.0.1:1]\n",
+                "breaker: invalid type: integer `5`, expected a map of its settings at line 1",
+            ),
+            (
+                "timeouts: 5\nservices:\n  a: [http://127.0.0.1:1]\n",
+                "timeouts: invalid type: integer `5`, expected a map of its settings at line 1",
+            ),
+            (
+                "services:\n  a: {backends: [http://127.0.0.1:1], breaker: 5}\n",
+                "services.a.breaker: invalid type: integer `5`, expected a map of its settings",
+            ),
+            (
+                "services:\n  a: {backends: [http://127.0.0.1:1], websocket: yes}\n",
+                "services.a.websocket: \"yes\" is not true or false",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains(want) && !e.contains("Raw"), "{e}");
+        }
+        let c =
+            Config::parse("services:\n  a: {backends: [http://127.0.0.1:1], websocket: true}\n");
+        assert!(c.unwrap().services[0].websocket);
     }
 
     #[test]
