@@ -454,8 +454,8 @@ struct Node {
     epoch: u64,
     retry_at: Instant,
     backoff: Duration,
-    /// A warning was logged for the current outage.
-    warned: bool,
+    /// A warning was logged for the current outage, and the kind of error it named last.
+    warned: Option<redis::ErrorKind>,
     /// Last heartbeat (None: not yet).
     heartbeat_at: Option<Instant>,
     /// Fleet-wide rate-limit budgets of the running config (`scope: cluster`).
@@ -550,7 +550,7 @@ impl Node {
             epoch: 0,
             retry_at: Instant::now(),
             backoff: RECONNECT_MIN,
-            warned: false,
+            warned: None,
             heartbeat_at: None,
             budgets: Vec::new(),
             starving: Default::default(),
@@ -724,12 +724,11 @@ impl Node {
             self.budgets_online();
         }
         self.backoff = RECONNECT_MIN;
-        if self.warned {
+        if self.warned.take().is_some() {
             log::info!(
                 "cluster: Redis at {} is back; local transitions published and merged",
                 self.status.redis_display()
             );
-            self.warned = false;
         }
     }
 
@@ -1231,14 +1230,23 @@ impl Node {
         // The round that ends the outage includes every kind of request, the heartbeat too:
         // else a Redis too slow for one kind flapped between "unreachable" and "back".
         self.heartbeat_at = None;
-        if !self.warned {
-            log::warn!(
+        match self.warned {
+            None => log::warn!(
                 "cluster: Redis at {} unreachable ({}); each circuit is decided locally until it returns",
                 self.status.redis_display(),
                 short(&e.to_string())
-            );
-            self.warned = true;
+            ),
+            // A new kind of failure during the outage is said too, once (a fleet review: a
+            // changed password showed only as the dropped connection that came first, never
+            // as the WRONGPASS every reconnect then met).
+            Some(kind) if kind != e.kind() => log::warn!(
+                "cluster: Redis at {} still unreachable, now: {}",
+                self.status.redis_display(),
+                short(&e.to_string())
+            ),
+            Some(_) => {}
         }
+        self.warned = Some(e.kind());
         self.retry_at = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
     }

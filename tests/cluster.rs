@@ -571,6 +571,45 @@ fn a_fleet_behind_a_password_and_a_database_number_shares_its_circuits() {
     );
 }
 
+/// Regression (a fleet review): a password changed under a running fleet showed in the log
+/// only as the dropped connection that came first ("unreachable (... closed the
+/// connection)"); every reconnect then failed with WRONGPASS, which was never said. A new
+/// kind of failure during an outage is said once.
+#[test]
+fn a_password_changed_under_the_fleet_is_said_in_the_log() {
+    let port = free_port();
+    let redis = Redis::with(port, &["--requirepass", "s3cret"]);
+    let rec = Recorder::start(reply(200));
+    let name = fleet_name("repass");
+    let log =
+        std::env::temp_dir().join(format!("gateway-cluster-{}-repass.log", std::process::id()));
+    let g = gateway_at_logging_to(
+        &write_config(&config(
+            1,
+            &format!("admin: 127.0.0.1:0\ncluster: {{redis: \"redis://:s3cret@127.0.0.1:{port}\", name: {name}}}"),
+            &format!("  svc: [http://{}]\n", rec.addr),
+        )),
+        &log,
+    );
+    assert!(eventually(WAIT, || cluster_up(&g)));
+    let said = redis.send(
+        "AUTH s3cret\r\nCONFIG SET requirepass n3w\r\nCLIENT KILL TYPE normal SKIPME yes\r\n",
+        ":",
+    );
+    assert!(said.starts_with("+OK\r\n+OK\r\n:"), "{said}");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(WAIT, || text().contains("still unreachable, now:")
+            && text().contains("WRONGPASS")),
+        "{}",
+        text()
+    );
+    assert_eq!(text().matches("still unreachable").count(), 1, "{}", text());
+    assert!(!cluster_up(&g));
+    drop(g);
+    let _ = std::fs::remove_file(&log);
+}
+
 /// Regression: a fleet record stamped ten minutes ahead (an instance whose clock runs fast,
 /// simulated by writing it) kept every instance's circuit open, with no probe, for those ten
 /// minutes, and outranked every real transition in Redis. Now it counts from now, and the
