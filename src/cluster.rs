@@ -227,9 +227,9 @@ fn instance_id() -> String {
 
 /// Starts the cluster thread if the config asks for one, after reading the fleet's circuit
 /// states (at most [`STARTUP_WAIT`]); returns without Redis if it cannot be reached.
-pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
+pub fn start(shared: &Arc<Shared>) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
     let Some(config) = shared.current.load().config.cluster.clone() else {
-        return Ok(());
+        return Ok(None);
     };
     let status = Arc::new(Status {
         config,
@@ -245,7 +245,7 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("cluster".into())
         .spawn(move || node.run())
-        .map(|_| ())
+        .map(Some)
 }
 
 /// The fleet's record of one backend (the Redis hash).
@@ -305,8 +305,13 @@ struct Track {
     lease_key: String,
 }
 
-/// Publishes one transition; returns the fleet's record after it.
-/// KEYS: hash, opens, lease. ARGV: instance, kind, at, window ms, quorum, channel.
+/// Publishes one transition; returns the fleet's record after it. The quorum counts the
+/// opens of instances with a live heartbeat (and this one's): a restarted or crashed
+/// instance's open, under its old name, stops counting once its heartbeat lapses (a fleet
+/// review: a restarted instance that failed again opened the fleet alone, counted twice).
+/// Without a usable list of instances, every open in the window counts, as before.
+/// KEYS: hash, opens, lease, instances. ARGV: instance, kind, at, window ms, quorum,
+/// channel, the peers' TTL.
 const PUBLISH: &str = r"
 local me, kind, at, win, q = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local cur = redis.call('HMGET', KEYS[1], 'state', 'at')
@@ -325,7 +330,18 @@ else
   redis.call('ZADD', KEYS[2], at, me)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (at - win))
   redis.call('PEXPIRE', KEYS[2], win + 60000)
-  local n = redis.call('ZCARD', KEYS[2])
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local ttl = tonumber(ARGV[7])
+  local kind4 = redis.call('TYPE', KEYS[4])['ok']
+  local n = 0
+  for _, who in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if who == me or kind4 ~= 'zset' then
+      n = n + 1
+    else
+      local seen = tonumber(redis.call('ZSCORE', KEYS[4], who))
+      if seen and seen >= now - ttl and seen <= now + ttl then n = n + 1 end
+    end
+  end
   if at > cur_at and (n >= q or (kind == 'reopen' and cur[1] == 'open')) then state = 'open' end
 end
 if state then
@@ -617,6 +633,7 @@ impl Node {
         loop {
             let started = Instant::now();
             if self.shared.is_draining() {
+                self.leave();
                 return;
             }
             // How often the allowances get topped up decides how long a slice must last.
@@ -633,6 +650,24 @@ impl Node {
             self.tick();
             let wait = self.next_tick();
             std::thread::sleep(wait.saturating_sub(started.elapsed()));
+        }
+    }
+
+    /// Leaves the fleet's list of instances as the process drains, so that its opens stop
+    /// counting towards `open_quorum` at once rather than when its heartbeat lapses (a
+    /// restart's new process has a new name). Best effort, within the link's timeout.
+    fn leave(&mut self) {
+        if let Some(con) = self.con.as_mut() {
+            let left: redis::RedisResult<i64> = redis::cmd("ZREM")
+                .arg(instances_key(&self.status.config.name))
+                .arg(&self.status.instance)
+                .query(con);
+            if let Err(e) = left {
+                log::debug!(
+                    "cluster: leaving the fleet's list: {}",
+                    short(&e.to_string())
+                );
+            }
         }
     }
 
@@ -859,6 +894,7 @@ impl Node {
         };
         let cfg = &self.status.config;
         let channel = format!("{}:breaker", cfg.name);
+        let instances = instances_key(&cfg.name);
         let offset = self.offset;
         for t in &mut self.tracks {
             let Some(local) = t.local.as_mut().filter(|l| !l.published) else {
@@ -867,16 +903,18 @@ impl Node {
             let at = local.at_ms + offset;
             let published = redis::cmd("EVAL")
                 .arg(PUBLISH)
-                .arg(3)
+                .arg(4)
                 .arg(&t.hash)
                 .arg(&t.opens)
                 .arg(&t.lease_key)
+                .arg(&instances)
                 .arg(&self.status.instance)
                 .arg(local.kind.arg())
                 .arg(at)
                 .arg(t.policy.cooldown_ms)
                 .arg(cfg.open_quorum)
                 .arg(&channel)
+                .arg(PEER_TTL_MS)
                 .query(con);
             local.published = true;
             let Some(record) = self.bad_keys.check::<Record>(&t.hash, published)? else {

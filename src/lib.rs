@@ -96,7 +96,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     let fds = fdlimit::raise();
     let shared = Shared::new(config);
     // With `cluster:`, the fleet's circuit states are read before anything is served.
-    cluster::start(&shared).map_err(server::StartError::Thread)?;
+    let fleet = cluster::start(&shared).map_err(server::StartError::Thread)?;
     let mut server = server::start(shared.clone())?;
     start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
     let reloads = Reloader::start(shared.clone(), path).map_err(server::StartError::Thread)?;
@@ -135,6 +135,15 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
             log::warn!(
                 "access log: the writer did not catch up within 1 s; lines it still held are lost"
             );
+        }
+    }
+    // The cluster thread leaves the fleet's list of instances as the drain begins (so that a
+    // restart's new name is not counted twice towards `open_quorum`): give it the time one
+    // round and one request to Redis take, for a drain that had nothing to wait for.
+    if let Some(fleet) = fleet {
+        let end = Instant::now() + Duration::from_millis(600);
+        while !fleet.is_finished() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
     log::info!("drained; exiting");

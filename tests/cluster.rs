@@ -308,6 +308,67 @@ fn the_fleet_opens_once_the_quorum_of_instances_has_opened() {
     assert_eq!(backend(&fleet[2]).1, "remote");
 }
 
+/// Regression (a fleet review): a restarted instance has a new name, and its old name's open
+/// still counted towards the quorum, so the restarted one opened the fleet alone when its
+/// path failed again. Only instances with a live heartbeat count now, and a draining one
+/// leaves the list at once; a killed one counts until its heartbeat lapses (5 s).
+#[test]
+fn a_restarted_or_killed_instance_is_not_counted_twice_towards_the_quorum() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("requorum");
+    let breaker = "{failure_threshold: 2, cooldown: 30s}";
+    let b = member(&redis, &name, 2, breaker, rec.addr);
+    for how in ["drained", "killed"] {
+        let a = member(&redis, &name, 2, breaker, rec.addr);
+        assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
+        fail(&a, 2);
+        assert_eq!(status(&a), 503, "{how}");
+        if how == "drained" {
+            // Gone from the list well before its heartbeat (5 s) would lapse.
+            let id = cluster(&a)["instance"].clone();
+            assert!(id.is_string(), "{id}");
+            let listed = || {
+                cluster(&b)["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.contains(&id))
+            };
+            assert!(eventually(WAIT, listed));
+            let drained = std::time::Instant::now();
+            signal(&a.proc.child, libc::SIGTERM);
+            assert!(eventually(WAIT, || !listed()), "{}", cluster(&b));
+            assert!(
+                drained.elapsed() < Duration::from_secs(3),
+                "left after {:?}",
+                drained.elapsed()
+            );
+        } else {
+            signal(&a.proc.child, libc::SIGKILL);
+            std::thread::sleep(Duration::from_millis(5500));
+        }
+        drop(a);
+        let again = member(&redis, &name, 2, breaker, rec.addr);
+        assert!(eventually(WAIT, || cluster_up(&again)));
+        fail(&again, 2);
+        assert_eq!(status(&again), 503, "{how}");
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(backend(&b).0, "closed", "{how}: one path opened the fleet");
+        drop(again);
+        // Its open counts while its heartbeat lasts: let it lapse for the next round.
+        std::thread::sleep(Duration::from_millis(5500));
+    }
+    // Two live instances still open it.
+    let a = member(&redis, &name, 2, breaker, rec.addr);
+    let c = member(&redis, &name, 2, breaker, rec.addr);
+    assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&c)));
+    fail(&a, 2);
+    fail(&c, 2);
+    assert!(
+        eventually(WAIT, || backend(&b).0 == "open"),
+        "two did not open it"
+    );
+}
+
 #[test]
 fn without_redis_every_instance_serves_and_decides_alone_then_merges() {
     let mut redis = Redis::start();
