@@ -642,38 +642,6 @@ pub fn is_quiet(fd: RawFd) -> bool {
     n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
-/// True when the peer of a TCP socket has not been reading for about a second or more: the
-/// kernel holds bytes for it that it cannot send, because the peer's receive window has
-/// been closed long enough for the zero-window probes to back off twice (about 0.8 s with
-/// loopback's 200 ms minimum timeout, longer on slower paths), and none of that is a
-/// retransmission (a lossy path backs off the same way). Two system calls; for the
-/// connection cap's eviction, never on the request path.
-pub fn is_stalled_reader(fd: RawFd) -> bool {
-    // SAFETY: tcp_info is plain integers, for which all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: a tcp_info we own and its size; an invalid fd just reports an error.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || info.tcpi_backoff < 2 || info.tcpi_retransmits != 0 {
-        return false;
-    }
-    let mut unsent: libc::c_int = 0;
-    // SAFETY: SIOCOUTQNSD writes one c_int, which we own.
-    let rc = unsafe { libc::ioctl(fd, SIOCOUTQNSD, &mut unsent) };
-    rc == 0 && unsent > 0
-}
-
-/// `ioctl` for the bytes in a TCP socket's send queue not yet sent (`linux/sockios.h`).
-const SIOCOUTQNSD: libc::Ioctl = 0x894B;
-
 /// True when a connection waits to be accepted on the listening socket `fd`.
 pub fn accept_pending(fd: RawFd) -> bool {
     let mut p = libc::pollfd {

@@ -505,23 +505,16 @@ impl Worker {
     /// began to arrive a second or more ago (then the oldest): an idle client loses nothing
     /// but its connection, a head its request, and a slowloris sends as little as it can.
     /// A head that began within the last second is about to be served and is passed over.
-    /// With neither, a client that stopped reading its answers (the kernel's send queue for
-    /// it stuck behind a closed window for a second or so): it has shown it wants none.
     /// False if none was closed, or if the one closed last has not deregistered yet (its
     /// room is on the way).
     fn evict_longest_idle(&self) -> bool {
         let conns = self.conns.borrow();
-        self.evict.borrow_mut().evict(
-            &conns,
-            self.tick(),
-            crate::io::is_quiet,
-            crate::io::is_stalled_reader,
-            |fd| {
-                // SAFETY: the fd belongs to a live connection (it deregisters before
-                // closing).
+        self.evict
+            .borrow_mut()
+            .evict(&conns, self.tick(), crate::io::is_quiet, |fd| {
+                // SAFETY: the fd belongs to a live connection (it deregisters before closing).
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-            },
-        )
+            })
     }
 
     /// Registers a client connection; the returned flag says whether it is idle.
@@ -638,26 +631,12 @@ struct EvictQueue {
 /// Candidates one scan takes.
 const EVICT_BATCH: usize = 256;
 
-/// What an eviction candidate waits on, in eviction order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Class {
-    /// Its next request (or it lingers).
-    Idle,
-    /// The rest of a head that began a second or more ago.
-    Head,
-    /// Room to write its answer: a client that stopped reading (a review: clients that
-    /// pipelined requests and never read held every connection at the cap for
-    /// `timeouts.body`, locking everyone else out). See [`crate::io::is_stalled_reader`].
-    Unread,
-}
-
 /// An eviction candidate, in eviction order: idle ones (by the tick they went idle), then
-/// heads (by bytes come, then the tick they began), then clients that stopped reading
-/// their answers; then the connection id. `since` is the tick the candidate was found with
-/// (it is passed over if that changed).
+/// heads (by bytes come, then the tick they began); then the connection id. `since` is the
+/// tick the candidate was found with (it is passed over if that changed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Candidate {
-    class: Class,
+    head: bool,
     bytes: usize,
     since: u64,
     id: u64,
@@ -665,15 +644,13 @@ struct Candidate {
 }
 
 impl EvictQueue {
-    /// Shuts (`shut`) the longest idle connection that is `quiet`, else a slow head, else
-    /// one whose client is `unread` (stopped reading), scanning at most once; false if there
-    /// is none, or while the one shut last is still registered.
+    /// Shuts (`shut`) the longest idle connection that is `quiet`, scanning at most once;
+    /// false if there is none, or while the one shut last is still registered.
     fn evict(
         &mut self,
         conns: &HashMap<u64, OpenConn>,
         now: u64,
         quiet: impl Fn(RawFd) -> bool,
-        unread: impl Fn(RawFd) -> bool,
         shut: impl FnOnce(RawFd),
     ) -> bool {
         if self.shut.is_some_and(|id| conns.contains_key(&id)) {
@@ -681,52 +658,36 @@ impl EvictQueue {
         }
         for scanned in [false, true] {
             while let Some(c) = self.batch.pop() {
-                let still = |(f, live): &OpenConn| {
-                    *f == c.fd
-                        && match c.class {
-                            Class::Idle => live.idle.get() == Some(c.since) && quiet(c.fd),
-                            Class::Head => live.head.get() == Some(c.since) && quiet(c.fd),
-                            // Its pipelined requests may wait unread: not quiet, and no
-                            // matter (it reads none of their answers).
-                            Class::Unread => {
-                                live.idle.get().is_none()
-                                    && live.head.get().is_none()
-                                    && unread(c.fd)
-                            }
-                        }
+                let same = |(f, live): &OpenConn| {
+                    let waits = if c.head { &live.head } else { &live.idle };
+                    *f == c.fd && waits.get() == Some(c.since)
                 };
-                if conns.get(&c.id).is_some_and(still) {
+                if conns.get(&c.id).is_some_and(same) && quiet(c.fd) {
                     shut(c.fd);
                     self.shut = Some(c.id);
                     return true;
                 }
             }
             if !scanned {
-                self.scan(conns, now, &unread);
+                self.scan(conns, now);
             }
         }
         false
     }
 
-    fn scan(&mut self, conns: &HashMap<u64, OpenConn>, now: u64, unread: impl Fn(RawFd) -> bool) {
+    fn scan(&mut self, conns: &HashMap<u64, OpenConn>, now: u64) {
         self.batch.clear();
         // A head that began in the last tick may be a second old or a microsecond.
         let slow = |since: u64| since + 2 <= now;
         self.batch
             .extend(conns.iter().filter_map(|(&id, (fd, live))| {
-                let (class, bytes, since) = match (live.idle.get(), live.head.get()) {
-                    (Some(since), _) => (Class::Idle, 0, since),
-                    (None, Some(since)) if slow(since) => {
-                        (Class::Head, live.head_bytes.get(), since)
-                    }
-                    (None, Some(_)) => return None,
-                    // Busy: only a client that stopped reading (asked of the kernel, so
-                    // only here, at the cap).
-                    (None, None) if unread(*fd) => (Class::Unread, 0, 0),
-                    (None, None) => return None,
+                let (head, bytes, since) = match (live.idle.get(), live.head.get()) {
+                    (Some(since), _) => (false, 0, since),
+                    (None, Some(since)) if slow(since) => (true, live.head_bytes.get(), since),
+                    _ => return None,
                 };
                 Some(Candidate {
-                    class,
+                    head,
                     bytes,
                     since,
                     id,
@@ -814,13 +775,11 @@ mod tests {
         // Evicts one, which then closes (deregisters) before the next is asked for.
         let evict = |q: &mut EvictQueue, conns: &mut HashMap<u64, OpenConn>, loud: &[RawFd]| {
             let mut got = None;
-            let quiet = |fd| !loud.contains(&fd);
-            let evicted = q.evict(conns, 10_000, quiet, |_| false, |fd| got = Some(fd));
+            let evicted = q.evict(conns, 10_000, |fd| !loud.contains(&fd), |fd| got = Some(fd));
             assert_eq!(evicted, got.is_some());
             if let Some(fd) = got {
                 // Until it deregisters, nothing more is evicted.
-                let twice = |_| panic!("evicted twice");
-                assert!(!q.evict(conns, 10_000, |_| true, |_| true, twice));
+                assert!(!q.evict(conns, 10_000, |_| true, |_| panic!("evicted twice")));
                 conns.remove(&(fd as u64 - 1000));
             }
             got
@@ -865,7 +824,7 @@ mod tests {
     /// head comes slowly (a re-review: with one-byte heads churning at 10 a second, every
     /// such client was closed while the order was by age alone).
     #[test]
-    fn heads_arriving_for_a_second_or_more_are_evicted_after_idle_ones_then_unread_answers() {
+    fn heads_arriving_for_a_second_or_more_are_evicted_after_idle_ones_fewest_bytes_first() {
         // (id, idle since, head since, head bytes); now is tick 100.
         let waits = [
             (1, None, Some(99), 1), // a head of this second or the last: about to be served
@@ -876,8 +835,6 @@ mod tests {
             (6, None, None, 0),     // busy
             (7, None, Some(70), 1), // a head, but bytes of it wait to be read
             (9, None, Some(90), 1), // one byte, older than 2
-            (10, None, None, 0),    // busy, its client not reading its answers
-            (11, None, None, 0),    // busy, the same, and requests of it wait unread
         ];
         let mut conns: HashMap<u64, OpenConn> = waits
             .iter()
@@ -893,25 +850,20 @@ mod tests {
         let mut order = Vec::new();
         loop {
             let mut got = None;
-            let quiet = |fd| fd != 1007 && fd != 1011;
-            let unread = |fd| fd == 1010 || fd == 1011;
-            q.evict(&conns, 100, quiet, unread, |fd| got = Some(fd));
+            q.evict(&conns, 100, |fd| fd != 1007, |fd| got = Some(fd));
             let Some(fd) = got else { break };
             conns.remove(&(fd as u64 - 1000));
             order.push(fd - 1000);
         }
-        // Regression (a hostile-client review): clients that pipelined requests and never
-        // read held every connection at the cap; they go last, and only they of the busy.
-        assert_eq!(order, [5, 3, 9, 2, 4, 10, 11]);
+        assert_eq!(order, [5, 3, 9, 2, 4]);
         // A head evicted for its tick is passed over once it completed (no longer waited on).
         let live = Live::default();
         live.head.set(Some(10));
         conns.insert(8, (1008, Rc::new(live)));
-        q.scan(&conns, 100, |_| false);
+        q.scan(&conns, 100);
         conns[&8].1.head.set(None);
         let quiet = |fd| fd != 1007;
-        let served = |_| panic!("a served head was evicted");
-        assert!(!q.evict(&conns, 100, quiet, |_| false, served));
+        assert!(!q.evict(&conns, 100, quiet, |_| panic!("a served head was evicted")));
     }
 
     #[test]
