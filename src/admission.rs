@@ -311,11 +311,24 @@ fn parse_rate(key: &str, text: &str) -> Result<(u64, u64), ConfigError> {
     }
 }
 
+/// Whether the field `name` (or its underscore alias) never reaches a backend.
+fn never_forwarded(name: &str) -> bool {
+    let dashed = name.replace('_', "-");
+    h1::is_hop_by_hop(&dashed) && !dashed.eq_ignore_ascii_case("content-length")
+}
+
 fn parse_key(key: &str, text: &str) -> Result<LimitKey, ConfigError> {
     match text {
         "service" => Ok(LimitKey::Service),
         "client_ip" => Ok(LimitKey::ClientIp),
         _ => match text.strip_prefix("header:") {
+            // A field the gateway never forwards: the backend would see every request as
+            // keyless, whatever budget it was keyed to (a re-review, with fresh
+            // `Proxy-Authorization` values, was never limited).
+            Some(name) if never_forwarded(name) => Err(crate::config::invalid(
+                key,
+                format!("{text:?}: the gateway never forwards {name} (a hop-by-hop field), so the backend could not see the key; use a field that reaches it, e.g. header:x-api-key"),
+            )),
             Some(name) if !name.is_empty() && name.bytes().all(h1::is_tchar) => {
                 Ok(LimitKey::Header(name.to_ascii_lowercase()))
             }
@@ -1116,6 +1129,25 @@ mod tests {
     /// sending fresh keys could fill the whole table that way (a review: new users of an
     /// unrelated 100/m service got 429 with Retry-After 7175). Now a budget only ever runs
     /// on its own key's cell, whatever the table holds.
+    #[test]
+    fn a_header_the_gateway_never_forwards_is_no_key() {
+        for name in [
+            "Proxy-Authorization",
+            "te",
+            "Connection",
+            "keep_alive",
+            "Upgrade",
+        ] {
+            let e = parse_key("k", &format!("header:{name}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("never forwards"), "{name}: {e}");
+        }
+        for name in ["x-api-key", "Authorization", "content-length"] {
+            assert!(parse_key("k", &format!("header:{name}")).is_ok(), "{name}");
+        }
+    }
+
     #[test]
     fn a_reload_that_writes_the_same_rate_in_other_units_keeps_the_budget() {
         // Regression (a fleet review): `100/s` rewritten as `6000/m` handed out a fresh

@@ -508,10 +508,15 @@ pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
     let ms_per_unit: u64 = match unit {
         // `1.5s` (an operator review was told the unit was wrong).
         _ if unit.starts_with(['.', ',']) => {
+            let fix = if unit.ends_with("ms") {
+                "write whole milliseconds"
+            } else {
+                "use a smaller unit, e.g. 1500ms for 1.5s"
+            };
             return Err(invalid(
                 key,
-                format!("invalid duration {v:?}: fractions are not taken; use a smaller unit, e.g. 1500ms for 1.5s"),
-            ))
+                format!("invalid duration {v:?}: fractions are not taken; {fix}"),
+            ));
         }
         "ms" => 1,
         "s" => 1_000,
@@ -772,7 +777,12 @@ impl Config {
         // as one without services).
         let blank = |l: &str| {
             let l = l.trim();
-            l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+            // A document marker, alone or with a comment after it (`--- # c`).
+            let l = ["---", "..."]
+                .iter()
+                .find_map(|m| l.strip_prefix(m).map(str::trim_start))
+                .unwrap_or(l);
+            l.is_empty() || l.starts_with('#')
         };
         if text.lines().all(blank) {
             return Err(invalid(
@@ -1454,6 +1464,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("1500ms"));
+        assert!(parse_duration("k", "1.5ms")
+            .unwrap_err()
+            .to_string()
+            .contains("whole milliseconds"));
         // Regression: these overflowed (`n * 60`) or were accepted and then overflowed
         // `Instant + timeout` in a worker.
         assert!(parse_duration("k", "307445734561825861m")

@@ -131,7 +131,7 @@ fn check_names_the_file_an_empty_file_and_a_fraction() {
         path.display()
     );
     assert!(err.contains(&want) && err.contains("1500ms"), "{err}");
-    for empty in ["", "\n# nothing yet\n\n", "---\n"] {
+    for empty in ["", "\n# nothing yet\n\n", "---\n", "--- # c\n"] {
         let (code, err) = check(empty);
         assert_eq!(code, Some(1), "{empty:?}");
         assert!(err.contains("the file is empty"), "{empty:?}: {err}");
