@@ -1124,11 +1124,6 @@ mod tests {
         gcra_keyed(bucket, tag, now, interval, interval * burst).is_ok()
     }
 
-    /// Regression: keyed budgets shared untagged cells, so a key of a slow budget (1/h)
-    /// locked every key of any budget that hashed to its cell out for hours, and one client
-    /// sending fresh keys could fill the whole table that way (a review: new users of an
-    /// unrelated 100/m service got 429 with Retry-After 7175). Now a budget only ever runs
-    /// on its own key's cell, whatever the table holds.
     #[test]
     fn a_header_the_gateway_never_forwards_is_no_key() {
         for name in [
@@ -1171,6 +1166,11 @@ mod tests {
         }
     }
 
+    /// Regression: keyed budgets shared untagged cells, so a key of a slow budget (1/h)
+    /// locked every key of any budget that hashed to its cell out for hours, and one client
+    /// sending fresh keys could fill the whole table that way (a review: new users of an
+    /// unrelated 100/m service got 429 with Retry-After 7175). Now a budget only ever runs
+    /// on its own key's cell, whatever the table holds.
     #[test]
     fn a_slow_budget_filling_the_table_never_refuses_another_budgets_keys() {
         let t = Table::new(64);

@@ -522,9 +522,7 @@ impl BadKeys {
             Err(e) => Err(e),
         }
     }
-}
 
-impl BadKeys {
     /// Notes whether `key` holds what cannot be used (`why`), said once each way.
     fn mark(&mut self, key: &str, bad: bool, why: &str) {
         if !bad {

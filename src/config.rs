@@ -1324,9 +1324,6 @@ fn admission_settings(
     })
 }
 
-/// A YAML error in words a config's reader uses: Rust's integer type names become "a whole
-/// number", and an unknown top-level key gets the line it is on (serde_yaml_ng gives nested
-/// ones a position, top-level ones none).
 /// `expected struct RawBreaker` (serde's words for one of our types) as a user would say it
 /// (an operator review saw the type's name).
 fn no_type_names(message: &str) -> String {
@@ -1342,6 +1339,9 @@ fn no_type_names(message: &str) -> String {
     out
 }
 
+/// A YAML error in words a config's reader uses: Rust's integer type names become "a whole
+/// number", and an unknown top-level key gets the line it is on (serde_yaml_ng gives nested
+/// ones a position, top-level ones none).
 fn plain_syntax_error(message: &str, text: &str) -> String {
     // A key or value quoted back may hold control characters: one log line stays one.
     let mut m = no_type_names(&crate::logging::one_line(message, usize::MAX));
