@@ -26,7 +26,7 @@ use crate::error::GatewayError;
 use crate::h1::{self, Framing, Method, RequestInfo};
 use crate::io::{self, Read, ReadHalf, Socket, WriteHalf};
 use crate::metrics::Counter;
-use crate::relay::{pump, BodyError, BodyRelay, Pace, Side};
+use crate::relay::{pump, BodyError, BodyRelay, Owed, Pace, Side};
 use crate::rewrite;
 use crate::state::{now_ms, Backend, Service};
 use crate::worker::Worker;
@@ -170,6 +170,7 @@ pub async fn forward(
                         sent_at: Instant::now(),
                         pool_it: false,
                         paced_by_client: false,
+                        upload_waited: Duration::ZERO,
                     };
                     let after = ex.run(down).await;
                     if ex.pool_it && worker.may_pool() {
@@ -529,6 +530,9 @@ struct Exchange<'a> {
     /// waited on the client, or after an upload the client took [`STALLED_UPLOAD`] or more to
     /// deliver. A failure status then is no verdict (see [`note_head`]).
     paced_by_client: bool,
+    /// How long the upload, sent whole before the answer, waited on the client after the
+    /// request head: the time it took less the time the backend held it up.
+    upload_waited: Duration,
 }
 
 /// Why no response head came, short of success.
@@ -614,6 +618,12 @@ impl Body {
     }
 }
 
+/// How long an upload begun with the request head at `sent_at` has waited on the client:
+/// all the time since, less what the backend held it up.
+fn client_time(sent_at: Instant, owed: &Owed) -> Duration {
+    sent_at.elapsed().saturating_sub(owed.total())
+}
+
 /// A final response head arrived: counts its latency, records its status, and judges now a
 /// failure status, or a probe, so that a long response does not hold the circuit half-open;
 /// anything else once the body has ended, because a backend that breaks its bodies is
@@ -665,6 +675,8 @@ impl Exchange<'_> {
                 return After::Close; // the attempt's drop hands a probe back
             }
             down.out.clear();
+            // The backend's clock starts with the request head, not with our `100`.
+            self.sent_at = Instant::now();
         }
         let head = match self.send_and_read_head(down).await {
             Ok(head) => head,
@@ -861,9 +873,14 @@ impl Exchange<'_> {
             return self.await_head(down).await;
         }
         self.attempt.renew();
+        // The backend held the upload up for as long as the first write waited on it.
+        let held = self.sent_at.elapsed();
         // Boxed: only requests with a body still to stream need this state (two futures
         // side by side); every other request would carry and copy it for nothing.
-        self.worker.boxes.pin(self.upload_while_reading(down)).await
+        self.worker
+            .boxes
+            .pin(self.upload_while_reading(down, held))
+            .await
     }
 
     /// The whole request went out in the first write (`sent_at` was taken just before it).
@@ -901,10 +918,12 @@ impl Exchange<'_> {
     /// keeps the backend's connection is relayed while the body goes on going up (full
     /// duplex: a backend may send its head, even stream its body, before it reads the
     /// request's, and RFC 9112 §9.5 stops an upload only for a server that is closing);
-    /// one that closes it ends the upload.
+    /// one that closes it ends the upload. `held`: how long the backend has held the upload
+    /// up already (the first write's wait).
     async fn upload_while_reading(
         &mut self,
         down: &mut Downstream,
+        held: Duration,
     ) -> Result<ResponseHead, HeadFail> {
         let timeouts = self.timeouts;
         let min_body_rate = self.min_body_rate;
@@ -922,6 +941,7 @@ impl Exchange<'_> {
             sent_at,
             pool_it,
             paced_by_client,
+            upload_waited,
             ..
         } = self;
         let Downstream {
@@ -942,8 +962,9 @@ impl Exchange<'_> {
         let attempt = RefCell::new(attempt);
         // Whether the upload holds body bytes the backend has not taken: a hang-up then is
         // the backend's doing; one while we wait on the client alone may be a server giving
-        // up on a slow client.
-        let owed = Cell::new(false);
+        // up on a slow client. And how long it has held some: time that was the backend's,
+        // not the client's, and so never makes a failure the client's doing.
+        let owed = Owed::new(held);
         let result = {
             let upload = pump(
                 relay,
@@ -955,7 +976,7 @@ impl Exchange<'_> {
                 timeouts.body,
                 None,
                 &worker.pipes,
-                &owed,
+                Some(&owed),
                 |_| attempt.borrow_mut().renew(),
             );
             let mut upload = pin!(upload);
@@ -978,21 +999,23 @@ impl Exchange<'_> {
                 );
                 let mut head = pin!(head);
                 let first = Race(upload.as_mut(), head.as_mut()).await;
-                // An answer while the backend had all we had of the body, and had had the
-                // request for a while: it gave up waiting on the client, as servers do with
-                // a stalled upload. One within `STALLED_UPLOAD` of the head is the backend's
-                // own (a re-review: a backend failing fast on every upload was never judged
-                // when the body came a few ms after the head).
+                // An answer while the backend had all we had of the body, the client having
+                // kept us waiting a while: the backend gave up on the client, as servers do
+                // with a stalled upload. One within `STALLED_UPLOAD` of waiting on the
+                // client is the backend's own (a re-review: a backend failing fast on every
+                // upload was never judged when the body came a few ms after the head), and
+                // so is time the backend took to read (a review: on the wall clock, a
+                // backend slow to read exempted its own failures).
                 *paced_by_client = matches!(first, Either::Right(Ok(_)))
-                    && !owed.get()
-                    && sent_at.elapsed() >= STALLED_UPLOAD;
+                    && !owed.now()
+                    && client_time(*sent_at, &owed) >= STALLED_UPLOAD;
                 match first {
                     Either::Right(Ok(h)) if h.reusable => Ok(h),
                     // The backend hung up without an answer while we waited on the client
                     // alone. (After a failed send, below, bytes were still owed: that
                     // hang-up is judged.)
                     Either::Right(Err(HeadFail::Backend(GatewayError::BackendClosed)))
-                        if !owed.get() =>
+                        if !owed.now() =>
                     {
                         Err(Err(HeadFail::Abandoned))
                     }
@@ -1008,9 +1031,9 @@ impl Exchange<'_> {
                             // set the backend's clock too: a server with a deadline for the
                             // whole request may answer 5xx just after it (a re-review: half
                             // the body, a 1.9 s pause, the rest, against a 2 s deadline).
-                            let now = Instant::now();
-                            *paced_by_client |= now.duration_since(*sent_at) >= STALLED_UPLOAD;
-                            *sent_at = now;
+                            *upload_waited = client_time(*sent_at, &owed);
+                            *paced_by_client |= *upload_waited >= STALLED_UPLOAD;
+                            *sent_at = Instant::now();
                             attempt.borrow_mut().renew();
                         }
                         Err(match io::timed(timeouts.response, head).await {
@@ -1058,7 +1081,7 @@ impl Exchange<'_> {
                                 head_at,
                                 // Answered while the upload went on: the backend may cut
                                 // its answer over how the client uploads.
-                                judge_cuts: false,
+                                judge_cuts: None,
                             },
                             &head,
                             keep_client,
@@ -1164,7 +1187,8 @@ impl Exchange<'_> {
                 min_body_rate: self.min_body_rate,
                 minor: self.info.minor,
                 head_at,
-                judge_cuts: !early && !self.paced_by_client,
+                judge_cuts: (!early && !self.paced_by_client)
+                    .then(|| STALLED_UPLOAD.saturating_sub(self.upload_waited)),
             },
             &head,
             keep_client,
@@ -1235,11 +1259,13 @@ struct ToClient<'r> {
     /// When the response head arrived.
     head_at: Instant,
     /// A body the backend cuts short is judged ([`Body::Cut`]) if the client kept up with
-    /// it: false when the upload, if any, was not whole and quick (an early answer, one
-    /// relayed while the upload went on, or after an upload the client took
-    /// [`STALLED_UPLOAD`] or more to deliver), since a server with a deadline for the whole
-    /// exchange (Go's `WriteTimeout`) cuts its answer when the upload used it up.
-    judge_cuts: bool,
+    /// it: the gateway waited on the client less than this while relaying it. It is what
+    /// the upload left of [`STALLED_UPLOAD`], since a server with a deadline for the whole
+    /// exchange (Go's `WriteTimeout`) cuts its answer when the client's waits, on both
+    /// sides, used it up (a review: 0.9 s on each side were judged). None when the upload,
+    /// if any, was not whole and quick (an early answer, one relayed while the upload went
+    /// on, or after an upload the client took `STALLED_UPLOAD` or more to deliver).
+    judge_cuts: Option<Duration>,
 }
 
 /// How relaying a response to the client ended.
@@ -1326,7 +1352,7 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
         timeout,
         hold,
         pipes,
-        &Cell::new(false),
+        None,
         |n| sent.set(sent.get() + n),
     )
     .await;
@@ -1354,7 +1380,9 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
                 // gateway waiting. A reset stays no verdict: it is also how a backend's
                 // kernel ends a connection whose request body the backend did not read,
                 // whatever it had still to send of an early 413.
-                BodyError::Truncated if judge_cuts && body.pace.waited() < STALLED_UPLOAD => {
+                BodyError::Truncated
+                    if judge_cuts.is_some_and(|allowed| body.pace.waited() < allowed) =>
+                {
                     Body::Cut
                 }
                 e => Body::after(e),

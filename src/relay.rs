@@ -32,6 +32,54 @@ pub enum Side {
     Dst,
 }
 
+/// Whether an upload holds body bytes the backend has not taken, and how long in all it
+/// has held some: time the backend, not the client, kept the upload waiting. The exchange
+/// reads it beside the running upload to tell a backend slow to read from a client slow to
+/// send (see `exchange.rs`, `STALLED_UPLOAD`).
+#[derive(Debug, Default)]
+pub struct Owed {
+    /// When the bytes held now were taken; None: none are held.
+    since: Cell<Option<Instant>>,
+    /// The time bytes were held before those.
+    before: Cell<Duration>,
+}
+
+impl Owed {
+    /// Counting `held` as already spent waiting on the backend (the request head's write).
+    pub fn new(held: Duration) -> Owed {
+        Owed {
+            since: Cell::new(None),
+            before: Cell::new(held),
+        }
+    }
+
+    /// Bytes were taken for the backend.
+    pub fn hold(&self) {
+        if self.since.get().is_none() {
+            self.since.set(Some(Instant::now()));
+        }
+    }
+
+    /// The backend has taken every byte held.
+    pub fn release(&self) {
+        if let Some(t) = self.since.take() {
+            self.before
+                .set(self.before.get().saturating_add(t.elapsed()));
+        }
+    }
+
+    /// Bytes are held that the backend has not taken.
+    pub fn now(&self) -> bool {
+        self.since.get().is_some()
+    }
+
+    /// All the time bytes were held, up to now.
+    pub fn total(&self) -> Duration {
+        let now = self.since.get().map_or(Duration::ZERO, |t| t.elapsed());
+        self.before.get().saturating_add(now)
+    }
+}
+
 /// A client that has fallen behind its [`Pace`], or a wait on it that timed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Late;
@@ -364,8 +412,8 @@ async fn write_body(
 /// `progress` with the bytes of each write. `out` is empty on entry; bytes after the body stay in
 /// `buf[*start..]`. Every wait on either side is bounded by `timeout` (a pause), and on the
 /// client's side by its [`Pace`] too; `hold` may stretch the waits on `src` (see
-/// [`io::timed_held`]). `owed` is true while bytes taken
-/// from `src` have not all gone to `dst` (so false while it waits on `src` alone).
+/// [`io::timed_held`]). `owed`, when given, holds while bytes taken from `src` have not all
+/// gone to `dst` (so not while it waits on `src` alone).
 ///
 /// A body that goes out unchanged is written from the buffer it was read into; a long
 /// Content-Length one with nothing of it in hand is spliced (see `splice.rs`).
@@ -380,7 +428,7 @@ pub async fn pump(
     timeout: Duration,
     hold: Option<&io::Hold>,
     pipes: &Pipes,
-    owed: &Cell<bool>,
+    owed: Option<&Owed>,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, BodyError> {
     let mut written = 0u64;
@@ -419,7 +467,11 @@ pub async fn pump(
                 }
                 room.after(n);
                 if let Some(take) = relay.take_raw(buf.len() - *start) {
-                    owed.set(take > 0);
+                    if take > 0 {
+                        if let Some(o) = owed {
+                            o.hold();
+                        }
+                    }
                     let end = *start + take;
                     let sent = write_body(dst, buf, *start, end, timeout, &mut relay.pace).await;
                     if !sent {
@@ -431,7 +483,9 @@ pub async fn pump(
                     }
                     *start += take;
                     written += take as u64;
-                    owed.set(false);
+                    if let Some(o) = owed {
+                        o.release();
+                    }
                     progress(take as u64);
                     continue;
                 }
@@ -447,7 +501,9 @@ pub async fn pump(
             Read::Err(_) => return Err(BodyError::SrcIo),
         }
         if !out.is_empty() {
-            owed.set(true);
+            if let Some(o) = owed {
+                o.hold();
+            }
             let len = out.len();
             if !write_body(dst, out, 0, len, timeout, &mut relay.pace).await {
                 return Err(BodyError::DstIo);
@@ -455,7 +511,9 @@ pub async fn pump(
             written += out.len() as u64;
             progress(out.len() as u64);
             out.clear();
-            owed.set(false);
+            if let Some(o) = owed {
+                o.release();
+            }
         }
     }
     Ok(written)
@@ -466,6 +524,29 @@ mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn owed_counts_only_the_time_bytes_were_held() {
+        let o = Owed::new(MS(5));
+        assert!(!o.now());
+        assert_eq!(o.total(), MS(5), "the head's write, and nothing since");
+        o.hold();
+        std::thread::sleep(MS(20));
+        o.hold(); // more bytes while some are held: the hold began with the first
+        assert!(o.now());
+        assert!(o.total() >= MS(25), "the hold running now counts");
+        o.release();
+        let held = o.total();
+        assert!(!o.now());
+        std::thread::sleep(MS(20));
+        assert_eq!(
+            o.total(),
+            held,
+            "waiting on the client is not the backend's"
+        );
+        o.release(); // nothing held: nothing changes
+        assert_eq!(o.total(), held);
+    }
 
     #[test]
     fn a_client_may_fall_at_most_the_body_timeout_behind_the_minimum_rate() {

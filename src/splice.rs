@@ -7,13 +7,12 @@
 //! never taken; the pipe is handed to the next body only when it is empty, and a transfer
 //! that ends any other way (an error, a timeout, the future dropped) closes it.
 
-use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::io::{ReadHalf, WriteHalf};
-use crate::relay::{Late, Pace, Side};
+use crate::relay::{Late, Owed, Pace, Side};
 
 /// Bodies with at least this much still to come are spliced; shorter ones are read and
 /// written (a pipe and readiness polls cost more than they save below this).
@@ -106,8 +105,8 @@ impl Pipes {
 
     /// Moves exactly `len` bytes from `src` to `dst`, calling `progress` after each part
     /// written; every wait for either side is bounded by `timeout`, and `hold` may stretch
-    /// the waits on `src` (see [`crate::io::timed_held`]). `owed` is true while
-    /// the pipe holds bytes taken from `src` that `dst` has not got. Err(None) when no pipe
+    /// the waits on `src` (see [`crate::io::timed_held`]). `owed`, when given, holds
+    /// while the pipe holds bytes taken from `src` that `dst` has not got. Err(None) when no pipe
     /// could be had (nothing was moved: the caller copies instead).
     #[allow(clippy::too_many_arguments)]
     pub async fn transfer(
@@ -118,7 +117,7 @@ impl Pipes {
         timeout: Duration,
         hold: Option<&crate::io::Hold>,
         pace: &mut Pace,
-        owed: &Cell<bool>,
+        owed: Option<&Owed>,
         mut progress: impl FnMut(u64),
     ) -> Result<(), Option<SpliceError>> {
         let mut lease = self.lease().map_err(|_| None)?;
@@ -161,7 +160,9 @@ impl Pipes {
             };
             lease.held += n;
             pace.note_bytes(Side::Src, n);
-            owed.set(true);
+            if let Some(o) = owed {
+                o.hold();
+            }
             left -= n as u64;
             // Drain: everything in the pipe goes to `dst`.
             while lease.held > 0 {
@@ -181,7 +182,9 @@ impl Pipes {
                     Err(_) => return Err(Some(SpliceError::Dst)),
                 }
             }
-            owed.set(false);
+            if let Some(o) = owed {
+                o.release();
+            }
         }
         Ok(())
     }

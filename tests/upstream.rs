@@ -2278,6 +2278,20 @@ fn cutting_backend() -> RawBackend {
         let Some(head) = read_head(&mut s, &mut pending) else {
             return;
         };
+        if head.starts_with("POST /whole") {
+            // A deadline of 1.2 s for the whole exchange, from the request head.
+            let end = Instant::now() + Duration::from_millis(1200);
+            if !skip_body(&mut s, &mut pending, &head) {
+                return;
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n");
+            let _ = s.set_write_timeout(Some(Duration::from_millis(50)));
+            let piece = vec![b'w'; 64 << 10];
+            while Instant::now() < end {
+                let _ = s.write(&piece);
+            }
+            return;
+        }
         if head.starts_with("GET /deadline") {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n");
             let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
@@ -2300,6 +2314,17 @@ fn cutting_backend() -> RawBackend {
     })
 }
 
+/// [`cutting_backend`] as service `svc` behind a gateway whose breaker opens after 3.
+fn cutting_gateway() -> (RawBackend, AdminGateway) {
+    let b = cutting_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 3, cooldown: 60s}\ntimeouts: {body: 5s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    (b, g)
+}
+
 /// Regression (a re-review of the breaker's rules): a body the backend closed or reset
 /// mid-way was never a verdict, so a backend that sent a good head and then died every time
 /// stayed in service. It counts now when the client kept up; not when the client kept the
@@ -2307,12 +2332,7 @@ fn cutting_backend() -> RawBackend {
 /// upload the client took that long to deliver (a deadline for the whole exchange).
 #[test]
 fn a_body_cut_while_the_client_kept_up_counts_and_one_a_slow_client_set_off_does_not() {
-    let b = cutting_backend();
-    let g = gateway_at(&write_config(&config(
-        1,
-        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 3, cooldown: 60s}\ntimeouts: {body: 5s}",
-        &format!("  svc: [http://{}]\n", b.addr),
-    )));
+    let (b, g) = cutting_gateway();
     let addr = g.proc.addr;
     // Three slow readers at once: each reads nothing for 2.5 s, then all it can.
     let readers: Vec<_> = (0..3)
@@ -2375,4 +2395,123 @@ fn a_body_cut_while_the_client_kept_up_counts_and_one_a_slow_client_set_off_does
         );
     }
     assert_eq!(circuit(g.admin, b.addr), "open");
+}
+
+/// Regression (a re-review of the breaker's rules): the client's waits on both sides of an
+/// exchange are one allowance. An upload with a 0.6 s pause and an answer the client took
+/// 0.7 s to start reading were each under the 1 s that makes a cut the client's doing, so a
+/// backend with a deadline for the whole exchange (1.2 s) was judged for cutting them: three
+/// such clients opened a healthy circuit.
+#[test]
+fn a_clients_waits_on_both_sides_add_up_before_a_cut_is_judged() {
+    let (b, g) = cutting_gateway();
+    let addr = g.proc.addr;
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.send(
+                    format!(
+                        "POST /v1/proxy/svc/whole/{i} HTTP/1.1\r\nHost: g\r\n\
+                         Content-Length: 10\r\n\r\nhello"
+                    )
+                    .as_bytes(),
+                );
+                std::thread::sleep(Duration::from_millis(600));
+                c.send(b"world");
+                std::thread::sleep(Duration::from_millis(700));
+                let mut got = Vec::new();
+                let _ = c.stream.read_to_end(&mut got);
+                got
+            })
+        })
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let got = c.join().expect("client");
+        assert!(got.starts_with(b"HTTP/1.1 200"), "#{i}");
+        assert!(got.len() < 1 << 30, "#{i}: the backend cut it");
+    }
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+}
+
+/// A backend that reads each request's head, waits 1.5 s, then reads its body (all of it,
+/// or for `/partial` all but the last 10 bytes) and answers 500, closing.
+fn slow_reading_backend() -> RawBackend {
+    RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        let Some(head) = read_head(&mut s, &mut pending) else {
+            return;
+        };
+        std::thread::sleep(Duration::from_millis(1500));
+        let len: usize = header_value(&head, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let want = match head.starts_with("POST /partial") {
+            true => len.saturating_sub(10),
+            false => len,
+        };
+        let mut got = pending.len();
+        let mut tmp = vec![0u8; 1 << 16];
+        while got < want {
+            match s.read(&mut tmp) {
+                Ok(n @ 1..) => got += n,
+                _ => return,
+            }
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+        // Takes whatever else comes, so that the close is no reset.
+        while let Ok(1..) = s.read(&mut tmp) {}
+    })
+}
+
+/// Regression (a re-review of the breaker's rules): the 1 s after which a failure status
+/// is taken for the backend giving up on a slow upload was timed on the wall clock, so a
+/// backend that was itself slow to read the body exempted its own 500s: a client sending
+/// 64 MiB at once was "slow" because the backend made it so. Only the time the gateway
+/// waited on the client counts now. Three such 500s open the circuit, whether the answer
+/// came after the whole body or while the client still held its last bytes.
+#[test]
+fn a_backend_slow_to_read_an_upload_is_judged_by_its_answer() {
+    let (whole, partial) = (slow_reading_backend(), slow_reading_backend());
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 3, cooldown: 60s}\n\
+         timeouts: {body: 10s}\nlimits: {max_body_bytes: 67108864}",
+        &format!(
+            "  whole: [http://{}]\n  partial: [http://{}]\n",
+            whole.addr, partial.addr
+        ),
+    )));
+    let addr = g.proc.addr;
+    const LEN: usize = 64 << 20;
+    for (svc, b) in [("whole", &whole), ("partial", &partial)] {
+        let clients: Vec<_> = (0..3)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    c.send(
+                        format!(
+                            "POST /v1/proxy/{svc}/{svc}/{i} HTTP/1.1\r\nHost: g\r\n\
+                             Content-Length: {LEN}\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    );
+                    let body = vec![b'u'; LEN];
+                    // `/partial` holds its last 10 bytes back until the answer came.
+                    let held = if svc == "partial" { 10 } else { 0 };
+                    c.send(&body[..LEN - held]);
+                    let r = c.try_read_response(false);
+                    let _ = c.stream.write_all(&body[LEN - held..]);
+                    r.map(|r| r.status)
+                })
+            })
+            .collect();
+        for (i, c) in clients.into_iter().enumerate() {
+            let status = c.join().expect("client");
+            assert_eq!(status.ok(), Some(500), "{svc} #{i}");
+        }
+        assert_eq!(circuit(g.admin, b.addr), "open", "{svc}");
+    }
 }
