@@ -104,12 +104,13 @@ measure() {
     --out-dir "$out" ${LOADGEN_ARGS:-} >"$log" 2>&1 &
   local lg=$!
   until grep -q '^loadgen: window start' "$log" 2>/dev/null; do
-    kill -0 $lg 2>/dev/null || { cat "$log" >&2; exit 1; }
+    kill -0 $lg 2>/dev/null || grep -q '^loadgen: window start' "$log" || { cat "$log" >&2; exit 1; }
     sleep 0.005
   done
   a=$(ticks "$pid")
   until grep -q '^loadgen: window end' "$log" 2>/dev/null; do
-    kill -0 $lg 2>/dev/null || { cat "$log" >&2; exit 1; }
+    # It may have written the line and exited since the grep above.
+    kill -0 $lg 2>/dev/null || grep -q '^loadgen: window end' "$log" || { cat "$log" >&2; exit 1; }
     sleep 0.005
   done
   b=$(ticks "$pid")
