@@ -450,6 +450,9 @@ pub async fn pump(
                 }
                 Err(None) => {} // no pipe to be had (EMFILE): copy as usual
                 Err(Some(SpliceError::Src)) => return Err(BodyError::SrcIo),
+                // As when copying: a close is no reset (a review: under splice a backend
+                // that closed mid-body was taken for a reset, no verdict, every time).
+                Err(Some(SpliceError::SrcClosed)) => return Err(BodyError::Truncated),
                 Err(Some(SpliceError::SrcTimeout)) => return Err(BodyError::SrcTimeout),
                 Err(Some(SpliceError::Dst)) => return Err(BodyError::DstIo),
             }

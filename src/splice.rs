@@ -77,8 +77,10 @@ impl Drop for Lease<'_> {
 /// Why a splice transfer ended early.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SpliceError {
-    /// Reading failed, or the sender closed before the end.
+    /// Reading failed (a reset).
     Src,
+    /// The sender closed before the end.
+    SrcClosed,
     /// The sender sent nothing for the timeout.
     SrcTimeout,
     /// Writing failed or timed out.
@@ -139,7 +141,7 @@ impl Pipes {
             // Fill: at most what the body still has, so nothing after it is taken.
             let n = loop {
                 match splice(sfd, pw, left.min(usize::MAX as u64) as usize) {
-                    Ok(0) => return Err(Some(SpliceError::Src)), // closed before the end
+                    Ok(0) => return Err(Some(SpliceError::SrcClosed)),
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         let mut wait = timeout;

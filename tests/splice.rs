@@ -129,6 +129,8 @@ fn past_the_body(extra: &str) {
 
 /// A backend that closes in the middle of a long body: the client sees an aborted
 /// response (fewer bytes than announced, then the connection ends), never a clean one.
+/// And the breaker counts it, as it does a body cut while copying (regression, a review:
+/// under splice the close was taken for a reset, no verdict, and the circuit never opened).
 #[test]
 fn a_long_body_cut_by_the_backend_reaches_the_client_as_aborted() {
     let mut reply = big_response(1024 * 1024, b'c');
@@ -147,29 +149,42 @@ fn a_long_body_cut_by_the_backend_reaches_the_client_as_aborted() {
             let _ = s.write_all(&reply);
         }
     });
-    let g = gateway(&config(1, SPLICE, &format!("  svc: [http://{addr}]\n")));
-    let mut s = TcpStream::connect(g.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n")
-        .unwrap();
-    let mut got = Vec::new();
-    let mut tmp = [0u8; 65536];
-    loop {
-        match s.read(&mut tmp) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&tmp[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("read: {e} after {} bytes", got.len()),
+    let extra =
+        format!("{SPLICE}admin: 127.0.0.1:0\nbreaker: {{failure_threshold: 3, cooldown: 60s}}");
+    let g = gateway_at(&write_config(&config(
+        1,
+        &extra,
+        &format!("  svc: [http://{addr}]\n"),
+    )));
+    for i in 0..3 {
+        assert_eq!(circuit(g.admin, addr), "closed", "before #{i}");
+        let mut s = TcpStream::connect(g.proc.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut tmp = [0u8; 65536];
+        loop {
+            match s.read(&mut tmp) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("read: {e} after {} bytes", got.len()),
+            }
         }
+        let head_end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        let body = &got[head_end..];
+        assert!(
+            body.len() < 1024 * 1024,
+            "#{i}: the cut body looked complete"
+        );
+        assert!(body.iter().all(|&b| b == b'c'));
     }
-    let head_end = got
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head")
-        + 4;
-    let body = &got[head_end..];
-    assert!(body.len() < 1024 * 1024, "the cut body looked complete");
-    assert!(body.iter().all(|&b| b == b'c'));
+    assert_eq!(circuit(g.admin, addr), "open");
 }
 
 /// A download the client abandons mid-way leaves the worker's pipe holding bytes; they
