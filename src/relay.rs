@@ -162,6 +162,11 @@ impl Pace {
         self.earn(bytes);
     }
 
+    /// Whether the client is at `side`.
+    pub fn client_at(&self, side: Side) -> bool {
+        self.side == Some(side)
+    }
+
     /// All the time spent waiting on the client so far.
     pub fn waited(&self) -> Duration {
         self.waited

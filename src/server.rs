@@ -104,8 +104,24 @@ const LISTEN_BACKLOG: i32 = 65_535;
 /// needs about 2-3 x 64 KiB per `timeouts.body`; README, `min_body_rate`), and holds at
 /// most that much unsent for it. 16 KiB (Cloudflare's value) cost 1.06-1.12x the CPU per 1 MiB
 /// download on loopback; 128 KiB cost nothing measurable (0.92x, 0.97x; 5-round A/Bs
-/// with `bench/floor/run.sh`, AMD EPYC VM).
-const CLIENT_NOTSENT_LOWAT: libc::c_int = 128 * 1024;
+/// with `bench/floor/run.sh`, AMD EPYC VM). A spliced body raises it while it moves
+/// (`splice.rs`).
+pub const CLIENT_NOTSENT_LOWAT: libc::c_int = 128 * 1024;
+
+/// Sets `TCP_NOTSENT_LOWAT` on a socket; false if the kernel refused it.
+pub fn set_notsent_lowat(fd: std::os::fd::RawFd, bytes: libc::c_int) -> bool {
+    // SAFETY: setsockopt on a live socket, with a pointer to a c_int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
 
 /// One SO_REUSEPORT listener; the kernel spreads new connections across them.
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -115,17 +131,7 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.set_nodelay(true)?;
-    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&CLIENT_NOTSENT_LOWAT as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
+    if !set_notsent_lowat(std::os::fd::AsRawFd::as_raw_fd(&s), CLIENT_NOTSENT_LOWAT) {
         log::warn!(
             "TCP_NOTSENT_LOWAT not set on {addr} ({}): slow readers of long responses are cut off sooner",
             io::Error::last_os_error()
