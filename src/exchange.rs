@@ -1061,6 +1061,9 @@ impl Exchange<'_> {
                     // for the rest of the body: its answer's waits go on (the upload's own
                     // bound the exchange); from the upload's end, `timeouts.body` again.
                     let hold = io::Hold::new(Instant::now().checked_add(LIVE));
+                    // A cut is judged once the upload has gone up whole, within what its
+                    // waits on the client left of the allowance (see `ToClient`).
+                    let judge = Cell::new(None);
                     let raced = {
                         let relayed = to_client(
                             ToClient {
@@ -1080,8 +1083,8 @@ impl Exchange<'_> {
                                 minor: info.minor,
                                 head_at,
                                 // Answered while the upload went on: the backend may cut
-                                // its answer over how the client uploads.
-                                judge_cuts: None,
+                                // its answer over how the client uploads, until it is up.
+                                judge_cuts: &judge,
                             },
                             &head,
                             keep_client,
@@ -1102,6 +1105,8 @@ impl Exchange<'_> {
                             }
                             Either::Right(Ok(_)) => {
                                 hold.set(Instant::now().checked_add(timeouts.body));
+                                let waited = client_time(*sent_at, &owed);
+                                judge.set(Some(STALLED_UPLOAD.saturating_sub(waited)));
                                 Some((relayed.await, true))
                             }
                             // The backend stopped taking the body: its answer goes on alone,
@@ -1187,8 +1192,10 @@ impl Exchange<'_> {
                 min_body_rate: self.min_body_rate,
                 minor: self.info.minor,
                 head_at,
-                judge_cuts: (!early && !self.paced_by_client)
-                    .then(|| STALLED_UPLOAD.saturating_sub(self.upload_waited)),
+                judge_cuts: &Cell::new(
+                    (!early && !self.paced_by_client)
+                        .then(|| STALLED_UPLOAD.saturating_sub(self.upload_waited)),
+                ),
             },
             &head,
             keep_client,
@@ -1263,9 +1270,11 @@ struct ToClient<'r> {
     /// the upload left of [`STALLED_UPLOAD`], since a server with a deadline for the whole
     /// exchange (Go's `WriteTimeout`) cuts its answer when the client's waits, on both
     /// sides, used it up (a review: 0.9 s on each side were judged). None when the upload,
-    /// if any, was not whole and quick (an early answer, one relayed while the upload went
-    /// on, or after an upload the client took `STALLED_UPLOAD` or more to deliver).
-    judge_cuts: Option<Duration>,
+    /// if any, was not whole and quick (an early answer that closes, or after an upload the
+    /// client took `STALLED_UPLOAD` or more to deliver). An answer relayed while the upload
+    /// goes on gets its allowance when the upload ends whole (a review: a backend that sent
+    /// its head first and then died mid-body was never judged).
+    judge_cuts: &'r Cell<Option<Duration>>,
 }
 
 /// How relaying a response to the client ended.
@@ -1381,7 +1390,9 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
                 // kernel ends a connection whose request body the backend did not read,
                 // whatever it had still to send of an early 413.
                 BodyError::Truncated
-                    if judge_cuts.is_some_and(|allowed| body.pace.waited() < allowed) =>
+                    if judge_cuts
+                        .get()
+                        .is_some_and(|allowed| body.pace.waited() < allowed) =>
                 {
                     Body::Cut
                 }

@@ -2434,6 +2434,49 @@ fn a_clients_waits_on_both_sides_add_up_before_a_cut_is_judged() {
     assert_eq!(circuit(g.admin, b.addr), "closed");
 }
 
+/// Regression (a review of the breaker's rules): a backend that sends its head and part of
+/// its body first, reads the whole upload, then closes mid-body, was never judged: a cut
+/// counted only after an upload that went up whole before the answer. Once the upload is
+/// up, quickly, the cut counts: three open the circuit.
+#[test]
+fn a_head_first_backend_that_cuts_its_body_after_a_quick_upload_is_judged() {
+    let b = RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        let Some(head) = read_head(&mut s, &mut pending) else {
+            return;
+        };
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2000000\r\n\r\n");
+        let _ = s.write_all(&vec![b'h'; 1 << 20]);
+        skip_body(&mut s, &mut pending, &head);
+        // Some work on the body, then the crash. (A close in the same instant as the
+        // body's last byte can still reach the relay before the upload's end does.)
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 3, cooldown: 60s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    const LEN: usize = 4 << 20;
+    for i in 0..3 {
+        let mut c = Client::connect(g.proc.addr);
+        let mut up = c.stream.try_clone().expect("clone");
+        let sender = std::thread::spawn(move || {
+            let head = format!(
+                "POST /v1/proxy/svc/{i} HTTP/1.1\r\nHost: g\r\nContent-Length: {LEN}\r\n\r\n"
+            );
+            let _ = up.write_all(head.as_bytes());
+            let _ = up.write_all(&vec![b'u'; LEN]);
+        });
+        let mut got = Vec::new();
+        let _ = c.stream.read_to_end(&mut got);
+        sender.join().expect("sender");
+        assert!(got.starts_with(b"HTTP/1.1 200"), "#{i}");
+        assert!(got.len() < 2_000_000, "#{i}: the body came whole");
+    }
+    assert_eq!(circuit(g.admin, b.addr), "open");
+}
+
 /// A backend that reads each request's head, waits 1.5 s, then reads its body (all of it,
 /// or for `/partial` all but the last 10 bytes) and answers 500, closing.
 fn slow_reading_backend() -> RawBackend {
