@@ -1288,6 +1288,15 @@ fn parse_busy_poll(v: &str) -> Result<Duration, ConfigError> {
     let (num, unit) = v.split_at(split);
     let n: u64 = num.parse().map_err(|_| bad())?;
     let d = match unit {
+        // As for the other durations: `1.5us` was told only the range.
+        _ if unit.starts_with(['.', ',']) => {
+            return Err(invalid(
+                "busy_poll",
+                format!(
+                "{v:?}: fractions are not taken; write whole microseconds, e.g. 1500us for 1.5ms"
+            ),
+            ))
+        }
         "us" | "µs" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         _ => return Err(bad()),
@@ -1701,6 +1710,13 @@ mod tests {
             assert!(
                 e.contains("busy_poll") && e.contains("1us to 100ms"),
                 "{bad}: {e}"
+            );
+        }
+        for frac in ["1.5us", "1.5ms", "0,5ms"] {
+            let e = err(&format!("busy_poll: {frac}\n{svc}"));
+            assert!(
+                e.contains("busy_poll") && e.contains("fractions are not taken"),
+                "{frac}: {e}"
             );
         }
     }
