@@ -134,16 +134,17 @@ pub async fn serve(
         if c.down.out.capacity() == 0 {
             c.down.out = worker.buffer();
         }
-        // Only the access log reports the total time; skip the clock read otherwise. A head
-        // that timed out began `client_header` ago.
-        let mut started = worker.access.enabled().then(Instant::now);
+        // The request's total time (the duration histogram, the access log). A head that
+        // timed out began `client_header` ago.
+        let logged = worker.access.enabled();
+        let mut started = Instant::now();
         if let Next::Reject {
             err: GatewayError::RequestTimeout,
             ..
         } = next
         {
             let header = view.snapshot.config.timeouts.client_header;
-            started = started.map(|t| t.checked_sub(header).unwrap_or(t));
+            started = started.checked_sub(header).unwrap_or(started);
         }
         let after = match next {
             Next::Forward { mut req, held } => {
@@ -154,7 +155,7 @@ pub async fn serve(
                 }
                 // With the access log on, the worker can write this request's line if the
                 // drain deadline cuts it (`Worker::log_cut`).
-                if let Some(started) = started {
+                if logged {
                     *registration.live.request.borrow_mut() = Some(InFlight {
                         client: c.down.record.client.unwrap_or(c.down.peer.ip()),
                         method: req.info.method,
@@ -181,7 +182,7 @@ pub async fn serve(
                     .boxes
                     .pin(exchange::forward(&worker, &view, &mut c.down, req, prep))
                     .await;
-                if started.is_some() {
+                if logged {
                     if let Some(f) = registration.live.request.borrow_mut().take() {
                         c.target = f.target;
                         c.logged_id = f.request_id;
@@ -312,13 +313,19 @@ fn finish(
     c: &Conn,
     svc: Option<usize>,
     method: Option<h1::Method>,
-    started: Option<Instant>,
+    started: Instant,
 ) {
     let service = svc.map(|i| &view.snapshot.services[i]);
     let rec = &c.down.record;
-    worker
-        .metrics
-        .response(service.map(|s| s.id), rec.status, rec.error, rec.cut);
+    let total_us = started.elapsed().as_micros() as u64;
+    worker.metrics.response(
+        service.map(|s| s.id),
+        rec.status,
+        rec.error,
+        rec.cut,
+        total_us,
+        rec.bytes,
+    );
     if worker.access.enabled() {
         let backend = match (service, rec.backend) {
             (Some(s), Some(b)) => Some(s.backends[b].url.url.as_str()),
@@ -338,7 +345,7 @@ fn finish(
             status: rec.status,
             bytes: rec.bytes,
             upstream_us: rec.upstream_us,
-            total_us: started.map_or(0, |t| t.elapsed().as_micros() as u64),
+            total_us,
             error: rec.error,
             drained: false,
             truncated: rec.cut,

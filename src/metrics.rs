@@ -17,7 +17,7 @@ use crate::error::GatewayError;
 /// can count on them any more (see `state::Ids`), so these bound what is configured at
 /// once (plus what left it and is still in flight), not what a process ever saw; beyond
 /// them a service or backend is served but not counted, which is logged once and counted
-/// in `gateway_metric_ids_exhausted_total`. Their tables cost about 430 KiB per worker.
+/// in `gateway_metric_ids_exhausted_total`. Their tables cost about 620 KiB per worker.
 pub const MAX_SERVICES: usize = 1024;
 pub const MAX_SLOTS: usize = 4096;
 
@@ -101,6 +101,10 @@ pub struct WorkerMetrics {
     pub errors: Box<[Counter]>,
     pub connect: Histograms,
     pub response: Histograms,
+    /// Per service: a request's head to its response's end, as the client saw it.
+    duration: Histograms,
+    /// Per service: bytes of responses the kernel took for clients (heads included).
+    sent_bytes: Box<[Counter]>,
     /// Per backend slot: outcomes reported to its breaker, and transitions it caused.
     pub backend_success: Box<[Counter]>,
     pub backend_failure: Box<[Counter]>,
@@ -128,6 +132,8 @@ impl Default for WorkerMetrics {
             errors: counters(GatewayError::ALL.len()),
             connect: Histograms::new(),
             response: Histograms::new(),
+            duration: Histograms::new(),
+            sent_bytes: counters(MAX_SERVICES),
             backend_success: counters(MAX_SLOTS),
             backend_failure: counters(MAX_SLOTS),
             transitions: counters(MAX_SLOTS),
@@ -142,8 +148,8 @@ impl Default for WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    /// Counts one response to the client. `service` is `None` when the request did not
-    /// route to one.
+    /// Counts one response to the client, which took `total_us` from the request's head
+    /// and `bytes` on the wire. `service` is `None` when the request did not route to one.
     #[inline]
     pub fn response(
         &self,
@@ -151,6 +157,8 @@ impl WorkerMetrics {
         status: u16,
         error: Option<GatewayError>,
         cut: bool,
+        total_us: u64,
+        bytes: u64,
     ) {
         if let Some(s) = service.filter(|&s| s < MAX_SERVICES) {
             if status == 0 {
@@ -161,7 +169,9 @@ impl WorkerMetrics {
                 if cut {
                     self.cut[s].inc();
                 }
+                self.duration.observe(s, total_us);
             }
+            self.sent_bytes[s].add(bytes);
             match error {
                 Some(GatewayError::RateLimited) => self.admission[s * 2].inc(),
                 Some(GatewayError::Overloaded) => self.admission[s * 2 + 1].inc(),
@@ -199,6 +209,9 @@ impl WorkerMetrics {
             &self.connect.sum_us[id..=id],
             &self.response.buckets[id * NB..id * NB + NB],
             &self.response.sum_us[id..=id],
+            &self.duration.buckets[id * NB..id * NB + NB],
+            &self.duration.sum_us[id..=id],
+            &self.sent_bytes[id..=id],
         ];
         rows.iter().flat_map(|r| r.iter()).for_each(|c| c.set(0));
     }
@@ -278,7 +291,12 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         }
     }
     type PerService = fn(&WorkerMetrics) -> &[Counter];
-    let per_service: [(&str, &str, PerService); 2] = [
+    let per_service: [(&str, &str, PerService); 3] = [
+        (
+            "gateway_response_bytes_total",
+            "Bytes of responses the kernel took for clients, heads included (as the access log's bytes).",
+            |m| &m.sent_bytes,
+        ),
         (
             "gateway_requests_aborted_total",
             "Requests that ended with no response sent: the client went away first.",
@@ -349,6 +367,11 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
             "gateway_upstream_response_seconds",
             "Time from sending the request to the backend's response head.",
             |m: &WorkerMetrics| &m.response,
+        ),
+        (
+            "gateway_request_duration_seconds",
+            "Time from a request's head to the end of its response, as the client saw it: the gateway's own answers (429, 502, 503, 504) included.",
+            |m: &WorkerMetrics| &m.duration,
         ),
     ] {
         let _ = writeln!(w, "# HELP {metric} {help}");
@@ -615,12 +638,20 @@ mod tests {
     #[test]
     fn sums_workers_and_renders_cumulative_buckets() {
         let (a, b) = (WorkerMetrics::default(), WorkerMetrics::default());
-        a.response(Some(0), 200, None, false);
-        b.response(Some(0), 204, None, true);
-        b.response(Some(0), 503, Some(GatewayError::NoBackend), false);
-        // The client went away before any response: aborted, not a status class.
-        a.response(Some(0), 0, None, false);
-        b.response(Some(0), 429, Some(GatewayError::RateLimited), false);
+        a.response(Some(0), 200, None, false, 300, 1000);
+        b.response(Some(0), 204, None, true, 2_000, 500);
+        b.response(Some(0), 503, Some(GatewayError::NoBackend), false, 50, 200);
+        // The client went away before any response: aborted, not a status class, and no
+        // duration (nothing was answered).
+        a.response(Some(0), 0, None, false, 7_000_000, 0);
+        b.response(
+            Some(0),
+            429,
+            Some(GatewayError::RateLimited),
+            false,
+            40,
+            100,
+        );
         a.response.observe(0, 700);
         b.response.observe(0, 20_000_000);
         let services = vec![(0, "svc".to_string())];
@@ -707,6 +738,18 @@ mod tests {
         assert!(text
             .contains("gateway_upstream_response_seconds_bucket{service=\"svc\",le=\"+Inf\"} 2\n"));
         assert!(text.contains("gateway_upstream_response_seconds_count{service=\"svc\"} 2\n"));
+        // The clients' view: every answer, the gateway's own included; the aborted one not.
+        for line in [
+            "gateway_request_duration_seconds_bucket{service=\"svc\",le=\"0.0005\"} 3\n",
+            "gateway_request_duration_seconds_bucket{service=\"svc\",le=\"0.001\"} 3\n",
+            "gateway_request_duration_seconds_bucket{service=\"svc\",le=\"0.0025\"} 4\n",
+            "gateway_request_duration_seconds_bucket{service=\"svc\",le=\"+Inf\"} 4\n",
+            "gateway_request_duration_seconds_sum{service=\"svc\"} 0.00239\n",
+            "gateway_request_duration_seconds_count{service=\"svc\"} 4\n",
+            "# TYPE gateway_response_bytes_total counter\ngateway_response_bytes_total{service=\"svc\"} 1800\n",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
         assert!(text
             .contains("gateway_breaker_state{service=\"svc\",backend=\"http://127.0.0.1:1\"} 1\n"));
         assert!(text.contains("gateway_config_generation 3\n"));

@@ -184,6 +184,73 @@ fn a_backend_timeout_is_logged_with_the_time_waited() {
 /// opened, so with the access log off (the default) an operator saw them in the metrics
 /// alone, where NGINX's error log has a line for each. Each worker now says one a second,
 /// and how many it did not say.
+/// What clients waited and received, per service: a request's head to its response's end
+/// (the gateway's own 504 included, which the upstream histogram cannot hold: no head
+/// came), and the bytes the kernel took. Operators had only the backend's side (a review of
+/// the metrics: an outage of timeouts left every latency panel flat).
+#[test]
+fn the_duration_clients_waited_and_the_bytes_they_got_are_counted_per_service() {
+    use std::io::{Read, Write};
+    let (_b, g) = svc_gateway("timeouts: {response: 300ms}");
+    let raw = |head: &str| {
+        let mut s = std::net::TcpStream::connect(g.proc.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(head.as_bytes()).expect("send");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read");
+        got
+    };
+    let slow = raw("GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nConnection: close\r\nx-mock-delay-ms: 150\r\nx-mock-body-bytes: 5000\r\n\r\n");
+    assert!(
+        slow.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&slow)
+    );
+    let late = raw("GET /v1/proxy/svc/late HTTP/1.1\r\nHost: g\r\nConnection: close\r\nx-mock-delay-ms: 2000\r\n\r\n");
+    assert!(
+        late.starts_with(b"HTTP/1.1 504 "),
+        "{}",
+        String::from_utf8_lossy(&late)
+    );
+    let mut m = String::new();
+    let series = "gateway_request_duration_seconds";
+    let both_in = eventually(Duration::from_secs(5), || {
+        m = metrics(g.admin);
+        sample(&m, &format!("{series}_count{{service=\"svc\"}}")) == Some(2.0)
+    });
+    assert!(both_in, "{m}");
+    let bucket = |le: &str| {
+        sample(
+            &m,
+            &format!("{series}_bucket{{service=\"svc\",le=\"{le}\"}}"),
+        )
+    };
+    // Lower bounds only: each took at least what the backend or the timeout made it wait.
+    assert_eq!(bucket("0.1"), Some(0.0), "{m}");
+    assert!(
+        bucket("0.25").is_some_and(|n| n <= 1.0),
+        "the 504 waited 300 ms: {m}"
+    );
+    assert_eq!(bucket("+Inf"), Some(2.0), "{m}");
+    let sum = sample(&m, &format!("{series}_sum{{service=\"svc\"}}")).unwrap_or(0.0);
+    assert!(sum >= 0.45, "{m}");
+    // The backend's own histogram has only the answer that came.
+    assert_eq!(
+        sample(
+            &m,
+            "gateway_upstream_response_seconds_count{service=\"svc\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "gateway_response_bytes_total{service=\"svc\"}"),
+        Some((slow.len() + late.len()) as f64),
+        "{m}"
+    );
+}
+
 #[test]
 fn backend_failures_are_said_in_the_log_once_a_second() {
     let rec = Recorder::start(reply(500));
