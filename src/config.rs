@@ -1377,6 +1377,9 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
     if let (Some(n), false) = (line, m.contains(" at line ")) {
         m = format!("line {n}: {m}");
     }
+    if let Some(fixed) = nested_duplicate_line(&m, text) {
+        m = fixed;
+    }
     // `[http://[::1]:8001]`: YAML reads the address's `[` as a nested list (an operator
     // review, told only of a missing ',' or ']').
     if m.contains("while parsing a flow") && text.contains("://[") {
@@ -1385,6 +1388,65 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
         );
     }
     m
+}
+
+/// A key given twice inside a nested map: serde_yaml_ng places the error at the map's first
+/// key (`timeouts: duplicate field `connect` at line 3 column 3` for a second `connect` on
+/// line 5; an operator review looked for the mistake on the wrong line). Returns the
+/// message with the line of the second occurrence, found among the map's own lines (those
+/// indented as its first key, until one indented less); `None` when it cannot be found
+/// there (a flow map `{a: 1, a: 2}` keeps the map's position).
+fn nested_duplicate_line(message: &str, text: &str) -> Option<String> {
+    let (key, rest) = if let Some(i) = message.find("duplicate field `") {
+        let after = &message[i + "duplicate field `".len()..];
+        let end = after.find('`')?;
+        (&after[..end], &after[end..])
+    } else {
+        let i = message.find("duplicate entry with key \"")?;
+        let after = &message[i + "duplicate entry with key \"".len()..];
+        let end = after.find('"')?;
+        (&after[..end], &after[end..])
+    };
+    let at = rest.find(" at line ")?;
+    let position = &rest[at + " at line ".len()..];
+    let (line, column) = position.split_once(" column ")?;
+    let first: usize = line.parse().ok()?;
+    let column: usize = column
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let indent = column.checked_sub(1)?;
+    let is_key = |l: &str| {
+        l.strip_prefix(key)
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+    };
+    let mut seen = 0;
+    for (n, l) in text.lines().enumerate().skip(first.checked_sub(1)?) {
+        let own = if n + 1 == first {
+            // The map's first line may open with a list item's `- `.
+            l.get(indent..)?
+        } else {
+            let body = l.trim_start_matches(' ');
+            if body.is_empty() || body.starts_with('#') {
+                continue;
+            }
+            match l.len() - body.len() {
+                d if d < indent => return None,
+                d if d > indent => continue,
+                _ => body,
+            }
+        };
+        if is_key(own) {
+            seen += 1;
+            if seen == 2 {
+                let from = format!(" at line {first} column {column}");
+                let to = format!(" at line {} column {column}", n + 1);
+                return Some(message.replacen(&from, &to, 1));
+            }
+        }
+    }
+    None
 }
 
 /// `access_log`'s value. YAML reads unquoted `false`, `no`, `off` and their kin as booleans,
@@ -1974,6 +2036,23 @@ mod tests {
             e.contains("line 4") && e.contains("duplicate field `timeouts`"),
             "{e}"
         );
+        // Inside a nested map: the line of the second too, not of the map's first key
+        // (an operator review); a map under a list item's `- ` and one with comments and
+        // deeper lines between the two.
+        let e = err(&format!(
+            "timeouts:\n  connect: 1s\n  response: 5s\n  connect: 2s\n{svc}"
+        ));
+        assert!(
+            e.contains("duplicate field `connect` at line 4 column 3"),
+            "{e}"
+        );
+        let e = err(
+            "services:\n  svc:\n    backends:\n      - http://127.0.0.1:1\n    # note\n    prefix: /a\n    prefix: /b\n",
+        );
+        assert!(e.contains("\"prefix\" at line 7 column 5"), "{e}");
+        // A flow map keeps serde's position (its lines cannot be told apart).
+        let e = err(&format!("timeouts: {{connect: 1s, connect: 2s}}\n{svc}"));
+        assert!(e.contains("duplicate field `connect`"), "{e}");
         let e = err("services:\n  a:\n");
         assert!(
             e.contains("services.a") && e.contains("is empty") && !e.contains("Null"),
