@@ -180,14 +180,10 @@ fn a_backend_timeout_is_logged_with_the_time_waited() {
     assert!(waited >= 0.29, "{line}");
 }
 
-/// Regression (an operator review): backend failures reached the log only when a circuit
-/// opened, so with the access log off (the default) an operator saw them in the metrics
-/// alone, where NGINX's error log has a line for each. Each worker now says one a second,
-/// and how many it did not say.
 /// What clients waited and received, per service: a request's head to its response's end
 /// (the gateway's own 504 included, which the upstream histogram cannot hold: no head
-/// came), and the bytes the kernel took. Operators had only the backend's side (a review of
-/// the metrics: an outage of timeouts left every latency panel flat).
+/// came), and the bytes the kernel took. Operators had only the backend's side (an operator
+/// review: a 504 was in no histogram, so an outage of timeouts left latency panels flat).
 #[test]
 fn the_duration_clients_waited_and_the_bytes_they_got_are_counted_per_service() {
     use std::io::{Read, Write};
@@ -251,6 +247,10 @@ fn the_duration_clients_waited_and_the_bytes_they_got_are_counted_per_service() 
     );
 }
 
+/// Regression (an operator review): backend failures reached the log only when a circuit
+/// opened, so with the access log off (the default) an operator saw them in the metrics
+/// alone, where NGINX's error log has a line for each. Each worker now says one a second,
+/// and how many it did not say.
 #[test]
 fn backend_failures_are_said_in_the_log_once_a_second() {
     let rec = Recorder::start(reply(500));
