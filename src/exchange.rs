@@ -1055,7 +1055,13 @@ impl Exchange<'_> {
                         status,
                         *paced_by_client,
                     );
-                    let keep_client = keeps_client(*info, &head, worker);
+                    // An answer that is all in hand with its head ends before the upload
+                    // can: the client is told that the connection closes (RFC 9112 §9.6),
+                    // as after an early answer that closes the backend's (a 401 or 413
+                    // from a server that keeps its connection and discards the body said
+                    // nothing, then the connection closed under the client's upload).
+                    let keep_client = keeps_client(*info, &head, worker)
+                        && !whole_in_hand(&head, ubuf.len() - *ustart);
                     let sent = Cell::new(0);
                     // While the upload runs, a backend that stops sending may be waiting
                     // for the rest of the body: its answer's waits go on (the upload's own
@@ -1229,6 +1235,15 @@ impl Exchange<'_> {
 /// read whole: the client wants it, the body's framing lets it, and no drain began.
 fn keeps_client(info: RequestInfo, head: &ResponseHead, worker: &Worker) -> bool {
     info.keep_alive && head.framed_for_client && !worker.stopping()
+}
+
+/// True when the body of a response with `head` is all in the `in_hand` bytes after it.
+fn whole_in_hand(head: &ResponseHead, in_hand: usize) -> bool {
+    match head.framing {
+        Framing::None => true,
+        Framing::Length(n) => in_hand as u64 >= n,
+        Framing::Chunked | Framing::UntilClose => false,
+    }
 }
 
 /// What the client connection does after a response relayed whole: lingers while its

@@ -1674,6 +1674,58 @@ fn a_backend_that_answers_before_it_reads_the_body_gets_it_and_the_client_the_an
     assert_eq!(circuit(g.admin, b.addr), "closed");
 }
 
+/// Regression: a backend that answers at once and keeps its connection, discarding the body
+/// afterwards (a 401 from a Node-style server), had its answer relayed without
+/// `Connection: close`, and then the client connection closed under the client's upload:
+/// the answer ends before the upload, and the rest of the body is never read. It now says
+/// so (RFC 9112 §9.6), as an early answer that closes the backend's connection does.
+#[test]
+fn an_answer_in_hand_before_the_upload_ends_tells_the_client_the_connection_closes() {
+    let b = RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            let len: usize = header_value(&head, "content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let answer = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 12\r\n\r\nunauthorized";
+            if s.write_all(answer).is_err() {
+                return;
+            }
+            let mut left = len.saturating_sub(pending.len());
+            pending.clear();
+            let mut tmp = vec![0u8; 16384];
+            while left > 0 {
+                match s.read(&mut tmp[..left.min(16384)]) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left -= n,
+                }
+            }
+        }
+    });
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\ncontent-length: 1000000\r\n\r\n");
+    c.send(&[b'x'; 1000]);
+    let r = c.read_response();
+    assert_eq!((r.status, text(&r)), (401, "unauthorized".to_string()));
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
+    // And it does close (lingering for what the client still sends, then a FIN).
+    assert!(c.closed_within(Duration::from_secs(5)));
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+    // A quick upload the backend reads before it answers keeps the connection.
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\ncontent-length: 3\r\n\r\nabc");
+    let r = c.read_response();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("connection"), None, "{:?}", r.headers);
+    c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\ncontent-length: 3\r\n\r\nabc");
+    assert_eq!(c.read_response().status, 401);
+}
+
 /// A backend that streams its answer while it reads the body (an echo) gets all of a body
 /// far larger than the sockets' buffers, and the client all of the answer.
 #[test]
