@@ -169,7 +169,10 @@ impl WorkerMetrics {
                 if cut {
                     self.cut[s].inc();
                 }
-                self.duration.observe(s, total_us);
+                // A WebSocket tunnel's time is its session's, not an answer's wait.
+                if status != 101 {
+                    self.duration.observe(s, total_us);
+                }
             }
             self.sent_bytes[s].add(bytes);
             match error {

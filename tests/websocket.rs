@@ -269,6 +269,25 @@ fn tunnel_both_ways(env: &[(&str, &str)]) {
     assert!(fields.iter().any(|f| f == "101"), "{fields:?}");
     let sent = (head.len() + 11 + 3 + 4 + 5 + big.len() + 3).to_string();
     assert!(fields.contains(&sent), "want {sent} bytes: {fields:?}");
+    // The metrics count its bytes, but not its time as a request's wait: that is the
+    // session's, and would fill the duration histogram's top buckets.
+    let mut m = String::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        m = metrics(g.admin);
+        sample(&m, "gateway_requests_total{service=\"ws\",class=\"2xx\"}") == Some(1.0)
+    }));
+    assert_eq!(
+        sample(&m, "gateway_requests_total{service=\"ws\",class=\"1xx\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "gateway_request_duration_seconds_count{service=\"ws\"}"),
+        Some(1.0),
+        "only the plain GET: {m}"
+    );
+    let bytes = sample(&m, "gateway_response_bytes_total{service=\"ws\"}").unwrap_or(0.0);
+    assert!(bytes > sent.parse::<f64>().unwrap_or(f64::MAX), "{m}");
 }
 
 #[test]
