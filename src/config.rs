@@ -1360,10 +1360,7 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
     // A top-level key: the line of its first (unknown) or second (duplicate) occurrence.
     let at = |rest: &str, nth: usize| {
         let key = rest.split('`').next().unwrap_or_default();
-        let mut lines = text.lines().enumerate().filter(|(_, l)| {
-            l.strip_prefix(key)
-                .is_some_and(|r| r.trim_start().starts_with(':'))
-        });
+        let mut lines = text.lines().enumerate().filter(|(_, l)| opens_key(l, key));
         lines.nth(nth).map(|(n, _)| n + 1)
     };
     let line = match (
@@ -1397,16 +1394,16 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
 /// indented as its first key, until one indented less); `None` when it cannot be found
 /// there (a flow map `{a: 1, a: 2}` keeps the map's position).
 fn nested_duplicate_line(message: &str, text: &str) -> Option<String> {
-    let (key, rest) = if let Some(i) = message.find("duplicate field `") {
-        let after = &message[i + "duplicate field `".len()..];
-        let end = after.find('`')?;
-        (&after[..end], &after[end..])
-    } else {
-        let i = message.find("duplicate entry with key \"")?;
-        let after = &message[i + "duplicate entry with key \"".len()..];
-        let end = after.find('"')?;
-        (&after[..end], &after[end..])
-    };
+    // serde's words for a struct's field and for a map's key.
+    let quoted = [
+        ("duplicate field `", '`'),
+        ("duplicate entry with key \"", '"'),
+    ];
+    let (key, rest) = quoted.iter().find_map(|&(open, close)| {
+        let after = &message[message.find(open)? + open.len()..];
+        let end = after.find(close)?;
+        Some((&after[..end], &after[end..]))
+    })?;
     let at = rest.find(" at line ")?;
     let position = &rest[at + " at line ".len()..];
     let (line, column) = position.split_once(" column ")?;
@@ -1417,10 +1414,6 @@ fn nested_duplicate_line(message: &str, text: &str) -> Option<String> {
         .parse()
         .ok()?;
     let indent = column.checked_sub(1)?;
-    let is_key = |l: &str| {
-        l.strip_prefix(key)
-            .is_some_and(|r| r.trim_start().starts_with(':'))
-    };
     let mut seen = 0;
     for (n, l) in text.lines().enumerate().skip(first.checked_sub(1)?) {
         let own = if n + 1 == first {
@@ -1437,7 +1430,7 @@ fn nested_duplicate_line(message: &str, text: &str) -> Option<String> {
                 _ => body,
             }
         };
-        if is_key(own) {
+        if opens_key(own, key) {
             seen += 1;
             if seen == 2 {
                 let from = format!(" at line {first} column {column}");
@@ -1447,6 +1440,12 @@ fn nested_duplicate_line(message: &str, text: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether `line` (its indentation taken off) is `key:`, the start of that key's entry.
+fn opens_key(line: &str, key: &str) -> bool {
+    line.strip_prefix(key)
+        .is_some_and(|r| r.trim_start().starts_with(':'))
 }
 
 /// `access_log`'s value. YAML reads unquoted `false`, `no`, `off` and their kin as booleans,
