@@ -24,6 +24,14 @@ pub struct BoxPool {
 impl BoxPool {
     /// Moves `f` into a recycled block (or a new one) and pins it there.
     pub fn pin<F: Future>(&self, f: F) -> PoolBox<'_, F> {
+        self.pin_with(|| f)
+    }
+
+    /// Builds the future `make` returns straight in a recycled block (or a new one) and
+    /// pins it there. Inlined, the compiler builds it in place: a future built first and
+    /// then moved in is copied whole, its unused state included (the exchange's: 2.8 KB).
+    #[inline(always)]
+    pub fn pin_with<F: Future>(&self, make: impl FnOnce() -> F) -> PoolBox<'_, F> {
         let layout = Layout::new::<F>();
         let ptr: NonNull<F> = if layout.size() == 0 {
             NonNull::dangling()
@@ -42,7 +50,7 @@ impl BoxPool {
         };
         // SAFETY: `ptr` is valid for writes of one `F` (fresh or recycled with F's layout,
         // or dangling for a zero-sized F) and holds nothing to drop.
-        unsafe { ptr.as_ptr().write(f) };
+        unsafe { ptr.as_ptr().write(make()) };
         PoolBox { ptr, pool: self }
     }
 

@@ -137,7 +137,7 @@ pub async fn serve(
         // The request's total time (the duration histogram, the access log). A head that
         // timed out began `client_header` ago.
         let logged = worker.access.enabled();
-        let mut started = Instant::now();
+        let mut started = crate::clock::now();
         if let Next::Reject {
             err: GatewayError::RequestTimeout,
             ..
@@ -180,7 +180,7 @@ pub async fn serve(
                 // they run, so an idle connection's task stays small.
                 let after = worker
                     .boxes
-                    .pin(exchange::forward(&worker, &view, &mut c.down, req, prep))
+                    .pin_with(|| exchange::forward(&worker, &view, &mut c.down, req, prep))
                     .await;
                 if logged {
                     if let Some(f) = registration.live.request.borrow_mut().take() {
@@ -317,7 +317,9 @@ fn finish(
 ) {
     let service = svc.map(|i| &view.snapshot.services[i]);
     let rec = &c.down.record;
-    let total_us = started.elapsed().as_micros() as u64;
+    let total_us = crate::clock::now()
+        .saturating_duration_since(started)
+        .as_micros() as u64;
     worker.metrics.response(
         service.map(|s| s.id),
         rec.status,

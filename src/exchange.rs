@@ -167,7 +167,7 @@ pub async fn forward(
                         ustart: 0,
                         relay,
                         sent_whole: false,
-                        sent_at: Instant::now(),
+                        sent_at: crate::clock::now(),
                         pool_it: false,
                         paced_by_client: false,
                         upload_waited: Duration::ZERO,
@@ -644,7 +644,7 @@ fn note_head(
     status: u16,
     paced_by_client: bool,
 ) -> Instant {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let upstream_us = now.saturating_duration_since(sent_at).as_micros() as u64;
     worker
         .metrics
@@ -676,7 +676,7 @@ impl Exchange<'_> {
             }
             down.out.clear();
             // The backend's clock starts with the request head, not with our `100`.
-            self.sent_at = Instant::now();
+            self.sent_at = crate::clock::now();
         }
         let head = match self.send_and_read_head(down).await {
             Ok(head) => head,
@@ -817,7 +817,7 @@ impl Exchange<'_> {
                     match timed_connect(self.worker, a.service, addr, self.timeouts.connect).await {
                         Ok(s) => {
                             self.up = s;
-                            self.sent_at = Instant::now();
+                            self.sent_at = crate::clock::now();
                             self.reused = false;
                             self.ubuf.clear();
                             self.ustart = 0;
@@ -1033,7 +1033,7 @@ impl Exchange<'_> {
                             // the body, a 1.9 s pause, the rest, against a 2 s deadline).
                             *upload_waited = client_time(*sent_at, &owed);
                             *paced_by_client |= *upload_waited >= STALLED_UPLOAD;
-                            *sent_at = Instant::now();
+                            *sent_at = crate::clock::now();
                             attempt.borrow_mut().renew();
                         }
                         Err(match io::timed(timeouts.response, head).await {

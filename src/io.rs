@@ -432,7 +432,7 @@ pub fn forget_spare_timers() {
 /// 2 s). Keeping timers armed across uses (through a waker of our own) saved another 0.7%
 /// of instructions per request, not worth that subtlety.
 pub fn timed<F: Future>(after: Duration, fut: F) -> Timed<F> {
-    let now = Instant::now();
+    let now = Instant::from_std(crate::clock::now());
     let at = now
         .checked_add(after)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));

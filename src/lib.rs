@@ -20,6 +20,7 @@
 //! - [`error`]: the responses the gateway makes itself
 //! - [`date`]: the `Date` header line, formatted once a second per worker
 //! - [`io`]: split sockets, owned-buffer reads and writes with deadlines
+//! - [`clock`]: the monotonic clock, read once per poll of a connection's task
 //! - [`fdlimit`]: the descriptor limit raised at start, and the client connections it allows
 //!
 //! Control path: [`config`] (file → validated `Config`) → [`state`] (snapshot + breaker
@@ -44,6 +45,7 @@ pub mod admission;
 pub mod balancer;
 pub mod boxes;
 pub mod breaker;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod conn;

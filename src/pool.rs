@@ -110,7 +110,7 @@ impl Pool {
         }
         q.push_back(Idle {
             socket,
-            since: Instant::now(),
+            since: crate::clock::now(),
         });
         self.total.set(self.total.get() + 1);
         self.metrics.pool_idle.set(self.total.get() as u64);

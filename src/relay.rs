@@ -56,7 +56,7 @@ impl Owed {
     /// Bytes were taken for the backend.
     pub fn hold(&self) {
         if self.since.get().is_none() {
-            self.since.set(Some(Instant::now()));
+            self.since.set(Some(crate::clock::now()));
         }
     }
 
@@ -146,7 +146,7 @@ impl Pace {
         }
         match self.limit(side, pause) {
             Some(d) if d.is_zero() => Err(Late),
-            limit => Ok((limit.unwrap_or(pause), Some(Instant::now()))),
+            limit => Ok((limit.unwrap_or(pause), Some(crate::clock::now()))),
         }
     }
 

@@ -610,7 +610,8 @@ impl<F: Future<Output = ()>> Future for Guarded<F> {
         let (worker, peer) = (self.worker, self.peer);
         // SAFETY: structural pinning; the inner future is never moved out of `self`.
         let inner = unsafe { self.map_unchecked_mut(|s| &mut s.inner) };
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+        let poll = || crate::clock::poll_scope(|| inner.poll(cx));
+        match std::panic::catch_unwind(AssertUnwindSafe(poll)) {
             Ok(p) => p,
             Err(panic) => {
                 log::error!(

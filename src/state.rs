@@ -25,7 +25,10 @@ use crate::metrics::{WorkerCell, MAX_SERVICES, MAX_SLOTS};
 /// The process clock the breakers count in (ms since first use).
 pub fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    let start = *START.get_or_init(Instant::now);
+    crate::clock::now()
+        .saturating_duration_since(start)
+        .as_millis() as u64
 }
 
 /// A backend's breaker word, alone on its cache line so that workers writing one backend's
