@@ -6,7 +6,7 @@
 //! task no I/O can complete (that needs the task to return to the runtime), so the time
 //! the poll began stands for all of them. [`poll_scope`] wraps each poll of a connection's
 //! task; [`now`] reads the clock on its first use in the scope and returns that reading
-//! until the scope ends. Outside a scope (other tasks, other threads) [`now`] reads the
+//! after (see [`USES`]). Outside a scope (other tasks, other threads) [`now`] reads the
 //! clock every time.
 //!
 //! The reading is late by no more than the poll has run so far: microseconds of work, so
@@ -54,7 +54,8 @@ pub fn now() -> Instant {
 }
 
 /// Runs `poll` (one poll of a task that does only a bounded amount of work between two
-/// awaits) with [`now`] read at most once. The scope ends when `poll` returns or unwinds.
+/// awaits) with each reading of the clock serving up to [`USES`] calls of [`now`]. The
+/// scope ends when `poll` returns or unwinds.
 #[inline]
 pub fn poll_scope<R>(poll: impl FnOnce() -> R) -> R {
     struct End;
