@@ -327,6 +327,7 @@ fn finish(
         rec.cut,
         total_us,
         rec.bytes,
+        rec.received,
     );
     if worker.access.enabled() {
         let backend = match (service, rec.backend) {
@@ -445,6 +446,7 @@ async fn next_request(
                         // `OPTIONS *` (h1 passes `*` for OPTIONS only): about us, not a
                         // backend. A body it may have is not read, so then we close.
                         d.start += head_len;
+                        d.record.received = head_len as u64;
                         let next = Next::Options {
                             keep_alive: info.keep_alive && info.framing == Framing::None,
                             minor: info.minor,
@@ -466,6 +468,7 @@ async fn next_request(
                         &mut c.service,
                     );
                     d.start += head_len;
+                    d.record.received = head_len as u64;
                     let next = match result {
                         Ok(svc) => {
                             let mut info = info;
@@ -499,6 +502,7 @@ async fn next_request(
                 Ok(None) => {}
                 Err(e) => {
                     let max_target = limits.max_target_bytes;
+                    d.record.received = (d.buf.len() - d.start) as u64;
                     fresh_id(&mut c.down, worker, cfg.request_id);
                     let (method, svc) = refused_line(c, &view, keep_target, max_target);
                     let next = Next::Reject {
@@ -530,8 +534,9 @@ async fn next_request(
             Some(end) => {
                 live.head_bytes.set(d.buf.len() - d.start);
                 // The read's buffer is gone if it times out: a whole request line is kept
-                // now for the 408's log line and counts (a review saw `-` for it).
-                if keep_target && c.method.is_empty() {
+                // now for the 408's log line (a review saw `-` for it) and its service's
+                // counts, the access log on or off (off, a 408 counted for no service).
+                if c.method.is_empty() {
                     if let Some((method, target)) = h1::request_line(&d.buf[d.start..]) {
                         if target.len() <= max_target {
                             c.method.extend_from_slice(method);
@@ -574,6 +579,8 @@ async fn next_request(
             Read::Timeout if deadline.is_some() => {
                 // Logged and counted with its request line when that came whole (a
                 // review saw `-` for a head that stopped in its fields).
+                // The read took the buffer with it: what had come is counted from before.
+                c.down.record.received = live.head_bytes.get() as u64;
                 let view = worker.view();
                 fresh_id(&mut c.down, worker, view.snapshot.config.request_id);
                 let method = h1::Method::from_bytes(&c.method);

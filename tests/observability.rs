@@ -76,6 +76,74 @@ fn a_413_counts_for_its_service_whether_found_by_length_or_in_a_chunked_body() {
     }
 }
 
+/// `gateway_request_bytes_total` counts what clients sent for a service as it came on the
+/// wire: heads, Content-Length bodies (in hand with the head or streamed after it), chunked
+/// bodies with their framing and trailers, each of pipelined requests once, and the head of
+/// a request refused before or after it parsed or cut short (a 408: what had come); not a
+/// body refused unread (a 413 by its length), nor requests for no configured service.
+#[test]
+fn request_bytes_count_heads_and_bodies_as_they_came() {
+    let (_b, g) = svc_gateway("limits: {max_body_bytes: 100000}\ntimeouts: {client_header: 300ms}");
+    let pipelined = [
+        "GET /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\n\r\n".to_string(),
+        "POST /v1/proxy/svc/b HTTP/1.1\r\nHost: g\r\nContent-Length: 10\r\n\r\n0123456789".to_string(),
+        "POST /v1/proxy/svc/c HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n2\r\nde\r\n0\r\nT: y\r\n\r\n".to_string(),
+        "GET /v1/proxy/svc/d HTTP/1.1\r\nHost: g\r\n\r\n".to_string(),
+    ];
+    let mut c = Client::connect(g.proc.addr);
+    c.send(pipelined.concat().as_bytes());
+    for (raw, want) in pipelined.iter().zip([0, 10, 5, 0]) {
+        let r = c.read_response();
+        assert_eq!(
+            (r.status, r.json()["body_len"].as_u64()),
+            (200, Some(want)),
+            "{raw}"
+        );
+    }
+    let mut sent: usize = pipelined.iter().map(String::len).sum();
+    // A body that comes after its head, in two writes: the streamed path.
+    let body = vec![b'z'; 90_000];
+    let head = format!(
+        "PUT /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.send(head.as_bytes());
+    std::thread::sleep(Duration::from_millis(20));
+    c.send(&body[..40_000]);
+    std::thread::sleep(Duration::from_millis(5));
+    c.send(&body[40_000..]);
+    assert_eq!(c.read_response().json()["body_len"], 90_000);
+    sent += head.len() + body.len();
+    // Refused after parsing, its body never read: the head.
+    let too_big = "POST /v1/proxy/svc/big HTTP/1.1\r\nHost: g\r\nContent-Length: 200000\r\n\r\n";
+    assert_eq!(request(g.proc.addr, too_big).status, 413);
+    sent += too_big.len();
+    // Refused by the parser, routed by its request line: the head.
+    let trace = "TRACE /v1/proxy/svc/t HTTP/1.1\r\nHost: g\r\n\r\n";
+    assert_eq!(request(g.proc.addr, trace).status, 405);
+    sent += trace.len();
+    // A head that never ended (408): what had come of it.
+    let partial = "GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\n";
+    let mut slow = Client::connect(g.proc.addr);
+    slow.send(partial.as_bytes());
+    assert_eq!(slow.read_response().status, 408);
+    sent += partial.len();
+    // For no configured service: nowhere.
+    assert_eq!(get(g.proc.addr, "/v1/proxy/nope/x").status, 404);
+    let mut m = String::new();
+    let counted = eventually(Duration::from_secs(5), || {
+        m = metrics(g.admin);
+        sample(&m, "gateway_requests_total{service=\"svc\",class=\"2xx\"}") == Some(5.0)
+            && sample(&m, "gateway_requests_total{service=\"svc\",class=\"4xx\"}") == Some(3.0)
+    });
+    assert!(counted, "{m}");
+    assert_eq!(
+        sample(&m, "gateway_request_bytes_total{service=\"svc\"}"),
+        Some(sent as f64),
+        "{m}"
+    );
+}
+
 /// Regression: a request the parser refused (405, 501, 417, a 400 for its framing) was
 /// logged with `-` for method, target and service and counted for no service, and a 400's
 /// log line did not say which rule it broke. A plain request line now gives the log its
@@ -453,6 +521,30 @@ fn a_timed_out_head_and_an_unsafe_path_are_logged_and_counted_for_their_service(
     assert_eq!(
         sample(&m, "gateway_requests_total{service=\"svc\",class=\"4xx\"}"),
         Some(2.0),
+        "{m}"
+    );
+}
+
+/// Regression: a 408 for a head whose request line had come counted for its service only
+/// with the access log on (the line was kept for the log alone); with it off, for none.
+#[test]
+fn a_timed_out_head_counts_for_its_service_with_the_access_log_off() {
+    let (_b, g) = svc_gateway("timeouts: {client_header: 300ms}");
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"GET /v1/proxy/svc/slowhead HTTP/1.1\r\nHo");
+    assert_eq!(c.read_response().status, 408);
+    let mut m = String::new();
+    let counted = eventually(Duration::from_secs(5), || {
+        m = metrics(g.admin);
+        sample(
+            &m,
+            "gateway_errors_total{code=\"request_timeout\",status=\"408\"}",
+        ) == Some(1.0)
+    });
+    assert!(counted, "{m}");
+    assert_eq!(
+        sample(&m, "gateway_requests_total{service=\"svc\",class=\"4xx\"}"),
+        Some(1.0),
         "{m}"
     );
 }
