@@ -33,6 +33,10 @@ pub struct Record {
     pub status: u16,
     /// Bytes written to the client (heads and bodies).
     pub bytes: u64,
+    /// Bytes of the request taken from the client: its head (what had come of it, for a
+    /// head refused or cut short), its body as framed on the wire, and what the client sent
+    /// through a WebSocket tunnel. Not what is read and dropped after an early answer.
+    pub received: u64,
     /// Index of the backend within its service, once one was picked.
     pub backend: Option<usize>,
     pub upstream_us: Option<u64>,

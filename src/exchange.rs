@@ -118,11 +118,17 @@ pub async fn forward(
     };
     let mut up_out = Vec::new();
     let after = match buffered {
-        Err(after) => after,
+        Err(after) => {
+            down.record.received += relay.wire();
+            after
+        }
         Ok(()) => {
             let info = req.info;
             match connect_or_reuse(worker, view, down, req, prep, &relay).await {
-                Err(after) => after,
+                Err(after) => {
+                    down.record.received += relay.wire();
+                    after
+                }
                 Ok((attempt, up, reused)) => {
                     // The head and the body in hand go up in one write. The client's buffer
                     // is lent to that write only when nothing follows the body in it: a
@@ -173,6 +179,7 @@ pub async fn forward(
                         upload_waited: Duration::ZERO,
                     };
                     let after = ex.run(down).await;
+                    down.record.received += ex.relay.wire();
                     if ex.pool_it && worker.may_pool() {
                         worker.pool.put(ex.attempt.backend.slot, ex.up);
                     }
@@ -755,6 +762,7 @@ impl Exchange<'_> {
         out.clear();
         let early = down.start..down.buf.len();
         down.start = down.buf.len();
+        down.record.received += early.len() as u64;
         if !early.is_empty() {
             let mut up = std::mem::take(&mut self.up_out);
             up.clear();
@@ -777,6 +785,7 @@ impl Exchange<'_> {
         self.ustart = 0;
         self.worker.recycle(up_buf);
         down.record.bytes += moved.to_client;
+        down.record.received += moved.to_backend;
         // Logged and counted as cut short, as a response broken mid-body is.
         down.record.cut = !moved.clean;
         After::Close

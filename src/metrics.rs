@@ -105,6 +105,9 @@ pub struct WorkerMetrics {
     duration: Histograms,
     /// Per service: bytes of responses the kernel took for clients (heads included).
     sent_bytes: Box<[Counter]>,
+    /// Per service: bytes of requests taken from clients (heads included; see
+    /// `downstream::Record::received`).
+    received_bytes: Box<[Counter]>,
     /// Per backend slot: outcomes reported to its breaker, and transitions it caused.
     pub backend_success: Box<[Counter]>,
     pub backend_failure: Box<[Counter]>,
@@ -134,6 +137,7 @@ impl Default for WorkerMetrics {
             response: Histograms::new(),
             duration: Histograms::new(),
             sent_bytes: counters(MAX_SERVICES),
+            received_bytes: counters(MAX_SERVICES),
             backend_success: counters(MAX_SLOTS),
             backend_failure: counters(MAX_SLOTS),
             transitions: counters(MAX_SLOTS),
@@ -149,7 +153,9 @@ impl Default for WorkerMetrics {
 
 impl WorkerMetrics {
     /// Counts one response to the client, which took `total_us` from the request's head
-    /// and `bytes` on the wire. `service` is `None` when the request did not route to one.
+    /// and `bytes` on the wire, to a request of `received` bytes. `service` is `None` when
+    /// the request did not route to one.
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn response(
         &self,
@@ -159,6 +165,7 @@ impl WorkerMetrics {
         cut: bool,
         total_us: u64,
         bytes: u64,
+        received: u64,
     ) {
         if let Some(s) = service.filter(|&s| s < MAX_SERVICES) {
             if status == 0 {
@@ -175,6 +182,7 @@ impl WorkerMetrics {
                 }
             }
             self.sent_bytes[s].add(bytes);
+            self.received_bytes[s].add(received);
             match error {
                 Some(GatewayError::RateLimited) => self.admission[s * 2].inc(),
                 Some(GatewayError::Overloaded) => self.admission[s * 2 + 1].inc(),
@@ -215,6 +223,7 @@ impl WorkerMetrics {
             &self.duration.buckets[id * NB..id * NB + NB],
             &self.duration.sum_us[id..=id],
             &self.sent_bytes[id..=id],
+            &self.received_bytes[id..=id],
         ];
         rows.iter().flat_map(|r| r.iter()).for_each(|c| c.set(0));
     }
@@ -294,11 +303,16 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         }
     }
     type PerService = fn(&WorkerMetrics) -> &[Counter];
-    let per_service: [(&str, &str, PerService); 3] = [
+    let per_service: [(&str, &str, PerService); 4] = [
         (
             "gateway_response_bytes_total",
             "Bytes of responses the kernel took for clients, heads included (as the access log's bytes).",
             |m| &m.sent_bytes,
+        ),
+        (
+            "gateway_request_bytes_total",
+            "Bytes of requests taken from clients: heads, bodies as framed on the wire, and what clients sent through WebSocket tunnels.",
+            |m| &m.received_bytes,
         ),
         (
             "gateway_requests_aborted_total",
@@ -641,12 +655,20 @@ mod tests {
     #[test]
     fn sums_workers_and_renders_cumulative_buckets() {
         let (a, b) = (WorkerMetrics::default(), WorkerMetrics::default());
-        a.response(Some(0), 200, None, false, 300, 1000);
-        b.response(Some(0), 204, None, true, 2_000, 500);
-        b.response(Some(0), 503, Some(GatewayError::NoBackend), false, 50, 200);
+        a.response(Some(0), 200, None, false, 300, 1000, 80);
+        b.response(Some(0), 204, None, true, 2_000, 500, 10_080);
+        b.response(
+            Some(0),
+            503,
+            Some(GatewayError::NoBackend),
+            false,
+            50,
+            200,
+            90,
+        );
         // The client went away before any response: aborted, not a status class, and no
-        // duration (nothing was answered).
-        a.response(Some(0), 0, None, false, 7_000_000, 0);
+        // duration (nothing was answered); what it sent still counts.
+        a.response(Some(0), 0, None, false, 7_000_000, 0, 4);
         b.response(
             Some(0),
             429,
@@ -654,6 +676,7 @@ mod tests {
             false,
             40,
             100,
+            75,
         );
         a.response.observe(0, 700);
         b.response.observe(0, 20_000_000);
@@ -750,6 +773,7 @@ mod tests {
             "gateway_request_duration_seconds_sum{service=\"svc\"} 0.00239\n",
             "gateway_request_duration_seconds_count{service=\"svc\"} 4\n",
             "# TYPE gateway_response_bytes_total counter\ngateway_response_bytes_total{service=\"svc\"} 1800\n",
+            "# TYPE gateway_request_bytes_total counter\ngateway_request_bytes_total{service=\"svc\"} 10329\n",
         ] {
             assert!(text.contains(line), "{line} not in {text}");
         }

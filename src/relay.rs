@@ -19,6 +19,9 @@ pub struct BodyRelay {
     pub done: bool,
     total: u64,
     limit: u64,
+    /// Bytes taken from the sender for this body as they came on the wire, chunk framing
+    /// included (a request's part of `gateway_request_bytes_total`).
+    wire: u64,
     /// How slowly the client may move this body.
     pub pace: Pace,
 }
@@ -220,8 +223,15 @@ impl BodyRelay {
             done: framing == Framing::None,
             total: 0,
             limit,
+            wire: 0,
             pace: Pace::NONE,
         }
+    }
+
+    /// Bytes taken from the sender for this body so far, framing included: read and
+    /// passed on, or spliced through.
+    pub fn wire(&self) -> u64 {
+        self.wire
     }
 
     /// Body bytes read so far (decoded: chunk framing does not count).
@@ -257,6 +267,7 @@ impl BodyRelay {
             Framing::None => 0,
             Framing::Length(_) => {
                 let take = self.count_length(input.len());
+                self.wire += take as u64;
                 self.emit(out, &input[..take]);
                 if self.remaining == 0 {
                     self.finish(out);
@@ -265,6 +276,7 @@ impl BodyRelay {
             }
             Framing::UntilClose => {
                 self.total += input.len() as u64;
+                self.wire += input.len() as u64;
                 self.emit(out, input);
                 input.len()
             }
@@ -283,6 +295,7 @@ impl BodyRelay {
                     .map_err(|e| BodyError::Framing(e.0))?;
                 run.close(out);
                 self.total = self.decoder.total();
+                self.wire += used as u64; // a body found too large included
                 if self.total > self.limit {
                     return Err(BodyError::TooLarge);
                 }
@@ -324,11 +337,13 @@ impl BodyRelay {
                 let take = self.count_length(avail);
                 self.done = self.remaining == 0;
                 self.pace.note_bytes(Side::Src, take);
+                self.wire += take as u64;
                 Some(take)
             }
             Framing::UntilClose => {
                 self.total += avail as u64;
                 self.pace.note_bytes(Side::Src, avail);
+                self.wire += avail as u64;
                 Some(avail)
             }
             Framing::None | Framing::Chunked => None,
@@ -441,13 +456,17 @@ pub async fn pump(
     while !relay.done {
         let long = relay.spliceable();
         if long > 0 && *start == buf.len() && pipes.on() {
-            match pipes
+            let mut spliced = 0;
+            let moved = pipes
                 .transfer(src, dst, long, timeout, hold, &mut relay.pace, owed, |n| {
-                    written += n;
+                    spliced += n;
                     progress(n);
                 })
-                .await
-            {
+                .await;
+            // Taken from the sender: all of it when whole, else what went through.
+            relay.wire += if moved.is_ok() { long } else { spliced };
+            written += spliced;
+            match moved {
                 Ok(()) => {
                     relay.remaining = 0;
                     relay.done = true;

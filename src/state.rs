@@ -664,7 +664,7 @@ mod tests {
         let table = Arc::new(WorkerCell::new(WorkerMetrics::default()));
         shared.workers.lock().unwrap().push(table.clone());
         let (a, a_slot) = ids(&shared);
-        table.response(Some(a), 200, None, false, 700, 300);
+        table.response(Some(a), 200, None, false, 700, 300, 120);
         table.outcome(a_slot, false);
         // A request still in flight on generation 1 holds it: `a`'s ids stay parked.
         let in_flight = shared.current.load_full();
@@ -705,6 +705,7 @@ mod tests {
             "gateway_request_duration_seconds_count{service=\"d\"} 0\n",
             "gateway_request_duration_seconds_sum{service=\"d\"} 0\n",
             "gateway_response_bytes_total{service=\"d\"} 0\n",
+            "gateway_request_bytes_total{service=\"d\"} 0\n",
         ] {
             assert!(text.contains(line), "{line} not in {text}");
         }

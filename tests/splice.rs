@@ -44,11 +44,14 @@ fn upload_then_next_request(extra: &str) {
 
 fn upload_then_next_request_on(extra: &str, env: &[(&str, &str)]) {
     let b = mock_backend();
-    let g = gateway_with_env(
-        &config(1, extra, &format!("  svc: [http://{}]\n", b.addr)),
-        env,
-    );
-    let mut c = Client::connect(g.addr);
+    let path = write_config(&config(
+        1,
+        &format!("admin: 127.0.0.1:0\n{extra}"),
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let g = gateway_at_with_env(&path, env);
+    let mut c = Client::connect(g.proc.addr);
+    let mut sent = 0;
     for (kib, split) in [(64, 1), (65, 4096), (200, 65536), (1024, 7), (300, 0)] {
         let body: Vec<u8> = (0..kib * 1024).map(|i| (i * 31 % 253) as u8).collect();
         let mut raw = format!(
@@ -59,6 +62,7 @@ fn upload_then_next_request_on(extra: &str, env: &[(&str, &str)]) {
         let head_len = raw.len();
         raw.extend_from_slice(&body);
         raw.extend_from_slice(b"GET /v1/proxy/svc/after HTTP/1.1\r\nHost: g\r\n\r\n");
+        sent += raw.len();
         // The head alone first (so the body is not in hand with it), then the body in two
         // writes, the second ending with the next request.
         c.send(&raw[..head_len]);
@@ -79,6 +83,18 @@ fn upload_then_next_request_on(extra: &str, env: &[(&str, &str)]) {
             "{kib} KiB: the request after the body"
         );
     }
+    // Every byte the client sent counts once for the service, spliced or copied, and the
+    // request pipelined behind a body counts as its own (a regression test: there was no
+    // count of request bytes).
+    let mut m = String::new();
+    let counted = eventually(Duration::from_secs(5), || {
+        m = metrics(g.admin);
+        sample(&m, "gateway_request_bytes_total{service=\"svc\"}") == Some(sent as f64)
+    });
+    assert!(
+        counted,
+        "want {sent} request bytes ({extra:?}, {env:?}): {m}"
+    );
 }
 
 /// A backend that sends more than its Content-Length after a long body: the client gets

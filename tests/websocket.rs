@@ -288,6 +288,17 @@ fn tunnel_both_ways(env: &[(&str, &str)]) {
     );
     let bytes = sample(&m, "gateway_response_bytes_total{service=\"ws\"}").unwrap_or(0.0);
     assert!(bytes > sent.parse::<f64>().unwrap_or(f64::MAX), "{m}");
+    // What the clients sent: the handshake and the bytes behind it, every message through
+    // the tunnel, and the plain GET.
+    let plain = "GET /v1/proxy/ws/plain HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let received = HANDSHAKE.len() + b"early;".len() + 3 + 4 + 5 + big.len() + plain.len();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            m = metrics(g.admin);
+            sample(&m, "gateway_request_bytes_total{service=\"ws\"}") == Some(received as f64)
+        }),
+        "want {received}: {m}"
+    );
 }
 
 #[test]
