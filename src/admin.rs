@@ -542,6 +542,7 @@ fn config(shared: &Shared) -> Value {
         "pin_workers": c.pin_workers,
         "splice": c.splice,
         "request_id": c.request_id,
+        "ignore_client_abort": c.ignore_client_abort,
         "busy_poll": c.busy_poll.map_or("off".to_string(), |b| format!("{}us", b.as_micros())),
         "dns_refresh": c.dns_refresh.map_or("off".to_string(), d),
         "cluster": c.cluster.as_ref().map(|k| json!({

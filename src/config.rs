@@ -99,6 +99,9 @@ pub struct Config {
     pub splice: bool,
     /// Give every routed request an `X-Request-Id` (see `reqid.rs`; off unless set).
     pub request_id: bool,
+    /// Wait for the backend's answer even after the client closed its connection (NGINX's
+    /// `proxy_ignore_client_abort`); off: the wait is given up (`Worker::watch_waiting`).
+    pub ignore_client_abort: bool,
     /// `rate_limit_headers`, `rate_limit_table`, `trusted_proxies`.
     pub admission: crate::admission::Settings,
     pub services: Vec<ServiceConfig>,
@@ -215,6 +218,7 @@ struct RawConfig {
     busy_poll: Option<String>,
     splice: Option<bool>,
     request_id: Option<bool>,
+    ignore_client_abort: Option<bool>,
     rate_limit: Option<serde_yaml_ng::Value>,
     rate_limit_headers: Option<bool>,
     rate_limit_table: Option<usize>,
@@ -1270,6 +1274,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         busy_poll,
         splice: raw.splice.unwrap_or(false),
         request_id: raw.request_id.unwrap_or(false),
+        ignore_client_abort: raw.ignore_client_abort.unwrap_or(false),
         admission,
         services,
         cluster,
@@ -1687,6 +1692,11 @@ mod tests {
         let on = Config::parse(&format!("request_id: true\n{svc}")).unwrap();
         assert!(on.request_id);
         assert!(err(&format!("request_id: uuid\n{svc}")).contains("request_id"));
+        assert!(!Config::parse(svc).unwrap().ignore_client_abort);
+        let on = Config::parse(&format!("ignore_client_abort: true\n{svc}")).unwrap();
+        assert!(on.ignore_client_abort);
+        let bad = err(&format!("ignore_client_abort: sometimes\n{svc}"));
+        assert!(bad.contains("ignore_client_abort"), "{bad}");
     }
 
     #[test]

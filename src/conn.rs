@@ -175,6 +175,7 @@ pub async fn serve(
                     fwd: &c.fwd,
                     path: &c.path,
                     service: &c.service,
+                    live: &registration.live,
                 };
                 // Boxed, like every step that holds a timer: their state lives only while
                 // they run, so an idle connection's task stays small.

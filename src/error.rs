@@ -46,11 +46,15 @@ pub enum GatewayError {
     ConnectTimeout,
     /// 504: the response head did not arrive in time.
     ResponseTimeout,
+    /// 499 (NGINX's): the client closed its connection while the gateway waited for the
+    /// backend's answer; the wait was given up. Never sent (nobody is left to read it), only
+    /// logged and counted; no verdict on the backend.
+    ClientClosed,
 }
 
 impl GatewayError {
     /// One of each kind, in `index` order (for metrics).
-    pub const ALL: [GatewayError; 18] = [
+    pub const ALL: [GatewayError; 19] = [
         GatewayError::BadRequest(""),
         GatewayError::RouteNotFound,
         GatewayError::ServiceNotFound,
@@ -69,6 +73,7 @@ impl GatewayError {
         GatewayError::ResponseTimeout,
         GatewayError::RateLimited,
         GatewayError::Overloaded,
+        GatewayError::ClientClosed,
     ];
 
     /// Position of this kind in [`GatewayError::ALL`].
@@ -93,6 +98,7 @@ impl GatewayError {
             ResponseTimeout => 15,
             RateLimited => 16,
             Overloaded => 17,
+            ClientClosed => 18,
         }
     }
 
@@ -112,6 +118,7 @@ impl GatewayError {
             ConnectFailed | BackendClosed | BadResponse(_) => 502,
             NoBackend | Overloaded => 503,
             ConnectTimeout | ResponseTimeout => 504,
+            ClientClosed => 499,
         }
     }
 
@@ -145,6 +152,7 @@ impl GatewayError {
             ResponseTimeout => "backend_timeout",
             RateLimited => "rate_limited",
             Overloaded => "overloaded",
+            ClientClosed => "client_closed_request",
         }
     }
 
@@ -162,6 +170,7 @@ impl GatewayError {
             501 => "Not Implemented",
             502 => "Bad Gateway",
             503 => "Service Unavailable",
+            499 => "Client Closed Request",
             _ => "Gateway Timeout",
         }
     }

@@ -29,7 +29,7 @@ use crate::metrics::Counter;
 use crate::relay::{pump, BodyError, BodyRelay, Owed, Pace, Side};
 use crate::rewrite;
 use crate::state::{now_ms, Backend, Service};
-use crate::worker::Worker;
+use crate::worker::{Live, Worker};
 
 /// A parsed, routed request ready to forward.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +48,9 @@ pub struct Prepared<'a> {
     pub path: &'a [u8],
     /// The service segment, for error bodies.
     pub service: &'a [u8],
+    /// What the connection shares with its worker: the wait for the response head is
+    /// registered there, to be given up if the client leaves (`Worker::watch_waiting`).
+    pub live: &'a Live,
 }
 
 /// Forwards one request and relays its response; says what the client connection does next.
@@ -163,6 +166,7 @@ pub async fn forward(
                         min_body_rate: cfg.limits.min_body_rate,
                         info,
                         service: prep.service,
+                        live: prep.live,
                         attempt,
                         up,
                         reused,
@@ -511,6 +515,7 @@ struct Exchange<'a> {
     info: RequestInfo,
     /// The service segment, for error bodies.
     service: &'a [u8],
+    live: &'a Live,
     attempt: Attempt<'a>,
     up: Socket,
     /// `up` came from the pool (a failure before any response byte means it went stale).
@@ -560,6 +565,8 @@ enum HeadFail {
     /// still going up; the response was relayed while the upload went on (full duplex),
     /// and the exchange is over, judged and logged. What the client connection does next.
     Duplex(After),
+    /// The client left while we waited for the head; the wait was given up.
+    ClientGone,
 }
 
 /// How a response body ended, as far as the backend is concerned.
@@ -717,6 +724,15 @@ impl Exchange<'_> {
             }
             // Answered while the body still went up, both relayed at once.
             Err(HeadFail::Duplex(after)) => return after,
+            // Nobody is left to answer, and the backend's connection is shut: no verdict (a
+            // client must never count against a backend), a probe is handed back.
+            Err(HeadFail::ClientGone) => {
+                self.attempt.settle(Outcome::NotSent);
+                down.record.upstream_us = Some(self.sent_at.elapsed().as_micros() as u64);
+                down.record.status = 0;
+                down.record.error = Some(GatewayError::ClientClosed);
+                return After::Close;
+            }
         };
         let status = head.status;
         let head_at = note_head(
@@ -902,7 +918,12 @@ impl Exchange<'_> {
     /// having failed).
     async fn await_head(&mut self, down: &mut Downstream) -> Result<ResponseHead, HeadFail> {
         let timeout = self.timeouts.response;
-        read_head(
+        let live = self.live;
+        live.abandoned.set(false);
+        // A client with a next request in hand (pipelined) is still there, whatever its
+        // socket says.
+        let watch = (down.start == down.buf.len()).then(|| live.watch(self.up.fd()));
+        let head = read_head(
             self.up.r(),
             &mut self.ubuf,
             &mut self.ustart,
@@ -918,7 +939,13 @@ impl Exchange<'_> {
             },
             Some((self.sent_at, timeout)),
         )
-        .await
+        .await;
+        drop(watch);
+        // Whatever the wait ended with: the backend's connection was shut under it.
+        if live.abandoned.get() {
+            return Err(HeadFail::ClientGone);
+        }
+        head
     }
 
     /// Streams the request body up while the response is read. Whichever ends first decides:
@@ -951,6 +978,7 @@ impl Exchange<'_> {
             pool_it,
             paced_by_client,
             upload_waited,
+            live,
             ..
         } = self;
         let Downstream {
@@ -966,6 +994,7 @@ impl Exchange<'_> {
         let down_fd = sock.fd();
         let worker: &Worker = worker;
         let mut chunk = worker.buffer();
+        let up_fd = up.fd();
         let (up_r, up_w) = up.split();
         let (down_r, down_w) = sock.split();
         let attempt = RefCell::new(attempt);
@@ -1045,7 +1074,13 @@ impl Exchange<'_> {
                             *sent_at = crate::clock::now();
                             attempt.borrow_mut().renew();
                         }
-                        Err(match io::timed(timeouts.response, head).await {
+                        live.abandoned.set(false);
+                        let watch = (!owed.followed.get()).then(|| live.watch(up_fd));
+                        let head = io::timed(timeouts.response, head).await;
+                        drop(watch);
+                        Err(match head {
+                            // The backend's connection was shut under the wait.
+                            _ if live.abandoned.get() => Err(HeadFail::ClientGone),
                             Ok(r) => r,
                             Err(_) => Err(HeadFail::Backend(GatewayError::ResponseTimeout)),
                         })

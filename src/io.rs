@@ -626,11 +626,11 @@ pub fn read_ready(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> usize {
     total
 }
 
-/// True when nothing is waiting to be read on the socket (no data, no EOF, no error).
-pub fn is_quiet(fd: RawFd) -> bool {
+/// Peeks at one byte without waiting: how many are there (0: EOF), or why none could be.
+fn peek_one(fd: RawFd) -> io::Result<usize> {
     let mut byte = 0u8;
     // SAFETY: a one-byte buffer we own; MSG_PEEK consumes nothing and MSG_DONTWAIT never
-    // blocks. An invalid fd just reports an error (not quiet).
+    // blocks. An invalid fd just reports an error.
     let n = unsafe {
         libc::recv(
             fd,
@@ -639,7 +639,27 @@ pub fn is_quiet(fd: RawFd) -> bool {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// True when nothing is waiting to be read on the socket (no data, no EOF, no error).
+pub fn is_quiet(fd: RawFd) -> bool {
+    matches!(peek_one(fd), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// True when the peer has closed its side (FIN) or reset the connection, and sent nothing
+/// before that is still unread (a peek of one byte cannot see past it).
+pub fn peer_left(fd: RawFd) -> bool {
+    match peek_one(fd) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
+    }
 }
 
 /// True when a connection waits to be accepted on the listening socket `fd`.
@@ -689,6 +709,36 @@ mod tests {
 
     fn spare_timers() -> usize {
         SPARE_TIMERS.with(|t| t.borrow().len())
+    }
+
+    #[test]
+    fn a_peer_has_left_after_a_fin_or_a_reset_not_while_quiet_or_with_bytes_unread() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let pair = || {
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            (c, l.accept().unwrap().0)
+        };
+        let settle = || std::thread::sleep(Duration::from_millis(50));
+        let (mut c, s) = pair();
+        assert!(!peer_left(s.as_raw_fd()) && is_quiet(s.as_raw_fd()));
+        c.write_all(b"x").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        settle();
+        assert!(!peer_left(s.as_raw_fd()), "a byte before the FIN is unread");
+        let (c, s) = pair();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        settle();
+        assert!(peer_left(s.as_raw_fd()) && !is_quiet(s.as_raw_fd()), "FIN");
+        let (c, s) = pair();
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(c);
+        settle();
+        assert!(peer_left(s.as_raw_fd()), "reset");
+        assert!(peer_left(-1), "not a socket");
     }
 
     /// Runs `f` on each driver the workers use (io_uring when the kernel has it, epoll).

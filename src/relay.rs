@@ -45,6 +45,9 @@ pub struct Owed {
     since: Cell<Option<Instant>>,
     /// The time bytes were held before those.
     before: Cell<Duration>,
+    /// The upload ended with bytes past the body in the client's buffer: a next request,
+    /// pipelined (the client is still there, whatever its socket says).
+    pub followed: Cell<bool>,
 }
 
 impl Owed {
@@ -53,6 +56,7 @@ impl Owed {
         Owed {
             since: Cell::new(None),
             before: Cell::new(held),
+            followed: Cell::new(false),
         }
     }
 
@@ -542,6 +546,9 @@ pub async fn pump(
                 o.release();
             }
         }
+    }
+    if let Some(o) = owed {
+        o.followed.set(*start < buf.len());
     }
     Ok(written)
 }

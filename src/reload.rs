@@ -300,6 +300,11 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
             new.request_id.to_string(),
         ),
         (
+            "ignore_client_abort",
+            old.ignore_client_abort.to_string(),
+            new.ignore_client_abort.to_string(),
+        ),
+        (
             "access_log_format",
             format!("{:?}", old.access_log_format).to_lowercase(),
             format!("{:?}", new.access_log_format).to_lowercase(),

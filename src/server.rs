@@ -584,6 +584,9 @@ async fn housekeeping(worker: Rc<Worker>) {
         worker.date.refresh();
         let view = worker.view();
         worker.close_expired_idle(view.snapshot.config.timeouts.client_idle);
+        if !view.snapshot.config.ignore_client_abort {
+            worker.watch_waiting();
+        }
         drop(view);
         // Sets the gauge: a reload's new limit used to show only after the next accept.
         worker.connection_cap();

@@ -33,6 +33,31 @@ pub struct Live {
     /// The request it serves, while the access log is on: the worker writes its line if the
     /// drain deadline cuts it (the task then never finishes to write its own).
     pub request: RefCell<Option<InFlight>>,
+    /// The backend connection's fd while its exchange waits for the response head with the
+    /// request sent: [`Worker::watch_waiting`] looks at the client meanwhile ...
+    pub waiting: Cell<Option<RawFd>>,
+    /// ... and sets this, having shut that connection down, when the client has gone.
+    pub abandoned: Cell<bool>,
+}
+
+impl Live {
+    /// Registers a wait for the response head on the backend connection `up` until the
+    /// returned guard drops (an exchange dropped mid-wait must not leave a closed fd here,
+    /// whose number a later socket may take).
+    pub fn watch(&self, up: RawFd) -> Watch<'_> {
+        self.abandoned.set(false);
+        self.waiting.set(Some(up));
+        Watch(self)
+    }
+}
+
+/// A registered wait for a response head (see [`Live::watch`]).
+pub struct Watch<'a>(&'a Live);
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.set(None);
+    }
 }
 
 /// A request in flight, as the access log needs it.
@@ -599,6 +624,28 @@ impl Worker {
     /// whose next request already arrived is left to be served (with `Connection: close`).
     pub fn close_idle(&self) {
         self.shut_idle(|_| true);
+    }
+
+    /// Gives up the backend waits of clients that have gone: for each connection whose
+    /// exchange waits for a response head, a client that closed its connection (FIN) or
+    /// reset it is taken as gone, as NGINX, Envoy and Pingora take it. The backend's
+    /// connection is shut down, which ends the wait at once and tells the backend; the
+    /// exchange sees `abandoned` and ends without an answer, logged as `client_closed_request`.
+    /// A client that sent more (a pipelined request) is not looked at further: one byte's
+    /// peek cannot see past it. Run once a second, so a request is given up within about a
+    /// second of its client leaving; one peek per waiting connection, nothing per request.
+    pub fn watch_waiting(&self) {
+        for (fd, live) in self.conns.borrow().values() {
+            if let Some(up) = live.waiting.get() {
+                if crate::io::peer_left(*fd) {
+                    live.waiting.set(None);
+                    live.abandoned.set(true);
+                    // SAFETY: `up` is the open backend socket of an exchange suspended in
+                    // its wait (it clears `waiting` before the socket can close).
+                    unsafe { libc::shutdown(up, libc::SHUT_RDWR) };
+                }
+            }
+        }
     }
 
     /// Shuts down idle connections whose wait (the tick it began) `ended` says is over,

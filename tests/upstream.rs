@@ -875,6 +875,157 @@ fn aborted_requests_are_not_counted_as_1xx() {
     }
 }
 
+/// A client that leaves while its request waits on the backend, with a half-close (FIN, as
+/// clients that give up do: a Go, curl or browser client closes its socket) and then with a
+/// reset. Its wait is given up within about a second (it used to last until the backend
+/// answered or `timeouts.response`, 30 s, holding the backend's work and an in-flight slot):
+/// the backend sees its connection closed, the line says `client_closed_request`, and the
+/// breaker hears nothing, not even with a threshold of one.
+fn a_client_that_leaves_frees_its_backend(env: &[(&str, &str)]) {
+    let rec = Recorder::start(Mode::Hang);
+    let log = std::env::temp_dir().join(format!(
+        "gateway-upstream-left-{}-{}.log",
+        std::process::id(),
+        env.len()
+    ));
+    let _ = std::fs::remove_file(&log);
+    let g = gateway_at_with_env(
+        &write_config(&config(
+            1,
+            &format!(
+                "admin: 127.0.0.1:0\naccess_log: {}\nbreaker: {{failure_threshold: 1, cooldown: 60s}}",
+                log.display()
+            ),
+            &format!("  svc: [http://{}]\n", rec.addr),
+        )),
+        env,
+    );
+    // The third streams its body after its head, and leaves once it is all sent.
+    let ways = ["fin", "reset", "upload"];
+    for (n, how) in (1..).zip(ways) {
+        let mut c = Client::connect(g.proc.addr);
+        if how == "upload" {
+            let body = "x".repeat(100_000);
+            c.send(
+                format!(
+                    "POST /v1/proxy/svc/{how} HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{}",
+                    body.len(),
+                    &body[..10]
+                )
+                .as_bytes(),
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            c.send(&body.as_bytes()[10..]);
+        } else {
+            c.send(format!("GET /v1/proxy/svc/{how} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes());
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || rec.requests() == n),
+            "{how}: the request never reached the backend"
+        );
+        if how != "reset" {
+            c.stream.shutdown(Shutdown::Write).expect("shutdown");
+            // Nothing is answered: the connection just ends.
+            assert_eq!(
+                c.read_until_end().map_err(|b| b.len()),
+                Ok(Vec::new()),
+                "{how}"
+            );
+        } else {
+            reset(c);
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || rec.closed.load(Ordering::SeqCst)
+                == n),
+            "{how}: the backend's connection stayed open after the client left"
+        );
+    }
+    let mut text = String::new();
+    let both = eventually(Duration::from_secs(10), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().count() == ways.len()
+    });
+    let _ = std::fs::remove_file(&log);
+    assert!(both, "{text}");
+    for (line, how) in text.lines().zip(ways) {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields[3], format!("/v1/proxy/svc/{how}"), "{line}");
+        assert_eq!(
+            (fields[6], fields[7]),
+            ("0", "0"),
+            "{how}: status, bytes: {line}"
+        );
+        assert_eq!(fields[10], "client_closed_request", "{line}");
+        assert_ne!(fields[8], "-", "{how}: the backend was waited on: {line}");
+    }
+    let m = metrics(g.admin);
+    assert_eq!(
+        sample(&m, "gateway_requests_aborted_total{service=\"svc\"}"),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "gateway_errors_total{code=\"client_closed_request\",status=\"499\"}"
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        circuit(g.admin, rec.addr),
+        "closed",
+        "a client's leaving opened it"
+    );
+    // The backend is served as before.
+    rec.set(reply(200));
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/after").status, 200);
+}
+
+#[test]
+fn a_client_that_leaves_frees_its_backend_on_io_uring() {
+    a_client_that_leaves_frees_its_backend(&[]);
+}
+
+#[test]
+fn a_client_that_leaves_frees_its_backend_on_epoll() {
+    a_client_that_leaves_frees_its_backend(&[("GATEWAY_DRIVER", "epoll")]);
+}
+
+/// What is not taken for a client leaving: a half-close behind a pipelined request (the
+/// client still has a request to be answered), and with `ignore_client_abort: true`
+/// (NGINX's `proxy_ignore_client_abort`, HAProxy's default) any half-close. Each backend
+/// wait spans the worker's once-a-second look at waiting clients.
+#[test]
+fn a_half_closed_client_is_answered_when_it_pipelined_or_with_ignore_client_abort() {
+    let b = mock_backend();
+    let slow = "x-mock-delay-ms: 2200\r\n";
+    for extra in ["", "ignore_client_abort: true"] {
+        let g = gateway_at(&write_config(&config(
+            1,
+            &format!("admin: 127.0.0.1:0\n{extra}"),
+            &format!("  svc: [http://{}]\n", b.addr),
+        )));
+        let mut c = Client::connect(g.proc.addr);
+        let mut req = format!("GET /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\n{slow}\r\n");
+        if extra.is_empty() {
+            req.push_str("GET /v1/proxy/svc/b HTTP/1.1\r\nHost: gw\r\n\r\n");
+        }
+        c.send(req.as_bytes());
+        c.stream.shutdown(Shutdown::Write).expect("shutdown");
+        assert_eq!(c.read_response().status, 200, "{extra:?}");
+        if extra.is_empty() {
+            assert_eq!(c.read_response().status, 200, "the pipelined one");
+        }
+        let m = metrics(g.admin);
+        assert_eq!(
+            sample(&m, "gateway_requests_aborted_total{service=\"svc\"}"),
+            Some(0.0),
+            "{extra:?}: {m}"
+        );
+    }
+}
+
 #[test]
 fn a_400_is_logged_with_its_own_target() {
     let b = mock_backend();
