@@ -162,6 +162,7 @@ pub async fn serve(
                         target: std::mem::take(&mut c.target),
                         view: view.clone(),
                         svc: req.svc,
+                        backend: std::cell::Cell::new(None),
                         started,
                         request_id: {
                             let mut copy = std::mem::take(&mut c.logged_id);

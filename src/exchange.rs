@@ -335,6 +335,9 @@ async fn connect_or_reuse<'v>(
             worker,
         };
         down.record.backend = Some(idx);
+        if let Some(f) = prep.live.request.borrow().as_ref() {
+            f.backend.set(Some(idx)); // for the line of a request the drain deadline cuts
+        }
         if let Some(s) = worker.pool.take(backend.slot) {
             return Ok((attempt, s, true));
         }

@@ -68,6 +68,8 @@ pub struct InFlight {
     pub target: Vec<u8>,
     pub view: Rc<View>,
     pub svc: usize,
+    /// Index of the backend within its service, once one was picked.
+    pub backend: Cell<Option<usize>>,
     pub started: std::time::Instant,
     /// A copy of the request's ID, in a buffer the connection lends likewise (empty
     /// without `request_id`).
@@ -565,12 +567,16 @@ impl Worker {
         for (_, live) in self.conns.borrow().values() {
             let request = live.request.borrow();
             let Some(f) = request.as_ref() else { continue };
+            let service = f.view.snapshot.services.get(f.svc);
             let entry = crate::accesslog::Entry {
                 client: f.client,
                 method: f.method.as_str(),
                 target: if f.target.is_empty() { b"-" } else { &f.target },
-                service: f.view.snapshot.services.get(f.svc).map(|s| s.name.as_str()),
-                backend: None,
+                service: service.map(|s| s.name.as_str()),
+                backend: service
+                    .zip(f.backend.get())
+                    .and_then(|(s, b)| s.backends.get(b))
+                    .map(|b| b.url.url.as_str()),
                 status: 0,
                 bytes: 0,
                 upstream_us: None,

@@ -719,6 +719,8 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
         ("GET", "svc", "-", "-", "drain_deadline"),
         "{text}"
     );
+    // With the backend it waited on (it used to say `-`: the worker did not know it).
+    assert_eq!(cut[5], format!("http://{}", b.addr), "{text}");
     // Its own ID, kept with the request the worker logs for it.
     assert!(cut[11].len() == 32 && cut[11] != quick_id, "{text}");
     let took: f64 = cut[9].parse().expect("total seconds");
