@@ -691,6 +691,7 @@ impl Exchange<'_> {
             {
                 return After::Close; // the attempt's drop hands a probe back
             }
+            down.record.bytes += down.out.len() as u64;
             down.out.clear();
             // The backend's clock starts with the request head, not with our `100`.
             self.sent_at = crate::clock::now();
@@ -926,6 +927,7 @@ impl Exchange<'_> {
         // A client with a next request in hand (pipelined) is still there, whatever its
         // socket says.
         let watch = (down.start == down.buf.len()).then(|| live.watch(self.up.fd()));
+        let interim_sent = Cell::new(0);
         let head = read_head(
             self.up.r(),
             &mut self.ubuf,
@@ -939,11 +941,13 @@ impl Exchange<'_> {
                 write_timeout: self.timeouts.body,
                 date: &self.worker.date,
                 own_id: !down.request_id.is_empty(),
+                interim_sent: &interim_sent,
             },
             Some((self.sent_at, timeout)),
         )
         .await;
         drop(watch);
+        down.record.bytes += interim_sent.get();
         // Whatever the wait ended with: the backend's connection was shut under it.
         if live.abandoned.get() {
             return Err(HeadFail::ClientGone);
@@ -1021,6 +1025,7 @@ impl Exchange<'_> {
                 |_| attempt.borrow_mut().renew(),
             );
             let mut upload = pin!(upload);
+            let interim_sent = Cell::new(0);
             let first = {
                 let head = read_head(
                     &mut *up_r,
@@ -1035,6 +1040,7 @@ impl Exchange<'_> {
                         write_timeout: timeouts.body,
                         date: &worker.date,
                         own_id: !request_id.is_empty(),
+                        interim_sent: &interim_sent,
                     },
                     None,
                 );
@@ -1090,6 +1096,7 @@ impl Exchange<'_> {
                     }
                 }
             };
+            record.bytes += interim_sent.get();
             match first {
                 Err(done) => done,
                 Ok(head) => {
@@ -1485,6 +1492,8 @@ struct HeadCtx<'a> {
     /// The gateway gives the request's ID (`request_id: true`): the backend's own
     /// `X-Request-Id` is left out, ours is among the added fields.
     own_id: bool,
+    /// Bytes of interim responses written to the client (they count as sent).
+    interim_sent: &'a Cell<u64>,
 }
 
 /// Reads the backend's final response head, relaying 1xx interim responses. With `timeout`
@@ -1528,7 +1537,13 @@ async fn read_head(
                     // Interim response (rewritten into `out`): pass it on to HTTP/1.1
                     // clients, then read on.
                     if info.minor == 1 {
-                        let _ = io::write_all(cx.down_w, cx.out, cx.write_timeout).await;
+                        let n = cx.out.len() as u64;
+                        if io::write_all(cx.down_w, cx.out, cx.write_timeout)
+                            .await
+                            .is_ok()
+                        {
+                            cx.interim_sent.set(cx.interim_sent.get() + n);
+                        }
                     }
                     cx.out.clear();
                     *ustart += head_len;

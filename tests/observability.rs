@@ -315,6 +315,64 @@ fn the_duration_clients_waited_and_the_bytes_they_got_are_counted_per_service() 
     );
 }
 
+/// Interim responses count as sent: a backend's 103 relayed and the gateway's own `100
+/// Continue` are in the log's `bytes` and in `gateway_response_bytes_total` (they were left
+/// out, so both fell short of what the client received).
+#[test]
+fn interim_responses_count_in_the_bytes_sent() {
+    use std::io::{Read, Write};
+    let log = temp_path("interim.log");
+    let (_b, g) = svc_gateway(&format!("access_log: {}", log.display()));
+    let connect = || {
+        let s = std::net::TcpStream::connect(g.proc.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s
+    };
+    let mut s = connect();
+    s.write_all(b"GET /v1/proxy/svc/hints HTTP/1.1\r\nHost: g\r\nConnection: close\r\nx-mock-fault: early-hints\r\n\r\n").expect("send");
+    let mut hints = Vec::new();
+    s.read_to_end(&mut hints).expect("read");
+    assert!(
+        hints.starts_with(b"HTTP/1.1 103 "),
+        "{}",
+        String::from_utf8_lossy(&hints)
+    );
+    let mut s = connect();
+    s.write_all(b"POST /v1/proxy/svc/cont HTTP/1.1\r\nHost: g\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").expect("send");
+    let mut cont = vec![0u8; 25];
+    s.read_exact(&mut cont).expect("read the 100");
+    assert_eq!(cont, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").expect("body");
+    s.read_to_end(&mut cont).expect("read");
+    assert!(
+        cont[25..].starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&cont)
+    );
+    let mut text = String::new();
+    let both = eventually(Duration::from_secs(10), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().count() == 2
+    });
+    let _ = std::fs::remove_file(&log);
+    assert!(both, "{text}");
+    for (target, got) in [("/hints", &hints), ("/cont", &cont)] {
+        let line = text.lines().find(|l| l.contains(target)).unwrap_or("");
+        assert_eq!(
+            line.split(' ').nth(7),
+            Some(&*got.len().to_string()),
+            "{line}"
+        );
+    }
+    let m = metrics(g.admin);
+    assert_eq!(
+        sample(&m, "gateway_response_bytes_total{service=\"svc\"}"),
+        Some((hints.len() + cont.len()) as f64),
+        "{m}"
+    );
+}
+
 /// Regression (an operator review): backend failures reached the log only when a circuit
 /// opened, so with the access log off (the default) an operator saw them in the metrics
 /// alone, where NGINX's error log has a line for each. Each worker now says one a second,
