@@ -879,8 +879,9 @@ fn aborted_requests_are_not_counted_as_1xx() {
 /// clients that give up do: a Go, curl or browser client closes its socket) and then with a
 /// reset. Its wait is given up within about a second (it used to last until the backend
 /// answered or `timeouts.response`, 30 s, holding the backend's work and an in-flight slot):
-/// the backend sees its connection closed, the line says `client_closed_request`, and the
-/// breaker hears nothing, not even with a threshold of one.
+/// the backend sees its connection closed, the line says `client_closed_request`, the
+/// breaker hears nothing, not even with a threshold of one, and the request's
+/// `max_in_flight` slot is free for the next (each request here needs the one before's).
 fn a_client_that_leaves_frees_its_backend(env: &[(&str, &str)]) {
     let rec = Recorder::start(Mode::Hang);
     let log = std::env::temp_dir().join(format!(
@@ -896,10 +897,19 @@ fn a_client_that_leaves_frees_its_backend(env: &[(&str, &str)]) {
                 "admin: 127.0.0.1:0\naccess_log: {}\nbreaker: {{failure_threshold: 1, cooldown: 60s}}",
                 log.display()
             ),
-            &format!("  svc: [http://{}]\n", rec.addr),
+            &format!(
+                "  svc:\n    backends: [http://{}]\n    max_in_flight: 1\n",
+                rec.addr
+            ),
         )),
         env,
     );
+    let aborted = || {
+        sample(
+            &metrics(g.admin),
+            "gateway_requests_aborted_total{service=\"svc\"}",
+        )
+    };
     // The third streams its body after its head, and leaves once it is all sent.
     let ways = ["fin", "reset", "upload"];
     for (n, how) in (1..).zip(ways) {
@@ -938,6 +948,11 @@ fn a_client_that_leaves_frees_its_backend(env: &[(&str, &str)]) {
             eventually(Duration::from_secs(5), || rec.closed.load(Ordering::SeqCst)
                 == n),
             "{how}: the backend's connection stayed open after the client left"
+        );
+        // Counted once its exchange has ended, in the same turn as its slot's release.
+        assert!(
+            eventually(Duration::from_secs(5), || aborted() == Some(n as f64)),
+            "{how}: not counted as aborted"
         );
     }
     let mut text = String::new();
