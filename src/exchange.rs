@@ -926,7 +926,8 @@ impl Exchange<'_> {
         live.abandoned.set(false);
         // A client with a next request in hand (pipelined) is still there, whatever its
         // socket says.
-        let watch = (down.start == down.buf.len()).then(|| live.watch(self.up.fd()));
+        let watch =
+            (down.start == down.buf.len()).then(|| live.watch(self.up.fd(), self.worker.tick()));
         let interim_sent = Cell::new(0);
         let head = read_head(
             self.up.r(),
@@ -1084,7 +1085,8 @@ impl Exchange<'_> {
                             attempt.borrow_mut().renew();
                         }
                         live.abandoned.set(false);
-                        let watch = (!owed.followed.get()).then(|| live.watch(up_fd));
+                        let watch =
+                            (!owed.followed.get()).then(|| live.watch(up_fd, worker.tick()));
                         let head = io::timed(timeouts.response, head).await;
                         drop(watch);
                         Err(match head {

@@ -650,15 +650,32 @@ pub fn is_quiet(fd: RawFd) -> bool {
     matches!(peek_one(fd), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-/// True when the peer has closed its side (FIN) or reset the connection, and sent nothing
-/// before that is still unread (a peek of one byte cannot see past it).
-pub fn peer_left(fd: RawFd) -> bool {
+/// What a peer has done to its connection, as far as a peek of one byte sees: a FIN or a
+/// reset behind bytes still unread is not seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Nothing, or it sent bytes.
+    Here,
+    /// It closed its side (FIN): it may still read.
+    Closed,
+    /// It reset the connection (or the socket is broken): nothing can reach it.
+    Reset,
+}
+
+/// See [`Peer`].
+pub fn peer(fd: RawFd) -> Peer {
     match peek_one(fd) {
-        Ok(n) => n == 0,
-        Err(e) => !matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        ),
+        Ok(0) => Peer::Closed,
+        Ok(_) => Peer::Here,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Peer::Here
+        }
+        Err(_) => Peer::Reset,
     }
 }
 
@@ -712,7 +729,7 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_has_left_after_a_fin_or_a_reset_not_while_quiet_or_with_bytes_unread() {
+    fn a_peer_closed_after_a_fin_reset_after_a_reset_and_is_here_otherwise() {
         use std::io::Write;
         use std::os::fd::AsRawFd;
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -722,23 +739,27 @@ mod tests {
         };
         let settle = || std::thread::sleep(Duration::from_millis(50));
         let (mut c, s) = pair();
-        assert!(!peer_left(s.as_raw_fd()) && is_quiet(s.as_raw_fd()));
+        assert!(peer(s.as_raw_fd()) == Peer::Here && is_quiet(s.as_raw_fd()));
         c.write_all(b"x").unwrap();
         c.shutdown(std::net::Shutdown::Write).unwrap();
         settle();
-        assert!(!peer_left(s.as_raw_fd()), "a byte before the FIN is unread");
+        assert_eq!(
+            peer(s.as_raw_fd()),
+            Peer::Here,
+            "a byte before the FIN is unread"
+        );
         let (c, s) = pair();
         c.shutdown(std::net::Shutdown::Write).unwrap();
         settle();
-        assert!(peer_left(s.as_raw_fd()) && !is_quiet(s.as_raw_fd()), "FIN");
+        assert!(peer(s.as_raw_fd()) == Peer::Closed && !is_quiet(s.as_raw_fd()));
         let (c, s) = pair();
         socket2::SockRef::from(&c)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
         drop(c);
         settle();
-        assert!(peer_left(s.as_raw_fd()), "reset");
-        assert!(peer_left(-1), "not a socket");
+        assert_eq!(peer(s.as_raw_fd()), Peer::Reset);
+        assert_eq!(peer(-1), Peer::Reset, "not a socket");
     }
 
     /// Runs `f` on each driver the workers use (io_uring when the kernel has it, epoll).

@@ -33,9 +33,10 @@ pub struct Live {
     /// The request it serves, while the access log is on: the worker writes its line if the
     /// drain deadline cuts it (the task then never finishes to write its own).
     pub request: RefCell<Option<InFlight>>,
-    /// The backend connection's fd while its exchange waits for the response head with the
-    /// request sent: [`Worker::watch_waiting`] looks at the client meanwhile ...
-    pub waiting: Cell<Option<RawFd>>,
+    /// The backend connection's fd, and the tick the wait began, while its exchange waits
+    /// for the response head with the request sent: [`Worker::watch_waiting`] looks at the
+    /// client meanwhile ...
+    pub waiting: Cell<Option<(RawFd, u64)>>,
     /// ... and sets this, having shut that connection down, when the client has gone.
     pub abandoned: Cell<bool>,
 }
@@ -44,9 +45,9 @@ impl Live {
     /// Registers a wait for the response head on the backend connection `up` until the
     /// returned guard drops (an exchange dropped mid-wait must not leave a closed fd here,
     /// whose number a later socket may take).
-    pub fn watch(&self, up: RawFd) -> Watch<'_> {
+    pub fn watch(&self, up: RawFd, tick: u64) -> Watch<'_> {
         self.abandoned.set(false);
-        self.waiting.set(Some(up));
+        self.waiting.set(Some((up, tick)));
         Watch(self)
     }
 }
@@ -633,23 +634,34 @@ impl Worker {
     }
 
     /// Gives up the backend waits of clients that have gone: for each connection whose
-    /// exchange waits for a response head, a client that closed its connection (FIN) or
-    /// reset it is taken as gone, as NGINX, Envoy and Pingora take it. The backend's
-    /// connection is shut down, which ends the wait at once and tells the backend; the
-    /// exchange sees `abandoned` and ends without an answer, logged as `client_closed_request`.
-    /// A client that sent more (a pipelined request) is not looked at further: one byte's
-    /// peek cannot see past it. Run once a second, so a request is given up within about a
-    /// second of its client leaving; one peek per waiting connection, nothing per request.
+    /// exchange waits for a response head, a client that reset its connection is gone; one
+    /// that closed it (FIN: clients that give up close their socket) is taken as gone once
+    /// its wait has lasted a second, as NGINX, Envoy and Pingora take it, so that a client
+    /// that half-closes after its request and reads on (`nc -N`) is still answered by any
+    /// backend quicker than that, every time. The backend's connection is shut down, which
+    /// ends the wait at once and tells the backend; the exchange sees `abandoned` and ends
+    /// without an answer, logged as `client_closed_request`. A client that sent more (a
+    /// pipelined request) is not looked at further: one byte's peek cannot see past it.
+    /// Run once a second, just after [`Worker::close_expired_idle`] advanced the tick; one
+    /// peek per waiting connection, nothing per request.
     pub fn watch_waiting(&self) {
+        let now = self.tick();
         for (fd, live) in self.conns.borrow().values() {
-            if let Some(up) = live.waiting.get() {
-                if crate::io::peer_left(*fd) {
-                    live.waiting.set(None);
-                    live.abandoned.set(true);
-                    // SAFETY: `up` is the open backend socket of an exchange suspended in
-                    // its wait (it clears `waiting` before the socket can close).
-                    unsafe { libc::shutdown(up, libc::SHUT_RDWR) };
-                }
+            let Some((up, since)) = live.waiting.get() else {
+                continue;
+            };
+            // A wait that began within tick `t` has lasted a second or more at `t + 2`.
+            let gone = match crate::io::peer(*fd) {
+                crate::io::Peer::Here => false,
+                crate::io::Peer::Closed => now.saturating_sub(since) >= 2,
+                crate::io::Peer::Reset => true,
+            };
+            if gone {
+                live.waiting.set(None);
+                live.abandoned.set(true);
+                // SAFETY: `up` is the open backend socket of an exchange suspended in its
+                // wait (its guard clears `waiting` before the socket can close).
+                unsafe { libc::shutdown(up, libc::SHUT_RDWR) };
             }
         }
     }

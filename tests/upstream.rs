@@ -1008,35 +1008,42 @@ fn a_client_that_leaves_frees_its_backend_on_epoll() {
 }
 
 /// What is not taken for a client leaving: a half-close behind a pipelined request (the
-/// client still has a request to be answered), and with `ignore_client_abort: true`
-/// (NGINX's `proxy_ignore_client_abort`, HAProxy's default) any half-close. Each backend
-/// wait spans the worker's once-a-second look at waiting clients.
+/// client still has a request to be answered); a half-close whose wait has not yet lasted a
+/// second (a client that half-closes after its request, as `nc -N` does, and reads on:
+/// 800 ms nearly always spans the worker's once-a-second look, which until then gave such
+/// a wait up); and with `ignore_client_abort: true` (NGINX's `proxy_ignore_client_abort`,
+/// HAProxy's default) any half-close. The 2.2 s waits span two looks.
 #[test]
-fn a_half_closed_client_is_answered_when_it_pipelined_or_with_ignore_client_abort() {
+fn a_half_closed_client_is_answered_when_it_pipelined_was_quick_or_with_ignore_client_abort() {
     let b = mock_backend();
-    let slow = "x-mock-delay-ms: 2200\r\n";
-    for extra in ["", "ignore_client_abort: true"] {
+    let cases = [
+        ("pipelined", "", 2200),
+        ("quick", "", 800),
+        ("ignored", "ignore_client_abort: true", 2200),
+    ];
+    for (case, extra, delay) in cases {
         let g = gateway_at(&write_config(&config(
             1,
             &format!("admin: 127.0.0.1:0\n{extra}"),
             &format!("  svc: [http://{}]\n", b.addr),
         )));
         let mut c = Client::connect(g.proc.addr);
-        let mut req = format!("GET /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\n{slow}\r\n");
-        if extra.is_empty() {
+        let mut req =
+            format!("GET /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nx-mock-delay-ms: {delay}\r\n\r\n");
+        if case == "pipelined" {
             req.push_str("GET /v1/proxy/svc/b HTTP/1.1\r\nHost: gw\r\n\r\n");
         }
         c.send(req.as_bytes());
         c.stream.shutdown(Shutdown::Write).expect("shutdown");
-        assert_eq!(c.read_response().status, 200, "{extra:?}");
-        if extra.is_empty() {
+        assert_eq!(c.read_response().status, 200, "{case}");
+        if case == "pipelined" {
             assert_eq!(c.read_response().status, 200, "the pipelined one");
         }
         let m = metrics(g.admin);
         assert_eq!(
             sample(&m, "gateway_requests_aborted_total{service=\"svc\"}"),
             Some(0.0),
-            "{extra:?}: {m}"
+            "{case}: {m}"
         );
     }
 }
