@@ -29,7 +29,7 @@ use crate::metrics::Counter;
 use crate::relay::{pump, BodyError, BodyRelay, Owed, Pace, Side};
 use crate::rewrite;
 use crate::state::{now_ms, Backend, Service};
-use crate::worker::{Live, Worker};
+use crate::worker::{Live, Watch, Worker};
 
 /// A parsed, routed request ready to forward.
 #[derive(Debug, Clone, Copy)]
@@ -922,12 +922,10 @@ impl Exchange<'_> {
     /// having failed).
     async fn await_head(&mut self, down: &mut Downstream) -> Result<ResponseHead, HeadFail> {
         let timeout = self.timeouts.response;
-        let live = self.live;
-        live.abandoned.set(false);
         // A client with a next request in hand (pipelined) is still there, whatever its
         // socket says.
-        let watch =
-            (down.start == down.buf.len()).then(|| live.watch(self.up.fd(), self.worker.tick()));
+        let watch = (down.start == down.buf.len())
+            .then(|| self.live.watch(self.up.fd(), self.worker.tick()));
         let interim_sent = Cell::new(0);
         let head = read_head(
             self.up.r(),
@@ -947,10 +945,9 @@ impl Exchange<'_> {
             Some((self.sent_at, timeout)),
         )
         .await;
-        drop(watch);
         down.record.bytes += interim_sent.get();
         // Whatever the wait ended with: the backend's connection was shut under it.
-        if live.abandoned.get() {
+        if watch.is_some_and(Watch::end) {
             return Err(HeadFail::ClientGone);
         }
         head
@@ -1084,14 +1081,12 @@ impl Exchange<'_> {
                             *sent_at = crate::clock::now();
                             attempt.borrow_mut().renew();
                         }
-                        live.abandoned.set(false);
                         let watch =
                             (!owed.followed.get()).then(|| live.watch(up_fd, worker.tick()));
                         let head = io::timed(timeouts.response, head).await;
-                        drop(watch);
                         Err(match head {
                             // The backend's connection was shut under the wait.
-                            _ if live.abandoned.get() => Err(HeadFail::ClientGone),
+                            _ if watch.is_some_and(Watch::end) => Err(HeadFail::ClientGone),
                             Ok(r) => r,
                             Err(_) => Err(HeadFail::Backend(GatewayError::ResponseTimeout)),
                         })

@@ -55,6 +55,14 @@ impl Live {
 /// A registered wait for a response head (see [`Live::watch`]).
 pub struct Watch<'a>(&'a Live);
 
+impl Watch<'_> {
+    /// Ends the wait: true when the client was found gone meanwhile (the backend's
+    /// connection was then shut down under it).
+    pub fn end(self) -> bool {
+        self.0.abandoned.get()
+    }
+}
+
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
         self.0.waiting.set(None);
