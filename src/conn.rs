@@ -322,15 +322,9 @@ fn finish(
     let total_us = crate::clock::now()
         .saturating_duration_since(started)
         .as_micros() as u64;
-    worker.metrics.response(
-        service.map(|s| s.id),
-        rec.status,
-        rec.error,
-        rec.cut,
-        total_us,
-        rec.bytes,
-        rec.received,
-    );
+    worker
+        .metrics
+        .response(service.map(|s| s.id), rec, total_us);
     if worker.access.enabled() {
         let backend = match (service, rec.backend) {
             (Some(s), Some(b)) => Some(s.backends[b].url.url.as_str()),

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
+use crate::downstream::Record;
 use crate::error::GatewayError;
 
 /// Services and backend slots that get their own series. Ids are reused once no request
@@ -152,21 +153,19 @@ impl Default for WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    /// Counts one response to the client, which took `total_us` from the request's head
-    /// and `bytes` on the wire, to a request of `received` bytes. `service` is `None` when
+    /// Counts one request as `rec` says it went (status, error, cut, bytes both ways), its
+    /// response having taken `total_us` from the request's head. `service` is `None` when
     /// the request did not route to one.
-    #[allow(clippy::too_many_arguments)]
     #[inline]
-    pub fn response(
-        &self,
-        service: Option<usize>,
-        status: u16,
-        error: Option<GatewayError>,
-        cut: bool,
-        total_us: u64,
-        bytes: u64,
-        received: u64,
-    ) {
+    pub fn response(&self, service: Option<usize>, rec: &Record, total_us: u64) {
+        let Record {
+            status,
+            error,
+            cut,
+            bytes,
+            received,
+            ..
+        } = *rec;
         if let Some(s) = service.filter(|&s| s < MAX_SERVICES) {
             if status == 0 {
                 self.aborted[s].inc();
@@ -655,28 +654,30 @@ mod tests {
     #[test]
     fn sums_workers_and_renders_cumulative_buckets() {
         let (a, b) = (WorkerMetrics::default(), WorkerMetrics::default());
-        a.response(Some(0), 200, None, false, 300, 1000, 80);
-        b.response(Some(0), 204, None, true, 2_000, 500, 10_080);
-        b.response(
-            Some(0),
-            503,
-            Some(GatewayError::NoBackend),
-            false,
-            50,
-            200,
-            90,
-        );
+        let rec = |status, bytes, received| Record {
+            status,
+            bytes,
+            received,
+            ..Record::default()
+        };
+        let failed = |status, error, bytes, received| Record {
+            error: Some(error),
+            ..rec(status, bytes, received)
+        };
+        a.response(Some(0), &rec(200, 1000, 80), 300);
+        let cut = Record {
+            cut: true,
+            ..rec(204, 500, 10_080)
+        };
+        b.response(Some(0), &cut, 2_000);
+        b.response(Some(0), &failed(503, GatewayError::NoBackend, 200, 90), 50);
         // The client went away before any response: aborted, not a status class, and no
         // duration (nothing was answered); what it sent still counts.
-        a.response(Some(0), 0, None, false, 7_000_000, 0, 4);
+        a.response(Some(0), &rec(0, 0, 4), 7_000_000);
         b.response(
             Some(0),
-            429,
-            Some(GatewayError::RateLimited),
-            false,
+            &failed(429, GatewayError::RateLimited, 100, 75),
             40,
-            100,
-            75,
         );
         a.response.observe(0, 700);
         b.response.observe(0, 20_000_000);

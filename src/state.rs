@@ -664,7 +664,13 @@ mod tests {
         let table = Arc::new(WorkerCell::new(WorkerMetrics::default()));
         shared.workers.lock().unwrap().push(table.clone());
         let (a, a_slot) = ids(&shared);
-        table.response(Some(a), 200, None, false, 700, 300, 120);
+        let rec = crate::downstream::Record {
+            status: 200,
+            bytes: 300,
+            received: 120,
+            ..Default::default()
+        };
+        table.response(Some(a), &rec, 700);
         table.outcome(a_slot, false);
         // A request still in flight on generation 1 holds it: `a`'s ids stay parked.
         let in_flight = shared.current.load_full();
