@@ -350,13 +350,7 @@ fn interim_responses_count_in_the_bytes_sent() {
         "{}",
         String::from_utf8_lossy(&cont)
     );
-    let mut text = String::new();
-    let both = eventually(Duration::from_secs(10), || {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        text.lines().count() == 2
-    });
-    let _ = std::fs::remove_file(&log);
-    assert!(both, "{text}");
+    let text = logged_lines(&log, 2);
     for (target, got) in [("/hints", &hints), ("/cont", &cont)] {
         let line = text.lines().find(|l| l.contains(target)).unwrap_or("");
         assert_eq!(

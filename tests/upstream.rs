@@ -955,13 +955,7 @@ fn a_client_that_leaves_frees_its_backend(env: &[(&str, &str)]) {
             "{how}: not counted as aborted"
         );
     }
-    let mut text = String::new();
-    let both = eventually(Duration::from_secs(10), || {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        text.lines().count() == ways.len()
-    });
-    let _ = std::fs::remove_file(&log);
-    assert!(both, "{text}");
+    let text = logged_lines(&log, ways.len());
     for (line, how) in text.lines().zip(ways) {
         let fields: Vec<&str> = line.split(' ').collect();
         assert_eq!(fields[3], format!("/v1/proxy/svc/{how}"), "{line}");

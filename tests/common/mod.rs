@@ -729,6 +729,19 @@ pub fn logged_line(log: &std::path::Path, needle: &str) -> (String, Vec<String>)
     (text, fields)
 }
 
+/// Waits up to 10 s for the access log at `log` to have `n` lines, then removes the file;
+/// returns its text.
+pub fn logged_lines(log: &std::path::Path, n: usize) -> String {
+    let mut text = String::new();
+    let logged = eventually(Duration::from_secs(10), || {
+        text = std::fs::read_to_string(log).unwrap_or_default();
+        text.lines().count() == n
+    });
+    let _ = std::fs::remove_file(log);
+    assert!(logged, "not {n} lines: {text}");
+    text
+}
+
 /// The circuit state `/admin/backends` shows for the backend at `addr`.
 pub fn circuit(admin: SocketAddr, addr: SocketAddr) -> String {
     let url = format!("http://{addr}");
