@@ -20,6 +20,9 @@
 #              are 16 KiB, so it says nothing about long bodies)
 #   gateway-spin  1 worker, busy_poll: 200us  :18084  (get-c1 and open-loop only: the opt-in
 #              setting that polls the ring instead of sleeping between requests)
+#   ring-relay-spin 1 thread, --spin 200      :18087  (get-c1 only: ring-relay polling its
+#              ring for 200 µs after each completion as busy_poll does: the least any
+#              proxy on the proxy core adds over direct, spinning)
 #   gateway-splice  1 worker, splice: true    :18085  (1 MiB scenarios only: the opt-in
 #              setting that splices long bodies socket to socket)
 # Pinning: loadgen (1 thread) and the mock backends on core 0, the proxy under test alone
@@ -77,6 +80,7 @@ SPIN_PORT=18084 # the gateway with busy_poll: the gateway-spin target
 SPIN_POLL=200us
 SPLICE_PORT=18085 # the gateway with splice: true: the gateway-splice target
 RING_PORT=18086 # bench/src/bin/ring_relay.rs: the ring-relay target
+RING_SPIN_PORT=18087 # the same with --spin (as busy_poll: $SPIN_POLL): the ring-relay-spin target
 B1=19001 B2=19002 B3=19003
 BDOWN=19004 # nothing listens here: the "down" backend of the breaker scenario
 LOAD_CORE=0
@@ -160,7 +164,7 @@ loadgen="$bin/loadgen"
 # Checked before the result directory exists: a run that cannot start leaves nothing behind
 # (an empty directory would push the next run of the day to a "-2" name).
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $TCP_PORT $SPIN_PORT $SPLICE_PORT $RING_PORT $B1 $B2 $B3 $BDOWN; do
+for p in $GW_PORT $NGINX_PORT $HAPROXY_PORT $TCP_PORT $SPIN_PORT $SPLICE_PORT $RING_PORT $RING_SPIN_PORT $B1 $B2 $B3 $BDOWN; do
   port_free "$p" || { echo "bench.sh: port $p is in use on 127.0.0.1" >&2; exit 1; }
 done
 mkdir -p "$out"
@@ -298,6 +302,12 @@ ring_pid=$!
 pids+=($ring_pid)
 wait_listening $RING_PORT ring-relay
 
+"${nice_cmd[@]}" taskset -c "$PROXY_CORE" "$bin/ring-relay" --spin "${SPIN_POLL%us}" \
+  $RING_SPIN_PORT $B1 $B2 $B3 >"$tmp/ring-relay-spin.log" 2>&1 &
+ring_spin_pid=$!
+pids+=($ring_spin_pid)
+wait_listening $RING_SPIN_PORT ring-relay-spin
+
 # --- measurement helpers ----------------------------------------------------------------
 # cpu_ticks PID: utime+stime (fields 14+15 of /proc/PID/stat) of PID and its children.
 cpu_ticks() {
@@ -345,7 +355,8 @@ target_pid() {
     gateway-spin) echo "$spin_pid" ;;
     gateway-splice) echo "$splice_pid" ;;
     gateway*) echo "$gw_pid" ;; nginx*) echo "$nginx_pid" ;; haproxy*) echo "$haproxy_pid" ;;
-    tcp-relay) echo "$tcp_pid" ;; ring-relay) echo "$ring_pid" ;; *) echo "" ;;
+    tcp-relay) echo "$tcp_pid" ;; ring-relay) echo "$ring_pid" ;;
+    ring-relay-spin) echo "$ring_spin_pid" ;; *) echo "" ;;
   esac
 }
 target_url() {
@@ -358,6 +369,7 @@ target_url() {
     # The relay passes the path on unchanged (no prefix strip): the backend answers any path.
     tcp-relay) echo "http://127.0.0.1:$TCP_PORT/v1/proxy/bench/$path" ;;
     ring-relay) echo "http://127.0.0.1:$RING_PORT/v1/proxy/bench/$path" ;;
+    ring-relay-spin) echo "http://127.0.0.1:$RING_SPIN_PORT/v1/proxy/bench/$path" ;;
     gateway-1down) echo "http://127.0.0.1:$GW_PORT/v1/proxy/bench-down/$path" ;;
     gateway-spin) echo "http://127.0.0.1:$SPIN_PORT/v1/proxy/bench/$path" ;;
     gateway-splice) echo "http://127.0.0.1:$SPLICE_PORT/v1/proxy/bench/$path" ;;
@@ -416,7 +428,7 @@ scenario_targets() {
   case "$1" in
     breaker) echo "gateway-1down nginx-1down haproxy-1down" ;;
     limits) echo "gateway gateway-limited" ;;
-    get-c1) echo "direct gateway gateway-spin nginx haproxy tcp-relay ring-relay" ;;
+    get-c1) echo "direct gateway gateway-spin nginx haproxy tcp-relay ring-relay ring-relay-spin" ;;
     get-c64 | get-c256 | post16k-c64) echo "direct gateway nginx haproxy tcp-relay ring-relay" ;;
     upload-1m | download-1m) echo "direct gateway gateway-splice nginx haproxy tcp-relay" ;;
     open-loop) echo "direct gateway gateway-spin nginx haproxy" ;;
@@ -529,7 +541,7 @@ measure() {
   echo "quick=$quick"
   echo "load_core=$LOAD_CORE"
   echo "proxy_core=$PROXY_CORE"
-  echo "ports=gateway $GW_PORT, gateway-spin $SPIN_PORT, gateway-splice $SPLICE_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, tcp-relay $TCP_PORT, ring-relay $RING_PORT, backends $B1 $B2 $B3, down $BDOWN"
+  echo "ports=gateway $GW_PORT, gateway-spin $SPIN_PORT, gateway-splice $SPLICE_PORT, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, tcp-relay $TCP_PORT, ring-relay $RING_PORT, ring-relay-spin $RING_SPIN_PORT, backends $B1 $B2 $B3, down $BDOWN"
 } >"$out/meta.txt"
 
 # --- the run ----------------------------------------------------------------------------

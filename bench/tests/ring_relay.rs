@@ -14,7 +14,7 @@ struct Relay {
 }
 
 impl Relay {
-    fn start(mode: Option<&str>, backend: u16) -> Relay {
+    fn start(mode: &[&str], backend: u16) -> Relay {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ring-relay"));
         cmd.args(mode).arg("0").arg(backend.to_string());
         let mut child = cmd
@@ -89,7 +89,7 @@ fn pattern(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn relays_intact(mode: Option<&str>) {
+fn relays_intact(mode: &[&str]) -> Relay {
     let (tx, ended) = mpsc::channel();
     let relay = Relay::start(mode, backend(tx));
     // Two connections at once, each larger than the relay's 16 KiB buffer, written in
@@ -134,19 +134,59 @@ fn relays_intact(mode: Option<&str>) {
     sent.sort_unstable();
     seen.sort_unstable();
     assert_eq!(sent, seen);
+    relay
+}
+
+/// User and system time the process has used so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("its stat");
+    let after = stat.rsplit_once(") ").expect("a stat line").1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
 }
 
 #[test]
 fn the_ring_relay_moves_bytes_intact_and_passes_closes_on() {
-    relays_intact(None);
+    relays_intact(&[]);
 }
 
 #[test]
 fn the_monoio_relay_moves_bytes_intact_and_passes_closes_on() {
-    relays_intact(Some("--monoio"));
+    relays_intact(&["--monoio"]);
 }
 
 #[test]
 fn the_monoio_epoll_relay_moves_bytes_intact_and_passes_closes_on() {
-    relays_intact(Some("--monoio-epoll"));
+    relays_intact(&["--monoio-epoll"]);
+}
+
+/// `--spin` polls only for a while after the last completion: idle, it sleeps as the
+/// default relay does (a relay that spun for good would use the whole second below).
+#[test]
+fn the_spinning_relay_moves_bytes_intact_and_sleeps_when_idle() {
+    let relay = relays_intact(&["--spin", "200"]);
+    thread::sleep(Duration::from_millis(200));
+    let before = cpu_ticks(relay.child.id());
+    thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(relay.child.id()) - before;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(
+        used * 4 < hz,
+        "idle for 1 s, the relay used {used} of {hz} ticks"
+    );
+}
+
+#[test]
+fn spin_wants_a_duration() {
+    for bad in [&["--spin"][..], &["--spin", "0"], &["--spin", "x"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ring-relay"))
+            .args(bad)
+            .args(["0", "1"])
+            .output()
+            .expect("ring-relay runs");
+        assert!(!out.status.success(), "{bad:?} was taken");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--spin MICROS"), "{bad:?}: {err}");
+    }
 }

@@ -1,6 +1,6 @@
 //! A blind TCP relay on io_uring, the floor an io_uring proxy cannot go below (`bench/floor/`).
 //!
-//! `ring-relay [--monoio|--monoio-epoll] LISTEN_PORT BACKEND_PORT...` listens on 127.0.0.1:LISTEN_PORT
+//! `ring-relay [--monoio|--monoio-epoll|--spin MICROS] LISTEN_PORT BACKEND_PORT...` listens on 127.0.0.1:LISTEN_PORT
 //! (0: any free port; the first line it prints names it) and
 //! gives every client connection its own connection to the next backend (round-robin over
 //! 127.0.0.1:BACKEND_PORT...), then copies bytes both ways until either side ends: what
@@ -11,6 +11,10 @@
 //!   (SINGLE_ISSUER + COOP_TASKRUN, 1024 entries): per direction, a receive into a 16 KiB
 //!   buffer, then sends until it is all out, then the next receive. No runtime, no futures,
 //!   no wakers: what the kernel's side of an io_uring relay costs, plus a loop.
+//! - `--spin MICROS`: the same, but after each completion it keeps reaping the ring without
+//!   sleeping until MICROS pass with none (entries that ask for events but need none: task
+//!   work runs, nothing blocks), then sleeps as the default does: the floor for the
+//!   gateway's `busy_poll`.
 //! - `--monoio`: the same relay on the gateway's runtime (monoio 0.2.4, the same ring
 //!   setup), one task per direction: what a proxy on this runtime costs before any HTTP work.
 //! - `--monoio-epoll`: the same on monoio's epoll driver (the gateway's `GATEWAY_DRIVER=epoll`).
@@ -46,6 +50,16 @@ fn run() -> io::Result<()> {
     if !mode.is_empty() {
         args.remove(0);
     }
+    let mut spin = None;
+    if mode.is_empty() && args.first().map(String::as_str) == Some("--spin") {
+        let us: u64 = args
+            .get(1)
+            .and_then(|a| a.parse().ok())
+            .filter(|&us| us > 0)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "--spin MICROS (> 0)"))?;
+        spin = Some(std::time::Duration::from_micros(us));
+        args.drain(..2);
+    }
     let ports: Vec<u16> = args
         .iter()
         .map(|a| a.parse())
@@ -54,7 +68,7 @@ fn run() -> io::Result<()> {
     if ports.len() < 2 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "usage: ring-relay [--monoio|--monoio-epoll] LISTEN_PORT BACKEND_PORT...",
+            "usage: ring-relay [--monoio|--monoio-epoll|--spin MICROS] LISTEN_PORT BACKEND_PORT...",
         ));
     }
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
@@ -65,7 +79,7 @@ fn run() -> io::Result<()> {
     match mode.as_str() {
         "--monoio" => on_monoio::run_uring(listen, backends),
         "--monoio-epoll" => on_monoio::run_epoll(listen, backends),
-        _ => raw::run(listen, backends),
+        _ => raw::run(listen, backends, spin),
     }
 }
 
@@ -174,7 +188,29 @@ mod raw {
         }
     }
 
-    pub fn run(listen: SocketAddr, backends: Vec<SocketAddr>) -> io::Result<()> {
+    /// Submits what is queued and takes in what has completed: waiting for at least one
+    /// completion, or with `poll`, not waiting at all (an entry that asks for events, so
+    /// that the task work which posts socket completions runs, with none required).
+    fn enter(ring: &mut IoUring, poll: bool) -> io::Result<()> {
+        if !poll {
+            return ring.submit_and_wait(1).map(drop);
+        }
+        let queued = ring.submission().len() as u32;
+        /// `IORING_ENTER_GETEVENTS`.
+        const GETEVENTS: u32 = 1;
+        // SAFETY: no argument is passed; the queued entries are those `push` made sound.
+        unsafe {
+            ring.submitter()
+                .enter::<libc::sigset_t>(queued, 0, GETEVENTS, None)
+        }
+        .map(drop)
+    }
+
+    pub fn run(
+        listen: SocketAddr,
+        backends: Vec<SocketAddr>,
+        spin: Option<std::time::Duration>,
+    ) -> io::Result<()> {
         let listener = TcpListener::bind(listen)?;
         println!("ring-relay: listening on {}", listener.local_addr()?);
         let lfd = listener.as_raw_fd();
@@ -188,10 +224,14 @@ mod raw {
                 .user_data(ACCEPT);
         push(&mut ring, &accept)?;
         let mut done: Vec<(u64, i32)> = Vec::with_capacity(ENTRIES as usize * 2);
+        let mut last = std::time::Instant::now();
         loop {
-            ring.submit_and_wait(1)?;
+            enter(&mut ring, spin.is_some_and(|s| last.elapsed() < s))?;
             done.clear();
             done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+            if !done.is_empty() {
+                last = std::time::Instant::now();
+            }
             for &(data, res) in &done {
                 if data == ACCEPT {
                     if res < 0 {
