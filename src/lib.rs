@@ -73,6 +73,7 @@ pub mod state;
 pub mod tunnel;
 pub mod worker;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -285,11 +286,16 @@ fn log_startup(
     }
     log_connection_budget(shared, &snap.config, fds);
     // stdout says where we listen (scripts and tests read the bound addresses from it);
-    // everything else goes to the log on stderr.
-    println!("listening on {addr}");
+    // everything else goes to the log on stderr. Nobody reading it is no reason to stop
+    // (`println!` panicked on a closed pipe).
+    let mut out = format!("listening on {addr}\n");
     if let Some(admin) = server.admin_addr {
-        println!("admin on {admin}");
+        out += &format!("admin on {admin}\n");
     }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush());
 }
 
 /// Says how many client connections the process accepts and what that rests on, and warns

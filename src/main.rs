@@ -1,5 +1,6 @@
 //! `gateway` command line: parse arguments, load the config, run.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,11 +34,11 @@ fn main() -> ExitCode {
             },
             "--check" => check = true,
             "--version" | "-V" => {
-                println!("gateway {}", env!("CARGO_PKG_VERSION"));
+                say(&format!("gateway {}\n", env!("CARGO_PKG_VERSION")));
                 return ExitCode::SUCCESS;
             }
             "--help" | "-h" => {
-                println!("{USAGE}");
+                say(&format!("{USAGE}\n"));
                 return ExitCode::SUCCESS;
             }
             other => return usage_error(&format!("unknown argument {other:?}")),
@@ -49,40 +50,56 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let e = e.to_string();
-            eprintln!("gateway: invalid config: {}", gateway::redact::userinfo(&e));
+            complain(&format!(
+                "invalid config: {}",
+                gateway::redact::userinfo(&e)
+            ));
             return ExitCode::FAILURE;
         }
     };
     if check {
         if let Err(e) = cfg.check_access_log() {
-            eprintln!("gateway: invalid config: {e}");
+            complain(&format!("invalid config: {}: {e}", config.display()));
             return ExitCode::FAILURE;
         }
         let changes = gateway::reload::diff(None, &cfg);
-        print!("{}: OK\n{}{changes}\n", config.display(), cfg.summary());
+        let mut text = format!("{}: OK\n{}{changes}\n", config.display(), cfg.summary());
         // What the descriptor limit of this shell allows (the gateway raises its soft
         // limit to the hard one at start).
         let fds = gateway::fdlimit::would_run_with();
         let (line, warning) = gateway::fdlimit::budget(&cfg, fds);
-        println!("descriptors: a gateway started here would have a limit of {fds}; {line}");
-        if let Some(w) = warning {
-            println!("warning: {w}");
+        text +=
+            &format!("descriptors: a gateway started here would have a limit of {fds}; {line}\n");
+        for w in warning
+            .into_iter()
+            .chain(gateway::server::start_warnings(&cfg))
+        {
+            text += &format!("warning: {w}\n");
         }
-        for w in gateway::server::start_warnings(&cfg) {
-            println!("warning: {w}");
-        }
+        say(&text);
         return ExitCode::SUCCESS;
     }
     match gateway::run(cfg, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gateway: {e}");
+            complain(&e.to_string());
             ExitCode::FAILURE
         }
     }
 }
 
 fn usage_error(msg: &str) -> ExitCode {
-    eprintln!("gateway: {msg}\n{USAGE}");
+    complain(&format!("{msg}\n{USAGE}"));
     ExitCode::from(2)
+}
+
+/// Writes to stdout. A reader that has gone (`gateway --check | head -1`) is no error of
+/// ours: the exit code still says what was found (`println!` panicked there, exit 101).
+fn say(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Writes `gateway: {msg}` to stderr, whether or not anyone reads it.
+fn complain(msg: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "gateway: {msg}");
 }

@@ -353,6 +353,11 @@ fn the_access_log_is_checked_and_named() {
         text.contains(&format!("cannot open the access log {bad}")),
         "{text}"
     );
+    // Named after the file, as every other config error is.
+    assert!(
+        text.starts_with("gateway: invalid config: /") && text.contains(".yaml: "),
+        "{text}"
+    );
     let (code, err) = run_until_ready(
         &format!("listen: 127.0.0.1:0\nworkers: 1\naccess_log: {bad}\n{SVC}"),
         &[],
@@ -499,4 +504,67 @@ fn check_warns_as_the_start_does() {
         text.contains("warning: admin: [::ffff:0.0.0.0]:9901 listens on every interface"),
         "{text}"
     );
+}
+
+/// A stdout whose reader has gone: the write end of a pipe with its read end closed.
+fn closed_stdout() -> std::process::Stdio {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills both descriptors, which we then own.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: each descriptor is fresh from pipe(2) and owned once.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(reader);
+    writer.into()
+}
+
+#[test]
+fn a_closed_stdout_neither_fails_check_nor_stops_the_gateway() {
+    // `gateway --check | head -1` and `gateway | true` panicked (exit 101) writing to
+    // stdout once its reader had gone.
+    let path = temp_config(SVC);
+    let out = gateway()
+        .arg("--check")
+        .arg("--config")
+        .arg(&path)
+        .stdout(closed_stdout())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let _ = std::fs::remove_file(&path);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = temp_config(&format!("listen: 127.0.0.1:{port}\nworkers: 1\n{SVC}"));
+    let mut child = gateway()
+        .arg("--config")
+        .arg(&path)
+        .stdout(closed_stdout())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the gateway ended before it listened"
+        );
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // It got past printing its addresses and still serves.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(child.try_wait().unwrap().is_none(), "the gateway stopped");
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let _ = std::fs::remove_file(&path);
 }
