@@ -224,6 +224,8 @@ pub async fn serve(
                 linger,
             } => {
                 let timeout = view.snapshot.config.timeouts.body;
+                // Stopping, our own answers say `Connection: close` as forwarded ones do.
+                let keep_alive = keep_alive && !worker.stopping();
                 let service = with_service.then_some(&c.service[..]);
                 let reply = c
                     .down

@@ -516,6 +516,14 @@ fn sigterm_with_a_drain_grace_fails_healthz_first_and_keeps_serving_until_it_end
         assert_eq!(r.status, 200);
         assert_eq!(r.header("connection"), Some("close"));
     }
+    // The gateway's own answers too (they kept the connection open: an operator's review).
+    for target in ["/v1/proxy/nope/x", "/elsewhere"] {
+        let mut c = Client::connect(addr);
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: g\r\n\r\n").as_bytes());
+        let r = c.read_response();
+        assert_eq!(r.status, 404, "{target}");
+        assert_eq!(r.header("connection"), Some("close"), "{target}");
+    }
     assert!(
         t.elapsed() < Duration::from_millis(1200),
         "too slow to test the grace"
