@@ -559,6 +559,8 @@ enum HeadFail {
     /// The backend answered with a head we do not relay (see [`Outcome::Responded`]): the
     /// error for the client, and the head's status if its status line could be read.
     Unjudged(GatewayError, Option<u16>),
+    /// More interim responses than [`MAX_INTERIM_BYTES`] before a final one.
+    Flood,
     /// Streaming the request body failed on the client's side.
     Client(BodyError),
     /// The backend closed or reset with no response while we waited for more of the body
@@ -718,6 +720,21 @@ impl Exchange<'_> {
                 self.attempt.settle(Outcome::Responded(status));
                 down.record.upstream_us = Some(self.sent_at.elapsed().as_micros() as u64);
                 return self.reply(down, err).await;
+            }
+            // No verdict (a long operation's 102s are no failure), except for a probe: a
+            // backend that floods the request meant to show it is back has not shown that
+            // (it used to close the circuit, as a 4xx does: a review), and no client can
+            // make a healthy backend send 64 KiB of 1xx.
+            Err(HeadFail::Flood) => {
+                self.attempt.settle(if self.attempt.is_probe() {
+                    Outcome::Failed(TOO_MANY_INTERIM)
+                } else {
+                    Outcome::Responded(None)
+                });
+                down.record.upstream_us = Some(self.sent_at.elapsed().as_micros() as u64);
+                return self
+                    .reply(down, GatewayError::BadResponse(TOO_MANY_INTERIM))
+                    .await;
             }
             Err(HeadFail::Backend(err)) => {
                 self.attempt.settle(verdict(err));
@@ -1528,8 +1545,7 @@ async fn read_head(
                     // with 102s is not a failing backend, and a client may choose one.
                     interim += head_len;
                     if interim > MAX_INTERIM_BYTES {
-                        let err = GatewayError::BadResponse(TOO_MANY_INTERIM);
-                        return Err(HeadFail::Unjudged(err, None));
+                        return Err(HeadFail::Flood);
                     }
                     // Interim response (rewritten into `out`): pass it on to HTTP/1.1
                     // clients, then read on.

@@ -2443,7 +2443,8 @@ fn quiet_streams_cut_at_the_body_timeout_do_not_open_a_circuit() {
 /// Regression (a review): a backend could send any number of interim responses before its
 /// final one, each parsed and relayed (a million 103s: 40 MB, 4.4 s of the worker's CPU).
 /// Up to 64 KiB of them are relayed; more is a 502 `too_many_interim_responses`, with no
-/// verdict (a long operation sending 102s is no failing backend).
+/// verdict (a long operation sending 102s is no failing backend), except for a probe,
+/// which it fails (it used to close the circuit: a review).
 #[test]
 fn a_flood_of_interim_responses_is_cut_at_64_kib() {
     let b = RawBackend::start(|mut s, _| {
@@ -2453,7 +2454,10 @@ fn a_flood_of_interim_responses_is_cut_at_64_kib() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let mut out = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n".repeat(n);
-            out.extend_from_slice(&response("200 OK", "ok"));
+            out.extend_from_slice(&match header_value(&head, "x-fail") {
+                Some(_) => response("500 Internal Server Error", "no"),
+                None => response("200 OK", "ok"),
+            });
             if s.write_all(&out).is_err() {
                 return;
             }
@@ -2461,7 +2465,7 @@ fn a_flood_of_interim_responses_is_cut_at_64_kib() {
     });
     let g = gateway_at(&write_config(&config(
         1,
-        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 60s}",
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 1s}",
         &format!("  svc: [http://{}]\n", b.addr),
     )));
     let mut c = Client::connect(g.proc.addr);
@@ -2483,6 +2487,34 @@ fn a_flood_of_interim_responses_is_cut_at_64_kib() {
         serde_json::from_slice::<serde_json::Value>(&r.body).expect("json")["detail"].clone();
     assert_eq!(detail, "too_many_interim_responses");
     assert_eq!(circuit(g.admin, b.addr), "closed", "no verdict");
+
+    // The circuit opens on a 500; the probe after the cooldown is flooded: it stays open.
+    let flood = |hints: usize| {
+        let mut c = Client::connect(g.proc.addr);
+        c.send(
+            format!("GET /v1/proxy/svc/c HTTP/1.1\r\nHost: g\r\nx-hints: {hints}\r\n\r\n")
+                .as_bytes(),
+        );
+        let mut r = c.read_response();
+        while r.status == 103 {
+            r = c.read_response();
+        }
+        r.status
+    };
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"GET /v1/proxy/svc/d HTTP/1.1\r\nHost: g\r\nx-fail: 1\r\n\r\n");
+    assert_eq!(c.read_response().status, 500);
+    assert_eq!(circuit(g.admin, b.addr), "open");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(flood(2000), 502, "the probe");
+    assert_eq!(
+        circuit(g.admin, b.addr),
+        "open",
+        "a flooded probe closed the circuit"
+    );
+    // A probe answered properly, once the next is due, closes it.
+    assert!(eventually(Duration::from_secs(10), || flood(0) == 200));
+    assert_eq!(circuit(g.admin, b.addr), "closed");
 }
 
 /// A backend that cuts its answers short: `GET /deadline` streams a long body with a
