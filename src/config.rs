@@ -624,9 +624,16 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
             format!("{url:?}: a backend URL cannot carry a query string or fragment ({:?}): the client's query is passed on as it is; remove it", &path[at..]),
         ));
     }
-    if authority.is_empty() || authority.contains('@') {
-        return Err(invalid(key, format!("{url:?}: {fix}")));
+    if authority.contains('@') {
+        return Err(invalid(
+            key,
+            format!("{url:?}: a backend URL cannot carry a user or password (the gateway does not authenticate to backends): {fix}"),
+        ));
     }
+    if authority.is_empty() {
+        return Err(invalid(key, format!("{url:?} names no host: {fix}")));
+    }
+    check_prefix(path).map_err(|why| invalid(key, format!("{url:?}: {why}")))?;
     let (host, port) = split_authority(authority).map_err(|e| {
         invalid(
             key,
@@ -638,6 +645,9 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
             },
         )
     })?;
+    if host.is_empty() {
+        return Err(invalid(key, format!("{url:?} names no host: {fix}")));
+    }
     if port == 0 {
         return Err(invalid(
             key,
@@ -653,6 +663,39 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
         authority: authority.to_string(),
         path_prefix,
     })
+}
+
+/// A backend's path prefix goes in front of every path sent to it, so it must be a path a
+/// strict server takes (RFC 3986 §3.3: `/`-separated segments of unreserved characters,
+/// sub-delims, `:`, `@` and `%XX`) with no dot segment, which a server would resolve past
+/// the prefix. `"`, `\\`, `{` and the like were passed on as they were, and every request
+/// then got a 400, which opens no circuit (an operator's review).
+fn check_prefix(path: &str) -> Result<(), String> {
+    let bytes = path.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let ok = match b {
+            b'%' => {
+                bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+            }
+            b'/' | b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*'
+            | b'+' | b',' | b';' | b'=' | b':' | b'@' => true,
+            _ => b.is_ascii_alphanumeric(),
+        };
+        if !ok {
+            return Err(format!(
+                "{:?} in the path is not allowed there: percent-encode it (e.g. %{b:02X}) or remove it",
+                b as char
+            ));
+        }
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(
+            "a path with a . or .. segment would leave its own prefix: write the path it means"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Why an authority could not be split.
@@ -1864,6 +1907,39 @@ mod tests {
                 .path_prefix,
             "/a%20b"
         );
+    }
+
+    /// An operator's review: `"`, `\\` or `{` in a backend's path prefix passed `--check`
+    /// and went into every request, which a strict backend answers with a 400 (no circuit
+    /// opens on a 4xx); a user or an empty host got a message that did not say what was
+    /// wrong.
+    #[test]
+    fn backend_prefixes_must_be_paths_and_hosts_must_be_there() {
+        for (bad, says) in [
+            ("http://127.0.0.1:1/a\"b", "'\"' in the path"),
+            ("http://127.0.0.1:1/a\\c", "'\\\\' in the path"),
+            ("http://127.0.0.1:1/%%41", "'%' in the path"),
+            ("http://127.0.0.1:1/a%4", "'%' in the path"),
+            ("http://127.0.0.1:1/{x}", "'{' in the path"),
+            ("http://127.0.0.1:1/a|b", "'|' in the path"),
+            ("http://127.0.0.1:1/a/../b", ". or .. segment"),
+            ("http://127.0.0.1:1/./b", ". or .. segment"),
+            ("http://127.0.0.1:1/..", ". or .. segment"),
+            ("http://u:p@127.0.0.1:1/", "cannot carry a user or password"),
+            ("http://:1/x", "names no host"),
+            ("http:///x", "names no host"),
+        ] {
+            let e = parse_backend_url("k", bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        for good in [
+            "http://127.0.0.1:1/api/v2",
+            "http://127.0.0.1:1/a%2Fb",
+            "http://127.0.0.1:1/a-b_c.d~e/!$&'()*+,;=:@",
+            "http://127.0.0.1:1/a..b/.c/",
+        ] {
+            assert!(parse_backend_url("k", good).is_ok(), "{good}");
+        }
     }
 
     #[test]
