@@ -1062,12 +1062,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if let Some(MaxConnections::Other(v)) = &l.max_connections {
         if v.as_str() != Some("auto") {
             let v = serde_yaml_ng::to_string(v).unwrap_or_default();
+            let what = if v.trim().parse::<f64>().is_ok() {
+                "is out of range"
+            } else {
+                "is not a number"
+            };
             return Err(invalid(
                 "limits.max_connections",
-                format!(
-                    "{} is out of range: use auto or 1 to {MAX_CONNECTIONS}",
-                    v.trim()
-                ),
+                format!("{} {what}: use auto or 1 to {MAX_CONNECTIONS}", v.trim()),
             ));
         }
     }
@@ -1405,6 +1407,15 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
     for t in ["usize", "u64", "u32", "u16", "u8", "i64", "i32"] {
         m = m.replace(&format!("expected {t}"), "expected a whole number");
     }
+    // A number past 64 bits reaches us as serde's `invalid type: integer `N` as u128,
+    // expected ...` (an operator review): say what is wrong with it instead.
+    if let Some(i) = m.find("invalid type: integer `") {
+        let rest = &m[i + "invalid type: integer `".len()..];
+        if let Some((n, tail)) = rest.split_once("` as u128, expected ") {
+            let at = tail.find(" at line ").map_or("", |j| &tail[j..]);
+            m = format!("{}{n} is too large: at most 2^64 - 1{at}", &m[..i]);
+        }
+    }
     // A top-level key: the line of its first (unknown) or second (duplicate) occurrence.
     let at = |rest: &str, nth: usize| {
         let key = rest.split('`').next().unwrap_or_default();
@@ -1531,6 +1542,35 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
+    }
+
+    /// An operator's review: a number past 64 bits was reported as `invalid type: integer
+    /// ... as u128, expected any value`, and a word for max_connections as out of range.
+    #[test]
+    fn numbers_too_large_and_words_for_numbers_are_named_so() {
+        let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+        for (text, says) in [
+            (
+                "limits: {max_body_bytes: 99999999999999999999999}",
+                "limits.max_body_bytes: 99999999999999999999999 is too large: at most 2^64 - 1 at line 1",
+            ),
+            (
+                "workers: 18446744073709551616",
+                "workers: 18446744073709551616 is too large: at most 2^64 - 1 at line 1",
+            ),
+            (
+                "limits: {max_connections: lots}",
+                "limits.max_connections: lots is not a number: use auto or 1 to",
+            ),
+            (
+                "limits: {max_connections: 0}",
+                "limits.max_connections: 0 is out of range: use auto or 1 to",
+            ),
+        ] {
+            let e = err(&format!("{text}\n{svc}"));
+            assert!(e.contains(says), "{text}: {e}");
+            assert!(!e.contains("u128"), "{text}: {e}");
+        }
     }
 
     #[test]
