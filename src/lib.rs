@@ -181,7 +181,12 @@ fn stopping_signals(
     for sig in pending {
         if !on_signal(sig, reloads, server) {
             let n = io::reset_every_connection();
-            log::warn!("second signal: exiting {what} ({n} connections reset)");
+            // Client and backend connections alike (an operator's review read the count
+            // as clients, twice what it had open).
+            log::warn!(
+                "second signal: exiting {what} ({n} {} reset, client and backend)",
+                logging::plural(n as u64, "connection", "connections")
+            );
             std::process::exit(1);
         }
     }
@@ -259,7 +264,7 @@ fn on_sighup(shared: &Shared, path: &Path) {
             // (an operator review).
             if !changes.ignored_until_restart.is_empty() {
                 log::warn!(
-                    "reload: {} changed in the file but take effect only at a restart; the running values stay",
+                    "reload: changed in the file, effective only at a restart: {}; the running values stay",
                     changes.ignored_until_restart.join(", ")
                 );
             }

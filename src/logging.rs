@@ -165,6 +165,15 @@ pub fn enabled(level: Level) -> bool {
     level <= log::max_level()
 }
 
+/// `one` for 1, else `many`: "1 connection", "2 connections".
+pub fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

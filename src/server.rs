@@ -555,8 +555,9 @@ async fn drain(worker: &Worker) {
         worker.log_cut();
         worker.reset_open();
         log::warn!(
-            "worker {}: drain deadline passed with {left} connections open; resetting them",
-            worker.index
+            "worker {}: drain deadline passed with {left} client {} open; resetting them",
+            worker.index,
+            crate::logging::plural(left as u64, "connection", "connections")
         );
     }
     worker.access.flush();

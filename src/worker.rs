@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -109,6 +110,8 @@ pub struct Worker {
     /// last (see [`Worker::say_backend_failure`]).
     failure_said_next: Cell<u64>,
     failures_unsaid: Cell<u64>,
+    /// The last failure not said: `service url: what` (a buffer kept, not reallocated).
+    failure_unsaid_last: RefCell<String>,
     /// Spare I/O buffers, lent to one exchange at a time (no allocation per request).
     spare: RefCell<Vec<Vec<u8>>>,
     /// Spare buffers bigger than `BUF_SIZE` (up to [`MAX_LARGE`]), lent only to
@@ -190,6 +193,7 @@ impl Worker {
             ticks: Cell::new(0),
             failure_said_next: Cell::new(0),
             failures_unsaid: Cell::new(0),
+            failure_unsaid_last: RefCell::new(String::new()),
             spare: RefCell::new(Vec::new()),
             large: RefCell::new(Vec::new()),
             spare_low: Cell::new(0),
@@ -233,13 +237,17 @@ impl Worker {
         let now = crate::state::now_ms();
         if now < self.failure_said_next.get() {
             self.failures_unsaid.set(self.failures_unsaid.get() + 1);
+            let mut last = self.failure_unsaid_last.borrow_mut();
+            last.clear();
+            let _ = write!(last, "{service} {url}: {what}");
             return;
         }
         self.failure_said_next.set(now + 1000);
         match self.failures_unsaid.replace(0) {
             0 => log::warn!("backend: {service} {url}: {what}"),
             n => log::warn!(
-                "backend: {service} {url}: {what} (and {n} more backend failures on worker {} since its last such line)",
+                "backend: {service} {url}: {what} (and {n} more backend {} on worker {} since its last such line)",
+                crate::logging::plural(n, "failure", "failures"),
                 self.index
             ),
         }
@@ -257,9 +265,12 @@ impl Worker {
         }
         self.failures_unsaid.set(0);
         self.failure_said_next.set(crate::state::now_ms() + 1000);
+        // Which backend: an operator's review could not tell from this line alone.
         log::warn!(
-            "backend: {n} more backend failures on worker {} since its last such line",
-            self.index
+            "backend: {n} more backend {} on worker {} since its last such line, the last: {}",
+            crate::logging::plural(n, "failure", "failures"),
+            self.index,
+            self.failure_unsaid_last.borrow()
         );
     }
 

@@ -408,8 +408,8 @@ fn backend_failures_are_said_in_the_log_once_a_second() {
                 if l.contains(&said) {
                     n += 1;
                 }
-                if l.contains(" more backend failures on worker 0") {
-                    n += number_before(l, " more backend failures");
+                if l.contains(" more backend failure") && l.contains(" on worker 0 ") {
+                    n += number_before(l, " more backend failure");
                 }
                 n
             })
@@ -432,6 +432,12 @@ fn backend_failures_are_said_in_the_log_once_a_second() {
     let _ = std::fs::remove_file(&log);
     assert!(all, "{text}");
     assert_eq!(lines, 1, "{text}");
+    // A line said on its own names the last failure it counts (an operator's review).
+    let last = format!(
+        "more backend failures on worker 0 since its last such line, the last: svc http://{}: status 500",
+        rec.addr
+    );
+    assert!(text.contains(&last), "{text}");
 }
 
 /// Regression (an operator review): behind a load balancer listed in `trusted_proxies`, the

@@ -247,9 +247,7 @@ fn a_reload_says_at_warn_what_waits_for_a_restart() {
         text = std::fs::read_to_string(&log).unwrap_or_default();
         text.lines().any(|l| {
             l.contains(" WARN ")
-                && l.contains(
-                    "reload: workers changed in the file but take effect only at a restart",
-                )
+                && l.contains("reload: changed in the file, effective only at a restart: workers;")
         })
     });
     assert!(said, "{text}");
