@@ -248,6 +248,7 @@ pub async fn serve(
                 // Its answer is out: the drain closes it (at once if it is quiet) rather
                 // than wait for it, and eviction at the connection cap may take it.
                 registration.live.idle.set(Some(worker.tick()));
+                registration.live.lingering.set(true);
                 let min_rate = view.snapshot.config.limits.min_body_rate;
                 let stop = || worker.draining();
                 worker.boxes.pin(c.down.linger(min_rate, stop)).await;

@@ -40,6 +40,10 @@ pub struct Live {
     pub waiting: Cell<Option<(RawFd, u64)>>,
     /// ... and sets this, having shut that connection down, when the client has gone.
     pub abandoned: Cell<bool>,
+    /// It lingers after its last answer (also `idle`, so that eviction and the drain take
+    /// it): `client_idle` is not its limit, the linger's own are (it was cut at
+    /// `client_idle` with the client's bytes unread, a reset: a review).
+    pub lingering: Cell<bool>,
 }
 
 impl Live {
@@ -643,13 +647,13 @@ impl Worker {
         let now = self.ticks.get() + 1;
         self.ticks.set(now);
         let n = max.as_secs() + u64::from(max.subsec_nanos() > 0) + 1;
-        self.shut_idle(|since| now - since >= n);
+        self.shut_idle(|live, since| !live.lingering.get() && now - since >= n);
     }
 
     /// Shuts down the sockets of idle connections so their pending reads end now; one
     /// whose next request already arrived is left to be served (with `Connection: close`).
     pub fn close_idle(&self) {
-        self.shut_idle(|_| true);
+        self.shut_idle(|_, _| true);
     }
 
     /// Gives up the backend waits of clients that have gone: for each connection whose
@@ -687,9 +691,9 @@ impl Worker {
 
     /// Shuts down idle connections whose wait (the tick it began) `ended` says is over,
     /// unless bytes of a next request are already there.
-    fn shut_idle(&self, ended: impl Fn(u64) -> bool) {
+    fn shut_idle(&self, ended: impl Fn(&Live, u64) -> bool) {
         for (fd, live) in self.conns.borrow().values() {
-            if live.idle.get().is_some_and(&ended) && crate::io::is_quiet(*fd) {
+            if live.idle.get().is_some_and(|since| ended(live, since)) && crate::io::is_quiet(*fd) {
                 // SAFETY: the fd belongs to a live connection (it deregisters before closing).
                 unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
             }

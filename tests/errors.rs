@@ -622,3 +622,32 @@ fn an_answer_made_while_the_client_is_still_uploading_ends_in_a_close_not_a_rese
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// Regression (a review): a connection lingering after an early answer (here a 404 to an
+/// upload still coming) was marked idle so that eviction and the drain can take it, and the
+/// `client_idle` sweep took it too: with `client_idle` under the linger's 30 s the client's
+/// upload ended in a reset (EPIPE) after `client_idle`, though it kept sending well above
+/// `min_body_rate`.
+#[test]
+fn client_idle_does_not_cut_a_lingering_upload() {
+    use std::io::Write;
+    let rec = Recorder::start(reply(200));
+    let g = gateway(&config(
+        1,
+        "timeouts: {client_idle: 1s}",
+        &format!("  svc: [http://{}]\n", rec.addr),
+    ));
+    let mut c = Client::connect(g.addr);
+    c.send(b"POST /v1/proxy/nope/x HTTP/1.1\r\nHost: g\r\nContent-Length: 1000000\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("connection"), Some("close"));
+    // 4 KiB every 200 ms for 4 s: 20 KiB/s, past the 1 s of `client_idle` four times over.
+    for i in 0..20 {
+        if let Err(e) = c.stream.write_all(&[b'u'; 4096]) {
+            panic!("the upload broke after {i} pieces: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(rec.connections.load(Ordering::SeqCst), 0);
+}
