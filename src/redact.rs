@@ -10,34 +10,75 @@ use std::borrow::Cow;
 /// `text` with the userinfo of every URL in it replaced by `***`:
 /// `"http://user:pass@host:1/x"` becomes `"http://***@host:1/x"`.
 ///
-/// A URL runs from its `://` to the next whitespace or unescaped `"`; if it holds an `@`,
-/// everything from `://` to its last `@` is userinfo. That over-redacts a URL with `@` in
-/// its path rather than leak a password containing `/`, `?` or `#`.
+/// A URL is a word: it runs to the next whitespace or unescaped `"`. If it holds an `@`,
+/// everything from its `://` to its last `@` is userinfo. That over-redacts a URL with `@`
+/// in its path rather than leak a password containing `/`, `?` or `#`. A word without
+/// `://` (a URL mistyped as `redis:/:pw@h`, `user:pw@h` or `//:pw@h`) is masked too when
+/// what comes before its last `@` holds a `:` or a `/`, keeping only a leading `scheme:/`
+/// or slashes (such words went out whole: a review). `me@example.com` is left alone.
 pub fn userinfo(text: &str) -> Cow<'_, str> {
-    if !text.contains("://") || !text.contains('@') {
+    if !text.contains('@') {
         return Cow::Borrowed(text);
     }
+    let b = text.as_bytes();
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (before, after) = rest.split_at(i + 3);
-        out.push_str(before);
-        let b = after.as_bytes();
-        let end = (0..b.len())
-            .find(|&j| {
-                b[j].is_ascii_whitespace() || (b[j] == b'"' && (j == 0 || b[j - 1] != b'\\'))
-            })
-            .unwrap_or(b.len());
-        match after[..end].rfind('@') {
-            Some(at) => {
-                out.push_str("***");
-                rest = &after[at..];
+    let mut changed = false;
+    let mut start = 0;
+    for j in 0..=b.len() {
+        let ends = j == b.len()
+            || b[j].is_ascii_whitespace()
+            || (b[j] == b'"' && (j == 0 || b[j - 1] != b'\\'));
+        if !ends {
+            continue;
+        }
+        // Word boundaries are ASCII bytes: the slices below fall on char boundaries.
+        let word = &text[start..j];
+        match masked(word) {
+            Some(m) => {
+                out.push_str(&m);
+                changed = true;
             }
-            None => rest = after,
+            None => out.push_str(word),
+        }
+        if j < b.len() {
+            out.push_str(&text[j..=j]);
+        }
+        start = j + 1;
+    }
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// The word with its userinfo masked, or `None` if it has none.
+fn masked(word: &str) -> Option<String> {
+    let at = word.rfind('@')?;
+    let before = &word[..at];
+    let keep = match before.find("://") {
+        Some(k) => k + 3,
+        None if before.contains([':', '/']) => scheme_and_slashes(before),
+        None => return None,
+    };
+    Some(format!("{}***{}", &before[..keep], &word[at..]))
+}
+
+/// The length of a leading `scheme:` followed by one or more `/`, or of leading `/`s; 0
+/// when there is neither (`user:pw` keeps nothing).
+fn scheme_and_slashes(s: &str) -> usize {
+    let slashes = |from: usize| s[from..].bytes().take_while(|&c| c == b'/').count();
+    let scheme = s
+        .bytes()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'.' | b'-'))
+        .count();
+    if scheme > 0 && s.as_bytes().get(scheme) == Some(&b':') {
+        let n = slashes(scheme + 1);
+        if n > 0 {
+            return scheme + 1 + n;
         }
     }
-    out.push_str(rest);
-    Cow::Owned(out)
+    slashes(0)
 }
 
 #[cfg(test)]
@@ -70,6 +111,20 @@ mod tests {
                 "mail me@example.com about http://h:1",
             ),
             ("", ""),
+            // Mistyped URLs quoted back by a refusal (a review saw them go out whole).
+            (
+                r#"cluster.redis: "redis:/:topsecretpw@127.0.0.1:27379/0" is not"#,
+                r#"cluster.redis: "redis:/***@127.0.0.1:27379/0" is not"#,
+            ),
+            ("user:secretpw@127.0.0.1:27379", "***@127.0.0.1:27379"),
+            ("//:secretpw@h:1", "//***@h:1"),
+            ("\"http:/user:backendpw@h:1/x\"", "\"http:/***@h:1/x\""),
+            ("htp://user:pw@h", "htp://***@h"),
+            (
+                "write to ops@example.com or me@x",
+                "write to ops@example.com or me@x",
+            ),
+            ("caf\u{e9} u:p@h \u{e9}", "caf\u{e9} ***@h \u{e9}"),
         ] {
             assert_eq!(userinfo(input), want, "{input}");
         }

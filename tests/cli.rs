@@ -568,3 +568,19 @@ fn a_closed_stdout_neither_fails_check_nor_stops_the_gateway() {
     assert!(!err.contains("panicked"), "{err}");
     let _ = std::fs::remove_file(&path);
 }
+
+/// A review: a password in a URL mistyped without `://` (`redis:/:pw@h`, `user:pw@h`)
+/// was quoted whole by the refusal, to stderr, the log and `/admin/config`.
+#[test]
+fn a_password_in_a_mistyped_url_is_not_printed() {
+    for yaml in [
+        format!("cluster:\n  redis: 'redis:/:topsecretpw@127.0.0.1:6379/0'\n{SVC}"),
+        format!("cluster:\n  redis: 'user:topsecretpw@127.0.0.1:6379'\n{SVC}"),
+        "services:\n  a: ['http:/user:topsecretpw@127.0.0.1:1']\n".to_string(),
+    ] {
+        let (code, text) = check(&yaml);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(!text.contains("topsecretpw"), "{text}");
+        assert!(text.contains("***@127.0.0.1"), "{text}");
+    }
+}
