@@ -357,7 +357,9 @@ return redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
 /// the TTL of it either way (one stamped further ahead is a stray writer's, and is removed).
 /// With the instances key holding another type, Redis's time and no list (nil): the clock
 /// is still the fleet's (a review: `SET fleet:instances x` failed every heartbeat, and so
-/// took every instance out of the fleet).
+/// took every instance out of the fleet). The list is at most 1024 names of at most 64
+/// bytes (ours are about 20): a stray writer's 2 MB name, or 70 000 names, made the reply
+/// too large to take, which failed every heartbeat alike (a review).
 /// KEYS: instances. ARGV: instance, ttl ms.
 const HEARTBEAT_SCRIPT: &str = r"
 local t = redis.call('TIME')
@@ -368,7 +370,11 @@ local ttl = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - ttl))
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. (now + ttl), '+inf')
-return {t[1], t[2], redis.call('ZRANGEBYSCORE', KEYS[1], now - ttl, now + ttl)}
+local names = {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - ttl, now + ttl, 'LIMIT', 0, 1024)) do
+  if #m <= 64 then names[#names + 1] = m end
+end
+return {t[1], t[2], names}
 ";
 
 /// GCRA on the fleet's word, several requests at a time: grants up to ARGV[3] requests

@@ -58,18 +58,7 @@ impl Redis {
     /// Sends `commands` (RESP inline, one per line) and returns what came back once `until`
     /// has.
     fn send(&self, commands: &str, until: &str) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("redis");
-        s.set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("timeout");
-        s.write_all(commands.as_bytes()).expect("write");
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains(until) {
-            let n = s.read(&mut buf).expect("read");
-            assert!(n > 0, "{:?}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&got).into_owned()
+        send_to(self.port, commands, until)
     }
 
     fn ping(&self) -> bool {
@@ -164,6 +153,22 @@ fn cluster(g: &AdminGateway) -> serde_json::Value {
 
 fn metrics(g: &AdminGateway) -> String {
     get(g.admin, "/metrics").text()
+}
+
+/// [`Redis::send`] to the Redis on `port`.
+fn send_to(port: u16, commands: &str, until: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("redis");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    s.write_all(commands.as_bytes()).expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(until) {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "{:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 fn cluster_up(g: &AdminGateway) -> bool {
@@ -976,6 +981,70 @@ fn a_key_of_the_wrong_type_takes_out_only_what_uses_it() {
     );
     assert!(cluster_up(&a) && cluster_up(&b), "{}", cluster(&a));
     assert_eq!(get(b.proc.addr, "/v1/proxy/other/x").status, 200);
+}
+
+/// Regression (a review): one 2 MB name in the fleet's list of instances, or 70 000 names,
+/// made every heartbeat's reply too large to take, and every instance left the fleet for as
+/// long as a stray writer kept them there. The heartbeat now returns at most 1024 names of
+/// at most 64 bytes.
+#[test]
+fn an_oversized_list_of_instances_takes_no_instance_out() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("oversized");
+    // Stamped 4.5 s ahead of Redis's clock: within the peers' TTL (5 s) for about 9.5 s.
+    let script = "local t = redis.call('TIME') \
+        local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + 4500 \
+        redis.call('ZADD', KEYS[1], at, string.rep('x', 2000000)) \
+        for i = 1, 70000 do redis.call('ZADD', KEYS[1], at, 'ghost' .. i) end \
+        return redis.call('ZCARD', KEYS[1])";
+    // Written again every second, as a stray writer would keep it there.
+    let command = format!("EVAL \"{script}\" 1 {name}:instances\r\n");
+    let said = redis.send(&command, "\r\n");
+    assert!(said.starts_with(":70001"), "{said}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, port) = (stop.clone(), redis.port);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs(1));
+                send_to(port, &command, "\r\n");
+            }
+        })
+    };
+    let member = || {
+        gateway_at(&write_config(&config(
+            1,
+            &format!(
+                "admin: 127.0.0.1:0\nbreaker: {{failure_threshold: 2, cooldown: 30s}}\n\
+                 cluster: {{redis: {}, name: {name}}}",
+                redis.url()
+            ),
+            &format!("  svc: [http://{}]\n", rec.addr),
+        )))
+    };
+    let (a, b) = (member(), member());
+    assert!(
+        eventually(WAIT, || cluster_up(&a) && cluster_up(&b)),
+        "{}",
+        cluster(&a)
+    );
+    fail(&a, 2);
+    // Seen through the cluster alone: b sends no request of its own.
+    let state = |g: &AdminGateway| {
+        get(g.admin, "/admin/backends").json()["services"][0]["backends"][0]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        eventually(WAIT, || state(&b) == "open"),
+        "the open circuit never reached the other instance: {}",
+        cluster(&b)
+    );
+    assert!(cluster_up(&a) && cluster_up(&b), "{}", cluster(&a));
+    stop.store(true, Ordering::SeqCst);
+    let _ = writer.join();
 }
 
 /// Regression: under equal overload, a fleet budget went mostly to the instance whose
