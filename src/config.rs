@@ -667,9 +667,11 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
 
 /// A backend's path prefix goes in front of every path sent to it, so it must be a path a
 /// strict server takes (RFC 3986 §3.3: `/`-separated segments of unreserved characters,
-/// sub-delims, `:`, `@` and `%XX`) with no dot segment, which a server would resolve past
-/// the prefix. `"`, `\\`, `{` and the like were passed on as they were, and every request
-/// then got a 400, which opens no circuit (an operator's review).
+/// sub-delims, `:`, `@` and `%XX`) and one the router would take from a client
+/// ([`crate::router::path_is_safe`]: no dot segment in any encoding, which a server would
+/// resolve past the prefix, no `%2f`, no `%00`). `"`, `\\`, `{` and the like were passed
+/// on as they were, and every request then got a 400, which opens no circuit (an
+/// operator's review).
 fn check_prefix(path: &str) -> Result<(), String> {
     let bytes = path.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
@@ -689,9 +691,9 @@ fn check_prefix(path: &str) -> Result<(), String> {
             ));
         }
     }
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
+    if !crate::router::path_is_safe(path) {
         return Err(
-            "a path with a . or .. segment would leave its own prefix: write the path it means"
+            "the gateway refuses this path from clients as unsafe (a . or .. segment, in any encoding, %2f or %00): write the path it means"
                 .into(),
         );
     }
@@ -1965,6 +1967,10 @@ mod tests {
             ("http://127.0.0.1:1/a/../b", ". or .. segment"),
             ("http://127.0.0.1:1/./b", ". or .. segment"),
             ("http://127.0.0.1:1/..", ". or .. segment"),
+            ("http://127.0.0.1:1/a/%2e%2e/b", ". or .. segment"),
+            ("http://127.0.0.1:1/a/..;x/b", ". or .. segment"),
+            ("http://127.0.0.1:1/a%2Fb", "%2f"),
+            ("http://127.0.0.1:1/a%00", "%00"),
             ("http://u:p@127.0.0.1:1/", "cannot carry a user or password"),
             ("http://:1/x", "names no host"),
             ("http:///x", "names no host"),
@@ -1974,7 +1980,7 @@ mod tests {
         }
         for good in [
             "http://127.0.0.1:1/api/v2",
-            "http://127.0.0.1:1/a%2Fb",
+            "http://127.0.0.1:1/a%20b",
             "http://127.0.0.1:1/a-b_c.d~e/!$&'()*+,;=:@",
             "http://127.0.0.1:1/a..b/.c/",
         ] {

@@ -55,7 +55,7 @@ pub fn route(target: &str) -> Result<Route<'_>, RouteError> {
 /// [`MAX_DECODES`] times (more is refused); and by its bytes: overlong UTF-8 of any
 /// length (`%c0%ae`, `%e0%80%ae`, `%f0%80%80%ae`: decoders that accept it read `.`, `/`)
 /// is refused, as is IIS's `%uXXXX`.
-fn path_is_safe(path: &str) -> bool {
+pub(crate) fn path_is_safe(path: &str) -> bool {
     let b = path.as_bytes();
     if b.contains(&b'\\') {
         return false;
