@@ -12,6 +12,18 @@ wait_port() {
   exit 1
 }
 
+# wait_port_free PORT: waits (up to 5 s) until nothing listens on 127.0.0.1:PORT. A process
+# on io_uring that is killed with an accept in flight holds its listener a little longer:
+# the ring is torn down after the process is gone, and a new bind meanwhile fails.
+wait_port_free() {
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null || return 0
+    sleep 0.05
+  done
+  echo "port $1 still taken" >&2
+  exit 1
+}
+
 # start_mock_backends PORT...: one mock backend per port on core 0, their PIDs appended to
 # the caller's `pids` array (for its cleanup).
 start_mock_backends() {
@@ -52,4 +64,16 @@ YAML
   gw=$!
   pids+=($gw)
   wait_port $GW
+}
+
+# start_nginx PORT B1 B2 B3 BDOWN: NGINX as bench.sh's equal-work peer (bench/peers/nginx.conf,
+# rendered into $tmp) on 127.0.0.1:PORT and core 1, its PID in `nginx_pid` and appended to
+# the caller's `pids` array. It does not wait for the port.
+start_nginx() {
+  mkdir -p "$tmp/nginx-client-body" "$tmp/nginx-proxy-temp"
+  sed -e "s|@DIR@|$tmp|g; s/@B1@/$2/g; s/@B2@/$3/g; s/@B3@/$4/g; s/@BDOWN@/$5/g; s/@NGINX_PORT@/$1/g" \
+    bench/peers/nginx.conf >"$tmp/nginx.conf"
+  taskset -c 1 nginx -p "$tmp/" -e "$tmp/nginx-error.log" -c "$tmp/nginx.conf" >"$tmp/nginx.log" 2>&1 &
+  nginx_pid=$!
+  pids+=($nginx_pid)
 }

@@ -496,7 +496,7 @@ def spin_rows(s, d, best, who):
         floor = (f"; {RING_SPIN} (a blind relay spinning alike: the floor) "
                  f"+{rs['p50'] - d['p50']:.0f} µs = {fr:.2f}×")
         if r > 0.5 and fr > 0.5:
-            result += f" (out of reach here: the floor is {fr:.2f}×)"
+            result += f" (the floor's median misses too: {fr:.2f}×)"
     return [(
         f"Added latency at 1 conn with `busy_poll: {SPIN_POLL}` (opt-in): ≤ 0.5× the better "
         "peer's (get-c1)",

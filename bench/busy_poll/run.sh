@@ -18,6 +18,7 @@
 # binds 127.0.0.1 and is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/lib.sh
 spins=("$@")
 ((${#spins[@]})) || spins=(50us 200us)
 rates=${RATES-1000 10000} rounds=${ROUNDS:-2}
@@ -28,7 +29,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
 trap cleanup EXIT
 B=19401 GW=19480
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 taskset -c 0 target/release/mock-backend "$B" >"$tmp/mock.log" 2>&1 &
 pids+=($!)
 wait_port "$B"
@@ -61,12 +61,8 @@ run() {
     wait_port "$GW"
   elif [[ $mode == nginx ]]; then
     url="http://127.0.0.1:$GW/v1/proxy/bench/x"
-    mkdir -p "$tmp/nginx-client-body" "$tmp/nginx-proxy-temp"
-    sed -e "s|@DIR@|$tmp|g; s/@B[123]@/$B/g; s/@BDOWN@/$BDOWN/g; s/@NGINX_PORT@/$GW/g" \
-      bench/peers/nginx.conf >"$tmp/nginx.conf"
-    taskset -c 1 nginx -p "$tmp/" -e "$tmp/nginx-error.log" -c "$tmp/nginx.conf" >"$tmp/nginx.log" 2>&1 &
-    g=$!
-    pids+=($g)
+    start_nginx "$GW" "$B" "$B" "$B" "$BDOWN"
+    g=$nginx_pid
     wait_port "$GW"
   else
     { [[ $mode == off ]] || echo "busy_poll: $mode"
@@ -95,6 +91,7 @@ run() {
   if [[ -n $g ]]; then
     kill "$g"
     wait "$g" 2>/dev/null || true
+    wait_port_free "$GW"
   fi
   awk -v m="$label" -v t="$((t1 - t0))" -v hz="$hz" -v w="$(echo "$s1 - $s0" | bc -l)" \
     -v n="$reqs" -v l="$line" 'BEGIN {

@@ -55,12 +55,8 @@ if [[ -n ${GATEWAY_B:-} ]]; then
   targets+=("gateway-b $GWB $!")
   wait_port $GWB
 fi
-mkdir -p "$tmp/nginx-client-body" "$tmp/nginx-proxy-temp"
-sed -e "s|@DIR@|$tmp|g; s/@B1@/$B1/g; s/@B2@/$B2/g; s/@B3@/$B3/g; s/@BDOWN@/$BDOWN/g; s/@NGINX_PORT@/$NGINX/g" \
-  bench/peers/nginx.conf >"$tmp/nginx.conf"
-taskset -c 1 nginx -p "$tmp/" -e "$tmp/nginx-error.log" -c "$tmp/nginx.conf" >"$tmp/nginx.log" 2>&1 &
-ng=$!
-pids+=($ng)
+start_nginx $NGINX $B1 $B2 $B3 $BDOWN
+ng=$nginx_pid
 sed -e "s/@TCP_PORT@/$TCP/; s/@B1@/$B1/; s/@B2@/$B2/; s/@B3@/$B3/" bench/peers/haproxy-tcp.cfg >"$tmp/tcp.cfg"
 taskset -c 1 haproxy -db -f "$tmp/tcp.cfg" >"$tmp/haproxy.log" 2>&1 &
 hp=$!
