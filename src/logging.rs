@@ -177,6 +177,15 @@ pub fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plural_is_singular_for_one_only() {
+        let n = |n| format!("{n} {}", plural(n, "connection", "connections"));
+        assert_eq!(
+            [n(0), n(1), n(2)],
+            ["0 connections", "1 connection", "2 connections"]
+        );
+    }
     use std::time::Duration;
 
     #[test]

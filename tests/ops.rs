@@ -987,7 +987,8 @@ fn a_second_signal_resets_a_close_delimited_response_it_cuts() {
         "admin: 127.0.0.1:0\ntimeouts: {drain: 30s}",
         &format!("  svc: [http://{}]\n", b.addr),
     ));
-    let mut g = gateway_at(&path);
+    let log = std::env::temp_dir().join(format!("gateway-ops-{}-second.log", std::process::id()));
+    let mut g = gateway_at_logging_to(&path, &log);
     let c = half_a_close_delimited_body(g.proc.addr);
     signal(&g.proc.child, libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
@@ -996,6 +997,15 @@ fn a_second_signal_resets_a_close_delimited_response_it_cuts() {
     let status = exit_status(&mut g.proc.child, t, Duration::from_secs(2), "no exit");
     assert_eq!(status.code(), Some(1));
     ends_in_a_reset(c);
+    // The count is of client and backend connections alike, and says so (an operator's
+    // review read it as clients: twice what it had open).
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        text.lines().any(|l| l.contains("second signal: exiting")
+            && l.contains(" connections reset, client and backend)")),
+        "{text}"
+    );
 }
 
 /// Regression: during `timeouts.drain_grace` (and the drain) SIGHUP and SIGUSR1 were
