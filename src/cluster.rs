@@ -15,7 +15,8 @@
 //! 3. **Read the fleet** (one pipelined `HMGET` per backend) and apply what changed by CAS on
 //!    the local word: a fleet open sets the word OPEN with the fleet's open time; a fleet
 //!    close closes a word opened in that fleet episode. An instance's own newer transition
-//!    is not overwritten: it has published it and the newer one wins there.
+//!    is not overwritten: it has published it and the newer one wins there. Nor is a newer
+//!    record taken from the fleet: a Redis that lost its data may hold an older one.
 //! 4. **Gate the probe**: while the fleet says open, a local circuit whose cooldown is about
 //!    to end asks for the backend's lease (`SET NX PX` semantics, renewed by its owner while
 //!    the probe runs). The owner lets its word admit the probe; every other instance keeps
@@ -50,6 +51,9 @@ pub const DEFAULT_OPEN_QUORUM: u32 = 1;
 /// How often the thread scans the words and reads the fleet, on average (each round is
 /// jittered between half and one and a half of it: see `Node::next_tick`).
 pub const TICK: Duration = Duration::from_millis(20);
+/// A record stamped further ahead of the fleet's clock than this is a stray writer's: in
+/// Redis any real transition outranks it (`PUBLISH`), and here it counts as made now.
+const FUTURE_MS: u64 = 10_000;
 /// Longest a non-owner holds its circuit ahead of the clock.
 pub const MAX_HOLD_MS: u64 = 1000;
 /// Longest the startup read may take before the workers start serving.
@@ -296,6 +300,13 @@ struct Track {
     /// The word as this thread last saw or wrote it.
     seen: u64,
     fleet: Option<Fleet>,
+    /// Fleet ms of the newest record taken from the fleet (applied or only noted); one
+    /// stamped over [`FUTURE_MS`] ahead counts as read then. A record stamped at or before it is
+    /// stale: a Redis that lost its data (restarted without persistence, a lagging replica
+    /// promoted) and was then given an instance's older transition, or a stray writer. Such
+    /// a record used to be applied by every instance whose last transition came through
+    /// Redis, and reopened a closed circuit for a cooldown (a fleet review).
+    known_at: u64,
     local: Option<Local>,
     source: Source,
     /// This instance owns the probe lease (since this unix ms).
@@ -303,6 +314,14 @@ struct Track {
     hash: String,
     opens: String,
     lease_key: String,
+}
+
+impl Track {
+    /// Notes `f` (which counts as stamped `at`) as the fleet's latest.
+    fn take(&mut self, f: Fleet, at: u64) {
+        self.known_at = at;
+        self.fleet = Some(f);
+    }
 }
 
 /// Publishes one transition; returns the fleet's record after it. The quorum counts the
@@ -822,6 +841,7 @@ impl Node {
                             policy: s.policy,
                             seen: breaker::Word::load(&**b.breaker),
                             fleet: None,
+                            known_at: 0,
                             local: None,
                             source: Source::Local,
                             lease: None,
@@ -1050,10 +1070,19 @@ impl Node {
         let me = &self.status.instance;
         // An open stamped in the future (a stray writer) counts from now: else its
         // cooldown, and the blackout, would last until that time plus a cooldown.
-        let to_local = self.to_local(f.at.min(self.fleet_now()));
+        let now = self.fleet_now();
+        let to_local = self.to_local(f.at.min(now));
+        // What the record counts as against later ones: its stamp, as in Redis, which lets
+        // a real transition outrank only a record over 10 s ahead of its clock (`PUBLISH`).
+        let at = if f.at > now + FUTURE_MS { now } else { f.at };
         let offset = self.offset;
         let t = &mut self.tracks[i];
         if t.fleet.as_ref() == Some(&f) {
+            return false;
+        }
+        // Not newer than a record already taken: the newer transition wins here as in
+        // Redis. Left unnoted, so the fleet episode stays the one that record began.
+        if at <= t.known_at {
             return false;
         }
         let in_episode = t.fleet.as_ref().is_some_and(|p| p.open);
@@ -1061,7 +1090,7 @@ impl Node {
         // published): note it, change nothing.
         let ours_newer = t.local.is_some_and(|l| l.at_ms + offset >= f.at);
         if f.instance == *me || ours_newer {
-            t.fleet = Some(f);
+            t.take(f, at);
             return false;
         }
         let cur = breaker::Word::load(&**t.cell);
@@ -1069,7 +1098,7 @@ impl Node {
         let next = if f.open {
             // A probe of ours is in flight: its outcome decides, and is published.
             if s.state == HALF_OPEN || (s.state == OPEN && s.time_ms >= to_local) {
-                t.fleet = Some(f);
+                t.take(f, at);
                 return false;
             }
             Word {
@@ -1082,7 +1111,7 @@ impl Node {
             // A close ends the fleet episode this word is in; a circuit this instance opened
             // on its own (below the quorum) stays its own business.
             if s.state == CLOSED || !in_episode {
-                t.fleet = Some(f);
+                t.take(f, at);
                 return false;
             }
             Word {
@@ -1106,7 +1135,7 @@ impl Node {
             if f.open { "opened" } else { "closed" },
             short(&f.instance)
         );
-        t.fleet = Some(f);
+        t.take(f, at);
         t.local = None;
         t.lease = None;
         t.source = Source::Remote;
@@ -1536,6 +1565,10 @@ mod tests {
             wait <= cooldown,
             "{wait} ms to the probe, cooldown {cooldown}"
         );
+        // A real transition made after it wins here, as it does in Redis (same bound).
+        assert!(PUBLISH.contains(&format!("* 1000 + {FUTURE_MS} then cur_at = 0")));
+        assert!(n.apply(0, fleet(false, n.fleet_now() + 1, "real")));
+        assert_eq!(word(&n).state, CLOSED);
     }
 
     #[test]
@@ -1585,6 +1618,30 @@ mod tests {
         assert_eq!(word(&n).state, CLOSED);
         // Our own record echoed back is only noted.
         assert!(!n.apply(0, fleet(true, n.fleet_now() + 10_000, "me")));
+        assert_eq!(word(&n).state, CLOSED);
+    }
+
+    /// Regression: a record older than one already taken (a Redis that lost its data and
+    /// was given an instance's older transition, or a stray writer) was applied by an
+    /// instance whose last transition came through Redis: a stale open reopened a closed
+    /// circuit for a cooldown, and a stale close closed an open one.
+    #[test]
+    fn a_record_older_than_one_taken_changes_nothing() {
+        let mut n = node();
+        let at = n.fleet_now() - 5_000;
+        assert!(n.apply(0, fleet(true, at, "b")));
+        assert!(n.apply(0, fleet(false, at + 2_000, "c")));
+        assert_eq!(word(&n).state, CLOSED);
+        assert!(!n.apply(0, fleet(true, at + 1_000, "b")));
+        assert_eq!(word(&n).state, CLOSED);
+        // Each read of it again changes nothing either, and a newer record still counts.
+        assert!(!n.apply(0, fleet(true, at + 1_000, "b")));
+        assert!(n.apply(0, fleet(true, at + 3_000, "d")));
+        assert_eq!(word(&n).state, OPEN);
+        // The other way round: a stale close leaves the newer open alone.
+        assert!(!n.apply(0, fleet(false, at + 2_500, "c")));
+        assert_eq!(word(&n).state, OPEN);
+        assert!(n.apply(0, fleet(false, at + 4_000, "c")));
         assert_eq!(word(&n).state, CLOSED);
     }
 

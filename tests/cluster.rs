@@ -175,6 +175,23 @@ fn cluster_up(g: &AdminGateway) -> bool {
     cluster(g)["redis"]["state"] == "up"
 }
 
+/// This host's clock in unix ms (Redis's is the same host's).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// Writes a backend's fleet record as a stray writer (or a Redis that lost its data) would.
+fn write_record(redis: &Redis, key: &str, state: &str, at: &str, instance: &str) {
+    let said = redis.send(
+        &format!("HSET {key} state {state} at {at} instance {instance}\r\n"),
+        "\r\n",
+    );
+    assert!(said.starts_with(':'), "{said}");
+}
+
 /// Sends `n` requests to `g`, each expected to reach the backend and fail.
 fn fail(g: &AdminGateway, n: usize) {
     for _ in 0..n {
@@ -437,19 +454,21 @@ fn a_restarted_instance_starts_with_the_fleets_open_circuit() {
     assert_eq!(backend(&b), ("open".into(), "remote".into()));
 }
 
+/// One instance of fleet `test` (quorum 1, cooldown 30 s) in front of a healthy backend,
+/// synced with `redis`.
+fn lone_member(redis: &Redis, test: &str) -> (Recorder, String, AdminGateway) {
+    let rec = Recorder::start(reply(200));
+    let name = fleet_name(test);
+    let breaker = "{failure_threshold: 2, cooldown: 30s}";
+    let a = member(redis, &name, 1, breaker, rec.addr);
+    assert!(eventually(WAIT, || cluster_up(&a)));
+    (rec, name, a)
+}
+
 #[test]
 fn a_stalled_redis_never_stalls_a_request() {
     let redis = Redis::start();
-    let rec = Recorder::start(reply(200));
-    let name = fleet_name("stall");
-    let a = member(
-        &redis,
-        &name,
-        1,
-        "{failure_threshold: 2, cooldown: 30s}",
-        rec.addr,
-    );
-    assert!(eventually(WAIT, || cluster_up(&a)));
+    let (rec, _name, a) = lone_member(&redis, "stall");
     // SIGSTOP: connections stay open but nothing is answered (the worst case for a client).
     signal(&redis.child, libc::SIGSTOP);
     for _ in 0..20 {
@@ -693,17 +712,9 @@ fn an_open_stamped_in_the_future_lasts_one_cooldown() {
         rec.addr,
     );
     assert!(eventually(WAIT, || cluster_up(&a)));
-    let future = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis()
-        + 600_000;
     let key = format!("{name}:breaker:svc:http://{}", rec.addr);
-    let said = redis.send(
-        &format!("HSET {key} state open at {future} instance fast\r\n"),
-        ":",
-    );
-    assert!(said.starts_with(':'), "{said}");
+    let future = unix_ms() + 600_000;
+    write_record(&redis, &key, "open", &future.to_string(), "fast");
     assert!(
         eventually(WAIT, || backend(&a).0 == "open"),
         "the record was not applied"
@@ -717,6 +728,40 @@ fn an_open_stamped_in_the_future_lasts_one_cooldown() {
     assert!(eventually(WAIT, || redis
         .send(&format!("HGET {key} state\r\n"), "\r\n")
         .contains("closed")));
+}
+
+/// Regression: a record older than the transition an instance last took from the fleet
+/// (what a Redis restarted without its data holds once an instance that missed the newer
+/// transition republishes its own, or a stray writer's) reopened the instance's closed
+/// circuit for a cooldown, refusing a healthy backend.
+#[test]
+fn a_stale_record_does_not_undo_a_newer_transition() {
+    let redis = Redis::start();
+    let (rec, name, a) = lone_member(&redis, "stale");
+    let now = unix_ms();
+    let key = format!("{name}:breaker:svc:http://{}", rec.addr);
+    let write = |state: &str, at: u64, who: &str| {
+        write_record(&redis, &key, state, &at.to_string(), who);
+    };
+    write("open", now - 3_000, "b");
+    assert!(eventually(WAIT, || backend(&a) == ("open".into(), "remote".into())));
+    assert_eq!(status(&a), 503);
+    write("closed", now - 1_000, "c");
+    assert!(eventually(WAIT, || backend(&a).0 == "closed"));
+    // The older open, as a Redis that lost its data would hold it.
+    write("open", now - 2_000, "b");
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        assert_eq!(backend(&a).0, "closed", "the stale open was applied");
+        assert_eq!(status(&a), 200);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The thread kept reading the fleet all along: it saw the record and passed it over.
+    let ago = cluster(&a)["last_sync_ms_ago"].as_u64();
+    assert!(ago.is_some_and(|ms| ms < 500), "{:?}", cluster(&a));
+    // A newer transition still counts.
+    write("open", now + 1_000, "d");
+    assert!(eventually(WAIT, || backend(&a).0 == "open"));
 }
 
 /// Regression: a Redis (or anything posing as one) that announced a two-billion-element
@@ -1267,11 +1312,7 @@ fn a_breaker_record_stamped_nan_does_not_stop_sharing() {
     let b = member(&redis, &name, 1, breaker, rec.addr);
     assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
     let key = format!("{name}:breaker:svc:http://{}", rec.addr);
-    let said = redis.send(
-        &format!("HSET {key} state closed at nan instance x\r\n"),
-        "\r\n",
-    );
-    assert!(said.starts_with(':'), "{said}");
+    write_record(&redis, &key, "closed", "nan", "x");
     fail(&a, 2);
     assert!(
         eventually(WAIT, || backend(&b) == ("open".into(), "remote".into())),
@@ -1391,10 +1432,7 @@ fn an_instance_whose_clock_runs_fast_still_follows_the_fleet() {
         .unwrap_or("")
         .to_string();
     let started = u64::from_str_radix(id.split('-').next().unwrap_or(""), 16).unwrap_or(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
+    let now = unix_ms();
     assert!(started > now + 50_000, "the clock shim did not move {id}");
     // A heartbeat written ten minutes ahead of Redis's clock is a stray writer's.
     let said = redis.send(
