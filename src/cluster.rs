@@ -61,6 +61,8 @@ pub const STARTUP_WAIT: Duration = Duration::from_secs(1);
 /// Timeout of one Redis request: a connect, or a command or pipeline and all its replies.
 const IO_TIMEOUT: Duration = Duration::from_millis(250);
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// How long Redis must answer every round after an outage before it counts as up again.
+const RISE: Duration = Duration::from_secs(2);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Longest part of a text from Redis (an error, an instance name) that goes to the log.
 const MAX_ERROR_TEXT: usize = 200;
@@ -495,8 +497,8 @@ struct Node {
     epoch: u64,
     retry_at: Instant,
     backoff: Duration,
-    /// A warning was logged for the current outage, and the kind of error it named last.
-    warned: Option<redis::ErrorKind>,
+    /// The outage said in the log and not yet said to be over.
+    outage: Option<Outage>,
     /// Last heartbeat (None: not yet).
     heartbeat_at: Option<Instant>,
     /// Fleet-wide rate-limit budgets of the running config (`scope: cluster`).
@@ -507,6 +509,15 @@ struct Node {
     bad_keys: BadKeys,
     /// State of the generator behind [`Node::next_tick`] (never 0).
     rng: u64,
+}
+
+/// A Redis outage, from its first failure until [`RISE`] of whole rounds.
+struct Outage {
+    since: Instant,
+    /// The kind of error said last.
+    kind: redis::ErrorKind,
+    /// Every round since this one was whole.
+    clean_since: Option<Instant>,
 }
 
 /// Keys under the fleet's prefix that hold another type (another application's, or a
@@ -589,7 +600,7 @@ impl Node {
             epoch: 0,
             retry_at: Instant::now(),
             backoff: RECONNECT_MIN,
-            warned: None,
+            outage: None,
             heartbeat_at: None,
             budgets: Vec::new(),
             starving: Default::default(),
@@ -773,21 +784,30 @@ impl Node {
         }
     }
 
-    /// A whole round of requests was answered in time: Redis is up. The backoff starts
-    /// over, and the end of an outage is said once, only now: a Redis that accepts
-    /// connections and then fails every command (no permission, out of memory) is still
-    /// down, and must not log "back" every time the thread reconnects.
+    /// A whole round of requests was answered in time. Redis is up once that has gone on
+    /// for [`RISE`] after an outage (at once otherwise): then the backoff starts over, and
+    /// the end of the outage is said, once. A Redis that accepts connections and then fails
+    /// every command (no permission, out of memory) is still down, and must not log "back"
+    /// every time the thread reconnects; nor may one that stalls on and off (a review: 300
+    /// ms busy scripts 20 ms apart logged "unreachable" and "back" 1.3 times a second).
+    /// Rounds do their work meanwhile: transitions are published and applied as they come.
     fn synced(&mut self) {
+        if let Some(o) = self.outage.as_mut() {
+            let clean = *o.clean_since.get_or_insert_with(Instant::now);
+            if clean.elapsed() < RISE {
+                return;
+            }
+            log::info!(
+                "cluster: Redis at {} is back after {:.1} s; local transitions published and merged",
+                self.status.redis_display(),
+                clean.duration_since(o.since).as_secs_f64()
+            );
+            self.outage = None;
+        }
         if !self.status.up.swap(true, Ordering::Relaxed) {
             self.budgets_online();
         }
         self.backoff = RECONNECT_MIN;
-        if self.warned.take().is_some() {
-            log::info!(
-                "cluster: Redis at {} is back; local transitions published and merged",
-                self.status.redis_display()
-            );
-        }
     }
 
     /// Every fleet budget whose key Redis answers for takes from its allowance.
@@ -1301,7 +1321,7 @@ impl Node {
         // The round that ends the outage includes every kind of request, the heartbeat too:
         // else a Redis too slow for one kind flapped between "unreachable" and "back".
         self.heartbeat_at = None;
-        match self.warned {
+        match self.outage.as_ref().map(|o| o.kind) {
             None => log::warn!(
                 "cluster: Redis at {} unreachable ({}); each circuit is decided locally until it returns",
                 self.status.redis_display(),
@@ -1317,7 +1337,12 @@ impl Node {
             ),
             Some(_) => {}
         }
-        self.warned = Some(e.kind());
+        let since = self.outage.as_ref().map_or_else(Instant::now, |o| o.since);
+        self.outage = Some(Outage {
+            since,
+            kind: e.kind(),
+            clean_since: None,
+        });
         self.retry_at = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
     }

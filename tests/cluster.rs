@@ -819,14 +819,22 @@ fn a_hostile_redis_reply_neither_grows_memory_nor_stops_the_gateway() {
 /// A TCP proxy in front of Redis that holds each reply chunk `delay` before passing it on:
 /// a Redis that answers, slowly.
 fn slow_redis(redis: &Redis, delay: Duration) -> u16 {
-    flapping_redis(redis, delay, None)
+    flapping_redis(redis, delay, None, None)
 }
 
-/// [`slow_redis`], slow only every other `every` (from when it starts) when given.
-fn flapping_redis(redis: &Redis, delay: Duration, every: Option<Duration>) -> u16 {
+/// [`slow_redis`], slow only every other `every` (from when it starts) when given, and
+/// never after `calm_after`.
+fn flapping_redis(
+    redis: &Redis,
+    delay: Duration,
+    every: Option<Duration>,
+    calm_after: Option<Duration>,
+) -> u16 {
     let started = Instant::now();
     let slow_now = move || {
-        every.is_none_or(|e| (started.elapsed().as_millis() / e.as_millis().max(1)) % 2 == 1)
+        let t = started.elapsed();
+        calm_after.is_none_or(|c| t < c)
+            && every.is_none_or(|e| (t.as_millis() / e.as_millis().max(1)) % 2 == 1)
     };
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
@@ -1158,6 +1166,7 @@ fn a_flapping_redis_does_not_lift_a_fleet_budget() {
         &redis,
         Duration::from_millis(300),
         Some(Duration::from_millis(600)),
+        None,
     );
     let rec = Recorder::start(reply(200));
     let g = limited_member(
@@ -1175,6 +1184,59 @@ fn a_flapping_redis_does_not_lift_a_fleet_budget() {
         admitted as f64 <= most,
         "admitted {admitted} in {secs:.2} s, the fleet's budget allows {most:.0}"
     );
+}
+
+/// Regression (a review): a Redis that stalled on and off (busy scripts of 300 ms, 20 ms
+/// apart) logged "unreachable" and "back" about 1.3 times a second, and flipped
+/// `gateway_cluster_up` with them. An outage now ends after 2 s of whole rounds: one
+/// warning while it stalls on and off, one "back" once it has been steady.
+#[test]
+fn a_redis_that_stalls_on_and_off_is_one_outage_in_the_log() {
+    let redis = Redis::start();
+    let flapping = Duration::from_secs(6);
+    let port = flapping_redis(
+        &redis,
+        Duration::from_millis(300),
+        Some(Duration::from_millis(600)),
+        Some(flapping),
+    );
+    let started = Instant::now();
+    let rec = Recorder::start(reply(200));
+    let log = std::env::temp_dir().join(format!("gateway-cluster-{}-flap.log", std::process::id()));
+    let g = gateway_at_logging_to(
+        &member_config_at(
+            &format!("redis://127.0.0.1:{port}/0"),
+            &fleet_name("flaplog"),
+            1,
+            "{failure_threshold: 2, cooldown: 30s}",
+            rec.addr,
+        ),
+        &log,
+    );
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let count = |what: &str| text().lines().filter(|l| l.contains(what)).count();
+    let mut up_seen = 0;
+    while started.elapsed() < flapping - Duration::from_millis(200) {
+        up_seen += usize::from(cluster_up(&g));
+        assert_eq!(status(&g), 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (down, back) = (count("unreachable ("), count("is back"));
+    assert!(
+        down <= 1 && back == 0,
+        "{down} outages, {back} returns:\n{}",
+        text()
+    );
+    assert!(count("still unreachable") <= 1, "{}", text());
+    assert!(
+        up_seen <= 12,
+        "up in {up_seen} of the ~58 checks while flapping"
+    );
+    // Steady again: back, said once, with how long the outage lasted.
+    assert!(eventually(WAIT, || cluster_up(&g)), "{}", text());
+    assert_eq!(count("is back after"), 1, "{}", text());
+    drop(g);
+    let _ = std::fs::remove_file(&log);
 }
 
 /// Regression: what a stray writer leaves in a fleet budget's key broke the budget. `nan`
