@@ -473,6 +473,16 @@ fn short(text: &str) -> String {
     crate::logging::one_line(text, MAX_ERROR_TEXT)
 }
 
+/// An error from Redis as [`short`] text, an error reply as Redis wrote it (`NOPERM this
+/// user has no permissions ...`, `OOM command not allowed ...`): the redis crate shows some
+/// as `NoPerm: ...` and others as `"OOM": ...`, and operators look for Redis's own codes.
+fn error_text(e: &redis::RedisError) -> String {
+    match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => short(&format!("{code} {detail}")),
+        _ => short(&e.to_string()),
+    }
+}
+
 /// How far ahead a non-owner holds its circuit: short enough to give the decision back to
 /// the local breaker soon when the thread stops renewing, shorter than the cooldown.
 fn hold_ms(p: &Policy) -> u64 {
@@ -523,15 +533,23 @@ struct Outage {
 /// Keys under the fleet's prefix that hold another type (another application's, or a
 /// backend URL that ends in `:opens` beside the same URL without it), for which Redis
 /// answers `WRONGTYPE`, or anything else Redis refuses for one key, or a reply that does
-/// not read as what was asked. Only what touches such a key is skipped, said once per key;
-/// it used to fail the whole round, and so take every circuit and budget of the instance
-/// out of the fleet (a review, with `abc` in a budget's key). A failure of the connection
-/// itself still fails the round.
+/// not read as what was asked. Only what touches such a key is skipped; it used to fail the
+/// whole round, and so take every circuit and budget of the instance out of the fleet (a
+/// review, with `abc` in a budget's key). A failure of the connection itself, or of Redis
+/// as a whole ([`refuses_everything`]), still fails the round.
+///
+/// Each key is said once, and only after a round with a heartbeat went through whole: a
+/// Redis that refuses this user every key fails each key alike, and the outage's one
+/// warning says it (a review: each key was blamed in a line of its own).
 #[derive(Default)]
-struct BadKeys(std::collections::HashSet<String>);
+struct BadKeys {
+    said: std::collections::HashSet<String>,
+    /// Found since the last heartbeat round, with what to say of each.
+    found: Vec<(String, String)>,
+}
 
 impl BadKeys {
-    /// The value, None if Redis refused it for `key`'s type, or the error for anything
+    /// The value, None if Redis refused it for `key` alone, or the error for anything
     /// else (which fails the round, as before).
     fn check<T: redis::FromRedisValue>(
         &mut self,
@@ -540,37 +558,81 @@ impl BadKeys {
     ) -> redis::RedisResult<Option<T>> {
         match r {
             Ok(v) => {
-                if self.0.remove(key) {
-                    log::info!("cluster: Redis key {} is usable again", short(key));
-                }
+                self.mark(key, None);
                 Ok(Some(v))
             }
-            Err(e) if !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) => {
-                if self.0.insert(key.to_string()) {
-                    log::warn!(
-                        "cluster: Redis key {} (or one beside it) holds what cannot be used ({}); what uses it is decided locally until it is removed",
-                        short(key),
-                        short(&e.to_string())
-                    );
-                }
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => Err(e),
+            Err(e) if refuses_everything(&e) => Err(e),
+            Err(e) => {
+                let why = if e.code() == Some("NOPERM") {
+                    format!("is refused to this user ({})", error_text(&e))
+                } else {
+                    format!(
+                        "(or one beside it) holds what cannot be used ({})",
+                        error_text(&e)
+                    )
+                };
+                self.mark(key, Some(why));
                 Ok(None)
             }
-            Err(e) => Err(e),
         }
     }
 
-    /// Notes whether `key` holds what cannot be used (`why`), said once each way.
-    fn mark(&mut self, key: &str, bad: bool, why: &str) {
-        if !bad {
-            if self.0.remove(key) {
-                log::info!("cluster: Redis key {} is usable again", short(key));
+    /// Notes whether `key` is usable (`why` not, if given): said once each way, a key found
+    /// bad once the round it was found in has been [`BadKeys::confirm`]ed.
+    fn mark(&mut self, key: &str, why: Option<String>) {
+        match why {
+            None => {
+                self.found.retain(|(k, _)| k != key);
+                if self.said.remove(key) {
+                    log::info!("cluster: Redis key {} is usable again", short(key));
+                }
             }
-        } else if self.0.insert(key.to_string()) {
-            log::warn!(
-                "cluster: Redis key {} {why}; what uses it is decided locally until it is removed",
-                short(key)
-            );
+            Some(why) => {
+                if !self.is_bad(key) {
+                    self.found.push((key.to_string(), why));
+                }
+            }
         }
+    }
+
+    fn is_bad(&self, key: &str) -> bool {
+        self.said.contains(key) || self.found.iter().any(|(k, _)| k == key)
+    }
+
+    /// A round with a heartbeat went through: Redis serves this instance, so what it
+    /// refused is the keys' own business. Says each.
+    fn confirm(&mut self) {
+        for (key, why) in self.found.drain(..) {
+            log::warn!(
+                "cluster: Redis key {} {why}; what uses it is decided locally until that changes",
+                short(&key)
+            );
+            self.said.insert(key);
+        }
+    }
+
+    /// The round failed: what it found proves nothing of the keys.
+    fn forget_found(&mut self) {
+        self.found.clear();
+    }
+}
+
+/// An error that says Redis refuses this instance everything, not one key: out of memory
+/// (a script that writes), a read-only replica, loading, busy with a script, a password
+/// or permission on a command. Such an error fails the round, so that the instance is
+/// down, decides alone and says so once, as for one that refuses the connection.
+fn refuses_everything(e: &redis::RedisError) -> bool {
+    let detail = e.detail().unwrap_or_default();
+    match e.code() {
+        Some("OOM" | "READONLY" | "LOADING" | "BUSY" | "MASTERDOWN" | "MISCONF" | "NOAUTH")
+        | Some("WRONGPASS" | "NOREPLICAS" | "CLUSTERDOWN" | "TRYAGAIN") => true,
+        // `... to run the 'eval' command`, where a key's would be `... to access one of the
+        // keys used as arguments`.
+        Some("NOPERM") => !detail.contains("keys"),
+        // A script calling a command the user may not run.
+        Some("ERR") => detail.contains("can't run this command"),
+        _ => false,
     }
 }
 
@@ -815,8 +877,7 @@ impl Node {
         for b in &self.budgets {
             if !self
                 .bad_keys
-                .0
-                .contains(&budget_key(&self.status.config.name, b))
+                .is_bad(&budget_key(&self.status.config.name, b))
             {
                 b.go_online();
             }
@@ -1251,8 +1312,11 @@ impl Node {
         self.set_clock(&secs, &micros, sent.elapsed(), false);
         // Not a list of instances: no peers known, said once, as for any key of another
         // type (a probe lease another instance holds is then decided locally too).
-        self.bad_keys
-            .mark(&key, members.is_none(), "is not a sorted set of instances");
+        let bad = members
+            .is_none()
+            .then(|| "is not a sorted set of instances".into());
+        self.bad_keys.mark(&key, bad);
+        self.bad_keys.confirm();
         let peers = members
             .unwrap_or_default()
             .into_iter()
@@ -1303,6 +1367,7 @@ impl Node {
 
     fn down(&mut self, e: &redis::RedisError) {
         self.con = None;
+        self.bad_keys.forget_found();
         self.status.up.store(false, Ordering::Relaxed);
         // Fleet budgets fall back to per-instance limits (each service's own word).
         for b in &self.budgets {
@@ -1325,7 +1390,7 @@ impl Node {
             None => log::warn!(
                 "cluster: Redis at {} unreachable ({}); each circuit is decided locally until it returns",
                 self.status.redis_display(),
-                short(&e.to_string())
+                error_text(e)
             ),
             // A new kind of failure during the outage is said too, once (a fleet review: a
             // changed password showed only as the dropped connection that came first, never
@@ -1333,7 +1398,7 @@ impl Node {
             Some(kind) if kind != e.kind() => log::warn!(
                 "cluster: Redis at {} still unreachable, now: {}",
                 self.status.redis_display(),
-                short(&e.to_string())
+                error_text(e)
             ),
             Some(_) => {}
         }

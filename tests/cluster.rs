@@ -1036,6 +1036,78 @@ fn a_key_of_the_wrong_type_takes_out_only_what_uses_it() {
     assert_eq!(get(b.proc.addr, "/v1/proxy/other/x").status, 200);
 }
 
+/// Regression (a review): a Redis that refused this instance everything (a user stripped
+/// of every key, or out of memory) was said as an outage, but also blamed every key it
+/// touched in a line of its own ("holds what cannot be used"). Such a Redis is now one
+/// outage and no key; a key of the wrong type is still said, once.
+#[test]
+fn a_redis_that_refuses_everything_blames_no_key() {
+    let redis = Redis::start();
+    let said = redis.send("ACL SETUSER gw on >pw ~* &* +@all\r\n", "\r\n");
+    assert!(said.starts_with("+OK"), "{said}");
+    let (rec, other) = (Recorder::start(reply(200)), Recorder::start(reply(200)));
+    let name = fleet_name("refused");
+    let wrong = format!("{name}:breaker:other:http://{}", other.addr);
+    let said = redis.send(&format!("SET {wrong} not-a-hash\r\n"), "\r\n");
+    assert!(said.starts_with("+OK"), "{said}");
+    let log = std::env::temp_dir().join(format!(
+        "gateway-cluster-{}-refused.log",
+        std::process::id()
+    ));
+    let g = gateway_at_logging_to(
+        &write_config(&config(
+            1,
+            &format!(
+                "admin: 127.0.0.1:0\ncluster: {{redis: \"redis://gw:pw@127.0.0.1:{}/0\", name: {name}}}",
+                redis.port
+            ),
+            &format!(
+                "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 1000/s, burst: 100, scope: cluster}}\n  other: [http://{}]\n",
+                rec.addr, other.addr
+            ),
+        )),
+        &log,
+    );
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let count = |what: &str| text().lines().filter(|l| l.contains(what)).count();
+    assert!(eventually(WAIT, || cluster_up(&g)));
+    assert!(eventually(WAIT, || count("Redis key") == 1), "{}", text());
+    assert!(
+        text().contains(&format!(
+            "Redis key {wrong} (or one beside it) holds what cannot be used (WRONGTYPE Operation"
+        )),
+        "{}",
+        text()
+    );
+    let refuse = |how: &str, undo: &str, why: &str| {
+        let said = redis.send(&format!("{how}\r\n"), "\r\n");
+        assert!(said.starts_with("+OK"), "{said}");
+        assert!(eventually(WAIT, || !cluster_up(&g)), "{}", text());
+        // Rounds go on failing alike for a while (reconnects, heartbeats).
+        std::thread::sleep(Duration::from_millis(1500));
+        for _ in 0..20 {
+            assert_eq!(status(&g), 200);
+        }
+        assert!(
+            text()
+                .lines()
+                .any(|l| l.contains("unreachable (") && l.contains(why)),
+            "{}",
+            text()
+        );
+        assert_eq!(count("Redis key"), 1, "a key was blamed:\n{}", text());
+        let said = redis.send(&format!("{undo}\r\n"), "\r\n");
+        assert!(said.starts_with("+OK"), "{said}");
+        assert!(eventually(WAIT, || cluster_up(&g)), "{}", text());
+    };
+    refuse("ACL SETUSER gw resetkeys", "ACL SETUSER gw ~*", "NOPERM");
+    refuse("CONFIG SET maxmemory 1", "CONFIG SET maxmemory 0", "OOM");
+    assert_eq!(count("is back after"), 2, "{}", text());
+    assert_eq!(count("Redis key"), 1, "{}", text());
+    drop(g);
+    let _ = std::fs::remove_file(&log);
+}
+
 /// Regression (a review): one 2 MB name in the fleet's list of instances, or 70 000 names,
 /// made every heartbeat's reply too large to take, and every instance left the fleet for as
 /// long as a stray writer kept them there. The heartbeat now returns at most 1024 names of
