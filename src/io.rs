@@ -650,6 +650,28 @@ pub fn is_quiet(fd: RawFd) -> bool {
     matches!(peek_one(fd), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
+/// What the kernel says of the bytes sent on a TCP socket: how many the peer acknowledged
+/// in all, and how many wait in the send queue, not yet sent (a peer that reads nothing
+/// closes its window, and the queue fills). None if the socket cannot say.
+pub fn send_progress(fd: RawFd) -> Option<(u64, u32)> {
+    // SAFETY: all-zero is a valid `tcp_info` (plain integers).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `fd` is a live socket owned by the caller; `info` is writable for `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    // Kernels before 4.6 fill less than the fields read here.
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_notsent_bytes) + 4;
+    (r == 0 && len as usize >= needed).then_some((info.tcpi_bytes_acked, info.tcpi_notsent_bytes))
+}
+
 /// What a peer has done to its connection, as far as a peek of one byte sees: a FIN or a
 /// reset behind bytes still unread is not seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -505,7 +505,7 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         ),
         (
             "gateway_idle_evicted_total",
-            "Client connections closed to make room for a new one: idle, or a head arriving for a second or more.",
+            "Client connections closed to make room for a new one: idle, a head arriving for a second or more, or a client reading none of its answer.",
             |m: &WorkerMetrics| &m.idle_evicted,
         ),
     ] {

@@ -589,6 +589,7 @@ async fn housekeeping(worker: Rc<Worker>) {
             worker.watch_waiting();
         }
         drop(view);
+        worker.watch_stalled();
         // Sets the gauge: a reload's new limit used to show only after the next accept.
         worker.connection_cap();
         worker.pool.sweep(|_| true);

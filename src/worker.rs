@@ -44,6 +44,10 @@ pub struct Live {
     /// it): `client_idle` is not its limit, the linger's own are (it was cut at
     /// `client_idle` with the client's bytes unread, a reset: a review).
     pub lingering: Cell<bool>,
+    /// While the worker is at its connection cap: the tick since which the client has taken
+    /// (acknowledged) less than [`STALL_BYTES`] of what waits to be sent to it, and the
+    /// bytes it had acknowledged then (see [`Worker::watch_stalled`]).
+    pub stall: Cell<Option<(u64, u64)>>,
 }
 
 impl Live {
@@ -125,6 +129,8 @@ pub struct Worker {
     spare_low: Cell<usize>,
     /// The most client connections open at once since the heap was last trimmed.
     conns_high: Cell<usize>,
+    /// Some connection has a stall noted (see [`Worker::watch_stalled`]).
+    stalls_noted: Cell<bool>,
     /// Capacity of the buffers in `large`, in bytes.
     large_bytes: Cell<usize>,
     /// Bytes of buffers [`Worker::recycle`] freed rather than kept, since the last
@@ -202,6 +208,7 @@ impl Worker {
             large: RefCell::new(Vec::new()),
             spare_low: Cell::new(0),
             conns_high: Cell::new(0),
+            stalls_noted: Cell::new(false),
             large_bytes: Cell::new(0),
             dropped: Cell::new(0),
             idle_reads: Rc::new(Cell::new(0)),
@@ -556,13 +563,20 @@ impl Worker {
     /// began to arrive a second or more ago (then the oldest): an idle client loses nothing
     /// but its connection, a head its request, and a slowloris sends as little as it can.
     /// A head that began within the last second is about to be served and is passed over.
+    /// Last, a client that has taken next to nothing of its answer for over 4 s (see
+    /// [`Worker::watch_stalled`]), reset: it loses an answer it does not read.
     /// False if none was closed, or if the one closed last has not deregistered yet (its
     /// room is on the way).
     fn evict_longest_idle(&self) -> bool {
         let conns = self.conns.borrow();
         self.evict
             .borrow_mut()
-            .evict(&conns, self.tick(), crate::io::is_quiet, |fd| {
+            .evict(&conns, self.tick(), crate::io::is_quiet, |fd, stalled| {
+                if stalled {
+                    // What waits for it would wait in the kernel for a window that does
+                    // not open: a reset frees it now.
+                    crate::io::set_reset_on_close(fd);
+                }
                 // SAFETY: the fd belongs to a live connection (it deregisters before closing).
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             })
@@ -656,6 +670,38 @@ impl Worker {
         self.shut_idle(|_, _| true);
     }
 
+    /// Looks, once a second while the worker is at its connection cap, at the clients that
+    /// are being answered: one that took (acknowledged) less than [`STALL_BYTES`] since
+    /// the last look while bytes wait to be sent to it keeps its stall's first tick, which
+    /// makes it evictable after [`STALL_TICKS`] (see [`EvictQueue`]). Such clients send
+    /// requests and read nothing; without this they held a worker's share until
+    /// `timeouts.body` while new clients waited (a review). The kernel's count of
+    /// acknowledged bytes tells them from slow readers, which keep taking bytes, where the
+    /// two tries before did not (zero-window probes also back off for steady readers at
+    /// 20–80 KB/s, and a non-reader's window may reopen a little, so data was sent now and
+    /// then). Below the cap nothing is looked at and what was noted is forgotten: one
+    /// `getsockopt` per busy connection per second, only at the cap.
+    pub fn watch_stalled(&self) {
+        let at_cap = self.open_connections() >= self.connection_cap();
+        if !at_cap && !self.stalls_noted.get() {
+            return;
+        }
+        let now = self.tick();
+        let mut noted = false;
+        for (fd, live) in self.conns.borrow().values() {
+            let busy = live.idle.get().is_none() && live.head.get().is_none();
+            let progress = if at_cap && busy {
+                crate::io::send_progress(*fd)
+            } else {
+                None
+            };
+            let stall = next_stall(progress, live.stall.get(), now);
+            noted |= stall.is_some();
+            live.stall.set(stall);
+        }
+        self.stalls_noted.set(noted);
+    }
+
     /// Gives up the backend waits of clients that have gone: for each connection whose
     /// exchange waits for a response head, a client that reset its connection is gone; one
     /// that closed it (FIN: clients that give up close their socket) is taken as gone once
@@ -719,12 +765,50 @@ struct EvictQueue {
 /// Candidates one scan takes.
 const EVICT_BATCH: usize = 256;
 
+/// A client that took (acknowledged) less than this of its answer since its stall began
+/// is still stalled ...
+pub const STALL_BYTES: u64 = 4096;
+/// ... and evictable at the connection cap once its stall began this many ticks ago (over
+/// 4 s): under about 800 bytes a second, when a new client waits.
+pub const STALL_TICKS: u64 = 5;
+
+/// A connection's stall (see [`Live::stall`]) after a look at tick `now` found `progress`
+/// (bytes acknowledged in all, bytes waiting to be sent; None: not looked at): none when
+/// nothing waits to be sent, kept while the client takes less than [`STALL_BYTES`] of it,
+/// else begun anew.
+fn next_stall(
+    progress: Option<(u64, u32)>,
+    stall: Option<(u64, u64)>,
+    now: u64,
+) -> Option<(u64, u64)> {
+    match (progress, stall) {
+        (Some((_, 0)) | None, _) => None,
+        (Some((acked, _)), Some((since, then))) if acked.wrapping_sub(then) < STALL_BYTES => {
+            Some((since, then))
+        }
+        (Some((acked, _)), _) => Some((now, acked)),
+    }
+}
+
+/// Why a connection may be evicted, in eviction order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Why {
+    /// It waits idle: it loses nothing but its connection.
+    Idle,
+    /// Its head has been arriving for a second or more: it loses its request.
+    Head,
+    /// It takes nothing of its answer (see [`Worker::watch_stalled`]): it loses the rest
+    /// of the answer it is not reading.
+    Stalled,
+}
+
 /// An eviction candidate, in eviction order: idle ones (by the tick they went idle), then
-/// heads (by bytes come, then the tick they began); then the connection id. `since` is the
-/// tick the candidate was found with (it is passed over if that changed).
+/// heads (by bytes come, then the tick they began), then stalled readers (by the tick their
+/// stall began); then the connection id. `since` is the tick the candidate was found with
+/// (it is passed over if that changed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Candidate {
-    head: bool,
+    why: Why,
     bytes: usize,
     since: u64,
     id: u64,
@@ -732,14 +816,16 @@ struct Candidate {
 }
 
 impl EvictQueue {
-    /// Shuts (`shut`) the longest idle connection that is `quiet`, scanning at most once;
-    /// false if there is none, or while the one shut last is still registered.
+    /// Shuts (`shut`, told whether the client stalled) the first candidate, scanning at
+    /// most once; an idle one or a head only if `quiet` (no bytes of a request wait:
+    /// a stalled client's pipelined requests are not, it reads no answer). False if there
+    /// is none, or while the one shut last is still registered.
     fn evict(
         &mut self,
         conns: &HashMap<u64, OpenConn>,
         now: u64,
         quiet: impl Fn(RawFd) -> bool,
-        shut: impl FnOnce(RawFd),
+        shut: impl FnOnce(RawFd, bool),
     ) -> bool {
         if self.shut.is_some_and(|id| conns.contains_key(&id)) {
             return false;
@@ -747,11 +833,16 @@ impl EvictQueue {
         for scanned in [false, true] {
             while let Some(c) = self.batch.pop() {
                 let same = |(f, live): &OpenConn| {
-                    let waits = if c.head { &live.head } else { &live.idle };
-                    *f == c.fd && waits.get() == Some(c.since)
+                    let since = match c.why {
+                        Why::Idle => live.idle.get(),
+                        Why::Head => live.head.get(),
+                        Why::Stalled => live.stall.get().map(|(since, _)| since),
+                    };
+                    *f == c.fd && since == Some(c.since)
                 };
-                if conns.get(&c.id).is_some_and(same) && quiet(c.fd) {
-                    shut(c.fd);
+                let stalled = c.why == Why::Stalled;
+                if conns.get(&c.id).is_some_and(same) && (stalled || quiet(c.fd)) {
+                    shut(c.fd, stalled);
                     self.shut = Some(c.id);
                     return true;
                 }
@@ -769,13 +860,17 @@ impl EvictQueue {
         let slow = |since: u64| since + 2 <= now;
         self.batch
             .extend(conns.iter().filter_map(|(&id, (fd, live))| {
-                let (head, bytes, since) = match (live.idle.get(), live.head.get()) {
-                    (Some(since), _) => (false, 0, since),
-                    (None, Some(since)) if slow(since) => (true, live.head_bytes.get(), since),
+                let (why, bytes, since) = match (live.idle.get(), live.head.get()) {
+                    (Some(since), _) => (Why::Idle, 0, since),
+                    (None, Some(since)) if slow(since) => (Why::Head, live.head_bytes.get(), since),
+                    (None, None) => match live.stall.get() {
+                        Some((since, _)) if since + STALL_TICKS <= now => (Why::Stalled, 0, since),
+                        _ => return None,
+                    },
                     _ => return None,
                 };
                 Some(Candidate {
-                    head,
+                    why,
                     bytes,
                     since,
                     id,
@@ -863,11 +958,16 @@ mod tests {
         // Evicts one, which then closes (deregisters) before the next is asked for.
         let evict = |q: &mut EvictQueue, conns: &mut HashMap<u64, OpenConn>, loud: &[RawFd]| {
             let mut got = None;
-            let evicted = q.evict(conns, 10_000, |fd| !loud.contains(&fd), |fd| got = Some(fd));
+            let evicted = q.evict(
+                conns,
+                10_000,
+                |fd| !loud.contains(&fd),
+                |fd, _| got = Some(fd),
+            );
             assert_eq!(evicted, got.is_some());
             if let Some(fd) = got {
                 // Until it deregisters, nothing more is evicted.
-                assert!(!q.evict(conns, 10_000, |_| true, |_| panic!("evicted twice")));
+                assert!(!q.evict(conns, 10_000, |_| true, |_, _| panic!("evicted twice")));
                 conns.remove(&(fd as u64 - 1000));
             }
             got
@@ -938,7 +1038,7 @@ mod tests {
         let mut order = Vec::new();
         loop {
             let mut got = None;
-            q.evict(&conns, 100, |fd| fd != 1007, |fd| got = Some(fd));
+            q.evict(&conns, 100, |fd| fd != 1007, |fd, _| got = Some(fd));
             let Some(fd) = got else { break };
             conns.remove(&(fd as u64 - 1000));
             order.push(fd - 1000);
@@ -951,7 +1051,68 @@ mod tests {
         q.scan(&conns, 100);
         conns[&8].1.head.set(None);
         let quiet = |fd| fd != 1007;
-        assert!(!q.evict(&conns, 100, quiet, |_| panic!("a served head was evicted")));
+        assert!(!q.evict(&conns, 100, quiet, |_, _| panic!(
+            "a served head was evicted"
+        )));
+    }
+
+    /// Clients that read none of their answer go after idle ones and slow heads, the
+    /// longest stalled first, once stalled for [`STALL_TICKS`]; bytes of requests they sent
+    /// meanwhile do not keep them (they read no answer); a stall noted anew (the client took
+    /// bytes) passes over the candidate found with the old one.
+    #[test]
+    fn a_stall_lasts_while_the_client_takes_next_to_nothing_of_what_waits() {
+        // Nothing waits to be sent (an answer not there yet), or not looked at: no stall.
+        assert_eq!(next_stall(Some((500, 0)), Some((3, 500)), 9), None);
+        assert_eq!(next_stall(None, Some((3, 500)), 9), None);
+        // Bytes wait: a stall begins, and lasts while under STALL_BYTES are taken ...
+        assert_eq!(next_stall(Some((500, 10)), None, 4), Some((4, 500)));
+        let s = next_stall(Some((500 + STALL_BYTES - 1, 10)), Some((4, 500)), 9);
+        assert_eq!(s, Some((4, 500)));
+        // ... and begins anew from where the client got to once it took more.
+        let s = next_stall(Some((500 + STALL_BYTES, 10)), Some((4, 500)), 9);
+        assert_eq!(s, Some((9, 500 + STALL_BYTES)));
+    }
+
+    #[test]
+    fn stalled_readers_are_evicted_last_the_longest_stalled_first() {
+        // (id, idle since, head since, stall since); now is tick 100.
+        let waits = [
+            (1, None, None, Some(96)), // stalled, but under STALL_TICKS
+            (2, None, None, Some(90)), // stalled
+            (3, None, Some(50), None), // a slow head
+            (4, None, None, Some(80)), // stalled longest, its pipelined request unread
+            (5, Some(99), None, None), // idle
+            (6, None, None, None),     // busy, nothing stalled
+            (7, None, None, Some(85)), // stalled, then took bytes (noted anew below)
+        ];
+        let mut conns: HashMap<u64, OpenConn> = waits
+            .iter()
+            .map(|&(id, idle, head, stall)| {
+                let live = Live::default();
+                live.idle.set(idle);
+                live.head.set(head);
+                live.stall.set(stall.map(|t| (t, 0)));
+                (id, (id as RawFd + 1000, Rc::new(live)))
+            })
+            .collect();
+        let mut q = EvictQueue::default();
+        q.scan(&conns, 100);
+        conns[&7].1.stall.set(Some((100, 9000)));
+        let mut order = Vec::new();
+        loop {
+            let mut got = None;
+            q.evict(
+                &conns,
+                100,
+                |fd| fd != 1004,
+                |fd, stalled| got = Some((fd, stalled)),
+            );
+            let Some((fd, stalled)) = got else { break };
+            conns.remove(&(fd as u64 - 1000));
+            order.push((fd - 1000, stalled));
+        }
+        assert_eq!(order, [(5, false), (3, false), (4, true), (2, true)]);
     }
 
     #[test]

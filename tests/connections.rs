@@ -197,6 +197,111 @@ fn at_the_cap_a_head_arriving_for_over_a_second_makes_room_for_a_waiting_client(
     }
 }
 
+/// Regression (a review): clients that send a request for a large answer and read none of
+/// it are busy, so at the cap they held a worker's share until `timeouts.body` while new
+/// clients waited. A client that has taken (acknowledged) next to nothing of its answer for
+/// over 4 s is now evicted for a waiting client, after idle connections and slow heads,
+/// the longest stalled first; a slow but steady reader is not, nor a client whose answer
+/// is not there yet.
+#[test]
+fn at_the_cap_clients_that_read_none_of_their_answer_make_room_and_slow_readers_do_not() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let b = mock_backend();
+    let extra =
+        "admin: 127.0.0.1:0\ntimeouts: {body: 120s, response: 120s}\nlimits:\n  max_connections: 4";
+    let path = write_config(&config(1, extra, &svc(&b)));
+    let g = gateway_at(&path);
+    let big = |delay: &str| {
+        let mut s = TcpStream::connect(g.proc.addr).expect("connect");
+        s.write_all(
+            format!("GET /v1/proxy/svc/big HTTP/1.1\r\nHost: g\r\nx-mock-body-bytes: 33554432\r\n{delay}\r\n")
+                .as_bytes(),
+        )
+        .expect("send");
+        s
+    };
+    // Two clients that read nothing, the first one first.
+    let first = big("");
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = big("");
+    // A slow, steady reader: 4 KiB every 100 ms (about 40 KB/s) for the whole test.
+    let mut slow = big("");
+    let (stop, taken) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let reader = {
+        let (stop, taken) = (stop.clone(), taken.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !stop.load(Ordering::SeqCst) {
+                match slow.read(&mut buf) {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => taken.fetch_add(n, Ordering::SeqCst),
+                };
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            true
+        })
+    };
+    // A client whose answer is not there yet (the backend takes 30 s): busy, nothing to send.
+    let _waiting = big("x-mock-delay-ms: 30000\r\n");
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(g.admin, "gateway_client_connections") == 4.0
+    }));
+    // A new client that will hold its room (its answer takes 30 s), then one more: each
+    // takes a non-reader's room. Without the stall watch, each waited for `timeouts.body`
+    // (120 s here).
+    let started = Instant::now();
+    let _holder = big("x-mock-delay-ms: 30000\r\n");
+    assert!(
+        eventually(Duration::from_secs(15), || metric(
+            g.admin,
+            "gateway_idle_evicted_total"
+        ) == 1.0),
+        "no room made after {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let mut c = Client::connect(g.proc.addr);
+    c.send(GET);
+    assert_eq!(c.read_response().status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "served after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 2.0);
+    // The non-readers were reset, the longest stalled first; the others are still served.
+    for (mut s, which) in [(first, "first"), (second, "second")] {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0usize;
+        let end = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break "closed",
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+                Err(e) => panic!("{which}: {e} after {got} bytes"),
+            }
+        };
+        assert_eq!(end, "reset", "{which}");
+        assert!(got < 33554432, "{which} got the whole answer");
+    }
+    let before = taken.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    assert!(reader.join().expect("reader"), "the slow reader was cut");
+    assert!(
+        taken.load(Ordering::SeqCst) > before,
+        "the slow reader stopped getting bytes"
+    );
+}
+
 #[test]
 fn at_the_cap_with_every_connection_busy_a_new_client_waits_for_one_to_finish() {
     let b = mock_backend();
