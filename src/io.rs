@@ -650,6 +650,21 @@ pub fn is_quiet(fd: RawFd) -> bool {
     matches!(peek_one(fd), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
+/// Sets `TCP_NOTSENT_LOWAT` on a socket; false if the kernel refused it.
+pub fn set_notsent_lowat(fd: RawFd, bytes: libc::c_int) -> bool {
+    // SAFETY: setsockopt on a live socket, with a pointer to a c_int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
 /// What the kernel says of the bytes sent on a TCP socket: how many the peer acknowledged
 /// in all, and how many wait in the send queue, not yet sent (a peer that reads nothing
 /// closes its window, and the queue fills). None if the socket cannot say.

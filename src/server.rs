@@ -108,21 +108,6 @@ const LISTEN_BACKLOG: i32 = 65_535;
 /// (`splice.rs`).
 pub const CLIENT_NOTSENT_LOWAT: libc::c_int = 128 * 1024;
 
-/// Sets `TCP_NOTSENT_LOWAT` on a socket; false if the kernel refused it.
-pub fn set_notsent_lowat(fd: std::os::fd::RawFd, bytes: libc::c_int) -> bool {
-    // SAFETY: setsockopt on a live socket, with a pointer to a c_int of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    rc == 0
-}
-
 /// One SO_REUSEPORT listener; the kernel spreads new connections across them.
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
@@ -131,7 +116,7 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.set_nodelay(true)?;
-    if !set_notsent_lowat(std::os::fd::AsRawFd::as_raw_fd(&s), CLIENT_NOTSENT_LOWAT) {
+    if !crate::io::set_notsent_lowat(std::os::fd::AsRawFd::as_raw_fd(&s), CLIENT_NOTSENT_LOWAT) {
         log::warn!(
             "TCP_NOTSENT_LOWAT not set on {addr} ({}): slow readers of long responses are cut off sooner",
             io::Error::last_os_error()

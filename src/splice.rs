@@ -210,14 +210,14 @@ struct RaisedLowat(RawFd);
 
 impl RaisedLowat {
     fn new(fd: RawFd) -> RaisedLowat {
-        crate::server::set_notsent_lowat(fd, SPLICE_NOTSENT_LOWAT);
+        crate::io::set_notsent_lowat(fd, SPLICE_NOTSENT_LOWAT);
         RaisedLowat(fd)
     }
 }
 
 impl Drop for RaisedLowat {
     fn drop(&mut self) {
-        crate::server::set_notsent_lowat(self.0, crate::server::CLIENT_NOTSENT_LOWAT);
+        crate::io::set_notsent_lowat(self.0, crate::server::CLIENT_NOTSENT_LOWAT);
     }
 }
 
