@@ -26,6 +26,9 @@ enum Answer {
     Push,
     /// A handshake gets a `101` and `hello`, then the connection is reset.
     SwitchThenReset,
+    /// As `Switch`, except that a handshake for a target with `/flood` in it gets a `101`
+    /// and then 32 MiB, reading nothing.
+    Flood,
 }
 
 /// A backend that records every head it receives and the bytes that follow a `101`.
@@ -92,7 +95,17 @@ fn serve(mut s: TcpStream, answer: Answer, heads: &Mutex<Vec<String>>, tunnelled
             );
         };
         match answer {
-            Answer::Switch if handshake => {
+            Answer::Flood if handshake && head.contains("/flood") => {
+                switch(&mut s, "websocket");
+                let chunk = vec![b'f'; 65536];
+                for _ in 0..512 {
+                    if s.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            Answer::Switch | Answer::Flood if handshake => {
                 switch(&mut s, "websocket");
                 tunnelled.lock().unwrap().extend_from_slice(&pending);
                 let _ = s.write_all(&pending.to_ascii_uppercase());
@@ -439,6 +452,63 @@ fn an_idle_tunnel_closes_and_a_busy_one_stays() {
             && rest.is_empty(),
         "{ended:?} {rest:?}"
     );
+}
+
+/// A tunnel whose client reads nothing of what its backend sends is stalled like an answer
+/// nobody reads: at the connection cap it makes room for a waiting client (see
+/// `at_the_cap_clients_that_read_none_of_their_answer_make_room_and_slow_readers_do_not`).
+/// A silent tunnel has nothing waiting to be sent and keeps its place.
+#[test]
+fn at_the_cap_a_tunnel_whose_client_reads_nothing_makes_room_and_a_silent_one_stays() {
+    let b = WsBackend::start(Answer::Flood);
+    let g = ws_gateway(
+        &b,
+        true,
+        "timeouts: {tunnel: 120s}\nlimits:\n  max_connections: 2",
+    );
+    let (mut silent, head) = handshake(&g, b"");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(read_n(&mut silent, 5), b"hello");
+    let mut flooded = TcpStream::connect(g.proc.addr).expect("connect");
+    flooded
+        .write_all(HANDSHAKE.replace("/chat", "/flood").as_bytes())
+        .expect("send");
+    let connections = || sample(&metrics(g.admin), "gateway_client_connections");
+    assert!(eventually(Duration::from_secs(5), || connections() == Some(2.0)));
+    // Without the stall watch this waited for `timeouts.tunnel` (120 s here).
+    let started = std::time::Instant::now();
+    let mut c = TcpStream::connect(g.proc.addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    c.write_all(b"GET /v1/proxy/ws/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200 ") && answer.ends_with(b"plain"),
+        "after {:?}: {:?}",
+        started.elapsed(),
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        sample(&metrics(g.admin), "gateway_idle_evicted_total"),
+        Some(1.0)
+    );
+    // The flooded tunnel was reset; the silent one still echoes.
+    flooded
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut tmp = vec![0u8; 1 << 20];
+    let end = loop {
+        match flooded.read(&mut tmp) {
+            Ok(0) => break None,
+            Ok(_) => continue,
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    assert_eq!(end, Some(std::io::ErrorKind::ConnectionReset));
+    silent.write_all(b"ping").expect("write");
+    assert_eq!(read_n(&mut silent, 4), b"PING");
 }
 
 /// Regression (a review): a backend's reset mid-tunnel reached the client as a clean FIN,
