@@ -569,9 +569,12 @@ impl Worker {
     /// room is on the way).
     fn evict_longest_idle(&self) -> bool {
         let conns = self.conns.borrow();
-        self.evict
-            .borrow_mut()
-            .evict(&conns, self.tick(), crate::io::is_quiet, |fd, stalled| {
+        self.evict.borrow_mut().evict(
+            &conns,
+            self.tick(),
+            crate::io::is_quiet,
+            crate::io::send_progress,
+            |fd, stalled| {
                 if stalled {
                     // What waits for it would wait in the kernel for a window that does
                     // not open: a reset frees it now.
@@ -579,7 +582,8 @@ impl Worker {
                 }
                 // SAFETY: the fd belongs to a live connection (it deregisters before closing).
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-            })
+            },
+        )
     }
 
     /// Registers a client connection; the returned flag says whether it is idle.
@@ -818,13 +822,16 @@ struct Candidate {
 impl EvictQueue {
     /// Shuts (`shut`, told whether the client stalled) the first candidate, scanning at
     /// most once; an idle one or a head only if `quiet` (no bytes of a request wait:
-    /// a stalled client's pipelined requests are not, it reads no answer). False if there
-    /// is none, or while the one shut last is still registered.
+    /// a stalled client's pipelined requests are not, it reads no answer), a stalled one
+    /// only if its `progress` now shows it still stalled (its stall was noted up to a
+    /// second ago, and it may have begun to read since). False if there is none, or while
+    /// the one shut last is still registered.
     fn evict(
         &mut self,
         conns: &HashMap<u64, OpenConn>,
         now: u64,
         quiet: impl Fn(RawFd) -> bool,
+        progress: impl Fn(RawFd) -> Option<(u64, u32)>,
         shut: impl FnOnce(RawFd, bool),
     ) -> bool {
         if self.shut.is_some_and(|id| conns.contains_key(&id)) {
@@ -841,7 +848,15 @@ impl EvictQueue {
                     *f == c.fd && since == Some(c.since)
                 };
                 let stalled = c.why == Why::Stalled;
-                if conns.get(&c.id).is_some_and(same) && (stalled || quiet(c.fd)) {
+                let fits = |(_, live): &OpenConn| {
+                    if stalled {
+                        let stall = live.stall.get();
+                        stall.is_some() && next_stall(progress(c.fd), stall, now) == stall
+                    } else {
+                        quiet(c.fd)
+                    }
+                };
+                if conns.get(&c.id).is_some_and(|o| same(o) && fits(o)) {
                     shut(c.fd, stalled);
                     self.shut = Some(c.id);
                     return true;
@@ -962,12 +977,19 @@ mod tests {
                 conns,
                 10_000,
                 |fd| !loud.contains(&fd),
+                |_| None,
                 |fd, _| got = Some(fd),
             );
             assert_eq!(evicted, got.is_some());
             if let Some(fd) = got {
                 // Until it deregisters, nothing more is evicted.
-                assert!(!q.evict(conns, 10_000, |_| true, |_, _| panic!("evicted twice")));
+                assert!(!q.evict(
+                    conns,
+                    10_000,
+                    |_| true,
+                    |_| None,
+                    |_, _| panic!("evicted twice")
+                ));
                 conns.remove(&(fd as u64 - 1000));
             }
             got
@@ -1038,7 +1060,13 @@ mod tests {
         let mut order = Vec::new();
         loop {
             let mut got = None;
-            q.evict(&conns, 100, |fd| fd != 1007, |fd, _| got = Some(fd));
+            q.evict(
+                &conns,
+                100,
+                |fd| fd != 1007,
+                |_| None,
+                |fd, _| got = Some(fd),
+            );
             let Some(fd) = got else { break };
             conns.remove(&(fd as u64 - 1000));
             order.push(fd - 1000);
@@ -1051,15 +1079,20 @@ mod tests {
         q.scan(&conns, 100);
         conns[&8].1.head.set(None);
         let quiet = |fd| fd != 1007;
-        assert!(!q.evict(&conns, 100, quiet, |_, _| panic!(
-            "a served head was evicted"
-        )));
+        assert!(!q.evict(
+            &conns,
+            100,
+            quiet,
+            |_| None,
+            |_, _| panic!("a served head was evicted")
+        ));
     }
 
     /// Clients that read none of their answer go after idle ones and slow heads, the
     /// longest stalled first, once stalled for [`STALL_TICKS`]; bytes of requests they sent
     /// meanwhile do not keep them (they read no answer); a stall noted anew (the client took
-    /// bytes) passes over the candidate found with the old one.
+    /// bytes) passes over the candidate found with the old one, and so does one whose
+    /// client took bytes since the last look.
     #[test]
     fn a_stall_lasts_while_the_client_takes_next_to_nothing_of_what_waits() {
         // Nothing waits to be sent (an answer not there yet), or not looked at: no stall.
@@ -1099,6 +1132,9 @@ mod tests {
         let mut q = EvictQueue::default();
         q.scan(&conns, 100);
         conns[&7].1.stall.set(Some((100, 9000)));
+        // Every stalled one has taken nothing (its stall began at 0 bytes) and has bytes
+        // waiting, except 2, which has begun to read since the last look: kept, for now.
+        let progress = |fd| Some((if fd == 1002 { STALL_BYTES } else { 0 }, 1));
         let mut order = Vec::new();
         loop {
             let mut got = None;
@@ -1106,13 +1142,14 @@ mod tests {
                 &conns,
                 100,
                 |fd| fd != 1004,
+                progress,
                 |fd, stalled| got = Some((fd, stalled)),
             );
             let Some((fd, stalled)) = got else { break };
             conns.remove(&(fd as u64 - 1000));
             order.push((fd - 1000, stalled));
         }
-        assert_eq!(order, [(5, false), (3, false), (4, true), (2, true)]);
+        assert_eq!(order, [(5, false), (3, false), (4, true)]);
     }
 
     #[test]
