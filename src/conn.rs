@@ -130,6 +130,7 @@ pub async fn serve(
         let (next, view) =
             next_request(&mut c, &worker, &registration.live, worker.access.enabled()).await;
         registration.live.head.set(None);
+        registration.live.used.set(true);
         worker.poke(); // a request began (for `busy_poll`)
         if c.down.out.capacity() == 0 {
             c.down.out = worker.buffer();

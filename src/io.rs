@@ -665,10 +665,11 @@ pub fn set_notsent_lowat(fd: RawFd, bytes: libc::c_int) -> bool {
     rc == 0
 }
 
-/// What the kernel says of the bytes sent on a TCP socket: how many the peer acknowledged
-/// in all, and how many wait in the send queue, not yet sent (a peer that reads nothing
-/// closes its window, and the queue fills). None if the socket cannot say.
-pub fn send_progress(fd: RawFd) -> Option<(u64, u32)> {
+/// What the kernel says of a TCP connection's traffic: the bytes that moved in all (sent
+/// and acknowledged by the peer, plus received from it), and the bytes waiting in the send
+/// queue, not yet sent (a peer that reads nothing closes its window, and the queue fills).
+/// None if the socket cannot say.
+pub fn transfer_progress(fd: RawFd) -> Option<(u64, u32)> {
     // SAFETY: all-zero is a valid `tcp_info` (plain integers).
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -684,7 +685,8 @@ pub fn send_progress(fd: RawFd) -> Option<(u64, u32)> {
     };
     // Kernels before 4.6 fill less than the fields read here.
     let needed = std::mem::offset_of!(libc::tcp_info, tcpi_notsent_bytes) + 4;
-    (r == 0 && len as usize >= needed).then_some((info.tcpi_bytes_acked, info.tcpi_notsent_bytes))
+    let moved = info.tcpi_bytes_acked.wrapping_add(info.tcpi_bytes_received);
+    (r == 0 && len as usize >= needed).then_some((moved, info.tcpi_notsent_bytes))
 }
 
 /// What a peer has done to its connection, as far as a peek of one byte sees: a FIN or a

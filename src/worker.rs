@@ -44,10 +44,14 @@ pub struct Live {
     /// it): `client_idle` is not its limit, the linger's own are (it was cut at
     /// `client_idle` with the client's bytes unread, a reset: a review).
     pub lingering: Cell<bool>,
-    /// While the worker is at its connection cap: the tick since which the client has taken
-    /// (acknowledged) less than [`STALL_BYTES`] of what waits to be sent to it, and the
-    /// bytes it had acknowledged then (see [`Worker::watch_stalled`]).
+    /// Around the worker's connection cap: the tick since which less than [`STALL_BYTES`]
+    /// moved on the connection while bytes waited to be sent to the client, and the bytes
+    /// that had moved then (see [`Worker::watch_stalled`]).
     pub stall: Cell<Option<(u64, u64)>>,
+    /// A request came on it. Eviction passes over a fresh connection for its first second:
+    /// its client has just connected, and its request is on its way (a review saw clients
+    /// that connect, send and close, at the cap, get an empty answer now and then).
+    pub used: Cell<bool>,
 }
 
 impl Live {
@@ -129,8 +133,10 @@ pub struct Worker {
     spare_low: Cell<usize>,
     /// The most client connections open at once since the heap was last trimmed.
     conns_high: Cell<usize>,
-    /// Some connection has a stall noted (see [`Worker::watch_stalled`]).
+    /// Some connection has a stall noted (see [`Worker::watch_stalled`]) ...
     stalls_noted: Cell<bool>,
+    /// ... and the tick the worker was last seen at its connection cap.
+    cap_seen: Cell<Option<u64>>,
     /// Capacity of the buffers in `large`, in bytes.
     large_bytes: Cell<usize>,
     /// Bytes of buffers [`Worker::recycle`] freed rather than kept, since the last
@@ -209,6 +215,7 @@ impl Worker {
             spare_low: Cell::new(0),
             conns_high: Cell::new(0),
             stalls_noted: Cell::new(false),
+            cap_seen: Cell::new(None),
             large_bytes: Cell::new(0),
             dropped: Cell::new(0),
             idle_reads: Rc::new(Cell::new(0)),
@@ -562,8 +569,9 @@ impl Worker {
     /// else, if none is idle, the one whose head has brought the fewest bytes of those that
     /// began to arrive a second or more ago (then the oldest): an idle client loses nothing
     /// but its connection, a head its request, and a slowloris sends as little as it can.
-    /// A head that began within the last second is about to be served and is passed over.
-    /// Last, a client that has taken next to nothing of its answer for over 4 s (see
+    /// A head that began within the last second is about to be served and is passed over,
+    /// and so is a connection within its first second that has not sent a request yet.
+    /// Last, a client that has taken next to nothing of its answer for over 15 s (see
     /// [`Worker::watch_stalled`]), reset: it loses an answer it does not read.
     /// False if none was closed, or if the one closed last has not deregistered yet (its
     /// room is on the way).
@@ -573,7 +581,7 @@ impl Worker {
             &conns,
             self.tick(),
             crate::io::is_quiet,
-            crate::io::send_progress,
+            crate::io::transfer_progress,
             |fd, stalled| {
                 if stalled {
                     // What waits for it would wait in the kernel for a window that does
@@ -674,28 +682,42 @@ impl Worker {
         self.shut_idle(|_, _| true);
     }
 
-    /// Looks, once a second while the worker is at its connection cap, at the clients that
-    /// are being answered: one that took (acknowledged) less than [`STALL_BYTES`] since
-    /// the last look while bytes wait to be sent to it keeps its stall's first tick, which
-    /// makes it evictable after [`STALL_TICKS`] (see [`EvictQueue`]). Such clients send
-    /// requests and read nothing; without this they held a worker's share until
-    /// `timeouts.body` while new clients waited (a review). The kernel's count of
-    /// acknowledged bytes tells them from slow readers, which keep taking bytes, where the
-    /// two tries before did not (zero-window probes also back off for steady readers at
-    /// 20–80 KB/s, and a non-reader's window may reopen a little, so data was sent now and
-    /// then). Below the cap nothing is looked at and what was noted is forgotten: one
-    /// `getsockopt` per busy connection per second, only at the cap.
+    /// Looks, once a second while the worker is at its connection cap or was within
+    /// [`STALL_WATCH_TICKS`], at the clients that are being answered: one whose connection
+    /// moved less than [`STALL_BYTES`] either way since its stall began (bytes it
+    /// acknowledged, bytes it sent) while bytes wait to be sent to it keeps its stall's
+    /// first tick, which makes it evictable after [`STALL_TICKS`] (see [`EvictQueue`]).
+    /// Such clients send requests and read nothing; without this they held a worker's
+    /// share until `timeouts.body` while new clients waited (a review).
+    ///
+    /// A client that reads slowly looks the same for a while: once its receive buffer is
+    /// full, its kernel acknowledges nothing more until the application has read about half
+    /// of it (64 KiB and more), so one reading 10 KB/s showed no progress for 6 s or more,
+    /// and was evicted at a 4 s stall (a review). Over 15 s spares such readers down to
+    /// about 7 KB/s (README); a client slowed by its network keeps acknowledging as bytes
+    /// arrive, however slowly. An upload counts as progress (a client sending its body
+    /// while the answer comes early reads it afterwards: a review saw one evicted mid-upload).
+    /// Nothing is looked at otherwise, and what was noted is forgotten: one `getsockopt` per
+    /// busy connection per second, only around the cap (clients that come and go kept the
+    /// worker just under the cap at most looks, and the stalls were forgotten every time: a
+    /// review).
     pub fn watch_stalled(&self) {
-        let at_cap = self.open_connections() >= self.connection_cap();
-        if !at_cap && !self.stalls_noted.get() {
+        let now = self.tick();
+        if self.open_connections() >= self.connection_cap() {
+            self.cap_seen.set(Some(now));
+        }
+        let watching = self
+            .cap_seen
+            .get()
+            .is_some_and(|at| now.saturating_sub(at) < STALL_WATCH_TICKS);
+        if !watching && !self.stalls_noted.get() {
             return;
         }
-        let now = self.tick();
         let mut noted = false;
         for (fd, live) in self.conns.borrow().values() {
             let busy = live.idle.get().is_none() && live.head.get().is_none();
-            let progress = if at_cap && busy {
-                crate::io::send_progress(*fd)
+            let progress = if watching && busy {
+                crate::io::transfer_progress(*fd)
             } else {
                 None
             };
@@ -769,17 +791,18 @@ struct EvictQueue {
 /// Candidates one scan takes.
 const EVICT_BATCH: usize = 256;
 
-/// A client that took (acknowledged) less than this of its answer since its stall began
-/// is still stalled ...
+/// A client whose connection moved less than this either way since its stall began is
+/// still stalled ...
 pub const STALL_BYTES: u64 = 4096;
 /// ... and evictable at the connection cap once its stall began this many ticks ago (over
-/// 4 s): under about 800 bytes a second, when a new client waits.
-pub const STALL_TICKS: u64 = 5;
+/// 15 s: see [`Worker::watch_stalled`]).
+pub const STALL_TICKS: u64 = 16;
+/// Stalls are watched for this many ticks after the worker was last at its cap.
+const STALL_WATCH_TICKS: u64 = 30;
 
 /// A connection's stall (see [`Live::stall`]) after a look at tick `now` found `progress`
-/// (bytes acknowledged in all, bytes waiting to be sent; None: not looked at): none when
-/// nothing waits to be sent, kept while the client takes less than [`STALL_BYTES`] of it,
-/// else begun anew.
+/// (bytes moved in all, bytes waiting to be sent; None: not looked at): none when nothing
+/// waits to be sent, kept while less than [`STALL_BYTES`] moved, else begun anew.
 fn next_stall(
     progress: Option<(u64, u32)>,
     stall: Option<(u64, u64)>,
@@ -876,7 +899,7 @@ impl EvictQueue {
         self.batch
             .extend(conns.iter().filter_map(|(&id, (fd, live))| {
                 let (why, bytes, since) = match (live.idle.get(), live.head.get()) {
-                    (Some(since), _) => (Why::Idle, 0, since),
+                    (Some(since), _) if live.used.get() || slow(since) => (Why::Idle, 0, since),
                     (None, Some(since)) if slow(since) => (Why::Head, live.head_bytes.get(), since),
                     (None, None) => match live.stall.get() {
                         Some((since, _)) if since + STALL_TICKS <= now => (Why::Stalled, 0, since),
@@ -966,6 +989,7 @@ mod tests {
                 let idle = (id % 2 == 0).then_some(1000 - id);
                 let live = Live::default();
                 live.idle.set(idle);
+                live.used.set(true);
                 (id, (id as RawFd + 1000, Rc::new(live)))
             })
             .collect();
@@ -1093,6 +1117,53 @@ mod tests {
     /// meanwhile do not keep them (they read no answer); a stall noted anew (the client took
     /// bytes) passes over the candidate found with the old one, and so does one whose
     /// client took bytes since the last look.
+    /// A socket pair on loopback whose accepted end has bytes waiting that its client,
+    /// which reads nothing, will not take.
+    fn unread_connection() -> (std::net::TcpStream, std::net::TcpStream) {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (mut server, _) = l.accept().expect("accept");
+        server.set_nonblocking(true).expect("nonblocking");
+        let chunk = [b'x'; 65536];
+        while server.write(&chunk).is_ok() {}
+        (client, server)
+    }
+
+    /// Regression (a review): a worker found under its cap at a look forgot every stall,
+    /// so clients that connect, ask and close kept it just under the cap at most looks and
+    /// non-readers were never evicted. Stalls are now watched for a while after the cap.
+    #[test]
+    fn stalls_are_watched_while_clients_come_and_go_around_the_cap() {
+        use std::os::fd::AsRawFd;
+        let config = Config::parse(
+            "listen: 127.0.0.1:0\nworkers: 1\nlimits: {max_connections: 2}\nservices:\n  svc: [http://127.0.0.1:9]\n",
+        )
+        .expect("config");
+        let w = Rc::new(Worker::new(0, Shared::new(config), None));
+        assert_eq!(w.connection_cap(), 2);
+        let (_reader, unread) = unread_connection();
+        let stalled = w.register(unread.as_raw_fd());
+        let (_c, s) = unread_connection();
+        let other = w.register(s.as_raw_fd());
+        let tick = |w: &Worker| {
+            w.close_expired_idle(Duration::from_secs(3600));
+            w.watch_stalled();
+        };
+        tick(&w);
+        let (since, _) = stalled.live.stall.get().expect("a stall noted at the cap");
+        // A client leaves: under the cap at every look from now on, but not for long.
+        drop(other);
+        for _ in 0..STALL_WATCH_TICKS - 1 {
+            tick(&w);
+            assert_eq!(stalled.live.stall.get().map(|(t, _)| t), Some(since));
+        }
+        // Long under the cap: nothing is watched, and what was noted is forgotten.
+        tick(&w);
+        assert_eq!(stalled.live.stall.get(), None);
+        assert!(!w.stalls_noted.get());
+    }
+
     #[test]
     fn a_stall_lasts_while_the_client_takes_next_to_nothing_of_what_waits() {
         // Nothing waits to be sent (an answer not there yet), or not looked at: no stall.
@@ -1109,30 +1180,34 @@ mod tests {
 
     #[test]
     fn stalled_readers_are_evicted_last_the_longest_stalled_first() {
-        // (id, idle since, head since, stall since); now is tick 100.
+        // (id, idle since, head since, stall since, a request came); now is tick 100.
+        let over = 100 - STALL_TICKS;
         let waits = [
-            (1, None, None, Some(96)), // stalled, but under STALL_TICKS
-            (2, None, None, Some(90)), // stalled
-            (3, None, Some(50), None), // a slow head
-            (4, None, None, Some(80)), // stalled longest, its pipelined request unread
-            (5, Some(99), None, None), // idle
-            (6, None, None, None),     // busy, nothing stalled
-            (7, None, None, Some(85)), // stalled, then took bytes (noted anew below)
+            (1, None, None, Some(over + 1), true), // stalled, but under STALL_TICKS
+            (2, None, None, Some(over - 5), true), // stalled
+            (3, None, Some(50), None, true),       // a slow head
+            (4, None, None, Some(over - 20), true), // stalled longest, a request unread
+            (5, Some(99), None, None, true),       // idle after a request
+            (6, None, None, None, true),           // busy, nothing stalled
+            (7, None, None, Some(over - 10), true), // stalled, then took bytes (below)
+            (8, Some(99), None, None, false),      // just connected: its request is coming
+            (9, Some(97), None, None, false),      // connected over a second ago, silent
         ];
         let mut conns: HashMap<u64, OpenConn> = waits
             .iter()
-            .map(|&(id, idle, head, stall)| {
+            .map(|&(id, idle, head, stall, used)| {
                 let live = Live::default();
                 live.idle.set(idle);
                 live.head.set(head);
                 live.stall.set(stall.map(|t| (t, 0)));
+                live.used.set(used);
                 (id, (id as RawFd + 1000, Rc::new(live)))
             })
             .collect();
         let mut q = EvictQueue::default();
         q.scan(&conns, 100);
         conns[&7].1.stall.set(Some((100, 9000)));
-        // Every stalled one has taken nothing (its stall began at 0 bytes) and has bytes
+        // Every stalled one has moved nothing (its stall began at 0 bytes) and has bytes
         // waiting, except 2, which has begun to read since the last look: kept, for now.
         let progress = |fd| Some((if fd == 1002 { STALL_BYTES } else { 0 }, 1));
         let mut order = Vec::new();
@@ -1149,7 +1224,7 @@ mod tests {
             conns.remove(&(fd as u64 - 1000));
             order.push((fd - 1000, stalled));
         }
-        assert_eq!(order, [(5, false), (3, false), (4, true)]);
+        assert_eq!(order, [(9, false), (5, false), (3, false), (4, true)]);
     }
 
     #[test]

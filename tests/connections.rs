@@ -200,9 +200,10 @@ fn at_the_cap_a_head_arriving_for_over_a_second_makes_room_for_a_waiting_client(
 /// Regression (a review): clients that send a request for a large answer and read none of
 /// it are busy, so at the cap they held a worker's share until `timeouts.body` while new
 /// clients waited. A client that has taken (acknowledged) next to nothing of its answer for
-/// over 4 s is now evicted for a waiting client, after idle connections and slow heads,
-/// the longest stalled first; a slow but steady reader is not, nor a client whose answer
-/// is not there yet.
+/// over 15 s is now evicted for a waiting client, after idle connections and slow heads,
+/// the longest stalled first; a slow but steady reader is not, even one whose kernel
+/// acknowledges in 64 KiB steps (8 KB/s: a re-review had readers up to 25 KB/s evicted at
+/// a 4 s stall), nor a client whose answer is not there yet.
 #[test]
 fn at_the_cap_clients_that_read_none_of_their_answer_make_room_and_slow_readers_do_not() {
     use std::io::{Read, Write};
@@ -227,7 +228,7 @@ fn at_the_cap_clients_that_read_none_of_their_answer_make_room_and_slow_readers_
     let first = big("");
     std::thread::sleep(Duration::from_millis(1100));
     let second = big("");
-    // A slow, steady reader: 4 KiB every 100 ms (about 40 KB/s) for the whole test.
+    // A slow, steady reader: 2 KiB every 250 ms (about 8 KB/s) for the whole test.
     let mut slow = big("");
     let (stop, taken) = (
         Arc::new(AtomicBool::new(false)),
@@ -236,29 +237,29 @@ fn at_the_cap_clients_that_read_none_of_their_answer_make_room_and_slow_readers_
     let reader = {
         let (stop, taken) = (stop.clone(), taken.clone());
         std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
+            let mut buf = [0u8; 2048];
             while !stop.load(Ordering::SeqCst) {
                 match slow.read(&mut buf) {
                     Ok(0) | Err(_) => return false,
                     Ok(n) => taken.fetch_add(n, Ordering::SeqCst),
                 };
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(250));
             }
             true
         })
     };
-    // A client whose answer is not there yet (the backend takes 30 s): busy, nothing to send.
-    let _waiting = big("x-mock-delay-ms: 30000\r\n");
+    // A client whose answer is not there yet (the backend takes 90 s): busy, nothing to send.
+    let _waiting = big("x-mock-delay-ms: 90000\r\n");
     assert!(eventually(Duration::from_secs(5), || {
         metric(g.admin, "gateway_client_connections") == 4.0
     }));
-    // A new client that will hold its room (its answer takes 30 s), then one more: each
+    // A new client that will hold its room (its answer takes 90 s), then one more: each
     // takes a non-reader's room. Without the stall watch, each waited for `timeouts.body`
     // (120 s here).
     let started = Instant::now();
-    let _holder = big("x-mock-delay-ms: 30000\r\n");
+    let _holder = big("x-mock-delay-ms: 90000\r\n");
     assert!(
-        eventually(Duration::from_secs(15), || metric(
+        eventually(Duration::from_secs(40), || metric(
             g.admin,
             "gateway_idle_evicted_total"
         ) == 1.0),
@@ -292,6 +293,19 @@ fn at_the_cap_clients_that_read_none_of_their_answer_make_room_and_slow_readers_
         assert_eq!(end, "reset", "{which}");
         assert!(got < 33554432, "{which} got the whole answer");
     }
+    // That client asks again, for an answer that takes 90 s (busy, not idle); one more new
+    // client: the slow reader is all that is left to take, and it keeps its answer (its
+    // kernel acknowledges in 64 KiB steps, 8 s apart) for 20 s, and on.
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 90000\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = Client::connect(g.proc.addr);
+    third.send(GET);
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        assert!(!reader.is_finished(), "the slow reader was cut");
+        assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 2.0);
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let before = taken.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
@@ -300,6 +314,100 @@ fn at_the_cap_clients_that_read_none_of_their_answer_make_room_and_slow_readers_
         taken.load(Ordering::SeqCst) > before,
         "the slow reader stopped getting bytes"
     );
+}
+
+/// Regression (a review): a client still sending its body while the backend's answer came
+/// early, reading nothing until its upload is done (as simple clients do), looked like one
+/// that reads nothing, and was evicted mid-upload at the cap. Bytes it sends count as
+/// progress.
+#[test]
+fn at_the_cap_a_client_uploading_before_it_reads_an_early_answer_is_not_evicted() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    const ANSWER: usize = 20 << 20;
+    const UPLOAD: usize = 2_000_000;
+    // A backend that answers 20 MiB as soon as it has a head, reading the body meanwhile.
+    let early = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let early_addr = early.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in early.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).map_or(true, |n| n == 0) {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let mut drain = s.try_clone().expect("clone");
+                std::thread::spawn(move || std::io::copy(&mut drain, &mut std::io::sink()));
+                let _ = s.write_all(
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {ANSWER}\r\n\r\n").as_bytes(),
+                );
+                let chunk = vec![b'a'; 65536];
+                for _ in 0..ANSWER / chunk.len() {
+                    if s.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let b = mock_backend();
+    let extra =
+        "admin: 127.0.0.1:0\ntimeouts: {body: 120s, response: 120s}\nlimits:\n  max_connections: 2";
+    let services = format!("  up: [http://{early_addr}]\n{}", svc(&b));
+    let g = gateway_at(&write_config(&config(1, extra, &services)));
+    let mut up = TcpStream::connect(g.proc.addr).expect("connect");
+    up.write_all(
+        format!("POST /v1/proxy/up/x HTTP/1.1\r\nHost: g\r\ncontent-length: {UPLOAD}\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("send");
+    // The other room is held by a client whose answer takes 90 s; a third client waits.
+    let mut holder = Client::connect(g.proc.addr);
+    holder.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 90000\r\n\r\n");
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(g.admin, "gateway_client_connections") == 2.0
+    }));
+    let mut waiting = Client::connect(g.proc.addr);
+    waiting.send(GET);
+    // 20 KB every 200 ms: the upload takes about 20 s, the answer waits unread meanwhile.
+    let piece = vec![b'u'; 20_000];
+    for i in 0..UPLOAD / piece.len() {
+        up.write_all(&piece)
+            .unwrap_or_else(|e| panic!("the upload was cut after {} bytes: {e}", i * piece.len()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 0.0);
+    // Then it reads the whole answer.
+    up.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    while got.len() < ANSWER {
+        match up.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{e} after {} bytes", got.len()),
+        }
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 "),
+        "{:?}",
+        String::from_utf8_lossy(&got[..got.len().min(200)])
+    );
+    let head = got.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    while got.len() < head + ANSWER {
+        match up.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{e} after {} bytes", got.len()),
+        }
+    }
+    assert_eq!(got.len() - head, ANSWER);
 }
 
 #[test]

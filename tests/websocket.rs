@@ -478,7 +478,7 @@ fn at_the_cap_a_tunnel_whose_client_reads_nothing_makes_room_and_a_silent_one_st
     // Without the stall watch this waited for `timeouts.tunnel` (120 s here).
     let started = std::time::Instant::now();
     let mut c = TcpStream::connect(g.proc.addr).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(15)))
+    c.set_read_timeout(Some(Duration::from_secs(40)))
         .expect("timeout");
     c.write_all(b"GET /v1/proxy/ws/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
         .expect("send");
