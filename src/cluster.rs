@@ -324,6 +324,16 @@ impl Track {
         self.known_at = at;
         self.fleet = Some(f);
     }
+
+    /// Redis answered our transition stamped `at` with `record`. Our own record: nothing to
+    /// apply, but a record stamped the same is not newer (a review: a stray writer's close
+    /// with our open's stamp flipped this instance now and then, as its clock offset moved,
+    /// while the others kept the open). Anything else is merged by `read_fleet`.
+    fn published(&mut self, record: Option<Fleet>, me: &str, at: u64) {
+        if let Some(f) = record.filter(|f| f.instance == me && f.at == at) {
+            self.take(f, at);
+        }
+    }
 }
 
 /// Publishes one transition; returns the fleet's record after it. The quorum counts the
@@ -846,14 +856,18 @@ impl Node {
         }
     }
 
-    /// A whole round of requests was answered in time. Redis is up once that has gone on
-    /// for [`RISE`] after an outage (at once otherwise): then the backoff starts over, and
-    /// the end of the outage is said, once. A Redis that accepts connections and then fails
+    /// A whole round of requests was answered in time: the backoff starts over. Redis is
+    /// up once that has gone on for [`RISE`] after an outage (at once otherwise): then the
+    /// end of the outage is said, once, with how long it lasted. A Redis that accepts connections and then fails
     /// every command (no permission, out of memory) is still down, and must not log "back"
     /// every time the thread reconnects; nor may one that stalls on and off (a review: 300
     /// ms busy scripts 20 ms apart logged "unreachable" and "back" 1.3 times a second).
     /// Rounds do their work meanwhile: transitions are published and applied as they come.
     fn synced(&mut self) {
+        // A whole round: reconnect soon if the link fails again (a review: kept at its
+        // 2 s until Redis was up, a Redis that stalled on and off left the instance out of
+        // touch a second at a time, and the fleet's transitions reached it 1-2 s late).
+        self.backoff = RECONNECT_MIN;
         if let Some(o) = self.outage.as_mut() {
             let clean = *o.clean_since.get_or_insert_with(Instant::now);
             if clean.elapsed() < RISE {
@@ -862,14 +876,13 @@ impl Node {
             log::info!(
                 "cluster: Redis at {} is back after {:.1} s; local transitions published and merged",
                 self.status.redis_display(),
-                clean.duration_since(o.since).as_secs_f64()
+                o.since.elapsed().as_secs_f64()
             );
             self.outage = None;
         }
         if !self.status.up.swap(true, Ordering::Relaxed) {
             self.budgets_online();
         }
-        self.backoff = RECONNECT_MIN;
     }
 
     /// Every fleet budget whose key Redis answers for takes from its allowance.
@@ -1025,14 +1038,7 @@ impl Node {
             let Some(record) = self.bad_keys.check::<Record>(&t.hash, published)? else {
                 continue;
             };
-            let fleet = parse_fleet(record);
-            // Our own record: nothing to apply; anything else is merged by `read_fleet`.
-            if fleet
-                .as_ref()
-                .is_some_and(|f| f.instance == self.status.instance && f.at == at)
-            {
-                t.fleet = fleet;
-            }
+            t.published(parse_fleet(record), &self.status.instance, at);
         }
         Ok(())
     }
@@ -1162,8 +1168,12 @@ impl Node {
             return false;
         }
         // Not newer than a record already taken: the newer transition wins here as in
-        // Redis. Left unnoted, so the fleet episode stays the one that record began.
-        if at <= t.known_at {
+        // Redis. Left unnoted, so the fleet episode stays the one that record began. A taken
+        // stamp over 10 s ahead of the fleet's clock now counts for nothing, as in Redis:
+        // Redis's clock stepped back (another host's, after a failover), and every real
+        // transition would otherwise be passed over until the clock caught up (a review:
+        // 60 s back, an instance kept a backend the fleet had opened closed).
+        if at <= t.known_at && t.known_at <= now + FUTURE_MS {
             return false;
         }
         let in_episode = t.fleet.as_ref().is_some_and(|p| p.open);
@@ -1733,6 +1743,61 @@ mod tests {
         assert_eq!(word(&n).state, OPEN);
         assert!(n.apply(0, fleet(false, at + 4_000, "c")));
         assert_eq!(word(&n).state, CLOSED);
+    }
+
+    /// Regression (a review): Redis's clock stepped back 60 s (a failover to another host)
+    /// and the instance passed over every real transition as older than the one it took
+    /// last, until its clock caught up: it kept a backend the fleet had opened closed.
+    #[test]
+    fn a_taken_stamp_from_before_redis_clock_stepped_back_counts_for_nothing() {
+        let mut n = node();
+        let at = n.fleet_now() - 5_000;
+        assert!(n.apply(0, fleet(true, at, "b")));
+        assert!(n.apply(0, fleet(false, at + 1_000, "c")));
+        // Within 10 s of the clock, a stamp still counts ...
+        n.offset -= 8_000;
+        assert!(!n.apply(0, fleet(true, n.fleet_now(), "d")));
+        assert_eq!(word(&n).state, CLOSED);
+        // ... one further ahead does not, as in Redis.
+        n.offset -= 60_000;
+        assert!(n.apply(0, fleet(true, n.fleet_now(), "d")));
+        assert_eq!(word(&n).state, OPEN);
+    }
+
+    /// Regression (a review): a stray writer's record stamped like this instance's own
+    /// published transition was applied here whenever the clock offset had moved a
+    /// millisecond since, while the other instances passed it over: the fleet split.
+    #[test]
+    fn a_record_stamped_like_our_own_published_one_is_not_newer() {
+        let mut n = node();
+        let (cell, p) = (n.tracks[0].cell.clone(), n.tracks[0].policy);
+        let t = breaker::admit(&**cell, now_ms(), &p).expect("admitted");
+        breaker::failure(&**cell, t, now_ms(), &p);
+        n.scan();
+        let local = n.tracks[0].local.expect("a local open");
+        let at = local.at_ms + n.offset;
+        n.tracks[0].published(Some(fleet(true, at, "me")), "me", at);
+        n.offset -= 3; // the next heartbeat's reading
+        assert!(!n.apply(0, fleet(false, at, "ghost")));
+        assert_eq!(word(&n).state, OPEN);
+    }
+
+    /// Regression (a review): after an outage the reconnect backoff started over only once
+    /// Redis counted as up again, 2 s of whole rounds later, so a Redis that stalled now and
+    /// then kept the backoff at its 2 s and the instance out of touch a second at a time.
+    /// Each whole round starts it over; `up` still waits.
+    #[test]
+    fn a_whole_round_starts_the_backoff_over_while_up_waits_for_the_rise() {
+        let mut n = node();
+        let e = redis::RedisError::from((redis::ErrorKind::Io, "stalled"));
+        for _ in 0..6 {
+            n.down(&e);
+        }
+        assert_eq!(n.backoff, RECONNECT_MAX);
+        n.synced();
+        assert_eq!(n.backoff, RECONNECT_MIN);
+        assert!(!n.status.up.load(Ordering::Relaxed), "up before the rise");
+        assert!(n.outage.is_some());
     }
 
     #[test]

@@ -103,12 +103,20 @@ impl Link {
         // Bytes nobody asked for (an extra reply slipped into the stream) would be read as
         // the answer to this request, and every later one shifted by one.
         use std::os::fd::AsRawFd;
-        if !self.buf.is_empty() || !crate::io::is_quiet(self.stream.as_raw_fd()) {
+        let fd = self.stream.as_raw_fd();
+        if !self.buf.is_empty() || !crate::io::is_quiet(fd) {
             self.open = false;
-            return Err(error(
-                ErrorKind::Parse,
-                "Redis sent bytes nobody asked for, or closed the connection",
-            ));
+            // Said as what it is: a Redis that restarts closes the connection, which read
+            // as a protocol error in the log (a review).
+            return Err(match crate::io::peer(fd) {
+                crate::io::Peer::Closed if self.buf.is_empty() => {
+                    error(ErrorKind::Io, "Redis closed the connection")
+                }
+                crate::io::Peer::Reset if self.buf.is_empty() => {
+                    error(ErrorKind::Io, "Redis reset the connection")
+                }
+                _ => error(ErrorKind::Parse, "Redis sent bytes nobody asked for"),
+            });
         }
         let end = Instant::now() + self.deadline;
         let result = self.exchange(bytes, count, end);
@@ -439,8 +447,41 @@ mod tests {
             1
         );
         std::thread::sleep(Duration::from_millis(50));
-        assert!(redis::cmd("GET").arg("k").query::<i64>(&mut extra).is_err());
+        let e = redis::cmd("GET")
+            .arg("k")
+            .query::<i64>(&mut extra)
+            .expect_err("a shifted reply");
+        assert!(e.to_string().contains("nobody asked for"), "{e}");
         assert!(!extra.is_open());
+        // A Redis that closed the connection (a restart) is said as that, not as a
+        // protocol error (a review).
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut b = [0u8; 4096];
+            let _ = s.read(&mut b);
+            let _ = s.write_all(b":1\r\n");
+        });
+        let mut closed = link(addr);
+        assert_eq!(
+            redis::cmd("GET")
+                .arg("k")
+                .query::<i64>(&mut closed)
+                .expect("first"),
+            1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let e = redis::cmd("GET")
+            .arg("k")
+            .query::<i64>(&mut closed)
+            .expect_err("closed");
+        assert!(e.to_string().contains("Redis closed the connection"), "{e}");
+        assert!(
+            e.is_io_error() || e.is_connection_dropped(),
+            "{:?}",
+            e.kind()
+        );
         // A server error is a reply: the link stays usable.
         let mut err = link(fake(b"-WRONGTYPE Operation against a key\r\n", None));
         assert!(redis::cmd("GET")
