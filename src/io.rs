@@ -666,9 +666,11 @@ pub fn set_notsent_lowat(fd: RawFd, bytes: libc::c_int) -> bool {
 }
 
 /// What the kernel says of a TCP connection's traffic: the bytes that moved in all (sent
-/// and acknowledged by the peer, plus received from it), and the bytes waiting in the send
-/// queue, not yet sent (a peer that reads nothing closes its window, and the queue fills).
-/// None if the socket cannot say.
+/// and acknowledged by the peer, plus received from it and read by us: bytes a peer sends
+/// that nobody reads, such as a next request's head sent ahead, are no progress, a review
+/// held a slot with 300 bytes a second of them), and the bytes waiting in the send queue,
+/// not yet sent (a peer that reads nothing closes its window, and the queue fills). None
+/// if the socket cannot say.
 pub fn transfer_progress(fd: RawFd) -> Option<(u64, u32)> {
     // SAFETY: all-zero is a valid `tcp_info` (plain integers).
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -685,8 +687,14 @@ pub fn transfer_progress(fd: RawFd) -> Option<(u64, u32)> {
     };
     // Kernels before 4.6 fill less than the fields read here.
     let needed = std::mem::offset_of!(libc::tcp_info, tcpi_notsent_bytes) + 4;
-    let moved = info.tcpi_bytes_acked.wrapping_add(info.tcpi_bytes_received);
-    (r == 0 && len as usize >= needed).then_some((moved, info.tcpi_notsent_bytes))
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD on a live socket writes one c_int.
+    let q = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread) };
+    let read = info
+        .tcpi_bytes_received
+        .saturating_sub(u64::try_from(unread).unwrap_or(0));
+    let moved = info.tcpi_bytes_acked.wrapping_add(read);
+    (r == 0 && q == 0 && len as usize >= needed).then_some((moved, info.tcpi_notsent_bytes))
 }
 
 /// What a peer has done to its connection, as far as a peek of one byte sees: a FIN or a

@@ -48,10 +48,12 @@ pub struct Live {
     /// moved on the connection while bytes waited to be sent to the client, and the bytes
     /// that had moved then (see [`Worker::watch_stalled`]).
     pub stall: Cell<Option<(u64, u64)>>,
-    /// A request came on it. Eviction passes over a fresh connection for its first second:
-    /// its client has just connected, and its request is on its way (a review saw clients
-    /// that connect, send and close, at the cap, get an empty answer now and then).
+    /// A request came on it. Eviction passes over a fresh connection for [`FRESH_GRACE`]
+    /// after it was `accepted`: its client has just connected, and its request is on its
+    /// way (a review saw clients that connect, send and close, at the cap, get an empty
+    /// answer now and then).
     pub used: Cell<bool>,
+    pub accepted: Cell<Option<std::time::Instant>>,
 }
 
 impl Live {
@@ -599,6 +601,7 @@ impl Worker {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         let live = Rc::new(Live::default());
+        live.accepted.set(Some(std::time::Instant::now()));
         self.conns.borrow_mut().insert(id, (fd, live.clone()));
         let open = self.conns.borrow().len();
         self.metrics.client_connections.set(open as u64);
@@ -797,6 +800,12 @@ pub const STALL_BYTES: u64 = 4096;
 /// ... and evictable at the connection cap once its stall began this many ticks ago (over
 /// 15 s: see [`Worker::watch_stalled`]).
 pub const STALL_TICKS: u64 = 16;
+/// How long a connection that has not sent a request yet is passed over by eviction after
+/// it was accepted: a client sends its request as it connects, so this covers its way here
+/// with room to spare, and costs little against clients that connect and send nothing (a
+/// re-review: a whole tick's grace, up to 2 s, made 40 such clients at a cap of 8 keep a
+/// new client out for 10 s, where the build before kept it out for 10 ms).
+const FRESH_GRACE: Duration = Duration::from_millis(100);
 /// Stalls are watched for this many ticks after the worker was last at its cap.
 const STALL_WATCH_TICKS: u64 = 30;
 
@@ -896,10 +905,15 @@ impl EvictQueue {
         self.batch.clear();
         // A head that began in the last tick may be a second old or a microsecond.
         let slow = |since: u64| since + 2 <= now;
+        let fresh = |live: &Live| {
+            live.accepted
+                .get()
+                .is_some_and(|a| a.elapsed() < FRESH_GRACE)
+        };
         self.batch
             .extend(conns.iter().filter_map(|(&id, (fd, live))| {
                 let (why, bytes, since) = match (live.idle.get(), live.head.get()) {
-                    (Some(since), _) if live.used.get() || slow(since) => (Why::Idle, 0, since),
+                    (Some(since), _) if live.used.get() || !fresh(live) => (Why::Idle, 0, since),
                     (None, Some(since)) if slow(since) => (Why::Head, live.head_bytes.get(), since),
                     (None, None) => match live.stall.get() {
                         Some((since, _)) if since + STALL_TICKS <= now => (Why::Stalled, 0, since),
@@ -1191,7 +1205,7 @@ mod tests {
             (6, None, None, None, true),           // busy, nothing stalled
             (7, None, None, Some(over - 10), true), // stalled, then took bytes (below)
             (8, Some(99), None, None, false),      // just connected: its request is coming
-            (9, Some(97), None, None, false),      // connected over a second ago, silent
+            (9, Some(99), None, None, false),      // connected 200 ms ago, silent
         ];
         let mut conns: HashMap<u64, OpenConn> = waits
             .iter()
@@ -1201,6 +1215,9 @@ mod tests {
                 live.head.set(head);
                 live.stall.set(stall.map(|t| (t, 0)));
                 live.used.set(used);
+                let ago = Duration::from_millis(if id == 9 { 200 } else { 0 });
+                live.accepted
+                    .set(std::time::Instant::now().checked_sub(ago));
                 (id, (id as RawFd + 1000, Rc::new(live)))
             })
             .collect();
@@ -1224,7 +1241,7 @@ mod tests {
             conns.remove(&(fd as u64 - 1000));
             order.push((fd - 1000, stalled));
         }
-        assert_eq!(order, [(9, false), (5, false), (3, false), (4, true)]);
+        assert_eq!(order, [(5, false), (9, false), (3, false), (4, true)]);
     }
 
     #[test]

@@ -410,6 +410,68 @@ fn at_the_cap_a_client_uploading_before_it_reads_an_early_answer_is_not_evicted(
     assert_eq!(got.len() - head, ANSWER);
 }
 
+/// Regression (a re-review): bytes a client sends that the gateway does not read (a next
+/// request's head, 300 bytes a second) counted as progress, so a client that read none of
+/// its answer held its room until `timeouts.body`. Only bytes read count.
+#[test]
+fn at_the_cap_a_client_that_reads_nothing_but_trickles_a_next_request_is_evicted() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let b = mock_backend();
+    let extra = "admin: 127.0.0.1:0\ntimeouts: {body: 120s, response: 120s, client_header: 120s}\nlimits:\n  max_connections: 2";
+    let g = gateway_at(&write_config(&config(1, extra, &svc(&b))));
+    let mut trickler = TcpStream::connect(g.proc.addr).expect("connect");
+    trickler
+        .write_all(b"GET /v1/proxy/svc/big HTTP/1.1\r\nHost: g\r\nx-mock-body-bytes: 33554432\r\n\r\nGET /v1/proxy/svc/x HTTP/1.1\r\nx-pad: ")
+        .expect("send");
+    let mut holder = Client::connect(g.proc.addr);
+    holder.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 90000\r\n\r\n");
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(g.admin, "gateway_client_connections") == 2.0
+    }));
+    let started = Instant::now();
+    let mut waiting = Client::connect(g.proc.addr);
+    waiting.send(GET);
+    // 30 bytes every 100 ms until the trickler is cut (or 40 s pass).
+    let cut = loop {
+        if trickler.write_all(&[b'p'; 30]).is_err() {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(40) {
+            break false;
+        }
+        if metric(g.admin, "gateway_idle_evicted_total") == 1.0 {
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        cut,
+        "the trickler kept its room for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(waiting.read_response().status, 200);
+    trickler
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // Cut short: it ends (with a reset, or a FIN behind what its buffers held) before the
+    // 32 MiB its head announced.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0usize;
+    let end = loop {
+        match trickler.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => got += n,
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    assert!(
+        end.is_none_or(|e| e == std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+    assert!(got < 33554432, "the whole answer came");
+}
+
 #[test]
 fn at_the_cap_with_every_connection_busy_a_new_client_waits_for_one_to_finish() {
     let b = mock_backend();
