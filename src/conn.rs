@@ -527,6 +527,7 @@ async fn next_request(
             // connection cap, one still arriving a second later may be evicted.
             deadline = Some(Instant::now() + cfg.timeouts.client_header);
             live.head.set(Some(worker.tick()));
+            live.head_at.set(Some(crate::clock::now()));
         }
         let max_target = cfg.limits.max_target_bytes;
         drop(view); // an idle connection must not pin an old snapshot

@@ -29,8 +29,11 @@ pub struct Live {
     pub idle: Cell<Option<u64>>,
     /// Set (to the tick its first byte came) while a request head is arriving ...
     pub head: Cell<Option<u64>>,
-    /// ... and how much of it has come.
+    /// ... how much of it has come, and when it began (a head is evictable [`HEAD_GRACE`]
+    /// after that: by the tick alone, one that began just after a tick turned was kept for
+    /// up to 2 s, and one-byte heads held their room that much longer: a re-review).
     pub head_bytes: Cell<usize>,
+    pub head_at: Cell<Option<std::time::Instant>>,
     /// The request it serves, while the access log is on: the worker writes its line if the
     /// drain deadline cuts it (the task then never finishes to write its own).
     pub request: RefCell<Option<InFlight>>,
@@ -800,6 +803,9 @@ pub const STALL_BYTES: u64 = 4096;
 /// ... and evictable at the connection cap once its stall began this many ticks ago (over
 /// 15 s: see [`Worker::watch_stalled`]).
 pub const STALL_TICKS: u64 = 16;
+/// How long a head that began to arrive is passed over by eviction: it is about to be
+/// served.
+const HEAD_GRACE: Duration = Duration::from_secs(1);
 /// How long a connection that has not sent a request yet is passed over by eviction after
 /// it was accepted: a client sends its request as it connects, so this covers its way here
 /// with room to spare, and costs little against clients that connect and send nothing (a
@@ -904,7 +910,11 @@ impl EvictQueue {
     fn scan(&mut self, conns: &HashMap<u64, OpenConn>, now: u64) {
         self.batch.clear();
         // A head that began in the last tick may be a second old or a microsecond.
-        let slow = |since: u64| since + 2 <= now;
+        let slow = |since: u64, live: &Live| {
+            live.head_at
+                .get()
+                .map_or(since + 2 <= now, |at| at.elapsed() >= HEAD_GRACE)
+        };
         let fresh = |live: &Live| {
             live.accepted
                 .get()
@@ -914,7 +924,9 @@ impl EvictQueue {
             .extend(conns.iter().filter_map(|(&id, (fd, live))| {
                 let (why, bytes, since) = match (live.idle.get(), live.head.get()) {
                     (Some(since), _) if live.used.get() || !fresh(live) => (Why::Idle, 0, since),
-                    (None, Some(since)) if slow(since) => (Why::Head, live.head_bytes.get(), since),
+                    (None, Some(since)) if slow(since, live) => {
+                        (Why::Head, live.head_bytes.get(), since)
+                    }
                     (None, None) => match live.stall.get() {
                         Some((since, _)) if since + STALL_TICKS <= now => (Why::Stalled, 0, since),
                         _ => return None,
@@ -1083,6 +1095,7 @@ mod tests {
             (6, None, None, 0),     // busy
             (7, None, Some(70), 1), // a head, but bytes of it wait to be read
             (9, None, Some(90), 1), // one byte, older than 2
+            (10, None, Some(99), 1), // of the last tick, but began 1.2 s ago (below)
         ];
         let mut conns: HashMap<u64, OpenConn> = waits
             .iter()
@@ -1091,6 +1104,13 @@ mod tests {
                 live.idle.set(idle);
                 live.head.set(head);
                 live.head_bytes.set(bytes);
+                // Began half a second into its tick, or (10) just after the tick turned.
+                let ago = head.map(|t| match id {
+                    10 => Duration::from_millis(1200),
+                    _ => Duration::from_millis((100 - t) * 1000 - 500),
+                });
+                live.head_at
+                    .set(ago.and_then(|a| std::time::Instant::now().checked_sub(a)));
                 (id, (id as RawFd + 1000, Rc::new(live)))
             })
             .collect();
@@ -1109,7 +1129,7 @@ mod tests {
             conns.remove(&(fd as u64 - 1000));
             order.push(fd - 1000);
         }
-        assert_eq!(order, [5, 3, 9, 2, 4]);
+        assert_eq!(order, [5, 3, 9, 2, 10, 4]);
         // A head evicted for its tick is passed over once it completed (no longer waited on).
         let live = Live::default();
         live.head.set(Some(10));
