@@ -575,7 +575,7 @@ impl Worker {
     /// began to arrive a second or more ago (then the oldest): an idle client loses nothing
     /// but its connection, a head its request, and a slowloris sends as little as it can.
     /// A head that began within the last second is about to be served and is passed over,
-    /// and so is a connection within its first second that has not sent a request yet.
+    /// and so is a connection that has not sent a request yet within [`FRESH_GRACE`].
     /// Last, a client that has taken next to nothing of its answer for over 15 s (see
     /// [`Worker::watch_stalled`]), reset: it loses an answer it does not read.
     /// False if none was closed, or if the one closed last has not deregistered yet (its
