@@ -691,7 +691,7 @@ impl Worker {
     /// Looks, once a second while the worker is at its connection cap or was within
     /// [`STALL_WATCH_TICKS`], at the clients that are being answered: one whose connection
     /// moved less than [`STALL_BYTES`] either way since its stall began (bytes it
-    /// acknowledged, bytes it sent) while bytes wait to be sent to it keeps its stall's
+    /// acknowledged, bytes it sent that were read) while bytes wait to be sent to it keeps its stall's
     /// first tick, which makes it evictable after [`STALL_TICKS`] (see [`EvictQueue`]).
     /// Such clients send requests and read nothing; without this they held a worker's
     /// share until `timeouts.body` while new clients waited (a review).
@@ -700,11 +700,11 @@ impl Worker {
     /// full, its kernel acknowledges nothing more until the application has read about half
     /// of it (64 KiB and more), so one reading 10 KB/s showed no progress for 6 s or more,
     /// and was evicted at a 4 s stall (a review). Over 15 s spares such readers down to
-    /// about 7 KB/s (README); a client slowed by its network keeps acknowledging as bytes
+    /// about 8 KB/s (README); a client slowed by its network keeps acknowledging as bytes
     /// arrive, however slowly. An upload counts as progress (a client sending its body
     /// while the answer comes early reads it afterwards: a review saw one evicted mid-upload).
-    /// Nothing is looked at otherwise, and what was noted is forgotten: one `getsockopt` per
-    /// busy connection per second, only around the cap (clients that come and go kept the
+    /// Nothing is looked at otherwise, and what was noted is forgotten: a `getsockopt` and an
+    /// `ioctl` per busy connection per second, only around the cap (clients that come and go kept the
     /// worker just under the cap at most looks, and the stalls were forgotten every time: a
     /// review).
     pub fn watch_stalled(&self) {
