@@ -1075,6 +1075,28 @@ mod tests {
         assert_eq!(evict(&mut q, &mut conns, &[1005]), None);
     }
 
+    /// Evicts at tick 100 until nothing more goes, each evicted connection closing before
+    /// the next is asked for; returns their ids (fd - 1000) and whether each had stalled.
+    fn evict_all(
+        q: &mut EvictQueue,
+        conns: &mut HashMap<u64, OpenConn>,
+        quiet: impl Fn(RawFd) -> bool,
+        progress: impl Fn(RawFd) -> Option<(u64, u32)>,
+    ) -> Vec<(RawFd, bool)> {
+        let mut order = Vec::new();
+        loop {
+            let mut got = None;
+            q.evict(conns, 100, &quiet, &progress, |fd, stalled| {
+                got = Some((fd, stalled))
+            });
+            let Some((fd, stalled)) = got else {
+                return order;
+            };
+            conns.remove(&(fd as u64 - 1000));
+            order.push((fd - 1000, stalled));
+        }
+    }
+
     /// Regression: at the cap, connections that had sent a byte of a head were never
     /// evicted, so clients sending one byte per connection and reconnecting after each 408
     /// kept a worker full and every new client waiting up to `client_header` (a review:
@@ -1115,21 +1137,9 @@ mod tests {
             })
             .collect();
         let mut q = EvictQueue::default();
-        let mut order = Vec::new();
-        loop {
-            let mut got = None;
-            q.evict(
-                &conns,
-                100,
-                |fd| fd != 1007,
-                |_| None,
-                |fd, _| got = Some(fd),
-            );
-            let Some(fd) = got else { break };
-            conns.remove(&(fd as u64 - 1000));
-            order.push(fd - 1000);
-        }
-        assert_eq!(order, [5, 3, 9, 2, 10, 4]);
+        let order = evict_all(&mut q, &mut conns, |fd| fd != 1007, |_| None);
+        let ids: Vec<RawFd> = order.iter().map(|&(id, _)| id).collect();
+        assert_eq!(ids, [5, 3, 9, 2, 10, 4]);
         // A head evicted for its tick is passed over once it completed (no longer waited on).
         let live = Live::default();
         live.head.set(Some(10));
@@ -1247,20 +1257,7 @@ mod tests {
         // Every stalled one has moved nothing (its stall began at 0 bytes) and has bytes
         // waiting, except 2, which has begun to read since the last look: kept, for now.
         let progress = |fd| Some((if fd == 1002 { STALL_BYTES } else { 0 }, 1));
-        let mut order = Vec::new();
-        loop {
-            let mut got = None;
-            q.evict(
-                &conns,
-                100,
-                |fd| fd != 1004,
-                progress,
-                |fd, stalled| got = Some((fd, stalled)),
-            );
-            let Some((fd, stalled)) = got else { break };
-            conns.remove(&(fd as u64 - 1000));
-            order.push((fd - 1000, stalled));
-        }
+        let order = evict_all(&mut q, &mut conns, |fd| fd != 1004, progress);
         assert_eq!(order, [(5, false), (9, false), (3, false), (4, true)]);
     }
 

@@ -192,6 +192,36 @@ fn write_record(redis: &Redis, key: &str, state: &str, at: &str, instance: &str)
     assert!(said.starts_with(':'), "{said}");
 }
 
+/// A gateway's log file in the temp directory, removed on drop (declared before the
+/// gateway, so that the gateway stops first).
+struct LogFile {
+    path: std::path::PathBuf,
+}
+
+impl LogFile {
+    fn new(tag: &str) -> LogFile {
+        let name = format!("gateway-cluster-{}-{tag}.log", std::process::id());
+        LogFile {
+            path: std::env::temp_dir().join(name),
+        }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    /// Lines that contain `what`.
+    fn count(&self, what: &str) -> usize {
+        self.text().lines().filter(|l| l.contains(what)).count()
+    }
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Sends `n` requests to `g`, each expected to reach the backend and fail.
 fn fail(g: &AdminGateway, n: usize) {
     for _ in 0..n {
@@ -1050,10 +1080,7 @@ fn a_redis_that_refuses_everything_blames_no_key() {
     let wrong = format!("{name}:breaker:other:http://{}", other.addr);
     let said = redis.send(&format!("SET {wrong} not-a-hash\r\n"), "\r\n");
     assert!(said.starts_with("+OK"), "{said}");
-    let log = std::env::temp_dir().join(format!(
-        "gateway-cluster-{}-refused.log",
-        std::process::id()
-    ));
+    let log = LogFile::new("refused");
     let g = gateway_at_logging_to(
         &write_config(&config(
             1,
@@ -1066,10 +1093,9 @@ fn a_redis_that_refuses_everything_blames_no_key() {
                 rec.addr, other.addr
             ),
         )),
-        &log,
+        &log.path,
     );
-    let text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let count = |what: &str| text().lines().filter(|l| l.contains(what)).count();
+    let (text, count) = (|| log.text(), |what: &str| log.count(what));
     assert!(eventually(WAIT, || cluster_up(&g)));
     assert!(eventually(WAIT, || count("Redis key") == 1), "{}", text());
     assert!(
@@ -1104,8 +1130,6 @@ fn a_redis_that_refuses_everything_blames_no_key() {
     refuse("CONFIG SET maxmemory 1", "CONFIG SET maxmemory 0", "OOM");
     assert_eq!(count("is back after"), 2, "{}", text());
     assert_eq!(count("Redis key"), 1, "{}", text());
-    drop(g);
-    let _ = std::fs::remove_file(&log);
 }
 
 /// Regression (a review): one 2 MB name in the fleet's list of instances, or 70 000 names,
@@ -1274,7 +1298,7 @@ fn a_redis_that_stalls_on_and_off_is_one_outage_in_the_log() {
     );
     let started = Instant::now();
     let rec = Recorder::start(reply(200));
-    let log = std::env::temp_dir().join(format!("gateway-cluster-{}-flap.log", std::process::id()));
+    let log = LogFile::new("flap");
     let g = gateway_at_logging_to(
         &member_config_at(
             &format!("redis://127.0.0.1:{port}/0"),
@@ -1283,10 +1307,9 @@ fn a_redis_that_stalls_on_and_off_is_one_outage_in_the_log() {
             "{failure_threshold: 2, cooldown: 30s}",
             rec.addr,
         ),
-        &log,
+        &log.path,
     );
-    let text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let count = |what: &str| text().lines().filter(|l| l.contains(what)).count();
+    let (text, count) = (|| log.text(), |what: &str| log.count(what));
     let mut up_seen = 0;
     while started.elapsed() < flapping - Duration::from_millis(200) {
         up_seen += usize::from(cluster_up(&g));
@@ -1307,8 +1330,6 @@ fn a_redis_that_stalls_on_and_off_is_one_outage_in_the_log() {
     // Steady again: back, said once, with how long the outage lasted.
     assert!(eventually(WAIT, || cluster_up(&g)), "{}", text());
     assert_eq!(count("is back after"), 1, "{}", text());
-    drop(g);
-    let _ = std::fs::remove_file(&log);
 }
 
 /// Regression: what a stray writer leaves in a fleet budget's key broke the budget. `nan`
