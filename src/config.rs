@@ -1018,17 +1018,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         tunnel: duration_or("timeouts.tunnel", t.tunnel.as_ref(), DEFAULT_TUNNEL_TIMEOUT)?,
     };
     let l = raw.limits.unwrap_or_default();
+    let max_head_bytes = size_usize(
+        "limits.max_head_bytes",
+        l.max_head_bytes.as_ref(),
+        DEFAULT_MAX_HEAD_BYTES,
+    )?;
     let limits = Limits {
-        max_head_bytes: size_usize(
-            "limits.max_head_bytes",
-            l.max_head_bytes.as_ref(),
-            DEFAULT_MAX_HEAD_BYTES,
-        )?,
+        max_head_bytes,
         max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
+        // Unset, it follows a smaller head limit down (an operator review: `max_head_bytes:
+        // 8k` alone was refused for a target default nobody had written).
         max_target_bytes: size_usize(
             "limits.max_target_bytes",
             l.max_target_bytes.as_ref(),
-            DEFAULT_MAX_TARGET_BYTES,
+            DEFAULT_MAX_TARGET_BYTES.min(max_head_bytes / 2),
         )?,
         max_body_bytes: size_or(
             "limits.max_body_bytes",
@@ -1116,8 +1119,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(invalid(
             "limits.max_target_bytes",
             format!(
-                "{} is out of range: use 64 up to below limits.max_head_bytes",
-                limits.max_target_bytes
+                "{} is out of range: use 64 up to below limits.max_head_bytes ({})",
+                limits.max_target_bytes, limits.max_head_bytes
             ),
         ));
     }
@@ -1825,6 +1828,16 @@ mod tests {
         }
         let head = Config::parse(&format!("limits: {{max_head_bytes: 16KiB}}\n{svc}")).unwrap();
         assert_eq!(head.limits.max_head_bytes, 16 << 10);
+        assert_eq!(head.limits.max_target_bytes, 8 << 10);
+        // Unset, the target limit follows a smaller head limit down, not refusing it.
+        for (limit, target) in [("8k", 4096), ("1024", 512)] {
+            let c = Config::parse(&format!("limits: {{max_head_bytes: {limit}}}\n{svc}")).unwrap();
+            assert_eq!(c.limits.max_target_bytes, target, "{limit}");
+        }
+        let e = err(&format!(
+            "limits: {{max_head_bytes: 8k, max_target_bytes: 8k}}\n{svc}"
+        ));
+        assert!(e.contains("below limits.max_head_bytes (8192)"), "{e}");
         // A duration too long for a u64 is too long, not malformed.
         let e = err(&format!(
             "timeouts: {{connect: 99999999999999999999h}}\n{svc}"

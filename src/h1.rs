@@ -309,16 +309,25 @@ pub fn parse_request<'h, 'b>(
     let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            // Before the head is complete, tell a too-long target apart from a too-long head.
-            if req.path.is_none() && first_line_len(buf) > limits.max_target_bytes + 32 {
+            // Before the head is complete, tell a too-long target apart from a too-long head,
+            // the same way however the head is split: a target known to be too long is 414
+            // as soon as it is known, as in a complete head (a hostile-client review saw 431
+            // or 414 for one head, depending on the split).
+            if req.path.is_some_and(|t| t.len() > limits.max_target_bytes) {
                 return Err(RequestError::UriTooLong);
             }
-            if buf.len() >= limits.max_head_bytes {
-                return Err(if req.path.is_none() {
-                    RequestError::UriTooLong
+            let line_too_long = first_line_len(buf) > limits.max_target_bytes + 32;
+            if req.path.is_none() && (line_too_long || buf.len() >= limits.max_head_bytes) {
+                // Still in the method, no known method is that long: 501, as a short
+                // unknown one gets (it was 414).
+                return Err(if req.method.is_none() {
+                    RequestError::NotImplemented
                 } else {
-                    RequestError::HeadersTooLarge
+                    RequestError::UriTooLong
                 });
+            }
+            if buf.len() >= limits.max_head_bytes {
+                return Err(RequestError::HeadersTooLarge);
             }
             return Ok(None);
         }
@@ -1346,6 +1355,24 @@ mod tests {
         parse_request(raw, &mut h, &LIMITS).map(|o| o.map(|p| p.info))
     }
 
+    /// What the connection would decide for `raw` arriving `piece` bytes at a time: it
+    /// reads at most `max_head_bytes` and parses whenever [`HeadScan::ready`] says so.
+    fn parse_in_pieces(raw: &[u8], piece: usize) -> Result<Option<RequestInfo>, RequestError> {
+        let raw = &raw[..raw.len().min(LIMITS.max_head_bytes)];
+        let mut scan = HeadScan::default();
+        let mut end = 0;
+        while end < raw.len() {
+            end = (end + piece).min(raw.len());
+            if scan.ready(&raw[..end], &LIMITS) {
+                let mut h = header_slots();
+                if let Some(done) = parse_request(&raw[..end], &mut h, &LIMITS).transpose() {
+                    return done.map(|p| Some(p.info));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn bad(raw: &[u8]) -> &'static str {
         match parse(raw) {
             Err(RequestError::Bad(why)) => why,
@@ -1620,6 +1647,31 @@ mod tests {
             "a".repeat(9000)
         );
         assert_eq!(parse(big.as_bytes()), Err(RequestError::HeadersTooLarge));
+        // A target just over its limit in a head over its own: 414 for every split.
+        let both = format!(
+            "GET /{} HTTP/1.1\r\nHost: x\r\nA: {}\r\n\r\n",
+            "a".repeat(2048),
+            "b".repeat(6200)
+        );
+        assert!(both.len() > LIMITS.max_head_bytes);
+        for piece in [1, 100, 1000, 3000, both.len()] {
+            assert_eq!(
+                parse_in_pieces(both.as_bytes(), piece),
+                Err(RequestError::UriTooLong),
+                "pieces of {piece}"
+            );
+        }
+        // A method longer than any known is 501 however long, not 414.
+        for len in [3000, 9000] {
+            let method = format!("{} / HTTP/1.1\r\nHost: x\r\n\r\n", "M".repeat(len));
+            for piece in [1000, method.len()] {
+                assert_eq!(
+                    parse_in_pieces(method.as_bytes(), piece),
+                    Err(RequestError::NotImplemented),
+                    "a method of {len} bytes in pieces of {piece}"
+                );
+            }
+        }
         let many: String = (0..70).map(|i| format!("H{i}: v\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
         assert_eq!(parse(raw.as_bytes()), Err(RequestError::HeadersTooLarge));
