@@ -839,10 +839,20 @@ impl Config {
                 format!("the file is empty (nothing but blank lines and comments): {NO_SERVICES}"),
             ));
         }
-        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax {
+        let syntax = |e: serde_yaml_ng::Error| ConfigError::Syntax {
             path: "config".into(),
             message: plain_syntax_error(&e.to_string(), text),
-        })?;
+        };
+        let raw: RawConfig = if text.contains("<<") {
+            // YAML merge keys (`<<: *defaults`), as docker-compose and Kubernetes files use
+            // them (an operator review: read as an unknown field `<<`). Merged, the file has
+            // no lines left to name in an error, so only files with one take this way.
+            let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(syntax)?;
+            value.apply_merge().map_err(syntax)?;
+            serde_yaml_ng::from_value(value).map_err(syntax)?
+        } else {
+            serde_yaml_ng::from_str(text).map_err(syntax)?
+        };
         if let Some((name, lines)) = raw
             .services
             .as_ref()
@@ -1843,6 +1853,31 @@ mod tests {
             "timeouts: {{connect: 99999999999999999999h}}\n{svc}"
         ));
         assert!(e.contains("too long"), "{e}");
+    }
+
+    #[test]
+    fn yaml_merge_keys_are_merged() {
+        let c = Config::parse(
+            "x-defaults: &d\n  breaker: { failure_threshold: 3 }\n  websocket: true\n\
+             services:\n  a:\n    <<: *d\n    backends: [http://127.0.0.1:1]\n  \
+             b:\n    <<: *d\n    websocket: false\n    backends: [http://127.0.0.1:2]\n",
+        );
+        // `x-defaults` is not a key the gateway knows: anchors must live somewhere it does.
+        assert!(c.unwrap_err().to_string().contains("x-defaults"));
+        let c = Config::parse(
+            "services:\n  a: &a\n    backends: [http://127.0.0.1:1]\n    \
+             breaker: { failure_threshold: 3 }\n    websocket: true\n  \
+             b:\n    <<: *a\n    websocket: false\n    backends: [http://127.0.0.1:2]\n",
+        )
+        .unwrap();
+        let (a, b) = (c.service("a").unwrap(), c.service("b").unwrap());
+        assert_eq!(b.breaker.failure_threshold, 3);
+        assert_eq!(a.breaker.failure_threshold, 3);
+        assert!(a.websocket && !b.websocket, "a key beside the merge wins");
+        assert_eq!(b.backends.len(), 1);
+        assert!(b.backends[0].url.ends_with(":2"), "{:?}", b.backends[0].url);
+        let e = err("services:\n  a:\n    <<: *nowhere\n    backends: [http://127.0.0.1:1]\n");
+        assert!(e.contains("unknown anchor at line 3"), "{e}");
     }
 
     #[test]
