@@ -489,8 +489,35 @@ fn short(text: &str) -> String {
 fn error_text(e: &redis::RedisError) -> String {
     match (e.code(), e.detail()) {
         (Some(code), Some(detail)) => short(&format!("{code} {detail}")),
-        _ => short(&e.to_string()),
+        // The link's own errors read `what - Io`: the kind is the crate's word, not news
+        // (an operator review).
+        _ => short(&e.to_string().replacen(" - Io", "", 1)),
     }
+}
+
+/// What to add to an error that is this instance's own setting, not Redis's health: a
+/// password or database number that Redis refuses reads like an outage otherwise, and
+/// the instance stays alone until someone reads the log (an operator review).
+fn hint(e: &redis::RedisError) -> &'static str {
+    let auth = e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"));
+    let db = e
+        .detail()
+        .is_some_and(|d| d.contains("DB index is out of range"));
+    if auth || db {
+        ": check the user, password and database number in cluster.redis"
+    } else {
+        ""
+    }
+}
+
+/// Instance names for the log, each as [`short`] text, at most five and a count of the rest.
+fn names(list: &[&String]) -> String {
+    let mut text: Vec<String> = list.iter().take(5).map(|n| short(n)).collect();
+    if list.len() > 5 {
+        text.push(format!("and {} more", list.len() - 5));
+    }
+    text.join(", ")
 }
 
 /// How far ahead a non-owner holds its circuit: short enough to give the decision back to
@@ -521,6 +548,9 @@ struct Node {
     outage: Option<Outage>,
     /// Last heartbeat (None: not yet).
     heartbeat_at: Option<Instant>,
+    /// The other instances the last heartbeat listed (None before the first), kept through
+    /// an outage: who joined or left is said in the log.
+    known_peers: Option<Vec<String>>,
     /// Fleet-wide rate-limit budgets of the running config (`scope: cluster`).
     budgets: Vec<Arc<crate::admission::FleetBudget>>,
     /// Budgets said to starve, with when they last did (see `watch_starving`).
@@ -674,6 +704,7 @@ impl Node {
             backoff: RECONNECT_MIN,
             outage: None,
             heartbeat_at: None,
+            known_peers: None,
             budgets: Vec::new(),
             starving: Default::default(),
             bad_keys: BadKeys::default(),
@@ -722,14 +753,15 @@ impl Node {
             .iter()
             .filter(|t| t.fleet.as_ref().is_some_and(|f| f.open))
             .count();
+        // Out of reach, the fleet's count is unknown, not 0 (an operator review).
         log::info!(
-            "cluster: instance {} on {} ({}); {open} circuit(s) open in the fleet",
+            "cluster: instance {} on {} ({})",
             self.status.instance,
             self.status.redis_display(),
             if self.con.is_some() {
-                "connected"
+                format!("connected; {open} circuit(s) open in the fleet")
             } else {
-                "unreachable, deciding locally"
+                "unreachable, deciding locally until it answers".into()
             }
         );
     }
@@ -1327,11 +1359,27 @@ impl Node {
             .then(|| "is not a sorted set of instances".into());
         self.bad_keys.mark(&key, bad);
         self.bad_keys.confirm();
-        let peers = members
+        let peers: Vec<String> = members
             .unwrap_or_default()
             .into_iter()
             .filter(|m| *m != self.status.instance)
             .collect();
+        // Said as they change (an operator review: an instance killed left only
+        // `/admin/cluster` knowing). The first list is the start's, said by nobody.
+        if let Some(known) = &self.known_peers {
+            let joined: Vec<&String> = peers.iter().filter(|p| !known.contains(p)).collect();
+            let left: Vec<&String> = known.iter().filter(|p| !peers.contains(p)).collect();
+            for (who, what) in [(joined, "joined"), (left, "left")] {
+                if !who.is_empty() {
+                    log::info!(
+                        "cluster: {} {what} the fleet; {} other instance(s) now",
+                        names(&who),
+                        peers.len()
+                    );
+                }
+            }
+        }
+        self.known_peers = Some(peers.clone());
         *self.status.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
         Ok(())
     }
@@ -1398,17 +1446,19 @@ impl Node {
         self.heartbeat_at = None;
         match self.outage.as_ref().map(|o| o.kind) {
             None => log::warn!(
-                "cluster: Redis at {} unreachable ({}); each circuit is decided locally until it returns",
+                "cluster: Redis at {} unreachable ({}{}); each circuit is decided locally until it returns",
                 self.status.redis_display(),
-                error_text(e)
+                error_text(e),
+                hint(e)
             ),
             // A new kind of failure during the outage is said too, once (a fleet review: a
             // changed password showed only as the dropped connection that came first, never
             // as the WRONGPASS every reconnect then met).
             Some(kind) if kind != e.kind() => log::warn!(
-                "cluster: Redis at {} still unreachable, now: {}",
+                "cluster: Redis at {} still unreachable, now: {}{}",
                 self.status.redis_display(),
-                error_text(e)
+                error_text(e),
+                hint(e)
             ),
             Some(_) => {}
         }
@@ -1601,6 +1651,31 @@ mod tests {
         n.scan();
         assert_eq!(kind(&n), Some(Kind::Closed));
         assert_eq!(n.tracks[0].source, Source::Local);
+    }
+
+    #[test]
+    fn the_log_tells_this_instances_own_settings_from_an_outage() {
+        let reply = |raw: &[u8]| {
+            redis::parse_redis_value(raw)
+                .and_then(|v| v.extract_error())
+                .expect_err("an error reply")
+        };
+        for own in [
+            &b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"[..],
+            b"-NOAUTH Authentication required.\r\n",
+            b"-ERR DB index is out of range\r\n",
+        ] {
+            let e = reply(own);
+            assert!(hint(&e).contains("in cluster.redis"), "{}", error_text(&e));
+        }
+        assert_eq!(hint(&reply(b"-OOM command not allowed\r\n")), "");
+        let closed = redis::RedisError::from((redis::ErrorKind::Io, "Redis closed the connection"));
+        assert_eq!(error_text(&closed), "Redis closed the connection");
+        assert_eq!(hint(&closed), "");
+        let many: Vec<String> = (0..7).map(|i| format!("i{i}")).collect();
+        let many: Vec<&String> = many.iter().collect();
+        assert_eq!(names(&many[..2]), "i0, i1");
+        assert_eq!(names(&many), "i0, i1, i2, i3, i4, and 2 more");
     }
 
     fn fleet(open: bool, at: u64, instance: &str) -> Fleet {

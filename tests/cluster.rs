@@ -690,6 +690,37 @@ fn a_fleet_behind_a_password_and_a_database_number_shares_its_circuits() {
 /// only as the dropped connection that came first ("unreachable (... closed the
 /// connection)"); every reconnect then failed with WRONGPASS, which was never said. A new
 /// kind of failure during an outage is said once.
+/// Regression (an operator review): an instance that joined or left the fleet was known to
+/// `/admin/cluster` alone; the log said nothing.
+#[test]
+fn instances_joining_and_leaving_the_fleet_are_said_in_the_log() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(200));
+    let name = fleet_name("peers");
+    let breaker = "{failure_threshold: 5, cooldown: 30s}";
+    let log = LogFile::new("peers");
+    let a = gateway_at_logging_to(
+        &member_config(&redis, &name, 1, breaker, rec.addr),
+        &log.path,
+    );
+    assert!(eventually(WAIT, || cluster_up(&a)));
+    let b = member(&redis, &name, 1, breaker, rec.addr);
+    assert!(eventually(WAIT, || cluster_up(&b)));
+    let id = cluster(&b)["instance"].as_str().map(String::from);
+    let id = id.expect("an instance name");
+    let joined = format!("cluster: {id} joined the fleet; 1 other instance(s) now");
+    assert!(
+        eventually(WAIT, || log.count(&joined) == 1),
+        "{}",
+        log.text()
+    );
+    signal(&b.proc.child, libc::SIGKILL);
+    let left = format!("cluster: {id} left the fleet; 0 other instance(s) now");
+    assert!(eventually(WAIT, || log.count(&left) == 1), "{}", log.text());
+    assert_eq!(log.count("joined the fleet"), 1, "{}", log.text());
+    drop(b);
+}
+
 #[test]
 fn a_password_changed_under_the_fleet_is_said_in_the_log() {
     let port = free_port();
@@ -720,6 +751,14 @@ fn a_password_changed_under_the_fleet_is_said_in_the_log() {
         text()
     );
     assert_eq!(text().matches("still unreachable").count(), 1, "{}", text());
+    // Said as this instance's own setting, not Redis's health; and without the crate's
+    // ` - Io` after the dropped connection that came first.
+    assert!(
+        text().contains("check the user, password and database number in cluster.redis"),
+        "{}",
+        text()
+    );
+    assert!(!text().contains(" - Io"), "{}", text());
     assert!(!cluster_up(&g));
     drop(g);
     let _ = std::fs::remove_file(&log);
