@@ -940,8 +940,10 @@ impl Exchange<'_> {
     async fn await_head(&mut self, down: &mut Downstream) -> Result<ResponseHead, HeadFail> {
         let timeout = self.timeouts.response;
         // A client with a next request in hand (pipelined) is still there, whatever its
-        // socket says.
-        let watch = (down.start == down.buf.len())
+        // socket says. A probe's answer is waited for whoever is left: it is the circuit's
+        // verdict (a review: clients that left each probe in turn kept a recovered
+        // backend's circuit open for good).
+        let watch = (down.start == down.buf.len() && !self.attempt.is_probe())
             .then(|| self.live.watch(self.up.fd(), self.worker.tick()));
         let interim_sent = Cell::new(0);
         let head = read_head(
@@ -1098,8 +1100,9 @@ impl Exchange<'_> {
                             *sent_at = crate::clock::now();
                             attempt.borrow_mut().renew();
                         }
-                        let watch =
-                            (!owed.followed.get()).then(|| live.watch(up_fd, worker.tick()));
+                        let probe = attempt.borrow().is_probe();
+                        let watch = (!owed.followed.get() && !probe)
+                            .then(|| live.watch(up_fd, worker.tick()));
                         let head = io::timed(timeouts.response, head).await;
                         Err(match head {
                             // The backend's connection was shut under the wait.

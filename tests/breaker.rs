@@ -121,6 +121,53 @@ fn exactly_one_probe_after_cooldown_across_workers_then_failure_reopens_and_succ
     assert_eq!(rec.requests(), 9);
 }
 
+/// Regression (a broken-backend review): a client that sent a request to a slow endpoint
+/// whenever a probe was due and left 20 ms later kept a recovered backend's circuit open for
+/// as long as it went on. The gateway gave up waiting for the answer of a client that had
+/// left (the client watch shuts the backend's connection), and so abandoned the probe. A
+/// probe sent whole is now read to its head and judged, whoever is left to receive it.
+#[test]
+fn a_probe_sent_whole_is_judged_when_its_client_leaves() {
+    let rec = Recorder::start(reply(500));
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0
+breaker: {failure_threshold: 2, cooldown: 300ms}
+timeouts: {response: 10s}",
+        &format!("  svc: [http://{}]\n", rec.addr),
+    )));
+    let addr = g.proc.addr;
+    for how in ["reset", "close"] {
+        rec.set(reply(500));
+        while circuit(g.admin, rec.addr) != "open" {
+            assert_eq!(get(addr, "/v1/proxy/svc/x").status, 500, "{how}");
+        }
+        // Healthy again, but slow: its answer comes well after the client watch's look
+        // (each second; a closed client counts as gone after a second of waiting).
+        rec.set(Mode::Delayed(Duration::from_millis(2500), reply_bytes(200)));
+        std::thread::sleep(Duration::from_millis(400));
+        let before = rec.requests();
+        let mut c = Client::connect(addr);
+        c.send(b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(
+            eventually(Duration::from_secs(2), || rec.requests() == before + 1),
+            "{how}: the probe never went out"
+        );
+        if how == "reset" {
+            reset(c);
+        } else {
+            drop(c);
+        }
+        assert!(
+            eventually(Duration::from_secs(6), || circuit(g.admin, rec.addr)
+                == "closed"),
+            "{how}: the probe's 200 did not close the circuit: {}",
+            circuit(g.admin, rec.addr)
+        );
+        assert_eq!(rec.requests(), before + 1, "{how}: one probe");
+    }
+}
+
 #[test]
 fn per_service_overrides_apply() {
     let rec = Recorder::start(reply(502));

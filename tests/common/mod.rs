@@ -503,6 +503,8 @@ pub enum Mode {
     OnePerConnection(Vec<u8>),
     /// Read but never answer.
     Hang,
+    /// Answer each request head with these bytes after this long (a slow endpoint).
+    Delayed(Duration, Vec<u8>),
 }
 
 /// A backend that records every byte it receives and answers as told.
@@ -574,6 +576,12 @@ impl Recorder {
                                     }
                                 }
                                 Mode::Hang => {}
+                                Mode::Delayed(wait, bytes) => {
+                                    std::thread::sleep(wait);
+                                    if s.write_all(&bytes).is_err() {
+                                        return;
+                                    }
+                                }
                             }
                         }
                     }
@@ -597,14 +605,17 @@ impl Recorder {
 }
 
 pub fn reply(status: u16) -> Mode {
+    Mode::Reply(reply_bytes(status))
+}
+
+/// The response [`reply`] sends.
+pub fn reply_bytes(status: u16) -> Vec<u8> {
     let body = format!("{{\"status\":{status}}}");
-    Mode::Reply(
-        format!(
-            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes(),
+    format!(
+        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
     )
+    .into_bytes()
 }
 
 /// A port with nothing listening on it.
