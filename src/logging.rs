@@ -110,6 +110,12 @@ fn write_line(level: Level, target: &str, message: impl std::fmt::Display) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// The error that stops the gateway, written whatever `RUST_LOG` says:
+/// `<time> ERROR gateway: <msg>`.
+pub fn fatal(msg: &str) {
+    write_line(Level::Error, "gateway", msg);
+}
+
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
 /// Installs the logger with the levels `RUST_LOG` asks for. What it cannot understand is

@@ -46,11 +46,20 @@ fn main() -> ExitCode {
     }
     let config = config.unwrap_or_else(|| PathBuf::from("config.yaml"));
     gateway::logging::init();
+    // What stops a start is a log line like any other (time, level), for whatever collects
+    // the log (an operator review); `--check` and usage errors talk to a person.
+    let fatal = |msg: &str| {
+        if check {
+            complain(msg)
+        } else {
+            gateway::logging::fatal(msg)
+        }
+    };
     let cfg = match Config::load(&config) {
         Ok(c) => c,
         Err(e) => {
             let e = e.to_string();
-            complain(&format!(
+            fatal(&format!(
                 "invalid config: {}",
                 gateway::redact::userinfo(&e)
             ));
@@ -82,7 +91,7 @@ fn main() -> ExitCode {
     match gateway::run(cfg, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            complain(&e.to_string());
+            fatal(&e.to_string());
             ExitCode::FAILURE
         }
     }

@@ -296,6 +296,14 @@ fn a_taken_admin_port_names_admin() {
             && err.contains("change `admin`"),
         "{err}"
     );
+    // A line of the log's own form, time and level first (an operator review: the one
+    // line that stopped a start had neither).
+    let line = err.lines().find(|l| l.contains("cannot listen on"));
+    let fields: Vec<&str> = line.unwrap_or_default().split_whitespace().collect();
+    assert!(
+        fields.len() > 3 && fields[0].ends_with('Z') && fields[1..3] == ["ERROR", "gateway:"],
+        "{err}"
+    );
 }
 
 /// A port below 1024 without the right to bind it says so (run as `nobody` when we are
