@@ -20,7 +20,7 @@ use crate::metrics::{self, WorkerMetrics};
 use crate::state::{now_ms, Shared};
 
 /// Admin connections served at once. At the cap a new connection evicts the oldest one
-/// (see `Conns::admit`).
+/// (see `Conns::admit_handle`).
 pub const MAX_CONNECTIONS: usize = 64;
 /// The whole request head must arrive within this, counted from accept, however slowly
 /// it trickles in; then the connection is closed without an answer.
@@ -45,9 +45,13 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
 /// Accepts for ever; never blocks on a client (admission and eviction are a lock held
 /// for a scan of at most `2 * MAX_CONNECTIONS` slots, a `dup`, a `shutdown` and a spawn).
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, conns: &Arc<Conns>) {
+    let mut reserve = Reserve::default();
     loop {
+        reserve.refill();
         let stream = match listener.accept() {
             Ok((s, _)) => s,
+            // Out of descriptors: the reserve's make room for this one.
+            Err(e) if out_of_descriptors(&e) && reserve.release() => continue,
             Err(e) => {
                 log::debug!("admin: accept: {e}");
                 // Out of descriptors or the like: do not spin.
@@ -61,7 +65,12 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, conns: &Arc<Conns>)
             }
         };
         let accepted = Instant::now();
-        let Some(id) = conns.admit(&stream) else {
+        // The accept may have taken the last descriptor, and the handle needs one more.
+        let second = match stream.try_clone() {
+            Err(e) if out_of_descriptors(&e) && reserve.release() => stream.try_clone(),
+            other => other,
+        };
+        let Some(id) = second.ok().and_then(|h| conns.admit_handle(h)) else {
             log::debug!("admin: connection closed at once: at the cap, evictions still finishing");
             continue; // dropped: closed at once
         };
@@ -79,6 +88,34 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, conns: &Arc<Conns>)
             conns.release(id);
         }
     }
+}
+
+/// Descriptors held open for nothing, given up when an accept finds none left: `/healthz`
+/// and `/metrics` still answer while clients hold every descriptor (a review ran a gateway
+/// whose `limits.max_connections` the descriptor limit could not hold: its admin port went
+/// dark, for load balancers and monitoring alike). Two: a connection takes its socket and
+/// the `dup` that lets it be evicted.
+#[derive(Default)]
+struct Reserve(Vec<std::fs::File>);
+
+impl Reserve {
+    fn refill(&mut self) {
+        while self.0.len() < 2 {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => self.0.push(f),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Closes the reserve; false if there was none to close.
+    fn release(&mut self) -> bool {
+        !std::mem::take(&mut self.0).is_empty()
+    }
+}
+
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// One admitted connection.
@@ -122,13 +159,19 @@ impl Conns {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits `s`, returning its slot id. At the cap the oldest connection still reading
-    /// its head is shut down to make room, or failing that the oldest one still writing
-    /// its answer; evicted connections end at once (their blocked read or write returns)
-    /// and release their slot. `None` (close `s` at once) only if `cap` evicted
-    /// connections have not finished yet, which bounds the threads to `2 * cap`.
+    /// [`Conns::admit_handle`] for `s`, making its second handle.
+    #[cfg(test)]
     fn admit(&self, s: &TcpStream) -> Option<u64> {
-        let handle = s.try_clone().ok()?;
+        self.admit_handle(s.try_clone().ok()?)
+    }
+
+    /// Admits a connection given a second `handle` on its socket (kept to shut it down),
+    /// returning its slot id. At the cap the oldest connection still reading its head is
+    /// shut down to make room, or failing that the oldest one still writing its answer;
+    /// evicted connections end at once (their blocked read or write returns) and release
+    /// their slot. `None` (close the connection at once) only if `cap` evicted connections
+    /// have not finished yet, which bounds the threads to `2 * cap`.
+    fn admit_handle(&self, handle: TcpStream) -> Option<u64> {
         let mut guard = self.lock();
         let (next, slots) = &mut *guard;
         let active = slots.iter().filter(|x| !x.evicted).count();

@@ -1817,7 +1817,7 @@ fn local_failure(e: &std::io::Error) -> bool {
 
 /// Idle pooled connections closed when a connect runs out of descriptors: a few, so that
 /// the requests right behind this one find some too.
-const SHED_ON_EMFILE: usize = 8;
+pub const SHED_ON_EMFILE: usize = 8;
 
 /// Whether `e` says the process or the system has no descriptor left.
 fn out_of_descriptors(e: &std::io::Error) -> bool {
@@ -1837,10 +1837,15 @@ async fn timed_connect(
     if let Ok(Err(e)) = &connect {
         // Out of descriptors: idle pooled connections (to any backend) hold some. Close a
         // few and try once more, or this request fails for the sake of idle ones.
-        if out_of_descriptors(e) && worker.pool.shed(SHED_ON_EMFILE) > 0 {
+        // Else the quietest client connection (idle, as at the connection cap), whose
+        // descriptor a request with a client serves better (a review: with
+        // `max_connections` above what the descriptor limit holds, every new request got
+        // a 503 while idle keep-alive clients held the descriptors).
+        let freed = || worker.pool.shed(SHED_ON_EMFILE) > 0 || worker.evict_for_descriptor();
+        if out_of_descriptors(e) && freed() {
             // With io_uring a socket is closed by an operation on the ring: wait until the
             // runtime submitted them (it does before it next sleeps; a yield may not get
-            // that far).
+            // that far), and an evicted client's task has run.
             monoio::time::sleep(Duration::from_millis(1)).await;
             connect = io::timed(timeout, TcpStream::connect_addr(addr)).await;
         }

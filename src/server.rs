@@ -410,7 +410,7 @@ fn worker_main(
                 Err(_) if worker.draining() => break,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    log::warn!("worker {index}: accept failed: {e}");
+                    worker.accept_failed(&e);
                     monoio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -575,6 +575,7 @@ async fn housekeeping(worker: Rc<Worker>) {
         }
         drop(view);
         worker.watch_stalled();
+        worker.end_accept_trouble();
         // Sets the gauge: a reload's new limit used to show only after the next accept.
         worker.connection_cap();
         worker.pool.sweep(|_| true);

@@ -163,6 +163,8 @@ pub struct Worker {
     /// The accept loop's waker while it waits for a client connection to end (at its
     /// share of `limits.max_connections`; see [`Worker::make_room`]).
     acceptor: Cell<Option<std::task::Waker>>,
+    /// Accepts failing since the last that succeeded (see [`Worker::accept_failed`]).
+    accept_trouble: Cell<Option<AcceptTrouble>>,
     /// This worker's share of the descriptors left for connections (see
     /// [`Worker::may_pool`]); `workers`, `splice` and the limit are fixed at start.
     descriptors: usize,
@@ -170,6 +172,22 @@ pub struct Worker {
     /// `splice`.
     per_exchange: usize,
 }
+
+/// A run of failed accepts, as the log tells it: the first said at once, the rest counted
+/// and said at most once a [`ACCEPT_TROUBLE_EVERY`], the end once accepts have gone
+/// [`ACCEPT_TROUBLE_OVER`] without failing (one at a time may succeed in between, as
+/// descriptors are freed).
+#[derive(Debug, Clone, Copy)]
+struct AcceptTrouble {
+    since: std::time::Instant,
+    said_at: std::time::Instant,
+    last: std::time::Instant,
+    failed: u64,
+    unsaid: u64,
+}
+
+const ACCEPT_TROUBLE_EVERY: Duration = Duration::from_secs(60);
+const ACCEPT_TROUBLE_OVER: Duration = Duration::from_secs(5);
 
 /// Idle connections per worker that may wait with a lent buffer in their read (one ring
 /// operation); beyond these, an idle connection first waits for readiness with no buffer
@@ -230,6 +248,7 @@ impl Worker {
             activity: Cell::new(0),
             spinner: Cell::new(None),
             acceptor: Cell::new(None),
+            accept_trouble: Cell::new(None),
             descriptors: crate::fdlimit::worker_descriptors(
                 shared.fd_limit,
                 snapshot.config.workers,
@@ -559,6 +578,85 @@ impl Worker {
         let active = self.metrics.upstream_active.get() as usize * self.per_exchange;
         let used = self.open_connections() + active + self.pool.total();
         used < self.descriptors
+    }
+
+    /// An accept failed (the accept loop then waits 50 ms). Out of descriptors (a
+    /// `limits.max_connections` set above what the descriptor limit allows, or another
+    /// process's use of the system's), it frees some as a connect does and as the cap does:
+    /// idle pooled connections first, else the quietest client connection. The failures of
+    /// one run are said once at its start and then at most once a minute, with a count (a
+    /// review: a warning every 50 ms, 40 lines a second, for as long as it lasted).
+    pub fn accept_failed(&self, e: &std::io::Error) {
+        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+            && self.pool.shed(crate::exchange::SHED_ON_EMFILE) == 0
+        {
+            self.evict_for_descriptor();
+        }
+        let now = std::time::Instant::now();
+        let t = match self.accept_trouble.get() {
+            None => {
+                log::warn!(
+                    "worker {}: accept failed: {e}; retrying every 50 ms, freeing idle connections if out of descriptors",
+                    self.index
+                );
+                AcceptTrouble {
+                    since: now,
+                    said_at: now,
+                    last: now,
+                    failed: 1,
+                    unsaid: 0,
+                }
+            }
+            Some(t) if now.duration_since(t.said_at) >= ACCEPT_TROUBLE_EVERY => {
+                log::warn!(
+                    "worker {}: accept failed {} more times in the last {} s, the last: {e}",
+                    self.index,
+                    t.unsaid + 1,
+                    now.duration_since(t.said_at).as_secs()
+                );
+                AcceptTrouble {
+                    said_at: now,
+                    last: now,
+                    failed: t.failed + 1,
+                    unsaid: 0,
+                    ..t
+                }
+            }
+            Some(t) => AcceptTrouble {
+                last: now,
+                failed: t.failed + 1,
+                unsaid: t.unsaid + 1,
+                ..t
+            },
+        };
+        self.accept_trouble.set(Some(t));
+    }
+
+    /// Out of descriptors: shuts the quietest client connection, as at the connection cap
+    /// (see [`Worker::make_room`]); false if none could be.
+    pub fn evict_for_descriptor(&self) -> bool {
+        let evicted = self.evict_longest_idle();
+        if evicted {
+            self.metrics.idle_evicted.inc();
+        }
+        evicted
+    }
+
+    /// Ends a run of failed accepts once none has failed for [`ACCEPT_TROUBLE_OVER`], and
+    /// says so (housekeeping, once a second).
+    pub fn end_accept_trouble(&self) {
+        let Some(t) = self.accept_trouble.get() else {
+            return;
+        };
+        if t.last.elapsed() >= ACCEPT_TROUBLE_OVER {
+            self.accept_trouble.set(None);
+            log::info!(
+                "worker {}: accepts succeed again, after {} failed over {} s",
+                self.index,
+                t.failed,
+                t.last.duration_since(t.since).as_secs()
+            );
+        }
     }
 
     /// Wakes the accept loop if it waits in [`Worker::make_room`]: called when a client

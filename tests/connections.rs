@@ -648,6 +648,48 @@ fn a_reload_that_raises_the_cap_lets_a_waiting_client_in_at_once() {
     assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 0.0);
 }
 
+/// Regression (a review): with `limits.max_connections` set above what the descriptor limit
+/// holds, clients holding every descriptor left the admin port dark (for load balancers and
+/// monitoring alike), the accept loop logged a warning every 50 ms, and clients in the
+/// backlog waited until idle ones timed out. Now the admin thread keeps a reserve of
+/// descriptors, a worker that finds none frees idle ones as the cap does, and the log says
+/// the trouble once.
+#[test]
+fn out_of_descriptors_the_admin_port_answers_idle_clients_make_room_and_the_log_says_it_once() {
+    let b = mock_backend();
+    let log = std::env::temp_dir().join(format!("gateway-emfile-{}.log", std::process::id()));
+    let extra = "admin: 127.0.0.1:0\nlimits:\n  max_connections: 1000";
+    let path = write_config(&config(1, extra, &svc(&b)));
+    let g = gateway_at_with_fd_limit_logging_to(&path, 128, 128, &log);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Quiet clients, more than the descriptors allow: the rest wait in the backlog.
+    let held: Vec<Client> = (0..150).map(|_| Client::connect(g.proc.addr)).collect();
+    assert!(
+        eventually(Duration::from_secs(5), || text().contains("accept failed")),
+        "{}",
+        text()
+    );
+    for _ in 0..5 {
+        assert_eq!(get(g.admin, "/healthz").status, 200, "{}", text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A client behind them all gets in as quiet ones are evicted.
+    let mut late = Client::connect(g.proc.addr);
+    late.send(GET);
+    assert_eq!(late.read_response().status, 200);
+    assert!(metric(g.admin, "gateway_idle_evicted_total") > 0.0);
+    assert_eq!(text().matches("accept failed").count(), 1, "{}", text());
+    drop(held);
+    drop(late);
+    assert!(
+        eventually(Duration::from_secs(10), || text()
+            .contains("accepts succeed again")),
+        "{}",
+        text()
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
 #[test]
 fn idle_upstream_connections_are_kept_only_within_the_descriptor_share() {
     // Idle pooled connections beyond what the descriptors allow next to the clients would

@@ -138,8 +138,25 @@ fn start_admin_gateway_to(cmd: Command, path: &std::path::Path, stderr: Stdio) -
 
 /// [`gateway_at`], started with its soft and hard limits on open descriptors set to these.
 pub fn gateway_at_with_fd_limit(path: &std::path::Path, soft: u64, hard: u64) -> AdminGateway {
+    start_admin_gateway(fd_limited(gateway_command(path), soft, hard), path)
+}
+
+/// [`gateway_at_with_fd_limit`] with its log going to the file `log`, as
+/// [`gateway_at_logging_to`].
+pub fn gateway_at_with_fd_limit_logging_to(
+    path: &std::path::Path,
+    soft: u64,
+    hard: u64,
+    log: &std::path::Path,
+) -> AdminGateway {
+    let mut cmd = fd_limited(gateway_command(path), soft, hard);
+    cmd.env("RUST_LOG", "info");
+    let file = std::fs::File::create(log).expect("log file");
+    start_admin_gateway_to(cmd, path, Stdio::from(file))
+}
+
+fn fd_limited(mut cmd: Command, soft: u64, hard: u64) -> Command {
     use std::os::unix::process::CommandExt;
-    let mut cmd = gateway_command(path);
     let lim = libc::rlimit {
         rlim_cur: soft,
         rlim_max: hard,
@@ -153,7 +170,7 @@ pub fn gateway_at_with_fd_limit(path: &std::path::Path, soft: u64, hard: u64) ->
             Ok(())
         });
     }
-    start_admin_gateway(cmd, path)
+    cmd
 }
 
 /// The exit status of `child` once it exits, counting `within` from `since`; panics with
