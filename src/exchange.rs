@@ -1039,6 +1039,7 @@ impl Exchange<'_> {
                 None,
                 &worker.pipes,
                 Some(&owed),
+                None,
                 |_| attempt.borrow_mut().renew(),
             );
             let mut upload = pin!(upload);
@@ -1162,6 +1163,7 @@ impl Exchange<'_> {
                                 // Answered while the upload went on: the backend may cut
                                 // its answer over how the client uploads, until it is up.
                                 judge_cuts: &judge,
+                                watch: None,
                             },
                             &head,
                             keep_client,
@@ -1252,6 +1254,11 @@ impl Exchange<'_> {
         let keep_client = !early && keeps_client(self.info, &head, self.worker);
         let fd = down.sock.fd();
         let sent = Cell::new(0);
+        let watch = (down.start == down.buf.len()).then(|| crate::worker::BodyWatch {
+            worker: self.worker,
+            live: self.live,
+            up: self.up.fd(),
+        });
         let relayed = to_client(
             ToClient {
                 up_r: self.up.r(),
@@ -1273,6 +1280,7 @@ impl Exchange<'_> {
                     (!early && !self.paced_by_client)
                         .then(|| STALLED_UPLOAD.saturating_sub(self.upload_waited)),
                 ),
+                watch,
             },
             &head,
             keep_client,
@@ -1361,6 +1369,9 @@ struct ToClient<'r> {
     /// goes on gets its allowance when the upload ends whole (a review: a backend that sent
     /// its head first and then died mid-body was never judged).
     judge_cuts: &'r Cell<Option<Duration>>,
+    /// The client, watched while the body waits on the backend (none while it uploads or
+    /// has a next request in hand: it is there).
+    watch: Option<crate::worker::BodyWatch<'r>>,
 }
 
 /// How relaying a response to the client ended.
@@ -1396,6 +1407,7 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
         minor,
         head_at,
         judge_cuts,
+        watch,
     } = t;
     let before = out.len();
     out.extend_from_slice(fields);
@@ -1448,6 +1460,7 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
         hold,
         pipes,
         None,
+        watch,
         |n| sent.set(sent.get() + n),
     )
     .await;

@@ -453,6 +453,7 @@ pub async fn pump(
     hold: Option<&io::Hold>,
     pipes: &Pipes,
     owed: Option<&Owed>,
+    watch: Option<crate::worker::BodyWatch<'_>>,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, BodyError> {
     let mut written = 0u64;
@@ -489,7 +490,14 @@ pub async fn pump(
             .pace
             .wait(Side::Src, timeout)
             .map_err(|Late| BodyError::SrcTimeout)?;
-        match io::read_at_most(src, buf, start, room.0, limit, hold).await {
+        let watching = watch.map(|w| w.begin());
+        let read = io::read_at_most(src, buf, start, room.0, limit, hold).await;
+        // The client was found gone meanwhile, and the backend's connection shut under
+        // the read: the client's side ended it.
+        if watching.is_some_and(crate::worker::Watch::end) {
+            return Err(BodyError::DstIo);
+        }
+        match read {
             Read::Data(n) => {
                 // The wait counts now; what the client earns by it, once we know how much
                 // of it was body (chunk framing earns nothing).

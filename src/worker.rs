@@ -73,6 +73,24 @@ impl Live {
 /// A registered wait for a response head (see [`Live::watch`]).
 pub struct Watch<'a>(&'a Live);
 
+/// A response body's client, watched while each read of the backend waits, as the head's
+/// wait is (see [`Live::watch`]): a client gone while a backend pauses mid-body (a long
+/// poll, server-sent events) held its backend connection and `max_in_flight` slot until
+/// `timeouts.body` (a review).
+#[derive(Clone, Copy)]
+pub struct BodyWatch<'a> {
+    pub worker: &'a Worker,
+    pub live: &'a Live,
+    /// The backend socket, shut down when the client is found gone.
+    pub up: RawFd,
+}
+
+impl<'a> BodyWatch<'a> {
+    pub fn begin(&self) -> Watch<'a> {
+        self.live.watch(self.up, self.worker.tick())
+    }
+}
+
 impl Watch<'_> {
     /// Ends the wait: true when the client was found gone meanwhile (the backend's
     /// connection was then shut down under it).

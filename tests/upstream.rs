@@ -1001,6 +1001,56 @@ fn a_client_that_leaves_frees_its_backend_on_epoll() {
     a_client_that_leaves_frees_its_backend(&[("GATEWAY_DRIVER", "epoll")]);
 }
 
+/// Regression (a resource review): a client gone while the backend paused mid-body (a
+/// stream, a long poll) held the backend's connection and its `max_in_flight` slot until
+/// `timeouts.body` (30 s by default): five such requests locked a service of five slots.
+/// The body's reads of the backend are watched as the head's wait is: the backend's
+/// connection is closed within about a second (reset) or two (close), no verdict.
+#[test]
+fn a_client_that_leaves_mid_body_frees_its_backend() {
+    // A stream: a head and one chunk, then silence.
+    let rec = Recorder::start(Mode::Reply(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
+    ));
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 60s}",
+        &format!(
+            "  svc:\n    backends: [http://{}]\n    max_in_flight: 1\n",
+            rec.addr
+        ),
+    )));
+    let in_flight = || sample(&metrics(g.admin), "gateway_in_flight{service=\"svc\"}");
+    for (n, how) in (1..).zip(["reset", "close"]) {
+        let mut c = Client::connect(g.proc.addr);
+        c.send(b"GET /v1/proxy/svc/stream HTTP/1.1\r\nHost: gw\r\n\r\n");
+        let head = c.read_response_to(true);
+        assert_eq!(head.status, 200, "{how}");
+        assert_eq!(in_flight(), Some(1.0), "{how}");
+        if how == "reset" {
+            reset(c);
+        } else {
+            c.stream.shutdown(Shutdown::Both).expect("shutdown");
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || rec.closed.load(Ordering::SeqCst)
+                == n),
+            "{how}: the backend's connection stayed open after the client left"
+        );
+        assert!(
+            eventually(Duration::from_secs(2), || in_flight() == Some(0.0)),
+            "{how}: the slot stayed taken"
+        );
+    }
+    assert_eq!(
+        circuit(g.admin, rec.addr),
+        "closed",
+        "a client's leaving opened it"
+    );
+    rec.set(reply(200));
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/after").status, 200);
+}
+
 /// What is not taken for a client leaving: a half-close behind a pipelined request (the
 /// client still has a request to be answered); a half-close whose wait has not yet lasted a
 /// second (a client that half-closes after its request, as `nc -N` does, and reads on:
