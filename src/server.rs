@@ -261,6 +261,15 @@ pub fn start_warnings(config: &crate::config::Config) -> Vec<String> {
             "timeouts.drain_grace is set but there is no `admin` port: nothing can see /healthz fail during the grace, so it only delays the drain".to_string(),
         );
     }
+    // Idle clients are looked at once a second (an operator review set 1ms and was told
+    // nothing).
+    let idle = config.timeouts.client_idle;
+    if idle < Duration::from_secs(1) {
+        out.push(format!(
+            "timeouts.client_idle: {} ms is checked once a second: an idle client connection is closed 1 to 2 s after its last request, not sooner",
+            idle.as_millis()
+        ));
+    }
     out
 }
 

@@ -512,6 +512,15 @@ fn check_warns_as_the_start_does() {
         text.contains("warning: admin: [::ffff:0.0.0.0]:9901 listens on every interface"),
         "{text}"
     );
+    // An idle timeout below the once-a-second look (an operator review: 1ms, no word).
+    let (code, text) = check(&format!(
+        "workers: 1\ntimeouts: {{client_idle: 1ms}}\n{svc}"
+    ));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warning: timeouts.client_idle: 1 ms is checked once a second"),
+        "{text}"
+    );
 }
 
 /// A stdout whose reader has gone: the write end of a pipe with its read end closed.
