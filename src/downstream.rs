@@ -130,14 +130,27 @@ impl Downstream {
         self.send_out(timeout).await
     }
 
-    /// Writes `out` whole and counts it; false if the client is gone.
+    /// Writes `out` whole and counts it; false if the client is gone. A client whose
+    /// connection refused the write (it reset it) got nothing: logged and counted as gone
+    /// (status 0, `client_closed_request`), as when it leaves during a response head (a
+    /// review: a probe whose client had left was logged as a 504 sent, with its bytes).
     async fn send_out(&mut self, timeout: Duration) -> bool {
+        let before = self.record.bytes;
         self.record.bytes += self.out.len() as u64;
-        let ok = io::write_all(self.sock.w(), &mut self.out, timeout)
-            .await
-            .is_ok();
+        let written = io::write_all(self.sock.w(), &mut self.out, timeout).await;
         self.out.clear();
-        ok
+        match written {
+            Ok(_) => true,
+            Err(e) => {
+                // A timed-out write may have sent part of it.
+                if e.kind() != std::io::ErrorKind::TimedOut {
+                    self.record.bytes = before;
+                    self.record.status = 0;
+                    self.record.error = Some(GatewayError::ClientClosed);
+                }
+                false
+            }
+        }
     }
 
     /// Ends the connection after an early response: FIN first (the response is queued ahead

@@ -168,6 +168,45 @@ timeouts: {response: 10s}",
     }
 }
 
+/// A probe whose client reset its connection and whose backend then timed out: the probe
+/// fails (the circuit re-opens), and the 504 that could not be written is logged as what it
+/// was, a client gone (status 0, 0 bytes), not as a 504 sent (a re-review of the change
+/// above, which made this wait run its course).
+#[test]
+fn a_probe_that_fails_after_its_client_left_is_logged_as_the_client_gone() {
+    let rec = Recorder::start(reply(500));
+    let log = std::env::temp_dir().join(format!("gateway-probe-gone-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let g = gateway_at(&write_config(&config(
+        1,
+        &format!(
+            "admin: 127.0.0.1:0\naccess_log: {}\nbreaker: {{failure_threshold: 1, cooldown: 300ms}}\ntimeouts: {{response: 1s}}",
+            log.display()
+        ),
+        &format!("  svc: [http://{}]\n", rec.addr),
+    )));
+    let addr = g.proc.addr;
+    assert_eq!(get(addr, "/v1/proxy/svc/first").status, 500);
+    assert_eq!(circuit(g.admin, rec.addr), "open");
+    rec.set(Mode::Hang);
+    std::thread::sleep(Duration::from_millis(400));
+    let mut c = Client::connect(addr);
+    c.send(b"GET /v1/proxy/svc/probe HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(eventually(Duration::from_secs(2), || rec.requests() == 2));
+    reset(c);
+    let (text, fields) = logged_line(&log, "/v1/proxy/svc/probe");
+    assert_eq!(
+        (fields[6].as_str(), fields[7].as_str(), fields[10].as_str()),
+        ("0", "0", "client_closed_request"),
+        "{text}"
+    );
+    assert_eq!(
+        circuit(g.admin, rec.addr),
+        "open",
+        "the probe's timeout re-opened it"
+    );
+}
+
 #[test]
 fn per_service_overrides_apply() {
     let rec = Recorder::start(reply(502));
