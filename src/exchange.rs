@@ -939,12 +939,13 @@ impl Exchange<'_> {
     /// having failed).
     async fn await_head(&mut self, down: &mut Downstream) -> Result<ResponseHead, HeadFail> {
         let timeout = self.timeouts.response;
-        // A client with a next request in hand (pipelined) is still there, whatever its
-        // socket says. A probe's answer is waited for whoever is left: it is the circuit's
+        // A client with a next request in hand (pipelined) is gone only if it reset its
+        // connection: a close behind its requests is no sign of leaving. A probe's answer is waited for whoever is left: it is the circuit's
         // verdict (a review: clients that left each probe in turn kept a recovered
         // backend's circuit open for good).
-        let watch = (down.start == down.buf.len() && !self.attempt.is_probe())
-            .then(|| self.live.watch(self.up.fd(), self.worker.tick()));
+        let pipelined = down.start != down.buf.len();
+        let watch = (!self.attempt.is_probe())
+            .then(|| self.live.watch(self.up.fd(), self.worker.tick(), pipelined));
         let interim_sent = Cell::new(0);
         let head = read_head(
             self.up.r(),
@@ -1102,8 +1103,8 @@ impl Exchange<'_> {
                             attempt.borrow_mut().renew();
                         }
                         let probe = attempt.borrow().is_probe();
-                        let watch = (!owed.followed.get() && !probe)
-                            .then(|| live.watch(up_fd, worker.tick()));
+                        let watch =
+                            (!probe).then(|| live.watch(up_fd, worker.tick(), owed.followed.get()));
                         let head = io::timed(timeouts.response, head).await;
                         Err(match head {
                             // The backend's connection was shut under the wait.
@@ -1254,10 +1255,11 @@ impl Exchange<'_> {
         let keep_client = !early && keeps_client(self.info, &head, self.worker);
         let fd = down.sock.fd();
         let sent = Cell::new(0);
-        let watch = (down.start == down.buf.len()).then(|| crate::worker::BodyWatch {
+        let watch = Some(crate::worker::BodyWatch {
             worker: self.worker,
             live: self.live,
             up: self.up.fd(),
+            reset_only: down.start != down.buf.len(),
         });
         let relayed = to_client(
             ToClient {

@@ -37,10 +37,11 @@ pub struct Live {
     /// The request it serves, while the access log is on: the worker writes its line if the
     /// drain deadline cuts it (the task then never finishes to write its own).
     pub request: RefCell<Option<InFlight>>,
-    /// The backend connection's fd, and the tick the wait began, while its exchange waits
-    /// for the response head with the request sent: [`Worker::watch_waiting`] looks at the
-    /// client meanwhile ...
-    pub waiting: Cell<Option<(RawFd, u64)>>,
+    /// The backend connection's fd, the tick the wait began, and whether only a reset
+    /// counts (the client has a next request in hand), while its exchange waits on the
+    /// backend with the request sent: [`Worker::watch_waiting`] looks at the client
+    /// meanwhile ...
+    pub waiting: Cell<Option<(RawFd, u64, bool)>>,
     /// ... and sets this, having shut that connection down, when the client has gone.
     pub abandoned: Cell<bool>,
     /// It lingers after its last answer (also `idle`, so that eviction and the drain take
@@ -63,9 +64,11 @@ impl Live {
     /// Registers a wait for the response head on the backend connection `up` until the
     /// returned guard drops (an exchange dropped mid-wait must not leave a closed fd here,
     /// whose number a later socket may take).
-    pub fn watch(&self, up: RawFd, tick: u64) -> Watch<'_> {
+    /// `reset_only`: the client has a next request in hand, so a close (FIN) behind it
+    /// is no sign of leaving, only a reset is.
+    pub fn watch(&self, up: RawFd, tick: u64, reset_only: bool) -> Watch<'_> {
         self.abandoned.set(false);
-        self.waiting.set(Some((up, tick)));
+        self.waiting.set(Some((up, tick, reset_only)));
         Watch(self)
     }
 }
@@ -83,11 +86,14 @@ pub struct BodyWatch<'a> {
     pub live: &'a Live,
     /// The backend socket, shut down when the client is found gone.
     pub up: RawFd,
+    /// See [`Live::watch`].
+    pub reset_only: bool,
 }
 
 impl<'a> BodyWatch<'a> {
     pub fn begin(&self) -> Watch<'a> {
-        self.live.watch(self.up, self.worker.tick())
+        self.live
+            .watch(self.up, self.worker.tick(), self.reset_only)
     }
 }
 
@@ -858,19 +864,21 @@ impl Worker {
     /// backend quicker than that, every time. The backend's connection is shut down, which
     /// ends the wait at once and tells the backend; the exchange sees `abandoned` and ends
     /// without an answer, logged as `client_closed_request`. A client that sent more (a
-    /// pipelined request) is not looked at further: one byte's peek cannot see past it.
+    /// pipelined request, in hand) is gone only if it reset its connection: a close behind
+    /// its requests is how a client says it has no more (a review: one junk byte after a
+    /// request kept the watch off, reset or not).
     /// Run once a second, just after [`Worker::close_expired_idle`] advanced the tick; one
     /// peek per waiting connection, nothing per request.
     pub fn watch_waiting(&self) {
         let now = self.tick();
         for (fd, live) in self.conns.borrow().values() {
-            let Some((up, since)) = live.waiting.get() else {
+            let Some((up, since, reset_only)) = live.waiting.get() else {
                 continue;
             };
             // A wait that began within tick `t` has lasted a second or more at `t + 2`.
             let gone = match crate::io::peer(*fd) {
                 crate::io::Peer::Here => false,
-                crate::io::Peer::Closed => now.saturating_sub(since) >= 2,
+                crate::io::Peer::Closed => !reset_only && now.saturating_sub(since) >= 2,
                 crate::io::Peer::Reset => true,
             };
             if gone {
