@@ -46,12 +46,20 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
 /// for a scan of at most `2 * MAX_CONNECTIONS` slots, a `dup`, a `shutdown` and a spawn).
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, conns: &Arc<Conns>) {
     let mut reserve = Reserve::default();
+    reserve.refill();
     loop {
-        reserve.refill();
         let stream = match listener.accept() {
             Ok((s, _)) => s,
-            // Out of descriptors: the reserve's make room for this one.
-            Err(e) if out_of_descriptors(&e) && reserve.release() => continue,
+            // Out of descriptors: the reserve's make room for this one, and the workers
+            // leave the ones they free until it is in. Not taken back before the accept
+            // that needs them (that would spin: a re-review).
+            Err(e) if out_of_descriptors(&e) => {
+                shared.admin_short.store(true, Ordering::Relaxed);
+                if !reserve.release() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
             Err(e) => {
                 log::debug!("admin: accept: {e}");
                 // Out of descriptors or the like: do not spin.
@@ -61,15 +69,26 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, conns: &Arc<Conns>)
                 ) {
                     std::thread::sleep(Duration::from_millis(50));
                 }
+                reserve.refill();
                 continue;
             }
         };
         let accepted = Instant::now();
-        // The accept may have taken the last descriptor, and the handle needs one more.
-        let second = match stream.try_clone() {
-            Err(e) if out_of_descriptors(&e) && reserve.release() => stream.try_clone(),
-            other => other,
-        };
+        // The accept may have taken the last descriptor, and the handle needs one more:
+        // the reserve's, or one a worker frees meanwhile (for a fifth of a second at most).
+        let mut second = stream.try_clone();
+        for _ in 0..20 {
+            match &second {
+                Err(e) if out_of_descriptors(e) => {}
+                _ => break,
+            }
+            shared.admin_short.store(true, Ordering::Relaxed);
+            if !reserve.release() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            second = stream.try_clone();
+        }
+        shared.admin_short.store(false, Ordering::Relaxed);
         let Some(id) = second.ok().and_then(|h| conns.admit_handle(h)) else {
             log::debug!("admin: connection closed at once: at the cap, evictions still finishing");
             continue; // dropped: closed at once
@@ -87,6 +106,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, conns: &Arc<Conns>)
             log::warn!("admin: cannot start a connection thread: {e}");
             conns.release(id);
         }
+        reserve.refill();
     }
 }
 
@@ -108,9 +128,12 @@ impl Reserve {
         }
     }
 
-    /// Closes the reserve; false if there was none to close.
+    /// Closes one of the reserve, for the one descriptor needed next (the accept's, then
+    /// the `dup`'s): both at once left the second to whichever thread came first, and the
+    /// workers, freeing descriptors for their own clients, often did (a re-review). False
+    /// if there was none to close.
     fn release(&mut self) -> bool {
-        !std::mem::take(&mut self.0).is_empty()
+        self.0.pop().is_some()
     }
 }
 

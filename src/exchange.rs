@@ -1834,6 +1834,10 @@ fn local_failure(e: &std::io::Error) -> bool {
 /// the requests right behind this one find some too.
 pub const SHED_ON_EMFILE: usize = 8;
 
+/// Connects tried again after one found no descriptor, before the request is answered
+/// `503 overloaded`: at most about 15 ms more.
+const CONNECT_TRIES_ON_EMFILE: usize = 3;
+
 /// Whether `e` says the process or the system has no descriptor left.
 fn out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
@@ -1849,21 +1853,26 @@ async fn timed_connect(
 ) -> Result<Socket, GatewayError> {
     let t = Instant::now();
     let mut connect = io::timed(timeout, TcpStream::connect_addr(addr)).await;
-    if let Ok(Err(e)) = &connect {
-        // Out of descriptors: idle pooled connections (to any backend) hold some. Close a
-        // few and try once more, or this request fails for the sake of idle ones.
-        // Else the quietest client connection (idle, as at the connection cap), whose
-        // descriptor a request with a client serves better (a review: with
-        // `max_connections` above what the descriptor limit holds, every new request got
-        // a 503 while idle keep-alive clients held the descriptors).
-        let freed = || worker.pool.shed(SHED_ON_EMFILE) > 0 || worker.evict_for_descriptor();
-        if out_of_descriptors(e) && freed() {
-            // With io_uring a socket is closed by an operation on the ring: wait until the
-            // runtime submitted them (it does before it next sleeps; a yield may not get
-            // that far), and an evicted client's task has run.
-            monoio::time::sleep(Duration::from_millis(1)).await;
-            connect = io::timed(timeout, TcpStream::connect_addr(addr)).await;
+    // Out of descriptors: idle pooled connections (to any backend) hold some. Close a few
+    // and try again, or this request fails for the sake of idle ones. Else the quietest
+    // client connection (idle, as at the connection cap), whose descriptor a request with a
+    // client serves better (a review: with `max_connections` above what the descriptor
+    // limit holds, every new request got a 503 while idle keep-alive clients held the
+    // descriptors). A few tries: one eviction is under way at a time, and the accept loop
+    // may take a freed descriptor first (a re-review).
+    for _ in 0..CONNECT_TRIES_ON_EMFILE {
+        match &connect {
+            Ok(Err(e)) if out_of_descriptors(e) => {}
+            _ => break,
         }
+        let freed = worker.pool.shed(SHED_ON_EMFILE) > 0 || worker.evict_for_descriptor();
+        // With io_uring a socket is closed by an operation on the ring: wait until the
+        // runtime submitted them (it does before it next sleeps; a yield may not get that
+        // far), and an evicted client's task has run; longer when another's eviction is
+        // still landing.
+        let wait = if freed { 1 } else { 5 };
+        monoio::time::sleep(Duration::from_millis(wait)).await;
+        connect = io::timed(timeout, TcpStream::connect_addr(addr)).await;
     }
     let r = match connect {
         Ok(Ok(s)) => Ok(Socket::new(s)),

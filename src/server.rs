@@ -418,9 +418,11 @@ fn worker_main(
                 }
                 Err(_) if worker.draining() => break,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    worker.accept_failed(&e);
-                    monoio::time::sleep(Duration::from_millis(50)).await;
+                    // EMFILE and friends: back off instead of spinning; soon when a
+                    // descriptor is on its way back (the closing connection's task runs
+                    // first), as the cap's eviction does (a re-review: one client a 50 ms).
+                    let wait = if worker.accept_failed(&e) { 2 } else { 50 };
+                    monoio::time::sleep(Duration::from_millis(wait)).await;
                 }
             }
         }

@@ -243,6 +243,10 @@ pub struct Shared {
     pub fd_limit: u64,
     /// A worker saw a burst of connections end: the heap should be trimmed.
     pub heap_trim: AtomicBool,
+    /// The admin thread waits for a descriptor (out of them): workers that run out too
+    /// free theirs but leave them, rather than take each one back at once for a client of
+    /// their own (`admin.rs`, [`crate::worker::Worker::accept_failed`]).
+    pub admin_short: AtomicBool,
 }
 
 /// The probe lease under `cfg`. A live probe renews its lease whenever it makes progress
@@ -284,6 +288,7 @@ impl Shared {
             cluster: OnceLock::new(),
             fd_limit: crate::fdlimit::current(),
             heap_trim: AtomicBool::new(false),
+            admin_short: AtomicBool::new(false),
         })
     }
 

@@ -604,23 +604,28 @@ impl Worker {
         used < self.descriptors
     }
 
-    /// An accept failed (the accept loop then waits 50 ms). Out of descriptors (a
+    /// An accept failed (the accept loop then waits). Out of descriptors (a
     /// `limits.max_connections` set above what the descriptor limit allows, or another
     /// process's use of the system's), it frees some as a connect does and as the cap does:
     /// idle pooled connections first, else the quietest client connection. The failures of
     /// one run are said once at its start and then at most once a minute, with a count (a
     /// review: a warning every 50 ms, 40 lines a second, for as long as it lasted).
-    pub fn accept_failed(&self, e: &std::io::Error) {
-        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-            && self.pool.shed(crate::exchange::SHED_ON_EMFILE) == 0
-        {
-            self.evict_for_descriptor();
-        }
+    /// True if it freed a descriptor and the loop may try again sooner (not while the admin
+    /// thread waits for one: a re-review saw the workers take every descriptor freed, for
+    /// clients of their own, and `/healthz` go unanswered).
+    pub fn accept_failed(&self, e: &std::io::Error) -> bool {
+        let freed = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+            && (self.pool.shed(crate::exchange::SHED_ON_EMFILE) > 0 || self.evict_for_descriptor());
+        let freed = freed
+            && !self
+                .shared
+                .admin_short
+                .load(std::sync::atomic::Ordering::Relaxed);
         let now = std::time::Instant::now();
         let t = match self.accept_trouble.get() {
             None => {
                 log::warn!(
-                    "worker {}: accept failed: {e}; retrying every 50 ms, freeing idle connections if out of descriptors",
+                    "worker {}: accept failed: {e}; retrying, and freeing idle connections if out of descriptors",
                     self.index
                 );
                 AcceptTrouble {
@@ -654,6 +659,7 @@ impl Worker {
             },
         };
         self.accept_trouble.set(Some(t));
+        freed
     }
 
     /// Out of descriptors: shuts the quietest client connection, as at the connection cap
