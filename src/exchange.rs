@@ -940,9 +940,9 @@ impl Exchange<'_> {
     async fn await_head(&mut self, down: &mut Downstream) -> Result<ResponseHead, HeadFail> {
         let timeout = self.timeouts.response;
         // A client with a next request in hand (pipelined) is gone only if it reset its
-        // connection: a close behind its requests is no sign of leaving. A probe's answer is waited for whoever is left: it is the circuit's
-        // verdict (a review: clients that left each probe in turn kept a recovered
-        // backend's circuit open for good).
+        // connection: a close behind its requests is no sign of leaving. A probe's answer
+        // is waited for whoever is left: it is the circuit's verdict (a review: clients
+        // that left each probe in turn kept a recovered backend's circuit open for good).
         let pipelined = down.start != down.buf.len();
         let watch = (!self.attempt.is_probe())
             .then(|| self.live.watch(self.up.fd(), self.worker.tick(), pipelined));
@@ -1371,8 +1371,8 @@ struct ToClient<'r> {
     /// goes on gets its allowance when the upload ends whole (a review: a backend that sent
     /// its head first and then died mid-body was never judged).
     judge_cuts: &'r Cell<Option<Duration>>,
-    /// The client, watched while the body waits on the backend (none while it uploads or
-    /// has a next request in hand: it is there).
+    /// The client, watched while the body waits on the backend (none while it uploads: it
+    /// is there; with a next request in hand, only a reset counts).
     watch: Option<crate::worker::BodyWatch<'r>>,
 }
 

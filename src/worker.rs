@@ -61,7 +61,8 @@ pub struct Live {
 }
 
 impl Live {
-    /// Registers a wait for the response head on the backend connection `up` until the
+    /// Registers a wait for the response head, or for a response body's next bytes (see
+    /// [`BodyWatch`]), on the backend connection `up` until the
     /// returned guard drops (an exchange dropped mid-wait must not leave a closed fd here,
     /// whose number a later socket may take).
     /// `reset_only`: the client has a next request in hand, so a close (FIN) behind it
@@ -73,7 +74,7 @@ impl Live {
     }
 }
 
-/// A registered wait for a response head (see [`Live::watch`]).
+/// A registered wait on the backend (see [`Live::watch`]).
 pub struct Watch<'a>(&'a Live);
 
 /// A response body's client, watched while each read of the backend waits, as the head's
