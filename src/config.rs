@@ -843,12 +843,18 @@ impl Config {
             path: "config".into(),
             message: plain_syntax_error(&e.to_string(), text),
         };
-        let raw: RawConfig = if text.contains("<<") {
+        let extension = |l: &str| l.starts_with("x-");
+        let raw: RawConfig = if text.contains("<<") || text.lines().any(extension) {
             // YAML merge keys (`<<: *defaults`), as docker-compose and Kubernetes files use
-            // them (an operator review: read as an unknown field `<<`). Merged, the file has
-            // no lines left to name in an error, so only files with one take this way.
+            // them (an operator review: read as an unknown field `<<`), and top-level keys
+            // named `x-...`, ignored as docker-compose ignores them, to hold the anchors.
+            // Merged, the file has no lines left to name in an error, so only files with
+            // one take this way.
             let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(syntax)?;
             value.apply_merge().map_err(syntax)?;
+            if let serde_yaml_ng::Value::Mapping(top) = &mut value {
+                top.retain(|k, _| !k.as_str().is_some_and(extension));
+            }
             serde_yaml_ng::from_value(value).map_err(syntax)?
         } else {
             serde_yaml_ng::from_str(text).map_err(syntax)?
@@ -1857,13 +1863,21 @@ mod tests {
 
     #[test]
     fn yaml_merge_keys_are_merged() {
+        // Anchors on a top-level `x-` key, ignored as docker-compose ignores it.
         let c = Config::parse(
             "x-defaults: &d\n  breaker: { failure_threshold: 3 }\n  websocket: true\n\
              services:\n  a:\n    <<: *d\n    backends: [http://127.0.0.1:1]\n  \
              b:\n    <<: *d\n    websocket: false\n    backends: [http://127.0.0.1:2]\n",
-        );
-        // `x-defaults` is not a key the gateway knows: anchors must live somewhere it does.
-        assert!(c.unwrap_err().to_string().contains("x-defaults"));
+        )
+        .unwrap();
+        let (a, b) = (c.service("a").unwrap(), c.service("b").unwrap());
+        assert_eq!(a.breaker.failure_threshold, 3);
+        assert!(a.websocket && !b.websocket);
+        // Any other unknown top-level key is still refused, merge or not.
+        let e = err("y-defaults: 1\nservices:\n  a: [http://127.0.0.1:1]\n");
+        assert!(e.contains("y-defaults"), "{e}");
+        let e = err("x-d: &d {}\nxdefaults: 1\nservices:\n  a: [http://127.0.0.1:1]\n");
+        assert!(e.contains("xdefaults"), "{e}");
         let c = Config::parse(
             "services:\n  a: &a\n    backends: [http://127.0.0.1:1]\n    \
              breaker: { failure_threshold: 3 }\n    websocket: true\n  \
