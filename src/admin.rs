@@ -54,10 +54,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, conns: &Arc<Conns>)
             // leave the ones they free until it is in. Not taken back before the accept
             // that needs them (that would spin: a re-review).
             Err(e) if out_of_descriptors(&e) => {
-                shared.admin_short.store(true, Ordering::Relaxed);
-                if !reserve.release() {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+                reserve.make_room(shared);
                 continue;
             }
             Err(e) => {
@@ -82,10 +79,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, conns: &Arc<Conns>)
                 Err(e) if out_of_descriptors(e) => {}
                 _ => break,
             }
-            shared.admin_short.store(true, Ordering::Relaxed);
-            if !reserve.release() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            reserve.make_room(shared);
             second = stream.try_clone();
         }
         shared.admin_short.store(false, Ordering::Relaxed);
@@ -128,12 +122,16 @@ impl Reserve {
         }
     }
 
-    /// Closes one of the reserve, for the one descriptor needed next (the accept's, then
-    /// the `dup`'s): both at once left the second to whichever thread came first, and the
-    /// workers, freeing descriptors for their own clients, often did (a re-review). False
-    /// if there was none to close.
-    fn release(&mut self) -> bool {
-        self.0.pop().is_some()
+    /// Out of descriptors: closes one of the reserve, for the one descriptor needed next
+    /// (the accept's, then the `dup`'s: both at once left the second to whichever thread
+    /// came first, and the workers, freeing descriptors for their own clients, often did:
+    /// a re-review), or with none left waits 10 ms for one a worker frees; and has the
+    /// workers leave the ones they free until the admin thread has what it needs.
+    fn make_room(&mut self, shared: &Shared) {
+        shared.admin_short.store(true, Ordering::Relaxed);
+        if self.0.pop().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
