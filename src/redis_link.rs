@@ -414,6 +414,14 @@ mod tests {
         Link::connect(&info, Duration::from_millis(250)).expect("connect")
     }
 
+    /// A first `GET` on `con` that reads 1, then the error of a second, 50 ms later.
+    fn second_get_fails(con: &mut Link) -> redis::RedisError {
+        let get = |con: &mut Link| redis::cmd("GET").arg("k").query::<i64>(con);
+        assert_eq!(get(con).expect("first"), 1);
+        std::thread::sleep(Duration::from_millis(50));
+        get(con).expect_err("the second must fail")
+    }
+
     #[test]
     fn a_reply_must_arrive_whole_within_the_deadline() {
         let mut fast = link(fake(b"$4\r\nopen\r\n", None));
@@ -439,18 +447,7 @@ mod tests {
         // An extra reply nobody asked for: caught before the next request, not read as its
         // answer (a review's fake Redis shifted every reply by one that way).
         let mut extra = link(fake(b":1\r\n:2\r\n", None));
-        assert_eq!(
-            redis::cmd("GET")
-                .arg("k")
-                .query::<i64>(&mut extra)
-                .expect("first"),
-            1
-        );
-        std::thread::sleep(Duration::from_millis(50));
-        let e = redis::cmd("GET")
-            .arg("k")
-            .query::<i64>(&mut extra)
-            .expect_err("a shifted reply");
+        let e = second_get_fails(&mut extra);
         assert!(e.to_string().contains("nobody asked for"), "{e}");
         assert!(!extra.is_open());
         // A Redis that closed the connection (a restart) is said as that, not as a
@@ -464,18 +461,7 @@ mod tests {
             let _ = s.write_all(b":1\r\n");
         });
         let mut closed = link(addr);
-        assert_eq!(
-            redis::cmd("GET")
-                .arg("k")
-                .query::<i64>(&mut closed)
-                .expect("first"),
-            1
-        );
-        std::thread::sleep(Duration::from_millis(50));
-        let e = redis::cmd("GET")
-            .arg("k")
-            .query::<i64>(&mut closed)
-            .expect_err("closed");
+        let e = second_get_fails(&mut closed);
         assert!(e.to_string().contains("Redis closed the connection"), "{e}");
         assert!(
             e.is_io_error() || e.is_connection_dropped(),

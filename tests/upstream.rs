@@ -981,12 +981,17 @@ fn a_client_that_leaves_frees_its_backend(env: &[(&str, &str)]) {
         Some(3.0),
         "{m}"
     );
+    served_as_before(&g, &rec);
+}
+
+/// After clients left: the backend's circuit is closed (their leaving is no verdict) and
+/// it is served as before.
+fn served_as_before(g: &AdminGateway, rec: &Recorder) {
     assert_eq!(
         circuit(g.admin, rec.addr),
         "closed",
         "a client's leaving opened it"
     );
-    // The backend is served as before.
     rec.set(reply(200));
     assert_eq!(get(g.proc.addr, "/v1/proxy/svc/after").status, 200);
 }
@@ -1047,13 +1052,7 @@ fn a_client_that_leaves_mid_body_frees_its_backend() {
             "{how}: the slot stayed taken"
         );
     }
-    assert_eq!(
-        circuit(g.admin, rec.addr),
-        "closed",
-        "a client's leaving opened it"
-    );
-    rec.set(reply(200));
-    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/after").status, 200);
+    served_as_before(&g, &rec);
 }
 
 /// What is not taken for a client leaving: a half-close behind a pipelined request (the
