@@ -690,6 +690,32 @@ fn a_fleet_behind_a_password_and_a_database_number_shares_its_circuits() {
 /// only as the dropped connection that came first ("unreachable (... closed the
 /// connection)"); every reconnect then failed with WRONGPASS, which was never said. A new
 /// kind of failure during an outage is said once.
+/// Regression (an operator review): started with Redis out of reach, the start line said
+/// "0 circuit(s) open in the fleet", a count nobody knew.
+#[test]
+fn started_without_redis_the_start_line_claims_no_count() {
+    let rec = Recorder::start(reply(200));
+    let log = LogFile::new("nocount");
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let breaker = "{failure_threshold: 5, cooldown: 30s}";
+    let path = member_config_at(&url, &fleet_name("nocount"), 1, breaker, rec.addr);
+    let g = gateway_at_logging_to(&path, &log.path);
+    assert!(
+        eventually(WAIT, || log
+            .count("unreachable, deciding locally until it answers")
+            == 1),
+        "{}",
+        log.text()
+    );
+    assert_eq!(
+        log.count("circuit(s) open in the fleet"),
+        0,
+        "{}",
+        log.text()
+    );
+    assert_eq!(status(&g), 200);
+}
+
 /// Regression (an operator review): an instance that joined or left the fleet was known to
 /// `/admin/cluster` alone; the log said nothing.
 #[test]
