@@ -792,7 +792,9 @@ impl Exchange<'_> {
         self.ustart = self.ubuf.len();
         let timeout = self.timeouts.body;
         if io::write_all(down.sock.w(), out, timeout).await.is_err() {
-            down.record.status = 0; // no answer reached the client
+            // No answer reached the client.
+            down.record.status = 0;
+            down.record.error = Some(GatewayError::ClientClosed);
             return After::Close;
         }
         down.record.bytes += out.len() as u64;
@@ -1436,9 +1438,11 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
         } else {
             // The client reset its connection while the backend worked: no answer
             // reached it, so it is logged and counted as aborted (status 0), not as
-            // the backend's status (a review saw such clients counted as 200s).
+            // the backend's status (a review saw such clients counted as 200s), with
+            // the reason the log gives a client gone before its answer.
             record.status = 0;
             record.bytes = sent_before;
+            record.error = Some(GatewayError::ClientClosed);
         }
         return Relayed::Cut(Body::Unjudged);
     }

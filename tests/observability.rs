@@ -516,7 +516,8 @@ fn a_response_cut_short_is_logged_with_what_got_through() {
 
 /// Regression: a client that reset its connection while the backend was still working was
 /// logged `200` with the head's bytes and counted as a 2xx, although no answer reached it
-/// (a review). It is now what the contract says: status 0, bytes 0, counted as aborted.
+/// (a review). It is now what the contract says: status 0, bytes 0, counted as aborted,
+/// and the log's error field says why.
 #[test]
 fn a_client_that_resets_before_the_answer_is_logged_and_counted_as_aborted() {
     let log = temp_path("reset-abort.log");
@@ -526,17 +527,44 @@ fn a_client_that_resets_before_the_answer_is_logged_and_counted_as_aborted() {
     c.send(b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 300\r\n\r\n");
     std::thread::sleep(Duration::from_millis(50));
     reset(c);
-    let (text, f) = logged_line(&log, "/v1/proxy/svc/slow");
-    assert!(f.len() >= 8, "{text}");
-    assert_eq!((f[6].as_str(), f[7].as_str()), ("0", "0"), "{text}");
+    // The same for a pipelined request answered after its client closed the connection
+    // (its answer meets the reset that the first answer drew).
+    let mut c = Client::connect(g.proc.addr);
+    let first = b"GET /v1/proxy/svc/one HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 200\r\n\r\n";
+    let second = b"GET /v1/proxy/svc/two HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 200\r\n\r\n";
+    c.send(&[&first[..], &second[..]].concat());
+    drop(c);
+    let text = logged_lines(&log, 3);
+    for target in ["/v1/proxy/svc/slow", "/v1/proxy/svc/two"] {
+        let line = text.lines().find(|l| l.contains(target)).unwrap_or("");
+        let f: Vec<&str> = line.split(' ').collect();
+        assert!(f.len() >= 11, "{text}");
+        // Regression: the error field said `-`, as for an answer sent whole.
+        let (status, bytes, error) = (f[6], f[7], f[10]);
+        assert_eq!(
+            (status, bytes, error),
+            ("0", "0", "client_closed_request"),
+            "{text}"
+        );
+    }
     let m = metrics(g.admin);
     assert_eq!(
         sample(&m, "gateway_requests_aborted_total{service=\"svc\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    // Only the pipelined first answer, which the kernel took before the reset came back.
+    assert_eq!(
+        sample(&m, "gateway_requests_total{service=\"svc\",class=\"2xx\"}"),
         Some(1.0),
         "{m}"
     );
-    assert!(
-        sample(&m, "gateway_requests_total{service=\"svc\",class=\"2xx\"}").unwrap_or(0.0) == 0.0,
+    assert_eq!(
+        sample(
+            &m,
+            "gateway_errors_total{code=\"client_closed_request\",status=\"499\"}"
+        ),
+        Some(2.0),
         "{m}"
     );
 }
