@@ -126,7 +126,7 @@ pub async fn forward(
             after
         }
         Ok(()) => {
-            let info = req.info;
+            let (info, svc) = (req.info, req.svc);
             match connect_or_reuse(worker, view, down, req, prep, &relay).await {
                 Err(after) => {
                     down.record.received += relay.wire();
@@ -152,6 +152,7 @@ pub async fn forward(
                         prep.path,
                         prep.fwd,
                     );
+                    let head_len = up_out.len();
                     up_out.extend_from_slice(&in_hand);
                     if !lend {
                         up_out.extend_from_slice(&down.buf[body_in_hand.clone()]);
@@ -161,6 +162,11 @@ pub async fn forward(
                     }
                     let mut ex = Exchange {
                         worker,
+                        view,
+                        svc,
+                        path: prep.path,
+                        fwd: prep.fwd,
+                        head_len,
                         timeouts,
                         max_head: cfg.limits.max_head_bytes,
                         min_body_rate: cfg.limits.min_body_rate,
@@ -511,6 +517,14 @@ impl Drop for Attempt<'_> {
 /// One exchange with one backend, from sending the request to the end of the response.
 struct Exchange<'a> {
     worker: &'a Worker,
+    /// What a resend that must move on to another backend picks from: the service, and
+    /// the parts of the request head that do not depend on the backend.
+    view: &'a View,
+    svc: usize,
+    path: &'a [u8],
+    fwd: &'a [u8],
+    /// How much of `up_out` is the request head (the rest is a re-framed body in hand).
+    head_len: usize,
     timeouts: Timeouts,
     max_head: usize,
     /// `limits.min_body_rate`, for the response body.
@@ -860,23 +874,93 @@ impl Exchange<'_> {
             let result = self.send_once(down).await;
             match result {
                 Err(HeadFail::Stale) if self.reused && resendable => {
-                    let a = &self.attempt;
-                    let addr = a.backend.url.addr;
-                    match timed_connect(self.worker, a.service, addr, self.timeouts.connect).await {
-                        Ok(s) => {
-                            self.up = s;
-                            self.sent_at = crate::clock::now();
-                            self.reused = false;
-                            self.ubuf.clear();
-                            self.ustart = 0;
-                            self.attempt.renew();
-                        }
-                        Err(err) => return Err(HeadFail::Backend(err)),
-                    }
+                    self.reconnect(down).await.map_err(HeadFail::Backend)?;
+                    self.sent_at = crate::clock::now();
+                    self.reused = false;
+                    self.ubuf.clear();
+                    self.ustart = 0;
                 }
                 other => return other,
             }
         }
+    }
+
+    /// A fresh connection for the resend after a stale pooled one: to the same backend, or,
+    /// when that connect fails (refused, unreachable, timed out: nothing was sent), to the
+    /// next backend the balancer admits, as a request's first connect moves on
+    /// ([`connect_or_reuse`]), up to [`CONNECT_TRIES`] connects in all. A backend that
+    /// dies under load ends every pooled connection to it at once: each request in flight
+    /// there used to be resent to it, refused, and answered 502 while the other backends
+    /// were healthy (an operator review: 32 of 32 in flight). Fresh connections only: a
+    /// pooled one of another backend could be stale too, and there is no second resend.
+    async fn reconnect(&mut self, down: &mut Downstream) -> Result<(), GatewayError> {
+        let mut tried = [usize::MAX; CONNECT_TRIES];
+        let mut idx = down.record.backend.unwrap_or(usize::MAX);
+        let mut last_err = GatewayError::ConnectFailed;
+        for n in 0..CONNECT_TRIES {
+            if n > 0 {
+                let Pick::Backend { idx: next, ticket } =
+                    self.view.pick(self.svc, &tried[..n], false)
+                else {
+                    break;
+                };
+                idx = next;
+                let service = &self.view.snapshot.services[self.svc];
+                self.attempt = Attempt {
+                    backend: &service.backends[idx],
+                    service,
+                    ticket: Some(ticket),
+                    worker: self.worker,
+                };
+                down.record.backend = Some(idx);
+                if let Some(f) = self.live.request.borrow().as_ref() {
+                    f.backend.set(Some(idx));
+                }
+                // The head names the backend (its path prefix and authority); the body in
+                // hand behind it stays.
+                let mut out = self.worker.buffer_for(self.up_out.len() + 256);
+                let backend = self.attempt.backend;
+                rewrite::write_request_head(
+                    &mut out,
+                    self.info.method,
+                    backend,
+                    self.path,
+                    self.fwd,
+                );
+                let head_len = out.len();
+                out.extend_from_slice(&self.up_out[self.head_len..]);
+                self.worker
+                    .recycle(std::mem::replace(&mut self.up_out, out));
+                self.head_len = head_len;
+            }
+            let a = &self.attempt;
+            match timed_connect(
+                self.worker,
+                a.service,
+                a.backend.url.addr,
+                self.timeouts.connect,
+            )
+            .await
+            {
+                Ok(s) => {
+                    self.up = s;
+                    self.attempt.renew();
+                    return Ok(());
+                }
+                Err(err) => {
+                    self.attempt.settle(verdict(err));
+                    last_err = err;
+                    if !matches!(
+                        err,
+                        GatewayError::ConnectFailed | GatewayError::ConnectTimeout
+                    ) {
+                        break;
+                    }
+                    tried[n] = idx;
+                }
+            }
+        }
+        Err(last_err)
     }
 
     /// One try: write the head and the body in hand, stream the rest while watching for the

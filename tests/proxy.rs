@@ -396,6 +396,77 @@ fn stale_pooled_connection_is_retried_for_idempotent_requests_only() {
     assert_eq!(rec.requests(), 6);
 }
 
+/// A backend that answers the first request on its first connection, then dies as the next
+/// one arrives there: it stops listening and closes that connection unanswered, as a
+/// crashed process does. Returns its address and how many requests it saw.
+fn backend_that_dies_on_its_second_request(
+) -> (std::net::SocketAddr, std::thread::JoinHandle<usize>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut seen = 0;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while seen < 2 {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                seen += 1;
+                if seen == 1 {
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndead")
+                        .unwrap();
+                }
+            }
+        }
+        drop(l);
+        drop(s);
+        seen
+    });
+    (addr, t)
+}
+
+/// Regression (an operator review): a backend that died under load ended every pooled
+/// connection to it at once, and each GET in flight there was resent to it, refused, and
+/// answered `502 backend_connect_failed` while another backend was healthy (32 of 32). The
+/// resend's connect moves on to the next backend, as a first connect does.
+#[test]
+fn a_resend_after_a_backend_died_goes_to_another_backend() {
+    let (dying, thread) = backend_that_dies_on_its_second_request();
+    let healthy = mock_backend();
+    let g = gateway(&config(
+        1,
+        "",
+        &format!("  svc: [http://{dying}, http://{}]\n", healthy.addr),
+    ));
+    let mut c = Client::connect(g.addr);
+    let mut from_dying = 0;
+    for _ in 0..4 {
+        c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        if r.body == b"dead" {
+            from_dying += 1;
+        } else {
+            assert_eq!(r.json()["port"], healthy.addr.port());
+        }
+    }
+    assert_eq!(
+        from_dying, 1,
+        "the dying backend answered more than its first request"
+    );
+    assert_eq!(
+        thread.join().unwrap(),
+        2,
+        "the dying backend never saw the request it died on"
+    );
+}
+
 #[test]
 fn a_request_resent_after_a_stale_connection_carries_its_whole_body() {
     // Every pooled connection dies when its second request arrives. The body is longer than
