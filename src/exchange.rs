@@ -347,21 +347,12 @@ async fn connect_or_reuse<'v>(
         if let Some(s) = worker.pool.take(backend.slot) {
             return Ok((attempt, s, true));
         }
-        match timed_connect(worker, service, backend.url.addr, timeouts.connect).await {
-            Ok(s) => {
-                attempt.renew();
-                return Ok((attempt, s, false));
-            }
+        match connect_fresh(&mut attempt, timeouts.connect).await {
+            Ok(s) => return Ok((attempt, s, false)),
+            Err(err) if moves_on(err) => (last_err, tried[n]) = (err, idx),
             Err(err) => {
-                attempt.settle(verdict(err));
                 last_err = err;
-                if !matches!(
-                    err,
-                    GatewayError::ConnectFailed | GatewayError::ConnectTimeout
-                ) {
-                    break;
-                }
-                tried[n] = idx;
+                break;
             }
         }
     }
@@ -376,6 +367,33 @@ async fn connect_or_reuse<'v>(
         timeouts.body,
     )
     .await)
+}
+
+/// A new connection to `attempt`'s backend; a connect that fails is settled against it.
+async fn connect_fresh(
+    attempt: &mut Attempt<'_>,
+    timeout: Duration,
+) -> Result<Socket, GatewayError> {
+    let (worker, service, addr) = (attempt.worker, attempt.service, attempt.backend.url.addr);
+    match timed_connect(worker, service, addr, timeout).await {
+        Ok(s) => {
+            attempt.renew();
+            Ok(s)
+        }
+        Err(err) => {
+            attempt.settle(verdict(err));
+            Err(err)
+        }
+    }
+}
+
+/// Whether a request whose connect failed this way may move on to another backend: nothing
+/// was sent.
+fn moves_on(err: GatewayError) -> bool {
+    matches!(
+        err,
+        GatewayError::ConnectFailed | GatewayError::ConnectTimeout
+    )
 }
 
 /// How the backend's side of an exchange ended, as the breaker sees it.
@@ -933,31 +951,13 @@ impl Exchange<'_> {
                     .recycle(std::mem::replace(&mut self.up_out, out));
                 self.head_len = head_len;
             }
-            let a = &self.attempt;
-            match timed_connect(
-                self.worker,
-                a.service,
-                a.backend.url.addr,
-                self.timeouts.connect,
-            )
-            .await
-            {
+            match connect_fresh(&mut self.attempt, self.timeouts.connect).await {
                 Ok(s) => {
                     self.up = s;
-                    self.attempt.renew();
                     return Ok(());
                 }
-                Err(err) => {
-                    self.attempt.settle(verdict(err));
-                    last_err = err;
-                    if !matches!(
-                        err,
-                        GatewayError::ConnectFailed | GatewayError::ConnectTimeout
-                    ) {
-                        break;
-                    }
-                    tried[n] = idx;
-                }
+                Err(err) if moves_on(err) => (last_err, tried[n]) = (err, idx),
+                Err(err) => return Err(err),
             }
         }
         Err(last_err)
