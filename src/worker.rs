@@ -812,9 +812,10 @@ impl Worker {
     }
 
     /// Shuts down the reading side of idle connections so their pending reads end now; one
-    /// whose next request already arrived is left to be served (with `Connection: close`).
-    pub fn close_idle(&self) {
-        self.shut_idle(|_, _| true);
+    /// whose next request already arrived is left to be served (with `Connection: close`),
+    /// and so is one idle since tick `spare` or later, when given (see `server::drain`).
+    pub fn close_idle(&self, spare: Option<u64>) {
+        self.shut_idle(|_, since| spare.is_none_or(|t| since < t));
     }
 
     /// Looks, once a second while the worker is at its connection cap or was within
@@ -1361,7 +1362,7 @@ mod tests {
         let (mut server, _) = l.accept().expect("accept");
         let conn = w.register(server.as_raw_fd());
         conn.live.idle.set(Some(w.tick()));
-        w.close_idle();
+        w.close_idle(None);
         // The idle read ends at once ...
         server
             .set_read_timeout(Some(Duration::from_secs(5)))
