@@ -807,7 +807,14 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
+            path: match source.kind() {
+                // Said with the way to name another (an operator review: `gateway --check`
+                // with no file here did not mention `--config`).
+                std::io::ErrorKind::NotFound => {
+                    format!("{} (name the file with --config PATH)", path.display())
+                }
+                _ => path.display().to_string(),
+            },
             source,
         })?;
         let path = path.display().to_string();
@@ -1464,6 +1471,10 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
             " (an IPv6 URL inside [...] must be quoted: [\"http://[::1]:8001\"], or listed one per `- ` line)",
         );
     }
+    // A tab where YAML wants spaces (an operator review: only the parser's words).
+    if m.contains("cannot start any token") && text.contains('\t') {
+        m.push_str(" (YAML indents with spaces only: replace the tabs)");
+    }
     m
 }
 
@@ -1731,6 +1742,18 @@ mod tests {
             let e = err(text);
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    /// Regression (an operator review): a tab in the indentation got only the parser's
+    /// words, and a missing default file did not mention `--config`.
+    #[test]
+    fn a_tab_and_a_missing_file_are_said_with_what_to_do() {
+        let tab = "listen: 127.0.0.1:1\nservices:\n\tsvc: [http://127.0.0.1:1]\n";
+        let e = Config::parse(tab).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("YAML indents with spaces only"), "{e}");
+        let missing = Path::new("/nonexistent/gateway-config.yaml");
+        let e = Config::load(missing).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("(name the file with --config PATH)"), "{e}");
     }
 
     #[test]

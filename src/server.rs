@@ -74,7 +74,7 @@ pub enum StartError {
 pub fn bind_error(key: &'static str, addr: SocketAddr, source: io::Error) -> StartError {
     let hint = match source.kind() {
         io::ErrorKind::AddrInUse => format!(
-            " (is another gateway or server already running on this port? stop it or change `{key}`)"
+            " (is another gateway or server already running on this port? stop it or change `{key}`; if nothing listens there, a connection may hold it as its local port, shown by `ss -tanp`: ports in /proc/sys/net/ipv4/ip_local_port_range are handed out that way)"
         ),
         io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
             " (ports below 1024 need root or the CAP_NET_BIND_SERVICE capability, e.g. `setcap cap_net_bind_service=+ep` on the binary; or set `{key}` to a port from 1024 up)"
