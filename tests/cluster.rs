@@ -761,6 +761,52 @@ fn instances_joining_and_leaving_the_fleet_are_said_in_the_log() {
     drop(b);
 }
 
+/// Regression (a re-review): a Redis restarted empty and back within a second has lost the
+/// list of instances, and the first heartbeat after it said the others had left the fleet
+/// (they joined again a second later). Here the other instance is one the test beats for.
+#[test]
+fn a_redis_restarted_empty_does_not_make_the_others_leave_the_fleet() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(200));
+    let name = fleet_name("restart");
+    let breaker = "{failure_threshold: 5, cooldown: 30s}";
+    let log = LogFile::new("restart");
+    let a = gateway_at_logging_to(
+        &member_config(&redis, &name, 1, breaker, rec.addr),
+        &log.path,
+    );
+    assert!(eventually(WAIT, || cluster_up(&a)));
+    let beat = |r: &Redis| {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis();
+        r.send(&format!("ZADD {name}:instances {ms} ghost-peer\r\n"), ":");
+    };
+    beat(&redis);
+    let joined = "cluster: ghost-peer joined the fleet";
+    assert!(
+        eventually(WAIT, || log.count(joined) == 1),
+        "{}",
+        log.text()
+    );
+    let port = redis.port;
+    drop(redis);
+    let redis = Redis::on(port);
+    assert!(
+        eventually(WAIT, || log.count("is back after") == 1),
+        "{}",
+        log.text()
+    );
+    // The ghost beats again once the instance has (its first list had no ghost), and on.
+    for _ in 0..12 {
+        beat(&redis);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(log.count("left the fleet"), 0, "{}", log.text());
+    assert_eq!(log.count(joined), 1, "{}", log.text());
+}
+
 #[test]
 fn a_password_changed_under_the_fleet_is_said_in_the_log() {
     let port = free_port();
