@@ -185,8 +185,14 @@ fn busy_poll_keeps_the_worker_awake_between_requests_and_lets_it_sleep_when_idle
     };
     let epoll = [("GATEWAY_DRIVER", "epoll")];
     for env in [&[][..], &epoll[..]] {
-        let polling = run("busy_poll: 5ms", env);
         let sleeping = run("", env);
+        // A second try when the first was disturbed: on a loaded 2-core machine the client
+        // or the backend preempted for over 5 ms ends the spin (a CI run: 210 switches, where
+        // an undisturbed one has 0 or 1). Two disturbed runs in a row still fail.
+        let polling = match run("busy_poll: 5ms", env) {
+            n if n * 4 < sleeping => n,
+            _ => run("busy_poll: 5ms", env),
+        };
         println!("voluntary switches for 400 requests ({env:?}): {polling} with busy_poll, {sleeping} without");
         assert!(
             polling * 4 < sleeping,
