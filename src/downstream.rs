@@ -49,6 +49,17 @@ pub struct Record {
     pub client: Option<std::net::IpAddr>,
 }
 
+impl Record {
+    /// The client went away before any answer reached it: status 0 and
+    /// `client_closed_request` (NGINX's 499), with `bytes` as they were before the answer
+    /// (a 1xx that went out still counts).
+    pub fn client_gone(&mut self, bytes: u64) {
+        self.status = 0;
+        self.bytes = bytes;
+        self.error = Some(GatewayError::ClientClosed);
+    }
+}
+
 /// The client connection's state that outlives one request.
 pub struct Downstream {
     pub sock: Socket,
@@ -144,9 +155,7 @@ impl Downstream {
             Err(e) => {
                 // A timed-out write may have sent part of it.
                 if e.kind() != std::io::ErrorKind::TimedOut {
-                    self.record.bytes = before;
-                    self.record.status = 0;
-                    self.record.error = Some(GatewayError::ClientClosed);
+                    self.record.client_gone(before);
                 }
                 false
             }

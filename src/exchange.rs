@@ -333,17 +333,8 @@ async fn connect_or_reuse<'v>(
                 .await);
             }
         };
-        let backend = &service.backends[idx];
-        let mut attempt = Attempt {
-            backend,
-            service,
-            ticket: Some(ticket),
-            worker,
-        };
-        down.record.backend = Some(idx);
-        if let Some(f) = prep.live.request.borrow().as_ref() {
-            f.backend.set(Some(idx)); // for the line of a request the drain deadline cuts
-        }
+        let mut attempt = Attempt::to(worker, service, idx, ticket, down, prep.live);
+        let backend = attempt.backend;
         if let Some(s) = worker.pool.take(backend.slot) {
             return Ok((attempt, s, true));
         }
@@ -428,7 +419,29 @@ struct Attempt<'a> {
     worker: &'a Worker,
 }
 
-impl Attempt<'_> {
+impl<'a> Attempt<'a> {
+    /// An attempt on `service.backends[idx]` with the balancer's `ticket`, named in the
+    /// request's record and in what the drain deadline logs of it.
+    fn to(
+        worker: &'a Worker,
+        service: &'a Service,
+        idx: usize,
+        ticket: Ticket,
+        down: &mut Downstream,
+        live: &Live,
+    ) -> Attempt<'a> {
+        down.record.backend = Some(idx);
+        if let Some(f) = live.request.borrow().as_ref() {
+            f.backend.set(Some(idx));
+        }
+        Attempt {
+            backend: &service.backends[idx],
+            service,
+            ticket: Some(ticket),
+            worker,
+        }
+    }
+
     /// The one place an exchange's outcome becomes a breaker verdict.
     fn settle(&mut self, outcome: Outcome) {
         let Some(t) = self.ticket.take() else { return };
@@ -782,8 +795,7 @@ impl Exchange<'_> {
             Err(HeadFail::ClientGone) => {
                 self.attempt.settle(Outcome::NotSent);
                 down.record.upstream_us = Some(self.sent_at.elapsed().as_micros() as u64);
-                down.record.status = 0;
-                down.record.error = Some(GatewayError::ClientClosed);
+                down.record.client_gone(down.record.bytes);
                 return After::Close;
             }
         };
@@ -824,9 +836,7 @@ impl Exchange<'_> {
         self.ustart = self.ubuf.len();
         let timeout = self.timeouts.body;
         if io::write_all(down.sock.w(), out, timeout).await.is_err() {
-            // No answer reached the client.
-            down.record.status = 0;
-            down.record.error = Some(GatewayError::ClientClosed);
+            down.record.client_gone(down.record.bytes);
             return After::Close;
         }
         down.record.bytes += out.len() as u64;
@@ -924,16 +934,7 @@ impl Exchange<'_> {
                 };
                 idx = next;
                 let service = &self.view.snapshot.services[self.svc];
-                self.attempt = Attempt {
-                    backend: &service.backends[idx],
-                    service,
-                    ticket: Some(ticket),
-                    worker: self.worker,
-                };
-                down.record.backend = Some(idx);
-                if let Some(f) = self.live.request.borrow().as_ref() {
-                    f.backend.set(Some(idx));
-                }
+                self.attempt = Attempt::to(self.worker, service, idx, ticket, down, self.live);
                 // The head names the backend (its path prefix and authority); the body in
                 // hand behind it stays.
                 let mut out = self.worker.buffer_for(self.up_out.len() + 256);
@@ -1524,9 +1525,7 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
             // reached it, so it is logged and counted as aborted (status 0), not as
             // the backend's status (a review saw such clients counted as 200s), with
             // the reason the log gives a client gone before its answer.
-            record.status = 0;
-            record.bytes = sent_before;
-            record.error = Some(GatewayError::ClientClosed);
+            record.client_gone(sent_before);
         }
         return Relayed::Cut(Body::Unjudged);
     }
