@@ -176,6 +176,7 @@ pub async fn forward(
                         attempt,
                         up,
                         reused,
+                        resent: false,
                         up_out,
                         body_in_hand,
                         rest: std::mem::take(&mut rest),
@@ -568,6 +569,10 @@ struct Exchange<'a> {
     up: Socket,
     /// `up` came from the pool (a failure before any response byte means it went stale).
     reused: bool,
+    /// `up` is the fresh connection a stale pooled one was replaced with, to the same
+    /// backend: if it too closes before a byte of answer, that backend is going down, and
+    /// the request moves on to another once (see [`Exchange::send_and_read_head`]).
+    resent: bool,
     /// The request head (and a re-framed body in hand), as sent upstream; it, the body in
     /// hand and `rest` are kept for one resend.
     up_out: Vec<u8>,
@@ -597,7 +602,8 @@ struct Exchange<'a> {
 
 /// Why no response head came, short of success.
 enum HeadFail {
-    /// Nothing at all came back on a reused connection: it was stale.
+    /// Nothing at all came back on a reused connection (it was stale), or on the fresh one
+    /// that replaced it (its backend is going down).
     Stale,
     /// The backend failed.
     Backend(GatewayError),
@@ -891,8 +897,17 @@ impl Exchange<'_> {
         .await
     }
 
-    /// Sends the request and reads the final response head; a stale pooled connection is
-    /// replaced once by a fresh one when the whole request is still in hand and idempotent.
+    /// Sends the request and reads the final response head. A stale pooled connection is
+    /// replaced once by a fresh one to the same backend when the whole request is still in
+    /// hand and idempotent; if that one closes before a byte of answer too, the backend is
+    /// going down (a crash under load closes its pooled connections and then the ones it
+    /// still accepts), and the request moves on to another backend once, on a fresh
+    /// connection, the close counted against the dying backend. An operator review killed a
+    /// backend under load: 0–5 of 32 requests in flight there were answered 502 while the
+    /// other backend was healthy, every one of them this case. A first connection that
+    /// closes unanswered is not resent: a backend that kills the connection of one request
+    /// on purpose (or a request that crashes it) sees it once, or, after a stale pooled
+    /// connection, at most three times on two backends.
     async fn send_and_read_head(
         &mut self,
         down: &mut Downstream,
@@ -902,30 +917,48 @@ impl Exchange<'_> {
             let result = self.send_once(down).await;
             match result {
                 Err(HeadFail::Stale) if self.reused && resendable => {
-                    self.reconnect(down).await.map_err(HeadFail::Backend)?;
-                    self.sent_at = crate::clock::now();
-                    self.reused = false;
-                    self.ubuf.clear();
-                    self.ustart = 0;
+                    self.reconnect(down, false, GatewayError::ConnectFailed)
+                        .await
+                        .map_err(HeadFail::Backend)?;
+                    self.resent = true;
+                }
+                Err(HeadFail::Stale) if self.resent => {
+                    self.attempt.settle(verdict(GatewayError::BackendClosed));
+                    self.resent = false;
+                    self.reconnect(down, true, GatewayError::BackendClosed)
+                        .await
+                        .map_err(HeadFail::Backend)?;
                 }
                 other => return other,
             }
+            self.sent_at = crate::clock::now();
+            self.reused = false;
+            self.ubuf.clear();
+            self.ustart = 0;
         }
     }
 
-    /// A fresh connection for the resend after a stale pooled one: to the same backend, or,
-    /// when that connect fails (refused, unreachable, timed out: nothing was sent), to the
-    /// next backend the balancer admits, as a request's first connect moves on
-    /// ([`connect_or_reuse`]), up to [`CONNECT_TRIES`] connects in all. A backend that
-    /// dies under load ends every pooled connection to it at once: each request in flight
-    /// there used to be resent to it, refused, and answered 502 while the other backends
-    /// were healthy (an operator review: 32 of 32 in flight). Fresh connections only: a
-    /// pooled one of another backend could be stale too, and there is no second resend.
-    async fn reconnect(&mut self, down: &mut Downstream) -> Result<(), GatewayError> {
+    /// A fresh connection for a resend: to the same backend, or, when that connect fails
+    /// (refused, unreachable, timed out: nothing was sent) or `elsewhere` says the backend
+    /// is going down, to the next backend the balancer admits, as a request's first connect
+    /// moves on ([`connect_or_reuse`]), up to [`CONNECT_TRIES`] backends in all. A backend
+    /// that dies under load ends every pooled connection to it at once: each request in
+    /// flight there used to be resent to it, refused, and answered 502 while the other
+    /// backends were healthy (an operator review: 32 of 32 in flight). Fresh connections
+    /// only: a pooled one of another backend could be stale too. `last_err` is the answer
+    /// when no other backend is left.
+    async fn reconnect(
+        &mut self,
+        down: &mut Downstream,
+        elsewhere: bool,
+        mut last_err: GatewayError,
+    ) -> Result<(), GatewayError> {
         let mut tried = [usize::MAX; CONNECT_TRIES];
         let mut idx = down.record.backend.unwrap_or(usize::MAX);
-        let mut last_err = GatewayError::ConnectFailed;
-        for n in 0..CONNECT_TRIES {
+        if elsewhere {
+            tried[0] = idx;
+        }
+        for n in usize::from(elsewhere)..CONNECT_TRIES {
             if n > 0 {
                 let Pick::Backend { idx: next, ticket } =
                     self.view.pick(self.svc, &tried[..n], false)
@@ -995,7 +1028,8 @@ impl Exchange<'_> {
                 if io::is_quiet(self.up.fd()) {
                     return Err(HeadFail::Backend(GatewayError::ResponseTimeout));
                 }
-                self.reused = false; // whatever comes now is no sign of staleness
+                // Whatever comes now is no sign of staleness.
+                (self.reused, self.resent) = (false, false);
                 return self.await_head(down).await;
             }
             // EPIPE or reset: read what the backend already sent before deciding.
@@ -1042,7 +1076,7 @@ impl Exchange<'_> {
                 down_w: down.sock.w(),
                 out: &mut down.out,
                 info: self.info,
-                reused: self.reused,
+                reused: self.reused || self.resent,
                 max_head: self.max_head,
                 write_timeout: self.timeouts.body,
                 date: &self.worker.date,
@@ -1602,6 +1636,8 @@ struct HeadCtx<'a> {
     /// Receives the client-bound copy of the final head.
     out: &'a mut Vec<u8>,
     info: RequestInfo,
+    /// A close before any byte of answer is [`HeadFail::Stale`]: the connection came from
+    /// the pool, or replaced a stale one.
     reused: bool,
     max_head: usize,
     /// For relaying interim responses.

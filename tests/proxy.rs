@@ -397,38 +397,75 @@ fn stale_pooled_connection_is_retried_for_idempotent_requests_only() {
 }
 
 /// A backend that answers the first request on its first connection, then dies as the next
-/// one arrives there: it stops listening and closes that connection unanswered, as a
-/// crashed process does. Returns its address and how many requests it saw.
+/// one arrives there: it closes that connection unanswered, as a crashed process does, and
+/// stops listening once it has accepted `dying_accepts` more connections and closed each
+/// unanswered after reading a request head on it (a process going down still accepts for a
+/// moment). Returns its address and how many requests it saw.
 fn backend_that_dies_on_its_second_request(
+    dying_accepts: usize,
 ) -> (std::net::SocketAddr, std::thread::JoinHandle<usize>) {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let t = std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut seen = 0;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while seen < 2 {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                buf.drain(..end + 4);
-                seen += 1;
-                if seen == 1 {
-                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndead")
-                        .unwrap();
+        // Reads until `want` request heads have arrived (or the connection ends), answering
+        // the first with `answer`; returns how many arrived.
+        let serve = |s: &mut std::net::TcpStream, want: usize, answer: Option<&[u8]>| {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let (mut seen, mut buf, mut chunk) = (0, Vec::new(), [0u8; 4096]);
+            while seen < want {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    seen += 1;
+                    if let Some(a) = answer.filter(|_| seen == 1) {
+                        s.write_all(a).unwrap();
+                    }
                 }
             }
+            seen
+        };
+        let (mut s, _) = l.accept().unwrap();
+        let mut seen = serve(
+            &mut s,
+            2,
+            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndead"),
+        );
+        drop(s);
+        for _ in 0..dying_accepts {
+            let (mut s, _) = l.accept().unwrap();
+            seen += serve(&mut s, 1, None);
         }
         drop(l);
-        drop(s);
         seen
     });
     (addr, t)
+}
+
+/// Sends `n` GETs on one connection through the gateway at `addr`, each of which must be
+/// answered 200, by the dying backend (`dead`) or by the healthy mock at `healthy`; returns
+/// how many the dying one answered.
+fn gets_answered_by_the_dying_one(
+    addr: std::net::SocketAddr,
+    healthy: std::net::SocketAddr,
+    n: usize,
+) -> usize {
+    let mut c = Client::connect(addr);
+    let mut from_dying = 0;
+    for _ in 0..n {
+        c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        if r.body == b"dead" {
+            from_dying += 1;
+        } else {
+            assert_eq!(r.json()["port"], healthy.port());
+        }
+    }
+    from_dying
 }
 
 /// Regression (an operator review): a backend that died under load ended every pooled
@@ -437,25 +474,14 @@ fn backend_that_dies_on_its_second_request(
 /// resend's connect moves on to the next backend, as a first connect does.
 #[test]
 fn a_resend_after_a_backend_died_goes_to_another_backend() {
-    let (dying, thread) = backend_that_dies_on_its_second_request();
+    let (dying, thread) = backend_that_dies_on_its_second_request(0);
     let healthy = mock_backend();
     let g = gateway(&config(
         1,
         "",
         &format!("  svc: [http://{dying}, http://{}]\n", healthy.addr),
     ));
-    let mut c = Client::connect(g.addr);
-    let mut from_dying = 0;
-    for _ in 0..4 {
-        c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
-        let r = c.read_response();
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        if r.body == b"dead" {
-            from_dying += 1;
-        } else {
-            assert_eq!(r.json()["port"], healthy.addr.port());
-        }
-    }
+    let from_dying = gets_answered_by_the_dying_one(g.addr, healthy.addr, 4);
     assert_eq!(
         from_dying, 1,
         "the dying backend answered more than its first request"
@@ -465,6 +491,33 @@ fn a_resend_after_a_backend_died_goes_to_another_backend() {
         2,
         "the dying backend never saw the request it died on"
     );
+}
+
+/// Regression (an operator review, after the fix above): 0–5 of 32 GETs in flight to a
+/// backend killed under load were still answered `502 backend_closed`: their resend's
+/// connect was accepted by the dying process, which then closed it unanswered. A fresh
+/// connection that replaced a stale one and closes before a byte of answer too moves the
+/// request on to another backend, once; the close counts against the dying backend.
+#[test]
+fn a_resend_the_dying_backend_accepted_and_closed_goes_to_another_backend() {
+    let (dying, thread) = backend_that_dies_on_its_second_request(1);
+    let healthy = mock_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://{dying}, http://{}]\n", healthy.addr),
+    )));
+    // Round robin: the dying backend, the healthy one, then the dying one's pooled connection.
+    assert_eq!(
+        gets_answered_by_the_dying_one(g.proc.addr, healthy.addr, 3),
+        1
+    );
+    // The first answered, the second on the pooled connection and again on the fresh one.
+    assert_eq!(thread.join().unwrap(), 3);
+    let m = metrics(g.admin);
+    let series =
+        format!("gateway_backend_failure_total{{service=\"svc\",backend=\"http://{dying}\"}}");
+    assert_eq!(sample(&m, &series), Some(1.0), "{m}");
 }
 
 #[test]
