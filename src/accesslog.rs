@@ -190,8 +190,8 @@ pub struct Entry<'a> {
     /// Written as its code, with the rule it names for a 400 or a bad response
     /// (`bad_request:unsafe_path`).
     pub error: Option<crate::error::GatewayError>,
-    /// Cut by the drain deadline: status and bytes are unknown (`-`), the error field reads
-    /// `drain_deadline`.
+    /// Cut by the drain deadline: the error field reads `drain_deadline`; status and bytes
+    /// are those of the answer cut short, unknown (`-`) with status 0 (none had begun).
     pub drained: bool,
     /// The body was cut short after the head went out: the error field reads
     /// `response_cut_short` (unless a gateway error says more).
@@ -306,7 +306,7 @@ fn text_line(b: &mut Vec<u8>, second: &[u8; 19], millis: u32, e: &Entry<'_>) {
         e.service.unwrap_or("-"),
         e.backend.unwrap_or("-")
     );
-    if e.drained {
+    if e.drained && e.status == 0 {
         b.extend_from_slice(b"- - ");
     } else {
         let _ = write!(b, "{} {} ", e.status, e.bytes);
@@ -346,7 +346,7 @@ fn json_line(b: &mut Vec<u8>, second: &[u8; 19], millis: u32, e: &Entry<'_>) {
     json_str(b, e.service.map(str::as_bytes));
     b.extend_from_slice(b",\"backend\":");
     json_str(b, e.backend.map(str::as_bytes));
-    if e.drained {
+    if e.drained && e.status == 0 {
         b.extend_from_slice(b",\"status\":null,\"bytes\":null");
     } else {
         let _ = write!(b, ",\"status\":{},\"bytes\":{}", e.status, e.bytes);
@@ -512,7 +512,13 @@ mod tests {
             },
             Entry {
                 drained: true,
+                status: 0,
+                bytes: 0,
                 upstream_us: None,
+                ..base
+            },
+            Entry {
+                drained: true,
                 ..base
             },
             Entry {
@@ -529,9 +535,9 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect();
-        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines.len(), 6, "{text}");
         // Valid UTF-8 stays itself (invalid bytes, as in the first target, are escaped).
-        assert_eq!(lines[4]["target"], "/v1/proxy/svc/caf\u{e9}\u{2028}");
+        assert_eq!(lines[5]["target"], "/v1/proxy/svc/caf\u{e9}\u{2028}");
         let time = lines[0]["time"].as_str().unwrap_or_default();
         assert!(time.ends_with('Z') && time.len() == 24, "{text}");
         let mut first = lines[0].clone();
@@ -569,6 +575,10 @@ mod tests {
         assert!(cut["status"].is_null() && cut["bytes"].is_null(), "{cut}");
         assert_eq!(cut["error"], "drain_deadline");
         assert!(cut.get("request_id").is_none(), "{cut}");
+        // Cut mid-body: what had gone.
+        let cut = &lines[4];
+        assert_eq!((&cut["status"], &cut["bytes"]), (&200.into(), &42.into()));
+        assert_eq!(cut["error"], "drain_deadline");
     }
 
     /// `Writer::sync` answers only once every batch handed over before it is written: the

@@ -157,6 +157,7 @@ pub async fn serve(
                 // With the access log on, the worker can write this request's line if the
                 // drain deadline cuts it (`Worker::log_cut`).
                 if logged {
+                    registration.live.answered.set(None);
                     *registration.live.request.borrow_mut() = Some(InFlight {
                         client: c.down.record.client.unwrap_or(c.down.peer.ip()),
                         method: req.info.method,

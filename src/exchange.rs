@@ -1256,7 +1256,6 @@ impl Exchange<'_> {
                     // nothing, then the connection closed under the client's upload).
                     let keep_client = keeps_client(*info, &head, worker)
                         && !whole_in_hand(&head, ubuf.len() - *ustart);
-                    let sent = Cell::new(0);
                     // While the upload runs, a backend that stops sending may be waiting
                     // for the rest of the body: its answer's waits go on (the upload's own
                     // bound the exchange); from the upload's end, `timeouts.body` again.
@@ -1275,7 +1274,7 @@ impl Exchange<'_> {
                                 out,
                                 fields,
                                 record: &mut *record,
-                                sent: &sent,
+                                live,
                                 pipes: &worker.pipes,
                                 timeout: timeouts.body,
                                 hold: Some(&hold),
@@ -1321,7 +1320,7 @@ impl Exchange<'_> {
                             Either::Right(Err(_)) => None,
                         }
                     };
-                    record.bytes += sent.get();
+                    record.bytes += live.sent.get();
                     let Some((relayed, uploaded)) = raced else {
                         // No answer of ours can follow: the connection is reset, the answer
                         // logged as cut short; no verdict on the backend.
@@ -1375,7 +1374,6 @@ impl Exchange<'_> {
         // connection after this response.
         let keep_client = !early && keeps_client(self.info, &head, self.worker);
         let fd = down.sock.fd();
-        let sent = Cell::new(0);
         let watch = Some(crate::worker::BodyWatch {
             worker: self.worker,
             live: self.live,
@@ -1392,7 +1390,7 @@ impl Exchange<'_> {
                 out: &mut down.out,
                 fields: &down.fields,
                 record: &mut down.record,
-                sent: &sent,
+                live: self.live,
                 pipes: &self.worker.pipes,
                 timeout: self.timeouts.body,
                 hold: None,
@@ -1409,7 +1407,7 @@ impl Exchange<'_> {
             keep_client,
         )
         .await;
-        down.record.bytes += sent.get();
+        down.record.bytes += self.live.sent.get();
         match relayed {
             Relayed::Whole => {}
             Relayed::Cut(body) => return (After::Close, body),
@@ -1471,9 +1469,11 @@ struct ToClient<'r> {
     /// Fields the gateway adds to the response head.
     fields: &'r [u8],
     record: &'r mut Record,
-    /// Body bytes that reached the client (the caller adds them to the record: a relay
-    /// dropped mid-body still counts what went).
-    sent: &'r Cell<u64>,
+    /// The client connection's: its `sent` counts the body bytes that reached the client
+    /// (the caller adds them to the record: a relay dropped mid-body still counts what
+    /// went), and `answered` says what the head did, for the line the drain deadline may
+    /// have to write.
+    live: &'r Live,
     pipes: &'r crate::splice::Pipes,
     timeout: Duration,
     /// Stretches the waits on the backend (see [`io::timed_held`]).
@@ -1522,7 +1522,7 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
         out,
         fields,
         record,
-        sent,
+        live,
         pipes,
         timeout,
         hold,
@@ -1550,6 +1550,8 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
     *ustart += used;
     let sent_before = record.bytes;
     record.bytes += out.len() as u64;
+    live.sent.set(0);
+    live.answered.set(Some((head.status, record.bytes)));
     if let Err(e) = io::write_all(down_w, out, timeout).await {
         if e.kind() == std::io::ErrorKind::TimedOut {
             // Some of the head may have gone: an answer cut short.
@@ -1584,7 +1586,7 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
         pipes,
         None,
         watch,
-        |n| sent.set(sent.get() + n),
+        |n| live.sent.set(live.sent.get() + n),
     )
     .await;
     *out = buf;

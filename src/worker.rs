@@ -37,6 +37,11 @@ pub struct Live {
     /// The request it serves, while the access log is on: the worker writes its line if the
     /// drain deadline cuts it (the task then never finishes to write its own).
     pub request: RefCell<Option<InFlight>>,
+    /// The status and the bytes counted with its head once a response head relayed for
+    /// that request goes to the client, and the body bytes that went since: what the line
+    /// the drain deadline writes says.
+    pub answered: Cell<Option<(u16, u64)>>,
+    pub sent: Cell<u64>,
     /// The backend connection's fd, the tick the wait began, and whether only a reset
     /// counts (the client has a next request in hand), while its exchange waits on the
     /// backend with the request sent: [`Worker::watch_waiting`] looks at the client
@@ -753,6 +758,10 @@ impl Worker {
             let request = live.request.borrow();
             let Some(f) = request.as_ref() else { continue };
             let service = f.view.snapshot.services.get(f.svc);
+            let (status, bytes) = live
+                .answered
+                .get()
+                .map_or((0, 0), |(status, head)| (status, head + live.sent.get()));
             let entry = crate::accesslog::Entry {
                 client: f.client,
                 method: f.method.as_str(),
@@ -762,8 +771,8 @@ impl Worker {
                     .zip(f.backend.get())
                     .and_then(|(s, b)| s.backends.get(b))
                     .map(|b| b.url.url.as_str()),
-                status: 0,
-                bytes: 0,
+                status,
+                bytes,
                 upstream_us: None,
                 total_us: f.started.elapsed().as_micros() as u64,
                 error: None,

@@ -727,11 +727,17 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
     );
     let mut slow = Client::connect(g.proc.addr);
     slow.send(b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 8000\r\n\r\n");
+    // Half of its body (100 000 bytes) at once, the rest 8 s later.
+    let mut streaming = Client::connect(g.proc.addr);
+    streaming.send(
+        b"GET /v1/proxy/svc/streaming HTTP/1.1\r\nHost: g\r\nx-mock-body-bytes: 200000\r\n\
+          x-mock-body-delay-ms: 8000\r\n\r\n",
+    );
     assert!(eventually(Duration::from_secs(5), || {
         sample(
             &metrics(g.admin),
             "gateway_pool_connections{state=\"active\"}",
-        ) == Some(2.0)
+        ) == Some(3.0)
     }));
     let t = Instant::now();
     signal(&g.proc.child, libc::SIGTERM);
@@ -745,6 +751,16 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
         slow.read_until_end().is_err(),
         "the cut request was not reset"
     );
+    let mut got = Vec::new();
+    let (mut chunk, mut sock) = ([0u8; 65536], &streaming.stream);
+    let cut_short = loop {
+        match std::io::Read::read(&mut sock, &mut chunk) {
+            Ok(0) => break false,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => break true,
+        }
+    };
+    assert!(cut_short, "the cut body ended cleanly");
     exits_cleanly(&mut g.proc.child, t);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
@@ -777,6 +793,16 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
     assert!(cut[11].len() == 32 && cut[11] != quick_id, "{text}");
     let took: f64 = cut[9].parse().expect("total seconds");
     assert!((0.9..5.0).contains(&took), "{text}");
+    // An answer cut mid-body says its status and the bytes that went (it said `- -` while
+    // the client had a 200 and 100 KB: an operator review).
+    let cut: Vec<String> = line("/v1/proxy/svc/streaming")
+        .split(' ')
+        .map(String::from)
+        .collect();
+    assert_eq!(cut.len(), 12, "{text}");
+    assert_eq!((&*cut[6], &*cut[10]), ("200", "drain_deadline"), "{text}");
+    assert_eq!(cut[7], got.len().to_string(), "{text}");
+    assert!(got.len() > 100_000, "{}", got.len());
 }
 
 #[test]
