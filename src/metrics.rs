@@ -21,6 +21,8 @@ use crate::error::GatewayError;
 /// in `gateway_metric_ids_exhausted_total`. Their tables cost about 620 KiB per worker.
 pub const MAX_SERVICES: usize = 1024;
 pub const MAX_SLOTS: usize = 4096;
+/// Kinds of [`GatewayError`], each counted apart.
+const ERRORS: usize = GatewayError::ALL.len();
 
 /// Upper bounds of the latency histogram buckets, in microseconds (+Inf is implicit). Up to
 /// 60 s: the default `timeouts.response` is 30 s (an operator review found every answer
@@ -98,8 +100,10 @@ pub struct WorkerMetrics {
     cut: Box<[Counter]>,
     /// `service * 2`: answered 429 (rate limited); `+ 1`: 503 overloaded.
     admission: Box<[Counter]>,
-    /// Responses the gateway made itself, by `GatewayError::index`.
-    pub errors: Box<[Counter]>,
+    /// Responses the gateway made itself: `row * ERRORS + GatewayError::index`, where row 0
+    /// holds requests that routed to no service (or to one past [`MAX_SERVICES`]) and row
+    /// `service + 1` a service's.
+    errors: Box<[Counter]>,
     pub connect: Histograms,
     pub response: Histograms,
     /// Per service: a request's head to its response's end, as the client saw it.
@@ -133,7 +137,7 @@ impl Default for WorkerMetrics {
             aborted: counters(MAX_SERVICES),
             cut: counters(MAX_SERVICES),
             admission: counters(MAX_SERVICES * 2),
-            errors: counters(GatewayError::ALL.len()),
+            errors: counters((MAX_SERVICES + 1) * ERRORS),
             connect: Histograms::new(),
             response: Histograms::new(),
             duration: Histograms::new(),
@@ -166,7 +170,11 @@ impl WorkerMetrics {
             received,
             ..
         } = *rec;
-        if let Some(s) = service.filter(|&s| s < MAX_SERVICES) {
+        let service = service.filter(|&s| s < MAX_SERVICES);
+        if let Some(e) = error {
+            self.errors[service.map_or(0, |s| s + 1) * ERRORS + e.index()].inc();
+        }
+        if let Some(s) = service {
             if status == 0 {
                 self.aborted[s].inc();
             } else {
@@ -187,9 +195,6 @@ impl WorkerMetrics {
                 Some(GatewayError::Overloaded) => self.admission[s * 2 + 1].inc(),
                 _ => {}
             }
-        }
-        if let Some(e) = error {
-            self.errors[e.index()].inc();
         }
     }
 
@@ -361,17 +366,19 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
     }
     let _ = writeln!(
         w,
-        "# HELP gateway_errors_total Responses the gateway made itself, by error code."
+        "# HELP gateway_errors_total Responses the gateway made itself, by service (none for a request that routed to no service) and error code."
     );
     let _ = writeln!(w, "# TYPE gateway_errors_total counter");
-    for e in GatewayError::ALL {
-        let v = sum(workers, |m| m.errors[e.index()].get());
-        let _ = writeln!(
-            w,
-            "gateway_errors_total{{code=\"{}\",status=\"{}\"}} {v}",
-            e.code(),
-            e.status()
-        );
+    let services = names.services.iter().filter(|(id, _)| *id < MAX_SERVICES);
+    for (row, name) in std::iter::once((0, None)).chain(services.map(|(id, n)| (id + 1, Some(n)))) {
+        for e in GatewayError::ALL {
+            let v = sum(workers, |m| m.errors[row * ERRORS + e.index()].get());
+            let _ = match name {
+                Some(name) => write!(w, "gateway_errors_total{{service=\"{}\",", escape(name)),
+                None => write!(w, "gateway_errors_total{{"),
+            };
+            let _ = writeln!(w, "code=\"{}\",status=\"{}\"}} {v}", e.code(), e.status());
+        }
     }
     for (metric, help, pick) in [
         (
@@ -747,7 +754,7 @@ mod tests {
         assert!(text.contains("gateway_requests_total{service=\"svc\",class=\"1xx\"} 0\n"));
         assert!(text.contains("gateway_requests_aborted_total{service=\"svc\"} 1\n"));
         assert!(
-            text.contains("gateway_errors_total{code=\"no_backend_available\",status=\"503\"} 1\n")
+            text.contains("gateway_errors_total{service=\"svc\",code=\"no_backend_available\",status=\"503\"} 1\n")
         );
         assert!(text.contains(
             "gateway_upstream_response_seconds_bucket{service=\"svc\",le=\"0.0005\"} 0\n"

@@ -55,7 +55,7 @@ fn a_413_counts_for_its_service_whether_found_by_length_or_in_a_chunked_body() {
     assert_eq!(
         sample(
             &m,
-            "gateway_errors_total{code=\"body_too_large\",status=\"413\"}"
+            "gateway_errors_total{service=\"svc\",code=\"body_too_large\",status=\"413\"}"
         ),
         Some(2.0)
     );
@@ -562,7 +562,7 @@ fn a_client_that_resets_before_the_answer_is_logged_and_counted_as_aborted() {
     assert_eq!(
         sample(
             &m,
-            "gateway_errors_total{code=\"client_closed_request\",status=\"499\"}"
+            "gateway_errors_total{service=\"svc\",code=\"client_closed_request\",status=\"499\"}"
         ),
         Some(2.0),
         "{m}"
@@ -624,7 +624,7 @@ fn a_timed_out_head_counts_for_its_service_with_the_access_log_off() {
         m = metrics(g.admin);
         sample(
             &m,
-            "gateway_errors_total{code=\"request_timeout\",status=\"408\"}",
+            "gateway_errors_total{service=\"svc\",code=\"request_timeout\",status=\"408\"}",
         ) == Some(1.0)
     });
     assert!(counted, "{m}");

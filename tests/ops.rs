@@ -889,8 +889,17 @@ fn metrics_parse_and_count_what_was_sent_and_admin_shows_breaker_history() {
         2.0
     );
     assert_eq!(
-        m["gateway_errors_total{code=\"no_backend_available\",status=\"503\"}"],
+        m["gateway_errors_total{service=\"flaky\",code=\"no_backend_available\",status=\"503\"}"],
         1.0
+    );
+    // Each error under the service it routed to; those of no service have no label.
+    assert_eq!(
+        m["gateway_errors_total{code=\"no_backend_available\",status=\"503\"}"],
+        0.0
+    );
+    assert_eq!(
+        m["gateway_errors_total{service=\"flaky\",code=\"service_not_found\",status=\"404\"}"],
+        0.0
     );
     assert_eq!(
         m["gateway_upstream_response_seconds_count{service=\"svc\"}"],

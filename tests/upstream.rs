@@ -976,7 +976,7 @@ fn a_client_that_leaves_frees_its_backend(env: &[(&str, &str)]) {
     assert_eq!(
         sample(
             &m,
-            "gateway_errors_total{code=\"client_closed_request\",status=\"499\"}"
+            "gateway_errors_total{service=\"svc\",code=\"client_closed_request\",status=\"499\"}"
         ),
         Some(3.0),
         "{m}"
