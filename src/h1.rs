@@ -412,7 +412,7 @@ pub fn parse_request<'h, 'b>(
             }
             10 if name_is(name, "connection") => {
                 for opt in list_elements(h.value) {
-                    if opt.eq_ignore_ascii_case(b"close") {
+                    if closes(opt) {
                         close = true;
                     } else if opt.eq_ignore_ascii_case(b"keep-alive") {
                         keep_alive_token = true;
@@ -637,7 +637,7 @@ pub fn parse_response<'h, 'b>(
             }
         } else if name_is(name, "connection") {
             for opt in list_elements(h.value) {
-                if opt.eq_ignore_ascii_case(b"close") {
+                if closes(opt) {
                     close = true;
                 } else if opt.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive_token = true;
@@ -809,7 +809,15 @@ impl<'h, 'b> ConnectionOptions<'h, 'b> {
 }
 
 fn is_close_or_keep_alive(opt: &[u8]) -> bool {
-    opt.eq_ignore_ascii_case(b"close") || opt.eq_ignore_ascii_case(b"keep-alive")
+    closes(opt) || opt.eq_ignore_ascii_case(b"keep-alive")
+}
+
+/// A `Connection` element that closes the connection after this message: `close`, or one
+/// that is no token (`close x`, `keep-alive;q=1`): what its sender meant is unclear, and
+/// closing is the reading that is always safe (NGINX takes any value containing `close`;
+/// until 2026-12-04 such an element was taken for an option and the connection kept).
+fn closes(opt: &[u8]) -> bool {
+    opt.eq_ignore_ascii_case(b"close") || !opt.iter().all(|&b| is_tchar(b))
 }
 
 /// Appends `n` in decimal without allocating.
@@ -1693,6 +1701,33 @@ mod tests {
         .unwrap();
         assert_eq!(p.target, "/v1/x?q");
         assert_eq!(p.host, Some(&b"gw.example"[..]));
+    }
+
+    #[test]
+    fn a_connection_element_that_is_no_token_closes() {
+        for value in [
+            "close x",
+            "keep-alive x",
+            "x, close y",
+            "keep-alive;q=1",
+            "\"close\"",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: {value}\r\n\r\n");
+            let req = parse(raw.as_bytes()).unwrap().unwrap();
+            assert!(!req.keep_alive, "request, {value}");
+            let raw =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: {value}\r\n\r\n");
+            let mut h = header_slots();
+            let res = parse_response(raw.as_bytes(), &mut h, false, 8192)
+                .unwrap()
+                .unwrap();
+            assert!(!res.info.reusable, "response, {value}");
+        }
+        // Tokens stay options, and the connection is kept.
+        let req = parse(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: x-opt, keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(req.keep_alive);
     }
 
     #[test]
