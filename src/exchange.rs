@@ -132,7 +132,7 @@ pub async fn forward(
                     down.record.received += relay.wire();
                     after
                 }
-                Ok((attempt, up, reused)) => {
+                Ok((attempt, up, reused, tried)) => {
                     // The head and the body in hand go up in one write. The client's buffer
                     // is lent to that write only when nothing follows the body in it: a
                     // write that times out loses the buffers it was lent, and a pipelined
@@ -176,7 +176,8 @@ pub async fn forward(
                         attempt,
                         up,
                         reused,
-                        resent: false,
+                        tried,
+                        moved: false,
                         up_out,
                         body_in_hand,
                         rest: std::mem::take(&mut rest),
@@ -293,6 +294,41 @@ async fn buffer_body(
 /// NGINX's `proxy_next_upstream error timeout` tries every server.
 const CONNECT_TRIES: usize = 3;
 
+/// Request heads longer than this, as forwarded, are ones a backend may refuse for their
+/// size (NGINX's, Tomcat's and Gunicorn's limits are 8 KiB): see [`Exchange::verdict_on`].
+const CLIENT_SIZED_HEAD: usize = 8 * 1024;
+
+/// The backends one request was sent to or failed to connect to: it moves on only to
+/// others, up to [`CONNECT_TRIES`] in all, whatever made it move (a review saw a request
+/// go back to a backend whose connect had already failed, counted twice against it).
+#[derive(Clone, Copy)]
+struct Tried {
+    ids: [usize; CONNECT_TRIES],
+    n: usize,
+}
+
+impl Tried {
+    const NONE: Tried = Tried {
+        ids: [usize::MAX; CONNECT_TRIES],
+        n: 0,
+    };
+
+    fn list(&self) -> &[usize] {
+        &self.ids[..self.n]
+    }
+
+    fn full(&self) -> bool {
+        self.n == CONNECT_TRIES
+    }
+
+    fn push(&mut self, idx: usize) {
+        if let Some(slot) = self.ids.get_mut(self.n) {
+            *slot = idx;
+            self.n += 1;
+        }
+    }
+}
+
 /// Picks a backend and gets a connection to it: a clean pooled one, or a new one. A connect
 /// that fails (nothing sent) moves on to the next backend, up to [`CONNECT_TRIES`] in all:
 /// one dead backend of three used to fail every other request it was picked for after one
@@ -306,17 +342,17 @@ async fn connect_or_reuse<'v>(
     req: Request,
     prep: Prepared<'_>,
     relay: &BodyRelay,
-) -> Result<(Attempt<'v>, Socket, bool), After> {
+) -> Result<(Attempt<'v>, Socket, bool, Tried), After> {
     let service = &view.snapshot.services[req.svc];
     let timeouts = view.snapshot.config.timeouts;
     let request = (req.info.keep_alive, relay.done);
-    let mut tried = [usize::MAX; CONNECT_TRIES];
+    let mut tried = Tried::NONE;
     let mut last_err = GatewayError::ConnectFailed;
-    for n in 0..CONNECT_TRIES {
-        let (idx, ticket) = match view.pick(req.svc, &tried[..n], !relay.done) {
+    while !tried.full() {
+        let (idx, ticket) = match view.pick(req.svc, tried.list(), !relay.done) {
             Pick::Backend { idx, ticket } => (idx, ticket),
             Pick::AllOpen { retry_after_secs } => {
-                let (err, retry) = if n > 0 {
+                let (err, retry) = if tried.n > 0 {
                     // The other backends failed too: say how, not "all open".
                     (last_err, None)
                 } else {
@@ -334,14 +370,15 @@ async fn connect_or_reuse<'v>(
                 .await);
             }
         };
+        tried.push(idx);
         let mut attempt = Attempt::to(worker, service, idx, ticket, down, prep.live);
         let backend = attempt.backend;
         if let Some(s) = worker.pool.take(backend.slot) {
-            return Ok((attempt, s, true));
+            return Ok((attempt, s, true, tried));
         }
         match connect_fresh(&mut attempt, timeouts.connect).await {
-            Ok(s) => return Ok((attempt, s, false)),
-            Err(err) if moves_on(err) => (last_err, tried[n]) = (err, idx),
+            Ok(s) => return Ok((attempt, s, false, tried)),
+            Err(err) if moves_on(err) => last_err = err,
             Err(err) => {
                 last_err = err;
                 break;
@@ -569,10 +606,11 @@ struct Exchange<'a> {
     up: Socket,
     /// `up` came from the pool (a failure before any response byte means it went stale).
     reused: bool,
-    /// `up` is the fresh connection a stale pooled one was replaced with, to the same
-    /// backend: if it too closes before a byte of answer, that backend is going down, and
-    /// the request moves on to another once (see [`Exchange::send_and_read_head`]).
-    resent: bool,
+    /// Where the request went (see [`Tried`]).
+    tried: Tried,
+    /// It moved on after a reset, or a write timed out (its bytes may be half sent): no
+    /// reset moves it on again (see [`Exchange::send_and_read_head`]).
+    moved: bool,
     /// The request head (and a re-framed body in hand), as sent upstream; it, the body in
     /// hand and `rest` are kept for one resend.
     up_out: Vec<u8>,
@@ -602,9 +640,11 @@ struct Exchange<'a> {
 
 /// Why no response head came, short of success.
 enum HeadFail {
-    /// Nothing at all came back on a reused connection (it was stale), or on the fresh one
-    /// that replaced it (its backend is going down).
+    /// Nothing at all came back on a reused connection: it was stale.
     Stale,
+    /// A fresh connection was reset before a byte of answer, and the request may move on
+    /// (see [`HeadCtx::moves_on_reset`]).
+    Reset,
     /// The backend failed.
     Backend(GatewayError),
     /// The backend answered with a head we do not relay (see [`Outcome::Responded`]): the
@@ -787,8 +827,12 @@ impl Exchange<'_> {
                     .reply(down, GatewayError::BadResponse(TOO_MANY_INTERIM))
                     .await;
             }
-            Err(HeadFail::Backend(err)) => {
-                self.attempt.settle(verdict(err));
+            Err(fail @ (HeadFail::Backend(_) | HeadFail::Reset)) => {
+                let err = match fail {
+                    HeadFail::Backend(err) => err,
+                    _ => GatewayError::BackendClosed,
+                };
+                self.attempt.settle(self.verdict_on(err));
                 // The log's upstream time is how long the backend was waited on, as NGINX's
                 // `$upstream_response_time` (a 504 said `-` after its whole timeout).
                 down.record.upstream_us = Some(self.sent_at.elapsed().as_micros() as u64);
@@ -899,15 +943,15 @@ impl Exchange<'_> {
 
     /// Sends the request and reads the final response head. A stale pooled connection is
     /// replaced once by a fresh one to the same backend when the whole request is still in
-    /// hand and idempotent; if that one closes before a byte of answer too, the backend is
-    /// going down (a crash under load closes its pooled connections and then the ones it
-    /// still accepts), and the request moves on to another backend once, on a fresh
-    /// connection, the close counted against the dying backend. An operator review killed a
-    /// backend under load: 0–5 of 32 requests in flight there were answered 502 while the
-    /// other backend was healthy, every one of them this case. A first connection that
-    /// closes unanswered is not resent: a backend that kills the connection of one request
-    /// on purpose (or a request that crashes it) sees it once, or, after a stale pooled
-    /// connection, at most three times on two backends.
+    /// hand and idempotent. A fresh connection reset before a byte of answer (with the whole
+    /// idempotent request in hand) counts against its backend, and the request moves on
+    /// once to another backend, on a fresh connection: a process being killed resets the
+    /// connections its listener had accepted and it had not (an operator review killed a
+    /// backend under load: 0–17 of 32 requests in flight were answered 502 while the other
+    /// backend was healthy). A connection closed in order (a FIN) before an answer is
+    /// not moved on: a backend that reads a request and hangs up on it (one that the
+    /// request crashes, or a deliberate close) would otherwise see it on every backend,
+    /// each counting a failure (a review). So a request is sent at most three times.
     async fn send_and_read_head(
         &mut self,
         down: &mut Downstream,
@@ -920,11 +964,11 @@ impl Exchange<'_> {
                     self.reconnect(down, false, GatewayError::ConnectFailed)
                         .await
                         .map_err(HeadFail::Backend)?;
-                    self.resent = true;
                 }
-                Err(HeadFail::Stale) if self.resent => {
-                    self.attempt.settle(verdict(GatewayError::BackendClosed));
-                    self.resent = false;
+                Err(HeadFail::Reset) => {
+                    self.attempt
+                        .settle(self.verdict_on(GatewayError::BackendClosed));
+                    self.moved = true;
                     self.reconnect(down, true, GatewayError::BackendClosed)
                         .await
                         .map_err(HeadFail::Backend)?;
@@ -938,34 +982,46 @@ impl Exchange<'_> {
         }
     }
 
-    /// A fresh connection for a resend: to the same backend, or, when that connect fails
-    /// (refused, unreachable, timed out: nothing was sent) or `elsewhere` says the backend
-    /// is going down, to the next backend the balancer admits, as a request's first connect
-    /// moves on ([`connect_or_reuse`]), up to [`CONNECT_TRIES`] backends in all. A backend
-    /// that dies under load ends every pooled connection to it at once: each request in
-    /// flight there used to be resent to it, refused, and answered 502 while the other
-    /// backends were healthy (an operator review: 32 of 32 in flight). Fresh connections
-    /// only: a pooled one of another backend could be stale too. `last_err` is the answer
-    /// when no other backend is left.
+    /// The breaker's verdict on a request that failed with `err` before its answer. A backend
+    /// that hangs up on a request head over [`CLIENT_SIZED_HEAD`] may be refusing its size,
+    /// which the client chose (up to `limits.max_head_bytes`, 32 KiB by default, to which
+    /// the gateway adds its own fields, where many servers stop at 8 KiB and some close
+    /// rather than answer 431): no verdict, or three such heads opened a healthy circuit for
+    /// every client (a hostile-client review), as an answer head over our limits is none.
+    fn verdict_on(&self, err: GatewayError) -> Outcome {
+        if err == GatewayError::BackendClosed && self.head_len > CLIENT_SIZED_HEAD {
+            return Outcome::NotSent;
+        }
+        verdict(err)
+    }
+
+    /// A fresh connection for a resend: to the same backend (unless `elsewhere`), or, when
+    /// that connect fails (refused, unreachable, timed out: nothing was sent), to the next
+    /// backend the balancer admits that the request has not tried, as a request's first
+    /// connect moves on ([`connect_or_reuse`]), up to [`CONNECT_TRIES`] backends in all. A
+    /// backend that dies under load ends every pooled connection to it at once: each
+    /// request in flight there used to be resent to it, refused, and answered 502 while the
+    /// other backends were healthy (an operator review: 32 of 32 in flight). Fresh
+    /// connections only: a pooled one of another backend could be stale too. `last_err` is
+    /// the answer when no other backend is left.
     async fn reconnect(
         &mut self,
         down: &mut Downstream,
         elsewhere: bool,
         mut last_err: GatewayError,
     ) -> Result<(), GatewayError> {
-        let mut tried = [usize::MAX; CONNECT_TRIES];
-        let mut idx = down.record.backend.unwrap_or(usize::MAX);
-        if elsewhere {
-            tried[0] = idx;
-        }
-        for n in usize::from(elsewhere)..CONNECT_TRIES {
-            if n > 0 {
-                let Pick::Backend { idx: next, ticket } =
-                    self.view.pick(self.svc, &tried[..n], false)
+        let mut same = !elsewhere;
+        loop {
+            if !same {
+                if self.tried.full() {
+                    break;
+                }
+                let Pick::Backend { idx, ticket } =
+                    self.view.pick(self.svc, self.tried.list(), false)
                 else {
                     break;
                 };
-                idx = next;
+                self.tried.push(idx);
                 let service = &self.view.snapshot.services[self.svc];
                 self.attempt = Attempt::to(self.worker, service, idx, ticket, down, self.live);
                 // The head names the backend (its path prefix and authority); the body in
@@ -985,12 +1041,13 @@ impl Exchange<'_> {
                     .recycle(std::mem::replace(&mut self.up_out, out));
                 self.head_len = head_len;
             }
+            same = false;
             match connect_fresh(&mut self.attempt, self.timeouts.connect).await {
                 Ok(s) => {
                     self.up = s;
                     return Ok(());
                 }
-                Err(err) if moves_on(err) => (last_err, tried[n]) = (err, idx),
+                Err(err) if moves_on(err) => last_err = err,
                 Err(err) => return Err(err),
             }
         }
@@ -1028,16 +1085,22 @@ impl Exchange<'_> {
                 if io::is_quiet(self.up.fd()) {
                     return Err(HeadFail::Backend(GatewayError::ResponseTimeout));
                 }
-                // Whatever comes now is no sign of staleness.
-                (self.reused, self.resent) = (false, false);
-                return self.await_head(down).await;
+                // Whatever comes now is no sign of staleness, and nothing can be resent.
+                (self.reused, self.moved) = (false, true);
+                return self.await_head(down, false).await;
             }
             // EPIPE or reset: read what the backend already sent before deciding.
-            Err(_) => return self.await_head(down).await,
+            Err(e) => {
+                let reset = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                );
+                return self.await_head(down, reset).await;
+            }
         }
         if self.relay.done {
             self.request_sent();
-            return self.await_head(down).await;
+            return self.await_head(down, false).await;
         }
         self.attempt.renew();
         // The backend held the upload up for as long as the first write waited on it.
@@ -1058,7 +1121,13 @@ impl Exchange<'_> {
 
     /// The response head with the response timeout, the request being sent (or the send
     /// having failed).
-    async fn await_head(&mut self, down: &mut Downstream) -> Result<ResponseHead, HeadFail> {
+    /// `reset`: writing the request failed on a reset connection (the read that follows
+    /// may find only its end).
+    async fn await_head(
+        &mut self,
+        down: &mut Downstream,
+        reset: bool,
+    ) -> Result<ResponseHead, HeadFail> {
         let timeout = self.timeouts.response;
         // A client with a next request in hand (pipelined) is gone only if it reset its
         // connection: a close behind its requests is no sign of leaving. A probe's answer
@@ -1076,7 +1145,12 @@ impl Exchange<'_> {
                 down_w: down.sock.w(),
                 out: &mut down.out,
                 info: self.info,
-                reused: self.reused || self.resent,
+                reused: self.reused,
+                moves_on_reset: !self.reused
+                    && !self.moved
+                    && self.relay.done
+                    && self.info.method.is_idempotent(),
+                write_reset: reset,
                 max_head: self.max_head,
                 write_timeout: self.timeouts.body,
                 date: &self.worker.date,
@@ -1176,6 +1250,8 @@ impl Exchange<'_> {
                         out: &mut *out,
                         info: *info,
                         reused: *reused,
+                        moves_on_reset: false,
+                        write_reset: false,
                         max_head: *max_head,
                         write_timeout: timeouts.body,
                         date: &worker.date,
@@ -1638,9 +1714,14 @@ struct HeadCtx<'a> {
     /// Receives the client-bound copy of the final head.
     out: &'a mut Vec<u8>,
     info: RequestInfo,
-    /// A close before any byte of answer is [`HeadFail::Stale`]: the connection came from
-    /// the pool, or replaced a stale one.
+    /// The connection came from the pool: a close or reset before any byte of answer is
+    /// [`HeadFail::Stale`].
     reused: bool,
+    /// A reset before any byte of answer is [`HeadFail::Reset`]: the connection is fresh
+    /// and the request may move on.
+    moves_on_reset: bool,
+    /// Writing the request met a reset already: then the read finds the connection's end.
+    write_reset: bool,
     max_head: usize,
     /// For relaying interim responses.
     write_timeout: Duration,
@@ -1718,13 +1799,24 @@ async fn read_head(
             }
         };
         first_read = false;
-        match io::read_more(up, ubuf, ustart, 4096, left).await {
+        let read = io::read_more(up, ubuf, ustart, 4096, left).await;
+        match read {
             Read::Data(_) => got_any = true,
             Read::Timeout => return Err(HeadFail::Backend(GatewayError::ResponseTimeout)),
             Read::Eof | Read::Err(_) if cx.reused && !got_any => return Err(HeadFail::Stale),
+            Read::Eof | Read::Err(_)
+                if cx.moves_on_reset && !got_any && (cx.write_reset || was_reset(&read)) =>
+            {
+                return Err(HeadFail::Reset)
+            }
             Read::Eof | Read::Err(_) => return Err(HeadFail::Backend(GatewayError::BackendClosed)),
         }
     }
+}
+
+/// The read failed on a connection the peer reset.
+fn was_reset(read: &Read) -> bool {
+    matches!(read, Read::Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
 }
 
 /// What the bytes in hand hold of a response head.

@@ -396,48 +396,58 @@ fn stale_pooled_connection_is_retried_for_idempotent_requests_only() {
     assert_eq!(rec.requests(), 6);
 }
 
-/// A backend that answers the first request on its first connection, then dies as the next
-/// one arrives there: it closes that connection unanswered, as a crashed process does, and
-/// stops listening once it has accepted `dying_accepts` more connections and closed each
-/// unanswered after reading a request head on it (a process going down still accepts for a
-/// moment). Returns its address and how many requests it saw.
-fn backend_that_dies_on_its_second_request(
-    dying_accepts: usize,
+/// How a test backend hangs up on a request it does not answer.
+#[derive(Clone, Copy, PartialEq)]
+enum HangUp {
+    /// It leaves the request unread and closes: the kernel resets the connection, as it
+    /// does to the connections a killed process's listener had accepted.
+    Reset,
+    /// It reads the request and closes in order (a FIN): a backend the request crashes, or
+    /// one that hangs up on it on purpose.
+    Close,
+}
+
+/// A backend that answers the first request it gets (`first` in the body) when
+/// `answer_first`, then hangs up on every later request without a byte of answer, `how`
+/// says. It serves `conns` connections one after the other, then stops listening (a later
+/// connect is refused). Returns its address and how many request heads it saw.
+fn backend_hanging_up(
+    how: HangUp,
+    answer_first: bool,
+    conns: usize,
 ) -> (std::net::SocketAddr, std::thread::JoinHandle<usize>) {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let t = std::thread::spawn(move || {
-        // Reads until `want` request heads have arrived (or the connection ends), answering
-        // the first with `answer`; returns how many arrived.
-        let serve = |s: &mut std::net::TcpStream, want: usize, answer: Option<&[u8]>| {
+        let (mut seen, mut answered) = (0, !answer_first);
+        for _ in 0..conns {
+            let Ok((mut s, _)) = l.accept() else { break };
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let (mut seen, mut buf, mut chunk) = (0, Vec::new(), [0u8; 4096]);
-            while seen < want {
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    buf.drain(..end + 4);
-                    seen += 1;
-                    if let Some(a) = answer.filter(|_| seen == 1) {
-                        s.write_all(a).unwrap();
+            let mut peeked = vec![0u8; 64 * 1024];
+            loop {
+                // The next head, whole, still unread.
+                let head = loop {
+                    match s.peek(&mut peeked) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => match peeked[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+                            Some(end) => break Some(end + 4),
+                            None => std::thread::sleep(Duration::from_millis(1)),
+                        },
                     }
+                };
+                let Some(len) = head else { break };
+                seen += 1;
+                if how == HangUp::Close || !answered {
+                    s.read_exact(&mut peeked[..len]).unwrap();
                 }
+                if answered {
+                    break; // hangs up: unread (a reset) or read (a close)
+                }
+                answered = true;
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst")
+                    .unwrap();
             }
-            seen
-        };
-        let (mut s, _) = l.accept().unwrap();
-        let mut seen = serve(
-            &mut s,
-            2,
-            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndead"),
-        );
-        drop(s);
-        for _ in 0..dying_accepts {
-            let (mut s, _) = l.accept().unwrap();
-            seen += serve(&mut s, 1, None);
         }
         drop(l);
         seen
@@ -446,7 +456,7 @@ fn backend_that_dies_on_its_second_request(
 }
 
 /// Sends `n` GETs on one connection through the gateway at `addr`, each of which must be
-/// answered 200, by the dying backend (`dead`) or by the healthy mock at `healthy`; returns
+/// answered 200, by the dying backend (`first`) or by the healthy mock at `healthy`; returns
 /// how many the dying one answered.
 fn gets_answered_by_the_dying_one(
     addr: std::net::SocketAddr,
@@ -459,7 +469,7 @@ fn gets_answered_by_the_dying_one(
         c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
         let r = c.read_response();
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        if r.body == b"dead" {
+        if r.body == b"first" {
             from_dying += 1;
         } else {
             assert_eq!(r.json()["port"], healthy.port());
@@ -474,7 +484,7 @@ fn gets_answered_by_the_dying_one(
 /// resend's connect moves on to the next backend, as a first connect does.
 #[test]
 fn a_resend_after_a_backend_died_goes_to_another_backend() {
-    let (dying, thread) = backend_that_dies_on_its_second_request(0);
+    let (dying, thread) = backend_hanging_up(HangUp::Close, true, 1);
     let healthy = mock_backend();
     let g = gateway(&config(
         1,
@@ -493,14 +503,21 @@ fn a_resend_after_a_backend_died_goes_to_another_backend() {
     );
 }
 
-/// Regression (an operator review, after the fix above): 0–5 of 32 GETs in flight to a
-/// backend killed under load were still answered `502 backend_closed`: their resend's
-/// connect was accepted by the dying process, which then closed it unanswered. A fresh
-/// connection that replaced a stale one and closes before a byte of answer too moves the
-/// request on to another backend, once; the close counts against the dying backend.
+/// The failures counted against `backend` of service `svc` in the metrics at `admin`.
+fn failures_of(admin: std::net::SocketAddr, backend: std::net::SocketAddr) -> Option<f64> {
+    let series =
+        format!("gateway_backend_failure_total{{service=\"svc\",backend=\"http://{backend}\"}}");
+    sample(&metrics(admin), &series)
+}
+
+/// Regression (operator reviews, after the fix above): GETs in flight to a backend killed
+/// under load were still answered `502 backend_closed` (0–17 of 32 per kill): their
+/// resend's connect, or a first one, was accepted by the dying process's listener and
+/// then reset. A fresh connection reset before a byte of answer counts against its backend
+/// and moves the request on, once.
 #[test]
-fn a_resend_the_dying_backend_accepted_and_closed_goes_to_another_backend() {
-    let (dying, thread) = backend_that_dies_on_its_second_request(1);
+fn a_resend_the_dying_backend_accepted_and_reset_goes_to_another_backend() {
+    let (dying, thread) = backend_hanging_up(HangUp::Reset, true, 2);
     let healthy = mock_backend();
     let g = gateway_at(&write_config(&config(
         1,
@@ -512,12 +529,133 @@ fn a_resend_the_dying_backend_accepted_and_closed_goes_to_another_backend() {
         gets_answered_by_the_dying_one(g.proc.addr, healthy.addr, 3),
         1
     );
-    // The first answered, the second on the pooled connection and again on the fresh one.
+    // The first answered, the third on the pooled connection and again on the fresh one.
     assert_eq!(thread.join().unwrap(), 3);
-    let m = metrics(g.admin);
-    let series =
-        format!("gateway_backend_failure_total{{service=\"svc\",backend=\"http://{dying}\"}}");
-    assert_eq!(sample(&m, &series), Some(1.0), "{m}");
+    assert_eq!(failures_of(g.admin, dying), Some(1.0));
+}
+
+/// A first connection reset before a byte of answer moves a GET on too (a backend killed
+/// under load resets what its listener had accepted); one closed in order does not: a
+/// backend that reads a request and hangs up on it (the request crashes it, or it means
+/// to) would otherwise see it on every backend, each counting a failure (a review).
+#[test]
+fn a_fresh_connection_reset_moves_a_get_on_and_one_closed_in_order_does_not() {
+    let (resets, _) = backend_hanging_up(HangUp::Reset, false, 8);
+    let (closes, closed) = backend_hanging_up(HangUp::Close, false, 1);
+    let healthy = mock_backend();
+    let rec = Recorder::start(reply(200));
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!(
+            "  svc: [http://{resets}, http://{}]\n  other: [http://{closes}, http://{}]\n",
+            healthy.addr, rec.addr
+        ),
+    )));
+    let r = get(g.proc.addr, "/v1/proxy/svc/x");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["port"], healthy.addr.port());
+    assert_eq!(failures_of(g.admin, resets), Some(1.0));
+    let r = get(g.proc.addr, "/v1/proxy/other/x");
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "backend_closed");
+    assert_eq!(closed.join().unwrap(), 1);
+    assert_eq!(
+        rec.requests(),
+        0,
+        "the request that closed its backend was carried on"
+    );
+}
+
+/// The same on a pooled connection: it is resent once to the same backend (the pooled
+/// connection may just have gone stale), and a close in order there ends it: `502`, the
+/// other backend never sees it (a review: it reached both, a failure counted on each).
+#[test]
+fn a_request_its_backend_hangs_up_on_is_not_carried_to_the_next_from_a_pooled_connection() {
+    let (closes, closed) = backend_hanging_up(HangUp::Close, true, 2);
+    let rec = Recorder::start(reply(200));
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://{closes}, http://{}]\n", rec.addr),
+    )));
+    let mut c = Client::connect(g.proc.addr);
+    for _ in 0..2 {
+        c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+        assert_eq!(c.read_response().status, 200);
+    }
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (502, "backend_closed".into())
+    );
+    // The first, then the third on the pooled connection and on the fresh one.
+    assert_eq!(closed.join().unwrap(), 3);
+    assert_eq!(rec.requests(), 1);
+    assert_eq!(failures_of(g.admin, closes), Some(1.0));
+}
+
+/// Regression (a hostile-client review): three request heads over 8 KiB opened a healthy
+/// backend's circuit for every client, when the backend hangs up on heads that size rather
+/// than answer 431: the client chose the size. A backend that hangs up on a head over
+/// 8 KiB gets no verdict; on an ordinary head it does.
+#[test]
+fn a_backend_hanging_up_on_a_long_head_is_no_verdict() {
+    let (closes, _) = backend_hanging_up(HangUp::Close, false, 8);
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 2}",
+        &format!("  svc: [http://{closes}]\n"),
+    )));
+    let long = format!(
+        "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    for _ in 0..3 {
+        let r = request(g.proc.addr, &long);
+        assert_eq!(
+            (r.status, r.json()["error"].clone()),
+            (502, "backend_closed".into())
+        );
+    }
+    assert_eq!(failures_of(g.admin, closes), Some(0.0));
+    let r = get(g.proc.addr, "/v1/proxy/svc/x");
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (502, "backend_closed".into())
+    );
+    assert_eq!(failures_of(g.admin, closes), Some(1.0));
+}
+
+/// Regression (a review): a request whose resend had already moved on (its backend refused
+/// the fresh connect) and was then reset moved on again to any backend but the last,
+/// back to the one that refused it, counting a second failure against it. A request moves
+/// on only to backends it has not tried.
+#[test]
+fn a_request_never_goes_back_to_a_backend_it_tried() {
+    let (dies, _) = backend_hanging_up(HangUp::Close, true, 1);
+    let (resets, _) = backend_hanging_up(HangUp::Reset, true, 8);
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://{dies}, http://{resets}]\n"),
+    )));
+    let mut c = Client::connect(g.proc.addr);
+    for _ in 0..2 {
+        c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+        assert_eq!(c.read_response().body, b"first");
+    }
+    // On `dies`'s pooled connection, which it closes; its fresh connect is refused; on to
+    // `resets`, which resets: nothing is left to try.
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (502, "backend_closed".into())
+    );
+    assert_eq!(failures_of(g.admin, dies), Some(1.0));
+    assert_eq!(failures_of(g.admin, resets), Some(1.0));
 }
 
 #[test]
