@@ -885,6 +885,10 @@ impl Exchange<'_> {
         out.extend_from_slice(&self.ubuf[self.ustart..]);
         self.ustart = self.ubuf.len();
         let timeout = self.timeouts.body;
+        // What the line the drain deadline may write says, as for any answer (`to_client`).
+        self.live.sent.set(0);
+        let head = down.record.bytes + out.len() as u64;
+        self.live.answered.set(Some((101, head)));
         if io::write_all(down.sock.w(), out, timeout).await.is_err() {
             down.record.client_gone(down.record.bytes);
             return After::Close;
@@ -911,6 +915,7 @@ impl Exchange<'_> {
             &mut self.up,
             [&mut up_buf, &mut self.ubuf],
             idle,
+            &self.live.sent,
         )
         .await;
         self.ustart = 0;

@@ -24,7 +24,8 @@ pub struct Moved {
 
 /// Relays between `client` and `backend` until the tunnel ends (see the module's line).
 /// `bufs` are the two directions' buffers (their contents are discarded); `idle` is
-/// `timeouts.tunnel`. A side's FIN is passed on as a FIN, so a half-closed conversation
+/// `timeouts.tunnel`; `down` counts the bytes that reach the client as they go (from 0). A
+/// side's FIN is passed on as a FIN, so a half-closed conversation
 /// goes on in the other direction; a failure on either side ends both with a reset when
 /// the callers close the sockets.
 pub async fn relay(
@@ -32,18 +33,20 @@ pub async fn relay(
     backend: &mut Socket,
     bufs: [&mut Vec<u8>; 2],
     idle: Duration,
+    down: &Cell<u64>,
 ) -> Moved {
     let (client_fd, backend_fd) = (client.fd(), backend.fd());
     let (client_r, client_w) = client.split();
     let (backend_r, backend_w) = backend.split();
     let last = Cell::new(Instant::now());
     let [up_buf, down_buf] = bufs;
-    let (up, down) = (Cell::new(0), Cell::new(0));
+    let up = Cell::new(0);
+    down.set(0);
     let mut up_way = pin!(one_way(
         client_r, backend_w, backend_fd, up_buf, idle, &last, &up
     ));
     let mut down_way = pin!(one_way(
-        backend_r, client_w, client_fd, down_buf, idle, &last, &down
+        backend_r, client_w, client_fd, down_buf, idle, &last, down
     ));
     let (mut up_end, mut down_end) = (None, None);
     poll_fn(|cx| {

@@ -574,3 +574,46 @@ fn a_reset_client_ends_its_tunnel() {
         active()
     );
 }
+
+/// Regression (a review): a tunnel the drain deadline cut was logged with `-` for status and
+/// bytes, though the client had its `101` and what the tunnel had brought it. The line says
+/// `101` and every byte that reached the client.
+#[test]
+fn a_tunnel_cut_by_the_drain_deadline_is_logged_with_what_it_moved() {
+    let b = WsBackend::start(Answer::Switch);
+    let log = std::env::temp_dir().join(format!("gateway-ws-{}-cut.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut g = ws_gateway(
+        &b,
+        true,
+        &format!("access_log: {}\ntimeouts: {{drain: 1s}}", log.display()),
+    );
+    let (mut c, head) = handshake(&g, b"");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let mut got = head.len() + read_n(&mut c, 5).len();
+    c.write_all(b"ping").expect("send");
+    got += read_n(&mut c, 4).len();
+    let t = std::time::Instant::now();
+    signal(&g.proc.child, libc::SIGTERM);
+    let mut rest = Vec::new();
+    assert!(
+        c.read_to_end(&mut rest).is_err(),
+        "the cut tunnel was not reset"
+    );
+    got += rest.len();
+    exits_cleanly(&mut g.proc.child, t);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    let line: Vec<&str> = text
+        .lines()
+        .find(|l| l.contains("/v1/proxy/ws/chat"))
+        .unwrap_or("")
+        .split(' ')
+        .collect();
+    assert_eq!(line.len(), 11, "{text}");
+    assert_eq!(
+        (line[6], line[7], line[10]),
+        ("101", &*got.to_string(), "drain_deadline"),
+        "{text}"
+    );
+}
