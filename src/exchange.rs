@@ -29,7 +29,7 @@ use crate::metrics::Counter;
 use crate::relay::{pump, BodyError, BodyRelay, Owed, Pace, Side};
 use crate::rewrite;
 use crate::state::{now_ms, Backend, Service};
-use crate::worker::{Live, Watch, Worker};
+use crate::worker::{Answered, Live, Watch, Worker};
 
 /// A parsed, routed request ready to forward.
 #[derive(Debug, Clone, Copy)]
@@ -793,6 +793,8 @@ impl Exchange<'_> {
             Ok(head) => head,
             Err(HeadFail::Client(e)) => {
                 self.attempt.settle(Outcome::NotSent);
+                // The request reached the backend: the log says how long it was waited on.
+                down.record.upstream_us = Some(self.sent_at.elapsed().as_micros() as u64);
                 return reply_body_error(down, e, self.service, self.timeouts.body).await;
             }
             // A pooled connection the backend closed, and the request cannot be resent: the
@@ -888,7 +890,11 @@ impl Exchange<'_> {
         // What the line the drain deadline may write says, as for any answer (`to_client`).
         self.live.sent.set(0);
         let head = down.record.bytes + out.len() as u64;
-        self.live.answered.set(Some((101, head)));
+        self.live.answered.set(Some(Answered {
+            status: 101,
+            bytes: head,
+            upstream_us: down.record.upstream_us,
+        }));
         if io::write_all(down.sock.w(), out, timeout).await.is_err() {
             down.record.client_gone(down.record.bytes);
             return After::Close;
@@ -1632,7 +1638,11 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
     let sent_before = record.bytes;
     record.bytes += out.len() as u64;
     live.sent.set(0);
-    live.answered.set(Some((head.status, record.bytes)));
+    live.answered.set(Some(Answered {
+        status: head.status,
+        bytes: record.bytes,
+        upstream_us: record.upstream_us,
+    }));
     if let Err(e) = io::write_all(down_w, out, timeout).await {
         if e.kind() == std::io::ErrorKind::TimedOut {
             // Some of the head may have gone: an answer cut short.

@@ -37,10 +37,10 @@ pub struct Live {
     /// The request it serves, while the access log is on: the worker writes its line if the
     /// drain deadline cuts it (the task then never finishes to write its own).
     pub request: RefCell<Option<InFlight>>,
-    /// The status and the bytes counted with its head once a response head relayed for
-    /// that request goes to the client, and the body bytes that went since: what the line
-    /// the drain deadline writes says.
-    pub answered: Cell<Option<(u16, u64)>>,
+    /// What that request's answer had done once a response head relayed for it went to
+    /// the client, and the body bytes that went since: what the line the drain deadline
+    /// writes says.
+    pub answered: Cell<Option<Answered>>,
     pub sent: Cell<u64>,
     /// The backend connection's fd, the tick the wait began, and whether only a reset
     /// counts (the client has a next request in hand), while its exchange waits on the
@@ -131,6 +131,16 @@ pub struct InFlight {
     /// A copy of the request's ID, in a buffer the connection lends likewise (empty
     /// without `request_id`).
     pub request_id: Vec<u8>,
+}
+
+/// A relayed answer's head, as it went to the client (see [`Live::answered`]).
+#[derive(Clone, Copy)]
+pub struct Answered {
+    pub status: u16,
+    /// What the record counted with the head (interim responses before it included).
+    pub bytes: u64,
+    /// From the request sent to the response head.
+    pub upstream_us: Option<u64>,
 }
 
 /// Everything one worker owns. Only touched by its own thread (the metrics table is also
@@ -758,10 +768,9 @@ impl Worker {
             let request = live.request.borrow();
             let Some(f) = request.as_ref() else { continue };
             let service = f.view.snapshot.services.get(f.svc);
-            let (status, bytes) = live
-                .answered
-                .get()
-                .map_or((0, 0), |(status, head)| (status, head + live.sent.get()));
+            let answered = live.answered.get();
+            let (status, bytes) =
+                answered.map_or((0, 0), |a| (a.status, a.bytes + live.sent.get()));
             let entry = crate::accesslog::Entry {
                 client: f.client,
                 method: f.method.as_str(),
@@ -773,7 +782,7 @@ impl Worker {
                     .map(|b| b.url.url.as_str()),
                 status,
                 bytes,
-                upstream_us: None,
+                upstream_us: answered.and_then(|a| a.upstream_us),
                 total_us: f.started.elapsed().as_micros() as u64,
                 error: None,
                 drained: true,

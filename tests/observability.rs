@@ -248,6 +248,26 @@ fn a_backend_timeout_is_logged_with_the_time_waited() {
     assert!(waited >= 0.29, "{line}");
 }
 
+/// Regression (an operator review): an upload that stalled after its head had gone to the
+/// backend was answered 408 and logged with the backend but `-` for `upstream_seconds`,
+/// which says no request reached one.
+#[test]
+fn a_stalled_upload_is_logged_with_the_time_its_backend_was_waited_on() {
+    let log = temp_path("stalled-upload.log");
+    let _ = std::fs::remove_file(&log);
+    let (b, g) = svc_gateway(&format!(
+        "timeouts: {{body: 300ms}}\naccess_log: {}",
+        log.display()
+    ));
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"POST /v1/proxy/svc/stall HTTP/1.1\r\nHost: g\r\nContent-Length: 100\r\n\r\nab");
+    assert_eq!(c.read_response().status, 408);
+    let (text, line) = logged_line(&log, "/stall");
+    assert_eq!(line.get(5), Some(&format!("http://{}", b.addr)), "{text}");
+    let waited: f64 = line.get(8).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+    assert!(waited >= 0.29, "{text}");
+}
+
 /// What clients waited and received, per service: a request's head to its response's end
 /// (the gateway's own 504 included, which the upstream histogram cannot hold: no head
 /// came), and the bytes the kernel took. Operators had only the backend's side (an operator

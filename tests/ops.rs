@@ -802,6 +802,9 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
     assert_eq!(cut.len(), 12, "{text}");
     assert_eq!((&*cut[6], &*cut[10]), ("200", "drain_deadline"), "{text}");
     assert_eq!(cut[7], got.len().to_string(), "{text}");
+    // And how long its head took to come (it said `-`, as for no request sent).
+    let head_took: f64 = cut[8].parse().expect("upstream seconds");
+    assert!(head_took < 1.0, "{text}");
     assert!(got.len() > 100_000, "{}", got.len());
 }
 

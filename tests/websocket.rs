@@ -602,17 +602,10 @@ fn a_tunnel_cut_by_the_drain_deadline_is_logged_with_what_it_moved() {
     );
     got += rest.len();
     exits_cleanly(&mut g.proc.child, t);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
-    let line: Vec<&str> = text
-        .lines()
-        .find(|l| l.contains("/v1/proxy/ws/chat"))
-        .unwrap_or("")
-        .split(' ')
-        .collect();
+    let (text, line) = logged_line(&log, "/v1/proxy/ws/chat");
     assert_eq!(line.len(), 11, "{text}");
     assert_eq!(
-        (line[6], line[7], line[10]),
+        (&*line[6], &*line[7], &*line[10]),
         ("101", &*got.to_string(), "drain_deadline"),
         "{text}"
     );
