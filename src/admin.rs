@@ -562,7 +562,7 @@ fn cluster(shared: &Shared) -> Value {
 fn config(shared: &Shared) -> Value {
     let snap = shared.current.load_full();
     let c = &snap.config;
-    let d = duration_text;
+    let d = crate::config::duration_text;
     let services: Vec<Value> = c
         .services
         .iter()
@@ -653,36 +653,9 @@ fn config(shared: &Shared) -> Value {
     })
 }
 
-/// A duration as one would write it in the config: in the largest unit that divides it
-/// (`30s`, `1500ms`, `2m`), not always in milliseconds.
-fn duration_text(d: Duration) -> String {
-    let ms = d.as_millis();
-    match ms {
-        0 => "0s".into(),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        _ => format!("{ms}ms"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_as_written() {
-        for (ms, text) in [
-            (0, "0s"),
-            (1500, "1500ms"),
-            (30_000, "30s"),
-            (120_000, "2m"),
-            (7_200_000, "2h"),
-            (90_000, "90s"),
-        ] {
-            assert_eq!(duration_text(Duration::from_millis(ms)), text);
-        }
-    }
 
     /// A connected pair over 127.0.0.1: (the client's end, the server's end).
     fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {

@@ -112,7 +112,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     shared.stopping.store(true, Ordering::SeqCst);
     let grace = shared.current.load().config.timeouts.drain_grace;
     if !grace.is_zero() {
-        log::info!("stopping: /healthz answers 503; serving as usual for {grace:?} (timeouts.drain_grace), then draining (signal again to exit now)");
+        log::info!("stopping: /healthz answers 503; serving as usual for {} (timeouts.drain_grace), then draining (signal again to exit now)", config::duration_text(grace));
         let end = Instant::now() + grace;
         while Instant::now() < end {
             stopping_signals(&mut signals, &reloads, &server, "without draining");
@@ -120,7 +120,10 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
         }
     }
     let drain = shared.current.load().config.timeouts.drain;
-    log::info!("draining: no new connections; in-flight requests have up to {drain:?} (signal again to exit now)");
+    log::info!(
+        "draining: no new connections; in-flight requests have up to {} (signal again to exit now)",
+        config::duration_text(drain)
+    );
     shared.draining.store(true, Ordering::SeqCst);
     server.wake_for_drain();
     let deadline = Instant::now() + drain + Duration::from_secs(1);
@@ -149,7 +152,14 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    log::info!("drained; exiting");
+    match shared.cut_at_drain.load(Ordering::Relaxed) {
+        0 => log::info!("drained; exiting"),
+        cut => log::warn!(
+            "exiting: the drain deadline (timeouts.drain {}) cut {cut} client {} short, reset",
+            config::duration_text(drain),
+            logging::plural(cut as u64, "connection", "connections")
+        ),
+    }
     Ok(())
 }
 

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             other => return usage_error(&format!("unknown argument {other:?}")),
         }
     }
+    let defaulted = config.is_none();
     let config = config.unwrap_or_else(|| PathBuf::from("config.yaml"));
     gateway::logging::init();
     // What stops a start is a log line like any other (time, level), for whatever collects
@@ -58,9 +59,20 @@ fn main() -> ExitCode {
     let cfg = match Config::load(&config) {
         Ok(c) => c,
         Err(e) => {
+            // The default file missing is said with the way to name another (an operator
+            // review: `gateway --check` with no file here did not mention `--config`); a
+            // file named with it, or one a reload cannot read, is not.
+            let hint = match &e {
+                gateway::config::ConfigError::Read { source, .. }
+                    if defaulted && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    " (no --config given: name the file with --config PATH)"
+                }
+                _ => "",
+            };
             let e = e.to_string();
             fatal(&format!(
-                "invalid config: {}",
+                "invalid config: {}{hint}",
                 gateway::redact::userinfo(&e)
             ));
             return ExitCode::FAILURE;

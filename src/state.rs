@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -247,6 +247,8 @@ pub struct Shared {
     /// free theirs but leave them, rather than take each one back at once for a client of
     /// their own (`admin.rs`, [`crate::worker::Worker::accept_failed`]).
     pub admin_short: AtomicBool,
+    /// Client connections the drain deadline reset, over every worker: the exit says so.
+    pub cut_at_drain: AtomicUsize,
 }
 
 /// The probe lease under `cfg`. A live probe renews its lease whenever it makes progress
@@ -289,6 +291,7 @@ impl Shared {
             fd_limit: crate::fdlimit::current(),
             heap_trim: AtomicBool::new(false),
             admin_short: AtomicBool::new(false),
+            cut_at_drain: AtomicUsize::new(0),
         })
     }
 

@@ -805,7 +805,11 @@ impl Worker {
     /// drain deadline passes, so a response cut short can never look complete (a clean FIN
     /// after a close-delimited body would).
     pub fn reset_open(&self) {
-        for (fd, _) in self.conns.borrow().values() {
+        let conns = self.conns.borrow();
+        self.shared
+            .cut_at_drain
+            .fetch_add(conns.len(), std::sync::atomic::Ordering::Relaxed);
+        for (fd, _) in conns.values() {
             crate::io::set_reset_on_close(*fd);
         }
     }

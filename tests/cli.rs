@@ -601,3 +601,32 @@ fn a_password_in_a_mistyped_url_is_not_printed() {
         assert!(text.contains("***@127.0.0.1"), "{text}");
     }
 }
+
+/// A missing default `config.yaml` is said with `--config`; a file named with `--config`
+/// that is missing is not (an operator review: a failed reload of a file named with it
+/// said to name the file with `--config`; a reload says what `Config::load` says, as here).
+#[test]
+fn a_missing_default_config_names_the_flag_and_a_named_one_does_not() {
+    let empty = std::env::temp_dir().join(format!("gateway-cli-{}-empty", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = gateway()
+        .arg("--check")
+        .current_dir(&empty)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("cannot read config.yaml")
+            && text.contains("(no --config given: name the file with --config PATH)"),
+        "{text}"
+    );
+    let named = empty.join("absent.yaml");
+    let (code, text) = check_file(&named);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("cannot read") && !text.contains("--config"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir(&empty);
+}

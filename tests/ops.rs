@@ -668,11 +668,23 @@ fn a_response_cut_by_the_drain_deadline_is_reset_never_ended_cleanly() {
          timeouts: {{drain: 1s}}\nservices:\n  svc: [http://{}]\n",
         b.addr
     ));
-    let g = gateway_at(&path);
+    let log = std::env::temp_dir().join(format!("gateway-ops-{}-cut-exit.log", std::process::id()));
+    let mut g = gateway_at_logging_to(&path, &log);
     // The head and the first half are through before the drain starts.
     let c = half_a_close_delimited_body(g.proc.addr);
+    let t = Instant::now();
     signal(&g.proc.child, libc::SIGTERM);
     ends_in_a_reset(c);
+    exits_cleanly(&mut g.proc.child, t);
+    // The exit says what the deadline cut (it said `drained; exiting`: an operator review).
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        text.contains(
+            "exiting: the drain deadline (timeouts.drain 1s) cut 1 client connection short, reset"
+        ) && !text.contains("drained; exiting"),
+        "{text}"
+    );
 }
 
 /// An HTTP/1.0 client through the gateway at `addr`, with the first half of a 100 000-byte
