@@ -178,6 +178,7 @@ pub async fn forward(
                         reused,
                         tried,
                         moved: false,
+                        reset_by: None,
                         up_out,
                         body_in_hand,
                         rest: std::mem::take(&mut rest),
@@ -611,6 +612,10 @@ struct Exchange<'a> {
     /// It moved on after a reset, or a write timed out (its bytes may be half sent): no
     /// reset moves it on again (see [`Exchange::send_and_read_head`]).
     moved: bool,
+    /// The attempt on the backend that reset the request before it moved on: judged once
+    /// the next backend has answered (see [`Exchange::judge_reset`]); no verdict if that
+    /// one does not (dropped).
+    reset_by: Option<Attempt<'a>>,
     /// The request head (and a re-framed body in hand), as sent upstream; it, the body in
     /// hand and `rest` are kept for one resend.
     up_out: Vec<u8>,
@@ -852,6 +857,7 @@ impl Exchange<'_> {
             }
         };
         let status = head.status;
+        self.judge_reset(status);
         let head_at = note_head(
             self.worker,
             &mut self.attempt,
@@ -955,14 +961,14 @@ impl Exchange<'_> {
     /// Sends the request and reads the final response head. A stale pooled connection is
     /// replaced once by a fresh one to the same backend when the whole request is still in
     /// hand and idempotent. A fresh connection reset before a byte of answer (with the whole
-    /// idempotent request in hand) counts against its backend, and the request moves on
-    /// once to another backend, on a fresh connection: a process being killed resets the
-    /// connections its listener had accepted and it had not (an operator review killed a
-    /// backend under load: 0–17 of 32 requests in flight were answered 502 while the other
-    /// backend was healthy). A connection closed in order (a FIN) before an answer is
-    /// not moved on: a backend that reads a request and hangs up on it (one that the
-    /// request crashes, or a deliberate close) would otherwise see it on every backend,
-    /// each counting a failure (a review). So a request is sent at most three times.
+    /// idempotent request in hand) moves the request on once to another backend, on a fresh
+    /// connection, the reset judged by how that one answers ([`Exchange::judge_reset`]): a
+    /// process being killed resets the connections its listener had accepted and it had
+    /// not (an operator review killed a backend under load: 0–17 of 32 requests in flight
+    /// were answered 502 while the other backend was healthy). A connection closed in
+    /// order (a FIN) before an answer is not moved on: a backend that reads a request and
+    /// hangs up on it (one that the request crashes, or a deliberate close) would otherwise
+    /// see it on every backend (a review). So a request is sent at most three times.
     async fn send_and_read_head(
         &mut self,
         down: &mut Downstream,
@@ -977,8 +983,6 @@ impl Exchange<'_> {
                         .map_err(HeadFail::Backend)?;
                 }
                 Err(HeadFail::Reset) => {
-                    self.attempt
-                        .settle(self.verdict_on(GatewayError::BackendClosed));
                     self.moved = true;
                     self.reconnect(down, true, GatewayError::BackendClosed)
                         .await
@@ -990,6 +994,26 @@ impl Exchange<'_> {
             self.reused = false;
             self.ubuf.clear();
             self.ustart = 0;
+        }
+    }
+
+    /// Judges the backend that reset the request before it moved on, now that the next one
+    /// has answered with `status`: it failed, unless that answer is a failure too, or the
+    /// head was long ([`Exchange::verdict_on`]). A request that makes every backend hang up
+    /// on it (one that crashes them, one they refuse) is the client's doing; when the
+    /// backend leaves its body unread, the kernel ends that connection with a reset. Judged
+    /// at once, such a request counted a failure on each backend it reached, which opened
+    /// every circuit of a service with half the requests (a re-review). A backend that
+    /// resets every connection while the next one answers is still judged, once per
+    /// request; when the next one fails too, only that one counts.
+    fn judge_reset(&mut self, status: u16) {
+        if let Some(mut first) = self.reset_by.take() {
+            let failure = self.attempt.service.settings.is_failure_status(status);
+            first.settle(if failure {
+                Outcome::NotSent
+            } else {
+                self.verdict_on(GatewayError::BackendClosed)
+            });
         }
     }
 
@@ -1034,7 +1058,11 @@ impl Exchange<'_> {
                 };
                 self.tried.push(idx);
                 let service = &self.view.snapshot.services[self.svc];
-                self.attempt = Attempt::to(self.worker, service, idx, ticket, down, self.live);
+                let next = Attempt::to(self.worker, service, idx, ticket, down, self.live);
+                let left = std::mem::replace(&mut self.attempt, next);
+                if elsewhere && self.reset_by.is_none() {
+                    self.reset_by = Some(left); // the backend that reset it
+                }
                 // The head names the backend (its path prefix and authority); the body in
                 // hand behind it stays.
                 let mut out = self.worker.buffer_for(self.up_out.len() + 256);

@@ -628,6 +628,33 @@ fn a_backend_hanging_up_on_a_long_head_is_no_verdict() {
     assert_eq!(failures_of(g.admin, closes), Some(1.0));
 }
 
+/// Regression (a re-review): a backend that reads a request's head and hangs up on it,
+/// leaving its body unread, ends the connection with a reset, which moves the request on;
+/// each backend it reached counted a failure, so a client opened every circuit of a
+/// service with half the requests it took before. The backend that reset is judged by how
+/// the next one answers: a request every backend hangs up on counts once.
+#[test]
+fn a_request_every_backend_resets_counts_one_failure() {
+    let (a, seen_a) = backend_hanging_up(HangUp::Reset, false, 1);
+    let (b, seen_b) = backend_hanging_up(HangUp::Reset, false, 1);
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://{a}, http://{b}]\n"),
+    )));
+    let r = request(
+        g.proc.addr,
+        "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (502, "backend_closed".into())
+    );
+    assert_eq!((seen_a.join().unwrap(), seen_b.join().unwrap()), (1, 1));
+    assert_eq!(failures_of(g.admin, a), Some(0.0));
+    assert_eq!(failures_of(g.admin, b), Some(1.0));
+}
+
 /// Regression (a review): a request whose resend had already moved on (its backend refused
 /// the fresh connect) and was then reset moved on again to any backend but the last,
 /// back to the one that refused it, counting a second failure against it. A request moves
