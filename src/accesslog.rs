@@ -191,7 +191,8 @@ pub struct Entry<'a> {
     /// (`bad_request:unsafe_path`).
     pub error: Option<crate::error::GatewayError>,
     /// Cut by the drain deadline: the error field reads `drain_deadline`; status and bytes
-    /// are those of the answer cut short, unknown (`-`) with status 0 (none had begun).
+    /// are those of the answer cut short; with status 0 (no final head had gone) the status
+    /// is unknown (`-`), and so are the bytes when none went (interim responses may have).
     pub drained: bool,
     /// The body was cut short after the head went out: the error field reads
     /// `response_cut_short` (unless a gateway error says more).
@@ -306,8 +307,10 @@ fn text_line(b: &mut Vec<u8>, second: &[u8; 19], millis: u32, e: &Entry<'_>) {
         e.service.unwrap_or("-"),
         e.backend.unwrap_or("-")
     );
-    if e.drained && e.status == 0 {
+    if e.drained && e.status == 0 && e.bytes == 0 {
         b.extend_from_slice(b"- - ");
+    } else if e.drained && e.status == 0 {
+        let _ = write!(b, "- {} ", e.bytes);
     } else {
         let _ = write!(b, "{} {} ", e.status, e.bytes);
     }
@@ -346,8 +349,10 @@ fn json_line(b: &mut Vec<u8>, second: &[u8; 19], millis: u32, e: &Entry<'_>) {
     json_str(b, e.service.map(str::as_bytes));
     b.extend_from_slice(b",\"backend\":");
     json_str(b, e.backend.map(str::as_bytes));
-    if e.drained && e.status == 0 {
+    if e.drained && e.status == 0 && e.bytes == 0 {
         b.extend_from_slice(b",\"status\":null,\"bytes\":null");
+    } else if e.drained && e.status == 0 {
+        let _ = write!(b, ",\"status\":null,\"bytes\":{}", e.bytes);
     } else {
         let _ = write!(b, ",\"status\":{},\"bytes\":{}", e.status, e.bytes);
     }

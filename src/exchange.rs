@@ -794,6 +794,14 @@ impl Exchange<'_> {
             // The backend's clock starts with the request head, not with our `100`.
             self.sent_at = crate::clock::now();
         }
+        // No answer yet: a line the drain deadline writes says `-` for the status, and the
+        // bytes of interim responses relayed meanwhile ([`Exchange::await_head`]).
+        self.live.sent.set(0);
+        self.live.answered.set(Some(Answered {
+            status: 0,
+            bytes: down.record.bytes,
+            upstream_us: None,
+        }));
         let head = match self.send_and_read_head(down).await {
             Ok(head) => head,
             Err(HeadFail::Client(e)) => {
@@ -1175,7 +1183,9 @@ impl Exchange<'_> {
         let pipelined = down.start != down.buf.len();
         let watch = (!self.attempt.is_probe())
             .then(|| self.live.watch(self.up.fd(), self.worker.tick(), pipelined));
-        let interim_sent = Cell::new(0);
+        // Counted where the drain deadline's line finds them (see `run`).
+        let interim_sent = &self.live.sent;
+        let before = interim_sent.get();
         let head = read_head(
             self.up.r(),
             &mut self.ubuf,
@@ -1194,12 +1204,12 @@ impl Exchange<'_> {
                 write_timeout: self.timeouts.body,
                 date: &self.worker.date,
                 own_id: !down.request_id.is_empty(),
-                interim_sent: &interim_sent,
+                interim_sent,
             },
             Some((self.sent_at, timeout)),
         )
         .await;
-        down.record.bytes += interim_sent.get();
+        down.record.bytes += interim_sent.get() - before;
         // Whatever the wait ended with: the backend's connection was shut under it.
         if watch.is_some_and(Watch::end) {
             return Err(HeadFail::ClientGone);

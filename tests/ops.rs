@@ -720,7 +720,18 @@ fn ends_in_a_reset(mut c: Client) {
 /// worker now writes their lines itself, and the process waits for the log writer.
 #[test]
 fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
+    use std::io::{Read, Write};
     let b = mock_backend();
+    // A backend that sends `103 Early Hints` and then nothing for 8 s.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hints = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let mut head = [0u8; 4096];
+        let _ = s.read(&mut head);
+        let _ = s.write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n");
+        std::thread::sleep(Duration::from_secs(8));
+    });
     let log = std::env::temp_dir().join(format!("gateway-ops-{}-cut.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let path = write_config(&config(
@@ -729,7 +740,7 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
             "admin: 127.0.0.1:0\naccess_log: {}\ntimeouts: {{drain: 1s, response: 20s}}\nrequest_id: true",
             log.display()
         ),
-        &format!("  svc: [http://{}]\n", b.addr),
+        &format!("  svc: [http://{}]\n  hints: [http://{hints}]\n", b.addr),
     ));
     let mut g = gateway_at(&path);
     let quick = spawn_requests(
@@ -745,11 +756,30 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
         b"GET /v1/proxy/svc/streaming HTTP/1.1\r\nHost: g\r\nx-mock-body-bytes: 200000\r\n\
           x-mock-body-delay-ms: 8000\r\n\r\n",
     );
+    // Our own `100 Continue` (25 bytes), and a backend's 103 relayed: interim answers only.
+    let mut continued = Client::connect(g.proc.addr);
+    continued.send(
+        b"PUT /v1/proxy/svc/continued HTTP/1.1\r\nHost: g\r\nExpect: 100-continue\r\n\
+          Content-Length: 2\r\nx-mock-delay-ms: 8000\r\n\r\n",
+    );
+    let mut hundred = [0u8; 25];
+    continued.stream.read_exact(&mut hundred).unwrap();
+    assert_eq!(&hundred, b"HTTP/1.1 100 Continue\r\n\r\n");
+    continued.send(b"ok");
+    let mut hinted = Client::connect(g.proc.addr);
+    hinted.send(b"GET /v1/proxy/hints/early HTTP/1.1\r\nHost: g\r\n\r\n");
+    let mut hint = Vec::new();
+    while !hint.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        hinted.stream.read_exact(&mut byte).unwrap();
+        hint.push(byte[0]);
+    }
+    assert!(hint.starts_with(b"HTTP/1.1 103 "), "{hint:?}");
     assert!(eventually(Duration::from_secs(5), || {
         sample(
             &metrics(g.admin),
             "gateway_pool_connections{state=\"active\"}",
-        ) == Some(3.0)
+        ) == Some(5.0)
     }));
     let t = Instant::now();
     signal(&g.proc.child, libc::SIGTERM);
@@ -818,6 +848,16 @@ fn a_request_cut_by_the_drain_deadline_is_in_the_access_log() {
     let head_took: f64 = cut[8].parse().expect("upstream seconds");
     assert!(head_took < 1.0, "{text}");
     assert!(got.len() > 100_000, "{}", got.len());
+    // Interim answers only: status unknown, the bytes that went (they said `- -`: a review).
+    for (target, bytes) in [("/continued", 25), ("/early", hint.len())] {
+        let cut: Vec<String> = line(target).split(' ').map(String::from).collect();
+        assert_eq!(cut.len(), 12, "{text}");
+        assert_eq!(
+            (&*cut[6], &*cut[7], &*cut[10]),
+            ("-", &*bytes.to_string(), "drain_deadline"),
+            "{text}"
+        );
+    }
 }
 
 #[test]
