@@ -1288,7 +1288,9 @@ impl Exchange<'_> {
                 |_| attempt.borrow_mut().renew(),
             );
             let mut upload = pin!(upload);
-            let interim_sent = Cell::new(0);
+            // Counted where the drain deadline's line finds them (see `run`).
+            let interim_sent = &live.sent;
+            let before = interim_sent.get();
             let first = {
                 let head = read_head(
                     &mut *up_r,
@@ -1305,7 +1307,7 @@ impl Exchange<'_> {
                         write_timeout: timeouts.body,
                         date: &worker.date,
                         own_id: !request_id.is_empty(),
-                        interim_sent: &interim_sent,
+                        interim_sent,
                     },
                     None,
                 );
@@ -1361,7 +1363,7 @@ impl Exchange<'_> {
                     }
                 }
             };
-            record.bytes += interim_sent.get();
+            record.bytes += interim_sent.get() - before;
             match first {
                 Err(done) => done,
                 Ok(head) => {
