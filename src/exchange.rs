@@ -981,7 +981,7 @@ impl Exchange<'_> {
         &mut self,
         down: &mut Downstream,
     ) -> Result<ResponseHead, HeadFail> {
-        let resendable = self.relay.done && self.info.method.is_idempotent();
+        let resendable = self.resendable();
         loop {
             let result = self.send_once(down).await;
             match result {
@@ -1003,6 +1003,12 @@ impl Exchange<'_> {
             self.ubuf.clear();
             self.ustart = 0;
         }
+    }
+
+    /// The request may be sent again: idempotent, and all of it in hand (a body streamed
+    /// from the client is not kept).
+    fn resendable(&self) -> bool {
+        self.relay.done && self.info.method.is_idempotent()
     }
 
     /// Judges the backend that reset the request before it moved on, now that the next one
@@ -1186,6 +1192,7 @@ impl Exchange<'_> {
         // Counted where the drain deadline's line finds them (see `run`).
         let interim_sent = &self.live.sent;
         let before = interim_sent.get();
+        let moves_on_reset = !self.reused && !self.moved && self.resendable();
         let head = read_head(
             self.up.r(),
             &mut self.ubuf,
@@ -1195,10 +1202,7 @@ impl Exchange<'_> {
                 out: &mut down.out,
                 info: self.info,
                 reused: self.reused,
-                moves_on_reset: !self.reused
-                    && !self.moved
-                    && self.relay.done
-                    && self.info.method.is_idempotent(),
+                moves_on_reset,
                 write_reset: reset,
                 max_head: self.max_head,
                 write_timeout: self.timeouts.body,

@@ -37,9 +37,10 @@ pub struct Live {
     /// The request it serves, while the access log is on: the worker writes its line if the
     /// drain deadline cuts it (the task then never finishes to write its own).
     pub request: RefCell<Option<InFlight>>,
-    /// What that request's answer had done once a response head relayed for it went to
-    /// the client, and the body bytes that went since: what the line the drain deadline
-    /// writes says.
+    /// What that request's answer had sent the client when its exchange began (status 0)
+    /// or once a final head relayed for it went, and the bytes that went since (interim
+    /// answers, then the body or the tunnel's): what the line the drain deadline writes
+    /// says.
     pub answered: Cell<Option<Answered>>,
     pub sent: Cell<u64>,
     /// The backend connection's fd, the tick the wait began, and whether only a reset
