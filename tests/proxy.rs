@@ -503,6 +503,21 @@ fn a_resend_after_a_backend_died_goes_to_another_backend() {
     );
 }
 
+/// A one-worker gateway with its admin API, `extra` config lines and `services` (YAML
+/// lines under `services:`).
+fn admin_gateway(extra: &str, services: &str) -> AdminGateway {
+    let extra = format!("admin: 127.0.0.1:0\n{extra}");
+    gateway_at(&write_config(&config(1, &extra, services)))
+}
+
+/// `r` is the gateway's `502 backend_closed`.
+fn assert_backend_closed(r: &Response) {
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (502, "backend_closed".into())
+    );
+}
+
 /// The failures counted against `backend` of service `svc` in the metrics at `admin`.
 fn failures_of(admin: std::net::SocketAddr, backend: std::net::SocketAddr) -> Option<f64> {
     let series =
@@ -519,11 +534,10 @@ fn failures_of(admin: std::net::SocketAddr, backend: std::net::SocketAddr) -> Op
 fn a_resend_the_dying_backend_accepted_and_reset_goes_to_another_backend() {
     let (dying, thread) = backend_hanging_up(HangUp::Reset, true, 2);
     let healthy = mock_backend();
-    let g = gateway_at(&write_config(&config(
-        1,
-        "admin: 127.0.0.1:0",
+    let g = admin_gateway(
+        "",
         &format!("  svc: [http://{dying}, http://{}]\n", healthy.addr),
-    )));
+    );
     // Round robin: the dying backend, the healthy one, then the dying one's pooled connection.
     assert_eq!(
         gets_answered_by_the_dying_one(g.proc.addr, healthy.addr, 3),
@@ -544,14 +558,13 @@ fn a_fresh_connection_reset_moves_a_get_on_and_one_closed_in_order_does_not() {
     let (closes, closed) = backend_hanging_up(HangUp::Close, false, 1);
     let healthy = mock_backend();
     let rec = Recorder::start(reply(200));
-    let g = gateway_at(&write_config(&config(
-        1,
-        "admin: 127.0.0.1:0",
+    let g = admin_gateway(
+        "",
         &format!(
             "  svc: [http://{resets}, http://{}]\n  other: [http://{closes}, http://{}]\n",
             healthy.addr, rec.addr
         ),
-    )));
+    );
     let r = get(g.proc.addr, "/v1/proxy/svc/x");
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["port"], healthy.addr.port());
@@ -574,11 +587,10 @@ fn a_fresh_connection_reset_moves_a_get_on_and_one_closed_in_order_does_not() {
 fn a_request_its_backend_hangs_up_on_is_not_carried_to_the_next_from_a_pooled_connection() {
     let (closes, closed) = backend_hanging_up(HangUp::Close, true, 2);
     let rec = Recorder::start(reply(200));
-    let g = gateway_at(&write_config(&config(
-        1,
-        "admin: 127.0.0.1:0",
+    let g = admin_gateway(
+        "",
         &format!("  svc: [http://{closes}, http://{}]\n", rec.addr),
-    )));
+    );
     let mut c = Client::connect(g.proc.addr);
     for _ in 0..2 {
         c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
@@ -586,10 +598,7 @@ fn a_request_its_backend_hangs_up_on_is_not_carried_to_the_next_from_a_pooled_co
     }
     c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
     let r = c.read_response();
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (502, "backend_closed".into())
-    );
+    assert_backend_closed(&r);
     // The first, then the third on the pooled connection and on the fresh one.
     assert_eq!(closed.join().unwrap(), 3);
     assert_eq!(rec.requests(), 1);
@@ -603,28 +612,21 @@ fn a_request_its_backend_hangs_up_on_is_not_carried_to_the_next_from_a_pooled_co
 #[test]
 fn a_backend_hanging_up_on_a_long_head_is_no_verdict() {
     let (closes, _) = backend_hanging_up(HangUp::Close, false, 8);
-    let g = gateway_at(&write_config(&config(
-        1,
-        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 2}",
+    let g = admin_gateway(
+        "breaker: {failure_threshold: 2}",
         &format!("  svc: [http://{closes}]\n"),
-    )));
+    );
     let long = format!(
         "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nX-Pad: {}\r\n\r\n",
         "a".repeat(9000)
     );
     for _ in 0..3 {
         let r = request(g.proc.addr, &long);
-        assert_eq!(
-            (r.status, r.json()["error"].clone()),
-            (502, "backend_closed".into())
-        );
+        assert_backend_closed(&r);
     }
     assert_eq!(failures_of(g.admin, closes), Some(0.0));
     let r = get(g.proc.addr, "/v1/proxy/svc/x");
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (502, "backend_closed".into())
-    );
+    assert_backend_closed(&r);
     assert_eq!(failures_of(g.admin, closes), Some(1.0));
 }
 
@@ -637,19 +639,12 @@ fn a_backend_hanging_up_on_a_long_head_is_no_verdict() {
 fn a_request_every_backend_resets_counts_one_failure() {
     let (a, seen_a) = backend_hanging_up(HangUp::Reset, false, 1);
     let (b, seen_b) = backend_hanging_up(HangUp::Reset, false, 1);
-    let g = gateway_at(&write_config(&config(
-        1,
-        "admin: 127.0.0.1:0",
-        &format!("  svc: [http://{a}, http://{b}]\n"),
-    )));
+    let g = admin_gateway("", &format!("  svc: [http://{a}, http://{b}]\n"));
     let r = request(
         g.proc.addr,
         "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\n\r\nhello",
     );
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (502, "backend_closed".into())
-    );
+    assert_backend_closed(&r);
     assert_eq!((seen_a.join().unwrap(), seen_b.join().unwrap()), (1, 1));
     assert_eq!(failures_of(g.admin, a), Some(0.0));
     assert_eq!(failures_of(g.admin, b), Some(1.0));
@@ -663,11 +658,7 @@ fn a_request_every_backend_resets_counts_one_failure() {
 fn a_request_never_goes_back_to_a_backend_it_tried() {
     let (dies, _) = backend_hanging_up(HangUp::Close, true, 1);
     let (resets, _) = backend_hanging_up(HangUp::Reset, true, 8);
-    let g = gateway_at(&write_config(&config(
-        1,
-        "admin: 127.0.0.1:0",
-        &format!("  svc: [http://{dies}, http://{resets}]\n"),
-    )));
+    let g = admin_gateway("", &format!("  svc: [http://{dies}, http://{resets}]\n"));
     let mut c = Client::connect(g.proc.addr);
     for _ in 0..2 {
         c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
@@ -677,10 +668,7 @@ fn a_request_never_goes_back_to_a_backend_it_tried() {
     // `resets`, which resets: nothing is left to try.
     c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
     let r = c.read_response();
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (502, "backend_closed".into())
-    );
+    assert_backend_closed(&r);
     assert_eq!(failures_of(g.admin, dies), Some(1.0));
     assert_eq!(failures_of(g.admin, resets), Some(1.0));
 }
