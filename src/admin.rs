@@ -589,6 +589,7 @@ fn config(shared: &Shared) -> Value {
                 })),
                 "max_in_flight": s.max_in_flight,
                 "websocket": s.websocket,
+                "encoded_slashes": s.encoded_slashes,
             })
         })
         .collect();

@@ -163,6 +163,8 @@ pub struct ServiceConfig {
     pub max_in_flight: Option<u64>,
     /// WebSocket upgrades are forwarded, and a backend's `101` opens a tunnel.
     pub websocket: bool,
+    /// Paths with an encoded `/` (`%2F`) are forwarded as sent instead of refused 400.
+    pub encoded_slashes: bool,
 }
 
 /// Statuses that count as a backend failure by default: every 5xx but 501 (Not
@@ -483,6 +485,22 @@ struct RawService {
     max_in_flight: Option<serde_yaml_ng::Value>,
     /// `true` or `false` (a review was told `expected a boolean` without the key).
     websocket: Option<serde_yaml_ng::Value>,
+    encoded_slashes: Option<serde_yaml_ng::Value>,
+}
+
+/// A service's `true`/`false` key (absent: false), with an error that names it.
+fn service_flag(key: &str, v: Option<&serde_yaml_ng::Value>) -> Result<bool, ConfigError> {
+    match v {
+        None | Some(serde_yaml_ng::Value::Null) => Ok(false),
+        Some(serde_yaml_ng::Value::Bool(b)) => Ok(*b),
+        Some(v) => {
+            let what = serde_yaml_ng::to_string(v).unwrap_or_default();
+            Err(invalid(
+                key,
+                format!("{:?} is not true or false", what.trim_end()),
+            ))
+        }
+    }
 }
 
 /// Parses `500ms`, `2s`, `1m`, `1h` into a duration.
@@ -949,7 +967,12 @@ impl Config {
                     duration_text(svc.breaker.cooldown),
                     svc.rate_limit.as_ref().map_or("off".to_string(), |l| l.to_string()),
                     svc.max_in_flight.map_or("off".to_string(), |n| n.to_string()),
-                    if svc.websocket { "; websocket" } else { "" },
+                    match (svc.websocket, svc.encoded_slashes) {
+                        (false, false) => "",
+                        (true, false) => "; websocket",
+                        (false, true) => "; encoded slashes",
+                        (true, true) => "; websocket; encoded slashes",
+                    },
                 ),
             );
         }
@@ -1192,15 +1215,22 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("invalid service name {name:?}: use lowercase letters, digits and '-', starting with a letter or digit, at most 63"),
             ));
         }
-        let (urls, breaker, rate_limit, max_in_flight, websocket) = match value {
+        let (urls, breaker, rate_limit, max_in_flight, websocket, encoded_slashes) = match value {
             serde_yaml_ng::Value::Sequence(_) => {
                 let urls: Vec<String> = serde_yaml_ng::from_value(value)
                     .map_err(|e| invalid(&key, format!("{e}: list backend URLs as strings")))?;
-                (urls, global_breaker, global_limit.clone(), None, false)
+                (
+                    urls,
+                    global_breaker,
+                    global_limit.clone(),
+                    None,
+                    false,
+                    false,
+                )
             }
             serde_yaml_ng::Value::Mapping(_) => {
                 let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
-                    invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`)"))
+                    invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`)"))
                 })?;
                 let breaker_key = format!("{key}.breaker");
                 let raw_breaker: Option<RawBreaker> = full
@@ -1237,18 +1267,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                         }
                     },
                 };
-                let websocket = match &full.websocket {
-                    None | Some(serde_yaml_ng::Value::Null) => false,
-                    Some(serde_yaml_ng::Value::Bool(b)) => *b,
-                    Some(v) => {
-                        let what = serde_yaml_ng::to_string(v).unwrap_or_default();
-                        return Err(invalid(
-                            format!("{key}.websocket"),
-                            format!("{:?} is not true or false", what.trim_end()),
-                        ));
-                    }
-                };
-                (full.backends, b, limit, max_in_flight, websocket)
+                let websocket = service_flag(&format!("{key}.websocket"), full.websocket.as_ref())?;
+                let encoded_slashes = service_flag(
+                    &format!("{key}.encoded_slashes"),
+                    full.encoded_slashes.as_ref(),
+                )?;
+                (
+                    full.backends,
+                    b,
+                    limit,
+                    max_in_flight,
+                    websocket,
+                    encoded_slashes,
+                )
             }
             serde_yaml_ng::Value::Null => {
                 return Err(invalid(
@@ -1288,6 +1319,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             rate_limit,
             max_in_flight,
             websocket,
+            encoded_slashes,
         });
     }
     let access_log = match raw.access_log.as_deref().map(str::trim) {
@@ -1708,13 +1740,23 @@ mod tests {
                 "services:\n  a: {backends: [http://127.0.0.1:1], websocket: yes}\n",
                 "services.a.websocket: \"yes\" is not true or false",
             ),
+            (
+                "services:\n  a: {backends: [http://127.0.0.1:1], encoded_slashes: 1}\n",
+                "services.a.encoded_slashes: \"1\" is not true or false",
+            ),
         ] {
             let e = err(text);
             assert!(e.contains(want) && !e.contains("Raw"), "{e}");
         }
         let c =
             Config::parse("services:\n  a: {backends: [http://127.0.0.1:1], websocket: true}\n");
-        assert!(c.unwrap().services[0].websocket);
+        let a = &c.unwrap().services[0];
+        assert!(a.websocket && !a.encoded_slashes);
+        let c = Config::parse(
+            "services:\n  a: {backends: [http://127.0.0.1:1], encoded_slashes: true}\n",
+        );
+        let a = &c.unwrap().services[0];
+        assert!(a.encoded_slashes && !a.websocket);
     }
 
     #[test]

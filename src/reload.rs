@@ -332,14 +332,15 @@ fn breakers_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static st
     })
 }
 
-/// Services that stay and whose admission settings (what they let through: limits, and
-/// WebSocket tunnels) changed, and which fields.
+/// Services that stay and whose admission settings (what they let through: limits,
+/// WebSocket tunnels, encoded slashes) changed, and which fields.
 fn admission_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static str>) {
     services_changed(old, new, |a, b| {
         [
             ("rate_limit", a.rate_limit != b.rate_limit),
             ("max_in_flight", a.max_in_flight != b.max_in_flight),
             ("websocket", a.websocket != b.websocket),
+            ("encoded_slashes", a.encoded_slashes != b.encoded_slashes),
         ]
     })
 }

@@ -53,6 +53,12 @@ pub fn prepare(
         .snapshot
         .service_index(route.service)
         .ok_or(Refused::from(GatewayError::ServiceNotFound))?;
+    if route.encoded_slash && !view.snapshot.services[svc].encoded_slashes {
+        return Err(Refused {
+            err: GatewayError::from(router::RouteError::BadPath),
+            svc: Some(svc),
+        });
+    }
     if let Framing::Length(n) = p.info.framing {
         if n > view.snapshot.config.limits.max_body_bytes {
             return Err(Refused {

@@ -3,7 +3,7 @@
 //! We route on exactly the bytes we forward. Instead of normalising, anything a backend
 //! might resolve differently from us is refused: dot segments (plain or percent-encoded),
 //! backslashes and encoded NULs anywhere in the path, and any service segment that is not
-//! a plain configured name.
+//! a plain configured name. An encoded slash is reported, for the service to allow or not.
 
 use crate::config::valid_service_name;
 
@@ -26,6 +26,9 @@ pub struct Route<'a> {
     pub service: &'a [u8],
     /// Starts with `/` (possibly just `/`), or with `?` when the path was `/v1/proxy/svc?q`.
     pub rest: &'a str,
+    /// The path holds an encoded `/` (`%2f`, in any encoding), safe otherwise: a 400
+    /// unless the service has `encoded_slashes: true`.
+    pub encoded_slash: bool,
 }
 
 pub fn route(target: &str) -> Result<Route<'_>, RouteError> {
@@ -38,30 +41,50 @@ pub fn route(target: &str) -> Result<Route<'_>, RouteError> {
         return Err(RouteError::BadService);
     }
     let path_end = rest.find('?').unwrap_or(rest.len());
-    if !path_is_safe(&rest[..path_end]) {
-        return Err(RouteError::BadPath);
-    }
+    let encoded_slash = match judge_path(&rest[..path_end]) {
+        Path::Unsafe => return Err(RouteError::BadPath),
+        Path::Safe => false,
+        Path::EncodedSlash => true,
+    };
     Ok(Route {
         service: service.as_bytes(),
         rest,
+        encoded_slash,
     })
 }
 
-/// Refuses, in a path: `\\`, `%5c`, `%2f`, `%00`; a `.` or `..` segment, also as `%2e`,
+/// What [`judge_path`] finds in a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    Safe,
+    /// Safe but for an encoded `/`: its dot segments were judged with it as a separator, so
+    /// a backend that decodes it before it resolves them finds none either.
+    EncodedSlash,
+    Unsafe,
+}
+
+/// Whether `path` is safe, with no encoded slash either (what a backend prefix must be).
+pub(crate) fn path_is_safe(path: &str) -> bool {
+    judge_path(path) == Path::Safe
+}
+
+/// Refuses, in a path: `\\`, `%5c`, `%00`; a `.` or `..` segment, also as `%2e`,
 /// and also with path parameters (`..;x`: Tomcat, Spring and Jetty drop `;x` before they
 /// resolve dot segments) or trailing blanks (`..%20`: Windows trims them). A path with
 /// percent-encoding is judged by what it decodes to, decoded again while that changes it
 /// (double, triple, partial double encoding: `%252e`, `%25252e`, `%%32%65`), at most
 /// [`MAX_DECODES`] times (more is refused); and by its bytes: overlong UTF-8 of any
 /// length (`%c0%ae`, `%e0%80%ae`, `%f0%80%80%ae`: decoders that accept it read `.`, `/`)
-/// is refused, as is IIS's `%uXXXX`.
-pub(crate) fn path_is_safe(path: &str) -> bool {
+/// is refused, as is IIS's `%uXXXX`. An encoded `/` (`%2f`, `%252f`) is told apart: a
+/// path that has one is judged with it decoded, as a separator.
+pub(crate) fn judge_path(path: &str) -> Path {
     let b = path.as_bytes();
+    let safe = |yes: bool| if yes { Path::Safe } else { Path::Unsafe };
     if b.contains(&b'\\') {
-        return false;
+        return Path::Unsafe;
     }
     if !b.contains(&b'%') {
-        return !has_dot_segment(b);
+        return safe(!has_dot_segment(b));
     }
     // IIS's %uXXXX, in the path as sent or in any form it decodes to.
     let iis = |v: &[u8]| {
@@ -74,19 +97,26 @@ pub(crate) fn path_is_safe(path: &str) -> bool {
     let mut bytes = b.to_vec();
     for round in 0..=MAX_DECODES {
         if iis(&bytes) {
-            return false;
+            return Path::Unsafe;
         }
         match percent_decode(&bytes) {
-            Some(next) if round == MAX_DECODES => return next == bytes,
+            Some(_) if round == MAX_DECODES => return Path::Unsafe,
             Some(next) => bytes = next,
             None => break,
         }
     }
-    let slashes = |v: &[u8]| v.iter().filter(|&&c| c == b'/').count();
-    !(bytes.iter().any(|&c| matches!(c, 0 | b'\\'))
-        || slashes(&bytes) != slashes(b)
+    if bytes.iter().any(|&c| matches!(c, 0 | b'\\'))
         || overlong_utf8(&bytes)
-        || has_dot_segment(&bytes))
+        || has_dot_segment(&bytes)
+    {
+        return Path::Unsafe;
+    }
+    let slashes = |v: &[u8]| v.iter().filter(|&&c| c == b'/').count();
+    if slashes(&bytes) == slashes(b) {
+        Path::Safe
+    } else {
+        Path::EncodedSlash
+    }
 }
 
 /// How many times a path is percent-decoded at most to judge it (a path encoded more often
@@ -210,6 +240,34 @@ mod tests {
         assert_eq!(route("/v1/proxy/svc").unwrap().rest, "");
         assert_eq!(route("/v1/proxy/svc?q").unwrap().rest, "?q");
         assert_eq!(route("/v1/proxy/svc/").unwrap().rest, "/");
+    }
+
+    #[test]
+    fn an_encoded_slash_is_reported_and_judged_as_a_separator() {
+        for t in [
+            "/v1/proxy/a/projects/group%2Fproject",
+            "/v1/proxy/a/x%2fy/z",
+            "/v1/proxy/a/x%252fy",
+            "/v1/proxy/a/%2F%2F",
+            "/v1/proxy/a/x%2f..y",
+        ] {
+            assert!(route(t).is_ok_and(|r| r.encoded_slash), "{t}");
+        }
+        assert!(route("/v1/proxy/a/x/y?p=%2F").is_ok_and(|r| !r.encoded_slash));
+        assert!(route("/v1/proxy/a/x%2").is_ok_and(|r| !r.encoded_slash));
+        // Dot segments it would make, once decoded, are refused whatever the service allows.
+        for t in [
+            "/v1/proxy/a/x%2f..",
+            "/v1/proxy/a/x%2F..%2Fy",
+            "/v1/proxy/a/x%2F%2e%2e%2Fy",
+            "/v1/proxy/a/x%252f..%252fy",
+            "/v1/proxy/a/%2F.%2Fy",
+            "/v1/proxy/a/x%2f..;p/y",
+            "/v1/proxy/a/x%2f%5cy",
+        ] {
+            assert_eq!(route(t), Err(RouteError::BadPath), "{t}");
+        }
+        assert!(!path_is_safe("/a%2Fb"), "a backend prefix may not hold one");
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct Service {
     pub admission: crate::admission::Admission,
     /// WebSocket upgrades are forwarded (`websocket: true`).
     pub websocket: bool,
+    /// Paths with an encoded `/` are forwarded (`encoded_slashes: true`).
+    pub encoded_slashes: bool,
 }
 
 /// Everything that must change together on a reload.
@@ -463,6 +465,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                 policy: policy(&sc.breaker, &config, prior),
                 admission,
                 websocket: sc.websocket,
+                encoded_slashes: sc.encoded_slashes,
             }
         })
         .collect();

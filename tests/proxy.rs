@@ -27,6 +27,54 @@ fn one_backend(prefix: &str) -> (Proc, Proc) {
     (b, g)
 }
 
+/// GitLab-style APIs name `group/project` as one segment, `group%2Fproject`: a service
+/// with `encoded_slashes: true` gets it as sent; others refuse it 400, as before; dot
+/// segments it would make once decoded are refused either way.
+#[test]
+fn an_encoded_slash_reaches_a_service_that_allows_it_as_sent() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "",
+        &format!(
+            "  open:\n    backends: [http://{0}/api]\n    encoded_slashes: true\n  \
+             strict: [http://{0}/api]\n",
+            b.addr
+        ),
+    ));
+    let mut c = Client::connect(g.addr);
+    for (target, want) in [
+        (
+            "/v1/proxy/open/projects/group%2Fproject?x=%2F",
+            "/api/projects/group%2Fproject",
+        ),
+        ("/v1/proxy/open/a%252fb", "/api/a%252fb"),
+    ] {
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes());
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{target}");
+        assert_eq!(r.json()["path"], want, "{target}");
+    }
+    for target in [
+        "/v1/proxy/strict/projects/group%2Fproject",
+        "/v1/proxy/open/projects/x%2F..%2Fadmin",
+        "/v1/proxy/open/projects/x%2F%2E%2E/admin",
+    ] {
+        let r = get(g.addr, target);
+        assert_eq!(
+            (r.status, r.json()["detail"].as_str()),
+            (400, Some("unsafe_path")),
+            "{target}"
+        );
+        let svc = if target.contains("strict") {
+            "strict"
+        } else {
+            "open"
+        };
+        assert_eq!(r.json()["service"], svc, "{target}");
+    }
+}
+
 #[test]
 fn every_method_path_query_header_and_body_arrive_intact() {
     let (b, g) = one_backend("/api");
