@@ -569,7 +569,11 @@ impl Admission {
             return match fleet.take() {
                 Ok(left) => {
                     if self.headers {
-                        l.write_fields(fields, left, 1);
+                        // What this instance holds and what the fleet had left besides,
+                        // at its last grant (until 2026-12-04 only the former: `r=0`
+                        // with most of the fleet's budget free, a review).
+                        let (more, used) = fleet.fleet_left();
+                        l.write_fields(fields, left + more, used.div_ceil(NS));
                     }
                     Verdict::Admit { held: false }
                 }
@@ -673,6 +677,11 @@ pub struct FleetBudget {
     pub online: std::sync::atomic::AtomicBool,
     /// When Redis last refused a slice: ms until the fleet's budget has room again.
     pub wait_ms: AtomicU64,
+    /// How far ahead of Redis's clock the fleet's word was after the last grant, in µs: how
+    /// much of the burst the fleet had used (for the `RateLimit` field of an admitted answer).
+    pub used_us: AtomicU64,
+    /// Instances in the fleet (with this one), as the last heartbeat found them.
+    pub instances: AtomicU64,
     /// How much time one slice covers, in ms: twice how often the cluster thread gets to
     /// top the allowance up (at least [`MIN_SLICE_MS`], at most [`MAX_SLICE_MS`]).
     pub slice_ms: AtomicU64,
@@ -707,18 +716,36 @@ impl FleetBudget {
             allowance: CachePadded::new(AtomicU64::new(0)),
             online: std::sync::atomic::AtomicBool::new(false),
             wait_ms: AtomicU64::new(0),
+            used_us: AtomicU64::new(0),
+            instances: AtomicU64::new(1),
             slice_ms: AtomicU64::new(MIN_SLICE_MS),
         }
     }
 
-    /// Requests one slice holds: `slice_ms` at the steady rate, at least 1, at most the
-    /// burst. When Redis answers slowly the thread tops up less often, so a slice covers
-    /// more time: with a fixed 50 ms a Redis taking 60 ms per command cut a 100/s fleet to
-    /// 67/s, and at 200 ms to 12/s, while it still counted as up.
+    /// Requests one slice holds: `slice_ms` at the steady rate, and at least this
+    /// instance's share of half the burst; at least 1, at most the burst. When Redis
+    /// answers slowly the thread tops up less often, so a slice covers more time: with a
+    /// fixed 50 ms a Redis taking 60 ms per command cut a 100/s fleet to 67/s, and at
+    /// 200 ms to 12/s, while it still counted as up. The share is for low rates: at 20/s a
+    /// slice of 50 ms is one request, so an instance could admit no two requests within a
+    /// top-up round, and a client sending pairs at half the rate had every second one
+    /// refused (a review). The instances' slices together hold at most half the burst.
     pub fn slice(&self) -> u64 {
         let l = &self.limit;
         let ms = self.slice_ms.load(Ordering::Relaxed);
-        (l.count * ms / (l.per_secs * 1000)).clamp(1, l.burst)
+        let share = l
+            .burst
+            .div_ceil(2 * self.instances.load(Ordering::Relaxed).max(1));
+        (l.count * ms / (l.per_secs * 1000))
+            .max(share)
+            .clamp(1, l.burst)
+    }
+
+    /// Requests the fleet could still admit at the last grant, beyond the allowances.
+    fn fleet_left(&self) -> (u64, u64) {
+        let (interval, tolerance) = self.gcra();
+        let used = (self.used_us.load(Ordering::Relaxed) * 1000).min(tolerance);
+        ((tolerance - used) / interval.max(1), used)
     }
 
     /// Redis answers for this budget again: requests take from the allowance (topped up in
@@ -1003,7 +1030,11 @@ mod tests {
             .unwrap()
             .unwrap();
         let b = FleetBudget::new("svc", &l, Default::default());
-        assert_eq!(b.slice(), 5, "50 ms at 100/s");
+        assert_eq!(b.slice(), 25, "alone: half the burst");
+        b.instances.store(2, Ordering::Relaxed);
+        assert_eq!(b.slice(), 13, "one of two: a quarter of it, rounded up");
+        b.instances.store(10, Ordering::Relaxed);
+        assert_eq!(b.slice(), 5, "50 ms at 100/s, more than its share");
         b.slice_ms.store(280, Ordering::Relaxed);
         assert_eq!(b.slice(), 28);
         b.slice_ms.store(MAX_SLICE_MS, Ordering::Relaxed);
@@ -1011,11 +1042,9 @@ mod tests {
         let slow = limit("{rate: 1/s, burst: 3, scope: cluster}")
             .unwrap()
             .unwrap();
-        assert_eq!(
-            FleetBudget::new("svc", &slow, Default::default()).slice(),
-            1,
-            "at least one"
-        );
+        let slow = FleetBudget::new("svc", &slow, Default::default());
+        slow.instances.store(10, Ordering::Relaxed);
+        assert_eq!(slow.slice(), 1, "at least one");
     }
 
     /// Regression: `100/s` on one instance and `6000/m` on another ran as two fleet budgets

@@ -432,7 +432,7 @@ if k > 0 then
 end
 local wait = 0
 if k == 0 then wait = math.ceil(tat + interval - now - tolerance) end
-return {k, wait}
+return {k, wait, math.floor(tat - now)}
 ";
 
 /// Takes the probe lease if free, or renews it if this instance holds it: 1 if held.
@@ -1147,16 +1147,21 @@ impl Node {
         for (&(i, want), v) in wanted.iter().zip(grants) {
             let b = &self.budgets[i];
             let key = budget_key(&self.status.config.name, b);
-            let reply = value_of::<(i64, i64)>(v).and_then(|(granted, wait_us)| {
-                match (u64::try_from(granted), u64::try_from(wait_us)) {
-                    (Ok(g), Ok(w)) => Ok((g, w)),
-                    _ => Err(redis::RedisError::from((
-                        redis::ErrorKind::Parse,
-                        "a negative grant or wait",
-                    ))),
-                }
-            });
-            let Some((granted, wait_us)) = self.bad_keys.check(&key, reply)? else {
+            let reply =
+                value_of::<(i64, i64, i64)>(v).and_then(|(granted, wait_us, used_us)| {
+                    match (
+                        u64::try_from(granted),
+                        u64::try_from(wait_us),
+                        u64::try_from(used_us),
+                    ) {
+                        (Ok(g), Ok(w), Ok(u)) => Ok((g, w, u)),
+                        _ => Err(redis::RedisError::from((
+                            redis::ErrorKind::Parse,
+                            "a negative grant or wait",
+                        ))),
+                    }
+                });
+            let Some((granted, wait_us, used_us)) = self.bad_keys.check(&key, reply)? else {
                 // No budget to be had from Redis for this key: the limit applies per
                 // instance, as with Redis away (it used to starve the service instead).
                 b.go_offline();
@@ -1168,6 +1173,7 @@ impl Node {
             let longest_us = (tolerance_ns + 2 * interval_ns) / 1000;
             b.wait_ms
                 .store(wait_us.min(longest_us).div_ceil(1000), Ordering::Relaxed);
+            b.used_us.store(used_us.min(longest_us), Ordering::Relaxed);
             let granted = granted.min(want);
             if granted > 0 {
                 b.allowance.fetch_add(granted, Ordering::Relaxed);
@@ -1423,6 +1429,9 @@ impl Node {
     }
 
     fn set_peers(&self, peers: Vec<String>) {
+        for b in &self.budgets {
+            b.instances.store(peers.len() as u64 + 1, Ordering::Relaxed);
+        }
         *self.status.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
     }
 
