@@ -73,6 +73,10 @@ pub mod state;
 pub mod tunnel;
 pub mod worker;
 
+/// The version and the commit it was built from (`unknown` outside a git checkout), as
+/// `--version`, the start line and `gateway_build_info` give them: `0.1.0 (5ac01d6fa3b2)`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GATEWAY_COMMIT"), ")");
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -295,7 +299,7 @@ fn log_startup(
 ) {
     let addr = server.local_addr;
     let snap = shared.current.load();
-    log::info!("gateway {} listening on {addr}", env!("CARGO_PKG_VERSION"));
+    log::info!("gateway {VERSION} listening on {addr}");
     for line in snap.config.summary().lines() {
         log::info!("{line}");
     }

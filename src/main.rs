@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             },
             "--check" => check = true,
             "--version" | "-V" => {
-                say(&format!("gateway {}\n", env!("CARGO_PKG_VERSION")));
+                say(&format!("gateway {}\n", gateway::VERSION));
                 return ExitCode::SUCCESS;
             }
             "--help" | "-h" => {

@@ -643,13 +643,14 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
     }
     let _ = writeln!(
         w,
-        "# HELP gateway_build_info The running gateway's version (the value is always 1)."
+        "# HELP gateway_build_info The running gateway's version and the commit it was built from (the value is always 1)."
     );
     let _ = writeln!(w, "# TYPE gateway_build_info gauge");
     let _ = writeln!(
         w,
-        "gateway_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
+        "gateway_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        env!("GATEWAY_COMMIT")
     );
     o
 }

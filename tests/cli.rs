@@ -149,8 +149,25 @@ fn unknown_arguments_are_usage_errors() {
     let out = gateway().arg("--frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
+}
+
+/// `--version` names the commit (an operator review could not tell that a binary
+/// predated a change): `gateway 0.1.0 (5ac01d6fa3b2)`, the same as `gateway_build_info`.
+#[test]
+fn the_version_names_the_commit_it_was_built_from() {
     let out = gateway().arg("--version").output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("gateway "));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(head.status.success(), "the tests run from a git checkout");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert_eq!(
+        said,
+        format!("gateway {} ({head})\n", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 /// Regression (an operator review): `--config=PATH` was refused as an unknown argument, and
