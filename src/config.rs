@@ -69,6 +69,32 @@ pub enum ConfigError {
     },
 }
 
+/// An error in a file that holds `${...}` outside comments says that nothing is expanded:
+/// an operator review's `http://${HOST}:8001` was reported only as a name that does not
+/// resolve, and inside a flow list as a YAML error about a missing `]`.
+fn with_expansion_hint(e: ConfigError, text: &str) -> ConfigError {
+    let expands = text.lines().any(|l| {
+        l.split(" #")
+            .next()
+            .is_some_and(|l| !l.trim_start().starts_with('#') && l.contains("${"))
+    });
+    if !expands {
+        return e;
+    }
+    let hint = " (note: the file is taken as written, and ${...} is not expanded: generate it, e.g. envsubst < config.tmpl > config.yaml)";
+    match e {
+        ConfigError::Syntax { path, message } => ConfigError::Syntax {
+            path,
+            message: message + hint,
+        },
+        ConfigError::Invalid { key, message } => ConfigError::Invalid {
+            key,
+            message: message + hint,
+        },
+        other => other,
+    }
+}
+
 pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -852,6 +878,10 @@ impl Config {
     /// Parses and validates YAML text (a leading UTF-8 byte-order mark, which some editors
     /// write, is skipped: YAML took it for a second document).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_as_written(text).map_err(|e| with_expansion_hint(e, text))
+    }
+
+    fn parse_as_written(text: &str) -> Result<Config, ConfigError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         // Say it is empty, not only what is missing (an operator review: a truncated file read
         // as one without services).
@@ -1757,6 +1787,22 @@ mod tests {
         );
         let a = &c.unwrap().services[0];
         assert!(a.encoded_slashes && !a.websocket);
+    }
+
+    /// Regression (an operator review): `${HOST}` was reported as a name that does not
+    /// resolve, or as a YAML error, with no word that nothing is expanded.
+    #[test]
+    fn an_error_in_a_file_with_a_variable_says_nothing_is_expanded() {
+        for text in [
+            "services:\n  a: [http://${HOST}:8001]\n",
+            "services:\n  a:\n    - http://${HOST}:8001\n",
+            "listen: ${LISTEN}\nservices:\n  a: [http://127.0.0.1:1]\n",
+        ] {
+            let e = err(text);
+            assert!(e.contains("${...} is not expanded"), "{text}: {e}");
+        }
+        let e = err("# use ${HOST} one day\nservices:\n  a: [http://127.0.0.1:99999]\n");
+        assert!(!e.contains("expanded"), "a comment is no variable: {e}");
     }
 
     #[test]
