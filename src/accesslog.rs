@@ -11,7 +11,8 @@
 //! Rotation: [`Writer::reopen`] (on SIGHUP and SIGUSR1) makes the writer thread open the
 //! path again, creating it if it was moved away; a file truncated in place (`copytruncate`)
 //! needs nothing, as it is opened for appending. A failed write or reopen is counted
-//! ([`Counters::errors`]) and warned about once per run of failures.
+//! ([`Counters::errors`]) and warned about once per run of failures. A reload that names
+//! another file (or stdout) hands the writer the new one, opened first ([`Writer::switch`]).
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
@@ -53,12 +54,17 @@ pub struct Counters {
     pub errors: AtomicU64,
 }
 
+/// Where the writer thread writes, and the path to reopen (none for stdout).
+type Output = (Box<dyn Write + Send>, Option<PathBuf>);
+
 /// What the writer thread is handed.
 enum Msg {
     /// Lines to write (empty: only a wake-up, to reopen).
     Batch(Vec<u8>),
     /// Answered once everything queued before it is written.
     Sync(mpsc::Sender<()>),
+    /// Write to this from now on (a reload named another file).
+    Switch(Output),
 }
 
 /// The writer side, shared by all workers (and the signal thread, to reopen).
@@ -86,11 +92,38 @@ impl Writer {
     pub fn sync(&self, within: std::time::Duration) -> bool {
         let end = std::time::Instant::now() + within;
         let (ack, done) = mpsc::channel();
-        let mut msg = Msg::Sync(ack);
-        // Never blocks past `end`, even on a writer stuck on a dead disk.
+        if !self.hand(Msg::Sync(ack), end) {
+            return false;
+        }
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        done.recv_timeout(left).is_ok()
+    }
+
+    /// A reload named another sink (a file or stdout; `off` and back need a restart): the
+    /// new one is opened here, so that one that cannot be opened fails the reload, and the
+    /// writer takes it after the lines already queued, which go where they were meant to.
+    pub fn switch(&self, sink: &Sink) -> std::io::Result<()> {
+        let Some(output) = open_sink(sink)? else {
+            return Err(std::io::Error::other(
+                "the access log cannot be turned off by a reload",
+            ));
+        };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        if self.hand(Msg::Switch(output), end) {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(
+                "the access log writer did not take it within 1 s (stuck on its current file?)",
+            ))
+        }
+    }
+
+    /// Queues `msg`, waiting for room until `end` at most (never longer, even with a
+    /// writer stuck on a dead disk); false if it could not.
+    fn hand(&self, mut msg: Msg, end: std::time::Instant) -> bool {
         loop {
             match self.tx.try_send(msg) {
-                Ok(()) => break,
+                Ok(()) => return true,
                 Err(TrySendError::Full(m)) if std::time::Instant::now() < end => {
                     msg = m;
                     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -98,8 +131,6 @@ impl Writer {
                 Err(_) => return false,
             }
         }
-        let left = end.saturating_duration_since(std::time::Instant::now());
-        done.recv_timeout(left).is_ok()
     }
 }
 
@@ -110,12 +141,19 @@ fn open(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// Opens what `sink` names; `None` when it is off.
+fn open_sink(sink: &Sink) -> std::io::Result<Option<Output>> {
+    Ok(match sink {
+        Sink::Off => None,
+        Sink::Stdout => Some((Box::new(std::io::stdout()), None)),
+        Sink::File(p) => Some((Box::new(open(p)?), Some(p.clone()))),
+    })
+}
+
 /// Starts the writer thread for `sink`; `None` when the log is off.
 pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Option<Writer>> {
-    let (mut out, path): (Box<dyn Write + Send>, Option<PathBuf>) = match sink {
-        Sink::Off => return Ok(None),
-        Sink::Stdout => (Box::new(std::io::stdout()), None),
-        Sink::File(p) => (Box::new(open(p)?), Some(p.clone())),
+    let Some((mut out, mut path)) = open_sink(sink)? else {
+        return Ok(None);
     };
     let (tx, rx): (SyncSender<Msg>, Receiver<Msg>) = mpsc::sync_channel(MAX_PENDING);
     let reopen = Arc::new(AtomicBool::new(false));
@@ -133,6 +171,16 @@ pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Option<Wri
                     Msg::Batch(b) => b,
                     Msg::Sync(ack) => {
                         let _ = ack.send(());
+                        continue;
+                    }
+                    Msg::Switch((to, named)) => {
+                        let _ = out.flush();
+                        (out, path) = (to, named);
+                        let now = path.as_deref().map_or("stdout".into(), |p| {
+                            p.display().to_string()
+                        });
+                        log::info!("access log: now writing to {now}");
+                        failing = false;
                         continue;
                     }
                 };

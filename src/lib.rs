@@ -106,7 +106,8 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     let fleet = cluster::start(&shared).map_err(server::StartError::Thread)?;
     let mut server = server::start(shared.clone())?;
     start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
-    let reloads = Reloader::start(shared.clone(), path).map_err(server::StartError::Thread)?;
+    let reloads = Reloader::start(shared.clone(), path, server.access_log.clone())
+        .map_err(server::StartError::Thread)?;
     log_startup(&shared, &server, fds);
     for sig in signals.forever() {
         if !on_signal(sig, &reloads, &server) {
@@ -242,14 +243,18 @@ fn start_dns_refresh(shared: Arc<Shared>) -> std::io::Result<()> {
 struct Reloader(std::sync::mpsc::SyncSender<()>);
 
 impl Reloader {
-    fn start(shared: Arc<Shared>, path: PathBuf) -> std::io::Result<Reloader> {
+    fn start(
+        shared: Arc<Shared>,
+        path: PathBuf,
+        log: Option<accesslog::Writer>,
+    ) -> std::io::Result<Reloader> {
         // One reload waiting behind the running one is enough: it reads the newest file.
         let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
         std::thread::Builder::new()
             .name("reload".into())
             .spawn(move || {
                 for () in asked {
-                    on_sighup(&shared, &path);
+                    on_sighup(&shared, &path, log.as_ref());
                 }
             })?;
         Ok(Reloader(ask))
@@ -261,9 +266,9 @@ impl Reloader {
     }
 }
 
-fn on_sighup(shared: &Shared, path: &Path) {
+fn on_sighup(shared: &Shared, path: &Path, log: Option<&accesslog::Writer>) {
     let before = shared.current.load().config.limits.max_connections;
-    match reload::reload(shared, path) {
+    match reload::reload(shared, path, log) {
         Ok(changes) => {
             log::info!("reload: {changes}");
             // A new connection cap the descriptor limit cannot carry is warned about as at

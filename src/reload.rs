@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use crate::accesslog::Sink;
 use crate::breaker::{Snapshot as Word, CLOSED};
 use crate::config::{BackendUrl, Config, ConfigError, ServiceConfig};
 use crate::state::Shared;
@@ -164,7 +165,10 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
         if old.admin != new.admin {
             ignored.push("admin");
         }
-        if old.access_log != new.access_log {
+        // Another file, or stdout, is taken at once; `off` and back need a restart.
+        if old.access_log != new.access_log
+            && (old.access_log == Sink::Off || new.access_log == Sink::Off)
+        {
             ignored.push("access_log");
         }
         if old.busy_poll != new.busy_poll {
@@ -221,6 +225,14 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
         format!("[{}]", list.join(", "))
     };
     let n = |v: u64| v.to_string();
+    // A sink's name beside another one; nothing beside `off`.
+    let sink = |a: &Sink, b: &Sink| {
+        if *a == Sink::Off || *b == Sink::Off {
+            String::new()
+        } else {
+            a.to_string()
+        }
+    };
     let (a, b) = (&old.timeouts, &new.timeouts);
     let (la, lb) = (&old.limits, &new.limits);
     let dns = |c: &Config| c.dns_refresh.map_or("off".to_string(), d);
@@ -304,6 +316,12 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
             old.ignore_client_abort.to_string(),
             new.ignore_client_abort.to_string(),
         ),
+        // Only between two sinks: `off` and back is a restart's (listed as ignored).
+        (
+            "access_log",
+            sink(&old.access_log, &new.access_log),
+            sink(&new.access_log, &old.access_log),
+        ),
         (
             "access_log_format",
             format!("{:?}", old.access_log_format).to_lowercase(),
@@ -370,19 +388,44 @@ fn services_changed<const N: usize>(
 
 /// Loads `path` and, if it is valid, makes it the running config. On error nothing
 /// changes and the error is returned (and remembered for `/metrics` and `/admin/config`).
-pub fn reload(shared: &Shared, path: &Path) -> Result<Changes, ConfigError> {
+///
+/// `log` is the access log's writer (None when it is off): a file it cannot open fails
+/// the reload, and the old one stays.
+pub fn reload(
+    shared: &Shared,
+    path: &Path,
+    log: Option<&crate::accesslog::Writer>,
+) -> Result<Changes, ConfigError> {
     // Read, and its names looked up, under the lock: a reload that resolved before a DNS
     // refresh and stored after it put the stale addresses back (a re-review).
     let _control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
-    let result = Config::load(path).map(|mut new| {
+    let result = Config::load(path).and_then(|mut new| {
         let old = shared.current.load_full();
         let mut changes = diff(Some(&old.config), &new);
+        // Another access log file (or stdout), opened before anything is installed
+        // (until 2026-12-04 ignored until a restart, while access_log_format was applied
+        // at once: an operator review).
+        match log {
+            Some(w) if !changes.ignored_until_restart.contains(&"access_log")
+                && new.access_log != old.config.access_log =>
+            {
+                w.switch(&new.access_log).map_err(|e| {
+                    crate::config::invalid(
+                        "access_log",
+                        format!(
+                            "cannot open the access log {}: {e}: fix the path or its permissions; the old one stays",
+                            new.access_log
+                        ),
+                    )
+                })?;
+            }
+            _ => new.access_log = old.config.access_log.clone(),
+        }
         // Settings bound at start stay as they are until a restart.
         new.listen = old.config.listen;
         new.workers = old.config.workers;
         new.pin_workers = old.config.pin_workers;
         new.admin = old.config.admin;
-        new.access_log = old.config.access_log.clone();
         new.busy_poll = old.config.busy_poll;
         new.splice = old.config.splice;
         new.cluster = old.config.cluster.clone();
@@ -400,7 +443,7 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<Changes, ConfigError> {
             })
             .filter(|(_, b)| Word::decode(crate::breaker::Word::load(&**b.breaker)).state != CLOSED)
             .count();
-        changes
+        Ok(changes)
     });
     let mut last = shared
         .reloads
@@ -527,7 +570,7 @@ mod tests {
             "listen: 127.0.0.1:9\ncluster: {redis: redis://127.0.0.1:7/0}\nservices:\n  a: [http://127.0.0.1:1, http://127.0.0.1:4]\n  c: [http://127.0.0.1:5]\n",
         )
         .unwrap();
-        let ch = reload(&shared, &path).unwrap();
+        let ch = reload(&shared, &path, None).unwrap();
         // Regression: the cluster section was reported as ignored, yet installed, so
         // /admin/config showed a Redis the instance was not using.
         assert_eq!(shared.current.load().config.cluster, None);
@@ -563,7 +606,7 @@ mod tests {
             "services:\n  a: [http://127.0.0.1:1]\n  typo_key: 3\n",
         )
         .unwrap();
-        let err = reload(&shared, &path).unwrap_err();
+        let err = reload(&shared, &path, None).unwrap_err();
         assert!(err.to_string().contains("typo_key"), "{err}");
         assert_eq!(
             shared.current.load().generation,

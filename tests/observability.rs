@@ -864,6 +864,88 @@ fn the_access_log_is_reopened_after_a_rotation_on_sigusr1_and_on_sighup() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Regression (an operator review): a reload that named another access log file was
+/// ignored until a restart, while a new `access_log_format` was applied at once, so the
+/// new format went into the old file. Another file is now opened by the reload and takes
+/// the lines from then on; one that cannot be opened fails the reload and the old file
+/// stays; `off` and back still wait for a restart.
+#[test]
+fn a_reload_moves_the_access_log_to_the_file_it_names() {
+    let dir = temp_path("switch");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (first, second) = (dir.join("first.log"), dir.join("second.log"));
+    let b = mock_backend();
+    let yaml = |log: &str| {
+        config(
+            1,
+            &format!("admin: 127.0.0.1:0\naccess_log: {log}"),
+            &format!("  svc: [http://{}]\n", b.addr),
+        )
+    };
+    let path = write_config(&yaml(&first.display().to_string()));
+    let g = gateway_at(&path);
+    let logged = |file: &std::path::Path, target: &str| {
+        std::fs::read_to_string(file).is_ok_and(|t| t.contains(target))
+    };
+    let generation = || get(g.admin, "/healthz").json()["generation"].as_u64();
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/before").status, 200);
+    assert!(eventually(Duration::from_secs(5), || logged(
+        &first,
+        "/svc/before"
+    )));
+
+    std::fs::write(&path, yaml(&second.display().to_string())).expect("write config");
+    signal(&g.proc.child, libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(5), || generation() == Some(2)));
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/after").status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || logged(&second, "/svc/after")),
+        "not in the file the reload named"
+    );
+    assert!(
+        !logged(&first, "/svc/after"),
+        "still written to the old file"
+    );
+    assert!(!logged(&second, "/svc/before"));
+    let cfg = get(g.admin, "/admin/config").json();
+    assert_eq!(cfg["access_log"], second.display().to_string(), "{cfg}");
+
+    // A file that cannot be opened: the reload fails, the lines stay where they went.
+    let nowhere = dir.join("missing-dir").join("x.log");
+    std::fs::write(&path, yaml(&nowhere.display().to_string())).expect("write config");
+    signal(&g.proc.child, libc::SIGHUP);
+    let mut err = String::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        err = get(g.admin, "/admin/config").json()["last_reload_error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        !err.is_empty()
+    }));
+    assert!(
+        err.contains("access_log: cannot open the access log"),
+        "{err}"
+    );
+    assert_eq!(generation(), Some(2));
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/kept").status, 200);
+    assert!(eventually(Duration::from_secs(5), || logged(
+        &second,
+        "/svc/kept"
+    )));
+
+    // Off waits for a restart: the reload applies, the log goes on.
+    std::fs::write(&path, yaml("off")).expect("write config");
+    signal(&g.proc.child, libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(5), || generation() == Some(3)));
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/off").status, 200);
+    assert!(eventually(Duration::from_secs(5), || logged(
+        &second, "/svc/off"
+    )));
+    drop(g);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn access_log_write_errors_are_counted() {
     let (_b, g) = svc_gateway("access_log: /dev/full");
