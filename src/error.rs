@@ -30,6 +30,8 @@ pub enum GatewayError {
     HeadersTooLarge,
     /// 501: a method we do not know (RFC 9110 §9.1).
     NotImplemented,
+    /// 505: a request line of another major version (`HTTP/2.0`).
+    VersionNotSupported,
     /// 429: over the service's rate limit.
     RateLimited,
     /// 503: the service is at `max_in_flight`.
@@ -54,7 +56,7 @@ pub enum GatewayError {
 
 impl GatewayError {
     /// One of each kind, in `index` order (for metrics).
-    pub const ALL: [GatewayError; 19] = [
+    pub const ALL: [GatewayError; 20] = [
         GatewayError::BadRequest(""),
         GatewayError::RouteNotFound,
         GatewayError::ServiceNotFound,
@@ -74,6 +76,7 @@ impl GatewayError {
         GatewayError::RateLimited,
         GatewayError::Overloaded,
         GatewayError::ClientClosed,
+        GatewayError::VersionNotSupported,
     ];
 
     /// Position of this kind in [`GatewayError::ALL`].
@@ -99,6 +102,7 @@ impl GatewayError {
             RateLimited => 16,
             Overloaded => 17,
             ClientClosed => 18,
+            VersionNotSupported => 19,
         }
     }
 
@@ -114,6 +118,7 @@ impl GatewayError {
             ExpectationFailed => 417,
             HeadersTooLarge => 431,
             NotImplemented => 501,
+            VersionNotSupported => 505,
             RateLimited => 429,
             ConnectFailed | BackendClosed | BadResponse(_) => 502,
             NoBackend | Overloaded => 503,
@@ -144,6 +149,7 @@ impl GatewayError {
             ExpectationFailed => "expectation_failed",
             HeadersTooLarge => "headers_too_large",
             NotImplemented => "not_implemented",
+            VersionNotSupported => "http_version_not_supported",
             ConnectFailed => "backend_connect_failed",
             BackendClosed => "backend_closed",
             BadResponse(_) => "backend_bad_response",
@@ -168,6 +174,7 @@ impl GatewayError {
             429 => "Too Many Requests",
             431 => "Request Header Fields Too Large",
             501 => "Not Implemented",
+            505 => "HTTP Version Not Supported",
             502 => "Bad Gateway",
             503 => "Service Unavailable",
             499 => "Client Closed Request",
@@ -295,6 +302,7 @@ impl From<RequestError> for GatewayError {
             RequestError::UriTooLong => GatewayError::UriTooLong,
             RequestError::HeadersTooLarge => GatewayError::HeadersTooLarge,
             RequestError::Expectation => GatewayError::ExpectationFailed,
+            RequestError::VersionNotSupported => GatewayError::VersionNotSupported,
         }
     }
 }

@@ -90,6 +90,27 @@ pub enum RequestError {
     HeadersTooLarge,
     /// An `Expect` other than `100-continue` (417).
     Expectation,
+    /// A well-formed request line of another major version, `HTTP/2.0` (505).
+    VersionNotSupported,
+}
+
+/// Whether the request line in `buf` is well formed but for its version, which is
+/// `HTTP/D.D` with a major version other than 1 (`HTTP/2.0`, `HTTP/3.0`): RFC 9110 §15.6.6
+/// answers that 505, as NGINX does. Anything else wrong with the version is a 400.
+fn other_major_version(buf: &[u8]) -> bool {
+    let line = &buf[..memchr::memchr(b'\n', buf).unwrap_or(buf.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&c| c == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let token = |v: &[u8]| !v.is_empty() && v.iter().all(|&c| c.is_ascii_graphic());
+    matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+        if major.is_ascii_digit() && *major != b'1' && minor.is_ascii_digit())
+        && token(method)
+        && token(target)
 }
 
 /// Limits applied while parsing a request head.
@@ -332,7 +353,13 @@ pub fn parse_request<'h, 'b>(
             return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeadersTooLarge),
-        Err(httparse::Error::Version) => return Err(RequestError::Bad("invalid_version")),
+        Err(httparse::Error::Version) => {
+            return Err(if other_major_version(buf) {
+                RequestError::VersionNotSupported
+            } else {
+                RequestError::Bad("invalid_version")
+            })
+        }
         // httparse fills in the method before it parses the target: a token error after it
         // is a byte the target may not hold (a control, DEL or non-ASCII byte).
         Err(httparse::Error::Token) if req.method.is_some() => {
@@ -1310,6 +1337,32 @@ impl HeadScan {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_well_formed_line_of_another_major_version_is_505() {
+        for line in [
+            "GET / HTTP/2.0\r\n",
+            "GET /x HTTP/3.0\r\nHost: a\r\n\r\n",
+            "GET / HTTP/0.9\r\n",
+            "GET / HTTP/2.0",
+        ] {
+            assert!(other_major_version(line.as_bytes()), "{line:?}");
+        }
+        for line in [
+            "GET / HTTP/1.1\r\n",
+            "GET / HTTP/1.2\r\n",
+            "GET / HTTP/11.1\r\n",
+            "GET / HTTP/2\r\n",
+            "GET / http/2.0\r\n",
+            "GET / x HTTP/2.0\r\n",
+            "GET  / HTTP/2.0\r\n",
+            "GET / HTTP/2.0 \r\n",
+            "GET /\x01 HTTP/2.0\r\n",
+            "HTTP/2.0\r\n",
+        ] {
+            assert!(!other_major_version(line.as_bytes()), "{line:?}");
+        }
+    }
+
     use super::*;
 
     /// The definition `has_bare_cr_or_lf` must agree with: every CR followed by LF, every

@@ -911,10 +911,35 @@ fn syntax_vectors() -> Vec<V> {
             "version http/1.1",
             format!("GET {P} http/1.1\r\nHost: gw\r\n\r\n"),
         ),
-        bad(
-            "version HTTP/2.0",
+        // RFC 9110 §15.6.6, as NGINX answers it (it was a 400: an operator review).
+        v(
+            "version HTTP/2.0 is 505",
             format!("GET {P} HTTP/2.0\r\nHost: gw\r\n\r\n"),
+            505,
+            true,
+            Up::Nothing,
+        )
+        .code("http_version_not_supported"),
+        v(
+            "version HTTP/3.0 is 505",
+            format!("GET {P} HTTP/3.0\r\nHost: gw\r\n\r\n"),
+            505,
+            true,
+            Up::Nothing,
+        )
+        .code("http_version_not_supported"),
+        bad(
+            "version HTTP/2.0 after a target with a space",
+            format!("GET {P} x HTTP/2.0\r\nHost: gw\r\n\r\n"),
         ),
+        v(
+            "version HTTP/0.9 is 505",
+            format!("GET {P} HTTP/0.9\r\nHost: gw\r\n\r\n"),
+            505,
+            true,
+            Up::Nothing,
+        )
+        .code("http_version_not_supported"),
         bad(
             "version HTTP/1",
             format!("GET {P} HTTP/1\r\nHost: gw\r\n\r\n"),
