@@ -329,12 +329,23 @@ fn with_service_line(e: ConfigError, text: &str) -> ConfigError {
     }
 }
 
-/// The 1-based line of the first `field:` key in the block under service `name`.
+/// The 1-based line of the first `field:` key in the block under service `name`, or on
+/// the service's own line (a flow map, `a: {backends: [...], breaker: {x: 1}}`: an
+/// operator review got no line for those).
 fn key_line_in_service(text: &str, name: &str, field: &str) -> Option<usize> {
     let start = *service_key_lines(text, name).first()?;
     let indent = |l: &str| l.len() - l.trim_start().len();
     let lines: Vec<&str> = text.lines().collect();
-    let own = indent(lines.get(start - 1)?);
+    let own_line = lines.get(start - 1)?;
+    let flow = own_line.match_indices(field).any(|(at, _)| {
+        let before = own_line[..at].chars().next_back();
+        matches!(before, Some('{' | ',' | ' '))
+            && own_line[at + field.len()..].trim_start().starts_with(':')
+    });
+    if flow {
+        return Some(start);
+    }
+    let own = indent(own_line);
     for (i, l) in lines.iter().enumerate().skip(start) {
         if l.trim().is_empty() || l.trim_start().starts_with('#') {
             continue;
@@ -2405,7 +2416,14 @@ mod tests {
             e.starts_with("line 6: services.b") && e.contains("failure_treshold"),
             "{e}"
         );
-        // A key the scan cannot place (flow style) keeps the message without a line.
+        // A flow map on the service's own line: that line (an operator review got none).
+        let e = err("services:\n  a: [http://127.0.0.1:1]\n  b: {backends: [http://127.0.0.1:2], breaker: {failure_treshold: 3}}\n");
+        assert!(
+            e.starts_with("line 3: services.b") && e.contains("failure_treshold"),
+            "{e}"
+        );
+        // A key the scan cannot place (all of `services` in flow style) keeps the message
+        // without a line.
         let e = err("services: {b: {backends: [http://127.0.0.1:2], retires: 2}}\n");
         assert!(e.starts_with("services.b") && e.contains("retires"), "{e}");
     }
