@@ -200,13 +200,18 @@ fn dot_segment(s: &[u8]) -> bool {
 /// bytes up to a space and DEL (Java's `String.trim`); every Unicode white space in UTF-8
 /// (Python's `str.strip`, Go's `strings.TrimSpace`: NEL, NO-BREAK SPACE, OGHAM SPACE MARK,
 /// U+2000 to U+200A, the line and paragraph separators, NARROW NO-BREAK SPACE, MEDIUM
-/// MATHEMATICAL SPACE, IDEOGRAPHIC SPACE); and NEL and NO-BREAK SPACE as Latin-1 bytes
-/// (`85`, `A0`: continuation bytes, which no UTF-8 segment starts with, nor has after a dot).
+/// MATHEMATICAL SPACE, IDEOGRAPHIC SPACE); ZERO WIDTH NO-BREAK SPACE (U+FEFF, which
+/// JavaScript's `String.prototype.trim` takes off: a review's `..%ef%bb%bf` read as `..`)
+/// and MONGOLIAN VOWEL SEPARATOR (U+180E, white space to engines before Unicode 6.3); and
+/// NEL and NO-BREAK SPACE as Latin-1 bytes (`85`, `A0`: continuation bytes, which no UTF-8
+/// segment starts with, nor has after a dot).
 fn trim_blanks_start(mut s: &[u8]) -> &[u8] {
     loop {
         s = match s {
             [c, rest @ ..] if *c <= b' ' || matches!(*c, 0x7f | 0x85 | 0xa0) => rest,
             [0xc2, 0x85 | 0xa0, rest @ ..]
+            | [0xef, 0xbb, 0xbf, rest @ ..]
+            | [0xe1, 0xa0, 0x8e, rest @ ..]
             | [0xe1, 0x9a, 0x80, rest @ ..]
             | [0xe2, 0x80, 0x80..=0x8a | 0xa8 | 0xa9 | 0xaf, rest @ ..]
             | [0xe2, 0x81, 0x9f, rest @ ..]
@@ -357,6 +362,11 @@ mod tests {
             "/v1/proxy/a/..%a0/secret",
             "/v1/proxy/a/..%85/secret",
             "/v1/proxy/a/%a0../secret",
+            // JavaScript's trim takes U+FEFF off, older engines U+180E (a review).
+            "/v1/proxy/a/..%ef%bb%bf/secret",
+            "/v1/proxy/a/%2e%2e%EF%BB%BF/admin",
+            "/v1/proxy/a/%ef%bb%bf../secret",
+            "/v1/proxy/a/..%e1%a0%8e/secret",
         ] {
             assert_eq!(route(t), Err(RouteError::BadPath), "{t}");
         }
