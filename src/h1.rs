@@ -94,13 +94,17 @@ pub enum RequestError {
     VersionNotSupported,
 }
 
+/// The first line of `buf`, without its line ending.
+fn first_line(buf: &[u8]) -> &[u8] {
+    let line = &buf[..memchr::memchr(b'\n', buf).unwrap_or(buf.len())];
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
 /// Whether the request line in `buf` is well formed but for its version, which is
 /// `HTTP/D.D` with a major version other than 1 (`HTTP/2.0`, `HTTP/3.0`): RFC 9110 §15.6.6
 /// answers that 505, as NGINX does. Anything else wrong with the version is a 400.
 fn other_major_version(buf: &[u8]) -> bool {
-    let line = &buf[..memchr::memchr(b'\n', buf).unwrap_or(buf.len())];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let mut parts = line.split(|&c| c == b' ');
+    let mut parts = first_line(buf).split(|&c| c == b' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -364,6 +368,11 @@ pub fn parse_request<'h, 'b>(
         // is a byte the target may not hold (a control, DEL or non-ASCII byte).
         Err(httparse::Error::Token) if req.method.is_some() => {
             return Err(RequestError::Bad("invalid_target"))
+        }
+        // A line that is one word (`garbage`) is no request line at all: an operator
+        // review was told its method was invalid.
+        Err(httparse::Error::Token) if !first_line(buf).contains(&b' ') => {
+            return Err(RequestError::Bad("malformed_request_line"))
         }
         Err(httparse::Error::Token) => return Err(RequestError::Bad("invalid_method")),
         Err(httparse::Error::HeaderName) => return Err(RequestError::Bad("invalid_header_name")),
@@ -1617,6 +1626,8 @@ mod tests {
         }
         // Not a token at all: still a syntax error.
         assert_eq!(bad(b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n"), "invalid_method");
+        assert_eq!(bad(b"garbage\r\n\r\n"), "malformed_request_line");
+        assert_eq!(bad(b"gar(bage\r\n\r\n"), "malformed_request_line");
         // A byte the target may not hold is named as such, not as the method.
         assert_eq!(
             bad(b"GET /a\x7fb HTTP/1.1\r\nHost: a\r\n\r\n"),
