@@ -544,8 +544,25 @@ fn cluster(shared: &Shared) -> Value {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    // Fleet rate budgets: what this instance holds of each, and the slice it tops up to.
+    let snap = shared.current.load();
+    let budgets: Vec<Value> = snap
+        .services
+        .iter()
+        .filter_map(|s| {
+            let f = s.admission.limiter.as_ref()?.fleet.as_ref()?;
+            Some(json!({
+                "service": s.name,
+                "online": f.online.load(Ordering::Relaxed),
+                "held": f.allowance.load(Ordering::Relaxed),
+                "slice": f.slice(),
+                "instances": f.instances.load(Ordering::Relaxed),
+            }))
+        })
+        .collect();
     json!({
         "enabled": true,
+        "budgets": budgets,
         "instance": c.instance,
         "name": c.config.name,
         "open_quorum": c.config.open_quorum,

@@ -569,11 +569,12 @@ impl Admission {
             return match fleet.take() {
                 Ok(left) => {
                     if self.headers {
-                        // What this instance holds and what the fleet had left besides,
-                        // at its last grant (until 2026-12-04 only the former: `r=0`
-                        // with most of the fleet's budget free, a review).
-                        let (more, used) = fleet.fleet_left();
-                        l.write_fields(fields, left + more, used.div_ceil(NS));
+                        // `r`: what this instance admits at once (what the fleet had left
+                        // besides, tried first, was promised and then refused: a review
+                        // sent `r=99` requests at once and had half refused); `t`: when
+                        // the fleet's budget was to be whole again at the last grant.
+                        let used = fleet.used_ns();
+                        l.write_fields(fields, left, used.div_ceil(NS));
                     }
                     Verdict::Admit { held: false }
                 }
@@ -741,11 +742,20 @@ impl FleetBudget {
             .clamp(1, l.burst)
     }
 
-    /// Requests the fleet could still admit at the last grant, beyond the allowances.
-    fn fleet_left(&self) -> (u64, u64) {
-        let (interval, tolerance) = self.gcra();
-        let used = (self.used_us.load(Ordering::Relaxed) * 1000).min(tolerance);
-        ((tolerance - used) / interval.max(1), used)
+    /// How much of the burst the fleet had used at the last grant, in ns.
+    fn used_ns(&self) -> u64 {
+        (self.used_us.load(Ordering::Relaxed) * 1000).min(self.gcra().1)
+    }
+
+    /// The heartbeat counted `n` instances: with more than before, this one's share is
+    /// smaller, and what it holds past its new slice is let go (not handed back: the
+    /// fleet's word already counts it), so that the slices together stay within half the
+    /// burst once every instance has heard.
+    pub fn set_instances(&self, n: u64) {
+        let before = self.instances.swap(n.max(1), Ordering::Relaxed);
+        if n > before {
+            self.allowance.fetch_min(self.slice(), Ordering::AcqRel);
+        }
     }
 
     /// Redis answers for this budget again: requests take from the allowance (topped up in

@@ -750,7 +750,13 @@ impl Node {
         let deadline = Instant::now() + STARTUP_WAIT;
         self.sync_tracks();
         if self.connect() {
-            match self.read_fleet(Some(deadline)) {
+            // The heartbeat first: it says how many instances share the fleet's budgets,
+            // which sets this instance's slices (a review: each instance started took half
+            // the burst, counting itself alone).
+            match self
+                .heartbeat()
+                .and_then(|()| self.read_fleet(Some(deadline)))
+            {
                 Ok(()) => self.synced(),
                 Err(e) => self.down(&e),
             }
@@ -845,10 +851,10 @@ impl Node {
         if self.con.is_none() && !self.reconnect() {
             return;
         }
-        // The heartbeat before the leases: a lease held by an instance without one is free.
+        // The heartbeat before the leases (a lease held by an instance without one is
+        // free) and before the budgets' slices (it counts the instances sharing them).
         let result = self
             .publish_pending()
-            .and_then(|()| self.read_fleet(None))
             .and_then(|()| {
                 if self.heartbeat_at.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
                     self.heartbeat()
@@ -856,6 +862,7 @@ impl Node {
                     Ok(())
                 }
             })
+            .and_then(|()| self.read_fleet(None))
             .and_then(|()| self.gate_probes());
         match result {
             Ok(()) => self.synced(),
@@ -1430,7 +1437,7 @@ impl Node {
 
     fn set_peers(&self, peers: Vec<String>) {
         for b in &self.budgets {
-            b.instances.store(peers.len() as u64 + 1, Ordering::Relaxed);
+            b.set_instances(peers.len() as u64 + 1);
         }
         *self.status.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
     }

@@ -1057,30 +1057,43 @@ fn admitted_within(addr: SocketAddr, run: Duration) -> (usize, f64) {
     (admitted, t0.elapsed().as_secs_f64())
 }
 
+/// A fleet member with `rate_limit_headers: true` and `svc` limited to `limit`.
+fn headers_member(redis: &Redis, test: &str, limit: &str, backend: SocketAddr) -> AdminGateway {
+    gateway_at(&write_config(&config(
+        1,
+        &format!(
+            "admin: 127.0.0.1:0\nrate_limit_headers: true\ncluster: {{redis: redis://127.0.0.1:{}/0, name: {}}}",
+            redis.port,
+            fleet_name(test)
+        ),
+        &format!("  svc:\n    backends: [http://{backend}]\n    rate_limit: {limit}\n"),
+    )))
+}
+
+/// The `r` of a `RateLimit` field.
+fn remaining(r: &Response) -> Option<u64> {
+    r.header("ratelimit")?
+        .split(';')
+        .find_map(|p| p.strip_prefix("r="))?
+        .parse()
+        .ok()
+}
+
 /// Regression (a review): at a low rate a slice (50 ms of it) was one request, so an
 /// instance could admit no two requests within a top-up round: a client sending pairs of
-/// requests at a third of a 20/s budget, burst 10, had every second one refused, and the
-/// admitted ones said `r=0` while the fleet's budget was nearly whole. A slice now holds at
-/// least this instance's share of half the burst, and `r` counts what the fleet had left.
+/// requests at a third of a 20/s budget, burst 10, had every second one refused. A slice
+/// now holds at least this instance's share of half the burst. And `r` promises only what
+/// this instance admits at once: counting what the fleet had left too (tried first), a
+/// second review sent `r` requests at once and had half of them refused.
 #[test]
-fn pairs_well_under_a_low_fleet_rate_are_all_admitted_and_told_what_is_left() {
+fn pairs_well_under_a_low_fleet_rate_are_all_admitted_and_r_requests_at_once_too() {
     let redis = Redis::start();
     let rec = Recorder::start(reply(200));
-    let member = || {
-        gateway_at(&write_config(&config(
-            1,
-            &format!(
-                "admin: 127.0.0.1:0\nrate_limit_headers: true\ncluster: {{redis: redis://127.0.0.1:{}/0, name: {}}}",
-                redis.port,
-                fleet_name("pairs")
-            ),
-            &format!(
-                "  svc:\n    backends: [http://{}]\n    rate_limit: {{rate: 20/s, burst: 10, scope: cluster}}\n",
-                rec.addr
-            ),
-        )))
-    };
-    let (a, b) = (member(), member());
+    let limit = "{rate: 20/s, burst: 10, scope: cluster}";
+    let (a, b) = (
+        headers_member(&redis, "pairs", limit, rec.addr),
+        headers_member(&redis, "pairs", limit, rec.addr),
+    );
     assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
     assert!(eventually(WAIT, || cluster(&a)["peers"]
         .as_array()
@@ -1088,27 +1101,65 @@ fn pairs_well_under_a_low_fleet_rate_are_all_admitted_and_told_what_is_left() {
     std::thread::sleep(Duration::from_millis(300)); // the first slices are taken
     let mut conns = [Client::connect(a.proc.addr), Client::connect(a.proc.addr)];
     let mut statuses = Vec::new();
-    let mut left = Vec::new();
     for _ in 0..10 {
         for c in &mut conns {
             c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
         }
         for c in &mut conns {
-            let r = c.read_response();
-            statuses.push(r.status);
-            let field = r.header("ratelimit").unwrap_or_default().to_string();
-            left.push(field);
+            statuses.push(c.read_response().status);
         }
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
-    // This instance holds at most its slice (3), so more than 3 left is the fleet's.
-    let r = |f: &str| {
-        f.split(';')
-            .find_map(|p| p.strip_prefix("r="))
-            .and_then(|n| n.parse::<u64>().ok())
+    // What one answer says is left, sent at once, is admitted whole.
+    let mut c = Client::connect(a.proc.addr);
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+    let first = c.read_response();
+    assert_eq!(first.status, 200);
+    let left = remaining(&first).expect("a RateLimit field");
+    let burst = "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n".repeat(left as usize);
+    c.send(burst.as_bytes());
+    let answers: Vec<u16> = (0..left).map(|_| c.read_response().status).collect();
+    assert!(answers.iter().all(|&s| s == 200), "r={left}: {answers:?}");
+}
+
+/// Regression (a review): an instance took its first slices before its first heartbeat,
+/// counting itself alone, so each instance started took half the burst and held it: three
+/// started 1.2 s apart held 1.5 bursts between them, and a burst reaching all three
+/// admitted 2.5 times the budget's. The heartbeat now comes first, and an instance that
+/// hears of more instances lets go of what it holds past its new share.
+#[test]
+fn instances_of_a_fleet_hold_their_share_of_the_burst_not_half_each() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(200));
+    let limit = "{rate: 1/s, burst: 40, scope: cluster}";
+    let a = headers_member(&redis, "share", limit, rec.addr);
+    assert!(eventually(WAIT, || cluster_up(&a)));
+    let held = |g: &AdminGateway| {
+        let c = cluster(g);
+        let b = &c["budgets"][0];
+        (
+            b["held"].as_u64(),
+            b["slice"].as_u64(),
+            b["instances"].as_u64(),
+        )
     };
-    assert!(left.iter().all(|f| r(f).is_some_and(|n| n > 3)), "{left:?}");
+    // Alone, it holds half the burst.
+    assert!(
+        eventually(WAIT, || held(&a) == (Some(20), Some(20), Some(1))),
+        "{:?}",
+        held(&a)
+    );
+    let b = headers_member(&redis, "share", limit, rec.addr);
+    assert!(eventually(WAIT, || cluster_up(&b)));
+    // Each of two: a quarter, the first once its heartbeat has heard of the second.
+    for g in [&b, &a] {
+        assert!(
+            eventually(WAIT, || held(g) == (Some(10), Some(10), Some(2))),
+            "{:?}",
+            held(g)
+        );
+    }
 }
 
 /// Regression: slices of a fleet budget covered a fixed 50 ms, and the cluster thread tops
