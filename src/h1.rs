@@ -1346,6 +1346,8 @@ impl HeadScan {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn only_a_well_formed_line_of_another_major_version_is_505() {
         for line in [
@@ -1371,8 +1373,6 @@ mod tests {
             assert!(!other_major_version(line.as_bytes()), "{line:?}");
         }
     }
-
-    use super::*;
 
     /// The definition `has_bare_cr_or_lf` must agree with: every CR followed by LF, every
     /// LF preceded by CR.
