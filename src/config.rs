@@ -1001,19 +1001,15 @@ impl Config {
             let _ = fmt::Write::write_fmt(
                 &mut s,
                 format_args!(
-                    "service {} -> [{}] (breaker: {} failures, cooldown {}; rate limit: {}; max in flight: {}{})\n",
+                    "service {} -> [{}] (breaker: {} failures, cooldown {}; rate limit: {}; max in flight: {}{}{})\n",
                     svc.name,
                     urls.join(", "),
                     svc.breaker.failure_threshold,
                     duration_text(svc.breaker.cooldown),
                     svc.rate_limit.as_ref().map_or("off".to_string(), |l| l.to_string()),
                     svc.max_in_flight.map_or("off".to_string(), |n| n.to_string()),
-                    match (svc.websocket, svc.encoded_slashes) {
-                        (false, false) => "",
-                        (true, false) => "; websocket",
-                        (false, true) => "; encoded slashes",
-                        (true, true) => "; websocket; encoded slashes",
-                    },
+                    if svc.websocket { "; websocket" } else { "" },
+                    if svc.encoded_slashes { "; encoded slashes" } else { "" },
                 ),
             );
         }
