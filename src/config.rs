@@ -624,13 +624,37 @@ fn duration_or(key: &str, v: Option<&String>, default: Duration) -> Result<Durat
     Ok(d)
 }
 
+/// An address to listen on: `IP:PORT`, or `HOST:PORT` with the host resolved once, IPv4
+/// first (`localhost:8000` binds 127.0.0.1, as NGINX and HAProxy take it; an operator
+/// review was refused it).
 fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.parse().map_err(|_| {
-        invalid(
-            key,
-            format!("invalid address {v:?}: write IP:PORT, e.g. 127.0.0.1:8000 or 0.0.0.0:8000"),
-        )
-    })
+    if let Ok(addr) = v.parse() {
+        return Ok(addr);
+    }
+    let fix = "write IP:PORT or HOST:PORT, e.g. 127.0.0.1:8000, 0.0.0.0:8000 or localhost:8000";
+    match split_authority(v) {
+        Ok((host, port)) if v.contains(':') && !host.is_empty() && host_is_name(host) => {
+            lookup(host, port).map_err(|e| invalid(key, format!("{e}: {fix}")))
+        }
+        _ => Err(invalid(key, format!("invalid address {v:?}: {fix}"))),
+    }
+}
+
+/// A DNS name as `listen` may give it: labels of letters, digits and hyphens, the last not
+/// all digits (the resolver would read `10.1:80` as the IP 10.0.0.1).
+fn host_is_name(host: &str) -> bool {
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    host.split('.').all(label_ok)
+        && !host
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Whether two listeners would fight over one port: same port (not 0), and the same IP or
@@ -1649,6 +1673,33 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
+    }
+
+    /// An operator review was refused `listen: localhost:8000`, which NGINX and HAProxy take.
+    #[test]
+    fn listen_and_admin_take_a_host_name_and_refuse_what_is_not_one() {
+        let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+        let c = Config::parse(&format!(
+            "listen: localhost:8000\nadmin: localhost:9901\n{svc}"
+        ))
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(c.admin, Some("127.0.0.1:9901".parse().unwrap()));
+        // The same port by name and by address is still one port.
+        let e = err(&format!(
+            "listen: localhost:8000\nadmin: 127.0.0.1:8000\n{svc}"
+        ));
+        assert!(e.contains("the gateway's own `listen` address"), "{e}");
+        for (v, says) in [
+            ("10.1:80", "invalid address \"10.1:80\""),
+            ("localhost", "invalid address \"localhost\""),
+            ("local_host:80", "invalid address"),
+            (":80", "invalid address"),
+            ("localhost:http", "invalid address"),
+        ] {
+            let e = err(&format!("listen: {v}\n{svc}"));
+            assert!(e.contains(says) && e.contains("HOST:PORT"), "{v}: {e}");
+        }
     }
 
     /// An operator's review: a number past 64 bits was reported as `invalid type: integer
