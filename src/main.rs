@@ -41,6 +41,12 @@ fn main() -> ExitCode {
                 say(&format!("{USAGE}\n"));
                 return ExitCode::SUCCESS;
             }
+            // `gateway config.yaml`, as a new user types it: say how it is written.
+            other if !other.starts_with('-') => {
+                return usage_error(&format!(
+                    "unknown argument {other:?}: a config file is given as --config {other}"
+                ))
+            }
             other => return usage_error(&format!("unknown argument {other:?}")),
         }
     }

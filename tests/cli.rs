@@ -193,6 +193,19 @@ fn config_takes_the_equals_form_once() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config given twice"));
 }
 
+/// `gateway --check config.yaml` was answered `unknown argument "config.yaml"` and the
+/// usage, which a new user had to read twice: the error now says how it is written.
+#[test]
+fn a_bare_path_is_answered_with_how_to_give_it() {
+    let out = gateway().args(["--check", "my.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"unknown argument "my.yaml": a config file is given as --config my.yaml"#),
+        "{err}"
+    );
+}
+
 #[test]
 fn refuses_to_share_a_port_with_a_running_server() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
