@@ -502,6 +502,13 @@ async fn next_request(
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // `HTTP/1.2`: read as 1.1, and the head parsed again from the start.
+                    if e == h1::RequestError::Bad("invalid_version")
+                        && h1::later_minor_as_1_1(&mut d.buf[d.start..])
+                    {
+                        scan = h1::HeadScan::default();
+                        continue;
+                    }
                     let max_target = limits.max_target_bytes;
                     d.record.received = (d.buf.len() - d.start) as u64;
                     fresh_id(&mut c.down, worker, cfg.request_id);

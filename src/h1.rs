@@ -117,6 +117,27 @@ fn other_major_version(buf: &[u8]) -> bool {
         && token(target)
 }
 
+/// RFC 9112 §2.3: a request of a later minor version of HTTP/1 (`HTTP/1.2` to `HTTP/1.9`)
+/// is read as one of the highest we implement, 1.1, as NGINX does (it was a 400, which
+/// httparse's refusal gave). Rewrites the version of a complete request line in `buf` in
+/// place and says whether it did; anything else in the line is left for the parser.
+pub fn later_minor_as_1_1(buf: &mut [u8]) -> bool {
+    let mut start = 0;
+    while buf[start..].starts_with(b"\r\n") {
+        start += 2;
+    }
+    let Some(nl) = memchr::memchr(b'\n', &buf[start..]) else {
+        return false;
+    };
+    match &mut buf[start..start + nl] {
+        [.., b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor @ b'2'..=b'9', b'\r'] => {
+            *minor = b'1';
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Limits applied while parsing a request head.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
@@ -1347,6 +1368,33 @@ impl HeadScan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_later_minor_version_is_rewritten_as_1_1_and_nothing_else_is() {
+        for (line, after) in [
+            (
+                "GET / HTTP/1.2\r\nHost: a\r\n",
+                Some("GET / HTTP/1.1\r\nHost: a\r\n"),
+            ),
+            (
+                "\r\n\r\nGET / HTTP/1.9\r\n",
+                Some("\r\n\r\nGET / HTTP/1.1\r\n"),
+            ),
+            ("GET / HTTP/1.2", None),
+            ("GET / HTTP/1.2\n", None),
+            ("GET / HTTP/1.10\r\n", None),
+            ("GET / HTTP/2.2\r\n", None),
+            ("GET / HTTP/1.0\r\n", None),
+            ("GET / HTTP/1.1\r\n", None),
+            ("GET /HTTP/1.2\r\n", None),
+            ("", None),
+        ] {
+            let mut buf = line.as_bytes().to_vec();
+            let done = later_minor_as_1_1(&mut buf);
+            assert_eq!(done, after.is_some(), "{line:?}");
+            assert_eq!(buf, after.unwrap_or(line).as_bytes(), "{line:?}");
+        }
+    }
 
     #[test]
     fn only_a_well_formed_line_of_another_major_version_is_505() {

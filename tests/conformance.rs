@@ -907,6 +907,11 @@ fn syntax_vectors() -> Vec<V> {
             "version HTTP/1.32",
             format!("GET {P} HTTP/1.32\r\nHost: gw\r\n\r\n"),
         ),
+        // RFC 9112 §2.3, as NGINX reads it (it was a 400).
+        ok_get(
+            "version HTTP/1.2 is read as 1.1",
+            format!("GET {P} HTTP/1.2\r\nHost: gw\r\n\r\n"),
+        ),
         bad(
             "version http/1.1",
             format!("GET {P} http/1.1\r\nHost: gw\r\n\r\n"),

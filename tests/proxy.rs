@@ -27,6 +27,38 @@ fn one_backend(prefix: &str) -> (Proc, Proc) {
     (b, g)
 }
 
+/// RFC 9112 §2.3: `HTTP/1.2` (to `HTTP/1.9`) is read as 1.1, as NGINX does; it was a 400.
+/// Served as 1.1 (kept open) however its bytes arrive: whole, a byte at a time, and
+/// pipelined behind another request in one write.
+#[test]
+fn a_later_http_1_minor_version_is_served_as_1_1_however_it_arrives() {
+    let (_b, g) = one_backend("");
+    let later = |v: &str, p: &str| format!("GET /v1/proxy/svc/{p} HTTP/1.{v}\r\nHost: gw\r\n\r\n");
+    let mut c = Client::connect(g.addr);
+    let served = |c: &mut Client, path: &str| {
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.json()["path"], path);
+        assert_eq!(r.header("connection"), None, "{path}");
+    };
+    c.send(later("2", "whole").as_bytes());
+    served(&mut c, "/whole");
+    for byte in later("9", "bytes").bytes() {
+        c.send(&[byte]);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    served(&mut c, "/bytes");
+    c.send(format!("{}{}", later("1", "first"), later("3", "second")).as_bytes());
+    served(&mut c, "/first");
+    served(&mut c, "/second");
+    // After empty lines before the request line, which a request may have.
+    c.send(format!("\r\n{}", later("2", "after-crlf")).as_bytes());
+    served(&mut c, "/after-crlf");
+    // Still refused: another major version (505) and a minor of two digits (400).
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.10\r\nHost: gw\r\n\r\n");
+    assert_eq!(c.read_response().status, 400);
+}
+
 /// GitLab-style APIs name `group/project` as one segment, `group%2Fproject`: a service
 /// with `encoded_slashes: true` gets it as sent; others refuse it 400, as before; dot
 /// segments it would make once decoded are refused either way.
