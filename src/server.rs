@@ -546,15 +546,26 @@ async fn until_closed(s: UnixStream) -> io::Result<()> {
 /// client moves on without losing it. Closed at once, keep-alive clients sending back to
 /// back lost the request they were sending, most of them (an operator review: 10 to 31 of
 /// 32 clients per drain; NGINX closes them at once too, and HAProxy before 2.4 waited for
-/// a last request as this does). One idle longer is closed at once.
+/// a last request as this does). One idle longer is closed at once. So, later in the
+/// drain, is one that goes idle after an answer sent keep-alive just before the signal
+/// (`conn::serve`): spared while it has been idle for less than one to two seconds (the
+/// worker's ticks), until the deadline is too near for that.
 async fn drain(worker: &Worker) {
     let drain = worker.view().snapshot.config.timeouts.drain;
     let start = Instant::now();
     let deadline = start + drain;
     let grace_end = start + DRAIN_IDLE_GRACE.min(drain / 2);
+    let spare_until = deadline - (3 * DRAIN_IDLE_GRACE).min(drain / 2);
     let recent = worker.tick().saturating_sub(1);
     loop {
-        let spare = (Instant::now() < grace_end).then_some(recent);
+        let now = Instant::now();
+        let spare = if now < grace_end {
+            Some(recent)
+        } else if now < spare_until {
+            Some(worker.tick().saturating_sub(1))
+        } else {
+            None
+        };
         worker.close_idle(spare);
         if worker.open_connections() == 0 || Instant::now() >= deadline {
             break;
