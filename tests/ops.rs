@@ -365,6 +365,15 @@ fn drain_begins(g: &AdminGateway) -> Instant {
     t
 }
 
+/// Waits until at least `n` upstream connections carry a request; false after 10 s.
+fn in_flight_upstream(g: &AdminGateway, n: f64) -> bool {
+    eventually(Duration::from_secs(10), || {
+        parse_prometheus(&String::from_utf8_lossy(&get(g.admin, "/metrics").body))
+            .get("gateway_pool_connections{state=\"active\"}")
+            .is_some_and(|&active| active >= n)
+    })
+}
+
 #[test]
 fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
     let b = mock_backend();
@@ -378,14 +387,8 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
     let slow = spawn_requests(addr, 4, raw);
     // The drain begins only once all four are in flight (upstream connections carrying a
     // request): a client still connecting when it begins is refused, as it should be.
-    let active = |admin| {
-        parse_prometheus(&String::from_utf8_lossy(&get(admin, "/metrics").body))
-            .get("gateway_pool_connections{state=\"active\"}")
-            .copied()
-            .unwrap_or(0.0)
-    };
     assert!(
-        eventually(Duration::from_secs(10), || active(g.admin) >= 4.0),
+        in_flight_upstream(&g, 4.0),
         "the slow requests never reached the backend"
     );
     let t = drain_begins(&g);
@@ -469,11 +472,7 @@ fn a_request_after_an_answer_that_straddled_the_signal_is_answered() {
     pipelined.send(&[&straddling[..], next].concat());
     // Both heads are out (half of each body too) before the signal.
     assert!(
-        eventually(Duration::from_secs(5), || {
-            parse_prometheus(&String::from_utf8_lossy(&get(g.admin, "/metrics").body))
-                .get("gateway_pool_connections{state=\"active\"}")
-                .is_some_and(|&n| n >= 2.0)
-        }),
+        in_flight_upstream(&g, 2.0),
         "the requests never reached the backend"
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -519,11 +518,7 @@ fn sigusr2_reloads_and_sigquit_drains() {
     let raw = b"GET /v1/proxy/other/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 1000\r\n\r\n";
     let slow = spawn_requests(addr, 1, raw);
     assert!(
-        eventually(Duration::from_secs(10), || {
-            parse_prometheus(&String::from_utf8_lossy(&get(g.admin, "/metrics").body))
-                .get("gateway_pool_connections{state=\"active\"}")
-                .is_some_and(|&n| n >= 1.0)
-        }),
+        in_flight_upstream(&g, 1.0),
         "the slow request never reached the backend"
     );
     let t = Instant::now();
