@@ -584,8 +584,16 @@ fn config(shared: &Shared) -> Value {
         .services
         .iter()
         .map(|s| {
-            let failure_statuses: Vec<u16> = (500..600)
-                .filter(|&st| s.breaker.is_failure_status(st))
+            // Written as the config takes them: runs as ranges (`"502-599"`), lone codes
+            // as numbers. The default was 99 numbers, one a line (two reviews).
+            let failure_statuses: Vec<Value> = s
+                .breaker
+                .failure_runs()
+                .into_iter()
+                .map(|(low, high)| match low == high {
+                    true => Value::from(low),
+                    false => Value::from(format!("{low}-{high}")),
+                })
                 .collect();
             json!({
                 "name": s.name,

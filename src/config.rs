@@ -213,6 +213,18 @@ impl BreakerSettings {
     pub fn is_failure_status(&self, status: u16) -> bool {
         (500..600).contains(&status) && self.failure_statuses & (1u128 << (status - 500)) != 0
     }
+
+    /// The failure statuses as runs of consecutive codes, `(low, high)` inclusive.
+    pub fn failure_runs(&self) -> Vec<(u16, u16)> {
+        let mut runs: Vec<(u16, u16)> = Vec::new();
+        for s in (500..600).filter(|&s| self.is_failure_status(s)) {
+            match runs.last_mut() {
+                Some((_, high)) if *high + 1 == s => *high = s,
+                _ => runs.push((s, s)),
+            }
+        }
+        runs
+    }
 }
 
 /// A backend as written in the config, resolved once at load time.
@@ -402,7 +414,8 @@ fn service_key_lines(text: &str, name: &str) -> Vec<usize> {
 struct RawBreaker {
     failure_threshold: Option<u32>,
     cooldown: Option<String>,
-    failure_statuses: Option<Vec<u16>>,
+    /// Codes (`502`) and ranges (`"502-599"`, as `/admin/config` shows them).
+    failure_statuses: Option<Vec<serde_yaml_ng::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -879,18 +892,44 @@ fn breaker_settings(
     // (refused or reset connects, timeouts, broken responses) do.
     if let Some(list) = &raw.failure_statuses {
         let mut set = 0u128;
-        for &s in list {
-            if !(500..600).contains(&s) {
-                return Err(invalid(
-                    format!("{key}.failure_statuses"),
-                    format!("{s} is not a 5xx status: list codes from 500 to 599"),
-                ));
+        for item in list {
+            let (low, high) = status_range(item)
+                .ok_or_else(|| {
+                    let v = match item {
+                        serde_yaml_ng::Value::Number(n) => n.to_string(),
+                        serde_yaml_ng::Value::String(t) => format!("{t:?}"),
+                        _ => "an entry that is neither a number nor a string".into(),
+                    };
+                    format!(
+                        "{v} is not a 5xx status or range: list codes from 500 to 599, or ranges such as \"502-599\""
+                    )
+                })
+                .map_err(|m| invalid(format!("{key}.failure_statuses"), m))?;
+            for s in low..=high {
+                set |= 1u128 << (s - 500);
             }
-            set |= 1u128 << (s - 500);
         }
         out.failure_statuses = set;
     }
     Ok(out)
+}
+
+/// One entry of `failure_statuses`: a code (`503`) or an inclusive range (`"502-599"`),
+/// within 500 to 599.
+fn status_range(item: &serde_yaml_ng::Value) -> Option<(u16, u16)> {
+    let code = |n: u64| u16::try_from(n).ok().filter(|c| (500..600).contains(c));
+    let (low, high) = match item {
+        serde_yaml_ng::Value::Number(n) => {
+            let c = code(n.as_u64()?)?;
+            (c, c)
+        }
+        serde_yaml_ng::Value::String(text) => {
+            let (a, b) = text.split_once('-')?;
+            (code(a.trim().parse().ok()?)?, code(b.trim().parse().ok()?)?)
+        }
+        _ => return None,
+    };
+    (low <= high).then_some((low, high))
 }
 
 const NO_SERVICES: &str = "no services configured: add at least one, e.g. `services: {user-service: [http://127.0.0.1:8001]}`";
@@ -1917,6 +1956,44 @@ mod tests {
         let tab = "listen: 127.0.0.1:1\nservices:\n\tsvc: [http://127.0.0.1:1]\n";
         let e = Config::parse(tab).map(|_| ()).unwrap_err().to_string();
         assert!(e.contains("YAML indents with spaces only"), "{e}");
+    }
+
+    /// `/admin/config` shows failure statuses as runs (`[500, "502-599"]`, the default; it
+    /// was 99 numbers): the config takes that form back, and refuses what is not one.
+    #[test]
+    fn failure_statuses_take_ranges_as_admin_config_shows_them() {
+        let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+        let breaker = |list: &str| {
+            Config::parse(&format!("breaker: {{failure_statuses: {list}}}\n{svc}"))
+                .map(|c| c.services[0].breaker)
+        };
+        let default = Config::parse(svc).unwrap().services[0].breaker;
+        assert_eq!(default.failure_runs(), [(500, 500), (502, 599)]);
+        let written = breaker("[500, \"502-599\"]").unwrap();
+        assert_eq!(written.failure_statuses, default.failure_statuses);
+        let b = breaker("[\"502 - 504\", 599, 597, \"598-598\"]").unwrap();
+        assert_eq!(b.failure_runs(), [(502, 504), (597, 599)]);
+        assert_eq!(breaker("[]").unwrap().failure_runs(), []);
+        for bad in [
+            "[499]",
+            "[600]",
+            "[\"504-502\"]",
+            "[\"500-600\"]",
+            "[\"5xx\"]",
+            "[\"502\"]",
+            "[-1]",
+            "[[500, 501]]",
+            "[\"a\\nb\"]",
+        ] {
+            let e = breaker(bad).unwrap_err().to_string();
+            assert!(
+                !e.contains('\n')
+                    && e.contains("breaker.failure_statuses")
+                    && e.contains("is not a 5xx status or range")
+                    && e.contains("\"502-599\""),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

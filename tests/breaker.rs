@@ -301,3 +301,30 @@ fn empty_failure_statuses_never_open_on_a_status() {
         (503, "no_backend_available".into())
     );
 }
+
+/// `/admin/config` listed the default `failure_statuses` as 99 numbers, one a line (two
+/// reviews): it now writes runs as ranges, in the form the config takes back, and a range
+/// written in the config is what opens the circuit.
+#[test]
+fn failure_statuses_are_shown_and_taken_as_ranges() {
+    let bad = Recorder::start(reply(503));
+    let path = write_config(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\n\
+         services:\n  plain: [http://{0}]\n  ranged:\n    backends: [http://{0}]\n    \
+         breaker: {{failure_threshold: 1, failure_statuses: [\"502-503\", 507]}}\n",
+        bad.addr
+    ));
+    let g = gateway_at(&path);
+    let cfg = get(g.admin, "/admin/config").json();
+    let shown = |i: usize| cfg["services"][i]["breaker"]["failure_statuses"].clone();
+    assert_eq!(cfg["services"][0]["name"], "plain");
+    assert_eq!(shown(0), serde_json::json!([500, "502-599"]));
+    assert_eq!(shown(1), serde_json::json!(["502-503", 507]));
+    assert_eq!(get(g.proc.addr, "/v1/proxy/ranged/x").status, 503);
+    let r = get(g.proc.addr, "/v1/proxy/ranged/x");
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (503, "no_backend_available".into()),
+        "a 503 within the range opened the circuit"
+    );
+}
