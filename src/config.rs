@@ -1064,10 +1064,15 @@ impl Config {
             let _ = fmt::Write::write_fmt(
                 &mut s,
                 format_args!(
-                    "service {} -> [{}] (breaker: {} failures, cooldown {}; rate limit: {}; max in flight: {}{}{})\n",
+                    "service {} -> [{}] (breaker: {} {}, cooldown {}; rate limit: {}; max in flight: {}{}{})\n",
                     svc.name,
                     urls.join(", "),
                     svc.breaker.failure_threshold,
+                    crate::logging::plural(
+                        svc.breaker.failure_threshold.into(),
+                        "failure",
+                        "failures"
+                    ),
                     duration_text(svc.breaker.cooldown),
                     svc.rate_limit.as_ref().map_or("off".to_string(), |l| l.to_string()),
                     svc.max_in_flight.map_or("off".to_string(), |n| n.to_string()),

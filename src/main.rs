@@ -89,8 +89,18 @@ fn main() -> ExitCode {
             complain(&format!("invalid config: {}: {e}", config.display()));
             return ExitCode::FAILURE;
         }
-        let changes = gateway::reload::diff(None, &cfg);
-        let mut text = format!("{}: OK\n{}{changes}\n", config.display(), cfg.summary());
+        // Totals, not a reload's diff from nothing (`services +2 [...] -0 =0`, which a new
+        // user's review read as a diff of something).
+        let plural = gateway::logging::plural;
+        let services = cfg.services.len() as u64;
+        let backends: u64 = cfg.services.iter().map(|s| s.backends.len() as u64).sum();
+        let mut text = format!(
+            "{}: OK\n{}{services} {}, {backends} {}\n",
+            config.display(),
+            cfg.summary(),
+            plural(services, "service", "services"),
+            plural(backends, "backend", "backends"),
+        );
         // What the descriptor limit of this shell allows (the gateway raises its soft
         // limit to the hard one at start).
         let fds = gateway::fdlimit::would_run_with();

@@ -123,64 +123,43 @@ impl fmt::Display for Changes {
 }
 
 /// Compares two configs by service name and (service, URL).
-pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
-    let names = |c: Option<&Config>| -> BTreeSet<String> {
-        c.map(|c| c.services.iter().map(|s| s.name.clone()).collect())
-            .unwrap_or_default()
+pub fn diff(old: &Config, new: &Config) -> Changes {
+    let names =
+        |c: &Config| -> BTreeSet<String> { c.services.iter().map(|s| s.name.clone()).collect() };
+    let pairs = |c: &Config| -> BTreeMap<(String, String), SocketAddr> {
+        c.services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(|b| ((s.name.clone(), b.url.clone()), b.addr))
+            })
+            .collect()
     };
-    let pairs = |c: Option<&Config>| -> BTreeMap<(String, String), SocketAddr> {
-        c.map(|c| {
-            c.services
-                .iter()
-                .flat_map(|s| {
-                    s.backends
-                        .iter()
-                        .map(|b| ((s.name.clone(), b.url.clone()), b.addr))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-    };
-    let (old_names, new_names) = (names(old), names(Some(new)));
-    let (old_pairs, new_pairs) = (pairs(old), pairs(Some(new)));
+    let (old_names, new_names) = (names(old), names(new));
+    let (old_pairs, new_pairs) = (pairs(old), pairs(new));
     let readdressed = new_pairs
         .iter()
         .filter(|(k, addr)| old_pairs.get(*k).is_some_and(|old| old != *addr))
         .count();
-    let (breaker_changed, breaker_fields) =
-        old.map(|o| breakers_changed(o, new)).unwrap_or_default();
-    let (admission_changed, admission_fields) =
-        old.map(|o| admission_changed(o, new)).unwrap_or_default();
-    let mut ignored = Vec::new();
-    if let Some(old) = old {
-        if old.listen != new.listen {
-            ignored.push("listen");
-        }
-        if old.workers != new.workers {
-            ignored.push("workers");
-        }
-        if old.pin_workers != new.pin_workers {
-            ignored.push("pin_workers");
-        }
-        if old.admin != new.admin {
-            ignored.push("admin");
-        }
-        // Another file, or stdout, is taken at once; `off` and back need a restart.
-        if old.access_log != new.access_log
-            && (old.access_log == Sink::Off || new.access_log == Sink::Off)
-        {
-            ignored.push("access_log");
-        }
-        if old.busy_poll != new.busy_poll {
-            ignored.push("busy_poll");
-        }
-        if old.splice != new.splice {
-            ignored.push("splice");
-        }
-        if old.cluster != new.cluster {
-            ignored.push("cluster");
-        }
-    }
+    let (breaker_changed, breaker_fields) = breakers_changed(old, new);
+    let (admission_changed, admission_fields) = admission_changed(old, new);
+    // Another access log file, or stdout, is taken at once; `off` and back need a restart.
+    let log_switched = old.access_log != new.access_log
+        && (old.access_log == Sink::Off || new.access_log == Sink::Off);
+    let ignored = [
+        ("listen", old.listen != new.listen),
+        ("workers", old.workers != new.workers),
+        ("pin_workers", old.pin_workers != new.pin_workers),
+        ("admin", old.admin != new.admin),
+        ("access_log", log_switched),
+        ("busy_poll", old.busy_poll != new.busy_poll),
+        ("splice", old.splice != new.splice),
+        ("cluster", old.cluster != new.cluster),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect();
     Changes {
         generation: 0,
         services_added: new_names.difference(&old_names).cloned().collect(),
@@ -203,7 +182,7 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Changes {
         breakers_carried_open: 0,
         budgets: Default::default(),
         ignored_until_restart: ignored,
-        settings_changed: old.map(|o| settings_changed(o, new)).unwrap_or_default(),
+        settings_changed: settings_changed(old, new),
         breaker_changed,
         breaker_fields_changed: breaker_fields,
         admission_changed,
@@ -401,7 +380,7 @@ pub fn reload(
     let _control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
     let result = Config::load(path).and_then(|mut new| {
         let old = shared.current.load_full();
-        let mut changes = diff(Some(&old.config), &new);
+        let mut changes = diff(&old.config, &new);
         // Another access log file (or stdout), opened before anything is installed
         // (until 2026-12-04 ignored until a restart, while access_log_format was applied
         // at once: an operator review).
@@ -673,7 +652,7 @@ mod tests {
             services("new", 1000, "10s")
         ))
         .unwrap();
-        let mut ch = diff(Some(&old), &new);
+        let mut ch = diff(&old, &new);
         ch.generation = 2;
         let line = ch.to_string();
         // Durations as the config takes them (`0ns` and `1.5s` it does not: an operator review).
@@ -686,7 +665,7 @@ mod tests {
             assert!(line.contains(part), "{part} not in {line}");
         }
         // Nothing changed: no settings part at all.
-        let same = diff(Some(&new), &new).to_string();
+        let same = diff(&new, &new).to_string();
         assert!(
             !same.contains("settings") && !same.contains("breaker ("),
             "{same}"
@@ -729,12 +708,12 @@ mod tests {
         };
         let old = cfg(", rate_limit: {rate: 2/s}", ", max_in_flight: 1");
         let new = cfg(", rate_limit: off", ", max_in_flight: 100");
-        let line = diff(Some(&old), &new).to_string();
+        let line = diff(&old, &new).to_string();
         assert!(
             line.contains("admission (max_in_flight, rate_limit) changed for services: 2 [a, b]"),
             "{line}"
         );
-        let same = diff(Some(&new), &new).to_string();
+        let same = diff(&new, &new).to_string();
         assert!(!same.contains("admission"), "{same}");
     }
 }

@@ -28,6 +28,19 @@ fn check_accepts_the_shipped_config_and_prints_a_summary() {
         text.contains("service payment-service -> [http://localhost:8003]"),
         "{text}"
     );
+    // Totals, where a new user's review read a diff from nothing (`services +2 ... -0 =0`).
+    assert!(text.contains("\n2 services, 3 backends\n"), "{text}");
+    assert!(!text.contains("-0 =0"), "{text}");
+}
+
+/// `breaker: 1 failures` (a new user's review): the count takes its number.
+#[test]
+fn check_counts_in_words_that_agree() {
+    let (code, text) =
+        check("breaker: {failure_threshold: 1}\nservices:\n  a: [http://127.0.0.1:1]\n");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("(breaker: 1 failure, cooldown"), "{text}");
+    assert!(text.contains("\n1 service, 1 backend\n"), "{text}");
 }
 
 #[test]
