@@ -478,11 +478,13 @@ fn size_or(key: &str, raw: Option<&RawSize>, default: u64) -> Result<u64, Config
         "k" | "kib" => 10,
         "m" | "mib" => 20,
         "g" | "gib" => 30,
-        "kb" | "mb" | "gb" => {
+        si @ ("kb" | "mb" | "gb") => {
+            // Said with the spelling meant (a new user's review got only the rule).
+            let meant = format!("{num}{}iB", si[..1].to_ascii_uppercase());
             return Err(invalid(
                 key,
-                format!("{text:?}: write KiB, MiB or GiB (powers of 1024), or k, m, g, e.g. 64KiB, 1MiB"),
-            ))
+                format!("{text:?}: write {meant} (or {num}{}): sizes are in KiB, MiB or GiB, powers of 1024", &si[..1]),
+            ));
         }
         _ => {
             return Err(invalid(
@@ -1575,9 +1577,14 @@ fn no_type_names(message: &str) -> String {
 fn plain_syntax_error(message: &str, text: &str) -> String {
     // A key or value quoted back may hold control characters: one log line stays one.
     let mut m = no_type_names(&crate::logging::one_line(message, usize::MAX));
-    for t in ["usize", "u64", "u32", "u16", "u8", "i64", "i32"] {
-        m = m.replace(&format!("expected {t}"), "expected a whole number");
+    for t in ["usize", "u64", "u32", "u16", "u8"] {
+        m = m.replace(
+            &format!("expected {t}"),
+            "expected a whole number, 0 or more",
+        );
     }
+    // `splice: yes`, as YAML 1.1 wrote it (a new user's review).
+    m = m.replace("expected a boolean", "expected true or false");
     // A number past 64 bits reaches us as serde's `invalid type: integer `N` as u128,
     // expected ...` (an operator review): say what is wrong with it instead.
     if let Some(i) = m.find("invalid type: integer `") {
@@ -2487,6 +2494,15 @@ mod tests {
             e.contains("expected a whole number") && !e.contains("usize"),
             "{e}"
         );
+        // A new user's review: -1 is a whole number; YAML 1.1's `yes`; `64MB` for 64 MiB.
+        let e = err(&format!("workers: -1\n{svc}"));
+        assert!(e.contains("expected a whole number, 0 or more"), "{e}");
+        let e = err(&format!("splice: yes\n{svc}"));
+        assert!(e.contains("expected true or false"), "{e}");
+        let e = err(&format!("limits: {{max_body_bytes: 64MB}}\n{svc}"));
+        assert!(e.contains("\"64MB\": write 64MiB (or 64m)"), "{e}");
+        let e = err(&format!("limits: {{max_body_bytes: 2gb}}\n{svc}"));
+        assert!(e.contains("\"2gb\": write 2GiB (or 2g)"), "{e}");
         let e = err(&format!("{svc}bogus: 1\n"));
         assert!(e.contains("line 3") && e.contains("bogus"), "{e}");
         // A top-level key given twice: the line of the second (a review saw none).
