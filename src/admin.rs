@@ -29,6 +29,9 @@ pub const HEAD_DEADLINE: Duration = Duration::from_secs(2);
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(2);
 /// Largest request head; a longer one is answered 400.
 pub const MAX_HEAD_BYTES: usize = 8192;
+/// How long the rest of a refused head (400, 405) is read and dropped after the answer,
+/// so that the close does not reset the connection (see `linger`).
+pub const LINGER: Duration = Duration::from_secs(1);
 
 /// Binds `addr` and serves it from a new acceptor thread.
 pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
@@ -291,7 +294,11 @@ fn handle(
     };
     let path = match head {
         Ok(path) => path,
-        Err((status, body)) => return respond(&mut out, status, "application/json", body),
+        Err((status, body)) => {
+            respond(&mut out, status, "application/json", body)?;
+            linger(&mut s);
+            return Ok(());
+        }
     };
     match path.as_str() {
         "/healthz" => {
@@ -331,6 +338,28 @@ fn handle(
             "application/json",
             b"{\"error\":\"not_found\"}\n",
         ),
+    }
+}
+
+/// After an answer to a refused head, whose rest may still be coming: stops writing, then
+/// reads and drops what comes for up to [`LINGER`], so that the close does not reset the
+/// connection before the client has read the answer (a review got the 400 to a 9 000-byte
+/// head, then a reset; the proxy port already closed so).
+fn linger(s: &mut TcpStream) {
+    let end = Instant::now() + LINGER;
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match s.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
     }
 }
 
