@@ -494,6 +494,7 @@ pub const REPEATED_KEY: &str = "repeated_rate_limit_key";
 pub const HOP_BY_HOP_KEY: &str = "hop_by_hop_rate_limit_key";
 
 /// What admission decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Go on. `held` says whether an in-flight slot was taken (release it with
     /// [`Admission::release`] when the response ends).
@@ -1006,9 +1007,17 @@ impl Registry {
         self.words = words;
         self.fleets = fleets;
         self.keyed = keyed;
-        // A service that left keeps its counter only while requests on old snapshots hold
-        // it (they own an `Arc` through their snapshot); a service that comes back starts
-        // from those still in flight being unknown: a fresh counter.
+        // A service that left keeps its counter while requests admitted under it are still
+        // in flight (they release it through their old snapshot), so that one coming back
+        // meanwhile counts them against its cap: a WebSocket tunnel holds its slot up to
+        // `timeouts.tunnel` (1 h), and a review had twice the cap running after a reload
+        // that removed the service and one that brought it back. Once none is left, the
+        // counter is forgotten.
+        for (name, counter) in self.in_flight.drain() {
+            if counter.load(Ordering::Acquire) > 0 {
+                in_flight.entry(name).or_insert(counter);
+            }
+        }
         self.in_flight = in_flight;
         (out, report)
     }
@@ -1203,6 +1212,47 @@ mod tests {
             let (_, other) = r.build(&cfg("101/s", key));
             assert_eq!(other, BudgetReport { kept: 0, fresh: 1 }, "{key}");
         }
+    }
+
+    /// Regression (a WebSocket review): a reload that removed a service and one that brought
+    /// it back gave it a fresh `max_in_flight` counter while its tunnels ran on, so twice
+    /// the cap could be in flight. Its counter now waits for it while any is.
+    #[test]
+    fn a_service_that_leaves_and_returns_counts_what_it_left_in_flight() {
+        let with = |cap: &str| {
+            crate::config::Config::parse(&format!(
+                "services:\n  a:\n    backends: [http://127.0.0.1:1]\n    max_in_flight: {cap}\n  \
+                 b: [http://127.0.0.1:2]\n"
+            ))
+            .unwrap()
+        };
+        let without =
+            crate::config::Config::parse("services:\n  b: [http://127.0.0.1:2]\n").unwrap();
+        let caller = Caller {
+            peer: "127.0.0.1".parse().unwrap(),
+            headers: &[],
+        };
+        let admit = |a: &Admission| a.admit(&caller, &[], &mut Vec::new());
+        let mut r = Registry::default();
+        let (first, _) = r.build(&with("2"));
+        assert_eq!(admit(&first[0]), Verdict::Admit { held: true });
+        assert_eq!(admit(&first[0]), Verdict::Admit { held: true });
+        r.build(&without);
+        let (back, _) = r.build(&with("3"));
+        assert_eq!(admit(&back[0]), Verdict::Admit { held: true });
+        assert_eq!(admit(&back[0]), Verdict::Overloaded, "two still in flight");
+        // Those left in flight end through the old snapshot's admission.
+        first[0].release();
+        first[0].release();
+        assert_eq!(admit(&back[0]), Verdict::Admit { held: true });
+        // With none left in flight, a service that leaves is forgotten.
+        for _ in 0..2 {
+            back[0].release();
+        }
+        r.build(&without);
+        assert!(!r.in_flight.contains_key("a"), "{:?}", r.in_flight.keys());
+        let (fresh, _) = r.build(&with("1"));
+        assert!(!Arc::ptr_eq(&fresh[0].in_flight, &back[0].in_flight));
     }
 
     /// Regression: keyed budgets shared untagged cells, so a key of a slow budget (1/h)
