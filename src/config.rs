@@ -1611,6 +1611,11 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
     if let (Some(n), false) = (line, m.contains(" at line ")) {
         m = format!("line {n}: {m}");
     }
+    // A nested unknown key (`timeouts: unknown field ... at line 2 column 3`) begins with
+    // its line as a top-level one does (two reviews saw the two forms side by side).
+    if let Some(fixed) = nested_unknown_line_first(&m) {
+        m = fixed;
+    }
     if let Some(fixed) = nested_duplicate_line(&m, text) {
         m = fixed;
     }
@@ -1626,6 +1631,21 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
         m.push_str(" (YAML indents with spaces only: replace the tabs)");
     }
     m
+}
+
+/// `KEY: unknown field ... at line N column M` as `line N: KEY: unknown field ...`.
+fn nested_unknown_line_first(message: &str) -> Option<String> {
+    let (path, rest) = message.split_once(": unknown field `")?;
+    let at = rest.rfind(" at line ")?;
+    let (line, column) = rest[at + " at line ".len()..].split_once(" column ")?;
+    let all_digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(line) || !all_digits(column) {
+        return None;
+    }
+    Some(format!(
+        "line {line}: {path}: unknown field `{}",
+        &rest[..at]
+    ))
 }
 
 /// A key given twice inside a nested map: serde_yaml_ng places the error at the map's first
@@ -1927,6 +1947,18 @@ mod tests {
         let e = err("services:\n  a: [http://127.0.0.1:1]\ntimeout: 1s\n");
         assert!(
             e.contains("unknown field `timeout`") && e.contains("timeouts"),
+            "{e}"
+        );
+        // Nested, the line comes first too (it ended `at line 2 column 3`: two reviews).
+        let e = err("timeouts:\n  conect: 2s\nservices:\n  a: [http://127.0.0.1:1]\n");
+        assert!(
+            e.contains(": line 2: timeouts: unknown field `conect`, expected one of `connect`")
+                && !e.contains("column"),
+            "{e}"
+        );
+        let e = err("limits: {max_bdy: 1}\nservices:\n  a: [http://127.0.0.1:1]\n");
+        assert!(
+            e.contains(": line 1: limits: unknown field `max_bdy`"),
             "{e}"
         );
         let e = err("timeouts: {connect: fast}\nservices:\n  a: [http://127.0.0.1:1]\n");
