@@ -1965,13 +1965,23 @@ fn status_code(head: &[u8]) -> Option<u16> {
     }
 }
 
-/// Whether a `101`'s one `Upgrade` field names `websocket`.
+/// Whether a `101`'s one `Upgrade` field names `websocket`, in an HTTP/1.1 head without
+/// framing fields. A 1xx has no body (RFC 9112 §6.1, RFC 9110 §8.6): a `Content-Length` or
+/// `Transfer-Encoding` on one says the backend meant bytes as a body that would reach the
+/// client as the other protocol's (a review saw a 101's `Content-Length: 5` dropped and its
+/// `hello` relayed as tunnel data). HTTP/1.0 has no `Upgrade`.
 fn switches_to_websocket(p: &h1::ParsedResponse<'_, '_>) -> bool {
     let mut upgrades = p.headers.iter().filter(|h| h1::name_is(h.name, "upgrade"));
+    let framed = p
+        .headers
+        .iter()
+        .any(|h| h1::name_is(h.name, "content-length") || h1::name_is(h.name, "transfer-encoding"));
     upgrades
         .next()
         .is_some_and(|h| h1::trim_ows(h.value).eq_ignore_ascii_case(b"websocket"))
         && upgrades.next().is_none()
+        && p.info.minor == 1
+        && !framed
 }
 
 /// A bodyless response that looks as if the backend meant to send a body (a HEAD or 304

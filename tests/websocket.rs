@@ -20,6 +20,8 @@ enum Answer {
     Switch,
     /// Every request gets a `101` whose `Upgrade` says this, then `hello`.
     SwitchAnyway(&'static str),
+    /// Every request gets this head, then `hello`.
+    Head(&'static str),
     /// A handshake gets `426` with a body; the connection stays HTTP.
     Refuse,
     /// A handshake gets a `101` and then, every 100 ms, `tick` (25 times), reading nothing.
@@ -125,6 +127,11 @@ fn serve(mut s: TcpStream, answer: Answer, heads: &Mutex<Vec<String>>, tunnelled
             }
             Answer::SwitchAnyway(upgrade) => {
                 switch(&mut s, upgrade);
+                std::thread::sleep(Duration::from_secs(5));
+                return;
+            }
+            Answer::Head(head) => {
+                let _ = s.write_all(format!("{head}hello").as_bytes());
                 std::thread::sleep(Duration::from_secs(5));
                 return;
             }
@@ -400,6 +407,22 @@ fn only_a_websocket_handshake_answered_with_websocket_switches() {
         (r.status, r.json()["detail"].as_str()),
         (502, Some("unexpected_upgrade"))
     );
+    // A 101 that frames a body (a 1xx has none: its `hello` went on as tunnel data, a
+    // review) or that comes as HTTP/1.0 (which has no Upgrade): a 502 too.
+    for head in [
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 5\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    ] {
+        let b = WsBackend::start(Answer::Head(head));
+        let g = ws_gateway(&b, true, "");
+        let r = request(g.proc.addr, HANDSHAKE);
+        assert_eq!(
+            (r.status, r.json()["detail"].as_str()),
+            (502, Some("unexpected_upgrade")),
+            "{head:?}"
+        );
+    }
 }
 
 /// A backend that declines the handshake answers in HTTP, and the connection stays HTTP:
