@@ -1832,7 +1832,7 @@ async fn read_head(
                     }
                     // Interim response (rewritten into `out`): pass it on to HTTP/1.1
                     // clients, then read on.
-                    if info.minor == 1 {
+                    if info.minor == 1 && !cx.out.is_empty() {
                         let n = cx.out.len() as u64;
                         if io::write_all(cx.down_w, cx.out, cx.write_timeout)
                             .await
@@ -1932,7 +1932,12 @@ fn parse_head(
     }
     if status < 200 {
         out.clear();
-        rewrite::write_interim_head(out, &p, own_id);
+        // A `100` answers an `Expect` we never forward: the client had ours, if it asked
+        // (a splice review got `100, 100, 103, 200`). NGINX drops it too. The others (103
+        // hints, 102) go on.
+        if status != 100 {
+            rewrite::write_interim_head(out, &p, own_id);
+        }
         return Ok(Parsed::Interim(head_len));
     }
     let framing = p.info.framing;

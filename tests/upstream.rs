@@ -1744,6 +1744,63 @@ fn an_interim_response_reaches_the_client_without_hop_by_hop_fields() {
     }
 }
 
+/// A splice review's client, which sent `Expect: 100-continue`, got `100, 100, 103, 200`:
+/// ours and the backend's, though no `Expect` goes up. A backend's `100` is dropped now (as
+/// NGINX drops it); its other interim answers still go on.
+#[test]
+fn a_backends_100_continue_is_not_relayed_beside_ours() {
+    let b = RawBackend::start(move |mut s, _| {
+        let mut pending = Vec::new();
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            let body = if head.to_ascii_lowercase().contains("content-length: 2") {
+                2
+            } else {
+                0
+            };
+            while pending.len() < body {
+                let mut tmp = [0u8; 16];
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.extend_from_slice(&tmp[..n]),
+                }
+            }
+            pending.drain(..body);
+            let answer = [
+                &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                    [..],
+                &response("200 OK", "ok"),
+            ]
+            .concat();
+            if s.write_all(&answer).is_err() {
+                return;
+            }
+        }
+    });
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
+    let mut c = Client::connect(g.addr);
+    for (raw, ours) in [
+        ("POST /v1/proxy/svc/e HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", true),
+        ("GET /v1/proxy/svc/g HTTP/1.1\r\nHost: gw\r\n\r\n", false),
+    ] {
+        c.send(raw.as_bytes());
+        let mut statuses = Vec::new();
+        if ours {
+            statuses.push(c.read_response().status);
+            c.send(b"hi");
+        }
+        loop {
+            let r = c.read_response();
+            statuses.push(r.status);
+            if r.status >= 200 {
+                assert_eq!(r.text(), "ok");
+                break;
+            }
+        }
+        let want: &[u16] = if ours { &[100, 103, 200] } else { &[103, 200] };
+        assert_eq!(statuses, want, "{raw:?}");
+    }
+}
+
 #[test]
 fn a_backend_that_hangs_up_on_uploads_sent_at_full_speed_is_a_failure() {
     // Reads the head, then closes: the body it never read makes the close a reset.
