@@ -685,21 +685,33 @@ fn a_request_its_backend_hangs_up_on_is_not_carried_to_the_next_from_a_pooled_co
     assert_eq!(failures_of(g.admin, closes), Some(1.0));
 }
 
+/// A backend that reads every request and hangs up on it, behind a gateway with these
+/// `breaker` settings.
+fn hanging_up_behind(breaker: &str) -> (std::net::SocketAddr, AdminGateway) {
+    let (closes, _) = backend_hanging_up(HangUp::Close, false, 8);
+    let g = admin_gateway(
+        &format!("breaker: {breaker}"),
+        &format!("  svc: [http://{closes}]\n"),
+    );
+    (closes, g)
+}
+
+/// A GET whose head is over 8 KiB, which some servers hang up on rather than answer.
+fn long_head() -> String {
+    format!(
+        "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(9000)
+    )
+}
+
 /// Regression (a hostile-client review): three request heads over 8 KiB opened a healthy
 /// backend's circuit for every client, when the backend hangs up on heads that size rather
 /// than answer 431: the client chose the size. A backend that hangs up on a head over
 /// 8 KiB gets no verdict; on an ordinary head it does.
 #[test]
 fn a_backend_hanging_up_on_a_long_head_is_no_verdict() {
-    let (closes, _) = backend_hanging_up(HangUp::Close, false, 8);
-    let g = admin_gateway(
-        "breaker: {failure_threshold: 2}",
-        &format!("  svc: [http://{closes}]\n"),
-    );
-    let long = format!(
-        "GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nX-Pad: {}\r\n\r\n",
-        "a".repeat(9000)
-    );
+    let (closes, g) = hanging_up_behind("{failure_threshold: 2}");
+    let long = long_head();
     for _ in 0..3 {
         let r = request(g.proc.addr, &long);
         assert_backend_closed(&r);
@@ -708,6 +720,29 @@ fn a_backend_hanging_up_on_a_long_head_is_no_verdict() {
     let r = get(g.proc.addr, "/v1/proxy/svc/x");
     assert_backend_closed(&r);
     assert_eq!(failures_of(g.admin, closes), Some(1.0));
+}
+
+/// Regression (a hostile-client review): a long head the backend hangs up on, sent
+/// whenever the circuit was due for a probe, took the probe and handed it back (no
+/// verdict), so the circuit stayed open for every other client as long as the attacker
+/// liked. A probe that ends so closes the circuit, as a probe answered with a head over
+/// our limits does; a backend that hangs up on everything opens it again at its next
+/// failure.
+#[test]
+fn a_long_head_taking_the_probe_cannot_hold_a_circuit_open() {
+    let (closes, g) = hanging_up_behind("{failure_threshold: 1, cooldown: 1s}");
+    assert_backend_closed(&get(g.proc.addr, "/v1/proxy/svc/x"));
+    assert_eq!(circuit(g.admin, closes), "open");
+    std::thread::sleep(Duration::from_millis(1100));
+    let long = long_head();
+    assert_backend_closed(&request(g.proc.addr, &long));
+    assert_eq!(
+        circuit(g.admin, closes),
+        "closed",
+        "the probe was handed back"
+    );
+    assert_backend_closed(&get(g.proc.addr, "/v1/proxy/svc/x"));
+    assert_eq!(circuit(g.admin, closes), "open");
 }
 
 /// Regression (a re-review): a backend that reads a request's head and hangs up on it,
