@@ -546,10 +546,10 @@ async fn until_closed(s: UnixStream) -> io::Result<()> {
 /// client moves on without losing it. Closed at once, keep-alive clients sending back to
 /// back lost the request they were sending, most of them (an operator review: 10 to 31 of
 /// 32 clients per drain; NGINX closes them at once too, and HAProxy before 2.4 waited for
-/// a last request as this does). One idle longer is closed at once. So, later in the
-/// drain, is one that goes idle after an answer sent keep-alive just before the signal
-/// (`conn::serve`): spared while it has been idle for less than one to two seconds (the
-/// worker's ticks), until the deadline is too near for that.
+/// a last request as this does). One idle longer is closed at once. A connection that
+/// goes idle later in the drain, after an answer sent keep-alive just before the signal
+/// (`conn::serve`), is spared alike while it has been idle for under one to two seconds
+/// (the worker's ticks), until the deadline is too near for that.
 async fn drain(worker: &Worker) {
     let drain = worker.view().snapshot.config.timeouts.drain;
     let start = Instant::now();

@@ -720,7 +720,8 @@ impl Worker {
     /// began to arrive a second or more ago (then the oldest): an idle client loses nothing
     /// but its connection, a head its request, and a slowloris sends as little as it can.
     /// A head that began within the last second is about to be served and is passed over,
-    /// and so is a connection that has not sent a request yet within [`FRESH_GRACE`].
+    /// and so are a connection that has not sent a request yet within [`FRESH_GRACE`] and
+    /// one idle for under a second or two after a request (a busy keep-alive client).
     /// Last, a client that has taken next to nothing of its answer for over 15 s (see
     /// [`Worker::watch_stalled`]), reset: it loses an answer it does not read.
     /// False if none was closed, or if the one closed last has not deregistered yet (its
