@@ -655,8 +655,8 @@ fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     }
 }
 
-/// A DNS name as `listen` may give it: labels of letters, digits and hyphens, the last not
-/// all digits (the resolver would read `10.1:80` as the IP 10.0.0.1).
+/// A DNS name as `listen` may give it: labels of letters, digits and hyphens, not ending in
+/// a number ([`ends_in_a_number`]).
 fn host_is_name(host: &str) -> bool {
     let label_ok = |label: &str| {
         !label.is_empty()
@@ -665,11 +665,25 @@ fn host_is_name(host: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     };
-    host.split('.').all(label_ok)
-        && !host
-            .rsplit('.')
-            .next()
-            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    host.split('.').all(label_ok) && !ends_in_a_number(host)
+}
+
+/// Whether every resolver and URL parser reads `host` as an IPv4 address: its last label
+/// (before a trailing dot) is decimal digits or `0x` and hex digits (WHATWG URL's "ends in
+/// a number"). glibc then takes the shorthand forms too, so `10.1` is 10.0.0.1 and
+/// `0x7f.1` is 127.0.0.1; the config takes only the four-part decimal form, so the address
+/// meant is the address written.
+fn ends_in_a_number(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let last = host.rsplit('.').next().unwrap_or(host);
+    let hex = last
+        .get(..2)
+        .filter(|p| p.eq_ignore_ascii_case("0x"))
+        .map(|_| &last[2..]);
+    match hex {
+        Some(digits) => digits.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()),
+    }
 }
 
 /// Whether two listeners would fight over one port: same port (not 0), and the same IP or
@@ -759,6 +773,13 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
         return Err(invalid(
             key,
             format!("{url:?}: port 0 is not a backend port"),
+        ));
+    }
+    if ends_in_a_number(host) && host.parse::<std::net::Ipv4Addr>().is_err() {
+        // The resolver would take `10.1` as 10.0.0.1 and `010.0.0.1` as 8.0.0.1 (octal).
+        return Err(invalid(
+            key,
+            format!("{url:?}: {host:?} reads as a shortened or octal/hex IPv4 address: write the address as four decimal numbers (e.g. http://10.0.0.1:8080), or a host name whose last label is not a number"),
         ));
     }
     let addr = lookup(host, port).map_err(|e| invalid(key, format!("{url:?}: {e}")))?;
@@ -1763,6 +1784,8 @@ mod tests {
         assert!(e.contains("the gateway's own `listen` address"), "{e}");
         for (v, says) in [
             ("10.1:80", "invalid address \"10.1:80\""),
+            ("0x7f000001:80", "invalid address"),
+            ("127.0.1.:80", "invalid address"),
             ("localhost", "invalid address \"localhost\""),
             ("local_host:80", "invalid address"),
             (":80", "invalid address"),
@@ -2318,6 +2341,43 @@ mod tests {
                 .path_prefix,
             "/a%20b"
         );
+    }
+
+    /// A backend host the resolver reads as a shortened IPv4 address was taken as one:
+    /// `http://10.1:8080` passed `--check` and sent traffic to 10.0.0.1.
+    #[test]
+    fn backend_hosts_that_end_in_a_number_must_be_whole_ipv4_addresses() {
+        for bad in [
+            "http://10.1:8080",
+            "http://127.1:8080",
+            "http://2130706433:8080",
+            "http://0x7f000001:8080",
+            "http://0x7f.0.0.1:8080",
+            "http://010.0.0.1:8080",
+            "http://127.0.0.1.:8080",
+            "http://svc.0X1:8080",
+        ] {
+            let e = parse_backend_url("k", bad).unwrap_err().to_string();
+            assert!(e.contains("four decimal numbers"), "{bad:?}: {e}");
+        }
+        for good in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+            "http://localhost:8080",
+        ] {
+            assert!(parse_backend_url("k", good).is_ok(), "{good:?}");
+        }
+        // Names a container platform gives (underscores, digits up front) stay names.
+        for name in [
+            "my_backend",
+            "1password",
+            "svc-2",
+            "a.b3",
+            "0x7g",
+            "localhost.",
+        ] {
+            assert!(!ends_in_a_number(name), "{name}");
+        }
     }
 
     /// An operator's review: `"`, `\\` or `{` in a backend's path prefix passed `--check`
