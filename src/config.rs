@@ -342,19 +342,14 @@ fn with_service_line(e: ConfigError, text: &str) -> ConfigError {
 }
 
 /// The 1-based line of the first `field:` key in the block under service `name`, or on
-/// the service's own line (a flow map, `a: {backends: [...], breaker: {x: 1}}`: an
-/// operator review got no line for those).
+/// the line of a flow map holding it (`a: {backends: [...], breaker: {x: 1}}`, or
+/// `breaker: {x: 1}` in the service's block: operator reviews got no line for those).
 fn key_line_in_service(text: &str, name: &str, field: &str) -> Option<usize> {
     let start = *service_key_lines(text, name).first()?;
     let indent = |l: &str| l.len() - l.trim_start().len();
     let lines: Vec<&str> = text.lines().collect();
     let own_line = lines.get(start - 1)?;
-    let flow = own_line.match_indices(field).any(|(at, _)| {
-        let before = own_line[..at].chars().next_back();
-        matches!(before, Some('{' | ',' | ' '))
-            && own_line[at + field.len()..].trim_start().starts_with(':')
-    });
-    if flow {
+    if flow_map_names(own_line, field) {
         return Some(start);
     }
     let own = indent(own_line);
@@ -366,14 +361,24 @@ fn key_line_in_service(text: &str, name: &str, field: &str) -> Option<usize> {
             break;
         }
         let key = l.trim_start().trim_start_matches("- ");
-        if key
+        let block_key = key
             .strip_prefix(field)
-            .is_some_and(|r| r.trim_start().starts_with(':'))
-        {
+            .is_some_and(|r| r.trim_start().starts_with(':'));
+        if block_key || flow_map_names(l, field) {
             return Some(i + 1);
         }
     }
     None
+}
+
+/// Whether `line` holds `field:` as a key of a flow map (after `{`, `,` or a space).
+fn flow_map_names(line: &str, field: &str) -> bool {
+    line.contains('{')
+        && line.match_indices(field).any(|(at, _)| {
+            let before = line[..at].chars().next_back();
+            matches!(before, Some('{' | ',' | ' '))
+                && line[at + field.len()..].trim_start().starts_with(':')
+        })
 }
 
 /// 1-based line numbers of `name:` keys directly under a top-level block `services:`.
@@ -2657,6 +2662,12 @@ mod tests {
         let e = err("services:\n  a: [http://127.0.0.1:1]\n  b: {backends: [http://127.0.0.1:2], breaker: {failure_treshold: 3}}\n");
         assert!(
             e.starts_with("line 3: services.b") && e.contains("failure_treshold"),
+            "{e}"
+        );
+        // A flow map inside the service's block: its line.
+        let e = err("services:\n  b:\n    backends: [http://127.0.0.1:2]\n    breaker: {failure_threshold: 3, bogus: 1}\n");
+        assert!(
+            e.starts_with("line 4: services.b.breaker") && e.contains("bogus"),
             "{e}"
         );
         // A key the scan cannot place (all of `services` in flow style) keeps the message
