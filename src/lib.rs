@@ -310,16 +310,25 @@ fn log_startup(
     }
     log_connection_budget(shared, &snap.config, fds);
     // stdout says where we listen (scripts and tests read the bound addresses from it);
-    // everything else goes to the log on stderr. Nobody reading it is no reason to stop
-    // (`println!` panicked on a closed pipe).
+    // everything else goes to the log on stderr. With `access_log: stdout` the addresses
+    // go to stderr, so stdout is the access log alone (a log shipper parsing it as JSON
+    // lines choked on them). Nobody reading it is no reason to stop (`println!` panicked
+    // on a closed pipe).
     let mut out = format!("listening on {addr}\n");
     if let Some(admin) = server.admin_addr {
         out += &format!("admin on {admin}\n");
     }
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout
-        .write_all(out.as_bytes())
-        .and_then(|()| stdout.flush());
+    let _ = if matches!(snap.config.access_log, accesslog::Sink::Stdout) {
+        let mut stderr = std::io::stderr().lock();
+        stderr
+            .write_all(out.as_bytes())
+            .and_then(|()| stderr.flush())
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush())
+    };
 }
 
 /// Says how many client connections the process accepts and what that rests on, and warns

@@ -655,11 +655,67 @@ fn a_timed_out_head_counts_for_its_service_with_the_access_log_off() {
     );
 }
 
+/// The address after `prefix` on a line of the file `log`, waiting up to 10 s for it.
+fn address_in(log: &std::path::Path, prefix: &str) -> std::net::SocketAddr {
+    let mut found = None;
+    eventually(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        found = text
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok());
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no {prefix:?} line in {}", log.display()))
+}
+
+/// Regression: with `access_log: stdout`, stdout began with `listening on ADDR` and
+/// `admin on ADDR`, which a log shipper parsing the JSON access log choked on. Those lines
+/// now go to stderr, and stdout is the access log alone.
+#[test]
+fn with_the_access_log_on_stdout_stdout_is_the_access_log_alone() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let b = mock_backend();
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\naccess_log: stdout\naccess_log_format: json",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let log = temp_path("json-stdout.err");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().expect("stdout");
+    let addr = address_in(&log, "listening on ");
+    let admin = address_in(&log, "admin on ");
+    for i in 0..3 {
+        assert_eq!(get(addr, &format!("/v1/proxy/svc/{i}")).status, 200);
+    }
+    assert_eq!(get(admin, "/healthz").status, 200);
+    signal(&child, libc::SIGTERM);
+    let t = std::time::Instant::now();
+    exits_cleanly(&mut child, t);
+    let mut text = String::new();
+    out.read_to_string(&mut text).expect("stdout");
+    let _ = std::fs::remove_file(&log);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for (i, line) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(v["status"], 200, "{line}");
+        assert_eq!(v["target"], format!("/v1/proxy/svc/{i}"), "{line}");
+    }
+}
+
 /// Regression: with `access_log: stdout` into a pipe nobody reads, the lines the writer
 /// still held at exit were lost without a word (an operator review). The exit now says so.
 #[test]
 fn access_log_lines_a_stuck_writer_holds_at_exit_are_reported_lost() {
-    use std::io::BufRead;
     use std::process::{Command, Stdio};
     let b = mock_backend();
     let path = write_config(&config(
@@ -676,16 +732,9 @@ fn access_log_lines_a_stuck_writer_holds_at_exit_are_reported_lost() {
         .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
         .spawn()
         .expect("spawn");
-    // Read the startup line for the address, then never read stdout again.
-    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("startup line");
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("listening line")
-        .parse()
-        .expect("addr");
+    // The address is on stderr (stdout is the access log); stdout is never read.
+    let out = child.stdout.take().expect("stdout");
+    let addr = address_in(&log, "listening on ");
     let mut c = Client::connect(addr);
     let long = "x".repeat(400);
     for i in 0..600 {
