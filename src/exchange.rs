@@ -459,6 +459,14 @@ struct Attempt<'a> {
 }
 
 impl<'a> Attempt<'a> {
+    /// The backend and service this attempt speaks for, as a response head needs them.
+    fn origin(&self) -> rewrite::Origin<'a> {
+        rewrite::Origin {
+            url: &self.backend.url,
+            service: &self.service.name,
+        }
+    }
+
     /// An attempt on `service.backends[idx]` with the balancer's `ticket`, named in the
     /// request's record and in what the drain deadline logs of it.
     fn to(
@@ -1214,6 +1222,7 @@ impl Exchange<'_> {
                 write_timeout: self.timeouts.body,
                 date: &self.worker.date,
                 own_id: !down.request_id.is_empty(),
+                origin: self.attempt.origin(),
                 interim_sent,
             },
             Some((self.sent_at, timeout)),
@@ -1276,6 +1285,7 @@ impl Exchange<'_> {
         let up_fd = up.fd();
         let (up_r, up_w) = up.split();
         let (down_r, down_w) = sock.split();
+        let origin = attempt.origin();
         let attempt = RefCell::new(attempt);
         // Whether the upload holds body bytes the backend has not taken: a hang-up then is
         // the backend's doing; one while we wait on the client alone may be a server giving
@@ -1317,6 +1327,7 @@ impl Exchange<'_> {
                         write_timeout: timeouts.body,
                         date: &worker.date,
                         own_id: !request_id.is_empty(),
+                        origin,
                         interim_sent,
                     },
                     None,
@@ -1795,6 +1806,8 @@ struct HeadCtx<'a> {
     /// The gateway gives the request's ID (`request_id: true`): the backend's own
     /// `X-Request-Id` is left out, ours is among the added fields.
     own_id: bool,
+    /// The backend answering and the client's service, for its `Location`.
+    origin: rewrite::Origin<'a>,
     /// Bytes of interim responses written to the client (they count as sent).
     interim_sent: &'a Cell<u64>,
 }
@@ -1820,7 +1833,7 @@ async fn read_head(
                 &ubuf[*ustart..],
                 info,
                 cx.max_head,
-                (cx.date, cx.own_id),
+                (cx.date, cx.own_id, cx.origin),
                 cx.out,
             )? {
                 Parsed::Final(head, head_len) => {
@@ -1901,7 +1914,7 @@ fn parse_head(
     bytes: &[u8],
     info: RequestInfo,
     max_head: usize,
-    (date, own_id): (&DateCache, bool),
+    (date, own_id, origin): (&DateCache, bool, rewrite::Origin<'_>),
     out: &mut Vec<u8>,
 ) -> Result<Parsed, HeadFail> {
     let mut headers = h1::header_slots();
@@ -1958,7 +1971,7 @@ fn parse_head(
     };
     out.clear();
     let date = date.line();
-    rewrite::write_response_head(out, &p, info, head.client_chunked, &date, own_id);
+    rewrite::write_response_head(out, &p, info, head.client_chunked, &date, (own_id, origin));
     Ok(Parsed::Final(head, head_len))
 }
 

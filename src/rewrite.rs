@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use crate::balancer::View;
+use crate::config::BackendUrl;
 use crate::date::LINE_LEN;
 use crate::error::GatewayError;
 use crate::h1::{self, ConnectionOptions, Framing, Method, ParsedRequest, RequestInfo};
@@ -268,7 +269,50 @@ pub fn write_request_head(
     out.extend_from_slice(fwd);
 }
 
-/// Writes the client-bound response head: the backend's status and end-to-end fields,
+/// Who answers: the backend as the gateway addressed it and the service the client asked
+/// for, to turn the backend's own URLs in `Location` into the client's ([`moved_to`]).
+#[derive(Clone, Copy)]
+pub struct Origin<'a> {
+    pub url: &'a BackendUrl,
+    pub service: &'a str,
+}
+
+/// The rest of a `Location` value that names the backend as the gateway addressed it,
+/// `http://{authority}{path_prefix}` then `/`, `?`, `#` or nothing (the host case-blind),
+/// NGINX's `proxy_redirect default`: a redirect built from the `Host` we send would send
+/// the client to the backend's own address, past the gateway and without the service's
+/// path (a review followed one there). Any other `Location` is the backend's to give.
+fn moved_to<'v>(value: &'v [u8], url: &BackendUrl) -> Option<&'v [u8]> {
+    const SCHEME: &str = "http://";
+    let origin = value.get(..SCHEME.len() + url.authority.len())?;
+    let (scheme, authority) = origin.split_at(SCHEME.len());
+    if !(scheme.eq_ignore_ascii_case(SCHEME.as_bytes())
+        && authority.eq_ignore_ascii_case(url.authority.as_bytes()))
+    {
+        return None;
+    }
+    let rest = value[origin.len()..].strip_prefix(url.path_prefix.as_bytes())?;
+    matches!(rest.first(), None | Some(b'/' | b'?' | b'#')).then_some(rest)
+}
+
+/// The one `Location` field of `p` that [`moved_to`] rewrites, as its rest; `None` when
+/// there is none, or more than one (which a client could read either way: left alone).
+fn location_to_rewrite<'b>(p: &h1::ParsedResponse<'_, 'b>, url: &BackendUrl) -> Option<&'b [u8]> {
+    let mut found = p
+        .headers
+        .iter()
+        .filter(|h| h.name.len() == LOCATION.len() && h1::name_is(h.name, LOCATION));
+    let one = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    moved_to(one.value, url)
+}
+
+const LOCATION: &str = "location";
+
+/// Writes the client-bound response head: the backend's status and end-to-end fields
+/// (a `Location` naming the backend pointed at the gateway's path to it: [`moved_to`]),
 /// `date` (the worker's `date: ...` line) if the backend sent no `Date`, then our framing;
 /// [`end_response_head`] adds the connection field and the blank line once the exchange
 /// knows whether the client connection stays. With `own_id` the backend's `X-Request-Id`
@@ -280,11 +324,22 @@ pub fn write_response_head(
     info: RequestInfo,
     chunked: bool,
     date: &[u8; LINE_LEN],
-    own_id: bool,
+    (own_id, origin): (bool, Origin<'_>),
 ) {
     let status = p.info.status;
     let opts = ConnectionOptions::collect(p.headers);
-    write_status_and_fields(out, p, &opts, own_id);
+    let moved = location_to_rewrite(p, origin.url).filter(|_| !opts.names(LOCATION));
+    write_status_and_fields(out, p, &opts, own_id, moved.is_some());
+    if let Some(rest) = moved {
+        out.extend_from_slice(b"location: ");
+        out.extend_from_slice(router::PREFIX.as_bytes());
+        out.extend_from_slice(origin.service.as_bytes());
+        if rest.first() != Some(&b'/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(rest);
+        out.extend_from_slice(b"\r\n");
+    }
     // RFC 9110 §6.6.1: a proxy with a clock adds `Date` to a response that has none; the
     // backend's own is kept (unless `Connection` named it, which dropped it above).
     let has_date = p
@@ -328,7 +383,13 @@ pub fn write_response_head(
 /// the backend's `X-Request-Id` with `own_id`, and with no `Date` (a 1xx may go without
 /// one).
 pub fn write_interim_head(out: &mut Vec<u8>, p: &h1::ParsedResponse<'_, '_>, own_id: bool) {
-    write_status_and_fields(out, p, &ConnectionOptions::collect(p.headers), own_id);
+    write_status_and_fields(
+        out,
+        p,
+        &ConnectionOptions::collect(p.headers),
+        own_id,
+        false,
+    );
     out.extend_from_slice(b"\r\n");
 }
 
@@ -336,19 +397,26 @@ pub fn write_interim_head(out: &mut Vec<u8>, p: &h1::ParsedResponse<'_, '_>, own
 /// line and end-to-end fields, and the upgrade pair as we write it. The caller adds its own
 /// fields and the blank line.
 pub fn write_switch_head(out: &mut Vec<u8>, p: &h1::ParsedResponse<'_, '_>, own_id: bool) {
-    write_status_and_fields(out, p, &ConnectionOptions::collect(p.headers), own_id);
+    write_status_and_fields(
+        out,
+        p,
+        &ConnectionOptions::collect(p.headers),
+        own_id,
+        false,
+    );
     out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
 }
 
 /// The status line and the end-to-end fields of a backend's response: hop-by-hop ones and
-/// those its `Connection` options (`opts`) name are left out, and its `X-Request-Id` with
-/// `own_id`.
+/// those its `Connection` options (`opts`) name are left out, its `X-Request-Id` with
+/// `own_id`, and its `Location` with `moved` (the caller writes it rewritten).
 #[inline(always)]
 fn write_status_and_fields(
     out: &mut Vec<u8>,
     p: &h1::ParsedResponse<'_, '_>,
     opts: &ConnectionOptions<'_, '_>,
     own_id: bool,
+    moved: bool,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     h1::push_dec(out, u64::from(p.info.status));
@@ -358,7 +426,8 @@ fn write_status_and_fields(
     copy_headers(out, p.head, p.headers, |name| {
         !(h1::is_hop_by_hop(name)
             || opts.names(name)
-            || (own_id && h1::name_is(name, crate::reqid::FIELD)))
+            || (own_id && h1::name_is(name, crate::reqid::FIELD))
+            || (moved && h1::name_is(name, LOCATION)))
     });
 }
 
@@ -395,6 +464,31 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), "A: 1\r\nE: 5\r\n");
     }
 
+    #[test]
+    fn only_a_location_naming_the_backend_as_addressed_moves() {
+        let url = BackendUrl {
+            url: "http://Api.Local:8080/v2".into(),
+            addr: "127.0.0.1:8080".parse().unwrap(),
+            authority: "Api.Local:8080".into(),
+            path_prefix: "/v2".into(),
+        };
+        for (value, rest) in [
+            ("http://api.local:8080/v2/x?y", Some("/x?y")),
+            ("HTTP://API.LOCAL:8080/v2", Some("")),
+            ("http://api.local:8080/v2#top", Some("#top")),
+            ("http://api.local:8080/V2/x", None),
+            ("http://api.local:8080/v2x", None),
+            ("http://api.local:80801/v2/x", None),
+            ("http://api.local/v2/x", None),
+            ("https://api.local:8080/v2/x", None),
+            ("//api.local:8080/v2/x", None),
+            ("http://api.local:8080", None),
+        ] {
+            let got = moved_to(value.as_bytes(), &url);
+            assert_eq!(got, rest.map(str::as_bytes), "{value}");
+        }
+    }
+
     /// A HEAD keeps the length a GET would have had, a 304 the length of what it stands
     /// for; a 204 never has one (RFC 9110 §8.6), whatever the method (a review saw a HEAD's
     /// 204 keep the backend's `Content-Length`).
@@ -422,7 +516,12 @@ mod tests {
                 upgrade: false,
             };
             let mut out = Vec::new();
-            write_response_head(&mut out, &p, info, false, &date, false);
+            let url = crate::config::parse_backend_url("k", "http://127.0.0.1:1").unwrap();
+            let origin = Origin {
+                url: &url,
+                service: "s",
+            };
+            write_response_head(&mut out, &p, info, false, &date, (false, origin));
             let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
             let want = if kept { "content-length: 5\r\n" } else { "" };
             let got = text.find("content-length").map_or("", |i| &text[i..i + 19]);

@@ -1046,3 +1046,69 @@ fn idle_connections_beyond_the_lent_reads_are_served_and_closed() {
         );
     }
 }
+
+/// A review followed a backend's redirect past the gateway: the backend built `Location`
+/// from the `Host` we send (its own address), so clients went to it directly, without the
+/// service's path. A `Location` naming the backend as we address it now points at the
+/// gateway's path to it (NGINX's `proxy_redirect default`, as a path: right behind any TLS
+/// terminator); every other `Location` is the backend's to give.
+#[test]
+fn a_redirect_to_the_backends_own_address_points_at_the_gateway() {
+    let b = Recorder::start(reply(200));
+    let g = gateway(&config(
+        1,
+        "",
+        &format!("  a: [http://{0}]\n  p: [http://{0}/api]\n", b.addr),
+    ));
+    let at = b.addr;
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "a",
+            &format!("http://{at}/login?next=%2Fx"),
+            "/v1/proxy/a/login?next=%2Fx",
+        ),
+        ("a", &format!("HTTP://{at}/x#f"), "/v1/proxy/a/x#f"),
+        ("a", &format!("http://{at}"), "/v1/proxy/a/"),
+        ("a", &format!("http://{at}?q=1"), "/v1/proxy/a/?q=1"),
+        (
+            "p",
+            &format!("http://{at}/api/items/1"),
+            "/v1/proxy/p/items/1",
+        ),
+        ("p", &format!("http://{at}/api"), "/v1/proxy/p/"),
+        // Not the backend as addressed: left alone.
+        ("p", &format!("http://{at}/apix/1"), ""),
+        ("p", &format!("http://{at}/other"), ""),
+        ("a", &format!("http://{at}1/x"), ""),
+        ("a", "http://example.com/x", ""),
+        ("a", "/relative/x", ""),
+        ("a", "https://127.0.0.1/x", ""),
+    ];
+    for &(svc, location, want) in cases {
+        b.set(Mode::Reply(
+            format!("HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n")
+                .into_bytes(),
+        ));
+        let r = get(g.addr, &format!("/v1/proxy/{svc}/go"));
+        assert_eq!(r.status, 302);
+        let want = if want.is_empty() { location } else { want };
+        assert_eq!(locations(&r), [want], "{svc} {location}");
+    }
+    // Two `Location` fields (which a client could read either way) are left as they are.
+    let two = format!("http://{at}/one");
+    b.set(Mode::Reply(
+        format!("HTTP/1.1 201 Created\r\nlocation: {two}\r\nlocation: /two\r\ncontent-length: 0\r\n\r\n")
+            .into_bytes(),
+    ));
+    let r = get(g.addr, "/v1/proxy/a/new");
+    assert_eq!(locations(&r), [two.as_str(), "/two"]);
+}
+
+/// The values of every `Location` field of `r`, in order.
+fn locations(r: &Response) -> Vec<&str> {
+    r.headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("location"))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
