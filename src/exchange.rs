@@ -64,9 +64,14 @@ pub async fn forward(
     let cfg = &view.snapshot.config;
     let timeouts = cfg.timeouts;
     let framing = req.info.framing;
+    // A chunked body the gateway buffers is held decoded: read whole, it goes up with a
+    // `Content-Length` (servers that read only that, Python's `http.server` and `wsgiref`,
+    // took a chunked upload for an empty body and answered 200: a review); longer, what
+    // was held goes up as one chunk and the rest as it comes.
+    let whole_or_chunk = framing == Framing::Chunked && cfg.limits.buffer_request_body > 0;
     let mut relay = BodyRelay::new(
         framing,
-        framing == Framing::Chunked,
+        framing == Framing::Chunked && !whole_or_chunk,
         cfg.limits.max_body_bytes,
     )
     .paced(Pace::new(
@@ -120,12 +125,28 @@ pub async fn forward(
         buffered
     };
     let mut up_out = Vec::new();
+    let mut fwd = Vec::new();
     let after = match buffered {
         Err(after) => {
             down.record.received += relay.wire();
             after
         }
         Ok(()) => {
+            let mut prep = prep;
+            if whole_or_chunk {
+                fwd = worker.buffer_for(prep.fwd.len() + 32);
+                if relay.done && rewrite::with_length(prep.fwd, in_hand.len() as u64, &mut fwd) {
+                    prep.fwd = &fwd;
+                } else {
+                    let mut chunk = worker.buffer_for(in_hand.len() + 32);
+                    h1::push_chunk(&mut chunk, &in_hand);
+                    if relay.done {
+                        chunk.extend_from_slice(h1::LAST_CHUNK);
+                    }
+                    relay.chunk_from_now();
+                    worker.recycle(std::mem::replace(&mut in_hand, chunk));
+                }
+            }
             let (info, svc) = (req.info, req.svc);
             match connect_or_reuse(worker, view, down, req, prep, &relay).await {
                 Err(after) => {
@@ -207,6 +228,7 @@ pub async fn forward(
     worker.recycle(in_hand);
     worker.recycle(up_out);
     worker.recycle(rest);
+    worker.recycle(fwd);
     after
 }
 
@@ -244,7 +266,8 @@ async fn buffer_body(
     };
     down.start += used;
     let want = cfg.limits.buffer_request_body;
-    if want == 0 || relay.done || in_hand.len() as u64 >= want {
+    // A body of exactly `want` bytes is held whole: its end is waited for too.
+    if want == 0 || relay.done || in_hand.len() as u64 > want {
         return Ok(());
     }
     if req.info.expect_continue {
@@ -260,7 +283,7 @@ async fn buffer_body(
         down.out.clear();
         req.info.expect_continue = false;
     }
-    while !relay.done && (in_hand.len() as u64) < want {
+    while !relay.done && (in_hand.len() as u64) <= want {
         let Ok((limit, since)) = relay.pace.wait(Side::Src, timeout) else {
             return Err(reply_body_error(down, BodyError::SrcTimeout, service, timeout).await);
         };

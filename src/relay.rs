@@ -246,6 +246,11 @@ impl BodyRelay {
         }
     }
 
+    /// Encodes the rest of the body as chunked (what was fed so far went out decoded).
+    pub fn chunk_from_now(&mut self) {
+        self.chunked_out = true;
+    }
+
     /// Watches the client's pace on this body (see [`Pace`]).
     pub fn paced(mut self, pace: Pace) -> BodyRelay {
         self.pace = pace;

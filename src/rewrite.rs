@@ -143,7 +143,7 @@ pub fn prepare(
             h1::push_dec(fwd, n);
             fwd.extend_from_slice(b"\r\n");
         }
-        Framing::Chunked => fwd.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Chunked => fwd.extend_from_slice(TE_CHUNKED),
         Framing::None | Framing::UntilClose => {
             // A body-carrying method without a body still states its length (RFC 9110 §8.6).
             if matches!(p.info.method, Method::Post | Method::Put | Method::Patch) {
@@ -153,6 +153,27 @@ pub fn prepare(
     }
     fwd.extend_from_slice(b"\r\n");
     Ok(svc)
+}
+
+/// The framing line [`prepare`] writes last for a chunked body.
+const TE_CHUNKED: &[u8] = b"transfer-encoding: chunked\r\n";
+
+/// Writes into `out` the header block `fwd` that [`prepare`] wrote for a chunked body, with
+/// `content-length: n` as its framing instead: the gateway read the body whole before
+/// sending it (`limits.buffer_request_body`). False, and `out` untouched, for any other
+/// block.
+pub fn with_length(fwd: &[u8], n: u64, out: &mut Vec<u8>) -> bool {
+    let Some(fields) = fwd
+        .strip_suffix(b"\r\n")
+        .and_then(|f| f.strip_suffix(TE_CHUNKED))
+    else {
+        return false;
+    };
+    out.extend_from_slice(fields);
+    out.extend_from_slice(b"content-length: ");
+    h1::push_dec(out, n);
+    out.extend_from_slice(b"\r\n\r\n");
+    true
 }
 
 /// Whether `info` is a WebSocket handshake that goes to `service` as one: the service takes

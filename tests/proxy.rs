@@ -1112,3 +1112,65 @@ fn locations(r: &Response) -> Vec<&str> {
         .map(|(_, v)| v.as_str())
         .collect()
 }
+
+/// A review's Python `http.server` and `wsgiref` backends read only `Content-Length`, took
+/// every chunked upload for an empty body and answered 200: the data was lost. With
+/// `limits.buffer_request_body`, a chunked body read whole goes up with a `Content-Length`
+/// (as NGINX sends a body it buffered); a longer one goes up chunked, what was held first
+/// as one chunk, the rest as it comes, byte for byte.
+#[test]
+fn a_chunked_body_read_whole_goes_up_with_a_length() {
+    let b = mock_backend();
+    let g = gateway(&config(
+        1,
+        "limits: {buffer_request_body: 4096}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let chunked = |body: &[u8], piece: usize| {
+        let mut out = Vec::new();
+        for part in body.chunks(piece) {
+            out.extend_from_slice(format!("{:x};ext=1\r\n", part.len()).as_bytes());
+            out.extend_from_slice(part);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\nX-Trailer: t\r\n\r\n");
+        out
+    };
+    let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    for (len, piece, whole) in [
+        (0, 1, true),
+        (1, 1, true),
+        (4096, 100, true),
+        (4096, 4096, true),
+        (4097, 7, false),
+        (10_000, 3000, false),
+    ] {
+        let body = &body[..len];
+        let mut c = Client::connect(g.addr);
+        c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n");
+        // In pieces, so the gateway reads the body over several reads; the last chunk
+        // (its end) after a pause, so that a longer body is seen not to end in time.
+        let wire = chunked(body, piece);
+        let last = wire.len() - b"0\r\nX-Trailer: t\r\n\r\n".len();
+        for part in wire[..last].chunks(1500) {
+            c.send(part);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        c.send(&wire[last..]);
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{len}");
+        let j = r.json();
+        assert_eq!(j["body_len"], len as u64, "{len}");
+        assert_eq!(j["body_fnv"], fnv(body), "{len}");
+        let (cl, te) = (r.echoed("content-length"), r.echoed("transfer-encoding"));
+        if whole {
+            assert_eq!((cl, te), (vec![len.to_string()], vec![]), "{len}");
+        } else {
+            assert_eq!((cl, te), (vec![], vec!["chunked".to_string()]), "{len}");
+        }
+        // The connection goes on: a next request on it is served.
+        c.send(b"GET /v1/proxy/svc/next HTTP/1.1\r\nHost: g\r\n\r\n");
+        assert_eq!(c.read_response().json()["path"], "/next");
+    }
+}
