@@ -2109,7 +2109,14 @@ async fn reply_body_error(
         BodyError::TooLarge => (GatewayError::BodyTooLarge, After::Linger),
         // A client that stalled may yet send the rest: linger too (bounded by `LINGER`).
         BodyError::SrcTimeout => (GatewayError::RequestTimeout, After::Linger),
-        BodyError::SrcIo | BodyError::Truncated | BodyError::DstIo => return After::Close,
+        // The client left mid-body (a reset, or a close before the body's end): logged and
+        // counted as gone, as one that leaves during the wait for the answer is (it was
+        // status 0 with no error, and missing from `gateway_errors_total`: a review).
+        BodyError::SrcIo | BodyError::Truncated => {
+            down.record.client_gone(down.record.bytes);
+            return After::Close;
+        }
+        BodyError::DstIo => return After::Close,
     };
     let service = (!service.is_empty()).then_some(service);
     match down.reply(err, service, None, true, timeout).await {

@@ -589,6 +589,62 @@ fn a_client_that_resets_before_the_answer_is_logged_and_counted_as_aborted() {
     );
 }
 
+/// Regression (a review): a client that left in the middle of its upload, by a reset or a
+/// close, streamed or buffered, or after asking for `100 Continue`, was logged with status
+/// 0 and error `-`, and counted as aborted but not in `gateway_errors_total`.
+#[test]
+fn a_client_that_leaves_mid_upload_is_logged_and_counted_as_gone() {
+    let log = temp_path("upload-abort.log");
+    let _ = std::fs::remove_file(&log);
+    let (_b, g) = svc_gateway(&format!("access_log: {}", log.display()));
+    let (_b2, g2) = svc_gateway(&format!(
+        "access_log: {}\nlimits: {{buffer_request_body: 65536}}",
+        log.display()
+    ));
+    let heads = [
+        "POST /v1/proxy/svc/a HTTP/1.1\r\nHost: g\r\nContent-Length: 10000\r\n\r\n",
+        "POST /v1/proxy/svc/b HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n",
+        "POST /v1/proxy/svc/c HTTP/1.1\r\nHost: g\r\nExpect: 100-continue\r\nContent-Length: 10000\r\n\r\n",
+    ];
+    let mut n = 0;
+    for addr in [g.proc.addr, g2.proc.addr] {
+        for head in heads {
+            for by_reset in [true, false] {
+                let mut c = Client::connect(addr);
+                c.send(head.as_bytes());
+                if head.contains("100-continue") {
+                    assert_eq!(c.read_response().status, 100);
+                }
+                c.send(&[b'x'; 100]);
+                std::thread::sleep(Duration::from_millis(50));
+                if by_reset {
+                    reset(c);
+                } else {
+                    drop(c);
+                }
+                n += 1;
+            }
+        }
+    }
+    let text = logged_lines(&log, n);
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert!(f.len() >= 11, "{text}");
+        assert_eq!((f[6], f[10]), ("0", "client_closed_request"), "{line}");
+    }
+    for admin in [g.admin, g2.admin] {
+        let m = metrics(admin);
+        let gone =
+            "gateway_errors_total{service=\"svc\",code=\"client_closed_request\",status=\"499\"}";
+        assert_eq!(sample(&m, gone), Some(6.0), "{m}");
+        assert_eq!(
+            sample(&m, "gateway_requests_aborted_total{service=\"svc\"}"),
+            Some(6.0),
+            "{m}"
+        );
+    }
+}
+
 /// Regression (an operator review): a 400 for an unsafe path under a configured service
 /// named no service (body, log, counts), and a 408 for a head that stopped in its fields
 /// was logged with `-` for method and target and a total time near 0 instead of the
