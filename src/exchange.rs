@@ -59,7 +59,7 @@ pub async fn forward(
     view: &View,
     down: &mut Downstream,
     mut req: Request,
-    prep: Prepared<'_>,
+    mut prep: Prepared<'_>,
 ) -> After {
     let cfg = &view.snapshot.config;
     let timeouts = cfg.timeouts;
@@ -125,27 +125,34 @@ pub async fn forward(
         buffered
     };
     let mut up_out = Vec::new();
-    let mut fwd = Vec::new();
     let after = match buffered {
         Err(after) => {
             down.record.received += relay.wire();
             after
         }
         Ok(()) => {
-            let mut prep = prep;
             if whole_or_chunk {
-                fwd = worker.buffer_for(prep.fwd.len() + 32);
-                if relay.done && rewrite::with_length(prep.fwd, in_hand.len() as u64, &mut fwd) {
-                    prep.fwd = &fwd;
-                } else {
-                    let mut chunk = worker.buffer_for(in_hand.len() + 32);
-                    h1::push_chunk(&mut chunk, &in_hand);
-                    if relay.done {
-                        chunk.extend_from_slice(h1::LAST_CHUNK);
+                let mut framed = worker.buffer_for(in_hand.len() + 64);
+                match rewrite::fields_before_chunked(prep.fwd).filter(|_| relay.done) {
+                    // The length line ends the head as the first bytes behind it, so that
+                    // a resend to another backend, which writes a new head in front of what
+                    // followed the old one, keeps it.
+                    Some(fields) => {
+                        prep.fwd = fields;
+                        framed.extend_from_slice(b"content-length: ");
+                        h1::push_dec(&mut framed, in_hand.len() as u64);
+                        framed.extend_from_slice(b"\r\n\r\n");
+                        framed.extend_from_slice(&in_hand);
                     }
-                    relay.chunk_from_now();
-                    worker.recycle(std::mem::replace(&mut in_hand, chunk));
+                    None => {
+                        h1::push_chunk(&mut framed, &in_hand);
+                        if relay.done {
+                            framed.extend_from_slice(h1::LAST_CHUNK);
+                        }
+                        relay.chunk_from_now();
+                    }
                 }
+                worker.recycle(std::mem::replace(&mut in_hand, framed));
             }
             let (info, svc) = (req.info, req.svc);
             match connect_or_reuse(worker, view, down, req, prep, &relay).await {
@@ -228,7 +235,6 @@ pub async fn forward(
     worker.recycle(in_hand);
     worker.recycle(up_out);
     worker.recycle(rest);
-    worker.recycle(fwd);
     after
 }
 

@@ -158,22 +158,11 @@ pub fn prepare(
 /// The framing line [`prepare`] writes last for a chunked body.
 const TE_CHUNKED: &[u8] = b"transfer-encoding: chunked\r\n";
 
-/// Writes into `out` the header block `fwd` that [`prepare`] wrote for a chunked body, with
-/// `content-length: n` as its framing instead: the gateway read the body whole before
-/// sending it (`limits.buffer_request_body`). False, and `out` untouched, for any other
-/// block.
-pub fn with_length(fwd: &[u8], n: u64, out: &mut Vec<u8>) -> bool {
-    let Some(fields) = fwd
-        .strip_suffix(b"\r\n")
-        .and_then(|f| f.strip_suffix(TE_CHUNKED))
-    else {
-        return false;
-    };
-    out.extend_from_slice(fields);
-    out.extend_from_slice(b"content-length: ");
-    h1::push_dec(out, n);
-    out.extend_from_slice(b"\r\n\r\n");
-    true
+/// The header block `fwd` that [`prepare`] wrote for a chunked body, without its framing
+/// line and the blank line that ends it: the caller frames the body another way. `None`
+/// for any other block.
+pub fn fields_before_chunked(fwd: &[u8]) -> Option<&[u8]> {
+    fwd.strip_suffix(b"\r\n")?.strip_suffix(TE_CHUNKED)
 }
 
 /// Whether `info` is a WebSocket handshake that goes to `service` as one: the service takes

@@ -1174,3 +1174,27 @@ fn a_chunked_body_read_whole_goes_up_with_a_length() {
         assert_eq!(c.read_response().json()["path"], "/next");
     }
 }
+
+/// A chunked body sent up with a length (above) keeps it when the request moves on to
+/// another backend: the resend writes a new head in front of what followed the first one.
+#[test]
+fn a_chunked_body_sent_up_with_a_length_keeps_it_when_resent_elsewhere() {
+    let (resets, _) = backend_hanging_up(HangUp::Reset, false, 8);
+    let healthy = mock_backend();
+    let g = admin_gateway(
+        "limits: {buffer_request_body: 4096}",
+        &format!("  svc: [http://{resets}, http://{}]\n", healthy.addr),
+    );
+    let r = request(
+        g.proc.addr,
+        "PUT /v1/proxy/svc/put HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["port"], healthy.addr.port());
+    assert_eq!(j["body_fnv"], fnv(b"hello world"));
+    assert_eq!(r.echoed("content-length"), ["11"]);
+    assert!(r.echoed("transfer-encoding").is_empty());
+    // It went to the backend that reset it first.
+    assert_eq!(failures_of(g.admin, resets), Some(1.0));
+}
