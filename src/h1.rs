@@ -773,7 +773,7 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 /// would act on such a field as if it were the real one, which we removed or rewrote. Only
 /// names with a `-` can have an alias, but the list is the full set we control.
 pub fn is_underscore_alias(name: &str) -> bool {
-    const CONTROLLED: [&str; 13] = [
+    const CONTROLLED: [&str; 14] = [
         "content-length",
         "transfer-encoding",
         "connection",
@@ -789,6 +789,7 @@ pub fn is_underscore_alias(name: &str) -> bool {
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
+        "x-forwarded-prefix",
     ];
     // Most names have no `_`: one short scan and done.
     memchr::memchr(b'_', name.as_bytes()).is_some()

@@ -86,6 +86,7 @@ pub fn prepare(
             || h1::name_is(name, "expect")
             || h1::name_is(name, "x-forwarded-proto")
             || h1::name_is(name, "x-forwarded-host")
+            || h1::name_is(name, "x-forwarded-prefix")
             || (request_id.is_some() && h1::name_is_cgi(name, crate::reqid::FIELD))
             // merged below into one line each:
             || h1::name_is(name, "x-forwarded-for")
@@ -126,6 +127,14 @@ pub fn prepare(
         fwd.extend_from_slice(b"\r\n");
     }
     fwd.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    // What the client's path had in front of what the backend is sent (Traefik's
+    // `stripPrefix` says it so too): an application behind Werkzeug's `ProxyFix`, Spring's
+    // `ForwardedHeaderFilter` or ASP.NET's forwarded headers builds its links and relative
+    // redirects under it (`/login` took clients to the gateway's 404: two reviews).
+    fwd.extend_from_slice(b"x-forwarded-prefix: ");
+    fwd.extend_from_slice(router::PREFIX.as_bytes());
+    fwd.extend_from_slice(route.service);
+    fwd.extend_from_slice(b"\r\n");
     // A WebSocket handshake to a service that takes them: the two hop-by-hop fields it
     // needs, as we write them (the client's were dropped above with the others).
     if forwards_upgrade(p.info, &view.snapshot.services[svc]) {

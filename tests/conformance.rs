@@ -1324,6 +1324,8 @@ fn hop_vectors() -> Vec<V> {
         ok_get("Connection: X-Forwarded-Proto cannot remove ours", get_with("Connection: X-Forwarded-Proto\r\n")).has("x-forwarded-proto", "http"),
         ok_get("client X-Forwarded-Proto replaced", get_with("X-Forwarded-Proto: https\r\n")).has("x-forwarded-proto", "http"),
         ok_get("client X-Forwarded-Host replaced", get_with("X-Forwarded-Host: evil\r\n")).has("x-forwarded-host", "gw"),
+        ok_get("client X-Forwarded-Prefix replaced", get_with("X-Forwarded-Prefix: /evil\r\n")).has("x-forwarded-prefix", "/v1/proxy/svc"),
+        ok_get("Connection: X-Forwarded-Prefix cannot remove ours", get_with("Connection: X-Forwarded-Prefix\r\n")).has("x-forwarded-prefix", "/v1/proxy/svc"),
         ok_get("client X-Forwarded-For appended", get_with("X-Forwarded-For: 1.2.3.4\r\n")).has("x-forwarded-for", "1.2.3.4, 127.0.0.1"),
         ok_get("client Via appended", get_with("Via: 1.0 edge\r\n")).has("via", "1.0 edge, 1.1 gateway"),
         ok_get("Connection: X-Forwarded-For drops the client's list", get_with("Connection: X-Forwarded-For\r\nX-Forwarded-For: 6.6.6.6\r\n")).has("x-forwarded-for", "127.0.0.1"),

@@ -310,8 +310,13 @@ fn forwarding_headers_are_appended() {
     let (b, g) = one_backend("");
     let r = request(
         g.addr,
-        "GET /v1/proxy/svc/f HTTP/1.1\r\nHost: public.example\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\nVia: 1.1 edge\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\r\n",
+        "GET /v1/proxy/svc/f HTTP/1.1\r\nHost: public.example\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\nVia: 1.1 edge\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Prefix: /evil\r\nX_Forwarded_Prefix: /evil2\r\n\r\n",
     );
+    // The path the client's request had in front of what the backend is sent (two
+    // reviews: relative redirects and links left the service's path); the client's own,
+    // and its CGI alias, never reach the backend.
+    assert_eq!(r.echoed("x-forwarded-prefix"), ["/v1/proxy/svc"]);
+    assert!(r.echoed("x_forwarded_prefix").is_empty());
     assert_eq!(r.echoed("x-forwarded-for"), ["1.2.3.4, 5.6.7.8, 127.0.0.1"]);
     assert_eq!(r.echoed("via"), ["1.1 edge, 1.1 gateway"]);
     assert_eq!(r.echoed("x-forwarded-proto"), ["http"]);
