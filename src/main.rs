@@ -107,9 +107,11 @@ fn main() -> ExitCode {
         let (line, warning) = gateway::fdlimit::budget(&cfg, fds);
         text +=
             &format!("descriptors: a gateway started here would have a limit of {fds}; {line}\n");
+        let metrics = gateway::metrics::beyond_tables(services as usize, backends as usize);
         for w in warning
             .into_iter()
             .chain(gateway::server::start_warnings(&cfg))
+            .chain(metrics)
         {
             text += &format!("warning: {w}\n");
         }
