@@ -133,7 +133,10 @@ pub async fn forward(
         Ok(()) => {
             if whole_or_chunk {
                 let mut framed = worker.buffer_for(in_hand.len() + 64);
-                match rewrite::fields_before_chunked(prep.fwd).filter(|_| relay.done) {
+                // Only a body of at most that size, however much one read brought (a
+                // review: up to 8 KiB went with a length when it came at once).
+                let whole = relay.done && in_hand.len() as u64 <= cfg.limits.buffer_request_body;
+                match rewrite::fields_before_chunked(prep.fwd).filter(|_| whole) {
                     // The length line ends the head as the first bytes behind it, so that
                     // a resend to another backend, which writes a new head in front of what
                     // followed the old one, keeps it.

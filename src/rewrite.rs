@@ -311,7 +311,18 @@ fn moved_to<'v>(value: &'v [u8], url: &BackendUrl) -> Option<&'v [u8]> {
         return None;
     }
     let rest = value[origin.len()..].strip_prefix(url.path_prefix.as_bytes())?;
-    matches!(rest.first(), None | Some(b'/' | b'?' | b'#')).then_some(rest)
+    if !matches!(rest.first(), None | Some(b'/' | b'?' | b'#')) {
+        return None;
+    }
+    // Its path, judged as the router judges a client's: a dot segment in any encoding
+    // would take the client out of the service's path once it resolves it
+    // (`/api/../q/x` as `/v1/proxy/p/../q/x` is service q's `/x`: a review).
+    let path = &rest[..rest
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(rest.len())];
+    let path = std::str::from_utf8(path).ok()?;
+    (router::judge_path(path) != router::Path::Unsafe).then_some(rest)
 }
 
 /// The one `Location` field of `p` that [`moved_to`] rewrites, as its rest; `None` when
@@ -502,6 +513,13 @@ mod tests {
             ("https://api.local:8080/v2/x", None),
             ("//api.local:8080/v2/x", None),
             ("http://api.local:8080", None),
+            // Out of the prefix once resolved (a review): left as sent.
+            ("http://api.local:8080/v2/../q/x", None),
+            ("http://api.local:8080/v2/%2e%2E/q/x", None),
+            ("http://api.local:8080/v2/x/./y", None),
+            ("http://api.local:8080/v2/a%5c..%5cb", None),
+            ("http://api.local:8080/v2/x?next=../q", Some("/x?next=../q")),
+            ("http://api.local:8080/v2/x#../q", Some("/x#../q")),
         ] {
             let got = moved_to(value.as_bytes(), &url);
             assert_eq!(got, rest.map(str::as_bytes), "{value}");

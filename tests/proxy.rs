@@ -1088,6 +1088,11 @@ fn a_redirect_to_the_backends_own_address_points_at_the_gateway() {
         ("a", "http://example.com/x", ""),
         ("a", "/relative/x", ""),
         ("a", "https://127.0.0.1/x", ""),
+        // Out of the service's path once a client resolves it: service p's backend sending
+        // its own `/q/secret` (a review saw `/v1/proxy/p/../q/secret`, service q's).
+        ("p", &format!("http://{at}/api/../q/secret"), ""),
+        ("p", &format!("http://{at}/api/%2e%2e/q/secret"), ""),
+        ("a", &format!("http://{at}/../x"), ""),
     ];
     for &(svc, location, want) in cases {
         b.set(Mode::Reply(
@@ -1142,27 +1147,40 @@ fn a_chunked_body_read_whole_goes_up_with_a_length() {
         out
     };
     let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-    for (len, piece, whole) in [
-        (0, 1, true),
-        (1, 1, true),
-        (4096, 100, true),
-        (4096, 4096, true),
-        (4097, 7, false),
-        (10_000, 3000, false),
+    // (body length, chunk size, sent with a length, sent in one write behind the head)
+    for (len, piece, whole, at_once) in [
+        (0, 1, true, false),
+        (1, 1, true, false),
+        (4096, 100, true, false),
+        (4096, 4096, true, false),
+        (4096, 4096, true, true),
+        (4097, 7, false, false),
+        (4097, 4097, false, false),
+        // Longer than the buffer but read whole at once: chunked all the same (a review
+        // saw bodies up to about 8 KiB sent with a length when one read brought them).
+        (4097, 4097, false, true),
+        (8000, 1000, false, true),
+        (10_000, 3000, false, false),
     ] {
         let body = &body[..len];
         let mut c = Client::connect(g.addr);
-        c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n");
-        // In pieces, so the gateway reads the body over several reads; the last chunk
-        // (its end) after a pause, so that a longer body is seen not to end in time.
+        let head =
+            b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n";
         let wire = chunked(body, piece);
-        let last = wire.len() - b"0\r\nX-Trailer: t\r\n\r\n".len();
-        for part in wire[..last].chunks(1500) {
-            c.send(part);
-            std::thread::sleep(Duration::from_millis(1));
+        if at_once {
+            c.send(&[&head[..], &wire].concat());
+        } else {
+            // In pieces, so the gateway reads the body over several reads; the last chunk
+            // (its end) after a pause, so that a longer body is seen not to end in time.
+            c.send(head);
+            let last = wire.len() - b"0\r\nX-Trailer: t\r\n\r\n".len();
+            for part in wire[..last].chunks(1500) {
+                c.send(part);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            c.send(&wire[last..]);
         }
-        std::thread::sleep(Duration::from_millis(50));
-        c.send(&wire[last..]);
         let r = c.read_response();
         assert_eq!(r.status, 200, "{len}");
         let j = r.json();
