@@ -64,10 +64,11 @@ pub async fn forward(
     let cfg = &view.snapshot.config;
     let timeouts = cfg.timeouts;
     let framing = req.info.framing;
-    // A chunked body the gateway buffers is held decoded: read whole, it goes up with a
-    // `Content-Length` (servers that read only that, Python's `http.server` and `wsgiref`,
-    // took a chunked upload for an empty body and answered 200: a review); longer, what
-    // was held goes up as one chunk and the rest as it comes.
+    // A chunked body the gateway buffers is held decoded: read whole and no longer than
+    // `buffer_request_body`, it goes up with a `Content-Length` (servers that read only
+    // that, Python's `http.server` and `wsgiref`, took a chunked upload for an empty body
+    // and answered 200: a review); otherwise what was held goes up as one chunk and the
+    // rest as it comes.
     let whole_or_chunk = framing == Framing::Chunked && cfg.limits.buffer_request_body > 0;
     let mut relay = BodyRelay::new(
         framing,
