@@ -22,6 +22,10 @@ use crate::breaker::Policy;
 use crate::config::{BackendUrl, BreakerSettings, Config};
 use crate::metrics::{WorkerCell, MAX_SERVICES, MAX_SLOTS};
 
+/// How long after a snapshot is installed the heap is trimmed: requests that began on the
+/// old one have ended by then, as a rule (one that has not keeps its part until the next).
+const TRIM_AFTER_INSTALL_MS: u64 = 3000;
+
 /// The process clock the breakers count in (ms since first use).
 pub fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -245,6 +249,9 @@ pub struct Shared {
     pub fd_limit: u64,
     /// A worker saw a burst of connections end: the heap should be trimmed.
     pub heap_trim: AtomicBool,
+    /// When (`now_ms`) the heap should be trimmed after a snapshot was installed, once the
+    /// old one has most likely been dropped; 0: not asked.
+    trim_after_install: AtomicU64,
     /// The admin thread waits for a descriptor (out of them): workers that run out too
     /// free theirs but leave them, rather than take each one back at once for a client of
     /// their own (`admin.rs`, [`crate::worker::Worker::accept_failed`]).
@@ -292,6 +299,7 @@ impl Shared {
             cluster: OnceLock::new(),
             fd_limit: crate::fdlimit::current(),
             heap_trim: AtomicBool::new(false),
+            trim_after_install: AtomicU64::new(0),
             admin_short: AtomicBool::new(false),
             cut_at_drain: AtomicUsize::new(0),
         })
@@ -299,8 +307,18 @@ impl Shared {
 
     /// Gives the allocator's free memory back to the system if a worker asked for it
     /// ([`crate::worker::Worker::trim_heap`]); off the workers, about once a second.
+    /// Also a few seconds after a snapshot was installed: a scale review's gateway kept
+    /// 248 MB after a reload from 5 000 services to 10, the old snapshot's memory free in
+    /// the allocator but never returned.
     pub fn trim_heap_if_asked(&self) {
-        if self.heap_trim.swap(false, Ordering::Relaxed) {
+        let after = self.trim_after_install.load(Ordering::Relaxed);
+        let installed = after != 0
+            && now_ms() >= after
+            && self
+                .trim_after_install
+                .compare_exchange(after, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if self.heap_trim.swap(false, Ordering::Relaxed) || installed {
             #[cfg(target_env = "gnu")]
             // SAFETY: malloc_trim(3) has no preconditions; it only returns free memory.
             unsafe {
@@ -342,7 +360,7 @@ impl Shared {
         let (snapshot, report) = build(&mut reg, config, generation);
         let snapshot = Arc::new(snapshot);
         reg.remember(&snapshot);
-        self.current.store(snapshot);
+        self.store(snapshot);
         (generation, report)
     }
 
@@ -372,8 +390,16 @@ impl Shared {
         let (snapshot, _) = build(&mut reg, current.config.clone(), current.generation);
         let snapshot = Arc::new(snapshot);
         reg.remember(&snapshot);
-        self.current.store(snapshot);
+        self.store(snapshot);
         true
+    }
+
+    /// Makes `snapshot` the running one, and asks for the heap to be trimmed once the old
+    /// one is most likely gone ([`Self::trim_heap_if_asked`]).
+    fn store(&self, snapshot: Arc<Snapshot>) {
+        self.current.store(snapshot);
+        self.trim_after_install
+            .store(now_ms() + TRIM_AFTER_INSTALL_MS, Ordering::Relaxed);
     }
 
     /// Frees the ids that no alive snapshot uses any more and zeroes their counters.

@@ -1290,3 +1290,44 @@ fn an_idle_keep_alive_connection_uses_the_reloaded_config() {
         "served on the config from before the reload"
     );
 }
+
+/// A scale review: after a reload from 5 000 services to 10 the gateway kept 248 MB, the
+/// old snapshots' memory free in the allocator but never given back. The heap is now
+/// trimmed a few seconds after a snapshot is installed.
+#[test]
+fn a_reload_to_a_small_config_gives_the_memory_back() {
+    let big = {
+        let mut y =
+            String::from("workers: 2\nadmin: 127.0.0.1:0\nlisten: 127.0.0.1:0\nservices:\n");
+        for i in 0..1000 {
+            let urls: Vec<String> = (1..=10)
+                .map(|p| format!("http://127.0.0.1:{p}/s{i}/b{p}"))
+                .collect();
+            y += &format!("  svc-{i}: [{}]\n", urls.join(", "));
+        }
+        y
+    };
+    let path = write_config(&big);
+    let g = gateway_at(&path);
+    let pid = g.proc.child.id();
+    for i in 0..4 {
+        signal(&g.proc.child, libc::SIGHUP);
+        wait_generation(g.admin, i + 2);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let before = rss_kib(pid);
+    std::fs::write(
+        &path,
+        "workers: 2\nadmin: 127.0.0.1:0\nlisten: 127.0.0.1:0\nservices:\n  a: [http://127.0.0.1:1]\n",
+    )
+    .unwrap();
+    signal(&g.proc.child, libc::SIGHUP);
+    wait_generation(g.admin, 6);
+    let given_back = eventually(Duration::from_secs(15), || rss_kib(pid) * 10 < before * 6);
+    assert!(
+        given_back,
+        "RSS {} KiB before the shrink, {} KiB after",
+        before,
+        rss_kib(pid)
+    );
+}
