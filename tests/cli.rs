@@ -64,6 +64,13 @@ fn check_warns_when_metrics_cannot_count_every_service_and_backend() {
     ] {
         let (code, text) = check(&yaml);
         assert_eq!(code, Some(0), "{text}");
+        // The first 100 services are listed, the rest counted (2.2 MB at 5 000 before).
+        let listed = text.lines().filter(|l| l.starts_with("service ")).count();
+        assert_eq!(listed, 100, "{text:.2000}");
+        assert!(
+            text.contains(" more services (all of them in /admin/config)"),
+            "{text:.2000}"
+        );
         let says = text.contains("warning: metrics:")
             && text.contains("gateway_metric_ids_exhausted_total");
         assert_eq!(says, warned, "{}", text.lines().last().unwrap_or_default());
