@@ -494,8 +494,10 @@ enum HangUp {
 
 /// A backend that answers the first request it gets (`first` in the body) when
 /// `answer_first`, then hangs up on every later request without a byte of answer, `how`
-/// says. It serves `conns` connections one after the other, then stops listening (a later
-/// connect is refused). Returns its address and how many request heads it saw.
+/// says. It serves `conns` connections one after the other, and stops listening as it
+/// accepts the last (a later connect is refused, never queued behind it and reset when the
+/// thread ends: that race made `a_request_never_goes_back_to_a_backend_it_tried` flaky).
+/// Returns its address and how many request heads it saw.
 fn backend_hanging_up(
     how: HangUp,
     answer_first: bool,
@@ -506,8 +508,14 @@ fn backend_hanging_up(
     let addr = l.local_addr().unwrap();
     let t = std::thread::spawn(move || {
         let (mut seen, mut answered) = (0, !answer_first);
-        for _ in 0..conns {
-            let Ok((mut s, _)) = l.accept() else { break };
+        let mut l = Some(l);
+        for i in 0..conns {
+            let Some(Ok((mut s, _))) = l.as_ref().map(|l| l.accept()) else {
+                break;
+            };
+            if i + 1 == conns {
+                l = None;
+            }
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let mut peeked = vec![0u8; 64 * 1024];
             loop {
@@ -534,7 +542,6 @@ fn backend_hanging_up(
                     .unwrap();
             }
         }
-        drop(l);
         seen
     });
     (addr, t)
