@@ -711,6 +711,15 @@ fn a_timed_out_head_counts_for_its_service_with_the_access_log_off() {
     );
 }
 
+/// `child` as a [`Proc`], so that a failed assertion still stops it by its PID.
+fn stopped_on_drop(child: std::process::Child) -> Proc {
+    Proc {
+        child,
+        addr: ([127, 0, 0, 1], 0).into(),
+        config: None,
+    }
+}
+
 /// The address after `prefix` on a line of the file `log`, waiting up to 10 s for it.
 fn address_in(log: &std::path::Path, prefix: &str) -> std::net::SocketAddr {
     let mut found = None;
@@ -747,15 +756,17 @@ fn with_the_access_log_on_stdout_stdout_is_the_access_log_alone() {
         .spawn()
         .expect("spawn");
     let mut out = child.stdout.take().expect("stdout");
+    // Stopped by its PID if an assertion fails first.
+    let mut g = stopped_on_drop(child);
     let addr = address_in(&log, "listening on ");
     let admin = address_in(&log, "admin on ");
     for i in 0..3 {
         assert_eq!(get(addr, &format!("/v1/proxy/svc/{i}")).status, 200);
     }
     assert_eq!(get(admin, "/healthz").status, 200);
-    signal(&child, libc::SIGTERM);
+    signal(&g.child, libc::SIGTERM);
     let t = std::time::Instant::now();
-    exits_cleanly(&mut child, t);
+    exits_cleanly(&mut g.child, t);
     let mut text = String::new();
     out.read_to_string(&mut text).expect("stdout");
     let _ = std::fs::remove_file(&log);
@@ -790,6 +801,7 @@ fn access_log_lines_a_stuck_writer_holds_at_exit_are_reported_lost() {
         .expect("spawn");
     // The address is on stderr (stdout is the access log); stdout is never read.
     let out = child.stdout.take().expect("stdout");
+    let mut g = stopped_on_drop(child);
     let addr = address_in(&log, "listening on ");
     let mut c = Client::connect(addr);
     let long = "x".repeat(400);
@@ -799,9 +811,9 @@ fn access_log_lines_a_stuck_writer_holds_at_exit_are_reported_lost() {
     }
     drop(c);
     std::thread::sleep(Duration::from_millis(1500)); // the writer takes its batches and blocks
-    signal(&child, libc::SIGTERM);
+    signal(&g.child, libc::SIGTERM);
     let t = std::time::Instant::now();
-    let _ = exit_status(&mut child, t, Duration::from_secs(10), "no exit");
+    let _ = exit_status(&mut g.child, t, Duration::from_secs(10), "no exit");
     drop(out);
     let err = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
