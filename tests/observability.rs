@@ -711,13 +711,37 @@ fn a_timed_out_head_counts_for_its_service_with_the_access_log_off() {
     );
 }
 
-/// `child` as a [`Proc`], so that a failed assertion still stops it by its PID.
-fn stopped_on_drop(child: std::process::Child) -> Proc {
-    Proc {
+/// A one-worker gateway serving `svc` at `backend` with `access_log: stdout` and `extra`
+/// config lines, its log (stderr, `RUST_LOG=warn`) in `log`, where it also says where it
+/// listens: the gateway (stopped by its own PID on drop, so a failed assertion leaves none
+/// behind) and its stdout, which is the access log.
+fn gateway_logging_to_stdout(
+    backend: std::net::SocketAddr,
+    extra: &str,
+    log: &std::path::Path,
+) -> (Proc, std::process::ChildStdout) {
+    use std::process::{Command, Stdio};
+    let path = write_config(&config(
+        1,
+        &format!("access_log: stdout\n{extra}"),
+        &format!("  svc: [http://{backend}]\n"),
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(log).expect("log")))
+        .spawn()
+        .expect("spawn");
+    let out = child.stdout.take().expect("stdout");
+    let mut g = Proc {
         child,
         addr: ([127, 0, 0, 1], 0).into(),
-        config: None,
-    }
+        config: Some(path),
+    };
+    g.addr = address_in(log, "listening on ");
+    (g, out)
 }
 
 /// The address after `prefix` on a line of the file `log`, waiting up to 10 s for it.
@@ -739,27 +763,11 @@ fn address_in(log: &std::path::Path, prefix: &str) -> std::net::SocketAddr {
 #[test]
 fn with_the_access_log_on_stdout_stdout_is_the_access_log_alone() {
     use std::io::Read;
-    use std::process::{Command, Stdio};
     let b = mock_backend();
-    let path = write_config(&config(
-        1,
-        "admin: 127.0.0.1:0\naccess_log: stdout\naccess_log_format: json",
-        &format!("  svc: [http://{}]\n", b.addr),
-    ));
     let log = temp_path("json-stdout.err");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
-        .spawn()
-        .expect("spawn");
-    let mut out = child.stdout.take().expect("stdout");
-    // Stopped by its PID if an assertion fails first.
-    let mut g = stopped_on_drop(child);
-    let addr = address_in(&log, "listening on ");
-    let admin = address_in(&log, "admin on ");
+    let extra = "admin: 127.0.0.1:0\naccess_log_format: json";
+    let (mut g, mut out) = gateway_logging_to_stdout(b.addr, extra, &log);
+    let (addr, admin) = (g.addr, address_in(&log, "admin on "));
     for i in 0..3 {
         assert_eq!(get(addr, &format!("/v1/proxy/svc/{i}")).status, 200);
     }
@@ -783,26 +791,11 @@ fn with_the_access_log_on_stdout_stdout_is_the_access_log_alone() {
 /// still held at exit were lost without a word (an operator review). The exit now says so.
 #[test]
 fn access_log_lines_a_stuck_writer_holds_at_exit_are_reported_lost() {
-    use std::process::{Command, Stdio};
     let b = mock_backend();
-    let path = write_config(&config(
-        1,
-        "access_log: stdout\ntimeouts: {drain: 1s}",
-        &format!("  svc: [http://{}]\n", b.addr),
-    ));
     let log = temp_path("stuck-stdout.err");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
-        .spawn()
-        .expect("spawn");
     // The address is on stderr (stdout is the access log); stdout is never read.
-    let out = child.stdout.take().expect("stdout");
-    let mut g = stopped_on_drop(child);
-    let addr = address_in(&log, "listening on ");
+    let (mut g, out) = gateway_logging_to_stdout(b.addr, "timeouts: {drain: 1s}", &log);
+    let addr = g.addr;
     let mut c = Client::connect(addr);
     let long = "x".repeat(400);
     for i in 0..600 {
