@@ -210,8 +210,9 @@ fn stopping_signals(
 /// `dns_refresh`: a thread that re-resolves backend host names at the configured interval
 /// (read again each round, so a SIGHUP can turn it on, off or change it). Every second it
 /// also gives services and backends without metric series ids that have them, once a
-/// reload's parked ids are free ([`reload::rehome_ids`]), and trims the heap when a worker
-/// asks ([`Shared::trim_heap_if_asked`]).
+/// reload's parked ids are free ([`reload::rehome_ids`]), drops the snapshots a reload
+/// replaced once no worker holds them ([`Shared::bury_retired`]), and trims the heap when
+/// a worker asks ([`Shared::trim_heap_if_asked`]).
 fn start_dns_refresh(shared: Arc<Shared>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("dns-refresh".into())
@@ -221,6 +222,7 @@ fn start_dns_refresh(shared: Arc<Shared>) -> std::io::Result<()> {
                 let every = shared.current.load().config.dns_refresh;
                 let next = every.map_or(Duration::MAX, |e| e.saturating_sub(last.elapsed()));
                 std::thread::sleep(next.clamp(Duration::from_millis(10), Duration::from_secs(1)));
+                shared.bury_retired();
                 shared.trim_heap_if_asked();
                 if shared.is_draining() {
                     continue;
