@@ -529,6 +529,7 @@ fn render_core_metrics(shared: &Shared) -> String {
             access_log_dropped: shared.access_log.dropped.load(Ordering::Relaxed),
             access_log_errors: shared.access_log.errors.load(Ordering::Relaxed),
             ids_exhausted: shared.metric_ids_exhausted(),
+            ids_missing: shared.metric_ids_missing(),
             max_fds: crate::fdlimit::current(),
             open_fds: crate::fdlimit::open(),
             process: crate::procstat::read(),

@@ -284,6 +284,8 @@ pub struct Names<'a> {
     pub in_flight: &'a [(String, u64)],
     pub access_log_errors: u64,
     pub ids_exhausted: crate::state::MetricIdsExhausted,
+    /// The running config's services and backends with no series of their own.
+    pub ids_missing: crate::state::MetricIdsExhausted,
     /// The process's descriptors: its limit, and how many are open (`None`: unreadable).
     pub max_fds: u64,
     pub open_fds: Option<u64>,
@@ -599,6 +601,16 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
             "gateway_metric_ids_exhausted_total{{kind=\"{kind}\"}} {v}"
         );
     }
+    // The counter grows on every reload while over the limits, so it reads as churn; this
+    // says how many lack series now (a scale review).
+    let _ = writeln!(w, "# HELP gateway_metric_ids_missing Services and backends of the running config with no series of their own: more than {MAX_SERVICES} services or {MAX_SLOTS} backends at once.");
+    let _ = writeln!(w, "# TYPE gateway_metric_ids_missing gauge");
+    for (kind, v) in [
+        ("service", names.ids_missing.services),
+        ("backend", names.ids_missing.backends),
+    ] {
+        let _ = writeln!(w, "gateway_metric_ids_missing{{kind=\"{kind}\"}} {v}");
+    }
     // The names Prometheus client libraries give these (process collector).
     let _ = writeln!(
         w,
@@ -719,6 +731,10 @@ mod tests {
                     services: 6,
                     backends: 0,
                 },
+                ids_missing: crate::state::MetricIdsExhausted {
+                    services: 2,
+                    backends: 7,
+                },
                 max_fds: 20_000,
                 open_fds: Some(42),
                 process: Some(crate::procstat::ProcStat {
@@ -804,5 +820,7 @@ mod tests {
         assert!(text.contains("gateway_access_log_dropped_batches_total 4\n"));
         assert!(text.contains("gateway_access_log_errors_total 5\n"));
         assert!(text.contains("gateway_metric_ids_exhausted_total{kind=\"service\"} 6\n"));
+        assert!(text.contains("gateway_metric_ids_missing{kind=\"service\"} 2\n"));
+        assert!(text.contains("gateway_metric_ids_missing{kind=\"backend\"} 7\n"));
     }
 }

@@ -167,8 +167,11 @@ struct Registry {
     snapshots: Vec<(u64, Weak<Snapshot>)>,
     /// The last snapshot's epoch.
     epoch: u64,
-    /// Services and backends given an id at or over the metrics limit (no series).
+    /// Services and backends given an id at or over the metrics limit (no series), over
+    /// every build.
     exhausted: MetricIdsExhausted,
+    /// Those of the last build: the running config's shortfall.
+    missing: MetricIdsExhausted,
     admission: crate::admission::Registry,
     /// The probe lease of the running config, and the longer one still owed to probes
     /// admitted before the last reload (lease, until; see [`Policy::prior_lease_ms`]).
@@ -355,6 +358,14 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .exhausted
+    }
+
+    /// Services and backends of the last snapshot built that have no series of their own.
+    pub fn metric_ids_missing(&self) -> MetricIdsExhausted {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .missing
     }
 
     /// Builds a complete snapshot from `config` and stores it in one swap. Ids that no
@@ -552,8 +563,11 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
     )
 }
 
-/// Counts, and logs the first time, the services and backends of a new snapshot whose ids
-/// are over the metrics limits (they are served, but get no series of their own).
+/// Counts the services and backends of a new snapshot whose ids are over the metrics
+/// limits (they are served, but get no series of their own), and warns whenever there are
+/// more of them than in the last build: at start, and on a reload that grows the config
+/// past the limits (until 2026-12-04 only the first time in the life of the process, so an
+/// operator's second growth went unsaid: a scale review).
 fn count_exhausted(reg: &mut Registry, services: &[Service]) {
     let over_s = services.iter().filter(|s| s.id >= MAX_SERVICES).count() as u64;
     let over_b = services
@@ -561,13 +575,18 @@ fn count_exhausted(reg: &mut Registry, services: &[Service]) {
         .flat_map(|s| &s.backends)
         .filter(|b| b.slot >= MAX_SLOTS)
         .count() as u64;
+    let before = reg.missing;
+    if over_s > before.services {
+        log::warn!("metrics: more than {MAX_SERVICES} services at once: {over_s} get no series of their own (gateway_metric_ids_missing{{kind=\"service\"}})");
+    }
+    if over_b > before.backends {
+        log::warn!("metrics: more than {MAX_SLOTS} backends at once: {over_b} get no series of their own (gateway_metric_ids_missing{{kind=\"backend\"}})");
+    }
+    reg.missing = MetricIdsExhausted {
+        services: over_s,
+        backends: over_b,
+    };
     let e = &mut reg.exhausted;
-    if over_s > 0 && e.services == 0 {
-        log::warn!("metrics: more than {MAX_SERVICES} services at once: {over_s} get no series of their own (gateway_metric_ids_exhausted_total{{kind=\"service\"}})");
-    }
-    if over_b > 0 && e.backends == 0 {
-        log::warn!("metrics: more than {MAX_SLOTS} backends at once: {over_b} get no series of their own (gateway_metric_ids_exhausted_total{{kind=\"backend\"}})");
-    }
     e.services += over_s;
     e.backends += over_b;
 }
@@ -798,6 +817,7 @@ mod tests {
                 access_log_dropped: 0,
                 access_log_errors: 0,
                 ids_exhausted: shared.metric_ids_exhausted(),
+                ids_missing: shared.metric_ids_missing(),
                 in_flight: &[],
                 max_fds: 1024,
                 open_fds: None,
@@ -915,5 +935,18 @@ mod tests {
                 .count(),
             3
         );
+        let missing = |services| MetricIdsExhausted {
+            services,
+            backends: 0,
+        };
+        assert_eq!(shared.metric_ids_missing(), missing(3));
+        // The counter grows with every build over the limits; the gauge says what is
+        // short now.
+        shared.install(cfg(&text));
+        assert_eq!(shared.metric_ids_exhausted().services, 6);
+        assert_eq!(shared.metric_ids_missing(), missing(3));
+        shared.install(cfg("services:\n  s0: [http://127.0.0.1:1]\n"));
+        assert_eq!(shared.metric_ids_missing(), missing(0));
+        assert_eq!(shared.metric_ids_exhausted().services, 6);
     }
 }

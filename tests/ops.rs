@@ -1291,6 +1291,63 @@ fn an_idle_keep_alive_connection_uses_the_reloaded_config() {
     );
 }
 
+/// Regression (a scale review): the warning that services or backends get no metric series
+/// came once in the life of the process, so a reload that grew the config past the
+/// metrics tables again said nothing. It now comes whenever a build has more of them than
+/// the last, and `gateway_metric_ids_missing` says how many lack series now.
+#[test]
+fn every_reload_that_grows_past_the_metrics_tables_warns() {
+    let b = mock_backend();
+    let head = "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\n";
+    let yaml = |n: usize| {
+        let mut y = format!("{head}services:\n");
+        for i in 0..n {
+            y.push_str(&format!("  s{i}: [http://{}/{i}]\n", b.addr));
+        }
+        y
+    };
+    let path = write_config(&yaml(10));
+    let log = std::env::temp_dir().join(format!("gateway-ops-{}-series.log", std::process::id()));
+    let g = gateway_at_logging_to(&path, &log);
+    let warned = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" WARN ") && l.contains("get no series of their own"))
+            .count()
+    };
+    let missing = || {
+        let m = metrics(g.admin);
+        m.lines()
+            .find_map(|l| l.strip_prefix("gateway_metric_ids_missing{kind=\"service\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    // (services, then: warnings in all, services without series).
+    for (generation, (n, warnings, short)) in [(1027, 1, 3), (1027, 1, 3), (10, 1, 0), (1030, 2, 6)]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(&path, yaml(n)).expect("write config");
+        signal(&g.proc.child, libc::SIGHUP);
+        let want = generation as u64 + 2;
+        assert!(
+            eventually(Duration::from_secs(20), || get(g.admin, "/healthz").json()
+                ["generation"]
+                .as_u64()
+                == Some(want)),
+            "reload to {n} services"
+        );
+        // Ids parked by the shrink are reused within about a second of the last reload.
+        assert!(
+            eventually(Duration::from_secs(10), || missing() == Some(short)),
+            "{n} services: {:?} without series",
+            missing()
+        );
+        assert_eq!(warned(), warnings, "{n} services");
+    }
+    let _ = std::fs::remove_file(&log);
+}
+
 /// A scale review: after a reload from 5 000 services to 10 the gateway kept 248 MB, the
 /// old snapshots' memory free in the allocator but never given back. The heap is now
 /// trimmed a few seconds after a snapshot is installed.
