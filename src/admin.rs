@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::breaker::{self, retry_after_ms, Snapshot as Word, CLOSED};
 use crate::metrics::{self, WorkerMetrics};
+use crate::renders::{Answer, Renders};
 use crate::state::{now_ms, Shared};
 
 /// Admin connections served at once. At the cap a new connection evicts the oldest one
@@ -41,16 +42,22 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     let conns = Arc::new(Conns::new(MAX_CONNECTIONS));
+    let renders = Arc::new(Renders::new(crate::renders::BUDGET));
     std::thread::Builder::new()
         .name("admin".into())
-        .spawn(move || accept_loop(&listener, &shared, &conns))?;
+        .spawn(move || accept_loop(&listener, &shared, &conns, &renders))?;
     log::info!("admin listening on {bound}");
     Ok(bound)
 }
 
 /// Accepts for ever; never blocks on a client (admission and eviction are a lock held
 /// for a scan of at most `2 * MAX_CONNECTIONS` slots, a `dup`, a `shutdown` and a spawn).
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, conns: &Arc<Conns>) {
+fn accept_loop(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    conns: &Arc<Conns>,
+    renders: &Arc<Renders>,
+) {
     let mut reserve = Reserve::default();
     reserve.refill();
     loop {
@@ -93,12 +100,12 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, conns: &Arc<Conns>)
             log::debug!("admin: connection closed at once: at the cap, evictions still finishing");
             continue; // dropped: closed at once
         };
-        let (shared, owner) = (shared.clone(), conns.clone());
+        let (shared, owner, renders) = (shared.clone(), conns.clone(), renders.clone());
         let spawned = std::thread::Builder::new()
             .name("admin-conn".into())
             .spawn(move || {
                 let _slot = Release(&owner, id);
-                if let Err(e) = handle(stream, accepted, &shared, &owner, id) {
+                if let Err(e) = handle(stream, accepted, &shared, &owner, id, &renders) {
                     log::debug!("admin: {e}");
                 }
             });
@@ -249,6 +256,7 @@ fn handle(
     shared: &Shared,
     conns: &Conns,
     id: u64,
+    renders: &Renders,
 ) -> std::io::Result<()> {
     let head_deadline = accepted + HEAD_DEADLINE;
     let mut head_only = false;
@@ -294,6 +302,7 @@ fn handle(
         deadline: Instant::now() + WRITE_DEADLINE,
         head_only,
         large: false,
+        retry_after: false,
     };
     let target = match head {
         Ok(target) => target,
@@ -324,21 +333,21 @@ fn handle(
                 body.to_string().as_bytes(),
             )
         }
-        "/metrics" => {
-            let text = render_metrics(shared);
-            respond(
-                &mut out,
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                text.as_bytes(),
-            )
+        "/metrics" | "/admin/backends" | "/admin/cluster" | "/admin/config" => {
+            match renders.get(&target, || render(path, query, shared)) {
+                Some(a) => respond(&mut out, a.status, a.content_type, &a.body),
+                // Past the budget of large answers held at once (see `renders.rs`).
+                None => {
+                    out.retry_after = true;
+                    respond(
+                        &mut out,
+                        503,
+                        "application/json",
+                        b"{\"error\":\"admin_busy\"}\n",
+                    )
+                }
+            }
         }
-        "/admin/backends" => match wanted_services(query, shared) {
-            Ok(only) => respond_json(&mut out, backends(shared, only.as_deref())),
-            Err(body) => respond(&mut out, 404, "application/json", body.as_bytes()),
-        },
-        "/admin/cluster" => respond_json(&mut out, cluster(shared)),
-        "/admin/config" => respond_json(&mut out, config(shared)),
         _ => respond(
             &mut out,
             404,
@@ -351,6 +360,23 @@ fn handle(
         shared.heap_trim.store(true, Ordering::Relaxed);
     }
     answered
+}
+
+/// The answer to one of the rendered paths (`/metrics` and the `/admin/` ones).
+fn render(path: &str, query: &str, shared: &Shared) -> Answer {
+    match path {
+        "/metrics" => Answer::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render_metrics(shared).into_bytes(),
+        ),
+        "/admin/backends" => match wanted_services(query, shared) {
+            Ok(only) => json_answer(backends(shared, only.as_deref())),
+            Err((status, body)) => Answer::new(status, "application/json", body.into_bytes()),
+        },
+        "/admin/cluster" => json_answer(cluster(shared)),
+        _ => json_answer(config(shared)),
+    }
 }
 
 /// After an answer to a refused head, whose rest may still be coming: stops writing, then
@@ -381,8 +407,10 @@ struct Out<'a> {
     deadline: Instant,
     /// A HEAD request: the same head as for GET (`content-length` included), no body.
     head_only: bool,
-    /// The answer was over [`LARGE_ANSWER`].
+    /// The answer was over [`crate::renders::LARGE`].
     large: bool,
+    /// A 503 the client may retry in a second: says `retry-after: 1`.
+    retry_after: bool,
 }
 
 impl Out<'_> {
@@ -409,14 +437,14 @@ impl Out<'_> {
     }
 }
 
-/// Answers with `v`, serialized first and dropped before the write: the tree of a large
+/// `v` as a 200 answer, serialized, and dropped before the write: the tree of a large
 /// answer is several times its text (a scale review: about 145 MB for the 18 MB
 /// `/admin/backends` of 5 000 services, held for as long as a slow reader took).
-fn respond_json(s: &mut Out<'_>, v: Value) -> std::io::Result<()> {
+fn json_answer(v: Value) -> Answer {
     let mut body = serde_json::to_vec_pretty(&v).unwrap_or_default();
     drop(v);
     body.push(b'\n');
-    respond(s, 200, "application/json", &body)
+    Answer::new(200, "application/json", body)
 }
 
 fn respond(s: &mut Out<'_>, status: u16, content_type: &str, body: &[u8]) -> std::io::Result<()> {
@@ -428,10 +456,10 @@ fn respond(s: &mut Out<'_>, status: u16, content_type: &str, body: &[u8]) -> std
         _ => "Service Unavailable",
     };
     // 405 says what is allowed (RFC 9110 §15.5.6).
-    let allow = if status == 405 {
-        "allow: GET, HEAD\r\n"
-    } else {
-        ""
+    let allow = match status {
+        405 => "allow: GET, HEAD\r\n",
+        503 if s.retry_after => "retry-after: 1\r\n",
+        _ => "",
     };
     // `Date`, as on every answer the gateway makes (RFC 9110 §6.6.1; an operator review
     // found the admin API's without one).
@@ -444,8 +472,9 @@ fn respond(s: &mut Out<'_>, status: u16, content_type: &str, body: &[u8]) -> std
         String::from_utf8_lossy(&date),
         body.len()
     );
-    s.large |= body.len() > LARGE_ANSWER;
-    if s.head_only || body.len() > LARGE_ANSWER {
+    let large = body.len() > crate::renders::LARGE;
+    s.large |= large;
+    if s.head_only || large {
         // Not copied behind the head: a second 12 MB for a large `/metrics`.
         s.write_all(head.as_bytes())?;
         return match s.head_only {
@@ -457,11 +486,6 @@ fn respond(s: &mut Out<'_>, status: u16, content_type: &str, body: &[u8]) -> std
     out.extend_from_slice(body);
     s.write_all(&out)
 }
-
-/// An answer over this many bytes is written apart from its head, and the heap is trimmed
-/// after it (a scale review: a 5 000-service `/admin/backends` left the gateway 150 MB
-/// larger once answered).
-const LARGE_ANSWER: usize = 1 << 20;
 
 fn render_metrics(shared: &Shared) -> String {
     let mut text = render_core_metrics(shared);
@@ -546,13 +570,22 @@ fn wall(ms: u64, now: u64) -> String {
 /// The services `/admin/backends?service=a&service=b` asks for (all without a `service`
 /// parameter: a scale review's 5 000 services made the whole answer 18 MB, with no way to
 /// ask for less). A name that is not configured is a 404 naming it, not an empty list that
-/// a typo would leave unexplained; other parameters are ignored.
-fn wanted_services(query: &str, shared: &Shared) -> Result<Option<Vec<String>>, String> {
-    let names: Vec<String> = query
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("service="))
-        .map(str::to_string)
-        .collect();
+/// a typo would leave unexplained; any other parameter is a 400 naming it (until
+/// 2026-12-04 ignored, so `?SERVICE=a` or `?service[]=a` got the whole 18 MB: a scale
+/// re-review).
+fn wanted_services(query: &str, shared: &Shared) -> Result<Option<Vec<String>>, (u16, String)> {
+    let mut names = Vec::new();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=') {
+            Some(("service", name)) => names.push(name.to_string()),
+            None if kv == "service" => names.push(String::new()),
+            _ => {
+                let parameter = kv.split_once('=').map_or(kv, |(k, _)| k);
+                let body = json!({"error": "unknown_parameter", "parameter": parameter, "accepted": ["service"]});
+                return Err((400, format!("{body}\n")));
+            }
+        }
+    }
     if names.is_empty() {
         return Ok(None);
     }
@@ -561,9 +594,12 @@ fn wanted_services(query: &str, shared: &Shared) -> Result<Option<Vec<String>>, 
         .iter()
         .find(|n| snap.service_index(n.as_bytes()).is_none())
     {
-        Some(unknown) => Err(format!(
-            "{}\n",
-            json!({"error": "service_not_found", "service": unknown})
+        Some(unknown) => Err((
+            404,
+            format!(
+                "{}\n",
+                json!({"error": "service_not_found", "service": unknown})
+            ),
         )),
         None => Ok(Some(names)),
     }

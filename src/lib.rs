@@ -64,6 +64,7 @@ pub mod redact;
 pub mod redis_link;
 pub mod relay;
 pub mod reload;
+pub mod renders;
 pub mod reqid;
 pub mod rewrite;
 pub mod router;

@@ -369,7 +369,7 @@ fn a_large_metrics_answer_read_slowly_arrives_whole() {
 
 /// A scale review: at 5 000 services `/admin/backends` was 18 MB, with no way to ask for
 /// less. `?service=NAME` (repeatable) answers for those services only; a name that is not
-/// configured is a 404 naming it.
+/// configured is a 404 naming it, and any other parameter a 400 naming it.
 #[test]
 fn admin_backends_answers_for_the_services_asked_for() {
     let b = mock_backend();
@@ -391,7 +391,23 @@ fn admin_backends_answers_for_the_services_asked_for() {
     assert_eq!(names(""), ["a", "b", "c"]);
     assert_eq!(names("?service=b"), ["b"]);
     assert_eq!(names("?service=c&service=a"), ["a", "c"]);
-    assert_eq!(names("?other=1"), ["a", "b", "c"]);
+    assert_eq!(names("?service=b&"), ["b"]);
+    // Any other parameter is refused, naming it: a mistyped `service` used to get the whole
+    // answer (a scale re-review).
+    for (query, parameter) in [
+        ("?other=1", "other"),
+        ("?SERVICE=a", "SERVICE"),
+        ("?service[]=a", "service[]"),
+        ("?service=a&verbose", "verbose"),
+    ] {
+        let r = get(g.admin, &format!("/admin/backends{query}"));
+        assert_eq!(r.status, 400, "{query}");
+        assert_eq!(
+            (r.json()["error"].as_str(), r.json()["parameter"].as_str()),
+            (Some("unknown_parameter"), Some(parameter)),
+            "{query}"
+        );
+    }
     let r = get(g.admin, "/admin/backends?service=a&service=nope");
     assert_eq!(r.status, 404);
     assert_eq!(
