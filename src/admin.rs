@@ -334,7 +334,7 @@ fn handle(
             )
         }
         "/metrics" | "/admin/backends" | "/admin/cluster" | "/admin/config" => {
-            match renders.get(&target, || render(path, query, shared)) {
+            match renders.get(answer_key(path, &target), || render(path, query, shared)) {
                 Some(a) => respond(&mut out, a.status, a.content_type, &a.body),
                 // Past the budget of large answers held at once (see `renders.rs`).
                 None => {
@@ -360,6 +360,16 @@ fn handle(
         shared.heap_trim.store(true, Ordering::Relaxed);
     }
     answered
+}
+
+/// What names an answer among those shared (see `renders.rs`): only `/admin/backends`
+/// reads its query; the others are one answer whatever follows `?`, so a client cannot
+/// make a copy of its own by varying it.
+fn answer_key<'a>(path: &'a str, target: &'a str) -> &'a str {
+    match path {
+        "/admin/backends" => target,
+        _ => path,
+    }
 }
 
 /// The answer to one of the rendered paths (`/metrics` and the `/admin/` ones).
@@ -805,6 +815,23 @@ fn config(shared: &Shared) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_admin_backends_answers_differ_by_query() {
+        assert_eq!(answer_key("/metrics", "/metrics?a=1"), "/metrics");
+        assert_eq!(
+            answer_key("/admin/config", "/admin/config?x"),
+            "/admin/config"
+        );
+        assert_eq!(
+            answer_key("/admin/backends", "/admin/backends?service=a"),
+            "/admin/backends?service=a"
+        );
+        assert_eq!(
+            answer_key("/admin/backends", "/admin/backends"),
+            "/admin/backends"
+        );
+    }
 
     /// A connected pair over 127.0.0.1: (the client's end, the server's end).
     fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
