@@ -42,7 +42,7 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     let conns = Arc::new(Conns::new(MAX_CONNECTIONS));
-    let renders = Arc::new(Renders::new(crate::renders::BUDGET));
+    let renders = Arc::new(Renders::default());
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || accept_loop(&listener, &shared, &conns, &renders))?;
@@ -302,7 +302,6 @@ fn handle(
         deadline: Instant::now() + WRITE_DEADLINE,
         head_only,
         large: false,
-        retry_after: false,
     };
     let target = match head {
         Ok(target) => target,
@@ -334,19 +333,8 @@ fn handle(
             )
         }
         "/metrics" | "/admin/backends" | "/admin/cluster" | "/admin/config" => {
-            match renders.get(answer_key(path, &target), || render(path, query, shared)) {
-                Some(a) => respond(&mut out, a.status, a.content_type, &a.body),
-                // Past the budget of large answers held at once (see `renders.rs`).
-                None => {
-                    out.retry_after = true;
-                    respond(
-                        &mut out,
-                        503,
-                        "application/json",
-                        b"{\"error\":\"admin_busy\"}\n",
-                    )
-                }
-            }
+            let a = renders.get(&answer_key(path, query), || render(path, query, shared));
+            respond(&mut out, a.status, a.content_type, &a.body)
         }
         _ => respond(
             &mut out,
@@ -362,14 +350,19 @@ fn handle(
     answered
 }
 
-/// What names an answer among those shared (see `renders.rs`): only `/admin/backends`
-/// reads its query; the others are one answer whatever follows `?`, so a client cannot
-/// make a copy of its own by varying it.
-fn answer_key<'a>(path: &'a str, target: &'a str) -> &'a str {
-    match path {
-        "/admin/backends" => target,
-        _ => path,
+/// What names an answer among those shared (see `renders.rs`): the path, and for
+/// `/admin/backends` the services asked for, sorted, each once. The other paths read no
+/// query, and empty or repeated parameters change nothing, so a client cannot make a
+/// large copy of its own by varying them (a hostile review held 15 copies of the 17 MB
+/// answer with `?&`, `?&&`, ...). Other parameters stay in it (they make a small 400).
+fn answer_key(path: &str, query: &str) -> String {
+    if path != "/admin/backends" {
+        return path.to_string();
     }
+    let mut parts: Vec<&str> = query.split('&').filter(|kv| !kv.is_empty()).collect();
+    parts.sort_unstable();
+    parts.dedup();
+    format!("{path}?{}", parts.join("&"))
 }
 
 /// The answer to one of the rendered paths (`/metrics` and the `/admin/` ones).
@@ -419,8 +412,6 @@ struct Out<'a> {
     head_only: bool,
     /// The answer was over [`crate::renders::LARGE`].
     large: bool,
-    /// A 503 the client may retry in a second: says `retry-after: 1`.
-    retry_after: bool,
 }
 
 impl Out<'_> {
@@ -454,6 +445,8 @@ fn json_answer(v: Value) -> Answer {
     let mut body = serde_json::to_vec_pretty(&v).unwrap_or_default();
     drop(v);
     body.push(b'\n');
+    // The buffer grew by doubling: up to twice the answer, held while it is read.
+    body.shrink_to_fit();
     Answer::new(200, "application/json", body)
 }
 
@@ -468,7 +461,6 @@ fn respond(s: &mut Out<'_>, status: u16, content_type: &str, body: &[u8]) -> std
     // 405 says what is allowed (RFC 9110 §15.5.6).
     let allow = match status {
         405 => "allow: GET, HEAD\r\n",
-        503 if s.retry_after => "retry-after: 1\r\n",
         _ => "",
     };
     // `Date`, as on every answer the gateway makes (RFC 9110 §6.6.1; an operator review
@@ -817,20 +809,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_admin_backends_answers_differ_by_query() {
-        assert_eq!(answer_key("/metrics", "/metrics?a=1"), "/metrics");
+    fn answers_alike_share_a_key_whatever_the_query_spelling() {
+        assert_eq!(answer_key("/metrics", "a=1"), "/metrics");
+        assert_eq!(answer_key("/admin/config", "x"), "/admin/config");
+        let backends = |q| answer_key("/admin/backends", q);
+        for q in ["", "&", "&&&"] {
+            assert_eq!(backends(q), "/admin/backends?", "{q:?}");
+        }
         assert_eq!(
-            answer_key("/admin/config", "/admin/config?x"),
-            "/admin/config"
+            backends("service=b&service=a"),
+            backends("service=a&&service=b&service=a")
         );
-        assert_eq!(
-            answer_key("/admin/backends", "/admin/backends?service=a"),
-            "/admin/backends?service=a"
-        );
-        assert_eq!(
-            answer_key("/admin/backends", "/admin/backends"),
-            "/admin/backends"
-        );
+        assert_ne!(backends("service=a"), backends("service=b"));
+        assert_ne!(backends("service=a"), backends(""));
     }
 
     /// A connected pair over 127.0.0.1: (the client's end, the server's end).
