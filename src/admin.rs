@@ -359,10 +359,28 @@ fn answer_key(path: &str, query: &str) -> String {
     if path != "/admin/backends" {
         return path.to_string();
     }
-    let mut parts: Vec<&str> = query.split('&').filter(|kv| !kv.is_empty()).collect();
+    let mut parts: Vec<String> = query_parameters(query)
+        .map(|(k, v)| format!("{k}={}", v.unwrap_or_default()))
+        .collect();
     parts.sort_unstable();
     parts.dedup();
     format!("{path}?{}", parts.join("&"))
+}
+
+/// A query's parameters, `name=value` or a bare `name` (value `None`), each percent-decoded
+/// (`?service=svc%2D1` names `svc-1`: a review found it answered 404); empty ones skipped.
+fn query_parameters(query: &str) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+    let decode = |s: &str| match crate::router::percent_decode(s.as_bytes()) {
+        Some(d) => String::from_utf8_lossy(&d).into_owned(),
+        None => s.to_string(),
+    };
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(move |kv| match kv.split_once('=') {
+            Some((k, v)) => (decode(k), Some(decode(v))),
+            None => (decode(kv), None),
+        })
 }
 
 /// The answer to one of the rendered paths (`/metrics` and the `/admin/` ones).
@@ -577,12 +595,10 @@ fn wall(ms: u64, now: u64) -> String {
 /// re-review).
 fn wanted_services(query: &str, shared: &Shared) -> Result<Option<Vec<String>>, (u16, String)> {
     let mut names = Vec::new();
-    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
-        match kv.split_once('=') {
-            Some(("service", name)) => names.push(name.to_string()),
-            None if kv == "service" => names.push(String::new()),
+    for (parameter, value) in query_parameters(query) {
+        match parameter.as_str() {
+            "service" => names.push(value.unwrap_or_default()),
             _ => {
-                let parameter = kv.split_once('=').map_or(kv, |(k, _)| k);
                 let body = json!({"error": "unknown_parameter", "parameter": parameter, "accepted": ["service"]});
                 return Err((400, format!("{body}\n")));
             }

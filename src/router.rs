@@ -124,7 +124,7 @@ pub(crate) fn judge_path(path: &str) -> Path {
 const MAX_DECODES: usize = 4;
 
 /// `b` with each `%XX` (two hex digits) decoded once, or None if it has none.
-fn percent_decode(b: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn percent_decode(b: &[u8]) -> Option<Vec<u8>> {
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -392,6 +392,8 @@ fn admin_backends_answers_for_the_services_asked_for() {
     assert_eq!(names("?service=b"), ["b"]);
     assert_eq!(names("?service=c&service=a"), ["a", "c"]);
     assert_eq!(names("?service=b&"), ["b"]);
+    // Percent-encoded, as a client library may send it (was a 404 naming `%62`).
+    assert_eq!(names("?service=%62&%73ervice=c"), ["b", "c"]);
     // Any other parameter is refused, naming it: a mistyped `service` used to get the whole
     // answer (a scale re-review).
     for (query, parameter) in [
