@@ -93,7 +93,11 @@ pub use state::Shared;
 /// Starts the gateway on `config` (read from `path`, re-read on SIGHUP; the access log is
 /// reopened on SIGHUP and SIGUSR1) and runs until SIGTERM/SIGINT and a graceful drain. A
 /// second SIGTERM/SIGINT exits at once.
-pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
+pub fn run(
+    config: Config,
+    path: PathBuf,
+    pid_file: Option<PathBuf>,
+) -> Result<(), server::StartError> {
     // Signals first, so that none arriving during startup takes the default action.
     // SIGQUIT drains like SIGTERM (NGINX's graceful shutdown) and SIGUSR2 reloads like
     // SIGHUP (HAProxy's master-worker reload): left to their defaults, an operator's habit
@@ -109,6 +113,11 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
     let reloads = Reloader::start(shared.clone(), path, server.access_log.clone())
         .map_err(server::StartError::Thread)?;
+    // Written once serving, so that its presence says so (`--pid-file`).
+    let pid_file = match pid_file {
+        Some(p) => Some(PidFile::write(p)?),
+        None => None,
+    };
     log_startup(&shared, &server, fds);
     for sig in signals.forever() {
         if !on_signal(sig, &reloads, &server) {
@@ -121,7 +130,13 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
         log::info!("stopping: /healthz answers 503; serving as usual for {} (timeouts.drain_grace), then draining (signal again to exit now)", config::duration_text(grace));
         let end = Instant::now() + grace;
         while Instant::now() < end {
-            stopping_signals(&mut signals, &reloads, &server, "without draining");
+            stopping_signals(
+                &mut signals,
+                &reloads,
+                &server,
+                "without draining",
+                pid_file.as_ref(),
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -135,7 +150,7 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     let deadline = Instant::now() + drain + Duration::from_secs(1);
     while !server.finished() && Instant::now() < deadline {
         let what = "without waiting for in-flight requests";
-        stopping_signals(&mut signals, &reloads, &server, what);
+        stopping_signals(&mut signals, &reloads, &server, what, pid_file.as_ref());
         std::thread::sleep(Duration::from_millis(20));
     }
     // The last lines, those of requests the deadline cut among them, are written before the
@@ -169,6 +184,46 @@ pub fn run(config: Config, path: PathBuf) -> Result<(), server::StartError> {
     Ok(())
 }
 
+/// `--pid-file`: this process's ID, written once it serves and removed as it exits (if the
+/// file still names it), so that `kill -USR1 $(cat FILE)` or systemd's `PIDFile=` reach
+/// this gateway alone: logrotate's `kill -USR1 $(pidof gateway)` signalled every gateway on
+/// the host (an operator review).
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: PathBuf) -> Result<PidFile, server::StartError> {
+        // Written whole under another name, then renamed: a reader never sees half of it.
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let written = std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => Ok(PidFile(path)),
+            Err(source) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(server::StartError::PidFile {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+    }
+
+    fn remove(&self) {
+        let ours = std::fs::read_to_string(&self.0)
+            .is_ok_and(|t| t.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
 /// Acts on one signal; false for SIGTERM/SIGINT/SIGQUIT (stop). SIGHUP (or SIGUSR2) asks for
 /// a reload; they and SIGUSR1 reopen the access log (after a rotation moved it).
 fn on_signal(sig: i32, reloads: &Reloader, server: &server::Server) -> bool {
@@ -192,6 +247,7 @@ fn stopping_signals(
     reloads: &Reloader,
     server: &server::Server,
     what: &str,
+    pid_file: Option<&PidFile>,
 ) {
     let pending: Vec<i32> = signals.pending().collect();
     for sig in pending {
@@ -203,6 +259,9 @@ fn stopping_signals(
                 "second signal: exiting {what} ({n} {} reset, client and backend)",
                 logging::plural(n as u64, "connection", "connections")
             );
+            if let Some(p) = pid_file {
+                p.remove();
+            }
             std::process::exit(1);
         }
     }

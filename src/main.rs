@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use gateway::Config;
 
 const USAGE: &str = "\
-usage: gateway [--config PATH]           run (default ./config.yaml) until SIGTERM/SIGINT
+usage: gateway [--config PATH] [--pid-file PATH]
+                                         run (default ./config.yaml) until SIGTERM/SIGINT;
+                                         --pid-file: write the process ID there once serving
        gateway --check [--config PATH]   validate the config, print a summary, exit 0 or 1
-       (-c PATH and --config=PATH work too)
+       (-c PATH, --config=PATH and --pid-file=PATH work too)
        gateway --version | --help
 
 environment: RUST_LOG=LEVEL[,MODULE=LEVEL...], LEVEL one of off|error|warn|info|debug|trace
@@ -17,12 +19,15 @@ environment: RUST_LOG=LEVEL[,MODULE=LEVEL...], LEVEL one of off|error|warn|info|
 
 fn main() -> ExitCode {
     let mut config: Option<PathBuf> = None;
+    let mut pid_file: Option<PathBuf> = None;
     let mut check = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         // `--config=PATH` as most tools take it (an operator review had it refused).
         let (a, inline) = match a.split_once('=') {
-            Some(("--config", p)) => ("--config".to_string(), Some(p.to_string())),
+            Some((flag @ ("--config" | "--pid-file"), p)) => {
+                (flag.to_string(), Some(p.to_string()))
+            }
             _ => (a, None),
         };
         match a.as_str() {
@@ -31,6 +36,11 @@ fn main() -> ExitCode {
                 Some(_) if config.is_some() => return usage_error("--config given twice"),
                 Some(p) if !p.is_empty() => config = Some(PathBuf::from(p)),
                 _ => return usage_error("--config needs a path"),
+            },
+            "--pid-file" => match inline.or_else(|| args.next()) {
+                Some(_) if pid_file.is_some() => return usage_error("--pid-file given twice"),
+                Some(p) if !p.is_empty() => pid_file = Some(PathBuf::from(p)),
+                _ => return usage_error("--pid-file needs a path"),
             },
             "--check" => check = true,
             "--version" | "-V" => {
@@ -118,7 +128,7 @@ fn main() -> ExitCode {
         say(&text);
         return ExitCode::SUCCESS;
     }
-    match gateway::run(cfg, config) {
+    match gateway::run(cfg, config, pid_file) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             fatal(&e.to_string());

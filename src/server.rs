@@ -68,6 +68,8 @@ pub enum StartError {
     Thread(io::Error),
     #[error("cannot open the access log {path}: {source} (check `access_log`)")]
     AccessLog { path: String, source: io::Error },
+    #[error("cannot write the pid file {path}: {source} (check --pid-file)")]
+    PidFile { path: String, source: io::Error },
 }
 
 /// A bind failure for the address configured as `key`, with what to do about it.

@@ -707,3 +707,58 @@ fn a_missing_default_config_names_the_flag_and_a_named_one_does_not() {
     );
     let _ = std::fs::remove_dir(&empty);
 }
+
+/// `--pid-file` (an operator review: the README's logrotate line, `kill -USR1 $(pidof
+/// gateway)`, signalled every gateway on the host): the file names the gateway once it
+/// listens, and goes as it exits; a path it cannot write stops the start, naming it.
+#[test]
+fn the_pid_file_names_the_serving_process_and_goes_with_it() {
+    use std::io::BufRead;
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let path = temp_config(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\n{SVC}"
+    ));
+    let pid_path = std::env::temp_dir().join(format!("gateway-cli-{}.pid", std::process::id()));
+    let _ = std::fs::remove_file(&pid_path);
+    let mut child = Child(
+        gateway()
+            .arg("--config")
+            .arg(&path)
+            .arg(format!("--pid-file={}", pid_path.display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    let written = std::fs::read_to_string(&pid_path).unwrap_or_default();
+    assert_eq!(written, format!("{}\n", child.0.id()));
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!pid_path.exists(), "left behind");
+
+    let out = gateway()
+        .arg("--config")
+        .arg(&path)
+        .args(["--pid-file", "/nonexistent-dir/gateway.pid"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot write the pid file /nonexistent-dir/gateway.pid"),
+        "{err}"
+    );
+}
