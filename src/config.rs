@@ -326,9 +326,17 @@ fn with_service_line(e: ConfigError, text: &str) -> ConfigError {
         let end = k.find(['.', '[']).unwrap_or(k.len());
         &k[..end]
     });
+    // The unknown key, or else the service's key the error is under
+    // (`services.a.rate_limit.bursst`: an operator review got no line for those).
     let field = message
         .strip_prefix("unknown field `")
-        .and_then(|r| r.split('`').next());
+        .and_then(|r| r.split('`').next())
+        .or_else(|| {
+            let rest = key.strip_prefix("services.")?;
+            let rest = &rest[service?.len()..];
+            let rest = rest.strip_prefix('.')?;
+            Some(&rest[..rest.find(['.', '[']).unwrap_or(rest.len())])
+        });
     let line = service
         .zip(field)
         .and_then(|(s, f)| key_line_in_service(text, s, f));
@@ -2690,6 +2698,12 @@ mod tests {
             e.starts_with("line 4: services.b.breaker") && e.contains("bogus"),
             "{e}"
         );
+        // Errors found in a service's `rate_limit` or `max_in_flight` too (an operator
+        // review got no line for them).
+        let e = err("services:\n  b:\n    backends: [http://127.0.0.1:2]\n\n    rate_limit: {rate: 10/s, bursst: 5}\n");
+        assert!(e.starts_with("line 5: services.b.rate_limit.bursst"), "{e}");
+        let e = err("services:\n  a: [http://127.0.0.1:1]\n  b:\n    backends: [http://127.0.0.1:2]\n    max_in_flight: lots\n");
+        assert!(e.starts_with("line 5: services.b.max_in_flight"), "{e}");
         // A key the scan cannot place (all of `services` in flow style) keeps the message
         // without a line.
         let e = err("services: {b: {backends: [http://127.0.0.1:2], retires: 2}}\n");
