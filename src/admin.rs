@@ -753,7 +753,9 @@ fn config(shared: &Shared) -> Value {
                         crate::admission::LimitKey::Header(h) => format!("header:{h}"),
                     },
                 })),
-                "max_in_flight": s.max_in_flight,
+                // As the config writes it, and as `rate_limit` says it (it was `null`:
+                // an operator review).
+                "max_in_flight": s.max_in_flight.map_or(Value::String("off".into()), Value::from),
                 "websocket": s.websocket,
                 "encoded_slashes": s.encoded_slashes,
             })

@@ -429,6 +429,8 @@ fn a_reload_keeps_unchanged_budgets_and_starts_changed_ones_fresh() {
         svc["rate_limit"],
         serde_json::json!({"rate": "1/h", "burst": 3, "key": "service"})
     );
+    // Unset is `off`, as the config writes it and as `rate_limit` says it (was `null`).
+    assert_eq!(svc["max_in_flight"], "off");
 }
 
 #[test]
