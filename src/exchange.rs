@@ -1529,6 +1529,10 @@ impl Exchange<'_> {
                     attempt.borrow_mut().settle(body.outcome(status));
                     let whole = body == Body::Relayed;
                     *pool_it = whole && uploaded && *ustart == ubuf.len();
+                    if whole && head.reusable && *ustart != ubuf.len() {
+                        // Bytes after a framed response (see the same check below).
+                        worker.pool.stray(attempt.borrow().backend.slot);
+                    }
                     Err(HeadFail::Duplex(match whole {
                         false => After::Close,
                         true => after_relayed(uploaded, keep_client),
@@ -1608,6 +1612,11 @@ impl Exchange<'_> {
         }
         // Reuse the backend connection only after a clean, fully framed exchange.
         self.pool_it = head.reusable && !early && self.ustart == self.ubuf.len();
+        if head.reusable && self.ustart != self.ubuf.len() {
+            // Bytes after a framed response: a response sent twice, or the start of a late
+            // one. None of this backend's connections is reused for a while (`pool.rs`).
+            self.worker.pool.stray(self.attempt.backend.slot);
+        }
         (after_relayed(!early, keep_client), Body::Relayed)
     }
 }

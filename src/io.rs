@@ -647,7 +647,27 @@ fn peek_one(fd: RawFd) -> io::Result<usize> {
 
 /// True when nothing is waiting to be read on the socket (no data, no EOF, no error).
 pub fn is_quiet(fd: RawFd) -> bool {
-    matches!(peek_one(fd), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    idle_state(fd) == Idle::Quiet
+}
+
+/// What an idle connection's socket holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// Nothing to read.
+    Quiet,
+    /// The peer closed it (EOF), or it failed.
+    Closed,
+    /// Bytes nobody asked for.
+    Data,
+}
+
+/// [`Idle`] of `fd`, by a one-byte non-blocking peek.
+pub fn idle_state(fd: RawFd) -> Idle {
+    match peek_one(fd) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Idle::Quiet,
+        Ok(n) if n > 0 => Idle::Data,
+        _ => Idle::Closed,
+    }
 }
 
 /// Sets `TCP_NOTSENT_LOWAT` on a socket; false if the kernel refused it.

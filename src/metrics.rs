@@ -138,6 +138,8 @@ pub struct WorkerMetrics {
     /// closed to make room (see `Worker::make_room`).
     pub accept_paused: Counter,
     pub idle_evicted: Counter,
+    /// Backend connections that carried bytes nobody asked for (see `pool.rs`).
+    pub backend_stray: Counter,
 }
 
 impl Default for WorkerMetrics {
@@ -163,6 +165,7 @@ impl Default for WorkerMetrics {
             connection_limit: Counter::default(),
             accept_paused: Counter::default(),
             idle_evicted: Counter::default(),
+            backend_stray: Counter::default(),
         }
     }
 }
@@ -496,6 +499,13 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         w,
         "gateway_pool_connections{{state=\"active\"}} {}",
         sum(workers, |m| m.upstream_active.get())
+    );
+    let _ = writeln!(w, "# HELP gateway_backend_stray_responses_total Backend connections found carrying bytes nobody asked for (a response sent twice or late): that backend's connections are not reused for a minute, and the log names it.");
+    let _ = writeln!(w, "# TYPE gateway_backend_stray_responses_total counter");
+    let _ = writeln!(
+        w,
+        "gateway_backend_stray_responses_total {}",
+        sum(workers, |m| m.backend_stray.get())
     );
     let _ = writeln!(
         w,

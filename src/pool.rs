@@ -9,13 +9,21 @@
 //! (its keep-alive timeout ends the oldest first) do not linger. Idle connections expire
 //! after `pool.idle_timeout`, chosen shorter than common backend keep-alive timeouts so
 //! that the gateway, not the backend, is the one that closes them.
+//!
+//! A backend that sent bytes nobody asked for (after a framed response, or to an idle
+//! connection) is writing responses twice or late, and a late one can arrive while the
+//! connection already carries the next request, where no check can tell it from the
+//! answer: HTTP/1.1 has no request ids. So its idle connections are closed and none of its
+//! connections is reused for [`STRAY_NO_REUSE`] (a hostile review: one such backend, its
+//! stray response 1 ms late, had every later client on that connection get the answer
+//! before its own, each one out of step).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::io::{is_quiet, Socket};
+use crate::io::{idle_state, Idle as Peeked, Socket};
 use crate::metrics::WorkerCell;
 
 struct Idle {
@@ -26,6 +34,10 @@ struct Idle {
 /// The most idle connections per backend the sweep peeks at (one system call each). With
 /// thousands idle, peeking at all of them once a second would stall the worker for ms.
 const SWEEP_PEEKS: usize = 64;
+
+/// How long none of a backend's connections is reused after it sent bytes nobody asked
+/// for (see the module's comment).
+pub const STRAY_NO_REUSE: Duration = Duration::from_secs(60);
 
 pub struct Pool {
     /// Indexed by backend slot (see `state::Backend::slot`).
@@ -38,6 +50,10 @@ pub struct Pool {
     live: RefCell<Vec<bool>>,
     /// Idle connections over all slots, mirrored into the metrics gauge.
     total: Cell<usize>,
+    /// By slot: until when its connections are not reused (it sent stray bytes).
+    no_reuse: RefCell<Vec<Option<Instant>>>,
+    /// Slots that sent stray bytes since [`Pool::take_strays`] last ran.
+    strays: RefCell<Vec<usize>>,
     metrics: Arc<WorkerCell>,
 }
 
@@ -49,6 +65,8 @@ impl Pool {
             idle_timeout: Cell::new(idle_timeout),
             live: RefCell::new(Vec::new()),
             total: Cell::new(0),
+            no_reuse: RefCell::new(Vec::new()),
+            strays: RefCell::new(Vec::new()),
             metrics,
         }
     }
@@ -65,6 +83,42 @@ impl Pool {
         self.metrics.pool_idle.set(n as u64);
     }
 
+    /// `slot`'s backend sent bytes nobody asked for: its idle connections are closed, and
+    /// none is reused for [`STRAY_NO_REUSE`]; counted, and said by the worker's
+    /// housekeeping ([`Pool::take_strays`]).
+    pub fn stray(&self, slot: usize) {
+        {
+            let mut no_reuse = self.no_reuse.borrow_mut();
+            if no_reuse.len() <= slot {
+                no_reuse.resize(slot + 1, None);
+            }
+            no_reuse[slot] = Some(crate::clock::now() + STRAY_NO_REUSE);
+        }
+        let mut slots = self.slots.borrow_mut();
+        if let Some(q) = slots.get_mut(slot) {
+            q.clear();
+        }
+        self.recount(&slots);
+        self.metrics.backend_stray.add(1);
+        self.strays.borrow_mut().push(slot);
+    }
+
+    /// The slots that sent stray bytes since the last call, each once.
+    pub fn take_strays(&self) -> Vec<usize> {
+        let mut s = std::mem::take(&mut *self.strays.borrow_mut());
+        s.sort_unstable();
+        s.dedup();
+        s
+    }
+
+    /// Whether `slot`'s connections may be reused now.
+    fn reusable(&self, slot: usize) -> bool {
+        match self.no_reuse.borrow().get(slot).copied().flatten() {
+            Some(until) => crate::clock::now() >= until,
+            None => true,
+        }
+    }
+
     /// The most recently used clean connection to `slot`, if any.
     ///
     /// Every candidate is checked with a non-blocking peek and dropped if it became
@@ -78,6 +132,7 @@ impl Pool {
             return None;
         }
         let mut found = None;
+        let mut stray = false;
         while let Some(idle) = q.pop_back() {
             let idle_for = idle.since.elapsed();
             if idle_for >= self.idle_timeout.get() {
@@ -85,18 +140,33 @@ impl Pool {
                 q.clear();
                 break;
             }
-            if is_quiet(idle.socket.fd()) {
-                found = Some(idle.socket);
-                break;
+            match idle_state(idle.socket.fd()) {
+                Peeked::Quiet => {
+                    found = Some(idle.socket);
+                    break;
+                }
+                Peeked::Closed => {}
+                Peeked::Data => {
+                    stray = true;
+                    break;
+                }
             }
         }
         self.recount(&slots);
+        drop(slots);
+        if stray {
+            self.stray(slot);
+            return None;
+        }
         found
     }
 
     /// Returns a connection whose exchange finished cleanly.
     pub fn put(&self, slot: usize, socket: Socket) {
-        if self.max_idle.get() == 0 || !self.live.borrow().get(slot).copied().unwrap_or(false) {
+        if self.max_idle.get() == 0
+            || !self.live.borrow().get(slot).copied().unwrap_or(false)
+            || !self.reusable(slot)
+        {
             return;
         }
         let mut slots = self.slots.borrow_mut();
@@ -123,6 +193,7 @@ impl Pool {
         let mut slots = self.slots.borrow_mut();
         let timeout = self.idle_timeout.get();
         let now = Instant::now();
+        let mut strays = Vec::new();
         for (slot, q) in slots.iter_mut().enumerate() {
             if !keep(slot) {
                 q.clear();
@@ -136,12 +207,30 @@ impl Pool {
                 q.pop_front();
             }
             let mut peeked = 0;
+            let mut stray = false;
             q.retain(|i| {
                 peeked += 1;
-                peeked > SWEEP_PEEKS || is_quiet(i.socket.fd())
+                if peeked > SWEEP_PEEKS {
+                    return true;
+                }
+                match idle_state(i.socket.fd()) {
+                    Peeked::Quiet => true,
+                    Peeked::Closed => false,
+                    Peeked::Data => {
+                        stray = true;
+                        false
+                    }
+                }
             });
+            if stray {
+                strays.push(slot);
+            }
         }
         self.recount(&slots);
+        drop(slots);
+        for slot in strays {
+            self.stray(slot);
+        }
     }
 
     /// Makes `live` (indexed by slot) the slots whose connections are pooled; closes the
@@ -280,6 +369,32 @@ mod tests {
             monoio::time::sleep(Duration::from_millis(50)).await;
             assert!(pool.take(0).is_none());
             assert_eq!(pool.idle(0), 0);
+        });
+    }
+
+    #[test]
+    fn a_backend_that_wrote_to_an_idle_connection_is_not_reused_for_a_while() {
+        use std::io::Write;
+        let mut rt = runtime();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let pool = pool(16, Duration::from_secs(60));
+            // A backend closing an idle connection is ordinary: nothing is said.
+            drop(pooled(&pool, &l).await);
+            let _quiet = pooled(&pool, &l).await;
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            pool.sweep(|_| true);
+            assert_eq!((pool.idle(0), pool.take_strays()), (1, vec![]));
+            // Bytes nobody asked for: every idle connection of that backend goes, and none
+            // is pooled for a while.
+            let mut writer = pooled(&pool, &l).await;
+            writer.write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            assert!(pool.take(0).is_none(), "a stray answer handed out");
+            assert_eq!((pool.idle(0), pool.take_strays()), (0, vec![0]));
+            let _later = pooled(&pool, &l).await;
+            assert_eq!(pool.idle(0), 0, "pooled again at once");
+            assert_eq!(pool.metrics.backend_stray.get(), 1);
         });
     }
 

@@ -620,6 +620,7 @@ async fn housekeeping(worker: Rc<Worker>) {
         // Sets the gauge: a reload's new limit used to show only after the next accept.
         worker.connection_cap();
         worker.pool.sweep(|_| true);
+        worker.say_strays();
         let freed = worker.trim_spares();
         worker.trim_heap(freed);
         worker.access.flush();

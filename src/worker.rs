@@ -357,6 +357,27 @@ impl Worker {
         );
     }
 
+    /// Names the backends that sent bytes nobody asked for since the last call (see
+    /// `pool.rs`); housekeeping runs it once a second.
+    pub fn say_strays(&self) {
+        let strays = self.pool.take_strays();
+        if strays.is_empty() {
+            return;
+        }
+        let view = self.view();
+        for s in &view.snapshot.services {
+            for b in s.backends.iter().filter(|b| strays.contains(&b.slot)) {
+                log::warn!(
+                    "backend: {} {} sent bytes after a complete response or to an idle connection (a response sent twice or late); on worker {}, none of its connections is reused for {} s, so that a late response cannot reach another request (gateway_backend_stray_responses_total)",
+                    s.name,
+                    b.url.url,
+                    self.index,
+                    crate::pool::STRAY_NO_REUSE.as_secs()
+                );
+            }
+        }
+    }
+
     pub fn view(&self) -> Rc<View> {
         let current = self.shared.current.load();
         {
