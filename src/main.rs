@@ -11,6 +11,7 @@ usage: gateway [--config PATH] [--pid-file PATH]
                                          run (default ./config.yaml) until SIGTERM/SIGINT;
                                          --pid-file: write the process ID there once serving
        gateway --check [--config PATH]   validate the config, print a summary, exit 0 or 1
+                                         (-t, as for NGINX and HAProxy)
        (-c PATH, --config=PATH and --pid-file=PATH work too)
        gateway --version | --help
 
@@ -42,7 +43,8 @@ fn main() -> ExitCode {
                 Some(p) if !p.is_empty() => pid_file = Some(PathBuf::from(p)),
                 _ => return usage_error("--pid-file needs a path"),
             },
-            "--check" => check = true,
+            // `-t`, as NGINX and HAProxy spell it (an operator review had it refused).
+            "--check" | "-t" => check = true,
             "--version" | "-V" => {
                 say(&format!("gateway {}\n", gateway::VERSION));
                 return ExitCode::SUCCESS;

@@ -191,6 +191,16 @@ fn check_names_the_file_an_empty_file_and_a_fraction() {
     );
 }
 
+/// `-t` checks, as NGINX's and HAProxy's do (an operator review had it refused).
+#[test]
+fn dash_t_checks_as_nginx_does() {
+    let path = temp_config(SVC);
+    let out = gateway().arg("-t").arg("-c").arg(&path).output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": OK"));
+}
+
 #[test]
 fn unknown_arguments_are_usage_errors() {
     let out = gateway().arg("--frobnicate").output().unwrap();
