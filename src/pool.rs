@@ -14,7 +14,9 @@
 //! connection) is writing responses twice or late, and a late one can arrive while the
 //! connection already carries the next request, where no check can tell it from the
 //! answer: HTTP/1.1 has no request ids. So its idle connections are closed and none of its
-//! connections is reused for [`STRAY_NO_REUSE`] (a hostile review: one such backend, its
+//! connections is reused for [`STRAY_NO_REUSE`], by any worker (the mark is the backend's,
+//! `state::Backend::no_reuse_until`, set at once where the backend is known and by the
+//! housekeeping's [`Pool::take_strays`] for what `take` and the sweep found) (a hostile review: one such backend, its
 //! stray response 1 ms late, had every later client on that connection get the answer
 //! before its own, each one out of step).
 
@@ -101,6 +103,15 @@ impl Pool {
         self.recount(&slots);
         self.metrics.backend_stray.add(1);
         self.strays.borrow_mut().push(slot);
+    }
+
+    /// Closes `slot`'s idle connections (its backend sent stray bytes on another worker).
+    pub fn clear(&self, slot: usize) {
+        let mut slots = self.slots.borrow_mut();
+        if let Some(q) = slots.get_mut(slot).filter(|q| !q.is_empty()) {
+            q.clear();
+            self.recount(&slots);
+        }
     }
 
     /// The slots that sent stray bytes since the last call, each once.

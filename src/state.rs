@@ -47,6 +47,24 @@ pub struct Backend {
     /// are indexed by it.
     pub slot: usize,
     pub breaker: Arc<BreakerCell>,
+    /// Until when (`now_ms`) none of its connections is reused, shared by the workers (0:
+    /// reusable): it sent bytes nobody asked for (see `pool.rs`). Written only then.
+    pub no_reuse_until: Arc<BreakerCell>,
+}
+
+impl Backend {
+    /// Whether its connections may be pooled and reused now.
+    #[inline]
+    pub fn reusable(&self) -> bool {
+        let until = self.no_reuse_until.load(Ordering::Relaxed);
+        until == 0 || now_ms() >= until
+    }
+
+    /// It sent bytes nobody asked for: no worker reuses its connections for `for_ms`.
+    pub fn no_reuse_for(&self, for_ms: u64) {
+        self.no_reuse_until
+            .store(now_ms().saturating_add(for_ms).max(1), Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -157,7 +175,7 @@ impl Ids {
 /// used again) and a fresh breaker (the old address's circuit says nothing about the new).
 #[derive(Default)]
 struct Registry {
-    cells: HashMap<(String, String), (usize, Arc<BreakerCell>, SocketAddr)>,
+    cells: HashMap<(String, String), Cells>,
     /// Ids of the services of the running config, by name.
     services: HashMap<String, usize>,
     service_ids: Ids,
@@ -178,6 +196,10 @@ struct Registry {
     lease_ms: Option<u64>,
     prior_lease: (u64, u64),
 }
+
+/// A backend's slot, breaker, no-reuse mark (see [`Backend`]) and the address its URL
+/// resolved to.
+type Cells = (usize, Arc<BreakerCell>, Arc<BreakerCell>, SocketAddr);
 
 /// Services and backends that got no series of their own because more than
 /// [`MAX_SERVICES`] services or [`MAX_SLOTS`] backends were configured at once.
@@ -460,7 +482,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
     reg.epoch += 1;
     let epoch = reg.epoch;
     let mut report = BuildReport::default();
-    let mut live: HashMap<(String, String), (usize, Arc<BreakerCell>, SocketAddr)> = HashMap::new();
+    let mut live: HashMap<(String, String), Cells> = HashMap::new();
     let (admissions, budgets) = reg.admission.build(&config);
     report.budgets = budgets;
     // A probe admitted before this reload runs on the old timeouts: its lease stays the
@@ -483,16 +505,16 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                 .iter()
                 .map(|b| {
                     let key = (sc.name.clone(), b.url.clone());
-                    let (slot, cell, _) = match reg.cells.get(&key) {
-                        Some(existing) if existing.2 == b.addr => {
+                    let (slot, cell, no_reuse, _) = match reg.cells.get(&key) {
+                        Some(existing) if existing.3 == b.addr => {
                             report.backends_kept += 1;
-                            let (slot, cell, addr) = existing.clone();
+                            let (slot, cell, no_reuse, addr) = existing.clone();
                             // One with no series moves to a free slot that has them (its
                             // idle pooled connections go with the old slot).
                             if slot >= MAX_SLOTS && reg.slots.free_below(MAX_SLOTS) {
-                                (reg.slots.take(), cell, addr)
+                                (reg.slots.take(), cell, no_reuse, addr)
                             } else {
-                                (slot, cell, addr)
+                                (slot, cell, no_reuse, addr)
                             }
                         }
                         other => {
@@ -504,15 +526,17 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                             (
                                 reg.slots.take(),
                                 Arc::new(CachePadded::new(AtomicU64::new(0))),
+                                Arc::new(CachePadded::new(AtomicU64::new(0))),
                                 b.addr,
                             )
                         }
                     };
-                    live.insert(key, (slot, cell.clone(), b.addr));
+                    live.insert(key, (slot, cell.clone(), no_reuse.clone(), b.addr));
                     Backend {
                         url: b.clone(),
                         slot,
                         breaker: cell,
+                        no_reuse_until: no_reuse,
                     }
                 })
                 .collect();
