@@ -14,11 +14,11 @@
 //! connection) is writing responses twice or late, and a late one can arrive while the
 //! connection already carries the next request, where no check can tell it from the
 //! answer: HTTP/1.1 has no request ids. So its idle connections are closed and none of its
-//! connections is reused for [`STRAY_NO_REUSE`], by any worker (the mark is the backend's,
-//! `state::Backend::no_reuse_until`, set at once where the backend is known and by the
-//! housekeeping's [`Pool::take_strays`] for what `take` and the sweep found) (a hostile review: one such backend, its
-//! stray response 1 ms late, had every later client on that connection get the answer
-//! before its own, each one out of step).
+//! connections is reused for [`STRAY_NO_REUSE`] by any worker: the mark is the backend's
+//! (`state::Backend::no_reuse_until`), set at once where the exchange finds the bytes, and
+//! by the housekeeping ([`Pool::take_strays`]) for what `take` and the sweep found. A
+//! hostile review's backend, its stray response 1 ms late, had every later client on that
+//! connection get the answer before its own, each one out of step.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
