@@ -1378,8 +1378,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         let (urls, breaker, rate_limit, max_in_flight, websocket, encoded_slashes) = match value {
             serde_yaml_ng::Value::Sequence(_) => {
-                let urls: Vec<String> = serde_yaml_ng::from_value(value)
-                    .map_err(|e| invalid(&key, format!("{e}: list backend URLs as strings")))?;
+                let urls: Vec<String> = serde_yaml_ng::from_value(value).map_err(|e| {
+                    // `- http://127.0.0.1:` is read as a map with that key (an operator
+                    // review was told only of a map).
+                    let hint = match e.to_string().contains("invalid type: map") {
+                        true => " (a URL ending in ':' is read as a map: write its port, http://127.0.0.1:8001)",
+                        false => "",
+                    };
+                    invalid(&key, format!("{e}: list backend URLs as strings{hint}"))
+                })?;
                 (
                     urls,
                     global_breaker,
@@ -1683,6 +1690,11 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
     // A tab where YAML wants spaces (an operator review: only the parser's words).
     if m.contains("cannot start any token") && text.contains('\t') {
         m.push_str(" (YAML indents with spaces only: replace the tabs)");
+    }
+    // `[http://127.0.0.1:]`: a URL ending in `:` (an operator review got the parser's
+    // words alone).
+    if m.contains("found unexpected ':'") && text.contains(":]") {
+        m.push_str(" (a URL ending in ':' needs its port: http://127.0.0.1:8001)");
     }
     m
 }
@@ -2704,6 +2716,14 @@ mod tests {
         assert!(e.starts_with("line 5: services.b.rate_limit.bursst"), "{e}");
         let e = err("services:\n  a: [http://127.0.0.1:1]\n  b:\n    backends: [http://127.0.0.1:2]\n    max_in_flight: lots\n");
         assert!(e.starts_with("line 5: services.b.max_in_flight"), "{e}");
+        // A URL ending in `:`, with no port (an operator review got the parser's words).
+        for text in [
+            "services:\n  a:\n    - http://127.0.0.1:\n",
+            "services:\n  a: [http://127.0.0.1:]\n",
+        ] {
+            let e = err(text);
+            assert!(e.contains("a URL ending in ':'"), "{text}: {e}");
+        }
         // A key the scan cannot place (all of `services` in flow style) keeps the message
         // without a line.
         let e = err("services: {b: {backends: [http://127.0.0.1:2], retires: 2}}\n");
