@@ -661,13 +661,31 @@ pub enum Idle {
     Data,
 }
 
-/// [`Idle`] of `fd`, by a one-byte non-blocking peek.
+/// [`Idle`] of `fd`, by a one-byte non-blocking peek. A `408` is a server closing an idle
+/// connection, as some do on their idle timeout (Go's `http.Transport` reads it so too):
+/// closed, not a response sent twice or late.
 pub fn idle_state(fd: RawFd) -> Idle {
     match peek_one(fd) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Idle::Quiet,
-        Ok(n) if n > 0 => Idle::Data,
+        Ok(n) if n > 0 && !starts_408(fd) => Idle::Data,
         _ => Idle::Closed,
     }
+}
+
+/// Whether what waits on `fd` begins with a `408` status line (peeked, nothing consumed).
+fn starts_408(fd: RawFd) -> bool {
+    let mut head = [0u8; 12];
+    // SAFETY: a buffer we own, of the length given; MSG_PEEK consumes nothing and
+    // MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            head.as_mut_ptr().cast(),
+            head.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == head.len() as isize && matches!(&head, b"HTTP/1.1 408" | b"HTTP/1.0 408")
 }
 
 /// Sets `TCP_NOTSENT_LOWAT` on a socket; false if the kernel refused it.

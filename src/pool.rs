@@ -410,6 +410,24 @@ mod tests {
     }
 
     #[test]
+    fn a_408_on_an_idle_connection_is_a_close_not_stray_bytes() {
+        use std::io::Write;
+        let mut rt = runtime();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let pool = pool(16, Duration::from_secs(60));
+            let mut idle = pooled(&pool, &l).await;
+            idle.write_all(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\r\n")
+                .unwrap();
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            assert!(pool.take(0).is_none());
+            assert_eq!(pool.take_strays(), Vec::<usize>::new());
+            let _next = pooled(&pool, &l).await;
+            assert_eq!(pool.idle(0), 1, "reuse stopped for a 408");
+        });
+    }
+
+    #[test]
     fn shedding_closes_the_oldest_idle_connections_of_every_backend_in_turn() {
         let mut rt = runtime();
         rt.block_on(async {
