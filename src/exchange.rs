@@ -225,8 +225,8 @@ pub async fn forward(
                     };
                     let after = ex.run(down).await;
                     down.record.received += ex.relay.wire();
-                    if ex.pool_it && worker.may_pool() && ex.attempt.backend.reusable() {
-                        worker.pool.put(ex.attempt.backend.slot, ex.up);
+                    if ex.pool_it && worker.may_pool() {
+                        worker.pool.put(ex.attempt.backend, ex.up);
                     }
                     worker.recycle(ex.ubuf);
                     up_out = ex.up_out;
@@ -407,10 +407,7 @@ async fn connect_or_reuse<'v>(
         tried.push(idx);
         let mut attempt = Attempt::to(worker, service, idx, ticket, down, prep.live);
         let backend = attempt.backend;
-        if !backend.reusable() {
-            // Another worker saw it send stray bytes (see `pool.rs`).
-            worker.pool.clear(backend.slot);
-        } else if let Some(s) = worker.pool.take(backend.slot) {
+        if let Some(s) = worker.pool.take(backend) {
             return Ok((attempt, s, true, tried));
         }
         match connect_fresh(&mut attempt, timeouts.connect).await {
@@ -1534,9 +1531,7 @@ impl Exchange<'_> {
                     *pool_it = whole && uploaded && *ustart == ubuf.len();
                     if whole && head.reusable && *ustart != ubuf.len() {
                         // Bytes after a framed response (see the same check below).
-                        let backend = attempt.borrow().backend;
-                        backend.no_reuse_for(crate::pool::STRAY_NO_REUSE.as_millis() as u64);
-                        worker.pool.stray(backend.slot);
+                        worker.pool.stray(attempt.borrow().backend);
                     }
                     Err(HeadFail::Duplex(match whole {
                         false => After::Close,
@@ -1620,9 +1615,7 @@ impl Exchange<'_> {
         if head.reusable && self.ustart != self.ubuf.len() {
             // Bytes after a framed response: a response sent twice, or the start of a late
             // one. None of this backend's connections is reused for a while (`pool.rs`).
-            let backend = self.attempt.backend;
-            backend.no_reuse_for(crate::pool::STRAY_NO_REUSE.as_millis() as u64);
-            self.worker.pool.stray(backend.slot);
+            self.worker.pool.stray(self.attempt.backend);
         }
         (after_relayed(!early, keep_client), Body::Relayed)
     }

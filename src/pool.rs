@@ -15,8 +15,9 @@
 //! connection already carries the next request, where no check can tell it from the
 //! answer: HTTP/1.1 has no request ids. So its idle connections are closed and none of its
 //! connections is reused for [`STRAY_NO_REUSE`] by any worker: the mark is the backend's
-//! (`state::Backend::no_reuse_until`), set at once where the exchange finds the bytes, and
-//! by the housekeeping ([`Pool::take_strays`]) for what `take` and the sweep found. A
+//! (`state::Backend::no_reuse_until`), set where the bytes are found ([`Pool::stray`]; for
+//! the sweep, which knows only slots, by the housekeeping right after it), and read by
+//! [`Pool::take`] and [`Pool::put`]. A
 //! hostile review's backend, its stray response 1 ms late, had every later client on that
 //! connection get the answer before its own, each one out of step.
 
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::io::{idle_state, Idle as Peeked, Socket};
 use crate::metrics::WorkerCell;
+use crate::state::Backend;
 
 struct Idle {
     socket: Socket,
@@ -52,8 +54,6 @@ pub struct Pool {
     live: RefCell<Vec<bool>>,
     /// Idle connections over all slots, mirrored into the metrics gauge.
     total: Cell<usize>,
-    /// By slot: until when its connections are not reused (it sent stray bytes).
-    no_reuse: RefCell<Vec<Option<Instant>>>,
     /// Slots that sent stray bytes since [`Pool::take_strays`] last ran.
     strays: RefCell<Vec<usize>>,
     metrics: Arc<WorkerCell>,
@@ -67,7 +67,6 @@ impl Pool {
             idle_timeout: Cell::new(idle_timeout),
             live: RefCell::new(Vec::new()),
             total: Cell::new(0),
-            no_reuse: RefCell::new(Vec::new()),
             strays: RefCell::new(Vec::new()),
             metrics,
         }
@@ -85,28 +84,23 @@ impl Pool {
         self.metrics.pool_idle.set(n as u64);
     }
 
-    /// `slot`'s backend sent bytes nobody asked for: its idle connections are closed, and
-    /// none is reused for [`STRAY_NO_REUSE`]; counted, and said by the worker's
-    /// housekeeping ([`Pool::take_strays`]).
-    pub fn stray(&self, slot: usize) {
-        {
-            let mut no_reuse = self.no_reuse.borrow_mut();
-            if no_reuse.len() <= slot {
-                no_reuse.resize(slot + 1, None);
-            }
-            no_reuse[slot] = Some(crate::clock::now() + STRAY_NO_REUSE);
-        }
-        let mut slots = self.slots.borrow_mut();
-        if let Some(q) = slots.get_mut(slot) {
-            q.clear();
-        }
-        self.recount(&slots);
+    /// `backend` sent bytes nobody asked for: no worker reuses its connections for
+    /// [`STRAY_NO_REUSE`] (see the module's comment), and its idle ones here are closed.
+    pub fn stray(&self, backend: &Backend) {
+        backend.stop_reuse(STRAY_NO_REUSE);
+        self.stray_seen(backend.slot);
+    }
+
+    /// Closes `slot`'s idle connections, counts the stray bytes, and keeps the slot for the
+    /// housekeeping to name ([`Pool::take_strays`]).
+    fn stray_seen(&self, slot: usize) {
+        self.clear(slot);
         self.metrics.backend_stray.add(1);
         self.strays.borrow_mut().push(slot);
     }
 
-    /// Closes `slot`'s idle connections (its backend sent stray bytes on another worker).
-    pub fn clear(&self, slot: usize) {
+    /// Closes `slot`'s idle connections.
+    fn clear(&self, slot: usize) {
         let mut slots = self.slots.borrow_mut();
         if let Some(q) = slots.get_mut(slot).filter(|q| !q.is_empty()) {
             q.clear();
@@ -114,7 +108,8 @@ impl Pool {
         }
     }
 
-    /// The slots that sent stray bytes since the last call, each once.
+    /// The slots that sent stray bytes since the last call, each once. What the sweep
+    /// found is marked on its backend by the caller, before any request runs again.
     pub fn take_strays(&self) -> Vec<usize> {
         let mut s = std::mem::take(&mut *self.strays.borrow_mut());
         s.sort_unstable();
@@ -122,21 +117,19 @@ impl Pool {
         s
     }
 
-    /// Whether `slot`'s connections may be reused now.
-    fn reusable(&self, slot: usize) -> bool {
-        match self.no_reuse.borrow().get(slot).copied().flatten() {
-            Some(until) => crate::clock::now() >= until,
-            None => true,
-        }
-    }
-
-    /// The most recently used clean connection to `slot`, if any.
+    /// The most recently used clean connection to `backend`, if any (none while its
+    /// connections are not reused: its idle ones here are closed then).
     ///
     /// Every candidate is checked with a non-blocking peek and dropped if it became
     /// readable: either the backend closed it, or it sent bytes nobody asked for (which must
     /// never be read as the answer to the next request). There is no time window in which
     /// the check is skipped.
-    pub fn take(&self, slot: usize) -> Option<Socket> {
+    pub fn take(&self, backend: &Backend) -> Option<Socket> {
+        let slot = backend.slot;
+        if !backend.reusable() {
+            self.clear(slot);
+            return None;
+        }
         let mut slots = self.slots.borrow_mut();
         let q = slots.get_mut(slot)?;
         if q.is_empty() {
@@ -166,17 +159,18 @@ impl Pool {
         self.recount(&slots);
         drop(slots);
         if stray {
-            self.stray(slot);
+            self.stray(backend);
             return None;
         }
         found
     }
 
-    /// Returns a connection whose exchange finished cleanly.
-    pub fn put(&self, slot: usize, socket: Socket) {
+    /// Returns a connection to `backend` whose exchange finished cleanly.
+    pub fn put(&self, backend: &Backend, socket: Socket) {
+        let slot = backend.slot;
         if self.max_idle.get() == 0
             || !self.live.borrow().get(slot).copied().unwrap_or(false)
-            || !self.reusable(slot)
+            || !backend.reusable()
         {
             return;
         }
@@ -240,7 +234,7 @@ impl Pool {
         self.recount(&slots);
         drop(slots);
         for slot in strays {
-            self.stray(slot);
+            self.stray_seen(slot);
         }
     }
 
@@ -297,6 +291,24 @@ mod tests {
             .unwrap()
     }
 
+    /// The backend of `slot` (0 to 7), one per test thread: its no-reuse mark lasts the test.
+    fn backend(slot: usize) -> &'static Backend {
+        thread_local! {
+            static BACKENDS: Vec<&'static Backend> = (0..8)
+                .map(|slot| {
+                    let url = crate::config::parse_backend_url("b", "http://127.0.0.1:1").unwrap();
+                    &*Box::leak(Box::new(Backend {
+                        url,
+                        slot,
+                        breaker: Arc::default(),
+                        no_reuse_until: Arc::default(),
+                    }))
+                })
+                .collect();
+        }
+        BACKENDS.with(|b| b[slot])
+    }
+
     /// A pool keeping slot 0.
     fn pool(max_idle: usize, idle_timeout: Duration) -> Pool {
         let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
@@ -310,7 +322,7 @@ mod tests {
         let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
             .await
             .unwrap();
-        pool.put(0, Socket::new(s));
+        pool.put(backend(0), Socket::new(s));
         l.accept().unwrap().0
     }
 
@@ -334,16 +346,16 @@ mod tests {
             pool.keep_only(vec![true, false]);
             let (a, _pa) = connect().await;
             let (b, _pb) = connect().await;
-            pool.put(0, a);
-            pool.put(1, b);
-            pool.put(7, connect().await.0);
+            pool.put(backend(0), a);
+            pool.put(backend(1), b);
+            pool.put(backend(7), connect().await.0);
             assert_eq!((pool.idle(0), pool.idle(1), pool.idle(7)), (1, 0, 0));
             // A reload drops slot 0 and adds slot 1: slot 0's idle connection is closed.
             pool.keep_only(vec![false, true]);
             assert_eq!(pool.idle(0), 0);
-            pool.put(0, connect().await.0);
+            pool.put(backend(0), connect().await.0);
             assert_eq!(pool.idle(0), 0);
-            pool.put(1, connect().await.0);
+            pool.put(backend(1), connect().await.0);
             assert_eq!(pool.idle(1), 1);
         });
     }
@@ -378,7 +390,7 @@ mod tests {
             }
             drop(peers);
             monoio::time::sleep(Duration::from_millis(50)).await;
-            assert!(pool.take(0).is_none());
+            assert!(pool.take(backend(0)).is_none());
             assert_eq!(pool.idle(0), 0);
         });
     }
@@ -401,7 +413,7 @@ mod tests {
             let mut writer = pooled(&pool, &l).await;
             writer.write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
             monoio::time::sleep(Duration::from_millis(50)).await;
-            assert!(pool.take(0).is_none(), "a stray answer handed out");
+            assert!(pool.take(backend(0)).is_none(), "a stray answer handed out");
             assert_eq!((pool.idle(0), pool.take_strays()), (0, vec![0]));
             let _later = pooled(&pool, &l).await;
             assert_eq!(pool.idle(0), 0, "pooled again at once");
@@ -420,7 +432,7 @@ mod tests {
             idle.write_all(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\r\n")
                 .unwrap();
             monoio::time::sleep(Duration::from_millis(50)).await;
-            assert!(pool.take(0).is_none());
+            assert!(pool.take(backend(0)).is_none());
             assert_eq!(pool.take_strays(), Vec::<usize>::new());
             let _next = pooled(&pool, &l).await;
             assert_eq!(pool.idle(0), 1, "reuse stopped for a 408");
@@ -440,7 +452,7 @@ mod tests {
                 let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
                     .await
                     .unwrap();
-                pool.put(slot, Socket::new(s));
+                pool.put(backend(slot), Socket::new(s));
                 peers.push(l.accept().unwrap().0);
             }
             // Three from five: one of each backend, then the next oldest of slot 0.
@@ -478,7 +490,7 @@ mod tests {
             // exactly the first.
             pool.sweep(|_| true);
             assert_eq!(pool.idle(0), SWEEP_PEEKS);
-            assert!(pool.take(0).is_some());
+            assert!(pool.take(backend(0)).is_some());
         });
     }
 }

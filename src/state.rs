@@ -60,10 +60,10 @@ impl Backend {
         until == 0 || now_ms() >= until
     }
 
-    /// It sent bytes nobody asked for: no worker reuses its connections for `for_ms`.
-    pub fn no_reuse_for(&self, for_ms: u64) {
-        self.no_reuse_until
-            .store(now_ms().saturating_add(for_ms).max(1), Ordering::Relaxed);
+    /// It sent bytes nobody asked for: no worker reuses its connections for `time`.
+    pub fn stop_reuse(&self, time: Duration) {
+        let until = now_ms().saturating_add(time.as_millis() as u64).max(1);
+        self.no_reuse_until.store(until, Ordering::Relaxed);
     }
 }
 

@@ -367,8 +367,9 @@ impl Worker {
         let view = self.view();
         for s in &view.snapshot.services {
             for b in s.backends.iter().filter(|b| strays.contains(&b.slot)) {
-                // What `take` and the sweep found: every worker stops reusing it too.
-                b.no_reuse_for(crate::pool::STRAY_NO_REUSE.as_millis() as u64);
+                // What the sweep found (`take` and the exchange marked theirs at once):
+                // every worker stops reusing it too, before any request runs here again.
+                b.stop_reuse(crate::pool::STRAY_NO_REUSE);
                 log::warn!(
                     "backend: {} {} sent bytes after a complete response or to an idle connection (a response sent twice or late); seen by worker {}; none of its connections is reused for {} s, so that a late response cannot reach another request (gateway_backend_stray_responses_total)",
                     s.name,
