@@ -1401,11 +1401,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`)"))
                 })?;
                 let breaker_key = format!("{key}.breaker");
-                let raw_breaker: Option<RawBreaker> = full
+                let raw_breaker = full
                     .breaker
-                    .map(serde_yaml_ng::from_value)
-                    .transpose()
-                    .map_err(|e| invalid(&breaker_key, no_type_names(&e.to_string())))?;
+                    .map(|v| service_breaker(&breaker_key, v))
+                    .transpose()?;
                 let b = breaker_settings(&breaker_key, raw_breaker.as_ref(), &global_breaker)?;
                 let limit = match &full.rate_limit {
                     Some(v) => crate::admission::parse_rate_limit(&format!("{key}.rate_limit"), v)?,
@@ -1632,18 +1631,74 @@ fn no_type_names(message: &str) -> String {
     out
 }
 
+/// A service's `breaker` map. serde names no field in an error from a `Value`, so the
+/// setting at fault is found by reading each on its own (an operator review got
+/// `services.a.breaker: invalid value: integer `-1`, expected u32`).
+fn service_breaker(key: &str, value: serde_yaml_ng::Value) -> Result<RawBreaker, ConfigError> {
+    serde_yaml_ng::from_value(value.clone()).map_err(|e| {
+        let field = match &value {
+            serde_yaml_ng::Value::Mapping(m) => m
+                .iter()
+                .find(|(k, v)| {
+                    let mut one = serde_yaml_ng::Mapping::new();
+                    one.insert((*k).clone(), (*v).clone());
+                    serde_yaml_ng::from_value::<RawBreaker>(serde_yaml_ng::Value::Mapping(one))
+                        .is_err()
+                })
+                .and_then(|(k, _)| k.as_str()),
+            _ => None,
+        };
+        let key = match field {
+            Some(f) if !e.to_string().starts_with("unknown field") => format!("{key}.{f}"),
+            _ => key.to_owned(),
+        };
+        let message = whole_number_words(&no_type_names(&e.to_string()), &key);
+        invalid(&key, message)
+    })
+}
+
+/// serde's `expected u32` as "a whole number" and the values `key` takes: its own range where
+/// that does not start at 0 (an operator review: "0 or more" for `failure_threshold`, which
+/// refuses 0).
+fn whole_number_words(message: &str, key: &str) -> String {
+    let range = whole_number_range(key);
+    let mut m = message.to_owned();
+    for t in ["usize", "u64", "u32", "u16", "u8"] {
+        m = m.replace(
+            &format!("expected {t}"),
+            &format!("expected a whole number, {range}"),
+        );
+    }
+    m
+}
+
+/// The values a whole-number key takes, as its type error says them: its own range where
+/// that does not start at 0 (the same words as its range check's).
+fn whole_number_range(key: &str) -> String {
+    let name = key.rsplit('.').next().unwrap_or(key);
+    match name {
+        "failure_threshold" => format!("1 to {MAX_FAILURE_THRESHOLD}"),
+        "max_head_bytes" => "1024 to 1048576".to_owned(),
+        "max_headers" => format!("1 to {}", crate::h1::MAX_HEADERS),
+        "max_target_bytes" => "64 up to below limits.max_head_bytes".to_owned(),
+        "rate_limit_table" => format!(
+            "{} to {}",
+            crate::admission::MIN_TABLE_CELLS,
+            crate::admission::MAX_TABLE_CELLS
+        ),
+        "open_quorum" => "1 or more".to_owned(),
+        _ => "0 or more".to_owned(),
+    }
+}
+
 /// A YAML error in words a config's reader uses: Rust's integer type names become "a whole
 /// number", and an unknown top-level key gets the line it is on (serde_yaml_ng gives nested
 /// ones a position, top-level ones none).
 fn plain_syntax_error(message: &str, text: &str) -> String {
     // A key or value quoted back may hold control characters: one log line stays one.
     let mut m = no_type_names(&crate::logging::one_line(message, usize::MAX));
-    for t in ["usize", "u64", "u32", "u16", "u8"] {
-        m = m.replace(
-            &format!("expected {t}"),
-            "expected a whole number, 0 or more",
-        );
-    }
+    let key = m.split(": ").next().unwrap_or_default().to_owned();
+    m = whole_number_words(&m, &key);
     // `splice: yes`, as YAML 1.1 wrote it (a new user's review).
     m = m.replace("expected a boolean", "expected true or false");
     // A number past 64 bits reaches us as serde's `invalid type: integer `N` as u128,
@@ -2634,6 +2689,20 @@ mod tests {
         // A new user's review: -1 is a whole number; YAML 1.1's `yes`; `64MB` for 64 MiB.
         let e = err(&format!("workers: -1\n{svc}"));
         assert!(e.contains("expected a whole number, 0 or more"), "{e}");
+        // An operator review: `failure_threshold` refuses 0, so its type error says its range.
+        for bad in ["-1", "abc", "2.5"] {
+            let e = err(&format!("breaker: {{failure_threshold: {bad}}}\n{svc}"));
+            assert!(
+                e.contains("expected a whole number, 1 to 1000") && !e.contains("0 or more"),
+                "{e}"
+            );
+            let e = err(&format!(
+                "services:\n  a:\n    backends: [http://127.0.0.1:1]\n    breaker: {{failure_threshold: {bad}}}\n"
+            ));
+            assert!(e.contains("expected a whole number, 1 to 1000"), "{e}");
+        }
+        let e = err(&format!("limits: {{max_headers: -3}}\n{svc}"));
+        assert!(e.contains("expected a whole number, 1 to 128"), "{e}");
         let e = err(&format!("splice: yes\n{svc}"));
         assert!(e.contains("expected true or false"), "{e}");
         let e = err(&format!("limits: {{max_body_bytes: 64MB}}\n{svc}"));
