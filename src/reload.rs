@@ -64,10 +64,13 @@ impl fmt::Display for Changes {
         }
         write!(
             f,
-            "services +{} -{} ={}; backends +{} -{} ={}; breakers carried over: {} ({} not closed)",
+            // Totals first, then the difference: an operator review read `=N` as the total.
+            "services {} (+{} -{}, {} kept); backends {} (+{} -{}, {} kept); breakers carried over: {} ({} not closed)",
+            self.services_added.len() + self.services_kept,
             counted_list(&self.services_added),
             counted_list(&self.services_removed),
             self.services_kept,
+            self.backends_added + self.breakers_carried + self.backends_readdressed,
             self.backends_added,
             self.backends_removed,
             self.breakers_carried,
@@ -564,7 +567,7 @@ mod tests {
         assert_eq!(ch.ignored_until_restart, ["listen", "cluster"]);
         let line = ch.to_string();
         assert!(
-            line.contains("services +1 [c] -1 [b] =1")
+            line.contains("services 2 (+1 [c] -1 [b], 1 kept); backends 3 (+2 -2, 1 kept);")
                 && line.contains("ignored until restart: listen, cluster"),
             "{line}"
         );
@@ -658,7 +661,7 @@ mod tests {
         // Durations as the config takes them (`0ns` and `1.5s` it does not: an operator review).
         assert!(!line.contains('\n') && line.len() < 850, "{line}");
         for part in [
-            "generation 2: services +1000 [new0000, new0001, new0002, new0003, new0004 +995 more] -1000 [old0000, old0001, old0002, old0003, old0004 +995 more] =3;",
+            "generation 2: services 1003 (+1000 [new0000, new0001, new0002, new0003, new0004 +995 more] -1000 [old0000, old0001, old0002, old0003, old0004 +995 more], 3 kept);",
             "settings changed: timeouts.connect 2s -> 5s, timeouts.drain_grace 0s -> 1500ms, limits.max_body_bytes 1000 -> 2000, trusted_proxies [10.0.0.0/8] -> [10.0.0.0/8, 192.0.2.1/32], request_id false -> true, access_log_format text -> json;",
             "breaker (cooldown) changed for services: 3 [keep0000, keep0001, keep0002]",
         ] {
@@ -670,7 +673,10 @@ mod tests {
             !same.contains("settings") && !same.contains("breaker ("),
             "{same}"
         );
-        assert!(same.starts_with("services +0 -0 =1003;"), "{same}");
+        assert!(
+            same.starts_with("services 1003 (+0 -0, 1003 kept);"),
+            "{same}"
+        );
     }
 
     /// Regression (a re-review): a reload holding the control lock (hanging on its file, a

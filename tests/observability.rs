@@ -1185,7 +1185,7 @@ fn the_reload_log_line_names_changed_settings_in_one_line_with_1000_services() {
     let _ = std::fs::remove_file(&log);
     assert!(line.len() < 600, "{line}");
     for part in [
-        "services +1000 [s0000, s0001, s0002, s0003, s0004 +995 more] -0 =1;",
+        "services 1001 (+1000 [s0000, s0001, s0002, s0003, s0004 +995 more] -0, 1 kept);",
         "settings changed: timeouts.connect 2s -> 5s;",
         "breaker (cooldown) changed for services: 1 [keep]",
     ] {
