@@ -47,8 +47,9 @@ pub struct Backend {
     /// are indexed by it.
     pub slot: usize,
     pub breaker: Arc<BreakerCell>,
-    /// Until when (`now_ms`) none of its connections is reused, shared by the workers (0:
-    /// reusable): it sent bytes nobody asked for (see `pool.rs`). Written only then.
+    /// Until when (`now_ms`) none of its connections is reused, shared by the workers and
+    /// by every backend of any service at the same address (0: reusable): it sent bytes
+    /// nobody asked for (see `pool.rs`). Written only then.
     pub no_reuse_until: Arc<BreakerCell>,
 }
 
@@ -176,6 +177,11 @@ impl Ids {
 #[derive(Default)]
 struct Registry {
     cells: HashMap<(String, String), Cells>,
+    /// No-reuse marks (see [`Backend`]) by the address a backend URL resolved to: a backend
+    /// listed by several services, or under several prefixes, is one server, and its late
+    /// responses reach every pool slot that connects to it (a hostile review: marked per
+    /// service, a second service kept handing its answers to the wrong clients).
+    no_reuse: HashMap<SocketAddr, Arc<BreakerCell>>,
     /// Ids of the services of the running config, by name.
     services: HashMap<String, usize>,
     service_ids: Ids,
@@ -197,9 +203,8 @@ struct Registry {
     prior_lease: (u64, u64),
 }
 
-/// A backend's slot, breaker, no-reuse mark (see [`Backend`]) and the address its URL
-/// resolved to.
-type Cells = (usize, Arc<BreakerCell>, Arc<BreakerCell>, SocketAddr);
+/// A backend's slot, breaker and the address its URL resolved to.
+type Cells = (usize, Arc<BreakerCell>, SocketAddr);
 
 /// Services and backends that got no series of their own because more than
 /// [`MAX_SERVICES`] services or [`MAX_SLOTS`] backends were configured at once.
@@ -483,6 +488,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
     let epoch = reg.epoch;
     let mut report = BuildReport::default();
     let mut live: HashMap<(String, String), Cells> = HashMap::new();
+    let mut live_marks: HashMap<SocketAddr, Arc<BreakerCell>> = HashMap::new();
     let (admissions, budgets) = reg.admission.build(&config);
     report.budgets = budgets;
     // A probe admitted before this reload runs on the old timeouts: its lease stays the
@@ -500,46 +506,53 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
         .iter()
         .zip(admissions)
         .map(|(sc, admission)| {
-            let backends = sc
-                .backends
-                .iter()
-                .map(|b| {
-                    let key = (sc.name.clone(), b.url.clone());
-                    let (slot, cell, no_reuse, _) = match reg.cells.get(&key) {
-                        Some(existing) if existing.3 == b.addr => {
-                            report.backends_kept += 1;
-                            let (slot, cell, no_reuse, addr) = existing.clone();
-                            // One with no series moves to a free slot that has them (its
-                            // idle pooled connections go with the old slot).
-                            if slot >= MAX_SLOTS && reg.slots.free_below(MAX_SLOTS) {
-                                (reg.slots.take(), cell, no_reuse, addr)
-                            } else {
-                                (slot, cell, no_reuse, addr)
+            let backends =
+                sc.backends
+                    .iter()
+                    .map(|b| {
+                        let key = (sc.name.clone(), b.url.clone());
+                        let (slot, cell, _) = match reg.cells.get(&key) {
+                            Some(existing) if existing.2 == b.addr => {
+                                report.backends_kept += 1;
+                                let (slot, cell, addr) = existing.clone();
+                                // One with no series moves to a free slot that has them (its
+                                // idle pooled connections go with the old slot).
+                                if slot >= MAX_SLOTS && reg.slots.free_below(MAX_SLOTS) {
+                                    (reg.slots.take(), cell, addr)
+                                } else {
+                                    (slot, cell, addr)
+                                }
                             }
-                        }
-                        other => {
-                            if other.is_some() {
-                                report.backends_readdressed += 1;
-                            } else {
-                                report.backends_added += 1;
+                            other => {
+                                if other.is_some() {
+                                    report.backends_readdressed += 1;
+                                } else {
+                                    report.backends_added += 1;
+                                }
+                                (
+                                    reg.slots.take(),
+                                    Arc::new(CachePadded::new(AtomicU64::new(0))),
+                                    b.addr,
+                                )
                             }
-                            (
-                                reg.slots.take(),
-                                Arc::new(CachePadded::new(AtomicU64::new(0))),
-                                Arc::new(CachePadded::new(AtomicU64::new(0))),
-                                b.addr,
-                            )
+                        };
+                        live.insert(key, (slot, cell.clone(), b.addr));
+                        let no_reuse = live_marks
+                            .entry(b.addr)
+                            .or_insert_with(|| {
+                                reg.no_reuse.get(&b.addr).cloned().unwrap_or_else(|| {
+                                    Arc::new(CachePadded::new(AtomicU64::new(0)))
+                                })
+                            })
+                            .clone();
+                        Backend {
+                            url: b.clone(),
+                            slot,
+                            breaker: cell,
+                            no_reuse_until: no_reuse,
                         }
-                    };
-                    live.insert(key, (slot, cell.clone(), no_reuse.clone(), b.addr));
-                    Backend {
-                        url: b.clone(),
-                        slot,
-                        breaker: cell,
-                        no_reuse_until: no_reuse,
-                    }
-                })
-                .collect();
+                    })
+                    .collect();
             let id = match reg.services.get(&sc.name) {
                 // One with no series moves to a free id that has them.
                 Some(&id) if id < MAX_SERVICES || !reg.service_ids.free_below(MAX_SERVICES) => id,
@@ -574,6 +587,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
         }
     }
     reg.cells = live;
+    reg.no_reuse = live_marks;
     reg.services = live_services;
     count_exhausted(reg, &services);
     (
@@ -698,6 +712,38 @@ mod tests {
         shared.install(cfg(svc));
         let long = shared.current.load_full().services[0].policy;
         assert_eq!(long.lease_at(now_ms()), 61_000);
+    }
+
+    #[test]
+    fn a_no_reuse_mark_is_the_addresss_in_every_service_and_outlives_a_reload() {
+        let both = "services:\n  a: [http://127.0.0.1:1]\n  b: [http://127.0.0.1:1/api]\n  c: [http://127.0.0.1:2]\n";
+        let shared = Shared::new(cfg(both));
+        let backend = |name: &str| {
+            let s = shared.current.load_full();
+            let svc = s.services.iter().find(|s| s.name == name).unwrap();
+            svc.backends[0].no_reuse_until.clone()
+        };
+        let (a, b, c) = (backend("a"), backend("b"), backend("c"));
+        assert!(Arc::ptr_eq(&a, &b), "one address, one mark");
+        assert!(!Arc::ptr_eq(&a, &c), "another address, another mark");
+        {
+            let s = shared.current.load_full();
+            let a = s.services.iter().find(|s| s.name == "a").unwrap();
+            a.backends[0].stop_reuse(Duration::from_secs(60));
+            let b = s.services.iter().find(|s| s.name == "b").unwrap();
+            assert!(!b.backends[0].reusable());
+            let c = s.services.iter().find(|s| s.name == "c").unwrap();
+            assert!(c.backends[0].reusable());
+        }
+        // A reload that drops `a` keeps the mark for `b`, and a new service there has it.
+        shared.install(cfg(
+            "services:\n  b: [http://127.0.0.1:1/api]\n  d: [http://127.0.0.1:1]\n",
+        ));
+        assert!(Arc::ptr_eq(&backend("b"), &a) && Arc::ptr_eq(&backend("d"), &a));
+        // Once no service lists the address, its mark goes.
+        shared.install(cfg("services:\n  c: [http://127.0.0.1:2]\n"));
+        shared.install(cfg("services:\n  d: [http://127.0.0.1:1]\n"));
+        assert!(!Arc::ptr_eq(&backend("d"), &a));
     }
 
     #[test]

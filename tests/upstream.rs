@@ -355,16 +355,26 @@ fn stray_bytes_after_a_complete_response_never_reach_the_next_client() {
 /// later client gets another's answer. The gateway counts it and names the backend.
 #[test]
 fn after_a_late_stray_response_no_other_client_gets_anothers_answer() {
-    late_stray_rounds(1);
+    late_stray_rounds(1, &["svc"]);
     // Two workers: the mark is the backend's, so the other worker, whose clients and
     // pooled connections are its own, does not get a first wrong answer of its own.
-    late_stray_rounds(2);
+    late_stray_rounds(2, &["svc"]);
 }
 
-/// 30 rounds of a request to `/late…` and two more, each on a new client connection, with
-/// `workers` workers; asserts the first client after the first late answer is the only
-/// one answered wrong.
-fn late_stray_rounds(workers: usize) {
+/// A hostile review: the mark was kept per (service, URL), so a backend listed by two
+/// services, marked through one, went on handing late answers to the other's clients (6
+/// wrong of 240). The mark is the address's: every service that connects there stops
+/// reusing its connections.
+#[test]
+fn a_backend_marked_through_one_service_is_not_reused_through_another() {
+    late_stray_rounds(1, &["svc", "other"]);
+    late_stray_rounds(2, &["svc", "other"]);
+}
+
+/// 30 rounds of, for each of `services` (all listing the same backend), a request to
+/// `/late…` and two more, each on a new client connection, with `workers` workers;
+/// asserts the first client after the first late answer is the only one answered wrong.
+fn late_stray_rounds(workers: usize, services: &[&str]) {
     let backend = RawBackend::start(|mut s, _| {
         let mut pending = Vec::new();
         let mut stale = false;
@@ -382,21 +392,29 @@ fn late_stray_rounds(workers: usize) {
             }
         }
     });
+    let listed: String = services
+        .iter()
+        .map(|s| format!("  {s}: [http://{}]\n", backend.addr))
+        .collect();
     let path = write_config(&config(
         workers,
         "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1000}",
-        &format!("  svc: [http://{}]\n", backend.addr),
+        &listed,
     ));
     let log = std::env::temp_dir().join(format!(
-        "gateway-upstream-{}-late-{workers}.log",
-        std::process::id()
+        "gateway-upstream-{}-late-{workers}-{}.log",
+        std::process::id(),
+        services.len()
     ));
     let g = gateway_at_logging_to(&path, &log);
     let mut wrong = Vec::new();
     for round in 0..30 {
-        for who in ["late", "b", "c"] {
+        for (svc, who) in services
+            .iter()
+            .flat_map(|s| ["late", "b", "c"].map(|who| (s, who)))
+        {
             let want = format!("/{who}{round}");
-            let raw = format!("GET /v1/proxy/svc{want} HTTP/1.1\r\nHost: gw\r\n\r\n");
+            let raw = format!("GET /v1/proxy/{svc}{want} HTTP/1.1\r\nHost: gw\r\n\r\n");
             match exchange(g.proc.addr, &raw) {
                 Ok(r) if r.status == 200 && text(&r) == want => {}
                 Ok(r) => wrong.push(format!("{want}: {} {:?}", r.status, text(&r))),
@@ -407,7 +425,7 @@ fn late_stray_rounds(workers: usize) {
     // The first client after the first late answer to meet it, and no one else.
     assert!(
         wrong.len() == 1 && wrong[0].ends_with(": 200 \"STALE\""),
-        "{workers} workers: {wrong:#?}"
+        "{workers} workers, services {services:?}: {wrong:#?}"
     );
     let m = metrics(g.admin);
     assert!(
@@ -419,7 +437,9 @@ fn late_stray_rounds(workers: usize) {
         text_ = std::fs::read_to_string(&log).unwrap_or_default();
         text_.lines().any(|l| {
             l.contains(" WARN ")
-                && l.contains(&format!("backend: svc http://{}", backend.addr))
+                && services
+                    .iter()
+                    .any(|s| l.contains(&format!("backend: {s} http://{}", backend.addr)))
                 && l.contains("none of its connections is reused")
         })
     });
