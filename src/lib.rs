@@ -107,16 +107,31 @@ pub fn run(
     // Before anything opens descriptors or reads the limit (`Shared::fd_limit`).
     let fds = fdlimit::raise();
     let shared = Shared::new(config);
+    // The ports before the fleet: an instance that cannot listen must not join it, not even
+    // for its heartbeat's lifetime (an operator review saw its peers count it for 5 s).
+    server::check_ports(&shared.current.load().config)?;
     // With `cluster:`, the fleet's circuit states are read before anything is served.
     let fleet = cluster::start(&shared).map_err(server::StartError::Thread)?;
-    let mut server = server::start(shared.clone())?;
-    start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
-    let reloads = Reloader::start(shared.clone(), path, server.access_log.clone())
-        .map_err(server::StartError::Thread)?;
-    // Written once serving, so that its presence says so (`--pid-file`).
-    let pid_file = match pid_file {
-        Some(p) => Some(PidFile::write(p)?),
-        None => None,
+    let started = (|| {
+        let server = server::start(shared.clone())?;
+        start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
+        let reloads = Reloader::start(shared.clone(), path, server.access_log.clone())
+            .map_err(server::StartError::Thread)?;
+        // Written once serving, so that its presence says so (`--pid-file`).
+        let pid_file = match pid_file {
+            Some(p) => Some(PidFile::write(p)?),
+            None => None,
+        };
+        Ok((server, reloads, pid_file))
+    })();
+    let (mut server, reloads, pid_file) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            // What failed after the fleet was joined leaves it at once.
+            shared.draining.store(true, Ordering::SeqCst);
+            wait_for_fleet_exit(fleet);
+            return Err(e);
+        }
     };
     log_startup(&shared, &server, fds);
     for sig in signals.forever() {
@@ -167,12 +182,7 @@ pub fn run(
     // The cluster thread leaves the fleet's list of instances as the drain begins (so that a
     // restart's new name is not counted twice towards `open_quorum`): give it the time one
     // round and one request to Redis take, for a drain that had nothing to wait for.
-    if let Some(fleet) = fleet {
-        let end = Instant::now() + Duration::from_millis(600);
-        while !fleet.is_finished() && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    wait_for_fleet_exit(fleet);
     match shared.cut_at_drain.load(Ordering::Relaxed) {
         0 => log::info!("drained; exiting"),
         cut => log::warn!(
@@ -273,6 +283,17 @@ fn stopping_signals(
 /// reload's parked ids are free ([`reload::rehome_ids`]), drops the snapshots a reload
 /// replaced once no worker holds them ([`Shared::bury_retired`]), and trims the heap when
 /// a worker asks ([`Shared::trim_heap_if_asked`]).
+/// Gives the cluster thread, told to leave by the drain flag, the time one round and one
+/// request to Redis take to leave the fleet's list of instances.
+fn wait_for_fleet_exit(fleet: Option<std::thread::JoinHandle<()>>) {
+    if let Some(fleet) = fleet {
+        let end = Instant::now() + Duration::from_millis(600);
+        while !fleet.is_finished() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 fn start_dns_refresh(shared: Arc<Shared>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("dns-refresh".into())

@@ -131,6 +131,17 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 /// Binds every worker's listener on this thread (so errors surface before anything
 /// starts), then starts the workers.
+/// Binds `listen` and `admin` once and lets go, so that a port taken is said before
+/// anything else starts (the cluster thread joins the fleet: see `lib::run`).
+pub fn check_ports(config: &crate::config::Config) -> Result<(), StartError> {
+    for (key, addr) in [("listen", Some(config.listen)), ("admin", config.admin)] {
+        if let Some(addr) = addr.filter(|a| a.port() != 0) {
+            std::net::TcpListener::bind(addr).map_err(|e| bind_error(key, addr, e))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
     let config = shared.current.load().config.clone();
     let mut addr = config.listen;

@@ -26,13 +26,20 @@ use crate::metrics::{WorkerCell, MAX_SERVICES, MAX_SLOTS};
 /// old one have ended by then, as a rule (one that has not keeps its part until the next).
 const TRIM_AFTER_INSTALL_MS: u64 = 3000;
 
-/// The process clock the breakers count in (ms since first use).
+/// Where the breakers' clock begins: the longest cooldown. A fleet's open stamped before
+/// this process started (an instance restarted in a rolling deploy) keeps its own time on
+/// it, so its cooldown ends when the fleet's does (an operator review: clamped to the
+/// start, the restarted instance refused a recovered backend for a whole cooldown more).
+pub const CLOCK_BASE_MS: u64 = crate::config::MAX_DURATION.as_millis() as u64;
+
+/// The process clock the breakers count in (ms since first use, from [`CLOCK_BASE_MS`]).
 pub fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
-    crate::clock::now()
-        .saturating_duration_since(start)
-        .as_millis() as u64
+    CLOCK_BASE_MS
+        + crate::clock::now()
+            .saturating_duration_since(start)
+            .as_millis() as u64
 }
 
 /// A backend's breaker word, alone on its cache line so that workers writing one backend's

@@ -484,6 +484,39 @@ fn a_restarted_instance_starts_with_the_fleets_open_circuit() {
     assert_eq!(backend(&b), ("open".into(), "remote".into()));
 }
 
+/// An operator review: an instance started while the fleet had a circuit open took the
+/// open as made at its own start (its clock could not go back further), and refused a
+/// recovered backend for a whole cooldown more (19 s where the fleet's ended at 10 s).
+#[test]
+fn an_instance_started_late_in_a_fleets_cooldown_probes_when_it_ends() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(200));
+    let name = fleet_name("late-start");
+    let key = format!("{name}:breaker:svc:http://{}", rec.addr);
+    // Opened by another instance 27 s of a 30 s cooldown ago.
+    let opened = unix_ms() - 27_000;
+    write_record(&redis, &key, "open", &opened.to_string(), "gone");
+    let a = member(
+        &redis,
+        &name,
+        1,
+        "{failure_threshold: 2, cooldown: 30s}",
+        rec.addr,
+    );
+    assert!(eventually(WAIT, || cluster_up(&a)));
+    let v = get(a.admin, "/admin/backends").json();
+    let b = &v["services"][0]["backends"][0];
+    assert_eq!(b["state"], "open", "{v}");
+    let next = b["next_probe_in_ms"].as_u64().unwrap_or(u64::MAX);
+    assert!(next <= 3_000, "the cooldown began at the start: {v}");
+    // The probe goes through when the fleet's cooldown ends, and closes the circuit.
+    assert!(
+        eventually(Duration::from_secs(10), || status(&a) == 200),
+        "still refused: {:?}",
+        backend(&a)
+    );
+}
+
 /// One instance of fleet `test` (quorum 1, cooldown 30 s) in front of a healthy backend,
 /// synced with `redis`.
 fn lone_member(redis: &Redis, test: &str) -> (Recorder, String, AdminGateway) {
@@ -759,6 +792,44 @@ fn instances_joining_and_leaving_the_fleet_are_said_in_the_log() {
     assert!(eventually(WAIT, || log.count(&left) == 1), "{}", log.text());
     assert_eq!(log.count("joined the fleet"), 1, "{}", log.text());
     drop(b);
+}
+
+/// An operator review: an instance that could not listen (its port taken) had joined the
+/// fleet before it tried, and its peers counted it, and shared their budgets with it, for
+/// the 5 s its heartbeat lasted. The ports are tried first now.
+#[test]
+fn an_instance_that_cannot_listen_never_joins_the_fleet() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(200));
+    let name = fleet_name("no-listen");
+    let breaker = "{failure_threshold: 5, cooldown: 30s}";
+    let log = LogFile::new("no-listen");
+    let a = gateway_at_logging_to(
+        &member_config(&redis, &name, 1, breaker, rec.addr),
+        &log.path,
+    );
+    assert!(eventually(WAIT, || cluster_up(&a)));
+    let text = std::fs::read_to_string(member_config(&redis, &name, 1, breaker, rec.addr))
+        .expect("config");
+    let taken = text.replace("listen: 127.0.0.1:0", &format!("listen: {}", a.proc.addr));
+    assert_ne!(taken, text);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(write_config(&taken))
+        .output()
+        .expect("run gateway");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    // Heartbeats are read every round (under a second apart): two seconds see any join.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(log.count("joined the fleet"), 0, "{}", log.text());
+    assert_eq!(
+        cluster(&a)["peers"],
+        serde_json::json!([]),
+        "{}",
+        cluster(&a)
+    );
 }
 
 /// Regression (a re-review): a Redis restarted empty and back within a second has lost the
