@@ -118,9 +118,14 @@ pub fn validate(raw: RawCluster) -> Result<ClusterConfig, ConfigError> {
     // refused: `?password=` is a way of writing a password that `redact` would not mask.
     let shown = redact(redis.split('?').next().unwrap_or_default());
     if !redis.starts_with("redis://") {
+        // As an https:// backend is told (an operator review: `rediss://` got no reason).
+        let why = match redis.starts_with("rediss://") {
+            true => " (TLS to Redis is not implemented; reach it over a private network, or through a local TLS tunnel such as stunnel)",
+            false => "",
+        };
         return Err(bad(
             "redis",
-            format!("{shown:?} is not a redis:// URL: write e.g. redis://127.0.0.1:6379/0"),
+            format!("{shown:?} is not a redis:// URL{why}: write e.g. redis://127.0.0.1:6379/0"),
         ));
     }
     if redis.contains('?') {
@@ -1664,6 +1669,9 @@ mod tests {
         assert!(raw("redis: redis://h:1\ncolour: red")
             .unwrap_err()
             .contains("unknown field"));
+        // An operator review: `rediss://` was refused with no reason given.
+        let e = raw("redis: rediss://127.0.0.1:6379/0").unwrap_err();
+        assert!(e.contains("TLS to Redis is not implemented"), "{e}");
         // Regression: a password in the query was echoed, in --check and in the reload
         // error, and shown in /admin/config.
         for url in [
