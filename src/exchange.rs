@@ -1233,9 +1233,10 @@ impl Exchange<'_> {
         // connection: a close behind its requests is no sign of leaving. A probe's answer
         // is waited for whoever is left: it is the circuit's verdict (a review: clients
         // that left each probe in turn kept a recovered backend's circuit open for good).
-        let pipelined = down.start != down.buf.len();
-        let watch = (!self.attempt.is_probe())
-            .then(|| self.live.watch(self.up.fd(), self.worker.tick(), pipelined));
+        let watch = (!self.attempt.is_probe()).then(|| {
+            let whole = self.live.note_next(&down.buf[down.start..]);
+            self.live.watch(self.up.fd(), self.worker.tick(), whole)
+        });
         // Counted where the drain deadline's line finds them (see `run`).
         let interim_sent = &self.live.sent;
         let before = interim_sent.get();
@@ -1405,8 +1406,10 @@ impl Exchange<'_> {
                             attempt.borrow_mut().renew();
                         }
                         let probe = attempt.borrow().is_probe();
-                        let watch =
-                            (!probe).then(|| live.watch(up_fd, worker.tick(), owed.followed.get()));
+                        let watch = (!probe).then(|| {
+                            let whole = live.note_next(&owed.followed.borrow());
+                            live.watch(up_fd, worker.tick(), whole)
+                        });
                         let head = io::timed(timeouts.response, head).await;
                         Err(match head {
                             // The backend's connection was shut under the wait.
@@ -1563,7 +1566,7 @@ impl Exchange<'_> {
             worker: self.worker,
             live: self.live,
             up: self.up.fd(),
-            reset_only: down.start != down.buf.len(),
+            next_whole: self.live.note_next(&down.buf[down.start..]),
         });
         let relayed = to_client(
             ToClient {

@@ -341,6 +341,25 @@ pub struct ParsedRequest<'h, 'b> {
     pub head: &'b [u8],
 }
 
+/// Whether `bytes` begin with a whole request head: a pipelined request the client has
+/// sent in full, which a client that half-closed behind it still waits to have answered.
+/// Leading empty lines are skipped, as for any request; a head that would be refused
+/// (bad syntax, too many fields) is no request to wait for.
+pub fn holds_request_head(bytes: &[u8]) -> bool {
+    // No head ends without an empty line: most partial bytes need no parse.
+    let ends = |pat: &[u8]| memchr::memmem::find(bytes, pat).is_some();
+    if !ends(b"\n\r\n") && !ends(b"\n\n") {
+        return false;
+    }
+    let mut slots = header_slots();
+    let mut req = httparse::Request::new(&mut []);
+    matches!(
+        httparse::ParserConfig::default()
+            .parse_request_with_uninit_headers(&mut req, bytes, &mut slots),
+        Ok(httparse::Status::Complete(_))
+    )
+}
+
 /// Parses and validates a request head at the start of `buf`.
 ///
 /// Returns `Ok(None)` when more bytes are needed (and the limits are not yet exceeded).
@@ -1369,6 +1388,30 @@ impl HeadScan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_pipelined_head_is_told_from_a_part_of_one() {
+        let whole: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nGET /x",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab",
+        ];
+        for b in whole {
+            assert!(holds_request_head(b), "{:?}", String::from_utf8_lossy(b));
+        }
+        let not: &[&[u8]] = &[
+            b"",
+            b"G",
+            b"\r\n",
+            b"\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+            b"x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+        ];
+        for b in not {
+            assert!(!holds_request_head(b), "{:?}", String::from_utf8_lossy(b));
+        }
+    }
 
     #[test]
     fn a_later_minor_version_is_rewritten_as_1_1_and_nothing_else_is() {

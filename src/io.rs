@@ -764,6 +764,66 @@ pub fn peer(fd: RawFd) -> Peer {
     }
 }
 
+/// What a client has done to its connection, seen behind bytes it sent and that are still
+/// unread too (where [`peer`]'s peek stops at the first of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Nothing, or it sent bytes and is still sending.
+    Here,
+    /// It closed its side (FIN), with `unread` bytes before it: it may still read.
+    Closed { unread: bool },
+    /// It reset the connection (or the socket is broken): nothing can reach it.
+    Reset,
+}
+
+/// See [`End`]: a peek of one byte, and where that finds bytes, `poll`'s `POLLRDHUP`
+/// (NGINX's `pending_eof`), which sees a FIN behind them.
+pub fn client_end(fd: RawFd) -> End {
+    match peer(fd) {
+        Peer::Reset => End::Reset,
+        Peer::Closed => End::Closed { unread: false },
+        Peer::Here => {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN | libc::POLLRDHUP,
+                revents: 0,
+            };
+            // SAFETY: one pollfd we own; a zero timeout never blocks.
+            let n = unsafe { libc::poll(&mut p, 1, 0) };
+            if n <= 0 {
+                End::Here
+            } else if p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                End::Reset
+            } else if p.revents & libc::POLLRDHUP != 0 {
+                End::Closed { unread: true }
+            } else {
+                End::Here
+            }
+        }
+    }
+}
+
+/// Peeks at up to `max` bytes the socket holds, appended to `out`, without taking them.
+pub fn peek_into(fd: RawFd, out: &mut Vec<u8>, max: usize) {
+    out.reserve(max);
+    let spare = out.spare_capacity_mut();
+    let room = spare.len().min(max);
+    // SAFETY: `room` bytes of spare capacity we own; MSG_PEEK consumes nothing and
+    // MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            room,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n > 0 {
+        // SAFETY: the kernel wrote `n` bytes there.
+        unsafe { out.set_len(out.len() + n as usize) };
+    }
+}
+
 /// True when a connection waits to be accepted on the listening socket `fd`.
 pub fn accept_pending(fd: RawFd) -> bool {
     let mut p = libc::pollfd {
@@ -813,15 +873,18 @@ mod tests {
         SPARE_TIMERS.with(|t| t.borrow().len())
     }
 
+    /// A connected client socket and the server side of it.
+    fn tcp_pair(l: &std::net::TcpListener) -> (std::net::TcpStream, std::net::TcpStream) {
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        (c, l.accept().unwrap().0)
+    }
+
     #[test]
     fn a_peer_closed_after_a_fin_reset_after_a_reset_and_is_here_otherwise() {
         use std::io::Write;
         use std::os::fd::AsRawFd;
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let pair = || {
-            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            (c, l.accept().unwrap().0)
-        };
+        let pair = || tcp_pair(&l);
         let settle = || std::thread::sleep(Duration::from_millis(50));
         let (mut c, s) = pair();
         assert!(peer(s.as_raw_fd()) == Peer::Here && is_quiet(s.as_raw_fd()));
@@ -845,6 +908,40 @@ mod tests {
         settle();
         assert_eq!(peer(s.as_raw_fd()), Peer::Reset);
         assert_eq!(peer(-1), Peer::Reset, "not a socket");
+    }
+
+    /// What `peer` cannot see, `client_end` does: a FIN or a reset behind unread bytes.
+    #[test]
+    fn a_clients_end_is_seen_behind_bytes_it_sent() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let pair = || tcp_pair(&l);
+        let settle = || std::thread::sleep(Duration::from_millis(50));
+        let (mut c, s) = pair();
+        assert_eq!(client_end(s.as_raw_fd()), End::Here);
+        c.write_all(b"GET").unwrap();
+        settle();
+        assert_eq!(client_end(s.as_raw_fd()), End::Here, "bytes, no FIN");
+        let mut peeked = b"x".to_vec();
+        peek_into(s.as_raw_fd(), &mut peeked, 2);
+        assert_eq!(peeked, b"xGE", "appended, at most max");
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        settle();
+        assert_eq!(client_end(s.as_raw_fd()), End::Closed { unread: true });
+        let (c, s) = pair();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        settle();
+        assert_eq!(client_end(s.as_raw_fd()), End::Closed { unread: false });
+        let (mut c, s) = pair();
+        c.write_all(b"G").unwrap();
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(c);
+        settle();
+        assert_eq!(client_end(s.as_raw_fd()), End::Reset, "reset behind a byte");
+        assert_eq!(client_end(-1), End::Reset, "not a socket");
     }
 
     /// Runs `f` on each driver the workers use (io_uring when the kernel has it, epoll).

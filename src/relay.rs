@@ -1,7 +1,7 @@
 //! A body streamed from one side to the other and re-framed by us: decoded as it is read
 //! (Content-Length, chunked or until close), encoded as it is written.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use crate::h1::{self, ChunkedDecoder, Framing};
@@ -45,9 +45,9 @@ pub struct Owed {
     since: Cell<Option<Instant>>,
     /// The time bytes were held before those.
     before: Cell<Duration>,
-    /// The upload ended with bytes past the body in the client's buffer: a next request,
-    /// pipelined (the client is still there, whatever its socket says).
-    pub followed: Cell<bool>,
+    /// The bytes past the body in the client's buffer when the upload ended: a next
+    /// request, pipelined, whole or in part (copied: it is rare; see `Live::note_next`).
+    pub followed: RefCell<Vec<u8>>,
 }
 
 impl Owed {
@@ -56,7 +56,7 @@ impl Owed {
         Owed {
             since: Cell::new(None),
             before: Cell::new(held),
-            followed: Cell::new(false),
+            followed: RefCell::default(),
         }
     }
 
@@ -561,7 +561,9 @@ pub async fn pump(
         }
     }
     if let Some(o) = owed {
-        o.followed.set(*start < buf.len());
+        let mut followed = o.followed.borrow_mut();
+        followed.clear();
+        followed.extend_from_slice(&buf[*start..]);
     }
     Ok(written)
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::accesslog::{self, AccessLog};
 use crate::balancer::View;
 use crate::date::DateCache;
+use crate::io::End;
 use crate::io::BUF_SIZE;
 use crate::metrics::{WorkerCell, WorkerMetrics};
 use crate::pool::Pool;
@@ -43,11 +44,14 @@ pub struct Live {
     /// says.
     pub answered: Cell<Option<Answered>>,
     pub sent: Cell<u64>,
-    /// The backend connection's fd, the tick the wait began, and whether only a reset
-    /// counts (the client has a next request in hand), while its exchange waits on the
-    /// backend with the request sent: [`Worker::watch_waiting`] looks at the client
-    /// meanwhile ...
+    /// The backend connection's fd, the tick the wait began, and whether the client has
+    /// a whole next request in hand (pipelined: see [`Live::note_next`]), while its exchange
+    /// waits on the backend with the request sent: [`Worker::watch_waiting`] looks at the
+    /// client meanwhile ...
     pub waiting: Cell<Option<(RawFd, u64, bool)>>,
+    /// The part of a next request in hand when it is not whole (empty otherwise), which
+    /// what the client's socket holds may complete.
+    pub next_part: RefCell<Vec<u8>>,
     /// ... and sets this, having shut that connection down, when the client has gone.
     pub abandoned: Cell<bool>,
     /// It lingers after its last answer (also `idle`, so that eviction and the drain take
@@ -71,12 +75,26 @@ impl Live {
     /// [`BodyWatch`]), on the backend connection `up` until the
     /// returned guard drops (an exchange dropped mid-wait must not leave a closed fd here,
     /// whose number a later socket may take).
-    /// `reset_only`: the client has a next request in hand, so a close (FIN) behind it
-    /// is no sign of leaving, only a reset is.
-    pub fn watch(&self, up: RawFd, tick: u64, reset_only: bool) -> Watch<'_> {
+    /// `next_whole`: the client has a whole next request in hand (what
+    /// [`Live::note_next`] said), so a close (FIN) behind it is no sign of leaving, only a
+    /// reset is.
+    pub fn watch(&self, up: RawFd, tick: u64, next_whole: bool) -> Watch<'_> {
         self.abandoned.set(false);
-        self.waiting.set(Some((up, tick, reset_only)));
+        self.waiting.set(Some((up, tick, next_whole)));
         Watch(self)
+    }
+
+    /// Notes the bytes of the client's next request in hand (pipelined) before a wait on
+    /// the backend, and says whether they hold its whole head. A part of one is kept
+    /// (copied: it is rare) for the watch to complete with what the socket holds.
+    pub fn note_next(&self, next: &[u8]) -> bool {
+        let whole = !next.is_empty() && crate::h1::holds_request_head(next);
+        let mut part = self.next_part.borrow_mut();
+        part.clear();
+        if !whole {
+            part.extend_from_slice(next);
+        }
+        whole
     }
 }
 
@@ -94,13 +112,13 @@ pub struct BodyWatch<'a> {
     /// The backend socket, shut down when the client is found gone.
     pub up: RawFd,
     /// See [`Live::watch`].
-    pub reset_only: bool,
+    pub next_whole: bool,
 }
 
 impl<'a> BodyWatch<'a> {
     pub fn begin(&self) -> Watch<'a> {
         self.live
-            .watch(self.up, self.worker.tick(), self.reset_only)
+            .watch(self.up, self.worker.tick(), self.next_whole)
     }
 }
 
@@ -919,23 +937,43 @@ impl Worker {
     /// that half-closes after its request and reads on (`nc -N`) is still answered by any
     /// backend quicker than that, every time. The backend's connection is shut down, which
     /// ends the wait at once and tells the backend; the exchange sees `abandoned` and ends
-    /// without an answer, logged as `client_closed_request`. A client that sent more (a
-    /// pipelined request, in hand) is gone only if it reset its connection: a close behind
-    /// its requests is how a client says it has no more (a review: one junk byte after a
-    /// request kept the watch off, reset or not).
+    /// without an answer, logged as `client_closed_request`. A client that sent a whole
+    /// next request (pipelined, in hand or in its socket) is gone only if it reset its
+    /// connection: a close behind its requests is how a client says it has no more (a
+    /// review: one junk byte after a request kept the watch off, reset or not). A part of
+    /// one is no such request: a FIN behind it can never be followed by the rest (a
+    /// hostile review: one byte after the request, then a close, held the request's
+    /// backend and `max_in_flight` slot until the backend answered, with no client left;
+    /// the FIN was seen behind unread bytes by no peek, now by `POLLRDHUP`).
     /// Run once a second, just after [`Worker::close_expired_idle`] advanced the tick; one
-    /// peek per waiting connection, nothing per request.
+    /// peek and one `poll` per waiting connection, nothing per request, and for a client
+    /// that closed behind bytes not read yet, a peek of those (up to a head's limit).
     pub fn watch_waiting(&self) {
         let now = self.tick();
+        let max_head = self.view().snapshot.config.limits.max_head_bytes;
         for (fd, live) in self.conns.borrow().values() {
-            let Some((up, since, reset_only)) = live.waiting.get() else {
+            let Some((up, since, next_whole)) = live.waiting.get() else {
                 continue;
             };
             // A wait that began within tick `t` has lasted a second or more at `t + 2`.
-            let gone = match crate::io::peer(*fd) {
-                crate::io::Peer::Here => false,
-                crate::io::Peer::Closed => !reset_only && now.saturating_sub(since) >= 2,
-                crate::io::Peer::Reset => true,
+            let gone = match crate::io::client_end(*fd) {
+                End::Here => false,
+                End::Reset => true,
+                End::Closed { .. } if next_whole || now.saturating_sub(since) < 2 => false,
+                End::Closed { unread: false } => true,
+                End::Closed { unread: true } => {
+                    // Did what it sent since complete a next request? Then it is answered.
+                    let mut next = std::mem::take(&mut *live.next_part.borrow_mut());
+                    let had = next.len();
+                    crate::io::peek_into(*fd, &mut next, max_head.saturating_sub(had));
+                    let whole = crate::h1::holds_request_head(&next);
+                    next.truncate(had);
+                    *live.next_part.borrow_mut() = next;
+                    if whole {
+                        live.waiting.set(Some((up, since, true)));
+                    }
+                    !whole
+                }
             };
             if gone {
                 live.waiting.set(None);

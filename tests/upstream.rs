@@ -1085,6 +1085,21 @@ fn a_client_that_leaves_frees_its_backend(env: &[(&str, &str)]) {
     served_as_before(&g, &rec);
 }
 
+/// After the `n`th client left (`how`): the backend has seen `n` connections closed, and
+/// `svc`'s `max_in_flight` slot is free.
+fn freed(g: &AdminGateway, rec: &Recorder, n: usize, how: &str) {
+    assert!(
+        eventually(Duration::from_secs(5), || rec.closed.load(Ordering::SeqCst)
+            == n),
+        "{how}: the backend's connection stayed open after the client left"
+    );
+    let in_flight = || sample(&metrics(g.admin), "gateway_in_flight{service=\"svc\"}");
+    assert!(
+        eventually(Duration::from_secs(2), || in_flight() == Some(0.0)),
+        "{how}: the slot stayed taken"
+    );
+}
+
 /// After clients left: the backend's circuit is closed (their leaving is no verdict) and
 /// it is served as before.
 fn served_as_before(g: &AdminGateway, rec: &Recorder) {
@@ -1127,9 +1142,10 @@ fn a_client_that_leaves_mid_body_frees_its_backend() {
         ),
     )));
     let in_flight = || sample(&metrics(g.admin), "gateway_in_flight{service=\"svc\"}");
-    // The third sends a byte of a next request first: a close behind it would be no sign of
-    // leaving, a reset is (a re-review: it kept the watch off altogether).
-    for (n, how) in (1..).zip(["reset", "close", "pipelined, reset"]) {
+    // The last two send a byte of a next request first: a reset behind it is a sign of
+    // leaving (a re-review: it kept the watch off altogether), and so is a close, since the
+    // rest of that request can never come (a hostile review).
+    for (n, how) in (1..).zip(["reset", "close", "pipelined, reset", "pipelined, close"]) {
         let mut c = Client::connect(g.proc.addr);
         c.send(b"GET /v1/proxy/svc/stream HTTP/1.1\r\nHost: gw\r\n\r\n");
         if how.starts_with("pipelined") {
@@ -1143,15 +1159,52 @@ fn a_client_that_leaves_mid_body_frees_its_backend() {
         } else {
             c.stream.shutdown(Shutdown::Both).expect("shutdown");
         }
+        freed(&g, &rec, n, how);
+    }
+    served_as_before(&g, &rec);
+}
+
+/// A hostile review: a client that sent one byte after its request (or a CRLF, or the
+/// start of a next one, in the same packet or later) and closed held the request's backend
+/// connection and `max_in_flight` slot until the backend answered (8 s there, up to
+/// `timeouts.response`), with no client left: any byte after the request turned the close
+/// watch off. A part of a next request is not one the client waits to have answered:
+/// behind it, a close is the client leaving, as with nothing behind the request.
+#[test]
+fn a_client_that_closes_behind_part_of_a_next_request_frees_its_backend() {
+    let rec = Recorder::start(Mode::Hang);
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 60s}",
+        &format!(
+            "  svc:\n    backends: [http://{}]\n    max_in_flight: 1\n",
+            rec.addr
+        ),
+    )));
+    let head = b"GET /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let ways: [(&str, &[u8], &[u8]); 4] = [
+        ("a byte", b"G", b""),
+        ("a CRLF", b"\r\n", b""),
+        ("a byte, later", b"", b"G"),
+        (
+            "half a head, in two",
+            b"GET /v1/proxy/svc/b HT",
+            b"TP/1.1\r\nHost: gw\r\n",
+        ),
+    ];
+    for (n, (how, with, later)) in (1..).zip(ways) {
+        let mut c = Client::connect(g.proc.addr);
+        c.send(&[&head[..], with].concat());
         assert!(
-            eventually(Duration::from_secs(5), || rec.closed.load(Ordering::SeqCst)
-                == n),
-            "{how}: the backend's connection stayed open after the client left"
+            eventually(Duration::from_secs(5), || rec.requests() == n),
+            "{how}: the request never reached the backend"
         );
-        assert!(
-            eventually(Duration::from_secs(2), || in_flight() == Some(0.0)),
-            "{how}: the slot stayed taken"
-        );
+        if !later.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+            c.send(later);
+        }
+        drop(c);
+        freed(&g, &rec, n, how);
     }
     served_as_before(&g, &rec);
 }
@@ -1165,8 +1218,12 @@ fn a_client_that_leaves_mid_body_frees_its_backend() {
 #[test]
 fn a_half_closed_client_is_answered_when_it_pipelined_was_quick_or_with_ignore_client_abort() {
     let b = mock_backend();
+    // The pipelined request may also come after a pause, or split across the pause: it is
+    // then in the client's socket, not read, when the FIN comes.
     let cases = [
         ("pipelined", "", 2200),
+        ("pipelined later", "", 2200),
+        ("pipelined split", "", 2200),
         ("quick", "", 800),
         ("ignored", "ignore_client_abort: true", 2200),
     ];
@@ -1179,13 +1236,22 @@ fn a_half_closed_client_is_answered_when_it_pipelined_was_quick_or_with_ignore_c
         let mut c = Client::connect(g.proc.addr);
         let mut req =
             format!("GET /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nx-mock-delay-ms: {delay}\r\n\r\n");
-        if case == "pipelined" {
-            req.push_str("GET /v1/proxy/svc/b HTTP/1.1\r\nHost: gw\r\n\r\n");
-        }
+        let next = "GET /v1/proxy/svc/b HTTP/1.1\r\nHost: gw\r\n\r\n";
+        let (now, later) = match case {
+            "pipelined" => (next, ""),
+            "pipelined later" => ("", next),
+            "pipelined split" => next.split_at(10),
+            _ => ("", ""),
+        };
+        req.push_str(now);
         c.send(req.as_bytes());
+        if !later.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+            c.send(later.as_bytes());
+        }
         c.stream.shutdown(Shutdown::Write).expect("shutdown");
         assert_eq!(c.read_response().status, 200, "{case}");
-        if case == "pipelined" {
+        if case.starts_with("pipelined") {
             assert_eq!(c.read_response().status, 200, "the pipelined one");
         }
         let m = metrics(g.admin);
