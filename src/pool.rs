@@ -137,8 +137,10 @@ impl Pool {
         }
         let mut found = None;
         let mut stray = false;
+        // The poll's reading of the clock (`clock::now`): no clock read of its own per take.
+        let now = crate::clock::now();
         while let Some(idle) = q.pop_back() {
-            let idle_for = idle.since.elapsed();
+            let idle_for = now.saturating_duration_since(idle.since);
             if idle_for >= self.idle_timeout.get() {
                 // The newest is expired, so all older ones are too.
                 q.clear();
