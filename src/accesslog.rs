@@ -231,6 +231,9 @@ pub struct Entry<'a> {
     pub target: &'a [u8],
     pub service: Option<&'a str>,
     pub backend: Option<&'a str>,
+    /// Backends tried before `backend`, in order: the field lists them all, comma-separated
+    /// (NGINX's `$upstream_addr`).
+    pub earlier: [Option<&'a str>; 2],
     pub status: u16,
     pub bytes: u64,
     pub upstream_us: Option<u64>,
@@ -349,12 +352,13 @@ fn text_line(b: &mut Vec<u8>, second: &[u8; 19], millis: u32, e: &Entry<'_>) {
     b.extend_from_slice(second);
     let _ = write!(b, ".{millis:03}Z {} {} ", e.client, e.method);
     b.extend_from_slice(e.target);
-    let _ = write!(
-        b,
-        " {} {} ",
-        e.service.unwrap_or("-"),
-        e.backend.unwrap_or("-")
-    );
+    let _ = write!(b, " {} ", e.service.unwrap_or("-"));
+    for u in e.earlier.iter().flatten() {
+        b.extend_from_slice(u.as_bytes());
+        b.push(b',');
+    }
+    b.extend_from_slice(e.backend.unwrap_or("-").as_bytes());
+    b.push(b' ');
     if e.drained && e.status == 0 && e.bytes == 0 {
         b.extend_from_slice(b"- - ");
     } else if e.drained && e.status == 0 {
@@ -396,7 +400,18 @@ fn json_line(b: &mut Vec<u8>, second: &[u8; 19], millis: u32, e: &Entry<'_>) {
     b.extend_from_slice(b",\"service\":");
     json_str(b, e.service.map(str::as_bytes));
     b.extend_from_slice(b",\"backend\":");
-    json_str(b, e.backend.map(str::as_bytes));
+    match e.backend {
+        Some(last) => {
+            b.push(b'"');
+            for u in e.earlier.iter().flatten() {
+                json_escape(b, u.as_bytes());
+                b.push(b',');
+            }
+            json_escape(b, last.as_bytes());
+            b.push(b'"');
+        }
+        None => b.extend_from_slice(b"null"),
+    }
     if e.drained && e.status == 0 && e.bytes == 0 {
         b.extend_from_slice(b",\"status\":null,\"bytes\":null");
     } else if e.drained && e.status == 0 {
@@ -436,8 +451,14 @@ fn json_str(b: &mut Vec<u8>, v: Option<&[u8]>) {
         b.extend_from_slice(b"null");
         return;
     };
-    let utf8 = std::str::from_utf8(v).is_ok();
     b.push(b'"');
+    json_escape(b, v);
+    b.push(b'"');
+}
+
+/// `v` escaped for inside a JSON string (see [`json_str`]).
+fn json_escape(b: &mut Vec<u8>, v: &[u8]) {
+    let utf8 = std::str::from_utf8(v).is_ok();
     for &c in v {
         match c {
             b'"' => b.extend_from_slice(b"\\\""),
@@ -449,7 +470,6 @@ fn json_str(b: &mut Vec<u8>, v: Option<&[u8]>) {
             }
         }
     }
-    b.push(b'"');
 }
 
 #[cfg(test)]
@@ -464,6 +484,7 @@ mod tests {
             target,
             service: Some("svc"),
             backend: Some("http://127.0.0.1:1"),
+            earlier: [None; 2],
             status: 200,
             bytes: 42,
             upstream_us: Some(1_500),
@@ -487,6 +508,34 @@ mod tests {
         }
         let _ = std::fs::remove_file(path);
         text
+    }
+
+    /// An operator review: a request moved on from a backend that refused its connection
+    /// was logged with the last backend alone. The field lists every backend tried, in
+    /// order, as NGINX's `$upstream_addr` does (without its spaces, which split fields).
+    #[test]
+    fn a_request_that_moved_on_lists_every_backend_it_tried() {
+        let e = Entry {
+            earlier: [Some("http://127.0.0.1:2"), Some("http://127.0.0.1:3")],
+            ..served(b"/v1/proxy/svc/a")
+        };
+        let mut text = Vec::new();
+        text_line(&mut text, b"2026-12-04T00:00:00", 0, &e);
+        let text = String::from_utf8(text).unwrap();
+        let fields: Vec<&str> = text.trim_end().split(' ').collect();
+        assert_eq!(
+            fields[5], "http://127.0.0.1:2,http://127.0.0.1:3,http://127.0.0.1:1",
+            "{text}"
+        );
+        assert_eq!(fields.len(), 11, "{text}");
+        let one = Entry {
+            earlier: [Some("http://127.0.0.1:2"), None],
+            ..e
+        };
+        let mut json = Vec::new();
+        json_line(&mut json, b"2026-12-04T00:00:00", 0, &one);
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["backend"], "http://127.0.0.1:2,http://127.0.0.1:1", "{v}");
     }
 
     #[test]
@@ -652,6 +701,7 @@ mod tests {
                     target: b"/v1/proxy/svc/a",
                     service: Some("svc"),
                     backend: None,
+                    earlier: [None; 2],
                     status: 200,
                     bytes: i,
                     upstream_us: None,

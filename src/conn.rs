@@ -334,10 +334,13 @@ fn finish(
         .metrics
         .response(service.map(|s| s.id), rec, total_us);
     if worker.access.enabled() {
-        let backend = match (service, rec.backend) {
-            (Some(s), Some(b)) => Some(s.backends[b].url.url.as_str()),
-            _ => None,
+        let url = |b: Option<usize>| {
+            service
+                .zip(b)
+                .and_then(|(s, b)| s.backends.get(b))
+                .map(|b| b.url.url.as_str())
         };
+        let backend = url(rec.backend);
         let entry = accesslog::Entry {
             client: rec.client.unwrap_or(c.down.peer.ip()),
             method: match method {
@@ -349,6 +352,7 @@ fn finish(
             target: if c.target.is_empty() { b"-" } else { &c.target },
             service: service.map(|s| s.name.as_str()),
             backend,
+            earlier: rec.earlier.map(url),
             status: rec.status,
             bytes: rec.bytes,
             upstream_us: rec.upstream_us,

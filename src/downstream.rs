@@ -39,6 +39,9 @@ pub struct Record {
     pub received: u64,
     /// Index of the backend within its service, once one was picked.
     pub backend: Option<usize>,
+    /// The other backends tried before it, in order (a connect failure or a stale pooled
+    /// connection moves a request on), for the access log.
+    pub earlier: [Option<usize>; 2],
     pub upstream_us: Option<u64>,
     pub error: Option<GatewayError>,
     /// The response's body was cut short after its head went out (the client left or was

@@ -510,7 +510,13 @@ impl<'a> Attempt<'a> {
         down: &mut Downstream,
         live: &Live,
     ) -> Attempt<'a> {
-        down.record.backend = Some(idx);
+        let record = &mut down.record;
+        if let Some(before) = record.backend.filter(|&b| b != idx) {
+            if let Some(slot) = record.earlier.iter_mut().find(|s| s.is_none()) {
+                *slot = Some(before);
+            }
+        }
+        record.backend = Some(idx);
         if let Some(f) = live.request.borrow().as_ref() {
             f.backend.set(Some(idx));
         }

@@ -824,6 +824,7 @@ impl Worker {
                     .zip(f.backend.get())
                     .and_then(|(s, b)| s.backends.get(b))
                     .map(|b| b.url.url.as_str()),
+                earlier: [None; 2],
                 status,
                 bytes,
                 upstream_us: answered.and_then(|a| a.upstream_us),

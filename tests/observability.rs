@@ -1434,3 +1434,42 @@ fn every_answer_carries_the_gateways_request_id_and_interim_ones_no_other() {
     }
     let _ = std::fs::remove_file(&log);
 }
+
+/// An operator review: with one of two backends refusing connections, every request was
+/// answered by the other (a failed connect moves on) and logged with it alone, so the log
+/// never showed the dead one. The backend field lists every backend tried, in order, as
+/// NGINX's `$upstream_addr` does.
+#[test]
+fn the_access_log_names_every_backend_a_request_tried() {
+    let live = mock_backend();
+    let dead = closed_port();
+    let log = std::env::temp_dir().join(format!(
+        "gateway-observability-tried-{}.log",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&log);
+    let g = gateway_at(&write_config(&config(
+        1,
+        &format!(
+            "admin: 127.0.0.1:0\naccess_log: {}\nbreaker: {{failure_threshold: 100}}",
+            log.display()
+        ),
+        &format!("  svc: [http://{dead}, http://{}]\n", live.addr),
+    )));
+    for _ in 0..4 {
+        assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 200);
+    }
+    let text = logged_lines(&log, 4);
+    let backends: Vec<&str> = text
+        .lines()
+        .map(|l| l.split(' ').nth(5).unwrap_or_default())
+        .collect();
+    let moved = format!("http://{dead},http://{}", live.addr);
+    let direct = format!("http://{}", live.addr);
+    // Each request that picked the dead one first names it, then the one that answered.
+    assert!(
+        backends.iter().all(|b| *b == moved || *b == direct)
+            && backends.iter().any(|b| *b == moved),
+        "{text}"
+    );
+}
