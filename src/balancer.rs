@@ -80,7 +80,9 @@ impl View {
                 return Pick::Backend { idx, ticket };
             }
             let word = breaker::Word::load(&**cell);
-            let wait = breaker::retry_hint_ms(word, now_ms(), &service.policy, streaming);
+            let now = now_ms();
+            service.backends[idx].want(now);
+            let wait = breaker::retry_hint_ms(word, now, &service.policy, streaming);
             retry_ms = retry_ms.min(wait);
         }
         Pick::AllOpen {

@@ -304,6 +304,7 @@ mod tests {
                         slot,
                         breaker: Arc::default(),
                         no_reuse_until: Arc::default(),
+                        wanted: Arc::default(),
                     }))
                 })
                 .collect();

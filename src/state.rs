@@ -58,9 +58,25 @@ pub struct Backend {
     /// by every backend of any service at the same address (0: reusable): it sent bytes
     /// nobody asked for (see `pool.rs`). Written only then.
     pub no_reuse_until: Arc<BreakerCell>,
+    /// When (`now_ms`) a request last found its circuit not closed and passed it over:
+    /// this instance has traffic a probe could serve. The cluster thread asks for the
+    /// fleet's probe lease only then. Written at most every [`WANTED_EVERY_MS`], and only
+    /// while the circuit is not closed.
+    pub wanted: Arc<BreakerCell>,
 }
 
+/// See [`Backend::wanted`].
+pub const WANTED_EVERY_MS: u64 = 100;
+
 impl Backend {
+    /// A request passed this backend over at `now` (its circuit is not closed).
+    #[inline]
+    pub fn want(&self, now: u64) {
+        if now >= self.wanted.load(Ordering::Relaxed) + WANTED_EVERY_MS {
+            self.wanted.store(now, Ordering::Relaxed);
+        }
+    }
+
     /// Whether its connections may be pooled and reused now.
     #[inline]
     pub fn reusable(&self) -> bool {
@@ -210,8 +226,9 @@ struct Registry {
     prior_lease: (u64, u64),
 }
 
-/// A backend's slot, breaker and the address its URL resolved to.
-type Cells = (usize, Arc<BreakerCell>, SocketAddr);
+/// A backend's slot, breaker, demand mark (see [`Backend::wanted`]) and the address its
+/// URL resolved to.
+type Cells = (usize, Arc<BreakerCell>, Arc<BreakerCell>, SocketAddr);
 
 /// Services and backends that got no series of their own because more than
 /// [`MAX_SERVICES`] services or [`MAX_SLOTS`] backends were configured at once.
@@ -490,12 +507,72 @@ impl Shared {
     }
 }
 
+/// What a build carries over: the cells of each (service, URL) and the no-reuse marks by
+/// address, as the new snapshot uses them.
+#[derive(Default)]
+struct Live {
+    cells: HashMap<(String, String), Cells>,
+    marks: HashMap<SocketAddr, Arc<BreakerCell>>,
+}
+
+/// A fresh cell (0: a closed circuit, no mark).
+fn cell() -> Arc<BreakerCell> {
+    Arc::new(CachePadded::new(AtomicU64::new(0)))
+}
+
+/// `service`'s backend `b` for a new snapshot: its slot, breaker and demand mark carried
+/// over from the running config where its URL still resolves to the same address (see
+/// [`Registry`]), and the no-reuse mark of its address.
+fn backend_cells(
+    reg: &mut Registry,
+    report: &mut BuildReport,
+    live: &mut Live,
+    service: &str,
+    b: &crate::config::BackendUrl,
+) -> Backend {
+    let key = (service.to_owned(), b.url.clone());
+    let (slot, breaker, wanted) = match reg.cells.get(&key) {
+        Some((slot, breaker, wanted, addr)) if *addr == b.addr => {
+            report.backends_kept += 1;
+            // One with no series moves to a free slot that has them (its idle pooled
+            // connections go with the old slot).
+            let slot = if *slot >= MAX_SLOTS && reg.slots.free_below(MAX_SLOTS) {
+                reg.slots.take()
+            } else {
+                *slot
+            };
+            (slot, breaker.clone(), wanted.clone())
+        }
+        other => {
+            if other.is_some() {
+                report.backends_readdressed += 1;
+            } else {
+                report.backends_added += 1;
+            }
+            (reg.slots.take(), cell(), cell())
+        }
+    };
+    live.cells
+        .insert(key, (slot, breaker.clone(), wanted.clone(), b.addr));
+    let no_reuse_until = live
+        .marks
+        .entry(b.addr)
+        .or_insert_with(|| reg.no_reuse.get(&b.addr).cloned().unwrap_or_else(cell))
+        .clone();
+    Backend {
+        url: b.clone(),
+        slot,
+        breaker,
+        no_reuse_until,
+        wanted,
+    }
+}
+
 fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, BuildReport) {
     reg.epoch += 1;
     let epoch = reg.epoch;
     let mut report = BuildReport::default();
-    let mut live: HashMap<(String, String), Cells> = HashMap::new();
-    let mut live_marks: HashMap<SocketAddr, Arc<BreakerCell>> = HashMap::new();
+    let mut live = Live::default();
     let (admissions, budgets) = reg.admission.build(&config);
     report.budgets = budgets;
     // A probe admitted before this reload runs on the old timeouts: its lease stays the
@@ -513,53 +590,11 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
         .iter()
         .zip(admissions)
         .map(|(sc, admission)| {
-            let backends =
-                sc.backends
-                    .iter()
-                    .map(|b| {
-                        let key = (sc.name.clone(), b.url.clone());
-                        let (slot, cell, _) = match reg.cells.get(&key) {
-                            Some(existing) if existing.2 == b.addr => {
-                                report.backends_kept += 1;
-                                let (slot, cell, addr) = existing.clone();
-                                // One with no series moves to a free slot that has them (its
-                                // idle pooled connections go with the old slot).
-                                if slot >= MAX_SLOTS && reg.slots.free_below(MAX_SLOTS) {
-                                    (reg.slots.take(), cell, addr)
-                                } else {
-                                    (slot, cell, addr)
-                                }
-                            }
-                            other => {
-                                if other.is_some() {
-                                    report.backends_readdressed += 1;
-                                } else {
-                                    report.backends_added += 1;
-                                }
-                                (
-                                    reg.slots.take(),
-                                    Arc::new(CachePadded::new(AtomicU64::new(0))),
-                                    b.addr,
-                                )
-                            }
-                        };
-                        live.insert(key, (slot, cell.clone(), b.addr));
-                        let no_reuse = live_marks
-                            .entry(b.addr)
-                            .or_insert_with(|| {
-                                reg.no_reuse.get(&b.addr).cloned().unwrap_or_else(|| {
-                                    Arc::new(CachePadded::new(AtomicU64::new(0)))
-                                })
-                            })
-                            .clone();
-                        Backend {
-                            url: b.clone(),
-                            slot,
-                            breaker: cell,
-                            no_reuse_until: no_reuse,
-                        }
-                    })
-                    .collect();
+            let backends = sc
+                .backends
+                .iter()
+                .map(|b| backend_cells(reg, &mut report, &mut live, &sc.name, b))
+                .collect();
             let id = match reg.services.get(&sc.name) {
                 // One with no series moves to a free id that has them.
                 Some(&id) if id < MAX_SERVICES || !reg.service_ids.free_below(MAX_SERVICES) => id,
@@ -584,7 +619,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
     // re-homed service's old id) waits until no older snapshot is alive before its id is
     // reused.
     for (key, (slot, ..)) in &reg.cells {
-        if live.get(key).is_none_or(|l| l.0 != *slot) {
+        if live.cells.get(key).is_none_or(|l| l.0 != *slot) {
             reg.slots.park(*slot, epoch);
         }
     }
@@ -593,8 +628,8 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
             reg.service_ids.park(*id, epoch);
         }
     }
-    reg.cells = live;
-    reg.no_reuse = live_marks;
+    reg.cells = live.cells;
+    reg.no_reuse = live.marks;
     reg.services = live_services;
     count_exhausted(reg, &services);
     (

@@ -329,6 +329,47 @@ fn one_probe_per_cooldown_across_the_fleet_under_load() {
     );
 }
 
+/// A review: an instance without requests for a backend won the fleet's probe lease as
+/// often as one with them, held it unused for its 3 s grant, and asked again on equal
+/// terms, so with three idle instances of four the one with traffic got its first answer
+/// 6 to 21 s past the fleet's cooldown. Only an instance with traffic asks now.
+#[test]
+fn the_instance_with_traffic_gets_the_fleets_probe() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("probe-traffic");
+    let breaker = "{failure_threshold: 2, cooldown: 2s}";
+    let fleet: Vec<AdminGateway> = (0..4)
+        .map(|_| member(&redis, &name, 1, breaker, rec.addr))
+        .collect();
+    assert!(eventually(WAIT, || fleet.iter().all(cluster_up)));
+    let busy = &fleet[3];
+    // Two rounds: an idle instance would win the first race three times in four.
+    for round in 0..2 {
+        rec.set(reply(500));
+        fail(&fleet[0], 2);
+        let opened = Instant::now();
+        assert!(eventually(WAIT, || backend(busy).0 == "open"), "{round}");
+        rec.set(reply(200));
+        // Only `busy` has traffic: its first answer comes when the 2 s cooldown ends, not
+        // a 3 s grant of an idle instance's later.
+        let answered = eventually(Duration::from_secs(15), || {
+            let ok = status(busy) == 200;
+            std::thread::sleep(Duration::from_millis(50));
+            ok
+        });
+        let took = opened.elapsed();
+        assert!(
+            answered && took < Duration::from_millis(4500),
+            "round {round}: first answer after {took:?}"
+        );
+        assert!(
+            eventually(WAIT, || fleet.iter().all(|g| backend(g).0 == "closed")),
+            "round {round}: the fleet did not close"
+        );
+    }
+}
+
 #[test]
 fn the_fleet_opens_once_the_quorum_of_instances_has_opened() {
     let redis = Redis::start();
