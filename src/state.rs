@@ -629,6 +629,14 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
         }
     }
     reg.cells = live.cells;
+    // A mark still running outlives its address's removal: a backend pulled and put back
+    // within the minute, as an operator does with a misbehaving one, is not reused at once
+    // (a review saw its late answers reach other clients again).
+    for (addr, mark) in reg.no_reuse.drain() {
+        if mark.load(Ordering::Relaxed) > now {
+            live.marks.entry(addr).or_insert(mark);
+        }
+    }
     reg.no_reuse = live.marks;
     reg.services = live_services;
     count_exhausted(reg, &services);
@@ -782,7 +790,12 @@ mod tests {
             "services:\n  b: [http://127.0.0.1:1/api]\n  d: [http://127.0.0.1:1]\n",
         ));
         assert!(Arc::ptr_eq(&backend("b"), &a) && Arc::ptr_eq(&backend("d"), &a));
-        // Once no service lists the address, its mark goes.
+        // Dropped from the config and put back within the minute, it is still marked.
+        shared.install(cfg("services:\n  c: [http://127.0.0.1:2]\n"));
+        shared.install(cfg("services:\n  d: [http://127.0.0.1:1]\n"));
+        assert!(Arc::ptr_eq(&backend("d"), &a));
+        // Once its mark has run out and no service lists the address, the mark goes.
+        a.store(1, Ordering::Relaxed);
         shared.install(cfg("services:\n  c: [http://127.0.0.1:2]\n"));
         shared.install(cfg("services:\n  d: [http://127.0.0.1:1]\n"));
         assert!(!Arc::ptr_eq(&backend("d"), &a));
