@@ -172,6 +172,17 @@ pub struct Limits {
     pub max_connections: Option<u64>,
 }
 
+impl Limits {
+    /// The limits a request head is parsed under.
+    pub fn head(&self) -> crate::h1::HeadLimits {
+        crate::h1::HeadLimits {
+            max_head_bytes: self.max_head_bytes,
+            max_headers: self.max_headers,
+            max_target_bytes: self.max_target_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolSettings {
     pub max_idle_per_backend: usize,

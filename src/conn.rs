@@ -13,7 +13,7 @@ use crate::balancer::View;
 use crate::downstream::{After, Downstream, Record};
 use crate::error::GatewayError;
 use crate::exchange::{self, Prepared, Request};
-use crate::h1::{self, Framing, HeadLimits};
+use crate::h1::{self, Framing};
 use crate::io::{self, Read, BUF_SIZE};
 use crate::reqid;
 use crate::rewrite;
@@ -419,11 +419,7 @@ async fn next_request(
         let view = worker.view();
         let cfg = &view.snapshot.config;
         let d = &mut c.down;
-        let limits = HeadLimits {
-            max_head_bytes: cfg.limits.max_head_bytes,
-            max_headers: cfg.limits.max_headers,
-            max_target_bytes: cfg.limits.max_target_bytes,
-        };
+        let limits = cfg.limits.head();
         if d.start < d.buf.len() && scan.ready(&d.buf[d.start..], &limits) {
             let mut headers = h1::header_slots();
             match h1::parse_request(&d.buf[d.start..], &mut headers, &limits) {
@@ -571,6 +567,7 @@ async fn next_request(
                 // The first few idle connections of a worker read with a lent buffer; the
                 // others wait for readiness holding none, then borrow one to read into.
                 idle.set(Some(worker.tick()));
+                live.pipelining.set(false);
                 worker.wake_acceptor(); // one may wait to close an idle connection
                 let mut lent = None;
                 if d.buf.capacity() == 0 {

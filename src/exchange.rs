@@ -1240,7 +1240,8 @@ impl Exchange<'_> {
         // is waited for whoever is left: it is the circuit's verdict (a review: clients
         // that left each probe in turn kept a recovered backend's circuit open for good).
         let watch = (!self.attempt.is_probe()).then(|| {
-            let whole = self.live.note_next(&down.buf[down.start..]);
+            let limits = self.view.snapshot.config.limits.head();
+            let whole = self.live.note_next(&down.buf[down.start..], &limits);
             self.live.watch(self.up.fd(), self.worker.tick(), whole)
         });
         // Counted where the drain deadline's line finds them (see `run`).
@@ -1291,6 +1292,7 @@ impl Exchange<'_> {
     ) -> Result<ResponseHead, HeadFail> {
         let timeouts = self.timeouts;
         let min_body_rate = self.min_body_rate;
+        let head_limits = self.view.snapshot.config.limits.head();
         let Exchange {
             up,
             ubuf,
@@ -1413,7 +1415,7 @@ impl Exchange<'_> {
                         }
                         let probe = attempt.borrow().is_probe();
                         let watch = (!probe).then(|| {
-                            let whole = live.note_next(&owed.followed.borrow());
+                            let whole = live.note_next(&owed.followed.borrow(), &head_limits);
                             live.watch(up_fd, worker.tick(), whole)
                         });
                         let head = io::timed(timeouts.response, head).await;
@@ -1572,7 +1574,10 @@ impl Exchange<'_> {
             worker: self.worker,
             live: self.live,
             up: self.up.fd(),
-            next_whole: self.live.note_next(&down.buf[down.start..]),
+            next_whole: self.live.note_next(
+                &down.buf[down.start..],
+                &self.view.snapshot.config.limits.head(),
+            ),
         });
         let relayed = to_client(
             ToClient {

@@ -341,23 +341,20 @@ pub struct ParsedRequest<'h, 'b> {
     pub head: &'b [u8],
 }
 
-/// Whether `bytes` begin with a whole request head: a pipelined request the client has
-/// sent in full, which a client that half-closed behind it still waits to have answered.
-/// Leading empty lines are skipped, as for any request; a head that would be refused
-/// (bad syntax, too many fields) is no request to wait for.
-pub fn holds_request_head(bytes: &[u8]) -> bool {
+/// Whether `bytes` begin with a whole request head that [`parse_request`] takes under
+/// `limits`: a pipelined request the client has sent in full, which a client that
+/// half-closed behind it still waits to have answered. A head that would be refused (its
+/// syntax, its limits, its `Host` or framing) is no request to wait for (a re-review:
+/// plain `httparse` took a bare-LF head, a missing `Host` or 101 fields over a limit of
+/// 100 for one).
+pub fn holds_request_head(bytes: &[u8], limits: &HeadLimits) -> bool {
     // No head ends without an empty line: most partial bytes need no parse.
     let ends = |pat: &[u8]| memchr::memmem::find(bytes, pat).is_some();
     if !ends(b"\n\r\n") && !ends(b"\n\n") {
         return false;
     }
     let mut slots = header_slots();
-    let mut req = httparse::Request::new(&mut []);
-    matches!(
-        httparse::ParserConfig::default()
-            .parse_request_with_uninit_headers(&mut req, bytes, &mut slots),
-        Ok(httparse::Status::Complete(_))
-    )
+    matches!(parse_request(bytes, &mut slots, limits), Ok(Some(_)))
 }
 
 /// Parses and validates a request head at the start of `buf`.
@@ -1394,10 +1391,19 @@ mod tests {
         let whole: &[&[u8]] = &[
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
             b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nGET /x",
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab",
         ];
+        let limits = HeadLimits {
+            max_head_bytes: 4096,
+            max_headers: 4,
+            max_target_bytes: 1024,
+        };
         for b in whole {
-            assert!(holds_request_head(b), "{:?}", String::from_utf8_lossy(b));
+            assert!(
+                holds_request_head(b, &limits),
+                "{:?}",
+                String::from_utf8_lossy(b)
+            );
         }
         let not: &[&[u8]] = &[
             b"",
@@ -1407,10 +1413,26 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\n",
             b"x\r\n\r\n",
             b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+            // What the gateway would refuse: bare LF, no Host, a bad length, over a limit.
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: zz\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n",
         ];
         for b in not {
-            assert!(!holds_request_head(b), "{:?}", String::from_utf8_lossy(b));
+            assert!(
+                !holds_request_head(b, &limits),
+                "{:?}",
+                String::from_utf8_lossy(b)
+            );
         }
+        let long = [
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: ",
+            &[b'x'; 4096][..],
+            b"\r\n\r\n",
+        ]
+        .concat();
+        assert!(!holds_request_head(&long, &limits), "over max_head_bytes");
     }
 
     #[test]

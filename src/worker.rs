@@ -52,6 +52,11 @@ pub struct Live {
     /// The part of a next request in hand when it is not whole (empty otherwise), which
     /// what the client's socket holds may complete.
     pub next_part: RefCell<Vec<u8>>,
+    /// Since it last waited for a request with nothing in hand, the client has had a whole
+    /// next request behind one: a FIN from it is a half-close behind its pipelined
+    /// requests, the last of them included (a re-review: the last of two pipelined
+    /// requests was given up a second into its wait, its answer lost).
+    pub pipelining: Cell<bool>,
     /// ... and sets this, having shut that connection down, when the client has gone.
     pub abandoned: Cell<bool>,
     /// It lingers after its last answer (also `idle`, so that eviction and the drain take
@@ -87,8 +92,12 @@ impl Live {
     /// Notes the bytes of the client's next request in hand (pipelined) before a wait on
     /// the backend, and says whether they hold its whole head. A part of one is kept
     /// (copied: it is rare) for the watch to complete with what the socket holds.
-    pub fn note_next(&self, next: &[u8]) -> bool {
-        let whole = !next.is_empty() && crate::h1::holds_request_head(next);
+    pub fn note_next(&self, next: &[u8], limits: &crate::h1::HeadLimits) -> bool {
+        let whole = !next.is_empty() && crate::h1::holds_request_head(next, limits);
+        if whole {
+            self.pipelining.set(true);
+        }
+        let whole = whole || self.pipelining.get();
         let mut part = self.next_part.borrow_mut();
         part.clear();
         if !whole {
@@ -951,7 +960,7 @@ impl Worker {
     /// that closed behind bytes not read yet, a peek of those (up to a head's limit).
     pub fn watch_waiting(&self) {
         let now = self.tick();
-        let max_head = self.view().snapshot.config.limits.max_head_bytes;
+        let limits = self.view().snapshot.config.limits.head();
         for (fd, live) in self.conns.borrow().values() {
             let Some((up, since, next_whole)) = live.waiting.get() else {
                 continue;
@@ -964,13 +973,14 @@ impl Worker {
                 End::Closed { unread: false } => true,
                 End::Closed { unread: true } => {
                     // Did what it sent since complete a next request? Then it is answered.
-                    let mut next = std::mem::take(&mut *live.next_part.borrow_mut());
-                    let had = next.len();
-                    crate::io::peek_into(*fd, &mut next, max_head.saturating_sub(had));
-                    let whole = crate::h1::holds_request_head(&next);
-                    next.truncate(had);
-                    *live.next_part.borrow_mut() = next;
+                    // The peek goes into a buffer of its own, freed at once (one kept in
+                    // `next_part` held up to `max_head_bytes` per such client: a re-review).
+                    let mut next = live.next_part.borrow().clone();
+                    let room = limits.max_head_bytes.saturating_sub(next.len());
+                    crate::io::peek_into(*fd, &mut next, room);
+                    let whole = crate::h1::holds_request_head(&next, &limits);
                     if whole {
+                        live.pipelining.set(true);
                         live.waiting.set(Some((up, since, true)));
                     }
                     !whole

@@ -1182,7 +1182,8 @@ fn a_client_that_closes_behind_part_of_a_next_request_frees_its_backend() {
         ),
     )));
     let head = b"GET /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\n\r\n";
-    let ways: [(&str, &[u8], &[u8]); 4] = [
+    // A head the gateway would refuse is no request to wait for either (a re-review).
+    let ways: [(&str, &[u8], &[u8]); 6] = [
         ("a byte", b"G", b""),
         ("a CRLF", b"\r\n", b""),
         ("a byte, later", b"", b"G"),
@@ -1190,6 +1191,16 @@ fn a_client_that_closes_behind_part_of_a_next_request_frees_its_backend() {
             "half a head, in two",
             b"GET /v1/proxy/svc/b HT",
             b"TP/1.1\r\nHost: gw\r\n",
+        ),
+        (
+            "a head with no Host",
+            b"GET /v1/proxy/svc/b HTTP/1.1\r\n\r\n",
+            b"",
+        ),
+        (
+            "a bare-LF head, later",
+            b"",
+            b"GET /v1/proxy/svc/b HTTP/1.1\nHost: gw\n\n",
         ),
     ];
     for (n, (how, with, later)) in (1..).zip(ways) {
@@ -1220,10 +1231,13 @@ fn a_half_closed_client_is_answered_when_it_pipelined_was_quick_or_with_ignore_c
     let b = mock_backend();
     // The pipelined request may also come after a pause, or split across the pause: it is
     // then in the client's socket, not read, when the FIN comes.
+    // The last of them is answered too, however long it takes (a re-review: it was given
+    // up a second into its wait, as a lone request behind a FIN is).
     let cases = [
         ("pipelined", "", 2200),
         ("pipelined later", "", 2200),
         ("pipelined split", "", 2200),
+        ("pipelined, both slow", "", 2200),
         ("quick", "", 800),
         ("ignored", "ignore_client_abort: true", 2200),
     ];
@@ -1237,8 +1251,11 @@ fn a_half_closed_client_is_answered_when_it_pipelined_was_quick_or_with_ignore_c
         let mut req =
             format!("GET /v1/proxy/svc/a HTTP/1.1\r\nHost: gw\r\nx-mock-delay-ms: {delay}\r\n\r\n");
         let next = "GET /v1/proxy/svc/b HTTP/1.1\r\nHost: gw\r\n\r\n";
+        let slow_next =
+            format!("GET /v1/proxy/svc/b HTTP/1.1\r\nHost: gw\r\nx-mock-delay-ms: {delay}\r\n\r\n");
         let (now, later) = match case {
             "pipelined" => (next, ""),
+            "pipelined, both slow" => (slow_next.as_str(), ""),
             "pipelined later" => ("", next),
             "pipelined split" => next.split_at(10),
             _ => ("", ""),
