@@ -13,8 +13,7 @@ use std::time::Duration;
 use crate::accesslog::{self, AccessLog};
 use crate::balancer::View;
 use crate::date::DateCache;
-use crate::io::End;
-use crate::io::BUF_SIZE;
+use crate::io::{End, BUF_SIZE};
 use crate::metrics::{WorkerCell, WorkerMetrics};
 use crate::pool::Pool;
 use crate::state::Shared;
@@ -90,14 +89,16 @@ impl Live {
     }
 
     /// Notes the bytes of the client's next request in hand (pipelined) before a wait on
-    /// the backend, and says whether they hold its whole head. A part of one is kept
-    /// (copied: it is rare) for the watch to complete with what the socket holds.
+    /// the backend, and says whether a FIN behind them is a half-close: they hold a whole
+    /// head, or one did since the connection last waited with nothing in hand
+    /// ([`Live::pipelining`]). A part of one is kept (copied: it is rare) for the watch to
+    /// complete with what the socket holds.
     pub fn note_next(&self, next: &[u8], limits: &crate::h1::HeadLimits) -> bool {
-        let whole = !next.is_empty() && crate::h1::holds_request_head(next, limits);
-        if whole {
-            self.pipelining.set(true);
-        }
-        let whole = whole || self.pipelining.get();
+        // Once whole, a FIN stays a half-close until the connection waits again with
+        // nothing in hand: no parse of each next head.
+        let whole = self.pipelining.get()
+            || (!next.is_empty() && crate::h1::holds_request_head(next, limits));
+        self.pipelining.set(whole);
         let mut part = self.next_part.borrow_mut();
         part.clear();
         if !whole {
