@@ -277,12 +277,6 @@ fn stopping_signals(
     }
 }
 
-/// `dns_refresh`: a thread that re-resolves backend host names at the configured interval
-/// (read again each round, so a SIGHUP can turn it on, off or change it). Every second it
-/// also gives services and backends without metric series ids that have them, once a
-/// reload's parked ids are free ([`reload::rehome_ids`]), drops the snapshots a reload
-/// replaced once no worker holds them ([`Shared::bury_retired`]), and trims the heap when
-/// a worker asks ([`Shared::trim_heap_if_asked`]).
 /// Gives the cluster thread, told to leave by the drain flag, the time one round and one
 /// request to Redis take to leave the fleet's list of instances.
 fn wait_for_fleet_exit(fleet: Option<std::thread::JoinHandle<()>>) {
@@ -294,6 +288,12 @@ fn wait_for_fleet_exit(fleet: Option<std::thread::JoinHandle<()>>) {
     }
 }
 
+/// `dns_refresh`: a thread that re-resolves backend host names at the configured interval
+/// (read again each round, so a SIGHUP can turn it on, off or change it). Every second it
+/// also gives services and backends without metric series ids that have them, once a
+/// reload's parked ids are free ([`reload::rehome_ids`]), drops the snapshots a reload
+/// replaced once no worker holds them ([`Shared::bury_retired`]), and trims the heap when
+/// a worker asks ([`Shared::trim_heap_if_asked`]).
 fn start_dns_refresh(shared: Arc<Shared>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("dns-refresh".into())

@@ -129,8 +129,6 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// Binds every worker's listener on this thread (so errors surface before anything
-/// starts), then starts the workers.
 /// Binds `listen` and `admin` once and lets go, so that a port taken is said before
 /// anything else starts (the cluster thread joins the fleet: see `lib::run`).
 pub fn check_ports(config: &crate::config::Config) -> Result<(), StartError> {
@@ -142,6 +140,8 @@ pub fn check_ports(config: &crate::config::Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Binds every worker's listener on this thread (so errors surface before anything
+/// starts), then starts the workers.
 pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
     let config = shared.current.load().config.clone();
     let mut addr = config.listen;
