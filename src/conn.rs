@@ -410,6 +410,12 @@ async fn next_request(
     keep_target: bool,
 ) -> (Next, Rc<View>) {
     let idle = &live.idle;
+    // Bytes of it came before the last request was answered: the client pipelines, and a
+    // FIN from it is a half-close (see `Live::pipelining`), also behind a request the
+    // gateway answered itself (a re-review: a 404 pipelined ahead of a slow request).
+    if c.down.start < c.down.buf.len() {
+        live.pipelining.set(true);
+    }
     // Set when part of a head has arrived; the rest must follow by then (408).
     let mut deadline: Option<Instant> = None;
     // Parse only when it can decide something: the work stays linear in the head's size

@@ -56,6 +56,11 @@ pub struct Live {
     /// requests, the last of them included (a re-review: the last of two pipelined
     /// requests was given up a second into its wait, its answer lost).
     pub pipelining: Cell<bool>,
+    /// The watch took its FIN for a half-close behind whole requests (see
+    /// [`Worker::watch_waiting`]): nothing can follow a FIN, so that holds for every
+    /// request the client sent, those still in its socket included (a re-review: the one
+    /// read after the flag above was reset lost its answer).
+    pub half_closed: Cell<bool>,
     /// ... and sets this, having shut that connection down, when the client has gone.
     pub abandoned: Cell<bool>,
     /// It lingers after its last answer (also `idle`, so that eviction and the drain take
@@ -970,7 +975,11 @@ impl Worker {
             let gone = match crate::io::client_end(*fd) {
                 End::Here => false,
                 End::Reset => true,
-                End::Closed { .. } if next_whole || now.saturating_sub(since) < 2 => false,
+                End::Closed { .. } if next_whole || live.half_closed.get() => {
+                    live.half_closed.set(true);
+                    false
+                }
+                End::Closed { .. } if now.saturating_sub(since) < 2 => false,
                 End::Closed { unread: false } => true,
                 End::Closed { unread: true } => {
                     // Did what it sent since complete a next request? Then it is answered.
@@ -981,7 +990,7 @@ impl Worker {
                     crate::io::peek_into(*fd, &mut next, room);
                     let whole = crate::h1::holds_request_head(&next, &limits);
                     if whole {
-                        live.pipelining.set(true);
+                        live.half_closed.set(true);
                         live.waiting.set(Some((up, since, true)));
                     }
                     !whole
