@@ -510,7 +510,7 @@ impl Shared {
 /// What a build carries over: the cells of each (service, URL) and the no-reuse marks by
 /// address, as the new snapshot uses them.
 #[derive(Default)]
-struct Live {
+struct Carried {
     cells: HashMap<(String, String), Cells>,
     marks: HashMap<SocketAddr, Arc<BreakerCell>>,
 }
@@ -526,7 +526,7 @@ fn cell() -> Arc<BreakerCell> {
 fn backend_cells(
     reg: &mut Registry,
     report: &mut BuildReport,
-    live: &mut Live,
+    live: &mut Carried,
     service: &str,
     b: &crate::config::BackendUrl,
 ) -> Backend {
@@ -572,7 +572,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
     reg.epoch += 1;
     let epoch = reg.epoch;
     let mut report = BuildReport::default();
-    let mut live = Live::default();
+    let mut live = Carried::default();
     let (admissions, budgets) = reg.admission.build(&config);
     report.budgets = budgets;
     // A probe admitted before this reload runs on the old timeouts: its lease stays the
