@@ -168,6 +168,7 @@ pub async fn serve(
                         view: view.clone(),
                         svc: req.svc,
                         backend: std::cell::Cell::new(None),
+                        earlier: std::cell::Cell::new([None; 2]),
                         started,
                         request_id: {
                             let mut copy = std::mem::take(&mut c.logged_id);

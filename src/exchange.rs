@@ -519,6 +519,7 @@ impl<'a> Attempt<'a> {
         record.backend = Some(idx);
         if let Some(f) = live.request.borrow().as_ref() {
             f.backend.set(Some(idx));
+            f.earlier.set(record.earlier);
         }
         Attempt {
             backend: &service.backends[idx],

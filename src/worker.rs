@@ -159,8 +159,10 @@ pub struct InFlight {
     pub target: Vec<u8>,
     pub view: Rc<View>,
     pub svc: usize,
-    /// Index of the backend within its service, once one was picked.
+    /// Index of the backend within its service, once one was picked, and those tried
+    /// before it (see `downstream::Record::earlier`).
     pub backend: Cell<Option<usize>>,
+    pub earlier: Cell<[Option<usize>; 2]>,
     pub started: std::time::Instant,
     /// A copy of the request's ID, in a buffer the connection lends likewise (empty
     /// without `request_id`).
@@ -827,6 +829,12 @@ impl Worker {
             let request = live.request.borrow();
             let Some(f) = request.as_ref() else { continue };
             let service = f.view.snapshot.services.get(f.svc);
+            let url = |b: Option<usize>| {
+                service
+                    .zip(b)
+                    .and_then(|(s, b)| s.backends.get(b))
+                    .map(|b| b.url.url.as_str())
+            };
             let answered = live.answered.get();
             let (status, bytes) =
                 answered.map_or((0, 0), |a| (a.status, a.bytes + live.sent.get()));
@@ -835,11 +843,8 @@ impl Worker {
                 method: f.method.as_str(),
                 target: if f.target.is_empty() { b"-" } else { &f.target },
                 service: service.map(|s| s.name.as_str()),
-                backend: service
-                    .zip(f.backend.get())
-                    .and_then(|(s, b)| s.backends.get(b))
-                    .map(|b| b.url.url.as_str()),
-                earlier: [None; 2],
+                backend: url(f.backend.get()),
+                earlier: f.earlier.get().map(url),
                 status,
                 bytes,
                 upstream_us: answered.and_then(|a| a.upstream_us),

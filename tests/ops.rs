@@ -1401,3 +1401,38 @@ fn a_reload_to_a_small_config_gives_the_memory_back() {
         rss_kib(pid)
     );
 }
+
+/// The line the drain deadline writes for a cut request names every backend it tried, as
+/// the request's own line would (a re-review read the code: it named only the last).
+#[test]
+fn a_request_cut_by_the_drain_deadline_names_every_backend_it_tried() {
+    let rec = Recorder::start(Mode::Hang);
+    let dead = closed_port();
+    let log =
+        std::env::temp_dir().join(format!("gateway-ops-{}-cut-tried.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let g = gateway_at(&write_config(&config(
+        1,
+        &format!(
+            "admin: 127.0.0.1:0\naccess_log: {}\ntimeouts: {{drain: 1s}}\nbreaker: {{failure_threshold: 100}}",
+            log.display()
+        ),
+        &format!("  svc: [http://{dead}, http://{}]\n", rec.addr),
+    )));
+    // One worker: its first pick is the first backend, which refuses the connection.
+    let mut c = Client::connect(g.proc.addr);
+    c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
+    assert!(eventually(Duration::from_secs(5), || rec.requests() == 1));
+    signal(&g.proc.child, libc::SIGTERM);
+    let text = logged_lines(&log, 1);
+    let fields: Vec<&str> = text.trim_end().split(' ').collect();
+    assert_eq!(
+        (fields[5], fields[10]),
+        (
+            &*format!("http://{dead},http://{}", rec.addr),
+            "drain_deadline"
+        ),
+        "{text}"
+    );
+    drop(c);
+}
