@@ -759,6 +759,20 @@ impl FleetBudget {
         }
     }
 
+    /// A budget made by a reload in a running fleet of `instances` starts offline, on the
+    /// service's fresh word, until the cluster thread takes it up (a tick): that word holds
+    /// only this instance's share of the burst, not all of it (a review: every reload that
+    /// changed a fleet limit admitted (instances + 1) bursts at once).
+    fn start_with_a_share(&self, instances: u64) {
+        if instances <= 1 {
+            return;
+        }
+        let (interval, tolerance) = self.gcra();
+        let share = self.limit.burst.div_ceil(instances);
+        let tat = now_ns() + tolerance - share.min(self.limit.burst) * interval;
+        self.local.fetch_max(tat, Ordering::AcqRel);
+    }
+
     /// Redis answers for this budget again: requests take from the allowance (topped up in
     /// the round that found Redis answering).
     pub fn go_online(&self) {
@@ -927,6 +941,13 @@ impl Registry {
         let mut keyed = HashMap::new();
         let mut in_flight = HashMap::new();
         let mut out = Vec::with_capacity(cfg.services.len());
+        // The fleet's size as the running budgets' last heartbeat found it (1: none yet).
+        let fleet_size = self
+            .fleets
+            .values()
+            .map(|f| f.instances.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(1);
         for s in &cfg.services {
             let counter = self
                 .in_flight
@@ -975,7 +996,9 @@ impl Registry {
                 let fleet = match (&budget, limit.fleet) {
                     (Budget::Word(w), true) => {
                         let f = self.fleets.get(&id).cloned().unwrap_or_else(|| {
-                            Arc::new(FleetBudget::new(&s.name, limit, w.clone()))
+                            let f = FleetBudget::new(&s.name, limit, w.clone());
+                            f.start_with_a_share(fleet_size);
+                            Arc::new(f)
                         });
                         fleets.insert(id, f.clone());
                         Some(f)
@@ -1039,6 +1062,44 @@ mod tests {
     fn limit(text: &str) -> Result<Option<RateLimit>, String> {
         let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
         parse_rate_limit("rate_limit", &v).map_err(|e| e.to_string())
+    }
+
+    /// A review: a reload that changed a fleet limit made a fresh budget on every
+    /// instance, each admitting a whole burst on its own word until the cluster thread took
+    /// it up, (instances + 1) bursts at once. It starts with this instance's share.
+    #[test]
+    fn a_fleet_limit_changed_by_a_reload_starts_with_this_instances_share() {
+        let cfg = |burst: u32| {
+            crate::config::Config::parse(&format!(
+                "cluster: {{redis: \"redis://127.0.0.1:1/0\"}}\nservices:\n  a:\n    backends: [http://127.0.0.1:1]\n    rate_limit: {{rate: 1/h, burst: {burst}, scope: cluster}}\n"
+            ))
+            .unwrap()
+        };
+        let caller = Caller {
+            peer: "127.0.0.1".parse().unwrap(),
+            headers: &[],
+        };
+        let admitted = |a: &Admission| {
+            (0..20)
+                .filter(|_| {
+                    matches!(
+                        a.admit(&caller, &[], &mut Vec::new()),
+                        Verdict::Admit { .. }
+                    )
+                })
+                .count()
+        };
+        let mut r = Registry::default();
+        let (alone, _) = r.build(&cfg(9));
+        assert_eq!(
+            admitted(&alone[0]),
+            9,
+            "no fleet heard of yet: the whole burst"
+        );
+        let fleet = alone[0].limiter.as_ref().and_then(|l| l.fleet.clone());
+        fleet.expect("a fleet budget").set_instances(3);
+        let (changed, _) = r.build(&cfg(6));
+        assert_eq!(admitted(&changed[0]), 2, "a third of the new burst");
     }
 
     /// Regression: slices covered a fixed 50 ms, so a Redis answering in 60 ms (topped up

@@ -343,7 +343,9 @@ impl Track {
     }
 }
 
-/// Publishes one transition; returns the fleet's record after it. The quorum counts the
+/// Publishes one transition; returns the fleet's record after it. The record expires two
+/// days after its last transition (a review: those of renamed services and moved backends
+/// piled up without end; an absent record is no fleet state, and each instance decides). The quorum counts the
 /// opens of instances with a live heartbeat (and this one's): a restarted or crashed
 /// instance's open, under its old name, stops counting once its heartbeat lapses (a fleet
 /// review: a restarted instance that failed again opened the fleet alone, counted twice).
@@ -384,6 +386,9 @@ else
 end
 if state then
   redis.call('HSET', KEYS[1], 'state', state, 'at', at, 'instance', me)
+  -- Two days from its last transition: a record outlives any cooldown (at most a day),
+  -- and those of backends no config names any more do not pile up for good.
+  redis.call('PEXPIRE', KEYS[1], 172800000)
   redis.call('PUBLISH', ARGV[6], KEYS[1] .. ' ' .. state .. ' ' .. at .. ' ' .. me)
 end
 if redis.call('GET', KEYS[3]) == me then redis.call('DEL', KEYS[3]) end

@@ -273,6 +273,15 @@ fn an_open_circuit_reaches_every_instance_and_admin_says_whence() {
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     assert!(logged.contains(&said), "{said} not in {logged}");
+    // A review: breaker records never expired, and those of renamed services and moved
+    // backends piled up in Redis for good. Each lasts two days from its last transition.
+    let key = format!("{name}:breaker:svc:http://{}", rec.addr);
+    let ttl = redis.send(&format!("PTTL {key}\r\n"), "\r\n");
+    let ms: i64 = ttl.trim().trim_start_matches(':').parse().unwrap_or(-1);
+    assert!(
+        (172_000_000..=172_800_000).contains(&ms),
+        "{key}: PTTL {ttl:?}"
+    );
 }
 
 #[test]
