@@ -769,7 +769,8 @@ impl FleetBudget {
         }
         let (interval, tolerance) = self.gcra();
         let share = self.limit.burst.div_ceil(instances);
-        let tat = now_ns() + tolerance - share.min(self.limit.burst) * interval;
+        let tat =
+            (now_ns().saturating_add(tolerance)).saturating_sub(share.saturating_mul(interval));
         self.local.fetch_max(tat, Ordering::AcqRel);
     }
 

@@ -15,9 +15,9 @@
 //! connection already carries the next request, where no check can tell it from the
 //! answer: HTTP/1.1 has no request ids. So its idle connections are closed and none of its
 //! connections is reused for [`STRAY_NO_REUSE`] by any worker: the mark is the backend's,
-//! shared by every service that lists its address (`state::Backend::no_reuse_until`), set where the bytes are found ([`Pool::stray`]; for
-//! the sweep, which knows only slots, by the housekeeping right after it), and read by
-//! [`Pool::take`] and [`Pool::put`]. A
+//! shared by every service that lists its address (`state::Backend::no_reuse_until`), set
+//! where the bytes are found ([`Pool::stray`]; for the sweep, which knows only slots, by
+//! the housekeeping right after it), and read by [`Pool::take`] and [`Pool::put`]. A
 //! hostile review's backend, its stray response 1 ms late, had every later client on that
 //! connection get the answer before its own, each one out of step.
 
