@@ -1242,8 +1242,8 @@ impl Exchange<'_> {
         // that left each probe in turn kept a recovered backend's circuit open for good).
         let watch = (!self.attempt.is_probe()).then(|| {
             let limits = self.view.snapshot.config.limits.head();
-            let whole = self.live.note_next(&down.buf[down.start..], &limits);
-            self.live.watch(self.up.fd(), self.worker.tick(), whole)
+            self.live.note_next(&down.buf[down.start..], &limits);
+            self.live.watch(self.up.fd(), self.worker.tick())
         });
         // Counted where the drain deadline's line finds them (see `run`).
         let interim_sent = &self.live.sent;
@@ -1416,8 +1416,8 @@ impl Exchange<'_> {
                         }
                         let probe = attempt.borrow().is_probe();
                         let watch = (!probe).then(|| {
-                            let whole = live.note_next(&owed.followed.borrow(), &head_limits);
-                            live.watch(up_fd, worker.tick(), whole)
+                            live.note_next(&owed.followed.borrow(), &head_limits);
+                            live.watch(up_fd, worker.tick())
                         });
                         let head = io::timed(timeouts.response, head).await;
                         Err(match head {
@@ -1571,14 +1571,14 @@ impl Exchange<'_> {
         // connection after this response.
         let keep_client = !early && keeps_client(self.info, &head, self.worker);
         let fd = down.sock.fd();
+        self.live.note_next(
+            &down.buf[down.start..],
+            &self.view.snapshot.config.limits.head(),
+        );
         let watch = Some(crate::worker::BodyWatch {
             worker: self.worker,
             live: self.live,
             up: self.up.fd(),
-            next_whole: self.live.note_next(
-                &down.buf[down.start..],
-                &self.view.snapshot.config.limits.head(),
-            ),
         });
         let relayed = to_client(
             ToClient {

@@ -43,11 +43,10 @@ pub struct Live {
     /// says.
     pub answered: Cell<Option<Answered>>,
     pub sent: Cell<u64>,
-    /// The backend connection's fd, the tick the wait began, and whether the client has
-    /// a whole next request in hand (pipelined: see [`Live::note_next`]), while its exchange
-    /// waits on the backend with the request sent: [`Worker::watch_waiting`] looks at the
-    /// client meanwhile ...
-    pub waiting: Cell<Option<(RawFd, u64, bool)>>,
+    /// The backend connection's fd and the tick the wait began, while its exchange waits
+    /// on the backend with the request sent: [`Worker::watch_waiting`] looks at the client
+    /// meanwhile ...
+    pub waiting: Cell<Option<(RawFd, u64)>>,
     /// The part of a next request in hand when it is not whole (empty otherwise), which
     /// what the client's socket holds may complete.
     pub next_part: RefCell<Vec<u8>>,
@@ -84,21 +83,18 @@ impl Live {
     /// [`BodyWatch`]), on the backend connection `up` until the
     /// returned guard drops (an exchange dropped mid-wait must not leave a closed fd here,
     /// whose number a later socket may take).
-    /// `next_whole`: the client has a whole next request in hand (what
-    /// [`Live::note_next`] said), so a close (FIN) behind it is no sign of leaving, only a
-    /// reset is.
-    pub fn watch(&self, up: RawFd, tick: u64, next_whole: bool) -> Watch<'_> {
+    /// What the client has sent of a next request is noted first ([`Live::note_next`]).
+    pub fn watch(&self, up: RawFd, tick: u64) -> Watch<'_> {
         self.abandoned.set(false);
-        self.waiting.set(Some((up, tick, next_whole)));
+        self.waiting.set(Some((up, tick)));
         Watch(self)
     }
 
     /// Notes the bytes of the client's next request in hand (pipelined) before a wait on
-    /// the backend, and says whether a FIN behind them is a half-close: they hold a whole
-    /// head, or one did since the connection last waited with nothing in hand
-    /// ([`Live::pipelining`]). A part of one is kept (copied: it is rare) for the watch to
+    /// the backend: a whole head among them makes a FIN behind them a half-close
+    /// ([`Live::pipelining`]); a part of one is kept (copied: it is rare) for the watch to
     /// complete with what the socket holds.
-    pub fn note_next(&self, next: &[u8], limits: &crate::h1::HeadLimits) -> bool {
+    pub fn note_next(&self, next: &[u8], limits: &crate::h1::HeadLimits) {
         // Once whole, a FIN stays a half-close until the connection waits again with
         // nothing in hand: no parse of each next head.
         let whole = self.pipelining.get()
@@ -109,7 +105,6 @@ impl Live {
         if !whole {
             part.extend_from_slice(next);
         }
-        whole
     }
 }
 
@@ -126,14 +121,11 @@ pub struct BodyWatch<'a> {
     pub live: &'a Live,
     /// The backend socket, shut down when the client is found gone.
     pub up: RawFd,
-    /// See [`Live::watch`].
-    pub next_whole: bool,
 }
 
 impl<'a> BodyWatch<'a> {
     pub fn begin(&self) -> Watch<'a> {
-        self.live
-            .watch(self.up, self.worker.tick(), self.next_whole)
+        self.live.watch(self.up, self.worker.tick())
     }
 }
 
@@ -973,14 +965,14 @@ impl Worker {
         let now = self.tick();
         let limits = self.view().snapshot.config.limits.head();
         for (fd, live) in self.conns.borrow().values() {
-            let Some((up, since, next_whole)) = live.waiting.get() else {
+            let Some((up, since)) = live.waiting.get() else {
                 continue;
             };
             // A wait that began within tick `t` has lasted a second or more at `t + 2`.
             let gone = match crate::io::client_end(*fd) {
                 End::Here => false,
                 End::Reset => true,
-                End::Closed { .. } if next_whole || live.half_closed.get() => {
+                End::Closed { .. } if live.pipelining.get() || live.half_closed.get() => {
                     live.half_closed.set(true);
                     false
                 }
@@ -994,10 +986,7 @@ impl Worker {
                     let room = limits.max_head_bytes.saturating_sub(next.len());
                     crate::io::peek_into(*fd, &mut next, room);
                     let whole = crate::h1::holds_request_head(&next, &limits);
-                    if whole {
-                        live.half_closed.set(true);
-                        live.waiting.set(Some((up, since, true)));
-                    }
+                    live.half_closed.set(whole);
                     !whole
                 }
             };
