@@ -1361,23 +1361,19 @@ impl Node {
             // nothing to probe with and, winning, would keep the lease from one that has for
             // a whole grant (a review: idle instances, three of four, kept a recovered
             // backend refused 6 to 21 s past the fleet's cooldown). One that gets a request
-            // now asks at its next tick.
-            if now.saturating_sub(t.wanted.load(Ordering::Relaxed)) > GRANT_MS {
-                if breaker::Word::compare_exchange(&**t.cell, cur, next).is_ok() {
-                    t.seen = next;
+            // now asks at its next tick; until then it holds, as a loser does.
+            if now.saturating_sub(t.wanted.load(Ordering::Relaxed)) <= GRANT_MS {
+                let held = lease(con, t, &self.status, GRANT_MS);
+                match self.bad_keys.check(&t.lease_key, held)? {
+                    Some(true) => {
+                        t.lease = Some(now);
+                        continue;
+                    }
+                    Some(false) => {}
+                    // No lease to be had: holding would keep the circuit open with no
+                    // probe anywhere; the local breaker decides instead.
+                    None => continue,
                 }
-                continue;
-            }
-            let held = lease(con, t, &self.status, GRANT_MS);
-            match self.bad_keys.check(&t.lease_key, held)? {
-                Some(true) => {
-                    t.lease = Some(now);
-                    continue;
-                }
-                Some(false) => {}
-                // No lease to be had: holding would keep the circuit open with no probe
-                // anywhere; the local breaker decides instead.
-                None => continue,
             }
             // Another instance probes: hold ours OPEN for `hold` more ms. Losing the CAS
             // means a worker moved the word: decide again next tick.
