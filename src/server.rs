@@ -132,10 +132,17 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// Binds `listen` and `admin` once and lets go, so that a port taken is said before
 /// anything else starts (the cluster thread joins the fleet: see `lib::run`).
 pub fn check_ports(config: &crate::config::Config) -> Result<(), StartError> {
-    for (key, addr) in [("listen", Some(config.listen)), ("admin", config.admin)] {
-        if let Some(addr) = addr.filter(|a| a.port() != 0) {
-            std::net::TcpListener::bind(addr).map_err(|e| bind_error(key, addr, e))?;
-        }
+    port_free("listen", config.listen)?;
+    config
+        .admin
+        .map_or(Ok(()), |admin| port_free("admin", admin))
+}
+
+/// A plain bind of `addr` (the value of `key`), let go at once: the port is free. Port 0
+/// is always free.
+fn port_free(key: &'static str, addr: SocketAddr) -> Result<(), StartError> {
+    if addr.port() != 0 {
+        std::net::TcpListener::bind(addr).map_err(|e| bind_error(key, addr, e))?;
     }
     Ok(())
 }
@@ -145,11 +152,9 @@ pub fn check_ports(config: &crate::config::Config) -> Result<(), StartError> {
 pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
     let config = shared.current.load().config.clone();
     let mut addr = config.listen;
-    if addr.port() != 0 {
-        // SO_REUSEPORT would let us silently share the port with another running gateway:
-        // a plain bind first proves the port is free.
-        std::net::TcpListener::bind(addr).map_err(|e| bind_error("listen", addr, e))?;
-    }
+    // SO_REUSEPORT would let us silently share the port with another running gateway: a
+    // plain bind first proves the port is free.
+    port_free("listen", addr)?;
     let mut listeners = Vec::with_capacity(config.workers);
     for _ in 0..config.workers {
         let l = reuseport_listener(addr).map_err(|e| bind_error("listen", addr, e))?;
