@@ -46,6 +46,10 @@ pub const MAX_CONNECTIONS: u64 = 100_000_000;
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// Largest breaker threshold the packed breaker word can count to.
 pub const MAX_FAILURE_THRESHOLD: u32 = 1000;
+/// `limits.max_head_bytes`' range, as its range check and its type error say it.
+const HEAD_BYTES_RANGE: &str = "1024 to 1048576";
+/// `limits.max_target_bytes`' range, likewise.
+const TARGET_BYTES_RANGE: &str = "64 up to below limits.max_head_bytes";
 
 /// A config that failed to load or validate; the message is meant for an operator.
 #[derive(Debug, thiserror::Error)]
@@ -1324,7 +1328,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(invalid(
             "limits.max_head_bytes",
             format!(
-                "{} is out of range: use 1024 to 1048576",
+                "{} is out of range: use {HEAD_BYTES_RANGE}",
                 limits.max_head_bytes
             ),
         ));
@@ -1343,7 +1347,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(invalid(
             "limits.max_target_bytes",
             format!(
-                "{} is out of range: use 64 up to below limits.max_head_bytes ({})",
+                "{} is out of range: use {TARGET_BYTES_RANGE} ({})",
                 limits.max_target_bytes, limits.max_head_bytes
             ),
         ));
@@ -1689,9 +1693,9 @@ fn whole_number_range(key: &str) -> String {
     let name = key.rsplit('.').next().unwrap_or(key);
     match name {
         "failure_threshold" => format!("1 to {MAX_FAILURE_THRESHOLD}"),
-        "max_head_bytes" => "1024 to 1048576".to_owned(),
+        "max_head_bytes" => HEAD_BYTES_RANGE.to_owned(),
         "max_headers" => format!("1 to {}", crate::h1::MAX_HEADERS),
-        "max_target_bytes" => "64 up to below limits.max_head_bytes".to_owned(),
+        "max_target_bytes" => TARGET_BYTES_RANGE.to_owned(),
         "rate_limit_table" => format!(
             "{} to {}",
             crate::admission::MIN_TABLE_CELLS,
