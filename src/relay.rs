@@ -386,7 +386,7 @@ impl BodyRelay {
 /// given more than 16 KiB. What a read returns is written on whole, so the size is that of
 /// our writes too: fewer, larger writes cost less per byte, up to the largest TCP segment.
 /// One over it goes out as a full segment and a sliver: on the Intel Xeon VM of the
-/// eleventh run (README, *Performance*, History), 64 KiB (above loopback's MSS of 65 483
+/// eleventh run (docs/performance.md, History), 64 KiB (above loopback's MSS of 65 483
 /// bytes) cost 1.42× the CPU per MiB downloaded of 32 KiB, and 60 KiB 17% less than 32 KiB
 /// downloading and 7% less uploading. Reads are capped at the room (`io::read_at_most`), so
 /// a recycled buffer with more capacity never makes a write larger.
