@@ -366,7 +366,10 @@ fn hostile_head_section(filter: &[String]) {
                 Ok(Some(p)) => rewrite::prepare(
                     &p,
                     &view,
-                    b"127.0.0.1",
+                    rewrite::Peer {
+                        ip: b"127.0.0.1",
+                        trusted: false,
+                    },
                     None,
                     &mut fwd,
                     &mut path,

@@ -434,22 +434,22 @@ async fn next_request(
                     let head_len = parsed.head_len;
                     let info = parsed.info;
                     d.head = info.method == h1::Method::Head;
+                    let trusted = &cfg.admission.trusted_proxies;
+                    let trusted = crate::admission::is_trusted(d.peer.ip(), trusted);
                     if keep_target {
                         c.method.clear(); // kept while the head came (for a 408)
                         c.target.clear();
                         c.target.extend_from_slice(parsed.target.as_bytes());
                         // Behind a trusted proxy the log names the client it forwards for,
                         // as NGINX's realip does (it named the proxy: an operator review).
-                        let trusted = &cfg.admission.trusted_proxies;
-                        if crate::admission::is_trusted(d.peer.ip(), trusted) {
+                        if trusted {
+                            let trusted = &cfg.admission.trusted_proxies;
                             let ip =
                                 crate::admission::client_ip(d.peer.ip(), parsed.headers, trusted);
                             d.record.client = Some(ip);
                         }
                     }
                     if cfg.request_id {
-                        let trusted = &cfg.admission.trusted_proxies;
-                        let trusted = crate::admission::is_trusted(d.peer.ip(), trusted);
                         reqid::choose(&mut d.request_id, parsed.headers, trusted, &worker.ids);
                         rewrite::push_header(&mut d.fields, reqid::FIELD.as_bytes(), &d.request_id);
                     }
@@ -472,7 +472,10 @@ async fn next_request(
                     let result = rewrite::prepare(
                         &parsed,
                         &view,
-                        &c.peer_ip,
+                        rewrite::Peer {
+                            ip: &c.peer_ip,
+                            trusted,
+                        },
                         request_id,
                         &mut c.fwd,
                         &mut c.path,

@@ -782,6 +782,33 @@ pub fn is_hop_by_hop(name: &str) -> bool {
         .any(|h| name.len() == h.len() && name_is(name, h))
 }
 
+/// Fields, besides the `X-Forwarded-*` ones the gateway writes, in which frameworks read an
+/// edge proxy's word on the client's scheme, host, port, address or URL: Rack takes
+/// `X-Forwarded-Ssl: on` and `X-Forwarded-Scheme` for the scheme, Spring takes `Forwarded`
+/// before any `X-Forwarded-*` field, Werkzeug and Spring `X-Forwarded-Port`, Symfony and
+/// IIS's URL Rewrite `X-Original-URL` for the path to route. From a client they would undo
+/// the fields the gateway writes (a review: `Forwarded: host=evil` and `X-Forwarded-Port`
+/// rewrote the origin a backend built its links from), so only a peer in `trusted_proxies`
+/// may send them. Traefik removes the same set from untrusted clients.
+pub fn is_edge_field(name: &str) -> bool {
+    const EDGE: [&str; 12] = [
+        "forwarded",
+        "x-forwarded-port",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "x-forwarded-server",
+        "x-forwarded-uri",
+        "x-forwarded-method",
+        "x-real-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-url-scheme",
+        "front-end-https",
+    ];
+    EDGE.iter()
+        .any(|e| name.len() == e.len() && name_is(name, e))
+}
+
 /// True for a field name with `_` that, read with `_` as `-`, is a framing, hop-by-hop or
 /// routing field (`Transfer_Encoding`, `Content_Length`, `Proxy_Authorization`, ...).
 ///
@@ -789,7 +816,7 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 /// would act on such a field as if it were the real one, which we removed or rewrote. Only
 /// names with a `-` can have an alias, but the list is the full set we control.
 pub fn is_underscore_alias(name: &str) -> bool {
-    const CONTROLLED: [&str; 14] = [
+    const CONTROLLED: [&str; 25] = [
         "content-length",
         "transfer-encoding",
         "connection",
@@ -806,6 +833,18 @@ pub fn is_underscore_alias(name: &str) -> bool {
         "x-forwarded-proto",
         "x-forwarded-host",
         "x-forwarded-prefix",
+        // and those only a trusted proxy may send (`is_edge_field`).
+        "x-forwarded-port",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "x-forwarded-server",
+        "x-forwarded-uri",
+        "x-forwarded-method",
+        "x-real-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-url-scheme",
+        "front-end-https",
     ];
     // Most names have no `_`: one short scan and done.
     memchr::memchr(b'_', name.as_bytes()).is_some()

@@ -15,13 +15,26 @@ use crate::state::Backend;
 const VIA_11: &[u8] = b"1.1 gateway";
 const VIA_10: &[u8] = b"1.0 gateway";
 
+/// The client as [`prepare`] writes it for the backend.
+#[derive(Clone, Copy)]
+pub struct Peer<'a> {
+    /// Its address as `X-Forwarded-For` gets it.
+    pub ip: &'a [u8],
+    /// It is in `trusted_proxies`: an edge proxy whose forwarding fields stand.
+    pub trusted: bool,
+}
+
 /// Routes the request and writes the header block to send upstream into `fwd`
 /// (everything after the request line and `Host`), and the path suffix into `path`.
 ///
 /// Hop-by-hop fields, those named in `Connection` and underscore aliases of framing and
 /// hop-by-hop fields (`Transfer_Encoding`, which a CGI/WSGI backend reads as
 /// `Transfer-Encoding`) are dropped first, then our own `X-Forwarded-*` and `Via` are
-/// added, then our framing: nothing the client sent can remove or replace them.
+/// added, then our framing: nothing the client sent can remove or replace them. A peer
+/// in `trusted_proxies` ([`Peer::trusted`]) is an edge proxy in front of us, a TLS
+/// terminator say: its `X-Forwarded-Proto` and `-Host` stand in place of ours, and the
+/// other fields an edge writes (`h1::is_edge_field`) pass; from anyone else those are
+/// dropped.
 ///
 /// A refused request names the service (its index in the snapshot) whenever its target
 /// routed to a configured one, so it is counted for that service whichever check refused
@@ -29,7 +42,7 @@ const VIA_10: &[u8] = b"1.0 gateway";
 pub fn prepare(
     p: &ParsedRequest<'_, '_>,
     view: &View,
-    peer_ip: &[u8],
+    peer: Peer<'_>,
     request_id: Option<&[u8]>,
     fwd: &mut Vec<u8>,
     path: &mut Vec<u8>,
@@ -76,16 +89,28 @@ pub fn prepare(
 
     fwd.clear();
     let conn_opts = ConnectionOptions::collect(p.headers);
+    let Peer {
+        ip: peer_ip,
+        trusted,
+    } = peer;
     let mut xff_seen = false;
     let mut via_seen = false;
+    // A trusted edge's own word on the scheme and host the client used, when it gave one.
+    let theirs = |field: &str| {
+        trusted && !conn_opts.names(field) && p.headers.iter().any(|h| h1::name_is(h.name, field))
+    };
+    let their_proto = theirs("x-forwarded-proto");
+    let their_host = theirs("x-forwarded-host");
     copy_headers(fwd, p.head, p.headers, |name| {
         !(h1::is_hop_by_hop(name)
             || conn_opts.names(name)
             || h1::is_underscore_alias(name)
             || h1::name_is(name, "host")
             || h1::name_is(name, "expect")
-            || h1::name_is(name, "x-forwarded-proto")
-            || h1::name_is(name, "x-forwarded-host")
+            || (!trusted
+                && (h1::is_edge_field(name)
+                    || h1::name_is(name, "x-forwarded-proto")
+                    || h1::name_is(name, "x-forwarded-host")))
             || h1::name_is(name, "x-forwarded-prefix")
             || (request_id.is_some() && h1::name_is_cgi(name, crate::reqid::FIELD))
             // merged below into one line each:
@@ -107,7 +132,10 @@ pub fn prepare(
         };
         if !conn_opts.names(field) {
             for h in p.headers.iter().filter(|h| h1::name_is(h.name, field)) {
-                let v = h1::trim_ows(h.value);
+                // Without the empty elements at its ends: `a,` then ours would make `a,, b`,
+                // an empty element, which a sender must not write (RFC 9110 §5.6.1), and
+                // parsers that count elements from the right would read "" (a review).
+                let v = trim_list(h.value);
                 if !v.is_empty() {
                     if *seen {
                         fwd.extend_from_slice(b", ");
@@ -126,7 +154,9 @@ pub fn prepare(
         }
         fwd.extend_from_slice(b"\r\n");
     }
-    fwd.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    if !their_proto {
+        fwd.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    }
     // What the client's path had in front of what the backend is sent (Traefik's
     // `stripPrefix` says it so too): an application behind Werkzeug's `ProxyFix`, Spring's
     // `ForwardedHeaderFilter` or ASP.NET's forwarded headers builds its links and relative
@@ -143,7 +173,7 @@ pub fn prepare(
     if let Some(id) = request_id {
         push_header(fwd, crate::reqid::FIELD.as_bytes(), id);
     }
-    if let Some(host) = p.host {
+    if let Some(host) = p.host.filter(|_| !their_host) {
         push_header(fwd, b"x-forwarded-host", host);
     }
     match p.info.framing {
@@ -162,6 +192,18 @@ pub fn prepare(
     }
     fwd.extend_from_slice(b"\r\n");
     Ok(svc)
+}
+
+/// A list field's value without blanks and empty elements at its ends (`, a, b ,` is
+/// `a, b`); what is between is the sender's.
+fn trim_list(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t' | b',', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t' | b','] = v {
+        v = rest;
+    }
+    v
 }
 
 /// The framing line [`prepare`] writes last for a chunked body.

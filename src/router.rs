@@ -2,8 +2,8 @@
 //!
 //! We route on exactly the bytes we forward. Instead of normalising, anything a backend
 //! might resolve differently from us is refused: dot segments (plain or percent-encoded),
-//! backslashes and encoded NULs anywhere in the path, and any service segment that is not
-//! a plain configured name. An encoded slash is reported, for the service to allow or not.
+//! backslashes and encoded NULs anywhere in the path, an empty first segment (`//host`),
+//! and any service segment that is not a plain configured name. An encoded slash is reported, for the service to allow or not.
 
 use crate::config::valid_service_name;
 
@@ -39,6 +39,13 @@ pub fn route(target: &str) -> Result<Route<'_>, RouteError> {
     let (service, rest) = after.split_at(end);
     if !valid_service_name(service.as_bytes()) {
         return Err(RouteError::BadService);
+    }
+    // `//host/x` reads as a network-path reference (RFC 3986 §4.2) to URL parsers (Node's
+    // `new URL(req.url, base)` takes `host` for the host), and a backend with no path
+    // prefix would be sent one (a review). NGINX merges the slashes; we send the bytes we
+    // routed on, so an empty first segment is refused as the other tricks are.
+    if rest.starts_with("//") {
+        return Err(RouteError::BadPath);
     }
     let path_end = rest.find('?').unwrap_or(rest.len());
     let encoded_slash = match judge_path(&rest[..path_end]) {
@@ -278,6 +285,15 @@ mod tests {
     #[test]
     fn refuses_tricks() {
         assert_eq!(route("/v2/x"), Err(RouteError::NotFound));
+        // Regression (a review): `//evil.example/x` reached a backend with no path prefix.
+        for t in [
+            "/v1/proxy/a//evil.example/x",
+            "/v1/proxy/a//",
+            "/v1/proxy/a///x?q",
+        ] {
+            assert_eq!(route(t), Err(RouteError::BadPath), "{t}");
+        }
+        assert_eq!(route("/v1/proxy/a/x//y").map(|r| r.rest), Ok("/x//y"));
         assert_eq!(route("/v1/proxy"), Err(RouteError::NotFound));
         for t in [
             "/v1/proxy/../admin",

@@ -1328,6 +1328,15 @@ fn hop_vectors() -> Vec<V> {
         ok_get("Connection: X-Forwarded-Prefix cannot remove ours", get_with("Connection: X-Forwarded-Prefix\r\n")).has("x-forwarded-prefix", "/v1/proxy/svc"),
         ok_get("client X-Forwarded-For appended", get_with("X-Forwarded-For: 1.2.3.4\r\n")).has("x-forwarded-for", "1.2.3.4, 127.0.0.1"),
         ok_get("client Via appended", get_with("Via: 1.0 edge\r\n")).has("via", "1.0 edge, 1.1 gateway"),
+        // Regression (a review): `2.2.2.2,` then ours was `2.2.2.2,, 127.0.0.1`, an empty
+        // element a sender must not write (RFC 9110 §5.6.1).
+        ok_get("no empty element at the ends of a client's X-Forwarded-For", get_with("X-Forwarded-For: ,2.2.2.2, \r\n")).has("x-forwarded-for", "2.2.2.2, 127.0.0.1"),
+        ok_get("no empty element after a client's Via", get_with("Via: 1.0 a,\r\n")).has("via", "1.0 a, 1.1 gateway"),
+        ok_get("an X-Forwarded-For of commas only is no list", get_with("X-Forwarded-For: , ,\r\n")).has("x-forwarded-for", "127.0.0.1"),
+        // Regression (a review): fields in which frameworks read an edge proxy's word
+        // undid ours; only a trusted proxy may send them (`tests/proxy.rs`).
+        ok_get("edge fields from a client dropped", get_with("Forwarded: host=evil;proto=https\r\nX-Forwarded-Port: 1337\r\nX-Forwarded-Ssl: on\r\nFront-End-Https: on\r\nX-Original-URL: /admin\r\n"))
+            .lacks(&["forwarded", "x-forwarded-port", "x-forwarded-ssl", "front-end-https", "x-original-url"]).has("x-forwarded-proto", "http"),
         ok_get("Connection: X-Forwarded-For drops the client's list", get_with("Connection: X-Forwarded-For\r\nX-Forwarded-For: 6.6.6.6\r\n")).has("x-forwarded-for", "127.0.0.1"),
         v("abuse: Connection: close, X-Forwarded-For, Host, Content-Length",
           post("Connection: close, X-Forwarded-For, Host, Content-Length\r\nX-Forwarded-For: 6.6.6.6\r\nContent-Length: 5\r\n", b"hello"),
@@ -1427,6 +1436,8 @@ fn path_vectors() -> Vec<V> {
         "/v1/proxy/svc/%252e%252e/x",
         "/v1/proxy/svc/%c0%ae%c0%ae/x",
         "/v1/proxy/svc/%u002e%u002e/x",
+        // A network-path reference to a URL parser (`//host/x`): a review.
+        "/v1/proxy/svc//evil.example/x",
     ] {
         t.push(
             bad(&format!("unsafe rest {p}"), get_target(p))

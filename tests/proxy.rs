@@ -328,6 +328,67 @@ fn forwarding_headers_are_appended() {
     assert_eq!(r.echoed("host"), [b.addr.to_string()]);
 }
 
+/// Regression (a hostile review): fields besides ours in which frameworks read an edge
+/// proxy's word (`Forwarded`, which Spring prefers to every `X-Forwarded-*` field;
+/// `X-Forwarded-Port`, `-Ssl`, `-Scheme`; `X-Original-URL`) reached the backend from any
+/// client and undid the fields the gateway writes. Only a peer in `trusted_proxies` may
+/// send them, and a trusted edge (a TLS terminator) keeps its `X-Forwarded-Proto` and
+/// `-Host`, where it got ours and sent its backends to `http` links.
+#[test]
+fn only_a_trusted_edge_may_tell_a_backend_the_scheme_host_port_or_url() {
+    let b = mock_backend();
+    let edge = "Host: public.example\r\nForwarded: for=1.2.3.4;host=edge.example;proto=https\r\n\
+        X-Forwarded-Proto: https\r\nX-Forwarded-Host: edge.example\r\nX-Forwarded-Port: 443\r\n\
+        X-Forwarded-Ssl: on\r\nX-Forwarded-Scheme: https\r\nX-Real-IP: 1.2.3.4\r\n\
+        X-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX_Forwarded_Port: 1\r\n";
+    let head = format!("GET /v1/proxy/svc/f HTTP/1.1\r\n{edge}\r\n");
+    let fields = [
+        "forwarded",
+        "x-forwarded-port",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "x-real-ip",
+        "x-original-url",
+        "x-rewrite-url",
+    ];
+    // Anyone: none of them; our scheme and the client's Host.
+    let g = gateway(&config(1, "", &format!("  svc: [http://{}]\n", b.addr)));
+    let r = request(g.addr, &head);
+    assert_eq!(r.status, 200);
+    for f in fields.iter().chain(&["x_forwarded_port"]) {
+        assert!(r.echoed(f).is_empty(), "{f} reached the backend");
+    }
+    assert_eq!(r.echoed("x-forwarded-proto"), ["http"]);
+    assert_eq!(r.echoed("x-forwarded-host"), ["public.example"]);
+    // A trusted edge: its own word, once each, beside what only we write.
+    let g = gateway(&config(
+        1,
+        "trusted_proxies: [127.0.0.1/32]",
+        &format!("  svc: [http://{}]\n", b.addr),
+    ));
+    let r = request(g.addr, &head);
+    assert_eq!(r.status, 200);
+    for f in fields {
+        assert_eq!(r.echoed(f).len(), 1, "{f} from a trusted edge");
+    }
+    assert_eq!(
+        r.echoed("forwarded"),
+        ["for=1.2.3.4;host=edge.example;proto=https"]
+    );
+    assert!(r.echoed("x_forwarded_port").is_empty());
+    assert_eq!(r.echoed("x-forwarded-proto"), ["https"]);
+    assert_eq!(r.echoed("x-forwarded-host"), ["edge.example"]);
+    assert_eq!(r.echoed("x-forwarded-prefix"), ["/v1/proxy/svc"]);
+    assert_eq!(r.echoed("x-forwarded-for"), ["127.0.0.1"]);
+    // A trusted edge that says nothing of them gets ours.
+    let r = request(
+        g.addr,
+        "GET /v1/proxy/svc/f HTTP/1.1\r\nHost: h.example\r\n\r\n",
+    );
+    assert_eq!(r.echoed("x-forwarded-proto"), ["http"]);
+    assert_eq!(r.echoed("x-forwarded-host"), ["h.example"]);
+}
+
 #[test]
 fn round_robin_alternates_on_one_keep_alive_connection() {
     let (b1, b2) = (mock_backend(), mock_backend());
