@@ -789,25 +789,29 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 /// IIS's URL Rewrite `X-Original-URL` for the path to route. From a client they would undo
 /// the fields the gateway writes (a review: `Forwarded: host=evil` and `X-Forwarded-Port`
 /// rewrote the origin a backend built its links from), so only a peer in `trusted_proxies`
-/// may send them. Traefik removes the same set from untrusted clients.
+/// may send them. Traefik removes its `X-Forwarded-*` and `X-Real-Ip` from untrusted
+/// clients alike.
 pub fn is_edge_field(name: &str) -> bool {
-    const EDGE: [&str; 12] = [
-        "forwarded",
-        "x-forwarded-port",
-        "x-forwarded-ssl",
-        "x-forwarded-scheme",
-        "x-forwarded-server",
-        "x-forwarded-uri",
-        "x-forwarded-method",
-        "x-real-ip",
-        "x-original-url",
-        "x-rewrite-url",
-        "x-url-scheme",
-        "front-end-https",
-    ];
-    EDGE.iter()
+    EDGE_FIELDS
+        .iter()
         .any(|e| name.len() == e.len() && name_is(name, e))
 }
+
+/// The fields [`is_edge_field`] names, in lower case.
+const EDGE_FIELDS: [&str; 12] = [
+    "forwarded",
+    "x-forwarded-port",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-url-scheme",
+    "front-end-https",
+];
 
 /// True for a field name with `_` that, read with `_` as `-`, is a framing, hop-by-hop or
 /// routing field (`Transfer_Encoding`, `Content_Length`, `Proxy_Authorization`, ...).
@@ -816,7 +820,7 @@ pub fn is_edge_field(name: &str) -> bool {
 /// would act on such a field as if it were the real one, which we removed or rewrote. Only
 /// names with a `-` can have an alias, but the list is the full set we control.
 pub fn is_underscore_alias(name: &str) -> bool {
-    const CONTROLLED: [&str; 25] = [
+    const CONTROLLED: [&str; 14] = [
         "content-length",
         "transfer-encoding",
         "connection",
@@ -833,22 +837,14 @@ pub fn is_underscore_alias(name: &str) -> bool {
         "x-forwarded-proto",
         "x-forwarded-host",
         "x-forwarded-prefix",
-        // and those only a trusted proxy may send (`is_edge_field`).
-        "x-forwarded-port",
-        "x-forwarded-ssl",
-        "x-forwarded-scheme",
-        "x-forwarded-server",
-        "x-forwarded-uri",
-        "x-forwarded-method",
-        "x-real-ip",
-        "x-original-url",
-        "x-rewrite-url",
-        "x-url-scheme",
-        "front-end-https",
     ];
-    // Most names have no `_`: one short scan and done.
+    // Most names have no `_`: one short scan and done. The fields only a trusted proxy
+    // may send are controlled too.
     memchr::memchr(b'_', name.as_bytes()).is_some()
-        && CONTROLLED.iter().any(|c| name_is_cgi(name, c))
+        && CONTROLLED
+            .iter()
+            .chain(&EDGE_FIELDS)
+            .any(|c| name_is_cgi(name, c))
 }
 
 /// Whether `name` is `want` as a CGI or WSGI backend reads it: any case, `_` and `-` alike
