@@ -553,10 +553,10 @@ impl<'a> Attempt<'a> {
                 self.worker.metrics.outcome(self.backend.slot, false);
                 return;
             }
-            Outcome::Responded(_) if !t.is_probe() => {
-                self.worker.metrics.outcome(self.backend.slot, false);
-                return;
-            }
+            // No verdict, and no success in the counts either: the client got a 502 (until
+            // 2026-12-04 `/admin/backends` counted one, and a backend whose every answer
+            // was over our limits looked healthy there, a review).
+            Outcome::Responded(_) if !t.is_probe() => return,
             Outcome::Answered(_) | Outcome::Responded(_) => (false, breaker::success(cell, t, now)),
             Outcome::Failed(_) => (true, breaker::failure(cell, t, now, &self.service.policy)),
             Outcome::NotSent => {

@@ -1827,6 +1827,13 @@ fn a_response_head_a_client_pushed_over_our_limits_opens_no_circuit() {
             }
         }
     }
+    // No verdict, and no success in the counts either: each was a 502 to its client
+    // (a review: `successes` rose by one each, so such a backend looked healthy).
+    let v = get(g.admin, "/admin/backends").json();
+    let backend = &v["services"][0]["backends"][0];
+    if (backend["successes"].as_u64(), backend["failures"].as_u64()) != (Some(0), Some(0)) {
+        wrong.push(format!("counted: {backend}"));
+    }
     wrong.extend(still_healthy(
         &g,
         b.addr,
