@@ -1886,6 +1886,7 @@ async fn read_head(
     let mut interim = 0usize; // bytes of interim heads
     loop {
         if *ustart < ubuf.len() {
+            h1::later_minor_response_as_1_1(&mut ubuf[*ustart..]);
             match parse_head(
                 &ubuf[*ustart..],
                 info,

@@ -138,6 +138,16 @@ pub fn later_minor_as_1_1(buf: &mut [u8]) -> bool {
     }
 }
 
+/// RFC 9110 §2.5: a response of a later minor version of HTTP/1 (`HTTP/1.2` to `HTTP/1.9`)
+/// is read as 1.1 too, as NGINX does (it was a 502 `malformed_response`, a review).
+/// Rewrites the version at the start of `buf` in place once its 8 bytes are in hand, so
+/// a head split anywhere is read alike; what follows is left for the parser.
+pub fn later_minor_response_as_1_1(buf: &mut [u8]) {
+    if let [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor @ b'2'..=b'9', ..] = buf {
+        *minor = b'1';
+    }
+}
+
 /// Limits applied while parsing a request head.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
@@ -1468,6 +1478,34 @@ mod tests {
         ]
         .concat();
         assert!(!holds_request_head(&long, &limits), "over max_head_bytes");
+    }
+
+    #[test]
+    fn a_response_of_a_later_minor_version_is_read_as_1_1_however_it_is_split() {
+        let raw = b"HTTP/1.2 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        for split in 0..raw.len() {
+            // The bytes come in two reads; each read is rewritten before it is parsed.
+            let mut buf = raw[..split].to_vec();
+            later_minor_response_as_1_1(&mut buf);
+            buf.extend_from_slice(&raw[split..]);
+            later_minor_response_as_1_1(&mut buf);
+            let mut h = header_slots();
+            let r = parse_response(&buf, &mut h, false, 8192).unwrap().unwrap();
+            assert_eq!((r.info.status, r.info.minor), (200, 1), "split at {split}");
+        }
+        for other in [
+            &b"HTTP/1.23 200 OK\r\n\r\n"[..],
+            b"HTTP/2.2 200 OK\r\n\r\n",
+            b"HTTP/1.x 200 OK\r\n\r\n",
+        ] {
+            let mut buf = other.to_vec();
+            later_minor_response_as_1_1(&mut buf);
+            let mut h = header_slots();
+            assert!(
+                parse_response(&buf, &mut h, false, 8192).is_err(),
+                "{other:?}"
+            );
+        }
     }
 
     #[test]

@@ -1845,6 +1845,8 @@ fn response_vectors(g: SocketAddr, script: &Script, tally: &mut Tally) {
         ("/cl-zeros", "GET", 200, Some(b"ok")),
         ("/own-date", "GET", 200, Some(b"ok")),
         ("/conn-date", "GET", 200, Some(b"ok")),
+        // RFC 9110 §2.5, as for requests (a review: it was a 502).
+        ("/http-1-2", "GET", 200, Some(b"ok")),
     ];
     for (path, method, status, body) in cases {
         let mut c = Client::connect(g);
@@ -1987,6 +1989,7 @@ fn script_replies() -> Vec<Reply> {
         r("/trailer-no-colon", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nNoColon\r\n\r\n", true),
         r("/chunk-bws-zeros", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n000000000000000000000005 ;a=\"q\\\"x\"\r\nhello\r\n0\r\n\r\n", false),
         r("/cl-zeros", b"HTTP/1.1 200 OK\r\nContent-Length: 0000000000000000000000000002\r\n\r\nok", false),
+        r("/http-1-2", b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
         r("/own-date", b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok", false),
         // A Date the backend named in Connection is dropped like any hop-by-hop field: ours replaces it.
         r("/conn-date", b"HTTP/1.1 200 OK\r\nConnection: date\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok", false),
