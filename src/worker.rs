@@ -212,9 +212,11 @@ pub struct Worker {
     cap_seen: Cell<Option<u64>>,
     /// Capacity of the buffers in `large`, in bytes.
     large_bytes: Cell<usize>,
-    /// Bytes of buffers [`Worker::recycle`] freed rather than kept, since the last
-    /// [`Worker::trim_heap`].
+    /// Bytes of buffers [`Worker::recycle`] freed rather than kept, and of spares
+    /// [`Worker::trim_spares`] freed, since the heap was last trimmed.
     dropped: Cell<usize>,
+    /// Ticks left in which spares freed ask for a heap trim, after a burst's end.
+    after_burst: Cell<u8>,
     /// Requests begun or ended so far, and the busy-poll task's waker while it sleeps
     /// (see [`Worker::poke`]).
     activity: Cell<u64>,
@@ -309,6 +311,7 @@ impl Worker {
             cap_seen: Cell::new(None),
             large_bytes: Cell::new(0),
             dropped: Cell::new(0),
+            after_burst: Cell::new(0),
             idle_reads: Rc::new(Cell::new(0)),
             boxes: Default::default(),
             pipes: Default::default(),
@@ -466,11 +469,24 @@ impl Worker {
     /// second. The trim itself runs on the dns-refresh thread
     /// ([`Shared::trim_heap_if_asked`]): on the worker it held the worker for about 30 ms
     /// (a review).
+    ///
+    /// The spare buffers a burst leaves behind are freed a tick or two after it ends
+    /// ([`Worker::trim_spares`] frees only those unused for a whole tick), after the trim
+    /// its end asked for: so for two ticks after, spares freed ask for another. Until
+    /// 2026-12-04 they waited for 8 MiB more to be let go, and 1500 clients that left
+    /// after stalled downloads left 29 MB behind in two workers (a review).
     pub fn trim_heap(&self, freed: usize) {
         let (open, high) = (self.open_connections(), self.conns_high.get());
         let burst_over = high >= 256 && open <= high / 4;
         let let_go = freed + self.dropped.get();
-        if !burst_over && let_go < 8 << 20 {
+        let following = self.after_burst.get();
+        self.after_burst.set(if burst_over {
+            2
+        } else {
+            following.saturating_sub(1)
+        });
+        if !burst_over && let_go < 8 << 20 && (following == 0 || freed == 0) {
+            self.dropped.set(let_go);
             return;
         }
         self.dropped.set(0);
@@ -1599,17 +1615,55 @@ mod tests {
         assert_eq!(held, w.large_bytes.get());
     }
 
+    /// Whether the worker asked for a heap trim since the last look.
+    fn trim_asked(w: &Worker) -> bool {
+        w.shared
+            .heap_trim
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Regression (a review): 1500 clients that left after stalled downloads left 29 MB
+    /// behind in two workers. The trim their leaving asked for came a tick before the
+    /// spare buffers they gave back were freed, and those asked for none (under 8 MiB).
+    #[test]
+    fn spares_a_burst_leaves_behind_ask_for_a_heap_trim_when_they_are_freed() {
+        let w = worker();
+        let trim_asked = || trim_asked(&w);
+        // 300 connections' 500 buffers out at once, given back as the burst ends.
+        let burst: Vec<_> = (0..500).map(|_| w.buffer()).collect();
+        w.conns_high.set(300);
+        burst.into_iter().for_each(|b| w.recycle(b));
+        // The next tick: the burst is over; its spares were in use during that tick.
+        let freed = w.trim_spares();
+        assert_eq!(freed, 0);
+        w.trim_heap(freed);
+        assert!(trim_asked(), "a burst's end asks for a trim");
+        // The tick after frees them (4 MiB), and that asks again.
+        let freed = w.trim_spares();
+        assert!(freed >= 500 * BUF_SIZE, "{freed}");
+        w.trim_heap(freed);
+        assert!(
+            trim_asked(),
+            "the burst's spares were freed and no trim asked for"
+        );
+        // Past those two ticks, spares freed count towards the 8 MiB as before.
+        w.trim_heap(0);
+        let more: Vec<_> = (0..100).map(|_| w.buffer()).collect();
+        more.into_iter().for_each(|b| w.recycle(b));
+        w.trim_spares();
+        let freed = w.trim_spares();
+        assert!(freed > 0);
+        w.trim_heap(freed);
+        assert!(!trim_asked());
+    }
+
     /// Regression: 3000 clients that sent a large head at once and stayed idle held 88 KiB
     /// each: the grown buffers their requests gave back were freed, not kept, and so never
     /// counted towards a heap trim, which only a burst's end or trimmed spares asked for.
     #[test]
     fn grown_buffers_freed_as_requests_end_ask_for_a_heap_trim() {
         let w = worker();
-        let trim_asked = || {
-            w.shared
-                .heap_trim
-                .swap(false, std::sync::atomic::Ordering::Relaxed)
-        };
+        let trim_asked = || trim_asked(&w);
         w.trim_heap(0);
         assert!(!trim_asked());
         // 32 KiB input buffers of 400 requests: 2 MiB kept for reuse, the rest freed.
