@@ -40,13 +40,6 @@ pub fn route(target: &str) -> Result<Route<'_>, RouteError> {
     if !valid_service_name(service.as_bytes()) {
         return Err(RouteError::BadService);
     }
-    // `//host/x` reads as a network-path reference (RFC 3986 §4.2) to URL parsers (Node's
-    // `new URL(req.url, base)` takes `host` for the host), and a backend with no path
-    // prefix would be sent one (a review). NGINX merges the slashes; we send the bytes we
-    // routed on, so an empty first segment is refused as the other tricks are.
-    if rest.starts_with("//") {
-        return Err(RouteError::BadPath);
-    }
     let path_end = rest.find('?').unwrap_or(rest.len());
     let encoded_slash = match judge_path(&rest[..path_end]) {
         Path::Unsafe => return Err(RouteError::BadPath),
@@ -91,7 +84,7 @@ pub(crate) fn judge_path(path: &str) -> Path {
         return Path::Unsafe;
     }
     if !b.contains(&b'%') {
-        return safe(!has_dot_segment(b));
+        return safe(!has_dot_segment(b) && !empty_first_segment(b));
     }
     // IIS's %uXXXX, in the path as sent or in any form it decodes to.
     let iis = |v: &[u8]| {
@@ -115,6 +108,7 @@ pub(crate) fn judge_path(path: &str) -> Path {
     if bytes.iter().any(|&c| matches!(c, 0 | b'\\'))
         || overlong_utf8(&bytes)
         || has_dot_segment(&bytes)
+        || empty_first_segment(&bytes)
     {
         return Path::Unsafe;
     }
@@ -124,6 +118,25 @@ pub(crate) fn judge_path(path: &str) -> Path {
     } else {
         Path::EncodedSlash
     }
+}
+
+/// Whether `b` starts with an empty segment followed by another: `//host/x`, also with
+/// path parameters or blanks that a backend takes off (`/;x/host/x`, `/%20/host/x`). URL
+/// parsers read `//host/x` as a network-path reference (RFC 3986 §4.2: Node's
+/// `new URL(req.url, base)` takes `host` for the host), and a backend with no path prefix
+/// would be sent one (two reviews). NGINX merges the slashes; we send the bytes we routed
+/// on, so it is refused as the other tricks are. Deeper in the path (`/a//b`) it is no
+/// host to anyone.
+fn empty_first_segment(b: &[u8]) -> bool {
+    let Some(rest) = b.strip_prefix(b"/") else {
+        return false;
+    };
+    let Some(end) = memchr::memchr(b'/', rest) else {
+        return false;
+    };
+    let seg = &rest[..end];
+    let seg = &seg[..memchr::memchr(b';', seg).unwrap_or(seg.len())];
+    trim_blanks_start(seg).is_empty()
 }
 
 /// How many times a path is percent-decoded at most to judge it (a path encoded more often
@@ -234,13 +247,18 @@ mod tests {
 
     proptest::proptest! {
         /// The scan over dots decides as the definition does: some `/`-separated segment
-        /// whose part before `;` is `.` or `..`.
+        /// whose part before `;` is `.` or `..`; or, after the leading `/`, a first one
+        /// whose part before `;` is empty, with another after it.
         #[test]
         fn plain_paths_are_judged_by_their_segments(path in "[/.;ax]{0,12}") {
             let dotty = path
                 .split('/')
                 .any(|seg| matches!(seg.split(';').next(), Some("." | "..")));
-            proptest::prop_assert_eq!(path_is_safe(&path), !dotty, "{:?}", path);
+            let hostlike = path.strip_prefix('/').is_some_and(|rest| {
+                let mut segs = rest.split('/');
+                segs.next().and_then(|s| s.split(';').next()) == Some("") && segs.next().is_some()
+            });
+            proptest::prop_assert_eq!(path_is_safe(&path), !(dotty || hostlike), "{:?}", path);
         }
     }
 
@@ -260,7 +278,7 @@ mod tests {
             "/v1/proxy/a/projects/group%2Fproject",
             "/v1/proxy/a/x%2fy/z",
             "/v1/proxy/a/x%252fy",
-            "/v1/proxy/a/%2F%2F",
+            "/v1/proxy/a/x%2F%2F",
             "/v1/proxy/a/x%2f..y",
         ] {
             assert!(route(t).is_ok_and(|r| r.encoded_slash), "{t}");
@@ -285,15 +303,31 @@ mod tests {
     #[test]
     fn refuses_tricks() {
         assert_eq!(route("/v2/x"), Err(RouteError::NotFound));
-        // Regression (a review): `//evil.example/x` reached a backend with no path prefix.
+        // Regression (two reviews): `//evil.example/x` reached a backend with no path
+        // prefix, and so did forms a backend reads so (path parameters, blanks, an encoded
+        // slash, which `encoded_slashes: true` lets through otherwise).
         for t in [
             "/v1/proxy/a//evil.example/x",
             "/v1/proxy/a//",
             "/v1/proxy/a///x?q",
+            "/v1/proxy/a/;/evil.example/x",
+            "/v1/proxy/a/;x=1/evil.example/x",
+            "/v1/proxy/a/%20/evil.example/x",
+            "/v1/proxy/a/%2Fevil.example/x",
+            "/v1/proxy/a/%2F/x",
+            "/v1/proxy/a/%252F%252Fx",
+            "/v1/proxy/a/%3B/x",
         ] {
             assert_eq!(route(t), Err(RouteError::BadPath), "{t}");
         }
-        assert_eq!(route("/v1/proxy/a/x//y").map(|r| r.rest), Ok("/x//y"));
+        for (t, rest) in [
+            ("/v1/proxy/a/x//y", "/x//y"),
+            ("/v1/proxy/a/;jsessionid=1", "/;jsessionid=1"),
+            ("/v1/proxy/a/x;p/y", "/x;p/y"),
+            ("/v1/proxy/a?//x", "?//x"),
+        ] {
+            assert_eq!(route(t).map(|r| r.rest), Ok(rest), "{t}");
+        }
         assert_eq!(route("/v1/proxy"), Err(RouteError::NotFound));
         for t in [
             "/v1/proxy/../admin",
