@@ -808,7 +808,7 @@ pub fn is_edge_field(name: &str) -> bool {
 }
 
 /// The fields [`is_edge_field`] names, in lower case.
-const EDGE_FIELDS: [&str; 12] = [
+const EDGE_FIELDS: [&str; 19] = [
     "forwarded",
     "x-forwarded-port",
     "x-forwarded-ssl",
@@ -821,6 +821,17 @@ const EDGE_FIELDS: [&str; 12] = [
     "x-rewrite-url",
     "x-url-scheme",
     "front-end-https",
+    // The client's address as other edges name it (Rails' `remote_ip` reads `Client-IP`;
+    // Akamai's and Cloudflare's, IIS ARR's), and its TLS certificate as an edge hands it
+    // on (Envoy's `X-Forwarded-Client-Cert`, which Envoy itself sanitises from untrusted
+    // clients; ASP.NET Core's `X-ARR-ClientCert`): identity claims (a re-review).
+    "client-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-arr-ssl",
+    "x-arr-clientcert",
+    "x-forwarded-client-cert",
 ];
 
 /// True for a field name with `_` that, read with `_` as `-`, is a framing, hop-by-hop or

@@ -32,7 +32,7 @@ pub struct Peer<'a> {
 /// `Transfer-Encoding`) are dropped first, then our own `X-Forwarded-*` and `Via` are
 /// added, then our framing: nothing the client sent can remove or replace them. A peer
 /// in `trusted_proxies` ([`Peer::trusted`]) is an edge proxy in front of us, a TLS
-/// terminator say: its `X-Forwarded-Proto` and `-Host` stand in place of ours, and the
+/// terminator say: its `X-Forwarded-Proto`, `-Host` and `-Prefix` stand in place of ours, and the
 /// other fields an edge writes (`h1::is_edge_field`) pass; from anyone else those are
 /// dropped.
 ///
@@ -95,9 +95,20 @@ pub fn prepare(
     } = peer;
     let mut xff_seen = false;
     let mut via_seen = false;
-    // A trusted edge's own word on the scheme and host the client used, when it gave one.
+    // A trusted edge's own word on the scheme and host the client used, when it gave one:
+    // the last element of its lines, as an edge that adds its line rather than replacing
+    // the client's puts its own last (HAProxy's `add-header`); empty ones are no word (a
+    // re-review: `X-Forwarded-Proto:` from the edge left the backend an empty scheme, two
+    // lines left it to choose between the client's and the edge's). We write it, once.
     let theirs = |field: &str| {
-        trusted && !conn_opts.names(field) && p.headers.iter().any(|h| h1::name_is(h.name, field))
+        if !trusted || conn_opts.names(field) {
+            return None;
+        }
+        p.headers
+            .iter()
+            .filter(|h| h1::name_is(h.name, field))
+            .flat_map(|h| h1::list_elements(h.value))
+            .last()
     };
     let their_proto = theirs("x-forwarded-proto");
     let their_host = theirs("x-forwarded-host");
@@ -107,10 +118,9 @@ pub fn prepare(
             || h1::is_underscore_alias(name)
             || h1::name_is(name, "host")
             || h1::name_is(name, "expect")
-            || (!trusted
-                && (h1::is_edge_field(name)
-                    || h1::name_is(name, "x-forwarded-proto")
-                    || h1::name_is(name, "x-forwarded-host")))
+            || (!trusted && h1::is_edge_field(name))
+            || h1::name_is(name, "x-forwarded-proto")
+            || h1::name_is(name, "x-forwarded-host")
             || h1::name_is(name, "x-forwarded-prefix")
             || (request_id.is_some() && h1::name_is_cgi(name, crate::reqid::FIELD))
             // merged below into one line each:
@@ -154,17 +164,23 @@ pub fn prepare(
         }
         fwd.extend_from_slice(b"\r\n");
     }
-    if !their_proto {
-        fwd.extend_from_slice(b"x-forwarded-proto: http\r\n");
-    }
+    push_header(fwd, b"x-forwarded-proto", their_proto.unwrap_or(b"http"));
     // What the client's path had in front of what the backend is sent (Traefik's
     // `stripPrefix` says it so too): an application behind Werkzeug's `ProxyFix`, Spring's
     // `ForwardedHeaderFilter` or ASP.NET's forwarded headers builds its links and relative
-    // redirects under it (`/login` took clients to the gateway's 404: two reviews).
-    fwd.extend_from_slice(b"x-forwarded-prefix: ");
-    fwd.extend_from_slice(router::PREFIX.as_bytes());
-    fwd.extend_from_slice(route.service);
-    fwd.extend_from_slice(b"\r\n");
+    // redirects under it (`/login` took clients to the gateway's 404: two reviews). A
+    // trusted edge that maps a public path onto ours (NGINX's `location /orders/ {
+    // proxy_pass http://gw/v1/proxy/orders/; }`) knows the public one: its word stands,
+    // as for the scheme and host (an operator review: the backend built its links under
+    // ours, which the public never sees).
+    if let Some(theirs) = theirs("x-forwarded-prefix") {
+        push_header(fwd, b"x-forwarded-prefix", theirs);
+    } else {
+        fwd.extend_from_slice(b"x-forwarded-prefix: ");
+        fwd.extend_from_slice(router::PREFIX.as_bytes());
+        fwd.extend_from_slice(route.service);
+        fwd.extend_from_slice(b"\r\n");
+    }
     // A WebSocket handshake to a service that takes them: the two hop-by-hop fields it
     // needs, as we write them (the client's were dropped above with the others).
     if forwards_upgrade(p.info, &view.snapshot.services[svc]) {
@@ -173,7 +189,7 @@ pub fn prepare(
     if let Some(id) = request_id {
         push_header(fwd, crate::reqid::FIELD.as_bytes(), id);
     }
-    if let Some(host) = p.host.filter(|_| !their_host) {
+    if let Some(host) = their_host.or(p.host) {
         push_header(fwd, b"x-forwarded-host", host);
     }
     match p.info.framing {

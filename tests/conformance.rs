@@ -1337,6 +1337,8 @@ fn hop_vectors() -> Vec<V> {
         // undid ours; only a trusted proxy may send them (`tests/proxy.rs`).
         ok_get("edge fields from a client dropped", get_with("Forwarded: host=evil;proto=https\r\nX-Forwarded-Port: 1337\r\nX-Forwarded-Ssl: on\r\nFront-End-Https: on\r\nX-Original-URL: /admin\r\n"))
             .lacks(&["forwarded", "x-forwarded-port", "x-forwarded-ssl", "front-end-https", "x-original-url"]).has("x-forwarded-proto", "http"),
+        ok_get("client address and certificate claims from a client dropped", get_with("Client-IP: 6.6.6.6\r\nTrue-Client-IP: 6.6.6.6\r\nX-Client-IP: 6.6.6.6\r\nX-Forwarded-Client-Cert: Hash=1\r\nX-ARR-ClientCert: MIIB\r\n"))
+            .lacks(&["client-ip", "true-client-ip", "x-client-ip", "x-forwarded-client-cert", "x-arr-clientcert"]),
         ok_get("Connection: X-Forwarded-For drops the client's list", get_with("Connection: X-Forwarded-For\r\nX-Forwarded-For: 6.6.6.6\r\n")).has("x-forwarded-for", "127.0.0.1"),
         v("abuse: Connection: close, X-Forwarded-For, Host, Content-Length",
           post("Connection: close, X-Forwarded-For, Host, Content-Length\r\nX-Forwarded-For: 6.6.6.6\r\nContent-Length: 5\r\n", b"hello"),

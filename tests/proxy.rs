@@ -360,7 +360,7 @@ fn only_a_trusted_edge_may_tell_a_backend_the_scheme_host_port_or_url() {
     }
     assert_eq!(r.echoed("x-forwarded-proto"), ["http"]);
     assert_eq!(r.echoed("x-forwarded-host"), ["public.example"]);
-    // A trusted edge: its own word, once each, beside what only we write.
+    // A trusted edge: its own word, once each.
     let g = gateway(&config(
         1,
         "trusted_proxies: [127.0.0.1/32]",
@@ -380,6 +380,12 @@ fn only_a_trusted_edge_may_tell_a_backend_the_scheme_host_port_or_url() {
     assert_eq!(r.echoed("x-forwarded-host"), ["edge.example"]);
     assert_eq!(r.echoed("x-forwarded-prefix"), ["/v1/proxy/svc"]);
     assert_eq!(r.echoed("x-forwarded-for"), ["127.0.0.1"]);
+    // An edge that maps a public path onto ours says which (an operator review).
+    let r = request(
+        g.addr,
+        "GET /v1/proxy/svc/f HTTP/1.1\r\nHost: h\r\nX-Forwarded-Prefix: /orders\r\n\r\n",
+    );
+    assert_eq!(r.echoed("x-forwarded-prefix"), ["/orders"]);
     // A trusted edge that says nothing of them gets ours.
     let r = request(
         g.addr,
