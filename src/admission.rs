@@ -136,6 +136,36 @@ impl Cidr {
         })
     }
 
+    /// What an operator should hear about this entry at start and from `--check` (an
+    /// operator review: `0.0.0.0/0` and `10.0.0.1/8` passed without a word).
+    pub fn warning(&self) -> Option<String> {
+        if self.prefix == 0 {
+            return Some(format!(
+                "trusted_proxies: {self} trusts every address: every client then chooses its own X-Forwarded-For (its rate-limit key and its address in the log) and the forwarding fields a backend builds URLs from; list only the addresses your edge proxies connect from"
+            ));
+        }
+        let network = match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        (network != self.addr).then(|| {
+            format!(
+                "trusted_proxies: {self} has address bits past its prefix, which are ignored: it trusts all of {network}/{}; write that, or the address alone",
+                self.prefix
+            )
+        })
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, canonical(ip)) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -1406,6 +1436,29 @@ mod tests {
             .map(|h| h.join().unwrap())
             .sum();
         assert_eq!(admitted, 777);
+    }
+
+    #[test]
+    fn a_trusted_network_of_every_address_or_with_stray_bits_is_warned_of() {
+        let cidr = |t: &str| Cidr::parse("trusted_proxies[0]", t).unwrap();
+        for quiet in [
+            "10.0.0.0/8",
+            "192.168.1.7",
+            "fd00::/8",
+            "::1",
+            "10.0.0.1/32",
+        ] {
+            assert_eq!(cidr(quiet).warning(), None, "{quiet}");
+        }
+        for (loud, says) in [
+            ("0.0.0.0/0", "trusts every address"),
+            ("::/0", "trusts every address"),
+            ("10.0.0.1/8", "trusts all of 10.0.0.0/8"),
+            ("fd00::1/64", "trusts all of fd00::/64"),
+        ] {
+            let w = cidr(loud).warning().unwrap_or_default();
+            assert!(w.contains(says), "{loud}: {w}");
+        }
     }
 
     #[test]

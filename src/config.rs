@@ -1152,6 +1152,20 @@ impl Config {
                 ),
             );
         }
+        // Whose forwarding fields are believed (an operator review trusted the address its
+        // NGINX listened on, not the one it connected from, and nothing showed the list).
+        if !self.admission.trusted_proxies.is_empty() {
+            let nets: Vec<String> = self
+                .admission
+                .trusted_proxies
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            let _ = fmt::Write::write_fmt(
+                &mut s,
+                format_args!("trusted proxies: {}\n", nets.join(", ")),
+            );
+        }
         let table = crate::admission::Registry::table_bytes(self);
         if table > 0 {
             let _ = fmt::Write::write_fmt(

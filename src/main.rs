@@ -8,7 +8,9 @@ use gateway::Config;
 
 const USAGE: &str = "\
 usage: gateway [--config PATH] [--pid-file PATH]
-                                         run (default ./config.yaml) until SIGTERM/SIGINT;
+                                         run (default ./config.yaml) until SIGTERM/SIGINT
+                                         (graceful drain); SIGHUP reloads the config,
+                                         SIGUSR1 reopens the access log;
                                          --pid-file: write the process ID there once serving
        gateway --check [--config PATH]   validate the config, print a summary, exit 0 or 1
                                          (-t, as for NGINX and HAProxy)

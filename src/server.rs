@@ -274,6 +274,13 @@ pub fn start_warnings(config: &crate::config::Config) -> Vec<String> {
             "admin: {admin} listens on every interface: /admin/config, /admin/backends and /metrics have no authentication; bind it to 127.0.0.1, or to a private address behind a firewall"
         ));
     }
+    out.extend(
+        config
+            .admission
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| c.warning()),
+    );
     if config.admin.is_none() && !config.timeouts.drain_grace.is_zero() {
         out.push(
             "timeouts.drain_grace is set but there is no `admin` port: nothing can see /healthz fail during the grace, so it only delays the drain".to_string(),

@@ -599,6 +599,25 @@ fn check_warns_as_the_start_does() {
         text.contains("warning: admin: [::ffff:0.0.0.0]:9901 listens on every interface"),
         "{text}"
     );
+    // Trusted proxies are listed, and one trusting every address, or written with host
+    // bits past its prefix, is warned of (an operator review: no word of either).
+    let (code, text) = check(&format!(
+        "workers: 1\ntrusted_proxies: [0.0.0.0/0, 10.0.0.1/8, 192.168.1.7]\n{svc}"
+    ));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("trusted proxies: 0.0.0.0/0, 10.0.0.1/8, 192.168.1.7/32"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: trusted_proxies: 0.0.0.0/0 trusts every address"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: trusted_proxies: 10.0.0.1/8 has address bits past its prefix"),
+        "{text}"
+    );
+    assert!(!text.contains("192.168.1.7/32 has"), "{text}");
     // An idle timeout below the once-a-second look (an operator review: 1ms, no word).
     let (code, text) = check(&format!(
         "workers: 1\ntimeouts: {{client_idle: 1ms}}\n{svc}"
