@@ -11,7 +11,8 @@
 //!    the backend's `opens` sorted set (instance → open time, trimmed to one cooldown), and the
 //!    backend's hash `{state, at, instance}` becomes open once `open_quorum` distinct
 //!    instances are in it; a close or reopen by the probe's owner moves the hash whatever the
-//!    quorum. The newer `at` always wins. A message goes to `<name>:breaker` for observers.
+//!    quorum, and only the lease's holder closes an open one. The newer `at` always wins.
+//!    A message goes to `<name>:breaker` for observers. An open Redis lost is put back.
 //! 3. **Read the fleet** (one pipelined `HMGET` per backend) and apply what changed by CAS on
 //!    the local word: a fleet open sets the word OPEN with the fleet's open time; a fleet
 //!    close closes a word opened in that fleet episode. An instance's own newer transition
@@ -320,6 +321,9 @@ struct Track {
     source: Source,
     /// This instance owns the probe lease (since this unix ms).
     lease: Option<u64>,
+    /// The fleet's open record, which this instance follows, is gone from Redis: put it
+    /// back ([`Track::lost`]).
+    restore: bool,
     hash: String,
     opens: String,
     lease_key: String,
@@ -330,6 +334,18 @@ impl Track {
     fn take(&mut self, f: Fleet, at: u64) {
         self.known_at = at;
         self.fleet = Some(f);
+    }
+
+    /// Redis has no record for this backend. If the last one taken was an open this
+    /// instance still keeps, Redis lost it (restarted without persistence, flushed): it is
+    /// put back, or the fleet forgets the open. With a quorum above one nothing else brought
+    /// it back (a fleet review: one instance's open, republished, was under the quorum;
+    /// instances following the fleet had none of their own), and an instance started then
+    /// served the failing backend until it failed on its own, restarting the others'
+    /// cooldown.
+    fn lost(&mut self) {
+        let open = self.fleet.as_ref().is_some_and(|f| f.open);
+        self.restore = open && Word::decode(breaker::Word::load(&**self.cell)).state != CLOSED;
     }
 
     /// Redis answered our transition stamped `at` with `record`. Our own record: nothing to
@@ -365,7 +381,13 @@ if cur_at > tonumber(t[1]) * 1000 + 10000 then cur_at = 0 end
 local state = nil
 if kind == 'closed' then
   redis.call('ZREM', KEYS[2], me)
-  if at > cur_at then state = 'closed' end
+  -- A fleet open is closed by the fleet's prober only, who holds the lease until this
+  -- script: a probe an instance began on its own, before the quorum opened the fleet, is
+  -- older evidence than that open, however late its answer came (a fleet review: one
+  -- closed the circuit for all, and they failed again).
+  if at > cur_at and (cur[1] ~= 'open' or redis.call('GET', KEYS[3]) == me) then
+    state = 'closed'
+  end
 else
   redis.call('ZADD', KEYS[2], at, me)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (at - win))
@@ -393,6 +415,17 @@ if state then
 end
 if redis.call('GET', KEYS[3]) == me then redis.call('DEL', KEYS[3]) end
 return redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
+";
+
+/// Puts back a fleet open that Redis lost (restarted empty, flushed), as it was: only where
+/// there is no record at all, so anything written since wins. KEYS: hash. ARGV: at,
+/// instance, channel.
+const RESTORE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'open', 'at', ARGV[1], 'instance', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 172800000)
+redis.call('PUBLISH', ARGV[3], KEYS[1] .. ' open ' .. ARGV[1] .. ' ' .. ARGV[2])
+return 1
 ";
 
 /// The heartbeat, on Redis's clock: joins the fleet's instances, forgets those silent for
@@ -1005,6 +1038,7 @@ impl Node {
                             local: None,
                             source: Source::Local,
                             lease: None,
+                            restore: false,
                             opens: format!("{hash}:opens"),
                             lease_key: format!("{hash}:probe"),
                             hash,
@@ -1081,6 +1115,25 @@ impl Node {
         let instances = instances_key(&cfg.name);
         let offset = self.offset;
         for t in &mut self.tracks {
+            if std::mem::take(&mut t.restore) {
+                if let Some(f) = t.fleet.as_ref().filter(|f| f.open) {
+                    let restored = redis::cmd("EVAL")
+                        .arg(RESTORE)
+                        .arg(1)
+                        .arg(&t.hash)
+                        .arg(f.at)
+                        .arg(&f.instance)
+                        .arg(&channel)
+                        .query::<i64>(con);
+                    if self.bad_keys.check(&t.hash, restored)? == Some(1) {
+                        log::info!(
+                            "cluster: Redis had lost the open circuit of {} {}; put back",
+                            t.service,
+                            t.url
+                        );
+                    }
+                }
+            }
             let Some(local) = t.local.as_mut().filter(|l| !l.published) else {
                 continue;
             };
@@ -1212,6 +1265,7 @@ impl Node {
                 continue;
             };
             let Some(f) = parse_fleet(record) else {
+                self.tracks[i].lost();
                 continue;
             };
             if self.apply(i, f) {

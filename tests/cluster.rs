@@ -100,6 +100,22 @@ fn member(
     gateway_at(&member_config(redis, fleet, quorum, breaker, backend))
 }
 
+/// `n` [`member`]s, each in touch with Redis.
+fn fleet_of(
+    n: usize,
+    redis: &Redis,
+    fleet: &str,
+    quorum: u32,
+    breaker: &str,
+    backend: SocketAddr,
+) -> Vec<AdminGateway> {
+    let members: Vec<AdminGateway> = (0..n)
+        .map(|_| member(redis, fleet, quorum, breaker, backend))
+        .collect();
+    assert!(eventually(WAIT, || members.iter().all(cluster_up)));
+    members
+}
+
 /// [`member`]'s config file.
 fn member_config(
     redis: &Redis,
@@ -290,10 +306,7 @@ fn one_probe_per_cooldown_across_the_fleet_under_load() {
     let rec = Recorder::start(reply(500));
     let name = fleet_name("probe");
     let breaker = "{failure_threshold: 2, cooldown: 2s}";
-    let fleet: Vec<AdminGateway> = (0..3)
-        .map(|_| member(&redis, &name, 1, breaker, rec.addr))
-        .collect();
-    assert!(eventually(WAIT, || fleet.iter().all(cluster_up)));
+    let fleet = fleet_of(3, &redis, &name, 1, breaker, rec.addr);
     fail(&fleet[0], 2);
     assert!(eventually(WAIT, || fleet.iter().all(|g| status(g) == 503)));
     let opened = rec.requests();
@@ -348,10 +361,7 @@ fn the_instance_with_traffic_gets_the_fleets_probe() {
     let rec = Recorder::start(reply(500));
     let name = fleet_name("probe-traffic");
     let breaker = "{failure_threshold: 2, cooldown: 2s}";
-    let fleet: Vec<AdminGateway> = (0..4)
-        .map(|_| member(&redis, &name, 1, breaker, rec.addr))
-        .collect();
-    assert!(eventually(WAIT, || fleet.iter().all(cluster_up)));
+    let fleet = fleet_of(4, &redis, &name, 1, breaker, rec.addr);
     let busy = &fleet[3];
     // Two rounds: an idle instance would win the first race three times in four.
     for round in 0..2 {
@@ -385,10 +395,7 @@ fn the_fleet_opens_once_the_quorum_of_instances_has_opened() {
     let rec = Recorder::start(reply(500));
     let name = fleet_name("quorum");
     let breaker = "{failure_threshold: 2, cooldown: 30s}";
-    let fleet: Vec<AdminGateway> = (0..3)
-        .map(|_| member(&redis, &name, 2, breaker, rec.addr))
-        .collect();
-    assert!(eventually(WAIT, || fleet.iter().all(cluster_up)));
+    let fleet = fleet_of(3, &redis, &name, 2, breaker, rec.addr);
     // One instance with a bad path of its own opens locally only.
     fail(&fleet[0], 2);
     assert_eq!(status(&fleet[0]), 503);
@@ -408,6 +415,89 @@ fn the_fleet_opens_once_the_quorum_of_instances_has_opened() {
     assert_eq!(status(&fleet[2]), 503);
     assert_eq!(rec.requests(), before);
     assert_eq!(backend(&fleet[2]).1, "remote");
+}
+
+/// Regression (a fleet review): an instance whose own probe began before the quorum opened
+/// the fleet (its circuit had opened on its own, below the quorum) closed the fleet's
+/// circuit for every instance when the probe's answer came, and they failed again. Only
+/// the fleet's prober, who holds the lease, closes a fleet open.
+#[test]
+fn a_probe_begun_before_the_fleet_opened_does_not_close_it() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("old-probe");
+    let breaker = "{failure_threshold: 2, cooldown: 1s}";
+    let fleet = fleet_of(3, &redis, &name, 2, breaker, rec.addr);
+    // C alone: its own circuit opens, below the quorum.
+    fail(&fleet[2], 2);
+    assert_eq!(backend(&fleet[2]), ("open".into(), "local".into()));
+    std::thread::sleep(Duration::from_millis(1100));
+    // Its probe goes out after the cooldown and is answered late, with a success.
+    rec.set(Mode::Delayed(Duration::from_millis(1500), reply_bytes(200)));
+    let before = rec.requests();
+    let c = fleet[2].proc.addr;
+    let probe = std::thread::spawn(move || get(c, "/v1/proxy/svc/x").status);
+    assert!(eventually(WAIT, || rec.requests() > before), "no probe");
+    rec.set(reply(500));
+    // Meanwhile A and B fail: the quorum opens the fleet.
+    fail(&fleet[0], 2);
+    fail(&fleet[1], 2);
+    assert!(eventually(WAIT, || backend(&fleet[0]).0 == "open"
+        && backend(&fleet[1]).0 == "open"));
+    assert_eq!(probe.join().ok(), Some(200), "the probe's own answer");
+    // C's late success is its own: the fleet's circuit stays open for A and B.
+    std::thread::sleep(Duration::from_millis(300));
+    for g in &fleet[..2] {
+        assert_eq!(backend(g).0, "open", "an old probe closed the fleet");
+    }
+    assert_eq!(backend(&fleet[2]).0, "closed");
+}
+
+/// Regression (a fleet review): with a quorum above one, a Redis restarted empty (or
+/// flushed) lost every open circuit for good: an instance's own open, republished, was
+/// under the quorum, and those following the fleet had none of their own. An instance
+/// started then served the failing backend. Instances that keep a fleet open now put its
+/// record back.
+#[test]
+fn a_fleet_open_survives_a_redis_that_lost_its_data() {
+    let mut redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("lost-open");
+    let key = format!("{name}:breaker:svc:http://{}", rec.addr);
+    let breaker = "{failure_threshold: 2, cooldown: 30s}";
+    let fleet = fleet_of(3, &redis, &name, 2, breaker, rec.addr);
+    fail(&fleet[0], 2);
+    fail(&fleet[1], 2);
+    assert!(eventually(WAIT, || backend(&fleet[2]).0 == "open"));
+    let state = |r: &Redis| r.send(&format!("HGET {key} state\r\n"), "\r\n");
+    let put_back = |r: &Redis| eventually(WAIT, || state(r).contains("open"));
+    // Flushed under a running fleet, then restarted empty.
+    assert!(redis.send("FLUSHALL\r\n", "\r\n").starts_with("+OK"));
+    assert!(
+        put_back(&redis),
+        "not put back after FLUSHALL: {}",
+        state(&redis)
+    );
+    let port = redis.port;
+    redis.stop();
+    let redis = Redis::on(port);
+    assert!(
+        put_back(&redis),
+        "not put back after a restart: {}",
+        state(&redis)
+    );
+    // An instance started now finds the circuit open, and sends the backend nothing.
+    let before = rec.requests();
+    let late = member(&redis, &name, 2, breaker, rec.addr);
+    assert_eq!(status(&late), 503);
+    assert_eq!(
+        rec.requests(),
+        before,
+        "the new instance hit the failing backend"
+    );
+    for g in &fleet {
+        assert_eq!(backend(g).0, "open");
+    }
 }
 
 /// Regression (a fleet review): a restarted instance has a new name, and its old name's open
@@ -689,10 +779,7 @@ fn uploads_alone_still_get_the_fleet_probe() {
     let rec = Recorder::start(reply(500));
     let name = fleet_name("uploads");
     let breaker = "{failure_threshold: 1, cooldown: 3s}";
-    let fleet: Vec<AdminGateway> = (0..2)
-        .map(|_| member(&redis, &name, 1, breaker, rec.addr))
-        .collect();
-    assert!(eventually(WAIT, || fleet.iter().all(cluster_up)));
+    let fleet = fleet_of(2, &redis, &name, 1, breaker, rec.addr);
     fail(&fleet[0], 1);
     assert!(eventually(WAIT, || fleet.iter().all(|g| status(g) == 503)));
     rec.set(reply(200));
