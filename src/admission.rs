@@ -139,9 +139,22 @@ impl Cidr {
     /// What an operator should hear about this entry at start and from `--check` (an
     /// operator review: `0.0.0.0/0` and `10.0.0.1/8` passed without a word).
     pub fn warning(&self) -> Option<String> {
-        if self.prefix == 0 {
+        // A share of the whole Internet (a re-review: `0.0.0.0/1` and `128.0.0.0/1` together
+        // trusted every IPv4 client without a word). IPv4 clients are matched as IPv4, so
+        // `::/0` trusts no IPv4 client.
+        let (family, shortest) = if self.addr.is_ipv4() {
+            ("IPv4", 8)
+        } else {
+            // fc00::/7, every unique local address, is a private network's.
+            ("IPv6", 7)
+        };
+        if self.prefix < shortest {
+            let share = match self.prefix {
+                0 => format!("every {family} address"),
+                p => format!("1/{} of all {family} addresses", 1u64 << p),
+            };
             return Some(format!(
-                "trusted_proxies: {self} trusts every address: every client then chooses its own X-Forwarded-For (its rate-limit key and its address in the log) and the forwarding fields a backend builds URLs from; list only the addresses your edge proxies connect from"
+                "trusted_proxies: {self} trusts {share}: every such client then chooses its own X-Forwarded-For (its rate-limit key and its address in the log) and the forwarding fields a backend builds URLs from; list only the addresses your edge proxies connect from"
             ));
         }
         let network = match self.addr {
@@ -1445,14 +1458,19 @@ mod tests {
             "10.0.0.0/8",
             "192.168.1.7",
             "fd00::/8",
+            "fc00::/7",
             "::1",
             "10.0.0.1/32",
         ] {
             assert_eq!(cidr(quiet).warning(), None, "{quiet}");
         }
         for (loud, says) in [
-            ("0.0.0.0/0", "trusts every address"),
-            ("::/0", "trusts every address"),
+            ("0.0.0.0/0", "trusts every IPv4 address"),
+            ("::/0", "trusts every IPv6 address"),
+            ("::ffff:0.0.0.0/96", "trusts every IPv4 address"),
+            ("0.0.0.0/1", "trusts 1/2 of all IPv4 addresses"),
+            ("128.0.0.0/1", "trusts 1/2 of all IPv4 addresses"),
+            ("2000::/3", "trusts 1/8 of all IPv6 addresses"),
             ("10.0.0.1/8", "trusts all of 10.0.0.0/8"),
             ("fd00::1/64", "trusts all of fd00::/64"),
         ] {

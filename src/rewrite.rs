@@ -100,15 +100,21 @@ pub fn prepare(
     // the client's puts its own last (HAProxy's `add-header`); empty ones are no word (a
     // re-review: `X-Forwarded-Proto:` from the edge left the backend an empty scheme, two
     // lines left it to choose between the client's and the edge's). We write it, once.
+    // A path is no list: a comma in a prefix is the path's own (a re-review: `/a,b` went
+    // up as `b`), so the prefix is the last line's whole value.
     let theirs = |field: &str| {
         if !trusted || conn_opts.names(field) {
             return None;
         }
-        p.headers
-            .iter()
-            .filter(|h| h1::name_is(h.name, field))
-            .flat_map(|h| h1::list_elements(h.value))
-            .last()
+        let lines = p.headers.iter().filter(|h| h1::name_is(h.name, field));
+        if field == "x-forwarded-prefix" {
+            lines
+                .rev()
+                .map(|h| h1::trim_ows(h.value))
+                .find(|v| !v.is_empty())
+        } else {
+            lines.flat_map(|h| h1::list_elements(h.value)).last()
+        }
     };
     let their_proto = theirs("x-forwarded-proto");
     let their_host = theirs("x-forwarded-host");

@@ -610,7 +610,7 @@ fn check_warns_as_the_start_does() {
         "{text}"
     );
     assert!(
-        text.contains("warning: trusted_proxies: 0.0.0.0/0 trusts every address"),
+        text.contains("warning: trusted_proxies: 0.0.0.0/0 trusts every IPv4 address"),
         "{text}"
     );
     assert!(

@@ -386,6 +386,12 @@ fn only_a_trusted_edge_may_tell_a_backend_the_scheme_host_port_or_url() {
         "GET /v1/proxy/svc/f HTTP/1.1\r\nHost: h\r\nX-Forwarded-Prefix: /orders\r\n\r\n",
     );
     assert_eq!(r.echoed("x-forwarded-prefix"), ["/orders"]);
+    // A comma in a path is the path's (a re-review: `/a,b` went up as `b`).
+    let r = request(
+        g.addr,
+        "GET /v1/proxy/svc/f HTTP/1.1\r\nHost: h\r\nX-Forwarded-Prefix: /x\r\nX-Forwarded-Prefix: /a,b\r\n\r\n",
+    );
+    assert_eq!(r.echoed("x-forwarded-prefix"), ["/a,b"]);
     // A trusted edge that says nothing of them gets ours.
     let r = request(
         g.addr,
