@@ -385,6 +385,20 @@ pub fn abandon<W: Word>(w: &W, t: Ticket, now: u64) -> Transition {
     }
 }
 
+/// The earliest the probe that closed a circuit last seen as `word` can have been admitted,
+/// and never after `now`: HALF_OPEN's time (its admission, or a renewal of its lease, which
+/// is later), or when a circuit last seen OPEN or BACKOFF would first admit one. A close
+/// counts as of then in the fleet (`cluster.rs`): its evidence is no newer than its probe,
+/// however late the answer came.
+pub fn probe_admitted_by(word: u64, now: u64, p: &Policy) -> u64 {
+    let s = Snapshot::decode(word);
+    let at = match s.state {
+        HALF_OPEN => s.time_ms,
+        _ => s.time_ms.saturating_add(p.wait_ms(s.state, s.count, now)),
+    };
+    at.min(now)
+}
+
 /// Milliseconds until a circuit admits a probe (0 if closed or it would now).
 pub fn retry_after_ms(word: u64, now: u64, p: &Policy) -> u64 {
     retry_after_for(word, now, p, false)
@@ -452,6 +466,27 @@ mod tests {
         assert_eq!(failure(&w, t, 10, &P), Transition::Opened);
         assert_eq!(state(&w), OPEN);
         assert!(admit(&w, 10 + P.cooldown_ms - 1, &P).is_none());
+    }
+
+    #[test]
+    fn a_closing_probe_was_admitted_no_later_than_the_circuit_allowed() {
+        let p = P;
+        let word = |state, count, time_ms| {
+            Snapshot {
+                state,
+                count,
+                epoch: 1,
+                time_ms,
+            }
+            .encode()
+        };
+        // Seen probing: since its admission (or a renewal).
+        assert_eq!(probe_admitted_by(word(HALF_OPEN, 0, 5000), 9000, &p), 5000);
+        // Seen open: not before its cooldown ended; backing off: not before the backoff did.
+        assert_eq!(probe_admitted_by(word(OPEN, 0, 5000), 9000, &p), 6000);
+        assert!(probe_admitted_by(word(BACKOFF, 1, 5000), 9000, &p) > 5000);
+        // Never after the close itself.
+        assert_eq!(probe_admitted_by(word(OPEN, 0, 5000), 5500, &p), 5500);
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //!    the backend's `opens` sorted set (instance → open time, trimmed to one cooldown), and the
 //!    backend's hash `{state, at, instance}` becomes open once `open_quorum` distinct
 //!    instances are in it; a close or reopen by the probe's owner moves the hash whatever the
-//!    quorum, and only the lease's holder closes an open one. The newer `at` always wins.
-//!    A message goes to `<name>:breaker` for observers. An open Redis lost is put back.
+//!    quorum. The newer `at` always wins; a close is stamped with its probe's admission.
+//!    A message goes to `<name>:breaker` for observers. A record Redis lost is put back.
 //! 3. **Read the fleet** (one pipelined `HMGET` per backend) and apply what changed by CAS on
 //!    the local word: a fleet open sets the word OPEN with the fleet's open time; a fleet
 //!    close closes a word opened in that fleet episode. An instance's own newer transition
@@ -321,8 +321,8 @@ struct Track {
     source: Source,
     /// This instance owns the probe lease (since this unix ms).
     lease: Option<u64>,
-    /// The fleet's open record, which this instance follows, is gone from Redis: put it
-    /// back ([`Track::lost`]).
+    /// Redis lost the fleet's record this instance took last, or holds an older one: put
+    /// it back ([`Track::lost`]).
     restore: bool,
     hash: String,
     opens: String,
@@ -336,16 +336,22 @@ impl Track {
         self.fleet = Some(f);
     }
 
-    /// Redis has no record for this backend. If the last one taken was an open this
-    /// instance still keeps, Redis lost it (restarted without persistence, flushed): it is
-    /// put back, or the fleet forgets the open. With a quorum above one nothing else brought
-    /// it back (a fleet review: one instance's open, republished, was under the quorum;
-    /// instances following the fleet had none of their own), and an instance started then
-    /// served the failing backend until it failed on its own, restarting the others'
-    /// cooldown.
-    fn lost(&mut self) {
-        let open = self.fleet.as_ref().is_some_and(|f| f.open);
-        self.restore = open && Word::decode(breaker::Word::load(&**self.cell)).state != CLOSED;
+    /// Redis has no record for this backend, or one older than the last this instance
+    /// took: Redis lost it (restarted without persistence, flushed) and may since have been
+    /// given an older one. The record taken is put back, the newer winning in Redis, or the
+    /// fleet forgets it: with a quorum above one nothing else brought a lost open back (a
+    /// fleet review: one instance's open, republished, was under the quorum; instances
+    /// following the fleet had none of their own), and an instance started then served the
+    /// failing backend; and a close put back over an older open (put back by an instance
+    /// that missed the close) keeps that open from outranking it (a re-review). Where
+    /// there is no record, a close is not put back: none says as much. Nor is an open this
+    /// instance no longer keeps: its own close is newer.
+    fn lost(&mut self, absent: bool) {
+        let Some(f) = &self.fleet else { return };
+        self.restore = match f.open {
+            true => Word::decode(breaker::Word::load(&**self.cell)).state != CLOSED,
+            false => !absent,
+        };
     }
 
     /// Redis answered our transition stamped `at` with `record`. Our own record: nothing to
@@ -381,13 +387,7 @@ if cur_at > tonumber(t[1]) * 1000 + 10000 then cur_at = 0 end
 local state = nil
 if kind == 'closed' then
   redis.call('ZREM', KEYS[2], me)
-  -- A fleet open is closed by the fleet's prober only, who holds the lease until this
-  -- script: a probe an instance began on its own, before the quorum opened the fleet, is
-  -- older evidence than that open, however late its answer came (a fleet review: one
-  -- closed the circuit for all, and they failed again).
-  if at > cur_at and (cur[1] ~= 'open' or redis.call('GET', KEYS[3]) == me) then
-    state = 'closed'
-  end
+  if at > cur_at then state = 'closed' end
 else
   redis.call('ZADD', KEYS[2], at, me)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (at - win))
@@ -417,14 +417,15 @@ if redis.call('GET', KEYS[3]) == me then redis.call('DEL', KEYS[3]) end
 return redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
 ";
 
-/// Puts back a fleet open that Redis lost (restarted empty, flushed), as it was: only where
-/// there is no record at all, so anything written since wins. KEYS: hash. ARGV: at,
-/// instance, channel.
+/// Puts back a fleet record that Redis lost (restarted empty, flushed) or holds an older one
+/// of, as it was, unless what is there now is as new: the newer record wins, as in
+/// `PUBLISH`. KEYS: hash. ARGV: state, at, instance, channel.
 const RESTORE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'open', 'at', ARGV[1], 'instance', ARGV[2])
+local cur = tonumber(redis.call('HGET', KEYS[1], 'at'))
+if cur and cur >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'at', ARGV[2], 'instance', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], 172800000)
-redis.call('PUBLISH', ARGV[3], KEYS[1] .. ' open ' .. ARGV[1] .. ' ' .. ARGV[2])
+redis.call('PUBLISH', ARGV[4], KEYS[1] .. ' ' .. ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
 return 1
 ";
 
@@ -1072,7 +1073,8 @@ impl Node {
             if cur == t.seen {
                 continue;
             }
-            let (was, now) = (Word::decode(t.seen), Word::decode(cur));
+            let before = t.seen;
+            let (was, now) = (Word::decode(before), Word::decode(cur));
             t.seen = cur;
             let kind = match (was.state, now.state) {
                 (CLOSED, CLOSED) => None,
@@ -1083,8 +1085,13 @@ impl Node {
                 _ => None,
             };
             let Some(kind) = kind else { continue };
+            // A close counts as of its probe's admission: a probe an instance began on its
+            // own (its circuit had opened alone, below the quorum) before the quorum opened
+            // the fleet is older evidence than that open, however late its answer came (a
+            // fleet review: its close, stamped with the answer, closed the circuit for all,
+            // and they failed again). One begun after, while Redis was away, still wins.
             let at_ms = if kind == Kind::Closed {
-                now_ms()
+                breaker::probe_admitted_by(before, now_ms(), &t.policy)
             } else {
                 now.time_ms
             };
@@ -1116,18 +1123,20 @@ impl Node {
         let offset = self.offset;
         for t in &mut self.tracks {
             if std::mem::take(&mut t.restore) {
-                if let Some(f) = t.fleet.as_ref().filter(|f| f.open) {
+                if let Some(f) = &t.fleet {
+                    let state = if f.open { "open" } else { "closed" };
                     let restored = redis::cmd("EVAL")
                         .arg(RESTORE)
                         .arg(1)
                         .arg(&t.hash)
+                        .arg(state)
                         .arg(f.at)
                         .arg(&f.instance)
                         .arg(&channel)
                         .query::<i64>(con);
                     if self.bad_keys.check(&t.hash, restored)? == Some(1) {
                         log::info!(
-                            "cluster: Redis had lost the open circuit of {} {}; put back",
+                            "cluster: Redis had lost the fleet's {state} circuit of {} {}; put back",
                             t.service,
                             t.url
                         );
@@ -1265,7 +1274,7 @@ impl Node {
                 continue;
             };
             let Some(f) = parse_fleet(record) else {
-                self.tracks[i].lost();
+                self.tracks[i].lost(true);
                 continue;
             };
             if self.apply(i, f) {
@@ -1300,6 +1309,9 @@ impl Node {
         // transition would otherwise be passed over until the clock caught up (a review:
         // 60 s back, an instance kept a backend the fleet had opened closed).
         if at <= t.known_at && t.known_at <= now + FUTURE_MS {
+            if at < t.known_at {
+                t.lost(false);
+            }
             return false;
         }
         let in_episode = t.fleet.as_ref().is_some_and(|p| p.open);

@@ -200,6 +200,21 @@ fn unix_ms() -> u64 {
 }
 
 /// Writes a backend's fleet record as a stray writer (or a Redis that lost its data) would.
+/// The state of the fleet's record at `key`: `open`, `closed` or `none`, read in one line.
+fn record_state(redis: &Redis, key: &str) -> &'static str {
+    let said = redis.send(
+        &format!(
+            "EVAL \"local s = redis.call('HGET', KEYS[1], 'state') if s == 'open' then return 1 elseif s == 'closed' then return 2 end return 0\" 1 {key}\r\n"
+        ),
+        "\r\n",
+    );
+    match said.trim() {
+        ":1" => "open",
+        ":2" => "closed",
+        _ => "none",
+    }
+}
+
 fn write_record(redis: &Redis, key: &str, state: &str, at: &str, instance: &str) {
     let said = redis.send(
         &format!("HSET {key} state {state} at {at} instance {instance}\r\n"),
@@ -419,8 +434,8 @@ fn the_fleet_opens_once_the_quorum_of_instances_has_opened() {
 
 /// Regression (a fleet review): an instance whose own probe began before the quorum opened
 /// the fleet (its circuit had opened on its own, below the quorum) closed the fleet's
-/// circuit for every instance when the probe's answer came, and they failed again. Only
-/// the fleet's prober, who holds the lease, closes a fleet open.
+/// circuit for every instance when the probe's answer came, and they failed again. A close
+/// now counts as of its probe's admission.
 #[test]
 fn a_probe_begun_before_the_fleet_opened_does_not_close_it() {
     let redis = Redis::start();
@@ -453,6 +468,47 @@ fn a_probe_begun_before_the_fleet_opened_does_not_close_it() {
     assert_eq!(backend(&fleet[2]).0, "closed");
 }
 
+/// Regression (a re-review of the fix above, which let only the lease's holder close a fleet
+/// open): instances that closed their circuits on their own while Redis was away (they
+/// decide alone then, with no lease to hold) could no longer close the fleet's when it
+/// came back, and an idle instance kept refusing the healthy backend. Their closes, begun
+/// after the fleet's open, are newer, and win as the README says.
+#[test]
+fn closes_made_while_redis_was_away_close_the_fleet_when_it_returns() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("outage-close");
+    let breaker = "{failure_threshold: 2, cooldown: 1s}";
+    let fleet = fleet_of(3, &redis, &name, 1, breaker, rec.addr);
+    fail(&fleet[0], 2);
+    assert!(eventually(WAIT, || fleet
+        .iter()
+        .all(|g| backend(g).0 == "open")));
+    // Redis stops answering, its data kept; the backend recovers, and A and B, which have
+    // traffic, probe and close on their own. C has none.
+    let pid = redis.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    rec.set(reply(200));
+    assert!(eventually(WAIT, || fleet[..2]
+        .iter()
+        .all(|g| !cluster_up(g))));
+    for g in &fleet[..2] {
+        assert!(eventually(WAIT, || status(g) == 200), "{:?}", backend(g));
+    }
+    signal("-CONT");
+    // Back: the closes are newer than the open, and close it for C too.
+    assert!(
+        eventually(WAIT, || backend(&fleet[2]).0 == "closed"),
+        "the idle instance kept the fleet's open: {:?}",
+        backend(&fleet[2])
+    );
+    assert_eq!(status(&fleet[2]), 200);
+}
+
 /// Regression (a fleet review): with a quorum above one, a Redis restarted empty (or
 /// flushed) lost every open circuit for good: an instance's own open, republished, was
 /// under the quorum, and those following the fleet had none of their own. An instance
@@ -469,8 +525,8 @@ fn a_fleet_open_survives_a_redis_that_lost_its_data() {
     fail(&fleet[0], 2);
     fail(&fleet[1], 2);
     assert!(eventually(WAIT, || backend(&fleet[2]).0 == "open"));
-    let state = |r: &Redis| r.send(&format!("HGET {key} state\r\n"), "\r\n");
-    let put_back = |r: &Redis| eventually(WAIT, || state(r).contains("open"));
+    let state = |r: &Redis| record_state(r, &key);
+    let put_back = |r: &Redis| eventually(WAIT, || state(r) == "open");
     // Flushed under a running fleet, then restarted empty.
     assert!(redis.send("FLUSHALL\r\n", "\r\n").starts_with("+OK"));
     assert!(
@@ -1119,9 +1175,16 @@ fn a_stale_record_does_not_undo_a_newer_transition() {
         assert_eq!(status(&a), 200);
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The thread kept reading the fleet all along: it saw the record and passed it over.
+    // The thread kept reading the fleet all along: it saw the record and passed it over,
+    // and put the newer one back for instances that never saw it (a re-review: an older
+    // open put back after Redis lost its data outranked the fleet's close for them).
     let ago = cluster(&a)["last_sync_ms_ago"].as_u64();
     assert!(ago.is_some_and(|ms| ms < 500), "{:?}", cluster(&a));
+    assert_eq!(
+        record_state(&redis, &key),
+        "closed",
+        "the newer close not put back"
+    );
     // A newer transition still counts.
     write("open", now + 1_000, "d");
     assert!(eventually(WAIT, || backend(&a).0 == "open"));
