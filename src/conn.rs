@@ -400,6 +400,41 @@ fn admit(view: &View, caller: &Caller<'_>, fields: &mut Vec<u8>, req: Request) -
     }
 }
 
+/// A refusal (404, 429, 503) of a request whose `Content-Length` body is already in hand,
+/// whole: the body is read past and the connection kept, as NGINX discards a body it
+/// refuses. Until 2026-12-04 each such refusal closed the connection, and what the client
+/// had pipelined behind it went unanswered (a review: over 800 requests a run behind POSTs
+/// to a removed service). A 400 still closes (the contract), and so does a 413: its body is
+/// what was refused. A body still to come is not waited for: the connection lingers shut.
+fn skip_refused_body(next: &mut Next, info: h1::RequestInfo, d: &mut Downstream) {
+    let Next::Reject {
+        err,
+        keep_alive,
+        linger,
+        ..
+    } = next
+    else {
+        return;
+    };
+    let Framing::Length(n) = info.framing else {
+        return;
+    };
+    let here = d.buf.len().saturating_sub(d.start);
+    let whole = usize::try_from(n).is_ok_and(|n| n <= here);
+    if *keep_alive
+        || !whole
+        || !info.keep_alive
+        || err.status() == 400
+        || *err == GatewayError::BodyTooLarge
+    {
+        return;
+    }
+    d.start += n as usize;
+    d.record.received += n;
+    *keep_alive = true;
+    *linger = false;
+}
+
 /// Reads until a complete head is buffered, then parses, routes and prepares it.
 ///
 /// The config view is taken when the bytes are there, not when the wait began, so a
@@ -483,7 +518,7 @@ async fn next_request(
                     );
                     d.start += head_len;
                     d.record.received = head_len as u64;
-                    let next = match result {
+                    let mut next = match result {
                         Ok(svc) => {
                             let mut info = info;
                             info.upgrade =
@@ -511,6 +546,7 @@ async fn next_request(
                             linger: info.framing != Framing::None,
                         },
                     };
+                    skip_refused_body(&mut next, info, d);
                     return (next, view);
                 }
                 Ok(None) => {}
