@@ -385,18 +385,19 @@ pub fn abandon<W: Word>(w: &W, t: Ticket, now: u64) -> Transition {
     }
 }
 
-/// The earliest the probe that closed a circuit last seen as `word` can have been admitted,
-/// and never after `now`: HALF_OPEN's time (its admission, or a renewal of its lease, which
-/// is later), or when a circuit last seen OPEN or BACKOFF would first admit one. A close
-/// counts as of then in the fleet (`cluster.rs`): its evidence is no newer than its probe,
-/// however late the answer came.
+/// The earliest a circuit last seen as `word` (OPEN or BACKOFF) could admit a probe, never
+/// after `now`; 0 for a word already probing, whose time tells nothing of when its probe
+/// began (each renewal of the lease moves it on). Bounds, in the fleet (`cluster.rs`), when
+/// the probe that closed the circuit began.
 pub fn probe_admitted_by(word: u64, now: u64, p: &Policy) -> u64 {
     let s = Snapshot::decode(word);
-    let at = match s.state {
-        HALF_OPEN => s.time_ms,
-        _ => s.time_ms.saturating_add(p.wait_ms(s.state, s.count, now)),
-    };
-    at.min(now)
+    match s.state {
+        HALF_OPEN | CLOSED => 0,
+        _ => s
+            .time_ms
+            .saturating_add(p.wait_ms(s.state, s.count, now))
+            .min(now),
+    }
 }
 
 /// Milliseconds until a circuit admits a probe (0 if closed or it would now).
@@ -480,8 +481,8 @@ mod tests {
             }
             .encode()
         };
-        // Seen probing: since its admission (or a renewal).
-        assert_eq!(probe_admitted_by(word(HALF_OPEN, 0, 5000), 9000, &p), 5000);
+        // Seen probing: its time is the last renewal's, no bound.
+        assert_eq!(probe_admitted_by(word(HALF_OPEN, 0, 5000), 9000, &p), 0);
         // Seen open: not before its cooldown ended; backing off: not before the backoff did.
         assert_eq!(probe_admitted_by(word(OPEN, 0, 5000), 9000, &p), 6000);
         assert!(probe_admitted_by(word(BACKOFF, 1, 5000), 9000, &p) > 5000);

@@ -321,6 +321,9 @@ struct Track {
     source: Source,
     /// This instance owns the probe lease (since this unix ms).
     lease: Option<u64>,
+    /// Registry ms of the last scan that found the word not probing (not HALF_OPEN): a
+    /// probe that closes the circuit was admitted after it.
+    quiet_ms: u64,
     /// Redis lost the fleet's record this instance took last, or holds an older one: put
     /// it back ([`Track::lost`]).
     restore: bool,
@@ -1039,6 +1042,7 @@ impl Node {
                             local: None,
                             source: Source::Local,
                             lease: None,
+                            quiet_ms: 0,
                             restore: false,
                             opens: format!("{hash}:opens"),
                             lease_key: format!("{hash}:probe"),
@@ -1068,8 +1072,14 @@ impl Node {
     /// Step 1: local transitions, found by diffing each word with the last one seen.
     fn scan(&mut self) {
         let mut changed = false;
+        let scan_ms = now_ms();
         for t in &mut self.tracks {
             let cur = breaker::Word::load(&**t.cell);
+            // The last scan that found no probe running, before this one.
+            let quiet_ms = t.quiet_ms;
+            if Word::decode(cur).state != HALF_OPEN {
+                t.quiet_ms = scan_ms;
+            }
             if cur == t.seen {
                 continue;
             }
@@ -1090,8 +1100,18 @@ impl Node {
             // the fleet is older evidence than that open, however late its answer came (a
             // fleet review: its close, stamped with the answer, closed the circuit for all,
             // and they failed again). One begun after, while Redis was away, still wins.
+            // The admission came after the last scan that found no probe running, within a
+            // tick of it, and no sooner than the circuit last seen allowed one: not the
+            // probing word's time, which each renewal of its lease moves on (a re-review:
+            // an upload's renewals made its probe newer than the fleet's open), nor the
+            // earliest the circuit allowed alone, which lags a quick probe the scans never
+            // saw by as long as the circuit sat open (a re-review: such a close lost to an
+            // older reopen).
             let at_ms = if kind == Kind::Closed {
-                breaker::probe_admitted_by(before, now_ms(), &t.policy)
+                let now_ms = now_ms();
+                quiet_ms
+                    .max(breaker::probe_admitted_by(before, now_ms, &t.policy))
+                    .min(now_ms)
             } else {
                 now.time_ms
             };

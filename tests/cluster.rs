@@ -438,20 +438,44 @@ fn the_fleet_opens_once_the_quorum_of_instances_has_opened() {
 /// now counts as of its probe's admission.
 #[test]
 fn a_probe_begun_before_the_fleet_opened_does_not_close_it() {
+    probe_begun_before_the_fleet_opened(false);
+}
+
+/// The same with an upload as the probe: each part of its body that goes up renews the
+/// probe's lease, which moves its word's time on, and the close was stamped with the last
+/// renewal, after the fleet's open (a re-review).
+#[test]
+fn an_upload_probe_begun_before_the_fleet_opened_does_not_close_it() {
+    probe_begun_before_the_fleet_opened(true);
+}
+
+fn probe_begun_before_the_fleet_opened(upload: bool) {
     let redis = Redis::start();
     let rec = Recorder::start(reply(500));
-    let name = fleet_name("old-probe");
+    let name = fleet_name(if upload { "old-upload" } else { "old-probe" });
     let breaker = "{failure_threshold: 2, cooldown: 1s}";
     let fleet = fleet_of(3, &redis, &name, 2, breaker, rec.addr);
     // C alone: its own circuit opens, below the quorum.
     fail(&fleet[2], 2);
     assert_eq!(backend(&fleet[2]), ("open".into(), "local".into()));
-    std::thread::sleep(Duration::from_millis(1100));
+    // An upload may probe a second after a request with its body in hand may.
+    std::thread::sleep(Duration::from_millis(if upload { 2100 } else { 1100 }));
     // Its probe goes out after the cooldown and is answered late, with a success.
     rec.set(Mode::Delayed(Duration::from_millis(1500), reply_bytes(200)));
     let before = rec.requests();
     let c = fleet[2].proc.addr;
-    let probe = std::thread::spawn(move || get(c, "/v1/proxy/svc/x").status);
+    let probe = std::thread::spawn(move || {
+        if !upload {
+            return get(c, "/v1/proxy/svc/x").status;
+        }
+        let mut client = Client::connect(c);
+        client.send(b"POST /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nContent-Length: 10\r\n\r\n");
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(100));
+            client.send(b"x");
+        }
+        client.read_response().status
+    });
     assert!(eventually(WAIT, || rec.requests() > before), "no probe");
     rec.set(reply(500));
     // Meanwhile A and B fail: the quorum opens the fleet.
@@ -506,6 +530,54 @@ fn closes_made_while_redis_was_away_close_the_fleet_when_it_returns() {
         "the idle instance kept the fleet's open: {:?}",
         backend(&fleet[2])
     );
+    assert_eq!(status(&fleet[2]), 200);
+}
+
+/// Regression (a re-review of the close's stamp): a quick probe the cluster thread never saw
+/// running was stamped with the earliest its circuit allowed one, the fleet's open plus a
+/// cooldown, however long the circuit had sat open since; another instance's reopen made
+/// in between then beat it, and the healthy backend was refused again. The stamp is now the
+/// last scan that found no probe running.
+#[test]
+fn a_quick_probe_after_a_long_open_closes_the_fleet_over_an_older_reopen() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("quick-probe");
+    let breaker = "{failure_threshold: 2, cooldown: 1s}";
+    let fleet = fleet_of(3, &redis, &name, 1, breaker, rec.addr);
+    fail(&fleet[0], 2);
+    assert!(eventually(WAIT, || fleet
+        .iter()
+        .all(|g| backend(g).0 == "open")));
+    let pid = redis.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    assert!(eventually(WAIT, || fleet[..2]
+        .iter()
+        .all(|g| !cluster_up(g))));
+    // B probes on its own while the backend still fails: its circuit reopens, twice.
+    for _ in 0..2 {
+        assert!(
+            eventually(WAIT, || status(&fleet[1]) == 500),
+            "B never probed: {:?}",
+            backend(&fleet[1])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The backend recovers; A, open since the fleet's open, probes at once and closes.
+    rec.set(reply(200));
+    assert_eq!(status(&fleet[0]), 200, "{:?}", backend(&fleet[0]));
+    signal("-CONT");
+    // A's close is newer than B's reopens: it closes the fleet, C included, and A stays.
+    assert!(
+        eventually(WAIT, || backend(&fleet[2]).0 == "closed"),
+        "C kept an open: {:?}",
+        backend(&fleet[2])
+    );
+    assert_eq!(backend(&fleet[0]).0, "closed");
     assert_eq!(status(&fleet[2]), 200);
 }
 
