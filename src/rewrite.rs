@@ -32,9 +32,9 @@ pub struct Peer<'a> {
 /// `Transfer-Encoding`) are dropped first, then our own `X-Forwarded-*` and `Via` are
 /// added, then our framing: nothing the client sent can remove or replace them. A peer
 /// in `trusted_proxies` ([`Peer::trusted`]) is an edge proxy in front of us, a TLS
-/// terminator say: its `X-Forwarded-Proto`, `-Host` and `-Prefix` stand in place of ours, and the
-/// other fields an edge writes (`h1::is_edge_field`) pass; from anyone else those are
-/// dropped.
+/// terminator say: its `X-Forwarded-Proto`, `-Host` and `-Prefix` stand in place of ours,
+/// and the other fields an edge writes (`h1::is_edge_field`) pass; from anyone else those
+/// are dropped.
 ///
 /// A refused request names the service (its index in the snapshot) whenever its target
 /// routed to a configured one, so it is counted for that service whichever check refused

@@ -3,7 +3,8 @@
 //! We route on exactly the bytes we forward. Instead of normalising, anything a backend
 //! might resolve differently from us is refused: dot segments (plain or percent-encoded),
 //! backslashes and encoded NULs anywhere in the path, an empty first segment (`//host`),
-//! and any service segment that is not a plain configured name. An encoded slash is reported, for the service to allow or not.
+//! and any service segment that is not a plain configured name. An encoded slash is
+//! reported, for the service to allow or not.
 
 use crate::config::valid_service_name;
 
