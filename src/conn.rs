@@ -408,10 +408,7 @@ fn admit(view: &View, caller: &Caller<'_>, fields: &mut Vec<u8>, req: Request) -
 /// what was refused. A body still to come is not waited for: the connection lingers shut.
 fn skip_refused_body(next: &mut Next, info: h1::RequestInfo, d: &mut Downstream) {
     let Next::Reject {
-        err,
-        keep_alive,
-        linger,
-        ..
+        err, keep_alive, ..
     } = next
     else {
         return;
@@ -431,8 +428,9 @@ fn skip_refused_body(next: &mut Next, info: h1::RequestInfo, d: &mut Downstream)
     }
     d.start += n as usize;
     d.record.received += n;
+    // `linger` stays: a drain that closes the connection after the answer still lingers
+    // for what the client pipelined behind it (a review saw a reset there otherwise).
     *keep_alive = true;
-    *linger = false;
 }
 
 /// Reads until a complete head is buffered, then parses, routes and prepares it.
