@@ -77,6 +77,13 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Sends `sig` (`-STOP`, `-CONT`) to the server.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    }
+
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -492,6 +499,26 @@ fn probe_begun_before_the_fleet_opened(upload: bool) {
     assert_eq!(backend(&fleet[2]).0, "closed");
 }
 
+/// Three members of fleet `test` (quorum 1, threshold 2, cooldown 1 s) whose backend
+/// fails; the first opens the fleet's circuit, then Redis is paused (`SIGSTOP`, its data
+/// kept) until the first two see it gone. `redis.signal("-CONT")` resumes it.
+fn opened_then_redis_paused(test: &str) -> (Redis, Recorder, Vec<AdminGateway>) {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name(test);
+    let breaker = "{failure_threshold: 2, cooldown: 1s}";
+    let fleet = fleet_of(3, &redis, &name, 1, breaker, rec.addr);
+    fail(&fleet[0], 2);
+    assert!(eventually(WAIT, || fleet
+        .iter()
+        .all(|g| backend(g).0 == "open")));
+    redis.signal("-STOP");
+    assert!(eventually(WAIT, || fleet[..2]
+        .iter()
+        .all(|g| !cluster_up(g))));
+    (redis, rec, fleet)
+}
+
 /// Regression (a re-review of the fix above, which let only the lease's holder close a fleet
 /// open): instances that closed their circuits on their own while Redis was away (they
 /// decide alone then, with no lease to hold) could no longer close the fleet's when it
@@ -499,31 +526,14 @@ fn probe_begun_before_the_fleet_opened(upload: bool) {
 /// after the fleet's open, are newer, and win as the README says.
 #[test]
 fn closes_made_while_redis_was_away_close_the_fleet_when_it_returns() {
-    let redis = Redis::start();
-    let rec = Recorder::start(reply(500));
-    let name = fleet_name("outage-close");
-    let breaker = "{failure_threshold: 2, cooldown: 1s}";
-    let fleet = fleet_of(3, &redis, &name, 1, breaker, rec.addr);
-    fail(&fleet[0], 2);
-    assert!(eventually(WAIT, || fleet
-        .iter()
-        .all(|g| backend(g).0 == "open")));
     // Redis stops answering, its data kept; the backend recovers, and A and B, which have
     // traffic, probe and close on their own. C has none.
-    let pid = redis.child.id().to_string();
-    let signal = |sig: &str| {
-        let ok = Command::new("kill").args([sig, &pid]).status();
-        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
-    };
-    signal("-STOP");
+    let (redis, rec, fleet) = opened_then_redis_paused("outage-close");
     rec.set(reply(200));
-    assert!(eventually(WAIT, || fleet[..2]
-        .iter()
-        .all(|g| !cluster_up(g))));
     for g in &fleet[..2] {
         assert!(eventually(WAIT, || status(g) == 200), "{:?}", backend(g));
     }
-    signal("-CONT");
+    redis.signal("-CONT");
     // Back: the closes are newer than the open, and close it for C too.
     assert!(
         eventually(WAIT, || backend(&fleet[2]).0 == "closed"),
@@ -540,24 +550,7 @@ fn closes_made_while_redis_was_away_close_the_fleet_when_it_returns() {
 /// last scan that found no probe running.
 #[test]
 fn a_quick_probe_after_a_long_open_closes_the_fleet_over_an_older_reopen() {
-    let redis = Redis::start();
-    let rec = Recorder::start(reply(500));
-    let name = fleet_name("quick-probe");
-    let breaker = "{failure_threshold: 2, cooldown: 1s}";
-    let fleet = fleet_of(3, &redis, &name, 1, breaker, rec.addr);
-    fail(&fleet[0], 2);
-    assert!(eventually(WAIT, || fleet
-        .iter()
-        .all(|g| backend(g).0 == "open")));
-    let pid = redis.child.id().to_string();
-    let signal = |sig: &str| {
-        let ok = Command::new("kill").args([sig, &pid]).status();
-        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
-    };
-    signal("-STOP");
-    assert!(eventually(WAIT, || fleet[..2]
-        .iter()
-        .all(|g| !cluster_up(g))));
+    let (redis, rec, fleet) = opened_then_redis_paused("quick-probe");
     // B probes on its own while the backend still fails: its circuit reopens, twice.
     for _ in 0..2 {
         assert!(
@@ -570,7 +563,7 @@ fn a_quick_probe_after_a_long_open_closes_the_fleet_over_an_older_reopen() {
     // The backend recovers; A, open since the fleet's open, probes at once and closes.
     rec.set(reply(200));
     assert_eq!(status(&fleet[0]), 200, "{:?}", backend(&fleet[0]));
-    signal("-CONT");
+    redis.signal("-CONT");
     // A's close is newer than B's reopens: it closes the fleet, C included, and A stays.
     assert!(
         eventually(WAIT, || backend(&fleet[2]).0 == "closed"),
