@@ -1989,16 +1989,20 @@ mod tests {
     fn an_own_newer_transition_is_not_overwritten() {
         let mut n = node();
         let (cell, p) = (n.tracks[0].cell.clone(), n.tracks[0].policy);
-        assert!(n.apply(0, fleet(true, n.fleet_now() - 20_000, "other")));
-        // Our probe (say, while Redis was away) closed it; an older fleet record arrives.
+        // Every stamp counts from one reading of the clock: CI once took a millisecond
+        // between two readings, and "older" records stamped from each were not older.
+        let at = n.fleet_now();
+        assert!(n.apply(0, fleet(true, at - 20_000, "other")));
+        // Our probe (say, while Redis was away) closed it: its close counts as of its
+        // admission, `at - 10_000` at the earliest. An older fleet record arrives.
         let probe = breaker::admit(&**cell, now_ms() + p.cooldown_ms, &p).unwrap();
         breaker::success(&**cell, probe, now_ms());
         n.scan();
         assert_eq!(kind(&n), Some(Kind::Closed));
-        assert!(!n.apply(0, fleet(true, n.fleet_now() - 10_000, "other")));
+        assert!(!n.apply(0, fleet(true, at - 15_000, "other")));
         assert_eq!(word(&n).state, CLOSED);
         // Our own record echoed back is only noted.
-        assert!(!n.apply(0, fleet(true, n.fleet_now() + 10_000, "me")));
+        assert!(!n.apply(0, fleet(true, at + 10_000, "me")));
         assert_eq!(word(&n).state, CLOSED);
     }
 
