@@ -1944,9 +1944,10 @@ fn garbage_in_a_fleet_budgets_key_neither_lifts_nor_starves_the_limit() {
             assert!(said.starts_with("+OK"), "{said}");
         }
         let t0 = std::time::Instant::now();
-        let mut admitted = 0usize;
+        let (mut admitted, mut sent) = (0usize, 0usize);
         let mut c = Client::connect(g.proc.addr);
         while t0.elapsed() < Duration::from_millis(1500) {
+            sent += 1;
             c.send(b"GET /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\n\r\n");
             match c.read_response().status {
                 200 => admitted += 1,
@@ -1955,11 +1956,15 @@ fn garbage_in_a_fleet_budgets_key_neither_lifts_nor_starves_the_limit() {
             }
         }
         let secs = t0.elapsed().as_secs_f64();
-        // The burst, a fresh one when the poison is found, the rate, and a slice of slack.
-        let (low, high) = (100.0 * secs * 0.8, 2.0 * 10.0 + 100.0 * secs * 1.15 + 10.0);
+        // At most: the burst, a fresh one when the poison is found, the rate, and a slice
+        // of slack. At least half the rate, or half of what was asked on a machine too
+        // loaded to ask that much: starved, it admitted 1 of 301; the floor was 0.8 of the
+        // rate once, and a CI machine under three reviews' load admitted 111 for 120.
+        let low = (100.0 * secs).min(sent as f64) * 0.5;
+        let high = 2.0 * 10.0 + 100.0 * secs * 1.15 + 10.0;
         assert!(
             (low..=high).contains(&(admitted as f64)),
-            "{poison}: admitted {admitted} in {secs:.2} s, expected {low:.0} to {high:.0}"
+            "{poison}: admitted {admitted} of {sent} in {secs:.2} s, expected {low:.0} to {high:.0}"
         );
         assert!(cluster_up(&g), "{poison}: {}", cluster(&g));
     }
