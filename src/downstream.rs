@@ -74,6 +74,9 @@ pub struct Downstream {
     pub out: Vec<u8>,
     /// The current request is HEAD (gateway-made answers then carry no body).
     pub head: bool,
+    /// The current request is HTTP/1.0 (gateway-made answers that keep the connection
+    /// then say so).
+    pub http10: bool,
     pub record: Record,
     /// The worker's `Date` line, for every response this connection sends.
     pub date: Rc<DateCache>,
@@ -105,6 +108,7 @@ impl Downstream {
             start: 0,
             out: Vec::new(),
             head: false,
+            http10: false,
             record: Record::default(),
             date,
             fields: Vec::new(),
@@ -126,6 +130,7 @@ impl Downstream {
         let extra = error::Extra {
             retry_after,
             fields: &self.fields,
+            http10: self.http10,
         };
         err.write_response(&mut self.out, &date, service, extra, close, self.head);
         self.record.status = err.status();

@@ -245,6 +245,8 @@ impl GatewayError {
         }
         if close {
             out.extend_from_slice(b"connection: close\r\n");
+        } else if extra.http10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
         if head {
@@ -264,18 +266,23 @@ pub struct Extra<'a> {
     pub retry_after: Option<u64>,
     /// Whole lines, each ending in CRLF (the RateLimit fields of a 429).
     pub fields: &'a [u8],
+    /// The request was HTTP/1.0, whose connections close unless the answer says
+    /// `Connection: keep-alive`: said when the connection stays (RFC 9112 §9.3).
+    pub http10: bool,
 }
 
 impl Extra<'_> {
     pub const NONE: Extra<'static> = Extra {
         retry_after: None,
         fields: b"",
+        http10: false,
     };
 
     pub fn retry_after(secs: u64) -> Extra<'static> {
         Extra {
             retry_after: Some(secs),
             fields: b"",
+            http10: false,
         }
     }
 }

@@ -509,6 +509,20 @@ fn http10_clients_are_served() {
         let r = c.read_response();
         assert_eq!(r.header("connection"), Some("keep-alive"));
     }
+    // So do the gateway's own answers that keep the connection (regression: they said
+    // nothing, which tells an HTTP/1.0 client the connection closes), and the one after
+    // them on the same connection is still served.
+    c.send(b"GET /v1/proxy/nowhere/x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    c.send(b"GET /v1/proxy/svc/ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    // An HTTP/1.1 client's answer says nothing of it: keep-alive is its default.
+    let mut c11 = Client::connect(g.addr);
+    c11.send(b"GET /v1/proxy/nowhere/x HTTP/1.1\r\nHost: g\r\n\r\n");
+    let r = c11.read_response();
+    assert_eq!((r.status, r.header("connection")), (404, None));
     // A body the backend sends unframed is close-delimited for an HTTP/1.0 client.
     c.send(b"GET /v1/proxy/svc/x HTTP/1.0\r\nConnection: keep-alive\r\nx-mock-fault: chunked\r\nx-mock-body-bytes: 3000\r\n\r\n");
     let raw = c
