@@ -810,6 +810,7 @@ fn config(shared: &Shared) -> Value {
             "buffer_request_body": c.limits.buffer_request_body,
             "min_body_rate": c.limits.min_body_rate,
             "max_connections": c.limits.max_connections.map_or(Value::String("auto".into()), Value::from),
+            "max_connections_per_client": c.limits.max_connections_per_client,
             // What the workers apply: the setting, or what the descriptor limit allows.
             "max_connections_in_effect": shared.max_connections(c),
             "descriptor_limit": shared.fd_limit,

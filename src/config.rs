@@ -40,6 +40,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_MIN_BODY_RATE: u64 = 256;
 /// Upper bound of `limits.buffer_request_body`: what one request may hold in memory.
 pub const MAX_BUFFER_REQUEST_BODY: u64 = 16 * 1024 * 1024;
+/// Largest `limits.max_connections_per_client`.
+pub const MAX_CONNECTIONS_PER_CLIENT: u64 = 1_000_000;
+
 /// Largest `limits.max_connections`.
 pub const MAX_CONNECTIONS: u64 = 100_000_000;
 /// Longest duration any setting accepts.
@@ -174,6 +177,9 @@ pub struct Limits {
     /// Client connections the process accepts at once; `None`: what the descriptor limit
     /// allows (see `fdlimit.rs`).
     pub max_connections: Option<u64>,
+    /// Client connections one address (an IPv6 /64) may hold open at once over every
+    /// worker, `trusted_proxies` aside; `None`: no such limit (see `per_client.rs`).
+    pub max_connections_per_client: Option<u32>,
 }
 
 impl Limits {
@@ -469,6 +475,7 @@ struct RawLimits {
     buffer_request_body: Option<RawSize>,
     min_body_rate: Option<RawSize>,
     max_connections: Option<MaxConnections>,
+    max_connections_per_client: Option<MaxConnections>,
 }
 
 /// A size in bytes: a number, or a number with a unit (`64k`, `64KiB`, `8m`, `8MiB`, `1g`,
@@ -538,12 +545,30 @@ fn size_usize(key: &str, raw: Option<&RawSize>, default: usize) -> Result<usize,
     usize::try_from(n).map_err(|_| invalid(key, format!("{n} is out of range")))
 }
 
-/// `limits.max_connections`: a number, or `auto` (what the descriptor limit allows).
+/// `limits.max_connections`: a number, or `auto` (what the descriptor limit allows); also
+/// `limits.max_connections_per_client`, a number.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum MaxConnections {
     Count(u64),
     Other(serde_yaml_ng::Value),
+}
+
+impl MaxConnections {
+    /// The error for this value of `key`, outside what `rule` allows.
+    fn refused(&self, key: &str, rule: &str) -> ConfigError {
+        let v = match self {
+            MaxConnections::Count(n) => n.to_string(),
+            MaxConnections::Other(v) => serde_yaml_ng::to_string(v).unwrap_or_default(),
+        };
+        let v = v.trim();
+        let what = if v.parse::<f64>().is_ok() {
+            "is out of range"
+        } else {
+            "is not a number"
+        };
+        invalid(key, format!("{v} {what}: {rule}"))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1294,6 +1319,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             None | Some(MaxConnections::Other(_)) => None,
             Some(MaxConnections::Count(n)) => Some(n),
         },
+        max_connections_per_client: match &l.max_connections_per_client {
+            None => None,
+            Some(MaxConnections::Count(n @ 1..=MAX_CONNECTIONS_PER_CLIENT)) => Some(*n as u32),
+            Some(other) => {
+                return Err(other.refused(
+                    "limits.max_connections_per_client",
+                    &format!("use 1 to {MAX_CONNECTIONS_PER_CLIENT}, or leave it out for no limit"),
+                ))
+            }
+        },
     };
     // Above this no client could keep up, and every body would end in a 408 or a reset.
     const MAX_MIN_BODY_RATE: u64 = 1 << 30;
@@ -1306,18 +1341,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    if let Some(MaxConnections::Other(v)) = &l.max_connections {
+    if let Some(other @ MaxConnections::Other(v)) = &l.max_connections {
         if v.as_str() != Some("auto") {
-            let v = serde_yaml_ng::to_string(v).unwrap_or_default();
-            let what = if v.trim().parse::<f64>().is_ok() {
-                "is out of range"
-            } else {
-                "is not a number"
-            };
-            return Err(invalid(
-                "limits.max_connections",
-                format!("{} {what}: use auto or 1 to {MAX_CONNECTIONS}", v.trim()),
-            ));
+            let rule = format!("use auto or 1 to {MAX_CONNECTIONS}");
+            return Err(other.refused("limits.max_connections", &rule));
         }
     }
     if let Some(n) = limits
@@ -2365,6 +2392,41 @@ mod tests {
             let e = err(&format!("limits:\n  max_connections: {bad}\n{svc}"));
             assert!(
                 e.contains("limits.max_connections") && e.contains("auto or 1 to 100000000"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_connections_per_client_is_off_unless_set_and_bounded() {
+        let svc = "services:\n  a: [http://localhost:1]\n";
+        assert_eq!(
+            Config::parse(svc)
+                .unwrap()
+                .limits
+                .max_connections_per_client,
+            None
+        );
+        for (v, want) in [("1", 1), ("64", 64), ("1000000", 1_000_000)] {
+            let c = Config::parse(&format!(
+                "limits:\n  max_connections_per_client: {v}\n{svc}"
+            ))
+            .unwrap();
+            assert_eq!(c.limits.max_connections_per_client, Some(want), "{v}");
+        }
+        for bad in ["0", "1000001", "lots", "-1"] {
+            let e = err(&format!(
+                "limits:\n  max_connections_per_client: {bad}\n{svc}"
+            ));
+            let what = if bad == "lots" {
+                "is not a number"
+            } else {
+                "is out of range"
+            };
+            assert!(
+                e.contains(&format!(
+                    "limits.max_connections_per_client: {bad} {what}: use 1 to 1000000"
+                )),
                 "{bad}: {e}"
             );
         }

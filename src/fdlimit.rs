@@ -65,12 +65,18 @@ pub fn budget(config: &crate::Config, fd_limit: u64) -> (String, Option<String>)
     let allowed = auto_max_connections(fd_limit, config.workers, config.splice);
     let max = max_connections(config, fd_limit);
     let line = format!(
-        "accepting up to {max} client connections ({} per worker; limits.max_connections: {})",
+        "accepting up to {max} client connections ({} per worker; limits.max_connections: {}){}",
         per_worker(max, config.workers),
         config
             .limits
             .max_connections
             .map_or("auto".to_string(), |n| n.to_string()),
+        config
+            .limits
+            .max_connections_per_client
+            .map_or(String::new(), |n| format!(
+                ", at most {n} from one client address (limits.max_connections_per_client)"
+            )),
     );
     let warning = if max > allowed {
         Some(format!(

@@ -58,6 +58,7 @@ pub mod h1;
 pub mod io;
 pub mod logging;
 pub mod metrics;
+pub mod per_client;
 pub mod pool;
 pub mod procstat;
 pub mod redact;

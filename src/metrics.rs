@@ -138,6 +138,8 @@ pub struct WorkerMetrics {
     /// closed to make room (see `Worker::make_room`).
     pub accept_paused: Counter,
     pub idle_evicted: Counter,
+    /// Connections closed as accepted: their client held `limits.max_connections_per_client`.
+    pub refused_per_client: Counter,
     /// Backend connections that carried bytes nobody asked for (see `pool.rs`).
     pub backend_stray: Counter,
 }
@@ -165,6 +167,7 @@ impl Default for WorkerMetrics {
             connection_limit: Counter::default(),
             accept_paused: Counter::default(),
             idle_evicted: Counter::default(),
+            refused_per_client: Counter::default(),
             backend_stray: Counter::default(),
         }
     }
@@ -537,6 +540,11 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
             "gateway_idle_evicted_total",
             "Client connections closed to make room for a new one: idle, a head arriving for a second or more, or a client reading none of its answer.",
             |m: &WorkerMetrics| &m.idle_evicted,
+        ),
+        (
+            "gateway_client_connections_refused_total",
+            "Client connections closed as they were accepted: their address held limits.max_connections_per_client already.",
+            |m: &WorkerMetrics| &m.refused_per_client,
         ),
     ] {
         let _ = writeln!(w, "# HELP {metric} {help}");

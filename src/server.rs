@@ -472,10 +472,16 @@ const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// 1024 (a few ms of accepts) 0.2–0.3 s (`bench/accept/run.sh`).
 const ACCEPT_BATCH: usize = 1024;
 
-/// Registers an accepted connection and starts serving it.
+/// Registers an accepted connection and starts serving it, unless its client holds
+/// `limits.max_connections_per_client` already: then it is reset at once, which costs the
+/// gateway no request and no `TIME_WAIT` (HAProxy's `tcp-request connection reject`).
 fn admit(worker: &Rc<Worker>, stream: monoio::net::TcpStream, peer: SocketAddr) {
     worker.metrics.accepted.inc();
-    let registration = worker.register(stream.as_raw_fd());
+    let Ok(client) = worker.count_client(peer.ip()) else {
+        crate::io::set_reset_on_close(stream.as_raw_fd());
+        return;
+    };
+    let registration = worker.register(stream.as_raw_fd(), client);
     spawn_guarded(
         worker.index,
         peer,

@@ -317,6 +317,8 @@ pub struct Shared {
     pub admin_short: AtomicBool,
     /// Client connections the drain deadline reset, over every worker: the exit says so.
     pub cut_at_drain: AtomicUsize,
+    /// Open client connections per address (`limits.max_connections_per_client`).
+    pub per_client: crate::per_client::PerClient,
 }
 
 /// The probe lease under `cfg`. A live probe renews its lease whenever it makes progress
@@ -362,6 +364,7 @@ impl Shared {
             retired: Mutex::new(Vec::new()),
             admin_short: AtomicBool::new(false),
             cut_at_drain: AtomicUsize::new(0),
+            per_client: crate::per_client::PerClient::default(),
         })
     }
 

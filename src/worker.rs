@@ -15,6 +15,7 @@ use crate::balancer::View;
 use crate::date::DateCache;
 use crate::io::{End, BUF_SIZE};
 use crate::metrics::{WorkerCell, WorkerMetrics};
+use crate::per_client;
 use crate::pool::Pool;
 use crate::state::Shared;
 
@@ -235,6 +236,9 @@ pub struct Worker {
     acceptor: Cell<Option<std::task::Waker>>,
     /// Accepts failing since the last that succeeded (see [`Worker::accept_failed`]).
     accept_trouble: Cell<Option<AcceptTrouble>>,
+    /// When a connection refused for its client's count was last said, and how many were
+    /// refused since (see [`Worker::count_client`]).
+    refused_said: Cell<Option<(std::time::Instant, u64)>>,
     /// This worker's share of the descriptors left for connections (see
     /// [`Worker::may_pool`]); `workers`, `splice` and the limit are fixed at start.
     descriptors: usize,
@@ -320,6 +324,7 @@ impl Worker {
             spinner: Cell::new(None),
             acceptor: Cell::new(None),
             accept_trouble: Cell::new(None),
+            refused_said: Cell::new(None),
             descriptors: crate::fdlimit::worker_descriptors(
                 shared.fd_limit,
                 snapshot.config.workers,
@@ -812,8 +817,52 @@ impl Worker {
         )
     }
 
-    /// Registers a client connection; the returned flag says whether it is idle.
-    pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
+    /// Counts a connection just accepted from `ip` towards its client's
+    /// `limits.max_connections_per_client` (nothing to count: `Ok(None)`), or refuses it
+    /// if the client holds that many already. `trusted_proxies` are not counted:
+    /// each of their connections is some other client's. Refusals are said once, then at
+    /// most once a minute with a count, as a flood would otherwise fill the log.
+    pub fn count_client(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> Result<Option<per_client::Held>, per_client::Refused> {
+        let view = self.view();
+        let config = &view.snapshot.config;
+        let Some(limit) = config.limits.max_connections_per_client else {
+            return Ok(None);
+        };
+        if crate::admission::is_trusted(ip, &config.admission.trusted_proxies) {
+            return Ok(None);
+        }
+        if let Some(held) = self.shared.per_client.enter(ip, limit) {
+            return Ok(Some(held));
+        }
+        self.metrics.refused_per_client.inc();
+        let now = std::time::Instant::now();
+        match self.refused_said.get() {
+            Some((at, unsaid)) if now.duration_since(at) < ACCEPT_TROUBLE_EVERY => {
+                self.refused_said.set(Some((at, unsaid + 1)));
+            }
+            last => {
+                let since = match last {
+                    Some((_, n)) if n > 0 => {
+                        format!(" ({n} more refused since the last such line)")
+                    }
+                    _ => String::new(),
+                };
+                log::warn!(
+                    "worker {}: refused a connection from {ip}: that client has {limit} open, limits.max_connections_per_client{since}",
+                    self.index
+                );
+                self.refused_said.set(Some((now, 0)));
+            }
+        }
+        Err(per_client::Refused)
+    }
+
+    /// Registers a client connection, with what it counts towards its client's limit
+    /// (given back when the guard drops).
+    pub fn register(self: &Rc<Self>, fd: RawFd, client: Option<per_client::Held>) -> ConnGuard {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         let live = Rc::new(Live::default());
@@ -826,6 +875,7 @@ impl Worker {
             worker: self.clone(),
             id,
             live,
+            client,
         }
     }
 
@@ -1230,6 +1280,8 @@ pub struct ConnGuard {
     id: u64,
     /// Shared with the worker (see [`Live`]).
     pub live: Rc<Live>,
+    /// What it counts towards its client's `limits.max_connections_per_client`.
+    client: Option<per_client::Held>,
 }
 
 impl Drop for ConnGuard {
@@ -1241,6 +1293,9 @@ impl Drop for ConnGuard {
             .client_connections
             .set(conns.len() as u64);
         drop(conns);
+        if let Some(held) = self.client.take() {
+            self.worker.shared.per_client.leave(held);
+        }
         self.worker.wake_acceptor();
     }
 }
@@ -1455,9 +1510,9 @@ mod tests {
         let w = Rc::new(Worker::new(0, Shared::new(config), None));
         assert_eq!(w.connection_cap(), 2);
         let (_reader, unread) = unread_connection();
-        let stalled = w.register(unread.as_raw_fd());
+        let stalled = w.register(unread.as_raw_fd(), None);
         let (_c, s) = unread_connection();
-        let other = w.register(s.as_raw_fd());
+        let other = w.register(s.as_raw_fd(), None);
         let tick = |w: &Worker| {
             w.close_expired_idle(Duration::from_secs(3600));
             w.watch_stalled();
@@ -1488,7 +1543,7 @@ mod tests {
         let mut client =
             std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
         let (mut server, _) = l.accept().expect("accept");
-        let conn = w.register(server.as_raw_fd());
+        let conn = w.register(server.as_raw_fd(), None);
         conn.live.idle.set(Some(w.tick()));
         w.close_idle(None);
         // The idle read ends at once ...

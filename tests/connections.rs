@@ -796,3 +796,108 @@ fn memory_taken_by_a_burst_of_clients_is_given_back_once_they_leave() {
         rss_kib(pid)
     );
 }
+
+/// A connection from `from` that got a 200, or `None` if the gateway ended it unanswered.
+fn served_from(g: &AdminGateway, from: &str) -> Option<Client> {
+    use std::io::Write as _;
+    let mut c = Client::connect_from(from.parse().expect("address"), g.proc.addr);
+    let _ = c.stream.write_all(GET);
+    match c.try_read_response(false) {
+        Ok(r) if r.status == 200 => Some(c),
+        Ok(r) => panic!("from {from}: status {}", r.status),
+        Err(seen) => {
+            assert!(
+                seen.is_empty(),
+                "from {from}: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            None
+        }
+    }
+}
+
+/// `limits.max_connections_per_client`: an address holding its limit (over every worker)
+/// has its next connection reset as it is accepted, unserved; other addresses and
+/// `trusted_proxies` are served; a connection that ends, or a reload that raises the limit,
+/// makes room; the metric and the log (once, however many follow) say it. Without it, one
+/// address could take a whole worker's share (a review: a slow-head flood at three times
+/// `max_connections` kept every new client waiting 1–2 s).
+#[test]
+fn a_client_at_its_connection_limit_is_refused_more_and_others_are_not() {
+    let b = mock_backend();
+    let log = std::env::temp_dir().join(format!("gateway-per-client-{}.log", std::process::id()));
+    let yaml = |n: u32| {
+        config(
+            2,
+            &format!(
+                "admin: 127.0.0.1:0\nlimits: {{max_connections_per_client: {n}}}\ntrusted_proxies: [127.0.0.4]"
+            ),
+            &svc(&b),
+        )
+    };
+    let path = write_config(&yaml(3));
+    let g = gateway_at_logging_to(&path, &log);
+    let mut held: Vec<Client> = (0..3)
+        .map(|i| served_from(&g, "127.0.0.2").unwrap_or_else(|| panic!("connection {i} refused")))
+        .collect();
+    // Each further one is refused; whichever worker accepts it, the count is the process's.
+    for _ in 0..4 {
+        assert!(
+            served_from(&g, "127.0.0.2").is_none(),
+            "served past the limit"
+        );
+    }
+    assert_eq!(
+        metric(g.admin, "gateway_client_connections_refused_total"),
+        4.0
+    );
+    // The held ones are still served, and other clients are not held back.
+    for c in &mut held {
+        c.send(GET);
+        assert_eq!(c.read_response().status, 200);
+    }
+    let _other = served_from(&g, "127.0.0.3").expect("another address");
+    let edge: Vec<Client> = (0..5)
+        .map(|_| served_from(&g, "127.0.0.4").expect("a trusted proxy is not limited"))
+        .collect();
+    // A reload that raises the limit lets one more in, and no more.
+    std::fs::write(&path, yaml(4)).expect("rewrite config");
+    signal(&g.proc.child, libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || {
+        get(g.admin, "/admin/config").json()["limits"]["max_connections_per_client"] == 4
+    }));
+    held.push(served_from(&g, "127.0.0.2").expect("room after the reload"));
+    assert!(
+        served_from(&g, "127.0.0.2").is_none(),
+        "served past the new limit"
+    );
+    // A connection that ends gives its room back.
+    drop(held.pop());
+    let mut back = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        back = served_from(&g, "127.0.0.2");
+        back.is_some()
+    }));
+    let refused = metric(g.admin, "gateway_client_connections_refused_total");
+    assert!(refused >= 5.0, "{refused}");
+    drop((held, edge, back));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    let said: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("limits.max_connections_per_client"))
+        .collect();
+    // Said at start (the summary) and by each worker at its first refusal: the rest, within
+    // the minute, are only counted.
+    assert!(
+        said.iter()
+            .any(|l| l.contains("refused a connection from 127.0.0.2")),
+        "{text}"
+    );
+    assert!(
+        said[0].contains("at most 3 from one client address"),
+        "{text}"
+    );
+    let lines = said.iter().filter(|l| l.contains("refused")).count();
+    assert!(lines <= 2, "{lines} lines for {refused} refusals: {text}");
+}
