@@ -758,6 +758,13 @@ fn config(shared: &Shared) -> Value {
                 "max_in_flight": s.max_in_flight.map_or(Value::String("off".into()), Value::from),
                 "websocket": s.websocket,
                 "encoded_slashes": s.encoded_slashes,
+                // Effective: the top-level ones with the service's own over them.
+                "timeouts": {
+                    "connect": d(s.timeouts.connect),
+                    "response": d(s.timeouts.response),
+                    "body": d(s.timeouts.body),
+                    "tunnel": d(s.timeouts.tunnel),
+                },
             })
         })
         .collect();

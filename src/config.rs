@@ -212,6 +212,9 @@ pub struct ServiceConfig {
     pub websocket: bool,
     /// Paths with an encoded `/` (`%2F`) are forwarded as sent instead of refused 400.
     pub encoded_slashes: bool,
+    /// The timeouts its requests run under: the top-level ones, with the service's own
+    /// `connect`, `response`, `body` and `tunnel` over them.
+    pub timeouts: Timeouts,
 }
 
 /// Statuses that count as a backend failure by default: every 5xx but 501 (Not
@@ -591,6 +594,59 @@ struct RawService {
     /// `true` or `false` (a review was told `expected a boolean` without the key).
     websocket: Option<serde_yaml_ng::Value>,
     encoded_slashes: Option<serde_yaml_ng::Value>,
+    timeouts: Option<RawServiceTimeouts>,
+}
+
+/// A service's own timeouts: those of the backend side. The client's (`client_header`,
+/// `client_idle`) run before a request is routed, and `drain` is the process's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServiceTimeouts {
+    connect: Option<String>,
+    response: Option<String>,
+    body: Option<String>,
+    tunnel: Option<String>,
+}
+
+/// `; timeouts: response 5m, body 10m` for a service's timeouts that differ from the
+/// top-level ones (empty if none does), for the summary.
+fn own_timeouts_text(own: &Timeouts, top: &Timeouts) -> String {
+    let own: Vec<String> = [
+        ("connect", own.connect, top.connect),
+        ("response", own.response, top.response),
+        ("body", own.body, top.body),
+        ("tunnel", own.tunnel, top.tunnel),
+    ]
+    .into_iter()
+    .filter(|(_, a, b)| a != b)
+    .map(|(name, d, _)| format!("{name} {}", duration_text(d)))
+    .collect();
+    match own.is_empty() {
+        true => String::new(),
+        false => format!("; timeouts: {}", own.join(", ")),
+    }
+}
+
+/// `top` with a service's own timeouts over it; `key` is `services.NAME.timeouts`.
+fn service_timeouts(
+    key: &str,
+    raw: Option<&RawServiceTimeouts>,
+    top: &Timeouts,
+) -> Result<Timeouts, ConfigError> {
+    let Some(t) = raw else {
+        return Ok(*top);
+    };
+    Ok(Timeouts {
+        connect: duration_or(&format!("{key}.connect"), t.connect.as_ref(), top.connect)?,
+        response: duration_or(
+            &format!("{key}.response"),
+            t.response.as_ref(),
+            top.response,
+        )?,
+        body: duration_or(&format!("{key}.body"), t.body.as_ref(), top.body)?,
+        tunnel: duration_or(&format!("{key}.tunnel"), t.tunnel.as_ref(), top.tunnel)?,
+        ..*top
+    })
 }
 
 /// A service's `true`/`false` key (absent: false), with an error that names it.
@@ -1144,7 +1200,7 @@ impl Config {
             let _ = fmt::Write::write_fmt(
                 &mut s,
                 format_args!(
-                    "service {} -> [{}] (breaker: {} {}, cooldown {}; rate limit: {}; max in flight: {}{}{})\n",
+                    "service {} -> [{}] (breaker: {} {}, cooldown {}; rate limit: {}; max in flight: {}{}{}{})\n",
                     svc.name,
                     urls.join(", "),
                     svc.breaker.failure_threshold,
@@ -1158,6 +1214,7 @@ impl Config {
                     svc.max_in_flight.map_or("off".to_string(), |n| n.to_string()),
                     if svc.websocket { "; websocket" } else { "" },
                     if svc.encoded_slashes { "; encoded slashes" } else { "" },
+                    own_timeouts_text(&svc.timeouts, &self.timeouts),
                 ),
             );
         }
@@ -1432,9 +1489,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("invalid service name {name:?}: use lowercase letters, digits and '-', starting with a letter or digit, at most 63"),
             ));
         }
-        let (urls, breaker, rate_limit, max_in_flight, websocket, encoded_slashes) = match value {
-            serde_yaml_ng::Value::Sequence(_) => {
-                let urls: Vec<String> = serde_yaml_ng::from_value(value).map_err(|e| {
+        let (urls, breaker, rate_limit, max_in_flight, websocket, encoded_slashes, own_timeouts) =
+            match value {
+                serde_yaml_ng::Value::Sequence(_) => {
+                    let urls: Vec<String> = serde_yaml_ng::from_value(value).map_err(|e| {
                     // `- http://127.0.0.1:` is read as a map with that key (an operator
                     // review was told only of a map).
                     let hint = match e.to_string().contains("invalid type: map") {
@@ -1443,81 +1501,91 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     };
                     invalid(&key, format!("{e}: list backend URLs as strings{hint}"))
                 })?;
-                (
-                    urls,
-                    global_breaker,
-                    global_limit.clone(),
-                    None,
-                    false,
-                    false,
-                )
-            }
-            serde_yaml_ng::Value::Mapping(_) => {
-                let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
-                    invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`)"))
+                    (
+                        urls,
+                        global_breaker,
+                        global_limit.clone(),
+                        None,
+                        false,
+                        false,
+                        timeouts,
+                    )
+                }
+                serde_yaml_ng::Value::Mapping(_) => {
+                    let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
+                    invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`, `timeouts`)"))
                 })?;
-                let breaker_key = format!("{key}.breaker");
-                let raw_breaker = full
-                    .breaker
-                    .map(|v| service_breaker(&breaker_key, v))
-                    .transpose()?;
-                let b = breaker_settings(&breaker_key, raw_breaker.as_ref(), &global_breaker)?;
-                let limit = match &full.rate_limit {
-                    Some(v) => crate::admission::parse_rate_limit(&format!("{key}.rate_limit"), v)?,
-                    None => global_limit.clone(),
-                };
-                let max = crate::admission::MAX_IN_FLIGHT;
-                let in_flight_key = format!("{key}.max_in_flight");
-                let max_in_flight = match &full.max_in_flight {
-                    None | Some(serde_yaml_ng::Value::Null) => None,
-                    Some(serde_yaml_ng::Value::String(s)) if s == "off" => None,
-                    Some(serde_yaml_ng::Value::Bool(false)) => None,
-                    Some(v) => match v.as_u64() {
-                        Some(n) if (1..=max).contains(&n) => Some(n),
-                        n => {
-                            let what = serde_yaml_ng::to_string(v).unwrap_or_default();
-                            let problem = match n {
-                                Some(_) => "is out of range",
-                                None => "is not a limit",
-                            };
-                            return Err(invalid(
+                    let breaker_key = format!("{key}.breaker");
+                    let raw_breaker = full
+                        .breaker
+                        .map(|v| service_breaker(&breaker_key, v))
+                        .transpose()?;
+                    let b = breaker_settings(&breaker_key, raw_breaker.as_ref(), &global_breaker)?;
+                    let limit = match &full.rate_limit {
+                        Some(v) => {
+                            crate::admission::parse_rate_limit(&format!("{key}.rate_limit"), v)?
+                        }
+                        None => global_limit.clone(),
+                    };
+                    let max = crate::admission::MAX_IN_FLIGHT;
+                    let in_flight_key = format!("{key}.max_in_flight");
+                    let max_in_flight = match &full.max_in_flight {
+                        None | Some(serde_yaml_ng::Value::Null) => None,
+                        Some(serde_yaml_ng::Value::String(s)) if s == "off" => None,
+                        Some(serde_yaml_ng::Value::Bool(false)) => None,
+                        Some(v) => match v.as_u64() {
+                            Some(n) if (1..=max).contains(&n) => Some(n),
+                            n => {
+                                let what = serde_yaml_ng::to_string(v).unwrap_or_default();
+                                let problem = match n {
+                                    Some(_) => "is out of range",
+                                    None => "is not a limit",
+                                };
+                                return Err(invalid(
                                 in_flight_key,
                                 format!(
                                     "{} {problem}: use 1 to {max}, or off (the default) for no limit",
                                     what.trim()
                                 ),
                             ));
-                        }
-                    },
-                };
-                let websocket = service_flag(&format!("{key}.websocket"), full.websocket.as_ref())?;
-                let encoded_slashes = service_flag(
-                    &format!("{key}.encoded_slashes"),
-                    full.encoded_slashes.as_ref(),
-                )?;
-                (
-                    full.backends,
-                    b,
-                    limit,
-                    max_in_flight,
-                    websocket,
-                    encoded_slashes,
-                )
-            }
-            serde_yaml_ng::Value::Null => {
-                return Err(invalid(
-                    &key,
-                    "is empty: give a list of backend URLs, or a map with `backends:`",
-                ))
-            }
-            other => {
-                let what = serde_yaml_ng::to_string(&other).unwrap_or_default();
-                return Err(invalid(
+                            }
+                        },
+                    };
+                    let websocket =
+                        service_flag(&format!("{key}.websocket"), full.websocket.as_ref())?;
+                    let encoded_slashes = service_flag(
+                        &format!("{key}.encoded_slashes"),
+                        full.encoded_slashes.as_ref(),
+                    )?;
+                    let own_timeouts = service_timeouts(
+                        &format!("{key}.timeouts"),
+                        full.timeouts.as_ref(),
+                        &timeouts,
+                    )?;
+                    (
+                        full.backends,
+                        b,
+                        limit,
+                        max_in_flight,
+                        websocket,
+                        encoded_slashes,
+                        own_timeouts,
+                    )
+                }
+                serde_yaml_ng::Value::Null => {
+                    return Err(invalid(
+                        &key,
+                        "is empty: give a list of backend URLs, or a map with `backends:`",
+                    ))
+                }
+                other => {
+                    let what = serde_yaml_ng::to_string(&other).unwrap_or_default();
+                    return Err(invalid(
                     &key,
                     format!("{:?} is not a service: give a list of backend URLs, or a map with `backends:`", what.trim()),
                 ));
-            }
-        };
+                }
+            };
         if urls.is_empty() {
             return Err(invalid(
                 &key,
@@ -1543,6 +1611,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             max_in_flight,
             websocket,
             encoded_slashes,
+            timeouts: own_timeouts,
         });
     }
     let access_log = match raw.access_log.as_deref().map(str::trim) {
@@ -2395,6 +2464,47 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_services_own_timeouts_stand_over_the_top_level_ones() {
+        let c = Config::parse(
+            "timeouts: {connect: 1s, response: 5s, body: 7s}\n\
+             services:\n  a: [http://localhost:1]\n  b:\n    backends: [http://localhost:2]\n    timeouts: {response: 2m, tunnel: 3h}\n",
+        )
+        .unwrap();
+        let (a, b) = (&c.services[0].timeouts, &c.services[1].timeouts);
+        assert_eq!(*a, c.timeouts);
+        assert_eq!(
+            (b.connect, b.response, b.body, b.tunnel),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(120),
+                Duration::from_secs(7),
+                Duration::from_secs(3 * 3600)
+            )
+        );
+        assert_eq!(b.client_idle, c.timeouts.client_idle);
+        assert!(
+            c.summary().contains("; timeouts: response 2m, tunnel 3h)"),
+            "{}",
+            c.summary()
+        );
+        let svc = |t: &str| {
+            format!("services:\n  b:\n    backends: [http://localhost:2]\n    timeouts: {t}\n")
+        };
+        let e = err(&svc("{client_idle: 5s}"));
+        assert!(
+            e.contains("services.b") && e.contains("unknown field `client_idle`"),
+            "{e}"
+        );
+        let e = err(&svc("{body: 0s}"));
+        assert!(
+            e.contains("services.b.timeouts.body: must be greater than zero"),
+            "{e}"
+        );
+        let e = err(&svc("{response: soon}"));
+        assert!(e.contains("services.b.timeouts.response"), "{e}");
     }
 
     #[test]

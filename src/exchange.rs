@@ -62,7 +62,8 @@ pub async fn forward(
     mut prep: Prepared<'_>,
 ) -> After {
     let cfg = &view.snapshot.config;
-    let timeouts = cfg.timeouts;
+    // The service's own timeouts, where it has any (`services.NAME.timeouts`).
+    let timeouts = view.snapshot.services[req.svc].timeouts;
     let framing = req.info.framing;
     // A chunked body the gateway buffers is held decoded: read whole and no longer than
     // `buffer_request_body`, it goes up with a `Content-Length` (servers that read only
@@ -117,8 +118,16 @@ pub async fn forward(
         rest.truncate(more);
         Ok(())
     } else {
-        let buffered =
-            buffer_body(down, &mut req, &mut relay, &mut in_hand, cfg, prep.service).await;
+        let buffered = buffer_body(
+            down,
+            &mut req,
+            &mut relay,
+            &mut in_hand,
+            cfg,
+            &timeouts,
+            prep.service,
+        )
+        .await;
         // Re-framed bytes are all in `in_hand`; none are lent from the client's buffer, whose
         // consumed prefix a read may have dropped meanwhile (a range into it from before the
         // reads, sliced behind a pipelined request's bytes, panicked: a review).
@@ -266,9 +275,10 @@ async fn buffer_body(
     relay: &mut BodyRelay,
     in_hand: &mut Vec<u8>,
     cfg: &Config,
+    timeouts: &Timeouts,
     service: &[u8],
 ) -> Result<(), After> {
-    let timeout = cfg.timeouts.body;
+    let timeout = timeouts.body;
     let fed = relay.feed(&down.buf[down.start..], in_hand);
     let used = match fed {
         Ok(used) => used,
@@ -378,7 +388,7 @@ async fn connect_or_reuse<'v>(
     relay: &BodyRelay,
 ) -> Result<(Attempt<'v>, Socket, bool, Tried), After> {
     let service = &view.snapshot.services[req.svc];
-    let timeouts = view.snapshot.config.timeouts;
+    let timeouts = service.timeouts;
     let request = (req.info.keep_alive, relay.done);
     let mut tried = Tried::NONE;
     let mut last_err = GatewayError::ConnectFailed;

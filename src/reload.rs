@@ -36,7 +36,8 @@ pub struct Changes {
     /// Services that stay and whose breaker settings changed, and which of those fields.
     pub breaker_changed: Vec<String>,
     pub breaker_fields_changed: Vec<&'static str>,
-    /// Services that stay and whose `rate_limit` or `max_in_flight` changed, and which.
+    /// Services that stay and whose `rate_limit`, `max_in_flight`, `websocket`,
+    /// `encoded_slashes` or `timeouts` changed, and which.
     pub admission_changed: Vec<String>,
     pub admission_fields_changed: Vec<&'static str>,
 }
@@ -109,7 +110,7 @@ impl fmt::Display for Changes {
         if !self.admission_changed.is_empty() {
             write!(
                 f,
-                "; admission ({}) changed for services: {}",
+                "; settings ({}) changed for services: {}",
                 self.admission_fields_changed.join(", "),
                 counted_list(&self.admission_changed)
             )?;
@@ -332,8 +333,8 @@ fn breakers_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static st
     })
 }
 
-/// Services that stay and whose admission settings (what they let through: limits,
-/// WebSocket tunnels, encoded slashes) changed, and which fields.
+/// Services that stay and whose request settings (what they let through: limits,
+/// WebSocket tunnels, encoded slashes; and their timeouts) changed, and which fields.
 fn admission_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static str>) {
     services_changed(old, new, |a, b| {
         [
@@ -341,6 +342,7 @@ fn admission_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static s
             ("max_in_flight", a.max_in_flight != b.max_in_flight),
             ("websocket", a.websocket != b.websocket),
             ("encoded_slashes", a.encoded_slashes != b.encoded_slashes),
+            ("timeouts", a.timeouts != b.timeouts),
         ]
     })
 }
@@ -716,10 +718,20 @@ mod tests {
         let new = cfg(", rate_limit: off", ", max_in_flight: 100");
         let line = diff(&old, &new).to_string();
         assert!(
-            line.contains("admission (max_in_flight, rate_limit) changed for services: 2 [a, b]"),
+            line.contains("settings (max_in_flight, rate_limit) changed for services: 2 [a, b]"),
             "{line}"
         );
         let same = diff(&new, &new).to_string();
-        assert!(!same.contains("admission"), "{same}");
+        assert!(!same.contains("changed for services"), "{same}");
+        // A service's own timeouts too.
+        let longer = cfg(
+            ", rate_limit: off, timeouts: {response: 2m}",
+            ", max_in_flight: 100",
+        );
+        let line = diff(&new, &longer).to_string();
+        assert!(
+            line.contains("settings (timeouts) changed for services: 1 [a]"),
+            "{line}"
+        );
     }
 }

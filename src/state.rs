@@ -105,6 +105,8 @@ pub struct Service {
     pub websocket: bool,
     /// Paths with an encoded `/` are forwarded (`encoded_slashes: true`).
     pub encoded_slashes: bool,
+    /// The timeouts its requests run under (the top-level ones with its own over them).
+    pub timeouts: crate::config::Timeouts,
 }
 
 /// Everything that must change together on a reload.
@@ -321,22 +323,30 @@ pub struct Shared {
     pub per_client: crate::per_client::PerClient,
 }
 
-/// The probe lease under `cfg`. A live probe renews its lease whenever it makes progress
-/// (connected, a body chunk read from the client and written upstream, request sent
-/// whole); the lease is the longest gap between two renewals, plus a second of slack.
-fn lease_ms(cfg: &Config) -> u64 {
-    let t = &cfg.timeouts;
+/// The probe lease of a service whose requests run under `t`. A live probe renews its
+/// lease whenever it makes progress (connected, a body chunk read from the client and
+/// written upstream, request sent whole); the lease is the longest gap between two
+/// renewals, plus a second of slack.
+fn lease_ms(t: &crate::config::Timeouts) -> u64 {
     let lease = t.connect.max(t.response).max(t.body * 2) + Duration::from_secs(1);
     lease.as_millis() as u64
 }
 
+/// The longest probe lease of any service under `cfg` (see [`lease_ms`]).
+fn longest_lease_ms(cfg: &Config) -> u64 {
+    cfg.services
+        .iter()
+        .map(|s| lease_ms(&s.timeouts))
+        .fold(lease_ms(&cfg.timeouts), u64::max)
+}
+
 /// The breaker policy of a service; `prior` is the longer lease owed to probes admitted
 /// before a reload, and until when (see [`Policy::prior_lease_ms`]).
-fn policy(s: &BreakerSettings, cfg: &Config, prior: (u64, u64)) -> Policy {
+fn policy(s: &BreakerSettings, t: &crate::config::Timeouts, prior: (u64, u64)) -> Policy {
     Policy {
         threshold: u64::from(s.failure_threshold),
         cooldown_ms: s.cooldown.as_millis() as u64,
-        lease_ms: lease_ms(cfg),
+        lease_ms: lease_ms(t),
         prior_lease_ms: prior.0,
         prior_until_ms: prior.1,
     }
@@ -579,9 +589,11 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
     let (admissions, budgets) = reg.admission.build(&config);
     report.budgets = budgets;
     // A probe admitted before this reload runs on the old timeouts: its lease stays the
-    // longer of the two for one old lease from now.
+    // longer of the two for one old lease from now (the longest of any service's: which
+    // service a probe was for is not kept, and a longer lease only delays a next probe
+    // after a probe holder died).
     let now = now_ms();
-    if let Some(old) = reg.lease_ms.replace(lease_ms(&config)) {
+    if let Some(old) = reg.lease_ms.replace(longest_lease_ms(&config)) {
         let (owed, until) = reg.prior_lease;
         let longest = if now < until { old.max(owed) } else { old };
         reg.prior_lease = (longest, now + longest);
@@ -609,10 +621,11 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                 name: sc.name.clone(),
                 backends,
                 settings: sc.breaker,
-                policy: policy(&sc.breaker, &config, prior),
+                policy: policy(&sc.breaker, &sc.timeouts, prior),
                 admission,
                 websocket: sc.websocket,
                 encoded_slashes: sc.encoded_slashes,
+                timeouts: sc.timeouts,
             }
         })
         .collect();
@@ -715,6 +728,33 @@ mod tests {
 
     fn cfg(text: &str) -> Config {
         Config::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_services_probe_lease_follows_its_own_timeouts() {
+        // Top level: max(1 s, 2 s, 2 x 1 s) + 1 s = 3 s; `b`'s own response of 2 min makes
+        // its lease 121 s, so no second probe begins while its first may still be waiting.
+        let shared = Shared::new(cfg(
+            "timeouts: {connect: 1s, response: 2s, body: 1s}\n\
+             services:\n  a: [http://127.0.0.1:1]\n  b:\n    backends: [http://127.0.0.1:2]\n    timeouts: {response: 2m}\n",
+        ));
+        let snap = shared.current.load_full();
+        let lease = |name: &str| {
+            let s = snap
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .expect("service");
+            s.policy.lease_ms
+        };
+        assert_eq!((lease("a"), lease("b")), (3_000, 121_000));
+        // A reload dropping `b`'s own timeouts owes its probes the longest old lease.
+        shared.install(cfg("timeouts: {connect: 1s, response: 2s, body: 1s}\n\
+             services:\n  a: [http://127.0.0.1:1]\n  b: [http://127.0.0.1:2]\n"));
+        let after = shared.current.load_full();
+        let b = after.services.iter().find(|s| s.name == "b").expect("b");
+        assert_eq!(b.policy.lease_ms, 3_000);
+        assert!(b.policy.lease_at(now_ms()) >= 121_000);
     }
 
     #[test]

@@ -197,6 +197,57 @@ fn backend_that_never_answers_is_504() {
     assert_eq!(r.status, 200, "a slow but timely backend is fine");
 }
 
+/// A service's own `timeouts` take the place of the top-level ones for its requests (a
+/// report slow to start, server-sent events that pause), and only for its requests.
+#[test]
+fn a_services_own_timeouts_apply_to_its_requests_alone() {
+    let b = mock_backend();
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\ntimeouts: {response: 300ms, body: 300ms}",
+        &format!(
+            "  strict: [http://{0}]\n  lenient:\n    backends: [http://{0}]\n    timeouts: {{response: 3s, body: 3s}}\n",
+            b.addr
+        ),
+    )));
+    let slow_head = |svc: &str| {
+        request(
+            g.proc.addr,
+            &format!("GET /v1/proxy/{svc}/x HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 900\r\n\r\n"),
+        )
+    };
+    let r = slow_head("strict");
+    assert_eq!((r.status, error_code(&r)), (504, "backend_timeout".into()));
+    assert_eq!(slow_head("lenient").status, 200);
+    // A pause mid-body: cut for the one, waited out for the other.
+    let paused_body = |svc: &str| {
+        let mut c = Client::connect(g.proc.addr);
+        c.send(format!("GET /v1/proxy/{svc}/x HTTP/1.1\r\nHost: g\r\nx-mock-body-bytes: 4000\r\nx-mock-body-delay-ms: 900\r\n\r\n").as_bytes());
+        c.try_read_response(false)
+    };
+    assert!(
+        paused_body("strict").is_err(),
+        "a pause past 300ms was waited out"
+    );
+    let r = paused_body("lenient").expect("the whole body");
+    assert_eq!((r.status, r.body.len()), (200, 4000));
+    // What applies is shown per service, and the summary names what differs.
+    let cfg = get(g.admin, "/admin/config").json();
+    let svc = |name: &str| {
+        cfg["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .find(|s| s["name"] == name)
+            .expect("service")
+            .clone()
+    };
+    assert_eq!(svc("strict")["timeouts"]["response"], "300ms");
+    assert_eq!(svc("lenient")["timeouts"]["response"], "3s");
+    assert_eq!(svc("lenient")["timeouts"]["body"], "3s");
+    assert_eq!(svc("lenient")["timeouts"]["connect"], "2s");
+}
+
 #[test]
 fn a_chunked_body_that_is_mostly_framing_is_refused() {
     // 100-byte extensions on one-byte chunks: 106 bytes on the wire per byte of body. Such a
