@@ -565,10 +565,12 @@ impl MaxConnections {
             MaxConnections::Other(v) => serde_yaml_ng::to_string(v).unwrap_or_default(),
         };
         let v = v.trim();
-        let what = if v.parse::<f64>().is_ok() {
-            "is out of range"
-        } else {
-            "is not a number"
+        // `1e3` and `50.0` are numbers, but not counts (an operator review was told that
+        // 1000.0 is out of range).
+        let what = match v.parse::<f64>() {
+            Ok(f) if f.fract() != 0.0 || v.contains(['.', 'e', 'E']) => "is not a whole number",
+            Ok(_) => "is out of range",
+            Err(_) => "is not a number",
         };
         invalid(key, format!("{v} {what}: {rule}"))
     }
@@ -2524,18 +2526,20 @@ mod tests {
             .unwrap();
             assert_eq!(c.limits.max_connections_per_client, Some(want), "{v}");
         }
-        for bad in ["0", "1000001", "lots", "-1"] {
+        for bad in ["0", "1000001", "lots", "-1", "1000.0", "1e3"] {
             let e = err(&format!(
                 "limits:\n  max_connections_per_client: {bad}\n{svc}"
             ));
-            let what = if bad == "lots" {
-                "is not a number"
-            } else {
-                "is out of range"
+            let what = match bad {
+                "lots" => "is not a number",
+                "1000.0" | "1e3" => "is not a whole number",
+                _ => "is out of range",
             };
+            // YAML reads `1e3` as the float it says it again as.
+            let shown = if bad == "1e3" { "1000.0" } else { bad };
             assert!(
                 e.contains(&format!(
-                    "limits.max_connections_per_client: {bad} {what}: use 1 to 1000000"
+                    "limits.max_connections_per_client: {shown} {what}: use 1 to 1000000"
                 )),
                 "{bad}: {e}"
             );

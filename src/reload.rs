@@ -268,6 +268,13 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
             lb.max_connections.map_or("auto".to_string(), n),
         ),
         (
+            "limits.max_connections_per_client",
+            la.max_connections_per_client
+                .map_or("off".to_string(), |v| n(v.into())),
+            lb.max_connections_per_client
+                .map_or("off".to_string(), |v| n(v.into())),
+        ),
+        (
             "pool.max_idle_per_backend",
             n(old.pool.max_idle_per_backend as u64),
             n(new.pool.max_idle_per_backend as u64),
@@ -652,7 +659,7 @@ mod tests {
         ))
         .unwrap();
         let new = Config::parse(&format!(
-            "timeouts: {{connect: 5s, drain_grace: 1500ms}}\nlimits: {{max_body_bytes: 2000}}\ntrusted_proxies: [10.0.0.0/8, 192.0.2.1/32]\nrequest_id: true\naccess_log_format: json\nservices:\n{}{}",
+            "timeouts: {{connect: 5s, drain_grace: 1500ms}}\nlimits: {{max_body_bytes: 2000, max_connections_per_client: 64}}\ntrusted_proxies: [10.0.0.0/8, 192.0.2.1/32]\nrequest_id: true\naccess_log_format: json\nservices:\n{}{}",
             services("keep", 3, "20s"),
             services("new", 1000, "10s")
         ))
@@ -664,7 +671,7 @@ mod tests {
         assert!(!line.contains('\n') && line.len() < 850, "{line}");
         for part in [
             "generation 2: services 1003 (+1000 [new0000, new0001, new0002, new0003, new0004 +995 more] -1000 [old0000, old0001, old0002, old0003, old0004 +995 more], 3 kept);",
-            "settings changed: timeouts.connect 2s -> 5s, timeouts.drain_grace 0s -> 1500ms, limits.max_body_bytes 1000 -> 2000, trusted_proxies [10.0.0.0/8] -> [10.0.0.0/8, 192.0.2.1/32], request_id false -> true, access_log_format text -> json;",
+            "settings changed: timeouts.connect 2s -> 5s, timeouts.drain_grace 0s -> 1500ms, limits.max_body_bytes 1000 -> 2000, limits.max_connections_per_client off -> 64, trusted_proxies [10.0.0.0/8] -> [10.0.0.0/8, 192.0.2.1/32], request_id false -> true, access_log_format text -> json;",
             "breaker (cooldown) changed for services: 3 [keep0000, keep0001, keep0002]",
         ] {
             assert!(line.contains(part), "{part} not in {line}");

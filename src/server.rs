@@ -281,6 +281,17 @@ pub fn start_warnings(config: &crate::config::Config) -> Vec<String> {
             .iter()
             .filter_map(|c| c.warning()),
     );
+    // A limit one address cannot reach refuses nothing (an operator review: said nothing).
+    if let (Some(per), Some(max)) = (
+        config.limits.max_connections_per_client,
+        config.limits.max_connections,
+    ) {
+        if u64::from(per) >= max {
+            out.push(format!(
+                "limits.max_connections_per_client {per} is not below limits.max_connections {max}: it never refuses a connection"
+            ));
+        }
+    }
     if config.admin.is_none() && !config.timeouts.drain_grace.is_zero() {
         out.push(
             "timeouts.drain_grace is set but there is no `admin` port: nothing can see /healthz fail during the grace, so it only delays the drain".to_string(),
@@ -428,7 +439,23 @@ fn worker_main(
         loop {
             // At this worker's share of `limits.max_connections`, stop reading the
             // listener until a connection ends (see `Worker::make_room`).
-            worker.make_room(listener.as_raw_fd()).await;
+            // A client it took from the backlog to count (`max_connections_per_client`) is
+            // served now, with what it counted.
+            if let Some((stream, peer, client)) =
+                worker.make_room(listener.as_raw_fd(), !uring).await
+            {
+                match monoio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => serve_counted(&worker, stream, peer, client),
+                    Err(e) => {
+                        if let Some(held) = client {
+                            worker.uncount_client(held);
+                        }
+                        log::warn!("worker {index}: cannot register a connection: {e}");
+                    }
+                }
+                // It took the room: look again before accepting another.
+                continue;
+            }
             if worker.draining() {
                 break;
             }
@@ -481,6 +508,17 @@ fn admit(worker: &Rc<Worker>, stream: monoio::net::TcpStream, peer: SocketAddr) 
         crate::io::set_reset_on_close(stream.as_raw_fd());
         return;
     };
+    serve_counted(worker, stream, peer, client);
+}
+
+/// Registers a connection accepted and counted towards its client's limit (`client`), and
+/// starts serving it.
+fn serve_counted(
+    worker: &Rc<Worker>,
+    stream: monoio::net::TcpStream,
+    peer: SocketAddr,
+    client: Option<crate::per_client::Held>,
+) {
     let registration = worker.register(stream.as_raw_fd(), client);
     spawn_guarded(
         worker.index,
@@ -646,6 +684,7 @@ async fn housekeeping(worker: Rc<Worker>) {
         drop(view);
         worker.watch_stalled();
         worker.end_accept_trouble();
+        worker.say_refused();
         // Sets the gauge: a reload's new limit used to show only after the next accept.
         worker.connection_cap();
         worker.pool.sweep(|_| true);

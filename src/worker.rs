@@ -263,6 +263,9 @@ struct AcceptTrouble {
 const ACCEPT_TROUBLE_EVERY: Duration = Duration::from_secs(60);
 const ACCEPT_TROUBLE_OVER: Duration = Duration::from_secs(5);
 
+/// Connections over their client's limit [`Worker::make_room`] resets in one turn.
+const SCREEN_BATCH: usize = 1024;
+
 /// Idle connections per worker that may wait with a lent buffer in their read (one ring
 /// operation); beyond these, an idle connection first waits for readiness with no buffer
 /// (one more operation when its request comes). Bounds what idle connections hold in
@@ -654,17 +657,66 @@ impl Worker {
     /// runs out): without that, clients that hold idle connections would keep everyone else
     /// out. Wakes when a connection closes or goes idle, and every 10 ms to look at the
     /// backlog (the only timer, and only while paused).
-    pub async fn make_room(&self, listener: RawFd) {
+    ///
+    /// Under `limits.max_connections_per_client` the client waiting is taken from the
+    /// backlog first (`nonblocking`: for the epoll driver) and counted: one over its limit is
+    /// reset there and costs no one a connection (a review: an address at its limit closed
+    /// another client's idle connection with each connect it made at the cap, and the slot
+    /// it freed went to no one). One within its limit is returned, counted, to be served once
+    /// the connection closed for it has gone; none other is taken meanwhile.
+    pub async fn make_room(
+        &self,
+        listener: RawFd,
+        nonblocking: bool,
+    ) -> Option<(
+        std::net::TcpStream,
+        std::net::SocketAddr,
+        Option<per_client::Held>,
+    )> {
         if self.open_connections() < self.connection_cap() {
-            return;
+            return None;
         }
         self.metrics.accept_paused.inc();
+        let mut taken = None;
         loop {
             // Read again each time: a reload may have changed it.
             if self.open_connections() < self.connection_cap() || self.draining() {
-                return;
+                return taken;
             }
-            if crate::io::accept_pending(listener) && self.evict_longest_idle() {
+            let screened = self
+                .view()
+                .snapshot
+                .config
+                .limits
+                .max_connections_per_client
+                .is_some();
+            if screened && taken.is_none() {
+                // A bounded batch, then a turn for every other task: a flood of refused
+                // connects would otherwise hold the worker here.
+                let mut refused = 0;
+                while let Some(Ok((stream, peer))) = crate::io::accept_now(listener, nonblocking) {
+                    self.metrics.accepted.inc();
+                    match self.count_client(peer.ip()) {
+                        Ok(held) => {
+                            taken = Some((stream, peer, held));
+                            break;
+                        }
+                        Err(per_client::Refused) => {
+                            crate::io::set_reset_on_close(std::os::fd::AsRawFd::as_raw_fd(&stream));
+                            refused += 1;
+                            if refused == SCREEN_BATCH {
+                                break;
+                            }
+                        }
+                    }
+                }
+                if refused == SCREEN_BATCH && taken.is_none() {
+                    yield_now().await;
+                    continue;
+                }
+            }
+            let waiting = taken.is_some() || (!screened && crate::io::accept_pending(listener));
+            if waiting && self.evict_longest_idle() {
                 self.metrics.idle_evicted.inc();
             }
             let mut woken = false;
@@ -858,6 +910,35 @@ impl Worker {
             }
         }
         Err(per_client::Refused)
+    }
+
+    /// Says how many connections were refused for their client's count since the last line
+    /// about it, once a minute has passed (housekeeping, once a second): refusals that stop
+    /// within the minute are still told (an operator review saw a flood of 1.95 million told
+    /// as one line, its first refusal). A quiet minute after it, the next is said at once.
+    pub fn say_refused(&self) {
+        let Some((at, unsaid)) = self.refused_said.get() else {
+            return;
+        };
+        if at.elapsed() < ACCEPT_TROUBLE_EVERY {
+            return;
+        }
+        if unsaid == 0 {
+            self.refused_said.set(None);
+            return;
+        }
+        log::warn!(
+            "worker {}: refused {unsaid} more {} in the last {} s: their clients held limits.max_connections_per_client",
+            self.index,
+            crate::logging::plural(unsaid, "connection", "connections"),
+            at.elapsed().as_secs()
+        );
+        self.refused_said.set(Some((std::time::Instant::now(), 0)));
+    }
+
+    /// Gives back what [`Worker::count_client`] counted for a connection never registered.
+    pub fn uncount_client(&self, held: per_client::Held) {
+        self.shared.per_client.leave(held);
     }
 
     /// Registers a client connection, with what it counts towards its client's limit
@@ -1324,6 +1405,31 @@ mod tests {
         let yaml = "listen: 127.0.0.1:0\nservices:\n  svc: [http://127.0.0.1:9]\n";
         let config = Config::parse(yaml).expect("config");
         Worker::new(0, Shared::new(config), None)
+    }
+
+    #[test]
+    fn refusals_are_summed_up_a_minute_after_the_last_line_and_said_at_once_after_a_quiet_one() {
+        let w = worker();
+        let now = std::time::Instant::now();
+        let ago = now
+            .checked_sub(Duration::from_secs(61))
+            .expect("a clock over a minute old");
+        // Within the minute: still counting.
+        w.refused_said.set(Some((now, 3)));
+        w.say_refused();
+        assert_eq!(w.refused_said.get(), Some((now, 3)));
+        // A minute on: said (the count starts again from now).
+        w.refused_said.set(Some((ago, 5)));
+        w.say_refused();
+        let (at, unsaid) = w.refused_said.get().expect("a run still going");
+        assert_eq!(unsaid, 0);
+        assert!(at > ago + Duration::from_secs(60));
+        // A quiet minute: the run is over, and the next refusal is said at once.
+        w.refused_said.set(Some((ago, 0)));
+        w.say_refused();
+        assert_eq!(w.refused_said.get(), None);
+        let ip = "192.0.2.1".parse().expect("ip");
+        assert!(w.count_client(ip).expect("no limit set").is_none());
     }
 
     #[test]

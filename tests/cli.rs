@@ -583,6 +583,17 @@ fn check_warns_as_the_start_does() {
         "workers: 1\nadmin: 127.0.0.1:0\ntimeouts: {{drain_grace: 5s}}\n{svc}"
     ));
     assert!(!text.contains("warning:"), "{text}");
+    // A per-client limit no client can reach.
+    let (code, text) = check(&format!(
+        "workers: 1\nlimits: {{max_connections: 3, max_connections_per_client: 5}}\n{svc}"
+    ));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(
+            "warning: limits.max_connections_per_client 5 is not below limits.max_connections 3"
+        ),
+        "{text}"
+    );
     // An admin API on every interface (an operator review: no word of it).
     let (code, text) = check(&format!("workers: 1\nadmin: 0.0.0.0:9901\n{svc}"));
     assert_eq!(code, Some(0), "{text}");

@@ -901,3 +901,46 @@ fn a_client_at_its_connection_limit_is_refused_more_and_others_are_not() {
     let lines = said.iter().filter(|l| l.contains("refused")).count();
     assert!(lines <= 2, "{lines} lines for {refused} refusals: {text}");
 }
+
+/// Regression (a review): at the connection cap, each connect from an address already at
+/// `limits.max_connections_per_client` closed another client's idle connection to make
+/// room, and was then refused, leaving the room to no one: an address at its limit could
+/// still take every other client's connection, one a connect. Now the waiting client is
+/// counted first, and only one within its limit makes room.
+#[test]
+fn at_the_cap_a_client_over_its_own_limit_closes_no_one_elses_connection() {
+    let b = mock_backend();
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nlimits: {max_connections: 4, max_connections_per_client: 2}",
+        &svc(&b),
+    ));
+    let g = gateway_at(&path);
+    let mut victims: Vec<Client> = ["127.0.0.3", "127.0.0.4"]
+        .iter()
+        .map(|a| served_from(&g, a).expect("a victim"))
+        .collect();
+    let _attacker: Vec<Client> = (0..2)
+        .map(|_| served_from(&g, "127.0.0.2").expect("within its limit"))
+        .collect();
+    // Idle long enough to be closed for a waiting client.
+    std::thread::sleep(Duration::from_millis(2500));
+    for _ in 0..5 {
+        let mut c = Client::connect_from("127.0.0.2".parse().expect("ip"), g.proc.addr);
+        assert!(c.closed_within(Duration::from_secs(5)), "not refused");
+    }
+    assert_eq!(
+        metric(g.admin, "gateway_client_connections_refused_total"),
+        5.0
+    );
+    assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 0.0);
+    for v in &mut victims {
+        v.send(GET);
+        assert_eq!(v.read_response().status, 200);
+    }
+    // A client within its limit still gets in, in place of the longest idle.
+    std::thread::sleep(Duration::from_millis(2500));
+    let newcomer = served_from(&g, "127.0.0.5");
+    assert!(newcomer.is_some(), "the newcomer was not served");
+    assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 1.0);
+}
