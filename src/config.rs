@@ -1491,10 +1491,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("invalid service name {name:?}: use lowercase letters, digits and '-', starting with a letter or digit, at most 63"),
             ));
         }
-        let (urls, breaker, rate_limit, max_in_flight, websocket, encoded_slashes, own_timeouts) =
-            match value {
-                serde_yaml_ng::Value::Sequence(_) => {
-                    let urls: Vec<String> = serde_yaml_ng::from_value(value).map_err(|e| {
+        let (urls, breaker, limit, in_flight, ws, slashes, own) = match value {
+            serde_yaml_ng::Value::Sequence(_) => {
+                let urls: Vec<String> = serde_yaml_ng::from_value(value).map_err(|e| {
                     // `- http://127.0.0.1:` is read as a map with that key (an operator
                     // review was told only of a map).
                     let hint = match e.to_string().contains("invalid type: map") {
@@ -1503,91 +1502,88 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     };
                     invalid(&key, format!("{e}: list backend URLs as strings{hint}"))
                 })?;
-                    (
-                        urls,
-                        global_breaker,
-                        global_limit.clone(),
-                        None,
-                        false,
-                        false,
-                        timeouts,
-                    )
-                }
-                serde_yaml_ng::Value::Mapping(_) => {
-                    let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
+                (
+                    urls,
+                    global_breaker,
+                    global_limit.clone(),
+                    None,
+                    false,
+                    false,
+                    timeouts,
+                )
+            }
+            serde_yaml_ng::Value::Mapping(_) => {
+                let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
                     invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`, `timeouts`)"))
                 })?;
-                    let breaker_key = format!("{key}.breaker");
-                    let raw_breaker = full
-                        .breaker
-                        .map(|v| service_breaker(&breaker_key, v))
-                        .transpose()?;
-                    let b = breaker_settings(&breaker_key, raw_breaker.as_ref(), &global_breaker)?;
-                    let limit = match &full.rate_limit {
-                        Some(v) => {
-                            crate::admission::parse_rate_limit(&format!("{key}.rate_limit"), v)?
-                        }
-                        None => global_limit.clone(),
-                    };
-                    let max = crate::admission::MAX_IN_FLIGHT;
-                    let in_flight_key = format!("{key}.max_in_flight");
-                    let max_in_flight = match &full.max_in_flight {
-                        None | Some(serde_yaml_ng::Value::Null) => None,
-                        Some(serde_yaml_ng::Value::String(s)) if s == "off" => None,
-                        Some(serde_yaml_ng::Value::Bool(false)) => None,
-                        Some(v) => match v.as_u64() {
-                            Some(n) if (1..=max).contains(&n) => Some(n),
-                            n => {
-                                let what = serde_yaml_ng::to_string(v).unwrap_or_default();
-                                let problem = match n {
-                                    Some(_) => "is out of range",
-                                    None => "is not a limit",
-                                };
-                                return Err(invalid(
+                let breaker_key = format!("{key}.breaker");
+                let raw_breaker = full
+                    .breaker
+                    .map(|v| service_breaker(&breaker_key, v))
+                    .transpose()?;
+                let b = breaker_settings(&breaker_key, raw_breaker.as_ref(), &global_breaker)?;
+                let limit = match &full.rate_limit {
+                    Some(v) => crate::admission::parse_rate_limit(&format!("{key}.rate_limit"), v)?,
+                    None => global_limit.clone(),
+                };
+                let max = crate::admission::MAX_IN_FLIGHT;
+                let in_flight_key = format!("{key}.max_in_flight");
+                let max_in_flight = match &full.max_in_flight {
+                    None | Some(serde_yaml_ng::Value::Null) => None,
+                    Some(serde_yaml_ng::Value::String(s)) if s == "off" => None,
+                    Some(serde_yaml_ng::Value::Bool(false)) => None,
+                    Some(v) => match v.as_u64() {
+                        Some(n) if (1..=max).contains(&n) => Some(n),
+                        n => {
+                            let what = serde_yaml_ng::to_string(v).unwrap_or_default();
+                            let problem = match n {
+                                Some(_) => "is out of range",
+                                None => "is not a limit",
+                            };
+                            return Err(invalid(
                                 in_flight_key,
                                 format!(
                                     "{} {problem}: use 1 to {max}, or off (the default) for no limit",
                                     what.trim()
                                 ),
                             ));
-                            }
-                        },
-                    };
-                    let websocket =
-                        service_flag(&format!("{key}.websocket"), full.websocket.as_ref())?;
-                    let encoded_slashes = service_flag(
-                        &format!("{key}.encoded_slashes"),
-                        full.encoded_slashes.as_ref(),
-                    )?;
-                    let own_timeouts = service_timeouts(
-                        &format!("{key}.timeouts"),
-                        full.timeouts.as_ref(),
-                        &timeouts,
-                    )?;
-                    (
-                        full.backends,
-                        b,
-                        limit,
-                        max_in_flight,
-                        websocket,
-                        encoded_slashes,
-                        own_timeouts,
-                    )
-                }
-                serde_yaml_ng::Value::Null => {
-                    return Err(invalid(
-                        &key,
-                        "is empty: give a list of backend URLs, or a map with `backends:`",
-                    ))
-                }
-                other => {
-                    let what = serde_yaml_ng::to_string(&other).unwrap_or_default();
-                    return Err(invalid(
+                        }
+                    },
+                };
+                let websocket = service_flag(&format!("{key}.websocket"), full.websocket.as_ref())?;
+                let encoded_slashes = service_flag(
+                    &format!("{key}.encoded_slashes"),
+                    full.encoded_slashes.as_ref(),
+                )?;
+                let own_timeouts = service_timeouts(
+                    &format!("{key}.timeouts"),
+                    full.timeouts.as_ref(),
+                    &timeouts,
+                )?;
+                (
+                    full.backends,
+                    b,
+                    limit,
+                    max_in_flight,
+                    websocket,
+                    encoded_slashes,
+                    own_timeouts,
+                )
+            }
+            serde_yaml_ng::Value::Null => {
+                return Err(invalid(
+                    &key,
+                    "is empty: give a list of backend URLs, or a map with `backends:`",
+                ))
+            }
+            other => {
+                let what = serde_yaml_ng::to_string(&other).unwrap_or_default();
+                return Err(invalid(
                     &key,
                     format!("{:?} is not a service: give a list of backend URLs, or a map with `backends:`", what.trim()),
                 ));
-                }
-            };
+            }
+        };
         if urls.is_empty() {
             return Err(invalid(
                 &key,
@@ -1609,11 +1605,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             name,
             backends,
             breaker,
-            rate_limit,
-            max_in_flight,
-            websocket,
-            encoded_slashes,
-            timeouts: own_timeouts,
+            rate_limit: limit,
+            max_in_flight: in_flight,
+            websocket: ws,
+            encoded_slashes: slashes,
+            timeouts: own,
         });
     }
     let access_log = match raw.access_log.as_deref().map(str::trim) {
