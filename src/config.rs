@@ -596,18 +596,75 @@ struct RawService {
     /// `true` or `false` (a review was told `expected a boolean` without the key).
     websocket: Option<serde_yaml_ng::Value>,
     encoded_slashes: Option<serde_yaml_ng::Value>,
-    timeouts: Option<RawServiceTimeouts>,
+    /// Read on its own, so that its errors name `services.NAME.timeouts` (see
+    /// [`raw_service_timeouts`]).
+    timeouts: Option<serde_yaml_ng::Value>,
 }
 
 /// A service's own timeouts: those of the backend side. The client's (`client_header`,
 /// `client_idle`) run before a request is routed, and `drain` is the process's.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct RawServiceTimeouts {
     connect: Option<String>,
     response: Option<String>,
     body: Option<String>,
     tunnel: Option<String>,
+}
+
+/// Reads `services.NAME.timeouts` (`key`), with errors that name the key and say what to
+/// write (through serde a review was told of `RawServiceTimeouts` and that a service is a
+/// list of URLs). A number is taken as text, so that a duration without its unit is told
+/// so as at the top level.
+fn raw_service_timeouts(
+    key: &str,
+    value: &serde_yaml_ng::Value,
+) -> Result<RawServiceTimeouts, ConfigError> {
+    use serde_yaml_ng::Value;
+    let mut raw = RawServiceTimeouts::default();
+    let map = match value {
+        Value::Null => return Ok(raw),
+        Value::Mapping(m) => m,
+        _ => {
+            return Err(invalid(
+                key,
+                "expected a map of its settings, e.g. {response: 2m, body: 10m}",
+            ))
+        }
+    };
+    for (k, v) in map {
+        let name = k.as_str().unwrap_or_default();
+        let slot = match name {
+            "connect" => &mut raw.connect,
+            "response" => &mut raw.response,
+            "body" => &mut raw.body,
+            "tunnel" => &mut raw.tunnel,
+            "client_header" | "client_idle" | "drain" | "drain_grace" => {
+                return Err(invalid(
+                    format!("{key}.{name}"),
+                    "is the process's, not a service's: set it under the top-level `timeouts` (a service sets connect, response, body and tunnel)",
+                ))
+            }
+            _ => {
+                let what = serde_yaml_ng::to_string(k).unwrap_or_default();
+                return Err(invalid(
+                    key,
+                    format!("unknown setting {:?}: a service sets connect, response, body and tunnel", what.trim()),
+                ));
+            }
+        };
+        *slot = match v {
+            Value::Null => None,
+            Value::String(t) => Some(t.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => {
+                return Err(invalid(
+                    format!("{key}.{name}"),
+                    "expected a duration, e.g. 500ms, 2s, 1m",
+                ))
+            }
+        };
+    }
+    Ok(raw)
 }
 
 /// `; timeouts: response 5m, body 10m` for a service's timeouts that differ from the
@@ -1555,11 +1612,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     &format!("{key}.encoded_slashes"),
                     full.encoded_slashes.as_ref(),
                 )?;
-                let own_timeouts = service_timeouts(
-                    &format!("{key}.timeouts"),
-                    full.timeouts.as_ref(),
-                    &timeouts,
-                )?;
+                let timeouts_key = format!("{key}.timeouts");
+                let raw_timeouts = full
+                    .timeouts
+                    .as_ref()
+                    .map(|v| raw_service_timeouts(&timeouts_key, v))
+                    .transpose()?;
+                let own_timeouts =
+                    service_timeouts(&timeouts_key, raw_timeouts.as_ref(), &timeouts)?;
                 (
                     full.backends,
                     b,
@@ -2491,11 +2551,23 @@ mod tests {
         let svc = |t: &str| {
             format!("services:\n  b:\n    backends: [http://localhost:2]\n    timeouts: {t}\n")
         };
-        let e = err(&svc("{client_idle: 5s}"));
-        assert!(
-            e.contains("services.b") && e.contains("unknown field `client_idle`"),
-            "{e}"
-        );
+        // Each error names its key and says what to write (a review was told of an internal
+        // type, and that a service is a list of URLs).
+        for (bad, said) in [
+            ("{client_idle: 5s}", "services.b.timeouts.client_idle: is the process's, not a service's"),
+            ("{drain: 5s}", "services.b.timeouts.drain: is the process's"),
+            ("{Body: 5s}", "services.b.timeouts: unknown setting \"Body\": a service sets connect, response, body and tunnel"),
+            ("[1s, 2s]", "services.b.timeouts: expected a map of its settings"),
+            ("5s", "services.b.timeouts: expected a map of its settings"),
+            ("{response: 5}", "services.b.timeouts.response: invalid duration \"5\": the unit must be"),
+            ("{response: [1s]}", "services.b.timeouts.response: expected a duration"),
+        ] {
+            let e = err(&svc(bad));
+            assert!(e.contains(said), "{bad}: {e}");
+            assert!(!e.contains("Raw") && !e.contains("list of URLs"), "{bad}: {e}");
+        }
+        let nulls = Config::parse(&svc("{response: null}")).unwrap();
+        assert_eq!(nulls.services[0].timeouts, nulls.timeouts);
         let e = err(&svc("{body: 0s}"));
         assert!(
             e.contains("services.b.timeouts.body: must be greater than zero"),
