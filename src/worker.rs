@@ -715,6 +715,22 @@ impl Worker {
                     continue;
                 }
             }
+            // One taken that left meanwhile (a reset, or a close before it asked anything)
+            // is let go, not made room for (a re-review: each such connect at the cap cost
+            // another client its idle connection).
+            let gone = taken.as_ref().is_some_and(|(stream, ..)| {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
+                matches!(
+                    crate::io::client_end(fd),
+                    End::Reset | End::Closed { unread: false }
+                )
+            });
+            if gone {
+                if let Some((_, _, Some(held))) = taken.take() {
+                    self.uncount_client(held);
+                }
+                continue;
+            }
             let waiting = taken.is_some() || (!screened && crate::io::accept_pending(listener));
             if waiting && self.evict_longest_idle() {
                 self.metrics.idle_evicted.inc();

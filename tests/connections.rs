@@ -944,3 +944,44 @@ fn at_the_cap_a_client_over_its_own_limit_closes_no_one_elses_connection() {
     assert!(newcomer.is_some(), "the newcomer was not served");
     assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 1.0);
 }
+
+/// Regression (a re-review): at the cap with nothing to close, a client within its limit
+/// is taken from the backlog and held until there is room; one that left while held (a
+/// reset, or a close before asking anything) still had an idle connection closed for it
+/// once one became idle. It is now let go instead.
+#[test]
+fn at_the_cap_a_client_that_left_while_held_closes_no_one_elses_connection() {
+    let b = mock_backend();
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nlimits: {max_connections: 2, max_connections_per_client: 2}",
+        &svc(&b),
+    ));
+    let g = gateway_at(&path);
+    // The cap is full of requests in flight: nothing to close.
+    let mut busy: Vec<Client> = ["127.0.0.3", "127.0.0.4"]
+        .iter()
+        .map(|a| {
+            let mut c = Client::connect_from(a.parse().expect("ip"), g.proc.addr);
+            c.send(b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 1500\r\n\r\n");
+            c
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(g.admin, "gateway_accept_paused_total") >= 1.0
+    }));
+    // Taken and held (its connect completed), then gone.
+    let held = Client::connect_from("127.0.0.5".parse().expect("ip"), g.proc.addr);
+    std::thread::sleep(Duration::from_millis(300));
+    reset(held);
+    // The busy ones end and go idle, long enough to be closed for a client that waits.
+    for c in &mut busy {
+        assert_eq!(c.read_response().status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(metric(g.admin, "gateway_idle_evicted_total"), 0.0);
+    for c in &mut busy {
+        c.send(GET);
+        assert_eq!(c.read_response().status, 200);
+    }
+}
