@@ -690,11 +690,23 @@ impl Worker {
                 .limits
                 .max_connections_per_client
                 .is_some();
+            // Out of descriptors, the client waiting cannot be taken to be counted: room is
+            // made for it as without the limit (one descriptor is what it needs).
+            let mut no_descriptor = false;
             if screened && taken.is_none() {
                 // A bounded batch, then a turn for every other task: a flood of refused
                 // connects would otherwise hold the worker here.
                 let mut refused = 0;
-                while let Some(Ok((stream, peer))) = crate::io::accept_now(listener, nonblocking) {
+                while refused < SCREEN_BATCH {
+                    let (stream, peer) = match crate::io::accept_now(listener, nonblocking) {
+                        None => break,
+                        Some(Ok(accepted)) => accepted,
+                        Some(Err(e)) => {
+                            no_descriptor =
+                                matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                            break;
+                        }
+                    };
                     self.metrics.accepted.inc();
                     match self.count_client(peer.ip()) {
                         Ok(held) => {
@@ -704,9 +716,6 @@ impl Worker {
                         Err(per_client::Refused) => {
                             crate::io::set_reset_on_close(std::os::fd::AsRawFd::as_raw_fd(&stream));
                             refused += 1;
-                            if refused == SCREEN_BATCH {
-                                break;
-                            }
                         }
                     }
                 }
@@ -731,7 +740,9 @@ impl Worker {
                 }
                 continue;
             }
-            let waiting = taken.is_some() || (!screened && crate::io::accept_pending(listener));
+            let waiting = taken.is_some()
+                || no_descriptor
+                || (!screened && crate::io::accept_pending(listener));
             if waiting && self.evict_longest_idle() {
                 self.metrics.idle_evicted.inc();
             }
