@@ -127,7 +127,7 @@ pub async fn serve(
         c.down.fields.clear();
         c.down.request_id.clear();
         c.down.head = false;
-        c.down.http10 = false;
+        c.down.minor = 1;
         c.target.clear();
         c.method.clear();
         c.park(&worker);
@@ -468,7 +468,7 @@ async fn next_request(
                     let head_len = parsed.head_len;
                     let info = parsed.info;
                     d.head = info.method == h1::Method::Head;
-                    d.http10 = info.minor == 0;
+                    d.minor = info.minor;
                     let trusted = &cfg.admission.trusted_proxies;
                     let trusted = crate::admission::is_trusted(d.peer.ip(), trusted);
                     if keep_target {

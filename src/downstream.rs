@@ -74,9 +74,9 @@ pub struct Downstream {
     pub out: Vec<u8>,
     /// The current request is HEAD (gateway-made answers then carry no body).
     pub head: bool,
-    /// The current request is HTTP/1.0 (gateway-made answers that keep the connection
-    /// then say so).
-    pub http10: bool,
+    /// The current request's HTTP minor version (gateway-made answers that keep an
+    /// HTTP/1.0 connection say so).
+    pub minor: u8,
     pub record: Record,
     /// The worker's `Date` line, for every response this connection sends.
     pub date: Rc<DateCache>,
@@ -108,7 +108,7 @@ impl Downstream {
             start: 0,
             out: Vec::new(),
             head: false,
-            http10: false,
+            minor: 1,
             record: Record::default(),
             date,
             fields: Vec::new(),
@@ -130,7 +130,7 @@ impl Downstream {
         let extra = error::Extra {
             retry_after,
             fields: &self.fields,
-            http10: self.http10,
+            minor: self.minor,
         };
         err.write_response(&mut self.out, &date, service, extra, close, self.head);
         self.record.status = err.status();

@@ -243,12 +243,7 @@ impl GatewayError {
         if self == GatewayError::MethodNotAllowed {
             out.extend_from_slice(ALLOW);
         }
-        if close {
-            out.extend_from_slice(b"connection: close\r\n");
-        } else if extra.http10 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
+        crate::rewrite::end_response_head(out, !close, extra.minor);
         if head {
             return;
         }
@@ -266,23 +261,23 @@ pub struct Extra<'a> {
     pub retry_after: Option<u64>,
     /// Whole lines, each ending in CRLF (the RateLimit fields of a 429).
     pub fields: &'a [u8],
-    /// The request was HTTP/1.0, whose connections close unless the answer says
-    /// `Connection: keep-alive`: said when the connection stays (RFC 9112 §9.3).
-    pub http10: bool,
+    /// The request's HTTP minor version: a 1.0 connection closes unless the answer says
+    /// `Connection: keep-alive`, which is said when it stays (RFC 9112 §9.3).
+    pub minor: u8,
 }
 
 impl Extra<'_> {
     pub const NONE: Extra<'static> = Extra {
         retry_after: None,
         fields: b"",
-        http10: false,
+        minor: 1,
     };
 
     pub fn retry_after(secs: u64) -> Extra<'static> {
         Extra {
             retry_after: Some(secs),
             fields: b"",
-            http10: false,
+            minor: 1,
         }
     }
 }
