@@ -64,7 +64,8 @@ impl PerClient {
     }
 
     /// Connections counted for `ip`'s client now (at least its own).
-    pub fn open(&self, ip: IpAddr) -> u32 {
+    #[cfg(test)]
+    fn open(&self, ip: IpAddr) -> u32 {
         let [a, b] = self
             .counters(ip)
             .0

@@ -497,7 +497,9 @@ const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// ours runs every ready task and lasts tens of ms under thousands of busy connections: at
 /// 64 a burst of 3000 new clients took 1.1–3.8 s to get in at 5000 busy connections, at
 /// 1024 (a few ms of accepts) 0.2–0.3 s (`bench/accept/run.sh`).
-const ACCEPT_BATCH: usize = 1024;
+/// Also the most connections over their client's limit `Worker::make_room` resets in one
+/// turn.
+pub const ACCEPT_BATCH: usize = 1024;
 
 /// Registers an accepted connection and starts serving it, unless its client holds
 /// `limits.max_connections_per_client` already: then it is reset at once, which costs the

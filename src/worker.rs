@@ -263,9 +263,6 @@ struct AcceptTrouble {
 const ACCEPT_TROUBLE_EVERY: Duration = Duration::from_secs(60);
 const ACCEPT_TROUBLE_OVER: Duration = Duration::from_secs(5);
 
-/// Connections over their client's limit [`Worker::make_room`] resets in one turn.
-const SCREEN_BATCH: usize = 1024;
-
 /// Idle connections per worker that may wait with a lent buffer in their read (one ring
 /// operation); beyond these, an idle connection first waits for readiness with no buffer
 /// (one more operation when its request comes). Bounds what idle connections hold in
@@ -697,7 +694,7 @@ impl Worker {
                 // A bounded batch, then a turn for every other task: a flood of refused
                 // connects would otherwise hold the worker here.
                 let mut refused = 0;
-                while refused < SCREEN_BATCH {
+                while refused < crate::server::ACCEPT_BATCH {
                     let (stream, peer) = match crate::io::accept_now(listener, nonblocking) {
                         None => break,
                         Some(Ok(accepted)) => accepted,
@@ -719,7 +716,7 @@ impl Worker {
                         }
                     }
                 }
-                if refused == SCREEN_BATCH && taken.is_none() {
+                if refused == crate::server::ACCEPT_BATCH && taken.is_none() {
                     yield_now().await;
                     continue;
                 }
@@ -900,7 +897,8 @@ impl Worker {
     /// `limits.max_connections_per_client` (nothing to count: `Ok(None)`), or refuses it
     /// if the client holds that many already. `trusted_proxies` are not counted:
     /// each of their connections is some other client's. Refusals are said once, then at
-    /// most once a minute with a count, as a flood would otherwise fill the log.
+    /// most once a minute with a count ([`Worker::say_refused`]), as a flood would
+    /// otherwise fill the log.
     pub fn count_client(
         &self,
         ip: std::net::IpAddr,
@@ -917,23 +915,15 @@ impl Worker {
             return Ok(Some(held));
         }
         self.metrics.refused_per_client.inc();
-        let now = std::time::Instant::now();
+        // The first of a run is said; the rest are counted, for `say_refused`.
         match self.refused_said.get() {
-            Some((at, unsaid)) if now.duration_since(at) < ACCEPT_TROUBLE_EVERY => {
-                self.refused_said.set(Some((at, unsaid + 1)));
-            }
-            last => {
-                let since = match last {
-                    Some((_, n)) if n > 0 => {
-                        format!(" ({n} more refused since the last such line)")
-                    }
-                    _ => String::new(),
-                };
+            Some((at, unsaid)) => self.refused_said.set(Some((at, unsaid + 1))),
+            None => {
                 log::warn!(
-                    "worker {}: refused a connection from {ip}: that client has {limit} open, limits.max_connections_per_client{since}",
+                    "worker {}: refused a connection from {ip}: that client has {limit} open, limits.max_connections_per_client",
                     self.index
                 );
-                self.refused_said.set(Some((now, 0)));
+                self.refused_said.set(Some((std::time::Instant::now(), 0)));
             }
         }
         Err(per_client::Refused)
@@ -1402,7 +1392,7 @@ impl Drop for ConnGuard {
             .set(conns.len() as u64);
         drop(conns);
         if let Some(held) = self.client.take() {
-            self.worker.shared.per_client.leave(held);
+            self.worker.uncount_client(held);
         }
         self.worker.wake_acceptor();
     }
