@@ -920,6 +920,14 @@ pub fn client_ip(peer: IpAddr, headers: &[httparse::Header<'_>], trusted: &[Cidr
     client
 }
 
+/// `trusted_proxies` as the summary and the reload line write it: `10.0.0.0/8, 192.0.2.1/32`.
+pub fn cidr_list(nets: &[Cidr]) -> String {
+    nets.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Whether `ip` is in `trusted_proxies`.
 pub fn is_trusted(ip: IpAddr, trusted: &[Cidr]) -> bool {
     trusted.iter().any(|c| c.contains(ip))

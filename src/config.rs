@@ -1296,16 +1296,8 @@ impl Config {
         // Whose forwarding fields are believed (an operator review trusted the address its
         // NGINX listened on, not the one it connected from, and nothing showed the list).
         if !self.admission.trusted_proxies.is_empty() {
-            let nets: Vec<String> = self
-                .admission
-                .trusted_proxies
-                .iter()
-                .map(|c| c.to_string())
-                .collect();
-            let _ = fmt::Write::write_fmt(
-                &mut s,
-                format_args!("trusted proxies: {}\n", nets.join(", ")),
-            );
+            let nets = crate::admission::cidr_list(&self.admission.trusted_proxies);
+            let _ = fmt::Write::write_fmt(&mut s, format_args!("trusted proxies: {nets}\n"));
         }
         let table = crate::admission::Registry::table_bytes(self);
         if table > 0 {

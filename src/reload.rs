@@ -199,13 +199,10 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
 fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
     let d = crate::config::duration_text;
     let proxies = |c: &Config| {
-        let list: Vec<String> = c
-            .admission
-            .trusted_proxies
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
-        format!("[{}]", list.join(", "))
+        format!(
+            "[{}]",
+            crate::admission::cidr_list(&c.admission.trusted_proxies)
+        )
     };
     let n = |v: u64| v.to_string();
     // A sink's name beside another one; nothing beside `off`.
