@@ -654,6 +654,7 @@ fn backends(shared: &Shared, only: Option<&[String]>) -> Value {
                         .map_or(crate::cluster::Source::Local, |c| c.source(&s.name, &b.url.url));
                     json!({
                         "url": b.url.url,
+                        "weight": b.url.weight,
                         "state": w.state_name(),
                         "source": source.name(),
                         "consecutive_failures": if w.state == CLOSED { w.count } else { 0 },
@@ -739,6 +740,9 @@ fn config(shared: &Shared) -> Value {
             json!({
                 "name": s.name,
                 "backends": s.backends.iter().map(|b| b.url.clone()).collect::<Vec<_>>(),
+                // One per backend, in the same order (kept apart so that `backends` stays
+                // the list of URLs it always was).
+                "weights": s.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
                 "breaker": {
                     "failure_threshold": s.breaker.failure_threshold,
                     "cooldown": d(s.breaker.cooldown),

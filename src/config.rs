@@ -261,7 +261,13 @@ pub struct BackendUrl {
     pub authority: String,
     /// Path prefix without a trailing slash (may be empty).
     pub path_prefix: String,
+    /// Its share of the service's requests is its weight over the sum of the weights
+    /// (`{url: ..., weight: N}`, 1 to [`MAX_WEIGHT`]; 1 for a bare URL).
+    pub weight: u32,
 }
+
+/// The largest backend `weight` (HAProxy's is 256 too).
+pub const MAX_WEIGHT: u32 = 256;
 
 // ---- raw serde structs ----
 
@@ -586,7 +592,9 @@ struct RawPool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawService {
-    backends: Vec<String>,
+    /// A list of URLs or `{url, weight}` maps, read by [`backend_entry`] (a single URL
+    /// was told `expected a sequence` at the service: an operator review).
+    backends: serde_yaml_ng::Value,
     /// Read on its own, so that its errors name `services.NAME.breaker` (a review saw an
     /// unknown key in it reported at the service, with a hint about the service's form).
     breaker: Option<serde_yaml_ng::Value>,
@@ -962,7 +970,82 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
         addr,
         authority: authority.to_string(),
         path_prefix,
+        weight: 1,
     })
+}
+
+/// Reads one entry of a service's backend list (`key`: `services.NAME[i]`): a URL, or a
+/// map with `url` and an optional `weight`.
+fn backend_entry(key: &str, value: &serde_yaml_ng::Value) -> Result<BackendUrl, ConfigError> {
+    use serde_yaml_ng::Value;
+    const FORM: &str = "a backend is a URL, or a map {url: http://HOST:PORT, weight: N}";
+    let map = match value {
+        Value::String(url) => return parse_backend_url(key, url),
+        Value::Mapping(m) => m,
+        other => {
+            let what = serde_yaml_ng::to_string(other).unwrap_or_default();
+            return Err(invalid(
+                key,
+                format!("{:?} is not a backend: {FORM}", what.trim()),
+            ));
+        }
+    };
+    let (mut url, mut weight) = (None, None);
+    for (k, v) in map {
+        match k.as_str() {
+            Some("url") => url = Some(v),
+            Some("weight") => weight = Some(v),
+            // `- http://127.0.0.1:` is read as a map with that key (an operator review
+            // was told only of a map).
+            Some(k) if v.is_null() && k.get(..4).is_some_and(|h| h.eq_ignore_ascii_case("http")) => {
+                return Err(invalid(
+                    key,
+                    format!("{k:?} is read as a map: a URL ending in ':' needs its port, http://127.0.0.1:8001"),
+                ))
+            }
+            _ => {
+                let what = serde_yaml_ng::to_string(k).unwrap_or_default();
+                return Err(invalid(
+                    key,
+                    format!("unknown key {:?}: {FORM}", what.trim()),
+                ));
+            }
+        }
+    }
+    let mut backend = match url {
+        Some(Value::String(u)) => parse_backend_url(&format!("{key}.url"), u)?,
+        Some(_) => {
+            return Err(invalid(
+                format!("{key}.url"),
+                "is not a URL: write it as http://HOST:PORT",
+            ))
+        }
+        None => return Err(invalid(key, format!("has no `url`: {FORM}"))),
+    };
+    if let Some(w) = weight.filter(|w| !w.is_null()) {
+        backend.weight = match w.as_u64() {
+            Some(n) if (1..=u64::from(MAX_WEIGHT)).contains(&n) => n as u32,
+            n => {
+                let what_text = serde_yaml_ng::to_string(w).unwrap_or_default();
+                let problem = match n {
+                    Some(0) => " (to take a backend out of rotation, remove it from the list: its requests in flight finish)",
+                    _ => "",
+                };
+                let what = match n.is_some() || w.as_i64().is_some() {
+                    true => "is out of range",
+                    false => "is not a whole number",
+                };
+                return Err(invalid(
+                    format!("{key}.weight"),
+                    format!(
+                        "{} {what}: use 1 to {MAX_WEIGHT}{problem}",
+                        what_text.trim()
+                    ),
+                ));
+            }
+        };
+    }
+    Ok(backend)
 }
 
 /// A backend's path prefix goes in front of every path sent to it, so it must be a path a
@@ -1255,7 +1338,14 @@ impl Config {
             ),
         );
         for svc in self.services.iter().take(SUMMARY_SERVICES) {
-            let urls: Vec<&str> = svc.backends.iter().map(|b| b.url.as_str()).collect();
+            let urls: Vec<String> = svc
+                .backends
+                .iter()
+                .map(|b| match b.weight {
+                    1 if svc.backends.iter().all(|b| b.weight == 1) => b.url.clone(),
+                    w => format!("{} weight {w}", b.url),
+                })
+                .collect();
             let _ = fmt::Write::write_fmt(
                 &mut s,
                 format_args!(
@@ -1540,27 +1630,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("invalid service name {name:?}: use lowercase letters, digits and '-', starting with a letter or digit, at most 63"),
             ));
         }
+        let full_form = value.is_mapping();
         let (urls, breaker, limit, in_flight, ws, slashes, own) = match value {
-            serde_yaml_ng::Value::Sequence(_) => {
-                let urls: Vec<String> = serde_yaml_ng::from_value(value).map_err(|e| {
-                    // `- http://127.0.0.1:` is read as a map with that key (an operator
-                    // review was told only of a map).
-                    let hint = match e.to_string().contains("invalid type: map") {
-                        true => " (a URL ending in ':' is read as a map: write its port, http://127.0.0.1:8001)",
-                        false => "",
-                    };
-                    invalid(&key, format!("{e}: list backend URLs as strings{hint}"))
-                })?;
-                (
-                    urls,
-                    global_breaker,
-                    global_limit.clone(),
-                    None,
-                    false,
-                    false,
-                    timeouts,
-                )
-            }
+            serde_yaml_ng::Value::Sequence(entries) => (
+                entries,
+                global_breaker,
+                global_limit.clone(),
+                None,
+                false,
+                false,
+                timeouts,
+            ),
             serde_yaml_ng::Value::Mapping(_) => {
                 let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
                     invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`, `timeouts`)"))
@@ -1612,8 +1692,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     .transpose()?;
                 let own_timeouts =
                     service_timeouts(&timeouts_key, raw_timeouts.as_ref(), &timeouts)?;
+                let entries = match full.backends {
+                    serde_yaml_ng::Value::Sequence(entries) => entries,
+                    serde_yaml_ng::Value::Null => Vec::new(),
+                    other => {
+                        let what = serde_yaml_ng::to_string(&other).unwrap_or_default();
+                        return Err(invalid(
+                            format!("{key}.backends"),
+                            format!("{:?} is not a list: list the backends, e.g. [http://127.0.0.1:8001] or one per `- ` line", what.trim()),
+                        ));
+                    }
+                };
                 (
-                    full.backends,
+                    entries,
                     b,
                     limit,
                     max_in_flight,
@@ -1642,13 +1733,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 "has no backends: list at least one URL, e.g. - http://127.0.0.1:8001",
             ));
         }
+        // `services.a[0]`, or `services.a.backends[0]` in a service's full form.
+        let list = match full_form {
+            true => format!("{key}.backends"),
+            false => key.clone(),
+        };
         let mut backends: Vec<BackendUrl> = Vec::with_capacity(urls.len());
         for (i, u) in urls.iter().enumerate() {
-            let b = parse_backend_url(&format!("{key}[{i}]"), u)?;
+            let b = backend_entry(&format!("{list}[{i}]"), u)?;
             if backends.iter().any(|x| x.url == b.url) {
                 return Err(invalid(
-                    format!("{key}[{i}]"),
-                    format!("{u:?} is listed twice: remove the duplicate"),
+                    format!("{list}[{i}]"),
+                    format!("{:?} is listed twice: remove the duplicate", b.url),
                 ));
             }
             backends.push(b);
@@ -2040,6 +2136,63 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_backend_is_a_url_or_a_map_with_its_weight() {
+        let c = Config::parse(
+            "services:\n  a:\n    - {url: http://127.0.0.1:1/v2/, weight: 5}\n    - http://127.0.0.1:2\n    - url: http://127.0.0.1:3\n  b:\n    backends: [{url: http://127.0.0.1:4, weight: 256}, {url: http://127.0.0.1:5, weight: ~}]\n",
+        )
+        .unwrap();
+        let weights = |name: &str| -> Vec<u32> {
+            c.service(name)
+                .unwrap()
+                .backends
+                .iter()
+                .map(|b| b.weight)
+                .collect()
+        };
+        assert_eq!(weights("a"), [5, 1, 1]);
+        assert_eq!(weights("b"), [256, 1]);
+        let a0 = &c.service("a").unwrap().backends[0];
+        assert_eq!(
+            (a0.url.as_str(), a0.path_prefix.as_str()),
+            ("http://127.0.0.1:1/v2", "/v2")
+        );
+        assert!(c.summary().contains("service a -> [http://127.0.0.1:1/v2 weight 5, http://127.0.0.1:2 weight 1, http://127.0.0.1:3 weight 1]"), "{}", c.summary());
+        assert!(
+            !c.summary().contains("http://127.0.0.1:1 weight"),
+            "{}",
+            c.summary()
+        );
+        let base = "services:\n  a:\n    - http://127.0.0.1:2\n    - ";
+        for (entry, says) in [
+            ("{url: http://127.0.0.1:1, weight: 0}", "services.a[1].weight: 0 is out of range: use 1 to 256 (to take a backend out of rotation, remove it from the list"),
+            ("{url: http://127.0.0.1:1, weight: 257}", "services.a[1].weight: 257 is out of range: use 1 to 256"),
+            ("{url: http://127.0.0.1:1, weight: -1}", "services.a[1].weight: -1 is out of range"),
+            ("{url: http://127.0.0.1:1, weight: 1.5}", "services.a[1].weight: 1.5 is not a whole number"),
+            ("{url: http://127.0.0.1:1, weight: lots}", "services.a[1].weight: lots is not a whole number"),
+            ("{url: http://127.0.0.1:1, wieght: 2}", "services.a[1]: unknown key \"wieght\": a backend is a URL, or a map {url: http://HOST:PORT, weight: N}"),
+            ("{weight: 2}", "services.a[1]: has no `url`"),
+            ("{url: 8001}", "services.a[1].url: is not a URL"),
+            ("{url: https://127.0.0.1:1}", "services.a[1].url: \"https://127.0.0.1:1\": https backends are not supported"),
+            ("8001", "services.a[1]: \"8001\" is not a backend"),
+            ("{url: http://127.0.0.1:2/, weight: 3}", "services.a[1]: \"http://127.0.0.1:2\" is listed twice"),
+        ] {
+            let e = err(&format!("{base}{entry}\n"));
+            assert!(e.contains(says), "{entry}: {e}");
+        }
+        // In the full form the key names `backends`, with its line; one URL alone is not
+        // a list (an operator review was told `expected a sequence` at the service).
+        let e = err("services:\n  a:\n    backends: [{url: http://127.0.0.1:1, weight: 0}]\n");
+        assert!(
+            e.starts_with("line 3: services.a.backends[0].weight: 0 is out of range"),
+            "{e}"
+        );
+        let e = err("services:\n  a:\n    backends: http://127.0.0.1:1\n");
+        assert!(e.starts_with("line 3: services.a.backends: \"http://127.0.0.1:1\" is not a list: list the backends, e.g. [http://127.0.0.1:8001]"), "{e}");
+        let e = err("services:\n  a:\n    backends:\n");
+        assert!(e.contains("services.a: has no backends"), "{e}");
     }
 
     /// An operator review was refused `listen: localhost:8000`, which NGINX and HAProxy take.

@@ -37,7 +37,7 @@ pub struct Changes {
     pub breaker_changed: Vec<String>,
     pub breaker_fields_changed: Vec<&'static str>,
     /// Services that stay and whose `rate_limit`, `max_in_flight`, `websocket`,
-    /// `encoded_slashes` or `timeouts` changed, and which.
+    /// `encoded_slashes`, `timeouts` or backend weights changed, and which.
     pub admission_changed: Vec<String>,
     pub admission_fields_changed: Vec<&'static str>,
 }
@@ -338,7 +338,8 @@ fn breakers_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static st
 }
 
 /// Services that stay and whose request settings (what they let through: limits,
-/// WebSocket tunnels, encoded slashes; and their timeouts) changed, and which fields.
+/// WebSocket tunnels, encoded slashes; their timeouts and their backends' weights)
+/// changed, and which fields.
 fn admission_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static str>) {
     services_changed(old, new, |a, b| {
         [
@@ -347,7 +348,17 @@ fn admission_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static s
             ("websocket", a.websocket != b.websocket),
             ("encoded_slashes", a.encoded_slashes != b.encoded_slashes),
             ("timeouts", a.timeouts != b.timeouts),
+            ("weights", weights_changed(a, b)),
         ]
+    })
+}
+
+/// Whether a backend in both `a` and `b` has another weight in `b`.
+fn weights_changed(a: &ServiceConfig, b: &ServiceConfig) -> bool {
+    b.backends.iter().any(|n| {
+        a.backends
+            .iter()
+            .any(|o| o.url == n.url && o.weight != n.weight)
     })
 }
 
@@ -735,6 +746,27 @@ mod tests {
         let line = diff(&new, &longer).to_string();
         assert!(
             line.contains("settings (timeouts) changed for services: 1 [a]"),
+            "{line}"
+        );
+        // A backend's weight; a backend added with a weight is counted as added alone.
+        let weights = |a: &str| {
+            Config::parse(&format!(
+                "services:\n  a: [{a}]\n  c: [http://127.0.0.1:3]\n"
+            ))
+            .unwrap()
+        };
+        let old = weights("http://127.0.0.1:1, http://127.0.0.1:2");
+        let new = weights("{url: http://127.0.0.1:1, weight: 3}, http://127.0.0.1:2");
+        let line = diff(&old, &new).to_string();
+        assert!(
+            line.contains("settings (weights) changed for services: 1 [a]"),
+            "{line}"
+        );
+        let more =
+            weights("http://127.0.0.1:1, http://127.0.0.1:2, {url: http://127.0.0.1:4, weight: 3}");
+        let line = diff(&old, &more).to_string();
+        assert!(
+            !line.contains("changed for services") && line.contains("(+1 -0"),
             "{line}"
         );
     }

@@ -565,6 +565,7 @@ mod tests {
             addr: "127.0.0.1:8080".parse().unwrap(),
             authority: "Api.Local:8080".into(),
             path_prefix: "/v2".into(),
+            weight: 1,
         };
         for (value, rest) in [
             ("http://api.local:8080/v2/x?y", Some("/x?y")),

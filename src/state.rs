@@ -97,6 +97,9 @@ pub struct Service {
     pub id: usize,
     pub name: String,
     pub backends: Vec<Backend>,
+    /// The backends' turns when their weights differ (see [`crate::balancer::schedule`]);
+    /// `None`: plain round-robin.
+    pub schedule: Option<Box<[u32]>>,
     pub settings: BreakerSettings,
     pub policy: Policy,
     /// Rate and concurrency limits (see `admission.rs`).
@@ -120,6 +123,15 @@ pub struct Snapshot {
     pub config: Config,
     /// Sorted by name for binary search.
     pub services: Vec<Service>,
+}
+
+impl Service {
+    /// Turns in one round of its balancing: one per backend, or its schedule's.
+    pub fn turns(&self) -> usize {
+        self.schedule
+            .as_ref()
+            .map_or(self.backends.len(), |s| s.len())
+    }
 }
 
 impl Snapshot {
@@ -620,6 +632,9 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                 id,
                 name: sc.name.clone(),
                 backends,
+                schedule: crate::balancer::schedule(
+                    &sc.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+                ),
                 settings: sc.breaker,
                 policy: policy(&sc.breaker, &sc.timeouts, prior),
                 admission,

@@ -705,6 +705,53 @@ fn round_robin_goes_on_across_reloads() {
 }
 
 #[test]
+fn a_reload_moves_the_shares_to_the_new_weights_and_the_admin_port_shows_them() {
+    let (b1, b2) = (mock_backend(), mock_backend());
+    let yaml = |w1: u32, w2: u32| {
+        format!(
+            "listen: 127.0.0.1:0\nworkers: 1\npin_workers: false\nadmin: 127.0.0.1:0\n\
+             services:\n  svc:\n    - {{url: http://{}, weight: {w1}}}\n    - {{url: http://{}, weight: {w2}}}\n",
+            b1.addr, b2.addr
+        )
+    };
+    let path = write_config(&yaml(3, 1));
+    let g = gateway_at(&path);
+    let shares = || {
+        let mut c = Client::connect(g.proc.addr);
+        let mut first = 0;
+        for _ in 0..8 {
+            c.send(b"GET /v1/proxy/svc/w HTTP/1.1\r\nHost: g\r\n\r\n");
+            let r = c.read_response();
+            assert_eq!(r.status, 200);
+            first += usize::from(r.json()["port"].as_u64() == Some(u64::from(b1.addr.port())));
+        }
+        first
+    };
+    assert_eq!(shares(), 6);
+    let config = get(g.admin, "/admin/config").json();
+    assert_eq!(
+        config["services"][0]["weights"],
+        serde_json::json!([3, 1]),
+        "{config}"
+    );
+    let backends = get(g.admin, "/admin/backends").json();
+    assert_eq!(
+        backends["services"][0]["backends"][0]["weight"], 3,
+        "{backends}"
+    );
+    std::fs::write(&path, yaml(1, 3)).expect("rewrite config");
+    signal(&g.proc.child, libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(5), || generation(g.admin) == 2));
+    assert_eq!(shares(), 2);
+    let config = get(g.admin, "/admin/config").json();
+    assert_eq!(
+        config["services"][0]["weights"],
+        serde_json::json!([1, 3]),
+        "{config}"
+    );
+}
+
+#[test]
 fn a_response_cut_by_the_drain_deadline_is_reset_never_ended_cleanly() {
     // Regression: an HTTP/1.0 client, a response without a length (close-delimited) and a
     // drain deadline in the middle of it: the client got a clean FIN after half the body,

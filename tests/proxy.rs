@@ -452,6 +452,18 @@ fn round_robin_alternates_on_one_keep_alive_connection() {
     }
 }
 
+/// How many of `n` requests, each on a connection of its own, each backend port served.
+fn ports_over_connections(addr: std::net::SocketAddr, n: usize) -> HashMap<u64, usize> {
+    let mut counts: HashMap<u64, usize> = HashMap::new();
+    for _ in 0..n {
+        let r = get(addr, "/v1/proxy/svc/spread");
+        *counts
+            .entry(r.json()["port"].as_u64().expect("port"))
+            .or_default() += 1;
+    }
+    counts
+}
+
 #[test]
 fn round_robin_is_even_over_many_connections_and_workers() {
     let (b1, b2, b3) = (mock_backend(), mock_backend(), mock_backend());
@@ -464,14 +476,7 @@ fn round_robin_is_even_over_many_connections_and_workers() {
             b1.addr, b2.addr, b3.addr
         ),
     ));
-    let mut counts: HashMap<u64, usize> = HashMap::new();
-    let n = 150;
-    for _ in 0..n {
-        let r = get(g.addr, "/v1/proxy/svc/spread");
-        *counts
-            .entry(r.json()["port"].as_u64().unwrap())
-            .or_default() += 1;
-    }
+    let counts = ports_over_connections(g.addr, 150);
     assert_eq!(counts.len(), 3, "{counts:?}");
     let (min, max) = (
         counts.values().min().unwrap(),
@@ -479,6 +484,49 @@ fn round_robin_is_even_over_many_connections_and_workers() {
     );
     // Each worker's own rotation is exact, so the totals differ by at most one per worker.
     assert!(max - min <= workers, "uneven split {counts:?}");
+}
+
+#[test]
+fn weighted_backends_take_their_shares_spread_through_each_round() {
+    let (b1, b2, b3) = (mock_backend(), mock_backend(), mock_backend());
+    let workers = 2;
+    let g = gateway(&config(
+        workers,
+        "",
+        &format!(
+            "  svc:\n    - {{url: http://{}, weight: 6}}\n    - {{url: http://{}, weight: 3}}\n    - http://{}\n",
+            b1.addr, b2.addr, b3.addr
+        ),
+    ));
+    let port = |b: &Proc| u64::from(b.addr.port());
+    let mut counts: HashMap<u64, usize> = HashMap::new();
+    let rounds = 10;
+    // One keep-alive connection goes round its worker's schedule in order: six, three and
+    // one in every ten, never a run of more than two of the heaviest.
+    let mut c = Client::connect(g.addr);
+    let mut order = Vec::new();
+    for _ in 0..10 * rounds {
+        c.send(b"GET /v1/proxy/svc/w HTTP/1.1\r\nHost: g\r\n\r\n");
+        let p = c.read_response().json()["port"].as_u64().expect("port");
+        *counts.entry(p).or_default() += 1;
+        order.push(p);
+    }
+    assert_eq!(counts[&port(&b1)], 6 * rounds, "{counts:?}");
+    assert_eq!(counts[&port(&b2)], 3 * rounds, "{counts:?}");
+    assert_eq!(counts[&port(&b3)], rounds, "{counts:?}");
+    assert!(
+        order.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])),
+        "runs of three: {order:?}"
+    );
+    // Over many connections and both workers the shares hold within a round per worker.
+    let counts = ports_over_connections(g.addr, 10 * rounds);
+    for (b, share) in [(&b1, 6), (&b2, 3), (&b3, 1)] {
+        let got = counts.get(&port(b)).copied().unwrap_or(0);
+        assert!(
+            got.abs_diff(share * rounds) <= share * workers,
+            "{counts:?}"
+        );
+    }
 }
 
 #[test]
