@@ -726,6 +726,10 @@ enum HeadFail {
     Duplex(After),
     /// The client left while we waited for the head; the wait was given up.
     ClientGone,
+    /// A final answer whose `X-Request-Id` names another request: the backend answered
+    /// out of turn, one behind (see [`crate::reqid::names_another`]); its status is that
+    /// other request's, and no verdict.
+    Misrouted,
 }
 
 /// How a response body ended, as far as the backend is concerned.
@@ -913,6 +917,21 @@ impl Exchange<'_> {
             }
             // Answered while the body still went up, both relayed at once.
             Err(HeadFail::Duplex(after)) => return after,
+            // Another request's answer: never relayed, and none of the backend's
+            // connections is reused for a while, which ends the one-behind run on this
+            // one (it is not pooled) and on any other. No verdict but a probe's: the
+            // backend answers, out of turn (a review's, one late answer in 150 ms, had
+            // every later answer on its busy connection go to the client behind).
+            Err(HeadFail::Misrouted) => {
+                self.attempt.settle(if self.attempt.is_probe() {
+                    Outcome::Failed(MISROUTED)
+                } else {
+                    Outcome::Responded(None)
+                });
+                self.worker.pool.stray(self.attempt.backend);
+                down.record.upstream_us = Some(self.sent_at.elapsed().as_micros() as u64);
+                return self.reply(down, GatewayError::BadResponse(MISROUTED)).await;
+            }
             // Nobody is left to answer, and the backend's connection is shut: no verdict (a
             // client must never count against a backend), a probe is handed back.
             Err(HeadFail::ClientGone) => {
@@ -1273,7 +1292,7 @@ impl Exchange<'_> {
                 max_head: self.max_head,
                 write_timeout: self.timeouts.body,
                 date: &self.worker.date,
-                own_id: !down.request_id.is_empty(),
+                sent_id: &down.request_id,
                 origin: self.attempt.origin(),
                 interim_sent,
             },
@@ -1379,7 +1398,7 @@ impl Exchange<'_> {
                         max_head: *max_head,
                         write_timeout: timeouts.body,
                         date: &worker.date,
-                        own_id: !request_id.is_empty(),
+                        sent_id: request_id,
                         origin,
                         interim_sent,
                     },
@@ -1849,6 +1868,8 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
 /// 2000 `102 Processing` heads); more is a 502 [`TOO_MANY_INTERIM`].
 const MAX_INTERIM_BYTES: usize = 64 * 1024;
 const TOO_MANY_INTERIM: &str = "too_many_interim_responses";
+/// The `detail` of a 502 for an answer naming another request ([`HeadFail::Misrouted`]).
+const MISROUTED: &str = "answer_to_another_request";
 
 /// What reading a response head needs besides the upstream read side.
 struct HeadCtx<'a> {
@@ -1870,9 +1891,10 @@ struct HeadCtx<'a> {
     write_timeout: Duration,
     /// The worker's `Date` line, for a final head that lacks one.
     date: &'a DateCache,
-    /// The gateway gives the request's ID (`request_id: true`): the backend's own
-    /// `X-Request-Id` is left out, ours is among the added fields.
-    own_id: bool,
+    /// The request's ID (`request_id: true`; empty otherwise): the backend's own
+    /// `X-Request-Id` is left out, ours is among the added fields, and a final answer
+    /// naming another request is not relayed ([`HeadFail::Misrouted`]).
+    sent_id: &'a [u8],
     /// The backend answering and the client's service, for its `Location`.
     origin: rewrite::Origin<'a>,
     /// Bytes of interim responses written to the client (they count as sent).
@@ -1901,7 +1923,7 @@ async fn read_head(
                 &ubuf[*ustart..],
                 info,
                 cx.max_head,
-                (cx.date, cx.own_id, cx.origin),
+                (cx.date, cx.sent_id, cx.origin),
                 cx.out,
             )? {
                 Parsed::Final(head, head_len) => {
@@ -1982,9 +2004,10 @@ fn parse_head(
     bytes: &[u8],
     info: RequestInfo,
     max_head: usize,
-    (date, own_id, origin): (&DateCache, bool, rewrite::Origin<'_>),
+    (date, sent_id, origin): (&DateCache, &[u8], rewrite::Origin<'_>),
     out: &mut Vec<u8>,
 ) -> Result<Parsed, HeadFail> {
+    let own_id = !sent_id.is_empty();
     let mut headers = h1::header_slots();
     let parsed = h1::parse_response(bytes, &mut headers, info.method == Method::Head, max_head)
         .map_err(|e| match e.0 {
@@ -2026,6 +2049,14 @@ fn parse_head(
             rewrite::write_interim_head(out, &p, own_id);
         }
         return Ok(Parsed::Interim(head_len));
+    }
+    if own_id
+        && p.headers.iter().any(|h| {
+            h1::name_is(h.name, crate::reqid::FIELD)
+                && crate::reqid::names_another(sent_id, h1::trim_ows(h.value))
+        })
+    {
+        return Err(HeadFail::Misrouted);
     }
     let framing = p.info.framing;
     let unframed = matches!(framing, Framing::Chunked | Framing::UntilClose);

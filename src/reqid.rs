@@ -99,9 +99,48 @@ pub fn acceptable(v: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b"-_.:+/=@".contains(&b))
 }
 
+/// Whether `answered`, a response's `X-Request-Id`, names another request than `sent` of
+/// the same maker: both 32 hex digits with the same maker's half (this worker's, or a
+/// trusted edge gateway's) and another count. A backend that echoes the ID it was sent
+/// (Rails, Heroku's router, most request-ID middleware) then shows an answer that belongs
+/// to another request, which HTTP/1.1 has no other way to tell; one that makes its own IDs
+/// cannot match the maker's half by chance (odds 2^-64).
+pub fn names_another(sent: &[u8], answered: &[u8]) -> bool {
+    let made = |v: &[u8]| v.len() == 32 && v.iter().all(u8::is_ascii_hexdigit);
+    made(sent)
+        && made(answered)
+        && sent[..16].eq_ignore_ascii_case(&answered[..16])
+        && !sent[16..].eq_ignore_ascii_case(&answered[16..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_names_another_request_only_with_the_makers_half_and_another_count() {
+        let ids = Ids::new(0);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        ids.make(&mut a);
+        ids.make(&mut b);
+        assert!(names_another(&a, &b));
+        assert!(names_another(&a, &b.to_ascii_uppercase()));
+        assert!(!names_another(&a, &a));
+        assert!(!names_another(&a, &a.to_ascii_uppercase()));
+        // Another worker's or process's, a UUID, a trusted proxy's own form: no telling.
+        let mut other = Vec::new();
+        Ids::new(1).make(&mut other);
+        assert!(!names_another(&a, &other));
+        for v in [
+            &b"0f8fad5b-d9cb-469f-a165-70867728950e"[..],
+            b"",
+            b"abc",
+            &b[..31],
+        ] {
+            assert!(!names_another(&a, v), "{v:?}");
+            assert!(!names_another(v, &a), "{v:?}");
+        }
+    }
 
     #[test]
     fn ids_are_32_hex_digits_and_never_repeat_within_or_across_workers() {

@@ -116,6 +116,13 @@ fn text(r: &Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
+fn detail(r: &Response) -> String {
+    serde_json::from_slice::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| v["detail"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn error_code(r: &Response) -> String {
     serde_json::from_slice::<serde_json::Value>(&r.body)
         .ok()
@@ -445,6 +452,84 @@ fn late_stray_rounds(workers: usize, services: &[&str]) {
     });
     let _ = std::fs::remove_file(&log);
     assert!(named, "{text_}");
+}
+
+/// An upstream review (2026-12-04): a backend that wrote one late answer, 150 ms after it
+/// answered `/late`, while the connection was busy with the next request, stayed one
+/// behind on it for as long as requests kept it busy (723 wrong of 1 495, client after
+/// client getting the one before's answer): nothing ever arrived while it was idle. With
+/// `request_id: true` and a backend that echoes `X-Request-Id`, the first answer naming
+/// another request is a 502 and ends the run: nobody gets anyone else's answer.
+#[test]
+fn an_answer_naming_another_request_is_never_relayed_and_ends_the_run() {
+    // One behind from `/late` on: each request is answered with the answer owed before it
+    // (the first time, `/late`'s again), its own held back for the next.
+    let backend = RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        let mut owed: Option<Vec<u8>> = None;
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            let path = head.split(' ').nth(1).unwrap_or("").to_string();
+            let id = head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-request-id: "))
+                .unwrap_or("-")
+                .to_string();
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nx-request-id: {id}\r\ncontent-length: {}\r\n\r\n{path}",
+                path.len()
+            )
+            .into_bytes();
+            let out = match owed.take() {
+                Some(before) => {
+                    owed = Some(answer);
+                    before
+                }
+                None => {
+                    if path.starts_with("/late") {
+                        owed = Some(answer.clone());
+                    }
+                    answer
+                }
+            };
+            if s.write_all(&out).is_err() {
+                return;
+            }
+        }
+    });
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nrequest_id: true\nbreaker: {failure_threshold: 1000}",
+        &format!("  svc: [http://{}]\n", backend.addr),
+    ));
+    let g = gateway_at(&path);
+    let mut wrong = Vec::new();
+    let mut refused = 0;
+    for n in 0..40 {
+        let want = if n == 3 {
+            format!("/late{n}")
+        } else {
+            format!("/c{n}")
+        };
+        let raw = format!("GET /v1/proxy/svc{want} HTTP/1.1\r\nHost: gw\r\n\r\n");
+        match exchange(g.proc.addr, &raw) {
+            Ok(r) if r.status == 200 && text(&r) == want => {}
+            Ok(r) if r.status == 502 && detail(&r) == "answer_to_another_request" => refused += 1,
+            Ok(r) => wrong.push(format!("{want}: {} {:?}", r.status, text(&r))),
+            Err(e) => wrong.push(format!("{want}: {e}")),
+        }
+    }
+    assert!(
+        wrong.is_empty() && refused == 1,
+        "{refused} refused, wrong: {wrong:#?}"
+    );
+    let m = metrics(g.admin);
+    assert!(
+        sample(&m, "gateway_backend_stray_responses_total").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    // No verdict: the answer came, out of turn.
+    let b = get(g.admin, "/admin/backends").json();
+    assert_eq!(b["services"][0]["backends"][0]["failures"], 0, "{b}");
 }
 
 // ---- 2. An early 413 during a large upload ----
