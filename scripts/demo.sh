@@ -36,7 +36,7 @@ cat <<TXT
 gateway on http://127.0.0.1:8000, mock backends on 8001 8002 8003. Try:
 
   curl -s localhost:8000/v1/proxy/user-service/users/42?verbose=1      # echo from 8001 or 8002
-  curl -s localhost:8000/v1/proxy/user-service/a localhost:8000/v1/proxy/user-service/b | grep -o '"port":[0-9]*'   # one connection: 8001, 8002
+  curl -s localhost:8000/v1/proxy/user-service/a localhost:8000/v1/proxy/user-service/b | grep -o '"port":[0-9]*'   # one connection, both backends in turn
   curl -s -X POST --data 'amount=10' localhost:8000/v1/proxy/payment-service/pay
   curl -si localhost:8000/v1/proxy/unknown/x                          # 404 service_not_found
   curl -si -H 'x-mock-status: 503' localhost:8000/v1/proxy/payment-service/x   # 5 of these open the circuit...

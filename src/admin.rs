@@ -336,11 +336,13 @@ fn handle(
             let a = renders.get(&answer_key(path, query), || render(path, query, shared));
             respond(&mut out, a.status, a.content_type, &a.body)
         }
+        // The endpoints there are, named (an operator review's `/` and `/healthz/` got
+        // only `not_found`).
         _ => respond(
             &mut out,
             404,
             "application/json",
-            b"{\"error\":\"not_found\"}\n",
+            b"{\"endpoints\":[\"/healthz\",\"/metrics\",\"/admin/backends\",\"/admin/cluster\",\"/admin/config\"],\"error\":\"not_found\"}\n",
         ),
     };
     if out.large {
@@ -821,7 +823,9 @@ fn config(shared: &Shared) -> Value {
             "buffer_request_body": c.limits.buffer_request_body,
             "min_body_rate": c.limits.min_body_rate,
             "max_connections": c.limits.max_connections.map_or(Value::String("auto".into()), Value::from),
-            "max_connections_per_client": c.limits.max_connections_per_client,
+            // `off` as `rate_limit` and `max_in_flight` say it (it was `null`: an operator
+            // review).
+            "max_connections_per_client": c.limits.max_connections_per_client.map_or(Value::String("off".into()), Value::from),
             // What the workers apply: the setting, or what the descriptor limit allows.
             "max_connections_in_effect": shared.max_connections(c),
             "descriptor_limit": shared.fd_limit,

@@ -287,6 +287,34 @@ fn head_gets_the_get_head_without_a_body_and_405_carries_allow() {
         let length = format!("content-length: {}\r\n", get.body.len());
         assert!(text.contains(&length), "{path}: {text:?} lacks {length:?}");
     }
+    // A path there is not says which there are (an operator review's `/` and `/healthz/`).
+    for path in ["/", "/healthz/", "/nope"] {
+        let r = request(
+            g.admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n"),
+        );
+        assert_eq!(r.status, 404, "{path}");
+        let j = r.json();
+        assert_eq!(j["error"], "not_found");
+        assert_eq!(
+            j["endpoints"],
+            serde_json::json!([
+                "/healthz",
+                "/metrics",
+                "/admin/backends",
+                "/admin/cluster",
+                "/admin/config"
+            ])
+        );
+        for endpoint in j["endpoints"].as_array().expect("a list") {
+            let path = endpoint.as_str().expect("a path");
+            let r = request(
+                g.admin,
+                &format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n"),
+            );
+            assert_eq!(r.status, 200, "{path}");
+        }
+    }
     for method in ["POST", "DELETE", "OPTIONS"] {
         let r = request(
             g.admin,

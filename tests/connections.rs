@@ -88,6 +88,7 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one_and_sets_the_connection_c
     let config = get(g.admin, "/admin/config").json();
     let limits = &config["limits"];
     assert_eq!(limits["max_connections"], "auto");
+    assert_eq!(limits["max_connections_per_client"], "off");
     assert_eq!(limits["max_connections_in_effect"], want);
     assert_eq!(limits["descriptor_limit"], hard);
     assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 200);
