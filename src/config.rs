@@ -1488,49 +1488,50 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         l.max_head_bytes.as_ref(),
         DEFAULT_MAX_HEAD_BYTES,
     )?;
-    let limits =
-        Limits {
-            max_head_bytes,
-            max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
-            // Unset, it follows a smaller head limit down (an operator review: `max_head_bytes:
-            // 8k` alone was refused for a target default nobody had written).
-            max_target_bytes: size_usize(
-                "limits.max_target_bytes",
-                l.max_target_bytes.as_ref(),
-                DEFAULT_MAX_TARGET_BYTES.min(max_head_bytes / 2),
-            )?,
-            max_body_bytes: size_or(
-                "limits.max_body_bytes",
-                l.max_body_bytes.as_ref(),
-                DEFAULT_MAX_BODY_BYTES,
-            )?,
-            buffer_request_body: size_or(
-                "limits.buffer_request_body",
-                l.buffer_request_body.as_ref(),
-                0,
-            )?,
-            min_body_rate: size_or(
-                "limits.min_body_rate",
-                l.min_body_rate.as_ref(),
-                DEFAULT_MIN_BODY_RATE,
-            )?,
-            max_connections: match l.max_connections {
-                None | Some(MaxConnections::Other(_)) => None,
-                Some(MaxConnections::Count(n)) => Some(n),
-            },
-            max_connections_per_client: match &l.max_connections_per_client {
-                None => None,
-                // As `/admin/config` says it, and as `rate_limit: off` reads.
-                Some(MaxConnections::Other(serde_yaml_ng::Value::String(s))) if s == "off" => None,
-                Some(MaxConnections::Count(n @ 1..=MAX_CONNECTIONS_PER_CLIENT)) => Some(*n as u32),
-                Some(other) => return Err(other.refused(
+    let limits = Limits {
+        max_head_bytes,
+        max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
+        // Unset, it follows a smaller head limit down (an operator review: `max_head_bytes:
+        // 8k` alone was refused for a target default nobody had written).
+        max_target_bytes: size_usize(
+            "limits.max_target_bytes",
+            l.max_target_bytes.as_ref(),
+            DEFAULT_MAX_TARGET_BYTES.min(max_head_bytes / 2),
+        )?,
+        max_body_bytes: size_or(
+            "limits.max_body_bytes",
+            l.max_body_bytes.as_ref(),
+            DEFAULT_MAX_BODY_BYTES,
+        )?,
+        buffer_request_body: size_or(
+            "limits.buffer_request_body",
+            l.buffer_request_body.as_ref(),
+            0,
+        )?,
+        min_body_rate: size_or(
+            "limits.min_body_rate",
+            l.min_body_rate.as_ref(),
+            DEFAULT_MIN_BODY_RATE,
+        )?,
+        max_connections: match l.max_connections {
+            None | Some(MaxConnections::Other(_)) => None,
+            Some(MaxConnections::Count(n)) => Some(n),
+        },
+        max_connections_per_client: match &l.max_connections_per_client {
+            None => None,
+            // As `/admin/config` says it, and as `rate_limit: off` reads.
+            Some(MaxConnections::Other(serde_yaml_ng::Value::String(s))) if s == "off" => None,
+            Some(MaxConnections::Count(n @ 1..=MAX_CONNECTIONS_PER_CLIENT)) => Some(*n as u32),
+            Some(other) => {
+                return Err(other.refused(
                     "limits.max_connections_per_client",
                     &format!(
                         "use 1 to {MAX_CONNECTIONS_PER_CLIENT}, or off (the default) for no limit"
                     ),
-                )),
-            },
-        };
+                ))
+            }
+        },
+    };
     // Above this no client could keep up, and every body would end in a 408 or a reset.
     const MAX_MIN_BODY_RATE: u64 = 1 << 30;
     if limits.min_body_rate > MAX_MIN_BODY_RATE {

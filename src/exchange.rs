@@ -726,10 +726,6 @@ enum HeadFail {
     Duplex(After),
     /// The client left while we waited for the head; the wait was given up.
     ClientGone,
-    /// A final answer whose `X-Request-Id` names another request: the backend answered
-    /// out of turn, one behind (see [`crate::reqid::names_another`]); its status is that
-    /// other request's, and no verdict.
-    Misrouted,
 }
 
 /// How a response body ended, as far as the backend is concerned.
@@ -781,6 +777,12 @@ struct ResponseHead {
     /// The body's framing lets the client connection stay open afterwards (an HTTP/1.0
     /// client only learns where an unframed body ends from the close).
     framed_for_client: bool,
+    /// Its `X-Request-Id` names another request of the same maker (see
+    /// [`crate::reqid::names_another`]): a backend answering out of turn, one behind on a
+    /// busy connection, or a cache that stored the field. Relayed, since a cache's answer
+    /// is right; the connection is not reused and the backend is marked as for stray
+    /// bytes, which ends a run of answers one behind.
+    misrouted: bool,
 }
 
 impl Body {
@@ -917,21 +919,6 @@ impl Exchange<'_> {
             }
             // Answered while the body still went up, both relayed at once.
             Err(HeadFail::Duplex(after)) => return after,
-            // Another request's answer: never relayed, and none of the backend's
-            // connections is reused for a while, which ends the one-behind run on this
-            // one (it is not pooled) and on any other. No verdict but a probe's: the
-            // backend answers, out of turn (a review's, one late answer in 150 ms, had
-            // every later answer on its busy connection go to the client behind).
-            Err(HeadFail::Misrouted) => {
-                self.attempt.settle(if self.attempt.is_probe() {
-                    Outcome::Failed(MISROUTED)
-                } else {
-                    Outcome::Responded(None)
-                });
-                self.worker.pool.stray(self.attempt.backend);
-                down.record.upstream_us = Some(self.sent_at.elapsed().as_micros() as u64);
-                return self.reply(down, GatewayError::BadResponse(MISROUTED)).await;
-            }
             // Nobody is left to answer, and the backend's connection is shut: no verdict (a
             // client must never count against a backend), a probe is handed back.
             Err(HeadFail::ClientGone) => {
@@ -942,6 +929,9 @@ impl Exchange<'_> {
             }
         };
         let status = head.status;
+        if head.misrouted {
+            self.worker.pool.stray(self.attempt.backend);
+        }
         self.judge_reset(status);
         let head_at = note_head(
             self.worker,
@@ -1463,6 +1453,9 @@ impl Exchange<'_> {
                 Err(done) => done,
                 Ok(head) => {
                     let status = head.status;
+                    if head.misrouted {
+                        worker.pool.stray(attempt.borrow().backend);
+                    }
                     let head_at = note_head(
                         worker,
                         &mut attempt.borrow_mut(),
@@ -1868,8 +1861,6 @@ async fn to_client(t: ToClient<'_>, head: &ResponseHead, keep_client: bool) -> R
 /// 2000 `102 Processing` heads); more is a 502 [`TOO_MANY_INTERIM`].
 const MAX_INTERIM_BYTES: usize = 64 * 1024;
 const TOO_MANY_INTERIM: &str = "too_many_interim_responses";
-/// The `detail` of a 502 for an answer naming another request ([`HeadFail::Misrouted`]).
-const MISROUTED: &str = "answer_to_another_request";
 
 /// What reading a response head needs besides the upstream read side.
 struct HeadCtx<'a> {
@@ -2037,6 +2028,7 @@ fn parse_head(
             reusable: false,
             client_chunked: false,
             framed_for_client: false,
+            misrouted: false,
         };
         return Ok(Parsed::Final(head, head_len));
     }
@@ -2050,23 +2042,21 @@ fn parse_head(
         }
         return Ok(Parsed::Interim(head_len));
     }
-    if own_id
+    let misrouted = own_id
         && p.headers.iter().any(|h| {
             h1::name_is(h.name, crate::reqid::FIELD)
                 && crate::reqid::names_another(sent_id, h1::trim_ows(h.value))
-        })
-    {
-        return Err(HeadFail::Misrouted);
-    }
+        });
     let framing = p.info.framing;
     let unframed = matches!(framing, Framing::Chunked | Framing::UntilClose);
     let close_delimited = info.minor == 0 && unframed;
     let head = ResponseHead {
         status,
         framing,
-        reusable: p.info.reusable && !doubtful(&p, info),
+        reusable: p.info.reusable && !doubtful(&p, info) && !misrouted,
         client_chunked: info.minor == 1 && unframed,
         framed_for_client: !close_delimited,
+        misrouted,
     };
     out.clear();
     let date = date.line();

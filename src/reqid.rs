@@ -102,9 +102,10 @@ pub fn acceptable(v: &[u8]) -> bool {
 /// Whether `answered`, a response's `X-Request-Id`, names another request than `sent` of
 /// the same maker: both 32 hex digits with the same maker's half (this worker's, or a
 /// trusted edge gateway's) and another count. A backend that echoes the ID it was sent
-/// (Rails, Heroku's router, most request-ID middleware) then shows an answer that belongs
-/// to another request, which HTTP/1.1 has no other way to tell; one that makes its own IDs
-/// cannot match the maker's half by chance (odds 2^-64).
+/// (Rails, Heroku's router, most request-ID middleware) then shows an answer given for
+/// another request (out of turn, or stored by a cache in front of it), which HTTP/1.1
+/// has no other way to tell; one that makes its own IDs cannot match the maker's half by
+/// chance (odds 2^-64).
 pub fn names_another(sent: &[u8], answered: &[u8]) -> bool {
     let made = |v: &[u8]| v.len() == 32 && v.iter().all(u8::is_ascii_hexdigit);
     made(sent)

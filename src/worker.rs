@@ -406,7 +406,7 @@ impl Worker {
                 // every worker stops reusing it too, before any request runs here again.
                 b.stop_reuse(crate::pool::STRAY_NO_REUSE);
                 log::warn!(
-                    "backend: {} {} sent bytes after a complete response or to an idle connection (a response sent twice or late); seen by worker {}; none of its connections is reused for {} s, so that a late response cannot reach another request (gateway_backend_stray_responses_total)",
+                    "backend: {} {} sent bytes after a complete response or to an idle connection, or an answer naming another request's X-Request-Id (a response sent twice or late; or, for the last, a cache in front of it that stores X-Request-Id); seen by worker {}; none of its connections is reused for {} s, so that a late response cannot reach another request (gateway_backend_stray_responses_total)",
                     s.name,
                     b.url.url,
                     self.index,
