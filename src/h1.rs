@@ -391,8 +391,12 @@ pub fn parse_request<'h, 'b>(
             let line_too_long = first_line_len(buf) > limits.max_target_bytes + 32;
             if req.path.is_none() && (line_too_long || buf.len() >= limits.max_head_bytes) {
                 // Still in the method, no known method is that long: 501, as a short
-                // unknown one gets (it was 414).
-                return Err(if req.method.is_none() {
+                // unknown one gets (it was 414). Nothing but empty lines so far is no
+                // method at all (a hostile-client review got a 501 for 100 KB of CRLFs).
+                let empty = |b: &u8| *b == b'\r' || *b == b'\n';
+                return Err(if req.method.is_none() && buf.iter().all(empty) {
+                    RequestError::Bad("malformed_request_line")
+                } else if req.method.is_none() {
                     RequestError::NotImplemented
                 } else {
                     RequestError::UriTooLong
@@ -1928,6 +1932,15 @@ mod tests {
             assert_eq!(
                 parse_in_pieces(both.as_bytes(), piece),
                 Err(RequestError::UriTooLong),
+                "pieces of {piece}"
+            );
+        }
+        // Only empty lines, past the limit: no method at all, a 400.
+        let crlfs = "\r\n".repeat(LIMITS.max_head_bytes);
+        for piece in [1000, crlfs.len()] {
+            assert_eq!(
+                parse_in_pieces(crlfs.as_bytes(), piece),
+                Err(RequestError::Bad("malformed_request_line")),
                 "pieces of {piece}"
             );
         }
