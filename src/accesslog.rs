@@ -12,7 +12,9 @@
 //! path again, creating it if it was moved away; a file truncated in place (`copytruncate`)
 //! needs nothing, as it is opened for appending. A failed write or reopen is counted
 //! ([`Counters::errors`]) and warned about once per run of failures. A reload that names
-//! another file (or stdout) hands the writer the new one, opened first ([`Writer::switch`]).
+//! another file, stdout or `off` hands the writer the new one, opened first
+//! ([`Writer::switch`]); the writer thread runs while the log is off too, so that a reload
+//! may turn it on.
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
@@ -63,8 +65,8 @@ enum Msg {
     Batch(Vec<u8>),
     /// Answered once everything queued before it is written.
     Sync(mpsc::Sender<()>),
-    /// Write to this from now on (a reload named another file).
-    Switch(Output),
+    /// Write to this from now on (a reload named another file); `None`: the log is off.
+    Switch(Option<Output>),
 }
 
 /// The writer side, shared by all workers (and the signal thread, to reopen).
@@ -74,6 +76,9 @@ pub struct Writer {
     counters: Arc<Counters>,
     /// Set by [`Writer::reopen`]; the writer thread reopens before its next write.
     reopen: Arc<AtomicBool>,
+    /// Whether lines are wanted (the log is not `off`): read by the workers per request,
+    /// written only by a reload.
+    on: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -99,17 +104,19 @@ impl Writer {
         done.recv_timeout(left).is_ok()
     }
 
-    /// A reload named another sink (a file or stdout; `off` and back need a restart): the
-    /// new one is opened here, so that one that cannot be opened fails the reload, and the
-    /// writer takes it after the lines already queued, which go where they were meant to.
+    /// A reload named another sink (a file, stdout or `off`): the new one is opened here,
+    /// so that one that cannot be opened fails the reload, and the writer takes it after
+    /// the lines already queued, which go where they were meant to. Lines a worker holds
+    /// when the log is turned off (up to a second's) are dropped.
     pub fn switch(&self, sink: &Sink) -> std::io::Result<()> {
-        let Some(output) = open_sink(sink)? else {
-            return Err(std::io::Error::other(
-                "the access log cannot be turned off by a reload",
-            ));
-        };
+        let output = open_sink(sink)?;
+        let on = output.is_some();
         let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        if !on {
+            self.on.store(false, Ordering::Relaxed);
+        }
         if self.hand(Msg::Switch(output), end) {
+            self.on.store(on, Ordering::Relaxed);
             Ok(())
         } else {
             Err(std::io::Error::other(
@@ -150,10 +157,11 @@ fn open_sink(sink: &Sink) -> std::io::Result<Option<Output>> {
     })
 }
 
-/// Starts the writer thread for `sink`; `None` when the log is off.
-pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Option<Writer>> {
-    let Some((mut out, mut path)) = open_sink(sink)? else {
-        return Ok(None);
+/// Starts the writer thread for `sink`, idle while it is `off`.
+pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Writer> {
+    let (mut out, mut path) = match open_sink(sink)? {
+        Some((out, path)) => (Some(out), path),
+        None => (None, None),
     };
     let (tx, rx): (SyncSender<Msg>, Receiver<Msg>) = mpsc::sync_channel(MAX_PENDING);
     let reopen = Arc::new(AtomicBool::new(false));
@@ -161,6 +169,7 @@ pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Option<Wri
         tx,
         counters: counters.clone(),
         reopen: reopen.clone(),
+        on: Arc::new(AtomicBool::new(out.is_some())),
     };
     std::thread::Builder::new()
         .name("access-log".into())
@@ -173,13 +182,20 @@ pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Option<Wri
                         let _ = ack.send(());
                         continue;
                     }
-                    Msg::Switch((to, named)) => {
-                        let _ = out.flush();
-                        (out, path) = (to, named);
-                        let now = path.as_deref().map_or("stdout".into(), |p| {
-                            p.display().to_string()
-                        });
-                        log::info!("access log: now writing to {now}");
+                    Msg::Switch(to) => {
+                        if let Some(o) = out.as_mut() {
+                            let _ = o.flush();
+                        }
+                        let now = match &to {
+                            None => "off".to_string(),
+                            Some((_, None)) => "now writing to stdout".to_string(),
+                            Some((_, Some(p))) => format!("now writing to {}", p.display()),
+                        };
+                        (out, path) = match to {
+                            Some((o, named)) => (Some(o), named),
+                            None => (None, None),
+                        };
+                        log::info!("access log: {now}");
                         failing = false;
                         continue;
                     }
@@ -188,7 +204,7 @@ pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Option<Wri
                     if let Some(p) = &path {
                         match open(p) {
                             Ok(f) => {
-                                out = Box::new(f);
+                                out = Some(Box::new(f));
                                 log::info!("access log: reopened {}", p.display());
                             }
                             Err(e) => {
@@ -201,9 +217,10 @@ pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Option<Wri
                         }
                     }
                 }
-                if batch.is_empty() {
+                // Lines handed over as the log was turned off go nowhere.
+                let Some(out) = out.as_mut().filter(|_| !batch.is_empty()) else {
                     continue;
-                }
+                };
                 match out.write_all(&batch).and_then(|_| out.flush()) {
                     Err(e) => {
                         counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -220,7 +237,7 @@ pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Option<Wri
                 }
             }
         })?;
-    Ok(Some(writer))
+    Ok(writer)
 }
 
 /// One request, as logged.
@@ -270,13 +287,16 @@ impl AccessLog {
         }
     }
 
+    /// Whether lines are wanted now (a reload may turn the log on or off).
     pub fn enabled(&self) -> bool {
-        self.writer.is_some()
+        self.writer
+            .as_ref()
+            .is_some_and(|w| w.on.load(Ordering::Relaxed))
     }
 
     /// Formats `e` as a line of `format` into the worker's buffer.
     pub fn record(&self, e: &Entry<'_>, format: Format) {
-        if self.writer.is_none() {
+        if !self.enabled() {
             return;
         }
         let now = SystemTime::now()
@@ -543,7 +563,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("gateway-access-{}.log", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let w = start(&Sink::File(path.clone()), Arc::default()).unwrap();
-        let log = AccessLog::new(w);
+        let log = AccessLog::new(Some(w));
         // Without `request_id`, then with an ID, then with none yet (a refused head).
         for request_id in [None, Some(&b"4bf92f3577b34da6"[..]), Some(&b""[..])] {
             let e = Entry {
@@ -592,7 +612,7 @@ mod tests {
             std::env::temp_dir().join(format!("gateway-access-json-{}.log", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let w = start(&Sink::File(path.clone()), Arc::default()).unwrap();
-        let log = AccessLog::new(w);
+        let log = AccessLog::new(Some(w));
         let base = served(b"/v1/proxy/svc/a?q=\"x\"\\y\x01\xff");
         let entries = [
             base,
@@ -692,7 +712,7 @@ mod tests {
             std::env::temp_dir().join(format!("gateway-access-sync-{}.log", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let w = start(&Sink::File(path.clone()), Arc::default()).unwrap();
-        let log = AccessLog::new(w.clone());
+        let log = AccessLog::new(Some(w.clone()));
         for i in 0..2000u64 {
             log.record(
                 &Entry {
@@ -715,10 +735,7 @@ mod tests {
             );
         }
         log.flush();
-        let synced = w
-            .as_ref()
-            .is_some_and(|w| w.sync(std::time::Duration::from_secs(5)));
-        assert!(synced);
+        assert!(w.sync(std::time::Duration::from_secs(5)));
         // No waiting: every line is in the file already.
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let _ = std::fs::remove_file(&path);

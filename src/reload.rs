@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use crate::accesslog::Sink;
 use crate::breaker::{Snapshot as Word, CLOSED};
 use crate::config::{BackendUrl, Config, ConfigError, ServiceConfig};
 use crate::state::Shared;
@@ -148,15 +147,11 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         .count();
     let (breaker_changed, breaker_fields) = breakers_changed(old, new);
     let (admission_changed, admission_fields) = admission_changed(old, new);
-    // Another access log file, or stdout, is taken at once; `off` and back need a restart.
-    let log_switched = old.access_log != new.access_log
-        && (old.access_log == Sink::Off || new.access_log == Sink::Off);
     let ignored = [
         ("listen", old.listen != new.listen),
         ("workers", old.workers != new.workers),
         ("pin_workers", old.pin_workers != new.pin_workers),
         ("admin", old.admin != new.admin),
-        ("access_log", log_switched),
         ("busy_poll", old.busy_poll != new.busy_poll),
         ("splice", old.splice != new.splice),
         ("cluster", old.cluster != new.cluster),
@@ -205,14 +200,6 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
         )
     };
     let n = |v: u64| v.to_string();
-    // A sink's name beside another one; nothing beside `off`.
-    let sink = |a: &Sink, b: &Sink| {
-        if *a == Sink::Off || *b == Sink::Off {
-            String::new()
-        } else {
-            a.to_string()
-        }
-    };
     let (a, b) = (&old.timeouts, &new.timeouts);
     let (la, lb) = (&old.limits, &new.limits);
     let dns = |c: &Config| c.dns_refresh.map_or("off".to_string(), d);
@@ -303,11 +290,10 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
             old.ignore_client_abort.to_string(),
             new.ignore_client_abort.to_string(),
         ),
-        // Only between two sinks: `off` and back is a restart's (listed as ignored).
         (
             "access_log",
-            sink(&old.access_log, &new.access_log),
-            sink(&new.access_log, &old.access_log),
+            old.access_log.to_string(),
+            new.access_log.to_string(),
         ),
         (
             "access_log_format",
@@ -401,13 +387,11 @@ pub fn reload(
     let result = Config::load(path).and_then(|mut new| {
         let old = shared.current.load_full();
         let mut changes = diff(&old.config, &new);
-        // Another access log file (or stdout), opened before anything is installed
-        // (until 2026-12-04 ignored until a restart, while access_log_format was applied
-        // at once: an operator review).
+        // Another access log file, stdout or `off`, opened before anything is installed
+        // (until 2026-12-04 another file waited for a restart while access_log_format was
+        // applied at once, and `off` and back until later the same day: operator reviews).
         match log {
-            Some(w) if !changes.ignored_until_restart.contains(&"access_log")
-                && new.access_log != old.config.access_log =>
-            {
+            Some(w) if new.access_log != old.config.access_log => {
                 w.switch(&new.access_log).map_err(|e| {
                     crate::config::invalid(
                         "access_log",
@@ -717,6 +701,30 @@ mod tests {
         drop(held);
         let _ = t.join();
         assert_eq!(got, Ok(0), "the refresh thread waited for the lock");
+    }
+
+    /// `access_log` off and on apply at a reload (they waited for a restart until
+    /// 2026-12-04: an operator review), and the line says so like any other setting.
+    #[test]
+    fn the_line_says_the_access_log_turned_on_or_off() {
+        let cfg = |log: &str| {
+            Config::parse(&format!(
+                "access_log: {log}\nservices:\n  a: [http://127.0.0.1:1]\n"
+            ))
+            .unwrap()
+        };
+        let (off, on) = (cfg("off"), cfg("/tmp/gateway-x.log"));
+        let line = diff(&off, &on).to_string();
+        assert!(
+            line.contains("settings changed: access_log off -> /tmp/gateway-x.log")
+                && !line.contains("ignored"),
+            "{line}"
+        );
+        let line = diff(&on, &off).to_string();
+        assert!(
+            line.contains("access_log /tmp/gateway-x.log -> off"),
+            "{line}"
+        );
     }
 
     /// Regression: a reload that changed a service's `rate_limit` or `max_in_flight` said

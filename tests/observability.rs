@@ -978,7 +978,7 @@ fn the_access_log_is_reopened_after_a_rotation_on_sigusr1_and_on_sighup() {
 /// ignored until a restart, while a new `access_log_format` was applied at once, so the
 /// new format went into the old file. Another file is now opened by the reload and takes
 /// the lines from then on; one that cannot be opened fails the reload and the old file
-/// stays; `off` and back still wait for a restart.
+/// stays; `off` and back apply at once too.
 #[test]
 fn a_reload_moves_the_access_log_to_the_file_it_names() {
     let dir = temp_path("switch");
@@ -1044,14 +1044,57 @@ fn a_reload_moves_the_access_log_to_the_file_it_names() {
         "/svc/kept"
     )));
 
-    // Off waits for a restart: the reload applies, the log goes on.
+    // Off, and on again into a third file (until later on 2026-12-04 both waited for a
+    // restart, an operator review): what came while it was off is in neither file.
     std::fs::write(&path, yaml("off")).expect("write config");
     signal(&g.proc.child, libc::SIGHUP);
     assert!(eventually(Duration::from_secs(5), || generation() == Some(3)));
+    assert_eq!(get(g.admin, "/admin/config").json()["access_log"], "off");
     assert_eq!(get(g.proc.addr, "/v1/proxy/svc/off").status, 200);
-    assert!(eventually(Duration::from_secs(5), || logged(
-        &second, "/svc/off"
-    )));
+    let third = dir.join("third.log");
+    std::fs::write(&path, yaml(&third.display().to_string())).expect("write config");
+    signal(&g.proc.child, libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(5), || generation() == Some(4)));
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/on").status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || logged(&third, "/svc/on")),
+        "not in the file the reload turned the log on to"
+    );
+    // One worker writes its lines in order: had `/svc/off` been logged, it would be in.
+    assert!(!logged(&third, "/svc/off") && !logged(&second, "/svc/off"));
+    assert!(!logged(&second, "/svc/on"));
+    drop(g);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A gateway started with the log off takes one a reload turns on (it waited for a
+/// restart until 2026-12-04: an operator review).
+#[test]
+fn a_reload_turns_on_an_access_log_that_was_off_at_start() {
+    let dir = temp_path("turn-on");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("access.log");
+    let b = mock_backend();
+    let yaml = |log: &str| {
+        config(
+            1,
+            &format!("admin: 127.0.0.1:0\naccess_log: {log}"),
+            &format!("  svc: [http://{}]\n", b.addr),
+        )
+    };
+    let path = write_config(&yaml("off"));
+    let g = gateway_at(&path);
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/before").status, 200);
+    std::fs::write(&path, yaml(&file.display().to_string())).expect("write config");
+    signal(&g.proc.child, libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(5), || {
+        get(g.admin, "/healthz").json()["generation"].as_u64() == Some(2)
+    }));
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/after").status, 200);
+    let text = || std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(eventually(Duration::from_secs(5), || text().contains("/svc/after")));
+    assert!(!text().contains("/svc/before"), "{}", text());
     drop(g);
     let _ = std::fs::remove_dir_all(&dir);
 }
