@@ -780,8 +780,8 @@ struct ResponseHead {
     /// Its `X-Request-Id` names another request of the same maker (see
     /// [`crate::reqid::names_another`]): a backend answering out of turn, one behind on a
     /// busy connection, or a cache that stored the field. Relayed, since a cache's answer
-    /// is right; the connection is not reused and the backend is marked as for stray
-    /// bytes, which ends a run of answers one behind.
+    /// is right; the connection is not reused, which ends a run of answers one behind on
+    /// it ([`Worker::misrouted`]).
     misrouted: bool,
 }
 
@@ -930,7 +930,8 @@ impl Exchange<'_> {
         };
         let status = head.status;
         if head.misrouted {
-            self.worker.pool.stray(self.attempt.backend);
+            let (svc, url) = (&self.attempt.service.name, &self.attempt.backend.url.url);
+            self.worker.misrouted(svc, url);
         }
         self.judge_reset(status);
         let head_at = note_head(
@@ -1454,7 +1455,8 @@ impl Exchange<'_> {
                 Ok(head) => {
                     let status = head.status;
                     if head.misrouted {
-                        worker.pool.stray(attempt.borrow().backend);
+                        let a = attempt.borrow();
+                        worker.misrouted(&a.service.name, &a.backend.url.url);
                     }
                     let head_at = note_head(
                         worker,

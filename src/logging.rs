@@ -180,9 +180,76 @@ pub fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
     }
 }
 
+/// A kind of event told in the log once, then at most once a minute as a count, so that a
+/// flood of it cannot fill the log (per worker, never shared).
+#[derive(Debug, Default)]
+pub struct Tally(std::cell::Cell<Option<(std::time::Instant, u64)>>);
+
+/// How often a [`Tally`] sums up what it counted.
+pub const TALLY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Tally {
+    /// Counts one; true when it is to be told now, the first of a run.
+    pub fn note(&self) -> bool {
+        match self.0.get() {
+            Some((at, unsaid)) => {
+                self.0.set(Some((at, unsaid + 1)));
+                false
+            }
+            None => {
+                self.0.set(Some((std::time::Instant::now(), 0)));
+                true
+            }
+        }
+    }
+
+    /// Once [`TALLY_EVERY`] has passed since the last line: how many were not told since,
+    /// and over how long, if any (the count starts again); a quiet minute ends the run, so
+    /// the next one is told at once.
+    pub fn due(&self) -> Option<(u64, std::time::Duration)> {
+        let (at, unsaid) = self.0.get()?;
+        let over = at.elapsed();
+        if over < TALLY_EVERY {
+            return None;
+        }
+        if unsaid == 0 {
+            self.0.set(None);
+            return None;
+        }
+        self.0.set(Some((std::time::Instant::now(), 0)));
+        Some((unsaid, over))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tally_sums_up_a_minute_after_the_last_line_and_tells_at_once_after_a_quiet_one() {
+        let t = Tally::default();
+        assert!(t.note(), "the first of a run is told");
+        assert!(!t.note() && !t.note());
+        // Within the minute: still counting.
+        assert_eq!(t.due(), None);
+        let now = std::time::Instant::now();
+        let ago = now
+            .checked_sub(std::time::Duration::from_secs(61))
+            .expect("a clock over a minute old");
+        // A minute on: told (the count starts again from now).
+        t.0.set(Some((ago, 5)));
+        let (unsaid, over) = t.due().expect("due");
+        assert_eq!(unsaid, 5);
+        assert!(over >= std::time::Duration::from_secs(61));
+        let (at, left) = t.0.get().expect("a run still going");
+        assert_eq!(left, 0);
+        assert!(at >= now);
+        // A quiet minute: the run is over, and the next one is told at once.
+        t.0.set(Some((ago, 0)));
+        assert_eq!(t.due(), None);
+        assert_eq!(t.0.get(), None);
+        assert!(t.note());
+    }
 
     #[test]
     fn plural_is_singular_for_one_only() {

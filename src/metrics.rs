@@ -503,7 +503,7 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         "gateway_pool_connections{{state=\"active\"}} {}",
         sum(workers, |m| m.upstream_active.get())
     );
-    let _ = writeln!(w, "# HELP gateway_backend_stray_responses_total Backend connections found carrying bytes nobody asked for (a response sent twice or late): that backend's connections are not reused for a minute, and the log names it.");
+    let _ = writeln!(w, "# HELP gateway_backend_stray_responses_total Backend connections found carrying bytes nobody asked for (a response sent twice or late): that backend's connections are not reused for a minute, and the log names it; and answers naming another request's X-Request-Id (request_id: true), whose connection is closed.");
     let _ = writeln!(w, "# TYPE gateway_backend_stray_responses_total counter");
     let _ = writeln!(
         w,

@@ -685,7 +685,7 @@ async fn housekeeping(worker: Rc<Worker>) {
         drop(view);
         worker.watch_stalled();
         worker.end_accept_trouble();
-        worker.say_refused();
+        worker.say_tallied();
         // Sets the gauge: a reload's new limit used to show only after the next accept.
         worker.connection_cap();
         worker.pool.sweep(|_| true);

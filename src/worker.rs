@@ -236,9 +236,10 @@ pub struct Worker {
     acceptor: Cell<Option<std::task::Waker>>,
     /// Accepts failing since the last that succeeded (see [`Worker::accept_failed`]).
     accept_trouble: Cell<Option<AcceptTrouble>>,
-    /// When a connection refused for its client's count was last said, and how many were
-    /// refused since (see [`Worker::count_client`]).
-    refused_said: Cell<Option<(std::time::Instant, u64)>>,
+    /// Connections refused for their client's count (see [`Worker::count_client`]).
+    refused_said: crate::logging::Tally,
+    /// Answers naming another request (see [`Worker::misrouted`]).
+    misrouted_said: crate::logging::Tally,
     /// This worker's share of the descriptors left for connections (see
     /// [`Worker::may_pool`]); `workers`, `splice` and the limit are fixed at start.
     descriptors: usize,
@@ -324,7 +325,8 @@ impl Worker {
             spinner: Cell::new(None),
             acceptor: Cell::new(None),
             accept_trouble: Cell::new(None),
-            refused_said: Cell::new(None),
+            refused_said: Default::default(),
+            misrouted_said: Default::default(),
             descriptors: crate::fdlimit::worker_descriptors(
                 shared.fd_limit,
                 snapshot.config.workers,
@@ -406,7 +408,7 @@ impl Worker {
                 // every worker stops reusing it too, before any request runs here again.
                 b.stop_reuse(crate::pool::STRAY_NO_REUSE);
                 log::warn!(
-                    "backend: {} {} sent bytes after a complete response or to an idle connection, or an answer naming another request's X-Request-Id (a response sent twice or late; or, for the last, a cache in front of it that stores X-Request-Id); seen by worker {}; none of its connections is reused for {} s, so that a late response cannot reach another request (gateway_backend_stray_responses_total)",
+                    "backend: {} {} sent bytes after a complete response or to an idle connection (a response sent twice or late); seen by worker {}; none of its connections is reused for {} s, so that a late response cannot reach another request (gateway_backend_stray_responses_total)",
                     s.name,
                     b.url.url,
                     self.index,
@@ -897,7 +899,7 @@ impl Worker {
     /// `limits.max_connections_per_client` (nothing to count: `Ok(None)`), or refuses it
     /// if the client holds that many already. `trusted_proxies` are not counted:
     /// each of their connections is some other client's. Refusals are said once, then at
-    /// most once a minute with a count ([`Worker::say_refused`]), as a flood would
+    /// most once a minute with a count ([`Worker::say_tallied`]), as a flood would
     /// otherwise fill the log.
     pub fn count_client(
         &self,
@@ -915,42 +917,53 @@ impl Worker {
             return Ok(Some(held));
         }
         self.metrics.refused_per_client.inc();
-        // The first of a run is said; the rest are counted, for `say_refused`.
-        match self.refused_said.get() {
-            Some((at, unsaid)) => self.refused_said.set(Some((at, unsaid + 1))),
-            None => {
-                log::warn!(
-                    "worker {}: refused a connection from {ip}: that client has {limit} open, limits.max_connections_per_client",
-                    self.index
-                );
-                self.refused_said.set(Some((std::time::Instant::now(), 0)));
-            }
+        // The first of a run is said; the rest are counted, for `say_tallied`.
+        if self.refused_said.note() {
+            log::warn!(
+                "worker {}: refused a connection from {ip}: that client has {limit} open, limits.max_connections_per_client",
+                self.index
+            );
         }
         Err(per_client::Refused)
     }
 
-    /// Says how many connections were refused for their client's count since the last line
-    /// about it, once a minute has passed (housekeeping, once a second): refusals that stop
-    /// within the minute are still told (an operator review saw a flood of 1.95 million told
-    /// as one line, its first refusal). A quiet minute after it, the next is said at once.
-    pub fn say_refused(&self) {
-        let Some((at, unsaid)) = self.refused_said.get() else {
-            return;
-        };
-        if at.elapsed() < ACCEPT_TROUBLE_EVERY {
-            return;
+    /// Says how many connections were refused for their client's count, and how many
+    /// answers named another request, since the last line about each, once a minute has
+    /// passed (housekeeping, once a second): refusals that stop within the minute are still
+    /// told (an operator review saw a flood of 1.95 million told as one line, its first
+    /// refusal). A quiet minute after it, the next is said at once ([`crate::logging::Tally`]).
+    pub fn say_tallied(&self) {
+        if let Some((unsaid, over)) = self.refused_said.due() {
+            log::warn!(
+                "worker {}: refused {unsaid} more {} in the last {} s: their clients held limits.max_connections_per_client",
+                self.index,
+                crate::logging::plural(unsaid, "connection", "connections"),
+                over.as_secs()
+            );
         }
-        if unsaid == 0 {
-            self.refused_said.set(None);
-            return;
+        if let Some((unsaid, over)) = self.misrouted_said.due() {
+            log::warn!(
+                "worker {}: {unsaid} more {} named another request's X-Request-Id in the last {} s; their connections were closed",
+                self.index,
+                crate::logging::plural(unsaid, "answer", "answers"),
+                over.as_secs()
+            );
         }
-        log::warn!(
-            "worker {}: refused {unsaid} more {} in the last {} s: their clients held limits.max_connections_per_client",
-            self.index,
-            crate::logging::plural(unsaid, "connection", "connections"),
-            at.elapsed().as_secs()
-        );
-        self.refused_said.set(Some((std::time::Instant::now(), 0)));
+    }
+
+    /// A backend's answer named another request's `X-Request-Id` (see
+    /// [`crate::reqid::names_another`]): its connection is not reused, which ends a run of
+    /// answers one behind on it. Counted with the stray responses, and said once, then at
+    /// most once a minute with a count ([`Worker::say_tallied`]): a cache in front of a
+    /// backend that stores the field does it with every hit.
+    pub fn misrouted(&self, service: &str, url: &str) {
+        self.metrics.backend_stray.add(1);
+        if self.misrouted_said.note() {
+            log::warn!(
+                "backend: {service} {url} answered with another request's X-Request-Id (an answer out of turn, late by a request, or a cache in front of it that stores X-Request-Id, or an endpoint that sets it from what a client sent); seen by worker {}; its connection was closed, so that no answer owed behind it reaches another request (gateway_backend_stray_responses_total)",
+                self.index
+            );
+        }
     }
 
     /// Gives back what [`Worker::count_client`] counted for a connection never registered.
@@ -1425,26 +1438,8 @@ mod tests {
     }
 
     #[test]
-    fn refusals_are_summed_up_a_minute_after_the_last_line_and_said_at_once_after_a_quiet_one() {
+    fn without_a_per_client_limit_nothing_is_counted() {
         let w = worker();
-        let now = std::time::Instant::now();
-        let ago = now
-            .checked_sub(Duration::from_secs(61))
-            .expect("a clock over a minute old");
-        // Within the minute: still counting.
-        w.refused_said.set(Some((now, 3)));
-        w.say_refused();
-        assert_eq!(w.refused_said.get(), Some((now, 3)));
-        // A minute on: said (the count starts again from now).
-        w.refused_said.set(Some((ago, 5)));
-        w.say_refused();
-        let (at, unsaid) = w.refused_said.get().expect("a run still going");
-        assert_eq!(unsaid, 0);
-        assert!(at > ago + Duration::from_secs(60));
-        // A quiet minute: the run is over, and the next refusal is said at once.
-        w.refused_said.set(Some((ago, 0)));
-        w.say_refused();
-        assert_eq!(w.refused_said.get(), None);
         let ip = "192.0.2.1".parse().expect("ip");
         assert!(w.count_client(ip).expect("no limit set").is_none());
     }
