@@ -1031,14 +1031,22 @@ fn backend_entry(key: &str, value: &serde_yaml_ng::Value) -> Result<BackendUrl, 
                     Some(0) => " (to take a backend out of rotation, remove it from the list: its requests in flight finish)",
                     _ => "",
                 };
-                let what = match n.is_some() || w.as_i64().is_some() {
-                    true => "is out of range",
-                    false => "is not a whole number",
+                let what = if n.is_some() || w.as_i64().is_some() {
+                    "is out of range"
+                } else if w.is_f64() {
+                    "is not a whole number"
+                } else if w.as_str().is_some_and(|t| t.trim().parse::<u64>().is_ok()) {
+                    // `"3"`, or `007` (YAML reads a leading zero as text): a review was
+                    // told they were not whole numbers.
+                    "is text, not a number: write it without quotes or leading zeros"
+                } else {
+                    "is not a number"
                 };
+                let sep = if what.contains(':') { ";" } else { ":" };
                 return Err(invalid(
                     format!("{key}.weight"),
                     format!(
-                        "{} {what}: use 1 to {MAX_WEIGHT}{problem}",
+                        "{} {what}{sep} use 1 to {MAX_WEIGHT}{problem}",
                         what_text.trim()
                     ),
                 ));
@@ -2175,7 +2183,9 @@ mod tests {
             ("{url: http://127.0.0.1:1, weight: 257}", "services.a[1].weight: 257 is out of range: use 1 to 256"),
             ("{url: http://127.0.0.1:1, weight: -1}", "services.a[1].weight: -1 is out of range"),
             ("{url: http://127.0.0.1:1, weight: 1.5}", "services.a[1].weight: 1.5 is not a whole number"),
-            ("{url: http://127.0.0.1:1, weight: lots}", "services.a[1].weight: lots is not a whole number"),
+            ("{url: http://127.0.0.1:1, weight: lots}", "services.a[1].weight: lots is not a number: use 1 to 256"),
+            ("{url: http://127.0.0.1:1, weight: \"3\"}", "services.a[1].weight: '3' is text, not a number: write it without quotes or leading zeros; use 1 to 256"),
+            ("{url: http://127.0.0.1:1, weight: 007}", "services.a[1].weight: '007' is text, not a number"),
             ("{url: http://127.0.0.1:1, wieght: 2}", "services.a[1]: unknown key \"wieght\": a backend is a URL, or a map {url: http://HOST:PORT, weight: N}"),
             ("{weight: 2}", "services.a[1]: has no `url`"),
             ("{url: 8001}", "services.a[1].url: is not a URL"),

@@ -339,12 +339,17 @@ fn admission_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static s
     })
 }
 
-/// Whether a backend in both `a` and `b` has another weight in `b`.
+/// Whether a backend in both `a` and `b` has another share in `b`: its weight over the
+/// common divisor of its service's (1:1:1 and 2:2:2 are the same rotation: a review saw
+/// it reported as a change).
 fn weights_changed(a: &ServiceConfig, b: &ServiceConfig) -> bool {
+    use crate::balancer::gcd;
+    let divisor = |s: &ServiceConfig| s.backends.iter().fold(0, |d, x| gcd(d, x.weight));
+    let (da, db) = (divisor(a).max(1), divisor(b).max(1));
     b.backends.iter().any(|n| {
         a.backends
             .iter()
-            .any(|o| o.url == n.url && o.weight != n.weight)
+            .any(|o| o.url == n.url && o.weight / da != n.weight / db)
     })
 }
 
@@ -770,6 +775,17 @@ mod tests {
             line.contains("settings (weights) changed for services: 1 [a]"),
             "{line}"
         );
+        // The same shares in other numbers are no change.
+        let scaled =
+            weights("{url: http://127.0.0.1:1, weight: 6}, {url: http://127.0.0.1:2, weight: 2}");
+        assert!(!diff(&new, &scaled)
+            .to_string()
+            .contains("changed for services"));
+        let doubled =
+            weights("{url: http://127.0.0.1:1, weight: 2}, {url: http://127.0.0.1:2, weight: 2}");
+        assert!(!diff(&old, &doubled)
+            .to_string()
+            .contains("changed for services"));
         let more =
             weights("http://127.0.0.1:1, http://127.0.0.1:2, {url: http://127.0.0.1:4, weight: 3}");
         let line = diff(&old, &more).to_string();
