@@ -356,6 +356,23 @@ fn with_service_line(e: ConfigError, text: &str) -> ConfigError {
         let end = k.find(['.', '[']).unwrap_or(k.len());
         &k[..end]
     });
+    // An entry of its backend list (`services.a[1]`, `services.a.backends[1].weight`): the
+    // entry's own line (a review got none, or the line of `backends:`).
+    let entry = key.strip_prefix("services.").and_then(|k| {
+        let rest = &k[service?.len()..];
+        let (field, rest) = match rest.strip_prefix(".backends") {
+            Some(r) => (Some("backends"), r),
+            None => (None, rest),
+        };
+        let index = rest.strip_prefix('[')?.split(']').next()?.parse().ok()?;
+        entry_line(text, service?, field, index)
+    });
+    if let Some(n) = entry.filter(|_| !message.contains(" at line ")) {
+        return ConfigError::Invalid {
+            key: format!("line {n}: {key}"),
+            message,
+        };
+    }
     // The unknown key, or else the service's key the error is under
     // (`services.a.rate_limit.bursst`: an operator review got no line for those).
     let field = message
@@ -404,6 +421,43 @@ fn key_line_in_service(text: &str, name: &str, field: &str) -> Option<usize> {
             .is_some_and(|r| r.trim_start().starts_with(':'));
         if block_key || flow_map_names(l, field) {
             return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// The 1-based line of entry `index` of service `name`'s backend list: under the service
+/// itself (`field` None, the short form) or under its `field:` key; the list's own line
+/// when it is a flow sequence (`[a, b]`).
+fn entry_line(text: &str, name: &str, field: Option<&str>, index: usize) -> Option<usize> {
+    let start = match field {
+        None => *service_key_lines(text, name).first()?,
+        Some(f) => key_line_in_service(text, name, f)?,
+    };
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let lines: Vec<&str> = text.lines().collect();
+    let own_line = lines.get(start - 1)?;
+    if own_line.contains('[') {
+        return Some(start);
+    }
+    let own = indent(own_line);
+    let mut item_indent = None;
+    let mut seen = 0;
+    for (i, l) in lines.iter().enumerate().skip(start) {
+        if l.trim().is_empty() || l.trim_start().starts_with('#') {
+            continue;
+        }
+        let ind = indent(l);
+        // A list may sit at its key's own indent (`backends:` then `- url` under it).
+        let item = l.trim_start().starts_with('-');
+        if ind < own || ind == own && !item {
+            break;
+        }
+        if item && ind == *item_indent.get_or_insert(ind) {
+            if seen == index {
+                return Some(i + 1);
+            }
+            seen += 1;
         }
     }
     None
@@ -2207,6 +2261,19 @@ mod tests {
         assert!(e.starts_with("line 3: services.a.backends: \"http://127.0.0.1:1\" is not a list: list the backends, e.g. [http://127.0.0.1:8001]"), "{e}");
         let e = err("services:\n  a:\n    backends:\n");
         assert!(e.contains("services.a: has no backends"), "{e}");
+        // Each entry's error names its own line, in either form, a list at its key's
+        // indent, comments between, and a flow list's own line (a review got none, or
+        // that of `backends:`).
+        for (text, starts) in [
+            ("services:\n  u:\n    - http://127.0.0.1:1\n    - {url: http://127.0.0.1:2, weight: 0}\n", "line 4: services.u[1].weight"),
+            ("services:\n  a: [http://127.0.0.1:9]\n  u:\n    breaker: {cooldown: 1s}\n    backends:\n      - http://127.0.0.1:1\n      # c\n      - url: http://127.0.0.1:2\n        weight: 300\n", "line 8: services.u.backends[1].weight"),
+            ("services:\n  u:\n    backends:\n    - http://127.0.0.1:1\n    - {url: http://127.0.0.1:2, wieght: 3}\n", "line 5: services.u.backends[1]: unknown key"),
+            ("services:\n  u: [http://127.0.0.1:1, {url: http://127.0.0.1:2, weight: x}]\n", "line 2: services.u[1].weight"),
+            ("services:\n  u:\n    - http://127.0.0.1:1\n    - ftp://x\n", "line 4: services.u[1]"),
+        ] {
+            let e = err(text);
+            assert!(e.starts_with(starts), "{text}: {e}");
+        }
     }
 
     /// An operator review was refused `listen: localhost:8000`, which NGINX and HAProxy take.
