@@ -148,7 +148,7 @@ impl Default for WorkerMetrics {
     fn default() -> Self {
         WorkerMetrics {
             accepted: Counter::default(),
-            requests: counters(MAX_SERVICES * 5),
+            requests: counters((MAX_SERVICES + 1) * 5),
             aborted: counters(MAX_SERVICES),
             cut: counters(MAX_SERVICES),
             admission: counters(MAX_SERVICES * 2),
@@ -190,6 +190,12 @@ impl WorkerMetrics {
         let service = service.filter(|&s| s < MAX_SERVICES);
         if let Some(e) = error {
             self.errors[service.map_or(0, |s| s + 1) * ERRORS + e.index()].inc();
+        }
+        // Those that routed to no service (a 404, most 400s): counted by class alone, so that
+        // the family's sum is every response (an operator review's scanner went unseen).
+        if service.is_none() && status != 0 {
+            let class = (status / 100).clamp(1, 5) as usize - 1;
+            self.requests[MAX_SERVICES * 5 + class].inc();
         }
         if let Some(s) = service {
             if status == 0 {
@@ -311,9 +317,13 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
     let w = &mut o;
     let _ = writeln!(
         w,
-        "# HELP gateway_requests_total Responses sent to clients, by service and status class."
+        "# HELP gateway_requests_total Responses sent to clients, by service and status class; without service, those that routed to none."
     );
     let _ = writeln!(w, "# TYPE gateway_requests_total counter");
+    for class in 0..5 {
+        let v = sum(workers, |m| m.requests[MAX_SERVICES * 5 + class].get());
+        let _ = writeln!(w, "gateway_requests_total{{class=\"{}xx\"}} {v}", class + 1);
+    }
     for (id, name) in names.services.iter().filter(|(id, _)| *id < MAX_SERVICES) {
         for class in 0..5 {
             let v = sum(workers, |m| m.requests[id * 5 + class].get());
@@ -730,6 +740,11 @@ mod tests {
         );
         a.response.observe(0, 700);
         b.response.observe(0, 20_000_000);
+        // Routed to no service: counted without one (a 404, a 400 before routing), and a
+        // client gone before any answer not at all.
+        a.response(None, &failed(404, GatewayError::ServiceNotFound, 40, 30), 5);
+        b.response(None, &failed(400, GatewayError::RouteNotFound, 40, 30), 5);
+        b.response(None, &rec(0, 0, 3), 5);
         let services = vec![(0, "svc".to_string())];
         let backends = vec![(0, "svc".to_string(), "http://127.0.0.1:1".to_string(), 1)];
         let text = render(
@@ -798,6 +813,14 @@ mod tests {
         );
         assert!(text.contains("gateway_requests_total{service=\"svc\",class=\"5xx\"} 1\n"));
         assert!(text.contains("gateway_requests_total{service=\"svc\",class=\"1xx\"} 0\n"));
+        assert!(
+            text.contains("gateway_requests_total{class=\"4xx\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_requests_total{class=\"2xx\"} 0\n"),
+            "{text}"
+        );
         assert!(text.contains("gateway_requests_aborted_total{service=\"svc\"} 1\n"));
         assert!(
             text.contains("gateway_errors_total{service=\"svc\",code=\"no_backend_available\",status=\"503\"} 1\n")

@@ -74,6 +74,20 @@ fn a_413_counts_for_its_service_whether_found_by_length_or_in_a_chunked_body() {
             "{line}"
         );
     }
+    // A response to no service counts without one, so that the family sums up to every
+    // response (an operator review's requests for unknown services went uncounted there).
+    assert_eq!(get(g.proc.addr, "/v1/proxy/nope/x").status, 404);
+    assert_eq!(get(g.proc.addr, "/elsewhere").status, 404);
+    let mut m = String::new();
+    let counted = eventually(Duration::from_secs(5), || {
+        m = metrics(g.admin);
+        sample(&m, "gateway_requests_total{class=\"4xx\"}") == Some(2.0)
+    });
+    assert!(counted, "{m}");
+    assert_eq!(
+        sample(&m, "gateway_requests_total{service=\"svc\",class=\"4xx\"}"),
+        Some(2.0)
+    );
 }
 
 /// `gateway_request_bytes_total` counts what clients sent for a service as it came on the
