@@ -79,6 +79,9 @@ pub struct Writer {
     /// Whether lines are wanted (the log is not `off`): read by the workers per request,
     /// written only by a reload.
     on: Arc<AtomicBool>,
+    /// Times a reload turned the log off: lines a worker held across one are dropped,
+    /// never handed to the sink a later reload names (a review saw them there).
+    offs: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -112,13 +115,18 @@ impl Writer {
         let output = open_sink(sink)?;
         let on = output.is_some();
         let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let was = self.on.load(Ordering::Relaxed);
         if !on {
             self.on.store(false, Ordering::Relaxed);
+            self.offs.fetch_add(1, Ordering::Relaxed);
         }
         if self.hand(Msg::Switch(output), end) {
             self.on.store(on, Ordering::Relaxed);
             Ok(())
         } else {
+            // The old sink stays, and so does whether lines are wanted (a review's failed
+            // switch to `off` left the log silently off with stdout still configured).
+            self.on.store(was, Ordering::Relaxed);
             Err(std::io::Error::other(
                 "the access log writer did not take it within 1 s (stuck on its current file?)",
             ))
@@ -141,11 +149,29 @@ impl Writer {
     }
 }
 
+/// Opens `path` for appending, never waiting: a FIFO nobody reads is an error (`ENXIO`)
+/// rather than an open that blocks the reload holding the control lock for good (a
+/// review). Writes block as usual afterwards, on the writer thread.
 fn open(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(path)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let fd = f.as_raw_fd();
+    // SAFETY: `f` owns `fd`, valid for the duration of the call.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above; only O_NONBLOCK is cleared.
+    let set = unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+    if set < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
 }
 
 /// Opens what `sink` names; `None` when it is off.
@@ -170,6 +196,7 @@ pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Writer> {
         counters: counters.clone(),
         reopen: reopen.clone(),
         on: Arc::new(AtomicBool::new(out.is_some())),
+        offs: Arc::default(),
     };
     std::thread::Builder::new()
         .name("access-log".into())
@@ -274,6 +301,8 @@ pub struct Entry<'a> {
 pub struct AccessLog {
     writer: Option<Writer>,
     buf: RefCell<Vec<u8>>,
+    /// [`Writer::offs`] when the buffer's first line was written.
+    offs_seen: Cell<u64>,
     /// The formatted `YYYY-MM-DDTHH:MM:SS` of the last second seen.
     second: Cell<(u64, [u8; 19])>,
 }
@@ -283,6 +312,7 @@ impl AccessLog {
         AccessLog {
             writer,
             buf: RefCell::new(Vec::new()),
+            offs_seen: Cell::new(0),
             second: Cell::new((u64::MAX, [0; 19])),
         }
     }
@@ -310,6 +340,12 @@ impl AccessLog {
             self.second.set((secs, text));
         }
         let mut b = self.buf.borrow_mut();
+        // Lines held from before the log was last turned off are not this sink's.
+        let offs = self.offs();
+        if b.is_empty() || self.offs_seen.get() != offs {
+            b.clear();
+            self.offs_seen.set(offs);
+        }
         match format {
             Format::Text => text_line(&mut b, &text, millis, e),
             Format::Json => json_line(&mut b, &text, millis, e),
@@ -320,11 +356,18 @@ impl AccessLog {
         }
     }
 
-    /// Hands the buffered lines to the writer thread without waiting.
+    fn offs(&self) -> u64 {
+        self.writer
+            .as_ref()
+            .map_or(0, |w| w.offs.load(Ordering::Relaxed))
+    }
+
+    /// Hands the buffered lines to the writer thread without waiting; drops them if the
+    /// log was turned off since the first of them was written.
     pub fn flush(&self) {
         let Some(w) = &self.writer else { return };
         let batch = std::mem::take(&mut *self.buf.borrow_mut());
-        if batch.is_empty() {
+        if batch.is_empty() || self.offs_seen.get() != self.offs() {
             return;
         }
         match w.tx.try_send(Msg::Batch(batch)) {
@@ -701,6 +744,66 @@ mod tests {
         let cut = &lines[4];
         assert_eq!((&cut["status"], &cut["bytes"]), (&200.into(), &42.into()));
         assert_eq!(cut["error"], "drain_deadline");
+    }
+
+    /// A review: lines held by a worker while the log went from one file to `off` and on
+    /// to another were written to the other; a switch that failed (the writer stuck on a
+    /// stalled pipe) left the log off with the old sink still configured; and a FIFO
+    /// nobody reads blocked the reload that named it, and every reload after, for good.
+    #[test]
+    fn lines_held_across_off_are_dropped_a_failed_switch_changes_nothing_and_a_fifo_never_blocks() {
+        let dir = std::env::temp_dir().join(format!("gateway-access-off-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.log"), dir.join("b.log"));
+        let w = start(&Sink::File(a.clone()), Arc::default()).unwrap();
+        let log = AccessLog::new(Some(w.clone()));
+        let line = |target: &'static [u8]| Entry {
+            client: [10, 0, 0, 1].into(),
+            method: "GET",
+            target,
+            service: None,
+            backend: None,
+            earlier: [None; 2],
+            status: 200,
+            bytes: 0,
+            upstream_us: None,
+            total_us: 1,
+            error: None,
+            drained: false,
+            truncated: false,
+            request_id: None,
+        };
+        log.record(&line(b"/held"), Format::Text);
+        w.switch(&Sink::Off).unwrap();
+        assert!(!log.enabled());
+        w.switch(&Sink::File(b.clone())).unwrap();
+        log.record(&line(b"/after"), Format::Text);
+        log.flush();
+        assert!(w.sync(std::time::Duration::from_secs(5)));
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        assert!(read(&b).contains("/after"), "{}", read(&b));
+        assert!(!read(&b).contains("/held") && !read(&a).contains("/held"));
+
+        // A writer that takes nothing: the switch to `off` fails and the log stays on.
+        let (tx, _rx) = mpsc::sync_channel(0);
+        let stuck = Writer {
+            tx,
+            counters: Arc::default(),
+            reopen: Arc::default(),
+            on: Arc::new(AtomicBool::new(true)),
+            offs: Arc::default(),
+        };
+        assert!(stuck.switch(&Sink::Off).is_err());
+        assert!(stuck.on.load(Ordering::Relaxed));
+
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = w.switch(&Sink::File(fifo)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// `Writer::sync` answers only once every batch handed over before it is written: the

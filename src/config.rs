@@ -1582,7 +1582,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         max_connections_per_client: match &l.max_connections_per_client {
             None => None,
             // As `/admin/config` says it, and as `rate_limit: off` reads.
-            Some(MaxConnections::Other(serde_yaml_ng::Value::String(s))) if s == "off" => None,
+            Some(MaxConnections::Other(serde_yaml_ng::Value::String(s)))
+                if s.trim().eq_ignore_ascii_case("off") =>
+            {
+                None
+            }
+            Some(MaxConnections::Other(serde_yaml_ng::Value::Bool(false))) => None,
             Some(MaxConnections::Count(n @ 1..=MAX_CONNECTIONS_PER_CLIENT)) => Some(*n as u32),
             Some(other) => {
                 return Err(other.refused(
@@ -2818,6 +2823,8 @@ mod tests {
             ("64", Some(64)),
             ("1000000", Some(1_000_000)),
             ("off", None),
+            ("Off", None),
+            ("false", None),
         ] {
             let c = Config::parse(&format!(
                 "limits:\n  max_connections_per_client: {v}\n{svc}"

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use crate::accesslog::Sink;
 use crate::breaker::{Snapshot as Word, CLOSED};
 use crate::config::{BackendUrl, Config, ConfigError, ServiceConfig};
 use crate::state::Shared;
@@ -398,13 +399,18 @@ pub fn reload(
         match log {
             Some(w) if new.access_log != old.config.access_log => {
                 w.switch(&new.access_log).map_err(|e| {
-                    crate::config::invalid(
-                        "access_log",
-                        format!(
-                            "cannot open the access log {}: {e}: fix the path or its permissions; the old one stays",
+                    let what = match (&new.access_log, e.raw_os_error()) {
+                        (Sink::Off, _) => format!("cannot turn the access log off: {e}"),
+                        (_, Some(libc::ENXIO)) => format!(
+                            "cannot open the access log {}: {e} (a FIFO nobody reads): start its reader first",
                             new.access_log
                         ),
-                    )
+                        _ => format!(
+                            "cannot open the access log {}: {e}: fix the path or its permissions",
+                            new.access_log
+                        ),
+                    };
+                    crate::config::invalid("access_log", format!("{what}; the old one stays"))
                 })?;
             }
             _ => new.access_log = old.config.access_log.clone(),
