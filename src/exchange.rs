@@ -931,7 +931,7 @@ impl Exchange<'_> {
         let status = head.status;
         if head.misrouted {
             let (svc, url) = (&self.attempt.service.name, &self.attempt.backend.url.url);
-            self.worker.misrouted(svc, url);
+            self.worker.misrouted(svc, url, self.up.fd());
         }
         self.judge_reset(status);
         let head_at = note_head(
@@ -1456,7 +1456,7 @@ impl Exchange<'_> {
                     let status = head.status;
                     if head.misrouted {
                         let a = attempt.borrow();
-                        worker.misrouted(&a.service.name, &a.backend.url.url);
+                        worker.misrouted(&a.service.name, &a.backend.url.url, up_fd);
                     }
                     let head_at = note_head(
                         worker,

@@ -955,8 +955,11 @@ impl Worker {
     /// [`crate::reqid::names_another`]): its connection is not reused, which ends a run of
     /// answers one behind on it. Counted with the stray responses, and said once, then at
     /// most once a minute with a count ([`Worker::say_tallied`]): a cache in front of a
-    /// backend that stores the field does it with every hit.
-    pub fn misrouted(&self, service: &str, url: &str) {
+    /// backend that stores the field does it with every hit. The connection (`up`) is
+    /// reset when it closes, not ended: a connection per cache hit, each left in
+    /// TIME-WAIT here, would run a busy cache's traffic out of local ports (a review).
+    pub fn misrouted(&self, service: &str, url: &str, up: RawFd) {
+        crate::io::set_reset_on_close(up);
         self.metrics.backend_stray.add(1);
         if self.misrouted_said.note() {
             log::warn!(

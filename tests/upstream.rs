@@ -517,8 +517,26 @@ fn a_cache_that_stores_x_request_id_is_relayed_as_it_answers() {
     });
     let (g, wrong) = forty_with_ids(&backend);
     assert!(wrong.is_empty(), "{wrong:#?}");
+    // Each connection whose answer named another request was reset, not ended: none waits
+    // in TIME-WAIT (a review: a busy cache would run out of local ports, one a hit).
+    assert!(backend.conns.load(Ordering::SeqCst) >= 10);
+    assert_eq!(time_wait_to(backend.addr.port()), 0);
     let b = get(g.admin, "/admin/backends").json();
     assert_eq!(b["services"][0]["backends"][0]["failures"], 0, "{b}");
+}
+
+/// Sockets in TIME-WAIT towards local port `port` (IPv4), from `/proc/net/tcp`.
+fn time_wait_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let remote = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2].ends_with(&remote) && f[3] == "06"
+        })
+        .count()
 }
 
 /// A request head's path and `x-request-id`.
