@@ -734,7 +734,9 @@ pub struct FleetBudget {
     local: Arc<CachePadded<AtomicU64>>,
 }
 
-fn gcd(a: u64, b: u64) -> u64 {
+/// The greatest common divisor (0 with 0 stands for none yet); also the balancer's, for
+/// weights.
+pub(crate) fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 {
         a
     } else {

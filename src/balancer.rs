@@ -183,23 +183,17 @@ pub fn schedule(weights: &[u32]) -> Option<Box<[u32]>> {
     if weights.iter().all(|&w| w == first) {
         return None;
     }
-    let gcd = weights.iter().fold(0, |a, &w| gcd(a, w.max(1)));
+    let divisor = weights
+        .iter()
+        .fold(0, |a, &w| crate::admission::gcd(a, u64::from(w.max(1))));
     let mut turns: Vec<(u64, u64, u32)> = Vec::new();
     for (i, &w) in weights.iter().enumerate() {
-        let w = u64::from(w.max(1) / gcd);
+        let w = u64::from(w.max(1)) / divisor;
         turns.extend((0..w).map(|k| (2 * k + 1, 2 * w, i as u32)));
     }
     // (a / b, i) against (c / d, j): a·d against c·b, both well inside u64.
     turns.sort_by(|x, y| (x.0 * y.1).cmp(&(y.0 * x.1)).then(x.2.cmp(&y.2)));
     Some(turns.into_iter().map(|t| t.2).collect())
-}
-
-/// The greatest common divisor (0 with 0 stands for none yet).
-pub fn gcd(a: u32, b: u32) -> u32 {
-    match b {
-        0 => a,
-        _ => gcd(b, a % b),
-    }
 }
 
 #[cfg(test)]
@@ -209,14 +203,17 @@ mod tests {
     use crate::state::Shared;
     use std::sync::atomic::Ordering;
 
-    fn view(worker: usize) -> View {
-        let shared = Shared::new(
-            Config::parse(
-                "services:\n  a: [http://127.0.0.1:1, http://127.0.0.1:2, http://127.0.0.1:3]\n",
-            )
-            .unwrap(),
-        );
+    /// Worker `worker`'s view of the config `text`.
+    fn view_of(text: &str, worker: usize) -> View {
+        let shared = Shared::new(Config::parse(text).unwrap());
         View::new(shared.current.load_full(), worker)
+    }
+
+    fn view(worker: usize) -> View {
+        view_of(
+            "services:\n  a: [http://127.0.0.1:1, http://127.0.0.1:2, http://127.0.0.1:3]\n",
+            worker,
+        )
     }
 
     fn idx(p: Pick) -> usize {
@@ -294,13 +291,10 @@ mod tests {
     }
 
     fn weighted(worker: usize) -> View {
-        let shared = Shared::new(
-            Config::parse(
-                "workers: 2\nservices:\n  a:\n    - {url: http://127.0.0.1:1, weight: 3}\n    - http://127.0.0.1:2\n    - {url: http://127.0.0.1:3, weight: 2}\n",
-            )
-            .unwrap(),
-        );
-        View::new(shared.current.load_full(), worker)
+        view_of(
+            "workers: 2\nservices:\n  a:\n    - {url: http://127.0.0.1:1, weight: 3}\n    - http://127.0.0.1:2\n    - {url: http://127.0.0.1:3, weight: 2}\n",
+            worker,
+        )
     }
 
     /// How many of `picks` each backend took.
@@ -361,8 +355,7 @@ mod tests {
                 i + 2
             ));
         }
-        let shared = Shared::new(Config::parse(&text).unwrap());
-        let v = View::new(shared.current.load_full(), 0);
+        let v = view_of(&text, 0);
         assert_eq!(v.snapshot.services[0].turns(), 2000 * 256 + 1);
         (1..=2000).for_each(|i| open(&v, i));
         for _ in 0..100 {

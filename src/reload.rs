@@ -344,13 +344,18 @@ fn admission_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static s
 /// common divisor of its service's (1:1:1 and 2:2:2 are the same rotation: a review saw
 /// it reported as a change).
 fn weights_changed(a: &ServiceConfig, b: &ServiceConfig) -> bool {
-    use crate::balancer::gcd;
-    let divisor = |s: &ServiceConfig| s.backends.iter().fold(0, |d, x| gcd(d, x.weight));
-    let (da, db) = (divisor(a).max(1), divisor(b).max(1));
+    let divisor = |s: &ServiceConfig| {
+        let d = s
+            .backends
+            .iter()
+            .fold(0, |d, x| crate::admission::gcd(d, u64::from(x.weight)));
+        d.max(1)
+    };
+    let (da, db) = (divisor(a), divisor(b));
     b.backends.iter().any(|n| {
         a.backends
             .iter()
-            .any(|o| o.url == n.url && o.weight / da != n.weight / db)
+            .any(|o| o.url == n.url && u64::from(o.weight) / da != u64::from(n.weight) / db)
     })
 }
 
