@@ -833,6 +833,7 @@ fn config(shared: &Shared) -> Value {
         "pool": {
             "max_idle_per_backend": c.pool.max_idle_per_backend,
             "idle_timeout": d(c.pool.idle_timeout),
+            "max_requests_per_connection": c.pool.max_requests_per_connection.map_or(Value::String("off".into()), Value::from),
         },
         "services": services,
     })

@@ -173,7 +173,7 @@ pub async fn forward(
                     down.record.received += relay.wire();
                     after
                 }
-                Ok((attempt, up, reused, tried)) => {
+                Ok((attempt, up, uses, tried)) => {
                     // The head and the body in hand go up in one write. The client's buffer
                     // is lent to that write only when nothing follows the body in it: a
                     // write that times out loses the buffers it was lent, and a pipelined
@@ -186,12 +186,15 @@ pub async fn forward(
                         false => in_hand.len() + body_in_hand.len() + rest.len(),
                     };
                     up_out = worker.buffer_for(head + copied + 256);
+                    // A WebSocket handshake says `Connection: upgrade`; its connection is
+                    // never pooled after a switch, and one declined is simply not reused.
+                    let last = !info.upgrade && worker.pool.last_request(uses);
                     rewrite::write_request_head(
                         &mut up_out,
                         info.method,
                         attempt.backend,
                         prep.path,
-                        prep.fwd,
+                        (prep.fwd, last),
                     );
                     let head_len = up_out.len();
                     up_out.extend_from_slice(&in_hand);
@@ -216,7 +219,9 @@ pub async fn forward(
                         live: prep.live,
                         attempt,
                         up,
-                        reused,
+                        reused: uses > 0,
+                        uses,
+                        last,
                         tried,
                         moved: false,
                         reset_by: None,
@@ -235,7 +240,10 @@ pub async fn forward(
                     let after = ex.run(down).await;
                     down.record.received += ex.relay.wire();
                     if ex.pool_it && worker.may_pool() {
-                        worker.pool.put(ex.attempt.backend, ex.up);
+                        match ex.last {
+                            true => worker.pool.retire(ex.attempt.backend, ex.up),
+                            false => worker.pool.put(ex.attempt.backend, ex.up, ex.uses + 1),
+                        }
                     }
                     worker.recycle(ex.ubuf);
                     up_out = ex.up_out;
@@ -378,7 +386,8 @@ impl Tried {
 /// one dead backend of three used to fail every other request it was picked for after one
 /// more try, and a connect timeout was never tried elsewhere (an operator review: 502s and
 /// 504s until the circuit opened, and again after every probe). On failure the client has
-/// been answered and the result says what the connection does next.
+/// been answered and the result says what the connection does next. With the connection
+/// come the requests it carried before (0 for a new one).
 async fn connect_or_reuse<'v>(
     worker: &'v Worker,
     view: &'v View,
@@ -386,7 +395,7 @@ async fn connect_or_reuse<'v>(
     req: Request,
     prep: Prepared<'_>,
     relay: &BodyRelay,
-) -> Result<(Attempt<'v>, Socket, bool, Tried), After> {
+) -> Result<(Attempt<'v>, Socket, u32, Tried), After> {
     let service = &view.snapshot.services[req.svc];
     let timeouts = service.timeouts;
     let request = (req.info.keep_alive, relay.done);
@@ -417,11 +426,11 @@ async fn connect_or_reuse<'v>(
         tried.push(idx);
         let mut attempt = Attempt::to(worker, service, idx, ticket, down, prep.live);
         let backend = attempt.backend;
-        if let Some(s) = worker.pool.take(backend) {
-            return Ok((attempt, s, true, tried));
+        if let Some((s, uses)) = worker.pool.take(backend) {
+            return Ok((attempt, s, uses, tried));
         }
         match connect_fresh(&mut attempt, timeouts.connect).await {
-            Ok(s) => return Ok((attempt, s, false, tried)),
+            Ok(s) => return Ok((attempt, s, 0, tried)),
             Err(err) if moves_on(err) => last_err = err,
             Err(err) => {
                 last_err = err;
@@ -665,6 +674,11 @@ struct Exchange<'a> {
     up: Socket,
     /// `up` came from the pool (a failure before any response byte means it went stale).
     reused: bool,
+    /// Requests `up` carried before this one.
+    uses: u32,
+    /// The request asks the backend to close the connection after it
+    /// (`pool.max_requests_per_connection`): a clean exchange retires it, not pools it.
+    last: bool,
     /// Where the request went (see [`Tried`]).
     tried: Tried,
     /// It moved on after a reset, or a write timed out (its bytes may be half sent): no
@@ -1068,6 +1082,7 @@ impl Exchange<'_> {
             }
             self.sent_at = crate::clock::now();
             self.reused = false;
+            self.uses = 0;
             self.ubuf.clear();
             self.ustart = 0;
         }
@@ -1155,12 +1170,14 @@ impl Exchange<'_> {
                 // hand behind it stays.
                 let mut out = self.worker.buffer_for(self.up_out.len() + 256);
                 let backend = self.attempt.backend;
+                // A new connection: this is its first request.
+                self.last = !self.info.upgrade && self.worker.pool.last_request(0);
                 rewrite::write_request_head(
                     &mut out,
                     self.info.method,
                     backend,
                     self.path,
-                    self.fwd,
+                    (self.fwd, self.last),
                 );
                 let head_len = out.len();
                 out.extend_from_slice(&self.up_out[self.head_len..]);

@@ -10,10 +10,17 @@
 //! after `pool.idle_timeout`, chosen shorter than common backend keep-alive timeouts so
 //! that the gateway, not the backend, is the one that closes them.
 //!
-//! A backend that sent bytes nobody asked for (after a framed response, or to an idle
-//! connection) is writing responses twice or late, and a late one can arrive while the
-//! connection already carries the next request, where no check can tell it from the
-//! answer: HTTP/1.1 has no request ids. So its idle connections are closed and none of its
+//! A connection carries at most `pool.max_requests_per_connection` requests (NGINX's
+//! `keepalive_requests`); the last goes with `Connection: close` and is not pooled but
+//! retired ([`Pool::retire`]): held, unread, until the backend closes it, and checked by
+//! the sweep like an idle one. Bytes before the close are a backend answering out of turn.
+//!
+//! A backend that sent bytes nobody asked for (after a framed response, to an idle
+//! connection, or to a retired one) is writing responses twice or late, and a late one can
+//! arrive while the connection already carries the next request, where no check can tell
+//! it from the answer: HTTP/1.1 has no request ids. From then on every answer on that
+//! connection is one behind while requests keep it busy; the limit ends such a run with
+//! the connection, and the retired connection shows the answer owed behind it. So its idle connections are closed and none of its
 //! connections is reused for [`STRAY_NO_REUSE`] by any worker: the mark is the backend's,
 //! shared by every service that lists its address (`state::Backend::no_reuse_until`), set
 //! where the bytes are found ([`Pool::stray`]; for the sweep, which knows only slots, by
@@ -26,6 +33,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::PoolSettings;
 use crate::io::{idle_state, Idle as Peeked, Socket};
 use crate::metrics::WorkerCell;
 use crate::state::Backend;
@@ -33,7 +41,19 @@ use crate::state::Backend;
 struct Idle {
     socket: Socket,
     since: Instant,
+    /// Requests it carried.
+    uses: u32,
 }
+
+/// A connection whose last request asked the backend to close it: kept until it does.
+struct Retired {
+    slot: usize,
+    socket: Socket,
+    since: Instant,
+}
+
+/// The most retired connections a worker holds at once; the oldest is closed for a new one.
+const MAX_RETIRED: usize = 1024;
 
 /// The most idle connections per backend the sweep peeks at (one system call each). With
 /// thousands idle, peeking at all of them once a second would stall the worker for ms.
@@ -48,6 +68,10 @@ pub struct Pool {
     slots: RefCell<Vec<VecDeque<Idle>>>,
     max_idle: Cell<usize>,
     idle_timeout: Cell<Duration>,
+    /// `pool.max_requests_per_connection`.
+    max_requests: Cell<Option<u32>>,
+    /// Connections whose last request went with `Connection: close`, oldest first.
+    retired: RefCell<VecDeque<Retired>>,
     /// Slots of the worker's current config: a connection to any other is not pooled. A
     /// request that began before a reload may finish after it; its connection must not
     /// be left under a slot that could later be reused for another backend.
@@ -60,22 +84,35 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(max_idle: usize, idle_timeout: Duration, metrics: Arc<WorkerCell>) -> Pool {
-        Pool {
+    pub fn new(settings: &PoolSettings, metrics: Arc<WorkerCell>) -> Pool {
+        let pool = Pool {
             slots: RefCell::new(Vec::new()),
-            max_idle: Cell::new(max_idle),
-            idle_timeout: Cell::new(idle_timeout),
+            max_idle: Cell::new(0),
+            idle_timeout: Cell::new(Duration::ZERO),
+            max_requests: Cell::new(None),
+            retired: RefCell::new(VecDeque::new()),
             live: RefCell::new(Vec::new()),
             total: Cell::new(0),
             strays: RefCell::new(Vec::new()),
             metrics,
-        }
+        };
+        pool.configure(settings);
+        pool
     }
 
-    /// Applies reloaded pool settings.
-    pub fn configure(&self, max_idle: usize, idle_timeout: Duration) {
-        self.max_idle.set(max_idle);
-        self.idle_timeout.set(idle_timeout);
+    /// Applies (reloaded) pool settings.
+    pub fn configure(&self, settings: &PoolSettings) {
+        self.max_idle.set(settings.max_idle_per_backend);
+        self.idle_timeout.set(settings.idle_timeout);
+        self.max_requests.set(settings.max_requests_per_connection);
+    }
+
+    /// Whether the next request on a connection that carried `uses` requests is its last,
+    /// to go with `Connection: close`.
+    pub fn last_request(&self, uses: u32) -> bool {
+        self.max_requests
+            .get()
+            .is_some_and(|max| uses.saturating_add(1) >= max)
     }
 
     fn recount(&self, slots: &[VecDeque<Idle>]) {
@@ -117,14 +154,15 @@ impl Pool {
         s
     }
 
-    /// The most recently used clean connection to `backend`, if any (none while its
-    /// connections are not reused: its idle ones here are closed then).
+    /// The most recently used clean connection to `backend` and the requests it carried,
+    /// if any (none while its connections are not reused: its idle ones here are closed
+    /// then).
     ///
     /// Every candidate is checked with a non-blocking peek and dropped if it became
     /// readable: either the backend closed it, or it sent bytes nobody asked for (which must
     /// never be read as the answer to the next request). There is no time window in which
     /// the check is skipped.
-    pub fn take(&self, backend: &Backend) -> Option<Socket> {
+    pub fn take(&self, backend: &Backend) -> Option<(Socket, u32)> {
         let slot = backend.slot;
         if !backend.reusable() {
             self.clear(slot);
@@ -148,7 +186,7 @@ impl Pool {
             }
             match idle_state(idle.socket.fd()) {
                 Peeked::Quiet => {
-                    found = Some(idle.socket);
+                    found = Some((idle.socket, idle.uses));
                     break;
                 }
                 Peeked::Closed => {}
@@ -167,8 +205,9 @@ impl Pool {
         found
     }
 
-    /// Returns a connection to `backend` whose exchange finished cleanly.
-    pub fn put(&self, backend: &Backend, socket: Socket) {
+    /// Returns a connection to `backend` whose exchange finished cleanly, having carried
+    /// `uses` requests.
+    pub fn put(&self, backend: &Backend, socket: Socket, uses: u32) {
         let slot = backend.slot;
         if self.max_idle.get() == 0
             || !self.live.borrow().get(slot).copied().unwrap_or(false)
@@ -188,19 +227,65 @@ impl Pool {
         q.push_back(Idle {
             socket,
             since: crate::clock::now(),
+            uses,
         });
         self.total.set(self.total.get() + 1);
         self.metrics.pool_idle.set(self.total.get() as u64);
     }
 
+    /// Holds a connection to `backend` whose exchange finished cleanly and whose request
+    /// asked the backend to close it, until the backend does (or for `pool.idle_timeout`):
+    /// bytes before the close are an answer owed to an earlier request, sent out of turn
+    /// (see the module's comment). The sweep checks it.
+    pub fn retire(&self, backend: &Backend, socket: Socket) {
+        if !self
+            .live
+            .borrow()
+            .get(backend.slot)
+            .copied()
+            .unwrap_or(false)
+        {
+            return;
+        }
+        let mut retired = self.retired.borrow_mut();
+        if retired.len() >= MAX_RETIRED {
+            retired.pop_front();
+        }
+        retired.push_back(Retired {
+            slot: backend.slot,
+            socket,
+            since: crate::clock::now(),
+        });
+    }
+
+    /// Connections held until their backend closes them ([`Pool::retire`]).
+    pub fn retired(&self) -> usize {
+        self.retired.borrow().len()
+    }
+
     /// Closes expired connections, those of backends `keep` no longer wants, and of the
     /// `SWEEP_PEEKS` oldest of each backend, those the backend closed or wrote to while
-    /// idle. Whatever the sweep did not look at, [`Pool::take`] checks before use.
+    /// idle. Whatever the sweep did not look at, [`Pool::take`] checks before use. Retired
+    /// connections are all checked: closed by the backend, they go; written to, they go as
+    /// strays; otherwise they are kept for up to `pool.idle_timeout`.
     pub fn sweep(&self, keep: impl Fn(usize) -> bool) {
-        let mut slots = self.slots.borrow_mut();
         let timeout = self.idle_timeout.get();
         let now = Instant::now();
         let mut strays = Vec::new();
+        self.retired.borrow_mut().retain(|r| {
+            if !keep(r.slot) {
+                return false;
+            }
+            match idle_state(r.socket.fd()) {
+                Peeked::Quiet => now.saturating_duration_since(r.since) < timeout,
+                Peeked::Closed => false,
+                Peeked::Data => {
+                    strays.push(r.slot);
+                    false
+                }
+            }
+        });
+        let mut slots = self.slots.borrow_mut();
         for (slot, q) in slots.iter_mut().enumerate() {
             if !keep(slot) {
                 q.clear();
@@ -253,8 +338,11 @@ impl Pool {
     /// ran out of descriptors: idle connections must never be what keeps a request from
     /// its backend.
     pub fn shed(&self, n: usize) -> usize {
+        let mut retired = self.retired.borrow_mut();
+        let mut shed = n.min(retired.len());
+        retired.drain(..shed);
+        drop(retired);
         let mut slots = self.slots.borrow_mut();
-        let mut shed = 0;
         while shed < n {
             let before = shed;
             for q in slots.iter_mut() {
@@ -312,10 +400,18 @@ mod tests {
         BACKENDS.with(|b| b[slot])
     }
 
+    fn settings(max_idle: usize, idle_timeout: Duration) -> PoolSettings {
+        PoolSettings {
+            max_idle_per_backend: max_idle,
+            idle_timeout,
+            max_requests_per_connection: None,
+        }
+    }
+
     /// A pool keeping slot 0.
     fn pool(max_idle: usize, idle_timeout: Duration) -> Pool {
         let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
-        let pool = Pool::new(max_idle, idle_timeout, metrics);
+        let pool = Pool::new(&settings(max_idle, idle_timeout), metrics);
         pool.keep_only(vec![true]);
         pool
     }
@@ -325,7 +421,7 @@ mod tests {
         let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
             .await
             .unwrap();
-        pool.put(backend(0), Socket::new(s));
+        pool.put(backend(0), Socket::new(s), 1);
         l.accept().unwrap().0
     }
 
@@ -345,20 +441,20 @@ mod tests {
                 (Socket::new(s), peer)
             };
             let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
-            let pool = Pool::new(4, Duration::from_secs(60), metrics);
+            let pool = Pool::new(&settings(4, Duration::from_secs(60)), metrics);
             pool.keep_only(vec![true, false]);
             let (a, _pa) = connect().await;
             let (b, _pb) = connect().await;
-            pool.put(backend(0), a);
-            pool.put(backend(1), b);
-            pool.put(backend(7), connect().await.0);
+            pool.put(backend(0), a, 1);
+            pool.put(backend(1), b, 1);
+            pool.put(backend(7), connect().await.0, 1);
             assert_eq!((pool.idle(0), pool.idle(1), pool.idle(7)), (1, 0, 0));
             // A reload drops slot 0 and adds slot 1: slot 0's idle connection is closed.
             pool.keep_only(vec![false, true]);
             assert_eq!(pool.idle(0), 0);
-            pool.put(backend(0), connect().await.0);
+            pool.put(backend(0), connect().await.0, 1);
             assert_eq!(pool.idle(0), 0);
-            pool.put(backend(1), connect().await.0);
+            pool.put(backend(1), connect().await.0, 1);
             assert_eq!(pool.idle(1), 1);
         });
     }
@@ -425,6 +521,64 @@ mod tests {
     }
 
     #[test]
+    fn a_retired_connection_goes_when_closed_and_names_a_backend_that_writes_first() {
+        use std::io::Write;
+        let mut rt = runtime();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let pool = pool(16, Duration::from_secs(60));
+            let retire = || async {
+                let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
+                    .await
+                    .unwrap();
+                pool.retire(backend(0), Socket::new(s));
+                l.accept().unwrap().0
+            };
+            // Closed as asked: it goes, and nothing is said.
+            let closing = retire().await;
+            let slow = retire().await;
+            drop(closing);
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            pool.sweep(|_| true);
+            assert_eq!((pool.retired(), pool.take_strays()), (1, vec![]));
+            // Not yet closed: kept. An answer written before the close is one owed to an
+            // earlier request: the backend's connections are not reused for a while.
+            let mut late = retire().await;
+            late.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+            drop(late);
+            let _idle = pooled(&pool, &l).await;
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            pool.sweep(|_| true);
+            assert_eq!((pool.retired(), pool.take_strays()), (1, vec![0]));
+            assert_eq!(pool.idle(0), 0, "its idle connections kept");
+            assert_eq!(pool.metrics.backend_stray.get(), 1);
+            // Retired connections go first when descriptors run out, and with their slot.
+            assert_eq!(pool.shed(1), 1);
+            let _kept = retire().await;
+            pool.keep_only(vec![false]);
+            assert_eq!(pool.retired(), 0);
+            drop(slow);
+        });
+    }
+
+    #[test]
+    fn the_last_request_is_the_one_that_reaches_the_limit() {
+        let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
+        let mut s = settings(4, Duration::from_secs(4));
+        s.max_requests_per_connection = Some(3);
+        let pool = Pool::new(&s, metrics);
+        let last: Vec<bool> = (0..4).map(|uses| pool.last_request(uses)).collect();
+        assert_eq!(last, [false, false, true, true]);
+        s.max_requests_per_connection = Some(1);
+        pool.configure(&s);
+        assert!(pool.last_request(0));
+        s.max_requests_per_connection = None;
+        pool.configure(&s);
+        assert!(!pool.last_request(u32::MAX - 1) && !pool.last_request(u32::MAX));
+    }
+
+    #[test]
     fn a_408_on_an_idle_connection_is_a_close_not_stray_bytes() {
         use std::io::Write;
         let mut rt = runtime();
@@ -448,14 +602,14 @@ mod tests {
         rt.block_on(async {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
-            let pool = Pool::new(16, Duration::from_secs(60), metrics.clone());
+            let pool = Pool::new(&settings(16, Duration::from_secs(60)), metrics.clone());
             pool.keep_only(vec![true, true]);
             let mut peers = Vec::new();
             for slot in [0, 0, 0, 0, 1] {
                 let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
                     .await
                     .unwrap();
-                pool.put(backend(slot), Socket::new(s));
+                pool.put(backend(slot), Socket::new(s), 1);
                 peers.push(l.accept().unwrap().0);
             }
             // Three from five: one of each backend, then the next oldest of slot 0.

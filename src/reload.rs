@@ -269,6 +269,15 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
             d(old.pool.idle_timeout),
             d(new.pool.idle_timeout),
         ),
+        (
+            "pool.max_requests_per_connection",
+            old.pool
+                .max_requests_per_connection
+                .map_or("off".to_string(), |v| n(v.into())),
+            new.pool
+                .max_requests_per_connection
+                .map_or("off".to_string(), |v| n(v.into())),
+        ),
         ("dns_refresh", dns(old), dns(new)),
         ("trusted_proxies", proxies(old), proxies(new)),
         (

@@ -333,13 +333,14 @@ pub fn format_ip(ip: IpAddr) -> Vec<u8> {
     ip.to_string().into_bytes()
 }
 
-/// Writes the request line and `Host` for `backend`, then the prepared header block `fwd`.
+/// Writes the request line and `Host` for `backend`, `Connection: close` if `close` (the
+/// connection's last request), then the prepared header block `fwd`.
 pub fn write_request_head(
     out: &mut Vec<u8>,
     method: Method,
     backend: &Backend,
     path: &[u8],
-    fwd: &[u8],
+    (fwd, close): (&[u8], bool),
 ) {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
@@ -349,6 +350,9 @@ pub fn write_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(backend.url.authority.as_bytes());
     out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
     out.extend_from_slice(fwd);
 }
 

@@ -288,11 +288,7 @@ impl Worker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(metrics.clone());
-        let pool = Pool::new(
-            snapshot.config.pool.max_idle_per_backend,
-            snapshot.config.pool.idle_timeout,
-            metrics.clone(),
-        );
+        let pool = Pool::new(&snapshot.config.pool, metrics.clone());
         pool.keep_only(snapshot.live_slots());
         Worker {
             index,
@@ -432,9 +428,7 @@ impl Worker {
             self.index,
             &old,
         ));
-        let pool = &fresh.snapshot.config.pool;
-        self.pool
-            .configure(pool.max_idle_per_backend, pool.idle_timeout);
+        self.pool.configure(&fresh.snapshot.config.pool);
         // Close idle connections of backends that left the config, and pool none for them
         // from now on (their slot may be reused once no older snapshot is alive).
         self.pool.keep_only(fresh.snapshot.live_slots());

@@ -413,13 +413,7 @@ fn late_stray_rounds(workers: usize, services: &[&str]) {
             .iter()
             .flat_map(|s| ["late", "b", "c"].map(|who| (s, who)))
         {
-            let want = format!("/{who}{round}");
-            let raw = format!("GET /v1/proxy/{svc}{want} HTTP/1.1\r\nHost: gw\r\n\r\n");
-            match exchange(g.proc.addr, &raw) {
-                Ok(r) if r.status == 200 && text(&r) == want => {}
-                Ok(r) => wrong.push(format!("{want}: {} {:?}", r.status, text(&r))),
-                Err(e) => wrong.push(format!("{want}: {e}")),
-            }
+            wrong.extend(mismatch(g.proc.addr, svc, &format!("/{who}{round}")));
         }
     }
     // The first client after the first late answer to meet it, and no one else.
@@ -456,31 +450,7 @@ fn late_stray_rounds(workers: usize, services: &[&str]) {
 /// no one after it anyone else's.
 #[test]
 fn an_answer_naming_another_request_ends_a_run_of_answers_one_behind() {
-    // One behind from `/late` on: each request is answered with the answer owed before it
-    // (the first time, `/late`'s again), its own held back for the next.
-    let backend = RawBackend::start(|mut s, _| {
-        let mut pending = Vec::new();
-        let mut owed: Option<Vec<u8>> = None;
-        while let Some(head) = read_head(&mut s, &mut pending) {
-            let (path, id) = path_and_id(&head);
-            let answer = echoing(&path, &id);
-            let out = match owed.take() {
-                Some(before) => {
-                    owed = Some(answer);
-                    before
-                }
-                None => {
-                    if path.starts_with("/late") {
-                        owed = Some(answer.clone());
-                    }
-                    answer
-                }
-            };
-            if s.write_all(&out).is_err() {
-                return;
-            }
-        }
-    });
+    let backend = one_behind_from_late();
     let (g, wrong) = forty_with_ids(&backend);
     assert_eq!(wrong, ["/c4: 200 \"/late3\""], "{wrong:#?}");
     // Its connection closed, the next one is reused: an answer naming another request
@@ -574,21 +544,183 @@ fn forty_with_ids(backend: &RawBackend) -> (AdminGateway, Vec<String>) {
         &format!("  svc: [http://{}]\n", backend.addr),
     ));
     let g = gateway_at(&path);
-    let mut wrong = Vec::new();
-    for n in 0..40 {
-        let want = if n == 3 {
-            format!("/late{n}")
-        } else {
-            format!("/c{n}")
-        };
-        let raw = format!("GET /v1/proxy/svc{want} HTTP/1.1\r\nHost: gw\r\n\r\n");
-        match exchange(g.proc.addr, &raw) {
-            Ok(r) if r.status == 200 && text(&r) == want => {}
-            Ok(r) => wrong.push(format!("{want}: {} {:?}", r.status, text(&r))),
-            Err(e) => wrong.push(format!("{want}: {e}")),
-        }
-    }
+    let wrong = forty(g.proc.addr);
     (g, wrong)
+}
+
+/// Forty requests through service `svc` of the gateway at `gw`, each on a connection of
+/// its own (the fourth to `/late3`, the others to `/cN`): the answers that were not the
+/// request's own.
+fn forty(gw: SocketAddr) -> Vec<String> {
+    (0..40)
+        .filter_map(|n| match n {
+            3 => mismatch(gw, "svc", &format!("/late{n}")),
+            _ => mismatch(gw, "svc", &format!("/c{n}")),
+        })
+        .collect()
+}
+
+/// What a GET of `want` through service `svc` of the gateway at `gw` got, unless it was
+/// a 200 whose body is `want`.
+fn mismatch(gw: SocketAddr, svc: &str, want: &str) -> Option<String> {
+    let raw = format!("GET /v1/proxy/{svc}{want} HTTP/1.1\r\nHost: gw\r\n\r\n");
+    match exchange(gw, &raw) {
+        Ok(r) if r.status == 200 && text(&r) == want => None,
+        Ok(r) => Some(format!("{want}: {} {:?}", r.status, text(&r))),
+        Err(e) => Some(format!("{want}: {e}")),
+    }
+}
+
+/// Whether a request head asks to close the connection.
+fn asks_to_close(head: &str) -> bool {
+    head.lines().any(|l| l == "connection: close")
+}
+
+/// A backend one behind from `/late` on: each request is answered with the answer owed
+/// before it (the first time, `/late`'s again), its own held back for the next; a request
+/// that asks to close gets the answer owed, then its own, then the close. Answers echo
+/// `X-Request-Id`.
+fn one_behind_from_late() -> RawBackend {
+    RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        let mut owed: Option<Vec<u8>> = None;
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            let (path, id) = path_and_id(&head);
+            let answer = echoing(&path, &id);
+            let mut out = match owed.take() {
+                Some(before) => {
+                    owed = Some(answer);
+                    before
+                }
+                None => {
+                    if path.starts_with("/late") {
+                        owed = Some(answer.clone());
+                    }
+                    answer
+                }
+            };
+            let close = asks_to_close(&head);
+            if close {
+                out.extend(owed.take().unwrap_or_default());
+            }
+            if s.write_all(&out).is_err() || close {
+                return;
+            }
+        }
+    })
+}
+
+/// `pool.max_requests_per_connection` (NGINX's `keepalive_requests`): a backend connection
+/// carries that many requests, the last with `Connection: close`, and a backend that
+/// closes as asked is nothing to report.
+#[test]
+fn a_backend_connection_carries_at_most_max_requests_the_last_asking_to_close() {
+    // Per connection, the requests it carried: path and whether it asked to close.
+    type Carried = Vec<(String, bool)>;
+    let seen: Arc<Mutex<Vec<Carried>>> = Arc::default();
+    let log = seen.clone();
+    let backend = RawBackend::start(move |mut s, i| {
+        log.lock().unwrap().push(Vec::new());
+        let mut pending = Vec::new();
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            let (path, close) = (path_and_id(&head).0, asks_to_close(&head));
+            log.lock().unwrap()[i].push((path.clone(), close));
+            let out = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+                path.len()
+            );
+            if s.write_all(out.as_bytes()).is_err() || close {
+                return;
+            }
+        }
+    });
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\npool: {max_requests_per_connection: 3}",
+        &format!("  svc: [http://{}]\n", backend.addr),
+    ));
+    let g = gateway_at(&path);
+    for n in 0..10 {
+        let want = format!("/r{n}");
+        let raw = format!("GET /v1/proxy/svc{want} HTTP/1.1\r\nHost: gw\r\n\r\n");
+        let r = exchange(g.proc.addr, &raw).expect("answer");
+        assert_eq!((r.status, text(&r)), (200, want));
+    }
+    let seen = seen.lock().unwrap().clone();
+    let carried: Vec<Vec<bool>> = seen
+        .iter()
+        .map(|c| c.iter().map(|(_, close)| *close).collect())
+        .collect();
+    assert_eq!(
+        carried,
+        [
+            vec![false, false, true],
+            vec![false, false, true],
+            vec![false, false, true],
+            vec![false],
+        ],
+        "{seen:?}"
+    );
+    let m = metrics(g.admin);
+    assert_eq!(
+        sample(&m, "gateway_backend_stray_responses_total"),
+        Some(0.0),
+        "{m}"
+    );
+    let c = get(g.admin, "/admin/config").json();
+    assert_eq!(c["pool"]["max_requests_per_connection"], 3, "{c}");
+}
+
+/// The same run of answers one behind as above, from a backend that does not echo
+/// `X-Request-Id` (or behind an edge whose IDs are random), where no answer can be told
+/// from another: it ends with the connection, at `pool.max_requests_per_connection`. The
+/// last request asks the backend to close; the answer it owed comes before the close and
+/// is seen, so that none of the backend's connections is reused for a while.
+#[test]
+fn a_run_of_answers_one_behind_ends_with_the_connections_last_request() {
+    let backend = one_behind_from_late();
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\npool: {max_requests_per_connection: 10}\nbreaker: {failure_threshold: 1000}",
+        &format!("  svc: [http://{}]\n", backend.addr),
+    ));
+    let log = std::env::temp_dir().join(format!(
+        "gateway-upstream-{}-one-behind-limit.log",
+        std::process::id()
+    ));
+    let g = gateway_at_logging_to(&path, &log);
+    let wrong = forty(g.proc.addr);
+    // One behind from the late answer to the connection's tenth request; none after it
+    // (with no limit: 36 of 40, every request from the fifth on).
+    assert_eq!(
+        wrong,
+        [
+            "/c4: 200 \"/late3\"",
+            "/c5: 200 \"/c4\"",
+            "/c6: 200 \"/c5\"",
+            "/c7: 200 \"/c6\"",
+            "/c8: 200 \"/c7\"",
+            "/c9: 200 \"/c8\"",
+        ],
+        "{wrong:#?}"
+    );
+    // The answer owed to the tenth came before the close: counted and named.
+    let mut text_ = String::new();
+    let named = eventually(Duration::from_secs(5), || {
+        text_ = std::fs::read_to_string(&log).unwrap_or_default();
+        text_.lines().any(|l| {
+            l.contains(" WARN ")
+                && l.contains(&format!("backend: svc http://{}", backend.addr))
+                && l.contains("none of its connections is reused")
+        })
+    });
+    let _ = std::fs::remove_file(&log);
+    assert!(named, "{text_}");
+    let m = metrics(g.admin);
+    assert!(
+        sample(&m, "gateway_backend_stray_responses_total").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
 }
 
 // ---- 2. An early 413 during a large upload ----
