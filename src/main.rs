@@ -103,6 +103,13 @@ fn main() -> ExitCode {
             complain(&format!("invalid config: {}: {e}", config.display()));
             return ExitCode::FAILURE;
         }
+        let in_use = match gateway::server::check_binds(&cfg) {
+            Ok(notes) => notes,
+            Err(e) => {
+                complain(&format!("invalid config: {}: {e}", config.display()));
+                return ExitCode::FAILURE;
+            }
+        };
         // Totals, not a reload's diff from nothing (`services +2 [...] -0 =0`, which a new
         // user's review read as a diff of something).
         let plural = gateway::logging::plural;
@@ -128,6 +135,9 @@ fn main() -> ExitCode {
             .chain(metrics)
         {
             text += &format!("warning: {w}\n");
+        }
+        for n in in_use {
+            text += &format!("note: {n}\n");
         }
         say(&text);
         return ExitCode::SUCCESS;

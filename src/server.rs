@@ -81,6 +81,9 @@ pub fn bind_error(key: &'static str, addr: SocketAddr, source: io::Error) -> Sta
         io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
             " (ports below 1024 need root or the CAP_NET_BIND_SERVICE capability, e.g. `setcap cap_net_bind_service=+ep` on the binary; or set `{key}` to a port from 1024 up)"
         ),
+        io::ErrorKind::AddrNotAvailable => format!(
+            " (no interface of this machine has that address: set `{key}` to one of its own, 0.0.0.0 for all, or 127.0.0.1)"
+        ),
         _ => String::new(),
     };
     StartError::Bind {
@@ -136,6 +139,26 @@ pub fn check_ports(config: &crate::config::Config) -> Result<(), StartError> {
     config
         .admin
         .map_or(Ok(()), |admin| port_free("admin", admin))
+}
+
+/// What `--check` says of the `listen` and `admin` addresses, bound once and let go: an
+/// address the gateway could never bind (not on this machine, a port below 1024 without
+/// the capability) is an error; a port in use now is a note, not an error, since a running
+/// gateway with this config holds its own, and keeps it across a reload (`SIGHUP`).
+pub fn check_binds(config: &crate::config::Config) -> Result<Vec<String>, StartError> {
+    let mut notes = Vec::new();
+    for (key, addr) in [("listen", Some(config.listen)), ("admin", config.admin)] {
+        let Some(addr) = addr else { continue };
+        match port_free(key, addr) {
+            Err(StartError::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse => {
+                notes.push(format!(
+                    "{key}: {addr} is in use now: a gateway running with this config keeps it across a reload (SIGHUP), but a start needs it free"
+                ));
+            }
+            other => other?,
+        }
+    }
+    Ok(notes)
 }
 
 /// A plain bind of `addr` (the value of `key`), let go at once: the port is free. Port 0

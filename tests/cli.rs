@@ -367,6 +367,32 @@ fn check_rejects_admin_on_the_listen_port() {
     assert_eq!(code, Some(0), "port 0 twice is two ports: {text}");
 }
 
+/// `--check` binds `listen` and `admin` once (an operator review: a port in use passed):
+/// an address the gateway could never bind fails it, naming the key; a port in use now
+/// only gets a note, since the gateway running with this config holds it.
+#[test]
+fn check_binds_the_ports_and_notes_one_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (code, text) = check(&format!("listen: 127.0.0.1:0\nadmin: {addr}\n{SVC}"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("note: admin: {addr} is in use now: a gateway running with this config keeps it across a reload (SIGHUP), but a start needs it free")),
+        "{text}"
+    );
+    let (code, text) = check(&format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{SVC}"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("note:"), "{text}");
+    // TEST-NET-1: on no machine's interfaces.
+    let (code, text) = check(&format!("listen: 192.0.2.1:8080\n{SVC}"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("cannot listen on 192.0.2.1:8080 (`listen`)")
+            && text.contains("no interface of this machine has that address"),
+        "{text}"
+    );
+}
+
 /// Regression: a taken admin port was reported as `listen`'s problem.
 #[test]
 fn a_taken_admin_port_names_admin() {
