@@ -541,6 +541,17 @@ fn render_core_metrics(shared: &Shared) -> String {
             })
         })
         .collect();
+    let healthy: Vec<(String, String, u64)> = snap
+        .services
+        .iter()
+        .filter(|s| s.health_check.is_some())
+        .flat_map(|s| {
+            s.backends.iter().map(move |b| {
+                let up = u64::from(!crate::health::is_down(b));
+                (s.name.clone(), b.url.url.clone(), up)
+            })
+        })
+        .collect();
     let in_flight: Vec<(String, u64)> = snap
         .services
         .iter()
@@ -561,6 +572,7 @@ fn render_core_metrics(shared: &Shared) -> String {
         &metrics::Names {
             services: &services,
             backends: &backends,
+            healthy: &healthy,
             generation: snap.generation,
             reloads_ok: shared.reloads.ok.load(Ordering::Relaxed),
             reloads_failed: shared.reloads.failed.load(Ordering::Relaxed),
@@ -665,6 +677,15 @@ fn backends(shared: &Shared, only: Option<&[String]>) -> Value {
                         "successes": total(b.slot, |m| &m.backend_success),
                         "failures": total(b.slot, |m| &m.backend_failure),
                         "transitions": total(b.slot, |m| &m.transitions),
+                        // `null` without health checks.
+                        "health": s.health_check.as_ref().map(|_| {
+                            let h = crate::health::State::load(&b.health);
+                            json!({
+                                "state": if h.down { "down" } else { "up" },
+                                "failures_in_a_row": h.fails,
+                                "passes_in_a_row": h.passes,
+                            })
+                        }),
                     })
                 })
                 .collect();
@@ -672,6 +693,13 @@ fn backends(shared: &Shared, only: Option<&[String]>) -> Value {
                 "name": s.name,
                 "failure_threshold": s.settings.failure_threshold,
                 "cooldown_ms": s.policy.cooldown_ms,
+                "health_check": s.health_check.as_ref().map(|c| json!({
+                    "path": c.path,
+                    "interval_ms": c.interval.as_millis() as u64,
+                    "timeout_ms": c.timeout.as_millis() as u64,
+                    "fall": c.fall,
+                    "rise": c.rise,
+                })),
                 "backends": backends,
             })
         })
@@ -745,6 +773,14 @@ fn config(shared: &Shared) -> Value {
                 // One per backend, in the same order (kept apart so that `backends` stays
                 // the list of URLs it always was).
                 "weights": s.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+                // As the config takes it: `off`, or the map.
+                "health_check": s.health_check.as_ref().map_or(Value::String("off".into()), |c| json!({
+                    "path": c.path,
+                    "interval": d(c.interval),
+                    "timeout": d(c.timeout),
+                    "fall": c.fall,
+                    "rise": c.rise,
+                })),
                 "breaker": {
                     "failure_threshold": s.breaker.failure_threshold,
                     "cooldown": d(s.breaker.cooldown),

@@ -82,6 +82,31 @@ impl View {
     /// [`breaker::admit_with`]).
     pub fn pick(&self, svc: usize, exclude: &[usize], streaming: bool) -> Pick {
         let service = &self.snapshot.services[svc];
+        // Backends out of rotation by their health checks are passed over like those
+        // this request tried, unless every backend of the service is out (`health.rs`).
+        if service.health_check.is_some()
+            && service.backends.iter().any(crate::health::is_down)
+            && !service.backends.iter().all(crate::health::is_down)
+        {
+            return self.pick_healthy(svc, exclude, streaming);
+        }
+        self.pick_among(svc, exclude, streaming)
+    }
+
+    /// [`View::pick`] with the backends out of rotation added to `exclude` (cold: only
+    /// while one is out).
+    #[cold]
+    fn pick_healthy(&self, svc: usize, exclude: &[usize], streaming: bool) -> Pick {
+        let service = &self.snapshot.services[svc];
+        let mut passed: Vec<usize> = exclude.to_vec();
+        passed.extend(
+            (0..service.backends.len()).filter(|&i| crate::health::is_down(&service.backends[i])),
+        );
+        self.pick_among(svc, &passed, streaming)
+    }
+
+    fn pick_among(&self, svc: usize, exclude: &[usize], streaming: bool) -> Pick {
+        let service = &self.snapshot.services[svc];
         let n = service.backends.len();
         let cursor = &self.cursors[svc];
         let start = match &service.schedule {
@@ -220,6 +245,35 @@ mod tests {
         match p {
             Pick::Backend { idx, .. } => idx,
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn backends_out_by_health_checks_are_passed_over_unless_all_are() {
+        for backends in [
+            "[http://127.0.0.1:1, http://127.0.0.1:2, http://127.0.0.1:3]",
+            "[{url: http://127.0.0.1:1, weight: 5}, http://127.0.0.1:2, {url: http://127.0.0.1:3, weight: 2}]",
+        ] {
+            let v = view_of(
+                &format!("services:\n  a:\n    backends: {backends}\n    health_check: {{path: /h}}\n"),
+                0,
+            );
+            let down = |i: usize, d: bool| {
+                v.snapshot.services[0].backends[i]
+                    .health
+                    .store(u64::from(d) << 16, Ordering::Relaxed)
+            };
+            let picks = |n: usize| -> Vec<usize> { (0..n).map(|_| idx(v.pick(0, &[], false))).collect() };
+            down(0, true);
+            let got = picks(40);
+            assert!(!got.contains(&0) && got.contains(&1) && got.contains(&2), "{backends}: {got:?}");
+            // A request that tried 1 goes to 2, never to the one out.
+            assert_eq!(idx(v.pick(0, &[1], false)), 2, "{backends}");
+            // All out: the checks are set aside.
+            down(1, true);
+            down(2, true);
+            let got = picks(40);
+            assert!(got.contains(&0) && got.contains(&1) && got.contains(&2), "{backends}: {got:?}");
         }
     }
 

@@ -226,6 +226,8 @@ pub struct ServiceConfig {
     /// The timeouts its requests run under: the top-level ones, with the service's own
     /// `connect`, `response`, `body` and `tunnel` over them.
     pub timeouts: Timeouts,
+    /// Active health checks of its backends (`health.rs`); `None`: off.
+    pub health_check: Option<crate::health::HealthCheck>,
 }
 
 /// Statuses that count as a backend failure by default: every 5xx but 501 (Not
@@ -685,6 +687,7 @@ struct RawService {
     /// Read on its own, so that its errors name `services.NAME.timeouts` (see
     /// [`raw_service_timeouts`]).
     timeouts: Option<serde_yaml_ng::Value>,
+    health_check: Option<serde_yaml_ng::Value>,
 }
 
 /// A service's own timeouts: those of the backend side. The client's (`client_header`,
@@ -1435,7 +1438,7 @@ impl Config {
             let _ = fmt::Write::write_fmt(
                 &mut s,
                 format_args!(
-                    "service {} -> [{}] (breaker: {} {}, cooldown {}; rate limit: {}; max in flight: {}{}{}{})\n",
+                    "service {} -> [{}] (breaker: {} {}, cooldown {}; rate limit: {}; max in flight: {}{}{}{}{})\n",
                     svc.name,
                     urls.join(", "),
                     svc.breaker.failure_threshold,
@@ -1450,6 +1453,14 @@ impl Config {
                     if svc.websocket { "; websocket" } else { "" },
                     if svc.encoded_slashes { "; encoded slashes" } else { "" },
                     own_timeouts_text(&svc.timeouts, &self.timeouts),
+                    svc.health_check.as_ref().map_or(String::new(), |c| format!(
+                        "; health check {} every {} s, timeout {}, out after {}, back after {}",
+                        c.path,
+                        c.interval.as_secs(),
+                        duration_text(c.timeout),
+                        c.fall,
+                        c.rise
+                    )),
                 ),
             );
         }
@@ -1734,7 +1745,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
         let full_form = value.is_mapping();
-        let (urls, breaker, limit, in_flight, ws, slashes, own) = match value {
+        let (urls, breaker, limit, in_flight, ws, slashes, own, health_check) = match value {
             serde_yaml_ng::Value::Sequence(entries) => (
                 entries,
                 global_breaker,
@@ -1743,10 +1754,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 false,
                 false,
                 timeouts,
+                None,
             ),
             serde_yaml_ng::Value::Mapping(_) => {
                 let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
-                    invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`, `timeouts`)"))
+                    invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`, `timeouts`, `health_check`)"))
                 })?;
                 let breaker_key = format!("{key}.breaker");
                 let raw_breaker = full
@@ -1795,6 +1807,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     .transpose()?;
                 let own_timeouts =
                     service_timeouts(&timeouts_key, raw_timeouts.as_ref(), &timeouts)?;
+                let health_check = match &full.health_check {
+                    Some(v) => crate::health::parse(&format!("{key}.health_check"), v)?,
+                    None => None,
+                };
                 let entries = match full.backends {
                     serde_yaml_ng::Value::Sequence(entries) => entries,
                     serde_yaml_ng::Value::Null => Vec::new(),
@@ -1814,6 +1830,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     websocket,
                     encoded_slashes,
                     own_timeouts,
+                    health_check,
                 )
             }
             serde_yaml_ng::Value::Null => {
@@ -1861,6 +1878,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             websocket: ws,
             encoded_slashes: slashes,
             timeouts: own,
+            health_check,
         });
     }
     let access_log = match raw.access_log.as_deref().map(str::trim) {

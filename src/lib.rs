@@ -14,6 +14,7 @@
 //! - [`balancer`]: per-worker round-robin that skips open circuits
 //! - [`breaker`]: the packed per-backend circuit breaker word
 //! - [`pool`]: per-worker idle upstream connections, checked clean when handed out
+//! - [`health`]: active health checks: settings, each backend's state, the probe
 //! - [`relay`]: bodies streamed and re-framed
 //! - [`tunnel`]: a WebSocket after the backend's `101`, bytes relayed both ways
 //! - [`splice`]: long bodies moved socket to socket in the kernel (`splice: true`)
@@ -55,6 +56,7 @@ pub mod error;
 pub mod exchange;
 pub mod fdlimit;
 pub mod h1;
+pub mod health;
 pub mod io;
 pub mod logging;
 pub mod metrics;

@@ -286,6 +286,9 @@ pub struct Names<'a> {
     pub services: &'a [(usize, String)],
     /// (slot, service, url, breaker state 0/1/2), the backends of the running config.
     pub backends: &'a [(usize, String, String, u64)],
+    /// (service, url, 1 in rotation or 0 out) for the backends of services with health
+    /// checks (`health.rs`).
+    pub healthy: &'a [(String, String, u64)],
     pub generation: u64,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
@@ -471,6 +474,21 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
             escape(svc),
             escape(url)
         );
+    }
+    if !names.healthy.is_empty() {
+        let _ = writeln!(
+            w,
+            "# HELP gateway_backend_healthy Per backend of a service with health checks: 1 in rotation, 0 out (failed its last `fall` checks)."
+        );
+        let _ = writeln!(w, "# TYPE gateway_backend_healthy gauge");
+        for (svc, url, up) in names.healthy {
+            let _ = writeln!(
+                w,
+                "gateway_backend_healthy{{service=\"{}\",backend=\"{}\"}} {up}",
+                escape(svc),
+                escape(url)
+            );
+        }
     }
     for (metric, help, pick) in [
         (
@@ -752,6 +770,7 @@ mod tests {
             &Names {
                 services: &services,
                 backends: &backends,
+                healthy: &[],
                 generation: 3,
                 reloads_ok: 2,
                 reloads_failed: 1,

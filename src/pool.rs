@@ -393,6 +393,7 @@ mod tests {
                         breaker: Arc::default(),
                         no_reuse_until: Arc::default(),
                         wanted: Arc::default(),
+                        health: Arc::default(),
                     }))
                 })
                 .collect();

@@ -334,7 +334,8 @@ fn breakers_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static st
 }
 
 /// Services that stay and whose request settings (what they let through: limits,
-/// WebSocket tunnels, encoded slashes; their timeouts and their backends' weights)
+/// WebSocket tunnels, encoded slashes; their timeouts, their backends' weights and
+/// their health checks)
 /// changed, and which fields.
 fn admission_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static str>) {
     services_changed(old, new, |a, b| {
@@ -345,6 +346,7 @@ fn admission_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static s
             ("encoded_slashes", a.encoded_slashes != b.encoded_slashes),
             ("timeouts", a.timeouts != b.timeouts),
             ("weights", weights_changed(a, b)),
+            ("health_check", a.health_check != b.health_check),
         ]
     })
 }

@@ -693,8 +693,8 @@ fn spawn_guarded(worker: usize, peer: SocketAddr, task: impl Future<Output = ()>
 
 /// Once a second, just after the wall clock's second turns: refresh the `Date` line, pick
 /// up a reloaded config (closing pooled connections of removed backends, and showing a new
-/// connection limit in the metrics), close expired idle upstream connections, free the
-/// spare buffers nothing needed, flush the access log.
+/// connection limit in the metrics), close expired idle upstream connections, start the
+/// health checks due, free the spare buffers nothing needed, flush the access log.
 async fn housekeeping(worker: Rc<Worker>) {
     loop {
         // Aligned to the second so `Date` is late by a timer's lag, not up to a second.
@@ -713,6 +713,7 @@ async fn housekeeping(worker: Rc<Worker>) {
         worker.connection_cap();
         worker.pool.sweep(|_| true);
         worker.say_strays();
+        crate::health::start_due(&worker, worker.tick());
         let freed = worker.trim_spares();
         worker.trim_heap(freed);
         worker.access.flush();

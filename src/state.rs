@@ -63,6 +63,9 @@ pub struct Backend {
     /// fleet's probe lease only then. Written at most every [`WANTED_EVERY_MS`], and only
     /// while the circuit is not closed.
     pub wanted: Arc<BreakerCell>,
+    /// Its active health checks' state (`health::State`), written by the one worker that
+    /// probes it; 0 (in rotation) when its service has none.
+    pub health: Arc<BreakerCell>,
 }
 
 /// See [`Backend::wanted`].
@@ -110,6 +113,9 @@ pub struct Service {
     pub encoded_slashes: bool,
     /// The timeouts its requests run under (the top-level ones with its own over them).
     pub timeouts: crate::config::Timeouts,
+    /// Active health checks (`health.rs`); `None`: its backends are never passed over
+    /// for health.
+    pub health_check: Option<crate::health::HealthCheck>,
 }
 
 /// Everything that must change together on a reload.
@@ -242,7 +248,14 @@ struct Registry {
 
 /// A backend's slot, breaker, demand mark (see [`Backend::wanted`]) and the address its
 /// URL resolved to.
-type Cells = (usize, Arc<BreakerCell>, Arc<BreakerCell>, SocketAddr);
+/// Slot, breaker, demand mark, health (`health.rs`), address.
+type Cells = (
+    usize,
+    Arc<BreakerCell>,
+    Arc<BreakerCell>,
+    Arc<BreakerCell>,
+    SocketAddr,
+);
 
 /// Services and backends that got no series of their own because more than
 /// [`MAX_SERVICES`] services or [`MAX_SLOTS`] backends were configured at once.
@@ -556,8 +569,8 @@ fn backend_cells(
     b: &crate::config::BackendUrl,
 ) -> Backend {
     let key = (service.to_owned(), b.url.clone());
-    let (slot, breaker, wanted) = match reg.cells.get(&key) {
-        Some((slot, breaker, wanted, addr)) if *addr == b.addr => {
+    let (slot, breaker, wanted, health) = match reg.cells.get(&key) {
+        Some((slot, breaker, wanted, health, addr)) if *addr == b.addr => {
             report.backends_kept += 1;
             // One with no series moves to a free slot that has them (its idle pooled
             // connections go with the old slot).
@@ -566,7 +579,7 @@ fn backend_cells(
             } else {
                 *slot
             };
-            (slot, breaker.clone(), wanted.clone())
+            (slot, breaker.clone(), wanted.clone(), health.clone())
         }
         other => {
             if other.is_some() {
@@ -574,11 +587,19 @@ fn backend_cells(
             } else {
                 report.backends_added += 1;
             }
-            (reg.slots.take(), cell(), cell())
+            (reg.slots.take(), cell(), cell(), cell())
         }
     };
-    live.cells
-        .insert(key, (slot, breaker.clone(), wanted.clone(), b.addr));
+    live.cells.insert(
+        key,
+        (
+            slot,
+            breaker.clone(),
+            wanted.clone(),
+            health.clone(),
+            b.addr,
+        ),
+    );
     let no_reuse_until = live
         .marks
         .entry(b.addr)
@@ -590,6 +611,7 @@ fn backend_cells(
         breaker,
         no_reuse_until,
         wanted,
+        health,
     }
 }
 
@@ -617,11 +639,18 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
         .iter()
         .zip(admissions)
         .map(|(sc, admission)| {
-            let backends = sc
+            let backends: Vec<Backend> = sc
                 .backends
                 .iter()
                 .map(|b| backend_cells(reg, &mut report, &mut live, &sc.name, b))
                 .collect();
+            if sc.health_check.is_none() {
+                // Checks turned off forget what they found: turned on again, a backend
+                // starts in rotation, as at start.
+                backends
+                    .iter()
+                    .for_each(|b| b.health.store(0, Ordering::Relaxed));
+            }
             let id = match reg.services.get(&sc.name) {
                 // One with no series moves to a free id that has them.
                 Some(&id) if id < MAX_SERVICES || !reg.service_ids.free_below(MAX_SERVICES) => id,
@@ -641,6 +670,7 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
                 websocket: sc.websocket,
                 encoded_slashes: sc.encoded_slashes,
                 timeouts: sc.timeouts,
+                health_check: sc.health_check.clone(),
             }
         })
         .collect();
@@ -1018,6 +1048,7 @@ mod tests {
             &Names {
                 services: &services,
                 backends: &[],
+                healthy: &[],
                 generation: 4,
                 reloads_ok: 3,
                 reloads_failed: 0,

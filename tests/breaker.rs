@@ -1,9 +1,13 @@
 //! The circuit breaker end to end: shared by all workers, opened by consecutive failures,
-//! probed by exactly one request after its cooldown.
+//! probed by exactly one request after its cooldown; and active health checks beside it.
 
 mod common;
 
 use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn error_code(r: &Response) -> String {
@@ -327,4 +331,195 @@ fn failure_statuses_are_shown_and_taken_as_ranges() {
         (503, "no_backend_available".into()),
         "a 503 within the range opened the circuit"
     );
+}
+
+/// A backend that answers every request `200` with `name` as the body, and `GET /healthz`
+/// with `200` while `healthy` holds, else `503`; it closes a connection whose request
+/// asked it to. Counts the health checks it got.
+struct Checked {
+    addr: SocketAddr,
+    healthy: Arc<AtomicBool>,
+    checks: Arc<AtomicUsize>,
+}
+
+impl Checked {
+    fn start(name: &'static str) -> Checked {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let healthy = Arc::new(AtomicBool::new(true));
+        let checks = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (healthy.clone(), checks.clone());
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                let (h, c) = (h.clone(), c.clone());
+                std::thread::spawn(move || {
+                    let mut pending = Vec::new();
+                    let mut tmp = [0u8; 4096];
+                    loop {
+                        let Some(p) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match s.read(&mut tmp) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => pending.extend_from_slice(&tmp[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&pending[..p]).into_owned();
+                        pending.drain(..p + 4);
+                        let check = head.starts_with("GET /healthz ");
+                        let (status, body) = match check {
+                            true if h.load(Ordering::SeqCst) => ("200 OK", "ok"),
+                            true => ("503 Service Unavailable", "sick"),
+                            false => ("200 OK", name),
+                        };
+                        if check {
+                            c.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let out = format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let close = head
+                            .lines()
+                            .any(|l| l.eq_ignore_ascii_case("connection: close"));
+                        if s.write_all(out.as_bytes()).is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Checked {
+            addr,
+            healthy,
+            checks,
+        }
+    }
+}
+
+/// The health state `/admin/backends` shows for the backend at `addr`.
+fn health(admin: SocketAddr, addr: SocketAddr) -> String {
+    let url = format!("http://{addr}");
+    let v = get(admin, "/admin/backends").json();
+    v["services"][0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["url"] == url.as_str())
+        .map(|b| b["health"]["state"].as_str().unwrap_or("none").to_string())
+        .unwrap_or_else(|| panic!("{url} not in /admin/backends: {v}"))
+}
+
+/// The bodies of `n` GETs through service `svc`.
+fn answers(gw: SocketAddr, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let r = get(gw, "/v1/proxy/svc/x");
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.text()
+        })
+        .collect()
+}
+
+/// Active health checks (HAProxy's `check`, NGINX Plus's `health_check`): a backend that
+/// fails `fall` checks in a row leaves the rotation while its circuit stays closed (no
+/// request failed), and comes back after `rise` passes; both are logged, shown in
+/// `/admin/backends` and in `gateway_backend_healthy`. With two workers, each backend is
+/// checked by one of them.
+#[test]
+fn a_backend_failing_its_health_checks_leaves_the_rotation_and_comes_back() {
+    let (a, b) = (Checked::start("a"), Checked::start("b"));
+    let path = write_config(&config(
+        2,
+        "admin: 127.0.0.1:0",
+        &format!(
+            "  svc:\n    backends: [http://{}, http://{}]\n    health_check: {{path: /healthz, interval: 1s, timeout: 500ms, fall: 2, rise: 2}}\n",
+            a.addr, b.addr
+        ),
+    ));
+    let log = std::env::temp_dir().join(format!("gateway-health-{}.log", std::process::id()));
+    let started = std::time::Instant::now();
+    let g = gateway_at_logging_to(&path, &log);
+    let got = answers(g.proc.addr, 6);
+    assert!(
+        got.contains(&"a".into()) && got.contains(&"b".into()),
+        "{got:?}"
+    );
+    assert_eq!(health(g.admin, a.addr), "up");
+    a.healthy.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(10), || health(g.admin, a.addr)
+            == "down"),
+        "never out"
+    );
+    assert_eq!(answers(g.proc.addr, 10), ["b"; 10]);
+    assert_eq!(circuit(g.admin, a.addr), "closed");
+    let m = metrics(g.admin);
+    let series = |addr: SocketAddr| {
+        format!("gateway_backend_healthy{{service=\"svc\",backend=\"http://{addr}\"}}")
+    };
+    assert_eq!(sample(&m, &series(a.addr)), Some(0.0), "{m}");
+    assert_eq!(sample(&m, &series(b.addr)), Some(1.0), "{m}");
+    let c = get(g.admin, "/admin/config").json();
+    let want = serde_json::json!({"path": "/healthz", "interval": "1s", "timeout": "500ms", "fall": 2, "rise": 2});
+    assert_eq!(c["services"][0]["health_check"], want, "{c}");
+    a.healthy.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(10), || health(g.admin, a.addr) == "up"),
+        "never back"
+    );
+    let got = answers(g.proc.addr, 6);
+    assert!(
+        got.contains(&"a".into()) && got.contains(&"b".into()),
+        "{got:?}"
+    );
+    // Each backend checked once a second at most, by one worker of the two (both would
+    // check it twice as often).
+    let checks = a.checks.load(Ordering::SeqCst) as u64;
+    let seconds = started.elapsed().as_secs();
+    assert!(
+        (4..=seconds + 1).contains(&checks),
+        "{checks} in {seconds} s"
+    );
+    let (text, _) = logged_line(&log, "back in rotation");
+    assert!(
+        text.contains(&format!(
+            "backend: svc http://{} failed its health check (/healthz) 2 times in a row, the last: status 503; out of rotation until it passes 2 in a row",
+            a.addr
+        )),
+        "{text}"
+    );
+}
+
+/// When every backend fails its checks, the checks are set aside and the circuits alone
+/// decide (Envoy's panic mode): a check path wrong everywhere must not take down a service
+/// whose backends answer.
+#[test]
+fn when_every_backend_fails_its_checks_they_are_set_aside() {
+    let (a, b) = (Checked::start("a"), Checked::start("b"));
+    a.healthy.store(false, Ordering::SeqCst);
+    b.healthy.store(false, Ordering::SeqCst);
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!(
+            "  svc:\n    backends: [http://{}, http://{}]\n    health_check: {{path: /healthz, interval: 1s, timeout: 500ms, fall: 1, rise: 1}}\n",
+            a.addr, b.addr
+        ),
+    ));
+    let log = std::env::temp_dir().join(format!("gateway-health-all-{}.log", std::process::id()));
+    let g = gateway_at_logging_to(&path, &log);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            health(g.admin, a.addr) == "down" && health(g.admin, b.addr) == "down"
+        }),
+        "never out"
+    );
+    let got = answers(g.proc.addr, 6);
+    assert!(
+        got.contains(&"a".into()) && got.contains(&"b".into()),
+        "{got:?}"
+    );
+    let (text, _) = logged_line(&log, "every backend of svc fails its health check");
+    assert!(text.contains("the circuits alone decide"), "{text}");
 }

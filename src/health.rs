@@ -1,0 +1,468 @@
+//! Active health checks (`health_check:` of a service): settings, each backend's state word, the probe.
+//!
+//! A service with `health_check` has each backend probed every `interval` by one worker
+//! (the one whose index is the backend's slot modulo the workers, so each is probed once,
+//! and no word has two writers): a `GET path` with `Connection: close`, passed by a status
+//! from 200 to 399 read within `timeout`. `fall` failures in a row take the backend out of
+//! rotation, `rise` passes in a row put it back (HAProxy's `check inter fall rise`). It
+//! starts in rotation, as HAProxy's servers do. While out, requests pass it over as they
+//! pass over an open circuit; when every backend of the service is out, the checks are
+//! ignored and the circuits alone decide (Envoy's panic mode at 0%): a check path that is
+//! wrong everywhere must not take a working service down. The breaker goes on judging the
+//! traffic as before; the two are independent.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{invalid, parse_duration, ConfigError};
+use crate::state::{Backend, BreakerCell};
+use crate::worker::Worker;
+
+/// `services.NAME.health_check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Asked of the backend's host as it is (the backend URL's path prefix is not added).
+    pub path: String,
+    /// Whole seconds, at least one.
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub fall: u8,
+    pub rise: u8,
+}
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_FALL: u8 = 3;
+pub const DEFAULT_RISE: u8 = 2;
+/// Longest `path`.
+const MAX_PATH: usize = 1024;
+/// The most of an answer read for its status line.
+const MAX_STATUS_LINE: usize = 512;
+
+/// Reads `key` (`services.NAME.health_check`): a map with `path` and optional `interval`,
+/// `timeout`, `fall`, `rise`; `off`, `false` or null for none.
+pub fn parse(key: &str, value: &serde_yaml_ng::Value) -> Result<Option<HealthCheck>, ConfigError> {
+    use serde_yaml_ng::Value;
+    let map = match value {
+        Value::Null | Value::Bool(false) => return Ok(None),
+        Value::String(s) if s.trim().eq_ignore_ascii_case("off") => return Ok(None),
+        Value::Mapping(m) => m,
+        _ => {
+            return Err(invalid(
+                key,
+                "expected a map, e.g. {path: /healthz, interval: 5s, timeout: 2s, fall: 3, rise: 2}, or off",
+            ))
+        }
+    };
+    let mut check = HealthCheck {
+        path: String::new(),
+        interval: DEFAULT_INTERVAL,
+        timeout: DEFAULT_TIMEOUT,
+        fall: DEFAULT_FALL,
+        rise: DEFAULT_RISE,
+    };
+    for (k, v) in map {
+        let name = k.as_str().unwrap_or_default();
+        let sub = format!("{key}.{name}");
+        let text = match v {
+            Value::String(t) => t.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => serde_yaml_ng::to_string(v)
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        };
+        match name {
+            "path" => {
+                let ok = text.starts_with('/')
+                    && text.len() <= MAX_PATH
+                    && text.bytes().all(|b| b.is_ascii_graphic());
+                if !ok {
+                    return Err(invalid(
+                        sub,
+                        format!("{text:?} is not a path: write one from `/`, printable ASCII without spaces, at most {MAX_PATH} bytes, e.g. /healthz"),
+                    ));
+                }
+                check.path = text;
+            }
+            "interval" | "timeout" => {
+                let d = parse_duration(&sub, &text)?;
+                if d.is_zero() || d > Duration::from_secs(3600) {
+                    return Err(invalid(sub, format!("{text} is out of range: use 1ms to 1h")));
+                }
+                match name {
+                    "interval" => check.interval = d,
+                    _ => check.timeout = d,
+                }
+            }
+            "fall" | "rise" => {
+                let n = match v {
+                    Value::Number(n) => n.as_u64().filter(|n| (1..=100).contains(n)),
+                    _ => None,
+                };
+                let Some(n) = n else {
+                    return Err(invalid(
+                        sub,
+                        format!("{text} is out of range: use a whole number from 1 to 100"),
+                    ));
+                };
+                match name {
+                    "fall" => check.fall = n as u8,
+                    _ => check.rise = n as u8,
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    key,
+                    format!("unknown setting {name:?}: a health check sets path, interval, timeout, fall and rise"),
+                ))
+            }
+        }
+    }
+    if check.path.is_empty() {
+        return Err(invalid(
+            format!("{key}.path"),
+            "is missing: give the path to ask each backend, e.g. /healthz",
+        ));
+    }
+    // Probes run from the once-a-second housekeeping: whole seconds.
+    check.interval = Duration::from_secs(check.interval.as_secs_f64().ceil().max(1.0) as u64);
+    if check.timeout > check.interval {
+        return Err(invalid(
+            format!("{key}.timeout"),
+            format!(
+                "{} is longer than the interval ({} s): a probe must end before the next begins",
+                crate::config::duration_text(check.timeout),
+                check.interval.as_secs()
+            ),
+        ));
+    }
+    Ok(Some(check))
+}
+
+/// A backend's health, packed in its word: failures in a row (bits 0–7), passes in a row
+/// (8–15), out of rotation (bit 16). 0: in rotation, never probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct State {
+    pub down: bool,
+    pub fails: u8,
+    pub passes: u8,
+}
+
+impl State {
+    pub fn load(cell: &BreakerCell) -> State {
+        let w = cell.load(Ordering::Relaxed);
+        State {
+            down: w & (1 << 16) != 0,
+            fails: w as u8,
+            passes: (w >> 8) as u8,
+        }
+    }
+
+    fn word(self) -> u64 {
+        u64::from(self.fails) | u64::from(self.passes) << 8 | u64::from(self.down) << 16
+    }
+
+    /// After one probe that `passed`: the new state, and whether it crossed `fall` or
+    /// `rise` (went out of or back into rotation).
+    pub fn after(self, passed: bool, check: &HealthCheck) -> (State, bool) {
+        let mut s = self;
+        if passed {
+            s.fails = 0;
+            s.passes = s.passes.saturating_add(1).min(check.rise);
+        } else {
+            s.passes = 0;
+            s.fails = s.fails.saturating_add(1).min(check.fall);
+        }
+        let flip = match s.down {
+            true => passed && s.passes >= check.rise,
+            false => !passed && s.fails >= check.fall,
+        };
+        s.down ^= flip;
+        (s, flip)
+    }
+}
+
+/// Whether `b` is out of rotation by its health checks (one relaxed load).
+#[inline]
+pub fn is_down(b: &Backend) -> bool {
+    b.health.load(Ordering::Relaxed) & (1 << 16) != 0
+}
+
+/// The request a probe sends to `authority`.
+pub fn request(check: &HealthCheck, authority: &str) -> Vec<u8> {
+    format!(
+        "GET {} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: gateway-health-check\r\naccept: */*\r\nconnection: close\r\n\r\n",
+        check.path
+    )
+    .into_bytes()
+}
+
+/// One probe of `addr`: `Ok` with the status if the answer's status line was read within
+/// `timeout`; else what went wrong, for the log.
+pub async fn probe(addr: SocketAddr, request: Vec<u8>, timeout: Duration) -> Result<u16, String> {
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    let run = async {
+        let mut s = monoio::net::TcpStream::connect_addr(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (r, _) = s.write_all(request).await;
+        r.map_err(|e| format!("write: {e}"))?;
+        let mut got: Vec<u8> = Vec::with_capacity(MAX_STATUS_LINE);
+        loop {
+            if let Some(status) = status_of(&got) {
+                return status;
+            }
+            if got.len() >= MAX_STATUS_LINE {
+                return Err("no status line in the first 512 bytes".to_string());
+            }
+            let buf = Vec::with_capacity(MAX_STATUS_LINE - got.len());
+            let (r, buf) = s.read(buf).await;
+            match r {
+                Ok(0) => return Err("closed before a status line".to_string()),
+                Ok(_) => got.extend_from_slice(&buf),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    };
+    match monoio::time::timeout(timeout, run).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no answer within {}",
+            crate::config::duration_text(timeout)
+        )),
+    }
+}
+
+/// The status of a whole status line at the start of `got` (`HTTP/1.x NNN ...\r\n`),
+/// `None` while the line is not whole.
+fn status_of(got: &[u8]) -> Option<Result<u16, String>> {
+    let end = got.windows(2).position(|w| w == b"\r\n")?;
+    let line = &got[..end];
+    let status = line
+        .strip_prefix(b"HTTP/1.")
+        .filter(|r| r.len() >= 5 && r[0].is_ascii_digit() && r[1] == b' ')
+        .filter(|r| r.get(5).is_none_or(|&b| b == b' '))
+        .map(|r| &r[2..5])
+        .filter(|d| d.iter().all(u8::is_ascii_digit))
+        .and_then(|d| std::str::from_utf8(d).ok()?.parse::<u16>().ok())
+        .filter(|s| (100..600).contains(s));
+    Some(status.ok_or_else(|| {
+        let shown: String = String::from_utf8_lossy(&line[..line.len().min(60)])
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        format!("not an HTTP/1.x status line: {shown:?}")
+    }))
+}
+
+/// Whether a probe's status passes: 200 to 399 (HAProxy's `httpchk` default).
+pub fn passes(status: u16) -> bool {
+    (200..400).contains(&status)
+}
+
+/// Records one probe's outcome in `cell`; returns the new state and whether it went out
+/// of or back into rotation.
+pub fn record(cell: &BreakerCell, check: &HealthCheck, passed: bool) -> (State, bool) {
+    let before = State::load(cell);
+    let (after, flip) = before.after(passed, check);
+    if after != before {
+        cell.store(after.word(), Ordering::Relaxed);
+    }
+    (after, flip)
+}
+
+/// Starts the probes due at housekeeping tick `tick` (seconds) on `worker`: of each
+/// service with checks, the backends this worker probes (slot modulo workers), each every
+/// `interval` seconds, staggered by slot so that they do not all go at once.
+pub fn start_due(worker: &Rc<Worker>, tick: u64) {
+    let view = worker.view();
+    let workers = view.snapshot.config.workers.max(1);
+    for s in &view.snapshot.services {
+        let Some(check) = &s.health_check else {
+            continue;
+        };
+        let every = check.interval.as_secs().max(1);
+        for b in &s.backends {
+            if b.slot % workers != worker.index || (tick + b.slot as u64) % every != 0 {
+                continue;
+            }
+            let task = Probe {
+                worker: worker.clone(),
+                service: s.name.clone(),
+                url: b.url.url.clone(),
+                addr: b.url.addr,
+                request: request(check, &b.url.authority),
+                check: check.clone(),
+                cell: b.health.clone(),
+            };
+            monoio::spawn(task.run());
+        }
+    }
+}
+
+/// One probe, with what it needs to say what it found.
+struct Probe {
+    worker: Rc<Worker>,
+    service: String,
+    url: String,
+    addr: SocketAddr,
+    request: Vec<u8>,
+    check: HealthCheck,
+    cell: Arc<BreakerCell>,
+}
+
+impl Probe {
+    async fn run(self) {
+        let found = probe(self.addr, self.request, self.check.timeout).await;
+        let passed = found.as_ref().is_ok_and(|&s| passes(s));
+        let (state, flip) = record(&self.cell, &self.check, passed);
+        if !flip {
+            return;
+        }
+        let (svc, url, check) = (&self.service, &self.url, &self.check);
+        if !state.down {
+            log::info!(
+                "backend: {svc} {url} passed its health check ({}) {} {} in a row; back in rotation",
+                check.path,
+                check.rise,
+                crate::logging::plural(u64::from(check.rise), "time", "times")
+            );
+            return;
+        }
+        let why = match &found {
+            Ok(status) => format!("status {status}"),
+            Err(e) => e.clone(),
+        };
+        log::warn!(
+            "backend: {svc} {url} failed its health check ({}) {} {} in a row, the last: {why}; out of rotation until it passes {} in a row",
+            check.path,
+            check.fall,
+            crate::logging::plural(u64::from(check.fall), "time", "times"),
+            check.rise
+        );
+        let view = self.worker.view();
+        let all_out = view
+            .snapshot
+            .services
+            .iter()
+            .find(|s| &s.name == svc)
+            .is_some_and(|s| s.backends.iter().all(is_down));
+        if all_out {
+            log::warn!(
+                "backend: every backend of {svc} fails its health check ({}): the checks are set aside and the circuits alone decide until one passes again (check the path)",
+                check.path
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Option<HealthCheck>, String> {
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).unwrap();
+        parse("services.a.health_check", &v).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn settings_have_defaults_and_bounds() {
+        let c = check("{path: /healthz}").unwrap().unwrap();
+        assert_eq!(
+            c,
+            HealthCheck {
+                path: "/healthz".into(),
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                fall: 3,
+                rise: 2,
+            }
+        );
+        let c = check("{path: /h?x=1, interval: 1500ms, timeout: 1s, fall: 1, rise: 100}")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.interval, c.fall, c.rise),
+            (Duration::from_secs(2), 1, 100)
+        );
+        for off in ["off", "false", "~"] {
+            assert_eq!(check(off).unwrap(), None, "{off}");
+        }
+        for (bad, says) in [
+            ("{interval: 5s}", "services.a.health_check.path: is missing"),
+            ("{path: healthz}", "\"healthz\" is not a path"),
+            ("{path: /a b}", "\"/a b\" is not a path"),
+            (
+                "{path: /h, fall: 0}",
+                "services.a.health_check.fall: 0 is out of range",
+            ),
+            ("{path: /h, rise: 101}", "rise: 101 is out of range"),
+            ("{path: /h, rise: 1.5}", "rise: 1.5 is out of range"),
+            (
+                "{path: /h, timeout: 6s}",
+                "timeout: 6s is longer than the interval (5 s)",
+            ),
+            ("{path: /h, interval: 0s}", "interval: 0s is out of range"),
+            ("{path: /h, every: 5s}", "unknown setting \"every\""),
+            ("/healthz", "expected a map"),
+        ] {
+            let e = check(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn fall_failures_in_a_row_take_it_out_and_rise_passes_put_it_back() {
+        let c = check("{path: /h, fall: 3, rise: 2}").unwrap().unwrap();
+        let mut s = State {
+            down: false,
+            fails: 0,
+            passes: 0,
+        };
+        let mut flips = Vec::new();
+        for passed in [
+            false, false, true, false, false, false, false, true, false, true, true,
+        ] {
+            let (next, flip) = s.after(passed, &c);
+            s = next;
+            flips.push((s.down, flip));
+        }
+        let downs: Vec<bool> = flips.iter().map(|f| f.0).collect();
+        assert_eq!(
+            downs,
+            [false, false, false, false, false, true, true, true, true, true, false]
+        );
+        assert_eq!(flips.iter().filter(|f| f.1).count(), 2);
+        // The word keeps all three.
+        let w = State {
+            down: true,
+            fails: 3,
+            passes: 0,
+        }
+        .word();
+        let cell = crate::state::BreakerCell::new(std::sync::atomic::AtomicU64::new(w));
+        assert_eq!(
+            State::load(&cell),
+            State {
+                down: true,
+                fails: 3,
+                passes: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_status_line_is_read_whole_or_refused() {
+        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\n"), Some(Ok(200)));
+        assert_eq!(status_of(b"HTTP/1.0 503 x\r\nmore"), Some(Ok(503)));
+        assert_eq!(status_of(b"HTTP/1.1 204\r\n"), Some(Ok(204)));
+        assert_eq!(status_of(b"HTTP/1.1 20"), None);
+        assert!(matches!(status_of(b"SSH-2.0-OpenSSH\r\n"), Some(Err(_))));
+        assert!(matches!(status_of(b"HTTP/1.1 999 x\r\n"), Some(Err(_))));
+        assert!(passes(200) && passes(302) && !passes(404) && !passes(503) && !passes(101));
+    }
+}
