@@ -187,7 +187,7 @@ pub async fn forward(
                     };
                     up_out = worker.buffer_for(head + copied + 256);
                     // A WebSocket handshake says `Connection: upgrade`; its connection is
-                    // never pooled after a switch, and one declined is simply not reused.
+                    // never pooled after a switch, and one declined at the limit is closed.
                     let last = !info.upgrade && worker.pool.last_request(uses);
                     rewrite::write_request_head(
                         &mut up_out,
@@ -240,9 +240,15 @@ pub async fn forward(
                     let after = ex.run(down).await;
                     down.record.received += ex.relay.wire();
                     if ex.pool_it && worker.may_pool() {
-                        match ex.last {
-                            true => worker.pool.retire(ex.attempt.backend, ex.up),
-                            false => worker.pool.put(ex.attempt.backend, ex.up, ex.uses + 1),
+                        match (ex.last, worker.pool.last_request(ex.uses)) {
+                            (true, _) => worker.pool.retire(ex.attempt.backend, ex.up),
+                            // A WebSocket handshake the backend declined, at the limit: it
+                            // could not say `Connection: close` (a review's clients kept a
+                            // run of answers one behind going through such handshakes).
+                            (false, true) => {}
+                            (false, false) => {
+                                worker.pool.put(ex.attempt.backend, ex.up, ex.uses + 1)
+                            }
                         }
                     }
                     worker.recycle(ex.ubuf);
@@ -1149,6 +1155,13 @@ impl Exchange<'_> {
         mut last_err: GatewayError,
     ) -> Result<(), GatewayError> {
         let mut same = !elsewhere;
+        // A new connection: this is its first request (a resend of a connection's last
+        // sent `Connection: close` on the next one: a review).
+        let last = !self.info.upgrade && self.worker.pool.last_request(0);
+        if same && self.last != last {
+            self.last = last;
+            self.write_head();
+        }
         loop {
             if !same {
                 if self.tried.full() {
@@ -1166,24 +1179,8 @@ impl Exchange<'_> {
                 if elsewhere && self.reset_by.is_none() {
                     self.reset_by = Some(left); // the backend that reset it
                 }
-                // The head names the backend (its path prefix and authority); the body in
-                // hand behind it stays.
-                let mut out = self.worker.buffer_for(self.up_out.len() + 256);
-                let backend = self.attempt.backend;
-                // A new connection: this is its first request.
-                self.last = !self.info.upgrade && self.worker.pool.last_request(0);
-                rewrite::write_request_head(
-                    &mut out,
-                    self.info.method,
-                    backend,
-                    self.path,
-                    (self.fwd, self.last),
-                );
-                let head_len = out.len();
-                out.extend_from_slice(&self.up_out[self.head_len..]);
-                self.worker
-                    .recycle(std::mem::replace(&mut self.up_out, out));
-                self.head_len = head_len;
+                self.last = last;
+                self.write_head();
             }
             same = false;
             match connect_fresh(&mut self.attempt, self.timeouts.connect).await {
@@ -1196,6 +1193,24 @@ impl Exchange<'_> {
             }
         }
         Err(last_err)
+    }
+
+    /// Writes the request head anew for the attempt's backend (its path prefix and
+    /// authority) and `last`; the body in hand behind it stays.
+    fn write_head(&mut self) {
+        let mut out = self.worker.buffer_for(self.up_out.len() + 256);
+        rewrite::write_request_head(
+            &mut out,
+            self.info.method,
+            self.attempt.backend,
+            self.path,
+            (self.fwd, self.last),
+        );
+        let head_len = out.len();
+        out.extend_from_slice(&self.up_out[self.head_len..]);
+        self.worker
+            .recycle(std::mem::replace(&mut self.up_out, out));
+        self.head_len = head_len;
     }
 
     /// One try: write the head and the body in hand, stream the rest while watching for the

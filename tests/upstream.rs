@@ -610,56 +610,65 @@ fn one_behind_from_late() -> RawBackend {
     })
 }
 
-/// `pool.max_requests_per_connection` (NGINX's `keepalive_requests`): a backend connection
-/// carries that many requests, the last with `Connection: close`, and a backend that
-/// closes as asked is nothing to report.
-#[test]
-fn a_backend_connection_carries_at_most_max_requests_the_last_asking_to_close() {
-    // Per connection, the requests it carried: path and whether it asked to close.
-    type Carried = Vec<(String, bool)>;
-    let seen: Arc<Mutex<Vec<Carried>>> = Arc::default();
+/// Per backend connection, whether each request it carried asked to close it.
+type Carried = Arc<Mutex<Vec<Vec<bool>>>>;
+
+/// A backend answering each request `200` with its path as the body, recording what each
+/// connection carried; a request that asks to close gets its answer and the close, or
+/// (`hang_up`) the close alone, as a server that closes a connection it was about to end
+/// anyway might.
+fn recording(hang_up: bool) -> (RawBackend, Carried) {
+    let seen: Carried = Arc::default();
     let log = seen.clone();
     let backend = RawBackend::start(move |mut s, i| {
-        log.lock().unwrap().push(Vec::new());
+        log.lock().unwrap().resize(i + 1, Vec::new());
         let mut pending = Vec::new();
         while let Some(head) = read_head(&mut s, &mut pending) {
             let (path, close) = (path_and_id(&head).0, asks_to_close(&head));
-            log.lock().unwrap()[i].push((path.clone(), close));
+            log.lock().unwrap()[i].push(close);
             let out = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
                 path.len()
             );
+            if close && hang_up {
+                return;
+            }
             if s.write_all(out.as_bytes()).is_err() || close {
                 return;
             }
         }
     });
+    (backend, seen)
+}
+
+/// `n` GETs of `/v1/proxy/{svc}/rN` (with `extra` header lines), each on a connection of
+/// its own, all answered `200` with their own path.
+fn all_answered(gw: SocketAddr, svc: &str, n: usize, extra: &str) {
+    for n in 0..n {
+        let want = format!("/r{n}");
+        let raw = format!("GET /v1/proxy/{svc}{want} HTTP/1.1\r\nHost: gw\r\n{extra}\r\n");
+        let r = exchange(gw, &raw).expect("answer");
+        assert_eq!((r.status, text(&r)), (200, want));
+    }
+}
+
+/// `pool.max_requests_per_connection` (NGINX's `keepalive_requests`): a backend connection
+/// carries that many requests, the last with `Connection: close`, and a backend that
+/// closes as asked is nothing to report.
+#[test]
+fn a_backend_connection_carries_at_most_max_requests_the_last_asking_to_close() {
+    let (backend, seen) = recording(false);
     let path = write_config(&config(
         1,
         "admin: 127.0.0.1:0\npool: {max_requests_per_connection: 3}",
         &format!("  svc: [http://{}]\n", backend.addr),
     ));
     let g = gateway_at(&path);
-    for n in 0..10 {
-        let want = format!("/r{n}");
-        let raw = format!("GET /v1/proxy/svc{want} HTTP/1.1\r\nHost: gw\r\n\r\n");
-        let r = exchange(g.proc.addr, &raw).expect("answer");
-        assert_eq!((r.status, text(&r)), (200, want));
-    }
-    let seen = seen.lock().unwrap().clone();
-    let carried: Vec<Vec<bool>> = seen
-        .iter()
-        .map(|c| c.iter().map(|(_, close)| *close).collect())
-        .collect();
+    all_answered(g.proc.addr, "svc", 10, "");
+    let (t, f) = (true, false);
     assert_eq!(
-        carried,
-        [
-            vec![false, false, true],
-            vec![false, false, true],
-            vec![false, false, true],
-            vec![false],
-        ],
-        "{seen:?}"
+        *seen.lock().unwrap(),
+        [vec![f, f, t], vec![f, f, t], vec![f, f, t], vec![f]]
     );
     let m = metrics(g.admin);
     assert_eq!(
@@ -669,6 +678,47 @@ fn a_backend_connection_carries_at_most_max_requests_the_last_asking_to_close() 
     );
     let c = get(g.admin, "/admin/config").json();
     assert_eq!(c["pool"]["max_requests_per_connection"], 3, "{c}");
+}
+
+/// Regressions (a review): a WebSocket handshake, which cannot say `Connection: close`,
+/// that the backend declined put its connection back in the pool whatever it had carried,
+/// so clients sending handshakes kept a run of answers one behind going without end (423
+/// wrong of 2 400 at a limit of 5); and the resend of a connection's last request, after
+/// the backend hung up on it, asked the new connection to close too, where the backend
+/// hung up again (a 502).
+#[test]
+fn declined_handshakes_and_resends_keep_to_max_requests() {
+    let (backend, seen) = recording(false);
+    let g = gateway(&config(
+        1,
+        "pool: {max_requests_per_connection: 3}",
+        &format!(
+            "  ws: {{backends: [http://{}], websocket: true}}\n",
+            backend.addr
+        ),
+    ));
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    all_answered(g.addr, "ws", 7, upgrade);
+    let f = false;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [vec![f, f, f], vec![f, f, f], vec![f]]
+    );
+    drop(g);
+
+    let (backend, seen) = recording(true);
+    let g = gateway(&config(
+        1,
+        "pool: {max_requests_per_connection: 3}",
+        &format!("  svc: [http://{}]\n", backend.addr),
+    ));
+    all_answered(g.addr, "svc", 5, "");
+    // The third and the fifth hung up on and resent, each as a new connection's first.
+    let t = true;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [vec![f, f, t], vec![f, f, t], vec![f]]
+    );
 }
 
 /// The same run of answers one behind as above, from a backend that does not echo
