@@ -83,12 +83,13 @@ impl View {
     pub fn pick(&self, svc: usize, exclude: &[usize], streaming: bool) -> Pick {
         let service = &self.snapshot.services[svc];
         // Backends out of rotation by their health checks are passed over like those
-        // this request tried, unless every backend of the service is out (`health.rs`).
-        if service.health_check.is_some()
-            && service.backends.iter().any(crate::health::is_down)
-            && !service.backends.iter().all(crate::health::is_down)
-        {
-            return self.pick_healthy(svc, exclude, streaming);
+        // this request tried, unless no other can take the request: all are out, or the
+        // others' circuits are open (`health.rs`; a review's outage had one backend out
+        // and the other's circuit open).
+        if service.health_check.is_some() && service.backends.iter().any(crate::health::is_down) {
+            if let pick @ Pick::Backend { .. } = self.pick_healthy(svc, exclude, streaming) {
+                return pick;
+            }
         }
         self.pick_among(svc, exclude, streaming)
     }

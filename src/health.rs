@@ -39,8 +39,8 @@ pub const DEFAULT_FALL: u8 = 3;
 pub const DEFAULT_RISE: u8 = 2;
 /// Longest `path`.
 const MAX_PATH: usize = 1024;
-/// The most of an answer read for its status line.
-const MAX_STATUS_LINE: usize = 512;
+/// The most of an answer read for its final status line (interim answers included).
+const MAX_STATUS_LINE: usize = 1024;
 
 /// Reads `key` (`services.NAME.health_check`): a map with `path` and optional `interval`,
 /// `timeout`, `fall`, `rise`; `off`, `false` or null for none.
@@ -64,6 +64,7 @@ pub fn parse(key: &str, value: &serde_yaml_ng::Value) -> Result<Option<HealthChe
         fall: DEFAULT_FALL,
         rise: DEFAULT_RISE,
     };
+    let mut timeout_given = false;
     for (k, v) in map {
         let name = k.as_str().unwrap_or_default();
         let sub = format!("{key}.{name}");
@@ -81,32 +82,47 @@ pub fn parse(key: &str, value: &serde_yaml_ng::Value) -> Result<Option<HealthChe
                     && text.len() <= MAX_PATH
                     && text.bytes().all(|b| b.is_ascii_graphic());
                 if !ok {
+                    let shown: String = text.chars().take(60).collect();
+                    let cut = if shown.len() < text.len() { "..." } else { "" };
                     return Err(invalid(
                         sub,
-                        format!("{text:?} is not a path: write one from `/`, printable ASCII without spaces, at most {MAX_PATH} bytes, e.g. /healthz"),
+                        format!("{shown:?}{cut} is not a path: write one from `/`, printable ASCII without spaces, at most {MAX_PATH} bytes, e.g. /healthz"),
                     ));
                 }
                 check.path = text;
             }
-            "interval" | "timeout" => {
+            "interval" => {
+                let d = parse_duration(&sub, &text)?;
+                // Probes start from the once-a-second housekeeping.
+                if d.subsec_nanos() != 0 || d.is_zero() || d > Duration::from_secs(3600) {
+                    return Err(invalid(
+                        sub,
+                        format!("{text} is out of range: use whole seconds from 1s to 1h (checks start on the second)"),
+                    ));
+                }
+                check.interval = d;
+            }
+            "timeout" => {
                 let d = parse_duration(&sub, &text)?;
                 if d.is_zero() || d > Duration::from_secs(3600) {
                     return Err(invalid(sub, format!("{text} is out of range: use 1ms to 1h")));
                 }
-                match name {
-                    "interval" => check.interval = d,
-                    _ => check.timeout = d,
-                }
+                check.timeout = d;
+                timeout_given = true;
             }
             "fall" | "rise" => {
                 let n = match v {
-                    Value::Number(n) => n.as_u64().filter(|n| (1..=100).contains(n)),
+                    Value::Number(n) => n.as_u64(),
                     _ => None,
                 };
-                let Some(n) = n else {
+                let Some(n) = n.filter(|n| (1..=100).contains(n)) else {
+                    let what = match n {
+                        Some(_) => "is out of range",
+                        None => "is not a whole number",
+                    };
                     return Err(invalid(
                         sub,
-                        format!("{text} is out of range: use a whole number from 1 to 100"),
+                        format!("{text} {what}: use a whole number from 1 to 100"),
                     ));
                 };
                 match name {
@@ -128,8 +144,9 @@ pub fn parse(key: &str, value: &serde_yaml_ng::Value) -> Result<Option<HealthChe
             "is missing: give the path to ask each backend, e.g. /healthz",
         ));
     }
-    // Probes run from the once-a-second housekeeping: whole seconds.
-    check.interval = Duration::from_secs(check.interval.as_secs_f64().ceil().max(1.0) as u64);
+    if !timeout_given {
+        check.timeout = check.timeout.min(check.interval);
+    }
     if check.timeout > check.interval {
         return Err(invalid(
             format!("{key}.timeout"),
@@ -217,7 +234,9 @@ pub async fn probe(addr: SocketAddr, request: Vec<u8>, timeout: Duration) -> Res
                 return status;
             }
             if got.len() >= MAX_STATUS_LINE {
-                return Err("no status line in the first 512 bytes".to_string());
+                return Err(format!(
+                    "no final status line in the first {MAX_STATUS_LINE} bytes"
+                ));
             }
             let buf = Vec::with_capacity(MAX_STATUS_LINE - got.len());
             let (r, buf) = s.read(buf).await;
@@ -237,11 +256,12 @@ pub async fn probe(addr: SocketAddr, request: Vec<u8>, timeout: Duration) -> Res
     }
 }
 
-/// The status of a whole status line at the start of `got` (`HTTP/1.x NNN ...\r\n`),
-/// `None` while the line is not whole.
+/// The status of the final answer at the start of `got` (`HTTP/1.x NNN ...`, its line
+/// ended by CRLF or a bare LF, as RFC 9112 §2.2 lets a recipient take it), past any
+/// interim (1xx) answers whole; `None` while that is not in `got` yet.
 fn status_of(got: &[u8]) -> Option<Result<u16, String>> {
-    let end = got.windows(2).position(|w| w == b"\r\n")?;
-    let line = &got[..end];
+    let end = got.iter().position(|&b| b == b'\n')?;
+    let line = got[..end].strip_suffix(b"\r").unwrap_or(&got[..end]);
     let status = line
         .strip_prefix(b"HTTP/1.")
         .filter(|r| r.len() >= 5 && r[0].is_ascii_digit() && r[1] == b' ')
@@ -250,6 +270,21 @@ fn status_of(got: &[u8]) -> Option<Result<u16, String>> {
         .filter(|d| d.iter().all(u8::is_ascii_digit))
         .and_then(|d| std::str::from_utf8(d).ok()?.parse::<u16>().ok())
         .filter(|s| (100..600).contains(s));
+    if let Some(100..=199) = status {
+        // An interim answer: its head ends at the first empty line; the final one follows.
+        let rest = &got[end + 1..];
+        let after = match rest.first()? {
+            // No fields: the status line's end was the head's.
+            b'\r' if rest.get(1) == Some(&b'\n') => 2,
+            b'\n' => 1,
+            _ => {
+                let lf_lf = rest.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+                let lf_crlf = rest.windows(3).position(|w| w == b"\n\r\n").map(|i| i + 3);
+                lf_lf.into_iter().chain(lf_crlf).min()?
+            }
+        };
+        return status_of(&rest[after..]);
+    }
     Some(status.ok_or_else(|| {
         let shown: String = String::from_utf8_lossy(&line[..line.len().min(60)])
             .chars()
@@ -318,6 +353,21 @@ struct Probe {
 impl Probe {
     async fn run(self) {
         let found = probe(self.addr, self.request, self.check.timeout).await;
+        // A reload while it ran that changed the service's checks, turned them off or
+        // removed the backend gave it another cell: what this probe found counts for
+        // nothing and is not said (a review saw an old probe's verdict logged after `off`).
+        let view = self.worker.view();
+        let current = view.snapshot.services.iter().any(|s| {
+            s.name == self.service
+                && s.health_check.as_ref() == Some(&self.check)
+                && s.backends
+                    .iter()
+                    .any(|b| Arc::ptr_eq(&b.health, &self.cell))
+        });
+        drop(view);
+        if !current {
+            return;
+        }
         let passed = found.as_ref().is_ok_and(|&s| passes(s));
         let (state, flip) = record(&self.cell, &self.check, passed);
         if !flip {
@@ -382,7 +432,7 @@ mod tests {
                 rise: 2,
             }
         );
-        let c = check("{path: /h?x=1, interval: 1500ms, timeout: 1s, fall: 1, rise: 100}")
+        let c = check("{path: /h?x=1, interval: 2s, timeout: 1s, fall: 1, rise: 100}")
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -401,7 +451,12 @@ mod tests {
                 "services.a.health_check.fall: 0 is out of range",
             ),
             ("{path: /h, rise: 101}", "rise: 101 is out of range"),
-            ("{path: /h, rise: 1.5}", "rise: 1.5 is out of range"),
+            ("{path: /h, rise: 1.5}", "rise: 1.5 is not a whole number"),
+            ("{path: /h, fall: abc}", "fall: abc is not a whole number"),
+            (
+                "{path: /h, interval: 1500ms}",
+                "1500ms is out of range: use whole seconds",
+            ),
             (
                 "{path: /h, timeout: 6s}",
                 "timeout: 6s is longer than the interval (5 s)",
@@ -413,6 +468,12 @@ mod tests {
             let e = check(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
+        // The default timeout, 2s, fits a shorter interval (a review was told that the
+        // timeout it never wrote was too long).
+        let c = check("{path: /h, interval: 1s}").unwrap().unwrap();
+        assert_eq!(c.timeout, Duration::from_secs(1));
+        let e = check("{path: /h, interval: 1s, timeout: 2s}").unwrap_err();
+        assert!(e.contains("longer than the interval"), "{e}");
     }
 
     #[test]
@@ -461,6 +522,15 @@ mod tests {
         assert_eq!(status_of(b"HTTP/1.0 503 x\r\nmore"), Some(Ok(503)));
         assert_eq!(status_of(b"HTTP/1.1 204\r\n"), Some(Ok(204)));
         assert_eq!(status_of(b"HTTP/1.1 20"), None);
+        // A bare LF ends a line; interim answers are passed over (a review: both failed).
+        let lf = b"HTTP/1.1 200 OK\ncontent-length: 0\n\n";
+        assert_eq!(status_of(lf), Some(Ok(200)));
+        let continued = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
+        assert_eq!(status_of(continued), Some(Ok(200)));
+        let hints = b"HTTP/1.1 103 Early\r\nlink: </a>\r\n\r\nHTTP/1.1 503 x\r\n";
+        assert_eq!(status_of(hints), Some(Ok(503)));
+        assert_eq!(status_of(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2"), None);
+        assert_eq!(status_of(b"HTTP/1.1 100 Continue\r\n"), None);
         assert!(matches!(status_of(b"SSH-2.0-OpenSSH\r\n"), Some(Err(_))));
         assert!(matches!(status_of(b"HTTP/1.1 999 x\r\n"), Some(Err(_))));
         assert!(passes(200) && passes(302) && !passes(404) && !passes(503) && !passes(101));

@@ -227,6 +227,10 @@ struct Registry {
     no_reuse: HashMap<SocketAddr, Arc<BreakerCell>>,
     /// Ids of the services of the running config, by name.
     services: HashMap<String, usize>,
+    /// The health checks of the running config's services that have them, by name: a
+    /// service whose checks are turned on or changed gets fresh health cells, so that what
+    /// the old checks found (or a probe of theirs still in flight writes) counts for nothing.
+    checks: HashMap<String, crate::health::HealthCheck>,
     service_ids: Ids,
     slots: Ids,
     /// Every snapshot installed and maybe still alive (a worker's view, a request in
@@ -565,7 +569,7 @@ fn backend_cells(
     reg: &mut Registry,
     report: &mut BuildReport,
     live: &mut Carried,
-    service: &str,
+    (service, fresh_health): (&str, bool),
     b: &crate::config::BackendUrl,
 ) -> Backend {
     let key = (service.to_owned(), b.url.clone());
@@ -579,7 +583,11 @@ fn backend_cells(
             } else {
                 *slot
             };
-            (slot, breaker.clone(), wanted.clone(), health.clone())
+            let health = match fresh_health {
+                true => cell(),
+                false => health.clone(),
+            };
+            (slot, breaker.clone(), wanted.clone(), health)
         }
         other => {
             if other.is_some() {
@@ -639,18 +647,12 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
         .iter()
         .zip(admissions)
         .map(|(sc, admission)| {
+            let fresh_health = sc.health_check.as_ref() != reg.checks.get(&sc.name);
             let backends: Vec<Backend> = sc
                 .backends
                 .iter()
-                .map(|b| backend_cells(reg, &mut report, &mut live, &sc.name, b))
+                .map(|b| backend_cells(reg, &mut report, &mut live, (&sc.name, fresh_health), b))
                 .collect();
-            if sc.health_check.is_none() {
-                // Checks turned off forget what they found: turned on again, a backend
-                // starts in rotation, as at start.
-                backends
-                    .iter()
-                    .for_each(|b| b.health.store(0, Ordering::Relaxed));
-            }
             let id = match reg.services.get(&sc.name) {
                 // One with no series moves to a free id that has them.
                 Some(&id) if id < MAX_SERVICES || !reg.service_ids.free_below(MAX_SERVICES) => id,
@@ -700,6 +702,10 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
     }
     reg.no_reuse = live.marks;
     reg.services = live_services;
+    reg.checks = services
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), s.health_check.clone()?)))
+        .collect();
     count_exhausted(reg, &services);
     (
         Snapshot {

@@ -333,12 +333,13 @@ fn failure_statuses_are_shown_and_taken_as_ranges() {
     );
 }
 
-/// A backend that answers every request `200` with `name` as the body, and `GET /healthz`
-/// with `200` while `healthy` holds, else `503`; it closes a connection whose request
-/// asked it to. Counts the health checks it got.
+/// A backend that answers every request `200` with `name` as the body (`500` while
+/// `failing` holds), and `GET /healthz` with `200` while `healthy` holds, else `503`; it
+/// closes a connection whose request asked it to. Counts the health checks it got.
 struct Checked {
     addr: SocketAddr,
     healthy: Arc<AtomicBool>,
+    failing: Arc<AtomicBool>,
     checks: Arc<AtomicUsize>,
 }
 
@@ -347,12 +348,13 @@ impl Checked {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let healthy = Arc::new(AtomicBool::new(true));
+        let failing = Arc::new(AtomicBool::new(false));
         let checks = Arc::new(AtomicUsize::new(0));
-        let (h, c) = (healthy.clone(), checks.clone());
+        let (h, f, c) = (healthy.clone(), failing.clone(), checks.clone());
         std::thread::spawn(move || {
             for s in listener.incoming() {
                 let Ok(mut s) = s else { continue };
-                let (h, c) = (h.clone(), c.clone());
+                let (h, f, c) = (h.clone(), f.clone(), c.clone());
                 std::thread::spawn(move || {
                     let mut pending = Vec::new();
                     let mut tmp = [0u8; 4096];
@@ -370,6 +372,7 @@ impl Checked {
                         let (status, body) = match check {
                             true if h.load(Ordering::SeqCst) => ("200 OK", "ok"),
                             true => ("503 Service Unavailable", "sick"),
+                            false if f.load(Ordering::SeqCst) => ("500 Oops", name),
                             false => ("200 OK", name),
                         };
                         if check {
@@ -392,6 +395,7 @@ impl Checked {
         Checked {
             addr,
             healthy,
+            failing,
             checks,
         }
     }
@@ -522,4 +526,69 @@ fn when_every_backend_fails_its_checks_they_are_set_aside() {
     );
     let (text, _) = logged_line(&log, "every backend of svc fails its health check");
     assert!(text.contains("the circuits alone decide"), "{text}");
+}
+
+/// Regression (a review): one backend out by its checks and the other's circuit open was
+/// a 503 for every request, for the whole cooldown, though the first answered. The checks
+/// are set aside whenever no backend both passes them and can take the request.
+#[test]
+fn a_backend_out_by_its_checks_serves_when_the_others_circuits_are_open() {
+    let (a, b) = (Checked::start("a"), Checked::start("b"));
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 60s}",
+        &format!(
+            "  svc:\n    backends: [http://{}, http://{}]\n    health_check: {{path: /healthz, interval: 1s, fall: 1, rise: 1}}\n",
+            a.addr, b.addr
+        ),
+    )));
+    b.failing.store(true, Ordering::SeqCst);
+    for _ in 0..2 {
+        get(g.proc.addr, "/v1/proxy/svc/x");
+    }
+    assert_eq!(circuit(g.admin, b.addr), "open");
+    a.healthy.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(10), || health(g.admin, a.addr)
+            == "down"),
+        "never out"
+    );
+    assert_eq!(answers(g.proc.addr, 4), ["a"; 4]);
+}
+
+/// Regression (a review): checks turned off and on again kept what the old ones found,
+/// and a probe in flight across the reload wrote its verdict after it. Turned on again
+/// (or changed), checks start from scratch: every backend in rotation.
+#[test]
+fn checks_turned_off_and_on_again_start_in_rotation() {
+    let a = Checked::start("a");
+    let b = Checked::start("b");
+    a.healthy.store(false, Ordering::SeqCst);
+    let svc = |checks: &str| {
+        format!(
+            "  svc:\n    backends: [http://{}, http://{}]\n    health_check: {checks}\n",
+            a.addr, b.addr
+        )
+    };
+    let on = "{path: /healthz, interval: 1s, fall: 1, rise: 100}";
+    let path = write_config(&config(1, "admin: 127.0.0.1:0", &svc(on)));
+    let g = gateway_at(&path);
+    assert!(
+        eventually(Duration::from_secs(10), || health(g.admin, a.addr)
+            == "down"),
+        "never out"
+    );
+    a.healthy.store(true, Ordering::SeqCst);
+    for (generation, checks) in [(2, "off"), (3, on)] {
+        std::fs::write(&path, config(1, "admin: 127.0.0.1:0", &svc(checks))).unwrap();
+        signal(&g.proc.child, libc::SIGHUP);
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                get(g.admin, "/admin/backends").json()["generation"] == generation
+            }),
+            "reload {generation}"
+        );
+    }
+    // 100 passes would have been needed to come back with the old state.
+    assert_eq!(health(g.admin, a.addr), "up");
 }
