@@ -1454,9 +1454,9 @@ impl Config {
                     if svc.encoded_slashes { "; encoded slashes" } else { "" },
                     own_timeouts_text(&svc.timeouts, &self.timeouts),
                     svc.health_check.as_ref().map_or(String::new(), |c| format!(
-                        "; health check {} every {} s, timeout {}, out after {}, back after {}",
+                        "; health check {} every {}, timeout {}, out after {}, back after {}",
                         c.path,
-                        c.interval.as_secs(),
+                        duration_text(c.interval),
                         duration_text(c.timeout),
                         c.fall,
                         c.rise

@@ -151,9 +151,9 @@ pub fn parse(key: &str, value: &serde_yaml_ng::Value) -> Result<Option<HealthChe
         return Err(invalid(
             format!("{key}.timeout"),
             format!(
-                "{} is longer than the interval ({} s): a probe must end before the next begins",
+                "{} is longer than the interval ({}): a probe must end before the next begins",
                 crate::config::duration_text(check.timeout),
-                check.interval.as_secs()
+                crate::config::duration_text(check.interval)
             ),
         ));
     }
@@ -339,6 +339,21 @@ pub fn start_due(worker: &Rc<Worker>, tick: u64) {
     }
 }
 
+/// Whether to say now that every backend of `service` is out: not if a worker said it
+/// within the last second (two workers whose backends went out together each saw all
+/// out: a review read the line twice). Only on a transition, so a lock is fine.
+fn say_all_out(service: &str) -> bool {
+    static SAID: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
+    let now = crate::state::now_ms();
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    said.retain(|(_, at)| now < at + 1000);
+    if said.iter().any(|(s, _)| s == service) {
+        return false;
+    }
+    said.push((service.to_string(), now));
+    true
+}
+
 /// One probe, with what it needs to say what it found.
 struct Probe {
     worker: Rc<Worker>,
@@ -401,7 +416,7 @@ impl Probe {
             .iter()
             .find(|s| &s.name == svc)
             .is_some_and(|s| s.backends.iter().all(is_down));
-        if all_out {
+        if all_out && say_all_out(svc) {
             log::warn!(
                 "backend: every backend of {svc} fails its health check ({}): the checks are set aside and the circuits alone decide until one passes again (check the path)",
                 check.path
@@ -459,7 +474,7 @@ mod tests {
             ),
             (
                 "{path: /h, timeout: 6s}",
-                "timeout: 6s is longer than the interval (5 s)",
+                "timeout: 6s is longer than the interval (5s)",
             ),
             ("{path: /h, interval: 0s}", "interval: 0s is out of range"),
             ("{path: /h, every: 5s}", "unknown setting \"every\""),
@@ -514,6 +529,13 @@ mod tests {
                 passes: 0
             }
         );
+    }
+
+    #[test]
+    fn every_backend_out_is_said_once_when_two_workers_see_it_together() {
+        assert!(say_all_out("said-once"));
+        assert!(!say_all_out("said-once"), "said twice within a second");
+        assert!(say_all_out("said-once-other"));
     }
 
     #[test]

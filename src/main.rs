@@ -106,7 +106,8 @@ fn main() -> ExitCode {
         let in_use = match gateway::server::check_binds(&cfg) {
             Ok(notes) => notes,
             Err(e) => {
-                complain(&format!("invalid config: {}: {e}", config.display()));
+                // The file is valid; the machine cannot run it as written.
+                complain(&format!("{}: valid, but {e}", config.display()));
                 return ExitCode::FAILURE;
             }
         };

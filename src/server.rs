@@ -152,7 +152,7 @@ pub fn check_binds(config: &crate::config::Config) -> Result<Vec<String>, StartE
         match port_free(key, addr) {
             Err(StartError::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse => {
                 notes.push(format!(
-                    "{key}: {addr} is in use now: a gateway running with this config keeps it across a reload (SIGHUP), but a start needs it free"
+                    "{key}: {addr} is in use now, by this gateway if it runs with this config (it keeps the port across a reload, SIGHUP) or by another process (`ss -ltnp` names it): a start needs it free"
                 ));
             }
             other => other?,

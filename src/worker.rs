@@ -404,7 +404,7 @@ impl Worker {
                 // every worker stops reusing it too, before any request runs here again.
                 b.stop_reuse(crate::pool::STRAY_NO_REUSE);
                 log::warn!(
-                    "backend: {} {} sent bytes after a complete response or to an idle connection (a response sent twice or late); seen by worker {}; none of its connections is reused for {} s, so that a late response cannot reach another request (gateway_backend_stray_responses_total)",
+                    "backend: {} {} sent bytes after a complete response, to an idle connection or before closing one its last request asked it to close (a response sent twice or late); seen by worker {}; none of its connections is reused for {} s, so that a late response cannot reach another request (gateway_backend_stray_responses_total)",
                     s.name,
                     b.url.url,
                     self.index,

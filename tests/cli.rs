@@ -377,7 +377,7 @@ fn check_binds_the_ports_and_notes_one_in_use() {
     let (code, text) = check(&format!("listen: 127.0.0.1:0\nadmin: {addr}\n{SVC}"));
     assert_eq!(code, Some(0), "{text}");
     assert!(
-        text.contains(&format!("note: admin: {addr} is in use now: a gateway running with this config keeps it across a reload (SIGHUP), but a start needs it free")),
+        text.contains(&format!("note: admin: {addr} is in use now, by this gateway if it runs with this config (it keeps the port across a reload, SIGHUP) or by another process (`ss -ltnp` names it): a start needs it free")),
         "{text}"
     );
     let (code, text) = check(&format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{SVC}"));
@@ -387,7 +387,7 @@ fn check_binds_the_ports_and_notes_one_in_use() {
     let (code, text) = check(&format!("listen: 192.0.2.1:8080\n{SVC}"));
     assert_eq!(code, Some(1), "{text}");
     assert!(
-        text.contains("cannot listen on 192.0.2.1:8080 (`listen`)")
+        text.contains("valid, but cannot listen on 192.0.2.1:8080 (`listen`)")
             && text.contains("no interface of this machine has that address"),
         "{text}"
     );
