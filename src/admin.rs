@@ -680,10 +680,15 @@ fn backends(shared: &Shared, only: Option<&[String]>) -> Value {
                         // `null` without health checks.
                         "health": s.health_check.as_ref().map(|_| {
                             let h = crate::health::State::load(&b.health);
+                            let last = crate::health::Last::load(&b.health);
                             json!({
                                 "state": if h.down { "down" } else { "up" },
                                 "failures_in_a_row": h.fails,
                                 "passes_in_a_row": h.passes,
+                                // The last probe: when it ended, its status, or why none.
+                                "last_check": last.at_ms.map(|ms| wall(ms, now)),
+                                "last_status": last.status,
+                                "last_error": last.fault.map(crate::health::Fault::name),
                             })
                         }),
                     })

@@ -161,7 +161,8 @@ pub fn parse(key: &str, value: &serde_yaml_ng::Value) -> Result<Option<HealthChe
 }
 
 /// A backend's health, packed in its word: failures in a row (bits 0–7), passes in a row
-/// (8–15), out of rotation (bit 16). 0: in rotation, never probed.
+/// (8–15), out of rotation (bit 16); then the last probe ([`Last`]). 0: in rotation,
+/// never probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct State {
     pub down: bool,
@@ -203,6 +204,77 @@ impl State {
     }
 }
 
+/// Why a probe failed short of a status, for `/admin/backends` (HAProxy's `L4CON`,
+/// `L7TOUT` and the like).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Connect = 1,
+    Write,
+    Read,
+    Closed,
+    NoStatusLine,
+    BadStatusLine,
+    Timeout,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Connect => "connect_failed",
+            Fault::Write => "write_failed",
+            Fault::Read => "read_failed",
+            Fault::Closed => "closed_before_status",
+            Fault::NoStatusLine => "no_status_line",
+            Fault::BadStatusLine => "bad_status_line",
+            Fault::Timeout => "timeout",
+        }
+    }
+
+    fn from_bits(b: u64) -> Option<Fault> {
+        [
+            Fault::Connect,
+            Fault::Write,
+            Fault::Read,
+            Fault::Closed,
+            Fault::NoStatusLine,
+            Fault::BadStatusLine,
+            Fault::Timeout,
+        ]
+        .into_iter()
+        .find(|f| *f as u64 == b)
+    }
+}
+
+/// The last probe, in the upper bits of the word: its status (bits 17–26, 0 for none),
+/// why it failed short of one (27–29), and when it ended, in seconds of `state::now_ms`
+/// (32–63; 0: never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Last {
+    pub status: Option<u16>,
+    pub fault: Option<Fault>,
+    pub at_ms: Option<u64>,
+}
+
+impl Last {
+    pub fn load(cell: &BreakerCell) -> Last {
+        let w = cell.load(Ordering::Relaxed);
+        let status = ((w >> 17) & 0x3ff) as u16;
+        Last {
+            status: (status != 0).then_some(status),
+            fault: Fault::from_bits((w >> 27) & 0x7),
+            at_ms: (w >> 32 != 0).then_some((w >> 32) * 1000),
+        }
+    }
+
+    fn bits(found: &Result<u16, (Fault, String)>, now_ms: u64) -> u64 {
+        let (status, fault) = match found {
+            Ok(s) => (u64::from(*s).min(0x3ff), 0),
+            Err((f, _)) => (0, *f as u64),
+        };
+        status << 17 | fault << 27 | (now_ms / 1000).clamp(1, u64::from(u32::MAX)) << 32
+    }
+}
+
 /// Whether `b` is out of rotation by its health checks (one relaxed load).
 #[inline]
 pub fn is_down(b: &Backend) -> bool {
@@ -220,38 +292,43 @@ pub fn request(check: &HealthCheck, authority: &str) -> Vec<u8> {
 
 /// One probe of `addr`: `Ok` with the status if the answer's status line was read within
 /// `timeout`; else what went wrong, for the log.
-pub async fn probe(addr: SocketAddr, request: Vec<u8>, timeout: Duration) -> Result<u16, String> {
+pub async fn probe(
+    addr: SocketAddr,
+    request: Vec<u8>,
+    timeout: Duration,
+) -> Result<u16, (Fault, String)> {
     use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
     let run = async {
         let mut s = monoio::net::TcpStream::connect_addr(addr)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| (Fault::Connect, format!("connect: {e}")))?;
         let (r, _) = s.write_all(request).await;
-        r.map_err(|e| format!("write: {e}"))?;
+        r.map_err(|e| (Fault::Write, format!("write: {e}")))?;
         let mut got: Vec<u8> = Vec::with_capacity(MAX_STATUS_LINE);
         loop {
             if let Some(status) = status_of(&got) {
-                return status;
+                return status.map_err(|e| (Fault::BadStatusLine, e));
             }
             if got.len() >= MAX_STATUS_LINE {
-                return Err(format!(
-                    "no final status line in the first {MAX_STATUS_LINE} bytes"
+                return Err((
+                    Fault::NoStatusLine,
+                    format!("no final status line in the first {MAX_STATUS_LINE} bytes"),
                 ));
             }
             let buf = Vec::with_capacity(MAX_STATUS_LINE - got.len());
             let (r, buf) = s.read(buf).await;
             match r {
-                Ok(0) => return Err("closed before a status line".to_string()),
+                Ok(0) => return Err((Fault::Closed, "closed before a status line".into())),
                 Ok(_) => got.extend_from_slice(&buf),
-                Err(e) => return Err(format!("read: {e}")),
+                Err(e) => return Err((Fault::Read, format!("read: {e}"))),
             }
         }
     };
     match monoio::time::timeout(timeout, run).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "no answer within {}",
-            crate::config::duration_text(timeout)
+        Err(_) => Err((
+            Fault::Timeout,
+            format!("no answer within {}", crate::config::duration_text(timeout)),
         )),
     }
 }
@@ -299,14 +376,19 @@ pub fn passes(status: u16) -> bool {
     (200..400).contains(&status)
 }
 
-/// Records one probe's outcome in `cell`; returns the new state and whether it went out
-/// of or back into rotation.
-pub fn record(cell: &BreakerCell, check: &HealthCheck, passed: bool) -> (State, bool) {
-    let before = State::load(cell);
-    let (after, flip) = before.after(passed, check);
-    if after != before {
-        cell.store(after.word(), Ordering::Relaxed);
-    }
+/// Records one probe's outcome, `found`, in `cell`; returns the new state and whether it
+/// went out of or back into rotation.
+fn record(
+    cell: &BreakerCell,
+    check: &HealthCheck,
+    found: &Result<u16, (Fault, String)>,
+) -> (State, bool) {
+    let passed = found.as_ref().is_ok_and(|&s| passes(s));
+    let (after, flip) = State::load(cell).after(passed, check);
+    cell.store(
+        after.word() | Last::bits(found, crate::state::now_ms()),
+        Ordering::Relaxed,
+    );
     (after, flip)
 }
 
@@ -383,8 +465,7 @@ impl Probe {
         if !current {
             return;
         }
-        let passed = found.as_ref().is_ok_and(|&s| passes(s));
-        let (state, flip) = record(&self.cell, &self.check, passed);
+        let (state, flip) = record(&self.cell, &self.check, &found);
         if !flip {
             return;
         }
@@ -400,7 +481,7 @@ impl Probe {
         }
         let why = match &found {
             Ok(status) => format!("status {status}"),
-            Err(e) => e.clone(),
+            Err((_, e)) => e.clone(),
         };
         log::warn!(
             "backend: {svc} {url} failed its health check ({}) {} {} in a row, the last: {why}; out of rotation until it passes {} in a row",
@@ -513,7 +594,29 @@ mod tests {
             [false, false, false, false, false, true, true, true, true, true, false]
         );
         assert_eq!(flips.iter().filter(|f| f.1).count(), 2);
-        // The word keeps all three.
+        // The word keeps all three, and the last probe beside them.
+        let cell = crate::state::BreakerCell::new(std::sync::atomic::AtomicU64::new(0));
+        assert_eq!(
+            Last::load(&cell),
+            Last {
+                status: None,
+                fault: None,
+                at_ms: None
+            }
+        );
+        let (s, _) = record(&cell, &c, &Err((Fault::Timeout, "no answer".into())));
+        let last = Last::load(&cell);
+        assert_eq!(
+            (State::load(&cell), last.status, last.fault),
+            (s, None, Some(Fault::Timeout))
+        );
+        assert!(last.at_ms.is_some());
+        record(&cell, &c, &Ok(503));
+        let last = Last::load(&cell);
+        assert_eq!(
+            (State::load(&cell).fails, last.status, last.fault),
+            (2, Some(503), None)
+        );
         let w = State {
             down: true,
             fails: 3,

@@ -458,6 +458,15 @@ fn a_backend_failing_its_health_checks_leaves_the_rotation_and_comes_back() {
     );
     assert_eq!(answers(g.proc.addr, 10), ["b"; 10]);
     assert_eq!(circuit(g.admin, a.addr), "closed");
+    // Why, and when it was last asked.
+    let v = get(g.admin, "/admin/backends").json();
+    let shown = &v["services"][0]["backends"][0]["health"];
+    assert_eq!(
+        (&shown["last_status"], &shown["last_error"]),
+        (&serde_json::json!(503), &serde_json::Value::Null),
+        "{v}"
+    );
+    assert!(shown["last_check"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
     let m = metrics(g.admin);
     let series = |addr: SocketAddr| {
         format!("gateway_backend_healthy{{service=\"svc\",backend=\"http://{addr}\"}}")
