@@ -1,4 +1,4 @@
-//! Active health checks (`health_check:` of a service): settings, each backend's state word, the probe.
+//! Active health checks (`health_check:`): the settings, each backend's state word, the probe.
 //!
 //! A service with `health_check` has each backend probed every `interval` by one worker
 //! (the one whose index is the backend's slot modulo the workers, so each is probed once,

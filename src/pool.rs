@@ -20,7 +20,8 @@
 //! arrive while the connection already carries the next request, where no check can tell
 //! it from the answer: HTTP/1.1 has no request ids. From then on every answer on that
 //! connection is one behind while requests keep it busy; the limit ends such a run with
-//! the connection, and the retired connection shows the answer owed behind it. So its idle connections are closed and none of its
+//! the connection, and the retired connection shows the answer owed behind it. So the
+//! backend's idle connections are closed and none of its
 //! connections is reused for [`STRAY_NO_REUSE`] by any worker: the mark is the backend's,
 //! shared by every service that lists its address (`state::Backend::no_reuse_until`), set
 //! where the bytes are found ([`Pool::stray`]; for the sweep, which knows only slots, by

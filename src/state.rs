@@ -63,8 +63,9 @@ pub struct Backend {
     /// fleet's probe lease only then. Written at most every [`WANTED_EVERY_MS`], and only
     /// while the circuit is not closed.
     pub wanted: Arc<BreakerCell>,
-    /// Its active health checks' state (`health::State`), written by the one worker that
-    /// probes it; 0 (in rotation) when its service has none.
+    /// Its active health checks' state and last probe (`health::State`, `health::Last`),
+    /// written by the one worker that probes it; read only while its service has checks
+    /// (a fresh cell, 0 = in rotation, whenever they are turned on or changed).
     pub health: Arc<BreakerCell>,
 }
 

@@ -466,7 +466,12 @@ fn a_backend_failing_its_health_checks_leaves_the_rotation_and_comes_back() {
         (&serde_json::json!(503), &serde_json::Value::Null),
         "{v}"
     );
-    assert!(shown["last_check"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
+    assert!(
+        shown["last_check"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{v}"
+    );
     let m = metrics(g.admin);
     let series = |addr: SocketAddr| {
         format!("gateway_backend_healthy{{service=\"svc\",backend=\"http://{addr}\"}}")
