@@ -303,6 +303,8 @@ struct RawConfig {
     request_id: Option<bool>,
     ignore_client_abort: Option<bool>,
     rate_limit: Option<serde_yaml_ng::Value>,
+    /// Every service's health checks unless it sets its own (or `off`).
+    health_check: Option<serde_yaml_ng::Value>,
     rate_limit_headers: Option<bool>,
     rate_limit_table: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
@@ -1730,6 +1732,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(v) => crate::admission::parse_rate_limit("rate_limit", v)?,
         None => None,
     };
+    let global_checks = match &raw.health_check {
+        Some(v) => crate::health::parse("health_check", v)?,
+        None => None,
+    };
     let admission = admission_settings(
         raw.rate_limit_headers,
         raw.rate_limit_table,
@@ -1754,7 +1760,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 false,
                 false,
                 timeouts,
-                None,
+                global_checks.clone(),
             ),
             serde_yaml_ng::Value::Mapping(_) => {
                 let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
@@ -1809,7 +1815,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     service_timeouts(&timeouts_key, raw_timeouts.as_ref(), &timeouts)?;
                 let health_check = match &full.health_check {
                     Some(v) => crate::health::parse(&format!("{key}.health_check"), v)?,
-                    None => None,
+                    None => global_checks.clone(),
                 };
                 let entries = match full.backends {
                     serde_yaml_ng::Value::Sequence(entries) => entries,
@@ -2900,6 +2906,36 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn top_level_health_checks_apply_to_every_service_unless_it_sets_its_own() {
+        let c = Config::parse(
+            "health_check: {path: /healthz, interval: 10s}\nservices:\n  a: [http://127.0.0.1:1]\n  b: {backends: [http://127.0.0.1:2]}\n  c: {backends: [http://127.0.0.1:3], health_check: {path: /ready}}\n  d: {backends: [http://127.0.0.1:4], health_check: off}\n",
+        )
+        .unwrap();
+        let checks: Vec<Option<(&str, u64)>> = c
+            .services
+            .iter()
+            .map(|s| {
+                s.health_check
+                    .as_ref()
+                    .map(|h| (h.path.as_str(), h.interval.as_secs()))
+            })
+            .collect();
+        assert_eq!(
+            checks,
+            [
+                Some(("/healthz", 10)),
+                Some(("/healthz", 10)),
+                Some(("/ready", 5)),
+                None
+            ]
+        );
+        assert!(
+            err("health_check: {interval: 5s}\nservices:\n  a: [http://127.0.0.1:1]\n")
+                .contains("health_check.path: is missing")
+        );
     }
 
     #[test]
