@@ -686,7 +686,10 @@ fn backends(shared: &Shared, only: Option<&[String]>) -> Value {
                                 "failures_in_a_row": h.fails,
                                 "passes_in_a_row": h.passes,
                                 // The last probe: when it ended, its status, or why none.
-                                "last_check": last.at_ms.map(|ms| wall(ms, now)),
+                                // Kept to the second: said so, not as `.069`.
+                                "last_check": last.at_unix_s.map(|s| crate::logging::timestamp(
+                                    SystemTime::UNIX_EPOCH + Duration::from_secs(s),
+                                )),
                                 "last_status": last.status,
                                 "last_error": last.fault.map(crate::health::Fault::name),
                             })

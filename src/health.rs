@@ -246,13 +246,13 @@ impl Fault {
 }
 
 /// The last probe, in the upper bits of the word: its status (bits 17–26, 0 for none),
-/// why it failed short of one (27–29), and when it ended, in seconds of `state::now_ms`
-/// (32–63; 0: never).
+/// why it failed short of one (27–29), and when it ended, in whole seconds since the Unix
+/// epoch (32–63; 0: never).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Last {
     pub status: Option<u16>,
     pub fault: Option<Fault>,
-    pub at_ms: Option<u64>,
+    pub at_unix_s: Option<u64>,
 }
 
 impl Last {
@@ -262,16 +262,16 @@ impl Last {
         Last {
             status: (status != 0).then_some(status),
             fault: Fault::from_bits((w >> 27) & 0x7),
-            at_ms: (w >> 32 != 0).then_some((w >> 32) * 1000),
+            at_unix_s: (w >> 32 != 0).then_some(w >> 32),
         }
     }
 
-    fn bits(found: &Result<u16, (Fault, String)>, now_ms: u64) -> u64 {
+    fn bits(found: &Result<u16, (Fault, String)>, unix_s: u64) -> u64 {
         let (status, fault) = match found {
             Ok(s) => (u64::from(*s).min(0x3ff), 0),
             Err((f, _)) => (0, *f as u64),
         };
-        status << 17 | fault << 27 | (now_ms / 1000).clamp(1, u64::from(u32::MAX)) << 32
+        status << 17 | fault << 27 | unix_s.clamp(1, u64::from(u32::MAX)) << 32
     }
 }
 
@@ -385,10 +385,10 @@ fn record(
 ) -> (State, bool) {
     let passed = found.as_ref().is_ok_and(|&s| passes(s));
     let (after, flip) = State::load(cell).after(passed, check);
-    cell.store(
-        after.word() | Last::bits(found, crate::state::now_ms()),
-        Ordering::Relaxed,
-    );
+    let unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs());
+    cell.store(after.word() | Last::bits(found, unix_s), Ordering::Relaxed);
     (after, flip)
 }
 
@@ -601,7 +601,7 @@ mod tests {
             Last {
                 status: None,
                 fault: None,
-                at_ms: None
+                at_unix_s: None
             }
         );
         let (s, _) = record(&cell, &c, &Err((Fault::Timeout, "no answer".into())));
@@ -610,7 +610,7 @@ mod tests {
             (State::load(&cell), last.status, last.fault),
             (s, None, Some(Fault::Timeout))
         );
-        assert!(last.at_ms.is_some());
+        assert!(last.at_unix_s.is_some_and(|s| s > 1_700_000_000));
         record(&cell, &c, &Ok(503));
         let last = Last::load(&cell);
         assert_eq!(
