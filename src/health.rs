@@ -6,10 +6,11 @@
 //! from 200 to 399 read within `timeout`. `fall` failures in a row take the backend out of
 //! rotation, `rise` passes in a row put it back (HAProxy's `check inter fall rise`). It
 //! starts in rotation, as HAProxy's servers do. While out, requests pass it over as they
-//! pass over an open circuit; when every backend of the service is out, the checks are
-//! ignored and the circuits alone decide (Envoy's panic mode at 0%): a check path that is
-//! wrong everywhere must not take a working service down. The breaker goes on judging the
-//! traffic as before; the two are independent.
+//! pass over an open circuit; when no backend that is in can take a request (every one
+//! out, or the others' circuits open), the checks are set aside and the circuits alone
+//! decide (Envoy's panic mode): a check path that is wrong everywhere must not take a
+//! working service down. The breaker goes on judging the traffic as before; the two are
+//! independent.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -21,7 +22,8 @@ use crate::config::{invalid, parse_duration, ConfigError};
 use crate::state::{Backend, BreakerCell};
 use crate::worker::Worker;
 
-/// `services.NAME.health_check`.
+/// `services.NAME.health_check`, or the top-level `health_check` for every service that
+/// sets none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     /// Asked of the backend's host as it is (the backend URL's path prefix is not added).
