@@ -81,32 +81,37 @@ impl View {
     /// `streaming`: the request's body is still to come from the client (see
     /// [`breaker::admit_with`]).
     pub fn pick(&self, svc: usize, exclude: &[usize], streaming: bool) -> Pick {
+        let tried = |i: usize| exclude.contains(&i);
         let service = &self.snapshot.services[svc];
+        if service.health_check.is_none() {
+            return self.pick_among(svc, tried, streaming);
+        }
         // Backends out of rotation by their health checks are passed over like those
         // this request tried, unless no other can take the request: all are out, or the
         // others' circuits are open (`health.rs`; a review's outage had one backend out
-        // and the other's circuit open).
-        if service.health_check.is_some() && service.backends.iter().any(crate::health::is_down) {
-            if let pick @ Pick::Backend { .. } = self.pick_healthy(svc, exclude, streaming) {
-                return pick;
+        // and the other's circuit open). Each candidate's word is read as it comes up: no
+        // scan of the service, no list built.
+        let saw_out = Cell::new(false);
+        let passed = |i: usize| {
+            tried(i) || {
+                let out = crate::health::is_down(&service.backends[i]);
+                saw_out.set(saw_out.get() | out);
+                out
             }
+        };
+        match self.pick_among(svc, passed, streaming) {
+            Pick::AllOpen { .. } if saw_out.get() => self.pick_among(svc, tried, streaming),
+            pick => pick,
         }
-        self.pick_among(svc, exclude, streaming)
     }
 
-    /// [`View::pick`] with the backends out of rotation added to `exclude` (cold: only
-    /// while one is out).
-    #[cold]
-    fn pick_healthy(&self, svc: usize, exclude: &[usize], streaming: bool) -> Pick {
-        let service = &self.snapshot.services[svc];
-        let mut passed: Vec<usize> = exclude.to_vec();
-        passed.extend(
-            (0..service.backends.len()).filter(|&i| crate::health::is_down(&service.backends[i])),
-        );
-        self.pick_among(svc, &passed, streaming)
-    }
-
-    fn pick_among(&self, svc: usize, exclude: &[usize], streaming: bool) -> Pick {
+    /// [`View::pick`] passing over the backends `passed` names.
+    fn pick_among(
+        &self,
+        svc: usize,
+        passed: impl Fn(usize) -> bool + Copy,
+        streaming: bool,
+    ) -> Pick {
         let service = &self.snapshot.services[svc];
         let n = service.backends.len();
         let cursor = &self.cursors[svc];
@@ -116,7 +121,7 @@ impl View {
                 let turn = cursor.get();
                 cursor.set((turn + 1) % turns.len());
                 let idx = turns[turn] as usize;
-                if !exclude.contains(&idx) {
+                if !passed(idx) {
                     let cell = &**service.backends[idx].breaker;
                     if let Some(ticket) =
                         breaker::admit_with(cell, now_ms, &service.policy, streaming)
@@ -125,7 +130,7 @@ impl View {
                     }
                     service.backends[idx].want(now_ms());
                 }
-                if let Some(pick) = self.spill(service, idx, exclude) {
+                if let Some(pick) = self.spill(service, idx, passed) {
                     return pick;
                 }
                 // None closed: the scan below asks each (a probe may be due), and gives
@@ -136,7 +141,7 @@ impl View {
         let mut retry_ms = u64::MAX;
         for i in 0..n {
             let idx = (start + i) % n;
-            if exclude.contains(&idx) {
+            if passed(idx) {
                 continue;
             }
             let cell = &*service.backends[idx].breaker;
@@ -159,17 +164,22 @@ impl View {
     }
 
     /// The turn of backend `skip` of a weighted service, which cannot take the request (or
-    /// the request tried it), goes to one of the others whose circuit is closed, each by
-    /// its weight, so that they keep their shares among themselves (NGINX's smooth
+    /// is `passed` over), goes to one of the others not passed over whose circuit is
+    /// closed, each by its weight, so that they keep their shares among themselves (NGINX's smooth
     /// weighted round-robin leaves such a peer out the same way); the choice follows a
     /// low-discrepancy sequence, spread like the schedule. Two passes over the backends
     /// and no write to a shared line (a walk over the schedule's turns instead cost up to
     /// a round, 3 ms a request with 2 000 backends all open: a review). `None`: no other
     /// is closed.
-    fn spill(&self, service: &Service, skip: usize, exclude: &[usize]) -> Option<Pick> {
+    fn spill(
+        &self,
+        service: &Service,
+        skip: usize,
+        passed: impl Fn(usize) -> bool,
+    ) -> Option<Pick> {
         let closed = |i: usize| {
             i != skip
-                && !exclude.contains(&i)
+                && !passed(i)
                 && breaker::Snapshot::decode(breaker::Word::load(&**service.backends[i].breaker))
                     .state
                     == breaker::CLOSED
