@@ -634,6 +634,25 @@ enum MaxConnections {
 }
 
 impl MaxConnections {
+    /// `raw`, the value of `key`: a count from 1 to `max`, `off` (as `/admin/config` says
+    /// it, and as `rate_limit: off` reads) for none, or `default` when absent; anything
+    /// else is refused with `rule`.
+    fn count_or_off(
+        raw: Option<&MaxConnections>,
+        key: &str,
+        (max, default): (u64, Option<u32>),
+        rule: &str,
+    ) -> Result<Option<u32>, ConfigError> {
+        match raw {
+            None => Ok(default),
+            Some(v) if v.is_off() => Ok(None),
+            Some(&MaxConnections::Count(n)) if (1..=max.min(u32::MAX.into())).contains(&n) => {
+                Ok(Some(n as u32))
+            }
+            Some(other) => Err(other.refused(key, rule)),
+        }
+    }
+
     /// `off` (any case), as `/admin/config` says it and `rate_limit: off` reads, or `false`.
     fn is_off(&self) -> bool {
         match self {
@@ -1616,20 +1635,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             None | Some(MaxConnections::Other(_)) => None,
             Some(MaxConnections::Count(n)) => Some(n),
         },
-        max_connections_per_client: match &l.max_connections_per_client {
-            None => None,
-            // As `/admin/config` says it, and as `rate_limit: off` reads.
-            Some(v) if v.is_off() => None,
-            Some(MaxConnections::Count(n @ 1..=MAX_CONNECTIONS_PER_CLIENT)) => Some(*n as u32),
-            Some(other) => {
-                return Err(other.refused(
-                    "limits.max_connections_per_client",
-                    &format!(
-                        "use 1 to {MAX_CONNECTIONS_PER_CLIENT}, or off (the default) for no limit"
-                    ),
-                ))
-            }
-        },
+        max_connections_per_client: MaxConnections::count_or_off(
+            l.max_connections_per_client.as_ref(),
+            "limits.max_connections_per_client",
+            (MAX_CONNECTIONS_PER_CLIENT, None),
+            &format!("use 1 to {MAX_CONNECTIONS_PER_CLIENT}, or off (the default) for no limit"),
+        )?,
     };
     // Above this no client could keep up, and every body would end in a 408 or a reset.
     const MAX_MIN_BODY_RATE: u64 = 1 << 30;
@@ -1702,19 +1713,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             p.idle_timeout.as_ref(),
             DEFAULT_POOL_IDLE_TIMEOUT,
         )?,
-        max_requests_per_connection: match &p.max_requests_per_connection {
-            None => Some(DEFAULT_POOL_MAX_REQUESTS),
-            Some(v) if v.is_off() => None,
-            Some(MaxConnections::Count(n @ 1..=MAX_POOL_MAX_REQUESTS)) => Some(*n as u32),
-            Some(other) => {
-                return Err(other.refused(
-                    "pool.max_requests_per_connection",
-                    &format!(
-                        "use 1 to {MAX_POOL_MAX_REQUESTS} (default {DEFAULT_POOL_MAX_REQUESTS}), or off for no limit"
-                    ),
-                ))
-            }
-        },
+        max_requests_per_connection: MaxConnections::count_or_off(
+            p.max_requests_per_connection.as_ref(),
+            "pool.max_requests_per_connection",
+            (MAX_POOL_MAX_REQUESTS, Some(DEFAULT_POOL_MAX_REQUESTS)),
+            &format!("use 1 to {MAX_POOL_MAX_REQUESTS} (default {DEFAULT_POOL_MAX_REQUESTS}), or off for no limit"),
+        )?,
     };
     let defaults = BreakerSettings {
         failure_threshold: DEFAULT_FAILURE_THRESHOLD,

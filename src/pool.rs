@@ -210,10 +210,7 @@ impl Pool {
     /// `uses` requests.
     pub fn put(&self, backend: &Backend, socket: Socket, uses: u32) {
         let slot = backend.slot;
-        if self.max_idle.get() == 0
-            || !self.live.borrow().get(slot).copied().unwrap_or(false)
-            || !backend.reusable()
-        {
+        if self.max_idle.get() == 0 || !self.is_live(slot) || !backend.reusable() {
             return;
         }
         let mut slots = self.slots.borrow_mut();
@@ -239,13 +236,7 @@ impl Pool {
     /// bytes before the close are an answer owed to an earlier request, sent out of turn
     /// (see the module's comment). The sweep checks it.
     pub fn retire(&self, backend: &Backend, socket: Socket) {
-        if !self
-            .live
-            .borrow()
-            .get(backend.slot)
-            .copied()
-            .unwrap_or(false)
-        {
+        if !self.is_live(backend.slot) {
             return;
         }
         let mut retired = self.retired.borrow_mut();
@@ -257,6 +248,11 @@ impl Pool {
             socket,
             since: crate::clock::now(),
         });
+    }
+
+    /// Whether `slot` is one of the current config's (see [`Pool::keep_only`]).
+    fn is_live(&self, slot: usize) -> bool {
+        self.live.borrow().get(slot).copied().unwrap_or(false)
     }
 
     /// Connections held until their backend closes them ([`Pool::retire`]).
