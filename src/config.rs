@@ -1325,11 +1325,25 @@ const NO_SERVICES: &str = "no services configured: add at least one, e.g. `servi
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
         let path = path.display().to_string();
+        // Where the first byte that is not UTF-8 is (an operator review got the standard
+        // library's words alone, with no place to look).
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = good.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            let byte = e.as_bytes()[good.len()];
+            ConfigError::Syntax {
+                path: path.clone(),
+                message: format!(
+                    "line {line} column {column}: byte 0x{byte:02x} is not UTF-8: save the file as UTF-8"
+                ),
+            }
+        })?;
         Config::parse(&text).map_err(|e| match e {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax { path, message },
             ConfigError::Invalid { key, message } => ConfigError::InFile { path, key, message },
@@ -1380,7 +1394,17 @@ impl Config {
             }
             serde_yaml_ng::from_value(value).map_err(syntax)?
         } else {
-            serde_yaml_ng::from_str(text).map_err(syntax)?
+            serde_yaml_ng::from_str(text).map_err(|e| {
+                // serde stops at the first value of the wrong type, before the parser has
+                // read the rest: `workers: [1` (an unclosed list) was told it was a list
+                // where a number goes (an operator review). A syntax error anywhere in
+                // the file comes first.
+                // (A duplicate key is no syntax error, and the typed reading says it better.)
+                match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
+                    Err(whole) if !whole.to_string().contains("duplicate entry") => syntax(whole),
+                    _ => syntax(e),
+                }
+            })?
         };
         if let Some((name, lines)) = raw
             .services
@@ -2143,6 +2167,28 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
         m.push_str(
             " (an IPv6 URL inside [...] must be quoted: [\"http://[::1]:8001\"], or listed one per `- ` line)",
         );
+    }
+    // Two documents (an operator review got the parser's words alone).
+    if m.contains("more than one document") {
+        let mut markers = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("---"));
+        let first_content = text.lines().position(|l| {
+            let l = l.trim();
+            !l.is_empty() && !l.starts_with('#')
+        });
+        let second = match markers.next() {
+            Some((n, _)) if Some(n) == first_content => markers.next(),
+            other => other,
+        };
+        m = match second {
+            Some((n, _)) => format!(
+                "line {}: a second YAML document begins here (`---`): a config file is one document; remove the marker or what follows it",
+                n + 1
+            ),
+            None => "the file holds more than one YAML document: a config file is one".into(),
+        };
     }
     // A tab where YAML wants spaces (an operator review: only the parser's words).
     if m.contains("cannot start any token") && text.contains('\t') {
@@ -3291,6 +3337,47 @@ mod tests {
         }
         let e = err(&format!("access_log: true\n{svc}"));
         assert!(e.contains("access_log") && e.contains("stdout"), "{e}");
+    }
+
+    /// Regression (an operator review): an unclosed `[` was told it was a list where a
+    /// number goes, a second document got the parser's words alone, and a byte that is not
+    /// UTF-8 was reported with no place in the file.
+    #[test]
+    fn syntax_errors_come_first_and_say_where() {
+        let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+        for text in [
+            format!("listen: 127.0.0.1:1\nworkers: [1\n{svc}"),
+            format!("listen: [oops\n{svc}"),
+        ] {
+            let e = err(&text);
+            assert!(!e.contains("invalid type"), "{e}");
+            assert!(e.contains("did not find expected"), "{e}");
+        }
+        // A type error in a file that parses is still a type error.
+        let e = err(&format!("workers: [1]\n{svc}"));
+        assert!(e.contains("invalid type: sequence"), "{e}");
+
+        for (text, line) in [
+            (format!("{svc}---\nworkers: 1\n"), 3),
+            (format!("# c\n---\n{svc}---\nworkers: 1\n"), 5),
+        ] {
+            let e = err(&text);
+            assert!(
+                e.contains(&format!(
+                    "config: line {line}: a second YAML document begins here"
+                )),
+                "{e}"
+            );
+        }
+
+        let path = std::env::temp_dir().join(format!("gateway-utf8-{}.yaml", std::process::id()));
+        std::fs::write(&path, b"services:\n  a: [http://127.0.0.1:1] # caf\xe9\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            e.ends_with("line 2 column 32: byte 0xe9 is not UTF-8: save the file as UTF-8"),
+            "{e}"
+        );
     }
 
     /// Regression: a file starting with a byte-order mark failed ("more than one document"),
