@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{invalid, parse_duration, ConfigError};
+use crate::h1;
 use crate::state::{Backend, BreakerCell};
 use crate::worker::Worker;
 
@@ -41,8 +42,9 @@ pub const DEFAULT_FALL: u8 = 3;
 pub const DEFAULT_RISE: u8 = 2;
 /// Longest `path`.
 const MAX_PATH: usize = 1024;
-/// The most of an answer read for its final status line (interim answers included).
-const MAX_STATUS_LINE: usize = 1024;
+/// The most of an answer read for its final head (interim answers included): the default
+/// `limits.max_head_bytes`, which the traffic's response heads are held to.
+const MAX_ANSWER_HEAD: usize = 64 * 1024;
 
 /// Reads `key` (`services.NAME.health_check`): a map with `path` and optional `interval`,
 /// `timeout`, `fall`, `rise`; `off`, `false` or null for none.
@@ -214,8 +216,8 @@ pub enum Fault {
     Write,
     Read,
     Closed,
-    NoStatusLine,
-    BadStatusLine,
+    HeadTooLarge,
+    BadResponse,
     Timeout,
 }
 
@@ -225,9 +227,9 @@ impl Fault {
             Fault::Connect => "connect_failed",
             Fault::Write => "write_failed",
             Fault::Read => "read_failed",
-            Fault::Closed => "closed_before_status",
-            Fault::NoStatusLine => "no_status_line",
-            Fault::BadStatusLine => "bad_status_line",
+            Fault::Closed => "closed_before_head",
+            Fault::HeadTooLarge => "head_too_large",
+            Fault::BadResponse => "bad_response",
             Fault::Timeout => "timeout",
         }
     }
@@ -238,8 +240,8 @@ impl Fault {
             Fault::Write,
             Fault::Read,
             Fault::Closed,
-            Fault::NoStatusLine,
-            Fault::BadStatusLine,
+            Fault::HeadTooLarge,
+            Fault::BadResponse,
             Fault::Timeout,
         ]
         .into_iter()
@@ -292,8 +294,9 @@ pub fn request(check: &HealthCheck, authority: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// One probe of `addr`: `Ok` with the status if the answer's status line was read within
-/// `timeout`; else what went wrong, for the log.
+/// One probe of `addr`: `Ok` with the status if the answer's final head was read whole
+/// within `timeout` and is one the traffic's would be relayed with; else what went wrong,
+/// for the log.
 pub async fn probe(
     addr: SocketAddr,
     request: Vec<u8>,
@@ -306,21 +309,19 @@ pub async fn probe(
             .map_err(|e| (Fault::Connect, format!("connect: {e}")))?;
         let (r, _) = s.write_all(request).await;
         r.map_err(|e| (Fault::Write, format!("write: {e}")))?;
-        let mut got: Vec<u8> = Vec::with_capacity(MAX_STATUS_LINE);
+        let mut got: Vec<u8> = Vec::with_capacity(4096);
         loop {
             if let Some(status) = status_of(&got) {
-                return status.map_err(|e| (Fault::BadStatusLine, e));
+                return status;
             }
-            if got.len() >= MAX_STATUS_LINE {
-                return Err((
-                    Fault::NoStatusLine,
-                    format!("no final status line in the first {MAX_STATUS_LINE} bytes"),
-                ));
+            if got.len() >= MAX_ANSWER_HEAD {
+                return Err(too_large());
             }
-            let buf = Vec::with_capacity(MAX_STATUS_LINE - got.len());
+            let room = MAX_ANSWER_HEAD - got.len();
+            let buf = Vec::with_capacity(room.min(16 * 1024));
             let (r, buf) = s.read(buf).await;
             match r {
-                Ok(0) => return Err((Fault::Closed, "closed before a status line".into())),
+                Ok(0) => return Err((Fault::Closed, "closed before a whole head".into())),
                 Ok(_) => got.extend_from_slice(&buf),
                 Err(e) => return Err((Fault::Read, format!("read: {e}"))),
             }
@@ -335,42 +336,50 @@ pub async fn probe(
     }
 }
 
-/// The status of the final answer at the start of `got` (`HTTP/1.x NNN ...`, its line
-/// ended by CRLF or a bare LF, as RFC 9112 §2.2 lets a recipient take it), past any
-/// interim (1xx) answers whole; `None` while that is not in `got` yet.
-fn status_of(got: &[u8]) -> Option<Result<u16, String>> {
-    let end = got.iter().position(|&b| b == b'\n')?;
-    let line = got[..end].strip_suffix(b"\r").unwrap_or(&got[..end]);
-    let status = line
-        .strip_prefix(b"HTTP/1.")
-        .filter(|r| r.len() >= 5 && r[0].is_ascii_digit() && r[1] == b' ')
-        .filter(|r| r.get(5).is_none_or(|&b| b == b' '))
-        .map(|r| &r[2..5])
-        .filter(|d| d.iter().all(u8::is_ascii_digit))
-        .and_then(|d| std::str::from_utf8(d).ok()?.parse::<u16>().ok())
-        .filter(|s| (100..600).contains(s));
-    if let Some(100..=199) = status {
-        // An interim answer: its head ends at the first empty line; the final one follows.
-        let rest = &got[end + 1..];
-        let after = match rest.first()? {
-            // No fields: the status line's end was the head's.
-            b'\r' if rest.get(1) == Some(&b'\n') => 2,
-            b'\n' => 1,
-            _ => {
-                let lf_lf = rest.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-                let lf_crlf = rest.windows(3).position(|w| w == b"\n\r\n").map(|i| i + 3);
-                lf_lf.into_iter().chain(lf_crlf).min()?
+/// The status of the final answer at the start of `got`, past any interim (1xx) answers,
+/// once its head is whole; `None` while it is not in `got` yet. Each head is read by the
+/// parser and the rules the traffic's answers are ([`h1::parse_response`]): a backend
+/// whose answers the gateway would refuse as a 502 does not pass (a review: a status
+/// line followed by a malformed field, or by nothing, passed), and a `101` to a probe,
+/// which asked for no upgrade, ends HTTP on that connection (RFC 9110 §15.2.2), as it is
+/// a 502 on the traffic (a review: it was passed over as an interim answer).
+fn status_of(mut got: &[u8]) -> Option<Result<u16, (Fault, String)>> {
+    loop {
+        let mut slots = h1::header_slots();
+        let head = match h1::parse_response(got, &mut slots, false, MAX_ANSWER_HEAD) {
+            Ok(None) => return None,
+            Ok(Some(head)) => head.info,
+            Err(h1::ResponseError(h1::RESPONSE_HEAD_TOO_LARGE)) => return Some(Err(too_large())),
+            Err(h1::ResponseError(why)) => {
+                let end = got.iter().position(|&b| b == b'\n').unwrap_or(got.len());
+                let shown: String = String::from_utf8_lossy(&got[..end.min(60)])
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect();
+                return Some(Err((
+                    Fault::BadResponse,
+                    format!("{why}, in the answer beginning {shown:?}"),
+                )));
             }
         };
-        return status_of(&rest[after..]);
+        match head.status {
+            101 => {
+                return Some(Err((
+                    Fault::BadResponse,
+                    "101 Switching Protocols, where no upgrade was asked".into(),
+                )))
+            }
+            100..=199 => got = &got[head.head_len..],
+            status => return Some(Ok(status)),
+        }
     }
-    Some(status.ok_or_else(|| {
-        let shown: String = String::from_utf8_lossy(&line[..line.len().min(60)])
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect();
-        format!("not an HTTP/1.x status line: {shown:?}")
-    }))
+}
+
+fn too_large() -> (Fault, String) {
+    (
+        Fault::HeadTooLarge,
+        format!("no whole head in the first {MAX_ANSWER_HEAD} bytes"),
+    )
 }
 
 /// Whether a probe's status passes: 200 to 399 (HAProxy's `httpchk` default).
@@ -643,23 +652,51 @@ mod tests {
         assert!(say_all_out("said-once-other"));
     }
 
+    /// The answer's head is read whole and by the traffic's rules. Regressions (reviews):
+    /// `100 Continue` was taken as the status; a status line followed by a malformed field
+    /// or by nothing at all passed, and a `101` was passed over as an interim answer,
+    /// where the traffic gets a 502 for each.
     #[test]
-    fn a_status_line_is_read_whole_or_refused() {
-        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\n"), Some(Ok(200)));
-        assert_eq!(status_of(b"HTTP/1.0 503 x\r\nmore"), Some(Ok(503)));
-        assert_eq!(status_of(b"HTTP/1.1 204\r\n"), Some(Ok(204)));
+    fn an_answer_head_is_read_whole_and_by_the_traffics_rules() {
+        let ok = |s: u16| Some(Ok(s));
+        let fault = |got: &[u8]| status_of(got).and_then(|r| r.err()).map(|(f, _)| f);
+        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\n\r\n"), ok(200));
+        assert_eq!(
+            status_of(b"HTTP/1.0 503 x\r\ncontent-length: 0\r\n\r\nmore"),
+            ok(503)
+        );
+        assert_eq!(status_of(b"HTTP/1.1 204\r\n\r\n"), ok(204));
         assert_eq!(status_of(b"HTTP/1.1 20"), None);
-        // A bare LF ends a line; interim answers are passed over (a review: both failed).
-        let lf = b"HTTP/1.1 200 OK\ncontent-length: 0\n\n";
-        assert_eq!(status_of(lf), Some(Ok(200)));
-        let continued = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
-        assert_eq!(status_of(continued), Some(Ok(200)));
-        let hints = b"HTTP/1.1 103 Early\r\nlink: </a>\r\n\r\nHTTP/1.1 503 x\r\n";
-        assert_eq!(status_of(hints), Some(Ok(503)));
+        assert_eq!(
+            status_of(b"HTTP/1.1 200 OK\r\n"),
+            None,
+            "a status line alone"
+        );
+        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\nserver: x\r\n"), None);
+        let continued = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
+        assert_eq!(status_of(continued), ok(200));
+        let hints = b"HTTP/1.1 103 Early\r\nlink: </a>\r\n\r\nHTTP/1.1 503 x\r\n\r\n";
+        assert_eq!(status_of(hints), ok(503));
         assert_eq!(status_of(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2"), None);
         assert_eq!(status_of(b"HTTP/1.1 100 Continue\r\n"), None);
-        assert!(matches!(status_of(b"SSH-2.0-OpenSSH\r\n"), Some(Err(_))));
-        assert!(matches!(status_of(b"HTTP/1.1 999 x\r\n"), Some(Err(_))));
+        let bad = Some(Fault::BadResponse);
+        // A bare LF: the traffic's answers are refused for it (smuggling), so the probe's
+        // is too.
+        assert_eq!(fault(b"HTTP/1.1 200 OK\ncontent-length: 0\n\n"), bad);
+        let switched =
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
+        assert_eq!(fault(switched), bad);
+        assert_eq!(fault(b"HTTP/1.1 200 OK\r\nx\0y\r\n\r\n"), bad);
+        assert_eq!(fault(b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"), bad);
+        assert_eq!(
+            fault(b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n"),
+            bad
+        );
+        assert_eq!(fault(b"SSH-2.0-OpenSSH\r\n"), bad);
+        assert_eq!(fault(b"HTTP/1.1 999 x\r\n\r\n"), bad);
+        let mut long = b"HTTP/1.1 200 OK\r\n".to_vec();
+        long.resize(MAX_ANSWER_HEAD, b'a');
+        assert_eq!(fault(&long), Some(Fault::HeadTooLarge));
         assert!(passes(200) && passes(302) && !passes(404) && !passes(503) && !passes(101));
     }
 }
