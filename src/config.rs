@@ -1420,6 +1420,81 @@ impl Config {
         validate(raw).map_err(|e| with_service_line(e, text))
     }
 
+    /// Whether `addr` is this gateway's own `listen` address: the same, or a loopback
+    /// address on its port when it listens on every interface.
+    pub fn is_own_listener(&self, addr: SocketAddr) -> bool {
+        let own = self.listen;
+        own.port() != 0
+            && addr.port() == own.port()
+            && (addr.ip().to_canonical() == own.ip().to_canonical()
+                || (own.ip().to_canonical().is_unspecified()
+                    && addr.ip().to_canonical().is_loopback()))
+    }
+
+    /// A cycle of services whose backends are this gateway itself with a path prefix that
+    /// routes to the next service (`a -> http://127.0.0.1:8000/v1/proxy/a`), as (service,
+    /// URL) steps; `None` when there is none. Such a request goes round until the
+    /// connection limits stop it, taking every descriptor on the way (an operator review:
+    /// `--check` passed it).
+    fn proxy_loop(&self) -> Option<Vec<(String, String)>> {
+        // Each service's steps to another service through this gateway.
+        let next = |svc: &ServiceConfig| -> Vec<(usize, String)> {
+            svc.backends
+                .iter()
+                .filter(|b| self.is_own_listener(b.addr))
+                .filter_map(|b| {
+                    let target = format!("{}/", b.path_prefix);
+                    let r = crate::router::route(&target).ok()?;
+                    let name = std::str::from_utf8(r.service).ok()?;
+                    let i = self.services.iter().position(|s| s.name == name)?;
+                    Some((i, b.url.clone()))
+                })
+                .collect()
+        };
+        // Depth-first from each service, along the path taken so far.
+        fn walk(
+            at: usize,
+            path: &mut Vec<(usize, String)>,
+            on_path: &mut Vec<bool>,
+            done: &mut Vec<bool>,
+            next: &dyn Fn(usize) -> Vec<(usize, String)>,
+        ) -> Option<usize> {
+            if on_path[at] {
+                return Some(at);
+            }
+            if done[at] {
+                return None;
+            }
+            on_path[at] = true;
+            for (to, url) in next(at) {
+                path.push((at, url));
+                if let Some(start) = walk(to, path, on_path, done, next) {
+                    return Some(start);
+                }
+                path.pop();
+            }
+            on_path[at] = false;
+            done[at] = true;
+            None
+        }
+        let n = self.services.len();
+        let (mut on_path, mut done) = (vec![false; n], vec![false; n]);
+        let step = |i: usize| next(&self.services[i]);
+        for i in 0..n {
+            let mut path = Vec::new();
+            if let Some(start) = walk(i, &mut path, &mut on_path, &mut done, &step) {
+                let from = path.iter().position(|(s, _)| *s == start).unwrap_or(0);
+                return Some(
+                    path[from..]
+                        .iter()
+                        .map(|(s, url)| (self.services[*s].name.clone(), url.clone()))
+                        .collect(),
+                );
+            }
+        }
+        None
+    }
+
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
     }
@@ -1964,7 +2039,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         None | Some("off") | Some("0") => None,
         Some(v) => Some(parse_busy_poll(v)?),
     };
-    Ok(Config {
+    let config = Config {
         listen,
         workers,
         pin_workers: raw.pin_workers.unwrap_or(true),
@@ -1982,7 +2057,23 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         admission,
         services,
         cluster,
-    })
+    };
+    if let Some(cycle) = config.proxy_loop() {
+        let first = &cycle[0];
+        let path = cycle
+            .iter()
+            .map(|(svc, url)| format!("{svc} -> {url}"))
+            .collect::<Vec<_>>()
+            .join(" -> ");
+        return Err(invalid(
+            format!("services.{}", first.0),
+            format!(
+                "its requests would loop through this gateway without end: {path} -> {}; point the backend at the service's real address",
+                first.0
+            ),
+        ));
+    }
+    Ok(config)
 }
 
 /// `busy_poll`: microseconds (`200us`) or milliseconds (`1ms`), at most 100 ms.
@@ -3337,6 +3428,32 @@ mod tests {
         }
         let e = err(&format!("access_log: true\n{svc}"));
         assert!(e.contains("access_log") && e.contains("stdout"), "{e}");
+    }
+
+    /// Regression (an operator review): services whose backends are this gateway itself,
+    /// routing back to one another, passed `--check`; each request would have gone round
+    /// until the descriptors ran out.
+    #[test]
+    fn services_that_route_back_to_themselves_through_this_gateway_are_refused() {
+        let e =
+            err("listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.1:18000/v1/proxy/a]\n");
+        assert!(
+            e.contains("services.a: its requests would loop through this gateway without end: a -> http://127.0.0.1:18000/v1/proxy/a -> a;"),
+            "{e}"
+        );
+        let e = err("listen: 0.0.0.0:18000\nservices:\n  a: [http://127.0.0.1:1]\n  b: [http://127.0.0.1:2, http://127.0.0.1:18000/v1/proxy/c/x]\n  c:\n    - http://127.0.0.2:18000/v1/proxy/b\n");
+        assert!(
+            e.contains("services.b: its requests would loop through this gateway without end: b -> http://127.0.0.1:18000/v1/proxy/c/x -> c -> http://127.0.0.2:18000/v1/proxy/b -> b;"),
+            "{e}"
+        );
+        // An alias without a cycle, a chain ending at a real backend, another port.
+        for yaml in [
+            "listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.1:18000/v1/proxy/b]\n  b: [http://127.0.0.1:18000/v1/proxy/c]\n  c: [http://127.0.0.1:1]\n",
+            "listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.1:18001/v1/proxy/a]\n",
+            "listen: 127.0.0.1:0\nservices:\n  a: [http://127.0.0.1:18000/v1/proxy/a]\n",
+        ] {
+            assert!(Config::parse(yaml).is_ok(), "{yaml}");
+        }
     }
 
     /// Regression (an operator review): an unclosed `[` was told it was a list where a

@@ -303,6 +303,32 @@ pub fn start_warnings(config: &crate::config::Config) -> Vec<String> {
             .iter()
             .filter_map(|c| c.warning()),
     );
+    // A backend that is this gateway (an operator review: a port typo passed in silence).
+    // One whose path routes to another service is an alias, and fine; a loop is refused
+    // by the config's validation.
+    for svc in &config.services {
+        for b in svc
+            .backends
+            .iter()
+            .filter(|b| config.is_own_listener(b.addr))
+        {
+            let target = format!("{}/", b.path_prefix);
+            let routes = crate::router::route(&target).is_ok_and(|r| {
+                config
+                    .services
+                    .iter()
+                    .any(|s| s.name.as_bytes() == r.service)
+            });
+            if !routes {
+                out.push(format!(
+                    "services.{}: backend {} is this gateway's own `listen` address: its requests come back here under {}, which routes to no service (404); check the port, or give it the path /v1/proxy/NAME of the service it stands for",
+                    svc.name,
+                    b.url,
+                    if b.path_prefix.is_empty() { "/" } else { &b.path_prefix },
+                ));
+            }
+        }
+    }
     // A limit one address cannot reach refuses nothing (an operator review: said nothing).
     if let (Some(per), Some(max)) = (
         config.limits.max_connections_per_client,
@@ -785,6 +811,42 @@ mod tests {
         let high: SocketAddr = ([127, 0, 0, 1], 8080).into();
         let e = bind_error("listen", high, io::ErrorKind::PermissionDenied.into()).to_string();
         assert!(!e.contains("below 1024"), "{e}");
+    }
+
+    /// Regression (an operator review): a backend on the gateway's own port passed
+    /// `--check` without a word.
+    #[test]
+    fn a_backend_that_is_this_gateway_is_warned_of_unless_it_names_a_service() {
+        let warned = |yaml: &str| -> Vec<String> {
+            let c = crate::config::Config::parse(yaml).expect("valid");
+            start_warnings(&c)
+                .into_iter()
+                .filter(|w| w.contains("own `listen` address"))
+                .collect()
+        };
+        let w = warned("listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.1:18000]\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("services.a: backend http://127.0.0.1:18000 is this gateway's own `listen` address: its requests come back here under /, which routes to no service"),
+            "{w:?}"
+        );
+        // Every interface: a loopback address on its port is this gateway too.
+        let w = warned(
+            "listen: 0.0.0.0:18000\nservices:\n  a: [http://127.0.0.2:18000/v1/proxy/nope]\n",
+        );
+        assert!(
+            w.len() == 1 && w[0].contains("under /v1/proxy/nope"),
+            "{w:?}"
+        );
+        // An alias of another service, another port, another address: nothing to say.
+        for yaml in [
+            "listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.1:18000/v1/proxy/b]\n  b: [http://127.0.0.1:18001]\n",
+            "listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.1:18001]\n",
+            "listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.2:18000]\n",
+            "listen: 127.0.0.1:0\nservices:\n  a: [http://127.0.0.1:18000]\n",
+        ] {
+            assert!(warned(yaml).is_empty(), "{yaml}");
+        }
     }
 
     #[test]
