@@ -1,9 +1,10 @@
 //! Access log: one line per request, formatted into a per-worker buffer and handed in
 //! batches to a writer thread, so a request never waits on log I/O.
 //!
-//! Line format (space-separated, `-` for an absent field):
+//! Line format (space-separated, `-` for an absent field), by default
 //! `time client method target service backend status bytes upstream_s total_s error`, and
-//! with `request_id: true` the request ID last.
+//! with `request_id: true` the request ID last; `access_log_fields` chooses others
+//! ([`Field`]).
 //! e.g. `2026-11-28T06:01:02.345Z 127.0.0.1 GET /v1/proxy/users/1 users http://127.0.0.1:8001 200 412 0.000310 0.000402 -`.
 //! If the writer falls behind by more than [`MAX_PENDING`] batches, batches are dropped and
 //! counted rather than blocking a worker.
@@ -292,9 +293,173 @@ pub struct Entry<'a> {
     /// The body was cut short after the head went out: the error field reads
     /// `response_cut_short` (unless a gateway error says more).
     pub truncated: bool,
-    /// With `request_id: true`: a last field, the request's ID (`-` for a head that was
-    /// refused before it had one).
+    /// With `request_id: true`: the request's ID (empty for a head that was refused before
+    /// it had one).
     pub request_id: Option<&'a [u8]>,
+    /// The connection's peer (address and port), whoever `client` names.
+    pub peer: Option<std::net::SocketAddr>,
+    /// The request's protocol and, when the fields ask for them, its `Host`, `User-Agent`
+    /// and `Referer`.
+    pub kept: Option<&'a Kept>,
+}
+
+/// A field of a line (`access_log_fields`), in the order the list gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Time,
+    Client,
+    Peer,
+    Method,
+    Target,
+    Protocol,
+    Host,
+    UserAgent,
+    Referer,
+    Service,
+    Backend,
+    Status,
+    Bytes,
+    UpstreamSeconds,
+    TotalSeconds,
+    Error,
+    RequestId,
+}
+
+impl Field {
+    pub const ALL: [Field; 17] = [
+        Field::Time,
+        Field::Client,
+        Field::Peer,
+        Field::Method,
+        Field::Target,
+        Field::Protocol,
+        Field::Host,
+        Field::UserAgent,
+        Field::Referer,
+        Field::Service,
+        Field::Backend,
+        Field::Status,
+        Field::Bytes,
+        Field::UpstreamSeconds,
+        Field::TotalSeconds,
+        Field::Error,
+        Field::RequestId,
+    ];
+
+    /// The line's fields when `access_log_fields` is not set (and `request_id` last with
+    /// `request_id: true`).
+    pub const DEFAULT: [Field; 11] = [
+        Field::Time,
+        Field::Client,
+        Field::Method,
+        Field::Target,
+        Field::Service,
+        Field::Backend,
+        Field::Status,
+        Field::Bytes,
+        Field::UpstreamSeconds,
+        Field::TotalSeconds,
+        Field::Error,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Time => "time",
+            Field::Client => "client",
+            Field::Peer => "peer",
+            Field::Method => "method",
+            Field::Target => "target",
+            Field::Protocol => "protocol",
+            Field::Host => "host",
+            Field::UserAgent => "user_agent",
+            Field::Referer => "referer",
+            Field::Service => "service",
+            Field::Backend => "backend",
+            Field::Status => "status",
+            Field::Bytes => "bytes",
+            Field::UpstreamSeconds => "upstream_seconds",
+            Field::TotalSeconds => "total_seconds",
+            Field::Error => "error",
+            Field::RequestId => "request_id",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Whether the field is a request header [`Kept`] for the line.
+    pub fn is_kept(self) -> bool {
+        matches!(self, Field::Host | Field::UserAgent | Field::Referer)
+    }
+}
+
+/// The longest value of a [`Kept`] field logged: what is longer is cut there (at a
+/// character boundary) and ends in `...`.
+pub const MAX_KEPT: usize = 1024;
+
+/// What a line may show of a request's head beyond its request line, kept while the
+/// request runs: its HTTP/1.x minor version, and the headers the fields name (`Host`,
+/// `User-Agent`, `Referer`; the first of each) in one buffer of the connection's, reused
+/// request after request.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// Once the head parsed.
+    pub minor: Option<u8>,
+    buf: Vec<u8>,
+    spans: [Option<(u32, u32)>; 3],
+}
+
+impl Kept {
+    const NAMES: [&'static str; 3] = ["host", "user-agent", "referer"];
+
+    /// Keeps the values of `headers` that [`Kept::get`] gives.
+    pub fn keep(&mut self, headers: &[httparse::Header<'_>]) {
+        self.buf.clear();
+        self.spans = [None; 3];
+        for h in headers {
+            let Some(i) = Kept::NAMES
+                .iter()
+                .position(|n| crate::h1::name_is(h.name, n))
+            else {
+                continue;
+            };
+            if self.spans[i].is_some() {
+                continue;
+            }
+            let v = crate::h1::trim_ows(h.value);
+            let start = self.buf.len();
+            if v.len() > MAX_KEPT {
+                let mut end = MAX_KEPT;
+                // Not inside a UTF-8 character: a line stays valid UTF-8 where the value was.
+                while end > 0 && v[end] & 0xc0 == 0x80 {
+                    end -= 1;
+                }
+                self.buf.extend_from_slice(&v[..end]);
+                self.buf.extend_from_slice(b"...");
+            } else {
+                self.buf.extend_from_slice(v);
+            }
+            self.spans[i] = Some((start as u32, self.buf.len() as u32));
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.minor = None;
+        self.buf.clear();
+        self.spans = [None; 3];
+    }
+
+    fn get(&self, field: Field) -> Option<&[u8]> {
+        let i = match field {
+            Field::Host => 0,
+            Field::UserAgent => 1,
+            Field::Referer => 2,
+            _ => return None,
+        };
+        let (a, b) = self.spans[i]?;
+        self.buf.get(a as usize..b as usize)
+    }
 }
 
 /// A worker's buffer.
@@ -324,8 +489,8 @@ impl AccessLog {
             .is_some_and(|w| w.on.load(Ordering::Relaxed))
     }
 
-    /// Formats `e` as a line of `format` into the worker's buffer.
-    pub fn record(&self, e: &Entry<'_>, format: Format) {
+    /// Formats `e` as a line of `format` with `fields` into the worker's buffer.
+    pub fn record(&self, e: &Entry<'_>, format: Format, fields: &[Field]) {
         if !self.enabled() {
             return;
         }
@@ -346,10 +511,7 @@ impl AccessLog {
             b.clear();
             self.offs_seen.set(offs);
         }
-        match format {
-            Format::Text => text_line(&mut b, &text, millis, e),
-            Format::Json => json_line(&mut b, &text, millis, e),
-        }
+        line(&mut b, format, fields, &text, millis, e);
         if b.len() >= FLUSH_BYTES {
             drop(b);
             self.flush();
@@ -411,98 +573,185 @@ fn push_seconds(b: &mut Vec<u8>, us: u64) {
     let _ = write!(b, "{}.{:06}", us / 1_000_000, us % 1_000_000);
 }
 
-fn text_line(b: &mut Vec<u8>, second: &[u8; 19], millis: u32, e: &Entry<'_>) {
-    b.extend_from_slice(second);
-    let _ = write!(b, ".{millis:03}Z {} {} ", e.client, e.method);
-    b.extend_from_slice(e.target);
-    let _ = write!(b, " {} ", e.service.unwrap_or("-"));
-    for u in e.earlier.iter().flatten() {
-        b.extend_from_slice(u.as_bytes());
-        b.push(b',');
+/// One line of `fields`: space-separated with `-` for an absent field, or one JSON
+/// object with `null` for it, keyed by the fields' names.
+fn line(
+    b: &mut Vec<u8>,
+    format: Format,
+    fields: &[Field],
+    second: &[u8; 19],
+    millis: u32,
+    e: &Entry<'_>,
+) {
+    let json = format == Format::Json;
+    if json {
+        b.push(b'{');
     }
-    b.extend_from_slice(e.backend.unwrap_or("-").as_bytes());
-    b.push(b' ');
-    if e.drained && e.status == 0 && e.bytes == 0 {
-        b.extend_from_slice(b"- - ");
-    } else if e.drained && e.status == 0 {
-        let _ = write!(b, "- {} ", e.bytes);
-    } else {
-        let _ = write!(b, "{} {} ", e.status, e.bytes);
-    }
-    match e.upstream_us {
-        Some(us) => push_seconds(b, us),
-        None => b.push(b'-'),
-    }
-    b.push(b' ');
-    push_seconds(b, e.total_us);
-    b.push(b' ');
-    if !error_text(e, b) {
-        b.push(b'-');
-    }
-    match e.request_id {
-        Some([]) => b.extend_from_slice(b" -"),
-        Some(id) => {
-            b.push(b' ');
-            b.extend_from_slice(id);
+    for (i, &f) in fields.iter().enumerate() {
+        if i > 0 {
+            b.push(if json { b',' } else { b' ' });
         }
-        None => {}
+        if json {
+            b.push(b'"');
+            b.extend_from_slice(f.name().as_bytes());
+            b.extend_from_slice(b"\":");
+        }
+        field(b, json, f, second, millis, e);
+    }
+    if json {
+        b.push(b'}');
     }
     b.push(b'\n');
 }
 
-/// `{"time":…,"client":…,"method":…,"target":…,"service":…,"backend":…,"status":…,
-/// "bytes":…,"upstream_seconds":…,"total_seconds":…,"error":…}` and `"request_id"` with
-/// `request_id: true`; the same fields as a text line, `null` for `-`.
-fn json_line(b: &mut Vec<u8>, second: &[u8; 19], millis: u32, e: &Entry<'_>) {
-    b.extend_from_slice(b"{\"time\":\"");
-    b.extend_from_slice(second);
-    let _ = write!(b, ".{millis:03}Z\",\"client\":\"{}\",\"method\":", e.client);
-    json_str(b, Some(e.method.as_bytes()).filter(|m| *m != b"-"));
-    b.extend_from_slice(b",\"target\":");
-    json_str(b, Some(e.target).filter(|t| *t != b"-"));
-    b.extend_from_slice(b",\"service\":");
-    json_str(b, e.service.map(str::as_bytes));
-    b.extend_from_slice(b",\"backend\":");
-    match e.backend {
-        Some(last) => {
-            b.push(b'"');
-            for u in e.earlier.iter().flatten() {
-                json_escape(b, u.as_bytes());
-                b.push(b',');
-            }
-            json_escape(b, last.as_bytes());
-            b.push(b'"');
+/// One field's value: in a text line as it is, `-` when absent (a header quoted and
+/// escaped, as NGINX's combined format has it); in a JSON line as a JSON value.
+fn field(b: &mut Vec<u8>, json: bool, f: Field, second: &[u8; 19], millis: u32, e: &Entry<'_>) {
+    // A plain value, `-`/`null` when absent; strings quoted and escaped in JSON.
+    fn text(b: &mut Vec<u8>, json: bool, v: Option<&[u8]>) {
+        match (json, v) {
+            (true, v) => json_str(b, v),
+            (false, Some(v)) => b.extend_from_slice(v),
+            (false, None) => b.push(b'-'),
         }
-        None => b.extend_from_slice(b"null"),
     }
-    if e.drained && e.status == 0 && e.bytes == 0 {
-        b.extend_from_slice(b",\"status\":null,\"bytes\":null");
-    } else if e.drained && e.status == 0 {
-        let _ = write!(b, ",\"status\":null,\"bytes\":{}", e.bytes);
-    } else {
-        let _ = write!(b, ",\"status\":{},\"bytes\":{}", e.status, e.bytes);
+    fn number(b: &mut Vec<u8>, json: bool, v: Option<u64>) {
+        match v {
+            Some(n) => {
+                let _ = write!(b, "{n}");
+            }
+            None => b.extend_from_slice(if json { b"null" } else { b"-" }),
+        }
     }
-    b.extend_from_slice(b",\"upstream_seconds\":");
-    match e.upstream_us {
-        Some(us) => push_seconds(b, us),
-        None => b.extend_from_slice(b"null"),
+    // A value written with `Display` (an address), quoted in JSON.
+    fn shown(b: &mut Vec<u8>, json: bool, v: Option<impl std::fmt::Display>) {
+        match v {
+            Some(v) if json => {
+                let _ = write!(b, "\"{v}\"");
+            }
+            Some(v) => {
+                let _ = write!(b, "{v}");
+            }
+            None => text(b, json, None),
+        }
     }
-    b.extend_from_slice(b",\"total_seconds\":");
-    push_seconds(b, e.total_us);
-    b.extend_from_slice(b",\"error\":");
-    let mark = b.len();
-    b.push(b'"');
-    if error_text(e, b) {
-        b.push(b'"'); // codes and rules are plain ASCII words
-    } else {
-        b.truncate(mark);
-        b.extend_from_slice(b"null");
+    fn seconds(b: &mut Vec<u8>, json: bool, us: Option<u64>) {
+        match us {
+            Some(us) => push_seconds(b, us),
+            None => b.extend_from_slice(if json { b"null" } else { b"-" }),
+        }
     }
-    if let Some(id) = e.request_id {
-        b.extend_from_slice(b",\"request_id\":");
-        json_str(b, Some(id).filter(|id| !id.is_empty()));
+    // Cut by the drain deadline before a final head went: status (and bytes, when none
+    // went) are unknown.
+    let unknown_status = e.drained && e.status == 0;
+    match f {
+        Field::Time => {
+            if json {
+                b.push(b'"');
+            }
+            b.extend_from_slice(second);
+            let _ = write!(b, ".{millis:03}Z");
+            if json {
+                b.push(b'"');
+            }
+        }
+        Field::Client => shown(b, json, Some(e.client)),
+        Field::Peer => shown(b, json, e.peer),
+        Field::Method => text(b, json, Some(e.method.as_bytes()).filter(|m| *m != b"-")),
+        Field::Target => text(b, json, Some(e.target).filter(|t| *t != b"-")),
+        Field::Protocol => text(
+            b,
+            json,
+            e.kept.and_then(|k| k.minor).map(|m| {
+                if m == 0 {
+                    &b"HTTP/1.0"[..]
+                } else {
+                    b"HTTP/1.1"
+                }
+            }),
+        ),
+        // The parser let only a valid `Host` through (no space, quote or control byte);
+        // escaped all the same, so that no value can split a text line's fields.
+        Field::Host => match (json, e.kept.and_then(|k| k.get(f))) {
+            (false, Some(v)) => escape(b, v, false),
+            (_, v) => text(b, json, v),
+        },
+        Field::UserAgent | Field::Referer => match (json, e.kept.and_then(|k| k.get(f))) {
+            (true, v) => json_str(b, v),
+            (false, v) => {
+                b.push(b'"');
+                match v {
+                    Some(v) => escape(b, v, true),
+                    None => b.push(b'-'),
+                }
+                b.push(b'"');
+            }
+        },
+        Field::Service => text(b, json, e.service.map(str::as_bytes)),
+        Field::Backend => match e.backend {
+            Some(last) => {
+                // Every backend tried, comma-separated, in one field.
+                let put = |b: &mut Vec<u8>, u: &str| match json {
+                    true => json_escape(b, u.as_bytes()),
+                    false => b.extend_from_slice(u.as_bytes()),
+                };
+                if json {
+                    b.push(b'"');
+                }
+                for u in e.earlier.iter().flatten() {
+                    put(b, u);
+                    b.push(b',');
+                }
+                put(b, last);
+                if json {
+                    b.push(b'"');
+                }
+            }
+            None => text(b, json, None),
+        },
+        Field::Status => number(b, json, (!unknown_status).then_some(e.status.into())),
+        Field::Bytes => number(
+            b,
+            json,
+            (!(unknown_status && e.bytes == 0)).then_some(e.bytes),
+        ),
+        Field::UpstreamSeconds => seconds(b, json, e.upstream_us),
+        Field::TotalSeconds => seconds(b, json, Some(e.total_us)),
+        Field::Error => {
+            let mark = b.len();
+            if json {
+                b.push(b'"');
+            }
+            if error_text(e, b) {
+                if json {
+                    b.push(b'"'); // codes and rules are plain ASCII words
+                }
+            } else {
+                b.truncate(mark);
+                text(b, json, None);
+            }
+        }
+        Field::RequestId => text(b, json, e.request_id.filter(|id| !id.is_empty())),
     }
-    b.extend_from_slice(b"}\n");
+}
+
+/// `v` for a text line: `"` and `\\` escaped with a backslash, control bytes, bytes
+/// above 0x7E and, unless the field is `quoted`, a space as `\xHH` (NGINX's escaping of
+/// its log variables), so that a value never ends its field or its line.
+fn escape(b: &mut Vec<u8>, v: &[u8], quoted: bool) {
+    for &c in v {
+        match c {
+            b'"' | b'\\' => {
+                b.push(b'\\');
+                b.push(c);
+            }
+            0x21..=0x7e => b.push(c),
+            b' ' if quoted => b.push(c),
+            _ => {
+                let _ = write!(b, "\\x{c:02X}");
+            }
+        }
+    }
 }
 
 /// A JSON string of `v` (`null` for None): `"`, `\\` and control bytes escaped; UTF-8
@@ -556,7 +805,19 @@ mod tests {
             drained: false,
             truncated: false,
             request_id: None,
+            peer: None,
+            kept: None,
         }
+    }
+
+    /// The default fields, and `request_id` when the entry has one (as the config makes
+    /// them with `request_id: true`).
+    fn fields_for(e: &Entry<'_>) -> Vec<Field> {
+        let mut f = Field::DEFAULT.to_vec();
+        if e.request_id.is_some() {
+            f.push(Field::RequestId);
+        }
+        f
     }
 
     /// The file's text once it holds `n` lines (or after a second), the file removed.
@@ -583,7 +844,14 @@ mod tests {
             ..served(b"/v1/proxy/svc/a")
         };
         let mut text = Vec::new();
-        text_line(&mut text, b"2026-12-04T00:00:00", 0, &e);
+        line(
+            &mut text,
+            Format::Text,
+            &Field::DEFAULT,
+            b"2026-12-04T00:00:00",
+            0,
+            &e,
+        );
         let text = String::from_utf8(text).unwrap();
         let fields: Vec<&str> = text.trim_end().split(' ').collect();
         assert_eq!(
@@ -596,9 +864,56 @@ mod tests {
             ..e
         };
         let mut json = Vec::new();
-        json_line(&mut json, b"2026-12-04T00:00:00", 0, &one);
+        line(
+            &mut json,
+            Format::Json,
+            &Field::DEFAULT,
+            b"2026-12-04T00:00:00",
+            0,
+            &one,
+        );
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["backend"], "http://127.0.0.1:2,http://127.0.0.1:1", "{v}");
+    }
+
+    /// A kept header is the first of its name, trimmed, and cut at [`MAX_KEPT`] bytes on a
+    /// character boundary (a client may send 60 KiB of User-Agent on every request).
+    #[test]
+    fn kept_headers_are_the_first_of_each_trimmed_and_cut_at_a_character() {
+        let long = format!("{}\u{e9}tail", "a".repeat(MAX_KEPT - 1));
+        let headers = [
+            httparse::Header {
+                name: "User-Agent",
+                value: long.as_bytes(),
+            },
+            httparse::Header {
+                name: "user-agent",
+                value: b"second",
+            },
+            httparse::Header {
+                name: "HOST",
+                value: b" h.example \t",
+            },
+            httparse::Header {
+                name: "x-referer",
+                value: b"no",
+            },
+        ];
+        let mut k = Kept::default();
+        k.keep(&headers);
+        let ua = k.get(Field::UserAgent).unwrap_or_default();
+        assert_eq!(ua, format!("{}...", "a".repeat(MAX_KEPT - 1)).as_bytes());
+        assert_eq!(k.get(Field::Host), Some(&b"h.example"[..]));
+        assert_eq!(k.get(Field::Referer), None);
+        k.clear();
+        assert_eq!((k.get(Field::Host), k.minor), (None, None));
+        // Escaped in a text line: quotes, backslashes, control and non-ASCII bytes.
+        let mut b = Vec::new();
+        escape(&mut b, b"a \"b\" \\ \x01\xff", true);
+        assert_eq!(b, br#"a \"b\" \\ \x01\xFF"#);
+        b.clear();
+        escape(&mut b, b"h x", false);
+        assert_eq!(b, br#"h\x20x"#);
     }
 
     #[test]
@@ -613,7 +928,7 @@ mod tests {
                 request_id,
                 ..served(b"/v1/proxy/svc/a?b=1")
             };
-            log.record(&e, Format::Text);
+            log.record(&e, Format::Text, &fields_for(&e));
         }
         log.flush();
         let text = lines_of(&path, 3);
@@ -692,7 +1007,7 @@ mod tests {
             },
         ];
         for e in &entries {
-            log.record(e, Format::Json);
+            log.record(e, Format::Json, &fields_for(e));
         }
         log.flush();
         let text = lines_of(&path, entries.len());
@@ -773,12 +1088,14 @@ mod tests {
             drained: false,
             truncated: false,
             request_id: None,
+            peer: None,
+            kept: None,
         };
-        log.record(&line(b"/held"), Format::Text);
+        log.record(&line(b"/held"), Format::Text, &Field::DEFAULT);
         w.switch(&Sink::Off).unwrap();
         assert!(!log.enabled());
         w.switch(&Sink::File(b.clone())).unwrap();
-        log.record(&line(b"/after"), Format::Text);
+        log.record(&line(b"/after"), Format::Text, &Field::DEFAULT);
         log.flush();
         assert!(w.sync(std::time::Duration::from_secs(5)));
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
@@ -833,8 +1150,11 @@ mod tests {
                     drained: i % 2 == 0,
                     truncated: i % 3 == 0,
                     request_id: None,
+                    peer: None,
+                    kept: None,
                 },
                 Format::Text,
+                &Field::DEFAULT,
             );
         }
         log.flush();

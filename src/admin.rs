@@ -846,6 +846,7 @@ fn config(shared: &Shared) -> Value {
             crate::accesslog::Format::Text => "text",
             crate::accesslog::Format::Json => "json",
         },
+        "access_log_fields": c.access_log_fields.iter().map(|f| f.name()).collect::<Vec<_>>(),
         "rate_limit_headers": c.admission.headers,
         "rate_limit_table": c.admission.table_cells,
         "trusted_proxies": c.admission.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),

@@ -127,6 +127,9 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub access_log: crate::accesslog::Sink,
     pub access_log_format: crate::accesslog::Format,
+    /// A line's fields, in order (`access_log_fields`; by default
+    /// [`crate::accesslog::Field::DEFAULT`], then `request_id` with `request_id: true`).
+    pub access_log_fields: Vec<crate::accesslog::Field>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub pool: PoolSettings,
@@ -293,6 +296,7 @@ struct RawConfig {
     admin: Option<String>,
     access_log: Option<String>,
     access_log_format: Option<String>,
+    access_log_fields: Option<serde_yaml_ng::Value>,
     breaker: Option<RawBreaker>,
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
@@ -1495,6 +1499,11 @@ impl Config {
         None
     }
 
+    /// Whether the access log's fields name request headers ([`crate::accesslog::Kept`]).
+    pub fn logs_headers(&self) -> bool {
+        self.access_log_fields.iter().any(|f| f.is_kept())
+    }
+
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
     }
@@ -2035,6 +2044,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ))
         }
     };
+    let request_id = raw.request_id.unwrap_or(false);
+    let access_log_fields = log_fields(raw.access_log_fields.as_ref(), request_id)?;
     let busy_poll = match raw.busy_poll.as_deref().map(str::trim) {
         None | Some("off") | Some("0") => None,
         Some(v) => Some(parse_busy_poll(v)?),
@@ -2046,13 +2057,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         admin,
         access_log,
         access_log_format,
+        access_log_fields,
         timeouts,
         limits,
         pool,
         dns_refresh,
         busy_poll,
         splice: raw.splice.unwrap_or(false),
-        request_id: raw.request_id.unwrap_or(false),
+        request_id,
         ignore_client_abort: raw.ignore_client_abort.unwrap_or(false),
         admission,
         services,
@@ -2074,6 +2086,58 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
     Ok(config)
+}
+
+/// `access_log_fields`: a list of field names, each once; `request_id` only with
+/// `request_id: true` (it would always read `-`). Absent: the default fields.
+fn log_fields(
+    v: Option<&serde_yaml_ng::Value>,
+    request_id: bool,
+) -> Result<Vec<crate::accesslog::Field>, ConfigError> {
+    use crate::accesslog::Field;
+    const KEY: &str = "access_log_fields";
+    let names = || {
+        Field::ALL
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        let mut fields = Field::DEFAULT.to_vec();
+        if request_id {
+            fields.push(Field::RequestId);
+        }
+        return Ok(fields);
+    };
+    let Some(list) = v.as_sequence().filter(|l| !l.is_empty()) else {
+        return Err(invalid(
+            KEY,
+            format!("is not a list of fields: write e.g. [time, client, method, target, status, bytes, total_seconds, user_agent]; the fields: {}", names()),
+        ));
+    };
+    let mut fields = Vec::with_capacity(list.len());
+    for item in list {
+        let name = item.as_str().map(str::trim).unwrap_or_default();
+        let Some(f) = Field::from_name(name) else {
+            let shown = serde_yaml_ng::to_string(item).unwrap_or_default();
+            return Err(invalid(
+                KEY,
+                format!("{:?} is not a field: use {}", shown.trim(), names()),
+            ));
+        };
+        if fields.contains(&f) {
+            return Err(invalid(KEY, format!("{name} is listed twice")));
+        }
+        if f == Field::RequestId && !request_id {
+            return Err(invalid(
+                KEY,
+                "request_id is listed, but request_id is off: set request_id: true, or leave the field out",
+            ));
+        }
+        fields.push(f);
+    }
+    Ok(fields)
 }
 
 /// `busy_poll`: microseconds (`200us`) or milliseconds (`1ms`), at most 100 ms.
@@ -2812,6 +2876,51 @@ mod tests {
             e.contains("limits.buffer_request_body") && e.contains("16777216"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn access_log_fields_are_a_list_of_names_each_once() {
+        use crate::accesslog::Field;
+        let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+        let fields =
+            |extra: &str| Config::parse(&format!("{extra}{svc}")).map(|c| c.access_log_fields);
+        assert_eq!(fields("").unwrap(), Field::DEFAULT.to_vec());
+        let mut with_id = Field::DEFAULT.to_vec();
+        with_id.push(Field::RequestId);
+        assert_eq!(fields("request_id: true\n").unwrap(), with_id);
+        assert_eq!(
+            fields("request_id: true\naccess_log_fields: [request_id, user_agent, time]\n")
+                .unwrap(),
+            [Field::RequestId, Field::UserAgent, Field::Time]
+        );
+        assert!(!Config::parse(svc).unwrap().logs_headers());
+        let c = Config::parse(&format!("access_log_fields: [time, referer]\n{svc}")).unwrap();
+        assert!(c.logs_headers());
+        for (extra, want) in [
+            (
+                "access_log_fields: [time, agent]\n",
+                "access_log_fields: \"agent\" is not a field: use time, client, peer,",
+            ),
+            (
+                "access_log_fields: [time, time]\n",
+                "access_log_fields: time is listed twice",
+            ),
+            (
+                "access_log_fields: [request_id]\n",
+                "request_id is listed, but request_id is off",
+            ),
+            (
+                "access_log_fields: []\n",
+                "access_log_fields: is not a list of fields",
+            ),
+            (
+                "access_log_fields: time\n",
+                "access_log_fields: is not a list of fields",
+            ),
+        ] {
+            let e = err(&format!("{extra}{svc}"));
+            assert!(e.contains(want), "{extra}: {e}");
+        }
     }
 
     #[test]

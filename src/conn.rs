@@ -44,6 +44,9 @@ pub struct Conn {
     /// A copy of the request ID lent to the worker with the request (access log and
     /// `request_id` on), for a line the drain deadline may have to write.
     pub logged_id: Vec<u8>,
+    /// The request's protocol and the headers the access log's fields name, kept only when
+    /// the access log is on.
+    pub kept: accesslog::Kept,
 }
 
 /// What the next bytes on the connection amount to.
@@ -88,6 +91,7 @@ impl Conn {
             target: Vec::new(),
             method: Vec::new(),
             logged_id: Vec::new(),
+            kept: accesslog::Kept::default(),
         }
     }
 
@@ -130,6 +134,7 @@ pub async fn serve(
         c.down.minor = 1;
         c.target.clear();
         c.method.clear();
+        c.kept.clear();
         c.park(&worker);
         let (next, view) =
             next_request(&mut c, &worker, &registration.live, worker.access.enabled()).await;
@@ -166,6 +171,8 @@ pub async fn serve(
                         client: c.down.record.client.unwrap_or(c.down.peer.ip()),
                         method: req.info.method,
                         target: std::mem::take(&mut c.target),
+                        peer: c.down.peer,
+                        kept: std::mem::take(&mut c.kept),
                         view: view.clone(),
                         svc: req.svc,
                         backend: std::cell::Cell::new(None),
@@ -194,6 +201,7 @@ pub async fn serve(
                 if logged {
                     if let Some(f) = registration.live.request.borrow_mut().take() {
                         c.target = f.target;
+                        c.kept = f.kept;
                         c.logged_id = f.request_id;
                     }
                 }
@@ -367,10 +375,13 @@ fn finish(
                 .config
                 .request_id
                 .then_some(&c.down.request_id[..]),
+            peer: Some(c.down.peer),
+            kept: Some(&c.kept),
         };
+        let config = &view.snapshot.config;
         worker
             .access
-            .record(&entry, view.snapshot.config.access_log_format);
+            .record(&entry, config.access_log_format, &config.access_log_fields);
     }
 }
 
@@ -475,6 +486,10 @@ async fn next_request(
                         c.method.clear(); // kept while the head came (for a 408)
                         c.target.clear();
                         c.target.extend_from_slice(parsed.target.as_bytes());
+                        c.kept.minor = Some(info.minor);
+                        if cfg.logs_headers() {
+                            c.kept.keep(parsed.headers);
+                        }
                         // Behind a trusted proxy the log names the client it forwards for,
                         // as NGINX's realip does (it named the proxy: an operator review).
                         if trusted {

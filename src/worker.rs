@@ -150,6 +150,9 @@ pub struct InFlight {
     pub method: crate::h1::Method,
     /// The connection's target buffer, lent for the time of the request.
     pub target: Vec<u8>,
+    pub peer: std::net::SocketAddr,
+    /// The connection's [`crate::accesslog::Kept`], lent likewise.
+    pub kept: crate::accesslog::Kept,
     pub view: Rc<View>,
     pub svc: usize,
     /// Index of the backend within its service, once one was picked, and those tried
@@ -1024,9 +1027,12 @@ impl Worker {
                     .config
                     .request_id
                     .then_some(&f.request_id[..]),
+                peer: Some(f.peer),
+                kept: Some(&f.kept),
             };
+            let config = &f.view.snapshot.config;
             self.access
-                .record(&entry, f.view.snapshot.config.access_log_format);
+                .record(&entry, config.access_log_format, &config.access_log_fields);
             n += 1;
         }
         n

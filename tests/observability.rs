@@ -1530,3 +1530,74 @@ fn the_access_log_names_every_backend_a_request_tried() {
         "{text}"
     );
 }
+
+/// `access_log_fields` (an operator review: the line's fields were fixed, with no
+/// User-Agent, Host, protocol or referer, where NGINX's `log_format` chooses them): the
+/// fields listed, in that order; the headers kept from the request, quoted and escaped in
+/// a text line, and in JSON; absent ones `"-"` and `null`.
+#[test]
+fn the_access_log_writes_the_fields_it_is_given() {
+    let fields =
+        "access_log_fields: [client, peer, protocol, method, host, user_agent, referer, status]";
+    let log = temp_path("fields.log");
+    let _ = std::fs::remove_file(&log);
+    let (_b, g) = svc_gateway(&format!("access_log: {}\n{fields}", log.display()));
+    let mut c = Client::connect(g.proc.addr);
+    let peer = c.stream.local_addr().expect("addr");
+    c.send(b"GET /v1/proxy/svc/ua HTTP/1.1\r\nHost: shop.example:8080\r\nUser-Agent: curl/8.0 \"x\" \\ caf\xc3\xa9\r\nReferer: https://a.example/p?q=1\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    let (text, _) = logged_line(&log, "shop.example");
+    assert_eq!(
+        text.trim_end(),
+        format!("127.0.0.1 {peer} HTTP/1.1 GET shop.example:8080 \"curl/8.0 \\\"x\\\" \\\\ caf\\xC3\\xA9\" \"https://a.example/p?q=1\" 200"),
+    );
+
+    let log = temp_path("fields.json.log");
+    let _ = std::fs::remove_file(&log);
+    let (_b, g) = svc_gateway(&format!(
+        "access_log: {}\naccess_log_format: json\n{fields}",
+        log.display()
+    ));
+    let r = request(
+        g.proc.addr,
+        "GET /v1/proxy/svc/json HTTP/1.0\r\nHost: g\r\nUser-Agent: caf\u{e9}\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let (text, _) = logged_line(&log, "caf");
+    let v: serde_json::Value = serde_json::from_str(text.trim_end()).expect("json");
+    let at: Vec<Option<usize>> = [
+        "client",
+        "peer",
+        "protocol",
+        "method",
+        "host",
+        "user_agent",
+        "referer",
+        "status",
+    ]
+    .iter()
+    .map(|k| text.find(&format!("\"{k}\":")))
+    .collect();
+    assert!(
+        at.iter().all(Option::is_some) && at.windows(2).all(|w| w[0] < w[1]),
+        "in the order given: {text}"
+    );
+    assert_eq!(v.as_object().map(|o| o.len()), Some(8), "{text}");
+    assert_eq!(
+        (
+            &v["protocol"],
+            &v["host"],
+            &v["user_agent"],
+            &v["referer"],
+            &v["status"]
+        ),
+        (
+            &"HTTP/1.0".into(),
+            &"g".into(),
+            &"caf\u{e9}".into(),
+            &serde_json::Value::Null,
+            &200.into()
+        ),
+        "{text}"
+    );
+}
