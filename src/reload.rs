@@ -366,11 +366,23 @@ fn admission_changed(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static s
             ("max_in_flight", a.max_in_flight != b.max_in_flight),
             ("websocket", a.websocket != b.websocket),
             ("encoded_slashes", a.encoded_slashes != b.encoded_slashes),
-            ("timeouts", a.timeouts != b.timeouts),
+            ("timeouts", own_timeouts_changed(old, a, new, b)),
             ("weights", weights_changed(a, b)),
             ("health_check", a.health_check != b.health_check),
         ]
     })
+}
+
+/// Whether service `a` of `old` runs under other timeouts as `b` of `new`, beyond what the
+/// top-level timeouts' change (said among the settings) explains: a service that takes
+/// a top-level timeout before and after was named for it too (an operator review saw one
+/// change reported twice).
+fn own_timeouts_changed(old: &Config, a: &ServiceConfig, new: &Config, b: &ServiceConfig) -> bool {
+    let (ta, tb, top_a, top_b) = (&a.timeouts, &b.timeouts, &old.timeouts, &new.timeouts);
+    let keys = |t: &crate::config::Timeouts| [t.connect, t.response, t.body, t.tunnel];
+    let (ka, kb, top_ka, top_kb) = (keys(ta), keys(tb), keys(top_a), keys(top_b));
+    // (The others, the client's and the drain's, are the process's alone.)
+    (0..4).any(|i| ka[i] != kb[i] && !(ka[i] == top_ka[i] && kb[i] == top_kb[i]))
 }
 
 /// Whether a backend in both `a` and `b` has another share in `b`: its weight over the
@@ -804,6 +816,36 @@ mod tests {
         assert!(
             line.contains("settings (timeouts) changed for services: 1 [a]"),
             "{line}"
+        );
+        // A top-level timeout's change is said once, among the settings; a service is
+        // named only where its own timeout changed (an operator review saw both services
+        // named for the top-level change alone).
+        let top = |t: &str, a: &str| {
+            Config::parse(&format!(
+                "timeouts: {{{t}}}\nservices:\n  a: {{backends: [http://127.0.0.1:1]{a}}}\n  b: [http://127.0.0.1:2]\n"
+            ))
+            .unwrap()
+        };
+        let line = diff(&top("connect: 2s", ""), &top("connect: 3s", "")).to_string();
+        assert!(
+            line.contains("settings changed: timeouts.connect 2s -> 3s"),
+            "{line}"
+        );
+        assert!(!line.contains("changed for services"), "{line}");
+        let own = ", timeouts: {connect: 1s}";
+        let line = diff(
+            &top("connect: 2s", own),
+            &top("connect: 3s", ", timeouts: {connect: 3s}"),
+        )
+        .to_string();
+        assert!(
+            line.contains("settings (timeouts) changed for services: 1 [a]"),
+            "{line}"
+        );
+        let line = diff(&top("connect: 2s", own), &top("connect: 3s", own)).to_string();
+        assert!(
+            !line.contains("changed for services"),
+            "its own stayed: {line}"
         );
         // A backend's weight; a backend added with a weight is counted as added alone.
         let weights = |a: &str| {
