@@ -430,10 +430,15 @@ impl Kept {
             let v = crate::h1::trim_ows(h.value);
             let start = self.buf.len();
             if v.len() > MAX_KEPT {
+                // Not inside a UTF-8 character (at most 3 bytes back; bytes that are not
+                // UTF-8 are cut where they stand: a review's 2 000 continuation bytes were
+                // logged as `...` alone): a line stays valid UTF-8 where the value was.
                 let mut end = MAX_KEPT;
-                // Not inside a UTF-8 character: a line stays valid UTF-8 where the value was.
-                while end > 0 && v[end] & 0xc0 == 0x80 {
+                while end > MAX_KEPT - 3 && v[end] & 0xc0 == 0x80 {
                     end -= 1;
+                }
+                if v[end] & 0xc0 == 0x80 {
+                    end = MAX_KEPT;
                 }
                 self.buf.extend_from_slice(&v[..end]);
                 self.buf.extend_from_slice(b"...");
@@ -907,6 +912,12 @@ mod tests {
         assert_eq!(k.get(Field::Referer), None);
         k.clear();
         assert_eq!((k.get(Field::Host), k.minor), (None, None));
+        let junk = vec![0x80u8; 2000];
+        k.keep(&[httparse::Header {
+            name: "user-agent",
+            value: &junk,
+        }]);
+        assert_eq!(k.get(Field::UserAgent).map(<[u8]>::len), Some(MAX_KEPT + 3));
         // Escaped in a text line: quotes, backslashes, control and non-ASCII bytes.
         let mut b = Vec::new();
         escape(&mut b, b"a \"b\" \\ \x01\xff", true);

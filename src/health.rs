@@ -42,9 +42,9 @@ pub const DEFAULT_FALL: u8 = 3;
 pub const DEFAULT_RISE: u8 = 2;
 /// Longest `path`.
 const MAX_PATH: usize = 1024;
-/// The most of an answer read for its final head (interim answers included): the default
-/// `limits.max_head_bytes`, which the traffic's response heads are held to.
-const MAX_ANSWER_HEAD: usize = 64 * 1024;
+/// The most of interim (1xx) answers taken before the final one, as on the traffic
+/// (`exchange.rs`); each head, interim or final, is held to `limits.max_head_bytes`.
+const MAX_INTERIM_BYTES: usize = 64 * 1024;
 
 /// Reads `key` (`services.NAME.health_check`): a map with `path` and optional `interval`,
 /// `timeout`, `fall`, `rise`; `off`, `false` or null for none.
@@ -301,6 +301,7 @@ pub async fn probe(
     addr: SocketAddr,
     request: Vec<u8>,
     timeout: Duration,
+    max_head: usize,
 ) -> Result<u16, (Fault, String)> {
     use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
     let run = async {
@@ -311,13 +312,16 @@ pub async fn probe(
         r.map_err(|e| (Fault::Write, format!("write: {e}")))?;
         let mut got: Vec<u8> = Vec::with_capacity(4096);
         loop {
-            if let Some(status) = status_of(&got) {
+            if let Some(status) = status_of(&got, max_head) {
                 return status;
             }
-            if got.len() >= MAX_ANSWER_HEAD {
-                return Err(too_large());
+            // (`status_of` refuses a head that reached `max_head` unfinished, and interim
+            // answers past their bound, so this is never reached; a bound all the same.)
+            let most = MAX_INTERIM_BYTES + max_head;
+            if got.len() >= most {
+                return Err(too_large(max_head));
             }
-            let room = MAX_ANSWER_HEAD - got.len();
+            let room = most - got.len();
             let buf = Vec::with_capacity(room.min(16 * 1024));
             let (r, buf) = s.read(buf).await;
             match r {
@@ -343,13 +347,16 @@ pub async fn probe(
 /// line followed by a malformed field, or by nothing, passed), and a `101` to a probe,
 /// which asked for no upgrade, ends HTTP on that connection (RFC 9110 §15.2.2), as it is
 /// a 502 on the traffic (a review: it was passed over as an interim answer).
-fn status_of(mut got: &[u8]) -> Option<Result<u16, (Fault, String)>> {
+fn status_of(mut got: &[u8], max_head: usize) -> Option<Result<u16, (Fault, String)>> {
+    let mut interim = 0;
     loop {
         let mut slots = h1::header_slots();
-        let head = match h1::parse_response(got, &mut slots, false, MAX_ANSWER_HEAD) {
+        let head = match h1::parse_response(got, &mut slots, false, max_head) {
             Ok(None) => return None,
             Ok(Some(head)) => head.info,
-            Err(h1::ResponseError(h1::RESPONSE_HEAD_TOO_LARGE)) => return Some(Err(too_large())),
+            Err(h1::ResponseError(h1::RESPONSE_HEAD_TOO_LARGE)) => {
+                return Some(Err(too_large(max_head)))
+            }
             Err(h1::ResponseError(why)) => {
                 let end = got.iter().position(|&b| b == b'\n').unwrap_or(got.len());
                 let shown: String = String::from_utf8_lossy(&got[..end.min(60)])
@@ -369,16 +376,25 @@ fn status_of(mut got: &[u8]) -> Option<Result<u16, (Fault, String)>> {
                     "101 Switching Protocols, where no upgrade was asked".into(),
                 )))
             }
-            100..=199 => got = &got[head.head_len..],
+            100..=199 => {
+                interim += head.head_len;
+                if interim > MAX_INTERIM_BYTES {
+                    return Some(Err((
+                        Fault::BadResponse,
+                        format!("over {MAX_INTERIM_BYTES} bytes of interim (1xx) answers"),
+                    )));
+                }
+                got = &got[head.head_len..];
+            }
             status => return Some(Ok(status)),
         }
     }
 }
 
-fn too_large() -> (Fault, String) {
+fn too_large(max_head: usize) -> (Fault, String) {
     (
         Fault::HeadTooLarge,
-        format!("no whole head in the first {MAX_ANSWER_HEAD} bytes"),
+        format!("a head over limits.max_head_bytes ({max_head})"),
     )
 }
 
@@ -425,6 +441,7 @@ pub fn start_due(worker: &Rc<Worker>, tick: u64) {
                 addr: b.url.addr,
                 request: request(check, &b.url.authority),
                 check: check.clone(),
+                max_head: view.snapshot.config.limits.max_head_bytes,
                 cell: b.health.clone(),
             };
             monoio::spawn(task.run());
@@ -455,12 +472,13 @@ struct Probe {
     addr: SocketAddr,
     request: Vec<u8>,
     check: HealthCheck,
+    max_head: usize,
     cell: Arc<BreakerCell>,
 }
 
 impl Probe {
     async fn run(self) {
-        let found = probe(self.addr, self.request, self.check.timeout).await;
+        let found = probe(self.addr, self.request, self.check.timeout, self.max_head).await;
         // A reload while it ran that changed the service's checks, turned them off or
         // removed the backend gave it another cell: what this probe found counts for
         // nothing and is not said (a review saw an old probe's verdict logged after `off`).
@@ -658,27 +676,28 @@ mod tests {
     /// where the traffic gets a 502 for each.
     #[test]
     fn an_answer_head_is_read_whole_and_by_the_traffics_rules() {
+        let status_of_ = |got: &[u8]| status_of(got, crate::config::DEFAULT_MAX_HEAD_BYTES);
         let ok = |s: u16| Some(Ok(s));
-        let fault = |got: &[u8]| status_of(got).and_then(|r| r.err()).map(|(f, _)| f);
-        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\n\r\n"), ok(200));
+        let fault = |got: &[u8]| status_of_(got).and_then(|r| r.err()).map(|(f, _)| f);
+        assert_eq!(status_of_(b"HTTP/1.1 200 OK\r\n\r\n"), ok(200));
         assert_eq!(
-            status_of(b"HTTP/1.0 503 x\r\ncontent-length: 0\r\n\r\nmore"),
+            status_of_(b"HTTP/1.0 503 x\r\ncontent-length: 0\r\n\r\nmore"),
             ok(503)
         );
-        assert_eq!(status_of(b"HTTP/1.1 204\r\n\r\n"), ok(204));
-        assert_eq!(status_of(b"HTTP/1.1 20"), None);
+        assert_eq!(status_of_(b"HTTP/1.1 204\r\n\r\n"), ok(204));
+        assert_eq!(status_of_(b"HTTP/1.1 20"), None);
         assert_eq!(
-            status_of(b"HTTP/1.1 200 OK\r\n"),
+            status_of_(b"HTTP/1.1 200 OK\r\n"),
             None,
             "a status line alone"
         );
-        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\nserver: x\r\n"), None);
+        assert_eq!(status_of_(b"HTTP/1.1 200 OK\r\nserver: x\r\n"), None);
         let continued = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
-        assert_eq!(status_of(continued), ok(200));
+        assert_eq!(status_of_(continued), ok(200));
         let hints = b"HTTP/1.1 103 Early\r\nlink: </a>\r\n\r\nHTTP/1.1 503 x\r\n\r\n";
-        assert_eq!(status_of(hints), ok(503));
-        assert_eq!(status_of(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2"), None);
-        assert_eq!(status_of(b"HTTP/1.1 100 Continue\r\n"), None);
+        assert_eq!(status_of_(hints), ok(503));
+        assert_eq!(status_of_(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2"), None);
+        assert_eq!(status_of_(b"HTTP/1.1 100 Continue\r\n"), None);
         let bad = Some(Fault::BadResponse);
         // A bare LF: the traffic's answers are refused for it (smuggling), so the probe's
         // is too.
@@ -694,9 +713,30 @@ mod tests {
         );
         assert_eq!(fault(b"SSH-2.0-OpenSSH\r\n"), bad);
         assert_eq!(fault(b"HTTP/1.1 999 x\r\n\r\n"), bad);
-        let mut long = b"HTTP/1.1 200 OK\r\n".to_vec();
-        long.resize(MAX_ANSWER_HEAD, b'a');
-        assert_eq!(fault(&long), Some(Fault::HeadTooLarge));
+        // Each head within limits.max_head_bytes, as the traffic's (a review: a fixed 64 KiB
+        // passed heads the traffic refused, and failed ones it took).
+        let big = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(40 * 1024));
+        assert_eq!(
+            status_of(big.as_bytes(), 32 * 1024)
+                .and_then(|r| r.err())
+                .map(|e| e.0),
+            Some(Fault::HeadTooLarge)
+        );
+        assert_eq!(status_of(big.as_bytes(), 1 << 20), Some(Ok(200)));
+        let mut unfinished = b"HTTP/1.1 200 OK\r\n".to_vec();
+        unfinished.resize(8192, b'a');
+        assert_eq!(
+            status_of(&unfinished, 8192)
+                .and_then(|r| r.err())
+                .map(|e| e.0),
+            Some(Fault::HeadTooLarge)
+        );
+        let flood = "HTTP/1.1 103 Early\r\nlink: </a>\r\n\r\n".repeat(3000);
+        assert_eq!(
+            fault(flood.as_bytes()),
+            bad,
+            "interim answers past their bound"
+        );
         assert!(passes(200) && passes(302) && !passes(404) && !passes(503) && !passes(101));
     }
 }

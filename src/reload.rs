@@ -312,8 +312,8 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
         ),
         (
             "access_log_fields",
-            log_fields(&old.access_log_fields, &new.access_log_fields),
-            log_fields(&new.access_log_fields, &old.access_log_fields),
+            log_fields(old, new),
+            log_fields(new, old),
         ),
     ];
     pairs
@@ -323,20 +323,25 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
         .collect()
 }
 
-/// `[time, client, ...]`; the same text for both sides when they differ only by the
-/// `request_id` field (which `request_id`'s own change says).
-fn log_fields(fields: &[crate::accesslog::Field], other: &[crate::accesslog::Field]) -> String {
+/// `c`'s `[time, client, ...]`; the same text for both sides when `request_id` changed
+/// and both are the default fields (which differ by the `request_id` it adds at the end,
+/// and `request_id`'s own change says). Any other change is said (a review: a reorder,
+/// and dropping `request_id` from a list, were not).
+fn log_fields(c: &Config, other: &Config) -> String {
     use crate::accesslog::Field;
-    let without = |f: &[Field]| -> Vec<Field> {
-        f.iter()
-            .copied()
-            .filter(|&f| f != Field::RequestId)
-            .collect()
+    let default = |c: &Config| {
+        let d = &Field::DEFAULT[..];
+        let n = c.access_log_fields.len();
+        c.access_log_fields == d
+            || (c.request_id
+                && n == d.len() + 1
+                && c.access_log_fields[..n - 1] == *d
+                && c.access_log_fields[n - 1] == Field::RequestId)
     };
-    if without(fields) == without(other) {
+    if c.request_id != other.request_id && default(c) && default(other) {
         return String::new();
     }
-    let names: Vec<&str> = fields.iter().map(|f| f.name()).collect();
+    let names: Vec<&str> = c.access_log_fields.iter().map(|f| f.name()).collect();
     format!("[{}]", names.join(", "))
 }
 
@@ -807,6 +812,34 @@ mod tests {
         );
         let same = diff(&new, &new).to_string();
         assert!(!same.contains("changed for services"), "{same}");
+        // The access log's fields: a reorder and a dropped request_id are said (a review);
+        // request_id turned on with the default fields is said once, as request_id.
+        let fields = |f: &str| {
+            Config::parse(&format!(
+                "request_id: true\n{f}services:\n  a: [http://127.0.0.1:1]\n"
+            ))
+            .unwrap()
+        };
+        for (a, b) in [
+            (
+                "access_log_fields: [time, request_id]\n",
+                "access_log_fields: [request_id, time]\n",
+            ),
+            (
+                "access_log_fields: [request_id, time]\n",
+                "access_log_fields: [time]\n",
+            ),
+            ("", "access_log_fields: [time]\n"),
+        ] {
+            let line = diff(&fields(a), &fields(b)).to_string();
+            assert!(line.contains("access_log_fields ["), "{a} -> {b}: {line}");
+        }
+        let off = Config::parse("services:\n  a: [http://127.0.0.1:1]\n").unwrap();
+        let line = diff(&off, &fields("")).to_string();
+        assert!(
+            line.contains("request_id false -> true") && !line.contains("access_log_fields"),
+            "{line}"
+        );
         // A service's own timeouts too.
         let longer = cfg(
             ", rate_limit: off, timeouts: {response: 2m}",

@@ -838,12 +838,17 @@ mod tests {
             w.len() == 1 && w[0].contains("under /v1/proxy/nope"),
             "{w:?}"
         );
-        // An alias of another service, another port, another address: nothing to say.
+        // `[::]` takes IPv4 too.
+        let w = warned("listen: \"[::]:18000\"\nservices:\n  a: [http://127.0.0.1:18000]\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        // An alias of another service, another port, another address, another family
+        // (`0.0.0.0` does not take `[::1]`: a review): nothing to say.
         for yaml in [
             "listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.1:18000/v1/proxy/b]\n  b: [http://127.0.0.1:18001]\n",
             "listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.1:18001]\n",
             "listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.2:18000]\n",
             "listen: 127.0.0.1:0\nservices:\n  a: [http://127.0.0.1:18000]\n",
+            "listen: 0.0.0.0:18000\nservices:\n  a: [\"http://[::1]:18000\"]\n",
         ] {
             assert!(warned(yaml).is_empty(), "{yaml}");
         }
