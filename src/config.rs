@@ -82,6 +82,10 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Errors in several services, in the order of their names, each as it would be
+    /// alone; said on one line, `; `-separated (`--check` lists them one per line).
+    #[error("{} errors: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Several(Vec<ConfigError>),
 }
 
 /// An error in a file that holds `${...}` outside comments says that nothing is expanded:
@@ -106,6 +110,24 @@ fn with_expansion_hint(e: ConfigError, text: &str) -> ConfigError {
             key,
             message: message + hint,
         },
+        ConfigError::Several(all) => ConfigError::Several(
+            all.into_iter()
+                .map(|e| with_expansion_hint(e, text))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// `e`, found in the file at `path`, which it names.
+fn in_file(e: ConfigError, path: &str) -> ConfigError {
+    let path = path.to_owned();
+    match e {
+        ConfigError::Syntax { message, .. } => ConfigError::Syntax { path, message },
+        ConfigError::Invalid { key, message } => ConfigError::InFile { path, key, message },
+        ConfigError::Several(all) => {
+            ConfigError::Several(all.into_iter().map(|e| in_file(e, &path)).collect())
+        }
         other => other,
     }
 }
@@ -368,8 +390,16 @@ fn duplicate_service(
 /// An unknown key inside a service's map gets the line it is on, as a top-level one does
 /// (the service maps are read as plain YAML values first, which keeps no positions).
 fn with_service_line(e: ConfigError, text: &str) -> ConfigError {
-    let ConfigError::Invalid { key, message } = e else {
-        return e;
+    let (key, message) = match e {
+        ConfigError::Invalid { key, message } => (key, message),
+        ConfigError::Several(all) => {
+            return ConfigError::Several(
+                all.into_iter()
+                    .map(|e| with_service_line(e, text))
+                    .collect(),
+            )
+        }
+        other => return other,
     };
     let service = key.strip_prefix("services.").map(|k| {
         let end = k.find(['.', '[']).unwrap_or(k.len());
@@ -1324,6 +1354,9 @@ fn status_range(item: &serde_yaml_ng::Value) -> Option<(u16, u16)> {
     (low <= high).then_some((low, high))
 }
 
+/// The most services' errors reported at once.
+const MAX_ERRORS: usize = 20;
+
 const NO_SERVICES: &str = "no services configured: add at least one, e.g. `services: {user-service: [http://127.0.0.1:8001]}`";
 
 impl Config {
@@ -1339,7 +1372,9 @@ impl Config {
         let text = String::from_utf8(bytes).map_err(|e| {
             let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
-            let column = good.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            // In characters, as an editor counts (the prefix is UTF-8: a review).
+            let start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&good[start..]).chars().count() + 1;
             let byte = e.as_bytes()[good.len()];
             ConfigError::Syntax {
                 path: path.clone(),
@@ -1348,11 +1383,7 @@ impl Config {
                 ),
             }
         })?;
-        Config::parse(&text).map_err(|e| match e {
-            ConfigError::Syntax { message, .. } => ConfigError::Syntax { path, message },
-            ConfigError::Invalid { key, message } => ConfigError::InFile { path, key, message },
-            other => other,
-        })
+        Config::parse(&text).map_err(|e| in_file(e, &path))
     }
 
     /// Parses and validates YAML text (a leading UTF-8 byte-order mark, which some editors
@@ -1425,14 +1456,17 @@ impl Config {
     }
 
     /// Whether `addr` is this gateway's own `listen` address: the same, or a loopback
-    /// address on its port when it listens on every interface.
+    /// address on its port when it listens on every interface of that address's family
+    /// (`[::]` takes IPv4 too; `0.0.0.0` does not take `[::1]`: a review's false loop).
     pub fn is_own_listener(&self, addr: SocketAddr) -> bool {
-        let own = self.listen;
-        own.port() != 0
-            && addr.port() == own.port()
-            && (addr.ip().to_canonical() == own.ip().to_canonical()
-                || (own.ip().to_canonical().is_unspecified()
-                    && addr.ip().to_canonical().is_loopback()))
+        let (own, ip) = (self.listen.ip(), addr.ip().to_canonical());
+        let every = match own {
+            std::net::IpAddr::V4(v4) => v4.is_unspecified() && ip.is_ipv4(),
+            std::net::IpAddr::V6(v6) => v6.is_unspecified(),
+        };
+        self.listen.port() != 0
+            && addr.port() == self.listen.port()
+            && (ip == own.to_canonical() || (every && ip.is_loopback()))
     }
 
     /// A cycle of services whose backends are this gateway itself with a path prefix that
@@ -1853,8 +1887,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         raw.rate_limit_table,
         raw.trusted_proxies.as_deref(),
     )?;
-    let mut services = Vec::with_capacity(raw_services.len());
-    for (name, value) in raw_services {
+    // Every service is read, and the errors of all of them are reported together (an
+    // operator review fixed three services' mistakes in three runs of --check; HAProxy's
+    // check lists every one).
+    let service = |name: String,
+                   value: serde_yaml_ng::Value|
+     -> Result<ServiceConfig, ConfigError> {
         let key = format!("services.{name}");
         if !valid_service_name(name.as_bytes()) {
             return Err(invalid(
@@ -1987,7 +2025,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             backends.push(b);
         }
-        services.push(ServiceConfig {
+        Ok(ServiceConfig {
             name,
             backends,
             breaker,
@@ -1997,7 +2035,28 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             encoded_slashes: slashes,
             timeouts: own,
             health_check,
-        });
+        })
+    };
+    let mut services = Vec::with_capacity(raw_services.len());
+    let mut errors = Vec::new();
+    for (name, value) in raw_services {
+        match service(name, value) {
+            Ok(s) => services.push(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.len() > MAX_ERRORS {
+        let more = errors.len() - MAX_ERRORS;
+        errors.truncate(MAX_ERRORS);
+        errors.push(invalid(
+            "services",
+            format!("{more} more services have errors: fix these first"),
+        ));
+    }
+    match errors.len() {
+        0 => {}
+        1 => return Err(errors.remove(0)),
+        _ => return Err(ConfigError::Several(errors)),
     }
     let access_log = match raw.access_log.as_deref().map(str::trim) {
         None => crate::accesslog::Sink::Off,
@@ -2329,9 +2388,10 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
             .lines()
             .enumerate()
             .filter(|(_, l)| l.starts_with("---"));
+        // (A directive, `%YAML 1.2`, comes before the first document's marker: a review.)
         let first_content = text.lines().position(|l| {
             let l = l.trim();
-            !l.is_empty() && !l.starts_with('#')
+            !l.is_empty() && !l.starts_with('#') && !l.starts_with('%')
         });
         let second = match markers.next() {
             Some((n, _)) if Some(n) == first_content => markers.next(),
@@ -3539,6 +3599,55 @@ mod tests {
         assert!(e.contains("access_log") && e.contains("stdout"), "{e}");
     }
 
+    /// Regression (an operator review): only the first error was reported, so three
+    /// services' mistakes took three runs of `--check`. Every service's error is said,
+    /// each with its line, in the order of the names, at most [`MAX_ERRORS`].
+    #[test]
+    fn every_services_error_is_reported_at_once() {
+        let text = "services:\n  b: [ftp://x]\n  a:\n    backends: [http://127.0.0.1:1]\n    breaker: {cooldown: soon}\n  ok: [http://127.0.0.1:2]\n  c: [http://127.0.0.1:3, {url: http://127.0.0.1:4, weight: 0}]\n";
+        let Err(ConfigError::Several(all)) = Config::parse(text) else {
+            panic!("not several errors: {:?}", Config::parse(text));
+        };
+        let all: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert!(
+            all[0].starts_with("line 5: services.a.breaker.cooldown: invalid duration"),
+            "{all:?}"
+        );
+        assert!(
+            all[1].starts_with("line 2: services.b[0]: \"ftp://x\" is not an http URL"),
+            "{all:?}"
+        );
+        assert!(
+            all[2].starts_with("line 7: services.c[1].weight: 0 is out of range"),
+            "{all:?}"
+        );
+        let one_line = Config::parse(text).unwrap_err().to_string();
+        assert!(
+            one_line.starts_with("3 errors: line 5: services.a") && !one_line.contains('\n'),
+            "{one_line}"
+        );
+        // One error alone is said as before.
+        let e = err("services:\n  a: [ftp://x]\n  b: [http://127.0.0.1:1]\n");
+        assert!(
+            e.contains("line 2: services.a[0]") && !e.contains("errors"),
+            "{e}"
+        );
+        // At most MAX_ERRORS, and how many more.
+        let many: String = (0..30).map(|i| format!("  s{i:02}: [ftp://x]\n")).collect();
+        let Err(ConfigError::Several(all)) = Config::parse(&format!("services:\n{many}")) else {
+            panic!("not several errors");
+        };
+        assert_eq!(all.len(), MAX_ERRORS + 1);
+        assert!(
+            all[MAX_ERRORS]
+                .to_string()
+                .contains("10 more services have errors"),
+            "{:?}",
+            all.last()
+        );
+    }
+
     /// Regression (an operator review): services whose backends are this gateway itself,
     /// routing back to one another, passed `--check`; each request would have gone round
     /// until the descriptors ran out.
@@ -3586,6 +3695,7 @@ mod tests {
         for (text, line) in [
             (format!("{svc}---\nworkers: 1\n"), 3),
             (format!("# c\n---\n{svc}---\nworkers: 1\n"), 5),
+            (format!("%YAML 1.2\n---\n{svc}---\nworkers: 1\n"), 5),
         ] {
             let e = err(&text);
             assert!(
@@ -3597,11 +3707,15 @@ mod tests {
         }
 
         let path = std::env::temp_dir().join(format!("gateway-utf8-{}.yaml", std::process::id()));
-        std::fs::write(&path, b"services:\n  a: [http://127.0.0.1:1] # caf\xe9\n").unwrap();
+        std::fs::write(
+            &path,
+            b"services:\n  a: [http://127.0.0.1:1] # caf\xc3\xa9 \xe9\n",
+        )
+        .unwrap();
         let e = Config::load(&path).unwrap_err().to_string();
         std::fs::remove_file(&path).unwrap();
         assert!(
-            e.ends_with("line 2 column 32: byte 0xe9 is not UTF-8: save the file as UTF-8"),
+            e.ends_with("line 2 column 34: byte 0xe9 is not UTF-8: save the file as UTF-8"),
             "{e}"
         );
     }

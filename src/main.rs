@@ -90,7 +90,26 @@ fn main() -> ExitCode {
                 }
                 _ => "",
             };
-            let e = e.to_string();
+            // Several services' errors: one per line for a person, one line in the log.
+            let e = match &e {
+                gateway::config::ConfigError::Several(all) if check => {
+                    use gateway::config::ConfigError::InFile;
+                    let lines: Vec<String> = all
+                        .iter()
+                        .map(|e| match e {
+                            InFile { key, message, .. } => format!("  {key}: {message}"),
+                            other => format!("  {other}"),
+                        })
+                        .collect();
+                    format!(
+                        "{}: {} errors:\n{}",
+                        config.display(),
+                        all.len(),
+                        lines.join("\n")
+                    )
+                }
+                _ => e.to_string(),
+            };
             fatal(&format!(
                 "invalid config: {}{hint}",
                 gateway::redact::userinfo(&e)

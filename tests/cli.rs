@@ -828,3 +828,24 @@ fn the_pid_file_names_the_serving_process_and_goes_with_it() {
         "{err}"
     );
 }
+
+/// Regression (an operator review): `--check` said only the first error. Every service's
+/// error is listed, one per line under the file's name.
+#[test]
+fn check_lists_every_services_error() {
+    let (code, text) = check("services:\n  a: [ftp://x]\n  b: [http://127.0.0.1:1, http://127.0.0.1:1]\n  c: [http://127.0.0.1:2]\n");
+    assert_eq!(code, Some(1), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("gateway: invalid config: ") && lines[0].ends_with(".yaml: 2 errors:"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("  line 2: services.a[0]: \"ftp://x\" is not an http URL"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("  line 3: services.b[1]: \"http://127.0.0.1:1\" is listed twice"),
+        "{text}"
+    );
+}
