@@ -110,11 +110,14 @@ fn with_expansion_hint(e: ConfigError, text: &str) -> ConfigError {
             key,
             message: message + hint,
         },
-        ConfigError::Several(all) => ConfigError::Several(
-            all.into_iter()
-                .map(|e| with_expansion_hint(e, text))
-                .collect(),
-        ),
+        // Said once, with the first.
+        ConfigError::Several(mut all) => {
+            if !all.is_empty() {
+                let first = with_expansion_hint(all.remove(0), text);
+                all.insert(0, first);
+            }
+            ConfigError::Several(all)
+        }
         other => other,
     }
 }
@@ -1264,13 +1267,22 @@ fn split_authority(authority: &str) -> Result<(&str, u16), AuthorityError<'_>> {
     }
 }
 
+thread_local! {
+    /// A name failed to resolve on this thread since [`validate`] began: it reads no more
+    /// services, since with the resolver down each lookup may wait for its timeout.
+    static LOOKUP_FAILED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Resolves `host`, preferring IPv4 for names like `localhost` that resolve to both (local
 /// backends commonly bind 127.0.0.1 only).
 fn lookup(host: &str, port: u16) -> Result<SocketAddr, String> {
     let host_for_lookup = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<SocketAddr> = (host_for_lookup, port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .map_err(|e| {
+            LOOKUP_FAILED.with(|f| f.set(true));
+            format!("cannot resolve {host:?}: {e}")
+        })?
         .collect();
     addrs
         .iter()
@@ -2039,10 +2051,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     let mut services = Vec::with_capacity(raw_services.len());
     let mut errors = Vec::new();
+    LOOKUP_FAILED.with(|f| f.set(false));
     for (name, value) in raw_services {
         match service(name, value) {
             Ok(s) => services.push(s),
             Err(e) => errors.push(e),
+        }
+        if LOOKUP_FAILED.with(|f| f.get()) {
+            break;
         }
     }
     if errors.len() > MAX_ERRORS {
@@ -3632,6 +3648,19 @@ mod tests {
         assert!(
             e.contains("line 2: services.a[0]") && !e.contains("errors"),
             "{e}"
+        );
+        // A name that does not resolve ends the reading: with the resolver down, each
+        // lookup may wait for its timeout.
+        let text = "services:\n  a: [ftp://x]\n  b: [http://no-such-host.invalid:1]\n  c: [http://no-such-host-2.invalid:1]\n  d: [ftp://y]\n";
+        let Err(ConfigError::Several(all)) = Config::parse(text) else {
+            panic!("not several errors: {:?}", Config::parse(text));
+        };
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert!(
+            all[1]
+                .to_string()
+                .contains("cannot resolve \"no-such-host.invalid\""),
+            "{all:?}"
         );
         // At most MAX_ERRORS, and how many more.
         let many: String = (0..30).map(|i| format!("  s{i:02}: [ftp://x]\n")).collect();
