@@ -702,6 +702,7 @@ fn backends(shared: &Shared, only: Option<&[String]>) -> Value {
                 "failure_threshold": s.settings.failure_threshold,
                 "cooldown_ms": s.policy.cooldown_ms,
                 "health_check": s.health_check.as_ref().map(|c| json!({
+                    "type": if c.path.is_some() { "http" } else { "tcp" },
                     "path": c.path,
                     "interval_ms": c.interval.as_millis() as u64,
                     "timeout_ms": c.timeout.as_millis() as u64,
@@ -783,6 +784,7 @@ fn config(shared: &Shared) -> Value {
                 "weights": s.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
                 // As the config takes it: `off`, or the map.
                 "health_check": s.health_check.as_ref().map_or(Value::String("off".into()), |c| json!({
+                    "type": if c.path.is_some() { "http" } else { "tcp" },
                     "path": c.path,
                     "interval": d(c.interval),
                     "timeout": d(c.timeout),

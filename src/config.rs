@@ -1630,7 +1630,7 @@ impl Config {
                     own_timeouts_text(&svc.timeouts, &self.timeouts),
                     svc.health_check.as_ref().map_or(String::new(), |c| format!(
                         "; health check {} every {}, timeout {}, out after {}, back after {}",
-                        c.path,
+                        c.what(),
                         duration_text(c.interval),
                         duration_text(c.timeout),
                         c.fall,
@@ -3246,7 +3246,7 @@ mod tests {
             .map(|s| {
                 s.health_check
                     .as_ref()
-                    .map(|h| (h.path.as_str(), h.interval.as_secs()))
+                    .map(|h| (h.path.as_deref().unwrap_or_default(), h.interval.as_secs()))
             })
             .collect();
         assert_eq!(

@@ -27,8 +27,9 @@ use crate::worker::Worker;
 /// sets none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
-    /// Asked of the backend's host as it is (the backend URL's path prefix is not added).
-    pub path: String,
+    /// Asked of the backend's host as it is (the backend URL's path prefix is not added);
+    /// `None` with `type: tcp`: a connect is the check (HAProxy's plain `check`).
+    pub path: Option<String>,
     /// Whole seconds, at least one.
     pub interval: Duration,
     pub timeout: Duration,
@@ -46,8 +47,15 @@ const MAX_PATH: usize = 1024;
 /// (`exchange.rs`); each head, interim or final, is held to `limits.max_head_bytes`.
 const MAX_INTERIM_BYTES: usize = 64 * 1024;
 
-/// Reads `key` (`services.NAME.health_check`): a map with `path` and optional `interval`,
-/// `timeout`, `fall`, `rise`; `off`, `false` or null for none.
+impl HealthCheck {
+    /// What is checked, for the log and the summary: the path, or `TCP connect`.
+    pub fn what(&self) -> &str {
+        self.path.as_deref().unwrap_or("TCP connect")
+    }
+}
+
+/// Reads `key` (`services.NAME.health_check`): a map with `path` (or `type: tcp`) and
+/// optional `interval`, `timeout`, `fall`, `rise`; `off`, `false` or null for none.
 pub fn parse(key: &str, value: &serde_yaml_ng::Value) -> Result<Option<HealthCheck>, ConfigError> {
     use serde_yaml_ng::Value;
     let map = match value {
@@ -62,13 +70,14 @@ pub fn parse(key: &str, value: &serde_yaml_ng::Value) -> Result<Option<HealthChe
         }
     };
     let mut check = HealthCheck {
-        path: String::new(),
+        path: None,
         interval: DEFAULT_INTERVAL,
         timeout: DEFAULT_TIMEOUT,
         fall: DEFAULT_FALL,
         rise: DEFAULT_RISE,
     };
     let mut timeout_given = false;
+    let mut tcp = false;
     for (k, v) in map {
         let name = k.as_str().unwrap_or_default();
         let sub = format!("{key}.{name}");
@@ -93,8 +102,18 @@ pub fn parse(key: &str, value: &serde_yaml_ng::Value) -> Result<Option<HealthChe
                         format!("{shown:?}{cut} is not a path: write one from `/`, printable ASCII without spaces, at most {MAX_PATH} bytes, e.g. /healthz"),
                     ));
                 }
-                check.path = text;
+                check.path = Some(text);
             }
+            "type" => match text.trim() {
+                "http" => {}
+                "tcp" => tcp = true,
+                _ => {
+                    return Err(invalid(
+                        sub,
+                        format!("{text:?} is not a check type: use http (the default: GET path) or tcp (a connect alone)"),
+                    ))
+                }
+            },
             "interval" => {
                 let d = parse_duration(&sub, &text)?;
                 // Probes start from the once-a-second housekeeping.
@@ -137,16 +156,25 @@ pub fn parse(key: &str, value: &serde_yaml_ng::Value) -> Result<Option<HealthChe
             _ => {
                 return Err(invalid(
                     key,
-                    format!("unknown setting {name:?}: a health check sets path, interval, timeout, fall and rise"),
+                    format!("unknown setting {name:?}: a health check sets type, path, interval, timeout, fall and rise"),
                 ))
             }
         }
     }
-    if check.path.is_empty() {
-        return Err(invalid(
-            format!("{key}.path"),
-            "is missing: give the path to ask each backend, e.g. /healthz",
-        ));
+    match (tcp, &check.path) {
+        (false, None) => {
+            return Err(invalid(
+                format!("{key}.path"),
+                "is missing: give the path to ask each backend, e.g. /healthz, or type: tcp for a check that only connects",
+            ))
+        }
+        (true, Some(_)) => {
+            return Err(invalid(
+                format!("{key}.path"),
+                "is set, but type is tcp, which asks nothing: remove one of them",
+            ))
+        }
+        _ => {}
     }
     if !timeout_given {
         check.timeout = check.timeout.min(check.interval);
@@ -285,21 +313,21 @@ pub fn is_down(b: &Backend) -> bool {
     b.health.load(Ordering::Relaxed) & (1 << 16) != 0
 }
 
-/// The request a probe sends to `authority`.
-pub fn request(check: &HealthCheck, authority: &str) -> Vec<u8> {
-    format!(
-        "GET {} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: gateway-health-check\r\naccept: */*\r\nconnection: close\r\n\r\n",
-        check.path
+/// The request a probe sends to `authority`; `None` for a TCP check, which sends nothing.
+pub fn request(check: &HealthCheck, authority: &str) -> Option<Vec<u8>> {
+    let path = check.path.as_ref()?;
+    Some(format!(
+        "GET {path} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: gateway-health-check\r\naccept: */*\r\nconnection: close\r\n\r\n"
     )
-    .into_bytes()
+    .into_bytes())
 }
 
 /// One probe of `addr`: `Ok` with the status if the answer's final head was read whole
-/// within `timeout` and is one the traffic's would be relayed with; else what went wrong,
-/// for the log.
+/// within `timeout` and is one the traffic's would be relayed with (`Ok(0)`: a TCP check
+/// connected, `request` being `None`); else what went wrong, for the log.
 pub async fn probe(
     addr: SocketAddr,
-    request: Vec<u8>,
+    request: Option<Vec<u8>>,
     timeout: Duration,
     max_head: usize,
 ) -> Result<u16, (Fault, String)> {
@@ -308,6 +336,10 @@ pub async fn probe(
         let mut s = monoio::net::TcpStream::connect_addr(addr)
             .await
             .map_err(|e| (Fault::Connect, format!("connect: {e}")))?;
+        // A TCP check: connected is passed; closed at once (HAProxy's L4OK).
+        let Some(request) = request else {
+            return Ok(0);
+        };
         let (r, _) = s.write_all(request).await;
         r.map_err(|e| (Fault::Write, format!("write: {e}")))?;
         let mut got: Vec<u8> = Vec::with_capacity(4096);
@@ -410,7 +442,7 @@ fn record(
     check: &HealthCheck,
     found: &Result<u16, (Fault, String)>,
 ) -> (State, bool) {
-    let passed = found.as_ref().is_ok_and(|&s| passes(s));
+    let passed = found.as_ref().is_ok_and(|&s| s == 0 || passes(s));
     let (after, flip) = State::load(cell).after(passed, check);
     let unix_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -470,7 +502,7 @@ struct Probe {
     service: String,
     url: String,
     addr: SocketAddr,
-    request: Vec<u8>,
+    request: Option<Vec<u8>>,
     check: HealthCheck,
     max_head: usize,
     cell: Arc<BreakerCell>,
@@ -502,7 +534,7 @@ impl Probe {
         if !state.down {
             log::info!(
                 "backend: {svc} {url} passed its health check ({}) {} {} in a row; back in rotation",
-                check.path,
+                check.what(),
                 check.rise,
                 crate::logging::plural(u64::from(check.rise), "time", "times")
             );
@@ -514,7 +546,7 @@ impl Probe {
         };
         log::warn!(
             "backend: {svc} {url} failed its health check ({}) {} {} in a row, the last: {why}; out of rotation until it passes {} in a row",
-            check.path,
+            check.what(),
             check.fall,
             crate::logging::plural(u64::from(check.fall), "time", "times"),
             check.rise
@@ -528,8 +560,9 @@ impl Probe {
             .is_some_and(|s| s.backends.iter().all(is_down));
         if all_out && say_all_out(svc) {
             log::warn!(
-                "backend: every backend of {svc} fails its health check ({}): the checks are set aside and the circuits alone decide until one passes again (check the path)",
-                check.path
+                "backend: every backend of {svc} fails its health check ({}): the checks are set aside and the circuits alone decide until one passes again (check the {})",
+                check.what(),
+                if check.path.is_some() { "path" } else { "port" }
             );
         }
     }
@@ -550,7 +583,7 @@ mod tests {
         assert_eq!(
             c,
             HealthCheck {
-                path: "/healthz".into(),
+                path: Some("/healthz".into()),
                 interval: Duration::from_secs(5),
                 timeout: Duration::from_secs(2),
                 fall: 3,
@@ -564,6 +597,29 @@ mod tests {
             (c.interval, c.fall, c.rise),
             (Duration::from_secs(2), 1, 100)
         );
+        let c = check("{type: tcp, interval: 1s}").unwrap().unwrap();
+        assert_eq!((c.path.as_deref(), c.what()), (None, "TCP connect"));
+        assert_eq!(
+            check("{type: http, path: /h}").unwrap().unwrap().what(),
+            "/h"
+        );
+        for (yaml, want) in [
+            (
+                "{type: tcp, path: /h}",
+                "services.a.health_check.path: is set, but type is tcp",
+            ),
+            (
+                "{type: udp}",
+                "services.a.health_check.type: \"udp\" is not a check type",
+            ),
+            (
+                "{interval: 5s}",
+                "or type: tcp for a check that only connects",
+            ),
+        ] {
+            let e = check(yaml).unwrap_err();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
         for off in ["off", "false", "~"] {
             assert_eq!(check(off).unwrap(), None, "{off}");
         }

@@ -606,3 +606,42 @@ fn checks_turned_off_and_on_again_start_in_rotation() {
     // 100 passes would have been needed to come back with the old state.
     assert_eq!(health(g.admin, a.addr), "up");
 }
+
+/// `type: tcp` (HAProxy's plain `check`, for backends with no health endpoint): a
+/// backend whose port refuses connections leaves the rotation, and one that accepts
+/// them (whatever it then says, or if it says nothing) comes back.
+#[test]
+fn a_tcp_check_takes_a_closed_port_out_and_an_open_one_back() {
+    let a = Checked::start("a");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = closed.local_addr().expect("addr");
+    drop(closed);
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!(
+            "  svc:\n    backends: [http://{}, http://{b}]\n    health_check: {{type: tcp, interval: 1s, fall: 1, rise: 1}}\n",
+            a.addr
+        ),
+    )));
+    assert!(
+        eventually(Duration::from_secs(10), || health(g.admin, b) == "down"),
+        "a refused connect kept it in"
+    );
+    assert_eq!(health(g.admin, a.addr), "up");
+    assert_eq!(
+        a.checks.load(Ordering::SeqCst),
+        0,
+        "a TCP check sends no request"
+    );
+    assert!(answers(g.proc.addr, 4).iter().all(|s| s == "a"));
+    // Open again: it accepts and never answers, which a TCP check passes.
+    let _open = std::net::TcpListener::bind(b).expect("bind again");
+    assert!(
+        eventually(Duration::from_secs(10), || health(g.admin, b) == "up"),
+        "an accepting port stayed out"
+    );
+    let v = get(g.admin, "/admin/backends").json();
+    assert_eq!(v["services"][0]["health_check"]["type"], "tcp", "{v}");
+    assert!(v["services"][0]["health_check"]["path"].is_null(), "{v}");
+}
