@@ -83,9 +83,13 @@ pub enum ConfigError {
         message: String,
     },
     /// Errors in several services, in the order of their names, each as it would be
-    /// alone; said on one line, `; `-separated (`--check` lists them one per line).
-    #[error("{} errors: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    /// alone (the last may be [`ConfigError::More`]); said on one line, `; `-separated
+    /// (`--check` lists them one per line).
+    #[error("{} errors: {}", several_count(.0), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Several(Vec<ConfigError>),
+    /// Past the errors listed, this many more services have one.
+    #[error("and {} more {} errors: fix these first", .0, if *.0 == 1 { "service has" } else { "services have" })]
+    More(usize),
 }
 
 /// An error in a file that holds `${...}` outside comments says that nothing is expanded:
@@ -120,6 +124,27 @@ fn with_expansion_hint(e: ConfigError, text: &str) -> ConfigError {
         }
         other => other,
     }
+}
+
+impl ConfigError {
+    /// How many errors this is: those of [`ConfigError::Several`], past its list included.
+    pub fn count(&self) -> usize {
+        match self {
+            ConfigError::Several(all) => several_count(all),
+            ConfigError::More(n) => *n,
+            _ => 1,
+        }
+    }
+}
+
+/// How many errors [`ConfigError::Several`] holds, those past the list included.
+fn several_count(all: &[ConfigError]) -> usize {
+    all.iter()
+        .map(|e| match e {
+            ConfigError::More(n) => *n,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// `e`, found in the file at `path`, which it names.
@@ -425,20 +450,29 @@ fn with_service_line(e: ConfigError, text: &str) -> ConfigError {
             message,
         };
     }
-    // The unknown key, or else the service's key the error is under
-    // (`services.a.rate_limit.bursst`: an operator review got no line for those).
-    let field = message
+    // The service's key the error is under (`services.a.rate_limit.bursst`: an operator
+    // review got no line for those), and the unknown key, looked for under it: under the
+    // service alone, `breaker: {path: 1}` was found in its `health_check` (a review).
+    let parent = key.strip_prefix("services.").and_then(|rest| {
+        let rest = rest.get(service?.len()..)?.strip_prefix('.')?;
+        Some(&rest[..rest.find(['.', '[']).unwrap_or(rest.len())])
+    });
+    let unknown = message
         .strip_prefix("unknown field `")
-        .and_then(|r| r.split('`').next())
-        .or_else(|| {
-            let rest = key.strip_prefix("services.")?;
-            let rest = &rest[service?.len()..];
-            let rest = rest.strip_prefix('.')?;
-            Some(&rest[..rest.find(['.', '[']).unwrap_or(rest.len())])
-        });
-    let line = service
-        .zip(field)
-        .and_then(|(s, f)| key_line_in_service(text, s, f));
+        .and_then(|r| r.split('`').next());
+    let line = service.and_then(|s| {
+        let own = *service_key_lines(text, s).first()?;
+        // (A key that came by a merge key or an alias is not under the service: its line.)
+        let under = parent
+            .and_then(|p| key_line_under(text, own, p))
+            .unwrap_or(own);
+        // A service's own error (an invalid name, an empty service): its key's line.
+        Some(
+            unknown
+                .and_then(|u| key_line_under(text, under, u))
+                .unwrap_or(under),
+        )
+    });
     match line {
         Some(n) if !message.contains(" at line ") => ConfigError::Invalid {
             key: format!("line {n}: {key}"),
@@ -452,7 +486,12 @@ fn with_service_line(e: ConfigError, text: &str) -> ConfigError {
 /// the line of a flow map holding it (`a: {backends: [...], breaker: {x: 1}}`, or
 /// `breaker: {x: 1}` in the service's block: operator reviews got no line for those).
 fn key_line_in_service(text: &str, name: &str, field: &str) -> Option<usize> {
-    let start = *service_key_lines(text, name).first()?;
+    key_line_under(text, *service_key_lines(text, name).first()?, field)
+}
+
+/// The 1-based line of the first `field:` key in the block under the key on line `start`
+/// (or on that line, in a flow map).
+fn key_line_under(text: &str, start: usize, field: &str) -> Option<usize> {
     let indent = |l: &str| l.len() - l.trim_start().len();
     let lines: Vec<&str> = text.lines().collect();
     let own_line = lines.get(start - 1)?;
@@ -489,7 +528,13 @@ fn entry_line(text: &str, name: &str, field: Option<&str>, index: usize) -> Opti
     let indent = |l: &str| l.len() - l.trim_start().len();
     let lines: Vec<&str> = text.lines().collect();
     let own_line = lines.get(start - 1)?;
-    if own_line.contains('[') {
+    // A flow list on the key's line (not a `[` in a comment after it: a review).
+    if own_line
+        .split(" #")
+        .next()
+        .unwrap_or_default()
+        .contains('[')
+    {
         return Some(start);
     }
     let own = indent(own_line);
@@ -1026,6 +1071,9 @@ const SUMMARY_SERVICES: usize = 100;
 
 /// Parses `http://host[:port][/prefix]` and resolves the host once.
 pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError> {
+    // Quoted back with its userinfo masked: a password with a space in it went out whole
+    // to the log and `/admin/config` (a review).
+    let quoted = crate::redact::url(url);
     let fix = "write it as http://HOST:PORT or http://HOST:PORT/prefix";
     // Schemes are case-insensitive (RFC 3986 §3.1): `HTTP://` is http.
     let scheme = url.get(..7).filter(|s| s.eq_ignore_ascii_case("http://"));
@@ -1037,10 +1085,13 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
     {
         return Err(invalid(
             key,
-            format!("{url:?}: https backends are not supported; use http:// (TLS to backends is not implemented)"),
+            format!("{quoted:?}: https backends are not supported; use http:// (TLS to backends is not implemented)"),
         ));
     } else {
-        return Err(invalid(key, format!("{url:?} is not an http URL: {fix}")));
+        return Err(invalid(
+            key,
+            format!("{quoted:?} is not an http URL: {fix}"),
+        ));
     };
     // The path goes into every request head sent upstream: a space, a control character
     // (CR/LF would start a new header line) or a non-ASCII byte must never get there.
@@ -1051,7 +1102,7 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
     {
         return Err(invalid(
             key,
-            format!("{url:?}: byte 0x{b:02x} at position {} is a space, control or non-ASCII character: percent-encode it (e.g. %20) or remove it", i + "http://".len()),
+            format!("{quoted:?}: byte 0x{b:02x} at position {} is a space, control or non-ASCII character: percent-encode it (e.g. %20) or remove it", i + "http://".len()),
         ));
     }
     let slash = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -1061,47 +1112,49 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
         // silently dropped part of a URL is a surprise found in production.
         return Err(invalid(
             key,
-            format!("{url:?}: a backend URL cannot carry a query string or fragment ({:?}): the client's query is passed on as it is; remove it", &path[at..]),
+            format!("{quoted:?}: a backend URL cannot carry a query string or fragment ({:?}): the client's query is passed on as it is; remove it", &path[at..]),
         ));
     }
     if authority.contains('@') {
         return Err(invalid(
             key,
-            format!("{url:?}: a backend URL cannot carry a user or password (the gateway does not authenticate to backends): {fix}"),
+            format!("{quoted:?}: a backend URL cannot carry a user or password (the gateway does not authenticate to backends): {fix}"),
         ));
     }
     if authority.is_empty() {
-        return Err(invalid(key, format!("{url:?} names no host: {fix}")));
+        return Err(invalid(key, format!("{quoted:?} names no host: {fix}")));
     }
-    check_prefix(path).map_err(|why| invalid(key, format!("{url:?}: {why}")))?;
+    check_prefix(path).map_err(|why| invalid(key, format!("{quoted:?}: {why}")))?;
     let (host, port) = split_authority(authority).map_err(|e| {
         invalid(
             key,
             match e {
-                AuthorityError::Port(p) => format!("{url:?}: port {p:?} is not a number 1-65535"),
+                AuthorityError::Port(p) => {
+                    format!("{quoted:?}: port {p:?} is not a number 1-65535")
+                }
                 AuthorityError::Ipv6 => {
-                    format!("{url:?}: an IPv6 address goes in brackets, e.g. http://[::1]:8001")
+                    format!("{quoted:?}: an IPv6 address goes in brackets, e.g. http://[::1]:8001")
                 }
             },
         )
     })?;
     if host.is_empty() {
-        return Err(invalid(key, format!("{url:?} names no host: {fix}")));
+        return Err(invalid(key, format!("{quoted:?} names no host: {fix}")));
     }
     if port == 0 {
         return Err(invalid(
             key,
-            format!("{url:?}: port 0 is not a backend port"),
+            format!("{quoted:?}: port 0 is not a backend port"),
         ));
     }
     if ends_in_a_number(host) && host.parse::<std::net::Ipv4Addr>().is_err() {
         // The resolver would take `10.1` as 10.0.0.1 and `010.0.0.1` as 8.0.0.1 (octal).
         return Err(invalid(
             key,
-            format!("{url:?}: {host:?} reads as a shortened or octal/hex IPv4 address: write the address as four decimal numbers (e.g. http://10.0.0.1:8080), or a host name whose last label is not a number"),
+            format!("{quoted:?}: {host:?} reads as a shortened or octal/hex IPv4 address: write the address as four decimal numbers (e.g. http://10.0.0.1:8080), or a host name whose last label is not a number"),
         ));
     }
-    let addr = lookup(host, port).map_err(|e| invalid(key, format!("{url:?}: {e}")))?;
+    let addr = lookup(host, port).map_err(|e| invalid(key, format!("{quoted:?}: {e}")))?;
     let path_prefix = path.trim_end_matches('/').to_string();
     Ok(BackendUrl {
         // `http://h:1` and `http://h:1/` are one backend (one breaker, one pool slot).
@@ -1899,6 +1952,48 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         raw.rate_limit_table,
         raw.trusted_proxies.as_deref(),
     )?;
+    // The top-level settings come before the services, so that an error in one is said
+    // whatever the services hold (a review: one hid behind a service's error).
+    let access_log = match raw.access_log.as_deref().map(str::trim) {
+        None => crate::accesslog::Sink::Off,
+        Some(v) => access_log_sink(v)?,
+    };
+    let dns_refresh = match raw.dns_refresh.as_deref() {
+        None | Some("off") => None,
+        Some(v) => {
+            let d = parse_duration("dns_refresh", v)?;
+            if d < Duration::from_secs(1) {
+                return Err(invalid(
+                    "dns_refresh",
+                    format!("{v:?} is too short: use at least 1s, or off"),
+                ));
+            }
+            Some(d)
+        }
+    };
+    let cluster = raw.cluster.map(crate::cluster::validate).transpose()?;
+    if cluster.is_none() && global_limit.as_ref().is_some_and(|l| l.fleet) {
+        return Err(invalid(
+            "rate_limit.scope",
+            "cluster needs a `cluster:` section (the Redis that holds the fleet's budget): add one, or use scope: instance",
+        ));
+    }
+    let access_log_format = match raw.access_log_format.as_deref().map(str::trim) {
+        None | Some("text") => crate::accesslog::Format::Text,
+        Some("json") => crate::accesslog::Format::Json,
+        Some(v) => {
+            return Err(invalid(
+                "access_log_format",
+                format!("{v:?} is not a format: use text or json"),
+            ))
+        }
+    };
+    let request_id = raw.request_id.unwrap_or(false);
+    let access_log_fields = log_fields(raw.access_log_fields.as_ref(), request_id)?;
+    let busy_poll = match raw.busy_poll.as_deref().map(str::trim) {
+        None | Some("off") | Some("0") => None,
+        Some(v) => Some(parse_busy_poll(v)?),
+    };
     // Every service is read, and the errors of all of them are reported together (an
     // operator review fixed three services' mistakes in three runs of --check; HAProxy's
     // check lists every one).
@@ -1907,8 +2002,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
      -> Result<ServiceConfig, ConfigError> {
         let key = format!("services.{name}");
         if !valid_service_name(name.as_bytes()) {
+            // A name with a control character quoted in the key too: one with a line
+            // break forged an error line (a review).
+            let key = match name.chars().any(char::is_control) {
+                true => format!("services.{name:?}"),
+                false => key,
+            };
             return Err(invalid(
-                &key,
+                key,
                 format!("invalid service name {name:?}: use lowercase letters, digits and '-', starting with a letter or digit, at most 63"),
             ));
         }
@@ -2064,39 +2165,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if errors.len() > MAX_ERRORS {
         let more = errors.len() - MAX_ERRORS;
         errors.truncate(MAX_ERRORS);
-        errors.push(invalid(
-            "services",
-            format!("{more} more services have errors: fix these first"),
-        ));
+        errors.push(ConfigError::More(more));
     }
     match errors.len() {
         0 => {}
         1 => return Err(errors.remove(0)),
         _ => return Err(ConfigError::Several(errors)),
-    }
-    let access_log = match raw.access_log.as_deref().map(str::trim) {
-        None => crate::accesslog::Sink::Off,
-        Some(v) => access_log_sink(v)?,
-    };
-    let dns_refresh = match raw.dns_refresh.as_deref() {
-        None | Some("off") => None,
-        Some(v) => {
-            let d = parse_duration("dns_refresh", v)?;
-            if d < Duration::from_secs(1) {
-                return Err(invalid(
-                    "dns_refresh",
-                    format!("{v:?} is too short: use at least 1s, or off"),
-                ));
-            }
-            Some(d)
-        }
-    };
-    let cluster = raw.cluster.map(crate::cluster::validate).transpose()?;
-    if cluster.is_none() && global_limit.as_ref().is_some_and(|l| l.fleet) {
-        return Err(invalid(
-            "rate_limit.scope",
-            "cluster needs a `cluster:` section (the Redis that holds the fleet's budget): add one, or use scope: instance",
-        ));
     }
     if cluster.is_none() {
         if let Some(s) = services
@@ -2109,22 +2183,6 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     }
-    let access_log_format = match raw.access_log_format.as_deref().map(str::trim) {
-        None | Some("text") => crate::accesslog::Format::Text,
-        Some("json") => crate::accesslog::Format::Json,
-        Some(v) => {
-            return Err(invalid(
-                "access_log_format",
-                format!("{v:?} is not a format: use text or json"),
-            ))
-        }
-    };
-    let request_id = raw.request_id.unwrap_or(false);
-    let access_log_fields = log_fields(raw.access_log_fields.as_ref(), request_id)?;
-    let busy_poll = match raw.busy_poll.as_deref().map(str::trim) {
-        None | Some("off") | Some("0") => None,
-        Some(v) => Some(parse_busy_poll(v)?),
-    };
     let config = Config {
         listen,
         workers,
@@ -3668,12 +3726,50 @@ mod tests {
             panic!("not several errors");
         };
         assert_eq!(all.len(), MAX_ERRORS + 1);
+        assert_eq!(
+            all[MAX_ERRORS].to_string(),
+            "and 10 more services have errors: fix these first"
+        );
+        let e = Config::parse(&format!("services:\n{many}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("30 errors: "), "a review saw 21: {e}");
+    }
+
+    /// Regressions (a review of the errors said at once): a top-level error hid behind the
+    /// services' errors; some had no line or the wrong one; a name with a line break forged
+    /// an error line; a password with a space went out in the quoted URL.
+    #[test]
+    fn errors_said_at_once_have_their_lines_and_hide_nothing() {
+        let e = err("access_log_format: logfmt\nservices:\n  a: [ftp://x]\n  b: [ftp://y]\n");
         assert!(
-            all[MAX_ERRORS]
-                .to_string()
-                .contains("10 more services have errors"),
-            "{:?}",
-            all.last()
+            e.contains("access_log_format: \"logfmt\" is not a format"),
+            "{e}"
+        );
+        let Err(ConfigError::Several(all)) = Config::parse(
+            "x-d: &d\n  breaker: {cooldown: soon}\n  backends: [http://127.0.0.1:1]\nservices:\n  -bad: [http://127.0.0.1:1]\n  a:\n    backends: [http://127.0.0.1:2]\n    health_check:\n      path: /h\n    breaker:\n      path: 1\n  b:\n    backends:   # was [one]\n      - http://127.0.0.1:3\n      - ftp://x\n  c:\n    <<: *d\n  \"d\\ne\": [http://127.0.0.1:4]\n",
+        ) else {
+            panic!("not several errors");
+        };
+        let all: Vec<String> = all.iter().map(ToString::to_string).collect();
+        let want = [
+            "line 5: services.-bad: invalid service name",
+            "line 11: services.a.breaker: unknown field `path`",
+            "line 15: services.b.backends[1]: \"ftp://x\"",
+            "line 16: services.c.breaker.cooldown: invalid duration",
+            "services.\"d\\ne\": invalid service name \"d\\ne\"",
+        ];
+        assert_eq!(all.len(), want.len(), "{all:#?}");
+        for (got, want) in all.iter().zip(want) {
+            assert!(
+                got.starts_with(want) && !got.contains('\n'),
+                "{got:?} is not {want:?}"
+            );
+        }
+        let e = err("services:\n  a: [\"http://user:s3cr3t pw@127.0.0.1:1\"]\n");
+        assert!(
+            e.contains("\"http://***@127.0.0.1:1\"") && !e.contains("s3cr3t"),
+            "{e}"
         );
     }
 

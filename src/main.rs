@@ -104,7 +104,7 @@ fn main() -> ExitCode {
                     format!(
                         "{}: {} errors:\n{}",
                         config.display(),
-                        all.len(),
+                        e.count(),
                         lines.join("\n")
                     )
                 }

@@ -52,6 +52,13 @@ pub fn userinfo(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// `url`, taken whole as one URL (spaces and all), with its userinfo masked: for a URL
+/// quoted back whole, where [`userinfo`] would take a password with a space in it for two
+/// words and let its first half out (a review).
+pub fn url(url: &str) -> Cow<'_, str> {
+    masked(url).map_or(Cow::Borrowed(url), Cow::Owned)
+}
+
 /// The word with its userinfo masked, or `None` if it has none.
 fn masked(word: &str) -> Option<String> {
     let at = word.rfind('@')?;
