@@ -479,7 +479,7 @@ fn a_backend_failing_its_health_checks_leaves_the_rotation_and_comes_back() {
     assert_eq!(sample(&m, &series(a.addr)), Some(0.0), "{m}");
     assert_eq!(sample(&m, &series(b.addr)), Some(1.0), "{m}");
     let c = get(g.admin, "/admin/config").json();
-    let want = serde_json::json!({"path": "/healthz", "interval": "1s", "timeout": "500ms", "fall": 2, "rise": 2});
+    let want = serde_json::json!({"type": "http", "path": "/healthz", "interval": "1s", "timeout": "500ms", "fall": 2, "rise": 2});
     assert_eq!(c["services"][0]["health_check"], want, "{c}");
     a.healthy.store(true, Ordering::SeqCst);
     assert!(
