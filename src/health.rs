@@ -81,6 +81,11 @@ pub fn parse(key: &str, value: &serde_yaml_ng::Value) -> Result<Option<HealthChe
     for (k, v) in map {
         let name = k.as_str().unwrap_or_default();
         let sub = format!("{key}.{name}");
+        // `path: ~` is no path, as an absent one (a review: `/admin/config`'s form of a TCP
+        // check was read as the path "null").
+        if name == "path" && v.is_null() {
+            continue;
+        }
         let text = match v {
             Value::String(t) => t.clone(),
             Value::Number(n) => n.to_string(),
@@ -596,6 +601,10 @@ mod tests {
         assert_eq!(
             (c.interval, c.fall, c.rise),
             (Duration::from_secs(2), 1, 100)
+        );
+        assert_eq!(
+            check("{type: tcp, path: ~, interval: 1s}").unwrap(),
+            check("{type: tcp, interval: 1s}").unwrap()
         );
         let c = check("{type: tcp, interval: 1s}").unwrap().unwrap();
         assert_eq!((c.path.as_deref(), c.what()), (None, "TCP connect"));
