@@ -85,7 +85,7 @@ pub enum ConfigError {
     /// Errors in several services, in the order of their names, each as it would be
     /// alone (the last may be [`ConfigError::More`]); said on one line, `; `-separated
     /// (`--check` lists them one per line).
-    #[error("{} errors: {}", several_count(.0), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    #[error("{} errors: {}", .0.iter().map(ConfigError::count).sum::<usize>(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Several(Vec<ConfigError>),
     /// Past the errors listed, this many more services have one.
     #[error("and {} more {} errors: fix these first", .0, if *.0 == 1 { "service has" } else { "services have" })]
@@ -130,34 +130,35 @@ impl ConfigError {
     /// How many errors this is: those of [`ConfigError::Several`], past its list included.
     pub fn count(&self) -> usize {
         match self {
-            ConfigError::Several(all) => several_count(all),
+            ConfigError::Several(all) => all.iter().map(ConfigError::count).sum(),
             ConfigError::More(n) => *n,
             _ => 1,
         }
     }
-}
 
-/// How many errors [`ConfigError::Several`] holds, those past the list included.
-fn several_count(all: &[ConfigError]) -> usize {
-    all.iter()
-        .map(|e| match e {
-            ConfigError::More(n) => *n,
-            _ => 1,
-        })
-        .sum()
+    /// `f` applied to this error, or to each of [`ConfigError::Several`]'s.
+    fn each(self, f: impl Fn(ConfigError) -> ConfigError) -> ConfigError {
+        match self {
+            ConfigError::Several(all) => ConfigError::Several(all.into_iter().map(f).collect()),
+            e => f(e),
+        }
+    }
 }
 
 /// `e`, found in the file at `path`, which it names.
 fn in_file(e: ConfigError, path: &str) -> ConfigError {
-    let path = path.to_owned();
-    match e {
-        ConfigError::Syntax { message, .. } => ConfigError::Syntax { path, message },
-        ConfigError::Invalid { key, message } => ConfigError::InFile { path, key, message },
-        ConfigError::Several(all) => {
-            ConfigError::Several(all.into_iter().map(|e| in_file(e, &path)).collect())
-        }
+    e.each(|e| match e {
+        ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+            path: path.to_owned(),
+            message,
+        },
+        ConfigError::Invalid { key, message } => ConfigError::InFile {
+            path: path.to_owned(),
+            key,
+            message,
+        },
         other => other,
-    }
+    })
 }
 
 pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -418,16 +419,13 @@ fn duplicate_service(
 /// An unknown key inside a service's map gets the line it is on, as a top-level one does
 /// (the service maps are read as plain YAML values first, which keeps no positions).
 fn with_service_line(e: ConfigError, text: &str) -> ConfigError {
-    let (key, message) = match e {
-        ConfigError::Invalid { key, message } => (key, message),
-        ConfigError::Several(all) => {
-            return ConfigError::Several(
-                all.into_iter()
-                    .map(|e| with_service_line(e, text))
-                    .collect(),
-            )
-        }
-        other => return other,
+    e.each(|e| with_its_line(e, text))
+}
+
+/// [`with_service_line`] for one error.
+fn with_its_line(e: ConfigError, text: &str) -> ConfigError {
+    let ConfigError::Invalid { key, message } = e else {
+        return e;
     };
     let service = key.strip_prefix("services.").map(|k| {
         let end = k.find(['.', '[']).unwrap_or(k.len());
@@ -1534,6 +1532,16 @@ impl Config {
             && (ip == own.to_canonical() || (every && ip.is_loopback()))
     }
 
+    /// The index of the service a request sent to `b` would be routed to, were `b` this
+    /// gateway: its path prefix read as a target (`/v1/proxy/NAME...`).
+    pub fn routes_to(&self, b: &BackendUrl) -> Option<usize> {
+        let target = format!("{}/", b.path_prefix);
+        let r = crate::router::route(&target).ok()?;
+        self.services
+            .iter()
+            .position(|s| s.name.as_bytes() == r.service)
+    }
+
     /// A cycle of services whose backends are this gateway itself with a path prefix that
     /// routes to the next service (`a -> http://127.0.0.1:8000/v1/proxy/a`), as (service,
     /// URL) steps; `None` when there is none. Such a request goes round until the
@@ -1545,13 +1553,7 @@ impl Config {
             svc.backends
                 .iter()
                 .filter(|b| self.is_own_listener(b.addr))
-                .filter_map(|b| {
-                    let target = format!("{}/", b.path_prefix);
-                    let r = crate::router::route(&target).ok()?;
-                    let name = std::str::from_utf8(r.service).ok()?;
-                    let i = self.services.iter().position(|s| s.name == name)?;
-                    Some((i, b.url.clone()))
-                })
+                .filter_map(|b| Some((self.routes_to(b)?, b.url.clone())))
                 .collect()
         };
         // Depth-first from each service, along the path taken so far.
@@ -2221,6 +2223,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// The access log's fields when `access_log_fields` is not set: the default ones, then
+/// `request_id` with `request_id: true`.
+pub fn default_log_fields(request_id: bool) -> Vec<crate::accesslog::Field> {
+    let mut fields = crate::accesslog::Field::DEFAULT.to_vec();
+    if request_id {
+        fields.push(crate::accesslog::Field::RequestId);
+    }
+    fields
+}
+
 /// `access_log_fields`: a list of field names, each once; `request_id` only with
 /// `request_id: true` (it would always read `-`). Absent: the default fields.
 fn log_fields(
@@ -2237,11 +2249,7 @@ fn log_fields(
             .join(", ")
     };
     let Some(v) = v.filter(|v| !v.is_null()) else {
-        let mut fields = Field::DEFAULT.to_vec();
-        if request_id {
-            fields.push(Field::RequestId);
-        }
-        return Ok(fields);
+        return Ok(default_log_fields(request_id));
     };
     let Some(list) = v.as_sequence().filter(|l| !l.is_empty()) else {
         return Err(invalid(

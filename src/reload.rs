@@ -328,16 +328,8 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
 /// and `request_id`'s own change says). Any other change is said (a review: a reorder,
 /// and dropping `request_id` from a list, were not).
 fn log_fields(c: &Config, other: &Config) -> String {
-    use crate::accesslog::Field;
-    let default = |c: &Config| {
-        let d = &Field::DEFAULT[..];
-        let n = c.access_log_fields.len();
-        c.access_log_fields == d
-            || (c.request_id
-                && n == d.len() + 1
-                && c.access_log_fields[..n - 1] == *d
-                && c.access_log_fields[n - 1] == Field::RequestId)
-    };
+    let default =
+        |c: &Config| c.access_log_fields == crate::config::default_log_fields(c.request_id);
     if c.request_id != other.request_id && default(c) && default(other) {
         return String::new();
     }

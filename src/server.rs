@@ -312,14 +312,7 @@ pub fn start_warnings(config: &crate::config::Config) -> Vec<String> {
             .iter()
             .filter(|b| config.is_own_listener(b.addr))
         {
-            let target = format!("{}/", b.path_prefix);
-            let routes = crate::router::route(&target).is_ok_and(|r| {
-                config
-                    .services
-                    .iter()
-                    .any(|s| s.name.as_bytes() == r.service)
-            });
-            if !routes {
+            if config.routes_to(b).is_none() {
                 out.push(format!(
                     "services.{}: backend {} is this gateway's own `listen` address: its requests come back here under {}, which routes to no service (404); check the port, or give it the path /v1/proxy/NAME of the service it stands for",
                     svc.name,
