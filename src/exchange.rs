@@ -1940,9 +1940,16 @@ async fn read_head(
     let info = cx.info;
     let mut first_read = true;
     let mut got_any = false;
-    let mut interim = 0usize; // bytes of interim heads
+    // Bytes of interim heads.
+    let mut interim = 0usize;
+    // A head is parsed as soon as bytes of it are in hand (most come whole in one read);
+    // after that, only when a line that can decide arrives (see `HeadScan`): a head
+    // trickled in many pieces is parsed a few times, not once per read.
+    let mut scan = h1::HeadScan::default();
+    let mut partial = false;
     loop {
-        if *ustart < ubuf.len() {
+        if *ustart < ubuf.len() && (!partial || scan.ready_response(&ubuf[*ustart..], cx.max_head))
+        {
             h1::later_minor_response_as_1_1(&mut ubuf[*ustart..]);
             match parse_head(
                 &ubuf[*ustart..],
@@ -1977,9 +1984,10 @@ async fn read_head(
                     }
                     cx.out.clear();
                     *ustart += head_len;
+                    (scan, partial) = (h1::HeadScan::default(), false);
                     continue;
                 }
-                Parsed::Partial => {}
+                Parsed::Partial => partial = true,
             }
         }
         // The first read starts right when the request went out, so only later reads
@@ -1993,6 +2001,15 @@ async fn read_head(
         };
         first_read = false;
         let read = io::read_more(up, ubuf, ustart, 4096, left).await;
+        if !matches!(read, Read::Data(_)) && *ustart < ubuf.len() {
+            // The backend fell silent or closed on a head not parsed since its last
+            // pieces: a malformed line among them is said as such (a 502 naming it), as
+            // when every read was parsed.
+            h1::later_minor_response_as_1_1(&mut ubuf[*ustart..]);
+            let mut out = Vec::new();
+            let ctx = (cx.date, cx.sent_id, cx.origin);
+            parse_head(&ubuf[*ustart..], info, cx.max_head, ctx, &mut out)?;
+        }
         match read {
             Read::Data(_) => got_any = true,
             Read::Timeout => return Err(HeadFail::Backend(GatewayError::ResponseTimeout)),

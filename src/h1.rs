@@ -1440,6 +1440,59 @@ impl HeadScan {
             || head.len() >= limits.max_head_bytes
             || !self.first_line_done && head.len() > limits.max_target_bytes + 32
     }
+
+    /// [`HeadScan::ready`] for a response head, before [`parse_response`]: the status line
+    /// or a field line that may be malformed just completed (so a bad one is refused at
+    /// once, as when every read was parsed), an empty line arrived, or `max_head` is
+    /// reached. A backend that sends its head a byte at a time costs one pass over it, as
+    /// a client does (a 60 KB head trickled took a second of a worker's time, parsed again
+    /// on every read).
+    pub fn ready_response(&mut self, head: &[u8], max_head: usize) -> bool {
+        let from = self.scanned.min(head.len());
+        self.scanned = head.len();
+        self.work += (head.len() - from) as u64;
+        let mut decide = false;
+        for nl in memchr::memchr_iter(b'\n', &head[from..]).map(|p| from + p) {
+            let line = &head[self.line_start.min(nl)..nl];
+            self.line_start = nl + 1;
+            let empty = line.iter().all(|&b| b == b'\r');
+            if !self.first_line_done {
+                // Leading empty lines before the status line are skipped by the parser.
+                self.first_line_done = !empty;
+                decide |= !empty;
+                continue;
+            }
+            if empty {
+                return true;
+            }
+            decide |= !plain_field_line(line);
+        }
+        let hopeless = !self.first_line_done
+            && head
+                .get(self.line_start..)
+                .and_then(|l| l.first())
+                .is_some_and(|&b| b != b'\r' && b != b'\n' && !is_tchar(b));
+        decide || hopeless || head.len() >= max_head
+    }
+}
+
+/// Whether a field line (without its LF) is plainly well formed: a token, optional spaces,
+/// a colon, then tabs and visible or non-ASCII bytes, and a CR only at its end. One that is
+/// not may be refused by the parser, and is handed to it at once; the parser has the last
+/// word either way.
+fn plain_field_line(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let name = line.iter().take_while(|&&b| is_tchar(b)).count();
+    let rest = &line[name..];
+    let spaces = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    name > 0
+        && rest.get(spaces) == Some(&b':')
+        && rest[spaces + 1..]
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
 }
 
 #[cfg(test)]
@@ -2471,6 +2524,78 @@ mod tests {
             // Once when the request line completes, once when the head does.
             assert!(parses <= 2, "piece {piece}: parsed {parses} times");
         }
+    }
+
+    /// A backend's head trickled in pieces is searched once and parsed a few times, not
+    /// once per piece (a 60 KB head sent a byte at a time took a second of a worker's
+    /// time); a bad status line and the head limit are still judged at once.
+    #[test]
+    fn a_response_head_in_many_pieces_is_parsed_when_it_can_be_judged() {
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..100 {
+            head.extend_from_slice(format!("x-pad-{i}: {}\r\n", "v".repeat(270)).as_bytes());
+        }
+        head.extend_from_slice(b"content-length: 0\r\n\r\n");
+        let max = 32 * 1024;
+        for piece in [1usize, 2, 7, 1000, head.len()] {
+            let mut scan = HeadScan::default();
+            let (mut parses, mut status) = (0, None);
+            let mut end = 0;
+            while end < head.len() {
+                end = (end + piece).min(head.len());
+                if scan.ready_response(&head[..end], max) {
+                    parses += 1;
+                    let mut h = header_slots();
+                    status = parse_response(&head[..end], &mut h, false, max)
+                        .expect("valid head")
+                        .map(|r| r.info.status);
+                }
+            }
+            assert_eq!(status, Some(200), "piece {piece}: never parsed whole");
+            assert_eq!(scan.work, head.len() as u64, "piece {piece}: bytes scanned");
+            assert!(parses <= 2, "piece {piece}: parsed {parses} times");
+        }
+        let mut scan = HeadScan::default();
+        assert!(!scan.ready_response(b"HTTP/1.1 200", 1024));
+        assert!(
+            scan.ready_response(b"HTTP/1.1 200 OK\r\n", 1024),
+            "the status line is judged"
+        );
+        assert!(!scan.ready_response(b"HTTP/1.1 200 OK\r\nx: 1", 1024));
+        assert!(!scan.ready_response(b"HTTP/1.1 200 OK\r\nx: 1\r\n", 1024));
+        assert!(
+            scan.ready_response(b"HTTP/1.1 200 OK\r\nx: 1\r\nno colon\r\n", 1024),
+            "a malformed field line is judged at once"
+        );
+        assert!(scan.ready_response(b"HTTP/1.1 200 OK\r\nx: 1\r\nno colon\r\n\n", 1024));
+        for plain in [
+            &b"x: 1"[..],
+            b"Set-Cookie: a=b; Path=/\r",
+            b"x:\t\xc3\xa9",
+            b"x :1",
+        ] {
+            assert!(plain_field_line(plain), "{plain:?}");
+        }
+        for odd in [
+            &b"no colon"[..],
+            b": 1",
+            b"x: a\rb",
+            b"x: \x01",
+            b" folded",
+            b"x y: 1",
+        ] {
+            assert!(!plain_field_line(odd), "{odd:?}");
+        }
+        let mut scan = HeadScan::default();
+        assert!(
+            scan.ready_response(b"\x16\x03\x03\x00", 1024),
+            "a TLS answer is hopeless at once"
+        );
+        let mut scan = HeadScan::default();
+        let big = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(1100));
+        assert!(scan.ready_response(&big.as_bytes()[..20], 1024));
+        assert!(!scan.ready_response(&big.as_bytes()[..1000], 1024));
+        assert!(scan.ready_response(big.as_bytes(), 1024), "over the limit");
     }
 
     #[test]

@@ -348,11 +348,22 @@ pub async fn probe(
         let (r, _) = s.write_all(request).await;
         r.map_err(|e| (Fault::Write, format!("write: {e}")))?;
         let mut got: Vec<u8> = Vec::with_capacity(4096);
+        // Where the answer yet to be judged begins (past interim answers), and how far it
+        // was searched for a line that can decide (`HeadScan`: a head trickled a byte at
+        // a time was parsed again on every read).
+        let (mut at, mut interim, mut scan) = (0, 0, h1::HeadScan::default());
         loop {
-            if let Some(status) = status_of(&got, max_head) {
-                return status;
+            if at < got.len() && scan.ready_response(&got[at..], max_head) {
+                match next_answer(&got[at..], max_head, &mut interim) {
+                    Answer::Partial => {}
+                    Answer::Interim(len) => {
+                        (at, scan) = (at + len, h1::HeadScan::default());
+                        continue;
+                    }
+                    Answer::Judged(status) => return status,
+                }
             }
-            // (`status_of` refuses a head that reached `max_head` unfinished, and interim
+            // (`next_answer` refuses a head that reached `max_head` unfinished, and interim
             // answers past their bound, so this is never reached; a bound all the same.)
             let most = MAX_INTERIM_BYTES + max_head;
             if got.len() >= most {
@@ -362,7 +373,11 @@ pub async fn probe(
             let buf = Vec::with_capacity(room.min(16 * 1024));
             let (r, buf) = s.read(buf).await;
             match r {
-                Ok(0) => return Err((Fault::Closed, "closed before a whole head".into())),
+                // A malformed line in what came last is said as such.
+                Ok(0) => match next_answer(&got[at..], max_head, &mut interim) {
+                    Answer::Judged(Err(e)) => return Err(e),
+                    _ => return Err((Fault::Closed, "closed before a whole head".into())),
+                },
                 Ok(_) => got.extend_from_slice(&buf),
                 Err(e) => return Err((Fault::Read, format!("read: {e}"))),
             }
@@ -378,53 +393,72 @@ pub async fn probe(
 }
 
 /// The status of the final answer at the start of `got`, past any interim (1xx) answers,
-/// once its head is whole; `None` while it is not in `got` yet. Each head is read by the
-/// parser and the rules the traffic's answers are ([`h1::parse_response`]): a backend
-/// whose answers the gateway would refuse as a 502 does not pass (a review: a status
-/// line followed by a malformed field, or by nothing, passed), and a `101` to a probe,
-/// which asked for no upgrade, ends HTTP on that connection (RFC 9110 §15.2.2), as it is
-/// a 502 on the traffic (a review: it was passed over as an interim answer).
+/// once its head is whole; `None` while it is not in `got` yet.
+#[cfg(test)]
 fn status_of(mut got: &[u8], max_head: usize) -> Option<Result<u16, (Fault, String)>> {
     let mut interim = 0;
     loop {
-        let mut slots = h1::header_slots();
-        let head = match h1::parse_response(got, &mut slots, false, max_head) {
-            Ok(None) => return None,
-            Ok(Some(head)) => head.info,
-            Err(h1::ResponseError(h1::RESPONSE_HEAD_TOO_LARGE)) => {
-                return Some(Err(too_large(max_head)))
-            }
-            Err(h1::ResponseError(why)) => {
-                let end = got.iter().position(|&b| b == b'\n').unwrap_or(got.len());
-                let shown: String = String::from_utf8_lossy(&got[..end.min(60)])
-                    .chars()
-                    .map(|c| if c.is_control() { '?' } else { c })
-                    .collect();
-                return Some(Err((
+        match next_answer(got, max_head, &mut interim) {
+            Answer::Partial => return None,
+            Answer::Interim(len) => got = &got[len..],
+            Answer::Judged(status) => return Some(status),
+        }
+    }
+}
+
+/// What the head at the start of `got` is.
+enum Answer {
+    /// Not whole yet.
+    Partial,
+    /// An interim (1xx) answer of this length, within the bound on them (`interim`: their
+    /// bytes so far).
+    Interim(usize),
+    /// A final answer's status, or why the answer fails the probe.
+    Judged(Result<u16, (Fault, String)>),
+}
+
+/// Reads the head at the start of `got` by the parser and the rules the traffic's answers
+/// are ([`h1::parse_response`]): a backend whose answers the gateway would refuse as a 502
+/// does not pass (a review: a status line followed by a malformed field, or by nothing,
+/// passed), and a `101` to a probe, which asked for no upgrade, ends HTTP on that
+/// connection (RFC 9110 §15.2.2), as it is a 502 on the traffic (a review: it was passed
+/// over as an interim answer).
+fn next_answer(got: &[u8], max_head: usize, interim: &mut usize) -> Answer {
+    let mut slots = h1::header_slots();
+    let head = match h1::parse_response(got, &mut slots, false, max_head) {
+        Ok(None) => return Answer::Partial,
+        Ok(Some(head)) => head.info,
+        Err(h1::ResponseError(h1::RESPONSE_HEAD_TOO_LARGE)) => {
+            return Answer::Judged(Err(too_large(max_head)))
+        }
+        Err(h1::ResponseError(why)) => {
+            let end = got.iter().position(|&b| b == b'\n').unwrap_or(got.len());
+            let shown: String = String::from_utf8_lossy(&got[..end.min(60)])
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
+            return Answer::Judged(Err((
+                Fault::BadResponse,
+                format!("{why}, in the answer beginning {shown:?}"),
+            )));
+        }
+    };
+    match head.status {
+        101 => Answer::Judged(Err((
+            Fault::BadResponse,
+            "101 Switching Protocols, where no upgrade was asked".into(),
+        ))),
+        100..=199 => {
+            *interim += head.head_len;
+            if *interim > MAX_INTERIM_BYTES {
+                return Answer::Judged(Err((
                     Fault::BadResponse,
-                    format!("{why}, in the answer beginning {shown:?}"),
+                    format!("over {MAX_INTERIM_BYTES} bytes of interim (1xx) answers"),
                 )));
             }
-        };
-        match head.status {
-            101 => {
-                return Some(Err((
-                    Fault::BadResponse,
-                    "101 Switching Protocols, where no upgrade was asked".into(),
-                )))
-            }
-            100..=199 => {
-                interim += head.head_len;
-                if interim > MAX_INTERIM_BYTES {
-                    return Some(Err((
-                        Fault::BadResponse,
-                        format!("over {MAX_INTERIM_BYTES} bytes of interim (1xx) answers"),
-                    )));
-                }
-                got = &got[head.head_len..];
-            }
-            status => return Some(Ok(status)),
+            Answer::Interim(head.head_len)
         }
+        status => Answer::Judged(Ok(status)),
     }
 }
 
