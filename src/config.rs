@@ -82,13 +82,13 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-    /// Errors in several services, in the order of their names, each as it would be
-    /// alone (the last may be [`ConfigError::More`]); said on one line, `; `-separated
-    /// (`--check` lists them one per line).
+    /// Several errors, in the order of the file, each as it would be alone (the last may
+    /// be [`ConfigError::More`]); said on one line, `; `-separated (`--check` lists them
+    /// one per line).
     #[error("{} errors: {}", .0.iter().map(ConfigError::count).sum::<usize>(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Several(Vec<ConfigError>),
-    /// Past the errors listed, this many more services have one.
-    #[error("and {} more {} errors: fix these first", .0, if *.0 == 1 { "service has" } else { "services have" })]
+    /// Past the errors listed, this many more.
+    #[error("and {} more {}: fix these first", .0, if *.0 == 1 { "error" } else { "errors" })]
     More(usize),
 }
 
@@ -416,17 +416,64 @@ fn duplicate_service(
     Some((dup, pair))
 }
 
-/// An unknown key inside a service's map gets the line it is on, as a top-level one does
-/// (the service maps are read as plain YAML values first, which keeps no positions).
-fn with_service_line(e: ConfigError, text: &str) -> ConfigError {
-    e.each(|e| with_its_line(e, text))
+/// Each error gets the line its key is on (the service maps are read as plain YAML values
+/// first, which keeps no positions, and a value's check none), and several are put in the
+/// order of their lines, as NGINX and HAProxy say them (an operator review: in the order
+/// of the service names, line 9 came before line 6).
+fn with_lines(e: ConfigError, text: &str) -> ConfigError {
+    match e.each(|e| with_its_line(e, text)) {
+        ConfigError::Several(mut all) => {
+            // (What has no line comes after, "and N more" last.)
+            all.sort_by_key(|e| match e {
+                ConfigError::More(_) => usize::MAX,
+                e => line_said(e).unwrap_or(usize::MAX - 1),
+            });
+            ConfigError::Several(all)
+        }
+        e => e,
+    }
 }
 
-/// [`with_service_line`] for one error.
+/// The line an error begins with (`line N: ...`), if any.
+fn line_said(e: &ConfigError) -> Option<usize> {
+    let said = match e {
+        ConfigError::Invalid { key, .. } => key,
+        ConfigError::Syntax { message, .. } => message,
+        _ => return None,
+    };
+    said.strip_prefix("line ")?.split(':').next()?.parse().ok()
+}
+
+/// The 1-based line of a top-level setting's key (`timeouts.connect`: the `connect:` in
+/// the block of `timeouts:`), or of its block when the key is not written in it.
+fn top_level_line(text: &str, key: &str) -> Option<usize> {
+    let mut parts = key.split('.');
+    let first = parts.next()?;
+    let mut line = text.lines().position(|l| opens_key(l, first))? + 1;
+    for part in parts {
+        match key_line_under(text, line, part) {
+            Some(n) => line = n,
+            None => break,
+        }
+    }
+    Some(line)
+}
+
+/// [`with_lines`] for one error.
 fn with_its_line(e: ConfigError, text: &str) -> ConfigError {
     let ConfigError::Invalid { key, message } = e else {
         return e;
     };
+    if !key.starts_with("services.") && !key.starts_with("line ") {
+        // A top-level setting's (a review: its check named no line).
+        return match top_level_line(text, &key) {
+            Some(n) if !message.contains(" at line ") => ConfigError::Invalid {
+                key: format!("line {n}: {key}"),
+                message,
+            },
+            _ => ConfigError::Invalid { key, message },
+        };
+    }
     let service = key.strip_prefix("services.").map(|k| {
         let end = k.find(['.', '[']).unwrap_or(k.len());
         &k[..end]
@@ -992,7 +1039,12 @@ fn duration_or(key: &str, v: Option<&String>, default: Duration) -> Result<Durat
         None => default,
     };
     if d.is_zero() {
-        return Err(invalid(key, "must be greater than zero, e.g. 2s"));
+        // The value it was given, as every other check says it (an operator review).
+        let given = v.map_or("0s", |s| s.as_str());
+        return Err(invalid(
+            key,
+            format!("{given:?} is out of range: must be greater than zero, e.g. 2s"),
+        ));
     }
     Ok(d)
 }
@@ -1417,8 +1469,43 @@ fn status_range(item: &serde_yaml_ng::Value) -> Option<(u16, u16)> {
     (low <= high).then_some((low, high))
 }
 
-/// The most services' errors reported at once.
+/// The most errors reported at once.
 const MAX_ERRORS: usize = 20;
+
+/// The errors found while reading a config: a setting that fails is said and the reading
+/// goes on with its default, so that one run of `--check` (or one reload) names every
+/// mistake, as HAProxy's check lists every alert (operator reviews: three services'
+/// mistakes took three runs, and a reload's bad duration hid its bad URL).
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    /// `r`'s value, or `fallback` with its error kept.
+    fn or<T>(&mut self, r: Result<T, ConfigError>, fallback: T) -> T {
+        r.unwrap_or_else(|e| {
+            self.0.push(e);
+            fallback
+        })
+    }
+
+    fn push(&mut self, e: ConfigError) {
+        self.0.push(e);
+    }
+
+    /// `Ok` when nothing was found; else the error, or the first [`MAX_ERRORS`] of them.
+    fn done(mut self) -> Result<(), ConfigError> {
+        if self.0.len() > MAX_ERRORS {
+            let more = self.0.len() - MAX_ERRORS;
+            self.0.truncate(MAX_ERRORS);
+            self.0.push(ConfigError::More(more));
+        }
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(ConfigError::Several(self.0)),
+        }
+    }
+}
 
 const NO_SERVICES: &str = "no services configured: add at least one, e.g. `services: {user-service: [http://127.0.0.1:8001]}`";
 
@@ -1515,7 +1602,7 @@ impl Config {
                 format!("is defined twice{at}: the second would silently replace the first; merge their backends into one entry or rename one"),
             ));
         }
-        validate(raw).map_err(|e| with_service_line(e, text))
+        validate(raw).map_err(|e| with_lines(e, text))
     }
 
     /// Whether `addr` is this gateway's own `listen` address: the same, or a loopback
@@ -1757,104 +1844,159 @@ fn writable_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let listen = parse_addr("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+    let mut errs = Errors::default();
+    // (Port 0 in place of a bad `listen`: no backend or admin port is taken for it.)
+    let listen = errs.or(
+        parse_addr("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN)),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    );
     let workers = match raw.workers.unwrap_or(0) {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n if n > 1024 => {
-            return Err(invalid(
+            errs.push(invalid(
                 "workers",
                 format!("{n} is too many: use 0 (one per core) or 1-1024"),
-            ))
+            ));
+            1
         }
         n => n,
     };
-    let admin = raw
-        .admin
-        .as_deref()
-        .map(|a| parse_addr("admin", a))
-        .transpose()?;
-    if let Some(a) = admin.filter(|a| same_port(*a, listen)) {
-        return Err(invalid(
+    let admin = raw.admin.as_deref().map(|a| parse_addr("admin", a));
+    let admin = errs.or(admin.transpose(), None);
+    if let Some(a) = admin.filter(|a| listen.port() != 0 && same_port(*a, listen)) {
+        errs.push(invalid(
             "admin",
             format!("{a} is the gateway's own `listen` address {listen}: give the admin API another port, e.g. 127.0.0.1:9901"),
         ));
     }
     let t = raw.timeouts.unwrap_or_default();
     let timeouts = Timeouts {
-        connect: duration_or(
-            "timeouts.connect",
-            t.connect.as_ref(),
+        connect: errs.or(
+            duration_or(
+                "timeouts.connect",
+                t.connect.as_ref(),
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
             DEFAULT_CONNECT_TIMEOUT,
-        )?,
-        response: duration_or(
-            "timeouts.response",
-            t.response.as_ref(),
+        ),
+        response: errs.or(
+            duration_or(
+                "timeouts.response",
+                t.response.as_ref(),
+                DEFAULT_RESPONSE_TIMEOUT,
+            ),
             DEFAULT_RESPONSE_TIMEOUT,
-        )?,
-        client_header: duration_or(
-            "timeouts.client_header",
-            t.client_header.as_ref(),
+        ),
+        client_header: errs.or(
+            duration_or(
+                "timeouts.client_header",
+                t.client_header.as_ref(),
+                DEFAULT_CLIENT_HEADER_TIMEOUT,
+            ),
             DEFAULT_CLIENT_HEADER_TIMEOUT,
-        )?,
-        client_idle: duration_or(
-            "timeouts.client_idle",
-            t.client_idle.as_ref(),
+        ),
+        client_idle: errs.or(
+            duration_or(
+                "timeouts.client_idle",
+                t.client_idle.as_ref(),
+                DEFAULT_CLIENT_IDLE_TIMEOUT,
+            ),
             DEFAULT_CLIENT_IDLE_TIMEOUT,
-        )?,
-        body: duration_or("timeouts.body", t.body.as_ref(), DEFAULT_BODY_TIMEOUT)?,
-        drain: duration_or("timeouts.drain", t.drain.as_ref(), DEFAULT_DRAIN_TIMEOUT)?,
+        ),
+        body: errs.or(
+            duration_or("timeouts.body", t.body.as_ref(), DEFAULT_BODY_TIMEOUT),
+            DEFAULT_BODY_TIMEOUT,
+        ),
+        drain: errs.or(
+            duration_or("timeouts.drain", t.drain.as_ref(), DEFAULT_DRAIN_TIMEOUT),
+            DEFAULT_DRAIN_TIMEOUT,
+        ),
         drain_grace: match &t.drain_grace {
-            Some(v) => parse_duration("timeouts.drain_grace", v)?,
+            Some(v) => errs.or(parse_duration("timeouts.drain_grace", v), Duration::ZERO),
             None => Duration::ZERO,
         },
-        tunnel: duration_or("timeouts.tunnel", t.tunnel.as_ref(), DEFAULT_TUNNEL_TIMEOUT)?,
+        tunnel: errs.or(
+            duration_or("timeouts.tunnel", t.tunnel.as_ref(), DEFAULT_TUNNEL_TIMEOUT),
+            DEFAULT_TUNNEL_TIMEOUT,
+        ),
     };
     let l = raw.limits.unwrap_or_default();
-    let max_head_bytes = size_usize(
-        "limits.max_head_bytes",
-        l.max_head_bytes.as_ref(),
+    let max_head_bytes = errs.or(
+        size_usize(
+            "limits.max_head_bytes",
+            l.max_head_bytes.as_ref(),
+            DEFAULT_MAX_HEAD_BYTES,
+        ),
         DEFAULT_MAX_HEAD_BYTES,
-    )?;
+    );
+    // Checked at once: the target's limit follows it down (an error here must not make a
+    // second one there).
+    let max_head_bytes = if (1024..=1024 * 1024).contains(&max_head_bytes) {
+        max_head_bytes
+    } else {
+        errs.push(invalid(
+            "limits.max_head_bytes",
+            format!("{max_head_bytes} is out of range: use {HEAD_BYTES_RANGE}"),
+        ));
+        DEFAULT_MAX_HEAD_BYTES
+    };
     let limits = Limits {
         max_head_bytes,
         max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
         // Unset, it follows a smaller head limit down (an operator review: `max_head_bytes:
         // 8k` alone was refused for a target default nobody had written).
-        max_target_bytes: size_usize(
-            "limits.max_target_bytes",
-            l.max_target_bytes.as_ref(),
+        max_target_bytes: errs.or(
+            size_usize(
+                "limits.max_target_bytes",
+                l.max_target_bytes.as_ref(),
+                DEFAULT_MAX_TARGET_BYTES.min(max_head_bytes / 2),
+            ),
             DEFAULT_MAX_TARGET_BYTES.min(max_head_bytes / 2),
-        )?,
-        max_body_bytes: size_or(
-            "limits.max_body_bytes",
-            l.max_body_bytes.as_ref(),
+        ),
+        max_body_bytes: errs.or(
+            size_or(
+                "limits.max_body_bytes",
+                l.max_body_bytes.as_ref(),
+                DEFAULT_MAX_BODY_BYTES,
+            ),
             DEFAULT_MAX_BODY_BYTES,
-        )?,
-        buffer_request_body: size_or(
-            "limits.buffer_request_body",
-            l.buffer_request_body.as_ref(),
+        ),
+        buffer_request_body: errs.or(
+            size_or(
+                "limits.buffer_request_body",
+                l.buffer_request_body.as_ref(),
+                0,
+            ),
             0,
-        )?,
-        min_body_rate: size_or(
-            "limits.min_body_rate",
-            l.min_body_rate.as_ref(),
+        ),
+        min_body_rate: errs.or(
+            size_or(
+                "limits.min_body_rate",
+                l.min_body_rate.as_ref(),
+                DEFAULT_MIN_BODY_RATE,
+            ),
             DEFAULT_MIN_BODY_RATE,
-        )?,
+        ),
         max_connections: match l.max_connections {
             None | Some(MaxConnections::Other(_)) => None,
             Some(MaxConnections::Count(n)) => Some(n),
         },
-        max_connections_per_client: MaxConnections::count_or_off(
-            l.max_connections_per_client.as_ref(),
-            "limits.max_connections_per_client",
-            (MAX_CONNECTIONS_PER_CLIENT, None),
-            &format!("use 1 to {MAX_CONNECTIONS_PER_CLIENT}, or off (the default) for no limit"),
-        )?,
+        max_connections_per_client: errs.or(
+            MaxConnections::count_or_off(
+                l.max_connections_per_client.as_ref(),
+                "limits.max_connections_per_client",
+                (MAX_CONNECTIONS_PER_CLIENT, None),
+                &format!(
+                    "use 1 to {MAX_CONNECTIONS_PER_CLIENT}, or off (the default) for no limit"
+                ),
+            ),
+            None,
+        ),
     };
     // Above this no client could keep up, and every body would end in a 408 or a reset.
     const MAX_MIN_BODY_RATE: u64 = 1 << 30;
     if limits.min_body_rate > MAX_MIN_BODY_RATE {
-        return Err(invalid(
+        errs.push(invalid(
             "limits.min_body_rate",
             format!(
                 "{} is out of range: use 0 (no minimum) to {MAX_MIN_BODY_RATE} bytes/s; the default is {DEFAULT_MIN_BODY_RATE}",
@@ -1865,20 +2007,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if let Some(other @ MaxConnections::Other(v)) = &l.max_connections {
         if v.as_str() != Some("auto") {
             let rule = format!("use auto or 1 to {MAX_CONNECTIONS}");
-            return Err(other.refused("limits.max_connections", &rule));
+            errs.push(other.refused("limits.max_connections", &rule));
         }
     }
     if let Some(n) = limits
         .max_connections
         .filter(|n| !(1..=MAX_CONNECTIONS).contains(n))
     {
-        return Err(invalid(
+        errs.push(invalid(
             "limits.max_connections",
             format!("{n} is out of range: use auto or 1 to {MAX_CONNECTIONS}"),
         ));
     }
     if limits.buffer_request_body > MAX_BUFFER_REQUEST_BODY {
-        return Err(invalid(
+        errs.push(invalid(
             "limits.buffer_request_body",
             format!(
                 "{} is out of range: use 0 (stream) up to {MAX_BUFFER_REQUEST_BODY} bytes",
@@ -1886,17 +2028,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    if !(1024..=1024 * 1024).contains(&limits.max_head_bytes) {
-        return Err(invalid(
-            "limits.max_head_bytes",
-            format!(
-                "{} is out of range: use {HEAD_BYTES_RANGE}",
-                limits.max_head_bytes
-            ),
-        ));
-    }
     if !(1..=crate::h1::MAX_HEADERS).contains(&limits.max_headers) {
-        return Err(invalid(
+        errs.push(invalid(
             "limits.max_headers",
             format!(
                 "{} is out of range: use 1 to {}",
@@ -1906,7 +2039,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
     if limits.max_target_bytes < 64 || limits.max_target_bytes >= limits.max_head_bytes {
-        return Err(invalid(
+        errs.push(invalid(
             "limits.max_target_bytes",
             format!(
                 "{} is out of range: use {TARGET_BYTES_RANGE} ({})",
@@ -1917,65 +2050,76 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let p = raw.pool.unwrap_or_default();
     let pool = PoolSettings {
         max_idle_per_backend: p.max_idle_per_backend.unwrap_or(DEFAULT_POOL_MAX_IDLE),
-        idle_timeout: duration_or(
-            "pool.idle_timeout",
-            p.idle_timeout.as_ref(),
+        idle_timeout: errs.or(
+            duration_or(
+                "pool.idle_timeout",
+                p.idle_timeout.as_ref(),
+                DEFAULT_POOL_IDLE_TIMEOUT,
+            ),
             DEFAULT_POOL_IDLE_TIMEOUT,
-        )?,
-        max_requests_per_connection: MaxConnections::count_or_off(
-            p.max_requests_per_connection.as_ref(),
-            "pool.max_requests_per_connection",
-            (MAX_POOL_MAX_REQUESTS, Some(DEFAULT_POOL_MAX_REQUESTS)),
-            &format!("use 1 to {MAX_POOL_MAX_REQUESTS} (default {DEFAULT_POOL_MAX_REQUESTS}), or off for no limit"),
-        )?,
+        ),
+        max_requests_per_connection: errs.or(
+            MaxConnections::count_or_off(
+                p.max_requests_per_connection.as_ref(),
+                "pool.max_requests_per_connection",
+                (MAX_POOL_MAX_REQUESTS, Some(DEFAULT_POOL_MAX_REQUESTS)),
+                &format!("use 1 to {MAX_POOL_MAX_REQUESTS} (default {DEFAULT_POOL_MAX_REQUESTS}), or off for no limit"),
+            ),
+            Some(DEFAULT_POOL_MAX_REQUESTS),
+        ),
     };
     let defaults = BreakerSettings {
         failure_threshold: DEFAULT_FAILURE_THRESHOLD,
         cooldown: DEFAULT_COOLDOWN,
         failure_statuses: DEFAULT_FAILURE_STATUSES,
     };
-    let global_breaker = breaker_settings("breaker", raw.breaker.as_ref(), &defaults)?;
-    let mut raw_services = raw.services.unwrap_or_default().0;
-    // Sorted by name, as before (a map): the order of the file does not matter.
-    raw_services.sort_by(|a, b| a.0.cmp(&b.0));
+    let global_breaker = errs.or(
+        breaker_settings("breaker", raw.breaker.as_ref(), &defaults),
+        defaults,
+    );
+    // In the order of the file, so that their errors are; the services are kept sorted
+    // by name.
+    let raw_services = raw.services.unwrap_or_default().0;
     if raw_services.is_empty() {
-        return Err(invalid("services", NO_SERVICES));
+        errs.push(invalid("services", NO_SERVICES));
     }
     let global_limit = match &raw.rate_limit {
-        Some(v) => crate::admission::parse_rate_limit("rate_limit", v)?,
+        Some(v) => errs.or(crate::admission::parse_rate_limit("rate_limit", v), None),
         None => None,
     };
     let global_checks = match &raw.health_check {
-        Some(v) => crate::health::parse("health_check", v)?,
+        Some(v) => errs.or(crate::health::parse("health_check", v), None),
         None => None,
     };
-    let admission = admission_settings(
-        raw.rate_limit_headers,
-        raw.rate_limit_table,
-        raw.trusted_proxies.as_deref(),
-    )?;
-    // The top-level settings come before the services, so that an error in one is said
-    // whatever the services hold (a review: one hid behind a service's error).
+    let admission = errs.or(
+        admission_settings(
+            raw.rate_limit_headers,
+            raw.rate_limit_table,
+            raw.trusted_proxies.as_deref(),
+        ),
+        crate::admission::Settings::default(),
+    );
     let access_log = match raw.access_log.as_deref().map(str::trim) {
         None => crate::accesslog::Sink::Off,
-        Some(v) => access_log_sink(v)?,
+        Some(v) => errs.or(access_log_sink(v), crate::accesslog::Sink::Off),
     };
     let dns_refresh = match raw.dns_refresh.as_deref() {
         None | Some("off") => None,
-        Some(v) => {
-            let d = parse_duration("dns_refresh", v)?;
-            if d < Duration::from_secs(1) {
-                return Err(invalid(
+        Some(v) => match parse_duration("dns_refresh", v) {
+            Ok(d) if d < Duration::from_secs(1) => {
+                errs.push(invalid(
                     "dns_refresh",
                     format!("{v:?} is too short: use at least 1s, or off"),
                 ));
+                None
             }
-            Some(d)
-        }
+            r => errs.or(r.map(Some), None),
+        },
     };
-    let cluster = raw.cluster.map(crate::cluster::validate).transpose()?;
-    if cluster.is_none() && global_limit.as_ref().is_some_and(|l| l.fleet) {
-        return Err(invalid(
+    let has_cluster = raw.cluster.is_some();
+    let cluster = errs.or(raw.cluster.map(crate::cluster::validate).transpose(), None);
+    if !has_cluster && global_limit.as_ref().is_some_and(|l| l.fleet) {
+        errs.push(invalid(
             "rate_limit.scope",
             "cluster needs a `cluster:` section (the Redis that holds the fleet's budget): add one, or use scope: instance",
         ));
@@ -1984,17 +2128,21 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         None | Some("text") => crate::accesslog::Format::Text,
         Some("json") => crate::accesslog::Format::Json,
         Some(v) => {
-            return Err(invalid(
+            errs.push(invalid(
                 "access_log_format",
                 format!("{v:?} is not a format: use text or json"),
-            ))
+            ));
+            crate::accesslog::Format::Text
         }
     };
     let request_id = raw.request_id.unwrap_or(false);
-    let access_log_fields = log_fields(raw.access_log_fields.as_ref(), request_id)?;
+    let access_log_fields = errs.or(
+        log_fields(raw.access_log_fields.as_ref(), request_id),
+        default_log_fields(request_id),
+    );
     let busy_poll = match raw.busy_poll.as_deref().map(str::trim) {
         None | Some("off") | Some("0") => None,
-        Some(v) => Some(parse_busy_poll(v)?),
+        Some(v) => errs.or(parse_busy_poll(v).map(Some), None),
     };
     // Every service is read, and the errors of all of them are reported together (an
     // operator review fixed three services' mistakes in three runs of --check; HAProxy's
@@ -2153,27 +2301,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         })
     };
     let mut services = Vec::with_capacity(raw_services.len());
-    let mut errors = Vec::new();
     LOOKUP_FAILED.with(|f| f.set(false));
     for (name, value) in raw_services {
         match service(name, value) {
             Ok(s) => services.push(s),
-            Err(e) => errors.push(e),
+            Err(e) => errs.push(e),
         }
         if LOOKUP_FAILED.with(|f| f.get()) {
             break;
         }
     }
-    if errors.len() > MAX_ERRORS {
-        let more = errors.len() - MAX_ERRORS;
-        errors.truncate(MAX_ERRORS);
-        errors.push(ConfigError::More(more));
-    }
-    match errors.len() {
-        0 => {}
-        1 => return Err(errors.remove(0)),
-        _ => return Err(ConfigError::Several(errors)),
-    }
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    errs.done()?;
     if cluster.is_none() {
         if let Some(s) = services
             .iter()
@@ -2448,6 +2587,13 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
     };
     if let (Some(n), false) = (line, m.contains(" at line ")) {
         m = format!("line {n}: {m}");
+        // A key given twice: where the first is, and what to do (an operator review got
+        // neither).
+        if let Some(first) = m.split("duplicate field `").nth(1).and_then(|r| at(r, 0)) {
+            m.push_str(&format!(
+                " (first given at line {first}): give each key once, merging the two"
+            ));
+        }
     }
     // A nested unknown key (`timeouts: unknown field ... at line 2 column 3`) begins with
     // its line as a top-level one does (two reviews saw the two forms side by side).
@@ -3249,7 +3395,9 @@ mod tests {
         assert_eq!(nulls.services[0].timeouts, nulls.timeouts);
         let e = err(&svc("{body: 0s}"));
         assert!(
-            e.contains("services.b.timeouts.body: must be greater than zero"),
+            e.contains(
+                "services.b.timeouts.body: \"0s\" is out of range: must be greater than zero"
+            ),
             "{e}"
         );
         let e = err(&svc("{response: soon}"));
@@ -3683,7 +3831,8 @@ mod tests {
 
     /// Regression (an operator review): only the first error was reported, so three
     /// services' mistakes took three runs of `--check`. Every service's error is said,
-    /// each with its line, in the order of the names, at most [`MAX_ERRORS`].
+    /// each with its line, in the order of the lines (an operator review: of the names),
+    /// at most [`MAX_ERRORS`].
     #[test]
     fn every_services_error_is_reported_at_once() {
         let text = "services:\n  b: [ftp://x]\n  a:\n    backends: [http://127.0.0.1:1]\n    breaker: {cooldown: soon}\n  ok: [http://127.0.0.1:2]\n  c: [http://127.0.0.1:3, {url: http://127.0.0.1:4, weight: 0}]\n";
@@ -3693,11 +3842,11 @@ mod tests {
         let all: Vec<String> = all.iter().map(ToString::to_string).collect();
         assert_eq!(all.len(), 3, "{all:?}");
         assert!(
-            all[0].starts_with("line 5: services.a.breaker.cooldown: invalid duration"),
+            all[0].starts_with("line 2: services.b[0]: \"ftp://x\" is not an http URL"),
             "{all:?}"
         );
         assert!(
-            all[1].starts_with("line 2: services.b[0]: \"ftp://x\" is not an http URL"),
+            all[1].starts_with("line 5: services.a.breaker.cooldown: invalid duration"),
             "{all:?}"
         );
         assert!(
@@ -3706,7 +3855,7 @@ mod tests {
         );
         let one_line = Config::parse(text).unwrap_err().to_string();
         assert!(
-            one_line.starts_with("3 errors: line 5: services.a") && !one_line.contains('\n'),
+            one_line.starts_with("3 errors: line 2: services.b") && !one_line.contains('\n'),
             "{one_line}"
         );
         // One error alone is said as before.
@@ -3736,12 +3885,52 @@ mod tests {
         assert_eq!(all.len(), MAX_ERRORS + 1);
         assert_eq!(
             all[MAX_ERRORS].to_string(),
-            "and 10 more services have errors: fix these first"
+            "and 10 more errors: fix these first"
         );
         let e = Config::parse(&format!("services:\n{many}"))
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("30 errors: "), "a review saw 21: {e}");
+    }
+
+    /// Regressions (an operator review): a reload's bad duration hid its bad URL (a
+    /// top-level setting's error stopped the reading), errors came in the order of the
+    /// service names, a top-level check's error named no line and `0s` no value, and a
+    /// key given twice said neither where the first is nor what to do.
+    #[test]
+    fn top_level_errors_are_said_with_the_services_in_the_order_of_their_lines() {
+        let text = "listen: 127.0.0.1:21000\ntimeouts:\n  connect: 1 s\n  response: 0s\nbreaker:\n  cooldown: 0s\nservices:\n  orders:\n    - htp://127.0.0.1:1\n  b: [http://127.0.0.1:1, {url: http://127.0.0.1:2, weight: 0}]\n  a: [ftp://x]\nlimits: {max_head_bytes: 10}\naccess_log_format: logfmt\n";
+        let Err(ConfigError::Several(all)) = Config::parse(text) else {
+            panic!("not several errors: {:?}", Config::parse(text));
+        };
+        let all: Vec<String> = all.iter().map(ToString::to_string).collect();
+        let want = [
+            "line 3: timeouts.connect: invalid duration \"1 s\"",
+            "line 4: timeouts.response: \"0s\" is out of range: must be greater than zero",
+            "line 6: breaker.cooldown: \"0s\" is out of range: must be greater than zero",
+            "line 9: services.orders[0]: \"htp://127.0.0.1:1\" is not an http URL",
+            "line 10: services.b[1].weight: 0 is out of range",
+            "line 11: services.a[0]: \"ftp://x\"",
+            "line 12: limits.max_head_bytes: 10 is out of range",
+            "line 13: access_log_format: \"logfmt\" is not a format",
+        ];
+        assert_eq!(all.len(), want.len(), "{all:#?}");
+        for (got, want) in all.iter().zip(want) {
+            assert!(got.starts_with(want), "{got:?} is not {want:?}");
+        }
+        // A top-level error alone is said as before, with its line.
+        let e = err("services:\n  a: [http://127.0.0.1:1]\ndns_refresh: 10ms\n");
+        assert!(
+            e.contains("line 3: dns_refresh: \"10ms\" is too short") && !e.contains("errors"),
+            "{e}"
+        );
+        let e = err("timeouts: {connect: 1s}\nservices:\n  a: [http://127.0.0.1:1]\ntimeouts: {connect: 2s}\n");
+        assert!(
+            e.contains(
+                "line 4: duplicate field `timeouts` (first given at line 1): give each key once"
+            ),
+            "{e}"
+        );
     }
 
     /// Regressions (a review of the errors said at once): a top-level error hid behind the

@@ -322,6 +322,31 @@ pub fn start_warnings(config: &crate::config::Config) -> Vec<String> {
             }
         }
     }
+    // One server listed twice under two names (an operator review: `127.0.0.1:8001` and
+    // `localhost:8001` passed in silence, a double share and two circuits for one
+    // server). Only where the name cannot pick a virtual host: an IP literal or
+    // `localhost` (two names of one ingress are two backends).
+    for svc in &config.services {
+        let plain = |b: &crate::config::BackendUrl| {
+            let host = b.authority.rsplit_once(':').map_or(&*b.authority, |h| h.0);
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok()
+        };
+        for (i, b) in svc.backends.iter().enumerate().filter(|(_, b)| plain(b)) {
+            let first = svc.backends[..i]
+                .iter()
+                .find(|a| a.addr == b.addr && a.path_prefix == b.path_prefix && plain(a));
+            if let Some(a) = first {
+                out.push(format!(
+                    "services.{}: backends {} and {} are one server ({}): it takes two shares and has two circuits; list it once (weight: 2 for a double share)",
+                    svc.name, a.url, b.url, b.addr
+                ));
+            }
+        }
+    }
     // A limit one address cannot reach refuses nothing (an operator review: said nothing).
     if let (Some(per), Some(max)) = (
         config.limits.max_connections_per_client,
@@ -842,6 +867,32 @@ mod tests {
             "listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.2:18000]\n",
             "listen: 127.0.0.1:0\nservices:\n  a: [http://127.0.0.1:18000]\n",
             "listen: 0.0.0.0:18000\nservices:\n  a: [\"http://[::1]:18000\"]\n",
+        ] {
+            assert!(warned(yaml).is_empty(), "{yaml}");
+        }
+    }
+
+    /// Regression (an operator review): one server written two ways passed in silence.
+    #[test]
+    fn one_server_listed_twice_under_two_names_is_warned_of() {
+        let warned = |yaml: &str| -> Vec<String> {
+            let c = crate::config::Config::parse(yaml).expect("valid");
+            start_warnings(&c)
+                .into_iter()
+                .filter(|w| w.contains("are one server"))
+                .collect()
+        };
+        let w = warned("services:\n  a: [http://127.0.0.1:18001, http://localhost:18001]\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("services.a: backends http://127.0.0.1:18001 and http://localhost:18001 are one server (127.0.0.1:18001)"),
+            "{w:?}"
+        );
+        // Another port, another prefix, another service: nothing to say.
+        for yaml in [
+            "services:\n  a: [http://127.0.0.1:18001, http://127.0.0.1:18002]\n",
+            "services:\n  a: [http://127.0.0.1:18001/x, http://localhost:18001/y]\n",
+            "services:\n  a: [http://127.0.0.1:18001]\n  b: [http://localhost:18001]\n",
         ] {
             assert!(warned(yaml).is_empty(), "{yaml}");
         }

@@ -174,7 +174,7 @@ fn check_names_the_file_an_empty_file_and_a_fraction() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(code, Some(1));
     let want = format!(
-        "{}: timeouts.connect: invalid duration \"1.5s\": fractions",
+        "{}: line 1: timeouts.connect: invalid duration \"1.5s\": fractions",
         path.display()
     );
     assert!(err.contains(&want) && err.contains("1500ms"), "{err}");
