@@ -758,7 +758,7 @@ async fn housekeeping(worker: Rc<Worker>) {
         worker.pool.sweep(|_| true);
         worker.say_strays();
         crate::health::start_due(&worker, worker.tick());
-        let freed = worker.trim_spares();
+        let freed = worker.trim_spares() + crate::io::trim_spare_timers();
         worker.trim_heap(freed);
         worker.access.flush();
         worker.say_unsaid_failures();
