@@ -1626,6 +1626,20 @@ impl Exchange<'_> {
         // An early answer, or a drain that began while we waited, closes the client
         // connection after this response.
         let keep_client = !early && keeps_client(self.info, &head, self.worker);
+        // Bytes in hand past a whole framed body: a response sent twice, or the start of a
+        // late one. Marked before the answer goes out, so that no worker reuses a
+        // connection to this backend meanwhile (under load, a client on the other worker
+        // met the stale answer the client before it had just been given).
+        let body_len = match head.framing {
+            Framing::None => Some(0),
+            Framing::Length(n) => Some(n),
+            Framing::Chunked | Framing::UntilClose => None,
+        };
+        let in_hand = (self.ubuf.len() - self.ustart) as u64;
+        let stray_seen = head.reusable && body_len.is_some_and(|n| in_hand > n);
+        if stray_seen {
+            self.worker.pool.stray(self.attempt.backend);
+        }
         let fd = down.sock.fd();
         self.live.note_next(
             &down.buf[down.start..],
@@ -1683,7 +1697,7 @@ impl Exchange<'_> {
         }
         // Reuse the backend connection only after a clean, fully framed exchange.
         self.pool_it = head.reusable && !early && self.ustart == self.ubuf.len();
-        if head.reusable && self.ustart != self.ubuf.len() {
+        if head.reusable && self.ustart != self.ubuf.len() && !stray_seen {
             // Bytes after a framed response: a response sent twice, or the start of a late
             // one. None of this backend's connections is reused for a while (`pool.rs`).
             self.worker.pool.stray(self.attempt.backend);
