@@ -1605,9 +1605,10 @@ impl Config {
         validate(raw).map_err(|e| with_lines(e, text))
     }
 
-    /// Whether `addr` is this gateway's own `listen` address: the same, or a loopback
-    /// address on its port when it listens on every interface of that address's family
-    /// (`[::]` takes IPv4 too; `0.0.0.0` does not take `[::1]`: a review's false loop).
+    /// Whether `addr` is this gateway's own `listen` address: the same, or an address of
+    /// this host (loopback, or one of its interfaces') on its port when it listens on
+    /// every interface of that address's family (`[::]` takes IPv4 too; `0.0.0.0` does not
+    /// take `[::1]`: a review's false loop).
     pub fn is_own_listener(&self, addr: SocketAddr) -> bool {
         let (own, ip) = (self.listen.ip(), addr.ip().to_canonical());
         let every = match own {
@@ -1616,7 +1617,7 @@ impl Config {
         };
         self.listen.port() != 0
             && addr.port() == self.listen.port()
-            && (ip == own.to_canonical() || (every && ip.is_loopback()))
+            && (ip == own.to_canonical() || (every && (ip.is_loopback() || is_this_hosts(ip))))
     }
 
     /// The index of the service a request sent to `b` would be routed to, were `b` this
@@ -1827,6 +1828,14 @@ impl Config {
         }
         s
     }
+}
+
+/// Whether `ip` is one of this host's own addresses: a socket can be bound to it (an
+/// address of another host cannot be, `EADDRNOTAVAIL`). A loop through an interface's
+/// address (`http://10.0.0.5:8000/v1/proxy/a` on that host, listening on `0.0.0.0`) was
+/// missed where one through `127.0.0.1` was refused.
+fn is_this_hosts(ip: std::net::IpAddr) -> bool {
+    !ip.is_unspecified() && !ip.is_multicast() && std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// `access(2)`: may this process create files in `dir`?
@@ -2144,21 +2153,23 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         None | Some("off") | Some("0") => None,
         Some(v) => errs.or(parse_busy_poll(v).map(Some), None),
     };
-    // Every service is read, and the errors of all of them are reported together (an
-    // operator review fixed three services' mistakes in three runs of --check; HAProxy's
-    // check lists every one).
+    // Every service is read, and every error of each is reported together (operator
+    // reviews fixed three services' mistakes in three runs of --check, and two in one
+    // service in two; HAProxy's check lists every one).
     let service = |name: String,
-                   value: serde_yaml_ng::Value|
-     -> Result<ServiceConfig, ConfigError> {
+                   value: serde_yaml_ng::Value,
+                   errs: &mut Errors|
+     -> Option<ServiceConfig> {
+        let found = errs.0.len();
         let key = format!("services.{name}");
         if !valid_service_name(name.as_bytes()) {
             // A name with a control character quoted in the key too: one with a line
             // break forged an error line (a review).
             let key = match name.chars().any(char::is_control) {
                 true => format!("services.{name:?}"),
-                false => key,
+                false => key.clone(),
             };
-            return Err(invalid(
+            errs.push(invalid(
                 key,
                 format!("invalid service name {name:?}: use lowercase letters, digits and '-', starting with a letter or digit, at most 63"),
             ));
@@ -2176,17 +2187,25 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 global_checks.clone(),
             ),
             serde_yaml_ng::Value::Mapping(_) => {
-                let full: RawService = serde_yaml_ng::from_value(value).map_err(|e| {
-                    invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`, `timeouts`, `health_check`)"))
-                })?;
+                let full: RawService = match serde_yaml_ng::from_value(value) {
+                    Ok(full) => full,
+                    Err(e) => {
+                        errs.push(invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`, `timeouts`, `health_check`)")));
+                        return None;
+                    }
+                };
                 let breaker_key = format!("{key}.breaker");
-                let raw_breaker = full
-                    .breaker
-                    .map(|v| service_breaker(&breaker_key, v))
-                    .transpose()?;
-                let b = breaker_settings(&breaker_key, raw_breaker.as_ref(), &global_breaker)?;
+                let raw_breaker = full.breaker.map(|v| service_breaker(&breaker_key, v));
+                let raw_breaker = errs.or(raw_breaker.transpose(), None);
+                let b = errs.or(
+                    breaker_settings(&breaker_key, raw_breaker.as_ref(), &global_breaker),
+                    global_breaker,
+                );
                 let limit = match &full.rate_limit {
-                    Some(v) => crate::admission::parse_rate_limit(&format!("{key}.rate_limit"), v)?,
+                    Some(v) => errs.or(
+                        crate::admission::parse_rate_limit(&format!("{key}.rate_limit"), v),
+                        global_limit.clone(),
+                    ),
                     None => global_limit.clone(),
                 };
                 let max = crate::admission::MAX_IN_FLIGHT;
@@ -2203,31 +2222,43 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                                 Some(_) => "is out of range",
                                 None => "is not a limit",
                             };
-                            return Err(invalid(
+                            errs.push(invalid(
                                 in_flight_key,
                                 format!(
                                     "{} {problem}: use 1 to {max}, or off (the default) for no limit",
                                     what.trim()
                                 ),
                             ));
+                            None
                         }
                     },
                 };
-                let websocket = service_flag(&format!("{key}.websocket"), full.websocket.as_ref())?;
-                let encoded_slashes = service_flag(
-                    &format!("{key}.encoded_slashes"),
-                    full.encoded_slashes.as_ref(),
-                )?;
+                let websocket = errs.or(
+                    service_flag(&format!("{key}.websocket"), full.websocket.as_ref()),
+                    false,
+                );
+                let encoded_slashes = errs.or(
+                    service_flag(
+                        &format!("{key}.encoded_slashes"),
+                        full.encoded_slashes.as_ref(),
+                    ),
+                    false,
+                );
                 let timeouts_key = format!("{key}.timeouts");
                 let raw_timeouts = full
                     .timeouts
                     .as_ref()
-                    .map(|v| raw_service_timeouts(&timeouts_key, v))
-                    .transpose()?;
-                let own_timeouts =
-                    service_timeouts(&timeouts_key, raw_timeouts.as_ref(), &timeouts)?;
+                    .map(|v| raw_service_timeouts(&timeouts_key, v));
+                let raw_timeouts = errs.or(raw_timeouts.transpose(), None);
+                let own_timeouts = errs.or(
+                    service_timeouts(&timeouts_key, raw_timeouts.as_ref(), &timeouts),
+                    timeouts,
+                );
                 let health_check = match &full.health_check {
-                    Some(v) => crate::health::parse(&format!("{key}.health_check"), v)?,
+                    Some(v) => errs.or(
+                        crate::health::parse(&format!("{key}.health_check"), v),
+                        global_checks.clone(),
+                    ),
                     None => global_checks.clone(),
                 };
                 let entries = match full.backends {
@@ -2235,10 +2266,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     serde_yaml_ng::Value::Null => Vec::new(),
                     other => {
                         let what = serde_yaml_ng::to_string(&other).unwrap_or_default();
-                        return Err(invalid(
+                        errs.push(invalid(
                             format!("{key}.backends"),
                             format!("{:?} is not a list: list the backends, e.g. [http://127.0.0.1:8001] or one per `- ` line", what.trim()),
                         ));
+                        return None;
                     }
                 };
                 (
@@ -2253,24 +2285,27 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 )
             }
             serde_yaml_ng::Value::Null => {
-                return Err(invalid(
+                errs.push(invalid(
                     &key,
                     "is empty: give a list of backend URLs, or a map with `backends:`",
-                ))
+                ));
+                return None;
             }
             other => {
                 let what = serde_yaml_ng::to_string(&other).unwrap_or_default();
-                return Err(invalid(
+                errs.push(invalid(
                     &key,
                     format!("{:?} is not a service: give a list of backend URLs, or a map with `backends:`", what.trim()),
                 ));
+                return None;
             }
         };
         if urls.is_empty() {
-            return Err(invalid(
+            errs.push(invalid(
                 &key,
                 "has no backends: list at least one URL, e.g. - http://127.0.0.1:8001",
             ));
+            return None;
         }
         // `services.a[0]`, or `services.a.backends[0]` in a service's full form.
         let list = match full_form {
@@ -2279,16 +2314,26 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         };
         let mut backends: Vec<BackendUrl> = Vec::with_capacity(urls.len());
         for (i, u) in urls.iter().enumerate() {
-            let b = backend_entry(&format!("{list}[{i}]"), u)?;
+            let b = match backend_entry(&format!("{list}[{i}]"), u) {
+                Ok(b) => b,
+                Err(e) => {
+                    errs.push(e);
+                    // (With the resolver down, each lookup may wait for its timeout.)
+                    if LOOKUP_FAILED.with(|f| f.get()) {
+                        return None;
+                    }
+                    continue;
+                }
+            };
             if backends.iter().any(|x| x.url == b.url) {
-                return Err(invalid(
+                errs.push(invalid(
                     format!("{list}[{i}]"),
                     format!("{:?} is listed twice: remove the duplicate", b.url),
                 ));
             }
             backends.push(b);
         }
-        Ok(ServiceConfig {
+        (errs.0.len() == found).then_some(ServiceConfig {
             name,
             backends,
             breaker,
@@ -2303,9 +2348,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut services = Vec::with_capacity(raw_services.len());
     LOOKUP_FAILED.with(|f| f.set(false));
     for (name, value) in raw_services {
-        match service(name, value) {
-            Ok(s) => services.push(s),
-            Err(e) => errs.push(e),
+        if let Some(s) = service(name, value, &mut errs) {
+            services.push(s);
         }
         if LOOKUP_FAILED.with(|f| f.get()) {
             break;
@@ -3918,6 +3962,23 @@ mod tests {
         for (got, want) in all.iter().zip(want) {
             assert!(got.starts_with(want), "{got:?} is not {want:?}");
         }
+        // Every error within one service too (a review: its first alone).
+        let text = "services:\n  a:\n    backends: [ftp://x, http://127.0.0.1:1, http://127.0.0.1:1]\n    breaker: {cooldown: soon}\n    max_in_flight: lots\n    websocket: maybe\n";
+        let Err(ConfigError::Several(all)) = Config::parse(text) else {
+            panic!("not several errors: {:?}", Config::parse(text));
+        };
+        let all: Vec<String> = all.iter().map(ToString::to_string).collect();
+        let want = [
+            "line 3: services.a.backends[0]: \"ftp://x\"",
+            "line 3: services.a.backends[2]: \"http://127.0.0.1:1\" is listed twice",
+            "line 4: services.a.breaker.cooldown: invalid duration \"soon\"",
+            "line 5: services.a.max_in_flight: lots is not a limit",
+            "line 6: services.a.websocket:",
+        ];
+        assert_eq!(all.len(), want.len(), "{all:#?}");
+        for (got, want) in all.iter().zip(want) {
+            assert!(got.starts_with(want), "{got:?} is not {want:?}");
+        }
         // A top-level error alone is said as before, with its line.
         let e = err("services:\n  a: [http://127.0.0.1:1]\ndns_refresh: 10ms\n");
         assert!(
@@ -3994,6 +4055,56 @@ mod tests {
         ] {
             assert!(Config::parse(yaml).is_ok(), "{yaml}");
         }
+    }
+
+    /// This host's first address that is neither loopback nor link-local (from
+    /// `getifaddrs(3)`).
+    fn an_interface_address() -> Option<std::net::IpAddr> {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: getifaddrs fills `list` with a list freed below by freeifaddrs; each
+        // `ifa_addr` is null or points to a sockaddr of the family it names.
+        unsafe {
+            if libc::getifaddrs(&mut list) != 0 {
+                return None;
+            }
+            let mut found = None;
+            let mut at = list;
+            while !at.is_null() && found.is_none() {
+                let a = (*at).ifa_addr;
+                if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
+                    let sin = &*(a as *const libc::sockaddr_in);
+                    let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                    if !ip.is_loopback() && !ip.is_link_local() {
+                        found = Some(ip.into());
+                    }
+                }
+                at = (*at).ifa_next;
+            }
+            libc::freeifaddrs(list);
+            found
+        }
+    }
+
+    /// Regression: listening on every interface, a loop through one of this host's own
+    /// interface addresses was missed where one through `127.0.0.1` was refused.
+    #[test]
+    fn a_loop_through_an_interface_address_of_this_host_is_refused() {
+        let ip =
+            an_interface_address().expect("an IPv4 address on an interface other than loopback");
+        let url = SocketAddr::new(ip, 18000);
+        let e = err(&format!(
+            "listen: 0.0.0.0:18000\nservices:\n  a: [http://{url}/v1/proxy/a]\n"
+        ));
+        assert!(
+            e.contains("its requests would loop through this gateway"),
+            "{e}"
+        );
+        // Bound to loopback alone, that address is another listener's.
+        let yaml = format!("listen: 127.0.0.1:18000\nservices:\n  a: [http://{url}/v1/proxy/a]\n");
+        assert!(Config::parse(&yaml).is_ok(), "{yaml}");
+        // An address of no interface here (TEST-NET-2) is another host.
+        assert!(is_this_hosts(ip) && is_this_hosts("127.0.0.1".parse().unwrap()));
+        assert!(!is_this_hosts("198.51.100.7".parse().unwrap()));
     }
 
     /// Regression (an operator review): an unclosed `[` was told it was a list where a
