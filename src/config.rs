@@ -420,16 +420,47 @@ fn duplicate_service(
 /// first, which keeps no positions, and a value's check none), and several are put in the
 /// order of their lines, as NGINX and HAProxy say them (an operator review: in the order
 /// of the service names, line 9 came before line 6).
+/// Control characters in what a file wrote (an unknown key `"k\e[31m"`) are escaped, as
+/// values are: raw, they reached the terminal and the log (a review). At most
+/// [`MAX_ERRORS`] are kept, the first by line (a review: the cut came first, and the
+/// errors of settings read last were dropped whatever their lines).
 fn with_lines(e: ConfigError, text: &str) -> ConfigError {
-    match e.each(|e| with_its_line(e, text)) {
+    match e.each(|e| escaped(with_its_line(e, text))) {
         ConfigError::Several(mut all) => {
-            // (What has no line comes after, "and N more" last.)
-            all.sort_by_key(|e| match e {
-                ConfigError::More(_) => usize::MAX,
-                e => line_said(e).unwrap_or(usize::MAX - 1),
-            });
+            // (What has no line comes after.)
+            all.sort_by_key(|e| line_said(e).unwrap_or(usize::MAX));
+            if all.len() > MAX_ERRORS {
+                let more = all.len() - MAX_ERRORS;
+                all.truncate(MAX_ERRORS);
+                all.push(ConfigError::More(more));
+            }
             ConfigError::Several(all)
         }
+        e => e,
+    }
+}
+
+/// `e` with the control characters of its text escaped (`\u{1b}`).
+fn escaped(e: ConfigError) -> ConfigError {
+    let clean = |s: String| match s.chars().any(char::is_control) {
+        false => s,
+        true => s
+            .chars()
+            .map(|c| match c.is_control() {
+                true => c.escape_default().to_string(),
+                false => c.to_string(),
+            })
+            .collect(),
+    };
+    match e {
+        ConfigError::Invalid { key, message } => ConfigError::Invalid {
+            key: clean(key),
+            message: clean(message),
+        },
+        ConfigError::Syntax { path, message } => ConfigError::Syntax {
+            path,
+            message: clean(message),
+        },
         e => e,
     }
 }
@@ -447,7 +478,8 @@ fn line_said(e: &ConfigError) -> Option<usize> {
 /// The 1-based line of a top-level setting's key (`timeouts.connect`: the `connect:` in
 /// the block of `timeouts:`), or of its block when the key is not written in it.
 fn top_level_line(text: &str, key: &str) -> Option<usize> {
-    let mut parts = key.split('.');
+    // (`trusted_proxies[0]`: the list's key; a review got no line.)
+    let mut parts = key.split('.').map(|p| p.split('[').next().unwrap_or(p));
     let first = parts.next()?;
     let mut line = text.lines().position(|l| opens_key(l, first))? + 1;
     for part in parts {
@@ -508,9 +540,23 @@ fn with_its_line(e: ConfigError, text: &str) -> ConfigError {
     let line = service.and_then(|s| {
         let own = *service_key_lines(text, s).first()?;
         // (A key that came by a merge key or an alias is not under the service: its line.)
-        let under = parent
+        let mut under = parent
             .and_then(|p| key_line_under(text, own, p))
             .unwrap_or(own);
+        // And the keys below it (`services.a.breaker.cooldown`: the `cooldown:` line in
+        // the block of `breaker:`; a review got the line of `breaker:`).
+        if parent.is_some() {
+            let rest = key
+                .strip_prefix("services.")
+                .and_then(|k| k.get(service?.len()..));
+            let below = rest.unwrap_or_default().split('.').skip(2);
+            for part in below.map(|p| p.split('[').next().unwrap_or(p)) {
+                match key_line_under(text, under, part) {
+                    Some(n) => under = n,
+                    None => break,
+                }
+            }
+        }
         // A service's own error (an invalid name, an empty service): its key's line.
         Some(
             unknown
@@ -1492,13 +1538,9 @@ impl Errors {
         self.0.push(e);
     }
 
-    /// `Ok` when nothing was found; else the error, or the first [`MAX_ERRORS`] of them.
+    /// `Ok` when nothing was found; else the error, or all of them (cut to
+    /// [`MAX_ERRORS`] once they are in the order of their lines, by [`with_lines`]).
     fn done(mut self) -> Result<(), ConfigError> {
-        if self.0.len() > MAX_ERRORS {
-            let more = self.0.len() - MAX_ERRORS;
-            self.0.truncate(MAX_ERRORS);
-            self.0.push(ConfigError::More(more));
-        }
         match self.0.len() {
             0 => Ok(()),
             1 => Err(self.0.remove(0)),
@@ -1940,7 +1982,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     );
     // Checked at once: the target's limit follows it down (an error here must not make a
     // second one there).
-    let max_head_bytes = if (1024..=1024 * 1024).contains(&max_head_bytes) {
+    let head_ok = (1024..=1024 * 1024).contains(&max_head_bytes);
+    let max_head_bytes = if head_ok {
         max_head_bytes
     } else {
         errs.push(invalid(
@@ -2047,7 +2090,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    if limits.max_target_bytes < 64 || limits.max_target_bytes >= limits.max_head_bytes {
+    // (Above a head limit in error, the default stands in for it: not said.)
+    if limits.max_target_bytes < 64 || head_ok && limits.max_target_bytes >= max_head_bytes {
         errs.push(invalid(
             "limits.max_target_bytes",
             format!(
@@ -2356,18 +2400,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
     services.sort_by(|a, b| a.name.cmp(&b.name));
-    errs.done()?;
-    if cluster.is_none() {
+    // (A top-level fleet limit the services inherit was said above.)
+    let fleet_said = global_limit.as_ref().is_some_and(|l| l.fleet);
+    if !has_cluster && !fleet_said {
         if let Some(s) = services
             .iter()
             .find(|s| s.rate_limit.as_ref().is_some_and(|l| l.fleet))
         {
-            return Err(invalid(
+            errs.push(invalid(
                 format!("services.{}.rate_limit.scope", s.name),
                 "cluster needs a `cluster:` section (the Redis that holds the fleet's budget): add one, or use scope: instance",
             ));
         }
     }
+    errs.done()?;
     let config = Config {
         listen,
         workers,
@@ -3979,6 +4025,42 @@ mod tests {
         for (got, want) in all.iter().zip(want) {
             assert!(got.starts_with(want), "{got:?} is not {want:?}");
         }
+        // Regressions (a review of the above): the cut to MAX_ERRORS came before the
+        // sort; a nested key in a service's block had its block's line; a list's entry and
+        // a fleet scope's error had none or hid behind others; a control character in an
+        // unknown key went out raw; a bad head limit made the target's limit wrong too.
+        let many: String = (0..25).map(|i| format!("  s{i:02}: [ftp://x]\n")).collect();
+        let text = format!("access_log_format: logfmt\nservices:\n{many}");
+        let Err(ConfigError::Several(all)) = Config::parse(&text) else {
+            panic!("not several errors");
+        };
+        assert!(
+            all[0].to_string().starts_with("line 1: access_log_format"),
+            "{all:?}"
+        );
+        assert_eq!(
+            all[MAX_ERRORS].to_string(),
+            "and 6 more errors: fix these first"
+        );
+        let text = "trusted_proxies: [10.0.0.0/33]\nservices:\n  a:\n    backends: [http://127.0.0.1:1]\n    breaker:\n      failure_threshold: 3\n      cooldown: forever\n    rate_limit: {rate: 5/s, scope: cluster}\n  c:\n    backends: [http://127.0.0.1:1]\n    \"k\\e[31m\": 1\nlimits: {max_head_bytes: 1, max_target_bytes: 40000}\n";
+        let e = err(text);
+        for want in [
+            "line 1: trusted_proxies[0]",
+            "line 7: services.a.breaker.cooldown: invalid duration",
+            "line 12: limits.max_head_bytes: 1 is out of range",
+            "services.c: unknown field `k\\u{1b}[31m`",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        assert!(
+            !e.contains("max_target_bytes") && !e.contains('\x1b'),
+            "{e}"
+        );
+        let e = err("services:\n  a:\n    backends: [http://127.0.0.1:1]\n    rate_limit: {rate: 5/s, scope: cluster}\n  b: [ftp://x]\n");
+        assert!(
+            e.contains("services.a.rate_limit.scope: cluster needs") && e.contains("services.b[0]"),
+            "{e}"
+        );
         // A top-level error alone is said as before, with its line.
         let e = err("services:\n  a: [http://127.0.0.1:1]\ndns_refresh: 10ms\n");
         assert!(

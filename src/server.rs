@@ -341,7 +341,7 @@ pub fn start_warnings(config: &crate::config::Config) -> Vec<String> {
                 .find(|a| a.addr == b.addr && a.path_prefix == b.path_prefix && plain(a));
             if let Some(a) = first {
                 out.push(format!(
-                    "services.{}: backends {} and {} are one server ({}): it takes two shares and has two circuits; list it once (weight: 2 for a double share)",
+                    "services.{}: backends {} and {} are one server ({}): it takes the shares of both and has two circuits; list it once (with a weight for a larger share)",
                     svc.name, a.url, b.url, b.addr
                 ));
             }
