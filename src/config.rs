@@ -970,25 +970,27 @@ fn own_timeouts_text(own: &Timeouts, top: &Timeouts) -> String {
 }
 
 /// `top` with a service's own timeouts over it; `key` is `services.NAME.timeouts`.
+/// A service's `timeouts` over the top-level ones; each that fails is said in `errs` and
+/// the top-level one kept.
 fn service_timeouts(
     key: &str,
     raw: Option<&RawServiceTimeouts>,
     top: &Timeouts,
-) -> Result<Timeouts, ConfigError> {
+    errs: &mut Errors,
+) -> Timeouts {
     let Some(t) = raw else {
-        return Ok(*top);
+        return *top;
     };
-    Ok(Timeouts {
-        connect: duration_or(&format!("{key}.connect"), t.connect.as_ref(), top.connect)?,
-        response: duration_or(
-            &format!("{key}.response"),
-            t.response.as_ref(),
-            top.response,
-        )?,
-        body: duration_or(&format!("{key}.body"), t.body.as_ref(), top.body)?,
-        tunnel: duration_or(&format!("{key}.tunnel"), t.tunnel.as_ref(), top.tunnel)?,
+    let mut one = |name: &str, v: Option<&String>, top: Duration| {
+        errs.or(duration_or(&format!("{key}.{name}"), v, top), top)
+    };
+    Timeouts {
+        connect: one("connect", t.connect.as_ref(), top.connect),
+        response: one("response", t.response.as_ref(), top.response),
+        body: one("body", t.body.as_ref(), top.body),
+        tunnel: one("tunnel", t.tunnel.as_ref(), top.tunnel),
         ..*top
-    })
+    }
 }
 
 /// A service's `true`/`false` key (absent: false), with an error that names it.
@@ -1450,51 +1452,58 @@ impl BackendUrl {
     }
 }
 
+/// A `breaker` map's settings over `base`; each that fails is said in `errs` and `base`'s
+/// kept (a review: only the first of a map's errors was said).
 fn breaker_settings(
     key: &str,
     raw: Option<&RawBreaker>,
     base: &BreakerSettings,
-) -> Result<BreakerSettings, ConfigError> {
-    let Some(raw) = raw else { return Ok(*base) };
+    errs: &mut Errors,
+) -> BreakerSettings {
+    let Some(raw) = raw else { return *base };
     let mut out = *base;
     if let Some(t) = raw.failure_threshold {
         if t == 0 || t > MAX_FAILURE_THRESHOLD {
-            return Err(invalid(
+            errs.push(invalid(
                 format!("{key}.failure_threshold"),
                 format!("{t} is out of range: use 1 to {MAX_FAILURE_THRESHOLD}"),
             ));
+        } else {
+            out.failure_threshold = t;
         }
-        out.failure_threshold = t;
     }
-    out.cooldown = duration_or(
-        &format!("{key}.cooldown"),
-        raw.cooldown.as_ref(),
+    out.cooldown = errs.or(
+        duration_or(
+            &format!("{key}.cooldown"),
+            raw.cooldown.as_ref(),
+            base.cooldown,
+        ),
         base.cooldown,
-    )?;
+    );
     // An empty list is allowed on purpose: no status counts, only transport failures
     // (refused or reset connects, timeouts, broken responses) do.
     if let Some(list) = &raw.failure_statuses {
         let mut set = 0u128;
         for item in list {
-            let (low, high) = status_range(item)
-                .ok_or_else(|| {
-                    let v = match item {
-                        serde_yaml_ng::Value::Number(n) => n.to_string(),
-                        serde_yaml_ng::Value::String(t) => format!("{t:?}"),
-                        _ => "an entry that is neither a number nor a string".into(),
-                    };
-                    format!(
-                        "{v} is not a 5xx status or range: list codes from 500 to 599, or ranges such as \"502-599\""
-                    )
-                })
-                .map_err(|m| invalid(format!("{key}.failure_statuses"), m))?;
+            let Some((low, high)) = status_range(item) else {
+                let v = match item {
+                    serde_yaml_ng::Value::Number(n) => n.to_string(),
+                    serde_yaml_ng::Value::String(t) => format!("{t:?}"),
+                    _ => "an entry that is neither a number nor a string".into(),
+                };
+                errs.push(invalid(
+                    format!("{key}.failure_statuses"),
+                    format!("{v} is not a 5xx status or range: list codes from 500 to 599, or ranges such as \"502-599\""),
+                ));
+                continue;
+            };
             for s in low..=high {
                 set |= 1u128 << (s - 500);
             }
         }
         out.failure_statuses = set;
     }
-    Ok(out)
+    out
 }
 
 /// One entry of `failure_statuses`: a code (`503`) or an inclusive range (`"502-599"`),
@@ -2126,10 +2135,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         cooldown: DEFAULT_COOLDOWN,
         failure_statuses: DEFAULT_FAILURE_STATUSES,
     };
-    let global_breaker = errs.or(
-        breaker_settings("breaker", raw.breaker.as_ref(), &defaults),
-        defaults,
-    );
+    let global_breaker = breaker_settings("breaker", raw.breaker.as_ref(), &defaults, &mut errs);
     // In the order of the file, so that their errors are; the services are kept sorted
     // by name.
     let raw_services = raw.services.unwrap_or_default().0;
@@ -2241,10 +2247,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 let breaker_key = format!("{key}.breaker");
                 let raw_breaker = full.breaker.map(|v| service_breaker(&breaker_key, v));
                 let raw_breaker = errs.or(raw_breaker.transpose(), None);
-                let b = errs.or(
-                    breaker_settings(&breaker_key, raw_breaker.as_ref(), &global_breaker),
-                    global_breaker,
-                );
+                let b = breaker_settings(&breaker_key, raw_breaker.as_ref(), &global_breaker, errs);
                 let limit = match &full.rate_limit {
                     Some(v) => errs.or(
                         crate::admission::parse_rate_limit(&format!("{key}.rate_limit"), v),
@@ -2294,10 +2297,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     .as_ref()
                     .map(|v| raw_service_timeouts(&timeouts_key, v));
                 let raw_timeouts = errs.or(raw_timeouts.transpose(), None);
-                let own_timeouts = errs.or(
-                    service_timeouts(&timeouts_key, raw_timeouts.as_ref(), &timeouts),
-                    timeouts,
-                );
+                let own_timeouts =
+                    service_timeouts(&timeouts_key, raw_timeouts.as_ref(), &timeouts, errs);
                 let health_check = match &full.health_check {
                     Some(v) => errs.or(
                         crate::health::parse(&format!("{key}.health_check"), v),
@@ -2846,6 +2847,22 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
+    }
+
+    /// The errors `text` gets, each as said, when it gets several.
+    fn several(text: &str) -> Vec<String> {
+        match Config::parse(text) {
+            Err(ConfigError::Several(all)) => all.iter().map(ToString::to_string).collect(),
+            other => panic!("not several errors: {other:?}"),
+        }
+    }
+
+    /// That `all` are as many as `want` and each begins with its own.
+    fn each_begins(all: &[String], want: &[&str]) {
+        assert_eq!(all.len(), want.len(), "{all:#?}");
+        for (got, want) in all.iter().zip(want) {
+            assert!(got.starts_with(want), "{got:?} is not {want:?}");
+        }
     }
 
     #[test]
@@ -3926,10 +3943,7 @@ mod tests {
     #[test]
     fn every_services_error_is_reported_at_once() {
         let text = "services:\n  b: [ftp://x]\n  a:\n    backends: [http://127.0.0.1:1]\n    breaker: {cooldown: soon}\n  ok: [http://127.0.0.1:2]\n  c: [http://127.0.0.1:3, {url: http://127.0.0.1:4, weight: 0}]\n";
-        let Err(ConfigError::Several(all)) = Config::parse(text) else {
-            panic!("not several errors: {:?}", Config::parse(text));
-        };
-        let all: Vec<String> = all.iter().map(ToString::to_string).collect();
+        let all = several(text);
         assert_eq!(all.len(), 3, "{all:?}");
         assert!(
             all[0].starts_with("line 2: services.b[0]: \"ftp://x\" is not an http URL"),
@@ -3990,10 +4004,7 @@ mod tests {
     #[test]
     fn top_level_errors_are_said_with_the_services_in_the_order_of_their_lines() {
         let text = "listen: 127.0.0.1:21000\ntimeouts:\n  connect: 1 s\n  response: 0s\nbreaker:\n  cooldown: 0s\nservices:\n  orders:\n    - htp://127.0.0.1:1\n  b: [http://127.0.0.1:1, {url: http://127.0.0.1:2, weight: 0}]\n  a: [ftp://x]\nlimits: {max_head_bytes: 10}\naccess_log_format: logfmt\n";
-        let Err(ConfigError::Several(all)) = Config::parse(text) else {
-            panic!("not several errors: {:?}", Config::parse(text));
-        };
-        let all: Vec<String> = all.iter().map(ToString::to_string).collect();
+        let all = several(text);
         let want = [
             "line 3: timeouts.connect: invalid duration \"1 s\"",
             "line 4: timeouts.response: \"0s\" is out of range: must be greater than zero",
@@ -4004,16 +4015,10 @@ mod tests {
             "line 12: limits.max_head_bytes: 10 is out of range",
             "line 13: access_log_format: \"logfmt\" is not a format",
         ];
-        assert_eq!(all.len(), want.len(), "{all:#?}");
-        for (got, want) in all.iter().zip(want) {
-            assert!(got.starts_with(want), "{got:?} is not {want:?}");
-        }
+        each_begins(&all, &want);
         // Every error within one service too (a review: its first alone).
         let text = "services:\n  a:\n    backends: [ftp://x, http://127.0.0.1:1, http://127.0.0.1:1]\n    breaker: {cooldown: soon}\n    max_in_flight: lots\n    websocket: maybe\n";
-        let Err(ConfigError::Several(all)) = Config::parse(text) else {
-            panic!("not several errors: {:?}", Config::parse(text));
-        };
-        let all: Vec<String> = all.iter().map(ToString::to_string).collect();
+        let all = several(text);
         let want = [
             "line 3: services.a.backends[0]: \"ftp://x\"",
             "line 3: services.a.backends[2]: \"http://127.0.0.1:1\" is listed twice",
@@ -4021,10 +4026,7 @@ mod tests {
             "line 5: services.a.max_in_flight: lots is not a limit",
             "line 6: services.a.websocket:",
         ];
-        assert_eq!(all.len(), want.len(), "{all:#?}");
-        for (got, want) in all.iter().zip(want) {
-            assert!(got.starts_with(want), "{got:?} is not {want:?}");
-        }
+        each_begins(&all, &want);
         // Regressions (a review of the above): the cut to MAX_ERRORS came before the
         // sort; a nested key in a service's block had its block's line; a list's entry and
         // a fleet scope's error had none or hid behind others; a control character in an
@@ -4061,6 +4063,20 @@ mod tests {
             e.contains("services.a.rate_limit.scope: cluster needs") && e.contains("services.b[0]"),
             "{e}"
         );
+        // Every error of one breaker map and one service's timeouts, each on its line (a
+        // review: the first alone, at the map's line).
+        let text = "breaker: {failure_threshold: 0, cooldown: forever}\nservices:\n  a:\n    backends: [http://127.0.0.1:1]\n    timeouts:\n      response: 0s\n      body: x\n      connect: 1.5s\n    breaker:\n      failure_threshold: 0\n      failure_statuses: [404, 503]\n";
+        let all = several(text);
+        let want = [
+            "line 1: breaker.failure_threshold: 0 is out of range",
+            "line 1: breaker.cooldown: invalid duration \"forever\"",
+            "line 6: services.a.timeouts.response: \"0s\" is out of range",
+            "line 7: services.a.timeouts.body: invalid duration \"x\"",
+            "line 8: services.a.timeouts.connect: invalid duration \"1.5s\"",
+            "line 10: services.a.breaker.failure_threshold: 0 is out of range",
+            "line 11: services.a.breaker.failure_statuses: 404 is not a 5xx status",
+        ];
+        each_begins(&all, &want);
         // A top-level error alone is said as before, with its line.
         let e = err("services:\n  a: [http://127.0.0.1:1]\ndns_refresh: 10ms\n");
         assert!(
