@@ -1957,7 +1957,7 @@ async fn read_head(
     // Bytes of interim heads.
     let mut interim = 0usize;
     // A head is parsed as soon as bytes of it are in hand (most come whole in one read);
-    // after that, only when a line that can decide arrives (see `HeadScan`): a head
+    // after that, only when a byte that can decide arrives (see `HeadScan`): a head
     // trickled in many pieces is parsed a few times, not once per read.
     let mut scan = h1::HeadScan::default();
     let mut partial = false;
