@@ -440,18 +440,9 @@ fn with_lines(e: ConfigError, text: &str) -> ConfigError {
     }
 }
 
-/// `e` with the control characters of its text escaped (`\u{1b}`).
+/// `e` with the control characters of its text escaped (`\u{1b}`), as a log line's are.
 fn escaped(e: ConfigError) -> ConfigError {
-    let clean = |s: String| match s.chars().any(char::is_control) {
-        false => s,
-        true => s
-            .chars()
-            .map(|c| match c.is_control() {
-                true => c.escape_default().to_string(),
-                false => c.to_string(),
-            })
-            .collect(),
-    };
+    let clean = |s: String| crate::logging::one_line(&s, usize::MAX);
     match e {
         ConfigError::Invalid { key, message } => ConfigError::Invalid {
             key: clean(key),

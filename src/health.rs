@@ -392,20 +392,6 @@ pub async fn probe(
     }
 }
 
-/// The status of the final answer at the start of `got`, past any interim (1xx) answers,
-/// once its head is whole; `None` while it is not in `got` yet.
-#[cfg(test)]
-fn status_of(mut got: &[u8], max_head: usize) -> Option<Result<u16, (Fault, String)>> {
-    let mut interim = 0;
-    loop {
-        match next_answer(got, max_head, &mut interim) {
-            Answer::Partial => return None,
-            Answer::Interim(len) => got = &got[len..],
-            Answer::Judged(status) => return Some(status),
-        }
-    }
-}
-
 /// What the head at the start of `got` is.
 enum Answer {
     /// Not whole yet.
@@ -767,6 +753,19 @@ mod tests {
         assert!(say_all_out("said-once"));
         assert!(!say_all_out("said-once"), "said twice within a second");
         assert!(say_all_out("said-once-other"));
+    }
+
+    /// The status of the final answer at the start of `got`, past any interim (1xx) answers,
+    /// once its head is whole; `None` while it is not in `got` yet.
+    fn status_of(mut got: &[u8], max_head: usize) -> Option<Result<u16, (Fault, String)>> {
+        let mut interim = 0;
+        loop {
+            match next_answer(got, max_head, &mut interim) {
+                Answer::Partial => return None,
+                Answer::Interim(len) => got = &got[len..],
+                Answer::Judged(status) => return Some(status),
+            }
+        }
     }
 
     /// The answer's head is read whole and by the traffic's rules. Regressions (reviews):

@@ -412,9 +412,16 @@ thread_local! {
     /// hold the waker of the task that used it last: it lets go when it is reused or fires
     /// (one timeout later at most), so a finished task's memory outlives it by that long at
     /// most, and a task may be woken once for nothing.
-    static SPARE_TIMERS: RefCell<Vec<Pin<Box<Sleep>>>> = const { RefCell::new(Vec::new()) };
-    /// The fewest spare timers there were since the last [`trim_spare_timers`].
-    static SPARE_TIMERS_LOW: Cell<usize> = const { Cell::new(0) };
+    static SPARE_TIMERS: RefCell<SpareTimers> = const {
+        RefCell::new(SpareTimers { timers: Vec::new(), low: 0 })
+    };
+}
+
+/// A thread's spare timers, and the fewest there were since the last
+/// [`trim_spare_timers`].
+struct SpareTimers {
+    timers: Vec<Pin<Box<Sleep>>>,
+    low: usize,
 }
 
 /// Frees the spare timers no timed operation needed since the last call (as many as the
@@ -426,11 +433,11 @@ thread_local! {
 pub fn trim_spare_timers() -> usize {
     SPARE_TIMERS
         .try_with(|t| {
-            let mut t = t.borrow_mut();
-            let unused = SPARE_TIMERS_LOW.get().min(t.len());
-            let keep = t.len() - unused;
-            t.truncate(keep);
-            SPARE_TIMERS_LOW.set(keep);
+            let t = &mut *t.borrow_mut();
+            let unused = t.low.min(t.timers.len());
+            let keep = t.timers.len() - unused;
+            t.timers.truncate(keep);
+            t.low = keep;
             unused * std::mem::size_of::<Sleep>()
         })
         .unwrap_or(0)
@@ -440,7 +447,7 @@ pub fn trim_spare_timers() -> usize {
 /// that builds a runtime calls this first (see `server::build_runtime`), so no timer of an
 /// earlier runtime, whose driver no longer runs, is ever reused.
 pub fn forget_spare_timers() {
-    let _ = SPARE_TIMERS.try_with(|t| t.borrow_mut().clear());
+    let _ = SPARE_TIMERS.try_with(|t| t.borrow_mut().timers.clear());
 }
 
 /// `fut` with a deadline `after` from now: `Err(Elapsed)` once it passes, `fut` dropped
@@ -458,9 +465,9 @@ pub fn timed<F: Future>(after: Duration, fut: F) -> Timed<F> {
         .checked_add(after)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
     let timer = match SPARE_TIMERS.with(|t| {
-        let mut t = t.borrow_mut();
-        let timer = t.pop();
-        SPARE_TIMERS_LOW.set(SPARE_TIMERS_LOW.get().min(t.len()));
+        let t = &mut *t.borrow_mut();
+        let timer = t.timers.pop();
+        t.low = t.low.min(t.timers.len());
         timer
     }) {
         Some(mut timer) => {
@@ -548,9 +555,9 @@ impl<F> Drop for Timed<F> {
         // dropped with its runtime (or with the thread) no longer has. A timer not kept is
         // deregistered by its own drop, which needs no context.
         let _ = SPARE_TIMERS.try_with(|t| {
-            let mut t = t.borrow_mut();
-            if t.len() < MAX_SPARE_TIMERS {
-                t.push(timer);
+            let timers = &mut t.borrow_mut().timers;
+            if timers.len() < MAX_SPARE_TIMERS {
+                timers.push(timer);
             }
         });
     }
@@ -896,7 +903,7 @@ mod tests {
     use std::task::{Wake, Waker};
 
     fn spare_timers() -> usize {
-        SPARE_TIMERS.with(|t| t.borrow().len())
+        SPARE_TIMERS.with(|t| t.borrow().timers.len())
     }
 
     /// A connected client socket and the server side of it.

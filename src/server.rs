@@ -831,17 +831,20 @@ mod tests {
         assert!(!e.contains("below 1024"), "{e}");
     }
 
+    /// The start warnings of the config `yaml` that say `what`.
+    fn warnings_saying(yaml: &str, what: &str) -> Vec<String> {
+        let c = crate::config::Config::parse(yaml).expect("valid");
+        start_warnings(&c)
+            .into_iter()
+            .filter(|w| w.contains(what))
+            .collect()
+    }
+
     /// Regression (an operator review): a backend on the gateway's own port passed
     /// `--check` without a word.
     #[test]
     fn a_backend_that_is_this_gateway_is_warned_of_unless_it_names_a_service() {
-        let warned = |yaml: &str| -> Vec<String> {
-            let c = crate::config::Config::parse(yaml).expect("valid");
-            start_warnings(&c)
-                .into_iter()
-                .filter(|w| w.contains("own `listen` address"))
-                .collect()
-        };
+        let warned = |yaml: &str| warnings_saying(yaml, "own `listen` address");
         let w = warned("listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.1:18000]\n");
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
@@ -875,13 +878,7 @@ mod tests {
     /// Regression (an operator review): one server written two ways passed in silence.
     #[test]
     fn one_server_listed_twice_under_two_names_is_warned_of() {
-        let warned = |yaml: &str| -> Vec<String> {
-            let c = crate::config::Config::parse(yaml).expect("valid");
-            start_warnings(&c)
-                .into_iter()
-                .filter(|w| w.contains("are one server"))
-                .collect()
-        };
+        let warned = |yaml: &str| warnings_saying(yaml, "are one server");
         let w = warned("services:\n  a: [http://127.0.0.1:18001, http://localhost:18001]\n");
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
