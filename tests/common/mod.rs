@@ -310,6 +310,12 @@ impl Client {
 
     /// Connects from a chosen local address (e.g. 127.0.0.2, to be another client IP).
     pub fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> Client {
+        Client::try_connect_from(local, addr).expect("connect")
+    }
+
+    /// [`Client::connect_from`], with the connect's error: a server that resets a
+    /// connection as it accepts it may do so before a loaded client's `connect` returns.
+    pub fn try_connect_from(local: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<Client> {
         let sock = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -317,8 +323,8 @@ impl Client {
         )
         .expect("socket");
         sock.bind(&SocketAddr::new(local, 0).into()).expect("bind");
-        sock.connect(&addr.into()).expect("connect");
-        Client::over(sock.into())
+        sock.connect(&addr.into())?;
+        Ok(Client::over(sock.into()))
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
