@@ -1652,14 +1652,12 @@ impl Config {
     /// every interface of that address's family (`[::]` takes IPv4 too; `0.0.0.0` does not
     /// take `[::1]`: a review's false loop).
     pub fn is_own_listener(&self, addr: SocketAddr) -> bool {
-        let (own, ip) = (self.listen.ip(), addr.ip().to_canonical());
-        let every = match own {
-            std::net::IpAddr::V4(v4) => v4.is_unspecified() && ip.is_ipv4(),
-            std::net::IpAddr::V6(v6) => v6.is_unspecified(),
-        };
-        self.listen.port() != 0
-            && addr.port() == self.listen.port()
-            && (ip == own.to_canonical() || (every && (ip.is_loopback() || is_this_hosts(ip))))
+        reaches(self.listen, addr)
+    }
+
+    /// Whether `addr` is this gateway's admin port, as [`Config::is_own_listener`] tells.
+    pub fn is_admin_port(&self, addr: SocketAddr) -> bool {
+        self.admin.is_some_and(|admin| reaches(admin, addr))
     }
 
     /// The index of the service a request sent to `b` would be routed to, were `b` this
@@ -1876,6 +1874,20 @@ impl Config {
 /// address of another host cannot be, `EADDRNOTAVAIL`). A loop through an interface's
 /// address (`http://10.0.0.5:8000/v1/proxy/a` on that host, listening on `0.0.0.0`) was
 /// missed where one through `127.0.0.1` was refused.
+/// Whether a connection to `addr` reaches a socket listening on `own`: the same address, or
+/// an address of this host (loopback, or one of its interfaces') on its port when `own` is
+/// every interface of that address's family.
+fn reaches(own: SocketAddr, addr: SocketAddr) -> bool {
+    let (at, ip) = (own.ip(), addr.ip().to_canonical());
+    let every = match at {
+        std::net::IpAddr::V4(v4) => v4.is_unspecified() && ip.is_ipv4(),
+        std::net::IpAddr::V6(v6) => v6.is_unspecified(),
+    };
+    own.port() != 0
+        && addr.port() == own.port()
+        && (ip == at.to_canonical() || (every && (ip.is_loopback() || is_this_hosts(ip))))
+}
+
 fn is_this_hosts(ip: std::net::IpAddr) -> bool {
     !ip.is_unspecified() && !ip.is_multicast() && std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
@@ -2426,6 +2438,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         services,
         cluster,
     };
+    // The admin API has no authentication: a backend on its port would serve it through the
+    // public listener (an operator review: `--check` passed it in silence).
+    for svc in &config.services {
+        if let Some(b) = svc.backends.iter().find(|b| config.is_admin_port(b.addr)) {
+            return Err(invalid(
+                format!("services.{}", svc.name),
+                format!(
+                    "backend {} is this gateway's admin port ({}): the admin API, which has no authentication, would answer through the public listener; point the backend at the service's real address",
+                    b.url,
+                    config.admin.map_or(String::new(), |a| a.to_string()),
+                ),
+            ));
+        }
+    }
     if let Some(cycle) = config.proxy_loop() {
         let first = &cycle[0];
         let path = cycle
@@ -4141,6 +4167,34 @@ mod tests {
             "listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.1:18000/v1/proxy/b]\n  b: [http://127.0.0.1:18000/v1/proxy/c]\n  c: [http://127.0.0.1:1]\n",
             "listen: 127.0.0.1:18000\nservices:\n  a: [http://127.0.0.1:18001/v1/proxy/a]\n",
             "listen: 127.0.0.1:0\nservices:\n  a: [http://127.0.0.1:18000/v1/proxy/a]\n",
+        ] {
+            assert!(Config::parse(yaml).is_ok(), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn a_backend_on_the_admin_port_is_refused() {
+        for (admin, url) in [
+            ("127.0.0.1:18901", "http://127.0.0.1:18901"),
+            ("0.0.0.0:18901", "http://localhost:18901/x"),
+            ("\"[::]:18901\"", "http://127.0.0.1:18901"),
+        ] {
+            let e = err(&format!(
+                "listen: 127.0.0.1:18000\nadmin: {admin}\nservices:\n  a: [http://127.0.0.1:1]\n  web: [http://127.0.0.1:2, {url}]\n"
+            ));
+            assert!(
+                e.contains(&format!(
+                    "services.web: backend {url} is this gateway's admin port ("
+                )),
+                "{e}"
+            );
+            assert!(e.contains("no authentication"), "{e}");
+        }
+        // Another port, another address of a specific admin, no admin at all.
+        for yaml in [
+            "admin: 127.0.0.1:18901\nservices:\n  a: [http://127.0.0.1:18902]\n",
+            "admin: 127.0.0.1:18901\nservices:\n  a: [http://127.0.0.2:18901]\n",
+            "services:\n  a: [http://127.0.0.1:9901]\n",
         ] {
             assert!(Config::parse(yaml).is_ok(), "{yaml}");
         }
