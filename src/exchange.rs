@@ -399,7 +399,7 @@ async fn connect_or_reuse<'v>(
     view: &'v View,
     down: &mut Downstream,
     req: Request,
-    prep: Prepared<'_>,
+    prep: Prepared<'v>,
     relay: &BodyRelay,
 ) -> Result<(Attempt<'v>, Socket, u32, Tried), After> {
     let service = &view.snapshot.services[req.svc];
@@ -430,7 +430,8 @@ async fn connect_or_reuse<'v>(
             }
         };
         tried.push(idx);
-        let mut attempt = Attempt::to(worker, service, idx, ticket, down, prep.live);
+        let request = (req.info.method, prep.path);
+        let mut attempt = Attempt::to(worker, service, idx, ticket, (down, prep.live, request));
         let backend = attempt.backend;
         if let Some((s, uses)) = worker.pool.take(backend) {
             return Ok((attempt, s, uses, tried));
@@ -514,6 +515,10 @@ struct Attempt<'a> {
     service: &'a Service,
     ticket: Option<Ticket>,
     worker: &'a Worker,
+    /// The request's method and path under its service, named when its outcome opens the
+    /// circuit (an operator review: the endpoint whose 500s opened every circuit was
+    /// named nowhere).
+    request: (h1::Method, &'a [u8]),
 }
 
 impl<'a> Attempt<'a> {
@@ -532,8 +537,7 @@ impl<'a> Attempt<'a> {
         service: &'a Service,
         idx: usize,
         ticket: Ticket,
-        down: &mut Downstream,
-        live: &Live,
+        (down, live, request): (&mut Downstream, &Live, (h1::Method, &'a [u8])),
     ) -> Attempt<'a> {
         let record = &mut down.record;
         if let Some(before) = record.backend.filter(|&b| b != idx) {
@@ -551,6 +555,7 @@ impl<'a> Attempt<'a> {
             service,
             ticket: Some(ticket),
             worker,
+            request,
         }
     }
 
@@ -630,12 +635,22 @@ impl<'a> Attempt<'a> {
             1 => "1 failure".to_string(),
             n => format!("{n} consecutive failures"),
         };
+        // The request whose outcome opened it, without its query (which may carry
+        // credentials), its control characters escaped, at most 200 characters.
+        let (method, path) = self.request;
+        let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+        let path = String::from_utf8_lossy(path);
+        let to = format_args!(
+            "to {} /v1/proxy/{svc}{}",
+            method.as_str(),
+            crate::logging::one_line(&path, 200)
+        );
         match (tr, outcome) {
             (Transition::Opened, Outcome::Answered(status)) => log::warn!(
-                "breaker: {svc} {url} opened after {failures}, the last: status {status}"
+                "breaker: {svc} {url} opened after {failures}, the last: status {status} {to}"
             ),
             (Transition::Opened, Outcome::Failed(why)) => log::warn!(
-                "breaker: {svc} {url} opened after {failures}, the last: {why}"
+                "breaker: {svc} {url} opened after {failures}, the last: {why} {to}"
             ),
             (Transition::Reopened, Outcome::Answered(status)) => {
                 log::warn!("breaker: {svc} {url} re-opened (probe failed: status {status})")
@@ -648,6 +663,18 @@ impl<'a> Attempt<'a> {
                 "breaker: {svc} {url} kept open (probe abandoned by its client; next probe after a backoff)"
             ),
         }
+        if tr == Transition::Opened && self.every_circuit_open() {
+            log::warn!(
+                "breaker: every backend of {svc} has an open circuit: its requests are answered 503 no_backend_available until a probe succeeds (if the clients' own requests make these failures, list the statuses that are the backend's fault in the service's breaker.failure_statuses)"
+            );
+        }
+    }
+
+    /// Whether no backend of the service has its circuit closed.
+    fn every_circuit_open(&self) -> bool {
+        self.service.backends.iter().all(|b| {
+            breaker::Snapshot::decode(breaker::Word::load(&**b.breaker)).state != breaker::CLOSED
+        })
     }
 }
 
@@ -1174,7 +1201,14 @@ impl Exchange<'_> {
                 };
                 self.tried.push(idx);
                 let service = &self.view.snapshot.services[self.svc];
-                let next = Attempt::to(self.worker, service, idx, ticket, down, self.live);
+                let request = (self.info.method, self.path);
+                let next = Attempt::to(
+                    self.worker,
+                    service,
+                    idx,
+                    ticket,
+                    (down, self.live, request),
+                );
                 let left = std::mem::replace(&mut self.attempt, next);
                 if elsewhere && self.reset_by.is_none() {
                     self.reset_by = Some(left); // the backend that reset it

@@ -864,7 +864,10 @@ fn gateway_logging_to(
 }
 
 /// Regression: the log line of a circuit that opened did not say why; it now names the
-/// threshold and the last failure (an error code, or the failure status).
+/// threshold and the last failure (an error code, or the failure status), and the request
+/// that failed (its method and path, without the query: an operator review could not
+/// tell which endpoint's 500s had opened every circuit), and says when no backend of the
+/// service is left with its circuit closed.
 #[test]
 fn a_circuit_that_opens_says_why_in_the_log() {
     let log = temp_path("why.log");
@@ -881,12 +884,17 @@ fn a_circuit_that_opens_says_why_in_the_log() {
     let (g, _admin) = gateway_logging_to(&path, &log);
     for svc in ["down", "failing"] {
         for _ in 0..2 {
-            get(g.addr, &format!("/v1/proxy/{svc}/x"));
+            get(g.addr, &format!("/v1/proxy/{svc}/x%09y?token=secret"));
         }
     }
+    let every = |svc: &str| {
+        format!("breaker: every backend of {svc} has an open circuit: its requests are answered 503 no_backend_available until a probe succeeds")
+    };
     let wanted = [
-        format!("breaker: down http://{refused} opened after 2 consecutive failures, the last: backend_connect_failed"),
-        format!("breaker: failing http://{} opened after 2 consecutive failures, the last: status 503", rec.addr),
+        format!("breaker: down http://{refused} opened after 2 consecutive failures, the last: backend_connect_failed to GET /v1/proxy/down/x%09y\n"),
+        format!("breaker: failing http://{} opened after 2 consecutive failures, the last: status 503 to GET /v1/proxy/failing/x%09y\n", rec.addr),
+        every("down"),
+        every("failing"),
     ];
     let mut text = String::new();
     let found = eventually(Duration::from_secs(5), || {
@@ -896,6 +904,34 @@ fn a_circuit_that_opens_says_why_in_the_log() {
     drop(g);
     let _ = std::fs::remove_file(&log);
     assert!(found, "{wanted:#?} not in {text}");
+    assert!(!text.contains("secret"), "{text}");
+}
+
+/// A service with a backend whose circuit is still closed is not said to have none left.
+#[test]
+fn a_circuit_that_opens_beside_a_closed_one_says_nothing_of_the_service() {
+    let log = temp_path("beside.log");
+    let refused = closed_port();
+    let rec = Recorder::start(reply(200));
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1, cooldown: 60s}",
+        &format!("  mixed: [http://{refused}, http://{}]\n", rec.addr),
+    ));
+    let (g, _admin) = gateway_logging_to(&path, &log);
+    for _ in 0..4 {
+        get(g.addr, "/v1/proxy/mixed/x");
+    }
+    let opened = format!("breaker: mixed http://{refused} opened after 1 failure");
+    let mut text = String::new();
+    let found = eventually(Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains(&opened)
+    });
+    drop(g);
+    let _ = std::fs::remove_file(&log);
+    assert!(found, "{opened} not in {text}");
+    assert!(!text.contains("every backend of mixed"), "{text}");
 }
 
 #[test]
