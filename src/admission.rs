@@ -778,8 +778,12 @@ impl FleetBudget {
     /// top-up round, and a client sending pairs at half the rate had every second one
     /// refused (a review). The instances' slices together hold at most half the burst.
     pub fn slice(&self) -> u64 {
+        self.slice_of(self.slice_ms.load(Ordering::Relaxed))
+    }
+
+    /// [`FleetBudget::slice`] for a slice covering `ms`.
+    fn slice_of(&self, ms: u64) -> u64 {
         let l = &self.limit;
-        let ms = self.slice_ms.load(Ordering::Relaxed);
         let share = l
             .burst
             .div_ceil(2 * self.instances.load(Ordering::Relaxed).max(1));
@@ -791,6 +795,19 @@ impl FleetBudget {
     /// How much of the burst the fleet had used at the last grant, in ns.
     fn used_ns(&self) -> u64 {
         (self.used_us.load(Ordering::Relaxed) * 1000).min(self.gcra().1)
+    }
+
+    /// The cluster thread's latest round says a slice covers `ms` from now on. What this
+    /// instance holds past the slice of the longer of its last two rounds is let go (not
+    /// handed back: the fleet's word already counts it), so that it holds at most one
+    /// slice, one round after a long one. A single slow round (Redis blocked, the thread
+    /// preempted) grew the slice to the whole burst, and that grant was kept however
+    /// short the slices became after it: a review's two instances each held a whole burst
+    /// at rest after a Redis outage, and admitted two at once.
+    pub fn set_slice_ms(&self, ms: u64) {
+        let before = self.slice_ms.swap(ms, Ordering::Relaxed);
+        self.allowance
+            .fetch_min(self.slice_of(before.max(ms)), Ordering::AcqRel);
     }
 
     /// The heartbeat counted `n` instances: with more than before, this one's share is
@@ -1179,6 +1196,37 @@ mod tests {
         let slow = FleetBudget::new("svc", &slow, Default::default());
         slow.instances.store(10, Ordering::Relaxed);
         assert_eq!(slow.slice(), 1, "at least one");
+    }
+
+    /// Regression: a slow round (a Redis outage) grew the slice to the whole burst, and
+    /// the grant it took was held for good once the rounds were quick again: two instances
+    /// at rest held a burst each (a review: 20 admitted at once, burst 10, rate 50/s).
+    #[test]
+    fn a_grant_of_a_long_slice_is_let_go_past_the_slice_once_rounds_are_short_again() {
+        let l = limit("{rate: 50/s, burst: 10, scope: cluster}")
+            .unwrap()
+            .unwrap();
+        let b = FleetBudget::new("svc", &l, Default::default());
+        b.set_instances(2);
+        b.set_slice_ms(40);
+        assert_eq!(b.slice(), 3, "a quarter of the burst, rounded up");
+        b.set_slice_ms(MAX_SLICE_MS);
+        assert_eq!(b.slice(), 10, "a slow round: the whole burst");
+        b.allowance.store(10, Ordering::Relaxed); // what that round's grant brought
+        b.set_slice_ms(40);
+        assert_eq!(
+            b.allowance.load(Ordering::Relaxed),
+            10,
+            "kept for the round after the long one"
+        );
+        b.set_slice_ms(60);
+        assert_eq!(b.allowance.load(Ordering::Relaxed), 3, "then one slice");
+        // What is within the slice stays, whatever the rounds do.
+        b.set_slice_ms(40);
+        assert_eq!(b.allowance.load(Ordering::Relaxed), 3);
+        b.allowance.store(2, Ordering::Relaxed);
+        b.set_slice_ms(40);
+        assert_eq!(b.allowance.load(Ordering::Relaxed), 2);
     }
 
     /// Regression: `100/s` on one instance and `6000/m` on another ran as two fleet budgets

@@ -845,7 +845,7 @@ impl Node {
                 crate::admission::MAX_SLICE_MS,
             );
             for b in &self.budgets {
-                b.slice_ms.store(slice_ms, Ordering::Relaxed);
+                b.set_slice_ms(slice_ms);
             }
             if let Some(median) = rounds.note(period, started) {
                 let slice_ms = (2 * median).clamp(
