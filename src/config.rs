@@ -1002,61 +1002,90 @@ fn service_flag(key: &str, v: Option<&serde_yaml_ng::Value>) -> Result<bool, Con
 /// Parses `500ms`, `2s`, `1m`, `1h` into a duration.
 pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
     let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: u64 = match num.parse() {
-        Ok(n) => n,
-        // All digits, but more than a u64 holds: too long, not malformed (an operator review
-        // was told to write a whole number with a unit, which it was).
-        Err(_) if !num.is_empty() => {
-            return Err(invalid(
-                key,
-                format!("duration {v:?} is too long: use at most 24h"),
-            ))
-        }
-        Err(_) => {
-            return Err(invalid(
+    let too_long = || invalid(key, format!("duration {v:?} is too long: use at most 24h"));
+    // `7 s` (an operator review was told the unit was wrong).
+    if v.contains(char::is_whitespace) {
+        let joined: String = v.split_whitespace().collect();
+        return Err(invalid(
+            key,
+            format!("invalid duration {v:?}: write it without spaces, e.g. {joined}"),
+        ));
+    }
+    // Whole numbers with units, each unit smaller than the one before: `1m30s`, as NGINX
+    // and Go read it (an operator review was told the unit was wrong).
+    let mut rest = v;
+    let mut total: u64 = 0;
+    let mut last_unit = u64::MAX;
+    loop {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(split);
+        let n: u64 = match num.parse() {
+            Ok(n) => n,
+            // All digits, but more than a u64 holds: too long, not malformed (an operator
+            // review was told to write a whole number with a unit, which it was).
+            Err(_) if !num.is_empty() => return Err(too_long()),
+            Err(_) => return Err(invalid(
                 key,
                 format!(
                     "invalid duration {v:?}: write a whole number with a unit, e.g. 500ms, 2s, 1m"
                 ),
-            ))
-        }
-    };
-    let ms_per_unit: u64 = match unit {
-        // `1.5s` (an operator review was told the unit was wrong).
-        _ if unit.starts_with(['.', ',']) => {
-            let fix = if unit.ends_with("ms") {
-                "write whole milliseconds"
-            } else {
-                "use a smaller unit, e.g. 1500ms for 1.5s"
-            };
-            return Err(invalid(
-                key,
-                format!("invalid duration {v:?}: fractions are not taken; {fix}"),
-            ));
-        }
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => {
+            )),
+        };
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, after) = tail.split_at(unit_len);
+        let ms_per_unit: u64 = match unit {
+            // `1.5s` (an operator review was told the unit was wrong).
+            _ if unit.starts_with(['.', ',']) => {
+                let fix = if tail.ends_with("ms") {
+                    "write whole milliseconds"
+                } else {
+                    "use a smaller unit, e.g. 1500ms for 1.5s"
+                };
+                return Err(invalid(
+                    key,
+                    format!("invalid duration {v:?}: fractions are not taken; {fix}"),
+                ));
+            }
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "invalid duration {v:?}: the unit must be ms, s, m or h, e.g. 500ms, 2s, 1m, 1m30s"
+                    ),
+                ))
+            }
+        };
+        if ms_per_unit >= last_unit {
             return Err(invalid(
                 key,
                 format!(
-                    "invalid duration {v:?}: the unit must be ms, s, m or h, e.g. 500ms, 2s, 1m"
+                    "invalid duration {v:?}: give each unit once, larger ones first, e.g. 1h30m, 1m30s, 2s500ms"
                 ),
-            ))
+            ));
         }
-    };
-    // Bounded so that `Instant + timeout` can never overflow at run time.
-    match n.checked_mul(ms_per_unit) {
-        Some(ms) if ms <= MAX_DURATION.as_millis() as u64 => Ok(Duration::from_millis(ms)),
-        _ => Err(invalid(
-            key,
-            format!("duration {v:?} is too long: use at most 24h"),
-        )),
+        last_unit = ms_per_unit;
+        total = n
+            .checked_mul(ms_per_unit)
+            .and_then(|ms| total.checked_add(ms))
+            .ok_or_else(too_long)?;
+        if after.is_empty() {
+            break;
+        }
+        rest = after;
     }
+    // Bounded so that `Instant + timeout` can never overflow at run time.
+    if total > MAX_DURATION.as_millis() as u64 {
+        return Err(too_long());
+    }
+    Ok(Duration::from_millis(total))
 }
 
 /// A duration as one would write it in the config: in the largest unit that divides it
@@ -3088,6 +3117,33 @@ mod tests {
         assert!(parse_duration("k", "18446744073709551615s").is_err());
         assert!(parse_duration("k", "25h").is_err());
         assert_eq!(parse_duration("k", "24h").unwrap(), MAX_DURATION);
+    }
+
+    /// Regression: `1m30s` and `7 s` were told their unit was wrong (an operator review).
+    /// Units in a row, larger ones first, add up, as NGINX and Go read them; a space is
+    /// said to be one.
+    #[test]
+    fn durations_in_several_units_add_up_and_a_space_is_said() {
+        let ok = |v: &str| parse_duration("k", v).unwrap();
+        let no = |v: &str| parse_duration("k", v).unwrap_err().to_string();
+        assert_eq!(ok("1m30s"), Duration::from_secs(90));
+        assert_eq!(ok("1h30m"), Duration::from_secs(5400));
+        assert_eq!(ok("2s500ms"), Duration::from_millis(2500));
+        assert_eq!(ok("1h0m5s"), Duration::from_secs(3605));
+        assert_eq!(ok("23h60m"), MAX_DURATION);
+        assert!(no("23h61m").contains("at most 24h"), "{}", no("23h61m"));
+        assert!(
+            no("7 s").contains("without spaces, e.g. 7s"),
+            "{}",
+            no("7 s")
+        );
+        assert!(no("1m 30s").contains("e.g. 1m30s"), "{}", no("1m 30s"));
+        for v in ["30s1m", "1s1s", "1m30", "1m30x", "1ms5s"] {
+            assert!(no(v).contains("invalid duration"), "{v}: {}", no(v));
+        }
+        assert!(no("30s1m").contains("larger ones first"), "{}", no("30s1m"));
+        assert!(no("1m1.5s").contains("fractions"), "{}", no("1m1.5s"));
+        assert!(no("1m30").contains("the unit must be"), "{}", no("1m30"));
     }
 
     #[test]
