@@ -1026,12 +1026,14 @@ pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
             // All digits, but more than a u64 holds: too long, not malformed (an operator
             // review was told to write a whole number with a unit, which it was).
             Err(_) if !num.is_empty() => return Err(too_long()),
-            Err(_) => return Err(invalid(
-                key,
-                format!(
+            Err(_) => {
+                return Err(invalid(
+                    key,
+                    format!(
                     "invalid duration {v:?}: write a whole number with a unit, e.g. 500ms, 2s, 1m"
                 ),
-            )),
+                ))
+            }
         };
         let unit_len = tail
             .find(|c: char| c.is_ascii_digit())

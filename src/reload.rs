@@ -21,6 +21,10 @@ pub struct Changes {
     pub services_kept: usize,
     pub backends_added: usize,
     pub backends_removed: usize,
+    /// Of those, the ones of services that stay, as `service URL` (a service added or
+    /// removed whole is named as such): an operator review's `-1` named no backend.
+    pub backends_added_to: Vec<String>,
+    pub backends_removed_from: Vec<String>,
     /// Backends whose host name now resolves to another address: new slot, fresh breaker.
     pub backends_readdressed: usize,
     /// Backends that stay, and so keep their breaker state.
@@ -78,6 +82,20 @@ impl fmt::Display for Changes {
             self.breakers_carried,
             self.breakers_carried_open,
         )?;
+        if !self.backends_added_to.is_empty() {
+            write!(
+                f,
+                "; backends added: {}",
+                counted_list(&self.backends_added_to)
+            )?;
+        }
+        if !self.backends_removed_from.is_empty() {
+            write!(
+                f,
+                "; backends removed: {}",
+                counted_list(&self.backends_removed_from)
+            )?;
+        }
         if self.budgets.kept + self.budgets.fresh > 0 {
             write!(
                 f,
@@ -173,6 +191,8 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             .keys()
             .filter(|k| !new_pairs.contains_key(*k))
             .count(),
+        backends_added_to: named(&new_pairs, &old_pairs, &old_names),
+        backends_removed_from: named(&old_pairs, &new_pairs, &new_names),
         backends_readdressed: readdressed,
         breakers_carried: new_pairs
             .keys()
@@ -188,6 +208,20 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         admission_changed,
         admission_fields_changed: admission_fields,
     }
+}
+
+/// The `service URL` of each backend in `these` and not in `those` whose service is in
+/// `kept` (its service stays).
+fn named(
+    these: &BTreeMap<(String, String), SocketAddr>,
+    those: &BTreeMap<(String, String), SocketAddr>,
+    kept: &BTreeSet<String>,
+) -> Vec<String> {
+    these
+        .keys()
+        .filter(|k| !those.contains_key(*k) && kept.contains(&k.0))
+        .map(|(svc, url)| format!("{svc} {url}"))
+        .collect()
 }
 
 /// `key old -> new` for each timeout, limit, pool, DNS and other process-wide setting that
@@ -382,23 +416,28 @@ fn own_timeouts_changed(old: &Config, a: &ServiceConfig, new: &Config, b: &Servi
     (0..4).any(|i| ka[i] != kb[i] && !(ka[i] == top_ka[i] && kb[i] == top_kb[i]))
 }
 
-/// Whether a backend in both `a` and `b` has another share in `b`: its weight over the
-/// common divisor of its service's (1:1:1 and 2:2:2 are the same rotation: a review saw
-/// it reported as a change).
+/// Whether the backends in both `a` and `b` take other shares among themselves in `b`:
+/// each one's weight over the common divisor of theirs (1:1:1 and 2:2:2 are the same
+/// rotation: a review saw it reported as a change). A backend added or removed changes
+/// the others' shares of the whole, and is said as such, not as a change of weights (an
+/// operator review removed the weight-1 backend beside a weight-2 one and was told the
+/// weights changed).
 fn weights_changed(a: &ServiceConfig, b: &ServiceConfig) -> bool {
-    let divisor = |s: &ServiceConfig| {
-        let d = s
-            .backends
-            .iter()
-            .fold(0, |d, x| crate::admission::gcd(d, u64::from(x.weight)));
-        d.max(1)
+    let both: Vec<(u64, u64)> = b
+        .backends
+        .iter()
+        .filter_map(|n| {
+            let o = a.backends.iter().find(|o| o.url == n.url)?;
+            Some((u64::from(o.weight), u64::from(n.weight)))
+        })
+        .collect();
+    let divisor = |w: fn(&(u64, u64)) -> u64| {
+        both.iter()
+            .fold(0, |d, x| crate::admission::gcd(d, w(x)))
+            .max(1)
     };
-    let (da, db) = (divisor(a), divisor(b));
-    b.backends.iter().any(|n| {
-        a.backends
-            .iter()
-            .any(|o| o.url == n.url && u64::from(o.weight) / da != u64::from(n.weight) / db)
-    })
+    let (da, db) = (divisor(|x| x.0), divisor(|x| x.1));
+    both.iter().any(|&(o, n)| o / da != n / db)
 }
 
 /// The services in both configs for which `compare` finds a field changed (sorted), and
@@ -626,7 +665,7 @@ mod tests {
         assert_eq!(ch.ignored_until_restart, ["listen", "cluster"]);
         let line = ch.to_string();
         assert!(
-            line.contains("services 2 (+1 [c] -1 [b], 1 kept); backends 3 (+2 -2, 1 kept);")
+            line.contains("services 2 (+1 [c] -1 [b], 1 kept); backends 3 (+2 -2, 1 kept); breakers carried over: 1 (1 not closed); backends added: 1 [a http://127.0.0.1:4]; backends removed: 1 [a http://127.0.0.1:2]")
                 && line.contains("ignored until restart: listen, cluster"),
             "{line}"
         );
@@ -901,7 +940,31 @@ mod tests {
             weights("http://127.0.0.1:1, http://127.0.0.1:2, {url: http://127.0.0.1:4, weight: 3}");
         let line = diff(&old, &more).to_string();
         assert!(
-            !line.contains("changed for services") && line.contains("(+1 -0"),
+            !line.contains("changed for services")
+                && line.contains("(+1 -0")
+                && line.contains("; backends added: 1 [a http://127.0.0.1:4]"),
+            "{line}"
+        );
+        // Regression: removing the weight-1 backend beside a weight-2 one was said as a
+        // change of weights (an operator review), and named no backend.
+        let two = weights("http://127.0.0.1:1, {url: http://127.0.0.1:2, weight: 2}");
+        let one = weights("{url: http://127.0.0.1:2, weight: 2}");
+        let line = diff(&two, &one).to_string();
+        assert!(
+            !line.contains("changed for services")
+                && line.contains("backends 2 (+0 -1, 2 kept)")
+                && line.contains("; backends removed: 1 [a http://127.0.0.1:1]"),
+            "{line}"
+        );
+        let three =
+            weights("http://127.0.0.1:1, {url: http://127.0.0.1:2, weight: 2}, http://127.0.0.1:4");
+        let line = diff(&three, &two).to_string();
+        assert!(!line.contains("changed for services"), "{line}");
+        let other =
+            weights("{url: http://127.0.0.1:1, weight: 2}, {url: http://127.0.0.1:2, weight: 2}");
+        let line = diff(&three, &other).to_string();
+        assert!(
+            line.contains("settings (weights) changed for services: 1 [a]"),
             "{line}"
         );
     }
