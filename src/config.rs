@@ -2274,6 +2274,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 let full: RawService = match serde_yaml_ng::from_value(value) {
                     Ok(full) => full,
                     Err(e) => {
+                        let e = with_suggestion(e.to_string());
                         errs.push(invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`, `timeouts`, `health_check`)")));
                         return None;
                     }
@@ -2742,6 +2743,7 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
     if let Some(fixed) = nested_duplicate_line(&m, text) {
         m = fixed;
     }
+    m = with_suggestion(m);
     // `[http://[::1]:8001]`: YAML reads the address's `[` as a nested list (an operator
     // review, told only of a missing ',' or ']').
     if m.contains("while parsing a flow") && text.contains("://[") {
@@ -2784,19 +2786,78 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
     m
 }
 
-/// `KEY: unknown field ... at line N column M` as `line N: KEY: unknown field ...`.
+/// `KEY: unknown field ... at line N column M` as `line N: KEY: unknown field ...`, and a
+/// top-level key's `unknown field ... at line N column M` as `line N: unknown field ...`
+/// (an operator review saw the two forms side by side).
 fn nested_unknown_line_first(message: &str) -> Option<String> {
-    let (path, rest) = message.split_once(": unknown field `")?;
+    let (path, rest) = match message.strip_prefix("unknown field `") {
+        Some(rest) => ("", rest),
+        None => message.split_once(": unknown field `")?,
+    };
     let at = rest.rfind(" at line ")?;
     let (line, column) = rest[at + " at line ".len()..].split_once(" column ")?;
     let all_digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
     if !all_digits(line) || !all_digits(column) {
         return None;
     }
-    Some(format!(
-        "line {line}: {path}: unknown field `{}",
-        &rest[..at]
-    ))
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    };
+    Some(format!("line {line}: {path}unknown field `{}", &rest[..at]))
+}
+
+/// `unknown field `timeout`, expected one of ... `timeouts` ...` with `(did you mean
+/// `timeouts`?)` after the key, when one expected key is within two edits of it (an
+/// operator review had to find `timeouts` in a list of 23).
+fn with_suggestion(message: String) -> String {
+    const OPEN: &str = "unknown field `";
+    let Some(start) = message.find(OPEN).map(|i| i + OPEN.len()) else {
+        return message;
+    };
+    let Some(len) = message[start..].find('`') else {
+        return message;
+    };
+    let key = &message[start..start + len];
+    let Some(list) = message[start..]
+        .split_once("expected one of ")
+        .map(|(_, l)| l)
+    else {
+        return message;
+    };
+    let best = list
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (edits(&key.to_ascii_lowercase(), k), k))
+        .filter(|&(d, k)| d <= 2 && d < k.len().min(key.len()))
+        .min_by_key(|&(d, _)| d);
+    match best {
+        Some((_, k)) => {
+            let at = start + len + 1;
+            format!("{} (did you mean `{k}`?){}", &message[..at], &message[at..])
+        }
+        None => message,
+    }
+}
+
+/// The Levenshtein distance between `a` and `b`, counted in characters.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// A key given twice inside a nested map: serde_yaml_ng places the error at the map's first
@@ -3121,6 +3182,43 @@ mod tests {
         assert_eq!(parse_duration("k", "24h").unwrap(), MAX_DURATION);
     }
 
+    /// Regression: a mistyped top-level key got `at line 2 column 1` at its end where every
+    /// other error begins with its line, and no hint among 23 keys (an operator review).
+    #[test]
+    fn a_mistyped_key_is_said_on_its_line_with_the_key_meant() {
+        let e = err(
+            "listen: 127.0.0.1:0\ntimeout:\n  connect: 1s\nservices:\n  a: [http://127.0.0.1:1]\n",
+        );
+        assert!(
+            e.contains("line 2: unknown field `timeout` (did you mean `timeouts`?), expected one of `listen`"),
+            "{e}"
+        );
+        assert!(!e.contains("column"), "{e}");
+        let e = err(
+            "services:\n  a:\n    backends: [http://127.0.0.1:1]\n    timeout: {connect: 1s}\n",
+        );
+        assert!(
+            e.contains("line 4: services.a: unknown field `timeout` (did you mean `timeouts`?)"),
+            "{e}"
+        );
+        let e = err("timeouts:\n  conect: 1s\nservices:\n  a: [http://127.0.0.1:1]\n");
+        assert!(
+            e.contains("unknown field `conect` (did you mean `connect`?)"),
+            "{e}"
+        );
+        let e = err("Services:\n  a: [http://127.0.0.1:1]\n");
+        assert!(e.contains("(did you mean `services`?)"), "{e}");
+        // Nothing near: no guess.
+        let e = err("frobnicate: 1\nservices:\n  a: [http://127.0.0.1:1]\n");
+        assert!(
+            e.contains("line 1: unknown field `frobnicate`, expected"),
+            "{e}"
+        );
+        assert_eq!(edits("timeout", "timeouts"), 1);
+        assert_eq!(edits("kitten", "sitting"), 3);
+        assert_eq!(edits("", "ab"), 2);
+    }
+
     /// Regression: `1m30s` and `7 s` were told their unit was wrong (an operator review).
     /// Units in a row, larger ones first, add up, as NGINX and Go read them; a space is
     /// said to be one.
@@ -3220,7 +3318,7 @@ mod tests {
         // Nested, the line comes first too (it ended `at line 2 column 3`: two reviews).
         let e = err("timeouts:\n  conect: 2s\nservices:\n  a: [http://127.0.0.1:1]\n");
         assert!(
-            e.contains(": line 2: timeouts: unknown field `conect`, expected one of `connect`")
+            e.contains(": line 2: timeouts: unknown field `conect` (did you mean `connect`?), expected one of `connect`")
                 && !e.contains("column"),
             "{e}"
         );
