@@ -1220,9 +1220,16 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
         .enumerate()
         .find(|(_, b)| !b.is_ascii_graphic())
     {
+        // `- http://a` then ` - http://b` one column deeper: YAML reads the second item as
+        // the first one's continued text (an operator review).
+        let hint = if rest.contains(" - ") {
+            " (a `- ` item indented deeper than the one above it is read as part of it: line the items up)"
+        } else {
+            ""
+        };
         return Err(invalid(
             key,
-            format!("{quoted:?}: byte 0x{b:02x} at position {} is a space, control or non-ASCII character: percent-encode it (e.g. %20) or remove it", i + "http://".len()),
+            format!("{quoted:?}: byte 0x{b:02x} at position {} is a space, control or non-ASCII character: percent-encode it (e.g. %20) or remove it{hint}", i + "http://".len()),
         ));
     }
     let slash = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -2773,6 +2780,29 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
             ),
             None => "the file holds more than one YAML document: a config file is one".into(),
         };
+    }
+    // A block out of line: the line first, and what to look at (an operator review got
+    // the parser's words alone, its line at the end).
+    for kind in [
+        "did not find expected key",
+        "mapping values are not allowed in this context",
+        "did not find expected '-' indicator",
+    ] {
+        let Some(rest) = m
+            .strip_prefix(kind)
+            .and_then(|r| r.strip_prefix(" at line "))
+        else {
+            continue;
+        };
+        let Some((line, after)) = rest.split_once(" column ") else {
+            continue;
+        };
+        if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) {
+            m = format!(
+                "line {line}: {kind} at column {after} (check this line's indentation against the lines above it: the keys of one map line up, and what goes under a key is indented past it)"
+            );
+        }
+        break;
     }
     // A tab where YAML wants spaces (an operator review: only the parser's words).
     if m.contains("cannot start any token") && text.contains('\t') {
@@ -4448,6 +4478,27 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(
             e.ends_with("line 2 column 34: byte 0xe9 is not UTF-8: save the file as UTF-8"),
+            "{e}"
+        );
+    }
+
+    /// Regression: a block out of line got the parser's words with its line at the end,
+    /// and a list item indented one column deeper than the one above was said to be a
+    /// space in a URL, with no word of indentation (an operator review).
+    #[test]
+    fn a_line_indented_wrong_is_said_first_with_what_to_check() {
+        for (text, line) in [
+            ("services:\n  web:\n    backends:\n      - http://127.0.0.1:1\n    breaker: {failure_threshold: 3}\n      cooldown: 1s\n", 6),
+            ("services:\n  web:\n  backends: [http://127.0.0.1:1]\n   timeouts: {connect: 1s}\n", 4),
+            ("services:\n  web: [http://127.0.0.1:1]\n  x: 1\n   y: 2: 3\n", 4),
+        ] {
+            let e = err(text);
+            assert!(e.contains(&format!("config: line {line}: ")), "{e}");
+            assert!(e.contains("check this line's indentation"), "{e}");
+        }
+        let e = err("services:\n  web:\n    - http://127.0.0.1:1\n     - http://127.0.0.1:2\n");
+        assert!(
+            e.contains("is read as part of it: line the items up"),
             "{e}"
         );
     }
