@@ -1591,12 +1591,12 @@ const NO_SERVICES: &str = "no services configured: add at least one, e.g. `servi
 
 impl Config {
     /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let bytes = std::fs::read(file).map_err(|source| ConfigError::Read {
+            path: file.display().to_string(),
             source,
         })?;
-        let path = path.display().to_string();
+        let path = file.display().to_string();
         // Where the first byte that is not UTF-8 is (an operator review got the standard
         // library's words alone, with no place to look).
         let text = String::from_utf8(bytes).map_err(|e| {
@@ -1613,7 +1613,19 @@ impl Config {
                 ),
             }
         })?;
-        Config::parse(&text).map_err(|e| in_file(e, &path))
+        let mut config = Config::parse(&text).map_err(|e| in_file(e, &path))?;
+        // A relative access log is the config file's neighbour, wherever the gateway was
+        // started from (HAProxy's `default-path config`; an operator review's
+        // `access_log: logs/a.log` failed `--check` run from another directory, and a
+        // service manager starting in `/` would have written `/logs/a.log`).
+        if let crate::accesslog::Sink::File(log) = &mut config.access_log {
+            if log.is_relative() {
+                let dir = file.parent().unwrap_or(Path::new(""));
+                let joined = dir.join(&*log);
+                *log = std::path::absolute(&joined).unwrap_or(joined);
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates YAML text (a leading UTF-8 byte-order mark, which some editors
@@ -4479,6 +4491,31 @@ mod tests {
         assert!(
             e.ends_with("line 2 column 34: byte 0xe9 is not UTF-8: save the file as UTF-8"),
             "{e}"
+        );
+    }
+
+    /// Regression: a relative access log was opened from the directory the gateway was
+    /// started in, not the config's (an operator review's `--check` failed from another).
+    #[test]
+    fn a_relative_access_log_is_the_config_files_neighbour() {
+        let dir = std::env::temp_dir().join(format!("gateway-rel-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let file = dir.join("c.yaml");
+        let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+        let load = |log: &str| {
+            std::fs::write(&file, format!("access_log: {log}\n{svc}")).unwrap();
+            Config::load(&file).unwrap().access_log
+        };
+        let relative = load("logs/a.log");
+        let absolute = load("/tmp/x/a.log");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            relative,
+            crate::accesslog::Sink::File(dir.join("logs/a.log"))
+        );
+        assert_eq!(
+            absolute,
+            crate::accesslog::Sink::File("/tmp/x/a.log".into())
         );
     }
 
