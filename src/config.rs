@@ -1920,10 +1920,6 @@ impl Config {
     }
 }
 
-/// Whether `ip` is one of this host's own addresses: a socket can be bound to it (an
-/// address of another host cannot be, `EADDRNOTAVAIL`). A loop through an interface's
-/// address (`http://10.0.0.5:8000/v1/proxy/a` on that host, listening on `0.0.0.0`) was
-/// missed where one through `127.0.0.1` was refused.
 /// Whether a connection to `addr` reaches a socket listening on `own`: the same address, or
 /// an address of this host (loopback, or one of its interfaces') on its port when `own` is
 /// every interface of that address's family.
@@ -1938,6 +1934,10 @@ fn reaches(own: SocketAddr, addr: SocketAddr) -> bool {
         && (ip == at.to_canonical() || (every && (ip.is_loopback() || is_this_hosts(ip))))
 }
 
+/// Whether `ip` is one of this host's own addresses: a socket can be bound to it (an
+/// address of another host cannot be, `EADDRNOTAVAIL`). A loop through an interface's
+/// address (`http://10.0.0.5:8000/v1/proxy/a` on that host, listening on `0.0.0.0`) was
+/// missed where one through `127.0.0.1` was refused.
 fn is_this_hosts(ip: std::net::IpAddr) -> bool {
     !ip.is_unspecified() && !ip.is_multicast() && std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
