@@ -1208,12 +1208,12 @@ mod tests {
             .unwrap();
         let b = FleetBudget::new("svc", &l, Default::default());
         b.set_instances(2);
-        b.set_slice_ms(40);
+        b.set_slice_ms(50);
         assert_eq!(b.slice(), 3, "a quarter of the burst, rounded up");
         b.set_slice_ms(MAX_SLICE_MS);
         assert_eq!(b.slice(), 10, "a slow round: the whole burst");
         b.allowance.store(10, Ordering::Relaxed); // what that round's grant brought
-        b.set_slice_ms(40);
+        b.set_slice_ms(50);
         assert_eq!(
             b.allowance.load(Ordering::Relaxed),
             10,
@@ -1222,10 +1222,10 @@ mod tests {
         b.set_slice_ms(60);
         assert_eq!(b.allowance.load(Ordering::Relaxed), 3, "then one slice");
         // What is within the slice stays, whatever the rounds do.
-        b.set_slice_ms(40);
+        b.set_slice_ms(50);
         assert_eq!(b.allowance.load(Ordering::Relaxed), 3);
         b.allowance.store(2, Ordering::Relaxed);
-        b.set_slice_ms(40);
+        b.set_slice_ms(50);
         assert_eq!(b.allowance.load(Ordering::Relaxed), 2);
     }
 

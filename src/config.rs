@@ -1222,7 +1222,7 @@ pub fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError
     {
         // `- http://a` then ` - http://b` one column deeper: YAML reads the second item as
         // the first one's continued text (an operator review).
-        let hint = if rest.contains(" - ") {
+        let hint = if rest.contains(" - http") {
             " (a `- ` item indented deeper than the one above it is read as part of it: line the items up)"
         } else {
             ""
@@ -1778,6 +1778,44 @@ impl Config {
         None
     }
 
+    /// The checks of the config as a whole, each error said: no backend on the admin port
+    /// (the admin API has no authentication, and it would answer through the public
+    /// listener: an operator review's `--check` passed it in silence), and no services that
+    /// loop through this gateway. A reload runs them again on the `listen` and `admin` in
+    /// effect, which only a restart changes (a review passed a backend on the running admin
+    /// port by a reload that also changed `admin`).
+    pub fn check_whole(&self) -> Result<(), ConfigError> {
+        let mut errs = Errors::default();
+        for svc in &self.services {
+            for b in svc.backends.iter().filter(|b| self.is_admin_port(b.addr)) {
+                errs.push(invalid(
+                    format!("services.{}", svc.name),
+                    format!(
+                        "backend {} is this gateway's admin port ({}): the admin API, which has no authentication, would answer through the public listener; point the backend at the service's real address",
+                        b.url,
+                        self.admin.map_or(String::new(), |a| a.to_string()),
+                    ),
+                ));
+            }
+        }
+        if let Some(cycle) = self.proxy_loop() {
+            let first = &cycle[0];
+            let path = cycle
+                .iter()
+                .map(|(svc, url)| format!("{svc} -> {url}"))
+                .collect::<Vec<_>>()
+                .join(" -> ");
+            errs.push(invalid(
+                format!("services.{}", first.0),
+                format!(
+                    "its requests would loop through this gateway without end: {path} -> {}; point the backend at the service's real address",
+                    first.0
+                ),
+            ));
+        }
+        errs.done()
+    }
+
     /// Whether the access log's fields name request headers ([`crate::accesslog::Kept`]).
     pub fn logs_headers(&self) -> bool {
         self.access_log_fields.iter().any(|f| f.is_kept())
@@ -1922,9 +1960,16 @@ impl Config {
 
 /// Whether a connection to `addr` reaches a socket listening on `own`: the same address, or
 /// an address of this host (loopback, or one of its interfaces') on its port when `own` is
-/// every interface of that address's family.
+/// every interface of that address's family; `addr` unspecified is loopback.
 fn reaches(own: SocketAddr, addr: SocketAddr) -> bool {
     let (at, ip) = (own.ip(), addr.ip().to_canonical());
+    // A connection to `0.0.0.0` or `[::]` goes to this host's loopback (a review's backend
+    // `http://0.0.0.0:PORT` reached an admin on 127.0.0.1 unrefused).
+    let ip = match ip {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
     let every = match at {
         std::net::IpAddr::V4(v4) => v4.is_unspecified() && ip.is_ipv4(),
         std::net::IpAddr::V6(v6) => v6.is_unspecified(),
@@ -2489,35 +2534,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         services,
         cluster,
     };
-    // The admin API has no authentication: a backend on its port would serve it through the
-    // public listener (an operator review: `--check` passed it in silence).
-    for svc in &config.services {
-        if let Some(b) = svc.backends.iter().find(|b| config.is_admin_port(b.addr)) {
-            return Err(invalid(
-                format!("services.{}", svc.name),
-                format!(
-                    "backend {} is this gateway's admin port ({}): the admin API, which has no authentication, would answer through the public listener; point the backend at the service's real address",
-                    b.url,
-                    config.admin.map_or(String::new(), |a| a.to_string()),
-                ),
-            ));
-        }
-    }
-    if let Some(cycle) = config.proxy_loop() {
-        let first = &cycle[0];
-        let path = cycle
-            .iter()
-            .map(|(svc, url)| format!("{svc} -> {url}"))
-            .collect::<Vec<_>>()
-            .join(" -> ");
-        return Err(invalid(
-            format!("services.{}", first.0),
-            format!(
-                "its requests would loop through this gateway without end: {path} -> {}; point the backend at the service's real address",
-                first.0
-            ),
-        ));
-    }
+    config.check_whole()?;
     Ok(config)
 }
 
@@ -2810,8 +2827,14 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
             continue;
         };
         if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) {
+            // `listen: 127.0.0.1: 8000` on line 1 has no lines above it (a review).
+            let colon = if kind.starts_with("mapping values") {
+                "a value holding `: ` must be quoted (\"a: b\"); or "
+            } else {
+                ""
+            };
             m = format!(
-                "line {line}: {kind} at column {after} (check this line's indentation against the lines above it: the keys of one map line up, and what goes under a key is indented past it)"
+                "line {line}: {kind} at column {after} ({colon}check this line's indentation against the lines above it: the keys of one map line up, and what goes under a key is indented past it)"
             );
         }
         break;
@@ -4376,9 +4399,12 @@ mod tests {
             ("127.0.0.1:18901", "http://127.0.0.1:18901"),
             ("0.0.0.0:18901", "http://localhost:18901/x"),
             ("\"[::]:18901\"", "http://127.0.0.1:18901"),
+            // A review: `0.0.0.0` and `[::]` are this host's loopback to connect to.
+            ("127.0.0.1:18901", "http://0.0.0.0:18901"),
+            ("\"[::1]:18901\"", "http://[::]:18901"),
         ] {
             let e = err(&format!(
-                "listen: 127.0.0.1:18000\nadmin: {admin}\nservices:\n  a: [http://127.0.0.1:1]\n  web: [http://127.0.0.1:2, {url}]\n"
+                "listen: 127.0.0.1:18000\nadmin: {admin}\nservices:\n  a: [http://127.0.0.1:1]\n  web: [http://127.0.0.1:2, \"{url}\"]\n"
             ));
             assert!(
                 e.contains(&format!(
@@ -4388,6 +4414,16 @@ mod tests {
             );
             assert!(e.contains("no authentication"), "{e}");
         }
+        // Every one is said, and a loop beside them (a review saw the first alone).
+        let all = several("listen: 127.0.0.1:18000\nadmin: 127.0.0.1:18901\nservices:\n  a: [http://127.0.0.1:18901]\n  b: [http://localhost:18901]\n  c: [http://127.0.0.1:18000/v1/proxy/c]\n");
+        each_begins(
+            &all,
+            &[
+                "line 4: services.a: backend http://127.0.0.1:18901 is this gateway's admin port",
+                "line 5: services.b: backend http://localhost:18901 is this gateway's admin port",
+                "line 6: services.c: its requests would loop",
+            ],
+        );
         // Another port, another address of a specific admin, no admin at all.
         for yaml in [
             "admin: 127.0.0.1:18901\nservices:\n  a: [http://127.0.0.1:18902]\n",

@@ -133,8 +133,10 @@ pub fn init() {
 }
 
 /// `text` made fit for one log line: control characters escaped (`\n`, `\u{1b}`), so that
-/// text from outside (a Redis reply, a config key) cannot forge a line or drive the
-/// terminal, and at most `max_chars` characters, then `…`.
+/// text from outside (a Redis reply, a config key, a request's path) cannot forge a line or
+/// drive the terminal, and so are the Unicode line separators and the marks that reorder
+/// what a terminal shows (`\u{2028}`, `\u{202e}`: a review saw them written raw), and at
+/// most `max_chars` characters, then `…`.
 pub fn one_line(text: &str, max_chars: usize) -> String {
     let mut out = String::new();
     for (i, c) in text.chars().enumerate() {
@@ -142,7 +144,17 @@ pub fn one_line(text: &str, max_chars: usize) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        let unseen = matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
+        );
+        if c.is_control() || unseen {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -224,6 +236,19 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: the Unicode line separators and the marks that reorder what a terminal
+    /// shows went into log lines raw (a review, through a request's path in a breaker line).
+    #[test]
+    fn one_line_escapes_controls_separators_and_reordering_marks_and_keeps_the_rest() {
+        assert_eq!(one_line("a\nb\u{1b}[31m", 100), "a\\nb\\u{1b}[31m");
+        assert_eq!(
+            one_line("x\u{2028}evil\u{202e}Z\u{2066}", 100),
+            "x\\u{2028}evil\\u{202e}Z\\u{2066}"
+        );
+        assert_eq!(one_line("café ü", 100), "café ü");
+        assert_eq!(one_line("abcdef", 3), "abc…");
+    }
 
     #[test]
     fn a_tally_sums_up_a_minute_after_the_last_line_and_tells_at_once_after_a_quiet_one() {

@@ -479,6 +479,17 @@ pub fn reload(
     let result = Config::load(path).and_then(|mut new| {
         let old = shared.current.load_full();
         let mut changes = diff(&old.config, &new);
+        // Settings bound at start stay as they are until a restart.
+        new.listen = old.config.listen;
+        new.workers = old.config.workers;
+        new.pin_workers = old.config.pin_workers;
+        new.admin = old.config.admin;
+        new.busy_poll = old.config.busy_poll;
+        new.splice = old.config.splice;
+        new.cluster = old.config.cluster.clone();
+        // The checks of the whole again, on the `listen` and `admin` in effect: a backend
+        // on the running admin port passed in a reload that also moved `admin` (a review).
+        new.check_whole()?;
         // Another access log file, stdout or `off`, opened before anything is installed
         // (until 2026-12-04 another file waited for a restart while access_log_format was
         // applied at once, and `off` and back until later the same day: operator reviews).
@@ -501,14 +512,6 @@ pub fn reload(
             }
             _ => new.access_log = old.config.access_log.clone(),
         }
-        // Settings bound at start stay as they are until a restart.
-        new.listen = old.config.listen;
-        new.workers = old.config.workers;
-        new.pin_workers = old.config.pin_workers;
-        new.admin = old.config.admin;
-        new.busy_poll = old.config.busy_poll;
-        new.splice = old.config.splice;
-        new.cluster = old.config.cluster.clone();
         let (generation, report) = shared.install(new);
         changes.generation = generation;
         changes.budgets = report.budgets;
@@ -630,6 +633,35 @@ pub fn refresh_dns(
 mod tests {
     use super::*;
     use crate::breaker;
+
+    /// Regression: the admin-port check ran on the file's `admin`, which a reload does not
+    /// apply: a file without `admin` put a backend on the running admin port, and the
+    /// admin API answered through the public listener (a review).
+    #[test]
+    fn a_reload_checks_backends_against_the_admin_port_in_effect() {
+        let path =
+            std::env::temp_dir().join(format!("gateway-reload-admin-{}.yaml", std::process::id()));
+        let v1 =
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:18911\nservices:\n  a: [http://127.0.0.1:1]\n";
+        let shared = Shared::new(Config::parse(v1).unwrap());
+        std::fs::write(
+            &path,
+            "listen: 127.0.0.1:0\nservices:\n  a: [http://127.0.0.1:18911]\n",
+        )
+        .unwrap();
+        let e = reload(&shared, &path, None).unwrap_err().to_string();
+        std::fs::write(&path, "listen: 127.0.0.1:0\nadmin: 127.0.0.1:18912\nservices:\n  a: [http://127.0.0.1:18911]\n").unwrap();
+        let moved = reload(&shared, &path, None).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&path);
+        for e in [e, moved] {
+            assert!(
+                e.contains("services.a: backend http://127.0.0.1:18911 is this gateway's admin port (127.0.0.1:18911)"),
+                "{e}"
+            );
+        }
+        let now = shared.current.load();
+        assert_eq!(now.config.services[0].backends[0].url, "http://127.0.0.1:1");
+    }
 
     #[test]
     fn reload_keeps_breakers_reports_changes_and_survives_a_broken_file() {

@@ -884,15 +884,18 @@ fn a_circuit_that_opens_says_why_in_the_log() {
     let (g, _admin) = gateway_logging_to(&path, &log);
     for svc in ["down", "failing"] {
         for _ in 0..2 {
-            get(g.addr, &format!("/v1/proxy/{svc}/x%09y?token=secret"));
+            get(
+                g.addr,
+                &format!("/v1/proxy/{svc}/x%09\u{2028}y?token=secret"),
+            );
         }
     }
     let every = |svc: &str| {
         format!("breaker: every backend of {svc} has an open circuit: its requests are answered 503 no_backend_available until a probe succeeds")
     };
     let wanted = [
-        format!("breaker: down http://{refused} opened after 2 consecutive failures, the last: backend_connect_failed to GET /v1/proxy/down/x%09y\n"),
-        format!("breaker: failing http://{} opened after 2 consecutive failures, the last: status 503 to GET /v1/proxy/failing/x%09y\n", rec.addr),
+        format!("breaker: down http://{refused} opened after 2 consecutive failures, the last: backend_connect_failed to GET /v1/proxy/down/x%09\\u{{2028}}y\n"),
+        format!("breaker: failing http://{} opened after 2 consecutive failures, the last: status 503 to GET /v1/proxy/failing/x%09\\u{{2028}}y\n", rec.addr),
         every("down"),
         every("failing"),
     ];
