@@ -188,7 +188,7 @@ pub async fn forward(
                     up_out = worker.buffer_for(head + copied + 256);
                     // A WebSocket handshake says `Connection: upgrade`; its connection is
                     // never pooled after a switch, and one declined at the limit is closed.
-                    let last = !info.upgrade && worker.pool.last_request(uses);
+                    let last = !info.upgrade && worker.pool.last_request(attempt.backend, uses);
                     rewrite::write_request_head(
                         &mut up_out,
                         info.method,
@@ -240,7 +240,10 @@ pub async fn forward(
                     let after = ex.run(down).await;
                     down.record.received += ex.relay.wire();
                     if ex.pool_it && worker.may_pool() {
-                        match (ex.last, worker.pool.last_request(ex.uses)) {
+                        match (
+                            ex.last,
+                            worker.pool.last_request(ex.attempt.backend, ex.uses),
+                        ) {
                             (true, _) => worker.pool.retire(ex.attempt.backend, ex.up),
                             // A WebSocket handshake the backend declined, at the limit: it
                             // could not say `Connection: close` (a review's clients kept a
@@ -1184,7 +1187,7 @@ impl Exchange<'_> {
         let mut same = !elsewhere;
         // A new connection: this is its first request (a resend of a connection's last
         // sent `Connection: close` on the next one: a review).
-        let last = !self.info.upgrade && self.worker.pool.last_request(0);
+        let last = !self.info.upgrade && self.worker.pool.last_request(self.attempt.backend, 0);
         if same && self.last != last {
             self.last = last;
             self.write_head();
@@ -1213,7 +1216,8 @@ impl Exchange<'_> {
                 if elsewhere && self.reset_by.is_none() {
                     self.reset_by = Some(left); // the backend that reset it
                 }
-                self.last = last;
+                self.last =
+                    !self.info.upgrade && self.worker.pool.last_request(self.attempt.backend, 0);
                 self.write_head();
             }
             same = false;
