@@ -1054,6 +1054,7 @@ impl Exchange<'_> {
             [&mut up_buf, &mut self.ubuf],
             idle,
             &self.live.sent,
+            &self.live.tunnel_writes,
         )
         .await;
         self.ustart = 0;

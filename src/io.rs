@@ -836,6 +836,20 @@ pub fn client_end(fd: RawFd) -> End {
     }
 }
 
+/// Whether the socket `fd` has a pending error (a reset), by `poll`'s `POLLERR` alone: a
+/// socket both ends of which were shut down in order also says `POLLHUP`, with bytes
+/// perhaps still to read, and is no failure.
+pub fn reset_seen(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own; a zero timeout never blocks.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & libc::POLLERR != 0
+}
+
 /// Peeks at up to `max` bytes the socket holds, appended to `out`, without taking them.
 pub fn peek_into(fd: RawFd, out: &mut Vec<u8>, max: usize) {
     out.reserve(max);

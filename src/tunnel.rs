@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
+use std::os::fd::RawFd;
 use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ pub async fn relay(
     bufs: [&mut Vec<u8>; 2],
     idle: Duration,
     down: &Cell<u64>,
+    writes: &[Cell<Option<(RawFd, RawFd)>>; 2],
 ) -> Moved {
     let (client_fd, backend_fd) = (client.fd(), backend.fd());
     let (client_r, client_w) = client.split();
@@ -43,10 +45,20 @@ pub async fn relay(
     let up = Cell::new(0);
     down.set(0);
     let mut up_way = pin!(one_way(
-        client_r, backend_w, backend_fd, up_buf, idle, &last, &up
+        (client_r, client_fd),
+        (backend_w, backend_fd),
+        up_buf,
+        (idle, &last),
+        &up,
+        &writes[0],
     ));
     let mut down_way = pin!(one_way(
-        backend_r, client_w, client_fd, down_buf, idle, &last, down
+        (backend_r, backend_fd),
+        (client_w, client_fd),
+        down_buf,
+        (idle, &last),
+        down,
+        &writes[1],
     ));
     let (mut up_end, mut down_end) = (None, None);
     poll_fn(|cx| {
@@ -91,16 +103,25 @@ enum End {
 
 /// One direction: what `src` sends goes to `dst` until `src` closes or fails. `last` is when
 /// a byte last moved either way: a read that times out waits on while the other direction
-/// moves. `moved` counts what reached `dst`.
+/// moves. `moved` counts what reached `dst`. While it writes, `writing` holds both sockets,
+/// so that the worker's watch ends the write if `src` is reset meanwhile (nothing else
+/// reads `src` then).
 async fn one_way(
-    src: &mut ReadHalf,
-    dst: &mut WriteHalf,
-    dst_fd: std::os::fd::RawFd,
+    (src, src_fd): (&mut ReadHalf, RawFd),
+    (dst, dst_fd): (&mut WriteHalf, RawFd),
     buf: &mut Vec<u8>,
-    idle: Duration,
-    last: &Cell<Instant>,
+    (idle, last): (Duration, &Cell<Instant>),
     moved: &Cell<u64>,
+    writing: &Cell<Option<(RawFd, RawFd)>>,
 ) -> End {
+    /// Clears the cell however the write ends, the future dropped included: the watch must
+    /// never shut down a descriptor closed meanwhile, whose number another socket may take.
+    struct Writing<'a>(&'a Cell<Option<(RawFd, RawFd)>>);
+    impl Drop for Writing<'_> {
+        fn drop(&mut self) {
+            self.0.set(None);
+        }
+    }
     loop {
         let left = idle.saturating_sub(last.get().elapsed());
         if left.is_zero() {
@@ -112,7 +133,11 @@ async fn one_way(
             Read::Data(_) => {
                 last.set(Instant::now());
                 let n = buf.len() as u64;
-                if io::write_all(dst, buf, idle).await.is_err() {
+                writing.set(Some((src_fd, dst_fd)));
+                let guard = Writing(writing);
+                let wrote = io::write_all(dst, buf, idle).await;
+                drop(guard);
+                if wrote.is_err() {
                     return End::Failed;
                 }
                 moved.set(moved.get() + n);

@@ -77,6 +77,13 @@ pub struct Live {
     /// answer now and then).
     pub used: Cell<bool>,
     pub accepted: Cell<Option<std::time::Instant>>,
+    /// While a tunnel's direction writes (to the backend, to the client), the socket it
+    /// reads from and the one it writes to: [`Worker::watch_waiting`] shuts the second
+    /// down when the first was reset, since nothing reads a socket whose direction waits
+    /// on a write (a review: a client's reset behind a backend that read nothing, or a
+    /// backend's behind a client that read nothing, held the tunnel for
+    /// `timeouts.tunnel`). Set and cleared by `tunnel::one_way`.
+    pub tunnel_writes: [Cell<Option<(RawFd, RawFd)>>; 2],
 }
 
 impl Live {
@@ -1145,6 +1152,17 @@ impl Worker {
         let now = self.tick();
         let limits = self.view().snapshot.config.limits.head();
         for (fd, live) in self.conns.borrow().values() {
+            for way in &live.tunnel_writes {
+                let Some((src, dst)) = way.get() else {
+                    continue;
+                };
+                if crate::io::reset_seen(src) {
+                    way.set(None);
+                    // SAFETY: `dst` is the open socket of a tunnel direction suspended in
+                    // its write (its guard clears the cell before the sockets can close).
+                    unsafe { libc::shutdown(dst, libc::SHUT_RDWR) };
+                }
+            }
             let Some((up, since)) = live.waiting.get() else {
                 continue;
             };

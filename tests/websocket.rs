@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -31,6 +31,8 @@ enum Answer {
     /// As `Switch`, except that a handshake for a target with `/flood` in it gets a `101`
     /// and then 32 MiB, reading nothing.
     Flood,
+    /// A handshake gets a `101`, then nothing, and nothing is read, for 20 s.
+    Deaf,
 }
 
 /// A backend that records every head it receives and the bytes that follow a `101`.
@@ -143,6 +145,11 @@ fn serve(mut s: TcpStream, answer: Answer, heads: &Mutex<Vec<String>>, tunnelled
                 switch(&mut s, "websocket");
                 std::thread::sleep(Duration::from_millis(100));
                 let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                return;
+            }
+            Answer::Deaf if handshake => {
+                switch(&mut s, "websocket");
+                std::thread::sleep(Duration::from_secs(20));
                 return;
             }
             Answer::Push if handshake => {
@@ -590,6 +597,54 @@ fn a_reset_client_ends_its_tunnel() {
     assert_eq!(active(), Some(1.0));
     let s2 = socket2::SockRef::from(&c);
     s2.set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(c);
+    assert!(
+        eventually(Duration::from_secs(5), || active() == Some(0.0)),
+        "{:?}",
+        active()
+    );
+}
+
+/// Regression (a review): a client's reset was not seen while its direction of the tunnel
+/// waited on a write to a backend that read nothing (nothing reads the client's socket
+/// then), and the tunnel, its backend connection and its slot stayed for
+/// `timeouts.tunnel`. The worker's watch sees the reset within a second or two.
+#[test]
+fn a_client_reset_behind_a_backend_that_reads_nothing_ends_the_tunnel() {
+    let b = WsBackend::start(Answer::Deaf);
+    let services = format!(
+        "  ws:\n    backends: [http://{}]\n    websocket: true\n    timeouts: {{tunnel: 60s}}\n",
+        b.addr
+    );
+    let g = gateway_at(&write_config(&config(1, "admin: 127.0.0.1:0", &services)));
+    let (mut c, head) = handshake(&g, b"");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(read_n(&mut c, 5), b"hello");
+    // Fill every buffer on the way up, until the gateway's write to the backend waits.
+    c.set_nonblocking(true).expect("nonblocking");
+    let chunk = vec![b'x'; 65536];
+    let started = Instant::now();
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_millis(500) {
+        match c.write(&chunk) {
+            Ok(_) => quiet_since = Instant::now(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("send: {e}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never full");
+    }
+    let active = || {
+        sample(
+            &metrics(g.admin),
+            "gateway_pool_connections{state=\"active\"}",
+        )
+    };
+    assert_eq!(active(), Some(1.0));
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
     drop(c);
     assert!(
         eventually(Duration::from_secs(5), || active() == Some(0.0)),
