@@ -2982,7 +2982,11 @@ fn nested_duplicate_line(message: &str, text: &str) -> Option<String> {
 
 /// Whether `line` (its indentation taken off) is `key:`, the start of that key's entry.
 fn opens_key(line: &str, key: &str) -> bool {
-    line.strip_prefix(key)
+    // Plain, or quoted (`"timeout": 1` got no line: a review).
+    let rest = ['"', '\'']
+        .iter()
+        .find_map(|&q| line.strip_prefix(q)?.strip_prefix(key)?.strip_prefix(q));
+    rest.or_else(|| line.strip_prefix(key))
         .is_some_and(|r| r.trim_start().starts_with(':'))
 }
 
@@ -3273,6 +3277,9 @@ mod tests {
         );
         let e = err("Services:\n  a: [http://127.0.0.1:1]\n");
         assert!(e.contains("(did you mean `services`?)"), "{e}");
+        // Quoted, the key has its line too (it had none: a review).
+        let e = err("\"timeout\": 1\nservices:\n  a: [http://127.0.0.1:1]\n");
+        assert!(e.contains("config: line 1: unknown field `timeout`"), "{e}");
         // Nothing near: no guess.
         let e = err("frobnicate: 1\nservices:\n  a: [http://127.0.0.1:1]\n");
         assert!(
