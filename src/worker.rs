@@ -1147,7 +1147,9 @@ impl Worker {
     /// the FIN was seen behind unread bytes by no peek, now by `POLLRDHUP`).
     /// Run once a second, just after [`Worker::close_expired_idle`] advanced the tick; one
     /// peek and one `poll` per waiting connection, nothing per request, and for a client
-    /// that closed behind bytes not read yet, a peek of those (up to a head's limit).
+    /// that closed behind bytes not read yet, a peek of those (up to a head's limit). It
+    /// also ends a tunnel direction's write when the socket it reads from was reset (see
+    /// [`Live::tunnel_writes`]): one `poll` per tunnel direction waiting on a write.
     pub fn watch_waiting(&self) {
         let now = self.tick();
         let limits = self.view().snapshot.config.limits.head();
