@@ -239,7 +239,14 @@ pub async fn forward(
                     };
                     let after = ex.run(down).await;
                     down.record.received += ex.relay.wire();
-                    if ex.pool_it && worker.may_pool() {
+                    // Asked to close because it would not be kept (no pooling, or the
+                    // backend under its stray mark): not held until the backend closes, as a
+                    // connection at its request limit is, but closed now with a reset, which
+                    // leaves no TIME_WAIT here either (a review of the first version saw
+                    // 1 024 such sockets held per worker, outside the descriptor budget).
+                    if ex.last && !worker.pool.keeps(ex.attempt.backend) {
+                        io::set_reset_on_close(ex.up.fd());
+                    } else if ex.pool_it && worker.may_pool() {
                         match (
                             ex.last,
                             worker.pool.last_request(ex.attempt.backend, ex.uses),

@@ -119,8 +119,13 @@ impl Pool {
         self.max_requests
             .get()
             .is_some_and(|max| uses.saturating_add(1) >= max)
-            || self.max_idle.get() == 0
-            || !backend.reusable()
+            || !self.keeps(backend)
+    }
+
+    /// Whether a clean connection to `backend` would be kept now: pooling is on and the
+    /// backend is not under its stray mark.
+    pub fn keeps(&self, backend: &Backend) -> bool {
+        self.max_idle.get() > 0 && backend.reusable()
     }
 
     fn recount(&self, slots: &[VecDeque<Idle>]) {
