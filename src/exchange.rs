@@ -645,22 +645,14 @@ impl<'a> Attempt<'a> {
             1 => "1 failure".to_string(),
             n => format!("{n} consecutive failures"),
         };
-        // The request whose outcome opened it, without its query (which may carry
-        // credentials), its control characters escaped, at most 200 characters.
-        let (method, path) = self.request;
-        let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-        let path = String::from_utf8_lossy(path);
-        let to = format_args!(
-            "to {} /v1/proxy/{svc}{}",
-            method.as_str(),
-            crate::logging::one_line(&path, 200)
-        );
         match (tr, outcome) {
             (Transition::Opened, Outcome::Answered(status)) => log::warn!(
-                "breaker: {svc} {url} opened after {failures}, the last: status {status} {to}"
+                "breaker: {svc} {url} opened after {failures}, the last: status {status} {}",
+                self.request_text()
             ),
             (Transition::Opened, Outcome::Failed(why)) => log::warn!(
-                "breaker: {svc} {url} opened after {failures}, the last: {why} {to}"
+                "breaker: {svc} {url} opened after {failures}, the last: {why} {}",
+                self.request_text()
             ),
             (Transition::Reopened, Outcome::Answered(status)) => {
                 log::warn!("breaker: {svc} {url} re-opened (probe failed: status {status})")
@@ -678,6 +670,19 @@ impl<'a> Attempt<'a> {
                 "breaker: every backend of {svc} has an open circuit: its requests are answered 503 no_backend_available until a probe succeeds (if the clients' own requests make these failures, list the statuses that are the backend's fault in the service's breaker.failure_statuses)"
             );
         }
+    }
+
+    /// `to GET /v1/proxy/svc/path`: the request whose outcome opened the circuit, without
+    /// its query (which may carry credentials), escaped, at most 200 characters of path.
+    fn request_text(&self) -> String {
+        let (method, path) = self.request;
+        let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+        format!(
+            "to {} /v1/proxy/{}{}",
+            method.as_str(),
+            self.service.name,
+            crate::logging::one_line(&String::from_utf8_lossy(path), 200)
+        )
     }
 
     /// Whether no backend of the service has its circuit closed.
