@@ -806,8 +806,12 @@ impl FleetBudget {
     /// at rest after a Redis outage, and admitted two at once.
     pub fn set_slice_ms(&self, ms: u64) {
         let before = self.slice_ms.swap(ms, Ordering::Relaxed);
-        self.allowance
-            .fetch_min(self.slice_of(before.max(ms)), Ordering::AcqRel);
+        let most = self.slice_of(before.max(ms));
+        // A load first: the workers take from this word, and a write every round, most of
+        // them changing nothing, would take its cache line from them.
+        if self.allowance.load(Ordering::Relaxed) > most {
+            self.allowance.fetch_min(most, Ordering::AcqRel);
+        }
     }
 
     /// The heartbeat counted `n` instances: with more than before, this one's share is

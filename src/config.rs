@@ -2885,6 +2885,7 @@ fn with_suggestion(message: String) -> String {
         return message;
     };
     let key = &message[start..start + len];
+    let lower = key.to_ascii_lowercase();
     let Some(list) = message[start..]
         .split_once("expected one of ")
         .map(|(_, l)| l)
@@ -2895,7 +2896,7 @@ fn with_suggestion(message: String) -> String {
         .split('`')
         .skip(1)
         .step_by(2)
-        .map(|k| (edits(&key.to_ascii_lowercase(), k), k))
+        .map(|k| (edits(&lower, k), k))
         .filter(|&(d, k)| d <= 2 && d < k.len().min(key.len()))
         .min_by_key(|&(d, _)| d);
     match best {
