@@ -16,6 +16,15 @@
 //! another file, stdout or `off` hands the writer the new one, opened first
 //! ([`Writer::switch`]); the writer thread runs while the log is off too, so that a reload
 //! may turn it on.
+//!
+//! Every line goes where it was meant to when it was formatted, as NGINX's workers write
+//! to the file of their own config and flush their buffers before a reopen: a batch is
+//! tagged with the sink epoch of the config it was formatted by (a request that began
+//! before a reload is logged by its own config, in its format) and with the count of
+//! reopens asked for by then, and the writer keeps the last few outputs open to route
+//! it ([`KEPT_OUTPUTS`]; a file a reopen replaced, [`REPLACED_FOR`]). Until 2026-12-05 a worker's held lines and the lines of requests
+//! in flight went to whatever the writer had by then: text lines in a new JSON file after
+//! a reload (an operator review), lines from before a SIGUSR1 in the file opened after it.
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
@@ -47,11 +56,16 @@ impl std::fmt::Display for Sink {
 const FLUSH_BYTES: usize = 32 * 1024;
 /// Batches queued to the writer before new ones are dropped.
 pub const MAX_PENDING: usize = 256;
+/// Outputs the writer keeps open, the current one and those before it (other sinks a
+/// reload replaced, files a reopen replaced), for lines formatted before the change that
+/// reach it after; a batch for one older than these is dropped and counted.
+const KEPT_OUTPUTS: usize = 4;
 
 /// What the access log counts, exported in /metrics; shared with the admin threads.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Batches given up because the writer fell behind.
+    /// Batches given up because the writer fell behind (or their sink had long been
+    /// replaced).
     pub dropped: AtomicU64,
     /// Batches that failed to be written, and reopens that failed.
     pub errors: AtomicU64,
@@ -60,14 +74,123 @@ pub struct Counters {
 /// Where the writer thread writes, and the path to reopen (none for stdout).
 type Output = (Box<dyn Write + Send>, Option<PathBuf>);
 
+/// Which output a batch's lines are for: the sink epoch of the config that formatted
+/// them (`Config::access_log_epoch`), and the reopens asked for when the first was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Tag {
+    epoch: u64,
+    turn: u64,
+}
+
 /// What the writer thread is handed.
 enum Msg {
     /// Lines to write (empty: only a wake-up, to reopen).
-    Batch(Vec<u8>),
+    Batch(Tag, Vec<u8>),
     /// Answered once everything queued before it is written.
     Sync(mpsc::Sender<()>),
-    /// Write to this from now on (a reload named another file); `None`: the log is off.
-    Switch(Option<Output>),
+    /// Lines of this sink epoch go to this from now on (a reload named another file);
+    /// `None`: the log is off.
+    Switch(u64, Option<Output>),
+}
+
+/// One output the writer thread keeps, and the lines it takes: those of its epoch
+/// formatted at or after its turn (and before the next output's of that epoch).
+struct Open {
+    tag: Tag,
+    out: Option<Output>,
+    /// When a file a reopen replaced is closed: the lines a worker held from before the
+    /// signal come within about a second, and a moved file kept open would keep its disk
+    /// space after logrotate removes it.
+    until: Option<std::time::Instant>,
+}
+
+/// How long a file a reopen replaced stays open for lines formatted before the signal.
+const REPLACED_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The writer thread's outputs: newest last, the current one being the last.
+struct Outputs {
+    kept: std::collections::VecDeque<Open>,
+    /// Reopens done (the count asked for when the last was).
+    turn: u64,
+}
+
+impl Outputs {
+    fn keep(&mut self, open: Open) {
+        self.kept.push_back(open);
+        while self.kept.len() > KEPT_OUTPUTS {
+            self.kept.pop_front();
+        }
+    }
+
+    /// Lines of `epoch` go to `to` from now on.
+    fn switch(&mut self, epoch: u64, to: Option<Output>) {
+        let now = match &to {
+            None => "off".to_string(),
+            Some((_, None)) => "now writing to stdout".to_string(),
+            Some((_, Some(p))) => format!("now writing to {}", p.display()),
+        };
+        // Every line of a new epoch is formatted after this, whatever reopens came before.
+        let tag = Tag { epoch, turn: 0 };
+        self.keep(Open {
+            tag,
+            out: to,
+            until: None,
+        });
+        log::info!("access log: {now}");
+    }
+
+    /// Opens the current file again if reopens were asked for since the last; false if
+    /// that failed (the file open before stays).
+    fn reopen(&mut self, asked: u64) -> bool {
+        if asked == self.turn {
+            return true;
+        }
+        self.turn = asked;
+        let Some(current) = self.kept.back_mut() else {
+            return true;
+        };
+        let epoch = current.tag.epoch;
+        let Some(p) = current.out.as_ref().and_then(|(_, p)| p.clone()) else {
+            return true;
+        };
+        match open(&p) {
+            Ok(f) => {
+                current.until = Some(std::time::Instant::now() + REPLACED_FOR);
+                let turn = self.turn;
+                self.keep(Open {
+                    tag: Tag { epoch, turn },
+                    out: Some((Box::new(f), Some(p.clone()))),
+                    until: None,
+                });
+                log::info!("access log: reopened {}", p.display());
+                true
+            }
+            Err(e) => {
+                log::error!(
+                    "access log: cannot reopen {}: {e}; still writing to the file open before",
+                    p.display()
+                );
+                false
+            }
+        }
+    }
+
+    /// Closes the replaced files whose time is up.
+    fn sweep(&mut self) {
+        let now = std::time::Instant::now();
+        self.kept.retain(|o| o.until.is_none_or(|t| t > now));
+    }
+
+    /// Where a batch goes: the newest output of its epoch opened no later than its turn,
+    /// or, once that is closed, the newest of its epoch; none once its epoch's are gone.
+    fn route(&mut self, tag: Tag) -> Option<&mut Open> {
+        let at = self
+            .kept
+            .iter()
+            .rposition(|o| o.tag.epoch == tag.epoch && o.tag.turn <= tag.turn)
+            .or_else(|| self.kept.iter().rposition(|o| o.tag.epoch == tag.epoch))?;
+        self.kept.get_mut(at)
+    }
 }
 
 /// The writer side, shared by all workers (and the signal thread, to reopen).
@@ -75,24 +198,22 @@ enum Msg {
 pub struct Writer {
     tx: SyncSender<Msg>,
     counters: Arc<Counters>,
-    /// Set by [`Writer::reopen`]; the writer thread reopens before its next write.
-    reopen: Arc<AtomicBool>,
+    /// Reopens asked for ([`Writer::reopen`]); the writer thread reopens before its next
+    /// write, and lines formatted before the count moved go to the file open before.
+    turns: Arc<AtomicU64>,
     /// Whether lines are wanted (the log is not `off`): read by the workers per request,
     /// written only by a reload.
     on: Arc<AtomicBool>,
-    /// Times a reload turned the log off: lines a worker held across one are dropped,
-    /// never handed to the sink a later reload names (a review saw them there).
-    offs: Arc<AtomicU64>,
 }
 
 impl Writer {
     /// Asks the writer thread to open the file again (after a rotation moved it away);
     /// returns at once. A no-op for stdout.
     pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::Release);
+        self.turns.fetch_add(1, Ordering::Release);
         // An empty batch wakes the thread now; if the queue is full, it sees the flag
         // before writing the next batch anyway.
-        let _ = self.tx.try_send(Msg::Batch(Vec::new()));
+        let _ = self.tx.try_send(Msg::Batch(Tag::default(), Vec::new()));
     }
 
     /// Waits (at most `within`) until every line handed over so far is written: at exit,
@@ -108,20 +229,20 @@ impl Writer {
         done.recv_timeout(left).is_ok()
     }
 
-    /// A reload named another sink (a file, stdout or `off`): the new one is opened here,
-    /// so that one that cannot be opened fails the reload, and the writer takes it after
-    /// the lines already queued, which go where they were meant to. Lines a worker holds
-    /// when the log is turned off (up to a second's) are dropped.
-    pub fn switch(&self, sink: &Sink) -> std::io::Result<()> {
+    /// A reload named another sink (a file, stdout or `off`) for the config of sink epoch
+    /// `epoch`: the new one is opened here, so that one that cannot be opened fails the
+    /// reload, and the writer takes it after the lines already queued. Lines formatted by
+    /// an earlier config (held by a worker, or of a request in flight) still go to that
+    /// config's sink.
+    pub fn switch(&self, sink: &Sink, epoch: u64) -> std::io::Result<()> {
         let output = open_sink(sink)?;
         let on = output.is_some();
         let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
         let was = self.on.load(Ordering::Relaxed);
         if !on {
             self.on.store(false, Ordering::Relaxed);
-            self.offs.fetch_add(1, Ordering::Relaxed);
         }
-        if self.hand(Msg::Switch(output), end) {
+        if self.hand(Msg::Switch(epoch, output), end) {
             self.on.store(on, Ordering::Relaxed);
             Ok(())
         } else {
@@ -184,69 +305,66 @@ fn open_sink(sink: &Sink) -> std::io::Result<Option<Output>> {
     })
 }
 
-/// Starts the writer thread for `sink`, idle while it is `off`.
+/// Starts the writer thread for `sink` (the sink of the config of epoch 0), idle while it
+/// is `off`.
 pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Writer> {
-    let (mut out, mut path) = match open_sink(sink)? {
-        Some((out, path)) => (Some(out), path),
-        None => (None, None),
-    };
+    let first = open_sink(sink)?;
     let (tx, rx): (SyncSender<Msg>, Receiver<Msg>) = mpsc::sync_channel(MAX_PENDING);
-    let reopen = Arc::new(AtomicBool::new(false));
+    let turns = Arc::new(AtomicU64::new(0));
     let writer = Writer {
         tx,
         counters: counters.clone(),
-        reopen: reopen.clone(),
-        on: Arc::new(AtomicBool::new(out.is_some())),
-        offs: Arc::default(),
+        turns: turns.clone(),
+        on: Arc::new(AtomicBool::new(first.is_some())),
     };
     std::thread::Builder::new()
         .name("access-log".into())
         .spawn(move || {
+            let mut outputs = Outputs {
+                kept: std::collections::VecDeque::from([Open {
+                    tag: Tag::default(),
+                    out: first,
+                    until: None,
+                }]),
+                turn: 0,
+            };
             let mut failing = false;
-            for msg in rx {
-                let batch = match msg {
-                    Msg::Batch(b) => b,
+            loop {
+                let msg = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                    Ok(msg) => msg,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        outputs.sweep();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                let (tag, batch) = match msg {
+                    Msg::Batch(tag, b) => (tag, b),
                     Msg::Sync(ack) => {
                         let _ = ack.send(());
                         continue;
                     }
-                    Msg::Switch(to) => {
-                        if let Some(o) = out.as_mut() {
-                            let _ = o.flush();
-                        }
-                        let now = match &to {
-                            None => "off".to_string(),
-                            Some((_, None)) => "now writing to stdout".to_string(),
-                            Some((_, Some(p))) => format!("now writing to {}", p.display()),
-                        };
-                        (out, path) = match to {
-                            Some((o, named)) => (Some(o), named),
-                            None => (None, None),
-                        };
-                        log::info!("access log: {now}");
+                    Msg::Switch(epoch, to) => {
+                        outputs.switch(epoch, to);
                         failing = false;
                         continue;
                     }
                 };
-                if reopen.swap(false, Ordering::Acquire) {
-                    if let Some(p) = &path {
-                        match open(p) {
-                            Ok(f) => {
-                                out = Some(Box::new(f));
-                                log::info!("access log: reopened {}", p.display());
-                            }
-                            Err(e) => {
-                                counters.errors.fetch_add(1, Ordering::Relaxed);
-                                log::error!(
-                                    "access log: cannot reopen {}: {e}; still writing to the file open before",
-                                    p.display()
-                                );
-                            }
-                        }
-                    }
+                // Reopens asked for up to now: at least the batch's, which was read
+                // before the batch was handed over.
+                if !outputs.reopen(turns.load(Ordering::Acquire)) {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
                 }
-                // Lines handed over as the log was turned off go nowhere.
-                let Some(out) = out.as_mut().filter(|_| !batch.is_empty()) else {
+                outputs.sweep();
+                if batch.is_empty() {
+                    continue;
+                }
+                let Some(to) = outputs.route(tag) else {
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                // Lines of a config whose log was off go nowhere.
+                let Some((out, _)) = to.out.as_mut() else {
                     continue;
                 };
                 match out.write_all(&batch).and_then(|_| out.flush()) {
@@ -471,8 +589,8 @@ impl Kept {
 pub struct AccessLog {
     writer: Option<Writer>,
     buf: RefCell<Vec<u8>>,
-    /// [`Writer::offs`] when the buffer's first line was written.
-    offs_seen: Cell<u64>,
+    /// Which output the buffer's lines are for.
+    tag: Cell<Tag>,
     /// The formatted `YYYY-MM-DDTHH:MM:SS` of the last second seen.
     second: Cell<(u64, [u8; 19])>,
 }
@@ -482,7 +600,7 @@ impl AccessLog {
         AccessLog {
             writer,
             buf: RefCell::new(Vec::new()),
-            offs_seen: Cell::new(0),
+            tag: Cell::new(Tag::default()),
             second: Cell::new((u64::MAX, [0; 19])),
         }
     }
@@ -494,10 +612,20 @@ impl AccessLog {
             .is_some_and(|w| w.on.load(Ordering::Relaxed))
     }
 
-    /// Formats `e` as a line of `format` with `fields` into the worker's buffer.
-    pub fn record(&self, e: &Entry<'_>, format: Format, fields: &[Field]) {
-        if !self.enabled() {
+    /// Formats `e` as a line of `format` with `fields` into the worker's buffer, for the
+    /// sink of the config of sink epoch `epoch` (the config that gave the format).
+    pub fn record(&self, e: &Entry<'_>, format: Format, fields: &[Field], epoch: u64) {
+        let Some(w) = self.writer.as_ref().filter(|_| self.enabled()) else {
             return;
+        };
+        let tag = Tag {
+            epoch,
+            turn: w.turns.load(Ordering::Relaxed),
+        };
+        if tag != self.tag.get() {
+            // Lines for another output are handed over on their own first.
+            self.flush();
+            self.tag.set(tag);
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -510,12 +638,6 @@ impl AccessLog {
             self.second.set((secs, text));
         }
         let mut b = self.buf.borrow_mut();
-        // Lines held from before the log was last turned off are not this sink's.
-        let offs = self.offs();
-        if b.is_empty() || self.offs_seen.get() != offs {
-            b.clear();
-            self.offs_seen.set(offs);
-        }
         line(&mut b, format, fields, &text, millis, e);
         if b.len() >= FLUSH_BYTES {
             drop(b);
@@ -523,21 +645,14 @@ impl AccessLog {
         }
     }
 
-    fn offs(&self) -> u64 {
-        self.writer
-            .as_ref()
-            .map_or(0, |w| w.offs.load(Ordering::Relaxed))
-    }
-
-    /// Hands the buffered lines to the writer thread without waiting; drops them if the
-    /// log was turned off since the first of them was written.
+    /// Hands the buffered lines to the writer thread without waiting.
     pub fn flush(&self) {
         let Some(w) = &self.writer else { return };
         let batch = std::mem::take(&mut *self.buf.borrow_mut());
-        if batch.is_empty() || self.offs_seen.get() != self.offs() {
+        if batch.is_empty() {
             return;
         }
-        match w.tx.try_send(Msg::Batch(batch)) {
+        match w.tx.try_send(Msg::Batch(self.tag.get(), batch)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 w.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -939,7 +1054,7 @@ mod tests {
                 request_id,
                 ..served(b"/v1/proxy/svc/a?b=1")
             };
-            log.record(&e, Format::Text, &fields_for(&e));
+            log.record(&e, Format::Text, &fields_for(&e), 0);
         }
         log.flush();
         let text = lines_of(&path, 3);
@@ -1018,7 +1133,7 @@ mod tests {
             },
         ];
         for e in &entries {
-            log.record(e, Format::Json, &fields_for(e));
+            log.record(e, Format::Json, &fields_for(e), 0);
         }
         log.flush();
         let text = lines_of(&path, entries.len());
@@ -1072,19 +1187,8 @@ mod tests {
         assert_eq!(cut["error"], "drain_deadline");
     }
 
-    /// A review: lines held by a worker while the log went from one file to `off` and on
-    /// to another were written to the other; a switch that failed (the writer stuck on a
-    /// stalled pipe) left the log off with the old sink still configured; and a FIFO
-    /// nobody reads blocked the reload that named it, and every reload after, for good.
-    #[test]
-    fn lines_held_across_off_are_dropped_a_failed_switch_changes_nothing_and_a_fifo_never_blocks() {
-        let dir = std::env::temp_dir().join(format!("gateway-access-off-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (a, b) = (dir.join("a.log"), dir.join("b.log"));
-        let w = start(&Sink::File(a.clone()), Arc::default()).unwrap();
-        let log = AccessLog::new(Some(w.clone()));
-        let line = |target: &'static [u8]| Entry {
+    fn plain(target: &'static [u8]) -> Entry<'static> {
+        Entry {
             client: [10, 0, 0, 1].into(),
             method: "GET",
             target,
@@ -1101,35 +1205,51 @@ mod tests {
             request_id: None,
             peer: None,
             kept: None,
-        };
-        log.record(&line(b"/held"), Format::Text, &Field::DEFAULT);
-        w.switch(&Sink::Off).unwrap();
+        }
+    }
+
+    /// A review: lines held by a worker while the log went from one file to `off` and on
+    /// to another were written to the other (they were then dropped; since 2026-12-05 they
+    /// go to the file they were meant for); a switch that failed (the writer stuck on a
+    /// stalled pipe) left the log off with the old sink still configured; and a FIFO
+    /// nobody reads blocked the reload that named it, and every reload after, for good.
+    #[test]
+    fn lines_held_across_off_go_to_their_own_file_a_failed_switch_changes_nothing_and_a_fifo_never_blocks(
+    ) {
+        let dir = std::env::temp_dir().join(format!("gateway-access-off-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.log"), dir.join("b.log"));
+        let w = start(&Sink::File(a.clone()), Arc::default()).unwrap();
+        let log = AccessLog::new(Some(w.clone()));
+        log.record(&plain(b"/held"), Format::Text, &Field::DEFAULT, 0);
+        w.switch(&Sink::Off, 1).unwrap();
         assert!(!log.enabled());
-        w.switch(&Sink::File(b.clone())).unwrap();
-        log.record(&line(b"/after"), Format::Text, &Field::DEFAULT);
+        w.switch(&Sink::File(b.clone()), 2).unwrap();
+        log.record(&plain(b"/after"), Format::Text, &Field::DEFAULT, 2);
         log.flush();
         assert!(w.sync(std::time::Duration::from_secs(5)));
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         assert!(read(&b).contains("/after"), "{}", read(&b));
-        assert!(!read(&b).contains("/held") && !read(&a).contains("/held"));
+        assert!(!read(&b).contains("/held"), "{}", read(&b));
+        assert!(read(&a).contains("/held"), "{}", read(&a));
 
         // A writer that takes nothing: the switch to `off` fails and the log stays on.
         let (tx, _rx) = mpsc::sync_channel(0);
         let stuck = Writer {
             tx,
             counters: Arc::default(),
-            reopen: Arc::default(),
+            turns: Arc::default(),
             on: Arc::new(AtomicBool::new(true)),
-            offs: Arc::default(),
         };
-        assert!(stuck.switch(&Sink::Off).is_err());
+        assert!(stuck.switch(&Sink::Off, 1).is_err());
         assert!(stuck.on.load(Ordering::Relaxed));
 
         let fifo = dir.join("fifo");
         let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let e = w.switch(&Sink::File(fifo)).unwrap_err();
+        let e = w.switch(&Sink::File(fifo), 3).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1166,6 +1286,7 @@ mod tests {
                 },
                 Format::Text,
                 &Field::DEFAULT,
+                0,
             );
         }
         log.flush();
@@ -1175,5 +1296,83 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         assert_eq!(text.lines().count(), 2000);
         assert!(text.lines().all(|l| l.split(' ').count() == 11), "{text}");
+    }
+
+    /// An operator review: a reload from a text file to a JSON one put the text lines of
+    /// requests in flight and of the workers' buffers into the JSON file (and the other
+    /// way round). Each line now goes to the sink of the config that formatted it, and a
+    /// worker's buffer never mixes lines for two outputs.
+    #[test]
+    fn lines_go_to_the_sink_of_the_config_that_formatted_them() {
+        let dir = std::env::temp_dir().join(format!("gateway-access-epoch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.log"), dir.join("b.json"));
+        let w = start(&Sink::File(a.clone()), Arc::default()).unwrap();
+        let log = AccessLog::new(Some(w.clone()));
+        log.record(&plain(b"/held"), Format::Text, &Field::DEFAULT, 0);
+        w.switch(&Sink::File(b.clone()), 1).unwrap();
+        // A new request's line, then one of a request that began before the reload, then
+        // another new one, all in one worker's buffer time.
+        log.record(&plain(b"/new-1"), Format::Json, &Field::DEFAULT, 1);
+        log.record(&plain(b"/in-flight"), Format::Text, &Field::DEFAULT, 0);
+        log.record(&plain(b"/new-2"), Format::Json, &Field::DEFAULT, 1);
+        log.flush();
+        assert!(w.sync(std::time::Duration::from_secs(5)));
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let (text, json) = (read(&a), read(&b));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(
+            text.contains("/held") && text.contains("/in-flight"),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| !l.starts_with('{')), "{text}");
+        assert_eq!(json.lines().count(), 2, "{json}");
+        assert!(json.contains("/new-1") && json.contains("/new-2"), "{json}");
+        for l in json.lines() {
+            assert!(serde_json::from_str::<serde_json::Value>(l).is_ok(), "{l}");
+        }
+    }
+
+    /// An operator review: after `mv access.log access.log.1` and SIGUSR1, a line logged
+    /// before the signal (still in a worker's buffer) went to the new `access.log`.
+    /// NGINX's workers flush their buffers into the old file before they reopen; here a
+    /// line goes to the file open when it was formatted.
+    #[test]
+    fn lines_formatted_before_a_reopen_go_to_the_file_moved_away() {
+        let dir = std::env::temp_dir().join(format!("gateway-access-turn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, moved) = (dir.join("access.log"), dir.join("access.log.1"));
+        let w = start(&Sink::File(a.clone()), Arc::default()).unwrap();
+        let log = AccessLog::new(Some(w.clone()));
+        log.record(&plain(b"/before"), Format::Text, &Field::DEFAULT, 0);
+        std::fs::rename(&a, &moved).unwrap();
+        w.reopen();
+        log.record(&plain(b"/after"), Format::Text, &Field::DEFAULT, 0);
+        log.flush();
+        assert!(w.sync(std::time::Duration::from_secs(5)));
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let (old, new) = (read(&moved), read(&a));
+        assert!(old.contains("/before") && !old.contains("/after"), "{old}");
+        assert!(new.contains("/after") && !new.contains("/before"), "{new}");
+        // And the moved file is let go of soon after, or a rotated log removed by
+        // logrotate would keep its disk space.
+        let holds = |p: &Path| {
+            std::fs::read_dir("/proc/self/fd")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == p))
+        };
+        assert!(holds(&moved));
+        let end = std::time::Instant::now() + REPLACED_FOR + std::time::Duration::from_secs(5);
+        while holds(&moved) && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(!holds(&moved), "the moved file is still open");
+        assert!(holds(&a));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -181,6 +181,10 @@ pub struct Config {
     /// A line's fields, in order (`access_log_fields`; by default
     /// [`crate::accesslog::Field::DEFAULT`], then `request_id` with `request_id: true`).
     pub access_log_fields: Vec<crate::accesslog::Field>,
+    /// Which access log sink this config's lines go to: 0 at start, one more at each
+    /// reload that names another (`reload.rs`; not read from the file). A request is
+    /// logged by the config it began under, in its format, to its sink (`accesslog.rs`).
+    pub access_log_epoch: u64,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub pool: PoolSettings,
@@ -2522,6 +2526,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         access_log,
         access_log_format,
         access_log_fields,
+        access_log_epoch: 0,
         timeouts,
         limits,
         pool,

@@ -379,9 +379,12 @@ fn finish(
             kept: Some(&c.kept),
         };
         let config = &view.snapshot.config;
-        worker
-            .access
-            .record(&entry, config.access_log_format, &config.access_log_fields);
+        worker.access.record(
+            &entry,
+            config.access_log_format,
+            &config.access_log_fields,
+            config.access_log_epoch,
+        );
     }
 }
 

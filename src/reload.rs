@@ -495,7 +495,8 @@ pub fn reload(
         // applied at once, and `off` and back until later the same day: operator reviews).
         match log {
             Some(w) if new.access_log != old.config.access_log => {
-                w.switch(&new.access_log).map_err(|e| {
+                new.access_log_epoch = old.config.access_log_epoch + 1;
+                w.switch(&new.access_log, new.access_log_epoch).map_err(|e| {
                     let what = match (&new.access_log, e.raw_os_error()) {
                         (Sink::Off, _) => format!("cannot turn the access log off: {e}"),
                         (_, Some(libc::ENXIO)) => format!(
@@ -510,7 +511,10 @@ pub fn reload(
                     crate::config::invalid("access_log", format!("{what}; the old one stays"))
                 })?;
             }
-            _ => new.access_log = old.config.access_log.clone(),
+            _ => {
+                new.access_log = old.config.access_log.clone();
+                new.access_log_epoch = old.config.access_log_epoch;
+            }
         }
         let (generation, report) = shared.install(new);
         changes.generation = generation;

@@ -1038,8 +1038,12 @@ impl Worker {
                 kept: Some(&f.kept),
             };
             let config = &f.view.snapshot.config;
-            self.access
-                .record(&entry, config.access_log_format, &config.access_log_fields);
+            self.access.record(
+                &entry,
+                config.access_log_format,
+                &config.access_log_fields,
+                config.access_log_epoch,
+            );
             n += 1;
         }
         n

@@ -1120,6 +1120,72 @@ fn a_reload_moves_the_access_log_to_the_file_it_names() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Regression (an operator review, 2026-12-05): a reload from a text file to a JSON one
+/// under load put text lines into the JSON file (and the other way round): the lines of
+/// requests in flight across the reload, and those a worker held. A request is now
+/// logged by the config it began under: in its format, to its file.
+#[test]
+fn a_request_in_flight_across_a_reload_is_logged_in_its_own_file_and_format() {
+    let dir = temp_path("epoch");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (text, json) = (dir.join("access.log"), dir.join("access.json"));
+    let b = mock_backend();
+    let yaml = |log: &std::path::Path, format: &str| {
+        config(
+            1,
+            &format!(
+                "admin: 127.0.0.1:0\naccess_log: {}\naccess_log_format: {format}",
+                log.display()
+            ),
+            // max_in_flight for its gauge: the slow request is seen at its backend.
+            &format!(
+                "  svc:\n    backends: [http://{}]\n    max_in_flight: 100\n",
+                b.addr
+            ),
+        )
+    };
+    let path = write_config(&yaml(&text, "text"));
+    let g = gateway_at(&path);
+    let generation = || get(g.admin, "/healthz").json()["generation"].as_u64();
+    let addr = g.proc.addr;
+    let slow = std::thread::spawn(move || {
+        request(
+            addr,
+            "GET /v1/proxy/svc/in-flight HTTP/1.1\r\nHost: t\r\nx-mock-delay-ms: 1500\r\nConnection: close\r\n\r\n",
+        )
+        .status
+    });
+    // The slow request is at its backend before the reload.
+    assert!(eventually(Duration::from_secs(5), || metrics(g.admin)
+        .contains("gateway_in_flight{service=\"svc\"} 1")));
+    std::fs::write(&path, yaml(&json, "json")).expect("write config");
+    signal(&g.proc.child, libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(5), || generation() == Some(2)));
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/after").status, 200);
+    assert_eq!(slow.join().expect("slow client"), 200);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(5), || read(&text)
+            .contains("/svc/in-flight")),
+        "the in-flight request is not in the file of its config: text {:?}, json {:?}",
+        read(&text),
+        read(&json)
+    );
+    assert!(eventually(Duration::from_secs(5), || read(&json)
+        .contains("/svc/after")));
+    let lines = read(&json);
+    for l in lines.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(l).is_ok(),
+            "not JSON in the JSON file: {l}"
+        );
+    }
+    assert!(!lines.contains("/svc/in-flight"), "{lines}");
+    drop(g);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A gateway started with the log off takes one a reload turns on (it waited for a
 /// restart until 2026-12-04: an operator review).
 #[test]
