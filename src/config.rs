@@ -1007,13 +1007,14 @@ fn service_flag(key: &str, v: Option<&serde_yaml_ng::Value>) -> Result<bool, Con
 pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
     let v = v.trim();
     let too_long = || invalid(key, format!("duration {v:?} is too long: use at most 24h"));
-    // `7 s` (an operator review was told the unit was wrong).
+    // `7 s` (an operator review was told the unit was wrong), `30 seconds` (a later one
+    // was told to write `30seconds`, which was refused in turn).
     if v.contains(char::is_whitespace) {
-        let joined: String = v.split_whitespace().collect();
-        return Err(invalid(
-            key,
-            format!("invalid duration {v:?}: write it without spaces, e.g. {joined}"),
-        ));
+        let e = match respelled(v).filter(|fix| parse_duration(key, fix).is_ok()) {
+            Some(fix) => format!("invalid duration {v:?}: write it without spaces, e.g. {fix}"),
+            None => format!("invalid duration {v:?}: write it without spaces, a whole number with a unit of ms, s, m or h, e.g. 500ms, 2s, 1m, 1m30s"),
+        };
+        return Err(invalid(key, e));
     }
     // Whole numbers with units, each unit smaller than the one before: `1m30s`, as NGINX
     // and Go read it (an operator review was told the unit was wrong).
@@ -1061,12 +1062,12 @@ pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
             "m" => 60_000,
             "h" => 3_600_000,
             _ => {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "invalid duration {v:?}: the unit must be ms, s, m or h, e.g. 500ms, 2s, 1m, 1m30s"
-                    ),
-                ))
+                // Another spelling, not this one again (that would never end).
+                let e = match respelled(v).filter(|fix| fix != v && parse_duration(key, fix).is_ok()) {
+                    Some(fix) => format!("invalid duration {v:?}: the unit must be ms, s, m or h: write {fix}"),
+                    None => format!("invalid duration {v:?}: the unit must be ms, s, m or h, e.g. 500ms, 2s, 1m, 1m30s"),
+                };
+                return Err(invalid(key, e));
             }
         };
         if ms_per_unit >= last_unit {
@@ -1092,6 +1093,37 @@ pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
         return Err(too_long());
     }
     Ok(Duration::from_millis(total))
+}
+
+/// `v` with its spaces taken out and each unit spelled as the config takes it (`30
+/// seconds` as `30s`, `2mins` as `2m`); None if a unit is not one of those words.
+fn respelled(v: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut word = String::new();
+    let unit = |w: &str| -> Option<&'static str> {
+        Some(match w.to_ascii_lowercase().as_str() {
+            "ms" | "msec" | "msecs" | "millis" | "millisecond" | "milliseconds" => "ms",
+            "s" | "sec" | "secs" | "second" | "seconds" => "s",
+            "m" | "min" | "mins" | "minute" | "minutes" => "m",
+            "h" | "hr" | "hrs" | "hour" | "hours" => "h",
+            _ => return None,
+        })
+    };
+    for c in v.chars().filter(|c| !c.is_whitespace()) {
+        if c.is_ascii_digit() {
+            if !word.is_empty() {
+                out.push_str(unit(&word)?);
+                word.clear();
+            }
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    if !word.is_empty() {
+        out.push_str(unit(&word)?);
+    }
+    Some(out)
 }
 
 /// A duration as one would write it in the config: in the largest unit that divides it
@@ -3322,6 +3354,29 @@ mod tests {
         assert!(no("30s1m").contains("larger ones first"), "{}", no("30s1m"));
         assert!(no("1m1.5s").contains("fractions"), "{}", no("1m1.5s"));
         assert!(no("1m30").contains("the unit must be"), "{}", no("1m30"));
+        // An operator review: `30 seconds` was told `e.g. 30seconds`, then refused that.
+        for (v, fix) in [
+            ("30 seconds", "without spaces, e.g. 30s"),
+            ("1 min 30 secs", "without spaces, e.g. 1m30s"),
+            ("30seconds", "the unit must be ms, s, m or h: write 30s"),
+            ("2Minutes", "write 2m"),
+            ("500msec", "write 500ms"),
+            ("1hour30mins", "write 1h30m"),
+        ] {
+            assert!(no(v).contains(fix), "{v}: {}", no(v));
+        }
+        // No suggestion that would be refused in turn.
+        for v in ["30 fortnights", "30secs1min", "1.5 s", "1m30"] {
+            let e = no(v);
+            assert!(
+                !e.contains("write 1m30") && !e.contains("30fortnights"),
+                "{v}: {e}"
+            );
+            assert!(
+                e.contains("e.g. 500ms, 2s, 1m") || e.contains("fractions"),
+                "{v}: {e}"
+            );
+        }
     }
 
     #[test]
