@@ -495,6 +495,27 @@ fn moves_on(err: GatewayError) -> bool {
     )
 }
 
+/// A backend failure as the log says it: its code, and for a response we could not take
+/// the rule it broke, `backend_bad_response (bare_cr_or_lf)` (an operator review saw only
+/// `backend_bad_response`; the rule was in the access log and the client's body alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Why(&'static str, Option<&'static str>);
+
+impl Why {
+    fn of(err: GatewayError) -> Why {
+        Why(err.code(), err.detail())
+    }
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Some(rule) => write!(f, "{} ({rule})", self.0),
+            None => f.write_str(self.0),
+        }
+    }
+}
+
 /// How the backend's side of an exchange ended, as the breaker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -504,7 +525,7 @@ enum Outcome {
     /// Connect, send, timeout, garbage or close before a complete head; or a body the
     /// backend broke (bad framing, closed or stalled before its end). Says which, for the
     /// log line of a circuit that opens on it.
-    Failed(&'static str),
+    Failed(Why),
     /// The client vanished or sent a broken body before the request was sent whole: no
     /// verdict on the backend (a probe backs off).
     NotSent,
@@ -852,8 +873,8 @@ impl Body {
     fn outcome(self, status: u16) -> Outcome {
         match self {
             Body::Relayed => Outcome::Answered(status),
-            Body::Broken => Outcome::Failed("broken_response_body"),
-            Body::Cut => Outcome::Failed("response_body_cut"),
+            Body::Broken => Outcome::Failed(Why("broken_response_body", None)),
+            Body::Cut => Outcome::Failed(Why("response_body_cut", None)),
             Body::Unjudged => Outcome::NotSent,
         }
     }
@@ -959,7 +980,7 @@ impl Exchange<'_> {
             // make a healthy backend send 64 KiB of 1xx.
             Err(HeadFail::Flood) => {
                 self.attempt.settle(if self.attempt.is_probe() {
-                    Outcome::Failed(TOO_MANY_INTERIM)
+                    Outcome::Failed(Why::of(GatewayError::BadResponse(TOO_MANY_INTERIM)))
                 } else {
                     Outcome::Responded(None)
                 });
@@ -2334,7 +2355,7 @@ fn verdict(err: GatewayError) -> Outcome {
         GatewayError::BadResponse(h1::RESPONSE_HEAD_TOO_LARGE | h1::TOO_MANY_RESPONSE_HEADERS) => {
             Outcome::Responded(None)
         }
-        _ => Outcome::Failed(err.code()),
+        _ => Outcome::Failed(Why::of(err)),
     }
 }
 

@@ -401,6 +401,46 @@ fn interim_responses_count_in_the_bytes_sent() {
     );
 }
 
+/// Regression (an operator review, 2026-12-05): a backend's malformed answer was said as
+/// `backend_bad_response` alone in the log, and the breaker's line too; the rule it broke
+/// was only in the access log and the client's body.
+#[test]
+fn a_bad_response_is_said_in_the_log_with_the_rule_it_broke() {
+    let rec = Recorder::start(Mode::Reply(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            .to_vec(),
+    ));
+    let log = temp_path("bad-response.log");
+    let g = gateway_at_logging_to(
+        &write_config(&config(
+            1,
+            "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1}",
+            &format!("  svc: [http://{}]\n", rec.addr),
+        )),
+        &log,
+    );
+    let r = get(g.proc.addr, "/v1/proxy/svc/x");
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        r.json()["detail"],
+        "content_length_and_transfer_encoding",
+        "{}",
+        r.text()
+    );
+    let said = format!(
+        "backend: svc http://{}: backend_bad_response (content_length_and_transfer_encoding)",
+        rec.addr
+    );
+    let opened = "the last: backend_bad_response (content_length_and_transfer_encoding) to GET /v1/proxy/svc/x";
+    let mut text = String::new();
+    let both = eventually(Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains(&said) && text.contains(opened)
+    });
+    let _ = std::fs::remove_file(&log);
+    assert!(both, "{text}");
+}
+
 /// Regression (an operator review): backend failures reached the log only when a circuit
 /// opened, so with the access log off (the default) an operator saw them in the metrics
 /// alone, where NGINX's error log has a line for each. Each worker now says one a second,
