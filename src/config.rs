@@ -470,6 +470,44 @@ fn line_said(e: &ConfigError) -> Option<usize> {
     said.strip_prefix("line ")?.split(':').next()?.parse().ok()
 }
 
+/// The line and the key of an unknown top-level key, when that is what `e` says alone
+/// (`line 2: unknown field `timeout`...`, no key path before it).
+fn unknown_top_level_key(e: &ConfigError) -> Option<(usize, &str)> {
+    let ConfigError::Syntax { message, .. } = e else {
+        return None;
+    };
+    let (line, rest) = message.strip_prefix("line ")?.split_once(": ")?;
+    let key = rest.strip_prefix("unknown field `")?.split('`').next()?;
+    Some((line.parse().ok()?, key))
+}
+
+/// `text` with the top-level `key` on 1-based `line` and its block (the lines after it
+/// that are indented, blank or comments) made blank, every other line where it was; None
+/// if that line does not begin with that key (a flow-style file, say).
+fn without_block(text: &str, line: usize, key: &str) -> Option<String> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let first = *lines.get(line.checked_sub(1)?)?;
+    let after = ["", "\"", "'"].iter().find_map(|q| {
+        let rest = first.strip_prefix(q)?.strip_prefix(key)?.strip_prefix(q)?;
+        Some(rest.trim_start())
+    })?;
+    if !after.starts_with(':') {
+        return None;
+    }
+    let end = lines[line..]
+        .iter()
+        .position(|l| !(l.trim().is_empty() || l.starts_with([' ', '\t', '#'])))
+        .map_or(lines.len(), |n| line + n);
+    Some(
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| if (line - 1..end).contains(&i) { "" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
 /// The 1-based line of a top-level setting's key (`timeouts.connect`: the `connect:` in
 /// the block of `timeouts:`), or of its block when the key is not written in it.
 fn top_level_line(text: &str, key: &str) -> Option<usize> {
@@ -1667,7 +1705,47 @@ impl Config {
     /// Parses and validates YAML text (a leading UTF-8 byte-order mark, which some editors
     /// write, is skipped: YAML took it for a second document).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse_as_written(text).map_err(|e| with_expansion_hint(e, text))
+        Config::parse_past_unknown_keys(text).map_err(|e| with_expansion_hint(e, text))
+    }
+
+    /// [`Config::parse_as_written`], going on past an unknown top-level key: the typed
+    /// reading stops at the first, so the rest of the file went unread and a mistyped
+    /// `timeout:` hid every other error (an operator review fixed them in two runs of
+    /// `--check`). The key's block is blanked out, lines kept, and the file read again.
+    fn parse_past_unknown_keys(text: &str) -> Result<Config, ConfigError> {
+        let mut text = std::borrow::Cow::Borrowed(text);
+        let mut unknown = Vec::new();
+        let rest = loop {
+            match Config::parse_as_written(&text) {
+                Err(e) if unknown.len() < MAX_ERRORS => match unknown_top_level_key(&e) {
+                    Some((line, key)) => {
+                        let Some(blanked) = without_block(&text, line, key) else {
+                            break Err(e);
+                        };
+                        unknown.push(e);
+                        text = std::borrow::Cow::Owned(blanked);
+                    }
+                    None => break Err(e),
+                },
+                other => break other,
+            }
+        };
+        if unknown.is_empty() {
+            return rest;
+        }
+        if let Err(e) = rest {
+            match e {
+                ConfigError::Several(more) => unknown.extend(more),
+                e => unknown.push(e),
+            }
+        }
+        Err(match unknown.len() {
+            1 => unknown.remove(0),
+            _ => {
+                unknown.sort_by_key(|e| line_said(e).unwrap_or(usize::MAX));
+                ConfigError::Several(unknown)
+            }
+        })
     }
 
     fn parse_as_written(text: &str) -> Result<Config, ConfigError> {
@@ -3287,6 +3365,54 @@ mod tests {
         assert!(parse_duration("k", "18446744073709551615s").is_err());
         assert!(parse_duration("k", "25h").is_err());
         assert_eq!(parse_duration("k", "24h").unwrap(), MAX_DURATION);
+    }
+
+    /// Regression (an operator review, 2026-12-05): a mistyped top-level key stopped the
+    /// reading, so `timeout:` hid the `breaker:` typo after it, found in a second run.
+    /// The reading goes on past each such key and says every error in the file's order.
+    #[test]
+    fn the_file_is_read_on_past_an_unknown_top_level_key() {
+        let text = "listen: 127.0.0.1:8000\ntimeout:\n  response: x\n\n  body: 3s\n\"worker\": 2\nlimits: {max_body_bytes: 1KiB}\nservices:\n  a: [http://127.0.0.1:1]\n  b: [nope]\n";
+        let Err(ConfigError::Several(all)) = Config::parse(text) else {
+            panic!("{:?}", Config::parse(text));
+        };
+        let said: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(said.len(), 3, "{said:#?}");
+        assert!(
+            said[0].contains("line 2: unknown field `timeout` (did you mean `timeouts`?)"),
+            "{said:#?}"
+        );
+        assert!(
+            said[1].contains("line 6: unknown field `worker` (did you mean `workers`?)"),
+            "{said:#?}"
+        );
+        assert!(said[2].contains("line 10: services.b[0]"), "{said:#?}");
+        // The review's file: both typos in one run.
+        let review = "timeout:\n  response: 3s\nbreaker: {failure_treshold: 3}\nservices:\n  a: [http://127.0.0.1:1]\n";
+        let e = Config::parse(review).unwrap_err().to_string();
+        assert!(
+            e.starts_with("2 errors: config: line 1: unknown field `timeout`")
+                && e.contains("line 3: breaker: unknown field `failure_treshold`"),
+            "{e}"
+        );
+        // What is under the unknown key is not read as anything.
+        assert!(!said.iter().any(|e| e.contains("response")), "{said:#?}");
+        // One unknown key in a file otherwise right is said alone.
+        let one = Config::parse("timeout: 3s\nservices:\n  a: [http://127.0.0.1:1]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            one.starts_with("config: line 1: unknown field `timeout`"),
+            "{one}"
+        );
+        // A flow-style file has no block to leave out: its first error stays the only one.
+        let flow = Config::parse("{timeout: 3s, services: {a: [nope]}}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            flow.contains("unknown field `timeout`") && !flow.contains("errors"),
+            "{flow}"
+        );
     }
 
     /// Regression: a mistyped top-level key got `at line 2 column 1` at its end where every

@@ -93,11 +93,12 @@ fn main() -> ExitCode {
             // Several services' errors: one per line for a person, one line in the log.
             let e = match &e {
                 gateway::config::ConfigError::Several(all) if check => {
-                    use gateway::config::ConfigError::InFile;
+                    use gateway::config::ConfigError::{InFile, Syntax};
                     let lines: Vec<String> = all
                         .iter()
                         .map(|e| match e {
                             InFile { key, message, .. } => format!("  {key}: {message}"),
+                            Syntax { message, .. } => format!("  {message}"),
                             other => format!("  {other}"),
                         })
                         .collect();
