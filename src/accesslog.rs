@@ -22,9 +22,10 @@
 //! tagged with the sink epoch of the config it was formatted by (a request that began
 //! before a reload is logged by its own config, in its format) and with the count of
 //! reopens asked for by then, and the writer keeps the last few outputs open to route
-//! it ([`KEPT_OUTPUTS`]; a file a reopen replaced, [`REPLACED_FOR`]). Until 2026-12-05 a worker's held lines and the lines of requests
-//! in flight went to whatever the writer had by then: text lines in a new JSON file after
-//! a reload (an operator review), lines from before a SIGUSR1 in the file opened after it.
+//! it ([`KEPT_OUTPUTS`]; a file a reopen replaced for [`REPLACED_FOR`]). Until 2026-12-05
+//! a worker's held lines and the lines of requests in flight went to whatever the writer
+//! had by then: text lines in a new JSON file after a reload (an operator review), lines
+//! from before a SIGUSR1 in the file opened after it.
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
@@ -211,7 +212,7 @@ impl Writer {
     /// returns at once. A no-op for stdout.
     pub fn reopen(&self) {
         self.turns.fetch_add(1, Ordering::Release);
-        // An empty batch wakes the thread now; if the queue is full, it sees the flag
+        // An empty batch wakes the thread now; if the queue is full, it sees the count
         // before writing the next batch anyway.
         let _ = self.tx.try_send(Msg::Batch(Tag::default(), Vec::new()));
     }
