@@ -30,7 +30,7 @@
 use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,10 +57,42 @@ impl std::fmt::Display for Sink {
 const FLUSH_BYTES: usize = 32 * 1024;
 /// Batches queued to the writer before new ones are dropped.
 pub const MAX_PENDING: usize = 256;
-/// Outputs the writer keeps open, the current one and those before it (other sinks a
-/// reload replaced, files a reopen replaced), for lines formatted before the change that
-/// reach it after; a batch for one older than these is dropped and counted.
-const KEPT_OUTPUTS: usize = 4;
+/// Outputs the writer keeps open at most, the current one and those before it (other
+/// sinks a reload replaced while requests of their configs are in flight, files a reopen
+/// replaced), for lines formatted before the change that reach it after; a batch for one
+/// older than these is dropped and counted.
+const KEPT_OUTPUTS: usize = 16;
+
+/// Which sink a config's lines go to: 0 at start, one more at each reload that names
+/// another sink (`Config::access_log_epoch`, set by `reload.rs`, never read from the file).
+/// Every config of one epoch shares its token, so the writer knows when none is left
+/// (no request of one in flight, no worker holding one) and closes that epoch's file.
+#[derive(Debug, Clone, Default)]
+pub struct Epoch {
+    n: u64,
+    alive: Arc<()>,
+}
+
+impl Epoch {
+    /// The epoch a reload that names another sink begins.
+    pub fn next(&self) -> Epoch {
+        Epoch {
+            n: self.n + 1,
+            alive: Arc::new(()),
+        }
+    }
+
+    pub fn number(&self) -> u64 {
+        self.n
+    }
+}
+
+/// Epochs are told apart by their number alone.
+impl PartialEq for Epoch {
+    fn eq(&self, other: &Epoch) -> bool {
+        self.n == other.n
+    }
+}
 
 /// What the access log counts, exported in /metrics; shared with the admin threads.
 #[derive(Debug, Default)]
@@ -76,7 +108,7 @@ pub struct Counters {
 type Output = (Box<dyn Write + Send>, Option<PathBuf>);
 
 /// Which output a batch's lines are for: the sink epoch of the config that formatted
-/// them (`Config::access_log_epoch`), and the reopens asked for when the first was.
+/// them ([`Epoch`]), and the reopens asked for when the first was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Tag {
     epoch: u64,
@@ -91,7 +123,7 @@ enum Msg {
     Sync(mpsc::Sender<()>),
     /// Lines of this sink epoch go to this from now on (a reload named another file);
     /// `None`: the log is off.
-    Switch(u64, Option<Output>),
+    Switch(u64, std::sync::Weak<()>, Option<Output>),
 }
 
 /// One output the writer thread keeps, and the lines it takes: those of its epoch
@@ -99,13 +131,17 @@ enum Msg {
 struct Open {
     tag: Tag,
     out: Option<Output>,
-    /// When a file a reopen replaced is closed: the lines a worker held from before the
-    /// signal come within about a second, and a moved file kept open would keep its disk
-    /// space after logrotate removes it.
+    /// Whether a config of its epoch is still alive ([`Epoch`]).
+    alive: std::sync::Weak<()>,
+    /// When it is closed: [`REPLACED_FOR`] after a reopen replaced it, or after the last
+    /// config of its epoch went. A file kept open would keep its disk space after
+    /// logrotate (or an operator) removes it (a review: a file a reload replaced was held
+    /// for good).
     until: Option<std::time::Instant>,
 }
 
-/// How long a file a reopen replaced stays open for lines formatted before the signal.
+/// How long an output no longer current stays open for lines formatted for it that are
+/// still on their way: those a worker holds come within about a second.
 const REPLACED_FOR: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The writer thread's outputs: newest last, the current one being the last.
@@ -123,8 +159,8 @@ impl Outputs {
         }
     }
 
-    /// Lines of `epoch` go to `to` from now on.
-    fn switch(&mut self, epoch: u64, to: Option<Output>) {
+    /// Lines of `epoch` (alive while `alive` is) go to `to` from now on.
+    fn switch(&mut self, epoch: u64, alive: std::sync::Weak<()>, to: Option<Output>) {
         let now = match &to {
             None => "off".to_string(),
             Some((_, None)) => "now writing to stdout".to_string(),
@@ -135,6 +171,7 @@ impl Outputs {
         self.keep(Open {
             tag,
             out: to,
+            alive,
             until: None,
         });
         log::info!("access log: {now}");
@@ -150,7 +187,7 @@ impl Outputs {
         let Some(current) = self.kept.back_mut() else {
             return true;
         };
-        let epoch = current.tag.epoch;
+        let (epoch, alive) = (current.tag.epoch, current.alive.clone());
         let Some(p) = current.out.as_ref().and_then(|(_, p)| p.clone()) else {
             return true;
         };
@@ -161,6 +198,7 @@ impl Outputs {
                 self.keep(Open {
                     tag: Tag { epoch, turn },
                     out: Some((Box::new(f), Some(p.clone()))),
+                    alive,
                     until: None,
                 });
                 log::info!("access log: reopened {}", p.display());
@@ -176,9 +214,16 @@ impl Outputs {
         }
     }
 
-    /// Closes the replaced files whose time is up.
+    /// Closes the outputs whose time is up, and gives those of an epoch no config is left
+    /// of theirs (never the current one).
     fn sweep(&mut self) {
         let now = std::time::Instant::now();
+        let last = self.kept.len().saturating_sub(1);
+        for (i, o) in self.kept.iter_mut().enumerate() {
+            if i < last && o.until.is_none() && o.alive.strong_count() == 0 {
+                o.until = Some(now + REPLACED_FOR);
+            }
+        }
         self.kept.retain(|o| o.until.is_none_or(|t| t > now));
     }
 
@@ -202,9 +247,6 @@ pub struct Writer {
     /// Reopens asked for ([`Writer::reopen`]); the writer thread reopens before its next
     /// write, and lines formatted before the count moved go to the file open before.
     turns: Arc<AtomicU64>,
-    /// Whether lines are wanted (the log is not `off`): read by the workers per request,
-    /// written only by a reload.
-    on: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -230,26 +272,20 @@ impl Writer {
         done.recv_timeout(left).is_ok()
     }
 
-    /// A reload named another sink (a file, stdout or `off`) for the config of sink epoch
-    /// `epoch`: the new one is opened here, so that one that cannot be opened fails the
-    /// reload, and the writer takes it after the lines already queued. Lines formatted by
-    /// an earlier config (held by a worker, or of a request in flight) still go to that
-    /// config's sink.
-    pub fn switch(&self, sink: &Sink, epoch: u64) -> std::io::Result<()> {
+    /// A reload named another sink (a file, stdout or `off`) for the configs of `epoch`:
+    /// the new one is opened here, so that one that cannot be opened fails the reload,
+    /// and the writer takes it after the lines already queued. Lines formatted by an
+    /// earlier config (held by a worker, or of a request in flight, a request that began
+    /// before a reload to `off` included) still go to that config's sink.
+    pub fn switch(&self, sink: &Sink, epoch: &Epoch) -> std::io::Result<()> {
         let output = open_sink(sink)?;
-        let on = output.is_some();
         let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        let was = self.on.load(Ordering::Relaxed);
-        if !on {
-            self.on.store(false, Ordering::Relaxed);
-        }
-        if self.hand(Msg::Switch(epoch, output), end) {
-            self.on.store(on, Ordering::Relaxed);
+        let msg = Msg::Switch(epoch.n, Arc::downgrade(&epoch.alive), output);
+        if self.hand(msg, end) {
             Ok(())
         } else {
-            // The old sink stays, and so does whether lines are wanted (a review's failed
+            // The old sink stays, and so does the config that names it (a review's failed
             // switch to `off` left the log silently off with stdout still configured).
-            self.on.store(was, Ordering::Relaxed);
             Err(std::io::Error::other(
                 "the access log writer did not take it within 1 s (stuck on its current file?)",
             ))
@@ -306,25 +342,30 @@ fn open_sink(sink: &Sink) -> std::io::Result<Option<Output>> {
     })
 }
 
-/// Starts the writer thread for `sink` (the sink of the config of epoch 0), idle while it
+/// Starts the writer thread for `sink`, the sink of the configs of `epoch`; idle while it
 /// is `off`.
-pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Writer> {
+pub fn start(sink: &Sink, epoch: &Epoch, counters: Arc<Counters>) -> std::io::Result<Writer> {
     let first = open_sink(sink)?;
+    let alive = Arc::downgrade(&epoch.alive);
+    let tag = Tag {
+        epoch: epoch.n,
+        turn: 0,
+    };
     let (tx, rx): (SyncSender<Msg>, Receiver<Msg>) = mpsc::sync_channel(MAX_PENDING);
     let turns = Arc::new(AtomicU64::new(0));
     let writer = Writer {
         tx,
         counters: counters.clone(),
         turns: turns.clone(),
-        on: Arc::new(AtomicBool::new(first.is_some())),
     };
     std::thread::Builder::new()
         .name("access-log".into())
         .spawn(move || {
             let mut outputs = Outputs {
                 kept: std::collections::VecDeque::from([Open {
-                    tag: Tag::default(),
+                    tag,
                     out: first,
+                    alive,
                     until: None,
                 }]),
                 turn: 0,
@@ -345,8 +386,8 @@ pub fn start(sink: &Sink, counters: Arc<Counters>) -> std::io::Result<Writer> {
                         let _ = ack.send(());
                         continue;
                     }
-                    Msg::Switch(epoch, to) => {
-                        outputs.switch(epoch, to);
+                    Msg::Switch(epoch, alive, to) => {
+                        outputs.switch(epoch, alive, to);
                         failing = false;
                         continue;
                     }
@@ -606,21 +647,21 @@ impl AccessLog {
         }
     }
 
-    /// Whether lines are wanted now (a reload may turn the log on or off).
-    pub fn enabled(&self) -> bool {
-        self.writer
-            .as_ref()
-            .is_some_and(|w| w.on.load(Ordering::Relaxed))
+    /// Whether a request under a config whose log is `sink` is logged: by that config,
+    /// not by whatever a reload made of the log since (a review: a request in flight
+    /// across a reload to `off` lost its line).
+    pub fn wanted(&self, sink: &Sink) -> bool {
+        self.writer.is_some() && *sink != Sink::Off
     }
 
     /// Formats `e` as a line of `format` with `fields` into the worker's buffer, for the
-    /// sink of the config of sink epoch `epoch` (the config that gave the format).
-    pub fn record(&self, e: &Entry<'_>, format: Format, fields: &[Field], epoch: u64) {
-        let Some(w) = self.writer.as_ref().filter(|_| self.enabled()) else {
+    /// sink of the configs of `epoch` (the config that gave the format).
+    pub fn record(&self, e: &Entry<'_>, format: Format, fields: &[Field], epoch: &Epoch) {
+        let Some(w) = self.writer.as_ref() else {
             return;
         };
         let tag = Tag {
-            epoch,
+            epoch: epoch.n,
             turn: w.turns.load(Ordering::Relaxed),
         };
         if tag != self.tag.get() {
@@ -1047,7 +1088,7 @@ mod tests {
     fn lines_reach_the_file_with_every_field() {
         let path = std::env::temp_dir().join(format!("gateway-access-{}.log", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let w = start(&Sink::File(path.clone()), Arc::default()).unwrap();
+        let w = start(&Sink::File(path.clone()), &Epoch::default(), Arc::default()).unwrap();
         let log = AccessLog::new(Some(w));
         // Without `request_id`, then with an ID, then with none yet (a refused head).
         for request_id in [None, Some(&b"4bf92f3577b34da6"[..]), Some(&b""[..])] {
@@ -1055,7 +1096,7 @@ mod tests {
                 request_id,
                 ..served(b"/v1/proxy/svc/a?b=1")
             };
-            log.record(&e, Format::Text, &fields_for(&e), 0);
+            log.record(&e, Format::Text, &fields_for(&e), &Epoch::default());
         }
         log.flush();
         let text = lines_of(&path, 3);
@@ -1096,7 +1137,7 @@ mod tests {
         let path =
             std::env::temp_dir().join(format!("gateway-access-json-{}.log", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let w = start(&Sink::File(path.clone()), Arc::default()).unwrap();
+        let w = start(&Sink::File(path.clone()), &Epoch::default(), Arc::default()).unwrap();
         let log = AccessLog::new(Some(w));
         let base = served(b"/v1/proxy/svc/a?q=\"x\"\\y\x01\xff");
         let entries = [
@@ -1134,7 +1175,7 @@ mod tests {
             },
         ];
         for e in &entries {
-            log.record(e, Format::Json, &fields_for(e), 0);
+            log.record(e, Format::Json, &fields_for(e), &Epoch::default());
         }
         log.flush();
         let text = lines_of(&path, entries.len());
@@ -1221,13 +1262,15 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let (a, b) = (dir.join("a.log"), dir.join("b.log"));
-        let w = start(&Sink::File(a.clone()), Arc::default()).unwrap();
+        let e0 = Epoch::default();
+        let (e1, e2) = (e0.next(), e0.next().next());
+        let w = start(&Sink::File(a.clone()), &e0, Arc::default()).unwrap();
         let log = AccessLog::new(Some(w.clone()));
-        log.record(&plain(b"/held"), Format::Text, &Field::DEFAULT, 0);
-        w.switch(&Sink::Off, 1).unwrap();
-        assert!(!log.enabled());
-        w.switch(&Sink::File(b.clone()), 2).unwrap();
-        log.record(&plain(b"/after"), Format::Text, &Field::DEFAULT, 2);
+        log.record(&plain(b"/held"), Format::Text, &Field::DEFAULT, &e0);
+        w.switch(&Sink::Off, &e1).unwrap();
+        assert!(!log.wanted(&Sink::Off) && log.wanted(&Sink::File(a.clone())));
+        w.switch(&Sink::File(b.clone()), &e2).unwrap();
+        log.record(&plain(b"/after"), Format::Text, &Field::DEFAULT, &e2);
         log.flush();
         assert!(w.sync(std::time::Duration::from_secs(5)));
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
@@ -1241,16 +1284,14 @@ mod tests {
             tx,
             counters: Arc::default(),
             turns: Arc::default(),
-            on: Arc::new(AtomicBool::new(true)),
         };
-        assert!(stuck.switch(&Sink::Off, 1).is_err());
-        assert!(stuck.on.load(Ordering::Relaxed));
+        assert!(stuck.switch(&Sink::Off, &e1).is_err());
 
         let fifo = dir.join("fifo");
         let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let e = w.switch(&Sink::File(fifo), 3).unwrap_err();
+        let e = w.switch(&Sink::File(fifo), &e2.next()).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1263,7 +1304,7 @@ mod tests {
         let path =
             std::env::temp_dir().join(format!("gateway-access-sync-{}.log", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let w = start(&Sink::File(path.clone()), Arc::default()).unwrap();
+        let w = start(&Sink::File(path.clone()), &Epoch::default(), Arc::default()).unwrap();
         let log = AccessLog::new(Some(w.clone()));
         for i in 0..2000u64 {
             log.record(
@@ -1287,7 +1328,7 @@ mod tests {
                 },
                 Format::Text,
                 &Field::DEFAULT,
-                0,
+                &Epoch::default(),
             );
         }
         log.flush();
@@ -1309,15 +1350,17 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let (a, b) = (dir.join("a.log"), dir.join("b.json"));
-        let w = start(&Sink::File(a.clone()), Arc::default()).unwrap();
+        let e0 = Epoch::default();
+        let e1 = e0.next();
+        let w = start(&Sink::File(a.clone()), &e0, Arc::default()).unwrap();
         let log = AccessLog::new(Some(w.clone()));
-        log.record(&plain(b"/held"), Format::Text, &Field::DEFAULT, 0);
-        w.switch(&Sink::File(b.clone()), 1).unwrap();
+        log.record(&plain(b"/held"), Format::Text, &Field::DEFAULT, &e0);
+        w.switch(&Sink::File(b.clone()), &e1).unwrap();
         // A new request's line, then one of a request that began before the reload, then
         // another new one, all in one worker's buffer time.
-        log.record(&plain(b"/new-1"), Format::Json, &Field::DEFAULT, 1);
-        log.record(&plain(b"/in-flight"), Format::Text, &Field::DEFAULT, 0);
-        log.record(&plain(b"/new-2"), Format::Json, &Field::DEFAULT, 1);
+        log.record(&plain(b"/new-1"), Format::Json, &Field::DEFAULT, &e1);
+        log.record(&plain(b"/in-flight"), Format::Text, &Field::DEFAULT, &e0);
+        log.record(&plain(b"/new-2"), Format::Json, &Field::DEFAULT, &e1);
         log.flush();
         assert!(w.sync(std::time::Duration::from_secs(5)));
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
@@ -1346,12 +1389,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let (a, moved) = (dir.join("access.log"), dir.join("access.log.1"));
-        let w = start(&Sink::File(a.clone()), Arc::default()).unwrap();
+        let e0 = Epoch::default();
+        let w = start(&Sink::File(a.clone()), &e0, Arc::default()).unwrap();
         let log = AccessLog::new(Some(w.clone()));
-        log.record(&plain(b"/before"), Format::Text, &Field::DEFAULT, 0);
+        log.record(&plain(b"/before"), Format::Text, &Field::DEFAULT, &e0);
         std::fs::rename(&a, &moved).unwrap();
         w.reopen();
-        log.record(&plain(b"/after"), Format::Text, &Field::DEFAULT, 0);
+        log.record(&plain(b"/after"), Format::Text, &Field::DEFAULT, &e0);
         log.flush();
         assert!(w.sync(std::time::Duration::from_secs(5)));
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();

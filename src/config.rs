@@ -181,10 +181,9 @@ pub struct Config {
     /// A line's fields, in order (`access_log_fields`; by default
     /// [`crate::accesslog::Field::DEFAULT`], then `request_id` with `request_id: true`).
     pub access_log_fields: Vec<crate::accesslog::Field>,
-    /// Which access log sink this config's lines go to: 0 at start, one more at each
-    /// reload that names another (`reload.rs`; not read from the file). A request is
-    /// logged by the config it began under, in its format, to its sink (`accesslog.rs`).
-    pub access_log_epoch: u64,
+    /// Which access log sink this config's lines go to (not read from the file): a
+    /// request is logged by the config it began under, in its format, to its sink.
+    pub access_log_epoch: crate::accesslog::Epoch,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub pool: PoolSettings,
@@ -1713,13 +1712,19 @@ impl Config {
     /// `timeout:` hid every other error (an operator review fixed them in two runs of
     /// `--check`). The key's block is blanked out, lines kept, and the file read again.
     fn parse_past_unknown_keys(text: &str) -> Result<Config, ConfigError> {
-        let mut text = std::borrow::Cow::Borrowed(text);
+        let mut text = std::borrow::Cow::Borrowed(text.strip_prefix('\u{feff}').unwrap_or(text));
         let mut unknown = Vec::new();
         let rest = loop {
             match Config::parse_as_written(&text) {
                 Err(e) if unknown.len() < MAX_ERRORS => match unknown_top_level_key(&e) {
                     Some((line, key)) => {
-                        let Some(blanked) = without_block(&text, line, key) else {
+                        // An unknown key is a typed error, so the file is valid YAML; if
+                        // it is not without the block (a `- item` or a `}` at column 0
+                        // left behind, an anchor defined there), what it would say is
+                        // ours, not the file's (a review): stop at this key.
+                        let blanked = without_block(&text, line, key)
+                            .filter(|t| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(t).is_ok());
+                        let Some(blanked) = blanked else {
                             break Err(e);
                         };
                         unknown.push(e);
@@ -1733,19 +1738,28 @@ impl Config {
         if unknown.is_empty() {
             return rest;
         }
-        if let Err(e) = rest {
-            match e {
-                ConfigError::Several(more) => unknown.extend(more),
-                e => unknown.push(e),
-            }
+        let mut more = 0;
+        let mut add = |e: ConfigError| match e {
+            ConfigError::More(n) => more += n,
+            e => unknown.push(e),
+        };
+        match rest {
+            Err(ConfigError::Several(all)) => all.into_iter().for_each(&mut add),
+            Err(e) => add(e),
+            Ok(_) => {}
         }
-        Err(match unknown.len() {
-            1 => unknown.remove(0),
-            _ => {
-                unknown.sort_by_key(|e| line_said(e).unwrap_or(usize::MAX));
-                ConfigError::Several(unknown)
-            }
-        })
+        if unknown.len() == 1 && more == 0 {
+            return Err(unknown.remove(0));
+        }
+        unknown.sort_by_key(|e| line_said(e).unwrap_or(usize::MAX));
+        if unknown.len() > MAX_ERRORS {
+            more += unknown.len() - MAX_ERRORS;
+            unknown.truncate(MAX_ERRORS);
+        }
+        if more > 0 {
+            unknown.push(ConfigError::More(more));
+        }
+        Err(ConfigError::Several(unknown))
     }
 
     fn parse_as_written(text: &str) -> Result<Config, ConfigError> {
@@ -2636,7 +2650,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         access_log,
         access_log_format,
         access_log_fields,
-        access_log_epoch: 0,
+        access_log_epoch: Default::default(),
         timeouts,
         limits,
         pool,
@@ -3397,6 +3411,35 @@ mod tests {
         );
         // What is under the unknown key is not read as anything.
         assert!(!said.iter().any(|e| e.contains("response")), "{said:#?}");
+        // Nothing the blanking itself would make is said (a review): a block of `- `
+        // items or a `}` at column 0, an anchor defined under the unknown key.
+        for file in [
+            "timeout:\n- 1s\n- 2s\nworker: 2\nservices:\n  a: [http://127.0.0.1:1]\n",
+            "timeout: {\n  a: 1\n}\nworker: 2\nservices:\n  a: [http://127.0.0.1:1]\n",
+            "timeout: &t 1s\nworker: 2\nservices:\n  a:\n    backends: [http://127.0.0.1:1]\n    timeouts: {response: *t}\n",
+        ] {
+            let e = Config::parse(file).unwrap_err().to_string();
+            assert!(e.contains("unknown field `timeout`"), "{file}: {e}");
+            assert!(
+                !e.contains("did not find") && !e.contains("anchor"),
+                "{file}: {e}"
+            );
+        }
+        // A byte-order mark does not stop the reading on, and at most 20 errors are said.
+        let e =
+            Config::parse("\u{feff}timeout: 1\nworker: 2\nservices:\n  a: [http://127.0.0.1:1]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.starts_with("2 errors") && e.contains("`worker`"), "{e}");
+        let many: String = (0..25).map(|i| format!("k{i}: 1\n")).collect();
+        let Err(ConfigError::Several(all)) =
+            Config::parse(&format!("{many}services:\n  a: [http://127.0.0.1:1]\n"))
+        else {
+            panic!("not several");
+        };
+        assert_eq!(all.len(), MAX_ERRORS + 1, "{all:?}");
+        // (The reading stops at the 21st: how many more there are is not known.)
+        assert!(matches!(all.last(), Some(ConfigError::More(_))), "{all:?}");
         // One unknown key in a file otherwise right is said alone.
         let one = Config::parse("timeout: 3s\nservices:\n  a: [http://127.0.0.1:1]\n")
             .unwrap_err()

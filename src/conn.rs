@@ -136,8 +136,7 @@ pub async fn serve(
         c.method.clear();
         c.kept.clear();
         c.park(&worker);
-        let (next, view) =
-            next_request(&mut c, &worker, &registration.live, worker.access.enabled()).await;
+        let (next, view) = next_request(&mut c, &worker, &registration.live).await;
         registration.live.head.set(None);
         registration.live.used.set(true);
         worker.poke(); // a request began (for `busy_poll`)
@@ -146,7 +145,7 @@ pub async fn serve(
         }
         // The request's total time (the duration histogram, the access log). A head that
         // timed out began `client_header` ago.
-        let logged = worker.access.enabled();
+        let logged = worker.access.wanted(&view.snapshot.config.access_log);
         let mut started = crate::clock::now();
         if let Next::Reject {
             err: GatewayError::RequestTimeout,
@@ -343,7 +342,7 @@ fn finish(
     worker
         .metrics
         .response(service.map(|s| s.id), rec, total_us);
-    if worker.access.enabled() {
+    if worker.access.wanted(&view.snapshot.config.access_log) {
         let url = |b: Option<usize>| {
             service
                 .zip(b)
@@ -383,7 +382,7 @@ fn finish(
             &entry,
             config.access_log_format,
             &config.access_log_fields,
-            config.access_log_epoch,
+            &config.access_log_epoch,
         );
     }
 }
@@ -452,12 +451,7 @@ fn skip_refused_body(next: &mut Next, info: h1::RequestInfo, d: &mut Downstream)
 ///
 /// The config view is taken when the bytes are there, not when the wait began, so a
 /// connection that sat idle across a reload serves its next request on the new config.
-async fn next_request(
-    c: &mut Conn,
-    worker: &Worker,
-    live: &Live,
-    keep_target: bool,
-) -> (Next, Rc<View>) {
+async fn next_request(c: &mut Conn, worker: &Worker, live: &Live) -> (Next, Rc<View>) {
     let idle = &live.idle;
     // Bytes of it came before the last request was answered: the client pipelines, and a
     // FIN from it is a half-close (see `Live::pipelining`), also behind a request the
@@ -473,6 +467,8 @@ async fn next_request(
     loop {
         let view = worker.view();
         let cfg = &view.snapshot.config;
+        // The target and the logged headers are kept when this config logs the request.
+        let keep_target = worker.access.wanted(&cfg.access_log);
         let d = &mut c.down;
         let limits = cfg.limits.head();
         if d.start < d.buf.len() && scan.ready(&d.buf[d.start..], &limits) {

@@ -495,8 +495,8 @@ pub fn reload(
         // applied at once, and `off` and back until later the same day: operator reviews).
         match log {
             Some(w) if new.access_log != old.config.access_log => {
-                new.access_log_epoch = old.config.access_log_epoch + 1;
-                w.switch(&new.access_log, new.access_log_epoch).map_err(|e| {
+                new.access_log_epoch = old.config.access_log_epoch.next();
+                w.switch(&new.access_log, &new.access_log_epoch).map_err(|e| {
                     let what = match (&new.access_log, e.raw_os_error()) {
                         (Sink::Off, _) => format!("cannot turn the access log off: {e}"),
                         (_, Some(libc::ENXIO)) => format!(
@@ -513,7 +513,7 @@ pub fn reload(
             }
             _ => {
                 new.access_log = old.config.access_log.clone();
-                new.access_log_epoch = old.config.access_log_epoch;
+                new.access_log_epoch = old.config.access_log_epoch.clone();
             }
         }
         let (generation, report) = shared.install(new);

@@ -185,12 +185,16 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         addr = l.local_addr().map_err(|e| bind_error("listen", addr, e))?;
         listeners.push(l);
     }
-    let log = accesslog::start(&config.access_log, shared.access_log.clone())
-        .map(Some)
-        .map_err(|source| StartError::AccessLog {
-            path: config.access_log.to_string(),
-            source,
-        })?;
+    let log = accesslog::start(
+        &config.access_log,
+        &config.access_log_epoch,
+        shared.access_log.clone(),
+    )
+    .map(Some)
+    .map_err(|source| StartError::AccessLog {
+        path: config.access_log.to_string(),
+        source,
+    })?;
     let admin_addr = match config.admin {
         Some(admin) => Some(
             crate::admin::start(admin, shared.clone())

@@ -1042,7 +1042,7 @@ impl Worker {
                 &entry,
                 config.access_log_format,
                 &config.access_log_fields,
-                config.access_log_epoch,
+                &config.access_log_epoch,
             );
             n += 1;
         }

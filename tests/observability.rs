@@ -1226,6 +1226,87 @@ fn a_request_in_flight_across_a_reload_is_logged_in_its_own_file_and_format() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Regressions (a review of the change above, 2026-12-05): a request in flight across
+/// three reloads lost its line (each SIGHUP's reopen took one of the four outputs kept);
+/// one in flight across a reload to `off` lost it too (the log's on/off was read when the
+/// line was written, not from the request's config); and a file a reload replaced stayed
+/// open for good, keeping its disk space once removed.
+#[test]
+fn a_request_keeps_its_log_across_several_reloads_and_replaced_files_are_let_go() {
+    let dir = temp_path("epochs");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (a, b) = (dir.join("a.log"), dir.join("b.json"));
+    let backend = mock_backend();
+    let yaml = |log: &str, format: &str| {
+        config(
+            2,
+            &format!("admin: 127.0.0.1:0\naccess_log: {log}\naccess_log_format: {format}"),
+            &format!(
+                "  svc:\n    backends: [http://{}]\n    max_in_flight: 100\n",
+                backend.addr
+            ),
+        )
+    };
+    let (a_text, b_text) = (a.display().to_string(), b.display().to_string());
+    let path = write_config(&yaml(&a_text, "text"));
+    let g = gateway_at(&path);
+    let generation = || get(g.admin, "/healthz").json()["generation"].as_u64();
+    let addr = g.proc.addr;
+    let slow = std::thread::spawn(move || {
+        request(
+            addr,
+            "GET /v1/proxy/svc/in-flight HTTP/1.1\r\nHost: t\r\nx-mock-delay-ms: 2500\r\nConnection: close\r\n\r\n",
+        )
+        .status
+    });
+    assert!(eventually(Duration::from_secs(5), || metrics(g.admin)
+        .contains("gateway_in_flight{service=\"svc\"} 1")));
+    // a -> b -> a -> off, each taking effect before the next.
+    for (n, (log, format)) in [
+        (&b_text, "json"),
+        (&a_text, "text"),
+        (&"off".to_string(), "text"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&path, yaml(log, format)).expect("write config");
+        signal(&g.proc.child, libc::SIGHUP);
+        let want = n as u64 + 2;
+        assert!(eventually(Duration::from_secs(5), || generation() == Some(want)));
+    }
+    assert_eq!(slow.join().expect("slow client"), 200);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(5), || read(&a)
+            .contains("/svc/in-flight")),
+        "the in-flight request's line is lost: a {:?}, b {:?}",
+        read(&a),
+        read(&b)
+    );
+    assert!(!read(&b).contains("/svc/in-flight"));
+    // With the log off and no request of an earlier config left, no file stays open.
+    let pid = g.proc.child.id();
+    let open = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|l| l.starts_with(&dir))
+            .collect::<Vec<_>>()
+    };
+    let mut held = Vec::new();
+    let released = eventually(Duration::from_secs(15), || {
+        held = open();
+        held.is_empty()
+    });
+    assert!(released, "still open: {held:?}");
+    drop(g);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A gateway started with the log off takes one a reload turns on (it waited for a
 /// restart until 2026-12-04: an operator review).
 #[test]
