@@ -1160,6 +1160,23 @@ fn a_reload_moves_the_access_log_to_the_file_it_names() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Sends `GET /v1/proxy/svc/in-flight` answered after `delay_ms` (a mock backend, and
+/// `max_in_flight` set on `svc` for its gauge), and returns once it is at the backend;
+/// the thread gives the status.
+fn in_flight(g: &AdminGateway, delay_ms: u64) -> std::thread::JoinHandle<u16> {
+    let addr = g.proc.addr;
+    let slow = std::thread::spawn(move || {
+        request(
+            addr,
+            &format!("GET /v1/proxy/svc/in-flight HTTP/1.1\r\nHost: t\r\nx-mock-delay-ms: {delay_ms}\r\nConnection: close\r\n\r\n"),
+        )
+        .status
+    });
+    assert!(eventually(Duration::from_secs(5), || metrics(g.admin)
+        .contains("gateway_in_flight{service=\"svc\"} 1")));
+    slow
+}
+
 /// Regression (an operator review, 2026-12-05): a reload from a text file to a JSON one
 /// under load put text lines into the JSON file (and the other way round): the lines of
 /// requests in flight across the reload, and those a worker held. A request is now
@@ -1188,17 +1205,7 @@ fn a_request_in_flight_across_a_reload_is_logged_in_its_own_file_and_format() {
     let path = write_config(&yaml(&text, "text"));
     let g = gateway_at(&path);
     let generation = || get(g.admin, "/healthz").json()["generation"].as_u64();
-    let addr = g.proc.addr;
-    let slow = std::thread::spawn(move || {
-        request(
-            addr,
-            "GET /v1/proxy/svc/in-flight HTTP/1.1\r\nHost: t\r\nx-mock-delay-ms: 1500\r\nConnection: close\r\n\r\n",
-        )
-        .status
-    });
-    // The slow request is at its backend before the reload.
-    assert!(eventually(Duration::from_secs(5), || metrics(g.admin)
-        .contains("gateway_in_flight{service=\"svc\"} 1")));
+    let slow = in_flight(&g, 1500);
     std::fs::write(&path, yaml(&json, "json")).expect("write config");
     signal(&g.proc.child, libc::SIGHUP);
     assert!(eventually(Duration::from_secs(5), || generation() == Some(2)));
@@ -1252,16 +1259,7 @@ fn a_request_keeps_its_log_across_several_reloads_and_replaced_files_are_let_go(
     let path = write_config(&yaml(&a_text, "text"));
     let g = gateway_at(&path);
     let generation = || get(g.admin, "/healthz").json()["generation"].as_u64();
-    let addr = g.proc.addr;
-    let slow = std::thread::spawn(move || {
-        request(
-            addr,
-            "GET /v1/proxy/svc/in-flight HTTP/1.1\r\nHost: t\r\nx-mock-delay-ms: 2500\r\nConnection: close\r\n\r\n",
-        )
-        .status
-    });
-    assert!(eventually(Duration::from_secs(5), || metrics(g.admin)
-        .contains("gateway_in_flight{service=\"svc\"} 1")));
+    let slow = in_flight(&g, 2500);
     // a -> b -> a -> off, each taking effect before the next.
     for (n, (log, format)) in [
         (&b_text, "json"),
