@@ -417,6 +417,7 @@ if state then
   redis.call('PUBLISH', ARGV[6], KEYS[1] .. ' ' .. state .. ' ' .. at .. ' ' .. me)
 end
 if redis.call('GET', KEYS[3]) == me then redis.call('DEL', KEYS[3]) end
+if redis.call('HGET', KEYS[1], 'probe') == me then redis.call('HDEL', KEYS[1], 'probe', 'probe_until') end
 return redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
 ";
 
@@ -488,28 +489,44 @@ return {k, wait, math.floor(tat - now)}
 /// Refused (0) when the fleet's record moved past the one this instance acted on: the
 /// lease of an episode that just ended (a probe's outcome deletes the lease together with
 /// publishing it) must not go to an instance that has not read that outcome yet.
+/// The holder and its term are written in the backend's record too (`probe`,
+/// `probe_until`): a lease key lost while its probe ran (evicted under a `volatile-*`
+/// policy, deleted) let a second instance probe beside the first (a fleet review: a
+/// second probe 1.3–1.6 s into a 2 s one); the record, which has no short expiry, still
+/// says who probes until when.
 /// KEYS: lease, hash, instances. ARGV: instance, px, the fleet `at` this instance knows,
 /// the peers' TTL.
 const LEASE: &str = r"
 if (tonumber(redis.call('HGET', KEYS[2], 'at')) or 0) > tonumber(ARGV[3]) then return 0 end
+local me, px, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- A heartbeat further ahead than the TTL is a stray writer's, as for the peers.
+local function live(who)
+  local seen = tonumber(redis.call('ZSCORE', KEYS[3], who))
+  return seen and seen >= now - ttl and seen <= now + ttl
+end
+local function hold()
+  redis.call('SET', KEYS[1], me, 'PX', px)
+  redis.call('HSET', KEYS[2], 'probe', me, 'probe_until', now + px)
+  if redis.call('PTTL', KEYS[2]) == -1 then redis.call('PEXPIRE', KEYS[2], 172800000) end
+  return 1
+end
 local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if v == me then return hold() end
 -- Every lease is taken with an expiry, by an instance that keeps a heartbeat: one without
 -- an expiry, or held by no live instance (a stray writer's, 'ghost' for a day) would keep
 -- the fleet's circuit open, with no probe, until it lapsed (reviews).
 local free = not v or redis.call('PTTL', KEYS[1]) == -1
-if not free then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local seen = tonumber(redis.call('ZSCORE', KEYS[3], v))
-  -- A heartbeat further ahead than the TTL is a stray writer's too, as for the peers.
-  local ttl = tonumber(ARGV[4])
-  free = not seen or seen < now - ttl or seen > now + ttl
+if not free then free = not live(v) end
+if not v then
+  local p = redis.call('HMGET', KEYS[2], 'probe', 'probe_until')
+  local until_ms = tonumber(p[2])
+  if p[1] and p[1] ~= me and until_ms and until_ms > now and until_ms <= now + 86400000 and live(p[1]) then
+    free = false
+  end
 end
-if free then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
+if free then return hold() end
 return 0
 ";
 
@@ -1438,7 +1455,7 @@ impl Node {
                 if breaker::Word::compare_exchange(&**t.cell, cur, next).is_ok() {
                     t.seen = next;
                     t.lease = None;
-                    let released = release(con, &t.lease_key, &self.status.instance);
+                    let released = release(con, t, &self.status.instance);
                     self.bad_keys.check(&t.lease_key, released)?;
                 }
                 continue;
@@ -1713,12 +1730,16 @@ fn budget_key(fleet: &str, b: &crate::admission::FleetBudget) -> String {
     format!("{fleet}:ratelimit:{}", b.key)
 }
 
-/// Gives the probe lease back if this instance holds it.
-fn release(con: &mut Link, key: &str, instance: &str) -> redis::RedisResult<()> {
+/// Gives the probe lease back if this instance holds it, its mark in the record too.
+fn release(con: &mut Link, t: &Track, instance: &str) -> redis::RedisResult<()> {
     redis::cmd("EVAL")
-        .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end")
-        .arg(1)
-        .arg(key)
+        .arg(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end \
+             if redis.call('HGET', KEYS[2], 'probe') == ARGV[1] then redis.call('HDEL', KEYS[2], 'probe', 'probe_until') end",
+        )
+        .arg(2)
+        .arg(&t.lease_key)
+        .arg(&t.hash)
         .arg(instance)
         .query(con)
 }

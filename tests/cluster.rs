@@ -373,6 +373,50 @@ fn one_probe_per_cooldown_across_the_fleet_under_load() {
     );
 }
 
+/// A fleet review (2026-12-05): with the probe lease's key lost while its probe ran (a
+/// `volatile-*` eviction policy evicts keys with an expiry first; here deleted), a second
+/// instance took the lease and probed beside the first, 1.3–1.6 s into a 2 s probe. The
+/// backend's record says who probes until when, and the lease is not handed out again.
+#[test]
+fn a_lost_probe_lease_lets_no_second_probe_beside_a_running_one() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("lost-lease");
+    let breaker = "{failure_threshold: 2, cooldown: 2s}";
+    let fleet = fleet_of(3, &redis, &name, 1, breaker, rec.addr);
+    fail(&fleet[0], 2);
+    assert!(eventually(WAIT, || fleet.iter().all(|g| status(g) == 503)));
+    // Every probe now takes the whole 2 s response timeout.
+    rec.set(Mode::Hang);
+    let opened = rec.requests();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders: Vec<_> = fleet
+        .iter()
+        .flat_map(|g| [g.proc.addr, g.proc.addr])
+        .map(|addr| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = get(addr, "/v1/proxy/svc/x");
+                }
+            })
+        })
+        .collect();
+    let probed = eventually(WAIT, || rec.requests() > opened);
+    let lease = format!("{name}:breaker:svc:http://{}:probe", rec.addr);
+    let deleted = redis.send(&format!("DEL {lease}\r\n"), "\r\n");
+    // Well inside the probe's 2 s, several rounds of every instance's cluster thread.
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = rec.requests() - opened;
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        let _ = l.join();
+    }
+    assert!(probed, "no probe reached the backend");
+    assert_eq!(deleted, ":1\r\n", "the lease was not where it should be");
+    assert_eq!(during, 1, "probes reaching the backend while the first ran");
+}
+
 /// A review: an instance without requests for a backend won the fleet's probe lease as
 /// often as one with them, held it unused for its 3 s grant, and asked again on equal
 /// terms, so with three idle instances of four the one with traffic got its first answer
