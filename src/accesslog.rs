@@ -61,7 +61,7 @@ pub const MAX_PENDING: usize = 256;
 /// sinks a reload replaced while requests of their configs are in flight, files a reopen
 /// replaced), for lines formatted before the change that reach it after; a batch for one
 /// older than these is dropped and counted.
-const KEPT_OUTPUTS: usize = 16;
+const KEPT_OUTPUTS: usize = 64;
 
 /// Which sink a config's lines go to: 0 at start, one more at each reload that names
 /// another sink (`Config::access_log_epoch`, set by `reload.rs`, never read from the file).
@@ -152,10 +152,20 @@ struct Outputs {
 }
 
 impl Outputs {
+    /// Adds `open` as the current output; past [`KEPT_OUTPUTS`], closes first those no
+    /// line is still owed to (replaced by a reopen, or of an epoch no config is left
+    /// of), oldest first, and only then the oldest (a review: each SIGHUP's reopen added
+    /// one, and a request in flight across nine quick reloads lost its line).
     fn keep(&mut self, open: Open) {
         self.kept.push_back(open);
         while self.kept.len() > KEPT_OUTPUTS {
-            self.kept.pop_front();
+            let current = self.kept.len() - 1;
+            let done = self
+                .kept
+                .iter()
+                .take(current)
+                .position(|o| o.until.is_some() || o.alive.strong_count() == 0);
+            self.kept.remove(done.unwrap_or(0));
         }
     }
 
@@ -1419,5 +1429,40 @@ mod tests {
         assert!(!holds(&moved), "the moved file is still open");
         assert!(holds(&a));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A review: past the outputs kept, the oldest was closed even when its epoch still
+    /// had a request in flight and newer ones were owed nothing: a request in flight
+    /// across nine quick reloads lost its line. Those owed nothing go first.
+    #[test]
+    fn outputs_owed_nothing_are_closed_before_one_a_request_still_needs() {
+        let held = Epoch::default();
+        let sink = |_| -> Option<Output> { Some((Box::new(std::io::sink()), None)) };
+        let mut outputs = Outputs {
+            kept: std::collections::VecDeque::new(),
+            turn: 0,
+        };
+        outputs.switch(0, Arc::downgrade(&held.alive), sink(0));
+        for n in 1..=(KEPT_OUTPUTS as u64 * 2) {
+            // Each a config already gone (its token dropped), as after quick reloads.
+            let gone = Epoch {
+                n,
+                alive: Arc::new(()),
+            };
+            outputs.switch(n, Arc::downgrade(&gone.alive), sink(n));
+        }
+        assert_eq!(outputs.kept.len(), KEPT_OUTPUTS);
+        let tag = Tag { epoch: 0, turn: 0 };
+        assert!(
+            outputs.route(tag).is_some(),
+            "the held epoch's output was closed"
+        );
+        let last = KEPT_OUTPUTS as u64 * 2;
+        assert!(outputs
+            .route(Tag {
+                epoch: last,
+                turn: 0
+            })
+            .is_some());
     }
 }

@@ -494,8 +494,11 @@ return {k, wait, math.floor(tat - now)}
 /// policy, deleted) let a second instance probe beside the first (a fleet review: a
 /// second probe 1.3–1.6 s into a 2 s one); the record, which has no short expiry, still
 /// says who probes until when.
+/// A mark whose term runs past the longest lease this instance would take (ARGV[5]) is no
+/// instance's: a forged one held a fleet's circuit open, with no probe, for up to a day
+/// (a review).
 /// KEYS: lease, hash, instances. ARGV: instance, px, the fleet `at` this instance knows,
-/// the peers' TTL.
+/// the peers' TTL, the longest lease.
 const LEASE: &str = r"
 if (tonumber(redis.call('HGET', KEYS[2], 'at')) or 0) > tonumber(ARGV[3]) then return 0 end
 local me, px, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
@@ -522,7 +525,7 @@ if not free then free = not live(v) end
 if not v then
   local p = redis.call('HMGET', KEYS[2], 'probe', 'probe_until')
   local until_ms = tonumber(p[2])
-  if p[1] and p[1] ~= me and until_ms and until_ms > now and until_ms <= now + 86400000 and live(p[1]) then
+  if p[1] and p[1] ~= me and until_ms and until_ms > now and until_ms <= now + tonumber(ARGV[5]) and live(p[1]) then
     free = false
   end
 end
@@ -1744,6 +1747,12 @@ fn release(con: &mut Link, t: &Track, instance: &str) -> redis::RedisResult<()> 
         .query(con)
 }
 
+/// The longest probe lease an instance with this policy takes, with a second's slack for
+/// the clocks: a probe's, one a reload's prior settings still allow, or the grant.
+fn longest_lease(policy: &breaker::Policy) -> u64 {
+    policy.lease_ms.max(policy.prior_lease_ms).max(GRANT_MS) + 1000
+}
+
 /// Takes or renews `t`'s probe lease for `px` ms; true if this instance holds it.
 fn lease(con: &mut Link, t: &Track, status: &Status, px: u64) -> redis::RedisResult<bool> {
     let known = t.fleet.as_ref().map_or(0, |f| f.at);
@@ -1757,6 +1766,7 @@ fn lease(con: &mut Link, t: &Track, status: &Status, px: u64) -> redis::RedisRes
         .arg(px.max(1))
         .arg(known)
         .arg(PEER_TTL_MS)
+        .arg(longest_lease(&t.policy))
         .query(con)?;
     Ok(held == 1)
 }

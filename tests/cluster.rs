@@ -2069,6 +2069,45 @@ fn a_forged_probe_lease_does_not_keep_a_circuit_open() {
     }
 }
 
+/// A review of the probe mark (2026-12-05): a `probe`/`probe_until` written by hand into
+/// a backend's record, naming a live instance with a day's term, refused every other
+/// instance the lease for that day (the named one had no traffic to probe with). A term
+/// past the longest lease an instance takes is no instance's.
+#[test]
+fn a_forged_probe_mark_does_not_keep_a_circuit_open() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("mark");
+    let breaker = "{failure_threshold: 2, cooldown: 1s}";
+    let fleet = fleet_of(2, &redis, &name, 1, breaker, rec.addr);
+    let (a, idle) = (&fleet[0], &fleet[1]);
+    fail(a, 2);
+    assert!(eventually(WAIT, || backend(a).0 == "open"));
+    let named = cluster(idle)["instance"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!named.is_empty());
+    let hash = format!("{name}:breaker:svc:http://{}", rec.addr);
+    let until = unix_ms() + 86_400_000;
+    let said = redis.send(
+        &format!("HSET {hash} probe {named} probe_until {until}\r\nDEL {hash}:probe\r\n"),
+        "\r\n:",
+    );
+    assert!(said.starts_with(':'), "{said}");
+    rec.set(reply(200));
+    // Traffic on `a` alone: it probes once its cooldown ends.
+    assert!(
+        eventually(Duration::from_secs(8), || {
+            let ok = status(a) == 200;
+            std::thread::sleep(Duration::from_millis(50));
+            ok
+        }),
+        "never probed past the forged mark: {:?}",
+        backend(a)
+    );
+}
+
 /// Regression (a review): a breaker record stamped `at nan` (a stray writer) stopped the
 /// fleet sharing that backend: the publish script compares `at > nan`, false for every
 /// transition, so none was ever written again, and nothing was said.
