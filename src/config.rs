@@ -469,15 +469,43 @@ fn line_said(e: &ConfigError) -> Option<usize> {
     said.strip_prefix("line ")?.split(':').next()?.parse().ok()
 }
 
-/// The line and the key of an unknown top-level key, when that is what `e` says alone
-/// (`line 2: unknown field `timeout`...`, no key path before it).
-fn unknown_top_level_key(e: &ConfigError) -> Option<(usize, &str)> {
+/// Top-level sections whose block can be left out with nothing else in the file depending
+/// on it being there (`cluster` cannot: a `scope: cluster` limit needs it; `services`
+/// neither: without it every service would be said missing).
+const SECTIONS_LEFT_OUT: [&str; 6] = [
+    "breaker",
+    "timeouts",
+    "limits",
+    "pool",
+    "rate_limit",
+    "health_check",
+];
+
+/// The line and the top-level key whose block to leave out when `e` says an unknown key
+/// alone: a top-level one (`line 2: unknown field `timeout`...`), or one inside a section
+/// of [`SECTIONS_LEFT_OUT`] (`line 3: breaker: unknown field ...`: that section's block,
+/// which begins on or above that line).
+fn unknown_top_level_key<'e>(e: &'e ConfigError, text: &str) -> Option<(usize, &'e str)> {
     let ConfigError::Syntax { message, .. } = e else {
         return None;
     };
     let (line, rest) = message.strip_prefix("line ")?.split_once(": ")?;
-    let key = rest.strip_prefix("unknown field `")?.split('`').next()?;
-    Some((line.parse().ok()?, key))
+    let line: usize = line.parse().ok()?;
+    if let Some(unknown) = rest.strip_prefix("unknown field `") {
+        return Some((line, unknown.split('`').next()?));
+    }
+    let (section, rest) = rest.split_once(": ")?;
+    if !rest.starts_with("unknown field `") || !SECTIONS_LEFT_OUT.contains(&section) {
+        return None;
+    }
+    let lines: Vec<&str> = text.split('\n').take(line).collect();
+    let start = lines.iter().rposition(|l| {
+        let l = l.trim_start_matches(['"', '\'']);
+        l.strip_prefix(section)
+            .map(|r| r.trim_start_matches(['"', '\'']).trim_start())
+            .is_some_and(|r| r.starts_with(':'))
+    })?;
+    Some((start + 1, section))
 }
 
 /// `text` with the top-level `key` on 1-based `line` and its block (the lines after it
@@ -1716,7 +1744,7 @@ impl Config {
         let mut unknown = Vec::new();
         let rest = loop {
             match Config::parse_as_written(&text) {
-                Err(e) if unknown.len() < MAX_ERRORS => match unknown_top_level_key(&e) {
+                Err(e) if unknown.len() < MAX_ERRORS => match unknown_top_level_key(&e, &text) {
                     Some((line, key)) => {
                         // An unknown key is a typed error, so the file is valid YAML; if
                         // it is not without the block (a `- item` or a `}` at column 0
@@ -3407,6 +3435,24 @@ mod tests {
         assert!(
             e.starts_with("2 errors: config: line 1: unknown field `timeout`")
                 && e.contains("line 3: breaker: unknown field `failure_treshold`"),
+            "{e}"
+        );
+        // An unknown key inside a section that nothing else needs leaves that section out
+        // too, so the typos after it are said in the same run.
+        let nested = "timeouts:\n  respons: 3s\nbreaker: {failure_treshold: 3}\nlimits:\n  max_body_byte: 1\nservices:\n  a: [nope]\n";
+        let Err(ConfigError::Several(all)) = Config::parse(nested) else {
+            panic!("{:?}", Config::parse(nested));
+        };
+        let lines: Vec<Option<usize>> = all.iter().map(line_said).collect();
+        assert_eq!(lines, [Some(2), Some(3), Some(5), Some(7)], "{all:?}");
+        // Not `cluster:` (a `scope: cluster` limit needs it there): that still stops.
+        let e = Config::parse(
+            "cluster: {redis: \"redis://127.0.0.1:6379\", nmae: x}\nservices:\n  a: [nope]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("unknown field `nmae`") && !e.contains("nope"),
             "{e}"
         );
         // What is under the unknown key is not read as anything.
