@@ -1239,6 +1239,19 @@ mod tests {
         assert_eq!(cut["error"], "drain_deadline");
     }
 
+    /// An empty directory of this test run's own, named after `name`.
+    fn fresh_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The file's text, empty if there is none.
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap_or_default()
+    }
+
     fn plain(target: &'static [u8]) -> Entry<'static> {
         Entry {
             client: [10, 0, 0, 1].into(),
@@ -1268,9 +1281,7 @@ mod tests {
     #[test]
     fn lines_held_across_off_go_to_their_own_file_a_failed_switch_changes_nothing_and_a_fifo_never_blocks(
     ) {
-        let dir = std::env::temp_dir().join(format!("gateway-access-off-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("gateway-access-off");
         let (a, b) = (dir.join("a.log"), dir.join("b.log"));
         let e0 = Epoch::default();
         let (e1, e2) = (e0.next(), e0.next().next());
@@ -1283,7 +1294,6 @@ mod tests {
         log.record(&plain(b"/after"), Format::Text, &Field::DEFAULT, &e2);
         log.flush();
         assert!(w.sync(std::time::Duration::from_secs(5)));
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         assert!(read(&b).contains("/after"), "{}", read(&b));
         assert!(!read(&b).contains("/held"), "{}", read(&b));
         assert!(read(&a).contains("/held"), "{}", read(&a));
@@ -1356,9 +1366,7 @@ mod tests {
     /// worker's buffer never mixes lines for two outputs.
     #[test]
     fn lines_go_to_the_sink_of_the_config_that_formatted_them() {
-        let dir = std::env::temp_dir().join(format!("gateway-access-epoch-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("gateway-access-epoch");
         let (a, b) = (dir.join("a.log"), dir.join("b.json"));
         let e0 = Epoch::default();
         let e1 = e0.next();
@@ -1373,7 +1381,6 @@ mod tests {
         log.record(&plain(b"/new-2"), Format::Json, &Field::DEFAULT, &e1);
         log.flush();
         assert!(w.sync(std::time::Duration::from_secs(5)));
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         let (text, json) = (read(&a), read(&b));
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(text.lines().count(), 2, "{text}");
@@ -1395,9 +1402,7 @@ mod tests {
     /// line goes to the file open when it was formatted.
     #[test]
     fn lines_formatted_before_a_reopen_go_to_the_file_moved_away() {
-        let dir = std::env::temp_dir().join(format!("gateway-access-turn-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("gateway-access-turn");
         let (a, moved) = (dir.join("access.log"), dir.join("access.log.1"));
         let e0 = Epoch::default();
         let w = start(&Sink::File(a.clone()), &e0, Arc::default()).unwrap();
@@ -1408,7 +1413,6 @@ mod tests {
         log.record(&plain(b"/after"), Format::Text, &Field::DEFAULT, &e0);
         log.flush();
         assert!(w.sync(std::time::Duration::from_secs(5)));
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         let (old, new) = (read(&moved), read(&a));
         assert!(old.contains("/before") && !old.contains("/after"), "{old}");
         assert!(new.contains("/after") && !new.contains("/before"), "{new}");

@@ -322,6 +322,47 @@ fn an_open_circuit_reaches_every_instance_and_admin_says_whence() {
     );
 }
 
+/// Steady GETs to every instance of a fleet, two clients each, until [`Load::end`].
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn on(fleet: &[AdminGateway]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let threads = fleet
+            .iter()
+            .flat_map(|g| [g.proc.addr, g.proc.addr])
+            .map(|addr| {
+                let (stop, sent) = (stop.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = get(addr, "/v1/proxy/svc/x");
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            threads,
+        }
+    }
+
+    /// Stops the clients; how many requests they sent.
+    fn end(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
 #[test]
 fn one_probe_per_cooldown_across_the_fleet_under_load() {
     let redis = Redis::start();
@@ -333,35 +374,17 @@ fn one_probe_per_cooldown_across_the_fleet_under_load() {
     assert!(eventually(WAIT, || fleet.iter().all(|g| status(g) == 503)));
     let opened = rec.requests();
     // Every instance under steady load, for the cooldown and well into the next one.
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let loaders: Vec<_> = fleet
-        .iter()
-        .flat_map(|g| [g.proc.addr, g.proc.addr])
-        .map(|addr| {
-            let (stop, sent) = (stop.clone(), sent.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = get(addr, "/v1/proxy/svc/x");
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let load = Load::on(&fleet);
     let probed = eventually(WAIT, || rec.requests() > opened);
     // The probe failed: every instance re-opened with a fresh 2 s cooldown. Keep the load on
     // for a while inside that cooldown: no second probe may come.
     std::thread::sleep(Duration::from_millis(700));
-    stop.store(true, Ordering::Relaxed);
-    for l in loaders {
-        let _ = l.join();
-    }
+    let sent = load.end();
     assert!(probed, "no probe reached the backend");
     assert_eq!(
         rec.requests() - opened,
         1,
-        "probes reaching the backend while {} requests were sent",
-        sent.load(Ordering::Relaxed)
+        "probes reaching the backend while {sent} requests were sent",
     );
     // A successful probe closes the circuit everywhere.
     rec.set(reply(200));
@@ -389,29 +412,14 @@ fn a_lost_probe_lease_lets_no_second_probe_beside_a_running_one() {
     // Every probe now takes the whole 2 s response timeout.
     rec.set(Mode::Hang);
     let opened = rec.requests();
-    let stop = Arc::new(AtomicBool::new(false));
-    let loaders: Vec<_> = fleet
-        .iter()
-        .flat_map(|g| [g.proc.addr, g.proc.addr])
-        .map(|addr| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = get(addr, "/v1/proxy/svc/x");
-                }
-            })
-        })
-        .collect();
+    let load = Load::on(&fleet);
     let probed = eventually(WAIT, || rec.requests() > opened);
     let lease = format!("{name}:breaker:svc:http://{}:probe", rec.addr);
     let deleted = redis.send(&format!("DEL {lease}\r\n"), "\r\n");
     // Well inside the probe's 2 s, several rounds of every instance's cluster thread.
     std::thread::sleep(Duration::from_millis(1500));
     let during = rec.requests() - opened;
-    stop.store(true, Ordering::Relaxed);
-    for l in loaders {
-        let _ = l.join();
-    }
+    load.end();
     assert!(probed, "no probe reached the backend");
     assert_eq!(deleted, ":1\r\n", "the lease was not where it should be");
     assert_eq!(during, 1, "probes reaching the backend while the first ran");
