@@ -9,6 +9,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -37,23 +38,32 @@ pub const MAX_HEAD_BYTES: usize = 8192;
 /// so that the close does not reset the connection (see `linger`).
 pub const LINGER: Duration = Duration::from_secs(1);
 
-/// Binds `addr` and serves it from a new acceptor thread.
-pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+/// Serves `listener` from a new acceptor thread, until the other end of the returned
+/// stream is dropped (the listening socket handed over to a new process: an upgrade).
+pub fn start(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+) -> std::io::Result<(SocketAddr, UnixStream)> {
     let bound = listener.local_addr()?;
+    // Waited for with `poll`, beside the stop signal: a blocking accept cannot be ended
+    // without shutting the socket down, which a new process may share.
+    listener.set_nonblocking(true)?;
+    let (stop, stopped) = UnixStream::pair()?;
     let conns = Arc::new(Conns::new(MAX_CONNECTIONS));
     let renders = Arc::new(Renders::default());
     std::thread::Builder::new()
         .name("admin".into())
-        .spawn(move || accept_loop(&listener, &shared, &conns, &renders))?;
+        .spawn(move || accept_loop(&listener, &stopped, &shared, &conns, &renders))?;
     log::info!("admin listening on {bound}");
-    Ok(bound)
+    Ok((bound, stop))
 }
 
-/// Accepts for ever; never blocks on a client (admission and eviction are a lock held
-/// for a scan of at most `2 * MAX_CONNECTIONS` slots, a `dup`, a `shutdown` and a spawn).
+/// Accepts until `stop`'s other end is dropped; never blocks on a client (admission and
+/// eviction are a lock held for a scan of at most `2 * MAX_CONNECTIONS` slots, a `dup`, a
+/// `shutdown` and a spawn).
 fn accept_loop(
     listener: &TcpListener,
+    stop: &UnixStream,
     shared: &Arc<Shared>,
     conns: &Arc<Conns>,
     renders: &Arc<Renders>,
@@ -61,8 +71,14 @@ fn accept_loop(
     let mut reserve = Reserve::default();
     reserve.refill();
     loop {
+        if !connection_or_stop(listener, stop) {
+            return;
+        }
         let stream = match listener.accept() {
+            // Blocking, as Linux's accept makes it whatever the listener is.
             Ok((s, _)) => s,
+            // Another process sharing the socket took it.
+            Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
             // Out of descriptors: the reserve's make room for this one, and the workers
             // leave the ones they free until it is in. Not taken back before the accept
             // that needs them (that would spin: a re-review).
@@ -114,6 +130,35 @@ fn accept_loop(
             conns.release(id);
         }
         reserve.refill();
+    }
+}
+
+/// Waits for a connection to accept (true) or for `stop`'s other end to go (false).
+fn connection_or_stop(listener: &TcpListener, stop: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fds = [
+        libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: two pollfds we own; no timeout.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n > 0 {
+            return fds[1].revents == 0;
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+            // Cannot wait: a short sleep instead of a spin, then the accept tries anyway.
+            std::thread::sleep(Duration::from_millis(50));
+            return true;
+        }
     }
 }
 
@@ -314,7 +359,11 @@ fn handle(
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let answered = match path {
         "/healthz" => {
-            let (status, body) = if shared.is_draining() {
+            let (status, body) = if shared.handed_over.load(Ordering::Relaxed) {
+                // The address serves, from the process that took it over (an upgrade); a
+                // check that reached this one, on a connection opened before, says so.
+                (200, json!({"status": "serving", "handed_over": true}))
+            } else if shared.is_draining() {
                 (503, json!({"status": "draining"}))
             } else if shared.is_stopping() {
                 // `timeouts.drain_grace`: still serving, but tell balancers to stop sending.

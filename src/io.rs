@@ -583,6 +583,24 @@ pub fn set_reset_on_close(fd: RawFd) {
     }
 }
 
+/// An integer `SOL_SOCKET` option of `fd`; None if it is no socket (or no longer open).
+pub fn socket_opt(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `v`; on a descriptor that is not
+    // a socket (or no longer open) it fails.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
 /// Sets every connected TCP socket of the process to reset on close (listeners aside), for
 /// an exit that cuts whatever is in flight; returns how many. A descriptor closed or reused
 /// meanwhile by a worker is harmless: the options are only read and set on sockets.
@@ -590,34 +608,18 @@ pub fn reset_every_connection() -> usize {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return 0;
     };
-    let int_opt = |fd: RawFd, opt: libc::c_int| {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt(2) writes at most `len` bytes into `v`; on a descriptor that is
-        // not a socket (or no longer open) it fails and we skip it.
-        let r = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        (r == 0).then_some(v)
-    };
     let mut n = 0;
     for entry in dir.flatten() {
         let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
             continue;
         };
         let inet = matches!(
-            int_opt(fd, libc::SO_DOMAIN),
+            socket_opt(fd, libc::SO_DOMAIN),
             Some(libc::AF_INET | libc::AF_INET6)
         );
         if inet
-            && int_opt(fd, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
-            && int_opt(fd, libc::SO_ACCEPTCONN) == Some(0)
+            && socket_opt(fd, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+            && socket_opt(fd, libc::SO_ACCEPTCONN) == Some(0)
         {
             set_reset_on_close(fd);
             n += 1;

@@ -28,7 +28,8 @@
 //! registry behind one `ArcSwap`), [`reload`] (SIGHUP: diff, validate, swap). Side:
 //! [`accesslog`], [`metrics`] and [`admin`] (what operators read), [`logging`], [`redact`]
 //! (no credentials in messages),
-//! [`procstat`] (the process's CPU, memory and start time for `/metrics`),
+//! [`procstat`] (the process's CPU, memory and start time for `/metrics`), [`upgrade`]
+//! (SIGUSR2: a new process takes the listening sockets over),
 //! [`cluster`] (a thread that shares circuit state with other instances through Redis; never
 //! on the request path).
 
@@ -75,6 +76,7 @@ pub mod server;
 pub mod splice;
 pub mod state;
 pub mod tunnel;
+pub mod upgrade;
 pub mod worker;
 
 /// The version and the commit it was built from (`unknown` outside a git checkout), as
@@ -87,7 +89,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::iterator::Signals;
 
 pub use config::Config;
@@ -102,21 +104,29 @@ pub fn run(
     pid_file: Option<PathBuf>,
 ) -> Result<(), server::StartError> {
     // Signals first, so that none arriving during startup takes the default action.
-    // SIGQUIT drains like SIGTERM (NGINX's graceful shutdown) and SIGUSR2 reloads like
-    // SIGHUP (HAProxy's master-worker reload): left to their defaults, an operator's habit
-    // from either killed every connection at once (an operator review).
-    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2])
+    // SIGQUIT drains like SIGTERM (NGINX's graceful shutdown) and SIGUSR2 upgrades in place
+    // (NGINX's binary upgrade; HAProxy's master-worker re-executes itself on it too): left
+    // to their defaults, an operator's habit from either killed every connection at once
+    // (an operator review). SIGWINCH is the upgrade thread's word that the new process
+    // serves.
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])
         .map_err(server::StartError::Thread)?;
+    // The listening sockets of a process being upgraded, if it started this one.
+    let mut inherited = upgrade::Inherited::from_env();
     // Before anything opens descriptors or reads the limit (`Shared::fd_limit`).
     let fds = fdlimit::raise();
     let shared = Shared::new(config);
+    if let Some(circuits) = inherited.breakers() {
+        let (taken, not_closed) = shared.import_breakers(&circuits);
+        log::info!("upgrade: breakers carried over: {taken} ({not_closed} not closed)");
+    }
     // The ports before the fleet: an instance that cannot listen must not join it, not even
     // for its heartbeat's lifetime (an operator review saw its peers count it for 5 s).
-    server::check_ports(&shared.current.load().config)?;
+    server::check_ports(&shared.current.load().config, &inherited)?;
     // With `cluster:`, the fleet's circuit states are read before anything is served.
     let fleet = cluster::start(&shared).map_err(server::StartError::Thread)?;
     let started = (|| {
-        let server = server::start(shared.clone())?;
+        let server = server::start(shared.clone(), &mut inherited)?;
         start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
         let reloads = Reloader::start(shared.clone(), path, server.access_log.clone())
             .map_err(server::StartError::Thread)?;
@@ -137,13 +147,27 @@ pub fn run(
         }
     };
     log_startup(&shared, &server, fds);
+    if let Some(old) = inherited.parent {
+        log::info!("upgrade: took the listening sockets over from process {old}, which drains now");
+        inherited.serving();
+    }
     for sig in signals.forever() {
-        if !on_signal(sig, &reloads, &server) {
+        if !on_signal(sig, &reloads, &server, &shared) {
             break;
         }
     }
+    let handed_over = shared.handed_over.load(Ordering::SeqCst);
+    if handed_over {
+        // Health checks go to the new process from now on; this one answers none.
+        server.stop_admin();
+    }
     shared.stopping.store(true, Ordering::SeqCst);
-    let grace = shared.current.load().config.timeouts.drain_grace;
+    // No grace once handed over: the new process serves the address, no balancer need
+    // move away from it.
+    let grace = match handed_over {
+        true => Duration::ZERO,
+        false => shared.current.load().config.timeouts.drain_grace,
+    };
     if !grace.is_zero() {
         log::info!("stopping: /healthz answers 503; serving as usual for {} (timeouts.drain_grace), then draining (signal again to exit now)", config::duration_text(grace));
         let end = Instant::now() + grace;
@@ -152,6 +176,7 @@ pub fn run(
                 &mut signals,
                 &reloads,
                 &server,
+                &shared,
                 "without draining",
                 pid_file.as_ref(),
             );
@@ -160,7 +185,11 @@ pub fn run(
     }
     let drain = shared.current.load().config.timeouts.drain;
     log::info!(
-        "draining: no new connections; in-flight requests have up to {} (signal again to exit now)",
+        "draining: {}; in-flight requests have up to {} (signal again to exit now)",
+        match handed_over {
+            true => "new connections go to the new process",
+            false => "no new connections",
+        },
         config::duration_text(drain)
     );
     shared.draining.store(true, Ordering::SeqCst);
@@ -168,7 +197,14 @@ pub fn run(
     let deadline = Instant::now() + drain + Duration::from_secs(1);
     while !server.finished() && Instant::now() < deadline {
         let what = "without waiting for in-flight requests";
-        stopping_signals(&mut signals, &reloads, &server, what, pid_file.as_ref());
+        stopping_signals(
+            &mut signals,
+            &reloads,
+            &server,
+            &shared,
+            what,
+            pid_file.as_ref(),
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // The last lines, those of requests the deadline cut among them, are written before the
@@ -237,12 +273,19 @@ impl Drop for PidFile {
     }
 }
 
-/// Acts on one signal; false for SIGTERM/SIGINT/SIGQUIT (stop). SIGHUP (or SIGUSR2) asks for
-/// a reload; they and SIGUSR1 reopen the access log (after a rotation moved it).
-fn on_signal(sig: i32, reloads: &Reloader, server: &server::Server) -> bool {
+/// Acts on one signal; false for SIGTERM/SIGINT/SIGQUIT (stop), and for SIGWINCH once a new
+/// process took the sockets over (drain). SIGHUP asks for a reload; it and SIGUSR1 reopen
+/// the access log (after a rotation moved it). SIGUSR2 starts an upgrade.
+fn on_signal(sig: i32, reloads: &Reloader, server: &server::Server, shared: &Arc<Shared>) -> bool {
     match sig {
-        SIGHUP | SIGUSR2 => reloads.ask(),
+        SIGHUP => reloads.ask(),
         SIGUSR1 => {}
+        SIGUSR2 => {
+            server.upgrade(shared);
+            return true;
+        }
+        // A terminal's resize too: nothing unless the upgrade thread set the flag.
+        SIGWINCH => return !shared.handed_over.load(Ordering::SeqCst),
         _ => return false,
     }
     if let Some(log) = &server.access_log {
@@ -259,12 +302,14 @@ fn stopping_signals(
     signals: &mut Signals,
     reloads: &Reloader,
     server: &server::Server,
+    shared: &Arc<Shared>,
     what: &str,
     pid_file: Option<&PidFile>,
 ) {
     let pending: Vec<i32> = signals.pending().collect();
-    for sig in pending {
-        if !on_signal(sig, reloads, server) {
+    // SIGWINCH (an upgrade that ended while stopping, a terminal's resize) is no stop.
+    for sig in pending.into_iter().filter(|&s| s != SIGWINCH) {
+        if !on_signal(sig, reloads, server, shared) {
             let n = io::reset_every_connection();
             // Client and backend connections alike (an operator's review read the count
             // as clients, twice what it had open).
@@ -369,7 +414,7 @@ fn on_sighup(shared: &Shared, path: &Path, log: Option<&accesslog::Writer>) {
             // (an operator review).
             if !changes.ignored_until_restart.is_empty() {
                 log::warn!(
-                    "reload: changed in the file, effective only at a restart: {}; the running values stay",
+                    "reload: changed in the file, effective only at a restart or an upgrade (SIGUSR2): {}; the running values stay",
                     changes.ignored_until_restart.join(", ")
                 );
             }

@@ -19,6 +19,7 @@ use monoio::{FusionDriver, FusionRuntime, LegacyDriver, RuntimeBuilder};
 
 use crate::accesslog;
 use crate::state::Shared;
+use crate::upgrade::{Handover, Inherited};
 use crate::worker::Worker;
 
 /// A started server: its address and worker threads.
@@ -31,6 +32,10 @@ pub struct Server {
     threads: Vec<std::thread::JoinHandle<()>>,
     /// Closed by [`Server::wake_for_drain`]: every worker reads the EOF at once.
     drain_signal: Option<UnixStream>,
+    /// What `SIGUSR2` hands a new process (None if this program's path is unknown).
+    handover: Option<Handover>,
+    /// Dropped to end the admin acceptor once a new process took the admin socket over.
+    admin_stop: Option<UnixStream>,
 }
 
 impl Server {
@@ -50,6 +55,24 @@ impl Server {
     /// first): closing our end of the socket pair ends each worker's pending read of it.
     pub fn wake_for_drain(&mut self) {
         self.drain_signal = None;
+        // The sockets close with the workers' listeners now, refusing new clients, unless
+        // a new process holds them (an upgrade).
+        if let Some(h) = &mut self.handover {
+            h.release();
+        }
+    }
+
+    /// `SIGUSR2`: starts a new process on the listening sockets (see [`crate::upgrade`]).
+    pub fn upgrade(&self, shared: &Arc<Shared>) {
+        match &self.handover {
+            Some(h) => h.begin(shared),
+            None => log::error!("upgrade: the path of this program is unknown; SIGUSR2 ignored"),
+        }
+    }
+
+    /// Stops accepting on the admin port, which a new process serves now (an upgrade).
+    pub fn stop_admin(&mut self) {
+        self.admin_stop = None;
     }
 }
 
@@ -134,11 +157,18 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 /// Binds `listen` and `admin` once and lets go, so that a port taken is said before
 /// anything else starts (the cluster thread joins the fleet: see `lib::run`).
-pub fn check_ports(config: &crate::config::Config) -> Result<(), StartError> {
-    port_free("listen", config.listen)?;
-    config
-        .admin
-        .map_or(Ok(()), |admin| port_free("admin", admin))
+/// An address a process being upgraded handed over is in use, by it: not checked.
+pub fn check_ports(
+    config: &crate::config::Config,
+    inherited: &Inherited,
+) -> Result<(), StartError> {
+    for (key, addr) in [("listen", Some(config.listen)), ("admin", config.admin)] {
+        match addr {
+            Some(addr) if !inherited.holds(addr) => port_free(key, addr)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// What `--check` says of the `listen` and `admin` addresses, bound once and let go: an
@@ -152,7 +182,7 @@ pub fn check_binds(config: &crate::config::Config) -> Result<Vec<String>, StartE
         match port_free(key, addr) {
             Err(StartError::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse => {
                 notes.push(format!(
-                    "{key}: {addr} is in use now, by this gateway if it runs with this config (it keeps the port across a reload, SIGHUP) or by another process (`ss -ltnp` names it): a start needs it free"
+                    "{key}: {addr} is in use now, by this gateway if it runs with this config (it keeps the port across a reload, SIGHUP) or by another process (`ss -ltnp` names it): a start needs it free; an upgrade (SIGUSR2) takes it over"
                 ));
             }
             other => other?,
@@ -171,15 +201,23 @@ fn port_free(key: &'static str, addr: SocketAddr) -> Result<(), StartError> {
 }
 
 /// Binds every worker's listener on this thread (so errors surface before anything
-/// starts), then starts the workers.
-pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
+/// starts), or takes those a process being upgraded handed over (`inherited`), then starts
+/// the workers.
+pub fn start(shared: Arc<Shared>, inherited: &mut Inherited) -> Result<Server, StartError> {
     let config = shared.current.load().config.clone();
     let mut addr = config.listen;
-    // SO_REUSEPORT would let us silently share the port with another running gateway: a
-    // plain bind first proves the port is free.
-    port_free("listen", addr)?;
-    let mut listeners = Vec::with_capacity(config.workers);
-    for _ in 0..config.workers {
+    let mut listeners = inherited.take_listeners(addr, config.workers);
+    if let Some(first) = listeners.first() {
+        addr = first
+            .local_addr()
+            .map_err(|e| bind_error("listen", addr, e))?;
+    } else {
+        // SO_REUSEPORT would let us silently share the port with another running gateway:
+        // a plain bind first proves the port is free.
+        port_free("listen", addr)?;
+    }
+    // More workers than the old process had: the others join its sockets' group.
+    while listeners.len() < config.workers {
         let l = reuseport_listener(addr).map_err(|e| bind_error("listen", addr, e))?;
         // With port 0 the first bind picks the port; the others join it.
         addr = l.local_addr().map_err(|e| bind_error("listen", addr, e))?;
@@ -195,12 +233,31 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         path: config.access_log.to_string(),
         source,
     })?;
-    let admin_addr = match config.admin {
-        Some(admin) => Some(
-            crate::admin::start(admin, shared.clone())
-                .map_err(|e| bind_error("admin", admin, e))?,
-        ),
+    let admin = match config.admin {
+        Some(admin) => Some(match inherited.take_admin(admin) {
+            Some(l) => l,
+            None => {
+                std::net::TcpListener::bind(admin).map_err(|e| bind_error("admin", admin, e))?
+            }
+        }),
         None => None,
+    };
+    inherited.close_unused();
+    // What a later upgrade hands over; without it (no path to this program) SIGUSR2 says so.
+    let handover = std::env::current_exe()
+        .and_then(|exe| {
+            let args = std::env::args_os().skip(1).collect();
+            Handover::new(exe, args, &listeners, admin.as_ref())
+        })
+        .map_err(|e| log::warn!("upgrade (SIGUSR2) not available: {e}"))
+        .ok();
+    let (admin_addr, admin_stop) = match (config.admin, admin) {
+        (Some(at), Some(l)) => {
+            let (bound, stop) =
+                crate::admin::start(l, shared.clone()).map_err(|e| bind_error("admin", at, e))?;
+            (Some(bound), Some(stop))
+        }
+        _ => (None, None),
     };
     for w in start_warnings(&config) {
         log::warn!("{w}");
@@ -231,6 +288,8 @@ pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         access_log,
         threads,
         drain_signal: Some(drain_signal),
+        handover,
+        admin_stop,
     })
 }
 

@@ -319,6 +319,9 @@ pub struct Shared {
     /// Set on SIGTERM/SIGINT, `timeouts.drain_grace` before `draining`.
     pub stopping: AtomicBool,
     pub draining: AtomicBool,
+    /// Set once a new process took the listening sockets over (`SIGUSR2`, [`crate::upgrade`]):
+    /// the address still serves, from that process, while this one drains.
+    pub handed_over: AtomicBool,
     /// Every worker's metrics table, registered at start, read by the admin threads.
     pub workers: Mutex<Vec<Arc<WorkerCell>>>,
     pub reloads: ReloadStats,
@@ -392,6 +395,7 @@ impl Shared {
             current: ArcSwap::new(snapshot),
             registry: Mutex::new(registry),
             draining: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             workers: Mutex::new(Vec::new()),
             reloads: ReloadStats::default(),
@@ -438,6 +442,72 @@ impl Shared {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Every circuit that is not closed with no failure, for a new process taking over (an
+    /// upgrade): one line per backend, `service TAB url TAB state TAB count TAB age in ms`.
+    pub fn export_breakers(&self) -> String {
+        let now = now_ms();
+        let mut out = String::new();
+        for svc in &self.current.load().services {
+            for b in &svc.backends {
+                let w = crate::breaker::Snapshot::decode(b.breaker.load(Ordering::Acquire));
+                if w.state != crate::breaker::CLOSED || w.count > 0 {
+                    let age = now.saturating_sub(w.time_ms);
+                    out += &format!(
+                        "{}\t{}\t{}\t{}\t{age}\n",
+                        svc.name, b.url.url, w.state, w.count
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Takes the circuits [`Shared::export_breakers`] wrote, for the backends this config
+    /// has too (same service and URL), as a reload carries them over; before any request.
+    /// An open circuit keeps its time (its cooldown ends when it would have); one whose
+    /// probe was in flight in the old process is open and due for a probe here. Returns how
+    /// many were taken and how many of those are not closed.
+    pub fn import_breakers(&self, text: &str) -> (usize, usize) {
+        use crate::breaker::{Snapshot as Word, BACKOFF, CLOSED, HALF_OPEN, OPEN};
+        let now = now_ms();
+        let snap = self.current.load();
+        let (mut taken, mut not_closed) = (0, 0);
+        for line in text.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            let [name, url, state, count, age] = f[..] else {
+                continue;
+            };
+            let (Ok(state), Ok(count), Ok(age)) = (
+                state.parse::<u64>(),
+                count.parse::<u64>(),
+                age.parse::<u64>(),
+            ) else {
+                continue;
+            };
+            let Some(svc) = snap.services.iter().find(|s| s.name == name) else {
+                continue;
+            };
+            let Some(b) = svc.backends.iter().find(|b| b.url.url == url) else {
+                continue;
+            };
+            let (state, time_ms) = match state {
+                CLOSED | OPEN | BACKOFF => (state, now.saturating_sub(age)),
+                HALF_OPEN => (OPEN, now.saturating_sub(svc.policy.cooldown_ms)),
+                _ => continue,
+            };
+            let word = Word {
+                state,
+                count,
+                epoch: 0,
+                time_ms,
+            };
+            b.breaker.store(word.encode(), Ordering::Release);
+            taken += 1;
+            not_closed += usize::from(state != CLOSED);
+        }
+        (taken, not_closed)
     }
 
     /// Client connections the whole process accepts at once under `config`: the setting, or

@@ -125,7 +125,8 @@ fn a_proxied_request_allocates_nothing_in_steady_state() {
         ),
     );
     let shared = gateway::state::Shared::new(gateway::Config::parse(&yaml).expect("config"));
-    let server = gateway::server::start(Arc::clone(&shared)).expect("start");
+    let server =
+        gateway::server::start(Arc::clone(&shared), &mut Default::default()).expect("start");
     let addr = server.local_addr;
     let get =
         b"GET /v1/proxy/svc/steady?x=1 HTTP/1.1\r\nHost: g\r\nx-mock-body-bytes: 2048\r\n\r\n";

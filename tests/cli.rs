@@ -377,7 +377,7 @@ fn check_binds_the_ports_and_notes_one_in_use() {
     let (code, text) = check(&format!("listen: 127.0.0.1:0\nadmin: {addr}\n{SVC}"));
     assert_eq!(code, Some(0), "{text}");
     assert!(
-        text.contains(&format!("note: admin: {addr} is in use now, by this gateway if it runs with this config (it keeps the port across a reload, SIGHUP) or by another process (`ss -ltnp` names it): a start needs it free")),
+        text.contains(&format!("note: admin: {addr} is in use now, by this gateway if it runs with this config (it keeps the port across a reload, SIGHUP) or by another process (`ss -ltnp` names it): a start needs it free; an upgrade (SIGUSR2) takes it over")),
         "{text}"
     );
     let (code, text) = check(&format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{SVC}"));

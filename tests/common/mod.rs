@@ -120,6 +120,20 @@ pub fn gateway_at_logging_to(path: &std::path::Path, log: &std::path::Path) -> A
     start_admin_gateway_to(cmd, path, Stdio::from(file))
 }
 
+/// [`gateway_at_logging_to`] with `--pid-file pid` and extra environment variables.
+pub fn gateway_at_with_pid_file(
+    path: &std::path::Path,
+    pid: &std::path::Path,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+) -> AdminGateway {
+    let mut cmd = gateway_command(path);
+    cmd.arg("--pid-file").arg(pid).env("RUST_LOG", "info");
+    cmd.envs(env.iter().copied());
+    let file = std::fs::File::create(log).expect("log file");
+    start_admin_gateway_to(cmd, path, Stdio::from(file))
+}
+
 fn start_admin_gateway(cmd: Command, path: &std::path::Path) -> AdminGateway {
     start_admin_gateway_to(cmd, path, Stdio::inherit())
 }

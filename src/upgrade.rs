@@ -1,0 +1,398 @@
+//! Upgrade in place (`SIGUSR2`): a new process, from the binary and config file as they are
+//! now, takes over the listening sockets themselves and the circuits, and the old one drains
+//! once it serves.
+//!
+//! The sockets are handed over by inheritance, as NGINX's binary upgrade does: the old
+//! process starts the new one with its listeners' descriptors open and their numbers in
+//! `GATEWAY_UPGRADE`. The kernel keeps one socket, and one accept queue, for both
+//! processes, so no client is refused or reset in between: the new process accepts beside
+//! the old, then alone. A binding of its own would be a second socket in the port's
+//! `SO_REUSEPORT` group, and the old one's queue, with the connections in it, would be
+//! reset when it closed. The new process says it serves through a pipe; one that exits
+//! first (a bad config, a port it cannot bind) leaves the old one serving as before.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::state::Shared;
+
+/// The variable that hands the sockets over:
+/// `parent=PID;listen=FD,FD;admin=FD;ready=FD;state=FD`.
+pub const ENV: &str = "GATEWAY_UPGRADE";
+
+/// How long the old process waits for the new one to serve before it stops it.
+pub const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// How long a new process waits for the old one's circuits before it starts without them.
+pub const STATE_WITHIN: Duration = Duration::from_secs(5);
+
+/// What a new process was handed by the one it replaces (nothing for a plain start).
+#[derive(Default)]
+pub struct Inherited {
+    /// The old process's ID: the one to tell, and the one the log names.
+    pub parent: Option<u32>,
+    listen: Vec<OwnedFd>,
+    admin: Option<OwnedFd>,
+    ready: Option<OwnedFd>,
+    /// The read end of the pipe the old process writes its circuits into.
+    state: Option<OwnedFd>,
+}
+
+impl Inherited {
+    /// Reads [`ENV`]. Its descriptors are taken only if the process that set it is our
+    /// parent, and each only if it is what it should be (a listening TCP socket, a pipe):
+    /// a variable left in an environment by mistake never takes a descriptor that is
+    /// something else.
+    pub fn from_env() -> Inherited {
+        let Some(text) = std::env::var_os(ENV) else {
+            return Inherited::default();
+        };
+        let text = text.to_string_lossy();
+        let mut parent = None;
+        let (mut listen, mut admin, mut ready, mut state) = (Vec::new(), None, None, None);
+        for part in text.split(';') {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            let fds = || value.split(',').filter_map(|v| v.parse::<RawFd>().ok());
+            match key {
+                "parent" => parent = value.parse::<u32>().ok(),
+                "listen" => listen = fds().collect(),
+                "admin" => admin = fds().next(),
+                "ready" => ready = fds().next(),
+                "state" => state = fds().next(),
+                _ => {}
+            }
+        }
+        // SAFETY: getppid(2) cannot fail.
+        let ppid = unsafe { libc::getppid() } as u32;
+        if parent != Some(ppid) {
+            log::warn!("{ENV} is set but not by this process's parent ({ppid}); ignored");
+            return Inherited::default();
+        }
+        let own = |fd: RawFd, ok: fn(RawFd) -> bool| {
+            // SAFETY: the parent handed this descriptor to us, open, for us alone (checked
+            // to be of the kind it says before it is owned).
+            ok(fd).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+        };
+        Inherited {
+            parent,
+            listen: listen
+                .into_iter()
+                .filter_map(|fd| own(fd, listening))
+                .collect(),
+            admin: admin.and_then(|fd| own(fd, listening)),
+            ready: ready.and_then(|fd| own(fd, is_pipe)),
+            state: state.and_then(|fd| own(fd, is_pipe)),
+        }
+    }
+
+    /// The old process's circuits ([`Shared::export_breakers`]), read whole within
+    /// [`STATE_WITHIN`]; None for a plain start, or when they did not come whole.
+    pub fn breakers(&mut self) -> Option<String> {
+        let mut pipe = std::fs::File::from(self.state.take()?);
+        let deadline = std::time::Instant::now() + STATE_WITHIN;
+        let mut text = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let read = wait_readable(pipe.as_raw_fd(), left).and_then(|()| pipe.read(&mut chunk));
+            match read {
+                Ok(0) => return String::from_utf8(text).ok(),
+                Ok(n) => text.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("upgrade: the old process's circuits did not come whole ({e}); every circuit starts closed");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Whether a listener bound to `addr` was handed over (for `listen` or `admin`).
+    pub fn holds(&self, addr: SocketAddr) -> bool {
+        self.listen.iter().chain(&self.admin).any(|fd| {
+            socket2::SockRef::from(fd)
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .is_some_and(|a| same_address(a, addr))
+        })
+    }
+
+    /// The inherited listeners bound to `addr` (any port of its IP when its port is 0, as
+    /// at the first start), as many as `want`; the others are closed here. Empty when
+    /// `listen` changed: then the new address is bound afresh, and the old one is let go
+    /// with the old process.
+    pub fn take_listeners(&mut self, addr: SocketAddr, want: usize) -> Vec<TcpListener> {
+        let mut taken = Vec::new();
+        for fd in self.listen.drain(..) {
+            let l = TcpListener::from(fd);
+            if taken.len() < want && l.local_addr().is_ok_and(|a| same_address(a, addr)) {
+                taken.push(l);
+            }
+        }
+        taken
+    }
+
+    /// The inherited admin listener, if it is bound to `addr`.
+    pub fn take_admin(&mut self, addr: SocketAddr) -> Option<TcpListener> {
+        let l = TcpListener::from(self.admin.take()?);
+        l.local_addr()
+            .is_ok_and(|a| same_address(a, addr))
+            .then_some(l)
+    }
+
+    /// Closes what was handed over and not taken (an address the config no longer names):
+    /// kept open, it would queue clients nobody accepts once the old process is gone.
+    pub fn close_unused(&mut self) {
+        self.listen.clear();
+        self.admin = None;
+    }
+
+    /// Tells the old process that this one serves: it drains from now on.
+    pub fn serving(&mut self) {
+        if let Some(fd) = self.ready.take() {
+            let mut pipe = std::fs::File::from(fd);
+            if let Err(e) = pipe.write_all(b"ready") {
+                log::warn!("upgrade: cannot tell the old process that this one serves: {e}");
+            }
+        }
+    }
+}
+
+/// Whether `bound` is what the config's `want` asks for (port 0: any port).
+fn same_address(bound: SocketAddr, want: SocketAddr) -> bool {
+    bound.ip() == want.ip() && (want.port() == 0 || bound.port() == want.port())
+}
+
+/// A listening TCP socket.
+fn listening(fd: RawFd) -> bool {
+    use crate::io::socket_opt;
+    socket_opt(fd, libc::SO_ACCEPTCONN) == Some(1)
+        && socket_opt(fd, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+}
+
+/// A pipe (the ready signal's, the circuits').
+fn is_pipe(fd: RawFd) -> bool {
+    // SAFETY: fstat into a struct we own; a closed descriptor just fails.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::fstat(fd, &mut st) };
+    r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+}
+
+/// The old side: what a new process is started from and handed. Its descriptors are
+/// duplicates of the workers' and the admin's listeners, held until the drain begins
+/// (then let go, so that a drain without an upgrade closes the sockets and refuses new
+/// clients as before).
+pub struct Handover {
+    exe: PathBuf,
+    args: Vec<OsString>,
+    listen: Vec<OwnedFd>,
+    admin: Option<OwnedFd>,
+    busy: Arc<AtomicBool>,
+}
+
+impl Handover {
+    /// Duplicates of `listen` and `admin`, and the program and arguments of this start:
+    /// the path, not this process's image, so that a binary replaced there is the one that
+    /// runs (`/proc/self/exe` names the deleted file after `install` replaced it).
+    pub fn new(
+        exe: PathBuf,
+        args: Vec<OsString>,
+        listen: &[TcpListener],
+        admin: Option<&TcpListener>,
+    ) -> std::io::Result<Handover> {
+        let dup = |l: &TcpListener| l.try_clone().map(OwnedFd::from);
+        Ok(Handover {
+            exe,
+            args,
+            listen: listen.iter().map(dup).collect::<Result<_, _>>()?,
+            admin: admin.map(dup).transpose()?,
+            busy: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Starts the new process and a thread that waits for it: once it serves, `handed_over`
+    /// is set and `SIGWINCH` sent to this process, whose signal loop then drains it. Does
+    /// nothing (but say so) while another upgrade is under way or the process stops.
+    pub fn begin(&self, shared: &Arc<Shared>) {
+        if shared.is_stopping() {
+            log::warn!("upgrade: this process is stopping; SIGUSR2 ignored");
+            return;
+        }
+        if self.busy.swap(true, Ordering::SeqCst) {
+            log::warn!("upgrade: one is under way already; SIGUSR2 ignored");
+            return;
+        }
+        if let Err(e) = self.spawn(shared) {
+            log::error!(
+                "upgrade: cannot start {}: {e}; still serving here",
+                self.exe.display()
+            );
+            self.busy.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn spawn(&self, shared: &Arc<Shared>) -> std::io::Result<()> {
+        let (read, write) = pipe()?;
+        let (state_read, state_write) = pipe()?;
+        let listen: Vec<RawFd> = self.listen.iter().map(AsRawFd::as_raw_fd).collect();
+        let admin = self.admin.as_ref().map(AsRawFd::as_raw_fd);
+        let list = |fds: &[RawFd]| {
+            fds.iter()
+                .map(|fd| fd.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let value = format!(
+            "parent={};listen={};admin={};ready={};state={}",
+            std::process::id(),
+            list(&listen),
+            admin.map(|fd| fd.to_string()).unwrap_or_default(),
+            write.as_raw_fd(),
+            state_read.as_raw_fd()
+        );
+        let mut open: Vec<RawFd> = listen;
+        open.extend(admin);
+        open.extend([write.as_raw_fd(), state_read.as_raw_fd()]);
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(&self.args).env(ENV, value);
+        // SAFETY: between fork and exec only async-signal-safe calls: close_range(2) and
+        // fcntl(2) on descriptors of the child's own copy of the table.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Every descriptor is close-on-exec already (std, socket2 and monoio open
+                // them so); made sure of, so that no client connection can outlive the old
+                // process in the new one.
+                libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as i32);
+                for &fd in &open {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        drop((write, state_read));
+        let pid = child.id();
+        log::info!(
+            "upgrade: started {} as process {pid}; this one ({}) serves until it does",
+            self.exe.display(),
+            std::process::id()
+        );
+        let (busy, shared) = (self.busy.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("upgrade".into())
+            .spawn(move || {
+                // The circuits as they are now: the new process takes them before it
+                // serves (a child that exits first makes this fail, and says why itself).
+                let _ = std::fs::File::from(state_write).write_all(shared.export_breakers().as_bytes());
+                let mut read = std::fs::File::from(read);
+                let mut said = [0u8; 5];
+                match wait_readable(read.as_raw_fd(), READY_WITHIN)
+                    .and_then(|()| read.read_exact(&mut said))
+                {
+                    Ok(()) if &said == b"ready" => {
+                        log::info!(
+                            "upgrade: process {pid} serves; draining this one ({})",
+                            std::process::id()
+                        );
+                        shared.handed_over.store(true, Ordering::SeqCst);
+                        // SAFETY: kill(2) to this very process.
+                        unsafe { libc::kill(libc::getpid(), libc::SIGWINCH) };
+                        return;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        log::error!("upgrade: process {pid} did not serve within {}s; stopping it, still serving here", READY_WITHIN.as_secs());
+                        let _ = child.kill();
+                    }
+                    _ => {}
+                }
+                let status = child
+                    .wait()
+                    .map_or_else(|e| e.to_string(), |s| s.to_string());
+                log::error!("upgrade failed: process {pid} exited ({status}) before serving; its log says why; still serving here");
+                busy.store(false, Ordering::SeqCst);
+            })?;
+        Ok(())
+    }
+
+    /// Lets go of the duplicates (the drain begins: the sockets close with the workers').
+    pub fn release(&mut self) {
+        self.listen.clear();
+        self.admin = None;
+    }
+}
+
+/// A pipe whose ends are close-on-exec (the write end is made inheritable in the child).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both were just opened by pipe2 and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Waits until `fd` is readable (data or EOF), at most `within`.
+fn wait_readable(fd: RawFd, within: Duration) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own.
+        let n = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n > 0 {
+            return Ok(());
+        }
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_matches_its_address_or_any_port_of_its_ip() {
+        let a: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        assert!(same_address(a, a));
+        assert!(same_address(a, "127.0.0.1:0".parse().unwrap()));
+        assert!(!same_address(a, "127.0.0.1:8001".parse().unwrap()));
+        assert!(!same_address(a, "0.0.0.0:8000".parse().unwrap()));
+    }
+
+    #[test]
+    fn only_listening_sockets_and_pipes_are_taken() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (r, w) = pipe().unwrap();
+        assert!(listening(l.as_raw_fd()));
+        assert!(!listening(c.as_raw_fd()));
+        assert!(!listening(r.as_raw_fd()));
+        assert!(is_pipe(w.as_raw_fd()));
+        assert!(!is_pipe(l.as_raw_fd()));
+    }
+}
