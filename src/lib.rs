@@ -151,17 +151,24 @@ pub fn run(
         log::info!("upgrade: took the listening sockets over from process {old}, which drains now");
         inherited.serving();
     }
+    let mut stopped_by = SIGTERM;
     for sig in signals.forever() {
         if !on_signal(sig, &reloads, &server, &shared) {
+            stopped_by = sig;
             break;
         }
     }
-    let handed_over = shared.handed_over.load(Ordering::SeqCst);
+    // SIGWINCH ends the loop only once a new process serves (an upgrade).
+    let handed_over = stopped_by == SIGWINCH;
+    shared.stopping.store(true, Ordering::SeqCst);
     if handed_over {
         // Health checks go to the new process from now on; this one answers none.
         server.stop_admin();
+    } else {
+        // A stop: an upgrade's new process that had not taken over yet stops as well.
+        server.stop_upgrade();
+        shared.handed_over.store(false, Ordering::SeqCst);
     }
-    shared.stopping.store(true, Ordering::SeqCst);
     // No grace once handed over: the new process serves the address, no balancer need
     // move away from it.
     let grace = match handed_over {

@@ -70,6 +70,13 @@ impl Server {
         }
     }
 
+    /// A stop came before an upgrade's new process took over: it stops too.
+    pub fn stop_upgrade(&self) {
+        if let Some(h) = &self.handover {
+            h.stop_child();
+        }
+    }
+
     /// Stops accepting on the admin port, which a new process serves now (an upgrade).
     pub fn stop_admin(&mut self) {
         self.admin_stop = None;
@@ -244,7 +251,7 @@ pub fn start(shared: Arc<Shared>, inherited: &mut Inherited) -> Result<Server, S
     };
     inherited.close_unused();
     // What a later upgrade hands over; without it (no path to this program) SIGUSR2 says so.
-    let handover = std::env::current_exe()
+    let handover = crate::upgrade::program()
         .and_then(|exe| {
             let args = std::env::args_os().skip(1).collect();
             Handover::new(exe, args, &listeners, admin.as_ref())

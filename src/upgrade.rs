@@ -16,10 +16,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::state::Shared;
@@ -198,12 +198,14 @@ pub struct Handover {
     listen: Vec<OwnedFd>,
     admin: Option<OwnedFd>,
     busy: Arc<AtomicBool>,
+    /// The new process while it runs and is not reaped (0: none): a stop asked of this
+    /// process before the new one took over stops that one too.
+    child: Arc<Mutex<u32>>,
 }
 
 impl Handover {
-    /// Duplicates of `listen` and `admin`, and the program and arguments of this start:
-    /// the path, not this process's image, so that a binary replaced there is the one that
-    /// runs (`/proc/self/exe` names the deleted file after `install` replaced it).
+    /// Duplicates of `listen` and `admin`, and the program ([`program`]) and arguments of
+    /// this start.
     pub fn new(
         exe: PathBuf,
         args: Vec<OsString>,
@@ -217,7 +219,23 @@ impl Handover {
             listen: listen.iter().map(dup).collect::<Result<_, _>>()?,
             admin: admin.map(dup).transpose()?,
             busy: Arc::new(AtomicBool::new(false)),
+            child: Arc::new(Mutex::new(0)),
         })
+    }
+
+    /// A stop (`SIGTERM`, `SIGINT`, `SIGQUIT`) came before the new process took over: it is
+    /// stopped too, as the service is (a review: the new process took over after the old
+    /// one had drained for a `SIGTERM`, and went on serving). Set `Shared::stopping` first.
+    pub fn stop_child(&self) {
+        let child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if *child != 0 {
+            log::warn!(
+                "upgrade: stopping process {} too: this stop came before it took over",
+                *child
+            );
+            // SAFETY: kill(2) on our own child, not yet reaped (the lock keeps it so).
+            unsafe { libc::kill(*child as i32, libc::SIGTERM) };
+        }
     }
 
     /// Starts the new process and a thread that waits for it: once it serves, `handed_over`
@@ -284,12 +302,13 @@ impl Handover {
         let mut child = cmd.spawn()?;
         drop((write, state_read));
         let pid = child.id();
+        *self.child.lock().unwrap_or_else(|e| e.into_inner()) = pid;
         log::info!(
             "upgrade: started {} as process {pid}; this one ({}) serves until it does",
             self.exe.display(),
             std::process::id()
         );
-        let (busy, shared) = (self.busy.clone(), shared.clone());
+        let (busy, shared, held) = (self.busy.clone(), shared.clone(), self.child.clone());
         std::thread::Builder::new()
             .name("upgrade".into())
             .spawn(move || {
@@ -298,30 +317,47 @@ impl Handover {
                 let _ = std::fs::File::from(state_write).write_all(shared.export_breakers().as_bytes());
                 let mut read = std::fs::File::from(read);
                 let mut said = [0u8; 5];
-                match wait_readable(read.as_raw_fd(), READY_WITHIN)
+                let ready = match wait_readable(read.as_raw_fd(), READY_WITHIN)
                     .and_then(|()| read.read_exact(&mut said))
                 {
-                    Ok(()) if &said == b"ready" => {
+                    Ok(()) if &said == b"ready" => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        log::error!("upgrade: process {pid} did not serve within {}s; stopping it, still serving here", READY_WITHIN.as_secs());
+                        let _ = child.kill();
+                        false
+                    }
+                    _ => false,
+                };
+                if ready {
+                    // Set before `stopping` is read, as the signal loop sets `stopping`
+                    // before it reads this: one of the two sees the other.
+                    shared.handed_over.store(true, Ordering::SeqCst);
+                    if shared.is_stopping() {
+                        // A stop came first: the signal loop stops the new process too.
+                        shared.handed_over.store(false, Ordering::SeqCst);
+                    } else {
                         log::info!(
                             "upgrade: process {pid} serves; draining this one ({})",
                             std::process::id()
                         );
-                        shared.handed_over.store(true, Ordering::SeqCst);
                         // SAFETY: kill(2) to this very process.
                         unsafe { libc::kill(libc::getpid(), libc::SIGWINCH) };
-                        return;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                        log::error!("upgrade: process {pid} did not serve within {}s; stopping it, still serving here", READY_WITHIN.as_secs());
-                        let _ = child.kill();
-                    }
-                    _ => {}
                 }
+                // Reaped when it exits, even while this process still drains (a review
+                // saw one upgraded again in the meantime linger as a zombie); forgotten
+                // before it is reaped, so that `stop_child` never signals a reused PID.
+                exited(pid);
+                *held.lock().unwrap_or_else(|e| e.into_inner()) = 0;
                 let status = child
                     .wait()
                     .map_or_else(|e| e.to_string(), |s| s.to_string());
-                log::error!("upgrade failed: process {pid} exited ({status}) before serving; its log says why; still serving here");
-                busy.store(false, Ordering::SeqCst);
+                if !ready && shared.is_stopping() {
+                    log::info!("upgrade: process {pid} stopped with this one ({status})");
+                } else if !ready {
+                    log::error!("upgrade failed: process {pid} exited ({status}) before serving; its log says why; still serving here");
+                    busy.store(false, Ordering::SeqCst);
+                }
             })?;
         Ok(())
     }
@@ -331,6 +367,51 @@ impl Handover {
         self.listen.clear();
         self.admin = None;
     }
+}
+
+/// Waits until the child `pid` has exited, without reaping it.
+fn exited(pid: u32) {
+    loop {
+        // SAFETY: an all-zero siginfo_t is valid for waitid to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid(2) on our own child; WNOWAIT leaves it to be reaped.
+        let r = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// The program as this process was started: `argv[0]` made absolute without following a
+/// symbolic link (a link switched to another version runs that version, as NGINX's
+/// upgrade re-runs `argv[0]`; `/proc/self/exe` names the file behind the link, and the
+/// deleted file after `install` replaced it), looked up on `PATH` when it names no
+/// directory; this image's path if it cannot be found.
+pub fn program() -> std::io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(arg0) = std::env::args_os().next().filter(|a| !a.is_empty()) {
+        if arg0.as_bytes().contains(&b'/') {
+            return std::path::absolute(arg0);
+        }
+        let paths = std::env::var_os("PATH").unwrap_or_default();
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join(&arg0);
+            if executable(&candidate) {
+                return std::path::absolute(candidate);
+            }
+        }
+    }
+    std::env::current_exe()
+}
+
+/// A file this process may execute.
+fn executable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) on a NUL-terminated path we own.
+    path.is_file() && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0
 }
 
 /// A pipe whose ends are close-on-exec (the write end is made inheritable in the child).

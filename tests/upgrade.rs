@@ -327,3 +327,149 @@ fn an_upgrade_lets_go_of_the_addresses_the_config_no_longer_names() {
     new.stop();
     let _ = std::fs::remove_file(&log);
 }
+
+/// A directory holding `gw`, a link to the gateway, for the tests that switch it.
+struct Linked {
+    dir: PathBuf,
+    link: PathBuf,
+}
+
+impl Linked {
+    fn new(name: &str) -> Linked {
+        let dir = scratch(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("gw");
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_gateway"), &link).unwrap();
+        Linked { dir, link }
+    }
+
+    /// Points the link at a script that leaves `marker`, waits `pause`, and runs the gateway.
+    fn switch_to_script(&self, marker: &Path, pause: &str) {
+        let script = self.dir.join("next.sh");
+        let text = format!(
+            "#!/bin/sh\ntouch '{}'\nsleep {pause}\nexec '{}' \"$@\"\n",
+            marker.display(),
+            env!("CARGO_BIN_EXE_gateway")
+        );
+        std::fs::write(&script, text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let next = self.dir.join("gw.next");
+        std::os::unix::fs::symlink(&script, &next).unwrap();
+        std::fs::rename(&next, &self.link).unwrap();
+    }
+}
+
+impl Drop for Linked {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The upgrade runs the program the path names now: a gateway started through a link that
+/// a deploy then points at another version runs that version (a review: the link was
+/// followed at start, and the old version ran again).
+#[test]
+fn an_upgrade_runs_the_program_its_path_names_now() {
+    let b = mock_backend();
+    let path = write_config(&yaml(b.addr, &["svc"]));
+    let linked = Linked::new("link");
+    let (pid_file, log) = (linked.dir.join("pid"), scratch("link.log"));
+    let mut g = program_at_with_pid_file(&linked.link, &path, &pid_file, &log, &[]);
+    let (addr, old) = (g.proc.addr, g.proc.child.id());
+    let marker = linked.dir.join("next-ran");
+    linked.switch_to_script(&marker, "0");
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGUSR2);
+    let new = upgraded(&pid_file, old);
+    exits_cleanly(&mut g.proc.child, t);
+    assert!(
+        marker.exists(),
+        "the program the link names now did not run"
+    );
+    assert_eq!(get(addr, "/v1/proxy/svc/x").status, 200);
+    new.stop();
+    let _ = std::fs::remove_file(&log);
+}
+
+/// A stop (`SIGTERM`) that comes while an upgrade's new process is still starting stops
+/// that one too: nothing serves afterwards. (A review: the new process took over once
+/// the old one had drained for the stop, and served on.)
+#[test]
+fn a_stop_during_an_upgrade_stops_the_new_process_too() {
+    let b = mock_backend();
+    let path = write_config(&yaml(b.addr, &["svc"]));
+    let linked = Linked::new("stop");
+    let (pid_file, log) = (linked.dir.join("pid"), scratch("stop.log"));
+    let mut g = program_at_with_pid_file(&linked.link, &path, &pid_file, &log, &[]);
+    let (addr, admin) = (g.proc.addr, g.admin);
+    let marker = linked.dir.join("next-ran");
+    // The new process takes 1 s to start.
+    linked.switch_to_script(&marker, "1");
+    signal(&g.proc.child, libc::SIGUSR2);
+    assert!(eventually(Duration::from_secs(5), || marker.exists()));
+    let t = Instant::now();
+    signal(&g.proc.child, libc::SIGTERM);
+    exits_cleanly(&mut g.proc.child, t);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let started: u32 = text
+        .split("as process ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no start logged: {text}"));
+    let guard = Adopted(started);
+    assert!(
+        eventually(Duration::from_secs(5), || !running(started)),
+        "the new process {started} runs on after the stop"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    for gone in [addr, admin] {
+        assert!(
+            TcpStream::connect_timeout(&gone, Duration::from_secs(2)).is_err(),
+            "{gone} still served after the stop"
+        );
+    }
+    assert_ne!(pid_in(&pid_file), Some(started));
+    drop(guard);
+    let _ = std::fs::remove_file(&log);
+}
+
+/// A new process upgraded again while the first old one still drains is reaped when it
+/// exits, not left a zombie under the draining process (a review).
+#[test]
+fn a_process_upgraded_again_is_reaped_while_the_first_still_drains() {
+    let b = mock_backend();
+    let path = write_config(&yaml(b.addr, &["svc"]));
+    let (pid_file, log) = (scratch("chain.pid"), scratch("chain.log"));
+    let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &[]);
+    let (addr, first) = (g.proc.addr, g.proc.child.id());
+    let raw = b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 3000\r\n\r\n";
+    let slow = spawn_requests(addr, 1, raw);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&g.proc.child, libc::SIGUSR2);
+    let second = upgraded(&pid_file, first);
+    // SAFETY: kill(2) on the PID the pid file named.
+    unsafe { libc::kill(second.0 as i32, libc::SIGUSR2) };
+    let third = upgraded(&pid_file, second.0);
+    let gone = second.0;
+    assert!(
+        eventually(Duration::from_secs(2), || !std::path::Path::new(&format!(
+            "/proc/{gone}"
+        ))
+        .exists()),
+        "process {gone} exited but was not reaped"
+    );
+    assert!(
+        g.proc.child.try_wait().unwrap().is_none(),
+        "the first process no longer drains"
+    );
+    for s in slow {
+        assert_eq!(s.join().unwrap().status, 200);
+    }
+    exits_cleanly(&mut g.proc.child, Instant::now());
+    assert_eq!(get(addr, "/v1/proxy/svc/x").status, 200);
+    third.stop();
+    let _ = std::fs::remove_file(&log);
+}

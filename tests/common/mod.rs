@@ -127,8 +127,21 @@ pub fn gateway_at_with_pid_file(
     log: &std::path::Path,
     env: &[(&str, &str)],
 ) -> AdminGateway {
-    let mut cmd = gateway_command(path);
-    cmd.arg("--pid-file").arg(pid).env("RUST_LOG", "info");
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_gateway"));
+    program_at_with_pid_file(program, path, pid, log, env)
+}
+
+/// [`gateway_at_with_pid_file`], the gateway started as `program` (a link to it, say).
+pub fn program_at_with_pid_file(
+    program: &std::path::Path,
+    path: &std::path::Path,
+    pid: &std::path::Path,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+) -> AdminGateway {
+    let mut cmd = Command::new(program);
+    cmd.arg("--config").arg(path).arg("--pid-file").arg(pid);
+    cmd.env("RUST_LOG", "info");
     cmd.envs(env.iter().copied());
     let file = std::fs::File::create(log).expect("log file");
     start_admin_gateway_to(cmd, path, Stdio::from(file))
