@@ -1040,7 +1040,13 @@ impl Node {
             .map(|t| ((t.service.clone(), t.url.clone()), t))
             .collect();
         let prefix = &self.status.config.name;
-        for s in &snap.services {
+        // A service whose breaker is off (`failure_threshold: 0`) shares no circuit: it has
+        // none to publish, and takes no open from instances whose config differs.
+        for s in snap
+            .services
+            .iter()
+            .filter(|s| s.settings.failure_threshold > 0)
+        {
             for b in &s.backends {
                 let key = (s.name.clone(), b.url.url.clone());
                 let track = match old.remove(&key) {

@@ -1593,10 +1593,10 @@ fn breaker_settings(
     let Some(raw) = raw else { return *base };
     let mut out = *base;
     if let Some(t) = raw.failure_threshold {
-        if t == 0 || t > MAX_FAILURE_THRESHOLD {
+        if t > MAX_FAILURE_THRESHOLD {
             errs.push(invalid(
                 format!("{key}.failure_threshold"),
-                format!("{t} is out of range: use 1 to {MAX_FAILURE_THRESHOLD}"),
+                format!("{t} is out of range: use 0 (off) to {MAX_FAILURE_THRESHOLD}"),
             ));
         } else {
             out.failure_threshold = t;
@@ -2037,19 +2037,21 @@ impl Config {
                     w => format!("{} weight {w}", b.url),
                 })
                 .collect();
-            let _ = fmt::Write::write_fmt(
-                &mut s,
-                format_args!(
-                    "service {} -> [{}] (breaker: {} {}, cooldown {}; rate limit: {}; max in flight: {}{}{}{}{})\n",
+            let _ =
+                fmt::Write::write_fmt(
+                    &mut s,
+                    format_args!(
+                    "service {} -> [{}] (breaker: {}; rate limit: {}; max in flight: {}{}{}{}{})\n",
                     svc.name,
                     urls.join(", "),
-                    svc.breaker.failure_threshold,
-                    crate::logging::plural(
-                        svc.breaker.failure_threshold.into(),
-                        "failure",
-                        "failures"
-                    ),
-                    duration_text(svc.breaker.cooldown),
+                    match svc.breaker.failure_threshold {
+                        0 => "off".to_string(),
+                        n => format!(
+                            "{n} {}, cooldown {}",
+                            crate::logging::plural(n.into(), "failure", "failures"),
+                            duration_text(svc.breaker.cooldown)
+                        ),
+                    },
                     svc.rate_limit.as_ref().map_or("off".to_string(), |l| l.to_string()),
                     svc.max_in_flight.map_or("off".to_string(), |n| n.to_string()),
                     if svc.websocket { "; websocket" } else { "" },
@@ -2064,7 +2066,7 @@ impl Config {
                         c.rise
                     )),
                 ),
-            );
+                );
         }
         if let Some(more) = self
             .services
@@ -2871,7 +2873,7 @@ fn whole_number_words(message: &str, key: &str) -> String {
 fn whole_number_range(key: &str) -> String {
     let name = key.rsplit('.').next().unwrap_or(key);
     match name {
-        "failure_threshold" => format!("1 to {MAX_FAILURE_THRESHOLD}"),
+        "failure_threshold" => format!("0 (off) to {MAX_FAILURE_THRESHOLD}"),
         "max_head_bytes" => HEAD_BYTES_RANGE.to_owned(),
         "max_headers" => format!("1 to {}", crate::h1::MAX_HEADERS),
         "max_target_bytes" => TARGET_BYTES_RANGE.to_owned(),
@@ -3692,9 +3694,9 @@ mod tests {
         );
         let e = err("services:\n  a:\n    backend: [http://127.0.0.1:1]\n");
         assert!(e.contains("unknown field `backend`"), "{e}");
-        let e = err("breaker: {failure_threshold: 0}\nservices:\n  a: [http://127.0.0.1:1]\n");
+        let e = err("breaker: {failure_threshold: 1001}\nservices:\n  a: [http://127.0.0.1:1]\n");
         assert!(
-            e.contains("breaker.failure_threshold") && e.contains("1 to 1000"),
+            e.contains("breaker.failure_threshold") && e.contains("0 (off) to 1000"),
             "{e}"
         );
         let e = err("services: {}\n");
@@ -4586,15 +4588,15 @@ mod tests {
         );
         // Every error of one breaker map and one service's timeouts, each on its line (a
         // review: the first alone, at the map's line).
-        let text = "breaker: {failure_threshold: 0, cooldown: forever}\nservices:\n  a:\n    backends: [http://127.0.0.1:1]\n    timeouts:\n      response: 0s\n      body: x\n      connect: 1.5s\n    breaker:\n      failure_threshold: 0\n      failure_statuses: [404, 503]\n";
+        let text = "breaker: {failure_threshold: 2000, cooldown: forever}\nservices:\n  a:\n    backends: [http://127.0.0.1:1]\n    timeouts:\n      response: 0s\n      body: x\n      connect: 1.5s\n    breaker:\n      failure_threshold: 1001\n      failure_statuses: [404, 503]\n";
         let all = several(text);
         let want = [
-            "line 1: breaker.failure_threshold: 0 is out of range",
+            "line 1: breaker.failure_threshold: 2000 is out of range",
             "line 1: breaker.cooldown: invalid duration \"forever\"",
             "line 6: services.a.timeouts.response: \"0s\" is out of range",
             "line 7: services.a.timeouts.body: invalid duration \"x\"",
             "line 8: services.a.timeouts.connect: invalid duration \"1.5s\"",
-            "line 10: services.a.breaker.failure_threshold: 0 is out of range",
+            "line 10: services.a.breaker.failure_threshold: 1001 is out of range",
             "line 11: services.a.breaker.failure_statuses: 404 is not a 5xx status",
         ];
         each_begins(&all, &want);
@@ -4889,17 +4891,21 @@ mod tests {
         // A new user's review: -1 is a whole number; YAML 1.1's `yes`; `64MB` for 64 MiB.
         let e = err(&format!("workers: -1\n{svc}"));
         assert!(e.contains("expected a whole number, 0 or more"), "{e}");
-        // An operator review: `failure_threshold` refuses 0, so its type error says its range.
+        // An operator review: a type error says the key's range (`failure_threshold`'s
+        // starts at 0, which is off).
         for bad in ["-1", "abc", "2.5"] {
             let e = err(&format!("breaker: {{failure_threshold: {bad}}}\n{svc}"));
             assert!(
-                e.contains("expected a whole number, 1 to 1000") && !e.contains("0 or more"),
+                e.contains("expected a whole number, 0 (off) to 1000") && !e.contains("0 or more"),
                 "{e}"
             );
             let e = err(&format!(
                 "services:\n  a:\n    backends: [http://127.0.0.1:1]\n    breaker: {{failure_threshold: {bad}}}\n"
             ));
-            assert!(e.contains("expected a whole number, 1 to 1000"), "{e}");
+            assert!(
+                e.contains("expected a whole number, 0 (off) to 1000"),
+                "{e}"
+            );
         }
         let e = err(&format!("limits: {{max_headers: -3}}\n{svc}"));
         assert!(e.contains("expected a whole number, 1 to 128"), "{e}");

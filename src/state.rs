@@ -377,7 +377,11 @@ fn longest_lease_ms(cfg: &Config) -> u64 {
 /// before a reload, and until when (see [`Policy::prior_lease_ms`]).
 fn policy(s: &BreakerSettings, t: &crate::config::Timeouts, prior: (u64, u64)) -> Policy {
     Policy {
-        threshold: u64::from(s.failure_threshold),
+        // 0: off (NGINX's `max_fails=0`): no count of failures ever reaches it.
+        threshold: match s.failure_threshold {
+            0 => u64::MAX,
+            n => u64::from(n),
+        },
         cooldown_ms: s.cooldown.as_millis() as u64,
         lease_ms: lease_ms(t),
         prior_lease_ms: prior.0,

@@ -40,6 +40,49 @@ fn opens_after_exactly_five_failures_then_is_skipped() {
     );
 }
 
+/// `failure_threshold: 0` is off (NGINX's `max_fails=0`): a backend answering 503 every
+/// time and one refusing connections stay in the rotation, never skipped, never a 503 of
+/// the gateway's own; another service's breaker works as before. Until 2026-12-05 the
+/// breaker could not be turned off.
+#[test]
+fn a_service_whose_breaker_is_off_never_opens() {
+    let bad = Recorder::start(reply(503));
+    let good = mock_backend();
+    let dead = closed_port();
+    let path = write_config(&config(
+        2,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 2}",
+        &format!(
+            "  off:\n    backends: [http://{}, http://{}]\n    breaker: {{failure_threshold: 0}}\n  gone:\n    backends: [http://{dead}]\n    breaker: {{failure_threshold: 0}}\n  on: [http://{dead}]\n",
+            bad.addr, good.addr
+        ),
+    ));
+    let g = gateway_at(&path);
+    let statuses: Vec<u16> = (0..40)
+        .map(|_| get(g.proc.addr, "/v1/proxy/off/x").status)
+        .collect();
+    assert_eq!(bad.requests(), 20, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 20);
+    for _ in 0..10 {
+        let r = get(g.proc.addr, "/v1/proxy/gone/x");
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (502, "backend_connect_failed".into())
+        );
+    }
+    assert_eq!(circuit(g.admin, bad.addr), "closed");
+    assert_eq!(circuit(g.admin, dead), "closed");
+    // The same backend under a service whose breaker is on opens after two.
+    for _ in 0..2 {
+        assert_eq!(get(g.proc.addr, "/v1/proxy/on/x").status, 502);
+    }
+    let r = get(g.proc.addr, "/v1/proxy/on/x");
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (503, "no_backend_available".into())
+    );
+}
+
 #[test]
 fn all_backends_open_gives_503_with_retry_after() {
     let (a, b) = (closed_port(), closed_port());
