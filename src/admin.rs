@@ -9,8 +9,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,17 +37,26 @@ pub const MAX_HEAD_BYTES: usize = 8192;
 /// so that the close does not reset the connection (see `linger`).
 pub const LINGER: Duration = Duration::from_secs(1);
 
-/// Serves `listener` from a new acceptor thread, until the other end of the returned
-/// stream is dropped (the listening socket handed over to a new process: an upgrade).
+/// How long one accept waits before the acceptor looks whether it is to stop.
+const ACCEPT_WAIT: Duration = Duration::from_secs(1);
+
+/// Serves `listener` from a new acceptor thread, until the returned flag is set (the
+/// listening socket handed over to a new process: an upgrade); it stops within
+/// [`ACCEPT_WAIT`], answering meanwhile as the process that took over would.
 pub fn start(
     listener: TcpListener,
     shared: Arc<Shared>,
-) -> std::io::Result<(SocketAddr, UnixStream)> {
+) -> std::io::Result<(SocketAddr, Arc<AtomicBool>)> {
     let bound = listener.local_addr()?;
-    // Waited for with `poll`, beside the stop signal: a blocking accept cannot be ended
-    // without shutting the socket down, which a new process may share.
-    listener.set_nonblocking(true)?;
-    let (stop, stopped) = UnixStream::pair()?;
+    // A blocking accept, which holds its descriptor while it waits, so that clients taking
+    // every other one leave it the one it needs (`Reserve`): an accept after `poll` had
+    // none (`out_of_descriptors_the_admin_port_answers_...`). It ends after ACCEPT_WAIT
+    // (SO_RCVTIMEO) to see the stop: shutting the socket down would end a new process's
+    // accepts too.
+    listener.set_nonblocking(false)?;
+    socket2::SockRef::from(&listener).set_read_timeout(Some(ACCEPT_WAIT))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
     let conns = Arc::new(Conns::new(MAX_CONNECTIONS));
     let renders = Arc::new(Renders::default());
     std::thread::Builder::new()
@@ -58,12 +66,12 @@ pub fn start(
     Ok((bound, stop))
 }
 
-/// Accepts until `stop`'s other end is dropped; never blocks on a client (admission and
+/// Accepts until `stop` is set; never blocks on a client (admission and
 /// eviction are a lock held for a scan of at most `2 * MAX_CONNECTIONS` slots, a `dup`, a
 /// `shutdown` and a spawn).
 fn accept_loop(
     listener: &TcpListener,
-    stop: &UnixStream,
+    stop: &AtomicBool,
     shared: &Arc<Shared>,
     conns: &Arc<Conns>,
     renders: &Arc<Renders>,
@@ -71,13 +79,12 @@ fn accept_loop(
     let mut reserve = Reserve::default();
     reserve.refill();
     loop {
-        if !connection_or_stop(listener, stop) {
+        if stop.load(Ordering::Relaxed) {
             return;
         }
         let stream = match listener.accept() {
-            // Blocking, as Linux's accept makes it whatever the listener is.
             Ok((s, _)) => s,
-            // Another process sharing the socket took it.
+            // ACCEPT_WAIT passed with no client.
             Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
             // Out of descriptors: the reserve's make room for this one, and the workers
             // leave the ones they free until it is in. Not taken back before the accept
@@ -130,35 +137,6 @@ fn accept_loop(
             conns.release(id);
         }
         reserve.refill();
-    }
-}
-
-/// Waits for a connection to accept (true) or for `stop`'s other end to go (false).
-fn connection_or_stop(listener: &TcpListener, stop: &UnixStream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fds = [
-        libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: two pollfds we own; no timeout.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n > 0 {
-            return fds[1].revents == 0;
-        }
-        if n < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
-            // Cannot wait: a short sleep instead of a spin, then the accept tries anyway.
-            std::thread::sleep(Duration::from_millis(50));
-            return true;
-        }
     }
 }
 

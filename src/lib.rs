@@ -125,8 +125,16 @@ pub fn run(
     server::check_ports(&shared.current.load().config, &inherited)?;
     // With `cluster:`, the fleet's circuit states are read before anything is served.
     let fleet = cluster::start(&shared).map_err(server::StartError::Thread)?;
+    let mut server = match server::start(shared.clone(), &mut inherited) {
+        Ok(s) => s,
+        Err(e) => {
+            // What failed after the fleet was joined leaves it at once.
+            shared.draining.store(true, Ordering::SeqCst);
+            wait_for_fleet_exit(fleet);
+            return Err(e);
+        }
+    };
     let started = (|| {
-        let server = server::start(shared.clone(), &mut inherited)?;
         start_dns_refresh(shared.clone()).map_err(server::StartError::Thread)?;
         let reloads = Reloader::start(shared.clone(), path, server.access_log.clone())
             .map_err(server::StartError::Thread)?;
@@ -135,13 +143,22 @@ pub fn run(
             Some(p) => Some(PidFile::write(p)?),
             None => None,
         };
-        Ok((server, reloads, pid_file))
+        Ok((reloads, pid_file))
     })();
-    let (mut server, reloads, pid_file) = match started {
+    let (reloads, pid_file) = match started {
         Ok(s) => s,
         Err(e) => {
-            // What failed after the fleet was joined leaves it at once.
+            // The workers accept already (from sockets an upgrade shares with the old
+            // process, too): the clients they took are served before the exit, not reset
+            // with it (a review).
+            shared.stopping.store(true, Ordering::SeqCst);
             shared.draining.store(true, Ordering::SeqCst);
+            server.wake_for_drain();
+            let drain = shared.current.load().config.timeouts.drain;
+            let deadline = Instant::now() + drain + Duration::from_secs(1);
+            while !server.finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             wait_for_fleet_exit(fleet);
             return Err(e);
         }
@@ -158,16 +175,17 @@ pub fn run(
             break;
         }
     }
-    // SIGWINCH ends the loop only once a new process serves (an upgrade).
-    let handed_over = stopped_by == SIGWINCH;
+    // SIGWINCH ends the loop only once a new process serves (an upgrade). A stop handled
+    // before a SIGWINCH already raised concerns this process alone: the flag, read after
+    // `stopping` is set (the upgrade thread sets it, then reads `stopping`), says so.
     shared.stopping.store(true, Ordering::SeqCst);
+    let handed_over = stopped_by == SIGWINCH || shared.handed_over.load(Ordering::SeqCst);
     if handed_over {
         // Health checks go to the new process from now on; this one answers none.
         server.stop_admin();
     } else {
         // A stop: an upgrade's new process that had not taken over yet stops as well.
         server.stop_upgrade();
-        shared.handed_over.store(false, Ordering::SeqCst);
     }
     // No grace once handed over: the new process serves the address, no balancer need
     // move away from it.

@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -34,8 +35,8 @@ pub struct Server {
     drain_signal: Option<UnixStream>,
     /// What `SIGUSR2` hands a new process (None if this program's path is unknown).
     handover: Option<Handover>,
-    /// Dropped to end the admin acceptor once a new process took the admin socket over.
-    admin_stop: Option<UnixStream>,
+    /// Set to end the admin acceptor once a new process took the admin socket over.
+    admin_stop: Option<Arc<AtomicBool>>,
 }
 
 impl Server {
@@ -79,7 +80,9 @@ impl Server {
 
     /// Stops accepting on the admin port, which a new process serves now (an upgrade).
     pub fn stop_admin(&mut self) {
-        self.admin_stop = None;
+        if let Some(stop) = &self.admin_stop {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -223,12 +226,18 @@ pub fn start(shared: Arc<Shared>, inherited: &mut Inherited) -> Result<Server, S
         // a plain bind first proves the port is free.
         port_free("listen", addr)?;
     }
+    let adopted = listeners.len();
     // More workers than the old process had: the others join its sockets' group.
     while listeners.len() < config.workers {
         let l = reuseport_listener(addr).map_err(|e| bind_error("listen", addr, e))?;
         // With port 0 the first bind picks the port; the others join it.
         addr = l.local_addr().map_err(|e| bind_error("listen", addr, e))?;
         listeners.push(l);
+    }
+    if adopted > 0 {
+        if let Err(e) = crate::upgrade::steer_to_first(&listeners[0], listeners.len()) {
+            log::warn!("upgrade: cannot keep new connections off the old process's other sockets ({e}); one arriving as it closes them may be reset");
+        }
     }
     let log = accesslog::start(
         &config.access_log,
@@ -619,6 +628,15 @@ fn worker_main(
         // reset them (an operator review saw uploads reset at every restart), so they are
         // taken and served once, past the connection cap.
         take_backlog(&worker, listener.as_raw_fd(), !uring);
+        if worker.socket_left_behind() {
+            // A socket the new process did not take closes with this one: handshakes
+            // begun before it stopped sending clients here are taken first.
+            let end = Instant::now() + crate::upgrade::LINGER;
+            while Instant::now() < end {
+                monoio::time::sleep(Duration::from_millis(20)).await;
+                take_backlog(&worker, listener.as_raw_fd(), !uring);
+            }
+        }
         drop(listener);
         drain(&worker).await;
     });

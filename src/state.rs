@@ -322,6 +322,9 @@ pub struct Shared {
     /// Set once a new process took the listening sockets over (`SIGUSR2`, [`crate::upgrade`]):
     /// the address still serves, from that process, while this one drains.
     pub handed_over: AtomicBool,
+    /// How many of this process's listeners (in worker order) the new process took: the
+    /// workers from this index on hold sockets it does not accept from.
+    pub listeners_taken: AtomicUsize,
     /// Every worker's metrics table, registered at start, read by the admin threads.
     pub workers: Mutex<Vec<Arc<WorkerCell>>>,
     pub reloads: ReloadStats,
@@ -400,6 +403,7 @@ impl Shared {
             registry: Mutex::new(registry),
             draining: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
+            listeners_taken: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             workers: Mutex::new(Vec::new()),
             reloads: ReloadStats::default(),
@@ -449,7 +453,8 @@ impl Shared {
     }
 
     /// Every circuit that is not closed with no failure, for a new process taking over (an
-    /// upgrade): one line per backend, `service TAB url TAB state TAB count TAB age in ms`.
+    /// upgrade): one line per backend, `service TAB url TAB address TAB state TAB count TAB
+    /// age in ms`.
     pub fn export_breakers(&self) -> String {
         let now = now_ms();
         let mut out = String::new();
@@ -459,8 +464,8 @@ impl Shared {
                 if w.state != crate::breaker::CLOSED || w.count > 0 {
                     let age = now.saturating_sub(w.time_ms);
                     out += &format!(
-                        "{}\t{}\t{}\t{}\t{age}\n",
-                        svc.name, b.url.url, w.state, w.count
+                        "{}\t{}\t{}\t{}\t{}\t{age}\n",
+                        svc.name, b.url.url, b.url.addr, w.state, w.count
                     );
                 }
             }
@@ -469,7 +474,8 @@ impl Shared {
     }
 
     /// Takes the circuits [`Shared::export_breakers`] wrote, for the backends this config
-    /// has too (same service and URL), as a reload carries them over; before any request.
+    /// has too (same service, URL and address, and a breaker that is on), as a reload
+    /// carries them over; before any request.
     /// An open circuit keeps its time (its cooldown ends when it would have); one whose
     /// probe was in flight in the old process is open and due for a probe here. Returns how
     /// many were taken and how many of those are not closed.
@@ -480,7 +486,7 @@ impl Shared {
         let (mut taken, mut not_closed) = (0, 0);
         for line in text.lines() {
             let f: Vec<&str> = line.split('\t').collect();
-            let [name, url, state, count, age] = f[..] else {
+            let [name, url, addr, state, count, age] = f[..] else {
                 continue;
             };
             let (Ok(state), Ok(count), Ok(age)) = (
@@ -493,7 +499,15 @@ impl Shared {
             let Some(svc) = snap.services.iter().find(|s| s.name == name) else {
                 continue;
             };
-            let Some(b) = svc.backends.iter().find(|b| b.url.url == url) else {
+            if svc.settings.failure_threshold == 0 {
+                continue;
+            }
+            // A name that resolves elsewhere now is another server (as in a reload).
+            let Some(b) = svc
+                .backends
+                .iter()
+                .find(|b| b.url.url == url && b.url.addr.to_string() == addr)
+            else {
                 continue;
             };
             let (state, time_ms) = match state {
@@ -644,7 +658,7 @@ fn backend_cells(
     reg: &mut Registry,
     report: &mut BuildReport,
     live: &mut Carried,
-    (service, fresh_health): (&str, bool),
+    (service, fresh_health, breaker_off): (&str, bool, bool),
     b: &crate::config::BackendUrl,
 ) -> Backend {
     let key = (service.to_owned(), b.url.clone());
@@ -662,7 +676,13 @@ fn backend_cells(
                 true => cell(),
                 false => health.clone(),
             };
-            (slot, breaker.clone(), wanted.clone(), health)
+            // A breaker turned off starts closed: an open one carried over would still be
+            // probed, and a failed probe reopens it whatever the threshold (a review).
+            let breaker = match breaker_off {
+                true => cell(),
+                false => breaker.clone(),
+            };
+            (slot, breaker, wanted.clone(), health)
         }
         other => {
             if other.is_some() {
@@ -723,10 +743,19 @@ fn build(reg: &mut Registry, config: Config, generation: u64) -> (Snapshot, Buil
         .zip(admissions)
         .map(|(sc, admission)| {
             let fresh_health = sc.health_check.as_ref() != reg.checks.get(&sc.name);
+            let off = sc.breaker.failure_threshold == 0;
             let backends: Vec<Backend> = sc
                 .backends
                 .iter()
-                .map(|b| backend_cells(reg, &mut report, &mut live, (&sc.name, fresh_health), b))
+                .map(|b| {
+                    backend_cells(
+                        reg,
+                        &mut report,
+                        &mut live,
+                        (&sc.name, fresh_health, off),
+                        b,
+                    )
+                })
                 .collect();
             let id = match reg.services.get(&sc.name) {
                 // One with no series moves to a free id that has them.

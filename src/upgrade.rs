@@ -44,6 +44,9 @@ pub struct Inherited {
     ready: Option<OwnedFd>,
     /// The read end of the pipe the old process writes its circuits into.
     state: Option<OwnedFd>,
+    /// How many of the `listen` sockets were taken: the old process's workers from this
+    /// index on hold sockets nobody accepts from once they close theirs.
+    adopted: usize,
 }
 
 impl Inherited {
@@ -90,6 +93,7 @@ impl Inherited {
             admin: admin.and_then(|fd| own(fd, listening)),
             ready: ready.and_then(|fd| own(fd, is_pipe)),
             state: state.and_then(|fd| own(fd, is_pipe)),
+            adopted: 0,
         }
     }
 
@@ -138,6 +142,7 @@ impl Inherited {
                 taken.push(l);
             }
         }
+        self.adopted = taken.len();
         taken
     }
 
@@ -156,11 +161,12 @@ impl Inherited {
         self.admin = None;
     }
 
-    /// Tells the old process that this one serves: it drains from now on.
+    /// Tells the old process that this one serves, and how many of its sockets it took:
+    /// it drains from now on.
     pub fn serving(&mut self) {
         if let Some(fd) = self.ready.take() {
             let mut pipe = std::fs::File::from(fd);
-            if let Err(e) = pipe.write_all(b"ready") {
+            if let Err(e) = pipe.write_all(format!("ready {}", self.adopted).as_bytes()) {
                 log::warn!("upgrade: cannot tell the old process that this one serves: {e}");
             }
         }
@@ -312,15 +318,31 @@ impl Handover {
         std::thread::Builder::new()
             .name("upgrade".into())
             .spawn(move || {
-                // The circuits as they are now: the new process takes them before it
-                // serves (a child that exits first makes this fail, and says why itself).
-                let _ = std::fs::File::from(state_write).write_all(shared.export_breakers().as_bytes());
+                // The circuits as they are now, from a thread of their own: a new process
+                // that does not read them (stalled, or not ours) must not hold up the wait
+                // below and its limit (a review). One that exits or is stopped ends it.
+                let circuits = shared.export_breakers();
+                let _ = std::thread::Builder::new()
+                    .name("upgrade-state".into())
+                    .spawn(move || {
+                        let _ = std::fs::File::from(state_write).write_all(circuits.as_bytes());
+                    });
                 let mut read = std::fs::File::from(read);
-                let mut said = [0u8; 5];
+                // `ready N`: it took our first N listeners. One read: a write this short
+                // to a pipe arrives whole, and the write end may stay open in a process
+                // the new one started.
+                let mut said = [0u8; 32];
                 let ready = match wait_readable(read.as_raw_fd(), READY_WITHIN)
-                    .and_then(|()| read.read_exact(&mut said))
+                    .and_then(|()| read.read(&mut said))
                 {
-                    Ok(()) if &said == b"ready" => true,
+                    Ok(n) if said[..n].starts_with(b"ready") => {
+                        let taken = std::str::from_utf8(&said[5..n])
+                            .ok()
+                            .and_then(|t| t.trim().parse().ok())
+                            .unwrap_or(0);
+                        shared.listeners_taken.store(taken, Ordering::SeqCst);
+                        true
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                         log::error!("upgrade: process {pid} did not serve within {}s; stopping it, still serving here", READY_WITHIN.as_secs());
                         let _ = child.kill();
@@ -330,10 +352,11 @@ impl Handover {
                 };
                 if ready {
                     // Set before `stopping` is read, as the signal loop sets `stopping`
-                    // before it reads this: one of the two sees the other.
+                    // before it reads this: one of the two sees the other. A loop that saw
+                    // it lets the new process serve; one that did not stops it.
                     shared.handed_over.store(true, Ordering::SeqCst);
                     if shared.is_stopping() {
-                        // A stop came first: the signal loop stops the new process too.
+                        // A stop came first: the signal loop decides (see above).
                         shared.handed_over.store(false, Ordering::SeqCst);
                     } else {
                         log::info!(
@@ -366,6 +389,55 @@ impl Handover {
     pub fn release(&mut self) {
         self.listen.clear();
         self.admin = None;
+    }
+}
+
+/// How long a worker of the old process whose socket the new one did not take goes on
+/// taking connections from it after the hand-over: a client's handshake that began before
+/// [`steer_to_first`] may complete up to a round trip later, and a socket closed with it
+/// pending would reset it.
+pub const LINGER: Duration = Duration::from_secs(1);
+
+/// Sends every new connection of the listeners' `SO_REUSEPORT` group to its first `n`
+/// sockets, at random (a classic BPF program, `SO_ATTACH_REUSEPORT_CBPF`, for the whole
+/// group): a new process with fewer workers than the old one had takes the group's first
+/// sockets, and the old one's other sockets, closed with it, must get no new clients to
+/// reset meanwhile (without it, a connection in 100 000 was reset at such an upgrade).
+/// The group's order is the order its sockets joined, and a socket that leaves is
+/// replaced by the last, so the first `n` stay this process's own.
+pub fn steer_to_first(listener: &TcpListener, n: usize) -> std::io::Result<()> {
+    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+    let op = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut code = [
+        op(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32,
+        ),
+        op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, n.max(1) as u32),
+        op(libc::BPF_RET | libc::BPF_A, 0),
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: setsockopt(2) with a pointer to a sock_fprog whose program outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    match r {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 

@@ -344,6 +344,19 @@ impl Worker {
         }
     }
 
+    /// True once a new process took the listening sockets over (an upgrade) but not this
+    /// worker's: it closes with this process, and is lingered on first.
+    pub fn socket_left_behind(&self) -> bool {
+        self.shared
+            .handed_over
+            .load(std::sync::atomic::Ordering::SeqCst)
+            && self.index
+                >= self
+                    .shared
+                    .listeners_taken
+                    .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// True once a graceful shutdown started.
     pub fn draining(&self) -> bool {
         self.shared.is_draining()

@@ -81,6 +81,25 @@ fn a_service_whose_breaker_is_off_never_opens() {
         (r.status, error_code(&r)),
         (503, "no_backend_available".into())
     );
+    // Turned off by a reload, its open circuit goes with it (a review: a failed probe
+    // reopened it, whatever the threshold, and the 503s went on).
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let off = yaml.replace(
+        &format!("  on: [http://{dead}]\n"),
+        &format!("  on:\n    backends: [http://{dead}]\n    breaker: {{failure_threshold: 0}}\n"),
+    );
+    std::fs::write(&path, off).unwrap();
+    signal(&g.proc.child, libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(5), || {
+        get(g.admin, "/admin/config").json()["generation"] == 2
+    }));
+    for _ in 0..5 {
+        let r = get(g.proc.addr, "/v1/proxy/on/x");
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (502, "backend_connect_failed".into())
+        );
+    }
 }
 
 #[test]
