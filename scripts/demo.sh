@@ -11,9 +11,15 @@ cargo build --release --locked --bins 2>&1 | tail -n 1
 bin="${CARGO_TARGET_DIR:-target}/release"
 
 pids=()
+# The gateway's PID, which an upgrade in place (SIGUSR2) changes, is read from here.
+pid_file="$(mktemp -d)/gateway.pid"
 cleanup() {
+  if [[ -s $pid_file ]]; then kill "$(cat "$pid_file")" 2>/dev/null || true; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # An upgraded gateway is not our child: wait for it by its PID (bounded).
+  for _ in $(seq 1 100); do [[ -e $pid_file ]] || break; sleep 0.1; done
+  rm -rf "$(dirname "$pid_file")"
 }
 trap cleanup EXIT INT TERM
 
@@ -21,9 +27,8 @@ for port in 8001 8002 8003; do
   "$bin/mock-backend" "$port" >/dev/null &
   pids+=($!)
 done
-"$bin/gateway" --config config.yaml &
-gw_pid=$!
-pids+=($gw_pid)
+"$bin/gateway" --config config.yaml --pid-file "$pid_file" &
+pids+=($!)
 
 # Wait until the gateway answers (bounded).
 for _ in $(seq 1 50); do
@@ -44,7 +49,8 @@ gateway on http://127.0.0.1:8000, mock backends on 8001 8002 8003. Try:
   curl -si -H 'x-mock-fault: hang' localhost:8000/v1/proxy/user-service/x    # 504 after 30 s
   curl -s localhost:9901/admin/backends                               # breaker state per backend
   curl -s localhost:9901/metrics | grep gateway_requests_total         # Prometheus metrics
-  kill -HUP ${gw_pid}                                                 # reload config.yaml
+  kill -HUP \$(cat $pid_file)       # reload config.yaml
+  kill -USR2 \$(cat $pid_file)      # upgrade in place: a new process takes the sockets over
 
 Faults on demand (request headers for mock-backend): x-mock-status, x-mock-delay-ms,
 x-mock-body-bytes, x-mock-fault: garbage|close-before-head|hang|close-mid-body|chunked|...

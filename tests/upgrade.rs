@@ -35,6 +35,30 @@ impl Adopted {
     }
 }
 
+/// Kills, when dropped, every process an upgrade started in a test (each one the old
+/// process's log names, and the one the pid file names): a test that fails half-way leaves
+/// none running.
+struct Reaper<'a> {
+    pid_file: &'a Path,
+    log: &'a Path,
+}
+
+impl Drop for Reaper<'_> {
+    fn drop(&mut self) {
+        let text = std::fs::read_to_string(self.log).unwrap_or_default();
+        let started = text
+            .split("as process ")
+            .skip(1)
+            .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok());
+        for pid in started.chain(pid_in(self.pid_file)) {
+            if running(pid) {
+                // SAFETY: kill(2) on a process this test's gateway started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 fn pid_in(file: &Path) -> Option<u32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
@@ -145,6 +169,10 @@ fn sigusr2_hands_the_sockets_over_and_no_client_is_refused() {
         let (pid_file, log) = (scratch("pid"), scratch(&format!("{driver}.log")));
         let env = [("GATEWAY_DRIVER", driver)];
         let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &env);
+        let _reaper = Reaper {
+            pid_file: &pid_file,
+            log: &log,
+        };
         let (addr, admin, old) = (g.proc.addr, g.admin, g.proc.child.id());
         assert_eq!(pid_in(&pid_file), Some(old));
         let proxy = Hammer::start(addr, "/v1/proxy/svc/x", 3);
@@ -209,6 +237,10 @@ fn an_upgrade_that_cannot_start_leaves_the_old_process_serving() {
         "parent=4194305;listen=0,1,2;admin=2;ready=1",
     )];
     let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &stray);
+    let _reaper = Reaper {
+        pid_file: &pid_file,
+        log: &log,
+    };
     let (addr, old) = (g.proc.addr, g.proc.child.id());
     assert_eq!(get(addr, "/v1/proxy/svc/x").status, 200);
     let said = |what: &str| {
@@ -256,6 +288,10 @@ fn an_upgrade_carries_the_circuits_over() {
     let path = write_config(&y);
     let (pid_file, log) = (scratch("circuits.pid"), scratch("circuits.log"));
     let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &[]);
+    let _reaper = Reaper {
+        pid_file: &pid_file,
+        log: &log,
+    };
     let (addr, old) = (g.proc.addr, g.proc.child.id());
     for _ in 0..3 {
         assert_eq!(get(addr, "/v1/proxy/dead/x").status, 502);
@@ -305,6 +341,10 @@ fn an_upgrade_lets_go_of_the_addresses_the_config_no_longer_names() {
     let path = write_config(&yaml(b.addr, &["svc"]));
     let (pid_file, log) = (scratch("moved.pid"), scratch("moved.log"));
     let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &[]);
+    let _reaper = Reaper {
+        pid_file: &pid_file,
+        log: &log,
+    };
     let (addr, admin, old) = (g.proc.addr, g.admin, g.proc.child.id());
     let moved = closed_port();
     std::fs::write(
@@ -377,6 +417,10 @@ fn an_upgrade_runs_the_program_its_path_names_now() {
     let linked = Linked::new("link");
     let (pid_file, log) = (linked.dir.join("pid"), scratch("link.log"));
     let mut g = program_at_with_pid_file(&linked.link, &path, &pid_file, &log, &[]);
+    let _reaper = Reaper {
+        pid_file: &pid_file,
+        log: &log,
+    };
     let (addr, old) = (g.proc.addr, g.proc.child.id());
     let marker = linked.dir.join("next-ran");
     linked.switch_to_script(&marker, "0");
@@ -403,6 +447,10 @@ fn a_stop_during_an_upgrade_stops_the_new_process_too() {
     let linked = Linked::new("stop");
     let (pid_file, log) = (linked.dir.join("pid"), scratch("stop.log"));
     let mut g = program_at_with_pid_file(&linked.link, &path, &pid_file, &log, &[]);
+    let _reaper = Reaper {
+        pid_file: &pid_file,
+        log: &log,
+    };
     let (addr, admin) = (g.proc.addr, g.admin);
     let marker = linked.dir.join("next-ran");
     // The new process takes 1 s to start.
@@ -444,6 +492,10 @@ fn a_process_upgraded_again_is_reaped_while_the_first_still_drains() {
     let path = write_config(&yaml(b.addr, &["svc"]));
     let (pid_file, log) = (scratch("chain.pid"), scratch("chain.log"));
     let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &[]);
+    let _reaper = Reaper {
+        pid_file: &pid_file,
+        log: &log,
+    };
     let (addr, first) = (g.proc.addr, g.proc.child.id());
     let raw = b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 3000\r\n\r\n";
     let slow = spawn_requests(addr, 1, raw);
@@ -487,6 +539,10 @@ fn an_upgrade_to_fewer_workers_sends_every_new_client_to_the_new_process() {
     let path = write_config(&workers(4));
     let (pid_file, log) = (scratch("fewer.pid"), scratch("fewer.log"));
     let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &[]);
+    let _reaper = Reaper {
+        pid_file: &pid_file,
+        log: &log,
+    };
     let (addr, old) = (g.proc.addr, g.proc.child.id());
     let raw = b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 3000\r\n\r\n";
     let slow = spawn_requests(addr, 1, raw);
@@ -530,6 +586,10 @@ fn a_new_process_that_fails_late_serves_what_it_took_and_the_old_goes_on() {
     std::fs::create_dir_all(&dir).unwrap();
     let (pid_file, log) = (dir.join("pid"), scratch("late.log"));
     let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &[]);
+    let _reaper = Reaper {
+        pid_file: &pid_file,
+        log: &log,
+    };
     let (addr, old) = (g.proc.addr, g.proc.child.id());
     let moved = scratch("late-moved");
     let _ = std::fs::remove_dir_all(&moved);
