@@ -13,12 +13,17 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 pids=()
 # The gateway's PID, which an upgrade in place (SIGUSR2) changes, is read from here.
 pid_file="$(mktemp -d)/gateway.pid"
+gw_pid=
 cleanup() {
-  if [[ -s $pid_file ]]; then kill "$(cat "$pid_file")" 2>/dev/null || true; fi
+  # One SIGTERM to the gateway serving now (a second would cut its drain short): the one
+  # the pid file names, else the one started here.
+  gw=$(cat "$pid_file" 2>/dev/null || true)
+  kill "${gw:-$gw_pid}" 2>/dev/null || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  # An upgraded gateway is not our child: wait for it by its PID (bounded).
-  for _ in $(seq 1 100); do [[ -e $pid_file ]] || break; sleep 0.1; done
+  # An upgraded gateway is not our child: wait for its drain by the pid file it removes as
+  # it exits (timeouts.drain is 30s in config.yaml).
+  for _ in $(seq 1 320); do [[ -e $pid_file ]] || break; sleep 0.1; done
   rm -rf "$(dirname "$pid_file")"
 }
 trap cleanup EXIT INT TERM
@@ -28,7 +33,7 @@ for port in 8001 8002 8003; do
   pids+=($!)
 done
 "$bin/gateway" --config config.yaml --pid-file "$pid_file" &
-pids+=($!)
+gw_pid=$!
 
 # Wait until the gateway answers (bounded).
 for _ in $(seq 1 50); do

@@ -337,7 +337,7 @@ fn handle(
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let answered = match path {
         "/healthz" => {
-            let (status, body) = if shared.handed_over.load(Ordering::Relaxed) {
+            let (status, body) = if shared.handed_over() {
                 // The address serves, from the process that took it over (an upgrade); a
                 // check that reached this one, on a connection opened before, says so.
                 (200, json!({"status": "serving", "handed_over": true}))

@@ -151,6 +151,13 @@ pub fn run(
             // The workers accept already (from sockets an upgrade shares with the old
             // process, too): the clients they took are served before the exit, not reset
             // with it (a review).
+            if inherited.parent.is_some() {
+                // The address is the old process's still: health checks go to it alone
+                // (this one's would say draining), and no socket of ours lingers.
+                shared.listeners_taken.store(usize::MAX, Ordering::SeqCst);
+                shared.served_elsewhere();
+                server.stop_admin();
+            }
             shared.stopping.store(true, Ordering::SeqCst);
             shared.draining.store(true, Ordering::SeqCst);
             server.wake_for_drain();
@@ -175,11 +182,11 @@ pub fn run(
             break;
         }
     }
-    // SIGWINCH ends the loop only once a new process serves (an upgrade). A stop handled
-    // before a SIGWINCH already raised concerns this process alone: the flag, read after
-    // `stopping` is set (the upgrade thread sets it, then reads `stopping`), says so.
+    // SIGWINCH ends the loop only once a new process serves (an upgrade). A stop concerns
+    // this process alone if the new one took over first (its SIGWINCH still on its way),
+    // and stops the new one too otherwise: one compare-and-swap each side decides which.
     shared.stopping.store(true, Ordering::SeqCst);
-    let handed_over = stopped_by == SIGWINCH || shared.handed_over.load(Ordering::SeqCst);
+    let handed_over = stopped_by == SIGWINCH || !shared.refuse_handover();
     if handed_over {
         // Health checks go to the new process from now on; this one answers none.
         server.stop_admin();
@@ -310,7 +317,7 @@ fn on_signal(sig: i32, reloads: &Reloader, server: &server::Server, shared: &Arc
             return true;
         }
         // A terminal's resize too: nothing unless the upgrade thread set the flag.
-        SIGWINCH => return !shared.handed_over.load(Ordering::SeqCst),
+        SIGWINCH => return !shared.handed_over(),
         _ => return false,
     }
     if let Some(log) = &server.access_log {

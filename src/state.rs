@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -311,6 +311,11 @@ pub struct ReloadStats {
     pub last_error: Mutex<String>,
 }
 
+/// [`Shared`]'s hand-over states (see its `handover`).
+const HANDOVER_PENDING: u8 = 0;
+const HANDED_OVER: u8 = 1;
+const HANDOVER_REFUSED: u8 = 2;
+
 /// Shared by all workers, the admin threads and the control thread.
 pub struct Shared {
     pub current: ArcSwap<Snapshot>,
@@ -319,9 +324,11 @@ pub struct Shared {
     /// Set on SIGTERM/SIGINT, `timeouts.drain_grace` before `draining`.
     pub stopping: AtomicBool,
     pub draining: AtomicBool,
-    /// Set once a new process took the listening sockets over (`SIGUSR2`, [`crate::upgrade`]):
-    /// the address still serves, from that process, while this one drains.
-    pub handed_over: AtomicBool,
+    /// Whether a new process took the listening sockets over (`SIGUSR2`, [`crate::upgrade`]):
+    /// [`HANDOVER_PENDING`], then [`HANDED_OVER`] (the address serves from that process while
+    /// this one drains) or [`HANDOVER_REFUSED`] (a stop came first), each set once by a
+    /// compare-and-swap, so the upgrade thread and the signal loop agree on which.
+    handover: AtomicU8,
     /// How many of this process's listeners (in worker order) the new process took: the
     /// workers from this index on hold sockets it does not accept from.
     pub listeners_taken: AtomicUsize,
@@ -402,7 +409,7 @@ impl Shared {
             current: ArcSwap::new(snapshot),
             registry: Mutex::new(registry),
             draining: AtomicBool::new(false),
-            handed_over: AtomicBool::new(false),
+            handover: AtomicU8::new(HANDOVER_PENDING),
             listeners_taken: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             workers: Mutex::new(Vec::new()),
@@ -450,6 +457,42 @@ impl Shared {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The upgrade thread: the new process serves. False if a stop came first (then the
+    /// signal loop stops the new process).
+    pub fn hand_over(&self) -> bool {
+        self.settle_handover(HANDED_OVER) == HANDED_OVER
+    }
+
+    /// The signal loop, on a stop: false if the new process took over first (then the stop
+    /// concerns this process alone).
+    pub fn refuse_handover(&self) -> bool {
+        self.settle_handover(HANDOVER_REFUSED) == HANDOVER_REFUSED
+    }
+
+    /// The address serves from another process: one that took it over, or (for a new
+    /// process that failed after it began) the one it was to replace.
+    pub fn served_elsewhere(&self) {
+        self.handover.store(HANDED_OVER, Ordering::SeqCst);
+    }
+
+    /// True once a new process took the listening sockets over.
+    pub fn handed_over(&self) -> bool {
+        self.handover.load(Ordering::SeqCst) == HANDED_OVER
+    }
+
+    /// Moves the hand-over from pending to `to`; returns where it stands then.
+    fn settle_handover(&self, to: u8) -> u8 {
+        match self.handover.compare_exchange(
+            HANDOVER_PENDING,
+            to,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => to,
+            Err(now) => now,
+        }
     }
 
     /// Every circuit that is not closed with no failure, for a new process taking over (an

@@ -315,6 +315,10 @@ impl Handover {
             std::process::id()
         );
         let (busy, shared, held) = (self.busy.clone(), shared.clone(), self.child.clone());
+        // To give this process's sockets their share back if the new one fails: the
+        // program it attached (`steer_to_first`) outlives it, for the whole group.
+        let ours = self.listen.len();
+        let first = self.listen.first().and_then(|fd| fd.try_clone().ok());
         std::thread::Builder::new()
             .name("upgrade".into())
             .spawn(move || {
@@ -350,22 +354,14 @@ impl Handover {
                     }
                     _ => false,
                 };
-                if ready {
-                    // Set before `stopping` is read, as the signal loop sets `stopping`
-                    // before it reads this: one of the two sees the other. A loop that saw
-                    // it lets the new process serve; one that did not stops it.
-                    shared.handed_over.store(true, Ordering::SeqCst);
-                    if shared.is_stopping() {
-                        // A stop came first: the signal loop decides (see above).
-                        shared.handed_over.store(false, Ordering::SeqCst);
-                    } else {
-                        log::info!(
-                            "upgrade: process {pid} serves; draining this one ({})",
-                            std::process::id()
-                        );
-                        // SAFETY: kill(2) to this very process.
-                        unsafe { libc::kill(libc::getpid(), libc::SIGWINCH) };
-                    }
+                // Unless a stop came first (the signal loop then stops the new process).
+                if ready && shared.hand_over() {
+                    log::info!(
+                        "upgrade: process {pid} serves; draining this one ({})",
+                        std::process::id()
+                    );
+                    // SAFETY: kill(2) to this very process.
+                    unsafe { libc::kill(libc::getpid(), libc::SIGWINCH) };
                 }
                 // Reaped when it exits, even while this process still drains (a review
                 // saw one upgraded again in the meantime linger as a zombie); forgotten
@@ -379,6 +375,13 @@ impl Handover {
                     log::info!("upgrade: process {pid} stopped with this one ({status})");
                 } else if !ready {
                     log::error!("upgrade failed: process {pid} exited ({status}) before serving; its log says why; still serving here");
+                    // Its program may send every connection to fewer sockets than this
+                    // process has (a review: workers idle until the next upgrade).
+                    if let Some(fd) = first {
+                        if let Err(e) = steer_to_first(&TcpListener::from(fd), ours) {
+                            log::warn!("upgrade: cannot spread new connections over this process's {ours} sockets again: {e}");
+                        }
+                    }
                     busy.store(false, Ordering::SeqCst);
                 }
             })?;

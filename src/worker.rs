@@ -347,9 +347,7 @@ impl Worker {
     /// True once a new process took the listening sockets over (an upgrade) but not this
     /// worker's: it closes with this process, and is lingered on first.
     pub fn socket_left_behind(&self) -> bool {
-        self.shared
-            .handed_over
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.shared.handed_over()
             && self.index
                 >= self
                     .shared
