@@ -142,6 +142,15 @@ fn yaml(backend: SocketAddr, services: &[&str]) -> String {
     y
 }
 
+/// Waits for the old process's log to say the upgrade failed.
+fn failure_said(log: &Path) {
+    let said = || std::fs::read_to_string(log).is_ok_and(|t| t.contains("upgrade failed: process"));
+    assert!(
+        eventually(Duration::from_secs(10), said),
+        "the failure was not said"
+    );
+}
+
 /// Waits for the pid file to name another process than `old`, and returns it.
 fn upgraded(pid_file: &Path, old: u32) -> Adopted {
     let mut new = None;
@@ -598,12 +607,7 @@ fn a_new_process_that_fails_late_serves_what_it_took_and_the_old_goes_on() {
     let checks = Hammer::start(g.admin, "/healthz", 1);
     std::thread::sleep(Duration::from_millis(200));
     signal(&g.proc.child, libc::SIGUSR2);
-    let said =
-        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("upgrade failed: process"));
-    assert!(
-        eventually(Duration::from_secs(10), said),
-        "the failure was not said"
-    );
+    failure_said(&log);
     std::thread::sleep(Duration::from_millis(300));
     let (served, failed) = proxy.finish();
     // The failed process's admin acceptor never said draining for the old process's port.
@@ -654,12 +658,7 @@ fn a_failed_upgrade_to_fewer_workers_gives_the_old_workers_their_share_back() {
     std::fs::rename(&dir, &moved).unwrap();
     std::fs::write(&path, workers(1)).unwrap();
     signal(&g.proc.child, libc::SIGUSR2);
-    let said =
-        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("upgrade failed: process"));
-    assert!(
-        eventually(Duration::from_secs(10), said),
-        "the failure was not said"
-    );
+    failure_said(&log);
     let accepted = || -> Vec<f64> {
         let m = metrics(g.admin);
         (0..4)
