@@ -66,9 +66,9 @@ pub fn start(
     Ok((bound, stop))
 }
 
-/// Accepts until `stop` is set; never blocks on a client (admission and
-/// eviction are a lock held for a scan of at most `2 * MAX_CONNECTIONS` slots, a `dup`, a
-/// `shutdown` and a spawn).
+/// Accepts until `stop` is set; never blocks on a client (admission and eviction are a lock
+/// held for a scan of at most `2 * MAX_CONNECTIONS` slots, a `dup`, a `shutdown` and a
+/// spawn).
 fn accept_loop(
     listener: &TcpListener,
     stop: &AtomicBool,

@@ -152,9 +152,7 @@ pub fn run(
             // process, too): the clients they took are served before the exit, not reset
             // with it (a review).
             if inherited.parent.is_some() {
-                // The address is the old process's still: health checks go to it alone
-                // (this one's would say draining), and no socket of ours lingers.
-                shared.listeners_taken.store(usize::MAX, Ordering::SeqCst);
+                // Health checks go to the old process alone (this one's would say draining).
                 shared.served_elsewhere();
                 server.stop_admin();
             }

@@ -79,7 +79,7 @@ impl Server {
     }
 
     /// Stops accepting on the admin port, which a new process serves now (an upgrade).
-    pub fn stop_admin(&mut self) {
+    pub fn stop_admin(&self) {
         if let Some(stop) = &self.admin_stop {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }

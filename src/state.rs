@@ -471,9 +471,11 @@ impl Shared {
         self.settle_handover(HANDOVER_REFUSED) == HANDOVER_REFUSED
     }
 
-    /// The address serves from another process: one that took it over, or (for a new
-    /// process that failed after it began) the one it was to replace.
+    /// A new process that failed after it began: the address is the old process's still.
+    /// Health checks say it serves, and none of this process's sockets lingers (it hands
+    /// none over).
     pub fn served_elsewhere(&self) {
+        self.listeners_taken.store(usize::MAX, Ordering::SeqCst);
         self.handover.store(HANDED_OVER, Ordering::SeqCst);
     }
 

@@ -36,26 +36,36 @@ impl Adopted {
 }
 
 /// Kills, when dropped, every process an upgrade started in a test (each one the old
-/// process's log names, and the one the pid file names): a test that fails half-way leaves
-/// none running.
-struct Reaper<'a> {
-    pid_file: &'a Path,
-    log: &'a Path,
+/// process's log names, and the one the pid file names), then removes the log: a test
+/// that fails half-way leaves none running.
+struct Reaper {
+    pid_file: PathBuf,
+    log: PathBuf,
 }
 
-impl Drop for Reaper<'_> {
+impl Reaper {
+    fn new(pid_file: &Path, log: &Path) -> Reaper {
+        Reaper {
+            pid_file: pid_file.to_path_buf(),
+            log: log.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Reaper {
     fn drop(&mut self) {
-        let text = std::fs::read_to_string(self.log).unwrap_or_default();
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let started = text
             .split("as process ")
             .skip(1)
             .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok());
-        for pid in started.chain(pid_in(self.pid_file)) {
+        for pid in started.chain(pid_in(&self.pid_file)) {
             if running(pid) {
                 // SAFETY: kill(2) on a process this test's gateway started.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
         }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -178,10 +188,7 @@ fn sigusr2_hands_the_sockets_over_and_no_client_is_refused() {
         let (pid_file, log) = (scratch("pid"), scratch(&format!("{driver}.log")));
         let env = [("GATEWAY_DRIVER", driver)];
         let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &env);
-        let _reaper = Reaper {
-            pid_file: &pid_file,
-            log: &log,
-        };
+        let _reaper = Reaper::new(&pid_file, &log);
         let (addr, admin, old) = (g.proc.addr, g.admin, g.proc.child.id());
         assert_eq!(pid_in(&pid_file), Some(old));
         let proxy = Hammer::start(addr, "/v1/proxy/svc/x", 3);
@@ -228,7 +235,6 @@ fn sigusr2_hands_the_sockets_over_and_no_client_is_refused() {
             "{driver}: {text}"
         );
         new.stop();
-        let _ = std::fs::remove_file(&log);
     }
 }
 
@@ -246,10 +252,7 @@ fn an_upgrade_that_cannot_start_leaves_the_old_process_serving() {
         "parent=4194305;listen=0,1,2;admin=2;ready=1",
     )];
     let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &stray);
-    let _reaper = Reaper {
-        pid_file: &pid_file,
-        log: &log,
-    };
+    let _reaper = Reaper::new(&pid_file, &log);
     let (addr, old) = (g.proc.addr, g.proc.child.id());
     assert_eq!(get(addr, "/v1/proxy/svc/x").status, 200);
     let said = |what: &str| {
@@ -277,7 +280,6 @@ fn an_upgrade_that_cannot_start_leaves_the_old_process_serving() {
     exits_cleanly(&mut g.proc.child, t);
     assert_eq!(get(addr, "/v1/proxy/svc/x").status, 200);
     new.stop();
-    let _ = std::fs::remove_file(&log);
 }
 
 /// The circuits go with the sockets: a backend whose circuit is open in the old process is
@@ -297,10 +299,7 @@ fn an_upgrade_carries_the_circuits_over() {
     let path = write_config(&y);
     let (pid_file, log) = (scratch("circuits.pid"), scratch("circuits.log"));
     let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &[]);
-    let _reaper = Reaper {
-        pid_file: &pid_file,
-        log: &log,
-    };
+    let _reaper = Reaper::new(&pid_file, &log);
     let (addr, old) = (g.proc.addr, g.proc.child.id());
     for _ in 0..3 {
         assert_eq!(get(addr, "/v1/proxy/dead/x").status, 502);
@@ -337,7 +336,6 @@ fn an_upgrade_carries_the_circuits_over() {
         "{text}"
     );
     new.stop();
-    let _ = std::fs::remove_file(&log);
 }
 
 /// An upgrade to a config naming another `listen` address and no `admin`: the new process
@@ -350,10 +348,7 @@ fn an_upgrade_lets_go_of_the_addresses_the_config_no_longer_names() {
     let path = write_config(&yaml(b.addr, &["svc"]));
     let (pid_file, log) = (scratch("moved.pid"), scratch("moved.log"));
     let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &[]);
-    let _reaper = Reaper {
-        pid_file: &pid_file,
-        log: &log,
-    };
+    let _reaper = Reaper::new(&pid_file, &log);
     let (addr, admin, old) = (g.proc.addr, g.admin, g.proc.child.id());
     let moved = closed_port();
     std::fs::write(
@@ -374,7 +369,6 @@ fn an_upgrade_lets_go_of_the_addresses_the_config_no_longer_names() {
         assert!(refused.is_err(), "{gone} still takes connections");
     }
     new.stop();
-    let _ = std::fs::remove_file(&log);
 }
 
 /// A directory holding `gw`, a link to the gateway, for the tests that switch it.
@@ -426,10 +420,7 @@ fn an_upgrade_runs_the_program_its_path_names_now() {
     let linked = Linked::new("link");
     let (pid_file, log) = (linked.dir.join("pid"), scratch("link.log"));
     let mut g = program_at_with_pid_file(&linked.link, &path, &pid_file, &log, &[]);
-    let _reaper = Reaper {
-        pid_file: &pid_file,
-        log: &log,
-    };
+    let _reaper = Reaper::new(&pid_file, &log);
     let (addr, old) = (g.proc.addr, g.proc.child.id());
     let marker = linked.dir.join("next-ran");
     linked.switch_to_script(&marker, "0");
@@ -443,7 +434,6 @@ fn an_upgrade_runs_the_program_its_path_names_now() {
     );
     assert_eq!(get(addr, "/v1/proxy/svc/x").status, 200);
     new.stop();
-    let _ = std::fs::remove_file(&log);
 }
 
 /// A stop (`SIGTERM`) that comes while an upgrade's new process is still starting stops
@@ -456,10 +446,7 @@ fn a_stop_during_an_upgrade_stops_the_new_process_too() {
     let linked = Linked::new("stop");
     let (pid_file, log) = (linked.dir.join("pid"), scratch("stop.log"));
     let mut g = program_at_with_pid_file(&linked.link, &path, &pid_file, &log, &[]);
-    let _reaper = Reaper {
-        pid_file: &pid_file,
-        log: &log,
-    };
+    let _reaper = Reaper::new(&pid_file, &log);
     let (addr, admin) = (g.proc.addr, g.admin);
     let marker = linked.dir.join("next-ran");
     // The new process takes 1 s to start.
@@ -490,7 +477,6 @@ fn a_stop_during_an_upgrade_stops_the_new_process_too() {
     }
     assert_ne!(pid_in(&pid_file), Some(started));
     drop(guard);
-    let _ = std::fs::remove_file(&log);
 }
 
 /// A new process upgraded again while the first old one still drains is reaped when it
@@ -501,10 +487,7 @@ fn a_process_upgraded_again_is_reaped_while_the_first_still_drains() {
     let path = write_config(&yaml(b.addr, &["svc"]));
     let (pid_file, log) = (scratch("chain.pid"), scratch("chain.log"));
     let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &[]);
-    let _reaper = Reaper {
-        pid_file: &pid_file,
-        log: &log,
-    };
+    let _reaper = Reaper::new(&pid_file, &log);
     let (addr, first) = (g.proc.addr, g.proc.child.id());
     let raw = b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 3000\r\n\r\n";
     let slow = spawn_requests(addr, 1, raw);
@@ -532,7 +515,6 @@ fn a_process_upgraded_again_is_reaped_while_the_first_still_drains() {
     exits_cleanly(&mut g.proc.child, Instant::now());
     assert_eq!(get(addr, "/v1/proxy/svc/x").status, 200);
     third.stop();
-    let _ = std::fs::remove_file(&log);
 }
 
 /// An upgrade to fewer workers: the old process's other sockets close with it, so from the
@@ -548,10 +530,7 @@ fn an_upgrade_to_fewer_workers_sends_every_new_client_to_the_new_process() {
     let path = write_config(&workers(4));
     let (pid_file, log) = (scratch("fewer.pid"), scratch("fewer.log"));
     let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &[]);
-    let _reaper = Reaper {
-        pid_file: &pid_file,
-        log: &log,
-    };
+    let _reaper = Reaper::new(&pid_file, &log);
     let (addr, old) = (g.proc.addr, g.proc.child.id());
     let raw = b"GET /v1/proxy/svc/slow HTTP/1.1\r\nHost: g\r\nx-mock-delay-ms: 3000\r\n\r\n";
     let slow = spawn_requests(addr, 1, raw);
@@ -579,7 +558,6 @@ fn an_upgrade_to_fewer_workers_sends_every_new_client_to_the_new_process() {
     }
     exits_cleanly(&mut g.proc.child, Instant::now());
     new.stop();
-    let _ = std::fs::remove_file(&log);
 }
 
 /// A new process that fails after its workers began to accept (here its pid file cannot be
@@ -595,10 +573,7 @@ fn a_new_process_that_fails_late_serves_what_it_took_and_the_old_goes_on() {
     std::fs::create_dir_all(&dir).unwrap();
     let (pid_file, log) = (dir.join("pid"), scratch("late.log"));
     let mut g = gateway_at_with_pid_file(&path, &pid_file, &log, &[]);
-    let _reaper = Reaper {
-        pid_file: &pid_file,
-        log: &log,
-    };
+    let _reaper = Reaper::new(&pid_file, &log);
     let (addr, old) = (g.proc.addr, g.proc.child.id());
     let moved = scratch("late-moved");
     let _ = std::fs::remove_dir_all(&moved);
@@ -630,7 +605,6 @@ fn a_new_process_that_fails_late_serves_what_it_took_and_the_old_goes_on() {
     assert_eq!(get(addr, "/v1/proxy/svc/x").status, 200);
     assert_eq!(pid_in(&moved.join("pid")), Some(old));
     let _ = std::fs::remove_dir_all(&moved);
-    let _ = std::fs::remove_file(&log);
 }
 
 /// A failed upgrade to fewer workers leaves the old process's connections spread over all
@@ -647,10 +621,7 @@ fn a_failed_upgrade_to_fewer_workers_gives_the_old_workers_their_share_back() {
     std::fs::create_dir_all(&dir).unwrap();
     let (pid_file, log) = (dir.join("pid"), scratch("share.log"));
     let g = gateway_at_with_pid_file(&path, &pid_file, &log, &[]);
-    let _reaper = Reaper {
-        pid_file: &pid_file,
-        log: &log,
-    };
+    let _reaper = Reaper::new(&pid_file, &log);
     let addr = g.proc.addr;
     // The new process fails after it started: its pid file cannot be written.
     let moved = scratch("share-moved");
@@ -682,5 +653,4 @@ fn a_failed_upgrade_to_fewer_workers_gives_the_old_workers_their_share_back() {
         "workers {idle:?} took no new client: {before:?} -> {after:?}"
     );
     let _ = std::fs::remove_dir_all(&moved);
-    let _ = std::fs::remove_file(&log);
 }
