@@ -3007,7 +3007,43 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
     if m.contains("found unexpected ':'") && text.contains(":]") {
         m.push_str(" (a URL ending in ':' needs its port: http://127.0.0.1:8001)");
     }
-    m
+    position_first(m, text)
+}
+
+/// Every message with a position begins with its line, as the others do (`line 4: workers:
+/// invalid type ...`, where serde ends it with `at line 4 column 10`: an operator review saw
+/// the two forms side by side). A position past the file's last line is its end (an
+/// unclosed `[` on a file's last line was said to be on the line after it).
+fn position_first(m: String, text: &str) -> String {
+    if m.starts_with("line ") {
+        return m;
+    }
+    let Some(at) = m.rfind(" at line ") else {
+        return m;
+    };
+    let rest = &m[at + " at line ".len()..];
+    let digits = |t: &str| t.bytes().take_while(u8::is_ascii_digit).count();
+    let n = digits(rest);
+    let Ok(line) = rest[..n].parse::<usize>() else {
+        return m;
+    };
+    let mut end = n;
+    if let Some(column) = rest[n..].strip_prefix(" column ") {
+        end += " column ".len() + digits(column);
+    }
+    // What serde says after the position (`, while parsing a flow node`) stays.
+    let after = rest[end..].strip_prefix(',').unwrap_or(&rest[end..]);
+    let said = format!("{}{after}", &m[..at]);
+    let last = text.lines().count();
+    if line > last {
+        let hint = if said.contains("while parsing a flow") {
+            " (a `[` or `{` that is not closed?)"
+        } else {
+            ""
+        };
+        return format!("at the end of the file (line {last}): {said}{hint}");
+    }
+    format!("line {line}: {said}")
 }
 
 /// `KEY: unknown field ... at line N column M` as `line N: KEY: unknown field ...`, and a
@@ -3312,11 +3348,11 @@ mod tests {
         for (text, says) in [
             (
                 "limits: {max_body_bytes: 99999999999999999999999}",
-                "limits.max_body_bytes: 99999999999999999999999 is too large: at most 2^64 - 1 at line 1",
+                "line 1: limits.max_body_bytes: 99999999999999999999999 is too large: at most 2^64 - 1",
             ),
             (
                 "workers: 18446744073709551616",
-                "workers: 18446744073709551616 is too large: at most 2^64 - 1 at line 1",
+                "line 1: workers: 18446744073709551616 is too large: at most 2^64 - 1",
             ),
             (
                 "limits: {max_connections: lots}",
@@ -3596,16 +3632,41 @@ mod tests {
         }
     }
 
+    /// Regression (an operator review, 2026-12-05): a value of the wrong type was said as
+    /// `workers: invalid type ... at line 4 column 10`, the line last, where every other
+    /// error begins with it; and an unclosed `[` on a file's last line was placed on the
+    /// line after the file.
+    #[test]
+    fn every_positioned_error_begins_with_its_line() {
+        let svc = "services:\n  a: [http://127.0.0.1:1]\n";
+        for (text, want) in [
+            (format!("{svc}workers: -1\n"), "config: line 3: workers: invalid type: integer `-1`, expected a whole number, 0 or more"),
+            (format!("{svc}pin_workers: yes\n"), "config: line 3: pin_workers: invalid type: string \"yes\", expected true or false"),
+            (
+                format!("{svc}pool: {{max_idle_per_backend: -1}}\n"),
+                "config: line 3: pool.max_idle_per_backend: invalid type: integer `-1`, expected a whole number, 0 or more",
+            ),
+        ] {
+            assert_eq!(err(&text), want, "{text}");
+        }
+        let e = err(&format!("{svc}oops: [\n"));
+        assert!(
+            e.starts_with("config: at the end of the file (line 3): ") && e.contains("not closed"),
+            "{e}"
+        );
+        assert!(!e.contains(" at line "), "{e}");
+    }
+
     #[test]
     fn a_section_or_switch_of_the_wrong_type_is_named_in_the_users_words() {
         for (text, want) in [
             (
                 "breaker: 5\nservices:\n  a: [http://127.0.0.1:1]\n",
-                "breaker: invalid type: integer `5`, expected a map of its settings at line 1",
+                "line 1: breaker: invalid type: integer `5`, expected a map of its settings",
             ),
             (
                 "timeouts: 5\nservices:\n  a: [http://127.0.0.1:1]\n",
-                "timeouts: invalid type: integer `5`, expected a map of its settings at line 1",
+                "line 1: timeouts: invalid type: integer `5`, expected a map of its settings",
             ),
             (
                 "services:\n  a: {backends: [http://127.0.0.1:1], breaker: 5}\n",
@@ -3959,7 +4020,7 @@ mod tests {
         assert_eq!(b.backends.len(), 1);
         assert!(b.backends[0].url.ends_with(":2"), "{:?}", b.backends[0].url);
         let e = err("services:\n  a:\n    <<: *nowhere\n    backends: [http://127.0.0.1:1]\n");
-        assert!(e.contains("unknown anchor at line 3"), "{e}");
+        assert!(e.contains("line 3: unknown anchor"), "{e}");
     }
 
     #[test]
@@ -4932,13 +4993,13 @@ mod tests {
             "timeouts:\n  connect: 1s\n  response: 5s\n  connect: 2s\n{svc}"
         ));
         assert!(
-            e.contains("duplicate field `connect` at line 4 column 3"),
+            e.contains("line 4: timeouts: duplicate field `connect`"),
             "{e}"
         );
         let e = err(
             "services:\n  svc:\n    backends:\n      - http://127.0.0.1:1\n    # note\n    prefix: /a\n    prefix: /b\n",
         );
-        assert!(e.contains("\"prefix\" at line 7 column 5"), "{e}");
+        assert!(e.contains("line 7: ") && e.contains("\"prefix\""), "{e}");
         // A flow map keeps serde's position (its lines cannot be told apart).
         let e = err(&format!("timeouts: {{connect: 1s, connect: 2s}}\n{svc}"));
         assert!(e.contains("duplicate field `connect`"), "{e}");
