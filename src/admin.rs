@@ -609,6 +609,8 @@ fn render_core_metrics(shared: &Shared) -> String {
                 .lock()
                 .map(|e| e.is_empty())
                 .unwrap_or(true),
+            restart_pending: shared.reloads.restart_pending.lock().map_or(0, |p| p.len()),
+            upgrades_failed: shared.upgrades.failed.load(Ordering::Relaxed),
             draining: shared.is_stopping(),
             in_flight: &in_flight,
             access_log_dropped: shared.access_log.dropped.load(Ordering::Relaxed),
@@ -847,15 +849,27 @@ fn config(shared: &Shared) -> Value {
             })
         })
         .collect();
-    let last_error = shared
+    let copy = |m: &std::sync::Mutex<String>| m.lock().map(|e| e.clone()).unwrap_or_default();
+    let or_null = |s: String| {
+        if s.is_empty() {
+            Value::Null
+        } else {
+            Value::String(s)
+        }
+    };
+    let restart_pending = shared
         .reloads
-        .last_error
+        .restart_pending
         .lock()
-        .map(|e| e.clone())
+        .map(|p| p.clone())
         .unwrap_or_default();
     json!({
         "generation": snap.generation,
-        "last_reload_error": if last_error.is_empty() { Value::Null } else { Value::String(last_error) },
+        "last_reload_error": or_null(copy(&shared.reloads.last_error)),
+        // What the file changed that the running values below do not show yet (an operator
+        // review took a reload that changed `listen` for one that applied it).
+        "restart_pending": restart_pending,
+        "last_upgrade_error": or_null(copy(&shared.upgrades.last_error)),
         "listen": c.listen.to_string(),
         "workers": c.workers,
         "pin_workers": c.pin_workers,

@@ -8,9 +8,11 @@ use gateway::Config;
 
 const USAGE: &str = "\
 usage: gateway [--config PATH] [--pid-file PATH]
-                                         run (default ./config.yaml) until SIGTERM/SIGINT
-                                         (graceful drain); SIGHUP reloads the config,
-                                         SIGUSR1 reopens the access log;
+                                         run (default ./config.yaml) until SIGTERM/SIGINT/
+                                         SIGQUIT (graceful drain; a second one exits now);
+                                         SIGHUP reloads the config, SIGUSR1 reopens the
+                                         access log, SIGUSR2 upgrades in place (starts the
+                                         program again on the same sockets);
                                          --pid-file: write the process ID there once serving
        gateway --check [--config PATH]   validate the config, print a summary, exit 0 or 1
                                          (-t, as for NGINX and HAProxy)

@@ -119,10 +119,11 @@ pub struct WorkerMetrics {
     pub response: Histograms,
     /// Per service: a request's head to its response's end, as the client saw it.
     duration: Histograms,
-    /// Per service: bytes of responses the kernel took for clients (heads included).
+    /// Per service: bytes of responses the kernel took for clients (heads included); at
+    /// [`MAX_SERVICES`], those of requests that routed to no service.
     sent_bytes: Box<[Counter]>,
     /// Per service: bytes of requests taken from clients (heads included; see
-    /// `downstream::Record::received`).
+    /// `downstream::Record::received`); at [`MAX_SERVICES`], as `sent_bytes`.
     received_bytes: Box<[Counter]>,
     /// Per backend slot: outcomes reported to its breaker, and transitions it caused.
     pub backend_success: Box<[Counter]>,
@@ -156,8 +157,8 @@ impl Default for WorkerMetrics {
             connect: Histograms::new(),
             response: Histograms::new(),
             duration: Histograms::new(),
-            sent_bytes: counters(MAX_SERVICES),
-            received_bytes: counters(MAX_SERVICES),
+            sent_bytes: counters(MAX_SERVICES + 1),
+            received_bytes: counters(MAX_SERVICES + 1),
             backend_success: counters(MAX_SLOTS),
             backend_failure: counters(MAX_SLOTS),
             transitions: counters(MAX_SLOTS),
@@ -193,9 +194,15 @@ impl WorkerMetrics {
         }
         // Those that routed to no service (a 404, most 400s): counted by class alone, so that
         // the family's sum is every response (an operator review's scanner went unseen).
-        if service.is_none() && status != 0 {
-            let class = (status / 100).clamp(1, 5) as usize - 1;
-            self.requests[MAX_SERVICES * 5 + class].inc();
+        // Their bytes too, as the access log's lines say them (an operator review's scanner
+        // sent 131 277 such requests and the byte counters did not move).
+        if service.is_none() {
+            if status != 0 {
+                let class = (status / 100).clamp(1, 5) as usize - 1;
+                self.requests[MAX_SERVICES * 5 + class].inc();
+            }
+            self.sent_bytes[MAX_SERVICES].add(bytes);
+            self.received_bytes[MAX_SERVICES].add(received);
         }
         if let Some(s) = service {
             if status == 0 {
@@ -293,6 +300,10 @@ pub struct Names<'a> {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_reload_ok: bool,
+    /// Settings the file changed that wait for a restart or an upgrade.
+    pub restart_pending: usize,
+    /// Upgrades (`SIGUSR2`) of this process that failed.
+    pub upgrades_failed: u64,
     pub draining: bool,
     pub access_log_dropped: u64,
     /// (service, requests in flight) for the services with `max_in_flight`.
@@ -339,31 +350,40 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         }
     }
     type PerService = fn(&WorkerMetrics) -> &[Counter];
-    let per_service: [(&str, &str, PerService); 4] = [
+    // The bytes families have a series without `service` too, as `gateway_requests_total`.
+    let per_service: [(&str, &str, PerService, bool); 4] = [
         (
             "gateway_response_bytes_total",
-            "Bytes of responses the kernel took for clients, heads included (as the access log's bytes).",
+            "Bytes of responses the kernel took for clients, heads included (as the access log's bytes); without service, those of requests that routed to none.",
             |m| &m.sent_bytes,
+            true,
         ),
         (
             "gateway_request_bytes_total",
-            "Bytes of requests taken from clients: heads, bodies as framed on the wire, and what clients sent through WebSocket tunnels.",
+            "Bytes of requests taken from clients: heads, bodies as framed on the wire, and what clients sent through WebSocket tunnels; without service, those of requests that routed to none.",
             |m| &m.received_bytes,
+            true,
         ),
         (
             "gateway_requests_aborted_total",
             "Requests that ended with no response sent: the client went away first.",
             |m| &m.aborted,
+            false,
         ),
         (
             "gateway_responses_cut_total",
             "Responses cut short after their head went out (the backend closed, reset or stalled mid-body, or the client left or read too slowly); also counted in gateway_requests_total by status.",
             |m| &m.cut,
+            false,
         ),
     ];
-    for (metric, help, counters) in per_service {
+    for (metric, help, counters, unrouted) in per_service {
         let _ = writeln!(w, "# HELP {metric} {help}");
         let _ = writeln!(w, "# TYPE {metric} counter");
+        if unrouted {
+            let v = sum(workers, |m| counters(m)[MAX_SERVICES].get());
+            let _ = writeln!(w, "{metric} {v}");
+        }
         for (id, name) in names.services.iter().filter(|(id, _)| *id < MAX_SERVICES) {
             let v = sum(workers, |m| counters(m)[*id].get());
             let _ = writeln!(w, "{metric}{{service=\"{}\"}} {v}", escape(name));
@@ -616,6 +636,16 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         "gateway_config_last_reload_success {}",
         u8::from(names.last_reload_ok)
     );
+    let _ = writeln!(w, "# HELP gateway_config_restart_pending Settings the config file changed that apply only at a restart or an upgrade (listen, workers, pin_workers, admin, busy_poll, splice, cluster; /admin/config names them).");
+    let _ = writeln!(w, "# TYPE gateway_config_restart_pending gauge");
+    let _ = writeln!(
+        w,
+        "gateway_config_restart_pending {}",
+        names.restart_pending
+    );
+    let _ = writeln!(w, "# HELP gateway_upgrades_failed_total Upgrades (SIGUSR2) of this process that failed: the new process could not start, exited or did not serve in time (/admin/config says the last).");
+    let _ = writeln!(w, "# TYPE gateway_upgrades_failed_total counter");
+    let _ = writeln!(w, "gateway_upgrades_failed_total {}", names.upgrades_failed);
     let _ = writeln!(
         w,
         "# HELP gateway_draining 1 while shutting down gracefully."
@@ -759,7 +789,7 @@ mod tests {
         a.response.observe(0, 700);
         b.response.observe(0, 20_000_000);
         // Routed to no service: counted without one (a 404, a 400 before routing), and a
-        // client gone before any answer not at all.
+        // client gone before any answer not at all (its bytes are).
         a.response(None, &failed(404, GatewayError::ServiceNotFound, 40, 30), 5);
         b.response(None, &failed(400, GatewayError::RouteNotFound, 40, 30), 5);
         b.response(None, &rec(0, 0, 3), 5);
@@ -775,6 +805,8 @@ mod tests {
                 reloads_ok: 2,
                 reloads_failed: 1,
                 last_reload_ok: false,
+                restart_pending: 2,
+                upgrades_failed: 1,
                 draining: false,
                 access_log_dropped: 4,
                 in_flight: &[("svc".to_string(), 3)],
@@ -868,8 +900,10 @@ mod tests {
             "gateway_request_duration_seconds_bucket{service=\"svc\",le=\"+Inf\"} 4\n",
             "gateway_request_duration_seconds_sum{service=\"svc\"} 0.00239\n",
             "gateway_request_duration_seconds_count{service=\"svc\"} 4\n",
-            "# TYPE gateway_response_bytes_total counter\ngateway_response_bytes_total{service=\"svc\"} 1800\n",
-            "# TYPE gateway_request_bytes_total counter\ngateway_request_bytes_total{service=\"svc\"} 10329\n",
+            // Without a service: the 404's and the 400's bytes, and what the client that
+            // left sent.
+            "# TYPE gateway_response_bytes_total counter\ngateway_response_bytes_total 80\ngateway_response_bytes_total{service=\"svc\"} 1800\n",
+            "# TYPE gateway_request_bytes_total counter\ngateway_request_bytes_total 63\ngateway_request_bytes_total{service=\"svc\"} 10329\n",
         ] {
             assert!(text.contains(line), "{line} not in {text}");
         }
@@ -877,6 +911,8 @@ mod tests {
             .contains("gateway_breaker_state{service=\"svc\",backend=\"http://127.0.0.1:1\"} 1\n"));
         assert!(text.contains("gateway_config_generation 3\n"));
         assert!(text.contains("gateway_config_last_reload_success 0\n"));
+        assert!(text.contains("gateway_config_restart_pending 2\n"));
+        assert!(text.contains("gateway_upgrades_failed_total 1\n"));
         assert!(text.contains("gateway_access_log_dropped_batches_total 4\n"));
         assert!(text.contains("gateway_access_log_errors_total 5\n"));
         assert!(text.contains("gateway_metric_ids_exhausted_total{kind=\"service\"} 6\n"));

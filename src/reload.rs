@@ -538,9 +538,14 @@ pub fn reload(
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     match &result {
-        Ok(_) => {
+        Ok(changes) => {
             shared.reloads.ok.fetch_add(1, Ordering::Relaxed);
             last.clear();
+            *shared
+                .reloads
+                .restart_pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = changes.ignored_until_restart.clone();
         }
         Err(e) => {
             shared.reloads.failed.fetch_add(1, Ordering::Relaxed);

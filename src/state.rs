@@ -309,6 +309,27 @@ pub struct ReloadStats {
     pub failed: AtomicU64,
     /// The last reload's error, empty after a success.
     pub last_error: Mutex<String>,
+    /// Settings the file changed that only a restart or an upgrade applies, as the last
+    /// successful reload found them (the running values stay in the snapshot, so each
+    /// reload finds them again until then).
+    pub restart_pending: Mutex<Vec<&'static str>>,
+}
+
+/// Failed upgrades (`SIGUSR2`) of this process (control path only): a successful one hands
+/// the sockets to a new process, which counts its own.
+#[derive(Default)]
+pub struct UpgradeStats {
+    pub failed: AtomicU64,
+    /// The last failure, said as the log says it; empty when none failed.
+    pub last_error: Mutex<String>,
+}
+
+impl UpgradeStats {
+    /// Counts a failed upgrade and keeps `why` for `/admin/config`.
+    pub fn failed(&self, why: &str) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = why.to_string();
+    }
 }
 
 /// [`Shared`]'s hand-over states (see its `handover`).
@@ -335,6 +356,7 @@ pub struct Shared {
     /// Every worker's metrics table, registered at start, read by the admin threads.
     pub workers: Mutex<Vec<Arc<WorkerCell>>>,
     pub reloads: ReloadStats,
+    pub upgrades: UpgradeStats,
     /// Held by whatever builds a new snapshot from the current one (a SIGHUP reload, a DNS
     /// refresh), so neither can undo the other. Never taken on the request path.
     pub control: Mutex<()>,
@@ -414,6 +436,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             workers: Mutex::new(Vec::new()),
             reloads: ReloadStats::default(),
+            upgrades: UpgradeStats::default(),
             control: Mutex::new(()),
             access_log: Arc::default(),
             cluster: OnceLock::new(),
@@ -1208,6 +1231,8 @@ mod tests {
                 reloads_ok: 3,
                 reloads_failed: 0,
                 last_reload_ok: true,
+                restart_pending: 0,
+                upgrades_failed: 0,
                 draining: false,
                 access_log_dropped: 0,
                 access_log_errors: 0,

@@ -257,10 +257,9 @@ impl Handover {
             return;
         }
         if let Err(e) = self.spawn(shared) {
-            log::error!(
-                "upgrade: cannot start {}: {e}; still serving here",
-                self.exe.display()
-            );
+            let why = format!("cannot start {}: {e}", self.exe.display());
+            log::error!("upgrade failed: {why}; still serving here");
+            shared.upgrades.failed(&why);
             self.busy.store(false, Ordering::SeqCst);
         }
     }
@@ -336,6 +335,7 @@ impl Handover {
                 // to a pipe arrives whole, and the write end may stay open in a process
                 // the new one started.
                 let mut said = [0u8; 32];
+                let mut timed_out = false;
                 let ready = match wait_readable(read.as_raw_fd(), READY_WITHIN)
                     .and_then(|()| read.read(&mut said))
                 {
@@ -348,8 +348,14 @@ impl Handover {
                         true
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                        log::error!("upgrade: process {pid} did not serve within {}s; stopping it, still serving here", READY_WITHIN.as_secs());
+                        let why = format!(
+                            "process {pid} did not serve within {}s",
+                            READY_WITHIN.as_secs()
+                        );
+                        log::error!("upgrade failed: {why}; stopping it, still serving here");
+                        shared.upgrades.failed(&why);
                         let _ = child.kill();
+                        timed_out = true;
                         false
                     }
                     _ => false,
@@ -374,7 +380,12 @@ impl Handover {
                 if !ready && shared.is_stopping() {
                     log::info!("upgrade: process {pid} stopped with this one ({status})");
                 } else if !ready {
-                    log::error!("upgrade failed: process {pid} exited ({status}) before serving; its log says why; still serving here");
+                    // One stopped for its time was counted then.
+                    if !timed_out {
+                        let why = format!("process {pid} exited ({status}) before serving");
+                        log::error!("upgrade failed: {why}; its log says why; still serving here");
+                        shared.upgrades.failed(&why);
+                    }
                     // Its program may send every connection to fewer sockets than this
                     // process has (a review: workers idle until the next upgrade).
                     if let Some(fd) = first {

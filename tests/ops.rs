@@ -231,7 +231,9 @@ fn reload_under_load_loses_nothing_and_keeps_open_breakers() {
 
 /// Regression (an operator review): a reload that changed a setting bound at start
 /// (`workers`, `listen`, ...) said so only inside its long info line, easy to miss. It is
-/// also said on its own at `warn`.
+/// also said on its own at `warn`, and `/admin/config` and `/metrics` show it until a
+/// reload finds the file back at the running values (a later review: a reload that
+/// changed `listen` looked applied everywhere but in one log line).
 #[test]
 fn a_reload_says_at_warn_what_waits_for_a_restart() {
     let b = mock_backend();
@@ -251,6 +253,37 @@ fn a_reload_says_at_warn_what_waits_for_a_restart() {
         })
     });
     assert!(said, "{text}");
+    let pending = |admin| {
+        let m = metrics(admin);
+        let config = get(admin, "/admin/config").json();
+        (
+            sample(&m, "gateway_config_restart_pending"),
+            config["restart_pending"].clone(),
+            config["workers"].clone(),
+        )
+    };
+    assert_eq!(
+        pending(g.admin),
+        (
+            Some(1.0),
+            serde_json::json!(["workers"]),
+            serde_json::json!(1)
+        )
+    );
+    // A failed reload changes nothing of it.
+    std::fs::write(&path, "services: [\n").unwrap();
+    signal(&g.proc.child, libc::SIGHUP);
+    let failed = eventually(Duration::from_secs(5), || {
+        sample(&metrics(g.admin), "gateway_config_last_reload_success") == Some(0.0)
+    });
+    assert!(failed);
+    assert_eq!(pending(g.admin).0, Some(1.0));
+    std::fs::write(&path, format!("{head}workers: 1\n{svc}")).unwrap();
+    signal(&g.proc.child, libc::SIGHUP);
+    let back = eventually(Duration::from_secs(5), || {
+        pending(g.admin) == (Some(0.0), serde_json::json!([]), serde_json::json!(1))
+    });
+    assert!(back, "{:?}", pending(g.admin));
     // A connection cap the descriptor limit cannot carry is warned about as at start (an
     // operator review saw it applied with an info line only).
     std::fs::write(

@@ -268,6 +268,19 @@ fn an_upgrade_that_cannot_start_leaves_the_old_process_serving() {
     assert!(said("upgrade failed: process"), "the failure was not said");
     assert_eq!(get(addr, "/v1/proxy/svc/x").status, 200);
     assert_eq!(get(g.admin, "/healthz").status, 200);
+    // Said where the reload's failures are, not only in the log (an operator review).
+    let m = metrics(g.admin);
+    assert_eq!(
+        sample(&m, "gateway_upgrades_failed_total"),
+        Some(1.0),
+        "{m}"
+    );
+    let config = get(g.admin, "/admin/config").json();
+    let why = config["last_upgrade_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("exited") && why.contains("before serving"),
+        "{config}"
+    );
     assert_eq!(pid_in(&pid_file), Some(old));
     assert!(
         g.proc.child.try_wait().unwrap().is_none(),
