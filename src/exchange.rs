@@ -285,6 +285,16 @@ const MAX_TAKE_NOW: u64 = 48 * 1024;
 /// timeouts are seconds (Express's `connect-timeout` 5 s); failing fast takes milliseconds.
 const STALLED_UPLOAD: Duration = Duration::from_secs(1);
 
+/// How long a probe still streaming its body may wait on its client, in all, before it hands
+/// the probe back (the circuit backs off, as for a probe whose client left, and the next
+/// request probes): the upload goes on, and its answer is no verdict. A client whose upload
+/// had become the probe held the circuit half-open, and every other request of the service
+/// out with a 503, for as long as it kept the upload above `limits.min_body_rate`: up to 72
+/// h at the defaults (a hostile-client review, 2026-12-05). A request with its body in hand
+/// probes first (`breaker::STREAMING_PROBE_WAIT_MS`), so an upload only probes where no
+/// other request comes.
+const PROBE_CLIENT_WAIT: Duration = Duration::from_millis(crate::breaker::STREAMING_PROBE_WAIT_MS);
+
 /// How far ahead a running upload holds its answer's waits open: for as long as it runs.
 const LIVE: Duration = Duration::from_secs(1 << 30);
 
@@ -1459,6 +1469,18 @@ impl Exchange<'_> {
         // up on a slow client. And how long it has held some: time that was the backend's,
         // not the client's, and so never makes a failure the client's doing.
         let owed = Owed::new(held);
+        let head_sent_at = *sent_at;
+        // Each part of the body that goes up renews a probe's lease; one whose client has
+        // kept it waiting [`PROBE_CLIENT_WAIT`] hands the probe back instead, and goes on as
+        // a request with no verdict (see the constant).
+        let progress = |_| {
+            let mut a = attempt.borrow_mut();
+            if a.is_probe() && client_time(head_sent_at, &owed) >= PROBE_CLIENT_WAIT {
+                a.settle(Outcome::NotSent);
+            } else {
+                a.renew();
+            }
+        };
         let result = {
             let upload = pump(
                 relay,
@@ -1472,7 +1494,7 @@ impl Exchange<'_> {
                 &worker.pipes,
                 Some(&owed),
                 None,
-                |_| attempt.borrow_mut().renew(),
+                progress,
             );
             let mut upload = pin!(upload);
             // Counted where the drain deadline's line finds them (see `run`).

@@ -1020,10 +1020,17 @@ fn truncated_uploads_cannot_multiply_requests_to_an_open_backend() {
     );
 }
 
-// ---- 4. A slow probe keeps its lease ----
+// ---- 4. A slow probe is the only one until it hands the probe back ----
 
+/// A probe whose body comes slowly keeps the circuit to itself (no second probe, no other
+/// request reaches the backend) while its client has kept it waiting under a second in
+/// all, each part of the body renewing its lease (3 s here, shorter than the upload); then
+/// it hands the probe back, the circuit backs off (its cooldown, 300 ms, being shorter than
+/// the 1 s backoff), the next request probes and closes it, and the upload still gets its
+/// answer. (Until 2026-12-05 the slow probe kept the circuit to itself to its end: see
+/// `a_slow_upload_that_took_the_probe_hands_it_back`.)
 #[test]
-fn a_slow_probe_keeps_its_lease() {
+fn a_slow_probe_is_the_only_one_until_it_hands_the_probe_back() {
     let heads = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicBool::new(false));
     let events: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -1042,64 +1049,56 @@ fn a_slow_probe_keeps_its_lease() {
     // probe (one cooldown after the circuit was due).
     std::thread::sleep(Duration::from_millis(700));
 
-    // Client A: the probe, a PUT whose 10 body bytes come one per 400 ms (lease: 3 s).
-    let (nine_tx, nine_rx) = mpsc::channel::<()>();
-    let (b_tx, b_rx) = mpsc::channel::<()>();
-    let last_byte = Arc::new(AtomicBool::new(false));
+    // Client A: the probe, a PUT whose 10 body bytes come one per 400 ms.
     let a_done = Arc::new(AtomicBool::new(false));
-    let (lb, done) = (last_byte.clone(), a_done.clone());
+    let done = a_done.clone();
+    let started = Instant::now();
     let a = std::thread::spawn(move || {
         let mut c = Client::connect(addr);
         c.send(b"PUT /v1/proxy/svc/slow HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\n");
-        for i in 0..10 {
+        for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(400));
-            if i == 9 {
-                // Let client B try at least once while the probe is surely unresolved.
-                let _ = b_rx.recv_timeout(Duration::from_secs(10));
-                lb.store(true, Ordering::SeqCst);
-            }
             c.send(b"x");
-            if i == 8 {
-                let _ = nine_tx.send(());
-            }
         }
         let r = c.try_read_response(false);
         done.store(true, Ordering::SeqCst);
         r
     });
-    nine_rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("client A stalled");
-    // Client B, after ~3.6 s (past connect + response + 1s): a GET every 200 ms.
-    let mut before_last = Vec::new();
-    let stop = Instant::now() + Duration::from_secs(15);
-    while !a_done.load(Ordering::SeqCst) && Instant::now() < stop {
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(circuit(g.admin, b.addr), "half_open", "A did not probe");
+    // Client B: a GET every 100 ms until one gets through.
+    let mut b_saw = Vec::new();
+    let through = loop {
         let r = get(addr, "/v1/proxy/svc/b");
-        if !last_byte.load(Ordering::SeqCst) {
-            before_last.push(format!("{} {}", r.status, error_code(&r)));
+        let at = started.elapsed();
+        if r.status == 200 {
+            break Some(at);
         }
-        let _ = b_tx.send(());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        b_saw.push(format!("{} {}", r.status, error_code(&r)));
+        if a_done.load(Ordering::SeqCst) || at > Duration::from_secs(10) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let a = a.join().unwrap();
     let events = events.lock().unwrap().clone();
+    assert!(
+        b_saw.len() >= 5 && b_saw.iter().all(|r| r == "503 no_backend_available"),
+        "client B reached the backend while A's probe held the circuit: {b_saw:?}"
+    );
+    // A's client had kept it waiting 1.2 s when it handed the probe back, and the
+    // circuit then backed off for 300 ms; B got through before A's upload ended.
+    let through = through.expect("B never got through");
+    assert!(
+        through >= Duration::from_millis(1100) && through < Duration::from_millis(3900),
+        "B got through {through:?} after A began"
+    );
     let put = events.iter().position(|e| e == "head PUT");
+    let first_get = events.iter().position(|e| e == "head GET");
     let put_end = events.iter().position(|e| e == "end PUT");
-    let during_probe: Vec<_> = match (put, put_end) {
-        (Some(p), Some(e)) => events[p + 1..e].to_vec(),
-        _ => events[put.map_or(0, |p| p + 1)..].to_vec(),
-    };
     assert!(
-        !before_last.is_empty(),
-        "client B never ran while A's probe was in flight"
-    );
-    assert!(
-        before_last.iter().all(|r| r == "503 no_backend_available"),
-        "client B reached the backend while A's probe (still uploading) held the lease: {before_last:?}"
-    );
-    assert!(
-        put.is_some() && during_probe.iter().all(|e| !e.starts_with("head ")),
-        "the backend saw other request heads while the probe was in flight: {events:?}"
+        matches!((put, first_get, put_end), (Some(p), Some(g), Some(e)) if p < g && g < e),
+        "the backend's order: {events:?}"
     );
     match a {
         Ok(r) => assert_eq!((r.status, text(&r)), (200, "ok".to_string())),
@@ -1108,9 +1107,7 @@ fn a_slow_probe_keeps_its_lease() {
             String::from_utf8_lossy(&b)
         ),
     }
-    assert!(eventually(Duration::from_secs(2), || circuit(
-        g.admin, b.addr
-    ) == "closed"));
+    assert_eq!(circuit(g.admin, b.addr), "closed");
 }
 
 // ---- 5. Connection with many options ----
@@ -2266,6 +2263,72 @@ fn a_slow_upload_cannot_hold_the_probe_and_uploads_alone_still_close_the_circuit
         "a streamed upload did not probe after two cooldowns: {r:?}"
     );
     assert_eq!(circuit(g.admin, b.addr), "closed");
+}
+
+/// Regression (a hostile-client review, 2026-12-05): an upload that had become the probe
+/// (no other request came while the circuit was due) held the circuit half-open, and every
+/// other request of a one-backend service out with a 503, for as long as its client kept
+/// the upload above `limits.min_body_rate`: up to 72 h at the defaults. Once its client has
+/// kept it waiting a second it hands the probe back, the next request probes, and the
+/// upload goes on to its answer.
+#[test]
+fn a_slow_upload_that_took_the_probe_hands_it_back() {
+    let heads = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicBool::new(false));
+    let b = counting_backend(heads.clone(), ok.clone(), Arc::default());
+    let g = gateway_at(&write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\ntimeouts: {body: 10s}\nbreaker: {failure_threshold: 1, cooldown: 1s}",
+        &format!("  svc: [http://{}]\n", b.addr),
+    )));
+    let addr = g.proc.addr;
+    assert_eq!(get(addr, "/v1/proxy/svc/x").status, 500);
+    assert_eq!(circuit(g.admin, b.addr), "open");
+    ok.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(2200)); // due for an upload too
+                                                     // 2 400 bytes at 400 bytes/s (above `min_body_rate`): 6 s.
+    let uploading = Arc::new(AtomicBool::new(true));
+    let still = uploading.clone();
+    let uploader = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.send(b"POST /v1/proxy/svc/up HTTP/1.1\r\nHost: gw\r\ncontent-length: 2400\r\n\r\n");
+        for _ in 0..60 {
+            c.send(&[b'x'; 40]);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        still.store(false, Ordering::SeqCst);
+        c.try_read_response(false).map(|r| (r.status, text(&r)))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        circuit(g.admin, b.addr),
+        "half_open",
+        "the upload did not probe"
+    );
+    // Another client's request gets in while the upload still goes on.
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while uploading.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5) {
+        let r = get(addr, "/v1/proxy/svc/x");
+        seen.push(r.status);
+        if r.status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        seen.last(),
+        Some(&200),
+        "kept out while the upload held the probe: {seen:?}"
+    );
+    assert!(uploading.load(Ordering::SeqCst), "the upload had ended");
+    assert_eq!(circuit(g.admin, b.addr), "closed");
+    // And the upload reaches its answer.
+    let up = uploader.join().unwrap();
+    assert!(
+        matches!(&up, Ok((200, body)) if body == "ok"),
+        "the upload: {up:?}"
+    );
 }
 
 #[test]
