@@ -2212,20 +2212,26 @@ fn a_response_head_a_client_pushed_over_our_limits_opens_no_circuit() {
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
-#[test]
-fn a_slow_upload_cannot_hold_the_probe_and_uploads_alone_still_close_the_circuit() {
-    let heads = Arc::new(AtomicUsize::new(0));
+/// A counting backend as the one backend of `svc` (breaker threshold 1, cooldown 1 s, body
+/// timeout 10 s), its circuit opened by a 500, the backend answering 200 from then on.
+fn one_backend_opened_then_healthy() -> (RawBackend, AdminGateway, Arc<AtomicBool>) {
     let ok = Arc::new(AtomicBool::new(false));
-    let b = counting_backend(heads.clone(), ok.clone(), Arc::default());
+    let b = counting_backend(Arc::default(), ok.clone(), Arc::default());
     let g = gateway_at(&write_config(&config(
         1,
         "admin: 127.0.0.1:0\ntimeouts: {body: 10s}\nbreaker: {failure_threshold: 1, cooldown: 1s}",
         &format!("  svc: [http://{}]\n", b.addr),
     )));
-    let addr = g.proc.addr;
-    assert_eq!(get(addr, "/v1/proxy/svc/x").status, 500);
+    assert_eq!(get(g.proc.addr, "/v1/proxy/svc/x").status, 500);
     assert_eq!(circuit(g.admin, b.addr), "open");
     ok.store(true, Ordering::SeqCst);
+    (b, g, ok)
+}
+
+#[test]
+fn a_slow_upload_cannot_hold_the_probe_and_uploads_alone_still_close_the_circuit() {
+    let (b, g, ok) = one_backend_opened_then_healthy();
+    let addr = g.proc.addr;
     std::thread::sleep(Duration::from_millis(1200)); // due for a probe; not yet for uploads
 
     // A slow uploader comes first: ten bytes of a hundred, then nothing.
@@ -2273,20 +2279,11 @@ fn a_slow_upload_cannot_hold_the_probe_and_uploads_alone_still_close_the_circuit
 /// upload goes on to its answer.
 #[test]
 fn a_slow_upload_that_took_the_probe_hands_it_back() {
-    let heads = Arc::new(AtomicUsize::new(0));
-    let ok = Arc::new(AtomicBool::new(false));
-    let b = counting_backend(heads.clone(), ok.clone(), Arc::default());
-    let g = gateway_at(&write_config(&config(
-        1,
-        "admin: 127.0.0.1:0\ntimeouts: {body: 10s}\nbreaker: {failure_threshold: 1, cooldown: 1s}",
-        &format!("  svc: [http://{}]\n", b.addr),
-    )));
+    let (b, g, _) = one_backend_opened_then_healthy();
     let addr = g.proc.addr;
-    assert_eq!(get(addr, "/v1/proxy/svc/x").status, 500);
-    assert_eq!(circuit(g.admin, b.addr), "open");
-    ok.store(true, Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(2200)); // due for an upload too
-                                                     // 2 400 bytes at 400 bytes/s (above `min_body_rate`): 6 s.
+
+    // 2 400 bytes at 400 bytes/s (above `min_body_rate`): 6 s.
     let uploading = Arc::new(AtomicBool::new(true));
     let still = uploading.clone();
     let uploader = std::thread::spawn(move || {
