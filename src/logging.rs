@@ -1,4 +1,4 @@
-//! A small stderr logger for the `log` facade: UTC timestamp, level, target, message.
+//! A small stderr logger for the `log` facade: UTC timestamp, level, process ID, target, message.
 //!
 //! The level comes from `RUST_LOG`: a level (`off`, `error`, `warn`, `info`, `debug`,
 //! `trace`; default `info`), and/or `module=level` items, comma-separated, as in the `log`
@@ -97,10 +97,14 @@ impl Log for Logger {
 }
 
 fn write_line(level: Level, target: &str, message: impl std::fmt::Display) {
+    // The process ID, as NGINX's error log has it: an upgrade's two processes write to
+    // the same stderr while the old one drains (an operator review could not tell whose
+    // `drained; exiting` a line was).
     let line = format!(
-        "{} {:5} {}: {}\n",
+        "{} {:5} [{}] {}: {}\n",
         timestamp(SystemTime::now()),
         level,
+        std::process::id(),
         target,
         message
     );
@@ -111,7 +115,7 @@ fn write_line(level: Level, target: &str, message: impl std::fmt::Display) {
 }
 
 /// The error that stops the gateway, written whatever `RUST_LOG` says:
-/// `<time> ERROR gateway: <msg>`.
+/// `<time> ERROR [<pid>] gateway: <msg>`.
 pub fn fatal(msg: &str) {
     write_line(Level::Error, "gateway", msg);
 }

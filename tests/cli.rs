@@ -409,12 +409,19 @@ fn a_taken_admin_port_names_admin() {
             && err.contains("change `admin`"),
         "{err}"
     );
-    // A line of the log's own form, time and level first (an operator review: the one
-    // line that stopped a start had neither).
+    // A line of the log's own form, time, level and process first (an operator review:
+    // the one line that stopped a start had neither).
     let line = err.lines().find(|l| l.contains("cannot listen on"));
     let fields: Vec<&str> = line.unwrap_or_default().split_whitespace().collect();
+    let pid = fields
+        .get(2)
+        .and_then(|p| p.strip_prefix('[')?.strip_suffix(']'));
     assert!(
-        fields.len() > 3 && fields[0].ends_with('Z') && fields[1..3] == ["ERROR", "gateway:"],
+        fields.len() > 4
+            && fields[0].ends_with('Z')
+            && fields[1] == "ERROR"
+            && pid.is_some_and(|p| p.parse::<u32>().is_ok())
+            && fields[3] == "gateway:",
         "{err}"
     );
 }

@@ -228,12 +228,20 @@ fn sigusr2_hands_the_sockets_over_and_no_client_is_refused() {
         // The new process read the file as it is now, and says whom it took over from.
         assert_eq!(get(addr, "/v1/proxy/other/x").status, 200, "{driver}");
         let text = std::fs::read_to_string(&log).unwrap();
+        // Each line says which process wrote it (an operator review could not tell the
+        // two apart in their shared stderr).
+        let by = |pid: u32, what: &str| {
+            text.lines()
+                .any(|l| l.contains(&format!(" [{pid}] ")) && l.contains(what))
+        };
         assert!(
-            text.contains(&format!(
-                "took the listening sockets over from process {old}"
-            )),
+            by(
+                new.0,
+                &format!("took the listening sockets over from process {old}")
+            ),
             "{driver}: {text}"
         );
+        assert!(by(old, "drained"), "{driver}: {text}");
         new.stop();
     }
 }
