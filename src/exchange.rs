@@ -290,10 +290,14 @@ const STALLED_UPLOAD: Duration = Duration::from_secs(1);
 /// request probes): the upload goes on, and its answer is no verdict. A client whose upload
 /// had become the probe held the circuit half-open, and every other request of the service
 /// out with a 503, for as long as it kept the upload above `limits.min_body_rate`: up to 72
-/// h at the defaults (a hostile-client review, 2026-12-05). A request with its body in hand
+/// h at the defaults (a hostile-client review, 2026-12-05), and one that sent nothing more
+/// until `timeouts.body`. A request with its body in hand
 /// probes first (`breaker::STREAMING_PROBE_WAIT_MS`), so an upload only probes where no
 /// other request comes.
 const PROBE_CLIENT_WAIT: Duration = Duration::from_millis(crate::breaker::STREAMING_PROBE_WAIT_MS);
+
+/// How often a probe whose upload receives nothing is looked at for [`PROBE_CLIENT_WAIT`].
+const PROBE_LOOK: Duration = Duration::from_millis(100);
 
 /// How far ahead a running upload holds its answer's waits open: for as long as it runs.
 const LIVE: Duration = Duration::from_secs(1 << 30);
@@ -1473,13 +1477,27 @@ impl Exchange<'_> {
         // Each part of the body that goes up renews a probe's lease; one whose client has
         // kept it waiting [`PROBE_CLIENT_WAIT`] hands the probe back instead, and goes on as
         // a request with no verdict (see the constant).
-        let progress = |_| {
+        let hand_back = || {
             let mut a = attempt.borrow_mut();
-            if a.is_probe() && client_time(head_sent_at, &owed) >= PROBE_CLIENT_WAIT {
+            let due = client_time(head_sent_at, &owed) >= PROBE_CLIENT_WAIT;
+            if a.is_probe() && due {
                 a.settle(Outcome::NotSent);
-            } else {
-                a.renew();
             }
+            due
+        };
+        let progress = |_| {
+            if !hand_back() {
+                attempt.borrow_mut().renew();
+            }
+        };
+        // And one whose client sends nothing at all, looked at every [`PROBE_LOOK`] for as
+        // long as it is the probe (no timer otherwise). Never ends.
+        let idle_probe = async {
+            while attempt.borrow().is_probe() {
+                monoio::time::sleep(PROBE_LOOK).await;
+                hand_back();
+            }
+            std::future::pending::<std::convert::Infallible>().await
         };
         let result = {
             let upload = pump(
@@ -1496,6 +1514,13 @@ impl Exchange<'_> {
                 None,
                 progress,
             );
+            let upload = async {
+                let (mut upload, mut idle_probe) = (pin!(upload), pin!(idle_probe));
+                match Race(upload.as_mut(), idle_probe.as_mut()).await {
+                    Either::Left(uploaded) => uploaded,
+                    Either::Right(never) => match never {},
+                }
+            };
             let mut upload = pin!(upload);
             // Counted where the drain deadline's line finds them (see `run`).
             let interim_sent = &live.sent;
