@@ -1058,6 +1058,15 @@ fn service_flag(key: &str, v: Option<&serde_yaml_ng::Value>) -> Result<bool, Con
     match v {
         None | Some(serde_yaml_ng::Value::Null) => Ok(false),
         Some(serde_yaml_ng::Value::Bool(b)) => Ok(*b),
+        // Quoted, it is a string (an operator review was told `"'true'"`, YAML's own
+        // quoting quoted again).
+        Some(serde_yaml_ng::Value::String(s)) if s == "true" || s == "false" => Err(invalid(
+            key,
+            format!("\"{s}\" is a string, not true or false: write {s} without quotes"),
+        )),
+        Some(serde_yaml_ng::Value::String(s)) => {
+            Err(invalid(key, format!("{s:?} is not true or false")))
+        }
         Some(v) => {
             let what = serde_yaml_ng::to_string(v).unwrap_or_default();
             Err(invalid(
@@ -3675,6 +3684,11 @@ mod tests {
             (
                 "services:\n  a: {backends: [http://127.0.0.1:1], websocket: yes}\n",
                 "services.a.websocket: \"yes\" is not true or false",
+            ),
+            // Quoted (an operator review, 2026-12-05, was told `"'true'"`).
+            (
+                "services:\n  a: {backends: [http://127.0.0.1:1], websocket: \"true\"}\n",
+                "services.a.websocket: \"true\" is a string, not true or false: write true without quotes",
             ),
             (
                 "services:\n  a: {backends: [http://127.0.0.1:1], encoded_slashes: 1}\n",
