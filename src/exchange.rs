@@ -291,9 +291,8 @@ const STALLED_UPLOAD: Duration = Duration::from_secs(1);
 /// had become the probe held the circuit half-open, and every other request of the service
 /// out with a 503, for as long as it kept the upload above `limits.min_body_rate`: up to 72
 /// h at the defaults (a hostile-client review, 2026-12-05), and one that sent nothing more
-/// until `timeouts.body`. A request with its body in hand
-/// probes first (`breaker::STREAMING_PROBE_WAIT_MS`), so an upload only probes where no
-/// other request comes.
+/// until `timeouts.body`. A request with its body in hand probes first
+/// (`breaker::STREAMING_PROBE_WAIT_MS`), so an upload only probes where no other comes.
 const PROBE_CLIENT_WAIT: Duration = Duration::from_millis(crate::breaker::STREAMING_PROBE_WAIT_MS);
 
 /// How often a probe whose upload receives nothing is looked at for [`PROBE_CLIENT_WAIT`].
