@@ -3021,38 +3021,56 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
 
 /// Every message with a position begins with its line, as the others do (`line 4: workers:
 /// invalid type ...`, where serde ends it with `at line 4 column 10`: an operator review saw
-/// the two forms side by side). A position past the file's last line is its end (an
-/// unclosed `[` on a file's last line was said to be on the line after it).
+/// the two forms side by side). The first position is the problem's; a second, libyaml's
+/// context (`while parsing a flow sequence at line 3 column 10`), is said as the line that
+/// began it. A position past the file's last line is its end (an unclosed `[` on a file's
+/// last line was said to be on the line after it; a review of that fix found the
+/// two-position form kept it).
 fn position_first(m: String, text: &str) -> String {
     if m.starts_with("line ") {
         return m;
     }
-    let Some(at) = m.rfind(" at line ") else {
+    let Some((before, line, after)) = split_position(&m) else {
         return m;
     };
-    let rest = &m[at + " at line ".len()..];
-    let digits = |t: &str| t.bytes().take_while(u8::is_ascii_digit).count();
-    let n = digits(rest);
-    let Ok(line) = rest[..n].parse::<usize>() else {
-        return m;
+    let after = match split_position(after) {
+        Some((context, begun, rest)) => format!("{context} begun on line {begun}{rest}"),
+        None => after.to_string(),
     };
-    let mut end = n;
-    if let Some(column) = rest[n..].strip_prefix(" column ") {
-        end += " column ".len() + digits(column);
-    }
-    // What serde says after the position (`, while parsing a flow node`) stays.
-    let after = rest[end..].strip_prefix(',').unwrap_or(&rest[end..]);
-    let said = format!("{}{after}", &m[..at]);
+    let said = format!("{before}{after}");
     let last = text.lines().count();
     if line > last {
         let hint = if said.contains("while parsing a flow") {
             " (a `[` or `{` that is not closed?)"
+        } else if said.contains("quoted scalar") {
+            " (a quote that is not closed?)"
         } else {
             ""
         };
         return format!("at the end of the file (line {last}): {said}{hint}");
     }
     format!("line {line}: {said}")
+}
+
+/// `(text before, N, text after)` around the first ` at line N` or ` at line N column M`.
+fn split_position(m: &str) -> Option<(&str, usize, &str)> {
+    let digits = |t: &str| t.bytes().take_while(u8::is_ascii_digit).count();
+    let mut from = 0;
+    while let Some(i) = m[from..].find(" at line ").map(|i| from + i) {
+        let rest = &m[i + " at line ".len()..];
+        let n = digits(rest);
+        if let Ok(line) = rest[..n].parse::<usize>() {
+            let mut end = n;
+            if let Some(column) = rest[n..].strip_prefix(" column ") {
+                if digits(column) > 0 {
+                    end += " column ".len() + digits(column);
+                }
+            }
+            return Some((&m[..i], line, &rest[end..]));
+        }
+        from = i + 1;
+    }
+    None
 }
 
 /// `KEY: unknown field ... at line N column M` as `line N: KEY: unknown field ...`, and a
@@ -3664,6 +3682,23 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains(" at line "), "{e}");
+        // Two positions, the problem's and libyaml's context (a review of the fix above).
+        for (text, want) in [
+            (
+                format!("{svc}workers: [1\n"),
+                "config: at the end of the file (line 3): did not find expected ',' or ']', while parsing a flow sequence begun on line 3 (a `[` or `{` that is not closed?)",
+            ),
+            (
+                format!("{svc}listen: \"127.0.0.1:1\n"),
+                "config: at the end of the file (line 3): found unexpected end of stream, while scanning a quoted scalar begun on line 3 (a quote that is not closed?)",
+            ),
+            (
+                format!("{svc}workers: [1\nlisten: x\n"),
+                "config: line 4: did not find expected ',' or ']', while parsing a flow sequence begun on line 3",
+            ),
+        ] {
+            assert_eq!(err(&text), want, "{text}");
+        }
     }
 
     #[test]
