@@ -25,7 +25,10 @@
 //!   renews its lease as it makes progress), in which case the next admission takes a fresh
 //!   lease (new stamp: the old probe's outcome is now stale).
 //!   Probe success → CLOSED; probe failure → OPEN (cooldown restarts); a probe abandoned
-//!   before its request was sent whole (the client vanished) → BACKOFF.
+//!   before its request was sent whole (the client vanished) → BACKOFF; a probe handed back
+//!   (its client kept its upload waiting) → BACKOFF, and its later success → CLOSED while
+//!   that BACKOFF word stands ([`hand_back`]; one more transition that may share a
+//!   millisecond with the one before it, far from the epoch's 4096).
 //! - BACKOFF: like OPEN, but the next probe may go after [`PROBE_BACKOFF_MS`], doubled for
 //!   every consecutive abandoned probe, never longer than the cooldown. Clients that keep
 //!   abandoning probes get a handful of partial requests through, then one per cooldown.
@@ -385,6 +388,48 @@ pub fn abandon<W: Word>(w: &W, t: Ticket, now: u64) -> Transition {
     }
 }
 
+/// A probe still streaming its body whose client keeps it waiting hands the probe back: as
+/// [`abandon`], and returns a claim on the BACKOFF word it wrote. Its answer, if it is a
+/// success, closes the circuit through [`success_after_hand_back`] while that word stands
+/// (no other probe admitted since, no remote change): a service whose every request is a
+/// long upload still recovers once a backoff outlasts one.
+pub fn hand_back<W: Word>(w: &W, t: Ticket, now: u64) -> (Transition, Option<Ticket>) {
+    if !t.probe {
+        return (Transition::None, None);
+    }
+    let cur = w.load();
+    let s = Snapshot::decode(cur);
+    if s.state != HALF_OPEN || !t.matches(cur) {
+        return (Transition::None, None);
+    }
+    let next = s.transition(BACKOFF, s.count + 1, now);
+    match w.compare_exchange(cur, next) {
+        Ok(_) => (
+            Transition::BackedOff,
+            Some(Ticket {
+                stamp: next & STAMP_MASK,
+                probe: true,
+            }),
+        ),
+        Err(_) => (Transition::None, None),
+    }
+}
+
+/// The success of a probe that was handed back ([`hand_back`]): closes the circuit if the
+/// word is still the BACKOFF word the hand-back wrote; else nothing (newer evidence, or a
+/// newer probe, decides).
+pub fn success_after_hand_back<W: Word>(w: &W, claim: Ticket, now: u64) -> Transition {
+    let cur = w.load();
+    let s = Snapshot::decode(cur);
+    if !claim.probe || s.state != BACKOFF || !claim.matches(cur) {
+        return Transition::None;
+    }
+    match w.compare_exchange(cur, s.transition(CLOSED, 0, now)) {
+        Ok(_) => Transition::Closed,
+        Err(_) => Transition::None,
+    }
+}
+
 /// The earliest a circuit last seen as `word` (OPEN or BACKOFF) could admit a probe, never
 /// after `now`; 0 for a word already probing, whose time tells nothing of when its probe
 /// began (each renewal of the lease moves it on). Bounds, in the fleet (`cluster.rs`), when
@@ -591,6 +636,35 @@ mod tests {
         assert_eq!(state(&w), OPEN);
         assert!(admit(&w, 2100, &P).is_none());
         assert!(admit(&w, 2200, &P).unwrap().is_probe());
+    }
+
+    #[test]
+    fn a_probe_handed_back_closes_with_its_success_while_nothing_else_happened() {
+        let w = AtomicU64::new(0);
+        open(&w, 0);
+        let probe = admit(&w, 1000, &P).unwrap();
+        let (tr, claim) = hand_back(&w, probe, 1500);
+        assert_eq!((tr, state(&w)), (Transition::BackedOff, BACKOFF));
+        let claim = claim.unwrap();
+        // Nothing else came: its success closes.
+        assert_eq!(success_after_hand_back(&w, claim, 1600), Transition::Closed);
+        assert_eq!(state(&w), CLOSED);
+        // Once only: the word moved on.
+        assert_eq!(success_after_hand_back(&w, claim, 1700), Transition::None);
+        // Another probe admitted since: the claim is stale, that probe decides.
+        open(&w, 2000);
+        let first = admit(&w, 3000, &P).unwrap();
+        let claim = hand_back(&w, first, 3100).1.unwrap();
+        let next = admit(&w, 3100 + PROBE_BACKOFF_MS, &P).unwrap();
+        assert!(next.is_probe());
+        assert_eq!(success_after_hand_back(&w, claim, 4200), Transition::None);
+        assert_eq!(state(&w), HALF_OPEN);
+        assert_eq!(failure(&w, next, 4300, &P), Transition::Reopened);
+        // Reopened since: still stale.
+        assert_eq!(success_after_hand_back(&w, claim, 4400), Transition::None);
+        assert_eq!(state(&w), OPEN);
+        // A ticket that is no probe, or a stale one, hands nothing back.
+        assert_eq!(hand_back(&w, first, 4500), (Transition::None, None));
     }
 
     #[test]

@@ -558,6 +558,8 @@ struct Attempt<'a> {
     backend: &'a Backend,
     service: &'a Service,
     ticket: Option<Ticket>,
+    /// The probe's claim after it handed the probe back ([`Attempt::hand_back`]).
+    handed_back: Option<Ticket>,
     worker: &'a Worker,
     /// The request's method and path under its service, named when its outcome opens the
     /// circuit (an operator review: the endpoint whose 500s opened every circuit was
@@ -598,14 +600,49 @@ impl<'a> Attempt<'a> {
             backend: &service.backends[idx],
             service,
             ticket: Some(ticket),
+            handed_back: None,
             worker,
             request,
         }
     }
 
+    /// A probe still streaming its body whose client has kept it waiting
+    /// [`PROBE_CLIENT_WAIT`]: hands the probe back (the circuit backs off, the next request
+    /// probes) and goes on with no verdict, but for one: an answer that is a success closes
+    /// the circuit if nothing else has happened to it since (`breaker::hand_back`).
+    /// `claim`: false with `cluster:`, where the fleet stamps a close with the time its
+    /// probe began, which a close by a claim would misstate (a fleet test: an upload begun
+    /// before the fleet opened closed it with its late answer).
+    fn hand_back(&mut self, claim: bool) {
+        let Some(t) = self.ticket.take_if(|t| t.is_probe()) else {
+            return;
+        };
+        let (tr, kept) = breaker::hand_back(&**self.backend.breaker, t, now_ms());
+        self.handed_back = kept.filter(|_| claim);
+        if tr != Transition::None {
+            self.worker.metrics.transition(self.backend.slot);
+            log::warn!(
+                "breaker: {} {} kept open (the probe's client kept it waiting {} ms; next probe after a backoff, or this one's answer)",
+                self.service.name,
+                self.backend.url.url,
+                PROBE_CLIENT_WAIT.as_millis()
+            );
+        }
+    }
+
     /// The one place an exchange's outcome becomes a breaker verdict.
     fn settle(&mut self, outcome: Outcome) {
-        let Some(t) = self.ticket.take() else { return };
+        let Some(t) = self.ticket.take() else {
+            // Handed back: only an answer that is no failure speaks, and only to close.
+            if let (Some(claim), Outcome::Answered(status)) = (self.handed_back.take(), outcome) {
+                if !self.service.settings.is_failure_status(status) {
+                    let cell = &**self.backend.breaker;
+                    let tr = breaker::success_after_hand_back(cell, claim, now_ms());
+                    self.log(tr, outcome);
+                }
+            }
+            return;
+        };
         // A head we do not relay whose status says failure is a failure like any other.
         let outcome = match outcome {
             Outcome::Responded(Some(status)) if self.service.settings.is_failure_status(status) => {
@@ -1473,14 +1510,15 @@ impl Exchange<'_> {
         // not the client's, and so never makes a failure the client's doing.
         let owed = Owed::new(held);
         let head_sent_at = *sent_at;
+        let claim = self.view.snapshot.config.cluster.is_none();
         // Each part of the body that goes up renews a probe's lease; one whose client has
         // kept it waiting [`PROBE_CLIENT_WAIT`] hands the probe back instead, and goes on as
         // a request with no verdict (see the constant).
         let hand_back = || {
             let mut a = attempt.borrow_mut();
-            let due = client_time(head_sent_at, &owed) >= PROBE_CLIENT_WAIT;
-            if a.is_probe() && due {
-                a.settle(Outcome::NotSent);
+            let due = a.is_probe() && client_time(head_sent_at, &owed) >= PROBE_CLIENT_WAIT;
+            if due {
+                a.hand_back(claim);
             }
             due
         };

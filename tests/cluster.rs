@@ -529,8 +529,10 @@ fn probe_begun_before_the_fleet_opened(upload: bool) {
         }
         let mut client = Client::connect(c);
         client.send(b"POST /v1/proxy/svc/x HTTP/1.1\r\nHost: g\r\nContent-Length: 10\r\n\r\n");
+        // Well within the second a probe's client may keep it waiting before it hands the
+        // probe back (at 100 ms a byte, the last came just as it did).
         for _ in 0..10 {
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
             client.send(b"x");
         }
         client.read_response().status
