@@ -372,24 +372,12 @@ pub fn failure<W: Word>(w: &W, t: Ticket, now: u64, p: &Policy) -> Transition {
 /// A probe abandoned before its request was sent whole (the client vanished or sent a
 /// broken body) hands the circuit to BACKOFF: the next probe waits a short, growing backoff.
 pub fn abandon<W: Word>(w: &W, t: Ticket, now: u64) -> Transition {
-    if !t.probe {
-        return Transition::None;
-    }
-    let cur = w.load();
-    let s = Snapshot::decode(cur);
-    if s.state != HALF_OPEN || !t.matches(cur) {
-        return Transition::None;
-    }
-    let next = s.transition(BACKOFF, s.count + 1, now);
-    // Losing this CAS means someone else already moved the circuit on: nothing to undo.
-    match w.compare_exchange(cur, next) {
-        Ok(_) => Transition::BackedOff,
-        Err(_) => Transition::None,
-    }
+    hand_back(w, t, now).0
 }
 
 /// A probe still streaming its body whose client keeps it waiting hands the probe back: as
-/// [`abandon`], and returns a claim on the BACKOFF word it wrote. Its answer, if it is a
+/// [`abandon`] (which is this without the claim), and returns a claim on the BACKOFF word
+/// it wrote. Its answer, if it is a
 /// success, closes the circuit through [`success_after_hand_back`] while that word stands
 /// (no other probe admitted since, no remote change): a service whose every request is a
 /// long upload still recovers once a backoff outlasts one.
