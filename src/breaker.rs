@@ -653,6 +653,11 @@ mod tests {
         assert_eq!(state(&w), OPEN);
         // A ticket that is no probe, or a stale one, hands nothing back.
         assert_eq!(hand_back(&w, first, 4500), (Transition::None, None));
+        let w = AtomicU64::new(0);
+        let plain = admit(&w, 0, &P).unwrap();
+        assert!(!plain.is_probe());
+        assert_eq!(hand_back(&w, plain, 10), (Transition::None, None));
+        assert_eq!(state(&w), CLOSED);
     }
 
     #[test]

@@ -622,10 +622,11 @@ impl<'a> Attempt<'a> {
         if tr != Transition::None {
             self.worker.metrics.transition(self.backend.slot);
             log::warn!(
-                "breaker: {} {} kept open (the probe's client kept it waiting {} ms; next probe after a backoff, or this one's answer)",
+                "breaker: {} {} kept open (the probe's client kept it waiting {} ms; next probe after a backoff{})",
                 self.service.name,
                 self.backend.url.url,
-                PROBE_CLIENT_WAIT.as_millis()
+                PROBE_CLIENT_WAIT.as_millis(),
+                if claim { ", or this one's answer" } else { "" }
             );
         }
     }
@@ -636,6 +637,8 @@ impl<'a> Attempt<'a> {
             // Handed back: only an answer that is no failure speaks, and only to close.
             if let (Some(claim), Outcome::Answered(status)) = (self.handed_back.take(), outcome) {
                 if !self.service.settings.is_failure_status(status) {
+                    // An answer that was no failure, in `/admin/backends`' successes too.
+                    self.worker.metrics.outcome(self.backend.slot, false);
                     let cell = &**self.backend.breaker;
                     let tr = breaker::success_after_hand_back(cell, claim, now_ms());
                     self.log(tr, outcome);

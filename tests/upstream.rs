@@ -2319,7 +2319,20 @@ fn an_upload_that_handed_the_probe_back_closes_the_circuit_with_its_answer() {
         "{states:?}"
     );
     assert!(states.iter().any(|s| s == "open"), "{states:?}");
-    assert_eq!(circuit(g.admin, b.addr), "closed", "{states:?}");
+    // Judged once the answer has gone to the client: a moment after the client reads it.
+    assert!(
+        eventually(Duration::from_secs(2), || circuit(g.admin, b.addr)
+            == "closed"),
+        "{states:?}"
+    );
+    // And counted among the backend's successes (the 500 that opened it is its failure).
+    let v = get(g.admin, "/admin/backends").json();
+    let backend = &v["services"][0]["backends"][0];
+    assert_eq!(
+        (backend["successes"].as_u64(), backend["failures"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
 }
 
 fn upload_probe_hands_back(trickle: bool) {
