@@ -2939,11 +2939,6 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
             ));
         }
     }
-    // A nested unknown key (`timeouts: unknown field ... at line 2 column 3`) begins with
-    // its line as a top-level one does (two reviews saw the two forms side by side).
-    if let Some(fixed) = nested_unknown_line_first(&m) {
-        m = fixed;
-    }
     if let Some(fixed) = nested_duplicate_line(&m, text) {
         m = fixed;
     }
@@ -3021,9 +3016,9 @@ fn plain_syntax_error(message: &str, text: &str) -> String {
 
 /// Every message with a position begins with its line, as the others do (`line 4: workers:
 /// invalid type ...`, where serde ends it with `at line 4 column 10`: an operator review saw
-/// the two forms side by side). The first position is the problem's; a second, libyaml's
-/// context (`while parsing a flow sequence at line 3 column 10`), is said as the line that
-/// began it. A position past the file's last line is its end (an unclosed `[` on a file's
+/// the two forms side by side; a nested unknown key, `timeouts: unknown field ...`, too).
+/// The first position is the problem's; a second, libyaml's context (`while parsing a flow
+/// sequence at line 3 column 10`), is said as the line that began it. A position past the file's last line is its end (an unclosed `[` on a file's
 /// last line was said to be on the line after it; a review of that fix found the
 /// two-position form kept it).
 fn position_first(m: String, text: &str) -> String {
@@ -3071,28 +3066,6 @@ fn split_position(m: &str) -> Option<(&str, usize, &str)> {
         from = i + 1;
     }
     None
-}
-
-/// `KEY: unknown field ... at line N column M` as `line N: KEY: unknown field ...`, and a
-/// top-level key's `unknown field ... at line N column M` as `line N: unknown field ...`
-/// (an operator review saw the two forms side by side).
-fn nested_unknown_line_first(message: &str) -> Option<String> {
-    let (path, rest) = match message.strip_prefix("unknown field `") {
-        Some(rest) => ("", rest),
-        None => message.split_once(": unknown field `")?,
-    };
-    let at = rest.rfind(" at line ")?;
-    let (line, column) = rest[at + " at line ".len()..].split_once(" column ")?;
-    let all_digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-    if !all_digits(line) || !all_digits(column) {
-        return None;
-    }
-    let path = if path.is_empty() {
-        String::new()
-    } else {
-        format!("{path}: ")
-    };
-    Some(format!("line {line}: {path}unknown field `{}", &rest[..at]))
 }
 
 /// `unknown field `timeout`, expected one of ... `timeouts` ...` with `(did you mean
