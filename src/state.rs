@@ -325,10 +325,12 @@ pub struct UpgradeStats {
 }
 
 impl UpgradeStats {
-    /// Counts a failed upgrade and keeps `why` for `/admin/config`.
-    pub fn failed(&self, why: &str) {
+    /// Counts a failed upgrade, keeps `why` for `/admin/config`, then logs `upgrade failed:
+    /// {why}; {then}`: counted first, so that whoever reads the line finds it counted.
+    pub fn failed(&self, why: &str, then: &str) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = why.to_string();
+        log::error!(target: "gateway::upgrade", "upgrade failed: {why}; {then}");
     }
 }
 

@@ -258,9 +258,7 @@ impl Handover {
         }
         if let Err(e) = self.spawn(shared) {
             let why = format!("cannot start {}: {e}", self.exe.display());
-            // Counted before it is said: whoever reads the line finds it counted.
-            shared.upgrades.failed(&why);
-            log::error!("upgrade failed: {why}; still serving here");
+            shared.upgrades.failed(&why, "still serving here");
             self.busy.store(false, Ordering::SeqCst);
         }
     }
@@ -353,8 +351,7 @@ impl Handover {
                             "process {pid} did not serve within {}s",
                             READY_WITHIN.as_secs()
                         );
-                        shared.upgrades.failed(&why);
-                        log::error!("upgrade failed: {why}; stopping it, still serving here");
+                        shared.upgrades.failed(&why, "stopping it, still serving here");
                         let _ = child.kill();
                         timed_out = true;
                         false
@@ -384,8 +381,7 @@ impl Handover {
                     // One stopped for its time was counted then.
                     if !timed_out {
                         let why = format!("process {pid} exited ({status}) before serving");
-                        shared.upgrades.failed(&why);
-                        log::error!("upgrade failed: {why}; its log says why; still serving here");
+                        shared.upgrades.failed(&why, "its log says why; still serving here");
                     }
                     // Its program may send every connection to fewer sockets than this
                     // process has (a review: workers idle until the next upgrade).
