@@ -325,6 +325,11 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One series with no labels, with its `HELP` and `TYPE` lines.
+fn scalar(w: &mut String, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+    let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+}
+
 /// Renders the Prometheus text exposition format (version 0.0.4).
 pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
     let mut o = String::with_capacity(16 * 1024);
@@ -611,9 +616,13 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
             m.accepted.get()
         );
     }
-    let _ = writeln!(w, "# HELP gateway_config_generation Generation of the running config (1 at start, +1 per successful reload).");
-    let _ = writeln!(w, "# TYPE gateway_config_generation gauge");
-    let _ = writeln!(w, "gateway_config_generation {}", names.generation);
+    scalar(
+        w,
+        "gateway_config_generation",
+        "gauge",
+        "Generation of the running config (1 at start, +1 per successful reload).",
+        names.generation,
+    );
     let _ = writeln!(
         w,
         "# HELP gateway_config_reloads_total Reload attempts by result."
@@ -629,42 +638,35 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         "gateway_config_reloads_total{{result=\"failure\"}} {}",
         names.reloads_failed
     );
-    let _ = writeln!(w, "# HELP gateway_config_last_reload_success 1 if the last reload succeeded (or none happened).");
-    let _ = writeln!(w, "# TYPE gateway_config_last_reload_success gauge");
-    let _ = writeln!(
+    scalar(
         w,
-        "gateway_config_last_reload_success {}",
-        u8::from(names.last_reload_ok)
+        "gateway_config_last_reload_success",
+        "gauge",
+        "1 if the last reload succeeded (or none happened).",
+        u8::from(names.last_reload_ok),
     );
-    let _ = writeln!(w, "# HELP gateway_config_restart_pending Settings the config file changed that apply only at a restart or an upgrade (listen, workers, pin_workers, admin, busy_poll, splice, cluster; /admin/config names them).");
-    let _ = writeln!(w, "# TYPE gateway_config_restart_pending gauge");
-    let _ = writeln!(
+    scalar(w, "gateway_config_restart_pending", "gauge", "Settings the config file changed that apply only at a restart or an upgrade (listen, workers, pin_workers, admin, busy_poll, splice, cluster; /admin/config names them).", names.restart_pending);
+    scalar(w, "gateway_upgrades_failed_total", "counter", "Upgrades (SIGUSR2) of this process that failed: the new process could not start, exited or did not serve in time (/admin/config says the last).", names.upgrades_failed);
+    scalar(
         w,
-        "gateway_config_restart_pending {}",
-        names.restart_pending
+        "gateway_draining",
+        "gauge",
+        "1 while shutting down gracefully.",
+        u8::from(names.draining),
     );
-    let _ = writeln!(w, "# HELP gateway_upgrades_failed_total Upgrades (SIGUSR2) of this process that failed: the new process could not start, exited or did not serve in time (/admin/config says the last).");
-    let _ = writeln!(w, "# TYPE gateway_upgrades_failed_total counter");
-    let _ = writeln!(w, "gateway_upgrades_failed_total {}", names.upgrades_failed);
-    let _ = writeln!(
+    scalar(
         w,
-        "# HELP gateway_draining 1 while shutting down gracefully."
+        "gateway_access_log_dropped_batches_total",
+        "counter",
+        "Access log batches dropped because the writer fell behind.",
+        names.access_log_dropped,
     );
-    let _ = writeln!(w, "# TYPE gateway_draining gauge");
-    let _ = writeln!(w, "gateway_draining {}", u8::from(names.draining));
-    let _ = writeln!(w, "# HELP gateway_access_log_dropped_batches_total Access log batches dropped because the writer fell behind.");
-    let _ = writeln!(w, "# TYPE gateway_access_log_dropped_batches_total counter");
-    let _ = writeln!(
+    scalar(
         w,
-        "gateway_access_log_dropped_batches_total {}",
-        names.access_log_dropped
-    );
-    let _ = writeln!(w, "# HELP gateway_access_log_errors_total Access log batches that failed to be written (their lines are lost), and failed reopens.");
-    let _ = writeln!(w, "# TYPE gateway_access_log_errors_total counter");
-    let _ = writeln!(
-        w,
-        "gateway_access_log_errors_total {}",
-        names.access_log_errors
+        "gateway_access_log_errors_total",
+        "counter",
+        "Access log batches that failed to be written (their lines are lost), and failed reopens.",
+        names.access_log_errors,
     );
     let _ = writeln!(w, "# HELP gateway_metric_ids_exhausted_total Services and backends installed with no series of their own: more than {MAX_SERVICES} services or {MAX_SLOTS} backends at once.");
     let _ = writeln!(w, "# TYPE gateway_metric_ids_exhausted_total counter");
