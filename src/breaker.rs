@@ -884,6 +884,10 @@ mod tests {
             Fail(usize),
             Abandon(usize),
             Renew(usize),
+            /// A probe hands the probe back; its claim joins the claims.
+            HandBack(usize),
+            /// A claim's success ([`success_after_hand_back`]).
+            ClaimSucceed(usize),
             Advance(u64),
             /// Exactly 4096 transitions (a full epoch turn) through both.
             Wrap,
@@ -927,6 +931,8 @@ mod tests {
                 3 => (0usize..8).prop_map(Op::Fail),
                 2 => (0usize..8).prop_map(Op::Abandon),
                 1 => (0usize..8).prop_map(Op::Renew),
+                2 => (0usize..8).prop_map(Op::HandBack),
+                2 => (0usize..4).prop_map(Op::ClaimSucceed),
                 3 => (0u64..1200).prop_map(Op::Advance),
                 1 => Just(Op::Wrap),
             ]
@@ -941,6 +947,8 @@ mod tests {
                 let mut now = 0u64;
                 // Outstanding tickets: (real ticket, model period it was admitted in, probe).
                 let mut tickets: Vec<(Ticket, u64, bool)> = Vec::new();
+                // Claims of probes handed back: (claim, the model period its BACKOFF began).
+                let mut claims: Vec<(Ticket, u64)> = Vec::new();
                 for o in ops {
                     match o {
                         Op::Advance(d) => now += d,
@@ -982,6 +990,33 @@ mod tests {
                                 if let MState::HalfOpen(s, n) = m.st { m.st = MState::HalfOpen(s.max(now), n); }
                             }
                             tickets[i].0 = t;
+                        }
+                        // Among probes only (for any other ticket it does nothing), so that
+                        // a claim outlives a newer probe's hand-back often enough to be tried.
+                        Op::HandBack(i) if tickets.iter().any(|t| t.2) => {
+                            let probes: Vec<usize> = (0..tickets.len()).filter(|&k| tickets[k].2).collect();
+                            let (t, period, probe) = tickets.remove(probes[i % probes.len()]);
+                            let current = period == m.period && probe && matches!(m.st, MState::HalfOpen(..));
+                            let (tr, claim) = hand_back(&w, t, now);
+                            prop_assert_eq!(tr == Transition::BackedOff, current);
+                            prop_assert_eq!(claim.is_some(), current);
+                            if let (MState::HalfOpen(s, n), Some(c)) = (m.st, claim) {
+                                m.period += 1;
+                                m.st = MState::Backoff(now.max(s), n + 1);
+                                claims.push((c, m.period));
+                            }
+                        }
+                        Op::ClaimSucceed(j) if j < claims.len() => {
+                            let (c, period) = claims.remove(j);
+                            // Only while the hand-back's own BACKOFF stands: no probe since,
+                            // no other transition.
+                            let current = period == m.period && matches!(m.st, MState::Backoff(..));
+                            let tr = success_after_hand_back(&w, c, now);
+                            prop_assert_eq!(tr == Transition::Closed, current);
+                            if current {
+                                m.period += 1;
+                                m.st = MState::Closed(0);
+                            }
                         }
                         Op::Succeed(i) | Op::Fail(i) | Op::Abandon(i) if i < tickets.len() => {
                             let (t, period, probe) = tickets.remove(i);

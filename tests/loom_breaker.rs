@@ -185,3 +185,53 @@ fn a_renewing_probe_and_a_takeover_agree_on_one_probe() {
         assert_eq!(closed, renewed, "only a live probe may close the circuit");
     });
 }
+
+#[test]
+fn a_handed_back_probes_success_and_the_next_probe_agree_on_who_decides() {
+    model(|| {
+        let w = Arc::new(LoomWord(AtomicU64::new(open_word())));
+        let probe = breaker::admit(&*w, 200, &P).unwrap();
+        let (tr, claim) = breaker::hand_back(&*w, probe, 210);
+        assert_eq!(tr, Transition::BackedOff);
+        let claim = claim.expect("a live probe's hand-back gives a claim");
+        let w1 = w.clone();
+        // At 310 the first backoff (100 ms, the cooldown) has run out: the next probe may go.
+        let taker = loom::thread::spawn(move || breaker::admit(&*w1, 310, &P));
+        let closed = breaker::success_after_hand_back(&*w, claim, 310);
+        let took = taker
+            .join()
+            .unwrap()
+            .expect("admitted as the probe or into a closed circuit");
+        let s = Snapshot::decode(w.load());
+        match (closed, took.is_probe()) {
+            // The claim landed first: closed, and the other request went in as any other.
+            (Transition::Closed, false) => assert_eq!(s.state, CLOSED),
+            // The new probe landed first: the claim is stale, the new probe decides.
+            (Transition::None, true) => assert_eq!(s.state, HALF_OPEN),
+            other => panic!("inconsistent outcome {other:?} with state {}", s.state),
+        }
+        // The hand-back's old ticket never counts again, whoever won.
+        assert_eq!(breaker::success(&*w, probe, 320), Transition::None);
+    });
+}
+
+#[test]
+fn a_probe_handed_back_twice_at_once_backs_off_once() {
+    model(|| {
+        let w = Arc::new(LoomWord(AtomicU64::new(open_word())));
+        let probe = breaker::admit(&*w, 200, &P).unwrap();
+        let w1 = w.clone();
+        // The upload's own hand-back and its client vanishing, on the same ticket.
+        let other = loom::thread::spawn(move || breaker::hand_back(&*w1, probe, 220));
+        let (tr, claim) = breaker::hand_back(&*w, probe, 220);
+        let (tr2, claim2) = other.join().unwrap();
+        let backed_off = [tr, tr2]
+            .iter()
+            .filter(|&&t| t == Transition::BackedOff)
+            .count();
+        assert_eq!(backed_off, 1);
+        assert_eq!(claim.is_some() as u8 + claim2.is_some() as u8, 1);
+        let s = Snapshot::decode(w.load());
+        assert_eq!((s.state, s.count), (BACKOFF, 1));
+    });
+}
