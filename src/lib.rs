@@ -122,16 +122,21 @@ pub fn run(
     }
     // The ports before the fleet: an instance that cannot listen must not join it, not even
     // for its heartbeat's lifetime (an operator review saw its peers count it for 5 s).
-    server::check_ports(&shared.current.load().config, &inherited)?;
+    if let Err(e) = server::check_ports(&shared.current.load().config, &inherited) {
+        return cannot_serve(&mut inherited, e);
+    }
     // With `cluster:`, the fleet's circuit states are read before anything is served.
-    let fleet = cluster::start(&shared).map_err(server::StartError::Thread)?;
+    let fleet = match cluster::start(&shared) {
+        Ok(f) => f,
+        Err(e) => return cannot_serve(&mut inherited, server::StartError::Thread(e)),
+    };
     let mut server = match server::start(shared.clone(), &mut inherited) {
         Ok(s) => s,
         Err(e) => {
             // What failed after the fleet was joined leaves it at once.
             shared.draining.store(true, Ordering::SeqCst);
             wait_for_fleet_exit(fleet);
-            return Err(e);
+            return cannot_serve(&mut inherited, e);
         }
     };
     let started = (|| {
@@ -165,7 +170,7 @@ pub fn run(
                 std::thread::sleep(Duration::from_millis(20));
             }
             wait_for_fleet_exit(fleet);
-            return Err(e);
+            return cannot_serve(&mut inherited, e);
         }
     };
     log_startup(&shared, &server, fds);
@@ -306,6 +311,16 @@ impl Drop for PidFile {
 /// Acts on one signal; false for SIGTERM/SIGINT/SIGQUIT (stop), and for SIGWINCH once a new
 /// process took the sockets over (drain). SIGHUP asks for a reload; it and SIGUSR1 reopen
 /// the access log (after a rotation moved it). SIGUSR2 starts an upgrade.
+/// A start that failed: an upgrade's old process is told why, for its log and
+/// `/admin/config` (see [`upgrade::Inherited::cannot_serve`]).
+fn cannot_serve(
+    inherited: &mut upgrade::Inherited,
+    e: server::StartError,
+) -> Result<(), server::StartError> {
+    inherited.cannot_serve(&e.to_string());
+    Err(e)
+}
+
 fn on_signal(sig: i32, reloads: &Reloader, server: &server::Server, shared: &Arc<Shared>) -> bool {
     match sig {
         SIGHUP => reloads.ask(),

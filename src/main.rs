@@ -113,10 +113,12 @@ fn main() -> ExitCode {
                 }
                 _ => e.to_string(),
             };
-            fatal(&format!(
-                "invalid config: {}{hint}",
-                gateway::redact::userinfo(&e)
-            ));
+            let msg = format!("invalid config: {}{hint}", gateway::redact::userinfo(&e));
+            fatal(&msg);
+            if !check {
+                // An upgrade's old process says why too (`SIGUSR2`).
+                gateway::upgrade::Inherited::from_env().cannot_serve(&msg);
+            }
             return ExitCode::FAILURE;
         }
     };

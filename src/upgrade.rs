@@ -31,6 +31,10 @@ pub const ENV: &str = "GATEWAY_UPGRADE";
 /// How long the old process waits for the new one to serve before it stops it.
 pub const READY_WITHIN: Duration = Duration::from_secs(60);
 
+/// The most a new process says through the ready pipe: below `PIPE_BUF` (4096 on Linux),
+/// so that one write arrives in one read.
+const SAID_MAX: usize = 4000;
+
 /// How long a new process waits for the old one's circuits before it starts without them.
 pub const STATE_WITHIN: Duration = Duration::from_secs(5);
 
@@ -159,6 +163,26 @@ impl Inherited {
     pub fn close_unused(&mut self) {
         self.listen.clear();
         self.admin = None;
+    }
+
+    /// Tells the old process why this one will not serve (a config that does not load, a
+    /// port it cannot bind), for its log and `/admin/config`: "exited before serving" sent
+    /// the operator to this process's own log lines (an operator review). One write of at
+    /// most [`SAID_MAX`] bytes, which a pipe delivers whole.
+    pub fn cannot_serve(&mut self, why: &str) {
+        if let Some(fd) = self.ready.take() {
+            let mut text = format!("failed {}", why.replace('\n', "; "));
+            if text.len() > SAID_MAX {
+                let mut end = SAID_MAX;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+            }
+            if let Err(e) = std::fs::File::from(fd).write_all(text.as_bytes()) {
+                log::warn!("upgrade: cannot tell the old process why this one stops: {e}");
+            }
+        }
     }
 
     /// Tells the old process that this one serves, and how many of its sockets it took:
@@ -330,11 +354,13 @@ impl Handover {
                         let _ = std::fs::File::from(state_write).write_all(circuits.as_bytes());
                     });
                 let mut read = std::fs::File::from(read);
-                // `ready N`: it took our first N listeners. One read: a write this short
-                // to a pipe arrives whole, and the write end may stay open in a process
-                // the new one started.
-                let mut said = [0u8; 32];
+                // `ready N`: it took our first N listeners; `failed WHY`: it will not
+                // serve ([`Inherited::cannot_serve`]). One read: a write of at most
+                // `SAID_MAX` bytes to a pipe arrives whole, and the write end may stay open
+                // in a process the new one started.
+                let mut said = vec![0u8; SAID_MAX];
                 let mut timed_out = false;
+                let mut its_reason = None;
                 let ready = match wait_readable(read.as_raw_fd(), READY_WITHIN)
                     .and_then(|()| read.read(&mut said))
                 {
@@ -345,6 +371,10 @@ impl Handover {
                             .unwrap_or(0);
                         shared.listeners_taken.store(taken, Ordering::SeqCst);
                         true
+                    }
+                    Ok(n) if said[..n].starts_with(b"failed ") => {
+                        its_reason = Some(String::from_utf8_lossy(&said[7..n]).into_owned());
+                        false
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                         let why = format!(
@@ -379,9 +409,16 @@ impl Handover {
                     log::info!("upgrade: process {pid} stopped with this one ({status})");
                 } else if !ready {
                     // One stopped for its time was counted then.
-                    if !timed_out {
-                        let why = format!("process {pid} exited ({status}) before serving");
-                        shared.upgrades.failed(&why, "its log says why; still serving here");
+                    match (timed_out, its_reason) {
+                        (true, _) => {}
+                        (false, Some(reason)) => {
+                            let why = format!("process {pid} could not serve: {reason}");
+                            shared.upgrades.failed(&why, "still serving here");
+                        }
+                        (false, None) => {
+                            let why = format!("process {pid} exited ({status}) before serving");
+                            shared.upgrades.failed(&why, "its log says why; still serving here");
+                        }
                     }
                     // Its program may send every connection to fewer sockets than this
                     // process has (a review: workers idle until the next upgrade).

@@ -283,12 +283,36 @@ fn an_upgrade_that_cannot_start_leaves_the_old_process_serving() {
         Some(1.0),
         "{m}"
     );
+    // Why, as the new process said it, not only that it exited (an operator review).
     let config = get(g.admin, "/admin/config").json();
     let why = config["last_upgrade_error"].as_str().unwrap_or_default();
     assert!(
-        why.contains("exited") && why.contains("before serving"),
+        why.starts_with("process ") && why.contains(" could not serve: invalid config: "),
         "{config}"
     );
+    assert!(why.contains("(line 1)"), "no position: {config}");
+    // A failure after the config loaded (a port the new process cannot bind) says why too.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let taken =
+        yaml(b.addr, &["svc"]).replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+    std::fs::write(&path, taken).unwrap();
+    signal(&g.proc.child, libc::SIGUSR2);
+    assert!(
+        eventually(Duration::from_secs(10), || sample(
+            &metrics(g.admin),
+            "gateway_upgrades_failed_total"
+        ) == Some(2.0)),
+        "the second failure was not counted"
+    );
+    let config = get(g.admin, "/admin/config").json();
+    let why = config["last_upgrade_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(" could not serve: ") && why.contains(&format!("127.0.0.1:{port}")),
+        "{config}"
+    );
+    drop(busy);
+    assert_eq!(get(addr, "/v1/proxy/svc/x").status, 200);
     assert_eq!(pid_in(&pid_file), Some(old));
     assert!(
         g.proc.child.try_wait().unwrap().is_none(),
