@@ -105,9 +105,11 @@ pub struct WorkerMetrics {
     pub accepted: Counter,
     /// `service * 5 + (status / 100 - 1)`: responses by service and status class.
     requests: Box<[Counter]>,
-    /// Per service: requests that ended with no response sent (the client went away).
+    /// Per service: requests that ended with no response sent (the client went away); at
+    /// [`MAX_SERVICES`], those that routed to no service.
     aborted: Box<[Counter]>,
-    /// Per service: responses cut short after their head went out (also counted by status).
+    /// Per service: responses cut short after their head went out (also counted by status);
+    /// at [`MAX_SERVICES`], as `aborted`.
     cut: Box<[Counter]>,
     /// `service * 2`: answered 429 (rate limited); `+ 1`: 503 overloaded.
     admission: Box<[Counter]>,
@@ -150,8 +152,8 @@ impl Default for WorkerMetrics {
         WorkerMetrics {
             accepted: Counter::default(),
             requests: counters((MAX_SERVICES + 1) * 5),
-            aborted: counters(MAX_SERVICES),
-            cut: counters(MAX_SERVICES),
+            aborted: counters(MAX_SERVICES + 1),
+            cut: counters(MAX_SERVICES + 1),
             admission: counters(MAX_SERVICES * 2),
             errors: counters((MAX_SERVICES + 1) * ERRORS),
             connect: Histograms::new(),
@@ -195,11 +197,17 @@ impl WorkerMetrics {
         // Those that routed to no service (a 404, most 400s): counted by class alone, so that
         // the family's sum is every response (an operator review's scanner went unseen).
         // Their bytes too, as the access log's lines say them (an operator review's scanner
-        // sent 131 277 such requests and the byte counters did not move).
+        // sent 131 277 such requests and the byte counters did not move), and those whose
+        // client left first, as `gateway_errors_total` counts them (a hostile review).
         if service.is_none() {
-            if status != 0 {
+            if status == 0 {
+                self.aborted[MAX_SERVICES].inc();
+            } else {
                 let class = (status / 100).clamp(1, 5) as usize - 1;
                 self.requests[MAX_SERVICES * 5 + class].inc();
+                if cut {
+                    self.cut[MAX_SERVICES].inc();
+                }
             }
             self.sent_bytes[MAX_SERVICES].add(bytes);
             self.received_bytes[MAX_SERVICES].add(received);
@@ -355,40 +363,34 @@ pub fn render(workers: &[&WorkerMetrics], names: &Names<'_>) -> String {
         }
     }
     type PerService = fn(&WorkerMetrics) -> &[Counter];
-    // The bytes families have a series without `service` too, as `gateway_requests_total`.
-    let per_service: [(&str, &str, PerService, bool); 4] = [
+    // Each has a series without `service` too, as `gateway_requests_total`.
+    let per_service: [(&str, &str, PerService); 4] = [
         (
             "gateway_response_bytes_total",
             "Bytes of responses the kernel took for clients, heads included (as the access log's bytes); without service, those of requests that routed to none.",
             |m| &m.sent_bytes,
-            true,
         ),
         (
             "gateway_request_bytes_total",
             "Bytes of requests taken from clients: heads, bodies as framed on the wire, and what clients sent through WebSocket tunnels; without service, those of requests that routed to none.",
             |m| &m.received_bytes,
-            true,
         ),
         (
             "gateway_requests_aborted_total",
-            "Requests that ended with no response sent: the client went away first.",
+            "Requests that ended with no response sent: the client went away first; without service, those that routed to none.",
             |m| &m.aborted,
-            false,
         ),
         (
             "gateway_responses_cut_total",
-            "Responses cut short after their head went out (the backend closed, reset or stalled mid-body, or the client left or read too slowly); also counted in gateway_requests_total by status.",
+            "Responses cut short after their head went out (the backend closed, reset or stalled mid-body, or the client left or read too slowly); also counted in gateway_requests_total by status; without service, those that routed to none.",
             |m| &m.cut,
-            false,
         ),
     ];
-    for (metric, help, counters, unrouted) in per_service {
+    for (metric, help, counters) in per_service {
         let _ = writeln!(w, "# HELP {metric} {help}");
         let _ = writeln!(w, "# TYPE {metric} counter");
-        if unrouted {
-            let v = sum(workers, |m| counters(m)[MAX_SERVICES].get());
-            let _ = writeln!(w, "{metric} {v}");
-        }
+        let v = sum(workers, |m| counters(m)[MAX_SERVICES].get());
+        let _ = writeln!(w, "{metric} {v}");
         for (id, name) in names.services.iter().filter(|(id, _)| *id < MAX_SERVICES) {
             let v = sum(workers, |m| counters(m)[*id].get());
             let _ = writeln!(w, "{metric}{{service=\"{}\"}} {v}", escape(name));
@@ -790,11 +792,17 @@ mod tests {
         );
         a.response.observe(0, 700);
         b.response.observe(0, 20_000_000);
-        // Routed to no service: counted without one (a 404, a 400 before routing), and a
-        // client gone before any answer not at all (its bytes are).
+        // Routed to no service: counted without one (a 404, a 400 before routing, one cut
+        // short), and a client gone before any answer as aborted without one (a hostile
+        // review: `gateway_errors_total` counted such clients and this family did not).
         a.response(None, &failed(404, GatewayError::ServiceNotFound, 40, 30), 5);
         b.response(None, &failed(400, GatewayError::RouteNotFound, 40, 30), 5);
         b.response(None, &rec(0, 0, 3), 5);
+        let cut_unrouted = Record {
+            cut: true,
+            ..rec(200, 10, 3)
+        };
+        a.response(None, &cut_unrouted, 5);
         let services = vec![(0, "svc".to_string())];
         let backends = vec![(0, "svc".to_string(), "http://127.0.0.1:1".to_string(), 1)];
         let text = render(
@@ -871,10 +879,16 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("gateway_requests_total{class=\"2xx\"} 0\n"),
+            text.contains("gateway_requests_total{class=\"2xx\"} 1\n"),
             "{text}"
         );
         assert!(text.contains("gateway_requests_aborted_total{service=\"svc\"} 1\n"));
+        assert!(
+            text.contains("gateway_requests_aborted_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("gateway_responses_cut_total 1\n"), "{text}");
+        assert!(text.contains("gateway_responses_cut_total{service=\"svc\"} 1\n"));
         assert!(
             text.contains("gateway_errors_total{service=\"svc\",code=\"no_backend_available\",status=\"503\"} 1\n")
         );
@@ -904,8 +918,8 @@ mod tests {
             "gateway_request_duration_seconds_count{service=\"svc\"} 4\n",
             // Without a service: the 404's and the 400's bytes, and what the client that
             // left sent.
-            "# TYPE gateway_response_bytes_total counter\ngateway_response_bytes_total 80\ngateway_response_bytes_total{service=\"svc\"} 1800\n",
-            "# TYPE gateway_request_bytes_total counter\ngateway_request_bytes_total 63\ngateway_request_bytes_total{service=\"svc\"} 10329\n",
+            "# TYPE gateway_response_bytes_total counter\ngateway_response_bytes_total 90\ngateway_response_bytes_total{service=\"svc\"} 1800\n",
+            "# TYPE gateway_request_bytes_total counter\ngateway_request_bytes_total 66\ngateway_request_bytes_total{service=\"svc\"} 10329\n",
         ] {
             assert!(text.contains(line), "{line} not in {text}");
         }
