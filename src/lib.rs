@@ -308,9 +308,6 @@ impl Drop for PidFile {
     }
 }
 
-/// Acts on one signal; false for SIGTERM/SIGINT/SIGQUIT (stop), and for SIGWINCH once a new
-/// process took the sockets over (drain). SIGHUP asks for a reload; it and SIGUSR1 reopen
-/// the access log (after a rotation moved it). SIGUSR2 starts an upgrade.
 /// A start that failed: an upgrade's old process is told why, for its log and
 /// `/admin/config` (see [`upgrade::Inherited::cannot_serve`]).
 fn cannot_serve(
@@ -321,6 +318,9 @@ fn cannot_serve(
     Err(e)
 }
 
+/// Acts on one signal; false for SIGTERM/SIGINT/SIGQUIT (stop), and for SIGWINCH once a new
+/// process took the sockets over (drain). SIGHUP asks for a reload; it and SIGUSR1 reopen
+/// the access log (after a rotation moved it). SIGUSR2 starts an upgrade.
 fn on_signal(sig: i32, reloads: &Reloader, server: &server::Server, shared: &Arc<Shared>) -> bool {
     match sig {
         SIGHUP => reloads.ask(),
