@@ -206,8 +206,10 @@ pub struct Worker {
     /// last (see [`Worker::say_backend_failure`]).
     failure_said_next: Cell<u64>,
     failures_unsaid: Cell<u64>,
-    /// The last failure not said: `service url: what` (a buffer kept, not reallocated).
+    /// The last failure not said: `service url: what` (a buffer kept, not reallocated),
+    /// and when (registry clock, ms).
     failure_unsaid_last: RefCell<String>,
+    failure_unsaid_at: Cell<u64>,
     /// Spare I/O buffers, lent to one exchange at a time (no allocation per request).
     spare: RefCell<Vec<Vec<u8>>>,
     /// Spare buffers bigger than `BUF_SIZE` (up to [`MAX_LARGE`]), lent only to
@@ -314,6 +316,7 @@ impl Worker {
             failure_said_next: Cell::new(0),
             failures_unsaid: Cell::new(0),
             failure_unsaid_last: RefCell::new(String::new()),
+            failure_unsaid_at: Cell::new(0),
             spare: RefCell::new(Vec::new()),
             large: RefCell::new(Vec::new()),
             spare_low: Cell::new(0),
@@ -369,7 +372,9 @@ impl Worker {
     /// Says a backend failure (one the breaker counts) in the log, at most one line a second
     /// per worker, with how many went unsaid since the last: an operator saw backend
     /// failures only in the metrics (the access log is off by default), where NGINX's
-    /// error log has a line for each.
+    /// error log has a line for each. Every line names its worker: with each worker's lines
+    /// a second apart, two workers' lines interleave, and an operator review read one
+    /// worker's summary as coming after the other's line it preceded.
     pub fn say_backend_failure(&self, service: &str, url: &str, what: std::fmt::Arguments<'_>) {
         let now = crate::state::now_ms();
         if now < self.failure_said_next.get() {
@@ -377,21 +382,20 @@ impl Worker {
             let mut last = self.failure_unsaid_last.borrow_mut();
             last.clear();
             let _ = write!(last, "{service} {url}: {what}");
+            self.failure_unsaid_at.set(now);
             return;
         }
         self.failure_said_next.set(now + 1000);
         match self.failures_unsaid.replace(0) {
-            0 => log::warn!("backend: {service} {url}: {what}"),
+            0 => log::warn!("backend: {service} {url}: {what} (worker {})", self.index),
             n => log::warn!(
-                "backend: {service} {url}: {what} (and {n} more backend {} on worker {} since its last such line)",
+                "backend: {service} {url}: {what} (worker {}; and {n} more backend {} since its last such line)",
+                self.index,
                 crate::logging::plural(n, "failure", "failures"),
-                self.index
             ),
         }
     }
 
-    /// This worker's view of the current snapshot; rebuilt only when a reload stored a new
-    /// one. A request keeps the view it started with until it ends.
     /// Says the backend failures [`Worker::say_backend_failure`] held back, once a second
     /// has passed without a line: they used to wait for the next failure, which may never
     /// come (a re-review: a second backend's failures were never counted).
@@ -400,13 +404,16 @@ impl Worker {
         if n == 0 || crate::state::now_ms() < self.failure_said_next.get() {
             return;
         }
+        let now = crate::state::now_ms();
         self.failures_unsaid.set(0);
-        self.failure_said_next.set(crate::state::now_ms() + 1000);
-        // Which backend: an operator's review could not tell from this line alone.
+        self.failure_said_next.set(now + 1000);
+        // Which backend: an operator's review could not tell from this line alone; and
+        // when, since other workers' lines may have come in between.
         log::warn!(
-            "backend: {n} more backend {} on worker {} since its last such line, the last: {}",
-            crate::logging::plural(n, "failure", "failures"),
+            "backend: worker {}: {n} more backend {} since its last such line, the last {} ms before this line: {}",
             self.index,
+            crate::logging::plural(n, "failure", "failures"),
+            now.saturating_sub(self.failure_unsaid_at.get()),
             self.failure_unsaid_last.borrow()
         );
     }
@@ -435,6 +442,8 @@ impl Worker {
         }
     }
 
+    /// This worker's view of the current snapshot; rebuilt only when a reload stored a new
+    /// one. A request keeps the view it started with until it ends.
     pub fn view(&self) -> Rc<View> {
         let current = self.shared.current.load();
         {

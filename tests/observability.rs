@@ -501,7 +501,7 @@ fn backend_failures_are_said_in_the_log_once_a_second() {
                 if l.contains(&said) {
                     n += 1;
                 }
-                if l.contains(" more backend failure") && l.contains(" on worker 0 ") {
+                if l.contains(" more backend failure") && l.contains("worker 0") {
                     n += number_before(l, " more backend failure");
                 }
                 n
@@ -525,12 +525,22 @@ fn backend_failures_are_said_in_the_log_once_a_second() {
     let _ = std::fs::remove_file(&log);
     assert!(all, "{text}");
     assert_eq!(lines, 1, "{text}");
-    // A line said on its own names the last failure it counts (an operator's review).
-    let last = format!(
-        "more backend failures on worker 0 since its last such line, the last: svc http://{}: status 500",
-        rec.addr
+    // Every line names its worker, and one said on its own names the last failure it
+    // counts and how long before the line it came (operator reviews).
+    assert!(
+        text.lines()
+            .filter(|l| l.contains(&said))
+            .all(|l| l.contains("(worker 0")),
+        "{text}"
     );
-    assert!(text.contains(&last), "{text}");
+    let last = format!(": svc http://{}: status 500", rec.addr);
+    assert!(
+        text.lines().any(|l| l.contains("backend: worker 0: ")
+            && l.contains(" more backend failures since its last such line, the last ")
+            && l.contains(" ms before this line")
+            && l.ends_with(&last)),
+        "{text}"
+    );
 }
 
 /// Regression (an operator review): behind a load balancer listed in `trusted_proxies`, the
