@@ -328,7 +328,8 @@ fn open(path: &Path) -> std::io::Result<std::fs::File> {
         .create(true)
         .append(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
+        .open(path)
+        .map_err(|e| missing_dir_named(path, e))?;
     let fd = f.as_raw_fd();
     // SAFETY: `f` owns `fd`, valid for the duration of the call.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -344,6 +345,19 @@ fn open(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Opens what `sink` names; `None` when it is off.
+/// `e`, or, when it is that `path`'s directory does not exist, an error that says so: "No
+/// such file or directory" did not say which was missing (an operator review).
+pub fn missing_dir_named(path: &Path, e: std::io::Error) -> std::io::Error {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    match dir {
+        Some(d) if e.kind() == std::io::ErrorKind::NotFound && !d.is_dir() => std::io::Error::new(
+            e.kind(),
+            format!("its directory {} does not exist", d.display()),
+        ),
+        _ => e,
+    }
+}
+
 fn open_sink(sink: &Sink) -> std::io::Result<Option<Output>> {
     Ok(match sink {
         Sink::Off => None,

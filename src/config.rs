@@ -2003,7 +2003,7 @@ impl Config {
                     Some(d) if !d.as_os_str().is_empty() => d,
                     _ => Path::new("."),
                 };
-                writable_dir(dir)
+                writable_dir(dir).map_err(|e| crate::accesslog::missing_dir_named(path, e))
             }
             other => other.map(drop),
         };

@@ -477,8 +477,10 @@ fn the_access_log_is_checked_and_named() {
     let bad = "/nonexistent-gateway-dir/access.log";
     let (code, text) = check(&format!("access_log: {bad}\n{SVC}"));
     assert_eq!(code, Some(1), "{text}");
+    // Which part is missing (an operator review had only "No such file or directory").
+    let why = "its directory /nonexistent-gateway-dir does not exist";
     assert!(
-        text.contains(&format!("cannot open the access log {bad}")),
+        text.contains(&format!("cannot open the access log {bad}: {why}")),
         "{text}"
     );
     // Named after the file, as every other config error is.
@@ -493,7 +495,7 @@ fn the_access_log_is_checked_and_named() {
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains(&format!("cannot open the access log {bad}")),
+        err.contains(&format!("cannot open the access log {bad}: {why}")),
         "{err}"
     );
 

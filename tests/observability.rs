@@ -1159,6 +1159,11 @@ fn a_reload_moves_the_access_log_to_the_file_it_names() {
         err.contains("access_log: cannot open the access log"),
         "{err}"
     );
+    let why = format!(
+        "its directory {} does not exist",
+        dir.join("missing-dir").display()
+    );
+    assert!(err.contains(&why), "{err}");
     assert_eq!(generation(), Some(2));
     assert_eq!(get(g.proc.addr, "/v1/proxy/svc/kept").status, 200);
     assert!(eventually(Duration::from_secs(5), || logged(
