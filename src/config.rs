@@ -481,11 +481,32 @@ const SECTIONS_LEFT_OUT: [&str; 6] = [
     "health_check",
 ];
 
+/// Top-level settings whose value can be left out when it is of the wrong type, with
+/// nothing else in the file depending on it (`listen` and `admin` cannot: backends are
+/// checked against them).
+const SETTINGS_LEFT_OUT: [&str; 12] = [
+    "workers",
+    "pin_workers",
+    "access_log",
+    "access_log_format",
+    "dns_refresh",
+    "busy_poll",
+    "splice",
+    "request_id",
+    "ignore_client_abort",
+    "rate_limit_headers",
+    "rate_limit_table",
+    "trusted_proxies",
+];
+
 /// The line and the top-level key whose block to leave out when `e` says an unknown key
 /// alone: a top-level one (`line 2: unknown field `timeout`...`), or one inside a section
 /// of [`SECTIONS_LEFT_OUT`] (`line 3: breaker: unknown field ...`: that section's block,
-/// which begins on or above that line).
-fn unknown_top_level_key<'e>(e: &'e ConfigError, text: &str) -> Option<(usize, &'e str)> {
+/// which begins on or above that line); or a value of the wrong type in such a section or
+/// under a key of [`SETTINGS_LEFT_OUT`] (`line 2: workers: invalid type: ...`: the reading
+/// stopped at the first, and an operator review fixed `workers: two` and `pin_workers:
+/// maybe` in two runs of `--check`).
+fn key_to_leave_out<'e>(e: &'e ConfigError, text: &str) -> Option<(usize, &'e str)> {
     let ConfigError::Syntax { message, .. } = e else {
         return None;
     };
@@ -494,8 +515,14 @@ fn unknown_top_level_key<'e>(e: &'e ConfigError, text: &str) -> Option<(usize, &
     if let Some(unknown) = rest.strip_prefix("unknown field `") {
         return Some((line, unknown.split('`').next()?));
     }
-    let (section, rest) = rest.split_once(": ")?;
-    if !rest.starts_with("unknown field `") || !SECTIONS_LEFT_OUT.contains(&section) {
+    let (key, rest) = rest.split_once(": ")?;
+    let section = key.split(['.', '[']).next()?;
+    let in_section = SECTIONS_LEFT_OUT.contains(&section);
+    let left_out = match rest.starts_with("unknown field `") {
+        true => in_section && section == key,
+        false => in_section || SETTINGS_LEFT_OUT.contains(&section),
+    };
+    if !left_out {
         return None;
     }
     let lines: Vec<&str> = text.split('\n').take(line).collect();
@@ -1744,7 +1771,8 @@ impl Config {
         Config::parse_past_unknown_keys(text).map_err(|e| with_expansion_hint(e, text))
     }
 
-    /// [`Config::parse_as_written`], going on past an unknown top-level key: the typed
+    /// [`Config::parse_as_written`], going on past an unknown top-level key, or a value of
+    /// the wrong type under one that can be left out ([`key_to_leave_out`]): the typed
     /// reading stops at the first, so the rest of the file went unread and a mistyped
     /// `timeout:` hid every other error (an operator review fixed them in two runs of
     /// `--check`). The key's block is blanked out, lines kept, and the file read again.
@@ -1753,7 +1781,7 @@ impl Config {
         let mut unknown = Vec::new();
         let rest = loop {
             match Config::parse_as_written(&text) {
-                Err(e) if unknown.len() < MAX_ERRORS => match unknown_top_level_key(&e, &text) {
+                Err(e) if unknown.len() < MAX_ERRORS => match key_to_leave_out(&e, &text) {
                     Some((line, key)) => {
                         // An unknown key is a typed error, so the file is valid YAML; if
                         // it is not without the block (a `- item` or a `}` at column 0
@@ -3540,6 +3568,68 @@ mod tests {
             flow.contains("unknown field `timeout`") && !flow.contains("errors"),
             "{flow}"
         );
+    }
+
+    /// Regression (an operator review): `workers: two` and `pin_workers: maybe` took two
+    /// runs of `--check`, the typed reading stopping at the first. A value of the wrong
+    /// type under a key nothing else needs is said and its block left out, as an unknown
+    /// key's; under `listen`, `admin`, `cluster` or `services` the reading still stops.
+    #[test]
+    fn the_file_is_read_on_past_a_value_of_the_wrong_type() {
+        let text = "listen: 127.0.0.1:8000\nworkers: two\npin_workers: maybe\ntimeouts:\n  connect: [1]\n  response: 3s\nbreaker: {failure_threshold: x}\ntrusted_proxies: 5\nservices:\n  a: [http://127.0.0.1:1]\n  b: [nope]\n";
+        let Err(ConfigError::Several(all)) = Config::parse(text) else {
+            panic!("{:?}", Config::parse(text));
+        };
+        let said: Vec<String> = all.iter().map(ToString::to_string).collect();
+        let lines: Vec<Option<usize>> = all.iter().map(line_said).collect();
+        assert_eq!(
+            lines,
+            [Some(2), Some(3), Some(5), Some(7), Some(8), Some(11)],
+            "{said:#?}"
+        );
+        for (i, what) in [
+            "workers: invalid type: string \"two\"",
+            "pin_workers: invalid type: string \"maybe\"",
+            "timeouts.connect: invalid type: sequence",
+            "breaker.failure_threshold: invalid type: string \"x\"",
+            "trusted_proxies: invalid type: integer `5`",
+            "services.b[0]",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(said[i].contains(what), "{i}: {said:#?}");
+        }
+        // What stops the reading still does: what depends on it would be said wrongly.
+        for (file, first) in [
+            (
+                "listen: [1]\nworkers: x\nservices:\n  a: [nope]\n",
+                "line 1: listen",
+            ),
+            (
+                "admin: [1]\nworkers: x\nservices:\n  a: [nope]\n",
+                "line 1: admin",
+            ),
+            (
+                "cluster:\n  redis: [1]\nworkers: x\nservices:\n  a: [nope]\n",
+                "line 2: cluster.redis",
+            ),
+            ("workers: x\nservices: 5\n", "workers"),
+        ] {
+            let e = Config::parse(file).unwrap_err();
+            let text = e.to_string();
+            match first {
+                // `services` is the one left: said after `workers`, the reading stopped.
+                "workers" => assert!(
+                    text.starts_with("2 errors") && text.contains("line 2: services"),
+                    "{text}"
+                ),
+                _ => assert!(
+                    text.contains(first) && !text.contains("errors"),
+                    "{file}: {text}"
+                ),
+            }
+        }
     }
 
     /// Regression: a mistyped top-level key got `at line 2 column 1` at its end where every
