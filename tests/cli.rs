@@ -208,6 +208,30 @@ fn unknown_arguments_are_usage_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
 }
 
+/// `--help` (and `-h`) goes to stdout, exits 0, and names every signal the gateway acts on
+/// (an operator review: SIGUSR2 and SIGQUIT were missing, and an operator's habit from
+/// NGINX sends them).
+#[test]
+fn help_names_every_signal_the_gateway_acts_on() {
+    for flag in ["--help", "-h"] {
+        let out = gateway().arg(flag).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.starts_with("usage: gateway"), "{said}");
+        for sig in [
+            "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2",
+        ] {
+            assert!(said.contains(sig), "{flag} does not name {sig}: {said}");
+        }
+        for option in ["--config", "--pid-file", "--check", "--version", "RUST_LOG"] {
+            assert!(
+                said.contains(option),
+                "{flag} does not name {option}: {said}"
+            );
+        }
+    }
+}
+
 /// `--version` names the commit (an operator review could not tell that a binary
 /// predated a change): `gateway 0.1.0 (5ac01d6fa3b2)`, the same as `gateway_build_info`.
 #[test]
