@@ -94,18 +94,13 @@ fn last_allowed_cpu() -> Option<String> {
 #[test]
 fn pinned_workers_stay_on_the_cpus_the_process_was_given() {
     use std::io::{BufRead, Read};
-    let Some(cpu) = last_allowed_cpu() else {
-        eprintln!("skipped: no /proc/self/status");
-        return;
-    };
-    if std::process::Command::new("taskset")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: taskset is not installed");
-        return;
-    }
+    let cpu = last_allowed_cpu().expect("the allowed CPUs, from /proc/self/status");
+    // A missing tool fails the test, never skips it (`.ci/run` installs util-linux).
+    let taskset = std::process::Command::new("taskset").arg("-V").output();
+    assert!(
+        taskset.is_ok_and(|o| o.status.success()),
+        "taskset (util-linux) is needed"
+    );
     let path = write_config(
         "listen: 127.0.0.1:0\nworkers: 2\npin_workers: true\nservices:\n  a: [http://127.0.0.1:1]\n",
     );
