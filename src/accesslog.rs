@@ -344,7 +344,6 @@ fn open(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
-/// Opens what `sink` names; `None` when it is off.
 /// `e`, or, when it is that `path`'s directory does not exist, an error that says so: "No
 /// such file or directory" did not say which was missing (an operator review).
 pub fn missing_dir_named(path: &Path, e: std::io::Error) -> std::io::Error {
@@ -358,6 +357,7 @@ pub fn missing_dir_named(path: &Path, e: std::io::Error) -> std::io::Error {
     }
 }
 
+/// Opens what `sink` names; `None` when it is off.
 fn open_sink(sink: &Sink) -> std::io::Result<Option<Output>> {
     Ok(match sink {
         Sink::Off => None,
