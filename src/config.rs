@@ -1768,31 +1768,31 @@ impl Config {
     /// Parses and validates YAML text (a leading UTF-8 byte-order mark, which some editors
     /// write, is skipped: YAML took it for a second document).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse_past_unknown_keys(text).map_err(|e| with_expansion_hint(e, text))
+        Config::parse_past_keys_left_out(text).map_err(|e| with_expansion_hint(e, text))
     }
 
-    /// [`Config::parse_as_written`], going on past an unknown top-level key, or a value of
+    /// [`Config::parse_as_written`], going on past an said top-level key, or a value of
     /// the wrong type under one that can be left out ([`key_to_leave_out`]): the typed
     /// reading stops at the first, so the rest of the file went unread and a mistyped
     /// `timeout:` hid every other error (an operator review fixed them in two runs of
     /// `--check`). The key's block is blanked out, lines kept, and the file read again.
-    fn parse_past_unknown_keys(text: &str) -> Result<Config, ConfigError> {
+    fn parse_past_keys_left_out(text: &str) -> Result<Config, ConfigError> {
         let mut text = std::borrow::Cow::Borrowed(text.strip_prefix('\u{feff}').unwrap_or(text));
-        let mut unknown = Vec::new();
+        let mut said = Vec::new();
         let rest = loop {
             match Config::parse_as_written(&text) {
-                Err(e) if unknown.len() < MAX_ERRORS => match key_to_leave_out(&e, &text) {
+                Err(e) if said.len() < MAX_ERRORS => match key_to_leave_out(&e, &text) {
                     Some((line, key)) => {
-                        // An unknown key is a typed error, so the file is valid YAML; if
-                        // it is not without the block (a `- item` or a `}` at column 0
-                        // left behind, an anchor defined there), what it would say is
-                        // ours, not the file's (a review): stop at this key.
+                        // An unknown key or a wrong type is a typed error, so the file is
+                        // valid YAML; if it is not without the block (a `- item` or a `}`
+                        // at column 0 left behind, an anchor defined there), what it would
+                        // say is ours, not the file's (a review): stop at this key.
                         let blanked = without_block(&text, line, key)
                             .filter(|t| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(t).is_ok());
                         let Some(blanked) = blanked else {
                             break Err(e);
                         };
-                        unknown.push(e);
+                        said.push(e);
                         text = std::borrow::Cow::Owned(blanked);
                     }
                     None => break Err(e),
@@ -1800,31 +1800,31 @@ impl Config {
                 other => break other,
             }
         };
-        if unknown.is_empty() {
+        if said.is_empty() {
             return rest;
         }
         let mut more = 0;
         let mut add = |e: ConfigError| match e {
             ConfigError::More(n) => more += n,
-            e => unknown.push(e),
+            e => said.push(e),
         };
         match rest {
             Err(ConfigError::Several(all)) => all.into_iter().for_each(&mut add),
             Err(e) => add(e),
             Ok(_) => {}
         }
-        if unknown.len() == 1 && more == 0 {
-            return Err(unknown.remove(0));
+        if said.len() == 1 && more == 0 {
+            return Err(said.remove(0));
         }
-        unknown.sort_by_key(|e| line_said(e).unwrap_or(usize::MAX));
-        if unknown.len() > MAX_ERRORS {
-            more += unknown.len() - MAX_ERRORS;
-            unknown.truncate(MAX_ERRORS);
+        said.sort_by_key(|e| line_said(e).unwrap_or(usize::MAX));
+        if said.len() > MAX_ERRORS {
+            more += said.len() - MAX_ERRORS;
+            said.truncate(MAX_ERRORS);
         }
         if more > 0 {
-            unknown.push(ConfigError::More(more));
+            said.push(ConfigError::More(more));
         }
-        Err(ConfigError::Several(unknown))
+        Err(ConfigError::Several(said))
     }
 
     fn parse_as_written(text: &str) -> Result<Config, ConfigError> {
