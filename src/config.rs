@@ -483,8 +483,9 @@ const SECTIONS_LEFT_OUT: [&str; 6] = [
 
 /// Top-level settings whose value can be left out when it is of the wrong type, with
 /// nothing else in the file depending on it (`listen` and `admin` cannot: backends are
-/// checked against them).
-const SETTINGS_LEFT_OUT: [&str; 12] = [
+/// checked against them; nor `request_id`: `access_log_fields` may list it, and a review
+/// was told it was off).
+const SETTINGS_LEFT_OUT: [&str; 11] = [
     "workers",
     "pin_workers",
     "access_log",
@@ -492,7 +493,6 @@ const SETTINGS_LEFT_OUT: [&str; 12] = [
     "dns_refresh",
     "busy_poll",
     "splice",
-    "request_id",
     "ignore_client_abort",
     "rate_limit_headers",
     "rate_limit_table",
@@ -1771,7 +1771,7 @@ impl Config {
         Config::parse_past_keys_left_out(text).map_err(|e| with_expansion_hint(e, text))
     }
 
-    /// [`Config::parse_as_written`], going on past an said top-level key, or a value of
+    /// [`Config::parse_as_written`], going on past an unknown top-level key, or a value of
     /// the wrong type under one that can be left out ([`key_to_leave_out`]): the typed
     /// reading stops at the first, so the rest of the file went unread and a mistyped
     /// `timeout:` hid every other error (an operator review fixed them in two runs of
@@ -3615,6 +3615,10 @@ mod tests {
                 "line 2: cluster.redis",
             ),
             ("workers: x\nservices: 5\n", "workers"),
+            (
+                "request_id: yes\naccess_log_fields: [time, request_id]\nworkers: x\nservices:\n  a: [nope]\n",
+                "line 1: request_id",
+            ),
         ] {
             let e = Config::parse(file).unwrap_err();
             let text = e.to_string();

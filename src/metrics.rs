@@ -916,8 +916,8 @@ mod tests {
             "gateway_request_duration_seconds_bucket{service=\"svc\",le=\"+Inf\"} 4\n",
             "gateway_request_duration_seconds_sum{service=\"svc\"} 0.00239\n",
             "gateway_request_duration_seconds_count{service=\"svc\"} 4\n",
-            // Without a service: the 404's and the 400's bytes, and what the client that
-            // left sent.
+            // Without a service: the 404's, the 400's and the cut answer's bytes, and what
+            // the client that left sent.
             "# TYPE gateway_response_bytes_total counter\ngateway_response_bytes_total 90\ngateway_response_bytes_total{service=\"svc\"} 1800\n",
             "# TYPE gateway_request_bytes_total counter\ngateway_request_bytes_total 66\ngateway_request_bytes_total{service=\"svc\"} 10329\n",
         ] {

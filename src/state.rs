@@ -325,11 +325,12 @@ pub struct UpgradeStats {
 }
 
 impl UpgradeStats {
-    /// Counts a failed upgrade, keeps `why` for `/admin/config`, then logs `upgrade failed:
-    /// {why}; {then}`: counted first, so that whoever reads the line finds it counted.
+    /// Keeps `why` for `/admin/config`, counts a failed upgrade, then logs `upgrade failed:
+    /// {why}; {then}`: in that order, so that whoever sees the count finds its reason, and
+    /// whoever reads the line finds both (reviews).
     pub fn failed(&self, why: &str, then: &str) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = why.to_string();
+        self.failed.fetch_add(1, Ordering::SeqCst);
         log::error!(target: "gateway::upgrade", "upgrade failed: {why}; {then}");
     }
 }

@@ -409,17 +409,17 @@ impl Handover {
                     log::info!("upgrade: process {pid} stopped with this one ({status})");
                 } else if !ready {
                     // One stopped for its time was counted then.
-                    match (timed_out, its_reason) {
-                        (true, _) => {}
-                        (false, Some(reason)) => {
-                            let why = format!("process {pid} could not serve: {reason}");
-                            shared.upgrades.failed(&why, "still serving here");
-                        }
-                        (false, None) => {
-                            let why = format!("process {pid} exited ({status}) before serving");
-                            shared.upgrades.failed(&why, "its log says why; still serving here");
-                        }
-                    }
+                    let failure = match (timed_out, its_reason) {
+                        (true, _) => None,
+                        (false, Some(reason)) => Some((
+                            format!("process {pid} could not serve: {reason}"),
+                            "still serving here",
+                        )),
+                        (false, None) => Some((
+                            format!("process {pid} exited ({status}) before serving"),
+                            "its log says why; still serving here",
+                        )),
+                    };
                     // Its program may send every connection to fewer sockets than this
                     // process has (a review: workers idle until the next upgrade).
                     if let Some(fd) = first {
@@ -428,6 +428,11 @@ impl Handover {
                         }
                     }
                     busy.store(false, Ordering::SeqCst);
+                    // Said once the next SIGUSR2 can start an upgrade: one sent as the
+                    // failure is seen was ignored as "under way already" (a review).
+                    if let Some((why, then)) = failure {
+                        shared.upgrades.failed(&why, then);
+                    }
                 }
             })?;
         Ok(())
