@@ -13,7 +13,7 @@
 //!    instances are in it; a close or reopen by the probe's owner moves the hash whatever the
 //!    quorum. The newer `at` always wins; a close is stamped with its probe's admission.
 //!    A message goes to `<name>:breaker` for observers. A record Redis lost is put back.
-//! 3. **Read the fleet** (one pipelined `HMGET` per backend) and apply what changed by CAS on
+//! 3. **Read the fleet** (one pipelined `READ` per backend) and apply what changed by CAS on
 //!    the local word: a fleet open sets the word OPEN with the fleet's open time; a fleet
 //!    close closes a word opened in that fleet episode. An instance's own newer transition
 //!    is not overwritten: it has published it and the newer one wins there. Nor is a newer
@@ -392,19 +392,26 @@ if kind == 'closed' then
   redis.call('ZREM', KEYS[2], me)
   if at > cur_at then state = 'closed' end
 else
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('ZADD', KEYS[2], at, me)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (at - win))
+  -- Opens stamped over 10 s ahead are no instance's, and are never trimmed by age (a
+  -- review's 700 000 made every publish outlast its deadline, for good).
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '(' .. (now + 10000), '+inf')
   redis.call('PEXPIRE', KEYS[2], win + 60000)
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local ttl = tonumber(ARGV[7])
   local kind4 = redis.call('TYPE', KEYS[4])['ok']
-  local n = 0
-  for _, who in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    if who == me or kind4 ~= 'zset' then
-      n = n + 1
-    else
-      local seen = tonumber(redis.call('ZSCORE', KEYS[4], who))
-      if seen and seen >= now - ttl and seen <= now + ttl then n = n + 1 end
+  -- This instance, and the newest 1024 others (as many as the heartbeat lists): however
+  -- many a stray writer put in the window, a publish reads no more.
+  local n = 1
+  for _, who in ipairs(redis.call('ZREVRANGEBYSCORE', KEYS[2], '+inf', '-inf', 'LIMIT', 0, 1025)) do
+    if who ~= me then
+      if kind4 ~= 'zset' then
+        n = n + 1
+      else
+        local seen = tonumber(redis.call('ZSCORE', KEYS[4], who))
+        if seen and seen >= now - ttl and seen <= now + ttl then n = n + 1 end
+      end
     end
   end
   if at > cur_at and (n >= q or (kind == 'reopen' and cur[1] == 'open')) then state = 'open' end
@@ -418,7 +425,23 @@ if state then
 end
 if redis.call('GET', KEYS[3]) == me then redis.call('DEL', KEYS[3]) end
 if redis.call('HGET', KEYS[1], 'probe') == me then redis.call('HDEL', KEYS[1], 'probe', 'probe_until') end
-return redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
+local r = redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
+for i = 1, 3 do
+  if r[i] and #r[i] > 64 then return redis.error_reply('ERR a field of this record is over 64 bytes') end
+end
+return r
+";
+
+/// Reads a backend's fleet record, every field at most 64 bytes (ours are about 20), else
+/// an error for this key alone: one 2 MB field made the round's reply too large to take,
+/// which failed every instance's rounds alike, for every circuit and budget, until the
+/// record expired (a review). The same check ends `PUBLISH`. KEYS: hash.
+const READ: &str = r"
+local r = redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
+for i = 1, 3 do
+  if r[i] and #r[i] > 64 then return redis.error_reply('ERR a field of this record is over 64 bytes') end
+end
+return r
 ";
 
 /// Puts back a fleet record that Redis lost (restarted empty, flushed) or holds an older one
@@ -1243,11 +1266,7 @@ impl Node {
         }
         let mut pipe = redis::pipe();
         for t in &self.tracks {
-            pipe.cmd("HMGET")
-                .arg(&t.hash)
-                .arg("state")
-                .arg("at")
-                .arg("instance");
+            pipe.cmd("EVAL").arg(READ).arg(1).arg(&t.hash);
         }
         for &(i, want) in &wanted {
             let b = &self.budgets[i];

@@ -1816,6 +1816,80 @@ fn an_oversized_list_of_instances_takes_no_instance_out() {
     let _ = writer.join();
 }
 
+/// Regression (a review): a stray writer's 2 MB field in one backend's fleet record made
+/// every round's reply too large to take, so every instance left the fleet, for every
+/// circuit and budget, until the record expired two days later; and 500 000 opens stamped
+/// far ahead in a backend's set made every publish outlast its deadline, for good. Now
+/// such a record is its circuit's alone, decided locally, and a publish drops the opens
+/// stamped ahead and reads at most 1 025.
+#[test]
+fn junk_in_one_fleet_record_takes_out_only_its_circuit() {
+    let redis = Redis::start();
+    let (rec, other) = (Recorder::start(reply(500)), Recorder::start(reply(200)));
+    let name = fleet_name("junk");
+    let junk = format!("{name}:breaker:other:http://{}", other.addr);
+    let said = redis.send(
+        &format!(
+            "EVAL \"redis.call('HSET', KEYS[1], 'instance', string.rep('x', 2000000)) return 1\" 1 {junk}\r\n"
+        ),
+        "\r\n",
+    );
+    assert!(said.starts_with(":1"), "{said}");
+    let opens = format!("{name}:breaker:svc:http://{}:opens", rec.addr);
+    let script =
+        "for i = 1, 500000 do redis.call('ZADD', KEYS[1], 9999999999999, 'ghost' .. i) end \
+        return redis.call('ZCARD', KEYS[1])";
+    let said = redis.send(&format!("EVAL \"{script}\" 1 {opens}\r\n"), "\r\n");
+    assert!(said.starts_with(":500000"), "{said}");
+    let member = || {
+        gateway_at(&write_config(&config(
+            1,
+            &format!(
+                "admin: 127.0.0.1:0\nbreaker: {{failure_threshold: 2, cooldown: 30s}}\n\
+                 cluster: {{redis: {}, name: {name}}}",
+                redis.url()
+            ),
+            &format!(
+                "  svc: [http://{}]\n  other: [http://{}]\n",
+                rec.addr, other.addr
+            ),
+        )))
+    };
+    let (a, b) = (member(), member());
+    assert!(
+        eventually(WAIT, || cluster_up(&a) && cluster_up(&b)),
+        "{}",
+        cluster(&a)
+    );
+    fail(&a, 2);
+    let svc_state = |g: &AdminGateway| {
+        let v = get(g.admin, "/admin/backends").json();
+        let s = v["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "svc").cloned())
+            .unwrap_or_default();
+        s["backends"][0]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Seen through the cluster alone: b sends no request to svc.
+    assert!(
+        eventually(WAIT, || svc_state(&b) == "open"),
+        "the open circuit never reached the other instance: {}",
+        cluster(&b)
+    );
+    assert!(
+        eventually(WAIT, || cluster_up(&a) && cluster_up(&b)),
+        "{}",
+        cluster(&a)
+    );
+    assert_eq!(get(b.proc.addr, "/v1/proxy/other/x").status, 200);
+    // What was stamped ahead is gone; a's open is what is left.
+    let said = redis.send(&format!("ZCARD {opens}\r\n"), "\r\n");
+    assert!(said.starts_with(":1\r"), "{said}");
+}
+
 /// Regression: under equal overload, a fleet budget went mostly to the instance whose
 /// rounds came first after tokens accrued (a review: 64 against 454 requests, in three runs
 /// of four). Rounds are jittered now, and the split is even within noise.
