@@ -368,6 +368,22 @@ impl Track {
     }
 }
 
+/// Returns the fleet record in KEYS[1], every field at most 64 bytes (ours are about 20),
+/// else an error for this key alone: one 2 MB field made the round's reply too large to
+/// take, which failed every instance's rounds alike, for every circuit and budget, until
+/// the record expired (a review). Ends [`READ`] and [`PUBLISH`].
+macro_rules! read_record {
+    () => {
+        r"
+local r = redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
+for i = 1, 3 do
+  if r[i] and #r[i] > 64 then return redis.error_reply('ERR a field of this record is over 64 bytes') end
+end
+return r
+"
+    };
+}
+
 /// Publishes one transition; returns the fleet's record after it. The record expires two
 /// days after its last transition (a review: those of renamed services and moved backends
 /// piled up without end; an absent record is no fleet state, and each instance decides). The quorum counts the
@@ -377,7 +393,8 @@ impl Track {
 /// Without a usable list of instances, every open in the window counts, as before.
 /// KEYS: hash, opens, lease, instances. ARGV: instance, kind, at, window ms, quorum,
 /// channel, the peers' TTL.
-const PUBLISH: &str = r"
+const PUBLISH: &str = concat!(
+    r"
 local me, kind, at, win, q = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local cur = redis.call('HMGET', KEYS[1], 'state', 'at')
 local cur_at = tonumber(cur[2]) or 0
@@ -425,24 +442,12 @@ if state then
 end
 if redis.call('GET', KEYS[3]) == me then redis.call('DEL', KEYS[3]) end
 if redis.call('HGET', KEYS[1], 'probe') == me then redis.call('HDEL', KEYS[1], 'probe', 'probe_until') end
-local r = redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
-for i = 1, 3 do
-  if r[i] and #r[i] > 64 then return redis.error_reply('ERR a field of this record is over 64 bytes') end
-end
-return r
-";
+",
+    read_record!()
+);
 
-/// Reads a backend's fleet record, every field at most 64 bytes (ours are about 20), else
-/// an error for this key alone: one 2 MB field made the round's reply too large to take,
-/// which failed every instance's rounds alike, for every circuit and budget, until the
-/// record expired (a review). The same check ends `PUBLISH`. KEYS: hash.
-const READ: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
-for i = 1, 3 do
-  if r[i] and #r[i] > 64 then return redis.error_reply('ERR a field of this record is over 64 bytes') end
-end
-return r
-";
+/// Reads a backend's fleet record (`read_record!`). KEYS: hash.
+const READ: &str = read_record!();
 
 /// Puts back a fleet record that Redis lost (restarted empty, flushed) or holds an older one
 /// of, as it was, unless what is there now is as new: the newer record wins, as in

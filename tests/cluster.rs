@@ -267,6 +267,34 @@ fn fail(g: &AdminGateway, n: usize) {
     }
 }
 
+/// An instance of fleet `name` with `workers` workers and its admin port, whose breakers
+/// open after 2 failures for 30 s, serving `services` (the config's lines under
+/// `services:`).
+fn fleet_member(redis: &Redis, name: &str, workers: usize, services: &str) -> AdminGateway {
+    gateway_at(&write_config(&config(
+        workers,
+        &format!(
+            "admin: 127.0.0.1:0\nbreaker: {{failure_threshold: 2, cooldown: 30s}}\n\
+             cluster: {{redis: {}, name: {name}}}",
+            redis.url()
+        ),
+        services,
+    )))
+}
+
+/// The state `/admin/backends` shows for `service`'s first backend.
+fn state_in(g: &AdminGateway, service: &str) -> String {
+    let v = get(g.admin, "/admin/backends").json();
+    let s = v["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == service).cloned())
+        .unwrap_or_default();
+    s["backends"][0]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[test]
 fn an_open_circuit_reaches_every_instance_and_admin_says_whence() {
     let redis = Redis::start();
@@ -1650,36 +1678,16 @@ fn a_key_of_the_wrong_type_takes_out_only_what_uses_it() {
     // whole fleet out of sharing).
     let said = redis.send(&format!("SET {name}:instances garbage\r\n"), "\r\n");
     assert!(said.starts_with("+OK"), "{said}");
-    let member = || {
-        gateway_at(&write_config(&config(
-            2,
-            &format!(
-                "admin: 127.0.0.1:0\nbreaker: {{failure_threshold: 2, cooldown: 30s}}\n\
-                 cluster: {{redis: {}, name: {name}}}",
-                redis.url()
-            ),
-            &format!(
-                "  other: [http://{}]\n  svc: [http://{}]\n",
-                other.addr, rec.addr
-            ),
-        )))
-    };
+    let services = format!(
+        "  other: [http://{}]\n  svc: [http://{}]\n",
+        other.addr, rec.addr
+    );
+    let member = || fleet_member(&redis, &name, 2, &services);
     let (a, b) = (member(), member());
     assert!(eventually(WAIT, || cluster_up(&a) && cluster_up(&b)));
     fail(&a, 2);
-    let svc_state = |g: &AdminGateway| {
-        let v = get(g.admin, "/admin/backends").json();
-        let s = v["services"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == "svc").cloned())
-            .unwrap_or_default();
-        s["backends"][0]["state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
     assert!(
-        eventually(WAIT, || svc_state(&b) == "open"),
+        eventually(WAIT, || state_in(&b, "svc") == "open"),
         "the open circuit never reached the other instance"
     );
     assert!(cluster_up(&a) && cluster_up(&b), "{}", cluster(&a));
@@ -1781,17 +1789,8 @@ fn an_oversized_list_of_instances_takes_no_instance_out() {
             }
         })
     };
-    let member = || {
-        gateway_at(&write_config(&config(
-            1,
-            &format!(
-                "admin: 127.0.0.1:0\nbreaker: {{failure_threshold: 2, cooldown: 30s}}\n\
-                 cluster: {{redis: {}, name: {name}}}",
-                redis.url()
-            ),
-            &format!("  svc: [http://{}]\n", rec.addr),
-        )))
-    };
+    let services = format!("  svc: [http://{}]\n", rec.addr);
+    let member = || fleet_member(&redis, &name, 1, &services);
     let (a, b) = (member(), member());
     assert!(
         eventually(WAIT, || cluster_up(&a) && cluster_up(&b)),
@@ -1800,14 +1799,8 @@ fn an_oversized_list_of_instances_takes_no_instance_out() {
     );
     fail(&a, 2);
     // Seen through the cluster alone: b sends no request of its own.
-    let state = |g: &AdminGateway| {
-        get(g.admin, "/admin/backends").json()["services"][0]["backends"][0]["state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
     assert!(
-        eventually(WAIT, || state(&b) == "open"),
+        eventually(WAIT, || state_in(&b, "svc") == "open"),
         "the open circuit never reached the other instance: {}",
         cluster(&b)
     );
@@ -1841,20 +1834,11 @@ fn junk_in_one_fleet_record_takes_out_only_its_circuit() {
         return redis.call('ZCARD', KEYS[1])";
     let said = redis.send(&format!("EVAL \"{script}\" 1 {opens}\r\n"), "\r\n");
     assert!(said.starts_with(":500000"), "{said}");
-    let member = || {
-        gateway_at(&write_config(&config(
-            1,
-            &format!(
-                "admin: 127.0.0.1:0\nbreaker: {{failure_threshold: 2, cooldown: 30s}}\n\
-                 cluster: {{redis: {}, name: {name}}}",
-                redis.url()
-            ),
-            &format!(
-                "  svc: [http://{}]\n  other: [http://{}]\n",
-                rec.addr, other.addr
-            ),
-        )))
-    };
+    let services = format!(
+        "  svc: [http://{}]\n  other: [http://{}]\n",
+        rec.addr, other.addr
+    );
+    let member = || fleet_member(&redis, &name, 1, &services);
     let (a, b) = (member(), member());
     assert!(
         eventually(WAIT, || cluster_up(&a) && cluster_up(&b)),
@@ -1862,20 +1846,9 @@ fn junk_in_one_fleet_record_takes_out_only_its_circuit() {
         cluster(&a)
     );
     fail(&a, 2);
-    let svc_state = |g: &AdminGateway| {
-        let v = get(g.admin, "/admin/backends").json();
-        let s = v["services"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == "svc").cloned())
-            .unwrap_or_default();
-        s["backends"][0]["state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
     // Seen through the cluster alone: b sends no request to svc.
     assert!(
-        eventually(WAIT, || svc_state(&b) == "open"),
+        eventually(WAIT, || state_in(&b, "svc") == "open"),
         "the open circuit never reached the other instance: {}",
         cluster(&b)
     );
