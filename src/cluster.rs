@@ -368,6 +368,25 @@ impl Track {
     }
 }
 
+/// A Lua function, `stamp(s, now)`: a record's `at` as the scripts compare it, a whole
+/// number of ms at most 10 s ahead of Redis's clock `now`, else 0 (no stamp). A stray
+/// writer's `nan` stopped every publish, and `inf` or `1e15`, which the gateway does not
+/// read as a stamp, refused every lease and every restore, so that no instance probed the
+/// circuit again until the field was removed (reviews). `PUBLISH`, `RESTORE` and `LEASE`
+/// read `at` through it.
+macro_rules! stamp_fn {
+    () => {
+        r"
+local function stamp(s, now)
+  if type(s) ~= 'string' or #s > 15 or not string.find(s, '^%d+$') then return 0 end
+  local v = tonumber(s)
+  if v > now + 10000 then return 0 end
+  return v
+end
+"
+    };
+}
+
 /// Returns the fleet record in KEYS[1], every field at most 64 bytes (ours are about 20),
 /// else an error for this key alone: one 2 MB field made the round's reply too large to
 /// take, which failed every instance's rounds alike, for every circuit and budget, until
@@ -394,22 +413,20 @@ return r
 /// KEYS: hash, opens, lease, instances. ARGV: instance, kind, at, window ms, quorum,
 /// channel, the peers' TTL.
 const PUBLISH: &str = concat!(
+    stamp_fn!(),
     r"
 local me, kind, at, win, q = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local cur = redis.call('HMGET', KEYS[1], 'state', 'at')
-local cur_at = tonumber(cur[2]) or 0
--- nan (a stray writer) is above nothing and below nothing: no transition would ever win.
-if cur_at ~= cur_at then cur_at = 0 end
--- A record stamped over 10 s ahead of Redis's clock (a stray writer, or an older instance
--- stamping with its own fast clock) must not outrank every real transition until that time comes.
 local t = redis.call('TIME')
-if cur_at > tonumber(t[1]) * 1000 + 10000 then cur_at = 0 end
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = redis.call('HMGET', KEYS[1], 'state', 'at')
+-- Not a stamp, or one over 10 s ahead of Redis's clock (a stray writer, or an older
+-- instance stamping with its own fast clock): it must not outrank every real transition.
+local cur_at = stamp(cur[2], now)
 local state = nil
 if kind == 'closed' then
   redis.call('ZREM', KEYS[2], me)
   if at > cur_at then state = 'closed' end
 else
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('ZADD', KEYS[2], at, me)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (at - win))
   -- Opens stamped over 10 s ahead are no instance's, and are never trimmed by age (a
@@ -452,14 +469,18 @@ const READ: &str = read_record!();
 /// Puts back a fleet record that Redis lost (restarted empty, flushed) or holds an older one
 /// of, as it was, unless what is there now is as new: the newer record wins, as in
 /// `PUBLISH`. KEYS: hash. ARGV: state, at, instance, channel.
-const RESTORE: &str = r"
-local cur = tonumber(redis.call('HGET', KEYS[1], 'at'))
-if cur and cur >= tonumber(ARGV[2]) then return 0 end
+const RESTORE: &str = concat!(
+    stamp_fn!(),
+    r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if stamp(redis.call('HGET', KEYS[1], 'at'), now) >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'at', ARGV[2], 'instance', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], 172800000)
 redis.call('PUBLISH', ARGV[4], KEYS[1] .. ' ' .. ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
 return 1
-";
+"
+);
 
 /// The heartbeat, on Redis's clock: joins the fleet's instances, forgets those silent for
 /// the peers' TTL, and returns Redis's time with every instance whose heartbeat is within
@@ -522,16 +543,19 @@ return {k, wait, math.floor(tat - now)}
 /// policy, deleted) let a second instance probe beside the first (a fleet review: a
 /// second probe 1.3–1.6 s into a 2 s one); the record, which has no short expiry, still
 /// says who probes until when.
-/// A mark whose term runs past the longest lease this instance would take (ARGV[5]) is no
-/// instance's: a forged one held a fleet's circuit open, with no probe, for up to a day
-/// (a review).
+/// A mark, or a lease key, whose term runs past the longest lease this instance would take
+/// (ARGV[5]) is no instance's: a forged one held a fleet's circuit open, with no probe, for
+/// up to a day (reviews); all the fleet's instances run one config, and so one longest
+/// lease.
 /// KEYS: lease, hash, instances. ARGV: instance, px, the fleet `at` this instance knows,
 /// the peers' TTL, the longest lease.
-const LEASE: &str = r"
-if (tonumber(redis.call('HGET', KEYS[2], 'at')) or 0) > tonumber(ARGV[3]) then return 0 end
+const LEASE: &str = concat!(
+    stamp_fn!(),
+    r"
 local me, px, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if stamp(redis.call('HGET', KEYS[2], 'at'), now) > tonumber(ARGV[3]) then return 0 end
 -- A heartbeat further ahead than the TTL is a stray writer's, as for the peers.
 local function live(who)
   local seen = tonumber(redis.call('ZSCORE', KEYS[3], who))
@@ -548,7 +572,11 @@ if v == me then return hold() end
 -- Every lease is taken with an expiry, by an instance that keeps a heartbeat: one without
 -- an expiry, or held by no live instance (a stray writer's, 'ghost' for a day) would keep
 -- the fleet's circuit open, with no probe, until it lapsed (reviews).
-local free = not v or redis.call('PTTL', KEYS[1]) == -1
+-- Nor one whose term runs past the longest lease this instance would take: a forged one
+-- naming a live instance with no traffic to probe with held the circuit open for its
+-- whole term (a review).
+local pttl = v and redis.call('PTTL', KEYS[1])
+local free = not v or pttl == -1 or pttl > tonumber(ARGV[5])
 if not free then free = not live(v) end
 if not v then
   local p = redis.call('HMGET', KEYS[2], 'probe', 'probe_until')
@@ -559,7 +587,8 @@ if not v then
 end
 if free then return hold() end
 return 0
-";
+"
+);
 
 type Record = (Option<String>, Option<String>, Option<String>);
 
@@ -2008,7 +2037,8 @@ mod tests {
             "{wait} ms to the probe, cooldown {cooldown}"
         );
         // A real transition made after it wins here, as it does in Redis (same bound).
-        assert!(PUBLISH.contains(&format!("* 1000 + {FUTURE_MS} then cur_at = 0")));
+        assert!(PUBLISH.contains(&format!("if v > now + {FUTURE_MS} then return 0 end")));
+        assert!(PUBLISH.contains("local cur_at = stamp(cur[2], now)"));
         assert!(n.apply(0, fleet(false, n.fleet_now() + 1, "real")));
         assert_eq!(word(&n).state, CLOSED);
     }

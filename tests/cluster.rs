@@ -2132,9 +2132,23 @@ fn a_forged_probe_lease_does_not_keep_a_circuit_open() {
 /// past the longest lease an instance takes is no instance's.
 #[test]
 fn a_forged_probe_mark_does_not_keep_a_circuit_open() {
+    probes_past_a_forgery("mark", |redis, hash, named| {
+        let until = unix_ms() + 86_400_000;
+        let said = redis.send(
+            &format!("HSET {hash} probe {named} probe_until {until}\r\nDEL {hash}:probe\r\n"),
+            "\r\n:",
+        );
+        assert!(said.starts_with(':'), "{said}");
+    });
+}
+
+/// A fleet of two whose first instance opened the circuit of `svc`; `forge` is given the
+/// backend's record key and the idle instance's name, then the backend heals: the first
+/// instance, alone with traffic, must probe once its cooldown ends.
+fn probes_past_a_forgery(test: &str, forge: impl FnOnce(&Redis, &str, &str)) {
     let redis = Redis::start();
     let rec = Recorder::start(reply(500));
-    let name = fleet_name("mark");
+    let name = fleet_name(test);
     let breaker = "{failure_threshold: 2, cooldown: 1s}";
     let fleet = fleet_of(2, &redis, &name, 1, breaker, rec.addr);
     let (a, idle) = (&fleet[0], &fleet[1]);
@@ -2145,24 +2159,76 @@ fn a_forged_probe_mark_does_not_keep_a_circuit_open() {
         .unwrap_or_default()
         .to_string();
     assert!(!named.is_empty());
-    let hash = format!("{name}:breaker:svc:http://{}", rec.addr);
-    let until = unix_ms() + 86_400_000;
-    let said = redis.send(
-        &format!("HSET {hash} probe {named} probe_until {until}\r\nDEL {hash}:probe\r\n"),
-        "\r\n:",
+    forge(
+        &redis,
+        &format!("{name}:breaker:svc:http://{}", rec.addr),
+        &named,
     );
-    assert!(said.starts_with(':'), "{said}");
     rec.set(reply(200));
-    // Traffic on `a` alone: it probes once its cooldown ends.
     assert!(
         eventually(Duration::from_secs(8), || {
             let ok = status(a) == 200;
             std::thread::sleep(Duration::from_millis(50));
             ok
         }),
-        "never probed past the forged mark: {:?}",
+        "{test}: never probed past the forgery: {:?}",
         backend(a)
     );
+}
+
+/// Regression (a review): a forged probe lease naming a live instance that has no traffic
+/// to probe with, written with a ten-minute expiry, kept every other instance from probing
+/// the fleet's open circuit for those ten minutes (503s for 14 s of 14 with a 4 s
+/// cooldown). A lease whose term runs past the longest one an instance takes is free.
+#[test]
+fn a_forged_lease_naming_a_live_instance_lasts_no_longer_than_a_lease() {
+    probes_past_a_forgery("longlease", |redis, hash, named| {
+        let said = redis.send(&format!("SET {hash}:probe {named} PX 600000\r\n"), "\r\n");
+        assert!(said.starts_with("+OK"), "{said}");
+    });
+}
+
+/// Regression (a review): a fleet record whose `at` Lua reads as a number but the gateway
+/// does not read as a stamp (`inf`, `1e15`, a decimal a few seconds ahead) made the lease
+/// script refuse every lease (the record looked newer than any the instances knew) and the
+/// restore script refuse to mend it: no instance probed the open circuit until the field
+/// was removed. Such an `at` is no stamp to every script, as `nan` already was to one.
+#[test]
+fn a_record_stamped_with_what_is_no_stamp_does_not_stop_probes() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("nostamp");
+    let breaker = "{failure_threshold: 2, cooldown: 1s}";
+    let a = member(&redis, &name, 1, breaker, rec.addr);
+    assert!(eventually(WAIT, || cluster_up(&a)));
+    let key = format!("{name}:breaker:svc:http://{}", rec.addr);
+    let soon = format!("{}.5", unix_ms() + 8000);
+    for at in ["inf", "1e15", soon.as_str()] {
+        rec.set(reply(500));
+        assert!(eventually(WAIT, || {
+            if backend(&a).0 == "closed" {
+                let _ = status(&a);
+            }
+            backend(&a).0 == "open"
+        }));
+        // Once the open is in the record: the forged stamp replaces it.
+        assert!(eventually(WAIT, || redis
+            .send(&format!("HGET {key} state\r\n"), "\r\n")
+            .contains("open")));
+        let said = redis.send(&format!("HSET {key} at {at}\r\n"), "\r\n");
+        assert!(said.starts_with(':'), "{said}");
+        rec.set(reply(200));
+        assert!(
+            eventually(Duration::from_secs(8), || {
+                let ok = status(&a) == 200;
+                std::thread::sleep(Duration::from_millis(50));
+                ok
+            }),
+            "{at}: never probed: {:?}",
+            backend(&a)
+        );
+        assert!(cluster_up(&a), "{at}: {}", cluster(&a));
+    }
 }
 
 /// Regression (a review): a breaker record stamped `at nan` (a stray writer) stopped the
