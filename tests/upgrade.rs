@@ -248,8 +248,9 @@ fn sigusr2_hands_the_sockets_over_and_no_client_is_refused() {
 
 /// A new process that cannot start (here a config that does not parse, then a `listen`
 /// address in use) exits, tells the old one why, and the old one says so and goes on
-/// serving, its pid file unchanged; a third SIGUSR2, once the file is mended, upgrades. A `GATEWAY_UPGRADE` its parent did not set (left in an
-/// environment) is ignored: the gateway binds its own sockets.
+/// serving, its pid file unchanged; a third SIGUSR2, once the file is mended, upgrades. A
+/// `GATEWAY_UPGRADE` its parent did not set (left in an environment) is ignored: the
+/// gateway binds its own sockets.
 #[test]
 fn an_upgrade_that_cannot_start_leaves_the_old_process_serving() {
     let b = mock_backend();
