@@ -38,6 +38,12 @@ pub struct Link {
     open: bool,
 }
 
+/// Whether `e` is a reply refused for a size bound: a string, an array or a whole reply
+/// over the limit.
+pub fn over_a_bound(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Parse && e.to_string().contains("over the size limit")
+}
+
 fn error(kind: ErrorKind, what: &'static str) -> RedisError {
     RedisError::from((kind, what))
 }
