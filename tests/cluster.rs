@@ -267,6 +267,26 @@ fn fail(g: &AdminGateway, n: usize) {
     }
 }
 
+/// Whether `g` answers 200 within `wait`, asked every 50 ms (a probe once its cooldown ends).
+fn answers_within(g: &AdminGateway, wait: Duration) -> bool {
+    eventually(wait, || {
+        let ok = status(g) == 200;
+        std::thread::sleep(Duration::from_millis(50));
+        ok
+    })
+}
+
+/// Whether `g`'s one backend opens again once `rec` fails, sending requests while closed.
+fn opens_again(g: &AdminGateway, rec: &Recorder) -> bool {
+    rec.set(reply(500));
+    eventually(WAIT, || {
+        if backend(g).0 == "closed" {
+            let _ = status(g);
+        }
+        backend(g).0 == "open"
+    })
+}
+
 /// An instance of fleet `name` with `workers` workers and its admin port, whose breakers
 /// open after 2 failures for 30 s, serving `services` (the config's lines under
 /// `services:`).
@@ -474,11 +494,7 @@ fn the_instance_with_traffic_gets_the_fleets_probe() {
         rec.set(reply(200));
         // Only `busy` has traffic: its first answer comes when the 2 s cooldown ends, not
         // a 3 s grant of an idle instance's later.
-        let answered = eventually(Duration::from_secs(15), || {
-            let ok = status(busy) == 200;
-            std::thread::sleep(Duration::from_millis(50));
-            ok
-        });
+        let answered = answers_within(busy, Duration::from_secs(15));
         let took = opened.elapsed();
         assert!(
             answered && took < Duration::from_millis(4500),
@@ -2136,13 +2152,7 @@ fn a_forged_probe_lease_does_not_keep_a_circuit_open() {
             "ZADD {name}:instances 2000000000000 ghost",
         ),
     ] {
-        rec.set(reply(500));
-        assert!(eventually(WAIT, || {
-            if backend(&a).0 == "closed" {
-                let _ = status(&a);
-            }
-            backend(&a).0 == "open"
-        }));
+        assert!(opens_again(&a, &rec));
         // The heartbeat first: a lease without one is taken over at once.
         if !beat.is_empty() {
             let said = redis.send(&format!("{}\r\n", beat.replace("{name}", &name)), "\r\n");
@@ -2200,11 +2210,7 @@ fn probes_past_a_forgery(test: &str, forge: impl FnOnce(&Redis, &str, &str)) {
     );
     rec.set(reply(200));
     assert!(
-        eventually(Duration::from_secs(8), || {
-            let ok = status(a) == 200;
-            std::thread::sleep(Duration::from_millis(50));
-            ok
-        }),
+        answers_within(a, Duration::from_secs(8)),
         "{test}: never probed past the forgery: {:?}",
         backend(a)
     );
@@ -2238,13 +2244,7 @@ fn a_record_stamped_with_what_is_no_stamp_does_not_stop_probes() {
     let key = format!("{name}:breaker:svc:http://{}", rec.addr);
     let soon = format!("{}.5", unix_ms() + 8000);
     for at in ["inf", "1e15", soon.as_str()] {
-        rec.set(reply(500));
-        assert!(eventually(WAIT, || {
-            if backend(&a).0 == "closed" {
-                let _ = status(&a);
-            }
-            backend(&a).0 == "open"
-        }));
+        assert!(opens_again(&a, &rec));
         // Once the open is in the record: the forged stamp replaces it.
         assert!(eventually(WAIT, || redis
             .send(&format!("HGET {key} state\r\n"), "\r\n")
@@ -2253,11 +2253,7 @@ fn a_record_stamped_with_what_is_no_stamp_does_not_stop_probes() {
         assert!(said.starts_with(':'), "{said}");
         rec.set(reply(200));
         assert!(
-            eventually(Duration::from_secs(8), || {
-                let ok = status(&a) == 200;
-                std::thread::sleep(Duration::from_millis(50));
-                ok
-            }),
+            answers_within(&a, Duration::from_secs(8)),
             "{at}: never probed: {:?}",
             backend(&a)
         );
