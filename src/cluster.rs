@@ -330,6 +330,10 @@ struct Track {
     hash: String,
     opens: String,
     lease_key: String,
+    /// Its record is read through [`READ`], which bounds its fields, since it came back over
+    /// the size limit; with a bare `HMGET` (a fifth of the cost to Redis) again once that
+    /// script finds it within bounds.
+    bounded: bool,
 }
 
 impl Track {
@@ -463,8 +467,8 @@ if redis.call('HGET', KEYS[1], 'probe') == me then redis.call('HDEL', KEYS[1], '
     read_record!()
 );
 
-/// Reads a backend's fleet record (`read_record!`), once one came back too large (see
-/// `Node::bounded_reads`). KEYS: hash.
+/// Reads a backend's fleet record (`read_record!`), once it came back too large (see
+/// `Track::bounded`). KEYS: hash.
 const READ: &str = read_record!();
 
 /// Puts back a fleet record that Redis lost (restarted empty, flushed) or holds an older one
@@ -689,9 +693,6 @@ struct Node {
     starving: HashMap<String, Instant>,
     /// Keys found holding another type.
     bad_keys: BadKeys,
-    /// Records are read through [`READ`], which bounds their fields, since one came back
-    /// over the size limit; until then with a bare `HMGET`, which costs Redis a fifth.
-    bounded_reads: bool,
     /// State of the generator behind [`Node::next_tick`] (never 0).
     rng: u64,
 }
@@ -845,7 +846,6 @@ impl Node {
             budgets: Vec::new(),
             starving: Default::default(),
             bad_keys: BadKeys::default(),
-            bounded_reads: false,
             rng: (unix_ms() ^ (u64::from(std::process::id()) << 32)) | 1,
         }
     }
@@ -916,8 +916,19 @@ impl Node {
         loop {
             let started = Instant::now();
             if self.shared.is_draining() {
-                self.leave();
-                return;
+                // What changed since the last round is published first, a probe's outcome
+                // among it. While a probe of this instance runs under the fleet's lease, the
+                // instance stays in the list, with its heartbeat: a lease whose holder left
+                // it is free, and a review's SIGTERM to the probing instance let a second
+                // probe in beside the first (its opens count towards `open_quorum` for as
+                // long, at most a response timeout).
+                self.tick();
+                if !self.probing() {
+                    self.leave();
+                    return;
+                }
+                std::thread::sleep(self.next_tick());
+                continue;
             }
             // How often the allowances get topped up decides how long a slice must last.
             let period = started.duration_since(last).as_millis() as u64;
@@ -940,6 +951,13 @@ impl Node {
             let wait = self.next_tick();
             std::thread::sleep(wait.saturating_sub(started.elapsed()));
         }
+    }
+
+    /// A probe of this instance's runs under the fleet's lease.
+    fn probing(&self) -> bool {
+        self.tracks.iter().any(|t| {
+            t.lease.is_some() && Word::decode(breaker::Word::load(&**t.cell)).state == HALF_OPEN
+        })
     }
 
     /// Leaves the fleet's list of instances as the process drains, so that its opens stop
@@ -1135,6 +1153,7 @@ impl Node {
                             opens: format!("{hash}:opens"),
                             lease_key: format!("{hash}:probe"),
                             hash,
+                            bounded: false,
                         }
                     }
                 };
@@ -1303,44 +1322,66 @@ impl Node {
             let left = d.saturating_duration_since(Instant::now());
             con.set_deadline(left.max(Duration::from_millis(1)));
         }
-        let mut pipe = redis::pipe();
-        for t in &self.tracks {
-            match self.bounded_reads {
-                true => pipe.cmd("EVAL").arg(READ).arg(1).arg(&t.hash),
-                false => pipe
-                    .cmd("HMGET")
-                    .arg(&t.hash)
-                    .arg("state")
-                    .arg("at")
-                    .arg("instance"),
+        let started = Instant::now();
+        let mut values: Vec<redis::Value> = loop {
+            let mut pipe = redis::pipe();
+            for t in &self.tracks {
+                match t.bounded {
+                    true => pipe.cmd("EVAL").arg(READ).arg(1).arg(&t.hash),
+                    false => pipe
+                        .cmd("HMGET")
+                        .arg(&t.hash)
+                        .arg("state")
+                        .arg("at")
+                        .arg("instance"),
+                };
+            }
+            for &(i, want) in &wanted {
+                let b = &self.budgets[i];
+                let (interval_ns, tolerance_ns) = b.gcra();
+                pipe.cmd("EVAL")
+                    .arg(TAKE)
+                    .arg(1)
+                    .arg(budget_key(&self.status.config.name, b))
+                    .arg(interval_ns as f64 / 1000.0)
+                    .arg(tolerance_ns as f64 / 1000.0)
+                    .arg(want);
+            }
+            let e = match pipe.ignore_errors().query(con) {
+                Ok(v) => break v,
+                Err(e) => e,
             };
-        }
-        for &(i, want) in &wanted {
-            let b = &self.budgets[i];
-            let (interval_ns, tolerance_ns) = b.gcra();
-            pipe.cmd("EVAL")
-                .arg(TAKE)
-                .arg(1)
-                .arg(budget_key(&self.status.config.name, b))
-                .arg(interval_ns as f64 / 1000.0)
-                .arg(tolerance_ns as f64 / 1000.0)
-                .arg(want);
-        }
-        let mut values: Vec<redis::Value> = match pipe.ignore_errors().query(con) {
-            Ok(v) => v,
-            // A record with a field too large to take (a stray writer's): this round fails
-            // as before, and from the next on every record is read bounded, so that only
-            // that one's circuit is decided locally.
-            Err(e) if !self.bounded_reads && crate::redis_link::over_a_bound(&e) => {
-                self.bounded_reads = true;
-                log::warn!("cluster: a fleet record came back over the size limit (a stray writer's?); records are read through a script that bounds their fields from now on, which costs Redis about 4 times as much per read (restart to go back)");
+            // A record with a field too large to take (a stray writer's): it is read bounded
+            // from now on, and the round asked again on a new link, so that only its circuit
+            // is decided locally. That round failed whole until late on 2026-12-05, each instance
+            // then out of the fleet for 2 s, and every record was read bounded for good.
+            // The slices the failed ask granted are lost: the fleet admits less, once.
+            let Some(i) = con
+                .over_a_bound_at()
+                .filter(|&i| i < self.tracks.len() && !self.tracks[i].bounded)
+            else {
+                return Err(e);
+            };
+            let Some(info) = self.info.as_ref() else {
+                return Err(e);
+            };
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => IO_TIMEOUT.saturating_sub(started.elapsed()),
+            };
+            if left.is_zero() {
                 return Err(e);
             }
-            Err(e) => return Err(e),
+            let t = &mut self.tracks[i];
+            t.bounded = true;
+            log::warn!(
+                "cluster: the fleet's record of {} {} came back over the size limit (a stray writer's?); it is read through a script that bounds its fields until they are back within them, which costs Redis about 4 times as much per read",
+                t.service,
+                t.url
+            );
+            *con = Link::connect(info, left)?;
         };
-        if deadline.is_some() {
-            con.set_deadline(IO_TIMEOUT);
-        }
+        con.set_deadline(IO_TIMEOUT);
         if values.len() != self.tracks.len() + wanted.len() {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Parse,
@@ -1396,6 +1437,13 @@ impl Node {
             let Some(record) = self.bad_keys.check::<Record>(&hash, value_of(v))? else {
                 continue;
             };
+            if std::mem::take(&mut self.tracks[i].bounded) {
+                log::info!(
+                    "cluster: the fleet's record of {} {} is within bounds again",
+                    self.tracks[i].service,
+                    self.tracks[i].url
+                );
+            }
             let Some(f) = parse_fleet(record) else {
                 self.tracks[i].lost(true);
                 continue;
@@ -1500,6 +1548,7 @@ impl Node {
             return Ok(());
         };
         let now = now_ms();
+        let draining = self.shared.is_draining();
         for t in &mut self.tracks {
             if !t.fleet.as_ref().is_some_and(|f| f.open) {
                 t.lease = None;
@@ -1551,7 +1600,9 @@ impl Node {
             // a whole grant (a review: idle instances, three of four, kept a recovered
             // backend refused 6 to 21 s past the fleet's cooldown). One that gets a request
             // now asks at its next tick; until then it holds, as a loser does.
-            if now.saturating_sub(t.wanted.load(Ordering::Relaxed)) <= GRANT_MS {
+            // A draining instance takes none: it is about to leave the list, which frees
+            // any lease it holds.
+            if !draining && now.saturating_sub(t.wanted.load(Ordering::Relaxed)) <= GRANT_MS {
                 let held = lease(con, t, &self.status, GRANT_MS);
                 match self.bad_keys.check(&t.lease_key, held)? {
                     Some(true) => {

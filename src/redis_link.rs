@@ -36,6 +36,8 @@ pub struct Link {
     deadline: Duration,
     /// False once a request failed: the stream may hold the rest of a reply.
     open: bool,
+    /// Which of the last request's replies broke a size bound, counted from its first.
+    over_at: Option<usize>,
 }
 
 /// Whether `e` is a reply refused for a size bound: a string, an array or a whole reply
@@ -82,6 +84,7 @@ impl Link {
             db: settings.db(),
             deadline,
             open: true,
+            over_at: None,
         };
         if let Some(password) = settings.password() {
             let mut auth = redis::cmd("AUTH");
@@ -101,8 +104,15 @@ impl Link {
         self.deadline = deadline;
     }
 
+    /// Which reply of the last request (0: the first command's of a pipeline) failed it by
+    /// breaking a size bound ([`over_a_bound`]); None if none did. The link is closed then.
+    pub fn over_a_bound_at(&self) -> Option<usize> {
+        self.over_at
+    }
+
     /// Writes `bytes` and reads `count` replies, all before one deadline.
     fn request(&mut self, bytes: &[u8], count: usize) -> RedisResult<Vec<Value>> {
+        self.over_at = None;
         if !self.open {
             return Err(error(ErrorKind::Io, "the link failed before"));
         }
@@ -137,7 +147,15 @@ impl Link {
         self.stream.write_all(bytes)?;
         let mut replies = Vec::with_capacity(count.min(1024));
         while replies.len() < count {
-            let len = self.frame(end)?;
+            let len = match self.frame(end) {
+                Ok(len) => len,
+                Err(e) => {
+                    if over_a_bound(&e) {
+                        self.over_at = Some(replies.len());
+                    }
+                    return Err(e);
+                }
+            };
             let value = redis::parse_redis_value(&self.buf[..len]);
             self.buf.drain(..len);
             replies.push(value?);
@@ -481,5 +499,31 @@ mod tests {
             .query::<String>(&mut err)
             .is_err());
         assert!(err.is_open());
+    }
+
+    /// The link names which reply of a pipeline broke a size bound, so that the caller can
+    /// read that key alone another way (the fleet's records: `cluster::Node::read_fleet`).
+    #[test]
+    fn the_reply_over_a_bound_is_named() {
+        let get3 = |con: &mut Link| {
+            let mut pipe = redis::pipe();
+            for k in ["a", "b", "c"] {
+                pipe.cmd("GET").arg(k);
+            }
+            pipe.query::<Vec<redis::Value>>(con)
+        };
+        let big = format!("${}\r\n", MAX_REPLY_BYTES + 1).leak().as_bytes();
+        let reply: &'static [u8] = [b":1\r\n:2\r\n".as_slice(), big].concat().leak();
+        let mut con = link(fake(reply, None));
+        let e = get3(&mut con).expect_err("over the limit");
+        assert!(over_a_bound(&e), "{e}");
+        assert_eq!(con.over_a_bound_at(), Some(2));
+        assert!(!con.is_open());
+        // Any other failure names none.
+        assert!(get3(&mut con).is_err());
+        assert_eq!(con.over_a_bound_at(), None);
+        let mut fine = link(fake(b":1\r\n:2\r\n:3\r\n", None));
+        assert_eq!(get3(&mut fine).expect("replies").len(), 3);
+        assert_eq!(fine.over_a_bound_at(), None);
     }
 }
