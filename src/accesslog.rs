@@ -211,7 +211,13 @@ impl Outputs {
                     alive,
                     until: None,
                 });
-                log::info!("access log: reopened {}", p.display());
+                // Said as what it is: a reopen for rotation, which every SIGHUP makes whatever its
+                // reload does (an operator review read it, after a failed reload, as part of
+                // that reload having happened).
+                log::info!(
+                    "access log: reopened {} (every SIGHUP and SIGUSR1 reopen it, for log rotation)",
+                    p.display()
+                );
                 true
             }
             Err(e) => {

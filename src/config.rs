@@ -1787,8 +1787,13 @@ impl Config {
                         // valid YAML; if it is not without the block (a `- item` or a `}`
                         // at column 0 left behind, an anchor defined there), what it would
                         // say is ours, not the file's (a review): stop at this key.
-                        let blanked = without_block(&text, line, key)
-                            .filter(|t| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(t).is_ok());
+                        // (A key given twice is said by the typed reading.)
+                        let blanked = without_block(&text, line, key).filter(|t| {
+                            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(t).map_or_else(
+                                |e| e.to_string().contains("duplicate entry"),
+                                |_| true,
+                            )
+                        });
                         let Some(blanked) = blanked else {
                             break Err(e);
                         };
@@ -1876,18 +1881,37 @@ impl Config {
                 }
             })?
         };
-        if let Some((name, lines)) = raw
+        // Said with the others, at the second's line: it used to stop the reading, and hid
+        // every other error in the file (an operator review).
+        let twice = raw
             .services
             .as_ref()
             .and_then(|e| duplicate_service(text, e))
-        {
-            let at = lines.map_or(String::new(), |(a, b)| format!(" (lines {a} and {b})"));
-            return Err(invalid(
-                format!("services.{name}"),
-                format!("is defined twice{at}: the second would silently replace the first; merge their backends into one entry or rename one"),
-            ));
-        }
-        validate(raw).map_err(|e| with_lines(e, text))
+            .map(|(name, lines)| {
+                let fix = "the second would silently replace the first; merge their backends into one entry or rename one";
+                match lines {
+                    Some((a, b)) => invalid(
+                        format!("line {b}: services.{name}"),
+                        format!("is defined twice (first on line {a}): {fix}"),
+                    ),
+                    None => invalid(format!("services.{name}"), format!("is defined twice: {fix}")),
+                }
+            });
+        let validated = validate(raw);
+        let Some(twice) = twice else {
+            return validated.map_err(|e| with_lines(e, text));
+        };
+        Err(with_lines(
+            match validated {
+                Ok(_) => twice,
+                Err(ConfigError::Several(mut all)) => {
+                    all.push(twice);
+                    ConfigError::Several(all)
+                }
+                Err(e) => ConfigError::Several(vec![e, twice]),
+            },
+            text,
+        ))
     }
 
     /// Whether `addr` is this gateway's own `listen` address: the same, or an address of
@@ -4373,14 +4397,40 @@ mod tests {
     fn a_service_defined_twice_is_rejected_with_both_lines() {
         let e = err("listen: 127.0.0.1:0\nservices:\n  a: [http://127.0.0.1:1]\n  # a comment\n  b:\n    backends: [http://127.0.0.1:2]\n    breaker: {cooldown: 1s}\n  a:\n    - http://127.0.0.1:3\n");
         assert!(
-            e.contains("services.a") && e.contains("twice") && e.contains("lines 3 and 8"),
+            e.contains("line 8: services.a: is defined twice (first on line 3)"),
             "{e}"
         );
         let e = err("services:\n    \"x\": [http://127.0.0.1:1]\n    x: [http://127.0.0.1:1]\n");
         assert!(
-            e.contains("services.x") && e.contains("lines 2 and 3"),
+            e.contains("line 3: services.x: is defined twice (first on line 2)"),
             "{e}"
         );
+        // Said with the file's other errors, in the order of their lines: it stopped the
+        // reading, and hid them, or was hidden by a wrong type read before it (an operator
+        // review).
+        for (text, first) in [
+            (
+                "timeouts:\n  connect: soon\n",
+                "line 2: timeouts.connect: invalid duration",
+            ),
+            ("workers: two\n", "line 1: workers: invalid type"),
+            (
+                "access_log: on\n",
+                "line 1: access_log: on is not a destination",
+            ),
+        ] {
+            let e = err(&format!(
+                "{text}services:\n  a: [http://127.0.0.1:1]\n  a: [http://127.0.0.1:2]\n"
+            ));
+            let lines = text.lines().count();
+            let twice = format!(
+                "line {}: services.a: is defined twice (first on line {})",
+                lines + 3,
+                lines + 2
+            );
+            assert!(e.starts_with("2 errors: ") && e.contains(first), "{e}");
+            assert!(e.find(first) < e.find(&twice), "{e}");
+        }
         // Flow style: no lines to point at, still an error.
         let e = err("services: {a: [http://127.0.0.1:1], a: [http://127.0.0.1:2]}\n");
         assert!(e.contains("services.a") && e.contains("twice"), "{e}");

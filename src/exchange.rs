@@ -740,8 +740,14 @@ impl<'a> Attempt<'a> {
             ),
         }
         if tr == Transition::Opened && self.every_circuit_open() {
+            // The statuses are worth a look only when a status opened it: an operator review
+            // was sent to them by refused connects, which no status list changes.
+            let hint = match outcome {
+                Outcome::Answered(_) => " (if the clients' own requests make these failures, list the statuses that are the backend's fault in the service's breaker.failure_statuses)",
+                _ => "",
+            };
             log::warn!(
-                "breaker: every backend of {svc} has an open circuit: its requests are answered 503 no_backend_available until a probe succeeds (if the clients' own requests make these failures, list the statuses that are the backend's fault in the service's breaker.failure_statuses)"
+                "breaker: every backend of {svc} has an open circuit: its requests are answered 503 no_backend_available until a probe succeeds{hint}"
             );
         }
     }

@@ -117,6 +117,18 @@ fn other_major_version(buf: &[u8]) -> bool {
         && token(target)
 }
 
+/// Whether the request line in `buf` is three words, the last `HTTP/` and more: then what
+/// the parser refused after the target is the version.
+fn version_is_wrong(buf: &[u8]) -> bool {
+    let mut parts = first_line(buf).split(|&c| c == b' ');
+    let (Some(_), Some(_), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    version.starts_with(b"HTTP/")
+}
+
 /// RFC 9112 §2.3: a request of a later minor version of HTTP/1 (`HTTP/1.2` to `HTTP/1.9`)
 /// is read as one of the highest we implement, 1.1, as NGINX does (it was a 400, which
 /// httparse's refusal gave). Rewrites the version of a complete request line in `buf` in
@@ -428,6 +440,11 @@ pub fn parse_request<'h, 'b>(
         Err(httparse::Error::Token) => return Err(RequestError::Bad("invalid_method")),
         Err(httparse::Error::HeaderName) => return Err(RequestError::Bad("invalid_header_name")),
         Err(httparse::Error::HeaderValue) => return Err(RequestError::Bad("invalid_header_value")),
+        // `HTTP/1.10`, `HTTP/1.1x`: httparse reads `HTTP/1.1` and finds no line end after it.
+        // The version is what is wrong (an operator review was told the line was malformed).
+        Err(httparse::Error::NewLine) if version_is_wrong(buf) => {
+            return Err(RequestError::Bad("invalid_version"))
+        }
         Err(_) => return Err(RequestError::Bad("malformed_request_line")),
     };
     // An over-long target is 414 whether or not the head arrived in one read.
@@ -1918,6 +1935,16 @@ mod tests {
         assert_eq!(bad(b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n"), "invalid_method");
         assert_eq!(bad(b"garbage\r\n\r\n"), "malformed_request_line");
         assert_eq!(bad(b"gar(bage\r\n\r\n"), "malformed_request_line");
+        // A version that is wrong past what the parser read as one (an operator review:
+        // `HTTP/1.10` was a malformed request line).
+        for v in ["HTTP/1.10", "HTTP/1.1x", "HTTP/1.11"] {
+            let raw = format!("GET / {v}\r\nHost: a\r\n\r\n");
+            assert_eq!(bad(raw.as_bytes()), "invalid_version", "{v}");
+        }
+        assert_eq!(
+            bad(b"GET / HTTP/1.1 x\r\nHost: a\r\n\r\n"),
+            "malformed_request_line"
+        );
         // A byte the target may not hold is named as such, not as the method.
         assert_eq!(
             bad(b"GET /a\x7fb HTTP/1.1\r\nHost: a\r\n\r\n"),

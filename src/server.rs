@@ -437,6 +437,18 @@ pub fn start_warnings(config: &crate::config::Config) -> Vec<String> {
             ));
         }
     }
+    // An explicit field list without the ID (the default list ends with it): the ID goes
+    // both ways but into no line, which an operator review found only in an aside.
+    if config.request_id
+        && config.access_log != crate::accesslog::Sink::Off
+        && !config
+            .access_log_fields
+            .contains(&crate::accesslog::Field::RequestId)
+    {
+        out.push(
+            "request_id is on, but access_log_fields leaves request_id out: requests and answers carry the ID, their access log lines do not; list it to log it".to_string(),
+        );
+    }
     if config.admin.is_none() && !config.timeouts.drain_grace.is_zero() {
         out.push(
             "timeouts.drain_grace is set but there is no `admin` port: nothing can see /healthz fail during the grace, so it only delays the drain".to_string(),
@@ -926,6 +938,30 @@ mod tests {
             .into_iter()
             .filter(|w| w.contains(what))
             .collect()
+    }
+
+    /// An operator review: with `request_id: true` and a field list without it, the ID was
+    /// missing from the access log without a word.
+    #[test]
+    fn a_request_id_left_out_of_the_access_log_is_warned_of() {
+        let said = "access_log_fields leaves request_id out";
+        let base = "access_log: stdout\nservices:\n  a: [http://127.0.0.1:18001]\n";
+        let w = warnings_saying(
+            &format!("request_id: true\naccess_log_fields: [time, status]\n{base}"),
+            said,
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        for quiet in [
+            format!("request_id: true\n{base}"),
+            format!("request_id: true\naccess_log_fields: [time, request_id]\n{base}"),
+            format!("access_log_fields: [time, status]\n{base}"),
+            format!(
+                "request_id: true\naccess_log_fields: [time]\n{}",
+                base.replace("stdout", "off")
+            ),
+        ] {
+            assert!(warnings_saying(&quiet, said).is_empty(), "{quiet}");
+        }
     }
 
     /// Regression (an operator review): a backend on the gateway's own port passed

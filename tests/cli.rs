@@ -314,7 +314,7 @@ fn check_rejects_a_service_defined_twice_and_a_crlf_in_a_backend_path() {
     let (code, text) = check("services:\n  a: [http://127.0.0.1:1]\n  b: [http://127.0.0.1:2]\n  a: [http://127.0.0.1:3]\n");
     assert_eq!(code, Some(1), "{text}");
     assert!(
-        text.contains("services.a") && text.contains("lines 2 and 4"),
+        text.contains("line 4: services.a: is defined twice (first on line 2)"),
         "{text}"
     );
     let (code, text) = check("services:\n  a: [\"http://127.0.0.1:1/x\\r\\nX-Evil: 1\"]\n");

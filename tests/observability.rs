@@ -962,11 +962,14 @@ fn a_circuit_that_opens_says_why_in_the_log() {
     let every = |svc: &str| {
         format!("breaker: every backend of {svc} has an open circuit: its requests are answered 503 no_backend_available until a probe succeeds")
     };
+    // The failure statuses are named only where a status opened the circuit (an operator
+    // review was sent to them by refused connects).
+    let statuses = " (if the clients' own requests make these failures, list the statuses that are the backend's fault in the service's breaker.failure_statuses)";
     let wanted = [
         format!("breaker: down http://{refused} opened after 2 consecutive failures, the last: backend_connect_failed to GET /v1/proxy/down/x%09\\u{{2028}}y\n"),
         format!("breaker: failing http://{} opened after 2 consecutive failures, the last: status 503 to GET /v1/proxy/failing/x%09\\u{{2028}}y\n", rec.addr),
-        every("down"),
-        every("failing"),
+        every("down") + "\n",
+        every("failing") + statuses,
     ];
     let mut text = String::new();
     let found = eventually(Duration::from_secs(5), || {
@@ -1004,6 +1007,38 @@ fn a_circuit_that_opens_beside_a_closed_one_says_nothing_of_the_service() {
     let _ = std::fs::remove_file(&log);
     assert!(found, "{opened} not in {text}");
     assert!(!text.contains("every backend of mixed"), "{text}");
+}
+
+/// Regression (an operator review): after `reload failed`, the access log's reopen line
+/// (every SIGHUP makes one, for rotation) read as part of that reload having happened. It
+/// says now why it is there.
+#[test]
+fn the_access_log_reopen_of_a_failed_reload_says_why_it_is_there() {
+    let b = mock_backend();
+    let access = temp_path("reopen-access.log");
+    let good = config(
+        1,
+        &format!("admin: 127.0.0.1:0\naccess_log: {}", access.display()),
+        &format!("  svc: [http://{}]\n", b.addr),
+    );
+    let path = write_config(&good);
+    let log = temp_path("reopen.log");
+    let (g, _admin) = gateway_logging_to(&path, &log);
+    std::fs::write(&path, good.replace("services:", "services:\n  svc2: 7")).expect("write");
+    signal(&g.child, libc::SIGHUP);
+    let reopened = format!(
+        "access log: reopened {} (every SIGHUP and SIGUSR1 reopen it, for log rotation)",
+        access.display()
+    );
+    let mut text = String::new();
+    let found = eventually(Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("reload failed") && text.contains(&reopened)
+    });
+    drop(g);
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&access);
+    assert!(found, "{reopened} not in {text}");
 }
 
 #[test]
