@@ -104,10 +104,7 @@ fn first_line(buf: &[u8]) -> &[u8] {
 /// `HTTP/D.D` with a major version other than 1 (`HTTP/2.0`, `HTTP/3.0`): RFC 9110 §15.6.6
 /// answers that 505, as NGINX does. Anything else wrong with the version is a 400.
 fn other_major_version(buf: &[u8]) -> bool {
-    let mut parts = first_line(buf).split(|&c| c == b' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let Some([method, target, version]) = three_words(buf) else {
         return false;
     };
     let token = |v: &[u8]| !v.is_empty() && v.iter().all(|&c| c.is_ascii_graphic());
@@ -120,13 +117,16 @@ fn other_major_version(buf: &[u8]) -> bool {
 /// Whether the request line in `buf` is three words, the last `HTTP/` and more: then what
 /// the parser refused after the target is the version.
 fn version_is_wrong(buf: &[u8]) -> bool {
+    three_words(buf).is_some_and(|[_, _, version]| version.starts_with(b"HTTP/"))
+}
+
+/// The request line in `buf` as its three space-separated words, if it is three.
+fn three_words(buf: &[u8]) -> Option<[&[u8]; 3]> {
     let mut parts = first_line(buf).split(|&c| c == b' ');
-    let (Some(_), Some(_), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    version.starts_with(b"HTTP/")
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(a), Some(b), Some(c), None) => Some([a, b, c]),
+        _ => None,
+    }
 }
 
 /// RFC 9112 §2.3: a request of a later minor version of HTTP/1 (`HTTP/1.2` to `HTTP/1.9`)
