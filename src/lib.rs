@@ -135,7 +135,7 @@ pub fn run(
         Err(e) => {
             // What failed after the fleet was joined leaves it at once.
             shared.draining.store(true, Ordering::SeqCst);
-            wait_for_fleet_exit(fleet);
+            wait_for_fleet_exit(fleet, &shared);
             return cannot_serve(&mut inherited, e);
         }
     };
@@ -169,7 +169,7 @@ pub fn run(
             while !server.finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            wait_for_fleet_exit(fleet);
+            wait_for_fleet_exit(fleet, &shared);
             return cannot_serve(&mut inherited, e);
         }
     };
@@ -254,9 +254,9 @@ pub fn run(
         }
     }
     // The cluster thread leaves the fleet's list of instances as the drain begins (so that a
-    // restart's new name is not counted twice towards `open_quorum`): give it the time one
-    // round and one request to Redis take, for a drain that had nothing to wait for.
-    wait_for_fleet_exit(fleet);
+    // restart's new name is not counted twice towards `open_quorum`), or once a probe of
+    // this instance's has ended: give it the time one round and one request to Redis take.
+    wait_for_fleet_exit(fleet, &shared);
     match shared.cut_at_drain.load(Ordering::Relaxed) {
         0 => log::info!("drained; exiting"),
         cut => log::warn!(
@@ -370,9 +370,11 @@ fn stopping_signals(
     }
 }
 
-/// Gives the cluster thread, told to leave by the drain flag, the time one round and one
-/// request to Redis take to leave the fleet's list of instances.
-fn wait_for_fleet_exit(fleet: Option<std::thread::JoinHandle<()>>) {
+/// Tells the cluster thread that the workers are done (a probe the drain deadline cut has
+/// no outcome to wait for), and gives it the time one round and one request to Redis take
+/// to leave the fleet's list of instances.
+fn wait_for_fleet_exit(fleet: Option<std::thread::JoinHandle<()>>, shared: &Shared) {
+    shared.served_out.store(true, Ordering::SeqCst);
     if let Some(fleet) = fleet {
         let end = Instant::now() + Duration::from_millis(600);
         while !fleet.is_finished() && Instant::now() < end {

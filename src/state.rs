@@ -344,10 +344,13 @@ const HANDOVER_REFUSED: u8 = 2;
 pub struct Shared {
     pub current: ArcSwap<Snapshot>,
     registry: Mutex<Registry>,
-    /// Set once on SIGTERM/SIGINT; workers stop accepting and finish what they have.
     /// Set on SIGTERM/SIGINT, `timeouts.drain_grace` before `draining`.
     pub stopping: AtomicBool,
+    /// Set once on SIGTERM/SIGINT; workers stop accepting and finish what they have.
     pub draining: AtomicBool,
+    /// Set once the workers are done (drained, or cut at the drain deadline): nothing of
+    /// this process's will end a probe now (the cluster thread leaves the fleet then).
+    pub served_out: AtomicBool,
     /// Whether a new process took the listening sockets over (`SIGUSR2`, [`crate::upgrade`]):
     /// [`HANDOVER_PENDING`], then [`HANDED_OVER`] (the address serves from that process while
     /// this one drains) or [`HANDOVER_REFUSED`] (a stop came first), each set once by a
@@ -434,6 +437,7 @@ impl Shared {
             current: ArcSwap::new(snapshot),
             registry: Mutex::new(registry),
             draining: AtomicBool::new(false),
+            served_out: AtomicBool::new(false),
             handover: AtomicU8::new(HANDOVER_PENDING),
             listeners_taken: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),

@@ -484,6 +484,27 @@ fn a_lost_probe_lease_lets_no_second_probe_beside_a_running_one() {
     assert_eq!(during, 1, "probes reaching the backend while the first ran");
 }
 
+/// Opens `fleet`'s circuit on `rec`, makes `rec` hang, and puts every instance under load
+/// until one probes: that instance's index, `rec`'s count of requests before the probe,
+/// and the load.
+fn hanging_probe_under_load(fleet: &[AdminGateway], rec: &Recorder) -> (usize, usize, Load) {
+    fail(&fleet[0], 2);
+    assert!(eventually(WAIT, || fleet.iter().all(|g| status(g) == 503)));
+    rec.set(Mode::Hang);
+    let opened = rec.requests();
+    let load = Load::on(fleet);
+    let probed = eventually(WAIT, || rec.requests() > opened);
+    let probing = eventually(WAIT, || fleet.iter().any(|g| backend(g).0 == "half_open"));
+    let prober = fleet.iter().position(|g| backend(g).0 == "half_open");
+    match prober.filter(|_| probed && probing) {
+        Some(prober) => (prober, opened, load),
+        None => {
+            load.end();
+            panic!("no probe reached the backend, or no instance shows it (probed: {probed})");
+        }
+    }
+}
+
 /// A fleet review (2026-12-05): SIGTERM to the instance whose probe ran under the fleet's
 /// lease took it out of the list of instances at once, which frees its lease, and another
 /// instance probed beside the first (1.2 s of overlap); the first probe's outcome never
@@ -496,22 +517,8 @@ fn a_draining_instance_keeps_its_probe_to_itself_and_publishes_its_outcome() {
     let name = fleet_name("drain-probe");
     let breaker = "{failure_threshold: 2, cooldown: 2s}";
     let mut fleet = fleet_of(3, &redis, &name, 1, breaker, rec.addr);
-    fail(&fleet[0], 2);
-    assert!(eventually(WAIT, || fleet.iter().all(|g| status(g) == 503)));
     // Every probe now takes the whole 2 s response timeout.
-    rec.set(Mode::Hang);
-    let opened = rec.requests();
-    let load = Load::on(&fleet);
-    assert!(
-        eventually(WAIT, || rec.requests() > opened),
-        "no probe reached the backend"
-    );
-    let probing = eventually(WAIT, || fleet.iter().any(|g| backend(g).0 == "half_open"));
-    let prober = fleet.iter().position(|g| backend(g).0 == "half_open");
-    let Some(prober) = prober.filter(|_| probing) else {
-        load.end();
-        panic!("no instance shows its probe");
-    };
+    let (prober, opened, load) = hanging_probe_under_load(&fleet, &rec);
     let id = cluster(&fleet[prober])["instance"]
         .as_str()
         .map(String::from)
@@ -550,6 +557,46 @@ fn a_draining_instance_keeps_its_probe_to_itself_and_publishes_its_outcome() {
     let others: Vec<_> = (0..fleet.len()).filter(|&i| i != prober).collect();
     let peers = || cluster(&fleet[others[0]])["peers"].to_string();
     assert!(eventually(WAIT, || !peers().contains(&id)), "{}", peers());
+    fleet.remove(prober);
+}
+
+/// A re-review (2026-12-05): a probe that the drain deadline cut kept the draining
+/// instance's cluster thread waiting for its outcome until the process exited, still in the
+/// list of instances and holding the lease, so no instance probed until its heartbeat had
+/// lapsed, 6 s later. A drain that is over gives the lease back and leaves at once.
+#[test]
+fn a_probe_the_drain_deadline_cuts_gives_its_lease_back() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(500));
+    let name = fleet_name("drain-cut");
+    let member = || {
+        gateway_at(&write_config(&config(
+            2,
+            &format!(
+                "admin: 127.0.0.1:0\nbreaker: {{failure_threshold: 2, cooldown: 2s}}\n\
+                 timeouts: {{response: 20s, drain: 1s}}\n\
+                 cluster: {{redis: {}, name: {name}}}",
+                redis.url()
+            ),
+            &format!("  svc: [http://{}]\n", rec.addr),
+        )))
+    };
+    let mut fleet: Vec<AdminGateway> = (0..3).map(|_| member()).collect();
+    assert!(eventually(WAIT, || fleet.iter().all(cluster_up)));
+    // The probe outlasts the drain deadline.
+    let (prober, opened, load) = hanging_probe_under_load(&fleet, &rec);
+    signal(&fleet[prober].proc.child, libc::SIGTERM);
+    let exited = eventually(WAIT, || {
+        matches!(fleet[prober].proc.child.try_wait(), Ok(Some(_)))
+    });
+    let gone = Instant::now();
+    // The next probe comes from another instance, well before the 5 s a heartbeat takes to
+    // lapse.
+    let next = eventually(Duration::from_secs(3), || rec.requests() - opened >= 2);
+    let waited = gone.elapsed();
+    load.end();
+    assert!(exited, "the draining instance did not exit");
+    assert!(next, "no next probe {waited:?} after the prober left");
     fleet.remove(prober);
 }
 
@@ -1926,10 +1973,15 @@ fn junk_in_one_fleet_record_takes_out_only_its_circuit() {
         return redis.call('ZCARD', KEYS[1])";
     let said = redis.send(&format!("EVAL \"{script}\" 1 {opens}\r\n"), "\r\n");
     assert!(said.starts_with(":500000"), "{said}");
-    let services = format!(
-        "  svc: [http://{}]\n  other: [http://{}]\n",
-        rec.addr, other.addr
-    );
+    // Eleven records to junk at once: each used to cost the round a reconnect and a
+    // second ask within one deadline, which 15 outlasted (a re-review).
+    let junked: Vec<String> = std::iter::once("other".to_string())
+        .chain((0..10).map(|i| format!("more{i}")))
+        .collect();
+    let mut services = format!("  svc: [http://{}]\n", rec.addr);
+    for s in &junked {
+        services += &format!("  {s}: [http://{}]\n", other.addr);
+    }
     let (log_a, log_b) = (LogFile::new("junk-a"), LogFile::new("junk-b"));
     let member = |log: &LogFile| {
         gateway_at_logging_to(&fleet_member_config(&redis, &name, 1, &services), &log.path)
@@ -1955,25 +2007,41 @@ fn junk_in_one_fleet_record_takes_out_only_its_circuit() {
         std::thread::sleep(Duration::from_millis(500));
         (calls("hmget") - hmget, calls("eval") - eval)
     };
-    // Two instances, two records each, a round every 20 ms: about 100 reads, and one
+    // Two instances, twelve records each, a round every 20 ms: about 1 200 reads, and one
     // heartbeat script per instance and second.
     let (reads, scripts) = half_second();
     assert!(
         reads >= 20 && scripts < 20,
         "{reads} reads, {scripts} scripts"
     );
-    let junk = format!("{name}:breaker:other:http://{}", other.addr);
+    let keys: Vec<String> = junked
+        .iter()
+        .map(|s| format!("{name}:breaker:{s}:http://{}", other.addr))
+        .collect();
+    // All at once, so that one round meets them all: made once, then copied (made in the
+    // script that puts them in place, they stalled Redis past a round's deadline by
+    // themselves).
+    let made = format!("{name}:junk");
     let said = redis.send(
         &format!(
-            "EVAL \"redis.call('HSET', KEYS[1], 'instance', string.rep('x', 2000000)) return 1\" 1 {junk}\r\n"
+            "EVAL \"return redis.call('HSET', KEYS[1], 'instance', string.rep('x', 2000000))\" 1 {made}\r\n"
         ),
         "\r\n",
     );
     assert!(said.starts_with(":1"), "{said}");
+    let said = redis.send(
+        &format!(
+            "EVAL \"for _, k in ipairs(KEYS) do redis.call('COPY', ARGV[1], k, 'REPLACE') end return #KEYS\" {} {} {made}\r\n",
+            keys.len(),
+            keys.join(" ")
+        ),
+        "\r\n",
+    );
+    assert_eq!(said, ":11\r\n");
     let over = "came back over the size limit";
     assert!(
-        eventually(WAIT, || log_a.count(over) == 1 && log_b.count(over) == 1),
-        "the record too large is not said: {}",
+        eventually(WAIT, || log_a.count(over) == 11 && log_b.count(over) == 11),
+        "the records too large are not said: {}",
         log_a.text()
     );
     // One record read bounded, the other bare, and no round failed for it.
@@ -2002,11 +2070,11 @@ fn junk_in_one_fleet_record_takes_out_only_its_circuit() {
     // What was stamped ahead is gone; a's open is what is left.
     let said = redis.send(&format!("ZCARD {opens}\r\n"), "\r\n");
     assert!(said.starts_with(":1\r"), "{said}");
-    // The junk gone, the record is read bare again.
-    let said = redis.send(&format!("DEL {junk}\r\n"), "\r\n");
-    assert!(said.starts_with(":1"), "{said}");
+    // The junk gone, the records are read bare again.
+    let said = redis.send(&format!("DEL {}\r\n", keys.join(" ")), "\r\n");
+    assert_eq!(said, ":11\r\n");
     assert!(
-        eventually(WAIT, || log_a.count("is within bounds again") == 1),
+        eventually(WAIT, || log_a.count("is within bounds again") == 11),
         "{}",
         log_a.text()
     );
