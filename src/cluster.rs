@@ -411,6 +411,30 @@ return redis.call('HMGET', KEYS[1], 'state', 'at', 'instance')
 /// What [`READ`] answers for a record with a field over its bound.
 const OVER_BOUND: &str = "is over 64 bytes";
 
+/// Largest reply the round that reads the records takes (a record within bounds is about
+/// 230 bytes, a budget's slice under 100): a larger one is read through [`READ`] from then
+/// on. With the link's own limit (1 MiB) alone, records just under it were read whole every
+/// round: fifty of 1 MB cost each instance a third of a core and Redis half of one, and with
+/// Redis busy took every instance out of the fleet (a re-review).
+const ROUND_REPLY_LIMIT: usize = 1024;
+
+/// `r`, refused as [`READ`] refuses it when a field is over 64 bytes: a record read bare is
+/// used or not as one read through the script is (a re-review: a 100-byte `instance` was
+/// applied from one and refused from the other).
+fn within_bounds(r: redis::RedisResult<Record>) -> redis::RedisResult<Record> {
+    let over = |f: &Option<String>| f.as_ref().is_some_and(|f| f.len() > 64);
+    match r {
+        Ok((state, at, instance)) if over(&state) || over(&at) || over(&instance) => {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "read bare",
+                format!("a field of this record {OVER_BOUND}"),
+            )))
+        }
+        r => r,
+    }
+}
+
 /// Says that `t`'s record is read through [`READ`] from now on.
 fn say_read_bounded(t: &Track) {
     log::warn!(
@@ -1347,6 +1371,7 @@ impl Node {
         }
         // Records from this one on are read bounded in this round (see below).
         let mut bounded_from = self.tracks.len();
+        con.set_reply_limit(ROUND_REPLY_LIMIT);
         let mut values: Vec<redis::Value> = loop {
             let mut pipe = redis::pipe();
             for (j, t) in self.tracks.iter().enumerate() {
@@ -1401,8 +1426,10 @@ impl Node {
             say_read_bounded(&self.tracks[i]);
             bounded_from = i;
             *con = Link::connect(info, left)?;
+            con.set_reply_limit(ROUND_REPLY_LIMIT);
         };
         con.set_deadline(IO_TIMEOUT);
+        con.set_reply_limit(crate::redis_link::MAX_REPLY_BYTES);
         if values.len() != self.tracks.len() + wanted.len() {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Parse,
@@ -1455,7 +1482,7 @@ impl Node {
         let mut changed = false;
         for (i, v) in values.into_iter().enumerate() {
             let hash = self.tracks[i].hash.clone();
-            let read = value_of::<Record>(v);
+            let read = within_bounds(value_of::<Record>(v));
             let t = &mut self.tracks[i];
             match &read {
                 Ok(_) if t.bounded => {
@@ -2128,6 +2155,17 @@ mod tests {
     #[test]
     fn the_bounded_read_says_what_the_round_looks_for() {
         assert!(READ.contains(OVER_BOUND));
+        // A record read bare is refused alike.
+        let field = |n: usize| Some("x".repeat(n));
+        let e = within_bounds(Ok((field(4), field(13), field(65)))).expect_err("over");
+        assert!(e.to_string().contains(OVER_BOUND), "{e}");
+        assert!(!refuses_everything(&e) && !e.is_io_error());
+        let fine = (field(6), field(13), field(64));
+        assert_eq!(within_bounds(Ok(fine.clone())).ok(), Some(fine));
+        assert_eq!(
+            within_bounds(Ok((None, None, None))).ok(),
+            Some((None, None, None))
+        );
         assert!(PUBLISH.ends_with(READ));
         // The lengths first: a field is never copied into the script to be measured.
         assert!(READ.find("HSTRLEN") < READ.find("HMGET"));

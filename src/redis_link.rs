@@ -38,6 +38,8 @@ pub struct Link {
     open: bool,
     /// Which of the last request's replies broke a size bound, counted from its first.
     over_at: Option<usize>,
+    /// Largest reply taken, at most [`MAX_REPLY_BYTES`] (see [`Link::set_reply_limit`]).
+    reply_limit: usize,
 }
 
 /// Whether `e` is a reply refused for a size bound: a string, an array or a whole reply
@@ -85,6 +87,7 @@ impl Link {
             deadline,
             open: true,
             over_at: None,
+            reply_limit: MAX_REPLY_BYTES,
         };
         if let Some(password) = settings.password() {
             let mut auth = redis::cmd("AUTH");
@@ -102,6 +105,12 @@ impl Link {
     /// How long each later request may take.
     pub fn set_deadline(&mut self, deadline: Duration) {
         self.deadline = deadline;
+    }
+
+    /// Largest reply each later request may take (at most [`MAX_REPLY_BYTES`]): one over it
+    /// fails the request as over a size bound, before its bytes are read.
+    pub fn set_reply_limit(&mut self, bytes: usize) {
+        self.reply_limit = bytes.min(MAX_REPLY_BYTES);
     }
 
     /// Which reply of the last request (0: the first command's of a pipeline) failed it by
@@ -165,7 +174,10 @@ impl Link {
 
     /// Reads until `buf` starts with one whole reply within the bounds; its length.
     fn frame(&mut self, end: Instant) -> RedisResult<usize> {
-        let mut scan = Scan::default();
+        let mut scan = Scan {
+            limit: self.reply_limit,
+            ..Scan::default()
+        };
         let mut chunk = [0u8; 16 * 1024];
         loop {
             match scan.step(&self.buf) {
@@ -239,7 +251,7 @@ impl ConnectionLike for Link {
 
 /// Frames one RESP2 reply at the start of a buffer, resumably and within the bounds above:
 /// call [`Scan::step`] again with the same buffer, grown, after `Ok(None)`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Scan {
     /// Where the next unread value starts.
     pos: usize,
@@ -247,6 +259,19 @@ struct Scan {
     open: Vec<u64>,
     /// Values seen so far.
     values: u64,
+    /// Largest reply in bytes.
+    limit: usize,
+}
+
+impl Default for Scan {
+    fn default() -> Scan {
+        Scan {
+            pos: 0,
+            open: Vec::new(),
+            values: 0,
+            limit: MAX_REPLY_BYTES,
+        }
+    }
 }
 
 impl Scan {
@@ -260,7 +285,7 @@ impl Scan {
                 if rest.len() > MAX_LINE {
                     return Err("Redis sent a line over the limit");
                 }
-                if buf.len() > MAX_REPLY_BYTES {
+                if buf.len() > self.limit {
                     return Err("Redis sent a reply over the size limit");
                 }
                 return Ok(None);
@@ -279,12 +304,12 @@ impl Scan {
                 }
                 b'$' => match number(line)? {
                     -1 => after,
-                    n if n < 0 || n as u64 > MAX_REPLY_BYTES as u64 => {
+                    n if n < 0 || n as u64 > self.limit as u64 => {
                         return Err("Redis sent a string over the size limit")
                     }
                     n => {
                         let end = after + n as usize + 2;
-                        if end > MAX_REPLY_BYTES {
+                        if end > self.limit {
                             return Err("Redis sent a reply over the size limit");
                         }
                         if buf.len() < end {
@@ -312,7 +337,7 @@ impl Scan {
                 },
                 _ => return Err("Redis sent a reply of an unknown type"),
             };
-            if next > MAX_REPLY_BYTES {
+            if next > self.limit {
                 return Err("Redis sent a reply over the size limit");
             }
             self.pos = next;
@@ -525,5 +550,13 @@ mod tests {
         let mut fine = link(fake(b":1\r\n:2\r\n:3\r\n", None));
         assert_eq!(get3(&mut fine).expect("replies").len(), 3);
         assert_eq!(fine.over_a_bound_at(), None);
+        // A tighter limit of the caller's: a string under the link's own is over it, and
+        // refused from its length, as one over the link's is.
+        let reply: &'static [u8] = b":1\r\n$300\r\n";
+        let mut tight = link(fake(reply, None));
+        tight.set_reply_limit(256);
+        let e = get3(&mut tight).expect_err("over the caller's limit");
+        assert!(over_a_bound(&e), "{e}");
+        assert_eq!(tight.over_a_bound_at(), Some(1));
     }
 }

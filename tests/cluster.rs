@@ -2087,6 +2087,53 @@ fn junk_in_one_fleet_record_takes_out_only_its_circuit() {
     }
 }
 
+/// A re-review (2026-12-05): records with fields just under the link's 1 MiB limit were read
+/// whole every round (fifty of 1 MB cost each instance a third of a core, and with Redis
+/// busy took every instance out of the fleet), and a 100-byte `instance` was applied from a
+/// record read bare but refused from one read through the script. The round that reads the
+/// records takes replies of at most 1 KiB, and a field over 64 bytes is refused either way.
+#[test]
+fn records_under_the_links_limit_but_over_their_own_are_read_bounded_too() {
+    let redis = Redis::start();
+    let (rec, other) = (Recorder::start(reply(200)), Recorder::start(reply(200)));
+    let name = fleet_name("junk-small");
+    let services = format!(
+        "  svc: [http://{}]\n  other: [http://{}]\n",
+        rec.addr, other.addr
+    );
+    let log = LogFile::new("junk-small");
+    let a = gateway_at_logging_to(&fleet_member_config(&redis, &name, 1, &services), &log.path);
+    assert!(eventually(WAIT, || cluster_up(&a)), "{}", cluster(&a));
+    let big = format!("{name}:breaker:other:http://{}", other.addr);
+    let said = redis.send(
+        &format!(
+            "EVAL \"return redis.call('HSET', KEYS[1], 'instance', string.rep('x', 1000000))\" 1 {big}\r\n"
+        ),
+        "\r\n",
+    );
+    assert!(said.starts_with(":1"), "{said}");
+    let over = "the fleet's record of other";
+    assert!(
+        eventually(WAIT, || log.count(over) == 1),
+        "a record of 1 MB is not read bounded: {}",
+        log.text()
+    );
+    // An open stamped now, naming an instance of 100 bytes: no instance's, read bare or not.
+    let small = format!("{name}:breaker:svc:http://{}", rec.addr);
+    let now = unix_ms().to_string();
+    write_record(&redis, &small, "open", &now, &"y".repeat(100));
+    assert!(
+        eventually(WAIT, || log.count("the fleet's record of svc") == 1),
+        "{}",
+        log.text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(state_in(&a, "svc"), "closed", "{}", log.text());
+    assert_eq!(get(a.proc.addr, "/v1/proxy/svc/x").status, 200);
+    assert_eq!(log.count("unreachable"), 0, "{}", log.text());
+    assert!(cluster_up(&a), "{}", cluster(&a));
+}
+
 /// Regression: under equal overload, a fleet budget went mostly to the instance whose
 /// rounds came first after tokens accrued (a review: 64 against 454 requests, in three runs
 /// of four). Rounds are jittered now, and the split is even within noise.
