@@ -26,7 +26,7 @@ use crate::h1;
 
 /// Default number of cells of the keyed-budget table.
 pub const DEFAULT_TABLE_CELLS: usize = 65536;
-/// Bounds of `rate_limit_table` (8 B per cell: 8 KiB to 128 MiB).
+/// Bounds of `rate_limit_table` (16 B per cell: 16 KiB to 256 MiB).
 pub const MIN_TABLE_CELLS: usize = 1024;
 pub const MAX_TABLE_CELLS: usize = 16 * 1024 * 1024;
 /// Largest `max_in_flight`.
@@ -418,6 +418,15 @@ const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
 /// The GCRA step for key `tag` in its table bucket (times in µs): Ok(TAT after this
 /// request) if admitted, else Err(µs until a request would be).
 ///
+/// `ids` are the bucket's cells' owners, the keys' whole 64-bit hashes, and `id` this key's:
+/// a cell whose tag matches is the key's only if its owner does too. With the 16-bit tag
+/// alone, a new key whose tag matched a spent cell of another key of the same limit ran on
+/// that key's budget (a hostile-client review: 5 of 60 000 new keys refused on their first
+/// request, with the other key's hour-long `Retry-After`, in a table full of spent cells).
+/// The owner is written before the claim's CAS: a claim that loses the CAS leaves a cell
+/// whose owner no longer matches, and its key takes another (a fresh budget: looser, never
+/// stricter); stricter takes a race and a 16-bit tag collision together.
+///
 /// The key's cell is the one with its tag, unless that cell's TAT is further ahead than
 /// this budget can ever put it (tolerance plus one interval, plus a second for clocks read
 /// at different moments by different workers): then it belongs to another
@@ -429,7 +438,8 @@ const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
 #[inline]
 fn gcra_keyed(
     bucket: &[AtomicU64],
-    tag: u64,
+    ids: &[AtomicU64],
+    (tag, id): (u64, u64),
     now: u64,
     interval: u64,
     tolerance: u64,
@@ -442,7 +452,10 @@ fn gcra_keyed(
             let w = c.load(Ordering::Relaxed);
             let tat = w & TAT_MASK;
             // A second of slack: another worker may have read its clock a little later.
-            if w >> TAT_BITS == tag && tat <= now + tolerance + interval + 1_000_000 {
+            if w >> TAT_BITS == tag
+                && tat <= now + tolerance + interval + 1_000_000
+                && ids[i].load(Ordering::Relaxed) == id
+            {
                 own = Some((i, w, tat));
                 break;
             }
@@ -454,6 +467,9 @@ fn gcra_keyed(
         let next = tat.max(now) + interval;
         if next - now > tolerance {
             return Err(next - now - tolerance);
+        }
+        if own.is_none() {
+            ids[i].store(id, Ordering::Relaxed);
         }
         let new = tag << TAT_BITS | next;
         if bucket[i]
@@ -469,6 +485,8 @@ fn gcra_keyed(
 /// [`WAYS`].
 pub struct Table {
     cells: Box<[AtomicU64]>,
+    /// Each cell's owner: its key's whole hash (see [`gcra_keyed`]).
+    ids: Box<[AtomicU64]>,
     hasher: RandomState,
 }
 
@@ -480,17 +498,26 @@ impl fmt::Debug for Table {
 
 impl Table {
     fn new(cells: usize) -> Table {
-        Table {
-            cells: (0..cells.div_ceil(WAYS) * WAYS)
+        let words = || {
+            (0..cells.div_ceil(WAYS) * WAYS)
                 .map(|_| AtomicU64::new(0))
-                .collect(),
+                .collect()
+        };
+        Table {
+            cells: words(),
+            ids: words(),
             hasher: RandomState::new(),
         }
     }
 
-    /// The bucket of a key of `budget` (`kind` tells the key's kinds apart) and its tag
-    /// (never 0, which marks an empty cell).
-    fn bucket(&self, budget: u64, kind: u8, key: &[u8]) -> (&[AtomicU64], u64) {
+    /// The bucket of a key of `budget` (`kind` tells the key's kinds apart), its cells'
+    /// owners, and the key's tag (never 0, which marks an empty cell) and whole hash.
+    fn bucket(
+        &self,
+        budget: u64,
+        kind: u8,
+        key: &[u8],
+    ) -> (&[AtomicU64], &[AtomicU64], (u64, u64)) {
         let mut h = self.hasher.build_hasher();
         budget.hash(&mut h);
         kind.hash(&mut h);
@@ -500,7 +527,8 @@ impl Table {
         // comes from the low bits.
         let buckets = self.cells.len() / WAYS;
         let i = ((u128::from(h) * buckets as u128) >> 64) as usize * WAYS;
-        (&self.cells[i..i + WAYS], (h & 0xffff).max(1))
+        let (cells, ids) = (&self.cells[i..i + WAYS], &self.ids[i..i + WAYS]);
+        (cells, ids, ((h & 0xffff).max(1), h))
     }
 }
 
@@ -629,8 +657,8 @@ impl Admission {
             };
         }
         let now = now_ns();
-        let (bucket, tag) = match (&l.budget, &l.limit.key) {
-            (Budget::Word(w), _) => (std::slice::from_ref(&***w), 0),
+        let (bucket, ids, (tag, id)) = match (&l.budget, &l.limit.key) {
+            (Budget::Word(w), _) => (std::slice::from_ref(&***w), &[][..], (0, 0)),
             (Budget::Keyed { table, id }, LimitKey::ClientIp) => {
                 match client_ip(caller.peer, caller.headers, trusted) {
                     IpAddr::V4(v4) => table.bucket(*id, 4, &v4.octets()),
@@ -677,7 +705,7 @@ impl Admission {
         } else {
             let (now_us, interval_us) = (now / 1000, (l.interval / 1000).max(1));
             let tolerance_us = (l.tolerance / 1000).max(interval_us);
-            gcra_keyed(bucket, tag, now_us, interval_us, tolerance_us)
+            gcra_keyed(bucket, ids, (tag, id), now_us, interval_us, tolerance_us)
                 .map(|tat| (tat - now_us) * 1000)
                 .map_err(|wait| wait * 1000)
         };
@@ -1123,7 +1151,8 @@ impl Registry {
     /// Bytes the keyed-budget table takes (0 when no service uses one).
     pub fn table_bytes(cfg: &crate::config::Config) -> usize {
         if uses_table(cfg) {
-            cfg.admission.table_cells * std::mem::size_of::<AtomicU64>()
+            // A cell's word and its owner's.
+            cfg.admission.table_cells * 2 * std::mem::size_of::<AtomicU64>()
         } else {
             0
         }
@@ -1335,8 +1364,8 @@ mod tests {
     /// One request of `key` of `budget` at `now` (µs) under a limit of `interval` µs and
     /// burst `burst`.
     fn keyed(t: &Table, budget: u64, key: &[u8], now: u64, interval: u64, burst: u64) -> bool {
-        let (bucket, tag) = t.bucket(budget, 1, key);
-        gcra_keyed(bucket, tag, now, interval, interval * burst).is_ok()
+        let (bucket, ids, tag) = t.bucket(budget, 1, key);
+        gcra_keyed(bucket, ids, tag, now, interval, interval * burst).is_ok()
     }
 
     #[test]
@@ -1432,31 +1461,19 @@ mod tests {
         let t = Table::new(64);
         let now = 1_000_000;
         let hour = 3_600_000_000;
-        // Two keys whose hashes give the same bucket and 16-bit tag share a cell, by design;
-        // with a random hasher that happens now and then (a run in about 60 failed here),
-        // so the keys that met an earlier one's cell are told apart and not held to it.
-        let mut seen = std::collections::HashMap::new();
-        let mut cell_of = |budget: u64, key: &[u8]| {
-            let (bucket, tag) = t.bucket(budget, 1, key);
-            let uses = seen.entry((bucket.as_ptr() as usize, tag)).or_insert(0u32);
-            *uses += 1;
-            *uses
-        };
         // 10 000 fresh keys of a 1/h budget, burst 2: every cell holds an hour-long TAT.
+        // (Until a review, a key whose 16-bit tag matched such a cell in its bucket ran on
+        // it: now the cell's owner must match too.)
         for i in 0..10_000u32 {
             let key = i.to_be_bytes();
-            let alone = cell_of(1, &key) <= 2;
             assert!(
-                keyed(&t, 1, &key, now, hour, 2) || !alone,
-                "a fresh key was refused"
+                keyed(&t, 1, &key, now, hour, 2),
+                "fresh key {i} was refused"
             );
         }
         // Every new key of a 100/m budget (burst 20) gets its burst.
         for i in 0..500u32 {
             let key = format!("user{i}");
-            if cell_of(2, key.as_bytes()) > 1 {
-                continue;
-            }
             for n in 0..20 {
                 assert!(
                     keyed(&t, 2, key.as_bytes(), now + 10, 600_000, 20),
@@ -1464,6 +1481,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A hostile-client review: with a table full of spent cells of a 1/h limit, 5 of 60 000
+    /// new keys were refused on their first request, each with another key's hour-long
+    /// `Retry-After`: its 16-bit tag matched that key's cell in its bucket. Two such keys,
+    /// found by search, keep their own budgets now.
+    #[test]
+    fn keys_whose_tags_match_in_one_bucket_keep_their_own_budgets() {
+        let t = Table::new(64);
+        let mut first_of = std::collections::HashMap::new();
+        let (a, b) = (0u32..)
+            .find_map(|i| {
+                let (bucket, _, (tag, _)) = t.bucket(1, 1, &i.to_be_bytes());
+                let first = *first_of.entry((bucket.as_ptr() as usize, tag)).or_insert(i);
+                (first != i).then_some((first, i))
+            })
+            .expect("two keys alike");
+        let (a, b) = (a.to_be_bytes(), b.to_be_bytes());
+        let (now, hour) = (1_000_000, 3_600_000_000);
+        assert!(keyed(&t, 1, &a, now, hour, 1));
+        assert!(!keyed(&t, 1, &a, now, hour, 1), "a's budget is spent");
+        assert!(keyed(&t, 1, &b, now, hour, 1), "b ran on a's budget");
+        assert!(!keyed(&t, 1, &b, now, hour, 1), "b's budget is spent");
+        assert!(!keyed(&t, 1, &a, now, hour, 1), "a lost its cell to b");
     }
 
     /// A key keeps its own budget in a table that has room (no other key can take its cell

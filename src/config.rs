@@ -2857,7 +2857,7 @@ fn admission_settings(
     if !(MIN_TABLE_CELLS..=MAX_TABLE_CELLS).contains(&table_cells) {
         return Err(invalid(
             "rate_limit_table",
-            format!("{table_cells} is out of range: use {MIN_TABLE_CELLS} to {MAX_TABLE_CELLS} cells (8 bytes each)"),
+            format!("{table_cells} is out of range: use {MIN_TABLE_CELLS} to {MAX_TABLE_CELLS} cells (16 bytes each)"),
         ));
     }
     let trusted_proxies = trusted

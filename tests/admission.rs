@@ -564,7 +564,7 @@ fn check_rejects_bad_limits_naming_the_key_and_shows_the_table() {
         "{text}"
     );
     assert!(
-        text.contains("rate-limit table: 4096 cells, 32 KiB"),
+        text.contains("rate-limit table: 4096 cells, 64 KiB"),
         "{text}"
     );
 }
