@@ -413,12 +413,23 @@ impl Load {
     }
 
     /// Stops the clients; how many requests they sent.
-    fn end(self) -> usize {
+    fn end(mut self) -> usize {
+        self.stop_clients();
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn stop_clients(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// A test that fails with its load running stops the load too.
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop_clients();
     }
 }
 
@@ -496,13 +507,11 @@ fn hanging_probe_under_load(fleet: &[AdminGateway], rec: &Recorder) -> (usize, u
     let probed = eventually(WAIT, || rec.requests() > opened);
     let probing = eventually(WAIT, || fleet.iter().any(|g| backend(g).0 == "half_open"));
     let prober = fleet.iter().position(|g| backend(g).0 == "half_open");
-    match prober.filter(|_| probed && probing) {
-        Some(prober) => (prober, opened, load),
-        None => {
-            load.end();
-            panic!("no probe reached the backend, or no instance shows it (probed: {probed})");
-        }
-    }
+    let prober = prober.filter(|_| probed && probing);
+    let prober = prober.unwrap_or_else(|| {
+        panic!("no probe reached the backend, or no instance shows it (probed: {probed})")
+    });
+    (prober, opened, load)
 }
 
 /// A fleet review (2026-12-05): SIGTERM to the instance whose probe ran under the fleet's
@@ -535,10 +544,13 @@ fn a_draining_instance_keeps_its_probe_to_itself_and_publishes_its_outcome() {
     );
     // The probe timed out: the draining instance re-opened the fleet's circuit, said so in
     // Redis, and only then left.
-    let exited = eventually(WAIT, || {
-        matches!(fleet[prober].proc.child.try_wait(), Ok(Some(_)))
-    });
-    assert!(exited, "the draining instance did not exit");
+    let child = &mut fleet[prober].proc.child;
+    exit_status(
+        child,
+        Instant::now(),
+        WAIT,
+        "the draining instance did not exit",
+    );
     let hash = format!("{name}:breaker:svc:http://{}", rec.addr);
     let said = redis.send(&format!("HMGET {hash} state at instance\r\n"), "\r\n$");
     let said = said + &redis.send("PING\r\n", "+PONG");
@@ -586,16 +598,19 @@ fn a_probe_the_drain_deadline_cuts_gives_its_lease_back() {
     // The probe outlasts the drain deadline.
     let (prober, opened, load) = hanging_probe_under_load(&fleet, &rec);
     signal(&fleet[prober].proc.child, libc::SIGTERM);
-    let exited = eventually(WAIT, || {
-        matches!(fleet[prober].proc.child.try_wait(), Ok(Some(_)))
-    });
+    let child = &mut fleet[prober].proc.child;
+    exit_status(
+        child,
+        Instant::now(),
+        WAIT,
+        "the draining instance did not exit",
+    );
     let gone = Instant::now();
     // The next probe comes from another instance, well before the 5 s a heartbeat takes to
     // lapse.
     let next = eventually(Duration::from_secs(3), || rec.requests() - opened >= 2);
     let waited = gone.elapsed();
     load.end();
-    assert!(exited, "the draining instance did not exit");
     assert!(next, "no next probe {waited:?} after the prober left");
     fleet.remove(prober);
 }
