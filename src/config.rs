@@ -499,58 +499,100 @@ const SETTINGS_LEFT_OUT: [&str; 11] = [
     "trusted_proxies",
 ];
 
-/// The line and the top-level key whose block to leave out when `e` says an unknown key
-/// alone: a top-level one (`line 2: unknown field `timeout`...`), or one inside a section
-/// of [`SECTIONS_LEFT_OUT`] (`line 3: breaker: unknown field ...`: that section's block,
-/// which begins on or above that line); or a value of the wrong type in such a section or
-/// under a key of [`SETTINGS_LEFT_OUT`] (`line 2: workers: invalid type: ...`: the reading
-/// stopped at the first, and an operator review fixed `workers: two` and `pin_workers:
-/// maybe` in two runs of `--check`).
-fn key_to_leave_out<'e>(e: &'e ConfigError, text: &str) -> Option<(usize, &'e str)> {
+/// The blocks that could be left out when `e` says an unknown key alone, best first, each
+/// as its key's line and the key: a top-level one (`line 2: unknown field `timeout`...`),
+/// or one inside a section of [`SECTIONS_LEFT_OUT`] (`line 3: breaker: unknown field
+/// ...`); or a value of the wrong type in such a section or under a key of
+/// [`SETTINGS_LEFT_OUT`] (`line 2: workers: invalid type: ...`: the reading stopped at the
+/// first, and an operator review fixed `workers: two` and `pin_workers: maybe` in two runs
+/// of `--check`). In a section written as a block the key's own lines come first, then
+/// the whole section's: leaving the section out hid its other errors (`cooldown: 5
+/// seconds` under a `failure_treshold:` typo, an operator review).
+fn keys_to_leave_out<'e>(e: &'e ConfigError, text: &str) -> Vec<(usize, &'e str)> {
     let ConfigError::Syntax { message, .. } = e else {
-        return None;
+        return Vec::new();
     };
-    let (line, rest) = message.strip_prefix("line ")?.split_once(": ")?;
-    let line: usize = line.parse().ok()?;
+    let Some((line, rest)) = message
+        .strip_prefix("line ")
+        .and_then(|m| m.split_once(": "))
+    else {
+        return Vec::new();
+    };
+    let Ok(line) = line.parse::<usize>() else {
+        return Vec::new();
+    };
     if let Some(unknown) = rest.strip_prefix("unknown field `") {
-        return Some((line, unknown.split('`').next()?));
+        return unknown
+            .split('`')
+            .next()
+            .map(|key| vec![(line, key)])
+            .unwrap_or_default();
     }
-    let (key, rest) = rest.split_once(": ")?;
-    let section = key.split(['.', '[']).next()?;
+    let Some((key, rest)) = rest.split_once(": ") else {
+        return Vec::new();
+    };
+    let section = key.split(['.', '[']).next().unwrap_or(key);
     let in_section = SECTIONS_LEFT_OUT.contains(&section);
-    let left_out = match rest.starts_with("unknown field `") {
-        true => in_section && section == key,
-        false => in_section || SETTINGS_LEFT_OUT.contains(&section),
+    let (left_out, inner) = match rest.strip_prefix("unknown field `") {
+        Some(unknown) => (
+            in_section && section == key,
+            unknown.split('`').next().filter(|k| !k.is_empty()),
+        ),
+        None => (
+            in_section || SETTINGS_LEFT_OUT.contains(&section),
+            key.strip_prefix(section)
+                .and_then(|k| k.strip_prefix('.'))
+                .and_then(|k| k.split(['.', '[']).next())
+                .filter(|k| in_section && !k.is_empty()),
+        ),
     };
     if !left_out {
-        return None;
+        return Vec::new();
     }
     let lines: Vec<&str> = text.split('\n').take(line).collect();
-    let start = lines.iter().rposition(|l| {
-        let l = l.trim_start_matches(['"', '\'']);
-        l.strip_prefix(section)
-            .map(|r| r.trim_start_matches(['"', '\'']).trim_start())
-            .is_some_and(|r| r.starts_with(':'))
-    })?;
-    Some((start + 1, section))
+    let Some(start) = lines
+        .iter()
+        .rposition(|l| opens_key_at(l, section) == Some(0))
+    else {
+        return Vec::new();
+    };
+    let own = inner.and_then(|k| {
+        let at = lines[start + 1..]
+            .iter()
+            .rposition(|l| opens_key_at(l, k).is_some_and(|indent| indent > 0))?;
+        Some((start + 2 + at, k))
+    });
+    own.into_iter().chain([(start + 1, section)]).collect()
 }
 
-/// `text` with the top-level `key` on 1-based `line` and its block (the lines after it
-/// that are indented, blank or comments) made blank, every other line where it was; None
-/// if that line does not begin with that key (a flow-style file, say).
-fn without_block(text: &str, line: usize, key: &str) -> Option<String> {
-    let lines: Vec<&str> = text.split('\n').collect();
-    let first = *lines.get(line.checked_sub(1)?)?;
+/// The indentation of `line` if it opens `key` (`  "connect": ...` opens `connect` at 2).
+fn opens_key_at(line: &str, key: &str) -> Option<usize> {
+    let body = line.trim_start_matches(' ');
     let after = ["", "\"", "'"].iter().find_map(|q| {
-        let rest = first.strip_prefix(q)?.strip_prefix(key)?.strip_prefix(q)?;
+        let rest = body.strip_prefix(q)?.strip_prefix(key)?.strip_prefix(q)?;
         Some(rest.trim_start())
     })?;
-    if !after.starts_with(':') {
-        return None;
-    }
+    after.starts_with(':').then_some(line.len() - body.len())
+}
+
+/// `text` with the `key` on 1-based `line` and its block (the lines after it that are
+/// indented deeper, a `- ` list at its own indentation, blank lines and comments) made
+/// blank, every other line where it was; None if that line does not open that key (a
+/// flow-style file, say).
+fn without_block(text: &str, line: usize, key: &str) -> Option<String> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let indent = opens_key_at(lines.get(line.checked_sub(1)?)?, key)?;
+    let of_the_block = |l: &&str| {
+        let body = l.trim_start_matches([' ', '\t']);
+        let deeper = l.len() - body.len();
+        body.is_empty()
+            || body.starts_with('#')
+            || deeper > indent
+            || (deeper == indent && (body == "-" || body.starts_with("- ")))
+    };
     let end = lines[line..]
         .iter()
-        .position(|l| !(l.trim().is_empty() || l.starts_with([' ', '\t', '#'])))
+        .position(|l| !of_the_block(l))
         .map_or(lines.len(), |n| line + n);
     Some(
         lines
@@ -1772,7 +1814,7 @@ impl Config {
     }
 
     /// [`Config::parse_as_written`], going on past an unknown top-level key, or a value of
-    /// the wrong type under one that can be left out ([`key_to_leave_out`]): the typed
+    /// the wrong type under one that can be left out ([`keys_to_leave_out`]): the typed
     /// reading stops at the first, so the rest of the file went unread and a mistyped
     /// `timeout:` hid every other error (an operator review fixed them in two runs of
     /// `--check`). The key's block is blanked out, lines kept, and the file read again.
@@ -1781,27 +1823,27 @@ impl Config {
         let mut said = Vec::new();
         let rest = loop {
             match Config::parse_as_written(&text) {
-                Err(e) if said.len() < MAX_ERRORS => match key_to_leave_out(&e, &text) {
-                    Some((line, key)) => {
-                        // An unknown key or a wrong type is a typed error, so the file is
-                        // valid YAML; if it is not without the block (a `- item` or a `}`
-                        // at column 0 left behind, an anchor defined there), what it would
-                        // say is ours, not the file's (a review): stop at this key.
-                        // (A key given twice is said by the typed reading.)
-                        let blanked = without_block(&text, line, key).filter(|t| {
+                Err(e) if said.len() < MAX_ERRORS => {
+                    // An unknown key or a wrong type is a typed error, so the file is
+                    // valid YAML; if it is not without the block (a `}` at column 0 left
+                    // behind, an anchor defined there), what it would say is ours, not
+                    // the file's (a review): try the next block, or stop at this key.
+                    // (A key given twice is said by the typed reading.)
+                    let blanked = keys_to_leave_out(&e, &text)
+                        .into_iter()
+                        .filter_map(|(line, key)| without_block(&text, line, key))
+                        .find(|t| {
                             serde_yaml_ng::from_str::<serde_yaml_ng::Value>(t).map_or_else(
                                 |e| e.to_string().contains("duplicate entry"),
                                 |_| true,
                             )
                         });
-                        let Some(blanked) = blanked else {
-                            break Err(e);
-                        };
-                        said.push(e);
-                        text = std::borrow::Cow::Owned(blanked);
-                    }
-                    None => break Err(e),
-                },
+                    let Some(blanked) = blanked else {
+                        break Err(e);
+                    };
+                    said.push(e);
+                    text = std::borrow::Cow::Owned(blanked);
+                }
                 other => break other,
             }
         };
@@ -2553,13 +2595,26 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 timeouts,
                 global_checks.clone(),
             ),
-            serde_yaml_ng::Value::Mapping(_) => {
-                let full: RawService = match serde_yaml_ng::from_value(value) {
-                    Ok(full) => full,
-                    Err(e) => {
-                        let e = with_suggestion(e.to_string());
-                        errs.push(invalid(&key, format!("{e} (a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`, `timeouts`, `health_check`)")));
-                        return None;
+            serde_yaml_ng::Value::Mapping(mut map) => {
+                // Each unknown key is said and the rest of the service read: the first
+                // used to hide its other keys' errors (`breakr:` a `timeout:` typo, an
+                // operator review).
+                const FORM: &str = "(a service is a list of URLs, or a map with `backends` and optional `breaker`, `rate_limit`, `max_in_flight`, `websocket`, `encoded_slashes`, `timeouts`, `health_check`)";
+                let full: RawService = loop {
+                    let e =
+                        match serde_yaml_ng::from_value(serde_yaml_ng::Value::Mapping(map.clone()))
+                        {
+                            Ok(full) => break full,
+                            Err(e) => e.to_string(),
+                        };
+                    let unknown = e
+                        .strip_prefix("unknown field `")
+                        .and_then(|rest| rest.split('`').next())
+                        .map(|k| serde_yaml_ng::Value::String(k.to_owned()));
+                    errs.push(invalid(&key, format!("{} {FORM}", with_suggestion(e))));
+                    match unknown {
+                        Some(k) if map.remove(&k).is_some() => {}
+                        _ => return None,
                     }
                 };
                 let breaker_key = format!("{key}.breaker");
@@ -3591,6 +3646,71 @@ mod tests {
         assert!(
             flow.contains("unknown field `timeout`") && !flow.contains("errors"),
             "{flow}"
+        );
+    }
+
+    /// Regression (an operator review, 2026-12-06): a typo in a section written as a block
+    /// left the whole section out, and in a service the first unknown key stopped the
+    /// service's reading, so `cooldown: 5 seconds` under `failure_treshold:`, and a
+    /// service's `timeout:` and rate under `breakr:`, came only in a second run. Only the
+    /// mistyped key's lines are left out now, and every unknown key of a service is said.
+    #[test]
+    fn a_typo_in_a_section_or_a_service_hides_none_of_its_other_errors() {
+        let text = "listen: 127.0.0.1:8000\nworkrs: 2\nbreaker:\n  failure_treshold: 3\n  cooldown: 5 seconds\ntimeouts:\n  respnse:\n    - 3s\n  connect: soon\n  response: [1]\n  body: 2s\nservices:\n  a:\n    backends: [http://127.0.0.1:1]\n    breakr: {x: 1}\n    timeout: 3s\n    rate_limit: {rate: lots}\n";
+        let Err(ConfigError::Several(all)) = Config::parse(text) else {
+            panic!("{:?}", Config::parse(text));
+        };
+        let said: Vec<String> = all.iter().map(ToString::to_string).collect();
+        let lines: Vec<Option<usize>> = all.iter().map(line_said).collect();
+        assert_eq!(
+            lines,
+            [
+                Some(2),
+                Some(4),
+                Some(5),
+                Some(7),
+                Some(9),
+                Some(10),
+                Some(15),
+                Some(16),
+                Some(17)
+            ],
+            "{said:#?}"
+        );
+        for (i, what) in [
+            "unknown field `workrs`",
+            "breaker: unknown field `failure_treshold`",
+            "breaker.cooldown: invalid duration \"5 seconds\"",
+            "timeouts: unknown field `respnse`",
+            "timeouts.connect: invalid duration \"soon\"",
+            "timeouts.response: invalid type: sequence",
+            "services.a: unknown field `breakr`",
+            "services.a: unknown field `timeout` (did you mean `timeouts`?)",
+            "services.a.rate_limit.rate: \"lots\"",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(said[i].contains(what), "{i}: {said:#?}");
+        }
+        // A flow-style section has no key's lines to leave out: the section goes, as before.
+        let flow = "breaker: {failure_treshold: 3, cooldown: x}\nworkers: y\nservices:\n  a: [http://127.0.0.1:1]\n";
+        let e = Config::parse(flow).unwrap_err().to_string();
+        assert!(
+            e.starts_with("2 errors") && e.contains("`failure_treshold`") && e.contains("workers"),
+            "{e}"
+        );
+        // A service with nothing wrong but its unknown keys is said once for each.
+        let e = Config::parse(
+            "services:\n  a:\n    backends: [http://127.0.0.1:1]\n    x: 1\n    y: 2\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("2 errors")
+                && e.contains("line 4: services.a: unknown field `x`")
+                && e.contains("line 5: services.a: unknown field `y`"),
+            "{e}"
         );
     }
 
