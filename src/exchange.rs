@@ -173,7 +173,15 @@ pub async fn forward(
                     down.record.received += relay.wire();
                     after
                 }
-                Ok((attempt, up, uses, tried)) => {
+                Ok((
+                    attempt,
+                    crate::pool::Taken {
+                        socket: up,
+                        uses,
+                        owned,
+                    },
+                    tried,
+                )) => {
                     // The head and the body in hand go up in one write. The client's buffer
                     // is lent to that write only when nothing follows the body in it: a
                     // write that times out loses the buffers it was lent, and a pipelined
@@ -186,9 +194,7 @@ pub async fn forward(
                         false => in_hand.len() + body_in_hand.len() + rest.len(),
                     };
                     up_out = worker.buffer_for(head + copied + 256);
-                    // A WebSocket handshake says `Connection: upgrade`; its connection is
-                    // never pooled after a switch, and one declined at the limit is closed.
-                    let last = !info.upgrade && worker.pool.last_request(attempt.backend, uses);
+                    let last = is_last(worker, &info, attempt.backend, uses);
                     rewrite::write_request_head(
                         &mut up_out,
                         info.method,
@@ -221,6 +227,7 @@ pub async fn forward(
                         up,
                         reused: uses > 0,
                         uses,
+                        owned: owned || carries_body(&info),
                         last,
                         tried,
                         moved: false,
@@ -257,7 +264,15 @@ pub async fn forward(
                             // run of answers one behind going through such handshakes).
                             (false, true) => {}
                             (false, false) => {
-                                worker.pool.put(ex.attempt.backend, ex.up, ex.uses + 1)
+                                // A connection that carried a body is the client's own
+                                // from then on (see `pool`).
+                                let owner = ex.owned.then_some(ex.live.id);
+                                if ex.owned {
+                                    ex.live.owns_upstream.set(true);
+                                }
+                                worker
+                                    .pool
+                                    .put(ex.attempt.backend, ex.up, ex.uses + 1, owner)
                             }
                         }
                     }
@@ -273,6 +288,20 @@ pub async fn forward(
     worker.recycle(up_out);
     worker.recycle(rest);
     after
+}
+
+/// Whether the request goes to `backend`, on a connection that carried `uses`, with
+/// `Connection: close` ([`crate::pool::Pool::last_request`]). A WebSocket handshake says
+/// `Connection: upgrade`; its connection is never pooled after a switch, and one declined
+/// at the limit is closed.
+fn is_last(worker: &Worker, info: &RequestInfo, backend: &Backend, uses: u32) -> bool {
+    !info.upgrade && worker.pool.last_request(backend, uses)
+}
+
+/// Whether the request sends the backend a body (a chunked one may be empty, but its
+/// framing still goes): such a connection becomes its client's own (see `pool`).
+fn carries_body(info: &RequestInfo) -> bool {
+    !matches!(info.framing, Framing::None | Framing::Length(0))
 }
 
 /// Largest `Content-Length` body taken from the socket with the head when it is already
@@ -416,7 +445,8 @@ impl Tried {
 /// more try, and a connect timeout was never tried elsewhere (an operator review: 502s and
 /// 504s until the circuit opened, and again after every probe). On failure the client has
 /// been answered and the result says what the connection does next. With the connection
-/// come the requests it carried before (0 for a new one).
+/// come the requests it carried before (0 for a new one) and whether it is the client's
+/// own (see `pool`).
 async fn connect_or_reuse<'v>(
     worker: &'v Worker,
     view: &'v View,
@@ -424,7 +454,7 @@ async fn connect_or_reuse<'v>(
     req: Request,
     prep: Prepared<'v>,
     relay: &BodyRelay,
-) -> Result<(Attempt<'v>, Socket, u32, Tried), After> {
+) -> Result<(Attempt<'v>, crate::pool::Taken, Tried), After> {
     let service = &view.snapshot.services[req.svc];
     let timeouts = service.timeouts;
     let request = (req.info.keep_alive, relay.done);
@@ -456,11 +486,22 @@ async fn connect_or_reuse<'v>(
         let request = (req.info.method, prep.path);
         let mut attempt = Attempt::to(worker, service, idx, ticket, (down, prep.live, request));
         let backend = attempt.backend;
-        if let Some((s, uses)) = worker.pool.take(backend) {
-            return Ok((attempt, s, uses, tried));
+        let client = crate::pool::Client {
+            id: prep.live.id,
+            owns: prep.live.owns_upstream.get(),
+        };
+        if let Some(taken) = worker.pool.take(backend, client) {
+            return Ok((attempt, taken, tried));
         }
         match connect_fresh(&mut attempt, timeouts.connect).await {
-            Ok(s) => return Ok((attempt, s, 0, tried)),
+            Ok(socket) => {
+                let taken = crate::pool::Taken {
+                    socket,
+                    uses: 0,
+                    owned: false,
+                };
+                return Ok((attempt, taken, tried));
+            }
             Err(err) if moves_on(err) => last_err = err,
             Err(err) => {
                 last_err = err;
@@ -804,6 +845,9 @@ struct Exchange<'a> {
     reused: bool,
     /// Requests `up` carried before this one.
     uses: u32,
+    /// `up` is the client connection's own: it carried one of its request bodies, this
+    /// one's or an earlier's, and only this client reuses it (see `pool`).
+    owned: bool,
     /// The request asks the backend to close the connection after it
     /// (`pool.max_requests_per_connection`): a clean exchange retires it, not pools it.
     last: bool,
@@ -1212,6 +1256,7 @@ impl Exchange<'_> {
             self.sent_at = crate::clock::now();
             self.reused = false;
             self.uses = 0;
+            self.owned = carries_body(&self.info);
             self.ubuf.clear();
             self.ustart = 0;
         }
@@ -1280,7 +1325,7 @@ impl Exchange<'_> {
         let mut same = !elsewhere;
         // A new connection: this is its first request (a resend of a connection's last
         // sent `Connection: close` on the next one: a review).
-        let last = !self.info.upgrade && self.worker.pool.last_request(self.attempt.backend, 0);
+        let last = is_last(self.worker, &self.info, self.attempt.backend, 0);
         if same && self.last != last {
             self.last = last;
             self.write_head();
@@ -1309,8 +1354,7 @@ impl Exchange<'_> {
                 if elsewhere && self.reset_by.is_none() {
                     self.reset_by = Some(left); // the backend that reset it
                 }
-                self.last =
-                    !self.info.upgrade && self.worker.pool.last_request(self.attempt.backend, 0);
+                self.last = is_last(self.worker, &self.info, self.attempt.backend, 0);
                 self.write_head();
             }
             same = false;

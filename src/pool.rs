@@ -28,6 +28,17 @@
 //! the housekeeping right after it), and read by [`Pool::take`] and [`Pool::put`]. A
 //! hostile review's backend, its stray response 1 ms late, had every later client on that
 //! connection get the answer before its own, each one out of step.
+//!
+//! No bytes at all show a backend that misreads a request body: one that answers without
+//! reading it (CL.0) reads the body as its next request, and a body that is the head of a
+//! request waiting for its own body (`POST` with a `Content-Length`) leaves the backend
+//! waiting, then reading the next client's request as that body and answering it with the
+//! smuggled request's answer (a hostile review: one wrong answer to another client per
+//! attempt, nothing stray ever seen). So a connection that carried a request body is the
+//! client connection's that sent it: pooled apart, reused only by that client, and closed
+//! when the client leaves ([`Pool::release`]). A body can then put only its own sender's
+//! later answers out of step, as HAProxy's `http-reuse never` would for every request;
+//! bodyless requests, whose heads the gateway writes itself, share connections as before.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -44,6 +55,69 @@ struct Idle {
     since: Instant,
     /// Requests it carried.
     uses: u32,
+    /// The client connection it belongs to, in [`Slot::owned`] (0 in [`Slot::shared`]).
+    owner: u64,
+}
+
+/// One backend's idle connections, least recently used first in each queue.
+#[derive(Default)]
+struct Slot {
+    /// Those any client may reuse.
+    shared: VecDeque<Idle>,
+    /// Those that carried a request body, each reused only by the client that sent it.
+    owned: VecDeque<Idle>,
+}
+
+impl Slot {
+    fn len(&self) -> usize {
+        self.shared.len() + self.owned.len()
+    }
+
+    fn clear(&mut self) {
+        self.shared.clear();
+        self.owned.clear();
+    }
+
+    /// Closes the least recently used of both queues; false if there is none.
+    fn pop_oldest(&mut self) -> bool {
+        let q = match (self.shared.front(), self.owned.front()) {
+            (Some(a), Some(b)) if b.since < a.since => &mut self.owned,
+            (Some(_), _) => &mut self.shared,
+            (None, _) => &mut self.owned,
+        };
+        q.pop_front().is_some()
+    }
+}
+
+/// A client connection as the pool sees it: its id in the worker's registry, and whether
+/// it may own idle connections (it handed one back after a request body).
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub id: u64,
+    pub owns: bool,
+}
+
+/// `idle` if it is clean to hand out: `None` if the backend closed it, `Err` if it sent
+/// bytes nobody asked for.
+fn checked(idle: Idle, owned: bool) -> Option<Result<Taken, ()>> {
+    match idle_state(idle.socket.fd()) {
+        Peeked::Quiet => Some(Ok(Taken {
+            socket: idle.socket,
+            uses: idle.uses,
+            owned,
+        })),
+        Peeked::Closed => None,
+        Peeked::Data => Some(Err(())),
+    }
+}
+
+/// A connection taken from the pool.
+pub struct Taken {
+    pub socket: Socket,
+    /// Requests it carried.
+    pub uses: u32,
+    /// It is the client's own (it carried one of its request bodies).
+    pub owned: bool,
 }
 
 /// A connection whose last request asked the backend to close it: kept until it does.
@@ -60,13 +134,18 @@ const MAX_RETIRED: usize = 1024;
 /// thousands idle, peeking at all of them once a second would stall the worker for ms.
 const SWEEP_PEEKS: usize = 64;
 
+/// How many of the newest owned idle connections of a backend a client looks through for
+/// its own: a client whose own is older connects anew (the old one expires or goes with
+/// the client), so that thousands of other clients' connections never make a take slow.
+const OWN_LOOK: usize = 64;
+
 /// How long none of a backend's connections is reused after it sent bytes nobody asked
 /// for (see the module's comment).
 pub const STRAY_NO_REUSE: Duration = Duration::from_secs(60);
 
 pub struct Pool {
     /// Indexed by backend slot (see `state::Backend::slot`).
-    slots: RefCell<Vec<VecDeque<Idle>>>,
+    slots: RefCell<Vec<Slot>>,
     max_idle: Cell<usize>,
     idle_timeout: Cell<Duration>,
     /// `pool.max_requests_per_connection`.
@@ -128,8 +207,8 @@ impl Pool {
         self.max_idle.get() > 0 && backend.reusable()
     }
 
-    fn recount(&self, slots: &[VecDeque<Idle>]) {
-        let n = slots.iter().map(VecDeque::len).sum();
+    fn recount(&self, slots: &[Slot]) {
+        let n = slots.iter().map(Slot::len).sum();
         self.total.set(n);
         self.metrics.pool_idle.set(n as u64);
     }
@@ -152,7 +231,7 @@ impl Pool {
     /// Closes `slot`'s idle connections.
     fn clear(&self, slot: usize) {
         let mut slots = self.slots.borrow_mut();
-        if let Some(q) = slots.get_mut(slot).filter(|q| !q.is_empty()) {
+        if let Some(q) = slots.get_mut(slot).filter(|q| q.len() > 0) {
             q.clear();
             self.recount(&slots);
         }
@@ -167,80 +246,115 @@ impl Pool {
         s
     }
 
-    /// The most recently used clean connection to `backend` and the requests it carried,
-    /// if any (none while its connections are not reused: its idle ones here are closed
-    /// then).
+    /// The most recently used clean connection to `backend` that `client` may reuse: its
+    /// own, if it has one among the newest [`OWN_LOOK`], or else a shared one (none while
+    /// the backend's connections are not reused: its idle ones here are closed then).
     ///
     /// Every candidate is checked with a non-blocking peek and dropped if it became
     /// readable: either the backend closed it, or it sent bytes nobody asked for (which must
     /// never be read as the answer to the next request). There is no time window in which
     /// the check is skipped.
-    pub fn take(&self, backend: &Backend) -> Option<(Socket, u32)> {
+    pub fn take(&self, backend: &Backend, client: Client) -> Option<Taken> {
         let slot = backend.slot;
         if !backend.reusable() {
             self.clear(slot);
             return None;
         }
         let mut slots = self.slots.borrow_mut();
-        let q = slots.get_mut(slot)?;
-        if q.is_empty() {
+        let s = slots.get_mut(slot)?;
+        if s.len() == 0 {
             return None;
         }
-        let mut found = None;
-        let mut stray = false;
         // The poll's reading of the clock (`clock::now`): no clock read of its own per take.
         let now = crate::clock::now();
-        while let Some(idle) = q.pop_back() {
-            let idle_for = now.saturating_duration_since(idle.since);
-            if idle_for >= self.idle_timeout.get() {
-                // The newest is expired, so all older ones are too.
-                q.clear();
-                break;
-            }
-            match idle_state(idle.socket.fd()) {
-                Peeked::Quiet => {
-                    found = Some((idle.socket, idle.uses));
+        let timeout = self.idle_timeout.get();
+        let expired = |i: &Idle| now.saturating_duration_since(i.since) >= timeout;
+        // `None` while the candidates the backend closed are dropped; then a clean one, or
+        // `Err` for stray bytes.
+        let mut found: Option<Result<Taken, ()>> = None;
+        if client.owns {
+            let mut i = s.owned.len();
+            while found.is_none() && i > 0 && s.owned.len() - i < OWN_LOOK {
+                i -= 1;
+                if s.owned.get(i).is_some_and(expired) {
+                    // The newest expired, so all older ones are too.
+                    s.owned.drain(..=i);
                     break;
                 }
-                Peeked::Closed => {}
-                Peeked::Data => {
-                    stray = true;
-                    break;
+                if s.owned.get(i).is_some_and(|o| o.owner == client.id) {
+                    found = s.owned.remove(i).and_then(|idle| checked(idle, true));
                 }
             }
         }
+        while found.is_none() {
+            let Some(idle) = s.shared.pop_back() else {
+                break;
+            };
+            if expired(&idle) {
+                s.shared.clear();
+                break;
+            }
+            found = checked(idle, false);
+        }
+        let stray = matches!(found, Some(Err(())));
         self.recount(&slots);
         drop(slots);
         if stray {
             self.stray(backend);
             return None;
         }
-        found
+        found.and_then(Result::ok)
     }
 
     /// Returns a connection to `backend` whose exchange finished cleanly, having carried
-    /// `uses` requests.
-    pub fn put(&self, backend: &Backend, socket: Socket, uses: u32) {
+    /// `uses` requests; `owner` is the client connection it belongs to, if it carried one
+    /// of its request bodies (see the module's comment).
+    pub fn put(&self, backend: &Backend, socket: Socket, uses: u32, owner: Option<u64>) {
         let slot = backend.slot;
         if self.max_idle.get() == 0 || !self.is_live(slot) || !backend.reusable() {
             return;
         }
         let mut slots = self.slots.borrow_mut();
         if slots.len() <= slot {
-            slots.resize_with(slot + 1, VecDeque::new);
+            slots.resize_with(slot + 1, Slot::default);
         }
-        let q = &mut slots[slot];
-        while q.len() >= self.max_idle.get() {
-            q.pop_front(); // evict the least recently used
-            self.total.set(self.total.get() - 1);
+        let s = &mut slots[slot];
+        while s.len() >= self.max_idle.get() && s.pop_oldest() {
+            self.total.set(self.total.get() - 1); // evict the least recently used
         }
-        q.push_back(Idle {
+        let idle = Idle {
             socket,
             since: crate::clock::now(),
             uses,
-        });
+            owner: owner.unwrap_or(0),
+        };
+        match owner {
+            Some(_) => s.owned.push_back(idle),
+            None => s.shared.push_back(idle),
+        }
         self.total.set(self.total.get() + 1);
         self.metrics.pool_idle.set(self.total.get() as u64);
+    }
+
+    /// Closes the idle connections client connection `client` owns: it is gone, and a
+    /// request body it sent may have left any of them out of step. Each is reset, leaving
+    /// no `TIME_WAIT` here (one per such client would run a busy gateway out of local ports
+    /// to the backend).
+    pub fn release(&self, client: u64) {
+        let mut slots = self.slots.borrow_mut();
+        let before: usize = slots.iter().map(Slot::len).sum();
+        for s in slots.iter_mut() {
+            s.owned.retain(|i| {
+                let mine = i.owner == client;
+                if mine {
+                    crate::io::set_reset_on_close(i.socket.fd());
+                }
+                !mine
+            });
+        }
+        if slots.iter().map(Slot::len).sum::<usize>() != before {
+            self.recount(&slots);
+        }
     }
 
     /// Holds a connection to `backend` whose exchange finished cleanly and whose request
@@ -295,34 +409,36 @@ impl Pool {
             }
         });
         let mut slots = self.slots.borrow_mut();
-        for (slot, q) in slots.iter_mut().enumerate() {
+        for (slot, s) in slots.iter_mut().enumerate() {
             if !keep(slot) {
-                q.clear();
+                s.clear();
                 continue;
-            }
-            // Oldest first, so the expired ones are a prefix.
-            while q
-                .front()
-                .is_some_and(|i| now.saturating_duration_since(i.since) >= timeout)
-            {
-                q.pop_front();
             }
             let mut peeked = 0;
             let mut stray = false;
-            q.retain(|i| {
-                peeked += 1;
-                if peeked > SWEEP_PEEKS {
-                    return true;
+            for q in [&mut s.shared, &mut s.owned] {
+                // Oldest first, so the expired ones are a prefix.
+                while q
+                    .front()
+                    .is_some_and(|i| now.saturating_duration_since(i.since) >= timeout)
+                {
+                    q.pop_front();
                 }
-                match idle_state(i.socket.fd()) {
-                    Peeked::Quiet => true,
-                    Peeked::Closed => false,
-                    Peeked::Data => {
-                        stray = true;
-                        false
+                q.retain(|i| {
+                    peeked += 1;
+                    if peeked > SWEEP_PEEKS || stray {
+                        return true;
                     }
-                }
-            });
+                    match idle_state(i.socket.fd()) {
+                        Peeked::Quiet => true,
+                        Peeked::Closed => false,
+                        Peeked::Data => {
+                            stray = true;
+                            false
+                        }
+                    }
+                });
+            }
             if stray {
                 strays.push(slot);
             }
@@ -355,7 +471,7 @@ impl Pool {
         while shed < n {
             let before = shed;
             for q in slots.iter_mut() {
-                if shed < n && q.pop_front().is_some() {
+                if shed < n && q.pop_oldest() {
                     shed += 1;
                 }
             }
@@ -374,7 +490,7 @@ impl Pool {
 
     /// Idle connections held for `slot`.
     pub fn idle(&self, slot: usize) -> usize {
-        self.slots.borrow().get(slot).map_or(0, VecDeque::len)
+        self.slots.borrow().get(slot).map_or(0, Slot::len)
     }
 }
 
@@ -410,6 +526,9 @@ mod tests {
         BACKENDS.with(|b| b[slot])
     }
 
+    /// A client that owns no connection.
+    const ANYONE: Client = Client { id: 0, owns: false };
+
     fn settings(max_idle: usize, idle_timeout: Duration) -> PoolSettings {
         PoolSettings {
             max_idle_per_backend: max_idle,
@@ -431,7 +550,7 @@ mod tests {
         let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
             .await
             .unwrap();
-        pool.put(backend(0), Socket::new(s), 1);
+        pool.put(backend(0), Socket::new(s), 1, None);
         l.accept().unwrap().0
     }
 
@@ -455,16 +574,16 @@ mod tests {
             pool.keep_only(vec![true, false]);
             let (a, _pa) = connect().await;
             let (b, _pb) = connect().await;
-            pool.put(backend(0), a, 1);
-            pool.put(backend(1), b, 1);
-            pool.put(backend(7), connect().await.0, 1);
+            pool.put(backend(0), a, 1, None);
+            pool.put(backend(1), b, 1, None);
+            pool.put(backend(7), connect().await.0, 1, None);
             assert_eq!((pool.idle(0), pool.idle(1), pool.idle(7)), (1, 0, 0));
             // A reload drops slot 0 and adds slot 1: slot 0's idle connection is closed.
             pool.keep_only(vec![false, true]);
             assert_eq!(pool.idle(0), 0);
-            pool.put(backend(0), connect().await.0, 1);
+            pool.put(backend(0), connect().await.0, 1, None);
             assert_eq!(pool.idle(0), 0);
-            pool.put(backend(1), connect().await.0, 1);
+            pool.put(backend(1), connect().await.0, 1, None);
             assert_eq!(pool.idle(1), 1);
         });
     }
@@ -499,7 +618,7 @@ mod tests {
             }
             drop(peers);
             monoio::time::sleep(Duration::from_millis(50)).await;
-            assert!(pool.take(backend(0)).is_none());
+            assert!(pool.take(backend(0), ANYONE).is_none());
             assert_eq!(pool.idle(0), 0);
         });
     }
@@ -522,7 +641,10 @@ mod tests {
             let mut writer = pooled(&pool, &l).await;
             writer.write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
             monoio::time::sleep(Duration::from_millis(50)).await;
-            assert!(pool.take(backend(0)).is_none(), "a stray answer handed out");
+            assert!(
+                pool.take(backend(0), ANYONE).is_none(),
+                "a stray answer handed out"
+            );
             assert_eq!((pool.idle(0), pool.take_strays()), (0, vec![0]));
             let _later = pooled(&pool, &l).await;
             assert_eq!(pool.idle(0), 0, "pooled again at once");
@@ -611,7 +733,7 @@ mod tests {
             idle.write_all(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\r\n")
                 .unwrap();
             monoio::time::sleep(Duration::from_millis(50)).await;
-            assert!(pool.take(backend(0)).is_none());
+            assert!(pool.take(backend(0), ANYONE).is_none());
             assert_eq!(pool.take_strays(), Vec::<usize>::new());
             let _next = pooled(&pool, &l).await;
             assert_eq!(pool.idle(0), 1, "reuse stopped for a 408");
@@ -631,7 +753,7 @@ mod tests {
                 let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
                     .await
                     .unwrap();
-                pool.put(backend(slot), Socket::new(s), 1);
+                pool.put(backend(slot), Socket::new(s), 1, None);
                 peers.push(l.accept().unwrap().0);
             }
             // Three from five: one of each backend, then the next oldest of slot 0.
@@ -669,7 +791,95 @@ mod tests {
             // exactly the first.
             pool.sweep(|_| true);
             assert_eq!(pool.idle(0), SWEEP_PEEKS);
-            assert!(pool.take(backend(0)).is_some());
+            assert!(pool.take(backend(0), ANYONE).is_some());
+        });
+    }
+
+    /// Regression (a hostile review, 2026-12-06): a backend that answered a `POST` without
+    /// reading its body read the body, the head of a second `POST`, as its next request,
+    /// and waited for that one's body: the next client's request, answered with the
+    /// smuggled request's answer. No stray byte ever showed. A connection that carried a
+    /// body now goes back to its own client only, and is closed when that client goes.
+    #[test]
+    fn a_connection_that_carried_a_body_is_reused_only_by_its_client() {
+        let mut rt = runtime();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
+            let pool = Pool::new(&settings(16, Duration::from_secs(60)), metrics.clone());
+            pool.keep_only(vec![true]);
+            let connect = || async {
+                let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
+                    .await
+                    .unwrap();
+                (Socket::new(s), l.accept().unwrap().0)
+            };
+            let (a, mut a_peer) = connect().await;
+            pool.put(backend(0), a, 1, Some(7));
+            let (b, _b_peer) = connect().await;
+            pool.put(backend(0), b, 1, None);
+            assert_eq!((pool.idle(0), metrics.pool_idle.get()), (2, 2));
+            // Another client, even one that owns connections, gets the shared one only;
+            // one that owns none never looks at owned ones.
+            let other = Client { id: 8, owns: true };
+            let t = pool.take(backend(0), other).expect("the shared one");
+            assert!(!t.owned);
+            assert!(
+                pool.take(backend(0), other).is_none(),
+                "client 7's handed out"
+            );
+            assert!(
+                pool.take(backend(0), ANYONE).is_none(),
+                "client 7's handed out"
+            );
+            // Its own client gets it back, as its own, before any shared one.
+            pool.put(backend(0), t.socket, 2, None);
+            let own = Client { id: 7, owns: true };
+            let t = pool.take(backend(0), own).expect("its own");
+            assert!(t.owned && t.uses == 1);
+            pool.put(backend(0), t.socket, 2, Some(7));
+            // When its client goes it is closed, and the shared one stays.
+            pool.release(8);
+            assert_eq!(pool.idle(0), 2);
+            pool.release(7);
+            assert_eq!((pool.idle(0), metrics.pool_idle.get()), (1, 1));
+            a_peer
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            // Reset, so that no `TIME_WAIT` stays here.
+            let read = std::io::Read::read(&mut a_peer, &mut [0u8; 1]);
+            assert!(
+                read.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+                "{read:?}"
+            );
+            assert!(!pool.take(backend(0), own).expect("the shared one").owned);
+        });
+    }
+
+    /// The oldest idle connection is evicted at `max_idle_per_backend`, owned or shared.
+    #[test]
+    fn owned_and_shared_connections_share_the_limit_oldest_out_first() {
+        let mut rt = runtime();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let pool = pool(2, Duration::from_secs(60));
+            let mut peers = Vec::new();
+            for owner in [Some(1), None, Some(2)] {
+                let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
+                    .await
+                    .unwrap();
+                pool.put(backend(0), Socket::new(s), 1, owner);
+                peers.push(l.accept().unwrap().0);
+            }
+            assert_eq!(pool.idle(0), 2);
+            assert!(pool
+                .take(backend(0), Client { id: 1, owns: true })
+                .is_some_and(|t| !t.owned));
+            assert!(pool
+                .take(backend(0), Client { id: 2, owns: true })
+                .is_some_and(|t| t.owned));
+            assert_eq!(pool.shed(5), 0);
         });
     }
 }

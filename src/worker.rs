@@ -25,6 +25,11 @@ type OpenConn = (RawFd, Rc<Live>);
 /// What a connection's task shares with its worker.
 #[derive(Default)]
 pub struct Live {
+    /// Its id in the worker's registry (the key of `Worker::conns`).
+    pub id: u64,
+    /// It handed the pool a connection that carried one of its request bodies, which only
+    /// it may reuse and which is closed when it goes (`pool::Pool::release`).
+    pub owns_upstream: Cell<bool>,
     /// Set (to the tick the wait began) while the connection waits for its next request,
     /// or lingers after its last answer (`Downstream::linger`).
     pub idle: Cell<Option<u64>>,
@@ -1003,7 +1008,10 @@ impl Worker {
     pub fn register(self: &Rc<Self>, fd: RawFd, client: Option<per_client::Held>) -> ConnGuard {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
-        let live = Rc::new(Live::default());
+        let live = Rc::new(Live {
+            id,
+            ..Live::default()
+        });
         live.accepted.set(Some(std::time::Instant::now()));
         self.conns.borrow_mut().insert(id, (fd, live.clone()));
         let open = self.conns.borrow().len();
@@ -1453,6 +1461,9 @@ impl Drop for ConnGuard {
         drop(conns);
         if let Some(held) = self.client.take() {
             self.worker.uncount_client(held);
+        }
+        if self.live.owns_upstream.get() {
+            self.worker.pool.release(self.id);
         }
         self.worker.wake_acceptor();
     }

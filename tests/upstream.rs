@@ -658,6 +658,90 @@ fn all_answered(gw: SocketAddr, svc: &str, n: usize, extra: &str) {
     }
 }
 
+/// A backend that misreads bodies as HTTP/1.1 lets it happen: `/nodrain` is answered at
+/// once and its body left unread, to be read as the next request (CL.0); any other request
+/// with a body is answered `200` with its path, then its body, and one without with its path.
+fn cl0_backend() -> RawBackend {
+    RawBackend::start(|mut s, _| {
+        let mut pending = Vec::new();
+        while let Some(head) = read_head(&mut s, &mut pending) {
+            let path = path_and_id(&head).0;
+            let mut body = Vec::new();
+            if !path.starts_with("/nodrain") {
+                let want: usize = header_value(&head, "content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut tmp = [0u8; 4096];
+                while pending.len() < want {
+                    match s.read(&mut tmp) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&tmp[..n]),
+                    }
+                }
+                body = pending.drain(..want).collect();
+            }
+            let answer = format!("{path} {}", String::from_utf8_lossy(&body));
+            if s.write_all(&response("200 OK", answer.trim_end())).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Regression (a hostile review, 2026-12-06): through a backend that answers a `POST`
+/// without reading its body, a client smuggled the head of a `POST /echo` in that body;
+/// the backend waited for its body, read the next client's request as it, and answered
+/// that client with the echo: one wrong answer to another client per attempt (75 in
+/// 15 s), and no stray byte ever seen to stop it. A connection that carried a body is now
+/// reused only by the client that sent it: the smuggler gets the echo itself, and no
+/// other client ever gets an answer not its own.
+#[test]
+fn a_request_body_the_backend_misreads_never_answers_another_client() {
+    let backend = cl0_backend();
+    let path = write_config(&config(
+        1,
+        "admin: 127.0.0.1:0\nbreaker: {failure_threshold: 1000}",
+        &format!("  svc: [http://{}]\n", backend.addr),
+    ));
+    let g = gateway_at(&path);
+    let smuggled = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n";
+    let attack = format!(
+        "POST /v1/proxy/svc/nodrain HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let mut wrong = Vec::new();
+    for round in 0..12 {
+        let mut attacker = Client::connect(g.proc.addr);
+        attacker.send(attack.as_bytes());
+        let r = attacker.read_response();
+        assert_eq!((r.status, text(&r)), (200, "/nodrain".to_string()));
+        // Its connection stays (odd rounds) or goes (even rounds) while others ask.
+        if round % 2 == 0 {
+            drop(attacker);
+            std::thread::sleep(Duration::from_millis(20));
+            wrong.extend(
+                (0..3).filter_map(|n| mismatch(g.proc.addr, "svc", &format!("/v{round}-{n}"))),
+            );
+        } else {
+            wrong.extend(
+                (0..3).filter_map(|n| mismatch(g.proc.addr, "svc", &format!("/v{round}-{n}"))),
+            );
+            assert!(wrong.is_empty(), "answers not the clients' own: {wrong:#?}");
+            // The smuggler's own next request is the one the backend reads as the body:
+            // its connection came back to it, and it alone gets the echo.
+            attacker.send(b"GET /v1/proxy/svc/mine HTTP/1.1\r\nHost: gw\r\n\r\n");
+            let r = attacker.read_response();
+            assert!(
+                r.status == 200 && text(&r).starts_with("/echo GET /mine"),
+                "round {round}: the smuggler got {} {:?}",
+                r.status,
+                text(&r)
+            );
+        }
+    }
+    assert!(wrong.is_empty(), "answers not the clients' own: {wrong:#?}");
+}
+
 /// `pool.max_requests_per_connection` (NGINX's `keepalive_requests`): a backend connection
 /// carries that many requests, the last with `Connection: close`, and a backend that
 /// closes as asked is nothing to report.
