@@ -83,8 +83,8 @@ pub enum ConfigError {
         message: String,
     },
     /// Several errors, in the order of the file, each as it would be alone (the last may
-    /// be [`ConfigError::More`]); said on one line, `; `-separated (`--check` lists them
-    /// one per line).
+    /// be [`ConfigError::More`]); said on one line, `; `-separated (`--check` and a failed
+    /// reload's log list them one per line).
     #[error("{} errors: {}", .0.iter().map(ConfigError::count).sum::<usize>(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Several(Vec<ConfigError>),
     /// Past the errors listed, this many more.

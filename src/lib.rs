@@ -466,12 +466,25 @@ fn on_sighup(shared: &Shared, path: &Path, log: Option<&accesslog::Writer>) {
                 );
             }
         }
-        // One line, whatever the error says (a log line per event).
-        Err(e) => log::error!(
-            "reload failed, still serving generation {}: {}",
-            shared.current.load().generation,
-            logging::one_line(&e.to_string(), usize::MAX)
-        ),
+        // A line for the failure and one for each error, each whole on its own line and
+        // saying what it is (an operator review read nine errors on one line of over
+        // 1 KB, where `--check` lists them one per line).
+        Err(e) => {
+            let generation = shared.current.load().generation;
+            let all = match e {
+                config::ConfigError::Several(all) => all,
+                e => vec![e],
+            };
+            let n: usize = all.iter().map(config::ConfigError::count).sum();
+            let errors = if n == 1 { "error" } else { "errors" };
+            log::error!("reload failed, still serving generation {generation}: {n} {errors}");
+            for e in all {
+                log::error!(
+                    "reload failed: {}",
+                    logging::one_line(&e.to_string(), usize::MAX)
+                );
+            }
+        }
     }
 }
 

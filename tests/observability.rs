@@ -1041,6 +1041,54 @@ fn the_access_log_reopen_of_a_failed_reload_says_why_it_is_there() {
     assert!(found, "{reopened} not in {text}");
 }
 
+/// Regression (an operator review, 2026-12-06): a failed reload put all its errors on one
+/// log line of over 1 KB, `; `-separated, where `--check` lists them one per line. Each
+/// error now has a line of its own, after one that says the reload failed.
+#[test]
+fn a_failed_reload_logs_each_error_on_its_own_line() {
+    let b = mock_backend();
+    let good = config(
+        1,
+        "admin: 127.0.0.1:0",
+        &format!("  svc: [http://{}]\n", b.addr),
+    );
+    let path = write_config(&good);
+    let log = temp_path("reload-lines.log");
+    let (g, _admin) = gateway_logging_to(&path, &log);
+    let bad = good.replace(
+        "services:",
+        "splice: maybe\nservices:\n  b: [nope]\n  c: [ftp://x]",
+    );
+    std::fs::write(&path, bad).expect("write");
+    signal(&g.child, libc::SIGHUP);
+    let mut text = String::new();
+    let found = eventually(Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.matches("reload failed: ").count() >= 3
+    });
+    drop(g);
+    let _ = std::fs::remove_file(&log);
+    assert!(found, "{text}");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("reload failed"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    assert!(
+        lines[0].ends_with("reload failed, still serving generation 1: 3 errors"),
+        "{lines:#?}"
+    );
+    for (line, what) in lines[1..]
+        .iter()
+        .zip(["splice", "services.b[0]", "services.c[0]"])
+    {
+        assert!(
+            line.contains(what) && !line.contains("; "),
+            "{what}: {lines:#?}"
+        );
+    }
+}
+
 #[test]
 fn a_backend_url_with_credentials_is_never_echoed_whole() {
     // Regression: the rejected URL was quoted whole in the log and in the unauthenticated
