@@ -51,12 +51,31 @@ use crate::metrics::WorkerCell;
 use crate::state::Backend;
 
 struct Idle {
-    socket: Socket,
+    /// Taken out only to be handed out ([`checked`]).
+    socket: Option<Socket>,
     since: Instant,
     /// Requests it carried.
     uses: u32,
-    /// The client connection it belongs to, in [`Slot::owned`] (0 in [`Slot::shared`]).
-    owner: u64,
+    /// The client connection it belongs to, in [`Slot::owned`] (None in [`Slot::shared`]).
+    owner: Option<u64>,
+}
+
+impl Idle {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_ref().map_or(-1, Socket::fd)
+    }
+}
+
+/// An owned connection is reset when the pool closes it, however it goes (its client
+/// left, it expired, it was evicted or shed): one `TIME_WAIT` here per client that sent a
+/// body would run a busy gateway out of local ports to the backend (a re-review: 289 of
+/// 300 such clients left one when their connections expired).
+impl Drop for Idle {
+    fn drop(&mut self) {
+        if let (Some(socket), Some(_)) = (&self.socket, self.owner) {
+            crate::io::set_reset_on_close(socket.fd());
+        }
+    }
 }
 
 /// One backend's idle connections, least recently used first in each queue.
@@ -99,10 +118,10 @@ pub struct Client {
 
 /// `idle` if it is clean to hand out: `None` if the backend closed it, `Err` if it sent
 /// bytes nobody asked for.
-fn checked(idle: Idle, owned: bool) -> Option<Result<Taken, ()>> {
-    match idle_state(idle.socket.fd()) {
+fn checked(mut idle: Idle, owned: bool) -> Option<Result<Taken, ()>> {
+    match idle_state(idle.fd()) {
         Peeked::Quiet => Some(Ok(Taken {
-            socket: idle.socket,
+            socket: idle.socket.take()?,
             uses: idle.uses,
             owned,
         })),
@@ -138,6 +157,13 @@ const SWEEP_PEEKS: usize = 64;
 /// its own: a client whose own is older connects anew (the old one expires or goes with
 /// the client), so that thousands of other clients' connections never make a take slow.
 const OWN_LOOK: usize = 64;
+
+/// The most idle connections of one backend a worker keeps owned by clients (within
+/// `pool.max_idle_per_backend`): each idle client connection that sent a body may hold
+/// one, and a backend that serves a connection with a thread or process must not be tied
+/// up by idle clients (a re-review's 1 000 clients, each posting every 2 s, held 1 000).
+/// Past it the oldest goes; its client's next body connects anew.
+pub const MAX_OWNED: usize = 256;
 
 /// How long none of a backend's connections is reused after it sent bytes nobody asked
 /// for (see the module's comment).
@@ -281,7 +307,7 @@ impl Pool {
                     s.owned.drain(..=i);
                     break;
                 }
-                if s.owned.get(i).is_some_and(|o| o.owner == client.id) {
+                if s.owned.get(i).is_some_and(|o| o.owner == Some(client.id)) {
                     found = s.owned.remove(i).and_then(|idle| checked(idle, true));
                 }
             }
@@ -312,6 +338,9 @@ impl Pool {
     pub fn put(&self, backend: &Backend, socket: Socket, uses: u32, owner: Option<u64>) {
         let slot = backend.slot;
         if self.max_idle.get() == 0 || !self.is_live(slot) || !backend.reusable() {
+            if owner.is_some() {
+                crate::io::set_reset_on_close(socket.fd()); // as `Idle`'s drop does
+            }
             return;
         }
         let mut slots = self.slots.borrow_mut();
@@ -322,11 +351,14 @@ impl Pool {
         while s.len() >= self.max_idle.get() && s.pop_oldest() {
             self.total.set(self.total.get() - 1); // evict the least recently used
         }
+        while owner.is_some() && s.owned.len() >= MAX_OWNED && s.owned.pop_front().is_some() {
+            self.total.set(self.total.get() - 1);
+        }
         let idle = Idle {
-            socket,
+            socket: Some(socket),
             since: crate::clock::now(),
             uses,
-            owner: owner.unwrap_or(0),
+            owner,
         };
         match owner {
             Some(_) => s.owned.push_back(idle),
@@ -344,13 +376,7 @@ impl Pool {
         let mut slots = self.slots.borrow_mut();
         let before: usize = slots.iter().map(Slot::len).sum();
         for s in slots.iter_mut() {
-            s.owned.retain(|i| {
-                let mine = i.owner == client;
-                if mine {
-                    crate::io::set_reset_on_close(i.socket.fd());
-                }
-                !mine
-            });
+            s.owned.retain(|i| i.owner != Some(client));
         }
         if slots.iter().map(Slot::len).sum::<usize>() != before {
             self.recount(&slots);
@@ -429,7 +455,7 @@ impl Pool {
                     if peeked > SWEEP_PEEKS || stray {
                         return true;
                     }
-                    match idle_state(i.socket.fd()) {
+                    match idle_state(i.fd()) {
                         Peeked::Quiet => true,
                         Peeked::Closed => false,
                         Peeked::Data => {
@@ -880,6 +906,40 @@ mod tests {
                 .take(backend(0), Client { id: 2, owns: true })
                 .is_some_and(|t| t.owned));
             assert_eq!(pool.shed(5), 0);
+        });
+    }
+
+    /// Regression (a re-review, 2026-12-06): owned connections that expired or were evicted
+    /// were closed in order, leaving a `TIME_WAIT` here each (289 of 300 idle clients'),
+    /// and idle clients could hold as many as they were. Every way an owned connection
+    /// goes is a reset now, and a backend keeps at most [`MAX_OWNED`] of them per worker.
+    #[test]
+    fn owned_connections_are_reset_however_they_go_and_capped() {
+        let mut rt = runtime();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let pool = pool(4096, Duration::from_millis(200));
+            let reset = |p: &mut std::net::TcpStream| {
+                p.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                std::io::Read::read(p, &mut [0u8; 1])
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
+            };
+            let mut peers = Vec::new();
+            for owner in 0..=MAX_OWNED as u64 {
+                let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
+                    .await
+                    .unwrap();
+                pool.put(backend(0), Socket::new(s), 1, Some(owner));
+                peers.push(l.accept().unwrap().0);
+            }
+            assert_eq!(pool.idle(0), MAX_OWNED);
+            assert!(reset(&mut peers[0]), "the oldest, evicted at the cap");
+            // The rest expire and the sweep ends them: each with a reset.
+            monoio::time::sleep(Duration::from_millis(250)).await;
+            pool.sweep(|_| true);
+            assert_eq!(pool.idle(0), 0);
+            assert!(peers[1..].iter_mut().all(reset));
         });
     }
 }
