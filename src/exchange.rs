@@ -2141,7 +2141,8 @@ struct HeadCtx<'a> {
     date: &'a DateCache,
     /// The request's ID (`request_id: true`; empty otherwise): the backend's own
     /// `X-Request-Id` is left out, ours is among the added fields, and a final answer
-    /// naming another request is not relayed ([`HeadFail::Misrouted`]).
+    /// naming another request is relayed but marked (`misrouted`): its connection is not
+    /// reused.
     sent_id: &'a [u8],
     /// The backend answering and the client's service, for its `Location`.
     origin: rewrite::Origin<'a>,
