@@ -176,10 +176,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// The error, the forms of the command in brief and where the rest is (as git and cargo
+/// say it): the whole help after every mistyped flag buried the error (an operator review).
 fn usage_error(msg: &str) -> ExitCode {
-    complain(&format!("{msg}\n{USAGE}"));
+    complain(&format!("{msg}\n{SHORT_USAGE}"));
     ExitCode::from(2)
 }
+
+const SHORT_USAGE: &str = "\
+usage: gateway [--config PATH] [--pid-file PATH] | gateway --check [--config PATH] | gateway --version
+(gateway --help says more)";
 
 /// Writes to stdout. A reader that has gone (`gateway --check | head -1`) is no error of
 /// ours: the exit code still says what was found (`println!` panicked there, exit 101).

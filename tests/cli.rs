@@ -201,11 +201,25 @@ fn dash_t_checks_as_nginx_does() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(": OK"));
 }
 
+/// An unknown argument is said first, with the command's forms in two lines and where the
+/// rest is: the whole 14-line help after it buried the error (an operator review,
+/// 2026-12-06).
 #[test]
 fn unknown_arguments_are_usage_errors() {
     let out = gateway().arg("--frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].contains(r#"unknown argument "--frobnicate""#),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("usage: gateway [--config PATH]"),
+        "{err}"
+    );
+    assert!(lines[2].contains("gateway --help"), "{err}");
 }
 
 /// `--help` (and `-h`) goes to stdout, exits 0, and names every signal the gateway acts on
