@@ -2612,8 +2612,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                         .and_then(|rest| rest.split('`').next())
                         .map(|k| serde_yaml_ng::Value::String(k.to_owned()));
                     errs.push(invalid(&key, format!("{} {FORM}", with_suggestion(e))));
+                    // (At most `MAX_ERRORS` are said: each round copies the map, and a
+                    // map of thousands of unknown keys must not cost their square.)
                     match unknown {
-                        Some(k) if map.remove(&k).is_some() => {}
+                        Some(k)
+                            if errs.0.len() - found < MAX_ERRORS
+                                && map.shift_remove(&k).is_some() => {}
                         _ => return None,
                     }
                 };
@@ -3700,6 +3704,18 @@ mod tests {
             e.starts_with("2 errors") && e.contains("`failure_treshold`") && e.contains("workers"),
             "{e}"
         );
+        // A service of thousands of unknown keys: its first 20 are said, and the map is not
+        // copied once for each (no timing is asserted: a quadratic read shows as a hung test).
+        let many: String = (0..5000).map(|i| format!("    k{i}: 1\n")).collect();
+        let Err(ConfigError::Several(all)) = Config::parse(&format!(
+            "services:\n  a:\n    backends: [http://127.0.0.1:1]\n{many}"
+        )) else {
+            panic!("not several");
+        };
+        assert_eq!(all.len(), MAX_ERRORS, "{all:?}");
+        // The first 20, in the file's order.
+        let lines: Vec<Option<usize>> = all.iter().map(line_said).collect();
+        assert_eq!(lines, (4..24).map(Some).collect::<Vec<_>>(), "{all:?}");
         // A service with nothing wrong but its unknown keys is said once for each.
         let e = Config::parse(
             "services:\n  a:\n    backends: [http://127.0.0.1:1]\n    x: 1\n    y: 2\n",
