@@ -550,10 +550,7 @@ fn keys_to_leave_out<'e>(e: &'e ConfigError, text: &str) -> Vec<(usize, &'e str)
         return Vec::new();
     }
     let lines: Vec<&str> = text.split('\n').take(line).collect();
-    let Some(start) = lines
-        .iter()
-        .rposition(|l| opens_key_at(l, section) == Some(0))
-    else {
+    let Some(start) = lines.iter().rposition(|l| opens_key(l, section)) else {
         return Vec::new();
     };
     let own = inner.and_then(|k| {
@@ -568,11 +565,7 @@ fn keys_to_leave_out<'e>(e: &'e ConfigError, text: &str) -> Vec<(usize, &'e str)
 /// The indentation of `line` if it opens `key` (`  "connect": ...` opens `connect` at 2).
 fn opens_key_at(line: &str, key: &str) -> Option<usize> {
     let body = line.trim_start_matches(' ');
-    let after = ["", "\"", "'"].iter().find_map(|q| {
-        let rest = body.strip_prefix(q)?.strip_prefix(key)?.strip_prefix(q)?;
-        Some(rest.trim_start())
-    })?;
-    after.starts_with(':').then_some(line.len() - body.len())
+    opens_key(body, key).then_some(line.len() - body.len())
 }
 
 /// `text` with the `key` on 1-based `line` and its block (the lines after it that are
@@ -3342,6 +3335,17 @@ mod tests {
         }
     }
 
+    /// [`several`], with the line each begins with.
+    fn several_with_lines(text: &str) -> (Vec<String>, Vec<Option<usize>>) {
+        match Config::parse(text) {
+            Err(ConfigError::Several(all)) => (
+                all.iter().map(ToString::to_string).collect(),
+                all.iter().map(line_said).collect(),
+            ),
+            other => panic!("not several errors: {other:?}"),
+        }
+    }
+
     /// That `all` are as many as `want` and each begins with its own.
     fn each_begins(all: &[String], want: &[&str]) {
         assert_eq!(all.len(), want.len(), "{all:#?}");
@@ -3661,11 +3665,7 @@ mod tests {
     #[test]
     fn a_typo_in_a_section_or_a_service_hides_none_of_its_other_errors() {
         let text = "listen: 127.0.0.1:8000\nworkrs: 2\nbreaker:\n  failure_treshold: 3\n  cooldown: 5 seconds\ntimeouts:\n  respnse:\n    - 3s\n  connect: soon\n  response: [1]\n  body: 2s\nservices:\n  a:\n    backends: [http://127.0.0.1:1]\n    breakr: {x: 1}\n    timeout: 3s\n    rate_limit: {rate: lots}\n";
-        let Err(ConfigError::Several(all)) = Config::parse(text) else {
-            panic!("{:?}", Config::parse(text));
-        };
-        let said: Vec<String> = all.iter().map(ToString::to_string).collect();
-        let lines: Vec<Option<usize>> = all.iter().map(line_said).collect();
+        let (said, lines) = several_with_lines(text);
         assert_eq!(
             lines,
             [
@@ -3737,11 +3737,7 @@ mod tests {
     #[test]
     fn the_file_is_read_on_past_a_value_of_the_wrong_type() {
         let text = "listen: 127.0.0.1:8000\nworkers: two\npin_workers: maybe\ntimeouts:\n  connect: [1]\n  response: 3s\nbreaker: {failure_threshold: x}\ntrusted_proxies: 5\nservices:\n  a: [http://127.0.0.1:1]\n  b: [nope]\n";
-        let Err(ConfigError::Several(all)) = Config::parse(text) else {
-            panic!("{:?}", Config::parse(text));
-        };
-        let said: Vec<String> = all.iter().map(ToString::to_string).collect();
-        let lines: Vec<Option<usize>> = all.iter().map(line_said).collect();
+        let (said, lines) = several_with_lines(text);
         assert_eq!(
             lines,
             [Some(2), Some(3), Some(5), Some(7), Some(8), Some(11)],
