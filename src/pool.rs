@@ -573,11 +573,30 @@ mod tests {
 
     /// A connection to `l`: our end, pooled in slot 0, and the backend's.
     async fn pooled(pool: &Pool, l: &std::net::TcpListener) -> std::net::TcpStream {
+        pooled_as(pool, l, 0, None).await
+    }
+
+    /// A connection to `l` pooled in `slot`, owned by `owner`: the backend's end.
+    async fn pooled_as(
+        pool: &Pool,
+        l: &std::net::TcpListener,
+        slot: usize,
+        owner: Option<u64>,
+    ) -> std::net::TcpStream {
         let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
             .await
             .unwrap();
-        pool.put(backend(0), Socket::new(s), 1, None);
+        pool.put(backend(slot), Socket::new(s), 1, owner);
         l.accept().unwrap().0
+    }
+
+    /// Whether the backend's end `p` of a pooled connection saw it reset (no `TIME_WAIT`
+    /// left on the gateway's side).
+    fn was_reset(p: &mut std::net::TcpStream) -> bool {
+        p.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        std::io::Read::read(p, &mut [0u8; 1])
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
     }
 
     #[test]
@@ -776,11 +795,7 @@ mod tests {
             pool.keep_only(vec![true, true]);
             let mut peers = Vec::new();
             for slot in [0, 0, 0, 0, 1] {
-                let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
-                    .await
-                    .unwrap();
-                pool.put(backend(slot), Socket::new(s), 1, None);
-                peers.push(l.accept().unwrap().0);
+                peers.push(pooled_as(&pool, &l, slot, None).await);
             }
             // Three from five: one of each backend, then the next oldest of slot 0.
             assert_eq!(pool.shed(3), 3);
@@ -834,16 +849,8 @@ mod tests {
             let metrics = Arc::new(WorkerCell::new(WorkerMetrics::default()));
             let pool = Pool::new(&settings(16, Duration::from_secs(60)), metrics.clone());
             pool.keep_only(vec![true]);
-            let connect = || async {
-                let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
-                    .await
-                    .unwrap();
-                (Socket::new(s), l.accept().unwrap().0)
-            };
-            let (a, mut a_peer) = connect().await;
-            pool.put(backend(0), a, 1, Some(7));
-            let (b, _b_peer) = connect().await;
-            pool.put(backend(0), b, 1, None);
+            let mut a_peer = pooled_as(&pool, &l, 0, Some(7)).await;
+            let _b_peer = pooled_as(&pool, &l, 0, None).await;
             assert_eq!((pool.idle(0), metrics.pool_idle.get()), (2, 2));
             // Another client, even one that owns connections, gets the shared one only;
             // one that owns none never looks at owned ones.
@@ -869,16 +876,8 @@ mod tests {
             assert_eq!(pool.idle(0), 2);
             pool.release(7);
             assert_eq!((pool.idle(0), metrics.pool_idle.get()), (1, 1));
-            a_peer
-                .set_read_timeout(Some(Duration::from_millis(500)))
-                .unwrap();
             // Reset, so that no `TIME_WAIT` stays here.
-            let read = std::io::Read::read(&mut a_peer, &mut [0u8; 1]);
-            assert!(
-                read.as_ref()
-                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
-                "{read:?}"
-            );
+            assert!(was_reset(&mut a_peer));
             assert!(!pool.take(backend(0), own).expect("the shared one").owned);
         });
     }
@@ -892,11 +891,7 @@ mod tests {
             let pool = pool(2, Duration::from_secs(60));
             let mut peers = Vec::new();
             for owner in [Some(1), None, Some(2)] {
-                let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
-                    .await
-                    .unwrap();
-                pool.put(backend(0), Socket::new(s), 1, owner);
-                peers.push(l.accept().unwrap().0);
+                peers.push(pooled_as(&pool, &l, 0, owner).await);
             }
             assert_eq!(pool.idle(0), 2);
             assert!(pool
@@ -919,27 +914,17 @@ mod tests {
         rt.block_on(async {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let pool = pool(4096, Duration::from_millis(200));
-            let reset = |p: &mut std::net::TcpStream| {
-                p.set_read_timeout(Some(Duration::from_millis(500)))
-                    .unwrap();
-                std::io::Read::read(p, &mut [0u8; 1])
-                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
-            };
             let mut peers = Vec::new();
             for owner in 0..=MAX_OWNED as u64 {
-                let s = monoio::net::TcpStream::connect_addr(l.local_addr().unwrap())
-                    .await
-                    .unwrap();
-                pool.put(backend(0), Socket::new(s), 1, Some(owner));
-                peers.push(l.accept().unwrap().0);
+                peers.push(pooled_as(&pool, &l, 0, Some(owner)).await);
             }
             assert_eq!(pool.idle(0), MAX_OWNED);
-            assert!(reset(&mut peers[0]), "the oldest, evicted at the cap");
+            assert!(was_reset(&mut peers[0]), "the oldest, evicted at the cap");
             // The rest expire and the sweep ends them: each with a reset.
             monoio::time::sleep(Duration::from_millis(250)).await;
             pool.sweep(|_| true);
             assert_eq!(pool.idle(0), 0);
-            assert!(peers[1..].iter_mut().all(reset));
+            assert!(peers[1..].iter_mut().all(was_reset));
         });
     }
 }

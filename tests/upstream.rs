@@ -104,6 +104,22 @@ fn skip_body(s: &mut TcpStream, pending: &mut Vec<u8>, head: &str) -> bool {
     true
 }
 
+/// Reads a Content-Length body whole and takes it out of `pending`; None if the connection
+/// ended first.
+fn read_body(s: &mut TcpStream, pending: &mut Vec<u8>, head: &str) -> Option<Vec<u8>> {
+    let len: usize = header_value(head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut tmp = [0u8; 4096];
+    while pending.len() < len {
+        match s.read(&mut tmp) {
+            Ok(n) if n > 0 => pending.extend_from_slice(&tmp[..n]),
+            _ => return None,
+        }
+    }
+    Some(pending.drain(..len).collect())
+}
+
 fn response(status: &str, body: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
@@ -674,17 +690,10 @@ fn cl0_backend() -> RawBackend {
             }
             let mut body = Vec::new();
             if !path.starts_with("/nodrain") {
-                let want: usize = header_value(&head, "content-length")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                let mut tmp = [0u8; 4096];
-                while pending.len() < want {
-                    match s.read(&mut tmp) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => pending.extend_from_slice(&tmp[..n]),
-                    }
-                }
-                body = pending.drain(..want).collect();
+                let Some(read) = read_body(&mut s, &mut pending, &head) else {
+                    return;
+                };
+                body = read;
             }
             let answer = format!("{path} {}", String::from_utf8_lossy(&body));
             if s.write_all(&response("200 OK", answer.trim_end())).is_err() {
@@ -3458,15 +3467,8 @@ fn cutting_backend() -> RawBackend {
             while Instant::now() < end && s.write_all(&piece).is_ok() {}
             return;
         }
-        let len: usize = header_value(&head, "content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut tmp = [0u8; 4096];
-        while pending.len() < len {
-            match s.read(&mut tmp) {
-                Ok(n) if n > 0 => pending.extend_from_slice(&tmp[..n]),
-                _ => return,
-            }
+        if read_body(&mut s, &mut pending, &head).is_none() {
+            return;
         }
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b");
     })
