@@ -1795,7 +1795,7 @@ fn a_fleet_budget_too_small_for_a_slow_redis_is_reported() {
     let mut text = String::new();
     let said = eventually(Duration::from_secs(5), || {
         text = std::fs::read_to_string(&log).unwrap_or_default();
-        text.contains("fleet budget svc:100:1:10: Redis takes about")
+        text.contains("fleet budget svc:100:1:10: a round with Redis takes about")
             && text.contains("admits less than its rate")
     });
     assert!(cluster_up(&g), "{}", cluster(&g));

@@ -14,30 +14,12 @@ import argparse
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, deadline=10.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"nothing listens on {port}")
+from procs import free_port, start_redis, wait_port
 
 
 def main():
@@ -48,11 +30,7 @@ def main():
     procs = []
     tmp = tempfile.mkdtemp(prefix="gw-prop-")
     try:
-        rport = free_port()
-        procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--loglevel", "warning"], stdout=subprocess.DEVNULL))
-        wait_port(rport)
+        rport = start_redis(procs)
         dead = free_port()  # nothing listens: every forward is a quick 502
         services = "".join(f"  s{i}: [http://127.0.0.1:{dead}]\n" for i in range(args.samples))
         ports = {}
