@@ -536,7 +536,7 @@ return 1
 const HEARTBEAT_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'zset' and kind ~= 'none' then return {t[1], t[2], false} end
+if kind ~= 'zset' and kind ~= 'none' then return {t[1], t[2], false, 0} end
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
@@ -546,7 +546,7 @@ local names = {}
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - ttl, now + ttl, 'LIMIT', 0, 1024)) do
   if #m <= 64 then names[#names + 1] = m end
 end
-return {t[1], t[2], names}
+return {t[1], t[2], names, kind == 'none' and 1 or 0}
 ";
 
 /// GCRA on the fleet's word, several requests at a time: grants up to ARGV[3] requests
@@ -1709,13 +1709,14 @@ impl Node {
         };
         let key = instances_key(&self.status.config.name);
         let sent = Instant::now();
-        let (secs, micros, members): (String, String, Option<Vec<String>>) = redis::cmd("EVAL")
-            .arg(HEARTBEAT_SCRIPT)
-            .arg(1)
-            .arg(&key)
-            .arg(&self.status.instance)
-            .arg(PEER_TTL_MS)
-            .query(con)?;
+        let (secs, micros, members, lost): (String, String, Option<Vec<String>>, u8) =
+            redis::cmd("EVAL")
+                .arg(HEARTBEAT_SCRIPT)
+                .arg(1)
+                .arg(&key)
+                .arg(&self.status.instance)
+                .arg(PEER_TTL_MS)
+                .query(con)?;
         self.set_clock(&secs, &micros, sent.elapsed(), false);
         // Not a list of instances: no peers known, said once, as for any key of another
         // type (a probe lease another instance holds is then decided locally too).
@@ -1735,11 +1736,14 @@ impl Node {
         // review: after each outage over about 5 s, instances said the others left the
         // fleet, then joined it a second later).
         // The same after any outage, however short (a re-review: a Redis restarted empty
-        // and back within a second had the same lines said; the list was gone).
+        // and back within a second had the same lines said; the list was gone), and
+        // whenever the list was gone without one (a review: `FLUSHALL` every second had
+        // both instances say the other left, and count it out, for 4 s).
         let now = Instant::now();
-        let gap = self
-            .beat_ok
-            .is_none_or(|at| at.elapsed() >= Duration::from_millis(PEER_TTL_MS / 2));
+        let gap = lost == 1
+            || self
+                .beat_ok
+                .is_none_or(|at| at.elapsed() >= Duration::from_millis(PEER_TTL_MS / 2));
         if gap && self.known_peers.is_some() {
             self.settle_until = Some(now + Duration::from_millis(PEER_TTL_MS));
         }
@@ -1761,10 +1765,12 @@ impl Node {
                 }
             }
             if settling {
-                // Kept until they beat again, or the time to do so is over.
+                // Kept, and counted for the budgets' shares, until they beat again or the
+                // time to do so is over.
                 let new: Vec<String> = joined.into_iter().cloned().collect();
                 known.extend(new);
-                self.set_peers(peers);
+                let known = known.clone();
+                self.set_peers(known);
                 return Ok(());
             }
         }

@@ -1333,6 +1333,14 @@ fn an_instance_that_cannot_listen_never_joins_the_fleet() {
 /// Regression (a re-review): a Redis restarted empty and back within a second has lost the
 /// list of instances, and the first heartbeat after it said the others had left the fleet
 /// (they joined again a second later). Here the other instance is one the test beats for.
+/// An instance `ghost-peer` of fleet `name` beats now, as a heartbeat would.
+fn ghost_beats(redis: &Redis, name: &str) {
+    redis.send(
+        &format!("ZADD {name}:instances {} ghost-peer\r\n", unix_ms()),
+        ":",
+    );
+}
+
 #[test]
 fn a_redis_restarted_empty_does_not_make_the_others_leave_the_fleet() {
     let redis = Redis::start();
@@ -1345,13 +1353,7 @@ fn a_redis_restarted_empty_does_not_make_the_others_leave_the_fleet() {
         &log.path,
     );
     assert!(eventually(WAIT, || cluster_up(&a)));
-    let beat = |r: &Redis| {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_millis();
-        r.send(&format!("ZADD {name}:instances {ms} ghost-peer\r\n"), ":");
-    };
+    let beat = |r: &Redis| ghost_beats(r, &name);
     beat(&redis);
     let joined = "cluster: ghost-peer joined the fleet";
     assert!(
@@ -1370,6 +1372,53 @@ fn a_redis_restarted_empty_does_not_make_the_others_leave_the_fleet() {
     // The ghost beats again once the instance has (its first list had no ghost), and on.
     for _ in 0..12 {
         beat(&redis);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(log.count("left the fleet"), 0, "{}", log.text());
+    assert_eq!(log.count(joined), 1, "{}", log.text());
+}
+
+/// Regression (a review): a `FLUSHALL` with no outage took the list of instances away,
+/// and each instance's next heartbeat found itself alone: both said the other left the
+/// fleet, counted it out of the budgets' shares, and said it joined again once it beat.
+/// A list found gone is now settled as after an outage: those known are kept until they
+/// have had a peers' TTL to beat again.
+#[test]
+fn a_flushed_list_of_instances_does_not_make_the_others_leave_the_fleet() {
+    let redis = Redis::start();
+    let rec = Recorder::start(reply(200));
+    let name = fleet_name("flushed");
+    let log = LogFile::new("flushed");
+    let a = gateway_at_logging_to(
+        &member_config(
+            &redis,
+            &name,
+            1,
+            "{failure_threshold: 5, cooldown: 30s}",
+            rec.addr,
+        ),
+        &log.path,
+    );
+    assert!(eventually(WAIT, || cluster_up(&a)));
+    let beat = || ghost_beats(&redis, &name);
+    beat();
+    let joined = "cluster: ghost-peer joined the fleet";
+    assert!(
+        eventually(WAIT, || log.count(joined) == 1),
+        "{}",
+        log.text()
+    );
+    assert!(redis.send("FLUSHALL\r\n", "\r\n").starts_with("+OK"));
+    // The instance beats (once a second) with the ghost gone from the list, then the
+    // ghost beats again, and on.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        cluster(&a)["peers"].to_string().contains("ghost-peer"),
+        "counted out: {}",
+        cluster(&a)
+    );
+    for _ in 0..12 {
+        beat();
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(log.count("left the fleet"), 0, "{}", log.text());
