@@ -724,6 +724,8 @@ struct Node {
     /// list is not yet said to have left (see [`Node::heartbeat`]).
     beat_ok: Option<Instant>,
     settle_until: Option<Instant>,
+    /// While settling: since when each known instance has been missing from the lists.
+    absent_since: HashMap<String, Instant>,
     /// Fleet-wide rate-limit budgets of the running config (`scope: cluster`).
     budgets: Vec<Arc<crate::admission::FleetBudget>>,
     /// Budgets said to starve, with when they last did (see `watch_starving`).
@@ -880,6 +882,7 @@ impl Node {
             known_peers: None,
             beat_ok: None,
             settle_until: None,
+            absent_since: HashMap::new(),
             budgets: Vec::new(),
             starving: Default::default(),
             bad_keys: BadKeys::default(),
@@ -1765,15 +1768,36 @@ impl Node {
                 }
             }
             if settling {
-                // Kept, and counted for the budgets' shares, until they beat again or the
-                // time to do so is over.
+                // Kept, and counted for the budgets' shares, until they beat again or have
+                // been missing for a peers' TTL, however long the settling goes on (a
+                // re-review: with the list flushed every second, each loss began the
+                // settling again, and a killed instance stayed a peer for as long).
                 let new: Vec<String> = joined.into_iter().cloned().collect();
                 known.extend(new);
+                let ttl = Duration::from_millis(PEER_TTL_MS);
+                let absent = &mut self.absent_since;
+                absent.retain(|p, _| known.contains(p) && !peers.contains(p));
+                let mut gone = Vec::new();
+                for p in known.iter().filter(|p| !peers.contains(p)) {
+                    let since = *absent.entry(p.clone()).or_insert(now);
+                    if now.duration_since(since) >= ttl {
+                        gone.push(p.clone());
+                    }
+                }
+                known.retain(|p| !gone.contains(p));
+                if !gone.is_empty() {
+                    log::info!(
+                        "cluster: {} left the fleet; {} other instance(s) now",
+                        names(&gone.iter().collect::<Vec<_>>()),
+                        known.len()
+                    );
+                }
                 let known = known.clone();
                 self.set_peers(known);
                 return Ok(());
             }
         }
+        self.absent_since.clear();
         self.known_peers = Some(peers.clone());
         self.set_peers(peers);
         Ok(())

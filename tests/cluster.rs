@@ -1341,26 +1341,61 @@ fn ghost_beats(redis: &Redis, name: &str) {
     );
 }
 
-#[test]
-fn a_redis_restarted_empty_does_not_make_the_others_leave_the_fleet() {
+/// What [`haunted_member`] starts; the gateway is dropped (stopped) first.
+struct Haunted {
+    a: AdminGateway,
+    log: LogFile,
+    redis: Redis,
+    name: String,
+    _rec: Recorder,
+}
+
+/// The log line of `ghost-peer` joining a fleet.
+const GHOST_JOINED: &str = "cluster: ghost-peer joined the fleet";
+
+/// A one-worker fleet member logging to its own file, up, with `ghost-peer` beaten once
+/// and said to have joined.
+fn haunted_member(test: &str) -> Haunted {
     let redis = Redis::start();
     let rec = Recorder::start(reply(200));
-    let name = fleet_name("restart");
-    let breaker = "{failure_threshold: 5, cooldown: 30s}";
-    let log = LogFile::new("restart");
+    let name = fleet_name(test);
+    let log = LogFile::new(test);
     let a = gateway_at_logging_to(
-        &member_config(&redis, &name, 1, breaker, rec.addr),
+        &member_config(
+            &redis,
+            &name,
+            1,
+            "{failure_threshold: 5, cooldown: 30s}",
+            rec.addr,
+        ),
         &log.path,
     );
     assert!(eventually(WAIT, || cluster_up(&a)));
-    let beat = |r: &Redis| ghost_beats(r, &name);
-    beat(&redis);
-    let joined = "cluster: ghost-peer joined the fleet";
+    ghost_beats(&redis, &name);
     assert!(
-        eventually(WAIT, || log.count(joined) == 1),
+        eventually(WAIT, || log.count(GHOST_JOINED) == 1),
         "{}",
         log.text()
     );
+    Haunted {
+        a,
+        log,
+        redis,
+        name,
+        _rec: rec,
+    }
+}
+
+#[test]
+fn a_redis_restarted_empty_does_not_make_the_others_leave_the_fleet() {
+    let Haunted {
+        a: _a,
+        log,
+        redis,
+        name,
+        _rec,
+    } = haunted_member("restart");
+    let beat = |r: &Redis| ghost_beats(r, &name);
     let port = redis.port;
     drop(redis);
     let redis = Redis::on(port);
@@ -1375,7 +1410,7 @@ fn a_redis_restarted_empty_does_not_make_the_others_leave_the_fleet() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(log.count("left the fleet"), 0, "{}", log.text());
-    assert_eq!(log.count(joined), 1, "{}", log.text());
+    assert_eq!(log.count(GHOST_JOINED), 1, "{}", log.text());
 }
 
 /// Regression (a review): a `FLUSHALL` with no outage took the list of instances away,
@@ -1385,29 +1420,14 @@ fn a_redis_restarted_empty_does_not_make_the_others_leave_the_fleet() {
 /// have had a peers' TTL to beat again.
 #[test]
 fn a_flushed_list_of_instances_does_not_make_the_others_leave_the_fleet() {
-    let redis = Redis::start();
-    let rec = Recorder::start(reply(200));
-    let name = fleet_name("flushed");
-    let log = LogFile::new("flushed");
-    let a = gateway_at_logging_to(
-        &member_config(
-            &redis,
-            &name,
-            1,
-            "{failure_threshold: 5, cooldown: 30s}",
-            rec.addr,
-        ),
-        &log.path,
-    );
-    assert!(eventually(WAIT, || cluster_up(&a)));
+    let Haunted {
+        a,
+        log,
+        redis,
+        name,
+        _rec,
+    } = haunted_member("flushed");
     let beat = || ghost_beats(&redis, &name);
-    beat();
-    let joined = "cluster: ghost-peer joined the fleet";
-    assert!(
-        eventually(WAIT, || log.count(joined) == 1),
-        "{}",
-        log.text()
-    );
     assert!(redis.send("FLUSHALL\r\n", "\r\n").starts_with("+OK"));
     // The instance beats (once a second) with the ghost gone from the list, then the
     // ghost beats again, and on.
@@ -1422,7 +1442,48 @@ fn a_flushed_list_of_instances_does_not_make_the_others_leave_the_fleet() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(log.count("left the fleet"), 0, "{}", log.text());
-    assert_eq!(log.count(joined), 1, "{}", log.text());
+    assert_eq!(log.count(GHOST_JOINED), 1, "{}", log.text());
+}
+
+/// Regression (a re-review of the mend above): with the list flushed every second, each
+/// loss began the settling again, and an instance that had stopped beating stayed a peer,
+/// unsaid, for as long as the flushing went on. One missing for a peers' TTL has left.
+#[test]
+fn an_instance_gone_while_the_list_keeps_being_flushed_is_said_to_leave() {
+    let Haunted {
+        a,
+        log,
+        redis,
+        _rec,
+        ..
+    } = haunted_member("flushing");
+    // The ghost beats no more; the list is flushed every 400 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flusher = {
+        let (stop, port) = (stop.clone(), redis.port);
+        std::thread::spawn(move || {
+            let mut con = TcpStream::connect(("127.0.0.1", port)).expect("redis");
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                con.write_all(b"FLUSHALL\r\n").expect("flush");
+                let _ = con.read(&mut buf).expect("reply");
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        })
+    };
+    let left = eventually(Duration::from_secs(10), || {
+        log.count("cluster: ghost-peer left the fleet") == 1
+    });
+    let peers = cluster(&a)["peers"].to_string();
+    stop.store(true, Ordering::Relaxed);
+    flusher.join().expect("flusher");
+    assert!(
+        left,
+        "never said to leave while the flushing went on: {}",
+        log.text()
+    );
+    assert!(!peers.contains("ghost-peer"), "still a peer: {peers}");
+    assert_eq!(log.count(GHOST_JOINED), 1, "{}", log.text());
 }
 
 #[test]
