@@ -1770,7 +1770,7 @@ impl Node {
             if settling {
                 // Kept, and counted for the budgets' shares, until they beat again or have
                 // been missing for a peers' TTL, however long the settling goes on (a
-                // re-review: with the list flushed every second, each loss began the
+                // re-review: with the list flushed every 0.5 s, each loss began the
                 // settling again, and a killed instance stayed a peer for as long).
                 let new: Vec<String> = joined.into_iter().cloned().collect();
                 known.extend(new);

@@ -1330,9 +1330,6 @@ fn an_instance_that_cannot_listen_never_joins_the_fleet() {
     );
 }
 
-/// Regression (a re-review): a Redis restarted empty and back within a second has lost the
-/// list of instances, and the first heartbeat after it said the others had left the fleet
-/// (they joined again a second later). Here the other instance is one the test beats for.
 /// An instance `ghost-peer` of fleet `name` beats now, as a heartbeat would.
 fn ghost_beats(redis: &Redis, name: &str) {
     redis.send(
@@ -1341,7 +1338,7 @@ fn ghost_beats(redis: &Redis, name: &str) {
     );
 }
 
-/// What [`haunted_member`] starts; the gateway is dropped (stopped) first.
+/// What [`haunted_member`] starts.
 struct Haunted {
     a: AdminGateway,
     log: LogFile,
@@ -1386,6 +1383,9 @@ fn haunted_member(test: &str) -> Haunted {
     }
 }
 
+/// Regression (a re-review): a Redis restarted empty and back within a second has lost the
+/// list of instances, and the first heartbeat after it said the others had left the fleet
+/// (they joined again a second later). Here the other instance is one the test beats for.
 #[test]
 fn a_redis_restarted_empty_does_not_make_the_others_leave_the_fleet() {
     let Haunted {
@@ -1445,7 +1445,7 @@ fn a_flushed_list_of_instances_does_not_make_the_others_leave_the_fleet() {
     assert_eq!(log.count(GHOST_JOINED), 1, "{}", log.text());
 }
 
-/// Regression (a re-review of the mend above): with the list flushed every second, each
+/// Regression (a re-review of the mend above): with the list flushed every 0.5 s, each
 /// loss began the settling again, and an instance that had stopped beating stayed a peer,
 /// unsaid, for as long as the flushing went on. One missing for a peers' TTL has left.
 #[test]
