@@ -14,12 +14,11 @@ import argparse
 import http.client
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 
-from procs import free_port, start_redis, wait_port
+from procs import free_port, start_gateway, start_redis
 
 
 def main():
@@ -33,20 +32,14 @@ def main():
         rport = start_redis(procs)
         dead = free_port()  # nothing listens: every forward is a quick 502
         services = "".join(f"  s{i}: [http://127.0.0.1:{dead}]\n" for i in range(args.samples))
-        ports = {}
-        for name, threshold in (("a", 1), ("b", 1000)):
-            ports[name] = free_port()
-            path = os.path.join(tmp, f"{name}.yaml")
-            with open(path, "w") as f:
-                f.write(
-                    f"listen: 127.0.0.1:{ports[name]}\nworkers: 1\npin_workers: false\n"
-                    f"breaker: {{failure_threshold: {threshold}, cooldown: 10m}}\n"
-                    f"cluster: {{redis: redis://127.0.0.1:{rport}/0, name: prop{os.getpid()}}}\n"
-                    f"services:\n{services}")
-            procs.append(subprocess.Popen([os.path.join(args.bin, "gateway"), "--config", path],
-                                          stdout=subprocess.DEVNULL,
-                                          env=dict(os.environ, RUST_LOG="error")))
-            wait_port(ports[name])
+        ports = {
+            name: start_gateway(
+                procs, args.bin, tmp, name,
+                f"breaker: {{failure_threshold: {threshold}, cooldown: 10m}}\n"
+                f"cluster: {{redis: redis://127.0.0.1:{rport}/0, name: prop{os.getpid()}}}\n"
+                f"services:\n{services}")
+            for name, threshold in (("a", 1), ("b", 1000))
+        }
         a = http.client.HTTPConnection("127.0.0.1", ports["a"], timeout=5)
         b = http.client.HTTPConnection("127.0.0.1", ports["b"], timeout=5)
 

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 
-from procs import free_port, start_redis, wait_port
+from procs import free_port, start_gateway, start_redis, wait_port
 
 
 def relay(listener, target, delay, stop):
@@ -95,19 +95,10 @@ def one_round(args, n):
         procs.append(subprocess.Popen([os.path.join(args.bin, "mock-backend"), str(bport)],
                                       stdout=subprocess.DEVNULL))
         wait_port(bport)
-        ports = {}
-        for name in ("a", "b"):
-            ports[name] = free_port()
-            path = os.path.join(tmp, f"{name}.yaml")
-            with open(path, "w") as f:
-                f.write(
-                    f"listen: 127.0.0.1:{ports[name]}\nworkers: 1\npin_workers: false\n"
-                    f"cluster: {{redis: redis://127.0.0.1:{far}/0, name: shares{os.getpid()}x{n}}}\n"
-                    f"services:\n  fl:\n    backends: [http://127.0.0.1:{bport}]\n"
-                    f"    rate_limit: {{rate: 100/s, burst: 50, scope: cluster}}\n")
-            procs.append(subprocess.Popen([os.path.join(args.bin, "gateway"), "--config", path],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_port(ports[name])
+        config = (f"cluster: {{redis: redis://127.0.0.1:{far}/0, name: shares{os.getpid()}x{n}}}\n"
+                  f"services:\n  fl:\n    backends: [http://127.0.0.1:{bport}]\n"
+                  f"    rate_limit: {{rate: 100/s, burst: 50, scope: cluster}}\n")
+        ports = {name: start_gateway(procs, args.bin, tmp, name, config) for name in ("a", "b")}
         time.sleep(2)  # both heartbeats in, the first slices taken
         counts = {"a": {}, "b": {}}
         lock = threading.Lock()
